@@ -1,0 +1,320 @@
+"""``attach``: wrap the target linears of a model in place with a method's ``AdapterLinear``.
+
+Every wrapper keeps the frozen layer as ``base`` and adds ``scaling * gate * delta(x)``; every adapter
+tensor's name starts with ``lora_``, so "trainable", "saved" and "counted" are one filter. Tensors
+shared across layers live once, on the ``lora_shared`` module added to the model's root.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from harness.atomic import atomic_path, write_json
+from harness.config import AdapterConfig, config_from_dict, make_config
+from harness.reducer import Reducer
+from harness.registry import METHODS
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+SHARED = "lora_shared"
+
+
+@dataclass(frozen=True)
+class Site:
+    """Where a wrapper sits: ``model.layers.3.self_attn.q_proj`` -> layer ``model.layers.3``, type ``q_proj``."""
+
+    name: str
+    layer: str
+    type: str
+    d_in: int
+    d_out: int
+
+    @property
+    def group(self) -> str:
+        """Key of tensors shared by all layers: same module type and same input width."""
+        return f"{self.type}_{self.d_in}"
+
+    @classmethod
+    def of(cls, name: str, linear: nn.Linear) -> Site:
+        parts = name.split(".")
+        digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
+        layer = ".".join(parts[: digits[-1] + 1]) if digits else ""
+        typ = next(p for p in reversed(parts) if not p.isdigit())
+        return cls(name, layer, typ, linear.in_features, linear.out_features)
+
+
+class SharedTensors(nn.Module):
+    """Tensors one method shares across layers, registered once on the model (``lora_shared``)."""
+
+    def get_or_create(self, kind: str, key: str, make: Callable[[], nn.Parameter]) -> nn.Parameter:
+        if kind not in self._modules:
+            self.add_module(kind, nn.ParameterDict())
+        table: nn.ParameterDict = self._modules[kind]  # type: ignore[assignment]
+        if key not in table:
+            table[key] = make()
+        return table[key]
+
+
+class AdapterLinear(nn.Module):
+    """Base of every method's wrapper. Subclasses create ``lora_*`` tensors and define ``delta``."""
+
+    config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
+    mergeable: ClassVar[bool] = True
+    name: ClassVar[str]  # set by the registry
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
+        super().__init__()
+        self.base = base
+        self.site = site
+        self.scaling = config.alpha / config.r
+        self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.gate = 1.0  # multiplies the adapter output; the Reducer lowers it to suppress a layer
+        self.merged = False
+        object.__setattr__(self, "_shared", shared)  # not a child: registered once at the root
+
+    # -- to implement -------------------------------------------------------------------------
+    def delta(self, x: Tensor) -> Tensor:
+        """The adapter path before scaling: ``Δ(x)`` of the spec (apply ``self.lora_dropout``)."""
+        raise NotImplementedError
+
+    def delta_weight(self) -> Tensor:
+        """``Δ`` as a ``d_out x d_in`` matrix, for merging (mergeable methods only)."""
+        raise NotImplementedError(f"{type(self).name} cannot be merged")
+
+    def reducer_parameters(self) -> list[nn.Parameter]:
+        """Per-layer tensors the Reducer freezes in unselected layers (B heads and router)."""
+        return []
+
+    @classmethod
+    def is_mergeable(cls, config: AdapterConfig) -> bool:
+        return cls.mergeable
+
+    # -- helpers for subclasses -----------------------------------------------------------------
+    def new_param(self, *shape: int, init: str = "zeros", trainable: bool = True) -> nn.Parameter:
+        """A tensor on the base layer's device; fp32 unless the base is fp64 (16-bit bases train fp32 adapters)."""
+        weight = self.base.weight
+        dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        t = torch.empty(*shape, device=weight.device, dtype=dtype)
+        if init == "zeros":
+            nn.init.zeros_(t)
+        elif init == "kaiming":
+            nn.init.kaiming_uniform_(t, a=math.sqrt(5))
+        elif init == "orthogonal":
+            if t.device.type != "meta":
+                nn.init.orthogonal_(t)
+        else:
+            raise ValueError(f"unknown init {init!r}; choose zeros, kaiming or orthogonal")
+        return nn.Parameter(t, requires_grad=trainable)
+
+    def shared_param(self, kind: str, *shape: int, init: str = "kaiming", trainable: bool = True) -> nn.Parameter:
+        return self._shared.get_or_create(kind, self.site.group, lambda: self.new_param(*shape, init=init, trainable=trainable))
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.base(x)
+        if self.merged or self.gate == 0.0:
+            return y
+        dtype = next(iter(self._parameters.values())).dtype if self._parameters else y.dtype
+        return y + (self.delta(x.to(dtype)) * (self.scaling * self.gate)).to(y.dtype)
+
+    def merge(self) -> None:
+        if not self.merged:
+            w = self.base.weight
+            w.data += (self.scaling * self.delta_weight()).to(w.dtype)
+            self.merged = True
+
+    def unmerge(self) -> None:
+        if self.merged:
+            w = self.base.weight
+            w.data -= (self.scaling * self.delta_weight()).to(w.dtype)
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"method={type(self).name}, scaling={self.scaling:g}"
+
+
+class Adapter:
+    """What ``attach`` returns: accounting, adapter-only state, save/merge, and the training hooks."""
+
+    def __init__(self, model: nn.Module, method: type[AdapterLinear], config: AdapterConfig,
+                 layers: dict[str, AdapterLinear]) -> None:
+        self.model = model
+        self.method = method.name
+        self.method_cls = method
+        self.config = config
+        self.layers = layers
+        self._trainable = _unique(p for p in self.adapter_parameters() if p.requires_grad)
+        groups: dict[str, list[AdapterLinear]] = {}
+        for layer in layers.values():
+            groups.setdefault(layer.site.layer, []).append(layer)
+        self.layer_groups = groups
+        self.reducer = Reducer(config.reducer, list(groups.values())) if config.reducer else None
+
+    # -- accounting ------------------------------------------------------------------------------
+    def adapter_parameters(self) -> list[nn.Parameter]:
+        return _unique(p for n, p in self.model.named_parameters(remove_duplicate=False) if _is_adapter(n))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The tensors that train (fixed at attach; the Reducer only pauses some per step)."""
+        return list(self._trainable)
+
+    @property
+    def num_trainable_params(self) -> int:
+        return sum(p.numel() for p in self._trainable)
+
+    @property
+    def num_adapter_params(self) -> int:
+        return sum(p.numel() for p in self.adapter_parameters())
+
+    @property
+    def num_base_params(self) -> int:
+        adapter = {id(p) for p in self.adapter_parameters()}
+        return sum(p.numel() for p in _unique(self.model.parameters()) if id(p) not in adapter)
+
+    @property
+    def num_total_params(self) -> int:
+        return self.num_base_params + self.num_adapter_params
+
+    @property
+    def percent_trainable(self) -> float:
+        """Trainable params as % of the base model's (the papers' "Param %")."""
+        return 100.0 * self.num_trainable_params / self.num_base_params
+
+    # -- state -------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Tensor]:
+        return {n: t for n, t in self.model.state_dict().items() if _is_adapter(n)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        own = self.state_dict()
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing or unexpected:
+            raise ValueError(f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, tensor in state.items():
+                if own[name].shape != tensor.shape:
+                    raise ValueError(f"adapter tensor {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}")
+                own[name].copy_(tensor)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the adapter weights (safetensors) and the method config (JSON), each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.state_dict().items()}
+        with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"method": self.method})
+        meta = {"method": self.method, "config": self.config.to_dict()}
+        write_json(directory / ADAPTER_CONFIG, meta)
+        return directory
+
+    def file_size_bytes(self, directory: str | Path) -> int:
+        return (Path(directory) / ADAPTER_WEIGHTS).stat().st_size
+
+    # -- merge -------------------------------------------------------------------------------------
+    def merge(self) -> None:
+        if not self.method_cls.is_mergeable(self.config):
+            raise ValueError(f"method {self.method!r} with this config is input-dependent and cannot be merged into W")
+        with torch.no_grad():
+            for layer in self.layers.values():
+                layer.merge()
+
+    def unmerge(self) -> None:
+        with torch.no_grad():
+            for layer in self.layers.values():
+                layer.unmerge()
+
+    # -- hooks the training loop calls ---------------------------------------------------------------
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
+        return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
+
+    def on_step_begin(self, step: int, val_loss_fn: Callable[[], float] | None) -> None:
+        if self.reducer is not None:
+            self.reducer.on_step_begin(step, val_loss_fn)
+
+    def extra_loss(self) -> Tensor | None:
+        return None
+
+    def summary(self) -> dict[str, Any]:
+        """What a run record keeps of the adapter beyond its config."""
+        out: dict[str, Any] = {"layers": len(self.layer_groups), "wrapped_linears": len(self.layers)}
+        if self.reducer is not None:
+            out["reducer"] = self.reducer.summary(list(self.layer_groups))
+        return out
+
+
+def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) -> Adapter:
+    """Freeze ``model`` and wrap its target linears in place with ``method``; return the handle."""
+    cls = METHODS.get(method) if isinstance(method, str) else method
+    config = options.pop("config", None) or make_config(cls.config_cls, options, cls.name)
+    if any(isinstance(m, AdapterLinear) for m in model.modules()):
+        raise ValueError("this model already has an adapter attached; attach to a fresh model")
+    names = find_targets(model, config.targets)
+    model.requires_grad_(False)
+    shared = SharedTensors()
+    layers: dict[str, AdapterLinear] = {}
+    for name in names:
+        base = model.get_submodule(name)
+        layers[name] = cls(base, config, Site.of(name, base), shared)
+        model.set_submodule(name, layers[name])
+    if len(list(shared.parameters())):
+        model.add_module(SHARED, shared)
+    return Adapter(model, cls, config, layers)
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
+    """Attach the method saved in ``directory`` to ``model`` and load its weights."""
+    directory = Path(directory)
+    meta_file = directory / ADAPTER_CONFIG
+    if not meta_file.is_file():
+        raise ValueError(f"{str(directory)!r} holds no {ADAPTER_CONFIG}; pass a directory written by Adapter.save()")
+    meta = json.loads(meta_file.read_text())
+    cls = METHODS.get(meta["method"])
+    adapter = attach(model, cls, config=config_from_dict(cls.config_cls, meta["config"]))
+    adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+    return adapter
+
+
+def linear_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+
+
+def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
+    """Names of the ``nn.Linear`` modules matched by ``targets``; every target must match something."""
+    names = linear_names(model)
+    short = sorted({Site.of(n, model.get_submodule(n)).type for n in names})
+    if isinstance(targets, str):
+        pattern = re.compile(targets)
+        found = [n for n in names if pattern.fullmatch(n)]
+        if not found:
+            raise ValueError(f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short)}")
+        return found
+    found = []
+    for target in targets:
+        hits = [n for n in names if n == target or n.endswith("." + target)]
+        if not hits:
+            raise ValueError(f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short)}")
+        found += hits
+    return sorted(set(found), key=names.index)
+
+
+def _is_adapter(name: str) -> bool:
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _unique(params: Any) -> list[nn.Parameter]:
+    seen: set[int] = set()
+    out = []
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out

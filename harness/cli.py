@@ -1,0 +1,149 @@
+"""``harness``: a thin shell. Arguments -> a config -> one library call; errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from harness.config import DEFAULT_TARGETS
+from harness.registry import METHODS, TASKS, load_plugin
+
+EXAMPLES = """examples:
+  harness list methods
+  harness params --model meta-llama/Meta-Llama-3-8B --methods all
+  harness params --model embedded --methods lora,effilora --rank 8 --json
+  harness run --methods lora,effilora --task commonsense --preset smoke
+  harness leaderboard --runs-dir runs/ --out results/
+"""
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def split_names(value: str, registry_names: list[str], kind: str) -> list[str]:
+    if value == "all":
+        return registry_names
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise CliError(f"no {kind} given; available: {', '.join(registry_names)}")
+    return names
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    registry = METHODS if args.what == "methods" else TASKS
+    for name in registry.names():
+        obj = registry.get(name)
+        doc = (sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
+        print(f"{name:12s} {doc[0] if doc else ''}")
+
+
+def method_options(args: argparse.Namespace) -> dict:
+    options: dict = {}
+    for key in ("rank", "alpha", "heads", "targets"):
+        if getattr(args, key, None) is not None:
+            options[key] = getattr(args, key)
+    for item in getattr(args, "option", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"--option {item!r} must look like key=value (e.g. --option drop_ratio=0.5)")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    import torch  # noqa: F401  (heavy imports stay out of `harness list`)
+
+    from harness.adapter import attach
+    from harness.models import build_meta
+
+    rows = []
+    for method in split_names(args.methods, METHODS.names(), "method"):
+        METHODS.get(method)
+        meta = build_meta(args.model)
+        base = sum(p.numel() for p in meta.model.parameters())
+        adapter = attach(meta.root, method, **method_options(args))
+        trainable = adapter.num_trainable_params
+        rows.append({"method": method, "trainable": trainable, "total": base + adapter.num_adapter_params,
+                     "base": base, "percent": round(100.0 * trainable / base, 4), "model": meta.label,
+                     "config": adapter.config.to_dict()})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"model: {rows[0]['model']}   base params: {rows[0]['base']:,}")
+    print(f"{'method':12s} {'trainable':>14s} {'% of base':>10s} {'total':>16s}")
+    for row in rows:
+        print(f"{row['method']:12s} {row['trainable']:>14,} {row['percent']:>10.3f} {row['total']:>16,}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description=__doc__, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                        help="import a file that registers extra methods or tasks (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list registered methods or tasks")
+    p.add_argument("what", choices=["methods", "tasks"])
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("params", help="exact parameter accounting, offline, on the meta device")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded', a local folder or config.json, or a hub id (paper models work offline)")
+    p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")
+    add_method_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.set_defaults(func=cmd_params)
+
+    for register in _COMMANDS:
+        register(sub)
+    return parser
+
+
+def add_method_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rank", type=int, help="rank r (default 16)")
+    p.add_argument("--alpha", type=float, help="alpha (default 32); scaling = alpha / r")
+    p.add_argument("--heads", type=int, help="B heads m for multi-head methods (default 4)")
+    p.add_argument("--targets", help=f"module names, comma-separated, or a regex (default {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--option", action="append", metavar="KEY=VALUE",
+                   help="any other method option, e.g. drop_ratio=0.5, selection=random, mixer_init=orthogonal")
+
+
+_COMMANDS: list = []  # extra sub-commands (run, leaderboard) register here
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _early_plugins(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (CliError, ValueError, FileNotFoundError, PermissionError) as exc:
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        print(f"harness: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _early_plugins(argv: list[str]) -> None:
+    """Load ``--plugin`` files before parsing, so their names are known to every command."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--plugin" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith("--plugin=") else None
+        if path:
+            try:
+                load_plugin(path)
+            except (ValueError, SyntaxError, ImportError) as exc:
+                print(f"harness: error: {exc}", file=sys.stderr)
+                raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

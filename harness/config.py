@@ -1,0 +1,173 @@
+"""The options every method shares, and turning user options (Python or CLI strings) into a config."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from harness.registry import unknown_choice
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
+_REGEX_CHARS = re.compile(r"[*+?\[\](){}|^$\\]")
+
+
+@dataclass(frozen=True)
+class ReducerConfig:
+    """EffiLoRA's Reducer (spec: "The Reducer"). ``k`` wins over ``drop_ratio = 1 - K/L``."""
+
+    k: int | None = None
+    drop_ratio: float = 0.25  # our default: the paper leaves K open (Fig. 5 is flat up to 0.75)
+    selection: str = "importance"
+    interval: int = 10
+    rollouts: int = 3
+    n_suppressed: int | None = None  # None: L // 2
+    suppression: float = 0.25
+    score_lr: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("selection", self.selection, ("importance", "random"))
+        if self.k is not None and self.k < 1:
+            raise ValueError(f"reducer k must be >= 1 (got {self.k})")
+        if not 0.0 <= self.drop_ratio < 1.0:
+            raise ValueError(f"drop_ratio must be in [0, 1) (got {self.drop_ratio}); it is 1 - K/L")
+        for name in ("interval", "rollouts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"reducer {name} must be >= 1 (got {getattr(self, name)})")
+
+    def resolve_k(self, num_layers: int) -> int:
+        k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))
+        if not 1 <= k <= num_layers:
+            raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
+        return max(1, k)
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """Options common to every method; a method subclasses this and adds its own fields."""
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    targets: tuple[str, ...] | str = DEFAULT_TARGETS  # names (suffix match) or one regex (full match)
+    heads: int = 4  # B heads m; read by the multi-head methods only
+    reducer: ReducerConfig | None = None
+
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        if self.r < 1:
+            raise ValueError(f"rank r must be >= 1 (got {self.r})")
+        if self.alpha <= 0:
+            raise ValueError(f"alpha must be > 0 (got {self.alpha})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+        if self.heads < 1:
+            raise ValueError(f"heads must be >= 1 (got {self.heads})")
+        for name, valid in self.choices.items():
+            _check_choice(name, getattr(self, name), valid)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if isinstance(self.targets, tuple):
+            d["targets"] = list(self.targets)
+        return d
+
+
+def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...] | str:
+    """``"q_proj,v_proj"`` -> names; a string with regex characters stays one regex."""
+    if isinstance(value, str):
+        if _REGEX_CHARS.search(value):
+            return value
+        value = value.split(",")
+    names = tuple(v.strip() for v in value if v.strip())
+    if not names:
+        raise ValueError("targets is empty; give module names such as q_proj,v_proj or a regex")
+    return names
+
+
+def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method: str) -> AdapterConfig:
+    """Build ``config_cls`` from keyword options; CLI strings are converted to the field's type."""
+    options = dict(options)
+    if "rank" in options:
+        options["r"] = options.pop("rank")
+    reducer_keys = {f.name for f in dataclasses.fields(ReducerConfig)} - {"seed"}
+    shortcuts = {k: options.pop(k) for k in list(options) if k in reducer_keys and k not in _field_names(config_cls)}
+    valid = sorted(_field_names(config_cls) | reducer_keys | {"rank"})
+    for key in options:
+        if key not in _field_names(config_cls):
+            raise ValueError(unknown_choice("option", key, valid, where=f" for method {method!r}"))
+    hints = typing.get_type_hints(config_cls)
+    kwargs = {key: _coerce(key, value, hints[key]) for key, value in options.items() if key != "reducer"}
+    if "targets" in kwargs:
+        kwargs["targets"] = parse_targets(kwargs["targets"])
+    default_reducer = _field_default(config_cls, "reducer")
+    reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
+    if shortcuts:
+        reducer = dataclasses.replace(reducer or ReducerConfig(), **{
+            k: _coerce(k, v, typing.get_type_hints(ReducerConfig)[k]) for k, v in shortcuts.items()})
+    return config_cls(**kwargs, reducer=reducer)
+
+
+def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> AdapterConfig:
+    data = dict(data)
+    reducer = data.pop("reducer", None)
+    if isinstance(data.get("targets"), list):
+        data["targets"] = tuple(data["targets"])
+    return config_cls(**data, reducer=ReducerConfig(**reducer) if reducer else None)
+
+
+def _make_reducer(value: Any) -> ReducerConfig | None:
+    if value is None or value is False or value in ("none", "off", "false"):
+        return None
+    if value is True or value in ("on", "true"):
+        return ReducerConfig()
+    if isinstance(value, ReducerConfig):
+        return value
+    if isinstance(value, str):
+        return ReducerConfig(selection=value)
+    if isinstance(value, dict):
+        return ReducerConfig(**value)
+    raise ValueError(f"reducer={value!r} not understood; use None, True, 'importance', 'random' or a dict of ReducerConfig fields")
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    args = typing.get_args(hint) or (hint,)
+    if value.lower() == "none" and type(None) in args:
+        return None
+    for typ in (bool, int, float):
+        if typ in args:
+            try:
+                return _parse_bool(value) if typ is bool else typ(value)
+            except ValueError:
+                raise ValueError(f"option {key}={value!r} must be a {typ.__name__}") from None
+    return value
+
+
+def _parse_bool(value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _check_choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _field_default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+

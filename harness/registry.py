@@ -1,0 +1,102 @@
+"""Name -> class registries with did-you-mean errors and entry-point plugins.
+
+Built-in entries live in importable packages (``methods``, ``tasks``) that are imported on first
+lookup; outside packages register through an entry-point group; a single file registers through
+``load_plugin(path)`` (the CLI's ``--plugin``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A registry of named classes of one kind (``method``, ``task``)."""
+
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.builtin_package = builtin_package
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Class decorator: ``@METHODS.register("lora")``. Duplicate names are rejected."""
+        if not name.isidentifier() or name != name.lower():
+            raise ValueError(f"{self.kind} name {name!r} must be a lower-case Python identifier (e.g. 'my_lora')")
+
+        def decorator(obj: T) -> T:
+            existing = self._entries.get(name)
+            if existing is not None and existing is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered (by {_qualname(existing)})")
+            self._entries[name] = obj
+            obj.name = name  # type: ignore[attr-defined]
+            return obj
+
+        return decorator
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        importlib.import_module(self.builtin_package)
+        for ep in entry_points(group=self.entry_point_group):
+            try:
+                ep.load()  # registration happens at import time
+            except Exception as exc:  # a broken third-party plugin must not break the built-ins
+                print(f"warning: could not load {self.kind} plugin {ep.name!r} ({ep.value}): {exc}", file=sys.stderr)
+
+    def get(self, name: str) -> T:
+        self._load()
+        if name not in self._entries:
+            raise ValueError(unknown_choice(self.kind, name, self.names()))
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> str:
+    """``unknown method 'lroa' (did you mean 'lora'?); available: a, b, c``."""
+    close = difflib.get_close_matches(value, valid, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}"
+
+
+def load_plugin(path: str | Path) -> None:
+    """Import a Python file so that its ``@register`` decorators run."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"plugin file {str(path)!r} not found; pass the path of a .py file that registers a method or task")
+    module_name = f"harness_plugin_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"cannot import plugin {str(path)!r}: not a Python source file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+
+
+def _qualname(obj: object) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+METHODS: Registry = Registry("method", "methods", "harness.methods")
+TASKS: Registry = Registry("task", "tasks", "harness.tasks")

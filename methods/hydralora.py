@@ -1,0 +1,50 @@
+"""HydraLoRA (Tian et al., 2024): one A and m B heads per layer, mixed by a token-wise softmax router.
+
+``Δ(x) = Σ_i w_i(x) B_i A drop(x)`` with ``w = softmax(G x)``, ``G ∈ R^{m x d_in}``. The m heads are
+stored side by side in one ``lora_B`` of shape ``d_out x (m·r)`` (head i = columns ``i·r:(i+1)·r``),
+so the weighted sum is one matmul over the router-weighted copies of ``A x``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.adapter import AdapterLinear, SharedTensors, Site
+from harness.config import AdapterConfig
+from harness.registry import METHODS
+
+
+def mix_heads(weights: Tensor, z: Tensor) -> Tensor:
+    """``(..., m)`` router weights and ``(..., r)`` -> ``(..., m·r)`` so that ``B_cat @ out = Σ w_i B_i z``."""
+    return (weights.unsqueeze(-1) * z.unsqueeze(-2)).flatten(-2)
+
+
+@dataclass(frozen=True)
+class HydraLoraConfig(AdapterConfig):
+    pass
+
+
+@METHODS.register("hydralora")
+class HydraLoraLinear(AdapterLinear):
+    config_cls = HydraLoraConfig
+    mergeable = False
+
+    def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
+        super().__init__(base, config, site, shared)
+        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+        self.lora_B = self.new_param(site.d_out, config.heads * config.r)
+        self.lora_router = self.new_param(config.heads, site.d_in, init="kaiming")
+
+    def router_weights(self, x: Tensor) -> Tensor:
+        return torch.softmax(F.linear(x, self.lora_router), dim=-1)
+
+    def delta(self, x: Tensor) -> Tensor:
+        x = self.lora_dropout(x)
+        return F.linear(mix_heads(self.router_weights(x), F.linear(x, self.lora_A)), self.lora_B)
+
+    def reducer_parameters(self) -> list[nn.Parameter]:
+        return [self.lora_B, self.lora_router]

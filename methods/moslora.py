@@ -1,0 +1,40 @@
+"""MoSLoRA (Wu et al., 2024): ``Δ(x) = B M A drop(x)`` with a trainable r x r mixer M.
+
+The mixer starts Kaiming-uniform (paper default) or orthogonal; a zero mixer makes every gradient
+zero at B = 0, so it never trains (MoSLoRA §3.2) — kept as an option to show exactly that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.adapter import SharedTensors, Site
+from harness.config import AdapterConfig
+from harness.registry import METHODS
+from methods.lora import LoraLinear
+
+
+@dataclass(frozen=True)
+class MosLoraConfig(AdapterConfig):
+    mixer_init: str = "kaiming"
+
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"mixer_init": ("kaiming", "orthogonal", "zeros")}
+
+
+@METHODS.register("moslora")
+class MosLoraLinear(LoraLinear):
+    config_cls = MosLoraConfig
+
+    def __init__(self, base: nn.Linear, config: MosLoraConfig, site: Site, shared: SharedTensors) -> None:
+        super().__init__(base, config, site, shared)
+        self.lora_M = self.new_param(config.r, config.r, init=config.mixer_init)
+
+    def delta(self, x: Tensor) -> Tensor:
+        return F.linear(F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_M), self.lora_B)
+
+    def delta_weight(self) -> Tensor:
+        return self.lora_B @ self.lora_M @ self.lora_A

@@ -1,0 +1,1 @@
+"""Built-in tasks (suites). Each package registers one task with ``@TASKS.register(name)``."""
