@@ -6,5 +6,16 @@ from harness.registry import METHODS, TASKS, load_plugin
 
 __version__ = "0.1.0"
 
-__all__ = ["Adapter", "AdapterConfig", "AdapterLinear", "METHODS", "ReducerConfig", "Site", "TASKS",
-           "attach", "load_adapter", "load_plugin", "__version__"]
+__all__ = [
+    "Adapter",
+    "AdapterConfig",
+    "AdapterLinear",
+    "METHODS",
+    "ReducerConfig",
+    "Site",
+    "TASKS",
+    "attach",
+    "load_adapter",
+    "load_plugin",
+    "__version__",
+]

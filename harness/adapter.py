@@ -117,7 +117,9 @@ class AdapterLinear(nn.Module):
         return nn.Parameter(t, requires_grad=trainable)
 
     def shared_param(self, kind: str, *shape: int, init: str = "kaiming", trainable: bool = True) -> nn.Parameter:
-        return self._shared.get_or_create(kind, self.site.group, lambda: self.new_param(*shape, init=init, trainable=trainable))
+        return self._shared.get_or_create(
+            kind, self.site.group, lambda: self.new_param(*shape, init=init, trainable=trainable)
+        )
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -146,8 +148,9 @@ class AdapterLinear(nn.Module):
 class Adapter:
     """What ``attach`` returns: accounting, adapter-only state, save/merge, and the training hooks."""
 
-    def __init__(self, model: nn.Module, method: type[AdapterLinear], config: AdapterConfig,
-                 layers: dict[str, AdapterLinear]) -> None:
+    def __init__(
+        self, model: nn.Module, method: type[AdapterLinear], config: AdapterConfig, layers: dict[str, AdapterLinear]
+    ) -> None:
         self.model = model
         self.method = method.name
         self.method_cls = method
@@ -198,11 +201,15 @@ class Adapter:
         own = self.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
-            raise ValueError(f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            raise ValueError(
+                f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         with torch.no_grad():
             for name, tensor in state.items():
                 if own[name].shape != tensor.shape:
-                    raise ValueError(f"adapter tensor {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}")
+                    raise ValueError(
+                        f"adapter tensor {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}"
+                    )
                 own[name].copy_(tensor)
 
     def save(self, directory: str | Path) -> Path:
@@ -263,7 +270,7 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     layers: dict[str, AdapterLinear] = {}
     for name in names:
         base = model.get_submodule(name)
-        layers[name] = cls(base, config, Site.of(name, base), shared)
+        layers[name] = cls(base, config, Site.of(name, base), shared).train(base.training)
         model.set_submodule(name, layers[name])
     if len(list(shared.parameters())):
         model.add_module(SHARED, shared)
@@ -295,13 +302,17 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         pattern = re.compile(targets)
         found = [n for n in names if pattern.fullmatch(n)]
         if not found:
-            raise ValueError(f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short)}")
+            raise ValueError(
+                f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+            )
         return found
     found = []
     for target in targets:
         hits = [n for n in names if n == target or n.endswith("." + target)]
         if not hits:
-            raise ValueError(f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short)}")
+            raise ValueError(
+                f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+            )
         found += hits
     return sorted(set(found), key=names.index)
 

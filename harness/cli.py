@@ -67,9 +67,17 @@ def cmd_params(args: argparse.Namespace) -> None:
         base = sum(p.numel() for p in meta.model.parameters())
         adapter = attach(meta.root, method, **method_options(args))
         trainable = adapter.num_trainable_params
-        rows.append({"method": method, "trainable": trainable, "total": base + adapter.num_adapter_params,
-                     "base": base, "percent": round(100.0 * trainable / base, 4), "model": meta.label,
-                     "config": adapter.config.to_dict()})
+        rows.append(
+            {
+                "method": method,
+                "trainable": trainable,
+                "total": base + adapter.num_adapter_params,
+                "base": base,
+                "percent": round(100.0 * trainable / base, 4),
+                "model": meta.label,
+                "config": adapter.config.to_dict(),
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -80,10 +88,16 @@ def cmd_params(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description=__doc__, epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                        help="import a file that registers extra methods or tasks (repeatable)")
+    parser = argparse.ArgumentParser(
+        prog="harness", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a file that registers extra methods or tasks (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered methods or tasks")
@@ -91,8 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("params", help="exact parameter accounting, offline, on the meta device")
-    p.add_argument("--model", default="embedded",
-                   help="'embedded', a local folder or config.json, or a hub id (paper models work offline)")
+    p.add_argument(
+        "--model",
+        default="embedded",
+        help="'embedded', a local folder or config.json, or a hub id (paper models work offline)",
+    )
     p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")
     add_method_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
@@ -108,8 +125,12 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="alpha (default 32); scaling = alpha / r")
     p.add_argument("--heads", type=int, help="B heads m for multi-head methods (default 4)")
     p.add_argument("--targets", help=f"module names, comma-separated, or a regex (default {','.join(DEFAULT_TARGETS)})")
-    p.add_argument("--option", action="append", metavar="KEY=VALUE",
-                   help="any other method option, e.g. drop_ratio=0.5, selection=random, mixer_init=orthogonal")
+    p.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any other method option, e.g. drop_ratio=0.5, selection=random, mixer_init=orthogonal",
+    )
 
 
 _COMMANDS: list = []  # extra sub-commands (run, leaderboard) register here
@@ -136,7 +157,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _early_plugins(argv: list[str]) -> None:
     """Load ``--plugin`` files before parsing, so their names are known to every command."""
     for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--plugin" and i + 1 < len(argv) else arg.partition("=")[2] if arg.startswith("--plugin=") else None
+        path = (
+            argv[i + 1]
+            if arg == "--plugin" and i + 1 < len(argv)
+            else arg.partition("=")[2]
+            if arg.startswith("--plugin=")
+            else None
+        )
         if path:
             try:
                 load_plugin(path)

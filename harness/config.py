@@ -107,8 +107,10 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
     default_reducer = _field_default(config_cls, "reducer")
     reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
     if shortcuts:
-        reducer = dataclasses.replace(reducer or ReducerConfig(), **{
-            k: _coerce(k, v, typing.get_type_hints(ReducerConfig)[k]) for k, v in shortcuts.items()})
+        reducer = dataclasses.replace(
+            reducer or ReducerConfig(),
+            **{k: _coerce(k, v, typing.get_type_hints(ReducerConfig)[k]) for k, v in shortcuts.items()},
+        )
     return config_cls(**kwargs, reducer=reducer)
 
 
@@ -131,7 +133,9 @@ def _make_reducer(value: Any) -> ReducerConfig | None:
         return ReducerConfig(selection=value)
     if isinstance(value, dict):
         return ReducerConfig(**value)
-    raise ValueError(f"reducer={value!r} not understood; use None, True, 'importance', 'random' or a dict of ReducerConfig fields")
+    raise ValueError(
+        f"reducer={value!r} not understood; use None, True, 'importance', 'random' or a dict of ReducerConfig fields"
+    )
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -169,5 +173,3 @@ def _field_names(cls: type) -> set[str]:
 def _field_default(cls: type, name: str) -> Any:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-
-

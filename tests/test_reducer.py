@@ -1,0 +1,126 @@
+"""The Reducer on tiny models whose validation loss we control."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import attach
+from harness.config import ReducerConfig
+from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+
+
+def train_step(adapter, opt: torch.optim.Optimizer, step: int, val_loss_fn=None) -> None:
+    """What the training loop does, reduced to the hooks."""
+    adapter.on_step_begin(step, val_loss_fn)
+    adapter.model(**batch(step)).loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def train_steps(adapter, steps: int, val_loss_fn=None) -> None:
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2, weight_decay=0.1))
+    for step in range(steps):
+        train_step(adapter, opt, step, val_loss_fn)
+
+
+def gates(adapter) -> list[float]:
+    return [layer.gate for layer in adapter.layers.values()]
+
+
+def test_scores_move_in_the_documented_direction():
+    adapter = attach(
+        tiny_llama(layers=6),
+        "effilora",
+        targets=TINY_TARGETS,
+        reducer=dict(k=3, interval=1, rollouts=4, n_suppressed=3, score_lr=10.0),
+    )
+    groups = list(adapter.layer_groups.values())
+    important = {0, 1}
+
+    def val_loss() -> float:  # suppressing layers 0 or 1 hurts; the others do not matter
+        return 1.0 + sum(1.0 - groups[i][0].gate for i in important)
+
+    for step in range(40):
+        adapter.reducer.score(val_loss, step)
+    scores = adapter.reducer.scores
+    assert max(scores[i] for i in important) < 0 < min(scores[i] for i in range(6) if i not in important)
+    counts = [0] * 6
+    for _ in range(300):
+        for i in adapter.reducer.select():
+            counts[i] += 1
+    assert min(counts[i] for i in important) > max(counts[i] for i in range(6) if i not in important)
+    summary = adapter.summary()["reducer"]
+    assert len(summary["score_trajectory"]) == 40 and summary["k"] == 3
+    assert summary["layer_names"][0] == "model.layers.0"
+
+
+def test_only_the_selected_layers_heads_change(method):
+    adapter = attach(
+        tiny_llama(layers=6), method, targets=TINY_TARGETS, dropout=0.0, reducer=dict(k=2, selection="random", seed=3)
+    )
+    perturb(adapter)  # nonzero B everywhere, so every unfrozen tensor gets a gradient
+    heads = [[p for layer in group for p in layer.reducer_parameters()] for group in adapter.layer_groups.values()]
+    others = [p for p in adapter.trainable_parameters() if not any(p is h for hs in heads for h in hs)]
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2, weight_decay=0.1))
+    for step in range(3):  # later steps too: AdamW must not move a head through stale moments
+        before = [[p.detach().clone() for p in hs] for hs in heads]
+        before_others = [p.detach().clone() for p in others]
+        train_step(adapter, opt, step)
+        selected = adapter.reducer.selected
+        for i, hs in enumerate(heads):
+            changed = [not torch.equal(b, p) for b, p in zip(before[i], hs, strict=True)]
+            assert all(changed) if i in selected else not any(changed), (step, i, selected)
+        assert all(not torch.equal(b, p) for b, p in zip(before_others, others, strict=True))
+
+
+def test_random_selection_is_uniform():
+    adapter = attach(tiny_llama(layers=8), "effilora", targets="q_proj", reducer=dict(k=3, selection="random"))
+    draws = 4000
+    counts = [0] * 8
+    for _ in range(draws):
+        for i in adapter.reducer.select():
+            counts[i] += 1
+    assert sum(counts) == 3 * draws
+    assert all(abs(c / draws - 3 / 8) < 0.03 for c in counts), counts
+    assert adapter.reducer.update_counts == counts
+
+
+def test_suppression_is_restored_even_when_the_loss_raises():
+    adapter = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, reducer=dict(k=2, interval=1))
+    seen = []
+
+    def failing_loss() -> float:
+        seen.append(sorted(set(gates(adapter))))
+        raise RuntimeError("validation blew up")
+
+    with pytest.raises(RuntimeError, match="blew up"):
+        adapter.on_step_begin(0, failing_loss)
+    assert seen == [[0.25, 1.0]]  # suppression was applied during the trial...
+    assert set(gates(adapter)) == {1.0}  # ...and undone after it
+
+
+def test_k_equal_to_l_is_plain_training():
+    plain = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, reducer=None)
+    full = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, reducer=dict(k=4, interval=1))
+    calls = []
+    torch.manual_seed(0)
+    train_steps(plain, 3)
+    torch.manual_seed(0)
+    train_steps(full, 3, val_loss_fn=lambda: calls.append(1) or 0.0)
+    assert not calls  # nothing to choose: no scoring rollouts either
+    a, b = plain.state_dict(), full.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_importance_needs_validation_and_knobs_are_checked():
+    adapter = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, reducer=dict(k=2))
+    with pytest.raises(ValueError, match="validation split"):
+        adapter.on_step_begin(0, None)
+    assert attach(tiny_llama(), "lora", targets="q_proj", drop_ratio=0.75).reducer.k == 1
+    assert attach(tiny_llama(), "lora", targets="q_proj", k="3", selection="random").reducer.k == 3
+    assert attach(tiny_llama(), "effilora", targets="q_proj").reducer.config == ReducerConfig()
+    with pytest.raises(ValueError, match="outside 1..4"):
+        attach(tiny_llama(), "lora", targets="q_proj", k=9)
+    with pytest.raises(ValueError, match="choose one of: importance, random"):
+        attach(tiny_llama(), "lora", targets="q_proj", selection="best")
