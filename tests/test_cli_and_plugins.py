@@ -1,0 +1,186 @@
+"""The CLI's accounting and errors, and methods registered from outside the repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from harness import METHODS
+from harness.cli import main
+from harness.registry import Registry
+from tests.conftest import tiny_llama
+
+# spec/methods.md "Reference counts": Meta-Llama-3-8B, r=16, targets q,k,v,up,down, m=4
+REFERENCE = {
+    "lora": (28_311_552, 0.353),
+    "lora_fa": (12_582_912, 0.157),
+    "sharelora": (13_074_432, 0.163),
+    "moslora": (28_352_512, 0.353),
+    "hydralora": (69_992_448, 0.872),
+    "effilora": (50_833_408, 0.633),
+}
+LLAMA3_BASE = 8_030_261_248
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_params_prints_the_spec_reference_counts_at_llama3_8b(capsys):
+    assert (
+        main(
+            [
+                "params",
+                "--model",
+                "meta-llama/Meta-Llama-3-8B",
+                "--methods",
+                ",".join(REFERENCE),
+                "--json",
+                "--rank",
+                "16",
+                "--heads",
+                "4",
+                "--targets",
+                "q_proj,k_proj,v_proj,up_proj,down_proj",
+            ]
+        )
+        == 0
+    )
+    rows = {row["method"]: row for row in json.loads(capsys.readouterr().out)}
+    assert rows.keys() == REFERENCE.keys()
+    for method, (trainable, percent) in REFERENCE.items():
+        assert rows[method]["trainable"] == trainable
+        assert round(rows[method]["percent"], 3) == percent
+        assert rows[method]["base"] == LLAMA3_BASE
+        assert rows[method]["total"] >= LLAMA3_BASE + trainable
+
+
+@pytest.mark.parametrize(
+    ("model", "base"), [("llava-hf/llava-1.5-7b-hf", 7_063_427_072), ("runwayml/stable-diffusion-v1-5", 859_520_964)]
+)
+def test_params_on_the_other_paper_models(capsys, model, base):
+    targets = "to_q,to_k,to_v,to_out.0" if "diffusion" in model else "q_proj,k_proj,v_proj,o_proj"
+    assert main(["params", "--model", model, "--methods", "all", "--targets", targets, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in rows] == sorted(METHODS.names())
+    assert all(r["base"] == base and r["trainable"] > 0 for r in rows)
+
+
+def test_params_from_a_local_config(tmp_path, capsys):
+    tiny_llama().config.to_json_file(tmp_path / "config.json")
+    assert (
+        main(["params", "--model", str(tmp_path), "--methods", "lora", "--targets", "q_proj", "--rank", "2", "--json"])
+        == 0
+    )
+    [row] = json.loads(capsys.readouterr().out)
+    assert row["trainable"] == 4 * 2 * (32 + 32)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["params", "--methods", "lora,lroa", "--model", "meta-llama/Meta-Llama-3-8B"],
+            "unknown method 'lroa' (did you mean 'lora'?); available: effilora, hydralora, lora, lora_fa, moslora",
+        ),
+        (
+            ["params", "--methods", "lora", "--model", "meta-llama/Meta-Llama-3-8B", "--targets", "q_prj"],
+            "target 'q_prj' matches no linear layer; the model's linear layers: down_proj, gate_proj, k_proj, lm_head",
+        ),
+        (
+            ["params", "--methods", "moslora", "--model", "meta-llama/Meta-Llama-3-8B", "--option", "mixer=zeros"],
+            "unknown option 'mixer' for method 'moslora'",
+        ),
+        (
+            ["params", "--methods", "effilora", "--model", "meta-llama/Meta-Llama-3-8B", "--option", "router_input=x"],
+            "router_input='x' is not valid; choose one of: subspace, hidden",
+        ),
+        (["params", "--model", "no/such/folder/"], "no config.json there"),
+        (["--plugin", "missing_plugin.py", "list", "methods"], "plugin file 'missing_plugin.py' not found"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+PLUGIN = """
+from dataclasses import dataclass
+import torch.nn.functional as F
+from harness import AdapterConfig, METHODS
+from methods.lora import LoraLinear
+
+@dataclass(frozen=True)
+class HalfLoraConfig(AdapterConfig):
+    pass
+
+@METHODS.register("{name}")
+class HalfLoraLinear(LoraLinear):
+    '''LoRA with B only on the first half of the rank (a plugin for tests).'''
+    config_cls = HalfLoraConfig
+"""
+
+
+def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path):
+    plugin = tmp_path / "half_lora.py"
+    plugin.write_text(PLUGIN.format(name="half_lora"))
+    listed = run_cli("--plugin", str(plugin), "list", "methods")
+    assert listed.returncode == 0 and "half_lora" in listed.stdout
+    counted = run_cli(
+        "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "half_lora", "--json"
+    )
+    assert json.loads(counted.stdout)[0]["trainable"] == REFERENCE["lora"][0]
+
+
+def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
+    (tmp_path / "ep_lora.py").write_text(PLUGIN.format(name="ep_lora"))
+    dist = tmp_path / "ep_lora-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-lora\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[harness.methods]\nep_lora = ep_lora\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.cli",
+            "params",
+            "--model",
+            "meta-llama/Meta-Llama-3-8B",
+            "--methods",
+            "ep_lora",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["trainable"] == REFERENCE["lora"][0]
+
+
+def test_registry_rejects_duplicates_and_bad_names():
+    registry: Registry = Registry("method", "methods", "harness.none")
+    registry.register("x")(type("X", (), {}))
+    with pytest.raises(ValueError, match="already registered"):
+        registry.register("x")(type("Y", (), {}))
+    with pytest.raises(ValueError, match="lower-case Python identifier"):
+        registry.register("My-Method")
+
+
+def test_list_methods_shows_every_registered_one():
+    result = run_cli("list", "methods")
+    assert result.returncode == 0
+    assert [line.split()[0] for line in result.stdout.splitlines()] == sorted(METHODS.names())
+
+
+def test_help_has_examples():
+    result = run_cli("--help")
+    assert "harness params --model meta-llama/Meta-Llama-3-8B" in result.stdout
