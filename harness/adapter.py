@@ -250,6 +250,14 @@ class Adapter:
     def extra_loss(self) -> Tensor | None:
         return None
 
+    def training_state(self) -> dict[str, Any]:
+        """Hook state a checkpoint must carry to resume exactly (the Reducer's scores and RNG)."""
+        return {"reducer": self.reducer.state_dict()} if self.reducer is not None else {}
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        if self.reducer is not None and "reducer" in state:
+            self.reducer.load_state_dict(state["reducer"])
+
     def summary(self) -> dict[str, Any]:
         """What a run record keeps of the adapter beyond its config."""
         out: dict[str, Any] = {"layers": len(self.layer_groups), "wrapped_linears": len(self.layers)}

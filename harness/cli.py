@@ -115,8 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_params)
 
-    for register in _COMMANDS:
-        register(sub)
+    from harness.cli_run import register
+
+    register(sub)
     return parser
 
 
@@ -131,9 +132,6 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="any other method option, e.g. drop_ratio=0.5, selection=random, mixer_init=orthogonal",
     )
-
-
-_COMMANDS: list = []  # extra sub-commands (run, leaderboard) register here
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -170,7 +168,3 @@ def _early_plugins(argv: list[str]) -> None:
             except (ValueError, SyntaxError, ImportError) as exc:
                 print(f"harness: error: {exc}", file=sys.stderr)
                 raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -99,6 +99,18 @@ class Reducer:
             for layer, gate in saved:
                 layer.gate = gate
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores.clone(), "update_counts": list(self.update_counts),
+                "trajectory": list(self.trajectory), "selected": list(self.selected),
+                "generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores = state["scores"].clone()
+        self.update_counts = list(state["update_counts"])
+        self.trajectory = list(state["trajectory"])
+        self.selected = list(state["selected"])
+        self._generator.set_state(state["generator"])
+
     def summary(self, layer_names: list[str]) -> dict[str, Any]:
         return {
             "k": self.k,

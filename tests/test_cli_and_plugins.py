@@ -27,7 +27,7 @@ LLAMA3_BASE = 8_030_261_248
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=300)
 
 
 def test_params_prints_the_spec_reference_counts_at_llama3_8b(capsys):
@@ -149,7 +149,7 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
         [
             sys.executable,
             "-m",
-            "harness.cli",
+            "harness",
             "params",
             "--model",
             "meta-llama/Meta-Llama-3-8B",

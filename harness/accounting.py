@@ -1,0 +1,126 @@
+"""Measured costs: FLOPs of a training step, memory, and the environment a run ran in.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a shape-only replica of the model
+on the ``meta`` device, running the exact step the loop runs (same loss, same batch shape, LoRA-FA's
+frozen A and the Reducer's frozen heads included). That counts every matmul, attention too (on a CPU
+the fused attention kernel is invisible to the counter), is the same on every machine, and costs no
+compute — so the LoRA reference at the same settings is measured the same way in every run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def meta_replica(model: nn.Module) -> nn.Module:
+    """The same architecture without weights (Hugging Face and diffusers models)."""
+    with torch.device("meta"):
+        if hasattr(type(model), "_from_config"):  # transformers
+            return type(model)._from_config(model.config)
+        return type(model).from_config(model.config)  # diffusers
+
+
+def step_flops(model: nn.Module, method: str, config: Any, batch_shape: list[int], loss_fn) -> dict[str, int]:
+    """FLOPs of one forward+backward of ``loss_fn`` on a meta replica with ``method`` attached.
+    ``batch_shape`` = [rows, tokens, logit positions kept] of a training micro-batch."""
+    from harness.adapter import attach
+
+    replica = meta_replica(model)
+    adapter = attach(replica, method, config=config)
+    if adapter.reducer is not None:
+        adapter.reducer.select()  # freeze the unselected heads, as in a real step
+    rows, tokens, keep = batch_shape
+    ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
+    # An unpadded row's defaults (no mask, no positions). transformers inspects masks and positions by
+    # value, impossible on meta, unless a KV cache exists: building one adds no FLOPs.
+    batch = {"input_ids": ids, "labels": ids}
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss_fn(replica, batch, keep, use_cache=True).backward()
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    root = type(replica).__name__
+    adapter_flops = sum(counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0)
+                        for name in adapter.layers)
+    return {"total": int(counter.get_total_flops()), "adapter": int(adapter_flops)}
+
+
+class MemoryMeter:
+    """Peak and mean memory during training: CUDA allocated/reserved above the starting baseline, or
+    the process's resident set size (RSS) on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.samples: list[tuple[float, float]] = []
+        if self.cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.base = (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
+        self.device = device
+
+    def sample(self) -> None:
+        if self.cuda:
+            self.samples.append((torch.cuda.memory_allocated(self.device) - self.base[0],
+                                 torch.cuda.memory_reserved(self.device) - self.base[1]))
+        else:
+            rss = _rss_bytes()
+            self.samples.append((rss, rss))
+
+    def summary(self) -> dict[str, float]:
+        gb = 1024**3
+        if self.cuda:
+            return {"kind": "cuda_minus_baseline",
+                    "peak_allocated_gb": (torch.cuda.max_memory_allocated(self.device) - self.base[0]) / gb,
+                    "peak_reserved_gb": (torch.cuda.max_memory_reserved(self.device) - self.base[1]) / gb,
+                    "mean_allocated_gb": _mean([a for a, _ in self.samples]) / gb,
+                    "mean_reserved_gb": _mean([r for _, r in self.samples]) / gb}
+        return {"kind": "process_rss", "peak_rss_gb": max((a for a, _ in self.samples), default=0.0) / gb,
+                "mean_rss_gb": _mean([a for a, _ in self.samples]) / gb}
+
+
+def _rss_bytes() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # not Linux: the lifetime peak is the best we can read
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def environment() -> dict[str, Any]:
+    import transformers
+
+    try:
+        import peft
+
+        peft_version = peft.__version__
+    except ImportError:
+        peft_version = None
+    cuda = torch.cuda.is_available()
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft_version, "device": torch.cuda.get_device_name(0) if cuda else _cpu_name(),
+            "device_type": "cuda" if cuda else "cpu", "gpus": torch.cuda.device_count() if cuda else 0,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "os": f"{platform.system()} {platform.release()}"}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"

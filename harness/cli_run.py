@@ -1,0 +1,92 @@
+"""``harness run`` and ``harness leaderboard``: argument parsing only; the work is in runner/leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.cli import CliError, add_method_args, method_options, split_names
+
+
+def _seeds(value: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in value.split(",") if s.strip()]
+    except ValueError:
+        raise CliError(f"--seeds {value!r} must be comma-separated integers, e.g. 0,1,2") from None
+    if not seeds:
+        raise CliError("--seeds is empty; e.g. --seeds 0,1,2")
+    return seeds
+
+
+def _bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from harness.leaderboard import write_leaderboards
+    from harness.registry import METHODS
+    from harness.runner import BASELINE, build_specs, run_all
+
+    methods = split_names(args.methods, METHODS.names(), "method")
+    for m in methods:
+        if m != BASELINE:
+            METHODS.get(m)
+    train = {k: v for k, v in {"steps": args.steps, "epochs": args.epochs, "lr": args.lr,
+                               "train_on_inputs": args.train_on_inputs}.items() if v is not None}
+    task = {k: v for k, v in {"eval_limit": args.eval_limit, "train_cap": args.train_cap,
+                              "template": args.template}.items() if v is not None}
+    specs = build_specs(args.task, methods, _seeds(args.seeds), args.preset, model=args.model,
+                        protocol=args.protocol, method_options=method_options(args), train_overrides=train,
+                        task_overrides=task, eval_batch_size=args.eval_batch_size,
+                        random_weights=args.random_weights)
+    records = run_all(specs, Path(args.runs_dir), args.data_dir, force=args.force, progress=not args.quiet)
+    if args.leaderboard:
+        for path in write_leaderboards(Path(args.runs_dir), Path(args.out)):
+            print(f"wrote {path}")
+    failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
+    if failed:
+        raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    from harness.leaderboard import write_leaderboards
+
+    for path in write_leaderboards(Path(args.runs_dir), Path(args.out)):
+        print(f"wrote {path}")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="train and score methods on a task; one record per method x seed")
+    p.add_argument("--methods", required=True, help="comma-separated methods, 'all', or 'base' for the zero-shot model")
+    p.add_argument("--task", required=True, help="a registered task, e.g. commonsense")
+    p.add_argument("--preset", default="embedded", help="smoke | embedded (default) | paper")
+    p.add_argument("--model", help="override the preset's model: 'embedded', a folder, or a hub id")
+    p.add_argument("--protocol", help="scoring protocol: choice | generate | lm-eval (default: the preset's)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    p.add_argument("--data-dir", help="folder of benchmark folders (default: $HARNESS_DATA_DIR, else download)")
+    p.add_argument("--runs-dir", default="runs", help="where run folders and records go (default runs/)")
+    p.add_argument("--out", default="results", help="where the leaderboard CSVs go (default results/)")
+    p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
+    p.add_argument("--force", action="store_true", help="re-run finished runs")
+    p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--train-on-inputs", type=_bool, metavar="true|false", help="loss on prompt tokens too")
+    p.add_argument("--template", help="prompt template: clean | llm-adapters")
+    p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
+    p.add_argument("--train-cap", type=int, help="training examples per benchmark")
+    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--random-weights", action="store_true",
+                   help="build the model from its config with random weights (paper shapes without a download)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_method_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("leaderboard", help="rebuild results/*.csv and the Markdown table from run records")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--out", default="results")
+    p.set_defaults(func=cmd_leaderboard)

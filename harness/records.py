@@ -1,0 +1,73 @@
+"""Run records: one JSON file per run, written atomically; the leaderboard is a pure function of them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from harness.atomic import write_json
+
+SCHEMA_VERSION = 1
+RECORD = "record.json"
+PREDICTIONS = "predictions.jsonl"
+STATUSES = ("success", "failed", "cancelled")
+REQUIRED = {"schema": int, "run": dict, "train": dict, "eval": dict, "env": dict}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and dirty flag of the harness checkout (None when not installed from git)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        return {"git_commit": commit, "git_dirty": dirty}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def new_record(run_id: str, config: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    from harness import __version__
+
+    return {"schema": SCHEMA_VERSION,
+            "run": {"id": run_id, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "status": "running", "error": None, "config": config, "harness_version": __version__,
+                    **git_state()},
+            "train": {}, "eval": {}, "env": env}
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    path = run_dir / RECORD
+    write_json(path, record)
+    return path
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Parse and check one record; ``ValueError`` says what is wrong with it."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable ({exc})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    for key, typ in REQUIRED.items():
+        if not isinstance(record.get(key), typ):
+            raise ValueError(f"{path}: missing or malformed {key!r}")
+    if record["schema"] != SCHEMA_VERSION:
+        raise ValueError(f"{path}: schema {record['schema']} is not {SCHEMA_VERSION}")
+    if record["run"].get("status") not in STATUSES:
+        raise ValueError(f"{path}: status {record['run'].get('status')!r} is not one of {', '.join(STATUSES)}")
+    return record
+
+
+def find_records(runs_dir: Path) -> list[Path]:
+    return sorted(runs_dir.glob(f"*/{RECORD}"))

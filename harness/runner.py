@@ -1,0 +1,266 @@
+"""``harness run``: one frozen config per method x seed, one record per run, resumable.
+
+A finished run (a ``success`` record with the same resolved config) is skipped unless ``force``; an
+interrupted one resumes from its last checkpoint; a failure writes a ``failed`` record and moves on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import models
+from harness.accounting import environment, step_flops
+from harness.adapter import attach
+from harness.atomic import write_json
+from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
+from harness.registry import METHODS, TASKS, unknown_choice
+from harness.task import Task, TaskOptions
+from harness.train import CHECKPOINT, TrainConfig, loss_sum, train
+
+BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    model: str
+    train: TrainConfig
+    task: TaskOptions
+    method_options: dict[str, Any]
+    protocol: str
+    eval_batch_size: int
+
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "a few steps and examples: checks that everything runs (tests, CI)",
+        models.EMBEDDED,
+        TrainConfig(steps=3, micro_batch_size=2, grad_accum=1, lr=1e-3, warmup_steps=0, cutoff_len=128,
+                    train_on_inputs=False, val_batch_size=4, checkpoint_every=2),
+        TaskOptions(train_cap=16, val_size=4, eval_limit=4, template="clean"),
+        {"r": 8, "alpha": 16}, "choice", 8),
+    "embedded": Preset(
+        "SmolLM2-135M on 2 CPU cores: ~5 min a method, enough training to move accuracy",
+        models.EMBEDDED,
+        TrainConfig(epochs=1.0, micro_batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=5, cutoff_len=256,
+                    train_on_inputs=False, val_batch_size=8, checkpoint_every=10),
+        TaskOptions(train_cap=160, val_size=32, eval_limit=150, template="clean"),
+        {}, "choice", 16),
+    "paper": Preset(
+        "EffiLoRA Table 9 / LLM-Adapters settings with Meta-Llama-3-8B (a GPU and the weights needed)",
+        "meta-llama/Meta-Llama-3-8B",
+        TrainConfig(epochs=3.0, micro_batch_size=4, grad_accum=4, lr=3e-4, warmup_steps=100, cutoff_len=256,
+                    train_on_inputs=True, val_batch_size=8, checkpoint_every=200),
+        TaskOptions(val_size=120, template="llm-adapters"),
+        {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4}, "generate", 16),
+}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything that determines a run's result; its hash is part of the run id."""
+
+    task: str
+    method: str
+    seed: int
+    preset: str
+    model: str
+    protocol: str
+    method_options: dict[str, Any]
+    train: TrainConfig
+    task_options: TaskOptions
+    eval_batch_size: int
+    random_weights: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["task_options"].pop("data_dir")  # where the data lives is not part of what was run; its hashes are
+        return d
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.task}-{self.method}-{self.preset}-s{self.seed}-{config_hash(self.to_dict())}"
+
+
+def resolve_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(unknown_choice("preset", name, list(PRESETS)))
+    return PRESETS[name]
+
+
+def build_specs(task: str, methods: list[str], seeds: list[int], preset: str, *, model: str | None = None,
+                protocol: str | None = None, method_options: dict[str, Any] | None = None,
+                train_overrides: dict[str, Any] | None = None, task_overrides: dict[str, Any] | None = None,
+                eval_batch_size: int | None = None, random_weights: bool = False) -> list[RunSpec]:
+    """Validate every name and option before anything runs (bad input fails fast, in one line)."""
+    p = resolve_preset(preset)
+    task_cls = TASKS.get(task)
+    protocol = protocol or p.protocol
+    if protocol not in task_cls.protocols:
+        raise ValueError(f"unknown protocol {protocol!r} for task {task!r}; choose one of: {', '.join(task_cls.protocols)}")
+    train_cfg = _replace(p.train, train_overrides or {}, "training setting")
+    task_opts = _replace(p.task, task_overrides or {}, "task setting")
+    options = {**p.method_options, **(method_options or {})}
+    specs = []
+    for method in methods:
+        if method != BASELINE:
+            cls = METHODS.get(method)
+            from harness.config import make_config
+
+            make_config(cls.config_cls, options, method)  # raises on an unknown or bad option
+        for seed in seeds:
+            specs.append(RunSpec(task, method, seed, preset, model or p.model, protocol,
+                                 options if method != BASELINE else {},
+                                 dataclasses.replace(train_cfg, seed=seed),
+                                 dataclasses.replace(task_opts, seed=seed), eval_batch_size or p.eval_batch_size,
+                                 random_weights))
+    return specs
+
+
+def _replace(obj: Any, overrides: dict[str, Any], what: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key in overrides:
+        if key not in names:
+            raise ValueError(unknown_choice(what, key, sorted(names)))
+    return dataclasses.replace(obj, **overrides)
+
+
+def check_writable(runs_dir: Path) -> None:
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        probe = runs_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ValueError(f"runs dir {str(runs_dir)!r} is not writable ({exc.strerror}); pass --runs-dir "
+                         "pointing at a folder you can write") from None
+
+
+def load_model(spec: RunSpec, device: torch.device):
+    """(model, tokenizer, label): weights from the hub, a local folder or the embedded GGUF."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if spec.random_weights:  # paper shapes without a download: architecture from the config, random init
+        meta = models.load_config_dict(spec.model)
+        from transformers import AutoConfig
+
+        torch.manual_seed(spec.seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**meta), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())  # any tokenizer within the vocab
+        label = f"{models.label(spec.model)} (random weights)"
+    else:
+        source = models.resolve(spec.model)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        label = models.label(spec.model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer, label
+
+
+def run_one(spec: RunSpec, task: Task, runs_dir: Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
+    run_dir = runs_dir / spec.run_id
+    record_path = run_dir / RECORD
+    finished = None
+    if record_path.is_file():
+        try:
+            finished = read_record(record_path) if read_record(record_path)["run"]["status"] == "success" else None
+        except ValueError:
+            pass  # unreadable: run again
+    if finished is not None and not force:
+        return finished
+    if force:
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)  # start over, but keep the finished record until replaced
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    record = new_record(spec.run_id, spec.to_dict(), environment())
+    try:
+        _execute(spec, task, run_dir, device, record, progress)
+        record["run"]["status"] = "success"
+    except KeyboardInterrupt:
+        record["run"]["status"], record["run"]["error"] = "cancelled", "interrupted by the user"
+        write_record(run_dir, record)
+        raise
+    except Exception as exc:  # the record says what failed; the next run still gets its turn
+        record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
+        record["run"]["traceback"] = traceback.format_exc(limit=8)
+    if record["run"]["status"] != "success" and finished is not None:  # never replace a finished run's record
+        write_json(run_dir / f"failed-{int(time.time())}.json", record)
+        return record
+    write_record(run_dir, record)
+    if record["run"]["status"] == "success":
+        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return record
+
+
+def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any],
+             progress: bool) -> None:
+    model, tokenizer, label = load_model(spec, device)
+    record["run"]["config"]["model_label"] = label
+    record["run"]["config"]["data"] = task.describe()
+    if spec.method != BASELINE:
+        torch.manual_seed(spec.seed)  # adapter init
+        adapter = attach(model, spec.method, **spec.method_options)
+        train_set, val_set = task.splits()
+        record["run"]["config"]["data"] = task.describe()
+        result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
+        adapter_dir = adapter.save(run_dir / "adapter")
+        flops = step_flops(model, spec.method, adapter.config, result.first_batch_shape, loss_sum)
+        lora = flops if spec.method == "lora" else step_flops(
+            model, "lora", METHODS.get("lora").config_cls(**_common(adapter.config)), result.first_batch_shape, loss_sum)
+        updated = result.params_updated
+        record["train"] = {
+            "steps": result.steps, "samples": result.samples, "tokens": result.tokens,
+            "train_s": round(result.train_s, 3), "hook_val_s": round(result.hook_val_s, 3),
+            "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
+            "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
+            "trainable_params": adapter.num_trainable_params, "base_params": adapter.num_base_params,
+            "percent_trainable": adapter.percent_trainable,
+            "params_updated_per_step": {"mean": sum(updated) / len(updated) if updated else 0,
+                                        "min": min(updated, default=0), "max": max(updated, default=0)},
+            "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
+            "flops_per_step": {"total": flops["total"], "adapter": flops["adapter"], "lora_total": lora["total"],
+                               "relative_to_lora": flops["total"] / lora["total"],
+                               "micro_batch_shape": result.first_batch_shape,
+                               "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica"},
+            "loss_curve": result.loss_curve, "final_val_loss": result.final_val_loss,
+            "resumed_from_step": result.resumed_from, "adapter": adapter.summary(),
+        }
+    model.eval()
+    began = time.perf_counter()
+    record["eval"] = task.evaluate(model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS)
+    record["eval_s"] = round(time.perf_counter() - began, 3)
+
+
+def _common(config: Any) -> dict[str, Any]:
+    """The options every method shares, to build the LoRA reference at the same settings."""
+    from harness.config import AdapterConfig
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if f.name != "reducer"}
+
+
+def run_all(specs: list[RunSpec], runs_dir: Path, data_dir: str | None, force: bool = False,
+            progress: bool = True) -> list[dict[str, Any]]:
+    check_writable(runs_dir)
+    tasks: dict[tuple, Task] = {}
+    records = []
+    for i, spec in enumerate(specs, 1):
+        options = dataclasses.replace(spec.task_options, data_dir=data_dir)
+        key = (spec.task, options)
+        if key not in tasks:
+            tasks[key] = TASKS.get(spec.task)(options)
+        print(f"[{i}/{len(specs)}] {spec.run_id}", flush=True)
+        record = run_one(spec, tasks[key], runs_dir, force, progress)
+        status = record["run"]["status"]
+        print(f"    {status}" + (f": {record['run']['error']}" if record["run"]["error"] else ""), flush=True)
+        records.append(record)
+    return records

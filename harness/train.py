@@ -1,0 +1,269 @@
+"""The training loop, top to bottom: tokenise, batch, step, validate, checkpoint, resume.
+
+Method behaviour enters only through the adapter's hooks (``param_groups``, ``on_step_begin``,
+``extra_loss``). Device placement and mixed precision go through accelerate, so ``accelerate launch``
+runs this same code on several GPUs. Batches are left-padded: the supervised tokens then sit at the
+end of every row, and logits are computed only for that tail (exact, and on a CPU about half the step).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from harness.accounting import MemoryMeter
+from harness.atomic import atomic_path
+from harness.task import Example
+
+IGNORE = -100
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int | None = None  # optimizer steps; None: derived from epochs
+    epochs: float = 1.0
+    micro_batch_size: int = 4
+    grad_accum: int = 4  # effective batch = micro_batch_size * grad_accum * processes
+    lr: float = 3e-4
+    warmup_steps: int = 100
+    schedule: str = "linear"  # linear | cosine | constant (after warm-up)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    cutoff_len: int = 256  # tokens
+    train_on_inputs: bool = True  # LLM-Adapters default: the loss also covers the prompt
+    val_batch_size: int = 8
+    checkpoint_every: int = 50  # optimizer steps; 0 = never
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"steps must be >= 1 (got {self.steps})")
+        for name in ("micro_batch_size", "grad_accum", "cutoff_len", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError("epochs and lr must be > 0; warmup_steps and checkpoint_every must be >= 0")
+        if self.schedule not in ("linear", "cosine", "constant"):
+            raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> Encoded:
+    """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked."""
+    ids = tokenizer(example.prompt + example.target)["input_ids"][:cutoff_len]
+    if len(ids) < cutoff_len and tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    labels = list(ids)
+    if not train_on_inputs:
+        n_prompt = min(len(tokenizer(example.prompt)["input_ids"]), len(ids))
+        labels[:n_prompt] = [IGNORE] * n_prompt
+    return Encoded(ids, labels)
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, width - n:] = torch.tensor(e.input_ids)
+        labels[i, width - n:] = torch.tensor(e.labels)
+        mask[i, width - n:] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def supervised_tail(labels: torch.Tensor) -> tuple[int, int]:
+    """(positions from the end whose logits the loss needs, supervised tokens) of a left-padded batch."""
+    supervised = labels[:, 1:] != IGNORE
+    n_tokens = int(supervised.sum())
+    if n_tokens == 0:
+        return 0, 0
+    first = int(supervised.any(0).float().argmax())  # first position any row supervises
+    return labels.shape[1] - first, n_tokens
+
+
+def loss_sum(model, batch: dict[str, torch.Tensor], keep: int, use_cache: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised tokens, with logits for the last ``keep``
+    positions only (from ``supervised_tail``)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=use_cache).logits[:, :-1]
+    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1:]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / (config.warmup_steps + 1)
+        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
+        if config.schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    samples: int
+    tokens: int  # non-pad tokens seen by the model in training steps
+    train_s: float  # wall time of training steps, Reducer hooks included, checkpoint writes excluded
+    hook_val_s: float  # of which: validation-loss calls made by hooks (the Reducer's rollouts)
+    loss_curve: list[list[float]]  # [step, loss]
+    params_updated: list[int]  # per step: elements of trainable tensors that received a gradient
+    memory: dict[str, float]
+    final_val_loss: float | None
+    resumed_from: int | None
+    first_batch_shape: list[int]  # [micro-batch size, tokens, logit positions kept]
+
+
+def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Example], config: TrainConfig,
+          run_dir: Path | None = None, accelerator=None, progress: bool = True) -> TrainResult:
+    from accelerate import Accelerator
+
+    accelerator = accelerator or Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [encode(tokenizer, e, config.cutoff_len, config.train_on_inputs) for e in train_set]
+    val_encoded = [encode(tokenizer, e, config.cutoff_len, config.train_on_inputs) for e in val_set]
+    if not encoded:
+        raise ValueError("no training examples")
+
+    # One deterministic order of micro-batches per epoch; this process takes every world_size-th.
+    per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
+    steps_per_epoch = max(1, len(encoded) // per_step)
+    total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)
+    val_batches = [collate(val_encoded[i:i + config.val_batch_size], pad_id)
+                   for i in range(0, len(val_encoded), config.val_batch_size)]
+
+    optimizer = torch.optim.AdamW(adapter.param_groups(config.lr, config.weight_decay))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    device = accelerator.device
+
+    state = {"step": 0, "samples": 0, "tokens": 0, "train_s": 0.0, "hook_val_s": 0.0, "loss_curve": [],
+             "params_updated": []}
+    resumed_from = None
+    checkpoint = run_dir / CHECKPOINT if run_dir else None
+    if checkpoint and checkpoint.is_file():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+        if saved["config"] != asdict(config):
+            raise ValueError(f"{checkpoint} was written with other training settings; delete it or use --force")
+        adapter.load_state_dict(saved["adapter"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        adapter.load_training_state(saved["hooks"])
+        torch.set_rng_state(saved["torch_rng"])
+        random.setstate(saved["python_rng"])
+        state = saved["state"]
+        resumed_from = state["step"]
+
+    def val_loss_on(batch: dict[str, torch.Tensor]) -> Callable[[], float]:
+        def run() -> float:  # eval mode, no gradients; the timing is reported separately
+            began = time.perf_counter()
+            was_training = model.training
+            model.eval()
+            keep, n = supervised_tail(batch["labels"])
+            with torch.no_grad(), accelerator.autocast():
+                loss = loss_sum(model, {k: v.to(device) for k, v in batch.items()}, keep) if n else torch.zeros(())
+            model.train(was_training)
+            state["hook_val_s"] += time.perf_counter() - began
+            return loss.item() / max(n, 1)
+        return run
+
+    memory = MemoryMeter(device)
+    params = adapter.trainable_parameters()
+    model.train()
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process)
+    first_shape: list[int] = []
+    while state["step"] < total_steps:
+        step = state["step"]
+        began = time.perf_counter()
+        adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
+        batches = [collate([encoded[i] for i in idx], pad_id) for idx in micro_batches[step]]
+        tails = [supervised_tail(b["labels"]) for b in batches]
+        first_shape = first_shape or [*batches[0]["input_ids"].shape, tails[0][0]]
+        n_supervised = sum(n for _, n in tails)
+        step_loss = 0.0
+        for batch, (keep, n) in zip(batches, tails, strict=True):
+            if n == 0:
+                continue
+            batch = {k: v.to(device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss = loss_sum(model, batch, keep) / max(n_supervised, 1)  # token-weighted mean over the step  # token-weighted mean over the whole accumulated batch
+                extra = adapter.extra_loss()
+                if extra is not None:
+                    loss = loss + extra / len(batches)
+            accelerator.backward(loss)
+            step_loss += loss.item()
+            state["tokens"] += int(batch["attention_mask"].sum())
+            state["samples"] += batch["input_ids"].shape[0]
+            memory.sample()
+        state["params_updated"].append(sum(p.numel() for p in params if p.grad is not None))
+        if config.max_grad_norm > 0:
+            accelerator.clip_grad_norm_([p for p in params if p.grad is not None], config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
+        state["train_s"] += time.perf_counter() - began
+        state["step"] += 1
+        state["loss_curve"].append([state["step"], round(step_loss, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
+        if checkpoint and config.checkpoint_every and state["step"] % config.checkpoint_every == 0 \
+                and state["step"] < total_steps and accelerator.is_main_process:
+            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
+    bar.close()
+    final_val = None
+    if val_batches:
+        losses = [val_loss_on(b)() for b in val_batches]
+        final_val = sum(losses) / len(losses)
+    return TrainResult(state["step"], state["samples"], state["tokens"], state["train_s"], state["hook_val_s"],
+                       state["loss_curve"], state["params_updated"], memory.summary(), final_val, resumed_from,
+                       first_shape)
+
+
+def save_checkpoint(path: Path, adapter, optimizer, scheduler, config: TrainConfig, state: dict[str, Any]) -> None:
+    payload = {"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
+               "scheduler": scheduler.state_dict(), "hooks": adapter.training_state(), "config": asdict(config),
+               "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "state": state}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> list[list[list[int]]]:
+    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed."""
+    rng = random.Random(config.seed)
+    order: list[int] = []
+    per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
+    while len(order) < total_steps * per_step:
+        epoch = list(range(n))
+        rng.shuffle(epoch)
+        order += epoch
+    steps = []
+    for s in range(total_steps):
+        chunk = order[s * per_step:(s + 1) * per_step][accelerator.process_index::accelerator.num_processes]
+        steps.append([chunk[i:i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)])
+    return steps

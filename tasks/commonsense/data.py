@@ -1,0 +1,139 @@
+"""Commonsense data in LLM-Adapters format: one folder per benchmark with ``test.json`` / ``train.json``.
+
+Sources, in order: ``--data-dir`` / ``HARNESS_DATA_DIR`` (the folder holding the benchmark folders, or
+its parent with a ``commonsense/`` inside), else the LLM-Adapters repository online, downloaded once
+into the cache. A benchmark without local data is *absent*: reported as such, never scored as zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.atomic import atomic_path
+from harness.models import cache_dir
+
+# The paper's eight, in Table 1's order, with their label words (shared/data/commonsense/README.md)
+BENCHMARKS: dict[str, list[str]] = {
+    "ARC-Easy": [f"answer{i}" for i in range(1, 6)],
+    "openbookqa": [f"answer{i}" for i in range(1, 5)],
+    "social_i_qa": [f"answer{i}" for i in range(1, 4)],
+    "ARC-Challenge": [f"answer{i}" for i in range(1, 6)],
+    "winogrande": ["option1", "option2"],
+    "piqa": ["solution1", "solution2"],
+    "boolq": ["true", "false"],
+    "hellaswag": [f"ending{i}" for i in range(1, 5)],
+}
+MIXED_TRAIN = "commonsense_170k.json"
+# LLM-Adapters at the commit our reference copy was taken from; HARNESS_COMMONSENSE_URL overrides it
+UPSTREAM = "https://raw.githubusercontent.com/AGI-Edgerunners/LLM-Adapters/816657208af4db747803f87ba40a4c71383fed7a"
+REQUIRED_KEYS = ("instruction", "output", "answer")
+
+
+@dataclass(frozen=True)
+class DataFile:
+    path: Path
+    sha256: str
+    records: list[dict[str, Any]]
+
+
+def resolve_data_dir(data_dir: str | None) -> Path:
+    """The folder holding the benchmark folders; downloaded from upstream when none is given."""
+    given = data_dir or os.environ.get("HARNESS_DATA_DIR")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_dir():
+            raise ValueError(f"data dir {str(path)!r} does not exist; pass --data-dir (or HARNESS_DATA_DIR) "
+                             "pointing at a folder of benchmark folders such as ARC-Easy/test.json")
+        if not _benchmark_dirs(path) and _benchmark_dirs(path / "commonsense"):
+            path = path / "commonsense"
+        if not _benchmark_dirs(path):
+            raise ValueError(f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
+                             f"{path / 'ARC-Easy' / 'test.json'}")
+        return path
+    return download()
+
+
+def download(base_url: str | None = None) -> Path:
+    """Fetch the eight test sets and the mixed training file from LLM-Adapters into the cache."""
+    base_url = base_url or os.environ.get("HARNESS_COMMONSENSE_URL", UPSTREAM)
+    target = cache_dir() / "data" / "commonsense"
+    wanted = [(f"dataset/{b}/test.json", target / b / "test.json") for b in BENCHMARKS]
+    wanted.append((f"ft-training_set/{MIXED_TRAIN}", target / MIXED_TRAIN))
+    fetched = 0
+    for remote, local in wanted:
+        if local.is_file():
+            fetched += 1
+            continue
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(f"{base_url}/{remote}", timeout=60) as response, atomic_path(local) as tmp:
+                tmp.write_bytes(response.read())
+            fetched += 1
+        except (urllib.error.URLError, OSError) as exc:
+            print(f"warning: could not fetch {remote} ({exc})")
+    if not fetched:
+        raise ValueError(f"no local data and the download from {base_url} failed; pass --data-dir (or set "
+                         "HARNESS_DATA_DIR) to a folder of LLM-Adapters benchmark folders")
+    return target
+
+
+def _benchmark_dirs(path: Path) -> list[str]:
+    return sorted(p.parent.name for p in path.glob("*/test.json")) if path.is_dir() else []
+
+
+def benchmark_names(data_dir: Path) -> list[str]:
+    """The paper's eight (present or not) then any further folder in the same format, by name."""
+    return list(BENCHMARKS) + [b for b in _benchmark_dirs(data_dir) if b not in BENCHMARKS]
+
+
+def labels_for(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
+    return BENCHMARKS.get(benchmark) or sorted({r["answer"] for r in records})
+
+
+def read_split(data_dir: Path, benchmark: str, split: str) -> DataFile | None:
+    path = data_dir / benchmark / f"{split}.json"
+    return read_json_file(path) if path.is_file() else None
+
+
+def read_json_file(path: Path) -> DataFile:
+    raw = path.read_bytes()
+    try:
+        records = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                         "fix or remove the file") from None
+    if not isinstance(records, list) or not records:
+        raise ValueError(f"{path} must be a non-empty JSON list of examples with keys {', '.join(REQUIRED_KEYS)}")
+    for i, record in enumerate(records):
+        if not isinstance(record, dict) or any(not isinstance(record.get(k), str) for k in REQUIRED_KEYS):
+            raise ValueError(f"{path}: example {i} lacks one of the string keys {', '.join(REQUIRED_KEYS)} "
+                             "(LLM-Adapters format)")
+    return DataFile(path, hashlib.sha256(raw).hexdigest(), records)
+
+
+def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training records (each tagged with its ``benchmark``) and a provenance list of the files used."""
+    mixed = data_dir / MIXED_TRAIN
+    files = [("mixed", read_json_file(mixed))] if mixed.is_file() else [
+        (b, f) for b in benchmark_names(data_dir) if (f := read_split(data_dir, b, "train")) is not None]
+    if not files:
+        raise ValueError(f"no training data in {data_dir}: need {MIXED_TRAIN} or at least one <benchmark>/train.json")
+    rng = random.Random(seed)
+    records, provenance = [], []
+    for benchmark, data in files:
+        chosen = list(data.records)
+        rng.shuffle(chosen)
+        chosen = chosen[:cap] if cap else chosen
+        records += [{**r, "benchmark": benchmark} for r in chosen]
+        provenance.append({"file": f"{data.path.parent.name}/{data.path.name}", "sha256": data.sha256,
+                           "examples": len(data.records), "used": len(chosen)})
+    rng.shuffle(records)
+    return records, provenance
