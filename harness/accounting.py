@@ -46,8 +46,9 @@ def step_flops(model: nn.Module, method: str, config: Any, batch_shape: list[int
         loss_fn(replica, batch, keep, use_cache=True).backward()
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(replica).__name__
-    adapter_flops = sum(counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0)
-                        for name in adapter.layers)
+    adapter_flops = sum(
+        counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0) for name in adapter.layers
+    )
     return {"total": int(counter.get_total_flops()), "adapter": int(adapter_flops)}
 
 
@@ -66,8 +67,12 @@ class MemoryMeter:
 
     def sample(self) -> None:
         if self.cuda:
-            self.samples.append((torch.cuda.memory_allocated(self.device) - self.base[0],
-                                 torch.cuda.memory_reserved(self.device) - self.base[1]))
+            self.samples.append(
+                (
+                    torch.cuda.memory_allocated(self.device) - self.base[0],
+                    torch.cuda.memory_reserved(self.device) - self.base[1],
+                )
+            )
         else:
             rss = _rss_bytes()
             self.samples.append((rss, rss))
@@ -75,13 +80,18 @@ class MemoryMeter:
     def summary(self) -> dict[str, float]:
         gb = 1024**3
         if self.cuda:
-            return {"kind": "cuda_minus_baseline",
-                    "peak_allocated_gb": (torch.cuda.max_memory_allocated(self.device) - self.base[0]) / gb,
-                    "peak_reserved_gb": (torch.cuda.max_memory_reserved(self.device) - self.base[1]) / gb,
-                    "mean_allocated_gb": _mean([a for a, _ in self.samples]) / gb,
-                    "mean_reserved_gb": _mean([r for _, r in self.samples]) / gb}
-        return {"kind": "process_rss", "peak_rss_gb": max((a for a, _ in self.samples), default=0.0) / gb,
-                "mean_rss_gb": _mean([a for a, _ in self.samples]) / gb}
+            return {
+                "kind": "cuda_minus_baseline",
+                "peak_allocated_gb": (torch.cuda.max_memory_allocated(self.device) - self.base[0]) / gb,
+                "peak_reserved_gb": (torch.cuda.max_memory_reserved(self.device) - self.base[1]) / gb,
+                "mean_allocated_gb": _mean([a for a, _ in self.samples]) / gb,
+                "mean_reserved_gb": _mean([r for _, r in self.samples]) / gb,
+            }
+        return {
+            "kind": "process_rss",
+            "peak_rss_gb": max((a for a, _ in self.samples), default=0.0) / gb,
+            "mean_rss_gb": _mean([a for a, _ in self.samples]) / gb,
+        }
 
 
 def _rss_bytes() -> float:
@@ -108,11 +118,18 @@ def environment() -> dict[str, Any]:
     except ImportError:
         peft_version = None
     cuda = torch.cuda.is_available()
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft_version, "device": torch.cuda.get_device_name(0) if cuda else _cpu_name(),
-            "device_type": "cuda" if cuda else "cpu", "gpus": torch.cuda.device_count() if cuda else 0,
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "os": f"{platform.system()} {platform.release()}"}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft_version,
+        "device": torch.cuda.get_device_name(0) if cuda else _cpu_name(),
+        "device_type": "cuda" if cuda else "cpu",
+        "gpus": torch.cuda.device_count() if cuda else 0,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "os": f"{platform.system()} {platform.release()}",
+    }
 
 
 def _cpu_name() -> str:

@@ -35,14 +35,34 @@ def cmd_run(args: argparse.Namespace) -> None:
     for m in methods:
         if m != BASELINE:
             METHODS.get(m)
-    train = {k: v for k, v in {"steps": args.steps, "epochs": args.epochs, "lr": args.lr,
-                               "train_on_inputs": args.train_on_inputs}.items() if v is not None}
-    task = {k: v for k, v in {"eval_limit": args.eval_limit, "train_cap": args.train_cap,
-                              "template": args.template}.items() if v is not None}
-    specs = build_specs(args.task, methods, _seeds(args.seeds), args.preset, model=args.model,
-                        protocol=args.protocol, method_options=method_options(args), train_overrides=train,
-                        task_overrides=task, eval_batch_size=args.eval_batch_size,
-                        random_weights=args.random_weights)
+    train = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "train_on_inputs": args.train_on_inputs,
+        }.items()
+        if v is not None
+    }
+    task = {
+        k: v
+        for k, v in {"eval_limit": args.eval_limit, "train_cap": args.train_cap, "template": args.template}.items()
+        if v is not None
+    }
+    specs = build_specs(
+        args.task,
+        methods,
+        _seeds(args.seeds),
+        args.preset,
+        model=args.model,
+        protocol=args.protocol,
+        method_options=method_options(args),
+        train_overrides=train,
+        task_overrides=task,
+        eval_batch_size=args.eval_batch_size,
+        random_weights=args.random_weights,
+    )
     records = run_all(specs, Path(args.runs_dir), args.data_dir, force=args.force, progress=not args.quiet)
     if args.leaderboard:
         for path in write_leaderboards(Path(args.runs_dir), Path(args.out)):
@@ -80,8 +100,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
     p.add_argument("--train-cap", type=int, help="training examples per benchmark")
     p.add_argument("--eval-batch-size", type=int)
-    p.add_argument("--random-weights", action="store_true",
-                   help="build the model from its config with random weights (paper shapes without a download)")
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="build the model from its config with random weights (paper shapes without a download)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_method_args(p)
     p.set_defaults(func=cmd_run)

@@ -32,10 +32,18 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
 
 def _group_key(record: dict[str, Any]) -> tuple:
     c = record["run"]["config"]
-    return (c["task"], c["preset"], c.get("model_label", c["model"]), c["protocol"], c["method"],
-            json.dumps(c["method_options"], sort_keys=True), c["task_options"]["template"],
-            c["train"]["train_on_inputs"], json.dumps({k: v for k, v in c["train"].items() if k != "seed"}, sort_keys=True),
-            json.dumps({k: v for k, v in c["task_options"].items() if k != "seed"}, sort_keys=True))
+    return (
+        c["task"],
+        c["preset"],
+        c.get("model_label", c["model"]),
+        c["protocol"],
+        c["method"],
+        json.dumps(c["method_options"], sort_keys=True),
+        c["task_options"]["template"],
+        c["train"]["train_on_inputs"],
+        json.dumps({k: v for k, v in c["train"].items() if k != "seed"}, sort_keys=True),
+        json.dumps({k: v for k, v in c["task_options"].items() if k != "seed"}, sort_keys=True),
+    )
 
 
 def _cell(values: list[float]) -> str:
@@ -68,25 +76,45 @@ def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
         row["Avg"] = _cell(avgs) if avgs else ""
         train = runs[0]["train"]
         row["Param %"] = f"{train['percent_trainable']:.3f}" if train else "0"
-        row.update({"protocol": protocol, "model": model, "preset": preset, "template": c["task_options"]["template"],
-                    "train_on_inputs": c["train"]["train_on_inputs"], "steps": train.get("steps", 0),
-                    "eval_n": "/".join(str(r["n"]) for r in runs[0]["eval"].values() if "n" in r),
-                    "seeds": " ".join(str(r["run"]["config"]["seed"]) for r in runs), "hardware": runs[0]["env"]["device"]})
+        row.update(
+            {
+                "protocol": protocol,
+                "model": model,
+                "preset": preset,
+                "template": c["task_options"]["template"],
+                "train_on_inputs": c["train"]["train_on_inputs"],
+                "steps": train.get("steps", 0),
+                "eval_n": "/".join(str(r["n"]) for r in runs[0]["eval"].values() if "n" in r),
+                "seeds": " ".join(str(r["run"]["config"]["seed"]) for r in runs),
+                "hardware": runs[0]["env"]["device"],
+            }
+        )
         accuracy.setdefault(task, []).append(row)
         if train:
             mem = train["memory"]
-            overhead.append({
-                "task": task, "method": method, "preset": preset, "model": model,
-                "trainable_params": train["trainable_params"], "param_%": round(train["percent_trainable"], 4),
-                "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
-                "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
-                "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
-                "flops_per_step": train["flops_per_step"]["total"],
-                "adapter_flops_per_step": train["flops_per_step"]["adapter"],
-                "relative_flops": round(train["flops_per_step"]["relative_to_lora"], 4),
-                "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
-                "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
-                "Avg": row["Avg"], "seeds": row["seeds"], "hardware": row["hardware"]})
+            overhead.append(
+                {
+                    "task": task,
+                    "method": method,
+                    "preset": preset,
+                    "model": model,
+                    "trainable_params": train["trainable_params"],
+                    "param_%": round(train["percent_trainable"], 4),
+                    "params_updated_per_step": round(
+                        statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)
+                    ),
+                    "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
+                    "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
+                    "flops_per_step": train["flops_per_step"]["total"],
+                    "adapter_flops_per_step": train["flops_per_step"]["adapter"],
+                    "relative_flops": round(train["flops_per_step"]["relative_to_lora"], 4),
+                    "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
+                    "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
+                    "Avg": row["Avg"],
+                    "seeds": row["seeds"],
+                    "hardware": row["hardware"],
+                }
+            )
     out = {task: _sorted(pd.DataFrame(rows)) for task, rows in accuracy.items()}
     out["overhead"] = pd.DataFrame(overhead)
     return out
@@ -135,8 +163,13 @@ def _plot(df: pd.DataFrame, records: list[dict[str, Any]], task: str, path: Path
             continue
         x, y = float(row["Param %"]), float(str(row["Avg"]).split(" ")[0])
         ax.scatter(x, y)
-        ax.annotate(f"{row['method']} ({row['preset']}, {row['protocol']})", (x, y), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+        ax.annotate(
+            f"{row['method']} ({row['preset']}, {row['protocol']})",
+            (x, y),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
     ax.set_xlabel("trainable parameters (% of base)")
     ax.set_ylabel("average accuracy (%)")
     ax.set_title(f"{task}: accuracy vs parameters", fontsize=10)

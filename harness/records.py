@@ -26,10 +26,19 @@ def git_state() -> dict[str, Any]:
     """Commit and dirty flag of the harness checkout (None when not installed from git)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                    capture_output=True, text=True, timeout=10, check=True).stdout.strip())
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no"],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
         return {"git_commit": commit, "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"git_commit": None, "git_dirty": None}
@@ -38,11 +47,21 @@ def git_state() -> dict[str, Any]:
 def new_record(run_id: str, config: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     from harness import __version__
 
-    return {"schema": SCHEMA_VERSION,
-            "run": {"id": run_id, "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "status": "running", "error": None, "config": config, "harness_version": __version__,
-                    **git_state()},
-            "train": {}, "eval": {}, "env": env}
+    return {
+        "schema": SCHEMA_VERSION,
+        "run": {
+            "id": run_id,
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "status": "running",
+            "error": None,
+            "config": config,
+            "harness_version": __version__,
+            **git_state(),
+        },
+        "train": {},
+        "eval": {},
+        "env": env,
+    }
 
 
 def write_record(run_dir: Path, record: dict[str, Any]) -> Path:

@@ -100,9 +100,13 @@ class Reducer:
                 layer.gate = gate
 
     def state_dict(self) -> dict[str, Any]:
-        return {"scores": self.scores.clone(), "update_counts": list(self.update_counts),
-                "trajectory": list(self.trajectory), "selected": list(self.selected),
-                "generator": self._generator.get_state()}
+        return {
+            "scores": self.scores.clone(),
+            "update_counts": list(self.update_counts),
+            "trajectory": list(self.trajectory),
+            "selected": list(self.selected),
+            "generator": self._generator.get_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.scores = state["scores"].clone()

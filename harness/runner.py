@@ -42,24 +42,60 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "a few steps and examples: checks that everything runs (tests, CI)",
         models.EMBEDDED,
-        TrainConfig(steps=3, micro_batch_size=2, grad_accum=1, lr=1e-3, warmup_steps=0, cutoff_len=128,
-                    train_on_inputs=False, val_batch_size=4, checkpoint_every=2),
+        TrainConfig(
+            steps=3,
+            micro_batch_size=2,
+            grad_accum=1,
+            lr=1e-3,
+            warmup_steps=0,
+            cutoff_len=128,
+            train_on_inputs=False,
+            val_batch_size=4,
+            checkpoint_every=2,
+        ),
         TaskOptions(train_cap=16, val_size=4, eval_limit=4, template="clean"),
-        {"r": 8, "alpha": 16}, "choice", 8),
+        {"r": 8, "alpha": 16},
+        "choice",
+        8,
+    ),
     "embedded": Preset(
         "SmolLM2-135M on 2 CPU cores: ~5 min a method, enough training to move accuracy",
         models.EMBEDDED,
-        TrainConfig(epochs=1.0, micro_batch_size=8, grad_accum=2, lr=1e-3, warmup_steps=5, cutoff_len=256,
-                    train_on_inputs=False, val_batch_size=8, checkpoint_every=10),
-        TaskOptions(train_cap=160, val_size=32, eval_limit=150, template="clean"),
-        {}, "choice", 16),
+        TrainConfig(
+            epochs=1.0,
+            micro_batch_size=8,
+            grad_accum=2,
+            lr=1e-3,
+            warmup_steps=5,
+            cutoff_len=256,
+            train_on_inputs=False,
+            val_batch_size=8,
+            checkpoint_every=10,
+        ),
+        TaskOptions(train_cap=120, val_size=24, eval_limit=100, template="clean"),
+        {},
+        "choice",
+        16,
+    ),
     "paper": Preset(
         "EffiLoRA Table 9 / LLM-Adapters settings with Meta-Llama-3-8B (a GPU and the weights needed)",
         "meta-llama/Meta-Llama-3-8B",
-        TrainConfig(epochs=3.0, micro_batch_size=4, grad_accum=4, lr=3e-4, warmup_steps=100, cutoff_len=256,
-                    train_on_inputs=True, val_batch_size=8, checkpoint_every=200),
+        TrainConfig(
+            epochs=3.0,
+            micro_batch_size=4,
+            grad_accum=4,
+            lr=3e-4,
+            warmup_steps=100,
+            cutoff_len=256,
+            train_on_inputs=True,
+            val_batch_size=8,
+            checkpoint_every=200,
+        ),
         TaskOptions(val_size=120, template="llm-adapters"),
-        {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4}, "generate", 16),
+        {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4},
+        "generate",
+        16,
+    ),
 }
 
 
@@ -96,16 +132,28 @@ def resolve_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def build_specs(task: str, methods: list[str], seeds: list[int], preset: str, *, model: str | None = None,
-                protocol: str | None = None, method_options: dict[str, Any] | None = None,
-                train_overrides: dict[str, Any] | None = None, task_overrides: dict[str, Any] | None = None,
-                eval_batch_size: int | None = None, random_weights: bool = False) -> list[RunSpec]:
+def build_specs(
+    task: str,
+    methods: list[str],
+    seeds: list[int],
+    preset: str,
+    *,
+    model: str | None = None,
+    protocol: str | None = None,
+    method_options: dict[str, Any] | None = None,
+    train_overrides: dict[str, Any] | None = None,
+    task_overrides: dict[str, Any] | None = None,
+    eval_batch_size: int | None = None,
+    random_weights: bool = False,
+) -> list[RunSpec]:
     """Validate every name and option before anything runs (bad input fails fast, in one line)."""
     p = resolve_preset(preset)
     task_cls = TASKS.get(task)
     protocol = protocol or p.protocol
     if protocol not in task_cls.protocols:
-        raise ValueError(f"unknown protocol {protocol!r} for task {task!r}; choose one of: {', '.join(task_cls.protocols)}")
+        raise ValueError(
+            f"unknown protocol {protocol!r} for task {task!r}; choose one of: {', '.join(task_cls.protocols)}"
+        )
     train_cfg = _replace(p.train, train_overrides or {}, "training setting")
     task_opts = _replace(p.task, task_overrides or {}, "task setting")
     options = {**p.method_options, **(method_options or {})}
@@ -117,11 +165,21 @@ def build_specs(task: str, methods: list[str], seeds: list[int], preset: str, *,
 
             make_config(cls.config_cls, options, method)  # raises on an unknown or bad option
         for seed in seeds:
-            specs.append(RunSpec(task, method, seed, preset, model or p.model, protocol,
-                                 options if method != BASELINE else {},
-                                 dataclasses.replace(train_cfg, seed=seed),
-                                 dataclasses.replace(task_opts, seed=seed), eval_batch_size or p.eval_batch_size,
-                                 random_weights))
+            specs.append(
+                RunSpec(
+                    task,
+                    method,
+                    seed,
+                    preset,
+                    model or p.model,
+                    protocol,
+                    options if method != BASELINE else {},
+                    dataclasses.replace(train_cfg, seed=seed),
+                    dataclasses.replace(task_opts, seed=seed),
+                    eval_batch_size or p.eval_batch_size,
+                    random_weights,
+                )
+            )
     return specs
 
 
@@ -140,8 +198,10 @@ def check_writable(runs_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise ValueError(f"runs dir {str(runs_dir)!r} is not writable ({exc.strerror}); pass --runs-dir "
-                         "pointing at a folder you can write") from None
+        raise ValueError(
+            f"runs dir {str(runs_dir)!r} is not writable ({exc.strerror}); pass --runs-dir "
+            "pointing at a folder you can write"
+        ) from None
 
 
 def load_model(spec: RunSpec, device: torch.device):
@@ -202,8 +262,9 @@ def run_one(spec: RunSpec, task: Task, runs_dir: Path, force: bool = False, prog
     return record
 
 
-def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any],
-             progress: bool) -> None:
+def _execute(
+    spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], progress: bool
+) -> None:
     model, tokenizer, label = load_model(spec, device)
     record["run"]["config"]["model_label"] = label
     record["run"]["config"]["data"] = task.describe()
@@ -215,29 +276,53 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
         result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
         adapter_dir = adapter.save(run_dir / "adapter")
         flops = step_flops(model, spec.method, adapter.config, result.first_batch_shape, loss_sum)
-        lora = flops if spec.method == "lora" else step_flops(
-            model, "lora", METHODS.get("lora").config_cls(**_common(adapter.config)), result.first_batch_shape, loss_sum)
+        lora = (
+            flops
+            if spec.method == "lora"
+            else step_flops(
+                model,
+                "lora",
+                METHODS.get("lora").config_cls(**_common(adapter.config)),
+                result.first_batch_shape,
+                loss_sum,
+            )
+        )
         updated = result.params_updated
         record["train"] = {
-            "steps": result.steps, "samples": result.samples, "tokens": result.tokens,
-            "train_s": round(result.train_s, 3), "hook_val_s": round(result.hook_val_s, 3),
+            "steps": result.steps,
+            "samples": result.samples,
+            "tokens": result.tokens,
+            "train_s": round(result.train_s, 3),
+            "hook_val_s": round(result.hook_val_s, 3),
             "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
             "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
-            "trainable_params": adapter.num_trainable_params, "base_params": adapter.num_base_params,
+            "trainable_params": adapter.num_trainable_params,
+            "base_params": adapter.num_base_params,
             "percent_trainable": adapter.percent_trainable,
-            "params_updated_per_step": {"mean": sum(updated) / len(updated) if updated else 0,
-                                        "min": min(updated, default=0), "max": max(updated, default=0)},
+            "params_updated_per_step": {
+                "mean": sum(updated) / len(updated) if updated else 0,
+                "min": min(updated, default=0),
+                "max": max(updated, default=0),
+            },
             "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
-            "flops_per_step": {"total": flops["total"], "adapter": flops["adapter"], "lora_total": lora["total"],
-                               "relative_to_lora": flops["total"] / lora["total"],
-                               "micro_batch_shape": result.first_batch_shape,
-                               "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica"},
-            "loss_curve": result.loss_curve, "final_val_loss": result.final_val_loss,
-            "resumed_from_step": result.resumed_from, "adapter": adapter.summary(),
+            "flops_per_step": {
+                "total": flops["total"],
+                "adapter": flops["adapter"],
+                "lora_total": lora["total"],
+                "relative_to_lora": flops["total"] / lora["total"],
+                "micro_batch_shape": result.first_batch_shape,
+                "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
+            },
+            "loss_curve": result.loss_curve,
+            "final_val_loss": result.final_val_loss,
+            "resumed_from_step": result.resumed_from,
+            "adapter": adapter.summary(),
         }
     model.eval()
     began = time.perf_counter()
-    record["eval"] = task.evaluate(model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS)
+    record["eval"] = task.evaluate(
+        model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=progress
+    )
     record["eval_s"] = round(time.perf_counter() - began, 3)
 
 
@@ -248,8 +333,9 @@ def _common(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if f.name != "reducer"}
 
 
-def run_all(specs: list[RunSpec], runs_dir: Path, data_dir: str | None, force: bool = False,
-            progress: bool = True) -> list[dict[str, Any]]:
+def run_all(
+    specs: list[RunSpec], runs_dir: Path, data_dir: str | None, force: bool = False, progress: bool = True
+) -> list[dict[str, Any]]:
     check_writable(runs_dir)
     tasks: dict[tuple, Task] = {}
     records = []

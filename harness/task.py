@@ -47,8 +47,15 @@ class Task(ABC):
         """(train, validation): validation is held out of training, for the Reducer and val loss."""
 
     @abstractmethod
-    def evaluate(self, model: Any, tokenizer: Any, protocol: str, batch_size: int,
-                 predictions_path: Path | None) -> dict[str, dict[str, Any]]:
+    def evaluate(
+        self,
+        model: Any,
+        tokenizer: Any,
+        protocol: str,
+        batch_size: int,
+        predictions_path: Path | None,
+        progress: bool = True,
+    ) -> dict[str, dict[str, Any]]:
         """Score every benchmark: ``{benchmark: {"metric", "value", "n", "protocol", "sha256"} or
         {"status": "absent"}}``. Per-sample predictions go to ``predictions_path`` (JSONL)."""
 

@@ -82,9 +82,9 @@ def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     mask = torch.zeros((len(items), width), dtype=torch.long)
     for i, e in enumerate(items):
         n = len(e.input_ids)
-        ids[i, width - n:] = torch.tensor(e.input_ids)
-        labels[i, width - n:] = torch.tensor(e.labels)
-        mask[i, width - n:] = 1
+        ids[i, width - n :] = torch.tensor(e.input_ids)
+        labels[i, width - n :] = torch.tensor(e.labels)
+        mask[i, width - n :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
 
@@ -104,7 +104,7 @@ def loss_sum(model, batch: dict[str, torch.Tensor], keep: int, use_cache: bool =
     positions only (from ``supervised_tail``)."""
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     logits = model(**inputs, logits_to_keep=keep, use_cache=use_cache).logits[:, :-1]
-    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1:]
+    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
@@ -137,8 +137,17 @@ class TrainResult:
     first_batch_shape: list[int]  # [micro-batch size, tokens, logit positions kept]
 
 
-def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Example], config: TrainConfig,
-          run_dir: Path | None = None, accelerator=None, progress: bool = True) -> TrainResult:
+def train(
+    model,
+    tokenizer,
+    adapter,
+    train_set: list[Example],
+    val_set: list[Example],
+    config: TrainConfig,
+    run_dir: Path | None = None,
+    accelerator=None,
+    progress: bool = True,
+) -> TrainResult:
     from accelerate import Accelerator
 
     accelerator = accelerator or Accelerator(mixed_precision="bf16" if torch.cuda.is_available() else "no")
@@ -155,18 +164,29 @@ def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Exa
     steps_per_epoch = max(1, len(encoded) // per_step)
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
     micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)
-    val_batches = [collate(val_encoded[i:i + config.val_batch_size], pad_id)
-                   for i in range(0, len(val_encoded), config.val_batch_size)]
+    val_batches = [
+        collate(val_encoded[i : i + config.val_batch_size], pad_id)
+        for i in range(0, len(val_encoded), config.val_batch_size)
+    ]
 
     optimizer = torch.optim.AdamW(adapter.param_groups(config.lr, config.weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
 
-    state = {"step": 0, "samples": 0, "tokens": 0, "train_s": 0.0, "hook_val_s": 0.0, "loss_curve": [],
-             "params_updated": []}
+    state = {
+        "step": 0,
+        "samples": 0,
+        "tokens": 0,
+        "train_s": 0.0,
+        "hook_val_s": 0.0,
+        "loss_curve": [],
+        "params_updated": [],
+    }
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
+    if run_dir:
+        run_dir.mkdir(parents=True, exist_ok=True)
     if checkpoint and checkpoint.is_file():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
         if saved["config"] != asdict(config):
@@ -191,12 +211,15 @@ def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Exa
             model.train(was_training)
             state["hook_val_s"] += time.perf_counter() - began
             return loss.item() / max(n, 1)
+
         return run
 
     memory = MemoryMeter(device)
     params = adapter.trainable_parameters()
     model.train()
-    bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process)
+    bar = tqdm(
+        total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process
+    )
     first_shape: list[int] = []
     while state["step"] < total_steps:
         step = state["step"]
@@ -212,7 +235,9 @@ def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Exa
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss = loss_sum(model, batch, keep) / max(n_supervised, 1)  # token-weighted mean over the step  # token-weighted mean over the whole accumulated batch
+                loss = loss_sum(model, batch, keep) / max(
+                    n_supervised, 1
+                )  # token-weighted mean over the step  # token-weighted mean over the whole accumulated batch
                 extra = adapter.extra_loss()
                 if extra is not None:
                     loss = loss + extra / len(batches)
@@ -232,23 +257,45 @@ def train(model, tokenizer, adapter, train_set: list[Example], val_set: list[Exa
         state["loss_curve"].append([state["step"], round(step_loss, 5)])
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
-        if checkpoint and config.checkpoint_every and state["step"] % config.checkpoint_every == 0 \
-                and state["step"] < total_steps and accelerator.is_main_process:
+        if (
+            checkpoint
+            and config.checkpoint_every
+            and state["step"] % config.checkpoint_every == 0
+            and state["step"] < total_steps
+            and accelerator.is_main_process
+        ):
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
     bar.close()
     final_val = None
     if val_batches:
         losses = [val_loss_on(b)() for b in val_batches]
         final_val = sum(losses) / len(losses)
-    return TrainResult(state["step"], state["samples"], state["tokens"], state["train_s"], state["hook_val_s"],
-                       state["loss_curve"], state["params_updated"], memory.summary(), final_val, resumed_from,
-                       first_shape)
+    return TrainResult(
+        state["step"],
+        state["samples"],
+        state["tokens"],
+        state["train_s"],
+        state["hook_val_s"],
+        state["loss_curve"],
+        state["params_updated"],
+        memory.summary(),
+        final_val,
+        resumed_from,
+        first_shape,
+    )
 
 
 def save_checkpoint(path: Path, adapter, optimizer, scheduler, config: TrainConfig, state: dict[str, Any]) -> None:
-    payload = {"adapter": adapter.state_dict(), "optimizer": optimizer.state_dict(),
-               "scheduler": scheduler.state_dict(), "hooks": adapter.training_state(), "config": asdict(config),
-               "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "state": state}
+    payload = {
+        "adapter": adapter.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "hooks": adapter.training_state(),
+        "config": asdict(config),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "state": state,
+    }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -264,6 +311,6 @@ def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -
         order += epoch
     steps = []
     for s in range(total_steps):
-        chunk = order[s * per_step:(s + 1) * per_step][accelerator.process_index::accelerator.num_processes]
-        steps.append([chunk[i:i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)])
+        chunk = order[s * per_step : (s + 1) * per_step][accelerator.process_index :: accelerator.num_processes]
+        steps.append([chunk[i : i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)])
     return steps

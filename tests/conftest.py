@@ -44,3 +44,36 @@ def perturb(adapter, seed: int = 1, scale: float = 0.1) -> None:
 @pytest.fixture(params=ALL_METHODS)
 def method(request) -> str:
     return request.param
+
+
+class CharTokenizer:
+    """A character-level tokenizer for the tiny Llama (vocab 128): printable ASCII -> 2..96."""
+
+    pad_token_id, eos_token_id = 0, 1
+    pad_token, eos_token = "<pad>", "<eos>"
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        return {"input_ids": [ord(c) - 30 if 32 <= ord(c) <= 126 else 97 for c in text]}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return "".join(chr(int(i) + 30) if 2 <= int(i) <= 96 else "" for i in ids)
+
+
+@pytest.fixture
+def char_tokenizer() -> CharTokenizer:
+    return CharTokenizer()
+
+
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
+
+
+@pytest.fixture
+def data_dir():
+    """The real benchmark data beside the checkout (../shared/data/commonsense), or HARNESS_DATA_DIR."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.environ.get("HARNESS_TEST_DATA_DIR", SHARED_DATA))
+    if not (path / "ARC-Easy" / "test.json").is_file():
+        pytest.fail(f"test data not found at {path}; set HARNESS_TEST_DATA_DIR to a folder of LLM-Adapters benchmarks")
+    return path

@@ -50,13 +50,17 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     if given:
         path = Path(given).expanduser()
         if not path.is_dir():
-            raise ValueError(f"data dir {str(path)!r} does not exist; pass --data-dir (or HARNESS_DATA_DIR) "
-                             "pointing at a folder of benchmark folders such as ARC-Easy/test.json")
+            raise ValueError(
+                f"data dir {str(path)!r} does not exist; pass --data-dir (or HARNESS_DATA_DIR) "
+                "pointing at a folder of benchmark folders such as ARC-Easy/test.json"
+            )
         if not _benchmark_dirs(path) and _benchmark_dirs(path / "commonsense"):
             path = path / "commonsense"
         if not _benchmark_dirs(path):
-            raise ValueError(f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
-                             f"{path / 'ARC-Easy' / 'test.json'}")
+            raise ValueError(
+                f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
+                f"{path / 'ARC-Easy' / 'test.json'}"
+            )
         return path
     return download()
 
@@ -79,9 +83,13 @@ def download(base_url: str | None = None) -> Path:
             fetched += 1
         except (urllib.error.URLError, OSError) as exc:
             print(f"warning: could not fetch {remote} ({exc})")
+            if local.parent != target and not any(local.parent.iterdir()):
+                local.parent.rmdir()  # what upstream lacks stays absent
     if not fetched:
-        raise ValueError(f"no local data and the download from {base_url} failed; pass --data-dir (or set "
-                         "HARNESS_DATA_DIR) to a folder of LLM-Adapters benchmark folders")
+        raise ValueError(
+            f"no local data and the download from {base_url} failed; pass --data-dir (or set "
+            "HARNESS_DATA_DIR) to a folder of LLM-Adapters benchmark folders"
+        )
     return target
 
 
@@ -108,22 +116,27 @@ def read_json_file(path: Path) -> DataFile:
     try:
         records = json.loads(raw)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
-                         "fix or remove the file") from None
+        raise ValueError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix or remove the file"
+        ) from None
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path} must be a non-empty JSON list of examples with keys {', '.join(REQUIRED_KEYS)}")
     for i, record in enumerate(records):
         if not isinstance(record, dict) or any(not isinstance(record.get(k), str) for k in REQUIRED_KEYS):
-            raise ValueError(f"{path}: example {i} lacks one of the string keys {', '.join(REQUIRED_KEYS)} "
-                             "(LLM-Adapters format)")
+            raise ValueError(
+                f"{path}: example {i} lacks one of the string keys {', '.join(REQUIRED_KEYS)} (LLM-Adapters format)"
+            )
     return DataFile(path, hashlib.sha256(raw).hexdigest(), records)
 
 
 def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training records (each tagged with its ``benchmark``) and a provenance list of the files used."""
     mixed = data_dir / MIXED_TRAIN
-    files = [("mixed", read_json_file(mixed))] if mixed.is_file() else [
-        (b, f) for b in benchmark_names(data_dir) if (f := read_split(data_dir, b, "train")) is not None]
+    files = (
+        [("mixed", read_json_file(mixed))]
+        if mixed.is_file()
+        else [(b, f) for b in benchmark_names(data_dir) if (f := read_split(data_dir, b, "train")) is not None]
+    )
     if not files:
         raise ValueError(f"no training data in {data_dir}: need {MIXED_TRAIN} or at least one <benchmark>/train.json")
     rng = random.Random(seed)
@@ -133,7 +146,13 @@ def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[
         rng.shuffle(chosen)
         chosen = chosen[:cap] if cap else chosen
         records += [{**r, "benchmark": benchmark} for r in chosen]
-        provenance.append({"file": f"{data.path.parent.name}/{data.path.name}", "sha256": data.sha256,
-                           "examples": len(data.records), "used": len(chosen)})
+        provenance.append(
+            {
+                "file": f"{data.path.parent.name}/{data.path.name}",
+                "sha256": data.sha256,
+                "examples": len(data.records),
+                "used": len(chosen),
+            }
+        )
     rng.shuffle(records)
     return records, provenance

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 
 _PAD = " " * 16
 _HEAD = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
-_HEAD_INPUT = ("Below is an instruction that describes a task, paired with an input that provides further context. "
-               "Write a response that appropriately completes the request.")
+_HEAD_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request."
+)
 ANSWER_PREFIX = "the correct answer is"
 
 
@@ -27,8 +29,10 @@ class Template:
         """The text before the target during training (LLM-Adapters ``generate_prompt`` minus the output)."""
         if self.name == "llm-adapters":
             if input:
-                return (f"{_HEAD_INPUT}  # noqa: E501\n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n{_PAD}\n"
-                        f"{_PAD}### Input:\n{_PAD}{input}\n{_PAD}\n{_PAD}### Response:\n{_PAD}")
+                return (
+                    f"{_HEAD_INPUT}  # noqa: E501\n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n{_PAD}\n"
+                    f"{_PAD}### Input:\n{_PAD}{input}\n{_PAD}\n{_PAD}### Response:\n{_PAD}"
+                )
             return f"{_HEAD}  # noqa: E501\n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n{_PAD}\n{_PAD}### Response:\n{_PAD}"
         return self.eval_prompt(instruction, input)
 
@@ -36,8 +40,10 @@ class Template:
         """The prompt scored at test time (LLM-Adapters ``commonsense_evaluate.py``)."""
         if self.name == "llm-adapters":
             if input:
-                return (f"{_HEAD_INPUT}\n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n\n{_PAD}### Input:\n"
-                        f"{_PAD}{input}\n\n{_PAD}### Response:\n{_PAD}")
+                return (
+                    f"{_HEAD_INPUT}\n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n\n{_PAD}### Input:\n"
+                    f"{_PAD}{input}\n\n{_PAD}### Response:\n{_PAD}"
+                )
             return f"{_HEAD} \n\n{_PAD}### Instruction:\n{_PAD}{instruction}\n\n{_PAD}### Response:\n{_PAD}"
         if input:
             return f"{_HEAD_INPUT}\n\n### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"

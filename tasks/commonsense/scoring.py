@@ -29,7 +29,7 @@ def continuation_ids(tokenizer, context: str, continuation: str) -> list[int]:
     """Tokens of ``continuation`` as they fall after ``context`` (lm-eval's whole-minus-context rule)."""
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-    return whole[len(ctx):]
+    return whole[len(ctx) :]
 
 
 def _rows_for(tokenizer, prompt: str, candidates: Sequence[str]) -> list[tuple[_Row, list[int]]]:
@@ -49,15 +49,21 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
 
 
 @torch.no_grad()
-def choice_scores(model, tokenizer, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
-                  batch_size: int = 8, progress: str | None = None) -> list[list[float]]:
+def choice_scores(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    candidates: Sequence[Sequence[str]],
+    batch_size: int = 8,
+    progress: str | None = None,
+) -> list[list[float]]:
     """Sum of log-probabilities of each candidate continuation, per prompt."""
     device = next(model.parameters()).device
     rows: list[tuple[int, _Row, list[int]]] = []
@@ -67,13 +73,13 @@ def choice_scores(model, tokenizer, prompts: Sequence[str], candidates: Sequence
     scores = [[0.0] * len(c) for c in candidates]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, leave=False):
-        chunk = [rows[i] for i in order[start:start + batch_size]]
+        chunk = [rows[i] for i in order[start : start + batch_size]]
         batch = {k: v.to(device) for k, v in left_pad([r.ids for _, r, _ in chunk], pad_id).items()}
         keep = max(len(r.shared) + 1 for _, r, _ in chunk)
         logits = model(**batch, logits_to_keep=keep, use_cache=False).logits.float()
         logprobs = torch.log_softmax(logits, dim=-1)
         for b, (p, row, idx) in enumerate(chunk):
-            tail = logprobs[b, keep - len(row.shared) - 1:]
+            tail = logprobs[b, keep - len(row.shared) - 1 :]
             shared = sum(tail[t, tok].item() for t, tok in enumerate(row.shared))
             for i, tok in zip(idx, row.last, strict=True):
                 scores[p][i] = shared + tail[-1, tok].item()
@@ -81,8 +87,15 @@ def choice_scores(model, tokenizer, prompts: Sequence[str], candidates: Sequence
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 4, num_beams: int = 4,
-             max_new_tokens: int = 32, progress: str | None = None) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    batch_size: int = 4,
+    num_beams: int = 4,
+    max_new_tokens: int = 32,
+    progress: str | None = None,
+) -> list[str]:
     """Beam-search decode (LLM-Adapters: 4 beams, 32 new tokens) with a correct attention mask."""
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -90,11 +103,17 @@ def generate(model, tokenizer, prompts: Sequence[str], batch_size: int = 4, num_
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     outputs = [""] * len(prompts)
     for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, leave=False):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = left_pad([encoded[i] for i in idx], pad_id)
-        out = model.generate(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                             num_beams=num_beams, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
-        for i, seq in zip(idx, out[:, batch["input_ids"].shape[1]:], strict=True):
+        out = model.generate(
+            input_ids=batch["input_ids"].to(device),
+            attention_mask=batch["attention_mask"].to(device),
+            num_beams=num_beams,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        for i, seq in zip(idx, out[:, batch["input_ids"].shape[1] :], strict=True):
             outputs[i] = tokenizer.decode(seq, skip_special_tokens=True)
     return outputs

@@ -1,0 +1,60 @@
+"""The ``lm-eval`` protocol: the same prompts and label words, scored by lm-evaluation-harness.
+
+Our in-memory model goes in as ``HFLM(pretrained=<model object>)``; each benchmark becomes a
+multiple-choice task over a local JSON file (context = prompt + "the correct answer is", choices = the
+label words after a space), so the log-likelihoods come from the implementation the field already trusts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tasks.commonsense.prompts import ANSWER_PREFIX
+
+
+def lm_eval_predictions(
+    model,
+    tokenizer,
+    benchmark: str,
+    records: list[dict[str, Any]],
+    prompts: list[str],
+    candidates: list[list[str]],
+    batch_size: int,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        from lm_eval import simple_evaluate
+        from lm_eval.models.huggingface import HFLM
+    except ImportError:
+        raise ValueError("the lm-eval protocol needs lm-eval: pip install 'lora-harness[lm-eval]'") from None
+    docs = [
+        {"context": p + ANSWER_PREFIX, "choices": c, "gold": c.index(r["answer"])}
+        for p, c, r in zip(prompts, candidates, records, strict=True)
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "test.json"
+        path.write_text(json.dumps(docs))
+        name = f"harness_{benchmark.lower().replace('-', '_')}"
+        config = {
+            "task": name,
+            "dataset_path": "json",
+            "dataset_kwargs": {"data_files": {"test": str(path)}},
+            "test_split": "test",
+            "output_type": "multiple_choice",
+            "doc_to_text": "{{context}}",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{gold}}",
+            "target_delimiter": " ",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        out = simple_evaluate(model=lm, tasks=[config], log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+    samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
+    preds, extra = [], []
+    for sample, cands in zip(samples, candidates, strict=True):
+        logliks = [float(resp[0]) for resp in sample["filtered_resps"]]
+        preds.append(cands[max(range(len(logliks)), key=logliks.__getitem__)])
+        extra.append({"scores": dict(zip(cands, logliks, strict=True))})
+    return preds, extra

@@ -1,0 +1,109 @@
+"""Where commonsense data comes from, what is absent, and what bad data says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from harness.task import TaskOptions
+from tasks.commonsense import CommonsenseTask, data
+
+
+def copy_benchmarks(src, dst, names):
+    for name in names:
+        shutil.copytree(src / name, dst / name)
+    return dst
+
+
+def test_the_real_data_is_found_and_hellaswag_is_absent(data_dir):
+    task = CommonsenseTask(TaskOptions(data_dir=str(data_dir), train_cap=5, val_size=4))
+    train, val = task.splits()
+    assert len(train) + len(val) == 5 * 4  # ARC-e, ARC-c, OBQA, BoolQ have train splits
+    assert {e.source for e in train + val} == {"ARC-Easy", "ARC-Challenge", "openbookqa", "boolq"}
+    described = task.describe()
+    assert described["absent"] == ["hellaswag"]
+    assert {f["file"] for f in described["train_files"]} >= {"boolq/train.json"}
+    assert train[0].target.startswith("the correct answer is ")
+
+
+def test_the_parent_folder_is_accepted_too(data_dir):
+    assert data.resolve_data_dir(str(data_dir.parent)) == data_dir
+
+
+def test_absent_benchmark_is_reported_absent_never_zero(tmp_path, data_dir, char_tokenizer):
+    from tests.conftest import tiny_llama
+
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), eval_limit=3, val_size=2))
+    results = task.evaluate(tiny_llama(), char_tokenizer, "choice", 4, tmp_path / "pred.jsonl")
+    assert results["piqa"] == {"status": "absent"} and "value" not in results["hellaswag"]
+    assert results["boolq"]["n"] == 3 and 0 <= results["boolq"]["value"] <= 100
+    assert results["boolq"]["sha256"] == "89df2397cbca81dc31adcc6f7f5b635821aa0565aafde46725b2b4bd39b4dfa9"
+    lines = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 and set(lines[0]) >= {"benchmark", "index", "answer", "pred", "correct", "scores"}
+
+
+def test_an_extra_benchmark_folder_is_picked_up_by_name(tmp_path, data_dir):
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    (tmp_path / "my_bench").mkdir()
+    records = [
+        {
+            "instruction": f"Is {i} even?\n\nAnswer format: yes/no",
+            "input": "",
+            "output": "the correct answer is yes",
+            "answer": "yes" if i % 2 == 0 else "no",
+        }
+        for i in range(6)
+    ]
+    (tmp_path / "my_bench" / "test.json").write_text(json.dumps(records))
+    assert data.benchmark_names(tmp_path)[-1] == "my_bench"
+    assert data.labels_for("my_bench", records) == ["no", "yes"]
+
+
+def test_mixed_training_file_is_used_when_present(tmp_path, data_dir):
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    mixed = json.loads((data_dir / "ARC-Easy" / "train.json").read_text())[:30]
+    (tmp_path / data.MIXED_TRAIN).write_text(json.dumps(mixed))
+    records, provenance = data.training_mix(tmp_path, cap=None, seed=0)
+    assert len(records) == 30 and provenance[0]["file"].endswith(data.MIXED_TRAIN)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('[{"instruction": "x"', "is not valid JSON"),
+        ("{}", "must be a non-empty JSON list"),
+        ('[{"instruction": "x", "output": "y"}]', "example 0 lacks one of the string keys"),
+    ],
+)
+def test_malformed_test_json_says_what_is_wrong(tmp_path, content, message):
+    (tmp_path / "boolq").mkdir()
+    (tmp_path / "boolq" / "test.json").write_text(content)
+    with pytest.raises(ValueError, match=message):
+        data.read_split(tmp_path, "boolq", "test")
+
+
+def test_missing_or_empty_data_dir(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        data.resolve_data_dir(str(tmp_path / "nope"))
+    with pytest.raises(ValueError, match="holds no benchmark folder"):
+        data.resolve_data_dir(str(tmp_path))
+
+
+def test_online_source_downloads_into_the_cache(tmp_path, data_dir, monkeypatch):
+    """The real download code, offline: LLM-Adapters' layout served from local files."""
+    upstream = tmp_path / "upstream"
+    for name in ("boolq", "piqa"):
+        (upstream / "dataset" / name).mkdir(parents=True)
+        shutil.copy(data_dir / name / "test.json", upstream / "dataset" / name / "test.json")
+    (upstream / "ft-training_set").mkdir()
+    shutil.copy(data_dir / "boolq" / "train.json", upstream / "ft-training_set" / data.MIXED_TRAIN)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.setenv("HARNESS_COMMONSENSE_URL", upstream.as_uri())
+    folder = data.resolve_data_dir(None)
+    assert (folder / "piqa" / "test.json").read_bytes() == (data_dir / "piqa" / "test.json").read_bytes()
+    assert not (folder / "hellaswag").exists()  # what upstream lacks stays absent
+    assert (folder / data.MIXED_TRAIN).is_file()

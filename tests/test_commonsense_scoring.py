@@ -1,0 +1,48 @@
+"""Scoring protocols: exact log-likelihoods, and batched results equal to batch-size-1 results."""
+
+from __future__ import annotations
+
+import torch
+
+from tasks.commonsense.prompts import ANSWER_PREFIX
+from tasks.commonsense.scoring import choice_scores, generate
+from tests.conftest import tiny_llama
+
+PROMPTS = ["Q: is fire hot?\nA: ", "Q: which is a fruit? answer1 apple answer2 rock\nA: ", "Q: 2+2?\nA: ", "Hi "]
+CANDIDATES = [["true", "false"], ["answer1", "answer2"], ["answer1", "answer2", "answer3"], ["option1", "option2"]]
+
+
+def naive_score(model, tokenizer, prompt: str, candidate: str) -> float:
+    """Unbatched, unpadded, every token of the continuation scored from the full sequence."""
+    ctx = tokenizer(prompt + ANSWER_PREFIX)["input_ids"]
+    cont = tokenizer(" " + candidate)["input_ids"]
+    ids = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+    return sum(logprobs[len(ctx) - 1 + i, tok].item() for i, tok in enumerate(cont))
+
+
+def test_choice_scores_are_exact_log_likelihoods(char_tokenizer):
+    model = tiny_llama()
+    scores = choice_scores(model, char_tokenizer, PROMPTS, CANDIDATES, batch_size=3)
+    for prompt, cands, row in zip(PROMPTS, CANDIDATES, scores, strict=True):
+        for cand, score in zip(cands, row, strict=True):
+            assert abs(score - naive_score(model, char_tokenizer, prompt, cand)) < 1e-4
+
+
+def test_choice_batched_equals_batch_size_one(char_tokenizer):
+    model = tiny_llama()
+    one = choice_scores(model, char_tokenizer, PROMPTS, CANDIDATES, batch_size=1)
+    many = choice_scores(model, char_tokenizer, PROMPTS, CANDIDATES, batch_size=8)
+    for a, b in zip(one, many, strict=True):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-4, rtol=0)
+        assert max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
+
+
+def test_generate_batched_equals_batch_size_one(char_tokenizer):
+    model = tiny_llama()
+    prompts = ["a", "Q: long prompt here?", "xyz xyz", "Q: is fire hot?\nA: the correct answer is"]
+    one = generate(model, char_tokenizer, prompts, batch_size=1, num_beams=2, max_new_tokens=6)
+    many = generate(model, char_tokenizer, prompts, batch_size=4, num_beams=2, max_new_tokens=6)
+    assert one == many
+    assert all(isinstance(o, str) and o for o in one)

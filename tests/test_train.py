@@ -1,0 +1,149 @@
+"""The training loop on a tiny Llama: loss arithmetic, hooks, resume, settings."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from harness import attach
+from harness.task import Example
+from harness.train import CHECKPOINT, TrainConfig, collate, encode, loss_sum, supervised_tail, train
+from tests.conftest import tiny_llama
+
+EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A: ", f"it is {i + 1}", "toy") for i in range(40)]
+VAL = [Example("Q: what is 7 plus one? A: ", "it is 8", "toy")] * 4
+CONFIG = TrainConfig(
+    steps=6,
+    micro_batch_size=4,
+    grad_accum=2,
+    lr=5e-3,
+    warmup_steps=1,
+    cutoff_len=64,
+    checkpoint_every=2,
+    train_on_inputs=False,
+    val_batch_size=2,
+)
+
+
+def test_tail_loss_equals_the_full_loss(char_tokenizer):
+    model = tiny_llama()
+    items = [encode(char_tokenizer, e, 64, train_on_inputs=False) for e in EXAMPLES[:3]]
+    batch = collate(items, char_tokenizer.pad_token_id)
+    keep, n = supervised_tail(batch["labels"])
+    assert n == sum(sum(1 for t in e.labels[1:] if t != -100) for e in items)
+    with torch.no_grad():
+        ours = loss_sum(model, batch, keep) / n
+        full = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            labels=batch["labels"],
+        ).loss
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+
+
+def test_train_on_inputs_masks_the_prompt(char_tokenizer):
+    masked = encode(char_tokenizer, EXAMPLES[0], 64, train_on_inputs=False)
+    full = encode(char_tokenizer, EXAMPLES[0], 64, train_on_inputs=True)
+    n_prompt = len(EXAMPLES[0].prompt)
+    assert masked.labels[:n_prompt] == [-100] * n_prompt and masked.labels[n_prompt:] == full.labels[n_prompt:]
+    assert full.input_ids[-1] == char_tokenizer.eos_token_id and full.labels == full.input_ids
+    assert len(encode(char_tokenizer, EXAMPLES[0], 10, True).input_ids) == 10  # cut off, no EOS
+
+
+@pytest.mark.parametrize("method", ["lora", "effilora"])
+def test_training_lowers_the_loss_and_records_what_it_did(method, char_tokenizer, tmp_path):
+    reducer = dict(k=2, interval=2) if method == "effilora" else None
+    adapter = attach(tiny_llama(), method, targets="q_proj,v_proj,up_proj", r=4, reducer=reducer)
+    result = train(
+        adapter.model,
+        char_tokenizer,
+        adapter,
+        EXAMPLES,
+        VAL,
+        dataclasses.replace(CONFIG, steps=12),
+        tmp_path,
+        progress=False,
+    )
+    losses = [loss for _, loss in result.loss_curve]
+    assert result.steps == 12 and losses[-1] < losses[0]
+    assert result.samples == 12 * 8 and result.tokens > 0 and result.train_s > 0
+    assert result.final_val_loss is not None and result.memory["peak_rss_gb"] > 0
+    assert result.first_batch_shape[0] == 4
+    if method == "effilora":  # the Reducer paused heads: fewer elements moved than are trainable
+        assert max(result.params_updated) < adapter.num_trainable_params
+        assert result.hook_val_s > 0 and adapter.reducer.trajectory
+    else:
+        assert set(result.params_updated) == {adapter.num_trainable_params}
+
+
+def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
+    def fresh():
+        torch.manual_seed(0)
+        return attach(
+            tiny_llama(), "effilora", targets="q_proj,v_proj", r=4, dropout=0.1, reducer=dict(k=2, interval=2)
+        )
+
+    straight = fresh()
+    train(straight.model, char_tokenizer, straight, EXAMPLES, VAL, CONFIG, tmp_path / "a", progress=False)
+
+    crashed = fresh()
+    real_hook = crashed.on_step_begin
+
+    def crash_at_step_3(step, val_loss_fn):
+        if step == 3:
+            raise RuntimeError("power cut")
+        real_hook(step, val_loss_fn)
+
+    crashed.on_step_begin = crash_at_step_3
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(crashed.model, char_tokenizer, crashed, EXAMPLES, VAL, CONFIG, tmp_path / "b", progress=False)
+    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["state"]["step"] == 2
+    resumed = fresh()
+    result = train(resumed.model, char_tokenizer, resumed, EXAMPLES, VAL, CONFIG, tmp_path / "b", progress=False)
+    assert result.resumed_from == 2 and result.steps == 6
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight.reducer.update_counts == resumed.reducer.update_counts
+
+
+def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    train(
+        adapter.model,
+        char_tokenizer,
+        adapter,
+        EXAMPLES,
+        VAL,
+        dataclasses.replace(CONFIG, steps=3),
+        tmp_path,
+        progress=False,
+    )
+    other = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    with pytest.raises(ValueError, match="other training settings"):
+        train(
+            other.model,
+            char_tokenizer,
+            other,
+            EXAMPLES,
+            VAL,
+            dataclasses.replace(CONFIG, lr=1.0),
+            tmp_path,
+            progress=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("steps", -5, "steps must be >= 1"),
+        ("micro_batch_size", 0, "micro_batch_size must be >= 1"),
+        ("schedule", "exp", "choose one of: linear, cosine, constant"),
+        ("lr", 0.0, "lr must be > 0"),
+    ],
+)
+def test_bad_settings(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
