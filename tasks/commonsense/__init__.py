@@ -27,6 +27,8 @@ class CommonsenseTask(Task):
         self.template = get_template(options.template)
         self.data_dir = data.resolve_data_dir(options.data_dir)
         self._provenance: list[dict[str, Any]] = []
+        # read and check every test file now: bad data fails before any training, not after
+        self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
 
     def _example(self, record: dict[str, Any]) -> Example:
         return Example(
@@ -47,7 +49,7 @@ class CommonsenseTask(Task):
         return [self._example(r) for r in train], [self._example(r) for r in val]
 
     def test_records(self, benchmark: str) -> data.DataFile | None:
-        return data.read_split(self.data_dir, benchmark, "test")
+        return self._tests[benchmark]
 
     def evaluate(
         self, model, tokenizer, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True

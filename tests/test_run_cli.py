@@ -1,0 +1,153 @@
+"""``harness run`` end to end on the embedded model (smoke preset), resume after SIGKILL, and bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness.records import read_record
+
+
+def harness(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "harness", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def records_in(runs) -> list[dict]:
+    return [read_record(p) for p in sorted(runs.glob("*/record.json"))]
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_dir):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    args = [
+        "run",
+        "--methods",
+        "lora,effilora",
+        "--task",
+        "commonsense",
+        "--preset",
+        "smoke",
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    began = time.perf_counter()
+    first = harness(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert time.perf_counter() - began < 120
+    records = records_in(runs)
+    assert sorted(r["run"]["config"]["method"] for r in records) == ["effilora", "lora"]
+    for r in records:
+        assert r["run"]["status"] == "success" and r["train"]["steps"] == 3
+        assert r["train"]["flops_per_step"]["total"] > 0 and r["train"]["trainable_params"] > 0
+        assert r["eval"]["hellaswag"] == {"status": "absent"} and r["eval"]["boolq"]["n"] == 4
+        assert r["env"]["python"] and r["run"]["git_commit"] is not None
+        assert (runs / r["run"]["id"] / "predictions.jsonl").is_file()
+        assert (runs / r["run"]["id"] / "adapter" / "adapter_model.safetensors").is_file()
+        assert not (runs / r["run"]["id"] / "checkpoint.pt").exists()
+    assert (out / "commonsense.csv").is_file() and (out / "overhead.csv").is_file()
+    stamps = {r["run"]["id"]: r["run"]["created_at"] for r in records}
+    time.sleep(1.1)
+    again = harness(*args)
+    assert again.returncode == 0
+    assert {r["run"]["id"]: r["run"]["created_at"] for r in records_in(runs)} == stamps  # skipped, not re-run
+    forced = harness(*args[:2], "lora", *args[3:], "--force")
+    assert forced.returncode == 0
+    assert sum(r["run"]["created_at"] != stamps[r["run"]["id"]] for r in records_in(runs)) == 1
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir):
+    runs = tmp_path / "runs"
+    args = [
+        sys.executable,
+        "-m",
+        "harness",
+        "run",
+        "--methods",
+        "lora",
+        "--task",
+        "commonsense",
+        "--preset",
+        "smoke",
+        "--steps",
+        "12",
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--no-leaderboard",
+        "--quiet",
+    ]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert list(runs.glob("*/checkpoint.pt")), "no checkpoint appeared"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not list(runs.glob("*/record.json"))  # killed before finishing: no record, and no half of one
+    finished = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    [record] = records_in(runs)
+    assert record["run"]["status"] == "success" and record["train"]["steps"] == 12
+    assert record["train"]["resumed_from_step"] >= 2
+    assert not list(runs.rglob("*.tmp")) and not list(runs.glob("*/checkpoint.pt"))
+
+
+def bad_data(tmp_path):
+    (tmp_path / "bad" / "boolq").mkdir(parents=True)
+    (tmp_path / "bad" / "boolq" / "test.json").write_text('[{"instruction": ')
+    return tmp_path / "bad"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--methods", "lroa"], "unknown method 'lroa' (did you mean 'lora'?); available: effilora"),
+        (["--task", "commonsens"], "unknown task 'commonsens' (did you mean 'commonsense'?); available: commonsense"),
+        (["--preset", "fast"], "unknown preset 'fast'; available: smoke, embedded, paper"),
+        (["--protocol", "vibes"], "unknown protocol 'vibes' for task 'commonsense'; choose one of: choice, generate"),
+        (["--data-dir", "{tmp}/nowhere"], "does not exist; pass --data-dir"),
+        (["--data-dir", "{tmp}"], "holds no benchmark folder with a test.json"),
+        (["--data-dir", "{bad}"], "test.json is not valid JSON"),
+        (["--steps", "-3"], "steps must be >= 1 (got -3)"),
+        (["--runs-dir", "{file}/runs"], "is not writable"),
+        (["--option", "mixer_init=zeros"], "unknown option 'mixer_init' for method 'lora'"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, data_dir, extra, message):
+    (tmp_path / "a_file").write_text("")
+    values = {"tmp": str(tmp_path), "bad": str(bad_data(tmp_path)), "file": str(tmp_path / "a_file")}
+    extra = [e.format(**values) for e in extra]
+    base = {
+        "--methods": "lora",
+        "--task": "commonsense",
+        "--preset": "smoke",
+        "--data-dir": str(data_dir),
+        "--runs-dir": str(tmp_path / "runs"),
+    }
+    for flag, value in zip(extra[::2], extra[1::2], strict=True):
+        base[flag] = value
+    result = harness("run", *[x for kv in base.items() for x in kv], "--quiet")
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not list((tmp_path / "runs").glob("*/record.json")) if (tmp_path / "runs").is_dir() else True
+
+
+def test_leaderboard_without_records_is_a_clear_error(tmp_path):
+    result = harness("leaderboard", "--runs-dir", str(tmp_path / "none"))
+    assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
