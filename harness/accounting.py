@@ -18,6 +18,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+REFERENCE_METHOD = "lora"  # FLOPs are also reported relative to this method at the same settings
+
 
 def meta_replica(model: nn.Module) -> nn.Module:
     """The same architecture without weights (Hugging Face and diffusers models)."""

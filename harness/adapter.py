@@ -250,6 +250,11 @@ class Adapter:
     def extra_loss(self) -> Tensor | None:
         return None
 
+    @property
+    def pauses_parameters(self) -> bool:
+        """True when some trainable tensors get no gradient in some steps (DDP must then allow it)."""
+        return self.reducer is not None and self.reducer.active
+
     def training_state(self) -> dict[str, Any]:
         """Hook state a checkpoint must carry to resume exactly (the Reducer's scores and RNG)."""
         return {"reducer": self.reducer.state_dict()} if self.reducer is not None else {}

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from harness import models
-from harness.accounting import environment, step_flops
+from harness.accounting import REFERENCE_METHOD, environment, step_flops
 from harness.adapter import attach
 from harness.atomic import write_json
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
@@ -276,16 +276,11 @@ def _execute(
         result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
         adapter_dir = adapter.save(run_dir / "adapter")
         flops = step_flops(model, spec.method, adapter.config, result.first_batch_shape, loss_sum)
+        reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
         lora = (
             flops
-            if spec.method == "lora"
-            else step_flops(
-                model,
-                "lora",
-                METHODS.get("lora").config_cls(**_common(adapter.config)),
-                result.first_batch_shape,
-                loss_sum,
-            )
+            if spec.method == REFERENCE_METHOD
+            else step_flops(model, REFERENCE_METHOD, reference, result.first_batch_shape, loss_sum)
         )
         updated = result.params_updated
         record["train"] = {
