@@ -69,15 +69,19 @@ def main() -> None:
     labels = [f"answer{i}" for i in range(1, 6)]
     candidates = [candidates_for(r, labels) for r in records]
 
-    scoring = alternate({
-        "choice": lambda: choice_scores(base, tokenizer, prompts, candidates, batch_size=8),
-        "generate": lambda: generate(base, tokenizer, prompts, batch_size=8, num_beams=4, max_new_tokens=32),
-    }, args.rounds)
+    scoring = alternate(
+        {
+            "choice": lambda: choice_scores(base, tokenizer, prompts, candidates, batch_size=8),
+            "generate": lambda: generate(base, tokenizer, prompts, batch_size=8, num_beams=4, max_new_tokens=32),
+        },
+        args.rounds,
+    )
 
     targets = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
     ours = attach(copy.deepcopy(base), "lora", r=16, alpha=32, dropout=0.05, targets=",".join(targets))
-    theirs = get_peft_model(copy.deepcopy(base), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05,
-                                                            target_modules=targets))
+    theirs = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules=targets)
+    )
     train = read_split(Path(args.data_dir), "ARC-Easy", "train").records[:8]
     examples = [Example(template.train_prompt(r["instruction"]), r["output"]) for r in train]
     batch = collate([encode(tokenizer, e, 256, train_on_inputs=False) for e in examples], tokenizer.pad_token_id)
@@ -91,24 +95,39 @@ def main() -> None:
             (loss_sum(model, batch, keep) / n).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
+
         return step
 
-    steps = alternate({"harness lora": stepper(ours.model, ours.trainable_parameters()),
-                       "peft lora": stepper(theirs, [p for p in theirs.parameters() if p.requires_grad])},
-                      args.rounds)
+    steps = alternate(
+        {
+            "harness lora": stepper(ours.model, ours.trainable_parameters()),
+            "peft lora": stepper(theirs, [p for p in theirs.parameters() if p.requires_grad]),
+        },
+        args.rounds,
+    )
 
     med = {k: statistics.median(v) for k, v in {**scoring, **steps}.items()}
     env = environment()
-    report = {"model": EMBEDDED_LABEL, "device": env["device"], "threads": env["torch_threads"],
-              "rounds": args.rounds, "questions": len(prompts), "train_batch": list(batch["input_ids"].shape),
-              "median_s": {k: round(v, 4) for k, v in med.items()},
-              "generate_over_choice": round(med["generate"] / med["choice"], 2),
-              "harness_lora_over_peft_lora": round(med["harness lora"] / med["peft lora"], 3)}
+    report = {
+        "model": EMBEDDED_LABEL,
+        "device": env["device"],
+        "threads": env["torch_threads"],
+        "rounds": args.rounds,
+        "questions": len(prompts),
+        "train_batch": list(batch["input_ids"].shape),
+        "median_s": {k: round(v, 4) for k, v in med.items()},
+        "generate_over_choice": round(med["generate"] / med["choice"], 2),
+        "harness_lora_over_peft_lora": round(med["harness lora"] / med["peft lora"], 3),
+    }
     print(f"model {report['model']} on {report['device']} ({report['threads']} threads), {args.rounds} rounds, medians")
     for name, seconds in med.items():
         print(f"  {name:14s} {seconds:8.3f} s")
-    print(f"generate / choice scoring time:     {report['generate_over_choice']:.2f}x  ({len(prompts)} ARC-Easy questions)")
-    print(f"harness lora / peft lora step time: {report['harness_lora_over_peft_lora']:.3f}x  (batch {report['train_batch']})")
+    print(
+        f"generate / choice scoring time:     {report['generate_over_choice']:.2f}x  ({len(prompts)} ARC-Easy questions)"
+    )
+    print(
+        f"harness lora / peft lora step time: {report['harness_lora_over_peft_lora']:.3f}x  (batch {report['train_batch']})"
+    )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
