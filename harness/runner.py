@@ -19,6 +19,7 @@ from harness import models
 from harness.accounting import REFERENCE_METHOD, environment, step_flops
 from harness.adapter import attach
 from harness.atomic import write_json
+from harness.config import make_config
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
 from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import Task, TaskOptions
@@ -160,10 +161,7 @@ def build_specs(
     specs = []
     for method in methods:
         if method != BASELINE:
-            cls = METHODS.get(method)
-            from harness.config import make_config
-
-            make_config(cls.config_cls, options, method)  # raises on an unknown or bad option
+            make_config(METHODS.get(method).config_cls, options, method)  # raises on an unknown or bad option
         for seed in seeds:
             specs.append(
                 RunSpec(
@@ -233,9 +231,11 @@ def run_one(spec: RunSpec, task: Task, runs_dir: Path, force: bool = False, prog
     finished = None
     if record_path.is_file():
         try:
-            finished = read_record(record_path) if read_record(record_path)["run"]["status"] == "success" else None
+            finished = read_record(record_path)
         except ValueError:
             pass  # unreadable: run again
+        if finished is not None and finished["run"]["status"] != "success":
+            finished = None
     if finished is not None and not force:
         return finished
     if force:
@@ -248,18 +248,23 @@ def run_one(spec: RunSpec, task: Task, runs_dir: Path, force: bool = False, prog
         record["run"]["status"] = "success"
     except KeyboardInterrupt:
         record["run"]["status"], record["run"]["error"] = "cancelled", "interrupted by the user"
-        write_record(run_dir, record)
+        _write_outcome(run_dir, record, finished)
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
         record["run"]["traceback"] = traceback.format_exc(limit=8)
-    if record["run"]["status"] != "success" and finished is not None:  # never replace a finished run's record
-        write_json(run_dir / f"failed-{int(time.time())}.json", record)
-        return record
-    write_record(run_dir, record)
+    _write_outcome(run_dir, record, finished)
     if record["run"]["status"] == "success":
         (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return record
+
+
+def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, Any] | None) -> None:
+    """Write the record; an unsuccessful re-run never replaces a finished run's record."""
+    if record["run"]["status"] != "success" and finished is not None:
+        write_json(run_dir / f"{record['run']['status']}-{int(time.time())}.json", record)
+    else:
+        write_record(run_dir, record)
 
 
 def _execute(

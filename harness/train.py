@@ -152,7 +152,8 @@ def train(
 
     accelerator = accelerator or Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapter.pauses_parameters)])
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapter.pauses_parameters)],
+    )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

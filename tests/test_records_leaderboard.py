@@ -124,3 +124,42 @@ def test_paper_preset_resolves_offline():
     )
     assert t.train_on_inputs and spec.task_options.template == "llm-adapters" and spec.task_options.val_size == 120
     assert sum(p.numel() for p in build_meta(spec.model).model.parameters()) == 8_030_261_248
+
+
+def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch):
+    from harness import runner
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    finished = fixture_record("lora", 0, 0.0)
+    finished["run"]["id"] = spec.run_id
+    write_fixture(tmp_path, finished)
+    original = (tmp_path / spec.run_id / RECORD).read_bytes()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "_execute", boom)
+    assert runner.run_one(spec, None, tmp_path)["run"]["status"] == "success"  # finished: skipped, not run
+    failed = runner.run_one(spec, None, tmp_path, force=True)
+    assert failed["run"]["status"] == "failed" and "out of memory" in failed["run"]["error"]
+    assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
+    assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 1
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_execute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_one(spec, None, tmp_path, force=True)
+    assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
+    assert len(list((tmp_path / spec.run_id).glob("cancelled-*.json"))) == 1
+
+
+def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
+    from harness import runner
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad batch")))
+    record = runner.run_one(spec, None, tmp_path)
+    assert read_record(tmp_path / spec.run_id / RECORD)["run"]["status"] == "failed"
+    assert record["run"]["error"] == "ValueError: bad batch" and "Traceback" in record["run"]["traceback"]

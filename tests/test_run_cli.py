@@ -151,3 +151,46 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, data_dir, extra, mes
 def test_leaderboard_without_records_is_a_clear_error(tmp_path):
     result = harness("leaderboard", "--runs-dir", str(tmp_path / "none"))
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir):
+    """What the paper preset does on a GPU without a download, here at a tiny shape on the CPU."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ).save_pretrained(tmp_path / "tiny")
+    runs = tmp_path / "runs"
+    result = harness(
+        "run",
+        "--methods",
+        "effilora",
+        "--task",
+        "commonsense",
+        "--preset",
+        "smoke",
+        "--model",
+        str(tmp_path / "tiny"),
+        "--random-weights",
+        "--data-dir",
+        str(data_dir),
+        "--runs-dir",
+        str(runs),
+        "--no-leaderboard",
+        "--quiet",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    [record] = records_in(runs)
+    assert record["run"]["config"]["random_weights"] and "(random weights)" in record["run"]["config"]["model_label"]
+    assert record["train"]["base_params"] == sum(
+        p.numel()
+        for p in __import__("transformers")
+        .LlamaForCausalLM(LlamaConfig.from_pretrained(tmp_path / "tiny"))
+        .parameters()
+    )
