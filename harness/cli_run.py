@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from harness.cli import CliError, add_method_args, method_options, split_names
+from harness.config import parse_bool
 
 
 def _seeds(value: str) -> list[int]:
@@ -19,11 +20,10 @@ def _seeds(value: str) -> list[int]:
 
 
 def _bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"{value!r} is not true or false")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not true or false") from None
 
 
 def cmd_run(args: argparse.Namespace) -> None:

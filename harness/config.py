@@ -42,7 +42,7 @@ class ReducerConfig:
         k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))
         if not 1 <= k <= num_layers:
             raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
-        return max(1, k)
+        return k
 
 
 @dataclass(frozen=True)
@@ -147,13 +147,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     for typ in (bool, int, float):
         if typ in args:
             try:
-                return _parse_bool(value) if typ is bool else typ(value)
+                return parse_bool(value) if typ is bool else typ(value)
             except ValueError:
                 raise ValueError(f"option {key}={value!r} must be a {typ.__name__}") from None
     return value
 
 
-def _parse_bool(value: str) -> bool:
+def parse_bool(value: str) -> bool:
     if value.lower() in ("1", "true", "yes", "on"):
         return True
     if value.lower() in ("0", "false", "no", "off"):

@@ -139,7 +139,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(path)
         md += [f"## {name}", "", df.to_markdown(index=False) if not df.empty else "(no rows)", ""]
         if name != "overhead" and not df.empty:
-            written.append(_plot(df, records, name, out_dir / f"{name}.png"))
+            written.append(_plot(df, name, out_dir / f"{name}.png"))
     md.append(_provenance(records))
     write_text(out_dir / "leaderboard.md", "\n".join(md) + "\n")
     return [*written, out_dir / "leaderboard.md"]
@@ -151,7 +151,7 @@ def _provenance(records: list[dict[str, Any]]) -> str:
     return f"Runs: {len(records)}. Hardware: {'; '.join(devices)}. Software: {'; '.join(versions)}."
 
 
-def _plot(df: pd.DataFrame, records: list[dict[str, Any]], task: str, path: Path) -> Path:
+def _plot(df: pd.DataFrame, task: str, path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

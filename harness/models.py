@@ -95,10 +95,7 @@ def label(spec: str) -> str:
 def load_config_dict(spec: str) -> dict:
     """The raw config of a model spec, offline for ``embedded``, paper ids and local files."""
     if spec == EMBEDDED:
-        folder = cache_dir() / "models" / "smollm2-135m-instruct"
-        if not (folder / "config.json").is_file():
-            folder = embedded_folder()
-        return json.loads((folder / "config.json").read_text())
+        return json.loads((embedded_folder() / "config.json").read_text())
     if spec in PAPER_MODELS:
         return json.loads((CONFIG_DIR / PAPER_MODELS[spec]).read_text())
     path = Path(spec)
@@ -106,7 +103,8 @@ def load_config_dict(spec: str) -> dict:
         path = path / "config.json"
     if path.is_file():
         return json.loads(path.read_text())
-    if path.exists() or spec.startswith((".", "/")) or os.sep in spec.strip("/").replace("/", "", 1):
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1  # hub ids are "name" or "org/name"
+    if path.exists() or looks_like_path:
         raise ValueError(
             f"model {spec!r}: no config.json there; give a model folder, a config.json, "
             f"'embedded', or one of {', '.join(PAPER_MODELS)}"

@@ -272,12 +272,10 @@ def _execute(
 ) -> None:
     model, tokenizer, label = load_model(spec, device)
     record["run"]["config"]["model_label"] = label
-    record["run"]["config"]["data"] = task.describe()
     if spec.method != BASELINE:
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(model, spec.method, **spec.method_options)
         train_set, val_set = task.splits()
-        record["run"]["config"]["data"] = task.describe()
         result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
         adapter_dir = adapter.save(run_dir / "adapter")
         flops = step_flops(model, spec.method, adapter.config, result.first_batch_shape, loss_sum)
@@ -318,6 +316,7 @@ def _execute(
             "resumed_from_step": result.resumed_from,
             "adapter": adapter.summary(),
         }
+    record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
     model.eval()
     began = time.perf_counter()
     record["eval"] = task.evaluate(
