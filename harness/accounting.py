@@ -29,29 +29,38 @@ def meta_replica(model: nn.Module) -> nn.Module:
         return type(model).from_config(model.config)  # diffusers
 
 
-def step_flops(model: nn.Module, method: str, config: Any, batch_shape: list[int], loss_fn) -> dict[str, int]:
-    """FLOPs of one forward+backward of ``loss_fn`` on a meta replica with ``method`` attached.
-    ``batch_shape`` = [rows, tokens, logit positions kept] of a training micro-batch."""
+def step_flops(model: nn.Module, method: str, config: Any, shapes: list[list[int]], loss_fn) -> dict[str, Any]:
+    """FLOPs of one optimizer step: forward+backward of ``loss_fn`` on a meta replica with ``method``
+    attached, once per micro-batch of the accumulation (``shapes``: [rows, tokens, logit positions kept]
+    each). ``total``/``adapter`` are per optimizer step (the sum); ``micro_batches`` keeps each one."""
     from harness.adapter import attach
 
     replica = meta_replica(model)
     adapter = attach(replica, method, config=config)
     if adapter.reducer is not None:
         adapter.reducer.select()  # freeze the unselected heads, as in a real step
-    rows, tokens, keep = batch_shape
-    ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
-    # An unpadded row's defaults (no mask, no positions). transformers inspects masks and positions by
-    # value, impossible on meta, unless a KV cache exists: building one adds no FLOPs.
-    batch = {"input_ids": ids, "labels": ids}
-    counter = FlopCounterMode(display=False)
-    with counter:
-        loss_fn(replica, batch, keep, use_cache=True).backward()
-    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     root = type(replica).__name__
-    adapter_flops = sum(
-        counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0) for name in adapter.layers
-    )
-    return {"total": int(counter.get_total_flops()), "adapter": int(adapter_flops)}
+    micro = []
+    for rows, tokens, keep in shapes:
+        ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
+        # An unpadded row's defaults (no mask, no positions). transformers inspects masks and positions by
+        # value, impossible on meta, unless a KV cache exists: building one adds no FLOPs.
+        batch = {"input_ids": ids, "labels": ids}
+        counter = FlopCounterMode(display=False)
+        with counter:
+            loss_fn(replica, batch, keep, use_cache=True).backward()
+        counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+        adapter_flops = sum(
+            counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0) for name in adapter.layers
+        )
+        micro.append(
+            {"shape": [rows, tokens, keep], "total": int(counter.get_total_flops()), "adapter": int(adapter_flops)}
+        )
+    return {
+        "total": sum(m["total"] for m in micro),
+        "adapter": sum(m["adapter"] for m in micro),
+        "micro_batches": micro,
+    }
 
 
 class MemoryMeter:

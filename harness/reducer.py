@@ -43,13 +43,15 @@ class Reducer:
         return self.k < self.num_layers
 
     def on_step_begin(self, step: int, val_loss_fn: Callable[[], float] | None) -> None:
-        if self.active and self.config.selection == "importance" and step % self.config.interval == 0:
+        if self.active and self.config.selection == "importance":
             if val_loss_fn is None:
                 raise ValueError(
                     "the importance Reducer needs a validation split to score layers; "
                     "give the task a validation set or use selection='random'"
                 )
-            self.score(val_loss_fn, step)
+            # no scoring round at step 0: every B is still zero, so all rollouts would see the same loss
+            if step > 0 and step % self.config.interval == 0:
+                self.score(val_loss_fn, step)
         self.select()
 
     def select(self) -> list[int]:

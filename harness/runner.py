@@ -160,8 +160,9 @@ def build_specs(
     options = {**p.method_options, **(method_options or {})}
     specs = []
     for method in methods:
-        if method != BASELINE:
-            make_config(METHODS.get(method).config_cls, options, method)  # raises on an unknown or bad option
+        # the fully resolved config (every option, defaults included) is what the run id hashes and the
+        # record keeps: a changed default then re-runs; raises on an unknown or bad option
+        resolved = make_config(METHODS.get(method).config_cls, options, method).to_dict() if method != BASELINE else {}
         for seed in seeds:
             specs.append(
                 RunSpec(
@@ -171,7 +172,7 @@ def build_specs(
                     preset,
                     model or p.model,
                     protocol,
-                    options if method != BASELINE else {},
+                    resolved,
                     dataclasses.replace(train_cfg, seed=seed),
                     dataclasses.replace(task_opts, seed=seed),
                     eval_batch_size or p.eval_batch_size,
@@ -278,12 +279,13 @@ def _execute(
         train_set, val_set = task.splits()
         result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
         adapter_dir = adapter.save(run_dir / "adapter")
-        flops = step_flops(model, spec.method, adapter.config, result.first_batch_shape, loss_sum)
+        shapes = result.first_step_shapes
+        flops = step_flops(model, spec.method, adapter.config, shapes, loss_sum)
         reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
         lora = (
             flops
             if spec.method == REFERENCE_METHOD
-            else step_flops(model, REFERENCE_METHOD, reference, result.first_batch_shape, loss_sum)
+            else step_flops(model, REFERENCE_METHOD, reference, shapes, loss_sum)
         )
         updated = result.params_updated
         record["train"] = {
@@ -292,6 +294,7 @@ def _execute(
             "tokens": result.tokens,
             "train_s": round(result.train_s, 3),
             "hook_val_s": round(result.hook_val_s, 3),
+            "final_val_s": round(result.final_val_s, 3),
             "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
             "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
             "trainable_params": adapter.num_trainable_params,
@@ -304,11 +307,12 @@ def _execute(
             },
             "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
             "flops_per_step": {
+                "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
                 "total": flops["total"],
                 "adapter": flops["adapter"],
                 "lora_total": lora["total"],
                 "relative_to_lora": flops["total"] / lora["total"],
-                "micro_batch_shape": result.first_batch_shape,
+                "micro_batches": flops["micro_batches"],
                 "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
             },
             "loss_curve": result.loss_curve,

@@ -63,14 +63,21 @@ class Encoded:
     labels: list[int]
 
 
+def tokenize(tokenizer, text: str) -> list[int]:
+    """The one tokenisation training and every scorer share: no special tokens (no BOS), so a
+    BOS-adding tokenizer (Llama-3) sees the same ids in training as in scoring."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> Encoded:
-    """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked."""
-    ids = tokenizer(example.prompt + example.target)["input_ids"][:cutoff_len]
+    """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked.
+    The target's tokens are those of ``prompt + target`` after the prompt's (the scorers' rule)."""
+    ids = tokenize(tokenizer, example.prompt + example.target)[:cutoff_len]
     if len(ids) < cutoff_len and tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
         ids = ids + [tokenizer.eos_token_id]
     labels = list(ids)
     if not train_on_inputs:
-        n_prompt = min(len(tokenizer(example.prompt)["input_ids"]), len(ids))
+        n_prompt = min(len(tokenize(tokenizer, example.prompt)), len(ids))
         labels[:n_prompt] = [IGNORE] * n_prompt
     return Encoded(ids, labels)
 
@@ -127,14 +134,15 @@ class TrainResult:
     steps: int
     samples: int
     tokens: int  # non-pad tokens seen by the model in training steps
-    train_s: float  # wall time of training steps, Reducer hooks included, checkpoint writes excluded
-    hook_val_s: float  # of which: validation-loss calls made by hooks (the Reducer's rollouts)
+    train_s: float  # wall time of training steps; hooks' validation calls and checkpoint writes excluded
+    hook_val_s: float  # wall time of validation-loss calls made by hooks (the Reducer's rollouts)
     loss_curve: list[list[float]]  # [step, loss]
     params_updated: list[int]  # per step: elements of trainable tensors that received a gradient
     memory: dict[str, float]
     final_val_loss: float | None
+    final_val_s: float  # the final validation pass, counted in neither train_s nor hook_val_s
     resumed_from: int | None
-    first_batch_shape: list[int]  # [micro-batch size, tokens, logit positions kept]
+    first_step_shapes: list[list[int]]  # per micro-batch of one optimizer step: [rows, tokens, logits kept]
 
 
 def train(
@@ -203,8 +211,8 @@ def train(
         state = saved["state"]
         resumed_from = state["step"]
 
-    def val_loss_on(batch: dict[str, torch.Tensor]) -> Callable[[], float]:
-        def run() -> float:  # eval mode, no gradients; the timing is reported separately
+    def val_loss_on(batch: dict[str, torch.Tensor], timer: str | None = "hook_val_s") -> Callable[[], float]:
+        def run() -> float:  # eval mode, no gradients; the time goes to state[timer], not to train_s
             began = time.perf_counter()
             was_training = model.training
             model.eval()
@@ -212,7 +220,8 @@ def train(
             with torch.no_grad(), accelerator.autocast():
                 loss = loss_sum(model, {k: v.to(device) for k, v in batch.items()}, keep) if n else torch.zeros(())
             model.train(was_training)
-            state["hook_val_s"] += time.perf_counter() - began
+            if timer:
+                state[timer] += time.perf_counter() - began
             return loss.item() / max(n, 1)
 
         return run
@@ -223,14 +232,16 @@ def train(
     bar = tqdm(
         total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process
     )
-    first_shape: list[int] = []
+    step_shapes: list[list[int]] = []
     while state["step"] < total_steps:
         step = state["step"]
-        began = time.perf_counter()
+        began, hooks_before = time.perf_counter(), state["hook_val_s"]
         adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
         batches = [collate([encoded[i] for i in idx], pad_id) for idx in micro_batches[step]]
         tails = [supervised_tail(b["labels"]) for b in batches]
-        first_shape = first_shape or [*batches[0]["input_ids"].shape, tails[0][0]]
+        step_shapes = step_shapes or [
+            [*b["input_ids"].shape, keep] for b, (keep, n) in zip(batches, tails, strict=True) if n
+        ]
         n_supervised = sum(n for _, n in tails)
         step_loss = 0.0
         for batch, (keep, n) in zip(batches, tails, strict=True):
@@ -238,9 +249,7 @@ def train(
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss = loss_sum(model, batch, keep) / max(
-                    n_supervised, 1
-                )  # token-weighted mean over the step  # token-weighted mean over the whole accumulated batch
+                loss = loss_sum(model, batch, keep) / n_supervised  # token-weighted mean over the whole step
                 extra = adapter.extra_loss()
                 if extra is not None:
                     loss = loss + extra / len(batches)
@@ -255,7 +264,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
-        state["train_s"] += time.perf_counter() - began
+        state["train_s"] += time.perf_counter() - began - (state["hook_val_s"] - hooks_before)
         state["step"] += 1
         state["loss_curve"].append([state["step"], round(step_loss, 5)])
         bar.update(1)
@@ -269,10 +278,11 @@ def train(
         ):
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
     bar.close()
-    final_val = None
+    final_val, began = None, time.perf_counter()
     if val_batches:
-        losses = [val_loss_on(b)() for b in val_batches]
+        losses = [val_loss_on(b, timer=None)() for b in val_batches]
         final_val = sum(losses) / len(losses)
+    final_val_s = time.perf_counter() - began
     return TrainResult(
         state["step"],
         state["samples"],
@@ -283,8 +293,9 @@ def train(
         state["params_updated"],
         memory.summary(),
         final_val,
+        final_val_s,
         resumed_from,
-        first_shape,
+        step_shapes,
     )
 
 

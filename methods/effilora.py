@@ -5,7 +5,7 @@ As ShareLoRA, one A per module type serves every layer; each layer has m B heads
 
 ``Δ(x) = Σ_i w_i(z) B_i z``, ``z = A_t drop(x)``, ``w = softmax(W_g^T z)`` with ``W_g ∈ R^{r x m}``
 (§3.1; stored transposed as ``lora_router`` of shape ``m x r``). ``router_input="hidden"`` reads
-``x`` instead. With ``heads=1`` there is no router and the method merges ("EffiLoRA (Single B)").
+``x`` (before dropout) instead. With ``heads=1`` there is no router and the method merges ("EffiLoRA (Single B)").
 """
 
 from __future__ import annotations
@@ -55,9 +55,8 @@ class EffiLoraLinear(SharedA, AdapterLinear):
         return torch.softmax(F.linear(z if self.router_input == "subspace" else x, self.lora_router), dim=-1)
 
     def delta(self, x: Tensor) -> Tensor:
-        x = self.lora_dropout(x)
-        z = F.linear(x, self.lora_A)
-        if self.heads > 1:
+        z = F.linear(self.lora_dropout(x), self.lora_A)
+        if self.heads > 1:  # router_input="hidden" reads x before dropout, as HydraLoRA's router does
             z = mix_heads(self.router_weights(x, z), z)
         return F.linear(z, self.lora_B)
 

@@ -1,6 +1,7 @@
 """HydraLoRA (Tian et al., 2024): one A and m B heads per layer, mixed by a token-wise softmax router.
 
-``Δ(x) = Σ_i w_i(x) B_i A drop(x)`` with ``w = softmax(G x)``, ``G ∈ R^{m x d_in}``. The m heads are
+``Δ(x) = Σ_i w_i(x) B_i A drop(x)`` with ``w = softmax(G x)``, ``G ∈ R^{m x d_in}``: the router reads ``x``
+before dropout, as in HydraLoRA's code. The m heads are
 stored side by side in one ``lora_B`` of shape ``d_out x (m·r)`` (head i = columns ``i·r:(i+1)·r``),
 so the weighted sum is one matmul over the router-weighted copies of ``A x``.
 """
@@ -43,8 +44,9 @@ class HydraLoraLinear(AdapterLinear):
         return torch.softmax(F.linear(x, self.lora_router), dim=-1)
 
     def delta(self, x: Tensor) -> Tensor:
-        x = self.lora_dropout(x)
-        return F.linear(mix_heads(self.router_weights(x), F.linear(x, self.lora_A)), self.lora_B)
+        # the router reads the input before dropout (HydraLoRA's own code); dropout is on the A path only
+        weights = self.router_weights(x)
+        return F.linear(mix_heads(weights, F.linear(self.lora_dropout(x), self.lora_A)), self.lora_B)
 
     def reducer_parameters(self) -> list[nn.Parameter]:
         return [self.lora_B, self.lora_router]

@@ -95,7 +95,7 @@ def test_suppression_is_restored_even_when_the_loss_raises():
         raise RuntimeError("validation blew up")
 
     with pytest.raises(RuntimeError, match="blew up"):
-        adapter.on_step_begin(0, failing_loss)
+        adapter.on_step_begin(1, failing_loss)
     assert seen == [[0.25, 1.0]]  # suppression was applied during the trial...
     assert set(gates(adapter)) == {1.0}  # ...and undone after it
 

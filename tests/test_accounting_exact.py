@@ -1,0 +1,136 @@
+"""Issue 8, section 1: what a record says is exactly what ran (each test failed on the earlier code)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import harness.train as train_module
+from harness import METHODS, attach
+from harness.accounting import step_flops
+from harness.config import make_config
+from harness.runner import build_specs
+from harness.task import Example
+from harness.train import TrainConfig, encode, loss_sum, train
+from methods.hydralora import mix_heads
+from tasks.commonsense.scoring import continuation_ids
+from tests.conftest import ALL_METHODS, CharTokenizer, tiny_llama
+
+EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
+VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
+CONFIG = TrainConfig(
+    steps=3, micro_batch_size=4, grad_accum=2, lr=5e-3, warmup_steps=0, cutoff_len=64, train_on_inputs=False
+)
+
+
+class BosTokenizer(CharTokenizer):
+    """Adds a BOS token (id 2) unless told not to, as Llama-3's tokenizer does."""
+
+    bos_token_id = 2
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict[str, list[int]]:
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": ([self.bos_token_id] if add_special_tokens else []) + ids}
+
+
+def test_training_and_scoring_tokenise_identically_with_a_bos_adding_tokenizer():
+    tok = BosTokenizer()
+    example = EXAMPLES[3]
+    encoded = encode(tok, example, 64, train_on_inputs=False)
+    context = tok(example.prompt, add_special_tokens=False)["input_ids"]
+    scored = context + continuation_ids(tok, example.prompt, example.target)  # what choice/cloze feed the model
+    assert encoded.input_ids[: len(scored)] == scored  # no BOS in training that scoring lacks
+    supervised = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != -100]
+    assert supervised[:-1] == continuation_ids(tok, example.prompt, example.target)  # + EOS
+
+
+def _slow_validation(monkeypatch, seconds: float) -> None:
+    """Every no-grad loss call (validation, Reducer rollouts) sleeps: its time must not count as training."""
+    real = train_module.loss_sum
+
+    def slow(model, batch, keep, use_cache=False):
+        if not torch.is_grad_enabled():
+            import time
+
+            time.sleep(seconds)
+        return real(model, batch, keep, use_cache)
+
+    monkeypatch.setattr(train_module, "loss_sum", slow)
+
+
+def test_final_validation_is_not_hook_time(monkeypatch, char_tokenizer):
+    _slow_validation(monkeypatch, 0.2)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    assert result.hook_val_s == 0.0  # no Reducer: no hook validation at all
+    assert result.final_val_s >= 0.2  # the one validation batch, reported on its own
+    assert result.final_val_loss is not None
+
+
+def test_train_time_excludes_the_reducer_rollouts(monkeypatch, char_tokenizer):
+    _slow_validation(monkeypatch, 0.15)
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
+    result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    rounds = len(adapter.reducer.trajectory)
+    assert rounds == 2  # steps 1 and 2; none at step 0
+    assert result.hook_val_s >= rounds * 3 * 0.15  # 3 rollouts a round
+    assert result.train_s < rounds * 3 * 0.15  # the rollouts' sleeps are not in train_s
+
+
+def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():
+    model = tiny_llama()
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj,v_proj", "r": 4}, "lora")
+    one = step_flops(model, "lora", config, [[4, 20, 10]], loss_sum)
+    two = step_flops(model, "lora", config, [[4, 20, 10], [4, 12, 6]], loss_sum)
+    assert two["micro_batches"][0] == one["micro_batches"][0]
+    assert two["total"] == one["total"] + two["micro_batches"][1]["total"] > one["total"]
+    assert two["adapter"] == sum(m["adapter"] for m in two["micro_batches"]) > 0
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_the_record_holds_the_fully_resolved_method_config(method):
+    [spec] = build_specs("commonsense", [method], [0], "embedded")
+    default = make_config(METHODS.get(method).config_cls, {}, method).to_dict()
+    assert spec.method_options == default  # every option, defaults included
+    assert {"r", "alpha", "dropout", "targets", "heads", "reducer"} <= set(spec.method_options)
+    # the run id hashes the resolved config: naming a default changes nothing, another value re-runs
+    [same] = build_specs("commonsense", [method], [0], "embedded", method_options={"dropout": default["dropout"]})
+    [other] = build_specs("commonsense", [method], [0], "embedded", method_options={"dropout": 0.2})
+    assert same.run_id == spec.run_id != other.run_id
+    # and the stored config rebuilds the same adapter
+    assert make_config(METHODS.get(method).config_cls, spec.method_options, method).to_dict() == default
+
+
+def test_the_reducer_does_not_score_at_step_zero():
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=5))
+    calls: list[int] = []
+    for step in range(6):
+        adapter.on_step_begin(step, lambda: calls.append(step) or 1.0)
+    assert sorted(set(calls)) == [5]
+    assert [t["step"] for t in adapter.reducer.trajectory] == [5]
+
+
+@pytest.mark.parametrize(("method", "options"), [("hydralora", {}), ("effilora", {"router_input": "hidden"})])
+def test_routers_read_the_input_before_dropout(method, options):
+    adapter = attach(tiny_llama(), method, targets="q_proj", r=4, dropout=0.5, reducer=None, **options)
+    layer = next(iter(adapter.layers.values())).train()
+    with torch.no_grad():
+        for p in adapter.adapter_parameters():
+            p.normal_(0, 0.3)
+    x = torch.randn(3, 5, layer.site.d_in)
+    torch.manual_seed(7)
+    actual = layer.delta(x)
+    torch.manual_seed(7)
+    dropped = F.dropout(x, 0.5, training=True)  # the same mask delta() draws
+    weights = torch.softmax(F.linear(x, layer.lora_router), dim=-1)  # clean x
+    expected = F.linear(mix_heads(weights, F.linear(dropped, layer.lora_A)), layer.lora_B)
+    torch.testing.assert_close(actual, expected)
+
+
+def test_train_config_hash_covers_training_settings():
+    [a] = build_specs("commonsense", ["lora"], [0], "smoke")
+    [b] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"lr": 0.5})
+    assert a.run_id != b.run_id and dataclasses.asdict(b.train)["lr"] == 0.5
