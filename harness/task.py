@@ -42,6 +42,16 @@ class Task(ABC):
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
 
+    @classmethod
+    def check_options(cls, protocol: str, options: TaskOptions) -> None:
+        """Raise ``ValueError`` if ``protocol`` and ``options`` do not fit together (before any run)."""
+        return None
+
+    @classmethod
+    def default_template(cls, protocol: str, preset_template: str) -> str:
+        """The template to use when the user changes the protocol but names no template."""
+        return preset_template
+
     @abstractmethod
     def splits(self) -> tuple[list[Example], list[Example]]:
         """(train, validation): validation is held out of training, for the Reducer and val loss."""

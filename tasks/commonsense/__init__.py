@@ -10,7 +10,7 @@ from typing import Any
 from harness.atomic import atomic_path
 from harness.registry import TASKS
 from harness.task import Example, Task
-from tasks.commonsense import data
+from tasks.commonsense import cloze, data
 from tasks.commonsense.prompts import extract_label, get_template
 from tasks.commonsense.scoring import choice_scores, generate
 
@@ -19,18 +19,41 @@ _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 
 @TASKS.register("commonsense")
 class CommonsenseTask(Task):
-    version = "1"
-    protocols = ("choice", "generate", "lm-eval")
+    version = "2"
+    protocols = ("choice", "generate", "lm-eval", "cloze")
+
+    @classmethod
+    def check_options(cls, protocol: str, options) -> None:
+        if (protocol == "cloze") != (options.template == "cloze"):
+            raise ValueError(
+                f"protocol {protocol!r} with template {options.template!r} does not fit: the cloze protocol "
+                "trains and scores with the cloze template, the others with clean or llm-adapters; "
+                "pass --protocol cloze --template cloze, or another protocol with --template clean"
+            )
+
+    @classmethod
+    def default_template(cls, protocol: str, preset_template: str) -> str:
+        if protocol == "cloze":
+            return "cloze"
+        return "clean" if preset_template == "cloze" else preset_template
 
     def __init__(self, options) -> None:
         super().__init__(options)
-        self.template = get_template(options.template)
+        self.cloze = options.template == "cloze"
+        self.template = get_template("clean" if self.cloze else options.template)
         self.data_dir = data.resolve_data_dir(options.data_dir)
         self._provenance: list[dict[str, Any]] = []
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
+        if self.cloze:
+            for test in self._tests.values():
+                if test is not None:
+                    _parse_all(test.records, test.path)
 
     def _example(self, record: dict[str, Any]) -> Example:
+        if self.cloze:
+            item = cloze.parse(record)
+            return Example(item.contexts[item.answer], item.continuations[item.answer], record.get("benchmark", ""), {})
         return Example(
             self.template.train_prompt(record["instruction"], record.get("input", "")),
             record["output"],
@@ -45,6 +68,8 @@ class CommonsenseTask(Task):
                 f"only {len(records)} training examples, not enough to hold out val_size="
                 f"{self.options.val_size}; lower it or add training data"
             )
+        if self.cloze:
+            _parse_all(records, self.data_dir / "train.json (mixed)")
         val, train = records[: self.options.val_size], records[self.options.val_size :]
         return [self._example(r) for r in train], [self._example(r) for r in val]
 
@@ -56,6 +81,7 @@ class CommonsenseTask(Task):
     ) -> dict[str, dict[str, Any]]:
         if protocol not in self.protocols:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(self.protocols)}")
+        self.check_options(protocol, self.options)
         results: dict[str, dict[str, Any]] = {}
         lines: list[str] = []
         for benchmark in data.benchmark_names(self.data_dir):
@@ -64,49 +90,76 @@ class CommonsenseTask(Task):
                 results[benchmark] = {"status": "absent"}
                 continue
             records = self.sample(test.records)
-            labels = data.labels_for(benchmark, test.records)
-            prompts = [self.template.eval_prompt(r["instruction"], r.get("input", "")) for r in records]
-            if protocol == "choice":
-                candidates = [candidates_for(r, labels) for r in records]
-                scores = choice_scores(
-                    model, tokenizer, prompts, candidates, batch_size, progress=benchmark if progress else None
-                )
-                preds = [c[max(range(len(s)), key=s.__getitem__)] for c, s in zip(candidates, scores, strict=True)]
-                extra = [{"scores": dict(zip(c, s, strict=True))} for c, s in zip(candidates, scores, strict=True)]
-            elif protocol == "generate":
-                outputs = generate(model, tokenizer, prompts, batch_size, progress=benchmark if progress else None)
-                preds = [extract_label(o, labels) for o in outputs]
-                extra = [{"output": o} for o in outputs]
+            bar = benchmark if progress else None
+            if protocol == "cloze":
+                items = [cloze.parse(r) for r in records]
+                acc, norm, scores = cloze.cloze_predictions(model, tokenizer, items, batch_size, bar)
+                answers, n_options = [it.answer for it in items], [len(it.continuations) for it in items]
+                preds: dict[str, list[int | None]] = {"acc": list(acc), "acc_norm": list(norm)}
+                metric = "acc_norm" if benchmark in cloze.NORM_HEADLINE else "acc"
+                extra = [{"scores": [round(x, 4) for x in sc]} for sc in scores]
             else:
-                from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
-
-                preds, extra = lm_eval_predictions(
-                    model,
-                    tokenizer,
-                    benchmark,
-                    records,
-                    prompts,
-                    [candidates_for(r, labels) for r in records],
-                    batch_size,
+                answers, n_options, preds, extra = self._label_protocol(
+                    protocol, benchmark, test.records, records, model, tokenizer, batch_size, bar
                 )
-            correct = [p == r["answer"] for p, r in zip(preds, records, strict=True)]
+                metric = "acc"
+            metrics = {
+                m: 100.0 * sum(p == a for p, a in zip(ps, answers, strict=True)) / len(answers)
+                for m, ps in preds.items()
+            }
             results[benchmark] = {
-                "metric": "acc",
-                "value": 100.0 * sum(correct) / len(correct),
-                "n": len(correct),
+                "metric": metric,
+                "value": metrics[metric],
+                "metrics": metrics,
+                "n": len(answers),
                 "protocol": protocol,
                 "higher_is_better": True,
                 "file": f"{benchmark}/test.json",
                 "sha256": test.sha256,
+                # one character per scored example, for intervals and baselines (harness/leaderboard.py)
+                "answers": _digits(answers),
+                "preds": {m: _digits(ps) for m, ps in preds.items()},
+                "n_options": _digits(n_options),
             }
             lines += [
-                json.dumps({"benchmark": benchmark, "index": i, "answer": r["answer"], "pred": p, "correct": c, **e})
-                for i, (r, p, c, e) in enumerate(zip(records, preds, correct, extra, strict=True))
+                json.dumps(
+                    {
+                        "benchmark": benchmark,
+                        "index": i,
+                        "answer": a,  # option indices, as in the record's strings
+                        "pred": preds[metric][i],
+                        **{f"pred_{m}": ps[i] for m, ps in preds.items()},
+                        "correct": preds[metric][i] == a,
+                        **e,
+                    }
+                )
+                for i, (a, e) in enumerate(zip(answers, extra, strict=True))
             ]
         if predictions_path is not None:
             with atomic_path(predictions_path) as tmp:
                 tmp.write_text("\n".join(lines) + "\n")
         return results
+
+    def _label_protocol(self, protocol, benchmark, all_records, records, model, tokenizer, batch_size, bar):
+        """choice / generate / lm-eval: the label words (``answer1``...) are what the model answers."""
+        labels = data.labels_for(benchmark, all_records)
+        prompts = [self.template.eval_prompt(r["instruction"], r.get("input", "")) for r in records]
+        candidates = [candidates_for(r, labels) for r in records]
+        if protocol == "choice":
+            scores = choice_scores(model, tokenizer, prompts, candidates, batch_size, progress=bar)
+            words = [c[max(range(len(s)), key=s.__getitem__)] for c, s in zip(candidates, scores, strict=True)]
+            extra = [{"scores": dict(zip(c, s, strict=True))} for c, s in zip(candidates, scores, strict=True)]
+        elif protocol == "generate":
+            outputs = generate(model, tokenizer, prompts, batch_size, progress=bar)
+            words = [extract_label(o, labels) for o in outputs]
+            extra = [{"output": o} for o in outputs]
+        else:
+            from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
+
+            words, extra = lm_eval_predictions(model, tokenizer, benchmark, records, prompts, candidates, batch_size)
+        answers = [c.index(r["answer"]) for c, r in zip(candidates, records, strict=True)]
+        preds = [c.index(w) if w in c else None for c, w in zip(candidates, words, strict=True)]
+        return answers, [len(c) for c in candidates], {"acc": preds}, extra
 
     def sample(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The first ``eval_limit`` test examples (the same for every method and seed)."""
@@ -122,6 +175,23 @@ class CommonsenseTask(Task):
             "benchmarks": present,
             "absent": [b for b in data.BENCHMARKS if b not in present],
         }
+
+
+def _digits(values: list[int | None]) -> str:
+    """Option indices as one character each ("-" = no answer): a compact per-example column for records."""
+    if any(v is not None and not 0 <= v <= 9 for v in values):
+        raise ValueError("more than 10 options per question: the record's digit strings cannot hold them")
+    return "".join("-" if v is None else str(v) for v in values)
+
+
+def _parse_all(records: list[dict[str, Any]], where: Path) -> None:
+    for i, record in enumerate(records):
+        try:
+            cloze.parse(record)
+        except ValueError as exc:
+            raise ValueError(
+                f"{where}: example {i} does not fit the cloze protocol ({exc}); use --protocol choice"
+            ) from None
 
 
 def candidates_for(record: dict[str, Any], labels: list[str]) -> list[str]:

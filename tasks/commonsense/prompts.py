@@ -50,7 +50,7 @@ class Template:
         return f"{_HEAD}\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 
 
-TEMPLATES = ("clean", "llm-adapters")
+TEMPLATES = ("clean", "llm-adapters", "cloze")  # cloze: tasks/commonsense/cloze.py builds the text
 
 
 def get_template(name: str) -> Template:

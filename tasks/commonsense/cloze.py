@@ -1,0 +1,165 @@
+"""The ``cloze`` protocol: each option's own text scored as the continuation of the question.
+
+This is lm-evaluation-harness's convention for ARC, PIQA, OBQA, HellaSwag and WinoGrande, rebuilt from
+the LLM-Adapters records (whose ``instruction`` holds the question, the numbered options and an
+``Answer format:`` line):
+
+- questions (ARC, OBQA, SIQA, PIQA): context ``"Question: {q}\\nAnswer:"``, continuation ``" {option}"``;
+- true/false (BoolQ): context ``"Question: {q}?\\nAnswer:"``, continuations ``" yes"`` / ``" no"``;
+- endings (HellaSwag): context ``"{ctx}"``, continuation ``" {ending}"``;
+- fill in the blank (WinoGrande, lm-eval's partial scoring): context = the sentence up to the blank with
+  the option put in, continuation = the rest of the sentence, the same for every option.
+
+``acc`` takes the option with the highest summed log-likelihood; ``acc_norm`` divides it by the
+continuation's length in characters first. Training uses the same pair: the correct option's context as
+prompt and its continuation as target.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from harness.train import tokenize
+
+_FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
+_YES_NO = {"true": "yes", "false": "no"}
+# lm-eval reports acc_norm for these (length matters: their options differ a lot in length)
+NORM_HEADLINE = {"ARC-Challenge", "openbookqa", "piqa", "hellaswag"}
+
+
+@dataclass(frozen=True)
+class ClozeItem:
+    contexts: tuple[str, ...]  # one per option (WinoGrande's differ; the others repeat one context)
+    continuations: tuple[str, ...]
+    answer: int  # index of the correct option
+
+
+def parse(record: dict[str, Any]) -> ClozeItem:
+    """Question and options from an LLM-Adapters record; ``ValueError`` says what does not fit."""
+    instruction = record["instruction"].strip()
+    match = _FORMAT.search(instruction)
+    if not match:
+        raise ValueError("no 'Answer format: a/b/...' line at the end of the instruction")
+    words = match.group(1).split("/")
+    if record["answer"] not in words:
+        raise ValueError(f"answer {record['answer']!r} is not one of its answer format's words {words}")
+    body = instruction[: match.start()]
+    head, sep, rest = body.partition(": ")
+    if not sep:
+        raise ValueError("no 'Please ...: <question>' head before the options")
+    answer = words.index(record["answer"])
+    if not any(w[-1].isdigit() for w in words):  # true/false: the words are the options
+        question = rest.strip()
+        context = f"Question: {question}{'' if question.endswith('?') else '?'}\nAnswer:"
+        return ClozeItem((context,) * len(words), tuple(" " + _YES_NO.get(w, w) for w in words), answer)
+    question, options = _split_options(rest, words)
+    if "fill in the blank" in head:
+        if question.count("_") != 1:
+            raise ValueError("a fill-in-the-blank sentence needs exactly one '_'")
+        before, after = question.split("_")
+        return ClozeItem(tuple(before + o for o in options), (" " + after.strip(),) * len(options), answer)
+    context = question if "ending" in head else f"Question: {question}\nAnswer:"
+    return ClozeItem((context,) * len(options), tuple(" " + o for o in options), answer)
+
+
+def _split_options(text: str, words: list[str]) -> tuple[str, list[str]]:
+    """``"q\\n\\nAnswer1: a Answer2: b"`` -> ("q", ["a", "b"]), markers taken from the answer words."""
+    positions = []
+    start = 0
+    for word in words:
+        marker = re.compile(rf"(?:^|\s){re.escape(word.capitalize())}:\s?")
+        found = marker.search(text, start)
+        if not found:
+            raise ValueError(f"option marker {word.capitalize()!r}: not found")
+        positions.append((found.start(), found.end()))
+        start = found.end()
+    question = text[: positions[0][0]].strip()
+    ends = [p[0] for p in positions[1:]] + [len(text)]
+    options = [text[b:e].strip() for (_, b), e in zip(positions, ends, strict=True)]
+    if not question or not all(options):
+        raise ValueError("empty question or option")
+    return question, options
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model, tokenizer, groups: Sequence[tuple[str, Sequence[str]]], batch_size: int = 16, progress: str | None = None
+) -> list[list[float]]:
+    """Summed log-probability of each continuation after its group's context.
+
+    Each context runs once: a left-padded batch of contexts fills a KV cache, which is then repeated for
+    each continuation of its group (right-padded, explicit positions). Exact: the same numbers as
+    scoring every context + continuation on its own, at a fraction of the tokens (ARC: ~2.5x fewer)."""
+    from transformers import DynamicCache
+
+    from tasks.commonsense.scoring import continuation_ids, left_pad
+
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    ctxs = [tokenize(tokenizer, c) for c, _ in groups]
+    conts = [[continuation_ids(tokenizer, c, t) for t in ts] for c, ts in groups]
+    for (context, texts), ids in zip(groups, conts, strict=True):
+        if not ctxs or any(not c for c in ids):
+            raise ValueError(f"a continuation of {context[-40:]!r} has no tokens after its context: {texts}")
+    out = [[0.0] * len(ts) for _, ts in groups]
+    order = sorted(range(len(groups)), key=lambda g: len(ctxs[g]))  # similar lengths batch together
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, leave=False):
+        idx = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in left_pad([ctxs[g] for g in idx], pad_id).items()}
+        cache = DynamicCache()
+        first = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        first = torch.log_softmax(first, -1)  # predicts every continuation's first token
+        rows = [(b, g, i) for b, g in enumerate(idx) for i in range(len(conts[g]))]
+        width = max(len(conts[g][i]) - 1 for _, g, i in rows)
+        second = None
+        if width:  # the continuations' further tokens, on the context's cache
+            cache.batch_select_indices(torch.tensor([b for b, _, _ in rows], device=device))
+            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, (_, g, i) in enumerate(rows):
+                tail = conts[g][i][:-1]
+                ids[r, : len(tail)], mask[r, : len(tail)] = torch.tensor(tail, dtype=torch.long), 1
+            ctx_mask = batch["attention_mask"][[b for b, _, _ in rows]]
+            positions = ctx_mask.sum(-1, keepdim=True) + torch.arange(width, device=device)
+            logits = model(
+                input_ids=ids.to(device),
+                attention_mask=torch.cat([ctx_mask, mask.to(device)], -1),
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+            second = torch.log_softmax(logits.float(), -1)
+        for r, (b, g, i) in enumerate(rows):
+            cont = conts[g][i]
+            score = first[b, cont[0]].item()
+            if len(cont) > 1:
+                later = torch.tensor(cont[1:], device=device).unsqueeze(-1)
+                score += second[r, : len(cont) - 1].gather(-1, later).sum().item()
+            out[g][i] = score
+    return out
+
+
+def cloze_predictions(
+    model, tokenizer, items: Sequence[ClozeItem], batch_size: int, progress: str | None = None
+) -> tuple[list[int], list[int], list[list[float]]]:
+    """(acc predictions, acc_norm predictions, scores) per item."""
+    groups: list[tuple[str, list[str]]] = []  # one context and its continuations; WinoGrande: one each
+    for item in items:
+        if len(set(item.contexts)) == 1:
+            groups.append((item.contexts[0], list(item.continuations)))
+        else:
+            groups += [(c, [t]) for c, t in zip(item.contexts, item.continuations, strict=True)]
+    flat = iter(score for group in loglikelihoods(model, tokenizer, groups, batch_size, progress) for score in group)
+    scores = [[next(flat) for _ in item.continuations] for item in items]
+    acc = [max(range(len(s)), key=s.__getitem__) for s in scores]
+    norm = [
+        max(range(len(s)), key=lambda i, s=s, it=it: s[i] / len(it.continuations[i]))
+        for s, it in zip(scores, items, strict=True)
+    ]
+    return acc, norm, scores
