@@ -1,21 +1,111 @@
-"""Leaderboards as a pure function of run records: ``<task>.csv`` (Table 1 shape), ``overhead.csv``
-(Table 2 shape), a Markdown rendering and a PNG of accuracy against trainable parameters."""
+"""Leaderboards as a pure function of run records (same records, same bytes: no clock, fixed bootstrap seed).
+
+``write_leaderboards(runs_dir, out_dir)`` writes, per task, ``<task>.csv``, ``<task>_comparisons.csv`` and
+``<task>.png``, and for all tasks ``overhead.csv``, ``leaderboard.md`` and ``leaderboard.html``.
+
+Rows and sections. Runs that differ only in their seed form one row (seeds pooled). Rows with the same
+task, preset, model, protocol, task options and training settings form a *section*: the rows that may be
+compared. The zero-shot ``base`` row joins every section of its task, preset, model, protocol and task
+options. Each section also gets two baseline rows computed from the records' ``answers``/``n_options``:
+``majority`` (always the most common correct option index among the scored examples; ties: the lowest
+index) and ``chance`` (uniform over the question's options: 1/n_options per example).
+
+Statistics (see :mod:`harness.stats`). A cell is an accuracy in percent with its 95% bootstrap interval
+over test examples, pooled over seeds (per-example correctness averaged over the seeds' runs, then
+examples resampled). Avg is the mean over the benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8
+benchmarks of the section; absent benchmarks never count), its interval resamples each benchmark
+independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples; it
+is significant (``*``) when its interval excludes 0. A cell is flagged ``constant`` when, in any of the
+row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
+option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
+
+``<task>.csv`` columns, one row per leaderboard row: ``section`` (8-hex id of the section), ``preset``,
+``protocol``, ``model``, ``method``, ``kind`` (trained / zero-shot / baseline); per benchmark ``B``,
+``B_lo``, ``B_hi`` (score and interval; ``absent`` when the benchmark has no data, empty when unknown);
+``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
+``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
+``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps``, ``eval_n``,
+``seeds``, ``n_runs``, ``hardware``. Scores are percent, rounded to 2 decimals.
+
+``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
+ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
+``benchmark`` is ``Avg`` for the average over the benchmarks both rows have. (Several ``lora`` rows in a
+section, at different options: the best-ranked is the reference.) ``overhead.csv``: one row per trained
+row, its costs (FLOPs per optimizer step: ``flops_per_step.per_optimizer_step``, else ``total``) and Avg.
+"""
 
 from __future__ import annotations
 
 import json
 import statistics
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
-from harness.records import find_records, read_record
+from harness.records import config_hash, find_records, read_record
+from harness.runner import BASELINE
+from harness.stats import CHANCE, MAJORITY, Estimate, baseline_scores, correctness, estimate, is_constant, paired
+
+REFERENCES = (REFERENCE_METHOD, BASELINE, MAJORITY)
+AVG = "Avg"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One score: ``value`` in percent (None: unknown), ``ci`` its interval (None: no per-example data)."""
+
+    value: float | None = None
+    ci: Estimate | None = None
+    absent: bool = False
+    constant: bool = False
+
+
+@dataclass
+class Row:
+    method: str  # the label: the method name, plus its options when two rows of a section share a name
+    kind: str  # "trained", "zero-shot" or "baseline"
+    cells: dict[str, Cell]  # per benchmark and AVG
+    avg_n: int  # benchmarks with a score, of the section's
+    scores: dict[str, np.ndarray]  # per-example scores (percent) pooled over seeds, where known
+    answers: dict[str, str]  # the answer string the scores belong to
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    vs: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # reference -> benchmark/AVG -> diff
+    name: str = ""  # the method's registry name (baselines: majority/chance)
+
+    @property
+    def percent_trainable(self) -> float | None:
+        if self.kind == "zero-shot":
+            return 0.0
+        return self.runs[0]["train"]["percent_trainable"] if self.kind == "trained" else None
+
+    @property
+    def flops_per_step(self) -> float | None:
+        if self.kind != "trained":
+            return None
+        flops = self.runs[0]["train"]["flops_per_step"]
+        return flops.get("per_optimizer_step", flops["total"])
+
+
+@dataclass
+class Section:
+    task: str
+    preset: str
+    protocol: str
+    model: str
+    key: str  # 8-hex id of the comparable settings
+    benchmarks: list[str]
+    rows: list[Row]
+    info: dict[str, str]  # provenance: template, train_on_inputs, steps, eval_n, seeds, n_runs, hardware
 
 
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
+    """The successful records under ``runs_dir``; unreadable ones are skipped with a warning."""
     if not runs_dir.is_dir():
         raise ValueError(f"runs dir {str(runs_dir)!r} does not exist; run `harness run ...` first or pass --runs-dir")
     records = []
@@ -30,148 +120,407 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def _group_key(record: dict[str, Any]) -> tuple:
+def _settings(record: dict[str, Any]) -> tuple[str, str]:
+    """(task/preset/model/protocol/task options, training settings), seeds left out, as JSON."""
     c = record["run"]["config"]
-    return (
-        c["task"],
-        c["preset"],
-        c.get("model_label", c["model"]),
-        c["protocol"],
-        c["method"],
-        json.dumps(c["method_options"], sort_keys=True),
-        c["task_options"]["template"],
-        c["train"]["train_on_inputs"],
-        json.dumps({k: v for k, v in c["train"].items() if k != "seed"}, sort_keys=True),
-        json.dumps({k: v for k, v in c["task_options"].items() if k != "seed"}, sort_keys=True),
-    )
+    common = {
+        "task": c["task"],
+        "preset": c["preset"],
+        "model": c.get("model_label", c["model"]),
+        "protocol": c["protocol"],
+        "task_options": {k: v for k, v in c["task_options"].items() if k != "seed"},
+    }
+    train = {k: v for k, v in c["train"].items() if k != "seed"}
+    return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
 
 
-def _cell(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+def _row_key(record: dict[str, Any]) -> tuple[str, str]:
+    c = record["run"]["config"]
+    return c["method"], json.dumps(c["method_options"], sort_keys=True)
 
 
-def _avg(record: dict[str, Any]) -> float | None:
-    values = [r["value"] for r in record["eval"].values() if "value" in r]
-    return statistics.mean(values) if values else None
+def _make_row(
+    method: str,
+    kind: str,
+    benchmarks: list[str],
+    absent: set[str],
+    values: dict[str, float],
+    scores: dict[str, np.ndarray],
+    answers: dict[str, str],
+    constant: set[str] | None = None,
+    runs: list[dict[str, Any]] | None = None,
+    name: str = "",
+) -> Row:
+    cells = {}
+    for b in benchmarks:
+        if b in absent:
+            cells[b] = Cell(absent=True)
+        elif b in scores:
+            ci = estimate([scores[b]])
+            cells[b] = Cell(ci.value, ci, constant=b in (constant or ()))
+        else:
+            cells[b] = Cell(values.get(b), constant=b in (constant or ()))
+    scored = [b for b in benchmarks if cells[b].value is not None]
+    if scored and all(b in scores for b in scored):
+        ci = estimate([scores[b] for b in scored])
+        cells[AVG] = Cell(ci.value, ci)
+    else:
+        cells[AVG] = Cell(statistics.mean(cells[b].value for b in scored) if scored else None)
+    return Row(method, kind, cells, len(scored), scores, answers, runs or [], name=name or method)
 
 
-def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
-    """``{task: accuracy table}`` and ``{"overhead": cost table}``."""
-    groups: dict[tuple, list[dict[str, Any]]] = {}
-    for record in records:
-        groups.setdefault(_group_key(record), []).append(record)
-    accuracy: dict[str, list[dict[str, Any]]] = {}
-    overhead: list[dict[str, Any]] = []
-    for key, runs in groups.items():
-        task, preset, model, protocol, method = key[:5]
-        c = runs[0]["run"]["config"]
-        benchmarks = list(runs[0]["eval"])
-        row: dict[str, Any] = {"method": method}
-        for b in benchmarks:
-            values = [r["eval"][b]["value"] for r in runs if "value" in r["eval"].get(b, {})]
-            row[b] = _cell(values) if values else "absent"
-        avgs = [a for a in (_avg(r) for r in runs) if a is not None]
-        row["Avg"] = _cell(avgs) if avgs else ""
-        train = runs[0]["train"]
-        row["Param %"] = f"{train['percent_trainable']:.3f}" if train else "0"
-        row.update(
-            {
-                "protocol": protocol,
-                "model": model,
-                "preset": preset,
-                "template": c["task_options"]["template"],
-                "train_on_inputs": c["train"]["train_on_inputs"],
-                "steps": train.get("steps", 0),
-                "eval_n": "/".join(str(r["n"]) for r in runs[0]["eval"].values() if "n" in r),
-                "seeds": " ".join(str(r["run"]["config"]["seed"]) for r in runs),
-                "hardware": runs[0]["env"]["device"],
-            }
-        )
-        accuracy.setdefault(task, []).append(row)
-        if train:
-            mem = train["memory"]
-            overhead.append(
-                {
-                    "task": task,
-                    "method": method,
-                    "preset": preset,
-                    "model": model,
-                    "trainable_params": train["trainable_params"],
-                    "param_%": round(train["percent_trainable"], 4),
-                    "params_updated_per_step": round(
-                        statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)
-                    ),
-                    "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
-                    "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
-                    "flops_per_step": train["flops_per_step"]["total"],
-                    "adapter_flops_per_step": train["flops_per_step"]["adapter"],
-                    "relative_flops": round(train["flops_per_step"]["relative_to_lora"], 4),
-                    "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
-                    "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
-                    "Avg": row["Avg"],
-                    "seeds": row["seeds"],
-                    "hardware": row["hardware"],
-                }
-            )
-    out = {task: _sorted(pd.DataFrame(rows)) for task, rows in accuracy.items()}
-    out["overhead"] = pd.DataFrame(overhead)
+def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str]) -> Row:
+    """One row from the seeds' runs of one method and its options."""
+    absent, values, scores, answers, constant = set(), {}, {}, {}, set()
+    for b in benchmarks:
+        entries = [r["eval"].get(b, {}) for r in runs]
+        if all(e.get("status") == "absent" for e in entries):
+            absent.add(b)
+            continue
+        if not all("value" in e for e in entries):
+            continue  # unknown for this row: shown "–"
+        values[b] = statistics.mean(e["value"] for e in entries)
+        per_run = [correctness(e, r["run"]["id"]) for e, r in zip(entries, runs, strict=True)]
+        if all(s is not None for s in per_run) and len({e["answers"] for e in entries}) == 1:
+            scores[b], answers[b] = np.mean(per_run, axis=0), entries[0]["answers"]
+        if any(is_constant(e.get("preds", {}).get(e["metric"], "")) for e in entries if "metric" in e):
+            constant.add(b)
+    name = runs[0]["run"]["config"]["method"]
+    kind = "zero-shot" if name == BASELINE else "trained"
+    return _make_row(method, kind, benchmarks, absent, values, scores, answers, constant, runs, name)
+
+
+def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: set[str]) -> list[Row]:
+    """``majority`` and ``chance`` from the answers of the first run (by id) that has them per benchmark."""
+    scores: dict[str, dict[str, np.ndarray]] = {MAJORITY: {}, CHANCE: {}}
+    answers: dict[str, str] = {}
+    for b in benchmarks:
+        entry = next((r["eval"][b] for r in runs if r["eval"].get(b, {}).get("answers")), None)
+        if b in absent or entry is None:
+            continue
+        answers[b] = entry["answers"]
+        for name, s in baseline_scores(entry["answers"], entry.get("n_options")).items():
+            scores[name][b] = s
+    return [
+        _make_row(name, "baseline", benchmarks, absent, {}, scores[name], answers)
+        for name in (MAJORITY, CHANCE)
+        if scores[name]
+    ]
+
+
+def _compare(rows: list[Row], benchmarks: list[str]) -> None:
+    """Fill ``row.vs``: paired differences to each reference row on the examples both scored."""
+    for ref_name in REFERENCES:
+        ref = next((r for r in rows if r.name == ref_name), None)  # several lora rows: the best ranked
+        if ref is None:
+            continue
+        for row in rows:
+            if row is ref:
+                continue
+            same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
+            diffs = {b: paired([row.scores[b]], [ref.scores[b]]) for b in same}
+            both = [b for b in benchmarks if row.cells[b].value is not None and ref.cells[b].value is not None]
+            if both and all(b in same for b in both):
+                diffs[AVG] = paired([row.scores[b] for b in both], [ref.scores[b] for b in both])
+            row.vs[ref_name] = diffs
+
+
+def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """Row labels: the method, plus the options that differ where a section has it at several settings."""
+    out = {}
+    for method, options in keys:
+        others = [json.loads(o) for m, o in keys if m == method and o != options]
+        opts = json.loads(options)
+        differ = sorted(k for k, v in opts.items() if any(o.get(k) != v for o in others))
+        out[(method, options)] = f"{method} ({', '.join(f'{k}={opts[k]}' for k in differ)})" if differ else method
     return out
 
 
-def _sorted(df: pd.DataFrame) -> pd.DataFrame:
-    key = df["Avg"].map(lambda s: float(str(s).split(" ")[0]) if s else -1.0)
-    return df.assign(_k=key).sort_values(["preset", "protocol", "_k"], ascending=[True, True, False]).drop(columns="_k")
+def _rank(row: Row) -> tuple[int, float, str]:
+    """Trained rows by Avg, best first (unknown last), then the zero-shot row."""
+    avg = row.cells[AVG].value
+    return (row.kind != "trained", -avg if avg is not None and row.kind == "trained" else 0.0, row.method)
 
 
-def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
-    records = load_records(runs_dir)
-    if not records:
-        raise ValueError(f"no successful run records under {str(runs_dir)!r}; nothing to tabulate")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    md = ["# Leaderboard", "", "Regenerated by `harness leaderboard` from the run records; do not edit by hand.", ""]
-    for name, df in tables(records).items():
-        path = out_dir / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
-        written.append(path)
-        md += [f"## {name}", "", df.to_markdown(index=False) if not df.empty else "(no rows)", ""]
-        if name != "overhead" and not df.empty:
-            written.append(_plot(df, name, out_dir / f"{name}.png"))
-    md.append(_provenance(records))
-    write_text(out_dir / "leaderboard.md", "\n".join(md) + "\n")
-    return [*written, out_dir / "leaderboard.md"]
+def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Section:
+    runs = sorted((r for g in groups.values() for r in g), key=lambda r: r["run"]["id"])
+    benchmarks = list(dict.fromkeys(b for r in runs for b in r["eval"]))
+    absent = {b for b in benchmarks if all(r["eval"].get(b, {}).get("status") == "absent" for r in runs)}
+    labels = _labels(sorted(groups))
+    rows = [_run_row(labels[key], g, benchmarks) for key, g in sorted(groups.items())]
+    rows.sort(key=_rank)
+    rows += _baseline_rows(runs, benchmarks, absent)
+    _compare(rows, benchmarks)
+    c, first = runs[0]["run"]["config"], runs[0]
+    steps = sorted({r["train"]["steps"] for r in runs if r["train"].get("steps") is not None})
+    info = {
+        "template": str(c["task_options"].get("template", "")),
+        "train_on_inputs": str(c["train"].get("train_on_inputs", "")),
+        "steps": " ".join(map(str, steps)) or "0",
+        "eval_n": "/".join(str(e["n"]) for e in first["eval"].values() if "n" in e),
+        "seeds": " ".join(str(s) for s in sorted({r["run"]["config"]["seed"] for r in runs})),
+        "n_runs": str(len(runs)),
+        "hardware": "; ".join(sorted({r["env"]["device"] for r in runs})),
+    }
+    model = c.get("model_label", c["model"])
+    return Section(
+        c["task"], c["preset"], c["protocol"], model, config_hash({"c": common, "t": train}), benchmarks, rows, info
+    )
 
 
-def _provenance(records: list[dict[str, Any]]) -> str:
+def sections(records: list[dict[str, Any]]) -> list[Section]:
+    """Every task's comparable sections, sorted by task, preset, protocol, model."""
+    trained: dict[tuple[str, str], dict[tuple[str, str], list[dict[str, Any]]]] = {}
+    zero_shot: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+    for record in sorted(records, key=lambda r: r["run"]["id"]):
+        common, train = _settings(record)
+        if record["run"]["config"]["method"] != BASELINE:
+            trained.setdefault((common, train), {}).setdefault(_row_key(record), []).append(record)
+            continue
+        runs = zero_shot.setdefault(common, {}).setdefault(_row_key(record), [])
+        if all(r["run"]["config"]["seed"] != record["run"]["config"]["seed"] for r in runs):
+            runs.append(record)  # training settings do not change a zero-shot run: one run per seed
+    for common, groups in zero_shot.items():
+        targets = [k for k in trained if k[0] == common]
+        for k in targets or [(common, _settings(next(iter(groups.values()))[0])[1])]:
+            trained[k] = {**trained.get(k, {}), **groups}
+    out = [_section(common, train, groups) for (common, train), groups in trained.items()]
+    return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
+
+
+def _num(x: float | None) -> float | None:
+    return None if x is None else round(x, 2) + 0.0
+
+
+def _score_columns(prefix: str, cell: Cell) -> dict[str, Any]:
+    value: Any = "absent" if cell.absent else _num(cell.value)
+    ci = cell.ci
+    return {prefix: value, f"{prefix}_lo": _num(ci and ci.lo), f"{prefix}_hi": _num(ci and ci.hi)}
+
+
+def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """``{task: accuracy table, f"{task}_comparisons": long-format paired differences, "overhead": costs}``."""
+    return frame_tables(sections(records))
+
+
+def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
+    """The CSV tables of :func:`tables` from already built sections (layout: the module docstring)."""
+    accuracy: dict[str, list[dict[str, Any]]] = {}
+    comparisons: dict[str, list[dict[str, Any]]] = {}
+    overhead: list[dict[str, Any]] = []
+    for s in secs:
+        benchmarks = [*s.benchmarks, AVG]
+        for row in s.rows:
+            out: dict[str, Any] = {"section": s.key, "preset": s.preset, "protocol": s.protocol, "model": s.model}
+            out |= {"method": row.method, "kind": row.kind}
+            for b in benchmarks:
+                out |= _score_columns(b, row.cells[b])
+                if b == AVG:
+                    out["Avg_n"] = f"{row.avg_n}/{len(s.benchmarks)}"
+            vs = row.vs.get(REFERENCE_METHOD, {})
+            for b in benchmarks:
+                d = vs.get(b)
+                out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
+                out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
+            out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
+            pct = row.percent_trainable
+            out["Param %"] = None if pct is None else round(pct, 3)
+            out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
+            seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
+            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": s.info["hardware"]}
+            accuracy.setdefault(s.task, []).append(out)
+            for ref, diffs in row.vs.items():
+                for b in benchmarks:
+                    if (d := diffs.get(b)) is not None:
+                        comparisons.setdefault(s.task, []).append(
+                            {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
+                            | {"reference": ref, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
+                            | {"ci_high": _num(d.hi), "significant": d.significant, "model": s.model, "section": s.key}
+                        )
+            if row.kind == "trained":
+                overhead.append(_overhead(s, row, out))
+    out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
+    for task in accuracy:
+        columns = "task preset protocol method reference benchmark diff ci_low ci_high significant model section"
+        out_tables[f"{task}_comparisons"] = pd.DataFrame(comparisons.get(task, []), columns=columns.split())
+    out_tables["overhead"] = pd.DataFrame(overhead)
+    return out_tables
+
+
+def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]:
+    train, runs = row.runs[0]["train"], row.runs
+    mem = train["memory"]
+    flops = train["flops_per_step"]
+    return {
+        "task": s.task,
+        "section": s.key,
+        "method": row.method,
+        "preset": s.preset,
+        "protocol": s.protocol,
+        "model": s.model,
+        "trainable_params": train["trainable_params"],
+        "param_%": round(train["percent_trainable"], 4),
+        "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
+        "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
+        "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
+        "flops_per_step": row.flops_per_step,
+        "adapter_flops_per_step": flops["adapter"],
+        "relative_flops": round(flops["relative_to_lora"], 4),
+        "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
+        "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
+        "Avg": table_row[AVG],
+        "Avg_n": table_row["Avg_n"],
+        "seeds": table_row["seeds"],
+        "hardware": table_row["hardware"],
+    }
+
+
+def fmt(x: float, signed: bool = False) -> str:
+    """One decimal; never "-0.0"."""
+    s = f"{x:+.1f}" if signed else f"{x:.1f}"
+    return "0.0" if s in ("-0.0", "+0.0") else s
+
+
+def cell_text(cell: Cell) -> str:
+    """``41.0 [38.2, 43.9]``; ``41.0 [–]`` without per-example data; ``absent``; ``–`` when unknown."""
+    if cell.absent:
+        return "absent"
+    if cell.value is None:
+        return "–"
+    ci = f"[{fmt(cell.ci.lo)}, {fmt(cell.ci.hi)}]" if cell.ci else "[–]"
+    return f"{fmt(cell.value)} {ci}" + (" (constant)" if cell.constant else "")
+
+
+def diff_text(d: Estimate | None) -> str:
+    """``+3.2*`` (interval excludes 0), ``-0.4``, or ``–`` when not comparable."""
+    return "–" if d is None else fmt(d.value, signed=True) + ("*" if d.significant else "")
+
+
+def param_text(row: Row) -> str:
+    """Trainable parameters in % of the base model; ``–`` for the majority/chance baselines."""
+    pct = row.percent_trainable
+    return "–" if pct is None else f"{pct:.3f}"
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub Markdown table (no ``tabulate`` needed); ``|`` inside cells is escaped."""
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
+
+
+def provenance(records: list[dict[str, Any]]) -> str:
+    """One line: how many runs, on which hardware, with which software."""
     devices = sorted({r["env"]["device"] for r in records})
     versions = sorted({f"torch {r['env']['torch']}, transformers {r['env']['transformers']}" for r in records})
     return f"Runs: {len(records)}. Hardware: {'; '.join(devices)}. Software: {'; '.join(versions)}."
 
 
-def _plot(df: pd.DataFrame, task: str, path: Path) -> Path:
+def section_title(s: Section) -> str:
+    return f"{s.model} · preset {s.preset} · protocol {s.protocol}"
+
+
+def section_info(s: Section) -> str:
+    i = s.info
+    return (
+        f"Section {s.key}: steps {i['steps']}, seeds {i['seeds']}, {i['n_runs']} runs, template {i['template']}, "
+        f"train_on_inputs {i['train_on_inputs']}, eval n {i['eval_n']}, hardware {i['hardware']}."
+    )
+
+
+LEGEND = (
+    "Cells: accuracy % [95% bootstrap interval over test examples, pooled over seeds]; `[–]`: the records "
+    "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
+    "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
+    "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
+    "examples; `*`: the 95% interval excludes 0. All paired comparisons (vs lora, base, majority): "
+    "`<task>_comparisons.csv`."
+)
+
+
+def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str, Any]]) -> str:
+    """``leaderboard.md``: per section the scores table and the paired differences to lora; then costs."""
+    md = ["# Leaderboard", "", "Regenerated by `harness leaderboard` from the run records; do not edit by hand.", ""]
+    md += [LEGEND, ""]
+    for task in dict.fromkeys(s.task for s in secs):
+        md += [f"## {task}", ""]
+        for s in (s for s in secs if s.task == task):
+            md += [f"### {section_title(s)}", "", section_info(s), ""]
+            header = ["method", *s.benchmarks, AVG, "Avg n", "Param %"]
+            rows = [
+                [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{len(s.benchmarks)}"]
+                + [param_text(r)]
+                for r in s.rows
+            ]
+            md += [markdown_table(header, rows), ""]
+            compared = [r for r in s.rows if r.vs.get(REFERENCE_METHOD)]
+            if compared:
+                md += [f"Paired difference to {REFERENCE_METHOD} (points; `*`: 95% interval excludes 0):", ""]
+                scored = [b for b in s.benchmarks if any(b in r.vs[REFERENCE_METHOD] for r in compared)]
+                rows = [
+                    [r.method, *(diff_text(r.vs[REFERENCE_METHOD].get(b)) for b in [*scored, AVG])] for r in compared
+                ]
+                md += [markdown_table(["method", *scored, AVG], rows), ""]
+    md += ["## overhead", ""]
+    if overhead.empty:
+        md += ["(no trained runs)", ""]
+    else:
+        cells = [["" if pd.isna(v) else str(v) for v in row] for row in overhead.itertuples(index=False)]
+        md += [markdown_table([str(c) for c in overhead.columns], cells), ""]
+    md.append(provenance(records))
+    return "\n".join(md) + "\n"
+
+
+def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
+    """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths."""
+    from harness.leaderboard_html import html_page
+
+    records = load_records(runs_dir)
+    if not records:
+        raise ValueError(f"no successful run records under {str(runs_dir)!r}; nothing to tabulate")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    secs = sections(records)
+    frames = frame_tables(secs)
+    written = []
+    for name, df in frames.items():
+        path = out_dir / f"{name}.csv"
+        with atomic_path(path) as tmp:
+            df.to_csv(tmp, index=False)
+        written.append(path)
+    for task in dict.fromkeys(s.task for s in secs):
+        written.append(_plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
+    write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records))
+    write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
+    return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
+
+
+def _plot(secs: list[Section], task: str, path: Path) -> Path:
+    """Avg against trainable parameters, with the 95% interval as error bars; baselines as lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for _, row in df.iterrows():
-        if not row["Avg"]:
-            continue
-        x, y = float(row["Param %"]), float(str(row["Avg"]).split(" ")[0])
-        ax.scatter(x, y)
-        ax.annotate(
-            f"{row['method']} ({row['preset']}, {row['protocol']})",
-            (x, y),
-            fontsize=7,
-            xytext=(3, 3),
-            textcoords="offset points",
-        )
-    ax.set_xlabel("trainable parameters (% of base)")
-    ax.set_ylabel("average accuracy (%)")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for s in secs:
+        suffix = f" ({s.preset}, {s.protocol})" if len(secs) > 1 else ""
+        for row in s.rows:
+            avg = row.cells[AVG]
+            if avg.value is None:
+                continue
+            if row.kind == "baseline":
+                ax.axhline(avg.value, linestyle="--", linewidth=0.8, color="grey")
+                label, where = row.method + suffix, ax.get_yaxis_transform()  # x in axes units, y in data
+                ax.text(0.01, avg.value, label, transform=where, fontsize=7, color="grey", va="bottom")
+                continue
+            x = row.percent_trainable or 0.0
+            yerr = [[avg.value - avg.ci.lo], [avg.ci.hi - avg.value]] if avg.ci else None
+            ax.errorbar(x, avg.value, yerr=yerr, fmt="o", capsize=3, markersize=4)
+            ax.annotate(row.method + suffix, (x, avg.value), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.set_xlabel("trainable parameters (% of base model)")
+    ax.set_ylabel("average accuracy (%), 95% interval")
     ax.set_title(f"{task}: accuracy vs parameters", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -14,16 +14,39 @@ from harness.runner import build_specs
 BENCHES = {"ARC-Easy": 40.0, "boolq": 60.0}
 
 
-def fixture_record(method: str, seed: int, shift: float, preset: str = "smoke") -> dict:
+def scored(answers: str, preds: str, n_options: str | None = None, metric: str = "acc") -> dict:
+    """A new-schema eval entry: per-example answers and predictions, the value computed from them."""
+    value = 100.0 * sum(p == a for p, a in zip(preds, answers, strict=True)) / len(answers)
+    return {
+        "metric": metric,
+        "value": value,
+        "metrics": {metric: value},
+        "n": len(answers),
+        "protocol": "choice",
+        "higher_is_better": True,
+        "file": "x/test.json",
+        "sha256": "x",
+        "answers": answers,
+        "preds": {metric: preds},
+        "n_options": n_options or "4" * len(answers),
+    }
+
+
+def fixture_record(
+    method: str, seed: int, shift: float = 0.0, preset: str = "smoke", evals: dict | None = None
+) -> dict:
+    """A successful record; ``evals`` (benchmark -> entry) replaces the old-style scores (no per-example data)."""
     [spec] = build_specs("commonsense", [method], [seed], preset)
     record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU", "torch": "2.x", "transformers": "5.x"})
     record["run"]["status"] = "success"
     record["run"]["config"]["model_label"] = "tiny"
-    record["eval"] = {
+    record["eval"] = evals or {
         b: {"metric": "acc", "value": v + shift, "n": 10, "protocol": "choice", "sha256": "x"}
         for b, v in BENCHES.items()
     }
-    record["eval"]["hellaswag"] = {"status": "absent"}
+    record["eval"].setdefault("hellaswag", {"status": "absent"})
+    if method == "base":
+        return record
     record["train"] = {
         "steps": 3,
         "train_s": 10.0 + seed,
@@ -49,25 +72,58 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def test_leaderboard_is_a_pure_function_of_the_records(tmp_path):
+OUTPUTS = {
+    "commonsense.csv",
+    "commonsense_comparisons.csv",
+    "commonsense.png",
+    "overhead.csv",
+    "leaderboard.md",
+    "leaderboard.html",
+}
+
+
+def test_old_records_without_per_example_data_still_tabulate_without_intervals(tmp_path):
     runs = tmp_path / "runs"
     for seed, shift in ((0, 0.0), (1, 2.0)):
         write_fixture(runs, fixture_record("effilora", seed, shift))
     write_fixture(runs, fixture_record("lora", 0, -10.0))
     paths = write_leaderboards(runs, tmp_path / "out")
-    assert {p.name for p in paths} == {"commonsense.csv", "commonsense.png", "overhead.csv", "leaderboard.md"}
+    assert {p.name for p in paths} == OUTPUTS
     rows = read_csv(tmp_path / "out" / "commonsense.csv")
-    assert [r["method"] for r in rows] == ["effilora", "lora"]  # best average first
+    assert [r["method"] for r in rows] == ["effilora", "lora"]  # best average first; no answers: no baselines
     effi = rows[0]
-    assert effi["ARC-Easy"] == "41.0 ± 1.4" and effi["boolq"] == "61.0 ± 1.4" and effi["hellaswag"] == "absent"
-    assert effi["Avg"] == "51.0 ± 1.4" and effi["Param %"] == "0.500" and effi["seeds"] == "0 1"
-    assert effi["protocol"] == "choice" and effi["preset"] == "smoke" and effi["hardware"] == "Test CPU"
+    assert (effi["ARC-Easy"], effi["ARC-Easy_lo"], effi["ARC-Easy_hi"]) == ("41.0", "", "")
+    assert effi["boolq"] == "61.0" and effi["hellaswag"] == "absent" and effi["hellaswag_lo"] == ""
+    assert effi["Avg"] == "51.0" and effi["Avg_lo"] == "" and effi["Avg_n"] == "2/3" and effi["ARC-Easy_vs_lora"] == ""
+    assert effi["Param %"] == "0.5" and effi["seeds"] == "0 1" and effi["n_runs"] == "2" and effi["kind"] == "trained"
+    assert effi["protocol"] == "cloze" and effi["preset"] == "smoke" and effi["hardware"] == "Test CPU"
     assert rows[1]["ARC-Easy"] == "30.0"
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| effilora | 41.0 [–] | 61.0 [–] | absent | 51.0 [–] | 2/3 | 0.500 |" in md
     overhead = read_csv(tmp_path / "out" / "overhead.csv")
     assert {r["method"]: r["relative_flops"] for r in overhead} == {"effilora": "1.25", "lora": "1.25"}
-    before = {p.name: p.read_bytes() for p in paths if p.suffix != ".png"}
-    write_leaderboards(runs, tmp_path / "out")
-    assert before == {p.name: p.read_bytes() for p in paths if p.suffix != ".png"}
+    assert {r["flops_per_step"] for r in overhead} == {"2000"}
+    assert read_csv(tmp_path / "out" / "commonsense_comparisons.csv") == []
+
+
+def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0123" * 5
+    for method, seed, preds in (("lora", 0, "0123" * 5), ("lora", 1, "0120" * 5), ("effilora", 0, "0000" * 5)):
+        write_fixture(runs, fixture_record(method, seed, evals={"ARC-Easy": scored(answers, preds)}))
+    write_fixture(runs, fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 5)}))
+    paths = write_leaderboards(runs, tmp_path / "out")
+    first = {p.name: p.read_bytes() for p in paths if p.suffix != ".png"}
+    assert set(first) | {"commonsense.png"} == OUTPUTS
+    write_leaderboards(runs, tmp_path / "again")
+    assert first == {p.name: (tmp_path / "again" / p.name).read_bytes() for p in paths if p.suffix != ".png"}
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert list(rows) == ["lora", "effilora", "base", "majority", "chance"]
+    assert rows["lora"]["ARC-Easy"] == "87.5" and rows["lora"]["seeds"] == "0 1"  # 100 and 75, pooled
+    assert rows["effilora"]["constant"] == "ARC-Easy" and rows["lora"]["constant"] == ""
+    assert (
+        rows["base"]["Param %"] == "0.0" and rows["majority"]["Param %"] == "" and rows["chance"]["kind"] == "baseline"
+    )
 
 
 def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys):
@@ -113,7 +169,8 @@ def test_paper_preset_resolves_offline():
 
     [spec] = build_specs("commonsense", ["effilora"], [0], "paper")
     assert spec.model == "meta-llama/Meta-Llama-3-8B" and spec.protocol == "generate"
-    assert spec.method_options == {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4}
+    preset_options = {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4}
+    assert {k: spec.method_options[k] for k in preset_options} == preset_options  # plus the resolved defaults
     t = spec.train
     assert (t.lr, t.epochs, t.warmup_steps, t.cutoff_len, t.micro_batch_size * t.grad_accum) == (
         3e-4,

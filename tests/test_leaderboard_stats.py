@@ -1,0 +1,153 @@
+"""Bootstrap intervals, paired comparisons, baselines and flags: literal examples, then through the leaderboard."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from harness.leaderboard import markdown_table, write_leaderboards
+from harness.stats import CHANCE, MAJORITY, baseline_scores, correctness, estimate, is_constant, paired
+from tests.test_records_leaderboard import fixture_record, read_csv, scored, write_fixture
+
+
+def right_share(n: int, share: float = 0.6) -> np.ndarray:
+    return 100.0 * (np.arange(n) < round(share * n))
+
+
+def test_the_interval_contains_the_estimate_and_shrinks_with_n():
+    widths = []
+    for n in (50, 500, 5000):
+        e = estimate([right_share(n)])
+        assert e.value == pytest.approx(60.0) and e.lo < e.value < e.hi
+        widths.append(e.hi - e.lo)
+    assert widths[0] > widths[1] > widths[2] > 0
+    assert 20 < widths[0] < 35  # about 4 standard errors: 4 * sqrt(.6 * .4 / 50) = 0.277
+    assert estimate([right_share(500)]) == estimate([right_share(500)])  # fixed seed
+
+
+def test_an_average_resamples_each_benchmark():
+    e = estimate([right_share(100, 0.5), np.full(40, 100.0)])
+    assert e.value == pytest.approx(75.0) and e.lo < 75.0 < e.hi and e.hi - e.lo < 20  # the second never varies
+
+
+@pytest.mark.parametrize("scores", [right_share(60), np.full(10, 100.0), np.zeros(7), np.full(5, 50.0)])
+def test_identical_predictions_differ_by_exactly_zero(scores):
+    d = paired([scores], [scores.copy()])
+    assert (d.value, d.lo, d.hi, d.significant) == (0.0, 0.0, 0.0, False)
+
+
+def test_right_wherever_the_reference_is_wrong_is_significant():
+    reference = right_share(60, 0.5)
+    d = paired([np.full(60, 100.0)], [reference])
+    assert d.value == pytest.approx(50.0) and d.lo > 0 and d.significant
+    assert paired([reference], [np.full(60, 100.0)]).hi < 0
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "message"),
+    [([np.ones(3)], [np.ones(4)], "same examples"), ([np.ones(3)], [], "same benchmarks"), ([], [], "no score")],
+)
+def test_bad_comparisons_say_what_to_pass(a, b, message):
+    with pytest.raises(ValueError, match=message):
+        paired(a, b)
+
+
+def test_majority_and_chance_from_the_answers():
+    scores = baseline_scores("0012", "4422")
+    assert scores[MAJORITY].tolist() == [100.0, 100.0, 0.0, 0.0]  # always option 0, the most common answer
+    assert scores[CHANCE].tolist() == [25.0, 25.0, 50.0, 50.0]  # 1 / n_options
+    assert scores[CHANCE].mean() == 37.5 and scores[MAJORITY].mean() == 50.0
+    assert baseline_scores("1100", None)[MAJORITY].tolist() == [0.0, 0.0, 100.0, 100.0]  # a tie: the lowest index
+    assert CHANCE not in baseline_scores("01", None)
+    with pytest.raises(ValueError, match="one digit 1-9 per answer"):
+        baseline_scores("01", "4")
+
+
+@pytest.mark.parametrize(
+    ("preds", "constant"),
+    [
+        ("0000000001", True),
+        ("0000000011", False),
+        ("0" * 63 + "1" * 7, True),  # exactly 90%: 0.9 * 70 is 63.00000000000001 in floating point
+        ("000000000-", True),
+        ("--------00", True),
+        ("----------", False),
+    ],
+)
+def test_constant_at_90_percent_of_the_answered_examples(preds, constant):
+    assert is_constant(preds) is constant
+
+
+def test_correctness_is_prediction_equals_answer():
+    entry = scored("0123", "01-0")
+    assert correctness(entry).tolist() == [100.0, 100.0, 0.0, 0.0]  # "-" (no answer) counts wrong
+    assert correctness({"metric": "acc", "value": 50.0}) is None  # an older record
+    with pytest.raises(ValueError, match="3 predictions for 4 answers"):
+        correctness({**entry, "preds": {"acc": "012"}}, "run-x")
+
+
+def test_the_leaderboard_has_baselines_intervals_and_paired_comparisons(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0012" * 10  # majority: option 0, right on 50%; chance: 1/4 per example
+    lora = "0000" * 10  # right on 50%
+    better = "1112" * 10  # right on every example lora gets wrong, and only there
+    evals = {
+        "lora": {"ARC-Easy": scored(answers, lora), "boolq": scored(answers, lora)},
+        "effilora": {"ARC-Easy": scored(answers, answers), "boolq": scored(answers, better)},
+        "base": {"ARC-Easy": scored(answers, "3333" * 10), "boolq": scored(answers, lora)},
+    }
+    for method, e in evals.items():
+        write_fixture(runs, fixture_record(method, 0, evals=e))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert list(rows) == ["effilora", "lora", "base", "majority", "chance"]
+    assert (rows["majority"]["ARC-Easy"], rows["chance"]["ARC-Easy"], rows["chance"]["Avg"]) == ("50.0", "25.0", "25.0")
+    effi = rows["effilora"]
+    assert (effi["hellaswag"], effi["hellaswag_lo"], effi["Avg_n"]) == ("absent", "", "2/3")
+    assert float(effi["boolq_lo"]) < float(effi["boolq"]) == 50.0 < float(effi["boolq_hi"])
+    assert effi["ARC-Easy_vs_lora"] == "50.0" and float(effi["ARC-Easy_vs_lora_lo"]) > 0  # right where lora is wrong
+    assert effi["boolq_vs_lora"] == "0.0" and float(effi["boolq_vs_lora_lo"]) < 0  # as often right, elsewhere
+    assert rows["lora"]["constant"] == "ARC-Easy boolq" and rows["lora"]["ARC-Easy_vs_lora"] == ""
+    assert rows["base"]["boolq_vs_lora"] == "0.0" and rows["base"]["boolq_vs_lora_lo"] == "0.0"
+    comparisons = read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    assert {r["reference"] for r in comparisons} == {"lora", "base", "majority"}
+    vs = {(r["method"], r["reference"], r["benchmark"]): r for r in comparisons}
+    assert (
+        vs[("lora", "base", "ARC-Easy")]["diff"] == "50.0" and vs[("lora", "base", "ARC-Easy")]["significant"] == "True"
+    )
+    assert vs[("lora", "majority", "ARC-Easy")]["significant"] == "False"  # lora answers like majority here
+    assert vs[("base", "lora", "Avg")]["diff"] == "-25.0" and ("majority", "majority", "Avg") not in vs
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| lora | 50.0 [" in md and "(constant)" in md and "| 2/3 |" in md
+    assert "| base | -50.0* | 0.0 | -25.0* |" in md  # the paired-difference table
+
+
+def test_base_joins_each_training_setting_and_one_method_at_two_settings_gets_labels(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0123" * 5
+    for r, lr in ((4, 0.001), (8, 0.001), (8, 0.5)):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)})
+        record["run"]["config"]["method_options"]["r"] = r
+        record["run"]["config"]["train"]["lr"] = lr
+        record["run"]["id"] += f"-r{r}-lr{lr}"
+        write_fixture(runs, record)
+    write_fixture(runs, fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "0" * 20)}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "commonsense.csv")
+    by_section: dict[str, list[str]] = {}
+    for row in rows:
+        by_section.setdefault(row["section"], []).append(row["method"])
+    assert sorted(by_section.values()) == [
+        ["lora", "base", "majority", "chance"],
+        ["lora (r=4)", "lora (r=8)", "base", "majority", "chance"],
+    ]
+
+
+def test_markdown_needs_no_tabulate(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tabulate", None)  # any import of it now fails
+    assert markdown_table(["a", "b|c"], [["1", "x"]]) == "| a | b\\|c |\n| --- | --- |\n| 1 | x |"
+    write_fixture(tmp_path / "runs", fixture_record("lora", 0, evals={"ARC-Easy": scored("01", "01")}))
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    assert "| lora | 100.0 [100.0, 100.0] |" in (tmp_path / "out" / "leaderboard.md").read_text()
