@@ -51,7 +51,7 @@ def parse(record: dict[str, Any]) -> ClozeItem:
         raise ValueError(f"answer {record['answer']!r} is not one of its answer format's words {words}")
     body = instruction[: match.start()]
     head, sep, rest = body.partition(": ")
-    if not sep:
+    if not sep or "\n" in head:
         raise ValueError("no 'Please ...: <question>' head before the options")
     answer = words.index(record["answer"])
     if not any(w[-1].isdigit() for w in words):  # true/false: the words are the options

@@ -1,0 +1,90 @@
+"""Check the ``cloze`` protocol against a published zero-shot measurement of the embedded model.
+
+A third-party lm-evaluation-harness run of SmolLM2-135M-Instruct (bf16) reports, zero-shot: ARC-Easy
+acc 54.1, ARC-Challenge acc_norm 27.7, PIQA acc_norm 66.9, HellaSwag acc_norm 43.0
+(``shared/spec/suites.md``). This scores the embedded model (the Q4_1 GGUF, dequantised to fp32)
+through our ``cloze`` on the *full* test sets of those benchmarks and writes the comparison, with 95%
+bootstrap intervals, to ``results/published_check.json``:
+
+    python scripts/published_check.py --data-dir ../shared/data/commonsense [--out results/published_check.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PUBLISHED = {  # benchmark -> (metric, value)
+    "ARC-Easy": ("acc", 54.1),
+    "ARC-Challenge": ("acc_norm", 27.7),
+    "piqa": ("acc_norm", 66.9),
+    "hellaswag": ("acc_norm", 43.0),
+}
+
+
+def main() -> None:
+    from harness.accounting import environment
+    from harness.atomic import write_json
+    from harness.runner import build_specs, load_model
+    from harness.stats import estimate
+    from harness.task import TaskOptions
+    from tasks.commonsense import CommonsenseTask, cloze, data
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", required=True)
+    parser.add_argument("--out", default="results/published_check.json")
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+
+    [spec] = build_specs("commonsense", ["base"], [0], "embedded")
+    model, tokenizer, label = load_model(spec, torch.device("cpu"))
+    model.eval()
+    task = CommonsenseTask(TaskOptions(data_dir=args.data_dir, template="cloze"))
+    rows = []
+    for benchmark, (metric, published) in PUBLISHED.items():
+        test = task.test_records(benchmark)
+        if test is None:
+            rows.append({"benchmark": benchmark, "metric": metric, "published": published, "status": "absent"})
+            print(f"{benchmark}: absent")
+            continue
+        began = time.perf_counter()
+        items = [cloze.parse(r) for r in test.records]
+        acc, norm, _ = cloze.cloze_predictions(model, tokenizer, items, args.batch_size, progress=benchmark)
+        preds = acc if metric == "acc" else norm
+        ours = estimate([100.0 * np.array([p == it.answer for p, it in zip(preds, items, strict=True)])])
+        rows.append(
+            {
+                "benchmark": benchmark,
+                "metric": metric,
+                "n": len(items),
+                "ours": round(ours.value, 2),
+                "ci95": [round(ours.lo, 2), round(ours.hi, 2)],
+                "published": published,
+                "difference": round(ours.value - published, 2),
+                "file_sha256": test.sha256,
+                "seconds": round(time.perf_counter() - began, 1),
+            }
+        )
+        print(
+            f"{benchmark} {metric}: ours {ours.value:.1f} [{ours.lo:.1f}, {ours.hi:.1f}] (n={len(items)}) "
+            f"vs published {published} -> {ours.value - published:+.1f}"
+        )
+    out = {
+        "model": label,
+        "protocol": "cloze (full test sets, zero-shot)",
+        "published_source": "third-party lm-evaluation-harness run, bf16 (shared/spec/suites.md)",
+        "data": data.resolve_data_dir(args.data_dir).name,
+        "results": rows,
+        "env": environment(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, out)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

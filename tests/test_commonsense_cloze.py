@@ -1,0 +1,230 @@
+"""The ``cloze`` protocol: parsing all eight benchmarks, exact cached scoring, and its training template."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.runner import build_specs
+from harness.task import TaskOptions
+from tasks.commonsense import CommonsenseTask, cloze, data
+from tests.conftest import tiny_llama
+
+
+def rec(instruction: str, answer: str) -> dict[str, str]:
+    return {"instruction": instruction, "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+
+
+# One literal LLM-Adapters record per benchmark, and what the cloze protocol must make of it.
+CASES = {
+    "ARC-Easy": (
+        rec(
+            "Please choose the correct answer to the question: Which piece of safety equipment is used to keep mold "
+            "spores from entering the respiratory system?\n\nAnswer1: safety goggles Answer2: breathing mask "
+            "Answer3: rubber gloves Answer4: lead apron\n\nAnswer format: answer1/answer2/answer3/answer4",
+            "answer2",
+        ),
+        "Question: Which piece of safety equipment is used to keep mold spores from entering the respiratory "
+        "system?\nAnswer:",
+        [" safety goggles", " breathing mask", " rubber gloves", " lead apron"],
+        1,
+    ),
+    "ARC-Challenge": (
+        rec(
+            "Please choose the correct answer to the question: Which is a renewable resource?\n\nAnswer1: coal "
+            "Answer2: oil Answer3: wind Answer4: gas Answer5: uranium\n\nAnswer format: "
+            "answer1/answer2/answer3/answer4/answer5",
+            "answer3",
+        ),
+        "Question: Which is a renewable resource?\nAnswer:",
+        [" coal", " oil", " wind", " gas", " uranium"],
+        2,
+    ),
+    "openbookqa": (
+        rec(
+            "Please choose the correct answer to the question: There is most likely going to be fog around:\n\n"
+            "Answer1: a marsh Answer2: a tundra Answer3: the plains Answer4: a desert\n\nAnswer format: "
+            "answer1/answer2/answer3/answer4",
+            "answer1",
+        ),
+        "Question: There is most likely going to be fog around:\nAnswer:",
+        [" a marsh", " a tundra", " the plains", " a desert"],
+        0,
+    ),
+    "social_i_qa": (
+        rec(
+            "Please choose the correct answer to the question: Sydney felt bad afterwards. How would you describe "
+            "Sydney?\n\nAnswer1: sympathetic Answer2: like a person who was unable to help Answer3: incredulous\n\n"
+            "Answer format: answer1/answer2/answer3",
+            "answer1",
+        ),
+        "Question: Sydney felt bad afterwards. How would you describe Sydney?\nAnswer:",
+        [" sympathetic", " like a person who was unable to help", " incredulous"],
+        0,
+    ),
+    "winogrande": (
+        rec(
+            "Please choose the correct answer to fill in the blank to complete the given sentence: Sarah was a much "
+            "better surgeon than Maria so _ always got the harder cases.\n\nOption1: Sarah Option2: Maria Answer "
+            "format: option1/option2",
+            "option1",
+        ),
+        None,  # contexts differ per option
+        [" always got the harder cases.", " always got the harder cases."],
+        0,
+    ),
+    "piqa": (
+        rec(
+            "Please choose the correct solution to the question: dresser\n\nSolution1: replace drawer with bobby "
+            "pin \n\nSolution2: finish, woodgrain with  bobby pin \n\nAnswer format: solution1/solution2",
+            "solution2",
+        ),
+        "Question: dresser\nAnswer:",
+        [" replace drawer with bobby pin", " finish, woodgrain with  bobby pin"],
+        1,
+    ),
+    "boolq": (
+        rec(
+            "Please answer the following question with true or false, question: is house tax and property tax are "
+            "same?\n\nAnswer format: true/false",
+            "true",
+        ),
+        "Question: is house tax and property tax are same?\nAnswer:",
+        [" yes", " no"],
+        0,
+    ),
+    "hellaswag": (
+        rec(
+            "Please choose the correct ending to complete the given sentence: Removing ice from car: Then, the man "
+            "writes over the snow covering the window of a car, and a woman wearing winter clothes smiles. then\n\n"
+            "Ending1: , the man adds wax to the windshield and cuts it. Ending2: , a person board a ski lift. "
+            "Ending3: , the man puts on a christmas coat. Ending4: , the man continues removing the snow on his car."
+            "\n\nAnswer format: ending1/ending2/ending3/ending4",
+            "ending4",
+        ),
+        "Removing ice from car: Then, the man writes over the snow covering the window of a car, and a woman "
+        "wearing winter clothes smiles. then",
+        [
+            " , the man adds wax to the windshield and cuts it.",
+            " , a person board a ski lift.",
+            " , the man puts on a christmas coat.",
+            " , the man continues removing the snow on his car.",
+        ],
+        3,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(data.BENCHMARKS))
+def test_every_benchmark_parses_into_question_and_option_texts(name):
+    record, context, continuations, answer = CASES[name]
+    item = cloze.parse(record)
+    assert list(item.continuations) == continuations and item.answer == answer
+    if context is None:
+        assert item.contexts == (
+            "Sarah was a much better surgeon than Maria so Sarah",
+            "Sarah was a much better surgeon than Maria so Maria",
+        )
+    else:
+        assert set(item.contexts) == {context} and len(item.contexts) == len(continuations)
+
+
+@pytest.mark.parametrize(
+    ("instruction", "message"),
+    [
+        ("Please choose the correct answer to the question: why?", "Answer format"),
+        ("Please choose the correct answer to the question: why?\n\nAnswer format: answer1/answer2", "not found"),
+        ("no head here\n\nAnswer1: a Answer2: b\n\nAnswer format: answer1/answer2", "head"),
+        ("Please fill in the blank: no blank\n\nOption1: a Option2: b Answer format: option1/option2", "'_'"),
+    ],
+)
+def test_records_that_do_not_fit_say_why(instruction, message):
+    with pytest.raises(ValueError, match=message):
+        cloze.parse(rec(instruction, "answer1" if "answer1" in instruction else "option1"))
+
+
+def test_all_real_test_and_train_records_parse(data_dir):
+    counts = {}
+    for benchmark in data.benchmark_names(data_dir):
+        for split in ("test", "train"):
+            found = data.read_split(data_dir, benchmark, split)
+            if found is not None:
+                counts[f"{benchmark}/{split}"] = len([cloze.parse(r) for r in found.records])
+    assert counts["ARC-Easy/test"] == 2376 and counts["winogrande/test"] == 1267 and counts["boolq/train"] == 9427
+
+
+def naive(model, tokenizer, context: str, continuation: str) -> float:
+    """One unpadded sequence, every continuation token scored from the full forward pass."""
+    ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+    cont = tokenizer(context + continuation, add_special_tokens=False)["input_ids"][len(ctx) :]
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=torch.tensor([ctx + cont])).logits[0].float(), -1)
+    return sum(logprobs[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+
+
+GROUPS = [
+    ("Question: why is the sky blue?\nAnswer:", [" light scatters", " no", " because of the ocean below us"]),
+    ("Hi", [" there", " x"]),
+    ("A longer context, with commas, here", [" b"]),
+]
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 8])
+def test_cached_context_scoring_is_exact_at_every_batch_size(char_tokenizer, batch_size):
+    model = tiny_llama()
+    got = cloze.loglikelihoods(model, char_tokenizer, GROUPS, batch_size)
+    for (context, conts), scores in zip(GROUPS, got, strict=True):
+        for cont, score in zip(conts, scores, strict=True):
+            assert abs(score - naive(model, char_tokenizer, context, cont)) < 1e-4
+
+
+def test_acc_takes_the_best_sum_and_acc_norm_the_best_per_character(char_tokenizer):
+    model = tiny_llama()
+    items = [cloze.parse(CASES[b][0]) for b in ("ARC-Easy", "winogrande", "piqa", "boolq")]
+    acc, norm, scores = cloze.cloze_predictions(model, char_tokenizer, items, batch_size=3)
+    for item, a, n, s in zip(items, acc, norm, scores, strict=True):
+        expected = [naive(model, char_tokenizer, c, t) for c, t in zip(item.contexts, item.continuations, strict=True)]
+        torch.testing.assert_close(torch.tensor(s), torch.tensor(expected), atol=1e-4, rtol=0)
+        assert a == max(range(len(s)), key=s.__getitem__)
+        assert n == max(range(len(s)), key=lambda i, s=s, it=item: s[i] / len(it.continuations[i]))
+
+
+def test_training_example_is_the_scored_pair_of_the_correct_option(data_dir):
+    task = CommonsenseTask(TaskOptions(data_dir=str(data_dir), train_cap=3, val_size=2, template="cloze"))
+    train, _ = task.splits()
+    records, _ = data.training_mix(task.data_dir, 3, 0)
+    for example, record in zip(train, records[2:], strict=True):
+        item = cloze.parse(record)
+        assert (example.prompt, example.target) == (item.contexts[item.answer], item.continuations[item.answer])
+
+
+def test_the_eval_record_holds_per_example_strings(tmp_path, data_dir, char_tokenizer):
+    task = CommonsenseTask(TaskOptions(data_dir=str(data_dir), eval_limit=5, template="cloze"))
+    results = task.evaluate(tiny_llama(), char_tokenizer, "cloze", 4, tmp_path / "p.jsonl", progress=False)
+    arc = results["ARC-Easy"]
+    assert arc["metric"] == "acc" and results["ARC-Challenge"]["metric"] == "acc_norm"
+    assert (
+        len(arc["answers"]) == len(arc["preds"]["acc"]) == len(arc["preds"]["acc_norm"]) == len(arc["n_options"]) == 5
+    )
+    assert arc["value"] == 100.0 * sum(p == a for p, a in zip(arc["preds"]["acc"], arc["answers"], strict=True)) / 5
+    first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
+    assert first["answer"] == int(arc["answers"][0]) and first["pred"] == int(arc["preds"]["acc"][0])
+    assert results["hellaswag"] == {"status": "absent"}
+
+
+def test_protocol_and_template_must_fit_and_default_to_each_other():
+    [spec] = build_specs("commonsense", ["lora"], [0], "embedded")
+    assert (spec.protocol, spec.task_options.template) == ("cloze", "cloze")
+    [choice] = build_specs("commonsense", ["lora"], [0], "embedded", protocol="choice")
+    assert choice.task_options.template == "clean"  # the protocol's own template when none is named
+    with pytest.raises(ValueError, match="--protocol cloze --template cloze"):
+        build_specs("commonsense", ["lora"], [0], "embedded", protocol="choice", task_overrides={"template": "cloze"})
+
+
+def test_a_record_that_does_not_fit_cloze_fails_before_training(tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([rec("What is 2+2? Say it.", "four")]))
+    with pytest.raises(ValueError, match=r"mine/test.json: example 0 does not fit the cloze protocol .*--protocol"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze"))
