@@ -37,6 +37,7 @@ def step_flops(model: nn.Module, method: str, config: Any, shapes: list[list[int
 
     replica = meta_replica(model)
     adapter = attach(replica, method, config=config)
+    replica.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
     if adapter.reducer is not None:
         adapter.reducer.select()  # freeze the unselected heads, as in a real step
     root = type(replica).__name__

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 from pathlib import Path
 
 from harness.cli import CliError, add_method_args, method_options, split_names
@@ -30,6 +32,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
     from harness.registry import METHODS
     from harness.runner import BASELINE, build_specs, run_all
+    from harness.train import Cancelled
 
     methods = split_names(args.methods, METHODS.names(), "method")
     for m in methods:
@@ -63,19 +66,44 @@ def cmd_run(args: argparse.Namespace) -> None:
         eval_batch_size=args.eval_batch_size,
         random_weights=args.random_weights,
     )
-    records = run_all(specs, Path(args.runs_dir), args.data_dir, force=args.force, progress=not args.quiet)
-    if args.leaderboard:
-        for path in write_leaderboards(Path(args.runs_dir), Path(args.out)):
-            print(f"wrote {path}")
+    out = Path(args.out or args.runs_dir)
+    if args.leaderboard and out.exists() and not out.is_dir():
+        raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
+    try:
+        records = run_all(
+            specs,
+            Path(args.runs_dir),
+            args.data_dir,
+            force=args.force,
+            progress=not args.quiet,
+            trust_remote_code=args.trust_remote_code,
+        )
+        if args.leaderboard and _is_main_process():
+            for path in write_leaderboards(Path(args.runs_dir), out):
+                print(f"wrote {path}")
+    except Cancelled as exc:
+        print(f"harness: cancelled: {exc}; the run's record says so, and the same command resumes it", file=sys.stderr)
+        raise SystemExit(128 + signal.SIGTERM) from None
+    except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
+        raise CliError(
+            f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "
+            "permissions, then run the same command again: finished runs are kept"
+        ) from None
     failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
     if failed:
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
 
 
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
 
-    for path in write_leaderboards(Path(args.runs_dir), Path(args.out)):
+    for path in write_leaderboards(Path(args.runs_dir), Path(args.out or args.runs_dir)):
         print(f"wrote {path}")
 
 
@@ -89,7 +117,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--data-dir", help="folder of benchmark folders (default: $HARNESS_DATA_DIR, else download)")
     p.add_argument("--runs-dir", default="runs", help="where run folders and records go (default runs/)")
-    p.add_argument("--out", default="results", help="where the leaderboard CSVs go (default results/)")
+    p.add_argument(
+        "--out",
+        help="where the leaderboard files go (default: the runs dir; `harness leaderboard --runs-dir results/runs "
+        "--out results` rebuilds this repository's committed tables)",
+    )
     p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
@@ -106,10 +138,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="build the model from its config with random weights (paper shapes without a download)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="let a hub model run its own Python code (off by default: only for models you trust)",
+    )
     add_method_args(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("leaderboard", help="rebuild results/*.csv and the Markdown table from run records")
+    p = sub.add_parser("leaderboard", help="rebuild the leaderboard files (CSV, Markdown, HTML, PNG) from run records")
     p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", default="results")
+    p.add_argument("--out", help="default: the runs dir")
     p.set_defaults(func=cmd_leaderboard)

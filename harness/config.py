@@ -81,6 +81,13 @@ def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...] |
     """``"q_proj,v_proj"`` -> names; a string with regex characters stays one regex."""
     if isinstance(value, str):
         if _REGEX_CHARS.search(value):
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(
+                    f"targets regex {value!r} does not compile ({exc}); give module names such as q_proj,v_proj "
+                    "or a valid regex matched against full module names, e.g. '.*\\.(q|v)_proj'"
+                ) from None
             return value
         value = value.split(",")
     names = tuple(v.strip() for v in value if v.strip())
@@ -144,12 +151,12 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint) or (hint,)
     if value.lower() == "none" and type(None) in args:
         return None
-    for typ in (bool, int, float):
+    for typ, kind in ((bool, "true or false"), (int, "an integer"), (float, "a number")):
         if typ in args:
             try:
                 return parse_bool(value) if typ is bool else typ(value)
             except ValueError:
-                raise ValueError(f"option {key}={value!r} must be a {typ.__name__}") from None
+                raise ValueError(f"option {key}={value!r} must be {kind}") from None
     return value
 
 

@@ -89,7 +89,7 @@ class Row:
         if self.kind != "trained":
             return None
         flops = self.runs[0]["train"]["flops_per_step"]
-        return flops.get("per_optimizer_step", flops["total"])
+        return flops.get("per_optimizer_step", flops.get("total"))  # None: the record says it was not counted
 
 
 @dataclass
@@ -364,8 +364,8 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
         "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
         "flops_per_step": row.flops_per_step,
-        "adapter_flops_per_step": flops["adapter"],
-        "relative_flops": round(flops["relative_to_lora"], 4),
+        "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
+        "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
         "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
         "Avg": table_row[AVG],
@@ -479,7 +479,10 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
 
     records = load_records(runs_dir)
     if not records:
-        raise ValueError(f"no successful run records under {str(runs_dir)!r}; nothing to tabulate")
+        raise ValueError(
+            f"no successful run records under {str(runs_dir)!r}; run `harness run --runs-dir {runs_dir} ...` first, "
+            "or pass --runs-dir pointing at a folder of runs"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     secs = sections(records)
     frames = frame_tables(secs)

@@ -26,6 +26,7 @@ PAPER_MODELS = {
     "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b.json",
     "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5-unet.json",
 }
+_WHAT_TO_GIVE = f"give a model folder, a config.json, 'embedded', or one of {', '.join(PAPER_MODELS)}"
 
 
 @dataclass
@@ -93,30 +94,65 @@ def label(spec: str) -> str:
 
 
 def load_config_dict(spec: str) -> dict:
-    """The raw config of a model spec, offline for ``embedded``, paper ids and local files."""
-    if spec == EMBEDDED:
-        return json.loads((embedded_folder() / "config.json").read_text())
+    """The raw config of a model spec, offline for ``embedded``, paper ids and local files; a config that
+    cannot be one (not JSON, not an object, no ``model_type``) is a ``ValueError`` saying so."""
+    if spec == EMBEDDED:  # shipped, so checks before a run need no GGUF conversion
+        return read_config(CONFIG_DIR / "smollm2-135m-instruct.json")
     if spec in PAPER_MODELS:
-        return json.loads((CONFIG_DIR / PAPER_MODELS[spec]).read_text())
+        return read_config(CONFIG_DIR / PAPER_MODELS[spec])
     path = Path(spec)
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return read_config(path)
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1  # hub ids are "name" or "org/name"
     if path.exists() or looks_like_path:
-        raise ValueError(
-            f"model {spec!r}: no config.json there; give a model folder, a config.json, "
-            f"'embedded', or one of {', '.join(PAPER_MODELS)}"
-        )
+        raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import AutoConfig  # a hub id: needs the internet
 
-    return AutoConfig.from_pretrained(spec).to_dict()
+    try:
+        return AutoConfig.from_pretrained(spec).to_dict()
+    except (OSError, ValueError) as exc:  # not on the hub, gated, or offline: transformers says which
+        raise ValueError(
+            f"model {spec!r} is not on the Hugging Face hub or it cannot be reached ({_brief(exc)}); {_WHAT_TO_GIVE}"
+        ) from None
+
+
+def read_config(path: Path) -> dict:
+    """A ``config.json``: a JSON object with a ``model_type`` (transformers) or ``_class_name`` (diffusers)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({_brief(exc)}); fix it or {_WHAT_TO_GIVE}") from None
+    if not isinstance(data, dict):
+        raise ValueError(
+            f"{path} must hold a JSON object (a model config), not {type(data).__name__}; fix it or {_WHAT_TO_GIVE}"
+        )
+    if "model_type" not in data and "_class_name" not in data:
+        raise ValueError(f"{path} has no 'model_type' (e.g. \"llama\"); fix it or {_WHAT_TO_GIVE}")
+    return data
 
 
 def build_meta(spec: str) -> MetaModel:
     """Build the model's architecture on the ``meta`` device (no memory, no weights)."""
     data = load_config_dict(spec)
+    if "_class_name" not in data:
+        from transformers import CONFIG_MAPPING, __version__
+
+        if data["model_type"] not in CONFIG_MAPPING:
+            raise ValueError(
+                f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} knows; "
+                f"fix it or {_WHAT_TO_GIVE}"
+            )
+    try:
+        return _build_meta(spec, data)
+    except Exception as exc:  # e.g. transformers' config validation (several lines): one line, and what to do
+        raise ValueError(
+            f"model {spec!r}: its config does not build ({_brief(exc)}); fix it or {_WHAT_TO_GIVE}"
+        ) from None
+
+
+def _build_meta(spec: str, data: dict) -> MetaModel:
     with torch.device("meta"):
         if data.get("_class_name") == "UNet2DConditionModel":
             from diffusers import UNet2DConditionModel
@@ -131,3 +167,9 @@ def build_meta(spec: str) -> MetaModel:
             return MetaModel(label(spec), model, model.get_submodule("model.language_model"))
         model = AutoModelForCausalLM.from_config(config)
         return MetaModel(label(spec), model, model)
+
+
+def _brief(exc: BaseException, limit: int = 300) -> str:
+    """A library's error as one short line."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -37,7 +37,10 @@ class Registry(Generic[T]):
         def decorator(obj: T) -> T:
             existing = self._entries.get(name)
             if existing is not None and existing is not obj:
-                raise ValueError(f"{self.kind} {name!r} is already registered (by {_qualname(existing)})")
+                raise ValueError(
+                    f"{self.kind} {name!r} is already registered (by {_qualname(existing)}); "
+                    "register yours under another name"
+                )
             self._entries[name] = obj
             obj.name = name  # type: ignore[attr-defined]
             return obj
@@ -81,19 +84,27 @@ def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> 
 
 
 def load_plugin(path: str | Path) -> None:
-    """Import a Python file so that its ``@register`` decorators run."""
+    """Import a Python file so that its ``@register`` decorators run; any failure is one ``ValueError`` line."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(
-            f"plugin file {str(path)!r} not found; pass the path of a .py file that registers a method or task"
-        )
+    what = "pass the path of a .py file that registers a method or task"
+    if not path.exists():
+        raise ValueError(f"plugin file {str(path)!r} not found; {what}")
+    if not path.is_file() or path.suffix != ".py":
+        raise ValueError(f"plugin {str(path)!r} is not a .py file; {what}")
+    for registry in (METHODS, TASKS):
+        registry._load()  # built-ins first: a plugin that reuses one of their names is the one refused
     module_name = f"harness_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
-        raise ValueError(f"cannot import plugin {str(path)!r}: not a Python source file")
+        raise ValueError(f"plugin {str(path)!r} cannot be imported as a module; {what}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
+        sys.modules.pop(module_name, None)
+        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
 
 
 def _qualname(obj: object) -> str:

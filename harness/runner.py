@@ -7,6 +7,7 @@ interrupted one resumes from its last checkpoint; a failure writes a ``failed`` 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ from harness.accounting import REFERENCE_METHOD, environment, step_flops
 from harness.adapter import attach
 from harness.atomic import write_json
 from harness.config import make_config
+from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
 from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import Task, TaskOptions
-from harness.train import CHECKPOINT, TrainConfig, loss_sum, train
+from harness.train import CHECKPOINT, Cancelled, TrainConfig, loss_sum, train
 
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
 
@@ -161,6 +163,8 @@ def build_specs(
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")
     task_cls.check_options(protocol, task_opts)
+    if eval_batch_size is not None and eval_batch_size < 1:
+        raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
     options = {**p.method_options, **(method_options or {})}
     specs = []
     for method in methods:
@@ -207,8 +211,9 @@ def check_writable(runs_dir: Path) -> None:
         ) from None
 
 
-def load_model(spec: RunSpec, device: torch.device):
-    """(model, tokenizer, label): weights from the hub, a local folder or the embedded GGUF."""
+def load_model(spec: RunSpec, device: torch.device, trust_remote_code: bool = False):
+    """(model, tokenizer, label): weights from the hub, a local folder or the embedded GGUF. A model's
+    own Python code (``trust_remote_code``) runs only when the user asked for it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -222,45 +227,98 @@ def load_model(spec: RunSpec, device: torch.device):
         label = f"{models.label(spec.model)} (random weights)"
     else:
         source = models.resolve(spec.model)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         label = models.label(spec.model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer, label
 
 
-def run_one(spec: RunSpec, task: Task, runs_dir: Path, force: bool = False, progress: bool = True) -> dict[str, Any]:
-    run_dir = runs_dir / spec.run_id
-    record_path = run_dir / RECORD
-    finished = None
-    if record_path.is_file():
-        try:
-            finished = read_record(record_path)
-        except ValueError:
-            pass  # unreadable: run again
-        if finished is not None and finished["run"]["status"] != "success":
-            finished = None
-    if finished is not None and not force:
-        return finished
-    if force:
+@dataclass
+class RunContext:
+    """What every run of one ``harness run`` shares: where records go, how to stop, which process writes."""
+
+    runs_dir: Path
+    force: bool = False
+    progress: bool = True
+    trust_remote_code: bool = False
+    stop: StopOnSigterm = field(default_factory=StopOnSigterm)
+    processes: Any = None  # accelerate's PartialState: several processes under accelerate launch / torchrun
+
+    @property
+    def is_main(self) -> bool:
+        return self.processes is None or self.processes.is_main_process
+
+    def barrier(self) -> None:
+        if self.processes is not None and self.processes.num_processes > 1:
+            self.processes.wait_for_everyone()
+
+    def agree(self, value: str) -> str:
+        """The main process's ``value``, on every process."""
+        if self.processes is None or self.processes.num_processes == 1:
+            return value
+        from accelerate.utils import broadcast_object_list
+
+        return broadcast_object_list([value])[0]
+
+
+def _finished_record(record_path: Path) -> dict[str, Any] | None:
+    if not record_path.is_file():
+        return None
+    try:
+        finished = read_record(record_path)
+    except ValueError:
+        return None  # unreadable: run again
+    return finished if finished["run"]["status"] == "success" else None
+
+
+def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -> tuple[dict[str, Any] | None, bool]:
+    """(record, whether this call ran it): a finished record is returned as it is; None when another
+    process holds the run's lock and ``blocking`` is False. Only the main process writes; all train."""
+    run_dir = ctx.runs_dir / spec.run_id
+    lock = RunLock(run_dir)
+    decision = "run"
+    if ctx.is_main:
+        if not lock.acquire(blocking):
+            decision = "locked"
+        elif _finished_record(run_dir / RECORD) is not None and not ctx.force:
+            decision = "done"
+    decision = ctx.agree(decision)
+    try:
+        if decision != "run":
+            return (_finished_record(run_dir / RECORD) if decision == "done" else None), False
+        return _run_locked(spec, task, ctx, run_dir), True
+    finally:
+        lock.release()
+
+
+def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
+    finished = _finished_record(run_dir / RECORD)
+    if ctx.force and ctx.is_main:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # start over, but keep the finished record until replaced
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx.barrier()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if ctx.processes is not None:
+        device = ctx.processes.device
     record = new_record(spec.run_id, spec.to_dict(), environment())
     try:
-        _execute(spec, task, run_dir, device, record, progress)
+        _execute(spec, task, run_dir, device, record, ctx)
         record["run"]["status"] = "success"
-    except KeyboardInterrupt:
-        record["run"]["status"], record["run"]["error"] = "cancelled", "interrupted by the user"
-        _write_outcome(run_dir, record, finished)
+    except (KeyboardInterrupt, Cancelled) as exc:
+        why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        record["run"]["status"], record["run"]["error"] = "cancelled", why
+        if ctx.is_main:
+            _write_outcome(run_dir, record, finished)
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
         record["run"]["traceback"] = traceback.format_exc(limit=8)
-    _write_outcome(run_dir, record, finished)
-    if record["run"]["status"] == "success":
-        (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    if ctx.is_main:
+        _write_outcome(run_dir, record, finished)
+        if record["run"]["status"] == "success":
+            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    ctx.barrier()
     return record
 
 
@@ -272,65 +330,96 @@ def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, An
         write_record(run_dir, record)
 
 
-def _execute(
-    spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], progress: bool
-) -> None:
-    model, tokenizer, label = load_model(spec, device)
+def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], ctx) -> None:
+    model, tokenizer, label = load_model(spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = label
     if spec.method != BASELINE:
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(model, spec.method, **spec.method_options)
         train_set, val_set = task.splits()
-        result = train(model, tokenizer, adapter, train_set, val_set, spec.train, run_dir, progress=progress)
-        adapter_dir = adapter.save(run_dir / "adapter")
+        # checked before training: the method builds and runs one step on the meta replica, so FLOPs
+        # can be counted; if not, the run still trains and the record says why FLOPs are missing
+        t = spec.train
+        probe = _count_flops(model, spec.method, adapter.config, [[t.micro_batch_size, 16, 8]])
+        with ctx.stop.training():
+            result = train(
+                model,
+                tokenizer,
+                adapter,
+                train_set,
+                val_set,
+                spec.train,
+                run_dir,
+                progress=ctx.progress,
+                should_stop=ctx.stop.requested,
+            )
+        if ctx.is_main:
+            record["train"] = _train_record(spec, adapter, result, run_dir, probe)
+    record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
+    if ctx.is_main:  # one process scores; the others wait at the barrier in run_one
+        model.eval()
+        began = time.perf_counter()
+        record["eval"] = task.evaluate(
+            model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=ctx.progress
+        )
+        record["eval_s"] = round(time.perf_counter() - began, 3)
+
+
+def _count_flops(model, method: str, config: Any, shapes: list[list[int]]) -> dict[str, Any]:
+    try:
+        return step_flops(model, method, config, shapes, loss_sum)
+    except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
+        return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
+
+
+def _train_record(spec: RunSpec, adapter, result, run_dir: Path, probe: dict[str, Any]) -> dict[str, Any]:
+    """What training measured; saved adapter first, so nothing after it can lose the trained weights."""
+    adapter_dir = adapter.save(run_dir / "adapter")
+    flops = probe
+    if "status" not in probe:
         shapes = result.first_step_shapes
-        flops = step_flops(model, spec.method, adapter.config, shapes, loss_sum)
+        flops = _count_flops(adapter.model, spec.method, adapter.config, shapes)
         reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
         lora = (
             flops
-            if spec.method == REFERENCE_METHOD
-            else step_flops(model, REFERENCE_METHOD, reference, shapes, loss_sum)
+            if spec.method == REFERENCE_METHOD or "status" in flops
+            else _count_flops(adapter.model, REFERENCE_METHOD, reference, shapes)
         )
-        updated = result.params_updated
-        record["train"] = {
-            "steps": result.steps,
-            "samples": result.samples,
-            "tokens": result.tokens,
-            "train_s": round(result.train_s, 3),
-            "hook_val_s": round(result.hook_val_s, 3),
-            "final_val_s": round(result.final_val_s, 3),
-            "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
-            "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
-            "trainable_params": adapter.num_trainable_params,
-            "base_params": adapter.num_base_params,
-            "percent_trainable": adapter.percent_trainable,
-            "params_updated_per_step": {
-                "mean": sum(updated) / len(updated) if updated else 0,
-                "min": min(updated, default=0),
-                "max": max(updated, default=0),
-            },
-            "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
-            "flops_per_step": {
+        if "status" not in flops:
+            flops = {
                 "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
                 "total": flops["total"],
                 "adapter": flops["adapter"],
-                "lora_total": lora["total"],
-                "relative_to_lora": flops["total"] / lora["total"],
+                "lora_total": lora.get("total"),
+                "relative_to_lora": flops["total"] / lora["total"] if "total" in lora else None,
                 "micro_batches": flops["micro_batches"],
                 "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
-            },
-            "loss_curve": result.loss_curve,
-            "final_val_loss": result.final_val_loss,
-            "resumed_from_step": result.resumed_from,
-            "adapter": adapter.summary(),
-        }
-    record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
-    model.eval()
-    began = time.perf_counter()
-    record["eval"] = task.evaluate(
-        model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=progress
-    )
-    record["eval_s"] = round(time.perf_counter() - began, 3)
+            }
+    updated = result.params_updated
+    return {
+        "steps": result.steps,
+        "samples": result.samples,
+        "tokens": result.tokens,
+        "train_s": round(result.train_s, 3),
+        "hook_val_s": round(result.hook_val_s, 3),
+        "final_val_s": round(result.final_val_s, 3),
+        "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
+        "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
+        "trainable_params": adapter.num_trainable_params,
+        "base_params": adapter.num_base_params,
+        "percent_trainable": adapter.percent_trainable,
+        "params_updated_per_step": {
+            "mean": sum(updated) / len(updated) if updated else 0,
+            "min": min(updated, default=0),
+            "max": max(updated, default=0),
+        },
+        "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
+        "flops_per_step": flops,
+        "loss_curve": result.loss_curve,
+        "final_val_loss": result.final_val_loss,
+        "resumed_from_step": result.resumed_from,
+        "adapter": adapter.summary(),
+    }
 
 
 def _common(config: Any) -> dict[str, Any]:
@@ -341,19 +430,68 @@ def _common(config: Any) -> dict[str, Any]:
 
 
 def run_all(
-    specs: list[RunSpec], runs_dir: Path, data_dir: str | None, force: bool = False, progress: bool = True
+    specs: list[RunSpec],
+    runs_dir: Path,
+    data_dir: str | None,
+    force: bool = False,
+    progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
-    check_writable(runs_dir)
+    """Every spec once. A run another process holds (a second sweep into the same runs dir) is put
+    back and waited for at the end, so the records returned, and the leaderboard, include it."""
+    processes = _processes()
+    ctx = RunContext(runs_dir, force, progress, trust_remote_code, processes=processes)
+    if ctx.is_main:
+        check_writable(runs_dir)
+    preflight(specs)
     tasks: dict[tuple, Task] = {}
-    records = []
-    for i, spec in enumerate(specs, 1):
-        options = dataclasses.replace(spec.task_options, data_dir=data_dir)
-        key = (spec.task, options)
-        if key not in tasks:
-            tasks[key] = TASKS.get(spec.task)(options)
-        print(f"[{i}/{len(specs)}] {spec.run_id}", flush=True)
-        record = run_one(spec, tasks[key], runs_dir, force, progress)
-        status = record["run"]["status"]
-        print(f"    {status}" + (f": {record['run']['error']}" if record["run"]["error"] else ""), flush=True)
-        records.append(record)
-    return records
+    records: dict[int, dict[str, Any]] = {}
+    deferred: list[int] = []
+    with ctx.stop:
+        for blocking, todo in ((False, range(len(specs))), (True, deferred)):
+            for i in list(todo):
+                spec = specs[i]
+                options = dataclasses.replace(spec.task_options, data_dir=data_dir)
+                if (spec.task, options) not in tasks:
+                    tasks[(spec.task, options)] = TASKS.get(spec.task)(options)
+                _say(ctx, f"[{i + 1}/{len(specs)}] {spec.run_id}")
+                record, ran = run_one(spec, tasks[(spec.task, options)], ctx, blocking)
+                if record is None:
+                    _say(ctx, "    running in another process: coming back to it at the end")
+                    deferred.append(i)
+                    continue
+                status = record["run"]["status"] if ran else "done already (skipped; --force re-runs it)"
+                _say(ctx, f"    {status}" + (f": {record['run']['error']}" if record["run"]["error"] else ""))
+                records[i] = record
+    return [records[i] for i in sorted(records)]
+
+
+def preflight(specs: list[RunSpec]) -> None:
+    """Before any weights load: every model's config reads and every method attaches to it (targets
+    match, options fit), on the ``meta`` device, in seconds."""
+    seen = set()
+    for spec in specs:
+        key = (spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
+        if spec.method == BASELINE:
+            models.load_config_dict(spec.model)
+        elif key not in seen:
+            attach(models.build_meta(spec.model).root, spec.method, **spec.method_options)
+        seen.add(key)
+
+
+def _say(ctx: RunContext, text: str) -> None:
+    if ctx.is_main:
+        print(text, flush=True)
+
+
+def _processes():
+    """accelerate's process state when launched with several processes (accelerate launch, torchrun)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    return PartialState(timeout=timedelta(hours=24))  # the main process scores alone: a long wait is normal

@@ -33,6 +33,14 @@ class TaskOptions:
     template: str = "clean"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        for name in ("train_cap", "eval_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name} must be >= 0 (got {value}); 0 or none means no limit")
+        if self.val_size < 0:
+            raise ValueError(f"val_size must be >= 0 (got {self.val_size})")
+
 
 class Task(ABC):
     name: ClassVar[str]

@@ -28,6 +28,10 @@ IGNORE = -100
 CHECKPOINT = "checkpoint.pt"
 
 
+class Cancelled(Exception):
+    """Training stopped on request (SIGTERM) after a checkpoint was saved; the next start resumes."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int | None = None  # optimizer steps; None: derived from epochs
@@ -155,7 +159,11 @@ def train(
     run_dir: Path | None = None,
     accelerator=None,
     progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainResult:
+    """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step: when it
+    says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not finite raises
+    ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     accelerator = accelerator or Accelerator(
@@ -193,13 +201,14 @@ def train(
         "hook_val_s": 0.0,
         "loss_curve": [],
         "params_updated": [],
+        "saved_step": 0,  # the step of the last checkpoint written
     }
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
     if run_dir:
         run_dir.mkdir(parents=True, exist_ok=True)
-    if checkpoint and checkpoint.is_file():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    saved = _read_checkpoint(checkpoint) if checkpoint and checkpoint.is_file() else None
+    if saved is not None:
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other training settings; delete it or use --force")
         adapter.load_state_dict(saved["adapter"])
@@ -242,22 +251,37 @@ def train(
         step_shapes = step_shapes or [
             [*b["input_ids"].shape, keep] for b, (keep, n) in zip(batches, tails, strict=True) if n
         ]
-        n_supervised = sum(n for _, n in tails)
+        # token-weighted mean over the whole step, across processes too: DDP averages the processes'
+        # gradients, so each divides by the global token count and multiplies by the process count
+        n_supervised = int(accelerator.reduce(torch.tensor(sum(n for _, n in tails), device=device), "sum"))
+        scale = accelerator.num_processes / max(n_supervised, 1)
         step_loss = 0.0
         for batch, (keep, n) in zip(batches, tails, strict=True):
             if n == 0:
                 continue
             batch = {k: v.to(device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss = loss_sum(model, batch, keep) / n_supervised  # token-weighted mean over the whole step
+                loss = loss_sum(model, batch, keep) * scale
                 extra = adapter.extra_loss()
                 if extra is not None:
                     loss = loss + extra / len(batches)
             accelerator.backward(loss)
-            step_loss += loss.item()
+            step_loss += loss.item() / accelerator.num_processes
             state["tokens"] += int(batch["attention_mask"].sum())
             state["samples"] += batch["input_ids"].shape[0]
             memory.sample()
+        if accelerator.num_processes > 1:  # the step's loss over every process's micro-batches
+            step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))
+        if not math.isfinite(step_loss):
+            kept = (
+                f"the last good checkpoint (step {state['saved_step']}) is kept"
+                if state["saved_step"]
+                else "no checkpoint"
+            )
+            raise FloatingPointError(
+                f"training loss is {step_loss} at step {step + 1}: stopped before its update; {kept}. "
+                "Lower --lr or check the data"
+            )
         state["params_updated"].append(sum(p.numel() for p in params if p.grad is not None))
         if config.max_grad_norm > 0:
             accelerator.clip_grad_norm_([p for p in params if p.grad is not None], config.max_grad_norm)
@@ -277,6 +301,14 @@ def train(
             and accelerator.is_main_process
         ):
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
+        if should_stop is not None and should_stop() and state["step"] < total_steps:
+            if checkpoint and accelerator.is_main_process:
+                save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
+            accelerator.wait_for_everyone()
+            bar.close()
+            raise Cancelled(
+                f"stopped at step {state['step']} of {total_steps}; checkpoint saved, the next start resumes"
+            )
     bar.close()
     final_val, began = None, time.perf_counter()
     if val_batches:
@@ -300,6 +332,7 @@ def train(
 
 
 def save_checkpoint(path: Path, adapter, optimizer, scheduler, config: TrainConfig, state: dict[str, Any]) -> None:
+    state["saved_step"] = state["step"]
     payload = {
         "adapter": adapter.state_dict(),
         "optimizer": optimizer.state_dict(),
@@ -312,6 +345,20 @@ def save_checkpoint(path: Path, adapter, optimizer, scheduler, config: TrainConf
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint's payload (tensors and plain data only: ``weights_only``), or None if it is
+    unreadable: then the run starts afresh, with a message, instead of crashing."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(saved, dict) or not {"config", "adapter", "optimizer", "state"} <= set(saved):
+            raise ValueError("not a harness checkpoint")
+        return saved
+    except Exception as exc:  # truncated, corrupted or foreign file: any unpickling error
+        print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); starting this run afresh")
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> list[list[list[int]]]:

@@ -47,37 +47,38 @@ def test_training_and_scoring_tokenise_identically_with_a_bos_adding_tokenizer()
     assert supervised[:-1] == continuation_ids(tok, example.prompt, example.target)  # + EOS
 
 
-def _slow_validation(monkeypatch, seconds: float) -> None:
-    """Every no-grad loss call (validation, Reducer rollouts) sleeps: its time must not count as training."""
+def _slow_validation(monkeypatch) -> None:
+    """A fake clock for the loop: only no-grad loss calls (validation, Reducer rollouts) take time, 1 s
+    each, so what each timer holds is exact whatever the machine's load."""
+    now = [0.0]
     real = train_module.loss_sum
 
     def slow(model, batch, keep, use_cache=False):
         if not torch.is_grad_enabled():
-            import time
-
-            time.sleep(seconds)
+            now[0] += 1.0
         return real(model, batch, keep, use_cache)
 
     monkeypatch.setattr(train_module, "loss_sum", slow)
+    monkeypatch.setattr(train_module.time, "perf_counter", lambda: now[0])
 
 
 def test_final_validation_is_not_hook_time(monkeypatch, char_tokenizer):
-    _slow_validation(monkeypatch, 0.2)
+    _slow_validation(monkeypatch)
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
     assert result.hook_val_s == 0.0  # no Reducer: no hook validation at all
-    assert result.final_val_s >= 0.2  # the one validation batch, reported on its own
-    assert result.final_val_loss is not None
+    assert result.final_val_s == 1.0  # the one validation batch, reported on its own
+    assert result.train_s == 0.0 and result.final_val_loss is not None
 
 
 def test_train_time_excludes_the_reducer_rollouts(monkeypatch, char_tokenizer):
-    _slow_validation(monkeypatch, 0.15)
+    _slow_validation(monkeypatch)
     adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
     result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
     rounds = len(adapter.reducer.trajectory)
     assert rounds == 2  # steps 1 and 2; none at step 0
-    assert result.hook_val_s >= rounds * 3 * 0.15  # 3 rollouts a round
-    assert result.train_s < rounds * 3 * 0.15  # the rollouts' sleeps are not in train_s
+    assert result.hook_val_s == rounds * 3  # 3 rollouts a round, 1 s each
+    assert result.train_s == 0.0 and result.final_val_s == 1.0  # neither holds the rollouts
 
 
 def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():

@@ -196,8 +196,10 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(runner, "_execute", boom)
-    assert runner.run_one(spec, None, tmp_path)["run"]["status"] == "success"  # finished: skipped, not run
-    failed = runner.run_one(spec, None, tmp_path, force=True)
+    ctx, forced = runner.RunContext(tmp_path), runner.RunContext(tmp_path, force=True)
+    assert runner.run_one(spec, None, ctx) == (finished, False)  # finished: skipped, not run
+    failed, ran = runner.run_one(spec, None, forced)
+    assert ran
     assert failed["run"]["status"] == "failed" and "out of memory" in failed["run"]["error"]
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
     assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 1
@@ -207,7 +209,7 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "_execute", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_one(spec, None, tmp_path, force=True)
+        runner.run_one(spec, None, forced)
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
     assert len(list((tmp_path / spec.run_id).glob("cancelled-*.json"))) == 1
 
@@ -217,6 +219,6 @@ def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
 
     [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
     monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(ValueError("bad batch")))
-    record = runner.run_one(spec, None, tmp_path)
+    record, _ = runner.run_one(spec, None, runner.RunContext(tmp_path))
     assert read_record(tmp_path / spec.run_id / RECORD)["run"]["status"] == "failed"
     assert record["run"]["error"] == "ValueError: bad batch" and "Traceback" in record["run"]["traceback"]

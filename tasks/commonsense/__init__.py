@@ -45,6 +45,10 @@ class CommonsenseTask(Task):
         self._provenance: list[dict[str, Any]] = []
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
+        for benchmark in data.benchmark_names(self.data_dir):  # training files too (read again by splits())
+            data.read_split(self.data_dir, benchmark, "train")
+        if (self.data_dir / data.MIXED_TRAIN).is_file():
+            data.read_json_file(self.data_dir / data.MIXED_TRAIN)
         if self.cloze:
             for test in self._tests.values():
                 if test is not None:

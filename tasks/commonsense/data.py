@@ -49,6 +49,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
     given = data_dir or os.environ.get("HARNESS_DATA_DIR")
     if given:
         path = Path(given).expanduser()
+        if path.is_file():
+            raise ValueError(
+                f"data dir {str(path)!r} is a file, not a folder; pass --data-dir (or HARNESS_DATA_DIR) "
+                "pointing at a folder of benchmark folders such as ARC-Easy/test.json"
+            )
         if not path.is_dir():
             raise ValueError(
                 f"data dir {str(path)!r} does not exist; pass --data-dir (or HARNESS_DATA_DIR) "
@@ -119,14 +124,38 @@ def read_json_file(path: Path) -> DataFile:
         raise ValueError(
             f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix or remove the file"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON (not UTF-8: byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "fix or remove the file"
+        ) from None
     if not isinstance(records, list) or not records:
         raise ValueError(f"{path} must be a non-empty JSON list of examples with keys {', '.join(REQUIRED_KEYS)}")
     for i, record in enumerate(records):
-        if not isinstance(record, dict) or any(not isinstance(record.get(k), str) for k in REQUIRED_KEYS):
+        problem = _example_problem(record)
+        if problem:
             raise ValueError(
-                f"{path}: example {i} lacks one of the string keys {', '.join(REQUIRED_KEYS)} (LLM-Adapters format)"
+                f"{path}: example {i} lacks one of the string keys {', '.join(REQUIRED_KEYS)} ({problem}); "
+                "fix or remove the example (LLM-Adapters format)"
             )
     return DataFile(path, hashlib.sha256(raw).hexdigest(), records)
+
+
+def _example_problem(record: Any) -> str | None:
+    """What keeps ``record`` from being an LLM-Adapters example, or None."""
+    if not isinstance(record, dict):
+        return f"it is {_json_type(record)}, not an object"
+    for key in REQUIRED_KEYS:
+        if key not in record:
+            return f"{key!r} is missing"
+        if not isinstance(record[key], str):
+            return f"{key!r} is {_json_type(record[key])}, not a string"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "a list", dict: "an object"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
 def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

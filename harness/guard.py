@@ -1,0 +1,92 @@
+"""What lets several sweeps share one runs dir and lets a scheduler stop a run cleanly.
+
+- ``RunLock``: an exclusive ``flock`` on ``<run dir>/.lock``. The operating system drops it when the
+  process dies, however it dies, so a crashed sweep never holds a run forever.
+- ``StopOnSigterm``: SIGTERM (what Slurm, Kubernetes and ``kill`` send) during training asks the loop to
+  checkpoint and stop after the current step; outside training it stops at once. Either way the run
+  gets a ``cancelled`` record and the next start resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType, TracebackType
+
+from harness.train import Cancelled
+
+LOCK = ".lock"
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no cross-process lock, one sweep per runs dir
+    fcntl = None  # type: ignore[assignment]
+
+
+class RunLock:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK
+        self._fd: int | None = None
+
+    def acquire(self, blocking: bool) -> bool:
+        """Take the lock; without ``blocking``, False when another process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+            except BlockingIOError:
+                os.close(fd)
+                return False
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+class StopOnSigterm:
+    """``with StopOnSigterm() as stop:`` … ``train(..., should_stop=stop.requested)`` inside
+    ``with stop.training():``. Installed only in the main thread (signals cannot be handled elsewhere)."""
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._in_training = False
+        self._previous = None
+
+    def requested(self) -> bool:
+        return self._requested
+
+    def training(self) -> _Training:
+        return _Training(self)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._requested = True
+        if not self._in_training:
+            raise Cancelled("stopped by SIGTERM")
+
+    def __enter__(self) -> StopOnSigterm:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class _Training:
+    def __init__(self, stop: StopOnSigterm) -> None:
+        self.stop = stop
+
+    def __enter__(self) -> None:
+        self.stop._in_training = True
+        if self.stop._requested:
+            raise Cancelled("stopped by SIGTERM")
+
+    def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop._in_training = False

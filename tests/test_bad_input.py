@@ -1,0 +1,569 @@
+"""Bad input, wholesale (issue 9, section 5): one table of bad inputs across the CLI, data files, configs and
+plugins, each run through ``harness.cli.main`` in-process; three rows also run as a real ``python -m harness``.
+
+Every row must end with a non-zero exit, exactly one line on stderr that names the bad value and says what to do
+(the row's regex), no traceback, and the runs dir exactly as it was: a finished record sits in it before every
+row and must be byte-identical afterwards, with no file added or removed beside it.
+
+The one exception to "one line": errors that argparse finds itself (a typed flag given a value of the wrong type,
+a missing required flag, a positional outside its choices) print argparse's usage line(s) first. For those rows
+(``usage=True``) the *last* line must be argparse's ``harness ...: error: ...`` and carry the message.
+
+No row may load a model or train: ``harness.runner.load_model`` is replaced by a guard that fails the row, so
+bad input found only once the model is loading shows up as a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+from harness import METHODS, TASKS
+from harness.cli import main
+from harness.records import new_record, write_record
+from tests.conftest import tiny_llama
+
+Setup = Callable[[Path], None]
+
+RUN = "run --methods lora --task commonsense --preset smoke --data-dir {data} --runs-dir {runs} --out {out} --quiet".split()
+PARAMS = ["params", "--model", "{tiny}", "--methods", "lora"]
+PLUGIN_ARG = ["--plugin", "{tmp}/plugin.py"]
+CONFIG_JSON = "model/config.json"
+
+
+def run(*extra: str) -> list[str]:
+    """``harness run`` on the small valid data, with ``extra`` flags last (a repeated flag's last value wins)."""
+    return [*RUN, *extra]
+
+
+def params(*extra: str) -> list[str]:
+    """``harness params`` on a tiny Llama config (q,k,v,o,gate,up,down projections; 4 layers)."""
+    return [*PARAMS, *extra]
+
+
+def write(relative: str, content: str | bytes) -> Setup:
+    def setup(tmp: Path) -> None:
+        path = tmp / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    return setup
+
+
+def arc_test(records: object) -> Setup:
+    """Replace the small data's ARC-Easy test split with ``records`` (anything JSON can hold)."""
+    return write("data/ARC-Easy/test.json", json.dumps(records))
+
+
+def plugin(source: str) -> Setup:
+    return write("plugin.py", source)
+
+
+# One ARC-Easy-style example in LLM-Adapters format: fits every protocol, cloze included.
+GOOD = {
+    "instruction": "Please choose the correct answer to the question: Which is a liquid?\n\n"
+    "Answer1: water Answer2: rock\n\nAnswer format: answer1/answer2",
+    "input": "",
+    "output": "the correct answer is answer1",
+    "answer": "answer1",
+}
+NO_ANSWER = {k: v for k, v in GOOD.items() if k != "answer"}
+
+METHOD_PLUGIN = '''
+from dataclasses import dataclass
+
+from harness import METHODS, AdapterConfig
+from methods.lora import LoraLinear
+
+
+@dataclass(frozen=True)
+class GainLoraConfig(AdapterConfig):
+    gain: float = 1.0
+
+
+@METHODS.register("{name}")
+class GainLoraLinear(LoraLinear):
+    """LoRA with a float option ``gain`` (a plugin for tests)."""
+
+    config_cls = GainLoraConfig
+'''
+TINY_MODEL_HINT = "give a model folder, a config.json, 'embedded', or one of meta-llama/Meta-Llama-3-8B"
+
+
+def bad(case_id: str, argv: list[str], match: str, setup: Setup | None = None, *, usage: bool = False):
+    """One row: ``argv`` ({tmp}, {data}, {runs}, {out}, {tiny}, {file} filled in), the regex the error line must
+    match, an optional ``setup(tmp)`` that writes the bad file, ``usage`` for argparse-level errors."""
+    return pytest.param(argv, match, setup, usage, id=case_id)
+
+
+CASES = [
+    # --- the CLI: names ---
+    bad(
+        "unknown-method",
+        run("--methods", "lroa"),
+        r"unknown method 'lroa' \(did you mean 'lora'\?\); available: .*lora",
+    ),
+    bad("unknown-method-in-a-list", run("--methods", "lora,nope"), r"unknown method 'nope'; available: effilora, "),
+    bad("empty-methods", run("--methods", ","), r"no method given; available: effilora, "),
+    bad("unknown-task", run("--task", "commonsens"), r"unknown task 'commonsens' \(did you mean 'commonsense'\?\)"),
+    bad("unknown-preset", run("--preset", "fast"), r"unknown preset 'fast'; available: smoke, embedded, paper"),
+    bad("unknown-protocol", run("--protocol", "vibes"), r"unknown protocol 'vibes' for task 'commonsense'; choose one"),
+    bad("missing-task", ["run", "--methods", "lora"], r"the following arguments are required: --task", usage=True),
+    bad("unknown-list-kind", ["list", "widgets"], r"invalid choice: 'widgets' \(choose from", usage=True),
+    # --- the CLI: seeds and options ---
+    bad("seeds-not-integers", run("--seeds", "0,x"), r"--seeds '0,x' must be comma-separated integers, e\.g\. 0,1,2"),
+    bad("seeds-empty", run("--seeds", ","), r"--seeds is empty; e\.g\. --seeds 0,1,2"),
+    bad("option-without-equals", run("--option", "drop_ratio"), r"--option 'drop_ratio' must look like key=value"),
+    bad(
+        "option-unknown-key",
+        run("--option", "mixer_init=zeros"),
+        r"unknown option 'mixer_init' for method 'lora'.*; available: .*alpha",
+    ),
+    bad(
+        "option-float-wrong-type",
+        run("--methods", "effilora", "--option", "drop_ratio=abc"),
+        r"option drop_ratio='abc' must be a number",
+    ),
+    bad("option-int-wrong-type", run("--option", "r=abc"), r"option r='abc' must be an integer"),
+    bad(
+        "option-bool-wrong-type",
+        run("--methods", "effilora", "--option", "train_shared_a=maybe"),
+        r"option train_shared_a='maybe' must be true or false",
+    ),
+    bad("rank-not-an-int", run("--rank", "x"), r"argument --rank: invalid int value: 'x'", usage=True),
+    bad("rank-negative", run("--rank", "-4"), r"rank r must be >= 1 \(got -4\)"),
+    bad("alpha-zero", run("--alpha", "0"), r"alpha must be > 0 \(got 0\.0\)"),
+    bad("heads-zero", run("--methods", "hydralora", "--heads", "0"), r"heads must be >= 1 \(got 0\)"),
+    bad("dropout-one", run("--option", "dropout=1"), r"dropout must be in \[0, 1\) \(got 1\.0\)"),
+    bad(
+        "targets-regex-does-not-compile",
+        run("--targets", "q_proj("),
+        r"targets regex 'q_proj\(' does not compile \(.*\); give module names such as q_proj,v_proj or a valid regex",
+    ),
+    bad(
+        "params-targets-regex-does-not-compile",
+        params("--targets", "q_proj("),
+        r"targets regex 'q_proj\(' does not compile",
+    ),
+    bad("targets-empty", run("--targets", ","), r"targets is empty; give module names such as q_proj,v_proj"),
+    bad(
+        "params-targets-match-no-layer",
+        params("--targets", "nope_proj"),
+        r"target 'nope_proj' matches no linear layer; the model's linear layers: down_proj, gate_proj",
+    ),
+    bad(
+        "run-targets-match-no-layer",
+        run("--targets", "nope_proj"),
+        r"'nope_proj'.*match",
+    ),
+    bad(
+        "drop-ratio-out-of-range",
+        run("--methods", "effilora", "--option", "drop_ratio=1.5"),
+        r"drop_ratio must be in \[0, 1\) \(got 1\.5\); it is 1 - K/L",
+    ),
+    bad(
+        "selection-unknown",
+        run("--methods", "effilora", "--option", "selection=best"),
+        r"selection='best' is not valid; choose one of: importance, random",
+    ),
+    bad("reducer-k-zero", run("--methods", "effilora", "--option", "k=0"), r"reducer k must be >= 1 \(got 0\)"),
+    # --- the CLI: training and scoring settings ---
+    bad("steps-zero", run("--steps", "0"), r"steps must be >= 1 \(got 0\)"),
+    bad("lr-zero", run("--lr", "0"), r"epochs and lr must be > 0"),
+    bad(
+        "train-on-inputs-not-a-bool",
+        run("--train-on-inputs", "maybe"),
+        r"argument --train-on-inputs: 'maybe' is not true or false",
+        usage=True,
+    ),
+    bad(
+        "eval-limit-negative",
+        run("--eval-limit", "-1"),
+        r"eval.limit.*-1",
+    ),
+    bad(
+        "train-cap-negative",
+        run("--train-cap", "-1"),
+        r"train.cap.*-1",
+    ),
+    bad(
+        "eval-batch-size-zero",
+        run("--eval-batch-size", "0"),
+        r"eval.batch.size.*0",
+    ),
+    bad("template-unknown", run("--template", "nope"), r"template 'nope' does not fit.*--template cloze"),
+    bad(
+        "template-unknown-with-choice",
+        run("--protocol", "choice", "--template", "nope"),
+        r"unknown prompt template 'nope'; choose one of: clean, llm-adapters",
+    ),
+    bad(
+        "cloze-protocol-with-clean-template",
+        run("--protocol", "cloze", "--template", "clean"),
+        r"protocol 'cloze' with template 'clean' does not fit.*pass --protocol cloze --template cloze",
+    ),
+    # --- the CLI: model, runs dir, output ---
+    bad(
+        "run-model-path-missing",
+        run("--model", "{tmp}/no/such/model"),
+        r"no/such/model",
+    ),
+    bad(
+        "run-model-config-not-json",
+        run("--model", "{tmp}/model"),
+        r"config\.json.*JSON",
+        write(CONFIG_JSON, "{"),
+    ),
+    bad("runs-dir-is-a-file", run("--runs-dir", "{file}"), r"runs dir '.*a_file' is not writable .*; pass --runs-dir"),
+    bad(
+        "runs-dir-under-a-file",
+        run("--runs-dir", "{file}/runs"),
+        r"runs dir '.*a_file/runs' is not writable \(Not a directory\); pass --runs-dir",
+    ),
+    bad(
+        "run-out-is-a-file",
+        run("--out", "{file}"),
+        r"a_file",
+    ),
+    bad(
+        "leaderboard-runs-dir-missing",
+        ["leaderboard", "--runs-dir", "{tmp}/none", "--out", "{out}"],
+        r"runs dir '.*none' does not exist; run `harness run \.\.\.` first or pass --runs-dir",
+    ),
+    bad(
+        "leaderboard-without-successful-records",
+        ["leaderboard", "--runs-dir", "{tmp}/failed_runs", "--out", "{out}"],
+        r"no successful run records under '.*failed_runs'.*(harness run|--runs-dir)",
+        lambda tmp: _write_fixture(tmp / "failed_runs", status="failed"),
+    ),
+    bad(
+        "leaderboard-out-is-a-file",
+        ["leaderboard", "--runs-dir", "{runs}", "--out", "{file}"],
+        r"'.*a_file': File exists; check the path",
+    ),
+    # --- data files ---
+    bad(
+        "data-dir-missing", run("--data-dir", "{tmp}/nowhere"), r"data dir '.*nowhere' does not exist; pass --data-dir"
+    ),
+    bad("data-dir-is-a-file", run("--data-dir", "{file}"), r"data dir '.*a_file' is a file, not a folder; pass --data"),
+    bad(
+        "data-dir-without-benchmarks",
+        run("--data-dir", "{tmp}/empty"),
+        r"data dir '.*empty' holds no benchmark folder with a test\.json; expected e\.g\. .*ARC-Easy/test\.json",
+        lambda tmp: (tmp / "empty" / "notes").mkdir(parents=True),
+    ),
+    bad(
+        "test-json-not-json",
+        run(),
+        r"ARC-Easy/test\.json is not valid JSON \(.* at line 1, column \d+\); fix or remove the file",
+        write("data/ARC-Easy/test.json", '[{"instruction": '),
+    ),
+    bad(
+        "test-json-not-utf8",
+        run(),
+        r"ARC-Easy/test\.json is not valid JSON \(not UTF-8.*\); fix or remove the file",
+        write("data/ARC-Easy/test.json", b'[{"instruction": "\xff\xfe"}]'),
+    ),
+    bad(
+        "test-json-an-object",
+        run(),
+        r"ARC-Easy/test\.json must be a non-empty JSON list of examples with keys instruction, output, answer",
+        arc_test(GOOD),
+    ),
+    bad("test-json-empty-list", run(), r"ARC-Easy/test\.json must be a non-empty JSON list", arc_test([])),
+    bad(
+        "test-json-list-of-strings",
+        run(),
+        r"ARC-Easy/test\.json: example 0 lacks one of the string keys .*\(it is a string, not an object\)",
+        arc_test(["Which is a liquid?"]),
+    ),
+    bad(
+        "example-missing-answer",
+        run(),
+        r"ARC-Easy/test\.json: example 1 lacks one of the string keys instruction, output, answer "
+        r"\('answer' is missing\).*fix or remove",
+        arc_test([GOOD, NO_ANSWER]),
+    ),
+    bad(
+        "example-answer-not-a-string",
+        run(),
+        r"ARC-Easy/test\.json: example 1 lacks one of the string keys .*\('answer' is a number, not a string\)",
+        arc_test([GOOD, {**GOOD, "answer": 1}]),
+    ),
+    bad(
+        "example-without-answer-format-line-under-cloze",
+        run(),
+        r"ARC-Easy/test\.json: example 1 does not fit the cloze protocol \(no 'Answer format: .*; use --protocol choice",
+        arc_test([GOOD, {**GOOD, "instruction": "Which is a liquid, water or rock?"}]),
+    ),
+    bad(
+        "train-json-broken",
+        run(),
+        r"ARC-Easy/train\.json",
+        write("data/ARC-Easy/train.json", '[{"instruction": '),
+    ),
+    # --- plugins ---
+    bad(
+        "plugin-missing",
+        ["--plugin", "{tmp}/nope.py", "list", "methods"],
+        r"plugin file '.*nope\.py' not found; pass the path of a \.py file",
+    ),
+    bad(
+        "plugin-not-a-py-file",
+        ["--plugin", "{tmp}/plugin.txt", "list", "methods"],
+        r"plugin '.*plugin\.txt' is not a \.py file; pass the path of a \.py file",
+        write("plugin.txt", METHOD_PLUGIN.format(name="txt_lora")),
+    ),
+    bad(
+        "plugin-is-a-folder",
+        ["--plugin", "{data}", *run()],
+        r"plugin '.*data' is not a \.py file; pass the path of a \.py file",
+    ),
+    bad(
+        "plugin-syntax-error",
+        [*PLUGIN_ARG, *run()],
+        r"plugin '.*plugin\.py' failed to import \(SyntaxError: .*line 2.*\); fix it or leave out --plugin",
+        plugin("import os\ndef broken(:\n"),
+    ),
+    bad(
+        "plugin-import-error",
+        [*PLUGIN_ARG, *run()],
+        r"failed to import \(ModuleNotFoundError: No module named 'no_such_module_for_harness_tests'\); fix it",
+        plugin("import no_such_module_for_harness_tests\n"),
+    ),
+    bad(
+        "plugin-raises-at-import",
+        [*PLUGIN_ARG, "list", "methods"],
+        r"plugin '.*plugin\.py' failed to import \(RuntimeError: plugin exploded\); fix it or leave out --plugin",
+        plugin("raise RuntimeError('plugin exploded')\n"),
+    ),
+    bad(
+        "plugin-registers-a-duplicate-name",
+        [*PLUGIN_ARG, *run()],
+        r"method 'lora' is already registered \(by methods\.lora\.LoraLinear\); register yours under another",
+        plugin(METHOD_PLUGIN.format(name="lora")),
+    ),
+    bad(
+        "plugin-registers-an-invalid-name",
+        [*PLUGIN_ARG, "list", "methods"],
+        r"method name 'My-Lora' must be a lower-case Python identifier \(e\.g\. 'my_lora'\)",
+        plugin(METHOD_PLUGIN.format(name="My-Lora")),
+    ),
+    bad(
+        "plugin-option-wrong-type",
+        [*PLUGIN_ARG, *run("--methods", "gain_lora", "--option", "gain=loud")],
+        r"option gain='loud' must be a number",
+        plugin(METHOD_PLUGIN.format(name="gain_lora")),
+    ),
+    bad(
+        "plugin-option-unknown",
+        [*PLUGIN_ARG, *run("--methods", "gain_lora", "--option", "gian=2")],
+        r"unknown option 'gian' for method 'gain_lora' \(did you mean 'gain'\?\)",
+        plugin(METHOD_PLUGIN.format(name="gain_lora")),
+    ),
+    # --- model configs (`harness params`) ---
+    bad("params-unknown-method", params("--methods", "lroa"), r"unknown method 'lroa' \(did you mean 'lora'\?\)"),
+    bad(
+        "params-unknown-hub-model",
+        ["params", "--model", "no-such-org/no-such-model", "--methods", "lora"],
+        rf"model 'no-such-org/no-such-model' is not on the Hugging Face hub or it cannot be reached \(.*\); "
+        rf"{TINY_MODEL_HINT}",
+    ),
+    bad(
+        "params-model-path-missing",
+        ["params", "--model", "{tmp}/no/such/model", "--methods", "lora"],
+        rf"model '.*/no/such/model': no config\.json there; {TINY_MODEL_HINT}",
+    ),
+    bad(
+        "config-json-not-json",
+        ["params", "--model", "{tmp}/model", "--methods", "lora"],
+        r"model/config\.json is not valid JSON \(.*line 1.*\); fix it or give a model folder",
+        write(CONFIG_JSON, "{"),
+    ),
+    bad(
+        "config-json-a-list",
+        ["params", "--model", "{tmp}/model/config.json", "--methods", "lora"],
+        r"model/config\.json must hold a JSON object .*; fix it or give a model folder",
+        write(CONFIG_JSON, "[1, 2]"),
+    ),
+    bad(
+        "config-json-without-model-type",
+        ["params", "--model", "{tmp}/model", "--methods", "lora"],
+        r"model/config\.json has no 'model_type' \(e\.g\. \"llama\"\); fix it or give a model folder",
+        write(CONFIG_JSON, '{"hidden_size": 32}'),
+    ),
+    bad(
+        "config-json-unknown-model-type",
+        ["params", "--model", "{tmp}/model", "--methods", "lora"],
+        r"model '.*model': model_type 'nonsense' is not one transformers [\d.]+ knows; fix it or give a model folder",
+        write(CONFIG_JSON, '{"model_type": "nonsense"}'),
+    ),
+    bad(
+        "config-json-field-wrong-type",
+        ["params", "--model", "{tmp}/model", "--methods", "lora"],
+        r"model '.*model': its config does not build \(.*hidden_size.*\); fix it",
+        write(CONFIG_JSON, '{"model_type": "llama", "hidden_size": "big"}'),
+    ),
+]
+SUBPROCESS_CASES = ["plugin-raises-at-import", "params-targets-regex-does-not-compile", "test-json-an-object"]
+
+
+class ReachedModelLoad(BaseException):
+    """The guard's signal: the row got as far as loading a model (BaseException: no ``except Exception`` eats it)."""
+
+
+@cache
+def _small_records(path: Path, n: int) -> str:
+    return json.dumps(json.loads(path.read_text())[:n])
+
+
+@cache
+def _fixture_record(status: str) -> str:
+    """A finished smoke record (seed 7, which no row runs), as JSON text."""
+    from harness.runner import build_specs
+
+    [spec] = build_specs("commonsense", ["lora"], [7], "smoke")
+    record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU"})
+    record["run"]["status"] = status
+    record["eval"] = {"ARC-Easy": {"metric": "acc", "value": 50.0, "n": 4, "protocol": "cloze", "sha256": "x"}}
+    return json.dumps(record)
+
+
+def _write_fixture(runs: Path, status: str = "success") -> None:
+    record = json.loads(_fixture_record(status))
+    run_dir = runs / record["run"]["id"]
+    run_dir.mkdir(parents=True)
+    write_record(run_dir, record)
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (but Python's bytecode caches of plugins), by relative path."""
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+
+
+def _check_untouched(tmp: Path, before: dict[str, bytes]) -> None:
+    """The finished record is byte-identical, and nothing else under ``tmp`` was written, changed or removed."""
+    [record] = [name for name in before if name.startswith("runs/") and name.endswith("/record.json")]
+    after = _snapshot(tmp)
+    assert after.get(record) == before[record], "the finished record changed"
+    assert after == before, (
+        f"files changed: {sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))}"
+    )
+
+
+def _prepare(tmp: Path, data_dir: Path, setup: Setup | None) -> dict[str, str]:
+    """A small valid data dir (two benchmarks), a runs dir holding a finished record, a tiny model config, a file."""
+    for benchmark in ("ARC-Easy", "boolq"):
+        for split, n in (("test", 4), ("train", 12)):
+            target = tmp / "data" / benchmark / f"{split}.json"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(_small_records(data_dir / benchmark / f"{split}.json", n))
+    _write_fixture(tmp / "runs")
+    tiny_llama().config.to_json_file(tmp / "tiny.json")
+    (tmp / "a_file").write_text("not a folder\n")
+    if setup is not None:
+        setup(tmp)
+    return {
+        "tmp": str(tmp),
+        "data": str(tmp / "data"),
+        "runs": str(tmp / "runs"),
+        "out": str(tmp / "out"),
+        "tiny": str(tmp / "tiny.json"),
+        "file": str(tmp / "a_file"),
+    }
+
+
+@pytest.fixture
+def sandbox(tmp_path, monkeypatch):
+    """cwd in tmp_path, no network, no data from the environment, no model loading, registries restored."""
+    import huggingface_hub.constants
+
+    import harness.models
+    import harness.runner
+
+    def guard(*args, **kwargs):
+        raise ReachedModelLoad
+
+    monkeypatch.chdir(tmp_path)
+    for var in ("HARNESS_DATA_DIR", "HARNESS_DEBUG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HARNESS_COMMONSENSE_URL", "http://127.0.0.1:9/no-download-in-tests")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(harness.runner, "load_model", guard)
+    monkeypatch.setattr(harness.models, "embedded_folder", guard)
+    METHODS.names(), TASKS.names()  # built-ins first, then snapshot: a row's plugin registrations are undone
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))
+    modules = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - modules:
+        if name.startswith("harness_plugin_"):
+            del sys.modules[name]
+
+
+def _check_stderr(err: str, match: str, usage: bool) -> None:
+    assert "Traceback" not in err, err
+    lines = err.strip("\n").splitlines()
+    assert lines and lines[-1].strip(), f"no error message on stderr: {err!r}"
+    if usage:  # argparse's own errors: usage line(s), then "harness <command>: error: <message>"
+        assert lines[0].startswith("usage: harness"), err
+        assert re.match(r"harness( \w+)?: error: ", lines[-1]), err
+    else:
+        assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
+        assert lines[0].startswith("harness: error: "), err
+    assert re.search(match, lines[-1]), f"{lines[-1]!r} does not match {match!r}"
+
+
+@pytest.mark.parametrize(("argv", "match", "setup", "usage"), CASES)
+def test_bad_input_gives_one_line_a_nonzero_exit_and_leaves_records(
+    sandbox, data_dir, capsys, argv, match, setup, usage
+):
+    values = _prepare(sandbox, data_dir, setup)
+    before = _snapshot(sandbox)
+    capsys.readouterr()
+    try:
+        code = main([a.format(**values) for a in argv])
+    except SystemExit as exc:  # argparse and --plugin errors exit from inside
+        code = exc.code
+    except ReachedModelLoad:
+        pytest.fail("the bad input was not caught before the model loads")
+    except Exception as exc:  # noqa: BLE001  (any other exception reaches the user as a traceback)
+        pytest.fail(f"traceback: {type(exc).__name__}: {exc}")
+    err = capsys.readouterr().err
+    assert code not in (0, None), f"exit status {code!r}; stderr: {err!r}"
+    _check_stderr(err, match, usage)
+    _check_untouched(sandbox, before)
+
+
+@pytest.mark.parametrize("case_id", SUBPROCESS_CASES)
+def test_the_process_exits_non_zero_without_a_traceback(tmp_path, data_dir, case_id):
+    [case] = [c for c in CASES if c.id == case_id]
+    argv, match, setup, usage = case.values
+    values = _prepare(tmp_path, data_dir, setup)
+    before = _snapshot(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k not in ("HARNESS_DATA_DIR", "HARNESS_DEBUG")}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", *[a.format(**values) for a in argv]],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    _check_stderr(result.stderr, match, usage)
+    _check_untouched(tmp_path, before)

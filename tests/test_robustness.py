@@ -1,0 +1,257 @@
+"""Faults a long sweep meets (issue 9): NaN losses, SIGTERM, broken checkpoints, failed writes, two sweeps
+into one runs dir, plugins that allocate their own tensors, secrets in the environment."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+import harness.atomic as atomic
+import harness.train as train_module
+from harness import attach
+from harness.leaderboard import write_leaderboards
+from harness.records import RECORD, read_record
+from harness.task import Example
+from harness.train import CHECKPOINT, TrainConfig, train
+from tests.conftest import tiny_llama
+
+EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
+VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
+CONFIG = TrainConfig(
+    steps=6, micro_batch_size=4, grad_accum=1, lr=5e-3, warmup_steps=0, cutoff_len=64, checkpoint_every=2
+)
+SECRET = "sk-test-0123456789-never-write-me"
+
+
+def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(monkeypatch, char_tokenizer, tmp_path):
+    real, calls = train_module.loss_sum, []
+
+    def nan_at_step_4(model, batch, keep, use_cache=False):
+        loss = real(model, batch, keep, use_cache)
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 4:
+                return loss * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_module, "loss_sum", nan_at_step_4)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 4: .*checkpoint \(step 2\) is kept"):
+        train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)  # checkpoints hold no pickled code
+    assert saved["state"]["step"] == 2
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokenizer, tmp_path, capsys):
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    stop_after_2 = dataclasses.replace(CONFIG, steps=2, checkpoint_every=1)
+    train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, stop_after_2, tmp_path, progress=False)
+    path = tmp_path / CHECKPOINT
+    if not path.is_file():  # the loop only checkpoints before the last step: make one the same way
+        train_module.save_checkpoint(path, adapter, *_optimizer_and_scheduler(adapter), CONFIG, _state())
+    raw = path.read_bytes()
+    path.write_bytes(b"\x00not a checkpoint" * 10 if damage == "garbage" else raw[: len(raw) // 2])
+    fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    result = train(fresh.model, char_tokenizer, fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    assert result.resumed_from is None and result.steps == CONFIG.steps
+    assert f"checkpoint {path} is unreadable" in capsys.readouterr().out
+
+
+def _optimizer_and_scheduler(adapter):
+    opt = torch.optim.AdamW(adapter.param_groups(1e-3))
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+
+
+def _state() -> dict:
+    return {"step": 1, "samples": 0, "tokens": 0, "train_s": 0.0, "hook_val_s": 0.0, "loss_curve": [],
+            "params_updated": [], "saved_step": 0}  # fmt: skip
+
+
+def _failing_replace(monkeypatch):
+    def no_space(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+
+    monkeypatch.setattr(atomic.os, "replace", no_space)
+
+
+def _no_tmp_files(folder) -> bool:
+    return not [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_failed_write_leaves_no_half_written_record_adapter_or_leaderboard(monkeypatch, tmp_path):
+    from tests.test_records_leaderboard import fixture_record, write_fixture
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    write_leaderboards(runs, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    record_path = next(runs.glob(f"*/{RECORD}"))
+    original = record_path.read_bytes()
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+
+    _failing_replace(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        atomic.write_json(record_path, {"half": "a record"})
+    with pytest.raises(OSError, match="No space"):
+        adapter.save(tmp_path / "adapter")
+    with pytest.raises(OSError, match="No space"):
+        write_leaderboards(runs, out)
+    assert record_path.read_bytes() == original  # the finished record is as it was
+    assert not list((tmp_path / "adapter").glob("*"))  # no adapter file at all, rather than half of one
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _no_tmp_files(tmp_path)
+
+
+# -- end to end, in subprocesses, on a tiny Llama built from its config (fast) --------------------------
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=49152,  # the embedded tokenizer's
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ).save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"
+
+
+def run_args(tiny_model, data_dir, runs, methods: str, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "harness", "run", "--methods", methods, "--task", "commonsense", "--preset", "smoke",
+        "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs),
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def env_with_secret() -> dict[str, str]:
+    return {**os.environ, "OPENAI_API_KEY": SECRET, "HF_TOKEN": SECRET}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_writes_cancelled_and_the_next_start_resumes(tiny_model, data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    args = run_args(tiny_model, data_dir, runs, "lora", "--steps", "300", "--no-leaderboard")
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_secret())
+    deadline = time.time() + 300
+    while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "cancelled" in err and "Traceback" not in err
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "cancelled" and "checkpoint saved" in record["run"]["error"]
+    stopped_at = torch.load(next(runs.glob("*/checkpoint.pt")), weights_only=True)["state"]["step"]
+    assert 0 < stopped_at < 300
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env_with_secret())
+    assert again.returncode == 0, again.stderr[-2000:]
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == stopped_at
+    assert not _mentions(runs, SECRET) and SECRET not in out + err + again.stdout + again.stderr
+
+
+def _mentions(folder, text: str) -> list:
+    return [p for p in folder.rglob("*") if p.is_file() and text.encode() in p.read_bytes()]
+
+
+@pytest.mark.slow
+def test_two_sweeps_into_one_runs_dir_train_every_run_once(tiny_model, data_dir, tmp_path):
+    runs = tmp_path / "runs"
+    a = run_args(tiny_model, data_dir, runs, "lora,effilora", "--steps", "40")
+    b = run_args(tiny_model, data_dir, runs, "effilora,lora,lora_fa", "--steps", "40")
+    first = subprocess.Popen(a, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_secret())
+    time.sleep(0.5)
+    second = subprocess.Popen(b, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_secret())
+    outputs = [p.communicate(timeout=900) for p in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, [e[-1500:] for _, e in outputs]
+    trained: dict[str, int] = {}
+    for out, _ in outputs:
+        lines = out.splitlines()
+        for run_line, status in zip(lines, lines[1:], strict=False):
+            if run_line.startswith("[") and status.strip() == "success":
+                run_id = run_line.split("] ", 1)[1]
+                trained[run_id] = trained.get(run_id, 0) + 1
+    records = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert sorted(r["run"]["config"]["method"] for r in records) == ["effilora", "lora", "lora_fa"]
+    assert all(r["run"]["status"] == "success" for r in records)
+    assert trained == {r["run"]["id"]: 1 for r in records}  # every run trained exactly once
+    assert not list(runs.glob("*/failed-*.json")) and _no_tmp_files(runs)
+    methods = {row.split(",")[5] for row in (runs / "commonsense.csv").read_text().splitlines()[1:]}
+    assert {"effilora", "lora", "lora_fa"} <= methods  # the leaderboard written last holds every run
+    assert not _mentions(runs, SECRET)
+
+
+PLUGIN = """
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import METHODS, AdapterConfig, AdapterLinear
+
+
+@dataclass(frozen=True)
+class ScaledLoraConfig(AdapterConfig):
+    pass
+
+
+@METHODS.register("scaled_lora")
+class ScaledLoraLinear(AdapterLinear):
+    config_cls = ScaledLoraConfig
+
+    def __init__(self, base, config, site, shared):
+        super().__init__(base, config, site, shared)
+        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+        self.lora_B = self.new_param(site.d_out, config.r)
+        self.lora_s = nn.Parameter(torch.ones(site.d_out))  # made here, on the CPU, not with new_param
+        {extra}
+
+    def delta(self, x):
+        {check}
+        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B) * self.lora_s
+
+    def reducer_parameters(self):
+        return [self.lora_B]
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("countable", [True, False])
+def test_a_plugin_that_makes_its_own_tensors_trains_counts_and_keeps_its_results(
+    countable, tiny_model, data_dir, tmp_path
+):
+    check = "pass" if countable else 'if x.device.type == "meta": raise RuntimeError("cannot run on meta")'
+    plugin = tmp_path / "scaled_lora.py"
+    plugin.write_text(textwrap.dedent(PLUGIN).replace("{extra}", "").replace("{check}", check))
+    runs = tmp_path / "runs"
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "--plugin", str(plugin), *run_args(tiny_model, data_dir, runs, "scaled_lora")[3:]],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
+    assert (runs / record["run"]["id"] / "adapter" / "adapter_model.safetensors").is_file()
+    flops = record["train"]["flops_per_step"]
+    if countable:
+        assert flops["total"] > 0 and flops["adapter"] > 0
+    else:
+        assert flops["status"] == "not counted" and "cannot run on meta" in flops["reason"]
+    json.dumps(record)  # the record stays plain JSON
