@@ -45,6 +45,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             "epochs": args.epochs,
             "lr": args.lr,
             "train_on_inputs": args.train_on_inputs,
+            "micro_batch_size": args.micro_batch_size,
+            "grad_accum": args.grad_accum,
         }.items()
         if v is not None
     }
@@ -127,6 +129,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
+    p.add_argument("--micro-batch-size", type=int, help="examples per forward pass, per process")
+    p.add_argument(
+        "--grad-accum", type=int, help="micro-batches per optimizer step (batch = micro x accum x processes)"
+    )
     p.add_argument("--train-on-inputs", type=_bool, metavar="true|false", help="loss on prompt tokens too")
     p.add_argument("--template", help="prompt template: cloze | clean | llm-adapters (default: the protocol's)")
     p.add_argument("--eval-limit", type=int, help="test examples per benchmark")

@@ -315,10 +315,14 @@ def train(
         losses = [val_loss_on(b, timer=None)() for b in val_batches]
         final_val = sum(losses) / len(losses)
     final_val_s = time.perf_counter() - began
+    samples, tokens = state["samples"], state["tokens"]
+    if accelerator.num_processes > 1:  # every process's share, so the record holds the run's totals
+        totals = accelerator.reduce(torch.tensor([samples, tokens], device=device), "sum")
+        samples, tokens = int(totals[0]), int(totals[1])
     return TrainResult(
         state["step"],
-        state["samples"],
-        state["tokens"],
+        samples,
+        tokens,
         state["train_s"],
         state["hook_val_s"],
         state["loss_curve"],

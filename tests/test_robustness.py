@@ -3,6 +3,7 @@ into one runs dir, plugins that allocate their own tensors, secrets in the envir
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import errno
 import json
@@ -192,7 +193,8 @@ def test_two_sweeps_into_one_runs_dir_train_every_run_once(tiny_model, data_dir,
     assert all(r["run"]["status"] == "success" for r in records)
     assert trained == {r["run"]["id"]: 1 for r in records}  # every run trained exactly once
     assert not list(runs.glob("*/failed-*.json")) and _no_tmp_files(runs)
-    methods = {row.split(",")[5] for row in (runs / "commonsense.csv").read_text().splitlines()[1:]}
+    with open(runs / "commonsense.csv", newline="") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
     assert {"effilora", "lora", "lora_fa"} <= methods  # the leaderboard written last holds every run
     assert not _mentions(runs, SECRET)
 
