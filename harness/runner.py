@@ -494,4 +494,6 @@ def _processes():
 
     from accelerate import PartialState
 
-    return PartialState(timeout=timedelta(hours=24))  # the main process scores alone: a long wait is normal
+    # cpu=True: without a GPU, accelerate only goes multi-process (gloo) when told it runs on CPUs
+    cpu = not torch.cuda.is_available()
+    return PartialState(cpu=cpu, timeout=timedelta(hours=24))  # the main process scores alone: waits are long
