@@ -108,7 +108,8 @@ def loglikelihoods(
         if not ctxs or any(not c for c in ids):
             raise ValueError(f"a continuation of {context[-40:]!r} has no tokens after its context: {texts}")
     out = [[0.0] * len(ts) for _, ts in groups]
-    order = sorted(range(len(groups)), key=lambda g: len(ctxs[g]))  # similar lengths batch together
+    # similar lengths batch together: by the longest row a group makes (PIQA's options are long)
+    order = sorted(range(len(groups)), key=lambda g: len(ctxs[g]) + max(map(len, conts[g])))
     for start in tqdm(range(0, len(order), batch_size), desc=progress, disable=progress is None, leave=False):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in left_pad([ctxs[g] for g in idx], pad_id).items()}
