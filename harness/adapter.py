@@ -3,6 +3,18 @@
 Every wrapper keeps the frozen layer as ``base`` and adds ``scaling * gate * delta(x)``; every adapter
 tensor's name starts with ``lora_``, so "trainable", "saved" and "counted" are one filter. Tensors
 shared across layers live once, on the ``lora_shared`` module added to the model's root.
+
+The fast path (opt-in: a method defines ``delta_factors``; a plugin with only ``delta`` is unaffected)
+computes the same sum with fewer passes over the activations: ``y + s·h Wᵀ`` as one ``addmm``, and the
+adapter input (dtype conversion and dropout) made once for all the wrappers of a layer that read the
+same tensor (q, k, v; gate, up), with a dropout kernel that draws ~p·n random numbers on a CPU instead of
+n (``sparse_dropout``). Both change which elements are dropped, not the distribution of each wrapper's
+mask; with dropout off (p = 0 or eval) the fast path equals ``delta`` within fp32 rounding
+(tests/test_fused_parity.py). ``delta`` itself is unchanged (``nn.Dropout``, one draw per wrapper).
+
+The fast path is OFF by default: sharing one draw across q, k and v correlates their masks, which is a
+change of method, not of speed alone, and the committed results were trained without it. Turn it on
+with ``Adapter.use_fast_path(True)``; ``harness bench`` times both paths.
 """
 
 from __future__ import annotations
@@ -10,12 +22,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -27,6 +41,7 @@ from harness.registry import METHODS
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SHARED = "lora_shared"
+SPARSE_DROPOUT_MIN = 1 << 15  # elements: below this, nn.Dropout's one kernel beats the sparse kernel's ~12 ops
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,94 @@ class SharedTensors(nn.Module):
         return table[key]
 
 
+def drop_positions(n: int, p: float) -> Tensor:
+    """Flat indices of the dropped elements of ``n`` independent Bernoulli(``p``) draws, in order.
+
+    The gaps between drops of a Bernoulli process are Geometric(p), so about ``n·p`` uniform draws give
+    the whole mask (``nn.Dropout`` on a CPU draws ``n``: most of an adapter's cost). Exact in distribution
+    up to float64 rounding; the CPU generator's state moves, so results are reproducible from a seed."""
+    log_keep = math.log1p(-p)
+    expected = n * p
+    chunk = int(expected + 6.0 * math.sqrt(expected * (1.0 - p)) + 16)  # almost always one chunk
+    parts, end = [], -1
+    while end < n - 1:
+        u = torch.rand(chunk, dtype=torch.float64, device="cpu")
+        gaps = torch.floor(torch.log1p(-u) / log_keep).long() + 1  # P(gap = g) = p (1-p)^(g-1), g >= 1
+        parts.append(torch.cumsum(gaps, 0) + end)
+        end = int(parts[-1][-1])
+    pos = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return pos[: int(torch.searchsorted(pos, n))]
+
+
+class _SparseDropout(torch.autograd.Function):
+    """``x · mask / (1-p)`` with the mask stored as its dropped positions (~p·n indices)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, p: float) -> Tensor:
+        pos = drop_positions(x.numel(), p)
+        out = x.contiguous() * (1.0 / (1.0 - p))
+        out.view(-1).index_fill_(0, pos, 0.0)
+        ctx.save_for_backward(pos)
+        ctx.scale = 1.0 / (1.0 - p)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (pos,) = ctx.saved_tensors
+        out = grad.contiguous() * ctx.scale
+        out.view(-1).index_fill_(0, pos, 0.0)
+        return out, None
+
+
+def sparse_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
+    """``dropout(x)`` for the wrapper's ``lora_dropout`` (``nn.Dropout`` or ``nn.Identity``), with a cheaper
+    kernel on a CPU: the same distribution (each element dropped with probability p, survivors scaled by
+    1/(1-p)) from ~p·n random numbers instead of n, and a mask kept as indices. Other random draws than
+    ``nn.Dropout``'s; small tensors and other devices use ``nn.Dropout`` (fused on a GPU)."""
+    if isinstance(dropout, nn.Dropout) and dropout.training and 0 < dropout.p and x.device.type == "cpu":
+        if x.numel() >= SPARSE_DROPOUT_MIN:
+            return _SparseDropout.apply(x, dropout.p)
+    return dropout(x)
+
+
+class SharedInput:
+    """The adapter input of one layer's wrappers (dtype conversion, then dropout), made once per input
+    tensor: wrappers that read the same tensor (q, k, v) get the same ``(x, drop(x))``. A wrapper that
+    reads a tensor a second time draws afresh; the entry dies with its input tensor (a weak reference)."""
+
+    def __init__(self) -> None:
+        self._entry: tuple[Any, ...] | None = None
+
+    def get(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if x.is_inference():  # inference mode: no version counter to check reuse against (and no training)
+            xa = x.to(dtype)
+            return xa, sparse_dropout(layer.lora_dropout, xa)
+        key = (x._version, torch.is_grad_enabled(), layer.lora_dropout.training, dtype)
+        entry = self._entry
+        if entry is not None and entry[0]() is x and entry[1] == key and id(layer) not in entry[2]:
+            entry[2].add(id(layer))
+            return x if entry[3] is None else entry[3], entry[4]
+        xa = x.to(dtype)
+        xd = sparse_dropout(layer.lora_dropout, xa)
+        if xd is not x:  # else nothing to share; never hold x itself, or the entry would never expire
+            ref = weakref.ref(x, self._expire)
+            self._entry = (ref, key, {id(layer)}, None if xa is x else xa, xd)
+        return xa, xd
+
+    def _expire(self, ref: weakref.ref) -> None:
+        if self._entry is not None and self._entry[0] is ref:
+            self._entry = None
+
+    def __deepcopy__(self, memo: dict) -> SharedInput:
+        return SharedInput()  # a cache, not state: copies and pickles start empty
+
+    def __getstate__(self) -> dict:
+        return {"_entry": None}
+
+
 class AdapterLinear(nn.Module):
-    """Base of every method's wrapper. Subclasses create ``lora_*`` tensors and define ``delta``."""
+    """Base of every method's wrapper. Subclasses create ``lora_*`` tensors and define ``delta``;
+    ``delta_factors`` is an optional fast path (see the module docstring)."""
 
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     mergeable: ClassVar[bool] = True
@@ -80,11 +181,19 @@ class AdapterLinear(nn.Module):
         self.lora_dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.gate = 1.0  # multiplies the adapter output; the Reducer lowers it to suppress a layer
         self.merged = False
+        self.fast_path = False  # opt-in (Adapter.use_fast_path): it changes dropout draws; see the module doc
         object.__setattr__(self, "_shared", shared)  # not a child: registered once at the root
+        object.__setattr__(self, "_input", SharedInput())  # attach() gives a layer's wrappers one
 
     # -- to implement -------------------------------------------------------------------------
     def delta(self, x: Tensor) -> Tensor:
         """The adapter path before scaling: ``Δ(x)`` of the spec (apply ``self.lora_dropout``)."""
+        raise NotImplementedError
+
+    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
+        """Optional fast path: ``(h, W)`` with ``Δ(x) = h Wᵀ`` (the last matmul left undone), given ``x`` and
+        ``x_drop = lora_dropout(x)``; the caller fuses ``y + s·h Wᵀ`` into one ``addmm`` and shares
+        ``x_drop`` between wrappers that read the same tensor. Must equal ``delta`` when dropout is off."""
         raise NotImplementedError
 
     def delta_weight(self) -> Tensor:
@@ -127,7 +236,14 @@ class AdapterLinear(nn.Module):
         if self.merged or self.gate == 0.0:
             return y
         dtype = next(iter(self._parameters.values())).dtype if self._parameters else y.dtype
-        return y + (self.delta(x.to(dtype)) * (self.scaling * self.gate)).to(y.dtype)
+        scale = self.scaling * self.gate
+        if not self.fast_path:
+            return y + (self.delta(x.to(dtype)) * scale).to(y.dtype)
+        h, w = self.delta_factors(*self._input.get(self, x, dtype))
+        if h.dtype != y.dtype:  # a 16-bit base without autocast: the delta in fp32, then cast, as delta() does
+            return y + (F.linear(h, w) * scale).to(y.dtype)
+        out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), w.t(), alpha=scale)
+        return out.view(y.shape)
 
     def merge(self) -> None:
         if not self.merged:
@@ -226,6 +342,13 @@ class Adapter:
     def file_size_bytes(self, directory: str | Path) -> int:
         return (Path(directory) / ADAPTER_WEIGHTS).stat().st_size
 
+    def use_fast_path(self, enabled: bool = True) -> None:
+        """``True``: wrappers whose method has ``delta_factors`` take the fast path (module doc). ``False``
+        (the default): every wrapper computes ``delta(x)`` with its own ``nn.Dropout`` draw, the reference
+        the parity tests and ``harness bench`` compare against."""
+        for layer in self.layers.values():
+            layer.fast_path = enabled and type(layer).delta_factors is not AdapterLinear.delta_factors
+
     # -- merge -------------------------------------------------------------------------------------
     def merge(self) -> None:
         if not self.method_cls.is_mergeable(self.config):
@@ -281,9 +404,11 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     model.requires_grad_(False)
     shared = SharedTensors()
     layers: dict[str, AdapterLinear] = {}
+    inputs: dict[str, SharedInput] = {}  # one per layer: its wrappers that read one tensor share its dropout
     for name in names:
         base = model.get_submodule(name)
         layers[name] = cls(base, config, Site.of(name, base), shared).train(base.training)
+        object.__setattr__(layers[name], "_input", inputs.setdefault(layers[name].site.layer, SharedInput()))
         model.set_submodule(name, layers[name])
     if len(list(shared.parameters())):
         model.add_module(SHARED, shared)

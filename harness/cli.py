@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   harness params --model embedded --methods lora,effilora --rank 8 --json
   harness run --methods lora,effilora --task commonsense --preset smoke
   harness leaderboard --runs-dir runs/ --out results/
+  harness bench --methods lora,hydralora --rounds 3          # step time vs the frozen-base floor and peft
 """
 
 
@@ -115,9 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.set_defaults(func=cmd_params)
 
+    from harness.bench import register as register_bench
     from harness.cli_run import register
 
     register(sub)
+    register_bench(sub)
     return parser
 
 
@@ -136,15 +139,17 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    _early_plugins(argv)
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        _early_plugins(argv)
+        args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         args.func(args)
-    except (CliError, ValueError, FileNotFoundError, PermissionError) as exc:
+    except (CliError, ValueError, OSError) as exc:
         if os.environ.get("HARNESS_DEBUG"):
             raise
-        print(f"harness: error: {exc}", file=sys.stderr)
+        message = str(exc)
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:  # name the path and what to check
+            message = f"{str(exc.filename)!r}: {exc.strerror}; check the path and its permissions"
+        print(f"harness: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("harness: interrupted", file=sys.stderr)
@@ -153,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _early_plugins(argv: list[str]) -> None:
-    """Load ``--plugin`` files before parsing, so their names are known to every command."""
+    """Load ``--plugin`` files before parsing, so their names are known to every command (``ValueError`` if
+    one cannot be loaded; ``main`` prints it as one line)."""
     for i, arg in enumerate(argv):
         path = (
             argv[i + 1]
@@ -163,8 +169,4 @@ def _early_plugins(argv: list[str]) -> None:
             else None
         )
         if path:
-            try:
-                load_plugin(path)
-            except (ValueError, SyntaxError, ImportError) as exc:
-                print(f"harness: error: {exc}", file=sys.stderr)
-                raise SystemExit(2) from None
+            load_plugin(path)

@@ -55,10 +55,13 @@ class EffiLoraLinear(SharedA, AdapterLinear):
         return torch.softmax(F.linear(z if self.router_input == "subspace" else x, self.lora_router), dim=-1)
 
     def delta(self, x: Tensor) -> Tensor:
-        z = F.linear(self.lora_dropout(x), self.lora_A)
+        return F.linear(*self.delta_factors(x, self.lora_dropout(x)))
+
+    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
+        z = F.linear(x_drop, self.lora_A)
         if self.heads > 1:  # router_input="hidden" reads x before dropout, as HydraLoRA's router does
             z = mix_heads(self.router_weights(x, z), z)
-        return F.linear(z, self.lora_B)
+        return z, self.lora_B
 
     def delta_weight(self) -> Tensor:
         return self.lora_B @ self.lora_A

@@ -2,6 +2,7 @@
 
 The mixer starts Kaiming-uniform (paper default) or orthogonal; a zero mixer makes every gradient
 zero at B = 0, so it never trains (MoSLoRA §3.2) — kept as an option to show exactly that.
+The fast path multiplies ``B M`` first (d_out x r x r FLOPs a step, not r x r per token).
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class MosLoraLinear(LoraLinear):
 
     def delta(self, x: Tensor) -> Tensor:
         return F.linear(F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_M), self.lora_B)
+
+    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
+        # (B M) is d_out x r: one small matmul per step instead of an r x r one per token
+        return F.linear(x_drop, self.lora_A), self.lora_B @ self.lora_M
 
     def delta_weight(self) -> Tensor:
         return self.lora_B @ self.lora_M @ self.lora_A

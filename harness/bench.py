@@ -1,0 +1,616 @@
+"""``harness bench``: what a training step and scoring cost, per method, against the floor and peft.
+
+A training step (forward, backward, AdamW step) of every registered method on one fixed batch of random
+tokens (``--batch`` x ``--seq``, loss on every token), against ``floor`` — the frozen base model's forward
+and backward down to the input embeddings, the least any adapter can cost since the gradient must reach
+the lowest adapted layer — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
+with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has the Reducer is timed per
+``--reducer`` variant; an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
+every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
+reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path.
+
+Contenders alternate in one process (round k starts at contender k) after ``--warmup`` untimed rounds, so
+drifts and other load fall on all alike; reported: the median and range over ``--rounds``, process CPU
+time, peak memory of one step above what was allocated before it (the CUDA allocator; on a CPU, tensor
+storages tracked by a dispatch mode), adapter + optimizer state, and FLOPs counted on the meta device as
+run records count them. Scoring: the task's ``evaluate`` with the base model per protocol, on
+``--eval-limit`` examples per benchmark. Writes ``bench.csv``, ``bench.md``, ``bench.json`` (config,
+environment, rows) and ``bench.png`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import io
+import statistics
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.atomic import atomic_path, write_json, write_text
+
+FLOOR = "floor"
+EXAMPLES = """examples:
+  harness bench --data-dir ../shared/data/commonsense        # the embedded SmolLM2, every method, batch 8 x 128
+  harness bench --methods lora,hydralora --reference --protocols none --rounds 9   # fast path vs reference
+  harness bench --model meta-llama/Meta-Llama-3-8B --random-weights --layers 2     # on a GPU: bf16, Llama-3-8B layers
+"""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    model: str = "embedded"
+    random_weights: bool = False
+    layers: int | None = None  # with random weights: build only this many layers (a reduced paper shape)
+    methods: tuple[str, ...] = ()  # empty: every registered method
+    options: dict[str, Any] = field(default_factory=dict)  # method options (rank, alpha, targets, dropout, ...)
+    batch_size: int = 8
+    seq_len: int = 128  # tokens per row
+    rounds: int = 5
+    warmup: int = 1
+    peft: bool = True
+    reference: bool = False
+    reducer: tuple[str, ...] = ("off", "importance:0.25", "random:0.25", "importance:0.75")
+    task: str = "commonsense"
+    protocols: tuple[str, ...] = ("cloze", "choice")
+    data_dir: str | None = None
+    eval_limit: int = 8  # test examples per benchmark
+    eval_batch_size: int = 8
+    threads: int | None = None
+    seed: int = 0
+    out: str = "results"
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "rounds", "eval_limit", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.seq_len < 2 or self.warmup < 0:
+            raise ValueError(f"seq_len must be >= 2 and warmup >= 0 (got {self.seq_len}, {self.warmup})")
+        for variant in self.reducer:
+            _reducer_options(variant)
+
+
+@dataclass
+class Contender:
+    name: str
+    source: str  # floor | ours | peft
+    method: str
+    step: Callable[[], None]
+    model: nn.Module  # the copy it trains (its frozen weights are the base model's)
+    optimizer: torch.optim.Optimizer | None = None
+    config: Any = None  # the resolved method config (ours) or peft's LoraConfig
+    reducer: str = ""
+    round_fn: Callable[[], None] | None = None  # the Reducer's scoring round
+    interval: int = 1
+
+
+def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
+    """Time everything, write the files to ``config.out``, return ``{"config", "model", "environment", "rows"}``.
+    ``model``/``tokenizer``: use these instead of loading ``config.model`` (tests pass a tiny model)."""
+    threads = torch.get_num_threads()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        return _run(config, model, tokenizer, label)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: str) -> dict:
+    from harness.accounting import environment
+    from harness.registry import METHODS
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    methods = list(config.methods) or METHODS.names()
+    for name in methods:
+        METHODS.get(name)  # an unknown name fails before any loading
+    if model is None:
+        model, tokenizer, label = load(config, device)
+    if config.protocols and tokenizer is None:
+        raise ValueError("timing scoring needs the model's tokenizer; pass one, or no protocols (--protocols none)")
+    model = model.to(device).requires_grad_(False)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    g = torch.Generator().manual_seed(config.seed)
+    batch, held_out = (_random_batch(model, config, g, device) for _ in range(2))  # train, and the Reducer's
+    contenders = _contenders(model, methods, config, batch, held_out, autocast)
+    rounds = {f"{c.name} :round": c.round_fn for c in contenders if c.round_fn is not None}
+    times = alternate({c.name: c.step for c in contenders} | rounds, config.rounds, config.warmup, device)
+    rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
+    rows += _scoring(model, tokenizer, config, device) if config.protocols else []
+    env = environment() | {"torch_threads": torch.get_num_threads()}
+    report = {"config": asdict(config), "model": label or config.model, "environment": env, "rows": rows}
+    write_outputs(report, Path(config.out))
+    return report
+
+
+def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:
+    ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len), generator=g).to(device)
+    return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)
+
+
+def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str]:
+    """The base model (bf16 on a GPU, fp32 on a CPU) and its tokenizer (only if scoring is timed)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from harness import models
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if config.random_weights:
+        data = models.load_config_dict(config.model) | ({"num_hidden_layers": config.layers} if config.layers else {})
+        torch.manual_seed(config.seed)
+        with torch.device(device):  # initialised where it runs: a paper shape is slow to initialise on a CPU
+            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data), dtype=dtype)
+        source, label = models.embedded_folder(), f"{models.label(config.model)} (random weights)"
+        label += f", {config.layers} layers" if config.layers else ""
+    elif config.layers:
+        raise ValueError("--layers builds a reduced shape and needs --random-weights")
+    else:
+        source, label = models.resolve(config.model), models.label(config.model)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(source) if config.protocols else None
+    if tokenizer is not None and tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, label
+
+
+def alternate(
+    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, device: torch.device | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """(wall s, process CPU s) of each call; round k starts at the k-th name, so none always runs first
+    or right after the same neighbour."""
+    names = list(fns)
+    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for k in range(rounds):
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            sync()
+            wall, cpu = time.perf_counter(), time.process_time()
+            fns[name]()
+            sync()
+            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return times
+
+
+# -- contenders --------------------------------------------------------------------------------------
+def _contenders(model, methods, config, batch, held_out, autocast) -> list[Contender]:
+    from harness.config import make_config
+    from harness.registry import METHODS
+
+    n = batch["input_ids"].numel() - batch["input_ids"].shape[0]  # predicted tokens per step
+    floor = _share(model)
+    floor.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
+    out = [Contender(FLOOR, FLOOR, "", _stepper(floor, None, batch, n, autocast), floor)]
+    for method in methods:
+        cls = METHODS.get(method)
+        base = make_config(cls.config_cls, config.options, method)
+        variants = [("", base)]
+        if base.reducer is not None and config.reducer:
+            variants = [
+                (v, make_config(cls.config_cls, config.options | _reducer_options(v), method)) for v in config.reducer
+            ]
+        for reducer, cfg in variants:
+            reducer += ", default" if reducer and cfg == base else ""
+            for reference in (False, True) if config.reference else (False,):
+                name = method + (f" ({reducer})" if reducer else "") + (" reference" if reference else "")
+                out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer))
+    if config.peft and "lora" in METHODS:
+        lora = make_config(METHODS.get("lora").config_cls, config.options, "lora")
+        out += [c for fa in (False, True) if (c := _peft(model, lora, fa, batch, n, autocast)) is not None]
+    return out
+
+
+def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer) -> Contender:
+    from harness.adapter import attach
+    from harness.train import loss_sum
+
+    trained = _share(model)
+    adapter = attach(trained, method, config=cfg)
+    adapter.use_fast_path(not reference)
+    trained.train()
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-4))  # as the training loop builds it
+    red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
+    step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None)
+    c = Contender(name, "ours", method, step, trained, opt, cfg, reducer)
+    if red is not None and red.config.selection == "importance":
+
+        def val_loss() -> float:  # as the training loop's: eval mode, no gradients
+            trained.eval()
+            try:
+                with torch.no_grad(), autocast():
+                    return float(loss_sum(trained, held_out, held_out["input_ids"].shape[1]) / n)
+            finally:
+                trained.train()
+
+        c.round_fn, c.interval = (lambda: red.score(val_loss, 0)), red.config.interval
+    return c
+
+
+def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
+    try:
+        from peft import LoraConfig, get_peft_model
+        from peft.optimizers import create_lorafa_optimizer
+    except ImportError:  # no peft, or a peft without LoRA-FA: the comparison is left out
+        return None
+    targets = list(lora.targets) if isinstance(lora.targets, tuple) else lora.targets
+    peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
+    wrapped = get_peft_model(_share(model), peft_cfg).train()
+    if fa:
+        opt = create_lorafa_optimizer(wrapped, r=lora.r, lora_alpha=lora.alpha, lr=1e-4)
+    else:
+        opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-4)
+    method = "lora_fa" if fa else "lora"
+    step = _stepper(wrapped, opt, batch, n, autocast)
+    return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg)
+
+
+def _stepper(model, optimizer, batch, n, autocast, before: Callable[[], Any] | None = None) -> Callable[[], None]:
+    from harness.train import loss_sum
+
+    def step() -> None:
+        if before is not None:
+            before()  # the Reducer's per-step layer draw
+        with autocast():
+            loss = loss_sum(model, batch, batch["input_ids"].shape[1]) / n
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _reducer_options(variant: str) -> dict[str, Any]:
+    """``off`` | ``default`` | ``SELECTION:DROP_RATIO`` (``importance:0.25``, ``random:0.75``)."""
+    if variant in ("off", "default"):
+        return {"reducer": None} if variant == "off" else {}
+    selection, sep, ratio = variant.partition(":")
+    try:
+        if selection not in ("importance", "random") or not sep or not 0.0 <= float(ratio) < 1.0:
+            raise ValueError
+    except ValueError:
+        raise ValueError(
+            f"reducer variant {variant!r} not understood; use off, default or SELECTION:DROP_RATIO "
+            "with SELECTION importance|random and 0 <= DROP_RATIO < 1 (e.g. importance:0.25)"
+        ) from None
+    return {"selection": selection, "drop_ratio": float(ratio)}
+
+
+def _share(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose (frozen) parameters are the original's: a contender costs its adapter only."""
+    return copy.deepcopy(model, {id(p): p for p in model.parameters()})
+
+
+# -- measurements ------------------------------------------------------------------------------------
+def _timing(values: list[tuple[float, float]]) -> dict[str, Any]:
+    wall, cpu = [w for w, _ in values], statistics.median(c for _, c in values)
+    return {"step_s": statistics.median(wall), "step_min_s": min(wall), "step_max_s": max(wall), "cpu_s": cpu}
+
+
+def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig, device: torch.device) -> dict:
+    round_s = statistics.median(w for w, _ in times[f"{c.name} :round"]) if c.round_fn is not None else 0.0
+    step, rounds = _flops(c, model, config)
+    return {
+        **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
+        **_timing(times[c.name]),
+        "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
+        "peak_mb": _peak_bytes(c.step, device) / 2**20,
+        "state_mb": _state_bytes(c) / 2**20,
+        "gflops": step / 1e9 if step is not None else None,
+        "hook_gflops": rounds / 1e9 if rounds is not None else None,
+        "rounds": len(times[c.name]),
+    }
+
+
+def _relate(rows: list[dict]) -> list[dict]:
+    """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, and the
+    Reducer's savings against the same method with the Reducer off."""
+    for r in rows:
+        r["total_s"] = r["step_s"] + r["hook_s"]
+        known = r["gflops"] is not None and r["hook_gflops"] is not None
+        r["total_gflops"] = r["gflops"] + r["hook_gflops"] if known else None
+    floor = next(r for r in rows if r["source"] == FLOOR)
+    peft = {r["method"]: r for r in rows if r["source"] == "peft"}
+    off = {r["method"]: r for r in rows if r["reducer"] == "off"}
+    for r in rows:
+        r["x_floor"] = r["total_s"] / floor["step_s"]
+        r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
+        mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] else None
+        r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
+        flops = r["total_gflops"] is not None and floor["total_gflops"]
+        r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
+        ref = off.get(r["method"]) if r["reducer"] not in ("", "off") else None
+        r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
+        flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
+        r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
+    return rows
+
+
+def _flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | None, float | None]:
+    """(step, Reducer rounds per step) FLOPs on a meta-device replica, as run records count them (the fused
+    CPU attention kernel is invisible to a count on real tensors); ``None`` where a plugin cannot run on
+    the meta device — no count rather than a wrong one."""
+    from harness.accounting import meta_replica
+    from harness.adapter import attach
+
+    try:
+        replica = meta_replica(model).requires_grad_(False)
+        if c.source == "ours":
+            adapter = attach(replica, c.method, config=c.config)
+            replica.to("meta")  # a plugin may make tensors of its own elsewhere
+            if adapter.reducer is not None:
+                adapter.reducer.select()  # the unselected heads are frozen, as in a real step
+        elif c.source == "peft":
+            from peft import get_peft_model
+
+            replica = get_peft_model(replica, copy.deepcopy(c.config))
+            for name, p in replica.named_parameters():  # LoRA-FA: A frozen, as create_lorafa_optimizer does
+                p.requires_grad_(p.requires_grad and not (c.method == "lora_fa" and "lora_A" in name))
+        else:
+            replica.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
+        step = _count(replica, config, backward=True)
+        if c.round_fn is None:
+            return step, 0.0
+        return step, _count(replica.eval(), config, backward=False) * c.config.reducer.rollouts / c.interval
+    except (RuntimeError, ValueError, NotImplementedError, TypeError):
+        return None, None
+
+
+def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness.train import loss_sum
+
+    ids = torch.zeros((config.batch_size, config.seq_len), dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(backward):
+        # no mask, no positions: transformers reads those by value (impossible on meta) unless a cache exists
+        loss = loss_sum(replica, {"input_ids": ids, "labels": ids}, config.seq_len, use_cache=True)
+        if backward:
+            loss.backward()
+    return float(counter.get_total_flops())
+
+
+def _state_bytes(c: Contender) -> int:
+    """Trainable tensors and their optimizer state (AdamW moments)."""
+    if c.optimizer is None:
+        return 0
+    params = {id(p): p for group in c.optimizer.param_groups for p in group["params"] if p.requires_grad}
+    moments = [t for s in c.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in [*params.values(), *moments])
+
+
+def _peak_bytes(step: Callable[[], None], device: torch.device) -> float:
+    """Most bytes allocated at once during one step, above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    with _StorageMeter() as meter:
+        step()
+    return float(meter.peak)
+
+
+class _StorageMeter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Live bytes of the tensor storages that ops create while active (a CPU has no allocator statistics):
+    an op's output counts unless it shares storage with an input (views, in-place ops), until its storage
+    is freed (a storage keeps its Python object while alive, so a weak reference sees the free)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._ids: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                if id(storage) not in inputs and id(storage) not in self._ids:
+                    self._ids.add(id(storage))
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, id(storage), storage.nbytes())
+        return out
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if key in self._ids:
+            self._ids.discard(key)
+            self.live -= nbytes
+
+
+def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torch.device) -> list[dict]:
+    """The task's own ``evaluate`` per protocol, with the base model, alternating protocols."""
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    task_cls = TASKS.get(config.task)
+    for protocol in config.protocols:
+        if protocol not in task_cls.protocols:
+            raise ValueError(f"protocol {protocol!r} is not one of {config.task}'s: {', '.join(task_cls.protocols)}")
+    scored, fns, counts = _share(model).eval(), {}, {}
+    for protocol in config.protocols:
+        template = task_cls.default_template(protocol, "clean")
+        task = task_cls(TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed))
+
+        def evaluate(task=task, protocol=protocol) -> None:
+            results = task.evaluate(scored, tokenizer, protocol, config.eval_batch_size, None, progress=False)
+            counts[protocol] = sum(r.get("n", 0) for r in results.values())
+
+        fns[protocol] = evaluate
+    times = alternate(fns, config.rounds, min(config.warmup, 1), device)
+    rows = [{"kind": "score", "contender": p, "source": config.task, **_timing(v)} for p, v in times.items()]
+    for r in rows:
+        r["examples"], r["rounds"] = counts.get(r["contender"], 0), config.rounds
+        r["ms_per_example"] = 1e3 * r["step_s"] / r["examples"] if r["examples"] else None
+    return rows
+
+
+# -- outputs -----------------------------------------------------------------------------------------
+COLUMNS = [
+    "kind", "contender", "source", "method", "reducer", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
+    "total_s", "x_floor", "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
+    "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
+]  # fmt: skip
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report["rows"]:
+        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+    write_text(out / "bench.csv", buf.getvalue())
+    write_text(out / "bench.md", markdown(report))
+    write_json(out / "bench.json", report)
+    return [out / "bench.csv", out / "bench.md", out / "bench.json", _plot(report, out / "bench.png")]
+
+
+def markdown(report: dict) -> str:
+    """The table for the README, headed by the machine and settings that produced it."""
+    env, cfg = report["environment"], report["config"]
+    lines = [
+        f"{report['model']}, batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
+        f"({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} alternating rounds "
+        "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
+        "x floor, x peft: total time over theirs (CPU time: process CPU seconds, steadier on a loaded machine, "
+        "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
+        "",
+        "| contender | step s [min-max] | total s | x floor | x peft | x floor, CPU time | peak MB | state MB "
+        "| GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in (r for r in report["rows"] if r["kind"] == "train"):
+        saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
+        saves += _num(r["reducer_saves_gflops"], "+.4g") if saves else ""
+        lines.append(
+            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
+            f"| {r['total_s']:.3f} | {r['x_floor']:.3f} | {_num(r['x_peft'], '.3f')} | {r['x_floor_cpu']:.3f} "
+            f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
+            f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"
+        )
+    scores = [r for r in report["rows"] if r["kind"] == "score"]
+    lines += (
+        ["", "| scoring protocol | s [min-max] | examples | ms per example |", "|---|---|---|---|"] if scores else []
+    )
+    for r in scores:
+        lines.append(
+            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
+            f"| {r['examples']} | {_num(r['ms_per_example'], '.1f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path: Path) -> Path:
+    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    scores = [r for r in report["rows"] if r["kind"] == "score"]
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 1.6))
+    ax = axes[0] if scores else axes
+    floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
+    y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
+    below = [(r["step_s"] - r["step_min_s"]) / floor for r in train]
+    above = [(r["step_max_s"] - r["step_s"]) / floor for r in train]
+    colors = [{"floor": "grey", "ours": "tab:blue", "peft": "tab:orange"}[r["source"]] for r in train]
+    ax.barh(y, ratios, color=colors, alpha=0.8)
+    ax.errorbar(ratios, y, xerr=[below, above], fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+    for x in (1.10, 1.15):
+        ax.axvline(x, linestyle="--", linewidth=0.7, color="grey")
+    ax.set_yticks(y, [r["contender"] for r in train], fontsize=7)
+    ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
+    ax.set_xlabel("training step time / frozen-base floor (median, min-max)")
+    ax.set_title(f"{report['model']}: {report['environment']['device']}", fontsize=8)
+    if scores:
+        axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
+        axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+# -- CLI ---------------------------------------------------------------------------------------------
+def register(sub: argparse._SubParsersAction) -> None:
+    from harness.cli import add_method_args
+
+    p = sub.add_parser(
+        "bench",
+        help="time a training step of every method against the frozen-base floor and peft; scoring per protocol",
+        description=__doc__,
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", default="embedded", help="'embedded' (default), a local folder, or a hub id")
+    p.add_argument("--random-weights", action="store_true", help="build the model from its config, random weights")
+    p.add_argument("--layers", type=int, help="with --random-weights: only this many layers (a reduced paper shape)")
+    p.add_argument("--methods", default="all", help="comma-separated method names or 'all' (default)")
+    p.add_argument("--batch", type=int, default=8, help="rows per step (default 8)")
+    p.add_argument("--seq", type=int, default=128, help="tokens per row (default 128)")
+    p.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--no-peft", dest="peft", action="store_false", help="leave out peft's implementations")
+    p.add_argument("--reference", action="store_true", help="also time each method's reference path")
+    p.add_argument(
+        "--reducer",
+        default=",".join(BenchConfig.reducer),
+        help="variants for methods with the Reducer on by default: off, default, SELECTION:DROP_RATIO",
+    )
+    p.add_argument("--task", default="commonsense", help="the task whose scoring is timed (default commonsense)")
+    p.add_argument("--protocols", default="cloze,choice", help="protocols to time, comma-separated, or 'none'")
+    p.add_argument("--data-dir", help="the task's data (default: $HARNESS_DATA_DIR, else download)")
+    p.add_argument("--eval-limit", type=int, default=8, help="test examples per benchmark when scoring (default 8)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="results", help="where bench.csv/.md/.json/.png go (default results/)")
+    add_method_args(p)
+    p.set_defaults(func=cmd_bench)
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from harness.cli import method_options, split_names
+    from harness.registry import METHODS
+
+    def names(value: str) -> tuple[str, ...]:
+        return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
+
+    same = ("model", "random_weights", "layers", "rounds", "warmup", "peft", "reference", "task", "data_dir")
+    config = BenchConfig(
+        **{k: getattr(args, k) for k in (*same, "eval_limit", "threads", "seed", "out")},
+        methods=tuple(split_names(args.methods, METHODS.names(), "method")),
+        options=method_options(args),
+        batch_size=args.batch,
+        seq_len=args.seq,
+        reducer=names(args.reducer),
+        protocols=names(args.protocols),
+    )
+    report = run_bench(config)
+    print(markdown(report), end="")
+    print(f"wrote {Path(config.out) / 'bench.csv'} (and bench.md, bench.json, bench.png)")

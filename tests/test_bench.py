@@ -1,0 +1,99 @@
+"""``harness bench`` at CI size: a tiny seeded Llama, one round; every contender, ratio and file is there."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from harness import METHODS
+from harness.bench import BenchConfig, alternate, run_bench
+from harness.cli import main
+from tests.conftest import CharTokenizer, tiny_llama
+
+
+def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_protocol(data_dir, tmp_path):
+    config = BenchConfig(
+        batch_size=2,
+        seq_len=16,
+        rounds=1,
+        warmup=0,
+        reducer=("off", "importance:0.25", "random:0.75"),
+        protocols=("cloze", "choice"),
+        data_dir=str(data_dir),
+        eval_limit=1,
+        threads=1,
+        out=str(tmp_path),
+    )
+    threads = torch.get_num_threads()
+    report = run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer(), label="tiny llama")
+    assert torch.get_num_threads() == threads  # restored
+    rows = {r["contender"]: r for r in report["rows"]}
+    with_reducer = [m for m in METHODS.names() if METHODS.get(m).config_cls().reducer is not None]
+    expected = {"floor", "peft lora", "peft lora_fa", "cloze", "choice"}
+    expected |= {m for m in METHODS.names() if m not in with_reducer}
+    labels = ("off", "importance:0.25, default", "random:0.75")  # the default ReducerConfig is importance:0.25
+    expected |= {f"{m} ({v})" for m in with_reducer for v in labels}
+    assert set(rows) == expected
+    assert rows["floor"]["x_floor"] == 1.0 and rows["floor"]["state_mb"] == 0
+    for name, r in rows.items():
+        assert r["step_s"] > 0 and r["rounds"] == 1, name
+        if r["kind"] == "train":
+            assert r["peak_mb"] > 0 and r["gflops"] > 0, name
+    assert rows["lora"]["x_peft"] == pytest.approx(rows["lora"]["total_s"] / rows["peft lora"]["total_s"])
+    assert rows["lora"]["gflops"] == pytest.approx(rows["peft lora"]["gflops"], rel=1e-3)  # the same computation
+    assert rows["lora_fa"]["state_mb"] < rows["lora"]["state_mb"]
+    for m in with_reducer:
+        off, importance, drop = (rows[f"{m} ({v})"] for v in labels)
+        assert off["hook_s"] == 0 and drop["hook_s"] == 0 and importance["hook_s"] > 0  # only importance scores
+        assert importance["hook_gflops"] > 0 and drop["hook_gflops"] == 0  # the rollouts are counted too
+        assert importance["total_gflops"] == pytest.approx(importance["gflops"] + importance["hook_gflops"])
+        assert off["reducer_saves_gflops"] is None and drop["reducer_saves_gflops"] > 0  # frozen heads: no dB
+        assert drop["gflops"] < importance["gflops"] < off["gflops"]  # the step alone
+    assert rows["cloze"]["examples"] == rows["choice"]["examples"] > 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["bench.csv", "bench.json", "bench.md", "bench.png"]
+    with open(tmp_path / "bench.csv") as f:
+        assert {r["contender"] for r in csv.DictReader(f)} == expected
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["config"]["batch_size"] == 2 and saved["environment"]["torch_threads"] == 1
+    table = (tmp_path / "bench.md").read_text()
+    assert "| lora |" in table and "| cloze |" in table and saved["environment"]["device"] in table
+
+
+def test_bench_command_on_a_model_folder(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    tiny_llama().save_pretrained(folder)
+    out = tmp_path / "out"
+    argv = ["bench", "--model", str(folder), "--methods", "lora,moslora", "--batch", "2", "--seq", "8"]
+    argv += ["--rounds", "2", "--warmup", "0", "--protocols", "none", "--no-peft", "--reference", "--threads", "1"]
+    assert main([*argv, "--out", str(out), "--rank", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert "| lora reference |" in printed and "| moslora |" in printed and "bench.csv" in printed
+    report = json.loads((out / "bench.json").read_text())
+    assert [r["contender"] for r in report["rows"]] == [
+        "floor",
+        "lora",
+        "lora reference",
+        "moslora",
+        "moslora reference",
+    ]
+    assert report["config"]["options"] == {"rank": 4}
+
+
+def test_bench_rejects_bad_settings_with_the_fix():
+    with pytest.raises(ValueError, match=r"reducer variant 'fast:2'.*SELECTION:DROP_RATIO"):
+        BenchConfig(reducer=("fast:2",))
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        BenchConfig(rounds=0)
+    with pytest.raises(ValueError, match=r"unknown method 'lorra'.*did you mean 'lora'"):
+        run_bench(BenchConfig(methods=("lorra",), protocols=()), model=tiny_llama())
+
+
+def test_alternate_rotates_the_order_and_times_every_round():
+    calls: list[str] = []
+    times = alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert all(len(v) == 3 and all(w >= 0 for w, _ in v) for v in times.values())
