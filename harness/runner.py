@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {
         4,
     ),
     "embedded": Preset(
-        "SmolLM2-135M on 2 CPU cores, cloze: 78 steps of 16 (~8 min) and 500 test examples a benchmark (~8 min)",
+        "SmolLM2-135M on 2 CPU cores, cloze: 78 steps of 16 and 500 test examples a benchmark",
         models.EMBEDDED,
         TrainConfig(
             epochs=1.0,

@@ -43,7 +43,7 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
     began = time.perf_counter()
     first = harness(*args)
     assert first.returncode == 0, first.stderr[-2000:]
-    assert time.perf_counter() - began < 120
+    assert time.perf_counter() - began < 300  # ~30 s on an idle 2-core CPU; generous for a loaded one
     records = records_in(runs)
     assert sorted(r["run"]["config"]["method"] for r in records) == ["effilora", "lora"]
     for r in records:
