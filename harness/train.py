@@ -274,8 +274,8 @@ def train(
             step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))
         if not math.isfinite(step_loss):
             kept = (
-                f"the last good checkpoint (step {state['saved_step']}) is kept"
-                if state["saved_step"]
+                f"the last good checkpoint (step {state.get('saved_step')}) is kept"
+                if state.get("saved_step")
                 else "no checkpoint"
             )
             raise FloatingPointError(

@@ -77,3 +77,19 @@ def data_dir():
     if not (path / "ARC-Easy" / "test.json").is_file():
         pytest.fail(f"test data not found at {path}; set HARNESS_TEST_DATA_DIR to a folder of LLM-Adapters benchmarks")
     return path
+
+
+@pytest.fixture
+def tiny_model(tmp_path):
+    """A 2-layer Llama config with the embedded tokenizer's vocabulary, for ``--model DIR --random-weights``."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=49152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    ).save_pretrained(tmp_path / "tiny")
+    return tmp_path / "tiny"

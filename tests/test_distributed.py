@@ -11,7 +11,7 @@ import time
 import pytest
 
 from harness.records import RECORD, read_record
-from tests.test_robustness import run_args, tiny_model  # noqa: F401  (fixture)
+from tests.test_robustness import run_args
 
 
 def free_port() -> int:
@@ -31,7 +31,7 @@ def env() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_two_processes_write_one_record_with_the_single_process_results(tiny_model, data_dir, tmp_path):  # noqa: F811
+def test_two_processes_write_one_record_with_the_single_process_results(tiny_model, data_dir, tmp_path):
     common = ["--steps", "4", "--option", "dropout=0", "--micro-batch-size", "2", "--no-leaderboard"]
     one = run_args(tiny_model, data_dir, tmp_path / "one", "lora", *common, "--grad-accum", "2")
     two = run_args(tiny_model, data_dir, tmp_path / "two", "lora", *common, "--grad-accum", "1")  # same batch: 4
@@ -53,7 +53,7 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
 
 
 @pytest.mark.slow
-def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):  # noqa: F811
+def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     runs = tmp_path / "runs"
     args = torchrun(run_args(tiny_model, data_dir, runs, "lora", "--steps", "200", "--no-leaderboard"))
     proc = subprocess.Popen(

@@ -117,21 +117,6 @@ def test_a_failed_write_leaves_no_half_written_record_adapter_or_leaderboard(mon
 # -- end to end, in subprocesses, on a tiny Llama built from its config (fast) --------------------------
 
 
-@pytest.fixture
-def tiny_model(tmp_path):
-    from transformers import LlamaConfig
-
-    LlamaConfig(
-        vocab_size=49152,  # the embedded tokenizer's
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ).save_pretrained(tmp_path / "tiny")
-    return tmp_path / "tiny"
-
-
 def run_args(tiny_model, data_dir, runs, methods: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "harness", "run", "--methods", methods, "--task", "commonsense", "--preset", "smoke",

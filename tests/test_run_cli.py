@@ -154,18 +154,10 @@ def test_leaderboard_without_records_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.slow
-def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir):
+def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir, tiny_model):
     """What the paper preset does on a GPU without a download, here at a tiny shape on the CPU."""
     from transformers import LlamaConfig
 
-    LlamaConfig(
-        vocab_size=49152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-    ).save_pretrained(tmp_path / "tiny")
     runs = tmp_path / "runs"
     result = harness(
         "run",
@@ -176,7 +168,7 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir):
         "--preset",
         "smoke",
         "--model",
-        str(tmp_path / "tiny"),
+        str(tiny_model),
         "--random-weights",
         "--data-dir",
         str(data_dir),
@@ -190,7 +182,5 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir):
     assert record["run"]["config"]["random_weights"] and "(random weights)" in record["run"]["config"]["model_label"]
     assert record["train"]["base_params"] == sum(
         p.numel()
-        for p in __import__("transformers")
-        .LlamaForCausalLM(LlamaConfig.from_pretrained(tmp_path / "tiny"))
-        .parameters()
+        for p in __import__("transformers").LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_model)).parameters()
     )
