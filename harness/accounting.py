@@ -1,7 +1,7 @@
 """Measured costs: FLOPs of a training step, memory, and the environment a run ran in.
 
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on a shape-only replica of the model
-on the ``meta`` device, running the exact step the loop runs (same loss, same batch shape, LoRA-FA's
+on the ``meta`` device, running the exact step the loop runs (the task's own loss, same batch shape, LoRA-FA's
 frozen A and the Reducer's frozen heads included). That counts every matmul, attention too (on a CPU
 the fused attention kernel is invisible to the counter), is the same on every machine, and costs no
 compute — so the LoRA reference at the same settings is measured the same way in every run.
@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from harness.models import MetaModel
+    from harness.task import Recipe
 
 REFERENCE_METHOD = "lora"  # FLOPs are also reported relative to this method at the same settings
 
@@ -29,34 +33,30 @@ def meta_replica(model: nn.Module) -> nn.Module:
         return type(model).from_config(model.config)  # diffusers
 
 
-def step_flops(model: nn.Module, method: str, config: Any, shapes: list[list[int]], loss_fn) -> dict[str, Any]:
-    """FLOPs of one optimizer step: forward+backward of ``loss_fn`` on a meta replica with ``method``
-    attached, once per micro-batch of the accumulation (``shapes``: [rows, tokens, logit positions kept]
-    each). ``total``/``adapter`` are per optimizer step (the sum); ``micro_batches`` keeps each one."""
+def step_flops(replica: MetaModel, method: str, config: Any, shapes: list[list[int]], recipe: Recipe) -> dict[str, Any]:
+    """FLOPs of one optimizer step: forward+backward of the task's ``recipe.loss_sum`` on ``replica``
+    (a fresh ``meta``-device model) with ``method`` attached to its root, once per micro-batch of the
+    accumulation (``shapes``, as ``recipe.shape`` gives them). ``total``/``adapter`` are per optimizer
+    step (the sum); ``micro_batches`` keeps each one."""
     from harness.adapter import attach
 
-    replica = meta_replica(model)
-    adapter = attach(replica, method, config=config)
-    replica.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
+    adapter = attach(replica.root, method, config=config)
+    replica.model.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
     if adapter.reducer is not None:
         adapter.reducer.select()  # freeze the unselected heads, as in a real step
-    root = type(replica).__name__
+    # FlopCounterMode names a module by the top module's class and its path from there
+    root_path = next(name for name, m in replica.model.named_modules() if m is replica.root)
+    prefix = ".".join(filter(None, [type(replica.model).__name__, root_path]))
     micro = []
-    for rows, tokens, keep in shapes:
-        ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
-        # An unpadded row's defaults (no mask, no positions). transformers inspects masks and positions by
-        # value, impossible on meta, unless a KV cache exists: building one adds no FLOPs.
-        batch = {"input_ids": ids, "labels": ids}
+    for shape in shapes:
         counter = FlopCounterMode(display=False)
         with counter:
-            loss_fn(replica, batch, keep, use_cache=True).backward()
+            recipe.loss_sum(replica.model, recipe.meta_batch(shape)).backward()
         counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
         adapter_flops = sum(
-            counts.get(f"{root}.{name}", 0) - counts.get(f"{root}.{name}.base", 0) for name in adapter.layers
+            counts.get(f"{prefix}.{name}", 0) - counts.get(f"{prefix}.{name}.base", 0) for name in adapter.layers
         )
-        micro.append(
-            {"shape": [rows, tokens, keep], "total": int(counter.get_total_flops()), "adapter": int(adapter_flops)}
-        )
+        micro.append({"shape": list(shape), "total": int(counter.get_total_flops()), "adapter": int(adapter_flops)})
     return {
         "total": sum(m["total"] for m in micro),
         "adapter": sum(m["adapter"] for m in micro),

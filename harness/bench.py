@@ -213,7 +213,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
 
 def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer) -> Contender:
     from harness.adapter import attach
-    from harness.train import loss_sum
+    from tasks.lm import loss_sum
 
     trained = _share(model)
     adapter = attach(trained, method, config=cfg)
@@ -256,7 +256,7 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
 
 
 def _stepper(model, optimizer, batch, n, autocast, before: Callable[[], Any] | None = None) -> Callable[[], None]:
-    from harness.train import loss_sum
+    from tasks.lm import loss_sum
 
     def step() -> None:
         if before is not None:
@@ -370,7 +370,7 @@ def _flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float |
 def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    from harness.train import loss_sum
+    from tasks.lm import loss_sum
 
     ids = torch.zeros((config.batch_size, config.seq_len), dtype=torch.long, device="meta")
     counter = FlopCounterMode(display=False)
@@ -439,7 +439,7 @@ class _StorageMeter(torch.utils._python_dispatch.TorchDispatchMode):
 def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torch.device) -> list[dict]:
     """The task's own ``evaluate`` per protocol, with the base model, alternating protocols."""
     from harness.registry import TASKS
-    from harness.task import TaskOptions
+    from harness.task import Loaded, TaskOptions
 
     task_cls = TASKS.get(config.task)
     for protocol in config.protocols:
@@ -451,7 +451,8 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
         task = task_cls(TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed))
 
         def evaluate(task=task, protocol=protocol) -> None:
-            results = task.evaluate(scored, tokenizer, protocol, config.eval_batch_size, None, progress=False)
+            loaded = Loaded(scored, scored, "bench", tokenizer)
+            results = task.evaluate(loaded, protocol, config.eval_batch_size, None, progress=False)
             counts[protocol] = sum(r.get("n", 0) for r in results.values())
 
         fns[protocol] = evaluate

@@ -11,6 +11,10 @@ from harness.cli import CliError, add_method_args, method_options, split_names
 from harness.config import parse_bool
 
 
+def split_list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
 def _seeds(value: str) -> list[int]:
     try:
         seeds = [int(s) for s in value.split(",") if s.strip()]
@@ -52,7 +56,12 @@ def cmd_run(args: argparse.Namespace) -> None:
     }
     task = {
         k: v
-        for k, v in {"eval_limit": args.eval_limit, "train_cap": args.train_cap, "template": args.template}.items()
+        for k, v in {
+            "eval_limit": args.eval_limit,
+            "train_cap": args.train_cap,
+            "template": args.template,
+            "train_sources": tuple(split_list(args.train_domains)) if args.train_domains else None,
+        }.items()
         if v is not None
     }
     specs = build_specs(
@@ -113,7 +122,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and score methods on a task; one record per method x seed")
     p.add_argument("--methods", required=True, help="comma-separated methods, 'all', or 'base' for the zero-shot model")
     p.add_argument("--task", required=True, help="a registered task, e.g. commonsense")
-    p.add_argument("--preset", default="embedded", help="smoke | embedded (default) | paper")
+    p.add_argument("--preset", default="embedded", help="the task's scale: smoke | embedded (default) | paper")
     p.add_argument("--model", help="override the preset's model: 'embedded', a folder, or a hub id")
     p.add_argument("--protocol", help="scoring protocol: cloze | choice | generate | lm-eval (default: the preset's)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
@@ -136,7 +145,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-on-inputs", type=_bool, metavar="true|false", help="loss on prompt tokens too")
     p.add_argument("--template", help="prompt template: cloze | clean | llm-adapters (default: the protocol's)")
     p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
-    p.add_argument("--train-cap", type=int, help="training examples per benchmark")
+    p.add_argument("--train-cap", type=int, help="training examples per benchmark (multimodal: per domain)")
+    p.add_argument(
+        "--train-domains",
+        help="train on these sources only, comma-separated (multimodal: general,document,math), e.g. for "
+        "the single-domain rows that show cross-domain interference",
+    )
     p.add_argument("--eval-batch-size", type=int)
     p.add_argument(
         "--random-weights",

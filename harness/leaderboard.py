@@ -50,7 +50,17 @@ from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
 from harness.records import config_hash, find_records, read_record
 from harness.runner import BASELINE
-from harness.stats import CHANCE, MAJORITY, Estimate, baseline_scores, correctness, estimate, is_constant, paired
+from harness.stats import (
+    CHANCE,
+    MAJORITY,
+    Estimate,
+    baseline_scores,
+    correctness,
+    estimate,
+    examples_key,
+    is_constant,
+    paired,
+)
 
 REFERENCES = (REFERENCE_METHOD, BASELINE, MAJORITY)
 AVG = "Avg"
@@ -128,7 +138,8 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         "preset": c["preset"],
         "model": c.get("model_label", c["model"]),
         "protocol": c["protocol"],
-        "task_options": {k: v for k, v in c["task_options"].items() if k != "seed"},
+        # which sources a run trained on makes a row (e.g. single-domain rows), not a section
+        "task_options": {k: v for k, v in c["task_options"].items() if k not in ("seed", "train_sources")},
     }
     train = {k: v for k, v in c["train"].items() if k != "seed"}
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
@@ -136,7 +147,10 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
 
 def _row_key(record: dict[str, Any]) -> tuple[str, str]:
     c = record["run"]["config"]
-    return c["method"], json.dumps(c["method_options"], sort_keys=True)
+    options = dict(c["method_options"])
+    if c["task_options"].get("train_sources"):
+        options["trained_on"] = "+".join(c["task_options"]["train_sources"])
+    return c["method"], json.dumps(options, sort_keys=True)
 
 
 def _make_row(
@@ -181,8 +195,8 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str]) -> 
             continue  # unknown for this row: shown "–"
         values[b] = statistics.mean(e["value"] for e in entries)
         per_run = [correctness(e, r["run"]["id"]) for e, r in zip(entries, runs, strict=True)]
-        if all(s is not None for s in per_run) and len({e["answers"] for e in entries}) == 1:
-            scores[b], answers[b] = np.mean(per_run, axis=0), entries[0]["answers"]
+        if all(s is not None for s in per_run) and len({examples_key(e) for e in entries}) == 1:
+            scores[b], answers[b] = np.mean(per_run, axis=0), examples_key(entries[0])
         if any(is_constant(e.get("preds", {}).get(e["metric"], "")) for e in entries if "metric" in e):
             constant.add(b)
     name = runs[0]["run"]["config"]["method"]

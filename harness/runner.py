@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 
-from harness import models
 from harness.accounting import REFERENCE_METHOD, environment, step_flops
 from harness.adapter import attach
 from harness.atomic import write_json
@@ -24,82 +23,10 @@ from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
 from harness.registry import METHODS, TASKS, unknown_choice
-from harness.task import Task, TaskOptions
-from harness.train import CHECKPOINT, Cancelled, TrainConfig, loss_sum, train
+from harness.task import Loaded, Preset, Recipe, Task, TaskOptions
+from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
-
-
-@dataclass(frozen=True)
-class Preset:
-    description: str
-    model: str
-    train: TrainConfig
-    task: TaskOptions
-    method_options: dict[str, Any]
-    protocol: str
-    eval_batch_size: int
-
-
-PRESETS: dict[str, Preset] = {
-    "smoke": Preset(
-        "a few steps and examples: checks that everything runs (tests, CI)",
-        models.EMBEDDED,
-        TrainConfig(
-            steps=3,
-            micro_batch_size=2,
-            grad_accum=1,
-            lr=1e-3,
-            warmup_steps=0,
-            cutoff_len=128,
-            train_on_inputs=False,
-            val_batch_size=4,
-            checkpoint_every=2,
-        ),
-        TaskOptions(train_cap=16, val_size=4, eval_limit=4, template="cloze"),
-        {"r": 8, "alpha": 16},
-        "cloze",
-        4,
-    ),
-    "embedded": Preset(
-        "SmolLM2-135M on 2 CPU cores, cloze: 78 steps of 16 and 500 test examples a benchmark",
-        models.EMBEDDED,
-        TrainConfig(
-            epochs=1.0,
-            micro_batch_size=16,
-            grad_accum=1,
-            lr=1e-3,
-            warmup_steps=8,
-            cutoff_len=256,
-            train_on_inputs=False,
-            val_batch_size=8,
-            checkpoint_every=10,
-        ),
-        TaskOptions(train_cap=320, val_size=32, eval_limit=500, template="cloze"),
-        {},
-        "cloze",
-        4,  # cloze batches questions (each with its options on one cached context): 4 is fastest on a CPU
-    ),
-    "paper": Preset(
-        "EffiLoRA Table 9 / LLM-Adapters settings with Meta-Llama-3-8B (a GPU and the weights needed)",
-        "meta-llama/Meta-Llama-3-8B",
-        TrainConfig(
-            epochs=3.0,
-            micro_batch_size=4,
-            grad_accum=4,
-            lr=3e-4,
-            warmup_steps=100,
-            cutoff_len=256,
-            train_on_inputs=True,
-            val_batch_size=8,
-            checkpoint_every=200,
-        ),
-        TaskOptions(val_size=120, template="llm-adapters"),
-        {"r": 16, "alpha": 32, "dropout": 0.05, "heads": 4},
-        "generate",
-        16,
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -122,6 +49,10 @@ class RunSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["task_options"].pop("data_dir")  # where the data lives is not part of what was run; its hashes are
+        if d["task_options"]["train_sources"] is None:  # unset: the run ids from before it existed stay
+            del d["task_options"]["train_sources"]
+        else:
+            d["task_options"]["train_sources"] = list(d["task_options"]["train_sources"])
         return d
 
     @property
@@ -129,10 +60,10 @@ class RunSpec:
         return f"{self.task}-{self.method}-{self.preset}-s{self.seed}-{config_hash(self.to_dict())}"
 
 
-def resolve_preset(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ValueError(unknown_choice("preset", name, list(PRESETS)))
-    return PRESETS[name]
+def resolve_preset(task_cls: type[Task], name: str) -> Preset:
+    if name not in task_cls.presets:
+        raise ValueError(unknown_choice("preset", name, list(task_cls.presets)))
+    return task_cls.presets[name]
 
 
 def build_specs(
@@ -150,8 +81,8 @@ def build_specs(
     random_weights: bool = False,
 ) -> list[RunSpec]:
     """Validate every name and option before anything runs (bad input fails fast, in one line)."""
-    p = resolve_preset(preset)
     task_cls = TASKS.get(task)
+    p = resolve_preset(task_cls, preset)
     protocol = protocol or p.protocol
     if protocol not in task_cls.protocols:
         raise ValueError(
@@ -211,28 +142,11 @@ def check_writable(runs_dir: Path) -> None:
         ) from None
 
 
-def load_model(spec: RunSpec, device: torch.device, trust_remote_code: bool = False):
-    """(model, tokenizer, label): weights from the hub, a local folder or the embedded GGUF. A model's
-    own Python code (``trust_remote_code``) runs only when the user asked for it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if spec.random_weights:  # paper shapes without a download: architecture from the config, random init
-        meta = models.load_config_dict(spec.model)
-        from transformers import AutoConfig
-
-        torch.manual_seed(spec.seed)
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**meta), dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())  # any tokenizer within the vocab
-        label = f"{models.label(spec.model)} (random weights)"
-    else:
-        source = models.resolve(spec.model)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
-        label = models.label(spec.model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model.to(device), tokenizer, label
+def load_model(task: Task, spec: RunSpec, device: torch.device, trust_remote_code: bool = False) -> Loaded:
+    """The task loads its model: weights from the hub, a local folder, the embedded default, or random."""
+    return task.load(
+        spec.model, device, random_weights=spec.random_weights, seed=spec.seed, trust_remote_code=trust_remote_code
+    )
 
 
 @dataclass
@@ -331,20 +245,23 @@ def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, An
 
 
 def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], ctx) -> None:
-    model, tokenizer, label = load_model(spec, device, ctx.trust_remote_code)
-    record["run"]["config"]["model_label"] = label
+    loaded = load_model(task, spec, device, ctx.trust_remote_code)
+    record["run"]["config"]["model_label"] = loaded.label
+    if loaded.info:
+        record["run"]["config"]["model_info"] = loaded.info
     if spec.method != BASELINE:
         torch.manual_seed(spec.seed)  # adapter init
-        adapter = attach(model, spec.method, **spec.method_options)
+        adapter = attach(loaded.root, spec.method, **spec.method_options)
         train_set, val_set = task.splits()
+        recipe = task.recipe(loaded, spec.train)
         # checked before training: the method builds and runs one step on the meta replica, so FLOPs
         # can be counted; if not, the run still trains and the record says why FLOPs are missing
-        t = spec.train
-        probe = _count_flops(model, spec.method, adapter.config, [[t.micro_batch_size, 16, 8]])
+        probe_shape = recipe.shape(recipe.collate([recipe.encode(train_set[0])]))
+        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe)
         with ctx.stop.training():
             result = train(
-                model,
-                tokenizer,
+                loaded.model,
+                recipe,
                 adapter,
                 train_set,
                 val_set,
@@ -354,36 +271,40 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
                 should_stop=ctx.stop.requested,
             )
         if ctx.is_main:
-            record["train"] = _train_record(spec, adapter, result, run_dir, probe)
+            record["train"] = _train_record(spec, adapter, result, run_dir, probe, task, loaded, recipe)
     record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
     if ctx.is_main:  # one process scores; the others wait at the barrier in run_one
-        model.eval()
+        loaded.model.eval()
         began = time.perf_counter()
         record["eval"] = task.evaluate(
-            model, tokenizer, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=ctx.progress
+            loaded, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=ctx.progress
         )
         record["eval_s"] = round(time.perf_counter() - began, 3)
 
 
-def _count_flops(model, method: str, config: Any, shapes: list[list[int]]) -> dict[str, Any]:
+def _count_flops(
+    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe
+) -> dict[str, Any]:
     try:
-        return step_flops(model, method, config, shapes, loss_sum)
+        return step_flops(task.meta_replica(loaded), method, config, shapes, recipe)
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
         return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
 
 
-def _train_record(spec: RunSpec, adapter, result, run_dir: Path, probe: dict[str, Any]) -> dict[str, Any]:
+def _train_record(
+    spec: RunSpec, adapter, result, run_dir: Path, probe: dict[str, Any], task: Task, loaded: Loaded, recipe: Recipe
+) -> dict[str, Any]:
     """What training measured; saved adapter first, so nothing after it can lose the trained weights."""
     adapter_dir = adapter.save(run_dir / "adapter")
     flops = probe
     if "status" not in probe:
         shapes = result.first_step_shapes
-        flops = _count_flops(adapter.model, spec.method, adapter.config, shapes)
+        flops = _count_flops(task, loaded, spec.method, adapter.config, shapes, recipe)
         reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
         lora = (
             flops
             if spec.method == REFERENCE_METHOD or "status" in flops
-            else _count_flops(adapter.model, REFERENCE_METHOD, reference, shapes)
+            else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe)
         )
         if "status" not in flops:
             flops = {
@@ -471,11 +392,12 @@ def preflight(specs: list[RunSpec]) -> None:
     match, options fit), on the ``meta`` device, in seconds."""
     seen = set()
     for spec in specs:
-        key = (spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
+        task_cls = TASKS.get(spec.task)
+        key = (spec.task, spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
         if spec.method == BASELINE:
-            models.load_config_dict(spec.model)
+            task_cls.check_model(spec.model)
         elif key not in seen:
-            attach(models.build_meta(spec.model).root, spec.method, **spec.method_options)
+            attach(task_cls.build_meta(spec.model).root, spec.method, **spec.method_options)
         seen.add(key)
 
 

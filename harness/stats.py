@@ -96,7 +96,10 @@ def paired(a: Sequence[np.ndarray], b: Sequence[np.ndarray], resamples: int = RE
 
 
 def correctness(entry: dict[str, Any], run_id: str = "?") -> np.ndarray | None:
-    """Per-example headline scores (100 right, 0 wrong) of one eval entry; None without per-example data."""
+    """Per-example headline scores of one eval entry: ``scores`` (0-100 each, e.g. ANLS) when the entry
+    has them, else 100 right / 0 wrong from ``answers`` and ``preds``; None without per-example data."""
+    if entry.get("scores") is not None:
+        return np.asarray(entry["scores"], dtype=float)
     answers, preds = entry.get("answers"), entry.get("preds", {}).get(entry.get("metric", ""))
     if not answers or preds is None:
         return None
@@ -105,6 +108,12 @@ def correctness(entry: dict[str, Any], run_id: str = "?") -> np.ndarray | None:
             f"run {run_id}: {len(preds)} predictions for {len(answers)} answers; the record is corrupt, re-run it"
         )
     return 100.0 * (np.frombuffer(preds.encode(), np.uint8) == np.frombuffer(answers.encode(), np.uint8))
+
+
+def examples_key(entry: dict[str, Any]) -> str | None:
+    """What identifies the scored examples, so two runs pair only on the same ones: the answer string,
+    or for entries scored per example without option indices, their ``examples`` digest."""
+    return entry.get("answers") or entry.get("examples")
 
 
 def is_constant(preds: str, share: float = CONSTANT_SHARE) -> bool:

@@ -1,7 +1,11 @@
-"""What a task (suite) gives the harness: training examples, a validation split, and scoring.
+"""The task (suite) contract: what differs between suites lives behind it, the core owns the rest.
 
-The harness knows no task by name; a task is a package in ``tasks/`` registered with
-``@TASKS.register(name)``, or a plugin through the entry-point group ``harness.tasks``.
+A task declares its presets and protocols, loads its model (and says where the adapters attach), turns
+examples into training batches and batches into a summed loss (its ``Recipe``), scores, and describes
+its data. The core (training loop, Reducer, accounting, records, resume, leaderboard) calls only this
+contract: no tokenizer, no model class. The harness knows no task by name; a task is a package in
+``tasks/`` registered with ``@TASKS.register(name)``, or a plugin through the entry-point group
+``harness.tasks``.
 """
 
 from __future__ import annotations
@@ -9,16 +13,26 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from harness.models import MetaModel
+    from harness.train import TrainConfig
+
+Batch = dict[str, Any]  # tensors, plus plain values a recipe keeps with them (moved with ``to_device``)
 
 
 @dataclass(frozen=True)
 class Example:
-    """One training or scoring example: the model reads ``prompt`` and should produce ``target``."""
+    """One training or scoring example: the model reads ``prompt`` and should produce ``target``.
+    Non-text suites keep what they need in ``meta`` (an image path, a caption...)."""
 
     prompt: str
     target: str
-    source: str = ""  # benchmark / subset name
+    source: str = ""  # benchmark / subset / domain name
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -32,6 +46,7 @@ class TaskOptions:
     eval_limit: int | None = None  # per benchmark
     template: str = "clean"
     seed: int = 0
+    train_sources: tuple[str, ...] | None = None  # train on these sources (domains, benchmarks) only
 
     def __post_init__(self) -> None:
         for name in ("train_cap", "eval_limit"):
@@ -40,12 +55,80 @@ class TaskOptions:
                 raise ValueError(f"{name} must be >= 0 (got {value}); 0 or none means no limit")
         if self.val_size < 0:
             raise ValueError(f"val_size must be >= 0 (got {self.val_size})")
+        if self.train_sources is not None and not self.train_sources:
+            raise ValueError("train_sources is empty; name at least one source or leave it unset")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One scale of a task: model, training and data settings, method defaults, protocol."""
+
+    description: str
+    model: str
+    train: TrainConfig
+    task: TaskOptions
+    method_options: dict[str, Any]
+    protocol: str
+    eval_batch_size: int
+
+
+@dataclass
+class Loaded:
+    """A loaded model as a task hands it to the core: ``model`` is everything (counted as the base),
+    adapters attach to ``root`` (the language model, the UNet...); ``processor`` (tokenizer, image
+    processor, pipeline parts) is the task's own and the core never reads it."""
+
+    model: nn.Module
+    root: nn.Module
+    label: str
+    processor: Any = None
+    info: dict[str, Any] = field(default_factory=dict)  # provenance for the record (weights, caches)
+
+
+class Recipe(ABC):
+    """How a task trains: examples into batches, a batch into a summed loss. The core divides each
+    optimizer step's loss by the step's total ``units`` (supervised tokens, images...), over every
+    micro-batch and process, so gradient accumulation and several processes give the same update."""
+
+    @abstractmethod
+    def encode(self, example: Example) -> Any:
+        """One example, ready to batch (done once, before training)."""
+
+    @abstractmethod
+    def collate(self, items: list[Any]) -> Batch:
+        """A micro-batch on the CPU."""
+
+    @abstractmethod
+    def units(self, batch: Batch) -> int:
+        """How many terms ``loss_sum`` adds up (0: the batch has nothing to learn from)."""
+
+    @abstractmethod
+    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        """The summed training loss of ``batch`` (on the model's device; also on a meta replica)."""
+
+    @abstractmethod
+    def stats(self, batch: Batch) -> tuple[int, int]:
+        """(samples, tokens) the record counts for this batch (tokens: non-padding inputs)."""
+
+    @abstractmethod
+    def shape(self, batch: Batch) -> list[int]:
+        """The batch's shape as the record keeps it, and as ``meta_batch`` rebuilds it."""
+
+    @abstractmethod
+    def meta_batch(self, shape: list[int]) -> Batch:
+        """A batch of ``shape`` on the ``meta`` device, for counting a step's FLOPs without compute."""
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 class Task(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
     protocols: ClassVar[tuple[str, ...]] = ()
+    presets: ClassVar[dict[str, Preset]] = {}
+    default_preset: ClassVar[str] = "embedded"
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
@@ -60,6 +143,40 @@ class Task(ABC):
         """The template to use when the user changes the protocol but names no template."""
         return preset_template
 
+    @classmethod
+    def check_model(cls, model: str) -> None:
+        """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model."""
+        from harness.models import load_config_dict
+
+        load_config_dict(model)
+
+    @classmethod
+    def build_meta(cls, model: str) -> MetaModel:
+        """The model's architecture on the ``meta`` device, for checks before a run and for counting."""
+        from harness.models import build_meta
+
+        return build_meta(model)
+
+    @abstractmethod
+    def load(
+        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+    ) -> Loaded:
+        """The model named ``model`` (a hub id, a folder, ``embedded``), or with ``random_weights`` its
+        architecture from a config. A model's own code runs only with ``trust_remote_code``."""
+
+    @abstractmethod
+    def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
+        """How this task trains ``loaded`` under ``config``."""
+
+    def meta_replica(self, loaded: Loaded) -> MetaModel:
+        """``loaded``'s architecture on the ``meta`` device, its root at the same place."""
+        from harness.accounting import meta_replica
+        from harness.models import MetaModel
+
+        replica = meta_replica(loaded.model)
+        path = _path_of(loaded.model, loaded.root)
+        return MetaModel(loaded.label, replica, replica.get_submodule(path) if path else replica)
+
     @abstractmethod
     def splits(self) -> tuple[list[Example], list[Example]]:
         """(train, validation): validation is held out of training, for the Reducer and val loss."""
@@ -67,8 +184,7 @@ class Task(ABC):
     @abstractmethod
     def evaluate(
         self,
-        model: Any,
-        tokenizer: Any,
+        loaded: Loaded,
         protocol: str,
         batch_size: int,
         predictions_path: Path | None,
@@ -80,3 +196,10 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance for the run record (data files, hashes, what is absent)."""
         return {}
+
+
+def _path_of(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError("the adapters' root is not a submodule of the model")

@@ -1,9 +1,9 @@
-"""The training loop, top to bottom: tokenise, batch, step, validate, checkpoint, resume.
+"""The training loop, top to bottom: encode, batch, step, validate, checkpoint, resume.
 
-Method behaviour enters only through the adapter's hooks (``param_groups``, ``on_step_begin``,
-``extra_loss``). Device placement and mixed precision go through accelerate, so ``accelerate launch``
-runs this same code on several GPUs. Batches are left-padded: the supervised tokens then sit at the
-end of every row, and logits are computed only for that tail (exact, and on a CPU about half the step).
+Suite behaviour enters only through the task's ``Recipe`` (encode, collate, summed loss), method
+behaviour only through the adapter's hooks (``param_groups``, ``on_step_begin``, ``extra_loss``).
+Device placement and mixed precision go through accelerate, so ``accelerate launch`` runs this same
+code on several GPUs.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from harness.accounting import MemoryMeter
 from harness.atomic import atomic_path
-from harness.task import Example
+from harness.task import Example, Recipe, to_device
 
-IGNORE = -100
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -61,64 +59,6 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
 
 
-@dataclass
-class Encoded:
-    input_ids: list[int]
-    labels: list[int]
-
-
-def tokenize(tokenizer, text: str) -> list[int]:
-    """The one tokenisation training and every scorer share: no special tokens (no BOS), so a
-    BOS-adding tokenizer (Llama-3) sees the same ids in training as in scoring."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-
-def encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> Encoded:
-    """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked.
-    The target's tokens are those of ``prompt + target`` after the prompt's (the scorers' rule)."""
-    ids = tokenize(tokenizer, example.prompt + example.target)[:cutoff_len]
-    if len(ids) < cutoff_len and tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
-        ids = ids + [tokenizer.eos_token_id]
-    labels = list(ids)
-    if not train_on_inputs:
-        n_prompt = min(len(tokenize(tokenizer, example.prompt)), len(ids))
-        labels[:n_prompt] = [IGNORE] * n_prompt
-    return Encoded(ids, labels)
-
-
-def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(e.input_ids) for e in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, e in enumerate(items):
-        n = len(e.input_ids)
-        ids[i, width - n :] = torch.tensor(e.input_ids)
-        labels[i, width - n :] = torch.tensor(e.labels)
-        mask[i, width - n :] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
-
-
-def supervised_tail(labels: torch.Tensor) -> tuple[int, int]:
-    """(positions from the end whose logits the loss needs, supervised tokens) of a left-padded batch."""
-    supervised = labels[:, 1:] != IGNORE
-    n_tokens = int(supervised.sum())
-    if n_tokens == 0:
-        return 0, 0
-    first = int(supervised.any(0).float().argmax())  # first position any row supervises
-    return labels.shape[1] - first, n_tokens
-
-
-def loss_sum(model, batch: dict[str, torch.Tensor], keep: int, use_cache: bool = False) -> torch.Tensor:
-    """Summed next-token cross-entropy over the supervised tokens, with logits for the last ``keep``
-    positions only (from ``supervised_tail``)."""
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    logits = model(**inputs, logits_to_keep=keep, use_cache=use_cache).logits[:, :-1]
-    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
-    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
-
-
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -146,12 +86,12 @@ class TrainResult:
     final_val_loss: float | None
     final_val_s: float  # the final validation pass, counted in neither train_s nor hook_val_s
     resumed_from: int | None
-    first_step_shapes: list[list[int]]  # per micro-batch of one optimizer step: [rows, tokens, logits kept]
+    first_step_shapes: list[list[int]]  # per micro-batch of one optimizer step, as ``Recipe.shape`` gives it
 
 
 def train(
     model,
-    tokenizer,
+    recipe: Recipe,
     adapter,
     train_set: list[Example],
     val_set: list[Example],
@@ -172,9 +112,8 @@ def train(
     )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    encoded = [encode(tokenizer, e, config.cutoff_len, config.train_on_inputs) for e in train_set]
-    val_encoded = [encode(tokenizer, e, config.cutoff_len, config.train_on_inputs) for e in val_set]
+    encoded = [recipe.encode(e) for e in train_set]
+    val_encoded = [recipe.encode(e) for e in val_set]
     if not encoded:
         raise ValueError("no training examples")
 
@@ -184,7 +123,7 @@ def train(
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
     micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)
     val_batches = [
-        collate(val_encoded[i : i + config.val_batch_size], pad_id)
+        recipe.collate(val_encoded[i : i + config.val_batch_size])
         for i in range(0, len(val_encoded), config.val_batch_size)
     ]
 
@@ -220,14 +159,14 @@ def train(
         state = saved["state"]
         resumed_from = state["step"]
 
-    def val_loss_on(batch: dict[str, torch.Tensor], timer: str | None = "hook_val_s") -> Callable[[], float]:
+    def val_loss_on(batch: dict[str, Any], timer: str | None = "hook_val_s") -> Callable[[], float]:
         def run() -> float:  # eval mode, no gradients; the time goes to state[timer], not to train_s
             began = time.perf_counter()
             was_training = model.training
             model.eval()
-            keep, n = supervised_tail(batch["labels"])
+            n = recipe.units(batch)
             with torch.no_grad(), accelerator.autocast():
-                loss = loss_sum(model, {k: v.to(device) for k, v in batch.items()}, keep) if n else torch.zeros(())
+                loss = recipe.loss_sum(model, to_device(batch, device)) if n else torch.zeros(())
             model.train(was_training)
             if timer:
                 state[timer] += time.perf_counter() - began
@@ -246,29 +185,28 @@ def train(
         step = state["step"]
         began, hooks_before = time.perf_counter(), state["hook_val_s"]
         adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
-        batches = [collate([encoded[i] for i in idx], pad_id) for idx in micro_batches[step]]
-        tails = [supervised_tail(b["labels"]) for b in batches]
-        step_shapes = step_shapes or [
-            [*b["input_ids"].shape, keep] for b, (keep, n) in zip(batches, tails, strict=True) if n
-        ]
+        batches = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[step]]
+        units = [recipe.units(b) for b in batches]
+        step_shapes = step_shapes or [recipe.shape(b) for b, n in zip(batches, units, strict=True) if n]
         # token-weighted mean over the whole step, across processes too: DDP averages the processes'
         # gradients, so each divides by the global token count and multiplies by the process count
-        n_supervised = int(accelerator.reduce(torch.tensor(sum(n for _, n in tails), device=device), "sum"))
+        n_supervised = int(accelerator.reduce(torch.tensor(sum(units), device=device), "sum"))
         scale = accelerator.num_processes / max(n_supervised, 1)
         step_loss = 0.0
-        for batch, (keep, n) in zip(batches, tails, strict=True):
+        for batch, n in zip(batches, units, strict=True):
             if n == 0:
                 continue
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = to_device(batch, device)
             with accelerator.autocast():
-                loss = loss_sum(model, batch, keep) * scale
+                loss = recipe.loss_sum(model, batch) * scale
                 extra = adapter.extra_loss()
                 if extra is not None:
                     loss = loss + extra / len(batches)
             accelerator.backward(loss)
             step_loss += loss.item() / accelerator.num_processes
-            state["tokens"] += int(batch["attention_mask"].sum())
-            state["samples"] += batch["input_ids"].shape[0]
+            samples, tokens = recipe.stats(batch)
+            state["samples"] += samples
+            state["tokens"] += tokens
             memory.sample()
         if accelerator.num_processes > 1:  # the step's loss over every process's micro-batches
             step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))

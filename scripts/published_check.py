@@ -41,9 +41,9 @@ def main() -> None:
     args = parser.parse_args()
 
     [spec] = build_specs("commonsense", ["base"], [0], "embedded")
-    model, tokenizer, label = load_model(spec, torch.device("cpu"))
-    model.eval()
     task = CommonsenseTask(TaskOptions(data_dir=args.data_dir, template="cloze"))
+    loaded = load_model(task, spec, torch.device("cpu"))
+    model, tokenizer, label = loaded.model.eval(), loaded.processor, loaded.label
     rows = []
     for benchmark, (metric, published) in PUBLISHED.items():
         test = task.test_records(benchmark)

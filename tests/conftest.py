@@ -12,6 +12,22 @@ ALL_METHODS = sorted(METHODS.names())
 TINY_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
 
 
+def text_recipe(tokenizer, config):
+    """The causal-LM training recipe the text tasks hand the core, at ``config``'s cutoff and masking."""
+    from tasks.lm import CausalLMRecipe
+
+    return CausalLMRecipe(tokenizer, config.cutoff_len, config.train_on_inputs)
+
+
+def meta_of(model):
+    """A fresh ``meta``-device replica of a transformers model, adapters at its top (FLOPs counting)."""
+    from harness.accounting import meta_replica
+    from harness.models import MetaModel
+
+    replica = meta_replica(model)
+    return MetaModel("tiny", replica, replica)
+
+
 def tiny_llama(seed: int = 0, layers: int = 4, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -9,15 +9,17 @@ import torch
 import torch.nn.functional as F
 
 import harness.train as train_module
+import tasks.lm as lm_module
 from harness import METHODS, attach
 from harness.accounting import step_flops
 from harness.config import make_config
 from harness.runner import build_specs
 from harness.task import Example
-from harness.train import TrainConfig, encode, loss_sum, train
+from harness.train import TrainConfig, train
 from methods.hydralora import mix_heads
 from tasks.commonsense.scoring import continuation_ids
-from tests.conftest import ALL_METHODS, CharTokenizer, tiny_llama
+from tasks.lm import encode
+from tests.conftest import ALL_METHODS, CharTokenizer, meta_of, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
@@ -51,21 +53,21 @@ def _slow_validation(monkeypatch) -> None:
     """A fake clock for the loop: only no-grad loss calls (validation, Reducer rollouts) take time, 1 s
     each, so what each timer holds is exact whatever the machine's load."""
     now = [0.0]
-    real = train_module.loss_sum
+    real = lm_module.loss_sum
 
     def slow(model, batch, keep, use_cache=False):
         if not torch.is_grad_enabled():
             now[0] += 1.0
         return real(model, batch, keep, use_cache)
 
-    monkeypatch.setattr(train_module, "loss_sum", slow)
+    monkeypatch.setattr(lm_module, "loss_sum", slow)
     monkeypatch.setattr(train_module.time, "perf_counter", lambda: now[0])
 
 
 def test_final_validation_is_not_hook_time(monkeypatch, char_tokenizer):
     _slow_validation(monkeypatch)
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
-    result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    result = train(adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES, VAL, CONFIG, progress=False)
     assert result.hook_val_s == 0.0  # no Reducer: no hook validation at all
     assert result.final_val_s == 1.0  # the one validation batch, reported on its own
     assert result.train_s == 0.0 and result.final_val_loss is not None
@@ -74,7 +76,7 @@ def test_final_validation_is_not_hook_time(monkeypatch, char_tokenizer):
 def test_train_time_excludes_the_reducer_rollouts(monkeypatch, char_tokenizer):
     _slow_validation(monkeypatch)
     adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
-    result = train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    result = train(adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES, VAL, CONFIG, progress=False)
     rounds = len(adapter.reducer.trajectory)
     assert rounds == 2  # steps 1 and 2; none at step 0
     assert result.hook_val_s == rounds * 3  # 3 rollouts a round, 1 s each
@@ -84,8 +86,9 @@ def test_train_time_excludes_the_reducer_rollouts(monkeypatch, char_tokenizer):
 def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():
     model = tiny_llama()
     config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj,v_proj", "r": 4}, "lora")
-    one = step_flops(model, "lora", config, [[4, 20, 10]], loss_sum)
-    two = step_flops(model, "lora", config, [[4, 20, 10], [4, 12, 6]], loss_sum)
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    one = step_flops(meta_of(model), "lora", config, [[4, 20, 10]], recipe)
+    two = step_flops(meta_of(model), "lora", config, [[4, 20, 10], [4, 12, 6]], recipe)
     assert two["micro_batches"][0] == one["micro_batches"][0]
     assert two["total"] == one["total"] + two["micro_batches"][1]["total"] > one["total"]
     assert two["adapter"] == sum(m["adapter"] for m in two["micro_batches"]) > 0

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness.runner import build_specs
-from harness.task import TaskOptions
+from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask, cloze, data
 from tests.conftest import tiny_llama
 
@@ -202,7 +202,9 @@ def test_training_example_is_the_scored_pair_of_the_correct_option(data_dir):
 
 def test_the_eval_record_holds_per_example_strings(tmp_path, data_dir, char_tokenizer):
     task = CommonsenseTask(TaskOptions(data_dir=str(data_dir), eval_limit=5, template="cloze"))
-    results = task.evaluate(tiny_llama(), char_tokenizer, "cloze", 4, tmp_path / "p.jsonl", progress=False)
+    results = task.evaluate(
+        Loaded(tiny_llama(), None, "tiny", char_tokenizer), "cloze", 4, tmp_path / "p.jsonl", progress=False
+    )
     arc = results["ARC-Easy"]
     assert arc["metric"] == "acc" and results["ARC-Challenge"]["metric"] == "acc_norm"
     assert (

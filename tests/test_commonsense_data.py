@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from harness.task import TaskOptions
+from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask, data
 
 
@@ -37,7 +37,7 @@ def test_absent_benchmark_is_reported_absent_never_zero(tmp_path, data_dir, char
 
     copy_benchmarks(data_dir, tmp_path, ["boolq"])
     task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), eval_limit=3, val_size=2))
-    results = task.evaluate(tiny_llama(), char_tokenizer, "choice", 4, tmp_path / "pred.jsonl")
+    results = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "choice", 4, tmp_path / "pred.jsonl")
     assert results["piqa"] == {"status": "absent"} and "value" not in results["hellaswag"]
     assert results["boolq"]["n"] == 3 and 0 <= results["boolq"]["value"] <= 100
     assert results["boolq"]["sha256"] == "89df2397cbca81dc31adcc6f7f5b635821aa0565aafde46725b2b4bd39b4dfa9"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.task import TaskOptions
+from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask
 
 
@@ -23,8 +23,10 @@ def test_lm_eval_agrees_with_choice_on_smollm2(tmp_path, data_dir):
     task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path / "data"), eval_limit=4))
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
     model = AutoModelForCausalLM.from_pretrained(embedded_folder(), dtype=torch.float32).eval()
-    ours = task.evaluate(model, tokenizer, "choice", 4, tmp_path / "choice.jsonl", progress=False)
-    theirs = task.evaluate(model, tokenizer, "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False)
+    ours = task.evaluate(Loaded(model, None, "tiny", tokenizer), "choice", 4, tmp_path / "choice.jsonl", progress=False)
+    theirs = task.evaluate(
+        Loaded(model, None, "tiny", tokenizer), "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False
+    )
     for name in ("boolq", "ARC-Easy"):
         assert theirs[name]["protocol"] == "lm-eval" and theirs[name]["n"] == 4
         assert theirs[name]["value"] == ours[name]["value"]

@@ -19,12 +19,13 @@ import torch
 
 import harness.atomic as atomic
 import harness.train as train_module
+import tasks.lm as lm_module
 from harness import attach
 from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, read_record
 from harness.task import Example
 from harness.train import CHECKPOINT, TrainConfig, train
-from tests.conftest import tiny_llama
+from tests.conftest import text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
@@ -35,7 +36,7 @@ SECRET = "sk-test-0123456789-never-write-me"
 
 
 def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(monkeypatch, char_tokenizer, tmp_path):
-    real, calls = train_module.loss_sum, []
+    real, calls = lm_module.loss_sum, []
 
     def nan_at_step_4(model, batch, keep, use_cache=False):
         loss = real(model, batch, keep, use_cache)
@@ -45,10 +46,12 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint
                 return loss * float("nan")
         return loss
 
-    monkeypatch.setattr(train_module, "loss_sum", nan_at_step_4)
+    monkeypatch.setattr(lm_module, "loss_sum", nan_at_step_4)
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     with pytest.raises(FloatingPointError, match=r"loss is nan at step 4: .*checkpoint \(step 2\) is kept"):
-        train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+        train(
+            adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
+        )
     saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)  # checkpoints hold no pickled code
     assert saved["state"]["step"] == 2
 
@@ -57,14 +60,25 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint
 def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokenizer, tmp_path, capsys):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     stop_after_2 = dataclasses.replace(CONFIG, steps=2, checkpoint_every=1)
-    train(adapter.model, char_tokenizer, adapter, EXAMPLES, VAL, stop_after_2, tmp_path, progress=False)
+    train(
+        adapter.model,
+        text_recipe(char_tokenizer, CONFIG),
+        adapter,
+        EXAMPLES,
+        VAL,
+        stop_after_2,
+        tmp_path,
+        progress=False,
+    )
     path = tmp_path / CHECKPOINT
     if not path.is_file():  # the loop only checkpoints before the last step: make one the same way
         train_module.save_checkpoint(path, adapter, *_optimizer_and_scheduler(adapter), CONFIG, _state())
     raw = path.read_bytes()
     path.write_bytes(b"\x00not a checkpoint" * 10 if damage == "garbage" else raw[: len(raw) // 2])
     fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
-    result = train(fresh.model, char_tokenizer, fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    result = train(
+        fresh.model, text_recipe(char_tokenizer, CONFIG), fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
+    )
     assert result.resumed_from is None and result.steps == CONFIG.steps
     assert f"checkpoint {path} is unreadable" in capsys.readouterr().out
 

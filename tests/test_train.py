@@ -9,8 +9,9 @@ import torch
 
 from harness import attach
 from harness.task import Example
-from harness.train import CHECKPOINT, TrainConfig, collate, encode, loss_sum, supervised_tail, train
-from tests.conftest import tiny_llama
+from harness.train import CHECKPOINT, TrainConfig, train
+from tasks.lm import collate, encode, loss_sum, supervised_tail
+from tests.conftest import text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A: ", f"it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A: ", "it is 8", "toy")] * 4
@@ -59,7 +60,7 @@ def test_training_lowers_the_loss_and_records_what_it_did(method, char_tokenizer
     adapter = attach(tiny_llama(), method, targets="q_proj,v_proj,up_proj", r=4, reducer=reducer)
     result = train(
         adapter.model,
-        char_tokenizer,
+        text_recipe(char_tokenizer, CONFIG),
         adapter,
         EXAMPLES,
         VAL,
@@ -87,7 +88,16 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
         )
 
     straight = fresh()
-    train(straight.model, char_tokenizer, straight, EXAMPLES, VAL, CONFIG, tmp_path / "a", progress=False)
+    train(
+        straight.model,
+        text_recipe(char_tokenizer, CONFIG),
+        straight,
+        EXAMPLES,
+        VAL,
+        CONFIG,
+        tmp_path / "a",
+        progress=False,
+    )
 
     crashed = fresh()
     real_hook = crashed.on_step_begin
@@ -99,10 +109,28 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
 
     crashed.on_step_begin = crash_at_step_3
     with pytest.raises(RuntimeError, match="power cut"):
-        train(crashed.model, char_tokenizer, crashed, EXAMPLES, VAL, CONFIG, tmp_path / "b", progress=False)
+        train(
+            crashed.model,
+            text_recipe(char_tokenizer, CONFIG),
+            crashed,
+            EXAMPLES,
+            VAL,
+            CONFIG,
+            tmp_path / "b",
+            progress=False,
+        )
     assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["state"]["step"] == 2
     resumed = fresh()
-    result = train(resumed.model, char_tokenizer, resumed, EXAMPLES, VAL, CONFIG, tmp_path / "b", progress=False)
+    result = train(
+        resumed.model,
+        text_recipe(char_tokenizer, CONFIG),
+        resumed,
+        EXAMPLES,
+        VAL,
+        CONFIG,
+        tmp_path / "b",
+        progress=False,
+    )
     assert result.resumed_from == 2 and result.steps == 6
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -113,7 +141,7 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(
         adapter.model,
-        char_tokenizer,
+        text_recipe(char_tokenizer, CONFIG),
         adapter,
         EXAMPLES,
         VAL,
@@ -125,7 +153,7 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="other training settings"):
         train(
             other.model,
-            char_tokenizer,
+            text_recipe(char_tokenizer, CONFIG),
             other,
             EXAMPLES,
             VAL,

@@ -7,12 +7,17 @@ import re
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness.atomic import atomic_path
 from harness.registry import TASKS
-from harness.task import Example, Task
+from harness.task import Example, Loaded, Recipe, Task
+from harness.train import TrainConfig
 from tasks.commonsense import cloze, data
+from tasks.commonsense.presets import PRESETS
 from tasks.commonsense.prompts import extract_label, get_template
 from tasks.commonsense.scoring import choice_scores, generate
+from tasks.lm import CausalLMRecipe, load_causal_lm
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 
@@ -21,9 +26,15 @@ _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 class CommonsenseTask(Task):
     version = "2"
     protocols = ("choice", "generate", "lm-eval", "cloze")
+    presets = PRESETS
 
     @classmethod
     def check_options(cls, protocol: str, options) -> None:
+        if options.train_sources:
+            raise ValueError(
+                "--train-domains is for tasks with several training domains (multimodal); commonsense trains on "
+                "every benchmark that has training data (limit it with --train-cap)"
+            )
         if (protocol == "cloze") != (options.template == "cloze"):
             raise ValueError(
                 f"protocol {protocol!r} with template {options.template!r} does not fit: the cloze protocol "
@@ -54,6 +65,16 @@ class CommonsenseTask(Task):
                 if test is not None:
                     _parse_all(test.records, test.path)
 
+    def load(
+        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+    ) -> Loaded:
+        return load_causal_lm(
+            model, device, random_weights=random_weights, seed=seed, trust_remote_code=trust_remote_code
+        )
+
+    def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
+        return CausalLMRecipe(loaded.processor, config.cutoff_len, config.train_on_inputs)
+
     def _example(self, record: dict[str, Any]) -> Example:
         if self.cloze:
             item = cloze.parse(record)
@@ -81,8 +102,9 @@ class CommonsenseTask(Task):
         return self._tests[benchmark]
 
     def evaluate(
-        self, model, tokenizer, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
+        self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
     ) -> dict[str, dict[str, Any]]:
+        model, tokenizer = loaded.model, loaded.processor
         if protocol not in self.protocols:
             raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(self.protocols)}")
         self.check_options(protocol, self.options)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from harness.train import tokenize
+from tasks.lm import tokenize
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 _YES_NO = {"true": "yes", "false": "no"}

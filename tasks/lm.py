@@ -1,0 +1,141 @@
+"""Causal language modelling, shared by the text-based suites: one tokenisation for training and every
+scorer, left-padded batches, a loss over the supervised tail only, and model loading.
+
+Batches are left-padded: the supervised tokens then sit at the end of every row, and logits are
+computed only for that tail (exact, and on a CPU about half the step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness import models
+from harness.task import Batch, Example, Loaded, Recipe
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize(tokenizer, text: str) -> list[int]:
+    """The one tokenisation training and every scorer share: no special tokens (no BOS), so a
+    BOS-adding tokenizer (Llama-3) sees the same ids in training as in scoring."""
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> Encoded:
+    """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked.
+    The target's tokens are those of ``prompt + target`` after the prompt's (the scorers' rule)."""
+    ids = tokenize(tokenizer, example.prompt + example.target)[:cutoff_len]
+    return _with_labels(tokenizer, ids, len(tokenize(tokenizer, example.prompt)), cutoff_len, train_on_inputs)
+
+
+def _with_labels(tokenizer, ids: list[int], n_prompt: int, cutoff_len: int, train_on_inputs: bool) -> Encoded:
+    if len(ids) < cutoff_len and tokenizer.eos_token_id is not None and ids[-1] != tokenizer.eos_token_id:
+        ids = ids + [tokenizer.eos_token_id]
+    labels = list(ids)
+    if not train_on_inputs:
+        n_prompt = min(n_prompt, len(ids))
+        labels[:n_prompt] = [IGNORE] * n_prompt
+    return Encoded(ids, labels)
+
+
+def collate(items: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, width - n :] = torch.tensor(e.input_ids)
+        labels[i, width - n :] = torch.tensor(e.labels)
+        mask[i, width - n :] = 1
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels}
+
+
+def supervised_tail(labels: torch.Tensor) -> tuple[int, int]:
+    """(positions from the end whose logits the loss needs, supervised tokens) of a left-padded batch."""
+    supervised = labels[:, 1:] != IGNORE
+    n_tokens = int(supervised.sum())
+    if n_tokens == 0:
+        return 0, 0
+    first = int(supervised.any(0).float().argmax())  # first position any row supervises
+    return labels.shape[1] - first, n_tokens
+
+
+def loss_sum(model, batch: dict[str, Any], keep: int, use_cache: bool = False) -> torch.Tensor:
+    """Summed next-token cross-entropy over the supervised tokens, with logits for the last ``keep``
+    positions only (from ``supervised_tail``)."""
+    inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=use_cache).logits[:, :-1]
+    targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
+
+
+class CausalLMRecipe(Recipe):
+    """Prompt -> target with a tokenizer: the commonsense suite's training (and any text suite's).
+    A batch also carries ``keep`` and ``n`` (from ``supervised_tail``) so they are computed once."""
+
+    def __init__(self, tokenizer, cutoff_len: int, train_on_inputs: bool) -> None:
+        self.tokenizer, self.cutoff_len, self.train_on_inputs = tokenizer, cutoff_len, train_on_inputs
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(self, example: Example) -> Encoded:
+        return encode(self.tokenizer, example, self.cutoff_len, self.train_on_inputs)
+
+    def collate(self, items: list[Encoded]) -> Batch:
+        batch: Batch = collate(items, self.pad_id)
+        batch["keep"], batch["n"] = supervised_tail(batch["labels"])
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return batch["n"]
+
+    def loss_sum(self, model, batch: Batch) -> torch.Tensor:
+        # on the meta device transformers cannot inspect masks by value unless a KV cache exists;
+        # building one adds no FLOPs
+        return loss_sum(model, batch, batch["keep"], use_cache=batch["input_ids"].is_meta)
+
+    def stats(self, batch: Batch) -> tuple[int, int]:
+        return batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+
+    def shape(self, batch: Batch) -> list[int]:
+        return [*batch["input_ids"].shape, batch["keep"]]
+
+    def meta_batch(self, shape: list[int]) -> Batch:
+        rows, tokens, keep = shape  # an unpadded row's defaults: no mask, no positions
+        ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
+        return {"input_ids": ids, "labels": ids, "keep": keep, "n": rows * (keep - 1)}
+
+
+def load_causal_lm(
+    model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+) -> Loaded:
+    """A causal LM and its tokenizer: weights from the hub, a local folder or the embedded GGUF, or
+    with ``random_weights`` the architecture from a config (paper shapes without a download)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if random_weights:
+        torch.manual_seed(seed)
+        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**models.load_config_dict(model)), dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())  # any tokenizer within the vocab
+        label = f"{models.label(model)} (random weights)"
+    else:
+        source = models.resolve(model)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        label = models.label(model)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    net = net.to(device)
+    return Loaded(net, net, label, tokenizer)
