@@ -1,0 +1,329 @@
+"""Multimodal visual instruction tuning (LLaVA-style): general, document and math questions on images.
+
+Models: ``embedded`` = SmolLM2-135M-Instruct + a frozen ImageNet EfficientNet-Lite0 + an MLP projector
+aligned once on captions (LLaVA's stage 1, cached); ``paper`` = LLaVA-1.5-7B (transformers). Data: the
+LLaVA JSON format (``--data-dir``), or by default a three-domain set the harness generates from real
+images that ship in packages (Twemoji, MNIST, rendered words). Scores: MMBench-style CircularEval,
+MME-style yes/no (acc, acc+), open answers (exact match; ANLS for documents), pooled per domain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import models
+from harness.atomic import atomic_path
+from harness.models import MetaModel
+from harness.registry import TASKS
+from harness.task import Example, Loaded, Recipe, Task, TaskOptions
+from harness.train import TrainConfig
+from tasks.multimodal import data, native
+from tasks.multimodal.presets import PRESETS
+
+LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
+STAGE1 = {"steps": 60, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1, as the suites spec's probe
+EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
+
+
+@TASKS.register("multimodal")
+class MultimodalTask(Task):
+    version = "1"
+    protocols = ("native", "lmms-eval")
+    presets = PRESETS
+
+    @classmethod
+    def check_options(cls, protocol: str, options: TaskOptions) -> None:
+        if options.template != "chat":
+            raise ValueError(
+                f"template {options.template!r} is not one of the multimodal task's; it uses the model's chat "
+                "template: pass --template chat or leave it unset"
+            )
+        for source in options.train_sources or ():
+            if source not in data.DOMAINS:
+                raise ValueError(
+                    f"unknown domain {source!r} in --train-domains; choose from: {', '.join(data.DOMAINS)}"
+                )
+
+    @classmethod
+    def default_template(cls, protocol: str, preset_template: str) -> str:
+        return "chat"
+
+    @classmethod
+    def check_model(cls, model: str) -> None:
+        if model != models.EMBEDDED and _llava_style(model) is None:
+            models.load_config_dict(model)
+
+    @classmethod
+    def build_meta(cls, model: str) -> MetaModel:
+        cfg = _llava_style(model)
+        if cfg is None and model != models.EMBEDDED:
+            return models.build_meta(model)  # transformers' LLaVA: adapters on model.language_model
+        from tasks.multimodal.model import LlavaStyle, embedded_config
+
+        with torch.device("meta"):
+            net = LlavaStyle.from_config(cfg or embedded_config())
+        return MetaModel(models.label(model), net, net.language_model)
+
+    def __init__(self, options: TaskOptions) -> None:
+        super().__init__(options)
+        self.check_options("native", options)
+        self.data_dir, self.provenance = resolve_data(options.data_dir)
+        # read and check every file now: bad data fails before any model loads or trains
+        self._train = data.read_split(self.data_dir, "train")
+        self._test = data.read_split(self.data_dir, "test")
+
+    # -- model ------------------------------------------------------------------------------------
+    def load(
+        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+    ) -> Loaded:
+        from tasks.multimodal import model as mm
+
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        cfg = _llava_style(model)
+        if model == models.EMBEDDED or cfg is not None:
+            info: dict[str, Any] = {"stage2_projector": "frozen (the same for every method)"}
+            if random_weights or cfg is not None:
+                from transformers import AutoTokenizer
+
+                torch.manual_seed(seed)
+                net = mm.LlavaStyle.from_config(cfg or mm.embedded_config()).to(device=device, dtype=dtype).eval()
+                tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())
+                info["stage1"] = "none: random weights"
+                label = f"{models.label(model)} (LLaVA-style, random weights)"
+            else:
+                net, tokenizer = mm.build_embedded(device, dtype, seed=STAGE1["seed"])
+                info["stage1"] = self._stage1(net, tokenizer)
+                from tasks.multimodal import vision
+
+                info["vision"] = vision.provenance()
+                label = "SmolLM2-135M-Instruct + EfficientNet-Lite0 (ImageNet), LLaVA-style, stage-1 aligned"
+            net.set_projector_trainable(False)
+            info["projector_params"] = sum(p.numel() for p in net.projector.parameters())
+            return Loaded(net, net.language_model, label, tokenizer, info)
+        config = models.load_config_dict(model) if random_weights else None
+        net, processor = mm.build_paper(model, device, dtype, random_weights, config=config, train_projector=False)
+        label = f"{models.label(model)}" + (" (random weights)" if random_weights else "")
+        info = {"stage2_projector": "frozen (the same for every method)", "stage1": "pretrained LLaVA projector"}
+        return Loaded(net, net.model.language_model, label, processor, info)
+
+    def _stage1(self, net, tokenizer) -> dict[str, Any]:
+        """Align the projector on the data's captions once; later runs load it from the cache."""
+        from tasks.multimodal import stage1, vision
+
+        captions = data.read_captions(self.data_dir)
+        if not captions:
+            raise ValueError(
+                f"{self.data_dir} has no captions.json for stage 1 (projector alignment); add one "
+                "(LLaVA format: image + a caption as the gpt turn) or leave --data-dir unset for the generated data"
+            )
+        pairs = [(r.images[0], r.turns[0][1]) for r in captions if r.images]
+        key = {
+            "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
+            "language_model": models.EMBEDDED_LABEL,
+            "vision_sha256": vision.provenance().get("sha256"),
+        }
+        return stage1.align_projector(net, tokenizer, pairs, cache_key=key, **STAGE1)
+
+    def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
+        from tasks.multimodal.recipe import Formatter, MultimodalRecipe
+
+        return MultimodalRecipe(Formatter(loaded.model, loaded.processor), config.cutoff_len)
+
+    def meta_replica(self, loaded: Loaded) -> MetaModel:
+        from tasks.multimodal.model import LlavaStyle, countable_on_meta
+
+        if isinstance(loaded.model, LlavaStyle):
+            with torch.device("meta"):
+                net = LlavaStyle.from_config(loaded.model.config)
+            return MetaModel(loaded.label, net, net.language_model)
+        replica = super().meta_replica(loaded)
+        countable_on_meta(replica.model)
+        return replica
+
+    # -- data -------------------------------------------------------------------------------------
+    def splits(self) -> tuple[list[Example], list[Example]]:
+        from tasks.multimodal.recipe import examples_from
+
+        domains = self.options.train_sources or data.DOMAINS
+        rng = random.Random(self.options.seed)
+        chosen = []
+        for domain in domains:
+            mine = [r for r in self._train if r.domain == domain]
+            if not mine:
+                raise ValueError(f"{self.data_dir}: no training records for domain {domain!r}; add some or drop it")
+            rng.shuffle(mine)
+            chosen += mine[: self.options.train_cap] if self.options.train_cap else mine
+        rng.shuffle(chosen)
+        examples = examples_from(chosen)
+        if len(examples) <= self.options.val_size:
+            raise ValueError(f"only {len(examples)} training examples for val_size={self.options.val_size}; lower it")
+        return examples[self.options.val_size :], examples[: self.options.val_size]
+
+    def test_records(self, domain: str) -> list[data.Record]:
+        """The domain's test questions: with ``eval_limit``, the first that many of each kind (yes/no
+        questions in whole pairs)."""
+        mine = [r for r in self._test if r.domain == domain]
+        limit = self.options.eval_limit
+        if not limit:
+            return mine
+        out = []
+        for kind in data.KINDS:
+            of_kind = [r for r in mine if r.kind == kind]
+            if kind == "yesno":
+                pairs = list(dict.fromkeys(r.pair for r in of_kind))[:limit]
+                out += [r for r in of_kind if r.pair in pairs]
+            else:
+                out += of_kind[:limit]
+        return out
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def evaluate(
+        self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        from tasks.multimodal.recipe import Formatter
+
+        if protocol not in self.protocols:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(self.protocols)}")
+        fmt = Formatter(loaded.model, loaded.processor)
+        results: dict[str, dict[str, Any]] = {}
+        lines: list[str] = []
+        for domain in data.DOMAINS:
+            records = self.test_records(domain)
+            if not records:
+                results[domain] = {"status": "absent"}
+                continue
+            if protocol == "lmms-eval":
+                from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
+
+                scored = lmms_eval_scored(loaded.model, fmt, records, batch_size)
+            else:
+                scored = native.score_records(loaded.model, fmt, records, batch_size, domain if progress else None)
+            results[domain] = _entry(domain, scored, protocol, self.data_dir)
+            lines += [
+                json.dumps(
+                    {
+                        "domain": domain,
+                        "id": s.record.id,
+                        "kind": s.record.kind,
+                        "score": s.score,
+                        "pred": s.pred,
+                        "answer": s.record.answer if s.record.answers is None else s.record.answers,
+                        **s.detail,
+                    }
+                )
+                for s in scored
+            ]
+        if predictions_path is not None:
+            with atomic_path(predictions_path) as tmp:
+                tmp.write_text("\n".join(lines) + "\n")
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
+
+
+def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Path) -> dict[str, Any]:
+    from tasks.multimodal import scoring
+
+    by_kind = {k: [s for s in scored if s.record.kind == k] for k in data.KINDS}
+    metrics: dict[str, float] = {}
+    if by_kind["choice"]:
+        metrics["mmb_circular"] = scoring.percent([s.score == 100.0 for s in by_kind["choice"]])
+        metrics["mmb_first_rotation"] = scoring.percent([s.pred[0] == s.record.answer for s in by_kind["choice"]])
+    if by_kind["yesno"]:
+        metrics |= {f"mme_{k}": v for k, v in _mme(by_kind["yesno"]).items()}
+    if by_kind["open"]:
+        metrics["open_" + (by_kind["open"][0].record.metric or "exact")] = scoring.percent(
+            [s.score for s in by_kind["open"]]
+        )
+    scores = [round(s.score, 2) for s in scored]
+    ids = "\n".join(s.record.id for s in scored)
+    test_file = data_dir / "test.json"
+    return {
+        "metric": "score",
+        "value": sum(scores) / len(scores),
+        "metrics": metrics,
+        "n": len(scores),
+        "n_by_kind": {k: len(v) for k, v in by_kind.items() if v},
+        "protocol": protocol,
+        "higher_is_better": True,
+        "file": "test.json" if test_file.is_file() else f"test-{domain}.json",
+        "sha256": _sha256(test_file if test_file.is_file() else data_dir / f"test-{domain}.json"),
+        "scores": scores,  # per question, 0-100: intervals and paired comparisons (harness/leaderboard.py)
+        "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
+    }
+
+
+def _mme(scored: list[native.Scored]) -> dict[str, float]:
+    from tasks.multimodal import scoring
+
+    return scoring.mme_scores((s.record.pair, s.record.answer, s.pred) for s in scored)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _llava_style(model: str) -> Any:
+    """The ``LlavaStyleConfig`` of a ``config.json`` (or its folder) with ``model_type: llava_style``."""
+    path = Path(model)
+    path = path / "config.json" if path.is_dir() else path
+    if not (path.suffix == ".json" and path.is_file()):
+        return None
+    raw = models.read_config(path)
+    if raw.get("model_type") != LLAVA_STYLE:
+        return None
+    from tasks.multimodal.model import LlavaStyleConfig
+
+    fields = {k: v for k, v in raw.items() if k != "model_type"}
+    try:
+        return LlavaStyleConfig(**fields)
+    except TypeError as exc:
+        raise ValueError(f"{path}: not a {LLAVA_STYLE} config ({exc}); see tasks/multimodal/model.py") from None
+
+
+def resolve_data(data_dir: str | None) -> tuple[Path, dict[str, Any]]:
+    """A user's LLaVA-format folder (``--data-dir``), or the generated embedded set (built once, cached)."""
+    if data_dir:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"data dir {str(path)!r} is not a folder; pass --data-dir pointing at a LLaVA-format folder "
+                "(train.json, test.json or train-<domain>.json, images/), or leave it unset for the generated data"
+            )
+        if (path / "multimodal").is_dir() and not any(path.glob("train*.json")):
+            path = path / "multimodal"  # a data root holding one folder per suite
+        return path, {"kind": "given"}
+    from tasks.multimodal import generate
+
+    out = models.cache_dir() / "multimodal" / f"data-v{generate.VERSION}"
+    generate.build_embedded(out, twemoji_dir=twemoji_dir(), **EMBEDDED_DATA)
+    return out, {"kind": "generated by the harness (tasks/multimodal/generate.py)", **EMBEDDED_DATA}
+
+
+def twemoji_dir() -> Path:
+    """The captioned Twemoji folder the generated data's general domain comes from."""
+    candidates = []
+    if os.environ.get("HARNESS_TWEMOJI_DIR"):
+        candidates.append(Path(os.environ["HARNESS_TWEMOJI_DIR"]))
+    if os.environ.get("HARNESS_DATA_DIR"):
+        root = Path(os.environ["HARNESS_DATA_DIR"]).expanduser()
+        candidates += [root / "diffusion" / "twemoji-64", root.parent / "diffusion" / "twemoji-64"]
+    candidates.append(Path.cwd().parent / "shared" / "data" / "diffusion" / "twemoji-64")
+    for c in candidates:
+        if (c / "metadata.jsonl").is_file():
+            return c
+    raise ValueError(
+        "the generated multimodal data needs the captioned Twemoji folder (metadata.jsonl, images/); set "
+        "HARNESS_TWEMOJI_DIR to it, or pass --data-dir with a LLaVA-format folder of your own"
+    )
+
+
+__all__ = ["MultimodalTask"]

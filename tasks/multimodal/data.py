@@ -1,0 +1,412 @@
+"""Multimodal data in the LLaVA / LLaVA-OneVision JSON format, validated when read (before any training).
+
+A data folder (``--data-dir``) holds ``images/`` and either ``train.json`` / ``test.json``, whose records
+each name their ``domain``, or per-domain files ``train-<domain>.json`` / ``test-<domain>.json``, plus
+an optional ``captions.json`` of stage-1 alignment pairs. A record::
+
+    {"id": "math-test-0007", "image": "images/math-test-0007.png", "domain": "math",
+     "conversations": [{"from": "human", "value": "<image>\\nWhat is the sum of the two digits?"},
+                       {"from": "gpt", "value": "11"}]}
+
+``image`` is a path relative to the data folder, a list of them (one ``<image>`` token each in the human
+turns), or absent (text only). Test records also carry what scoring needs: ``kind`` ``"choice"``
+(``question``, ``options``, ``answer``: the index of the right option), ``"yesno"`` (``question``,
+``answer`` "yes"/"no", ``pair``: an id shared by the two questions about one image, one yes, one no) or
+``"open"`` (``question``, ``answers``: the acceptable strings, ``metric``: "exact" or "anls").
+Other keys (such as the embedded data's ``source``) are ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from harness.atomic import atomic_path
+
+DOMAINS = ("general", "document", "math")
+SPLITS = ("train", "test")
+KINDS = ("choice", "yesno", "open")
+METRICS = ("exact", "anls")
+IMAGE_TOKEN = "<image>"
+CAPTIONS = "captions.json"
+HUB_NAME = "lmms-lab/LLaVA-OneVision-Data"
+# A few LLaVA-OneVision subsets per domain; pass your own mapping to load_hub for others
+HUB_SUBSETS = {
+    "general": ["aokvqa(cauldron,llava_format)"],
+    "document": ["infographic_vqa", "sroie"],
+    "math": ["mavis_math_metagen"],
+}
+_ROLE_ALIASES = {"human": "human", "user": "human", "gpt": "gpt", "assistant": "gpt"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One conversation; ``turns`` are its (human, gpt) exchanges in order, ``images`` absolute paths."""
+
+    id: str
+    domain: str
+    images: list[Path]
+    turns: list[tuple[str, str]]
+    kind: str | None = None  # test records: "choice", "yesno" or "open"; None for training records
+    question: str | None = None
+    options: list[str] | None = None  # choice
+    answer: int | str | None = None  # choice: index into options; yesno: "yes" or "no"
+    answers: list[str] | None = None  # open
+    metric: str | None = None  # open: "exact" or "anls"
+    pair: str | None = None  # yesno: shared by the two questions about one image
+
+
+@dataclass(frozen=True)
+class _File:
+    path: Path
+    sha256: str
+    records: list[Record]
+
+
+def read_split(data_dir: Path, split: str, domains: list[str] | None = None) -> list[Record]:
+    """The validated records of ``split`` ("train" or "test"), only those of ``domains`` if given."""
+    return [r for f in _read_split_files(Path(data_dir), split, domains) for r in f.records]
+
+
+def read_captions(data_dir: Path) -> list[Record]:
+    """Stage-1 alignment pairs from ``captions.json`` ([] when there is none); a domain is optional there."""
+    path = _data_dir(Path(data_dir)) / CAPTIONS
+    return _read_file(path, Path(data_dir), split="captions", file_domain=None).records if path.is_file() else []
+
+
+def describe(data_dir: Path) -> dict[str, Any]:
+    """What a data folder holds: files used (with sha256), counts per domain and kind, and what is absent."""
+    data_dir = _data_dir(Path(data_dir))
+    out: dict[str, Any] = {"data_dir": str(data_dir), "files": [], "train": {}, "test": {}, "captions": 0}
+    absent: list[str] = []
+    images: set[Path] = set()
+    for split in SPLITS:
+        try:
+            files = _read_split_files(data_dir, split, None)
+        except _MissingSplit:
+            absent.append(f"{split}.json or {split}-<domain>.json")
+            continue
+        records = [r for f in files for r in f.records]
+        for d in DOMAINS:
+            mine = [r for r in records if r.domain == d]
+            if not mine:
+                absent.append(f"{split}: {d}")
+            elif split == "train":
+                out["train"][d] = len(mine)
+            else:
+                out["test"][d] = {k: n for k in KINDS if (n := sum(r.kind == k for r in mine))}
+        out["files"] += [{"file": f.path.name, "sha256": f.sha256, "records": len(f.records)} for f in files]
+        images.update(p for r in records for p in r.images)
+    captions = data_dir / CAPTIONS
+    if captions.is_file():
+        f = _read_file(captions, data_dir, split="captions", file_domain=None)
+        out["files"].append({"file": f.path.name, "sha256": f.sha256, "records": len(f.records)})
+        out["captions"] = len(f.records)
+        images.update(p for r in f.records for p in r.images)
+    else:
+        absent.append(CAPTIONS)
+    return {**out, "images": len(images), "absent": absent}
+
+
+class _MissingSplit(ValueError):
+    pass
+
+
+def _data_dir(data_dir: Path) -> Path:
+    if not data_dir.is_dir():
+        raise ValueError(
+            f"data dir {str(data_dir)!r} is not a folder; pass --data-dir pointing at a folder with images/ and "
+            "train.json/test.json (or train-<domain>.json/test-<domain>.json)"
+        )
+    return data_dir
+
+
+def _read_split_files(data_dir: Path, split: str, domains: list[str] | None) -> list[_File]:
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} is unknown; use one of {', '.join(SPLITS)}")
+    for d in domains or []:
+        _check_domain(d, f"domain {d!r} asked for")
+    data_dir = _data_dir(data_dir)
+    combined = data_dir / f"{split}.json"
+    per_domain = sorted(data_dir.glob(f"{split}-*.json"))
+    if combined.is_file() and per_domain:
+        raise ValueError(
+            f"{data_dir} has both {combined.name} and {per_domain[0].name}; keep one layout: remove {combined.name} "
+            f"or the {split}-<domain>.json files"
+        )
+    if combined.is_file():
+        f = _read_file(combined, data_dir, split=split, file_domain=None)
+        _check_unique_ids([f], split)
+        return [_File(f.path, f.sha256, [r for r in f.records if domains is None or r.domain in domains])]
+    if not per_domain:
+        raise _MissingSplit(
+            f"{data_dir} has no {split} data: expected {combined.name} or {split}-<domain>.json with domain one of "
+            f"{', '.join(DOMAINS)}; add it or point --data-dir at the right folder"
+        )
+    by_domain = {p.stem[len(split) + 1 :]: p for p in per_domain}
+    for domain, path in by_domain.items():
+        _check_domain(domain, f"{path}: file name domain {domain!r}")
+    wanted = [d for d in DOMAINS if d in by_domain and (domains is None or d in domains)]
+    files = [_read_file(by_domain[d], data_dir, split=split, file_domain=d) for d in wanted]
+    _check_unique_ids(files, split)
+    return files
+
+
+def _check_domain(domain: str, what: str) -> None:
+    if domain not in DOMAINS:
+        raise ValueError(f"{what} is not a known domain; use one of {', '.join(DOMAINS)}")
+
+
+def _check_unique_ids(files: list[_File], split: str) -> None:
+    if split != "test":  # scoring is keyed by id; training data may repeat ids harmlessly
+        return
+    seen: dict[str, Path] = {}
+    for f in files:
+        for i, r in enumerate(f.records):
+            if r.id in seen:
+                raise ValueError(
+                    f"{f.path}: record {i} (id {r.id!r}) repeats an id already used in {seen[r.id].name}; "
+                    "give every test record its own id"
+                )
+            seen[r.id] = f.path
+
+
+def _read_file(path: Path, data_dir: Path, *, split: str, file_domain: str | None) -> _File:
+    raw = path.read_bytes()
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); fix or remove the file"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON (not UTF-8 at byte {exc.start}); fix or remove the file") from None
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"{path} must be a non-empty JSON list of records (LLaVA format); fix or remove the file")
+    verified: set[Path] = set()
+    records = [_parse(item, path, i, data_dir, split, file_domain, verified) for i, item in enumerate(items)]
+    if split == "test":
+        _check_pairs(records, path)
+    return _File(path, hashlib.sha256(raw).hexdigest(), records)
+
+
+def _parse(
+    item: Any, path: Path, index: int, data_dir: Path, split: str, file_domain: str | None, verified: set[Path]
+) -> Record:
+    def fail(problem: str, fix: str) -> ValueError:
+        rid = item.get("id") if isinstance(item, dict) else None
+        return ValueError(f"{path}: record {index} (id {rid!r}): {problem}; {fix}")
+
+    if not isinstance(item, dict):
+        raise fail(
+            f"it is a {type(item).__name__}, not an object", "each record is an object with id and conversations"
+        )
+    rid = item.get("id")
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
+        raise fail("'id' is missing or not a string", "give the record a unique string id")
+    domain = item.get("domain", file_domain or ("general" if split == "captions" else None))
+    if domain is None:
+        raise fail("'domain' is missing", f'add "domain": one of {", ".join(DOMAINS)}, or use {split}-<domain>.json')
+    if domain not in DOMAINS:
+        raise fail(f"domain {domain!r} is unknown", f"use one of {', '.join(DOMAINS)}")
+    if file_domain is not None and domain != file_domain:
+        raise fail(f"domain {domain!r} disagrees with the file name", f"drop the key or move the record to {path.name}")
+    image = item.get("image")
+    names = [] if image is None else [image] if isinstance(image, str) else image
+    if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
+        raise fail(f"'image' is {image!r}", "give a path relative to the data folder, a list of them, or none")
+    images = [_image_path(data_dir, name, verified, fail) for name in names]
+    problem = conversation_problem(item.get("conversations"), len(images))
+    if problem:
+        raise fail(problem, "each record needs human/gpt turns, starting with human, one <image> per image")
+    turns = [
+        (a["value"], b["value"]) for a, b in zip(item["conversations"][::2], item["conversations"][1::2], strict=True)
+    ]
+    scoring = _scoring_fields(item, split, fail)
+    return Record(id=str(rid), domain=domain, images=images, turns=turns, **scoring)
+
+
+def _image_path(data_dir: Path, name: str, verified: set[Path], fail: Callable[[str, str], ValueError]) -> Path:
+    candidates = [data_dir / name, data_dir / "images" / name]  # LLaVA paths may be relative to images/
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise fail(f"image {name!r} does not exist under {data_dir}", "add the file or fix the path")
+    if path not in verified:
+        try:
+            with Image.open(path) as img:
+                img.verify()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+            raise fail(f"image {name!r} is not a readable image ({exc})", "replace or remove the file") from None
+        verified.add(path)
+    return path
+
+
+def conversation_problem(conversations: Any, n_images: int) -> str | None:
+    """What keeps ``conversations`` from being LLaVA turns for ``n_images`` images, or None."""
+    if not isinstance(conversations, list) or not conversations:
+        return "'conversations' is missing or empty"
+    for t, turn in enumerate(conversations):
+        expected = ("human", "gpt")[t % 2]
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+            return f"turn {t} is not an object with a string 'value'"
+        if turn.get("from") != expected:
+            return f"turn {t} is from {turn.get('from')!r} where {expected!r} was expected (turns alternate human, gpt)"
+    if len(conversations) % 2:
+        return f"the last turn ({len(conversations) - 1}) is from 'human' with no gpt answer"
+    tokens = sum(turn["value"].count(IMAGE_TOKEN) for turn in conversations[::2])
+    if tokens != n_images:
+        return f"the human turns hold {tokens} {IMAGE_TOKEN} token(s) for {n_images} image(s)"
+    return None
+
+
+def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str], ValueError]) -> dict[str, Any]:
+    kind = item.get("kind")
+    if kind is None and split != "test":
+        return {}
+    if kind not in KINDS:
+        raise fail(f"'kind' is {kind!r}", f"test records need kind one of {', '.join(KINDS)}")
+    question = item.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise fail("'question' is missing or empty", f"{kind} records need the question text")
+    fields: dict[str, Any] = {"kind": kind, "question": question}
+    answer = item.get("answer")
+    if kind == "choice":
+        options = item.get("options")
+        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) and o for o in options):
+            raise fail(f"'options' is {options!r}", "choice records need a list of at least 2 option strings")
+        if len(set(options)) != len(options):
+            raise fail(f"options {options!r} repeat", "make the options distinct")
+        if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
+            raise fail(f"answer {answer!r} is not an index into the {len(options)} options", "use 0..n-1")
+        return {**fields, "options": options, "answer": answer}
+    if kind == "yesno":
+        if not isinstance(answer, str) or answer.lower() not in ("yes", "no"):
+            raise fail(f"answer {answer!r} is not 'yes' or 'no'", "yesno records answer 'yes' or 'no'")
+        pair = item.get("pair")
+        if isinstance(pair, bool) or not isinstance(pair, (str, int)) or pair == "":
+            raise fail(
+                f"'pair' is {pair!r}", "yesno records need a pair id shared with the other question on the image"
+            )
+        return {**fields, "answer": answer.lower(), "pair": str(pair)}
+    answers = item.get("answers")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
+        raise fail(f"'answers' is {answers!r}", "open records need a non-empty list of acceptable answer strings")
+    metric = item.get("metric")
+    if metric not in METRICS:
+        raise fail(f"'metric' is {metric!r}", f"open records need metric one of {', '.join(METRICS)}")
+    return {**fields, "answers": answers, "metric": metric}
+
+
+def _check_pairs(records: list[Record], path: Path) -> None:
+    """MME's acc+ needs each pair to be two questions on the same image(s), one yes and one no."""
+    pairs: dict[str, list[tuple[int, Record]]] = {}
+    for i, r in enumerate(records):
+        if r.kind == "yesno":
+            pairs.setdefault(r.pair, []).append((i, r))
+    for pair, members in pairs.items():
+        i, r = members[-1]
+        answers = sorted(m.answer for _, m in members)
+        if answers != ["no", "yes"]:
+            raise ValueError(
+                f"{path}: record {i} (id {r.id!r}): pair {pair!r} has answers {answers}, not one yes and one no; "
+                "give each image exactly two yesno questions, one true and one false"
+            )
+        if members[0][1].images != r.images:
+            raise ValueError(
+                f"{path}: record {i} (id {r.id!r}): pair {pair!r} asks about different images; "
+                "a pair's two questions are about the same image"
+            )
+
+
+def rows_to_records(
+    rows: Iterable[Mapping[str, Any]], *, domain: str, out_dir: Path, prefix: str, limit: int | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Hub rows (``id``, ``image``: PIL image or None, ``conversations``) to LLaVA records, images as PNG.
+
+    Images go to ``out_dir/images/<prefix>-<n>.png``; ids become ``<prefix>:<row id>``. Roles user/assistant
+    are read as human/gpt, and ``<image>\\n`` is put before the first human turn when an image has no token.
+    Returns the records and, for each row left out, why.
+    """
+    _check_domain(domain, f"domain {domain!r}")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("_") or "hub"
+    (Path(out_dir) / "images").mkdir(parents=True, exist_ok=True)
+    records: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for n, row in enumerate(rows):
+        if limit is not None and len(records) >= limit:
+            break
+        image = row.get("image")
+        conversations = [
+            {"from": _ROLE_ALIASES.get(t.get("from"), t.get("from")), "value": t.get("value")}
+            for t in row.get("conversations") or []
+            if isinstance(t, Mapping)
+        ]
+        if image is not None and conversations and isinstance(conversations[0]["value"], str):
+            if not any(IMAGE_TOKEN in (t["value"] or "") for t in conversations[::2]):
+                conversations[0]["value"] = f"{IMAGE_TOKEN}\n{conversations[0]['value']}"
+        if image is not None and not isinstance(image, Image.Image):
+            skipped.append(f"row {n} (id {row.get('id')!r}): image is a {type(image).__name__}, not a PIL image")
+            continue
+        problem = conversation_problem(conversations, 0 if image is None else 1)
+        if problem:
+            skipped.append(f"row {n} (id {row.get('id')!r}): {problem}")
+            continue
+        rid = row.get("id")
+        record: dict[str, Any] = {"id": f"{prefix}:{n if rid is None else rid}", "domain": domain}
+        if image is not None:
+            name = f"images/{slug}-{len(records):06d}.png"
+            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(Path(out_dir) / name)
+            record["image"] = name
+        records.append({**record, "conversations": conversations})
+    return records, skipped
+
+
+def load_hub(
+    name: str = HUB_NAME,
+    subsets: dict[str, list[str]] | None = None,
+    split: str = "train",
+    out_dir: Path | None = None,
+    limit: int | None = None,
+) -> Path:
+    """Download ``subsets`` (domain -> hub subsets) into ``out_dir`` as ``train-<domain>.json`` + ``images/``.
+
+    Hub rows carry no scoring fields, so they become training data; ``limit`` caps the rows per subset
+    (and streams, so a capped download reads only what it keeps).
+    """
+    import datasets  # heavy; only the online source needs it
+
+    subsets = HUB_SUBSETS if subsets is None else subsets
+    if out_dir is None:
+        raise ValueError("load_hub needs out_dir: the data folder to write train-<domain>.json and images/ into")
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit {limit} must be a positive number of rows per subset, or None for all")
+    out_dir = Path(out_dir)
+    if (out_dir / "train.json").is_file():
+        raise ValueError(
+            f"{out_dir} already holds train.json; pick another out_dir (load_hub writes train-<domain>.json)"
+        )
+    for domain in subsets:
+        _check_domain(domain, f"subsets key {domain!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for domain, names in subsets.items():
+        records: list[dict[str, Any]] = []
+        for subset in names:
+            rows = datasets.load_dataset(name, subset, split=split, streaming=limit is not None)
+            got, skipped = rows_to_records(
+                rows, domain=domain, out_dir=out_dir, prefix=f"{domain}-{subset}", limit=limit
+            )
+            if skipped:
+                print(f"{name}/{subset}: left out {len(skipped)} row(s), e.g. {skipped[0]}")
+            records += got
+        if not records:
+            raise ValueError(f"{name}: subsets {names} gave no usable rows for {domain}; check the subset names")
+        with atomic_path(out_dir / f"train-{domain}.json") as tmp:
+            tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+    return out_dir

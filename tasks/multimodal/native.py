@@ -1,0 +1,154 @@
+"""The native scorer: MMBench-style multiple choice (the option letters scored by log-likelihood, every
+rotation of the options asked: CircularEval), MME-style yes/no pairs (``Yes`` vs ``No`` by
+log-likelihood; acc and acc+), and short open answers (greedy decoding; exact match, or ANLS for
+document answers). Every prompt goes through the same ``Formatter`` the training used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tasks.multimodal import scoring
+from tasks.multimodal.data import IMAGE_TOKEN, Record
+from tasks.multimodal.recipe import Encoded, Formatter, collate_rows
+
+YES, NO = "Yes", "No"  # the training data's yes/no answers
+MAX_NEW_TOKENS = 12
+
+
+@dataclass
+class Scored:
+    """One test question: its 0-100 score and what the model answered."""
+
+    record: Record
+    score: float
+    pred: Any
+    detail: dict[str, Any]
+
+
+def prompts_for(record: Record) -> list[tuple[str, list[str]]]:
+    """The (human turn, candidate answers) the model is asked for ``record``: one per rotation for a
+    choice question, one for yes/no and open (no candidates: generated)."""
+    tag = IMAGE_TOKEN + "\n" if record.images else ""
+    if record.kind == "choice":
+        return [
+            (tag + scoring.choice_prompt(record.question, options), list(scoring.LETTERS[: len(options)]))
+            for options, _ in scoring.circular_variants(record.options, record.answer)
+        ]
+    if record.kind == "yesno":
+        return [(tag + scoring.yesno_prompt(record.question), [YES, NO])]
+    return [(tag + scoring.open_prompt(record.question), [])]
+
+
+def score_records(
+    model, fmt: Formatter, records: Sequence[Record], batch_size: int, progress: str | None = None
+) -> list[Scored]:
+    """Every record scored; choices and yes/no in batches of ``batch_size`` prompts, open answers
+    decoded greedily in batches."""
+    fmt.feature_cache = {}  # the frozen encoder's output per image, reused by every prompt about it
+    asked = [(i, human, cands) for i, r in enumerate(records) for human, cands in prompts_for(r)]
+    ranked = [a for a in asked if a[2]]
+    opened = [a for a in asked if not a[2]]
+    picks: dict[int, list[int]] = {}
+    texts: dict[int, str] = {}
+    bar = tqdm(total=len(asked), desc=progress or "", disable=progress is None, leave=False)
+    for start in range(0, len(ranked), batch_size):
+        chunk = ranked[start : start + batch_size]
+        best = _pick(model, fmt, [(h, records[i].images) for i, h, _ in chunk], [c for _, _, c in chunk])
+        for (i, _, _), b in zip(chunk, best, strict=True):
+            picks.setdefault(i, []).append(b)
+        bar.update(len(chunk))
+    for start in range(0, len(opened), batch_size):
+        chunk = opened[start : start + batch_size]
+        outs = generate(model, fmt, [(h, records[i].images) for i, h, _ in chunk])
+        for (i, _, _), text in zip(chunk, outs, strict=True):
+            texts[i] = text
+        bar.update(len(chunk))
+    bar.close()
+    fmt.feature_cache = None
+    return [_score(r, picks.get(i, []), texts.get(i, "")) for i, r in enumerate(records)]
+
+
+def _score(record: Record, picks: list[int], text: str) -> Scored:
+    if record.kind == "choice":
+        rotations = scoring.circular_variants(record.options, record.answer)
+        right = [p == answer for p, (_, answer) in zip(picks, rotations, strict=True)]
+        return Scored(record, 100.0 * scoring.circular_correct(right), picks, {"rotations_right": right})
+    if record.kind == "yesno":
+        said = "yes" if picks[0] == 0 else "no"
+        return Scored(record, 100.0 * (said == record.answer), said, {})
+    if record.metric == "anls":
+        return Scored(record, scoring.anls(text, record.answers), text, {})
+    return Scored(record, 100.0 * scoring.exact_match(text, record.answers), text, {})
+
+
+def _encode(fmt: Formatter, human: str, images: Sequence[Any], cont: Sequence[int] = ()) -> Encoded:
+    ids = fmt.ids(fmt.prompt(human)) + list(cont)
+    return Encoded(ids, ids, list(images))
+
+
+@torch.no_grad()
+def _pick(model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], cands: list[list[str]]) -> list[int]:
+    """Index of the most likely candidate per prompt. Single-token candidates (letters, Yes/No) are read
+    off the prompt's last logits; longer ones are scored as whole continuations."""
+    cand_ids = [[fmt.target_ids(c) for c in cs] for cs in cands]
+    if all(len(ids) == 1 for cs in cand_ids for ids in cs):
+        batch = collate_rows(fmt, [_encode(fmt, h, imgs) for h, imgs in asks])
+        logp = _forward(model, batch, keep=1)[:, -1].log_softmax(-1)
+        return [max(range(len(cs)), key=lambda j: float(logp[r, cs[j][0]])) for r, cs in enumerate(cand_ids)]
+    out = []
+    for (h, imgs), cs in zip(asks, cand_ids, strict=True):
+        rows = [_encode(fmt, h, imgs, ids) for ids in cs]
+        batch = collate_rows(fmt, rows)
+        keep = max(len(ids) for ids in cs) + 1
+        logp = _forward(model, batch, keep=keep)[:, :-1].log_softmax(-1)
+        totals = []
+        for r, ids in enumerate(cs):
+            tail = logp[r, keep - 1 - len(ids) :]
+            totals.append(sum(float(tail[k, t]) for k, t in enumerate(ids)))
+        out.append(max(range(len(cs)), key=totals.__getitem__))
+    return out
+
+
+def _forward(model, batch: dict[str, Any], keep: int, **kw: Any) -> torch.Tensor:
+    device = next(model.parameters()).device
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+    return model(**inputs, logits_to_keep=keep, **kw).logits.float()
+
+
+@torch.no_grad()
+def generate(model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], max_new: int = MAX_NEW_TOKENS) -> list[str]:
+    """Greedy answers for left-padded prompts, with the KV cache; each row stops at EOS."""
+    device = next(model.parameters()).device
+    batch = collate_rows(fmt, [_encode(fmt, h, imgs) for h, imgs in asks])
+    inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    out = model(**inputs, use_cache=True, logits_to_keep=1)
+    mask, positions = inputs["attention_mask"], inputs["position_ids"][:, -1:]
+    tokens: list[list[int]] = [[] for _ in asks]
+    done = torch.zeros(len(asks), dtype=torch.bool, device=device)
+    for _ in range(max_new):
+        nxt = out.logits[:, -1].argmax(-1)
+        for r, t in enumerate(nxt.tolist()):
+            if not done[r]:
+                if t == fmt.eos_id:
+                    done[r] = True
+                else:
+                    tokens[r].append(t)
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        positions = positions + 1
+        out = model(
+            input_ids=nxt[:, None],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=out.past_key_values,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    return [fmt.tokenizer.decode(t, skip_special_tokens=True).strip() for t in tokens]

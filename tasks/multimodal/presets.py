@@ -1,0 +1,71 @@
+"""The multimodal suite's three scales (``--preset``)."""
+
+from __future__ import annotations
+
+from harness import models
+from harness.task import Preset, TaskOptions
+from harness.train import TrainConfig
+
+PAPER_MODEL = "llava-hf/llava-1.5-7b-hf"
+TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the language model's, as EffiLoRA §4.2
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "a few steps and questions: checks that everything runs (tests, CI)",
+        models.EMBEDDED,
+        TrainConfig(
+            steps=3,
+            micro_batch_size=2,
+            grad_accum=1,
+            lr=1e-3,
+            warmup_steps=0,
+            cutoff_len=256,
+            train_on_inputs=False,
+            val_batch_size=4,
+            checkpoint_every=2,
+        ),
+        TaskOptions(train_cap=8, val_size=3, eval_limit=2, template="chat"),
+        {"r": 8, "alpha": 16, "heads": 3, "targets": TARGETS},
+        "native",
+        8,
+    ),
+    "embedded": Preset(
+        "SmolLM2-135M + EfficientNet-Lite0 (LLaVA-style) on 2 CPU cores: 32 steps of 16, 150 test questions a domain",
+        models.EMBEDDED,
+        TrainConfig(
+            epochs=1.0,
+            micro_batch_size=16,
+            grad_accum=1,
+            lr=1e-3,
+            warmup_steps=3,
+            cutoff_len=256,
+            train_on_inputs=False,
+            val_batch_size=8,
+            checkpoint_every=8,
+        ),
+        TaskOptions(train_cap=176, val_size=16, eval_limit=None, template="chat"),
+        {"r": 16, "alpha": 32, "heads": 3, "targets": TARGETS},
+        "native",
+        8,
+    ),
+    "paper": Preset(
+        "EffiLoRA Table 10: LLaVA-1.5-7B, r=32, alpha=64, 3 heads, lr 2e-4, batch 1, 1 epoch (a GPU and the weights)",
+        PAPER_MODEL,
+        TrainConfig(
+            epochs=1.0,
+            micro_batch_size=1,
+            grad_accum=1,
+            lr=2e-4,
+            warmup_steps=100,
+            schedule="cosine",
+            cutoff_len=2048,
+            train_on_inputs=False,
+            val_batch_size=4,
+            checkpoint_every=500,
+        ),
+        TaskOptions(val_size=120, template="chat"),
+        {"r": 32, "alpha": 64, "heads": 3, "targets": TARGETS},
+        "native",
+        8,
+    ),
+}

