@@ -106,3 +106,22 @@ def test_the_paper_preset_resolves_offline():
     [spec] = build_specs("multimodal", ["effilora"], [0], "paper")
     assert spec.model == "llava-hf/llava-1.5-7b-hf" and spec.method_options["r"] == 32
     assert spec.method_options["heads"] == 3 and "o_proj" in spec.method_options["targets"]
+
+
+def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_style, tmp_path):
+    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    import torch
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    task = TASKS.get("multimodal")(TaskOptions(eval_limit=2, template="chat"))
+    loaded = task.load(tiny_llava_style, torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+    ours = task.evaluate(loaded, "native", 4, tmp_path / "native.jsonl", progress=False)
+    theirs = task.evaluate(loaded, "lmms-eval", 4, tmp_path / "lmms.jsonl", progress=False)
+    native_lines = [json.loads(line) for line in (tmp_path / "native.jsonl").read_text().splitlines()]
+    lmms_lines = [json.loads(line) for line in (tmp_path / "lmms.jsonl").read_text().splitlines()]
+    assert len(native_lines) == len(lmms_lines) == 24
+    for a, b in zip(native_lines, lmms_lines, strict=True):
+        assert (a["id"], a["pred"], a["score"]) == (b["id"], b["pred"], b["score"])
+    assert {d: e["scores"] for d, e in ours.items()} == {d: e["scores"] for d, e in theirs.items()}

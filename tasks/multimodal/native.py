@@ -92,26 +92,31 @@ def _encode(fmt: Formatter, human: str, images: Sequence[Any], cont: Sequence[in
     return Encoded(ids, ids, list(images))
 
 
-@torch.no_grad()
 def _pick(model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], cands: list[list[str]]) -> list[int]:
-    """Index of the most likely candidate per prompt. Single-token candidates (letters, Yes/No) are read
-    off the prompt's last logits; longer ones are scored as whole continuations."""
+    """Index of the most likely candidate per prompt (the first of equals)."""
+    scores = candidate_logprobs(model, fmt, asks, cands)
+    return [max(range(len(s)), key=s.__getitem__) for s in scores]
+
+
+@torch.no_grad()
+def candidate_logprobs(
+    model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], cands: list[list[str]]
+) -> list[list[float]]:
+    """log P(candidate | prompt) for each prompt's candidates. Single-token candidates (letters, Yes/No)
+    are read off the prompt's last logits; longer ones are scored as whole continuations."""
     cand_ids = [[fmt.target_ids(c) for c in cs] for cs in cands]
     if all(len(ids) == 1 for cs in cand_ids for ids in cs):
         batch = collate_rows(fmt, [_encode(fmt, h, imgs) for h, imgs in asks])
         logp = _forward(model, batch, keep=1)[:, -1].log_softmax(-1)
-        return [max(range(len(cs)), key=lambda j: float(logp[r, cs[j][0]])) for r, cs in enumerate(cand_ids)]
+        return [[float(logp[r, ids[0]]) for ids in cs] for r, cs in enumerate(cand_ids)]
     out = []
     for (h, imgs), cs in zip(asks, cand_ids, strict=True):
-        rows = [_encode(fmt, h, imgs, ids) for ids in cs]
-        batch = collate_rows(fmt, rows)
+        batch = collate_rows(fmt, [_encode(fmt, h, imgs, ids) for ids in cs])
         keep = max(len(ids) for ids in cs) + 1
         logp = _forward(model, batch, keep=keep)[:, :-1].log_softmax(-1)
-        totals = []
-        for r, ids in enumerate(cs):
-            tail = logp[r, keep - 1 - len(ids) :]
-            totals.append(sum(float(tail[k, t]) for k, t in enumerate(ids)))
-        out.append(max(range(len(cs)), key=totals.__getitem__))
+        out.append(
+            [sum(float(logp[r, keep - 1 - len(ids) + k, t]) for k, t in enumerate(ids)) for r, ids in enumerate(cs)]
+        )
     return out
 
 

@@ -1,0 +1,161 @@
+"""The ``lmms-eval`` protocol: the same test questions, asked through lmms-eval (EvolvingLMMs-Lab).
+
+``HarnessLMM`` is an lmms-eval model (a subclass of its ``lmms``) wrapping the in-memory adapted model
+and the harness's ``Formatter``, so lmms-eval sees exactly the prompts and images the native scorer
+uses; it is also registered through lmms-eval's ``lmms_eval.models`` entry point (name ``harness``).
+The test sets go in as local task YAMLs (``lmms_tasks/``) over JSON docs written per domain: one doc
+per prompt (a choice question's every rotation is a doc). Predictions come back from lmms-eval's
+per-sample log and are scored by the harness's own rules, so the two protocols are comparable per
+example. With the hub, users name lmms-eval's own tasks (``mmbench_en_dev``, ``mme``, ``docvqa_val``...).
+
+lmms-eval is optional and must not replace the CPU torch: ``pip install --no-deps lmms-eval==0.7.3
+loguru tenacity`` (its declared requirements pull torchvision and a newer torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+try:
+    from lmms_eval.api.instance import GenerationResult
+    from lmms_eval.api.model import lmms
+except ImportError as exc:  # an optional extra: say how to get it without breaking the CPU torch
+    raise ValueError(
+        "the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "
+        f"(--no-deps keeps the CPU torch; see the README) [{exc}]"
+    ) from None
+
+from tasks.multimodal import native
+from tasks.multimodal.data import Record
+from tasks.multimodal.recipe import Formatter
+
+TASKS_DIR = Path(__file__).parent / "lmms_tasks"
+KIND_TASK = {"choice": "harness_mm_choice", "yesno": "harness_mm_yesno", "open": "harness_mm_open"}
+
+
+def manifests() -> Any:
+    """lmms-eval's ``lmms_eval.models`` entry point: ``--model harness``."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="harness", simple_class_path=f"{__name__}.HarnessLMM")
+
+
+class HarnessLMM(lmms):
+    """An in-memory harness model for lmms-eval (``is_simple``: plain context + visuals)."""
+
+    is_simple = True
+
+    def __init__(self, model: Any = None, fmt: Formatter | None = None, batch_size: int = 8, **kwargs: Any) -> None:
+        super().__init__()
+        if model is None or fmt is None:
+            raise ValueError(
+                "HarnessLMM wraps a model in memory: run it through `harness run --task multimodal --protocol "
+                "lmms-eval`, or build it with HarnessLMM(model=..., fmt=Formatter(model, tokenizer))"
+            )
+        self.model, self.fmt, self.batch_size = model, fmt, int(batch_size)
+
+    def _ask(self, args: tuple) -> tuple[str, list[Any]]:
+        context, _, doc_to_visual, doc_id, task, split = args
+        return context, doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
+
+    def loglikelihood(self, requests: list[Any]) -> list[Any]:
+        """One request per (prompt, choice); lmms-eval takes the argmin, so each result is a loss."""
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            _, _, _, doc_id, task, split = req.args
+            groups.setdefault((task, split, doc_id), []).append(i)
+        out: list[Any] = [None] * len(requests)
+        keys = list(groups)
+        for start in range(0, len(keys), self.batch_size):
+            chunk = keys[start : start + self.batch_size]
+            asks = [self._ask(requests[groups[k][0]].args) for k in chunk]
+            cands = [[requests[i].args[1] for i in groups[k]] for k in chunk]
+            scores = native.candidate_logprobs(self.model, self.fmt, asks, cands)
+            for k, row in zip(chunk, scores, strict=True):
+                for i, logprob in zip(groups[k], row, strict=True):
+                    out[i] = GenerationResult(text=(-logprob, False))  # kept as a pair by lmms-eval 0.7.x
+        return out
+
+    def generate_until(self, requests: list[Any]) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            max_new = int(chunk[0].args[1].get("max_new_tokens", native.MAX_NEW_TOKENS))
+            out += native.generate(self.model, self.fmt, [self._ask(r.args) for r in chunk], max_new)
+        return out
+
+    def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
+        raise NotImplementedError("the harness's test sets are single-round")
+
+    def clean(self) -> None:
+        """lmms-eval's default deletes the wrapper's modules after a run: the model is the harness's."""
+
+
+def _docs(records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
+    """One doc per prompt the native scorer asks, in its order; ``id`` = record id + "#" + rotation."""
+    docs: dict[str, list[dict[str, Any]]] = {k: [] for k in KIND_TASK}
+    for r in records:
+        for j, (human, cands) in enumerate(native.prompts_for(r)):
+            docs[r.kind].append(
+                {
+                    "id": f"{r.id}#{j}",
+                    "image": str(r.images[0]) if r.images else "",
+                    "prompt": human,
+                    "choices": cands,
+                    "answer": 0 if cands else (r.answers or [""])[0],
+                }
+            )
+    return docs
+
+
+def lmms_eval_scored(model: Any, fmt: Formatter, records: Sequence[Record], batch_size: int) -> list[native.Scored]:
+    """Score ``records`` through lmms-eval's ``simple_evaluate`` and the harness's scoring rules."""
+    from lmms_eval import evaluator
+    from lmms_eval.tasks import TaskManager
+
+    docs = _docs(records)
+    work = Path(tempfile.mkdtemp(prefix="harness-lmms-"))
+    saved = os.environ.get("LMMS_EVAL_DATASETS_CACHE")
+    try:
+        (work / "data").mkdir()
+        for name in ("utils.py", *(f"{t}.yaml" for t in KIND_TASK.values())):
+            shutil.copy(TASKS_DIR / name, work / name)
+        for kind, rows in docs.items():
+            (work / "data" / f"{kind}.json").write_text(json.dumps(rows))
+        os.environ["LMMS_EVAL_DATASETS_CACHE"] = str(work / "cache")  # nothing left in the user's cache
+        tasks = [KIND_TASK[k] for k, rows in docs.items() if rows]
+        result = evaluator.simple_evaluate(
+            model=HarnessLMM(model, fmt, batch_size),
+            tasks=tasks,
+            task_manager=TaskManager(include_path=str(work), include_defaults=False),
+            log_samples=True,
+            bootstrap_iters=0,
+            process_docs_parallel=1,
+            random_seed=None,
+            numpy_random_seed=None,
+            torch_random_seed=None,
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("LMMS_EVAL_DATASETS_CACHE", None)
+        else:
+            os.environ["LMMS_EVAL_DATASETS_CACHE"] = saved
+        shutil.rmtree(work, ignore_errors=True)
+    picks: dict[str, list[int]] = {}
+    texts: dict[str, str] = {}
+    for kind, task in KIND_TASK.items():
+        for sample in result["samples"].get(task, []):
+            doc_id = docs[kind][sample["doc_id"]]["id"].rsplit("#", 1)[0]
+            resps = sample["filtered_resps"]
+            if kind == "open":
+                texts[doc_id] = str(resps[0])
+            else:
+                losses = [float(r[0]) for r in resps]
+                picks.setdefault(doc_id, []).append(min(range(len(losses)), key=losses.__getitem__))
+    return [native._score(r, picks.get(r.id, []), texts.get(r.id, "")) for r in records]
