@@ -98,6 +98,51 @@ class GainLoraLinear(LoraLinear):
 TINY_MODEL_HINT = "give a model folder, a config.json, 'embedded', or one of meta-llama/Meta-Llama-3-8B"
 
 
+def mm_run(*extra: str) -> list[str]:
+    """``harness run`` of the multimodal task on a LLaVA-format folder ``{tmp}/mm``."""
+    return [
+        "run",
+        "--methods",
+        "lora",
+        "--task",
+        "multimodal",
+        "--preset",
+        "smoke",
+        "--data-dir",
+        "{tmp}/mm",
+        "--runs-dir",
+        "{runs}",
+        "--quiet",
+        *extra,
+    ]
+
+
+GPT = {"from": "gpt", "value": "a cat"}
+LLAVA_GOOD = {
+    "id": "a",
+    "image": "images/ok.png",
+    "domain": "general",
+    "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"}, GPT],
+}
+
+
+def llava(train: list[dict]) -> Setup:
+    """A LLaVA-format folder: ``train.json`` as given, a valid one-record test set, a real and a broken PNG."""
+
+    def setup(tmp: Path) -> None:
+        from PIL import Image
+
+        folder = tmp / "mm" / "images"
+        folder.mkdir(parents=True)
+        Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "ok.png")
+        (folder / "broken.png").write_bytes(b"\x89PNG not really")
+        test = {**LLAVA_GOOD, "id": "t", "kind": "open", "question": "What?", "answers": ["a cat"], "metric": "exact"}
+        (tmp / "mm" / "train.json").write_text(json.dumps(train))
+        (tmp / "mm" / "test.json").write_text(json.dumps([test]))
+
+    return setup
+
+
 def bad(case_id: str, argv: list[str], match: str, setup: Setup | None = None, *, usage: bool = False):
     """One row: ``argv`` ({tmp}, {data}, {runs}, {out}, {tiny}, {file} filled in), the regex the error line must
     match, an optional ``setup(tmp)`` that writes the bad file, ``usage`` for argparse-level errors."""
@@ -411,6 +456,43 @@ CASES = [
         ["params", "--model", "{tmp}/model", "--methods", "lora"],
         r"model '.*model': its config does not build \(.*hidden_size.*\); fix it",
         write(CONFIG_JSON, '{"model_type": "llama", "hidden_size": "big"}'),
+    ),
+    # --- multimodal data (LLaVA format): one line naming the file and the record, before any model loads ---
+    bad(
+        "multimodal-missing-image",
+        mm_run(),
+        r"train\.json: record 1 \(id 'b'\): image 'images/nope\.png' does not exist under .*; add the file or fix",
+        llava(train=[LLAVA_GOOD, {**LLAVA_GOOD, "id": "b", "image": "images/nope.png"}]),
+    ),
+    bad(
+        "multimodal-unreadable-image",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): .*images/broken\.png.*",
+        llava(train=[{**LLAVA_GOOD, "image": "images/broken.png"}]),
+    ),
+    bad(
+        "multimodal-image-tags-do-not-match",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): the human turns hold 2 <image> token\(s\) for 1 image\(s\)",
+        llava(train=[{**LLAVA_GOOD, "conversations": [{"from": "human", "value": "<image><image> Hi"}, GPT]}]),
+    ),
+    bad(
+        "multimodal-empty-conversation",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): .*conversation.*empty",
+        llava(train=[{**LLAVA_GOOD, "conversations": []}]),
+    ),
+    bad(
+        "multimodal-unknown-domain",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): domain 'poetry' is unknown; use one of general, document, math",
+        llava(train=[{**LLAVA_GOOD, "domain": "poetry"}]),
+    ),
+    bad(
+        "multimodal-unknown-train-domain",
+        mm_run("--train-domains", "general,maths"),
+        r"unknown domain 'maths' in --train-domains; choose from: general, document, math",
+        llava(train=[LLAVA_GOOD]),
     ),
 ]
 SUBPROCESS_CASES = ["plugin-raises-at-import", "params-targets-regex-does-not-compile", "test-json-an-object"]
