@@ -250,6 +250,17 @@ def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return out
 
 
+def _columns(task: str, found: list[str]) -> list[str]:
+    """The task's own column order (``Task.columns``) when it is registered, then any others found."""
+    from harness.registry import TASKS
+
+    try:
+        declared = [c for c in TASKS.get(task).columns if c in found]
+    except ValueError:  # a plugin task's records, read without the plugin
+        declared = []
+    return list(dict.fromkeys([*declared, *found]))
+
+
 def _rank(row: Row) -> tuple[int, float, str]:
     """Trained rows by Avg, best first (unknown last), then the zero-shot row."""
     avg = row.cells[AVG].value
@@ -258,7 +269,7 @@ def _rank(row: Row) -> tuple[int, float, str]:
 
 def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Section:
     runs = sorted((r for g in groups.values() for r in g), key=lambda r: r["run"]["id"])
-    benchmarks = list(dict.fromkeys(b for r in runs for b in r["eval"]))
+    benchmarks = _columns(runs[0]["run"]["config"]["task"], [b for r in runs for b in r["eval"]])
     absent = {b for b in benchmarks if all(r["eval"].get(b, {}).get("status") == "absent" for r in runs)}
     labels = _labels(sorted(groups))
     rows = [_run_row(labels[key], g, benchmarks) for key, g in sorted(groups.items())]

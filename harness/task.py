@@ -128,6 +128,7 @@ class Task(ABC):
     version: ClassVar[str] = "1"
     protocols: ClassVar[tuple[str, ...]] = ()
     presets: ClassVar[dict[str, Preset]] = {}
+    columns: ClassVar[tuple[str, ...]] = ()  # the leaderboard's benchmark columns, in order (others follow)
     default_preset: ClassVar[str] = "embedded"
 
     def __init__(self, options: TaskOptions) -> None:

@@ -27,6 +27,7 @@ class CommonsenseTask(Task):
     version = "2"
     protocols = ("choice", "generate", "lm-eval", "cloze")
     presets = PRESETS
+    columns = tuple(data.BENCHMARKS)
 
     @classmethod
     def check_options(cls, protocol: str, options) -> None:

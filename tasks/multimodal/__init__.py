@@ -37,6 +37,7 @@ class MultimodalTask(Task):
     version = "1"
     protocols = ("native", "lmms-eval")
     presets = PRESETS
+    columns = data.DOMAINS
 
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:
