@@ -317,6 +317,8 @@ def _train_record(
                 "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
             }
     updated = result.params_updated
+    adapter_ids = {id(p) for p in adapter.adapter_parameters()}
+    base_params = sum(p.numel() for p in dict.fromkeys(loaded.model.parameters()) if id(p) not in adapter_ids)
     return {
         "steps": result.steps,
         "samples": result.samples,
@@ -327,8 +329,8 @@ def _train_record(
         "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
         "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
         "trainable_params": adapter.num_trainable_params,
-        "base_params": adapter.num_base_params,
-        "percent_trainable": adapter.percent_trainable,
+        "base_params": base_params,  # the whole model (a multimodal one: vision and projector too)
+        "percent_trainable": 100.0 * adapter.num_trainable_params / base_params,
         "params_updated_per_step": {
             "mean": sum(updated) / len(updated) if updated else 0,
             "min": min(updated, default=0),

@@ -130,7 +130,8 @@ class MultimodalTask(Task):
             "language_model": models.EMBEDDED_LABEL,
             "vision_sha256": vision.provenance().get("sha256"),
         }
-        return stage1.align_projector(net, tokenizer, pairs, cache_key=key, **STAGE1)
+        done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, **STAGE1)
+        return {**done, "path": Path(done["path"]).name}  # in the cache dir; no machine paths in records
 
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
         from tasks.multimodal.recipe import Formatter, MultimodalRecipe

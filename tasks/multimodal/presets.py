@@ -24,7 +24,7 @@ PRESETS: dict[str, Preset] = {
             val_batch_size=4,
             checkpoint_every=2,
         ),
-        TaskOptions(train_cap=8, val_size=3, eval_limit=2, template="chat"),
+        TaskOptions(train_cap=8, val_size=3, eval_limit=1, template="chat"),
         {"r": 8, "alpha": 16, "heads": 3, "targets": TARGETS},
         "native",
         8,
