@@ -18,7 +18,7 @@ import torch
 
 from harness.accounting import REFERENCE_METHOD, environment, step_flops
 from harness.adapter import attach
-from harness.atomic import write_json
+from harness.atomic import atomic_path, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
@@ -116,6 +116,7 @@ def build_specs(
                     dataclasses.replace(task_opts, seed=seed),
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
+                    {"task_settings": p.settings} if p.settings else {},  # none: the run ids from before
                 )
             )
     return specs
@@ -145,7 +146,12 @@ def check_writable(runs_dir: Path) -> None:
 def load_model(task: Task, spec: RunSpec, device: torch.device, trust_remote_code: bool = False) -> Loaded:
     """The task loads its model: weights from the hub, a local folder, the embedded default, or random."""
     return task.load(
-        spec.model, device, random_weights=spec.random_weights, seed=spec.seed, trust_remote_code=trust_remote_code
+        spec.model,
+        device,
+        random_weights=spec.random_weights,
+        seed=spec.seed,
+        trust_remote_code=trust_remote_code,
+        settings=spec.extra.get("task_settings", {}),
     )
 
 
@@ -269,6 +275,7 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
                 run_dir,
                 progress=ctx.progress,
                 should_stop=ctx.stop.requested,
+                task_params=loaded.task_params,
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, run_dir, probe, task, loaded, recipe)
@@ -296,6 +303,9 @@ def _train_record(
 ) -> dict[str, Any]:
     """What training measured; saved adapter first, so nothing after it can lose the trained weights."""
     adapter_dir = adapter.save(run_dir / "adapter")
+    if loaded.task_params:  # the task's own trained tensors (e.g. the projector), beside the adapter
+        with atomic_path(adapter_dir / "task_params.pt") as tmp:
+            torch.save([p.detach().cpu() for p in loaded.task_params], tmp)
     flops = probe
     if "status" not in probe:
         shapes = result.first_step_shapes
@@ -330,6 +340,7 @@ def _train_record(
         "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
         "trainable_params": adapter.num_trainable_params,
         "base_params": base_params,  # the whole model (a multimodal one: vision and projector too)
+        "task_trained_params": sum(p.numel() for p in loaded.task_params),  # not the method's: apart
         "percent_trainable": 100.0 * adapter.num_trainable_params / base_params,
         "params_updated_per_step": {
             "mean": sum(updated) / len(updated) if updated else 0,

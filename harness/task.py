@@ -70,6 +70,7 @@ class Preset:
     method_options: dict[str, Any]
     protocol: str
     eval_batch_size: int
+    settings: dict[str, Any] = field(default_factory=dict)  # the task's own, same for every method (hashed)
 
 
 @dataclass
@@ -83,6 +84,9 @@ class Loaded:
     label: str
     processor: Any = None
     info: dict[str, Any] = field(default_factory=dict)  # provenance for the record (weights, caches)
+    # parameters the task trains along with every method's adapter (e.g. LLaVA's projector in stage 2):
+    # the same for every method, counted apart from the adapter's, saved beside it
+    task_params: list[nn.Parameter] = field(default_factory=list)
 
 
 class Recipe(ABC):
@@ -160,10 +164,18 @@ class Task(ABC):
 
     @abstractmethod
     def load(
-        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+        self,
+        model: str,
+        device: torch.device,
+        *,
+        random_weights: bool,
+        seed: int,
+        trust_remote_code: bool,
+        settings: dict[str, Any] | None = None,
     ) -> Loaded:
         """The model named ``model`` (a hub id, a folder, ``embedded``), or with ``random_weights`` its
-        architecture from a config. A model's own code runs only with ``trust_remote_code``."""
+        architecture from a config. A model's own code runs only with ``trust_remote_code``. ``settings``:
+        the preset's task settings (``Preset.settings``)."""
 
     @abstractmethod
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
@@ -176,7 +188,9 @@ class Task(ABC):
 
         replica = meta_replica(loaded.model)
         path = _path_of(loaded.model, loaded.root)
-        return MetaModel(loaded.label, replica, replica.get_submodule(path) if path else replica)
+        return MetaModel(
+            loaded.label, same_trainability(loaded.model, replica), replica.get_submodule(path) if path else replica
+        )
 
     @abstractmethod
     def splits(self) -> tuple[list[Example], list[Example]]:
@@ -197,6 +211,15 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance for the run record (data files, hashes, what is absent)."""
         return {}
+
+
+def same_trainability(model: nn.Module, replica: nn.Module) -> nn.Module:
+    """``replica``'s parameters train exactly where ``model``'s do (a frozen vision tower's weight
+    gradients are not computed, so they must not be counted)."""
+    flags = {name: p.requires_grad for name, p in model.named_parameters()}
+    for name, p in replica.named_parameters():
+        p.requires_grad_(flags.get(name, False))
+    return replica
 
 
 def _path_of(model: nn.Module, module: nn.Module) -> str:

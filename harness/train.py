@@ -100,6 +100,7 @@ def train(
     accelerator=None,
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
+    task_params: list[torch.nn.Parameter] | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step: when it
     says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not finite raises
@@ -127,7 +128,13 @@ def train(
         for i in range(0, len(val_encoded), config.val_batch_size)
     ]
 
-    optimizer = torch.optim.AdamW(adapter.param_groups(config.lr, config.weight_decay))
+    # a task may train some of its own parameters along with every method's adapter (LLaVA's projector in
+    # stage 2): one more group, the same for every method; they are saved with the checkpoint
+    task_params = list(task_params or [])
+    groups = adapter.param_groups(config.lr, config.weight_decay)
+    if task_params:
+        groups.append({"params": task_params, "lr": config.lr, "weight_decay": config.weight_decay})
+    optimizer = torch.optim.AdamW(groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
@@ -151,6 +158,9 @@ def train(
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other training settings; delete it or use --force")
         adapter.load_state_dict(saved["adapter"])
+        with torch.no_grad():
+            for p, t in zip(task_params, saved.get("task_params", []), strict=True):
+                p.copy_(t)
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         adapter.load_training_state(saved["hooks"])
@@ -175,7 +185,7 @@ def train(
         return run
 
     memory = MemoryMeter(device)
-    params = adapter.trainable_parameters()
+    params = adapter.trainable_parameters()  # "params updated" counts these: the method's own
     model.train()
     bar = tqdm(
         total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process
@@ -222,7 +232,8 @@ def train(
             )
         state["params_updated"].append(sum(p.numel() for p in params if p.grad is not None))
         if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_([p for p in params if p.grad is not None], config.max_grad_norm)
+            clipped = [p for p in [*params, *task_params] if p.grad is not None]
+            accelerator.clip_grad_norm_(clipped, config.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
@@ -238,10 +249,10 @@ def train(
             and state["step"] < total_steps
             and accelerator.is_main_process
         ):
-            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
+            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
         if should_stop is not None and should_stop() and state["step"] < total_steps:
             if checkpoint and accelerator.is_main_process:
-                save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state)
+                save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
             accelerator.wait_for_everyone()
             bar.close()
             raise Cancelled(
@@ -273,10 +284,19 @@ def train(
     )
 
 
-def save_checkpoint(path: Path, adapter, optimizer, scheduler, config: TrainConfig, state: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    adapter,
+    optimizer,
+    scheduler,
+    config: TrainConfig,
+    state: dict[str, Any],
+    task_params: list[torch.nn.Parameter] | None = None,
+) -> None:
     state["saved_step"] = state["step"]
     payload = {
         "adapter": adapter.state_dict(),
+        "task_params": [p.detach().cpu().clone() for p in task_params or []],
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "hooks": adapter.training_state(),

@@ -66,7 +66,11 @@ def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style,
         assert flops["total"] > flops["adapter"] > 0, flops  # the vision encoder and image tokens counted too
         shape = flops["micro_batches"][0]["shape"]
         assert shape[3] == 2 and shape[1] > 4  # two images in the micro-batch, 4 image tokens each
-        assert record["run"]["config"]["model_info"]["stage2_projector"].startswith("frozen")
+        info = record["run"]["config"]["model_info"]
+        assert info["stage2_projector"].startswith("trained with every method's adapter")  # LLaVA's stage 2
+        assert train["task_trained_params"] == info["projector_params"] > 0  # counted apart from the adapter's
+        saved = tmp_path / "runs" / record["run"]["id"] / "adapter" / "task_params.pt"
+        assert saved.is_file()
     lines = (tmp_path / "runs" / by_method["lora"]["run"]["id"] / "predictions.jsonl").read_text().splitlines()
     assert {json.loads(line)["kind"] for line in lines} == {"choice", "yesno", "open"}
 

@@ -101,7 +101,7 @@ class VectorTask(Task):
             net = Regressor()
         return MetaModel(model, net, net)
 
-    def load(self, model, device, *, random_weights, seed, trust_remote_code) -> Loaded:
+    def load(self, model, device, *, random_weights, seed, trust_remote_code, settings=None) -> Loaded:
         torch.manual_seed(1234)  # the same "pretrained" base for every run
         net = Regressor().to(device)
         return Loaded(net, net, "residual MLP", info={"weights": "seeded 1234"})

@@ -67,7 +67,14 @@ class CommonsenseTask(Task):
                     _parse_all(test.records, test.path)
 
     def load(
-        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+        self,
+        model: str,
+        device: torch.device,
+        *,
+        random_weights: bool,
+        seed: int,
+        trust_remote_code: bool,
+        settings: dict[str, Any] | None = None,
     ) -> Loaded:
         return load_causal_lm(
             model, device, random_weights=random_weights, seed=seed, trust_remote_code=trust_remote_code

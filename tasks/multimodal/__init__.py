@@ -22,7 +22,7 @@ from harness import models
 from harness.atomic import atomic_path
 from harness.models import MetaModel
 from harness.registry import TASKS
-from harness.task import Example, Loaded, Recipe, Task, TaskOptions
+from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
 from harness.train import TrainConfig
 from tasks.multimodal import data, native
 from tasks.multimodal.presets import PRESETS
@@ -82,14 +82,24 @@ class MultimodalTask(Task):
 
     # -- model ------------------------------------------------------------------------------------
     def load(
-        self, model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
+        self,
+        model: str,
+        device: torch.device,
+        *,
+        random_weights: bool,
+        seed: int,
+        trust_remote_code: bool,
+        settings: dict[str, Any] | None = None,
     ) -> Loaded:
         from tasks.multimodal import model as mm
+
+        train_projector = bool((settings or {}).get("train_projector", False))
+        stage2 = "trained with every method's adapter" if train_projector else "frozen"
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cfg = _llava_style(model)
         if model == models.EMBEDDED or cfg is not None:
-            info: dict[str, Any] = {"stage2_projector": "frozen (the same for every method)"}
+            info: dict[str, Any] = {"stage2_projector": f"{stage2} (the same for every method)"}
             if random_weights or cfg is not None:
                 from transformers import AutoTokenizer
 
@@ -105,14 +115,18 @@ class MultimodalTask(Task):
 
                 info["vision"] = vision.provenance()
                 label = "SmolLM2-135M-Instruct + EfficientNet-Lite0 (ImageNet), LLaVA-style, stage-1 aligned"
-            net.set_projector_trainable(False)
+            net.set_projector_trainable(train_projector)
             info["projector_params"] = sum(p.numel() for p in net.projector.parameters())
-            return Loaded(net, net.language_model, label, tokenizer, info)
+            extra = list(net.projector.parameters()) if train_projector else []
+            return Loaded(net, net.language_model, label, tokenizer, info, extra)
         config = models.load_config_dict(model) if random_weights else None
-        net, processor = mm.build_paper(model, device, dtype, random_weights, config=config, train_projector=False)
+        net, processor = mm.build_paper(
+            model, device, dtype, random_weights, config=config, train_projector=train_projector
+        )
         label = f"{models.label(model)}" + (" (random weights)" if random_weights else "")
-        info = {"stage2_projector": "frozen (the same for every method)", "stage1": "pretrained LLaVA projector"}
-        return Loaded(net, net.model.language_model, label, processor, info)
+        info = {"stage2_projector": f"{stage2} (the same for every method)", "stage1": "pretrained LLaVA projector"}
+        extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
+        return Loaded(net, net.model.language_model, label, processor, info, extra)
 
     def _stage1(self, net, tokenizer) -> dict[str, Any]:
         """Align the projector on the data's captions once; later runs load it from the cache."""
@@ -144,7 +158,7 @@ class MultimodalTask(Task):
         if isinstance(loaded.model, LlavaStyle):
             with torch.device("meta"):
                 net = LlavaStyle.from_config(loaded.model.config)
-            return MetaModel(loaded.label, net, net.language_model)
+            return MetaModel(loaded.label, same_trainability(loaded.model, net), net.language_model)
         replica = super().meta_replica(loaded)
         countable_on_meta(replica.model)
         return replica

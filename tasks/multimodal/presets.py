@@ -7,6 +7,7 @@ from harness.task import Preset, TaskOptions
 from harness.train import TrainConfig
 
 PAPER_MODEL = "llava-hf/llava-1.5-7b-hf"
+STAGE2 = {"train_projector": True}  # LLaVA's stage 2: the projector trains with the adapter, for every method
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the language model's, as EffiLoRA §4.2
 
 PRESETS: dict[str, Preset] = {
@@ -28,9 +29,10 @@ PRESETS: dict[str, Preset] = {
         {"r": 8, "alpha": 16, "heads": 3, "targets": TARGETS},
         "native",
         8,
+        STAGE2,
     ),
     "embedded": Preset(
-        "SmolLM2-135M + EfficientNet-Lite0 (LLaVA-style) on 2 CPU cores: 32 steps of 16, 150 test questions a domain",
+        "SmolLM2-135M + EfficientNet-Lite0 (LLaVA-style) on 2 CPU cores: 47 steps of 16, 150 test questions a domain",
         models.EMBEDDED,
         TrainConfig(
             epochs=1.0,
@@ -43,10 +45,11 @@ PRESETS: dict[str, Preset] = {
             val_batch_size=8,
             checkpoint_every=8,
         ),
-        TaskOptions(train_cap=176, val_size=16, eval_limit=None, template="chat"),
+        TaskOptions(train_cap=256, val_size=16, eval_limit=None, template="chat"),
         {"r": 16, "alpha": 32, "heads": 3, "targets": TARGETS},
         "native",
         8,
+        STAGE2,
     ),
     "paper": Preset(
         "EffiLoRA Table 10: LLaVA-1.5-7B, r=32, alpha=64, 3 heads, lr 2e-4, batch 1, 1 epoch (a GPU and the weights)",
@@ -67,5 +70,6 @@ PRESETS: dict[str, Preset] = {
         {"r": 32, "alpha": 64, "heads": 3, "targets": TARGETS},
         "native",
         8,
+        STAGE2,
     ),
 }
