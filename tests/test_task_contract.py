@@ -45,6 +45,17 @@ class Regressor(nn.Module):
         return x
 
 
+class Scaled(nn.Module):
+    """The regressor (where adapters attach) times a gain the task itself trains with every method."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net, self.gain = Regressor(), nn.Parameter(torch.ones(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gain * self.net(x)
+
+
 class VectorRecipe(Recipe):
     def encode(self, example: Example) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.tensor(example.meta["x"]), torch.tensor(example.meta["y"])
@@ -98,13 +109,13 @@ class VectorTask(Task):
     @classmethod
     def build_meta(cls, model: str) -> MetaModel:
         with torch.device("meta"):
-            net = Regressor()
-        return MetaModel(model, net, net)
+            net = Scaled()
+        return MetaModel(model, net, net.net)
 
     def load(self, model, device, *, random_weights, seed, trust_remote_code, settings=None) -> Loaded:
         torch.manual_seed(1234)  # the same "pretrained" base for every run
-        net = Regressor().to(device)
-        return Loaded(net, net, "residual MLP", info={"weights": "seeded 1234"})
+        net = Scaled().to(device)
+        return Loaded(net, net.net, "residual MLP", info={"weights": "seeded 1234"}, task_params=[net.gain])
 
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
         return VectorRecipe()
@@ -153,7 +164,7 @@ def test_every_method_trains_a_non_text_task_through_the_core(vector_task, tmp_p
         train = record["train"]
         losses = [loss for _, loss in train["loss_curve"]]
         assert train["steps"] == 8 and losses[-1] < losses[0]
-        assert train["samples"] == 8 * 16 and train["trainable_params"] > 0
+        assert train["samples"] == 8 * 16 and train["trainable_params"] > 0 and train["task_trained_params"] == 1
         flops = train["flops_per_step"]
         assert flops["total"] > 0 and flops["adapter"] > 0, flops
         assert [m["shape"] for m in flops["micro_batches"]] == [[8, DIM], [8, DIM]]
