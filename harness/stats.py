@@ -50,8 +50,11 @@ class Estimate:
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0 (meaningful for differences)."""
-        return self.lo > 0 or self.hi < 0
+        """The interval excludes 0 (meaningful for differences); a bound within float rounding of 0 does not."""
+        return self.lo > EPS or self.hi < -EPS
+
+
+EPS = 1e-9  # percent points: a bound this close to 0 touches it
 
 
 def resampled_means(scores: np.ndarray, rng: np.random.Generator, resamples: int = RESAMPLES) -> np.ndarray:

@@ -151,3 +151,10 @@ def test_markdown_needs_no_tabulate(tmp_path, monkeypatch):
     write_fixture(tmp_path / "runs", fixture_record("lora", 0, evals={"ARC-Easy": scored("01", "01")}))
     write_leaderboards(tmp_path / "runs", tmp_path / "out")
     assert "| lora | 100.0 [100.0, 100.0] |" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_an_interval_touching_zero_within_rounding_is_not_significant():
+    from harness.stats import Estimate
+
+    assert not Estimate(-4.2, -8.4, -1e-12).significant and not Estimate(4.2, 1e-12, 8.4).significant
+    assert Estimate(-4.2, -8.4, -0.01).significant and Estimate(4.2, 0.01, 8.4).significant

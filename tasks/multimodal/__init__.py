@@ -142,7 +142,7 @@ class MultimodalTask(Task):
         key = {
             "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
             "language_model": models.EMBEDDED_LABEL,
-            "vision_sha256": vision.provenance().get("sha256"),
+            "vision_sha256": vision.provenance()["weights_sha256"],
         }
         done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, **STAGE1)
         return {**done, "path": Path(done["path"]).name}  # in the cache dir; no machine paths in records
