@@ -158,4 +158,4 @@ def lmms_eval_scored(model: Any, fmt: Formatter, records: Sequence[Record], batc
             else:
                 losses = [float(r[0]) for r in resps]
                 picks.setdefault(doc_id, []).append(min(range(len(losses)), key=losses.__getitem__))
-    return [native._score(r, picks.get(r.id, []), texts.get(r.id, "")) for r in records]
+    return [native.score_one(r, picks.get(r.id, []), texts.get(r.id, "")) for r in records]

@@ -71,10 +71,10 @@ def score_records(
         bar.update(len(chunk))
     bar.close()
     fmt.feature_cache = None
-    return [_score(r, picks.get(i, []), texts.get(i, "")) for i, r in enumerate(records)]
+    return [score_one(r, picks.get(i, []), texts.get(i, "")) for i, r in enumerate(records)]
 
 
-def _score(record: Record, picks: list[int], text: str) -> Scored:
+def score_one(record: Record, picks: list[int], text: str) -> Scored:
     if record.kind == "choice":
         rotations = scoring.circular_variants(record.options, record.answer)
         right = [p == answer for p, (_, answer) in zip(picks, rotations, strict=True)]
