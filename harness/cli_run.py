@@ -61,6 +61,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "train_cap": args.train_cap,
             "template": args.template,
             "train_sources": tuple(split_list(args.train_domains)) if args.train_domains else None,
+            "scoring": _scoring(args),
         }.items()
         if v is not None
     }
@@ -103,6 +104,17 @@ def cmd_run(args: argparse.Namespace) -> None:
     failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
     if failed:
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
+
+
+def _scoring(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+    """Optional scorers (the diffusion suite's judge and HPS v2); None when none is asked for."""
+    import os
+
+    hps = args.hps_checkpoint or os.environ.get("HARNESS_HPS_CHECKPOINT")
+    if hps and not Path(hps).expanduser().is_file():
+        raise CliError(f"--hps-checkpoint {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)")
+    pairs = tuple((k, v) for k, v in (("judge_model", args.judge_model), ("hps_checkpoint", hps)) if v)
+    return pairs or None
 
 
 def _is_main_process() -> bool:
@@ -152,6 +164,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the single-domain rows that show cross-domain interference",
     )
     p.add_argument("--eval-batch-size", type=int)
+    p.add_argument(
+        "--judge-model",
+        help="diffusion: score samples with this model as the seven-criteria judge, through the OpenAI API "
+        "(OPENAI_BASE_URL and OPENAI_API_KEY; any compatible server)",
+    )
+    p.add_argument(
+        "--hps-checkpoint", help="diffusion: HPS v2's checkpoint file, to score samples (or $HARNESS_HPS_CHECKPOINT)"
+    )
     p.add_argument(
         "--random-weights",
         action="store_true",

@@ -112,6 +112,11 @@ class Section:
     benchmarks: list[str]
     rows: list[Row]
     info: dict[str, str]  # provenance: template, train_on_inputs, steps, eval_n, seeds, n_runs, hardware
+    averaged: list[str] = field(default_factory=list)  # the benchmarks Avg covers (the task's ``averaged``)
+
+    @property
+    def avg_of(self) -> int:
+        return len(self.averaged or self.benchmarks)
 
 
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
@@ -164,6 +169,8 @@ def _make_row(
     constant: set[str] | None = None,
     runs: list[dict[str, Any]] | None = None,
     name: str = "",
+    averaged: list[str] | None = None,
+    intervals: dict[str, Estimate] | None = None,
 ) -> Row:
     cells = {}
     for b in benchmarks:
@@ -172,9 +179,9 @@ def _make_row(
         elif b in scores:
             ci = estimate([scores[b]])
             cells[b] = Cell(ci.value, ci, constant=b in (constant or ()))
-        else:
-            cells[b] = Cell(values.get(b), constant=b in (constant or ()))
-    scored = [b for b in benchmarks if cells[b].value is not None]
+        else:  # a set-level score (e.g. KID) may carry its own interval
+            cells[b] = Cell(values.get(b), (intervals or {}).get(b), constant=b in (constant or ()))
+    scored = [b for b in averaged or benchmarks if cells[b].value is not None]
     if scored and all(b in scores for b in scored):
         ci = estimate([scores[b] for b in scored])
         cells[AVG] = Cell(ci.value, ci)
@@ -183,9 +190,9 @@ def _make_row(
     return Row(method, kind, cells, len(scored), scores, answers, runs or [], name=name or method)
 
 
-def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str]) -> Row:
+def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str], averaged: list[str]) -> Row:
     """One row from the seeds' runs of one method and its options."""
-    absent, values, scores, answers, constant = set(), {}, {}, {}, set()
+    absent, values, scores, answers, constant, intervals = set(), {}, {}, {}, set(), {}
     for b in benchmarks:
         entries = [r["eval"].get(b, {}) for r in runs]
         if all(e.get("status") == "absent" for e in entries):
@@ -194,6 +201,8 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str]) -> 
         if not all("value" in e for e in entries):
             continue  # unknown for this row: shown "–"
         values[b] = statistics.mean(e["value"] for e in entries)
+        if len(entries) == 1 and entries[0].get("ci"):  # one run's own interval; seeds' cannot be pooled
+            intervals[b] = Estimate(values[b], *entries[0]["ci"])
         per_run = [correctness(e, r["run"]["id"]) for e, r in zip(entries, runs, strict=True)]
         if all(s is not None for s in per_run) and len({examples_key(e) for e in entries}) == 1:
             scores[b], answers[b] = np.mean(per_run, axis=0), examples_key(entries[0])
@@ -201,10 +210,10 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str]) -> 
             constant.add(b)
     name = runs[0]["run"]["config"]["method"]
     kind = "zero-shot" if name == BASELINE else "trained"
-    return _make_row(method, kind, benchmarks, absent, values, scores, answers, constant, runs, name)
+    return _make_row(method, kind, benchmarks, absent, values, scores, answers, constant, runs, name, averaged, intervals)
 
 
-def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: set[str]) -> list[Row]:
+def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: set[str], averaged: list[str]) -> list[Row]:
     """``majority`` and ``chance`` from the answers of the first run (by id) that has them per benchmark."""
     scores: dict[str, dict[str, np.ndarray]] = {MAJORITY: {}, CHANCE: {}}
     answers: dict[str, str] = {}
@@ -216,13 +225,13 @@ def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: se
         for name, s in baseline_scores(entry["answers"], entry.get("n_options")).items():
             scores[name][b] = s
     return [
-        _make_row(name, "baseline", benchmarks, absent, {}, scores[name], answers)
+        _make_row(name, "baseline", benchmarks, absent, {}, scores[name], answers, averaged=averaged)
         for name in (MAJORITY, CHANCE)
         if scores[name]
     ]
 
 
-def _compare(rows: list[Row], benchmarks: list[str]) -> None:
+def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> None:
     """Fill ``row.vs``: paired differences to each reference row on the examples both scored."""
     for ref_name in REFERENCES:
         ref = next((r for r in rows if r.name == ref_name), None)  # several lora rows: the best ranked
@@ -233,7 +242,7 @@ def _compare(rows: list[Row], benchmarks: list[str]) -> None:
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             diffs = {b: paired([row.scores[b]], [ref.scores[b]]) for b in same}
-            both = [b for b in benchmarks if row.cells[b].value is not None and ref.cells[b].value is not None]
+            both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):
                 diffs[AVG] = paired([row.scores[b] for b in both], [ref.scores[b] for b in both])
             row.vs[ref_name] = diffs
@@ -261,6 +270,17 @@ def _columns(task: str, found: list[str]) -> list[str]:
     return list(dict.fromkeys([*declared, *found]))
 
 
+def _averaged(task: str, benchmarks: list[str]) -> list[str]:
+    """The benchmarks the task's Avg covers (``Task.averaged``; every one when it names none)."""
+    from harness.registry import TASKS
+
+    try:
+        declared = TASKS.get(task).averaged
+    except ValueError:
+        declared = None
+    return [b for b in benchmarks if declared is None or b in declared]
+
+
 def _rank(row: Row) -> tuple[int, float, str]:
     """Trained rows by Avg, best first (unknown last), then the zero-shot row."""
     avg = row.cells[AVG].value
@@ -272,10 +292,11 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
     benchmarks = _columns(runs[0]["run"]["config"]["task"], [b for r in runs for b in r["eval"]])
     absent = {b for b in benchmarks if all(r["eval"].get(b, {}).get("status") == "absent" for r in runs)}
     labels = _labels(sorted(groups))
-    rows = [_run_row(labels[key], g, benchmarks) for key, g in sorted(groups.items())]
+    averaged = _averaged(runs[0]["run"]["config"]["task"], benchmarks)
+    rows = [_run_row(labels[key], g, benchmarks, averaged) for key, g in sorted(groups.items())]
     rows.sort(key=_rank)
-    rows += _baseline_rows(runs, benchmarks, absent)
-    _compare(rows, benchmarks)
+    rows += _baseline_rows(runs, benchmarks, absent, averaged)
+    _compare(rows, benchmarks, averaged)
     c, first = runs[0]["run"]["config"], runs[0]
     steps = sorted({r["train"]["steps"] for r in runs if r["train"].get("steps") is not None})
     info = {
@@ -289,7 +310,8 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
     }
     model = c.get("model_label", c["model"])
     return Section(
-        c["task"], c["preset"], c["protocol"], model, config_hash({"c": common, "t": train}), benchmarks, rows, info
+        c["task"], c["preset"], c["protocol"], model, config_hash({"c": common, "t": train}), benchmarks, rows, info,
+        averaged,
     )
 
 
@@ -341,7 +363,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             for b in benchmarks:
                 out |= _score_columns(b, row.cells[b])
                 if b == AVG:
-                    out["Avg_n"] = f"{row.avg_n}/{len(s.benchmarks)}"
+                    out["Avg_n"] = f"{row.avg_n}/{s.avg_of}"
             vs = row.vs.get(REFERENCE_METHOD, {})
             for b in benchmarks:
                 d = vs.get(b)
@@ -452,6 +474,7 @@ def section_info(s: Section) -> str:
     return (
         f"Section {s.key}: steps {i['steps']}, seeds {i['seeds']}, {i['n_runs']} runs, template {i['template']}, "
         f"train_on_inputs {i['train_on_inputs']}, eval n {i['eval_n']}, hardware {i['hardware']}."
+        + (f" Avg covers {', '.join(s.averaged)} only." if s.averaged and s.averaged != s.benchmarks else "")
     )
 
 
@@ -475,19 +498,18 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
             md += [f"### {section_title(s)}", "", section_info(s), ""]
             header = ["method", *s.benchmarks, AVG, "Avg n", "Param %"]
             rows = [
-                [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{len(s.benchmarks)}"]
+                [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{s.avg_of}"]
                 + [param_text(r)]
                 for r in s.rows
             ]
             md += [markdown_table(header, rows), ""]
-            compared = [r for r in s.rows if r.vs.get(REFERENCE_METHOD)]
-            if compared:
-                md += [f"Paired difference to {REFERENCE_METHOD} (points; `*`: 95% interval excludes 0):", ""]
-                scored = [b for b in s.benchmarks if any(b in r.vs[REFERENCE_METHOD] for r in compared)]
-                rows = [
-                    [r.method, *(diff_text(r.vs[REFERENCE_METHOD].get(b)) for b in [*scored, AVG])] for r in compared
-                ]
-                md += [markdown_table(["method", *scored, AVG], rows), ""]
+            for ref in (REFERENCE_METHOD, BASELINE):
+                compared = [r for r in s.rows if r.vs.get(ref) and r.kind == "trained"]
+                if compared:
+                    md += [f"Paired difference to {ref} (points; `*`: 95% interval excludes 0):", ""]
+                    scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
+                    rows = [[r.method, *(diff_text(r.vs[ref].get(b)) for b in [*scored, AVG])] for r in compared]
+                    md += [markdown_table(["method", *scored, AVG], rows), ""]
     md += ["## overhead", ""]
     if overhead.empty:
         md += ["(no trained runs)", ""]
@@ -519,9 +541,21 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(path)
     for task in dict.fromkeys(s.task for s in secs):
         written.append(_plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
+        written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records))
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
+
+
+def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
+    """The task's own leaderboard files (``Task.leaderboard_files``, e.g. a contact sheet)."""
+    from harness.registry import TASKS
+
+    try:
+        task_cls = TASKS.get(task)
+    except ValueError:  # a plugin task's records, read without the plugin
+        return []
+    return task_cls.leaderboard_files(records, runs_dir, out_dir)
 
 
 def _plot(secs: list[Section], task: str, path: Path) -> Path:

@@ -148,7 +148,7 @@ def _table(s: Section) -> str:
         cls = row.kind + (" reference" if row.name == REFERENCE_METHOD else "")
         tds = [_td(row.method, escape(row.method))]
         tds += [_score_td(row, b) for b in [*s.benchmarks, AVG]]
-        tds.append(_td(float(row.avg_n), f"{row.avg_n}/{len(s.benchmarks)}"))
+        tds.append(_td(float(row.avg_n), f"{row.avg_n}/{s.avg_of}"))
         tds.append(_td(row.percent_trainable, param_text(row)))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
     return f'<table class="board"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'

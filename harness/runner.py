@@ -53,6 +53,12 @@ class RunSpec:
             del d["task_options"]["train_sources"]
         else:
             d["task_options"]["train_sources"] = list(d["task_options"]["train_sources"])
+        if d["task_options"]["scoring"] is None:  # unset: the run ids from before it existed stay
+            del d["task_options"]["scoring"]
+        else:  # a file a scorer reads is named, not located: where it lives is not part of what was run
+            d["task_options"]["scoring"] = {
+                k: Path(v).name if k.endswith("_checkpoint") else v for k, v in d["task_options"]["scoring"]
+            }
         return d
 
     @property

@@ -47,6 +47,8 @@ class TaskOptions:
     template: str = "clean"
     seed: int = 0
     train_sources: tuple[str, ...] | None = None  # train on these sources (domains, benchmarks) only
+    # optional scorers and their settings, e.g. (("judge_model", "gpt-4o"),): a task reads the ones it knows
+    scoring: tuple[tuple[str, str], ...] | None = None
 
     def __post_init__(self) -> None:
         for name in ("train_cap", "eval_limit"):
@@ -133,6 +135,7 @@ class Task(ABC):
     protocols: ClassVar[tuple[str, ...]] = ()
     presets: ClassVar[dict[str, Preset]] = {}
     columns: ClassVar[tuple[str, ...]] = ()  # the leaderboard's benchmark columns, in order (others follow)
+    averaged: ClassVar[tuple[str, ...] | None] = None  # the columns the leaderboard's Avg covers (None: all)
     default_preset: ClassVar[str] = "embedded"
 
     def __init__(self, options: TaskOptions) -> None:
@@ -211,6 +214,12 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """Provenance for the run record (data files, hashes, what is absent)."""
         return {}
+
+    @classmethod
+    def leaderboard_files(cls, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
+        """Extra files ``harness leaderboard`` writes for this task's ``records`` (e.g. a contact sheet of
+        generated samples, read from the run folders under ``runs_dir``); the paths written."""
+        return []
 
 
 def same_trainability(model: nn.Module, replica: nn.Module) -> nn.Module:

@@ -1,3 +1,3 @@
 """Built-in tasks (suites). Each package registers one task with ``@TASKS.register(name)``."""
 
-from tasks import commonsense, multimodal  # noqa: F401
+from tasks import commonsense, diffusion, multimodal  # noqa: F401

@@ -1,0 +1,418 @@
+"""Text-to-image diffusion (EffiLoRA §4.3): adapters on a Stable Diffusion UNet's attention linears.
+
+Models: ``paper`` = SD-1.5 (``runwayml/stable-diffusion-v1-5``: a hub id or a local diffusers folder;
+``--random-weights`` builds its UNet from the shipped config and the small VAE/text encoder around it);
+``embedded`` = a small pipeline of the same architecture pre-trained once here on Twemoji's other
+categories (cached), fine-tuned by every method on faces + food. Data: image + caption in the imagefolder
+layout (``--data-dir``), by default the shipped Twemoji (CC-BY 4.0). Scores per held-out prompt: the
+offline ones (``similarity``, ``kid``, ``fidelity``; tasks/diffusion/scoring.py), the seven-criteria
+GPT judge with ``--judge-model``, HPS v2 with ``--hps-checkpoint``; a score that cannot run is ``absent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import models
+from harness.atomic import atomic_path
+from harness.models import MetaModel
+from harness.registry import TASKS
+from harness.task import Example, Loaded, Recipe, Task, TaskOptions
+from harness.train import TrainConfig
+from tasks.diffusion import data as ddata
+from tasks.diffusion.presets import PRESETS
+
+ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
+JUDGE_COLUMNS = tuple(f"judge_{c}" for c in ("quality", "detail", "theme", "creativity", "style", "emotion", "tech"))
+SHEET_PROMPTS = 8  # rows of the contact sheet
+PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
+
+
+@TASKS.register("diffusion")
+class DiffusionTask(Task):
+    version = "1"
+    protocols = ("native",)
+    presets = PRESETS
+    columns = ("similarity", "fidelity", "kid", *JUDGE_COLUMNS, "judge_avg", "hps_v2")
+    averaged = ("similarity", "fidelity")  # Avg: the two offline scores on a 0-100 scale, higher is better
+
+    @classmethod
+    def check_options(cls, protocol: str, options: TaskOptions) -> None:
+        if options.template != "caption":
+            raise ValueError(
+                f"template {options.template!r}: the diffusion task conditions on the caption; "
+                "pass --template caption or leave it unset"
+            )
+        if options.train_sources:
+            raise ValueError("--train-domains does not apply to the diffusion task; leave it unset")
+
+    @classmethod
+    def default_template(cls, protocol: str, preset_template: str) -> str:
+        return "caption"
+
+    @classmethod
+    def check_model(cls, model: str) -> None:
+        if model == models.EMBEDDED or _is_pipeline_folder(model):
+            return
+        models.load_config_dict(model)
+
+    @classmethod
+    def build_meta(cls, model: str) -> MetaModel:
+        from tasks.diffusion import model as dmodel
+
+        if model == models.EMBEDDED:
+            from diffusers import UNet2DConditionModel
+
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(dmodel.unet_config())
+            return MetaModel(models.label(model), unet, unet)
+        if _is_pipeline_folder(model):
+            from diffusers import UNet2DConditionModel
+
+            config = UNet2DConditionModel.load_config(str(model), subfolder="unet")
+            with torch.device("meta"):
+                unet = UNet2DConditionModel.from_config(config)
+            return MetaModel(models.label(model), unet, unet)
+        return models.build_meta(model)  # a UNet config (the paper's, shipped) or a hub id's
+
+    def __init__(self, options: TaskOptions) -> None:
+        super().__init__(options)
+        self.check_options("native", options)
+        self.folder = resolve_data(options.data_dir)
+        self.data = ddata.load(self.folder)  # every line and image checked: bad data fails before any model
+        self.settings: dict[str, Any] = {}
+
+    # -- model ------------------------------------------------------------------------------------
+    def load(
+        self,
+        model: str,
+        device: torch.device,
+        *,
+        random_weights: bool,
+        seed: int,
+        trust_remote_code: bool,
+        settings: dict[str, Any] | None = None,
+    ) -> Loaded:
+        from tasks.diffusion import model as dmodel
+        from tasks.diffusion import pretrain
+
+        self.settings = dict(settings or {})
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        info: dict[str, Any] = {"frozen": "VAE and text encoder (adapters on the UNet only)"}
+        if model == models.EMBEDDED and not random_weights:
+            folder, base = pretrain.ensure_base(self.data.base or _twemoji_base(), device)
+            pipe = dmodel.load_folder(folder, device, dtype)
+            info["base"] = {
+                k: base[k]
+                for k in (
+                    "version",
+                    "rows_sha256",
+                    "n_rows",
+                    "settings",
+                    "pretrain_s",
+                    "final_losses",
+                    "vae_scaling_factor",
+                )
+                if k in base
+            }
+            info["base"]["folder"] = folder.name  # in the cache dir; no machine paths in records
+            label = "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text), pre-trained here on Twemoji"
+        elif random_weights:
+            unet_cfg = None
+            if model != models.EMBEDDED:
+                cfg = models.load_config_dict(model)
+                if cfg.get("_class_name") != "UNet2DConditionModel":
+                    raise ValueError(
+                        f"{model}: --random-weights for the diffusion task needs a UNet2DConditionModel config"
+                    )
+                unet_cfg = cfg
+            text = dmodel.text_config()
+            if unet_cfg is not None:
+                text = {
+                    **text,
+                    "hidden_size": unet_cfg["cross_attention_dim"],
+                    "projection_dim": unet_cfg["cross_attention_dim"],
+                    "intermediate_size": 4 * unet_cfg["cross_attention_dim"],
+                    "num_attention_heads": max(1, unet_cfg["cross_attention_dim"] // 64),
+                }
+            vae = dmodel.vae_config()
+            if unet_cfg is not None:  # latents of the UNet's size: the VAE's factor times its sample size
+                vae = {**vae, "latent_channels": unet_cfg.get("in_channels", 4)}
+            pipe = dmodel.build(device, dtype, seed=seed, unet=unet_cfg, vae=vae, text=text)
+            label = f"{models.label(model)} (random weights)"
+        else:
+            pipe = dmodel.load_folder(model, device, dtype)
+            label = models.label(model)
+        return Loaded(pipe, pipe.unet, label, pipe.tokenizer, info)
+
+    def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:
+        from tasks.diffusion.recipe import DiffusionRecipe, Objective
+
+        keys = ("prediction_type", "snr_gamma", "noise_offset")
+        objective = Objective(**{k: self.settings[k] for k in keys if k in self.settings})
+        loaded.model.scheduler.register_to_config(prediction_type=objective.prediction_type)
+        return DiffusionRecipe(loaded.model, objective)
+
+    def meta_replica(self, loaded: Loaded) -> MetaModel:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        from harness.task import same_trainability
+        from tasks.diffusion.model import Pipeline
+
+        p = loaded.model
+        with torch.device("meta"):
+            parts = (
+                UNet2DConditionModel.from_config(p.unet.config),
+                AutoencoderKL.from_config(p.vae.config),
+                type(p.text_encoder)(p.text_encoder.config),
+            )
+        replica = Pipeline(*parts, p.tokenizer, p.scheduler)
+        return MetaModel(loaded.label, same_trainability(p, replica), replica.unet)
+
+    # -- data -------------------------------------------------------------------------------------
+    def splits(self) -> tuple[list[Example], list[Example]]:
+        rows = list(self.data.train)
+        import random
+
+        random.Random(self.options.seed).shuffle(rows)
+        if self.options.train_cap:
+            rows = rows[: self.options.train_cap]
+        examples = [Example(r.text, "", r.category, {"image": r.image, "seed": i}) for i, r in enumerate(rows)]
+        if len(examples) <= self.options.val_size:
+            raise ValueError(f"only {len(examples)} training images for val_size={self.options.val_size}; lower it")
+        return examples[self.options.val_size :], examples[: self.options.val_size]
+
+    # -- scoring ----------------------------------------------------------------------------------
+    def evaluate(
+        self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
+    ) -> dict[str, dict[str, Any]]:
+        from tasks.diffusion import sampling, scoring
+
+        if protocol not in self.protocols:
+            raise ValueError(f"unknown protocol {protocol!r}; choose one of: {', '.join(self.protocols)}")
+        pipe = loaded.model
+        test = self.data.test
+        chosen = ddata.prompts(test, self.options.eval_limit, seed=0)
+        seeds = [PROMPT_SEED + test.index(i) for i in chosen]
+        s = self.settings
+        images = sampling.generate(
+            pipe,
+            [i.text for i in chosen],
+            seeds,
+            steps=int(s.get("sample_steps", 25)),
+            guidance=float(s.get("guidance", 3.0)),
+            scheduler=s.get("sampler", "ddim"),
+            batch_size=batch_size,
+            progress=progress,
+        )
+        size = pipe.resolution
+        real = scoring.real_images(chosen, size)
+        ids = "\n".join(f"{i.image.name}\t{seed}" for i, seed in zip(chosen, seeds, strict=True))
+        common = {
+            "n": len(chosen),
+            "protocol": protocol,
+            "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
+            "sha256": _sha256(self.folder / ddata.METADATA),
+        }
+        gen_f, real_f = scoring.features(images), scoring.features(real)
+        sim = scoring.similarity(gen_f, real_f)
+        out: dict[str, dict[str, Any]] = {
+            "similarity": {
+                "metric": "similarity",
+                "value": sum(sim) / len(sim),
+                "scores": [round(x, 3) for x in sim],
+                "higher_is_better": True,
+                **common,
+            },
+        }
+        k = scoring.kid(gen_f, real_f)
+        out["kid"] = {
+            "metric": "kid",
+            "value": k["value"],
+            "ci": [k["lo"], k["hi"]],
+            "higher_is_better": False,
+            "note": "x1000, all generated vs all held-out real images",
+            **common,
+        }
+        clf = scoring.category_classifier(self.data.base + self.data.train, test, size)
+        predicted = clf.predict(gen_f) if clf else None
+        if clf is None:
+            out["fidelity"] = {"status": "absent", "reason": "the data has no categories for the classifier"}
+        else:
+            hits = [100.0 * (p == i.category) for p, i in zip(predicted, chosen, strict=True)]
+            out["fidelity"] = {
+                "metric": "fidelity",
+                "value": sum(hits) / len(hits),
+                "scores": hits,
+                "higher_is_better": True,
+                "classifier": clf.info,
+                **common,
+            }
+        out |= self._judge(images, chosen, common)
+        out |= self._hps(images, chosen, common)
+        if predictions_path is not None:
+            self._save_samples(predictions_path, images, real, chosen, seeds, sim, predicted)
+        return out
+
+    def _judge(self, images, chosen, common) -> dict[str, dict[str, Any]]:
+        from tasks.diffusion import judge
+
+        model = self.options_scoring().get("judge_model")
+        if not model:
+            return {c: {"status": "absent", "reason": "no --judge-model given"} for c in (*JUDGE_COLUMNS, "judge_avg")}
+        j = judge.Judge(model)
+        verdicts = [j(_png(im), item.text) for im, item in zip(images, chosen, strict=True)]
+        ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
+        meta = {
+            "judge_model": model,
+            "rubric_version": judge.RUBRIC_VERSION,
+            "failed": len(verdicts) - len(ok),
+            "requests": sum(v.requests for v in verdicts),
+            "cached": sum(v.cached for v in verdicts),
+        }
+        if not ok:
+            return {
+                c: {"status": "failed", "reason": "no parsable judge answer", **meta}
+                for c in (*JUDGE_COLUMNS, "judge_avg")
+            }
+        judged = {
+            **common,
+            "n": len(ok),
+            "examples": hashlib.sha256(f"{common['examples']}:{[i for i, _ in ok]}".encode()).hexdigest()[:16],
+        }
+        out = {}
+        for col, crit in zip(JUDGE_COLUMNS, judge.CRITERIA, strict=True):
+            vals = [float(v.scores[crit]) for _, v in ok]
+            out[col] = {
+                "metric": col,
+                "value": sum(vals) / len(vals),
+                "scores": vals,
+                "higher_is_better": True,
+                **judged,
+                **meta,
+            }
+        avg = [sum(v.scores.values()) / len(judge.CRITERIA) for _, v in ok]
+        out["judge_avg"] = {
+            "metric": "judge_avg",
+            "value": sum(avg) / len(avg),
+            "scores": avg,
+            "higher_is_better": True,
+            **judged,
+            **meta,
+        }
+        return out
+
+    def _hps(self, images, chosen, common) -> dict[str, dict[str, Any]]:
+        from tasks.diffusion import hps
+
+        checkpoint = self.options_scoring().get("hps_checkpoint")
+        if not checkpoint:
+            return {"hps_v2": {"status": "absent", "reason": "no --hps-checkpoint given"}}
+        try:
+            scorer = hps.HPSv2(Path(checkpoint))
+        except hps.Unavailable as exc:
+            return {"hps_v2": {"status": "absent", "reason": str(exc)}}
+        vals = scorer.score(images, [i.text for i in chosen])
+        return {
+            "hps_v2": {
+                "metric": "hps_v2",
+                "value": sum(vals) / len(vals),
+                "scores": vals,
+                "higher_is_better": True,
+                "checkpoint": scorer.provenance,
+                **common,
+            }
+        }
+
+    def options_scoring(self) -> dict[str, str]:
+        return dict(self.options.scoring or ())
+
+    def _save_samples(self, predictions_path, images, real, chosen, seeds, sim, predicted) -> None:
+        folder = predictions_path.parent / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        lines = []
+        for n, (im, item, seed) in enumerate(zip(images, chosen, seeds, strict=True)):
+            with atomic_path(folder / f"{n:03d}.png") as tmp:
+                im.save(tmp, format="PNG")
+            if n < SHEET_PROMPTS:  # the held-out real image beside it, for the contact sheet
+                with atomic_path(folder / f"real-{n:03d}.png") as tmp:
+                    real[n].save(tmp, format="PNG")
+            lines.append(
+                json.dumps(
+                    {
+                        "n": n,
+                        "file": f"samples/{n:03d}.png",
+                        "prompt": item.text,
+                        "seed": seed,
+                        "real": item.image.name,
+                        "category": item.category,
+                        "similarity": round(sim[n], 3),
+                        "predicted_category": predicted[n] if predicted else None,
+                    }
+                )
+            )
+        with atomic_path(predictions_path) as tmp:
+            tmp.write_text("\n".join(lines) + "\n")
+
+    def describe(self) -> dict[str, Any]:
+        out = {**ddata.describe(self.data), "data_dir": self.folder.name}
+        if self.data.base:
+            out["attribution"] = ATTRIBUTION
+        return out
+
+    @classmethod
+    def leaderboard_files(cls, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
+        from tasks.diffusion.sheet import contact_sheets
+
+        return contact_sheets(records, runs_dir, out_dir)
+
+
+def _png(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def _is_pipeline_folder(model: str) -> bool:
+    return (Path(model) / "model_index.json").is_file()
+
+
+def _twemoji_base() -> list[ddata.Item]:
+    """The shipped Twemoji's base rows, when the fine-tuning data is the user's own."""
+    return ddata.load(twemoji_dir()).base
+
+
+def resolve_data(data_dir: str | None) -> Path:
+    """The user's imagefolder (``--data-dir``; a data root holding ``diffusion/twemoji-64`` also works),
+    or the shipped Twemoji."""
+    if data_dir:
+        path = Path(data_dir).expanduser()
+        if not path.is_dir():
+            raise ValueError(
+                f"data dir {str(path)!r} is not a folder; pass --data-dir pointing at an imagefolder "
+                "(metadata.jsonl with file_name and text, or train/ and test/ holding one each)"
+            )
+        nested = path / "diffusion" / "twemoji-64"
+        if not (path / ddata.METADATA).is_file() and not (path / "train").is_dir() and nested.is_dir():
+            return nested
+        return path
+    return twemoji_dir()
+
+
+def twemoji_dir() -> Path:
+    from tasks.multimodal import twemoji_dir as find
+
+    return find()
+
+
+__all__ = ["DiffusionTask"]

@@ -1,0 +1,162 @@
+"""Image + caption data in the Hugging Face ``imagefolder`` layout: ``metadata.jsonl`` (one JSON object a
+line with ``file_name`` and ``text``) beside the images, as pokemon-blip-captions is saved locally; with
+``train/`` and ``test/`` subfolders when the data has its own split. Every line and image is checked on
+read, so bad data fails before any model loads. ``load_hub`` saves a hub dataset in this layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+METADATA = "metadata.jsonl"
+# the shipped Twemoji set: the base pre-trains on every other category; methods fine-tune on these two
+# (a style and subjects the base never saw: yellow faces, food) and are scored on held-out images of them
+FINETUNE_CATEGORIES = ("Smileys & Emotion", "Food & Drink")
+SKIP_CATEGORIES = ("Component",)  # skin-tone swatches and hair pieces, not pictures of anything
+TEST_EVERY = 5  # without a test/ folder: every 5th row (in file order) is held out for scoring
+PAPER_DATASET = "reach-vb/pokemon-blip-captions"
+
+
+@dataclass(frozen=True)
+class Item:
+    image: Path
+    text: str
+    category: str = ""
+    row: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def read_folder(folder: Path) -> list[Item]:
+    """The checked rows of ``folder/metadata.jsonl``: raises ``ValueError`` naming the line and what to do."""
+    meta = folder / METADATA
+    if not meta.is_file():
+        raise ValueError(
+            f"{folder} has no {METADATA}; an image-caption folder needs one JSON object a line with "
+            '"file_name" and "text" (the Hugging Face imagefolder layout)'
+        )
+    items = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{meta}: line {n}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where} is not JSON ({exc.msg}); fix or remove it") from None
+        if not isinstance(row, dict):
+            raise ValueError(f'{where} is not a JSON object; each line needs "file_name" and "text"')
+        if not isinstance(row.get("file_name"), str) or not row["file_name"]:
+            raise ValueError(f'{where} has no "file_name"; add the image\'s path relative to {folder}')
+        if "text" not in row:
+            raise ValueError(f'{where} has no "text" (the caption); add one')
+        if not isinstance(row["text"], str) or not row["text"].strip():
+            raise ValueError(f'{where}: the caption ("text") is empty; write one or remove the line')
+        path = folder / row["file_name"]
+        if not path.is_file():
+            raise ValueError(f"{where}: image {row['file_name']!r} is missing; add it or remove the line")
+        try:
+            with Image.open(path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
+        items.append(Item(path, row["text"].strip(), str(row.get("category", "")), row))
+    if not items:
+        raise ValueError(f"{meta} has no rows; add image-caption lines")
+    return items
+
+
+@dataclass
+class Data:
+    """The fine-tuning rows (train and held-out test), and the rows the embedded base pre-trains on."""
+
+    folder: Path
+    train: list[Item]
+    test: list[Item]
+    base: list[Item]
+    split: str
+
+
+def load(folder: Path) -> Data:
+    """``folder/train`` + ``folder/test`` when present; the shipped Twemoji (rows with categories): base
+    = other categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test."""
+    if (folder / "train" / METADATA).is_file() and (folder / "test" / METADATA).is_file():
+        return Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
+    items = read_folder(folder)
+    cats = {i.category for i in items}
+    if all(c in cats for c in FINETUNE_CATEGORIES):
+        tune = [i for i in items if i.category in FINETUNE_CATEGORIES]
+        base = [i for i in items if i.category not in FINETUNE_CATEGORIES + SKIP_CATEGORIES]
+        split = f"fine-tune on {' + '.join(FINETUNE_CATEGORIES)} (base pre-trains on the other categories)"
+    else:
+        tune, base, split = items, [], "all rows"
+    test = tune[TEST_EVERY - 1 :: TEST_EVERY]
+    held = {id(i) for i in test}
+    train = [i for i in tune if id(i) not in held]
+    return Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
+
+
+def prompts(test: list[Item], n: int | None, seed: int = 0) -> list[Item]:
+    """``n`` held-out rows sampled with a fixed seed (all of them when ``n`` is None or larger)."""
+    if not n or n >= len(test):
+        return list(test)
+    return sorted(random.Random(seed).sample(test, n), key=test.index)
+
+
+def load_image(path: Path, size: int) -> torch.Tensor:
+    """RGB in [-1, 1], ``size`` x ``size``: transparency composited on white, non-RGB converted, resized
+    on the short side and centre-cropped (diffusers' training transforms)."""
+    with Image.open(path) as im:
+        im = im.convert("RGBA")
+        rgb = Image.new("RGB", im.size, (255, 255, 255))
+        rgb.paste(im, mask=im.getchannel("A"))
+    w, h = rgb.size
+    scale = size / min(w, h)
+    rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+    left, top = (rgb.width - size) // 2, (rgb.height - size) // 2
+    rgb = rgb.crop((left, top, left + size, top + size))
+    arr = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0)
+    return arr.permute(2, 0, 1).contiguous()
+
+
+def describe(data: Data) -> dict[str, Any]:
+    meta = data.folder / METADATA
+    files = [p for p in (meta, data.folder / "train" / METADATA, data.folder / "test" / METADATA) if p.is_file()]
+    return {
+        "format": "imagefolder (metadata.jsonl: file_name, text)",
+        "files": {str(p.relative_to(data.folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        "split": data.split,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "n_base": len(data.base),
+    }
+
+
+def load_hub(dataset: str, out: Path, split: str = "train") -> Path:
+    """Save a hub image-caption dataset (``image`` + ``text`` columns; pokemon-blip-captions by default)
+    as an imagefolder under ``out``. Needs the internet (or the datasets cache)."""
+    import datasets
+
+    ds = datasets.load_dataset(dataset, split=split) if isinstance(dataset, str) else dataset
+    return save_imagefolder(ds, out)
+
+
+def save_imagefolder(ds: Any, out: Path) -> Path:
+    """Rows with a PIL ``image`` and a ``text`` caption, written as ``out/images/*.png`` + metadata.jsonl."""
+    from harness.atomic import write_text
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, row in enumerate(ds):
+        name = f"images/{i:05d}.png"
+        row["image"].convert("RGB").save(out / name)
+        lines.append(json.dumps({"file_name": name, "text": row["text"]}))
+    write_text(out / METADATA, "\n".join(lines) + "\n")
+    return out

@@ -1,0 +1,54 @@
+"""HPS v2 (Wu et al., 2023): an OpenCLIP ViT-H-14 fine-tuned on human preferences; the score of an image
+for its prompt is 100 x the cosine of their embeddings, as EffiLoRA Table 5 reports it.
+
+The user supplies the checkpoint (``--hps-checkpoint``: ``HPS_v2_compressed.pt``, a dict with a
+``state_dict``). The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
+tokenizer's BPE vocabulary file, which open-clip-torch ships, so it is not needed. open_clip imports
+torchvision: where that import fails (a CPU machine without a working torchvision) HPS v2 is ``absent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ARCH = "ViT-H-14"
+
+
+class Unavailable(Exception):
+    """HPS v2 cannot run here; the message says why (the column is then ``absent``)."""
+
+
+class HPSv2:
+    def __init__(self, checkpoint: Path, arch: str = ARCH, device: str = "cpu") -> None:
+        try:
+            import open_clip
+        except Exception as exc:  # ImportError, or torchvision's own import errors
+            raise Unavailable(
+                f"open_clip cannot be imported ({type(exc).__name__}: {exc}); install open-clip-torch "
+                "with a torchvision that matches torch"
+            ) from None
+        if not checkpoint.is_file():
+            raise Unavailable(f"HPS v2 checkpoint {checkpoint.name!r} is not a file")
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device)
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        model.load_state_dict(state.get("state_dict", state))
+        self.model, self.preprocess = model.eval(), preprocess
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.device = device
+        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        self.provenance: dict[str, Any] = {"file": checkpoint.name, "sha256": digest, "arch": arch}
+
+    def score(self, images: list, prompts: list[str]) -> list[float]:
+        out = []
+        with torch.no_grad():
+            for image, prompt in zip(images, prompts, strict=True):
+                pixels = self.preprocess(image).unsqueeze(0).to(self.device)
+                text = self.tokenizer([prompt]).to(self.device)
+                feats = self.model(pixels, text)
+                img, txt = feats["image_features"], feats["text_features"]
+                out.append(round(100 * float((img * txt).sum()), 4))
+        return out

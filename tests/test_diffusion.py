@@ -1,0 +1,524 @@
+"""The diffusion suite (issue 7): every registered method trains on a Stable Diffusion UNet through the
+core; generation, the offline scores, the judge through a real OpenAI-compatible HTTP server on
+127.0.0.1, HPS v2's absent path, the contact sheet, the paper preset offline and at a reduced SD shape."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from harness.cli import main
+from harness.runner import build_specs, preflight, run_all
+from tasks.diffusion import data as ddata
+from tasks.diffusion import judge as djudge
+from tasks.diffusion import model as dmodel
+from tasks.diffusion import scoring
+from tests.conftest import ALL_METHODS
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (240, 220, 30)}
+SHAPES = ("circle", "square")
+
+
+def tiny_data(root: Path, n: int = 24) -> Path:
+    """An imagefolder of coloured shapes with captions (palette-mode PNGs, converted on read)."""
+    from PIL import ImageDraw
+
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        colour, shape = list(COLOURS)[i % 4], SHAPES[(i // 4) % 2]
+        im = Image.new("RGB", (24, 24), "white")
+        draw = ImageDraw.Draw(im)
+        box = (4 + i % 3, 4, 19, 19 - i % 2)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
+        im.convert("P").save(root / "images" / f"{i:03d}.png")
+        lines.append(json.dumps({"file_name": f"images/{i:03d}.png", "text": f"a {colour} {shape} number {i}"}))
+    (root / ddata.METADATA).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def tiny_pipeline(folder: Path) -> Path:
+    """A diffusers Stable Diffusion folder at a tiny shape (16 px, 8x8 latents), random weights."""
+    unet = {
+        **dmodel.unet_config(),
+        "sample_size": 8,
+        "block_out_channels": [32, 32, 32],
+        "cross_attention_dim": 32,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+    }
+    vae = {
+        **dmodel.vae_config(),
+        "block_out_channels": [8, 8],
+        "down_block_types": ["DownEncoderBlock2D"] * 2,
+        "up_block_types": ["UpDecoderBlock2D"] * 2,
+        "norm_num_groups": 8,
+        "sample_size": 16,
+    }
+    text = {
+        **dmodel.text_config(),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "projection_dim": 32,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    }
+    pipe = dmodel.build(
+        torch.device("cpu"), torch.float32, seed=0, unet=unet, vae=vae, text=text, tokenizer_dir=folder.parent / "tok"
+    )
+    pipe.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("diffusion")
+    return tiny_pipeline(root / "pipe"), tiny_data(root / "data")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "HARNESS_HPS_CHECKPOINT"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _run(tiny, runs: Path, method: str, **task) -> dict:
+    folder, data = tiny
+    specs = build_specs("diffusion", [method], [0], "smoke", model=str(folder), task_overrides=task or None)
+    preflight(specs)
+    return run_all(specs, runs, str(data), progress=False)[0]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_every_method_trains_on_the_unet(tiny, tmp_path, method):
+    record = _run(tiny, tmp_path / "runs", method)
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    train = record["train"]
+    assert train["steps"] == 3 and train["trainable_params"] > 0
+    assert [s for s, _ in train["loss_curve"]] == [1, 2, 3] and all(np.isfinite(x) for _, x in train["loss_curve"])
+    flops = train["flops_per_step"]
+    assert 0 < flops["adapter"] < flops["total"]  # the adapter's share is counted, and is not the whole step
+    ev = record["eval"]
+    assert ev["similarity"]["n"] == 4 and len(ev["similarity"]["scores"]) == 4
+    assert ev["kid"]["higher_is_better"] is False
+    assert ev["fidelity"]["status"] == "absent"  # captions without categories: no classifier
+    assert ev["judge_avg"]["status"] == "absent" and ev["hps_v2"]["status"] == "absent"
+    run_dir = tmp_path / "runs" / record["run"]["id"]
+    assert len(list((run_dir / "samples").glob("[0-9]*.png"))) == 4
+    # the adapters sit on the UNet's attention linears only (the VAE and the text encoder stay frozen)
+    from safetensors import safe_open
+
+    files = list((run_dir / "adapter").glob("*.safetensors"))
+    with safe_open(files[0], "pt") as f:
+        keys = list(f.keys())
+    layers = {k.split(".lora_")[0] for k in keys if ".lora_" in k and not k.startswith("lora_")}
+    assert layers and all(k.startswith(("down_blocks", "up_blocks", "mid_block")) for k in layers), layers
+    assert all(k.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")) for k in layers), layers
+
+
+def test_base_and_lora_samples_differ_and_the_loss_is_deterministic_in_eval(tiny):
+    from tasks.diffusion import DiffusionTask
+    from tasks.diffusion.recipe import DiffusionRecipe, Objective
+
+    folder, data = tiny
+    task = DiffusionTask(
+        build_specs("diffusion", ["lora"], [0], "smoke")[0].task_options.__class__(
+            data_dir=str(data), template="caption", val_size=4
+        )
+    )
+    loaded = task.load(str(folder), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    train, val = task.splits()
+    recipe = DiffusionRecipe(loaded.model, Objective())
+    batch = recipe.collate([recipe.encode(e) for e in val])
+    loaded.model.eval()
+    with torch.no_grad():
+        a, b = recipe.loss_sum(loaded.model, batch), recipe.loss_sum(loaded.model, batch)
+    assert torch.equal(a, b)
+    loaded.model.train()
+    with torch.no_grad():
+        c = recipe.loss_sum(loaded.model, batch)
+    assert not torch.equal(a, c)  # training draws fresh noise and timesteps
+
+
+@pytest.mark.parametrize("objective", [{"prediction_type": "v_prediction"}, {"snr_gamma": 5.0}, {"noise_offset": 0.1}])
+def test_objective_variants_give_finite_losses_that_differ(tiny, objective):
+    from tasks.diffusion.model import load_folder
+    from tasks.diffusion.recipe import DiffusionRecipe, Objective
+
+    folder, data = tiny
+    pipe = load_folder(folder, torch.device("cpu"), torch.float32).eval()
+    items = ddata.read_folder(data)[:4]
+    from harness.task import Example
+
+    examples = [Example(i.text, "", "", {"image": i.image, "seed": n}) for n, i in enumerate(items)]
+    plain, variant = DiffusionRecipe(pipe, Objective()), DiffusionRecipe(pipe, Objective(**objective))
+    batch = plain.collate([plain.encode(e) for e in examples])
+    with torch.no_grad():
+        x, y = plain.loss_sum(pipe, batch), variant.loss_sum(pipe, batch)
+    assert torch.isfinite(y) and not torch.isclose(x, y)
+
+
+def test_objective_rejects_bad_settings():
+    from tasks.diffusion.recipe import Objective
+
+    with pytest.raises(ValueError, match="epsilon or v_prediction"):
+        Objective(prediction_type="sample")
+    with pytest.raises(ValueError, match="snr_gamma"):
+        Objective(snr_gamma=0)
+
+
+def test_clip_tokenizer_matches_openai_clip_ids():
+    tok = dmodel.clip_tokenizer(max_length=77)
+    assert len(tok) == 49408
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # OpenAI CLIP's ids
+
+
+def test_kid_is_near_zero_for_one_distribution_and_large_for_two():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 64, generator=g), torch.randn(60, 64, generator=g)
+    same = scoring.kid(x[:30], x[30:], resamples=200)
+    apart = scoring.kid(x, y + 0.5, resamples=200)
+    assert same["lo"] < 0 < same["hi"]
+    assert apart["lo"] > 0 and apart["value"] > 10 * abs(same["value"])
+
+
+def test_category_classifier_separates_features():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.cat([torch.randn(20, 8, generator=g) + 3, torch.randn(20, 8, generator=g) - 3])
+    clf = scoring.CategoryClassifier.fit(feats, ["a"] * 20 + ["b"] * 20)
+    assert clf.predict(torch.full((1, 8), 3.0)) == ["a"] and clf.predict(torch.full((1, 8), -3.0)) == ["b"]
+
+
+# -- the judge, through a real HTTP server -----------------------------------------------------------------
+GOOD = {"quality": 7, "detail": 6, "theme": 8, "creativity": 5, "style": 6, "emotion": 4, "tech": 7}
+
+
+class _Server:
+    """An OpenAI-compatible /v1/chat/completions on 127.0.0.1: answers from ``answer()``, counts requests,
+    keeps the Authorization headers it saw."""
+
+    def __init__(self, answer):
+        self.requests, self.auth = 0, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests += 1
+                outer.auth.append(self.headers.get("Authorization"))
+                assert body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+                reply = {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "message": {"role": "assistant", "content": answer(outer.requests)},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.timeout = 5
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+KEY = "sk-test-never-written-3f9a"
+
+
+def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("openai")
+    with _Server(lambda n: "Here you go: " + json.dumps(GOOD)) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        scoring_opts = (("judge_model", "judge-test"),)
+        first = _run(tiny, tmp_path / "runs", "lora", scoring=scoring_opts)
+        assert first["run"]["status"] == "success", first["run"].get("traceback")
+        ev = first["eval"]
+        assert ev["judge_quality"]["value"] == 7 and ev["judge_emotion"]["value"] == 4
+        assert ev["judge_avg"]["value"] == pytest.approx(sum(GOOD.values()) / 7)
+        assert (
+            ev["judge_avg"]["judge_model"] == "judge-test"
+            and ev["judge_avg"]["rubric_version"] == djudge.RUBRIC_VERSION
+        )
+        assert first["run"]["config"]["task_options"]["scoring"] == {"judge_model": "judge-test"}
+        # a second run of the same images (a new runs dir: the same run again) asks nothing new
+    with _Server(lambda n: json.dumps(GOOD)) as url2:
+        monkeypatch.setenv("OPENAI_BASE_URL", url2)
+        second = _run(tiny, tmp_path / "runs2", "lora", scoring=(("judge_model", "judge-test"),))
+        assert second["eval"]["judge_avg"]["cached"] == 4 and second["eval"]["judge_avg"]["requests"] == 0
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not any(KEY.encode() in p.read_bytes() for p in written)
+
+
+def test_judge_counts_requests_and_auth(tmp_path):
+    pytest.importorskip("openai")
+    import openai
+
+    server = _Server(lambda n: json.dumps(GOOD))
+    with server as url:
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url, api_key=KEY))
+        png = b"\x89PNG fake bytes"
+        v1 = judge(png, "a red circle")
+        v2 = judge(png, "a red circle")
+        v3 = judge(png, "a blue circle")
+    assert v1.scores == GOOD and not v1.cached and v1.requests == 1
+    assert v2.cached and v2.requests == 0 and server.requests == 2  # the cached answer was not asked again
+    assert v3.scores == GOOD
+    assert server.auth == [f"Bearer {KEY}"] * 2
+    assert not any(KEY in p.read_text() for p in (tmp_path / "cache").iterdir())
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "no json here",
+        json.dumps({**GOOD, "extra": 3}),
+        json.dumps({k: v for k, v in GOOD.items() if k != "tech"}),
+        json.dumps({**GOOD, "quality": 11}),
+        json.dumps({**GOOD, "quality": "7"}),
+    ],
+)
+def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
+    pytest.importorskip("openai")
+    import openai
+
+    server = _Server(lambda n: bad)
+    with server as url:
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url, api_key=KEY))
+        verdict = judge(b"png", "a red circle")
+    assert verdict.scores is None and verdict.requests == djudge.RETRIES == server.requests
+    assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # failures are not cached
+
+
+def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("openai")
+    answers = iter([json.dumps(GOOD)] + ["garbage"] * 100)
+    with _Server(lambda n: next(answers)) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        record = _run(tiny, tmp_path / "runs", "lora", scoring=(("judge_model", "judge-test"),))
+    assert record["run"]["status"] == "success"
+    avg = record["eval"]["judge_avg"]
+    assert avg["n"] == 1 and avg["failed"] == 3  # one image judged, three recorded as failed
+
+
+def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
+    from tasks.diffusion import hps
+
+    ckpt = tmp_path / "HPS_v2_compressed.pt"
+    torch.save({"state_dict": {}}, ckpt)
+    try:
+        import open_clip  # noqa: F401
+    except Exception:
+        record = _run(tiny, tmp_path / "runs", "lora", scoring=(("hps_checkpoint", str(ckpt)),))
+        entry = record["eval"]["hps_v2"]
+        assert entry["status"] == "absent" and "open_clip" in entry["reason"]
+        assert record["run"]["config"]["task_options"]["scoring"] == {"hps_checkpoint": ckpt.name}
+        return
+    with pytest.raises(Exception):  # noqa: B017  (open_clip present: an empty state dict does not load)
+        hps.HPSv2(ckpt)
+
+
+def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
+    open_clip = pytest.importorskip("open_clip", reason="open_clip needs a torchvision that imports")
+    from tasks.diffusion import hps
+
+    model, _, _ = open_clip.create_model_and_transforms("RN50", pretrained=None)
+    ckpt = tmp_path / "small.pt"
+    torch.save({"state_dict": model.state_dict()}, ckpt)
+    scorer = hps.HPSv2(ckpt, arch="RN50")
+    values = scorer.score([Image.new("RGB", (64, 64), "red")], ["a red square"])
+    assert len(values) == 1 and -100 <= values[0] <= 100
+
+
+# -- the CLI, the leaderboard and the contact sheet ---------------------------------------------------
+def test_cli_smoke_writes_records_samples_and_a_contact_sheet(tiny, tmp_path, capsys):
+    folder, data = tiny
+    runs = tmp_path / "runs"
+    code = main(
+        [
+            "run",
+            "--methods",
+            "base,lora,effilora",
+            "--task",
+            "diffusion",
+            "--preset",
+            "smoke",
+            "--model",
+            str(folder),
+            "--data-dir",
+            str(data),
+            "--runs-dir",
+            str(runs),
+            "--quiet",
+        ]
+    )
+    assert code == 0, capsys.readouterr().err
+    records = [json.loads(p.read_text()) for p in runs.glob("*/record.json")]
+    assert sorted(r["run"]["config"]["method"] for r in records) == ["base", "effilora", "lora"]
+    sheet = runs / "diffusion_samples_smoke.png"
+    with Image.open(sheet) as im:
+        assert im.width > 300 and im.height > 300
+    table = (runs / "diffusion.csv").read_text()
+    assert "similarity" in table and "absent" in table  # judge and HPS columns: absent, never 0
+    md = (runs / "leaderboard.md").read_text()
+    assert "Avg covers similarity, fidelity only" in md and "Paired difference to base" in md
+
+
+def test_paper_preset_resolves_offline():
+    specs = build_specs("diffusion", ["lora", "effilora"], [0], "paper")
+    assert specs[0].model == "runwayml/stable-diffusion-v1-5"
+    assert specs[0].method_options["r"] == 4 and specs[0].method_options["alpha"] == 8
+    assert specs[0].train.steps == 20000 and specs[0].train.lr == 1e-4 and specs[0].train.micro_batch_size == 1
+    preflight(specs)  # the shipped UNet config, on the meta device: targets match, no download
+
+
+def test_random_weights_at_a_reduced_sd_shape_trains_and_generates(tiny, tmp_path):
+    from harness.models import CONFIG_DIR
+
+    sd = json.loads((CONFIG_DIR / "stable-diffusion-v1-5-unet.json").read_text())
+    reduced = {
+        **sd,
+        "block_out_channels": [32, 32, 64, 64],
+        "cross_attention_dim": 64,
+        "attention_head_dim": 8,
+        "norm_num_groups": 8,
+        "sample_size": 8,
+        "layers_per_block": 1,
+    }
+    path = tmp_path / "sd-reduced-unet.json"
+    path.write_text(json.dumps(reduced))
+    _, data = tiny
+    specs = build_specs(
+        "diffusion",
+        ["lora"],
+        [0],
+        "paper",
+        model=str(path),
+        random_weights=True,
+        train_overrides={"steps": 1},
+        task_overrides={"eval_limit": 1, "val_size": 2},
+    )
+    specs = [
+        s.__class__(**{**s.__dict__, "extra": {"task_settings": {**s.extra["task_settings"], "sample_steps": 2}}})
+        for s in specs
+    ]
+    preflight(specs)
+    record = run_all(specs, tmp_path / "runs", str(data), progress=False)[0]
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
+    assert record["run"]["config"]["random_weights"] is True
+
+
+# -- data ----------------------------------------------------------------------------------------------
+def test_train_and_test_folders_and_the_default_split(tmp_path):
+    tiny_data(tmp_path / "train", 10)
+    tiny_data(tmp_path / "test", 4)
+    d = ddata.load(tmp_path)
+    assert (len(d.train), len(d.test), d.base) == (10, 4, [])
+    flat = ddata.load(tiny_data(tmp_path / "flat", 20))
+    assert (len(flat.train), len(flat.test)) == (16, 4)  # every 5th row held out
+
+
+def test_twemoji_split_holds_out_categories_the_base_never_sees():
+    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/diffusion/twemoji-64 is not beside the checkout")
+    d = ddata.load(folder)
+    assert {i.category for i in d.train} == set(ddata.FINETUNE_CATEGORIES) == {i.category for i in d.test}
+    assert not {i.category for i in d.base} & set(ddata.FINETUNE_CATEGORIES)
+    assert not {i.image for i in d.train} & {i.image for i in d.test}
+    assert (len(d.train), len(d.test), len(d.base)) == (240, 60, 1606)
+
+
+def test_hub_loader_writes_the_imagefolder_layout(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    rows = {
+        "image": [Image.new("L", (20, 20), 128), Image.new("RGBA", (20, 20), (1, 2, 3, 128))],
+        "text": ["a grey square", "a dark square"],
+    }
+    ds = datasets.Dataset.from_dict(rows)
+    out = ddata.save_imagefolder(ds, tmp_path / "hub")
+    items = ddata.read_folder(out)
+    assert [i.text for i in items] == rows["text"]
+    assert ddata.load_image(items[0].image, 16).shape == (3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"file_name": "images/000.png", "text": "ok"}\nnot json', "line 2 is not JSON"),
+        ('{"file_name": "images/000.png"}', 'no "text"'),
+        ('{"file_name": "images/000.png", "text": "  "}', "caption .* is empty"),
+        ('{"file_name": "images/missing.png", "text": "x"}', "missing"),
+        ('{"file_name": "images/bad.png", "text": "x"}', "cannot be read"),
+        ('{"text": "x"}', 'no "file_name"'),
+    ],
+)
+def test_bad_data_fails_in_one_line_before_training(tmp_path, capsys, line, message):
+    data = tiny_data(tmp_path / "data", 4)
+    (data / "images" / "bad.png").write_bytes(b"not a png")
+    (data / ddata.METADATA).write_text(line + "\n")
+    code = main(
+        [
+            "run",
+            "--methods",
+            "lora",
+            "--task",
+            "diffusion",
+            "--preset",
+            "smoke",
+            "--data-dir",
+            str(data),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--quiet",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and __import__("re").search(message, err[0]), err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_non_rgb_images_are_converted(tmp_path):
+    path = tmp_path / "g.png"
+    Image.new("L", (10, 30), 0).save(path)
+    x = ddata.load_image(path, 8)
+    assert x.shape == (3, 8, 8) and x.min() == -1.0
+
+
+def test_the_api_key_is_read_from_the_environment_only():
+    assert os.environ.get("OPENAI_API_KEY") is None  # the autouse fixture cleared it: tests set it explicitly
