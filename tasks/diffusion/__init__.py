@@ -412,7 +412,7 @@ def resolve_data(data_dir: str | None) -> Path:
 def twemoji_dir() -> Path:
     from tasks.multimodal import twemoji_dir as find
 
-    return find()
+    return find("the diffusion suite's embedded data", "an imagefolder (metadata.jsonl: file_name, text)")
 
 
 __all__ = ["DiffusionTask"]
