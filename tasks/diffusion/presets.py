@@ -42,16 +42,16 @@ PRESETS: dict[str, Preset] = {
     ),
     "embedded": Preset(
         "the small SD pipeline pre-trained on Twemoji's other categories, fine-tuned on faces + food at 32 px: "
-        "300 steps of 16 on 2 CPU cores, 60 held-out prompts",
+        "1000 steps of 16 on 2 CPU cores, 60 held-out prompts",
         EMBEDDED_MODEL,
         TrainConfig(
-            steps=300,
+            steps=1000,
             micro_batch_size=16,
             grad_accum=1,
             lr=1e-3,
             warmup_steps=10,
             val_batch_size=16,
-            checkpoint_every=50,
+            checkpoint_every=100,
         ),
         TaskOptions(val_size=16, eval_limit=None, template="caption"),
         {"r": 8, "alpha": 16, "heads": 3, "targets": TARGETS},
