@@ -8,7 +8,8 @@ task, preset, model, protocol, task options and training settings form a *sectio
 compared. The zero-shot ``base`` row joins every section of its task, preset, model, protocol and task
 options. Each section also gets two baseline rows computed from the records' ``answers``/``n_options``:
 ``majority`` (always the most common correct option index among the scored examples; ties: the lowest
-index) and ``chance`` (uniform over the question's options: 1/n_options per example).
+index) and ``chance`` (uniform over the question's options: 1/n_options per example); a task whose scoring
+is not one pick among options (CircularEval, open answers) gives both per example in the entry's ``baselines``.
 
 Statistics (see :mod:`harness.stats`). A cell is an accuracy in percent with its 95% bootstrap interval
 over test examples, pooled over seeds (per-example correctness averaged over the seeds' runs, then
@@ -218,8 +219,17 @@ def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: se
     scores: dict[str, dict[str, np.ndarray]] = {MAJORITY: {}, CHANCE: {}}
     answers: dict[str, str] = {}
     for b in benchmarks:
+        if b in absent:
+            continue
+        given = next((r["eval"][b] for r in runs if r["eval"].get(b, {}).get("baselines")), None)
+        if given is not None:  # per-example baseline scores the task computed (e.g. under CircularEval)
+            answers[b] = examples_key(given)
+            for name in (MAJORITY, CHANCE):
+                if name in given["baselines"]:
+                    scores[name][b] = np.asarray(given["baselines"][name], dtype=float)
+            continue
         entry = next((r["eval"][b] for r in runs if r["eval"].get(b, {}).get("answers")), None)
-        if b in absent or entry is None:
+        if entry is None:
             continue
         answers[b] = entry["answers"]
         for name, s in baseline_scores(entry["answers"], entry.get("n_options")).items():

@@ -188,3 +188,54 @@ def test_percent():
     assert percent([100.0, 50.0]) == 75.0
     with pytest.raises(ValueError, match="no values"):
         percent([])
+
+
+def test_baseline_scores_from_the_test_set_alone():
+    from pathlib import Path
+
+    from tasks.multimodal import baseline_scores
+    from tasks.multimodal.data import Record
+
+    def rec(i, kind, **kw):
+        return Record(str(i), "general", [Path("x.png")], [("q", "a")], kind, "q", **kw)
+
+    records = [
+        rec(0, "choice", options=["a", "b", "c", "d"], answer=2),
+        rec(1, "yesno", answer="yes", pair="p"),
+        rec(2, "yesno", answer="no", pair="p"),
+        rec(3, "yesno", answer="yes", pair="q"),
+        rec(4, "open", answers=["cat"], metric="exact"),
+        rec(5, "open", answers=["cat"], metric="exact"),
+        rec(6, "open", answers=["dog"], metric="exact"),
+    ]
+    b = baseline_scores(records)
+    assert b["chance"][0] == pytest.approx(100 / 4**4)  # every one of 4 rotations guessed right
+    assert b["majority"][0] == 0.0  # one fixed letter never survives CircularEval
+    assert b["chance"][1:4] == [50.0] * 3 and b["majority"][1:4] == [100.0, 0.0, 100.0]
+    assert b["chance"][4:] == [50.0] * 3  # two distinct open answers
+    assert b["majority"][4:] == [100.0, 100.0, 0.0]
+
+
+def test_leaderboard_rows_from_entry_baselines():
+    from harness.leaderboard import sections
+    from tests.test_records_leaderboard import fixture_record
+
+    def entry(scores):
+        return {
+            "metric": "score",
+            "value": sum(scores) / 4,
+            "n": 4,
+            "scores": scores,
+            "examples": "e1",
+            "baselines": {"chance": [25.0, 50.0, 50.0, 0.0], "majority": [0.0, 100.0, 0.0, 100.0]},
+        }
+
+    records = [
+        fixture_record("lora", 0, evals={"arc_e": entry([100.0, 100.0, 0.0, 100.0])}),
+        fixture_record("base", 0, evals={"arc_e": entry([0.0, 100.0, 0.0, 0.0])}),
+    ]
+    [section] = sections(records)
+    rows = {r.method: r for r in section.rows}
+    assert rows["chance"].cells["arc_e"].value == pytest.approx(31.25)
+    assert rows["majority"].cells["arc_e"].value == pytest.approx(50.0)
+    assert "majority" in rows["lora"].vs  # paired on the same questions

@@ -260,6 +260,7 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
             [s.score for s in by_kind["open"]]
         )
     scores = [round(s.score, 2) for s in scored]
+    baselines = {k: [round(x, 4) for x in v] for k, v in baseline_scores([s.record for s in scored]).items()}
     ids = "\n".join(s.record.id for s in scored)
     test_file = data_dir / "test.json"
     return {
@@ -273,8 +274,41 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
         "file": "test.json" if test_file.is_file() else f"test-{domain}.json",
         "sha256": _sha256(test_file if test_file.is_file() else data_dir / f"test-{domain}.json"),
         "scores": scores,  # per question, 0-100: intervals and paired comparisons (harness/leaderboard.py)
+        "baselines": baselines,  # per question: the chance and majority rows of the leaderboard
         "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
     }
+
+
+def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
+    """Per question (0-100), what a model that ignores the image scores, from the test set alone:
+    ``chance`` guesses uniformly (a choice question under CircularEval: every one of its n rotations
+    right, (1/n)^n; yes/no: 1/2; an open question: the mean score of the domain's distinct open answers
+    given as the answer) and ``majority`` always gives the most common answer (choice: one fixed letter,
+    which CircularEval's rotations never all accept: 0; yes/no: the more common of yes/no; open: the most
+    common open answer). Open answers are scored with the question's own metric."""
+    from tasks.multimodal import scoring
+
+    def open_score(r: data.Record, pred: str) -> float:
+        return scoring.anls(pred, r.answers) if r.metric == "anls" else 100.0 * scoring.exact_match(pred, r.answers)
+
+    opens = [r.answers[0] for r in records if r.kind == "open" and r.answers]
+    pool = sorted(set(opens))
+    top_open = max(pool, key=opens.count) if pool else ""
+    yesno = [str(r.answer) for r in records if r.kind == "yesno"]
+    top_yesno = max(sorted(set(yesno)), key=yesno.count) if yesno else ""
+    chance, majority = [], []
+    for r in records:
+        if r.kind == "choice":
+            n = len(r.options or [])
+            chance.append(100.0 * (1.0 / n) ** n)
+            majority.append(0.0)
+        elif r.kind == "yesno":
+            chance.append(50.0)
+            majority.append(100.0 * (str(r.answer) == top_yesno))
+        else:
+            chance.append(sum(open_score(r, p) for p in pool) / len(pool))
+            majority.append(open_score(r, top_open))
+    return {"chance": chance, "majority": majority}
 
 
 def _mme(scored: list[native.Scored]) -> dict[str, float]:
