@@ -514,7 +514,8 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
             ]
             md += [markdown_table(header, rows), ""]
             for ref in (REFERENCE_METHOD, BASELINE):
-                compared = [r for r in s.rows if r.vs.get(ref) and r.kind == "trained"]
+                # every row against lora (baselines too); only the trained rows against base
+                compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]
                 if compared:
                     md += [f"Paired difference to {ref} (points; `*`: 95% interval excludes 0):", ""]
                     scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
