@@ -522,3 +522,55 @@ def test_non_rgb_images_are_converted(tmp_path):
 
 def test_the_api_key_is_read_from_the_environment_only():
     assert os.environ.get("OPENAI_API_KEY") is None  # the autouse fixture cleared it: tests set it explicitly
+
+
+def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path, monkeypatch):
+    """Our loading and scoring code against open_clip's API (``create_model_and_transforms``,
+    ``get_tokenizer``, a model returning normalised ``image_features``/``text_features``), with a stand-in
+    module where the real open_clip cannot import (it needs torchvision); the test above uses the real one."""
+    import sys
+    import types
+
+    from torch import nn
+
+    from tasks.diffusion import hps
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = nn.Linear(3, 4, bias=False)
+            self.text = nn.Embedding(10, 4)
+
+        def forward(self, image, text):
+            img = nn.functional.normalize(self.visual(image.mean(dim=(2, 3))), dim=-1)
+            txt = nn.functional.normalize(self.text(text).mean(dim=1), dim=-1)
+            return {"image_features": img, "text_features": txt}
+
+    seen = {}
+
+    def create_model_and_transforms(arch, pretrained=None, device="cpu"):
+        seen["arch"], seen["pretrained"] = arch, pretrained
+        torch.manual_seed(1)  # other weights than the checkpoint's: loading must replace them
+        return Tiny(), None, lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255
+
+    fake = types.SimpleNamespace(
+        create_model_and_transforms=create_model_and_transforms,
+        get_tokenizer=lambda arch: lambda texts: torch.tensor([[len(t) % 10, 1] for t in texts]),
+    )
+    monkeypatch.setitem(sys.modules, "open_clip", fake)
+    torch.manual_seed(0)
+    trained = Tiny()
+    ckpt = tmp_path / "HPS_v2_compressed.pt"
+    torch.save({"state_dict": trained.state_dict()}, ckpt)
+    scorer = hps.HPSv2(ckpt, arch="ViT-H-14")
+    assert seen == {"arch": "ViT-H-14", "pretrained": None}
+    assert torch.equal(scorer.model.visual.weight, trained.visual.weight)
+    image = Image.new("RGB", (8, 8), (200, 10, 10))
+    [value] = scorer.score([image], ["a red square"])
+    with torch.no_grad():
+        out = trained(
+            torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255,
+            torch.tensor([[len("a red square") % 10, 1]]),
+        )
+    assert value == pytest.approx(100 * float((out["image_features"] * out["text_features"]).sum()), abs=1e-3)
+    assert scorer.provenance["file"] == ckpt.name and len(scorer.provenance["sha256"]) == 64
