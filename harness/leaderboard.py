@@ -259,12 +259,13 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> Non
 
 
 def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    """Row labels: the method, plus the options that differ where a section has it at several settings."""
+    """Row labels: the method, plus the options that differ where a section has it at several settings, and
+    always the sources a row trained on when it did not train on all of them (``trained_on``)."""
     out = {}
     for method, options in keys:
         others = [json.loads(o) for m, o in keys if m == method and o != options]
         opts = json.loads(options)
-        differ = sorted(k for k, v in opts.items() if any(o.get(k) != v for o in others))
+        differ = sorted(k for k, v in opts.items() if k == "trained_on" or any(o.get(k) != v for o in others))
         out[(method, options)] = f"{method} ({', '.join(f'{k}={opts[k]}' for k in differ)})" if differ else method
     return out
 
