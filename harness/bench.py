@@ -127,7 +127,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
-    report = {"config": asdict(config), "model": label or config.model, "environment": env, "rows": rows}
+    report = {"config": portable(asdict(config)), "model": label or config.model, "environment": env, "rows": rows}
     write_outputs(report, Path(config.out))
     return report
 
@@ -470,6 +470,11 @@ COLUMNS = [
     "total_s", "x_floor", "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
     "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
 ]  # fmt: skip
+
+
+def portable(config: dict) -> dict:
+    """The config as the report keeps it: folders by name only (no machine paths in committed files)."""
+    return {k: Path(v).name if k in ("data_dir", "out") and v else v for k, v in config.items()}
 
 
 def write_outputs(report: dict, out: Path) -> list[Path]:
