@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions
 from harness.train import TrainConfig
 from tasks.diffusion import data as ddata
+from tasks.diffusion.judge import CRITERIA
 from tasks.diffusion.presets import PRESETS
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
-JUDGE_COLUMNS = tuple(f"judge_{c}" for c in ("quality", "detail", "theme", "creativity", "style", "emotion", "tech"))
+JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
 SHEET_PROMPTS = 8  # rows of the contact sheet
 PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
 
@@ -66,20 +68,17 @@ class DiffusionTask(Task):
     def build_meta(cls, model: str) -> MetaModel:
         from tasks.diffusion import model as dmodel
 
+        if model != models.EMBEDDED and not _is_pipeline_folder(model):
+            return models.build_meta(model)  # a UNet config (the paper's, shipped) or a hub id's
+        from diffusers import UNet2DConditionModel
+
         if model == models.EMBEDDED:
-            from diffusers import UNet2DConditionModel
-
-            with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(dmodel.unet_config())
-            return MetaModel(models.label(model), unet, unet)
-        if _is_pipeline_folder(model):
-            from diffusers import UNet2DConditionModel
-
+            config = dmodel.unet_config()
+        else:
             config = UNet2DConditionModel.load_config(str(model), subfolder="unet")
-            with torch.device("meta"):
-                unet = UNet2DConditionModel.from_config(config)
-            return MetaModel(models.label(model), unet, unet)
-        return models.build_meta(model)  # a UNet config (the paper's, shipped) or a hub id's
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(config)
+        return MetaModel(models.label(model), unet, unet)
 
     def __init__(self, options: TaskOptions) -> None:
         super().__init__(options)
@@ -235,11 +234,12 @@ class DiffusionTask(Task):
         out["kid"] = {
             "metric": "kid",
             "value": k["value"],
-            "ci": [k["lo"], k["hi"]],
             "higher_is_better": False,
             "note": "x1000, all generated vs all held-out real images",
             **common,
         }
+        if math.isfinite(k["lo"]) and math.isfinite(k["hi"]):  # too few images resample to no pair: no interval
+            out["kid"]["ci"] = [k["lo"], k["hi"]]
         clf = scoring.category_classifier(self.data.base + self.data.train, test, size)
         predicted = clf.predict(gen_f) if clf else None
         if clf is None:
