@@ -4,17 +4,21 @@ Every wrapper keeps the frozen layer as ``base`` and adds ``scaling * gate * del
 tensor's name starts with ``lora_``, so "trainable", "saved" and "counted" are one filter. Tensors
 shared across layers live once, on the ``lora_shared`` module added to the model's root.
 
-The fast path (opt-in: a method defines ``delta_factors``; a plugin with only ``delta`` is unaffected)
-computes the same sum with fewer passes over the activations: ``y + s·h Wᵀ`` as one ``addmm``, and the
-adapter input (dtype conversion and dropout) made once for all the wrappers of a layer that read the
-same tensor (q, k, v; gate, up), with a dropout kernel that draws ~p·n random numbers on a CPU instead of
-n (``sparse_dropout``). Both change which elements are dropped, not the distribution of each wrapper's
-mask; with dropout off (p = 0 or eval) the fast path equals ``delta`` within fp32 rounding
+The fast path (opt-in: a method defines ``input_weights`` + ``factors_from``, or ``delta_factors``; a plugin
+with only ``delta`` is unaffected) computes the same sum with fewer passes over the activations:
+``y + s·h Wᵀ`` as one ``addmm``; the adapter input (dtype conversion and one dropout draw) made once for
+all the wrappers of a layer that read the same tensor (q, k, v; gate, up); their first matmuls (A, and a
+router that reads the input) made as one over the stacked weights, with the dropout folded into it
+(``_DroppedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
+instead of n, and one input-gradient buffer written in the backward). The dropout draw differs from the
+reference path's (one draw shared by q, k and v; other random numbers), not its per-wrapper distribution;
+with dropout off (p = 0 or eval) the fast path equals ``delta`` within fp32 rounding
 (tests/test_fused_parity.py). ``delta`` itself is unchanged (``nn.Dropout``, one draw per wrapper).
 
-The fast path is OFF by default: sharing one draw across q, k and v correlates their masks, which is a
-change of method, not of speed alone, and the committed results were trained without it. Turn it on
-with ``Adapter.use_fast_path(True)``; ``harness bench`` times both paths.
+The fast path is OFF by default in training: sharing one draw across q, k and v correlates their masks, a
+change of method, not of speed alone, and the committed results were trained without it. ``harness run
+--fast-path`` turns it on (recorded; its own run id and leaderboard row), ``Adapter.use_fast_path(True)`` in
+Python; ``harness bench`` times it (and the reference path with ``--reference``).
 """
 
 from __future__ import annotations
@@ -103,8 +107,8 @@ class _SparseDropout(torch.autograd.Function):
     """``x · mask / (1-p)`` with the mask stored as its dropped positions (~p·n indices)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, p: float) -> Tensor:
-        pos = drop_positions(x.numel(), p)
+    def forward(ctx: Any, x: Tensor, p: float, pos: Tensor | None = None) -> Tensor:
+        pos = drop_positions(x.numel(), p) if pos is None else pos
         out = x.contiguous() * (1.0 / (1.0 - p))
         out.view(-1).index_fill_(0, pos, 0.0)
         ctx.save_for_backward(pos)
@@ -112,11 +116,19 @@ class _SparseDropout(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (pos,) = ctx.saved_tensors
         out = grad.contiguous() * ctx.scale
         out.view(-1).index_fill_(0, pos, 0.0)
-        return out, None
+        return out, None, None
+
+
+def _sparse_p(dropout: nn.Module, x: Tensor) -> float | None:
+    """The dropout probability when the sparse CPU kernel applies to ``x``, else ``None``."""
+    if isinstance(dropout, nn.Dropout) and dropout.training and 0 < dropout.p and x.device.type == "cpu":
+        if x.numel() >= SPARSE_DROPOUT_MIN:
+            return dropout.p
+    return None
 
 
 def sparse_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
@@ -124,45 +136,175 @@ def sparse_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
     kernel on a CPU: the same distribution (each element dropped with probability p, survivors scaled by
     1/(1-p)) from ~p·n random numbers instead of n, and a mask kept as indices. Other random draws than
     ``nn.Dropout``'s; small tensors and other devices use ``nn.Dropout`` (fused on a GPU)."""
-    if isinstance(dropout, nn.Dropout) and dropout.training and 0 < dropout.p and x.device.type == "cpu":
-        if x.numel() >= SPARSE_DROPOUT_MIN:
-            return _SparseDropout.apply(x, dropout.p)
-    return dropout(x)
+    p = _sparse_p(dropout, x)
+    return dropout(x) if p is None else _SparseDropout.apply(x, p)
+
+
+class _DroppedProjection(torch.autograd.Function):
+    """``(drop(x) W_dropᵀ, x W_rawᵀ)`` with the dropout mask given as dropped positions, in one node:
+    the backward writes the input gradient once (the drop rows' part masked in place, the raw rows' part
+    accumulated into it by ``addmm_``) instead of a masked copy and a sum of separate gradients."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, pos: Tensor, p: float, w_drop: Tensor, w_raw: Tensor | None):  # noqa: ANN205
+        ctx.set_materialize_grads(False)
+        scale = 1.0 / (1.0 - p)
+        kept = x.contiguous().clone()  # x with the dropped entries zeroed; 1/(1-p) goes on the small side
+        kept.view(-1).index_fill_(0, pos, 0.0)
+        z = F.linear(kept, w_drop) * scale
+        g = F.linear(x, w_raw) if w_raw is not None else None
+        ctx.scale, ctx.shape, ctx.has_raw = scale, x.shape, w_raw is not None
+        ctx.save_for_backward(
+            pos,
+            kept if w_drop.requires_grad else None,
+            x if w_raw is not None and w_raw.requires_grad else None,
+            w_drop,
+            w_raw,
+        )
+        return (z, g) if g is not None else z
+
+    @staticmethod
+    def backward(ctx: Any, grad_z: Tensor | None, grad_g: Tensor | None = None):  # noqa: ANN205
+        pos, kept, x, w_drop, w_raw = ctx.saved_tensors
+        d_in = ctx.shape[-1]
+        gz = None if grad_z is None else grad_z.reshape(-1, grad_z.shape[-1]) * ctx.scale
+        gg = None if grad_g is None else grad_g.reshape(-1, grad_g.shape[-1])
+        grad_x = grad_wd = grad_wr = None
+        if ctx.needs_input_grad[0]:
+            if gz is not None:
+                grad_x = gz @ w_drop
+                grad_x.view(-1).index_fill_(0, pos, 0.0)
+                if gg is not None:
+                    grad_x.addmm_(gg, w_raw)
+            elif gg is not None:
+                grad_x = gg @ w_raw
+            grad_x = None if grad_x is None else grad_x.view(ctx.shape)
+        if ctx.needs_input_grad[3] and gz is not None:
+            grad_wd = gz.t() @ kept.reshape(-1, d_in)
+        if ctx.has_raw and ctx.needs_input_grad[4] and gg is not None:
+            grad_wr = gg.t() @ x.reshape(-1, d_in)
+        return grad_x, None, None, grad_wd, grad_wr
+
+
+class _Entry:
+    """One input tensor's shared state: its readers (in call order), the converted input, one dropout draw
+    (positions for the sparse kernel, or a dropped copy), and the first-matmul outputs made for the readers
+    learnt from the last time (popped as they are used)."""
+
+    __slots__ = ("ref", "key", "layers", "ids", "xa", "xd", "pos", "p", "proj", "learnt")
+
+    def __init__(self, ref: weakref.ref, key: tuple, learnt: list) -> None:
+        self.ref, self.key, self.learnt = ref, key, learnt
+        self.xa: Tensor | None = None  # None: x itself (never held, or the entry would never expire)
+        self.xd: Tensor | None = None  # None: x itself, or not made yet (see pos)
+        self.pos: Tensor | None = None  # the sparse kernel's draw: dropped positions
+        self.p: float = 0.0
+        self.layers: list[AdapterLinear] = []
+        self.ids: set[int] = set()
+        self.proj: dict[int, tuple[Tensor, Tensor | None]] = {}
 
 
 class SharedInput:
     """The adapter input of one layer's wrappers (dtype conversion, then dropout), made once per input
     tensor: wrappers that read the same tensor (q, k, v) get the same ``(x, drop(x))``. A wrapper that
-    reads a tensor a second time draws afresh; the entry dies with its input tensor (a weak reference)."""
+    reads a tensor a second time draws afresh; the entry dies with its input tensor (a weak reference).
+
+    Wrappers whose method declares ``input_weights`` also share their first matmul: which wrappers read one
+    tensor is learnt from the previous forward (q, k and v; gate and up), and when the first of them
+    arrives the first matmul of all of them is made at once over their stacked weights (``project``), with
+    the dropout folded in (``_DroppedProjection``). A wrapper that does not come as learnt computes its own
+    from the same draw: never a wrong reuse, at worst a wasted slice."""
 
     def __init__(self) -> None:
-        self._entry: tuple[Any, ...] | None = None
+        self._entry: _Entry | None = None
+        self._groups: dict[int, list[AdapterLinear]] = {}  # id(first reader) -> the readers of its tensor
 
     def get(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        if x.is_inference():  # inference mode: no version counter to check reuse against (and no training)
+        entry = self._join(layer, x, dtype)
+        if entry is None:
             xa = x.to(dtype)
             return xa, sparse_dropout(layer.lora_dropout, xa)
+        xa = x if entry.xa is None else entry.xa
+        if entry.pos is not None and entry.xd is None:
+            entry.xd = _SparseDropout.apply(xa, entry.p, entry.pos)
+        return xa, (xa if entry.xd is None else entry.xd)
+
+    def _join(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> _Entry | None:
+        if x.is_inference():  # inference mode: no version counter to check reuse against (and no training)
+            return None
         key = (x._version, torch.is_grad_enabled(), layer.lora_dropout.training, dtype)
         entry = self._entry
-        if entry is not None and entry[0]() is x and entry[1] == key and id(layer) not in entry[2]:
-            entry[2].add(id(layer))
-            return x if entry[3] is None else entry[3], entry[4]
-        xa = x.to(dtype)
-        xd = sparse_dropout(layer.lora_dropout, xa)
-        if xd is not x:  # else nothing to share; never hold x itself, or the entry would never expire
-            ref = weakref.ref(x, self._expire)
-            self._entry = (ref, key, {id(layer)}, None if xa is x else xa, xd)
-        return xa, xd
+        if entry is None or entry.ref() is not x or entry.key != key or id(layer) in entry.ids:
+            entry = _Entry(weakref.ref(x, self._expire), key, self._groups.get(id(layer), []))
+            xa = x.to(dtype)
+            entry.xa = None if xa is x else xa
+            p = _sparse_p(layer.lora_dropout, xa)
+            if p is not None:
+                entry.pos, entry.p = drop_positions(xa.numel(), p), p
+            else:
+                xd = layer.lora_dropout(xa)
+                entry.xd = None if xd is x else xd
+            self._entry = entry
+        entry.ids.add(id(layer))
+        entry.layers.append(layer)
+        self._groups[id(entry.layers[0])] = list(entry.layers)
+        return entry
+
+    def project(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
+        """``(drop(x) W_dropᵀ, x W_rawᵀ)`` for ``layer`` (its ``input_weights``), made with its siblings."""
+        entry = self._join(layer, x, dtype)
+        if entry is None:
+            xa = x.to(dtype)
+            return _project([layer], xa, sparse_dropout(layer.lora_dropout, xa))[id(layer)]
+        xa = x if entry.xa is None else entry.xa
+        xd = xa if entry.xd is None else entry.xd
+        if len(entry.layers) == 1:  # the first reader: make the first matmul of the readers learnt last time
+            group = [peer for peer in entry.learnt if peer is layer or _fusable_now(peer)]
+            if len(group) > 1 and group[0] is layer:
+                entry.proj = _project(group, xa, xd, entry.pos, entry.p)
+        out = entry.proj.pop(id(layer), None)
+        return out if out is not None else _project([layer], xa, xd, entry.pos, entry.p)[id(layer)]
 
     def _expire(self, ref: weakref.ref) -> None:
-        if self._entry is not None and self._entry[0] is ref:
+        if self._entry is not None and self._entry.ref is ref:
             self._entry = None
 
     def __deepcopy__(self, memo: dict) -> SharedInput:
         return SharedInput()  # a cache, not state: copies and pickles start empty
 
     def __getstate__(self) -> dict:
-        return {"_entry": None}
+        return {"_entry": None, "_groups": {}}
+
+
+def _fusable_now(layer: AdapterLinear) -> bool:
+    return layer.fast_path and layer.fuses_input and not layer.merged and layer.gate != 0.0
+
+
+def _project(
+    layers: list[AdapterLinear], xa: Tensor, xd: Tensor, pos: Tensor | None = None, p: float = 0.0
+) -> dict[int, tuple[Tensor, Tensor | None]]:
+    """The first matmul of ``layers`` (which read one tensor), over their stacked weights, split per
+    wrapper: ``drop(x)`` times every ``W_drop``, ``x`` times every ``W_raw``. With ``pos`` (a sparse
+    dropout draw) the dropout is folded into the matmul; else ``xd`` is the dropped input."""
+    weights = [layer.input_weights() for layer in layers]
+    drop, raw = [w for w, _ in weights], [w for _, w in weights if w is not None]
+    w_drop = drop[0] if len(drop) == 1 else torch.cat(drop)
+    w_raw = (raw[0] if len(raw) == 1 else torch.cat(raw)) if raw else None
+    if pos is not None:
+        out = _DroppedProjection.apply(xa, pos, p, w_drop, w_raw)
+        z_all, g_all = out if w_raw is not None else (out, None)
+    else:
+        z_all, g_all = F.linear(xd, w_drop), (F.linear(xa, w_raw) if w_raw is not None else None)
+    z = _split(z_all, [w.shape[0] for w in drop])
+    g = _split(g_all, [w.shape[0] for w in raw]) if g_all is not None else []
+    result, it = {}, iter(g)
+    for layer, (_, w) in zip(layers, weights, strict=True):
+        result[id(layer)] = (z.pop(0), None if w is None else next(it))
+    return result
+
+
+def _split(t: Tensor, sizes: list[int]) -> list[Tensor]:
+    return [t] if len(sizes) == 1 else list(t.split(sizes, dim=-1))
 
 
 class AdapterLinear(nn.Module):
@@ -193,8 +335,26 @@ class AdapterLinear(nn.Module):
     def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
         """Optional fast path: ``(h, W)`` with ``Δ(x) = h Wᵀ`` (the last matmul left undone), given ``x`` and
         ``x_drop = lora_dropout(x)``; the caller fuses ``y + s·h Wᵀ`` into one ``addmm`` and shares
-        ``x_drop`` between wrappers that read the same tensor. Must equal ``delta`` when dropout is off."""
+        ``x_drop`` between wrappers that read the same tensor. Must equal ``delta`` when dropout is off.
+        Methods that define ``input_weights`` and ``factors_from`` get this for free."""
+        if not self.fuses_input:
+            raise NotImplementedError
+        w_drop, w_raw = self.input_weights()
+        return self.factors_from(F.linear(x_drop, w_drop), None if w_raw is None else F.linear(x, w_raw))
+
+    def input_weights(self) -> tuple[Tensor, Tensor | None]:
+        """Optional, with ``factors_from``: the weights of the first matmul, ``(W_drop, W_raw)``: ``W_drop``
+        (rows x d_in) reads ``lora_dropout(x)``, ``W_raw`` (or ``None``) reads ``x`` itself (a router).
+        Wrappers that read one tensor (q, k, v) then make this matmul together, over their stacked weights."""
         raise NotImplementedError
+
+    def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(h, W)`` of ``delta_factors`` from ``z = drop(x) W_dropᵀ`` and ``g = x W_rawᵀ``."""
+        raise NotImplementedError
+
+    @property
+    def fuses_input(self) -> bool:
+        return type(self).input_weights is not AdapterLinear.input_weights
 
     def delta_weight(self) -> Tensor:
         """``Δ`` as a ``d_out x d_in`` matrix, for merging (mergeable methods only)."""
@@ -239,7 +399,10 @@ class AdapterLinear(nn.Module):
         scale = self.scaling * self.gate
         if not self.fast_path:
             return y + (self.delta(x.to(dtype)) * scale).to(y.dtype)
-        h, w = self.delta_factors(*self._input.get(self, x, dtype))
+        if self.fuses_input:
+            h, w = self.factors_from(*self._input.project(self, x, dtype))
+        else:
+            h, w = self.delta_factors(*self._input.get(self, x, dtype))
         if h.dtype != y.dtype:  # a 16-bit base without autocast: the delta in fp32, then cast, as delta() does
             return y + (F.linear(h, w) * scale).to(y.dtype)
         out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), w.t(), alpha=scale)
@@ -347,7 +510,8 @@ class Adapter:
         (the default): every wrapper computes ``delta(x)`` with its own ``nn.Dropout`` draw, the reference
         the parity tests and ``harness bench`` compare against."""
         for layer in self.layers.values():
-            layer.fast_path = enabled and type(layer).delta_factors is not AdapterLinear.delta_factors
+            own = type(layer).delta_factors is not AdapterLinear.delta_factors
+            layer.fast_path = enabled and (own or layer.fuses_input)
 
     # -- merge -------------------------------------------------------------------------------------
     def merge(self) -> None:

@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         task_overrides=task,
         eval_batch_size=args.eval_batch_size,
         random_weights=args.random_weights,
+        fast_path=args.fast_path,
     )
     out = Path(args.out or args.runs_dir)
     if args.leaderboard and out.exists() and not out.is_dir():
@@ -112,7 +113,9 @@ def _scoring(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
 
     hps = args.hps_checkpoint or os.environ.get("HARNESS_HPS_CHECKPOINT")
     if hps and not Path(hps).expanduser().is_file():
-        raise CliError(f"--hps-checkpoint {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)")
+        raise CliError(
+            f"--hps-checkpoint {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)"
+        )
     pairs = tuple((k, v) for k, v in (("judge_model", args.judge_model), ("hps_checkpoint", hps)) if v)
     return pairs or None
 
@@ -176,6 +179,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--random-weights",
         action="store_true",
         help="build the model from its config with random weights (paper shapes without a download)",
+    )
+    p.add_argument(
+        "--fast-path",
+        action="store_true",
+        help="train through the adapters' fast path (fused first matmuls, one dropout draw per shared input; "
+        "faster on a CPU, other dropout draws): recorded, its own run id and leaderboard row",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(

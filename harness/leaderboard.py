@@ -156,6 +156,8 @@ def _row_key(record: dict[str, Any]) -> tuple[str, str]:
     options = dict(c["method_options"])
     if c["task_options"].get("train_sources"):
         options["trained_on"] = "+".join(c["task_options"]["train_sources"])
+    if c.get("extra", {}).get("fast_path"):
+        options["fast_path"] = True  # other dropout draws than the reference path: its own row
     return c["method"], json.dumps(options, sort_keys=True)
 
 
@@ -211,10 +213,14 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str], ave
             constant.add(b)
     name = runs[0]["run"]["config"]["method"]
     kind = "zero-shot" if name == BASELINE else "trained"
-    return _make_row(method, kind, benchmarks, absent, values, scores, answers, constant, runs, name, averaged, intervals)
+    return _make_row(
+        method, kind, benchmarks, absent, values, scores, answers, constant, runs, name, averaged, intervals
+    )
 
 
-def _baseline_rows(runs: list[dict[str, Any]], benchmarks: list[str], absent: set[str], averaged: list[str]) -> list[Row]:
+def _baseline_rows(
+    runs: list[dict[str, Any]], benchmarks: list[str], absent: set[str], averaged: list[str]
+) -> list[Row]:
     """``majority`` and ``chance`` from the answers of the first run (by id) that has them per benchmark."""
     scores: dict[str, dict[str, np.ndarray]] = {MAJORITY: {}, CHANCE: {}}
     answers: dict[str, str] = {}
@@ -260,12 +266,14 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> Non
 
 def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """Row labels: the method, plus the options that differ where a section has it at several settings, and
-    always the sources a row trained on when it did not train on all of them (``trained_on``)."""
+    always the sources a row trained on when it did not train on all of them (``trained_on``) and whether it
+    trained through the fast path."""
     out = {}
     for method, options in keys:
         others = [json.loads(o) for m, o in keys if m == method and o != options]
         opts = json.loads(options)
-        differ = sorted(k for k, v in opts.items() if k == "trained_on" or any(o.get(k) != v for o in others))
+        always = ("trained_on", "fast_path")
+        differ = sorted(k for k, v in opts.items() if k in always or any(o.get(k) != v for o in others))
         out[(method, options)] = f"{method} ({', '.join(f'{k}={opts[k]}' for k in differ)})" if differ else method
     return out
 
@@ -321,7 +329,14 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
     }
     model = c.get("model_label", c["model"])
     return Section(
-        c["task"], c["preset"], c["protocol"], model, config_hash({"c": common, "t": train}), benchmarks, rows, info,
+        c["task"],
+        c["preset"],
+        c["protocol"],
+        model,
+        config_hash({"c": common, "t": train}),
+        benchmarks,
+        rows,
+        info,
         averaged,
     )
 

@@ -85,6 +85,7 @@ def build_specs(
     task_overrides: dict[str, Any] | None = None,
     eval_batch_size: int | None = None,
     random_weights: bool = False,
+    fast_path: bool = False,
 ) -> list[RunSpec]:
     """Validate every name and option before anything runs (bad input fails fast, in one line)."""
     task_cls = TASKS.get(task)
@@ -122,7 +123,8 @@ def build_specs(
                     dataclasses.replace(task_opts, seed=seed),
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
-                    {"task_settings": p.settings} if p.settings else {},  # none: the run ids from before
+                    # each only when set: the run ids from before stay
+                    ({"task_settings": p.settings} if p.settings else {}) | ({"fast_path": True} if fast_path else {}),
                 )
             )
     return specs
@@ -264,6 +266,7 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
     if spec.method != BASELINE:
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(loaded.root, spec.method, **spec.method_options)
+        adapter.use_fast_path(bool(spec.extra.get("fast_path")))  # off unless asked: see harness/adapter.py
         train_set, val_set = task.splits()
         recipe = task.recipe(loaded, spec.train)
         # checked before training: the method builds and runs one step on the meta replica, so FLOPs

@@ -55,12 +55,19 @@ class EffiLoraLinear(SharedA, AdapterLinear):
         return torch.softmax(F.linear(z if self.router_input == "subspace" else x, self.lora_router), dim=-1)
 
     def delta(self, x: Tensor) -> Tensor:
-        return F.linear(*self.delta_factors(x, self.lora_dropout(x)))
-
-    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
-        z = F.linear(x_drop, self.lora_A)
+        z = F.linear(self.lora_dropout(x), self.lora_A)
         if self.heads > 1:  # router_input="hidden" reads x before dropout, as HydraLoRA's router does
             z = mix_heads(self.router_weights(x, z), z)
+        return F.linear(z, self.lora_B)
+
+    def input_weights(self) -> tuple[Tensor, Tensor | None]:
+        hidden = self.heads > 1 and self.router_input == "hidden"
+        return self.lora_A, (self.lora_router if hidden else None)
+
+    def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self.heads > 1:
+            logits = F.linear(z, self.lora_router) if self.router_input == "subspace" else g
+            z = mix_heads(torch.softmax(logits, dim=-1), z)
         return z, self.lora_B
 
     def delta_weight(self) -> Tensor:

@@ -48,8 +48,11 @@ class HydraLoraLinear(AdapterLinear):
         weights = self.router_weights(x)
         return F.linear(mix_heads(weights, F.linear(self.lora_dropout(x), self.lora_A)), self.lora_B)
 
-    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
-        return mix_heads(self.router_weights(x), F.linear(x_drop, self.lora_A)), self.lora_B
+    def input_weights(self) -> tuple[Tensor, Tensor | None]:
+        return self.lora_A, self.lora_router  # A reads drop(x), the router x
+
+    def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        return mix_heads(torch.softmax(g, dim=-1), z), self.lora_B
 
     def reducer_parameters(self) -> list[nn.Parameter]:
         return [self.lora_B, self.lora_router]

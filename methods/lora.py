@@ -32,8 +32,11 @@ class LoraLinear(AdapterLinear):
     def delta(self, x: Tensor) -> Tensor:
         return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
 
-    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
-        return F.linear(x_drop, self.lora_A), self.lora_B
+    def input_weights(self) -> tuple[Tensor, Tensor | None]:
+        return self.lora_A, None
+
+    def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
+        return z, self.lora_B
 
     def delta_weight(self) -> Tensor:
         return self.lora_B @ self.lora_A

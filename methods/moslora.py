@@ -37,9 +37,9 @@ class MosLoraLinear(LoraLinear):
     def delta(self, x: Tensor) -> Tensor:
         return F.linear(F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_M), self.lora_B)
 
-    def delta_factors(self, x: Tensor, x_drop: Tensor) -> tuple[Tensor, Tensor]:
+    def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
         # (B M) is d_out x r: one small matmul per step instead of an r x r one per token
-        return F.linear(x_drop, self.lora_A), self.lora_B @ self.lora_M
+        return z, self.lora_B @ self.lora_M
 
     def delta_weight(self) -> Tensor:
         return self.lora_B @ self.lora_M @ self.lora_A

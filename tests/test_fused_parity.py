@@ -76,24 +76,37 @@ def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
     torch.testing.assert_close(logits, ref_logits, atol=0.05, rtol=0.02)
 
 
-def test_wrappers_that_read_one_tensor_share_one_dropout_draw():
+def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:
+    """Every first-matmul call of the fast path: the wrappers it served (type names) and its dropout draw
+    (the dropped input, or the sparse kernel's dropped positions)."""
+    calls: list[tuple[list[str], torch.Tensor]] = []
+    original = adapter_module._project
+
+    def spy(layers, xa, xd, pos=None, p=0.0):
+        calls.append(([layer.site.type for layer in layers], xd if pos is None else pos))
+        return original(layers, xa, xd, pos, p)
+
+    monkeypatch.setattr(adapter_module, "_project", spy)
+    return calls
+
+
+def test_wrappers_that_read_one_tensor_share_one_dropout_draw(monkeypatch):
     adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.5)
     adapter.use_fast_path(True)  # what this file tests (off by default)
     adapter.model.train()
-    seen: dict[str, torch.Tensor] = {}
-    for name, layer in adapter.layers.items():
-        short = name.split(".")[-1]
-        original = layer.delta_factors
-        layer.delta_factors = lambda x, xd, short=short, original=original: (
-            seen.setdefault(short, xd) is not None and original(x, xd)
-        )
-        if name.startswith("model.layers.1."):
-            break
+    calls = record_projections(monkeypatch)
     adapter.model(**batch())
+    first_layer = calls[: len(TINY_TARGETS)]  # the first forward: every wrapper alone, sharing the draw
+    seen = {types[0]: xd for types, xd in first_layer}
     assert seen["q_proj"] is seen["k_proj"] is seen["v_proj"]  # one draw for the three readers of x
     assert seen["up_proj"] is not seen["q_proj"] and seen["down_proj"] is not seen["up_proj"]
     dropped = (seen["q_proj"] == 0).float().mean().item()
     assert 0.35 < dropped < 0.65
+    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel: one draw of positions
+    calls.clear()
+    adapter.model(**batch())
+    assert [types for types, _ in calls[:3]] == [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
+    assert 0.35 < calls[0][1].numel() / batch()["input_ids"].numel() / 32 < 0.65
     # the same wrapper reading the same tensor twice draws a new mask
     q = adapter.layers["model.layers.0.self_attn.q_proj"]
     x = torch.randn(2, 6, 32)
@@ -103,6 +116,94 @@ def test_wrappers_that_read_one_tensor_share_one_dropout_draw():
     k = adapter.layers["model.layers.0.self_attn.k_proj"]
     x.add_(1.0)
     assert q._input.get(k, x, torch.float32)[1] is not second
+
+
+def test_siblings_learnt_from_one_forward_share_one_first_matmul(method, monkeypatch):
+    """From the second forward on, q, k and v make their first matmul together: one call, same result."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0, reducer=None)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    calls = record_projections(monkeypatch)
+    first = adapter.model(**batch()).logits
+    per_wrapper = len(calls)
+    calls.clear()
+    second = adapter.model(**batch()).logits
+    layers = len(adapter.layer_groups)
+    assert per_wrapper == len(adapter.layers)
+    assert sorted(calls[0][0]) == ["k_proj", "q_proj", "v_proj"]
+    assert len(calls) == per_wrapper - 2 * layers  # q, k, v: one call instead of three, in every layer
+    torch.testing.assert_close(second, first, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("raw", [True, False])
+def test_dropped_projection_gradients_are_exact(raw):
+    """The fused dropout + first matmul (mask as positions, one input-gradient buffer) against autograd's
+    numerical gradients, in float64; and its values against the explicit masked input."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=True) if raw else None
+    pos = drop_positions(x.numel(), 0.3)
+    fn = adapter_module._DroppedProjection.apply
+    torch.autograd.gradcheck(
+        lambda *a: fn(a[0], pos, 0.3, *a[1:], *([None] if not raw else [])), (x, w_drop, *([w_raw] if raw else []))
+    )
+    mask = torch.ones(x.numel(), dtype=torch.float64).index_fill_(0, pos, 0.0).view_as(x)
+    out = fn(x, pos, 0.3, w_drop, w_raw)
+    z = out[0] if raw else out
+    torch.testing.assert_close(z, F.linear(x * mask / 0.7, w_drop))
+    if raw:
+        torch.testing.assert_close(out[1], F.linear(x, w_raw))
+        out[1].sum().backward()  # only the router used: the drop rows get no gradient
+        assert w_drop.grad is None and w_raw.grad is not None
+
+
+def test_one_first_matmul_for_siblings_equals_one_each_under_dropout(method, monkeypatch):
+    """With dropout on, the stacked first matmul of q, k, v gives what one call per wrapper gives from the
+    same draw: outputs and every gradient."""
+    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.3, reducer=None)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    adapter.model(**batch())  # learn the groups
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(adapter_module, "_fusable_now", lambda layer: False)
+        torch.manual_seed(3)
+        results.append(outputs_and_grads(adapter, fast=True))
+    (logits, grads), (ref_logits, ref_grads) = results
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_a_sibling_that_does_not_come_computes_its_own(monkeypatch):
+    """A learnt group is a guess: a wrapper suppressed to 0 this time is skipped, one that reads another
+    tensor gets its own matmul; the outputs stay those of the reference path."""
+    adapter = attach(tiny_llama(), "hydralora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model(**batch())  # learn the groups
+    k = adapter.layers["model.layers.0.self_attn.k_proj"]
+    k.gate = 0.0
+    calls = record_projections(monkeypatch)
+    fast = adapter.model(**batch()).logits
+    assert sorted(calls[0][0]) == ["q_proj", "v_proj"]
+    adapter.use_fast_path(False)
+    torch.testing.assert_close(fast, adapter.model(**batch()).logits, atol=1e-6, rtol=1e-6)
+    q = adapter.layers["model.layers.0.self_attn.q_proj"]
+    adapter.use_fast_path(True)
+    x, other = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
+    z_q, g_q = q._input.project(q, x, torch.float32)  # q starts a group [q, v] ...
+    v = adapter.layers["model.layers.0.self_attn.v_proj"]
+    z_v, g_v = v._input.project(v, other, torch.float32)  # ... but v reads another tensor
+    torch.testing.assert_close(z_v, F.linear(other, v.lora_A))
+    torch.testing.assert_close(g_v, F.linear(other, v.lora_router))
+    torch.testing.assert_close(z_q, F.linear(x, q.lora_A))
 
 
 def test_fast_path_runs_in_inference_mode(method):
@@ -233,6 +334,6 @@ def test_the_shared_input_dies_with_its_tensor():
     q = adapter.layers["model.layers.0.self_attn.q_proj"]
     x = torch.randn(2, 6, 32)
     q(x)
-    assert q._input._entry is not None and q._input._entry[3] is None  # x itself is never held
+    assert q._input._entry is not None and q._input._entry.xa is None  # x itself is never held
     del x
     assert q._input._entry is None  # its dropout output is released with it

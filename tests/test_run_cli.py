@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -184,3 +185,34 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir, tin
         p.numel()
         for p in __import__("transformers").LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_model)).parameters()
     )
+
+
+@pytest.mark.slow
+def test_fast_path_is_opt_in_recorded_and_its_own_row(tmp_path, data_dir, tiny_model, monkeypatch):
+    """``--fast-path`` trains through the fused path (the spy sees it), gets its own run id (the default
+    run's id is unchanged: the key is absent when off) and its own leaderboard row; the default does not."""
+    import harness.adapter as adapter_module
+    from harness.leaderboard import write_leaderboards
+    from harness.runner import build_specs, run_all
+
+    calls: list[int] = []
+    original = adapter_module._project
+    monkeypatch.setattr(adapter_module, "_project", lambda *a, **k: calls.append(1) or original(*a, **k))
+    runs = tmp_path / "runs"
+    ids = {}
+    for fast in (False, True):
+        calls.clear()
+        [spec] = build_specs(
+            "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True, fast_path=fast
+        )
+        assert ("fast_path" in spec.to_dict()["extra"]) == fast
+        [record] = run_all([spec], runs, str(data_dir), progress=False)
+        assert record["run"]["status"] == "success"
+        assert record["run"]["config"]["extra"].get("fast_path", False) == fast
+        assert bool(calls) == fast  # the fused first matmul ran in training only when asked
+        ids[fast] = spec.run_id
+    assert ids[False] != ids[True]
+    write_leaderboards(runs, tmp_path / "out")
+    with open(tmp_path / "out" / "commonsense.csv", newline="") as f:
+        methods = {row["method"] for row in csv.DictReader(f)}
+    assert {"lora", "lora (fast_path=True)"} <= methods, methods
