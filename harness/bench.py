@@ -295,7 +295,10 @@ def _share(model: nn.Module) -> nn.Module:
 # -- measurements ------------------------------------------------------------------------------------
 def _timing(values: list[tuple[float, float]]) -> dict[str, Any]:
     wall, cpu = [w for w, _ in values], statistics.median(c for _, c in values)
-    return {"step_s": statistics.median(wall), "step_min_s": min(wall), "step_max_s": max(wall), "cpu_s": cpu}
+    return {
+        **{"step_s": statistics.median(wall), "step_min_s": min(wall), "step_max_s": max(wall), "cpu_s": cpu},
+        "round_s": wall,  # every timed round in order: round k of each contender ran close in time
+    }
 
 
 def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig, device: torch.device) -> dict:
@@ -325,6 +328,14 @@ def _relate(rows: list[dict]) -> list[dict]:
     off = {r["method"]: r for r in rows if r["reducer"] == "off"}
     for r in rows:
         r["x_floor"] = r["total_s"] / floor["step_s"]
+        # paired: each round's time over the floor's in the same round (load that drifts falls on both),
+        # the median and range over rounds; steadier than the ratio of medians on a shared machine
+        paired = [(w + r["hook_s"]) / f for w, f in zip(r["round_s"], floor["round_s"], strict=True)]
+        r["x_floor_paired"], r["x_floor_paired_min"], r["x_floor_paired_max"] = (
+            statistics.median(paired),
+            min(paired),
+            max(paired),
+        )
         r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
         r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
         mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] else None
@@ -468,7 +479,7 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
 # -- outputs -----------------------------------------------------------------------------------------
 COLUMNS = [
     "kind", "contender", "source", "method", "reducer", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
-    "total_s", "x_floor", "x_floor_step", "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
+    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_min", "x_floor_paired_max", "x_floor_step", "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
     "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
 ]  # fmt: skip
 
@@ -498,19 +509,22 @@ def markdown(report: dict) -> str:
         f"{report['model']}, batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
         f"({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
-        "x floor, x peft: total time over theirs (step only: without the scoring rounds; CPU time: process CPU seconds, steadier on a loaded machine, "
+        "x floor, x peft: total time over theirs (paired: the median [min-max] over rounds of each round's time "
+        "over the floor's in the same round; step only: without the scoring rounds; CPU time: process CPU seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
         "",
-        "| contender | step s [min-max] | total s | x floor | x floor, step only | x peft | x floor, CPU time "
-        "| peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| contender | step s [min-max] | total s | x floor | x floor, paired [min-max] | x floor, step only | x peft "
+        "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in report["rows"] if r["kind"] == "train"):
         saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
         saves += _num(r["reducer_saves_gflops"], "+.4g") if saves else ""
         lines.append(
             f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
-            f"| {r['total_s']:.3f} | {r['x_floor']:.3f} | {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
+            f"| {r['total_s']:.3f} | {r['x_floor']:.3f} "
+            f"| {r['x_floor_paired']:.3f} [{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
+            f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
             f"| {r['x_floor_cpu']:.3f} "
             f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
             f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"

@@ -42,6 +42,8 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
         assert r["step_s"] > 0 and r["rounds"] == 1, name
         if r["kind"] == "train":
             assert r["peak_mb"] > 0 and r["gflops"] > 0, name
+            paired = (r["round_s"][0] + r["hook_s"]) / rows["floor"]["round_s"][0]  # the same round's floor
+            assert r["x_floor_paired"] == pytest.approx(paired) == r["x_floor_paired_max"], name
     assert rows["lora"]["x_peft"] == pytest.approx(rows["lora"]["total_s"] / rows["peft lora"]["total_s"])
     assert rows["lora"]["gflops"] == pytest.approx(rows["peft lora"]["gflops"], rel=1e-3)  # the same computation
     assert rows["lora_fa"]["state_mb"] < rows["lora"]["state_mb"]
