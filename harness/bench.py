@@ -479,7 +479,8 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
 # -- outputs -----------------------------------------------------------------------------------------
 COLUMNS = [
     "kind", "contender", "source", "method", "reducer", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
-    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_min", "x_floor_paired_max", "x_floor_step", "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
+    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_min", "x_floor_paired_max", "x_floor_step",
+    "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
     "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
 ]  # fmt: skip
 
@@ -510,7 +511,8 @@ def markdown(report: dict) -> str:
         f"({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
         "x floor, x peft: total time over theirs (paired: the median [min-max] over rounds of each round's time "
-        "over the floor's in the same round; step only: without the scoring rounds; CPU time: process CPU seconds, steadier on a loaded machine, "
+        "over the floor's in the same round; step only: without the scoring rounds; CPU time: process CPU "
+        "seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
         "",
         "| contender | step s [min-max] | total s | x floor | x floor, paired [min-max] | x floor, step only | x peft "
