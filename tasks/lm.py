@@ -7,6 +7,7 @@ computed only for that tail (exact, and on a CPU about half the step).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,19 @@ from harness import models
 from harness.task import Batch, Example, Loaded, Recipe
 
 IGNORE = -100
+
+
+def cache_kwargs(model, cache: Any) -> dict[str, Any]:
+    """The KV cache as the keyword ``model.forward`` takes: ``cache`` (transformers >= 5.24, which deprecates
+    ``past_key_values`` and removes it in 5.40) or ``past_key_values`` (earlier 5.x)."""
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {name: cache}
+
+
+def output_cache(out: Any) -> Any:
+    """The KV cache a forward returned (``out.cache`` from transformers 5.24, ``out.past_key_values`` before)."""
+    found = getattr(out, "cache", None)
+    return found if found is not None else out.past_key_values
 
 
 @dataclass

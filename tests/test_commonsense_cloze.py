@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from harness.runner import build_specs
 from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask, cloze, data
+from tasks.lm import cache_kwargs
 from tests.conftest import tiny_llama
 
 
@@ -178,6 +180,22 @@ def test_cached_context_scoring_is_exact_at_every_batch_size(char_tokenizer, bat
     for (context, conts), scores in zip(GROUPS, got, strict=True):
         for cont, score in zip(conts, scores, strict=True):
             assert abs(score - naive(model, char_tokenizer, context, cont)) < 1e-4
+
+
+def test_the_kv_cache_goes_under_the_name_the_model_takes(char_tokenizer):
+    """transformers 5.24 renames ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
+
+    class Old:
+        def forward(self, input_ids, past_key_values=None): ...
+
+    class New:
+        def forward(self, input_ids, cache=None): ...
+
+    assert cache_kwargs(Old(), "kv") == {"past_key_values": "kv"} and cache_kwargs(New(), "kv") == {"cache": "kv"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cloze.loglikelihoods(tiny_llama(), char_tokenizer, GROUPS, 2)
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
 def test_acc_takes_the_best_sum_and_acc_norm_the_best_per_character(char_tokenizer):

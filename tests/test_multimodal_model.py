@@ -4,6 +4,7 @@ at 64 px = 4 image tokens), the paper's LLaVA at a reduced shape, stage-1 projec
 from __future__ import annotations
 
 import time
+import warnings
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig
 
+from tasks.lm import output_cache
 from tasks.multimodal import model as mm
 from tasks.multimodal import stage1, vision
 
@@ -87,6 +89,21 @@ def test_without_pixels_it_is_the_plain_language_model():
         first = model(input_ids=ids[:, :3], use_cache=True)  # a cached context continued without pixels
         step = model(input_ids=ids[:, 3:], past_key_values=first.past_key_values, use_cache=True)
         torch.testing.assert_close(step.logits[:, -1], model.language_model(input_ids=ids).logits[:, -1])
+
+
+@pytest.mark.parametrize("name", ["cache", "past_key_values"])
+def test_the_kv_cache_passes_under_either_name_without_a_deprecation(name):
+    """transformers 5.24 renames ``past_key_values`` to ``cache`` (the old name goes in 5.40): the model takes
+    either and hands its language model the one it wants, so no deprecation warning is raised."""
+    model = tiny_model()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        first = model(input_ids=ids[:, :3], use_cache=True)
+        step = model(input_ids=ids[:, 3:], use_cache=True, **{name: output_cache(first)})
+    torch.testing.assert_close(step.logits[:, -1], model.language_model(input_ids=ids).logits[:, -1])
+    assert output_cache(step).get_seq_length() == 4
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
 
 
 def test_expand_image_tokens(char_tokenizer):

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from tasks.lm import tokenize
+from tasks.lm import cache_kwargs, tokenize
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 _YES_NO = {"true": "yes", "false": "no"}
@@ -114,7 +114,7 @@ def loglikelihoods(
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in left_pad([ctxs[g] for g in idx], pad_id).items()}
         cache = DynamicCache()
-        first = model(**batch, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+        first = model(**batch, **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits[:, -1].float()
         first = torch.log_softmax(first, -1)  # predicts every continuation's first token
         rows = [(b, g, i) for b, g in enumerate(idx) for i in range(len(conts[g]))]
         width = max(len(conts[g][i]) - 1 for _, g, i in rows)
@@ -132,7 +132,7 @@ def loglikelihoods(
                 input_ids=ids.to(device),
                 attention_mask=torch.cat([ctx_mask, mask.to(device)], -1),
                 position_ids=positions,
-                past_key_values=cache,
+                **cache_kwargs(model, cache),
                 use_cache=True,
             ).logits
             second = torch.log_softmax(logits.float(), -1)

@@ -10,8 +10,9 @@
   (``add_special_tokens=False``; SmolLM2 has no BOS) and inserts 49 ids of an unused special token.
 - pixels: CLIP (shortest edge → 336 bicubic, centre crop, CLIP mean/std) vs. ImageNet normalisation at
   224 px after padding to a square (``vision.preprocess``).
-- forward: both take ``input_ids, attention_mask, position_ids, pixel_values, past_key_values,
-  use_cache, logits_to_keep``; only LLaVA takes ``labels`` (the harness computes its own loss).
+- forward: both take ``input_ids, attention_mask, position_ids, pixel_values, use_cache, logits_to_keep``
+  and the KV cache (``cache``; ``past_key_values`` before transformers 5.24); only LLaVA takes ``labels``
+  (the harness computes its own loss).
 - trainable parts: ``build_*`` freeze the vision tower of both; the projector follows ``train_projector``.
 - offline, the paper model with random weights has no Llama tokenizer: ``build_paper`` then uses the
   embedded tokenizer plus ``<image>`` and ``<pad>``, growing the vocabulary to fit (recorded in the config).
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from tasks.lm import cache_kwargs
 from tasks.multimodal import vision
 
 IMAGE_TAG = "<image>"  # where an image goes in a prompt, for both models
@@ -108,14 +110,16 @@ class LlavaStyle(nn.Module):
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         pixel_values: Tensor | None = None,
-        past_key_values: Any = None,
+        cache: Any = None,
         use_cache: bool = False,
         logits_to_keep: int | Tensor = 0,
         vision_features: Tensor | None = None,
         **kw: Any,
     ) -> Any:
-        """The language model's output (``.logits``, ``.past_key_values``). ``vision_features`` (from
-        ``encode_images``) may stand in for ``pixel_values``; with neither it is the plain LM."""
+        """The language model's output (``.logits`` and its KV cache). ``vision_features`` (from
+        ``encode_images``) may stand in for ``pixel_values``; with neither it is the plain LM. ``cache`` is
+        the KV cache (also accepted under transformers' older name ``past_key_values``)."""
+        cache = kw.pop("past_key_values", cache)
         if pixel_values is not None and vision_features is not None:
             raise ValueError("give pixel_values or vision_features, not both")
         embeds = self.get_input_embeddings()(input_ids)
@@ -128,13 +132,13 @@ class LlavaStyle(nn.Module):
             embeds = embeds.masked_scatter(mask.unsqueeze(-1), features.to(embeds.dtype))
         else:
             self._check_count(mask, 0, self.tokens_per_image)
-        if embeds.device.type == "meta" and past_key_values is None and attention_mask is None:
+        if embeds.device.type == "meta" and cache is None and attention_mask is None:
             use_cache = True  # else transformers reads position values to find packed rows; a cache adds no FLOPs
         return self.language_model(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **cache_kwargs(self.language_model, cache),
             use_cache=use_cache,
             logits_to_keep=logits_to_keep,
             **kw,

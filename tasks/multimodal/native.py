@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tasks.lm import cache_kwargs, output_cache
 from tasks.multimodal import scoring
 from tasks.multimodal.data import IMAGE_TOKEN, Record
 from tasks.multimodal.recipe import Encoded, Formatter, collate_rows
@@ -152,7 +153,7 @@ def generate(model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], max_n
             input_ids=nxt[:, None],
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=out.past_key_values,
+            **cache_kwargs(model, output_cache(out)),
             use_cache=True,
             logits_to_keep=1,
         )
