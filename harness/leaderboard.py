@@ -28,6 +28,12 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps``, ``eval_n``,
 ``seeds``, ``n_runs``, ``hardware``. Scores are percent, rounded to 2 decimals.
 
+``<task>_seeds.csv`` (long format): ``section, preset, protocol, method, seed, run, benchmark, value``, one
+line per run of a trained or zero-shot row and benchmark with a score, plus ``Avg`` (over the benchmarks Avg
+covers, when the run has them all). The intervals above resample test examples, not training seeds; the
+Markdown adds, for every row with two or more seeds, the range (min-max) of its per-seed scores, so a
+difference between methods can be read against one method's spread over seeds.
+
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have. (Several ``lora`` rows in a
@@ -247,6 +253,18 @@ def _baseline_rows(
     ]
 
 
+def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tuple[int, str, dict[str, float]]]:
+    """Per run of ``row``: (seed, run id, {benchmark or AVG: score}); AVG when the run scored all it covers."""
+    out = []
+    for r in sorted(row.runs, key=lambda r: (r["run"]["config"]["seed"], r["run"]["id"])):
+        values = {b: float(r["eval"][b]["value"]) for b in benchmarks if "value" in r["eval"].get(b, {})}
+        covered = [b for b in averaged if b in row.cells and row.cells[b].value is not None]
+        if covered and all(b in values for b in covered):
+            values[AVG] = statistics.mean(values[b] for b in covered)
+        out.append((r["run"]["config"]["seed"], r["run"]["id"], values))
+    return out
+
+
 def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> None:
     """Fill ``row.vs``: paired differences to each reference row on the examples both scored."""
     for ref_name in REFERENCES:
@@ -380,6 +398,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
     """The CSV tables of :func:`tables` from already built sections (layout: the module docstring)."""
     accuracy: dict[str, list[dict[str, Any]]] = {}
     comparisons: dict[str, list[dict[str, Any]]] = {}
+    per_seed: dict[str, list[dict[str, Any]]] = {}
     overhead: list[dict[str, Any]] = []
     for s in secs:
         benchmarks = [*s.benchmarks, AVG]
@@ -412,10 +431,18 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                         )
             if row.kind == "trained":
                 overhead.append(_overhead(s, row, out))
+            for seed, run_id, values in seed_values(row, s.benchmarks, s.averaged or s.benchmarks):
+                for b, v in values.items():
+                    per_seed.setdefault(s.task, []).append(
+                        {"section": s.key, "preset": s.preset, "protocol": s.protocol, "method": row.method}
+                        | {"seed": seed, "run": run_id, "benchmark": b, "value": _num(v)}
+                    )
     out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
     for task in accuracy:
         columns = "task preset protocol method reference benchmark diff ci_low ci_high significant model section"
         out_tables[f"{task}_comparisons"] = pd.DataFrame(comparisons.get(task, []), columns=columns.split())
+        columns = "section preset protocol method seed run benchmark value"
+        out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
     out_tables["overhead"] = pd.DataFrame(overhead)
     return out_tables
 
@@ -514,6 +541,23 @@ LEGEND = (
 )
 
 
+def _spread_table(s: Section) -> list[str]:
+    """Markdown lines: per row with two or more seeds, min-max of its per-seed scores; none without such rows."""
+    cols = [*s.benchmarks, AVG]
+    rows = []
+    for row in (r for r in s.rows if len({run["run"]["config"]["seed"] for run in r.runs}) > 1):
+        per_seed = seed_values(row, s.benchmarks, s.averaged or s.benchmarks)
+        cells = []
+        for b in cols:
+            vals = [v[b] for _, _, v in per_seed if b in v]
+            cells.append("absent" if row.cells[b].absent else f"{fmt(min(vals))}–{fmt(max(vals))}" if vals else "–")
+        rows.append([row.method, " ".join(str(seed) for seed, _, _ in per_seed), *cells])
+    if not rows:
+        return []
+    intro = "Spread over seeds (min–max of the per-seed scores; the intervals above resample examples, not seeds):"
+    return [intro, "", markdown_table(["method", "seeds", *cols], rows), ""]
+
+
 def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str, Any]]) -> str:
     """``leaderboard.md``: per section the scores table and the paired differences to lora; then costs."""
     md = ["# Leaderboard", "", "Regenerated by `harness leaderboard` from the run records; do not edit by hand.", ""]
@@ -529,6 +573,7 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 for r in s.rows
             ]
             md += [markdown_table(header, rows), ""]
+            md += _spread_table(s)
             for ref in (REFERENCE_METHOD, BASELINE):
                 # every row against lora (baselines too); only the trained rows against base
                 compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]

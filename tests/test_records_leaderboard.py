@@ -75,6 +75,7 @@ def read_csv(path):
 OUTPUTS = {
     "commonsense.csv",
     "commonsense_comparisons.csv",
+    "commonsense_seeds.csv",
     "commonsense.png",
     "overhead.csv",
     "leaderboard.md",
@@ -104,6 +105,14 @@ def test_old_records_without_per_example_data_still_tabulate_without_intervals(t
     assert {r["method"]: r["relative_flops"] for r in overhead} == {"effilora": "1.25", "lora": "1.25"}
     assert {r["flops_per_step"] for r in overhead} == {"2000"}
     assert read_csv(tmp_path / "out" / "commonsense_comparisons.csv") == []
+    assert "| effilora | 0 1 | 40.0–42.0 | 60.0–62.0 | absent | 50.0–52.0 |" in md  # spread over seeds
+    assert "| lora | 0 |" not in md  # one seed: no spread
+    seeds = {
+        (r["method"], r["seed"], r["benchmark"]): r["value"]
+        for r in read_csv(tmp_path / "out" / "commonsense_seeds.csv")
+    }
+    assert seeds[("effilora", "1", "boolq")] == "62.0" and seeds[("effilora", "0", "Avg")] == "50.0"
+    assert seeds[("lora", "0", "ARC-Easy")] == "30.0" and ("lora", "0", "hellaswag") not in seeds
 
 
 def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
