@@ -256,9 +256,9 @@ def _baseline_rows(
 def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tuple[int, str, dict[str, float]]]:
     """Per run of ``row``: (seed, run id, {benchmark or AVG: score}); AVG when the run scored all it covers."""
     out = []
+    covered = [b for b in averaged if b in row.cells and row.cells[b].value is not None]
     for r in sorted(row.runs, key=lambda r: (r["run"]["config"]["seed"], r["run"]["id"])):
         values = {b: float(r["eval"][b]["value"]) for b in benchmarks if "value" in r["eval"].get(b, {})}
-        covered = [b for b in averaged if b in row.cells and row.cells[b].value is not None]
         if covered and all(b in values for b in covered):
             values[AVG] = statistics.mean(values[b] for b in covered)
         out.append((r["run"]["config"]["seed"], r["run"]["id"], values))
