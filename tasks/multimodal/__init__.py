@@ -28,7 +28,7 @@ from tasks.multimodal import data, native
 from tasks.multimodal.presets import PRESETS
 
 LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
-STAGE1 = {"steps": 60, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1, as the suites spec's probe
+STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1, as the suites spec's probe
 EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
 
 
