@@ -95,6 +95,18 @@ def test_unknown_domain_is_refused_before_anything_runs():
         build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("maths",)})
 
 
+@pytest.mark.parametrize("preset", ["smoke", "embedded"])
+def test_the_stage1_settings_are_part_of_the_run_id(monkeypatch, preset):
+    from tasks.multimodal import presets
+
+    [spec] = build_specs("multimodal", ["lora"], [0], preset)
+    assert spec.to_dict()["extra"]["task_settings"]["stage1"] == presets.STAGE1
+    before = spec.run_id
+    monkeypatch.setitem(presets.STAGE1, "steps", presets.STAGE1["steps"] + 1)  # a longer stage 1: a new run
+    [after] = build_specs("multimodal", ["lora"], [0], preset)
+    assert after.run_id != before
+
+
 def test_the_reduced_llava_shape_trains_and_scores(tmp_path):
     from harness.models import load_config_dict
     from tasks.multimodal.model import PAPER_ID, reduced_llava_config

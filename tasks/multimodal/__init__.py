@@ -25,10 +25,9 @@ from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
 from harness.train import TrainConfig
 from tasks.multimodal import data, native
-from tasks.multimodal.presets import PRESETS
+from tasks.multimodal.presets import PRESETS, STAGE1
 
 LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
-STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1, as the suites spec's probe
 EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
 
 
@@ -94,6 +93,7 @@ class MultimodalTask(Task):
         from tasks.multimodal import model as mm
 
         train_projector = bool((settings or {}).get("train_projector", False))
+        stage1_settings = {**STAGE1, **(settings or {}).get("stage1", {})}  # the embedded model's alignment
         stage2 = "trained with every method's adapter" if train_projector else "frozen"
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -109,8 +109,8 @@ class MultimodalTask(Task):
                 info["stage1"] = "none: random weights"
                 label = f"{models.label(model)} (LLaVA-style, random weights)"
             else:
-                net, tokenizer = mm.build_embedded(device, dtype, seed=STAGE1["seed"])
-                info["stage1"] = self._stage1(net, tokenizer)
+                net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
+                info["stage1"] = self._stage1(net, tokenizer, stage1_settings)
                 from tasks.multimodal import vision
 
                 info["vision"] = vision.provenance()
@@ -128,7 +128,7 @@ class MultimodalTask(Task):
         extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
         return Loaded(net, net.model.language_model, label, processor, info, extra)
 
-    def _stage1(self, net, tokenizer) -> dict[str, Any]:
+    def _stage1(self, net, tokenizer, settings: dict[str, Any]) -> dict[str, Any]:
         """Align the projector on the data's captions once; later runs load it from the cache."""
         from tasks.multimodal import stage1, vision
 
@@ -144,7 +144,7 @@ class MultimodalTask(Task):
             "language_model": models.EMBEDDED_LABEL,
             "vision_sha256": vision.provenance()["weights_sha256"],
         }
-        done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, **STAGE1)
+        done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, **settings)
         return {**done, "path": Path(done["path"]).name}  # in the cache dir; no machine paths in records
 
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:

@@ -7,7 +7,10 @@ from harness.task import Preset, TaskOptions
 from harness.train import TrainConfig
 
 PAPER_MODEL = "llava-hf/llava-1.5-7b-hf"
+STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1 of the embedded model
 STAGE2 = {"train_projector": True}  # LLaVA's stage 2: the projector trains with the adapter, for every method
+# the embedded model's settings, hashed into the run id: a changed stage 1 re-runs instead of reusing a record
+EMBEDDED_SETTINGS = {**STAGE2, "stage1": STAGE1}
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the language model's, as EffiLoRA §4.2
 
 PRESETS: dict[str, Preset] = {
@@ -29,7 +32,7 @@ PRESETS: dict[str, Preset] = {
         {"r": 8, "alpha": 16, "heads": 3, "targets": TARGETS},
         "native",
         8,
-        STAGE2,
+        EMBEDDED_SETTINGS,
     ),
     "embedded": Preset(
         "SmolLM2-135M + EfficientNet-Lite0 (LLaVA-style) on 2 CPU cores: 47 steps of 16, 150 test questions a domain",
@@ -49,7 +52,7 @@ PRESETS: dict[str, Preset] = {
         {"r": 16, "alpha": 32, "heads": 3, "targets": TARGETS},
         "native",
         8,
-        STAGE2,
+        EMBEDDED_SETTINGS,
     ),
     "paper": Preset(
         "EffiLoRA Table 10: LLaVA-1.5-7B, r=32, alpha=64, 3 heads, lr 2e-4, batch 1, 1 epoch (a GPU and the weights)",
