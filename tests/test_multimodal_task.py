@@ -67,12 +67,22 @@ def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style,
         shape = flops["micro_batches"][0]["shape"]
         assert shape[3] == 2 and shape[1] > 4  # two images in the micro-batch, 4 image tokens each
         info = record["run"]["config"]["model_info"]
-        assert info["stage2_projector"].startswith("trained with every method's adapter")  # LLaVA's stage 2
-        assert train["task_trained_params"] == info["projector_params"] > 0  # counted apart from the adapter's
-        saved = tmp_path / "runs" / record["run"]["id"] / "adapter" / "task_params.pt"
-        assert saved.is_file()
+        assert info["stage2_projector"].startswith("frozen")  # the embedded presets' stage 2
+        assert train["task_trained_params"] == 0
     lines = (tmp_path / "runs" / by_method["lora"]["run"]["id"] / "predictions.jsonl").read_text().splitlines()
     assert {json.loads(line)["kind"] for line in lines} == {"choice", "yesno", "open"}
+
+
+def test_a_projector_trained_in_stage2_is_counted_apart_and_saved(tiny_llava_style, tmp_path, monkeypatch):
+    from tasks.multimodal import presets
+
+    monkeypatch.setitem(presets.EMBEDDED_SETTINGS, "train_projector", True)  # LLaVA's stage 2, as `paper`
+    [record] = _run(tiny_llava_style, ["lora"], tmp_path)
+    assert record["run"]["status"] == "success", record["run"]["error"]
+    info, train = record["run"]["config"]["model_info"], record["train"]
+    assert info["stage2_projector"].startswith("trained with every method's adapter")
+    assert train["task_trained_params"] == info["projector_params"] > 0  # counted apart from the adapter's
+    assert (tmp_path / "runs" / record["run"]["id"] / "adapter" / "task_params.pt").is_file()
 
 
 def test_single_domain_rows_train_on_one_domain_and_join_the_table(tiny_llava_style, tmp_path):
