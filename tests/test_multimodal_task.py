@@ -106,13 +106,17 @@ def test_unknown_domain_is_refused_before_anything_runs():
 
 
 @pytest.mark.parametrize("preset", ["smoke", "embedded"])
-def test_the_stage1_settings_are_part_of_the_run_id(monkeypatch, preset):
-    from tasks.multimodal import presets
+@pytest.mark.parametrize("setting", ["stage1", "generated_data"])
+def test_the_stage1_and_data_settings_are_part_of_the_run_id(monkeypatch, preset, setting):
+    from tasks.multimodal import generate, presets
 
     [spec] = build_specs("multimodal", ["lora"], [0], preset)
-    assert spec.to_dict()["extra"]["task_settings"]["stage1"] == presets.STAGE1
+    settings = spec.to_dict()["extra"]["task_settings"]
+    assert settings["stage1"] == presets.STAGE1
+    assert settings["generated_data"] == {"version": generate.VERSION, **presets.EMBEDDED_DATA}
     before = spec.run_id
-    monkeypatch.setitem(presets.STAGE1, "steps", presets.STAGE1["steps"] + 1)  # a longer stage 1: a new run
+    changed = presets.EMBEDDED_SETTINGS[setting]  # a longer stage 1, a new data version: a new run
+    monkeypatch.setitem(changed, "steps" if setting == "stage1" else "version", 10_000)
     [after] = build_specs("multimodal", ["lora"], [0], preset)
     assert after.run_id != before
 

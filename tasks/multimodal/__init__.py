@@ -25,10 +25,9 @@ from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
 from harness.train import TrainConfig
 from tasks.multimodal import data, native
-from tasks.multimodal.presets import PRESETS, STAGE1
+from tasks.multimodal.presets import EMBEDDED_DATA, PRESETS, STAGE1
 
 LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
-EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
 
 
 @TASKS.register("multimodal")

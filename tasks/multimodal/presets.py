@@ -5,6 +5,7 @@ from __future__ import annotations
 from harness import models
 from harness.task import Preset, TaskOptions
 from harness.train import TrainConfig
+from tasks.multimodal import generate
 
 PAPER_MODEL = "llava-hf/llava-1.5-7b-hf"
 STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1 of the embedded model
@@ -12,7 +13,13 @@ STAGE2 = {"train_projector": True}  # LLaVA's stage 2: the projector trains with
 # The embedded model's settings, hashed into the run id (a changed stage 1 re-runs instead of reusing a
 # record). Its projector stays frozen in stage 2: trained at the adapters' lr (1e-3) over 47 steps it
 # unlearnt stage 1's reading (document open answers 20 -> 52 ANLS with it frozen, general 12 -> 24% exact).
-EMBEDDED_SETTINGS = {"train_projector": False, "stage1": STAGE1}
+# The generated data (used when no --data-dir is given) is hashed in too: its generator's version and parameters.
+EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
+EMBEDDED_SETTINGS = {
+    "train_projector": False,
+    "stage1": STAGE1,
+    "generated_data": {"version": generate.VERSION, **EMBEDDED_DATA},
+}
 TARGETS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"  # the language model's, as EffiLoRA §4.2
 
 PRESETS: dict[str, Preset] = {
