@@ -153,6 +153,8 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         # which sources a run trained on makes a row (e.g. single-domain rows), not a section
         "task_options": {k: v for k, v in c["task_options"].items() if k not in ("seed", "train_sources")},
     }
+    if c.get("extra", {}).get("task_settings"):  # the preset's task settings (e.g. a stage 1): only when set,
+        common["task_settings"] = c["extra"]["task_settings"]  # so the sections of records without keep their ids
     train = {k: v for k, v in c["train"].items() if k != "seed"}
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
 

@@ -135,6 +135,20 @@ def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
     )
 
 
+def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0123" * 5
+    for settings, preds in (({"stage1": {"steps": 60}}, "0000" * 5), ({"stage1": {"steps": 180}}, "0123" * 5)):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, preds)})
+        record["run"]["config"]["extra"]["task_settings"] = settings
+        record["run"]["id"] += f"-{settings['stage1']['steps']}"
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "commonsense.csv")
+    lora = sorted(float(r["ARC-Easy"]) for r in rows if r["method"] == "lora")
+    assert lora == [25.0, 100.0] and len({r["section"] for r in rows}) == 2  # two sections, not one 62.5 row
+
+
 def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
