@@ -12,7 +12,8 @@ STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 
 STAGE2 = {"train_projector": True}  # LLaVA's stage 2: the projector trains with the adapter, for every method
 # The embedded model's settings, hashed into the run id (a changed stage 1 re-runs instead of reusing a
 # record). Its projector stays frozen in stage 2: trained at the adapters' lr (1e-3) over 47 steps it
-# unlearnt stage 1's reading (document open answers 20 -> 52 ANLS with it frozen, general 12 -> 24% exact).
+# unlearnt stage 1's reading (data v1: document open answers 20 -> 52 ANLS with it frozen, general 12 -> 24%
+# exact).
 # The generated data (used when no --data-dir is given) is hashed in too: its generator's version and parameters.
 EMBEDDED_DATA = {"seed": 0, "n_train": 400, "n_test": 150, "size": 224}
 EMBEDDED_SETTINGS = {
