@@ -8,7 +8,9 @@ from harness.train import TrainConfig
 from tasks.multimodal import generate
 
 PAPER_MODEL = "llava-hf/llava-1.5-7b-hf"
-STAGE1 = {"steps": 180, "batch_size": 16, "lr": 1e-3, "seed": 0}  # LLaVA stage 1 of the embedded model
+# LLaVA stage 1 of the embedded model. 360 steps: at 180 its model read 19% of the MNIST digits (chance 10%), at
+# 360 31% (caption loss 1.11 -> 0.94), while a linear probe on the frozen encoder reads 89%.
+STAGE1 = {"steps": 360, "batch_size": 16, "lr": 1e-3, "seed": 0}
 STAGE2 = {"train_projector": True}  # LLaVA's stage 2: the projector trains with the adapter, for every method
 # The embedded model's settings, hashed into the run id (a changed stage 1 re-runs instead of reusing a
 # record). Its projector stays frozen in stage 2: trained at the adapters' lr (1e-3) over 47 steps it
