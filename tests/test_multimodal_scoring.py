@@ -193,7 +193,7 @@ def test_percent():
 def test_baseline_scores_from_the_test_set_alone():
     from pathlib import Path
 
-    from tasks.multimodal import baseline_scores
+    from tasks.multimodal import baseline_scores, by_item
     from tasks.multimodal.data import Record
 
     def rec(i, kind, **kw):
@@ -214,6 +214,13 @@ def test_baseline_scores_from_the_test_set_alone():
     assert b["chance"][1:4] == [50.0] * 3 and b["majority"][1:4] == [100.0, 0.0, 100.0]
     assert b["chance"][4:] == [50.0] * 3  # two distinct open answers
     assert b["majority"][4:] == [100.0, 100.0, 0.0]
+    items = by_item(records, b["chance"])  # a yes/no pair is one item: both guessed right, 1/4
+    assert items == [pytest.approx(100 / 4**4), 25.0, 50.0, 50.0, 50.0, 50.0]
+    assert by_item(records, b["majority"]) == [0.0, 0.0, 100.0, 100.0, 100.0, 0.0]  # "always yes": the pair fails
+    model = [100.0, 100.0, 0.0, 100.0, 100.0, 0.0, 100.0]
+    assert by_item(records, model) == [100.0, 0.0, 100.0, 100.0, 0.0, 100.0]  # acc+: right only if both are
+    with pytest.raises(ValueError, match="7 records but 2 scores"):
+        by_item(records, [1.0, 2.0])
 
 
 def test_leaderboard_rows_from_entry_baselines():

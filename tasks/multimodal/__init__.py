@@ -258,24 +258,47 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
         metrics["open_" + (by_kind["open"][0].record.metric or "exact")] = scoring.percent(
             [s.score for s in by_kind["open"]]
         )
-    scores = [round(s.score, 2) for s in scored]
-    baselines = {k: [round(x, 4) for x in v] for k, v in baseline_scores([s.record for s in scored]).items()}
+    records = [s.record for s in scored]
+    scores = [round(x, 2) for x in by_item(records, [s.score for s in scored])]
+    baselines = {k: [round(x, 4) for x in by_item(records, v)] for k, v in baseline_scores(records).items()}
     ids = "\n".join(s.record.id for s in scored)
     test_file = data_dir / "test.json"
     return {
         "metric": "score",
         "value": sum(scores) / len(scores),
         "metrics": metrics,
-        "n": len(scores),
-        "n_by_kind": {k: len(v) for k, v in by_kind.items() if v},
+        "n": len(scores),  # scored items: a question, or a yes/no pair (see by_item)
+        "n_by_kind": {k: len(v) for k, v in by_kind.items() if v},  # questions
         "protocol": protocol,
         "higher_is_better": True,
         "file": "test.json" if test_file.is_file() else f"test-{domain}.json",
         "sha256": _sha256(test_file if test_file.is_file() else data_dir / f"test-{domain}.json"),
-        "scores": scores,  # per question, 0-100: intervals and paired comparisons (harness/leaderboard.py)
-        "baselines": baselines,  # per question: the chance and majority rows of the leaderboard
+        "scores": scores,  # per item, 0-100: intervals and paired comparisons (harness/leaderboard.py)
+        "baselines": baselines,  # per item: the chance and majority rows of the leaderboard
         "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
     }
+
+
+def by_item(records: list[data.Record], scores: list[float]) -> list[float]:
+    """Per-question 0-100 scores (or chances) to the items a domain's score averages: a choice or open
+    question is one item; a yes/no pair is one item, right only if both of its questions are (MME's acc+;
+    the product of the chances). As CircularEval for choices, this keeps answer bias from scoring: a model
+    that always says "yes" gets every pair's yes right and its no wrong, 0, not the 50 that per-question
+    accuracy gives it (a floor every row shared, and noise in every paired comparison). Items keep the
+    order of their first question."""
+    if len(records) != len(scores):
+        raise ValueError(f"{len(records)} records but {len(scores)} scores; pass one score per record")
+    items: list[float] = []
+    slot: dict[str, int] = {}
+    for r, x in zip(records, scores, strict=True):
+        if r.kind != "yesno" or r.pair is None:
+            items.append(x)
+        elif r.pair in slot:
+            items[slot[r.pair]] *= x / 100.0
+        else:
+            slot[r.pair] = len(items)
+            items.append(x)
+    return items
 
 
 def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
@@ -284,7 +307,8 @@ def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
     right, (1/n)^n; yes/no: 1/2; an open question: the mean score of the domain's distinct open answers
     given as the answer) and ``majority`` always gives the most common answer (choice: one fixed letter,
     which CircularEval's rotations never all accept: 0; yes/no: the more common of yes/no; open: the most
-    common open answer). Open answers are scored with the question's own metric."""
+    common open answer). Open answers are scored with the question's own metric. ``by_item`` turns these
+    per-question values into the per-item ones a domain's score averages."""
     from tasks.multimodal import scoring
 
     def open_score(r: data.Record, pred: str) -> float:
