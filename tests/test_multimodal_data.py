@@ -326,6 +326,31 @@ def test_embedded_train_and_test_use_disjoint_sources(embedded):
     assert replies & {"A", "B", "C", "D"} and replies & {"Yes", "No"}  # the three question styles are trained
 
 
+def test_embedded_math_asks_the_digit_plus_the_number_in_the_question(embedded):
+    import re
+
+    train = json.loads((embedded / "train.json").read_text())
+    captions = {
+        c["image"]: c["conversations"][1]["value"] for c in json.loads((embedded / "captions.json").read_text())
+    }
+    test = json.loads((embedded / "test.json").read_text())
+    checked = 0
+    for r in [*train, *test]:
+        if r["domain"] != "math":
+            continue
+        added = int(re.search(r"plus (\d)\b", r["conversations"][0]["value"]).group(1))
+        if r.get("kind") == "choice":  # options stay in the digit's range, so none is ruled out by range alone
+            assert {int(o) for o in r["options"]} <= set(range(added, added + 10)), r
+        if r.get("kind") == "yesno":
+            claimed = int(re.search(r"equal to (\d+)\?", r["question"]).group(1))
+            assert added <= claimed <= added + 9, r
+        if r["image"] in captions and r["conversations"][1]["value"].isdigit():  # a training open question
+            digit = int(re.fullmatch(r"The handwritten digit (\d)\.", captions[r["image"]]).group(1))
+            assert int(r["conversations"][1]["value"]) == digit + added, r
+            checked += 1
+    assert checked >= 3  # every third training record is an open question
+
+
 def test_embedded_build_is_deterministic_and_idempotent(embedded, tmp_path):
     build = json.loads((embedded / "build.json").read_text())
     again = generate.build_embedded(tmp_path / "again", twemoji_dir=TWEMOJI, **SMALL)
