@@ -220,6 +220,31 @@ def test_paper_llava_at_reduced_shape_runs_forward_and_backward():
     assert counts["LlavaForConditionalGeneration.model.language_model"] > 0
 
 
+class _ChatTokenizer:
+    chat_template = "{{ messages }}"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        assert not tokenize and add_generation_prompt
+        return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+
+
+@pytest.mark.parametrize("tokenizer", [_ChatTokenizer(), object()], ids=["chat template", "none"])
+def test_stage1_chat_template_aligns_in_the_prompt_stage2_asks_in(tokenizer):
+    from tasks.multimodal.recipe import chat_prompt
+
+    prompt = stage1.prompt_for(tokenizer, "chat")
+    assert prompt == chat_prompt(tokenizer, stage1.INSTRUCTION)  # the function stage 2's Formatter.prompt calls
+    expected = (
+        "<|user|><image>\nDescribe the image.<|end|><|assistant|>"
+        if hasattr(tokenizer, "chat_template")
+        else ("USER: <image>\nDescribe the image. ASSISTANT:")
+    )
+    assert prompt == expected
+    assert stage1.prompt_for(tokenizer, "raw") == "<image>\nDescribe the image.\n"
+    with pytest.raises(ValueError, match="choose one of raw, chat"):
+        stage1.prompt_for(tokenizer, "jinja")
+
+
 def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypatch, tmp_path, char_tokenizer):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     pics = images(3)

@@ -143,7 +143,9 @@ class MultimodalTask(Task):
             "language_model": models.EMBEDDED_LABEL,
             "vision_sha256": vision.provenance()["weights_sha256"],
         }
-        done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, **settings)
+        settings = dict(settings)
+        prompt = stage1.prompt_for(tokenizer, settings.pop("template", "raw"))
+        done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, prompt=prompt, **settings)
         return {**done, "path": Path(done["path"]).name}  # in the cache dir; no machine paths in records
 
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:

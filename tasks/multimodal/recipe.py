@@ -22,6 +22,15 @@ from tasks.multimodal import vision
 from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, image_geometry, pad_id
 
 
+def chat_prompt(tokenizer: Any, human: str) -> str:
+    """``human`` as the user turn in ``tokenizer``'s chat template, ending where the answer starts
+    (LLaVA-1.5's ``USER: … ASSISTANT:`` when the tokenizer has no template). Stage 1 and stage 2 both use it."""
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": human}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return f"USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+
+
 @dataclass
 class Encoded:
     input_ids: list[int]
@@ -56,10 +65,7 @@ class Formatter:
 
     def prompt(self, human: str) -> str:
         """The human turn in the model's chat format, ending where the answer starts."""
-        if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": human}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return f"USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+        return chat_prompt(self.tokenizer, human)
 
     def ids(self, text: str) -> list[int]:
         """Token ids without special tokens added; each ``<image>`` becomes the model's placeholders."""

@@ -31,9 +31,24 @@ from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, l
 from tasks.multimodal.vision import load_image, preprocess
 
 CODE_VERSION = "1"  # bump when the recipe below changes what a cached projector means
-PROMPT = "<image>\nDescribe the image.\n"
+INSTRUCTION = "<image>\nDescribe the image."
+PROMPT = INSTRUCTION + "\n"  # the raw prompt (template "raw")
+TEMPLATES = ("raw", "chat")
 WARMUP = 0.03  # fraction of steps with a linear warm-up, then cosine decay to 0 (LLaVA's schedule)
 ENCODE_BATCH = 32  # images per frozen-encoder forward while caching features
+
+
+def prompt_for(tokenizer: Any, template: str) -> str:
+    """Stage 1's prompt: ``"raw"`` is ``PROMPT``; ``"chat"`` puts ``INSTRUCTION`` in the chat format stage 2
+    uses (``recipe.chat_prompt``), as LLaVA aligns in its conversation format, so that the projector learns
+    to speak to the language model in the context it will be asked questions in."""
+    if template == "raw":
+        return PROMPT
+    if template == "chat":
+        from tasks.multimodal.recipe import chat_prompt
+
+        return chat_prompt(tokenizer, INSTRUCTION)
+    raise ValueError(f"unknown stage-1 template {template!r}; choose one of {', '.join(TEMPLATES)}")
 
 
 def cache_path(key: dict[str, Any]) -> tuple[Path, str]:
