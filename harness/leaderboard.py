@@ -632,13 +632,27 @@ def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_di
     return task_cls.leaderboard_files(records, runs_dir, out_dir)
 
 
+def newest_sections(secs: list[Section]) -> list[Section]:
+    """Per (preset, protocol, model), the section holding the most recently created run: the one a plot
+    shows (older settings stay in the CSVs; points of different settings on one plot read as a ranking)."""
+    newest: dict[tuple[str, str, str], tuple[str, Section]] = {}
+    for s in secs:
+        created = max((r["run"].get("created_at", "") for row in s.rows for r in row.runs), default="")
+        group = (s.preset, s.protocol, s.model)
+        if group not in newest or created > newest[group][0]:
+            newest[group] = (created, s)
+    return [s for _, s in newest.values()]
+
+
 def _plot(secs: list[Section], task: str, path: Path) -> Path:
-    """Avg against trainable parameters, with the 95% interval as error bars; baselines as lines."""
+    """Avg against trainable parameters, with the 95% interval as error bars; baselines as lines. Only the
+    newest section of each preset, protocol and model (:func:`newest_sections`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    secs = newest_sections(secs)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for s in secs:
         suffix = f" ({s.preset}, {s.protocol})" if len(secs) > 1 else ""
@@ -657,7 +671,8 @@ def _plot(secs: list[Section], task: str, path: Path) -> Path:
             ax.annotate(row.method + suffix, (x, avg.value), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("trainable parameters (% of base model)")
     ax.set_ylabel("average accuracy (%), 95% interval")
-    ax.set_title(f"{task}: accuracy vs parameters", fontsize=10)
+    keys = ", ".join(s.key for s in secs)
+    ax.set_title(f"{task}: accuracy vs parameters (newest section: {keys})", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

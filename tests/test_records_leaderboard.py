@@ -149,6 +149,23 @@ def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_pat
     assert lora == [25.0, 100.0] and len({r["section"] for r in rows}) == 2  # two sections, not one 62.5 row
 
 
+def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
+    from harness.leaderboard import load_records, newest_sections, sections
+
+    runs = tmp_path / "runs"
+    for steps, created in ((180, "2026-01-02T00:00:00+00:00"), (60, "2026-01-01T00:00:00+00:00")):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0123" * 5)})
+        record["run"]["config"]["extra"]["task_settings"] = {"stage1": {"steps": steps}}
+        record["run"]["id"] += f"-{steps}"
+        record["run"]["created_at"] = created
+        write_fixture(runs, record)
+    secs = sections(load_records(runs))
+    assert len(secs) == 2
+    (shown,) = newest_sections(secs)
+    assert shown.rows[0].runs[0]["run"]["id"].endswith("-180")  # the later run, whatever the order of keys
+    assert newest_sections(list(reversed(secs))) == [shown]
+
+
 def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
