@@ -10,7 +10,11 @@ with only ``delta`` is unaffected) computes the same sum with fewer passes over 
 all the wrappers of a layer that read the same tensor (q, k, v; gate, up); their first matmuls (A, and a
 router that reads the input) made as one over the stacked weights, with the dropout folded into it
 (``_DroppedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
-instead of n, and one input-gradient buffer written in the backward). The dropout draw differs from the
+instead of n, and one input-gradient buffer written in the backward). Where the bases are plain
+``nn.Linear`` on a CPU without autocast, that node also computes the frozen base linears
+(``_FusedProjection``): the input gradient of the bases and the adapters is one buffer, accumulated by
+``addmm_`` instead of one buffer per reader added up, and each wrapper adds ``s·h Wᵀ`` into its base output
+in place. The fast path trains with torch's fused AdamW (``harness.train.adamw``). The dropout draw differs from the
 reference path's (one draw shared by q, k and v; other random numbers), not its per-wrapper distribution;
 with dropout off (p = 0 or eval) the fast path equals ``delta`` within fp32 rounding
 (tests/test_fused_parity.py). ``delta`` itself is unchanged (``nn.Dropout``, one draw per wrapper).
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.modules import module as _nn_module
 
 from harness.atomic import atomic_path, write_json
 from harness.config import AdapterConfig, config_from_dict, make_config
@@ -45,6 +50,7 @@ from harness.registry import METHODS
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SHARED = "lora_shared"
+FUSE_BASE = True  # False: never compute a base linear in the fused node (the unfused fast path, for benchmarks)
 SPARSE_DROPOUT_MIN = 1 << 15  # elements: below this, nn.Dropout's one kernel beats the sparse kernel's ~12 ops
 
 
@@ -123,10 +129,10 @@ class _SparseDropout(torch.autograd.Function):
         return out, None, None
 
 
-def _sparse_p(dropout: nn.Module, x: Tensor) -> float | None:
+def _sparse_p(dropout: nn.Module, x: Tensor, any_size: bool = False) -> float | None:
     """The dropout probability when the sparse CPU kernel applies to ``x``, else ``None``."""
     if isinstance(dropout, nn.Dropout) and dropout.training and 0 < dropout.p and x.device.type == "cpu":
-        if x.numel() >= SPARSE_DROPOUT_MIN:
+        if any_size or x.numel() >= SPARSE_DROPOUT_MIN:
             return dropout.p
     return None
 
@@ -186,6 +192,88 @@ class _DroppedProjection(torch.autograd.Function):
         return grad_x, None, None, grad_wd, grad_wr
 
 
+class _FusedProjection(torch.autograd.Function):
+    """A group's frozen base linears and its adapters' first matmul, in one node: ``(y_1 .. y_n, z, g)`` with
+    ``y_i = x W_iᵀ + b_i`` (flattened to 2-D), ``z = drop(x) W_dropᵀ`` (the dropout as dropped positions, or
+    none) and ``g = x W_rawᵀ``. Its backward writes the input gradient into one buffer: the adapters' part
+    (masked in place), then every base's ``grad_y_i W_i`` accumulated by ``addmm_``, where autograd would
+    make one buffer per reader and add them up. Each wrapper then adds its ``s·h Wᵀ`` into its ``y_i`` in
+    place. Only for plain ``nn.Linear`` bases on a CPU without autocast (``_fuses_base``)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, pos: Tensor | None, p: float, w_drop: Tensor, w_raw: Tensor | None, *bases):  # noqa: ANN205
+        ctx.set_materialize_grads(False)
+        x2 = x.reshape(-1, x.shape[-1])
+        n = len(bases) // 2
+        ys = [F.linear(x2, bases[2 * i], bases[2 * i + 1]) for i in range(n)]
+        scale = 1.0
+        if pos is not None:
+            scale = 1.0 / (1.0 - p)
+            kept = x2.clone()  # x with the dropped entries zeroed; 1/(1-p) goes on the small side
+            kept.view(-1).index_fill_(0, pos, 0.0)
+            z = F.linear(kept, w_drop) * scale
+        else:
+            kept = x2
+            z = F.linear(x2, w_drop)
+        g = F.linear(x2, w_raw) if w_raw is not None else None
+        base_grads = any(t is not None and t.requires_grad for t in bases)
+        ctx.scale, ctx.shape, ctx.n, ctx.has_raw = scale, x.shape, n, w_raw is not None
+        ctx.save_for_backward(
+            pos,
+            kept if w_drop.requires_grad else None,
+            x2 if base_grads or (w_raw is not None and w_raw.requires_grad) else None,
+            w_drop,
+            w_raw,
+            *bases,
+        )
+        return (*ys, z, g) if g is not None else (*ys, z)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Tensor | None):  # noqa: ANN205
+        pos, kept, x2, w_drop, w_raw, *bases = ctx.saved_tensors
+        n = ctx.n
+        gys, gz, gg = grads[:n], grads[n], (grads[n + 1] if ctx.has_raw else None)
+        if gz is not None and ctx.scale != 1.0:
+            gz = gz * ctx.scale
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if gz is not None:
+                grad_x = gz @ w_drop
+                if pos is not None:
+                    grad_x.view(-1).index_fill_(0, pos, 0.0)
+            if gg is not None:
+                grad_x = gg @ w_raw if grad_x is None else grad_x.addmm_(gg, w_raw)
+            for gy, w in zip(gys, bases[0::2], strict=True):
+                if gy is not None:
+                    grad_x = gy @ w if grad_x is None else grad_x.addmm_(gy, w)
+            grad_x = None if grad_x is None else grad_x.view(ctx.shape)
+        grad_wd = gz.t() @ kept if ctx.needs_input_grad[3] and gz is not None else None
+        grad_wr = gg.t() @ x2 if ctx.has_raw and ctx.needs_input_grad[4] and gg is not None else None
+        base_grads: list[Tensor | None] = []
+        for i, gy in enumerate(gys):
+            need_w, need_b = ctx.needs_input_grad[5 + 2 * i], ctx.needs_input_grad[6 + 2 * i]
+            base_grads.append(gy.t() @ x2 if need_w and gy is not None else None)
+            base_grads.append(gy.sum(0) if need_b and gy is not None else None)
+        return grad_x, None, None, grad_wd, grad_wr, *base_grads
+
+
+def _fuses_base(layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``_FusedProjection`` may compute this wrapper's base linear: a plain ``nn.Linear`` without
+    hooks, on a CPU, no autocast, one dtype throughout (anything else keeps ``base(x)`` as it is)."""
+    base = layer.base
+    return (
+        FUSE_BASE
+        and type(base) is nn.Linear
+        and x.device.type == "cpu"
+        and x.dtype == dtype == base.weight.dtype
+        and not torch.is_autocast_enabled("cpu")
+        and not (base._forward_hooks or base._forward_pre_hooks)
+        and not (
+            getattr(_nn_module, "_global_forward_hooks", None) or getattr(_nn_module, "_global_forward_pre_hooks", None)
+        )
+    )
+
+
 class _Entry:
     """One input tensor's shared state: its readers (in call order), the converted input, one dropout draw
     (positions for the sparse kernel, or a dropped copy), and the first-matmul outputs made for the readers
@@ -201,7 +289,7 @@ class _Entry:
         self.p: float = 0.0
         self.layers: list[AdapterLinear] = []
         self.ids: set[int] = set()
-        self.proj: dict[int, tuple[Tensor, Tensor | None]] = {}
+        self.proj: dict[int, tuple[Tensor | None, Tensor, Tensor | None]] = {}
 
 
 class SharedInput:
@@ -238,7 +326,8 @@ class SharedInput:
             entry = _Entry(weakref.ref(x, self._expire), key, self._groups.get(id(layer), []))
             xa = x.to(dtype)
             entry.xa = None if xa is x else xa
-            p = _sparse_p(layer.lora_dropout, xa)
+            # positions, whatever the size, where the base is fused in: its backward masks with them
+            p = _sparse_p(layer.lora_dropout, xa, any_size=layer.fuses_input and _fuses_base(layer, x, dtype))
             if p is not None:
                 entry.pos, entry.p = drop_positions(xa.numel(), p), p
             else:
@@ -250,20 +339,28 @@ class SharedInput:
         self._groups[id(entry.layers[0])] = list(entry.layers)
         return entry
 
-    def project(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor | None]:
-        """``(drop(x) W_dropᵀ, x W_rawᵀ)`` for ``layer`` (its ``input_weights``), made with its siblings."""
+    def project(
+        self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype
+    ) -> tuple[Tensor | None, Tensor, Tensor | None]:
+        """``(y, drop(x) W_dropᵀ, x W_rawᵀ)`` for ``layer`` (its ``input_weights``), made with its siblings;
+        ``y`` is the base's output (2-D) where the base is fused in (``_fuses_base``), else ``None``."""
         entry = self._join(layer, x, dtype)
         if entry is None:
             xa = x.to(dtype)
-            return _project([layer], xa, sparse_dropout(layer.lora_dropout, xa))[id(layer)]
+            xd = sparse_dropout(layer.lora_dropout, xa)
+            return _project([layer], xa, xd, fuse=xd is xa and _fuses_base(layer, x, dtype))[id(layer)]
         xa = x if entry.xa is None else entry.xa
         xd = xa if entry.xd is None else entry.xd
         if len(entry.layers) == 1:  # the first reader: make the first matmul of the readers learnt last time
             group = [peer for peer in entry.learnt if peer is layer or _fusable_now(peer)]
             if len(group) > 1 and group[0] is layer:
-                entry.proj = _project(group, xa, xd, entry.pos, entry.p)
+                fuse = xd is xa and all(_fuses_base(peer, x, dtype) for peer in group)
+                entry.proj = _project(group, xa, xd, entry.pos, entry.p, fuse=fuse)
         out = entry.proj.pop(id(layer), None)
-        return out if out is not None else _project([layer], xa, xd, entry.pos, entry.p)[id(layer)]
+        if out is None:
+            fuse = xd is xa and _fuses_base(layer, x, dtype)
+            out = _project([layer], xa, xd, entry.pos, entry.p, fuse=fuse)[id(layer)]
+        return out
 
     def _expire(self, ref: weakref.ref) -> None:
         if self._entry is not None and self._entry.ref is ref:
@@ -281,16 +378,27 @@ def _fusable_now(layer: AdapterLinear) -> bool:
 
 
 def _project(
-    layers: list[AdapterLinear], xa: Tensor, xd: Tensor, pos: Tensor | None = None, p: float = 0.0
-) -> dict[int, tuple[Tensor, Tensor | None]]:
+    layers: list[AdapterLinear],
+    xa: Tensor,
+    xd: Tensor,
+    pos: Tensor | None = None,
+    p: float = 0.0,
+    fuse: bool = False,
+) -> dict[int, tuple[Tensor | None, Tensor, Tensor | None]]:
     """The first matmul of ``layers`` (which read one tensor), over their stacked weights, split per
     wrapper: ``drop(x)`` times every ``W_drop``, ``x`` times every ``W_raw``. With ``pos`` (a sparse
-    dropout draw) the dropout is folded into the matmul; else ``xd`` is the dropped input."""
+    dropout draw) the dropout is folded into the matmul; else ``xd`` is the dropped input. With ``fuse``
+    the base linears are computed in the same node (``_FusedProjection``; ``xd`` must be ``xa``)."""
     weights = [layer.input_weights() for layer in layers]
     drop, raw = [w for w, _ in weights], [w for _, w in weights if w is not None]
     w_drop = drop[0] if len(drop) == 1 else torch.cat(drop)
     w_raw = (raw[0] if len(raw) == 1 else torch.cat(raw)) if raw else None
-    if pos is not None:
+    ys: list[Tensor | None] = [None] * len(layers)
+    if fuse:
+        bases = [t for layer in layers for t in (layer.base.weight, layer.base.bias)]
+        out = _FusedProjection.apply(xa, pos, p, w_drop, w_raw, *bases)
+        ys, z_all, g_all = list(out[: len(layers)]), out[len(layers)], (out[-1] if w_raw is not None else None)
+    elif pos is not None:
         out = _DroppedProjection.apply(xa, pos, p, w_drop, w_raw)
         z_all, g_all = out if w_raw is not None else (out, None)
     else:
@@ -298,8 +406,8 @@ def _project(
     z = _split(z_all, [w.shape[0] for w in drop])
     g = _split(g_all, [w.shape[0] for w in raw]) if g_all is not None else []
     result, it = {}, iter(g)
-    for layer, (_, w) in zip(layers, weights, strict=True):
-        result[id(layer)] = (z.pop(0), None if w is None else next(it))
+    for layer, y, (_, w) in zip(layers, ys, weights, strict=True):
+        result[id(layer)] = (y, z.pop(0), None if w is None else next(it))
     return result
 
 
@@ -392,16 +500,22 @@ class AdapterLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base(x)
         if self.merged or self.gate == 0.0:
-            return y
-        dtype = next(iter(self._parameters.values())).dtype if self._parameters else y.dtype
+            return self.base(x)
+        dtype = next(iter(self._parameters.values())).dtype if self._parameters else self.base.weight.dtype
         scale = self.scaling * self.gate
         if not self.fast_path:
+            y = self.base(x)
             return y + (self.delta(x.to(dtype)) * scale).to(y.dtype)
         if self.fuses_input:
-            h, w = self.factors_from(*self._input.project(self, x, dtype))
+            y2, z, g = self._input.project(self, x, dtype)
+            h, w = self.factors_from(z, g)
+            if y2 is not None:  # the base was computed in the fused node: add s·h Wᵀ into its output in place
+                y2.addmm_(h.reshape(-1, h.shape[-1]), w.t(), alpha=scale)
+                return y2.view(*x.shape[:-1], y2.shape[-1])
+            y = self.base(x)
         else:
+            y = self.base(x)
             h, w = self.delta_factors(*self._input.get(self, x, dtype))
         if h.dtype != y.dtype:  # a 16-bit base without autocast: the delta in fp32, then cast, as delta() does
             return y + (F.linear(h, w) * scale).to(y.dtype)

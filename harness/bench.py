@@ -1,6 +1,7 @@
 """``harness bench``: what a training step and scoring cost, per method, against the floor and peft.
 
-A training step (forward, backward, AdamW step) of every registered method on one fixed batch of random
+A training step (forward, backward, AdamW step: torch's fused AdamW for the fast path and for peft, the
+for-loop one for ``--reference``) of every registered method on one fixed batch of random
 tokens (``--batch`` x ``--seq``, loss on every token), against ``floor`` — the frozen base model's forward
 and backward down to the input embeddings, the least any adapter can cost since the gradient must reach
 the lowest adapted layer — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
@@ -213,13 +214,14 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
 
 def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer) -> Contender:
     from harness.adapter import attach
+    from harness.train import adamw
     from tasks.lm import loss_sum
 
     trained = _share(model)
     adapter = attach(trained, method, config=cfg)
     adapter.use_fast_path(not reference)
     trained.train()
-    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-4))  # as the training loop builds it
+    opt = adamw(adapter.param_groups(lr=1e-4), fused=not reference)  # as the training loop builds it
     red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
     step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None)
     c = Contender(name, "ours", method, step, trained, opt, cfg, reducer)
@@ -238,6 +240,8 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
 
 
 def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
+    from harness.train import adamw
+
     try:
         from peft import LoraConfig, get_peft_model
         from peft.optimizers import create_lorafa_optimizer
@@ -249,7 +253,7 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
     if fa:
         opt = create_lorafa_optimizer(wrapped, r=lora.r, lora_alpha=lora.alpha, lr=1e-4)
     else:
-        opt = torch.optim.AdamW([p for p in wrapped.parameters() if p.requires_grad], lr=1e-4)
+        opt = adamw([{"params": [p for p in wrapped.parameters() if p.requires_grad], "lr": 1e-4}], fused=True)
     method = "lora_fa" if fa else "lora"
     step = _stepper(wrapped, opt, batch, n, autocast)
     return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg)

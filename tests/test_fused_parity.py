@@ -82,9 +82,9 @@ def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:
     calls: list[tuple[list[str], torch.Tensor]] = []
     original = adapter_module._project
 
-    def spy(layers, xa, xd, pos=None, p=0.0):
+    def spy(layers, xa, xd, pos=None, p=0.0, fuse=False):
         calls.append(([layer.site.type for layer in layers], xd if pos is None else pos))
-        return original(layers, xa, xd, pos, p)
+        return original(layers, xa, xd, pos, p, fuse=fuse)
 
     monkeypatch.setattr(adapter_module, "_project", spy)
     return calls
@@ -100,13 +100,13 @@ def test_wrappers_that_read_one_tensor_share_one_dropout_draw(monkeypatch):
     seen = {types[0]: xd for types, xd in first_layer}
     assert seen["q_proj"] is seen["k_proj"] is seen["v_proj"]  # one draw for the three readers of x
     assert seen["up_proj"] is not seen["q_proj"] and seen["down_proj"] is not seen["up_proj"]
-    dropped = (seen["q_proj"] == 0).float().mean().item()
-    assert 0.35 < dropped < 0.65
-    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel: one draw of positions
+    # bases fused in (a CPU): the draw is dropped positions whatever the size, so the backward can mask
+    assert 0.35 < seen["q_proj"].numel() / batch()["input_ids"].numel() / 32 < 0.65
+    monkeypatch.setattr(adapter_module, "FUSE_BASE", False)  # unfused, a small tensor: nn.Dropout's dense draw
     calls.clear()
     adapter.model(**batch())
     assert [types for types, _ in calls[:3]] == [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
-    assert 0.35 < calls[0][1].numel() / batch()["input_ids"].numel() / 32 < 0.65
+    assert 0.35 < (calls[0][1] == 0).float().mean().item() < 0.65
     # the same wrapper reading the same tensor twice draws a new mask
     q = adapter.layers["model.layers.0.self_attn.q_proj"]
     x = torch.randn(2, 6, 32)
@@ -159,10 +159,66 @@ def test_dropped_projection_gradients_are_exact(raw):
         assert w_drop.grad is None and w_raw.grad is not None
 
 
-def test_one_first_matmul_for_siblings_equals_one_each_under_dropout(method, monkeypatch):
-    """With dropout on, the stacked first matmul of q, k, v gives what one call per wrapper gives from the
-    same draw: outputs and every gradient."""
-    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)
+@pytest.mark.parametrize("raw", [True, False])
+def test_fused_projection_gradients_are_exact(raw):
+    """The node that computes the frozen bases and the first adapter matmul together (one input-gradient
+    buffer): autograd's numerical gradients in float64, for every input, a bias and a base that trains."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=True) if raw else None
+    w1, b1 = torch.randn(6, 7, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64)
+    w2 = torch.randn(3, 7, dtype=torch.float64)  # frozen, no bias
+    pos = drop_positions(x.numel(), 0.3)
+    fn = adapter_module._FusedProjection.apply
+    b1.requires_grad_(True)
+    torch.autograd.gradcheck(
+        lambda x, wd, w1, b1, *r: fn(x, pos, 0.3, wd, r[0] if r else None, w1, b1, w2, None),
+        (x, w_drop, w1, b1, *([w_raw] if raw else [])),
+    )
+    out = fn(x, pos, 0.3, w_drop, w_raw, w1, b1, w2, None)
+    mask = torch.ones(x.numel(), dtype=torch.float64).index_fill_(0, pos, 0.0).view_as(x)
+    x2 = x.reshape(-1, 7)
+    torch.testing.assert_close(out[0], F.linear(x2, w1, b1))
+    torch.testing.assert_close(out[1], F.linear(x2, w2))
+    torch.testing.assert_close(out[2], F.linear((x * mask / 0.7).reshape(-1, 7), w_drop))
+    if raw:
+        torch.testing.assert_close(out[3], F.linear(x2, w_raw))
+    no_drop = fn(x, None, 0.0, w_drop, w_raw, w1, b1, w2, None)  # eval or p = 0: no mask
+    torch.testing.assert_close(no_drop[2], F.linear(x2, w_drop))
+
+
+def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
+    """The bases are computed in the fused node for plain ``nn.Linear`` on a CPU; a hooked base, autocast or
+    another dtype keep ``base(x)``, and the outputs are the same either way."""
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    calls = []
+    original = adapter_module._FusedProjection.apply
+    monkeypatch.setattr(adapter_module._FusedProjection, "apply", lambda *a: calls.append(len(a)) or original(*a))
+    expected = adapter.model(**batch()).logits
+    assert len(calls) == len(adapter.layers)  # the first forward: every wrapper alone, its base fused in
+    calls.clear()
+    torch.testing.assert_close(adapter.model(**batch()).logits, expected, atol=1e-6, rtol=1e-6)
+    assert len(calls) == len(adapter.layers) - 2 * len(adapter.layer_groups)  # q, k, v: one node
+    q = adapter.layers["model.layers.0.self_attn.q_proj"]
+    handle = q.base.register_forward_hook(lambda m, i, o: None)
+    calls.clear()
+    torch.testing.assert_close(adapter.model(**batch()).logits, expected, atol=1e-6, rtol=1e-6)
+    assert len(calls) == len(adapter.layers) - 2 * len(adapter.layer_groups) - 1  # layer 0's q, k, v: not fused
+    handle.remove()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        calls.clear()
+        adapter.model(**batch())
+        assert calls == []
+
+
+@pytest.mark.parametrize("node", ["siblings", "bases"])
+def test_fused_nodes_change_no_output_or_gradient_under_dropout(method, node, monkeypatch):
+    """With dropout on and one draw (a seed): the stacked first matmul of q, k, v against one call per
+    wrapper ("siblings"), and the bases computed in that node against ``base(x)`` ("bases")."""
+    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # positions on every path
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.3, reducer=None)
     perturb(adapter)
     adapter.use_fast_path(True)
@@ -170,8 +226,10 @@ def test_one_first_matmul_for_siblings_equals_one_each_under_dropout(method, mon
     adapter.model(**batch())  # learn the groups
     results = []
     for fused in (True, False):
-        if not fused:
+        if not fused and node == "siblings":
             monkeypatch.setattr(adapter_module, "_fusable_now", lambda layer: False)
+        elif not fused:
+            monkeypatch.setattr(adapter_module, "FUSE_BASE", False)
         torch.manual_seed(3)
         results.append(outputs_and_grads(adapter, fast=True))
     (logits, grads), (ref_logits, ref_grads) = results
@@ -198,12 +256,14 @@ def test_a_sibling_that_does_not_come_computes_its_own(monkeypatch):
     q = adapter.layers["model.layers.0.self_attn.q_proj"]
     adapter.use_fast_path(True)
     x, other = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
-    z_q, g_q = q._input.project(q, x, torch.float32)  # q starts a group [q, v] ...
+    y_q, z_q, g_q = q._input.project(q, x, torch.float32)  # q starts a group [q, v] ...
     v = adapter.layers["model.layers.0.self_attn.v_proj"]
-    z_v, g_v = v._input.project(v, other, torch.float32)  # ... but v reads another tensor
-    torch.testing.assert_close(z_v, F.linear(other, v.lora_A))
-    torch.testing.assert_close(g_v, F.linear(other, v.lora_router))
-    torch.testing.assert_close(z_q, F.linear(x, q.lora_A))
+    y_v, z_v, g_v = v._input.project(v, other, torch.float32)  # ... but v reads another tensor
+    torch.testing.assert_close(y_v, F.linear(other, v.base.weight).flatten(0, 1))  # the base, fused in
+    torch.testing.assert_close(y_q, F.linear(x, q.base.weight).flatten(0, 1))
+    torch.testing.assert_close(z_v, F.linear(other, v.lora_A).flatten(0, 1))
+    torch.testing.assert_close(g_v, F.linear(other, v.lora_router).flatten(0, 1))
+    torch.testing.assert_close(z_q, F.linear(x, q.lora_A).flatten(0, 1))
 
 
 def test_fast_path_runs_in_inference_mode(method):
