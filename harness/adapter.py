@@ -102,8 +102,10 @@ def drop_positions(n: int, p: float) -> Tensor:
     parts, end = [], -1
     while end < n - 1:
         u = torch.rand(chunk, dtype=torch.float64, device="cpu")
-        gaps = torch.floor(torch.log1p(-u) / log_keep).long() + 1  # P(gap = g) = p (1-p)^(g-1), g >= 1
-        parts.append(torch.cumsum(gaps, 0) + end)
+        # gap = floor(log(1-u) / log(1-p)) + 1: P(gap = g) = p (1-p)^(g-1), g >= 1 (in place: few temporaries;
+        # the quotient is >= 0, so truncation is the floor)
+        gaps = u.neg_().log1p_().div_(log_keep).to(torch.int64).add_(1)
+        parts.append(gaps.cumsum_(0).add_(end))
         end = int(parts[-1][-1])
     pos = parts[0] if len(parts) == 1 else torch.cat(parts)
     return pos[: int(torch.searchsorted(pos, n))]
@@ -211,7 +213,7 @@ class _FusedProjection(torch.autograd.Function):
             scale = 1.0 / (1.0 - p)
             kept = x2.clone()  # x with the dropped entries zeroed; 1/(1-p) goes on the small side
             kept.view(-1).index_fill_(0, pos, 0.0)
-            z = F.linear(kept, w_drop) * scale
+            z = F.linear(kept, w_drop).mul_(scale)
         else:
             kept = x2
             z = F.linear(x2, w_drop)
