@@ -50,7 +50,7 @@ from harness.registry import METHODS
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 SHARED = "lora_shared"
-FUSE_BASE = True  # False: never compute a base linear in the fused node (the unfused fast path, for benchmarks)
+FUSE_BASE = True  # False: never compute a base linear in the fused node (the tests compare both paths)
 SPARSE_DROPOUT_MIN = 1 << 15  # elements: below this, nn.Dropout's one kernel beats the sparse kernel's ~12 ops
 
 

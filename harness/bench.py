@@ -1,7 +1,7 @@
 """``harness bench``: what a training step and scoring cost, per method, against the floor and peft.
 
-A training step (forward, backward, AdamW step: torch's fused AdamW for the fast path and for peft, the
-for-loop one for ``--reference``) of every registered method on one fixed batch of random
+A training step (forward, backward, AdamW step: torch's fused AdamW for the fast path and for peft's LoRA,
+the for-loop one for ``--reference``) of every registered method on one fixed batch of random
 tokens (``--batch`` x ``--seq``, loss on every token), against ``floor`` — the frozen base model's forward
 and backward down to the input embeddings, the least any adapter can cost since the gradient must reach
 the lowest adapted layer — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA

@@ -212,6 +212,11 @@ def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
         calls.clear()
         adapter.model(**batch())
         assert calls == []
+    bf16 = attach(tiny_llama(dtype=torch.bfloat16), "lora", targets=TINY_TARGETS, dropout=0.0)
+    bf16.use_fast_path(True)
+    calls.clear()
+    bf16.model(**batch())
+    assert calls == []  # a bf16 base with fp32 adapters: base(x), as before
 
 
 @pytest.mark.parametrize("node", ["siblings", "bases"])
