@@ -123,6 +123,8 @@ def _mean(values: list[float]) -> float:
 def environment() -> dict[str, Any]:
     import transformers
 
+    from harness.memory import malloc_setting
+
     try:
         import peft
 
@@ -141,6 +143,7 @@ def environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "os": f"{platform.system()} {platform.release()}",
+        "malloc": malloc_setting(),  # None: the C allocator's defaults (harness.memory)
     }
 
 

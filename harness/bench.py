@@ -624,6 +624,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from harness.cli import method_options, split_names
+    from harness.memory import keep_freed_memory
     from harness.registry import METHODS
 
     def names(value: str) -> tuple[str, ...]:
@@ -639,6 +640,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         reducer=names(args.reducer),
         protocols=names(args.protocols),
     )
+    keep_freed_memory()  # before the model is loaded: as `harness run` trains (harness.memory)
     report = run_bench(config)
     print(markdown(report), end="")
     print(f"wrote {Path(config.out) / 'bench.csv'} (and bench.md, bench.json, bench.png)")

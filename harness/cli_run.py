@@ -34,6 +34,7 @@ def _bool(value: str) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
+    from harness.memory import keep_freed_memory
     from harness.registry import METHODS
     from harness.runner import BASELINE, build_specs, run_all
     from harness.train import Cancelled
@@ -79,6 +80,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         random_weights=args.random_weights,
         fast_path=args.fast_path,
     )
+    keep_freed_memory()  # the allocator keeps freed blocks for the next step (harness.memory; recorded)
     out = Path(args.out or args.runs_dir)
     if args.leaderboard and out.exists() and not out.is_dir():
         raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
