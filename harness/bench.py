@@ -512,7 +512,8 @@ def markdown(report: dict) -> str:
     env, cfg = report["environment"], report["config"]
     lines = [
         f"{report['model']}, batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
-        f"({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} alternating rounds "
+        f"({env['torch_threads']} threads, torch {env['torch']}"
+        f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
         "x floor, x peft: total time over theirs (paired: the median [min-max] over rounds of each round's time "
         "over the floor's in the same round; step only: without the scoring rounds; CPU time: process CPU "

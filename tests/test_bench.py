@@ -63,6 +63,7 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
     assert saved["config"]["batch_size"] == 2 and saved["environment"]["torch_threads"] == 1
     table = (tmp_path / "bench.md").read_text()
     assert "| lora |" in table and "| cloze |" in table and saved["environment"]["device"] in table
+    assert ("malloc keeps freed memory" in table) == (saved["environment"]["malloc"] is not None)
 
 
 def test_bench_command_on_a_model_folder(tmp_path, capsys):
