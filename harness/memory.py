@@ -18,7 +18,6 @@ as it is. A no-op (``None``) where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 from typing import Any
@@ -44,7 +43,7 @@ def keep_freed_memory() -> dict[str, Any] | None:
         raise ValueError(f"{ENV}={value!r} not understood; use keep (the default) or default")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = ctypes.CDLL(None)  # the process's own symbols: the C library it already runs on
     if not (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return None
     _applied = {"allocator": "glibc", "mmap_threshold": MMAP_THRESHOLD, "trim_threshold": TRIM_THRESHOLD}
