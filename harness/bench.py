@@ -151,7 +151,7 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
         with torch.device(device):  # initialised where it runs: a paper shape is slow to initialise on a CPU
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data), dtype=dtype)
         source, label = models.embedded_folder(), f"{models.label(config.model)} (random weights)"
-        label += f", {config.layers} layers" if config.layers else ""
+        label += f", {config.layers} layer{'s' if config.layers != 1 else ''}" if config.layers else ""
     elif config.layers:
         raise ValueError("--layers builds a reduced shape and needs --random-weights")
     else:

@@ -100,3 +100,19 @@ def test_alternate_rotates_the_order_and_times_every_round():
     times = alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert all(len(v) == 3 and all(w >= 0 for w, _ in v) for v in times.values())
+
+
+def test_bench_on_a_reduced_shape_with_random_weights(tmp_path, capsys):
+    folder = tmp_path / "tiny"
+    tiny_llama(layers=4).save_pretrained(folder)  # only its config is read
+    out = tmp_path / "out"
+    argv = ["bench", "--model", str(folder), "--random-weights", "--layers", "1", "--methods", "lora"]
+    argv += ["--batch", "2", "--seq", "8", "--rounds", "1", "--warmup", "0", "--protocols", "none", "--no-peft"]
+    assert main([*argv, "--threads", "1", "--out", str(out)]) == 0
+    report = json.loads((out / "bench.json").read_text())
+    assert report["model"].endswith("(random weights), 1 layer")
+    assert [r["contender"] for r in report["rows"]] == ["floor", "lora"]
+    lora = report["rows"][1]
+    assert lora["state_mb"] > 0 and lora["flops_x_floor"] > 1.0
+    assert main(["bench", "--model", str(folder), "--layers", "1", "--protocols", "none"]) == 2
+    assert "--layers builds a reduced shape and needs --random-weights" in capsys.readouterr().err
