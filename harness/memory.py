@@ -5,8 +5,8 @@ freed) with a fresh ``mmap`` and gives it back with ``munmap`` when freed, and t
 above its trim threshold: a training step that makes and frees the same large activations every step
 then faults every page of them in again (zeroed by the kernel). On the embedded model (batch 8 x 128,
 vocabulary 49,152) that is ~300,000 page faults a step, mostly the logits and their gradient. With both
-thresholds raised, freed blocks stay in the heap and the next step reuses them: no faults after the first
-step, the frozen-base step ~7 % faster here and its round-to-round spread several times narrower, at the
+thresholds raised, freed blocks stay in the heap and the next step reuses them: almost no faults after the
+first steps, the frozen-base step ~7 % faster here and its round-to-round spread several times narrower, at the
 price of a resident size that does not shrink back between steps (+0.5 GiB here). PyTorch's CPU
 performance guide gets the same effect by preloading jemalloc or tcmalloc.
 
