@@ -18,6 +18,7 @@ as it is. A no-op (``None``) where the C library is not glibc.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import platform
 from typing import Any
@@ -26,6 +27,7 @@ M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mallo
 MMAP_THRESHOLD = 1 << 30  # bytes: blocks below this come from the heap and are reused
 TRIM_THRESHOLD = (1 << 31) - 1  # bytes of free heap top kept rather than returned (mallopt takes an int)
 ENV = "HARNESS_MALLOC"
+KEEP, DEFAULT = ("keep", "1", "on", "true"), ("default", "0", "off", "false")  # HARNESS_MALLOC's values
 
 _applied: dict[str, Any] | None = None
 
@@ -36,18 +38,27 @@ def keep_freed_memory() -> dict[str, Any] | None:
     global _applied
     if _applied is not None:
         return _applied
-    value = os.environ.get(ENV, "keep").strip().lower()
-    if value in ("default", "0", "off", "false"):
-        return None
-    if value not in ("keep", "1", "on", "true"):
-        raise ValueError(f"{ENV}={value!r} not understood; use keep (the default) or default")
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not wanted() or not is_glibc():
         return None
     libc = ctypes.CDLL(None)  # the process's own symbols: the C library it already runs on
     if not (libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) and libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)):
         return None
     _applied = {"allocator": "glibc", "mmap_threshold": MMAP_THRESHOLD, "trim_threshold": TRIM_THRESHOLD}
     return _applied
+
+
+def wanted() -> bool:
+    """Whether ``HARNESS_MALLOC`` asks for the setting (unset: yes); ``ValueError`` for a value it does not know."""
+    value = os.environ.get(ENV, KEEP[0]).strip().lower()
+    if value not in KEEP + DEFAULT:
+        raise ValueError(f"{ENV}={value!r} not understood; use keep (the default) or default")
+    return value in KEEP
+
+
+@functools.cache
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (Linux), where the setting applies (read once: it scans the binary)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
 def malloc_setting() -> dict[str, Any] | None:

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from harness import METHODS
+from harness import METHODS, memory
 from harness.bench import BenchConfig, alternate, run_bench
 from harness.cli import main
 from tests.conftest import CharTokenizer, tiny_llama
@@ -114,5 +114,8 @@ def test_bench_on_a_reduced_shape_with_random_weights(tmp_path, capsys):
     assert [r["contender"] for r in report["rows"]] == ["floor", "lora"]
     lora = report["rows"][1]
     assert lora["state_mb"] > 0 and lora["flops_x_floor"] > 1.0
+    if memory.is_glibc() and memory.wanted():  # the command set it, and its table says so
+        assert report["environment"]["malloc"] is not None
+        assert "malloc keeps freed memory" in (out / "bench.md").read_text()
     assert main(["bench", "--model", str(folder), "--layers", "1", "--protocols", "none"]) == 2
     assert "--layers builds a reduced shape and needs --random-weights" in capsys.readouterr().err

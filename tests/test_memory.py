@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 
@@ -11,7 +10,7 @@ import pytest
 from harness import memory
 from harness.accounting import environment
 
-GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+GLIBC = memory.is_glibc()
 
 # a child process that runs 32 steps of a small forward (8 MiB activations, a few alive at once) and prints
 # the page faults of the last 24

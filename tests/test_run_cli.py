@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ import time
 
 import pytest
 
+from harness import memory
 from harness.records import read_record
 
 
@@ -53,7 +53,7 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
         assert r["train"]["flops_per_step"]["total"] > 0 and r["train"]["trainable_params"] > 0
         assert r["eval"]["hellaswag"] == {"status": "absent"} and r["eval"]["boolq"]["n"] == 4
         assert r["env"]["python"] and r["run"]["git_commit"] is not None
-        if platform.libc_ver()[0] == "glibc" and os.environ.get("HARNESS_MALLOC", "keep") == "keep":
+        if memory.is_glibc() and memory.wanted():
             assert r["env"]["malloc"]["mmap_threshold"] == 1 << 30  # harness run keeps freed memory; recorded
         assert (runs / r["run"]["id"] / "predictions.jsonl").is_file()
         assert (runs / r["run"]["id"] / "adapter" / "adapter_model.safetensors").is_file()
