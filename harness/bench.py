@@ -95,8 +95,8 @@ class Contender:
 
 
 def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
-    """Time everything, write the files to ``config.out``, return ``{"config", "model", "environment", "rows"}``.
-    ``model``/``tokenizer``: use these instead of loading ``config.model`` (tests pass a tiny model)."""
+    """Time everything, write the files to ``config.out``, return the report: ``{"config", "model",
+    "environment", "adapter" (the settings every method shared), "rows"}``. ``model``/``tokenizer``: use these instead of loading ``config.model`` (tests pass a tiny model)."""
     threads = torch.get_num_threads()
     try:
         if config.threads:
@@ -128,7 +128,8 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
-    report = {"config": portable(asdict(config)), "model": label or config.model, "environment": env, "rows": rows}
+    report = {"config": portable(asdict(config)), "model": label or config.model, "environment": env}
+    report |= {"adapter": adapter_settings(contenders), "rows": rows}
     write_outputs(report, Path(config.out))
     return report
 
@@ -289,6 +290,16 @@ def _reducer_options(variant: str) -> dict[str, Any]:
             "with SELECTION importance|random and 0 <= DROP_RATIO < 1 (e.g. importance:0.25)"
         ) from None
     return {"selection": selection, "drop_ratio": float(ratio)}
+
+
+def adapter_settings(contenders: list[Contender]) -> dict[str, Any] | None:
+    """The settings every method shares (rank, alpha, dropout, targets, heads), as our contenders resolved
+    them from the defaults and ``--rank``/``--option``: the table must say what it timed."""
+    ours = next((c.config for c in contenders if c.source == "ours"), None)
+    if ours is None:
+        return None
+    targets = ours.targets if isinstance(ours.targets, str) else list(ours.targets)
+    return {"r": ours.r, "alpha": ours.alpha, "dropout": ours.dropout, "targets": targets, "heads": ours.heads}
 
 
 def _share(model: nn.Module) -> nn.Module:
@@ -509,9 +520,16 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
 
 def markdown(report: dict) -> str:
     """The table for the README, headed by the machine and settings that produced it."""
-    env, cfg = report["environment"], report["config"]
+    env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
+    settings = ""
+    if adapter:  # reports written before the adapter settings were recorded have none
+        targets = adapter["targets"] if isinstance(adapter["targets"], str) else ",".join(adapter["targets"])
+        settings = (
+            f"r={adapter['r']}, alpha {adapter['alpha']:g}, dropout {adapter['dropout']:g} on {targets} "
+            f"({adapter['heads']} heads for the multi-head methods), "
+        )
     lines = [
-        f"{report['model']}, batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
+        f"{report['model']}, {settings}batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
         f"({env['torch_threads']} threads, torch {env['torch']}"
         f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "

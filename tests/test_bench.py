@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from harness import METHODS, memory
-from harness.bench import BenchConfig, alternate, run_bench
+from harness.bench import BenchConfig, alternate, markdown, run_bench
 from harness.cli import main
+from harness.config import DEFAULT_TARGETS
 from tests.conftest import CharTokenizer, tiny_llama
 
 
@@ -84,6 +86,18 @@ def test_bench_command_on_a_model_folder(tmp_path, capsys):
         "moslora reference",
     ]
     assert report["config"]["options"] == {"rank": 4}
+    assert report["adapter"] == {"r": 4, "alpha": 32.0, "dropout": 0.05, "targets": list(DEFAULT_TARGETS), "heads": 4}
+    assert "r=4, alpha 32, dropout 0.05 on " + ",".join(DEFAULT_TARGETS) in printed
+
+
+def test_bench_table_names_the_adapter_settings_it_timed(tmp_path):
+    options = {"dropout": "0", "targets": "q_proj,v_proj"}
+    config = BenchConfig(methods=("lora",), rounds=1, warmup=0, batch_size=1, seq_len=4, protocols=(), peft=False)
+    report = run_bench(replace(config, options=options, out=str(tmp_path)), model=tiny_llama())
+    assert report["adapter"]["dropout"] == 0.0 and report["adapter"]["targets"] == ["q_proj", "v_proj"]
+    assert "dropout 0 on q_proj,v_proj" in (tmp_path / "bench.md").read_text()
+    older = {k: v for k, v in report.items() if k != "adapter"}  # a report from before the settings were kept
+    assert markdown(older).startswith(f"{report['model']}, batch 1 x 4 tokens")
 
 
 def test_bench_rejects_bad_settings_with_the_fix():
