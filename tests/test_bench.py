@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from harness.bench import BenchConfig, alternate, markdown, run_bench
 from harness.cli import main
 from harness.config import DEFAULT_TARGETS
 from tests.conftest import CharTokenizer, tiny_llama
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
 def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_protocol(data_dir, tmp_path):
@@ -133,3 +136,9 @@ def test_bench_on_a_reduced_shape_with_random_weights(tmp_path, capsys):
         assert "malloc keeps freed memory" in (out / "bench.md").read_text()
     assert main(["bench", "--model", str(folder), "--layers", "1", "--protocols", "none"]) == 2
     assert "--layers builds a reduced shape and needs --random-weights" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("report", sorted(RESULTS.glob("**/bench.json")), ids=lambda p: str(p.parent.name))
+def test_committed_bench_tables_are_rendered_from_their_reports(report):
+    """Every committed bench.md is what `markdown` makes of the bench.json beside it (no hand-edited numbers)."""
+    assert (report.parent / "bench.md").read_text() == markdown(json.loads(report.read_text()))
