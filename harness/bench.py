@@ -96,7 +96,8 @@ class Contender:
 
 def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
     """Time everything, write the files to ``config.out``, return the report: ``{"config", "model",
-    "environment", "adapter" (the settings every method shared), "rows"}``. ``model``/``tokenizer``: use these instead of loading ``config.model`` (tests pass a tiny model)."""
+    "environment", "adapter" (the settings every method shared), "rows"}``. ``model``/``tokenizer``: use
+    these instead of loading ``config.model`` (tests pass a tiny model)."""
     threads = torch.get_num_threads()
     try:
         if config.threads:
@@ -128,8 +129,13 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
-    report = {"config": portable(asdict(config)), "model": label or config.model, "environment": env}
-    report |= {"adapter": adapter_settings(contenders), "rows": rows}
+    report = {
+        "config": portable(asdict(config)),
+        "model": label or config.model,
+        "environment": env,
+        "adapter": adapter_settings(contenders),
+        "rows": rows,
+    }
     write_outputs(report, Path(config.out))
     return report
 
