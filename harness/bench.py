@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from harness.atomic import atomic_path, write_json, write_text
 
@@ -125,7 +126,8 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     batch, held_out = (_random_batch(model, config, g, device) for _ in range(2))  # train, and the Reducer's
     contenders = _contenders(model, methods, config, batch, held_out, autocast)
     rounds = {f"{c.name} :round": c.round_fn for c in contenders if c.round_fn is not None}
-    times = alternate({c.name: c.step for c in contenders} | rounds, config.rounds, config.warmup, device)
+    fns = {c.name: c.step for c in contenders} | rounds
+    times = alternate(fns, config.rounds, config.warmup, device, desc="bench training")
     rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
@@ -171,23 +173,32 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
 
 
 def alternate(
-    fns: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, device: torch.device | None = None
+    fns: dict[str, Callable[[], Any]],
+    rounds: int,
+    warmup: int = 1,
+    device: torch.device | None = None,
+    desc: str = "bench",
 ) -> dict[str, list[tuple[float, float]]]:
     """(wall s, process CPU s) of each call; round k starts at the k-th name, so none always runs first
-    or right after the same neighbour."""
+    or right after the same neighbour. A progress bar (stderr) counts the calls, warm-up included."""
     names = list(fns)
     sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
-    for k in range(rounds):
-        for name in names[k % len(names) :] + names[: k % len(names)]:
-            sync()
-            wall, cpu = time.perf_counter(), time.process_time()
-            fns[name]()
-            sync()
-            times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    with tqdm(total=(warmup + rounds) * len(names), desc=desc, unit="call", dynamic_ncols=True) as bar:
+        for w in range(warmup):
+            for name, fn in fns.items():
+                bar.set_postfix_str(f"warm-up {w + 1}/{warmup}: {name}")
+                fn()
+                bar.update()
+        times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        for k in range(rounds):
+            for name in names[k % len(names) :] + names[: k % len(names)]:
+                bar.set_postfix_str(f"round {k + 1}/{rounds}: {name}")
+                sync()
+                wall, cpu = time.perf_counter(), time.process_time()
+                fns[name]()
+                sync()
+                times[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+                bar.update()
     return times
 
 
@@ -489,7 +500,7 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
             counts[protocol] = sum(r.get("n", 0) for r in results.values())
 
         fns[protocol] = evaluate
-    times = alternate(fns, config.rounds, min(config.warmup, 1), device)
+    times = alternate(fns, config.rounds, min(config.warmup, 1), device, desc="bench scoring")
     rows = [{"kind": "score", "contender": p, "source": config.task, **_timing(v)} for p, v in times.items()]
     for r in rows:
         r["examples"], r["rounds"] = counts.get(r["contender"], 0), config.rounds
