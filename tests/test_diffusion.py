@@ -357,8 +357,16 @@ def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
     ckpt = tmp_path / "small.pt"
     torch.save({"state_dict": model.state_dict()}, ckpt)
     scorer = hps.HPSv2(ckpt, arch="RN50")
-    values = scorer.score([Image.new("RGB", (64, 64), "red")], ["a red square"])
-    assert len(values) == 1 and -100 <= values[0] <= 100
+    images, prompts = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")], ["a red square", "sky"]
+    values = scorer.score(images, prompts)
+    # 100 x the cosine of the image's and the prompt's embeddings, computed here through open_clip's encoders
+    model = scorer.model
+    with torch.no_grad():
+        for value, image, prompt in zip(values, images, prompts, strict=True):
+            img = model.encode_image(scorer.preprocess(image).unsqueeze(0), normalize=True)
+            txt = model.encode_text(scorer.tokenizer([prompt]), normalize=True)
+            assert value == pytest.approx(100 * float((img * txt).sum()), abs=1e-3)
+    assert values[0] != values[1] and all(-100 <= v <= 100 for v in values)
 
 
 # -- the CLI, the leaderboard and the contact sheet ---------------------------------------------------
@@ -520,8 +528,9 @@ def test_non_rgb_images_are_converted(tmp_path):
 
 def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path, monkeypatch):
     """Our loading and scoring code against open_clip's API (``create_model_and_transforms``,
-    ``get_tokenizer``, a model returning normalised ``image_features``/``text_features``), with a stand-in
-    module where the real open_clip cannot import (it needs torchvision); the test above uses the real one."""
+    ``get_tokenizer``, a model returning normalised ``image_features``/``text_features`` by name only when
+    built with ``output_dict=True``, a tuple otherwise), with a stand-in module where the real open_clip
+    cannot import (it needs torchvision); the test above uses the real one."""
     import sys
     import types
 
@@ -535,17 +544,23 @@ def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path
             self.visual = nn.Linear(3, 4, bias=False)
             self.text = nn.Embedding(10, 4)
 
+        output_dict = False
+
         def forward(self, image, text):
             img = nn.functional.normalize(self.visual(image.mean(dim=(2, 3))), dim=-1)
             txt = nn.functional.normalize(self.text(text).mean(dim=1), dim=-1)
-            return {"image_features": img, "text_features": txt}
+            if self.output_dict:
+                return {"image_features": img, "text_features": txt}
+            return img, txt, torch.tensor(100.0)  # open_clip's CLIP.forward without output_dict
 
     seen = {}
 
-    def create_model_and_transforms(arch, pretrained=None, device="cpu"):
+    def create_model_and_transforms(arch, pretrained=None, device="cpu", output_dict=None):
         seen["arch"], seen["pretrained"] = arch, pretrained
         torch.manual_seed(1)  # other weights than the checkpoint's: loading must replace them
-        return Tiny(), None, lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255
+        model = Tiny()
+        model.output_dict = bool(output_dict)
+        return model, None, lambda im: torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1) / 255
 
     fake = types.SimpleNamespace(
         create_model_and_transforms=create_model_and_transforms,
@@ -566,5 +581,6 @@ def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path
             torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 255,
             torch.tensor([[len("a red square") % 10, 1]]),
         )
-    assert value == pytest.approx(100 * float((out["image_features"] * out["text_features"]).sum()), abs=1e-3)
+    img, txt, _ = out  # the stand-in built without output_dict, as open_clip's default
+    assert value == pytest.approx(100 * float((img * txt).sum()), abs=1e-3)
     assert scorer.provenance["file"] == ckpt.name and len(scorer.provenance["sha256"]) == 64

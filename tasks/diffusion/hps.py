@@ -33,7 +33,11 @@ class HPSv2:
             ) from None
         if not checkpoint.is_file():
             raise Unavailable(f"HPS v2 checkpoint {checkpoint.name!r} is not a file")
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, device=device)
+        # output_dict: the forward returns the normalised features by name, as HPS v2's own scoring code
+        # builds the model (without it open_clip returns a tuple)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=None, device=device, output_dict=True
+        )
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state.get("state_dict", state))
         self.model, self.preprocess = model.eval(), preprocess
