@@ -364,11 +364,11 @@ def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
     images, prompts = [Image.new("RGB", (64, 64), "red"), Image.new("RGB", (64, 64), "blue")], ["a red square", "sky"]
     values = scorer.score(images, prompts)
     # 100 x the cosine of the image's and the prompt's embeddings, computed here through open_clip's encoders
-    model = scorer.model
+    loaded = scorer.model
     with torch.no_grad():
         for value, image, prompt in zip(values, images, prompts, strict=True):
-            img = model.encode_image(scorer.preprocess(image).unsqueeze(0), normalize=True)
-            txt = model.encode_text(scorer.tokenizer([prompt]), normalize=True)
+            img = loaded.encode_image(scorer.preprocess(image).unsqueeze(0), normalize=True)
+            txt = loaded.encode_text(scorer.tokenizer([prompt]), normalize=True)
             assert value == pytest.approx(100 * float((img * txt).sum()), abs=1e-3)
     assert values[0] != values[1] and all(-100 <= v <= 100 for v in values)
 
