@@ -26,7 +26,8 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps``, ``eval_n``,
-``seeds``, ``n_runs``, ``hardware``. Scores are percent, rounded to 2 decimals.
+``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a baseline row's: its section's).
+Scores are percent, rounded to 2 decimals.
 
 ``<task>_seeds.csv`` (long format): ``section, preset, protocol, method, seed, run, benchmark, value``, one
 line per run of a trained or zero-shot row and benchmark with a score, plus ``Avg`` (over the benchmarks Avg
@@ -157,6 +158,11 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         common["task_settings"] = c["extra"]["task_settings"]  # so the sections of records without keep their ids
     train = {k: v for k, v in c["train"].items() if k != "seed"}
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
+
+
+def _hardware(runs: list[dict[str, Any]]) -> str:
+    """The devices these runs ran on (a row's: its own runs, not its section's)."""
+    return "; ".join(sorted({r["env"]["device"] for r in runs}))
 
 
 def _row_key(record: dict[str, Any]) -> tuple[str, str]:
@@ -345,7 +351,7 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
         "eval_n": "/".join(str(e["n"]) for e in first["eval"].values() if "n" in e),
         "seeds": " ".join(str(s) for s in sorted({r["run"]["config"]["seed"] for r in runs})),
         "n_runs": str(len(runs)),
-        "hardware": "; ".join(sorted({r["env"]["device"] for r in runs})),
+        "hardware": _hardware(runs),
     }
     model = c.get("model_label", c["model"])
     return Section(
@@ -421,7 +427,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
             seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
-            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": s.info["hardware"]}
+            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": _hardware(row.runs)}
             accuracy.setdefault(s.task, []).append(out)
             for ref, diffs in row.vs.items():
                 for b in benchmarks:

@@ -115,6 +115,21 @@ def test_old_records_without_per_example_data_still_tabulate_without_intervals(t
     assert seeds[("lora", "0", "ARC-Easy")] == "30.0" and ("lora", "0", "hellaswag") not in seeds
 
 
+def test_each_row_names_the_hardware_of_its_own_runs(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        record = fixture_record("effilora", seed)
+        record["env"]["device"] = "CPU A" if seed == 0 else "CPU B"
+        write_fixture(runs, record)
+    write_fixture(runs, fixture_record("lora", 0))
+    write_leaderboards(runs, tmp_path / "out")
+    hardware = {r["method"]: r["hardware"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert hardware == {"effilora": "CPU A; CPU B", "lora": "Test CPU"}
+    overhead = {r["method"]: r["hardware"] for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert overhead == hardware
+    assert "hardware CPU A; CPU B; Test CPU" in (tmp_path / "out" / "leaderboard.md").read_text()  # the section's
+
+
 def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
     runs = tmp_path / "runs"
     answers = "0123" * 5
