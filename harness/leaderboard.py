@@ -15,7 +15,8 @@ Statistics (see :mod:`harness.stats`). A cell is an accuracy in percent with its
 over test examples, pooled over seeds (per-example correctness averaged over the seeds' runs, then
 examples resampled). Avg is the mean over the benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8
 benchmarks of the section; absent benchmarks never count), its interval resamples each benchmark
-independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples; it
+independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples (two trained rows
+with different seeds: over the seeds both ran, so that one seed is not set against three); it
 is significant (``*``) when its interval excludes 0. A cell is flagged ``constant`` when, in any of the
 row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
 option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
@@ -283,11 +284,27 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> Non
             if row is ref:
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
-            diffs = {b: paired([row.scores[b]], [ref.scores[b]]) for b in same}
+            mine, theirs = _on_shared_seeds(row, ref, same)
+            diffs = {b: paired([mine[b]], [theirs[b]]) for b in same}
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):
-                diffs[AVG] = paired([row.scores[b] for b in both], [ref.scores[b] for b in both])
+                diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both])
             row.vs[ref_name] = diffs
+
+
+def _on_shared_seeds(row: Row, ref: Row, benchmarks: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Both rows' per-example scores, over the seeds both trained rows ran where their seeds differ (a row of
+    three seeds against one of seed 0 compares seed 0 with seed 0: the seeds' spread is not a method's
+    difference). Zero-shot and baseline rows do not train, so their seeds do not pair: all runs count."""
+    seeds = [{r["run"]["config"]["seed"] for r in x.runs} for x in (row, ref)]
+    shared = seeds[0] & seeds[1]
+    if row.kind != "trained" or ref.kind != "trained" or not shared or seeds[0] == seeds[1]:
+        return row.scores, ref.scores
+    out: list[dict[str, np.ndarray]] = []
+    for x in (row, ref):
+        runs = [r for r in x.runs if r["run"]["config"]["seed"] in shared]
+        out.append({b: np.mean([correctness(r["eval"][b], r["run"]["id"]) for r in runs], axis=0) for b in benchmarks})
+    return out[0], out[1]
 
 
 def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
@@ -544,7 +561,7 @@ LEGEND = (
     "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
-    "examples; `*`: the 95% interval excludes 0. All paired comparisons (vs lora, base, majority): "
+    "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval excludes 0. All paired comparisons (vs lora, base, majority): "
     "`<task>_comparisons.csv`."
 )
 

@@ -124,6 +124,23 @@ def test_the_leaderboard_has_baselines_intervals_and_paired_comparisons(tmp_path
     assert "| base | -50.0* | 0.0 | -25.0* |" in md  # the paired-difference table
 
 
+def test_trained_rows_with_different_seeds_are_compared_on_the_seeds_both_ran(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0123" * 10
+    half = "0123" * 5 + "1032" * 5  # right on the first half only
+    # lora: seed 0 right on half, seeds 1 and 2 on all; effilora: seed 0 only, like lora's seed 0
+    for seed, preds in ((0, half), (1, answers), (2, answers)):
+        write_fixture(runs, fixture_record("lora", seed, evals={"ARC-Easy": scored(answers, preds)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, half)}))
+    write_fixture(runs, fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 10)}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows["lora"]["ARC-Easy"] == "83.33" and rows["effilora"]["ARC-Easy"] == "50.0"  # pooled cells unchanged
+    effi = rows["effilora"]
+    assert effi["ARC-Easy_vs_lora"] == "0.0" and float(effi["ARC-Easy_vs_lora_lo"]) == 0.0  # seed 0 against seed 0
+    assert rows["base"]["ARC-Easy_vs_lora"] == "-58.33"  # base does not train: against all of lora's seeds
+
+
 def test_base_joins_each_training_setting_and_one_method_at_two_settings_gets_labels(tmp_path):
     runs = tmp_path / "runs"
     answers = "0123" * 5
