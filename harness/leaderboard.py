@@ -15,9 +15,9 @@ Statistics (see :mod:`harness.stats`). A cell is an accuracy in percent with its
 over test examples, pooled over seeds (per-example correctness averaged over the seeds' runs, then
 examples resampled). Avg is the mean over the benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8
 benchmarks of the section; absent benchmarks never count), its interval resamples each benchmark
-independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples (two trained rows
-with different seeds: over the seeds both ran, so that one seed is not set against three); it
-is significant (``*``) when its interval excludes 0. A cell is flagged ``constant`` when, in any of the
+independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples
+(two trained rows with different seeds: over the seeds both ran, so that one seed is not set against
+three); it is significant (``*``) when its interval excludes 0. A cell is flagged ``constant`` when, in any of the
 row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
 option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
 
@@ -444,7 +444,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
             seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
-            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": _hardware(row.runs)}
+            hardware = _hardware(row.runs) if row.runs else s.info["hardware"]  # majority/chance: the section's
+            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": hardware}
             accuracy.setdefault(s.task, []).append(out)
             for ref, diffs in row.vs.items():
                 for b in benchmarks:
@@ -561,7 +562,8 @@ LEGEND = (
     "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
-    "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval excludes 0. All paired comparisons (vs lora, base, majority): "
+    "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
+    "excludes 0. All paired comparisons (vs lora, base, majority): "
     "`<task>_comparisons.csv`."
 )
 

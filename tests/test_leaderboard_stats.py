@@ -139,6 +139,7 @@ def test_trained_rows_with_different_seeds_are_compared_on_the_seeds_both_ran(tm
     effi = rows["effilora"]
     assert effi["ARC-Easy_vs_lora"] == "0.0" and float(effi["ARC-Easy_vs_lora_lo"]) == 0.0  # seed 0 against seed 0
     assert rows["base"]["ARC-Easy_vs_lora"] == "-58.33"  # base does not train: against all of lora's seeds
+    assert rows["effilora"]["hardware"] == rows["majority"]["hardware"] == "Test CPU"  # majority: the section's
 
 
 def test_base_joins_each_training_setting_and_one_method_at_two_settings_gets_labels(tmp_path):
