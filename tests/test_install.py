@@ -1,0 +1,37 @@
+"""The install commands keep torch at the CPU build: README set-up, `.ci/run` and tox.ini agree with constraints.txt."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pin() -> str:
+    pins = [line for line in (ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch==")]
+    assert len(pins) == 1, "constraints.txt must pin torch exactly once"
+    return pins[0]
+
+
+def test_readme_setup_installs_the_pinned_torch_then_the_harness_under_the_constraints():
+    setup = (ROOT / "README.md").read_text().split("```bash\n", 1)[1].split("\n", 1)[0]
+    assert f"pip install {_pin()} &&" in setup
+    assert 'pip install -c constraints.txt -e ".[test]"' in setup
+
+
+def test_ci_resolving_installs_use_the_constraints():
+    """Every install in `.ci/run` that resolves dependencies passes the constraints or installs the pinned
+    torch itself; `--no-deps` installs resolve nothing, and the HPS v2 venv ($hv) pins its own torch build."""
+    lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if re.search(r"\bpip\"? install\b", line)]
+    assert lines
+    for line in lines:
+        if "--no-deps" in line or "$hv" in line:
+            continue
+        assert "-c constraints.txt" in line or line.rstrip().endswith(f"install -q {_pin()}"), line
+
+
+def test_tox_installs_under_the_constraints():
+    tox = (ROOT / "tox.ini").read_text()
+    assert re.search(r"install_command = .*-c \{toxinidir\}/constraints\.txt", tox)
+    assert f"pip install {_pin()}" in tox
