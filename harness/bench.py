@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.atomic import atomic_path, write_json, write_text
+from harness.stats import median_interval
 
 FLOOR = "floor"
 EXAMPLES = """examples:
@@ -348,6 +349,11 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
     }
 
 
+def paired_ratios(row: dict, floor: dict) -> list[float]:
+    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over the floor's in the same round."""
+    return [(w + row["hook_s"]) / f for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
+
+
 def _relate(rows: list[dict]) -> list[dict]:
     """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, and the
     Reducer's savings against the same method with the Reducer off."""
@@ -361,13 +367,14 @@ def _relate(rows: list[dict]) -> list[dict]:
     for r in rows:
         r["x_floor"] = r["total_s"] / floor["step_s"]
         # paired: each round's time over the floor's in the same round (load that drifts falls on both),
-        # the median and range over rounds; steadier than the ratio of medians on a shared machine
-        paired = [(w + r["hook_s"]) / f for w, f in zip(r["round_s"], floor["round_s"], strict=True)]
+        # the median, its 95% bootstrap interval and the range over rounds; steadier than the ratio of medians
+        paired = paired_ratios(r, floor)
         r["x_floor_paired"], r["x_floor_paired_min"], r["x_floor_paired_max"] = (
             statistics.median(paired),
             min(paired),
             max(paired),
         )
+        r["x_floor_paired_lo"], r["x_floor_paired_hi"] = median_interval(paired)
         r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
         r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
         mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] else None
@@ -511,7 +518,8 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
 # -- outputs -----------------------------------------------------------------------------------------
 COLUMNS = [
     "kind", "contender", "source", "method", "reducer", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
-    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_min", "x_floor_paired_max", "x_floor_step",
+    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
+    "x_floor_paired_max", "x_floor_step",
     "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
     "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
 ]  # fmt: skip
@@ -550,22 +558,28 @@ def markdown(report: dict) -> str:
         f"({env['torch_threads']} threads, torch {env['torch']}"
         f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
-        "x floor, x peft: total time over theirs (paired: the median [min-max] over rounds of each round's time "
-        "over the floor's in the same round; step only: without the scoring rounds; CPU time: process CPU "
+        "x floor, x peft: total time over theirs (paired: the median (95% bootstrap interval, rounds resampled) "
+        "[min-max] over rounds of each round's time over the floor's in the same round; step only: without the "
+        "scoring rounds; CPU time: process CPU "
         "seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
         "",
-        "| contender | step s [min-max] | total s | x floor | x floor, paired [min-max] | x floor, step only | x peft "
+        "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
+        "| x peft "
         "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in (r for r in report["rows"] if r["kind"] == "train"):
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    floor = next(r for r in train if r["source"] == FLOOR)
+    for r in train:
+        lo, hi = median_interval(paired_ratios(r, floor))  # from the round times: older reports get it too
         saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
         saves += _num(r["reducer_saves_gflops"], "+.4g") if saves else ""
         lines.append(
             f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
             f"| {r['total_s']:.3f} | {r['x_floor']:.3f} "
-            f"| {r['x_floor_paired']:.3f} [{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
+            f"| {r['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) "
+            f"[{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
             f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
             f"| {r['x_floor_cpu']:.3f} "
             f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from harness import METHODS, memory
-from harness.bench import BenchConfig, alternate, markdown, run_bench
+from harness.bench import BenchConfig, alternate, markdown, paired_ratios, run_bench
 from harness.cli import main
 from harness.config import DEFAULT_TARGETS
+from harness.stats import median_interval
 from tests.conftest import CharTokenizer, tiny_llama
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -49,6 +51,7 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
             assert r["peak_mb"] > 0 and r["gflops"] > 0, name
             paired = (r["round_s"][0] + r["hook_s"]) / rows["floor"]["round_s"][0]  # the same round's floor
             assert r["x_floor_paired"] == pytest.approx(paired) == r["x_floor_paired_max"], name
+            assert r["x_floor_paired_lo"] == pytest.approx(paired) == r["x_floor_paired_hi"], name  # one round
     assert rows["lora"]["x_peft"] == pytest.approx(rows["lora"]["total_s"] / rows["peft lora"]["total_s"])
     assert rows["lora"]["gflops"] == pytest.approx(rows["peft lora"]["gflops"], rel=1e-3)  # the same computation
     assert rows["lora_fa"]["state_mb"] < rows["lora"]["state_mb"]
@@ -144,3 +147,24 @@ def test_bench_on_a_reduced_shape_with_random_weights(tmp_path, capsys):
 def test_committed_bench_tables_are_rendered_from_their_reports(report):
     """Every committed bench.md is what `markdown` makes of the bench.json beside it (no hand-edited numbers)."""
     assert (report.parent / "bench.md").read_text() == markdown(json.loads(report.read_text()))
+
+
+def test_paired_interval_is_a_bootstrap_of_the_rounds_median_and_older_tables_get_it_from_their_round_times():
+    ratios = [1.10, 1.12, 1.13, 1.15, 1.30, 1.11, 1.14]
+    lo, hi = median_interval(ratios)
+    assert min(ratios) <= lo <= statistics.median(ratios) <= hi <= max(ratios) and lo < hi
+    assert median_interval(ratios) == (lo, hi)  # seeded: the same table every time
+    assert median_interval([1.2] * 5) == (1.2, 1.2)
+    with pytest.raises(ValueError, match="non-empty"):
+        median_interval([])
+    floor = {"kind": "train", "contender": "floor", "source": "floor", "hook_s": 0.0, "round_s": [1.0] * 7}
+    row = {"kind": "train", "contender": "lora", "source": "ours", "hook_s": 0.0, "round_s": ratios}
+    assert paired_ratios(row, floor) == pytest.approx(ratios)
+    report = json.loads(sorted(RESULTS.glob("**/bench.json"))[0].read_text())
+    for r in report["rows"]:  # as a report written before the interval was kept
+        r.pop("x_floor_paired_lo", None), r.pop("x_floor_paired_hi", None)
+    rows = [r for r in report["rows"] if r["kind"] == "train"]
+    floor = next(r for r in rows if r["source"] == "floor")
+    lora = next(r for r in rows if r["contender"] == "lora")
+    lo, hi = median_interval(paired_ratios(lora, floor))
+    assert f"| {lora['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) [" in markdown(report)
