@@ -68,13 +68,13 @@ def resampled_means(scores: np.ndarray, rng: np.random.Generator, resamples: int
 
 
 def median_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: int = SEED) -> tuple[float, float]:
-    """95% percentile-bootstrap interval of the median of ``values`` (e.g. a bench's per-round ratios),
-    resampling the values with replacement."""
+    """The ``LEVEL`` (95%) percentile-bootstrap interval of the median of ``values`` (e.g. a bench's per-round
+    ratios), resampling the values with replacement."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size == 0:
         raise ValueError(f"values must be a non-empty 1-D sequence, got shape {x.shape}")
     medians = np.median(x[np.random.default_rng(seed).integers(0, x.size, (resamples, x.size))], axis=1)
-    lo, hi = np.percentile(medians, [2.5, 97.5])
+    lo, hi = np.percentile(medians, [50 * (1 - LEVEL), 50 * (1 + LEVEL)])
     return float(lo), float(hi)
 
 
