@@ -12,8 +12,9 @@ reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast 
 
 Contenders alternate in one process (round k starts at contender k) after ``--warmup`` untimed rounds, so
 drifts and other load fall on all alike; reported: the median and range over ``--rounds``, the ratio to
-the floor's time in the same round (median, 95% bootstrap interval over rounds, range), process CPU time, peak memory of one step above what was allocated before it (the CUDA allocator; on a CPU, tensor
-storages tracked by a dispatch mode), adapter + optimizer state, and FLOPs counted on the meta device as
+the floor's time in the same round (median, 95% bootstrap interval over rounds, range), process CPU time,
+peak memory of one step above what was allocated before it (the CUDA allocator; on a CPU, tensor storages
+tracked by a dispatch mode), adapter + optimizer state, and FLOPs counted on the meta device as
 run records count them. Scoring: the task's ``evaluate`` with the base model per protocol, on
 ``--eval-limit`` examples per benchmark. Writes ``bench.csv``, ``bench.md``, ``bench.json`` (config,
 environment, rows) and ``bench.png`` to ``--out``.
