@@ -8,7 +8,9 @@ the lowest adapted layer — and against peft where peft has the method (``lora`
 with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has the Reducer is timed per
 ``--reducer`` variant; an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
-reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path.
+reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path. ``--also KEY=VALUE``
+adds each method with that option changed (``dropout=0``), timed in the same rounds and reported paired
+against the method at its defaults: what one setting costs, without comparing runs made at other times.
 
 Contenders alternate in one process (round k starts at contender k) after ``--warmup`` untimed rounds, so
 drifts and other load fall on all alike; reported: the median and range over ``--rounds``, the ratio to
@@ -47,6 +49,7 @@ EXAMPLES = """examples:
   harness bench --data-dir ../shared/data/commonsense        # the embedded SmolLM2, every method, batch 8 x 128
   harness bench --methods lora,hydralora --reference --protocols none --rounds 9   # fast path vs reference
   harness bench --model meta-llama/Meta-Llama-3-8B --random-weights --layers 2     # on a GPU: bf16, Llama-3-8B layers
+  harness bench --methods lora --also dropout=0 --protocols none --rounds 21         # what the dropout costs, paired
 """
 
 
@@ -64,6 +67,7 @@ class BenchConfig:
     peft: bool = True
     reference: bool = False
     reducer: tuple[str, ...] = ("off", "importance:0.25", "random:0.25", "importance:0.75")
+    also: tuple[str, ...] = ()  # "KEY=VALUE": every method also timed with this option changed, in the same rounds
     task: str = "commonsense"
     protocols: tuple[str, ...] = ("cloze", "choice")
     data_dir: str | None = None
@@ -81,6 +85,8 @@ class BenchConfig:
             raise ValueError(f"seq_len must be >= 2 and warmup >= 0 (got {self.seq_len}, {self.warmup})")
         for variant in self.reducer:
             _reducer_options(variant)
+        for item in self.also:
+            _also_option(item)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Contender:
     optimizer: torch.optim.Optimizer | None = None
     config: Any = None  # the resolved method config (ours) or peft's LoraConfig
     reducer: str = ""
+    variant: str = ""  # an --also option ("dropout=0"): the method's default with that option changed
     round_fn: Callable[[], None] | None = None  # the Reducer's scoring round
     interval: int = 1
 
@@ -112,12 +119,15 @@ def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: An
 
 def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: str) -> dict:
     from harness.accounting import environment
+    from harness.config import make_config
     from harness.registry import METHODS
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     methods = list(config.methods) or METHODS.names()
     for name in methods:
-        METHODS.get(name)  # an unknown name fails before any loading
+        cls = METHODS.get(name)  # an unknown name, or an --also option it does not have, fails before any loading
+        for item in config.also:
+            make_config(cls.config_cls, config.options | dict([_also_option(item)]), name)
     if model is None:
         model, tokenizer, label = load(config, device)
     if config.protocols and tokenizer is None:
@@ -226,6 +236,11 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             for reference in (False, True) if config.reference else (False,):
                 name = method + (f" ({reducer})" if reducer else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer))
+        for item in config.also:
+            cfg = make_config(cls.config_cls, config.options | dict([_also_option(item)]), method)
+            c = _ours(f"{method} ({item})", method, cfg, model, batch, held_out, n, autocast, False, "")
+            c.variant = item
+            out.append(c)
     if config.peft and "lora" in METHODS:
         lora = make_config(METHODS.get("lora").config_cls, config.options, "lora")
         out += [c for fa in (False, True) if (c := _peft(model, lora, fa, batch, n, autocast)) is not None]
@@ -311,10 +326,18 @@ def _reducer_options(variant: str) -> dict[str, Any]:
     return {"selection": selection, "drop_ratio": float(ratio)}
 
 
+def _also_option(item: str) -> tuple[str, str]:
+    """``KEY=VALUE`` of ``--also`` (``dropout=0``), as ``--option`` takes it."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise ValueError(f"--also {item!r} must look like key=value (e.g. --also dropout=0)")
+    return key.strip(), value.strip()
+
+
 def adapter_settings(contenders: list[Contender]) -> dict[str, Any] | None:
     """The settings every method shares (rank, alpha, dropout, targets, heads), as our contenders resolved
     them from the defaults and ``--rank``/``--option``: the table must say what it timed."""
-    ours = next((c.config for c in contenders if c.source == "ours"), None)
+    ours = next((c.config for c in contenders if c.source == "ours" and not c.variant), None)
     if ours is None:
         return None
     targets = ours.targets if isinstance(ours.targets, str) else list(ours.targets)
@@ -340,6 +363,7 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
     step, rounds = _flops(c, model, config)
     return {
         **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
+        "variant": c.variant,
         **_timing(times[c.name]),
         "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
         "peak_mb": _peak_bytes(c.step, device) / 2**20,
@@ -351,13 +375,34 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
 
 
 def paired_ratios(row: dict, floor: dict) -> list[float]:
-    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over the floor's in the same round."""
-    return [(w + row["hook_s"]) / f for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
+    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over ``floor``'s (plus its scoring
+    rounds: none for the floor itself) in the same round."""
+    hook = floor.get("hook_s", 0.0)
+    return [(w + row["hook_s"]) / (f + hook) for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
+
+
+def default_row(row: dict, rows: list[dict]) -> dict | None:
+    """For an ``--also`` variant's row, the row of the same method at its defaults (its own Reducer setting)."""
+    if not row.get("variant"):
+        return None
+    return next(
+        (
+            r
+            for r in rows
+            if r["source"] == "ours"
+            and r["method"] == row["method"]
+            and not r.get("variant")
+            and not r["contender"].endswith(" reference")
+            and (r["reducer"] in ("", "default") or r["reducer"].endswith(", default"))
+        ),
+        None,
+    )
 
 
 def _relate(rows: list[dict]) -> list[dict]:
-    """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, and the
-    Reducer's savings against the same method with the Reducer off."""
+    """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, the Reducer's
+    savings against the same method with the Reducer off, and an ``--also`` variant's paired ratio to the
+    same method at its defaults."""
     for r in rows:
         r["total_s"] = r["step_s"] + r["hook_s"]
         known = r["gflops"] is not None and r["hook_gflops"] is not None
@@ -378,7 +423,7 @@ def _relate(rows: list[dict]) -> list[dict]:
         r["x_floor_paired_lo"], r["x_floor_paired_hi"] = median_interval(paired)
         r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
         r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
-        mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] else None
+        mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] and not r["variant"] else None
         r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
         flops = r["total_gflops"] is not None and floor["total_gflops"]
         r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
@@ -386,6 +431,11 @@ def _relate(rows: list[dict]) -> list[dict]:
         r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
         flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
         r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
+        r["x_default_paired"] = r["x_default_paired_lo"] = r["x_default_paired_hi"] = None
+        if (default := default_row(r, rows)) is not None:
+            paired = paired_ratios(r, default)
+            r["x_default_paired"] = statistics.median(paired)
+            r["x_default_paired_lo"], r["x_default_paired_hi"] = median_interval(paired)
     return rows
 
 
@@ -586,6 +636,21 @@ def markdown(report: dict) -> str:
             f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
             f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"
         )
+    variants = [(r, d) for r in train if (d := default_row(r, train)) is not None]
+    if variants:
+        lines += [
+            "",
+            "Option variants (`--also`), each round's time over the same method's at its defaults in the same "
+            "round: median (95% bootstrap interval) [min-max]:",
+            "",
+        ]
+    for r, d in variants:
+        paired = paired_ratios(r, d)
+        lo, hi = median_interval(paired)
+        lines.append(
+            f"- {r['contender']}: {statistics.median(paired):.3f} x {d['contender']} ({lo:.3f}-{hi:.3f}) "
+            f"[{min(paired):.3f}-{max(paired):.3f}]"
+        )
     scores = [r for r in report["rows"] if r["kind"] == "score"]
     lines += (
         ["", "| scoring protocol | s [min-max] | examples | ms per example |", "|---|---|---|---|"] if scores else []
@@ -662,6 +727,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=",".join(BenchConfig.reducer),
         help="variants for methods with the Reducer on by default: off, default, SELECTION:DROP_RATIO",
     )
+    p.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also time every method with this option changed, in the same rounds (repeatable; e.g. dropout=0)",
+    )
     p.add_argument("--task", default="commonsense", help="the task whose scoring is timed (default commonsense)")
     p.add_argument("--protocols", default="cloze,choice", help="protocols to time, comma-separated, or 'none'")
     p.add_argument("--data-dir", help="the task's data (default: $HARNESS_DATA_DIR, else download)")
@@ -689,6 +761,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         batch_size=args.batch,
         seq_len=args.seq,
         reducer=names(args.reducer),
+        also=tuple(args.also),
         protocols=names(args.protocols),
     )
     keep_freed_memory()  # before the model is loaded: as `harness run` trains (harness.memory)

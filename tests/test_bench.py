@@ -168,3 +168,37 @@ def test_paired_interval_is_a_bootstrap_of_the_rounds_median_and_older_tables_ge
     lora = next(r for r in rows if r["contender"] == "lora")
     lo, hi = median_interval(paired_ratios(lora, floor))
     assert f"| {lora['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) [" in markdown(report)
+
+
+def test_also_times_each_method_with_an_option_changed_paired_against_its_defaults(tmp_path, capsys):
+    config = BenchConfig(
+        methods=("lora", "effilora"),
+        also=("dropout=0",),
+        reducer=("off", "default"),
+        rounds=2,
+        warmup=0,
+        batch_size=1,
+        seq_len=8,
+        protocols=(),
+        peft=False,
+        out=str(tmp_path),
+    )
+    report = run_bench(config, model=tiny_llama())
+    rows = {r["contender"]: r for r in report["rows"]}
+    assert set(rows) == {"floor", "lora", "lora (dropout=0)", "effilora (off)", "effilora (default)",
+                         "effilora (dropout=0)"}  # fmt: skip
+    assert report["adapter"]["dropout"] == 0.05  # the table's settings are the defaults, not a variant's
+    for variant, default in (("lora (dropout=0)", "lora"), ("effilora (dropout=0)", "effilora (default)")):
+        r, d = rows[variant], rows[default]
+        assert r["variant"] == "dropout=0" and d["variant"] == "" and r["x_peft"] is None
+        paired = [(a + r["hook_s"]) / (b + d["hook_s"]) for a, b in zip(r["round_s"], d["round_s"], strict=True)]
+        assert r["x_default_paired"] == pytest.approx(statistics.median(paired))
+        assert r["x_default_paired_lo"] <= r["x_default_paired"] <= r["x_default_paired_hi"]
+        assert f"- {variant}: {statistics.median(paired):.3f} x {default} (" in (tmp_path / "bench.md").read_text()
+    assert rows["lora"]["x_default_paired"] is None and rows["floor"]["x_default_paired"] is None
+    argv = ["bench", "--methods", "lora", "--also", "dropout", "--protocols", "none"]
+    assert main(argv) == 2
+    assert "--also 'dropout' must look like key=value (e.g. --also dropout=0)" in capsys.readouterr().err
+    argv = ["bench", "--model", "no/such-model", "--methods", "lora", "--also", "dropuot=0", "--protocols", "none"]
+    assert main(argv) == 2  # before the model is looked for
+    assert "unknown option 'dropuot' for method 'lora' (did you mean 'dropout'?)" in capsys.readouterr().err
