@@ -10,7 +10,8 @@ with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has th
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
 reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path. ``--also KEY=VALUE``
 adds each method with that option changed (``dropout=0``), timed in the same rounds and reported paired
-against the method at its defaults: what one setting costs, without comparing runs made at other times.
+against the method at its defaults (for a method with the Reducer, where ``--reducer`` times its default):
+what one setting costs, without comparing runs made at other times.
 
 Contenders alternate in one process (round k starts at contender k) after ``--warmup`` untimed rounds, so
 drifts and other load fall on all alike; reported: the median and range over ``--rounds``, the ratio to
