@@ -101,6 +101,7 @@ class Contender:
     config: Any = None  # the resolved method config (ours) or peft's LoraConfig
     reducer: str = ""
     variant: str = ""  # an --also option ("dropout=0"): the method's default with that option changed
+    baseline: str = ""  # a variant's: the contender of the same method at its defaults ("" if none is timed)
     round_fn: Callable[[], None] | None = None  # the Reducer's scoring round
     interval: int = 1
 
@@ -232,15 +233,17 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             variants = [
                 (v, make_config(cls.config_cls, config.options | _reducer_options(v), method)) for v in config.reducer
             ]
+        default = ""  # the contender an --also variant is compared with: this method at its defaults
         for reducer, cfg in variants:
             reducer += ", default" if reducer and reducer != "default" and cfg == base else ""
             for reference in (False, True) if config.reference else (False,):
                 name = method + (f" ({reducer})" if reducer else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer))
+                default = default or (name if cfg == base and not reference else "")
         for item in config.also:
             cfg = make_config(cls.config_cls, config.options | dict([_also_option(item)]), method)
             c = _ours(f"{method} ({item})", method, cfg, model, batch, held_out, n, autocast, False, "")
-            c.variant = item
+            c.variant, c.baseline = item, default
             out.append(c)
     if config.peft and "lora" in METHODS:
         lora = make_config(METHODS.get("lora").config_cls, config.options, "lora")
@@ -365,6 +368,7 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
     return {
         **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
         "variant": c.variant,
+        "baseline": c.baseline,
         **_timing(times[c.name]),
         "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
         "peak_mb": _peak_bytes(c.step, device) / 2**20,
@@ -383,21 +387,8 @@ def paired_ratios(row: dict, floor: dict) -> list[float]:
 
 
 def default_row(row: dict, rows: list[dict]) -> dict | None:
-    """For an ``--also`` variant's row, the row of the same method at its defaults (its own Reducer setting)."""
-    if not row.get("variant"):
-        return None
-    return next(
-        (
-            r
-            for r in rows
-            if r["source"] == "ours"
-            and r["method"] == row["method"]
-            and not r.get("variant")
-            and not r["contender"].endswith(" reference")
-            and (r["reducer"] in ("", "default") or r["reducer"].endswith(", default"))
-        ),
-        None,
-    )
+    """For an ``--also`` variant's row, the row of the same method at its defaults (named when it was built)."""
+    return next((r for r in rows if r["contender"] == row["baseline"]), None) if row.get("baseline") else None
 
 
 def _relate(rows: list[dict]) -> list[dict]:
@@ -569,11 +560,12 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
 
 # -- outputs -----------------------------------------------------------------------------------------
 COLUMNS = [
-    "kind", "contender", "source", "method", "reducer", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
+    "kind", "contender", "source", "method", "reducer", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
     "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
     "x_floor_paired_max", "x_floor_step",
     "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
-    "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "examples", "ms_per_example", "rounds",
+    "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "x_default_paired", "x_default_paired_lo",
+    "x_default_paired_hi", "examples", "ms_per_example", "rounds",
 ]  # fmt: skip
 
 

@@ -190,12 +190,20 @@ def test_also_times_each_method_with_an_option_changed_paired_against_its_defaul
     assert report["adapter"]["dropout"] == 0.05  # the table's settings are the defaults, not a variant's
     for variant, default in (("lora (dropout=0)", "lora"), ("effilora (dropout=0)", "effilora (default)")):
         r, d = rows[variant], rows[default]
-        assert r["variant"] == "dropout=0" and d["variant"] == "" and r["x_peft"] is None
+        assert r["variant"] == "dropout=0" and d["variant"] == "" and r["x_peft"] is None and r["baseline"] == default
         paired = [(a + r["hook_s"]) / (b + d["hook_s"]) for a, b in zip(r["round_s"], d["round_s"], strict=True)]
         assert r["x_default_paired"] == pytest.approx(statistics.median(paired))
         assert r["x_default_paired_lo"] <= r["x_default_paired"] <= r["x_default_paired_hi"]
         assert f"- {variant}: {statistics.median(paired):.3f} x {default} (" in (tmp_path / "bench.md").read_text()
     assert rows["lora"]["x_default_paired"] is None and rows["floor"]["x_default_paired"] is None
+    with open(tmp_path / "bench.csv") as f:
+        saved = {r["contender"]: r for r in csv.DictReader(f)}
+    assert saved["lora (dropout=0)"]["baseline"] == "lora"
+    assert float(saved["lora (dropout=0)"]["x_default_paired"]) == pytest.approx(
+        rows["lora (dropout=0)"]["x_default_paired"]
+    )
+    alone = run_bench(replace(config, methods=("effilora",), reducer=("off",)), model=tiny_llama())["rows"]
+    assert [r["x_default_paired"] for r in alone] == [None] * 3  # its default was not timed: no comparison
     argv = ["bench", "--methods", "lora", "--also", "dropout", "--protocols", "none"]
     assert main(argv) == 2
     assert "--also 'dropout' must look like key=value (e.g. --also dropout=0)" in capsys.readouterr().err
