@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import harness.adapter as adapter_module
+import harness.fastpath as fastpath
 from harness import AdapterConfig, AdapterLinear, attach
-from harness.adapter import drop_positions, sparse_dropout
+from harness.fastpath import drop_positions, sparse_dropout
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
 
@@ -80,13 +80,13 @@ def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:
     """Every first-matmul call of the fast path: the wrappers it served (type names) and its dropout draw
     (the dropped input, or the sparse kernel's dropped positions)."""
     calls: list[tuple[list[str], torch.Tensor]] = []
-    original = adapter_module._project
+    original = fastpath._project
 
     def spy(layers, xa, xd, pos=None, p=0.0, fuse=False):
         calls.append(([layer.site.type for layer in layers], xd if pos is None else pos))
         return original(layers, xa, xd, pos, p, fuse=fuse)
 
-    monkeypatch.setattr(adapter_module, "_project", spy)
+    monkeypatch.setattr(fastpath, "_project", spy)
     return calls
 
 
@@ -102,7 +102,7 @@ def test_wrappers_that_read_one_tensor_share_one_dropout_draw(monkeypatch):
     assert seen["up_proj"] is not seen["q_proj"] and seen["down_proj"] is not seen["up_proj"]
     # bases fused in (a CPU): the draw is dropped positions whatever the size, so the backward can mask
     assert 0.35 < seen["q_proj"].numel() / batch()["input_ids"].numel() / 32 < 0.65
-    monkeypatch.setattr(adapter_module, "FUSE_BASE", False)  # unfused, a small tensor: nn.Dropout's dense draw
+    monkeypatch.setattr(fastpath, "FUSE_BASE", False)  # unfused, a small tensor: nn.Dropout's dense draw
     calls.clear()
     adapter.model(**batch())
     assert [types for types, _ in calls[:3]] == [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
@@ -145,7 +145,7 @@ def test_dropped_projection_gradients_are_exact(raw):
     w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
     w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=True) if raw else None
     pos = drop_positions(x.numel(), 0.3)
-    fn = adapter_module._DroppedProjection.apply
+    fn = fastpath._DroppedProjection.apply
     torch.autograd.gradcheck(
         lambda *a: fn(a[0], pos, 0.3, *a[1:], *([None] if not raw else [])), (x, w_drop, *([w_raw] if raw else []))
     )
@@ -170,7 +170,7 @@ def test_fused_projection_gradients_are_exact(raw):
     w1, b1 = torch.randn(6, 7, dtype=torch.float64, requires_grad=True), torch.randn(6, dtype=torch.float64)
     w2 = torch.randn(3, 7, dtype=torch.float64)  # frozen, no bias
     pos = drop_positions(x.numel(), 0.3)
-    fn = adapter_module._FusedProjection.apply
+    fn = fastpath._FusedProjection.apply
     b1.requires_grad_(True)
     torch.autograd.gradcheck(
         lambda x, wd, w1, b1, *r: fn(x, pos, 0.3, wd, r[0] if r else None, w1, b1, w2, None),
@@ -195,8 +195,8 @@ def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
     perturb(adapter)
     adapter.use_fast_path(True)
     calls = []
-    original = adapter_module._FusedProjection.apply
-    monkeypatch.setattr(adapter_module._FusedProjection, "apply", lambda *a: calls.append(len(a)) or original(*a))
+    original = fastpath._FusedProjection.apply
+    monkeypatch.setattr(fastpath._FusedProjection, "apply", lambda *a: calls.append(len(a)) or original(*a))
     expected = adapter.model(**batch()).logits
     assert len(calls) == len(adapter.layers)  # the first forward: every wrapper alone, its base fused in
     calls.clear()
@@ -223,7 +223,7 @@ def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
 def test_fused_nodes_change_no_output_or_gradient_under_dropout(method, node, monkeypatch):
     """With dropout on and one draw (a seed): the stacked first matmul of q, k, v against one call per
     wrapper ("siblings"), and the bases computed in that node against ``base(x)`` ("bases")."""
-    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # positions on every path
+    monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # positions on every path
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.3, reducer=None)
     perturb(adapter)
     adapter.use_fast_path(True)
@@ -232,9 +232,9 @@ def test_fused_nodes_change_no_output_or_gradient_under_dropout(method, node, mo
     results = []
     for fused in (True, False):
         if not fused and node == "siblings":
-            monkeypatch.setattr(adapter_module, "_fusable_now", lambda layer: False)
+            monkeypatch.setattr(fastpath, "_fusable_now", lambda layer: False)
         elif not fused:
-            monkeypatch.setattr(adapter_module, "FUSE_BASE", False)
+            monkeypatch.setattr(fastpath, "FUSE_BASE", False)
         torch.manual_seed(3)
         results.append(outputs_and_grads(adapter, fast=True))
     (logits, grads), (ref_logits, ref_grads) = results
@@ -309,7 +309,7 @@ def test_cpu_dropout_kernel_has_the_bernoulli_distribution(p):
 
 
 def test_cpu_dropout_kernel_is_reproducible_and_handles_any_shape(monkeypatch):
-    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel even for tiny tensors
+    monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel even for tiny tensors
     drop = torch.nn.Dropout(0.5).train()
     torch.manual_seed(3)
     a = sparse_dropout(drop, torch.ones(4, 5))
@@ -340,7 +340,7 @@ def test_delta_keeps_nn_dropouts_own_draw():
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_lora_fa_fast_path_still_does_not_keep_the_input(dropout, monkeypatch):
-    monkeypatch.setattr(adapter_module, "SPARSE_DROPOUT_MIN", 1)  # its mask is indices, not an input-sized tensor
+    monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # its mask is indices, not an input-sized tensor
     for method, keeps_input in (("lora", True), ("lora_fa", False)):
         adapter = attach(tiny_llama(), method, targets="up_proj", r=4, dropout=dropout)
         adapter.use_fast_path(True)  # what this file tests (off by default)

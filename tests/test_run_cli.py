@@ -194,13 +194,13 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir, tin
 def test_fast_path_is_opt_in_recorded_and_its_own_row(tmp_path, data_dir, tiny_model, monkeypatch):
     """``--fast-path`` trains through the fused path (the spy sees it), gets its own run id (the default
     run's id is unchanged: the key is absent when off) and its own leaderboard row; the default does not."""
-    import harness.adapter as adapter_module
+    import harness.fastpath as fastpath
     from harness.leaderboard import write_leaderboards
     from harness.runner import build_specs, run_all
 
     calls: list[int] = []
-    original = adapter_module._project
-    monkeypatch.setattr(adapter_module, "_project", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = fastpath._project
+    monkeypatch.setattr(fastpath, "_project", lambda *a, **k: calls.append(1) or original(*a, **k))
     runs = tmp_path / "runs"
     ids = {}
     for fast in (False, True):
