@@ -27,11 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
-import io
 import statistics
 import time
-import weakref
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -42,10 +39,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from harness.atomic import atomic_path, write_json, write_text
-from harness.stats import median_interval
+from harness.bench_cost import flops, peak_bytes, state_bytes
+from harness.bench_report import FLOOR, markdown, portable, relate, write_outputs
 
-FLOOR = "floor"
 EXAMPLES = """examples:
   harness bench --data-dir ../shared/data/commonsense        # the embedded SmolLM2, every method, batch 8 x 128
   harness bench --methods lora,hydralora --reference --protocols none --rounds 9   # fast path vs reference
@@ -142,7 +138,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     rounds = {f"{c.name} :round": c.round_fn for c in contenders if c.round_fn is not None}
     fns = {c.name: c.step for c in contenders} | rounds
     times = alternate(fns, config.rounds, config.warmup, device, desc="bench training")
-    rows = _relate([_train_row(c, times, model, config, device) for c in contenders])
+    rows = relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
     report = {
@@ -364,170 +360,19 @@ def _timing(values: list[tuple[float, float]]) -> dict[str, Any]:
 
 def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig, device: torch.device) -> dict:
     round_s = statistics.median(w for w, _ in times[f"{c.name} :round"]) if c.round_fn is not None else 0.0
-    step, rounds = _flops(c, model, config)
+    step, rounds = flops(c, model, config)
     return {
         **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
         "variant": c.variant,
         "baseline": c.baseline,
         **_timing(times[c.name]),
         "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
-        "peak_mb": _peak_bytes(c.step, device) / 2**20,
-        "state_mb": _state_bytes(c) / 2**20,
+        "peak_mb": peak_bytes(c.step, device) / 2**20,
+        "state_mb": state_bytes(c) / 2**20,
         "gflops": step / 1e9 if step is not None else None,
         "hook_gflops": rounds / 1e9 if rounds is not None else None,
         "rounds": len(times[c.name]),
     }
-
-
-def paired_ratios(row: dict, floor: dict) -> list[float]:
-    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over ``floor``'s (plus its scoring
-    rounds: none for the floor itself) in the same round."""
-    hook = floor.get("hook_s", 0.0)
-    return [(w + row["hook_s"]) / (f + hook) for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
-
-
-def default_row(row: dict, rows: list[dict]) -> dict | None:
-    """For an ``--also`` variant's row, the row of the same method at its defaults (named when it was built)."""
-    return next((r for r in rows if r["contender"] == row["baseline"]), None) if row.get("baseline") else None
-
-
-def _relate(rows: list[dict]) -> list[dict]:
-    """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, the Reducer's
-    savings against the same method with the Reducer off, and an ``--also`` variant's paired ratio to the
-    same method at its defaults."""
-    for r in rows:
-        r["total_s"] = r["step_s"] + r["hook_s"]
-        known = r["gflops"] is not None and r["hook_gflops"] is not None
-        r["total_gflops"] = r["gflops"] + r["hook_gflops"] if known else None
-    floor = next(r for r in rows if r["source"] == FLOOR)
-    peft = {r["method"]: r for r in rows if r["source"] == "peft"}
-    off = {r["method"]: r for r in rows if r["reducer"] == "off"}
-    for r in rows:
-        r["x_floor"] = r["total_s"] / floor["step_s"]
-        # paired: each round's time over the floor's in the same round (load that drifts falls on both),
-        # the median, its 95% bootstrap interval and the range over rounds; steadier than the ratio of medians
-        paired = paired_ratios(r, floor)
-        r["x_floor_paired"], r["x_floor_paired_min"], r["x_floor_paired_max"] = (
-            statistics.median(paired),
-            min(paired),
-            max(paired),
-        )
-        r["x_floor_paired_lo"], r["x_floor_paired_hi"] = median_interval(paired)
-        r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
-        r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
-        mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] and not r["variant"] else None
-        r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
-        flops = r["total_gflops"] is not None and floor["total_gflops"]
-        r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
-        ref = off.get(r["method"]) if r["reducer"] not in ("", "off") else None
-        r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
-        flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
-        r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
-        r["x_default_paired"] = r["x_default_paired_lo"] = r["x_default_paired_hi"] = None
-        if (default := default_row(r, rows)) is not None:
-            paired = paired_ratios(r, default)
-            r["x_default_paired"] = statistics.median(paired)
-            r["x_default_paired_lo"], r["x_default_paired_hi"] = median_interval(paired)
-    return rows
-
-
-def _flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | None, float | None]:
-    """(step, Reducer rounds per step) FLOPs on a meta-device replica, as run records count them (the fused
-    CPU attention kernel is invisible to a count on real tensors); ``None`` where a plugin cannot run on
-    the meta device — no count rather than a wrong one."""
-    from harness.accounting import meta_replica
-    from harness.adapter import attach
-
-    try:
-        replica = meta_replica(model).requires_grad_(False)
-        if c.source == "ours":
-            adapter = attach(replica, c.method, config=c.config)
-            replica.to("meta")  # a plugin may make tensors of its own elsewhere
-            if adapter.reducer is not None:
-                adapter.reducer.select()  # the unselected heads are frozen, as in a real step
-        elif c.source == "peft":
-            from peft import get_peft_model
-
-            replica = get_peft_model(replica, copy.deepcopy(c.config))
-            for name, p in replica.named_parameters():  # LoRA-FA: A frozen, as create_lorafa_optimizer does
-                p.requires_grad_(p.requires_grad and not (c.method == "lora_fa" and "lora_A" in name))
-        else:
-            replica.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
-        step = _count(replica, config, backward=True)
-        if c.round_fn is None:
-            return step, 0.0
-        return step, _count(replica.eval(), config, backward=False) * c.config.reducer.rollouts / c.interval
-    except (RuntimeError, ValueError, NotImplementedError, TypeError):
-        return None, None
-
-
-def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from tasks.lm import loss_sum
-
-    ids = torch.zeros((config.batch_size, config.seq_len), dtype=torch.long, device="meta")
-    counter = FlopCounterMode(display=False)
-    with counter, torch.set_grad_enabled(backward):
-        # no mask, no positions: transformers reads those by value (impossible on meta) unless a cache exists
-        loss = loss_sum(replica, {"input_ids": ids, "labels": ids}, config.seq_len, use_cache=True)
-        if backward:
-            loss.backward()
-    return float(counter.get_total_flops())
-
-
-def _state_bytes(c: Contender) -> int:
-    """Trainable tensors and their optimizer state (AdamW moments)."""
-    if c.optimizer is None:
-        return 0
-    params = {id(p): p for group in c.optimizer.param_groups for p in group["params"] if p.requires_grad}
-    moments = [t for s in c.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in [*params.values(), *moments])
-
-
-def _peak_bytes(step: Callable[[], None], device: torch.device) -> float:
-    """Most bytes allocated at once during one step, above what was allocated before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        step()
-        torch.cuda.synchronize()
-        return float(torch.cuda.max_memory_allocated() - before)
-    with _StorageMeter() as meter:
-        step()
-    return float(meter.peak)
-
-
-class _StorageMeter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Live bytes of the tensor storages that ops create while active (a CPU has no allocator statistics):
-    an op's output counts unless it shares storage with an input (views, in-place ops), until its storage
-    is freed (a storage keeps its Python object while alive, so a weak reference sees the free)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = self.peak = 0
-        self._ids: set[int] = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        from torch.utils._pytree import tree_leaves
-
-        out = func(*args, **(kwargs or {}))
-        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.device.type != "meta":
-                storage = t.untyped_storage()
-                if id(storage) not in inputs and id(storage) not in self._ids:
-                    self._ids.add(id(storage))
-                    self.live += storage.nbytes()
-                    self.peak = max(self.peak, self.live)
-                    weakref.finalize(storage, self._free, id(storage), storage.nbytes())
-        return out
-
-    def _free(self, key: int, nbytes: int) -> None:
-        if key in self._ids:
-            self._ids.discard(key)
-            self.live -= nbytes
 
 
 def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torch.device) -> list[dict]:
@@ -556,142 +401,6 @@ def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torc
         r["examples"], r["rounds"] = counts.get(r["contender"], 0), config.rounds
         r["ms_per_example"] = 1e3 * r["step_s"] / r["examples"] if r["examples"] else None
     return rows
-
-
-# -- outputs -----------------------------------------------------------------------------------------
-COLUMNS = [
-    "kind", "contender", "source", "method", "reducer", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
-    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
-    "x_floor_paired_max", "x_floor_step",
-    "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
-    "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "x_default_paired", "x_default_paired_lo",
-    "x_default_paired_hi", "examples", "ms_per_example", "rounds",
-]  # fmt: skip
-
-
-def portable(config: dict) -> dict:
-    """The config as the report keeps it: folders by name only (no machine paths in committed files)."""
-    return {k: Path(v).name if k in ("data_dir", "out") and v else v for k, v in config.items()}
-
-
-def write_outputs(report: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in report["rows"]:
-        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    write_text(out / "bench.csv", buf.getvalue())
-    write_text(out / "bench.md", markdown(report))
-    write_json(out / "bench.json", report)
-    return [out / "bench.csv", out / "bench.md", out / "bench.json", _plot(report, out / "bench.png")]
-
-
-def markdown(report: dict) -> str:
-    """The table for the README, headed by the machine and settings that produced it."""
-    env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
-    settings = ""
-    if adapter:  # reports written before the adapter settings were recorded have none
-        targets = adapter["targets"] if isinstance(adapter["targets"], str) else ",".join(adapter["targets"])
-        settings = (
-            f"r={adapter['r']}, alpha {adapter['alpha']:g}, dropout {adapter['dropout']:g} on {targets} "
-            f"({adapter['heads']} heads for the multi-head methods), "
-        )
-    lines = [
-        f"{report['model']}, {settings}batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
-        f"({env['torch_threads']} threads, torch {env['torch']}"
-        f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
-        "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
-        "x floor, x peft: total time over theirs (paired: the median (95% bootstrap interval, rounds resampled) "
-        "[min-max] over rounds of each round's time over the floor's in the same round; step only: without the "
-        "scoring rounds; CPU time: process CPU "
-        "seconds, steadier on a loaded machine, "
-        "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
-        "",
-        "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
-        "| x peft "
-        "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    train = [r for r in report["rows"] if r["kind"] == "train"]
-    floor = next(r for r in train if r["source"] == FLOOR)
-    for r in train:
-        lo, hi = median_interval(paired_ratios(r, floor))  # from the round times: older reports get it too
-        saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
-        saves += _num(r["reducer_saves_gflops"], "+.4g") if saves else ""
-        lines.append(
-            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
-            f"| {r['total_s']:.3f} | {r['x_floor']:.3f} "
-            f"| {r['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) "
-            f"[{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
-            f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
-            f"| {r['x_floor_cpu']:.3f} "
-            f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
-            f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"
-        )
-    variants = [(r, d) for r in train if (d := default_row(r, train)) is not None]
-    if variants:
-        lines += [
-            "",
-            "Option variants (`--also`), each round's time over the same method's at its defaults in the same "
-            "round: median (95% bootstrap interval) [min-max]:",
-            "",
-        ]
-    for r, d in variants:
-        paired = paired_ratios(r, d)
-        lo, hi = median_interval(paired)
-        lines.append(
-            f"- {r['contender']}: {statistics.median(paired):.3f} x {d['contender']} ({lo:.3f}-{hi:.3f}) "
-            f"[{min(paired):.3f}-{max(paired):.3f}]"
-        )
-    scores = [r for r in report["rows"] if r["kind"] == "score"]
-    lines += (
-        ["", "| scoring protocol | s [min-max] | examples | ms per example |", "|---|---|---|---|"] if scores else []
-    )
-    for r in scores:
-        lines.append(
-            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
-            f"| {r['examples']} | {_num(r['ms_per_example'], '.1f')} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def _plot(report: dict, path: Path) -> Path:
-    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in report["rows"] if r["kind"] == "train"]
-    scores = [r for r in report["rows"] if r["kind"] == "score"]
-    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 1.6))
-    ax = axes[0] if scores else axes
-    floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
-    y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
-    below = [(r["step_s"] - r["step_min_s"]) / floor for r in train]
-    above = [(r["step_max_s"] - r["step_s"]) / floor for r in train]
-    colors = [{"floor": "grey", "ours": "tab:blue", "peft": "tab:orange"}[r["source"]] for r in train]
-    ax.barh(y, ratios, color=colors, alpha=0.8)
-    ax.errorbar(ratios, y, xerr=[below, above], fmt="none", ecolor="black", capsize=2, linewidth=0.8)
-    for x in (1.10, 1.15):
-        ax.axvline(x, linestyle="--", linewidth=0.7, color="grey")
-    ax.set_yticks(y, [r["contender"] for r in train], fontsize=7)
-    ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
-    ax.set_xlabel("training step time / frozen-base floor (median, min-max)")
-    ax.set_title(f"{report['model']}: {report['environment']['device']}", fontsize=8)
-    if scores:
-        axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
-        axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
-
-
-def _num(value: float | None, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
 
 
 # -- CLI ---------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from harness import METHODS, memory
-from harness.bench import BenchConfig, alternate, markdown, paired_ratios, run_bench
+from harness.bench import BenchConfig, alternate, run_bench
+from harness.bench_report import markdown, paired_ratios
 from harness.cli import main
 from harness.config import DEFAULT_TARGETS
 from harness.stats import median_interval

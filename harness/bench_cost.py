@@ -1,0 +1,114 @@
+"""What a ``harness bench`` contender's step costs besides its time: FLOPs counted on a meta-device replica
+(as run records count them), peak memory of one step, and the trainable tensors' and optimizer's state."""
+
+from __future__ import annotations
+
+import copy
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from harness.bench import BenchConfig, Contender
+
+
+def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | None, float | None]:
+    """(step, Reducer rounds per step) FLOPs on a meta-device replica, as run records count them (the fused
+    CPU attention kernel is invisible to a count on real tensors); ``None`` where a plugin cannot run on
+    the meta device — no count rather than a wrong one."""
+    from harness.accounting import meta_replica
+    from harness.adapter import attach
+
+    try:
+        replica = meta_replica(model).requires_grad_(False)
+        if c.source == "ours":
+            adapter = attach(replica, c.method, config=c.config)
+            replica.to("meta")  # a plugin may make tensors of its own elsewhere
+            if adapter.reducer is not None:
+                adapter.reducer.select()  # the unselected heads are frozen, as in a real step
+        elif c.source == "peft":
+            from peft import get_peft_model
+
+            replica = get_peft_model(replica, copy.deepcopy(c.config))
+            for name, p in replica.named_parameters():  # LoRA-FA: A frozen, as create_lorafa_optimizer does
+                p.requires_grad_(p.requires_grad and not (c.method == "lora_fa" and "lora_A" in name))
+        else:
+            replica.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
+        step = _count(replica, config, backward=True)
+        if c.round_fn is None:
+            return step, 0.0
+        return step, _count(replica.eval(), config, backward=False) * c.config.reducer.rollouts / c.interval
+    except (RuntimeError, ValueError, NotImplementedError, TypeError):
+        return None, None
+
+
+def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tasks.lm import loss_sum
+
+    ids = torch.zeros((config.batch_size, config.seq_len), dtype=torch.long, device="meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.set_grad_enabled(backward):
+        # no mask, no positions: transformers reads those by value (impossible on meta) unless a cache exists
+        loss = loss_sum(replica, {"input_ids": ids, "labels": ids}, config.seq_len, use_cache=True)
+        if backward:
+            loss.backward()
+    return float(counter.get_total_flops())
+
+
+def state_bytes(c: Contender) -> int:
+    """Trainable tensors and their optimizer state (AdamW moments)."""
+    if c.optimizer is None:
+        return 0
+    params = {id(p): p for group in c.optimizer.param_groups for p in group["params"] if p.requires_grad}
+    moments = [t for s in c.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in [*params.values(), *moments])
+
+
+def peak_bytes(step: Callable[[], None], device: torch.device) -> float:
+    """Most bytes allocated at once during one step, above what was allocated before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return float(torch.cuda.max_memory_allocated() - before)
+    with _StorageMeter() as meter:
+        step()
+    return float(meter.peak)
+
+
+class _StorageMeter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Live bytes of the tensor storages that ops create while active (a CPU has no allocator statistics):
+    an op's output counts unless it shares storage with an input (views, in-place ops), until its storage
+    is freed (a storage keeps its Python object while alive, so a weak reference sees the free)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live = self.peak = 0
+        self._ids: set[int] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        inputs = {id(t.untyped_storage()) for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.device.type != "meta":
+                storage = t.untyped_storage()
+                if id(storage) not in inputs and id(storage) not in self._ids:
+                    self._ids.add(id(storage))
+                    self.live += storage.nbytes()
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, id(storage), storage.nbytes())
+        return out
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if key in self._ids:
+            self._ids.discard(key)
+            self.live -= nbytes

@@ -1,0 +1,202 @@
+"""The rows ``harness bench`` reports, related to each other (ratios to the floor, to peft's same method and
+to a method at its defaults, paired by round, with bootstrap intervals), and the files it writes: ``bench.csv``,
+``bench.md``, ``bench.json`` and ``bench.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+
+from harness.atomic import atomic_path, write_json, write_text
+from harness.stats import median_interval
+
+FLOOR = "floor"
+
+
+def paired_ratios(row: dict, floor: dict) -> list[float]:
+    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over ``floor``'s (plus its scoring
+    rounds: none for the floor itself) in the same round."""
+    hook = floor.get("hook_s", 0.0)
+    return [(w + row["hook_s"]) / (f + hook) for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
+
+
+def default_row(row: dict, rows: list[dict]) -> dict | None:
+    """For an ``--also`` variant's row, the row of the same method at its defaults (named when it was built)."""
+    return next((r for r in rows if r["contender"] == row["baseline"]), None) if row.get("baseline") else None
+
+
+def relate(rows: list[dict]) -> list[dict]:
+    """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, the Reducer's
+    savings against the same method with the Reducer off, and an ``--also`` variant's paired ratio to the
+    same method at its defaults."""
+    for r in rows:
+        r["total_s"] = r["step_s"] + r["hook_s"]
+        known = r["gflops"] is not None and r["hook_gflops"] is not None
+        r["total_gflops"] = r["gflops"] + r["hook_gflops"] if known else None
+    floor = next(r for r in rows if r["source"] == FLOOR)
+    peft = {r["method"]: r for r in rows if r["source"] == "peft"}
+    off = {r["method"]: r for r in rows if r["reducer"] == "off"}
+    for r in rows:
+        r["x_floor"] = r["total_s"] / floor["step_s"]
+        # paired: each round's time over the floor's in the same round (load that drifts falls on both),
+        # the median, its 95% bootstrap interval and the range over rounds; steadier than the ratio of medians
+        paired = paired_ratios(r, floor)
+        r["x_floor_paired"], r["x_floor_paired_min"], r["x_floor_paired_max"] = (
+            statistics.median(paired),
+            min(paired),
+            max(paired),
+        )
+        r["x_floor_paired_lo"], r["x_floor_paired_hi"] = median_interval(paired)
+        r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
+        r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
+        mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] and not r["variant"] else None
+        r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
+        flops = r["total_gflops"] is not None and floor["total_gflops"]
+        r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
+        ref = off.get(r["method"]) if r["reducer"] not in ("", "off") else None
+        r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
+        flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
+        r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
+        r["x_default_paired"] = r["x_default_paired_lo"] = r["x_default_paired_hi"] = None
+        if (default := default_row(r, rows)) is not None:
+            paired = paired_ratios(r, default)
+            r["x_default_paired"] = statistics.median(paired)
+            r["x_default_paired_lo"], r["x_default_paired_hi"] = median_interval(paired)
+    return rows
+
+
+COLUMNS = [
+    "kind", "contender", "source", "method", "reducer", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
+    "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
+    "x_floor_paired_max", "x_floor_step",
+    "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
+    "flops_x_floor", "reducer_saves_s", "reducer_saves_gflops", "x_default_paired", "x_default_paired_lo",
+    "x_default_paired_hi", "examples", "ms_per_example", "rounds",
+]  # fmt: skip
+
+
+def portable(config: dict) -> dict:
+    """The config as the report keeps it: folders by name only (no machine paths in committed files)."""
+    return {k: Path(v).name if k in ("data_dir", "out") and v else v for k, v in config.items()}
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in report["rows"]:
+        writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
+    write_text(out / "bench.csv", buf.getvalue())
+    write_text(out / "bench.md", markdown(report))
+    write_json(out / "bench.json", report)
+    return [out / "bench.csv", out / "bench.md", out / "bench.json", _plot(report, out / "bench.png")]
+
+
+def markdown(report: dict) -> str:
+    """The table for the README, headed by the machine and settings that produced it."""
+    env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
+    settings = ""
+    if adapter:  # reports written before the adapter settings were recorded have none
+        targets = adapter["targets"] if isinstance(adapter["targets"], str) else ",".join(adapter["targets"])
+        settings = (
+            f"r={adapter['r']}, alpha {adapter['alpha']:g}, dropout {adapter['dropout']:g} on {targets} "
+            f"({adapter['heads']} heads for the multi-head methods), "
+        )
+    lines = [
+        f"{report['model']}, {settings}batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
+        f"({env['torch_threads']} threads, torch {env['torch']}"
+        f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
+        "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
+        "x floor, x peft: total time over theirs (paired: the median (95% bootstrap interval, rounds resampled) "
+        "[min-max] over rounds of each round's time over the floor's in the same round; step only: without the "
+        "scoring rounds; CPU time: process CPU "
+        "seconds, steadier on a loaded machine, "
+        "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
+        "",
+        "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
+        "| x peft "
+        "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    floor = next(r for r in train if r["source"] == FLOOR)
+    for r in train:
+        lo, hi = median_interval(paired_ratios(r, floor))  # from the round times: older reports get it too
+        saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
+        saves += _num(r["reducer_saves_gflops"], "+.4g") if saves else ""
+        lines.append(
+            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
+            f"| {r['total_s']:.3f} | {r['x_floor']:.3f} "
+            f"| {r['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) "
+            f"[{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
+            f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
+            f"| {r['x_floor_cpu']:.3f} "
+            f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
+            f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"
+        )
+    variants = [(r, d) for r in train if (d := default_row(r, train)) is not None]
+    if variants:
+        lines += [
+            "",
+            "Option variants (`--also`), each round's time over the same method's at its defaults in the same "
+            "round: median (95% bootstrap interval) [min-max]:",
+            "",
+        ]
+    for r, d in variants:
+        paired = paired_ratios(r, d)
+        lo, hi = median_interval(paired)
+        lines.append(
+            f"- {r['contender']}: {statistics.median(paired):.3f} x {d['contender']} ({lo:.3f}-{hi:.3f}) "
+            f"[{min(paired):.3f}-{max(paired):.3f}]"
+        )
+    scores = [r for r in report["rows"] if r["kind"] == "score"]
+    lines += (
+        ["", "| scoring protocol | s [min-max] | examples | ms per example |", "|---|---|---|---|"] if scores else []
+    )
+    for r in scores:
+        lines.append(
+            f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
+            f"| {r['examples']} | {_num(r['ms_per_example'], '.1f')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _plot(report: dict, path: Path) -> Path:
+    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    scores = [r for r in report["rows"] if r["kind"] == "score"]
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 1.6))
+    ax = axes[0] if scores else axes
+    floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
+    y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
+    below = [(r["step_s"] - r["step_min_s"]) / floor for r in train]
+    above = [(r["step_max_s"] - r["step_s"]) / floor for r in train]
+    colors = [{"floor": "grey", "ours": "tab:blue", "peft": "tab:orange"}[r["source"]] for r in train]
+    ax.barh(y, ratios, color=colors, alpha=0.8)
+    ax.errorbar(ratios, y, xerr=[below, above], fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+    for x in (1.10, 1.15):
+        ax.axvline(x, linestyle="--", linewidth=0.7, color="grey")
+    ax.set_yticks(y, [r["contender"] for r in train], fontsize=7)
+    ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
+    ax.set_xlabel("training step time / frozen-base floor (median, min-max)")
+    ax.set_title(f"{report['model']}: {report['environment']['device']}", fontsize=8)
+    if scores:
+        axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
+        axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
