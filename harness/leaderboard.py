@@ -161,7 +161,7 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
 
 
-def _hardware(runs: list[dict[str, Any]]) -> str:
+def run_hardware(runs: list[dict[str, Any]]) -> str:
     """The devices these runs ran on (a row's: its own runs, not its section's)."""
     return "; ".join(sorted({r["env"]["device"] for r in runs}))
 
@@ -368,7 +368,7 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
         "eval_n": "/".join(str(e["n"]) for e in first["eval"].values() if "n" in e),
         "seeds": " ".join(str(s) for s in sorted({r["run"]["config"]["seed"] for r in runs})),
         "n_runs": str(len(runs)),
-        "hardware": _hardware(runs),
+        "hardware": run_hardware(runs),
     }
     model = c.get("model_label", c["model"])
     return Section(
@@ -404,224 +404,17 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
 
 
-def _num(x: float | None) -> float | None:
-    return None if x is None else round(x, 2) + 0.0
-
-
-def _score_columns(prefix: str, cell: Cell) -> dict[str, Any]:
-    value: Any = "absent" if cell.absent else _num(cell.value)
-    ci = cell.ci
-    return {prefix: value, f"{prefix}_lo": _num(ci and ci.lo), f"{prefix}_hi": _num(ci and ci.hi)}
-
-
 def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     """``{task: accuracy table, f"{task}_comparisons": long-format paired differences, "overhead": costs}``."""
+    from harness.leaderboard_render import frame_tables
+
     return frame_tables(sections(records))
-
-
-def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
-    """The CSV tables of :func:`tables` from already built sections (layout: the module docstring)."""
-    accuracy: dict[str, list[dict[str, Any]]] = {}
-    comparisons: dict[str, list[dict[str, Any]]] = {}
-    per_seed: dict[str, list[dict[str, Any]]] = {}
-    overhead: list[dict[str, Any]] = []
-    for s in secs:
-        benchmarks = [*s.benchmarks, AVG]
-        for row in s.rows:
-            out: dict[str, Any] = {"section": s.key, "preset": s.preset, "protocol": s.protocol, "model": s.model}
-            out |= {"method": row.method, "kind": row.kind}
-            for b in benchmarks:
-                out |= _score_columns(b, row.cells[b])
-                if b == AVG:
-                    out["Avg_n"] = f"{row.avg_n}/{s.avg_of}"
-            vs = row.vs.get(REFERENCE_METHOD, {})
-            for b in benchmarks:
-                d = vs.get(b)
-                out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
-                out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
-            out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
-            pct = row.percent_trainable
-            out["Param %"] = None if pct is None else round(pct, 3)
-            out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
-            seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
-            hardware = _hardware(row.runs) if row.runs else s.info["hardware"]  # majority/chance: the section's
-            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": hardware}
-            accuracy.setdefault(s.task, []).append(out)
-            for ref, diffs in row.vs.items():
-                for b in benchmarks:
-                    if (d := diffs.get(b)) is not None:
-                        comparisons.setdefault(s.task, []).append(
-                            {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
-                            | {"reference": ref, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
-                            | {"ci_high": _num(d.hi), "significant": d.significant, "model": s.model, "section": s.key}
-                        )
-            if row.kind == "trained":
-                overhead.append(_overhead(s, row, out))
-            for seed, run_id, values in seed_values(row, s.benchmarks, s.averaged or s.benchmarks):
-                for b, v in values.items():
-                    per_seed.setdefault(s.task, []).append(
-                        {"section": s.key, "preset": s.preset, "protocol": s.protocol, "method": row.method}
-                        | {"seed": seed, "run": run_id, "benchmark": b, "value": _num(v)}
-                    )
-    out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
-    for task in accuracy:
-        columns = "task preset protocol method reference benchmark diff ci_low ci_high significant model section"
-        out_tables[f"{task}_comparisons"] = pd.DataFrame(comparisons.get(task, []), columns=columns.split())
-        columns = "section preset protocol method seed run benchmark value"
-        out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
-    out_tables["overhead"] = pd.DataFrame(overhead)
-    return out_tables
-
-
-def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]:
-    train, runs = row.runs[0]["train"], row.runs
-    mem = train["memory"]
-    flops = train["flops_per_step"]
-    return {
-        "task": s.task,
-        "section": s.key,
-        "method": row.method,
-        "preset": s.preset,
-        "protocol": s.protocol,
-        "model": s.model,
-        "trainable_params": train["trainable_params"],
-        "param_%": round(train["percent_trainable"], 4),
-        "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
-        "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
-        "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
-        "flops_per_step": row.flops_per_step,
-        "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
-        "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
-        "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
-        "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
-        "Avg": table_row[AVG],
-        "Avg_n": table_row["Avg_n"],
-        "seeds": table_row["seeds"],
-        "hardware": table_row["hardware"],
-    }
-
-
-def fmt(x: float, signed: bool = False) -> str:
-    """One decimal; never "-0.0"."""
-    s = f"{x:+.1f}" if signed else f"{x:.1f}"
-    return "0.0" if s in ("-0.0", "+0.0") else s
-
-
-def cell_text(cell: Cell) -> str:
-    """``41.0 [38.2, 43.9]``; ``41.0 [–]`` without per-example data; ``absent``; ``–`` when unknown."""
-    if cell.absent:
-        return "absent"
-    if cell.value is None:
-        return "–"
-    ci = f"[{fmt(cell.ci.lo)}, {fmt(cell.ci.hi)}]" if cell.ci else "[–]"
-    return f"{fmt(cell.value)} {ci}" + (" (constant)" if cell.constant else "")
-
-
-def diff_text(d: Estimate | None) -> str:
-    """``+3.2*`` (interval excludes 0), ``-0.4``, or ``–`` when not comparable."""
-    return "–" if d is None else fmt(d.value, signed=True) + ("*" if d.significant else "")
-
-
-def param_text(row: Row) -> str:
-    """Trainable parameters in % of the base model; ``–`` for the majority/chance baselines."""
-    pct = row.percent_trainable
-    return "–" if pct is None else f"{pct:.3f}"
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table (no ``tabulate`` needed); ``|`` inside cells is escaped."""
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
-
-    return "\n".join([line(header), line(["---"] * len(header)), *(line(r) for r in rows)])
-
-
-def provenance(records: list[dict[str, Any]]) -> str:
-    """One line: how many runs, on which hardware, with which software."""
-    devices = sorted({r["env"]["device"] for r in records})
-    versions = sorted({f"torch {r['env']['torch']}, transformers {r['env']['transformers']}" for r in records})
-    return f"Runs: {len(records)}. Hardware: {'; '.join(devices)}. Software: {'; '.join(versions)}."
-
-
-def section_title(s: Section) -> str:
-    return f"{s.model} · preset {s.preset} · protocol {s.protocol}"
-
-
-def section_info(s: Section) -> str:
-    i = s.info
-    return (
-        f"Section {s.key}: steps {i['steps']}, seeds {i['seeds']}, {i['n_runs']} runs, template {i['template']}, "
-        f"train_on_inputs {i['train_on_inputs']}, eval n {i['eval_n']}, hardware {i['hardware']}."
-        + (f" Avg covers {', '.join(s.averaged)} only." if s.averaged and s.averaged != s.benchmarks else "")
-    )
-
-
-LEGEND = (
-    "Cells: accuracy % [95% bootstrap interval over test examples, pooled over seeds]; `[–]`: the records "
-    "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
-    "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
-    "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
-    "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
-    "excludes 0. All paired comparisons (vs lora, base, majority): "
-    "`<task>_comparisons.csv`."
-)
-
-
-def _spread_table(s: Section) -> list[str]:
-    """Markdown lines: per row with two or more seeds, min-max of its per-seed scores; none without such rows."""
-    cols = [*s.benchmarks, AVG]
-    rows = []
-    for row in (r for r in s.rows if len({run["run"]["config"]["seed"] for run in r.runs}) > 1):
-        per_seed = seed_values(row, s.benchmarks, s.averaged or s.benchmarks)
-        cells = []
-        for b in cols:
-            vals = [v[b] for _, _, v in per_seed if b in v]
-            cells.append("absent" if row.cells[b].absent else f"{fmt(min(vals))}–{fmt(max(vals))}" if vals else "–")
-        rows.append([row.method, " ".join(str(seed) for seed, _, _ in per_seed), *cells])
-    if not rows:
-        return []
-    intro = "Spread over seeds (min–max of the per-seed scores; the intervals above resample examples, not seeds):"
-    return [intro, "", markdown_table(["method", "seeds", *cols], rows), ""]
-
-
-def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str, Any]]) -> str:
-    """``leaderboard.md``: per section the scores table and the paired differences to lora; then costs."""
-    md = ["# Leaderboard", "", "Regenerated by `harness leaderboard` from the run records; do not edit by hand.", ""]
-    md += [LEGEND, ""]
-    for task in dict.fromkeys(s.task for s in secs):
-        md += [f"## {task}", ""]
-        for s in (s for s in secs if s.task == task):
-            md += [f"### {section_title(s)}", "", section_info(s), ""]
-            header = ["method", *s.benchmarks, AVG, "Avg n", "Param %"]
-            rows = [
-                [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{s.avg_of}"]
-                + [param_text(r)]
-                for r in s.rows
-            ]
-            md += [markdown_table(header, rows), ""]
-            md += _spread_table(s)
-            for ref in (REFERENCE_METHOD, BASELINE):
-                # every row against lora (baselines too); only the trained rows against base
-                compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]
-                if compared:
-                    md += [f"Paired difference to {ref} (points; `*`: 95% interval excludes 0):", ""]
-                    scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
-                    rows = [[r.method, *(diff_text(r.vs[ref].get(b)) for b in [*scored, AVG])] for r in compared]
-                    md += [markdown_table(["method", *scored, AVG], rows), ""]
-    md += ["## overhead", ""]
-    if overhead.empty:
-        md += ["(no trained runs)", ""]
-    else:
-        cells = [["" if pd.isna(v) else str(v) for v in row] for row in overhead.itertuples(index=False)]
-        md += [markdown_table([str(c) for c in overhead.columns], cells), ""]
-    md.append(provenance(records))
-    return "\n".join(md) + "\n"
 
 
 def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths."""
     from harness.leaderboard_html import html_page
+    from harness.leaderboard_render import frame_tables, markdown, plot, provenance
 
     records = load_records(runs_dir)
     if not records:
@@ -639,7 +432,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
             df.to_csv(tmp, index=False)
         written.append(path)
     for task in dict.fromkeys(s.task for s in secs):
-        written.append(_plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
+        written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records))
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
@@ -667,40 +460,3 @@ def newest_sections(secs: list[Section]) -> list[Section]:
         if group not in newest or created > newest[group][0]:
             newest[group] = (created, s)
     return [s for _, s in newest.values()]
-
-
-def _plot(secs: list[Section], task: str, path: Path) -> Path:
-    """Avg against trainable parameters, with the 95% interval as error bars; baselines as lines. Only the
-    newest section of each preset, protocol and model (:func:`newest_sections`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    secs = newest_sections(secs)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for s in secs:
-        suffix = f" ({s.preset}, {s.protocol})" if len(secs) > 1 else ""
-        for row in s.rows:
-            avg = row.cells[AVG]
-            if avg.value is None:
-                continue
-            if row.kind == "baseline":
-                ax.axhline(avg.value, linestyle="--", linewidth=0.8, color="grey")
-                label, where = row.method + suffix, ax.get_yaxis_transform()  # x in axes units, y in data
-                ax.text(0.01, avg.value, label, transform=where, fontsize=7, color="grey", va="bottom")
-                continue
-            x = row.percent_trainable or 0.0
-            yerr = [[avg.value - avg.ci.lo], [avg.ci.hi - avg.value]] if avg.ci else None
-            ax.errorbar(x, avg.value, yerr=yerr, fmt="o", capsize=3, markersize=4)
-            ax.annotate(row.method + suffix, (x, avg.value), fontsize=7, xytext=(4, 3), textcoords="offset points")
-    ax.set_xlabel("trainable parameters (% of base model)")
-    ax.set_ylabel("average accuracy (%), 95% interval")
-    keys = ", ".join(s.key for s in secs)
-    ax.set_title(f"{task}: accuracy vs parameters (newest section: {keys})", fontsize=10)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path

@@ -15,21 +15,8 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-from harness.leaderboard import (
-    AVG,
-    LEGEND,
-    REFERENCE_METHOD,
-    REFERENCES,
-    Cell,
-    Row,
-    Section,
-    cell_text,
-    diff_text,
-    fmt,
-    param_text,
-    section_info,
-    section_title,
-)
+from harness.leaderboard import AVG, REFERENCE_METHOD, REFERENCES, Cell, Row, Section
+from harness.leaderboard_render import LEGEND, cell_text, diff_text, fmt, param_text, section_info, section_title
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;

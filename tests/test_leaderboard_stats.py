@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from harness.leaderboard import markdown_table, write_leaderboards
+from harness.leaderboard import write_leaderboards
+from harness.leaderboard_render import markdown_table
 from harness.stats import CHANCE, MAJORITY, baseline_scores, correctness, estimate, is_constant, paired
 from tests.test_records_leaderboard import fixture_record, read_csv, scored, write_fixture
 
