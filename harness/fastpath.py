@@ -1,5 +1,4 @@
-"""The adapters' fast path: fewer passes over the activations for the same sum (``harness.adapter`` holds the
-wrapper that calls it).
+"""The adapters' fast path, which ``AdapterLinear.forward`` (``harness.adapter``) takes when it is on.
 
 The fast path (opt-in: a method defines ``input_weights`` + ``factors_from``, or ``delta_factors``; a plugin
 with only ``delta`` is unaffected) computes the same sum with fewer passes over the activations:
@@ -16,10 +15,7 @@ reference path's (one draw shared by q, k and v; other random numbers), not its 
 with dropout off (p = 0 or eval) the fast path equals ``delta`` within fp32 rounding
 (tests/test_fused_parity.py). ``delta`` itself is unchanged (``nn.Dropout``, one draw per wrapper).
 
-The fast path is OFF by default in training: sharing one draw across q, k and v correlates their masks, a
-change of method, not of speed alone, and the committed results were trained without it. ``harness run
---fast-path`` turns it on (recorded; its own run id and leaderboard row), ``Adapter.use_fast_path(True)`` in
-Python; ``harness bench`` times it (and the reference path with ``--reference``).
+It is off by default in training, for the reason ``harness.adapter`` gives.
 """
 
 from __future__ import annotations
