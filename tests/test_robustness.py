@@ -9,6 +9,7 @@ import errno
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -256,3 +257,16 @@ def test_a_plugin_that_makes_its_own_tensors_trains_counts_and_keeps_its_results
     else:
         assert flops["status"] == "not counted" and "cannot run on meta" in flops["reason"]
     json.dumps(record)  # the record stays plain JSON
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_an_atomically_written_file_gets_the_mode_the_umask_gives(tmp_path, umask):
+    """mkstemp makes 0600 files: records and leaderboards would be unreadable to others on a shared runs dir."""
+    old = os.umask(umask)
+    try:
+        atomic.write_text(tmp_path / "leaderboard.md", "x\n")
+        atomic.write_json(tmp_path / "record.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("leaderboard.md", "record.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
