@@ -81,21 +81,28 @@ def cmd_run(args: argparse.Namespace) -> None:
         fast_path=args.fast_path,
     )
     keep_freed_memory()  # the allocator keeps freed blocks for the next step (harness.memory; recorded)
-    out = Path(args.out or args.runs_dir)
+    runs_dir, out = Path(args.runs_dir), Path(args.out or args.runs_dir)
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
     if args.leaderboard and out.exists() and not out.is_dir():
         raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
     try:
         records = run_all(
             specs,
-            Path(args.runs_dir),
+            runs_dir,
             args.data_dir,
             force=args.force,
             progress=not args.quiet,
             trust_remote_code=args.trust_remote_code,
         )
+        failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
         if args.leaderboard and _is_main_process():
-            for path in write_leaderboards(Path(args.runs_dir), out):
-                print(f"wrote {path}")
+            try:
+                for path in write_leaderboards(runs_dir, out):
+                    print(f"wrote {path}")
+            except ValueError:  # no successful record at all: say why (the failures), not that there is none
+                if not failed:
+                    raise
     except Cancelled as exc:
         print(f"harness: cancelled: {exc}; the run's record says so, and the same command resumes it", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
@@ -104,7 +111,6 @@ def cmd_run(args: argparse.Namespace) -> None:
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "
             "permissions, then run the same command again: finished runs are kept"
         ) from None
-    failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
     if failed:
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
 

@@ -130,6 +130,8 @@ class Section:
 
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
     """The successful records under ``runs_dir``; unreadable ones are skipped with a warning."""
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise ValueError(f"runs dir {str(runs_dir)!r} is a file; pass --runs-dir the folder that holds the runs")
     if not runs_dir.is_dir():
         raise ValueError(f"runs dir {str(runs_dir)!r} does not exist; run `harness run ...` first or pass --runs-dir")
     records = []

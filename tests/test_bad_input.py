@@ -267,7 +267,14 @@ CASES = [
         r"config\.json.*JSON",
         write(CONFIG_JSON, "{"),
     ),
-    bad("runs-dir-is-a-file", run("--runs-dir", "{file}"), r"runs dir '.*a_file' is not writable .*; pass --runs-dir"),
+    bad(
+        "runs-dir-is-a-file", run("--runs-dir", "{file}"), r"--runs-dir '.*a_file' is a file; pass a folder for the run"
+    ),
+    bad(
+        "runs-dir-is-a-file-without-out",
+        [a for a in run("--runs-dir", "{file}") if a not in ("--out", "{out}")],
+        r"--runs-dir '.*a_file' is a file; pass a folder for the run records",
+    ),
     bad(
         "runs-dir-under-a-file",
         run("--runs-dir", "{file}/runs"),
@@ -277,6 +284,11 @@ CASES = [
         "run-out-is-a-file",
         run("--out", "{file}"),
         r"a_file",
+    ),
+    bad(
+        "leaderboard-runs-dir-is-a-file",
+        ["leaderboard", "--runs-dir", "{file}", "--out", "{out}"],
+        r"runs dir '.*a_file' is a file; pass --runs-dir the folder that holds the runs",
     ),
     bad(
         "leaderboard-runs-dir-missing",

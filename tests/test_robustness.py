@@ -8,6 +8,7 @@ import dataclasses
 import errno
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -270,3 +271,20 @@ def test_an_atomically_written_file_gets_the_mode_the_umask_gives(tmp_path, umas
         os.umask(old)
     for name in ("leaderboard.md", "record.json"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
+
+
+def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(tiny_model, data_dir, tmp_path):
+    """No successful record for the leaderboard: the last line names the failed runs (their records say why)."""
+    only_tests = tmp_path / "data" / "ARC-Easy"
+    only_tests.mkdir(parents=True)
+    records = json.loads((data_dir / "ARC-Easy" / "test.json").read_text())[:4]
+    (only_tests / "test.json").write_text(json.dumps(records))  # no train.json: the run fails in its data step
+    runs = tmp_path / "runs"
+    done = subprocess.run(
+        run_args(tiny_model, tmp_path / "data", runs, "lora"), capture_output=True, text=True, timeout=600
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert re.search(r"1 of 1 runs failed: commonsense-lora-\S+ \(see their records\)", last), done.stderr[-2000:]
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "failed" and "training data" in record["run"]["error"]
