@@ -201,6 +201,22 @@ def _finished_record(record_path: Path) -> dict[str, Any] | None:
     return finished if finished["run"]["status"] == "success" else None
 
 
+def _other_data(finished: dict[str, Any], task: Task) -> str | None:
+    """How the task's data differs from what the finished run scored; ``None``: the same, or not known (the
+    task does not say, or the record is older than the test files' hashes in it)."""
+    current = task.data_fingerprint()
+    entries = {b: e for b, e in (finished.get("eval") or {}).items() if isinstance(e, dict)}
+    if current is None or not any(e.get("sha256") for e in entries.values()):
+        return None
+    for benchmark in sorted(set(current) | set(entries)):
+        entry = entries.get(benchmark, {})
+        if entry.get("sha256") and entry["sha256"] != current.get(benchmark):
+            return f"{benchmark}'s test file {'differs' if benchmark in current else 'is not in this data'}"
+        if benchmark in current and (not entry or entry.get("status") == "absent"):
+            return f"{benchmark} has a test file now and had none then"
+    return None
+
+
 def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """(record, whether this call ran it): a finished record is returned as it is; None when another
     process holds the run's lock and ``blocking`` is False. Only the main process writes; all train."""
@@ -210,10 +226,16 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
     if ctx.is_main:
         if not lock.acquire(blocking):
             decision = "locked"
-        elif _finished_record(run_dir / RECORD) is not None and not ctx.force:
-            decision = "done"
+        elif (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
+            other = _other_data(finished, task)
+            decision = "done" if other is None else f"other data: {other}"
     decision = ctx.agree(decision)
     try:
+        if decision.startswith("other data"):
+            raise ValueError(
+                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on other data ({decision[12:]}); pass --force "
+                "to run it again on this data (its record is kept until the new one replaces it), or another --runs-dir"
+            )
         if decision != "run":
             return (_finished_record(run_dir / RECORD) if decision == "done" else None), False
         return _run_locked(spec, task, ctx, run_dir), True

@@ -141,6 +141,11 @@ class Task(ABC):
     def __init__(self, options: TaskOptions) -> None:
         self.options = options
 
+    def data_fingerprint(self) -> dict[str, str] | None:
+        """``{benchmark: sha256 of its test file}``, as a record's eval entries hold them (``"sha256"``), so that
+        a finished run is not taken for a run on other data; ``None``: the task does not say (no check)."""
+        return None
+
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:
         """Raise ``ValueError`` if ``protocol`` and ``options`` do not fit together (before any run)."""

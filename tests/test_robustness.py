@@ -288,3 +288,31 @@ def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exist
     assert re.search(r"1 of 1 runs failed: commonsense-lora-\S+ \(see their records\)", last), done.stderr[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "failed" and "training data" in record["run"]["error"]
+
+
+def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_dir, tmp_path):
+    """The run id leaves the data folder out (any copy of the same data is the same run): the test files'
+    hashes in the record decide whether a finished run is the one asked for."""
+    small = tmp_path / "data"
+    for benchmark in ("ARC-Easy", "boolq"):
+        for split, n in (("test", 4), ("train", 12)):
+            records = json.loads((data_dir / benchmark / f"{split}.json").read_text())[:n]
+            (small / benchmark).mkdir(parents=True, exist_ok=True)
+            (small / benchmark / f"{split}.json").write_text(json.dumps(records))
+    runs = tmp_path / "runs"
+    args = run_args(tiny_model, small, runs, "lora", "--no-leaderboard")
+    assert subprocess.run(args, capture_output=True, text=True, timeout=600).returncode == 0
+    [path] = runs.glob(f"*/{RECORD}")
+    finished = path.read_bytes()
+    again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # the same data: skipped
+    assert again.returncode == 0 and path.read_bytes() == finished, again.stderr[-2000:]
+    arc = small / "ARC-Easy" / "test.json"
+    arc.write_text(json.dumps(json.loads(arc.read_text())[:3]))
+    other = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert other.returncode != 0 and "Traceback" not in other.stderr
+    message = other.stderr.strip().splitlines()[-1]
+    assert re.search(r"finished on other data \(ARC-Easy's test file differs\); pass --force", message), message
+    assert path.read_bytes() == finished  # the finished record is untouched
+    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, timeout=600)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert read_record(path)["eval"]["ARC-Easy"]["n"] == 3

@@ -109,6 +109,9 @@ class CommonsenseTask(Task):
     def test_records(self, benchmark: str) -> data.DataFile | None:
         return self._tests[benchmark]
 
+    def data_fingerprint(self) -> dict[str, str]:
+        return {b: test.sha256 for b, test in self._tests.items() if test is not None}
+
     def evaluate(
         self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
     ) -> dict[str, dict[str, Any]]:
