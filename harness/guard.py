@@ -90,3 +90,5 @@ class _Training:
 
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop._in_training = False
+        if kind is None and self.stop._requested:  # asked after the loop last looked: stop now, not after scoring
+            raise Cancelled("stopped by SIGTERM")

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from tqdm.auto import tqdm
@@ -112,8 +112,8 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     task_params: list[torch.nn.Parameter] | None = None,
 ) -> TrainResult:
-    """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step: when it
-    says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not finite raises
+    """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
+    final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not finite raises
     ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
@@ -260,13 +260,9 @@ def train(
             and accelerator.is_main_process
         ):
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
-        if should_stop is not None and should_stop() and state["step"] < total_steps:
-            if checkpoint and accelerator.is_main_process:
-                save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
-            accelerator.wait_for_everyone()
-            bar.close()
-            raise Cancelled(
-                f"stopped at step {state['step']} of {total_steps}; checkpoint saved, the next start resumes"
+        if should_stop is not None and should_stop():  # the last step too: its checkpoint spares a re-train
+            _stop(
+                checkpoint, accelerator, bar, (adapter, optimizer, scheduler, config, state, task_params), total_steps
             )
     bar.close()
     final_val, began = None, time.perf_counter()
@@ -274,6 +270,8 @@ def train(
         losses = [val_loss_on(b, timer=None)() for b in val_batches]
         final_val = sum(losses) / len(losses)
     final_val_s = time.perf_counter() - began
+    if should_stop is not None and should_stop():  # asked during the final validation
+        _stop(checkpoint, accelerator, bar, (adapter, optimizer, scheduler, config, state, task_params), total_steps)
     samples, tokens = state["samples"], state["tokens"]
     if accelerator.num_processes > 1:  # every process's share, so the record holds the run's totals
         totals = accelerator.reduce(torch.tensor([samples, tokens], device=device), "sum")
@@ -292,6 +290,16 @@ def train(
         resumed_from,
         step_shapes,
     )
+
+
+def _stop(checkpoint: Path | None, accelerator, bar, saved: tuple, total_steps: int) -> NoReturn:
+    """Checkpoint (the main process), then raise ``Cancelled``: the next start resumes from here."""
+    if checkpoint and accelerator.is_main_process:
+        save_checkpoint(checkpoint, *saved)
+    accelerator.wait_for_everyone()
+    bar.close()
+    step = saved[4]["step"]
+    raise Cancelled(f"stopped at step {step} of {total_steps}; checkpoint saved, the next start resumes")
 
 
 def save_checkpoint(

@@ -316,3 +316,15 @@ def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_di
     forced = subprocess.run([*args, "--force"], capture_output=True, text=True, timeout=600)
     assert forced.returncode == 0, forced.stderr[-2000:]
     assert read_record(path)["eval"]["ARC-Easy"]["n"] == 3
+
+
+def test_sigterm_while_training_ends_is_not_let_through_to_scoring():
+    """A SIGTERM that arrives after the loop last polled it (between its last poll and the end of training)
+    cancels the run as training ends, instead of letting scoring run on."""
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    with StopOnSigterm() as stop:
+        with pytest.raises(Cancelled, match="SIGTERM"), stop.training():
+            os.kill(os.getpid(), signal.SIGTERM)  # handled: only noted while in training
+            time.sleep(0.05)

@@ -9,7 +9,7 @@ import torch
 
 from harness import attach
 from harness.task import Example
-from harness.train import CHECKPOINT, TrainConfig, adamw, train
+from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, train
 from tasks.lm import collate, encode, loss_sum, supervised_tail
 from tests.conftest import text_recipe, tiny_llama
 
@@ -135,6 +135,25 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.reducer.update_counts == resumed.reducer.update_counts
+
+
+@pytest.mark.parametrize("asked_at", ["last step", "final validation"])
+def test_a_stop_asked_at_the_end_of_training_checkpoints_the_last_step(char_tokenizer, tmp_path, asked_at):
+    """SIGTERM during the last step or the final validation: ``Cancelled`` with the last step saved (it used to
+    be let through, and the run scored on for minutes after the scheduler had asked it to stop)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) > (CONFIG.steps - 1 if asked_at == "last step" else CONFIG.steps)
+
+    recipe = text_recipe(char_tokenizer, CONFIG)
+    with pytest.raises(Cancelled, match=f"stopped at step {CONFIG.steps} of {CONFIG.steps}"):
+        train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False, should_stop=should_stop)
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["state"]["step"] == CONFIG.steps
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    assert result.resumed_from == CONFIG.steps and result.final_val_loss is not None
 
 
 def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
