@@ -1,8 +1,8 @@
 """The ``cloze`` protocol: each option's own text scored as the continuation of the question.
 
-This is lm-evaluation-harness's convention for ARC, PIQA, OBQA, HellaSwag and WinoGrande, rebuilt from
-the LLM-Adapters records (whose ``instruction`` holds the question, the numbered options and an
-``Answer format:`` line):
+This follows lm-evaluation-harness's convention for ARC, PIQA, OBQA, HellaSwag and WinoGrande (but for the
+two details below), rebuilt from the LLM-Adapters records (whose ``instruction`` holds the question, the
+numbered options and an ``Answer format:`` line):
 
 - questions (ARC, OBQA, SIQA, PIQA): context ``"Question: {q}\\nAnswer:"``, continuation ``" {option}"``;
 - true/false (BoolQ): context ``"Question: {q}?\\nAnswer:"``, continuations ``" yes"`` / ``" no"``;
@@ -13,6 +13,11 @@ the LLM-Adapters records (whose ``instruction`` holds the question, the numbered
 ``acc`` takes the option with the highest summed log-likelihood; ``acc_norm`` divides it by the
 continuation's length in characters first. Training uses the same pair: the correct option's context as
 prompt and its continuation as target.
+
+Two details differ from lm-eval, and every committed commonsense result was scored with them (README,
+"Scoring protocols", gives their measured effect): ``acc_norm``'s length counts the continuation's leading
+space (lm-eval divides by the option's own text), and OBQA gets the ``Question: …\\nAnswer:`` frame (lm-eval's
+``openbookqa`` scores the option after the bare question stem, which it completes).
 """
 
 from __future__ import annotations
