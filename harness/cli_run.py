@@ -104,7 +104,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                 if not failed:
                     raise
     except Cancelled as exc:
-        print(f"harness: cancelled: {exc}; the run's record says so, and the same command resumes it", file=sys.stderr)
+        then = "" if "forced re-run" in str(exc) else "; the run's record says so, and the same command resumes it"
+        print(f"harness: cancelled: {exc}{then}", file=sys.stderr)
         raise SystemExit(128 + signal.SIGTERM) from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(

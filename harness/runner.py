@@ -258,8 +258,13 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     except (KeyboardInterrupt, Cancelled) as exc:
         why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
         record["run"]["status"], record["run"]["error"] = "cancelled", why
-        if ctx.is_main:
-            _write_outcome(run_dir, record, finished)
+        written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
+        if finished is not None and isinstance(exc, Cancelled):  # a forced re-run: its checkpoint would be dropped
+            kept = f" ({written.name} beside it)" if written is not None else ""
+            raise Cancelled(
+                f"{why}; this was a forced re-run: the finished record is kept{kept}, and the same command starts "
+                "the re-run over"
+            ) from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
@@ -272,12 +277,14 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     return record
 
 
-def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, Any] | None) -> None:
-    """Write the record; an unsuccessful re-run never replaces a finished run's record."""
+def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, Any] | None) -> Path:
+    """Write the record (the path); an unsuccessful re-run never replaces a finished run's record."""
     if record["run"]["status"] != "success" and finished is not None:
-        write_json(run_dir / f"{record['run']['status']}-{int(time.time())}.json", record)
-    else:
-        write_record(run_dir, record)
+        path = run_dir / f"{record['run']['status']}-{int(time.time())}.json"
+        write_json(path, record)
+        return path
+    write_record(run_dir, record)
+    return run_dir / RECORD
 
 
 def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], ctx) -> None:

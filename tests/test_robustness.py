@@ -328,3 +328,30 @@ def test_sigterm_while_training_ends_is_not_let_through_to_scoring():
         with pytest.raises(Cancelled, match="SIGTERM"), stop.training():
             os.kill(os.getpid(), signal.SIGTERM)  # handled: only noted while in training
             time.sleep(0.05)
+
+
+def test_a_cancelled_forced_rerun_keeps_the_finished_record_and_says_what_the_next_start_does(
+    data_dir, tmp_path, monkeypatch
+):
+    import harness.runner as runner
+    from harness.records import new_record, write_record
+    from harness.train import Cancelled
+
+    [spec] = runner.build_specs("commonsense", ["lora"], [7], "smoke")
+    finished = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU"})
+    finished["run"]["status"] = "success"
+    (tmp_path / spec.run_id).mkdir()
+    write_record(tmp_path / spec.run_id, finished)
+    before = (tmp_path / spec.run_id / RECORD).read_bytes()
+
+    def cancelled(*args, **kwargs):
+        raise Cancelled("stopped by SIGTERM")
+
+    monkeypatch.setattr(runner, "_execute", cancelled)
+    with pytest.raises(
+        Cancelled, match=r"forced re-run: the finished record is kept \(cancelled-\d+\.json beside it\)"
+    ):
+        runner.run_all([spec], tmp_path, str(data_dir), force=True, progress=False)
+    assert (tmp_path / spec.run_id / RECORD).read_bytes() == before
+    [attempt] = (tmp_path / spec.run_id).glob("cancelled-*.json")
+    assert json.loads(attempt.read_text())["run"]["status"] == "cancelled"
