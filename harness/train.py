@@ -113,8 +113,8 @@ def train(
     task_params: list[torch.nn.Parameter] | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
-    final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not finite raises
-    ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays)."""
+    final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
+    finite raises ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays)."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     accelerator = accelerator or Accelerator(
@@ -201,6 +201,11 @@ def train(
         total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process
     )
     step_shapes: list[list[int]] = []
+
+    def save() -> None:  # a checkpoint of where training is now (none without a checkpoint path)
+        if checkpoint:
+            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
+
     while state["step"] < total_steps:
         step = state["step"]
         began, hooks_before = time.perf_counter(), state["hook_val_s"]
@@ -261,9 +266,7 @@ def train(
         ):
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
         if should_stop is not None and should_stop():  # the last step too: its checkpoint spares a re-train
-            _stop(
-                checkpoint, accelerator, bar, (adapter, optimizer, scheduler, config, state, task_params), total_steps
-            )
+            _stop(save, accelerator, bar, state["step"], total_steps)
     bar.close()
     final_val, began = None, time.perf_counter()
     if val_batches:
@@ -271,7 +274,7 @@ def train(
         final_val = sum(losses) / len(losses)
     final_val_s = time.perf_counter() - began
     if should_stop is not None and should_stop():  # asked during the final validation
-        _stop(checkpoint, accelerator, bar, (adapter, optimizer, scheduler, config, state, task_params), total_steps)
+        _stop(save, accelerator, bar, state["step"], total_steps)
     samples, tokens = state["samples"], state["tokens"]
     if accelerator.num_processes > 1:  # every process's share, so the record holds the run's totals
         totals = accelerator.reduce(torch.tensor([samples, tokens], device=device), "sum")
@@ -292,13 +295,12 @@ def train(
     )
 
 
-def _stop(checkpoint: Path | None, accelerator, bar, saved: tuple, total_steps: int) -> NoReturn:
+def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: int) -> NoReturn:
     """Checkpoint (the main process), then raise ``Cancelled``: the next start resumes from here."""
-    if checkpoint and accelerator.is_main_process:
-        save_checkpoint(checkpoint, *saved)
+    if accelerator.is_main_process:
+        save()
     accelerator.wait_for_everyone()
     bar.close()
-    step = saved[4]["step"]
     raise Cancelled(f"stopped at step {step} of {total_steps}; checkpoint saved, the next start resumes")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -252,7 +253,8 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "_execute", boom)
     ctx, forced = runner.RunContext(tmp_path), runner.RunContext(tmp_path, force=True)
-    assert runner.run_one(spec, None, ctx) == (finished, False)  # finished: skipped, not run
+    unknown_data = SimpleNamespace(data_fingerprint=lambda: None)  # a task that does not say what data it has
+    assert runner.run_one(spec, unknown_data, ctx) == (finished, False)  # finished: skipped, not run
     failed, ran = runner.run_one(spec, None, forced)
     assert ran
     assert failed["run"]["status"] == "failed" and "out of memory" in failed["run"]["error"]
