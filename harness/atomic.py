@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,21 +15,25 @@ from typing import Any
 def atomic_path(final: str | Path) -> Iterator[Path]:
     """``with atomic_path(f) as tmp:`` write ``tmp``; it replaces ``f`` only if the block succeeds."""
     final = Path(final)
-    fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _new_file(final.parent, f".{final.name}.")
     try:
         yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a file written in place would follow the umask
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it is to set it: put it straight back
-    os.umask(mask)
-    return mask
+def _new_file(folder: Path, prefix: str) -> Path:
+    """An empty file of a fresh name, created with mode 0666 so that the umask gives it the permissions of any
+    new file (``tempfile.mkstemp`` makes 0600: records and leaderboards others on the machine cannot read)."""
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name for {prefix!r} in {str(folder)!r}")
 
 
 def write_json(path: str | Path, data: Any) -> None:
