@@ -104,8 +104,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                 if not failed:
                     raise
     except Cancelled as exc:
-        then = "" if "forced re-run" in str(exc) else "; the run's record says so, and the same command resumes it"
-        print(f"harness: cancelled: {exc}{then}", file=sys.stderr)
+        print(f"harness: cancelled: {exc}", file=sys.stderr)  # the runner says what the next start does
         raise SystemExit(128 + signal.SIGTERM) from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(

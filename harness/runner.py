@@ -228,12 +228,12 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
             decision = "locked"
         elif (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
             other = _other_data(finished, task)
-            decision = "done" if other is None else f"other data: {other}"
+            decision = "done" if other is None else f"other data ({other})"
     decision = ctx.agree(decision)
     try:
         if decision.startswith("other data"):
             raise ValueError(
-                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on other data ({decision[12:]}); pass --force "
+                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force "
                 "to run it again on this data (its record is kept until the new one replaces it), or another --runs-dir"
             )
         if decision != "run":
@@ -259,12 +259,14 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
         record["run"]["status"], record["run"]["error"] = "cancelled", why
         written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
-        if finished is not None and isinstance(exc, Cancelled):  # a forced re-run: its checkpoint would be dropped
+        if isinstance(exc, Cancelled):  # what the next start does: a forced re-run's checkpoint would be dropped
             kept = f" ({written.name} beside it)" if written is not None else ""
-            raise Cancelled(
-                f"{why}; this was a forced re-run: the finished record is kept{kept}, and the same command starts "
-                "the re-run over"
-            ) from exc
+            then = (
+                f"this was a forced re-run: the finished record is kept{kept}, and the same command starts it over"
+                if finished is not None
+                else "the run's record says so, and the same command resumes it"
+            )
+            raise Cancelled(f"{why}; {then}") from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"

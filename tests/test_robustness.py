@@ -349,7 +349,8 @@ def test_a_cancelled_forced_rerun_keeps_the_finished_record_and_says_what_the_ne
 
     monkeypatch.setattr(runner, "_execute", cancelled)
     with pytest.raises(
-        Cancelled, match=r"forced re-run: the finished record is kept \(cancelled-\d+\.json beside it\)"
+        Cancelled,
+        match=r"forced re-run: the finished record is kept \(cancelled-\d+\.json beside it\), and the same command starts it over",
     ):
         runner.run_all([spec], tmp_path, str(data_dir), force=True, progress=False)
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == before
