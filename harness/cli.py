@@ -26,9 +26,13 @@ class CliError(Exception):
 
 
 def split_names(value: str, registry_names: list[str], kind: str) -> list[str]:
-    if value == "all":
-        return registry_names
-    names = [v.strip() for v in value.split(",") if v.strip()]
+    """Comma-separated names, ``all`` (alone or in the list, e.g. ``base,all``) standing for every registered
+    name; each name once, in the order given."""
+    names: list[str] = []
+    for v in (v.strip() for v in value.split(",")):
+        for name in registry_names if v == "all" else [v] if v else []:
+            if name not in names:
+                names.append(name)
     if not names:
         raise CliError(f"no {kind} given; available: {', '.join(registry_names)}")
     return names

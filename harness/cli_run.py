@@ -143,7 +143,11 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and score methods on a task; one record per method x seed")
-    p.add_argument("--methods", required=True, help="comma-separated methods, 'all', or 'base' for the zero-shot model")
+    p.add_argument(
+        "--methods",
+        required=True,
+        help="comma-separated methods ('all': every registered one; 'base': the zero-shot model), e.g. base,all",
+    )
     p.add_argument("--task", required=True, help="a registered task, e.g. commonsense")
     p.add_argument("--preset", default="embedded", help="the task's scale: smoke | embedded (default) | paper")
     p.add_argument("--model", help="override the preset's model: 'embedded', a folder, or a hub id")

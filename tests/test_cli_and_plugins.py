@@ -184,3 +184,17 @@ def test_list_methods_shows_every_registered_one():
 def test_help_has_examples():
     result = run_cli("--help")
     assert "harness params --model meta-llama/Meta-Llama-3-8B" in result.stdout
+
+
+def test_all_expands_inside_a_list_of_names():
+    from harness.cli import CliError, split_names
+
+    names = METHODS.names()
+    assert split_names("all", names, "method") == names
+    assert split_names("base,all", names, "method") == ["base", *names]  # the README's diffusion sweep
+    assert split_names("hydralora, all ,lora", names, "method") == [
+        "hydralora",
+        *[n for n in names if n != "hydralora"],
+    ]
+    with pytest.raises(CliError, match="no method given; available: "):
+        split_names(" , ", names, "method")
