@@ -23,7 +23,7 @@ from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
 from harness.registry import METHODS, TASKS, unknown_choice
-from harness.task import Loaded, Preset, Recipe, Task, TaskOptions
+from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
@@ -208,6 +208,9 @@ def _other_data(finished: dict[str, Any], task: Task) -> str | None:
     entries = {b: e for b, e in (finished.get("eval") or {}).items() if isinstance(e, dict)}
     if current is None or not any(e.get("sha256") for e in entries.values()):
         return None
+    if EVERY_COLUMN in current:  # one test file behind every column
+        differs = any(e.get("sha256") and e["sha256"] != current[EVERY_COLUMN] for e in entries.values())
+        return "the test file differs" if differs else None
     for benchmark in sorted(set(current) | set(entries)):
         entry = entries.get(benchmark, {})
         if entry.get("sha256") and entry["sha256"] != current.get(benchmark):

@@ -36,6 +36,9 @@ class Example:
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+EVERY_COLUMN = "*"  # a data_fingerprint key: the one test file behind all of a record's columns
+
+
 @dataclass(frozen=True)
 class TaskOptions:
     """Data-side options every task receives (a task may ignore some)."""
@@ -143,7 +146,9 @@ class Task(ABC):
 
     def data_fingerprint(self) -> dict[str, str] | None:
         """``{benchmark: sha256 of its test file}``, as a record's eval entries hold them (``"sha256"``), so that
-        a finished run is not taken for a run on other data; ``None``: the task does not say (no check)."""
+        a finished run is not taken for a run on other data; ``{EVERY_COLUMN: sha256}`` where one test file is
+        behind every column (each entry that has a hash must have this one); ``None``: the task does not say
+        (no check)."""
         return None
 
     @classmethod

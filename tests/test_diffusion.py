@@ -4,6 +4,7 @@ core; generation, the offline scores, the judge through a real OpenAI-compatible
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -125,6 +126,8 @@ def test_every_method_trains_on_the_unet(tiny, tmp_path, method):
     layers = {k.split(".lora_")[0] for k in keys if ".lora_" in k and not k.startswith("lora_")}
     assert layers and all(k.startswith(("down_blocks", "up_blocks", "mid_block")) for k in layers), layers
     assert all(k.endswith((".to_q", ".to_k", ".to_v", ".to_out.0")) for k in layers), layers
+    again = _run(tiny, tmp_path / "runs", method)  # the same data: the finished run is reused, not re-run
+    assert again["run"]["created_at"] == record["run"]["created_at"]
 
 
 def test_the_eval_loss_is_fixed_per_example_and_training_draws_fresh_noise(tiny):
@@ -460,6 +463,45 @@ def test_train_and_test_folders_and_the_default_split(tmp_path):
     assert (len(d.train), len(d.test), d.base) == (10, 4, [])
     flat = ddata.load(tiny_data(tmp_path / "flat", 20))
     assert (len(flat.train), len(flat.test)) == (16, 4)  # every 5th row held out
+
+
+def test_a_finished_run_on_other_test_rows_is_told_apart(tmp_path):
+    """The fingerprint a finished run is checked against before it is reused: the metadata file the
+    held-out rows come from (``test/`` in the train/test layout), behind every column."""
+    from harness import runner
+    from harness.registry import TASKS
+    from harness.task import EVERY_COLUMN, TaskOptions
+
+    def other(folder: Path, finished: dict) -> str | None:
+        return runner._other_data(
+            finished, TASKS.get("diffusion")(TaskOptions(data_dir=str(folder), template="caption"))
+        )
+
+    def recaption(meta: Path) -> None:
+        meta.write_text(meta.read_text().replace("number 3", "number three"))
+
+    for folder, test_meta, train_meta in (
+        (tiny_data(tmp_path / "flat", 10), tmp_path / "flat" / ddata.METADATA, None),
+        (
+            tmp_path / "split",
+            tmp_path / "split" / "test" / ddata.METADATA,
+            tmp_path / "split" / "train" / ddata.METADATA,
+        ),
+    ):
+        if train_meta is not None:
+            tiny_data(train_meta.parent, 10)
+            tiny_data(test_meta.parent, 5)
+        sha = TASKS.get("diffusion")(TaskOptions(data_dir=str(folder), template="caption")).data_fingerprint()[
+            EVERY_COLUMN
+        ]
+        assert sha == hashlib.sha256(test_meta.read_bytes()).hexdigest()
+        finished = {"eval": {"similarity": {"sha256": sha}, "kid": {"sha256": sha}, "judge_avg": {"status": "absent"}}}
+        assert other(folder, finished) is None
+        if train_meta is not None:
+            recaption(train_meta)  # other training rows, the same test rows
+            assert other(folder, finished) is None
+        recaption(test_meta)
+        assert other(folder, finished) == "the test file differs"
 
 
 def test_twemoji_split_holds_out_categories_the_base_never_sees():

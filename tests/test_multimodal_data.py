@@ -94,6 +94,29 @@ def test_reads_the_per_domain_layout_and_images_relative_to_images_dir(folder):
         read_split(folder, "train")
 
 
+def test_the_fingerprint_is_each_domains_test_file(folder):
+    """What a finished run is checked against before it is reused (``harness.runner._other_data``)."""
+    from harness import runner
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    def task():
+        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+
+    sha = hashlib.sha256((folder / "test.json").read_bytes()).hexdigest()
+    assert task().data_fingerprint() == {"math": sha}  # only the domains with test questions
+    finished = {"eval": {"general": {"status": "absent"}, "document": {"status": "absent"}, "math": {"sha256": sha}}}
+    assert runner._other_data(finished, task()) is None
+    _write(folder, "test.json", _test_records()[:1])
+    assert runner._other_data(finished, task()) == "math's test file differs"
+    general = [
+        r | {"id": "g" + r["id"]} | ({"pair": "g" + r["pair"]} if "pair" in r else {}) for r in _test_records("general")
+    ]
+    _write(folder, "test.json", _test_records() + general)
+    finished["eval"]["math"]["sha256"] = task().data_fingerprint()["math"]
+    assert runner._other_data(finished, task()) == "general has a test file now and had none then"
+
+
 def _drop(key):
     return lambda records: [{k: v for k, v in records[0].items() if k != key}, *records[1:]]
 

@@ -71,6 +71,8 @@ def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style,
         assert train["task_trained_params"] == 0
     lines = (tmp_path / "runs" / by_method["lora"]["run"]["id"] / "predictions.jsonl").read_text().splitlines()
     assert {json.loads(line)["kind"] for line in lines} == {"choice", "yesno", "open"}
+    again = _run(tiny_llava_style, ["base", *ALL_METHODS], tmp_path)  # the same data: every run is skipped
+    assert [r["run"]["created_at"] for r in again] == [r["run"]["created_at"] for r in records]
 
 
 def test_a_projector_trained_in_stage2_is_counted_apart_and_saved(tiny_llava_style, tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ from harness import models
 from harness.atomic import atomic_path
 from harness.models import MetaModel
 from harness.registry import TASKS
-from harness.task import Example, Loaded, Recipe, Task, TaskOptions
+from harness.task import EVERY_COLUMN, Example, Loaded, Recipe, Task, TaskOptions
 from harness.train import TrainConfig
 from tasks.diffusion import data as ddata
 from tasks.diffusion.judge import CRITERIA
@@ -187,6 +187,9 @@ class DiffusionTask(Task):
             raise ValueError(f"only {len(examples)} training images for val_size={self.options.val_size}; lower it")
         return examples[self.options.val_size :], examples[: self.options.val_size]
 
+    def data_fingerprint(self) -> dict[str, str]:
+        return {EVERY_COLUMN: _sha256(ddata.test_metadata(self.folder))}  # every column scores the same rows
+
     # -- scoring ----------------------------------------------------------------------------------
     def evaluate(
         self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
@@ -217,7 +220,7 @@ class DiffusionTask(Task):
             "n": len(chosen),
             "protocol": protocol,
             "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
-            "sha256": _sha256(self.folder / ddata.METADATA),
+            "sha256": _sha256(ddata.test_metadata(self.folder)),
         }
         gen_f, real_f = scoring.features(images), scoring.features(real)
         sim = scoring.similarity(gen_f, real_f)

@@ -103,6 +103,12 @@ def load(folder: Path) -> Data:
     return Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
 
 
+def test_metadata(folder: Path) -> Path:
+    """The metadata file the held-out rows are read from (``test/`` when the data has its own split)."""
+    split = folder / "test" / METADATA
+    return split if split.is_file() and (folder / "train" / METADATA).is_file() else folder / METADATA
+
+
 def prompts(test: list[Item], n: int | None, seed: int = 0) -> list[Item]:
     """``n`` held-out rows sampled with a fixed seed (all of them when ``n`` is None or larger)."""
     if not n or n >= len(test):

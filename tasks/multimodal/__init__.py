@@ -200,6 +200,9 @@ class MultimodalTask(Task):
                 out += of_kind[:limit]
         return out
 
+    def data_fingerprint(self) -> dict[str, str]:
+        return {d: _sha256(_test_file(self.data_dir, d)) for d in data.DOMAINS if self.test_records(d)}
+
     # -- scoring ----------------------------------------------------------------------------------
     def evaluate(
         self, loaded: Loaded, protocol: str, batch_size: int, predictions_path: Path | None, progress: bool = True
@@ -264,7 +267,7 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
     scores = [round(x, 2) for x in by_item(records, [s.score for s in scored])]
     baselines = {k: [round(x, 4) for x in by_item(records, v)] for k, v in baseline_scores(records).items()}
     ids = "\n".join(s.record.id for s in scored)
-    test_file = data_dir / "test.json"
+    test_file = _test_file(data_dir, domain)
     return {
         "metric": "score",
         "value": sum(scores) / len(scores),
@@ -273,8 +276,8 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
         "n_by_kind": {k: len(v) for k, v in by_kind.items() if v},  # questions
         "protocol": protocol,
         "higher_is_better": True,
-        "file": "test.json" if test_file.is_file() else f"test-{domain}.json",
-        "sha256": _sha256(test_file if test_file.is_file() else data_dir / f"test-{domain}.json"),
+        "file": test_file.name,
+        "sha256": _sha256(test_file),
         "scores": scores,  # per item, 0-100: intervals and paired comparisons (harness/leaderboard.py)
         "baselines": baselines,  # per item: the chance and majority rows of the leaderboard
         "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
@@ -340,6 +343,11 @@ def _mme(scored: list[native.Scored]) -> dict[str, float]:
     from tasks.multimodal import scoring
 
     return scoring.mme_scores((s.record.pair, s.record.answer, s.pred) for s in scored)
+
+
+def _test_file(data_dir: Path, domain: str) -> Path:
+    """The file a domain's test questions come from: ``test.json``, else ``test-<domain>.json``."""
+    return data_dir / "test.json" if (data_dir / "test.json").is_file() else data_dir / f"test-{domain}.json"
 
 
 def _sha256(path: Path) -> str:
