@@ -208,7 +208,7 @@ class _Server:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1: answers from ``answer()``, counts requests,
     keeps the Authorization headers it saw."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, status: int = 200):
         self.requests, self.auth = 0, []
         outer = self
 
@@ -232,8 +232,11 @@ class _Server:
                     ],
                     "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
                 }
+                if status != 200:  # an error as OpenAI's API sends one, echoing the key as it does (masked)
+                    key = (self.headers.get("Authorization") or "")[len("Bearer ") :]
+                    reply = {"error": {"message": f"Incorrect API key provided: {key[:5]}***{key[-4:]}."}}
                 data = json.dumps(reply).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -334,6 +337,33 @@ def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypat
     assert record["run"]["status"] == "success"
     avg = record["eval"]["judge_avg"]
     assert avg["n"] == 1 and avg["failed"] == 3  # one image judged, three recorded as failed
+
+
+def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path, monkeypatch):
+    """A judge that answers 401 (or 5xx after the client's retries): the images are recorded as failed with the
+    error, at most ``GIVE_UP`` requests are made, and the run keeps every other score; the key is kept out."""
+    pytest.importorskip("openai")
+    server = _Server(lambda n: json.dumps(GOOD), status=401)
+    with server as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY)
+        record = _run(tiny, tmp_path / "runs", "lora", scoring=(("judge_model", "judge-test"),))
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    assert record["eval"]["similarity"]["n"] == 4 and record["eval"]["kid"]["value"] is not None
+    avg = record["eval"]["judge_avg"]
+    assert avg["status"] == "failed" and "AuthenticationError" in avg["reason"] and "401" in avg["reason"]
+    assert server.requests == djudge.GIVE_UP and avg["failed"] == 4 and avg["api_errors"] == 4
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(KEY.encode() in p.read_bytes() or KEY[:5].encode() + b"***" in p.read_bytes() for p in written)
+
+
+def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch):
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    options = TaskOptions(data_dir=str(tiny[1]), template="caption", scoring=(("judge_model", "judge-test"),))
+    with pytest.raises(ValueError, match="--judge-model needs OPENAI_API_KEY set"):
+        TASKS.get("diffusion")(options)
 
 
 def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):

@@ -53,6 +53,10 @@ class DiffusionTask(Task):
             )
         if options.train_sources:
             raise ValueError("--train-domains does not apply to the diffusion task; leave it unset")
+        if dict(options.scoring or ()).get("judge_model"):
+            from tasks.diffusion import judge
+
+            judge.check_available()
 
     @classmethod
     def default_template(cls, protocol: str, preset_template: str) -> str:
@@ -272,18 +276,17 @@ class DiffusionTask(Task):
         j = judge.Judge(model)
         verdicts = [j(_png(im), item.text) for im, item in zip(images, chosen, strict=True)]
         ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
+        errors = [v.error for v in verdicts if v.error]
         meta = {
             "judge_model": model,
             "rubric_version": judge.RUBRIC_VERSION,
             "failed": len(verdicts) - len(ok),
             "requests": sum(v.requests for v in verdicts),
             "cached": sum(v.cached for v in verdicts),
-        }
+        } | ({"api_errors": len(errors), "last_api_error": errors[-1]} if errors else {})
         if not ok:
-            return {
-                c: {"status": "failed", "reason": "no parsable judge answer", **meta}
-                for c in (*JUDGE_COLUMNS, "judge_avg")
-            }
+            reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
+            return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}
         judged = {
             **common,
             "n": len(ok),

@@ -5,7 +5,10 @@ is the client's ``OPENAI_BASE_URL``, the key ``OPENAI_API_KEY`` (read by the cli
 anywhere by the harness). Every parsed answer is cached on disk, keyed by the image's sha256, the
 prompt, the rubric version and the judge model: a cached answer is never requested again. An answer
 that is not one JSON object with exactly the seven keys and integer values 1-10 is asked for again up
-to ``RETRIES`` times, then recorded as failed for that image; the run goes on.
+to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
+a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
+``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a run's
+other scores are never lost to the judge.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ RUBRIC_VERSION = "1"
 CRITERIA = ("quality", "detail", "theme", "creativity", "style", "emotion", "tech")
 RETRIES = 3  # requests per image at most (the first and two more) before it is recorded as failed
 TIMEOUT_S = 60.0
+GIVE_UP = 3  # API errors in a row after which the remaining images are not requested
 RUBRIC = """You are an expert judge of AI-generated images. Rate the image for the text prompt it was generated \
 from on seven criteria, each an integer from 1 (worst) to 10 (best):
 - quality: overall visual quality (sharpness, no artifacts).
@@ -40,10 +44,25 @@ style, emotion, tech and whose values are integers 1-10."""
 
 @dataclass
 class Verdict:
-    scores: dict[str, int] | None  # None: failed after RETRIES answers
+    scores: dict[str, int] | None  # None: failed (RETRIES unparsable answers, or an API error)
     raw: str
     cached: bool
     requests: int
+    error: str = ""  # the API error that failed it, if one did
+
+
+def check_available() -> None:
+    """Before anything trains: the client is installed and has a key (any value for a server that takes none)."""
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("openai") is None:
+        raise ValueError('--judge-model needs the openai client: pip install -e ".[judge]" (or pip install openai)')
+    if not os.environ.get("OPENAI_API_KEY"):
+        raise ValueError(
+            "--judge-model needs OPENAI_API_KEY set (any value for a server that takes none) and, for a server "
+            "other than OpenAI's, OPENAI_BASE_URL"
+        )
 
 
 def parse(answer: str) -> dict[str, int]:
@@ -82,9 +101,13 @@ class Judge:
                 import openai
             except ImportError:
                 raise ValueError("the judge needs the openai client: pip install openai") from None
-            client = openai.OpenAI(timeout=TIMEOUT_S, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
+            try:
+                client = openai.OpenAI(timeout=TIMEOUT_S, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
+            except openai.OpenAIError as exc:  # e.g. no key
+                raise ValueError(f"the judge's client cannot start: {exc}") from None
         self.model, self.client = judge_model, client
         self.cache = cache or models.cache_dir() / "diffusion" / "judge"
+        self.errors_in_a_row, self.last_error = 0, ""
 
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
         path = self.cache / f"{cache_key(image_png, prompt, self.model)}.json"
@@ -102,10 +125,18 @@ class Judge:
                 ],
             },
         ]
+        if self.errors_in_a_row >= GIVE_UP:
+            return Verdict(None, "", False, 0, f"not requested after {GIVE_UP} API errors in a row: {self.last_error}")
         raw = ""
         for attempt in range(1, RETRIES + 1):
-            reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
-            raw = reply.choices[0].message.content or ""
+            try:
+                reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
+                raw = reply.choices[0].message.content or ""
+            except _api_errors() as exc:  # the client already retried what it retries
+                self.errors_in_a_row += 1
+                self.last_error = _scrub(f"{type(exc).__name__}: {exc}")[:300]
+                return Verdict(None, raw, False, attempt, self.last_error)
+            self.errors_in_a_row = 0
             try:
                 scores = parse(raw)
             except (ValueError, json.JSONDecodeError):
@@ -114,3 +145,23 @@ class Judge:
             write_json(path, {"answer": raw, "prompt": prompt, "judge_model": self.model, "rubric": RUBRIC_VERSION})
             return Verdict(scores, raw, False, attempt)
         return Verdict(None, raw, False, RETRIES)
+
+
+def _api_errors() -> tuple[type[Exception], ...]:
+    """An API error (openai's: no connection, a 4xx or 5xx status) or a reply without ``choices[0].message``."""
+    malformed = (AttributeError, IndexError, TypeError)
+    try:
+        import openai
+    except ImportError:  # a client passed in without the package
+        return malformed
+    return (openai.APIError, *malformed)
+
+
+def _scrub(message: str) -> str:
+    """An error message as a record may keep it: the key (a server may echo it, masked or not) taken out."""
+    import os
+
+    key = os.environ.get("OPENAI_API_KEY")
+    if key:
+        message = message.replace(key, "***")
+    return re.sub(r"sk-[A-Za-z0-9_\-*.]+", "sk-***", message)
