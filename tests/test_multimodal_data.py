@@ -117,6 +117,19 @@ def test_the_fingerprint_is_each_domains_test_file(folder):
     assert runner._other_data(finished, task()) == "general has a test file now and had none then"
 
 
+def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    train = json.loads((folder / "train.json").read_text())
+    _write(folder, "train.json", [r for r in train if r["domain"] != "document"])
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", val_size=1))
+    train_examples, val = task.splits()
+    assert task._domains == ("general", "math") and len(train_examples) + len(val) == 2
+    with pytest.raises(ValueError, match=r"no training records for domain document; add some or leave it out of --tr"):
+        TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", train_sources=("document",)))
+
+
 def _drop(key):
     return lambda records: [{k: v for k, v in records[0].items() if k != key}, *records[1:]]
 
@@ -172,6 +185,13 @@ BAD = {
     "choice answer out of range": ("test", _set(0, answer=4), r"answer 4 is not an index into the 4 options"),
     "choice answer a string": ("test", _set(0, answer="B"), r"answer 'B' is not an index"),
     "repeated options": ("test", _set(0, options=["3", "3"]), r"options \['3', '3'\] repeat"),
+    "27 options": ("test", _set(0, options=[str(i) for i in range(27)]), r"27 options; choice records take 2 to 26"),
+    "one option": ("test", _set(0, options=["3"], answer=0), r"1 options; choice records take 2 to 26"),
+    "test question with two images": (
+        "test",
+        _set(3, image=["images/a.png", "images/b.png"], conversations=_turns("Sum?", "11", images=2)),
+        r"record 3 \(id 'o1'\): a test question with 2 images; the scorers show one image a question",
+    ),
     "no question": ("test", _set(3, question=" "), r"record 3 \(id 'o1'\): 'question' is missing or empty"),
     "yesno answer": ("test", _set(1, answer="maybe"), r"answer 'maybe' is not 'yes' or 'no'"),
     "yesno no pair": ("test", _set(1, pair=None), r"'pair' is None"),

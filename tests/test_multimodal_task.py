@@ -159,3 +159,14 @@ def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_st
     for a, b in zip(native_lines, lmms_lines, strict=True):
         assert (a["id"], a["pred"], a["score"]) == (b["id"], b["pred"], b["score"])
     assert {d: e["scores"] for d, e in ours.items()} == {d: e["scores"] for d, e in theirs.items()}
+
+
+def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_runs(monkeypatch):
+    import sys
+
+    for name in [m for m in sys.modules if m == "lmms_eval" or m.startswith("lmms_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lmms_eval", None)  # `import lmms_eval` raises ImportError
+    monkeypatch.delitem(sys.modules, "tasks.multimodal.lmms_eval_protocol", raising=False)
+    with pytest.raises(ValueError, match=r"the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval"):
+        build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")

@@ -49,6 +49,8 @@ class MultimodalTask(Task):
                 raise ValueError(
                     f"unknown domain {source!r} in --train-domains; choose from: {', '.join(data.DOMAINS)}"
                 )
+        if protocol == "lmms-eval":  # before anything trains: its import error says how to install lmms-eval
+            import tasks.multimodal.lmms_eval_protocol  # noqa: F401
 
     @classmethod
     def default_template(cls, protocol: str, preset_template: str) -> str:
@@ -77,6 +79,14 @@ class MultimodalTask(Task):
         # read and check every file now: bad data fails before any model loads or trains
         self._train = data.read_split(self.data_dir, "train")
         self._test = data.read_split(self.data_dir, "test")
+        present = [d for d in data.DOMAINS if any(r.domain == d for r in self._train)]
+        missing = [d for d in options.train_sources or () if d not in present]
+        if missing or not present:
+            raise ValueError(
+                f"{self.data_dir}: no training records for domain {', '.join(missing) or 'any'}; add some"
+                + (" or leave it out of --train-domains" if missing else "")
+            )
+        self._domains = tuple(options.train_sources or present)  # by default, every domain the data trains
 
     # -- model ------------------------------------------------------------------------------------
     def load(
@@ -168,13 +178,10 @@ class MultimodalTask(Task):
     def splits(self) -> tuple[list[Example], list[Example]]:
         from tasks.multimodal.recipe import examples_from
 
-        domains = self.options.train_sources or data.DOMAINS
         rng = random.Random(self.options.seed)
         chosen = []
-        for domain in domains:
+        for domain in self._domains:
             mine = [r for r in self._train if r.domain == domain]
-            if not mine:
-                raise ValueError(f"{self.data_dir}: no training records for domain {domain!r}; add some or drop it")
             rng.shuffle(mine)
             chosen += mine[: self.options.train_cap] if self.options.train_cap else mine
         rng.shuffle(chosen)

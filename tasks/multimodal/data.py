@@ -32,6 +32,7 @@ from harness.atomic import atomic_path
 
 DOMAINS = ("general", "document", "math")
 SPLITS = ("train", "test")
+MAX_OPTIONS = 26  # choice options are lettered A-Z
 KINDS = ("choice", "yesno", "open")
 METRICS = ("exact", "anls")
 IMAGE_TOKEN = "<image>"
@@ -230,6 +231,8 @@ def _parse(
         (a["value"], b["value"]) for a, b in zip(item["conversations"][::2], item["conversations"][1::2], strict=True)
     ]
     scoring = _scoring_fields(item, split, fail)
+    if split == "test" and len(images) > 1:
+        raise fail(f"a test question with {len(images)} images", "the scorers show one image a question: keep one")
     return Record(id=str(rid), domain=domain, images=images, turns=turns, **scoring)
 
 
@@ -279,8 +282,10 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
     answer = item.get("answer")
     if kind == "choice":
         options = item.get("options")
-        if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) and o for o in options):
-            raise fail(f"'options' is {options!r}", "choice records need a list of at least 2 option strings")
+        if not isinstance(options, list) or not all(isinstance(o, str) and o for o in options):
+            raise fail(f"'options' is {options!r}", "choice records need a list of 2 to 26 option strings")
+        if not 2 <= len(options) <= MAX_OPTIONS:
+            raise fail(f"{len(options)} options", f"choice records take 2 to {MAX_OPTIONS} (lettered A-Z)")
         if len(set(options)) != len(options):
             raise fail(f"options {options!r} repeat", "make the options distinct")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
