@@ -534,6 +534,36 @@ def test_a_finished_run_on_other_test_rows_is_told_apart(tmp_path):
         assert other(folder, finished) == "the test file differs"
 
 
+def test_two_runs_starting_at_once_pretrain_the_embedded_base_once(tmp_path, monkeypatch):
+    """The base is made under a lock, in a temp folder renamed whole into place: the second run waits and
+    loads the first one's; nothing half-written or temporary is left in the cache."""
+    from tasks.diffusion import pretrain
+
+    rows = ddata.read_folder(tiny_data(tmp_path / "rows", 4))
+    settings = {
+        "vae": {"steps": 1, "batch_size": 2, "lr": 1e-3, "kl_weight": 1e-6},
+        "unet": {"steps": 1, "batch_size": 2, "lr": 5e-4, "caption_dropout": 0.1},
+        "seed": 0,
+    }
+    made, real = [], pretrain._pretrain
+    monkeypatch.setattr(pretrain, "_pretrain", lambda *a, **k: made.append(1) or real(*a, **k))
+    out: list = []
+    runs = [
+        threading.Thread(target=lambda: out.append(pretrain.ensure_base(rows, torch.device("cpu"), settings, False)))
+        for _ in range(2)
+    ]
+    for t in runs:
+        t.start()
+    for t in runs:
+        t.join(timeout=600)
+    assert len(made) == 1 and len(out) == 2 and out[0] == out[1]
+    folder, info = out[0]
+    assert (folder / pretrain.INFO).is_file() and info["n_rows"] == 4
+    cache = folder.parent
+    assert sorted(p.name for p in cache.iterdir() if ".partial-" in p.name or ".tok-" in p.name) == []
+    assert dmodel.load_folder(folder, torch.device("cpu"), torch.float32).resolution > 0
+
+
 def test_twemoji_split_holds_out_categories_the_base_never_sees():
     folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
     if not folder.is_dir():
@@ -556,6 +586,13 @@ def test_hub_loader_writes_the_imagefolder_layout(tmp_path):
     items = ddata.read_folder(out)
     assert [i.text for i in items] == rows["text"]
     assert ddata.load_image(items[0].image, 16).shape == (3, 16, 16)
+
+
+def test_an_image_too_large_to_decode_safely_is_bad_data(tmp_path, monkeypatch):
+    data = tiny_data(tmp_path / "data", 4)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 24x24 px is then over twice the limit: PIL refuses it
+    with pytest.raises(ValueError, match=r"image 'images/000.png' cannot be read \(Image size \(576 pixels\)"):
+        ddata.read_folder(data)
 
 
 @pytest.mark.parametrize(

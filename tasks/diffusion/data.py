@@ -65,7 +65,7 @@ def read_folder(folder: Path) -> list[Item]:
         try:
             with Image.open(path) as im:
                 im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
         items.append(Item(path, row["text"].strip(), str(row.get("category", "")), row))
     if not items:

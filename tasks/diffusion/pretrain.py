@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import models
+from harness.guard import RunLock
 from tasks.diffusion import data as ddata
 from tasks.diffusion import model as dmodel
 
@@ -57,6 +60,17 @@ def ensure_base(
     folder, key = base_folder(base_rows, settings)
     if (folder / INFO).is_file():
         return folder, json.loads((folder / INFO).read_text())
+    lock = RunLock(folder.with_name(f".{folder.name}.lock"))  # two runs starting at once: one pre-trains
+    lock.acquire(blocking=True)
+    try:
+        if (folder / INFO).is_file():  # the other run made it while this one waited
+            return folder, json.loads((folder / INFO).read_text())
+        return _pretrain(folder, key, base_rows, settings, device, progress)
+    finally:
+        lock.release()
+
+
+def _pretrain(folder: Path, key: dict[str, Any], base_rows, settings, device, progress: bool):
     if not base_rows:
         raise ValueError(
             "the embedded diffusion base pre-trains on the shipped Twemoji set's other categories, and this data "
@@ -65,9 +79,12 @@ def ensure_base(
         )
     began = time.perf_counter()
     torch.manual_seed(settings["seed"])
-    pipe = dmodel.build(
-        device, torch.float32, seed=settings["seed"], tokenizer_dir=folder.with_name(folder.name + ".tok")
-    )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tok = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tok-"))
+    try:
+        pipe = dmodel.build(device, torch.float32, seed=settings["seed"], tokenizer_dir=tok)
+    finally:
+        shutil.rmtree(tok, ignore_errors=True)  # the pipeline saves its own copy of the tokenizer
     size = pipe.resolution
     images = torch.stack([ddata.load_image(r.image, size) for r in base_rows])
     captions = [r.text for r in base_rows]
@@ -84,13 +101,15 @@ def ensure_base(
         "loss_curves": log,
         "data": "the shipped Twemoji (CC-BY 4.0, (c) Twitter, Inc. and other contributors), base categories",
     }
-    tmp = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipe.save_pretrained(tmp)
-    (tmp / INFO).write_text(json.dumps(info, indent=1))
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)  # whole or absent: an interrupted pre-training leaves no half-written base
-    shutil.rmtree(folder.with_name(folder.name + ".tok"), ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        pipe.save_pretrained(tmp)
+        (tmp / INFO).write_text(json.dumps(info, indent=1))
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        shutil.rmtree(folder, ignore_errors=True)  # under the lock, without INFO: a folder no run finished
+        os.replace(tmp, folder)  # whole or absent: an interrupted pre-training leaves no half-written base
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return folder, info
 
 
