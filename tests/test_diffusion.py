@@ -200,6 +200,22 @@ def test_category_classifier_separates_features():
     assert clf.predict(torch.full((1, 8), 3.0)) == ["a"] and clf.predict(torch.full((1, 8), -3.0)) == ["b"]
 
 
+def test_the_cached_category_classifier_is_keyed_by_the_images_not_their_names(tmp_path):
+    """Two data folders with the same file names and categories but other pictures get their own classifier."""
+
+    def rows(root: Path, flip: bool) -> list[ddata.Item]:
+        tiny_data(root, 12)
+        if flip:  # the same names, other pictures
+            for p in (root / "images").iterdir():
+                Image.open(p).convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(p)
+        return [ddata.Item(i.image, i.text, i.text.split()[1], i.row) for i in ddata.read_folder(root)]
+
+    for flip in (False, True):
+        items = rows(tmp_path / str(flip), flip)
+        assert scoring.category_classifier(items[:8], items[8:], 16) is not None
+    assert len(list((tmp_path / "cache" / "diffusion").glob("classifier-*.pt"))) == 2
+
+
 # -- the judge, through a real HTTP server -----------------------------------------------------------------
 GOOD = {"quality": 7, "detail": 6, "theme": 8, "creativity": 5, "style": 6, "emotion": 4, "tech": 7}
 
@@ -696,4 +712,10 @@ def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path
         )
     img, txt, _ = out  # the stand-in built without output_dict, as open_clip's default
     assert value == pytest.approx(100 * float((img * txt).sum()), abs=1e-3)
-    assert scorer.provenance["file"] == ckpt.name and len(scorer.provenance["sha256"]) == 64
+    assert scorer.provenance["file"] == ckpt.name
+    assert scorer.provenance["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    import argparse  # a training script's args saved beside the weights: pickled code, refused
+
+    torch.save({"state_dict": trained.state_dict(), "args": argparse.Namespace(lr=1e-5)}, ckpt)
+    with pytest.raises(hps.Unavailable, match=r"holds more than weights, refused by torch.load\(weights_only=True\)"):
+        hps.HPSv2(ckpt, arch="ViT-H-14")

@@ -242,7 +242,7 @@ class DiffusionTask(Task):
             "metric": "kid",
             "value": k["value"],
             "higher_is_better": False,
-            "note": "x1000, all generated vs all held-out real images",
+            "note": "x1000, the images generated for the scored prompts vs their real held-out images",
             **common,
         }
         if math.isfinite(k["lo"]) and math.isfinite(k["hi"]):  # too few images resample to no pair: no interval

@@ -2,7 +2,7 @@
 for its prompt is 100 x the cosine of their embeddings, as EffiLoRA Table 5 reports it.
 
 The user supplies the checkpoint (``--hps-checkpoint``: ``HPS_v2_compressed.pt``, a dict with a
-``state_dict``). The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
+``state_dict``), loaded with ``weights_only=True``: a file that holds more than weights is refused. The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
 tokenizer's BPE vocabulary file, which open-clip-torch ships, so it is not needed. open_clip imports
 torchvision: where that import fails (a CPU machine without a working torchvision) HPS v2 is ``absent``.
 """
@@ -10,6 +10,7 @@ torchvision: where that import fails (a CPU machine without a working torchvisio
 from __future__ import annotations
 
 import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +39,22 @@ class HPSv2:
         model, _, preprocess = open_clip.create_model_and_transforms(
             arch, pretrained=None, device=device, output_dict=True
         )
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        try:  # tensors and plain containers only: a checkpoint file cannot run code here
+            state = torch.load(checkpoint, map_location=device, weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise Unavailable(
+                f"HPS v2 checkpoint {checkpoint.name!r} holds more than weights, refused by torch.load(weights_only="
+                f"True) ({str(exc).splitlines()[0]}); save its state_dict alone and pass that file"
+            ) from None
         model.load_state_dict(state.get("state_dict", state))
         self.model, self.preprocess = model.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = device
-        digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+        digest = hashlib.sha256()
+        with checkpoint.open("rb") as f:  # ~2 GB: hashed in chunks, not read whole
+            for chunk in iter(lambda: f.read(1 << 24), b""):
+                digest.update(chunk)
+        digest = digest.hexdigest()
         self.provenance: dict[str, Any] = {"file": checkpoint.name, "sha256": digest, "arch": arch}
 
     def score(self, images: list, prompts: list[str]) -> list[float]:

@@ -5,8 +5,9 @@ saw a generated image.
 
 - ``similarity``: per prompt, 100 x the cosine between the features of the image generated for a held-out
   caption and of that caption's real image (higher is closer); paired over prompts between methods.
-- ``kid``: Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel, x1000) between all
-  generated and all held-out real images; lower is closer; a bootstrap interval over images.
+- ``kid``: Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel, x1000) between the images
+  generated for the scored prompts and those prompts' real held-out images (every test image unless
+  ``eval_limit`` samples them); lower is closer; a bootstrap interval over images.
 - ``fidelity``: the share (%) of generated images a logistic-regression classifier, trained on the real
   images' features of every category (test images excluded), assigns to the caption's category.
 Real and generated images are compared at the generator's resolution (the real ones are resized to it).
@@ -157,9 +158,12 @@ def category_classifier(train: list[ddata.Item], test: list[ddata.Item], size: i
     rows = [i for i in train if i.category]
     if len({i.category for i in rows}) < 2 or not all(i.category for i in test):
         return None
-    listing = "\n".join(f"{i.image.name}\t{i.category}" for i in rows)
+
+    def listing(items: list[ddata.Item]) -> str:  # the images' content, not only their names
+        return "\n".join(f"{hashlib.sha256(i.image.read_bytes()).hexdigest()}\t{i.category}" for i in items)
+
     key = hashlib.sha256(
-        json.dumps([listing, size, FEATURE_SIZE, vision.provenance()["weights_sha256"]]).encode()
+        json.dumps([listing(rows), listing(test), size, FEATURE_SIZE, vision.provenance()["weights_sha256"]]).encode()
     ).hexdigest()[:16]
     path = models.cache_dir() / "diffusion" / f"classifier-{key}.pt"
     if path.is_file():
