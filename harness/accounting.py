@@ -76,6 +76,26 @@ class MemoryMeter:
             torch.cuda.reset_peak_memory_stats(device)
             self.base = (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
         self.device = device
+        self.before: dict[str, Any] = {"samples": [], "peaks": [0.0, 0.0]}  # a resumed run's earlier steps
+
+    def carry(self, saved: dict[str, Any] | None) -> None:
+        """Continue from ``state()`` saved in a checkpoint: the summary then covers every step of the run."""
+        if saved:
+            self.before = {"samples": [tuple(x) for x in saved["samples"]], "peaks": list(saved["peaks"])}
+
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint keeps, for ``carry`` after a resume."""
+        return {"samples": self.before["samples"] + self.samples, "peaks": self._peaks()}
+
+    def _peaks(self) -> list[float]:
+        if self.cuda:
+            now = [
+                torch.cuda.max_memory_allocated(self.device) - self.base[0],
+                torch.cuda.max_memory_reserved(self.device) - self.base[1],
+            ]
+        else:
+            now = [max((a for a, _ in self.samples), default=0.0)] * 2
+        return [max(a, b) for a, b in zip(self.before["peaks"], now, strict=True)]
 
     def sample(self) -> None:
         if self.cuda:
@@ -89,21 +109,18 @@ class MemoryMeter:
             rss = _rss_bytes()
             self.samples.append((rss, rss))
 
-    def summary(self) -> dict[str, float]:
+    def summary(self) -> dict[str, Any]:
         gb = 1024**3
+        samples, peaks = self.before["samples"] + self.samples, self._peaks()
         if self.cuda:
             return {
                 "kind": "cuda_minus_baseline",
-                "peak_allocated_gb": (torch.cuda.max_memory_allocated(self.device) - self.base[0]) / gb,
-                "peak_reserved_gb": (torch.cuda.max_memory_reserved(self.device) - self.base[1]) / gb,
-                "mean_allocated_gb": _mean([a for a, _ in self.samples]) / gb,
-                "mean_reserved_gb": _mean([r for _, r in self.samples]) / gb,
+                "peak_allocated_gb": peaks[0] / gb,
+                "peak_reserved_gb": peaks[1] / gb,
+                "mean_allocated_gb": _mean([a for a, _ in samples]) / gb,
+                "mean_reserved_gb": _mean([r for _, r in samples]) / gb,
             }
-        return {
-            "kind": "process_rss",
-            "peak_rss_gb": max((a for a, _ in self.samples), default=0.0) / gb,
-            "mean_rss_gb": _mean([a for a, _ in self.samples]) / gb,
-        }
+        return {"kind": "process_rss", "peak_rss_gb": peaks[0] / gb, "mean_rss_gb": _mean([a for a, _ in samples]) / gb}
 
 
 def _rss_bytes() -> float:

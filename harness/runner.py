@@ -45,9 +45,12 @@ class RunSpec:
     eval_batch_size: int
     random_weights: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    processes: int = 1  # each process takes grad_accum micro-batches a step: the batch grows with them
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if d["processes"] == 1:  # one process: the run ids from before it was recorded stay
+            del d["processes"]
         d["task_options"].pop("data_dir")  # where the data lives is not part of what was run; its hashes are
         if d["task_options"]["train_sources"] is None:  # unset: the run ids from before it existed stay
             del d["task_options"]["train_sources"]
@@ -365,7 +368,7 @@ def _train_record(
                 "total": flops["total"],
                 "adapter": flops["adapter"],
                 "lora_total": lora.get("total"),
-                "relative_to_lora": flops["total"] / lora["total"] if "total" in lora else None,
+                "relative_to_lora": flops["total"] / lora["total"] if lora.get("total") else None,
                 "micro_batches": flops["micro_batches"],
                 "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
             }
@@ -418,6 +421,8 @@ def run_all(
     back and waited for at the end, so the records returned, and the leaderboard, include it."""
     processes = _processes()
     ctx = RunContext(runs_dir, force, progress, trust_remote_code, processes=processes)
+    if processes is not None and processes.num_processes > 1:  # another batch: another run, not a reuse
+        specs = [dataclasses.replace(s, processes=processes.num_processes) for s in specs]
     if ctx.is_main:
         check_writable(runs_dir)
     preflight(specs)

@@ -159,6 +159,10 @@ def train(
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
     }
+    # the step's FLOPs are counted on the first step's shapes (not whichever step a resumed run starts at)
+    first = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[0]]
+    step_shapes = [recipe.shape(b) for b in first if recipe.units(b)]
+    memory = MemoryMeter(device)  # before a resume, so that a resumed run's baseline is a fresh run's
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
     if run_dir:
@@ -175,8 +179,11 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         adapter.load_training_state(saved["hooks"])
         torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") and torch.cuda.is_available():  # dropout and noise drawn on the GPU
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         random.setstate(saved["python_rng"])
         state = saved["state"]
+        memory.carry(state.get("memory"))  # the steps before the checkpoint count too
         resumed_from = state["step"]
 
     def val_loss_on(batch: dict[str, Any], timer: str | None = "hook_val_s") -> Callable[[], float]:
@@ -194,16 +201,15 @@ def train(
 
         return run
 
-    memory = MemoryMeter(device)
     params = adapter.trainable_parameters()  # "params updated" counts these: the method's own
     model.train()
     bar = tqdm(
         total=total_steps, initial=state["step"], desc="train", disable=not progress or not accelerator.is_main_process
     )
-    step_shapes: list[list[int]] = []
 
     def save() -> None:  # a checkpoint of where training is now (none without a checkpoint path)
         if checkpoint:
+            state["memory"] = memory.state()
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
 
     while state["step"] < total_steps:
@@ -212,7 +218,6 @@ def train(
         adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
         batches = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[step]]
         units = [recipe.units(b) for b in batches]
-        step_shapes = step_shapes or [recipe.shape(b) for b, n in zip(batches, units, strict=True) if n]
         # token-weighted mean over the whole step, across processes too: DDP averages the processes'
         # gradients, so each divides by the global token count and multiplies by the process count
         n_supervised = int(accelerator.reduce(torch.tensor(sum(units), device=device), "sum"))
@@ -264,8 +269,8 @@ def train(
             and state["step"] < total_steps
             and accelerator.is_main_process
         ):
-            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
-        if should_stop is not None and should_stop():  # the last step too: its checkpoint spares a re-train
+            save()
+        if _asked(should_stop, accelerator):  # the last step too: its checkpoint spares a re-train
             _stop(save, accelerator, bar, state["step"], total_steps)
     bar.close()
     final_val, began = None, time.perf_counter()
@@ -273,7 +278,7 @@ def train(
         losses = [val_loss_on(b, timer=None)() for b in val_batches]
         final_val = sum(losses) / len(losses)
     final_val_s = time.perf_counter() - began
-    if should_stop is not None and should_stop():  # asked during the final validation
+    if _asked(should_stop, accelerator):  # asked during the final validation
         _stop(save, accelerator, bar, state["step"], total_steps)
     samples, tokens = state["samples"], state["tokens"]
     if accelerator.num_processes > 1:  # every process's share, so the record holds the run's totals
@@ -293,6 +298,15 @@ def train(
         resumed_from,
         step_shapes,
     )
+
+
+def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:
+    """Whether to stop; with several processes, whether any was asked, so that all stop at the same step
+    (one that went on into the next step's all-reduce would wait for the others forever)."""
+    asked = should_stop is not None and should_stop()
+    if accelerator.num_processes > 1:
+        asked = bool(accelerator.reduce(torch.tensor(int(asked), device=accelerator.device), "sum"))
+    return asked
 
 
 def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: int) -> NoReturn:
@@ -322,6 +336,7 @@ def save_checkpoint(
         "hooks": adapter.training_state(),
         "config": asdict(config),
         "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "python_rng": random.getstate(),
         "state": state,
     }

@@ -50,6 +50,7 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
     for (_, x), (_, y) in zip(a["train"]["loss_curve"], b["train"]["loss_curve"], strict=True):
         assert abs(x - y) <= 1e-3 * max(1.0, abs(x))  # the same loss curve at the same effective batch
     assert multi.stdout.count("[1/1]") == 1  # one process reports
+    assert b["run"]["config"]["processes"] == 2 and "processes" not in a["run"]["config"]  # in the run id too
 
 
 @pytest.mark.slow

@@ -318,6 +318,27 @@ def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_di
     assert read_record(path)["eval"]["ARC-Easy"]["n"] == 3
 
 
+def test_a_run_stopped_at_its_last_step_resumes_to_a_whole_record(tiny_model, data_dir, tmp_path, monkeypatch):
+    """A checkpoint of the last step (SIGTERM during it): the next start has no step left to run and still
+    records the step's FLOPs and the run's memory (it divided 0 FLOPs by 0 and failed at every start)."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    steps, polls = specs[0].train.steps, []
+    monkeypatch.setattr(StopOnSigterm, "requested", lambda self: bool(polls.append(1)) or len(polls) >= steps)
+    with pytest.raises(Cancelled, match=f"stopped at step {steps} of {steps}"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    monkeypatch.undo()
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    train = record["train"]
+    assert train["resumed_from_step"] == train["steps"] == steps and len(train["loss_curve"]) == steps
+    assert train["flops_per_step"]["total"] > 0 and train["flops_per_step"]["relative_to_lora"] == 1.0
+    assert train["memory"]["peak_rss_gb"] > 0 and train["memory"]["mean_rss_gb"] > 0
+
+
 def test_sigterm_while_training_ends_is_not_let_through_to_scoring():
     """A SIGTERM that arrives after the loop last polled it (between its last poll and the end of training)
     cancels the run as training ends, instead of letting scoring run on."""

@@ -88,7 +88,7 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
         )
 
     straight = fresh()
-    train(
+    whole = train(
         straight.model,
         text_recipe(char_tokenizer, CONFIG),
         straight,
@@ -119,7 +119,8 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
             tmp_path / "b",
             progress=False,
         )
-    assert torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["state"]["step"] == 2
+    saved = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["state"]
+    assert saved["step"] == 2 and len(saved["memory"]["samples"]) == 2 * CONFIG.grad_accum  # carried on resume
     resumed = fresh()
     result = train(
         resumed.model,
@@ -132,6 +133,7 @@ def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
         progress=False,
     )
     assert result.resumed_from == 2 and result.steps == 6
+    assert result.first_step_shapes == whole.first_step_shapes  # FLOPs counted on step 0's shapes either way
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert straight.reducer.update_counts == resumed.reducer.update_counts
