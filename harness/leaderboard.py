@@ -403,7 +403,43 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
         for k in targets or [(common, _settings(next(iter(groups.values()))[0])[1])]:
             trained[k] = {**trained.get(k, {}), **groups}
     out = [_section(common, train, groups) for (common, train), groups in trained.items()]
+    _set_apart(out, [_flat({**json.loads(common), "train": json.loads(train)}) for common, train in trained])
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        out |= _flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {prefix + k: json.dumps(v)}
+    return out
+
+
+def _set_apart(secs: list[Section], settings: list[dict[str, str]]) -> None:
+    """``info["apart"]``: where sections share a title (task, preset, protocol, model), the settings that set
+    each apart (e.g. ``task_settings.generated_data.version 4``), so that a reader can tell them apart."""
+    titles: dict[tuple[str, ...], list[int]] = {}
+    for i, s in enumerate(secs):
+        titles.setdefault((s.task, s.preset, s.protocol, s.model), []).append(i)
+    for group in titles.values():
+        keys = sorted({k for i in group for k in settings[i]})
+        values = {k: {settings[i][k] for i in group if k in settings[i]} for k in keys}
+        # a setting at two values is shown everywhere; one at a single value only where it is missing
+        differ = [k for k in keys if len(values[k]) > 1 or any(k not in settings[i] for i in group)]
+        for i in group:
+            shown = (_shown(settings[i], k) for k in differ if len(values[k]) > 1 or k not in settings[i])
+            secs[i].info["apart"] = ", ".join(dict.fromkeys(shown))
+
+
+def _shown(flat: dict[str, str], key: str) -> str:
+    """``key value``; for a setting the section's runs lack, its outermost missing parent: ``parent unset``."""
+    if key in flat:
+        return f"{key} {flat[key]}"
+    parts = key.split(".")
+    for n in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:n])
+        if not any(k == prefix or k.startswith(prefix + ".") for k in flat):
+            return f"{prefix} unset"
+    return f"{key} unset"
 
 
 def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:

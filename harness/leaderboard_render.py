@@ -51,6 +51,9 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
+            if row.kind == "trained":  # the row's own runs (a section can hold rows trained for other lengths)
+                out["steps"] = " ".join(map(str, sorted({r["train"]["steps"] for r in row.runs})))
+            out["settings"] = s.info.get("apart", "")
             seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
             hardware = run_hardware(row.runs) if row.runs else s.info["hardware"]  # majority/chance: the section's
             out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": hardware}
@@ -81,9 +84,18 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
     return out_tables
 
 
+def _one_device(runs: list[dict[str, Any]], key: str) -> float | None:
+    if len({r["env"]["device"] for r in runs}) > 1:
+        return None
+    return round(statistics.mean(r["train"][key] for r in runs), 1)
+
+
+def _peak(mem: dict[str, Any]) -> float:
+    return mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0))
+
+
 def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]:
     train, runs = row.runs[0]["train"], row.runs
-    mem = train["memory"]
     flops = train["flops_per_step"]
     return {
         "task": s.task,
@@ -95,12 +107,17 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "trainable_params": train["trainable_params"],
         "param_%": round(train["percent_trainable"], 4),
         "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
-        "train_s": round(statistics.mean(r["train"]["train_s"] for r in runs), 1),
-        "tokens_per_s": round(statistics.mean(r["train"]["tokens_per_s"] for r in runs), 1),
+        # times are the device's: a row whose seeds ran on several CPUs gets none averaged across them
+        "train_s": _one_device(runs, "train_s"),
+        "tokens_per_s": _one_device(runs, "tokens_per_s"),
+        "train_s_by_device": "; ".join(
+            f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if r['env']['device'] == d):.1f}"
+            for d in sorted({r["env"]["device"] for r in runs})
+        ),
         "flops_per_step": row.flops_per_step,
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
-        "peak_mem_gb": round(mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0)), 3),
+        "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
         "Avg": table_row[AVG],
         "Avg_n": table_row["Avg_n"],
@@ -161,6 +178,7 @@ def section_info(s: Section) -> str:
     return (
         f"Section {s.key}: steps {i['steps']}, seeds {i['seeds']}, {i['n_runs']} runs, template {i['template']}, "
         f"train_on_inputs {i['train_on_inputs']}, eval n {i['eval_n']}, hardware {i['hardware']}."
+        + (f" Set apart from the other sections of this title by: {i['apart']}." if i.get("apart") else "")
         + (f" Avg covers {', '.join(s.averaged)} only." if s.averaged and s.averaged != s.benchmarks else "")
     )
 

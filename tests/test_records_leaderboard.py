@@ -163,6 +163,33 @@ def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_pat
     rows = read_csv(tmp_path / "out" / "commonsense.csv")
     lora = sorted(float(r["ARC-Easy"]) for r in rows if r["method"] == "lora")
     assert lora == [25.0, 100.0] and len({r["section"] for r in rows}) == 2  # two sections, not one 62.5 row
+    # under one title, each section says what sets it apart (in the table's settings column and the page)
+    assert sorted(r["settings"] for r in rows if r["method"] == "lora") == [
+        "task_settings.stage1.steps 180",
+        "task_settings.stage1.steps 60",
+    ]
+    assert (
+        "Set apart from the other sections of this title by: task_settings.stage1.steps 60."
+        in (tmp_path / "out" / "leaderboard.md").read_text()
+    )
+
+
+def test_a_row_gives_its_own_steps_and_no_time_averaged_over_other_cpus(tmp_path):
+    runs = tmp_path / "runs"
+    for method, seed, steps, device in (
+        ("lora", 0, 3, "CPU A"),
+        ("effilora", 0, 5, "CPU A"),
+        ("effilora", 1, 5, "CPU B"),
+    ):
+        record = fixture_record(method, seed)
+        record["train"]["steps"], record["env"]["device"] = steps, device
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    steps = {r["method"]: r["steps"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert steps["lora"] == "3" and steps["effilora"] == "5"  # not the section's "3 5"
+    overhead = {r["method"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert overhead["lora"]["train_s"] == "10.0" and overhead["effilora"]["train_s"] == ""
+    assert overhead["effilora"]["train_s_by_device"] == "CPU A: 10.0; CPU B: 11.0"
 
 
 def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
