@@ -359,7 +359,8 @@ def _timing(values: list[tuple[float, float]]) -> dict[str, Any]:
 
 
 def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig, device: torch.device) -> dict:
-    round_s = statistics.median(w for w, _ in times[f"{c.name} :round"]) if c.round_fn is not None else 0.0
+    timed = times[f"{c.name} :round"] if c.round_fn is not None else [(0.0, 0.0)]
+    round_s, round_cpu_s = statistics.median(w for w, _ in timed), statistics.median(cpu for _, cpu in timed)
     step, rounds = flops(c, model, config)
     return {
         **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
@@ -367,6 +368,7 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
         "baseline": c.baseline,
         **_timing(times[c.name]),
         "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
+        "hook_cpu_s": round_cpu_s / c.interval,  # the same in process CPU seconds (for x_floor_cpu)
         "peak_mb": peak_bytes(c.step, device) / 2**20,
         "state_mb": state_bytes(c) / 2**20,
         "gflops": step / 1e9 if step is not None else None,

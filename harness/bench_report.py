@@ -27,6 +27,14 @@ def default_row(row: dict, rows: list[dict]) -> dict | None:
     return next((r for r in rows if r["contender"] == row["baseline"]), None) if row.get("baseline") else None
 
 
+def cpu_ratio(row: dict, floor: dict) -> float | None:
+    """Process CPU seconds over the floor's, the Reducer's scoring rounds in CPU seconds too; ``None`` for a row
+    of an older report that timed its rounds in wall seconds only (adding those to CPU seconds mixed units)."""
+    if row["hook_s"] and "hook_cpu_s" not in row:
+        return None
+    return (row["cpu_s"] + row.get("hook_cpu_s", 0.0)) / floor["cpu_s"]
+
+
 def relate(rows: list[dict]) -> list[dict]:
     """Totals (step + the Reducer's rounds), ratios to the floor and to peft's same method, the Reducer's
     savings against the same method with the Reducer off, and an ``--also`` variant's paired ratio to the
@@ -50,7 +58,7 @@ def relate(rows: list[dict]) -> list[dict]:
         )
         r["x_floor_paired_lo"], r["x_floor_paired_hi"] = median_interval(paired)
         r["x_floor_step"] = r["step_s"] / floor["step_s"]  # without the Reducer's scoring rounds
-        r["x_floor_cpu"] = (r["cpu_s"] + r["hook_s"]) / floor["cpu_s"]
+        r["x_floor_cpu"] = cpu_ratio(r, floor)
         mate = peft.get(r["method"]) if r["source"] == "ours" and not r["reducer"] and not r["variant"] else None
         r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
         flops = r["total_gflops"] is not None and floor["total_gflops"]
@@ -69,6 +77,7 @@ def relate(rows: list[dict]) -> list[dict]:
 
 COLUMNS = [
     "kind", "contender", "source", "method", "reducer", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
+    "hook_cpu_s",
     "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
     "x_floor_paired_max", "x_floor_step",
     "x_floor_cpu", "x_peft", "peak_mb", "state_mb", "gflops", "hook_gflops", "total_gflops",
@@ -82,14 +91,25 @@ def portable(config: dict) -> dict:
     return {k: Path(v).name if k in ("data_dir", "out") and v else v for k, v in config.items()}
 
 
-def write_outputs(report: dict, out: Path) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def csv_text(report: dict) -> str:
+    """``bench.csv``; rows of older reports get the columns added since, from their round times."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    floor = next((r for r in train if r["source"] == FLOOR), None)
     for row in report["rows"]:
+        if row["kind"] == "train" and floor is not None:
+            row = {**row, "x_floor_cpu": cpu_ratio(row, floor)}
+            if "x_floor_paired_lo" not in row:
+                row["x_floor_paired_lo"], row["x_floor_paired_hi"] = median_interval(paired_ratios(row, floor))
         writer.writerow({k: round(v, 6) if isinstance(v, float) else v for k, v in row.items()})
-    write_text(out / "bench.csv", buf.getvalue())
+    return buf.getvalue()
+
+
+def write_outputs(report: dict, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "bench.csv", csv_text(report))
     write_text(out / "bench.md", markdown(report))
     write_json(out / "bench.json", report)
     return [out / "bench.csv", out / "bench.md", out / "bench.json", _plot(report, out / "bench.png")]
@@ -114,7 +134,8 @@ def markdown(report: dict) -> str:
         "[min-max] over rounds of each round's time over the floor's in the same round; step only: without the "
         "scoring rounds; CPU time: process CPU "
         "seconds, steadier on a loaded machine, "
-        "inflated by spinning threads when threads > 1); Reducer saves: against the method with it off.",
+        "inflated by spinning threads when threads > 1; the Reducer's rounds in CPU seconds too, - where an older "
+        "report timed them in wall seconds only); Reducer saves: against the method with it off.",
         "",
         "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
         "| x peft "
@@ -133,7 +154,7 @@ def markdown(report: dict) -> str:
             f"| {r['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) "
             f"[{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
             f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
-            f"| {r['x_floor_cpu']:.3f} "
+            f"| {_num(cpu_ratio(r, floor), '.3f')} "
             f"| {r['peak_mb']:.0f} | {r['state_mb']:.1f} | {_num(r['total_gflops'], '.4g')} "
             f"| {_num(r['flops_x_floor'], '.3f')} | {saves} |"
         )

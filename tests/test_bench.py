@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import statistics
 from dataclasses import replace
@@ -13,7 +14,7 @@ import torch
 
 from harness import METHODS, memory
 from harness.bench import BenchConfig, alternate, run_bench
-from harness.bench_report import markdown, paired_ratios
+from harness.bench_report import cpu_ratio, csv_text, markdown, paired_ratios
 from harness.cli import main
 from harness.config import DEFAULT_TARGETS
 from harness.stats import median_interval
@@ -63,6 +64,9 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
         assert importance["total_gflops"] == pytest.approx(importance["gflops"] + importance["hook_gflops"])
         assert off["reducer_saves_gflops"] is None and drop["reducer_saves_gflops"] > 0  # frozen heads: no dB
         assert drop["gflops"] < importance["gflops"] < off["gflops"]  # the step alone
+        assert importance["hook_cpu_s"] > 0 and off["hook_cpu_s"] == 0  # the rounds in CPU seconds, not wall
+        cpu = (importance["cpu_s"] + importance["hook_cpu_s"]) / rows["floor"]["cpu_s"]
+        assert importance["x_floor_cpu"] == pytest.approx(cpu)
     assert rows["cloze"]["examples"] == rows["choice"]["examples"] > 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["bench.csv", "bench.json", "bench.md", "bench.png"]
@@ -169,6 +173,20 @@ def test_paired_interval_is_a_bootstrap_of_the_rounds_median_and_older_tables_ge
     lora = next(r for r in rows if r["contender"] == "lora")
     lo, hi = median_interval(paired_ratios(lora, floor))
     assert f"| {lora['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) [" in markdown(report)
+    [csv_lora] = [r for r in csv.DictReader(io.StringIO(csv_text(report))) if r["contender"] == "lora"]
+    assert (float(csv_lora["x_floor_paired_lo"]), float(csv_lora["x_floor_paired_hi"])) == pytest.approx((lo, hi))
+
+
+@pytest.mark.parametrize("report", sorted(RESULTS.glob("**/bench.json")), ids=lambda p: str(p.parent.name))
+def test_committed_bench_csvs_are_written_from_their_reports(report):
+    assert (report.parent / "bench.csv").read_text() == csv_text(json.loads(report.read_text()))
+
+
+def test_an_older_report_s_reducer_rounds_in_wall_seconds_give_no_cpu_ratio():
+    floor = {"kind": "train", "source": "floor", "cpu_s": 4.0, "hook_s": 0.0}
+    assert cpu_ratio({"cpu_s": 6.0, "hook_s": 0.3}, floor) is None  # wall seconds are not added to CPU seconds
+    assert cpu_ratio({"cpu_s": 6.0, "hook_s": 0.3, "hook_cpu_s": 0.5}, floor) == pytest.approx(1.625)
+    assert cpu_ratio({"cpu_s": 6.0, "hook_s": 0.0}, floor) == pytest.approx(1.5)
 
 
 def test_also_times_each_method_with_an_option_changed_paired_against_its_defaults(tmp_path, capsys):
