@@ -224,19 +224,22 @@ def train(
         scale = accelerator.num_processes / max(n_supervised, 1)
         step_loss = 0.0
         for batch, n in zip(batches, units, strict=True):
-            if n == 0:
-                continue
+            if n == 0 and accelerator.num_processes == 1:  # nothing to learn from; under DDP every process
+                continue  # runs every micro-batch (a skipped backward would leave the others' all-reduce waiting)
             batch = to_device(batch, device)
             with accelerator.autocast():
                 loss = recipe.loss_sum(model, batch) * scale
                 extra = adapter.extra_loss()
                 if extra is not None:
                     loss = loss + extra / len(batches)
+                if n == 0:  # (several processes) a backward through the graph that adds nothing
+                    loss = loss * 0.0
             accelerator.backward(loss)
             step_loss += loss.item() / accelerator.num_processes
-            samples, tokens = recipe.stats(batch)
-            state["samples"] += samples
-            state["tokens"] += tokens
+            if n:
+                samples, tokens = recipe.stats(batch)
+                state["samples"] += samples
+                state["tokens"] += tokens
             memory.sample()
         if accelerator.num_processes > 1:  # the step's loss over every process's micro-batches
             step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))
