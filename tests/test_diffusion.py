@@ -423,6 +423,30 @@ def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
 
 
 # -- the CLI, the leaderboard and the contact sheet ---------------------------------------------------
+def test_the_contact_sheet_pairs_samples_by_prompt_not_by_position(tmp_path):
+    from tasks.diffusion.sheet import sheet_cells
+
+    def run(name: str, prompts: list[str]) -> Path:
+        folder = tmp_path / name
+        (folder / "samples").mkdir(parents=True)
+        lines = [
+            {"n": n, "file": f"samples/{n:03d}.png", "prompt": p, "real": f"{p}.png"} for n, p in enumerate(prompts)
+        ]
+        for row in lines:
+            (folder / "samples" / f"real-{row['n']:03d}.png").write_bytes(b"png")
+        (folder / "predictions.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        return folder
+
+    runs = {"base": run("a", ["cat", "dog", "owl"]), "lora": run("b", ["owl", "cat"])}  # another order, one fewer
+    rows, cells = sheet_cells(runs)
+    assert [r["prompt"] for r in rows] == ["cat", "dog", "owl"]
+    assert [cells["lora"].get((r["prompt"], r["real"])) for r in rows] == [
+        runs["lora"] / "samples/001.png",
+        None,
+        runs["lora"] / "samples/000.png",
+    ]
+
+
 def test_cli_smoke_writes_records_samples_and_a_contact_sheet(tiny, tmp_path, capsys):
     folder, data = tiny
     runs = tmp_path / "runs"

@@ -37,6 +37,23 @@ def _attribution(records: list[dict[str, Any]]) -> str:
     return "; ".join(sorted(n for n in notes if n))
 
 
+def sheet_cells(runs: dict[str, Path]) -> tuple[list[dict[str, Any]], dict[str, dict[tuple[str, str], Path]]]:
+    """(the first run's prompts that have a real image, {run: {(prompt, real image): its sample}}): each run's
+    sample for the same prompt and real image wherever it is in its own order; a run of another eval limit
+    or data that did not score a prompt leaves its cell empty rather than show another prompt's image."""
+
+    def predictions(folder: Path) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
+
+    first = next(iter(runs.values()))
+    rows = [r for r in predictions(first) if (first / "samples" / f"real-{r['n']:03d}.png").is_file()]
+    return rows, {name: {_key(r): folder / r["file"] for r in predictions(folder)} for name, folder in runs.items()}
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str]:
+    return row["prompt"], str(row.get("real", ""))
+
+
 def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
     import matplotlib
 
@@ -47,8 +64,7 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
     from harness.atomic import atomic_path
 
     first = next(iter(runs.values()))
-    rows = [json.loads(line) for line in (first / "predictions.jsonl").read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if (first / "samples" / f"real-{r['n']:03d}.png").is_file()]
+    rows, cells = sheet_cells(runs)
     columns = ["held-out real", *runs]
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), squeeze=False
@@ -58,8 +74,8 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
             ax = axes[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
-            file = first / "samples" / f"real-{row['n']:03d}.png" if j == 0 else runs[name] / row["file"]
-            if file.is_file():
+            file = first / "samples" / f"real-{row['n']:03d}.png" if j == 0 else cells[name].get(_key(row))
+            if file is not None and file.is_file():
                 with Image.open(file) as im:
                     ax.imshow(im.convert("RGB").resize((CELL, CELL), Image.NEAREST))
             if i == 0:
