@@ -160,6 +160,8 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
     if c.get("extra", {}).get("task_settings"):  # the preset's task settings (e.g. a stage 1): only when set,
         common["task_settings"] = c["extra"]["task_settings"]  # so the sections of records without keep their ids
     train = {k: v for k, v in c["train"].items() if k != "seed"}
+    if c.get("processes", 1) != 1:  # several processes: a larger batch, another section (absent: one process)
+        train["processes"] = c["processes"]
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
 
 
@@ -423,11 +425,20 @@ def _set_apart(secs: list[Section], settings: list[dict[str, str]]) -> None:
     for group in titles.values():
         keys = sorted({k for i in group for k in settings[i]})
         values = {k: {settings[i][k] for i in group if k in settings[i]} for k in keys}
-        # a setting at two values is shown everywhere; one at a single value only where it is missing
         differ = [k for k in keys if len(values[k]) > 1 or any(k not in settings[i] for i in group)]
         for i in group:
-            shown = (_shown(settings[i], k) for k in differ if len(values[k]) > 1 or k not in settings[i])
-            secs[i].info["apart"] = ", ".join(dict.fromkeys(shown))
+            shown = [k for k in differ if _tells_apart(k, settings[i], values[k], [settings[j] for j in group])]
+            secs[i].info["apart"] = ", ".join(dict.fromkeys(_shown(settings[i], k) for k in shown))
+
+
+def _tells_apart(key: str, flat: dict[str, str], values: set[str], group: list[dict[str, str]]) -> bool:
+    """A setting at two values is shown everywhere; one at a single value where it is missing, and where it is
+    set if its parent is in every section (a new leaf, e.g. train.processes; not the leaves of a subtree the
+    other sections lack whole, which their "parent unset" already tells apart)."""
+    if len(values) > 1 or key not in flat:
+        return True
+    parent = key.rpartition(".")[0]
+    return all(any(x.startswith(parent + ".") for x in other) for other in group)
 
 
 def _shown(flat: dict[str, str], key: str) -> str:

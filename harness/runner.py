@@ -422,7 +422,9 @@ def run_all(
     processes = _processes()
     ctx = RunContext(runs_dir, force, progress, trust_remote_code, processes=processes)
     if processes is not None and processes.num_processes > 1:  # another batch: another run, not a reuse
-        specs = [dataclasses.replace(s, processes=processes.num_processes) for s in specs]
+        specs = [
+            s if s.method == BASELINE else dataclasses.replace(s, processes=processes.num_processes) for s in specs
+        ]
     if ctx.is_main:
         check_writable(runs_dir)
     preflight(specs)

@@ -159,9 +159,7 @@ def train(
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
     }
-    # the step's FLOPs are counted on the first step's shapes (not whichever step a resumed run starts at)
-    first = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[0]]
-    step_shapes = [recipe.shape(b) for b in first if recipe.units(b)]
+    step_shapes = _first_shapes(recipe, encoded, micro_batches)
     memory = MemoryMeter(device)  # before a resume, so that a resumed run's baseline is a fresh run's
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
@@ -179,8 +177,8 @@ def train(
         scheduler.load_state_dict(saved["scheduler"])
         adapter.load_training_state(saved["hooks"])
         torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") and torch.cuda.is_available():  # dropout and noise drawn on the GPU
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        if saved.get("cuda_rng") is not None and device.type == "cuda":  # dropout and noise drawn on the GPU
+            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # the main process's: one process resumes exactly
         random.setstate(saved["python_rng"])
         state = saved["state"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
@@ -210,7 +208,7 @@ def train(
     def save() -> None:  # a checkpoint of where training is now (none without a checkpoint path)
         if checkpoint:
             state["memory"] = memory.state()
-            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params)
+            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device)
 
     while state["step"] < total_steps:
         step = state["step"]
@@ -303,6 +301,17 @@ def train(
     )
 
 
+def _first_shapes(recipe: Recipe, encoded: list[Any], micro_batches: list[list[list[int]]]) -> list[list[int]]:
+    """The micro-batch shapes of the first step with anything supervised, on which the step's FLOPs are
+    counted: the same whichever step a run resumes at (a run resumed at its end runs no step)."""
+    for step in micro_batches:
+        batches = [recipe.collate([encoded[i] for i in idx]) for idx in step]
+        shapes = [recipe.shape(b) for b in batches if recipe.units(b)]
+        if shapes:
+            return shapes
+    return []
+
+
 def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:
     """Whether to stop; with several processes, whether any was asked, so that all stop at the same step
     (one that went on into the next step's all-reduce would wait for the others forever)."""
@@ -329,6 +338,7 @@ def save_checkpoint(
     config: TrainConfig,
     state: dict[str, Any],
     task_params: list[torch.nn.Parameter] | None = None,
+    device: torch.device | None = None,
 ) -> None:
     state["saved_step"] = state["step"]
     payload = {
@@ -339,7 +349,7 @@ def save_checkpoint(
         "hooks": adapter.training_state(),
         "config": asdict(config),
         "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda_rng": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "python_rng": random.getstate(),
         "state": state,
     }

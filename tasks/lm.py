@@ -88,7 +88,9 @@ def supervised_tail(labels: torch.Tensor) -> tuple[int, int]:
 
 def loss_sum(model, batch: dict[str, Any], keep: int, use_cache: bool = False) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised tokens, with logits for the last ``keep``
-    positions only (from ``supervised_tail``)."""
+    positions only (from ``supervised_tail``). A batch with nothing supervised (``keep`` 0) gives 0 through the
+    whole graph (two positions, the target ignored; ``logits_to_keep=0`` would mean every position)."""
+    keep = max(keep, 2)
     inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
     logits = model(**inputs, logits_to_keep=keep, use_cache=use_cache).logits[:, :-1]
     targets = batch["labels"][:, batch["labels"].shape[1] - keep + 1 :]

@@ -174,6 +174,19 @@ def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_pat
     )
 
 
+def test_runs_on_several_processes_are_another_section(tmp_path):
+    runs = tmp_path / "runs"
+    for processes in (1, 2):
+        record = fixture_record("lora", 0)
+        if processes > 1:  # a larger batch (micro x accum x processes): not a seed of the 1-process row
+            record["run"]["config"]["processes"] = 2
+            record["run"]["id"] += "-p2"
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
+    assert len(rows) == 2 and sorted(r["settings"] for r in rows) == ["train.processes 2", "train.processes unset"]
+
+
 def test_a_row_gives_its_own_steps_and_no_time_averaged_over_other_cpus(tmp_path):
     runs = tmp_path / "runs"
     for method, seed, steps, device in (

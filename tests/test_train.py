@@ -45,6 +45,19 @@ def test_tail_loss_equals_the_full_loss(char_tokenizer):
     torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_batch_with_nothing_supervised_gives_a_zero_loss_through_the_whole_graph(char_tokenizer):
+    """What a process runs for an empty micro-batch under DDP (every process must run every backward)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2)
+    items = [encode(char_tokenizer, e, 64, train_on_inputs=False) for e in EXAMPLES[:2]]
+    batch = collate(items, char_tokenizer.pad_token_id)
+    batch["labels"][:] = -100
+    assert supervised_tail(batch["labels"]) == (0, 0)
+    loss = loss_sum(adapter.model, batch, 0)
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is not None for p in adapter.trainable_parameters())  # every parameter takes part
+
+
 def test_train_on_inputs_masks_the_prompt(char_tokenizer):
     masked = encode(char_tokenizer, EXAMPLES[0], 64, train_on_inputs=False)
     full = encode(char_tokenizer, EXAMPLES[0], 64, train_on_inputs=True)

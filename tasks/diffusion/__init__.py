@@ -276,7 +276,7 @@ class DiffusionTask(Task):
         j = judge.Judge(model)
         verdicts = [j(_png(im), item.text) for im, item in zip(images, chosen, strict=True)]
         ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
-        errors = [v.error for v in verdicts if v.error]
+        errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
         meta = {
             "judge_model": model,
             "rubric_version": judge.RUBRIC_VERSION,
