@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,17 @@ class AdapterLinear(nn.Module):
     def fuses_input(self) -> bool:
         return type(self).input_weights is not AdapterLinear.input_weights
 
+    @classmethod
+    def follows_delta(cls, *names: str) -> bool:
+        """Whether the methods ``names`` (a fast path's, ``delta_weight``) are defined where ``delta`` is or below
+        it: a plugin that subclasses a built-in method and overrides only ``delta`` inherits the built-in's fast
+        path and merge, which compute the built-in's Δ, not its own."""
+
+        def owner(name: str) -> type:
+            return next(k for k in cls.__mro__ if name in vars(k))
+
+        return all(issubclass(owner(name), owner("delta")) for name in names)
+
     def delta_weight(self) -> Tensor:
         """``Δ`` as a ``d_out x d_in`` matrix, for merging (mergeable methods only)."""
         raise NotImplementedError(f"{type(self).name} cannot be merged")
@@ -136,7 +148,9 @@ class AdapterLinear(nn.Module):
 
     @classmethod
     def is_mergeable(cls, config: AdapterConfig) -> bool:
-        return cls.mergeable
+        return (
+            cls.mergeable and cls.delta_weight is not AdapterLinear.delta_weight and cls.follows_delta("delta_weight")
+        )
 
     # -- helpers for subclasses -----------------------------------------------------------------
     def new_param(self, *shape: int, init: str = "zeros", trainable: bool = True) -> nn.Parameter:
@@ -253,6 +267,8 @@ class Adapter:
         return {n: t for n, t in self.model.state_dict().items() if _is_adapter(n)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if any(layer.merged for layer in self.layers.values()):  # unmerge would subtract the new Δ, not the old
+            raise ValueError("the adapter is merged into the base weights; call unmerge() before loading weights")
         own = self.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing or unexpected:
@@ -286,13 +302,29 @@ class Adapter:
         (the default): every wrapper computes ``delta(x)`` with its own ``nn.Dropout`` draw, the reference
         the parity tests and ``harness bench`` compare against."""
         for layer in self.layers.values():
-            own = type(layer).delta_factors is not AdapterLinear.delta_factors
-            layer.fast_path = enabled and (own or layer.fuses_input)
+            cls = type(layer)
+            own = cls.delta_factors is not AdapterLinear.delta_factors and cls.follows_delta("delta_factors")
+            fused = layer.fuses_input and cls.follows_delta("factors_from")  # input_weights may be inherited
+            if (
+                enabled
+                and not (own or fused)
+                and (layer.fuses_input or cls.delta_factors is not AdapterLinear.delta_factors)
+            ):
+                warnings.warn(
+                    f"method {self.method!r} overrides delta below its fast path (inherited from "
+                    f"{cls.__mro__[1].__name__}): the fast path is off for it and every step computes its own delta",
+                    stacklevel=2,
+                )
+                enabled = False
+            layer.fast_path = enabled and (own or fused)
 
     # -- merge -------------------------------------------------------------------------------------
     def merge(self) -> None:
         if not self.method_cls.is_mergeable(self.config):
-            raise ValueError(f"method {self.method!r} with this config is input-dependent and cannot be merged into W")
+            raise ValueError(
+                f"method {self.method!r} with this config cannot be merged into W: its Δ is input-dependent, or it "
+                "has no delta_weight of its own delta"
+            )
         with torch.no_grad():
             for layer in self.layers.values():
                 layer.merge()

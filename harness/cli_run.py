@@ -35,7 +35,7 @@ def _bool(value: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
     from harness.memory import keep_freed_memory
-    from harness.registry import METHODS
+    from harness.registry import METHODS, TASKS
     from harness.runner import BASELINE, build_specs, run_all
     from harness.train import Cancelled
 
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "train_cap": args.train_cap,
             "template": args.template,
             "train_sources": tuple(split_list(args.train_domains)) if args.train_domains else None,
-            "scoring": _scoring(args),
+            "scoring": _scoring(args, TASKS.get(args.task)),
         }.items()
         if v is not None
     }
@@ -115,11 +115,16 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
 
 
-def _scoring(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
-    """Optional scorers (the diffusion suite's judge and HPS v2); None when none is asked for."""
+def _scoring(args: argparse.Namespace, task_cls) -> tuple[tuple[str, str], ...] | None:
+    """Optional scorers (the diffusion suite's judge and HPS v2); None when none is asked for. A flag for a
+    scorer the task does not have is an error; ``HARNESS_HPS_CHECKPOINT`` is read only by a task that has it."""
     import os
 
-    hps = args.hps_checkpoint or os.environ.get("HARNESS_HPS_CHECKPOINT")
+    for flag, key in (("--judge-model", "judge_model"), ("--hps-checkpoint", "hps_checkpoint")):
+        if getattr(args, key) and key not in task_cls.scorers:
+            raise CliError(f"{flag} does not apply to the {args.task} task (it scores nothing with it); leave it out")
+    env = os.environ.get("HARNESS_HPS_CHECKPOINT") if "hps_checkpoint" in task_cls.scorers else None
+    hps = args.hps_checkpoint or env
     if hps and not Path(hps).expanduser().is_file():
         raise CliError(
             f"--hps-checkpoint {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -61,8 +62,8 @@ class AdapterConfig:
     def __post_init__(self) -> None:
         if self.r < 1:
             raise ValueError(f"rank r must be >= 1 (got {self.r})")
-        if self.alpha <= 0:
-            raise ValueError(f"alpha must be > 0 (got {self.alpha})")
+        if not self.alpha > 0 or not math.isfinite(self.alpha):  # NaN fails every comparison: not > 0
+            raise ValueError(f"alpha must be a finite number > 0 (got {self.alpha})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
         if self.heads < 1:

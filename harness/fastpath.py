@@ -79,7 +79,13 @@ class _SparseDropout(torch.autograd.Function):
 
 def _sparse_p(dropout: nn.Module, x: Tensor, any_size: bool = False) -> float | None:
     """The dropout probability when the sparse CPU kernel applies to ``x``, else ``None``."""
-    if isinstance(dropout, nn.Dropout) and dropout.training and 0 < dropout.p and x.device.type == "cpu":
+    if (
+        isinstance(dropout, nn.Dropout)
+        and dropout.training
+        and 0 < dropout.p
+        and x.device.type == "cpu"
+        and not torch.is_autocast_enabled("cpu")  # its custom nodes keep one dtype: under autocast, nn.Dropout
+    ):
         if any_size or x.numel() >= SPARSE_DROPOUT_MIN:
             return dropout.p
     return None

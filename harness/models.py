@@ -78,7 +78,11 @@ def embedded_folder() -> Path:
     try:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
+        try:
+            os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
+        except OSError:  # another process (torchrun, a second run) converted it first: theirs is the same
+            if not (target / "config.json").is_file():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
@@ -86,7 +90,10 @@ def embedded_folder() -> Path:
 
 def resolve(spec: str) -> str:
     """A path or hub id that ``from_pretrained`` takes."""
-    return str(embedded_folder()) if spec == EMBEDDED else spec
+    if spec == EMBEDDED:
+        return str(embedded_folder())
+    local = Path(spec).expanduser()
+    return str(local) if local.exists() else spec
 
 
 def label(spec: str) -> str:
@@ -100,7 +107,7 @@ def load_config_dict(spec: str) -> dict:
         return read_config(CONFIG_DIR / "smollm2-135m-instruct.json")
     if spec in PAPER_MODELS:
         return read_config(CONFIG_DIR / PAPER_MODELS[spec])
-    path = Path(spec)
+    path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
     if path.is_file():
@@ -110,8 +117,8 @@ def load_config_dict(spec: str) -> dict:
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import AutoConfig  # a hub id: needs the internet
 
-    try:
-        return AutoConfig.from_pretrained(spec).to_dict()
+    try:  # a config needing the repo's own code is refused here, never run (nor asked about on a terminal)
+        return AutoConfig.from_pretrained(spec, trust_remote_code=False).to_dict()
     except (OSError, ValueError) as exc:  # not on the hub, gated, or offline: transformers says which
         raise ValueError(
             f"model {spec!r} is not on the Hugging Face hub or it cannot be reached ({_brief(exc)}); {_WHAT_TO_GIVE}"
@@ -140,9 +147,15 @@ def build_meta(spec: str) -> MetaModel:
         from transformers import CONFIG_MAPPING, __version__
 
         if data["model_type"] not in CONFIG_MAPPING:
+            custom = (
+                " (its config names its own code, auto_map: the checks before a run build architectures "
+                "transformers ships only, --trust-remote-code or not)"
+                if "auto_map" in data
+                else ""
+            )
             raise ValueError(
-                f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} knows; "
-                f"fix it or {_WHAT_TO_GIVE}"
+                f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} "
+                f"knows{custom}; fix it or {_WHAT_TO_GIVE}"
             )
     try:
         return _build_meta(spec, data)

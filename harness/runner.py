@@ -104,6 +104,14 @@ def build_specs(
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")
     task_cls.check_options(protocol, task_opts)
+    chosen = Path(model or p.model).expanduser()
+    if not random_weights and chosen.is_file():
+        raise ValueError(
+            f"model {str(chosen)!r} is a file: weights load from a model folder (or a hub id); pass its folder, or "
+            "--random-weights to build the architecture from this config"
+        )
+    if unknown := [k for k, _ in task_opts.scoring or () if k not in task_cls.scorers]:
+        raise ValueError(f"scoring {unknown} does not apply to the {task} task (it reads {list(task_cls.scorers)})")
     if eval_batch_size is not None and eval_batch_size < 1:
         raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
     options = {**p.method_options, **(method_options or {})}
@@ -122,12 +130,14 @@ def build_specs(
                     model or p.model,
                     protocol,
                     resolved,
-                    dataclasses.replace(train_cfg, seed=seed),
+                    # the zero-shot model trains nothing: training options leave its run (and id) alone
+                    dataclasses.replace(train_cfg if method != BASELINE else p.train, seed=seed),
                     dataclasses.replace(task_opts, seed=seed),
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
                     # each only when set: the run ids from before stay
-                    ({"task_settings": p.settings} if p.settings else {}) | ({"fast_path": True} if fast_path else {}),
+                    ({"task_settings": p.settings} if p.settings else {})
+                    | ({"fast_path": True} if fast_path and method != BASELINE else {}),
                 )
             )
     return specs

@@ -140,6 +140,7 @@ class Task(ABC):
     columns: ClassVar[tuple[str, ...]] = ()  # the leaderboard's benchmark columns, in order (others follow)
     averaged: ClassVar[tuple[str, ...] | None] = None  # the columns the leaderboard's Avg covers (None: all)
     default_preset: ClassVar[str] = "embedded"
+    scorers: ClassVar[tuple[str, ...]] = ()  # the optional scorers (TaskOptions.scoring keys) the task reads
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

@@ -53,8 +53,12 @@ class TrainConfig:
         for name in ("micro_batch_size", "grad_accum", "cutoff_len", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.epochs <= 0 or self.lr <= 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError("epochs and lr must be > 0; warmup_steps and checkpoint_every must be >= 0")
+        finite = all(math.isfinite(v) and v > 0 for v in (self.epochs, self.lr))  # NaN passes `<= 0` checks
+        if not finite or self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError(
+                f"epochs and lr must be finite numbers > 0 (got {self.epochs}, {self.lr}); warmup_steps and "
+                "checkpoint_every must be >= 0"
+            )
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
 

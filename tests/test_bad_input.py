@@ -185,7 +185,17 @@ CASES = [
     ),
     bad("rank-not-an-int", run("--rank", "x"), r"argument --rank: invalid int value: 'x'", usage=True),
     bad("rank-negative", run("--rank", "-4"), r"rank r must be >= 1 \(got -4\)"),
-    bad("alpha-zero", run("--alpha", "0"), r"alpha must be > 0 \(got 0\.0\)"),
+    bad("alpha-zero", run("--alpha", "0"), r"alpha must be a finite number > 0 \(got 0\.0\)"),
+    bad("alpha-nan", run("--alpha", "nan"), r"alpha must be a finite number > 0 \(got nan\)"),
+    bad("lr-nan", run("--lr", "nan"), r"epochs and lr must be finite numbers > 0 \(got 1\.0, nan\)"),
+    bad(
+        "judge-model-on-commonsense",
+        run("--judge-model", "gpt-4o"),
+        r"--judge-model does not apply to the commonsense task",
+    ),
+    bad(
+        "model-config-file-without-random-weights", run("--model", "{tiny}"), r"tiny.json. is a file: weights load from"
+    ),
     bad("heads-zero", run("--methods", "hydralora", "--heads", "0"), r"heads must be >= 1 \(got 0\)"),
     bad("dropout-one", run("--option", "dropout=1"), r"dropout must be in \[0, 1\) \(got 1\.0\)"),
     bad(
@@ -222,7 +232,7 @@ CASES = [
     bad("reducer-k-zero", run("--methods", "effilora", "--option", "k=0"), r"reducer k must be >= 1 \(got 0\)"),
     # --- the CLI: training and scoring settings ---
     bad("steps-zero", run("--steps", "0"), r"steps must be >= 1 \(got 0\)"),
-    bad("lr-zero", run("--lr", "0"), r"epochs and lr must be > 0"),
+    bad("lr-zero", run("--lr", "0"), r"epochs and lr must be finite numbers > 0"),
     bad(
         "train-on-inputs-not-a-bool",
         run("--train-on-inputs", "maybe"),
@@ -462,6 +472,12 @@ CASES = [
         ["params", "--model", "{tmp}/model", "--methods", "lora"],
         r"model '.*model': model_type 'nonsense' is not one transformers [\d.]+ knows; fix it or give a model folder",
         write(CONFIG_JSON, '{"model_type": "nonsense"}'),
+    ),
+    bad(
+        "config-json-custom-code",
+        ["params", "--model", "{tmp}/model", "--methods", "lora"],
+        r"model_type 'mine' is not one transformers [\d.]+ knows \(its config names its own code, auto_map: the",
+        write(CONFIG_JSON, '{"model_type": "mine", "auto_map": {"AutoConfig": "x.MyConfig"}}'),
     ),
     bad(
         "config-json-field-wrong-type",

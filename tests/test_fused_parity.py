@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import harness.fastpath as fastpath
 from harness import AdapterConfig, AdapterLinear, attach
 from harness.fastpath import drop_positions, sparse_dropout
+from methods.lora import LoraLinear
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
 
@@ -390,6 +391,48 @@ def test_a_plugin_with_only_delta_keeps_the_reference_path_and_its_own_dropout()
     out = with_dropout.model(**batch())
     out.loss.backward()
     assert all(p.grad is not None for p in with_dropout.trainable_parameters())
+
+
+class ScaledLoraLinear(LoraLinear):
+    """A plugin that subclasses a built-in and overrides only ``delta``: LoRA's fast path and ``delta_weight``
+    compute LoRA's Δ, not this one."""
+
+    name = "scaled_lora"
+
+    def delta(self, x):
+        return 3.0 * super().delta(x)
+
+
+def test_a_plugin_that_overrides_only_delta_of_a_built_in_gets_neither_its_fast_path_nor_its_merge():
+    adapter = attach(tiny_llama(), ScaledLoraLinear, targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    reference, _ = outputs_and_grads(adapter, fast=False)
+    with pytest.warns(UserWarning, match="overrides delta below its fast path"):
+        adapter.use_fast_path(True)
+    assert not any(layer.fast_path for layer in adapter.layers.values())
+    torch.testing.assert_close(outputs_and_grads(adapter, fast=False)[0], reference)
+    assert not ScaledLoraLinear.is_mergeable(adapter.config) and LoraLinear.is_mergeable(adapter.config)
+    with pytest.raises(ValueError, match="no delta_weight of its own delta"):
+        adapter.merge()
+
+
+def test_weights_are_not_loaded_into_a_merged_adapter():
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    state = {k: v.clone() for k, v in adapter.state_dict().items()}
+    adapter.merge()
+    with pytest.raises(ValueError, match="call unmerge\\(\\) before loading"):
+        adapter.load_state_dict(state)
+
+
+def test_the_fast_path_trains_under_cpu_bf16_autocast():
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.1)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = adapter.model(**batch(size=2, length=64))  # large enough for the sparse kernel without autocast
+    out.loss.backward()
+    assert all(p.grad is not None for p in adapter.trainable_parameters())
 
 
 def test_the_shared_input_dies_with_its_tensor():

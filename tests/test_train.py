@@ -203,7 +203,7 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
         ("steps", -5, "steps must be >= 1"),
         ("micro_batch_size", 0, "micro_batch_size must be >= 1"),
         ("schedule", "exp", "choose one of: linear, cosine, constant"),
-        ("lr", 0.0, "lr must be > 0"),
+        ("lr", 0.0, "lr must be finite numbers > 0"),
     ],
 )
 def test_bad_settings(field, value, message):

@@ -42,6 +42,7 @@ class DiffusionTask(Task):
     protocols = ("native",)
     presets = PRESETS
     columns = ("similarity", "fidelity", "kid", *JUDGE_COLUMNS, "judge_avg", "hps_v2")
+    scorers = ("judge_model", "hps_checkpoint")
     averaged = ("similarity", "fidelity")  # Avg: the two offline scores on a 0-100 scale, higher is better
 
     @classmethod

@@ -135,12 +135,17 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
+# the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
+# the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
+HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
+
+
 def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Pipeline:
     """A diffusers Stable Diffusion folder, or a hub id (``runwayml/stable-diffusion-v1-5``), part by part."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    src = str(folder)
+    src = HUB_MOVED.get(str(folder), str(folder))
     unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)
     text = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype)
