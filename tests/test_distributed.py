@@ -51,6 +51,8 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
         assert abs(x - y) <= 1e-3 * max(1.0, abs(x))  # the same loss curve at the same effective batch
     assert multi.stdout.count("[1/1]") == 1  # one process reports
     assert b["run"]["config"]["processes"] == 2 and "processes" not in a["run"]["config"]  # in the run id too
+    # the step's FLOPs cover both processes' micro-batches (other pairings of the same examples: other padding)
+    assert len(b["train"]["flops_per_step"]["micro_batches"]) == len(a["train"]["flops_per_step"]["micro_batches"]) == 2
 
 
 @pytest.mark.slow
