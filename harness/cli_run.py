@@ -117,12 +117,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def _scoring(args: argparse.Namespace, task_cls) -> tuple[tuple[str, str], ...] | None:
     """Optional scorers (the diffusion suite's judge and HPS v2); None when none is asked for. A flag for a
-    scorer the task does not have is an error; ``HARNESS_HPS_CHECKPOINT`` is read only by a task that has it."""
+    scorer the task does not have is refused by ``build_specs``; ``HARNESS_HPS_CHECKPOINT`` is read only by a task
+    that has it."""
     import os
 
-    for flag, key in (("--judge-model", "judge_model"), ("--hps-checkpoint", "hps_checkpoint")):
-        if getattr(args, key) and key not in task_cls.scorers:
-            raise CliError(f"{flag} does not apply to the {args.task} task (it scores nothing with it); leave it out")
     env = os.environ.get("HARNESS_HPS_CHECKPOINT") if "hps_checkpoint" in task_cls.scorers else None
     hps = args.hps_checkpoint or env
     if hps and not Path(hps).expanduser().is_file():

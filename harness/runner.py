@@ -111,7 +111,8 @@ def build_specs(
             "--random-weights to build the architecture from this config"
         )
     if unknown := [k for k, _ in task_opts.scoring or () if k not in task_cls.scorers]:
-        raise ValueError(f"scoring {unknown} does not apply to the {task} task (it reads {list(task_cls.scorers)})")
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"{flags} does not apply to the {task} task (it scores nothing with it); leave it out")
     if eval_batch_size is not None and eval_batch_size < 1:
         raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
     options = {**p.method_options, **(method_options or {})}

@@ -163,11 +163,12 @@ def train(
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
     }
-    step_shapes = _first_shapes(recipe, encoded, micro_batches)
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
 
         step_shapes = gather_object(_first_shapes(recipe, encoded, micro_batches[:1]))
+    else:
+        step_shapes = _first_shapes(recipe, encoded, micro_batches)
     memory = MemoryMeter(device)  # before a resume, so that a resumed run's baseline is a fresh run's
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
