@@ -216,8 +216,12 @@ def _finished_record(record_path: Path) -> dict[str, Any] | None:
 
 
 def _other_data(finished: dict[str, Any], task: Task) -> str | None:
-    """How the task's data differs from what the finished run scored; ``None``: the same, or not known (the
-    task does not say, or the record is older than the test files' hashes in it)."""
+    """How the task's data differs from what the finished run trained on and scored; ``None``: the same, or not
+    known (the task does not say, or the record is older than the files' hashes in it)."""
+    return _other_test_data(finished, task) or _other_training_data(finished, task)
+
+
+def _other_test_data(finished: dict[str, Any], task: Task) -> str | None:
     current = task.data_fingerprint()
     entries = {b: e for b, e in (finished.get("eval") or {}).items() if isinstance(e, dict)}
     if current is None or not any(e.get("sha256") for e in entries.values()):
@@ -231,6 +235,23 @@ def _other_data(finished: dict[str, Any], task: Task) -> str | None:
             return f"{benchmark}'s test file {'differs' if benchmark in current else 'is not in this data'}"
         if benchmark in current and (not entry or entry.get("status") == "absent"):
             return f"{benchmark} has a test file now and had none then"
+    return None
+
+
+def _other_training_data(finished: dict[str, Any], task: Task) -> str | None:
+    """How the files training reads differ from the finished run's (``None``: the same, or not known: the task or
+    the record does not say)."""
+    recorded = task.training_files(finished.get("run", {}).get("config", {}).get("data") or {})
+    if not recorded:
+        return None
+    current = task.training_files()
+    for name in sorted(set(recorded) | set(current)):
+        if name not in current:
+            return f"the training file {name} is not in this data"
+        if name not in recorded:
+            return f"the training file {name} is new"
+        if recorded[name] != current[name]:
+            return f"the training file {name} differs"
     return None
 
 

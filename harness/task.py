@@ -152,6 +152,13 @@ class Task(ABC):
         (no check)."""
         return None
 
+    def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
+        """``{file: sha256}`` of the data files training reads: those a finished run read, from what its record
+        kept of ``describe()`` (``run.config.data``, passed as ``described``), or with ``None`` those it would
+        read now. A finished run whose files differ from today's is not reused. ``{}``: the task does not say
+        (no check)."""
+        return {}
+
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:
         """Raise ``ValueError`` if ``protocol`` and ``options`` do not fit together (before any run)."""

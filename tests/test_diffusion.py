@@ -569,9 +569,12 @@ def test_a_finished_run_on_other_test_rows_is_told_apart(tmp_path):
         assert sha == hashlib.sha256(test_meta.read_bytes()).hexdigest()
         finished = {"eval": {"similarity": {"sha256": sha}, "kid": {"sha256": sha}, "judge_avg": {"status": "absent"}}}
         assert other(folder, finished) is None
+        described = TASKS.get("diffusion")(TaskOptions(data_dir=str(folder), template="caption")).describe()
         if train_meta is not None:
             recaption(train_meta)  # other training rows, the same test rows
-            assert other(folder, finished) is None
+            assert other(folder, finished) is None  # a record that kept no training files' hashes
+            trained = {**finished, "run": {"config": {"data": described}}}
+            assert other(folder, trained) == "the training file train/metadata.jsonl differs"
         recaption(test_meta)
         assert other(folder, finished) == "the test file differs"
 

@@ -115,6 +115,13 @@ def test_the_fingerprint_is_each_domains_test_file(folder):
     _write(folder, "test.json", _test_records() + general)
     finished["eval"]["math"]["sha256"] = task().data_fingerprint()["math"]
     assert runner._other_data(finished, task()) == "general has a test file now and had none then"
+    # the training files too, as the record keeps them (run.config.data)
+    finished = {"eval": {d: {"sha256": s} for d, s in task().data_fingerprint().items()}}
+    finished["run"] = {"config": {"data": task().describe()}}
+    assert set(task().training_files(finished["run"]["config"]["data"])) == {"train.json"}  # no captions.json here
+    assert runner._other_data(finished, task()) is None
+    _write(folder, "train.json", [_train("t1")])
+    assert runner._other_data(finished, task()) == "the training file train.json differs"
 
 
 def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):

@@ -291,8 +291,8 @@ def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exist
 
 
 def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_dir, tmp_path):
-    """The run id leaves the data folder out (any copy of the same data is the same run): the test files'
-    hashes in the record decide whether a finished run is the one asked for."""
+    """The run id leaves the data folder out (any copy of the same data is the same run): the test and
+    training files' hashes in the record decide whether a finished run is the one asked for."""
     small = tmp_path / "data"
     for benchmark in ("ARC-Easy", "boolq"):
         for split, n in (("test", 4), ("train", 12)):
@@ -306,6 +306,12 @@ def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_di
     finished = path.read_bytes()
     again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # the same data: skipped
     assert again.returncode == 0 and path.read_bytes() == finished, again.stderr[-2000:]
+    boolq = small / "boolq" / "train.json"
+    boolq.write_text(json.dumps(json.loads(boolq.read_text())[:11]))  # the same test files, other training data
+    retrained = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert retrained.returncode != 0 and "Traceback" not in retrained.stderr
+    message = retrained.stderr.strip().splitlines()[-1]
+    assert "finished on other data (the training file boolq/train.json differs); pass --force" in message, message
     arc = small / "ARC-Easy" / "test.json"
     arc.write_text(json.dumps(json.loads(arc.read_text())[:3]))
     other = subprocess.run(args, capture_output=True, text=True, timeout=600)

@@ -57,10 +57,11 @@ class CommonsenseTask(Task):
         self._provenance: list[dict[str, Any]] = []
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
-        for benchmark in data.benchmark_names(self.data_dir):  # training files too (read again by splits())
-            data.read_split(self.data_dir, benchmark, "train")
+        # training files too (read again by splits()); one mixed train.json replaces the benchmarks' own
+        train = [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir)]
         if (self.data_dir / data.MIXED_TRAIN).is_file():
-            data.read_json_file(self.data_dir / data.MIXED_TRAIN)
+            train = [data.read_json_file(self.data_dir / data.MIXED_TRAIN)]
+        self._train_files = {data.provenance_name(f.path): f.sha256 for f in train if f is not None}
         if self.cloze:
             for test in self._tests.values():
                 if test is not None:
@@ -202,6 +203,11 @@ class CommonsenseTask(Task):
         """The first ``eval_limit`` test examples (the same for every method and seed)."""
         limit = self.options.eval_limit
         return records[:limit] if limit else records
+
+    def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
+        if described is None:
+            return dict(self._train_files)
+        return {f["file"]: f["sha256"] for f in described.get("train_files", []) if f.get("sha256")}
 
     def describe(self) -> dict[str, Any]:
         present = [b for b in data.benchmark_names(self.data_dir) if self.test_records(b) is not None]

@@ -158,6 +158,11 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def provenance_name(path: Path) -> str:
+    """A training file as records name it: its folder and its name."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training records (each tagged with its ``benchmark``) and a provenance list of the files used."""
     mixed = data_dir / MIXED_TRAIN
@@ -177,7 +182,7 @@ def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[
         records += [{**r, "benchmark": benchmark} for r in chosen]
         provenance.append(
             {
-                "file": f"{data.path.parent.name}/{data.path.name}",
+                "file": provenance_name(data.path),
                 "sha256": data.sha256,
                 "examples": len(data.records),
                 "used": len(chosen),

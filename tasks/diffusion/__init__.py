@@ -367,6 +367,10 @@ class DiffusionTask(Task):
         with atomic_path(predictions_path) as tmp:
             tmp.write_text("\n".join(lines) + "\n")
 
+    def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
+        files = (ddata.describe(self.data) if described is None else described).get("files", {})
+        return {name: sha for name, sha in files.items() if not name.startswith("test/")}  # captions, not images
+
     def describe(self) -> dict[str, Any]:
         out = {**ddata.describe(self.data), "data_dir": self.folder.name}
         if self.data.base:

@@ -252,6 +252,10 @@ class MultimodalTask(Task):
                 tmp.write_text("\n".join(lines) + "\n")
         return results
 
+    def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
+        files = (data.describe(self.data_dir) if described is None else described).get("files", [])
+        return {f["file"]: f["sha256"] for f in files if not f["file"].startswith("test")}  # train + captions
+
     def describe(self) -> dict[str, Any]:
         return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
 
