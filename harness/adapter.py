@@ -231,6 +231,7 @@ class Adapter:
             groups.setdefault(layer.site.layer, []).append(layer)
         self.layer_groups = groups
         self.reducer = Reducer(config.reducer, list(groups.values())) if config.reducer else None
+        self._requires_grad_before: dict[str, bool] = {}  # attach() fills it: what unload() restores
 
     # -- accounting ------------------------------------------------------------------------------
     def adapter_parameters(self) -> list[nn.Parameter]:
@@ -334,6 +335,19 @@ class Adapter:
             for layer in self.layers.values():
                 layer.unmerge()
 
+    def unload(self) -> nn.Module:
+        """Take the adapter off (unmerged first): the base linears back in their places, the model's parameters
+        as trainable as before ``attach``. Returns the model; this handle is spent."""
+        self.unmerge()
+        for name, layer in self.layers.items():
+            self.model.set_submodule(name, layer.base)
+        if isinstance(getattr(self.model, SHARED, None), SharedTensors):
+            delattr(self.model, SHARED)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._requires_grad_before.get(name, p.requires_grad))
+        self.layers, self.layer_groups, self._trainable = {}, {}, []
+        return self.model
+
     # -- hooks the training loop calls ---------------------------------------------------------------
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
@@ -373,6 +387,7 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise ValueError("this model already has an adapter attached; attach to a fresh model")
     names = find_targets(model, config.targets)
+    before = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     shared = SharedTensors()
     layers: dict[str, AdapterLinear] = {}
@@ -384,7 +399,9 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
         model.set_submodule(name, layers[name])
     if len(list(shared.parameters())):
         model.add_module(SHARED, shared)
-    return Adapter(model, cls, config, layers)
+    adapter = Adapter(model, cls, config, layers)
+    adapter._requires_grad_before = before
+    return adapter
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
@@ -396,7 +413,11 @@ def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
     meta = json.loads(meta_file.read_text())
     cls = METHODS.get(meta["method"])
     adapter = attach(model, cls, config=config_from_dict(cls.config_cls, meta["config"]))
-    adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+    try:
+        adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+    except BaseException:
+        adapter.unload()  # the model as it was given, so that the caller can try another directory
+        raise
     return adapter
 
 

@@ -60,6 +60,39 @@ def test_save_load_round_trip_is_bit_exact(method, tmp_path):
     assert torch.equal(adapter.model(**batch()).logits, loaded.model(**batch()).logits)
 
 
+def test_unload_gives_the_model_back_as_it_was(method):
+    model = tiny_llama()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a user's own freezing survives attach + unload
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected = model(**batch()).logits
+    adapter = attach(model, method, targets=TINY_TARGETS)
+    perturb(adapter)
+    if adapter.method_cls.is_mergeable(adapter.config):
+        adapter.merge()  # unload() unmerges first
+    assert adapter.unload() is model
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert all(torch.allclose(p, weights[n], atol=1e-6) for n, p in model.named_parameters())
+    assert sorted(n for n, _ in model.named_parameters()) == sorted(weights)
+    assert torch.allclose(model(**batch()).logits, expected, atol=1e-5)
+    attach(model, method, targets=TINY_TARGETS)  # a fresh model again
+
+
+def test_a_failed_load_leaves_the_model_unwrapped(method, tmp_path):
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    adapter.save(tmp_path)
+    other = attach(tiny_llama(), method, targets=TINY_TARGETS, r=4)
+    other.save(tmp_path / "r4")
+    (tmp_path / "r4" / ADAPTER_CONFIG).write_bytes((tmp_path / ADAPTER_CONFIG).read_bytes())  # weights of r=4
+    model = tiny_llama()
+    names = sorted(n for n, _ in model.named_parameters())
+    with pytest.raises(ValueError, match="has shape"):
+        load_adapter(model, tmp_path / "r4")
+    assert sorted(n for n, _ in model.named_parameters()) == names
+    assert all(p.requires_grad for p in model.parameters())
+    assert load_adapter(model, tmp_path).method == method  # the right directory loads into the same model
+
+
 def test_state_dict_counts_shared_tensors_once(method):
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
     state = adapter.state_dict()
