@@ -169,14 +169,16 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
         torch.manual_seed(config.seed)
         with torch.device(device):  # initialised where it runs: a paper shape is slow to initialise on a CPU
             model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data), dtype=dtype)
-        source, label = models.embedded_folder(), f"{models.label(config.model)} (random weights)"
+        label = f"{models.label(config.model)} (random weights)"
         label += f", {config.layers} layer{'s' if config.layers != 1 else ''}" if config.layers else ""
+        vocab = getattr(model.config.get_text_config(), "vocab_size", None)
+        tokenizer = models.random_weights_tokenizer(config.model, vocab)[0] if config.protocols else None
     elif config.layers:
         raise ValueError("--layers builds a reduced shape and needs --random-weights")
     else:
         source, label = models.resolve(config.model), models.label(config.model)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(source) if config.protocols else None
+        tokenizer = AutoTokenizer.from_pretrained(source) if config.protocols else None
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, label

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -86,6 +87,34 @@ def embedded_folder() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def random_weights_tokenizer(spec: str, vocab_size: int | None) -> tuple[Any, str]:
+    """(tokenizer, where it comes from) for a model built with random weights from ``spec``'s config: the
+    model folder's own tokenizer when the folder has its files, else the embedded model's (SmolLM2, 49,152
+    tokens; never a download). A ``ValueError`` when the tokenizer has more tokens than the config's
+    ``vocab_size`` (its ids would index past the embeddings)."""
+    from transformers import AutoTokenizer
+
+    folder = Path(spec).expanduser()
+    folder = folder if folder.is_dir() else folder.parent  # a config.json file: its folder
+    if spec not in (EMBEDDED, *PAPER_MODELS) and any((folder / name).is_file() for name in TOKENIZER_FILES):
+        tokenizer, where = AutoTokenizer.from_pretrained(folder), f"the tokenizer in {folder.name}/"
+    else:
+        tokenizer, where = (
+            AutoTokenizer.from_pretrained(embedded_folder()),
+            "the embedded SmolLM2-135M-Instruct tokenizer",
+        )
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"model {spec!r}: its config's vocab_size ({vocab_size}) is smaller than {where} ({len(tokenizer)} "
+            f"tokens); put the model's own tokenizer files ({', '.join(TOKENIZER_FILES)}) beside its config.json, "
+            f"or set vocab_size to at least {len(tokenizer)}"
+        )
+    return tokenizer, where
 
 
 def resolve(spec: str) -> str:

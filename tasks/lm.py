@@ -142,9 +142,10 @@ def load_causal_lm(
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if random_weights:
+        config = AutoConfig.for_model(**models.load_config_dict(model))
+        tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
         torch.manual_seed(seed)
-        net = AutoModelForCausalLM.from_config(AutoConfig.for_model(**models.load_config_dict(model)), dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())  # any tokenizer within the vocab
+        net = AutoModelForCausalLM.from_config(config, dtype=dtype)
         label = f"{models.label(model)} (random weights)"
     else:
         source = models.resolve(model)

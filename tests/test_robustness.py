@@ -383,3 +383,45 @@ def test_a_cancelled_forced_rerun_keeps_the_finished_record_and_says_what_the_ne
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == before
     [attempt] = (tmp_path / spec.run_id).glob("cancelled-*.json")
     assert json.loads(attempt.read_text())["run"]["status"] == "cancelled"
+
+
+def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_does_not_fit(data_dir, tmp_path):
+    """A config with a small vocabulary: without tokenizer files beside it the embedded tokenizer's 49,152 ids
+    would index past its embeddings (it failed in training), so the run is refused saying what to do; with
+    its own tokenizer files the run trains and scores with that tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+    folder = tmp_path / "small-vocab"
+    LlamaConfig(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    ).save_pretrained(folder)  # fmt: skip
+    small = tmp_path / "data"
+    for split, n in (("test", 4), ("train", 12)):
+        records = json.loads((data_dir / "boolq" / f"{split}.json").read_text())[:n]
+        (small / "boolq").mkdir(parents=True, exist_ok=True)
+        (small / "boolq" / f"{split}.json").write_text(json.dumps(records))
+    runs = tmp_path / "runs"
+    args = run_args(folder, small, runs, "lora", "--no-leaderboard")
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    [path] = runs.glob(f"*/{RECORD}")
+    error = read_record(path)["run"]["error"]  # the run fails as it loads the model, before any training
+    assert re.search(
+        r"vocab_size \(128\) is smaller than the embedded SmolLM2-135M-Instruct tokenizer \(49152 tokens\); put the "
+        r"model's own tokenizer files \(tokenizer.json, tokenizer_config.json\) beside its config.json",
+        error,
+    ), error
+    assert error in refused.stdout
+
+    words = [w for r in json.loads((small / "boolq" / "train.json").read_text()) for w in r["instruction"].split()]
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *dict.fromkeys(words)][:120])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    own = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    own.save_pretrained(folder)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
