@@ -185,10 +185,12 @@ def train(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         adapter.load_training_state(saved["hooks"])
-        torch.set_rng_state(saved["torch_rng"])
-        if saved.get("cuda_rng") is not None and device.type == "cuda":  # dropout and noise drawn on the GPU
-            torch.cuda.set_rng_state(saved["cuda_rng"], device)  # the main process's: one process resumes exactly
-        random.setstate(saved["python_rng"])
+        rngs = saved.get("process_rngs")  # several processes: each one's own (dropout draws differ per process)
+        mine = rngs[accelerator.process_index] if rngs and len(rngs) == accelerator.num_processes else saved
+        torch.set_rng_state(mine["torch_rng"])
+        if mine.get("cuda_rng") is not None and device.type == "cuda":  # dropout and noise drawn on the GPU
+            torch.cuda.set_rng_state(mine["cuda_rng"], device)
+        random.setstate(mine["python_rng"])
         state = saved["state"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
         resumed_from = state["step"]
@@ -215,9 +217,16 @@ def train(
     )
 
     def save() -> None:  # a checkpoint of where training is now (none without a checkpoint path)
-        if checkpoint:
+        if not checkpoint:
+            return
+        rngs = None  # every process calls save(): each one's random state is gathered; the main process writes
+        if accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            rngs = gather_object([_rng_state(device)])
+        if accelerator.is_main_process:
             state["memory"] = memory.state()
-            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device)
+            save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device, rngs)
 
     while state["step"] < total_steps:
         step = state["step"]
@@ -277,7 +286,6 @@ def train(
             and config.checkpoint_every
             and state["step"] % config.checkpoint_every == 0
             and state["step"] < total_steps
-            and accelerator.is_main_process
         ):
             save()
         if _asked(should_stop, accelerator):  # the last step too: its checkpoint spares a re-train
@@ -331,9 +339,8 @@ def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:
 
 
 def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: int) -> NoReturn:
-    """Checkpoint (the main process), then raise ``Cancelled``: the next start resumes from here."""
-    if accelerator.is_main_process:
-        save()
+    """Checkpoint (every process: the main one writes), then raise ``Cancelled``: the next start resumes from here."""
+    save()
     accelerator.wait_for_everyone()
     bar.close()
     raise Cancelled(f"stopped at step {step} of {total_steps}; checkpoint saved, the next start resumes")
@@ -348,7 +355,10 @@ def save_checkpoint(
     state: dict[str, Any],
     task_params: list[torch.nn.Parameter] | None = None,
     device: torch.device | None = None,
+    process_rngs: list[dict[str, Any]] | None = None,
 ) -> None:
+    """``process_rngs``: under several processes, each one's random state (``_rng_state``), in process order;
+    the top-level states are this process's."""
     state["saved_step"] = state["step"]
     payload = {
         "adapter": adapter.state_dict(),
@@ -357,13 +367,21 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "hooks": adapter.training_state(),
         "config": asdict(config),
+        **_rng_state(device),
+        "state": state,
+    }
+    if process_rngs is not None:
+        payload["process_rngs"] = process_rngs
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _rng_state(device: torch.device | None) -> dict[str, Any]:
+    return {
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "python_rng": random.getstate(),
-        "state": state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,10 +21,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(args: list[str]) -> list[str]:
-    """``python -m harness …`` under torchrun with 2 processes."""
+def torchrun(args: list[str], script: Path | None = None) -> list[str]:
+    """``python -m harness …`` (or ``python script …``) under torchrun with 2 processes."""
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    return [*launch, "--master_port", str(free_port()), "-m", "harness", *args[3:]]
+    entry = [str(script)] if script else ["-m", "harness"]
+    return [*launch, "--master_port", str(free_port()), *entry, *args[3:]]
 
 
 def env() -> dict[str, str]:
@@ -80,3 +82,40 @@ def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     assert record["run"]["status"] == "success", finished.stdout[-2000:]
     assert (record["train"]["resumed_from_step"] or 0) >= 2, finished.stdout[-2000:]
     assert record["train"]["steps"] == 200
+
+
+STOP_AT_STEP = """
+import sys
+
+from harness.guard import StopOnSigterm
+
+polls = []  # asked to stop after step {step} (on every process), as SIGTERM would ask
+StopOnSigterm.requested = lambda self: bool(polls.append(1)) or len(polls) >= {step}
+
+from harness.cli import main
+
+sys.argv[0] = "harness"
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_stopped_and_resumed_train_as_if_never_stopped(tiny_model, data_dir, tmp_path):
+    """Each process resumes from its own random state (dropout draws differ per process): the loss curve of a
+    run stopped after step 3 and resumed is the uninterrupted run's (each process took the main one's)."""
+    common = ["--steps", "6", "--option", "dropout=0.5", "--micro-batch-size", "2", "--no-leaderboard"]
+    script = tmp_path / "stop_at_step.py"
+    script.write_text(STOP_AT_STEP.format(step=3))
+    whole = torchrun(run_args(tiny_model, data_dir, tmp_path / "whole", "lora", *common))
+    stopped_args = run_args(tiny_model, data_dir, tmp_path / "stopped", "lora", *common)
+    done = subprocess.run(whole, capture_output=True, text=True, timeout=600, env=env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    stopped = subprocess.run(torchrun(stopped_args, script), capture_output=True, text=True, timeout=600, env=env())
+    [cancelled] = [read_record(p) for p in (tmp_path / "stopped").glob(f"*/{RECORD}")]  # exit 128 + SIGTERM
+    assert cancelled["run"]["error"].startswith("stopped at step 3 of 6"), stopped.stderr[-3000:]
+    resumed = subprocess.run(torchrun(stopped_args), capture_output=True, text=True, timeout=600, env=env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    [a] = [read_record(p) for p in (tmp_path / "whole").glob(f"*/{RECORD}")]
+    [b] = [read_record(p) for p in (tmp_path / "stopped").glob(f"*/{RECORD}")]
+    assert b["train"]["resumed_from_step"] == 3
+    assert b["train"]["loss_curve"] == a["train"]["loss_curve"]
