@@ -100,8 +100,9 @@ def random_weights_tokenizer(spec: str, vocab_size: int | None) -> tuple[Any, st
     from transformers import AutoTokenizer
 
     folder = Path(spec).expanduser()
-    folder = folder if folder.is_dir() else folder.parent  # a config.json file: its folder
-    if spec not in (EMBEDDED, *PAPER_MODELS) and any((folder / name).is_file() for name in TOKENIZER_FILES):
+    folder = folder.parent if folder.is_file() else folder  # a config.json file: its folder
+    local = folder.is_dir() and spec not in (EMBEDDED, *PAPER_MODELS)  # a folder, as resolve() takes it
+    if local and any((folder / name).is_file() for name in TOKENIZER_FILES):
         tokenizer, where = AutoTokenizer.from_pretrained(folder), f"the tokenizer in {folder.name}/"
     else:
         tokenizer, where = (

@@ -240,9 +240,9 @@ def _other_test_data(finished: dict[str, Any], task: Task) -> str | None:
 
 def _other_training_data(finished: dict[str, Any], task: Task) -> str | None:
     """How the files training reads differ from the finished run's (``None``: the same, or not known: the task or
-    the record does not say)."""
+    the record does not say, or the run did not train)."""
     recorded = task.training_files(finished.get("run", {}).get("config", {}).get("data") or {})
-    if not recorded:
+    if not recorded or not finished.get("train"):
         return None
     current = task.training_files()
     for name in sorted(set(recorded) | set(current)):

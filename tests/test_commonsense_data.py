@@ -70,6 +70,36 @@ def test_mixed_training_file_is_used_when_present(tmp_path, data_dir):
     assert len(records) == 30 and provenance[0]["file"].endswith(data.MIXED_TRAIN)
 
 
+def test_the_training_files_a_finished_run_is_checked_against(tmp_path, data_dir):
+    """What ``harness.runner._other_data`` compares besides the test files: the training files, by name and hash;
+    a copy of the same data elsewhere (its mixed file named after the folder in records) is the same data; a
+    zero-shot run is never checked (it trained on nothing) and never reports a trained run's files."""
+    from harness import runner
+
+    def task(folder):
+        return CommonsenseTask(TaskOptions(data_dir=str(folder), val_size=4))
+
+    first = copy_benchmarks(data_dir, tmp_path / "first", ["boolq"])
+    mixed = json.loads((data_dir / "ARC-Easy" / "train.json").read_text())[:30]
+    (first / data.MIXED_TRAIN).write_text(json.dumps(mixed))
+    trained = task(first)
+    trained.splits()
+    described = trained.describe()
+    assert trained.describe()["train_files"] == []  # the next (zero-shot) run of the sweep read none
+    assert (
+        trained.training_files(described)
+        == trained.training_files()
+        == {data.MIXED_TRAIN: described["train_files"][0]["sha256"]}
+    )
+    finished = {"eval": {}, "train": {"steps": 1}, "run": {"config": {"data": described}}}
+    assert runner._other_data(finished, task(shutil.copytree(first, tmp_path / "copy"))) is None
+    (first / data.MIXED_TRAIN).write_text(json.dumps(mixed[:-1]))
+    assert runner._other_data(finished, task(first)) == f"the training file {data.MIXED_TRAIN} differs"
+    assert runner._other_data({**finished, "train": {}}, task(first)) is None  # a zero-shot run's record
+    (first / data.MIXED_TRAIN).unlink()  # the benchmarks' own train.json now
+    assert runner._other_data(finished, task(first)) == "the training file boolq/train.json is new"
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [

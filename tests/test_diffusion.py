@@ -573,7 +573,7 @@ def test_a_finished_run_on_other_test_rows_is_told_apart(tmp_path):
         if train_meta is not None:
             recaption(train_meta)  # other training rows, the same test rows
             assert other(folder, finished) is None  # a record that kept no training files' hashes
-            trained = {**finished, "run": {"config": {"data": described}}}
+            trained = {**finished, "run": {"config": {"data": described}}, "train": {"steps": 1}}
             assert other(folder, trained) == "the training file train/metadata.jsonl differs"
         recaption(test_meta)
         assert other(folder, finished) == "the test file differs"

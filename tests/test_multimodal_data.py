@@ -117,11 +117,33 @@ def test_the_fingerprint_is_each_domains_test_file(folder):
     assert runner._other_data(finished, task()) == "general has a test file now and had none then"
     # the training files too, as the record keeps them (run.config.data)
     finished = {"eval": {d: {"sha256": s} for d, s in task().data_fingerprint().items()}}
-    finished["run"] = {"config": {"data": task().describe()}}
+    finished |= {"run": {"config": {"data": task().describe()}}, "train": {"steps": 1}}
     assert set(task().training_files(finished["run"]["config"]["data"])) == {"train.json"}  # no captions.json here
     assert runner._other_data(finished, task()) is None
     _write(folder, "train.json", [_train("t1")])
     assert runner._other_data(finished, task()) == "the training file train.json differs"
+    assert runner._other_data({**finished, "train": {}}, task()) is None  # a zero-shot run trained on nothing
+
+
+def test_a_run_on_some_domains_is_checked_against_their_training_files_only(folder):
+    from harness import runner
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    (folder / "train.json").unlink()
+    _write(folder, "train-math.json", [_train("m1", "math")])
+    _write(folder, "train-general.json", [_train("g1")])
+
+    def task():
+        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", train_sources=("math",)))
+
+    finished = {"eval": {d: {"sha256": s} for d, s in task().data_fingerprint().items()}, "train": {"steps": 1}}
+    finished["run"] = {"config": {"data": task().describe()}}
+    assert set(task().training_files()) == {"train-math.json"}
+    _write(folder, "train-general.json", [_train("g2")])  # a domain this run does not train on
+    assert runner._other_data(finished, task()) is None
+    _write(folder, "train-math.json", [_train("m2", "math")])
+    assert runner._other_data(finished, task()) == "the training file train-math.json differs"
 
 
 def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):

@@ -293,7 +293,8 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
 
     monkeypatch.setattr(runner, "_execute", boom)
     ctx, forced = runner.RunContext(tmp_path), runner.RunContext(tmp_path, force=True)
-    unknown_data = SimpleNamespace(data_fingerprint=lambda: None)  # a task that does not say what data it has
+    # a task that does not say what data it has (test or training files)
+    unknown_data = SimpleNamespace(data_fingerprint=lambda: None, training_files=lambda described=None: {})
     assert runner.run_one(spec, unknown_data, ctx) == (finished, False)  # finished: skipped, not run
     failed, ran = runner.run_one(spec, None, forced)
     assert ran

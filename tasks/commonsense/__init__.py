@@ -205,15 +205,24 @@ class CommonsenseTask(Task):
         return records[:limit] if limit else records
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
-        if described is None:
-            return dict(self._train_files)
-        return {f["file"]: f["sha256"] for f in described.get("train_files", []) if f.get("sha256")}
+        files = (
+            self._train_files
+            if described is None
+            else {f["file"]: f["sha256"] for f in described.get("train_files", []) if f.get("sha256")}
+        )  # the mixed file is named after its data folder: any copy of the same data is the same
+        return {(data.MIXED_TRAIN if n.endswith("/" + data.MIXED_TRAIN) else n): sha for n, sha in files.items()}
+
+    def _take_provenance(self) -> list[dict[str, Any]]:
+        """The training files of the last ``splits()``, reported once: a zero-shot run after a trained one (the
+        task serves every run of a sweep) read none."""
+        provenance, self._provenance = self._provenance, []
+        return provenance
 
     def describe(self) -> dict[str, Any]:
         present = [b for b in data.benchmark_names(self.data_dir) if self.test_records(b) is not None]
         return {
             "data_dir": self.data_dir.name,
-            "train_files": self._provenance,
+            "train_files": self._take_provenance(),
             "template": self.template.name,
             "benchmarks": present,
             "absent": [b for b in data.BENCHMARKS if b not in present],

@@ -369,7 +369,8 @@ class DiffusionTask(Task):
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
         files = (ddata.describe(self.data) if described is None else described).get("files", {})
-        return {name: sha for name, sha in files.items() if not name.startswith("test/")}  # captions, not images
+        name = str(ddata.train_metadata(self.folder).relative_to(self.folder))  # the captions, not the images
+        return {name: files[name]} if name in files else {}
 
     def describe(self) -> dict[str, Any]:
         out = {**ddata.describe(self.data), "data_dir": self.folder.name}

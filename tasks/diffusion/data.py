@@ -103,6 +103,12 @@ def load(folder: Path) -> Data:
     return Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
 
 
+def train_metadata(folder: Path) -> Path:
+    """The metadata file the training rows are read from (``train/`` when the data has its own split)."""
+    split = folder / "train" / METADATA
+    return split if split.is_file() and (folder / "test" / METADATA).is_file() else folder / METADATA
+
+
 def test_metadata(folder: Path) -> Path:
     """The metadata file the held-out rows are read from (``test/`` when the data has its own split)."""
     split = folder / "test" / METADATA

@@ -254,7 +254,8 @@ class MultimodalTask(Task):
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
         files = (data.describe(self.data_dir) if described is None else described).get("files", [])
-        return {f["file"]: f["sha256"] for f in files if not f["file"].startswith("test")}  # train + captions
+        read = {"train.json", data.CAPTIONS, *(f"train-{d}.json" for d in self._domains)}  # not other domains'
+        return {f["file"]: f["sha256"] for f in files if f["file"] in read}
 
     def describe(self) -> dict[str, Any]:
         return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
