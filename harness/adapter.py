@@ -337,7 +337,8 @@ class Adapter:
 
     def unload(self) -> nn.Module:
         """Take the adapter off (unmerged first): the base linears back in their places, the model's parameters
-        as trainable as before ``attach``. Returns the model; this handle is spent."""
+        as trainable as before ``attach``. Returns the model; this handle is spent. A merged base gets its weights
+        back within the rounding of their dtype (unmerge subtracts Δ again, as peft's does: bf16 rounds twice)."""
         self.unmerge()
         for name, layer in self.layers.items():
             self.model.set_submodule(name, layer.base)

@@ -42,6 +42,8 @@ def drop_positions(n: int, p: float) -> Tensor:
     The gaps between drops of a Bernoulli process are Geometric(p), so about ``n·p`` uniform draws give
     the whole mask (``nn.Dropout`` on a CPU draws ``n``: most of an adapter's cost). Exact in distribution
     up to float64 rounding; the CPU generator's state moves, so results are reproducible from a seed."""
+    if n == 0:  # an empty input (e.g. no tokens): nothing to drop
+        return torch.empty(0, dtype=torch.int64)
     log_keep = math.log1p(-p)
     expected = n * p
     chunk = int(expected + 6.0 * math.sqrt(expected * (1.0 - p)) + 16)  # almost always one chunk

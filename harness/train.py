@@ -201,12 +201,14 @@ def train(
             was_training = model.training
             model.eval()
             n = recipe.units(batch)
-            with torch.no_grad(), accelerator.autocast():
-                loss = recipe.loss_sum(model, to_device(batch, device)) if n else torch.zeros(())
-            model.train(was_training)
-            if timer:
-                state[timer] += time.perf_counter() - began
-            return loss.item() / max(n, 1)
+            try:
+                with torch.no_grad(), accelerator.autocast():
+                    loss = recipe.loss_sum(model, to_device(batch, device)) if n else torch.zeros(())
+                return loss.item() / max(n, 1)
+            finally:  # also when the loss raises: back in training mode (dropout on), the time counted
+                model.train(was_training)
+                if timer:
+                    state[timer] += time.perf_counter() - began
 
         return run
 

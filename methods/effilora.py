@@ -49,7 +49,7 @@ class EffiLoraLinear(SharedA, AdapterLinear):
 
     @classmethod
     def is_mergeable(cls, config: AdapterConfig) -> bool:
-        return config.heads == 1
+        return config.heads == 1 and super().is_mergeable(config)  # a plugin's own delta: not this delta_weight
 
     def router_weights(self, x: Tensor, z: Tensor) -> Tensor:
         return torch.softmax(F.linear(z if self.router_input == "subspace" else x, self.lora_router), dim=-1)

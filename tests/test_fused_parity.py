@@ -13,6 +13,7 @@ import torch.nn.functional as F
 import harness.fastpath as fastpath
 from harness import AdapterConfig, AdapterLinear, attach
 from harness.fastpath import drop_positions, sparse_dropout
+from methods.effilora import EffiLoraLinear
 from methods.lora import LoraLinear
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
@@ -403,17 +404,37 @@ class ScaledLoraLinear(LoraLinear):
         return 3.0 * super().delta(x)
 
 
-def test_a_plugin_that_overrides_only_delta_of_a_built_in_gets_neither_its_fast_path_nor_its_merge():
-    adapter = attach(tiny_llama(), ScaledLoraLinear, targets=TINY_TARGETS, dropout=0.0)
+class ScaledEffiLoraLinear(EffiLoraLinear):
+    """The same on EffiLoRA, whose single-head form (heads=1) merges."""
+
+    name = "scaled_effilora"
+
+    def delta(self, x):
+        return 3.0 * super().delta(x)
+
+
+@pytest.mark.parametrize(("plugin", "options"), [(ScaledLoraLinear, {}), (ScaledEffiLoraLinear, {"heads": 1})])
+def test_a_plugin_that_overrides_only_delta_of_a_built_in_gets_neither_its_fast_path_nor_its_merge(plugin, options):
+    adapter = attach(tiny_llama(), plugin, targets=TINY_TARGETS, dropout=0.0, **options)
     perturb(adapter)
     reference, _ = outputs_and_grads(adapter, fast=False)
     with pytest.warns(UserWarning, match="overrides delta below its fast path"):
         adapter.use_fast_path(True)
     assert not any(layer.fast_path for layer in adapter.layers.values())
     torch.testing.assert_close(outputs_and_grads(adapter, fast=False)[0], reference)
-    assert not ScaledLoraLinear.is_mergeable(adapter.config) and LoraLinear.is_mergeable(adapter.config)
+    assert not plugin.is_mergeable(adapter.config) and plugin.__mro__[1].is_mergeable(adapter.config)
     with pytest.raises(ValueError, match="no delta_weight of its own delta"):
         adapter.merge()
+
+
+def test_the_fast_path_takes_an_empty_input(method):
+    """No tokens (an empty micro-batch's slice): the sparse dropout draws nothing instead of failing."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.1)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    for layer in adapter.layers.values():
+        out = layer(torch.randn(0, layer.base.in_features))
+        assert out.shape == (0, layer.base.out_features)
 
 
 def test_weights_are_not_loaded_into_a_merged_adapter():
