@@ -366,7 +366,7 @@ def build_paper(
                 f"cannot load {source!r} ({exc}); give a local folder or use random_weights=True"
             ) from None
     processor.tokenizer.padding_side = "left"
-    model.model.vision_tower.requires_grad_(False)
+    model.requires_grad_(False)  # frozen, lm_head too (outside the language model the adapters attach to)
     model.model.multi_modal_projector.requires_grad_(train_projector)
     return model.to(device=device, dtype=dtype).eval(), processor
 
