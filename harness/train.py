@@ -230,8 +230,10 @@ def train(
             state["memory"] = memory.state()
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device, rngs)
 
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     while state["step"] < total_steps:
         step = state["step"]
+        sync()  # on a GPU the clock reads after the queued kernels: each step is charged its own work
         began, hooks_before = time.perf_counter(), state["hook_val_s"]
         adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
         batches = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[step]]
@@ -278,6 +280,7 @@ def train(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
+        sync()
         state["train_s"] += time.perf_counter() - began - (state["hook_val_s"] - hooks_before)
         state["step"] += 1
         state["loss_curve"].append([state["step"], round(step_loss, 5)])
