@@ -85,8 +85,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
 
 
 def _one_device(runs: list[dict[str, Any]], key: str) -> float | None:
-    if len({r["env"]["device"] for r in runs}) > 1:
-        return None
+    if len({r["env"]["device"] for r in runs}) > 1 or any(key not in r["train"] for r in runs):
+        return None  # several devices, or records older than the key
     return round(statistics.mean(r["train"][key] for r in runs), 1)
 
 
@@ -109,6 +109,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
         # times are the device's: a row whose seeds ran on several CPUs gets none averaged across them
         "train_s": _one_device(runs, "train_s"),
+        "hook_val_s": _one_device(runs, "hook_val_s"),  # the Reducer's scoring rounds, apart from train_s
         "tokens_per_s": _one_device(runs, "tokens_per_s"),
         "train_s_by_device": "; ".join(
             f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if r['env']['device'] == d):.1f}"
@@ -118,6 +119,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
         "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3),
+        "peak_mem_kind": "/".join(sorted({r["train"]["memory"].get("kind", "") for r in runs})),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
         "Avg": table_row[AVG],
         "Avg_n": table_row["Avg_n"],
@@ -190,7 +192,8 @@ LEGEND = (
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
     "excludes 0. All paired comparisons (vs lora, base, majority): "
-    "`<task>_comparisons.csv`."
+    "`<task>_comparisons.csv`. Trained rows are listed by their Avg: where intervals overlap, the order is not a "
+    "ranking (read the paired differences)."
 )
 
 

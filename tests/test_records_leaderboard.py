@@ -51,11 +51,12 @@ def fixture_record(
     record["train"] = {
         "steps": 3,
         "train_s": 10.0 + seed,
+        "hook_val_s": 2.0 + seed,
         "tokens_per_s": 100.0,
         "trainable_params": 1000,
         "percent_trainable": 0.5,
         "params_updated_per_step": {"mean": 800.0},
-        "memory": {"peak_rss_gb": 1.5},
+        "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
         "adapter_file_bytes": 4000,
         "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
     }
@@ -105,6 +106,8 @@ def test_old_records_without_per_example_data_still_tabulate_without_intervals(t
     overhead = read_csv(tmp_path / "out" / "overhead.csv")
     assert {r["method"]: r["relative_flops"] for r in overhead} == {"effilora": "1.25", "lora": "1.25"}
     assert {r["flops_per_step"] for r in overhead} == {"2000"}
+    assert {r["method"]: r["hook_val_s"] for r in overhead} == {"effilora": "2.5", "lora": "2.0"}  # seeds 0 1; 0
+    assert {r["peak_mem_kind"] for r in overhead} == {"process_rss"}
     assert read_csv(tmp_path / "out" / "commonsense_comparisons.csv") == []
     assert "| effilora | 0 1 | 40.0–42.0 | 60.0–62.0 | absent | 50.0–52.0 |" in md  # spread over seeds
     assert "| lora | 0 |" not in md  # one seed: no spread
