@@ -653,7 +653,7 @@ def test_bad_input_gives_one_line_a_nonzero_exit_and_leaves_records(
     except Exception as exc:  # noqa: BLE001  (any other exception reaches the user as a traceback)
         pytest.fail(f"traceback: {type(exc).__name__}: {exc}")
     err = capsys.readouterr().err
-    assert code not in (0, None), f"exit status {code!r}; stderr: {err!r}"
+    assert code == 2, f"exit status {code!r} (bad input exits with 2); stderr: {err!r}"
     _check_stderr(err, match, usage)
     _check_untouched(sandbox, before)
 

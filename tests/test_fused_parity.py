@@ -63,7 +63,14 @@ def test_fast_path_keeps_the_reducers_frozen_heads_frozen(method):
     ref_logits, ref_grads = outputs_and_grads(adapter, fast=False)
     logits, grads = outputs_and_grads(adapter, fast=True)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    assert grads.keys() == ref_grads.keys()  # the paused heads get no gradient on either path
+    names = {id(p): n for n, p in adapter.model.named_parameters()}
+    reducer = adapter.reducer
+    paused = {names[id(p)] for i, heads in enumerate(reducer.heads) if i not in reducer.selected for p in heads}
+    assert paused and len(reducer.selected) == 2  # k=2 of the tiny model's layers train this step
+    expected = {names[id(p)] for p in adapter.trainable_parameters()} - paused | {"embeds"}
+    assert grads.keys() == ref_grads.keys() == expected  # the paused heads get no gradient on either path
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
 
 
 def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
@@ -75,7 +82,12 @@ def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
     assert logits.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in adapter.trainable_parameters())
     assert all(grads[n].dtype == torch.float32 for n in grads if n != "embeds")
-    torch.testing.assert_close(logits, ref_logits, atol=0.05, rtol=0.02)
+    # the two paths round differently in bf16 (~2e-3 here); a 10% error in the adapter's share is ~4e-2
+    torch.testing.assert_close(logits, ref_logits, atol=4e-3, rtol=0)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        scale = ref_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name].float(), ref_grads[name].float(), atol=0.02 * scale, rtol=0, msg=name)
 
 
 def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:

@@ -133,8 +133,8 @@ def test_bf16_close_to_fp32(method):
     adapter16 = attach(tiny_llama(dtype=torch.bfloat16), method, targets=TINY_TARGETS)
     adapter16.load_state_dict(adapter32.state_dict())
     torch.testing.assert_close(
-        adapter16.model(**batch()).logits.float(), adapter32.model(**batch()).logits, atol=0.1, rtol=0.05
-    )
+        adapter16.model(**batch()).logits.float(), adapter32.model(**batch()).logits, atol=0.015, rtol=0
+    )  # bf16 rounding is <= 0.007 here (logits up to 0.44); a 10% error in the adapter's scale is >= 0.04
 
 
 def test_unknown_option_names_the_valid_ones(method):

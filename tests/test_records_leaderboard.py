@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -323,3 +324,16 @@ def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
     record, _ = runner.run_one(spec, None, runner.RunContext(tmp_path))
     assert read_record(tmp_path / spec.run_id / RECORD)["run"]["status"] == "failed"
     assert record["run"]["error"] == "ValueError: bad batch" and "Traceback" in record["run"]["traceback"]
+
+
+def test_the_committed_leaderboard_is_what_the_committed_records_make(tmp_path):
+    """README: ``harness leaderboard --runs-dir results/runs`` rebuilds every committed leaderboard file, byte for
+    byte (tables, Markdown, HTML, plots, the diffusion contact sheet)."""
+    from harness.cli import main
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    assert main(["leaderboard", "--runs-dir", str(results / "runs"), "--out", str(tmp_path)]) == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) == 16, made
+    differ = [name for name in made if (tmp_path / name).read_bytes() != (results / name).read_bytes()]
+    assert not differ, f"regenerate them: harness leaderboard --runs-dir results/runs --out results ({differ})"
