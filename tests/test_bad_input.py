@@ -217,7 +217,7 @@ CASES = [
     bad(
         "run-targets-match-no-layer",
         run("--targets", "nope_proj"),
-        r"'nope_proj'.*match",
+        r"target 'nope_proj' matches no linear layer; the model's linear layers: down_proj, .*q_proj",
     ),
     bad(
         "drop-ratio-out-of-range",
@@ -242,17 +242,17 @@ CASES = [
     bad(
         "eval-limit-negative",
         run("--eval-limit", "-1"),
-        r"eval.limit.*-1",
+        r"eval_limit must be >= 0 \(got -1\); 0 or none means no limit",
     ),
     bad(
         "train-cap-negative",
         run("--train-cap", "-1"),
-        r"train.cap.*-1",
+        r"train_cap must be >= 0 \(got -1\); 0 or none means no limit",
     ),
     bad(
         "eval-batch-size-zero",
         run("--eval-batch-size", "0"),
-        r"eval.batch.size.*0",
+        r"eval batch size must be >= 1 \(got 0\)",
     ),
     bad("template-unknown", run("--template", "nope"), r"template 'nope' does not fit.*--template cloze"),
     bad(
@@ -269,7 +269,7 @@ CASES = [
     bad(
         "run-model-path-missing",
         run("--model", "{tmp}/no/such/model"),
-        r"no/such/model",
+        r"no/such/model': no config.json there; give a model folder, a config.json, 'embedded', or one of",
     ),
     bad(
         "run-model-config-not-json",
@@ -293,7 +293,7 @@ CASES = [
     bad(
         "run-out-is-a-file",
         run("--out", "{file}"),
-        r"a_file",
+        r"--out '.*a_file' is a file; pass a folder for the leaderboard files \(or --no-leaderboard\)",
     ),
     bad(
         "leaderboard-runs-dir-is-a-file",
@@ -374,7 +374,7 @@ CASES = [
     bad(
         "train-json-broken",
         run(),
-        r"ARC-Easy/train\.json",
+        r"ARC-Easy/train\.json is not valid JSON \(Expecting value at line 1, column 18\); fix or remove the file",
         write("data/ARC-Easy/train.json", '[{"instruction": '),
     ),
     # --- plugins ---
@@ -495,7 +495,7 @@ CASES = [
     bad(
         "multimodal-unreadable-image",
         mm_run(),
-        r"train\.json: record 0 \(id 'a'\): .*images/broken\.png.*",
+        r"train\.json: record 0 \(id 'a'\): image 'images/broken\.png' is not a readable image .*; replace or remove",
         llava(train=[{**LLAVA_GOOD, "image": "images/broken.png"}]),
     ),
     bad(
