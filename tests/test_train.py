@@ -93,12 +93,10 @@ def test_training_lowers_the_loss_and_records_what_it_did(method, char_tokenizer
         assert set(result.params_updated) == {adapter.num_trainable_params}
 
 
-def test_resume_continues_exactly_where_it_stopped(char_tokenizer, tmp_path):
-    def fresh():
+def test_resume_continues_exactly_where_it_stopped(method, char_tokenizer, tmp_path):
+    def fresh():  # with dropout and the Reducer: every random state and the scores must come back
         torch.manual_seed(0)
-        return attach(
-            tiny_llama(), "effilora", targets="q_proj,v_proj", r=4, dropout=0.1, reducer=dict(k=2, interval=2)
-        )
+        return attach(tiny_llama(), method, targets="q_proj,v_proj", r=4, dropout=0.1, reducer=dict(k=2, interval=2))
 
     straight = fresh()
     whole = train(
