@@ -38,9 +38,8 @@ difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
-``benchmark`` is ``Avg`` for the average over the benchmarks both rows have. (The reference is the row
-labelled ``lora`` alone: where a section has ``lora`` at several options, each row is labelled with its
-options and there is none.) ``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one
+``benchmark`` is ``Avg`` for the average over the benchmarks both rows have. (Several ``lora`` rows in a
+section, at different options: the best-ranked is the reference.) ``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one
 optimizer step (``flops_per_step.per_optimizer_step``, else ``total``) counted at the padded shapes of the
 first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
 on the same shapes, does not); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
@@ -287,7 +286,7 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
 def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> None:
     """Fill ``row.vs``: paired differences to each reference row on the examples both scored."""
     for ref_name in REFERENCES:
-        ref = next((r for r in rows if r.name == ref_name), None)  # at most one: rows at other options say them
+        ref = next((r for r in rows if r.name == ref_name), None)  # several lora rows: the best ranked
         if ref is None:
             continue
         for row in rows:

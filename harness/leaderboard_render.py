@@ -94,6 +94,10 @@ def _peak(mem: dict[str, Any]) -> float:
     return mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0))
 
 
+def _memory_kind(mem: dict[str, Any]) -> str:
+    return mem.get("kind") or ("cuda_minus_baseline" if "peak_allocated_gb" in mem else "process_rss")
+
+
 def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]:
     train, runs = row.runs[0]["train"], row.runs
     flops = train["flops_per_step"]
@@ -119,7 +123,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
         "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3),
-        "peak_mem_kind": "/".join(sorted({r["train"]["memory"].get("kind", "") for r in runs})),
+        "peak_mem_kind": "/".join(sorted({_memory_kind(r["train"]["memory"]) for r in runs})),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
         "Avg": table_row[AVG],
         "Avg_n": table_row["Avg_n"],

@@ -200,8 +200,8 @@ def train(
             began = time.perf_counter()
             was_training = model.training
             model.eval()
-            n = recipe.units(batch)
             try:
+                n = recipe.units(batch)
                 with torch.no_grad(), accelerator.autocast():
                     loss = recipe.loss_sum(model, to_device(batch, device)) if n else torch.zeros(())
                 return loss.item() / max(n, 1)

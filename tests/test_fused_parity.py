@@ -82,12 +82,13 @@ def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
     assert logits.dtype == torch.bfloat16
     assert all(p.dtype == torch.float32 for p in adapter.trainable_parameters())
     assert all(grads[n].dtype == torch.float32 for n in grads if n != "embeds")
-    # the two paths round differently in bf16 (~2e-3 here); a 10% error in the adapter's share is ~4e-2
+    # the two paths round differently in bf16 (logits ~2e-3, gradients up to 2% of their largest on CPUs
+    # without AVX-512); a 10% error in the adapter's share moves the logits ~4e-2
     torch.testing.assert_close(logits, ref_logits, atol=4e-3, rtol=0)
     assert grads.keys() == ref_grads.keys()
     for name in grads:
         scale = ref_grads[name].abs().max().item()
-        torch.testing.assert_close(grads[name].float(), ref_grads[name].float(), atol=0.02 * scale, rtol=0, msg=name)
+        torch.testing.assert_close(grads[name].float(), ref_grads[name].float(), atol=0.04 * scale, rtol=0, msg=name)
 
 
 def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:

@@ -13,7 +13,8 @@
 - forward: both take ``input_ids, attention_mask, position_ids, pixel_values, use_cache, logits_to_keep``
   and the KV cache (``cache``; ``past_key_values`` before transformers 5.24); only LLaVA takes ``labels``
   (the harness computes its own loss).
-- trainable parts: ``build_*`` freeze the vision tower of both; the projector follows ``train_projector``.
+- trainable parts: ``build_*`` freeze the vision tower of both (``build_paper`` everything, ``lm_head`` too);
+  the projector follows ``train_projector``.
 - offline, the paper model with random weights has no Llama tokenizer: ``build_paper`` then uses the
   embedded tokenizer plus ``<image>`` and ``<pad>``, growing the vocabulary to fit (recorded in the config).
 """
@@ -332,7 +333,7 @@ def build_paper(
     tokenizer: Any = None,
     train_projector: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """``(LlavaForConditionalGeneration, processor)``; vision tower frozen, eval mode. Pretrained from a
+    """``(LlavaForConditionalGeneration, processor)``; frozen but the projector (``train_projector``), eval mode. Pretrained from a
     hub id or a local folder with ``AutoProcessor``; or ``random_weights`` from ``config`` (default: the
     shipped llava-1.5-7b config), with the source's processor if it loads offline, else
     ``offline_llava_processor`` over ``tokenizer`` (default: the embedded SmolLM2 tokenizer)."""
