@@ -333,8 +333,8 @@ def build_paper(
     tokenizer: Any = None,
     train_projector: bool = True,
 ) -> tuple[nn.Module, Any]:
-    """``(LlavaForConditionalGeneration, processor)``; frozen but the projector (``train_projector``), eval mode. Pretrained from a
-    hub id or a local folder with ``AutoProcessor``; or ``random_weights`` from ``config`` (default: the
+    """``(LlavaForConditionalGeneration, processor)``; frozen but the projector (``train_projector``), eval
+    mode. Pretrained from a hub id or a local folder with ``AutoProcessor``; or ``random_weights`` from ``config`` (default: the
     shipped llava-1.5-7b config), with the source's processor if it loads offline, else
     ``offline_llava_processor`` over ``tokenizer`` (default: the embedded SmolLM2 tokenizer)."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
