@@ -38,7 +38,8 @@ difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
-``benchmark`` is ``Avg`` for the average over the benchmarks both rows have. (Several ``lora`` rows in a
+``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
+both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation). (Several ``lora`` rows in a
 section, at different options: the best-ranked is the reference.) ``overhead.csv``: one row per trained
 row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
@@ -284,13 +285,24 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
 
 
 def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> None:
-    """Fill ``row.vs``: paired differences to each reference row on the examples both scored."""
-    for ref_name in REFERENCES:
-        ref = next((r for r in rows if r.name == ref_name), None)  # several lora rows: the best ranked
+    """Fill ``row.vs``: paired differences to each reference row on the examples both scored.
+
+    Two reference rows compared both ways (``lora`` against ``base``, and ``base`` against ``lora``) get
+    exactly opposite differences and intervals: the one against the later reference of ``REFERENCES`` is
+    drawn (``lora - base``, ``lora - majority``, ``base - majority``) and the other is its negation, not a
+    second draw (whose bounds would differ by the bootstrap's Monte Carlo noise)."""
+    refs = {name: next((r for r in rows if r.name == name), None) for name in REFERENCES}  # several lora: best
+    drawn: dict[tuple[int, str], dict[str, Estimate]] = {}
+    for ref_name in reversed(REFERENCES):
+        ref = refs[ref_name]
         if ref is None:
             continue
         for row in rows:
             if row is ref:
+                continue
+            mirror = drawn.get((id(ref), row.name)) if refs.get(row.name) is row else None
+            if mirror is not None:  # row - ref = -(ref - row), already drawn
+                drawn[(id(row), ref_name)] = {b: Estimate(-e.value, -e.hi, -e.lo) for b, e in mirror.items()}
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             mine, theirs = _on_shared_seeds(row, ref, same)
@@ -298,7 +310,9 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> Non
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):
                 diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both])
-            row.vs[ref_name] = diffs
+            drawn[(id(row), ref_name)] = diffs
+    for row in rows:  # in REFERENCES order, as the tables list them
+        row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}
 
 
 def _on_shared_seeds(row: Row, ref: Row, benchmarks: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:

@@ -125,6 +125,25 @@ def test_the_leaderboard_has_baselines_intervals_and_paired_comparisons(tmp_path
     assert "| base | -50.0* | 0.0 | -25.0* |" in md  # the paired-difference table
 
 
+def test_two_references_compared_both_ways_get_exactly_opposite_intervals(tmp_path):
+    runs = tmp_path / "runs"
+    rng = np.random.default_rng(5)
+    answers = "".join(rng.choice(list("0123"), 300))
+    for method in ("lora", "base"):  # each right on a random ~half: the differences take the values -100, 0, 100
+        preds = "".join(a if rng.random() < 0.5 else str((int(a) + 1) % 4) for a in answers)
+        write_fixture(runs, fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)}))
+    write_leaderboards(runs, tmp_path / "out")
+    vs = {
+        (r["method"], r["reference"], r["benchmark"]): r
+        for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    }
+    for a, b in (("lora", "base"), ("lora", "majority"), ("base", "majority")):
+        for bench in ("ARC-Easy", "Avg"):
+            one, other = vs[(a, b, bench)], vs[(b, a, bench)]
+            assert float(one["diff"]) == -float(other["diff"]) and one["significant"] == other["significant"]
+            assert (float(one["ci_low"]), float(one["ci_high"])) == (-float(other["ci_high"]), -float(other["ci_low"]))
+
+
 def test_trained_rows_with_different_seeds_are_compared_on_the_seeds_both_ran(tmp_path):
     runs = tmp_path / "runs"
     answers = "0123" * 10
