@@ -5,6 +5,7 @@ the reduced LLaVA (transformers) shape runs a step and scoring; bad data fails b
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -100,6 +101,49 @@ def test_single_domain_rows_train_on_one_domain_and_join_the_table(tiny_llava_st
 
     methods = set(pd.read_csv(tmp_path / "board" / "multimodal.csv")["method"])
     assert {"lora (trained_on=math)", "lora"} <= methods, methods  # two rows of one section
+
+
+def test_a_llava_style_folder_with_its_own_tokenizer_trains_with_it_and_one_too_small_is_refused(tmp_path):
+    """Random-weight LLaVA-style models tokenize with the config folder's own tokenizer files (as the text
+    suites do); without them SmolLM2's 49,152 ids would not fit a small vocabulary: refused saying what to do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tasks.multimodal import resolve_data
+
+    text = {"model_type": "llama", "vocab_size": 512, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "eos_token_id": 2}  # fmt: skip
+    folder = tmp_path / "own-tokenizer"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llava_style", "text_config": text, "image_size": 64, "image_token_id": 3})
+    )
+    [refused] = _run(str(folder), ["lora"], tmp_path)
+    assert refused["run"]["status"] == "failed"
+    assert re.search(
+        r"vocab_size \(512\) is smaller than the embedded SmolLM2-135M-Instruct tokenizer \(49152 tokens\); put the "
+        r"model's own tokenizer files",
+        refused["run"]["error"],
+    ), refused["run"]["error"]
+
+    data, _ = resolve_data(None)  # the generated data: a word-level vocabulary of its questions and answers
+    words = [w for f in sorted(data.glob("*.json")) for w in re.findall(r"\w+|[^\w\s]", f.read_text())]
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", "<image-slot>", *dict.fromkeys(words)][:512])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    own = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
+    own.save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "image_token_id": 512}))
+    [outside] = _run(str(folder), ["lora"], tmp_path)
+    assert (
+        "image_token_id 512 is outside the vocabulary (vocab_size 512); set image_token_id" in outside["run"]["error"]
+    )
+    (folder / "config.json").write_text(json.dumps(config))
+    [record] = _run(str(folder), ["lora"], tmp_path)  # the failed run is run again
+    assert record["run"]["status"] == "success", record["run"]["error"]
+    assert record["run"]["config"]["model_info"]["tokenizer"] == "the tokenizer in own-tokenizer/"
+    assert record["train"]["steps"] == 3 and record["eval"]["math"]["n"] == 3
 
 
 def test_unknown_domain_is_refused_before_anything_runs():

@@ -110,12 +110,19 @@ class MultimodalTask(Task):
         if model == models.EMBEDDED or cfg is not None:
             info: dict[str, Any] = {"stage2_projector": f"{stage2} (the same for every method)"}
             if random_weights or cfg is not None:
-                from transformers import AutoTokenizer
-
+                cfg = cfg or mm.embedded_config()
+                vocab = cfg.text_config.get("vocab_size")
+                # a config folder with its own tokenizer files tokenizes with them, else SmolLM2's (never a download)
+                tokenizer, where = models.random_weights_tokenizer(model, vocab)
+                if vocab is not None and not 0 <= cfg.image_token_id < vocab:
+                    raise ValueError(
+                        f"model {model!r}: image_token_id {cfg.image_token_id} is outside the vocabulary (vocab_size "
+                        f"{vocab}); set image_token_id in its config.json to an id its tokenizer never produces"
+                    )
                 torch.manual_seed(seed)
-                net = mm.LlavaStyle.from_config(cfg or mm.embedded_config()).to(device=device, dtype=dtype).eval()
-                tokenizer = AutoTokenizer.from_pretrained(models.embedded_folder())
+                net = mm.LlavaStyle.from_config(cfg).to(device=device, dtype=dtype).eval()
                 info["stage1"] = "none: random weights"
+                info["tokenizer"] = where
                 label = f"{models.label(model)} (LLaVA-style, random weights)"
             else:
                 net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
