@@ -68,7 +68,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     rows = []
     for method in split_names(args.methods, METHODS.names(), "method"):
         METHODS.get(method)
-        meta = build_meta(args.model)
+        meta = build_meta(args.model, trust_remote_code=args.trust_remote_code)
         base = sum(p.numel() for p in meta.model.parameters())
         adapter = attach(meta.root, method, **method_options(args))
         trainable = adapter.num_trainable_params
@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="all", help="comma-separated method names or 'all'")
     add_method_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="build a model that comes with its own Python code (its config's auto_map): only for models you trust",
+    )
     p.set_defaults(func=cmd_params)
 
     from harness.bench import register as register_bench

@@ -205,7 +205,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
-        help="let a hub model run its own Python code (off by default: only for models you trust)",
+        help="let a model run its own Python code (its config's auto_map; a hub id's or a local folder's), in the "
+        "checks before a run too (off by default: only for models you trust)",
     )
     add_method_args(p)
     p.set_defaults(func=cmd_run)

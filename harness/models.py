@@ -170,46 +170,55 @@ def read_config(path: Path) -> dict:
     return data
 
 
-def build_meta(spec: str) -> MetaModel:
-    """Build the model's architecture on the ``meta`` device (no memory, no weights)."""
-    data = load_config_dict(spec)
-    if "_class_name" not in data:
-        from transformers import CONFIG_MAPPING, __version__
+def transformers_config(spec: str, data: dict | None = None, trust_remote_code: bool = False) -> Any:
+    """The transformers config object of ``spec`` (``data``: its raw config, read if not given). A
+    ``model_type`` transformers does not ship is built from the model's own code (its config's
+    ``auto_map``) only with ``trust_remote_code``; without it, a ``ValueError`` says to pass the flag."""
+    from transformers import CONFIG_MAPPING, AutoConfig, __version__
 
-        if data["model_type"] not in CONFIG_MAPPING:
-            custom = (
-                " (its config names its own code, auto_map: the checks before a run build architectures "
-                "transformers ships only, --trust-remote-code or not)"
-                if "auto_map" in data
-                else ""
-            )
-            raise ValueError(
-                f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} "
-                f"knows{custom}; fix it or {_WHAT_TO_GIVE}"
-            )
+    data = load_config_dict(spec) if data is None else data
+    if data["model_type"] in CONFIG_MAPPING:
+        return AutoConfig.for_model(**data)
+    if "auto_map" not in data:
+        raise ValueError(
+            f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} knows; "
+            f"fix it or {_WHAT_TO_GIVE}"
+        )
+    if not trust_remote_code:
+        raise ValueError(
+            f"model {spec!r}: model_type {data['model_type']!r} comes with the model's own code (its config's "
+            "auto_map), which runs only with --trust-remote-code: pass it if you trust that code"
+        )
+    path = Path(spec).expanduser()
+    source = str(path.parent if path.is_file() else path) if path.exists() else spec  # a folder, or a hub id
+    return AutoConfig.from_pretrained(source, trust_remote_code=True)
+
+
+def build_meta(spec: str, trust_remote_code: bool = False) -> MetaModel:
+    """Build the model's architecture on the ``meta`` device (no memory, no weights); a model with its own
+    code (``auto_map``) only with ``trust_remote_code``."""
+    data = load_config_dict(spec)
     try:
-        return _build_meta(spec, data)
+        with torch.device("meta"):
+            if data.get("_class_name") == "UNet2DConditionModel":
+                from diffusers import UNet2DConditionModel
+
+                unet: nn.Module = UNet2DConditionModel.from_config(data)
+                return MetaModel(label(spec), unet, unet)
+            from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+            config = transformers_config(spec, data, trust_remote_code)
+            if hasattr(config, "vision_config"):
+                model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
+                return MetaModel(label(spec), model, model.get_submodule("model.language_model"))
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+            return MetaModel(label(spec), model, model)
     except Exception as exc:  # e.g. transformers' config validation (several lines): one line, and what to do
+        if isinstance(exc, ValueError) and str(exc).startswith(f"model {spec!r}: "):  # ours: says what to do
+            raise
         raise ValueError(
             f"model {spec!r}: its config does not build ({_brief(exc)}); fix it or {_WHAT_TO_GIVE}"
         ) from None
-
-
-def _build_meta(spec: str, data: dict) -> MetaModel:
-    with torch.device("meta"):
-        if data.get("_class_name") == "UNet2DConditionModel":
-            from diffusers import UNet2DConditionModel
-
-            model: nn.Module = UNet2DConditionModel.from_config(data)
-            return MetaModel(label(spec), model, model)
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-        config = AutoConfig.for_model(**data)
-        if hasattr(config, "vision_config"):
-            model = AutoModelForImageTextToText.from_config(config)
-            return MetaModel(label(spec), model, model.get_submodule("model.language_model"))
-        model = AutoModelForCausalLM.from_config(config)
-        return MetaModel(label(spec), model, model)
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

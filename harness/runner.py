@@ -459,7 +459,7 @@ def run_all(
         ]
     if ctx.is_main:
         check_writable(runs_dir)
-    preflight(specs)
+    preflight(specs, trust_remote_code)
     tasks: dict[tuple, Task] = {}
     records: dict[int, dict[str, Any]] = {}
     deferred: list[int] = []
@@ -482,9 +482,11 @@ def run_all(
     return [records[i] for i in sorted(records)]
 
 
-def preflight(specs: list[RunSpec]) -> None:
+def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     """Before any weights load: every model's config reads and every method attaches to it (targets
-    match, options fit), on the ``meta`` device, in seconds."""
+    match, options fit), on the ``meta`` device, in seconds. With ``trust_remote_code`` a model may build
+    from its own code (the flag goes to ``Task.build_meta`` only then: a task written before it still works)."""
+    trust = {"trust_remote_code": True} if trust_remote_code else {}
     seen = set()
     for spec in specs:
         task_cls = TASKS.get(spec.task)
@@ -492,7 +494,7 @@ def preflight(specs: list[RunSpec]) -> None:
         if spec.method == BASELINE:
             task_cls.check_model(spec.model)
         elif key not in seen:
-            attach(task_cls.build_meta(spec.model).root, spec.method, **spec.method_options)
+            attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
         seen.add(key)
 
 

@@ -177,11 +177,12 @@ class Task(ABC):
         load_config_dict(model)
 
     @classmethod
-    def build_meta(cls, model: str) -> MetaModel:
-        """The model's architecture on the ``meta`` device, for checks before a run and for counting."""
+    def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
+        """The model's architecture on the ``meta`` device, for checks before a run and for counting.
+        ``trust_remote_code`` (passed only when the run has it): a model may build from its own code."""
         from harness.models import build_meta
 
-        return build_meta(model)
+        return build_meta(model, trust_remote_code)
 
     @abstractmethod
     def load(

@@ -138,14 +138,14 @@ def load_causal_lm(
 ) -> Loaded:
     """A causal LM and its tokenizer: weights from the hub, a local folder or the embedded GGUF, or
     with ``random_weights`` the architecture from a config (paper shapes without a download)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if random_weights:
-        config = AutoConfig.for_model(**models.load_config_dict(model))
+        config = models.transformers_config(model, trust_remote_code=trust_remote_code)
         tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
         torch.manual_seed(seed)
-        net = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        net = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
         label = f"{models.label(model)} (random weights)"
     else:
         source = models.resolve(model)

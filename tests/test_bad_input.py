@@ -476,7 +476,8 @@ CASES = [
     bad(
         "config-json-custom-code",
         ["params", "--model", "{tmp}/model", "--methods", "lora"],
-        r"model_type 'mine' is not one transformers [\d.]+ knows \(its config names its own code, auto_map: the",
+        r"model '.*model': model_type 'mine' comes with the model's own code \(its config's auto_map\), which runs "
+        r"only with --trust-remote-code: pass it if you trust that code",
         write(CONFIG_JSON, '{"model_type": "mine", "auto_map": {"AutoConfig": "x.MyConfig"}}'),
     ),
     bad(

@@ -425,3 +425,58 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
     assert done.returncode == 0, done.stderr[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
+
+
+def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tmp_path):
+    """A config whose model_type transformers does not ship, with an auto_map to the folder's own code: the
+    checks before a run, `harness params` and the run build it from that code with --trust-remote-code, and
+    refuse it without, saying to pass the flag (nothing of the code runs)."""
+    from transformers import LlamaConfig
+
+    folder = tmp_path / "own-code"
+    folder.mkdir()
+    (folder / "configuration_tiny.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass TinyRemoteConfig(LlamaConfig):\n"
+        '    model_type = "tiny_remote"\n'
+    )
+    (folder / "modeling_tiny.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny import TinyRemoteConfig\n\n\n"
+        "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n"
+    )
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2,
+    ).to_dict()  # fmt: skip
+    config.update(
+        model_type="tiny_remote",
+        auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig",
+                  "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"},
+    )  # fmt: skip
+    (folder / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where transformers copies the code
+    runs = tmp_path / "runs"
+    refused = subprocess.run(
+        run_args(folder, data_dir, runs, "lora", "--no-leaderboard"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert re.search(
+        r"model_type 'tiny_remote' comes with the model's own code \(its config's auto_map\), which runs only with "
+        r"--trust-remote-code: pass it if you trust that code",
+        refused.stderr,
+    ), refused.stderr
+    assert not runs.exists() or not list(runs.glob(f"*/{RECORD}"))  # refused before any run
+
+    params = [sys.executable, "-m", "harness", "params", "--model", str(folder), "--methods", "lora", "--json"]
+    counted = subprocess.run([*params, "--trust-remote-code"], capture_output=True, text=True, timeout=600, env=env)
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert json.loads(counted.stdout)[0]["trainable"] > 0
+
+    args = run_args(folder, data_dir, runs, "lora", "--no-leaderboard", "--trust-remote-code", "--eval-limit", "2")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "success" and record["train"]["flops_per_step"]["adapter"] > 0

@@ -70,11 +70,11 @@ class DiffusionTask(Task):
         models.load_config_dict(model)
 
     @classmethod
-    def build_meta(cls, model: str) -> MetaModel:
+    def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         from tasks.diffusion import model as dmodel
 
         if model != models.EMBEDDED and not _is_pipeline_folder(model):
-            return models.build_meta(model)  # a UNet config (the paper's, shipped) or a hub id's
+            return models.build_meta(model, trust_remote_code)  # a UNet config (the paper's, shipped) or a hub id's
         from diffusers import UNet2DConditionModel
 
         if model == models.EMBEDDED:

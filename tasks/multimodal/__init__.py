@@ -62,10 +62,10 @@ class MultimodalTask(Task):
             models.load_config_dict(model)
 
     @classmethod
-    def build_meta(cls, model: str) -> MetaModel:
+    def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         cfg = _llava_style(model)
         if cfg is None and model != models.EMBEDDED:
-            return models.build_meta(model)  # transformers' LLaVA: adapters on model.language_model
+            return models.build_meta(model, trust_remote_code)  # transformers' LLaVA: adapters on model.language_model
         from tasks.multimodal.model import LlavaStyle, embedded_config
 
         with torch.device("meta"):
