@@ -235,10 +235,10 @@ class _Entry:
     (positions for the sparse kernel, or a dropped copy), and the first-matmul outputs made for the readers
     learnt from the last time (popped as they are used)."""
 
-    __slots__ = ("ref", "key", "layers", "ids", "xa", "xd", "pos", "p", "proj", "learnt")
+    __slots__ = ("ref", "key", "layers", "ids", "xa", "xd", "pos", "p", "proj", "learnt", "replay")
 
-    def __init__(self, ref: weakref.ref, key: tuple, learnt: list) -> None:
-        self.ref, self.key, self.learnt = ref, key, learnt
+    def __init__(self, ref: weakref.ref, key: tuple, learnt: list, replay: bool) -> None:
+        self.ref, self.key, self.learnt, self.replay = ref, key, learnt, replay
         self.xa: Tensor | None = None  # None: x itself (never held, or the entry would never expire)
         self.xd: Tensor | None = None  # None: x itself, or not made yet (see pos)
         self.pos: Tensor | None = None  # the sparse kernel's draw: dropped positions
@@ -257,11 +257,16 @@ class SharedInput:
     tensor is learnt from the previous forward (q, k and v; gate and up), and when the first of them
     arrives the first matmul of all of them is made at once over their stacked weights (``project``), with
     the dropout folded in (``_DroppedProjection``). A wrapper that does not come as learnt computes its own
-    from the same draw: never a wrong reuse, at worst a wasted slice."""
+    from the same draw: never a wrong reuse, at worst a wasted slice.
+
+    A forward run inside a backward (activation checkpointing's recomputation) groups as the forward it
+    replays did: what a forward learns is used from the first reader's next forward outside a backward, and a
+    replay learns nothing, so the recomputation saves the same tensors and draws the same random numbers."""
 
     def __init__(self) -> None:
         self._entry: _Entry | None = None
         self._groups: dict[int, list[AdapterLinear]] = {}  # id(first reader) -> the readers of its tensor
+        self._learning: dict[int, list[AdapterLinear]] = {}  # learnt in this forward: used from the next
 
     def get(self, layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         entry = self._join(layer, x, dtype)
@@ -279,7 +284,10 @@ class SharedInput:
         key = (x._version, torch.is_grad_enabled(), layer.lora_dropout.training, dtype)
         entry = self._entry
         if entry is None or entry.ref() is not x or entry.key != key or id(layer) in entry.ids:
-            entry = _Entry(weakref.ref(x, self._expire), key, self._groups.get(id(layer), []))
+            replay = torch._C._current_graph_task_id() != -1  # a forward inside a backward: a recomputation
+            if not replay and id(layer) in self._learning:
+                self._groups[id(layer)] = self._learning.pop(id(layer))
+            entry = _Entry(weakref.ref(x, self._expire), key, self._groups.get(id(layer), []), replay)
             xa = x.to(dtype)
             entry.xa = None if xa is x else xa
             # positions, whatever the size, where the base is fused in: its backward masks with them
@@ -292,7 +300,8 @@ class SharedInput:
             self._entry = entry
         entry.ids.add(id(layer))
         entry.layers.append(layer)
-        self._groups[id(entry.layers[0])] = list(entry.layers)
+        if not entry.replay:
+            self._learning[id(entry.layers[0])] = list(entry.layers)
         return entry
 
     def project(
@@ -326,7 +335,7 @@ class SharedInput:
         return SharedInput()  # a cache, not state: copies and pickles start empty
 
     def __getstate__(self) -> dict:
-        return {"_entry": None, "_groups": {}}
+        return {"_entry": None, "_groups": {}, "_learning": {}}
 
 
 def _fusable_now(layer: AdapterLinear) -> bool:

@@ -479,3 +479,27 @@ def test_the_shared_input_dies_with_its_tensor():
     assert q._input._entry is not None and q._input._entry.xa is None  # x itself is never held
     del x
     assert q._input._entry is None  # its dropout output is released with it
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_the_fast_path_trains_under_activation_checkpointing(method, dropout, reentrant):
+    """Recomputation replays the forward inside the backward: it must save the same tensors and draw the same
+    dropout (it grouped differently on the first step, when the siblings were learnt during that forward,
+    and non-reentrant checkpointing stopped). Two steps, each equal to the same steps without checkpointing."""
+
+    def two_steps(checkpointing: bool) -> list[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+        adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=dropout, reducer=None)
+        perturb(adapter)
+        adapter.model.train()
+        if checkpointing:
+            adapter.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        torch.manual_seed(7)
+        return [outputs_and_grads(adapter, fast=True) for _ in range(2)]
+
+    reference = two_steps(checkpointing=False)
+    for (logits, grads), (ref_logits, ref_grads) in zip(two_steps(checkpointing=True), reference, strict=True):
+        torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+        assert grads.keys() == ref_grads.keys() and len(grads) > 1
+        for name in grads:
+            torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
