@@ -33,14 +33,18 @@ def meta_replica(model: nn.Module) -> nn.Module:
         return type(model).from_config(model.config)  # diffusers
 
 
-def step_flops(replica: MetaModel, method: str, config: Any, shapes: list[list[int]], recipe: Recipe) -> dict[str, Any]:
+def step_flops(
+    replica: MetaModel, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast_path: bool = False
+) -> dict[str, Any]:
     """FLOPs of one optimizer step: forward+backward of the task's ``recipe.loss_sum`` on ``replica``
     (a fresh ``meta``-device model) with ``method`` attached to its root, once per micro-batch of the
-    accumulation (``shapes``, as ``recipe.shape`` gives them). ``total``/``adapter`` are per optimizer
-    step (the sum); ``micro_batches`` keeps each one."""
+    accumulation (``shapes``, as ``recipe.shape`` gives them), through the adapters' fast path when the run
+    takes it (``fast_path``: it can compute other products, e.g. MoSLoRA's ``B·M`` once instead of ``M`` on
+    every token). ``total``/``adapter`` are per optimizer step (the sum); ``micro_batches`` keeps each one."""
     from harness.adapter import attach
 
     adapter = attach(replica.root, method, config=config)
+    adapter.use_fast_path(fast_path)
     replica.model.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
     if adapter.reducer is not None:
         adapter.reducer.select()  # freeze the unselected heads, as in a real step

@@ -100,6 +100,7 @@ class Contender:
     baseline: str = ""  # a variant's: the contender of the same method at its defaults ("" if none is timed)
     round_fn: Callable[[], None] | None = None  # the Reducer's scoring round
     interval: int = 1
+    fast_path: bool = False  # ours: timed through the adapters' fast path (its FLOPs counted on it too)
 
 
 def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
@@ -261,7 +262,7 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
     opt = adamw(adapter.param_groups(lr=1e-4), fused=not reference)  # as the training loop builds it
     red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
     step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None)
-    c = Contender(name, "ours", method, step, trained, opt, cfg, reducer)
+    c = Contender(name, "ours", method, step, trained, opt, cfg, reducer, fast_path=not reference)
     if red is not None and red.config.selection == "importance":
 
         def val_loss() -> float:  # as the training loop's: eval mode, no gradients

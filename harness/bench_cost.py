@@ -26,6 +26,7 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
         replica = meta_replica(model).requires_grad_(False)
         if c.source == "ours":
             adapter = attach(replica, c.method, config=c.config)
+            adapter.use_fast_path(c.fast_path)  # the path timed: MoSLoRA's differs in FLOPs
             replica.to("meta")  # a plugin may make tensors of its own elsewhere
             if adapter.reducer is not None:
                 adapter.reducer.select()  # the unselected heads are frozen, as in a real step

@@ -341,7 +341,8 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
         # checked before training: the method builds and runs one step on the meta replica, so FLOPs
         # can be counted; if not, the run still trains and the record says why FLOPs are missing
         probe_shape = recipe.shape(recipe.collate([recipe.encode(train_set[0])]))
-        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe)
+        fast = bool(spec.extra.get("fast_path"))
+        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe, fast)
         with ctx.stop.training():
             result = train(
                 loaded.model,
@@ -368,10 +369,10 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
 
 
 def _count_flops(
-    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe
+    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast_path: bool
 ) -> dict[str, Any]:
     try:
-        return step_flops(task.meta_replica(loaded), method, config, shapes, recipe)
+        return step_flops(task.meta_replica(loaded), method, config, shapes, recipe, fast_path)
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
         return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
 
@@ -387,12 +388,13 @@ def _train_record(
     flops = probe
     if "status" not in probe:
         shapes = result.first_step_shapes
-        flops = _count_flops(task, loaded, spec.method, adapter.config, shapes, recipe)
+        fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
+        flops = _count_flops(task, loaded, spec.method, adapter.config, shapes, recipe, fast)
         reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
         lora = (
             flops
             if spec.method == REFERENCE_METHOD or "status" in flops
-            else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe)
+            else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
         )
         if "status" not in flops:
             flops = {
@@ -403,7 +405,7 @@ def _train_record(
                 "relative_to_lora": flops["total"] / lora["total"] if lora.get("total") else None,
                 "micro_batches": flops["micro_batches"],
                 "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
-            }
+            } | ({"path": "fast"} if fast else {})
     updated = result.params_updated
     adapter_ids = {id(p) for p in adapter.adapter_parameters()}
     base_params = sum(p.numel() for p in dict.fromkeys(loaded.model.parameters()) if id(p) not in adapter_ids)

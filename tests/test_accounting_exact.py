@@ -95,6 +95,41 @@ def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)
+def test_flops_are_counted_on_the_path_the_run_takes(method):
+    """The meta replica's count equals FlopCounterMode's on a real CPU step through the same path: the fast
+    path (fused first matmuls, base fused in on a CPU) or the reference path; MoSLoRA's fast path computes
+    B·M once instead of M on every token, so its two paths differ."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def eager() -> torch.nn.Module:  # CPU sdpa's fused kernel is not counted by FlopCounterMode; eager's bmm is
+        model = tiny_llama()
+        model.set_attn_implementation("eager")
+        return model
+
+    model = eager()
+    options = {"targets": "q_proj,k_proj,v_proj,gate_proj,up_proj,down_proj", "r": 4, "dropout": 0.1, "reducer": None}
+    config = make_config(METHODS.get(method).config_cls, options, method)
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    shape = [4, 20, 10]
+    counted = {}
+    for fast in (False, True):
+        meta = step_flops(meta_of(model), method, config, [shape], recipe, fast_path=fast)["total"]
+        real = eager()
+        adapter = attach(real, method, config=config)
+        adapter.use_fast_path(fast)
+        real.train()
+        batch = {
+            k: torch.zeros_like(v, device="cpu") if torch.is_tensor(v) else v
+            for k, v in recipe.meta_batch(shape).items()
+        }
+        with FlopCounterMode(display=False) as counter:
+            recipe.loss_sum(real, batch).backward()
+        assert meta == counter.get_total_flops() > 0, (fast, meta, counter.get_total_flops())
+        counted[fast] = meta
+    assert (counted[True] != counted[False]) == (method == "moslora"), counted
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_the_record_holds_the_fully_resolved_method_config(method):
     [spec] = build_specs("commonsense", [method], [0], "embedded")
     default = make_config(METHODS.get(method).config_cls, {}, method).to_dict()

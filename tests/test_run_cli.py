@@ -213,6 +213,7 @@ def test_fast_path_is_opt_in_recorded_and_its_own_row(tmp_path, data_dir, tiny_m
         assert record["run"]["status"] == "success"
         assert record["run"]["config"]["extra"].get("fast_path", False) == fast
         assert bool(calls) == fast  # the fused first matmul ran in training only when asked
+        assert record["train"]["flops_per_step"].get("path") == ("fast" if fast else None)  # FLOPs counted on it
         ids[fast] = spec.run_id
     assert ids[False] != ids[True]
     write_leaderboards(runs, tmp_path / "out")
