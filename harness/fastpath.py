@@ -260,8 +260,10 @@ class SharedInput:
     from the same draw: never a wrong reuse, at worst a wasted slice.
 
     A forward run inside a backward (activation checkpointing's recomputation) groups as the forward it
-    replays did: what a forward learns is used from the first reader's next forward outside a backward, and a
-    replay learns nothing, so the recomputation saves the same tensors and draws the same random numbers."""
+    replays did: what a first reader's input teaches is used from its next input outside a backward, and a
+    replay learns nothing, so the recomputation saves the same tensors and draws the same random numbers.
+    (A wrapper that is the first reader of two inputs in one forward, e.g. a module called twice, can still
+    group its replay otherwise; no built-in model does.)"""
 
     def __init__(self) -> None:
         self._entry: _Entry | None = None

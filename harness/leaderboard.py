@@ -39,9 +39,9 @@ difference between methods can be read against one method's spread over seeds.
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
-both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation). (Several ``lora`` rows in a
-section, at different options: the best-ranked is the reference.) ``overhead.csv``: one row per trained
-row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
+both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
+(Several ``lora`` rows in a section, at different options: the best-ranked is the reference.)
+``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
 on the same shapes, does not); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
 ``train_s``) averaged over the row's runs when they ran on one device (``train_s_by_device`` otherwise);

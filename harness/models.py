@@ -145,14 +145,17 @@ def load_config_dict(spec: str) -> dict:
     looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1  # hub ids are "name" or "org/name"
     if path.exists() or looks_like_path:
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
-    from transformers import AutoConfig  # a hub id: needs the internet
+    from transformers import PretrainedConfig  # a hub id: needs the internet (or the hub's local cache)
 
-    try:  # a config needing the repo's own code is refused here, never run (nor asked about on a terminal)
-        return AutoConfig.from_pretrained(spec, trust_remote_code=False).to_dict()
+    try:  # the file as it is: no config class built, none of the repo's own code run (see transformers_config)
+        data, _ = PretrainedConfig.get_config_dict(spec)
     except (OSError, ValueError) as exc:  # not on the hub, gated, or offline: transformers says which
         raise ValueError(
             f"model {spec!r} is not on the Hugging Face hub or it cannot be reached ({_brief(exc)}); {_WHAT_TO_GIVE}"
         ) from None
+    if "model_type" not in data:
+        raise ValueError(f"model {spec!r}: its config.json has no 'model_type'; {_WHAT_TO_GIVE}")
+    return data
 
 
 def read_config(path: Path) -> dict:
@@ -171,14 +174,17 @@ def read_config(path: Path) -> dict:
 
 
 def transformers_config(spec: str, data: dict | None = None, trust_remote_code: bool = False) -> Any:
-    """The transformers config object of ``spec`` (``data``: its raw config, read if not given). A
-    ``model_type`` transformers does not ship is built from the model's own code (its config's
-    ``auto_map``) only with ``trust_remote_code``; without it, a ``ValueError`` says to pass the flag."""
+    """The transformers config object of ``spec`` (``data``: its raw config, read if not given). A config
+    with an ``auto_map`` (the model's own code) is read through that code only with ``trust_remote_code``:
+    then ``from_config`` builds the model's own classes, as ``from_pretrained`` does in the run. Without
+    it, a ``model_type`` transformers ships builds transformers' class, and any other is a ``ValueError``
+    saying to pass the flag."""
     from transformers import CONFIG_MAPPING, AutoConfig, __version__
 
     data = load_config_dict(spec) if data is None else data
-    if data["model_type"] in CONFIG_MAPPING:
-        return AutoConfig.for_model(**data)
+    remote = trust_remote_code and "auto_map" in data
+    if data["model_type"] in CONFIG_MAPPING and not remote:
+        return AutoConfig.for_model(**{k: v for k, v in data.items() if k != "auto_map"})
     if "auto_map" not in data:
         raise ValueError(
             f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} knows; "
@@ -190,6 +196,11 @@ def transformers_config(spec: str, data: dict | None = None, trust_remote_code: 
             "auto_map), which runs only with --trust-remote-code: pass it if you trust that code"
         )
     path = Path(spec).expanduser()
+    if path.is_file() and path.name != "config.json":
+        raise ValueError(
+            f"model {spec!r}: a model's own code is read beside its config.json; give the folder holding "
+            "config.json and the code files its auto_map names"
+        )
     source = str(path.parent if path.is_file() else path) if path.exists() else spec  # a folder, or a hub id
     return AutoConfig.from_pretrained(source, trust_remote_code=True)
 

@@ -7,6 +7,7 @@ interrupted one resumes from its last checkpoint; a failure writes a ``failed`` 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import time
 import traceback
@@ -487,8 +488,8 @@ def run_all(
 def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     """Before any weights load: every model's config reads and every method attaches to it (targets
     match, options fit), on the ``meta`` device, in seconds. With ``trust_remote_code`` a model may build
-    from its own code (the flag goes to ``Task.build_meta`` only then: a task written before it still works)."""
-    trust = {"trust_remote_code": True} if trust_remote_code else {}
+    from its own code (passed to ``Task.build_meta`` where it takes the parameter: a task written before
+    it still works, building what it builds)."""
     seen = set()
     for spec in specs:
         task_cls = TASKS.get(spec.task)
@@ -496,6 +497,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         if spec.method == BASELINE:
             task_cls.check_model(spec.model)
         elif key not in seen:
+            takes = "trust_remote_code" in inspect.signature(task_cls.build_meta).parameters
+            trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
             attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
         seen.add(key)
 

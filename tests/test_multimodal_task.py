@@ -134,11 +134,13 @@ def test_a_llava_style_folder_with_its_own_tokenizer_trains_with_it_and_one_too_
     own = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
     own.save_pretrained(folder)
     config = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**config, "image_token_id": 512}))
-    [outside] = _run(str(folder), ["lora"], tmp_path)
-    assert (
-        "image_token_id 512 is outside the vocabulary (vocab_size 512); set image_token_id" in outside["run"]["error"]
-    )
+    for token_id, what in ((512, "outside the vocabulary"), (2, "a pad/eos/bos id")):  # 2: <eos>
+        (folder / "config.json").write_text(json.dumps({**config, "image_token_id": token_id}))
+        [refused] = _run(str(folder), ["lora"], tmp_path)
+        assert (
+            f"image_token_id {token_id} is {what} (vocab_size 512, the tokenizer in own-tokenizer/); set "
+            "image_token_id in its config.json to an id its tokenizer never produces"
+        ) in refused["run"]["error"], refused["run"]["error"]
     (folder / "config.json").write_text(json.dumps(config))
     [record] = _run(str(folder), ["lora"], tmp_path)  # the failed run is run again
     assert record["run"]["status"] == "success", record["run"]["error"]

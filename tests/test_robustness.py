@@ -427,17 +427,15 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
     assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
 
 
-def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tmp_path):
-    """A config whose model_type transformers does not ship, with an auto_map to the folder's own code: the
-    checks before a run, `harness params` and the run build it from that code with --trust-remote-code, and
-    refuse it without, saying to pass the flag (nothing of the code runs)."""
+def write_own_code(folder, model_type: str) -> None:
+    """A model folder whose config names its own configuration and modeling code (auto_map): a Llama
+    subclass, so it trains like one; ``model_type`` one transformers ships or not."""
     from transformers import LlamaConfig
 
-    folder = tmp_path / "own-code"
-    folder.mkdir()
+    folder.mkdir(parents=True)
     (folder / "configuration_tiny.py").write_text(
         "from transformers import LlamaConfig\n\n\nclass TinyRemoteConfig(LlamaConfig):\n"
-        '    model_type = "tiny_remote"\n'
+        f"    model_type = {model_type!r}\n"
     )
     (folder / "modeling_tiny.py").write_text(
         "from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny import TinyRemoteConfig\n\n\n"
@@ -448,11 +446,24 @@ def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tm
         num_key_value_heads=2,
     ).to_dict()  # fmt: skip
     config.update(
-        model_type="tiny_remote",
+        model_type=model_type,
         auto_map={"AutoConfig": "configuration_tiny.TinyRemoteConfig",
                   "AutoModelForCausalLM": "modeling_tiny.TinyRemoteForCausalLM"},
     )  # fmt: skip
     (folder / "config.json").write_text(json.dumps(config))
+
+
+def params_of(model: str, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
+    args = [sys.executable, "-m", "harness", "params", "--model", model, "--methods", "lora", "--json", *extra]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tmp_path):
+    """A config whose model_type transformers does not ship, with an auto_map to the folder's own code: the
+    checks before a run, `harness params` and the run build it from that code with --trust-remote-code, and
+    refuse it without, saying to pass the flag (nothing of the code runs)."""
+    folder = tmp_path / "own-code"
+    write_own_code(folder, "tiny_remote")
     env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}  # where transformers copies the code
     runs = tmp_path / "runs"
     refused = subprocess.run(
@@ -469,9 +480,9 @@ def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tm
         refused.stderr,
     ), refused.stderr
     assert not runs.exists() or not list(runs.glob(f"*/{RECORD}"))  # refused before any run
+    assert not (tmp_path / "modules").exists()  # none of its code was even copied
 
-    params = [sys.executable, "-m", "harness", "params", "--model", str(folder), "--methods", "lora", "--json"]
-    counted = subprocess.run([*params, "--trust-remote-code"], capture_output=True, text=True, timeout=600, env=env)
+    counted = params_of(str(folder), env, "--trust-remote-code")
     assert counted.returncode == 0, counted.stderr[-2000:]
     assert json.loads(counted.stdout)[0]["trainable"] > 0
 
@@ -480,3 +491,33 @@ def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tm
     assert done.returncode == 0, done.stderr[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success" and record["train"]["flops_per_step"]["adapter"] > 0
+
+
+def test_own_code_for_a_shipped_model_type_and_from_the_hub(tmp_path, monkeypatch):
+    """A config of a model_type transformers ships that also names its own code builds transformers' class
+    without the flag and its own with it (it failed: the config built without a source for the code); a hub
+    id's own code (from the hub's cache, offline here) builds with the flag and is refused without."""
+    from harness.models import build_meta
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "shipped-type"
+    write_own_code(folder, "llama")
+    assert type(build_meta(str(folder)).model).__name__ == "LlamaForCausalLM"
+    assert type(build_meta(str(folder), trust_remote_code=True).model).__name__ == "TinyRemoteForCausalLM"
+    config = folder / "config.json"
+    config.rename(folder / "tiny.json")
+    with pytest.raises(ValueError, match="give the folder holding config.json and the code files its auto_map names"):
+        build_meta(str(folder / "tiny.json"), trust_remote_code=True)
+
+    commit = "0" * 40  # the hub's cache layout: models--org--name/{refs/main, snapshots/<commit>/...}
+    repo = tmp_path / "hub" / "models--someorg--tiny-remote"
+    write_own_code(repo / "snapshots" / commit, "tiny_remote")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1",
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}  # fmt: skip
+    refused = params_of("someorg/tiny-remote", env)
+    assert refused.returncode == 2 and "pass it if you trust that code" in refused.stderr, refused.stderr[-2000:]
+    counted = params_of("someorg/tiny-remote", env, "--trust-remote-code")
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    assert json.loads(counted.stdout)[0]["trainable"] > 0

@@ -196,3 +196,11 @@ def test_a_non_text_run_resumes_from_its_checkpoint(vector_task, tmp_path, monke
     assert resumed["train"]["resumed_from_step"] == 4
     assert resumed["train"]["loss_curve"] == straight["train"]["loss_curve"]
     assert json.dumps(resumed["eval"]) == json.dumps(straight["eval"])
+
+
+def test_a_task_whose_build_meta_takes_no_trust_remote_code_still_runs_with_the_flag(vector_task, tmp_path):
+    """``build_meta(model)`` predates the ``trust_remote_code`` parameter: --trust-remote-code does not break
+    it (it was a TypeError); the flag goes only to a ``build_meta`` that takes it."""
+    [spec] = build_specs("vectors", ["lora"], [0], "smoke")
+    [record] = run_all([spec], tmp_path, None, progress=False, trust_remote_code=True)
+    assert record["run"]["status"] == "success", record["run"]["error"]

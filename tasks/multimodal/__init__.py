@@ -114,10 +114,12 @@ class MultimodalTask(Task):
                 vocab = cfg.text_config.get("vocab_size")
                 # a config folder with its own tokenizer files tokenizes with them, else SmolLM2's (never a download)
                 tokenizer, where = models.random_weights_tokenizer(model, vocab)
-                if vocab is not None and not 0 <= cfg.image_token_id < vocab:
+                special = {tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id} - {None}
+                if (vocab is not None and not 0 <= cfg.image_token_id < vocab) or cfg.image_token_id in special:
+                    where_id = "outside the vocabulary" if cfg.image_token_id not in special else "a pad/eos/bos id"
                     raise ValueError(
-                        f"model {model!r}: image_token_id {cfg.image_token_id} is outside the vocabulary (vocab_size "
-                        f"{vocab}); set image_token_id in its config.json to an id its tokenizer never produces"
+                        f"model {model!r}: image_token_id {cfg.image_token_id} is {where_id} (vocab_size {vocab}, "
+                        f"{where}); set image_token_id in its config.json to an id its tokenizer never produces"
                     )
                 torch.manual_seed(seed)
                 net = mm.LlavaStyle.from_config(cfg).to(device=device, dtype=dtype).eval()

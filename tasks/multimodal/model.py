@@ -201,8 +201,10 @@ def expand_image_tokens(tokenizer: Any, text: str, image_token_id: int, tokens_p
             piece_ids = list(tokenizer(piece, add_special_tokens=False)["input_ids"])
             if image_token_id in piece_ids:
                 raise ValueError(
-                    f"the text {piece[:60]!r} tokenises to the image placeholder id {image_token_id}; "
-                    f"remove the literal placeholder token from the data (images go where {IMAGE_TAG} is)"
+                    f"the text {piece[:60]!r} tokenises to the image placeholder id {image_token_id}; remove the "
+                    f"literal placeholder token from the data (images go where {IMAGE_TAG} is), or, for a "
+                    "LLaVA-style config with its own tokenizer, set its image_token_id to an id that tokenizer "
+                    "never produces"
                 )
             ids.extend(piece_ids)
     return ids
