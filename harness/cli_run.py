@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         args.task,
         methods,
         _seeds(args.seeds),
-        args.preset,
+        args.preset or TASKS.get(args.task).default_preset,
         model=args.model,
         protocol=args.protocol,
         method_options=method_options(args),
@@ -152,7 +152,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="comma-separated methods ('all': every registered one; 'base': the zero-shot model), e.g. base,all",
     )
     p.add_argument("--task", required=True, help="a registered task, e.g. commonsense")
-    p.add_argument("--preset", default="embedded", help="the task's scale: smoke | embedded (default) | paper")
+    p.add_argument(
+        "--preset", help="the task's scale: smoke | embedded | paper (default: the task's default_preset, embedded)"
+    )
     p.add_argument("--model", help="override the preset's model: 'embedded', a folder, or a hub id")
     p.add_argument("--protocol", help="scoring protocol: cloze | choice | generate | lm-eval (default: the preset's)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")

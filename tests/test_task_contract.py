@@ -89,6 +89,7 @@ def _data(n: int, seed: int) -> list[Example]:
 class VectorTask(Task):
     name = "vectors"
     protocols = ("mse",)
+    default_preset = "smoke"  # its only one: `harness run --task vectors` needs no --preset
     presets = {
         "smoke": Preset(
             "regression on vectors",
@@ -204,3 +205,12 @@ def test_a_task_whose_build_meta_takes_no_trust_remote_code_still_runs_with_the_
     [spec] = build_specs("vectors", ["lora"], [0], "smoke")
     [record] = run_all([spec], tmp_path, None, progress=False, trust_remote_code=True)
     assert record["run"]["status"] == "success", record["run"]["error"]
+
+
+def test_harness_run_without_a_preset_takes_the_tasks_default_preset(vector_task, tmp_path, capsys):
+    from harness.cli import main
+
+    main(["run", "--methods", "lora", "--task", "vectors", "--runs-dir", str(tmp_path), "--no-leaderboard", "--quiet"])
+    [path] = tmp_path.glob("*/record.json")
+    record = json.loads(path.read_text())
+    assert record["run"]["status"] == "success" and record["run"]["config"]["preset"] == "smoke"
