@@ -125,6 +125,21 @@ def test_the_fingerprint_is_each_domains_test_file(folder):
     assert runner._other_data({**finished, "train": {}}, task()) is None  # a zero-shot run trained on nothing
 
 
+def test_data_without_captions_stops_the_embedded_model_before_its_weights_load(folder, monkeypatch):
+    """The embedded model's stage 1 aligns on captions.json: a folder without one is refused saying what to
+    do, before SmolLM2 and the vision encoder load (it was after)."""
+    import torch
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+    from tasks.multimodal import model as mm
+
+    monkeypatch.setattr(mm, "build_embedded", lambda *a, **k: pytest.fail("the weights loaded"))
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    with pytest.raises(ValueError, match="has no captions.json for stage 1 .*; add one .* or leave --data-dir unset"):
+        task.load("embedded", torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+
+
 def test_a_run_on_some_domains_is_checked_against_their_training_files_only(folder):
     from harness import runner
     from harness.registry import TASKS

@@ -127,6 +127,7 @@ class MultimodalTask(Task):
                 info["tokenizer"] = where
                 label = f"{models.label(model)} (LLaVA-style, random weights)"
             else:
+                self._captions()  # stage 1 needs them: checked before any weights load
                 net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
                 info["stage1"] = self._stage1(net, tokenizer, stage1_settings)
                 from tasks.multimodal import vision
@@ -146,16 +147,21 @@ class MultimodalTask(Task):
         extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
         return Loaded(net, net.model.language_model, label, processor, info, extra)
 
+    def _captions(self) -> list:
+        captions = data.read_captions(self.data_dir)
+        if not captions:
+            raise ValueError(
+                f"{self.data_dir} has no captions.json for stage 1 (projector alignment, which the embedded model "
+                "needs); add one (LLaVA format: image + a caption as the gpt turn) or leave --data-dir unset for the "
+                "generated data"
+            )
+        return captions
+
     def _stage1(self, net, tokenizer, settings: dict[str, Any]) -> dict[str, Any]:
         """Align the projector on the data's captions once; later runs load it from the cache."""
         from tasks.multimodal import stage1, vision
 
-        captions = data.read_captions(self.data_dir)
-        if not captions:
-            raise ValueError(
-                f"{self.data_dir} has no captions.json for stage 1 (projector alignment); add one "
-                "(LLaVA format: image + a caption as the gpt turn) or leave --data-dir unset for the generated data"
-            )
+        captions = self._captions()
         pairs = [(r.images[0], r.turns[0][1]) for r in captions if r.images]
         key = {
             "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
