@@ -185,6 +185,19 @@ def tiny_word_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="<pad>")
 
 
+def test_a_llava_config_that_leaves_defaults_out_gets_a_processor():
+    """A config.json as the hub keeps it (read as a file) may leave out what transformers defaults, e.g. the
+    vision tower's image and patch size: the offline processor fills them in (it read them as keys)."""
+    config = {
+        "model_type": "llava",
+        "text_config": {"model_type": "llama"},
+        "vision_config": {"model_type": "clip_vision_model"},
+    }
+    processor, adjusted = mm.offline_llava_processor(config, tiny_word_tokenizer())
+    assert adjusted["vision_config"]["image_size"] == 224 and processor.patch_size == 32  # CLIP's defaults
+    assert adjusted["text_config"]["vocab_size"] >= len(processor.tokenizer)
+
+
 def test_paper_llava_at_reduced_shape_runs_forward_and_backward():
     from harness.models import load_config_dict
 

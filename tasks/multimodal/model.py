@@ -303,8 +303,9 @@ def offline_llava_processor(config_dict: dict[str, Any], tokenizer: Any) -> tupl
     """A ``LlavaProcessor`` built without the hub: PIL CLIP image processing at the vision tower's size,
     and ``tokenizer`` given ``<image>`` (and ``<pad>`` if it has no pad token), in place. Returns it and ``config_dict`` adjusted
     to the tokenizer (``image_token_index``, ``pad_token_id``, a vocabulary large enough)."""
-    from transformers import CLIPImageProcessorPil, LlavaProcessor
+    from transformers import AutoConfig, CLIPImageProcessorPil, LlavaProcessor
 
+    config_dict = AutoConfig.for_model(**config_dict).to_dict()  # the defaults a config.json may leave out
     tokenizer.add_special_tokens(
         {"additional_special_tokens": [IMAGE_TAG], **({} if tokenizer.pad_token else {"pad_token": "<pad>"})}
     )
