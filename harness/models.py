@@ -153,8 +153,8 @@ def load_config_dict(spec: str) -> dict:
         raise ValueError(
             f"model {spec!r} is not on the Hugging Face hub or it cannot be reached ({_brief(exc)}); {_WHAT_TO_GIVE}"
         ) from None
-    if "model_type" not in data:
-        raise ValueError(f"model {spec!r}: its config.json has no 'model_type'; {_WHAT_TO_GIVE}")
+    if "model_type" not in data and "_class_name" not in data:  # as read_config checks a local file
+        raise ValueError(f"model {spec!r}: its config.json has no 'model_type' (e.g. \"llama\"); {_WHAT_TO_GIVE}")
     return data
 
 
