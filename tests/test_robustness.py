@@ -521,3 +521,10 @@ def test_own_code_for_a_shipped_model_type_and_from_the_hub(tmp_path, monkeypatc
     counted = params_of("someorg/tiny-remote", env, "--trust-remote-code")
     assert counted.returncode == 0, counted.stderr[-2000:]
     assert json.loads(counted.stdout)[0]["trainable"] > 0
+    untyped = tmp_path / "hub" / "models--someorg--untyped"  # a hub config is checked as a local one is
+    (untyped / "snapshots" / commit).mkdir(parents=True)
+    (untyped / "snapshots" / commit / "config.json").write_text('{"hidden_size": 32}')
+    (untyped / "refs").mkdir()
+    (untyped / "refs" / "main").write_text(commit)
+    refused = params_of("someorg/untyped", env)
+    assert refused.returncode == 2 and "its config.json has no 'model_type'" in refused.stderr, refused.stderr[-2000:]
