@@ -5,6 +5,13 @@ on the ``meta`` device, running the exact step the loop runs (the task's own los
 frozen A and the Reducer's frozen heads included). That counts every matmul, attention too (on a CPU
 the fused attention kernel is invisible to the counter), is the same on every machine, and costs no
 compute — so the LoRA reference at the same settings is measured the same way in every run.
+
+The adapter's share is the step's count less the count of the same step with every adapter bypassed (each
+wrapper returns its base's output, made to need a gradient wherever the adapter made it need one, so the
+base's backward runs exactly where it runs in the adapted step): what the adapters add, on either path,
+whatever modules compute it. (Per-module counts cannot give it: FlopCounterMode's module tracker never sees
+the backward of a module whose input needs no gradient end, such as layer 0's q/k/v, and the fast path
+computes a group's base linears in one of its wrappers.)
 """
 
 from __future__ import annotations
@@ -48,24 +55,55 @@ def step_flops(
     replica.model.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
     if adapter.reducer is not None:
         adapter.reducer.select()  # freeze the unselected heads, as in a real step
-    # FlopCounterMode names a module by the top module's class and its path from there
-    root_path = next(name for name, m in replica.model.named_modules() if m is replica.root)
-    prefix = ".".join(filter(None, [type(replica.model).__name__, root_path]))
     micro = []
     for shape in shapes:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            recipe.loss_sum(replica.model, recipe.meta_batch(shape)).backward()
-        counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
-        adapter_flops = sum(
-            counts.get(f"{prefix}.{name}", 0) - counts.get(f"{prefix}.{name}.base", 0) for name in adapter.layers
-        )
-        micro.append({"shape": list(shape), "total": int(counter.get_total_flops()), "adapter": int(adapter_flops)})
+        needs: dict[str, bool] = {}  # wrapper -> whether its output needed a gradient in the adapted step
+        total = _count(replica, recipe, shape, adapter, needs)
+        base = _count(replica, recipe, shape, adapter, needs, bypass=True)
+        micro.append({"shape": list(shape), "total": total, "adapter": total - base})
     return {
         "total": sum(m["total"] for m in micro),
         "adapter": sum(m["adapter"] for m in micro),
         "micro_batches": micro,
     }
+
+
+def _count(
+    replica: MetaModel, recipe: Recipe, shape: list[int], adapter: Any, needs: dict[str, bool], bypass: bool = False
+) -> int:
+    """FLOPs of one forward+backward of ``recipe.loss_sum``. Adapted (``bypass`` False): records in ``needs``
+    whether each wrapper's output needed a gradient. Bypassed: each wrapper returns its base's output, plus a
+    zero that needs a gradient where ``needs`` says so (an addition, which FlopCounterMode does not count)."""
+    hooks = []
+    for name, layer in adapter.layers.items():
+        if bypass:
+            layer.forward = _bypass(layer, needs.get(name, False))
+        else:
+            hooks.append(layer.register_forward_hook(lambda m, i, out, name=name: needs.__setitem__(name, _needs(out))))
+    try:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            recipe.loss_sum(replica.model, recipe.meta_batch(shape)).backward()
+        return int(counter.get_total_flops())
+    finally:
+        for h in hooks:
+            h.remove()
+        for layer in adapter.layers.values():
+            layer.__dict__.pop("forward", None)
+
+
+def _needs(out: Any) -> bool:
+    return isinstance(out, torch.Tensor) and out.requires_grad
+
+
+def _bypass(layer: nn.Module, needs_grad: bool) -> Any:
+    anchor = torch.zeros((), device="meta", requires_grad=True) if needs_grad else None
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = layer.base(x)
+        return y if anchor is None or y.requires_grad else y + anchor
+
+    return forward
 
 
 class MemoryMeter:

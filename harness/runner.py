@@ -27,6 +27,10 @@ from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
+FLOPS_COUNTED_BY = (
+    "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
+    "adapter bypassed"
+)
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
 
 
@@ -378,6 +382,51 @@ def _count_flops(
         return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
 
 
+def flops_record(
+    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast: bool
+) -> dict[str, Any]:
+    """A record's ``train.flops_per_step``: one optimizer step of ``method`` at ``shapes`` (every micro-batch),
+    the adapters' share of it, and LoRA's total at the same settings; or why it could not be counted."""
+    flops = _count_flops(task, loaded, method, config, shapes, recipe, fast)
+    if "status" in flops:
+        return flops
+    reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(config))
+    lora = (
+        flops
+        if method == REFERENCE_METHOD
+        else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
+    )
+    return {
+        "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
+        "total": flops["total"],
+        "adapter": flops["adapter"],
+        "lora_total": lora.get("total"),
+        "relative_to_lora": flops["total"] / lora["total"] if lora.get("total") else None,
+        "micro_batches": flops["micro_batches"],
+        "counted_by": FLOPS_COUNTED_BY,
+    } | ({"path": "fast"} if fast else {})
+
+
+def spec_from_record(record: dict[str, Any]) -> RunSpec:
+    """The ``RunSpec`` a record was run from (its run id checked): what a recount needs to rebuild the run."""
+    config = record["run"]["config"]
+    fields = {f.name for f in dataclasses.fields(RunSpec)}
+    values = {k: v for k, v in config.items() if k in fields}
+    options = dict(values["task_options"])
+    if options.get("train_sources") is not None:
+        options["train_sources"] = tuple(options["train_sources"])
+    if options.get("scoring") is not None:
+        options["scoring"] = tuple(sorted(options["scoring"].items()))
+    values.update(train=TrainConfig(**values["train"]), task_options=TaskOptions(**options))
+    spec = RunSpec(**values)
+    if spec.run_id != record["run"]["id"]:
+        raise ValueError(
+            f"record {record['run']['id']}: its config gives run id {spec.run_id}; it was written by another "
+            "version of RunSpec, so the run cannot be rebuilt from it"
+        )
+    return spec
+
+
 def _train_record(
     spec: RunSpec, adapter, result, run_dir: Path, probe: dict[str, Any], task: Task, loaded: Loaded, recipe: Recipe
 ) -> dict[str, Any]:
@@ -388,25 +437,8 @@ def _train_record(
             torch.save([p.detach().cpu() for p in loaded.task_params], tmp)
     flops = probe
     if "status" not in probe:
-        shapes = result.first_step_shapes
         fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
-        flops = _count_flops(task, loaded, spec.method, adapter.config, shapes, recipe, fast)
-        reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(adapter.config))
-        lora = (
-            flops
-            if spec.method == REFERENCE_METHOD or "status" in flops
-            else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
-        )
-        if "status" not in flops:
-            flops = {
-                "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
-                "total": flops["total"],
-                "adapter": flops["adapter"],
-                "lora_total": lora.get("total"),
-                "relative_to_lora": flops["total"] / lora["total"] if lora.get("total") else None,
-                "micro_batches": flops["micro_batches"],
-                "counted_by": "torch.utils.flop_counter.FlopCounterMode, meta-device replica",
-            } | ({"path": "fast"} if fast else {})
+        flops = flops_record(task, loaded, spec.method, adapter.config, result.first_step_shapes, recipe, fast)
     updated = result.params_updated
     adapter_ids = {id(p) for p in adapter.adapter_parameters()}
     base_params = sum(p.numel() for p in dict.fromkeys(loaded.model.parameters()) if id(p) not in adapter_ids)

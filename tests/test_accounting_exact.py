@@ -94,6 +94,52 @@ def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():
     assert two["adapter"] == sum(m["adapter"] for m in two["micro_batches"]) > 0
 
 
+def test_two_micro_batches_on_the_fast_path_count_each_as_alone():
+    model = tiny_llama()
+    config = make_config(METHODS.get("hydralora").config_cls, {"targets": "q_proj,k_proj,v_proj", "r": 4}, "hydralora")
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    one = step_flops(meta_of(model), "hydralora", config, [[4, 12, 6]], recipe, fast_path=True)
+    two = step_flops(meta_of(model), "hydralora", config, [[4, 20, 10], [4, 12, 6]], recipe, fast_path=True)
+    assert two["micro_batches"][1] == one["micro_batches"][0]
+
+
+FULL = {"targets": "q_proj,k_proj,v_proj,gate_proj,up_proj,down_proj", "r": 4, "dropout": 0.1, "reducer": None}
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_lora_adapter_flops_are_exactly_its_products(fast):
+    """Every wrapper: x·Aᵀ and h·Bᵀ forward, B's and A's gradients and h's, and x's gradient through A
+    where x needs one (not layer 0's q, k and v, whose input comes from the frozen embeddings). The old
+    per-module split counted layer 0's q/k/v backward twice on the reference path and missed part of the
+    adapters' work on the fast path (its base linears run in a wrapper's node)."""
+    model = tiny_llama()
+    config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    rows, tokens = 4, 20
+    flops = step_flops(meta_of(model), "lora", config, [[rows, tokens, 10]], text_recipe(CharTokenizer(), CONFIG), fast)
+    adapter = attach(tiny_llama(), "lora", config=config)
+    expected = 0
+    for name, layer in adapter.layers.items():
+        d_in, d_out, n = layer.base.in_features, layer.base.out_features, 2 * rows * tokens * config.r
+        input_grad = not (".layers.0." in f".{name}" and name.split(".")[-1] in ("q_proj", "k_proj", "v_proj"))
+        expected += n * (2 * d_in + 3 * d_out) + (n * d_in if input_grad else 0)
+    assert flops["adapter"] == expected
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_what_is_not_the_adapters_is_the_same_for_every_method_on_either_path(method):
+    """The base's share of a step (total less the adapters') depends on the targets only, not on the method
+    or the path (MoSLoRA's fast path computes fewer adapter FLOPs; its base share is the same)."""
+    recipe, shape = text_recipe(CharTokenizer(), CONFIG), [[4, 20, 10]]
+    lora = step_flops(
+        meta_of(tiny_llama()), "lora", make_config(METHODS.get("lora").config_cls, FULL, "lora"), shape, recipe
+    )
+    config = make_config(METHODS.get(method).config_cls, FULL, method)
+    for fast in (False, True):
+        flops = step_flops(meta_of(tiny_llama()), method, config, shape, recipe, fast_path=fast)
+        assert flops["total"] - flops["adapter"] == lora["total"] - lora["adapter"], (fast, flops, lora)
+        assert flops["adapter"] > 0
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_flops_are_counted_on_the_path_the_run_takes(method):
     """The meta replica's count equals FlopCounterMode's on a real CPU step through the same path: the fast

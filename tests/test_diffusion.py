@@ -100,6 +100,44 @@ def _run(tiny, runs: Path, method: str, **task) -> dict:
     return run_all(specs, runs, str(data), progress=False)[0]
 
 
+def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    """Attention as two matmuls, which FlopCounterMode counts on a CPU as on meta (the CPU's fused kernel it
+    does not count)."""
+    w = (q @ k.transpose(-2, -1)) * (scale or q.shape[-1] ** -0.5)
+    return (w if attn_mask is None else w + attn_mask).softmax(-1) @ v
+
+
+@pytest.mark.parametrize("method", ["lora", "hydralora"])
+def test_the_counted_step_is_the_step_that_trains(tiny, monkeypatch, method):
+    """The meta replica's FLOPs equal FlopCounterMode's on a real step of the same batch (the caption states
+    need no gradient in either: counting them with one, as before, added the gradient w.r.t. them)."""
+    import dataclasses
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from harness import METHODS, attach
+    from harness.accounting import step_flops
+    from harness.config import make_config
+    from harness.registry import TASKS
+    from harness.runner import load_model
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", _sdpa_math)
+    folder, data = tiny
+    [spec] = build_specs("diffusion", [method], [0], "smoke", model=str(folder))
+    task = TASKS.get("diffusion")(dataclasses.replace(spec.task_options, data_dir=str(data)))
+    loaded = load_model(task, spec, torch.device("cpu"))
+    recipe = task.recipe(loaded, spec.train)
+    train, _ = task.splits()
+    batch = recipe.collate([recipe.encode(e) for e in train[:2]])
+    config = make_config(METHODS.get(method).config_cls, spec.method_options, method)
+    counted = step_flops(task.meta_replica(loaded), method, config, [recipe.shape(batch)], recipe)
+    attach(loaded.root, method, config=config)
+    loaded.model.train()
+    with FlopCounterMode(display=False) as real:
+        recipe.loss_sum(loaded.model, batch).backward()
+    assert counted["total"] == real.get_total_flops() > counted["adapter"] > 0
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_every_method_trains_on_the_unet(tiny, tmp_path, method):
     record = _run(tiny, tmp_path / "runs", method)
