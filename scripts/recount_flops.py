@@ -1,0 +1,37 @@
+"""Count the FLOPs of finished runs again from their records (no training: a meta-device replica).
+
+python scripts/recount_flops.py results/runs --data-dir commonsense=../shared/data/commonsense \
+    --data-dir diffusion=../shared/data/diffusion/twemoji-64
+
+Each record whose count changes is rewritten in place (atomically), keeping what the run wrote under
+``train.flops_per_step.recounted.as_run``; regenerate the leaderboard afterwards (``harness leaderboard``).
+A task without ``--data-dir`` uses its default data (``HARNESS_DATA_DIR``, the hub, or generated data).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from harness.recount import recount_flops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs_dir", type=Path)
+    parser.add_argument("--data-dir", action="append", default=[], metavar="TASK=PATH", help="a task's data")
+    parser.add_argument("--trust-remote-code", action="store_true")
+    args = parser.parse_args()
+    data_dirs = {}
+    for item in args.data_dir:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            parser.error(f"--data-dir takes TASK=PATH (e.g. commonsense=../shared/data/commonsense), got {item!r}")
+        data_dirs[task] = path
+    if not args.runs_dir.is_dir():
+        parser.error(f"{args.runs_dir} is not a folder of runs (e.g. results/runs)")
+    recount_flops(args.runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
+
+
+if __name__ == "__main__":
+    main()
