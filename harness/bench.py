@@ -54,6 +54,7 @@ EXAMPLES = """examples:
 class BenchConfig:
     model: str = "embedded"
     random_weights: bool = False
+    trust_remote_code: bool = False  # a model with its own code (its config's auto_map) builds from that code
     layers: int | None = None  # with random weights: build only this many layers (a reduced paper shape)
     methods: tuple[str, ...] = ()  # empty: every registered method
     options: dict[str, Any] = field(default_factory=dict)  # method options (rank, alpha, targets, dropout, ...)
@@ -160,16 +161,19 @@ def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, dev
 
 def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str]:
     """The base model (bf16 on a GPU, fp32 on a CPU) and its tokenizer (only if scoring is timed)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness import models
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if config.random_weights:
-        data = models.load_config_dict(config.model) | ({"num_hidden_layers": config.layers} if config.layers else {})
+        layers = {"num_hidden_layers": config.layers} if config.layers else {}
+        model_config = models.transformers_config(config.model, None, config.trust_remote_code, layers)
         torch.manual_seed(config.seed)
         with torch.device(device):  # initialised where it runs: a paper shape is slow to initialise on a CPU
-            model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**data), dtype=dtype)
+            model = AutoModelForCausalLM.from_config(
+                model_config, dtype=dtype, trust_remote_code=config.trust_remote_code
+            )
         label = f"{models.label(config.model)} (random weights)"
         label += f", {config.layers} layer{'s' if config.layers != 1 else ''}" if config.layers else ""
         vocab = getattr(model.config.get_text_config(), "vocab_size", None)
@@ -178,8 +182,9 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
         raise ValueError("--layers builds a reduced shape and needs --random-weights")
     else:
         source, label = models.resolve(config.model), models.label(config.model)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source) if config.protocols else None
+        trust = {"trust_remote_code": config.trust_remote_code}
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **trust)
+        tokenizer = AutoTokenizer.from_pretrained(source, **trust) if config.protocols else None
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, label
@@ -430,6 +435,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-peft", dest="peft", action="store_false", help="leave out peft's implementations")
     p.add_argument("--reference", action="store_true", help="also time each method's reference path")
     p.add_argument(
+        "--trust-remote-code", action="store_true", help="let a model with its own code (auto_map) build from it"
+    )
+    p.add_argument(
         "--reducer",
         default=",".join(BenchConfig.reducer),
         help="variants for methods with the Reducer on by default: off, default, SELECTION:DROP_RATIO",
@@ -460,7 +468,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
     def names(value: str) -> tuple[str, ...]:
         return tuple(v.strip() for v in value.split(",") if v.strip() and v.strip() != "none")
 
-    same = ("model", "random_weights", "layers", "rounds", "warmup", "peft", "reference", "task", "data_dir")
+    same = (
+        "model",
+        "random_weights",
+        "trust_remote_code",
+        "layers",
+        "rounds",
+        "warmup",
+        "peft",
+        "reference",
+        "task",
+        "data_dir",
+    )
     config = BenchConfig(
         **{k: getattr(args, k) for k in (*same, "eval_limit", "threads", "seed", "out")},
         methods=tuple(split_names(args.methods, METHODS.names(), "method")),

@@ -173,8 +173,11 @@ def read_config(path: Path) -> dict:
     return data
 
 
-def transformers_config(spec: str, data: dict | None = None, trust_remote_code: bool = False) -> Any:
-    """The transformers config object of ``spec`` (``data``: its raw config, read if not given). A config
+def transformers_config(
+    spec: str, data: dict | None = None, trust_remote_code: bool = False, overrides: dict | None = None
+) -> Any:
+    """The transformers config object of ``spec`` (``data``: its raw config, read if not given; ``overrides``:
+    attributes set over it, e.g. a reduced ``num_hidden_layers``, through the model's own code too). A config
     with an ``auto_map`` (the model's own code) is read through that code only with ``trust_remote_code``:
     then ``from_config`` builds the model's own classes, as ``from_pretrained`` does in the run. Without
     it, a ``model_type`` transformers ships builds transformers' class, and any other is a ``ValueError``
@@ -184,7 +187,7 @@ def transformers_config(spec: str, data: dict | None = None, trust_remote_code: 
     data = load_config_dict(spec) if data is None else data
     remote = trust_remote_code and "auto_map" in data
     if data["model_type"] in CONFIG_MAPPING and not remote:
-        return AutoConfig.for_model(**{k: v for k, v in data.items() if k != "auto_map"})
+        return AutoConfig.for_model(**{k: v for k, v in data.items() if k != "auto_map"} | (overrides or {}))
     if "auto_map" not in data:
         raise ValueError(
             f"model {spec!r}: model_type {data['model_type']!r} is not one transformers {__version__} knows; "
@@ -202,7 +205,7 @@ def transformers_config(spec: str, data: dict | None = None, trust_remote_code: 
             "config.json and the code files its auto_map names"
         )
     source = str(path.parent if path.is_file() else path) if path.exists() else spec  # a folder, or a hub id
-    return AutoConfig.from_pretrained(source, trust_remote_code=True)
+    return AutoConfig.from_pretrained(source, trust_remote_code=True, **(overrides or {}))
 
 
 def build_meta(spec: str, trust_remote_code: bool = False) -> MetaModel:

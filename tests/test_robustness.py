@@ -458,6 +458,30 @@ def params_of(model: str, env: dict[str, str], *extra: str) -> subprocess.Comple
     return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
 
 
+def test_bench_builds_a_model_with_its_own_code_only_with_trust_remote_code(tmp_path):
+    """`harness bench --random-weights` reads the config as `harness run` does: the model's own code with
+    --trust-remote-code (a reduced --layers set through it), a refusal that says so without."""
+    folder = tmp_path / "own-code"
+    write_own_code(folder, "tiny_remote")
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    args = [sys.executable, "-m", "harness", "bench", "--model", str(folder), "--random-weights", "--layers", "1"]
+    args += ["--methods", "lora", "--batch", "1", "--seq", "4", "--rounds", "1", "--warmup", "0", "--no-peft"]
+    args += ["--protocols", "none", "--threads", "1", "--out", str(tmp_path / "out")]
+    refused = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-2000:]
+    assert "runs only with --trust-remote-code" in refused.stderr and not (tmp_path / "modules").exists()
+    done = subprocess.run([*args, "--trust-remote-code"], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert report["config"]["trust_remote_code"] is True and report["model"].endswith("(random weights), 1 layer")
+    check = "from harness import models; c = models.transformers_config(%r, None, True, {'num_hidden_layers': 1}); "
+    check += "print(type(c).__name__, c.num_hidden_layers)"
+    built = subprocess.run(
+        [sys.executable, "-c", check % str(folder)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert built.stdout.split() == ["TinyRemoteConfig", "1"], built.stderr[-2000:]
+
+
 def test_a_model_with_its_own_code_runs_only_with_trust_remote_code(data_dir, tmp_path):
     """A config whose model_type transformers does not ship, with an auto_map to the folder's own code: the
     checks before a run, `harness params` and the run build it from that code with --trust-remote-code, and
