@@ -8,10 +8,11 @@ compute — so the LoRA reference at the same settings is measured the same way 
 
 The adapter's share is the step's count less the count of the same step with every adapter bypassed (each
 wrapper returns its base's output, made to need a gradient wherever the adapter made it need one, so the
-base's backward runs exactly where it runs in the adapted step): what the adapters add, on either path,
+backward reaches every module it reaches in the adapted step): what the adapters add, on either path,
 whatever modules compute it. (Per-module counts cannot give it: FlopCounterMode's module tracker never sees
-the backward of a module whose input needs no gradient end, such as layer 0's q/k/v, and the fast path
-computes a group's base linears in one of its wrappers.)
+the backward of a module whose input needs no gradient end, such as layer 0's q/k/v, so it kept counting
+theirs under each other, and the fast path makes q, k and v's first matmul once, in one autograd node for
+the three, whose backward the split put partly outside the wrappers.)
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def step_flops(
         adapter.reducer.select()  # freeze the unselected heads, as in a real step
     micro = []
     for shape in shapes:
-        needs: dict[str, bool] = {}  # wrapper -> whether its output needed a gradient in the adapted step
+        needs: dict[str, list[bool]] = {}  # wrapper -> per call, whether its output needed a gradient when adapted
         total = _count(replica, recipe, shape, adapter, needs)
         base = _count(replica, recipe, shape, adapter, needs, bypass=True)
         micro.append({"shape": list(shape), "total": total, "adapter": total - base})
@@ -69,17 +70,25 @@ def step_flops(
 
 
 def _count(
-    replica: MetaModel, recipe: Recipe, shape: list[int], adapter: Any, needs: dict[str, bool], bypass: bool = False
+    replica: MetaModel,
+    recipe: Recipe,
+    shape: list[int],
+    adapter: Any,
+    needs: dict[str, list[bool]],
+    bypass: bool = False,
 ) -> int:
     """FLOPs of one forward+backward of ``recipe.loss_sum``. Adapted (``bypass`` False): records in ``needs``
-    whether each wrapper's output needed a gradient. Bypassed: each wrapper returns its base's output, plus a
-    zero that needs a gradient where ``needs`` says so (an addition, which FlopCounterMode does not count)."""
-    hooks = []
+    whether each wrapper's output needed a gradient, call by call. Bypassed: each wrapper returns its base's
+    output, plus a zero that needs a gradient where its adapted call's output did (an addition, which
+    FlopCounterMode does not count), so that the backward reaches every module below it as in the adapted
+    step; the base's own backward then runs exactly as there (it depends on its input only)."""
+    hooks, own = [], {}
     for name, layer in adapter.layers.items():
         if bypass:
-            layer.forward = _bypass(layer, needs.get(name, False))
+            own[name] = layer.__dict__.get("forward")  # an instance's own forward (a plugin's): put back after
+            layer.forward = _bypass(layer, iter(needs.get(name, [])))
         else:
-            hooks.append(layer.register_forward_hook(lambda m, i, out, name=name: needs.__setitem__(name, _needs(out))))
+            hooks.append(layer.register_forward_hook(lambda m, i, out, name=name: _record(needs, name, out)))
     try:
         counter = FlopCounterMode(display=False)
         with counter:
@@ -88,20 +97,24 @@ def _count(
     finally:
         for h in hooks:
             h.remove()
-        for layer in adapter.layers.values():
-            layer.__dict__.pop("forward", None)
+        for name, forward in own.items():
+            layer = adapter.layers[name]
+            if forward is None:
+                del layer.forward
+            else:
+                layer.forward = forward
 
 
-def _needs(out: Any) -> bool:
-    return isinstance(out, torch.Tensor) and out.requires_grad
+def _record(needs: dict[str, list[bool]], name: str, out: Any) -> None:
+    needs.setdefault(name, []).append(isinstance(out, torch.Tensor) and out.requires_grad)
 
 
-def _bypass(layer: nn.Module, needs_grad: bool) -> Any:
-    anchor = torch.zeros((), device="meta", requires_grad=True) if needs_grad else None
-
+def _bypass(layer: nn.Module, calls: Any) -> Any:
     def forward(x: torch.Tensor) -> torch.Tensor:
         y = layer.base(x)
-        return y if anchor is None or y.requires_grad else y + anchor
+        if not next(calls, False) or y.requires_grad:
+            return y
+        return y + torch.zeros((), device=y.device, dtype=y.dtype, requires_grad=True)
 
     return forward
 

@@ -408,7 +408,8 @@ def flops_record(
 
 
 def spec_from_record(record: dict[str, Any]) -> RunSpec:
-    """The ``RunSpec`` a record was run from (its run id checked): what a recount needs to rebuild the run."""
+    """A ``RunSpec`` with the record's run id (checked): enough to rebuild the run's model and recipe (a recount),
+    not to score it again (scorer settings come back sorted, checkpoint files by name only, as records keep them)."""
     config = record["run"]["config"]
     fields = {f.name for f in dataclasses.fields(RunSpec)}
     values = {k: v for k, v in config.items() if k in fields}

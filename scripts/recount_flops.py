@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from harness.recount import recount_flops
+from harness.registry import load_plugin
 
 
 def main() -> None:
@@ -21,6 +22,7 @@ def main() -> None:
     parser.add_argument("runs_dir", type=Path)
     parser.add_argument("--data-dir", action="append", default=[], metavar="TASK=PATH", help="a task's data")
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--plugin", action="append", default=[], help="a file registering a method or task")
     args = parser.parse_args()
     data_dirs = {}
     for item in args.data_dir:
@@ -30,6 +32,11 @@ def main() -> None:
         data_dirs[task] = path
     if not args.runs_dir.is_dir():
         parser.error(f"{args.runs_dir} is not a folder of runs (e.g. results/runs)")
+    for plugin in args.plugin:
+        try:
+            load_plugin(plugin)
+        except ValueError as exc:
+            parser.error(str(exc))
     recount_flops(args.runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
 
 

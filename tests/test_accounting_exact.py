@@ -111,7 +111,7 @@ def test_lora_adapter_flops_are_exactly_its_products(fast):
     """Every wrapper: x·Aᵀ and h·Bᵀ forward, B's and A's gradients and h's, and x's gradient through A
     where x needs one (not layer 0's q, k and v, whose input comes from the frozen embeddings). The old
     per-module split counted layer 0's q/k/v backward twice on the reference path and missed part of the
-    adapters' work on the fast path (its base linears run in a wrapper's node)."""
+    adapters' work on the fast path (q, k and v's first matmul made once, in one node for the three)."""
     model = tiny_llama()
     config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
     rows, tokens = 4, 20
@@ -138,6 +138,35 @@ def test_what_is_not_the_adapters_is_the_same_for_every_method_on_either_path(me
         flops = step_flops(meta_of(tiny_llama()), method, config, shape, recipe, fast_path=fast)
         assert flops["total"] - flops["adapter"] == lora["total"] - lora["adapter"], (fast, flops, lora)
         assert flops["adapter"] > 0
+
+
+def test_the_split_holds_with_the_reducer_freezing_heads_and_leaves_nothing_on_the_replica(monkeypatch):
+    """With the Reducer's unselected heads frozen (as in a real step) the base's share is still LoRA's; the
+    bypassed pass leaves no hook and no forward of its own on any wrapper (a plugin's own is put back)."""
+    import harness.adapter as adapter_module
+    from harness.adapter import AdapterLinear
+
+    recipe, shape = text_recipe(CharTokenizer(), CONFIG), [[4, 20, 10]]
+    lora_config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    lora = step_flops(meta_of(tiny_llama()), "lora", lora_config, shape, recipe)
+    ran = []
+
+    def attach_with_own_forward(*args, **kwargs):  # a plugin whose wrapper sets a forward on its instance
+        attached = real_attach(*args, **kwargs)
+        first = next(iter(attached.layers.values()))
+        first.forward = lambda x: ran.append(1) or AdapterLinear.forward(first, x)
+        return attached
+
+    real_attach = adapter_module.attach
+    monkeypatch.setattr(adapter_module, "attach", attach_with_own_forward)  # step_flops imports it when it runs
+    replica = meta_of(tiny_llama())
+    config = make_config(METHODS.get("effilora").config_cls, dict(FULL, reducer={"k": 2, "interval": 1}), "effilora")
+    flops = step_flops(replica, "effilora", config, shape, recipe)
+    assert flops["total"] - flops["adapter"] == lora["total"] - lora["adapter"] and flops["adapter"] > 0
+    wrappers = [m for m in replica.model.modules() if isinstance(m, AdapterLinear)]
+    assert any(not p.requires_grad for m in wrappers for p in m.reducer_parameters())  # some heads frozen
+    assert wrappers and not any(m._forward_hooks for m in wrappers)
+    assert ["forward" in vars(m) for m in wrappers] == [True] + [False] * (len(wrappers) - 1) and ran
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

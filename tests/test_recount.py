@@ -37,6 +37,7 @@ def test_recount_rewrites_only_what_changed_and_keeps_what_the_run_wrote(tiny_mo
     lines: list[str] = []
     first = recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)
     assert [c["new_total"] for c in first] == [f["total"] for f in as_run]  # the same code counts the same
+    assert [c["rewritten"] for c in first] == [False, False] and first[0]["model"] == "random weights"
     assert [read_record(p)["train"]["flops_per_step"] for p in paths] == as_run  # unchanged: not rewritten
     assert all(line.endswith(": unchanged") for line in lines), lines
 
@@ -58,6 +59,30 @@ def test_recount_rewrites_only_what_changed_and_keeps_what_the_run_wrote(tiny_mo
     before = paths[0].read_text()
     third = recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)
     assert "cannot be rebuilt" in third[0]["left"] and paths[0].read_text() == before
+
+
+def test_records_that_cannot_be_counted_are_left_and_the_others_go_on(tiny_model, data_dir, tmp_path):
+    import shutil
+
+    from harness.guard import RunLock
+
+    runs = _runs(tiny_model, data_dir, tmp_path)
+    paths = sorted(runs.glob(f"*/{RECORD}"))
+    before = [p.read_text() for p in paths]
+    held = RunLock(paths[0].parent)  # a run in progress (e.g. a --force re-run) holds its folder
+    assert held.acquire(blocking=False)
+    try:
+        out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
+    finally:
+        held.release()
+    assert out[0]["left"] == "a running process holds it" and out[1]["rewritten"] is False
+    shutil.rmtree(tiny_model)  # the model's config is gone: neither record can be counted, none is touched
+    out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert all("its model does not build here" in c["left"] for c in out), out
+    paths[1].write_text("{not json")
+    out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert "its model does not build here" in out[0]["left"] and out[1]["left"]
+    assert paths[0].read_text() == before[0]
 
 
 def test_the_script_refuses_a_malformed_data_dir(tmp_path):
