@@ -502,9 +502,33 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     for task in dict.fromkeys(s.task for s in secs):
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
-    write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records))
+    mixed = mixed_flops_counters(secs, runs_dir)
+    for line in mixed:
+        print(f"warning: {line}", file=sys.stderr)
+    notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
+    write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
+
+
+def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
+    """A line per section whose runs' FLOPs were counted by different counters (records written before a
+    counting fix beside newer ones): their FLOPs columns do not compare, and what to run to make them."""
+    out = []
+    for s in secs:
+        counters = {
+            str(flops.get("counted_by"))
+            for row in s.rows
+            for r in row.runs
+            if "total" in (flops := (r.get("train") or {}).get("flops_per_step") or {})
+        }
+        if len(counters) > 1:
+            out.append(
+                f"section {s.key} ({s.task}, {s.preset}) holds FLOPs counted by {len(counters)} different counters "
+                f"(records written before a counting fix); count them again: python scripts/recount_flops.py "
+                f"{runs_dir} --data-dir {s.task}=PATH, then regenerate the leaderboard"
+            )
+    return out
 
 
 def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:

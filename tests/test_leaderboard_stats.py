@@ -196,3 +196,18 @@ def test_an_interval_touching_zero_within_rounding_is_not_significant():
 
     assert not Estimate(-4.2, -8.4, -1e-12).significant and not Estimate(4.2, 1e-12, 8.4).significant
     assert Estimate(-4.2, -8.4, -0.01).significant and Estimate(4.2, 0.01, 8.4).significant
+
+
+def test_a_section_with_flops_from_two_counters_is_flagged_with_the_fix(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for method in ("lora", "effilora"):
+        write_fixture(runs, fixture_record(method, 0))
+    write_leaderboards(runs, tmp_path / "out")
+    assert "warning" not in capsys.readouterr().err  # one counter: nothing to say
+    record = fixture_record("lora", 1)
+    record["train"]["flops_per_step"]["counted_by"] = "a newer counter"
+    write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "holds FLOPs counted by 2 different counters" in err and "scripts/recount_flops.py" in err
+    assert "**Warning:** section" in (tmp_path / "out" / "leaderboard.md").read_text()
