@@ -41,6 +41,7 @@ def meta_replica(model: nn.Module) -> nn.Module:
         return type(model).from_config(model.config)  # diffusers
 
 
+# a change to how this module counts must change the counter version in harness.runner.FLOPS_COUNTED_BY
 def step_flops(
     replica: MetaModel, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast_path: bool = False
 ) -> dict[str, Any]:
@@ -82,18 +83,18 @@ def _count(
     output, plus a zero that needs a gradient where its adapted call's output did (an addition, which
     FlopCounterMode does not count), so that the backward reaches every module below it as in the adapted
     step; the base's own backward then runs exactly as there (it depends on its input only)."""
-    hooks, own = [], {}
+    hooks, own, made = [], {}, {}
     for name, layer in adapter.layers.items():
         if bypass:
             own[name] = layer.__dict__.get("forward")  # an instance's own forward (a plugin's): put back after
-            layer.forward = _bypass(layer, iter(needs.get(name, [])))
+            made[name] = []
+            layer.forward = _bypass(layer, iter(needs.get(name, [])), made[name])
         else:
             hooks.append(layer.register_forward_hook(lambda m, i, out, name=name: _record(needs, name, out)))
     try:
         counter = FlopCounterMode(display=False)
         with counter:
             recipe.loss_sum(replica.model, recipe.meta_batch(shape)).backward()
-        return int(counter.get_total_flops())
     finally:
         for h in hooks:
             h.remove()
@@ -103,14 +104,21 @@ def _count(
                 del layer.forward
             else:
                 layer.forward = forward
+    if bypass and (odd := [n for n, calls in made.items() if len(calls) != len(needs.get(n, []))]):
+        raise RuntimeError(
+            f"{odd[0]} was called {len(needs.get(odd[0], []))} times in the step and {len(made[odd[0]])} times with "
+            "the adapters bypassed: the step is not the same twice, so the adapters' share cannot be told apart"
+        )
+    return int(counter.get_total_flops())
 
 
 def _record(needs: dict[str, list[bool]], name: str, out: Any) -> None:
     needs.setdefault(name, []).append(isinstance(out, torch.Tensor) and out.requires_grad)
 
 
-def _bypass(layer: nn.Module, calls: Any) -> Any:
+def _bypass(layer: nn.Module, calls: Any, made: list[int]) -> Any:
     def forward(x: torch.Tensor) -> torch.Tensor:
+        made.append(1)
         y = layer.base(x)
         if not next(calls, False) or y.requires_grad:
             return y

@@ -525,8 +525,9 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
         if len(counters) > 1:
             out.append(
                 f"section {s.key} ({s.task}, {s.preset}) holds FLOPs counted by {len(counters)} different counters "
-                f"(records written before a counting fix); count them again: python scripts/recount_flops.py "
-                f"{runs_dir} --data-dir {s.task}=PATH, then regenerate the leaderboard"
+                f"(records written before a counting fix): count them again with python scripts/recount_flops.py "
+                f"{runs_dir} (adding --data-dir {s.task}=FOLDER if its data is not at the task's default, and "
+                "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
             )
     return out
 

@@ -45,15 +45,17 @@ def recount_flops(
     out = []
     for path in find_records(runs_dir):
         lock = RunLock(path.parent)
-        if not lock.acquire(blocking=False):
-            out.append({"id": path.parent.name, "left": "a running process holds it"})
-        else:
-            try:
+        try:
+            if not path.is_file():  # removed since it was listed: nothing to count, no folder to make again
+                raise FileNotFoundError(f"{path} is gone")
+            if not lock.acquire(blocking=False):
+                out.append({"id": path.parent.name, "left": "a running process holds it"})
+            else:
                 out.append(_recount_one(path, models))
-            except Exception as exc:  # noqa: BLE001 - one record that cannot be counted: the others go on
-                out.append({"id": path.parent.name, "left": f"{type(exc).__name__}: {exc}"})
-            finally:
-                lock.release()
+        except Exception as exc:  # noqa: BLE001 - one record that cannot be counted: the others go on
+            out.append({"id": path.parent.name, "left": f"{type(exc).__name__}: {exc}"})
+        finally:
+            lock.release()
         change = out[-1]
         if "left" in change:
             say(f"{change['id']}: left as it is ({change['left']})")
@@ -76,6 +78,8 @@ def _recount_one(path: Path, models: _Models) -> dict[str, Any]:
     spec = spec_from_record(record)
     task, loaded, how = models.get(spec)
     config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
+    if "micro_batches" not in old:
+        return {"id": run_id, "left": "its FLOPs keep no micro-batch shapes (a record from before they were kept)"}
     shapes = [m["shape"] for m in old["micro_batches"]]
     new = flops_record(
         task, loaded, spec.method, config, shapes, task.recipe(loaded, spec.train), old.get("path") == "fast"
@@ -133,5 +137,11 @@ class _Models:
         try:
             random = dataclasses.replace(spec, random_weights=True)
             return load_model(task, random, cpu, self.trust_remote_code), "random weights"
-        except Exception:  # noqa: BLE001 - e.g. a model file without a config: loaded as it ran
-            return load_model(task, spec, cpu, self.trust_remote_code), "loaded as the run loaded it"
+        except Exception as first:  # noqa: BLE001 - e.g. a model file without a config: loaded as it ran
+            try:
+                return load_model(task, spec, cpu, self.trust_remote_code), "loaded as the run loaded it"
+            except Exception as second:
+                raise RuntimeError(
+                    f"with random weights: {type(first).__name__}: {first}; "
+                    f"as the run loaded it: {type(second).__name__}: {second}"
+                ) from second

@@ -27,9 +27,11 @@ from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
+# what every record's flops_per_step.counted_by says: change the version with any change to how FLOPs are
+# counted (harness.accounting), so that `harness leaderboard` flags sections that mix counts of two versions
 FLOPS_COUNTED_BY = (
     "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
-    "adapter bypassed"
+    "adapter bypassed (counter version 2, 2026-12-04)"
 )
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
 

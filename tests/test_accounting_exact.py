@@ -169,6 +169,39 @@ def test_the_split_holds_with_the_reducer_freezing_heads_and_leaves_nothing_on_t
     assert ["forward" in vars(m) for m in wrappers] == [True] + [False] * (len(wrappers) - 1) and ran
 
 
+def _call_q_again(replica, when=lambda: True) -> None:
+    """After layer 0's attention, call its q_proj once more under no_grad (a second call of one wrapper in a
+    step, the last one without a gradient), when ``when()`` says so."""
+    layer = replica.model.model.layers[0]
+    saved = {}
+    layer.input_layernorm.register_forward_hook(lambda m, args, out: saved.__setitem__("x", out))
+
+    def again(module, args, out):
+        if when():
+            with torch.no_grad():
+                module.q_proj(saved["x"])
+
+    layer.self_attn.register_forward_hook(again)
+
+
+def test_each_call_of_a_wrapper_keeps_its_own_gradient_and_a_step_that_changes_is_refused():
+    recipe, rows, tokens = text_recipe(CharTokenizer(), CONFIG), 4, 20
+    config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    once = step_flops(meta_of(tiny_llama()), "lora", config, [[rows, tokens, 10]], recipe)
+    replica = meta_of(tiny_llama())
+    _call_q_again(replica)
+    twice = step_flops(replica, "lora", config, [[rows, tokens, 10]], recipe)
+    d = tiny_llama().config.hidden_size  # q_proj: d x d
+    # the extra call adds its forward only: the base's d x d product and the adapter's two rank-r products
+    assert twice["total"] - twice["adapter"] == once["total"] - once["adapter"] + 2 * rows * tokens * d * d
+    assert twice["adapter"] == once["adapter"] + 2 * rows * tokens * config.r * 2 * d
+    calls = []
+    replica = meta_of(tiny_llama())
+    _call_q_again(replica, when=lambda: not calls.append(1) and len(calls) == 1)  # in the adapted pass only
+    with pytest.raises(RuntimeError, match=r"called 2 times in the step and 1 times with the adapters bypassed"):
+        step_flops(replica, "lora", config, [[rows, tokens, 10]], recipe)
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_flops_are_counted_on_the_path_the_run_takes(method):
     """The meta replica's count equals FlopCounterMode's on a real CPU step through the same path: the fast
