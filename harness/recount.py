@@ -42,6 +42,7 @@ def recount_flops(
     goes to ``say``; the return value lists, per record, its id, the old and new ``total``/``adapter`` or why
     it was left as it was (a record that cannot be counted, or that a running process holds, is left)."""
     models = _Models(data_dirs or {}, trust_remote_code)
+    code = git_state()  # before any record is rewritten (a rewritten record would make the checkout dirty)
     out = []
     for path in find_records(runs_dir):
         lock = RunLock(path.parent)
@@ -51,7 +52,7 @@ def recount_flops(
             if not lock.acquire(blocking=False):
                 out.append({"id": path.parent.name, "left": "a running process holds it"})
             else:
-                out.append(_recount_one(path, models))
+                out.append(_recount_one(path, models, code))
         except Exception as exc:  # noqa: BLE001 - one record that cannot be counted: the others go on
             out.append({"id": path.parent.name, "left": f"{type(exc).__name__}: {exc}"})
         finally:
@@ -69,7 +70,7 @@ def recount_flops(
     return out
 
 
-def _recount_one(path: Path, models: _Models) -> dict[str, Any]:
+def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str, Any]:
     record = read_record(path)
     run_id = record["run"]["id"]
     old = (record.get("train") or {}).get("flops_per_step")
@@ -92,7 +93,7 @@ def _recount_one(path: Path, models: _Models) -> dict[str, Any]:
     if change["rewritten"]:
         new["recounted"] = {
             "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - 3.10
-            **git_state(),
+            **code,
             "model": how,
             "as_run": old.get("recounted", {}).get("as_run") or {k: old[k] for k in KEPT if k in old},
         }
