@@ -169,8 +169,8 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
     if config.random_weights:
         layers = {"num_hidden_layers": config.layers} if config.layers else {}
         model_config = models.transformers_config(config.model, None, config.trust_remote_code, layers)
-        if layers and getattr(model_config.get_text_config(), "num_hidden_layers", None) != config.layers:
-            found = getattr(model_config.get_text_config(), "num_hidden_layers", None)
+        found = getattr(model_config.get_text_config(), "num_hidden_layers", None)
+        if layers and found != config.layers:
             raise ValueError(
                 f"--layers {config.layers}: the config of {config.model!r} did not take it (its text config's "
                 f"num_hidden_layers is {found}); leave --layers out, or give a config with that many layers"

@@ -76,11 +76,11 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     old = (record.get("train") or {}).get("flops_per_step")
     if record["run"]["status"] != "success" or not old or "total" not in old:
         return {"id": run_id, "left": "no FLOPs counted in it (no training, not finished, or not countable)"}
-    spec = spec_from_record(record)
-    task, loaded, how = models.get(spec)
-    config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
     if "micro_batches" not in old:
         return {"id": run_id, "left": "its FLOPs keep no micro-batch shapes (a record from before they were kept)"}
+    spec = spec_from_record(record)
+    config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
+    task, loaded, how = models.get(spec)  # last: the one costly step, only for a record that can be counted
     shapes = [m["shape"] for m in old["micro_batches"]]
     new = flops_record(
         task, loaded, spec.method, config, shapes, task.recipe(loaded, spec.train), old.get("path") == "fast"
