@@ -132,11 +132,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
         model, tokenizer, label = load(config, device)
     if config.protocols and tokenizer is None:
         raise ValueError("timing scoring needs the model's tokenizer; pass one, or no protocols (--protocols none)")
-    model = model.to(device).requires_grad_(False)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
-    g = torch.Generator().manual_seed(config.seed)
-    batch, held_out = (_random_batch(model, config, g, device) for _ in range(2))  # train, and the Reducer's
-    contenders = _contenders(model, methods, config, batch, held_out, autocast)
+    model, contenders = build_contenders(config, model, methods, device)
     rounds = {f"{c.name} :round": c.round_fn for c in contenders if c.round_fn is not None}
     fns = {c.name: c.step for c in contenders} | rounds
     times = alternate(fns, config.rounds, config.warmup, device, desc="bench training")
@@ -152,6 +148,18 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     }
     write_outputs(report, Path(config.out))
     return report
+
+
+def build_contenders(
+    config: BenchConfig, model: nn.Module, methods: list[str], device: torch.device
+) -> tuple[nn.Module, list[Contender]]:
+    """The frozen ``model`` on ``device`` and every contender timed on it (the floor first), each with its
+    ``step`` (bf16 autocast on a GPU) on one fixed random batch; ``scripts/profile_step.py`` profiles these."""
+    model = model.to(device).requires_grad_(False)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else nullcontext
+    g = torch.Generator().manual_seed(config.seed)
+    batch, held_out = (_random_batch(model, config, g, device) for _ in range(2))  # train, and the Reducer's
+    return model, _contenders(model, methods, config, batch, held_out, autocast)
 
 
 def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:

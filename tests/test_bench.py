@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import runpy
 import statistics
 from dataclasses import replace
 from pathlib import Path
@@ -229,3 +230,13 @@ def test_also_times_each_method_with_an_option_changed_paired_against_its_defaul
     argv = ["bench", "--model", "no/such-model", "--methods", "lora", "--also", "dropuot=0", "--protocols", "none"]
     assert main(argv) == 2  # before the model is looked for
     assert "unknown option 'dropuot' for method 'lora' (did you mean 'dropout'?)" in capsys.readouterr().err
+
+
+def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, capsys):
+    main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"))["main"]
+    args = ["--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4", "--methods", "lora,hydralora"]
+    main_([*args, "--no-peft", "--steps", "1", "--top", "3"])
+    out = capsys.readouterr().out
+    assert "batch 1 x 4" in out and "aten::mm" in out
+    for name in ("floor", "lora", "hydralora"):
+        assert f"### {name}: wall " in out and " ms/step" in out
