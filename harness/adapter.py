@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.amp import is_autocast_available
 
 from harness.atomic import atomic_path, write_json
 from harness.config import AdapterConfig, config_from_dict, make_config
@@ -85,6 +86,9 @@ class AdapterLinear(nn.Module):
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     mergeable: ClassVar[bool] = True
     name: ClassVar[str]  # set by the registry
+    # True: under autocast, ``delta`` and the fast path read x in autocast's dtype, not copied to the weights'
+    # fp32 (right when every op on x is a matmul or the dropout, as in the built-in methods; see _compute_dtype)
+    autocast_input: ClassVar[bool] = False
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
         super().__init__()
@@ -175,10 +179,27 @@ class AdapterLinear(nn.Module):
         )
 
     # -- forward ---------------------------------------------------------------------------------
+    def _compute_dtype(self, x: Tensor) -> torch.dtype:
+        """The dtype the adapter reads ``x`` in: its own weights' (fp32), but under autocast ``x``'s own
+        when that is autocast's dtype and the method says every op on its input is a matmul or the dropout
+        (``autocast_input``): autocast runs the matmuls in its dtype anyway, so an fp32 copy of a bf16
+        ``x`` would be cast straight back (copies of the input and of its gradient each way: a third of
+        ``lora``'s overhead on an H200, README "Performance")."""
+        dtype = next(iter(self._parameters.values())).dtype if self._parameters else self.base.weight.dtype
+        if self.autocast_input and x.dtype != dtype and x.is_floating_point():
+            kind = x.device.type
+            if (
+                is_autocast_available(kind)
+                and torch.is_autocast_enabled(kind)
+                and x.dtype == torch.get_autocast_dtype(kind)
+            ):
+                return x.dtype
+        return dtype
+
     def forward(self, x: Tensor) -> Tensor:
         if self.merged or self.gate == 0.0:
             return self.base(x)
-        dtype = next(iter(self._parameters.values())).dtype if self._parameters else self.base.weight.dtype
+        dtype = self._compute_dtype(x)
         scale = self.scaling * self.gate
         if not self.fast_path:
             y = self.base(x)

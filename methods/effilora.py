@@ -35,6 +35,7 @@ class EffiLoraConfig(AdapterConfig):
 
 @METHODS.register("effilora")
 class EffiLoraLinear(SharedA, AdapterLinear):
+    autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = EffiLoraConfig
 
     def __init__(self, base: nn.Linear, config: EffiLoraConfig, site: Site, shared: SharedTensors) -> None:

@@ -31,6 +31,7 @@ class HydraLoraConfig(AdapterConfig):
 
 @METHODS.register("hydralora")
 class HydraLoraLinear(AdapterLinear):
+    autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = HydraLoraConfig
     mergeable = False
 

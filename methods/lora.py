@@ -19,6 +19,7 @@ class LoraConfig(AdapterConfig):
 
 @METHODS.register("lora")
 class LoraLinear(AdapterLinear):
+    autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = LoraConfig
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
