@@ -87,7 +87,8 @@ class AdapterLinear(nn.Module):
     mergeable: ClassVar[bool] = True
     name: ClassVar[str]  # set by the registry
     # True: under autocast, ``delta`` and the fast path read x in autocast's dtype, not copied to the weights'
-    # fp32 (right when every op on x is a matmul or the dropout, as in the built-in methods; see _compute_dtype)
+    # fp32 (right when every op on x is a matmul or the dropout, as in the built-in methods; see _compute_dtype).
+    # Set where ``delta`` is defined: a subclass that overrides ``delta`` does not inherit it (follows_delta).
     autocast_input: ClassVar[bool] = False
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
@@ -99,6 +100,8 @@ class AdapterLinear(nn.Module):
         self.gate = 1.0  # multiplies the adapter output; the Reducer lowers it to suppress a layer
         self.merged = False
         self.fast_path = False  # opt-in (Adapter.use_fast_path): it changes dropout draws; see the module doc
+        # a subclass that overrides delta without setting autocast_input itself does not inherit it
+        self._autocast_input = type(self).autocast_input and type(self).follows_delta("autocast_input")
         object.__setattr__(self, "_shared", shared)  # not a child: registered once at the root
         object.__setattr__(self, "_input", SharedInput())  # attach() gives a layer's wrappers one
 
@@ -183,10 +186,10 @@ class AdapterLinear(nn.Module):
         """The dtype the adapter reads ``x`` in: its own weights' (fp32), but under autocast ``x``'s own
         when that is autocast's dtype and the method says every op on its input is a matmul or the dropout
         (``autocast_input``): autocast runs the matmuls in its dtype anyway, so an fp32 copy of a bf16
-        ``x`` would be cast straight back (copies of the input and of its gradient each way: a third of
-        ``lora``'s overhead on an H200, README "Performance")."""
+        ``x`` would be cast straight back (copies of the input and of its gradient each way: in an H200
+        profile, copies took 27 ms of ``lora``'s 59 ms a step over the floor; README "Performance")."""
         dtype = next(iter(self._parameters.values())).dtype if self._parameters else self.base.weight.dtype
-        if self.autocast_input and x.dtype != dtype and x.is_floating_point():
+        if self._autocast_input and x.dtype != dtype and x.is_floating_point():
             kind = x.device.type
             if (
                 is_autocast_available(kind)

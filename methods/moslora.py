@@ -28,6 +28,7 @@ class MosLoraConfig(AdapterConfig):
 
 @METHODS.register("moslora")
 class MosLoraLinear(LoraLinear):
+    autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = MosLoraConfig
 
     def __init__(self, base: nn.Linear, config: MosLoraConfig, site: Site, shared: SharedTensors) -> None:

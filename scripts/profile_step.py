@@ -68,7 +68,11 @@ def main(argv: list[str] | None = None) -> None:
             sync()
         line = f"\n### {c.name}: wall {wall * 1e3:.1f} ms/step"
         if cuda:  # kernels only: an operator's row repeats the time of the kernels it launched
-            kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+            kernels = [  # kernels, copies and sets; not the user annotations that span them (as the footer)
+                e
+                for e in prof.events()
+                if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+            ]
             busy = sum(e.time_range.elapsed_us() for e in kernels) / args.steps / 1e6  # the footer's Self CUDA total
             line += f", kernels {busy * 1e3:.1f} ms/step ({len(kernels) / args.steps:.0f} launches), GPU busy "
             line += f"{100 * busy / wall:.0f}%"
