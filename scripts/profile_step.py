@@ -19,6 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from harness.bench import BenchConfig, build_contenders, load
+from harness.registry import METHODS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,18 +35,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps profiled (after 3 untimed, 5 timed)")
     parser.add_argument("--top", type=int, default=15, help="rows of each table")
     args = parser.parse_args(argv)
-    config = BenchConfig(
-        model=args.model,
-        random_weights=args.random_weights,
-        layers=args.layers,
-        methods=tuple(m for m in args.methods.split(",") if m),
-        batch_size=args.batch,
-        seq_len=args.seq,
-        peft=not args.no_peft,
-        reference=args.reference,
-        reducer=("off",),
-        protocols=(),
-    )
+    methods = tuple(m for m in args.methods.split(",") if m)
+    try:  # before the model loads (minutes at a paper shape): an unknown name, a bad shape
+        for name in methods:
+            METHODS.get(name)
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1 (got {args.steps})")
+        config = BenchConfig(
+            model=args.model,
+            random_weights=args.random_weights,
+            layers=args.layers,
+            methods=methods,
+            batch_size=args.batch,
+            seq_len=args.seq,
+            peft=not args.no_peft,
+            reference=args.reference,
+            reducer=("off",),
+            protocols=(),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _, label = load(config, device)
     model, contenders = build_contenders(config, model, list(config.methods), device)

@@ -240,3 +240,10 @@ def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, c
     assert "batch 1 x 4" in out and "aten::mm" in out
     for name in ("floor", "lora", "hydralora"):
         assert f"### {name}: wall " in out and " ms/step" in out
+
+
+def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
+    main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"))["main"]
+    with pytest.raises(SystemExit) as exit_:
+        main_(["--model", "no/such-model", "--methods", "lorra"])
+    assert exit_.value.code == 2 and "did you mean 'lora'" in capsys.readouterr().err

@@ -19,36 +19,15 @@ from peft import get_peft_model
 
 from harness import attach
 from tests.conftest import ALL_METHODS, TINY_TARGETS, batch, perturb, tiny_llama
+from tests.test_fused_parity import outputs_and_grads
 
 if not torch.cuda.is_available():
     pytest.skip("needs a CUDA GPU", allow_module_level=True)
 CUDA = torch.device("cuda")
 
 
-def forward_backward(adapter, fast: bool, autocast: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits (fp32) and the gradients of every trainable tensor and of the input embeddings."""
-    adapter.use_fast_path(fast)
-    model = adapter.model
-    device = next(model.parameters()).device
-    captured = {}
-    hook = model.get_input_embeddings().register_forward_hook(
-        lambda m, i, o: captured.setdefault("embeds", o.requires_grad_())
-    )
-    inputs = {k: v.to(device) for k, v in batch(size=3, length=10).items()}
-    try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(**inputs)
-    finally:
-        hook.remove()
-    out.loss.backward()
-    names = {id(p): n for n, p in model.named_parameters()}
-    grads = {names[id(p)]: p.grad.float().cpu() for p in adapter.trainable_parameters() if p.grad is not None}
-    grads["embeds"] = captured["embeds"].grad.float().cpu()
-    model.zero_grad(set_to_none=True)
-    return out.logits.detach().float().cpu(), grads
-
-
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.float(), b.float()
     return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
 
 
@@ -61,7 +40,7 @@ def test_fp32_on_the_gpu_computes_what_the_cpu_computes(method, fast):
         perturb(adapter)
         adapter.model.train()
         adapters.append(adapter)
-    (cpu_logits, cpu_grads), (gpu_logits, gpu_grads) = (forward_backward(a, fast, False) for a in adapters)
+    (cpu_logits, cpu_grads), (gpu_logits, gpu_grads) = (outputs_and_grads(a, fast, False) for a in adapters)
     torch.testing.assert_close(gpu_logits, cpu_logits, atol=1e-4, rtol=1e-4)
     assert gpu_grads.keys() == cpu_grads.keys() and len(gpu_grads) > 1
     for name in gpu_grads:
@@ -78,9 +57,9 @@ def test_bf16_training_setting_fast_path_matches_reference_and_fp32(method):
     exact = attach(tiny_llama(dtype=torch.bfloat16).float().to(CUDA), method, targets=TINY_TARGETS, dropout=0.0)
     exact.load_state_dict(adapter.state_dict())
     exact.model.train()
-    fp32_logits, fp32_grads = forward_backward(exact, False, False)
-    ref_logits, ref_grads = forward_backward(adapter, False, True)
-    fast_logits, fast_grads = forward_backward(adapter, True, True)
+    fp32_logits, fp32_grads = outputs_and_grads(exact, False, False)
+    ref_logits, ref_grads = outputs_and_grads(adapter, False, True)
+    fast_logits, fast_grads = outputs_and_grads(adapter, True, True)
     assert relative_error(ref_logits, fp32_logits) < 2e-2 and relative_error(fast_logits, fp32_logits) < 2e-2
     assert fast_grads.keys() == ref_grads.keys() == fp32_grads.keys()
     for name in fast_grads:

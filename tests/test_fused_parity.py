@@ -19,24 +19,28 @@ from methods.lora import LoraLinear
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
 
-def outputs_and_grads(adapter, fast: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Logits, and the gradients of every trainable tensor and of the input embeddings."""
+def outputs_and_grads(adapter, fast: bool, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Logits, and the gradients of every trainable tensor and of the input embeddings (copied to the CPU),
+    from one forward and backward on the model's device (under bf16 autocast if ``autocast``)."""
     adapter.use_fast_path(fast)
     model = adapter.model
+    device = next(model.parameters()).device
     captured = {}
     hook = model.get_input_embeddings().register_forward_hook(
         lambda m, i, o: captured.setdefault("embeds", o.requires_grad_())
     )
+    inputs = {k: v.to(device) for k, v in batch(size=3, length=10).items()}
     try:
-        out = model(**batch(size=3, length=10))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = model(**inputs)
     finally:
         hook.remove()
     out.loss.backward()
     names = {id(p): n for n, p in model.named_parameters()}
-    grads = {names[id(p)]: p.grad.clone() for p in adapter.trainable_parameters() if p.grad is not None}
-    grads["embeds"] = captured["embeds"].grad.clone()
+    grads = {names[id(p)]: p.grad.to("cpu", copy=True) for p in adapter.trainable_parameters() if p.grad is not None}
+    grads["embeds"] = captured["embeds"].grad.to("cpu", copy=True)
     model.zero_grad(set_to_none=True)
-    return out.logits.detach(), grads
+    return out.logits.detach().to("cpu", copy=True), grads
 
 
 @pytest.mark.parametrize("mode", ["dropout 0", "eval"])
