@@ -5,10 +5,10 @@ with only ``delta`` is unaffected) computes the same sum with fewer passes over 
 ``y + s·h Wᵀ`` as one ``addmm``; the adapter input (dtype conversion and one dropout draw) made once for
 all the wrappers of a layer that read the same tensor (q, k, v; gate, up); their first matmuls (A, and a
 router that reads the input) made as one over the stacked weights, with the dropout folded into it
-(``_DroppedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
-instead of n, and one input-gradient buffer written in the backward). Where the bases are plain
-``nn.Linear`` on a CPU without autocast, that node also computes the frozen base linears
-(``_FusedProjection``): the input gradient of the bases and the adapters is one buffer, accumulated by
+(``_FusedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
+instead of n, one input-gradient buffer written in the backward, and a router's rows in the same matmul
+as A's). Where the bases are plain ``nn.Linear`` on a CPU without autocast, that node also computes the
+frozen base linears: the input gradient of the bases and the adapters is one buffer, accumulated by
 ``addmm_`` instead of one buffer per reader added up, and each wrapper adds ``s·h Wᵀ`` into its base output
 in place. The fast path trains with torch's fused AdamW (``harness.train.adamw``). The dropout draw differs from the
 reference path's (one draw shared by q, k and v; other random numbers), not its per-wrapper distribution;
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from harness.adapter import AdapterLinear
 
 FUSE_BASE = True  # False: never compute a base linear in the fused node (the tests compare both paths)
+STACK_RAW = True  # False: without a mask, the rows that read x (a router) in their own matmul, not with A's
 SPARSE_DROPOUT_MIN = 1 << 15  # elements: below this, nn.Dropout's one kernel beats the sparse kernel's ~12 ops
 
 
@@ -102,78 +103,39 @@ def sparse_dropout(dropout: nn.Module, x: Tensor) -> Tensor:
     return dropout(x) if p is None else _SparseDropout.apply(x, p)
 
 
-class _DroppedProjection(torch.autograd.Function):
-    """``(drop(x) W_dropᵀ, x W_rawᵀ)`` with the dropout mask given as dropped positions, in one node:
-    the backward writes the input gradient once (the drop rows' part masked in place, the raw rows' part
-    accumulated into it by ``addmm_``) instead of a masked copy and a sum of separate gradients."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, pos: Tensor, p: float, w_drop: Tensor, w_raw: Tensor | None):  # noqa: ANN205
-        ctx.set_materialize_grads(False)
-        scale = 1.0 / (1.0 - p)
-        kept = x.contiguous().clone()  # x with the dropped entries zeroed; 1/(1-p) goes on the small side
-        kept.view(-1).index_fill_(0, pos, 0.0)
-        z = F.linear(kept, w_drop) * scale
-        g = F.linear(x, w_raw) if w_raw is not None else None
-        ctx.scale, ctx.shape, ctx.has_raw = scale, x.shape, w_raw is not None
-        ctx.save_for_backward(
-            pos,
-            kept if w_drop.requires_grad else None,
-            x if w_raw is not None and w_raw.requires_grad else None,
-            w_drop,
-            w_raw,
-        )
-        return (z, g) if g is not None else z
-
-    @staticmethod
-    def backward(ctx: Any, grad_z: Tensor | None, grad_g: Tensor | None = None):  # noqa: ANN205
-        pos, kept, x, w_drop, w_raw = ctx.saved_tensors
-        d_in = ctx.shape[-1]
-        gz = None if grad_z is None else grad_z.reshape(-1, grad_z.shape[-1]) * ctx.scale
-        gg = None if grad_g is None else grad_g.reshape(-1, grad_g.shape[-1])
-        grad_x = grad_wd = grad_wr = None
-        if ctx.needs_input_grad[0]:
-            if gz is not None:
-                grad_x = gz @ w_drop
-                grad_x.view(-1).index_fill_(0, pos, 0.0)
-                if gg is not None:
-                    grad_x.addmm_(gg, w_raw)
-            elif gg is not None:
-                grad_x = gg @ w_raw
-            grad_x = None if grad_x is None else grad_x.view(ctx.shape)
-        if ctx.needs_input_grad[3] and gz is not None:
-            grad_wd = gz.t() @ kept.reshape(-1, d_in)
-        if ctx.has_raw and ctx.needs_input_grad[4] and gg is not None:
-            grad_wr = gg.t() @ x.reshape(-1, d_in)
-        return grad_x, None, None, grad_wd, grad_wr
-
-
 class _FusedProjection(torch.autograd.Function):
     """A group's frozen base linears and its adapters' first matmul, in one node: ``(y_1 .. y_n, z, g)`` with
-    ``y_i = x W_iᵀ + b_i`` (flattened to 2-D), ``z = drop(x) W_dropᵀ`` (the dropout as dropped positions, or
-    none) and ``g = x W_rawᵀ``. Its backward writes the input gradient into one buffer: the adapters' part
-    (masked in place), then every base's ``grad_y_i W_i`` accumulated by ``addmm_``, where autograd would
-    make one buffer per reader and add them up. Each wrapper then adds its ``s·h Wᵀ`` into its ``y_i`` in
-    place. Only for plain ``nn.Linear`` bases on a CPU without autocast (``_fuses_base``)."""
+    ``y_i = x W_iᵀ + b_i`` (flattened to 2-D; none where the bases are not fused in), ``z = drop(x) W_dropᵀ``
+    (the dropout as dropped positions, or none) and ``g = x W_rawᵀ``. Without a mask (p = 0, eval) the rows
+    that read ``drop(x)`` and those that read ``x`` (a router: HydraLoRA's) are one matmul, forward and
+    backward (``STACK_RAW``); with one they are two (README "Performance": the alternative tried). Its
+    backward writes the input gradient into one buffer: the adapters' part (masked in place), then every
+    base's ``grad_y_i W_i`` accumulated by ``addmm_``, where autograd would make one buffer per reader and
+    add them up. Each wrapper then adds its ``s·h Wᵀ`` into its ``y_i`` in place. The bases only for plain
+    ``nn.Linear`` on a CPU without autocast (``_fuses_base``)."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, pos: Tensor | None, p: float, w_drop: Tensor, w_raw: Tensor | None, *bases):  # noqa: ANN205
         ctx.set_materialize_grads(False)
-        x2 = x.reshape(-1, x.shape[-1])
+        x2 = x.reshape(-1, x.shape[-1]).contiguous()  # positions index its elements in order
         n = len(bases) // 2
         ys = [F.linear(x2, bases[2 * i], bases[2 * i + 1]) for i in range(n)]
-        scale = 1.0
+        stack = STACK_RAW and w_raw is not None and pos is None  # no mask: A's and the raw rows read one x
+        scale, kept = 1.0, x2
         if pos is not None:
             scale = 1.0 / (1.0 - p)
             kept = x2.clone()  # x with the dropped entries zeroed; 1/(1-p) goes on the small side
             kept.view(-1).index_fill_(0, pos, 0.0)
             z = F.linear(kept, w_drop).mul_(scale)
+            g = F.linear(x2, w_raw) if w_raw is not None else None
+        elif stack:
+            z, g = F.linear(x2, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=1)
+            z, g = z.contiguous(), g.contiguous()
         else:
-            kept = x2
             z = F.linear(x2, w_drop)
-        g = F.linear(x2, w_raw) if w_raw is not None else None
+            g = F.linear(x2, w_raw) if w_raw is not None else None
         base_grads = any(t is not None and t.requires_grad for t in bases)
-        ctx.scale, ctx.shape, ctx.n, ctx.has_raw = scale, x.shape, n, w_raw is not None
+        ctx.scale, ctx.shape, ctx.n, ctx.has_raw, ctx.stack = scale, x.shape, n, w_raw is not None, stack
         ctx.save_for_backward(
             pos,
             kept if w_drop.requires_grad else None,
@@ -193,18 +155,27 @@ class _FusedProjection(torch.autograd.Function):
             gz = gz * ctx.scale
         grad_x = None
         if ctx.needs_input_grad[0]:
-            if gz is not None:
-                grad_x = gz @ w_drop
-                if pos is not None:
-                    grad_x.view(-1).index_fill_(0, pos, 0.0)
-            if gg is not None:
-                grad_x = gg @ w_raw if grad_x is None else grad_x.addmm_(gg, w_raw)
+            if ctx.stack and gz is not None and gg is not None:  # one matmul for both
+                grad_x = torch.cat([gz, gg], 1) @ torch.cat([w_drop, w_raw])
+            else:
+                if gz is not None:
+                    grad_x = gz @ w_drop
+                    if pos is not None:
+                        grad_x.view(-1).index_fill_(0, pos, 0.0)
+                if gg is not None:
+                    grad_x = gg @ w_raw if grad_x is None else grad_x.addmm_(gg, w_raw)
             for gy, w in zip(gys, bases[0::2], strict=True):
                 if gy is not None:
                     grad_x = gy @ w if grad_x is None else grad_x.addmm_(gy, w)
             grad_x = None if grad_x is None else grad_x.view(ctx.shape)
-        grad_wd = gz.t() @ kept if ctx.needs_input_grad[3] and gz is not None else None
-        grad_wr = gg.t() @ x2 if ctx.has_raw and ctx.needs_input_grad[4] and gg is not None else None
+        need_wd = ctx.needs_input_grad[3] and gz is not None
+        need_wr = ctx.has_raw and ctx.needs_input_grad[4] and gg is not None
+        if ctx.stack and need_wd and need_wr:
+            both = torch.cat([gz, gg], 1).t() @ x2
+            grad_wd, grad_wr = both[: gz.shape[1]], both[gz.shape[1] :]
+        else:
+            grad_wd = gz.t() @ kept if need_wd else None
+            grad_wr = gg.t() @ x2 if need_wr else None
         base_grads: list[Tensor | None] = []
         for i, gy in enumerate(gys):
             need_w, need_b = ctx.needs_input_grad[5 + 2 * i], ctx.needs_input_grad[6 + 2 * i]
@@ -256,7 +227,7 @@ class SharedInput:
     Wrappers whose method declares ``input_weights`` also share their first matmul: which wrappers read one
     tensor is learnt from the previous forward (q, k and v; gate and up), and when the first of them
     arrives the first matmul of all of them is made at once over their stacked weights (``project``), with
-    the dropout folded in (``_DroppedProjection``). A wrapper that does not come as learnt computes its own
+    the dropout folded in (``_FusedProjection``). A wrapper that does not come as learnt computes its own
     from the same draw: never a wrong reuse, at worst a wasted slice.
 
     A forward run inside a backward (activation checkpointing's recomputation) groups as the forward it
@@ -361,13 +332,15 @@ def _project(
     w_drop = drop[0] if len(drop) == 1 else torch.cat(drop)
     w_raw = (raw[0] if len(raw) == 1 else torch.cat(raw)) if raw else None
     ys: list[Tensor | None] = [None] * len(layers)
-    if fuse:
-        bases = [t for layer in layers for t in (layer.base.weight, layer.base.bias)]
+    if fuse or pos is not None:  # the bases computed in the node too, or only the dropout folded in
+        bases = [t for layer in layers for t in (layer.base.weight, layer.base.bias)] if fuse else []
         out = _FusedProjection.apply(xa, pos, p, w_drop, w_raw, *bases)
-        ys, z_all, g_all = list(out[: len(layers)]), out[len(layers)], (out[-1] if w_raw is not None else None)
-    elif pos is not None:
-        out = _DroppedProjection.apply(xa, pos, p, w_drop, w_raw)
-        z_all, g_all = out if w_raw is not None else (out, None)
+        n = len(bases) // 2
+        z_all, g_all = out[n], (out[n + 1] if w_raw is not None else None)
+        if fuse:
+            ys = list(out[:n])
+    elif STACK_RAW and w_raw is not None and xd is xa:  # no dropout: A and the raw rows read the same x
+        z_all, g_all = F.linear(xa, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=-1)
     else:
         z_all, g_all = F.linear(xd, w_drop), (F.linear(xa, w_raw) if w_raw is not None else None)
     z = _split(z_all, [w.shape[0] for w in drop])

@@ -247,3 +247,29 @@ def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
     with pytest.raises(SystemExit) as exit_:
         main_(["--model", "no/such-model", "--methods", "lorra"])
     assert exit_.value.code == 2 and "did you mean 'lora'" in capsys.readouterr().err
+
+
+def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, capsys):
+    main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
+    args = ["--flag", "STACK_RAW", "--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4"]
+    main_([*args, "--methods", "lora,hydralora", "--option", "dropout=0", "--rounds", "2"])
+    out = capsys.readouterr().out
+    assert "2 rounds" in out and "{'dropout': '0'}" in out
+    for name in ("floor", "lora", "lora, STACK_RAW=False", "hydralora", "hydralora, STACK_RAW=False"):
+        assert f"\n{name} " in out
+    assert "hydralora: STACK_RAW=False over STACK_RAW=True, paired: " in out
+    from harness import fastpath
+
+    assert fastpath.STACK_RAW is True  # put back
+
+
+def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
+    main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
+    for argv, message in (
+        (["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", "hydralor"], "did you mean 'hydralora'"),
+        (["--flag", "STACK_RAW", "--model", "no/such-model", "--option", "dropout"], "must look like key=value"),
+        (["--flag", "NO_SUCH"], "invalid choice"),
+    ):
+        with pytest.raises(SystemExit) as exit_:
+            main_(argv)
+        assert exit_.value.code == 2 and message in capsys.readouterr().err

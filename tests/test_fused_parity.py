@@ -156,33 +156,41 @@ def test_siblings_learnt_from_one_forward_share_one_first_matmul(method, monkeyp
     torch.testing.assert_close(second, first, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("frozen", [None, "drop", "raw"])
+@pytest.mark.parametrize("dropped", [True, False])
+@pytest.mark.parametrize("stack", [True, False])
 @pytest.mark.parametrize("raw", [True, False])
-def test_dropped_projection_gradients_are_exact(raw):
-    """The fused dropout + first matmul (mask as positions, one input-gradient buffer) against autograd's
-    numerical gradients, in float64; and its values against the explicit masked input."""
+def test_first_matmul_node_gradients_are_exact(raw, stack, dropped, frozen, monkeypatch):
+    """The fused dropout + first matmul without bases (mask as positions, one input-gradient buffer; a
+    router's rows stacked with A's, the dropped entries added back, or in their own matmul) against
+    autograd's numerical gradients, in float64, with either weight frozen (the Reducer pauses a router);
+    and its values against the explicit masked input."""
+    monkeypatch.setattr(fastpath, "STACK_RAW", stack)
     torch.manual_seed(0)
     x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
-    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
-    w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=True) if raw else None
-    pos = drop_positions(x.numel(), 0.3)
-    fn = fastpath._DroppedProjection.apply
+    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=frozen != "drop")
+    w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=frozen != "raw") if raw else None
+    pos = drop_positions(x.numel(), 0.3) if dropped else None
+    fn = fastpath._FusedProjection.apply  # without bases: what a wrapper whose base is not fused in uses
     torch.autograd.gradcheck(
-        lambda *a: fn(a[0], pos, 0.3, *a[1:], *([None] if not raw else [])), (x, w_drop, *([w_raw] if raw else []))
+        lambda x, wd, *r: fn(x, pos, 0.3, wd, r[0] if r else None), (x, w_drop, *([w_raw] if raw else []))
     )
-    mask = torch.ones(x.numel(), dtype=torch.float64).index_fill_(0, pos, 0.0).view_as(x)
+    mask = torch.ones(x.numel(), dtype=torch.float64).index_fill_(0, pos, 0.0).view_as(x) if dropped else 0.7
     out = fn(x, pos, 0.3, w_drop, w_raw)
-    z = out[0] if raw else out
-    torch.testing.assert_close(z, F.linear(x * mask / 0.7, w_drop))
+    torch.testing.assert_close(out[0], F.linear(x * mask / 0.7, w_drop).reshape(-1, 4))
     if raw:
-        torch.testing.assert_close(out[1], F.linear(x, w_raw))
-        out[1].sum().backward()  # only the router used: the drop rows get no gradient
-        assert w_drop.grad is None and w_raw.grad is not None
+        torch.testing.assert_close(out[1], F.linear(x, w_raw).reshape(-1, 2))
+        if frozen is None:
+            out[1].sum().backward()  # only the router used: the drop rows get no gradient
+            assert w_drop.grad is None and w_raw.grad is not None
 
 
+@pytest.mark.parametrize("stack", [True, False])
 @pytest.mark.parametrize("raw", [True, False])
-def test_fused_projection_gradients_are_exact(raw):
+def test_fused_projection_gradients_are_exact(raw, stack, monkeypatch):
     """The node that computes the frozen bases and the first adapter matmul together (one input-gradient
     buffer): autograd's numerical gradients in float64, for every input, a bias and a base that trains."""
+    monkeypatch.setattr(fastpath, "STACK_RAW", stack)
     torch.manual_seed(0)
     x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
     w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
@@ -206,6 +214,11 @@ def test_fused_projection_gradients_are_exact(raw):
         torch.testing.assert_close(out[3], F.linear(x2, w_raw))
     no_drop = fn(x, None, 0.0, w_drop, w_raw, w1, b1, w2, None)  # eval or p = 0: no mask
     torch.testing.assert_close(no_drop[2], F.linear(x2, w_drop))
+    if raw:
+        torch.testing.assert_close(no_drop[3], F.linear(x2, w_raw))
+        torch.autograd.gradcheck(
+            lambda x, wd, wr, w1: fn(x, None, 0.0, wd, wr, w1, b1, w2, None), (x, w_drop, w_raw, w1)
+        )
 
 
 def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
@@ -239,16 +252,31 @@ def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
     assert calls == []  # a bf16 base with fp32 adapters: base(x), as before
 
 
+def training_fast(method: str, dropout: float):
+    """A tiny Llama with ``method`` on its fast path in training mode, its groups learnt (one forward)."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=dropout, reducer=None)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    adapter.model(**batch())  # learn the groups
+    return adapter
+
+
+def assert_same_outputs_and_grads(first, second) -> None:
+    """Two ``outputs_and_grads`` results equal within fp32 rounding."""
+    (logits, grads), (ref_logits, ref_grads) = first, second
+    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    assert grads.keys() == ref_grads.keys()
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("node", ["siblings", "bases"])
 def test_fused_nodes_change_no_output_or_gradient_under_dropout(method, node, monkeypatch):
     """With dropout on and one draw (a seed): the stacked first matmul of q, k, v against one call per
     wrapper ("siblings"), and the bases computed in that node against ``base(x)`` ("bases")."""
     monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # positions on every path
-    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.3, reducer=None)
-    perturb(adapter)
-    adapter.use_fast_path(True)
-    adapter.model.train()
-    adapter.model(**batch())  # learn the groups
+    adapter = training_fast(method, dropout=0.3)
     results = []
     for fused in (True, False):
         if not fused and node == "siblings":
@@ -257,11 +285,25 @@ def test_fused_nodes_change_no_output_or_gradient_under_dropout(method, node, mo
             monkeypatch.setattr(fastpath, "FUSE_BASE", False)
         torch.manual_seed(3)
         results.append(outputs_and_grads(adapter, fast=True))
-    (logits, grads), (ref_logits, ref_grads) = results
-    torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)
-    assert grads.keys() == ref_grads.keys()
-    for name in grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+    assert_same_outputs_and_grads(*results)
+
+
+@pytest.mark.parametrize("fuse_base", [True, False])
+def test_a_router_in_one_matmul_with_a_changes_no_output_or_gradient(method, fuse_base, monkeypatch):
+    """Without a mask (p = 0), a router that reads x (HydraLoRA's) in one matmul with A, forward and
+    backward (``STACK_RAW``), against its own matmul: the same outputs and gradients."""
+    monkeypatch.setattr(fastpath, "FUSE_BASE", fuse_base)
+    adapter = training_fast(method, dropout=0.0)
+    calls = []
+    original = fastpath._FusedProjection.apply
+    monkeypatch.setattr(fastpath._FusedProjection, "apply", lambda *a: calls.append(a[4] is not None) or original(*a))
+    results = []
+    for stack in (True, False):
+        monkeypatch.setattr(fastpath, "STACK_RAW", stack)
+        results.append(outputs_and_grads(adapter, fast=True))
+    assert_same_outputs_and_grads(*results)
+    routed = any(layer.input_weights()[1] is not None for layer in adapter.layers.values())
+    assert any(calls) == (fuse_base and routed)  # else the stacked matmul is made outside the node
 
 
 def test_a_sibling_that_does_not_come_computes_its_own(monkeypatch):

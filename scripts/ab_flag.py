@@ -1,0 +1,105 @@
+"""One of the fast path's switches on and off, timed in the same rounds: what it saves, paired.
+
+python scripts/ab_flag.py --flag STACK_RAW --methods hydralora --option dropout=0 --rounds 21
+
+The switches are ``harness.fastpath``'s module flags (``FUSE_BASE``, ``STACK_RAW``); both settings compute the
+same outputs and gradients (tests/test_fused_parity.py). For every method, built as ``harness bench`` builds
+it (the embedded model or ``--model``, batch, options; the fast path), the training step is timed with the
+flag as it is and switched, alternating with the frozen-base floor in the same rounds; printed: the median
+step time, its ratio to the floor's in each round and the switched setting's ratio to the default's in each
+round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections.abc import Callable
+
+import torch
+
+from harness import fastpath
+from harness.bench import BenchConfig, alternate, build_contenders, load
+from harness.bench_report import FLOOR
+from harness.memory import keep_freed_memory
+from harness.registry import METHODS
+from harness.stats import median_interval
+
+FLAGS = ("FUSE_BASE", "STACK_RAW")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flag", required=True, choices=FLAGS)
+    parser.add_argument("--model", default="embedded")
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--layers", type=int, default=None, help="with --random-weights: this many layers")
+    parser.add_argument("--methods", default="hydralora", help="comma-separated registered methods")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=15)
+    args = parser.parse_args(argv)
+    try:  # before the model loads
+        methods = tuple(m for m in args.methods.split(",") if m)
+        for name in methods:
+            METHODS.get(name)
+        options = {}
+        for item in args.option:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ValueError(f"--option {item!r} must look like key=value (e.g. --option dropout=0)")
+            options[key.strip()] = value.strip()
+        config = BenchConfig(
+            model=args.model,
+            random_weights=args.random_weights,
+            layers=args.layers,
+            methods=methods,
+            options=options,
+            batch_size=args.batch,
+            seq_len=args.seq,
+            rounds=args.rounds,
+            peft=False,
+            reducer=("off",),
+            protocols=(),
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    keep_freed_memory()  # as harness bench times
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, label = load(config, device)
+    model, contenders = build_contenders(config, model, list(methods), device)
+    default = getattr(fastpath, args.flag)
+    switched = f"{args.flag}={not default}"
+
+    def with_flag(step: Callable[[], None], value: bool) -> Callable[[], None]:
+        def run() -> None:
+            setattr(fastpath, args.flag, value)
+            try:
+                step()
+            finally:
+                setattr(fastpath, args.flag, default)
+
+        return run
+
+    fns = {FLOOR: contenders[0].step}
+    for c in contenders[1:]:
+        fns[c.name] = c.step
+        fns[f"{c.name}, {switched}"] = with_flag(c.step, not default)
+    times = {name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, desc=args.flag).items()}
+    print(f"{label}, batch {args.batch} x {args.seq}, options {options or 'defaults'}, {args.rounds} rounds")
+    print(f"{'contender':40s} {'step s':>8s}  x floor, paired (95%)")
+    for name, walls in times.items():
+        ratio = [a / b for a, b in zip(walls, times[FLOOR], strict=True)]
+        lo, hi = median_interval(ratio)
+        print(f"{name:40s} {statistics.median(walls):8.3f}  {statistics.median(ratio):.4f} ({lo:.4f}-{hi:.4f})")
+    for c in contenders[1:]:
+        ratio = [a / b for a, b in zip(times[f"{c.name}, {switched}"], times[c.name], strict=True)]
+        lo, hi = median_interval(ratio)
+        print(
+            f"{c.name}: {switched} over {args.flag}={default}, paired: {statistics.median(ratio):.4f} ({lo:.4f}-{hi:.4f})"
+        )
+
+
+if __name__ == "__main__":
+    main()
