@@ -19,6 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from harness.bench import BenchConfig, build_contenders, load
+from harness.memory import keep_freed_memory
 from harness.registry import METHODS
 
 
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
+    keep_freed_memory()  # as harness bench times (on a CPU, glibc keeps freed blocks: harness.memory)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, _, label = load(config, device)
     model, contenders = build_contenders(config, model, list(config.methods), device)

@@ -232,7 +232,17 @@ def test_also_times_each_method_with_an_option_changed_paired_against_its_defaul
     assert "unknown option 'dropuot' for method 'lora' (did you mean 'dropout'?)" in capsys.readouterr().err
 
 
-def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, capsys):
+def kept_freed_memory(monkeypatch) -> list[bool]:
+    """Patch ``harness.memory.keep_freed_memory`` before a script is loaded: the list records its calls."""
+    from harness import memory
+
+    calls: list[bool] = []
+    monkeypatch.setattr(memory, "keep_freed_memory", lambda: calls.append(True))
+    return calls
+
+
+def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, capsys, monkeypatch):
+    malloc = kept_freed_memory(monkeypatch)  # times under the malloc setting harness bench uses
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"))["main"]
     args = ["--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4", "--methods", "lora,hydralora"]
     main_([*args, "--no-peft", "--steps", "1", "--top", "3"])
@@ -240,6 +250,7 @@ def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, c
     assert "batch 1 x 4" in out and "aten::mm" in out
     for name in ("floor", "lora", "hydralora"):
         assert f"### {name}: wall " in out and " ms/step" in out
+    assert malloc == [True]
 
 
 def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
@@ -249,7 +260,8 @@ def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
     assert exit_.value.code == 2 and "did you mean 'lora'" in capsys.readouterr().err
 
 
-def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, capsys):
+def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, capsys, monkeypatch):
+    malloc = kept_freed_memory(monkeypatch)
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
     args = ["--flag", "STACK_RAW", "--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4"]
     main_([*args, "--methods", "lora,hydralora", "--option", "dropout=0", "--rounds", "2"])
@@ -261,6 +273,7 @@ def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, c
     from harness import fastpath
 
     assert fastpath.STACK_RAW is True  # put back
+    assert malloc == [True]
 
 
 def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
