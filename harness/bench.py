@@ -162,6 +162,17 @@ def build_contenders(
     return model, _contenders(model, methods, config, batch, held_out, autocast)
 
 
+def load_contenders(config: BenchConfig) -> tuple[str, torch.device, list[Contender]]:
+    """``config.model`` loaded on the GPU if there is one, else the CPU, under the malloc setting ``harness
+    bench`` times with (``harness.memory``), and its contenders: for the scripts that time or profile them."""
+    from harness.memory import keep_freed_memory
+
+    keep_freed_memory()  # before the model is loaded
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, _, label = load(config, device)
+    return label, device, build_contenders(config, model, list(config.methods), device)[1]
+
+
 def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)

@@ -6,8 +6,8 @@ with only ``delta`` is unaffected) computes the same sum with fewer passes over 
 all the wrappers of a layer that read the same tensor (q, k, v; gate, up); their first matmuls (A, and a
 router that reads the input) made as one over the stacked weights, with the dropout folded into it
 (``_FusedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
-instead of n, one input-gradient buffer written in the backward, and a router's rows in the same matmul
-as A's). Where the bases are plain ``nn.Linear`` on a CPU without autocast, that node also computes the
+instead of n, one input-gradient buffer written in the backward; without dropout, a router's rows in the
+same matmul as A's). Where the bases are plain ``nn.Linear`` on a CPU without autocast, that node also computes the
 frozen base linears: the input gradient of the bases and the adapters is one buffer, accumulated by
 ``addmm_`` instead of one buffer per reader added up, and each wrapper adds ``s·h Wᵀ`` into its base output
 in place. The fast path trains with torch's fused AdamW (``harness.train.adamw``). The dropout draw differs from the
@@ -129,8 +129,7 @@ class _FusedProjection(torch.autograd.Function):
             z = F.linear(kept, w_drop).mul_(scale)
             g = F.linear(x2, w_raw) if w_raw is not None else None
         elif stack:
-            z, g = F.linear(x2, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=1)
-            z, g = z.contiguous(), g.contiguous()
+            z, g = (t.contiguous() for t in _stacked(x2, w_drop, w_raw))
         else:
             z = F.linear(x2, w_drop)
             g = F.linear(x2, w_raw) if w_raw is not None else None
@@ -340,7 +339,7 @@ def _project(
         if fuse:
             ys = list(out[:n])
     elif STACK_RAW and w_raw is not None and xd is xa:  # no dropout: A and the raw rows read the same x
-        z_all, g_all = F.linear(xa, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=-1)
+        z_all, g_all = _stacked(xa, w_drop, w_raw)
     else:
         z_all, g_all = F.linear(xd, w_drop), (F.linear(xa, w_raw) if w_raw is not None else None)
     z = _split(z_all, [w.shape[0] for w in drop])
@@ -349,6 +348,12 @@ def _project(
     for layer, y, (_, w) in zip(layers, ys, weights, strict=True):
         result[id(layer)] = (y, z.pop(0), None if w is None else next(it))
     return result
+
+
+def _stacked(x: Tensor, w_drop: Tensor, w_raw: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x W_dropᵀ, x W_rawᵀ)`` as one matmul over the stacked weights (views of its output)."""
+    z, g = F.linear(x, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=-1)
+    return z, g
 
 
 def _split(t: Tensor, sizes: list[int]) -> list[Tensor]:

@@ -16,12 +16,10 @@ import argparse
 import statistics
 from collections.abc import Callable
 
-import torch
-
 from harness import fastpath
-from harness.bench import BenchConfig, alternate, build_contenders, load
+from harness.bench import BenchConfig, alternate, load_contenders
 from harness.bench_report import FLOOR
-from harness.memory import keep_freed_memory
+from harness.cli import CliError, method_options
 from harness.registry import METHODS
 from harness.stats import median_interval
 
@@ -44,12 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         methods = tuple(m for m in args.methods.split(",") if m)
         for name in methods:
             METHODS.get(name)
-        options = {}
-        for item in args.option:
-            key, sep, value = item.partition("=")
-            if not sep or not key.strip():
-                raise ValueError(f"--option {item!r} must look like key=value (e.g. --option dropout=0)")
-            options[key.strip()] = value.strip()
+        options = method_options(args)
         config = BenchConfig(
             model=args.model,
             random_weights=args.random_weights,
@@ -63,12 +56,9 @@ def main(argv: list[str] | None = None) -> None:
             reducer=("off",),
             protocols=(),
         )
-    except ValueError as exc:
+    except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    keep_freed_memory()  # as harness bench times
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, label = load(config, device)
-    model, contenders = build_contenders(config, model, list(methods), device)
+    label, _, contenders = load_contenders(config)  # under harness bench's malloc setting
     default = getattr(fastpath, args.flag)
     switched = f"{args.flag}={not default}"
 

@@ -18,8 +18,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from harness.bench import BenchConfig, build_contenders, load
-from harness.memory import keep_freed_memory
+from harness.bench import BenchConfig, load_contenders
 from harness.registry import METHODS
 
 
@@ -56,10 +55,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    keep_freed_memory()  # as harness bench times (on a CPU, glibc keeps freed blocks: harness.memory)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, _, label = load(config, device)
-    model, contenders = build_contenders(config, model, list(config.methods), device)
+    label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
