@@ -218,14 +218,16 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
 def alternate(
     fns: dict[str, Callable[[], Any]],
     rounds: int,
-    warmup: int = 1,
-    device: torch.device | None = None,
+    warmup: int,
+    device: torch.device,
     desc: str = "bench",
 ) -> dict[str, list[tuple[float, float]]]:
     """(wall s, process CPU s) of each call; round k starts at the k-th name, so none always runs first
-    or right after the same neighbour. A progress bar (stderr) counts the calls, warm-up included."""
+    or right after the same neighbour. A progress bar (stderr) counts the calls, warm-up included. On a GPU
+    each call is timed between synchronisations, so it counts the kernels it queued (``device`` is required:
+    without it a GPU step would be timed as the time to queue it)."""
     names = list(fns)
-    sync = torch.cuda.synchronize if device is not None and device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tqdm(total=(warmup + rounds) * len(names), desc=desc, unit="call", dynamic_ncols=True) as bar:
         for w in range(warmup):
             for name, fn in fns.items():

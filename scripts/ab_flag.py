@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    label, _, contenders = load_contenders(config)  # under harness bench's malloc setting
+    label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
     default = getattr(fastpath, args.flag)
     switched = f"{args.flag}={not default}"
 
@@ -76,7 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     for c in contenders[1:]:
         fns[c.name] = c.step
         fns[f"{c.name}, {switched}"] = with_flag(c.step, not default)
-    times = {name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, desc=args.flag).items()}
+    times = {
+        name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, 1, device, desc=args.flag).items()
+    }
     print(f"{label}, batch {args.batch} x {args.seq}, options {options or 'defaults'}, {args.rounds} rounds")
     print(f"{'contender':40s} {'step s':>8s}  x floor, paired (95%)")
     for name, walls in times.items():

@@ -123,11 +123,20 @@ def test_bench_rejects_bad_settings_with_the_fix():
 
 def test_alternate_rotates_the_order_and_times_every_round(capsys):
     calls: list[str] = []
-    times = alternate({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
+    times = alternate(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1, device=torch.device("cpu")
+    )
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
     assert all(len(v) == 3 and all(w >= 0 for w, _ in v) for v in times.values())
     err = capsys.readouterr().err  # long benches show where they are: every call counted, warm-up included
     assert "bench: 100%" in err and "8/8" in err and "round 3/3" in err
+
+
+def test_alternate_times_a_gpu_call_between_synchronisations(monkeypatch):
+    events: list[str] = []  # without them a GPU step is timed as the time to queue its kernels
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: events.append("sync"))
+    alternate({"a": lambda: events.append("a")}, rounds=2, warmup=1, device=torch.device("cuda"))
+    assert events == ["a", "sync", "a", "sync", "sync", "a", "sync"]
 
 
 def test_bench_on_a_reduced_shape_with_random_weights(tmp_path, capsys):
