@@ -8,6 +8,11 @@ it (the embedded model or ``--model``, batch, options; the fast path), the train
 flag as it is and switched, alternating with the frozen-base floor in the same rounds; printed: the median
 step time, its ratio to the floor's in each round and the switched setting's ratio to the default's in each
 round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout; nothing is written.
+
+A switch acts only where its path runs: ``FUSE_BASE`` on a CPU without autocast, ``STACK_RAW`` without a
+dropout mask (``--option dropout=0``) and for a method whose router reads x. Where it cannot act, both
+settings run the same step, and the script says so under its table: the paired ratio is then an A/A
+comparison, a measure of the timing's noise and nothing else.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
+
+import torch
+from torch import nn
 
 from harness import fastpath
 from harness.bench import BenchConfig, alternate, load_contenders
@@ -24,6 +32,15 @@ from harness.registry import METHODS
 from harness.stats import median_interval
 
 FLAGS = ("FUSE_BASE", "STACK_RAW")
+
+
+def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
+    """Why ``flag`` cannot change a step of ``model`` on ``device`` (``None`` if it may)."""
+    if flag == "FUSE_BASE" and device.type != "cpu":
+        return f"FUSE_BASE fuses the base linears only on a CPU: on {device.type} both settings run the same step"
+    if flag == "STACK_RAW" and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        return "STACK_RAW acts only without a dropout mask (--option dropout=0): both settings run the same step"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,6 +108,8 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"{c.name}: {switched} over {args.flag}={default}, paired: {statistics.median(ratio):.4f} ({lo:.4f}-{hi:.4f})"
         )
+        if (why := inert(args.flag, device, c.model)) is not None:
+            print(f"  {c.name}: an A/A comparison (timing noise only): {why}")
 
 
 if __name__ == "__main__":

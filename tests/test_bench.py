@@ -285,6 +285,21 @@ def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, c
     assert malloc == [True]
 
 
+def test_ab_flag_script_says_when_a_switch_cannot_act(tiny_model, capsys, monkeypatch):
+    kept_freed_memory(monkeypatch)
+    ns = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))
+    args = ["--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4", "--rounds", "1"]
+    ns["main"](["--flag", "STACK_RAW", "--methods", "hydralora", *args])  # the default dropout: a mask
+    out = capsys.readouterr().out
+    assert "hydralora: an A/A comparison (timing noise only): STACK_RAW acts only without a dropout mask" in out
+    ns["main"](["--flag", "FUSE_BASE", "--methods", "lora", *args])  # on this CPU it acts
+    assert "A/A" not in capsys.readouterr().out
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0))
+    assert ns["inert"]("FUSE_BASE", torch.device("cuda"), plain).startswith("FUSE_BASE fuses the base linears only")
+    assert ns["inert"]("FUSE_BASE", torch.device("cpu"), plain) is None
+    assert ns["inert"]("STACK_RAW", torch.device("cpu"), plain) is None
+
+
 def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
     for argv, message in (
