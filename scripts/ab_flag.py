@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from harness import fastpath
+from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders
 from harness.bench_report import FLOOR
 from harness.cli import CliError, method_options
@@ -38,8 +39,13 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
     """Why ``flag`` cannot change a step of ``model`` on ``device`` (``None`` if it may)."""
     if flag == "FUSE_BASE" and device.type != "cpu":
         return f"FUSE_BASE fuses the base linears only on a CPU: on {device.type} both settings run the same step"
-    if flag == "STACK_RAW" and any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
-        return "STACK_RAW acts only without a dropout mask (--option dropout=0): both settings run the same step"
+    if flag == "STACK_RAW":
+        if not any(
+            isinstance(m, AdapterLinear) and m.fuses_input and m.input_weights()[1] is not None for m in model.modules()
+        ):
+            return "STACK_RAW acts only on a router that reads x, which this method has not: both settings run the same step"
+        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+            return "STACK_RAW acts only without a dropout mask (--option dropout=0): both settings run the same step"
     return None
 
 

@@ -292,12 +292,16 @@ def test_ab_flag_script_says_when_a_switch_cannot_act(tiny_model, capsys, monkey
     ns["main"](["--flag", "STACK_RAW", "--methods", "hydralora", *args])  # the default dropout: a mask
     out = capsys.readouterr().out
     assert "hydralora: an A/A comparison (timing noise only): STACK_RAW acts only without a dropout mask" in out
+    ns["main"](["--flag", "STACK_RAW", "--methods", "lora,hydralora", "--option", "dropout=0", *args])
+    out = capsys.readouterr().out  # without a mask it acts on hydralora's router; lora has none
+    assert "lora: an A/A comparison (timing noise only): STACK_RAW acts only on a router that reads x" in out
+    assert "hydralora: an A/A" not in out
     ns["main"](["--flag", "FUSE_BASE", "--methods", "lora", *args])  # on this CPU it acts
     assert "A/A" not in capsys.readouterr().out
     plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0))
     assert ns["inert"]("FUSE_BASE", torch.device("cuda"), plain).startswith("FUSE_BASE fuses the base linears only")
     assert ns["inert"]("FUSE_BASE", torch.device("cpu"), plain) is None
-    assert ns["inert"]("STACK_RAW", torch.device("cpu"), plain) is None
+    assert ns["inert"]("STACK_RAW", torch.device("cpu"), plain).startswith("STACK_RAW acts only on a router")
 
 
 def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
