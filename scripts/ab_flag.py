@@ -28,7 +28,7 @@ from harness import fastpath
 from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders
 from harness.bench_report import FLOOR
-from harness.cli import CliError, method_options
+from harness.cli import CliError, method_options, split_names
 from harness.registry import METHODS
 from harness.stats import median_interval
 
@@ -55,14 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--layers", type=int, default=None, help="with --random-weights: this many layers")
-    parser.add_argument("--methods", default="hydralora", help="comma-separated registered methods")
+    parser.add_argument("--methods", default="hydralora", help="comma-separated registered methods, or all")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a method option")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args(argv)
     try:  # before the model loads
-        methods = tuple(m for m in args.methods.split(",") if m)
+        methods = tuple(split_names(args.methods, METHODS.names(), "method"))
         for name in methods:
             METHODS.get(name)
         options = method_options(args)

@@ -19,6 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from harness.bench import BenchConfig, load_contenders
+from harness.cli import CliError, split_names
 from harness.registry import METHODS
 
 
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="embedded")
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--layers", type=int, default=None, help="with --random-weights: this many layers")
-    parser.add_argument("--methods", default="lora,hydralora", help="comma-separated registered methods")
+    parser.add_argument("--methods", default="lora,hydralora", help="comma-separated registered methods, or all")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--reference", action="store_true", help="also each method's reference path")
@@ -35,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=3, help="steps profiled (after 3 untimed, 5 timed)")
     parser.add_argument("--top", type=int, default=15, help="rows of each table")
     args = parser.parse_args(argv)
-    methods = tuple(m for m in args.methods.split(",") if m)
     try:  # before the model loads (minutes at a paper shape): an unknown name, a bad shape
+        methods = tuple(split_names(args.methods, METHODS.names(), "method"))
         for name in methods:
             METHODS.get(name)
         if args.steps < 1:
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> None:
             reducer=("off",),
             protocols=(),
         )
-    except ValueError as exc:
+    except (CliError, ValueError) as exc:
         parser.error(str(exc))
     label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
     cuda = device.type == "cuda"

@@ -264,9 +264,10 @@ def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, c
 
 def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"))["main"]
-    with pytest.raises(SystemExit) as exit_:
-        main_(["--model", "no/such-model", "--methods", "lorra"])
-    assert exit_.value.code == 2 and "did you mean 'lora'" in capsys.readouterr().err
+    for methods, message in (("lorra", "did you mean 'lora'"), (",", "no method given; available: effilora")):
+        with pytest.raises(SystemExit) as exit_:
+            main_(["--model", "no/such-model", "--methods", methods])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
 def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, capsys, monkeypatch):
@@ -308,6 +309,7 @@ def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
     for argv, message in (
         (["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", "hydralor"], "did you mean 'hydralora'"),
+        (["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", ""], "no method given; available: effilora"),
         (["--flag", "STACK_RAW", "--model", "no/such-model", "--option", "dropout"], "must look like key=value"),
         (["--flag", "NO_SUCH"], "invalid choice"),
     ):

@@ -162,7 +162,7 @@ def test_siblings_learnt_from_one_forward_share_one_first_matmul(method, monkeyp
 @pytest.mark.parametrize("raw", [True, False])
 def test_first_matmul_node_gradients_are_exact(raw, stack, dropped, frozen, monkeypatch):
     """The fused dropout + first matmul without bases (mask as positions, one input-gradient buffer; a
-    router's rows stacked with A's, the dropped entries added back, or in their own matmul) against
+    router's rows stacked with A's without a mask, or in their own matmul) against
     autograd's numerical gradients, in float64, with either weight frozen (the Reducer pauses a router);
     and its values against the explicit masked input."""
     monkeypatch.setattr(fastpath, "STACK_RAW", stack)
