@@ -487,6 +487,56 @@ def test_the_contact_sheet_pairs_samples_by_prompt_not_by_position(tmp_path):
     ]
 
 
+def test_the_contact_sheet_spreads_its_rows_over_categories():
+    from tasks.diffusion.sheet import spread
+
+    faces, food = ["face"] * 33, ["food"] * 27
+    assert spread(faces + food) == [0, 1, 2, 3, 33, 34, 35, 36]  # not the first 8, which are all faces
+    assert spread(["a", "b", "a", "c", "a", "a"], k=5) == [0, 1, 2, 3, 4]  # a, b, c, then a again
+    assert spread(["a", "b", "b", "b", "b"], k=4) == [0, 1, 2, 3]  # a category that runs out leaves room
+    assert spread(["x"] * 3) == [0, 1, 2] and spread([]) == []
+
+
+def test_a_run_saves_the_real_images_of_the_rows_its_contact_sheet_shows(tmp_path):
+    from tasks.diffusion import DiffusionTask
+
+    cats = ["face"] * 6 + ["food"] * 4
+    chosen = [ddata.Item(tmp_path / f"{n}.png", f"prompt {n}", c, {}) for n, c in enumerate(cats)]
+    images = [Image.new("RGB", (8, 8), (n, 0, 0)) for n in range(len(cats))]
+    reals = [Image.new("RGB", (8, 8), (0, n, 0)) for n in range(len(cats))]
+    predictions = tmp_path / "run" / "predictions.jsonl"
+    predictions.parent.mkdir()
+    DiffusionTask._save_samples(None, predictions, images, reals, chosen, list(range(10)), [0.0] * 10, None)
+    saved = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "run" / "samples").glob("real-*.png"))
+    assert saved == [0, 1, 2, 3, 6, 7, 8, 9]  # four of each category, not the first eight
+    with Image.open(tmp_path / "run" / "samples" / "real-007.png") as im:
+        assert im.getpixel((0, 0)) == (0, 7, 0)
+
+
+def test_the_contact_sheet_reads_real_images_from_the_data_when_the_run_did_not_save_them(tiny, tmp_path, monkeypatch):
+    from tasks.diffusion.sheet import data_images, real_image, sheet_cells
+
+    _, data = tiny
+    record = _run(tiny, tmp_path / "runs", "lora")
+    run = next((tmp_path / "runs").glob("*/predictions.jsonl")).parent
+    rows = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    saved = sorted(int(p.stem.split("-")[1]) for p in (run / "samples").glob("real-*.png"))
+    assert saved == [r["n"] for r in rows] and len(rows) == 4  # 4 prompts, no categories: every one on the sheet
+    # the data is found by its metadata hashes (HARNESS_DATA_DIR), and only when they match the record's
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
+    images = data_images([record])
+    assert images is not None and {r["real"] for r in rows} <= set(images)
+    other = {**record, "run": {**record["run"], "config": {**record["run"]["config"], "data": {"files": {"x": "0"}}}}}
+    assert data_images([other]) is None
+    # rendered from the data exactly as the run's scoring rendered the real image it saved
+    for row in rows:
+        kept = np.asarray(real_image(run, row))
+        (run / "samples" / f"real-{row['n']:03d}.png").unlink()
+        assert real_image(run, row) is None
+        assert np.array_equal(np.asarray(real_image(run, row, images)), kept)
+    assert sheet_cells({"lora": run})[0] == [] and len(sheet_cells({"lora": run}, images)[0]) == 4
+
+
 def test_cli_smoke_writes_records_samples_and_a_contact_sheet(tiny, tmp_path, capsys):
     folder, data = tiny
     runs = tmp_path / "runs"

@@ -29,10 +29,10 @@ from harness.train import TrainConfig
 from tasks.diffusion import data as ddata
 from tasks.diffusion.judge import CRITERIA
 from tasks.diffusion.presets import PRESETS
+from tasks.diffusion.sheet import spread
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
 JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
-SHEET_PROMPTS = 8  # rows of the contact sheet
 PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
 
 
@@ -344,10 +344,11 @@ class DiffusionTask(Task):
         folder = predictions_path.parent / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         lines = []
+        on_sheet = set(spread([item.category or "" for item in chosen]))
         for n, (im, item, seed) in enumerate(zip(images, chosen, seeds, strict=True)):
             with atomic_path(folder / f"{n:03d}.png") as tmp:
                 im.save(tmp, format="PNG")
-            if n < SHEET_PROMPTS:  # the held-out real image beside it, for the contact sheet
+            if n in on_sheet:  # the held-out real image beside it, for the contact sheet
                 with atomic_path(folder / f"real-{n:03d}.png") as tmp:
                     real[n].save(tmp, format="PNG")
             lines.append(

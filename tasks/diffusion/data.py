@@ -138,12 +138,16 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     return arr.permute(2, 0, 1).contiguous()
 
 
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of the folder's metadata files (``metadata.jsonl``, and ``train/``'s and ``test/``'s), by path."""
+    files = [p for p in (folder / METADATA, folder / "train" / METADATA, folder / "test" / METADATA) if p.is_file()]
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
 def describe(data: Data) -> dict[str, Any]:
-    meta = data.folder / METADATA
-    files = [p for p in (meta, data.folder / "train" / METADATA, data.folder / "test" / METADATA) if p.is_file()]
     return {
         "format": "imagefolder (metadata.jsonl: file_name, text)",
-        "files": {str(p.relative_to(data.folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+        "files": file_hashes(data.folder),
         "split": data.split,
         "n_train": len(data.train),
         "n_test": len(data.test),

@@ -1,13 +1,38 @@
 """The contact sheet ``harness leaderboard`` writes for the diffusion task: prompts (rows) x methods
-(columns), the held-out real image first, from the samples every run saved in its folder."""
+(columns), the held-out real image first, from the samples every run saved in its folder.
+
+Its rows are spread over the prompts' categories (held-out lists sorted by category would otherwise show
+one). The real image is the one the run saved beside its sample, or else, for runs made before the rows
+were spread, read from the run's data when a folder with the same metadata hashes is found
+(``HARNESS_DATA_DIR``, the shipped Twemoji) and rendered at the sample's size as scoring saw it."""
 
 from __future__ import annotations
 
 import json
+import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
+SHEET_PROMPTS = 8  # rows of the contact sheet
+
+
+def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
+    """The indices of up to ``k`` rows taken in turn from each category (in the order the categories first
+    appear, each category's rows in their order), returned in the rows' order."""
+    groups: dict[str, list[int]] = {}
+    for n, c in enumerate(categories):
+        groups.setdefault(c, []).append(n)
+    queues = [iter(g) for g in groups.values()]
+    picked: list[int] = []
+    while len(picked) < min(k, len(categories)):
+        for q in queues:
+            n = next(q, None)
+            if n is not None and len(picked) < k:
+                picked.append(n)
+    return sorted(picked)
 
 
 def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
@@ -21,8 +46,33 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
             if folder is not None and (folder / "predictions.jsonl").is_file():
                 runs.setdefault(r["run"]["config"]["method"], folder)
         if runs:
-            written.append(_sheet(runs, out_dir / f"diffusion_samples_{preset}.png", _attribution(mine)))
+            path = out_dir / f"diffusion_samples_{preset}.png"
+            written.append(_sheet(runs, path, _attribution(mine), data_images(mine)))
     return written
+
+
+def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
+    """{image file name: its path} for the held-out rows of the data the ``records`` were made on: a folder
+    found at ``HARNESS_DATA_DIR`` or the shipped Twemoji whose metadata hashes equal the records'; None when
+    none is found (or the records name different data)."""
+    from tasks.diffusion import data as ddata
+    from tasks.diffusion import resolve_data
+
+    wanted = {json.dumps(r["run"]["config"].get("data", {}).get("files"), sort_keys=True) for r in records}
+    if len(wanted) != 1 or not (files := json.loads(wanted.pop())):
+        return None
+    candidates = []
+    for find in (lambda: resolve_data(os.environ.get("HARNESS_DATA_DIR")), lambda: resolve_data(None)):
+        try:
+            candidates.append(find())
+        except ValueError:  # no such folder here: the sheet shows the real images the runs saved
+            continue
+    for folder in candidates:
+        if ddata.file_hashes(folder) == files:
+            test = ddata.load(folder).test
+            names = Counter(i.image.name for i in test)
+            return {i.image.name: i.image for i in test if names[i.image.name] == 1}
+    return None
 
 
 def _run_folder(runs_dir: Path, run_id: str) -> Path | None:
@@ -37,24 +87,52 @@ def _attribution(records: list[dict[str, Any]]) -> str:
     return "; ".join(sorted(n for n in notes if n))
 
 
-def sheet_cells(runs: dict[str, Path]) -> tuple[list[dict[str, Any]], dict[str, dict[tuple[str, str], Path]]]:
-    """(the first run's prompts that have a real image, {run: {(prompt, real image): its sample}}): each run's
-    sample for the same prompt and real image wherever it is in its own order; a run of another eval limit
-    or data that did not score a prompt leaves its cell empty rather than show another prompt's image."""
+def sheet_cells(
+    runs: dict[str, Path], data: dict[str, Path] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, dict[tuple[str, str], Path]]]:
+    """(up to ``SHEET_PROMPTS`` of the first run's prompts that have a real image, saved or in ``data``,
+    spread over their categories; {run: {(prompt, real image): its sample}}): each run's sample for the
+    same prompt and real image wherever it is in its own order; a run of another eval limit or data that
+    did not score a prompt leaves its cell empty rather than show another prompt's image."""
 
     def predictions(folder: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
 
     first = next(iter(runs.values()))
-    rows = [r for r in predictions(first) if (first / "samples" / f"real-{r['n']:03d}.png").is_file()]
+    shown = [r for r in predictions(first) if _saved_real(first, r).is_file() or str(r.get("real", "")) in (data or {})]
+    rows = [shown[n] for n in spread([str(r.get("category") or "") for r in shown])]
     return rows, {name: {_key(r): folder / r["file"] for r in predictions(folder)} for name, folder in runs.items()}
+
+
+def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = None):
+    """The held-out real image of ``row`` (a PIL image): the one its run saved, else the data's, rendered as
+    the run's scoring rendered it (composited on white, resized and cropped to the sample's size); None."""
+    from PIL import Image
+
+    saved = _saved_real(first, row)
+    if saved.is_file():
+        with Image.open(saved) as im:
+            return im.convert("RGB")
+    path = (data or {}).get(str(row.get("real", "")))
+    if path is None:
+        return None
+    from tasks.diffusion import data as ddata
+    from tasks.diffusion import scoring
+
+    with Image.open(first / row["file"]) as sample:
+        size = min(sample.size)
+    return scoring.to_pil(ddata.load_image(path, size))
+
+
+def _saved_real(folder: Path, row: dict[str, Any]) -> Path:
+    return folder / "samples" / f"real-{row['n']:03d}.png"
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str]:
     return row["prompt"], str(row.get("real", ""))
 
 
-def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
+def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, Path] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -64,7 +142,7 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
     from harness.atomic import atomic_path
 
     first = next(iter(runs.values()))
-    rows, cells = sheet_cells(runs)
+    rows, cells = sheet_cells(runs, data)
     columns = ["held-out real", *runs]
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), squeeze=False
@@ -74,10 +152,16 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str) -> Path:
             ax = axes[i][j]
             ax.set_xticks([])
             ax.set_yticks([])
-            file = first / "samples" / f"real-{row['n']:03d}.png" if j == 0 else cells[name].get(_key(row))
-            if file is not None and file.is_file():
-                with Image.open(file) as im:
-                    ax.imshow(im.convert("RGB").resize((CELL, CELL), Image.NEAREST))
+            if j == 0:
+                image = real_image(first, row, data)
+            else:
+                file = cells[name].get(_key(row))
+                image = None
+                if file is not None and file.is_file():
+                    with Image.open(file) as im:
+                        image = im.convert("RGB")
+            if image is not None:
+                ax.imshow(image.resize((CELL, CELL), Image.NEAREST))
             if i == 0:
                 ax.set_title(name, fontsize=8)
             if j == 0:
