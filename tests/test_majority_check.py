@@ -1,0 +1,71 @@
+"""scripts/majority_check.py: the test-label majority against the train split's majority label."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "majority_check.py"
+
+
+def _data(root: Path) -> Path:
+    for bench, train in {
+        "ARC-Easy": ["answer2"] * 3 + ["answer3"] * 2 + ["answer1"],
+        "boolq": ["true", "false"],  # a tie: the lowest option, as for majority
+    }.items():
+        (root / bench).mkdir(parents=True)
+        (root / bench / "test.json").write_text("[]")
+        rows = [{"instruction": "q", "output": f"the correct answer is {a}", "answer": a} for a in train]
+        (root / bench / "train.json").write_text(json.dumps(rows))
+    (root / "piqa").mkdir()
+    (root / "piqa" / "test.json").write_text("[]")  # no train split
+    return root
+
+
+def _record(tmp_path: Path) -> Path:
+    record = {
+        "run": {"id": "commonsense-lora-x-s0-1", "config": {"task": "commonsense"}},
+        "eval": {
+            "ARC-Easy": {"value": 50.0, "answers": "2221102"},  # test majority answer3 (4/7), train's answer2
+            "boolq": {"value": 50.0, "answers": "1100"},  # a test tie: option 0 ("true"), train's true
+            "piqa": {"value": 50.0, "answers": "011"},
+            "hellaswag": {"status": "absent"},
+        },
+    }
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_the_train_label_scores_the_same_examples(tmp_path):
+    check = runpy.run_path(str(SCRIPT))["majority_check"]
+    rows = {r["benchmark"]: r for r in check(json.loads(_record(tmp_path).read_text()), _data(tmp_path / "d"))}
+    assert set(rows) == {"ARC-Easy", "boolq", "piqa"}
+    arc = rows["ARC-Easy"]
+    assert (arc["test_label"], arc["train_label"]) == ("answer3", "answer2")
+    assert arc["test_majority"] == pytest.approx(400 / 7) and arc["train_majority"] == pytest.approx(200 / 7)
+    assert (rows["boolq"]["test_label"], rows["boolq"]["train_label"], rows["boolq"]["train_majority"]) == (
+        "true",
+        "true",
+        50.0,
+    )
+    assert rows["piqa"]["train_label"] is None and rows["piqa"]["test_majority"] == pytest.approx(200 / 3)
+
+
+def test_the_command_prints_both_and_refuses_what_it_cannot_read(tmp_path, capsys):
+    main = runpy.run_path(str(SCRIPT))["main"]
+    data = _data(tmp_path / "d")
+    main([str(_record(tmp_path)), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert "answer3" in out and "57.1" in out and "answer2" in out and "28.6" in out and "(no train split)" in out
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.json"), "--data-dir", str(data)])
+    assert "is not a file" in capsys.readouterr().err
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"run": {"config": {"task": "diffusion"}}, "eval": {}}))
+    with pytest.raises(SystemExit):
+        main([str(other), "--data-dir", str(data)])
+    assert "not a commonsense run" in capsys.readouterr().err
