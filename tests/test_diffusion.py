@@ -535,6 +535,8 @@ def test_the_contact_sheet_reads_real_images_from_the_data_when_the_run_did_not_
         assert real_image(run, row) is None
         assert np.array_equal(np.asarray(real_image(run, row, images)), kept)
     assert sheet_cells({"lora": run})[0] == [] and len(sheet_cells({"lora": run}, images)[0]) == 4
+    (run / rows[0]["file"]).unlink()  # a run folder copied without its samples: an empty cell, not a crash
+    assert real_image(run, rows[0], images) is None
 
 
 def test_cli_smoke_writes_records_samples_and_a_contact_sheet(tiny, tmp_path, capsys):

@@ -114,7 +114,7 @@ def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = 
         with Image.open(saved) as im:
             return im.convert("RGB")
     path = (data or {}).get(str(row.get("real", "")))
-    if path is None:
+    if path is None or not (first / row["file"]).is_file():  # the sample gives the size: without it, no cell
         return None
     from tasks.diffusion import data as ddata
     from tasks.diffusion import scoring
