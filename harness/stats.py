@@ -136,9 +136,14 @@ def is_constant(preds: str, share: float = CONSTANT_SHARE) -> bool:
     return bool(answered) and Counter(answered).most_common(1)[0][1] / len(answered) >= share  # 63/70 == 0.9
 
 
+def majority_index(answers: str) -> str:
+    """The most common option index of ``answers`` (one digit an example); ties: the lowest."""
+    return max(sorted(set(answers)), key=answers.count)
+
+
 def baseline_scores(answers: str, n_options: str | None) -> dict[str, np.ndarray]:
     """Per-example scores (percent) of ``majority`` and, given ``n_options``, ``chance``."""
-    top = max(sorted(set(answers)), key=answers.count)  # the most common index; ties: the lowest
+    top = majority_index(answers)
     out = {MAJORITY: 100.0 * (np.frombuffer(answers.encode(), np.uint8) == ord(top))}
     if n_options:
         if len(n_options) != len(answers) or not n_options.isdigit() or "0" in n_options:

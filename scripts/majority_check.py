@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from harness.stats import MAJORITY, baseline_scores
+from harness.stats import MAJORITY, baseline_scores, majority_index
 from tasks.commonsense.data import BENCHMARKS, resolve_data_dir
 
 
@@ -32,15 +31,16 @@ def majority_check(record: dict[str, Any], data: Path) -> list[dict[str, Any]]:
             continue
         labels = BENCHMARKS[bench]
         test_acc = float(baseline_scores(answers, None)[MAJORITY].mean())
-        test_label = labels[int(max(sorted(set(answers)), key=answers.count))]
+        test_label = labels[int(majority_index(answers))]
         train_label = train_acc = None
         train = data / bench / "train.json"
         if train.is_file():
-            counts = Counter(r["answer"] for r in json.loads(train.read_text()) if r.get("answer") in labels)
-            if counts:
-                train_label = max(labels, key=lambda w: (counts[w], -labels.index(w)))
-                index = str(labels.index(train_label))
-                train_acc = 100.0 * sum(a == index for a in answers) / len(answers)
+            given = json.loads(train.read_text())
+            train_answers = "".join(str(labels.index(r["answer"])) for r in given if r.get("answer") in labels)
+            if train_answers:
+                index = majority_index(train_answers)  # the same rule as majority's, on the train split
+                train_label = labels[int(index)]
+                train_acc = 100.0 * answers.count(index) / len(answers)
         rows.append(
             {
                 "benchmark": bench,

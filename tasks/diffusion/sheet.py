@@ -61,13 +61,11 @@ def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
     wanted = {json.dumps(r["run"]["config"].get("data", {}).get("files"), sort_keys=True) for r in records}
     if len(wanted) != 1 or not (files := json.loads(wanted.pop())):
         return None
-    candidates = []
-    for find in (lambda: resolve_data(os.environ.get("HARNESS_DATA_DIR")), lambda: resolve_data(None)):
+    for given in dict.fromkeys((os.environ.get("HARNESS_DATA_DIR"), None)):  # None: the shipped Twemoji
         try:
-            candidates.append(find())
+            folder = resolve_data(given)
         except ValueError:  # no such folder here: the sheet shows the real images the runs saved
             continue
-    for folder in candidates:
         if ddata.file_hashes(folder) == files:
             test = ddata.load(folder).test
             names = Counter(i.image.name for i in test)
