@@ -9,6 +9,7 @@ from pathlib import Path
 
 from harness.cli import CliError, add_method_args, method_options, split_names
 from harness.config import parse_bool
+from harness.registry import unknown_choice
 
 
 def split_list(text: str) -> list[str]:
@@ -41,8 +42,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     methods = split_names(args.methods, METHODS.names(), "method")
     for m in methods:
-        if m != BASELINE:
-            METHODS.get(m)
+        if m != BASELINE and m not in METHODS:  # name the two words `run` takes besides the registered methods
+            raise CliError(unknown_choice("method", m, [*METHODS.names(), BASELINE, "all"]))
     train = {
         k: v
         for k, v in {

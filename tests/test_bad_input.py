@@ -157,6 +157,11 @@ CASES = [
         r"unknown method 'lroa' \(did you mean 'lora'\?\); available: .*lora",
     ),
     bad("unknown-method-in-a-list", run("--methods", "lora,nope"), r"unknown method 'nope'; available: effilora, "),
+    bad(
+        "unknown-method-near-base",
+        run("--methods", "bsae,lora"),
+        r"unknown method 'bsae' \(did you mean 'base'\?\); available: effilora, .*sharelora, base, all$",
+    ),
     bad("empty-methods", run("--methods", ","), r"no method given; available: effilora, "),
     bad("unknown-task", run("--task", "commonsens"), r"unknown task 'commonsens' \(did you mean 'commonsense'\?\)"),
     bad("unknown-preset", run("--preset", "fast"), r"unknown preset 'fast'; available: smoke, embedded, paper"),
