@@ -25,16 +25,16 @@ class CliError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
-def split_names(value: str, registry_names: list[str], kind: str) -> list[str]:
+def split_names(value: str, registry_names: list[str], kind: str, also: tuple[str, ...] = ()) -> list[str]:
     """Comma-separated names, ``all`` (alone or in the list, e.g. ``base,all``) standing for every registered
-    name; each name once, in the order given."""
+    name; each name once, in the order given. ``also``: further words the command takes, named in the error."""
     names: list[str] = []
     for v in (v.strip() for v in value.split(",")):
         for name in registry_names if v == "all" else [v] if v else []:
             if name not in names:
                 names.append(name)
     if not names:
-        raise CliError(f"no {kind} given; available: {', '.join(registry_names)}")
+        raise CliError(f"no {kind} given; available: {', '.join([*registry_names, *also])}")
     return names
 
 

@@ -40,10 +40,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from harness.runner import BASELINE, build_specs, run_all
     from harness.train import Cancelled
 
-    methods = split_names(args.methods, METHODS.names(), "method")
+    words = (BASELINE, "all")  # the two words `run` takes besides the registered methods, named in its errors
+    methods = split_names(args.methods, METHODS.names(), "method", also=words)
     for m in methods:
-        if m != BASELINE and m not in METHODS:  # name the two words `run` takes besides the registered methods
-            raise CliError(unknown_choice("method", m, [*METHODS.names(), BASELINE, "all"]))
+        if m != BASELINE and m not in METHODS:
+            raise CliError(unknown_choice("method", m, [*METHODS.names(), *words]))
     train = {
         k: v
         for k, v in {

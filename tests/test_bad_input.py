@@ -162,7 +162,7 @@ CASES = [
         run("--methods", "bsae,lora"),
         r"unknown method 'bsae' \(did you mean 'base'\?\); available: effilora, .*sharelora, base, all$",
     ),
-    bad("empty-methods", run("--methods", ","), r"no method given; available: effilora, "),
+    bad("empty-methods", run("--methods", ","), r"no method given; available: effilora, .*sharelora, base, all$"),
     bad("unknown-task", run("--task", "commonsens"), r"unknown task 'commonsens' \(did you mean 'commonsense'\?\)"),
     bad("unknown-preset", run("--preset", "fast"), r"unknown preset 'fast'; available: smoke, embedded, paper"),
     bad("unknown-protocol", run("--protocol", "vibes"), r"unknown protocol 'vibes' for task 'commonsense'; choose one"),
