@@ -182,6 +182,11 @@ def test_cached_context_scoring_is_exact_at_every_batch_size(char_tokenizer, bat
             assert abs(score - naive(model, char_tokenizer, context, cont)) < 1e-4
 
 
+def test_an_empty_context_is_an_error_not_a_score_from_padding(char_tokenizer):
+    with pytest.raises(ValueError, match=r"empty context .*\[' there'\]"):
+        cloze.loglikelihoods(tiny_llama(), char_tokenizer, [GROUPS[0], ("", [" there"])], 2)
+
+
 def test_the_kv_cache_goes_under_the_name_the_model_takes(char_tokenizer):
     """transformers 5.24 renames ``past_key_values`` to ``cache`` (the old name goes in 5.40)."""
 
@@ -241,6 +246,19 @@ def test_protocol_and_template_must_fit_and_default_to_each_other():
     assert choice.task_options.template == "clean"  # the protocol's own template when none is named
     with pytest.raises(ValueError, match="--protocol cloze --template cloze"):
         build_specs("commonsense", ["lora"], [0], "embedded", protocol="choice", task_overrides={"template": "cloze"})
+
+
+def test_a_training_record_that_does_not_fit_cloze_is_named_by_its_file_and_question(tmp_path):
+    """The training mix is shuffled: the message names the file the record came from and its question."""
+    good = CASES["ARC-Easy"][0]
+    (tmp_path / "ARC-Easy").mkdir()
+    (tmp_path / "ARC-Easy" / "test.json").write_text(json.dumps([good]))
+    bad = rec("What is 2+2? Say it.", "four")
+    (tmp_path / "ARC-Easy" / "train.json").write_text(json.dumps([good, good, bad, good]))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1))
+    where = r"ARC-Easy/train\.json: the example 'What is 2\+2\? Say it\.' does not fit the cloze protocol"
+    with pytest.raises(ValueError, match=where + r" .*--protocol choice"):
+        task.splits()
 
 
 def test_a_record_that_does_not_fit_cloze_fails_before_training(tmp_path):

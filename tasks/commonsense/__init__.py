@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,8 +103,11 @@ class CommonsenseTask(Task):
                 f"only {len(records)} training examples, not enough to hold out val_size="
                 f"{self.options.val_size}; lower it or add training data"
             )
-        if self.cloze:
-            _parse_all(records, self.data_dir / "train.json (mixed)")
+        if self.cloze:  # the mix is shuffled: an example is named by its file and question, not an index
+            _parse_all(
+                records,
+                lambda i, r: f"{data.train_file(self.data_dir, r['benchmark'])}: the example {r['instruction'][:60]!r}",
+            )
         val, train = records[: self.options.val_size], records[self.options.val_size :]
         return [self._example(r) for r in train], [self._example(r) for r in val]
 
@@ -236,14 +240,15 @@ def _digits(values: list[int | None]) -> str:
     return "".join("-" if v is None else str(v) for v in values)
 
 
-def _parse_all(records: list[dict[str, Any]], where: Path) -> None:
+def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[str, Any]], str]) -> None:
+    """Fail on the first record the cloze protocol cannot split, named ``{where}: example {i}`` (a file's
+    records in order) or by ``where(i, record)``."""
     for i, record in enumerate(records):
         try:
             cloze.parse(record)
         except ValueError as exc:
-            raise ValueError(
-                f"{where}: example {i} does not fit the cloze protocol ({exc}); use --protocol choice"
-            ) from None
+            place = where(i, record) if callable(where) else f"{where}: example {i}"
+            raise ValueError(f"{place} does not fit the cloze protocol ({exc}); use --protocol choice") from None
 
 
 def candidates_for(record: dict[str, Any], labels: list[str]) -> list[str]:

@@ -109,8 +109,10 @@ def loglikelihoods(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ctxs = [tokenize(tokenizer, c) for c, _ in groups]
     conts = [[continuation_ids(tokenizer, c, t) for t in ts] for c, ts in groups]
-    for (context, texts), ids in zip(groups, conts, strict=True):
-        if not ctxs or any(not c for c in ids):
+    for (context, texts), ctx, ids in zip(groups, ctxs, conts, strict=True):
+        if not ctx:  # nothing to read the first continuation token's prediction from
+            raise ValueError(f"an empty context (no tokens) for the continuations {texts}")
+        if any(not c for c in ids):
             raise ValueError(f"a continuation of {context[-40:]!r} has no tokens after its context: {texts}")
     out = [[0.0] * len(ts) for _, ts in groups]
     # similar lengths batch together: by the longest row a group makes (PIQA's options are long)

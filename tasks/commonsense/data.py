@@ -111,6 +111,11 @@ def labels_for(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
     return BENCHMARKS.get(benchmark) or sorted({r["answer"] for r in records})
 
 
+def train_file(data_dir: Path, benchmark: str) -> Path:
+    """The file a ``training_mix`` record tagged ``benchmark`` came from (``mixed``: the mixed training set)."""
+    return data_dir / MIXED_TRAIN if benchmark == "mixed" else data_dir / benchmark / "train.json"
+
+
 def read_split(data_dir: Path, benchmark: str, split: str) -> DataFile | None:
     path = data_dir / benchmark / f"{split}.json"
     return read_json_file(path) if path.is_file() else None
