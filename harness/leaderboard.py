@@ -1,7 +1,7 @@
 """Leaderboards as a pure function of run records (same records, same bytes: no clock, fixed bootstrap seed).
 
-``write_leaderboards(runs_dir, out_dir)`` writes, per task, ``<task>.csv``, ``<task>_comparisons.csv`` and
-``<task>.png``, and for all tasks ``overhead.csv``, ``leaderboard.md`` and ``leaderboard.html``.
+``write_leaderboards(runs_dir, out_dir)`` writes, per task, ``<task>.csv``, ``<task>_comparisons.csv``,
+``<task>_seeds.csv`` and ``<task>.png``, and for all tasks ``overhead.csv``, ``leaderboard.md`` and ``leaderboard.html``.
 
 Rows and sections. Runs that differ only in their seed form one row (seeds pooled). Rows with the same
 task, preset, model, protocol, task options and training settings form a *section*: the rows that may be
@@ -26,8 +26,10 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``B_lo``, ``B_hi`` (score and interval; ``absent`` when the benchmark has no data, empty when unknown);
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
-``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps``, ``eval_n``,
-``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a baseline row's: its section's).
+``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps`` (the row's own runs';
+0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
+from others with the same title), ``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a
+baseline row's: its section's). A row counts one run per seed, the newest (a warning names the others).
 Scores are percent, rounded to 2 decimals.
 
 ``<task>_seeds.csv`` (long format): ``section, preset, protocol, method, seed, run, benchmark, value``, one
@@ -40,11 +42,14 @@ difference between methods can be read against one method's spread over seeds.
 ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
-(Several ``lora`` rows in a section, at different options: the best-ranked is the reference.)
+``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
+with the plain ``lora`` row (no options in its label), else with the best-ranked, and say which (e.g.
+``lora (trained_on=general)``); ``B_vs_lora`` above and the Markdown do the same.
 ``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
 on the same shapes, does not); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
-``train_s``) averaged over the row's runs when they ran on one device (``train_s_by_device`` otherwise);
+``train_s``) averaged over the row's runs when they ran on one device (else empty; ``train_s_by_device``
+always);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss`` (the CPU process's
 resident size after each backward) or ``cuda_minus_baseline`` (allocated above the model's own).
 """
@@ -128,6 +133,7 @@ class Section:
     rows: list[Row]
     info: dict[str, str]  # provenance: template, train_on_inputs, steps, eval_n, seeds, n_runs, hardware
     averaged: list[str] = field(default_factory=list)  # the benchmarks Avg covers (the task's ``averaged``)
+    references: dict[str, str] = field(default_factory=dict)  # reference name -> the label of the row used
 
     @property
     def avg_of(self) -> int:
@@ -284,14 +290,22 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
     return out
 
 
-def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> None:
-    """Fill ``row.vs``: paired differences to each reference row on the examples both scored.
+def _reference(rows: list[Row], name: str) -> Row | None:
+    """The row compared against as ``name``: the plain one (its label the bare name) where the section has it
+    at several settings or only at a labelled one (``lora (trained_on=general)``), else the best-ranked."""
+    named = [r for r in rows if r.name == name]
+    return next((r for r in named if r.method == name), named[0] if named else None)
+
+
+def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dict[str, str]:
+    """Fill ``row.vs``: paired differences to each reference row on the examples both scored; returns each
+    reference's row label (``_reference``).
 
     Two reference rows compared both ways (``lora`` against ``base``, and ``base`` against ``lora``) get
     exactly opposite differences and intervals: the one against the later reference of ``REFERENCES`` is
     drawn (``lora - base``, ``lora - majority``, ``base - majority``) and the other is its negation, not a
     second draw (whose bounds would differ by the bootstrap's Monte Carlo noise)."""
-    refs = {name: next((r for r in rows if r.name == name), None) for name in REFERENCES}  # several lora: best
+    refs = {name: _reference(rows, name) for name in REFERENCES}
     drawn: dict[tuple[int, str], dict[str, Estimate]] = {}
     for ref_name in reversed(REFERENCES):
         ref = refs[ref_name]
@@ -313,6 +327,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> Non
             drawn[(id(row), ref_name)] = diffs
     for row in rows:  # in REFERENCES order, as the tables list them
         row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}
+    return {name: ref.method for name, ref in refs.items() if ref is not None}
 
 
 def _on_shared_seeds(row: Row, ref: Row, benchmarks: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -373,15 +388,16 @@ def _rank(row: Row) -> tuple[int, float, str]:
 
 
 def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Section:
+    labels = _labels(sorted(groups))
+    groups = {k: g if k[0] == BASELINE else _newest_per_seed(g, duplicate=labels[k]) for k, g in groups.items()}
     runs = sorted((r for g in groups.values() for r in g), key=lambda r: r["run"]["id"])
     benchmarks = _columns(runs[0]["run"]["config"]["task"], [b for r in runs for b in r["eval"]])
     absent = {b for b in benchmarks if all(r["eval"].get(b, {}).get("status") == "absent" for r in runs)}
-    labels = _labels(sorted(groups))
     averaged = _averaged(runs[0]["run"]["config"]["task"], benchmarks)
     rows = [_run_row(labels[key], g, benchmarks, averaged) for key, g in sorted(groups.items())]
     rows.sort(key=_rank)
     rows += _baseline_rows(runs, benchmarks, absent, averaged)
-    _compare(rows, benchmarks, averaged)
+    references = _compare(rows, benchmarks, averaged)
     c, first = runs[0]["run"]["config"], runs[0]
     steps = sorted({r["train"]["steps"] for r in runs if r["train"].get("steps") is not None})
     info = {
@@ -404,21 +420,45 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
         rows,
         info,
         averaged,
+        references,
     )
 
 
+def _newest_per_seed(runs: list[dict[str, Any]], duplicate: str | None = None) -> list[dict[str, Any]]:
+    """One run per seed, the newest (``created_at``, then id), in id order; with ``duplicate`` (a row's
+    name), a warning on stderr for each seed that had several (settings outside the row's key, such as the
+    eval batch size or a model path with the same label, make other run ids for the same row and seed)."""
+    by_seed: dict[int, list[dict[str, Any]]] = {}
+    for r in runs:
+        by_seed.setdefault(r["run"]["config"]["seed"], []).append(r)
+    kept = []
+    for seed, same in by_seed.items():
+        newest = max(same, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"]))
+        kept.append(newest)
+        if duplicate is not None and len(same) > 1:
+            older = ", ".join(r["run"]["id"] for r in same if r is not newest)
+            print(
+                f"warning: {duplicate} has {len(same)} runs of seed {seed}; counted once, the newest "
+                f"({newest['run']['id']}), not {older}",
+                file=sys.stderr,
+            )
+    return sorted(kept, key=lambda r: r["run"]["id"])
+
+
 def sections(records: list[dict[str, Any]]) -> list[Section]:
-    """Every task's comparable sections, sorted by task, preset, protocol, model."""
+    """Every task's comparable sections, sorted by task, preset, protocol, model. A row counts one run per
+    seed (``_newest_per_seed``)."""
     trained: dict[tuple[str, str], dict[tuple[str, str], list[dict[str, Any]]]] = {}
     zero_shot: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
     for record in sorted(records, key=lambda r: r["run"]["id"]):
         common, train = _settings(record)
         if record["run"]["config"]["method"] != BASELINE:
             trained.setdefault((common, train), {}).setdefault(_row_key(record), []).append(record)
-            continue
-        runs = zero_shot.setdefault(common, {}).setdefault(_row_key(record), [])
-        if all(r["run"]["config"]["seed"] != record["run"]["config"]["seed"] for r in runs):
-            runs.append(record)  # training settings do not change a zero-shot run: one run per seed
+        else:  # training settings do not change a zero-shot run: one row over them all
+            zero_shot.setdefault(common, {}).setdefault(_row_key(record), []).append(record)
+    for groups in zero_shot.values():
+        for key, runs in groups.items():
+            groups[key] = _newest_per_seed(runs)
     for common, groups in zero_shot.items():
         targets = [k for k in trained if k[0] == common]
         for k in targets or [(common, _settings(next(iter(groups.values()))[0])[1])]:
@@ -544,11 +584,14 @@ def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_di
 
 
 def newest_sections(secs: list[Section]) -> list[Section]:
-    """Per (preset, protocol, model), the section holding the most recently created run: the one a plot
-    shows (older settings stay in the CSVs; points of different settings on one plot read as a ranking)."""
+    """Per (preset, protocol, model), the section holding the most recently created trained run: the one a
+    plot shows (older settings stay in the CSVs; points of different settings on one plot read as a
+    ranking). The zero-shot ``base`` joins every section of its settings, so a fresh ``base`` run picks
+    none of them; a section without trained rows counts its own runs."""
     newest: dict[tuple[str, str, str], tuple[str, Section]] = {}
     for s in secs:
-        created = max((r["run"].get("created_at", "") for row in s.rows for r in row.runs), default="")
+        rows = [row for row in s.rows if row.kind == "trained"] or s.rows
+        created = max((r["run"].get("created_at", "") for row in rows for r in row.runs), default="")
         group = (s.preset, s.protocol, s.model)
         if group not in newest or created > newest[group][0]:
             newest[group] = (created, s)

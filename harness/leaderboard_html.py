@@ -104,7 +104,7 @@ def _td(value: float | str | None, body: str, cls: str = "", title: str = "") ->
     return f"<td{attrs}>{body}</td>"
 
 
-def _score_td(row: Row, b: str) -> str:
+def _score_td(row: Row, b: str, refs: dict[str, str]) -> str:
     cell: Cell = row.cells[b]
     if cell.absent:
         return _td(None, "absent", "absent", "no data for this benchmark; not in Avg")
@@ -118,11 +118,12 @@ def _score_td(row: Row, b: str) -> str:
     d = row.vs.get(REFERENCE_METHOD, {}).get(b)
     if d is not None:
         cls = ("up" if d.value > 0 else "down") if d.significant else ""
-        body += f'<span class="d {cls}">vs lora {escape(diff_text(d))}</span>'
+        label = refs.get(REFERENCE_METHOD, REFERENCE_METHOD)
+        body += f'<span class="d {cls}">vs {escape(label)} {escape(diff_text(d))}</span>'
     notes = [f"{cell_text(cell)} (95% bootstrap interval)"]
     for ref in REFERENCES:
         if (e := row.vs.get(ref, {}).get(b)) is not None:
-            notes.append(f"vs {ref}: {diff_text(e)} [{fmt(e.lo, True)}, {fmt(e.hi, True)}]")
+            notes.append(f"vs {refs.get(ref, ref)}: {diff_text(e)} [{fmt(e.lo, True)}, {fmt(e.hi, True)}]")
     return _td(cell.value, body, title="; ".join(notes))
 
 
@@ -132,9 +133,9 @@ def _table(s: Section) -> str:
     head += [f"<th>{AVG}</th>", '<th title="benchmarks with data, of the section\'s">Avg n</th>', "<th>Param %</th>"]
     body = []
     for row in s.rows:
-        cls = row.kind + (" reference" if row.name == REFERENCE_METHOD else "")
+        cls = row.kind + (" reference" if row.method == s.references.get(REFERENCE_METHOD) else "")
         tds = [_td(row.method, escape(row.method))]
-        tds += [_score_td(row, b) for b in [*s.benchmarks, AVG]]
+        tds += [_score_td(row, b, s.references) for b in [*s.benchmarks, AVG]]
         tds.append(_td(float(row.avg_n), f"{row.avg_n}/{s.avg_of}"))
         tds.append(_td(row.percent_trainable, param_text(row)))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')

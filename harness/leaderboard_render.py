@@ -53,17 +53,20 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
             if row.kind == "trained":  # the row's own runs (a section can hold rows trained for other lengths)
                 out["steps"] = " ".join(map(str, sorted({r["train"]["steps"] for r in row.runs})))
+            else:  # the zero-shot model trains none; majority and chance are not models
+                out["steps"] = "0" if row.kind == "zero-shot" else ""
             out["settings"] = s.info.get("apart", "")
             seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
             hardware = run_hardware(row.runs) if row.runs else s.info["hardware"]  # majority/chance: the section's
             out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": hardware}
             accuracy.setdefault(s.task, []).append(out)
             for ref, diffs in row.vs.items():
+                label = s.references.get(ref, ref)  # the row compared with, e.g. lora (trained_on=general)
                 for b in benchmarks:
                     if (d := diffs.get(b)) is not None:
                         comparisons.setdefault(s.task, []).append(
                             {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
-                            | {"reference": ref, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
+                            | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
                             | {"ci_high": _num(d.hi), "significant": d.significant, "model": s.model, "section": s.key}
                         )
             if row.kind == "trained":
@@ -238,7 +241,8 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 # every row against lora (baselines too); only the trained rows against base
                 compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]
                 if compared:
-                    md += [f"Paired difference to {ref} (points; `*`: 95% interval excludes 0):", ""]
+                    label = s.references.get(ref, ref)
+                    md += [f"Paired difference to {label} (points; `*`: 95% interval excludes 0):", ""]
                     scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
                     rows = [[r.method, *(diff_text(r.vs[ref].get(b)) for b in [*scored, AVG])] for r in compared]
                     md += [markdown_table(["method", *scored, AVG], rows), ""]

@@ -226,6 +226,78 @@ def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
     assert newest_sections(list(reversed(secs))) == [shown]
 
 
+def test_a_fresh_base_run_does_not_move_the_plot_to_an_older_section(tmp_path):
+    """``base`` joins every section of its settings: its date says nothing about which training is newest."""
+    from harness.leaderboard import load_records, newest_sections, sections
+
+    runs = tmp_path / "runs"
+    for lr, created in ((0.001, "2026-01-02T00:00:00+00:00"), (0.5, "2026-01-01T00:00:00+00:00")):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0123" * 5)})
+        record["run"]["config"]["train"]["lr"] = lr
+        record["run"]["id"] += f"-lr{lr}"
+        record["run"]["created_at"] = created
+        write_fixture(runs, record)
+    base = fixture_record("base", 0, evals={"ARC-Easy": scored("0123" * 5, "0000" * 5)})
+    base["run"]["created_at"] = "2026-02-01T00:00:00+00:00"
+    write_fixture(runs, base)
+    secs = sections(load_records(runs))
+    assert len(secs) == 2
+    for order in (secs, list(reversed(secs))):
+        (shown,) = newest_sections(order)
+        assert shown.rows[0].runs[0]["run"]["id"].endswith("-lr0.001")
+
+
+def test_a_seed_run_twice_in_one_row_counts_once_the_newest_with_a_warning(tmp_path, capsys):
+    """Settings outside a row's key (the eval batch size) give a second run id for the same row and seed."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 5
+    for seed, batch, preds, created in (
+        (0, 16, answers, "2026-01-01T00:00:00+00:00"),  # 100%, replaced by the rerun below
+        (0, 8, "1111" * 5, "2026-01-03T00:00:00+00:00"),  # 25%
+        (1, 16, "0000" * 5, "2026-01-02T00:00:00+00:00"),  # 25%
+    ):
+        record = fixture_record("lora", seed, evals={"ARC-Easy": scored(answers, preds)})
+        record["run"]["config"]["eval_batch_size"] = batch
+        record["run"]["id"] += f"-b{batch}"
+        record["run"]["created_at"] = created
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    row = rows["lora"]
+    assert (row["ARC-Easy"], row["seeds"], row["n_runs"]) == ("25.0", "0 1", "2")  # not 50.0 over three runs
+    assert rows["majority"]["steps"] == rows["chance"]["steps"] == ""  # not models: no steps
+    err = capsys.readouterr().err
+    assert "warning: lora has 2 runs of seed 0; counted once, the newest" in err and "-b8)" in err
+
+
+def test_vs_lora_is_against_the_plain_lora_row_and_names_the_row_it_used(tmp_path):
+    """A better-ranked single-source ``lora`` does not become the reference; where it is the only one, the
+    comparisons say so instead of calling it ``lora``."""
+    answers = "0123" * 5
+    for folder, variants in (("both", (None, ["ARC-Easy"])), ("one", (["ARC-Easy"],))):
+        runs = tmp_path / folder / "runs"
+        for sources in variants:
+            preds = answers if sources else "1111" * 5  # the single-source row ranks first
+            record = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, preds)})
+            if sources:
+                record["run"]["config"]["task_options"]["train_sources"] = sources
+                record["run"]["id"] += "-arc"
+            write_fixture(runs, record)
+        write_fixture(runs, fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "0000" * 5)}))
+        write_leaderboards(runs, tmp_path / folder / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "both" / "out" / "commonsense.csv")}
+    assert rows["lora"]["ARC-Easy_vs_lora"] == ""  # the reference itself
+    assert rows["lora (trained_on=ARC-Easy)"]["ARC-Easy_vs_lora"] == "75.0"  # 100% against the plain row's 25%
+    assert rows["base"]["ARC-Easy_vs_lora"] == "0.0" and rows["base"]["steps"] == "0"  # trained none
+    refs = {r["reference"] for r in read_csv(tmp_path / "both" / "out" / "commonsense_comparisons.csv")}
+    assert refs == {"lora", "base", "majority"}
+    one = read_csv(tmp_path / "one" / "out" / "commonsense_comparisons.csv")
+    assert {r["reference"] for r in one if r["method"] == "base"} == {"lora (trained_on=ARC-Easy)", "majority"}
+    md = (tmp_path / "one" / "out" / "leaderboard.md").read_text()
+    assert "Paired difference to lora (trained_on=ARC-Easy) (points" in md
+    assert "vs lora (trained_on=ARC-Easy) " in (tmp_path / "one" / "out" / "leaderboard.html").read_text()
+
+
 def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
