@@ -26,8 +26,11 @@ from harness.task import Example, Recipe, to_device
 CHECKPOINT = "checkpoint.pt"
 
 
-class Cancelled(Exception):
-    """Training stopped on request (SIGTERM) after a checkpoint was saved; the next start resumes."""
+class Cancelled(BaseException):
+    """Training stopped on request (SIGTERM) after a checkpoint was saved; the next start resumes. A
+    ``BaseException``, as ``KeyboardInterrupt`` is: a SIGTERM outside the training loop (counting FLOPs,
+    loading, scoring) raises it wherever the program is, and an ``except Exception`` there (which records
+    what it could not do and goes on) must not swallow it."""
 
 
 @dataclass(frozen=True)

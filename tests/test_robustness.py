@@ -15,6 +15,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -552,3 +553,23 @@ def test_own_code_for_a_shipped_model_type_and_from_the_hub(tmp_path, monkeypatc
     (untyped / "refs" / "main").write_text(commit)
     refused = params_of("someorg/untyped", env)
     assert refused.returncode == 2 and "its config.json has no 'model_type'" in refused.stderr, refused.stderr[-2000:]
+
+
+def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_as_not_counted(monkeypatch):
+    """Outside the training loop SIGTERM raises ``Cancelled`` where the program is; the FLOPs count catches a
+    plugin's errors (``except Exception``) and must let it through, or the run would go on to score."""
+    import harness.runner as runner
+    from harness.train import Cancelled
+
+    def sigterm(*args, **kwargs):
+        raise Cancelled("stopped by SIGTERM")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the meta replica cannot run this plugin")
+
+    task = SimpleNamespace(meta_replica=lambda loaded: None)
+    monkeypatch.setattr(runner, "step_flops", broken)
+    assert runner._count_flops(task, None, "lora", None, [], None, False)["status"] == "not counted"
+    monkeypatch.setattr(runner, "step_flops", sigterm)
+    with pytest.raises(Cancelled, match="SIGTERM"):
+        runner._count_flops(task, None, "lora", None, [], None, False)
