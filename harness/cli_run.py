@@ -170,7 +170,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
-    p.add_argument("--epochs", type=float)
+    p.add_argument("--epochs", type=float, help="passes over the training set (overrides the preset's steps)")
     p.add_argument("--lr", type=float)
     p.add_argument("--micro-batch-size", type=int, help="examples per forward pass, per process")
     p.add_argument(

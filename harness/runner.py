@@ -105,7 +105,12 @@ def build_specs(
         raise ValueError(
             f"unknown protocol {protocol!r} for task {task!r}; choose one of: {', '.join(task_cls.protocols)}"
         )
-    train_cfg = _replace(p.train, train_overrides or {}, "training setting")
+    train_overrides = dict(train_overrides or {})
+    if train_overrides.get("epochs") is not None:  # a preset's step count would win over the epochs asked for
+        if train_overrides.get("steps") is not None:
+            raise ValueError("give --steps or --epochs, not both (a step count makes the epochs count for nothing)")
+        train_overrides["steps"] = None
+    train_cfg = _replace(p.train, train_overrides, "training setting")
     task_overrides = dict(task_overrides or {})
     if protocol != p.protocol and "template" not in task_overrides:
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)

@@ -193,6 +193,7 @@ CASES = [
     bad("alpha-zero", run("--alpha", "0"), r"alpha must be a finite number > 0 \(got 0\.0\)"),
     bad("alpha-nan", run("--alpha", "nan"), r"alpha must be a finite number > 0 \(got nan\)"),
     bad("lr-nan", run("--lr", "nan"), r"epochs and lr must be finite numbers > 0 \(got 1\.0, nan\)"),
+    bad("steps-and-epochs", run("--steps", "3", "--epochs", "2"), r"give --steps or --epochs, not both"),
     bad(
         "judge-model-on-commonsense",
         run("--judge-model", "gpt-4o"),

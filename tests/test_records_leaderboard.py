@@ -336,6 +336,17 @@ def test_run_ids_change_with_the_config_not_the_data_dir():
     assert "data_dir" not in a.to_dict()["task_options"]
 
 
+def test_epochs_asked_for_replace_a_presets_step_count():
+    """The smoke preset trains 3 steps: ``--epochs`` alone must not be ignored (a new run id, the same run)."""
+    [preset] = build_specs("commonsense", ["lora"], [0], "smoke")
+    [two] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"epochs": 2})
+    [steps] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"steps": 5})
+    assert preset.train.steps == 3 and (two.train.steps, two.train.epochs) == (None, 2)
+    assert steps.train.steps == 5
+    with pytest.raises(ValueError, match="--steps or --epochs, not both"):
+        build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"steps": 5, "epochs": 2})
+
+
 def test_paper_preset_resolves_offline():
     from harness.models import build_meta
 
