@@ -102,6 +102,7 @@ class Contender:
     round_fn: Callable[[], None] | None = None  # the Reducer's scoring round
     interval: int = 1
     fast_path: bool = False  # ours: timed through the adapters' fast path (its FLOPs counted on it too)
+    trainable: list[torch.Tensor] = field(default_factory=list)  # what trains, fixed when built (``state_bytes``)
 
 
 def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
@@ -295,6 +296,7 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
     red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
     step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None)
     c = Contender(name, "ours", method, step, trained, opt, cfg, reducer, fast_path=not reference)
+    c.trainable = adapter.trainable_parameters()  # the Reducer pauses some each step; all keep their state
     if red is not None and red.config.selection == "importance":
 
         def val_loss() -> float:  # as the training loop's: eval mode, no gradients
@@ -326,7 +328,8 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
         opt = adamw([{"params": [p for p in wrapped.parameters() if p.requires_grad], "lr": 1e-4}], fused=True)
     method = "lora_fa" if fa else "lora"
     step = _stepper(wrapped, opt, batch, n, autocast)
-    return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg)
+    trainable = [p for p in wrapped.parameters() if p.requires_grad]  # LoRA-FA's optimizer froze A
+    return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg, trainable=trainable)
 
 
 def _stepper(model, optimizer, batch, n, autocast, before: Callable[[], Any] | None = None) -> Callable[[], None]:
@@ -399,6 +402,7 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
     step, rounds = flops(c, model, config)
     return {
         **{"kind": "train", "contender": c.name, "source": c.source, "method": c.method, "reducer": c.reducer},
+        "fast_path": c.fast_path,
         "variant": c.variant,
         "baseline": c.baseline,
         **_timing(times[c.name]),

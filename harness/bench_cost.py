@@ -62,12 +62,25 @@ def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
 
 
 def state_bytes(c: Contender) -> int:
-    """Trainable tensors and their optimizer state (AdamW moments)."""
+    """Trainable tensors (``c.trainable``, fixed when built) and their optimizer state (AdamW moments). Not
+    ``requires_grad`` now: the Reducer leaves the heads it did not select for the last step frozen, and they
+    keep their weights and moments all the same. A tensor the optimizer has not stepped yet (a head never
+    selected in the bench's few steps) is counted with the state a stepped one has (moments of its size,
+    the same scalars)."""
     if c.optimizer is None:
         return 0
-    params = {id(p): p for group in c.optimizer.param_groups for p in group["params"] if p.requires_grad}
-    moments = [t for s in c.optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)]
-    return sum(t.numel() * t.element_size() for t in [*params.values(), *moments])
+    params = list({id(p): p for p in c.trainable}.values())
+    state = c.optimizer.state
+    template = next((state[p] for p in params if state.get(p)), {})
+    total = 0
+    for p in params:
+        total += p.numel() * p.element_size()
+        own = state.get(p)
+        for t in (own or template).values():
+            if isinstance(t, torch.Tensor):
+                moment = not own and t.numel() > 1  # the template's moment: one of p's size
+                total += (p.numel() if moment else t.numel()) * t.element_size()
+    return total
 
 
 def peak_bytes(step: Callable[[], None], device: torch.device) -> float:

@@ -45,7 +45,8 @@ def relate(rows: list[dict]) -> list[dict]:
         r["total_gflops"] = r["gflops"] + r["hook_gflops"] if known else None
     floor = next(r for r in rows if r["source"] == FLOOR)
     peft = {r["method"]: r for r in rows if r["source"] == "peft"}
-    off = {r["method"]: r for r in rows if r["reducer"] == "off"}
+    # the Reducer against the same method with it off on the same path (--reference times both paths)
+    off = {(r["method"], r.get("fast_path")): r for r in rows if r["reducer"] == "off"}
     for r in rows:
         r["x_floor"] = r["total_s"] / floor["step_s"]
         # paired: each round's time over the floor's in the same round (load that drifts falls on both),
@@ -63,7 +64,7 @@ def relate(rows: list[dict]) -> list[dict]:
         r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
         flops = r["total_gflops"] is not None and floor["total_gflops"]
         r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
-        ref = off.get(r["method"]) if r["reducer"] not in ("", "off") else None
+        ref = off.get((r["method"], r.get("fast_path"))) if r["reducer"] not in ("", "off") else None
         r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
         flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
         r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
@@ -207,7 +208,7 @@ def _plot(report: dict, path: Path) -> Path:
         ax.axvline(x, linestyle="--", linewidth=0.7, color="grey")
     ax.set_yticks(y, [r["contender"] for r in train], fontsize=7)
     ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
-    ax.set_xlabel("training step time / frozen-base floor (median, min-max)")
+    ax.set_xlabel("time a step, the Reducer's scoring rounds included / frozen-base floor (median; step min-max)")
     ax.set_title(f"{report['model']}: {report['environment']['device']}", fontsize=8)
     if scores:
         axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)

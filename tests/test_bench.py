@@ -65,6 +65,8 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
         assert importance["total_gflops"] == pytest.approx(importance["gflops"] + importance["hook_gflops"])
         assert off["reducer_saves_gflops"] is None and drop["reducer_saves_gflops"] > 0  # frozen heads: no dB
         assert drop["gflops"] < importance["gflops"] < off["gflops"]  # the step alone
+        # the heads the Reducer left out of the last step keep their weights and AdamW moments: no state saved
+        assert importance["state_mb"] == pytest.approx(off["state_mb"]) == drop["state_mb"]
         assert importance["hook_cpu_s"] > 0 and off["hook_cpu_s"] == 0  # the rounds in CPU seconds, not wall
         cpu = (importance["cpu_s"] + importance["hook_cpu_s"]) / rows["floor"]["cpu_s"]
         assert importance["x_floor_cpu"] == pytest.approx(cpu)
@@ -78,6 +80,29 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
     table = (tmp_path / "bench.md").read_text()
     assert "| lora |" in table and "| cloze |" in table and saved["environment"]["device"] in table
     assert ("malloc keeps freed memory" in table) == (saved["environment"]["malloc"] is not None)
+
+
+def test_with_reference_the_reducer_saves_against_its_own_path_with_it_off(tmp_path):
+    """``--reference`` times each method on both paths: a Reducer row is compared with the off row of its path."""
+    config = BenchConfig(
+        methods=("effilora",),
+        batch_size=2,
+        seq_len=16,
+        rounds=1,
+        warmup=0,
+        peft=False,
+        reference=True,
+        reducer=("off", "random:0.5"),
+        protocols=(),
+        threads=1,
+        out=str(tmp_path),
+    )
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    for suffix in ("", " reference"):
+        off, drop = rows[f"effilora (off){suffix}"], rows[f"effilora (random:0.5){suffix}"]
+        assert drop["fast_path"] == off["fast_path"] == (not suffix)
+        assert drop["reducer_saves_s"] == pytest.approx(off["total_s"] - drop["total_s"])
+        assert drop["reducer_saves_gflops"] == pytest.approx(off["total_gflops"] - drop["total_gflops"])
 
 
 def test_bench_command_on_a_model_folder(tmp_path, capsys):
