@@ -721,6 +721,9 @@ def test_hub_loader_writes_the_imagefolder_layout(tmp_path):
     items = ddata.read_folder(out)
     assert [i.text for i in items] == rows["text"]
     assert ddata.load_image(items[0].image, 16).shape == (3, 16, 16)
+    clear = datasets.Dataset.from_dict({"image": [Image.new("RGBA", (8, 8), (0, 0, 0, 0))], "text": ["nothing"]})
+    [item] = ddata.read_folder(ddata.save_imagefolder(clear, tmp_path / "clear"))
+    assert ddata.load_image(item.image, 8).min() == 1.0  # transparent is white, as for a local file; not black
 
 
 def test_an_image_too_large_to_decode_safely_is_bad_data(tmp_path, monkeypatch):

@@ -31,6 +31,9 @@ from tasks.multimodal.scoring import (
         ("an apple, a pear", "apple pear"),
         ("", ""),
         ("ten-year", "10 year"),
+        ("3.14", "3.14"),  # a decimal point stays (VQA's evaluation keeps it)
+        ("It is 2.", "it is 2"),
+        ("1.5 cm.", "1.5 cm"),
     ],
 )
 def test_normalize_answer(raw, normalized):
@@ -141,6 +144,9 @@ def test_circular_eval_scores_a_position_biased_model_zero():
         ("Banana", None),
         ("E", None),  # no fifth option
         ("I don't know", None),
+        ("(B) green", 1),
+        ("A blue square.", None),  # an article, not option A
+        ("B cat", None),
     ],
 )
 def test_parse_choice(reply, picked):

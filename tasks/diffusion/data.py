@@ -165,14 +165,16 @@ def load_hub(dataset: str, out: Path, split: str = "train") -> Path:
 
 
 def save_imagefolder(ds: Any, out: Path) -> Path:
-    """Rows with a PIL ``image`` and a ``text`` caption, written as ``out/images/*.png`` + metadata.jsonl."""
+    """Rows with a PIL ``image`` and a ``text`` caption, written as ``out/images/*.png`` + metadata.jsonl. Kept
+    with their transparency (RGBA), which ``load_image`` puts on white as it does for local files (an RGB
+    copy would show transparent pixels in whatever colour they hide, mostly black)."""
     from harness.atomic import write_text
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     lines = []
     for i, row in enumerate(ds):
         name = f"images/{i:05d}.png"
-        row["image"].convert("RGB").save(out / name)
+        row["image"].convert("RGBA").save(out / name)
         lines.append(json.dumps({"file_name": name, "text": row["text"]}))
     write_text(out / METADATA, "\n".join(lines) + "\n")
     return out

@@ -21,7 +21,7 @@ OPEN_INSTRUCTION = "Answer the question using a single word or phrase."  # LLaVA
 
 _ARTICLES = {"a", "an", "the"}
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-_PUNCTUATION = re.compile(r"[^\w\s]|_")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)\.(?=\d))[^\w\s]|_")  # a decimal point stays: "3.14" is not "3 14"
 _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")  # "1,000" -> "1000", as VQA's evaluation does
 
 
@@ -105,13 +105,16 @@ def circular_correct(rotations_correct: Sequence[bool]) -> bool:
 
 
 def parse_choice(text: str, options: Sequence[str]) -> int | None:
-    """The option a reply picks: a leading letter ("B", "(B)", "B. cat", "Answer: B") or an option's text."""
+    """The option a reply picks: a leading letter ("B", "(B)", "B. cat", "Answer: B") or an option's text. A
+    letter followed by a space is a word, not a pick ("A blue square", "I think C")."""
     _check_options(options)
     letters = LETTERS[: len(options)]
     reply = text.strip()
-    match = re.match(rf"^(?:the answer is|answer:?)?\s*\(?([{letters}])\)?(?:[.:)\s]|$)", reply, re.IGNORECASE)
-    if match and (match.group(1).isupper() or len(reply) <= 3):
-        return letters.index(match.group(1).upper())
+    pick = rf"^(?:the answer is|answer:?)?\s*(?:\(([{letters}])\)|([{letters}])(?=[.:)]|$))"
+    match = re.match(pick, reply, re.IGNORECASE)
+    letter = match and (match.group(1) or match.group(2))
+    if letter and (letter.isupper() or len(reply) <= 3):
+        return letters.index(letter.upper())
     wanted = normalize_answer(reply)
     hits = [i for i, option in enumerate(options) if normalize_answer(option) == wanted]
     return hits[0] if len(hits) == 1 else None
