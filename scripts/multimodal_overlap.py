@@ -1,0 +1,82 @@
+"""Test records of the generated multimodal data whose source image is a training record's, pixel for pixel.
+
+The generator splits each domain's source images into train and test pools by identity (an emoji, an MNIST
+row); Twemoji draws a few emoji alike (family variants, the flags of one territory), so an emoji held out
+for test can look exactly like one in training. This lists such test records (general domain: Twemoji;
+math: MNIST rows, compared the same way), so that their share of a score can be read.
+
+python scripts/multimodal_overlap.py ~/.cache/lora-harness/multimodal/data-v4 \
+    --twemoji-dir ../shared/data/diffusion/twemoji-64
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+
+def overlap(data: Path, pixels: Callable[[str], bytes | None]) -> list[dict[str, Any]]:
+    """Per test record whose ``source`` image (``pixels(source)``: its decoded bytes, None if not an image this
+    can read) equals a training record's: its id, kind, source, and the training sources it equals."""
+    train = json.loads((data / "train.json").read_text())
+    test = json.loads((data / "test.json").read_text())
+    seen: dict[str, set[str]] = {}
+    for r in train:
+        if (raw := pixels(r["source"])) is not None:
+            seen.setdefault(hashlib.sha256(raw).hexdigest(), set()).add(r["source"])
+    out = []
+    for r in test:
+        raw = pixels(r["source"])
+        if raw is not None and (same := seen.get(hashlib.sha256(raw).hexdigest())):
+            out.append({"id": r["id"], "kind": r.get("kind", ""), "source": r["source"], "equals": sorted(same)})
+    return out
+
+
+def source_pixels(twemoji: Path | None) -> Callable[[str], bytes | None]:
+    """Decoded pixels of a ``twemoji:<file>`` or ``mnist_5k:<row>`` source (None for rendered images)."""
+    digits = None
+
+    def pixels(source: str) -> bytes | None:
+        nonlocal digits
+        kind, _, name = source.partition(":")
+        if kind == "twemoji" and twemoji is not None:
+            with Image.open(twemoji / "images" / name) as im:
+                return im.convert("RGBA").tobytes()
+        if kind == "mnist_5k":
+            if digits is None:
+                from tasks.multimodal.generate import _mnist
+
+                digits = _mnist()[0]
+            return np.ascontiguousarray(digits[int(name)]).tobytes()
+        return None
+
+    return pixels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path, help="a generated data folder (train.json, test.json)")
+    parser.add_argument("--twemoji-dir", type=Path, help="the twemoji-64 folder the data was generated from")
+    args = parser.parse_args(argv)
+    test = json.loads((args.data / "test.json").read_text())
+    rows = overlap(args.data, source_pixels(args.twemoji_dir))
+    for r in rows:
+        print(f"{r['id']} ({r['kind']}): {r['source']} equals training {', '.join(r['equals'])}")
+    by_domain: dict[str, int] = {}
+    for r in test:
+        by_domain[r["id"].split("-")[0]] = by_domain.get(r["id"].split("-")[0], 0) + 1
+    for domain, n in by_domain.items():
+        k = sum(r["id"].startswith(f"{domain}-") for r in rows)
+        print(f"{domain}: {k} of {n} test records share a training image")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,41 @@
+"""scripts/multimodal_overlap.py: test records whose source image is a training record's, pixel for pixel."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+from PIL import Image
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "multimodal_overlap.py"
+
+
+def test_a_test_emoji_drawn_like_a_training_one_is_listed(tmp_path, capsys):
+    emoji = tmp_path / "twemoji" / "images"
+    emoji.mkdir(parents=True)
+    Image.new("RGBA", (4, 4), (200, 0, 0, 255)).save(emoji / "es.png")  # Spain's flag and Ceuta's: one drawing
+    Image.new("RGBA", (4, 4), (200, 0, 0, 255)).save(emoji / "ea.png")
+    Image.new("RGBA", (4, 4), (0, 0, 200, 255)).save(emoji / "eu.png")
+    data = tmp_path / "data"
+    data.mkdir()
+    train = [
+        {"id": "general-train-0000", "source": "twemoji:ea.png"},
+        {"id": "document-train-0000", "source": "rendered:x"},
+    ]
+    test = [
+        {"id": "general-test-0000", "kind": "open", "source": "twemoji:es.png"},
+        {"id": "general-test-0001", "kind": "choice", "source": "twemoji:eu.png"},
+        {"id": "document-test-0000", "kind": "open", "source": "rendered:x"},
+    ]
+    (data / "train.json").write_text(json.dumps(train))
+    (data / "test.json").write_text(json.dumps(test))
+    script = runpy.run_path(str(SCRIPT))
+    rows = script["overlap"](data, script["source_pixels"](tmp_path / "twemoji"))
+    assert rows == [
+        {"id": "general-test-0000", "kind": "open", "source": "twemoji:es.png", "equals": ["twemoji:ea.png"]}
+    ]
+    assert script["main"]([str(data), "--twemoji-dir", str(tmp_path / "twemoji")]) == 0
+    out = capsys.readouterr().out
+    assert "general: 1 of 2 test records share a training image" in out
+    assert "document: 0 of 1 test records" in out
