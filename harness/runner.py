@@ -332,7 +332,10 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
 def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, Any] | None) -> Path:
     """Write the record (the path); an unsuccessful re-run never replaces a finished run's record."""
     if record["run"]["status"] != "success" and finished is not None:
-        path = run_dir / f"{record['run']['status']}-{int(time.time())}.json"
+        stem, n = f"{record['run']['status']}-{int(time.time())}", 1
+        path = run_dir / f"{stem}.json"
+        while path.exists():  # two attempts in one second: neither replaces the other
+            path, n = run_dir / f"{stem}-{n}.json", n + 1
         write_json(path, record)
         return path
     write_record(run_dir, record)

@@ -300,9 +300,10 @@ def train(
             _stop(save, accelerator, bar, state["step"], total_steps)
     bar.close()
     final_val, began = None, time.perf_counter()
-    if val_batches:
-        losses = [val_loss_on(b, timer=None)() for b in val_batches]
-        final_val = sum(losses) / len(losses)
+    units = [recipe.units(b) for b in val_batches]
+    if sum(units):  # per unit (token, image) over the whole split, as the training loss: not a mean of batch means
+        final_val = sum(val_loss_on(b, timer=None)() * n for b, n in zip(val_batches, units, strict=True) if n)
+        final_val /= sum(units)
     final_val_s = time.perf_counter() - began
     if _asked(should_stop, accelerator):  # asked during the final validation
         _stop(save, accelerator, bar, state["step"], total_steps)

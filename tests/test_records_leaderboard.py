@@ -388,6 +388,8 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
     assert failed["run"]["status"] == "failed" and "out of memory" in failed["run"]["error"]
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
     assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 1
+    runner.run_one(spec, None, forced)  # again, most likely within the same second: a second file
+    assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 2
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -67,6 +67,28 @@ def test_train_on_inputs_masks_the_prompt(char_tokenizer):
     assert len(encode(char_tokenizer, EXAMPLES[0], 10, True).input_ids) == 10  # cut off, no EOS
 
 
+def test_the_final_validation_loss_is_per_token_over_the_split_whatever_the_batch_size(char_tokenizer):
+    """Examples of unequal length: a mean of per-batch means would weigh the short one's tokens more."""
+    val = [
+        Example("Q: 7 plus one? A: ", "it is 8", "toy"),
+        Example("Q: 12 plus one? A: ", "it is 13, I think so", "toy"),
+    ]
+    val += [Example("Q: 3 plus one? A: ", "4", "toy")]
+    losses = []
+    for size in (1, 2, 3):
+        config = dataclasses.replace(CONFIG, steps=1, val_batch_size=size, checkpoint_every=0)
+        adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2, dropout=0.0)
+        recipe = text_recipe(char_tokenizer, config)
+        losses.append(train(adapter.model, recipe, adapter, EXAMPLES, val, config, None, progress=False).final_val_loss)
+        with torch.no_grad():  # the reference: every supervised token of the split at once
+            batch = collate(
+                [encode(char_tokenizer, e, 64, train_on_inputs=False) for e in val], char_tokenizer.pad_token_id
+            )
+            keep, n = supervised_tail(batch["labels"])
+            assert losses[-1] == pytest.approx((loss_sum(adapter.model, batch, keep) / n).item(), rel=1e-5)
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) == losses[2]
+
+
 @pytest.mark.parametrize("method", ["lora", "effilora"])
 def test_training_lowers_the_loss_and_records_what_it_did(method, char_tokenizer, tmp_path):
     reducer = dict(k=2, interval=2) if method == "effilora" else None
