@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ FLOPS_COUNTED_BY = (
     "adapter bypassed (counter version 2, 2026-12-04)"
 )
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
+RERUN = "rerun"  # a forced re-run's outputs, in its run folder, until it succeeds
 
 
 @dataclass(frozen=True)
@@ -295,15 +297,21 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
     finished = _finished_record(run_dir / RECORD)
+    # a re-run of a finished run writes its outputs (adapter, predictions, samples) apart until it succeeds:
+    # one that fails leaves the finished record beside the files that record describes
+    out_dir = run_dir if finished is None else run_dir / RERUN
     if ctx.force and ctx.is_main:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # start over, but keep the finished record until replaced
+        if out_dir != run_dir:
+            shutil.rmtree(out_dir, ignore_errors=True)  # an earlier attempt's
+            out_dir.mkdir(parents=True)
     ctx.barrier()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if ctx.processes is not None:
         device = ctx.processes.device
     record = new_record(spec.run_id, spec.to_dict(), environment())
     try:
-        _execute(spec, task, run_dir, device, record, ctx)
+        _execute(spec, task, run_dir, out_dir, device, record, ctx)
         record["run"]["status"] = "success"
     except (KeyboardInterrupt, Cancelled) as exc:
         why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
@@ -322,6 +330,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
         record["run"]["traceback"] = traceback.format_exc(limit=8)
     if ctx.is_main:
+        if record["run"]["status"] == "success" and out_dir != run_dir:
+            _swap_in(out_dir, run_dir)
         _write_outcome(run_dir, record, finished)
         if record["run"]["status"] == "success":
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -342,7 +352,22 @@ def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, An
     return run_dir / RECORD
 
 
-def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, record: dict[str, Any], ctx) -> None:
+def _swap_in(staged: Path, run_dir: Path) -> None:
+    """A successful re-run's outputs in place of the finished run's, each renamed over its namesake."""
+    for new in sorted(staged.iterdir()):
+        old = run_dir / new.name
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old)
+        elif old.exists() or old.is_symlink():
+            old.unlink()
+        new.rename(old)
+    staged.rmdir()
+
+
+def _execute(
+    spec: RunSpec, task: Task, run_dir: Path, out_dir: Path, device: torch.device, record: dict[str, Any], ctx
+) -> None:
+    """Train (checkpoints in ``run_dir``) and score (the adapter and predictions in ``out_dir``)."""
     loaded = load_model(task, spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = loaded.label
     if loaded.info:
@@ -372,13 +397,13 @@ def _execute(spec: RunSpec, task: Task, run_dir: Path, device: torch.device, rec
                 task_params=loaded.task_params,
             )
         if ctx.is_main:
-            record["train"] = _train_record(spec, adapter, result, run_dir, probe, task, loaded, recipe)
+            record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe)
     record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
     if ctx.is_main:  # one process scores; the others wait at the barrier in run_one
         loaded.model.eval()
         began = time.perf_counter()
         record["eval"] = task.evaluate(
-            loaded, spec.protocol, spec.eval_batch_size, run_dir / PREDICTIONS, progress=ctx.progress
+            loaded, spec.protocol, spec.eval_batch_size, out_dir / PREDICTIONS, progress=ctx.progress
         )
         record["eval_s"] = round(time.perf_counter() - began, 3)
 

@@ -401,6 +401,40 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
     assert len(list((tmp_path / spec.run_id).glob("cancelled-*.json"))) == 1
 
 
+def test_a_forced_rerun_replaces_the_finished_runs_files_only_when_it_succeeds(tmp_path, monkeypatch):
+    """Its adapter and predictions are written apart: a failure (in scoring, say) leaves the finished record
+    beside the files it describes."""
+    from harness import runner
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    finished = fixture_record("lora", 0, 0.0)
+    finished["run"]["id"] = spec.run_id
+    write_fixture(tmp_path, finished)
+    run_dir = tmp_path / spec.run_id
+    (run_dir / "adapter").mkdir()
+    (run_dir / "adapter" / "weights").write_text("first run")
+    (run_dir / "predictions.jsonl").write_text("first run")
+
+    def execute(fail: bool):
+        def run(spec, task, run_dir, out_dir, device, record, ctx):
+            (out_dir / "adapter").mkdir(parents=True)
+            (out_dir / "adapter" / "weights").write_text("re-run")
+            (out_dir / "predictions.jsonl").write_text("re-run")
+            if fail:
+                raise RuntimeError("scoring ran out of memory")
+
+        return run
+
+    forced = runner.RunContext(tmp_path, force=True)
+    monkeypatch.setattr(runner, "_execute", execute(fail=True))
+    assert runner.run_one(spec, None, forced)[0]["run"]["status"] == "failed"
+    assert (run_dir / "adapter" / "weights").read_text() == (run_dir / "predictions.jsonl").read_text() == "first run"
+    monkeypatch.setattr(runner, "_execute", execute(fail=False))
+    assert runner.run_one(spec, None, forced)[0]["run"]["status"] == "success"
+    assert (run_dir / "adapter" / "weights").read_text() == (run_dir / "predictions.jsonl").read_text() == "re-run"
+    assert not (run_dir / runner.RERUN).exists() and read_record(run_dir / RECORD)["run"]["status"] == "success"
+
+
 def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
     from harness import runner
 
