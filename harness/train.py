@@ -195,6 +195,8 @@ def train(
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
         random.setstate(mine["python_rng"])
         state = saved["state"]
+        if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)
+            state["samples"], state["tokens"] = mine["samples"], mine["tokens"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
         resumed_from = state["step"]
 
@@ -228,7 +230,8 @@ def train(
         if accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
-            rngs = gather_object([_rng_state(device)])
+            # with each process's own counts: the record sums them, and the main process's state holds its own
+            rngs = gather_object([{**_rng_state(device), "samples": state["samples"], "tokens": state["tokens"]}])
         if accelerator.is_main_process:
             state["memory"] = memory.state()
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device, rngs)
@@ -366,8 +369,8 @@ def save_checkpoint(
     device: torch.device | None = None,
     process_rngs: list[dict[str, Any]] | None = None,
 ) -> None:
-    """``process_rngs``: under several processes, each one's random state (``_rng_state``), in process order;
-    the top-level states are this process's."""
+    """``process_rngs``: under several processes, each one's random state (``_rng_state``) and its samples and
+    tokens so far, in process order; the top-level states are this process's."""
     state["saved_step"] = state["step"]
     payload = {
         "adapter": adapter.state_dict(),

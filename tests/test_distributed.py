@@ -119,3 +119,5 @@ def test_two_processes_stopped_and_resumed_train_as_if_never_stopped(tiny_model,
     [b] = [read_record(p) for p in (tmp_path / "stopped").glob(f"*/{RECORD}")]
     assert b["train"]["resumed_from_step"] == 3
     assert b["train"]["loss_curve"] == a["train"]["loss_curve"]
+    # the steps before the stop counted once per process, each its own (not the main process's twice)
+    assert (b["train"]["samples"], b["train"]["tokens"]) == (a["train"]["samples"], a["train"]["tokens"])
