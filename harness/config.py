@@ -27,7 +27,9 @@ class ReducerConfig:
     n_suppressed: int | None = None  # None: L // 2
     suppression: float = 0.25
     score_lr: float = 10.0
-    seed: int = 0
+    # None: the seed torch was last seeded with when the adapter was attached, which `harness run` sets to the
+    # run's seed, so each seed draws its own layers (records before 2026-12-04 have 0: one stream for every seed)
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         _check_choice("selection", self.selection, ("importance", "random"))

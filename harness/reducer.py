@@ -35,7 +35,8 @@ class Reducer:
         self.update_counts = [0] * self.num_layers
         self.trajectory: list[dict[str, Any]] = []  # one entry per scoring round
         self.selected: list[int] = list(range(self.num_layers))
-        self._generator = torch.Generator().manual_seed(config.seed)
+        seed = config.seed if config.seed is not None else torch.initial_seed()  # see ReducerConfig.seed
+        self._generator = torch.Generator().manual_seed(seed)
 
     @property
     def active(self) -> bool:

@@ -55,6 +55,21 @@ def test_scores_move_in_the_documented_direction():
     assert summary["layer_names"][0] == "model.layers.0"
 
 
+def test_each_run_seed_draws_its_own_layers_unless_the_reducer_seed_is_fixed():
+    """``harness run`` seeds torch with the run's seed before attaching: without a Reducer seed of its own the
+    selection follows it (seeds 0, 1, 2 of a run are three draws, not one)."""
+
+    def draws(torch_seed: int, **reducer) -> list[list[int]]:
+        model = tiny_llama(layers=6)  # seeds torch itself (0): the run's seed comes after, as in harness run
+        torch.manual_seed(torch_seed)
+        adapter = attach(model, "effilora", targets=TINY_TARGETS, reducer=dict(k=2, **reducer))
+        return [adapter.reducer.select() for _ in range(8)]
+
+    assert draws(0, selection="random") == draws(0, selection="random")
+    assert draws(0, selection="random") != draws(1, selection="random")
+    assert draws(0, selection="random", seed=5) == draws(1, selection="random", seed=5)
+
+
 def test_only_the_selected_layers_heads_change(method):
     adapter = attach(
         tiny_llama(layers=6), method, targets=TINY_TARGETS, dropout=0.0, reducer=dict(k=2, selection="random", seed=3)
