@@ -8,6 +8,7 @@ code on several GPUs.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -249,18 +250,20 @@ def train(
         n_supervised = int(accelerator.reduce(torch.tensor(sum(units), device=device), "sum"))
         scale = accelerator.num_processes / max(n_supervised, 1)
         step_loss = 0.0
-        for batch, n in zip(batches, units, strict=True):
+        for i, (batch, n) in enumerate(zip(batches, units, strict=True)):
             if n == 0 and accelerator.num_processes == 1:  # nothing to learn from; under DDP every process
                 continue  # runs every micro-batch (a skipped backward would leave the others' all-reduce waiting)
             batch = to_device(batch, device)
-            with accelerator.autocast():
-                loss = recipe.loss_sum(model, batch) * scale
-                extra = adapter.extra_loss()
-                if extra is not None:
-                    loss = loss + extra / len(batches)
-                if n == 0:  # (several processes) a backward through the graph that adds nothing
-                    loss = loss * 0.0
-            accelerator.backward(loss)
+            # under DDP the gradients are all-reduced once a step, after its last micro-batch, not after each
+            with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
+                with accelerator.autocast():
+                    loss = recipe.loss_sum(model, batch) * scale
+                    extra = adapter.extra_loss()
+                    if extra is not None:
+                        loss = loss + extra / len(batches)
+                    if n == 0:  # (several processes) a backward through the graph that adds nothing
+                        loss = loss * 0.0
+                accelerator.backward(loss)
             step_loss += loss.item() / accelerator.num_processes
             if n:
                 samples, tokens = recipe.stats(batch)

@@ -34,9 +34,10 @@ def env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_two_processes_write_one_record_with_the_single_process_results(tiny_model, data_dir, tmp_path):
-    common = ["--steps", "4", "--option", "dropout=0", "--micro-batch-size", "2", "--no-leaderboard"]
-    one = run_args(tiny_model, data_dir, tmp_path / "one", "lora", *common, "--grad-accum", "2")
-    two = run_args(tiny_model, data_dir, tmp_path / "two", "lora", *common, "--grad-accum", "1")  # same batch: 4
+    common = ["--steps", "4", "--option", "dropout=0", "--micro-batch-size", "1", "--no-leaderboard"]
+    one = run_args(tiny_model, data_dir, tmp_path / "one", "lora", *common, "--grad-accum", "4")
+    # the same batch, 4: two micro-batches a process, the gradients all-reduced after the second only
+    two = run_args(tiny_model, data_dir, tmp_path / "two", "lora", *common, "--grad-accum", "2")
     single = subprocess.run(one, capture_output=True, text=True, timeout=600, env=env())
     assert single.returncode == 0, single.stderr[-2000:]
     multi = subprocess.run(torchrun(two), capture_output=True, text=True, timeout=600, env=env())
@@ -54,7 +55,7 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
     assert multi.stdout.count("[1/1]") == 1  # one process reports
     assert b["run"]["config"]["processes"] == 2 and "processes" not in a["run"]["config"]  # in the run id too
     # the step's FLOPs cover both processes' micro-batches (other pairings of the same examples: other padding)
-    assert len(b["train"]["flops_per_step"]["micro_batches"]) == len(a["train"]["flops_per_step"]["micro_batches"]) == 2
+    assert len(b["train"]["flops_per_step"]["micro_batches"]) == len(a["train"]["flops_per_step"]["micro_batches"]) == 4
 
 
 @pytest.mark.slow
