@@ -395,6 +395,7 @@ def _execute(
                 progress=ctx.progress,
                 should_stop=ctx.stop.requested,
                 task_params=loaded.task_params,
+                data=task.training_files(),
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe)

@@ -119,10 +119,13 @@ def train(
     progress: bool = True,
     should_stop: Callable[[], bool] | None = None,
     task_params: list[torch.nn.Parameter] | None = None,
+    data: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
-    finite raises ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays)."""
+    finite raises ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays).
+    ``data``: what the training files are (``{file: sha256}``, ``Task.training_files``): kept in a checkpoint, and
+    a checkpoint written on other files is refused instead of resumed on these."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     accelerator = accelerator or Accelerator(
@@ -166,6 +169,7 @@ def train(
         "loss_curve": [],
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
+        "data": dict(data or {}),  # the training files' hashes, checked on resume
     }
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
@@ -182,6 +186,13 @@ def train(
     if saved is not None:
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other training settings; delete it or use --force")
+        then = saved["state"].get("data") or {}
+        if data and then and then != data:
+            changed = sorted(k for k in set(then) | set(data) if then.get(k) != data.get(k))
+            raise ValueError(
+                f"{checkpoint} was written on other training data ({', '.join(changed)} changed since); delete it "
+                "or use --force to start over on this data"
+            )
         adapter.load_state_dict(saved["adapter"])
         with torch.no_grad():
             for p, t in zip(task_params, saved.get("task_params", []), strict=True):

@@ -191,6 +191,22 @@ def test_a_stop_asked_at_the_end_of_training_checkpoints_the_last_step(char_toke
     assert result.resumed_from == CONFIG.steps and result.final_val_loss is not None
 
 
+def test_checkpoint_written_on_other_training_files_is_refused(char_tokenizer, tmp_path):
+    """A run stopped, its training file edited, then started again must not resume on the new file."""
+    config = dataclasses.replace(CONFIG, steps=3)
+
+    def run(sha: str):
+        adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+        recipe = text_recipe(char_tokenizer, config)
+        files = {"ARC-Easy/train.json": sha, "boolq/train.json": "b"}
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path, progress=False, data=files)
+
+    run("a")
+    assert run("a").resumed_from == 2  # the same files: resumed (the checkpoint of step 2)
+    with pytest.raises(ValueError, match=r"other training data \(ARC-Easy/train.json changed since\).*--force"):
+        run("edited")
+
+
 def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(
