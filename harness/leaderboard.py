@@ -238,7 +238,14 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str], ave
         if len(entries) == 1 and entries[0].get("ci"):  # one run's own interval; seeds' cannot be pooled
             intervals[b] = Estimate(values[b], *entries[0]["ci"])
         per_run = [correctness(e, r["run"]["id"]) for e, r in zip(entries, runs, strict=True)]
-        if all(s is not None for s in per_run) and len({examples_key(e) for e in entries}) == 1:
+        keys = {examples_key(e) for e in entries}
+        if all(s is not None for s in per_run) and None in keys:  # a plugin task's entry without its examples' id
+            print(
+                f"warning: {method} {b}: per-example scores without 'examples' (what identifies the examples); "
+                "shown without an interval and compared with nothing (see README 'Adding a task')",
+                file=sys.stderr,
+            )
+        elif all(s is not None for s in per_run) and len(keys) == 1:
             scores[b], answers[b] = np.mean(per_run, axis=0), examples_key(entries[0])
         if any(is_constant(e.get("preds", {}).get(e["metric"], "")) for e in entries if "metric" in e):
             constant.add(b)

@@ -270,6 +270,19 @@ def test_a_seed_run_twice_in_one_row_counts_once_the_newest_with_a_warning(tmp_p
     assert "warning: lora has 2 runs of seed 0; counted once, the newest" in err and "-b8)" in err
 
 
+def test_per_example_scores_without_an_examples_id_are_shown_but_never_paired(tmp_path, capsys):
+    """A plugin task that leaves out ``examples``: unrelated examples must not be pooled or paired (nor crash)."""
+    runs = tmp_path / "runs"
+    for method, scores in (("lora", [100.0, 0.0] * 5), ("effilora", [100.0] * 12)):
+        entry = {"metric": "anls", "value": float(sum(scores) / len(scores)), "n": len(scores), "scores": scores}
+        write_fixture(runs, fixture_record(method, 0, evals={"ARC-Easy": entry}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert (rows["lora"]["ARC-Easy"], rows["effilora"]["ARC-Easy"]) == ("50.0", "100.0")
+    assert rows["effilora"]["ARC-Easy_lo"] == rows["effilora"]["ARC-Easy_vs_lora"] == ""
+    assert "per-example scores without 'examples'" in capsys.readouterr().err
+
+
 def test_vs_lora_is_against_the_plain_lora_row_and_names_the_row_it_used(tmp_path):
     """A better-ranked single-source ``lora`` does not become the reference; where it is the only one, the
     comparisons say so instead of calling it ``lora``."""
