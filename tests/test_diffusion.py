@@ -107,6 +107,27 @@ def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=No
     return (w if attn_mask is None else w + attn_mask).softmax(-1) @ v
 
 
+def test_a_model_trained_for_another_target_than_the_presets_is_refused_before_training(tiny, tmp_path):
+    """A v-prediction model (SD 2.x) under an epsilon preset: the base would sample with one target and the
+    methods learn the other (the preset used to overwrite the scheduler's setting without a word)."""
+    import dataclasses
+    import shutil
+
+    from harness.registry import TASKS
+    from harness.runner import load_model
+
+    folder, data = tiny
+    v_model = tmp_path / "v-pipe"
+    shutil.copytree(folder, v_model)
+    config = v_model / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "prediction_type": "v_prediction"}))
+    [spec] = build_specs("diffusion", ["lora"], [0], "smoke", model=str(v_model))
+    task = TASKS.get("diffusion")(dataclasses.replace(spec.task_options, data_dir=str(data)))
+    loaded = load_model(task, spec, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"was trained for v_prediction .* the preset's objective is epsilon"):
+        task.recipe(loaded, spec.train)
+
+
 @pytest.mark.parametrize("method", ["lora", "hydralora"])
 def test_the_counted_step_is_the_step_that_trains(tiny, monkeypatch, method):
     """The meta replica's FLOPs equal FlopCounterMode's on a real step of the same batch (the caption states
@@ -435,7 +456,7 @@ def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
         assert entry["status"] == "absent" and "open_clip" in entry["reason"]
         assert record["run"]["config"]["task_options"]["scoring"] == {"hps_checkpoint": ckpt.name}
         return
-    with pytest.raises(Exception):  # noqa: B017  (open_clip present: an empty state dict does not load)
+    with pytest.raises(hps.Unavailable, match="does not fit"):  # open_clip present: an empty state dict does not load
         hps.HPSv2(ckpt)
 
 
@@ -839,5 +860,14 @@ def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path
     import argparse  # a training script's args saved beside the weights: pickled code, refused
 
     torch.save({"state_dict": trained.state_dict(), "args": argparse.Namespace(lr=1e-5)}, ckpt)
-    with pytest.raises(hps.Unavailable, match=r"holds more than weights, refused by torch.load\(weights_only=True\)"):
+    with pytest.raises(hps.Unavailable, match=r"not a file of weights alone, refused by torch.load\(weights_only"):
+        hps.HPSv2(ckpt, arch="ViT-H-14")
+    # another model's weights, or no state dict at all: absent with the reason, not a crash after training
+    torch.save({"state_dict": {"other.weight": torch.zeros(2)}}, ckpt)
+    with pytest.raises(
+        hps.Unavailable, match=r"does not fit open_clip's ViT-H-14 \(RuntimeError: Error\(s\) in loading"
+    ):
+        hps.HPSv2(ckpt, arch="ViT-H-14")
+    torch.save([torch.zeros(2)], ckpt)
+    with pytest.raises(hps.Unavailable, match=r"does not fit open_clip's ViT-H-14"):
         hps.HPSv2(ckpt, arch="ViT-H-14")

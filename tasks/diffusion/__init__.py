@@ -160,6 +160,14 @@ class DiffusionTask(Task):
 
         keys = ("prediction_type", "snr_gamma", "noise_offset")
         objective = Objective(**{k: self.settings[k] for k in keys if k in self.settings})
+        own = loaded.model.scheduler.config.get("prediction_type", "epsilon")
+        if own != objective.prediction_type:  # the zero-shot base samples with its own target, the methods with ours
+            raise ValueError(
+                f"model {loaded.label!r} was trained for {own} (its scheduler's prediction_type), the preset's "
+                f"objective is {objective.prediction_type}: the methods would learn and sample another target than "
+                f"the base; use a model trained for {objective.prediction_type}, or a preset with "
+                f"prediction_type={own!r} (a plugin can add one to DiffusionTask.presets)"
+            )
         loaded.model.scheduler.register_to_config(prediction_type=objective.prediction_type)
         return DiffusionRecipe(loaded.model, objective)
 

@@ -2,7 +2,7 @@
 for its prompt is 100 x the cosine of their embeddings, as EffiLoRA Table 5 reports it.
 
 The user supplies the checkpoint (``--hps-checkpoint``: ``HPS_v2_compressed.pt``, a dict with a
-``state_dict``), loaded with ``weights_only=True``: a file that holds more than weights is refused. The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
+``state_dict``), loaded with ``weights_only=True``: a file that holds more than weights is refused, and one that does not fit the model leaves the column absent. The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
 tokenizer's BPE vocabulary file, which open-clip-torch ships, so it is not needed. open_clip imports
 torchvision: where that import fails (a CPU machine without a working torchvision) HPS v2 is ``absent``.
 """
@@ -41,12 +41,18 @@ class HPSv2:
         )
         try:  # tensors and plain containers only: a checkpoint file cannot run code here
             state = torch.load(checkpoint, map_location=device, weights_only=True)
-        except pickle.UnpicklingError as exc:
+        except pickle.UnpicklingError as exc:  # pickled objects beyond tensors, or not a torch file at all
             raise Unavailable(
-                f"HPS v2 checkpoint {checkpoint.name!r} holds more than weights, refused by torch.load(weights_only="
-                f"True) ({str(exc).splitlines()[0]}); save its state_dict alone and pass that file"
+                f"HPS v2 checkpoint {checkpoint.name!r} is not a file of weights alone, refused by torch.load("
+                f"weights_only=True) ({str(exc).splitlines()[0]}); pass HPS v2's state_dict saved on its own"
             ) from None
-        model.load_state_dict(state.get("state_dict", state))
+        try:  # weights of another model, or not a state dict at all: the column is absent, the run goes on
+            model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        except (RuntimeError, KeyError, AttributeError, TypeError) as exc:
+            raise Unavailable(
+                f"HPS v2 checkpoint {checkpoint.name!r} does not fit open_clip's {arch} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0]}); pass HPS v2's own checkpoint"
+            ) from None
         self.model, self.preprocess = model.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = device
