@@ -704,10 +704,7 @@ def test_two_runs_starting_at_once_pretrain_the_embedded_base_once(tmp_path, mon
     made, real = [], pretrain._pretrain
     monkeypatch.setattr(pretrain, "_pretrain", lambda *a, **k: made.append(1) or real(*a, **k))
     out: list = []
-    runs = [
-        threading.Thread(target=lambda: out.append(pretrain.ensure_base(rows, torch.device("cpu"), settings, False)))
-        for _ in range(2)
-    ]
+    runs = [threading.Thread(target=lambda: out.append(pretrain.ensure_base(rows, settings, False))) for _ in range(2)]
     for t in runs:
         t.start()
     for t in runs:

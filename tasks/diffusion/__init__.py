@@ -110,7 +110,7 @@ class DiffusionTask(Task):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         info: dict[str, Any] = {"frozen": "VAE and text encoder (adapters on the UNet only)"}
         if model == models.EMBEDDED and not random_weights:
-            folder, base = pretrain.ensure_base(self.data.base or _twemoji_base(), device)
+            folder, base = pretrain.ensure_base(self.data.base or _twemoji_base())
             pipe = dmodel.load_folder(folder, device, dtype)
             info["base"] = {
                 k: base[k]

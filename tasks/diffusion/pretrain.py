@@ -53,9 +53,12 @@ def base_folder(base_rows: list[ddata.Item], settings: dict[str, Any] | None = N
 
 
 def ensure_base(
-    base_rows: list[ddata.Item], device: torch.device, settings: dict[str, Any] | None = None, progress: bool = True
+    base_rows: list[ddata.Item], settings: dict[str, Any] | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
-    """The cached base folder, pre-training it first if it is not there (once; minutes on a CPU)."""
+    """The cached base folder, pre-training it first if it is not there (once; minutes). Always on the CPU,
+    also where the runs use a GPU: its cache key names the rows and settings, and a GPU's random numbers
+    (and kernels) would make another base under the same key."""
+    device = torch.device("cpu")
     settings = settings or SETTINGS
     folder, key = base_folder(base_rows, settings)
     if (folder / INFO).is_file():
