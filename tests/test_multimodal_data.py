@@ -140,6 +140,25 @@ def test_data_without_captions_stops_the_embedded_model_before_its_weights_load(
         task.load("embedded", torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
 
 
+def test_the_stage1_cache_key_of_your_own_data_covers_its_caption_images(folder, monkeypatch):
+    """Images re-rendered under the same captions.json must not load the projector aligned on the old ones."""
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+    from tasks.multimodal import stage1, vision
+
+    _write(folder, "captions.json", [{k: v for k, v in _train("c1").items() if k != "domain"}])
+    keys = []
+    monkeypatch.setattr(stage1, "align_projector", lambda *a, cache_key, **k: keys.append(cache_key) or {"path": "p"})
+    monkeypatch.setattr(stage1, "prompt_for", lambda tokenizer, template: "")
+    monkeypatch.setattr(vision, "provenance", lambda: {"weights_sha256": "w"})
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    task._stage1(None, None, {})
+    task._stage1(None, None, {})
+    Image.new("RGB", (8, 8), "green").save(folder / "images" / "a.png")  # the caption's image, re-rendered
+    task._stage1(None, None, {})
+    assert keys[0] == keys[1] != keys[2] and keys[0]["captions_sha256"] == keys[2]["captions_sha256"]
+
+
 def test_a_run_on_some_domains_is_checked_against_their_training_files_only(folder):
     from harness import runner
     from harness.registry import TASKS

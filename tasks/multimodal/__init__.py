@@ -168,6 +168,12 @@ class MultimodalTask(Task):
             "language_model": models.EMBEDDED_LABEL,
             "vision_sha256": vision.provenance()["weights_sha256"],
         }
+        if not (self.data_dir / "build.json").is_file():  # your own data: images can change under one captions
+            # file (generated data's are fixed by its build, whose draws make the captions file; its key stays)
+            digest = hashlib.sha256()
+            for image in dict.fromkeys(i for i, _ in pairs):
+                digest.update(_sha256(Path(image)).encode())
+            key["images_sha256"] = digest.hexdigest()
         settings = dict(settings)
         prompt = stage1.prompt_for(tokenizer, settings.pop("template", "raw"))
         done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, prompt=prompt, **settings)
