@@ -286,3 +286,24 @@ def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypat
     assert not other_init["loaded"]  # the projector's starting weights are part of the key
     with pytest.raises(ValueError, match="steps=0"):
         stage1.align_projector(fresh, char_tokenizer, captions, **{**run, "steps": 0})
+
+
+def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_tokenizer, tmp_path):
+    """LLaVA-style conversations ask more about the same image: the second answer is learnt after the first
+    turn and with the image, its loss on that answer only (it used to be asked with neither)."""
+    from types import SimpleNamespace
+
+    from tasks.multimodal.recipe import Formatter, MultimodalRecipe, examples_from
+
+    image = tmp_path / "a.png"
+    turns = [("<image>\nWhat is it?", "a cat"), ("What colour?", "red")]
+    first, second = examples_from([SimpleNamespace(id="r", domain="general", images=[image], turns=turns)])
+    assert (first.meta["images"], first.meta["history"]) == ([image], [])
+    assert (second.meta["images"], second.meta["history"]) == ([image], [turns[0]])
+    recipe = MultimodalRecipe(Formatter(tiny_model(), char_tokenizer), 256)
+    encoded = recipe.encode(second)
+    assert encoded.input_ids.count(IMAGE_ID) == 4 and encoded.images == [image]
+    prompt = char_tokenizer.decode(encoded.input_ids)
+    assert prompt == "USER: What is it? ASSISTANT: a cat<eos>USER: What colour? ASSISTANT:red"  # the image ids drop
+    learnt = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != -100]
+    assert char_tokenizer.decode(learnt) == "red"  # and EOS (not decoded): never the earlier answer

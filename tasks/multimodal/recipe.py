@@ -22,13 +22,19 @@ from tasks.multimodal import vision
 from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, image_geometry, pad_id
 
 
-def chat_prompt(tokenizer: Any, human: str) -> str:
-    """``human`` as the user turn in ``tokenizer``'s chat template, ending where the answer starts
-    (LLaVA-1.5's ``USER: … ASSISTANT:`` when the tokenizer has no template). Stage 1 and stage 2 both use it."""
+def chat_prompt(tokenizer: Any, human: str, history: Sequence[tuple[str, str]] = ()) -> str:
+    """``human`` as the user turn in ``tokenizer``'s chat template, after the conversation's earlier
+    ``(human, gpt)`` turns, ending where the answer starts (LLaVA-1.5's ``USER: … ASSISTANT: …</s>`` turns
+    when the tokenizer has no template). Stage 1 and stage 2 both use it."""
     if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": human}]
+        messages = [
+            m for h, g in history for m in ({"role": "user", "content": h}, {"role": "assistant", "content": g})
+        ]
+        messages.append({"role": "user", "content": human})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+    end = getattr(tokenizer, "eos_token", None) or ""  # LLaVA-1.5 (Vicuna v1) ends an answer with </s>
+    earlier = "".join(f"USER: {h} ASSISTANT: {g}{end}" for h, g in history)
+    return f"{earlier}USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
 
 
 @dataclass
@@ -63,9 +69,9 @@ class Formatter:
             cache.update(zip(missing, encoded, strict=True))
         return torch.stack([cache[p] for p in images])
 
-    def prompt(self, human: str) -> str:
-        """The human turn in the model's chat format, ending where the answer starts."""
-        return chat_prompt(self.tokenizer, human)
+    def prompt(self, human: str, history: Sequence[tuple[str, str]] = ()) -> str:
+        """The human turn in the model's chat format, after the earlier turns, ending where the answer starts."""
+        return chat_prompt(self.tokenizer, human, history)
 
     def ids(self, text: str) -> list[int]:
         """Token ids without special tokens added; each ``<image>`` becomes the model's placeholders."""
@@ -99,7 +105,7 @@ class MultimodalRecipe(Recipe):
         self.fmt, self.cutoff_len = fmt, cutoff_len
 
     def encode(self, example: Example) -> Encoded:
-        prompt = self.fmt.ids(self.fmt.prompt(example.prompt))
+        prompt = self.fmt.ids(self.fmt.prompt(example.prompt, example.meta.get("history", ())))
         target = self.fmt.target_ids(example.target)
         if self.fmt.eos_id is not None:
             target.append(self.fmt.eos_id)
@@ -141,13 +147,15 @@ class MultimodalRecipe(Recipe):
 
 
 def examples_from(records: Sequence[Any]) -> list[Example]:
-    """Training examples from data records: each (human, gpt) turn of a conversation is one example,
-    its images given to the turn that holds the ``<image>`` tags (LLaVA-style data has them in the first)."""
+    """Training examples from data records: each (human, gpt) turn of a conversation is one example, the loss
+    on its answer, with the conversation's earlier turns as its context (``meta["history"]``) and the images
+    their ``<image>`` tags and its own call for (LLaVA-style data has them in the first turn): a later
+    question is about the image the conversation showed, not asked without it."""
     out = []
     for r in records:
-        images = list(r.images)
-        for human, gpt in r.turns:
-            n = human.count(IMAGE_TAG)
-            out.append(Example(human, gpt, r.domain, {"images": images[:n], "id": r.id}))
-            images = images[n:]
+        seen = 0
+        for k, (human, gpt) in enumerate(r.turns):
+            seen += human.count(IMAGE_TAG)
+            meta = {"images": list(r.images[:seen]), "id": r.id, "history": list(r.turns[:k])}
+            out.append(Example(human, gpt, r.domain, meta))
     return out
