@@ -307,3 +307,25 @@ def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_
     assert prompt == "USER: What is it? ASSISTANT: a cat<eos>USER: What colour? ASSISTANT:red"  # the image ids drop
     learnt = [t for t, label in zip(encoded.input_ids, encoded.labels, strict=True) if label != -100]
     assert char_tokenizer.decode(learnt) == "red"  # and EOS (not decoded): never the earlier answer
+
+
+def test_the_paper_llava_reads_its_prompt_after_bos_as_its_processor_gives_it(char_tokenizer):
+    """LLaVA's processor puts BOS first (its Vicuna always saw one); the prompt, tokenised here in pieces
+    without special tokens, gets it in front, in training and scoring alike; the embedded model none."""
+    from tokenizers import processors
+
+    from harness.models import load_config_dict
+    from tasks.multimodal.recipe import Formatter
+
+    tokenizer = tiny_word_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    assert tokenizer("a cat")["input_ids"][0] == bos  # as a Llama tokenizer does
+    torch.manual_seed(0)
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    model, processor = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tokenizer)
+    fmt = Formatter(model, processor)
+    ids = fmt.ids("<image>\nthe cat")
+    assert ids[0] == bos and ids.count(bos) == 1 and ids.count(model.config.image_token_id) == 4
+    assert Formatter(tiny_model(), char_tokenizer).ids("ab") == char_tokenizer("ab")["input_ids"]  # SmolLM2: none

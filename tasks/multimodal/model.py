@@ -7,7 +7,9 @@
 - placeholders: LLaVA's processor repeats the added token ``<image>`` (id 32000) 576 times in the *text*
   ((336/14)² patches, CLS dropped by ``vision_feature_select_strategy="default"``) and tokenises the whole
   string, BOS added. ``expand_image_tokens`` splits the text at ``<image>``, tokenises each piece alone
-  (``add_special_tokens=False``; SmolLM2 has no BOS) and inserts 49 ids of an unused special token.
+  (``add_special_tokens=False``) and inserts the placeholders (49 ids of an unused special token in the
+  embedded model); the recipe's ``Formatter.ids`` puts BOS in front where the tokenizer adds one (LLaVA's
+  Llama tokenizer; SmolLM2 has none).
 - pixels: CLIP (shortest edge → 336 bicubic, centre crop, CLIP mean/std) vs. ImageNet normalisation at
   224 px after padding to a square (``vision.preprocess``).
 - forward: both take ``input_ids, attention_mask, position_ids, pixel_values, use_cache, logits_to_keep``

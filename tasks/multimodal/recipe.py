@@ -58,6 +58,14 @@ class Formatter:
         self.image_size, self.tokens_per_image = image_geometry(model)
         self.image_token_id = model.image_token_id if self.embedded else model.config.image_token_id
         self.feature_cache: dict[Path, torch.Tensor] | None = None  # scoring: each image encoded once
+        # LLaVA's processor tokenises the whole prompt with BOS first (Vicuna always saw one); ours tokenises it
+        # in pieces without special tokens, so the BOS goes in front here, in training and scoring alike.
+        # The embedded SmolLM2 adds none.
+        self.bos: list[int] = []
+        bos_id = getattr(self.tokenizer, "bos_token_id", None)
+        if not self.embedded and bos_id is not None:
+            probe = list(self.tokenizer("a")["input_ids"])
+            self.bos = [bos_id] if probe and probe[0] == bos_id else []
 
     def features(self, images: Sequence[Path]) -> torch.Tensor:
         """The frozen encoder's output for ``images`` (embedded model), each image encoded once."""
@@ -74,8 +82,9 @@ class Formatter:
         return chat_prompt(self.tokenizer, human, history)
 
     def ids(self, text: str) -> list[int]:
-        """Token ids without special tokens added; each ``<image>`` becomes the model's placeholders."""
-        return expand_image_tokens(self.tokenizer, text, self.image_token_id, self.tokens_per_image)
+        """Token ids (the BOS a LLaVA tokenizer adds, then the text without special tokens); each ``<image>``
+        becomes the model's placeholders."""
+        return self.bos + expand_image_tokens(self.tokenizer, text, self.image_token_id, self.tokens_per_image)
 
     def target_ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
