@@ -40,6 +40,16 @@ class ReducerConfig:
         for name in ("interval", "rollouts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"reducer {name} must be >= 1 (got {getattr(self, name)})")
+        if self.n_suppressed is not None and self.n_suppressed < 1:
+            raise ValueError(
+                f"reducer n_suppressed must be >= 1, or unset for half the layers (got {self.n_suppressed})"
+            )
+        if not 0.0 <= self.suppression < 1.0:  # NaN fails too
+            raise ValueError(
+                f"reducer suppression must be in [0, 1): the scale of a suppressed layer (got {self.suppression})"
+            )
+        if not (math.isfinite(self.score_lr) and self.score_lr > 0):
+            raise ValueError(f"reducer score_lr must be a finite number > 0 (got {self.score_lr})")
 
     def resolve_k(self, num_layers: int) -> int:
         k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))

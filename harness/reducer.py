@@ -27,7 +27,7 @@ class Reducer:
         self.groups = [list(g) for g in groups]
         self.num_layers = len(self.groups)
         self.k = config.resolve_k(self.num_layers)
-        self.n_suppressed = config.n_suppressed or max(1, self.num_layers // 2)
+        self.n_suppressed = config.n_suppressed if config.n_suppressed is not None else max(1, self.num_layers // 2)
         if not 1 <= self.n_suppressed <= self.num_layers:
             raise ValueError(f"n_suppressed={self.n_suppressed} is outside 1..{self.num_layers}")
         self.heads = [[p for layer in g for p in layer.reducer_parameters()] for g in self.groups]

@@ -7,6 +7,7 @@ lookup; outside packages register through an entry-point group; a single file re
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -22,10 +23,11 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A registry of named classes of one kind (``method``, ``task``)."""
 
-    def __init__(self, kind: str, builtin_package: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, builtin_package: str, entry_point_group: str, base: str) -> None:
         self.kind = kind
         self.builtin_package = builtin_package
         self.entry_point_group = entry_point_group
+        self.base = base  # "module:Class" every registered class must subclass
         self._entries: dict[str, T] = {}
         self._loaded = False
 
@@ -35,6 +37,7 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} name {name!r} must be a lower-case Python identifier (e.g. 'my_lora')")
 
         def decorator(obj: T) -> T:
+            self._check(name, obj)
             existing = self._entries.get(name)
             if existing is not None and existing is not obj:
                 raise ValueError(
@@ -47,11 +50,39 @@ class Registry(Generic[T]):
 
         return decorator
 
+    def _check(self, name: str, obj: object) -> None:
+        """A registered class is a subclass of ``self.base`` (a method's ``config_cls`` a dataclass of
+        ``AdapterConfig``): a plugin that registers something else fails here, in one line, not later."""
+        module, _, cls_name = self.base.partition(":")
+        base = getattr(importlib.import_module(module), cls_name)
+        if not (isinstance(obj, type) and issubclass(obj, base)):
+            raise ValueError(f"{self.kind} {name!r}: {_qualname(obj)} is not a subclass of {cls_name}; register one")
+        if self.kind == "method":
+            from harness.config import AdapterConfig
+
+            config_cls = getattr(obj, "config_cls", None)
+            if not (isinstance(config_cls, type) and issubclass(config_cls, AdapterConfig)):
+                raise ValueError(
+                    f"method {name!r}: its config_cls ({config_cls!r}) is not a dataclass subclassing AdapterConfig"
+                )
+            if not dataclasses.is_dataclass(config_cls):
+                raise ValueError(
+                    f"method {name!r}: its config_cls {_qualname(config_cls)} needs @dataclass(frozen=True)"
+                )
+
     def _load(self) -> None:
         if self._loaded:
             return
         self._loaded = True
-        importlib.import_module(self.builtin_package)
+        module = importlib.import_module(self.builtin_package)
+        home = Path(__file__).resolve().parents[1]  # beside the harness package, installed or checked out
+        where = Path(getattr(module, "__file__", None) or home / "?").resolve()
+        if home not in where.parents:
+            self._loaded = False
+            raise ValueError(
+                f"a {self.builtin_package!r} module at {where} hides lora-harness's built-in {self.kind}s "
+                f"(the package of that name beside harness/); rename yours or run from another folder"
+            )
         for ep in entry_points(group=self.entry_point_group):
             try:
                 ep.load()  # registration happens at import time
@@ -111,5 +142,5 @@ def _qualname(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-METHODS: Registry = Registry("method", "methods", "harness.methods")
-TASKS: Registry = Registry("task", "tasks", "harness.tasks")
+METHODS: Registry = Registry("method", "methods", "harness.methods", "harness.adapter:AdapterLinear")
+TASKS: Registry = Registry("task", "tasks", "harness.tasks", "harness.task:Task")

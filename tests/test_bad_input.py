@@ -184,6 +184,21 @@ CASES = [
     ),
     bad("option-int-wrong-type", run("--option", "r=abc"), r"option r='abc' must be an integer"),
     bad(
+        "reducer-n-suppressed-zero",
+        run("--methods", "effilora", "--option", "n_suppressed=0"),
+        r"reducer n_suppressed must be >= 1, or unset for half the layers \(got 0\)",
+    ),
+    bad(
+        "reducer-score-lr-nan",
+        run("--methods", "effilora", "--option", "score_lr=nan"),
+        r"reducer score_lr must be a finite number > 0 \(got nan\)",
+    ),
+    bad(
+        "reducer-suppression-above-one",
+        run("--methods", "effilora", "--option", "suppression=5"),
+        r"reducer suppression must be in \[0, 1\): the scale of a suppressed layer \(got 5\.0\)",
+    ),
+    bad(
         "option-bool-wrong-type",
         run("--methods", "effilora", "--option", "train_shared_a=maybe"),
         r"option train_shared_a='maybe' must be true or false",

@@ -166,13 +166,32 @@ def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
     assert json.loads(result.stdout)[0]["trainable"] == REFERENCE["lora"][0]
 
 
-def test_registry_rejects_duplicates_and_bad_names():
-    registry: Registry = Registry("method", "methods", "harness.none")
-    registry.register("x")(type("X", (), {}))
+def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task():
+    from harness.adapter import AdapterLinear
+    from harness.task import Task
+
+    registry: Registry = Registry("task", "tasks", "harness.none", "harness.task:Task")
+    registry.register("x")(type("X", (Task,), {}))
     with pytest.raises(ValueError, match="already registered"):
-        registry.register("x")(type("Y", (), {}))
+        registry.register("x")(type("Y", (Task,), {}))
     with pytest.raises(ValueError, match="lower-case Python identifier"):
         registry.register("My-Method")
+    with pytest.raises(ValueError, match=r"task 'f': .*lambda> is not a subclass of Task; register one"):
+        registry.register("f")(lambda: None)
+    methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
+    with pytest.raises(ValueError, match=r"method 'plain': its config_cls \(None\) is not a dataclass"):
+        methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": None}))
+
+
+def test_a_local_tasks_module_that_hides_the_built_ins_is_named(tmp_path):
+    """``python -m harness`` (and torchrun -m) puts the working folder first: a tasks.py there would hide every
+    built-in task and leave an empty list; it is named instead."""
+    (tmp_path / "tasks.py").write_text("")
+    result = subprocess.run(
+        [sys.executable, "-m", "harness", "list", "tasks"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "a 'tasks' module at" in result.stderr and "hides lora-harness's built-in tasks" in result.stderr
 
 
 def test_list_methods_shows_every_registered_one():

@@ -148,6 +148,7 @@ class VectorTask(Task):
 
 @pytest.fixture
 def vector_task(monkeypatch):
+    TASKS.names()  # the built-ins loaded first: the copy restored afterwards must hold them
     monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))
     TASKS.register("vectors")(VectorTask)
     return VectorTask
