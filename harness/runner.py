@@ -108,6 +108,9 @@ def build_specs(
             f"unknown protocol {protocol!r} for task {task!r}; choose one of: {', '.join(task_cls.protocols)}"
         )
     train_overrides = dict(train_overrides or {})
+    if unused := [k for k in train_overrides if k in task_cls.unused_train_settings]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unused)
+        raise ValueError(f"{flags} does not apply to the {task} task (its training never reads it); leave it out")
     if train_overrides.get("epochs") is not None:  # a preset's step count would win over the epochs asked for
         if train_overrides.get("steps") is not None:
             raise ValueError("give --steps or --epochs, not both (a step count makes the epochs count for nothing)")

@@ -141,6 +141,9 @@ class Task(ABC):
     averaged: ClassVar[tuple[str, ...] | None] = None  # the columns the leaderboard's Avg covers (None: all)
     default_preset: ClassVar[str] = "embedded"
     scorers: ClassVar[tuple[str, ...]] = ()  # the optional scorers (TaskOptions.scoring keys) the task reads
+    # TrainConfig fields its recipe never reads (e.g. train_on_inputs where the loss is always on the answer):
+    # setting one is refused, not ignored under a new run id
+    unused_train_settings: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

@@ -210,6 +210,11 @@ CASES = [
     bad("lr-nan", run("--lr", "nan"), r"epochs and lr must be finite numbers > 0 \(got 1\.0, nan\)"),
     bad("steps-and-epochs", run("--steps", "3", "--epochs", "2"), r"give --steps or --epochs, not both"),
     bad(
+        "train-on-inputs-on-diffusion",
+        [*RUN[:4], "diffusion", *RUN[5:], "--train-on-inputs", "true"],
+        r"--train-on-inputs does not apply to the diffusion task \(its training never reads it\); leave it out",
+    ),
+    bad(
         "judge-model-on-commonsense",
         run("--judge-model", "gpt-4o"),
         r"--judge-model does not apply to the commonsense task",

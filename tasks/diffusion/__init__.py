@@ -43,6 +43,7 @@ class DiffusionTask(Task):
     presets = PRESETS
     columns = ("similarity", "fidelity", "kid", *JUDGE_COLUMNS, "judge_avg", "hps_v2")
     scorers = ("judge_model", "hps_checkpoint")
+    unused_train_settings = ("train_on_inputs",)  # the loss is the denoising one: there is no text to learn
     averaged = ("similarity", "fidelity")  # Avg: the two offline scores on a 0-100 scale, higher is better
 
     @classmethod

@@ -35,6 +35,7 @@ class MultimodalTask(Task):
     version = "1"
     protocols = ("native", "lmms-eval")
     presets = PRESETS
+    unused_train_settings = ("train_on_inputs",)  # the loss is on the answers: the image and question are input
     columns = data.DOMAINS
 
     @classmethod
