@@ -70,7 +70,12 @@ def cmd_params(args: argparse.Namespace) -> None:
         METHODS.get(method)
         meta = build_meta(args.model, trust_remote_code=args.trust_remote_code)
         base = sum(p.numel() for p in meta.model.parameters())
-        adapter = attach(meta.root, method, **method_options(args))
+        options = method_options(args)
+        if "targets" not in options and type(meta.root).__name__ == "UNet2DConditionModel":
+            from tasks.diffusion.presets import TARGETS  # a UNet has no q_proj: its attention's, as the suite adapts
+
+            options["targets"] = TARGETS
+        adapter = attach(meta.root, method, **options)
         trainable = adapter.num_trainable_params
         rows.append(
             {
@@ -134,10 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rank", type=int, help="rank r (default 16)")
-    p.add_argument("--alpha", type=float, help="alpha (default 32); scaling = alpha / r")
-    p.add_argument("--heads", type=int, help="B heads m for multi-head methods (default 4)")
-    p.add_argument("--targets", help=f"module names, comma-separated, or a regex (default {','.join(DEFAULT_TARGETS)})")
+    p.add_argument("--rank", type=int, help="rank r (default: run, the preset's; params, 16)")
+    p.add_argument("--alpha", type=float, help="alpha; scaling = alpha / r (default: run, the preset's; params, 32)")
+    p.add_argument("--heads", type=int, help="B heads m for multi-head methods (default: run, the preset's; params, 4)")
+    p.add_argument(
+        "--targets",
+        help="module names, comma-separated, or a regex (default: run, the preset's; params, "
+        f"{','.join(DEFAULT_TARGETS)})",
+    )
     p.add_argument(
         "--option",
         action="append",

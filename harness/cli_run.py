@@ -88,6 +88,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
     if args.leaderboard and out.exists() and not out.is_dir():
         raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
+    if args.quiet:  # transformers' and the hub's own bars too (loading weights, downloads)
+        import huggingface_hub.utils
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        huggingface_hub.utils.disable_progress_bars()
     try:
         records = run_all(
             specs,
@@ -158,7 +164,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--preset", help="the task's scale: smoke | embedded | paper (default: the task's default_preset, embedded)"
     )
     p.add_argument("--model", help="override the preset's model: 'embedded', a folder, or a hub id")
-    p.add_argument("--protocol", help="scoring protocol: cloze | choice | generate | lm-eval (default: the preset's)")
+    p.add_argument(
+        "--protocol",
+        help="scoring protocol; commonsense: cloze | choice | generate | lm-eval, multimodal: native | lmms-eval, "
+        "diffusion: native (default: the preset's)",
+    )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     p.add_argument("--data-dir", help="folder of benchmark folders (default: $HARNESS_DATA_DIR, else download)")
     p.add_argument("--runs-dir", default="runs", help="where run folders and records go (default runs/)")
@@ -177,7 +187,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--grad-accum", type=int, help="micro-batches per optimizer step (batch = micro x accum x processes)"
     )
     p.add_argument("--train-on-inputs", type=_bool, metavar="true|false", help="loss on prompt tokens too")
-    p.add_argument("--template", help="prompt template: cloze | clean | llm-adapters (default: the protocol's)")
+    p.add_argument(
+        "--template", help="prompt template; commonsense: cloze | clean | llm-adapters (default: the protocol's)"
+    )
     p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
     p.add_argument("--train-cap", type=int, help="training examples per benchmark (multimodal: per domain)")
     p.add_argument(
@@ -205,7 +217,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train through the adapters' fast path (fused first matmuls, one dropout draw per shared input; "
         "faster on a CPU, other dropout draws): recorded, its own run id and leaderboard row",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (ours, transformers' and the hub's)")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",

@@ -68,6 +68,9 @@ def test_params_on_the_other_paper_models(capsys, model, base):
     rows = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in rows] == sorted(METHODS.names())
     assert all(r["base"] == base and r["trainable"] > 0 for r in rows)
+    if "diffusion" in model:  # a UNet without --targets: its attention's, as the diffusion suite adapts (no q_proj)
+        assert main(["params", "--model", model, "--methods", "all", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == rows
 
 
 def test_params_from_a_local_config(tmp_path, capsys):
