@@ -158,7 +158,7 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _early_plugins(argv)
+        argv = _early_plugins(argv)
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         args.func(args)
     except (CliError, ValueError, OSError) as exc:
@@ -175,16 +175,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _early_plugins(argv: list[str]) -> None:
+def _early_plugins(argv: list[str]) -> list[str]:
     """Load ``--plugin`` files before parsing, so their names are known to every command (``ValueError`` if
-    one cannot be loaded; ``main`` prints it as one line)."""
-    for i, arg in enumerate(argv):
-        path = (
-            argv[i + 1]
-            if arg == "--plugin" and i + 1 < len(argv)
-            else arg.partition("=")[2]
-            if arg.startswith("--plugin=")
-            else None
-        )
-        if path:
-            load_plugin(path)
+    one cannot be loaded; ``main`` prints it as one line); ``argv`` without them, so that one given after the
+    command (``harness params --plugin x.py``) works as one given before it."""
+    rest, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--plugin" and i + 1 < len(argv):
+            load_plugin(argv[i + 1])
+            i += 2
+            continue
+        if arg.startswith("--plugin="):
+            load_plugin(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+        i += 1
+    return rest

@@ -23,6 +23,8 @@ def _seeds(value: str) -> list[int]:
         raise CliError(f"--seeds {value!r} must be comma-separated integers, e.g. 0,1,2") from None
     if not seeds:
         raise CliError("--seeds is empty; e.g. --seeds 0,1,2")
+    if bad := [s for s in seeds if not 0 <= s < 2**32]:
+        raise CliError(f"--seeds {bad[0]} is out of range; a seed is an integer in 0..{2**32 - 1}")
     return seeds
 
 

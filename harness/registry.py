@@ -124,6 +124,8 @@ def load_plugin(path: str | Path) -> None:
         raise ValueError(f"plugin {str(path)!r} is not a .py file; {what}")
     for registry in (METHODS, TASKS):
         registry._load()  # built-ins first: a plugin that reuses one of their names is the one refused
+    if path.resolve() in _PLUGINS_LOADED:  # named twice, or loaded again in a notebook: once is enough
+        return
     module_name = f"harness_plugin_{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -136,6 +138,10 @@ def load_plugin(path: str | Path) -> None:
         sys.modules.pop(module_name, None)
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
+    _PLUGINS_LOADED.add(path.resolve())
+
+
+_PLUGINS_LOADED: set[Path] = set()
 
 
 def _qualname(obj: object) -> str:

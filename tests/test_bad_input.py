@@ -208,6 +208,8 @@ CASES = [
     bad("alpha-zero", run("--alpha", "0"), r"alpha must be a finite number > 0 \(got 0\.0\)"),
     bad("alpha-nan", run("--alpha", "nan"), r"alpha must be a finite number > 0 \(got nan\)"),
     bad("lr-nan", run("--lr", "nan"), r"epochs and lr must be finite numbers > 0 \(got 1\.0, nan\)"),
+    bad("seed-too-large", run("--seeds", "0,99999999999999999999"), r"--seeds 99999999999999999999 is out of range"),
+    bad("seed-negative", run("--seeds", "-1"), r"--seeds -1 is out of range; a seed is an integer in 0\.\.4294967295"),
     bad("steps-and-epochs", run("--steps", "3", "--epochs", "2"), r"give --steps or --epochs, not both"),
     bad(
         "train-on-inputs-on-diffusion",

@@ -139,6 +139,10 @@ def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path):
         "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "half_lora", "--json"
     )
     assert json.loads(counted.stdout)[0]["trainable"] == REFERENCE["lora"][0]
+    # given twice, or after the command: loaded once, and the command still parses
+    again = run_cli("--plugin", str(plugin), "params", "--plugin", str(plugin), "--methods", "half_lora", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)[0]["method"] == "half_lora"
 
 
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
