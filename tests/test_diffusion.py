@@ -128,7 +128,7 @@ def test_a_model_trained_for_another_target_than_the_presets_is_refused_before_t
         task.recipe(loaded, spec.train)
 
 
-@pytest.mark.parametrize("method", ["lora", "hydralora"])
+@pytest.mark.parametrize("method", ALL_METHODS)
 def test_the_counted_step_is_the_step_that_trains(tiny, monkeypatch, method):
     """The meta replica's FLOPs equal FlopCounterMode's on a real step of the same batch (the caption states
     need no gradient in either: counting them with one, as before, added the gradient w.r.t. them)."""
@@ -150,7 +150,8 @@ def test_the_counted_step_is_the_step_that_trains(tiny, monkeypatch, method):
     recipe = task.recipe(loaded, spec.train)
     train, _ = task.splits()
     batch = recipe.collate([recipe.encode(e) for e in train[:2]])
-    config = make_config(METHODS.get(method).config_cls, spec.method_options, method)
+    # the Reducer off: the count pauses its unselected heads, a step's own draw (tested for text models)
+    config = make_config(METHODS.get(method).config_cls, {**spec.method_options, "reducer": None}, method)
     counted = step_flops(task.meta_replica(loaded), method, config, [recipe.shape(batch)], recipe)
     attach(loaded.root, method, config=config)
     loaded.model.train()
@@ -338,7 +339,8 @@ KEY = "sk-test-never-written-3f9a"
 
 
 def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatch):
-    pytest.importorskip("openai")
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
     with _Server(lambda n: "Here you go: " + json.dumps(GOOD)) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -363,8 +365,7 @@ def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatc
 
 
 def test_judge_counts_requests_and_auth(tmp_path):
-    pytest.importorskip("openai")
-    import openai
+    import openai  # a [test] requirement: missing, it fails rather than skips
 
     server = _Server(lambda n: json.dumps(GOOD))
     with server as url:
@@ -391,8 +392,7 @@ def test_judge_counts_requests_and_auth(tmp_path):
     ],
 )
 def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
-    pytest.importorskip("openai")
-    import openai
+    import openai  # a [test] requirement: missing, it fails rather than skips
 
     server = _Server(lambda n: bad)
     with server as url:
@@ -403,7 +403,8 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
 
 
 def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):
-    pytest.importorskip("openai")
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
     answers = iter([json.dumps(GOOD)] + ["garbage"] * 100)
     with _Server(lambda n: next(answers)) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
@@ -417,7 +418,8 @@ def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypat
 def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path, monkeypatch):
     """A judge that answers 401 (or 5xx after the client's retries): the images are recorded as failed with the
     error, at most ``GIVE_UP`` requests are made, and the run keeps every other score; the key is kept out."""
-    pytest.importorskip("openai")
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
     server = _Server(lambda n: json.dumps(GOOD), status=401)
     with server as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
@@ -433,7 +435,8 @@ def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path
 
 
 def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch):
-    pytest.importorskip("openai")
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     from harness.registry import TASKS
     from harness.task import TaskOptions

@@ -51,6 +51,7 @@ def _run(model: str, methods: list[str], tmp_path: Path, **overrides) -> list[di
 def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style, tmp_path):
     records = _run(tiny_llava_style, ["base", *ALL_METHODS], tmp_path)
     by_method = {r["run"]["config"]["method"]: r for r in records}
+    assert set(by_method) == {"base", *ALL_METHODS}
     for method, record in by_method.items():
         assert record["run"]["status"] == "success", (method, record["run"]["error"])
         for domain in ("general", "document", "math"):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
 
 from harness import attach
 from harness.task import Example
-from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, train
+from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, lr_lambda, train
 from tasks.lm import collate, encode, loss_sum, supervised_tail
 from tests.conftest import text_recipe, tiny_llama
 
@@ -266,3 +267,54 @@ def test_the_fused_adamw_makes_the_for_loop_update():
     for a, b, p0 in zip(*finals, start, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
         assert (a - p0).abs().min() > 1e-3  # every entry moved: the comparison is not of untouched tensors
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("linear", [1 / 3, 2 / 3, 1.0, 0.75, 0.5, 0.25]),  # warm-up (step + 1) / (warmup + 1), then down to 0
+        ("cosine", [1 / 3, 2 / 3, 1.0, 0.5 * (1 + math.cos(math.pi / 4)), 0.5, 0.5 * (1 + math.cos(3 * math.pi / 4))]),
+        ("constant", [1 / 3, 2 / 3, 1.0, 1.0, 1.0, 1.0]),
+    ],
+)
+def test_the_learning_rate_schedule_and_the_rate_each_step_trains_with(schedule, expected, char_tokenizer):
+    config = dataclasses.replace(CONFIG, steps=6, warmup_steps=2, schedule=schedule, checkpoint_every=0)
+    factor = lr_lambda(config, 6)
+    assert [factor(s) for s in range(6)] == pytest.approx(expected)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    seen = []
+    step = torch.optim.AdamW.step
+
+    def record(self, *args, **kwargs):  # the rate the optimizer steps with, every step
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.optim.AdamW, "step", record)
+        train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
+    assert seen == pytest.approx([config.lr * f for f in expected])
+
+
+def test_gradients_are_clipped_to_max_grad_norm(char_tokenizer):
+    """Each step's gradient has norm <= max_grad_norm, and 0 turns the clipping off."""
+
+    def norms(max_grad_norm: float) -> list[float]:
+        config = dataclasses.replace(CONFIG, steps=3, max_grad_norm=max_grad_norm, checkpoint_every=0)
+        adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2)
+        seen = []
+        step = torch.optim.AdamW.step
+
+        def record(self, *args, **kwargs):
+            grads = [p.grad.flatten() for g in self.param_groups for p in g["params"] if p.grad is not None]
+            seen.append(torch.linalg.vector_norm(torch.cat(grads)).item())
+            return step(self, *args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(torch.optim.AdamW, "step", record)
+            recipe = text_recipe(char_tokenizer, config)
+            train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
+        return seen
+
+    free = norms(0.0)
+    assert len(free) == 3 and min(free) > 1e-3  # unclipped, every step's gradient is larger than the bound below
+    assert norms(1e-3) == pytest.approx([1e-3] * 3, rel=1e-3)
