@@ -146,13 +146,27 @@ def test_bench_rejects_bad_settings_with_the_fix():
         run_bench(BenchConfig(methods=("lorra",), protocols=()), model=tiny_llama())
 
 
-def test_alternate_rotates_the_order_and_times_every_round(capsys):
+def test_alternate_rotates_the_order_and_times_every_round(capsys, monkeypatch):
+    from harness import bench
+
     calls: list[str] = []
+    clock = {"wall": 100.0, "cpu": 50.0}  # fake clocks: each call takes a known wall and CPU time
+
+    def call(name: str, wall: float, cpu: float):
+        def run() -> None:
+            calls.append(name)
+            clock["wall"] += wall
+            clock["cpu"] += cpu
+
+        return run
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["wall"])
+    monkeypatch.setattr(bench.time, "process_time", lambda: clock["cpu"])
     times = alternate(
-        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1, device=torch.device("cpu")
+        {"a": call("a", 1.0, 0.5), "b": call("b", 2.0, 3.0)}, rounds=3, warmup=1, device=torch.device("cpu")
     )
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"]
-    assert all(len(v) == 3 and all(w >= 0 for w, _ in v) for v in times.values())
+    assert times == {"a": [(1.0, 0.5)] * 3, "b": [(2.0, 3.0)] * 3}  # each call's own, the warm-up left out
     err = capsys.readouterr().err  # long benches show where they are: every call counted, warm-up included
     assert "bench: 100%" in err and "8/8" in err and "round 3/3" in err
 

@@ -318,3 +318,15 @@ def test_gradients_are_clipped_to_max_grad_norm(char_tokenizer):
     free = norms(0.0)
     assert len(free) == 3 and min(free) > 1e-3  # unclipped, every step's gradient is larger than the bound below
     assert norms(1e-3) == pytest.approx([1e-3] * 3, rel=1e-3)
+
+
+def test_one_epoch_counts_every_example_and_every_real_token_once(char_tokenizer):
+    """``samples`` and ``tokens`` (behind tokens/s in every record) are the examples and non-pad tokens seen:
+    one epoch of 40 examples, 5 steps of 4 x 2, sees each example once, padding left out."""
+    config = dataclasses.replace(CONFIG, steps=5, checkpoint_every=0)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    recipe = text_recipe(char_tokenizer, config)
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
+    lengths = [len(recipe.encode(e).input_ids) for e in EXAMPLES]
+    assert len(set(lengths)) > 1  # examples of several lengths: batches pad, and padding must not count
+    assert (result.samples, result.tokens) == (40, sum(lengths))
