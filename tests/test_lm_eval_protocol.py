@@ -36,3 +36,48 @@ def test_lm_eval_agrees_with_choice_on_smollm2(tmp_path, data_dir):
         assert x["pred"] == y["pred"]
         for label, score in x["scores"].items():
             assert abs(score - y["scores"][label]) < 1e-3
+
+
+@pytest.mark.slow
+def test_lm_eval_adds_no_bos_where_the_tokenizer_would(tmp_path, data_dir):
+    """A Llama-3-like tokenizer puts BOS first by default; lm-eval would add it to every context, training and
+    ``choice`` never do: the two protocols must give the same log-likelihoods all the same."""
+    import json
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from harness.models import embedded_folder
+
+    for name in ("boolq", "ARC-Easy"):
+        shutil.copytree(data_dir / name, tmp_path / "data" / name)
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path / "data"), eval_limit=4))
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{tokenizer.bos_token} $A", special_tokens=[(tokenizer.bos_token, bos)]
+    )
+    assert tokenizer("hi")["input_ids"][0] == bos != tokenizer("hi", add_special_tokens=False)["input_ids"][0]
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
+    model = LlamaForCausalLM(config).eval()
+    loaded = Loaded(model, None, "tiny", tokenizer)
+    ours = task.evaluate(loaded, "choice", 4, tmp_path / "choice.jsonl", progress=False)
+    theirs = task.evaluate(loaded, "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False)
+    for name in ("boolq", "ARC-Easy"):
+        assert theirs[name]["value"] == ours[name]["value"]
+    a = [json.loads(line) for line in (tmp_path / "choice.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "lm_eval.jsonl").read_text().splitlines()]
+    for x, y in zip(a, b, strict=True):
+        assert x["pred"] == y["pred"]
+        for label, score in x["scores"].items():
+            assert abs(score - y["scores"][label]) < 1e-3  # with lm-eval's BOS: 0.04 apart, two of four flip

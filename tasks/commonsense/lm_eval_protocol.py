@@ -7,6 +7,7 @@ label words after a space), so the log-likelihoods come from the implementation 
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -24,6 +25,8 @@ def lm_eval_predictions(
     candidates: list[list[str]],
     batch_size: int,
 ) -> tuple[list[str], list[dict[str, Any]]]:
+    import torch
+
     try:
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
@@ -49,7 +52,12 @@ def lm_eval_predictions(
             "target_delimiter": " ",
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         }
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        # as every other protocol and training tokenise: no BOS (lm-eval adds the tokenizer's own by default, a
+        # Llama-3's BOS here but not in `choice`), log-softmax in fp32 (lm-eval's default is the model's dtype)
+        kwargs: dict[str, Any] = {"add_bos_token": False}
+        if "softmax_dtype" in inspect.signature(HFLM.__init__).parameters:  # newer lm-eval only
+            kwargs["softmax_dtype"] = torch.float32
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
         out = simple_evaluate(model=lm, tasks=[config], log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
     preds, extra = [], []
