@@ -46,3 +46,27 @@ def test_generate_batched_equals_batch_size_one(char_tokenizer):
     many = generate(model, char_tokenizer, prompts, batch_size=4, num_beams=2, max_new_tokens=6)
     assert one == many
     assert all(isinstance(o, str) and o for o in one)
+
+
+def test_generate_reads_answer1_to_answer5_on_every_answer_style_benchmark(tmp_path, monkeypatch, char_tokenizer):
+    """LLM-Adapters' extract_answer: the first of answer1..answer5, SIQA (three options) included; a reply that
+    names answer4 first on a three-option question is wrong, not read on to the answer2 after it."""
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import Loaded, TaskOptions
+
+    record = {
+        "instruction": "Please choose the correct answer to the question: Why?\\n\\nAnswer1: a Answer2: b "
+        "Answer3: c\\n\\nAnswer format: answer1/answer2/answer3",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    }
+    (tmp_path / "social_i_qa").mkdir()
+    (tmp_path / "social_i_qa" / "test.json").write_text(json.dumps([record, record]))
+    replies = ["the correct answer is answer4. answer2", "answer2"]
+    monkeypatch.setattr(commonsense, "generate", lambda model, tokenizer, prompts, *a, **k: replies[: len(prompts)])
+    task = commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    entry = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "generate", 2, None, progress=False)
+    assert entry["social_i_qa"]["value"] == 50.0  # the first reply picks answer4, which the question lacks

@@ -193,7 +193,10 @@ class CommonsenseTask(Task):
             extra = [{"scores": dict(zip(c, s, strict=True))} for c, s in zip(candidates, scores, strict=True)]
         elif protocol == "generate":
             outputs = generate(model, tokenizer, prompts, batch_size, progress=bar)
-            words = [extract_label(o, labels) for o in outputs]
+            # LLM-Adapters' extract_answer looks for answer1..answer5 on every answer-style benchmark (SIQA and
+            # OBQA too): a reply naming an option the question lacks first is wrong, not read past
+            upstream = [f"answer{i}" for i in range(1, 6)] if all(w.startswith("answer") for w in labels) else labels
+            words = [extract_label(o, upstream) for o in outputs]
             extra = [{"output": o} for o in outputs]
         else:
             from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
