@@ -44,7 +44,7 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
             isinstance(m, AdapterLinear) and m.fuses_input and m.input_weights()[1] is not None for m in model.modules()
         ):
             return "STACK_RAW acts only on a router that reads x, which this method has not: both settings run the same step"
-        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in model.modules()):
+        if any(isinstance(m, AdapterLinear) and getattr(m.lora_dropout, "p", 0) > 0 for m in model.modules()):
             return "STACK_RAW acts only without a dropout mask (--option dropout=0): both settings run the same step"
     return None
 

@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.record.is_file():
         parser.error(f"{args.record} is not a file; pass a run's record.json, e.g. results/runs/<run id>/record.json")
-    record = json.loads(args.record.read_text())
+    try:
+        record = json.loads(args.record.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        parser.error(f"{args.record} cannot be read as a record ({exc}); pass a run's record.json")
     if record.get("run", {}).get("config", {}).get("task") != "commonsense":
         parser.error(f"{args.record} is not a commonsense run's record")
     try:

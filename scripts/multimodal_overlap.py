@@ -63,10 +63,27 @@ def source_pixels(twemoji: Path | None) -> Callable[[str], bytes | None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="a generated data folder (train.json, test.json)")
-    parser.add_argument("--twemoji-dir", type=Path, help="the twemoji-64 folder the data was generated from")
+    parser.add_argument(
+        "--twemoji-dir",
+        type=Path,
+        help="the twemoji-64 folder the data was made from (default: as the harness finds it)",
+    )
     args = parser.parse_args(argv)
+    for name in ("train.json", "test.json"):
+        if not (args.data / name).is_file():
+            parser.error(f"{args.data} has no {name}; pass a generated multimodal data folder")
     test = json.loads((args.data / "test.json").read_text())
-    rows = overlap(args.data, source_pixels(args.twemoji_dir))
+    twemoji = args.twemoji_dir
+    if twemoji is None and any(r["source"].startswith("twemoji:") for r in test):
+        from tasks.multimodal import twemoji_dir
+
+        try:  # HARNESS_TWEMOJI_DIR, else beside the data: as the generator looked for it
+            twemoji = twemoji_dir("this check", "--twemoji-dir")
+        except ValueError as exc:
+            parser.error(str(exc))
+    if twemoji is not None and not (twemoji / "images").is_dir():
+        parser.error(f"{twemoji} has no images/ folder; pass the twemoji-64 folder as --twemoji-dir")
+    rows = overlap(args.data, source_pixels(twemoji))
     for r in rows:
         print(f"{r['id']} ({r['kind']}): {r['source']} equals training {', '.join(r['equals'])}")
     by_domain: dict[str, int] = {}

@@ -1,6 +1,6 @@
 """Plot a Reducer run's layer importance: score trajectory and per-layer update counts.
 
-python scripts/plot_reducer.py results/runs/<run-id>/record.json [-o reducer.png]
+python scripts/plot_reducer.py results/runs/<run-id>/record.json [-o reducer.png]   (default: ./reducer.png)
 """
 
 from __future__ import annotations
@@ -14,16 +14,26 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness.atomic import atomic_path  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("record", type=Path)
-    parser.add_argument("-o", "--out", type=Path)
+    parser.add_argument("record", type=Path, help="a run's record.json (or its run folder)")
+    parser.add_argument("-o", "--out", type=Path, default=Path("reducer.png"), help="the PNG (default ./reducer.png)")
     args = parser.parse_args()
-    record = json.loads(args.record.read_text())
+    path = args.record / "record.json" if args.record.is_dir() else args.record
+    if not path.is_file():
+        parser.error(f"{path} is not a file; pass a run's record.json")
+    if not args.out.parent.is_dir():
+        parser.error(f"{args.out.parent} is not a folder; pass -o in an existing one")
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        parser.error(f"{path} is not JSON ({exc}); pass a run's record.json")
     reducer = record.get("train", {}).get("adapter", {}).get("reducer")
     if not reducer:
-        raise SystemExit(f"{args.record}: this run has no Reducer (method {record['run']['config']['method']!r})")
+        raise SystemExit(f"{path}: this run has no Reducer (method {record['run']['config']['method']!r})")
     layers = range(reducer["num_layers"])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for entry in reducer["score_trajectory"]:
@@ -46,9 +56,9 @@ def main() -> None:
         fontsize=9,
     )
     fig.tight_layout()
-    out = args.out or args.record.with_name("reducer.png")
-    fig.savefig(out, dpi=120)
-    print(f"wrote {out}")
+    with atomic_path(args.out) as tmp:  # never a half-written file
+        fig.savefig(tmp, dpi=120, format="png")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

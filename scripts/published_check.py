@@ -41,7 +41,13 @@ def main() -> None:
     args = parser.parse_args()
 
     [spec] = build_specs("commonsense", ["base"], [0], "embedded")
-    task = CommonsenseTask(TaskOptions(data_dir=args.data_dir, template="cloze"))
+    try:
+        task = CommonsenseTask(TaskOptions(data_dir=args.data_dir, template="cloze"))
+    except ValueError as exc:
+        parser.error(str(exc))
+    missing = [b for b in PUBLISHED if task.test_records(b) is None]
+    if missing and args.out == parser.get_default("out"):  # the committed file holds every benchmark
+        parser.error(f"{args.data_dir} lacks {', '.join(missing)}; pass --out elsewhere to check a part")
     loaded = load_model(task, spec, torch.device("cpu"))
     model, tokenizer, label = loaded.model.eval(), loaded.processor, loaded.label
     rows = []

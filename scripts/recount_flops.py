@@ -30,13 +30,17 @@ def main() -> None:
         if not sep or not task or not path:
             parser.error(f"--data-dir takes TASK=PATH (e.g. commonsense=../shared/data/commonsense), got {item!r}")
         data_dirs[task] = path
-    if not args.runs_dir.is_dir():
-        parser.error(f"{args.runs_dir} is not a folder of runs (e.g. results/runs)")
+    if not args.runs_dir.is_dir() or not any(args.runs_dir.glob("*/record.json")):
+        parser.error(f"{args.runs_dir} is not a folder of runs, each with its record.json (e.g. results/runs)")
     for plugin in args.plugin:
         try:
             load_plugin(plugin)
         except ValueError as exc:
             parser.error(str(exc))
+    from harness.registry import TASKS
+
+    if unknown := [t for t in data_dirs if t not in TASKS]:
+        parser.error(f"--data-dir names an unknown task {unknown[0]!r}; tasks: {', '.join(TASKS.names())}")
     recount_flops(args.runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
 
 

@@ -1,0 +1,45 @@
+"""scripts/plot_reducer.py: a Reducer run's score trajectory and update counts, written where asked."""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_reducer.py"
+
+
+def _record(tmp_path: Path) -> Path:
+    reducer = {
+        "k": 2,
+        "num_layers": 3,
+        "selection": "importance",
+        "update_counts": [3, 1, 2],
+        "score_trajectory": [{"step": 2, "scores": [0.1, -0.2, 0.0]}, {"step": 4, "scores": [0.3, -0.4, 0.1]}],
+    }
+    config = {"method": "effilora", "model": "tiny", "preset": "smoke"}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "record.json").write_text(
+        json.dumps({"run": {"config": config}, "train": {"adapter": {"reducer": reducer}}})
+    )
+    return run
+
+
+def test_writes_the_png_where_asked_and_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
+    run = _record(tmp_path)
+    out = tmp_path / "plot.png"
+    monkeypatch.setattr(sys, "argv", ["plot_reducer.py", str(run), "-o", str(out)])  # the run folder will do
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (run / "reducer.png").exists()
+    for argv, message in (
+        ([str(tmp_path / "nowhere.json")], "is not a file; pass a run's record.json"),
+        ([str(run), "-o", str(tmp_path / "no" / "x.png")], "is not a folder; pass -o in an existing one"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["plot_reducer.py", *argv])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(SCRIPT), run_name="__main__")
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
