@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import pytest
 import torch
 
@@ -9,24 +12,17 @@ from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask
 
 
-@pytest.mark.slow
-def test_lm_eval_agrees_with_choice_on_smollm2(tmp_path, data_dir):
-    import json
-    import shutil
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from harness.models import embedded_folder
-
+def _task(tmp_path, data_dir) -> CommonsenseTask:
     for name in ("boolq", "ARC-Easy"):
         shutil.copytree(data_dir / name, tmp_path / "data" / name)
-    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path / "data"), eval_limit=4))
-    tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
-    model = AutoModelForCausalLM.from_pretrained(embedded_folder(), dtype=torch.float32).eval()
-    ours = task.evaluate(Loaded(model, None, "tiny", tokenizer), "choice", 4, tmp_path / "choice.jsonl", progress=False)
-    theirs = task.evaluate(
-        Loaded(model, None, "tiny", tokenizer), "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False
-    )
+    return CommonsenseTask(TaskOptions(data_dir=str(tmp_path / "data"), eval_limit=4))
+
+
+def _assert_protocols_agree(task: CommonsenseTask, loaded: Loaded, tmp_path) -> None:
+    """``choice`` and ``lm-eval`` give every benchmark the same accuracy, every question the same pick and
+    every option the same log-likelihood (within 1e-3)."""
+    ours = task.evaluate(loaded, "choice", 4, tmp_path / "choice.jsonl", progress=False)
+    theirs = task.evaluate(loaded, "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False)
     for name in ("boolq", "ARC-Easy"):
         assert theirs[name]["protocol"] == "lm-eval" and theirs[name]["n"] == 4
         assert theirs[name]["value"] == ours[name]["value"]
@@ -39,20 +35,27 @@ def test_lm_eval_agrees_with_choice_on_smollm2(tmp_path, data_dir):
 
 
 @pytest.mark.slow
-def test_lm_eval_adds_no_bos_where_the_tokenizer_would(tmp_path, data_dir):
-    """A Llama-3-like tokenizer puts BOS first by default; lm-eval would add it to every context, training and
-    ``choice`` never do: the two protocols must give the same log-likelihoods all the same."""
-    import json
-    import shutil
+def test_lm_eval_agrees_with_choice_on_smollm2(tmp_path, data_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.models import embedded_folder
+
+    task = _task(tmp_path, data_dir)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
+    model = AutoModelForCausalLM.from_pretrained(embedded_folder(), dtype=torch.float32).eval()
+    _assert_protocols_agree(task, Loaded(model, None, "tiny", tokenizer), tmp_path)
+
+
+@pytest.mark.slow
+def test_lm_eval_adds_no_bos_where_the_tokenizer_would(tmp_path, data_dir):
+    """A Llama-3-like tokenizer puts BOS first by default; lm-eval would add it to every context (0.04 apart,
+    two of four picks flipped), training and ``choice`` never do: the two protocols must agree all the same."""
     from tokenizers import processors
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from harness.models import embedded_folder
 
-    for name in ("boolq", "ARC-Easy"):
-        shutil.copytree(data_dir / name, tmp_path / "data" / name)
-    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path / "data"), eval_limit=4))
+    task = _task(tmp_path, data_dir)
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
     bos = tokenizer.bos_token_id
     tokenizer._tokenizer.post_processor = processors.TemplateProcessing(
@@ -69,15 +72,4 @@ def test_lm_eval_adds_no_bos_where_the_tokenizer_would(tmp_path, data_dir):
         num_key_value_heads=2,
         max_position_embeddings=2048,
     )
-    model = LlamaForCausalLM(config).eval()
-    loaded = Loaded(model, None, "tiny", tokenizer)
-    ours = task.evaluate(loaded, "choice", 4, tmp_path / "choice.jsonl", progress=False)
-    theirs = task.evaluate(loaded, "lm-eval", 4, tmp_path / "lm_eval.jsonl", progress=False)
-    for name in ("boolq", "ARC-Easy"):
-        assert theirs[name]["value"] == ours[name]["value"]
-    a = [json.loads(line) for line in (tmp_path / "choice.jsonl").read_text().splitlines()]
-    b = [json.loads(line) for line in (tmp_path / "lm_eval.jsonl").read_text().splitlines()]
-    for x, y in zip(a, b, strict=True):
-        assert x["pred"] == y["pred"]
-        for label, score in x["scores"].items():
-            assert abs(score - y["scores"][label]) < 1e-3  # with lm-eval's BOS: 0.04 apart, two of four flip
+    _assert_protocols_agree(task, Loaded(LlamaForCausalLM(config).eval(), None, "tiny", tokenizer), tmp_path)
