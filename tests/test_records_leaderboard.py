@@ -401,8 +401,12 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
     assert failed["run"]["status"] == "failed" and "out of memory" in failed["run"]["error"]
     assert (tmp_path / spec.run_id / RECORD).read_bytes() == original
     assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 1
-    runner.run_one(spec, None, forced)  # again, most likely within the same second: a second file
-    assert len(list((tmp_path / spec.run_id).glob("failed-*.json"))) == 2
+    stamp = int(next(iter((tmp_path / spec.run_id).glob("failed-*.json"))).stem.split("-")[1])
+    with pytest.MonkeyPatch.context() as clock:  # again within the same second: a second file beside the first
+        clock.setattr(runner.time, "time", lambda: float(stamp))
+        runner.run_one(spec, None, forced)
+    names = sorted(p.name for p in (tmp_path / spec.run_id).glob("failed-*.json"))
+    assert names == [f"failed-{stamp}-1.json", f"failed-{stamp}.json"]
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
