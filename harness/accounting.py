@@ -70,6 +70,41 @@ def step_flops(
     }
 
 
+def hook_forward_flops(
+    replica: MetaModel,
+    method: str,
+    config: Any,
+    forwards: list[dict[str, Any]],
+    recipe: Recipe,
+    fast_path: bool = False,
+) -> list[int]:
+    """FLOPs of one forward of each of ``forwards`` (``{"shape": ..., "skipped": [wrapper names]}``): the task's
+    ``recipe.loss_sum`` at ``shape`` in eval mode without gradients, the adapters of ``skipped`` off (gate 0),
+    as the training loop runs the validation calls of a method's hooks (the Reducer's scoring rollouts; a layer
+    suppressed to a scale above 0 computes as much as any other)."""
+    from harness.adapter import attach
+
+    adapter = attach(replica.root, method, config=config)
+    adapter.use_fast_path(fast_path)
+    replica.model.to("meta")
+    replica.model.eval()
+    out = []
+    for forward in forwards:
+        off = [adapter.layers[name] for name in forward["skipped"]]
+        gates = [layer.gate for layer in off]
+        try:
+            for layer in off:
+                layer.gate = 0.0
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                recipe.loss_sum(replica.model, recipe.meta_batch(list(forward["shape"])))
+        finally:
+            for layer, gate in zip(off, gates, strict=True):
+                layer.gate = gate
+        out.append(int(counter.get_total_flops()))
+    return out
+
+
 def _count(
     replica: MetaModel,
     recipe: Recipe,

@@ -384,6 +384,10 @@ class Adapter:
     def extra_loss(self) -> Tensor | None:
         return None
 
+    def skipped_layers(self) -> list[str]:
+        """The wrappers that add nothing now (merged, or gate 0: a layer the Reducer suppresses fully), by name."""
+        return [name for name, layer in self.layers.items() if layer.merged or layer.gate == 0.0]
+
     @property
     def pauses_parameters(self) -> bool:
         """True when some trainable tensors get no gradient in some steps (DDP must then allow it)."""

@@ -47,7 +47,9 @@ with the plain ``lora`` row (no options in its label), else with the best-ranked
 ``lora (trained_on=general)``); ``B_vs_lora`` above and the Markdown do the same.
 ``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
-on the same shapes, does not); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
+on the same shapes, does not); ``hook_val_flops_per_step``, the FLOPs of the validation forwards a method's hooks
+ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flops``) per optimizer step, which
+``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
 ``train_s``) averaged over the row's runs when they ran on one device (else empty; ``train_s_by_device``
 always);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss`` (the CPU process's
@@ -120,6 +122,14 @@ class Row:
             return None
         flops = self.runs[0]["train"]["flops_per_step"]
         return flops.get("per_optimizer_step", flops.get("total"))  # None: the record says it was not counted
+
+    @property
+    def training_flops_per_step(self) -> float | None:
+        """``flops_per_step`` and the hooks' validation forwards per step (the Reducer's scoring rounds): what
+        training cost a step in all; None where either was not counted."""
+        step = self.flops_per_step
+        hooks = hook_flops_per_step(self.runs[0]["train"]) if step is not None else None
+        return None if hooks is None else step + hooks
 
 
 @dataclass
@@ -549,7 +559,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     for task in dict.fromkeys(s.task for s in secs):
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
-    mixed = mixed_flops_counters(secs, runs_dir)
+    mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -577,6 +587,31 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
             )
     return out
+
+
+def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
+    """A line per section with runs whose hooks ran validation forwards (the Reducer's scoring rounds) that their
+    records do not count (written before they were counted): ``hook_val_flops_per_step`` is empty for them."""
+    out = []
+    for s in secs:
+        runs = [r["run"]["id"] for row in s.rows for r in row.runs if hook_flops_per_step(r.get("train") or {}) is None]
+        if runs:
+            out.append(
+                f"section {s.key} ({s.task}, {s.preset}): {len(runs)} run(s) ({', '.join(runs[:3])}"
+                f"{', ...' if len(runs) > 3 else ''}) spent time on the Reducer's scoring forwards but do not count "
+                f"their FLOPs: count them with python scripts/recount_flops.py {runs_dir} (adding --data-dir "
+                f"{s.task}=FOLDER if its data is not at the task's default), then regenerate the leaderboard"
+            )
+    return out
+
+
+def hook_flops_per_step(train: dict[str, Any]) -> int | None:
+    """The FLOPs of a run's hook validation forwards (the Reducer's scoring rounds) per optimizer step, which
+    ``flops_per_step`` leaves out: 0 for a run whose hooks ran none, None where they were not counted."""
+    hooks = train.get("hook_val_flops")
+    if hooks is None:  # a record from before they were counted: none ran if no time went to them
+        return 0 if not train.get("hook_val_s") else None
+    return round(hooks["per_step"]) if "per_step" in hooks else None
 
 
 def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:

@@ -167,10 +167,11 @@ def _plots(s: Section) -> str:
             continue
         lo, hi = (avg.ci.lo, avg.ci.hi) if avg.ci else (avg.value, avg.value)
         by_params.append(Point(r.method, r.percent_trainable or 0.0, avg.value, lo, hi))
-        if r.flops_per_step is not None:
-            by_flops.append(Point(r.method, float(r.flops_per_step), avg.value, lo, hi))
+        if r.training_flops_per_step is not None:
+            by_flops.append(Point(r.method, float(r.training_flops_per_step), avg.value, lo, hi))
+    x_label = "FLOPs per optimizer step (with the Reducer's scoring forwards)"
     return svg_plot("Avg vs trainable parameters", "trainable parameters (% of base model)", by_params, lines) + (
-        svg_plot("Avg vs training FLOPs per step", "FLOPs per optimizer step", by_flops, lines)
+        svg_plot("Avg vs training FLOPs per step", x_label, by_flops, lines)
     )
 
 

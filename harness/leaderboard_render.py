@@ -12,7 +12,16 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path
-from harness.leaderboard import AVG, Cell, Row, Section, newest_sections, run_hardware, seed_values
+from harness.leaderboard import (
+    AVG,
+    Cell,
+    Row,
+    Section,
+    hook_flops_per_step,
+    newest_sections,
+    run_hardware,
+    seed_values,
+)
 from harness.runner import BASELINE
 from harness.stats import Estimate
 
@@ -84,6 +93,10 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
         columns = "section preset protocol method seed run benchmark value"
         out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
     out_tables["overhead"] = pd.DataFrame(overhead)
+    if "hook_val_flops_per_step" in out_tables["overhead"]:  # whole FLOPs, empty where not counted (not 2.0e11)
+        out_tables["overhead"]["hook_val_flops_per_step"] = out_tables["overhead"]["hook_val_flops_per_step"].astype(
+            "Int64"
+        )
     return out_tables
 
 
@@ -125,6 +138,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "flops_per_step": row.flops_per_step,
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
+        "hook_val_flops_per_step": hook_flops_per_step(train),
         "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3),
         "peak_mem_kind": "/".join(sorted({_memory_kind(r["train"]["memory"]) for r in runs})),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),

@@ -25,7 +25,7 @@ from harness.config import make_config
 from harness.guard import RunLock
 from harness.records import find_records, git_state, read_record, write_record
 from harness.registry import METHODS, TASKS
-from harness.runner import flops_record, load_model, spec_from_record
+from harness.runner import flops_record, hook_flops_record, load_model, spec_from_record
 
 KEPT = ("total", "adapter", "lora_total", "relative_to_lora", "counted_by")
 
@@ -60,14 +60,28 @@ def recount_flops(
         change = out[-1]
         if "left" in change:
             say(f"{change['id']}: left as it is ({change['left']})")
-        elif change["rewritten"]:
-            say(
-                f"{change['id']}: total {change['old_total']:,} -> {change['new_total']:,}, "
-                f"adapter {change['old_adapter']:,} -> {change['new_adapter']:,} ({change['model']})"
-            )
         else:
-            say(f"{change['id']}: unchanged")
+            say(f"{change['id']}: {_said(change)}")
     return out
+
+
+def _said(change: dict[str, Any]) -> str:
+    """One line for a record counted again: what changed in its step count and in its hooks' forwards."""
+    parts = []
+    if change["old_total"] != change["new_total"] or change["old_adapter"] != change["new_adapter"]:
+        parts.append(
+            f"total {change['old_total']:,} -> {change['new_total']:,}, "
+            f"adapter {change['old_adapter']:,} -> {change['new_adapter']:,}"
+        )
+    hooks = change.get("hooks")
+    if hooks and "left" in hooks:
+        parts.append(f"hook validation FLOPs left as they are ({hooks['left']})")
+    elif hooks and hooks["rewritten"]:
+        old = "none" if hooks["old_total"] is None else f"{hooks['old_total']:,}"
+        parts.append(f"hook validation FLOPs {old} -> {hooks['new_total']:,}")
+    if not change["rewritten"]:
+        return "; ".join(["unchanged", *parts])
+    return "; ".join(parts or ["counted again"]) + f" ({change['model']})"
 
 
 def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str, Any]:
@@ -82,24 +96,100 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
     task, loaded, how = models.get(spec)  # last: the one costly step, only for a record that can be counted
     shapes = [m["shape"] for m in old["micro_batches"]]
-    new = flops_record(
-        task, loaded, spec.method, config, shapes, task.recipe(loaded, spec.train), old.get("path") == "fast"
-    )
+    recipe = task.recipe(loaded, spec.train)
+    fast = old.get("path") == "fast"
+    new = flops_record(task, loaded, spec.method, config, shapes, recipe, fast)
     if "status" in new:
         return {"id": run_id, "left": f"not countable now: {new['reason']}"}
     change = {"id": run_id, "model": how, **{f"old_{k}": old[k] for k in ("total", "adapter")}}
     change |= {f"new_{k}": new[k] for k in ("total", "adapter")}
     change["rewritten"] = any(new.get(k) != old.get(k) for k in (*KEPT, "micro_batches"))
+    stamp = {
+        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - 3.10
+        **code,
+        "model": how,
+    }
     if change["rewritten"]:
         new["recounted"] = {
-            "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - 3.10
-            **code,
-            "model": how,
+            **stamp,
             "as_run": old.get("recounted", {}).get("as_run") or {k: old[k] for k in KEPT if k in old},
         }
         record["train"]["flops_per_step"] = new
+    hooks = _recount_hooks(record, spec, config, task, loaded, recipe, fast, stamp, models.data_dirs)
+    if hooks is not None:
+        change["hooks"] = hooks
+        change["rewritten"] = change["rewritten"] or hooks.get("rewritten", False)
+    if change["rewritten"]:
         write_record(path.parent, record)
     return change
+
+
+def _recount_hooks(
+    record: dict[str, Any],
+    spec: Any,
+    config: Any,
+    task: Any,
+    loaded: Any,
+    recipe: Any,
+    fast: bool,
+    stamp: dict[str, Any],
+    data_dirs: dict[str, str],
+) -> dict[str, Any] | None:
+    """``train.hook_val_flops`` counted again (in ``record``, in place) from the forwards it keeps, or, in a record
+    written before they were kept, from its Reducer's score trajectory; None for a run without such forwards.
+    Returns the old and new ``total``, ``rewritten``, or ``left`` with why."""
+    train = record["train"]
+    old = train.get("hook_val_flops")
+    if old is not None and "shapes" in old:
+        forwards = [{k: f[k] for k in ("shape", "skipped", "count")} for f in old["shapes"]]
+    elif old is None and (trajectory := ((train.get("adapter") or {}).get("reducer") or {}).get("score_trajectory")):
+        try:
+            forwards = reducer_forwards(spec, config, trajectory, loaded, data_dirs.get(spec.task))
+        except ValueError as exc:
+            return {"left": str(exc)}
+    else:
+        return None  # no hook ran a forward, or a count that says why it was not made
+    new = hook_flops_record(task, loaded, spec.method, config, forwards, recipe, fast, train["steps"])
+    if "status" in new:
+        return {"left": f"not countable now: {new['reason']}"}
+    before = {k: v for k, v in (old or {}).items() if k != "recounted"}
+    if before == new:
+        return {"old_total": new["total"], "new_total": new["total"], "rewritten": False}
+    new["recounted"] = {**stamp, "as_run": (old or {}).get("recounted", {}).get("as_run") or old}
+    train["hook_val_flops"] = new
+    return {"old_total": (old or {}).get("total"), "new_total": new["total"], "rewritten": True}
+
+
+def reducer_forwards(
+    spec: Any, config: Any, trajectory: list[dict[str, Any]], loaded: Any, data_dir: str | None
+) -> list[dict[str, Any]]:
+    """The validation forwards a run's Reducer made, rebuilt from its score trajectory (a record written before
+    the training loop kept them): round at step ``s`` scored ``len(losses)`` rollouts on validation batch
+    ``s % n`` of the run's own validation split, batched as the loop batches it, on every process. A
+    ``ValueError`` where that cannot say what ran: a suppression of 0 turns whole layers off, and which ones
+    each rollout turned off is not in the trajectory."""
+    reducer = getattr(config, "reducer", None)
+    if reducer is not None and reducer.suppression == 0.0:
+        raise ValueError(
+            "its Reducer suppressed layers fully (suppression 0) and the record does not say which: "
+            "the forwards' FLOPs are not known"
+        )
+    options = dataclasses.replace(spec.task_options, data_dir=data_dir)
+    task = TASKS.get(spec.task)(options)  # the run's own options: its validation split depends on the seed
+    recipe = task.recipe(loaded, spec.train)
+    _, val = task.splits()
+    encoded = [recipe.encode(e) for e in val]
+    size = spec.train.val_batch_size
+    batches = [recipe.collate(encoded[i : i + size]) for i in range(0, len(encoded), size)]
+    if not batches:
+        raise ValueError("its validation split is empty here, unlike the run's (its Reducer scored on one)")
+    counts: dict[str, int] = {}
+    for entry in trajectory:
+        batch = batches[entry["step"] % len(batches)]
+        if recipe.units(batch):
+            key = json.dumps(recipe.shape(batch))
+            counts[key] = counts.get(key, 0) + len(entry["losses"]) * spec.processes
+    return [{"shape": json.loads(k), "skipped": [], "count": c} for k, c in counts.items()]
 
 
 class _Models:

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from harness.accounting import REFERENCE_METHOD, environment, step_flops
+from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
 from harness.atomic import atomic_path, write_json
 from harness.config import make_config
@@ -446,6 +446,39 @@ def flops_record(
     } | ({"path": "fast"} if fast else {})
 
 
+def hook_flops_record(
+    task: Task,
+    loaded: Loaded,
+    method: str,
+    config: Any,
+    forwards: list[dict[str, Any]] | None,
+    recipe: Recipe,
+    fast: bool,
+    steps: int,
+) -> dict[str, Any]:
+    """A record's ``train.hook_val_flops``: the FLOPs of the validation forwards the method's hooks ran over the
+    whole run (the Reducer's scoring rollouts), which ``flops_per_step`` leaves out: ``total``, ``per_step``
+    (over the run's optimizer steps) and each batch shape's ``count`` and ``flops`` (one forward); or why
+    they could not be counted."""
+    if forwards is None:
+        return {"status": "not counted", "reason": "resumed from a checkpoint written before these forwards were kept"}
+    counted: list[int] = []
+    if forwards:
+        try:
+            counted = hook_forward_flops(task.meta_replica(loaded), method, config, forwards, recipe, fast)
+        except Exception as exc:  # a plugin the meta replica cannot run, as for flops_per_step
+            return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
+    total = sum(f["count"] * n for f, n in zip(forwards, counted, strict=True))
+    return {
+        "unit": "the whole run: every validation forward of the method's hooks (the Reducer's scoring rounds)",
+        "total": total,
+        "per_step": total / steps if steps else 0.0,
+        "forwards": sum(f["count"] for f in forwards),
+        "shapes": [{**f, "flops": n} for f, n in zip(forwards, counted, strict=True)],
+        "counted_by": FLOPS_COUNTED_BY,
+    } | ({"path": "fast"} if fast else {})
+
+
 def spec_from_record(record: dict[str, Any]) -> RunSpec:
     """A ``RunSpec`` with the record's run id (checked): enough to rebuild the run's model and recipe (a recount),
     not to score it again (scorer settings come back sorted, checkpoint files by name only, as records keep them)."""
@@ -476,9 +509,12 @@ def _train_record(
         with atomic_path(adapter_dir / "task_params.pt") as tmp:
             torch.save([p.detach().cpu() for p in loaded.task_params], tmp)
     flops = probe
+    fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
     if "status" not in probe:
-        fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
         flops = flops_record(task, loaded, spec.method, adapter.config, result.first_step_shapes, recipe, fast)
+    hooks = hook_flops_record(
+        task, loaded, spec.method, adapter.config, result.hook_val_forwards, recipe, fast, result.steps
+    )
     updated = result.params_updated
     adapter_ids = {id(p) for p in adapter.adapter_parameters()}
     base_params = sum(p.numel() for p in dict.fromkeys(loaded.model.parameters()) if id(p) not in adapter_ids)
@@ -502,6 +538,7 @@ def _train_record(
         },
         "adapter_file_bytes": adapter.file_size_bytes(adapter_dir),
         "flops_per_step": flops,
+        "hook_val_flops": hooks,
         "loss_curve": result.loss_curve,
         "final_val_loss": result.final_val_loss,
         "resumed_from_step": result.resumed_from,

@@ -9,11 +9,12 @@ code on several GPUs.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -95,6 +96,10 @@ class TrainResult:
     final_val_s: float  # the final validation pass, counted in neither train_s nor hook_val_s
     resumed_from: int | None
     first_step_shapes: list[list[int]]  # per micro-batch of one optimizer step, as ``Recipe.shape`` gives it
+    # the hooks' validation forwards (the Reducer's rollouts), every process's: ``{"shape", "skipped", "count"}``
+    # per batch shape and set of wrappers whose adapter was off (``skipped``: gate 0), for counting their FLOPs;
+    # None: not known (resumed from a checkpoint written before they were kept)
+    hook_val_forwards: list[dict[str, Any]] | None = field(default_factory=list)
 
 
 def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.AdamW:
@@ -166,6 +171,7 @@ def train(
         "tokens": 0,
         "train_s": 0.0,
         "hook_val_s": 0.0,
+        "hook_val_forwards": {},  # json [shape, skipped] -> forwards on this process
         "loss_curve": [],
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
@@ -207,6 +213,7 @@ def train(
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
         random.setstate(mine["python_rng"])
         state = saved["state"]
+        state.setdefault("hook_val_forwards", None)  # a checkpoint from before they were kept: not known
         if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)
             state["samples"], state["tokens"] = mine["samples"], mine["tokens"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
@@ -219,6 +226,11 @@ def train(
             model.eval()
             try:
                 n = recipe.units(batch)
+                if (
+                    timer == "hook_val_s" and n and state["hook_val_forwards"] is not None
+                ):  # what the FLOPs of the hooks' forwards are counted on
+                    key = json.dumps([recipe.shape(batch), adapter.skipped_layers()])
+                    state["hook_val_forwards"][key] = state["hook_val_forwards"].get(key, 0) + 1
                 with torch.no_grad(), accelerator.autocast():
                     loss = recipe.loss_sum(model, to_device(batch, device)) if n else torch.zeros(())
                 return loss.item() / max(n, 1)
@@ -341,6 +353,12 @@ def train(
         final_val_s,
         resumed_from,
         step_shapes,
+        None
+        if state["hook_val_forwards"] is None
+        else [  # every process ran the same validation batches
+            {"shape": shape, "skipped": skipped, "count": count * accelerator.num_processes}
+            for (shape, skipped), count in ((json.loads(k), c) for k, c in state["hook_val_forwards"].items())
+        ],
     )
 
 

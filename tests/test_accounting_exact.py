@@ -282,3 +282,72 @@ def test_train_config_hash_covers_training_settings():
     [a] = build_specs("commonsense", ["lora"], [0], "smoke")
     [b] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"lr": 0.5})
     assert a.run_id != b.run_id and dataclasses.asdict(b.train)["lr"] == 0.5
+
+
+def test_the_reducer_rollouts_are_kept_by_shape_with_the_layers_they_turned_off(char_tokenizer):
+    """What the Reducer's scoring rounds ran, for counting their FLOPs: every rollout's validation batch shape
+    and, where a suppressed layer's adapter is off (suppression 0), which wrappers those were."""
+    recipe = text_recipe(char_tokenizer, CONFIG)
+    val_shape = recipe.shape(recipe.collate([recipe.encode(e) for e in VAL]))
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    assert result.hook_val_forwards == [{"shape": val_shape, "skipped": [], "count": 6}]  # 2 rounds x 3 rollouts
+
+    options = dict(k=2, interval=1, suppression=0.0, n_suppressed=1)
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=options)
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+    assert sum(f["count"] for f in result.hook_val_forwards) == 6
+    for forward in result.hook_val_forwards:  # one layer off a rollout: its q and v wrappers
+        assert forward["shape"] == val_shape and len(forward["skipped"]) == 2
+        assert {name.split(".")[-1] for name in forward["skipped"]} == {"q_proj", "v_proj"}
+        assert len({name.rsplit(".", 1)[0] for name in forward["skipped"]}) == 1
+
+    lora = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    assert train(lora.model, recipe, lora, EXAMPLES, VAL, CONFIG, progress=False).hook_val_forwards == []
+
+
+def test_a_hook_forward_counts_the_products_of_a_forward_without_the_layers_turned_off():
+    from harness.accounting import hook_forward_flops
+
+    config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    recipe, rows, tokens = text_recipe(CharTokenizer(), CONFIG), 4, 20
+    names = list(attach(tiny_llama(), "lora", config=config).layers)
+    off = [n for n in names if n.endswith("layers.1.self_attn.q_proj")]
+    shape = [rows, tokens, 10]
+    full, less = hook_forward_flops(
+        meta_of(tiny_llama()),
+        "lora",
+        config,
+        [{"shape": shape, "skipped": []}, {"shape": shape, "skipped": off}],
+        recipe,
+    )
+    d = tiny_llama().config.hidden_size
+    assert full - less == 2 * rows * tokens * config.r * (d + d)  # x·Aᵀ and h·Bᵀ of that wrapper, forward only
+    step = step_flops(meta_of(tiny_llama()), "lora", config, [shape], recipe)
+    assert step["total"] / 3.5 < full < step["total"] / 2  # a forward: about a third of forward and backward
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_a_resumed_run_keeps_the_rollouts_before_its_checkpoint_or_says_it_cannot(
+    tmp_path, char_tokenizer, old_checkpoint
+):
+    from harness.train import CHECKPOINT, Cancelled
+
+    recipe = text_recipe(char_tokenizer, CONFIG)
+    reducer = dict(k=2, interval=1)
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=reducer)
+    steps = []
+    with pytest.raises(Cancelled):  # stopped after step 2: the round at step 1 is in the checkpoint
+        train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False,
+              should_stop=lambda: steps.append(1) or len(steps) == 2)  # fmt: skip
+    if old_checkpoint:  # written before the forwards were kept
+        saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+        del saved["state"]["hook_val_forwards"]
+        torch.save(saved, tmp_path / CHECKPOINT)
+    fresh = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=reducer)
+    result = train(fresh.model, recipe, fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    assert result.resumed_from == 2
+    if old_checkpoint:
+        assert result.hook_val_forwards is None  # not known: not counted as fewer
+    else:
+        assert [f["count"] for f in result.hook_val_forwards] == [6]  # 3 before the stop, 3 after

@@ -120,6 +120,31 @@ def test_old_records_without_per_example_data_still_tabulate_without_intervals(t
     assert seeds[("lora", "0", "ARC-Easy")] == "30.0" and ("lora", "0", "hellaswag") not in seeds
 
 
+def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_named(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    effi, lora, old = fixture_record("effilora", 0), fixture_record("lora", 0), fixture_record("effilora", 1)
+    effi["train"]["hook_val_flops"] = {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []}
+    lora["train"]["hook_val_s"] = 0.0  # written before they were counted, and no hook ran: none to count
+    for record in (effi, lora):
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    overhead = {r["method"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert (
+        overhead["effilora"]["hook_val_flops_per_step"] == "200" and overhead["lora"]["hook_val_flops_per_step"] == "0"
+    )
+    assert overhead["effilora"]["flops_per_step"] == "2000"  # the step alone, as before
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert "FLOPs per optimizer step (with the Reducer&#x27;s scoring forwards)" in html
+    assert "2,200" in html or "2200" in html  # effilora's point: the step and its scoring forwards
+    assert "do not count their FLOPs" not in capsys.readouterr().err
+
+    write_fixture(runs, old)  # hook time recorded, their FLOPs not: the cell is empty and the warning says why
+    write_leaderboards(runs, tmp_path / "out")
+    assert "1 run(s) (" + old["run"]["id"] in capsys.readouterr().err
+    overhead = {r["method"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert overhead["effilora"]["hook_val_flops_per_step"] == "200"  # the row's first run's, as flops_per_step
+
+
 def test_each_row_names_the_hardware_of_its_own_runs(tmp_path):
     runs = tmp_path / "runs"
     for seed in (0, 1):

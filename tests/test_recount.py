@@ -95,3 +95,57 @@ def test_the_script_refuses_a_malformed_data_dir(tmp_path):
     )
     assert done.returncode == 2 and "TASK=PATH" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
+
+
+def test_the_reducer_forwards_are_counted_in_the_record_and_rebuilt_for_an_old_one(tiny_model, data_dir, tmp_path):
+    """A run's record counts its Reducer's scoring forwards (``train.hook_val_flops``); for a record written
+    before they were kept, a recount rebuilds them from the score trajectory and the run's validation split,
+    and gets what the run itself kept."""
+    runs = tmp_path / "runs"
+    common = dict(
+        model=str(tiny_model),
+        random_weights=True,
+        train_overrides={"steps": 3, "val_batch_size": 3},
+        task_overrides={"eval_limit": 2},
+    )
+    specs = build_specs(
+        "commonsense", ["effilora"], [0], "smoke", method_options={"reducer": {"k": 1, "interval": 1}}, **common
+    )
+    specs += build_specs("commonsense", ["lora"], [0], "smoke", **common)
+    records = run_all(specs, runs, str(data_dir), progress=False)
+    effi, lora = records
+    hooks = effi["train"]["hook_val_flops"]
+    trajectory = effi["train"]["adapter"]["reducer"]["score_trajectory"]
+    assert hooks["forwards"] == sum(len(t["losses"]) for t in trajectory) == 6  # steps 1 and 2, 3 rollouts each
+    assert hooks["total"] == sum(s["count"] * s["flops"] for s in hooks["shapes"]) > 0
+    assert hooks["per_step"] == hooks["total"] / 3
+    assert len(hooks["shapes"]) == 2  # rounds at steps 1 and 2 score on validation batches 1 and 0 (3 and 1 rows)
+    assert lora["train"]["hook_val_flops"]["total"] == 0 and lora["train"]["hook_val_flops"]["forwards"] == 0
+
+    path = runs / effi["run"]["id"] / RECORD
+    lines: list[str] = []
+    assert recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)[0]["rewritten"] is False
+    old = read_record(path)
+    del old["train"]["hook_val_flops"]  # as written before they were kept
+    write_record(path.parent, old)
+    change = recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)[0]
+    assert change["rewritten"] and change["hooks"]["old_total"] is None
+    rebuilt = read_record(path)["train"]["hook_val_flops"]
+    assert {k: v for k, v in rebuilt.items() if k != "recounted"} == hooks and rebuilt["recounted"]["as_run"] is None
+    assert "hook validation FLOPs none -> " in lines[-2]
+
+    old["run"]["config"]["method_options"]["reducer"]["suppression"] = 0.0  # layers fully off: which, not kept
+    assert "suppression 0" in str(_left_for(old))
+
+
+def _left_for(record):
+    from harness.config import make_config
+    from harness.recount import reducer_forwards
+    from harness.registry import METHODS
+
+    config = make_config(METHODS.get("effilora").config_cls, record["run"]["config"]["method_options"], "effilora")
+    try:
+        reducer_forwards(None, config, [], None, None)
+    except ValueError as exc:
+        return exc
+    return None
