@@ -1,4 +1,6 @@
-"""Write files so that a reader never sees half of one: a temp file in the same folder, then rename."""
+"""Write files so that a reader never sees half of one: a temp file in the same folder, flushed to the disk,
+then renamed over the old one (and the rename flushed), so that a crash or power loss leaves the old file or
+the new one, never an empty or partial one."""
 
 from __future__ import annotations
 
@@ -18,9 +20,23 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     tmp = _new_file(final.parent, f".{final.name}.")
     try:
         yield tmp
+        _flush(tmp)  # the data on the disk before the name points at it
         os.replace(tmp, final)
+        _flush(final.parent)  # and the rename itself
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _flush(path: Path) -> None:
+    """``fsync`` a file or a folder; a system that cannot open a folder for it (Windows) skips the folder."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _new_file(folder: Path, prefix: str) -> Path:

@@ -274,6 +274,28 @@ def test_an_atomically_written_file_gets_the_mode_the_umask_gives(tmp_path, umas
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask
 
 
+def test_an_atomic_write_reaches_the_disk_before_the_rename_and_the_rename_after(monkeypatch, tmp_path):
+    """Renamed into place without an fsync, a record can be empty after a power loss though its name is there."""
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self") else fd))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic.os, "replace", replace)
+    atomic.write_json(tmp_path / "record.json", {"a": 1})
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    if os.path.exists("/proc/self"):  # which file: the temp file's data, then the folder holding the new name
+        assert events[0][1] == os.path.realpath(events[1][1]) and events[2][1] == os.path.realpath(tmp_path)
+    assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
+
+
 def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(tiny_model, data_dir, tmp_path):
     """No successful record for the leaderboard: the last line names the failed runs (their records say why)."""
     only_tests = tmp_path / "data" / "ARC-Easy"
