@@ -7,7 +7,11 @@ seconds, with the same code a new run uses (``harness.runner.flops_record``). Th
 is built with random weights (on the CPU: a paper-size model needs the memory of one copy), or, where the
 task cannot build it so, loaded as the run loaded it (``recounted.model`` says which). The record keeps the
 run's own ``total``, ``adapter``, ``lora_total``, ``relative_to_lora`` and ``counted_by`` under
-``flops_per_step.recounted.as_run``, with when and by which commit it was counted again.
+``flops_per_step.recounted.as_run``, with when and by which commit it was counted again. The FLOPs of the
+validation forwards a method's hooks ran (``train.hook_val_flops``: the Reducer's scoring rounds) are counted
+again the same way, from the forwards the record keeps, or, in a record written before it kept them, from its
+Reducer's score trajectory and the run's validation split (``reducer_forwards``); ``as_run`` keeps the old count,
+None where there was none.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ python scripts/recount_flops.py results/runs --data-dir commonsense=../shared/da
     --data-dir diffusion=../shared/data/diffusion/twemoji-64
 
 Each record whose count changes is rewritten in place (atomically), keeping what the run wrote under
-``train.flops_per_step.recounted.as_run``; regenerate the leaderboard afterwards (``harness leaderboard``).
+``train.flops_per_step.recounted.as_run`` (and ``train.hook_val_flops.recounted.as_run`` for the Reducer's scoring
+forwards, counted from the score trajectory in a record written before they were counted); regenerate the leaderboard afterwards (``harness leaderboard``).
 A task without ``--data-dir`` uses its default data (``HARNESS_DATA_DIR``, the hub, or generated data).
 """
 

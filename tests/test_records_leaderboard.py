@@ -60,6 +60,7 @@ def fixture_record(
         "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
         "adapter_file_bytes": 4000,
         "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
+        "hook_val_flops": {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []},
     }
     return record
 
@@ -123,8 +124,9 @@ def test_old_records_without_per_example_data_still_tabulate_without_intervals(t
 def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_named(tmp_path, capsys):
     runs = tmp_path / "runs"
     effi, lora, old = fixture_record("effilora", 0), fixture_record("lora", 0), fixture_record("effilora", 1)
-    effi["train"]["hook_val_flops"] = {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []}
-    lora["train"]["hook_val_s"] = 0.0  # written before they were counted, and no hook ran: none to count
+    assert effi["train"]["hook_val_flops"]["per_step"] == 200.0
+    del lora["train"]["hook_val_flops"], old["train"]["hook_val_flops"]  # records written before they were counted
+    lora["train"]["hook_val_s"] = 0.0  # and no hook ran: none to count
     for record in (effi, lora):
         write_fixture(runs, record)
     write_leaderboards(runs, tmp_path / "out")
