@@ -146,13 +146,15 @@ def _recount_hooks(
     old = train.get("hook_val_flops")
     if old is not None and "shapes" in old:
         forwards = [{k: f[k] for k in ("shape", "skipped", "count")} for f in old["shapes"]]
-    elif old is None and (trajectory := ((train.get("adapter") or {}).get("reducer") or {}).get("score_trajectory")):
+    elif (old is None or "status" in old) and (
+        trajectory := ((train.get("adapter") or {}).get("reducer") or {}).get("score_trajectory")
+    ):  # none kept: written before they were, or resumed from a checkpoint written before they were
         try:
             forwards = reducer_forwards(spec, config, trajectory, loaded, data_dirs.get(spec.task))
         except ValueError as exc:
             return {"left": str(exc)}
     else:
-        return None  # no hook ran a forward, or a count that says why it was not made
+        return None  # no hook ran a forward (or a plugin's hooks, not counted: nothing to rebuild them from)
     new = hook_flops_record(task, loaded, spec.method, config, forwards, recipe, fast, train["steps"])
     if "status" in new:
         return {"left": f"not countable now: {new['reason']}"}

@@ -134,6 +134,14 @@ def test_the_reducer_forwards_are_counted_in_the_record_and_rebuilt_for_an_old_o
     assert {k: v for k, v in rebuilt.items() if k != "recounted"} == hooks and rebuilt["recounted"]["as_run"] is None
     assert "hook validation FLOPs none -> " in lines[-2]
 
+    resumed = read_record(path)  # resumed from a checkpoint written before the forwards were kept: rebuilt too
+    resumed["train"]["hook_val_flops"] = {"status": "not counted", "reason": "resumed from an old checkpoint"}
+    write_record(path.parent, resumed)
+    change = recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)[0]
+    rebuilt = read_record(path)["train"]["hook_val_flops"]
+    assert {k: v for k, v in rebuilt.items() if k != "recounted"} == hooks
+    assert rebuilt["recounted"]["as_run"]["status"] == "not counted" and change["hooks"]["old_total"] is None
+
     old["run"]["config"]["method_options"]["reducer"]["suppression"] = 0.0  # layers fully off: which, not kept
     assert "suppression 0" in str(_left_for(old))
 
