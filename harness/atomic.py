@@ -1,9 +1,12 @@
-"""Write files so that a reader never sees half of one: a temp file in the same folder, flushed to the disk,
-then renamed over the old one (and the rename flushed), so that a crash or power loss leaves the old file or
-the new one, never an empty or partial one."""
+"""Write files so that a reader never sees half of one: a temp file in the same folder, flushed with ``fsync``,
+then renamed over the old one (and, where the system allows it, the folder flushed after the rename), so that a
+crash leaves the old file or the new one, never an empty or partial one. (``fsync`` is what the system gives: on
+macOS it reaches the drive, not necessarily past the drive's own cache.)
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -28,15 +31,27 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
 
 
 def _flush(path: Path) -> None:
-    """``fsync`` a file or a folder; a system that cannot open a folder for it (Windows) skips the folder."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except (IsADirectoryError, PermissionError):
+    """``fsync`` a written file (through a handle that may write: Windows refuses a read-only one), or a folder
+    where the system lets one open and flush it (not Windows; not some network and FUSE file systems, which
+    refuse with EINVAL: the rename is done by then, so a folder that cannot be flushed is skipped)."""
+    if path.is_dir():
+        if os.name == "nt":
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError:
+            pass
         return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(path, "rb+") as f:
+        try:
+            os.fsync(f.fileno())
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # a file system without fsync
+                raise
 
 
 def _new_file(folder: Path, prefix: str) -> Path:

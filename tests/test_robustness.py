@@ -296,6 +296,27 @@ def test_an_atomic_write_reaches_the_disk_before_the_rename_and_the_rename_after
     assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self"), reason="tells file from folder descriptors through /proc")
+def test_an_atomic_write_survives_a_system_that_flushes_only_writable_files_and_no_folders(monkeypatch, tmp_path):
+    """Windows' fsync refuses a read-only handle (EBADF); CIFS and some FUSE mounts refuse a folder (EINVAL)."""
+    import fcntl
+
+    real_fsync = os.fsync
+    flushed = []
+
+    def picky_fsync(fd):
+        if os.path.isdir(os.readlink(f"/proc/self/fd/{fd}")):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        flushed.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", picky_fsync)
+    atomic.write_json(tmp_path / "record.json", {"a": 1})
+    assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1} and len(flushed) == 1
+
+
 def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(tiny_model, data_dir, tmp_path):
     """No successful record for the leaderboard: the last line names the failed runs (their records say why)."""
     only_tests = tmp_path / "data" / "ARC-Easy"
