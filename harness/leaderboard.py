@@ -600,7 +600,8 @@ def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
                 f"section {s.key} ({s.task}, {s.preset}): {len(runs)} run(s) ({', '.join(runs[:3])}"
                 f"{', ...' if len(runs) > 3 else ''}) spent time on the Reducer's scoring forwards but do not count "
                 f"their FLOPs: count them with python scripts/recount_flops.py {runs_dir} (adding --data-dir "
-                f"{s.task}=FOLDER if its data is not at the task's default), then regenerate the leaderboard"
+                f"{s.task}=FOLDER if its data is not at the task's default, and --plugin / --trust-remote-code as the "
+                "runs used), then regenerate the leaderboard"
             )
     return out
 
@@ -608,10 +609,10 @@ def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
 def hook_flops_per_step(train: dict[str, Any]) -> int | None:
     """The FLOPs of a run's hook validation forwards (the Reducer's scoring rounds) per optimizer step, which
     ``flops_per_step`` leaves out: 0 for a run whose hooks ran none, None where they were not counted."""
-    hooks = train.get("hook_val_flops")
-    if hooks is None:  # a record from before they were counted: none ran if no time went to them
-        return 0 if not train.get("hook_val_s") else None
-    return round(hooks["per_step"]) if "per_step" in hooks else None
+    hooks = train.get("hook_val_flops") or {}
+    if "per_step" in hooks:
+        return round(hooks["per_step"])
+    return 0 if not train.get("hook_val_s") else None  # not counted (an older record): none ran if no time went
 
 
 def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:

@@ -144,7 +144,7 @@ def _recount_hooks(
     Returns the old and new ``total``, ``rewritten``, or ``left`` with why."""
     train = record["train"]
     old = train.get("hook_val_flops")
-    if old is not None and "shapes" in old:
+    if old is not None and "shapes" in old:  # counted, or kept uncounted where the replica could not run them
         forwards = [{k: f[k] for k in ("shape", "skipped", "count")} for f in old["shapes"]]
     elif (old is None or "status" in old) and (
         trajectory := ((train.get("adapter") or {}).get("reducer") or {}).get("score_trajectory")
@@ -161,7 +161,8 @@ def _recount_hooks(
     before = {k: v for k, v in (old or {}).items() if k != "recounted"}
     if before == new:
         return {"old_total": new["total"], "new_total": new["total"], "rewritten": False}
-    new["recounted"] = {**stamp, "as_run": (old or {}).get("recounted", {}).get("as_run") or old}
+    earlier = (old or {}).get("recounted", {})
+    new["recounted"] = {**stamp, "as_run": earlier["as_run"] if "as_run" in earlier else old}  # None: no count
     train["hook_val_flops"] = new
     return {"old_total": (old or {}).get("total"), "new_total": new["total"], "rewritten": True}
 

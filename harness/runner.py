@@ -459,15 +459,16 @@ def hook_flops_record(
     """A record's ``train.hook_val_flops``: the FLOPs of the validation forwards the method's hooks ran over the
     whole run (the Reducer's scoring rollouts), which ``flops_per_step`` leaves out: ``total``, ``per_step``
     (over the run's optimizer steps) and each batch shape's ``count`` and ``flops`` (one forward); or why
-    they could not be counted."""
+    they could not be counted (with the forwards, uncounted, where they are known)."""
     if forwards is None:
         return {"status": "not counted", "reason": "resumed from a checkpoint written before these forwards were kept"}
     counted: list[int] = []
     if forwards:
         try:
             counted = hook_forward_flops(task.meta_replica(loaded), method, config, forwards, recipe, fast)
-        except Exception as exc:  # a plugin the meta replica cannot run, as for flops_per_step
-            return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
+        except Exception as exc:  # a plugin the meta replica cannot run, as for flops_per_step; the forwards are
+            # kept, so that recount_flops can count them once it can
+            return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}", "shapes": forwards}
     total = sum(f["count"] * n for f, n in zip(forwards, counted, strict=True))
     return {
         "unit": "the whole run: every validation forward of the method's hooks (the Reducer's scoring rounds)",

@@ -213,7 +213,8 @@ def train(
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
         random.setstate(mine["python_rng"])
         state = saved["state"]
-        state.setdefault("hook_val_forwards", None)  # a checkpoint from before they were kept: not known
+        if "hook_val_forwards" not in state:  # a checkpoint from before they were kept: known only if none ran
+            state["hook_val_forwards"] = None if state.get("hook_val_s") else {}
         if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)
             state["samples"], state["tokens"] = mine["samples"], mine["tokens"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too

@@ -351,3 +351,20 @@ def test_a_resumed_run_keeps_the_rollouts_before_its_checkpoint_or_says_it_canno
         assert result.hook_val_forwards is None  # not known: not counted as fewer
     else:
         assert [f["count"] for f in result.hook_val_forwards] == [6]  # 3 before the stop, 3 after
+
+
+def test_a_run_without_hooks_resumed_from_an_old_checkpoint_knows_it_ran_none(tmp_path, char_tokenizer):
+    from harness.train import CHECKPOINT, Cancelled
+
+    recipe = text_recipe(char_tokenizer, CONFIG)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    steps = []
+    with pytest.raises(Cancelled):
+        train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False,
+              should_stop=lambda: steps.append(1) or len(steps) == 2)  # fmt: skip
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    del saved["state"]["hook_val_forwards"]  # written before they were kept, by a run whose hooks spent no time
+    torch.save(saved, tmp_path / CHECKPOINT)
+    fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    result = train(fresh.model, recipe, fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
+    assert result.resumed_from == 2 and result.hook_val_forwards == []

@@ -125,8 +125,9 @@ def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_
     runs = tmp_path / "runs"
     effi, lora, old = fixture_record("effilora", 0), fixture_record("lora", 0), fixture_record("effilora", 1)
     assert effi["train"]["hook_val_flops"]["per_step"] == 200.0
-    del lora["train"]["hook_val_flops"], old["train"]["hook_val_flops"]  # records written before they were counted
-    lora["train"]["hook_val_s"] = 0.0  # and no hook ran: none to count
+    del old["train"]["hook_val_flops"]  # a record written before they were counted
+    lora["train"]["hook_val_flops"] = {"status": "not counted", "reason": "resumed from an old checkpoint"}
+    lora["train"]["hook_val_s"] = 0.0  # but no hook ran: none to count
     for record in (effi, lora):
         write_fixture(runs, record)
     write_leaderboards(runs, tmp_path / "out")

@@ -142,6 +142,26 @@ def test_the_reducer_forwards_are_counted_in_the_record_and_rebuilt_for_an_old_o
     assert {k: v for k, v in rebuilt.items() if k != "recounted"} == hooks
     assert rebuilt["recounted"]["as_run"]["status"] == "not counted" and change["hooks"]["old_total"] is None
 
+    again = read_record(path)  # counted again by a later counter: what the run had stays what it was
+    again["train"]["hook_val_flops"] = dict(hooks, counted_by="an earlier counter", recounted={"as_run": None})
+    write_record(path.parent, again)
+    assert recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)[0]["hooks"]["rewritten"]
+    assert read_record(path)["train"]["hook_val_flops"]["recounted"]["as_run"] is None
+
+    from harness.runner import hook_flops_record  # a replica that could not run them: the forwards kept uncounted
+
+    failed = hook_flops_record(None, None, "effilora", None, hooks["shapes"], None, False, 3)  # no task: it fails
+    assert failed["status"] == "not counted" and failed["shapes"] == hooks["shapes"]
+    kept = read_record(path)
+    kept["train"]["hook_val_flops"] = {
+        **failed,
+        "shapes": [{k: f[k] for k in ("shape", "skipped", "count")} for f in hooks["shapes"]],
+    }
+    write_record(path.parent, kept)
+    assert recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)[0]["hooks"]["rewritten"]
+    counted = read_record(path)["train"]["hook_val_flops"]
+    assert counted["total"] == hooks["total"] and counted["recounted"]["as_run"]["status"] == "not counted"
+
     old["run"]["config"]["method_options"]["reducer"]["suppression"] = 0.0  # layers fully off: which, not kept
     assert "suppression 0" in str(_left_for(old))
 
