@@ -129,7 +129,9 @@ def _count(
     try:
         counter = FlopCounterMode(display=False)
         with counter:
-            recipe.loss_sum(replica.model, recipe.meta_batch(shape)).backward()
+            loss = recipe.loss_sum(replica.model, recipe.meta_batch(shape))
+            extra = None if bypass else adapter.extra_loss()  # a method's own term (the loop adds it too)
+            (loss if extra is None else loss + extra).backward()
     finally:
         for h in hooks:
             h.remove()

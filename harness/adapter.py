@@ -126,6 +126,13 @@ class AdapterLinear(nn.Module):
         Wrappers that read one tensor (q, k, v) then make this matmul together, over their stacked weights."""
         raise NotImplementedError
 
+    def extra_loss(self) -> Tensor | None:
+        """Optional: a term this wrapper adds to the training loss of the micro-batch its forward just ran (e.g. a
+        router's load-balancing loss from statistics the forward kept), or None. The loop adds the wrappers'
+        sum once a micro-batch, divided by the step's micro-batches (the step's mean); a term of tensors shared
+        across layers belongs to one wrapper. Not part of validation losses; its FLOPs count in the step's."""
+        return None
+
     def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
         """``(h, W)`` of ``delta_factors`` from ``z = drop(x) W_dropᵀ`` and ``g = x W_rawᵀ``."""
         raise NotImplementedError
@@ -382,7 +389,9 @@ class Adapter:
             self.reducer.on_step_begin(step, val_loss_fn)
 
     def extra_loss(self) -> Tensor | None:
-        return None
+        """The sum of the wrappers' ``extra_loss`` terms for the micro-batch just run, or None if none has one."""
+        terms = [t for layer in self.layers.values() if not layer.merged and (t := layer.extra_loss()) is not None]
+        return torch.stack([t.reshape(()) for t in terms]).sum() if terms else None
 
     def skipped_layers(self) -> list[str]:
         """The wrappers that add nothing now (merged, or gate 0: a layer the Reducer suppresses fully), by name."""

@@ -294,7 +294,7 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
     trained.train()
     opt = adamw(adapter.param_groups(lr=1e-4), fused=not reference)  # as the training loop builds it
     red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
-    step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None)
+    step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None, extra=adapter.extra_loss)
     c = Contender(name, "ours", method, step, trained, opt, cfg, reducer, fast_path=not reference)
     c.trainable = adapter.trainable_parameters()  # the Reducer pauses some each step; all keep their state
     if red is not None and red.config.selection == "importance":
@@ -332,7 +332,15 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
     return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg, trainable=trainable)
 
 
-def _stepper(model, optimizer, batch, n, autocast, before: Callable[[], Any] | None = None) -> Callable[[], None]:
+def _stepper(
+    model,
+    optimizer,
+    batch,
+    n,
+    autocast,
+    before: Callable[[], Any] | None = None,
+    extra: Callable[[], Any] | None = None,
+) -> Callable[[], None]:
     from tasks.lm import loss_sum
 
     def step() -> None:
@@ -340,6 +348,9 @@ def _stepper(model, optimizer, batch, n, autocast, before: Callable[[], Any] | N
             before()  # the Reducer's per-step layer draw
         with autocast():
             loss = loss_sum(model, batch, batch["input_ids"].shape[1]) / n
+            term = extra() if extra is not None else None  # a method's own loss term, as the training loop adds it
+            if term is not None:
+                loss = loss + term
         loss.backward()
         if optimizer is not None:
             optimizer.step()

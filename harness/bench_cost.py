@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -38,7 +38,7 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
                 p.requires_grad_(p.requires_grad and not (c.method == "lora_fa" and "lora_A" in name))
         else:
             replica.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
-        step = _count(replica, config, backward=True)
+        step = _count(replica, config, backward=True, extra=adapter.extra_loss if c.source == "ours" else None)
         if c.round_fn is None:
             return step, 0.0
         return step, _count(replica.eval(), config, backward=False) * c.config.reducer.rollouts / c.interval
@@ -46,7 +46,7 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
         return None, None
 
 
-def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
+def _count(replica: nn.Module, config: BenchConfig, backward: bool, extra: Any = None) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from tasks.lm import loss_sum
@@ -56,6 +56,9 @@ def _count(replica: nn.Module, config: BenchConfig, backward: bool) -> float:
     with counter, torch.set_grad_enabled(backward):
         # no mask, no positions: transformers reads those by value (impossible on meta) unless a cache exists
         loss = loss_sum(replica, {"input_ids": ids, "labels": ids}, config.seq_len, use_cache=True)
+        term = extra() if extra is not None else None  # a method's own loss term (harness.adapter)
+        if term is not None:
+            loss = loss + term
         if backward:
             loss.backward()
     return float(counter.get_total_flops())

@@ -17,6 +17,7 @@ from harness.runner import build_specs
 from harness.task import Example
 from harness.train import TrainConfig, train
 from methods.hydralora import mix_heads
+from methods.lora import LoraLinear
 from tasks.commonsense.scoring import continuation_ids
 from tasks.lm import encode
 from tests.conftest import ALL_METHODS, CharTokenizer, meta_of, text_recipe, tiny_llama
@@ -368,3 +369,29 @@ def test_a_run_without_hooks_resumed_from_an_old_checkpoint_knows_it_ran_none(tm
     fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     result = train(fresh.model, recipe, fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
     assert result.resumed_from == 2 and result.hook_val_forwards == []
+
+
+class _Penalised(LoraLinear):
+    """LoRA whose wrappers each add 5 to the training loss, through a product of its factors (FLOPs to count)."""
+
+    def extra_loss(self):  # noqa: ANN201
+        return 5.0 + 0.0 * (self.lora_B @ self.lora_A).sum()
+
+
+def test_a_methods_extra_loss_joins_the_training_loss_once_a_step_and_its_flops_are_counted(char_tokenizer):
+    recipe = text_recipe(char_tokenizer, CONFIG)  # two micro-batches a step: each adds half
+    curves, val = {}, {}
+    for cls in (LoraLinear, _Penalised):
+        adapter = attach(tiny_llama(), cls, targets="q_proj", r=2)
+        result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, progress=False)
+        curves[cls], val[cls] = [loss for _, loss in result.loss_curve], result.final_val_loss
+    # no gradient from it (0 x ...): training is the same, each step's loss 4 wrappers x 5 higher
+    assert [b - a for a, b in zip(curves[LoraLinear], curves[_Penalised], strict=True)] == pytest.approx([20.0] * 3)
+    assert val[_Penalised] == pytest.approx(val[LoraLinear])  # validation is the task's loss only
+
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj", "r": 4}, "lora")
+    plain = step_flops(meta_of(tiny_llama()), LoraLinear, config, [[4, 20, 10]], recipe)
+    penalised = step_flops(meta_of(tiny_llama()), _Penalised, config, [[4, 20, 10]], recipe)
+    d, layers = tiny_llama().config.hidden_size, tiny_llama().config.num_hidden_layers
+    # B @ A forward and its two gradients, in each of the 4 wrappers: the adapters' share, not the base's
+    assert penalised["adapter"] - plain["adapter"] == penalised["total"] - plain["total"] == layers * 3 * 2 * d * 4 * d

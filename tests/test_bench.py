@@ -355,3 +355,26 @@ def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
         with pytest.raises(SystemExit) as exit_:
             main_(argv)
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_methods_extra_loss_is_in_the_step_bench_times_and_counts(tmp_path, monkeypatch):
+    from harness.adapter import attach
+    from methods.lora import LoraLinear
+
+    calls = []
+
+    class Penalised(LoraLinear):
+        def extra_loss(self):  # noqa: ANN202
+            calls.append(self.lora_B.device.type)  # meta: a FLOPs count; cpu: a timed step
+            return 0.0 * (self.lora_B @ self.lora_A).sum()
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+    METHODS.register("penalised_lora")(Penalised)
+    options = {"targets": "q_proj,v_proj", "rank": 4}
+    config = BenchConfig(methods=("lora", "penalised_lora"), batch_size=2, seq_len=16, rounds=1, warmup=0,
+                         peft=False, protocols=(), threads=1, out=str(tmp_path), options=options)  # fmt: skip
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    assert "cpu" in calls and "meta" in calls  # the timed step ran it, and the count
+    layers = attach(tiny_llama(), Penalised, targets="q_proj,v_proj", r=4).layers.values()
+    extra = sum(3 * 2 * w.base.out_features * 4 * w.base.in_features for w in layers)  # B @ A and its gradients
+    assert rows["penalised_lora"]["gflops"] - rows["lora"]["gflops"] == pytest.approx(extra / 1e9)
