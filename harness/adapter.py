@@ -17,8 +17,10 @@ Python; ``harness bench`` times it (and the reference path with ``--reference``)
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import operator
 import re
 import warnings
 from collections.abc import Callable
@@ -126,11 +128,14 @@ class AdapterLinear(nn.Module):
         Wrappers that read one tensor (q, k, v) then make this matmul together, over their stacked weights."""
         raise NotImplementedError
 
-    def extra_loss(self) -> Tensor | None:
+    def extra_loss(self) -> Tensor | float | None:
         """Optional: a term this wrapper adds to the training loss of the micro-batch its forward just ran (e.g. a
         router's load-balancing loss from statistics the forward kept), or None. The loop adds the wrappers'
-        sum once a micro-batch, divided by the step's micro-batches (the step's mean); a term of tensors shared
-        across layers belongs to one wrapper. Not part of validation losses; its FLOPs count in the step's."""
+        sum to each micro-batch with anything supervised, divided by their number (the step's mean); it is in
+        the recorded loss curve, not in validation losses; a term of tensors shared across layers belongs to one
+        wrapper; layers the Reducer paused add theirs too. Keep the statistics where the forward computes them
+        on both paths: the fast path runs ``factors_from`` / ``delta_factors``, not ``delta``. The step's FLOPs
+        count the term's matrix products (FlopCounterMode counts no elementwise op)."""
         return None
 
     def factors_from(self, z: Tensor, g: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -388,10 +393,10 @@ class Adapter:
         if self.reducer is not None:
             self.reducer.on_step_begin(step, val_loss_fn)
 
-    def extra_loss(self) -> Tensor | None:
+    def extra_loss(self) -> Tensor | float | None:
         """The sum of the wrappers' ``extra_loss`` terms for the micro-batch just run, or None if none has one."""
         terms = [t for layer in self.layers.values() if not layer.merged and (t := layer.extra_loss()) is not None]
-        return torch.stack([t.reshape(()) for t in terms]).sum() if terms else None
+        return functools.reduce(operator.add, terms) if terms else None  # a float, a CPU scalar beside CUDA: added
 
     def skipped_layers(self) -> list[str]:
         """The wrappers that add nothing now (merged, or gate 0: a layer the Reducer suppresses fully), by name."""

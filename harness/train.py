@@ -273,6 +273,7 @@ def train(
         # gradients, so each divides by the global token count and multiplies by the process count
         n_supervised = int(accelerator.reduce(torch.tensor(sum(units), device=device), "sum"))
         scale = accelerator.num_processes / max(n_supervised, 1)
+        active = max(1, sum(1 for n in units if n))  # a method's extra_loss: the mean over these micro-batches
         step_loss = 0.0
         for i, (batch, n) in enumerate(zip(batches, units, strict=True)):
             if n == 0 and accelerator.num_processes == 1:  # nothing to learn from; under DDP every process
@@ -282,11 +283,10 @@ def train(
             with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     loss = recipe.loss_sum(model, batch) * scale
-                    extra = adapter.extra_loss()
-                    if extra is not None:
-                        loss = loss + extra / len(batches)
                     if n == 0:  # (several processes) a backward through the graph that adds nothing
                         loss = loss * 0.0
+                    elif (extra := adapter.extra_loss()) is not None:
+                        loss = loss + extra / active
                 accelerator.backward(loss)
             step_loss += loss.item() / accelerator.num_processes
             if n:

@@ -372,23 +372,73 @@ def test_a_run_without_hooks_resumed_from_an_old_checkpoint_knows_it_ran_none(tm
 
 
 class _Penalised(LoraLinear):
-    """LoRA whose wrappers each add 5 to the training loss, through a product of its factors (FLOPs to count)."""
+    """LoRA whose wrappers each add a product of their factors to the loss, times 0 (FLOPs to count, no gradient)."""
 
     def extra_loss(self):  # noqa: ANN201
-        return 5.0 + 0.0 * (self.lora_B @ self.lora_A).sum()
+        return 0.0 * (self.lora_B @ self.lora_A).sum()
 
 
-def test_a_methods_extra_loss_joins_the_training_loss_once_a_step_and_its_flops_are_counted(char_tokenizer):
-    recipe = text_recipe(char_tokenizer, CONFIG)  # two micro-batches a step: each adds half
-    curves, val = {}, {}
-    for cls in (LoraLinear, _Penalised):
-        adapter = attach(tiny_llama(), cls, targets="q_proj", r=2)
-        result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, progress=False)
-        curves[cls], val[cls] = [loss for _, loss in result.loss_curve], result.final_val_loss
-    # no gradient from it (0 x ...): training is the same, each step's loss 4 wrappers x 5 higher
-    assert [b - a for a, b in zip(curves[LoraLinear], curves[_Penalised], strict=True)] == pytest.approx([20.0] * 3)
-    assert val[_Penalised] == pytest.approx(val[LoraLinear])  # validation is the task's loss only
+class _Constant(LoraLinear):
+    def extra_loss(self):  # noqa: ANN201
+        return 5.0  # a plain float: added as it is
 
+
+class _Pulled(LoraLinear):
+    def extra_loss(self):  # noqa: ANN201
+        return 0.5 * self.lora_B.sum()  # a gradient of 0.5 on every element of B
+
+
+def _first_step_grads(cls, recipe, config, examples=EXAMPLES) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Each trainable tensor's gradient as the optimizer's first step sees it, and the loss curve."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    adapter = attach(tiny_llama(), cls, targets="q_proj", r=2)
+    names = {id(p): n for n, p in adapter.model.named_parameters()}
+    grads: dict[str, torch.Tensor] = {}
+
+    def keep(optimizer, args, kwargs):  # noqa: ANN001, ANN202
+        if not grads:
+            grads.update({names[id(p)]: p.grad.clone() for g in optimizer.param_groups for p in g["params"]})
+
+    handle = register_optimizer_step_pre_hook(keep)
+    try:
+        result = train(adapter.model, recipe, adapter, examples, VAL, config, progress=False)
+    finally:
+        handle.remove()
+    return grads, [loss for _, loss in result.loss_curve]
+
+
+def test_a_methods_extra_loss_joins_the_training_loss_and_its_gradient_once_a_step(char_tokenizer):
+    config = dataclasses.replace(CONFIG, max_grad_norm=0.0)  # the gradients as backward made them
+    recipe = text_recipe(char_tokenizer, config)  # two micro-batches a step: each adds half
+    plain, plain_curve = _first_step_grads(LoraLinear, recipe, config)
+    pulled, _ = _first_step_grads(_Pulled, recipe, config)
+    constant, constant_curve = _first_step_grads(_Constant, recipe, config)
+    b_names = [n for n in plain if n.endswith("lora_B")]
+    assert len(b_names) == 4
+    for name in plain:  # B's gradient moves by 0.5 (two halves), A's (B = 0 at the first step) not at all
+        expected = plain[name] + (0.5 if name in b_names else 0.0)
+        torch.testing.assert_close(pulled[name], expected, rtol=0, atol=1e-6, msg=name)
+    # four wrappers x 5 on every step's recorded loss; the float adds no gradient
+    assert [b - a for a, b in zip(plain_curve, constant_curve, strict=True)] == pytest.approx([20.0] * 3)
+    assert all(torch.equal(constant[n], plain[n]) for n in plain)
+
+    # a micro-batch with nothing supervised adds no term: the step's other one then adds all of it
+    empty = Example("Q: " + "x" * 80, " it is 1", "toy")  # cut off before its answer at cutoff_len 64
+    first = train_module._micro_batches(8, config, _OneProcess(), config.steps)[0][0]  # step 0's first micro-batch
+    cut = [empty if i in first else EXAMPLES[i] for i in range(8)]
+    assert recipe.units(recipe.collate([recipe.encode(cut[i]) for i in first])) == 0
+    _, cut_plain = _first_step_grads(LoraLinear, recipe, config, cut)
+    _, cut_constant = _first_step_grads(_Constant, recipe, config, cut)
+    assert [b - a for a, b in zip(cut_plain, cut_constant, strict=True)] == pytest.approx([20.0] * 3)
+
+
+class _OneProcess:
+    num_processes, process_index = 1, 0
+
+
+def test_a_methods_extra_loss_flops_are_counted_in_the_adapters_share(char_tokenizer):
+    recipe = text_recipe(char_tokenizer, CONFIG)
     config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj", "r": 4}, "lora")
     plain = step_flops(meta_of(tiny_llama()), LoraLinear, config, [[4, 20, 10]], recipe)
     penalised = step_flops(meta_of(tiny_llama()), _Penalised, config, [[4, 20, 10]], recipe)
