@@ -64,6 +64,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         for k, v in {
             "eval_limit": args.eval_limit,
             "train_cap": args.train_cap,
+            "val_size": args.val_size,
             "template": args.template,
             "train_sources": tuple(split_list(args.train_domains)) if args.train_domains else None,
             "scoring": _scoring(args, TASKS.get(args.task)),
@@ -172,7 +173,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "diffusion: native (default: the preset's)",
     )
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
-    p.add_argument("--data-dir", help="folder of benchmark folders (default: $HARNESS_DATA_DIR, else download)")
+    p.add_argument(
+        "--data-dir",
+        help="the task's data (commonsense: a folder of benchmark folders, default $HARNESS_DATA_DIR, else "
+        "download; multimodal and diffusion: their own default data, see the README)",
+    )
     p.add_argument("--runs-dir", default="runs", help="where run folders and records go (default runs/)")
     p.add_argument(
         "--out",
@@ -194,6 +199,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
     p.add_argument("--train-cap", type=int, help="training examples per benchmark (multimodal: per domain)")
+    p.add_argument(
+        "--val-size", type=int, help="training examples held out for validation and the Reducer (default: the preset's)"
+    )
     p.add_argument(
         "--train-domains",
         help="train on these sources only, comma-separated (multimodal: general,document,math), e.g. for "

@@ -371,6 +371,8 @@ def _execute(
     spec: RunSpec, task: Task, run_dir: Path, out_dir: Path, device: torch.device, record: dict[str, Any], ctx
 ) -> None:
     """Train (checkpoints in ``run_dir``) and score (the adapter and predictions in ``out_dir``)."""
+    # the training data first: a split that cannot be made fails before the model loads (minutes, for some)
+    train_set, val_set = task.splits() if spec.method != BASELINE else ([], [])
     loaded = load_model(task, spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = loaded.label
     if loaded.info:
@@ -379,7 +381,6 @@ def _execute(
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(loaded.root, spec.method, **spec.method_options)
         adapter.use_fast_path(bool(spec.extra.get("fast_path")))  # off unless asked: see harness/adapter.py
-        train_set, val_set = task.splits()
         recipe = task.recipe(loaded, spec.train)
         # checked before training: the method builds and runs one step on the meta replica, so FLOPs
         # can be counted; if not, the run still trains and the record says why FLOPs are missing

@@ -328,6 +328,8 @@ def train(
             save()
         if _asked(should_stop, accelerator):  # the last step too: its checkpoint spares a re-train
             _stop(save, accelerator, bar, state["step"], total_steps)
+    if checkpoint and config.checkpoint_every and state["step"] > state.get("saved_step", 0):
+        save()  # the finished training: a stop during the final validation or the scoring does not train again
     bar.close()
     final_val, began = None, time.perf_counter()
     units = [recipe.units(b) for b in val_batches]

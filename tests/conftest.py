@@ -109,3 +109,20 @@ def tiny_model(tmp_path):
         num_key_value_heads=2,
     ).save_pretrained(tmp_path / "tiny")
     return tmp_path / "tiny"
+
+
+def undecodable_png(path) -> None:
+    """A PNG whose structure and checksums are valid (``Image.verify`` passes) but whose pixel stream is not
+    zlib data (decoding fails): what a verify-only check lets through."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    Image.new("RGB", (8, 8), (10, 200, 30)).save(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"IDAT")
+    length = struct.unpack(">I", raw[at - 4 : at])[0]
+    raw[at + 4 : at + 4 + length] = bytes([0x55]) * length  # the data, replaced
+    raw[at + 4 + length : at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(raw[at : at + 4 + length])))
+    path.write_bytes(bytes(raw))

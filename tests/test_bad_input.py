@@ -29,7 +29,7 @@ import pytest
 from harness import METHODS, TASKS
 from harness.cli import main
 from harness.records import new_record, write_record
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_llama, undecodable_png
 
 Setup = Callable[[Path], None]
 
@@ -136,6 +136,7 @@ def llava(train: list[dict]) -> Setup:
         folder.mkdir(parents=True)
         Image.new("RGB", (8, 8), (200, 30, 30)).save(folder / "ok.png")
         (folder / "broken.png").write_bytes(b"\x89PNG not really")
+        undecodable_png(folder / "undecodable.png")  # passes verify(), fails to decode
         test = {**LLAVA_GOOD, "id": "t", "kind": "open", "question": "What?", "answers": ["a cat"], "metric": "exact"}
         (tmp / "mm" / "train.json").write_text(json.dumps(train))
         (tmp / "mm" / "test.json").write_text(json.dumps([test]))
@@ -526,6 +527,24 @@ CASES = [
         mm_run(),
         r"train\.json: record 0 \(id 'a'\): image 'images/broken\.png' is not a readable image .*; replace or remove",
         llava(train=[{**LLAVA_GOOD, "image": "images/broken.png"}]),
+    ),
+    bad(
+        "multimodal-undecodable-image",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): image 'images/undecodable\.png' is not a readable image .*; replace or",
+        llava(train=[{**LLAVA_GOOD, "image": "images/undecodable.png"}]),
+    ),
+    bad(
+        "multimodal-empty-answer",
+        mm_run(),
+        r"train\.json: record 0 \(id 'a'\): the gpt answer of turn 1 is empty \(training would teach",
+        llava(train=[{**LLAVA_GOOD, "conversations": [LLAVA_GOOD["conversations"][0], {"from": "gpt", "value": " "}]}]),
+    ),
+    bad(
+        "commonsense-answer-not-an-option",
+        run("--protocol", "choice", "--template", "clean"),
+        r"ARC-Easy/test\.json: example 0: answer 'answer9' is not one of its options \(answer1/.*/answer5\); fix the",
+        arc_test([{**GOOD, "answer": "answer9"}]),
     ),
     bad(
         "multimodal-image-tags-do-not-match",

@@ -23,7 +23,7 @@ from tasks.diffusion import data as ddata
 from tasks.diffusion import judge as djudge
 from tasks.diffusion import model as dmodel
 from tasks.diffusion import scoring
-from tests.conftest import ALL_METHODS
+from tests.conftest import ALL_METHODS, undecodable_png
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (40, 60, 220), "yellow": (240, 220, 30)}
 SHAPES = ("circle", "square")
@@ -754,12 +754,23 @@ def test_an_image_too_large_to_decode_safely_is_bad_data(tmp_path, monkeypatch):
         ddata.read_folder(data)
 
 
+def test_metadata_that_is_not_utf8_or_holds_under_five_rows_is_named_before_training(tmp_path):
+    data = tiny_data(tmp_path / "data", 4)
+    with pytest.raises(ValueError, match=r"has 4 rows to fine-tune on: every 5th is held out for scoring, so it needs"):
+        ddata.load(data)  # no row held out: nothing to score on
+    (data / ddata.METADATA).write_bytes('{"file_name": "images/000.png", "text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"metadata.jsonl is not UTF-8 text \(byte 44\); save it as UTF-8"):
+        ddata.read_folder(data)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
         ('{"file_name": "images/000.png", "text": "ok"}\nnot json', "line 2 is not JSON"),
         ('{"file_name": "images/000.png"}', 'no "text"'),
         ('{"file_name": "images/000.png", "text": "  "}', "caption .* is empty"),
+        ('{"file_name": "images/000.png", "text": 5}', r'caption \("text"\) is a int, not a string; quote it'),
+        ('{"file_name": "images/undecodable.png", "text": "x"}', r"image 'images/undecodable.png' cannot be read"),
         ('{"file_name": "images/missing.png", "text": "x"}', "missing"),
         ('{"file_name": "images/bad.png", "text": "x"}', "cannot be read"),
         ('{"text": "x"}', 'no "file_name"'),
@@ -768,6 +779,7 @@ def test_an_image_too_large_to_decode_safely_is_bad_data(tmp_path, monkeypatch):
 def test_bad_data_fails_in_one_line_before_training(tmp_path, capsys, line, message):
     data = tiny_data(tmp_path / "data", 4)
     (data / "images" / "bad.png").write_bytes(b"not a png")
+    undecodable_png(data / "images" / "undecodable.png")  # passes verify(), fails to decode
     (data / ddata.METADATA).write_text(line + "\n")
     code = main(
         [

@@ -616,3 +616,44 @@ def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_
     monkeypatch.setattr(runner, "step_flops", sigterm)
     with pytest.raises(Cancelled, match="SIGTERM"):
         runner._count_flops(task, None, "lora", None, [], None, False)
+
+
+def test_a_training_set_too_small_for_its_validation_split_fails_before_the_model_loads(
+    monkeypatch, tiny_model, data_dir, tmp_path
+):
+    """The split is made first: a model that takes minutes to load (multimodal's stage 1) is not waited for, and
+    the message names the flag that lowers the split (it used to say "lower it" with no way to)."""
+    import harness.runner as runner_module
+    from harness.cli import main
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded before the training data was split")
+
+    monkeypatch.setattr(runner_module, "load_model", never)
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--no-leaderboard", "--quiet"]  # fmt: skip
+    assert main([*argv, "--val-size", "100000"]) != 0
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "failed" and record["run"]["config"]["task_options"]["val_size"] == 100000
+    assert "not enough to hold out val_size=100000; lower it (--val-size)" in record["run"]["error"]
+
+
+def test_finished_training_is_checkpointed_so_a_stop_while_scoring_does_not_train_again(tmp_path, char_tokenizer):
+    """A scheduler's SIGTERM during the (long) scoring used to cost every step since the last periodic
+    checkpoint: the last one was never written."""
+    config = TrainConfig(steps=3, micro_batch_size=4, lr=1e-3, checkpoint_every=50, cutoff_len=64)
+    recipe = text_recipe(char_tokenizer, config)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    first = train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path, progress=False)
+    assert (tmp_path / CHECKPOINT).is_file() and first.resumed_from is None
+    again = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    second = train(again.model, recipe, again, EXAMPLES, VAL, config, tmp_path, progress=False)
+    assert second.resumed_from == 3 and second.loss_curve == first.loss_curve  # nothing trained again
+    for a, b in zip(adapter.trainable_parameters(), again.trainable_parameters(), strict=True):
+        assert torch.equal(a, b)
+    never = TrainConfig(steps=3, micro_batch_size=4, lr=1e-3, checkpoint_every=0, cutoff_len=64)  # 0: never
+    other = tmp_path / "never"
+    fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    train(fresh.model, recipe, fresh, EXAMPLES, VAL, never, other, progress=False)
+    assert not (other / CHECKPOINT).exists()

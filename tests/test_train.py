@@ -203,7 +203,7 @@ def test_checkpoint_written_on_other_training_files_is_refused(char_tokenizer, t
         return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path, progress=False, data=files)
 
     run("a")
-    assert run("a").resumed_from == 2  # the same files: resumed (the checkpoint of step 2)
+    assert run("a").resumed_from == 3  # the same files: resumed (the checkpoint written when training ended)
     with pytest.raises(ValueError, match=r"other training data \(ARC-Easy/train.json changed since\).*--force"):
         run("edited")
 

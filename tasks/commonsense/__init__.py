@@ -67,6 +67,10 @@ class CommonsenseTask(Task):
             for test in self._tests.values():
                 if test is not None:
                     _parse_all(test.records, test.path)
+        else:  # choice, generate, lm-eval score the label words: each answer must be one of its question's
+            for benchmark, test in self._tests.items():
+                if test is not None:
+                    _check_answers(test.records, test.path, data.labels_for(benchmark, test.records))
 
     def load(
         self,
@@ -101,7 +105,7 @@ class CommonsenseTask(Task):
         if len(records) <= self.options.val_size:
             raise ValueError(
                 f"only {len(records)} training examples, not enough to hold out val_size="
-                f"{self.options.val_size}; lower it or add training data"
+                f"{self.options.val_size}; lower it (--val-size) or add training data"
             )
         if self.cloze:  # the mix is shuffled: an example is named by its file and question, not an index
             _parse_all(
@@ -252,6 +256,17 @@ def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[
         except ValueError as exc:
             place = where(i, record) if callable(where) else f"{where}: example {i}"
             raise ValueError(f"{place} does not fit the cloze protocol ({exc}); use --protocol choice") from None
+
+
+def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
+    """Fail on the first record whose answer is not among the options it is scored on (``candidates_for``)."""
+    for i, record in enumerate(records):
+        options = candidates_for(record, labels)
+        if record["answer"] not in options:
+            raise ValueError(
+                f"{path}: example {i}: answer {record['answer']!r} is not one of its options "
+                f"({'/'.join(options)}); fix the answer, or name the options in an 'Answer format:' line"
+            )
 
 
 def candidates_for(record: dict[str, Any], labels: list[str]) -> list[str]:

@@ -198,7 +198,10 @@ class DiffusionTask(Task):
             rows = rows[: self.options.train_cap]
         examples = [Example(r.text, "", r.category, {"image": r.image, "seed": i}) for i, r in enumerate(rows)]
         if len(examples) <= self.options.val_size:
-            raise ValueError(f"only {len(examples)} training images for val_size={self.options.val_size}; lower it")
+            raise ValueError(
+                f"only {len(examples)} training images for val_size={self.options.val_size}; lower it (--val-size) "
+                "or add images"
+            )
         return examples[self.options.val_size :], examples[: self.options.val_size]
 
     def data_fingerprint(self) -> dict[str, str]:

@@ -43,7 +43,11 @@ def read_folder(folder: Path) -> list[Item]:
             '"file_name" and "text" (the Hugging Face imagefolder layout)'
         )
     items = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        text = meta.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{meta} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         where = f"{meta}: line {n}"
@@ -57,14 +61,18 @@ def read_folder(folder: Path) -> list[Item]:
             raise ValueError(f'{where} has no "file_name"; add the image\'s path relative to {folder}')
         if "text" not in row:
             raise ValueError(f'{where} has no "text" (the caption); add one')
-        if not isinstance(row["text"], str) or not row["text"].strip():
+        if not isinstance(row["text"], str):
+            raise ValueError(f'{where}: the caption ("text") is a {type(row["text"]).__name__}, not a string; quote it')
+        if not row["text"].strip():
             raise ValueError(f'{where}: the caption ("text") is empty; write one or remove the line')
         path = folder / row["file_name"]
         if not path.is_file():
             raise ValueError(f"{where}: image {row['file_name']!r} is missing; add it or remove the line")
         try:
             with Image.open(path) as im:
-                im.verify()
+                im.verify()  # the file's structure and checksums
+            with Image.open(path) as im:
+                im.load()  # and its pixels: a data stream can pass verify() and still not decode
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
         items.append(Item(path, row["text"].strip(), str(row.get("category", "")), row))
@@ -98,6 +106,11 @@ def load(folder: Path) -> Data:
     else:
         tune, base, split = items, [], "all rows"
     test = tune[TEST_EVERY - 1 :: TEST_EVERY]
+    if not test:
+        raise ValueError(
+            f"{folder / METADATA} has {len(tune)} rows to fine-tune on: every {TEST_EVERY}th is held out for "
+            f"scoring, so it needs at least {TEST_EVERY}; add rows, or give train/ and test/ folders"
+        )
     held = {id(i) for i in test}
     train = [i for i in tune if id(i) not in held]
     return Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")

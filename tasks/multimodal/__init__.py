@@ -209,7 +209,10 @@ class MultimodalTask(Task):
         rng.shuffle(chosen)
         examples = examples_from(chosen)
         if len(examples) <= self.options.val_size:
-            raise ValueError(f"only {len(examples)} training examples for val_size={self.options.val_size}; lower it")
+            raise ValueError(
+                f"only {len(examples)} training examples for val_size={self.options.val_size}; lower it (--val-size) "
+                "or add training data"
+            )
         return examples[self.options.val_size :], examples[: self.options.val_size]
 
     def test_records(self, domain: str) -> list[data.Record]:

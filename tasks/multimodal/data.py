@@ -244,7 +244,9 @@ def _image_path(data_dir: Path, name: str, verified: set[Path], fail: Callable[[
     if path not in verified:
         try:
             with Image.open(path) as img:
-                img.verify()
+                img.verify()  # the file's structure and checksums
+            with Image.open(path) as img:
+                img.load()  # and its pixels: a data stream can pass verify() and still not decode
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise fail(f"image {name!r} is not a readable image ({exc})", "replace or remove the file") from None
         verified.add(path)
@@ -263,6 +265,8 @@ def conversation_problem(conversations: Any, n_images: int) -> str | None:
             return f"turn {t} is from {turn.get('from')!r} where {expected!r} was expected (turns alternate human, gpt)"
     if len(conversations) % 2:
         return f"the last turn ({len(conversations) - 1}) is from 'human' with no gpt answer"
+    if empty := [t for t in range(1, len(conversations), 2) if not conversations[t]["value"].strip()]:
+        return f"the gpt answer of turn {empty[0]} is empty (training would teach the model to say nothing)"
     tokens = sum(turn["value"].count(IMAGE_TOKEN) for turn in conversations[::2])
     if tokens != n_images:
         return f"the human turns hold {tokens} {IMAGE_TOKEN} token(s) for {n_images} image(s)"
