@@ -62,6 +62,17 @@ def test_an_extra_benchmark_folder_is_picked_up_by_name(tmp_path, data_dir):
     assert data.labels_for("my_bench", records) == ["no", "yes"]
 
 
+def test_a_folder_with_only_a_training_file_is_trained_on_and_not_scored(tmp_path, data_dir):
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    (tmp_path / "my_train").mkdir()
+    extra = json.loads((data_dir / "ARC-Easy" / "train.json").read_text())[:5]
+    (tmp_path / "my_train" / "train.json").write_text(json.dumps(extra))
+    records, provenance = data.training_mix(tmp_path, cap=None, seed=0)
+    assert [p["file"].split("/")[-2] for p in provenance][-1] == "my_train"  # was left out without a test.json
+    assert sum(r["benchmark"] == "my_train" for r in records) == 5
+    assert "my_train" not in data.benchmark_names(tmp_path)  # nothing to score it on
+
+
 def test_mixed_training_file_is_used_when_present(tmp_path, data_dir):
     copy_benchmarks(data_dir, tmp_path, ["boolq"])
     mixed = json.loads((data_dir / "ARC-Easy" / "train.json").read_text())[:30]

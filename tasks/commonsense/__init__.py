@@ -59,7 +59,7 @@ class CommonsenseTask(Task):
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
         # training files too (read again by splits()); one mixed train.json replaces the benchmarks' own
-        train = [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir)]
+        train = [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir, "train")]
         if (self.data_dir / data.MIXED_TRAIN).is_file():
             train = [data.read_json_file(self.data_dir / data.MIXED_TRAIN)]
         self._train_files = {data.provenance_name(f.path): f.sha256 for f in train if f is not None}

@@ -98,13 +98,14 @@ def download(base_url: str | None = None) -> Path:
     return target
 
 
-def _benchmark_dirs(path: Path) -> list[str]:
-    return sorted(p.parent.name for p in path.glob("*/test.json")) if path.is_dir() else []
+def _benchmark_dirs(path: Path, split: str = "test") -> list[str]:
+    return sorted(p.parent.name for p in path.glob(f"*/{split}.json")) if path.is_dir() else []
 
 
-def benchmark_names(data_dir: Path) -> list[str]:
-    """The paper's eight (present or not) then any further folder in the same format, by name."""
-    return list(BENCHMARKS) + [b for b in _benchmark_dirs(data_dir) if b not in BENCHMARKS]
+def benchmark_names(data_dir: Path, split: str = "test") -> list[str]:
+    """The paper's eight (present or not) then any further folder with a ``split`` file, by name: a folder with
+    only a train.json is trained on and not scored."""
+    return list(BENCHMARKS) + [b for b in _benchmark_dirs(data_dir, split) if b not in BENCHMARKS]
 
 
 def labels_for(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
@@ -174,7 +175,7 @@ def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[
     files = (
         [("mixed", read_json_file(mixed))]
         if mixed.is_file()
-        else [(b, f) for b in benchmark_names(data_dir) if (f := read_split(data_dir, b, "train")) is not None]
+        else [(b, f) for b in benchmark_names(data_dir, "train") if (f := read_split(data_dir, b, "train")) is not None]
     )
     if not files:
         raise ValueError(f"no training data in {data_dir}: need {MIXED_TRAIN} or at least one <benchmark>/train.json")
