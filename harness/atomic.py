@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -52,6 +53,18 @@ def _flush(path: Path) -> None:
         except OSError as exc:
             if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # a file system without fsync
                 raise
+
+
+_TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what _new_file names
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the temp files a killed writer left under ``folder`` (a ``kill -9`` mid-write skips the cleanup):
+    call it only while holding the folder's lock, when no write of its own is under way. Returns them."""
+    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _new_file(folder: Path, prefix: str) -> Path:

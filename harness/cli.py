@@ -170,7 +170,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        print("harness: interrupted", file=sys.stderr)
+        print(
+            "harness: interrupted; the same command goes on from each unfinished run's last checkpoint (finished runs "
+            "are kept)",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

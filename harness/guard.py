@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import threading
@@ -40,6 +41,14 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 return False
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+                    raise ValueError(
+                        f"cannot lock {self.path}: its file system does not support file locks ({exc.strerror}); "
+                        "put --runs-dir on a local disk or on one mounted with locking"
+                    ) from None
+                raise
         self._fd = fd
         return True
 

@@ -20,7 +20,7 @@ import torch
 
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
-from harness.atomic import atomic_path, write_json
+from harness.atomic import atomic_path, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
@@ -303,6 +303,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     # a re-run of a finished run writes its outputs (adapter, predictions, samples) apart until it succeeds:
     # one that fails leaves the finished record beside the files that record describes
     out_dir = run_dir if finished is None else run_dir / RERUN
+    if ctx.is_main:
+        remove_stale_temps(run_dir)  # half-written files of a writer killed mid-write (we hold the lock)
     if ctx.force and ctx.is_main:
         (run_dir / CHECKPOINT).unlink(missing_ok=True)  # start over, but keep the finished record until replaced
         if out_dir != run_dir:

@@ -657,3 +657,50 @@ def test_finished_training_is_checkpointed_so_a_stop_while_scoring_does_not_trai
     fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(fresh.model, recipe, fresh, EXAMPLES, VAL, never, other, progress=False)
     assert not (other / CHECKPOINT).exists()
+
+
+def test_a_writer_killed_mid_write_leaves_temp_files_the_next_run_removes(tiny_model, data_dir, tmp_path):
+    from harness.atomic import remove_stale_temps
+    from harness.runner import build_specs, run_all
+
+    folder = tmp_path / "run"
+    (folder / "adapter").mkdir(parents=True)
+    stale = [folder / ".checkpoint.pt.0a1b2c3d.tmp", folder / "adapter" / ".adapter_model.safetensors.deadbeef.tmp"]
+    kept = [folder / ".notes.tmp", folder / "record.json", folder / ".lock"]  # not ours, or not temp files
+    for path in stale + kept:
+        path.write_text("x")
+    assert sorted(remove_stale_temps(folder)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+                         train_overrides={"steps": 1}, task_overrides={"eval_limit": 2})  # fmt: skip
+    left = tmp_path / "runs" / spec.run_id / ".checkpoint.pt.0a1b2c3d.tmp"  # a kill -9 during a checkpoint write
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half a checkpoint")
+    [record] = run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "success" and not left.exists()
+
+
+def test_a_runs_dir_whose_file_system_has_no_locks_is_named_with_the_fix(monkeypatch, tmp_path):
+    import harness.guard as guard
+
+    if guard.fcntl is None:
+        pytest.skip("no flock on this system")
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(guard.fcntl, "flock", no_locks)
+    with pytest.raises(ValueError, match=r"does not support file locks \(No locks available\); put --runs-dir on a"):
+        guard.RunLock(tmp_path / "run").acquire(blocking=True)
+
+
+def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
+    import harness.cli as cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_early_plugins", interrupted)
+    assert cli.main(["list", "methods"]) == 130
+    assert "the same command goes on from each unfinished run's last checkpoint" in capsys.readouterr().err
