@@ -28,16 +28,18 @@ def meta_of(model):
     return MetaModel("tiny", replica, replica)
 
 
-def tiny_llama(seed: int = 0, layers: int = 4, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
+def tiny_llama(
+    seed: int = 0, layers: int = 4, dtype: torch.dtype = torch.float32, vocab_size: int = 128, context: int = 64
+) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=128,
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=context,
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).to(dtype).eval()
