@@ -61,10 +61,15 @@ _TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what _new_file names
 def remove_stale_temps(folder: Path) -> list[Path]:
     """Remove the temp files a killed writer left under ``folder`` (a ``kill -9`` mid-write skips the cleanup):
     call it only while holding the folder's lock, when no write of its own is under way. Returns them."""
-    stale = [p for p in folder.rglob(".*.tmp") if p.is_file() and _TEMP.match(p.name)]
+    stale = [p for p in folder.rglob(".*.tmp") if is_temp(p)]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
+
+
+def is_temp(path: Path) -> bool:
+    """Whether ``path`` is a temp file ``atomic_path`` makes."""
+    return path.is_file() and _TEMP.match(path.name) is not None
 
 
 def _new_file(folder: Path, prefix: str) -> Path:

@@ -70,7 +70,7 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
-from harness.records import config_hash, find_records, read_record
+from harness.records import config_hash, find_records, pending_swaps, read_record
 from harness.runner import BASELINE
 from harness.stats import (
     CHANCE,
@@ -165,6 +165,13 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
             continue
         if record["run"]["status"] == "success":
             records.append(record)
+    for run_id in pending_swaps(runs_dir):
+        print(
+            f"warning: {run_id}: a forced re-run succeeded but was stopped while its files were swapped in; the "
+            "record it replaces is counted until the run's next start (the same `harness run` command, without "
+            "--force) finishes the swap",
+            file=sys.stderr,
+        )
     return records
 
 

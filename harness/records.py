@@ -14,6 +14,7 @@ from harness.atomic import write_json
 SCHEMA_VERSION = 1
 RECORD = "record.json"
 PREDICTIONS = "predictions.jsonl"
+RERUN = "rerun"  # a forced re-run's outputs, in its run folder, until it succeeds (then its record too)
 STATUSES = ("success", "failed", "cancelled")
 REQUIRED = {"schema": int, "run": dict, "train": dict, "eval": dict, "env": dict}
 
@@ -90,3 +91,9 @@ def read_record(path: Path) -> dict[str, Any]:
 
 def find_records(runs_dir: Path) -> list[Path]:
     return sorted(runs_dir.glob(f"*/{RECORD}"))
+
+
+def pending_swaps(runs_dir: Path) -> list[str]:
+    """The runs whose forced re-run succeeded but was stopped while its files replaced the finished run's (its
+    record still in ``rerun/``): the next start of the run finishes the swap."""
+    return sorted(p.parent.parent.name for p in runs_dir.glob(f"*/{RERUN}/{RECORD}"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import os
 import shutil
 import time
 import traceback
@@ -20,10 +21,10 @@ import torch
 
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
-from harness.atomic import atomic_path, remove_stale_temps, write_json
+from harness.atomic import atomic_path, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.records import PREDICTIONS, RECORD, config_hash, new_record, read_record, write_record
+from harness.records import PREDICTIONS, RECORD, RERUN, config_hash, new_record, read_record, write_record
 from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
@@ -35,7 +36,6 @@ FLOPS_COUNTED_BY = (
     "adapter bypassed (counter version 2, 2026-12-04)"
 )
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
-RERUN = "rerun"  # a forced re-run's outputs, in its run folder, until it succeeds
 
 
 @dataclass(frozen=True)
@@ -281,9 +281,12 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
     if ctx.is_main:
         if not lock.acquire(blocking):
             decision = "locked"
-        elif (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
-            other = _other_data(finished, task)
-            decision = "done" if other is None else f"other data ({other})"
+        else:
+            if finish_swap(run_dir):  # a forced re-run killed while its files replaced the finished run's
+                print(f"    {spec.run_id}: a forced re-run was stopped while swapping its files in: finished that")
+            if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
+                other = _other_data(finished, task)
+                decision = "done" if other is None else f"other data ({other})"
     decision = ctx.agree(decision)
     try:
         if decision.startswith("other data"):
@@ -336,8 +339,10 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         record["run"]["traceback"] = traceback.format_exc(limit=8)
     if ctx.is_main:
         if record["run"]["status"] == "success" and out_dir != run_dir:
-            _swap_in(out_dir, run_dir)
-        _write_outcome(run_dir, record, finished)
+            write_record(out_dir, record)  # the swap is decided: a start after a kill mid-swap finishes it
+            finish_swap(run_dir)
+        else:
+            _write_outcome(run_dir, record, finished)
         if record["run"]["status"] == "success":
             (run_dir / CHECKPOINT).unlink(missing_ok=True)
     ctx.barrier()
@@ -357,16 +362,27 @@ def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, An
     return run_dir / RECORD
 
 
-def _swap_in(staged: Path, run_dir: Path) -> None:
-    """A successful re-run's outputs in place of the finished run's, each renamed over its namesake."""
+def finish_swap(run_dir: Path) -> bool:
+    """Put a successful forced re-run's outputs (``rerun/``, its record among them) in place of the finished
+    run's, each renamed over its namesake, the record last; ``False`` when no swap is pending (no record in
+    ``rerun/``: an attempt that did not succeed). A kill part-way leaves the record in ``rerun/``; calling this
+    again (every start of the run does, holding its lock) goes on where it stopped."""
+    staged = run_dir / RERUN
+    if not (staged / RECORD).is_file():
+        return False
     for new in sorted(staged.iterdir()):
+        if new.name == RECORD or is_temp(new):
+            continue
         old = run_dir / new.name
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old)
         elif old.exists() or old.is_symlink():
             old.unlink()
         new.rename(old)
-    staged.rmdir()
+    os.replace(staged / RECORD, run_dir / RECORD)
+    shutil.rmtree(staged)  # what is left: temp files of a writer killed mid-write
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)
+    return True
 
 
 def _execute(

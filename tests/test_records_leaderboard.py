@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from harness.leaderboard import write_leaderboards
-from harness.records import RECORD, new_record, read_record, write_record
+from harness.records import RECORD, RERUN, new_record, read_record, write_record
 from harness.runner import build_specs
 
 BENCHES = {"ARC-Easy": 40.0, "boolq": 60.0}
@@ -477,7 +477,61 @@ def test_a_forced_rerun_replaces_the_finished_runs_files_only_when_it_succeeds(t
     monkeypatch.setattr(runner, "_execute", execute(fail=False))
     assert runner.run_one(spec, None, forced)[0]["run"]["status"] == "success"
     assert (run_dir / "adapter" / "weights").read_text() == (run_dir / "predictions.jsonl").read_text() == "re-run"
-    assert not (run_dir / runner.RERUN).exists() and read_record(run_dir / RECORD)["run"]["status"] == "success"
+    assert not (run_dir / RERUN).exists() and read_record(run_dir / RECORD)["run"]["status"] == "success"
+
+
+def test_a_forced_rerun_killed_while_swapping_its_files_in_is_finished_by_the_next_start(tmp_path, monkeypatch, capsys):
+    """Killed after its first file replaced the finished run's: the leaderboard warns and counts the old record;
+    the next plain start completes the swap (the new record, every new file) instead of skipping the run."""
+    from harness import leaderboard, runner
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    finished = fixture_record("lora", 0, 0.0)
+    finished["run"]["id"] = spec.run_id
+    write_fixture(tmp_path, finished)
+    run_dir = tmp_path / spec.run_id
+    for name in ("adapter", "samples"):
+        (run_dir / name).mkdir()
+        (run_dir / name / "weights").write_text("first run")
+    (run_dir / "predictions.jsonl").write_text("first run")
+
+    def execute(spec, task, run_dir, out_dir, device, record, ctx):
+        for name in ("adapter", "samples"):
+            (out_dir / name).mkdir(parents=True)
+            (out_dir / name / "weights").write_text("re-run")
+        (out_dir / "predictions.jsonl").write_text("re-run")
+        record["eval"] = {"piqa": {"acc": 1.0}}
+
+    renamed = []
+    real_rename = Path.rename
+
+    def killed_after_one(self, target):  # SIGKILL after the first rename of the swap
+        if renamed:
+            raise SystemExit("killed")
+        renamed.append(self.name)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(runner, "_execute", execute)
+    monkeypatch.setattr(Path, "rename", killed_after_one)
+    with pytest.raises(SystemExit):
+        runner.run_one(spec, None, runner.RunContext(tmp_path, force=True))
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert renamed == ["adapter"] and (run_dir / "adapter" / "weights").read_text() == "re-run"
+    assert (run_dir / "samples" / "weights").read_text() == "first run"  # a mixed folder, for now
+    assert read_record(run_dir / RECORD)["eval"] == finished["eval"]
+    assert [r["run"]["id"] for r in leaderboard.load_records(tmp_path)] == [spec.run_id]
+    assert f"warning: {spec.run_id}: a forced re-run succeeded but was stopped" in capsys.readouterr().err
+
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: pytest.fail("the finished re-run ran again"))
+    unknown_data = SimpleNamespace(data_fingerprint=lambda: None, training_files=lambda described=None: {})
+    record, ran = runner.run_one(spec, unknown_data, runner.RunContext(tmp_path))
+    assert not ran and record["eval"] == {"piqa": {"acc": 1.0}} == read_record(run_dir / RECORD)["eval"]
+    for name in ("adapter/weights", "samples/weights", "predictions.jsonl"):
+        assert (run_dir / name).read_text() == "re-run", name
+    assert not (run_dir / RERUN).exists()
+    assert "finished that" in capsys.readouterr().out
+    leaderboard.load_records(tmp_path)
+    assert "stopped while" not in capsys.readouterr().err
 
 
 def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
