@@ -9,10 +9,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import os
 import signal
+import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -27,20 +30,29 @@ except ImportError:  # not POSIX: no cross-process lock, one sweep per runs dir
 
 
 class RunLock:
+    """The holder writes who it is into the lock file (process id, host, since when), so that a sweep that
+    finds the run held can say by whom; the content is only read while the lock is held by someone else."""
+
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
         self._fd: int | None = None
 
-    def acquire(self, blocking: bool) -> bool:
-        """Take the lock; without ``blocking``, False when another process holds it."""
+    def acquire(self, blocking: bool, on_wait: Callable[[str], None] | None = None) -> bool:
+        """Take the lock; without ``blocking``, False when another process holds it. With ``blocking``,
+        ``on_wait`` is told who holds it (``holder()``) before the wait, if there is one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         if fcntl is not None:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-            except BlockingIOError:
-                os.close(fd)
-                return False
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if not blocking:
+                        os.close(fd)
+                        return False
+                    if on_wait is not None:
+                        on_wait(self.holder())
+                    fcntl.flock(fd, fcntl.LOCK_EX)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
@@ -49,8 +61,26 @@ class RunLock:
                         "put --runs-dir on a local disk or on one mounted with locking"
                     ) from None
                 raise
+            except BaseException:
+                os.close(fd)
+                raise
         self._fd = fd
+        since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}".encode())
+        except OSError:
+            pass  # who holds it is a courtesy: the lock is what matters
         return True
+
+    def holder(self) -> str:
+        """Who holds the lock, as its holder wrote it ('process 123 on host, since 2026-12-05 04:10 UTC'), or
+        'unknown' (a holder that wrote nothing: an older harness, or one that is writing it now)."""
+        try:
+            text = self.path.read_text(errors="replace").strip()
+        except OSError:
+            text = ""
+        return text or "unknown"
 
     def release(self) -> None:
         if self._fd is not None:

@@ -54,7 +54,7 @@ def recount_flops(
             if not path.is_file():  # removed since it was listed: nothing to count, no folder to make again
                 raise FileNotFoundError(f"{path} is gone")
             if not lock.acquire(blocking=False):
-                out.append({"id": path.parent.name, "left": "a running process holds it"})
+                out.append({"id": path.parent.name, "left": f"a running process holds it: {lock.holder()}"})
             else:
                 out.append(_recount_one(path, models, code))
         except Exception as exc:  # noqa: BLE001 - one record that cannot be counted: the others go on

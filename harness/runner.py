@@ -279,7 +279,7 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
     lock = RunLock(run_dir)
     decision = "run"
     if ctx.is_main:
-        if not lock.acquire(blocking):
+        if not lock.acquire(blocking, on_wait=lambda who: _say(ctx, f"    waiting for it: {who} holds it")):
             decision = "locked"
         else:
             if finish_swap(run_dir):  # a forced re-run killed while its files replaced the finished run's
@@ -605,7 +605,8 @@ def run_all(
                 _say(ctx, f"[{i + 1}/{len(specs)}] {spec.run_id}")
                 record, ran = run_one(spec, tasks[(spec.task, options)], ctx, blocking)
                 if record is None:
-                    _say(ctx, "    running in another process: coming back to it at the end")
+                    who = RunLock(runs_dir / spec.run_id).holder()
+                    _say(ctx, f"    running in another process ({who}): coming back to it at the end")
                     deferred.append(i)
                     continue
                 status = record["run"]["status"] if ran else "done already (skipped; --force re-runs it)"

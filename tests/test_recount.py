@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,8 @@ def test_records_that_cannot_be_counted_are_left_and_the_others_go_on(tiny_model
         out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     finally:
         held.release()
-    assert out[0]["left"] == "a running process holds it" and out[1]["rewritten"] is False
+    assert out[0]["left"] == f"a running process holds it: {held.holder()}" and out[1]["rewritten"] is False
+    assert held.holder().startswith(f"process {os.getpid()} on ")
     shutil.rmtree(tiny_model)  # the model's config is gone: neither record can be counted, none is touched
     out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     assert all("its model does not build here" in c["left"] for c in out), out

@@ -695,6 +695,36 @@ def test_a_runs_dir_whose_file_system_has_no_locks_is_named_with_the_fix(monkeyp
         guard.RunLock(tmp_path / "run").acquire(blocking=True)
 
 
+def test_a_sweep_that_finds_a_run_held_says_which_process_holds_it(tiny_model, data_dir, tmp_path, monkeypatch, capsys):
+    """The first pass puts the run back naming its holder; the last pass says whom it waits for, then runs it."""
+    import socket
+    import threading
+
+    from harness import runner
+    from harness.guard import RunLock
+    from harness.runner import build_specs
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+                         train_overrides={"steps": 1}, task_overrides={"eval_limit": 2})  # fmt: skip
+    held = RunLock(tmp_path / "runs" / spec.run_id)
+    assert held.acquire(blocking=False)
+    holder = held.holder()
+    assert holder.startswith(f"process {os.getpid()} on {socket.gethostname()}, since 20") and holder.endswith("UTC")
+    assert RunLock(tmp_path / "runs" / "free").holder() == "unknown"
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: None)
+    timer = threading.Timer(1.0, held.release)
+    timer.start()
+    try:
+        [record] = runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
+    finally:
+        timer.cancel()
+        held.release()
+    out = capsys.readouterr().out
+    assert f"    running in another process ({holder}): coming back to it at the end" in out
+    assert f"    waiting for it: {holder} holds it" in out
+    assert record["run"]["status"] == "success"
+
+
 def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
     import harness.cli as cli
 
