@@ -29,7 +29,7 @@ from harness.config import make_config
 from harness.guard import RunLock
 from harness.records import find_records, git_state, read_record, write_record
 from harness.registry import METHODS, TASKS
-from harness.runner import flops_record, hook_flops_record, load_model, spec_from_record
+from harness.runner import finish_swap, flops_record, hook_flops_record, load_model, spec_from_record
 
 KEPT = ("total", "adapter", "lora_total", "relative_to_lora", "counted_by")
 
@@ -56,6 +56,7 @@ def recount_flops(
             if not lock.acquire(blocking=False):
                 out.append({"id": path.parent.name, "left": f"a running process holds it: {lock.holder()}"})
             else:
+                finish_swap(path.parent)  # a forced re-run's record waiting to replace this one: count that
                 out.append(_recount_one(path, models, code))
         except Exception as exc:  # noqa: BLE001 - one record that cannot be counted: the others go on
             out.append({"id": path.parent.name, "left": f"{type(exc).__name__}: {exc}"})

@@ -11,6 +11,7 @@ import inspect
 import json
 import os
 import shutil
+import sys
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -278,27 +279,42 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
     run_dir = ctx.runs_dir / spec.run_id
     lock = RunLock(run_dir)
     decision = "run"
-    if ctx.is_main:
-        if not lock.acquire(blocking, on_wait=lambda who: _say(ctx, f"    waiting for it: {who} holds it")):
-            decision = "locked"
-        else:
-            if finish_swap(run_dir):  # a forced re-run killed while its files replaced the finished run's
-                print(f"    {spec.run_id}: a forced re-run was stopped while swapping its files in: finished that")
-            if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
-                other = _other_data(finished, task)
-                decision = "done" if other is None else f"other data ({other})"
-    decision = ctx.agree(decision)
     try:
+        if ctx.is_main:
+            decision = _decide(spec, task, ctx, run_dir, lock, blocking)
+        decision = ctx.agree(decision)
         if decision.startswith("other data"):
             raise ValueError(
                 f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force "
                 "to run it again on this data (its record is kept until the new one replaces it), or another --runs-dir"
+            )
+        if decision.startswith("swap failed"):
+            raise ValueError(
+                f"run {spec.run_id} in {str(ctx.runs_dir)!r}: a forced re-run succeeded, but its files in "
+                f"{RERUN}/ could not replace the finished run's ({decision[len('swap failed: ') :]}); fix that "
+                "and run the same command again: it finishes the swap"
             )
         if decision != "run":
             return (_finished_record(run_dir / RECORD) if decision == "done" else None), False
         return _run_locked(spec, task, ctx, run_dir), True
     finally:
         lock.release()
+
+
+def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: RunLock, blocking: bool) -> str:
+    """What ``run_one`` does with the run, decided by the main process: 'locked', 'done', 'run', 'other data
+    (...)' or 'swap failed: ...' (a pending swap that cannot be finished)."""
+    if not lock.acquire(blocking, on_wait=lambda who: _say(ctx, f"    waiting for it: {who} holds it")):
+        return "locked"
+    try:
+        if finish_swap(run_dir):  # a forced re-run killed while its files replaced the finished run's
+            _say(ctx, f"    {spec.run_id}: a forced re-run was stopped while swapping its files in: finished that")
+    except OSError as exc:
+        return f"swap failed: {exc}"
+    if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
+        other = _other_data(finished, task)
+        return "done" if other is None else f"other data ({other})"
+    return "run"
 
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
@@ -340,7 +356,13 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     if ctx.is_main:
         if record["run"]["status"] == "success" and out_dir != run_dir:
             write_record(out_dir, record)  # the swap is decided: a start after a kill mid-swap finishes it
-            finish_swap(run_dir)
+            try:
+                finish_swap(run_dir)
+            except OSError as exc:
+                print(
+                    f"warning: {spec.run_id}: its files wait in {RERUN}/ ({exc}); the run's next start swaps them in",
+                    file=sys.stderr,
+                )
         else:
             _write_outcome(run_dir, record, finished)
         if record["run"]["status"] == "success":
@@ -379,9 +401,9 @@ def finish_swap(run_dir: Path) -> bool:
         elif old.exists() or old.is_symlink():
             old.unlink()
         new.rename(old)
+    (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the re-run's: before the record, which ends the swap
     os.replace(staged / RECORD, run_dir / RECORD)
     shutil.rmtree(staged)  # what is left: temp files of a writer killed mid-write
-    (run_dir / CHECKPOINT).unlink(missing_ok=True)
     return True
 
 

@@ -534,6 +534,59 @@ def test_a_forced_rerun_killed_while_swapping_its_files_in_is_finished_by_the_ne
     assert "stopped while" not in capsys.readouterr().err
 
 
+def test_a_pending_swap_that_cannot_finish_stops_with_the_fix_and_a_kill_at_its_end_leaves_no_checkpoint(
+    tmp_path, monkeypatch
+):
+    from harness import runner
+    from harness.guard import RunLock
+    from harness.train import CHECKPOINT
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    finished = fixture_record("lora", 0, 0.0)
+    finished["run"]["id"] = spec.run_id
+    write_fixture(tmp_path, finished)
+    run_dir = tmp_path / spec.run_id
+    rerun = fixture_record("lora", 0, 1.0)
+    rerun["run"]["id"] = spec.run_id
+    (run_dir / RERUN).mkdir()
+    (run_dir / RERUN / "predictions.jsonl").write_text("re-run")
+    write_record(run_dir / RERUN, rerun)
+    (run_dir / CHECKPOINT).write_text("the re-run's last checkpoint")
+    real_rename = Path.rename
+
+    def refused(self, target):
+        raise PermissionError(13, "Permission denied", str(target))
+
+    monkeypatch.setattr(Path, "rename", refused)
+    with pytest.raises(ValueError, match=r"a forced re-run succeeded, but its files in rerun/ could not replace .*"
+                       r"Permission denied.*run the same command again: it finishes the swap"):  # fmt: skip
+        runner.run_one(spec, None, runner.RunContext(tmp_path))
+    monkeypatch.setattr(Path, "rename", real_rename)
+    assert RunLock(run_dir).acquire(blocking=False)  # let go despite the error
+
+    def killed(src, dst):  # SIGKILL as the record is about to replace the finished one
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(runner.os, "replace", killed)
+    with pytest.raises(SystemExit):
+        runner.finish_swap(run_dir)
+    assert not (run_dir / CHECKPOINT).exists()  # gone before the record: never left beside the new one
+    assert (run_dir / "predictions.jsonl").read_text() == "re-run" and (run_dir / RERUN / RECORD).is_file()
+
+
+def test_the_contact_sheet_leaves_out_a_run_whose_swap_is_pending(tmp_path, capsys):
+    from tasks.diffusion.sheet import contact_sheets
+
+    record = fixture_record("lora", 0, 0.0)
+    record["run"]["config"].update(task="diffusion", preset="smoke")
+    run_dir = tmp_path / record["run"]["id"]
+    (run_dir / RERUN).mkdir(parents=True)
+    (run_dir / "predictions.jsonl").write_text("")
+    write_record(run_dir / RERUN, record)
+    assert contact_sheets([record], tmp_path, tmp_path) == []
+    assert f"{record['run']['id']}: left out of the contact sheet until its swap is finished" in capsys.readouterr().err
+
+
 def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
     from harness import runner
 

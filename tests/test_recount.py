@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.records import RECORD, read_record, write_record
+from harness.records import RECORD, RERUN, read_record, write_record
 from harness.recount import recount_flops
 from harness.runner import build_specs, run_all
 
@@ -54,6 +54,17 @@ def test_recount_rewrites_only_what_changed_and_keeps_what_the_run_wrote(tiny_mo
     assert read_record(paths[0])["train"]["flops_per_step"] == as_run[0]
     assert not list(runs.glob("**/*.tmp*"))  # written by rename: no half-written file left
 
+    pending = read_record(paths[1])  # a forced re-run's record, killed before its swap finished: counted wrong
+    pending["train"]["flops_per_step"] = dict(wrong, counted_by="the re-run's counter")
+    (paths[1].parent / RERUN).mkdir()
+    write_record(paths[1].parent / RERUN, pending)
+    recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)
+    flops = read_record(paths[1])["train"]["flops_per_step"]  # the swap finished first, then counted
+    assert (
+        flops["recounted"]["as_run"]["counted_by"] == "the re-run's counter" and not (paths[1].parent / RERUN).exists()
+    )
+    assert flops["adapter"] == as_run[1]["adapter"]
+
     record = read_record(paths[0])  # a config edited by hand no longer gives its run id: left as it is
     record["run"]["config"]["train"]["lr"] = 0.5
     write_record(paths[0].parent, record)
@@ -71,13 +82,15 @@ def test_records_that_cannot_be_counted_are_left_and_the_others_go_on(tiny_model
     paths = sorted(runs.glob(f"*/{RECORD}"))
     before = [p.read_text() for p in paths]
     held = RunLock(paths[0].parent)  # a run in progress (e.g. a --force re-run) holds its folder
+    held.path.write_text("nobody")
     assert held.acquire(blocking=False)
     try:
+        who = held.holder()
         out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     finally:
         held.release()
-    assert out[0]["left"] == f"a running process holds it: {held.holder()}" and out[1]["rewritten"] is False
-    assert held.holder().startswith(f"process {os.getpid()} on ")
+    assert who.startswith(f"process {os.getpid()} on ")
+    assert out[0]["left"] == f"a running process holds it: {who}" and out[1]["rewritten"] is False
     shutil.rmtree(tiny_model)  # the model's config is gone: neither record can be counted, none is touched
     out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     assert all("its model does not build here" in c["left"] for c in out), out

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from harness.records import RECORD, RERUN
 
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
 SHEET_PROMPTS = 8  # rows of the contact sheet
@@ -43,7 +46,12 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
         runs = {}
         for r in sorted(mine, key=lambda r: (r["run"]["config"]["method"] != "base", r["run"]["config"]["method"])):
             folder = _run_folder(runs_dir, r["run"]["id"])
-            if folder is not None and (folder / "predictions.jsonl").is_file():
+            if folder is not None and (folder / RERUN / RECORD).is_file():  # a pending swap: files of two runs
+                print(
+                    f"warning: {r['run']['id']}: left out of the contact sheet until its swap is finished",
+                    file=sys.stderr,
+                )
+            elif folder is not None and (folder / "predictions.jsonl").is_file():
                 runs.setdefault(r["run"]["config"]["method"], folder)
         if runs:
             path = out_dir / f"diffusion_samples_{preset}.png"
