@@ -36,12 +36,18 @@ class RunLock:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / LOCK
         self._fd: int | None = None
+        self._writable = False
 
     def acquire(self, blocking: bool, on_wait: Callable[[str], None] | None = None) -> bool:
         """Take the lock; without ``blocking``, False when another process holds it. With ``blocking``,
         ``on_wait`` is told who holds it (``holder()``) before the wait, if there is one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._writable = True
+        except PermissionError:  # another user's lock file: flock works on a read-only handle (no holder text)
+            fd = os.open(self.path, os.O_RDONLY)
+            self._writable = False
         if fcntl is not None:
             try:
                 try:
@@ -66,16 +72,26 @@ class RunLock:
                 raise
         self._fd = fd
         since = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        try:
-            os.ftruncate(fd, 0)
-            os.write(fd, f"process {os.getpid()} on {socket.gethostname()}, since {since}".encode())
-        except OSError:
-            pass  # who holds it is a courtesy: the lock is what matters
+        self._sign(f"process {os.getpid()} on {socket.gethostname()}, since {since}")
         return True
+
+    def _sign(self, text: str) -> None:
+        """Write who holds the lock ('' when it is let go), where the file can be written; a courtesy: the lock
+        is what matters, so a write that fails leaves the file empty, or as it was."""
+        if self._fd is None or not self._writable:
+            return
+        try:
+            os.ftruncate(self._fd, 0)
+            if text:
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                os.write(self._fd, text.encode(errors="replace"))
+        except OSError:
+            pass
 
     def holder(self) -> str:
         """Who holds the lock, as its holder wrote it ('process 123 on host, since 2026-12-05 04:10 UTC'), or
-        'unknown' (a holder that wrote nothing: an older harness, or one that is writing it now)."""
+        'unknown' (a holder that wrote nothing: an older harness, another user's lock file, or one that is writing
+        it now). Read without the lock: the holder may let go at any moment after."""
         try:
             text = self.path.read_text(errors="replace").strip()
         except OSError:
@@ -84,6 +100,7 @@ class RunLock:
 
     def release(self) -> None:
         if self._fd is not None:
+            self._sign("")  # a free lock names nobody
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 

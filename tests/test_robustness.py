@@ -712,17 +712,52 @@ def test_a_sweep_that_finds_a_run_held_says_which_process_holds_it(tiny_model, d
     assert holder.startswith(f"process {os.getpid()} on {socket.gethostname()}, since 20") and holder.endswith("UTC")
     assert RunLock(tmp_path / "runs" / "free").holder() == "unknown"
     monkeypatch.setattr(runner, "_execute", lambda *a, **k: None)
-    timer = threading.Timer(1.0, held.release)
-    timer.start()
+    timers, say = [], runner._say
+
+    def let_go_once_waited_for(ctx, text):  # the other process ends once this one waits for it
+        say(ctx, text)
+        if "waiting for it" in text:
+            timers.append(threading.Timer(0.2, held.release))
+            timers[-1].start()
+
+    monkeypatch.setattr(runner, "_say", let_go_once_waited_for)
     try:
         [record] = runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
     finally:
-        timer.cancel()
+        for timer in timers:
+            timer.join()
         held.release()
     out = capsys.readouterr().out
     assert f"    running in another process ({holder}): coming back to it at the end" in out
     assert f"    waiting for it: {holder} holds it" in out
-    assert record["run"]["status"] == "success"
+    assert record["run"]["status"] == "success" and len(timers) == 1
+    assert held.holder() == "unknown"  # let go: the lock file names nobody
+
+
+def test_a_lock_file_of_another_user_is_locked_read_only(tmp_path, monkeypatch):
+    """flock works on a read-only handle: a second user sharing a runs dir is not stopped by a 0644 .lock."""
+    import harness.guard as guard
+
+    if guard.fcntl is None:
+        pytest.skip("no flock on this system")
+    first = guard.RunLock(tmp_path / "run")
+    assert first.acquire(blocking=False)
+    first.release()
+    real_open = os.open
+
+    def not_ours(path, flags, *mode):
+        if str(path).endswith(guard.LOCK) and flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *mode)
+
+    monkeypatch.setattr(guard.os, "open", not_ours)
+    other_user = guard.RunLock(tmp_path / "run")
+    assert other_user.acquire(blocking=False)
+    monkeypatch.setattr(guard.os, "open", real_open)
+    assert not guard.RunLock(tmp_path / "run").acquire(blocking=False)  # held all the same
+    assert other_user.holder() == "unknown"
+    other_user.release()
+    assert guard.RunLock(tmp_path / "run").acquire(blocking=False)
 
 
 def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
