@@ -67,6 +67,28 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return stale
 
 
+def check_writable(folder: Path, what: str = "runs dir", flag: str = "--runs-dir") -> None:
+    """That files can be written in ``folder``, else a ``ValueError`` naming ``flag``: probed with a file where
+    the folder exists; where it does not, its nearest existing parent must be a folder that can be written.
+    Nothing is made, so bad input found after this check leaves no empty folder behind."""
+    existing = folder
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        if existing == folder:
+            probe = folder / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        elif not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    except OSError as exc:
+        raise ValueError(
+            f"{what} {str(folder)!r} is not writable ({exc.strerror}); pass {flag} pointing at a folder you can write"
+        ) from None
+
+
 def is_temp(path: Path) -> bool:
     """Whether ``path`` is a temp file ``atomic_path`` makes."""
     return path.is_file() and _TEMP.match(path.name) is not None

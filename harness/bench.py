@@ -81,10 +81,26 @@ class BenchConfig:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.seq_len < 2 or self.warmup < 0:
             raise ValueError(f"seq_len must be >= 2 and warmup >= 0 (got {self.seq_len}, {self.warmup})")
+        if self.layers is not None and self.layers < 1:
+            raise ValueError(f"--layers must be >= 1 (got {self.layers}); leave it out for the model's own depth")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1 (got {self.threads}); leave it out for torch's default")
         for variant in self.reducer:
             _reducer_options(variant)
         for item in self.also:
             _also_option(item)
+        self.check_methods()
+
+    def check_methods(self) -> None:
+        """Every method is registered and takes the options (and each ``--also`` option), before any loading."""
+        from harness.config import make_config
+        from harness.registry import METHODS
+
+        for name in self.methods or METHODS.names():
+            cls = METHODS.get(name)
+            make_config(cls.config_cls, self.options, name)
+            for item in self.also:
+                make_config(cls.config_cls, self.options | dict([_also_option(item)]), name)
 
 
 @dataclass
@@ -120,15 +136,14 @@ def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: An
 
 def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: str) -> dict:
     from harness.accounting import environment
-    from harness.config import make_config
     from harness.registry import METHODS
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     methods = list(config.methods) or METHODS.names()
-    for name in methods:
-        cls = METHODS.get(name)  # an unknown name, or an --also option it does not have, fails before any loading
-        for item in config.also:
-            make_config(cls.config_cls, config.options | dict([_also_option(item)]), name)
+    config.check_methods()  # again: a plugin may have registered since the config was made
+    # before the model loads (minutes) and the timing (more): the scoring's task, protocols and data, the output
+    tasks = _scoring_tasks(config) if config.protocols else {}
+    _check_out(Path(config.out))
     if model is None:
         model, tokenizer, label = load(config, device)
     if config.protocols and tokenizer is None:
@@ -138,7 +153,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     fns = {c.name: c.step for c in contenders} | rounds
     times = alternate(fns, config.rounds, config.warmup, device, desc="bench training")
     rows = relate([_train_row(c, times, model, config, device) for c in contenders])
-    rows += _scoring(model, tokenizer, config, device) if config.protocols else []
+    rows += _scoring(model, tokenizer, config, device, tasks) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()}
     report = {
         "config": portable(asdict(config)),
@@ -427,19 +442,43 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
     }
 
 
-def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torch.device) -> list[dict]:
-    """The task's own ``evaluate`` per protocol, with the base model, alternating protocols."""
+def _scoring_tasks(config: BenchConfig) -> dict[str, Any]:
+    """{protocol: the task built to score it}: an unknown task or protocol, or data that cannot be read, fails
+    here, before anything is loaded or timed."""
     from harness.registry import TASKS
-    from harness.task import Loaded, TaskOptions
+    from harness.task import TaskOptions
 
     task_cls = TASKS.get(config.task)
     for protocol in config.protocols:
         if protocol not in task_cls.protocols:
-            raise ValueError(f"protocol {protocol!r} is not one of {config.task}'s: {', '.join(task_cls.protocols)}")
-    scored, fns, counts = _share(model).eval(), {}, {}
+            raise ValueError(
+                f"protocol {protocol!r} is not one of {config.task}'s: {', '.join(task_cls.protocols)}; pass --protocols "
+                "with those (comma-separated), or none"
+            )
+    tasks = {}
     for protocol in config.protocols:
         template = task_cls.default_template(protocol, "clean")
-        task = task_cls(TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed))
+        tasks[protocol] = task_cls(
+            TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed)
+        )
+    return tasks
+
+
+def _check_out(out: Path) -> None:
+    """The folder bench's files go into exists, or can be made, and takes a file (nothing is made yet)."""
+    from harness.atomic import check_writable
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file; pass a folder (bench.csv, .md, .json and .png go into it)")
+    check_writable(out, "output folder", "--out")
+
+
+def _scoring(model: nn.Module, tokenizer: Any, config: BenchConfig, device: torch.device, tasks: dict) -> list[dict]:
+    """The task's own ``evaluate`` per protocol, with the base model, alternating protocols."""
+    from harness.task import Loaded
+
+    scored, fns, counts = _share(model).eval(), {}, {}
+    for protocol, task in tasks.items():
 
         def evaluate(task=task, protocol=protocol) -> None:
             loaded = Loaded(scored, scored, "bench", tokenizer)

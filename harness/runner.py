@@ -22,7 +22,7 @@ import torch
 
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
-from harness.atomic import atomic_path, is_temp, remove_stale_temps, write_json
+from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import PREDICTIONS, RECORD, RERUN, config_hash, new_record, read_record, write_record
@@ -168,19 +168,6 @@ def _replace(obj: Any, overrides: dict[str, Any], what: str) -> Any:
         if key not in names:
             raise ValueError(unknown_choice(what, key, sorted(names)))
     return dataclasses.replace(obj, **overrides)
-
-
-def check_writable(runs_dir: Path) -> None:
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-        probe = runs_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(
-            f"runs dir {str(runs_dir)!r} is not writable ({exc.strerror}); pass --runs-dir "
-            "pointing at a folder you can write"
-        ) from None
 
 
 def load_model(task: Task, spec: RunSpec, device: torch.device, trust_remote_code: bool = False) -> Loaded:

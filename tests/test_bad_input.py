@@ -3,7 +3,7 @@ plugins, each run through ``harness.cli.main`` in-process; three rows also run a
 
 Every row must end with a non-zero exit, exactly one line on stderr that names the bad value and says what to do
 (the row's regex), no traceback, and the runs dir exactly as it was: a finished record sits in it before every
-row and must be byte-identical afterwards, with no file added or removed beside it.
+row and must be byte-identical afterwards, with no file or folder added or removed beside it.
 
 The one exception to "one line": errors that argparse finds itself (a typed flag given a value of the wrong type,
 a missing required flag, a positional outside its choices) print argparse's usage line(s) first. For those rows
@@ -42,6 +42,11 @@ CONFIG_JSON = "model/config.json"
 def run(*extra: str) -> list[str]:
     """``harness run`` on the small valid data, with ``extra`` flags last (a repeated flag's last value wins)."""
     return [*RUN, *extra]
+
+
+def bench(*extra: str) -> list[str]:
+    """``harness bench`` of lora on the small valid data into ``{tmp}/bench``, with ``extra`` flags last."""
+    return ["bench", "--methods", "lora", "--data-dir", "{data}", "--out", "{tmp}/bench", "--rounds", "1", *extra]
 
 
 def params(*extra: str) -> list[str]:
@@ -247,6 +252,11 @@ CASES = [
         "run-targets-match-no-layer",
         run("--targets", "nope_proj"),
         r"target 'nope_proj' matches no linear layer; the model's linear layers: down_proj, .*q_proj",
+    ),
+    bad(  # into a runs dir not made yet: found before it is made (no empty folders left)
+        "run-targets-match-no-layer-into-a-new-runs-dir",
+        run("--targets", "nope_proj", "--runs-dir", "{tmp}/new/runs"),
+        r"target 'nope_proj' matches no linear layer",
     ),
     bad(
         "drop-ratio-out-of-range",
@@ -571,6 +581,33 @@ CASES = [
         llava(train=[LLAVA_GOOD]),
     ),
 ]
+BENCH_CASES = [
+    bad(
+        "bench-unknown-protocol", bench("--protocols", "cloze,vibes"), r"protocol 'vibes' is not one of commonsense's: "
+    ),
+    bad(
+        "bench-protocol-of-another-task",
+        bench("--task", "diffusion"),
+        r"protocol 'cloze' is not one of diffusion's: native; pass --protocols with those \(comma-separated\), or none",
+    ),
+    bad("bench-unknown-task", bench("--task", "nope"), r"unknown task 'nope'; available: commonsense, diffusion"),
+    bad("bench-data-dir-missing", bench("--data-dir", "{tmp}/nowhere"), r"data dir '.*nowhere' does not exist"),
+    bad("bench-out-is-a-file", bench("--out", "{file}"), r"--out '.*a_file' is a file; pass a folder \(bench\.csv"),
+    bad(
+        "bench-out-under-a-file",
+        bench("--out", "{file}/bench"),
+        r"output folder '.*a_file/bench' is not writable \(Not a directory\); pass --out pointing at a folder",
+    ),
+    bad("bench-unknown-option", bench("--option", "nope=1"), r"unknown option 'nope' for method 'lora'; available: "),
+    bad("bench-rank-zero", bench("--rank", "0"), r"rank r must be >= 1 \(got 0\)"),
+    bad(
+        "bench-layers-zero",
+        bench("--model", "{tiny}", "--random-weights", "--layers", "0"),
+        r"--layers must be >= 1 \(got 0\); leave it out",
+    ),
+    bad("bench-threads-negative", bench("--threads", "-1"), r"--threads must be >= 1 \(got -1\)"),
+]
+CASES += BENCH_CASES
 SUBPROCESS_CASES = ["plugin-raises-at-import", "params-targets-regex-does-not-compile", "test-json-an-object"]
 
 
@@ -602,12 +639,13 @@ def _write_fixture(runs: Path, status: str = "success") -> None:
     write_record(run_dir, record)
 
 
-def _snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` (but Python's bytecode caches of plugins), by relative path."""
+def _snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every file under ``folder`` (but Python's bytecode caches of plugins), by relative path, and every folder
+    (``None``): bad input makes no empty folder either."""
     return {
-        str(p.relative_to(folder)): p.read_bytes()
+        str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and "__pycache__" not in p.parts
+        if "__pycache__" not in p.parts
     }
 
 
@@ -617,7 +655,8 @@ def _check_untouched(tmp: Path, before: dict[str, bytes]) -> None:
     after = _snapshot(tmp)
     assert after.get(record) == before[record], "the finished record changed"
     assert after == before, (
-        f"files changed: {sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))}"
+        f"files or folders changed: {sorted(k for k in before.keys() ^ after.keys())} "
+        f"{sorted(k for k in before.keys() & after.keys() if before[k] != after[k])}"
     )
 
 
