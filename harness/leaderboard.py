@@ -70,7 +70,7 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
-from harness.records import config_hash, find_records, pending_swaps, read_record
+from harness.records import check_success, config_hash, find_records, pending_swaps, read_record
 from harness.runner import BASELINE
 from harness.stats import (
     CHANCE,
@@ -160,6 +160,8 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
     for path in find_records(runs_dir):
         try:
             record = read_record(path)
+            if record["run"]["status"] == "success":
+                check_success(path, record)
         except ValueError as exc:
             print(f"warning: skipped {exc}", file=sys.stderr)
             continue

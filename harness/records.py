@@ -89,6 +89,28 @@ def read_record(path: Path) -> dict[str, Any]:
     return record
 
 
+# what a successful record holds, as the leaderboard reads it (a trained run's "train" too: not the zero-shot base's)
+SUCCESS_FIELDS = (
+    *("run.id", "run.config.task", "run.config.method", "run.config.seed", "run.config.preset", "run.config.model"),
+    *("run.config.protocol", "run.config.train", "run.config.task_options", "run.config.method_options", "env.device"),
+)
+TRAINED_FIELDS = (
+    *("train.steps", "train.trainable_params", "train.percent_trainable", "train.flops_per_step", "train.memory"),
+    *("train.params_updated_per_step.mean", "train.adapter_file_bytes"),
+)
+
+
+def check_success(path: Path, record: dict[str, Any]) -> None:
+    """``ValueError`` naming the first field a successful record lacks (a record edited by hand, or cut short)."""
+    trained = isinstance(record["run"].get("config"), dict) and record["run"]["config"].get("method") != "base"
+    for field in SUCCESS_FIELDS + (TRAINED_FIELDS if trained else ()):
+        value: Any = record
+        for key in field.split("."):
+            if not isinstance(value, dict) or key not in value:
+                raise ValueError(f"{path}: a successful record without {field!r} (edited by hand, or cut short?)")
+            value = value[key]
+
+
 def find_records(runs_dir: Path) -> list[Path]:
     return sorted(runs_dir.glob(f"*/{RECORD}"))
 

@@ -352,6 +352,26 @@ def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
+@pytest.mark.parametrize(
+    "field", ["run.config", "run.config.method", "run.config.train", "train.flops_per_step", "train.percent_trainable"]
+)
+def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(tmp_path, capsys, field):
+    """Was a KeyError traceback from the leaderboard (and at the end of `harness run`)."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    cut = fixture_record("effilora", 0, 0.0)
+    *parents, last = field.split(".")
+    holder = cut
+    for key in parents:
+        holder = holder[key]
+    del holder[last]
+    write_fixture(runs, cut)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{cut['run']['id']}/{RECORD}: a successful record without '{field}" in err, err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
 def test_record_schema_is_checked(tmp_path):
     path = tmp_path / RECORD
     record = fixture_record("lora", 0, 0.0)
