@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from harness.config import DEFAULT_TARGETS
 from harness.registry import METHODS, TASKS, load_plugin
@@ -47,15 +48,25 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def method_options(args: argparse.Namespace) -> dict:
+    """The method options of ``--rank/--alpha/--heads/--targets`` and every ``--option key=value``; one setting
+    given twice with two values (``--rank 8 --option r=4``) is refused rather than one silently winning."""
     options: dict = {}
+    given: dict[str, tuple[str, str]] = {}  # setting (rank and r are one) -> (its value, how it was given)
+
+    def put(key: str, value: Any, how: str) -> None:
+        setting = "r" if key in ("r", "rank") else key
+        if setting in given and given[setting][0] != str(value):
+            raise CliError(f"{given[setting][1]} and {how} both set {setting}; give it once")
+        options[key], given[setting] = value, (str(value), how)
+
     for key in ("rank", "alpha", "heads", "targets"):
         if getattr(args, key, None) is not None:
-            options[key] = getattr(args, key)
+            put(key, getattr(args, key), f"--{key} {getattr(args, key)}")
     for item in getattr(args, "option", None) or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise CliError(f"--option {item!r} must look like key=value (e.g. --option drop_ratio=0.5)")
-        options[key.strip()] = value.strip()
+        put(key.strip(), value.strip(), f"--option {item.strip()}")
     return options
 
 

@@ -25,7 +25,20 @@ def _seeds(value: str) -> list[int]:
         raise CliError("--seeds is empty; e.g. --seeds 0,1,2")
     if bad := [s for s in seeds if not 0 <= s < 2**32]:
         raise CliError(f"--seeds {bad[0]} is out of range; a seed is an integer in 0..{2**32 - 1}")
-    return seeds
+    return list(dict.fromkeys(seeds))  # each once, as --methods: a seed listed twice is one run
+
+
+def _train_domains(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    domains = tuple(split_list(value))
+    if not domains:
+        raise CliError(
+            f"--train-domains {value!r} names no domain; name one or more (e.g. math,document) or leave it out"
+        )
+    if twice := sorted({d for d in domains if domains.count(d) > 1}):
+        raise CliError(f"--train-domains lists {twice[0]!r} twice; name each domain once")
+    return domains
 
 
 def _bool(value: str) -> bool:
@@ -66,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "train_cap": args.train_cap,
             "val_size": args.val_size,
             "template": args.template,
-            "train_sources": tuple(split_list(args.train_domains)) if args.train_domains else None,
+            "train_sources": _train_domains(args.train_domains),
             "scoring": _scoring(args, TASKS.get(args.task)),
         }.items()
         if v is not None

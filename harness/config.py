@@ -15,6 +15,9 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "up_proj", "down_proj")
 _REGEX_CHARS = re.compile(r"[*+?\[\](){}|^$\\]")
 
 
+SELECTIONS = ("importance", "random")  # how the Reducer picks the layers that train
+
+
 @dataclass(frozen=True)
 class ReducerConfig:
     """EffiLoRA's Reducer (spec: "The Reducer"). ``k`` wins over ``drop_ratio = 1 - K/L``."""
@@ -32,7 +35,7 @@ class ReducerConfig:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        _check_choice("selection", self.selection, ("importance", "random"))
+        _check_choice("selection", self.selection, SELECTIONS)
         if self.k is not None and self.k < 1:
             raise ValueError(f"reducer k must be >= 1 (got {self.k})")
         if not 0.0 <= self.drop_ratio < 1.0:
@@ -126,6 +129,11 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
         kwargs["targets"] = parse_targets(kwargs["targets"])
     default_reducer = _field_default(config_cls, "reducer")
     reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
+    if shortcuts and "reducer" in options and reducer is None:
+        given = ", ".join(f"{k}={v}" for k, v in shortcuts.items())
+        raise ValueError(
+            f"reducer={options['reducer']} turns the Reducer off, and {given} sets it: leave out one of them"
+        )
     if shortcuts:
         reducer = dataclasses.replace(
             reducer or ReducerConfig(),
@@ -143,14 +151,24 @@ def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> A
 
 
 def _make_reducer(value: Any) -> ReducerConfig | None:
-    if value is None or value is False or value in ("none", "off", "false"):
+    if isinstance(value, str) and value.strip().lower() == "none":
         return None
-    if value is True or value in ("on", "true"):
+    if isinstance(value, str):
+        try:
+            value = parse_bool(value.strip())  # the words a boolean option takes: on/off, true/false, yes/no, 1/0
+        except ValueError:
+            if value.strip().lower() not in SELECTIONS:
+                raise ValueError(
+                    f"reducer={value!r} not understood; use on or off (true/false, yes/no, 1/0), "
+                    f"{' or '.join(SELECTIONS)} (the selection), or none"
+                ) from None
+            return ReducerConfig(selection=value.strip().lower())
+    if value is None or value is False:
+        return None
+    if value is True:
         return ReducerConfig()
     if isinstance(value, ReducerConfig):
         return value
-    if isinstance(value, str):
-        return ReducerConfig(selection=value)
     if isinstance(value, dict):
         return ReducerConfig(**value)
     raise ValueError(

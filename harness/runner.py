@@ -640,6 +640,13 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
             attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
         seen.add(key)
+        if spec.method != BASELINE and spec.task_options.val_size == 0:
+            reducer = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method).reducer
+            if reducer is not None and reducer.selection == "importance":
+                raise ValueError(
+                    f"--val-size 0 leaves {spec.method}'s Reducer no validation split to score layers with; give "
+                    "--val-size 1 or more, --option selection=random, or --option reducer=off"
+                )
 
 
 def _say(ctx: RunContext, text: str) -> None:

@@ -259,6 +259,26 @@ CASES = [
         r"target 'nope_proj' matches no linear layer",
     ),
     bad(
+        "reducer-off-and-a-reducer-shortcut",
+        run("--methods", "effilora", "--option", "reducer=off", "--option", "drop_ratio=0.5"),
+        r"reducer=off turns the Reducer off, and drop_ratio=0\.5 sets it: leave out one of them",
+    ),
+    bad(
+        "reducer-word-not-understood",
+        run("--methods", "effilora", "--option", "reducer=maybe"),
+        r"reducer='maybe' not understood; use on or off \(true/false, yes/no, 1/0\), importance or random",
+    ),
+    bad(
+        "rank-given-twice-with-two-values",
+        run("--rank", "8", "--option", "r=4"),
+        r"--rank 8 and --option r=4 both set r; give it once",
+    ),
+    bad(
+        "val-size-0-leaves-the-reducer-nothing-to-score-with",
+        run("--methods", "effilora", "--val-size", "0"),
+        r"--val-size 0 leaves effilora's Reducer no validation split to score layers with; give --val-size 1",
+    ),
+    bad(
         "drop-ratio-out-of-range",
         run("--methods", "effilora", "--option", "drop_ratio=1.5"),
         r"drop_ratio must be in \[0, 1\) \(got 1\.5\); it is 1 - K/L",
@@ -580,6 +600,18 @@ CASES = [
         r"unknown domain 'maths' in --train-domains; choose from: general, document, math",
         llava(train=[LLAVA_GOOD]),
     ),
+    bad(
+        "multimodal-train-domain-twice",
+        mm_run("--train-domains", "math,general,math"),
+        r"--train-domains lists 'math' twice; name each domain once",
+        llava(train=[LLAVA_GOOD]),
+    ),
+    bad(
+        "multimodal-train-domains-empty",
+        mm_run("--train-domains", ","),
+        r"--train-domains ',' names no domain; name one or more \(e\.g\. math,document\) or leave it out",
+        llava(train=[LLAVA_GOOD]),
+    ),
 ]
 BENCH_CASES = [
     bad(
@@ -629,6 +661,15 @@ def _fixture_record(status: str) -> str:
     record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU"})
     record["run"]["status"] = status
     record["eval"] = {"ARC-Easy": {"metric": "acc", "value": 50.0, "n": 4, "protocol": "cloze", "sha256": "x"}}
+    record["train"] = {  # what the leaderboard reads of a trained run
+        "steps": 3,
+        "trainable_params": 1000,
+        "percent_trainable": 0.5,
+        "params_updated_per_step": {"mean": 800.0},
+        "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
+        "adapter_file_bytes": 4000,
+        "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
+    }
     return json.dumps(record)
 
 

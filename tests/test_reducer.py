@@ -139,3 +139,12 @@ def test_importance_needs_validation_and_knobs_are_checked():
         attach(tiny_llama(), "lora", targets="q_proj", k=9)
     with pytest.raises(ValueError, match="choose one of: importance, random"):
         attach(tiny_llama(), "lora", targets="q_proj", selection="best")
+
+
+@pytest.mark.parametrize(("word", "on"), [("True", True), ("on", True), ("1", True), ("yes", True), ("Off", False),
+                                          ("false", False), ("0", False), ("none", False)])  # fmt: skip
+def test_the_reducer_option_takes_the_words_a_boolean_option_takes(word, on):
+    """``--option reducer=True`` (as the README writes it) was read as a selection named 'True' and refused."""
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj", reducer=word)
+    assert (adapter.reducer is not None) is on
+    assert attach(tiny_llama(), "effilora", targets="q_proj", reducer="Random").reducer.config.selection == "random"
