@@ -128,3 +128,20 @@ def undecodable_png(path) -> None:
     raw[at + 4 : at + 4 + length] = bytes([0x55]) * length  # the data, replaced
     raw[at + 4 + length : at + 8 + length] = struct.pack(">I", zlib.crc32(bytes(raw[at : at + 4 + length])))
     path.write_bytes(bytes(raw))
+
+
+def trained_record_fields(seed: int = 0) -> dict:
+    """A fixture record's ``train`` section: what the leaderboard reads of a trained run (made-up values)."""
+    return {
+        "steps": 3,
+        "train_s": 10.0 + seed,
+        "hook_val_s": 2.0 + seed,
+        "tokens_per_s": 100.0,
+        "trainable_params": 1000,
+        "percent_trainable": 0.5,
+        "params_updated_per_step": {"mean": 800.0},
+        "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
+        "adapter_file_bytes": 4000,
+        "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
+        "hook_val_flops": {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []},
+    }

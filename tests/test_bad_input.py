@@ -29,7 +29,7 @@ import pytest
 from harness import METHODS, TASKS
 from harness.cli import main
 from harness.records import new_record, write_record
-from tests.conftest import tiny_llama, undecodable_png
+from tests.conftest import tiny_llama, trained_record_fields, undecodable_png
 
 Setup = Callable[[Path], None]
 
@@ -661,15 +661,7 @@ def _fixture_record(status: str) -> str:
     record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU"})
     record["run"]["status"] = status
     record["eval"] = {"ARC-Easy": {"metric": "acc", "value": 50.0, "n": 4, "protocol": "cloze", "sha256": "x"}}
-    record["train"] = {  # what the leaderboard reads of a trained run
-        "steps": 3,
-        "trainable_params": 1000,
-        "percent_trainable": 0.5,
-        "params_updated_per_step": {"mean": 800.0},
-        "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
-        "adapter_file_bytes": 4000,
-        "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
-    }
+    record["train"] = trained_record_fields()
     return json.dumps(record)
 
 

@@ -12,6 +12,7 @@ import pytest
 from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, RERUN, new_record, read_record, write_record
 from harness.runner import build_specs
+from tests.conftest import trained_record_fields
 
 BENCHES = {"ARC-Easy": 40.0, "boolq": 60.0}
 
@@ -49,19 +50,7 @@ def fixture_record(
     record["eval"].setdefault("hellaswag", {"status": "absent"})
     if method == "base":
         return record
-    record["train"] = {
-        "steps": 3,
-        "train_s": 10.0 + seed,
-        "hook_val_s": 2.0 + seed,
-        "tokens_per_s": 100.0,
-        "trainable_params": 1000,
-        "percent_trainable": 0.5,
-        "params_updated_per_step": {"mean": 800.0},
-        "memory": {"kind": "process_rss", "peak_rss_gb": 1.5},
-        "adapter_file_bytes": 4000,
-        "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
-        "hook_val_flops": {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []},
-    }
+    record["train"] = trained_record_fields(seed)
     return record
 
 
