@@ -171,6 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = _early_plugins(argv)
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
+        _refuse_empty(args)
         args.func(args)
     except (CliError, ValueError, OSError) as exc:
         if os.environ.get("HARNESS_DEBUG"):
@@ -190,6 +191,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def _refuse_empty(args: argparse.Namespace) -> None:
+    """A flag given an empty value (``--preset "$UNSET"``) is refused: it would silently mean its default."""
+    for dest, value in vars(args).items():
+        values = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in values):
+            raise CliError(f"--{dest.replace('_', '-')} is empty; give it a value, or leave it out for its default")
+
+
 def _early_plugins(argv: list[str]) -> list[str]:
     """Load ``--plugin`` files before parsing, so their names are known to every command (``ValueError`` if
     one cannot be loaded; ``main`` prints it as one line); ``argv`` without them, so that one given after the
@@ -197,12 +206,13 @@ def _early_plugins(argv: list[str]) -> list[str]:
     rest, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--plugin" and i + 1 < len(argv):
-            load_plugin(argv[i + 1])
-            i += 2
+        if arg == "--plugin" or arg.startswith("--plugin="):
+            path = arg.partition("=")[2] if "=" in arg else argv[i + 1] if i + 1 < len(argv) else ""
+            if not path.strip() or (path.startswith("-") and "=" not in arg):
+                raise CliError("--plugin needs a file: --plugin my_method.py (a .py file that registers a method)")
+            load_plugin(path)
+            i += 1 if "=" in arg else 2
             continue
-        if arg.startswith("--plugin="):
-            load_plugin(arg.partition("=")[2])
         else:
             rest.append(arg)
         i += 1

@@ -258,6 +258,12 @@ CASES = [
         run("--targets", "nope_proj", "--runs-dir", "{tmp}/new/runs"),
         r"target 'nope_proj' matches no linear layer",
     ),
+    bad("preset-empty", run("--preset", ""), r"--preset is empty; give it a value, or leave it out for its default"),
+    bad("runs-dir-blank", run("--runs-dir", " "), r"--runs-dir is empty; give it a value, or leave it out"),
+    bad("leaderboard-runs-dir-empty", ["leaderboard", "--runs-dir", ""], r"--runs-dir is empty; give it a value"),
+    bad("option-empty", run("--option", ""), r"--option is empty; give it a value"),
+    bad("plugin-without-a-file", ["list", "methods", "--plugin"], r"--plugin needs a file: --plugin my_method\.py"),
+    bad("plugin-empty", ["--plugin=", "list", "methods"], r"--plugin needs a file: --plugin my_method\.py"),
     bad(
         "reducer-off-and-a-reducer-shortcut",
         run("--methods", "effilora", "--option", "reducer=off", "--option", "drop_ratio=0.5"),
