@@ -147,12 +147,19 @@ def _scoring(args: argparse.Namespace, task_cls) -> tuple[tuple[str, str], ...] 
 
     env = os.environ.get("HARNESS_HPS_CHECKPOINT") if "hps_checkpoint" in task_cls.scorers else None
     hps = args.hps_checkpoint or env
+    if args.hps_checkpoint and "hps_checkpoint" not in task_cls.scorers:
+        return _named_scorers(args)  # build_specs refuses it, naming the task: whether the file exists or not
     if hps and not Path(hps).expanduser().is_file():
-        raise CliError(
-            f"--hps-checkpoint {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)"
-        )
+        given = "--hps-checkpoint" if args.hps_checkpoint else "HARNESS_HPS_CHECKPOINT"
+        raise CliError(f"{given} {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)")
     pairs = tuple((k, v) for k, v in (("judge_model", args.judge_model), ("hps_checkpoint", hps)) if v)
     return pairs or None
+
+
+def _named_scorers(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | None:
+    """The scorer flags as given, unchecked (for a task that has not the scorer: refused by build_specs)."""
+    pairs = (("judge_model", args.judge_model), ("hps_checkpoint", args.hps_checkpoint))
+    return tuple((k, v) for k, v in pairs if v) or None
 
 
 def _is_main_process() -> bool:

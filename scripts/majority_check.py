@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from harness.records import read_record
 from harness.stats import MAJORITY, baseline_scores, majority_index
 from tasks.commonsense.data import BENCHMARKS, resolve_data_dir
 
@@ -62,10 +63,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.record.is_file():
         parser.error(f"{args.record} is not a file; pass a run's record.json, e.g. results/runs/<run id>/record.json")
     try:
-        record = json.loads(args.record.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        parser.error(f"{args.record} cannot be read as a record ({exc}); pass a run's record.json")
-    if record.get("run", {}).get("config", {}).get("task") != "commonsense":
+        record = read_record(args.record)
+    except ValueError as exc:
+        parser.error(f"{exc}; pass a run's record.json")
+    if (record["run"].get("config") or {}).get("task") != "commonsense":
         parser.error(f"{args.record} is not a commonsense run's record")
     try:
         data = resolve_data_dir(args.data_dir)

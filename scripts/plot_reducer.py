@@ -6,7 +6,6 @@ python scripts/plot_reducer.py results/runs/<run-id>/record.json [-o reducer.png
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -15,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from harness.atomic import atomic_path  # noqa: E402
+from harness.records import read_record  # noqa: E402
 
 
 def main() -> None:
@@ -27,13 +27,16 @@ def main() -> None:
         parser.error(f"{path} is not a file; pass a run's record.json")
     if not args.out.parent.is_dir():
         parser.error(f"{args.out.parent} is not a folder; pass -o in an existing one")
+    if args.out.is_dir():
+        parser.error(f"-o {args.out} is a folder; pass the PNG's path (e.g. {args.out / 'reducer.png'})")
     try:
-        record = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        parser.error(f"{path} is not JSON ({exc}); pass a run's record.json")
-    reducer = record.get("train", {}).get("adapter", {}).get("reducer")
+        record = read_record(path)
+    except ValueError as exc:
+        parser.error(f"{exc}; pass a run's record.json")
+    reducer = (record.get("train") or {}).get("adapter", {}).get("reducer")
     if not reducer:
-        raise SystemExit(f"{path}: this run has no Reducer (method {record['run']['config']['method']!r})")
+        method = record["run"].get("config", {}).get("method")
+        raise SystemExit(f"{path}: this run has no Reducer (method {method!r})")
     layers = range(reducer["num_layers"])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for entry in reducer["score_trajectory"]:

@@ -39,6 +39,10 @@ def main() -> None:
     parser.add_argument("--out", default="results/published_check.json")
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1 (got {args.batch_size})")
+    if Path(args.out).is_dir():
+        parser.error(f"--out {args.out} is a folder; pass the JSON file's path (e.g. {Path(args.out) / 'check.json'})")
 
     [spec] = build_specs("commonsense", ["base"], [0], "embedded")
     try:

@@ -30,6 +30,8 @@ def main() -> None:
         task, sep, path = item.partition("=")
         if not sep or not task or not path:
             parser.error(f"--data-dir takes TASK=PATH (e.g. commonsense=../shared/data/commonsense), got {item!r}")
+        if not Path(path).expanduser().is_dir():
+            parser.error(f"--data-dir {item!r}: {path!r} is not a folder; give the folder that holds {task}'s data")
         data_dirs[task] = path
     if not args.runs_dir.is_dir() or not any(args.runs_dir.glob("*/record.json")):
         parser.error(f"{args.runs_dir} is not a folder of runs, each with its record.json (e.g. results/runs)")

@@ -222,6 +222,11 @@ CASES = [
         [*RUN[:4], "diffusion", *RUN[5:], "--train-on-inputs", "true"],
         r"--train-on-inputs does not apply to the diffusion task \(its training never reads it\); leave it out",
     ),
+    bad(  # checked as not this task's before the file: "is not a file" sent the user looking for one
+        "hps-checkpoint-on-commonsense-not-a-file",
+        run("--hps-checkpoint", "{tmp}/nowhere.pt"),
+        r"--hps-checkpoint does not apply to the commonsense task",
+    ),
     bad(
         "judge-model-on-commonsense",
         run("--judge-model", "gpt-4o"),
@@ -803,3 +808,10 @@ def test_the_process_exits_non_zero_without_a_traceback(tmp_path, data_dir, case
     assert result.returncode == 2, result.stderr[-2000:]
     _check_stderr(result.stderr, match, usage)
     _check_untouched(tmp_path, before)
+
+
+def test_an_hps_checkpoint_from_the_environment_that_is_not_a_file_names_the_variable(sandbox, monkeypatch, capsys):
+    monkeypatch.setenv("HARNESS_HPS_CHECKPOINT", str(sandbox / "nowhere.pt"))
+    assert main(["run", "--methods", "lora", "--task", "diffusion", "--preset", "smoke"]) == 2
+    err = capsys.readouterr().err
+    assert "HARNESS_HPS_CHECKPOINT '" in err and "nowhere.pt' is not a file" in err and "--hps-checkpoint" not in err

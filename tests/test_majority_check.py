@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.records import new_record
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "majority_check.py"
 
 
@@ -26,8 +28,7 @@ def _data(root: Path) -> Path:
 
 
 def _record(tmp_path: Path) -> Path:
-    record = {
-        "run": {"id": "commonsense-lora-x-s0-1", "config": {"task": "commonsense"}},
+    record = new_record("commonsense-lora-x-s0-1", {"task": "commonsense"}, {"device": "Test CPU"}) | {
         "eval": {
             "ARC-Easy": {"value": 50.0, "answers": "2221102"},  # test majority answer3 (4/7), train's answer2
             "boolq": {"value": 50.0, "answers": "1100"},  # a test tie: option 0 ("true"), train's true
@@ -35,6 +36,7 @@ def _record(tmp_path: Path) -> Path:
             "hellaswag": {"status": "absent"},
         },
     }
+    record["run"]["status"] = "success"
     path = tmp_path / "record.json"
     path.write_text(json.dumps(record))
     return path
@@ -65,7 +67,29 @@ def test_the_command_prints_both_and_refuses_what_it_cannot_read(tmp_path, capsy
         main([str(tmp_path / "missing.json"), "--data-dir", str(data)])
     assert "is not a file" in capsys.readouterr().err
     other = tmp_path / "other.json"
-    other.write_text(json.dumps({"run": {"config": {"task": "diffusion"}}, "eval": {}}))
+    diffusion = json.loads(_record(tmp_path).read_text())
+    diffusion["run"]["config"]["task"] = "diffusion"
+    other.write_text(json.dumps(diffusion))
     with pytest.raises(SystemExit):
         main([str(other), "--data-dir", str(data)])
     assert "not a commonsense run" in capsys.readouterr().err
+    listed = tmp_path / "list.json"  # was an AttributeError traceback
+    listed.write_text("[1]")
+    with pytest.raises(SystemExit):
+        main([str(listed), "--data-dir", str(data)])
+    assert "not a JSON object; pass a run's record.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--batch-size", "0"], "--batch-size must be >= 1 (got 0)"), (["--out", "{tmp}"], "is a folder; pass the JSON")],
+)
+def test_the_published_check_refuses_bad_flags_before_scoring(tmp_path, data_dir, flags, message):
+    """scripts/published_check.py: found before the model loads (the folder was found only after every test set)."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "published_check.py"
+    argv = [sys.executable, str(script), "--data-dir", str(data_dir), *[f.format(tmp=tmp_path) for f in flags]]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.records import new_record
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_reducer.py"
 
 
@@ -23,10 +25,15 @@ def _record(tmp_path: Path) -> Path:
     config = {"method": "effilora", "model": "tiny", "preset": "smoke"}
     run = tmp_path / "run"
     run.mkdir()
-    (run / "record.json").write_text(
-        json.dumps({"run": {"config": config}, "train": {"adapter": {"reducer": reducer}}})
-    )
+    record = new_record("effilora-run", config, {"device": "Test CPU"}) | {"train": {"adapter": {"reducer": reducer}}}
+    record["run"]["status"] = "success"
+    (run / "record.json").write_text(json.dumps(record))
     return run
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
 
 
 def test_writes_the_png_where_asked_and_refuses_bad_input_in_one_line(tmp_path, monkeypatch, capsys):
@@ -38,6 +45,9 @@ def test_writes_the_png_where_asked_and_refuses_bad_input_in_one_line(tmp_path, 
     for argv, message in (
         ([str(tmp_path / "nowhere.json")], "is not a file; pass a run's record.json"),
         ([str(run), "-o", str(tmp_path / "no" / "x.png")], "is not a folder; pass -o in an existing one"),
+        ([str(run), "-o", str(tmp_path)], "is a folder; pass the PNG's path"),  # were tracebacks
+        ([str(_write(tmp_path / "list.json", "[1]"))], "not a JSON object; pass a run's record.json"),
+        ([str(_write(tmp_path / "bench.json", '{"rows": []}'))], "missing or malformed 'schema'; pass a run's"),
     ):
         monkeypatch.setattr(sys, "argv", ["plot_reducer.py", *argv])
         with pytest.raises(SystemExit) as exit_:

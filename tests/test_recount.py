@@ -110,6 +110,16 @@ def test_the_script_refuses_a_malformed_data_dir(tmp_path):
     )
     assert done.returncode == 2 and "TASK=PATH" in done.stderr and "Traceback" not in done.stderr
     assert done.stdout == ""
+    (tmp_path / "runs" / "a").mkdir()
+    (tmp_path / "runs" / "a" / RECORD).write_text("{}")
+    missing = f"commonsense={tmp_path / 'nowhere'}"  # was exit 0, each record 'left as it is'
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "recount_flops.py"), str(tmp_path / "runs"), "--data-dir", missing],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "nowhere' is not a folder; give the folder that holds commonsense" in done.stderr
 
 
 def test_the_reducer_forwards_are_counted_in_the_record_and_rebuilt_for_an_old_one(tiny_model, data_dir, tmp_path):
