@@ -36,6 +36,7 @@ FLOPS_COUNTED_BY = (
     "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
     "adapter bypassed (counter version 2, 2026-12-04)"
 )
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.ckpt")  # what a model folder's weights are
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
 
 
@@ -640,6 +641,12 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
             attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
         seen.add(key)
+        folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
+        if not spec.random_weights and folder.is_dir() and not any(next(folder.rglob(w), None) for w in WEIGHT_FILES):
+            raise ValueError(
+                f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file); "
+                "give the folder with the model's weights, or --random-weights to build it from its config"
+            )
         if spec.method != BASELINE and spec.task_options.val_size == 0:
             reducer = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method).reducer
             if reducer is not None and reducer.selection == "importance":

@@ -222,6 +222,14 @@ CASES = [
         [*RUN[:4], "diffusion", *RUN[5:], "--train-on-inputs", "true"],
         r"--train-on-inputs does not apply to the diffusion task \(its training never reads it\); leave it out",
     ),
+    bad(  # was a failed record after loading, blaming a missing sentencepiece
+        "model-folder-without-weights",
+        run("--model", "{tmp}/cfgonly"),
+        r"model folder '.*cfgonly' holds no weights \(no \.safetensors, .*file\); give the folder with the model's",
+        lambda tmp: (
+            (tmp / "cfgonly").mkdir() or (tmp / "cfgonly" / "config.json").write_bytes((tmp / "tiny.json").read_bytes())
+        ),
+    ),
     bad(  # checked as not this task's before the file: "is not a file" sent the user looking for one
         "hps-checkpoint-on-commonsense-not-a-file",
         run("--hps-checkpoint", "{tmp}/nowhere.pt"),
