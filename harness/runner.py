@@ -642,7 +642,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
         seen.add(key)
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
-        if not spec.random_weights and folder.is_dir() and not any(next(folder.rglob(w), None) for w in WEIGHT_FILES):
+        built = spec.random_weights or task_cls.config_only_models
+        if not built and folder.is_dir() and not any(next(folder.rglob(w), None) for w in WEIGHT_FILES):
             raise ValueError(
                 f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file); "
                 "give the folder with the model's weights, or --random-weights to build it from its config"

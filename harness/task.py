@@ -144,6 +144,9 @@ class Task(ABC):
     # TrainConfig fields its recipe never reads (e.g. train_on_inputs where the loss is always on the answer):
     # setting one is refused, not ignored under a new run id
     unused_train_settings: ClassVar[tuple[str, ...]] = ()
+    # whether a local model folder may hold a config alone (the task assembles the model from pretrained parts);
+    # else a folder without a weights file is refused before loading, unless the run builds random weights
+    config_only_models: ClassVar[bool] = False
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

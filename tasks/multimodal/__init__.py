@@ -36,6 +36,7 @@ class MultimodalTask(Task):
     protocols = ("native", "lmms-eval")
     presets = PRESETS
     unused_train_settings = ("train_on_inputs",)  # the loss is on the answers: the image and question are input
+    config_only_models = True  # a llava_style config.json: the language model and vision tower are loaded into it
     columns = data.DOMAINS
 
     @classmethod
