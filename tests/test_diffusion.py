@@ -883,3 +883,29 @@ def test_hps_scorer_reads_the_checkpoint_layout_through_open_clip_s_api(tmp_path
     torch.save([torch.zeros(2)], ckpt)
     with pytest.raises(hps.Unavailable, match=r"does not fit open_clip's ViT-H-14"):
         hps.HPSv2(ckpt, arch="ViT-H-14")
+
+
+def test_an_undecodable_image_is_refused_even_where_a_library_lets_pillow_load_truncated_ones(tmp_path, monkeypatch):
+    """lmms-eval sets ImageFile.LOAD_TRUNCATED_IMAGES = True on import (the multimodal lmms-eval protocol imports
+    it): both image suites' checks then let a broken image through. They refuse it, and leave the flag as found."""
+    from PIL import ImageFile
+
+    from tasks.images import check_decodes
+    from tasks.multimodal import data as mdata
+
+    broken = tmp_path / "undecodable.png"
+    undecodable_png(broken)
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    with pytest.raises(OSError):
+        check_decodes(broken)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+    data = tiny_data(tmp_path / "data", 4)
+    undecodable_png(data / "images" / "000.png")
+    with pytest.raises(ValueError, match=r"image 'images/000\.png' cannot be read"):
+        ddata.read_folder(data)
+
+    def fail(what: str, fix: str) -> ValueError:
+        return ValueError(f"{what}; {fix}")
+
+    with pytest.raises(ValueError, match=r"image 'undecodable\.png' is not a readable image"):
+        mdata._image_path(tmp_path, "undecodable.png", set(), fail)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from tasks.images import check_decodes
+
 METADATA = "metadata.jsonl"
 # the shipped Twemoji set: the base pre-trains on every other category; methods fine-tune on these two
 # (a style and subjects the base never saw: yellow faces, food) and are scored on held-out images of them
@@ -69,10 +71,7 @@ def read_folder(folder: Path) -> list[Item]:
         if not path.is_file():
             raise ValueError(f"{where}: image {row['file_name']!r} is missing; add it or remove the line")
         try:
-            with Image.open(path) as im:
-                im.verify()  # the file's structure and checksums
-            with Image.open(path) as im:
-                im.load()  # and its pixels: a data stream can pass verify() and still not decode
+            check_decodes(path)
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
         items.append(Item(path, row["text"].strip(), str(row.get("category", "")), row))

@@ -29,6 +29,7 @@ from typing import Any
 from PIL import Image
 
 from harness.atomic import atomic_path
+from tasks.images import check_decodes
 
 DOMAINS = ("general", "document", "math")
 SPLITS = ("train", "test")
@@ -243,10 +244,7 @@ def _image_path(data_dir: Path, name: str, verified: set[Path], fail: Callable[[
         raise fail(f"image {name!r} does not exist under {data_dir}", "add the file or fix the path")
     if path not in verified:
         try:
-            with Image.open(path) as img:
-                img.verify()  # the file's structure and checksums
-            with Image.open(path) as img:
-                img.load()  # and its pixels: a data stream can pass verify() and still not decode
+            check_decodes(path)
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise fail(f"image {name!r} is not a readable image ({exc})", "replace or remove the file") from None
         verified.add(path)
