@@ -150,12 +150,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_method_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rank", type=int, help="rank r (default: run, the preset's; params, 16)")
-    p.add_argument("--alpha", type=float, help="alpha; scaling = alpha / r (default: run, the preset's; params, 32)")
-    p.add_argument("--heads", type=int, help="B heads m for multi-head methods (default: run, the preset's; params, 4)")
+    p.add_argument(
+        "--rank", type=int, help="rank r (default: for run, the preset's; for params and bench, the method's, 16)"
+    )
+    p.add_argument(
+        "--alpha",
+        type=float,
+        help="alpha; scaling = alpha / r (default: for run, the preset's; for params and bench, 32)",
+    )
+    p.add_argument(
+        "--heads",
+        type=int,
+        help="B heads m for multi-head methods (default: for run, the preset's; for params and bench, 4)",
+    )
     p.add_argument(
         "--targets",
-        help="module names, comma-separated, or a regex (default: run, the preset's; params, "
+        help="module names, comma-separated, or a regex (default: for run, the preset's; for params and bench, "
         f"{','.join(DEFAULT_TARGETS)})",
     )
     p.add_argument(

@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> None:
     for m in methods:
         if m != BASELINE and m not in METHODS:
             raise CliError(unknown_choice("method", m, [*METHODS.names(), *words]))
+    adapter_flags = [f for f, given in (("--rank/--alpha/--heads/--targets/--option", method_options(args)),
+                                        ("--fast-path", args.fast_path)) if given]  # fmt: skip
+    if methods == [BASELINE] and adapter_flags:
+        raise CliError(f"{adapter_flags[0]}: base (the zero-shot model) has no adapter to apply it to; leave it out")
     train = {
         k: v
         for k, v in {
@@ -208,17 +212,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="re-run finished runs")
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--epochs", type=float, help="passes over the training set (overrides the preset's steps)")
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     p.add_argument("--micro-batch-size", type=int, help="examples per forward pass, per process")
     p.add_argument(
         "--grad-accum", type=int, help="micro-batches per optimizer step (batch = micro x accum x processes)"
     )
     p.add_argument("--train-on-inputs", type=_bool, metavar="true|false", help="loss on prompt tokens too")
     p.add_argument(
-        "--template", help="prompt template; commonsense: cloze | clean | llm-adapters (default: the protocol's)"
+        "--template",
+        help="prompt template; commonsense: cloze | clean | llm-adapters, multimodal: chat, diffusion: caption "
+        "(default: the protocol's)",
     )
-    p.add_argument("--eval-limit", type=int, help="test examples per benchmark")
-    p.add_argument("--train-cap", type=int, help="training examples per benchmark (multimodal: per domain)")
+    p.add_argument("--eval-limit", type=int, help="test examples per benchmark (multimodal: per domain); 0: no limit")
+    p.add_argument(
+        "--train-cap", type=int, help="training examples per benchmark (multimodal: per domain); 0: no limit"
+    )
     p.add_argument(
         "--val-size", type=int, help="training examples held out for validation and the Reducer (default: the preset's)"
     )
@@ -227,7 +235,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train on these sources only, comma-separated (multimodal: general,document,math), e.g. for "
         "the single-domain rows that show cross-domain interference",
     )
-    p.add_argument("--eval-batch-size", type=int)
+    p.add_argument("--eval-batch-size", type=int, help="examples per scoring forward pass (default: the preset's)")
     p.add_argument(
         "--judge-model",
         help="diffusion: score samples with this model as the seven-criteria judge, through the OpenAI API "
@@ -258,6 +266,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("leaderboard", help="rebuild the leaderboard files (CSV, Markdown, HTML, PNG) from run records")
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--out", help="default: the runs dir")
+    p.add_argument("--runs-dir", default="runs", help="the folder of run folders to tabulate (default runs/)")
+    p.add_argument("--out", help="where the leaderboard files go (default: the runs dir)")
     p.set_defaults(func=cmd_leaderboard)

@@ -92,7 +92,8 @@ def read_record(path: Path) -> dict[str, Any]:
 # what a successful record holds, as the leaderboard reads it (a trained run's "train" too: not the zero-shot base's)
 SUCCESS_FIELDS = (
     *("run.id", "run.config.task", "run.config.method", "run.config.seed", "run.config.preset", "run.config.model"),
-    *("run.config.protocol", "run.config.train", "run.config.task_options", "run.config.method_options", "env.device"),
+    *("run.config.protocol", "run.config.train", "run.config.task_options", "run.config.method_options"),
+    *("env.device", "env.torch", "env.transformers"),
 )
 TRAINED_FIELDS = (
     *("train.steps", "train.trainable_params", "train.percent_trainable", "train.flops_per_step", "train.memory"),
@@ -109,6 +110,9 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
             if not isinstance(value, dict) or key not in value:
                 raise ValueError(f"{path}: a successful record without {field!r} (edited by hand, or cut short?)")
             value = value[key]
+    for benchmark, entry in record["eval"].items():
+        if isinstance(entry, dict) and "scores" in entry and not entry["scores"]:
+            raise ValueError(f"{path}: {benchmark} has no per-example scores (n = 0); run it again")
 
 
 def find_records(runs_dir: Path) -> list[Path]:

@@ -271,6 +271,13 @@ CASES = [
         run("--targets", "nope_proj", "--runs-dir", "{tmp}/new/runs"),
         r"target 'nope_proj' matches no linear layer",
     ),
+    bad(
+        "base-alone-with-a-rank",
+        run("--methods", "base", "--rank", "4"),
+        r"--rank/--alpha/--heads/--targets/--option: "
+        r"base \(the zero-shot model\) has no adapter to apply it to; leave it out",
+    ),  # fmt: skip
+    bad("base-alone-on-the-fast-path", run("--methods", "base", "--fast-path"), r"--fast-path: base .* has no adapter"),
     bad("preset-empty", run("--preset", ""), r"--preset is empty; give it a value, or leave it out for its default"),
     bad("runs-dir-blank", run("--runs-dir", " "), r"--runs-dir is empty; give it a value, or leave it out"),
     bad("leaderboard-runs-dir-empty", ["leaderboard", "--runs-dir", ""], r"--runs-dir is empty; give it a value"),
@@ -677,7 +684,7 @@ def _fixture_record(status: str) -> str:
     from harness.runner import build_specs
 
     [spec] = build_specs("commonsense", ["lora"], [7], "smoke")
-    record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU"})
+    record = new_record(spec.run_id, spec.to_dict(), {"device": "Test CPU", "torch": "2.x", "transformers": "5.x"})
     record["run"]["status"] = status
     record["eval"] = {"ARC-Easy": {"metric": "acc", "value": 50.0, "n": 4, "protocol": "cloze", "sha256": "x"}}
     record["train"] = trained_record_fields()

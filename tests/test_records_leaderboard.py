@@ -361,6 +361,18 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
+def test_a_record_with_an_empty_score_list_is_skipped_and_named(tmp_path, capsys):
+    """n = 0 aborted the whole leaderboard ('scores must be a non-empty 1-D array'), naming no run."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    empty = fixture_record("effilora", 0, 0.0)
+    empty["eval"]["ARC-Easy"] = {"metric": "acc", "value": 0.0, "n": 0, "scores": []}
+    write_fixture(runs, empty)
+    write_leaderboards(runs, tmp_path / "out")
+    assert f"{empty['run']['id']}/{RECORD}: ARC-Easy has no per-example scores (n = 0)" in capsys.readouterr().err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
 def test_record_schema_is_checked(tmp_path):
     path = tmp_path / RECORD
     record = fixture_record("lora", 0, 0.0)
