@@ -16,7 +16,17 @@ from dataclasses import dataclass
 from html import escape
 
 from harness.leaderboard import AVG, REFERENCE_METHOD, REFERENCES, Cell, Row, Section
-from harness.leaderboard_render import LEGEND, cell_text, diff_text, fmt, param_text, section_info, section_title
+from harness.leaderboard_render import (
+    LEGEND,
+    cell_text,
+    diff_text,
+    fmt,
+    missing_references,
+    param_text,
+    row_seeds,
+    section_info,
+    section_title,
+)
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -66,8 +76,9 @@ document.querySelectorAll("table.board th").forEach(function (th) {
 
 
 PLOT_NOTE = (
-    "Error bars: 95% interval of Avg. Filled points joined by the dashed line: the Pareto front (no other row "
-    "is both cheaper and more accurate). Grey dashed lines: the majority and chance baselines."
+    "Error bars: 95% interval of Avg. Filled points joined by the dashed line: the Pareto front of the point "
+    "estimates (no other row is both cheaper and scores higher); where error bars overlap, a point on the front is "
+    "not told apart from one off it. Grey dashed lines: the majority and chance baselines."
 )
 
 
@@ -89,6 +100,7 @@ def html_page(secs: list[Section], footer: str) -> str:
             parts += [
                 f"<section><h3>{escape(section_title(s))}</h3>",
                 f"<p class=info>{escape(section_info(s))}</p>",
+                *([f"<p class=info>{escape(line)}</p>"] if (line := missing_references(s, secs)) else []),
                 f'<div class=scroll>{_table(s)}</div><div class="plots">{_plots(s)}</div>',
                 f"<p class=info>{PLOT_NOTE}</p></section>",
             ]
@@ -131,6 +143,7 @@ def _table(s: Section) -> str:
     head = ['<th data-type="text">method</th>']
     head += [f"<th>{escape(b)}</th>" for b in s.benchmarks]
     head += [f"<th>{AVG}</th>", '<th title="benchmarks with data, of the section\'s">Avg n</th>', "<th>Param %</th>"]
+    head += ['<th data-type="text" title="the seeds a row pools">seeds</th>']
     body = []
     for row in s.rows:
         cls = row.kind + (" reference" if row.method == s.references.get(REFERENCE_METHOD) else "")
@@ -138,6 +151,7 @@ def _table(s: Section) -> str:
         tds += [_score_td(row, b, s.references) for b in [*s.benchmarks, AVG]]
         tds.append(_td(float(row.avg_n), f"{row.avg_n}/{s.avg_of}"))
         tds.append(_td(row.percent_trainable, param_text(row)))
+        tds.append(_td(row_seeds(row), escape(row_seeds(row))))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
     return f'<table class="board"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
@@ -225,7 +239,7 @@ def svg_plot(title: str, xlabel: str, points: list[Point], lines: list[tuple[str
     out.append(f'<text x="{(LEFT + W - RIGHT) / 2:.1f}" y="{H - 10}" text-anchor="middle">{escape(xlabel)}</text>')
     out.append(
         f'<text transform="translate(14 {(TOP + H - BOTTOM) / 2:.1f}) rotate(-90)" text-anchor="middle">'
-        "Avg accuracy (%), 95% interval</text>"
+        "Avg score (%), 95% interval</text>"
     )
     for label, y in lines:
         out.append(f'<line class="base-line" x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(y):.1f}" y2="{sy(y):.1f}"/>')

@@ -213,9 +213,27 @@ LEGEND = (
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
     "excludes 0. All paired comparisons (vs lora, base, majority): "
-    "`<task>_comparisons.csv`. Trained rows are listed by their Avg: where intervals overlap, the order is not a "
-    "ranking (read the paired differences)."
+    "`<task>_comparisons.csv`. Trained rows are listed by their Avg: where intervals overlap, or where rows pool "
+    "different seeds (the seeds column), the order is not a ranking (read the paired differences)."
 )
+
+
+def row_seeds(row: Row) -> str:
+    """The seeds a row pools ('' for the baselines computed from the answers): rows with other seeds do not rank
+    against each other by their Avg; their paired differences are on the seeds both ran."""
+    return " ".join(str(seed) for seed in sorted({run["run"]["config"]["seed"] for run in row.runs}))
+
+
+def missing_references(s: Section, secs: list[Section]) -> str:
+    """A line naming the references a section lacks, so that a table without them is not read as having beaten
+    them: no zero-shot run; no majority and chance rows where the task's other sections have them (records
+    that keep no per-example answers to compute them from); '' if none is missing."""
+    kinds = {r.kind for r in s.rows}
+    has_baselines = any(r.kind == "baseline" for other in secs if other.task == s.task for r in other.rows)
+    missing = ["no zero-shot (base) run"] if "zero-shot" not in kinds else []
+    if has_baselines and "baseline" not in kinds:
+        missing.append("no majority or chance row (its records keep no per-example answers to compute them from)")
+    return f"Not in this section: {'; '.join(missing)}." if missing else ""
 
 
 def _spread_table(s: Section) -> list[str]:
@@ -243,10 +261,11 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
         md += [f"## {task}", ""]
         for s in (s for s in secs if s.task == task):
             md += [f"### {section_title(s)}", "", section_info(s), ""]
-            header = ["method", *s.benchmarks, AVG, "Avg n", "Param %"]
+            md += [line, ""] if (line := missing_references(s, secs)) else []
+            header = ["method", *s.benchmarks, AVG, "Avg n", "Param %", "seeds"]
             rows = [
                 [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{s.avg_of}"]
-                + [param_text(r)]
+                + [param_text(r), row_seeds(r)]
                 for r in s.rows
             ]
             md += [markdown_table(header, rows), ""]
@@ -296,9 +315,9 @@ def plot(secs: list[Section], task: str, path: Path) -> Path:
             ax.errorbar(x, avg.value, yerr=yerr, fmt="o", capsize=3, markersize=4)
             ax.annotate(row.method + suffix, (x, avg.value), fontsize=7, xytext=(4, 3), textcoords="offset points")
     ax.set_xlabel("trainable parameters (% of base model)")
-    ax.set_ylabel("average accuracy (%), 95% interval")
+    ax.set_ylabel("Avg score (%), 95% interval")
     keys = ", ".join(s.key for s in secs)
-    ax.set_title(f"{task}: accuracy vs parameters (newest section: {keys})", fontsize=10)
+    ax.set_title(f"{task}: Avg score vs parameters (newest section: {keys})", fontsize=10)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:

@@ -373,6 +373,28 @@ def test_a_record_with_an_empty_score_list_is_skipped_and_named(tmp_path, capsys
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
+def test_the_tables_show_each_rows_seeds_and_say_which_references_a_section_lacks(tmp_path):
+    """A one-seed row listed above a three-seed one is no ranking: the seeds column says so. A section with no
+    zero-shot run says it has none (its rows were never compared with the untrained model)."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_fixture(runs, fixture_record("lora", seed, 0.0))
+    write_fixture(runs, fixture_record("effilora", 0, 5.0))
+    write_leaderboards(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "Not in this section: no zero-shot (base) run." in md and "no majority or chance row" not in md
+    lines = md.splitlines()
+    assert lines[[i for i, line in enumerate(lines) if line.startswith("| method |")][0]].endswith("| seeds |")
+    assert any(line.startswith("| lora |") and line.endswith("| 0 1 |") for line in lines)
+    assert any(line.startswith("| effilora |") and line.endswith("| 0 |") for line in lines)
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert '<th data-type="text" title="the seeds a row pools">seeds</th>' in html and ">0 1</td>" in html
+    assert "Not in this section: no zero-shot (base) run." in html
+    write_fixture(runs, fixture_record("base", 0, 0.0))
+    write_leaderboards(runs, tmp_path / "out")
+    assert "Not in this section" not in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
 def test_record_schema_is_checked(tmp_path):
     path = tmp_path / RECORD
     record = fixture_record("lora", 0, 0.0)
