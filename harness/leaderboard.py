@@ -84,7 +84,8 @@ from harness.stats import (
     paired,
 )
 
-REFERENCES = (REFERENCE_METHOD, BASELINE, MAJORITY)
+REFERENCES = (REFERENCE_METHOD, BASELINE, MAJORITY, CHANCE)
+BASELINES = (MAJORITY, CHANCE)  # the references a model must beat for its score to mean anything
 AVG = "Avg"
 
 
@@ -313,6 +314,20 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
         if covered and all(b in values for b in covered):
             values[AVG] = statistics.mean(values[b] for b in covered)
         out.append((r["run"]["config"]["seed"], r["run"]["id"], values))
+    return out
+
+
+def not_above_baselines(row: Row, benchmarks: list[str]) -> list[str] | None:
+    """The columns (benchmarks and Avg) on which a model's row is not above both the majority label and chance
+    beyond its paired 95% interval: where its score has not been shown to beat them. None for the baseline rows
+    and where the section has no baseline to compare with."""
+    if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
+        return None
+    out = []
+    for b in [*benchmarks, AVG]:
+        estimates = [row.vs[ref][b] for ref in BASELINES if b in row.vs.get(ref, {})]
+        if estimates and any(e.lo <= 0 for e in estimates):
+            out.append(b)
     return out
 
 

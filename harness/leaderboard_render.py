@@ -19,6 +19,7 @@ from harness.leaderboard import (
     Section,
     hook_flops_per_step,
     newest_sections,
+    not_above_baselines,
     run_hardware,
     seed_values,
 )
@@ -57,6 +58,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                 out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
                 out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
             out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
+            below = not_above_baselines(row, s.benchmarks)
+            out["not_above_baselines"] = None if below is None else " ".join(below)
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
@@ -212,9 +215,11 @@ LEGEND = (
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
-    "excludes 0. All paired comparisons (vs lora, base, majority): "
-    "`<task>_comparisons.csv`. Trained rows are listed by their Avg: where intervals overlap, or where rows pool "
-    "different seeds (the seeds column), the order is not a ranking (read the paired differences)."
+    "excludes 0. All paired comparisons (vs lora, base, majority, chance): `<task>_comparisons.csv`. "
+    "`not above majority and chance`: the columns on which a model's paired interval does not put it above both "
+    "(its score there has not been shown to beat them). Trained rows are listed by their Avg: where intervals "
+    "overlap, or where rows pool different seeds (the seeds column), the order is not a ranking (read the paired "
+    "differences)."
 )
 
 
@@ -268,6 +273,11 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 + [param_text(r), row_seeds(r)]
                 for r in s.rows
             ]
+            if any(not_above_baselines(r, s.benchmarks) is not None for r in s.rows):
+                header.append("not above majority and chance")
+                for r, cells in zip(s.rows, rows, strict=True):
+                    below = not_above_baselines(r, s.benchmarks)
+                    cells.append("" if below is None else ", ".join(below) or "none")
             md += [markdown_table(header, rows), ""]
             md += _spread_table(s)
             for ref in (REFERENCE_METHOD, BASELINE):

@@ -113,7 +113,7 @@ def test_the_leaderboard_has_baselines_intervals_and_paired_comparisons(tmp_path
     assert rows["lora"]["constant"] == "ARC-Easy boolq" and rows["lora"]["ARC-Easy_vs_lora"] == ""
     assert rows["base"]["boolq_vs_lora"] == "0.0" and rows["base"]["boolq_vs_lora_lo"] == "0.0"
     comparisons = read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
-    assert {r["reference"] for r in comparisons} == {"lora", "base", "majority"}
+    assert {r["reference"] for r in comparisons} == {"lora", "base", "majority", "chance"}
     vs = {(r["method"], r["reference"], r["benchmark"]): r for r in comparisons}
     assert (
         vs[("lora", "base", "ARC-Easy")]["diff"] == "50.0" and vs[("lora", "base", "ARC-Easy")]["significant"] == "True"
@@ -137,7 +137,13 @@ def test_two_references_compared_both_ways_get_exactly_opposite_intervals(tmp_pa
         (r["method"], r["reference"], r["benchmark"]): r
         for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
     }
-    for a, b in (("lora", "base"), ("lora", "majority"), ("base", "majority")):
+    for a, b in (
+        ("lora", "base"),
+        ("lora", "majority"),
+        ("base", "majority"),
+        ("majority", "chance"),
+        ("lora", "chance"),
+    ):
         for bench in ("ARC-Easy", "Avg"):
             one, other = vs[(a, b, bench)], vs[(b, a, bench)]
             assert float(one["diff"]) == -float(other["diff"]) and one["significant"] == other["significant"]

@@ -170,6 +170,15 @@ def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
     assert (
         rows["base"]["Param %"] == "0.0" and rows["majority"]["Param %"] == "" and rows["chance"]["kind"] == "baseline"
     )
+    # where a model's paired interval does not put it above both majority and chance (at 25%, as they are here)
+    assert {m: r["not_above_baselines"] for m, r in rows.items()} == {
+        **{"lora": "", "effilora": "ARC-Easy Avg", "base": "ARC-Easy Avg"},
+        **{"majority": "", "chance": ""},
+    }
+    md = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
+    assert next(line for line in md if line.startswith("| method |")).endswith("| not above majority and chance |")
+    assert next(line for line in md if line.startswith("| lora |")).endswith("| none |")
+    assert next(line for line in md if line.startswith("| effilora |")).endswith("| ARC-Easy, Avg |")
 
 
 def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_path):
@@ -320,9 +329,13 @@ def test_vs_lora_is_against_the_plain_lora_row_and_names_the_row_it_used(tmp_pat
     assert rows["lora (trained_on=ARC-Easy)"]["ARC-Easy_vs_lora"] == "75.0"  # 100% against the plain row's 25%
     assert rows["base"]["ARC-Easy_vs_lora"] == "0.0" and rows["base"]["steps"] == "0"  # trained none
     refs = {r["reference"] for r in read_csv(tmp_path / "both" / "out" / "commonsense_comparisons.csv")}
-    assert refs == {"lora", "base", "majority"}
+    assert refs == {"lora", "base", "majority", "chance"}
     one = read_csv(tmp_path / "one" / "out" / "commonsense_comparisons.csv")
-    assert {r["reference"] for r in one if r["method"] == "base"} == {"lora (trained_on=ARC-Easy)", "majority"}
+    assert {r["reference"] for r in one if r["method"] == "base"} == {
+        "lora (trained_on=ARC-Easy)",
+        "majority",
+        "chance",
+    }
     md = (tmp_path / "one" / "out" / "leaderboard.md").read_text()
     assert "Paired difference to lora (trained_on=ARC-Easy) (points" in md
     assert "vs lora (trained_on=ARC-Easy) " in (tmp_path / "one" / "out" / "leaderboard.html").read_text()
