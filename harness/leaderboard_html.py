@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from html import escape
 
-from harness.leaderboard import AVG, REFERENCE_METHOD, REFERENCES, Cell, Row, Section
+from harness.leaderboard import AVG, REFERENCE_METHOD, REFERENCES, Cell, Row, Section, not_above_baselines
 from harness.leaderboard_render import (
     LEGEND,
     cell_text,
@@ -144,6 +144,10 @@ def _table(s: Section) -> str:
     head += [f"<th>{escape(b)}</th>" for b in s.benchmarks]
     head += [f"<th>{AVG}</th>", '<th title="benchmarks with data, of the section\'s">Avg n</th>', "<th>Param %</th>"]
     head += ['<th data-type="text" title="the seeds a row pools">seeds</th>']
+    baselines = any(not_above_baselines(r, s.benchmarks) is not None for r in s.rows)
+    if baselines:
+        head += ['<th data-type="text" title="where its paired interval does not put it above both">not above '
+                 "majority and chance</th>"]  # fmt: skip
     body = []
     for row in s.rows:
         cls = row.kind + (" reference" if row.method == s.references.get(REFERENCE_METHOD) else "")
@@ -152,6 +156,10 @@ def _table(s: Section) -> str:
         tds.append(_td(float(row.avg_n), f"{row.avg_n}/{s.avg_of}"))
         tds.append(_td(row.percent_trainable, param_text(row)))
         tds.append(_td(row_seeds(row), escape(row_seeds(row))))
+        if baselines:
+            below = not_above_baselines(row, s.benchmarks)
+            text = "" if below is None else ", ".join(below) or "none"
+            tds.append(_td(text, escape(text)))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
     return f'<table class="board"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 

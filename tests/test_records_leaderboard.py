@@ -179,6 +179,8 @@ def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
     assert next(line for line in md if line.startswith("| method |")).endswith("| not above majority and chance |")
     assert next(line for line in md if line.startswith("| lora |")).endswith("| none |")
     assert next(line for line in md if line.startswith("| effilora |")).endswith("| ARC-Easy, Avg |")
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert "not above majority and chance</th>" in html and '<td data-v="ARC-Easy, Avg">ARC-Easy, Avg</td>' in html
 
 
 def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_path):
