@@ -26,6 +26,9 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``B_lo``, ``B_hi`` (score and interval; ``absent`` when the benchmark has no data, empty when unknown);
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
+``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired interval against majority or chance
+does not lie above 0: where its score has not been shown to beat both; empty for the baseline rows, and for
+every row where the section has no baselines);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
 from others with the same title), ``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a
@@ -39,7 +42,7 @@ Markdown adds, for every row with two or more seeds, the range (min-max) of its 
 difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
-ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base`` and ``majority``;
+ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``;
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
