@@ -98,7 +98,9 @@ class BenchConfig:
 
         for name in self.methods or METHODS.names():
             cls = METHODS.get(name)
-            make_config(cls.config_cls, self.options, name)
+            if make_config(cls.config_cls, self.options, name).reducer is not None:
+                for variant in self.reducer:  # the variants too: each makes its own config
+                    make_config(cls.config_cls, _variant_options(self.options, variant), name)
             for item in self.also:
                 make_config(cls.config_cls, self.options | dict([_also_option(item)]), name)
 
@@ -278,7 +280,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
         variants = [("", base)]
         if base.reducer is not None and config.reducer:
             variants = [
-                (v, make_config(cls.config_cls, config.options | _reducer_options(v), method)) for v in config.reducer
+                (v, make_config(cls.config_cls, _variant_options(config.options, v), method)) for v in config.reducer
             ]
         default = ""  # the contender an --also variant is compared with: this method at its defaults
         for reducer, cfg in variants:
@@ -372,6 +374,15 @@ def _stepper(
             optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
+    """``options`` with a Reducer variant's: ``off`` also drops the Reducer shortcuts the options set (``k=4``
+    with the Reducer off is no Reducer, not a contradiction)."""
+    from harness.config import REDUCER_SHORTCUTS
+
+    kept = {k: v for k, v in options.items() if k not in REDUCER_SHORTCUTS} if variant == "off" else options
+    return kept | _reducer_options(variant)
 
 
 def _reducer_options(variant: str) -> dict[str, Any]:

@@ -55,7 +55,7 @@ def method_options(args: argparse.Namespace) -> dict:
 
     def put(key: str, value: Any, how: str) -> None:
         setting = "r" if key in ("r", "rank") else key
-        if setting in given and given[setting][0] != str(value):
+        if setting in given and not _same(given[setting][0], str(value)):
             raise CliError(f"{given[setting][1]} and {how} both set {setting}; give it once")
         options[key], given[setting] = value, (str(value), how)
 
@@ -68,6 +68,14 @@ def method_options(args: argparse.Namespace) -> dict:
             raise CliError(f"--option {item!r} must look like key=value (e.g. --option drop_ratio=0.5)")
         put(key.strip(), value.strip(), f"--option {item.strip()}")
     return options
+
+
+def _same(a: str, b: str) -> bool:
+    """Two option values that mean the same (``16`` and ``16.0``)."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
 
 
 def cmd_params(args: argparse.Namespace) -> None:
@@ -206,7 +214,10 @@ def _refuse_empty(args: argparse.Namespace) -> None:
     for dest, value in vars(args).items():
         values = value if isinstance(value, list) else [value]
         if any(isinstance(v, str) and not v.strip() for v in values):
-            raise CliError(f"--{dest.replace('_', '-')} is empty; give it a value, or leave it out for its default")
+            raise CliError(
+                f"--{dest.replace('_', '-')} is empty; give it a value ('none' where the flag takes it), or leave it "
+                "out for its default"
+            )
 
 
 def _early_plugins(argv: list[str]) -> list[str]:

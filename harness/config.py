@@ -16,6 +16,8 @@ _REGEX_CHARS = re.compile(r"[*+?\[\](){}|^$\\]")
 
 
 SELECTIONS = ("importance", "random")  # how the Reducer picks the layers that train
+# method options that set the Reducer's fields where the method's own config has no field of that name
+REDUCER_SHORTCUTS = ("k", "drop_ratio", "selection", "interval", "rollouts", "n_suppressed", "suppression", "score_lr")
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
 ``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired interval against majority or chance
-does not lie above 0: where its score has not been shown to beat both; empty for the baseline rows, and for
-every row where the section has no baselines);
+does not lie above 0, or that were not compared with both: where its score has not been shown to beat both;
+``none`` where it has everywhere; empty for the baseline rows, and for every row where the section has none);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
 from others with the same title), ``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a
@@ -328,8 +328,10 @@ def not_above_baselines(row: Row, benchmarks: list[str]) -> list[str] | None:
         return None
     out = []
     for b in [*benchmarks, AVG]:
-        estimates = [row.vs[ref][b] for ref in BASELINES if b in row.vs.get(ref, {})]
-        if estimates and any(e.lo <= 0 for e in estimates):
+        if row.cells[b].absent or row.cells[b].value is None:
+            continue  # no score: nothing to beat them with
+        estimates = [row.vs.get(ref, {}).get(b) for ref in BASELINES]  # a benchmark not compared with both: listed
+        if any(e is None or not (e.significant and e.value > 0) for e in estimates):
             out.append(b)
     return out
 

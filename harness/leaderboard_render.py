@@ -59,7 +59,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                 out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
             out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
             below = not_above_baselines(row, s.benchmarks)
-            out["not_above_baselines"] = None if below is None else " ".join(below)
+            out["not_above_baselines"] = None if below is None else " ".join(below) or "none"
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}

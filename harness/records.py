@@ -108,11 +108,14 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
         value: Any = record
         for key in field.split("."):
             if not isinstance(value, dict) or key not in value:
-                raise ValueError(f"{path}: a successful record without {field!r} (edited by hand, or cut short?)")
+                raise ValueError(
+                    f"{path}: a successful record without {field!r} (edited by hand, or cut short?); run it again "
+                    "with --force"
+                )
             value = value[key]
     for benchmark, entry in record["eval"].items():
         if isinstance(entry, dict) and "scores" in entry and not entry["scores"]:
-            raise ValueError(f"{path}: {benchmark} has no per-example scores (n = 0); run it again")
+            raise ValueError(f"{path}: {benchmark} has no per-example scores (n = 0); run it again with --force")
 
 
 def find_records(runs_dir: Path) -> list[Path]:

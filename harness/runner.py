@@ -631,6 +631,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     from its own code (passed to ``Task.build_meta`` where it takes the parameter: a task written before
     it still works, building what it builds)."""
     seen = set()
+    scores: dict[tuple, bool] = {}  # whether the method's Reducer scores layers on a validation split
     for spec in specs:
         task_cls = TASKS.get(spec.task)
         key = (spec.task, spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
@@ -639,7 +640,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         elif key not in seen:
             takes = "trust_remote_code" in inspect.signature(task_cls.build_meta).parameters
             trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
-            attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
+            reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
+            scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"
         seen.add(key)
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         built = spec.random_weights or task_cls.config_only_models
@@ -648,13 +650,12 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file); "
                 "give the folder with the model's weights, or --random-weights to build it from its config"
             )
-        if spec.method != BASELINE and spec.task_options.val_size == 0:
-            reducer = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method).reducer
-            if reducer is not None and reducer.selection == "importance":
-                raise ValueError(
-                    f"--val-size 0 leaves {spec.method}'s Reducer no validation split to score layers with; give "
-                    "--val-size 1 or more, --option selection=random, or --option reducer=off"
-                )
+        # the Reducer scores layers on validation batches (not when it trains every layer, K = L)
+        if spec.method != BASELINE and spec.task_options.val_size == 0 and scores.get(key):
+            raise ValueError(
+                f"--val-size 0 leaves {spec.method}'s Reducer no validation split to score layers with; give "
+                "--val-size 1 or more, --option selection=random, or --option reducer=off"
+            )
 
 
 def _say(ctx: RunContext, text: str) -> None:

@@ -278,8 +278,16 @@ CASES = [
         r"base \(the zero-shot model\) has no adapter to apply it to; leave it out",
     ),  # fmt: skip
     bad("base-alone-on-the-fast-path", run("--methods", "base", "--fast-path"), r"--fast-path: base .* has no adapter"),
-    bad("preset-empty", run("--preset", ""), r"--preset is empty; give it a value, or leave it out for its default"),
-    bad("runs-dir-blank", run("--runs-dir", " "), r"--runs-dir is empty; give it a value, or leave it out"),
+    bad(
+        "preset-empty",
+        run("--preset", ""),
+        r"--preset is empty; give it a value \(.none. where the flag takes it\), or leave it out for its default",
+    ),
+    bad(
+        "runs-dir-blank",
+        run("--runs-dir", " "),
+        r"--runs-dir is empty; give it a value \(.none. where the flag takes it\), or leave it out",
+    ),
     bad("leaderboard-runs-dir-empty", ["leaderboard", "--runs-dir", ""], r"--runs-dir is empty; give it a value"),
     bad("option-empty", run("--option", ""), r"--option is empty; give it a value"),
     bad("plugin-without-a-file", ["list", "methods", "--plugin"], r"--plugin needs a file: --plugin my_method\.py"),

@@ -148,3 +148,28 @@ def test_the_reducer_option_takes_the_words_a_boolean_option_takes(word, on):
     adapter = attach(tiny_llama(), "effilora", targets="q_proj", reducer=word)
     assert (adapter.reducer is not None) is on
     assert attach(tiny_llama(), "effilora", targets="q_proj", reducer="Random").reducer.config.selection == "random"
+
+
+def test_val_size_0_is_refused_only_where_the_reducer_scores_layers():
+    """K = L (drop_ratio=0) trains every layer and scores none: no validation split needed."""
+    from harness.runner import build_specs, preflight
+
+    def specs(*options: str):
+        opts = dict(o.split("=") for o in options)
+        return build_specs(
+            "commonsense", ["effilora"], [0], "smoke", method_options=opts, task_overrides={"val_size": 0}
+        )
+
+    preflight(specs("drop_ratio=0"))
+    preflight(specs("selection=random"))
+    with pytest.raises(ValueError, match="--val-size 0 leaves effilora's Reducer no validation split"):
+        preflight(specs())
+
+
+def test_bench_times_the_reducer_off_beside_a_reducer_shortcut():
+    """``--option k=4`` with the default variants (off among them) was refused after the model loaded."""
+    from harness.bench import BenchConfig, _variant_options
+
+    BenchConfig(methods=("effilora",), options={"k": "2"}, reducer=("off", "default"), protocols=())
+    assert _variant_options({"k": "2", "r": "8"}, "off") == {"r": "8", "reducer": None}
+    assert _variant_options({"k": "2"}, "default") == {"k": "2"}
