@@ -16,8 +16,6 @@ _REGEX_CHARS = re.compile(r"[*+?\[\](){}|^$\\]")
 
 
 SELECTIONS = ("importance", "random")  # how the Reducer picks the layers that train
-# method options that set the Reducer's fields where the method's own config has no field of that name
-REDUCER_SHORTCUTS = ("k", "drop_ratio", "selection", "interval", "rollouts", "n_suppressed", "suppression", "score_lr")
 
 
 @dataclass(frozen=True)
@@ -61,6 +59,10 @@ class ReducerConfig:
         if not 1 <= k <= num_layers:
             raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
         return k
+
+
+# method options that set the Reducer's fields where the method's own config has no field of that name
+REDUCER_SHORTCUTS = tuple(f.name for f in dataclasses.fields(ReducerConfig) if f.name != "seed")
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
     options = dict(options)
     if "rank" in options:
         options["r"] = options.pop("rank")
-    reducer_keys = {f.name for f in dataclasses.fields(ReducerConfig)} - {"seed"}
+    reducer_keys = set(REDUCER_SHORTCUTS)
     shortcuts = {k: options.pop(k) for k in list(options) if k in reducer_keys and k not in _field_names(config_cls)}
     valid = sorted(_field_names(config_cls) | reducer_keys | {"rank"})
     for key in options:

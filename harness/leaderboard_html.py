@@ -22,6 +22,7 @@ from harness.leaderboard_render import (
     diff_text,
     fmt,
     missing_references,
+    not_above_text,
     param_text,
     row_seeds,
     section_info,
@@ -157,8 +158,7 @@ def _table(s: Section) -> str:
         tds.append(_td(row.percent_trainable, param_text(row)))
         tds.append(_td(row_seeds(row), escape(row_seeds(row))))
         if baselines:
-            below = not_above_baselines(row, s.benchmarks)
-            text = "" if below is None else ", ".join(below) or "none"
+            text = not_above_text(row, s.benchmarks)
             tds.append(_td(text, escape(text)))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
     return f'<table class="board"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'

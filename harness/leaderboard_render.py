@@ -58,8 +58,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                 out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
                 out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
             out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
-            below = not_above_baselines(row, s.benchmarks)
-            out["not_above_baselines"] = None if below is None else " ".join(below) or "none"
+            out["not_above_baselines"] = not_above_text(row, s.benchmarks, " ") or None
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
@@ -68,9 +67,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
             else:  # the zero-shot model trains none; majority and chance are not models
                 out["steps"] = "0" if row.kind == "zero-shot" else ""
             out["settings"] = s.info.get("apart", "")
-            seeds = sorted({r["run"]["config"]["seed"] for r in row.runs})
             hardware = run_hardware(row.runs) if row.runs else s.info["hardware"]  # majority/chance: the section's
-            out |= {"seeds": " ".join(map(str, seeds)), "n_runs": len(row.runs), "hardware": hardware}
+            out |= {"seeds": row_seeds(row), "n_runs": len(row.runs), "hardware": hardware}
             accuracy.setdefault(s.task, []).append(out)
             for ref, diffs in row.vs.items():
                 label = s.references.get(ref, ref)  # the row compared with, e.g. lora (trained_on=general)
@@ -229,6 +227,13 @@ def row_seeds(row: Row) -> str:
     return " ".join(str(seed) for seed in sorted({run["run"]["config"]["seed"] for run in row.runs}))
 
 
+def not_above_text(row: Row, benchmarks: list[str], sep: str = ", ") -> str:
+    """:func:`not_above_baselines` as a table shows it: the columns, 'none' where the row beats both
+    everywhere, '' for a baseline row or a section without baselines."""
+    below = not_above_baselines(row, benchmarks)
+    return "" if below is None else sep.join(below) or "none"
+
+
 def missing_references(s: Section, secs: list[Section]) -> str:
     """A line naming the references a section lacks, so that a table without them is not read as having beaten
     them: no zero-shot run; no majority and chance rows where the task's other sections have them (records
@@ -276,8 +281,7 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
             if any(not_above_baselines(r, s.benchmarks) is not None for r in s.rows):
                 header.append("not above majority and chance")
                 for r, cells in zip(s.rows, rows, strict=True):
-                    below = not_above_baselines(r, s.benchmarks)
-                    cells.append("" if below is None else ", ".join(below) or "none")
+                    cells.append(not_above_text(r, s.benchmarks))
             md += [markdown_table(header, rows), ""]
             md += _spread_table(s)
             for ref in (REFERENCE_METHOD, BASELINE):
