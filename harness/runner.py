@@ -7,6 +7,7 @@ interrupted one resumes from its last checkpoint; a failure writes a ``failed`` 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import inspect
 import json
 import os
@@ -645,10 +646,12 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         seen.add(key)
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         built = spec.random_weights or task_cls.config_only_models
-        if not built and folder.is_dir() and not any(next(folder.rglob(w), None) for w in WEIGHT_FILES):
+        if not built and folder.is_dir() and not has_weights(folder):
+            nested = sorted(p.name for p in folder.glob("checkpoint-*") if has_weights(p))
+            where = f"; its {', '.join(nested)} folder(s) do: give one of those" if nested else ""
             raise ValueError(
-                f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file); "
-                "give the folder with the model's weights, or --random-weights to build it from its config"
+                f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file"
+                f"{where}); give the folder with the model's weights, or --random-weights to build it from its config"
             )
         # the Reducer scores layers on validation batches (not when it trains every layer, K = L)
         if spec.method != BASELINE and spec.task_options.val_size == 0 and scores.get(key):
@@ -656,6 +659,23 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 f"--val-size 0 leaves {spec.method}'s Reducer no validation split to score layers with; give "
                 "--val-size 1 or more, --option selection=random, or --option reducer=off"
             )
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` or a subfolder holds a weights file (``WEIGHT_FILES``), following symlinked subfolders
+    (a diffusers pipeline may link its ``unet/``) once each; a training checkpoint's ``checkpoint-*/`` subfolder
+    does not count: ``from_pretrained`` reads the folder itself, not a checkpoint inside it."""
+    seen: set[str] = set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a folder reached twice
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
+        if any(fnmatch.fnmatch(f, w) for f in files for w in WEIGHT_FILES):
+            return True
+    return False
 
 
 def _say(ctx: RunContext, text: str) -> None:

@@ -230,6 +230,17 @@ CASES = [
             (tmp / "cfgonly").mkdir() or (tmp / "cfgonly" / "config.json").write_bytes((tmp / "tiny.json").read_bytes())
         ),
     ),
+    bad(  # from_pretrained reads the folder itself: a trainer's checkpoint-*/ inside it is not its weights
+        "model-folder-with-weights-only-in-a-checkpoint",
+        run("--model", "{tmp}/trained"),
+        r"model folder '.*trained' holds no weights \(no \.safetensors, .*file; its checkpoint-5 folder\(s\) do: give "
+        r"one of those\)",
+        lambda tmp: (
+            (tmp / "trained" / "checkpoint-5").mkdir(parents=True),
+            (tmp / "trained" / "config.json").write_bytes((tmp / "tiny.json").read_bytes()),
+            (tmp / "trained" / "checkpoint-5" / "model.safetensors").write_bytes(b""),
+        ),
+    ),
     bad(  # checked as not this task's before the file: "is not a file" sent the user looking for one
         "hps-checkpoint-on-commonsense-not-a-file",
         run("--hps-checkpoint", "{tmp}/nowhere.pt"),

@@ -769,3 +769,25 @@ def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_early_plugins", interrupted)
     assert cli.main(["list", "methods"]) == 130
     assert "the same command goes on from each unfinished run's last checkpoint" in capsys.readouterr().err
+
+
+def test_a_model_folders_weights_are_found_through_symlinked_subfolders_but_not_in_a_checkpoint(tmp_path):
+    from harness.runner import has_weights
+
+    parts = tmp_path / "parts" / "unet"
+    parts.mkdir(parents=True)
+    (parts / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    pipe = tmp_path / "pipe"
+    pipe.mkdir()
+    (pipe / "model_index.json").write_text("{}")
+    (pipe / "loop").symlink_to(pipe, target_is_directory=True)  # a loop is walked once, not forever
+    assert not has_weights(pipe)
+    (pipe / "unet").symlink_to(parts, target_is_directory=True)  # a diffusers pipeline linking its unet/
+    assert has_weights(pipe)
+    trained = tmp_path / "trained"
+    (trained / "checkpoint-500").mkdir(parents=True)
+    (trained / "checkpoint-500" / "model.safetensors").write_bytes(b"")
+    assert not has_weights(trained)  # from_pretrained reads the folder, not a checkpoint inside it
+    assert has_weights(trained / "checkpoint-500")
+    (trained / "model.safetensors").write_bytes(b"")
+    assert has_weights(trained)
