@@ -72,9 +72,14 @@ def check_writable(folder: Path, what: str = "runs dir", flag: str = "--runs-dir
     the folder exists; where it does not, its nearest existing parent must be a folder that can be written.
     Nothing is made, so bad input found after this check leaves no empty folder behind."""
     existing = folder
-    while not existing.exists() and existing.parent != existing:
+    while not existing.exists() and not existing.is_symlink() and existing.parent != existing:
         existing = existing.parent
     try:
+        if existing.is_symlink() and not existing.exists():  # mkdir would fail on it with "File exists"
+            raise ValueError(
+                f"{what} {str(folder)!r} goes through {str(existing)!r}, a symlink to "
+                f"{os.readlink(existing)!r}, which does not exist; make its target or pass {flag} elsewhere"
+            )
         if existing == folder:
             probe = folder / ".write-test"
             probe.write_text("")

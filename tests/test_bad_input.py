@@ -394,6 +394,13 @@ CASES = [
         run("--runs-dir", "{file}/runs"),
         r"runs dir '.*a_file/runs' is not writable \(Not a directory\); pass --runs-dir",
     ),
+    bad(  # passed the check and failed at mkdir with "File exists"
+        "runs-dir-through-a-dangling-symlink",
+        run("--runs-dir", "{tmp}/dangling/runs"),
+        r"runs dir '.*dangling/runs' goes through '.*dangling', a symlink to '.*gone', which does not exist; "
+        r"make its target or pass --runs-dir elsewhere",
+        lambda tmp: (tmp / "dangling").symlink_to(tmp / "gone"),
+    ),
     bad(
         "run-out-is-a-file",
         run("--out", "{file}"),
