@@ -183,6 +183,26 @@ def test_the_leaderboard_is_a_pure_function_of_the_records(tmp_path):
     assert "not above majority and chance</th>" in html and '<td data-v="ARC-Easy, Avg">ARC-Easy, Avg</td>' in html
 
 
+def test_a_row_above_chance_but_not_the_majority_label_is_listed_and_a_section_without_baselines_says_so(tmp_path):
+    runs = tmp_path / "runs"
+    answers = "0" * 24 + "1231" * 4  # the majority label (0) is right 60% of the time, chance 25%
+    mid = "1" * 4 + "0" * 20 + "1231" * 2 + "0" * 8  # 70%: 4 zeros missed, 8 others hit; above chance, not majority
+    for method, preds in (("lora", answers), ("effilora", mid)):
+        write_fixture(runs, fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)}))
+    old = fixture_record("lora", 0)  # another section, whose records keep no per-example answers
+    old["run"]["config"]["extra"]["task_settings"] = {"stage1": {"steps": 60}}
+    old["run"]["id"] += "-old"
+    write_fixture(runs, old)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "commonsense.csv")
+    listed = {r["method"]: r["not_above_baselines"] for r in rows if r["settings"] == "task_settings unset"}
+    assert listed == {"lora": "none", "effilora": "ARC-Easy Avg", "majority": "", "chance": ""}
+    assert [r["not_above_baselines"] for r in rows if r["settings"] == ""] == [""]  # the old section: nothing to beat
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    without = "Not in this section: no zero-shot (base) run; no majority or chance row (its records keep no per-example"
+    assert md.count("Not in this section: no zero-shot (base) run.") == 1 and md.count(without) == 1
+
+
 def test_runs_at_other_task_settings_are_other_sections_not_pooled_seeds(tmp_path):
     runs = tmp_path / "runs"
     answers = "0123" * 5
