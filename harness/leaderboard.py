@@ -17,7 +17,8 @@ examples resampled). Avg is the mean over the benchmarks with a score (``Avg_n``
 benchmarks of the section; absent benchmarks never count), its interval resamples each benchmark
 independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples
 (two trained rows with different seeds: over the seeds both ran, so that one seed is not set against
-three); it is significant (``*``) when its interval excludes 0. A cell is flagged ``constant`` when, in any of the
+three); it is significant (``*``) when its interval excludes 0 and the paired sign-flip test (McNemar's exact
+test for right/wrong scores; ``harness.stats.sign_flip_p``) gives p < 0.05. A cell is flagged ``constant`` when, in any of the
 row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
 option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
 
@@ -42,7 +43,8 @@ Markdown adds, for every row with two or more seeds, the range (min-max) of its 
 difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
-ci_low, ci_high, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``;
+ci_low, ci_high, p, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``
+(``p``: the two-sided p-value of the paired sign-flip test; ``significant``: the interval excludes 0 and p < 0.05);
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
@@ -362,7 +364,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
                 continue
             mirror = drawn.get((id(ref), row.name)) if refs.get(row.name) is row else None
             if mirror is not None:  # row - ref = -(ref - row), already drawn
-                drawn[(id(row), ref_name)] = {b: Estimate(-e.value, -e.hi, -e.lo) for b, e in mirror.items()}
+                drawn[(id(row), ref_name)] = {b: e.negated() for b, e in mirror.items()}
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             mine, theirs = _on_shared_seeds(row, ref, same)

@@ -1,7 +1,7 @@
 """``leaderboard.html``: the leaderboard as one self-contained page (inline CSS, JS and SVG; no network).
 
 Per section (see :mod:`harness.leaderboard`): a table whose cells show the accuracy, its 95% interval,
-the paired difference to ``lora`` (``*`` when its interval excludes 0) and a ``constant`` flag; baseline
+the paired difference to ``lora`` (``*`` when its interval excludes 0 and p < 0.05) and a ``constant`` flag; baseline
 rows (``majority``, ``chance``) and the zero-shot ``base`` row are styled apart. Clicking a column header
 sorts the rows by that column (numbers by value, unknown last; a second click reverses). Below the table
 two SVG plots: Avg against trainable parameters and against training FLOPs per step, error bars = the
@@ -136,7 +136,8 @@ def _score_td(row: Row, b: str, refs: dict[str, str]) -> str:
     notes = [f"{cell_text(cell)} (95% bootstrap interval)"]
     for ref in REFERENCES:
         if (e := row.vs.get(ref, {}).get(b)) is not None:
-            notes.append(f"vs {refs.get(ref, ref)}: {diff_text(e)} [{fmt(e.lo, True)}, {fmt(e.hi, True)}]")
+            p = "" if e.p is None else f", p {e.p:.2g}"
+            notes.append(f"vs {refs.get(ref, ref)}: {diff_text(e)} [{fmt(e.lo, True)}, {fmt(e.hi, True)}{p}]")
     return _td(cell.value, body, title="; ".join(notes))
 
 

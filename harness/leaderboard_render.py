@@ -77,7 +77,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                         comparisons.setdefault(s.task, []).append(
                             {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
                             | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
-                            | {"ci_high": _num(d.hi), "significant": d.significant, "model": s.model, "section": s.key}
+                            | {"ci_high": _num(d.hi), "p": "" if d.p is None else float(f"{d.p:.4g}")}
+                            | {"significant": d.significant, "model": s.model, "section": s.key}
                         )
             if row.kind == "trained":
                 overhead.append(_overhead(s, row, out))
@@ -89,7 +90,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                     )
     out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
     for task in accuracy:
-        columns = "task preset protocol method reference benchmark diff ci_low ci_high significant model section"
+        columns = "task preset protocol method reference benchmark diff ci_low ci_high p significant model section"
         out_tables[f"{task}_comparisons"] = pd.DataFrame(comparisons.get(task, []), columns=columns.split())
         columns = "section preset protocol method seed run benchmark value"
         out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
@@ -167,7 +168,7 @@ def cell_text(cell: Cell) -> str:
 
 
 def diff_text(d: Estimate | None) -> str:
-    """``+3.2*`` (interval excludes 0), ``-0.4``, or ``–`` when not comparable."""
+    """``+3.2*`` (interval excludes 0 and sign-flip p < 0.05), ``-0.4``, or ``–`` when not comparable."""
     return "–" if d is None else fmt(d.value, signed=True) + ("*" if d.significant else "")
 
 
@@ -208,12 +209,14 @@ def section_info(s: Section) -> str:
 
 
 LEGEND = (
-    "Cells: accuracy % [95% bootstrap interval over test examples, pooled over seeds]; `[–]`: the records "
+    "Cells: accuracy % [95% bootstrap interval over test examples, pooled over seeds; exact (Clopper-Pearson) "
+    "where every example scores 0 or every one 100]; `[–]`: the records "
     "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
-    "excludes 0. All paired comparisons (vs lora, base, majority, chance): `<task>_comparisons.csv`. "
+    "excludes 0 and the paired sign-flip test (McNemar's exact test for right/wrong answers) gives p < 0.05. "
+    "All paired comparisons, with their p: `<task>_comparisons.csv`. "
     "`not above majority and chance`: the columns on which a model's paired interval does not put it above both "
     "(its score there has not been shown to beat them). Trained rows are listed by their Avg: where intervals "
     "overlap, or where rows pool different seeds (the seeds column), the order is not a ranking (read the paired "
@@ -289,7 +292,7 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]
                 if compared:
                     label = s.references.get(ref, ref)
-                    md += [f"Paired difference to {label} (points; `*`: 95% interval excludes 0):", ""]
+                    md += [f"Paired difference to {label} (points; `*`: 95% interval excludes 0, p < 0.05):", ""]
                     scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
                     rows = [[r.method, *(diff_text(r.vs[ref].get(b)) for b in [*scored, AVG])] for r in compared]
                     md += [markdown_table(["method", *scored, AVG], rows), ""]

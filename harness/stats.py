@@ -16,7 +16,16 @@ Statistics used:
   averages the benchmarks' resampled means.
 - A paired comparison of two rows scored on the same examples resamples the example indices once and
   applies them to both, which is the bootstrap of the per-example differences ``a - b``: pass those to
-  :func:`estimate`. It is significant when its interval excludes 0.
+  :func:`estimate`. It is significant when its interval excludes 0 *and* the paired sign-flip test rejects
+  "no difference" at the same level (:func:`sign_flip_p`, two-sided; for right/wrong scores it is McNemar's
+  exact test). The percentile bootstrap alone is too eager where few examples differ: five examples that
+  all differ one way give an interval that excludes 0, while under "no difference" that happens with
+  probability 2 / 2**5 = 0.0625 (and one example gave "+100*").
+- Where every per-example score of a cell sits at 0 (or every one at 100), the bootstrap interval has no
+  width ([0.0, 0.0]); the cell gets the exact bound instead, the one of Clopper-Pearson for right/wrong
+  scores: the upper end is the mean at which all n examples score 0 with probability 2.5%, 1 - 0.025**(1/n)
+  (valid for any score in 0-100). An average of such cells (Avg) gets the largest mean at which every
+  example of every benchmark scores 0 with that probability.
 
 Resampling n examples with replacement only changes how many times each distinct per-example value is
 drawn, so the counts are drawn from a multinomial over the distinct values: the same distribution as
@@ -26,9 +35,11 @@ A fixed seed makes every interval, and so the leaderboard, a pure function of th
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -40,18 +51,30 @@ SEED = 0
 LEVEL = 0.95
 
 
+FLIPS = 20_000  # Monte Carlo draws of the sign-flip test where its null distribution is not computed exactly
+EXACT_SUPPORT = 20_000  # the largest lattice (in units) the exact sign-flip distribution is computed on
+NORMAL_FROM = 5_000  # differing examples from which the sign-flip test uses its normal approximation
+
+
 @dataclass(frozen=True)
 class Estimate:
-    """A mean with its bootstrap interval (same units as the scores: percent for accuracies)."""
+    """A mean with its bootstrap interval (same units as the scores: percent for accuracies); for a paired
+    difference, ``p`` is the two-sided p-value of the sign-flip test (None: not tested)."""
 
     value: float
     lo: float
     hi: float
+    p: float | None = None
 
     @property
     def significant(self) -> bool:
-        """The interval excludes 0 (meaningful for differences); a bound within float rounding of 0 does not."""
-        return self.lo > EPS or self.hi < -EPS
+        """The interval excludes 0 (meaningful for differences; a bound within float rounding of 0 does not)
+        and, where tested, the sign-flip test rejects "no difference" at the interval's level."""
+        return (self.lo > EPS or self.hi < -EPS) and (self.p is None or self.p < 1 - LEVEL)
+
+    def negated(self) -> Estimate:
+        """``b - a`` from ``a - b``: the same interval mirrored, the same p."""
+        return Estimate(-self.value, -self.hi, -self.lo, self.p)
 
 
 EPS = 1e-9  # percent points: a bound this close to 0 touches it
@@ -79,11 +102,16 @@ def median_interval(values: Sequence[float], resamples: int = RESAMPLES, seed: i
 
 
 def estimate(
-    columns: Sequence[np.ndarray], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL
+    columns: Sequence[np.ndarray],
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+    scores: bool = True,
 ) -> Estimate:
     """Mean over ``columns`` of each column's mean, with its percentile bootstrap interval.
 
     One column: the interval of that mean. Several (one per benchmark): each is resampled independently.
+    ``scores``: the columns are 0-100 scores, whose interval at 0 or 100 is the exact one (not for differences).
     """
     if not columns:
         raise ValueError("no score columns to estimate; pass at least one benchmark's per-example scores")
@@ -93,7 +121,37 @@ def estimate(
     means = np.mean([resampled_means(c, rng, resamples) for c in columns], axis=0)
     value = float(np.mean([np.mean(c) for c in columns]))
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
+    edge = _at_an_end(columns) if scores else None
+    if edge is not None:  # every score at 0 (or at 100): the bootstrap's interval has no width
+        bound = _exact_bound([np.asarray(c).size for c in columns], (1 - level) / 2)
+        lo, hi = (edge, edge + bound) if edge == 0.0 else (edge - bound, edge)
     return Estimate(value, float(lo), float(hi))
+
+
+def _at_an_end(columns: Sequence[np.ndarray]) -> float | None:
+    """0.0 or 100.0 where every score of every column is that value, else None."""
+    for edge in (0.0, 100.0):
+        if all(np.all(np.asarray(c, dtype=np.float64) == edge) for c in columns):
+            return edge
+    return None
+
+
+def _exact_bound(sizes: list[int], alpha: float) -> float:
+    """The largest mean over columns of each column's mean score (percent, of scores in 0-100) at which every
+    example of every column scores 0 with probability ``alpha``, columns of ``sizes`` examples. One column:
+    Clopper-Pearson's 100 * (1 - alpha**(1/n)). Several: maximising the mean of p_i subject to
+    prod (1 - p_i)**n_i = alpha gives 1 - p_i proportional to n_i (p_i >= 0), solved by bisection."""
+    logs = np.log(np.asarray(sizes, dtype=np.float64))
+
+    def total(c: float) -> float:  # sum n_i log(1 - p_i) with 1 - p_i = min(1, e**c n_i)
+        return float(np.dot(sizes, np.minimum(0.0, c + logs)))
+
+    lo, hi = -50.0, -float(logs.min())  # total(lo) < log(alpha) <= total(hi) = 0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if total(mid) < math.log(alpha) else (lo, mid)
+    keep = np.minimum(1.0, np.exp(hi + logs))
+    return float(100.0 * np.mean(1.0 - keep))
 
 
 def paired(a: Sequence[np.ndarray], b: Sequence[np.ndarray], resamples: int = RESAMPLES, seed: int = SEED) -> Estimate:
@@ -106,7 +164,63 @@ def paired(a: Sequence[np.ndarray], b: Sequence[np.ndarray], resamples: int = RE
         if x.shape != y.shape:
             raise ValueError(f"paired comparison needs the same examples on both sides, got {x.size} and {y.size}")
         diffs.append(x - y)
-    return estimate(diffs, resamples, seed)
+    e = estimate(diffs, resamples, seed, scores=False)
+    return Estimate(e.value, e.lo, e.hi, sign_flip_p(diffs, seed=seed))
+
+
+def sign_flip_p(diffs: Sequence[np.ndarray], flips: int = FLIPS, seed: int = SEED) -> float:
+    """Two-sided p-value of the paired sign-flip (permutation) test of "no difference" for the statistic
+    :func:`estimate` reports: the mean over columns of each column's mean of ``diffs``. Under no difference
+    each example's ``a - b`` is as likely to have either sign, so the statistic's null distribution is that
+    of ``sum_i s_i |w_i d_i|`` over independent signs ``s_i = +-1`` (``w_i``: 1 / (columns * n of its column));
+    the p-value is the chance that it is at least as far from 0 as observed. Computed exactly where the
+    ``|w_i d_i|`` are whole multiples of one unit (right/wrong scores: McNemar's exact test; pooled seeds:
+    multiples of 100/seeds), else from ``flips`` seeded Monte Carlo draws, and from the normal
+    approximation from ``NORMAL_FROM`` differing examples."""
+    if not diffs:
+        raise ValueError("no difference columns to test; pass at least one benchmark's per-example differences")
+    x = np.concatenate([np.asarray(d, dtype=np.float64) / (len(diffs) * np.asarray(d).size) for d in diffs])
+    mags = np.abs(x[x != 0])
+    if mags.size == 0:
+        return 1.0
+    observed = abs(float(x.sum()))
+    units = _lattice(mags)
+    if units is not None:
+        return _exact_sign_flip_p(units, observed / (float(mags.min()) / int(units.min())))
+    if mags.size >= NORMAL_FROM:
+        return math.erfc(observed / math.sqrt(float(np.sum(mags**2))) / math.sqrt(2))
+    rng, hits = np.random.default_rng(seed), 0
+    for start in range(0, flips, 1000):
+        signs = rng.integers(0, 2, (min(1000, flips - start), mags.size)).astype(np.float64) * 2 - 1
+        hits += int(np.sum(np.abs(signs @ mags) >= observed * (1 - 1e-9)))
+    return (1 + hits) / (1 + flips)
+
+
+def _lattice(mags: np.ndarray) -> np.ndarray | None:
+    """``mags`` as whole multiples of one unit (positive ints) where they are, within float rounding, and the
+    lattice is small enough to compute on; else None."""
+    smallest = float(mags.min())
+    for step in range(1, 13):  # the unit as the smallest magnitude / step (e.g. 100/3 against 100/2: step 2)
+        units = np.rint(mags / smallest * step)
+        if np.allclose(units * smallest / step, mags, rtol=1e-9, atol=0) and units.sum() <= EXACT_SUPPORT:
+            return units.astype(np.int64)
+    return None
+
+
+def _exact_sign_flip_p(units: np.ndarray, observed: float) -> float:
+    """P(|sum_i s_i u_i| >= observed) over independent fair signs, ``u_i`` positive ints, ``observed`` in units."""
+    total = int(units.sum())
+    pmf = np.ones(1)  # over the sum's values -total.. total by 1, as offsets; convolved one magnitude at a time
+    offset = 0
+    for value, count in zip(*np.unique(units, return_counts=True), strict=True):
+        value, count = int(value), int(count)
+        ways = [Fraction(math.comb(count, j), 2**count) for j in range(count + 1)]  # j plus signs of count
+        part = np.zeros(2 * value * count + 1)
+        part[:: 2 * value] = [float(w) for w in ways]
+        pmf, offset = np.convolve(pmf, part), offset + value * count
+    sums = np.arange(pmf.size) - offset
+    assert offset == total
+    return float(min(1.0, pmf[np.abs(sums) >= round(observed) - 1e-9].sum()))
 
 
 def correctness(entry: dict[str, Any], run_id: str = "?") -> np.ndarray | None:

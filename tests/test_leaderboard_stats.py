@@ -46,6 +46,56 @@ def test_right_wherever_the_reference_is_wrong_is_significant():
     assert paired([reference], [np.full(60, 100.0)]).hi < 0
 
 
+@pytest.mark.parametrize(("won", "lost", "p"), [(5, 0, 2 / 2**5), (6, 0, 2 / 2**6), (9, 2, 0.0654296875), (1, 0, 1.0)])
+def test_few_differing_examples_need_the_sign_flip_test_too(won, lost, p):
+    # right where the reference is wrong on `won` examples, wrong where it is right on `lost`, equal on 120:
+    # McNemar's exact test, whose p the percentile bootstrap alone ignored (5 of 5 one way: interval above 0)
+    ours = np.array([100.0] * won + [0.0] * lost + [100.0] * 60 + [0.0] * 60)
+    theirs = np.array([0.0] * won + [100.0] * lost + [100.0] * 60 + [0.0] * 60)
+    d = paired([ours], [theirs])
+    assert d.p == pytest.approx(p, rel=1e-12)
+    assert d.significant == (p < 0.05 and d.lo > 0)
+    assert d.negated().p == d.p and (d.negated().lo, d.negated().hi) == (-d.hi, -d.lo)
+    if won == 5:
+        assert d.lo > 0 and not d.significant  # the bootstrap alone would have starred it
+    one = paired([np.array([100.0])], [np.array([0.0])])  # one example: the bootstrap's [100, 100] was "+100*"
+    assert (one.lo, one.hi, one.p, one.significant) == (100.0, 100.0, 1.0, False)
+
+
+def test_the_sign_flip_p_is_exact_on_pooled_seeds_and_matches_enumeration():
+    import itertools
+
+    from harness.stats import sign_flip_p
+
+    a = np.array([100 / 3] * 4 + [-200 / 3] * 2 + [100.0] * 3 + [0.0] * 50)  # per-example differences of 3 seeds
+    b = np.array([100.0] * 3 + [-100.0] + [0.0] * 20)  # a second benchmark (Avg): weights 1 / (2 n)
+    for diffs in ([a], [a, b]):
+        x = np.concatenate([d / (len(diffs) * d.size) for d in diffs])
+        m = np.abs(x[x != 0])
+        hits = sum(abs(np.dot(s, m)) >= abs(x.sum()) - 1e-12 for s in itertools.product((-1, 1), repeat=m.size))
+        assert sign_flip_p(diffs) == pytest.approx(hits / 2**m.size, rel=1e-12)
+    rng = np.random.default_rng(3)
+    continuous = rng.normal(0.4, 3.0, 300)  # no lattice: seeded Monte Carlo, near the normal approximation
+    from math import erfc, sqrt
+
+    normal = erfc(abs(continuous.sum()) / sqrt(np.sum(continuous**2)) / sqrt(2))
+    assert sign_flip_p([continuous]) == sign_flip_p([continuous]) == pytest.approx(normal, abs=0.01)
+
+
+@pytest.mark.parametrize("n", [1, 2, 125])
+def test_a_cell_at_0_or_100_gets_the_exact_interval_not_no_width(n):
+    bound = 100.0 * (1 - 0.025 ** (1 / n))  # Clopper-Pearson's: 2.91 at 125
+    zero, full = estimate([np.zeros(n)]), estimate([np.full(n, 100.0)])
+    assert (zero.value, zero.lo) == (0.0, 0.0) and zero.hi == pytest.approx(bound)
+    assert (full.value, full.hi) == (100.0, 100.0) and full.lo == pytest.approx(100.0 - bound)
+    both = estimate([np.zeros(n), np.zeros(n)])  # Avg of two such cells: as one of 2n examples
+    assert both.hi == pytest.approx(100.0 * (1 - 0.025 ** (1 / (2 * n))))
+    for n1, n2 in ((n, 4 * n), (3 * n, 4 * n)):  # the largest mean of p_i with prod (1 - p_i)**n_i = 0.025
+        p1 = np.linspace(0, 1 - 0.025 ** (1 / n1), 200_001)  # every p1, and the p2 that meets the constraint
+        p2 = 1 - (0.025 / (1 - p1) ** n1) ** (1 / n2)
+        assert estimate([np.zeros(n1), np.zeros(n2)]).hi == pytest.approx(100 * np.max((p1 + p2) / 2), rel=1e-4)
+
+
 @pytest.mark.parametrize(
     ("a", "b", "message"),
     [([np.ones(3)], [np.ones(4)], "same examples"), ([np.ones(3)], [], "same benchmarks"), ([], [], "no score")],
@@ -194,7 +244,7 @@ def test_markdown_needs_no_tabulate(tmp_path, monkeypatch):
     assert markdown_table(["a", "b|c"], [["1", "x"]]) == "| a | b\\|c |\n| --- | --- |\n| 1 | x |"
     write_fixture(tmp_path / "runs", fixture_record("lora", 0, evals={"ARC-Easy": scored("01", "01")}))
     write_leaderboards(tmp_path / "runs", tmp_path / "out")
-    assert "| lora | 100.0 [100.0, 100.0] |" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| lora | 100.0 [15.8, 100.0] |" in (tmp_path / "out" / "leaderboard.md").read_text()  # exact at 2/2
 
 
 def test_an_interval_touching_zero_within_rounding_is_not_significant():
