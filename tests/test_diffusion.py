@@ -402,6 +402,72 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # failures are not cached
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json.dumps(GOOD) + " (I weighed {detail} against {style}.)",  # braces after: the greedy match failed
+        "<think>{quality} first, then {theme}</think>" + json.dumps(GOOD),  # a reasoning model's
+        [{"type": "text", "text": "```json\n" + json.dumps(GOOD) + "\n```"}],  # content as a list of parts
+        json.dumps({**GOOD, "quality": 2}) + " On reflection: " + json.dumps(GOOD),  # the last object counts
+        json.dumps({"scores": GOOD}),
+    ],
+)
+def test_an_answer_around_its_scores_is_parsed(answer):
+    assert djudge.parse(answer) == GOOD
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        (7, "no JSON object"),
+        (None, "no JSON object"),
+        ('{"a": ' * 5000 + "1" + "}" * 5000, "recursion"),  # escaped as RecursionError and failed the run
+        (json.dumps(GOOD).replace('"quality": 7', '"quality": 9, "quality": 7'), "given twice"),
+    ],
+)
+def test_an_answer_that_is_no_verdict_is_a_value_error(answer, problem):
+    with pytest.raises(ValueError, match=problem):
+        djudge.parse(answer)
+
+
+def test_odd_replies_and_a_damaged_cache_fail_an_image_not_the_judge(tmp_path):
+    import openai  # a [test] requirement: missing, it fails rather than skips
+
+    replies = iter([["not", "text"], 42, '{"a": ' * 5000 + "}" * 5000, [{"type": "text", "text": json.dumps(GOOD)}]])
+    server = _Server(lambda n: next(replies))
+    with server as url:
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url, api_key=KEY))
+        failed = judge(b"png", "a red circle")  # three odd replies: retried, then failed
+        assert failed.scores is None and failed.requests == djudge.RETRIES and not failed.error
+        ok = judge(b"png", "a red circle")
+        assert ok.scores == GOOD and not ok.cached
+        [cached] = (tmp_path / "cache").iterdir()
+        cached.write_text('{"answer": ')  # damaged: asked again, not a crash
+    with _Server(lambda n: json.dumps(GOOD)) as url2:
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url2, api_key=KEY))
+        again = judge(b"png", "a red circle")
+    assert again.scores == GOOD and again.requests == 1 and json.loads(cached.read_text())["answer"]
+
+
+def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, tmp_path, monkeypatch, capsys):
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    def broken(self, image_png, prompt):
+        raise RuntimeError(f"a bug in the judge, with {KEY} in its message")
+
+    monkeypatch.setattr(djudge.Judge, "__call__", broken)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    record = _run(tiny, tmp_path / "runs", "lora", scoring=(("judge_model", "judge-test"),))
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    assert record["eval"]["similarity"]["n"] == 4 and record["eval"]["kid"]["value"] is not None
+    avg = record["eval"]["judge_avg"]
+    assert (
+        avg["status"] == "failed" and "RuntimeError: a bug in the judge" in avg["reason"] and KEY not in avg["reason"]
+    )
+    err = capsys.readouterr().err
+    assert "the run's other scores are kept" in err and "run with --force" in err
+
+
 def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -274,7 +275,19 @@ class DiffusionTask(Task):
                 "classifier": clf.info,
                 **common,
             }
-        out |= self._judge(images, chosen, common)
+        try:
+            out |= self._judge(images, chosen, common)
+        except Exception as exc:  # the judge's own bug or an odd server: the run keeps its other scores
+            from tasks.diffusion.judge import scrub
+
+            reason = scrub(f"the judge failed: {type(exc).__name__}: {exc}")[:300]
+            out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
+        if out.get("judge_avg", {}).get("status") == "failed":
+            print(
+                f"warning: {out['judge_avg']['reason']}; the run's other scores are kept. To judge it again, fix the "
+                "judge (OPENAI_BASE_URL, OPENAI_API_KEY, --judge-model) and run with --force (it trains again)",
+                file=sys.stderr,
+            )
         out |= self._hps(images, chosen, common)
         if predictions_path is not None:
             self._save_samples(predictions_path, images, real, chosen, seeds, sim, predicted)

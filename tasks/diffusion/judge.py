@@ -29,6 +29,8 @@ CRITERIA = ("quality", "detail", "theme", "creativity", "style", "emotion", "tec
 RETRIES = 3  # requests per image at most (the first and two more) before it is recorded as failed
 TIMEOUT_S = 60.0
 GIVE_UP = 3  # API errors in a row after which the remaining images are not requested
+NO_OBJECT = "no JSON object in the answer"
+MAX_ANSWER = 20_000  # characters of an answer parsed (a judge that rambles past this has not answered)
 RUBRIC = """You are an expert judge of AI-generated images. Rate the image for the text prompt it was generated \
 from on seven criteria, each an integer from 1 (worst) to 10 (best):
 - quality: overall visual quality (sharpness, no artifacts).
@@ -65,12 +67,30 @@ def check_available() -> None:
         )
 
 
-def parse(answer: str) -> dict[str, int]:
-    """The seven scores of one answer; ``ValueError`` says what is wrong with it."""
-    match = re.search(r"\{.*\}", answer, re.DOTALL)
-    if not match:
-        raise ValueError("no JSON object in the answer")
-    obj = json.loads(match.group(0))
+def parse(answer: Any) -> dict[str, int]:
+    """The seven scores of one answer; ``ValueError`` says what is wrong with it. The answer may wrap the
+    object in prose or a code fence, or follow a ``<think>`` block; of several objects the last that holds
+    the seven scores counts. ``answer`` may be a list of content parts, as some servers send it."""
+    text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
+    decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+    found, problem = None, NO_OBJECT
+    for start in (m.start() for m in re.finditer(r"\{", text)):
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+        except (ValueError, RecursionError) as exc:  # not JSON from here, a duplicate key, or nested too deep
+            if problem == NO_OBJECT:
+                problem = f"not a JSON object: {exc}"
+            continue
+        try:
+            found = _scores(obj)
+        except ValueError as exc:
+            problem = str(exc)
+    if found is None:
+        raise ValueError(problem)
+    return found
+
+
+def _scores(obj: Any) -> dict[str, int]:
     if not isinstance(obj, dict) or set(obj) != set(CRITERIA):
         raise ValueError(
             f"keys must be exactly {', '.join(CRITERIA)}; got {sorted(obj) if isinstance(obj, dict) else obj!r}"
@@ -82,6 +102,23 @@ def parse(answer: str) -> dict[str, int]:
             raise ValueError(f"{key} must be an integer 1-10, got {value!r}")
         out[key] = value
     return out
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"a key given twice in {keys}")
+    return dict(pairs)
+
+
+def _text(content: Any) -> str:
+    """A reply's content as text: a string as it is, the text parts of a list of parts joined, else ''."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") if isinstance(p, dict) else getattr(p, "text", p) for p in content]
+        return "".join(p for p in parts if isinstance(p, str))
+    return ""
 
 
 def cache_key(image_png: bytes, prompt: str, judge_model: str) -> str:
@@ -112,8 +149,11 @@ class Judge:
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
         path = self.cache / f"{cache_key(image_png, prompt, self.model)}.json"
         if path.is_file():
-            saved = json.loads(path.read_text())
-            return Verdict(parse(saved["answer"]), saved["answer"], True, 0)
+            try:
+                saved = json.loads(path.read_text())
+                return Verdict(parse(saved["answer"]), saved["answer"], True, 0)
+            except (OSError, ValueError, KeyError, TypeError):  # a damaged cache file: asked again, then rewritten
+                pass
         url = "data:image/png;base64," + base64.b64encode(image_png).decode()
         messages = [
             {"role": "system", "content": RUBRIC},
@@ -131,15 +171,16 @@ class Judge:
         for attempt in range(1, RETRIES + 1):
             try:
                 reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
-                raw = reply.choices[0].message.content or ""
+                content = reply.choices[0].message.content
+                raw = content if isinstance(content, str) else json.dumps(content, default=str)[:MAX_ANSWER]
             except _api_errors() as exc:  # the client already retried what it retries
                 self.errors_in_a_row += 1
-                self.last_error = _scrub(f"{type(exc).__name__}: {exc}")[:300]
+                self.last_error = scrub(f"{type(exc).__name__}: {exc}")[:300]
                 return Verdict(None, raw, False, attempt, self.last_error)
             self.errors_in_a_row = 0
             try:
-                scores = parse(raw)
-            except (ValueError, json.JSONDecodeError):
+                scores = parse(content)
+            except ValueError:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(path, {"answer": raw, "prompt": prompt, "judge_model": self.model, "rubric": RUBRIC_VERSION})
@@ -157,7 +198,7 @@ def _api_errors() -> tuple[type[Exception], ...]:
     return (openai.APIError, *malformed)
 
 
-def _scrub(message: str) -> str:
+def scrub(message: str) -> str:
     """An error message as a record may keep it: the key (a server may echo it, masked or not) taken out."""
     import os
 
