@@ -156,6 +156,7 @@ def _scoring(args: argparse.Namespace, task_cls) -> tuple[tuple[str, str], ...] 
     if hps and not Path(hps).expanduser().is_file():
         given = "--hps-checkpoint" if args.hps_checkpoint else "HARNESS_HPS_CHECKPOINT"
         raise CliError(f"{given} {hps!r} is not a file; give the path of HPS v2's checkpoint (HPS_v2_compressed.pt)")
+    hps = str(Path(hps).expanduser()) if hps else hps  # "~/x.pt" from the environment or --flag=~/x.pt: not the shell's
     pairs = tuple((k, v) for k, v in (("judge_model", args.judge_model), ("hps_checkpoint", hps)) if v)
     return pairs or None
 

@@ -322,16 +322,18 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
     return out
 
 
-def not_above_baselines(row: Row, benchmarks: list[str]) -> list[str] | None:
+def not_above_baselines(row: Row, s: Section) -> list[str] | None:
     """The columns (benchmarks and Avg) on which a model's row is not above both the majority label and chance
     beyond its paired 95% interval: where its score has not been shown to beat them. None for the baseline rows
-    and where the section has no baseline to compare with."""
+    and where the section has no baseline to compare with; a column no baseline row scores (the diffusion
+    suite's similarity: no baseline exists for it) is not listed."""
     if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
         return None
+    covered = {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
     out = []
-    for b in [*benchmarks, AVG]:
-        if row.cells[b].absent or row.cells[b].value is None:
-            continue  # no score: nothing to beat them with
+    for b in [*s.benchmarks, AVG]:
+        if row.cells[b].absent or row.cells[b].value is None or b not in covered:
+            continue  # no score: nothing to beat them with; no baseline: nothing to beat
         estimates = [row.vs.get(ref, {}).get(b) for ref in BASELINES]  # a benchmark not compared with both: listed
         if any(e is None or not (e.significant and e.value > 0) for e in estimates):
             out.append(b)

@@ -146,7 +146,7 @@ def _table(s: Section) -> str:
     head += [f"<th>{escape(b)}</th>" for b in s.benchmarks]
     head += [f"<th>{AVG}</th>", '<th title="benchmarks with data, of the section\'s">Avg n</th>', "<th>Param %</th>"]
     head += ['<th data-type="text" title="the seeds a row pools">seeds</th>']
-    baselines = any(not_above_baselines(r, s.benchmarks) is not None for r in s.rows)
+    baselines = any(not_above_baselines(r, s) is not None for r in s.rows)
     if baselines:
         head += ['<th data-type="text" title="where its paired interval does not put it above both">not above '
                  "majority and chance</th>"]  # fmt: skip
@@ -159,7 +159,7 @@ def _table(s: Section) -> str:
         tds.append(_td(row.percent_trainable, param_text(row)))
         tds.append(_td(row_seeds(row), escape(row_seeds(row))))
         if baselines:
-            text = not_above_text(row, s.benchmarks)
+            text = not_above_text(row, s)
             tds.append(_td(text, escape(text)))
         body.append(f'<tr class="{cls}">{"".join(tds)}</tr>')
     return f'<table class="board"><thead><tr>{"".join(head)}</tr></thead><tbody>{"".join(body)}</tbody></table>'

@@ -58,7 +58,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                 out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
                 out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
             out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
-            out["not_above_baselines"] = not_above_text(row, s.benchmarks, " ") or None
+            out["not_above_baselines"] = not_above_text(row, s, " ") or None
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
@@ -230,10 +230,10 @@ def row_seeds(row: Row) -> str:
     return " ".join(str(seed) for seed in sorted({run["run"]["config"]["seed"] for run in row.runs}))
 
 
-def not_above_text(row: Row, benchmarks: list[str], sep: str = ", ") -> str:
+def not_above_text(row: Row, s: Section, sep: str = ", ") -> str:
     """:func:`not_above_baselines` as a table shows it: the columns, 'none' where the row beats both
     everywhere, '' for a baseline row or a section without baselines."""
-    below = not_above_baselines(row, benchmarks)
+    below = not_above_baselines(row, s)
     return "" if below is None else sep.join(below) or "none"
 
 
@@ -281,10 +281,10 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 + [param_text(r), row_seeds(r)]
                 for r in s.rows
             ]
-            if any(not_above_baselines(r, s.benchmarks) is not None for r in s.rows):
+            if any(not_above_baselines(r, s) is not None for r in s.rows):
                 header.append("not above majority and chance")
                 for r, cells in zip(s.rows, rows, strict=True):
-                    cells.append(not_above_text(r, s.benchmarks))
+                    cells.append(not_above_text(r, s))
             md += [markdown_table(header, rows), ""]
             md += _spread_table(s)
             for ref in (REFERENCE_METHOD, BASELINE):

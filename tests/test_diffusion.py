@@ -603,7 +603,9 @@ def test_a_run_saves_the_real_images_of_the_rows_its_contact_sheet_shows(tmp_pat
         assert im.getpixel((0, 0)) == (0, 7, 0)
 
 
-def test_the_contact_sheet_reads_real_images_from_the_data_when_the_run_did_not_save_them(tiny, tmp_path, monkeypatch):
+def test_the_contact_sheet_reads_real_images_from_the_data_when_the_run_did_not_save_them(
+    tiny, tmp_path, monkeypatch, capsys
+):
     from tasks.diffusion.sheet import data_images, real_image, sheet_cells
 
     _, data = tiny
@@ -625,6 +627,11 @@ def test_the_contact_sheet_reads_real_images_from_the_data_when_the_run_did_not_
         assert real_image(run, row) is None
         assert np.array_equal(np.asarray(real_image(run, row, images)), kept)
     assert sheet_cells({"lora": run})[0] == [] and len(sheet_cells({"lora": run}, images)[0]) == 4
+    from tasks.diffusion.sheet import contact_sheets
+
+    monkeypatch.delenv("HARNESS_DATA_DIR")  # no real image saved, none found: no sheet, a warning (was a crash)
+    assert contact_sheets([record], tmp_path / "runs", tmp_path) == [] and not list(tmp_path.glob("*.png"))
+    assert "no contact sheet diffusion_samples_smoke.png" in capsys.readouterr().err
     (run / rows[0]["file"]).unlink()  # a run folder copied without its samples: an empty cell, not a crash
     assert real_image(run, rows[0], images) is None
 
@@ -975,3 +982,48 @@ def test_an_undecodable_image_is_refused_even_where_a_library_lets_pillow_load_t
 
     with pytest.raises(ValueError, match=r"image 'undecodable\.png' is not a readable image"):
         mdata._image_path(tmp_path, "undecodable.png", set(), fail)
+
+
+def test_a_real_pipeline_on_the_shipped_twemoji_says_which_data_it_fine_tunes_on(tiny, capsys):
+    """``--preset paper`` without ``--data-dir`` ran SD-1.5 on the 64-px emoji under a description naming
+    pokemon-blip-captions; it now says so where the data is not the user's."""
+    import dataclasses
+
+    from tasks.diffusion import DiffusionTask
+    from tasks.diffusion.presets import PRESETS
+
+    folder, data = tiny
+    for data_dir, noted in ((None, True), (str(data), False)):
+        task = DiffusionTask(dataclasses.replace(PRESETS["smoke"].task, data_dir=data_dir))
+        task.load(str(folder), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+        err = capsys.readouterr().err
+        assert ("fine-tunes on the shipped Twemoji" in err and "pass its folder as --data-dir" in err) == noted
+
+
+def test_fidelity_has_majority_and_chance_rows_and_similarity_is_not_held_to_baselines_it_has_not(tiny, tmp_path):
+    """Fidelity had no reference rows: committed methods at 5-11% read as a score while naming the commonest
+    held-out category scores 55% and a uniform guess 11%. Similarity has no such baseline: not listed."""
+    from harness.leaderboard import write_leaderboards
+    from tests.test_records_leaderboard import read_csv
+
+    folder, data = tiny
+    shaped = tmp_path / "shaped"
+    shaped.mkdir()
+    (shaped / "images").symlink_to(data / "images", target_is_directory=True)
+    rows = [json.loads(line) for line in (data / ddata.METADATA).read_text().splitlines()]
+    (shaped / ddata.METADATA).write_text(
+        "".join(json.dumps({**r, "category": r["text"].split()[2]}) + "\n" for r in rows)
+    )
+    specs = build_specs("diffusion", ["base", "lora"], [0], "smoke", model=str(folder))
+    records = run_all(specs, tmp_path / "runs", str(shaped), progress=False)
+    fidelity = records[1]["eval"]["fidelity"]
+    test = ddata.load(shaped).test[: len(fidelity["scores"])]
+    top = max(sorted({i.category for i in test}), key=[i.category for i in test].count)
+    assert fidelity["baselines"]["majority"] == [100.0 * (i.category == top) for i in test]
+    assert fidelity["baselines"]["chance"] == [50.0] * len(test)  # circle or square
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    table = {r["method"]: r for r in read_csv(tmp_path / "out" / "diffusion.csv")}
+    assert float(table["chance"]["fidelity"]) == 50.0 and table["majority"]["similarity"] == ""
+    assert float(table["majority"]["fidelity"]) == sum(fidelity["baselines"]["majority"]) / len(test)
+    assert "similarity" not in table["lora"]["not_above_baselines"].split()
+    assert "fidelity" in table["lora"]["not_above_baselines"].split()  # 4 prompts: nothing is shown above them

@@ -220,3 +220,18 @@ def test_fast_path_is_opt_in_recorded_and_its_own_row(tmp_path, data_dir, tiny_m
     with open(tmp_path / "out" / "commonsense.csv", newline="") as f:
         methods = {row["method"] for row in csv.DictReader(f)}
     assert {"lora", "lora (fast_path=True)"} <= methods, methods
+
+
+def test_an_hps_checkpoint_under_a_tilde_is_expanded_before_it_is_checked_and_recorded(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from harness.cli_run import _scoring
+    from tasks.diffusion import DiffusionTask
+
+    (tmp_path / "hps.pt").write_bytes(b"")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HARNESS_HPS_CHECKPOINT", "~/hps.pt")  # a quoted variable: the shell expands no ~
+    args = Namespace(hps_checkpoint=None, judge_model=None)
+    assert _scoring(args, DiffusionTask) == (("hps_checkpoint", str(tmp_path / "hps.pt")),)
+    args = Namespace(hps_checkpoint="~/hps.pt", judge_model=None)  # --hps-checkpoint=~/hps.pt: neither
+    assert _scoring(args, DiffusionTask) == (("hps_checkpoint", str(tmp_path / "hps.pt")),)

@@ -109,6 +109,13 @@ class DiffusionTask(Task):
         from tasks.diffusion import pretrain
 
         self.settings = dict(settings or {})
+        if model != models.EMBEDDED and not self.options.data_dir:
+            print(
+                f"note: {model} fine-tunes on the shipped Twemoji (64 px, upscaled; {len(self.data.test)} held-out "
+                "prompts); the paper's data is pokemon-blip-captions: save it with tasks/diffusion/data.py:load_hub "
+                "and pass its folder as --data-dir",
+                file=sys.stderr,
+            )
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         info: dict[str, Any] = {"frozen": "VAE and text encoder (adapters on the UNet only)"}
         if model == models.EMBEDDED and not random_weights:
@@ -267,12 +274,20 @@ class DiffusionTask(Task):
             out["fidelity"] = {"status": "absent", "reason": "the data has no categories for the classifier"}
         else:
             hits = [100.0 * (p == i.category) for p, i in zip(predicted, chosen, strict=True)]
+            categories = [i.category for i in chosen]
+            top = max(sorted(set(categories)), key=categories.count)  # the commonest held-out category (ties: first)
             out["fidelity"] = {
                 "metric": "fidelity",
                 "value": sum(hits) / len(hits),
                 "scores": hits,
                 "higher_is_better": True,
                 "classifier": clf.info,
+                # per prompt: always naming the commonest category of the scored prompts, and a uniform guess
+                # over the classifier's classes (the leaderboard's majority and chance rows)
+                "baselines": {
+                    "majority": [100.0 * (c == top) for c in categories],
+                    "chance": [100.0 / len(clf.classes)] * len(categories),
+                },
                 **common,
             }
         try:

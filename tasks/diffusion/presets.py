@@ -60,8 +60,9 @@ PRESETS: dict[str, Preset] = {
         EMBEDDED_SETTINGS,
     ),
     "paper": Preset(
-        "EffiLoRA Table 11: SD-1.5 on pokemon-blip-captions, r=4, alpha=8, 3 heads, batch 1, 20,000 steps, "
-        "lr 1e-4, 512 px, 100 prompts (a GPU and the weights)",
+        "EffiLoRA Table 11: SD-1.5, r=4, alpha=8, 3 heads, batch 1, 20,000 steps, lr 1e-4, 512 px, up to 100 "
+        "prompts (a GPU and the weights); the paper's pokemon-blip-captions through --data-dir, else the shipped "
+        "Twemoji",
         PAPER_MODEL,
         TrainConfig(
             steps=20000,

@@ -53,10 +53,13 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                 )
             elif folder is not None and (folder / "predictions.jsonl").is_file():
                 runs.setdefault(r["run"]["config"]["method"], folder)
-        if runs:
-            path = out_dir / f"diffusion_samples_{preset}.png"
-            written.append(_sheet(runs, path, _attribution(mine), data_images(mine)))
+        if runs and (sheet := _sheet(runs, out_dir / f"diffusion_samples_{preset}.png", *_sources(mine))):
+            written.append(sheet)
     return written
+
+
+def _sources(records: list[dict[str, Any]]) -> tuple[str, dict[str, Path] | None]:
+    return _attribution(records), data_images(records)
 
 
 def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
@@ -138,7 +141,8 @@ def _key(row: dict[str, Any]) -> tuple[str, str]:
     return row["prompt"], str(row.get("real", ""))
 
 
-def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, Path] | None = None) -> Path:
+def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, Path] | None = None) -> Path | None:
+    """The sheet at ``path``; None, with a warning, where no prompt of the first run has a real image to show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -149,6 +153,13 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
 
     first = next(iter(runs.values()))
     rows, cells = sheet_cells(runs, data)
+    if not rows:  # runs made before the real images were saved, and their data not found
+        print(
+            f"warning: no contact sheet {path.name}: {first.name} saved no real held-out images and its data was "
+            "not found (set HARNESS_DATA_DIR to the folder of the data the runs were made on)",
+            file=sys.stderr,
+        )
+        return None
     columns = ["held-out real", *runs]
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), squeeze=False
