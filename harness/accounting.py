@@ -17,6 +17,7 @@ the three, whose backward the split put partly outside the wrappers.)
 
 from __future__ import annotations
 
+import copy
 import os
 import platform
 import sys
@@ -34,11 +35,22 @@ REFERENCE_METHOD = "lora"  # FLOPs are also reported relative to this method at 
 
 
 def meta_replica(model: nn.Module) -> nn.Module:
-    """The same architecture without weights (Hugging Face and diffusers models)."""
+    """The same architecture without weights: Hugging Face and diffusers models from their config, any other
+    module (a plugin task's own) as a copy moved to ``meta`` (which holds its weights in memory while it copies)."""
     with torch.device("meta"):
-        if hasattr(type(model), "_from_config"):  # transformers
+        if hasattr(type(model), "_from_config") and hasattr(model, "config"):  # transformers
             return type(model)._from_config(model.config)
-        return type(model).from_config(model.config)  # diffusers
+        if hasattr(type(model), "from_config") and hasattr(model, "config"):  # diffusers
+            return type(model).from_config(model.config)
+    from harness.adapter import SHARED, AdapterLinear, SharedTensors
+
+    replica = copy.deepcopy(model)
+    for name, module in list(replica.named_modules()):  # an adapter already attached: the bare model again
+        if isinstance(module, AdapterLinear):
+            replica.set_submodule(name, module.base)
+        elif isinstance(getattr(module, SHARED, None), SharedTensors):
+            delattr(module, SHARED)
+    return replica.to("meta")
 
 
 # a change to how this module counts must change the counter version in harness.runner.FLOPS_COUNTED_BY

@@ -116,6 +116,59 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
     for benchmark, entry in record["eval"].items():
         if isinstance(entry, dict) and "scores" in entry and not entry["scores"]:
             raise ValueError(f"{path}: {benchmark} has no per-example scores (n = 0); run it again with --force")
+    try:
+        check_eval(record["eval"])
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}; run it again with --force") from None
+
+
+def check_eval(evals: Any) -> None:
+    """``ValueError`` naming the first entry of a task's ``evaluate()`` result the leaderboard cannot read:
+    ``{benchmark: {"status": "absent" | "failed", ...}}`` or ``{"metric": str, "value": number, "n": int, ...}``
+    with, per example, either ``answers`` (one digit a scored example: the correct option's index), ``preds``
+    (``{metric: one digit a scored example, "-" for no answer}``) and optionally ``n_options`` (one digit 1-9 an
+    example), or ``scores`` (one 0-100 number an example); ``baselines`` (``{"majority" | "chance": one number
+    an example}``) where the task computes those itself."""
+    if not isinstance(evals, dict) or not all(isinstance(b, str) for b in evals):
+        raise ValueError(f"evaluate() returned {type(evals).__name__}; it returns {{benchmark name: entry}}")
+    for b, e in evals.items():
+        if not isinstance(e, dict):
+            raise ValueError(f"eval entry {b!r}: a {type(e).__name__}; each is a dict")
+        if "status" in e:
+            if e["status"] not in ("absent", "failed"):
+                raise ValueError(f"eval entry {b!r}: status {e['status']!r}; an entry is scored, 'absent' or 'failed'")
+            continue
+        number = (int, float)
+        if (
+            not isinstance(e.get("metric"), str)
+            or not isinstance(e.get("value"), number)
+            or type(e.get("n")) is not int
+        ):
+            raise ValueError(f"eval entry {b!r}: needs 'metric' (str), 'value' (a number) and 'n' (an int)")
+        if "answers" in e:
+            answers = e["answers"]
+            if not isinstance(answers, str) or not answers.isdigit():
+                raise ValueError(f"eval entry {b!r}: 'answers' must be a string of one digit an example")
+            preds = e.get("preds")
+            if not isinstance(preds, dict) or e["metric"] not in preds:
+                raise ValueError(
+                    f"eval entry {b!r}: 'preds' must be {{metric: string}} holding its metric {e['metric']!r}"
+                )
+            for m, p in preds.items():
+                if not isinstance(p, str) or len(p) != len(answers):
+                    raise ValueError(f"eval entry {b!r}: preds[{m!r}] must be a string as long as 'answers'")
+            n_options = e.get("n_options")
+            if n_options is not None and (not isinstance(n_options, str) or len(n_options) != len(answers)):
+                raise ValueError(f"eval entry {b!r}: 'n_options' must be a string of one digit an example")
+        per_example = e.get("scores")
+        if per_example is not None and (
+            not isinstance(per_example, list) or not all(isinstance(x, number) for x in per_example)
+        ):
+            raise ValueError(f"eval entry {b!r}: 'scores' must be a list of numbers, one an example")
+        size = len(e["answers"]) if "answers" in e else len(per_example) if per_example is not None else None
+        for name, values in (e.get("baselines") or {}).items():
+            if not isinstance(values, list) or len(values) != size:
+                raise ValueError(f"eval entry {b!r}: baselines[{name!r}] must be a list of one number an example")
 
 
 def find_records(runs_dir: Path) -> list[Path]:

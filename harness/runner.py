@@ -26,7 +26,16 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.records import PREDICTIONS, RECORD, RERUN, config_hash, new_record, read_record, write_record
+from harness.records import (
+    PREDICTIONS,
+    RECORD,
+    RERUN,
+    check_eval,
+    config_hash,
+    new_record,
+    read_record,
+    write_record,
+)
 from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
@@ -439,6 +448,7 @@ def _execute(
         record["eval"] = task.evaluate(
             loaded, spec.protocol, spec.eval_batch_size, out_dir / PREDICTIONS, progress=ctx.progress
         )
+        check_eval(record["eval"])  # what the leaderboard reads: a task's bad entry fails its run, named
         record["eval_s"] = round(time.perf_counter() - began, 3)
 
 
@@ -448,7 +458,13 @@ def _count_flops(
     try:
         return step_flops(task.meta_replica(loaded), method, config, shapes, recipe, fast_path)
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
-        return {"status": "not counted", "reason": f"{type(exc).__name__}: {exc}"}
+        reason = f"{type(exc).__name__}: {exc}"
+        print(
+            f"warning: {method}'s FLOPs not counted ({reason[:200]}); a task whose model cannot run on the meta "
+            "device overrides Task.meta_replica",
+            file=sys.stderr,
+        )
+        return {"status": "not counted", "reason": reason}
 
 
 def flops_record(

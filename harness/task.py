@@ -177,7 +177,12 @@ class Task(ABC):
 
     @classmethod
     def check_model(cls, model: str) -> None:
-        """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model."""
+        """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model. By default its
+        config is read (a hub id or folder); a task that builds its own models (its own ``build_meta``) is asked
+        to build it on the ``meta`` device instead."""
+        if getattr(cls.build_meta, "__func__", None) is not Task.build_meta.__func__:
+            cls.build_meta(model)
+            return
         from harness.models import load_config_dict
 
         load_config_dict(model)

@@ -5,6 +5,7 @@ leaderboard as commonsense does."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -215,3 +216,45 @@ def test_harness_run_without_a_preset_takes_the_tasks_default_preset(vector_task
     [path] = tmp_path.glob("*/record.json")
     record = json.loads(path.read_text())
     assert record["run"]["status"] == "success" and record["run"]["config"]["preset"] == "smoke"
+
+
+def test_a_task_that_keeps_the_defaults_checks_its_model_and_counts_its_flops(vector_task, monkeypatch, tmp_path):
+    """A task written to the README's list alone: no check_model (a base run asked the hub for 'mlp') and no
+    meta_replica (its FLOPs were silently 'not counted', its model having no from_config)."""
+    own = vars(VectorTask)["meta_replica"]
+    monkeypatch.setattr(VectorTask, "check_model", vars(Task)["check_model"])  # inherited, as if not written
+    monkeypatch.setattr(VectorTask, "meta_replica", vars(Task)["meta_replica"])
+    specs = build_specs("vectors", ["base", "lora"], [0], "smoke")
+    base, lora = run_all(specs, tmp_path, None, progress=False)
+    assert base["run"]["status"] == "success" == lora["run"]["status"], (base["run"]["error"], lora["run"]["error"])
+    assert lora["train"]["flops_per_step"]["total"] > 0 and lora["train"]["flops_per_step"]["adapter"] > 0
+    monkeypatch.setattr(VectorTask, "meta_replica", own)  # its own counts the same: the copy is the bare model
+    [own] = run_all(specs[1:], tmp_path / "own", None, progress=False)
+    assert {k: own["train"]["flops_per_step"][k] for k in ("total", "adapter")} == {
+        k: lora["train"]["flops_per_step"][k] for k in ("total", "adapter")
+    }
+
+
+@pytest.mark.parametrize(
+    ("entry", "problem"),
+    [
+        ({"answers": [0, 1], "preds": {"score": [0, 1]}}, "'answers' must be a string of one digit an example"),
+        ({"answers": "01", "preds": "01"}, r"'preds' must be \{metric: string\}"),
+        ({"answers": "01", "preds": {"score": "0"}}, r"preds\['score'\] must be a string as long as 'answers'"),
+        ({"scores": "high"}, "'scores' must be a list of numbers"),
+        ({"value": "87%"}, "needs 'metric' \\(str\\), 'value' \\(a number\\) and 'n' \\(an int\\)"),
+        ({"scores": [1.0], "baselines": {"majority": [1.0, 2.0]}}, r"baselines\['majority'\] must be a list"),
+    ],
+)
+def test_an_evaluate_result_the_leaderboard_cannot_read_fails_its_run_naming_the_field(
+    vector_task, monkeypatch, tmp_path, entry, problem
+):
+    real = VectorTask.evaluate
+
+    def bad(self, *args, **kwargs):
+        good = real(self, *args, **kwargs)["fit"]
+        return {"fit": {**{k: v for k, v in good.items() if k != "scores"}, **entry}}
+
+    monkeypatch.setattr(VectorTask, "evaluate", bad)
+    [record] = run_all(build_specs("vectors", ["lora"], [0], "smoke"), tmp_path, None, progress=False)
+    assert record["run"]["status"] == "failed" and re.search(f"eval entry 'fit': .*{problem}", record["run"]["error"])
