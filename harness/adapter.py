@@ -147,6 +147,14 @@ class AdapterLinear(nn.Module):
         return type(self).input_weights is not AdapterLinear.input_weights
 
     @classmethod
+    def offers_fast_path(cls) -> bool:
+        """Whether the method defines a fast path of its own: ``delta_factors``, or ``input_weights`` and
+        ``factors_from``, where its ``delta`` is defined or below it (an inherited one computes another Δ)."""
+        own = cls.delta_factors is not AdapterLinear.delta_factors and cls.follows_delta("delta_factors")
+        fused = cls.input_weights is not AdapterLinear.input_weights and cls.follows_delta("factors_from")
+        return own or fused
+
+    @classmethod
     def follows_delta(cls, *names: str) -> bool:
         """Whether the methods ``names`` (a fast path's, ``delta_weight``) are defined where ``delta`` is or below
         it: a plugin that subclasses a built-in method and overrides only ``delta`` inherits the built-in's fast
@@ -340,20 +348,15 @@ class Adapter:
         the parity tests and ``harness bench`` compare against."""
         for layer in self.layers.values():
             cls = type(layer)
-            own = cls.delta_factors is not AdapterLinear.delta_factors and cls.follows_delta("delta_factors")
-            fused = layer.fuses_input and cls.follows_delta("factors_from")  # input_weights may be inherited
-            if (
-                enabled
-                and not (own or fused)
-                and (layer.fuses_input or cls.delta_factors is not AdapterLinear.delta_factors)
-            ):
+            offered = cls.offers_fast_path()
+            if enabled and not offered and (layer.fuses_input or cls.delta_factors is not AdapterLinear.delta_factors):
                 warnings.warn(
                     f"method {self.method!r} overrides delta below its fast path (inherited from "
                     f"{cls.__mro__[1].__name__}): the fast path is off for it and every step computes its own delta",
                     stacklevel=2,
                 )
                 enabled = False
-            layer.fast_path = enabled and (own or fused)
+            layer.fast_path = enabled and offered
 
     # -- merge -------------------------------------------------------------------------------------
     def merge(self) -> None:

@@ -285,7 +285,8 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
         default = ""  # the contender an --also variant is compared with: this method at its defaults
         for reducer, cfg in variants:
             reducer += ", default" if reducer and reducer != "default" and cfg == base else ""
-            for reference in (False, True) if config.reference else (False,):
+            # a method without a fast path runs its reference path either way: one contender, not two alike
+            for reference in (False, True) if config.reference and cls.offers_fast_path() else (False,):
                 name = method + (f" ({reducer})" if reducer else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer))
                 default = default or (name if cfg == base and not reference else "")
@@ -308,11 +309,12 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
     trained = _share(model)
     adapter = attach(trained, method, config=cfg)
     adapter.use_fast_path(not reference)
+    fast = any(layer.fast_path for layer in adapter.layers.values())  # a method without one: the reference path
     trained.train()
-    opt = adamw(adapter.param_groups(lr=1e-4), fused=not reference)  # as the training loop builds it
+    opt = adamw(adapter.param_groups(lr=1e-4), fused=fast)  # as the training loop builds it
     red = adapter.reducer if adapter.reducer is not None and adapter.reducer.active else None
     step = _stepper(trained, opt, batch, n, autocast, before=red.select if red else None, extra=adapter.extra_loss)
-    c = Contender(name, "ours", method, step, trained, opt, cfg, reducer, fast_path=not reference)
+    c = Contender(name, "ours", method, step, trained, opt, cfg, reducer, fast_path=fast)
     c.trainable = adapter.trainable_parameters()  # the Reducer pauses some each step; all keep their state
     if red is not None and red.config.selection == "importance":
 

@@ -63,6 +63,7 @@ resident size after each backward) or ``cuda_minus_baseline`` (allocated above t
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import sys
@@ -426,9 +427,20 @@ def _averaged(task: str, benchmarks: list[str]) -> list[str]:
 
     try:
         declared = TASKS.get(task).averaged
-    except ValueError:
+    except ValueError:  # a plugin task's records, read without the plugin
+        _unregistered(task)
         declared = None
     return [b for b in benchmarks if declared is None or b in declared]
+
+
+@functools.cache
+def _unregistered(task: str) -> None:
+    """Say once a process that ``task``'s records are tabulated without the task (its columns' order and Avg)."""
+    print(
+        f"warning: task {task!r} is not registered (a plugin's?): its columns are in the records' order and its Avg "
+        "covers every one, which may not be the task's own; pass its --plugin (harness --plugin FILE leaderboard)",
+        file=sys.stderr,
+    )
 
 
 def _rank(row: Row) -> tuple[int, float, str]:

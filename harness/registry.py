@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -111,7 +112,8 @@ def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> 
     """``unknown method 'lroa' (did you mean 'lora'?); available: a, b, c``."""
     close = difflib.get_close_matches(value, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}"
+    plugin = f" (a plugin's {kind}: harness --plugin FILE ...)" if kind in ("method", "task") else ""
+    return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}{plugin}"
 
 
 def load_plugin(path: str | Path) -> None:
@@ -132,16 +134,24 @@ def load_plugin(path: str | Path) -> None:
         raise ValueError(f"plugin {str(path)!r} cannot be imported as a module; {what}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    folder = str(path.resolve().parent)  # the modules beside it import, as beside a script (after the installed)
+    if folder not in sys.path:
+        sys.path.append(folder)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
         sys.modules.pop(module_name, None)
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
-    _PLUGINS_LOADED.add(path.resolve())
+    _PLUGINS_LOADED[path.resolve()] = hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-_PLUGINS_LOADED: set[Path] = set()
+_PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of what was imported
+
+
+def loaded_plugins() -> list[dict[str, str]]:
+    """The plugin files this process imported, as a record keeps them: ``{"file": name, "sha256": ...}``."""
+    return [{"file": path.name, "sha256": sha} for path, sha in sorted(_PLUGINS_LOADED.items())]
 
 
 def _qualname(obj: object) -> str:

@@ -36,7 +36,7 @@ from harness.records import (
     read_record,
     write_record,
 )
-from harness.registry import METHODS, TASKS, unknown_choice
+from harness.registry import METHODS, TASKS, loaded_plugins, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
@@ -281,10 +281,10 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         if ctx.is_main:
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
-        if decision.startswith("other data"):
+        if decision.startswith(("other data", "other code")):
             raise ValueError(
-                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force "
-                "to run it again on this data (its record is kept until the new one replaces it), or another --runs-dir"
+                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force to run it again "
+                f"on this {decision.split()[1]} (its record is kept until the new one replaces it), or another --runs-dir"
             )
         if decision.startswith("swap failed"):
             raise ValueError(
@@ -310,9 +310,20 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
     except OSError as exc:
         return f"swap failed: {exc}"
     if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
-        other = _other_data(finished, task)
-        return "done" if other is None else f"other data ({other})"
+        if (other := _other_data(finished, task)) is not None:
+            return f"other data ({other})"
+        return "done" if (code := _other_plugin(finished)) is None else f"other code ({code})"
     return "run"
+
+
+def _other_plugin(finished: dict[str, Any]) -> str | None:
+    """Which plugin file loaded now differs from the one of that name the finished run was made with (the run
+    id leaves plugin code out, as it leaves out the harness's own); ``None``: none differs, or none is known."""
+    ran = {p["file"]: p["sha256"] for p in finished.get("env", {}).get("plugins", [])}
+    for plugin in loaded_plugins():
+        if plugin["file"] in ran and ran[plugin["file"]] != plugin["sha256"]:
+            return f"the plugin file {plugin['file']} differs from the one it ran with"
+    return None
 
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
@@ -659,6 +670,11 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
             reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
             scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"
+            if spec.extra.get("fast_path") and not METHODS.get(spec.method).offers_fast_path():
+                raise ValueError(
+                    f"method {spec.method!r} has no fast path (no delta_factors, or input_weights and "
+                    "factors_from, of its own): --fast-path would record a path the run does not take; leave it out"
+                )
         seen.add(key)
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         built = spec.random_weights or task_cls.config_only_models

@@ -100,6 +100,24 @@ class GainLoraLinear(LoraLinear):
 
     config_cls = GainLoraConfig
 '''
+SLOW_PLUGIN = '''
+import torch.nn.functional as F
+
+from harness import METHODS, AdapterLinear
+
+
+@METHODS.register("slow_lora")
+class SlowLoraLinear(AdapterLinear):
+    """LoRA through delta alone: no fast path (a plugin for tests)."""
+
+    def __init__(self, base, config, site, shared):
+        super().__init__(base, config, site, shared)
+        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+        self.lora_B = self.new_param(site.d_out, config.r)
+
+    def delta(self, x):
+        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+'''
 TINY_MODEL_HINT = "give a model folder, a config.json, 'embedded', or one of meta-llama/Meta-Llama-3-8B"
 
 
@@ -166,7 +184,7 @@ CASES = [
     bad(
         "unknown-method-near-base",
         run("--methods", "bsae,lora"),
-        r"unknown method 'bsae' \(did you mean 'base'\?\); available: effilora, .*sharelora, base, all$",
+        r"unknown method 'bsae' \(did you mean 'base'\?\); available: effilora, .*sharelora, base, all \(a plugin's method: harness --plugin FILE \.\.\.\)$",
     ),
     bad("empty-methods", run("--methods", ","), r"no method given; available: effilora, .*sharelora, base, all$"),
     bad("unknown-task", run("--task", "commonsens"), r"unknown task 'commonsens' \(did you mean 'commonsense'\?\)"),
@@ -546,6 +564,13 @@ CASES = [
         [*PLUGIN_ARG, *run("--methods", "gain_lora", "--option", "gian=2")],
         r"unknown option 'gian' for method 'gain_lora' \(did you mean 'gain'\?\)",
         plugin(METHOD_PLUGIN.format(name="gain_lora")),
+    ),
+    bad(  # it ran, recorded fast_path: true and made its own leaderboard row, on the reference path
+        "fast-path-on-a-plugin-without-one",
+        [*PLUGIN_ARG, *run("--methods", "slow_lora", "--fast-path")],
+        r"method 'slow_lora' has no fast path \(no delta_factors, or input_weights and factors_from, of its own\): "
+        r"--fast-path would record a path the run does not take; leave it out",
+        plugin(SLOW_PLUGIN),
     ),
     # --- model configs (`harness params`) ---
     bad("params-unknown-method", params("--methods", "lroa"), r"unknown method 'lroa' \(did you mean 'lora'\?\)"),

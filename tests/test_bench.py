@@ -378,3 +378,27 @@ def test_a_methods_extra_loss_is_in_the_step_bench_times_and_counts(tmp_path, mo
     layers = attach(tiny_llama(), Penalised, targets="q_proj,v_proj", r=4).layers.values()
     extra = sum(3 * 2 * w.base.out_features * 4 * w.base.in_features for w in layers)  # B @ A and its gradients
     assert rows["penalised_lora"]["gflops"] - rows["lora"]["gflops"] == pytest.approx(extra / 1e9)
+
+
+def test_a_method_without_a_fast_path_is_timed_once_on_the_path_it_takes(tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from harness.adapter import AdapterLinear
+
+    class SlowLora(AdapterLinear):  # delta alone: the reference path, whatever is asked
+        def __init__(self, base, config, site, shared):
+            super().__init__(base, config, site, shared)
+            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+            self.lora_B = self.new_param(site.d_out, config.r)
+
+        def delta(self, x):  # noqa: ANN202
+            return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+    METHODS.register("slow_lora")(SlowLora)
+    config = BenchConfig(methods=("lora", "slow_lora"), batch_size=2, seq_len=16, rounds=1, warmup=0, peft=False,
+                         protocols=(), threads=1, out=str(tmp_path), options={"targets": "q_proj,v_proj"},
+                         reference=True)  # fmt: skip
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    assert {"lora", "lora reference", "slow_lora"} <= set(rows) and "slow_lora reference" not in rows
+    assert rows["slow_lora"]["fast_path"] is False and rows["lora"]["fast_path"] is True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -230,3 +232,31 @@ def test_all_expands_inside_a_list_of_names():
     ]
     with pytest.raises(CliError, match="no method given; available: "):
         split_names(" , ", names, "method")
+
+
+def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_not_taken_as_done(
+    tiny_model, data_dir, tmp_path
+):
+    """Editing a plugin left its finished runs looking done (same run id); a plugin could not import the module
+    beside it."""
+    (tmp_path / "half_helpers.py").write_text("NAME = 'half_lora'\n")
+    plugin = tmp_path / "half_lora.py"
+    plugin.write_text("from half_helpers import NAME\n" + PLUGIN.format(name="{NAME}").replace('"{NAME}"', "NAME"))
+    args = ["--plugin", str(plugin), "run", "--methods", "half_lora", "--task", "commonsense", "--preset", "smoke",
+            "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir),
+            "--runs-dir", str(tmp_path / "runs"), "--no-leaderboard", "--quiet"]  # fmt: skip
+    first = run_cli(*args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    [path] = (tmp_path / "runs").glob("*/record.json")
+    record = json.loads(path.read_text())
+    sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    assert record["env"]["plugins"] == [{"file": "half_lora.py", "sha256": sha}]
+    assert "done already" in run_cli(*args).stdout  # the same code: done
+    plugin.write_text(plugin.read_text() + "\n# the delta changed\n")
+    changed = run_cli(*args)
+    assert changed.returncode != 0 and "Traceback" not in changed.stderr
+    assert re.search(
+        r"finished on other code \(the plugin file half_lora\.py differs from the one it ran with\); pass --force to "
+        r"run it again on this code",
+        changed.stderr,
+    ), changed.stderr[-2000:]

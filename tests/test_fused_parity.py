@@ -16,7 +16,20 @@ from harness import METHODS, AdapterConfig, AdapterLinear, attach
 from harness.fastpath import drop_positions, sparse_dropout
 from methods.effilora import EffiLoraLinear
 from methods.lora import LoraLinear
-from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+from tests.conftest import ALL_METHODS, TINY_TARGETS, batch, perturb, tiny_llama
+
+FAST_METHODS = [m for m in ALL_METHODS if METHODS.get(m).offers_fast_path()]
+
+
+@pytest.fixture(params=FAST_METHODS)
+def method(request) -> str:
+    """The registered methods that define a fast path (optional for a plugin: one without it is skipped here)."""
+    return request.param
+
+
+def test_every_built_in_method_offers_the_fast_path():
+    built_in = [m for m in ALL_METHODS if METHODS.get(m).__module__.startswith("methods.")]
+    assert built_in and set(built_in) <= set(FAST_METHODS)
 
 
 def outputs_and_grads(adapter, fast: bool, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -51,7 +64,7 @@ def test_fast_path_equals_reference_outputs_and_gradients(method, mode):
     adapter.model.train(mode != "eval")
     assert not any(layer.fast_path for layer in adapter.layers.values())  # off by default
     adapter.use_fast_path(True)
-    assert all(layer.fast_path for layer in adapter.layers.values())  # every built-in method offers it
+    assert all(layer.fast_path for layer in adapter.layers.values())
     ref_logits, ref_grads = outputs_and_grads(adapter, fast=False)
     logits, grads = outputs_and_grads(adapter, fast=True)
     torch.testing.assert_close(logits, ref_logits, atol=1e-5, rtol=1e-5)

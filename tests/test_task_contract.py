@@ -258,3 +258,15 @@ def test_an_evaluate_result_the_leaderboard_cannot_read_fails_its_run_naming_the
     monkeypatch.setattr(VectorTask, "evaluate", bad)
     [record] = run_all(build_specs("vectors", ["lora"], [0], "smoke"), tmp_path, None, progress=False)
     assert record["run"]["status"] == "failed" and re.search(f"eval entry 'fit': .*{problem}", record["run"]["error"])
+
+
+def test_a_plugin_tasks_records_tabulated_without_the_plugin_are_flagged(vector_task, monkeypatch, tmp_path, capsys):
+    import harness.leaderboard as leaderboard
+
+    run_all(build_specs("vectors", ["lora"], [0], "smoke"), tmp_path / "runs", None, progress=False)
+    monkeypatch.setattr(TASKS, "_entries", {k: v for k, v in TASKS._entries.items() if k != "vectors"})
+    leaderboard._unregistered.cache_clear()
+    capsys.readouterr()
+    write_leaderboards(tmp_path / "runs", tmp_path / "board")
+    err = capsys.readouterr().err
+    assert "task 'vectors' is not registered" in err and "harness --plugin FILE leaderboard" in err
