@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from harness import METHODS
+from harness import METHODS, AdapterConfig, AdapterLinear
 
 ALL_METHODS = sorted(METHODS.names())
 TINY_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
@@ -145,3 +148,23 @@ def trained_record_fields(seed: int = 0) -> dict:
         "flops_per_step": {"total": 2000, "adapter": 100, "relative_to_lora": 1.25},
         "hook_val_flops": {"total": 600, "per_step": 200.0, "forwards": 6, "shapes": []},
     }
+
+
+@dataclass(frozen=True)
+class DeltaOnlyConfig(AdapterConfig):
+    pass
+
+
+class DeltaOnlyLinear(AdapterLinear):
+    """A plugin as the README shows it: ``delta`` only, no fast path."""
+
+    name = "delta_only"
+    config_cls = DeltaOnlyConfig
+
+    def __init__(self, base, config, site, shared):
+        super().__init__(base, config, site, shared)
+        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+        self.lora_B = self.new_param(site.d_out, config.r)
+
+    def delta(self, x):
+        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)

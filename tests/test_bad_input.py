@@ -101,22 +101,13 @@ class GainLoraLinear(LoraLinear):
     config_cls = GainLoraConfig
 '''
 SLOW_PLUGIN = '''
-import torch.nn.functional as F
-
-from harness import METHODS, AdapterLinear
+from harness import METHODS
+from tests.conftest import DeltaOnlyLinear
 
 
 @METHODS.register("slow_lora")
-class SlowLoraLinear(AdapterLinear):
+class SlowLoraLinear(DeltaOnlyLinear):
     """LoRA through delta alone: no fast path (a plugin for tests)."""
-
-    def __init__(self, base, config, site, shared):
-        super().__init__(base, config, site, shared)
-        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
-        self.lora_B = self.new_param(site.d_out, config.r)
-
-    def delta(self, x):
-        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
 '''
 TINY_MODEL_HINT = "give a model folder, a config.json, 'embedded', or one of meta-llama/Meta-Llama-3-8B"
 

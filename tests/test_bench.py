@@ -381,18 +381,10 @@ def test_a_methods_extra_loss_is_in_the_step_bench_times_and_counts(tmp_path, mo
 
 
 def test_a_method_without_a_fast_path_is_timed_once_on_the_path_it_takes(tmp_path, monkeypatch):
-    import torch.nn.functional as F
+    from tests.conftest import DeltaOnlyLinear
 
-    from harness.adapter import AdapterLinear
-
-    class SlowLora(AdapterLinear):  # delta alone: the reference path, whatever is asked
-        def __init__(self, base, config, site, shared):
-            super().__init__(base, config, site, shared)
-            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
-            self.lora_B = self.new_param(site.d_out, config.r)
-
-        def delta(self, x):  # noqa: ANN202
-            return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+    class SlowLora(DeltaOnlyLinear):  # delta alone: the reference path, whatever is asked
+        pass
 
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
     METHODS.register("slow_lora")(SlowLora)

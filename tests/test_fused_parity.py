@@ -4,7 +4,6 @@ kernel) computes what the reference path (``delta``, one ``nn.Dropout`` per wrap
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,11 +11,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import harness.fastpath as fastpath
-from harness import METHODS, AdapterConfig, AdapterLinear, attach
+from harness import METHODS, attach
 from harness.fastpath import drop_positions, sparse_dropout
 from methods.effilora import EffiLoraLinear
 from methods.lora import LoraLinear
-from tests.conftest import ALL_METHODS, TINY_TARGETS, batch, perturb, tiny_llama
+from tests.conftest import ALL_METHODS, TINY_TARGETS, DeltaOnlyLinear, batch, perturb, tiny_llama
 
 FAST_METHODS = [m for m in ALL_METHODS if METHODS.get(m).offers_fast_path()]
 
@@ -426,26 +425,6 @@ def test_lora_fa_fast_path_still_does_not_keep_the_input(dropout, monkeypatch):
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
             layer(x)
         assert (x.numel() in saved) == keeps_input, (method, saved)
-
-
-@dataclass(frozen=True)
-class DeltaOnlyConfig(AdapterConfig):
-    pass
-
-
-class DeltaOnlyLinear(AdapterLinear):
-    """A plugin as the README shows it: ``delta`` only, no fast path."""
-
-    name = "delta_only"
-    config_cls = DeltaOnlyConfig
-
-    def __init__(self, base, config, site, shared):
-        super().__init__(base, config, site, shared)
-        self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
-        self.lora_B = self.new_param(site.d_out, config.r)
-
-    def delta(self, x):
-        return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
 
 
 def test_a_plugin_with_only_delta_keeps_the_reference_path_and_its_own_dropout():
