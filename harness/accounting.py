@@ -253,7 +253,6 @@ def environment() -> dict[str, Any]:
     import transformers
 
     from harness.memory import malloc_setting
-    from harness.registry import loaded_plugins
 
     try:
         import peft
@@ -274,7 +273,7 @@ def environment() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "os": f"{platform.system()} {platform.release()}",
         "malloc": malloc_setting(),  # None: the C allocator's defaults (harness.memory)
-    } | ({"plugins": plugins} if (plugins := loaded_plugins()) else {})
+    }
 
 
 def _cpu_name() -> str:

@@ -149,9 +149,16 @@ def load_plugin(path: str | Path) -> None:
 _PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of what was imported
 
 
-def loaded_plugins() -> list[dict[str, str]]:
-    """The plugin files this process imported, as a record keeps them: ``{"file": name, "sha256": ...}``."""
-    return [{"file": path.name, "sha256": sha} for path, sha in sorted(_PLUGINS_LOADED.items())]
+def plugin_files(*classes: type) -> list[dict[str, str]]:
+    """The plugin files (``--plugin``) that define ``classes`` (a run's method and task), as a record keeps
+    them: ``{"file": name, "sha256": of what was imported}``; built-ins and installed packages are not listed."""
+    out = []
+    for cls in classes:
+        file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        sha = _PLUGINS_LOADED.get(Path(file).resolve()) if file else None
+        if sha is not None and {"file": Path(file).name, "sha256": sha} not in out:
+            out.append({"file": Path(file).name, "sha256": sha})
+    return out
 
 
 def _qualname(obj: object) -> str:

@@ -36,7 +36,7 @@ from harness.records import (
     read_record,
     write_record,
 )
-from harness.registry import METHODS, TASKS, loaded_plugins, unknown_choice
+from harness.registry import METHODS, TASKS, plugin_files, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
@@ -312,15 +312,22 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
     if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
-        return "done" if (code := _other_plugin(finished)) is None else f"other code ({code})"
+        return "done" if (code := _other_plugin(spec, finished)) is None else f"other code ({code})"
     return "run"
 
 
-def _other_plugin(finished: dict[str, Any]) -> str | None:
-    """Which plugin file loaded now differs from the one of that name the finished run was made with (the run
-    id leaves plugin code out, as it leaves out the harness's own); ``None``: none differs, or none is known."""
+def _plugins(spec: RunSpec) -> dict[str, Any]:
+    """``{"plugins": [...]}``: the plugin files that define the run's method and task (none: ``{}``)."""
+    classes = [TASKS.get(spec.task), *([METHODS.get(spec.method)] if spec.method != BASELINE else [])]
+    return {"plugins": found} if (found := plugin_files(*classes)) else {}
+
+
+def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
+    """Which plugin file defining the run's method or task differs from the one of that name the finished run
+    was made with (the run id leaves plugin code out, as it leaves out the harness's own); ``None``: none
+    differs, or none is known."""
     ran = {p["file"]: p["sha256"] for p in finished.get("env", {}).get("plugins", [])}
-    for plugin in loaded_plugins():
+    for plugin in _plugins(spec).get("plugins", []):
         if plugin["file"] in ran and ran[plugin["file"]] != plugin["sha256"]:
             return f"the plugin file {plugin['file']} differs from the one it ran with"
     return None
@@ -342,7 +349,7 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if ctx.processes is not None:
         device = ctx.processes.device
-    record = new_record(spec.run_id, spec.to_dict(), environment())
+    record = new_record(spec.run_id, spec.to_dict(), environment() | _plugins(spec))
     try:
         _execute(spec, task, run_dir, out_dir, device, record, ctx)
         record["run"]["status"] = "success"
