@@ -238,10 +238,14 @@ def test_objective_rejects_bad_settings():
         Objective(snr_gamma=0)
 
 
-def test_clip_tokenizer_matches_openai_clip_ids():
+def test_clip_tokenizer_matches_openai_clip_ids(tmp_path, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     tok = dmodel.clip_tokenizer(max_length=77)
     assert len(tok) == 49408
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # OpenAI CLIP's ids
+    assert not list(tmp_path.iterdir())  # built from files in a temp folder, removed (one was left a run)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_large_for_two():
@@ -355,6 +359,7 @@ def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatc
             and ev["judge_avg"]["rubric_version"] == djudge.RUBRIC_VERSION
         )
         assert first["run"]["config"]["task_options"]["scoring"] == {"judge_model": "judge-test"}
+        assert ev["judge_avg"]["judge_endpoint"] == url  # the server that judged, without the key
         # a second run of the same images (a new runs dir: the same run again) asks nothing new
     with _Server(lambda n: json.dumps(GOOD)) as url2:
         monkeypatch.setenv("OPENAI_BASE_URL", url2)
@@ -1027,3 +1032,22 @@ def test_fidelity_has_majority_and_chance_rows_and_similarity_is_not_held_to_bas
     assert float(table["majority"]["fidelity"]) == sum(fidelity["baselines"]["majority"]) / len(test)
     assert "similarity" not in table["lora"]["not_above_baselines"].split()
     assert "fidelity" in table["lora"]["not_above_baselines"].split()  # 4 prompts: nothing is shown above them
+
+
+def test_kid_of_one_image_is_absent_not_nan_and_a_handful_gets_no_interval(tiny, tmp_path):
+    one = _run(tiny, tmp_path / "one", "lora", eval_limit=1)
+    assert one["eval"]["kid"] == {"status": "absent", "reason": "KID needs 2 or more images a set; 1 scored"}
+    text = next((tmp_path / "one").glob("*/record.json")).read_text()
+    assert "NaN" not in text and json.loads(text)["eval"]["similarity"]["n"] == 1
+    four = _run(tiny, tmp_path / "four", "lora")  # 4 prompts: a value, no interval from 4 images
+    assert four["eval"]["kid"]["value"] is not None and "ci" not in four["eval"]["kid"]
+
+
+def test_a_judge_over_plain_http_to_another_machine_is_warned_about(capsys):
+    import openai  # a [test] requirement: missing, it fails rather than skips
+
+    djudge.Judge("judge-test", client=openai.OpenAI(base_url="http://10.0.0.5:8000/v1", api_key=KEY))
+    assert "plain HTTP to another machine" in capsys.readouterr().err
+    for url in ("http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example/v1"):
+        judge = djudge.Judge("judge-test", client=openai.OpenAI(base_url=url, api_key=KEY))
+        assert judge.endpoint == url and not capsys.readouterr().err

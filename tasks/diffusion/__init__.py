@@ -266,8 +266,10 @@ class DiffusionTask(Task):
             "note": "x1000, the images generated for the scored prompts vs their real held-out images",
             **common,
         }
-        if math.isfinite(k["lo"]) and math.isfinite(k["hi"]):  # too few images resample to no pair: no interval
-            out["kid"]["ci"] = [k["lo"], k["hi"]]
+        if not math.isfinite(k["value"]):  # one image a set: no pair within a set to measure (NaN is not JSON)
+            out["kid"] = {"status": "absent", "reason": f"KID needs 2 or more images a set; {len(sim)} scored"}
+        elif len(sim) >= scoring.KID_CI_FROM and math.isfinite(k["lo"]) and math.isfinite(k["hi"]):
+            out["kid"]["ci"] = [k["lo"], k["hi"]]  # fewer images resample to a few values: no interval
         clf = scoring.category_classifier(self.data.base + self.data.train, test, size)
         predicted = clf.predict(gen_f) if clf else None
         if clf is None:
@@ -320,6 +322,7 @@ class DiffusionTask(Task):
         errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
         meta = {
             "judge_model": model,
+            "judge_endpoint": j.endpoint,  # the server (no key): cached answers are keyed by the model's name
             "rubric_version": judge.RUBRIC_VERSION,
             "failed": len(verdicts) - len(ok),
             "requests": sum(v.requests for v in verdicts),

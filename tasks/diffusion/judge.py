@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,13 @@ class Judge:
             except openai.OpenAIError as exc:  # e.g. no key
                 raise ValueError(f"the judge's client cannot start: {exc}") from None
         self.model, self.client = judge_model, client
+        self.endpoint = endpoint(client)
+        if self.endpoint.startswith("http://") and not _loopback(self.endpoint):
+            print(
+                f"warning: the judge's endpoint {self.endpoint} is plain HTTP to another machine: the key and the "
+                "images travel unencrypted; use https:// (or a loopback address)",
+                file=sys.stderr,
+            )
         self.cache = cache or models.cache_dir() / "diffusion" / "judge"
         self.errors_in_a_row, self.last_error = 0, ""
 
@@ -186,6 +194,28 @@ class Judge:
             write_json(path, {"answer": raw, "prompt": prompt, "judge_model": self.model, "rubric": RUBRIC_VERSION})
             return Verdict(scores, raw, False, attempt)
         return Verdict(None, raw, False, RETRIES)
+
+
+def endpoint(client: Any) -> str:
+    """The judge server as a record keeps it: scheme, host, port and path of the client's base URL, nothing
+    else (no key, no query)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(str(getattr(client, "base_url", "") or ""))
+    host = url.hostname or ""
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
+    return f"{url.scheme}://{shown}{f':{url.port}' if url.port else ''}{url.path.rstrip('/')}" if host else "unknown"
+
+
+def _loopback(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _api_errors() -> tuple[type[Exception], ...]:

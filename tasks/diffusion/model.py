@@ -201,7 +201,10 @@ def clip_tokenizer(folder: Path | None = None, max_length: int = 77):
 
     from transformers import CLIPTokenizer
 
-    folder = Path(folder or tempfile.mkdtemp(prefix="clip-tokenizer-"))
+    if folder is None:  # files only to build it from: the tokenizer holds its vocabulary once built
+        with tempfile.TemporaryDirectory(prefix="clip-tokenizer-") as scratch:
+            return clip_tokenizer(Path(scratch), max_length)
+    folder = Path(folder)
     if not (folder / "vocab.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         lines = gzip.open(bpe_path()).read().decode("utf-8").split("\n")

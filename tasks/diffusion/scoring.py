@@ -64,6 +64,9 @@ def similarity(gen: torch.Tensor, real: torch.Tensor) -> list[float]:
     return (100 * torch.nn.functional.cosine_similarity(gen, real, dim=1)).tolist()
 
 
+KID_CI_FROM = 5  # images a set from which KID gets a bootstrap interval (2 give one value whatever is drawn)
+
+
 def kid(gen: torch.Tensor, real: torch.Tensor, resamples: int = KID_RESAMPLES, seed: int = 0) -> dict[str, float]:
     """KID x1000 with a percentile bootstrap interval (images of each set resampled with replacement)."""
     x, y = gen.double().numpy(), real.double().numpy()
