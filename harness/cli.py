@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     register(sub)
     register_bench(sub)
+    for command in sub.choices.values():  # read before parsing (_early_plugins): listed here for --help
+        command.add_argument(
+            "--plugin", metavar="FILE.py", help="import a file that registers extra methods or tasks (repeatable)"
+        )
     return parser
 
 
