@@ -44,7 +44,11 @@ def meta_replica(model: nn.Module) -> nn.Module:
             return type(model).from_config(model.config)
     from harness.adapter import SHARED, AdapterLinear, SharedTensors
 
-    replica = copy.deepcopy(model)
+    memo: dict[int, Any] = {}  # every weight copied as a meta tensor: nothing is allocated for them
+    for t in [*model.parameters(), *model.buffers()]:
+        empty = torch.empty_like(t, device="meta")
+        memo[id(t)] = nn.Parameter(empty, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else empty
+    replica = copy.deepcopy(model, memo)
     for name, module in list(replica.named_modules()):  # an adapter already attached: the bare model again
         if isinstance(module, AdapterLinear):
             replica.set_submodule(name, module.base)

@@ -7,6 +7,7 @@ import signal
 import sys
 from pathlib import Path
 
+from harness.atomic import check_writable
 from harness.cli import CliError, add_method_args, method_options, split_names
 from harness.config import parse_bool
 from harness.registry import unknown_choice
@@ -108,6 +109,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
     if args.leaderboard and out.exists() and not out.is_dir():
         raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
+    if args.leaderboard:  # before any training: a folder that cannot be made failed after every run
+        check_writable(out, "leaderboard folder", "--out")
     if args.quiet:  # transformers' and the hub's own bars too (loading weights, downloads)
         import huggingface_hub.utils
         from transformers.utils import logging as hf_logging
@@ -176,7 +179,9 @@ def _is_main_process() -> bool:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
 
-    for path in write_leaderboards(Path(args.runs_dir), Path(args.out or args.runs_dir)):
+    out = Path(args.out or args.runs_dir)
+    check_writable(out, "leaderboard folder", "--out")  # before every table is built
+    for path in write_leaderboards(Path(args.runs_dir), out):
         print(f"wrote {path}")
 
 

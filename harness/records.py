@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -119,16 +120,18 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
     try:
         check_eval(record["eval"])
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}; run it again with --force") from None
+        raise ValueError(
+            f"{path}: {exc}; fix the task's evaluate() if it wrote that, then run it again with --force"
+        ) from None
 
 
 def check_eval(evals: Any) -> None:
     """``ValueError`` naming the first entry of a task's ``evaluate()`` result the leaderboard cannot read:
-    ``{benchmark: {"status": "absent" | "failed", ...}}`` or ``{"metric": str, "value": number, "n": int, ...}``
-    with, per example, either ``answers`` (one digit a scored example: the correct option's index), ``preds``
-    (``{metric: one digit a scored example, "-" for no answer}``) and optionally ``n_options`` (one digit 1-9 an
-    example), or ``scores`` (one 0-100 number an example); ``baselines`` (``{"majority" | "chance": one number
-    an example}``) where the task computes those itself."""
+    ``{benchmark: {"status": "absent" | "failed", ...}}`` or ``{"metric": str, "value": finite number, "n": int,
+    ...}`` with, per example, either ``answers`` (one ASCII digit a scored example: the correct option's index),
+    ``preds`` (``{metric: one digit a scored example, "-" for no answer}``) and optionally ``n_options`` (one digit
+    1-9 an example), or ``scores`` (one finite number an example: 0-100 for the percent columns); ``baselines``
+    (``{"majority" | "chance": one finite number an example}``) where the task computes those itself."""
     if not isinstance(evals, dict) or not all(isinstance(b, str) for b in evals):
         raise ValueError(f"evaluate() returned {type(evals).__name__}; it returns {{benchmark name: entry}}")
     for b, e in evals.items():
@@ -138,37 +141,50 @@ def check_eval(evals: Any) -> None:
             if e["status"] not in ("absent", "failed"):
                 raise ValueError(f"eval entry {b!r}: status {e['status']!r}; an entry is scored, 'absent' or 'failed'")
             continue
-        number = (int, float)
-        if (
-            not isinstance(e.get("metric"), str)
-            or not isinstance(e.get("value"), number)
-            or type(e.get("n")) is not int
-        ):
-            raise ValueError(f"eval entry {b!r}: needs 'metric' (str), 'value' (a number) and 'n' (an int)")
+        if not isinstance(e.get("metric"), str) or not _finite(e.get("value")) or type(e.get("n")) is not int:
+            raise ValueError(f"eval entry {b!r}: needs 'metric' (str), 'value' (a finite number) and 'n' (an int)")
+        size = None
         if "answers" in e:
             answers = e["answers"]
-            if not isinstance(answers, str) or not answers.isdigit():
-                raise ValueError(f"eval entry {b!r}: 'answers' must be a string of one digit an example")
+            if not answers or not _digits(answers, "0123456789"):
+                raise ValueError(f"eval entry {b!r}: 'answers' must be a non-empty string of one digit 0-9 an example")
+            size = len(answers)
             preds = e.get("preds")
             if not isinstance(preds, dict) or e["metric"] not in preds:
                 raise ValueError(
                     f"eval entry {b!r}: 'preds' must be {{metric: string}} holding its metric {e['metric']!r}"
                 )
             for m, p in preds.items():
-                if not isinstance(p, str) or len(p) != len(answers):
-                    raise ValueError(f"eval entry {b!r}: preds[{m!r}] must be a string as long as 'answers'")
+                if not _digits(p, "0123456789-") or len(p) != size:
+                    raise ValueError(
+                        f"eval entry {b!r}: preds[{m!r}] must be a string as long as 'answers', of digits and '-'"
+                    )
             n_options = e.get("n_options")
-            if n_options is not None and (not isinstance(n_options, str) or len(n_options) != len(answers)):
-                raise ValueError(f"eval entry {b!r}: 'n_options' must be a string of one digit an example")
-        per_example = e.get("scores")
-        if per_example is not None and (
-            not isinstance(per_example, list) or not all(isinstance(x, number) for x in per_example)
-        ):
-            raise ValueError(f"eval entry {b!r}: 'scores' must be a list of numbers, one an example")
-        size = len(e["answers"]) if "answers" in e else len(per_example) if per_example is not None else None
-        for name, values in (e.get("baselines") or {}).items():
-            if not isinstance(values, list) or len(values) != size:
-                raise ValueError(f"eval entry {b!r}: baselines[{name!r}] must be a list of one number an example")
+            if n_options is not None and (not _digits(n_options, "123456789") or len(n_options) != size):
+                raise ValueError(f"eval entry {b!r}: 'n_options' must be a string of one digit 1-9 an example")
+        if (per_example := e.get("scores")) is not None:
+            if not isinstance(per_example, list | tuple) or not per_example or not all(_finite(x) for x in per_example):
+                raise ValueError(
+                    f"eval entry {b!r}: 'scores' must be a non-empty list of finite numbers, one an example (none "
+                    "scored: status 'absent' with a reason)"
+                )
+            size = len(per_example) if size is None else size
+        baselines = e.get("baselines") or {}
+        if not isinstance(baselines, dict):
+            raise ValueError(f"eval entry {b!r}: 'baselines' must be {{'majority' | 'chance': list}}")
+        for name, values in baselines.items():
+            if not isinstance(values, list | tuple) or len(values) != size or not all(_finite(x) for x in values):
+                raise ValueError(
+                    f"eval entry {b!r}: baselines[{name!r}] must be a list of finite numbers, one an example"
+                )
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _digits(text: Any, allowed: str) -> bool:
+    return isinstance(text, str) and all(c in allowed for c in text)
 
 
 def find_records(runs_dir: Path) -> list[Path]:

@@ -137,27 +137,41 @@ def load_plugin(path: str | Path) -> None:
     folder = str(path.resolve().parent)  # the modules beside it import, as beside a script (after the installed)
     if folder not in sys.path:
         sys.path.append(folder)
+    before = set(sys.modules)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
         sys.modules.pop(module_name, None)
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
-    _PLUGINS_LOADED[path.resolve()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    # the code a run of it depends on: the file and the modules it imported from its own folder (and below)
+    files = [path.resolve()]
+    for name in sorted(set(sys.modules) - before - {module_name}):
+        file = getattr(sys.modules[name], "__file__", None)
+        if file and Path(file).resolve().is_relative_to(Path(folder)):
+            files.append(Path(file).resolve())
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
+        _PLUGIN_OF[file] = path.resolve()
+    _PLUGINS_LOADED[path.resolve()] = digest.hexdigest()
 
 
-_PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of what was imported
+_PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of it and the modules beside it
+_PLUGIN_OF: dict[Path, Path] = {}  # each of those files: the plugin that imported it
 
 
 def plugin_files(*classes: type) -> list[dict[str, str]]:
-    """The plugin files (``--plugin``) that define ``classes`` (a run's method and task), as a record keeps
-    them: ``{"file": name, "sha256": of what was imported}``; built-ins and installed packages are not listed."""
+    """The plugin files (``--plugin``) whose import defined ``classes`` (a run's method and task; in the file or
+    a module beside it), as a record keeps them: ``{"file": name, "sha256": of the file and the modules it
+    imported from its folder}``; built-ins and installed packages are not listed."""
     out = []
     for cls in classes:
         file = getattr(sys.modules.get(cls.__module__), "__file__", None)
-        sha = _PLUGINS_LOADED.get(Path(file).resolve()) if file else None
-        if sha is not None and {"file": Path(file).name, "sha256": sha} not in out:
-            out.append({"file": Path(file).name, "sha256": sha})
+        plugin = _PLUGIN_OF.get(Path(file).resolve()) if file else None
+        entry = {"file": plugin.name, "sha256": _PLUGINS_LOADED[plugin]} if plugin else None
+        if entry is not None and entry not in out:
+            out.append(entry)
     return out
 
 

@@ -478,8 +478,8 @@ def _count_flops(
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
         reason = f"{type(exc).__name__}: {exc}"
         print(
-            f"warning: {method}'s FLOPs not counted ({reason[:200]}); a task whose model cannot run on the meta "
-            "device overrides Task.meta_replica",
+            f"warning: {method}'s FLOPs not counted ({reason[:200]}): the model or the method cannot run on the meta "
+            "device (a task overrides Task.meta_replica; a method keeps to tensor ops, no .item() or numpy)",
             file=sys.stderr,
         )
         return {"status": "not counted", "reason": reason}
@@ -670,11 +670,14 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     for spec in specs:
         task_cls = TASKS.get(spec.task)
         key = (spec.task, spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
+        takes = "trust_remote_code" in inspect.signature(task_cls.build_meta).parameters
+        trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
         if spec.method == BASELINE:
-            task_cls.check_model(spec.model)
+            if vars(Task)["check_model"].__func__ is getattr(task_cls.check_model, "__func__", None) and trust:
+                task_cls.build_meta(spec.model, **trust)  # the default check builds it: with the run's trust
+            else:
+                task_cls.check_model(spec.model)
         elif key not in seen:
-            takes = "trust_remote_code" in inspect.signature(task_cls.build_meta).parameters
-            trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
             reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
             scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"
             if spec.extra.get("fast_path") and not METHODS.get(spec.method).offers_fast_path():

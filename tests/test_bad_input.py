@@ -434,7 +434,20 @@ CASES = [
     bad(
         "leaderboard-out-is-a-file",
         ["leaderboard", "--runs-dir", "{runs}", "--out", "{file}"],
-        r"'.*a_file': File exists; check the path",
+        r"leaderboard folder '.*a_file' is not writable \(Not a directory\); pass --out pointing at a folder",
+    ),
+    bad(  # every table was built, then "File exists"
+        "leaderboard-out-through-a-dangling-symlink",
+        ["leaderboard", "--runs-dir", "{runs}", "--out", "{tmp}/dangling/lb"],
+        r"leaderboard folder '.*dangling/lb' goes through '.*dangling', a symlink to '.*gone', which does not exist",
+        lambda tmp: (tmp / "dangling").symlink_to(tmp / "gone"),
+    ),
+    bad(  # trained every run, then failed writing the leaderboard, advising to free space
+        "run-out-through-a-dangling-symlink",
+        run("--out", "{tmp}/dangling/lb"),
+        r"leaderboard folder '.*dangling/lb' goes through '.*dangling', a symlink to '.*gone', which does not exist; "
+        r"make its target or pass --out elsewhere",
+        lambda tmp: (tmp / "dangling").symlink_to(tmp / "gone"),
     ),
     # --- data files ---
     bad(

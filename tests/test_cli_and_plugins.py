@@ -249,17 +249,18 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
     assert first.returncode == 0, first.stderr[-2000:]
     [path] = (tmp_path / "runs").glob("*/record.json")
     record = json.loads(path.read_text())
-    sha = hashlib.sha256(plugin.read_bytes()).hexdigest()
-    assert record["env"]["plugins"] == [{"file": "half_lora.py", "sha256": sha}]
+    sha = hashlib.sha256(b"half_lora.py\0" + plugin.read_bytes() + b"half_helpers.py\0" + b"NAME = 'half_lora'\n")
+    assert record["env"]["plugins"] == [{"file": "half_lora.py", "sha256": sha.hexdigest()}]  # it and its neighbour
     assert "done already" in run_cli(*args).stdout  # the same code: done
-    plugin.write_text(plugin.read_text() + "\n# the delta changed\n")
-    changed = run_cli(*args)
-    assert changed.returncode != 0 and "Traceback" not in changed.stderr
-    assert re.search(
-        r"finished on other code \(the plugin file half_lora\.py differs from the one it ran with\); pass --force to "
-        r"run it again on this code",
-        changed.stderr,
-    ), changed.stderr[-2000:]
+    for edited in (tmp_path / "half_helpers.py", plugin):  # the module beside it, then the plugin itself
+        edited.write_text(edited.read_text() + "\n# changed\n")
+        changed = run_cli(*args)
+        assert changed.returncode != 0 and "Traceback" not in changed.stderr
+        assert re.search(
+            r"finished on other code \(the plugin file half_lora\.py differs from the one it ran with\); pass --force "
+            r"to run it again on this code",
+            changed.stderr,
+        ), changed.stderr[-2000:]
 
 
 @pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list"])

@@ -359,7 +359,7 @@ def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatc
             and ev["judge_avg"]["rubric_version"] == djudge.RUBRIC_VERSION
         )
         assert first["run"]["config"]["task_options"]["scoring"] == {"judge_model": "judge-test"}
-        assert ev["judge_avg"]["judge_endpoint"] == url  # the server that judged, without the key
+        assert ev["judge_avg"]["judge_endpoint"] == url.removesuffix("/v1")  # the server that judged: no path
         # a second run of the same images (a new runs dir: the same run again) asks nothing new
     with _Server(lambda n: json.dumps(GOOD)) as url2:
         monkeypatch.setenv("OPENAI_BASE_URL", url2)
@@ -452,6 +452,11 @@ def test_odd_replies_and_a_damaged_cache_fail_an_image_not_the_judge(tmp_path):
         judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url2, api_key=KEY))
         again = judge(b"png", "a red circle")
     assert again.scores == GOOD and again.requests == 1 and json.loads(cached.read_text())["answer"]
+    with _Server(lambda n: [{"type": "text", "text": json.dumps(GOOD)}]) as url3:  # a list reply, cached and read
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url3, api_key=KEY))
+        listed = judge(b"other png", "a red circle")
+        assert listed.scores == GOOD and not listed.cached
+        assert judge(b"other png", "a red circle").cached  # it parsed again from the cache (was asked every run)
 
 
 def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, tmp_path, monkeypatch, capsys):
@@ -1048,6 +1053,6 @@ def test_a_judge_over_plain_http_to_another_machine_is_warned_about(capsys):
 
     djudge.Judge("judge-test", client=openai.OpenAI(base_url="http://10.0.0.5:8000/v1", api_key=KEY))
     assert "plain HTTP to another machine" in capsys.readouterr().err
-    for url in ("http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example/v1"):
+    for url in ("http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example/k/sk-in-a-path/v1"):
         judge = djudge.Judge("judge-test", client=openai.OpenAI(base_url=url, api_key=KEY))
-        assert judge.endpoint == url and not capsys.readouterr().err
+        assert judge.endpoint == url.split("/v1")[0].split("/k/")[0] and not capsys.readouterr().err

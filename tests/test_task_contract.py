@@ -238,12 +238,23 @@ def test_a_task_that_keeps_the_defaults_checks_its_model_and_counts_its_flops(ve
 @pytest.mark.parametrize(
     ("entry", "problem"),
     [
-        ({"answers": [0, 1], "preds": {"score": [0, 1]}}, "'answers' must be a string of one digit an example"),
+        ({"answers": [0, 1], "preds": {"score": [0, 1]}}, "'answers' must be a non-empty string of one digit 0-9"),
+        ({"answers": "²²", "preds": {"score": "²²"}}, "'answers' must be a non-empty string of one digit 0-9"),
         ({"answers": "01", "preds": "01"}, r"'preds' must be \{metric: string\}"),
         ({"answers": "01", "preds": {"score": "0"}}, r"preds\['score'\] must be a string as long as 'answers'"),
-        ({"scores": "high"}, "'scores' must be a list of numbers"),
-        ({"value": "87%"}, "needs 'metric' \\(str\\), 'value' \\(a number\\) and 'n' \\(an int\\)"),
+        ({"answers": "01", "preds": {"score": "0x"}}, r"preds\['score'\] must be .*of digits and '-'"),
+        (
+            {"answers": "01", "preds": {"score": "01"}, "n_options": "02"},
+            "'n_options' must be a string of one digit 1-9",
+        ),
+        ({"scores": "high"}, "'scores' must be a non-empty list of finite numbers"),
+        ({"scores": [1.0, float("nan")]}, "'scores' must be a non-empty list of finite numbers"),
+        ({"scores": []}, r"none scored: status 'absent' with a reason"),
+        ({"value": "87%"}, "needs 'metric' \\(str\\), 'value' \\(a finite number\\) and 'n' \\(an int\\)"),
+        ({"value": float("nan")}, "'value' \\(a finite number\\)"),
         ({"scores": [1.0], "baselines": {"majority": [1.0, 2.0]}}, r"baselines\['majority'\] must be a list"),
+        ({"scores": [1.0], "baselines": {"majority": ["1"]}}, r"baselines\['majority'\] must be a list of finite"),
+        ({"scores": [1.0], "baselines": [1.0]}, r"'baselines' must be \{'majority' \| 'chance': list\}"),
     ],
 )
 def test_an_evaluate_result_the_leaderboard_cannot_read_fails_its_run_naming_the_field(
@@ -270,3 +281,22 @@ def test_a_plugin_tasks_records_tabulated_without_the_plugin_are_flagged(vector_
     write_leaderboards(tmp_path / "runs", tmp_path / "board")
     err = capsys.readouterr().err
     assert "task 'vectors' is not registered" in err and "harness --plugin FILE leaderboard" in err
+
+
+def test_a_base_run_is_checked_with_the_runs_trust_remote_code(vector_task, monkeypatch):
+    """The default check_model builds a task's own model: under --trust-remote-code it must pass the flag on."""
+    from harness.runner import preflight
+
+    real = VectorTask.build_meta
+
+    def remote(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
+        if not trust_remote_code:
+            raise ValueError("this model runs only with --trust-remote-code")
+        return real(model)
+
+    monkeypatch.setattr(VectorTask, "build_meta", classmethod(remote))
+    monkeypatch.setattr(VectorTask, "check_model", vars(Task)["check_model"])
+    specs = build_specs("vectors", ["base", "lora"], [0], "smoke")
+    preflight(specs, trust_remote_code=True)
+    with pytest.raises(ValueError, match="runs only with --trust-remote-code"):
+        preflight(specs[:1])

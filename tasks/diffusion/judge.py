@@ -180,7 +180,8 @@ class Judge:
             try:
                 reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
                 content = reply.choices[0].message.content
-                raw = content if isinstance(content, str) else json.dumps(content, default=str)[:MAX_ANSWER]
+                # the text as parse reads it (a list of parts joined), so that the cached answer parses again
+                raw = _text(content) or ("" if content is None else json.dumps(content, default=str)[:MAX_ANSWER])
             except _api_errors() as exc:  # the client already retried what it retries
                 self.errors_in_a_row += 1
                 self.last_error = scrub(f"{type(exc).__name__}: {exc}")[:300]
@@ -197,14 +198,17 @@ class Judge:
 
 
 def endpoint(client: Any) -> str:
-    """The judge server as a record keeps it: scheme, host, port and path of the client's base URL, nothing
-    else (no key, no query)."""
+    """The judge server as a record keeps it: scheme, host and port of the client's base URL, nothing else (no
+    path, where a proxy may carry a token; no user, no query)."""
     from urllib.parse import urlsplit
 
-    url = urlsplit(str(getattr(client, "base_url", "") or ""))
-    host = url.hostname or ""
+    try:
+        url = urlsplit(str(getattr(client, "base_url", "") or ""))
+        host, port = url.hostname or "", url.port
+    except ValueError:  # a port that is not a number
+        return "unknown"
     shown = f"[{host}]" if ":" in host else host  # an IPv6 address keeps its brackets
-    return f"{url.scheme}://{shown}{f':{url.port}' if url.port else ''}{url.path.rstrip('/')}" if host else "unknown"
+    return f"{url.scheme}://{shown}{f':{port}' if port else ''}" if host else "unknown"  # no path: a proxy's token
 
 
 def _loopback(url: str) -> bool:
