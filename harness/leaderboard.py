@@ -27,8 +27,8 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``B_lo``, ``B_hi`` (score and interval; ``absent`` when the benchmark has no data, empty when unknown);
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
-``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired interval against majority or chance
-does not lie above 0, or that were not compared with both: where its score has not been shown to beat both;
+``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired comparison against majority or chance
+is not a ``*`` above 0, or that were not compared with both: where its score has not been shown to beat both;
 ``none`` where it has everywhere; empty for the baseline rows, and for every row where the section has none);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
@@ -242,7 +242,10 @@ def _make_row(
         else:  # a set-level score (e.g. KID) may carry its own interval
             cells[b] = Cell(values.get(b), (intervals or {}).get(b), constant=b in (constant or ()))
     scored = [b for b in averaged or benchmarks if cells[b].value is not None]
-    if scored and all(b in scores for b in scored):
+    partial = kind == "baseline" and any(cells[b].value is None and not cells[b].absent for b in averaged or benchmarks)
+    if partial:  # majority/chance where the task has none for some averaged columns: no Avg beside the models'
+        cells[AVG] = Cell(None)
+    elif scored and all(b in scores for b in scored):
         ci = estimate([scores[b] for b in scored])
         cells[AVG] = Cell(ci.value, ci)
     else:
@@ -325,7 +328,8 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
 
 def not_above_baselines(row: Row, s: Section) -> list[str] | None:
     """The columns (benchmarks and Avg) on which a model's row is not above both the majority label and chance
-    beyond its paired 95% interval: where its score has not been shown to beat them. None for the baseline rows
+    by the ``*`` rule (its paired 95% interval, and against majority the sign-flip test): where its score has not
+    been shown to beat them. None for the baseline rows
     and where the section has no baseline to compare with; a column no baseline row scores (the diffusion
     suite's similarity: no baseline exists for it) is not listed."""
     if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
@@ -371,10 +375,11 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             mine, theirs = _on_shared_seeds(row, ref, same)
-            diffs = {b: paired([mine[b]], [theirs[b]]) for b in same}
+            test = CHANCE not in (ref_name, row.name)  # chance's scores are expected values, not outcomes
+            diffs = {b: paired([mine[b]], [theirs[b]], test=test) for b in same}
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):
-                diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both])
+                diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both], test=test)
             drawn[(id(row), ref_name)] = diffs
     for row in rows:  # in REFERENCES order, as the tables list them
         row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}

@@ -148,7 +148,7 @@ def _table(s: Section) -> str:
     head += ['<th data-type="text" title="the seeds a row pools">seeds</th>']
     baselines = any(not_above_baselines(r, s) is not None for r in s.rows)
     if baselines:
-        head += ['<th data-type="text" title="where its paired interval does not put it above both">not above '
+        head += ['<th data-type="text" title="where its paired comparison (the * rule) does not put it above both">not above '
                  "majority and chance</th>"]  # fmt: skip
     body = []
     for row in s.rows:

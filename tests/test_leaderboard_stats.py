@@ -267,3 +267,20 @@ def test_a_section_with_flops_from_two_counters_is_flagged_with_the_fix(tmp_path
     err = capsys.readouterr().err
     assert "holds FLOPs counted by 2 different counters" in err and "scripts/recount_flops.py" in err
     assert "**Warning:** section" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_comparison_with_an_expected_score_is_not_sign_flip_tested_and_non_finite_scores_are_refused():
+    ours = np.array([100.0] * 5 + [0.0] * 45)
+    d = paired([ours], [np.full(50, 25.0)], test=False)  # chance's expected 25% an example
+    assert d.p is None and d.significant == (d.lo > 0 or d.hi < 0)
+    with pytest.raises(ValueError, match="not finite"):
+        paired([np.array([1.0, np.nan])], [np.zeros(2)])
+
+
+def test_the_normal_approximation_is_not_used_where_a_few_examples_dominate():
+    from harness.stats import sign_flip_p
+
+    small = np.full(4, 100.0)  # 4 of 4 one way: p 0.125 alone
+    large = np.array([100.0] * 750 + [-100.0] * 750 + [0.0] * 3503)
+    p = sign_flip_p([small, large])  # the normal tail gave 0.0455 (a *); Monte Carlo is near 0.063
+    assert 0.055 < p < 0.072
