@@ -1003,7 +1003,10 @@ def test_a_real_pipeline_on_the_shipped_twemoji_says_which_data_it_fine_tunes_on
     from tasks.diffusion.presets import PRESETS
 
     folder, data = tiny
-    for data_dir, noted in ((None, True), (str(data), False)):
+    from tasks.diffusion import twemoji_dir
+
+    root = twemoji_dir().parent.parent  # a data root holding diffusion/twemoji-64: the same shipped data
+    for data_dir, noted in ((None, True), (str(root), True), (str(data), False)):
         task = DiffusionTask(dataclasses.replace(PRESETS["smoke"].task, data_dir=data_dir))
         task.load(str(folder), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
         err = capsys.readouterr().err

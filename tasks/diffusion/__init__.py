@@ -94,6 +94,13 @@ class DiffusionTask(Task):
         self.data = ddata.load(self.folder)  # every line and image checked: bad data fails before any model
         self.settings: dict[str, Any] = {}
 
+    def _on_shipped_twemoji(self) -> bool:
+        """Whether the data is the shipped Twemoji (no --data-dir, or one that leads to it)."""
+        try:
+            return self.folder.resolve() == twemoji_dir().resolve()
+        except (ValueError, OSError):  # no shipped copy found: the data is the user's
+            return False
+
     # -- model ------------------------------------------------------------------------------------
     def load(
         self,
@@ -109,7 +116,7 @@ class DiffusionTask(Task):
         from tasks.diffusion import pretrain
 
         self.settings = dict(settings or {})
-        if model != models.EMBEDDED and not self.options.data_dir:
+        if model != models.EMBEDDED and self._on_shipped_twemoji():
             print(
                 f"note: {model} fine-tunes on the shipped Twemoji (64 px, upscaled; {len(self.data.test)} held-out "
                 "prompts); the paper's data is pokemon-blip-captions: save it with tasks/diffusion/data.py:load_hub "
