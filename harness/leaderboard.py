@@ -30,7 +30,8 @@ option index. Records without ``answers``/``preds`` (older ones) still tabulate,
 ``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired comparison against majority or chance
 is not a ``*`` above 0, or that were not compared with both: where its score has not been shown to beat both;
 ``none`` where it has everywhere; empty for the baseline rows, and for every row where the section has none);
-``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs``, ``steps`` (the row's own runs';
+``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs`` (``not read`` where the task's training never
+reads it), ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
 from others with the same title), ``seeds``, ``n_runs``, ``hardware`` (the devices of the row's own runs; a
 baseline row's: its section's). A row counts one run per seed, the newest (a warning names the others).
@@ -448,6 +449,16 @@ def _unregistered(task: str) -> None:
     )
 
 
+def _unused_settings(task: str) -> tuple[str, ...]:
+    """The training settings the task's recipe never reads (``Task.unused_train_settings``; none if unknown)."""
+    from harness.registry import TASKS
+
+    try:
+        return TASKS.get(task).unused_train_settings
+    except ValueError:  # a plugin task's records, read without the plugin
+        return ()
+
+
 def _rank(row: Row) -> tuple[int, float, str]:
     """Trained rows by Avg, best first (unknown last), then the zero-shot row."""
     avg = row.cells[AVG].value
@@ -469,7 +480,11 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
     steps = sorted({r["train"]["steps"] for r in runs if r["train"].get("steps") is not None})
     info = {
         "template": str(c["task_options"].get("template", "")),
-        "train_on_inputs": str(c["train"].get("train_on_inputs", "")),
+        "train_on_inputs": (
+            "not read"  # the task's training never reads it (multimodal, diffusion): its value says nothing
+            if "train_on_inputs" in _unused_settings(c["task"])
+            else str(c["train"].get("train_on_inputs", ""))
+        ),
         "steps": " ".join(map(str, steps)) or "0",
         "eval_n": "/".join(str(e["n"]) for e in first["eval"].values() if "n" in e),
         "seeds": " ".join(str(s) for s in sorted({r["run"]["config"]["seed"] for r in runs})),
