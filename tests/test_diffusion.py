@@ -489,6 +489,7 @@ def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypat
     assert record["run"]["status"] == "success"
     avg = record["eval"]["judge_avg"]
     assert avg["n"] == 1 and avg["failed"] == 3  # one image judged, three recorded as failed
+    assert avg["last_unparsable"] == "garbage"  # what the judge said instead (was kept nowhere)
 
 
 def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path, monkeypatch):

@@ -327,6 +327,7 @@ class DiffusionTask(Task):
         verdicts = [j(_png(im), item.text) for im, item in zip(images, chosen, strict=True)]
         ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
         errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
+        unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
         meta = {
             "judge_model": model,
             "judge_endpoint": j.endpoint,  # the server (no key): cached answers are keyed by the model's name
@@ -335,6 +336,8 @@ class DiffusionTask(Task):
             "requests": sum(v.requests for v in verdicts),
             "cached": sum(v.cached for v in verdicts),
         } | ({"api_errors": len(errors), "last_api_error": errors[-1]} if errors else {})
+        if unparsable:  # what the judge said instead of scores (a refusal, prose), shortened, the key taken out
+            meta["last_unparsable"] = judge.scrub(unparsable[-1])[:300]
         if not ok:
             reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
             return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}

@@ -179,7 +179,10 @@ class Judge:
         for attempt in range(1, RETRIES + 1):
             try:
                 reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
-                content = reply.choices[0].message.content
+                message = reply.choices[0].message
+                content = message.content
+                if content is None and isinstance(getattr(message, "refusal", None), str):  # kept, not parsed
+                    content = f"(refused) {message.refusal}"
                 # the text as parse reads it (a list of parts joined), so that the cached answer parses again
                 raw = _text(content) or ("" if content is None else json.dumps(content, default=str)[:MAX_ANSWER])
             except _api_errors() as exc:  # the client already retried what it retries
