@@ -330,9 +330,8 @@ def seed_values(row: Row, benchmarks: list[str], averaged: list[str]) -> list[tu
 def not_above_baselines(row: Row, s: Section) -> list[str] | None:
     """The columns (benchmarks and Avg) on which a model's row is not above both the majority label and chance
     by the ``*`` rule (its paired 95% interval, and against majority the sign-flip test): where its score has not
-    been shown to beat them. None for the baseline rows
-    and where the section has no baseline to compare with; a column no baseline row scores (the diffusion
-    suite's similarity: no baseline exists for it) is not listed."""
+    been shown to beat them. None for the baseline rows and where the section has no baseline to compare with;
+    a column no baseline row scores (the diffusion suite's similarity: no baseline exists for it) is not listed."""
     if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
         return None
     covered = {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
@@ -416,32 +415,20 @@ def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     return out
 
 
-def _columns(task: str, found: list[str]) -> list[str]:
-    """The task's own column order (``Task.columns``) when it is registered, then any others found."""
+def _task(task: str) -> type | None:
+    """The registered task class of ``task``; None, with a warning once a process, for a plugin task's records
+    read without the plugin (its columns then come in the records' order and its Avg covers every one)."""
     from harness.registry import TASKS
 
     try:
-        declared = [c for c in TASKS.get(task).columns if c in found]
-    except ValueError:  # a plugin task's records, read without the plugin
-        declared = []
-    return list(dict.fromkeys([*declared, *found]))
-
-
-def _averaged(task: str, benchmarks: list[str]) -> list[str]:
-    """The benchmarks the task's Avg covers (``Task.averaged``; every one when it names none)."""
-    from harness.registry import TASKS
-
-    try:
-        declared = TASKS.get(task).averaged
-    except ValueError:  # a plugin task's records, read without the plugin
+        return TASKS.get(task)
+    except ValueError:
         _unregistered(task)
-        declared = None
-    return [b for b in benchmarks if declared is None or b in declared]
+        return None
 
 
 @functools.cache
 def _unregistered(task: str) -> None:
-    """Say once a process that ``task``'s records are tabulated without the task (its columns' order and Avg)."""
     print(
         f"warning: task {task!r} is not registered (a plugin's?): its columns are in the records' order and its Avg "
         "covers every one, which may not be the task's own; pass its --plugin (harness --plugin FILE leaderboard)",
@@ -449,14 +436,22 @@ def _unregistered(task: str) -> None:
     )
 
 
+def _columns(task: str, found: list[str]) -> list[str]:
+    """The task's own column order (``Task.columns``) when it is registered, then any others found."""
+    cls = _task(task)
+    declared = [c for c in cls.columns if c in found] if cls else []
+    return list(dict.fromkeys([*declared, *found]))
+
+
+def _averaged(task: str, benchmarks: list[str]) -> list[str]:
+    """The benchmarks the task's Avg covers (``Task.averaged``; every one when it names none)."""
+    declared = cls.averaged if (cls := _task(task)) else None
+    return [b for b in benchmarks if declared is None or b in declared]
+
+
 def _unused_settings(task: str) -> tuple[str, ...]:
     """The training settings the task's recipe never reads (``Task.unused_train_settings``; none if unknown)."""
-    from harness.registry import TASKS
-
-    try:
-        return TASKS.get(task).unused_train_settings
-    except ValueError:  # a plugin task's records, read without the plugin
-        return ()
+    return cls.unused_train_settings if (cls := _task(task)) else ()
 
 
 def _rank(row: Row) -> tuple[int, float, str]:
@@ -681,14 +676,8 @@ def hook_flops_per_step(train: dict[str, Any]) -> int | None:
 
 
 def _task_files(task: str, records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """The task's own leaderboard files (``Task.leaderboard_files``, e.g. a contact sheet)."""
-    from harness.registry import TASKS
-
-    try:
-        task_cls = TASKS.get(task)
-    except ValueError:  # a plugin task's records, read without the plugin
-        return []
-    return task_cls.leaderboard_files(records, runs_dir, out_dir)
+    """The task's own leaderboard files (``Task.leaderboard_files``, e.g. a contact sheet; none unregistered)."""
+    return cls.leaderboard_files(records, runs_dir, out_dir) if (cls := _task(task)) else []
 
 
 def newest_sections(secs: list[Section]) -> list[Section]:
