@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import inspect
 import json
 import os
 import shutil
@@ -37,7 +36,7 @@ from harness.records import (
     write_record,
 )
 from harness.registry import METHODS, TASKS, plugin_files, unknown_choice
-from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions
+from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions, trust_kwargs
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
 
 # what every record's flops_per_step.counted_by says: change the version with any change to how FLOPs are
@@ -670,13 +669,9 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     for spec in specs:
         task_cls = TASKS.get(spec.task)
         key = (spec.task, spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
-        takes = "trust_remote_code" in inspect.signature(task_cls.build_meta).parameters
-        trust = {"trust_remote_code": True} if trust_remote_code and takes else {}
+        trust = trust_kwargs(task_cls.build_meta, trust_remote_code)
         if spec.method == BASELINE:
-            if vars(Task)["check_model"].__func__ is getattr(task_cls.check_model, "__func__", None) and trust:
-                task_cls.build_meta(spec.model, **trust)  # the default check builds it: with the run's trust
-            else:
-                task_cls.check_model(spec.model)
+            task_cls.check_model(spec.model, **trust_kwargs(task_cls.check_model, trust_remote_code))
         elif key not in seen:
             reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
             scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"

@@ -10,6 +10,7 @@ contract: no tokenizer, no model class. The harness knows no task by name; a tas
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,13 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
+def trust_kwargs(fn: Any, trust_remote_code: bool) -> dict[str, bool]:
+    """``{"trust_remote_code": True}`` where the run has the flag and ``fn`` takes the parameter, else ``{}``: a
+    task method written before the parameter still works."""
+    takes = "trust_remote_code" in inspect.signature(fn).parameters
+    return {"trust_remote_code": True} if trust_remote_code and takes else {}
+
+
 class Task(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -176,12 +184,13 @@ class Task(ABC):
         return preset_template
 
     @classmethod
-    def check_model(cls, model: str) -> None:
+    def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
         """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model. By default its
         config is read (a hub id or folder); a task that builds its own models (its own ``build_meta``) is asked
-        to build it on the ``meta`` device instead."""
+        to build it on the ``meta`` device instead, with ``trust_remote_code`` where it takes it (passed, as to
+        ``build_meta``, only when the run has the flag and the method takes the parameter)."""
         if getattr(cls.build_meta, "__func__", None) is not Task.build_meta.__func__:
-            cls.build_meta(model)
+            cls.build_meta(model, **trust_kwargs(cls.build_meta, trust_remote_code))
             return
         from harness.models import load_config_dict
 
