@@ -91,6 +91,7 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "HARNESS_HPS_CHECKPOINT"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(djudge, "_PROBED", set())  # each test's server is probed afresh
 
 
 def _run(tiny, runs: Path, method: str, **task) -> dict:
@@ -286,13 +287,32 @@ GOOD = {"quality": 7, "detail": 6, "theme": 8, "creativity": 5, "style": 6, "emo
 
 class _Server:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1: answers from ``answer()``, counts requests,
-    keeps the Authorization headers it saw."""
+    keeps the Authorization headers it saw. GET /v1/models (the probe before training) lists ``models`` with
+    ``models_status``; with ``models=None`` it has no GET (501, as a server without a model list)."""
 
-    def __init__(self, answer, status: int = 200):
-        self.requests, self.auth = 0, []
+    def __init__(self, answer, status: int = 200, models: list[str] | None = None, models_status: int = 200):
+        self.requests, self.auth, self.probes = 0, [], 0
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            if models is not None:
+
+                def do_GET(self):  # noqa: N802
+                    outer.probes += 1
+                    assert self.path.endswith("/models"), self.path
+                    reply = {
+                        "object": "list",
+                        "data": [{"id": m, "object": "model", "created": 0, "owned_by": "t"} for m in models],
+                    }
+                    if models_status != 200:
+                        reply = {"error": {"message": "Incorrect API key provided"}}
+                    data = json.dumps(reply).encode()
+                    self.send_response(models_status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests += 1
@@ -345,11 +365,13 @@ KEY = "sk-test-never-written-3f9a"
 def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatch):
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 
-    with _Server(lambda n: "Here you go: " + json.dumps(GOOD)) as url:
+    server = _Server(lambda n: "Here you go: " + json.dumps(GOOD), models=["other", "judge-test"])
+    with server as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
         scoring_opts = (("judge_model", "judge-test"),)
         first = _run(tiny, tmp_path / "runs", "lora", scoring=scoring_opts)
+        assert server.probes == 1  # the model list, once before training (not again by the task itself)
         assert first["run"]["status"] == "success", first["run"].get("traceback")
         ev = first["eval"]
         assert ev["judge_quality"]["value"] == 7 and ev["judge_emotion"]["value"] == 4
@@ -467,7 +489,9 @@ def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, 
 
     monkeypatch.setattr(djudge.Judge, "__call__", broken)
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    record = _run(tiny, tmp_path / "runs", "lora", scoring=(("judge_model", "judge-test"),))
+    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:  # reachable: the probe passes
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        record = _run(tiny, tmp_path / "runs", "lora", scoring=(("judge_model", "judge-test"),))
     assert record["run"]["status"] == "success", record["run"].get("traceback")
     assert record["eval"]["similarity"]["n"] == 4 and record["eval"]["kid"]["value"] is not None
     avg = record["eval"]["judge_avg"]
@@ -493,11 +517,12 @@ def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypat
 
 
 def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path, monkeypatch):
-    """A judge that answers 401 (or 5xx after the client's retries): the images are recorded as failed with the
-    error, at most ``GIVE_UP`` requests are made, and the run keeps every other score; the key is kept out."""
+    """A judge that takes the key before training but answers 401 after it (a key revoked, or 5xx after the
+    client's retries): the images are recorded as failed with the error, at most ``GIVE_UP`` requests are made,
+    and the run keeps every other score; the key is kept out."""
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 
-    server = _Server(lambda n: json.dumps(GOOD), status=401)
+    server = _Server(lambda n: json.dumps(GOOD), status=401, models=["judge-test"])
     with server as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -521,6 +546,49 @@ def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch
     options = TaskOptions(data_dir=str(tiny[1]), template="caption", scoring=(("judge_model", "judge-test"),))
     with pytest.raises(ValueError, match="--judge-model needs OPENAI_API_KEY set"):
         TASKS.get("diffusion")(options)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]  # closed again on leaving: nothing listens there
+
+
+def test_a_judge_that_cannot_be_reached_or_refuses_the_key_stops_the_run_before_training(tiny, monkeypatch):
+    """The probe (GET /models, once) before anything trains: a wrong OPENAI_BASE_URL or a refused key was only
+    found after training, as failed judge columns."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    specs = lambda: build_specs(  # noqa: E731
+        "diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides={"scoring": (("judge_model", "j"),)}
+    )
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{_closed_port()}/v1")
+    with pytest.raises(ValueError, match=r"the judge at http://127\.0\.0\.1:\d+ cannot be reached .*OPENAI_BASE_URL"):
+        specs()
+    with _Server(lambda n: json.dumps(GOOD), models=["j"], models_status=401) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        with pytest.raises(ValueError, match=r"refuses the key \(AuthenticationError.*fix OPENAI_API_KEY") as err:
+            specs()
+        assert KEY not in str(err.value)
+
+
+def test_a_judge_without_a_model_list_passes_the_probe_and_an_unlisted_model_is_warned_about(tiny, monkeypatch, capsys):
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    options = {"scoring": (("judge_model", "judge-test"),)}
+    for models, warned in ((None, False), (["judge-test"], False), (["gpt-x", "gpt-y"], True)):
+        server = _Server(lambda n: json.dumps(GOOD), models=models)
+        with server as url:
+            monkeypatch.setenv("OPENAI_BASE_URL", url)
+            build_specs("diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides=options)
+            build_specs("diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides=options)
+        err = capsys.readouterr().err
+        assert ("does not list the model 'judge-test' (it lists gpt-x, gpt-y)" in err) is warned, err
+        assert server.probes == (models is not None) and server.requests == 0  # once; nothing judged
 
 
 def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):

@@ -56,10 +56,10 @@ class DiffusionTask(Task):
             )
         if options.train_sources:
             raise ValueError("--train-domains does not apply to the diffusion task; leave it unset")
-        if dict(options.scoring or ()).get("judge_model"):
+        if judge_model := dict(options.scoring or ()).get("judge_model"):
             from tasks.diffusion import judge
 
-            judge.check_available()
+            judge.check_available(str(judge_model))
 
     @classmethod
     def default_template(cls, protocol: str, preset_template: str) -> str:

@@ -8,7 +8,8 @@ that is not one JSON object with exactly the seven keys and integer values 1-10 
 to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
 a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
 ``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a run's
-other scores are never lost to the judge.
+other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
+connection or a refused key stops the run there.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ RUBRIC_VERSION = "1"
 CRITERIA = ("quality", "detail", "theme", "creativity", "style", "emotion", "tech")
 RETRIES = 3  # requests per image at most (the first and two more) before it is recorded as failed
 TIMEOUT_S = 60.0
+PROBE_TIMEOUT_S = 10.0  # the model list before training, asked once, without retries
 GIVE_UP = 3  # API errors in a row after which the remaining images are not requested
 NO_OBJECT = "no JSON object in the answer"
 MAX_ANSWER = 20_000  # characters of an answer parsed (a judge that rambles past this has not answered)
@@ -54,8 +56,9 @@ class Verdict:
     error: str = ""  # the API error that failed it, if one did
 
 
-def check_available() -> None:
-    """Before anything trains: the client is installed and has a key (any value for a server that takes none)."""
+def check_available(judge_model: str) -> None:
+    """Before anything trains: the client is installed, has a key (any value for a server that takes none) and
+    reaches a server that takes the key (``probe``)."""
     import importlib.util
     import os
 
@@ -66,6 +69,53 @@ def check_available() -> None:
             "--judge-model needs OPENAI_API_KEY set (any value for a server that takes none) and, for a server "
             "other than OpenAI's, OPENAI_BASE_URL"
         )
+    probe(judge_model)
+
+
+_PROBED: set[tuple[str, str, str]] = set()  # (base URL, sha256 of the key, model): probed in this process
+
+
+def probe(judge_model: str, client: Any = None) -> None:
+    """One request (the server's model list) before training, so that a wrong ``OPENAI_BASE_URL`` or a refused
+    key stops the run at once rather than after training as failed judge columns. No connection or a 401/403 is
+    an error; any other status (a server without ``/models``) counts as reachable, the judging itself decides.
+    A listed model set without ``judge_model`` is a warning (a proxy may take names it does not list)."""
+    import os
+
+    import openai
+
+    if client is None:
+        try:
+            client = openai.OpenAI(timeout=PROBE_TIMEOUT_S, max_retries=0)
+        except openai.OpenAIError as exc:
+            raise ValueError(f"the judge's client cannot start: {exc}") from None
+    key = hashlib.sha256(os.environ.get("OPENAI_API_KEY", "").encode()).hexdigest()
+    ident = (str(client.base_url), key, judge_model)
+    if ident in _PROBED:
+        return
+    where = endpoint(client)
+    try:
+        listed = [m.id for m in client.models.list()]
+    except openai.APIConnectionError as exc:  # no server there, or no answer in PROBE_TIMEOUT_S
+        raise ValueError(
+            f"the judge at {where} cannot be reached ({scrub(f'{type(exc).__name__}: {exc}')[:200]}): start the "
+            "server or fix OPENAI_BASE_URL, or leave --judge-model out"
+        ) from None
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
+        raise ValueError(
+            f"the judge at {where} refuses the key ({scrub(f'{type(exc).__name__}: {exc}')[:200]}): fix "
+            "OPENAI_API_KEY, or leave --judge-model out"
+        ) from None
+    except (openai.APIError, AttributeError, TypeError):  # it answered (a status, a body that is no model list)
+        listed = []
+    if listed and judge_model not in listed:
+        shown = ", ".join(sorted(map(str, listed))[:10]) + (" ..." if len(listed) > 10 else "")
+        print(
+            f"warning: the judge at {where} does not list the model {judge_model!r} (it lists {shown}); "
+            "the judging may fail: check --judge-model",
+            file=sys.stderr,
+        )
+    _PROBED.add(ident)
 
 
 def parse(answer: Any) -> dict[str, int]:
