@@ -45,7 +45,9 @@ difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, p, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``
-(``p``: the two-sided p-value of the paired sign-flip test; ``significant``: the interval excludes 0 and p < 0.05);
+(``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
+``harness.stats.chance_p``; ``significant``: the interval
+excludes 0 and p < 0.05);
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
@@ -375,7 +377,8 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             mine, theirs = _on_shared_seeds(row, ref, same)
-            test = CHANCE not in (ref_name, row.name)  # chance's scores are expected values, not outcomes
+            # chance's scores are expected values, not outcomes: "the row guesses" is tested against them
+            test = "chance" if ref_name == CHANCE else "none" if row.name == CHANCE else "sign_flip"
             diffs = {b: paired([mine[b]], [theirs[b]], test=test) for b in same}
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):

@@ -216,7 +216,7 @@ LEGEND = (
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
     "excludes 0 and the paired sign-flip test (McNemar's exact test for right/wrong answers) gives p < 0.05 "
-    "(against chance, an expected score, the interval alone). "
+    "(against chance, an expected score, the test of guessing: each example right with its chance probability). "
     "All paired comparisons, with their p: `<task>_comparisons.csv`. "
     "`not above majority and chance`: the columns on which a model's paired comparison (the `*` rule) does not put it "
     "above both (its score there has not been shown to beat them; a column no baseline scores is not compared). "

@@ -21,9 +21,10 @@ Statistics used:
   exact test). The percentile bootstrap alone is too eager where few examples differ: five examples that
   all differ one way give an interval that excludes 0, while under "no difference" that happens with
   probability 2 / 2**5 = 0.0625 (and one example gave "+100*"). Against ``chance``, whose per-example
-  score is an expected value rather than an outcome, the test does not apply and the interval alone decides
-  (with few examples and a small chance rate, e.g. 0 of 50 CircularEval items against 0.4% each, that
-  interval is too narrow: read such a ``*`` with care).
+  score is an expected value rather than an outcome, the sign-flip test does not apply: the test is
+  :func:`chance_p`, of "the row guesses" (each example right with its chance probability; Poisson-binomial,
+  exact for one benchmark). The interval alone was too narrow there: 0 of 50 CircularEval items against 0.4%
+  each read "below chance", which a guesser does with probability 0.82.
 - Where every per-example score of a cell sits at 0 (or every one at 100), the bootstrap interval has no
   width ([0.0, 0.0]); the cell gets the exact bound instead, the one of Clopper-Pearson for right/wrong
   scores: the upper end is the mean at which all n examples score 0 with probability 2.5%, 1 - 0.025**(1/n)
@@ -156,16 +157,22 @@ def _exact_bound(sizes: list[int], alpha: float) -> float:
     return float(100.0 * np.mean(1.0 - keep))
 
 
+TESTS = ("sign_flip", "chance", "none")
+
+
 def paired(
     a: Sequence[np.ndarray],
     b: Sequence[np.ndarray],
     resamples: int = RESAMPLES,
     seed: int = SEED,
-    test: bool = True,
+    test: str = "sign_flip",
 ) -> Estimate:
-    """``a - b`` on the same examples (one array per benchmark in each), paired bootstrap interval, and with
-    ``test`` the sign-flip test's p. ``test=False`` where ``b`` is not an outcome but an expected score (the
-    ``chance`` row): "no difference" does not make ``a - b`` symmetric there, and the interval alone decides."""
+    """``a - b`` on the same examples (one array per benchmark in each), paired bootstrap interval, and the p of
+    ``test``: ``sign_flip`` where both are outcomes (:func:`sign_flip_p`); ``chance`` where ``b`` is not an
+    outcome but an expected score, the ``chance`` row's (:func:`chance_p`: "no difference" does not make
+    ``a - b`` symmetric there); ``none``: the interval alone decides."""
+    if test not in TESTS:
+        raise ValueError(f"unknown test {test!r}; choose one of: {', '.join(TESTS)}")
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs the same benchmarks on both sides, got {len(a)} and {len(b)}")
     diffs = []
@@ -177,7 +184,51 @@ def paired(
             raise ValueError("paired comparison of scores that are not finite numbers; check the records' scores")
         diffs.append(x - y)
     e = estimate(diffs, resamples, seed, scores=False)
-    return Estimate(e.value, e.lo, e.hi, sign_flip_p(diffs, seed=seed) if test else None)
+    p = {"sign_flip": lambda: sign_flip_p(diffs, seed=seed), "chance": lambda: chance_p(a, b, seed=seed)}
+    return Estimate(e.value, e.lo, e.hi, p[test]() if test in p else None)
+
+
+def chance_p(scores: Sequence[np.ndarray], chance: Sequence[np.ndarray], flips: int = FLIPS, seed: int = SEED) -> float:
+    """Two-sided p-value of "the row scores at chance" for the statistic :func:`estimate` reports (the mean over
+    columns of each column's mean score), where ``chance`` holds each example's expected score (percent) under
+    guessing. Under it example i scores 100 with probability ``chance_i / 100``, else 0, independently: a column's
+    count of right answers is Poisson-binomial. The p-value is the chance that the statistic lies at least as far
+    from its expected value as observed: exact for one column (the count's distribution, computed), from ``flips``
+    seeded Monte Carlo draws of the columns' counts for several. Exact for one run's right/wrong answers; for a
+    score between 0 and 100 (seeds pooled, partial credit) the null is the widest a score with that mean can
+    have (a right/wrong one), so the test leans conservative there."""
+    if len(scores) != len(chance) or not scores:
+        raise ValueError(f"chance_p needs one chance column per score column, got {len(scores)} and {len(chance)}")
+    pmfs, steps, observed, expected = [], [], 0.0, 0.0
+    for s, c in zip(scores, chance, strict=True):
+        s, c = np.asarray(s, dtype=np.float64), np.asarray(c, dtype=np.float64)
+        if s.shape != c.shape or s.ndim != 1 or s.size == 0:
+            raise ValueError(f"chance_p needs one chance score per example, got shapes {s.shape} and {c.shape}")
+        if not (np.all((c >= 0) & (c <= 100)) and np.all((s >= 0) & (s <= 100))):
+            raise ValueError("chance_p needs scores and chance scores in 0-100 (percent); check the records' scores")
+        pmfs.append(_poisson_binomial(c / 100.0))
+        steps.append(100.0 / (len(scores) * s.size))
+        observed, expected = observed + float(s.mean()) / len(scores), expected + float(c.mean()) / len(scores)
+    far = abs(observed - expected) * (1 - 1e-9) - 1e-12  # "at least as far", within float rounding
+    if far <= 0:
+        return 1.0
+    if len(pmfs) == 1:
+        values = np.arange(pmfs[0].size) * steps[0]
+        return float(min(1.0, pmfs[0][np.abs(values - expected) >= far].sum()))
+    rng = np.random.default_rng(seed)
+    totals = sum(
+        rng.choice(pmf.size, size=flips, p=pmf / pmf.sum()) * step for pmf, step in zip(pmfs, steps, strict=True)
+    )
+    return (1 + int(np.sum(np.abs(totals - expected) >= far))) / (1 + flips)
+
+
+def _poisson_binomial(probs: np.ndarray) -> np.ndarray:
+    """P(k successes), k = 0..n, of independent trials with success probabilities ``probs``: each distinct
+    probability's binomial (from log-factorials), convolved."""
+    pmf = np.ones(1)
+    for q, m in zip(*np.unique(probs, return_counts=True), strict=True):
+        pmf = np.convolve(pmf, _binomial(int(m), float(q)))
+    return pmf
 
 
 def sign_flip_p(diffs: Sequence[np.ndarray], flips: int = FLIPS, seed: int = SEED) -> float:
@@ -219,11 +270,16 @@ def _lattice(mags: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _half_binomial(n: int) -> np.ndarray:
-    """P(j successes of ``n`` fair coins), j = 0..n, from log-factorials (relative error ~1e-13)."""
+def _binomial(n: int, q: float) -> np.ndarray:
+    """P(j successes of ``n`` trials of success probability ``q``), j = 0..n, from log-factorials (relative
+    error ~1e-13); ``q`` 0 or 1 puts everything on 0 or ``n``."""
+    if q <= 0.0 or q >= 1.0:
+        out = np.zeros(n + 1)
+        out[n if q >= 1.0 else 0] = 1.0
+        return out
     log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, n + 1, dtype=np.float64)))])
     j = np.arange(n + 1)
-    return np.exp(log_fact[n] - log_fact[j] - log_fact[n - j] - n * math.log(2.0))
+    return np.exp(log_fact[n] - log_fact[j] - log_fact[n - j] + j * math.log(q) + (n - j) * math.log1p(-q))
 
 
 def _exact_sign_flip_p(units: np.ndarray, observed: float) -> float:
@@ -233,7 +289,7 @@ def _exact_sign_flip_p(units: np.ndarray, observed: float) -> float:
     for value, count in zip(*np.unique(units, return_counts=True), strict=True):
         value, count = int(value), int(count)
         part = np.zeros(2 * value * count + 1)
-        part[:: 2 * value] = _half_binomial(count)  # j plus signs of count
+        part[:: 2 * value] = _binomial(count, 0.5)  # j plus signs of count
         pmf, offset = np.convolve(pmf, part), offset + value * count
     sums = np.arange(pmf.size) - offset
     return float(min(1.0, pmf[np.abs(sums) >= round(observed) - 1e-9].sum()))

@@ -269,12 +269,41 @@ def test_a_section_with_flops_from_two_counters_is_flagged_with_the_fix(tmp_path
     assert "**Warning:** section" in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
-def test_a_comparison_with_an_expected_score_is_not_sign_flip_tested_and_non_finite_scores_are_refused():
+def test_a_comparison_with_an_expected_score_is_tested_against_guessing_and_non_finite_scores_are_refused():
     ours = np.array([100.0] * 5 + [0.0] * 45)
-    d = paired([ours], [np.full(50, 25.0)], test=False)  # chance's expected 25% an example
+    d = paired([ours], [np.full(50, 25.0)], test="none")  # chance's expected 25% an example, untested
     assert d.p is None and d.significant == (d.lo > 0 or d.hi < 0)
     with pytest.raises(ValueError, match="not finite"):
         paired([np.array([1.0, np.nan])], [np.zeros(2)])
+    with pytest.raises(ValueError, match="unknown test True; choose one of: sign_flip, chance, none"):
+        paired([ours], [ours], test=True)
+
+
+def test_the_chance_test_is_exact_against_enumeration_and_stars_no_guesser():
+    """0 of 50 CircularEval items at (1/4)**4 each: the interval alone read "below chance" ([-0.39, -0.39]),
+    which a guesser scores with probability 0.82."""
+    import itertools
+
+    from harness.stats import chance_p
+
+    tiny = paired([np.zeros(50)], [np.full(50, 100 / 256)], test="chance")
+    assert tiny.hi < 0 and tiny.p == 1.0 and not tiny.significant
+    rng = np.random.default_rng(1)
+    c = rng.choice([25.0, 50.0, 100 / 3, 100 / 256, 0.0, 100.0], 11)  # a certain wrong and a certain right one
+    s, s2, c2 = (rng.random(11) < 0.5) * 100.0, np.array([100.0, 0.0, 0.0, 100.0]), np.full(4, 50.0)
+    one = two = 0.0
+    for bits in itertools.product([0.0, 100.0], repeat=15):  # every outcome of guessing, with its probability
+        b = np.array(bits)
+        prob = float(np.prod(np.where(b > 0, np.r_[c, c2] / 100, 1 - np.r_[c, c2] / 100)))
+        one += prob * (abs(b[:11].mean() - c.mean()) >= abs(s.mean() - c.mean()) - 1e-9)  # the rest sum to 1
+        far = abs(s.mean() + s2.mean() - c.mean() - c2.mean()) / 2 - 1e-9
+        two += prob * (abs(b[:11].mean() + b[11:].mean() - c.mean() - c2.mean()) / 2 >= far)
+    assert chance_p([s], [c]) == pytest.approx(one, rel=1e-12) and 0 < one < 1
+    assert chance_p([s, s2], [c, c2]) == pytest.approx(two, abs=0.01)  # Monte Carlo over several columns
+    hellaswag = np.r_[np.full(2600, 100.0), np.zeros(7442)]  # 25.9% of 10,042 against 25%: p ~0.04
+    assert 0.02 < chance_p([hellaswag], [np.full(10_042, 25.0)]) < 0.06
+    with pytest.raises(ValueError, match="in 0-100"):
+        chance_p([np.array([1.0])], [np.array([101.0])])
 
 
 def test_the_normal_approximation_is_not_used_where_a_few_examples_dominate():
