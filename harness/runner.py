@@ -128,6 +128,8 @@ def build_specs(
         train_overrides["steps"] = None
     train_cfg = _replace(p.train, train_overrides, "training setting")
     task_overrides = dict(task_overrides or {})
+    if task_overrides.get("train_sources"):  # a set: one run id (and one leaderboard row) whatever the order given
+        task_overrides["train_sources"] = tuple(sorted(task_overrides["train_sources"]))
     if protocol != p.protocol and "template" not in task_overrides:
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")

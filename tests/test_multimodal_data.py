@@ -193,6 +193,26 @@ def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_
         TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", train_sources=("document",)))
 
 
+def test_the_order_of_the_training_domains_changes_neither_the_run_nor_its_id(folder):
+    """--train-domains math,general and general,math: one run id, and the same training examples in the same
+    order (the order given was the sampling order, and part of the run id: two rows of one setting)."""
+    from harness.registry import TASKS
+    from harness.runner import build_specs
+    from harness.task import TaskOptions
+
+    def task(sources):
+        options = TaskOptions(data_dir=str(folder), template="chat", train_sources=sources, val_size=0)
+        return TASKS.get("multimodal")(options)
+
+    one, other = task(("math", "general")), task(("general", "math"))
+    assert one._domains == other._domains == ("general", "math") and one.splits() == other.splits()
+    specs = [
+        build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": s})[0]
+        for s in (("math", "general"), ("general", "math"))
+    ]
+    assert specs[0].run_id == specs[1].run_id and specs[0].task_options.train_sources == ("general", "math")
+
+
 def _drop(key):
     return lambda records: [{k: v for k, v in records[0].items() if k != key}, *records[1:]]
 

@@ -88,7 +88,8 @@ class MultimodalTask(Task):
                 f"{self.data_dir}: no training records for domain {', '.join(missing) or 'any'}; add some"
                 + (" or leave it out of --train-domains" if missing else "")
             )
-        self._domains = tuple(options.train_sources or present)  # by default, every domain the data trains
+        # by default every domain the data trains; in the data's order, so that the order asked for changes nothing
+        self._domains = tuple(d for d in present if d in (options.train_sources or present))
 
     # -- model ------------------------------------------------------------------------------------
     def load(
