@@ -622,7 +622,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     for task in dict.fromkeys(s.task for s in secs):
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
-    mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir)
+    mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -648,6 +648,23 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
                 f"(records written before a counting fix): count them again with python scripts/recount_flops.py "
                 f"{runs_dir} (adding --data-dir {s.task}=FOLDER if its data is not at the task's default, and "
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
+            )
+    return out
+
+
+def other_task_versions(secs: list[Section]) -> list[str]:
+    """A line per section whose runs recorded different versions of their task (``Task.version``), or one other
+    than the registered task's now: their scores may not compare (records from before the version was recorded
+    say nothing)."""
+    out = []
+    for s in secs:
+        ran = sorted({str(v) for row in s.rows for r in row.runs if (v := r["run"].get("task_version")) is not None})
+        now = str(cls.version) if (cls := _task(s.task)) else None
+        if len(ran) > 1 or (ran and now is not None and ran != [now]):
+            out.append(
+                f"section {s.key} ({s.task}, {s.preset}) holds runs made with version(s) {', '.join(ran)} of the "
+                f"{s.task} task{f' (now version {now})' if now else ''}: their scores may not compare; run the "
+                "older ones again with --force"
             )
     return out
 

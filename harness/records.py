@@ -46,7 +46,11 @@ def git_state() -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
-def new_record(run_id: str, config: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+def new_record(
+    run_id: str, config: dict[str, Any], env: dict[str, Any], task_version: str | None = None
+) -> dict[str, Any]:
+    """A running run's record; ``task_version``: the task's ``Task.version`` (outside the config, so outside the
+    run id: a finished run made with another version of its task is refused, not run under a new id)."""
     from harness import __version__
 
     return {
@@ -58,6 +62,7 @@ def new_record(run_id: str, config: dict[str, Any], env: dict[str, Any]) -> dict
             "error": None,
             "config": config,
             "harness_version": __version__,
+            **({} if task_version is None else {"task_version": str(task_version)}),
             **git_state(),
         },
         "train": {},

@@ -313,7 +313,8 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
     if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
-        return "done" if (code := _other_plugin(spec, finished)) is None else f"other code ({code})"
+        code = _other_task_version(spec, finished) or _other_plugin(spec, finished)
+        return "done" if code is None else f"other code ({code})"
     return "run"
 
 
@@ -334,6 +335,16 @@ def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     return None
 
 
+def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
+    """How the task's ``version`` differs from the one the finished run recorded (a task bumps it when what a
+    run trains or scores changes without a setting that is part of the run id); ``None``: the same, or not
+    recorded (a record from before it was)."""
+    ran, now = finished["run"].get("task_version"), str(TASKS.get(spec.task).version)
+    if ran is None or str(ran) == now:
+        return None
+    return f"the {spec.task} task is version {now}; the run was made with version {ran}"
+
+
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
     finished = _finished_record(run_dir / RECORD)
     # a re-run of a finished run writes its outputs (adapter, predictions, samples) apart until it succeeds:
@@ -350,7 +361,7 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if ctx.processes is not None:
         device = ctx.processes.device
-    record = new_record(spec.run_id, spec.to_dict(), environment() | _plugins(spec))
+    record = new_record(spec.run_id, spec.to_dict(), environment() | _plugins(spec), TASKS.get(spec.task).version)
     try:
         _execute(spec, task, run_dir, out_dir, device, record, ctx)
         record["run"]["status"] = "success"

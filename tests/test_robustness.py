@@ -791,3 +791,36 @@ def test_a_model_folders_weights_are_found_through_symlinked_subfolders_but_not_
     assert has_weights(trained / "checkpoint-500")
     (trained / "model.safetensors").write_bytes(b"")
     assert has_weights(trained)
+
+
+def test_a_finished_run_of_another_task_version_is_not_taken_as_done_and_the_leaderboard_warns(
+    tiny_model, data_dir, tmp_path, monkeypatch, capsys
+):
+    """Task.version was declared and never read: a task whose scoring changed left its finished runs looking
+    done. It is recorded (outside the run id), a finished run of another version is refused until --force,
+    and a leaderboard whose section mixes versions says so."""
+    from harness import runner
+    from harness.leaderboard import write_leaderboards
+    from harness.registry import TASKS
+
+    task = TASKS.get("commonsense")
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "success" and record["run"]["task_version"] == task.version
+    monkeypatch.setattr(task, "version", "99")
+    ran = record["run"]["task_version"]
+    with pytest.raises(
+        ValueError,
+        match=rf"on other code \(the commonsense task is version 99; the run was made with "
+        rf"version {ran}\); pass --force",
+    ):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    assert (
+        "holds runs made with version(s) " in capsys.readouterr().err
+        and "(now version 99)" in (tmp_path / "out" / "leaderboard.md").read_text()
+    )
+    [again] = runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
+    assert again["run"]["task_version"] == "99"
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    assert "holds runs made with version" not in capsys.readouterr().err
