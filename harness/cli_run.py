@@ -185,6 +185,23 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_rescore(args: argparse.Namespace) -> None:
+    from harness.leaderboard import write_leaderboards
+    from harness.registry import TASKS
+    from harness.rescore import rescore_runs
+
+    task_cls = TASKS.get(args.task)
+    scoring = dict(_scoring(args, task_cls) or ())
+    out = Path(args.out or args.runs_dir)
+    if args.leaderboard:  # before any run is scored
+        check_writable(out, "leaderboard folder", "--out")
+    ids = split_list(args.runs) if args.runs else None
+    rescore_runs(Path(args.runs_dir), args.task, scoring, ids, say=lambda line: print(line, flush=True))
+    if args.leaderboard:
+        for path in write_leaderboards(Path(args.runs_dir), out):
+            print(f"wrote {path}")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="train and score methods on a task; one record per method x seed")
     p.add_argument(
@@ -270,6 +287,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     add_method_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "rescore",
+        help="score finished runs again with an optional scorer (diffusion: the judge, HPS v2) from what they saved, "
+        "without training",
+    )
+    p.add_argument("--task", required=True, help="the task whose runs to score, e.g. diffusion")
+    p.add_argument("--runs-dir", default="runs", help="the folder of run folders (default runs/)")
+    p.add_argument("--runs", help="comma-separated run ids (default: every successful run of the task there)")
+    p.add_argument(
+        "--judge-model",
+        help="diffusion: the seven-criteria judge's model, through the OpenAI API (OPENAI_BASE_URL, OPENAI_API_KEY)",
+    )
+    p.add_argument("--hps-checkpoint", help="diffusion: HPS v2's checkpoint file (or $HARNESS_HPS_CHECKPOINT)")
+    p.add_argument("--out", help="where the leaderboard files go (default: the runs dir)")
+    p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
+    p.set_defaults(func=cmd_rescore)
 
     p = sub.add_parser("leaderboard", help="rebuild the leaderboard files (CSV, Markdown, HTML, PNG) from run records")
     p.add_argument("--runs-dir", default="runs", help="the folder of run folders to tabulate (default runs/)")

@@ -184,6 +184,16 @@ class Task(ABC):
         return preset_template
 
     @classmethod
+    def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """``harness rescore``: a finished run's columns of the scorers in ``scoring`` (``{scorer: value}``, the
+        names of ``scorers``) computed again from what the run saved in ``run_dir`` (no training, no sampling),
+        as ``evaluate`` gives them; the record's other columns stay. By default a task cannot."""
+        raise ValueError(
+            f"the {cls.name} task cannot score a finished run again from what it saved; run it again with the "
+            "scorer flags (a new run id) or --force"
+        )
+
+    @classmethod
     def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
         """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model. By default its
         config is read (a hub id or folder); a task that builds its own models (its own ``build_meta``) is asked

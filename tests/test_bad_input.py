@@ -436,6 +436,46 @@ CASES = [
         ["leaderboard", "--runs-dir", "{runs}", "--out", "{file}"],
         r"leaderboard folder '.*a_file' is not writable \(Not a directory\); pass --out pointing at a folder",
     ),
+    bad(
+        "rescore-a-task-without-scorers",
+        ["rescore", "--task", "commonsense", "--runs-dir", "{runs}", "--out", "{out}"],
+        r"the commonsense task has no optional scorer to score again",
+    ),
+    bad(
+        "rescore-without-a-scorer",
+        ["rescore", "--task", "diffusion", "--runs-dir", "{runs}", "--out", "{out}"],
+        r"name a scorer to score the runs with: --judge-model, --hps-checkpoint",
+    ),
+    bad(
+        "rescore-unknown-task",
+        ["rescore", "--task", "difusion", "--runs-dir", "{runs}", "--judge-model", "j"],
+        r"unknown task 'difusion'.*diffusion",
+    ),
+    bad(
+        "rescore-runs-dir-is-a-file",
+        ["rescore", "--task", "diffusion", "--runs-dir", "{file}", "--judge-model", "j", "--no-leaderboard"],
+        r"--runs-dir '.*a_file' is not a folder of runs; pass the one `harness run` wrote to",
+    ),
+    bad(  # the finished commonsense run is no diffusion run
+        "rescore-without-runs-of-the-task",
+        ["rescore", "--task", "diffusion", "--runs-dir", "{runs}", "--judge-model", "j", "--no-leaderboard"],
+        r"no successful diffusion run in '.*'; run `harness run --task diffusion` first",
+    ),
+    bad(
+        "rescore-an-unknown-run",
+        ["rescore", "--task", "diffusion", "--runs-dir", "{runs}", "--runs", "nope", "--judge-model", "j"],
+        r"no successful diffusion run 'nope' in '.*'",
+    ),
+    bad(
+        "rescore-judge-model-on-commonsense",
+        ["rescore", "--task", "commonsense", "--runs-dir", "{runs}", "--judge-model", "j"],
+        r"the commonsense task has no optional scorer to score again",
+    ),
+    bad(
+        "rescore-out-is-a-file",
+        ["rescore", "--task", "diffusion", "--runs-dir", "{runs}", "--judge-model", "j", "--out", "{file}"],
+        r"leaderboard folder '.*a_file' is not writable \(Not a directory\); pass --out pointing at a folder",
+    ),
     bad(  # every table was built, then "File exists"
         "leaderboard-out-through-a-dangling-symlink",
         ["leaderboard", "--runs-dir", "{runs}", "--out", "{tmp}/dangling/lb"],

@@ -263,7 +263,7 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
         ), changed.stderr[-2000:]
 
 
-@pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list"])
+@pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list", "rescore"])
 def test_every_commands_help_names_plugin(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])

@@ -499,7 +499,7 @@ def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, 
         avg["status"] == "failed" and "RuntimeError: a bug in the judge" in avg["reason"] and KEY not in avg["reason"]
     )
     err = capsys.readouterr().err
-    assert "the run's other scores are kept" in err and "run with --force" in err
+    assert "the run's other scores are kept" in err and "harness rescore --task diffusion" in err
 
 
 def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):
@@ -546,6 +546,66 @@ def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch
     options = TaskOptions(data_dir=str(tiny[1]), template="caption", scoring=(("judge_model", "judge-test"),))
     with pytest.raises(ValueError, match="--judge-model needs OPENAI_API_KEY set"):
         TASKS.get("diffusion")(options)
+
+
+def test_rescore_judges_a_finished_runs_saved_samples_without_training_it_again(tiny, tmp_path, monkeypatch):
+    """Asking for the judge after a run meant a new run id, trained again (or --force). ``harness rescore``
+    judges the saved samples: the same PNG bytes the judge is sent in a run (its cached answers are found again),
+    the record keeps its run id and config and says what was scored again."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    from harness.cli import main
+    from harness.rescore import rescore_runs
+    from tests.test_records_leaderboard import read_csv
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    runs = tmp_path / "runs"
+    plain = _run(tiny, runs, "lora")
+    path = runs / plain["run"]["id"] / "record.json"
+    before = json.loads(path.read_text())
+    assert before["eval"]["judge_avg"]["status"] == "absent"
+    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        judged = _run(tiny, tmp_path / "judged", "lora", scoring=(("judge_model", "judge-test"),))  # judged in-run
+        assert judged["eval"]["judge_avg"]["requests"] == 4
+        code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "judge-test",
+                     "--out", str(tmp_path / "out")])  # fmt: skip
+    assert code == 0
+    after = json.loads(path.read_text())
+    avg = after["eval"]["judge_avg"]
+    assert avg["value"] == pytest.approx(sum(GOOD.values()) / 7) and avg["n"] == 4
+    assert avg["cached"] == 4 and avg["requests"] == 0  # the samples' bytes are those the run sent: no request
+    assert after["run"]["id"] == before["run"]["id"] and after["run"]["config"] == before["run"]["config"]
+    assert {k: v for k, v in after["eval"].items() if not k.startswith("judge_")} == {
+        k: v for k, v in before["eval"].items() if not k.startswith("judge_")
+    }  # similarity, fidelity, KID, HPS untouched
+    [note] = after["run"]["rescored"]
+    assert note["scoring"] == {"judge_model": "judge-test"} and "judge_avg" in note["columns"] and note["at"]
+    [row] = [r for r in read_csv(tmp_path / "out" / "diffusion.csv") if r["method"] == "lora"]
+    assert float(row["judge_avg"]) == pytest.approx(avg["value"], abs=0.01)  # the table shows it
+    # a sample gone: that run is refused by name, its record untouched
+    (runs / plain["run"]["id"] / "samples" / "002.png").unlink()
+    with pytest.raises(ValueError, match=r"sample samples/002\.png is missing"):
+        rescore_runs(runs, "diffusion", {"judge_model": "judge-test"})
+    assert json.loads(path.read_text()) == after
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert not any(KEY.encode() in p.read_bytes() for p in written)
+
+
+def test_rescore_refuses_a_run_another_process_holds(tiny, tmp_path, monkeypatch):
+    from harness.guard import RunLock
+    from harness.rescore import rescore_runs
+
+    record = _run(tiny, tmp_path / "runs", "lora")
+    lock = RunLock(tmp_path / "runs" / record["run"]["id"])
+    assert lock.acquire(blocking=False)
+    try:
+        monkeypatch.setattr(RunLock, "acquire", lambda self, blocking, on_wait=None: False)  # flock is per process
+        with pytest.raises(ValueError, match=rf"run {record['run']['id']} is held by another process"):
+            rescore_runs(tmp_path / "runs", "diffusion", {"judge_model": "judge-test"})
+    finally:
+        monkeypatch.undo()
+        lock.release()
 
 
 def _closed_port() -> int:

@@ -300,3 +300,10 @@ def test_a_base_run_is_checked_with_the_runs_trust_remote_code(vector_task, monk
     preflight(specs, trust_remote_code=True)
     with pytest.raises(ValueError, match="runs only with --trust-remote-code"):
         preflight(specs[:1])
+
+
+def test_a_task_without_its_own_rescore_says_it_cannot_score_a_finished_run_again(tmp_path):
+    from harness.registry import TASKS
+
+    with pytest.raises(ValueError, match=r"the commonsense task cannot score a finished run again .*--force"):
+        TASKS.get("commonsense").rescore(tmp_path, {}, {})

@@ -24,6 +24,7 @@ import torch
 from harness import models
 from harness.atomic import atomic_path
 from harness.models import MetaModel
+from harness.records import PREDICTIONS
 from harness.registry import TASKS
 from harness.task import EVERY_COLUMN, Example, Loaded, Recipe, Task, TaskOptions
 from harness.train import TrainConfig
@@ -299,96 +300,43 @@ class DiffusionTask(Task):
                 },
                 **common,
             }
-        try:
-            out |= self._judge(images, chosen, common)
-        except Exception as exc:  # the judge's own bug or an odd server: the run keeps its other scores
-            from tasks.diffusion.judge import scrub
-
-            reason = scrub(f"the judge failed: {type(exc).__name__}: {exc}")[:300]
-            out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
-        if out.get("judge_avg", {}).get("status") == "failed":
-            print(
-                f"warning: {out['judge_avg']['reason']}; the run's other scores are kept. To judge it again, fix the "
-                "judge (OPENAI_BASE_URL, OPENAI_API_KEY, --judge-model) and run with --force (it trains again)",
-                file=sys.stderr,
-            )
-        out |= self._hps(images, chosen, common)
+        out |= optional_scores(self.options_scoring(), images, [i.text for i in chosen], common)
         if predictions_path is not None:
             self._save_samples(predictions_path, images, real, chosen, seeds, sim, predicted)
         return out
 
-    def _judge(self, images, chosen, common) -> dict[str, dict[str, Any]]:
-        from tasks.diffusion import judge
+    @classmethod
+    def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """The judge's and HPS v2's columns from the run's saved ``samples/`` and their prompts (the files
+        ``evaluate`` wrote: the same PNG bytes the judge was sent, so its cached answers are found again)."""
+        from PIL import Image
 
-        model = self.options_scoring().get("judge_model")
-        if not model:
-            return {c: {"status": "absent", "reason": "no --judge-model given"} for c in (*JUDGE_COLUMNS, "judge_avg")}
-        j = judge.Judge(model)
-        verdicts = [j(_png(im), item.text) for im, item in zip(images, chosen, strict=True)]
-        ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
-        errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
-        unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
-        meta = {
-            "judge_model": model,
-            "judge_endpoint": j.endpoint,  # the server (no key): cached answers are keyed by the model's name
-            "rubric_version": judge.RUBRIC_VERSION,
-            "failed": len(verdicts) - len(ok),
-            "requests": sum(v.requests for v in verdicts),
-            "cached": sum(v.cached for v in verdicts),
-        } | ({"api_errors": len(errors), "last_api_error": errors[-1]} if errors else {})
-        if unparsable:  # what the judge said instead of scores (a refusal, prose), shortened, the key taken out
-            meta["last_unparsable"] = judge.scrub(unparsable[-1])[:300]
-        if not ok:
-            reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
-            return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}
-        judged = {
-            **common,
-            "n": len(ok),
-            "examples": hashlib.sha256(f"{common['examples']}:{[i for i, _ in ok]}".encode()).hexdigest()[:16],
-        }
-        out = {}
-        for col, crit in zip(JUDGE_COLUMNS, judge.CRITERIA, strict=True):
-            vals = [float(v.scores[crit]) for _, v in ok]
-            out[col] = {
-                "metric": col,
-                "value": sum(vals) / len(vals),
-                "scores": vals,
-                "higher_is_better": True,
-                **judged,
-                **meta,
-            }
-        avg = [sum(v.scores.values()) / len(judge.CRITERIA) for _, v in ok]
-        out["judge_avg"] = {
-            "metric": "judge_avg",
-            "value": sum(avg) / len(avg),
-            "scores": avg,
-            "higher_is_better": True,
-            **judged,
-            **meta,
-        }
-        return out
+        if unknown := sorted(set(scoring) - set(cls.scorers)):
+            raise ValueError(f"the diffusion task has no scorer {unknown[0]!r}; it has: {', '.join(cls.scorers)}")
+        if model := scoring.get("judge_model"):
+            from tasks.diffusion import judge
 
-    def _hps(self, images, chosen, common) -> dict[str, dict[str, Any]]:
-        from tasks.diffusion import hps
-
-        checkpoint = self.options_scoring().get("hps_checkpoint")
-        if not checkpoint:
-            return {"hps_v2": {"status": "absent", "reason": "no --hps-checkpoint given"}}
+            judge.check_available(model)
+        run = record["run"]["id"]
+        path = run_dir / PREDICTIONS
         try:
-            scorer = hps.HPSv2(Path(checkpoint))
-        except hps.Unavailable as exc:
-            return {"hps_v2": {"status": "absent", "reason": str(exc)}}
-        vals = scorer.score(images, [i.text for i in chosen])
-        return {
-            "hps_v2": {
-                "metric": "hps_v2",
-                "value": sum(vals) / len(vals),
-                "scores": vals,
-                "higher_is_better": True,
-                "checkpoint": scorer.provenance,
-                **common,
-            }
-        }
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise ValueError(
+                f"run {run}: its saved samples cannot be read ({path.name}: {exc}); run it again"
+            ) from None
+        ref = record["eval"].get("similarity", {})
+        if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or "examples" not in ref:
+            raise ValueError(f"run {run}: {path.name} does not hold the {ref.get('n', '?')} samples its record scored")
+        pngs = []
+        for line in lines:
+            file = run_dir / str(line["file"])
+            if not file.is_file() or file.resolve().parent != (run_dir / "samples").resolve():
+                raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/); run it again")
+            pngs.append(file.read_bytes())
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in pngs]
+        common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
+        return optional_scores(scoring, images, [str(line["prompt"]) for line in lines], common, pngs)
 
     def options_scoring(self) -> dict[str, str]:
         return dict(self.options.scoring or ())
@@ -437,6 +385,102 @@ class DiffusionTask(Task):
         from tasks.diffusion.sheet import contact_sheets
 
         return contact_sheets(records, runs_dir, out_dir)
+
+
+def optional_scores(
+    scoring: dict[str, str], images: list, prompts: list[str], common: dict[str, Any], pngs: list[bytes] | None = None
+) -> dict[str, dict[str, Any]]:
+    """The judge's and HPS v2's columns (``absent`` where ``scoring`` does not ask for one) of ``images`` generated
+    from ``prompts`` (``pngs``: their PNG files' bytes, else encoded here), whose entries share ``common``."""
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        out |= _judge(scoring.get("judge_model"), pngs or [_png(im) for im in images], prompts, common)
+    except Exception as exc:  # the judge's own bug or an odd server: the run keeps its other scores
+        from tasks.diffusion.judge import scrub
+
+        reason = scrub(f"the judge failed: {type(exc).__name__}: {exc}")[:300]
+        out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
+    if out.get("judge_avg", {}).get("status") == "failed":
+        print(
+            f"warning: {out['judge_avg']['reason']}; the run's other scores are kept. To judge it again, fix the "
+            "judge (OPENAI_BASE_URL, OPENAI_API_KEY, --judge-model) and score its saved samples again: harness "
+            "rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)",
+            file=sys.stderr,
+        )
+    return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common)
+
+
+def _judge(model: str | None, pngs: list[bytes], prompts: list[str], common: dict[str, Any]) -> dict[str, dict]:
+    from tasks.diffusion import judge
+
+    if not model:
+        return {c: {"status": "absent", "reason": "no --judge-model given"} for c in (*JUDGE_COLUMNS, "judge_avg")}
+    j = judge.Judge(model)
+    verdicts = [j(png, prompt) for png, prompt in zip(pngs, prompts, strict=True)]
+    ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
+    errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
+    unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
+    meta = {
+        "judge_model": model,
+        "judge_endpoint": j.endpoint,  # the server (no key): cached answers are keyed by the model's name
+        "rubric_version": judge.RUBRIC_VERSION,
+        "failed": len(verdicts) - len(ok),
+        "requests": sum(v.requests for v in verdicts),
+        "cached": sum(v.cached for v in verdicts),
+    } | ({"api_errors": len(errors), "last_api_error": errors[-1]} if errors else {})
+    if unparsable:  # what the judge said instead of scores (a refusal, prose), shortened, the key taken out
+        meta["last_unparsable"] = judge.scrub(unparsable[-1])[:300]
+    if not ok:
+        reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
+        return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}
+    judged = {
+        **common,
+        "n": len(ok),
+        "examples": hashlib.sha256(f"{common['examples']}:{[i for i, _ in ok]}".encode()).hexdigest()[:16],
+    }
+    out = {}
+    for col, crit in zip(JUDGE_COLUMNS, judge.CRITERIA, strict=True):
+        vals = [float(v.scores[crit]) for _, v in ok]
+        out[col] = {
+            "metric": col,
+            "value": sum(vals) / len(vals),
+            "scores": vals,
+            "higher_is_better": True,
+            **judged,
+            **meta,
+        }
+    avg = [sum(v.scores.values()) / len(judge.CRITERIA) for _, v in ok]
+    out["judge_avg"] = {
+        "metric": "judge_avg",
+        "value": sum(avg) / len(avg),
+        "scores": avg,
+        "higher_is_better": True,
+        **judged,
+        **meta,
+    }
+    return out
+
+
+def _hps(checkpoint: str | None, images: list, prompts: list[str], common: dict[str, Any]) -> dict[str, dict]:
+    from tasks.diffusion import hps
+
+    if not checkpoint:
+        return {"hps_v2": {"status": "absent", "reason": "no --hps-checkpoint given"}}
+    try:
+        scorer = hps.HPSv2(Path(checkpoint))
+    except hps.Unavailable as exc:
+        return {"hps_v2": {"status": "absent", "reason": str(exc)}}
+    vals = scorer.score(images, prompts)
+    return {
+        "hps_v2": {
+            "metric": "hps_v2",
+            "value": sum(vals) / len(vals),
+            "scores": vals,
+            "higher_is_better": True,
+            "checkpoint": scorer.provenance,
+            **common,
+        }
+    }
 
 
 def _png(image) -> bytes:

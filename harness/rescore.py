@@ -1,0 +1,97 @@
+"""``harness rescore``: a scorer added to finished runs from what they saved, without training them again.
+
+A task's optional scorers (``Task.scorers``: the diffusion suite's judge and HPS v2) are part of a run's id
+when given to ``harness run``, so asking for one later meant a new run, trained again. ``rescore_runs`` asks the
+task (``Task.rescore``) for those columns from the run's saved outputs (the diffusion samples) and writes them
+into the finished record, holding the run's lock; the record keeps its run id and config and says what was
+scored again, when, and by which harness (``run.rescored``). A record is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from harness import __version__
+from harness.guard import RunLock
+from harness.records import RECORD, check_eval, git_state, read_record, write_record
+from harness.registry import TASKS
+
+
+def rescore_runs(
+    runs_dir: Path,
+    task: str,
+    scoring: dict[str, str],
+    run_ids: list[str] | None = None,
+    say: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Score the successful runs of ``task`` in ``runs_dir`` (only ``run_ids`` where given) again with
+    ``scoring``; the updated records. Every name is checked before any run is touched; a run another process
+    holds is refused, naming it."""
+    from harness.runner import finish_swap
+
+    task_cls = TASKS.get(task)
+    if not task_cls.scorers:
+        raise ValueError(f"the {task} task has no optional scorer to score again")
+    if not scoring:
+        flags = ", ".join("--" + s.replace("_", "-") for s in task_cls.scorers)
+        raise ValueError(f"name a scorer to score the runs with: {flags}")
+    if unknown := [k for k in scoring if k not in task_cls.scorers]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"{flags} does not apply to the {task} task (it scores nothing with it); leave it out")
+    if not runs_dir.is_dir():
+        raise ValueError(f"--runs-dir {str(runs_dir)!r} is not a folder of runs; pass the one `harness run` wrote to")
+    found = {}
+    for path in sorted(runs_dir.glob(f"*/{RECORD}")):
+        try:
+            record = read_record(path)
+        except ValueError:
+            continue  # not a run of ours to score (the leaderboard says what is wrong with it)
+        config = record["run"].get("config") or {}
+        if record["run"]["status"] == "success" and config.get("task") == task:
+            found[path.parent.name] = path.parent
+    chosen = run_ids or sorted(found)
+    if missing := [r for r in chosen if r not in found]:
+        raise ValueError(
+            f"no successful {task} run {missing[0]!r} in {str(runs_dir)!r}"
+            + (f"; it has: {', '.join(sorted(found)[:5])}{' ...' if len(found) > 5 else ''}" if found else "")
+        )
+    if not chosen:
+        raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
+    out = []
+    for i, run_id in enumerate(chosen, 1):
+        run_dir = found[run_id]
+        lock = RunLock(run_dir)
+        if not lock.acquire(blocking=False):
+            raise ValueError(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
+        try:
+            finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
+            record = read_record(run_dir / RECORD)
+            entries = task_cls.rescore(run_dir, record, dict(scoring))
+            try:
+                check_eval(entries)
+            except ValueError as exc:
+                raise ValueError(f"run {run_id}: the {task} task's rescore gave {exc}") from None
+            record["eval"].update(entries)
+            record["run"].setdefault("rescored", []).append(
+                {
+                    "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                    "scoring": {k: Path(v).name if k.endswith("_checkpoint") else v for k, v in scoring.items()},
+                    "columns": sorted(entries),
+                    "harness_version": __version__,
+                    **git_state(),
+                }
+            )
+            write_record(run_dir, record)
+        finally:
+            lock.release()
+        heads = [c for c in entries if not c.startswith("judge_") or c == "judge_avg"]  # not every criterion
+        shown = ", ".join(
+            f"{c} {e['value']:.2f}" if "value" in e else f"{c} {e.get('status')}"
+            for c, e in ((c, entries[c]) for c in heads)
+        )
+        say(f"[{i}/{len(chosen)}] {run_id}: {shown}")
+        out.append(record)
+    return out
