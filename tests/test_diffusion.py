@@ -383,10 +383,12 @@ def test_judge_scores_reach_the_record_and_are_cached(tiny, tmp_path, monkeypatc
         assert first["run"]["config"]["task_options"]["scoring"] == {"judge_model": "judge-test"}
         assert ev["judge_avg"]["judge_endpoint"] == url.removesuffix("/v1")  # the server that judged: no path
         # a second run of the same images (a new runs dir: the same run again) asks nothing new
-    with _Server(lambda n: json.dumps(GOOD)) as url2:
-        monkeypatch.setenv("OPENAI_BASE_URL", url2)
         second = _run(tiny, tmp_path / "runs2", "lora", scoring=(("judge_model", "judge-test"),))
         assert second["eval"]["judge_avg"]["cached"] == 4 and second["eval"]["judge_avg"]["requests"] == 0
+    with _Server(lambda n: json.dumps(GOOD)) as url2:  # another server that calls its model alike: asked again
+        monkeypatch.setenv("OPENAI_BASE_URL", url2)
+        third = _run(tiny, tmp_path / "runs3", "lora", scoring=(("judge_model", "judge-test"),))
+        assert third["eval"]["judge_avg"]["cached"] == 0 and third["eval"]["judge_avg"]["requests"] == 4
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written and not any(KEY.encode() in p.read_bytes() for p in written)
 
@@ -460,7 +462,8 @@ def test_an_answer_that_is_no_verdict_is_a_value_error(answer, problem):
 def test_odd_replies_and_a_damaged_cache_fail_an_image_not_the_judge(tmp_path):
     import openai  # a [test] requirement: missing, it fails rather than skips
 
-    replies = iter([["not", "text"], 42, '{"a": ' * 5000 + "}" * 5000, [{"type": "text", "text": json.dumps(GOOD)}]])
+    odd = [["not", "text"], 42, '{"a": ' * 5000 + "}" * 5000, [{"type": "text", "text": json.dumps(GOOD)}]]
+    replies = iter([*odd, json.dumps(GOOD)])
     server = _Server(lambda n: next(replies))
     with server as url:
         judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url, api_key=KEY))
@@ -470,8 +473,6 @@ def test_odd_replies_and_a_damaged_cache_fail_an_image_not_the_judge(tmp_path):
         assert ok.scores == GOOD and not ok.cached
         [cached] = (tmp_path / "cache").iterdir()
         cached.write_text('{"answer": ')  # damaged: asked again, not a crash
-    with _Server(lambda n: json.dumps(GOOD)) as url2:
-        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url2, api_key=KEY))
         again = judge(b"png", "a red circle")
     assert again.scores == GOOD and again.requests == 1 and json.loads(cached.read_text())["answer"]
     with _Server(lambda n: [{"type": "text", "text": json.dumps(GOOD)}]) as url3:  # a list reply, cached and read

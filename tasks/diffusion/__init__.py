@@ -422,7 +422,7 @@ def _judge(model: str | None, pngs: list[bytes], prompts: list[str], common: dic
     unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
     meta = {
         "judge_model": model,
-        "judge_endpoint": j.endpoint,  # the server (no key): cached answers are keyed by the model's name
+        "judge_endpoint": j.endpoint,  # the server (no key; no path, where a proxy may carry a token)
         "rubric_version": judge.RUBRIC_VERSION,
         "failed": len(verdicts) - len(ok),
         "requests": sum(v.requests for v in verdicts),

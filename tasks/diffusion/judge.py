@@ -3,7 +3,8 @@
 Speaks the OpenAI chat API through the ``openai`` client, so any compatible server works: the endpoint
 is the client's ``OPENAI_BASE_URL``, the key ``OPENAI_API_KEY`` (read by the client, never written
 anywhere by the harness). Every parsed answer is cached on disk, keyed by the image's sha256, the
-prompt, the rubric version and the judge model: a cached answer is never requested again. An answer
+prompt, the rubric version, the judge model and the server (scheme, host, port): a cached answer is never
+requested again. An answer
 that is not one JSON object with exactly the seven keys and integer values 1-10 is asked for again up
 to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
 a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
@@ -172,12 +173,15 @@ def _text(content: Any) -> str:
     return ""
 
 
-def cache_key(image_png: bytes, prompt: str, judge_model: str) -> str:
+def cache_key(image_png: bytes, prompt: str, judge_model: str, server: str) -> str:
+    """What a cached answer is the answer to: the image, the prompt, the rubric, the model and the server that
+    judged (``endpoint``: two servers may give one name to different models)."""
     ident = {
         "image_sha256": hashlib.sha256(image_png).hexdigest(),
         "prompt": prompt,
         "rubric": RUBRIC_VERSION,
         "judge_model": judge_model,
+        "endpoint": server,
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
@@ -205,7 +209,7 @@ class Judge:
         self.errors_in_a_row, self.last_error = 0, ""
 
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
-        path = self.cache / f"{cache_key(image_png, prompt, self.model)}.json"
+        path = self.cache / f"{cache_key(image_png, prompt, self.model, self.endpoint)}.json"
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
@@ -245,7 +249,16 @@ class Judge:
             except ValueError:
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(path, {"answer": raw, "prompt": prompt, "judge_model": self.model, "rubric": RUBRIC_VERSION})
+            write_json(
+                path,
+                {
+                    "answer": raw,
+                    "prompt": prompt,
+                    "judge_model": self.model,
+                    "endpoint": self.endpoint,
+                    "rubric": RUBRIC_VERSION,
+                },
+            )
             return Verdict(scores, raw, False, attempt)
         return Verdict(None, raw, False, RETRIES)
 
