@@ -960,6 +960,27 @@ def test_hub_loader_writes_the_imagefolder_layout(tmp_path):
     assert ddata.load_image(item.image, 8).min() == 1.0  # transparent is white, as for a local file; not black
 
 
+def test_held_out_rows_that_repeat_a_training_caption_or_image_are_warned_about_once(tmp_path, capsys, monkeypatch):
+    """Every 5th row held out was never checked against the rest: a caption (or an image) the model trained
+    on scored its memory, not its generation."""
+    import shutil
+
+    monkeypatch.setattr(ddata, "_WARNED", set())
+    folder = tiny_data(tmp_path / "data", n=10)
+    assert ddata.overlap(ddata.load(folder)) == {"captions": [], "images": []} and not capsys.readouterr().err
+    lines = (folder / ddata.METADATA).read_text().splitlines()
+    row4, row9 = json.loads(lines[4]), json.loads(lines[9])  # rows 4 and 9 are held out
+    shutil.copy(folder / json.loads(lines[0])["file_name"], folder / row9["file_name"])  # an image trained on
+    lines[4] = json.dumps({**row4, "text": json.loads(lines[1])["text"].upper()})  # a caption trained on
+    (folder / ddata.METADATA).write_text("\n".join(lines) + "\n")
+    data = ddata.load(folder)
+    assert ddata.overlap(data) == {"captions": [json.loads(lines[4])["text"]], "images": ["009.png"]}
+    ddata.load(folder)  # once a folder per process
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 2 and "1 of the 2 held-out rows" in err and "share their caption" in err
+    assert "share their image with a training row (e.g. '009.png')" in err and "their scores measure memory" in err
+
+
 def test_an_image_too_large_to_decode_safely_is_bad_data(tmp_path, monkeypatch):
     data = tiny_data(tmp_path / "data", 4)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 24x24 px is then over twice the limit: PIL refuses it
@@ -1141,6 +1162,7 @@ def test_a_real_pipeline_on_the_shipped_twemoji_says_which_data_it_fine_tunes_on
         task.load(str(folder), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
         err = capsys.readouterr().err
         assert ("fine-tunes on the shipped Twemoji" in err and "pass its folder as --data-dir" in err) == noted
+        assert "their scores measure memory" not in err  # no held-out emoji repeats a training caption or image
 
 
 def test_fidelity_has_majority_and_chance_rows_and_similarity_is_not_held_to_baselines_it_has_not(tiny, tmp_path):

@@ -95,7 +95,9 @@ def load(folder: Path) -> Data:
     """``folder/train`` + ``folder/test`` when present; the shipped Twemoji (rows with categories): base
     = other categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test."""
     if (folder / "train" / METADATA).is_file() and (folder / "test" / METADATA).is_file():
-        return Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
+        data = Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
+        _warn_overlap(data)
+        return data
     items = read_folder(folder)
     cats = {i.category for i in items}
     if all(c in cats for c in FINETUNE_CATEGORIES):
@@ -112,7 +114,46 @@ def load(folder: Path) -> Data:
         )
     held = {id(i) for i in test}
     train = [i for i in tune if id(i) not in held]
-    return Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
+    data = Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
+    _warn_overlap(data)
+    return data
+
+
+def overlap(data: Data) -> dict[str, list[str]]:
+    """The held-out rows whose caption, or whose image's bytes, a training (or base) row also has: what the
+    model may have seen, which makes its score on them a memory test. ``{"captions": [...], "images": [...]}``
+    (held-out captions and file names)."""
+    seen = data.train + data.base
+    captions = {i.text.casefold() for i in seen}
+    images = {_sha256(i.image) for i in seen}
+    return {
+        "captions": [i.text for i in data.test if i.text.casefold() in captions],
+        "images": [i.image.name for i in data.test if _sha256(i.image) in images],
+    }
+
+
+_WARNED: set[str] = set()  # folders warned about in this process
+
+
+def _warn_overlap(data: Data) -> None:
+    import sys
+
+    found = overlap(data)
+    if not any(found.values()) or str(data.folder) in _WARNED:
+        return
+    _WARNED.add(str(data.folder))
+    for what, names in found.items():
+        if names:
+            print(
+                f"warning: {len(names)} of the {len(data.test)} held-out rows of {data.folder} share their "
+                f"{what[:-1]} with a training row (e.g. {names[0]!r}): their scores measure memory; hold out rows "
+                "that no training row repeats (train/ and test/ folders that do not overlap)",
+                file=sys.stderr,
+            )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def train_metadata(folder: Path) -> Path:
