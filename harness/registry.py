@@ -162,17 +162,38 @@ _PLUGIN_OF: dict[Path, Path] = {}  # each of those files: the plugin that import
 
 
 def plugin_files(*classes: type) -> list[dict[str, str]]:
-    """The plugin files (``--plugin``) whose import defined ``classes`` (a run's method and task; in the file or
-    a module beside it), as a record keeps them: ``{"file": name, "sha256": of the file and the modules it
-    imported from its folder}``; built-ins and installed packages are not listed."""
+    """The plugin code that defined ``classes`` (a run's method and task), as a record keeps it: a plugin file
+    (``--plugin``; the class in the file or a module beside it) as ``{"file": name, "sha256": of the file and
+    the modules it imported from its folder}``, an installed package's class (an entry point) as ``{"package":
+    distribution, "version": its version}``; built-ins are not listed."""
     out = []
     for cls in classes:
         file = getattr(sys.modules.get(cls.__module__), "__file__", None)
         plugin = _PLUGIN_OF.get(Path(file).resolve()) if file else None
-        entry = {"file": plugin.name, "sha256": _PLUGINS_LOADED[plugin]} if plugin else None
+        entry = {"file": plugin.name, "sha256": _PLUGINS_LOADED[plugin]} if plugin else _distribution(cls.__module__)
         if entry is not None and entry not in out:
             out.append(entry)
     return out
+
+
+BUILTIN_PACKAGES = ("harness", "methods", "tasks")
+
+
+def _distribution(module: str) -> dict[str, str] | None:
+    """``{"package": name, "version": version}`` of the installed distribution that holds ``module`` (by its
+    top-level package); None for the built-ins, a module of no distribution, or one several share."""
+    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+
+    top = module.partition(".")[0]
+    if top in BUILTIN_PACKAGES or top == "__main__":
+        return None
+    names = sorted(set(packages_distributions().get(top, [])))
+    if len(names) != 1:
+        return None
+    try:
+        return {"package": names[0], "version": version(names[0])}
+    except PackageNotFoundError:
+        return None
 
 
 def _qualname(obj: object) -> str:

@@ -319,19 +319,30 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
 
 
 def _plugins(spec: RunSpec) -> dict[str, Any]:
-    """``{"plugins": [...]}``: the plugin files that define the run's method and task (none: ``{}``)."""
+    """``{"plugins": [...]}``: the plugin files and packages that define the run's method and task (none: ``{}``)."""
     classes = [TASKS.get(spec.task), *([METHODS.get(spec.method)] if spec.method != BASELINE else [])]
     return {"plugins": found} if (found := plugin_files(*classes)) else {}
 
 
 def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
-    """Which plugin file defining the run's method or task differs from the one of that name the finished run
-    was made with (the run id leaves plugin code out, as it leaves out the harness's own); ``None``: none
-    differs, or none is known."""
-    ran = {p["file"]: p["sha256"] for p in finished.get("env", {}).get("plugins", [])}
+    """Which plugin file (or installed plugin package) defining the run's method or task differs from the one of
+    that name the finished run was made with (the run id leaves plugin code out, as it leaves out the harness's
+    own); ``None``: none differs, or none is known."""
+
+    def ident(plugin: dict[str, str]) -> tuple[str, str]:  # (what, how it is now): a file's sha, a package's version
+        return (
+            (f"file {plugin['file']}", plugin["sha256"])
+            if "file" in plugin
+            else (f"package {plugin.get('package')}", str(plugin.get("version")))
+        )
+
+    ran = dict(ident(p) for p in finished.get("env", {}).get("plugins", []))
     for plugin in _plugins(spec).get("plugins", []):
-        if plugin["file"] in ran and ran[plugin["file"]] != plugin["sha256"]:
-            return f"the plugin file {plugin['file']} differs from the one it ran with"
+        what, now = ident(plugin)
+        if what in ran and ran[what] != now:
+            if what.startswith("file"):
+                return f"the plugin {what} differs from the one it ran with"
+            return f"the plugin {what} is version {now}; the run was made with version {ran[what]}"
     return None
 
 

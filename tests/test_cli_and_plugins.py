@@ -268,3 +268,33 @@ def test_every_commands_help_names_plugin(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     assert "--plugin FILE.py" in capsys.readouterr().out
+
+
+def test_an_installed_plugin_packages_version_is_recorded_and_another_one_is_not_taken_as_done(tmp_path, monkeypatch):
+    """A method from an installed package (an entry point) was recorded by nothing: a finished run of an older
+    version of it looked done. Records keep the distribution and its version; a run of another is other code."""
+    import importlib
+    import types
+
+    from harness import TASKS, registry, runner
+
+    (tmp_path / "ep_rec_lora.py").write_text(
+        "from methods.lora import LoraLinear\n\n\nclass EpLoRA(LoraLinear):\n    pass\n"
+    )
+    dist = tmp_path / "ep_rec_lora-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-rec-lora\nVersion: 0.1\n")
+    (dist / "top_level.txt").write_text("ep_rec_lora\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("ep_rec_lora")
+    monkeypatch.setitem(registry.METHODS._entries, "ep_rec_lora", module.EpLoRA)  # as its entry point would
+    assert registry.plugin_files(module.EpLoRA, TASKS.get("commonsense")) == [
+        {"package": "ep-rec-lora", "version": "0.1"}
+    ]
+    spec = types.SimpleNamespace(task="commonsense", method="ep_rec_lora")
+    finished = {"env": {"plugins": registry.plugin_files(module.EpLoRA)}}
+    assert runner._other_plugin(spec, finished) is None  # the same version: done
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-rec-lora\nVersion: 0.2\n")
+    assert runner._other_plugin(spec, finished) == (
+        "the plugin package ep-rec-lora is version 0.2; the run was made with version 0.1"
+    )
