@@ -196,10 +196,18 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     if args.leaderboard:  # before any run is scored
         check_writable(out, "leaderboard folder", "--out")
     ids = split_list(args.runs) if args.runs else None
-    rescore_runs(Path(args.runs_dir), args.task, scoring, ids, say=lambda line: print(line, flush=True))
-    if args.leaderboard:
+    done, problems = rescore_runs(
+        Path(args.runs_dir), args.task, scoring, ids, say=lambda line: print(line, flush=True)
+    )
+    for line in problems:
+        print(f"warning: {line}", file=sys.stderr)
+    if args.leaderboard and done:
         for path in write_leaderboards(Path(args.runs_dir), out):
             print(f"wrote {path}")
+    if problems:  # after the leaderboard: the runs that were scored are in it
+        raise CliError(
+            f"{len(problems)} problem(s) rescoring (above; the first: {problems[0]}); {len(done)} run(s) rescored"
+        )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

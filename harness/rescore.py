@@ -26,10 +26,12 @@ def rescore_runs(
     scoring: dict[str, str],
     run_ids: list[str] | None = None,
     say: Callable[[str], None] = print,
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Score the successful runs of ``task`` in ``runs_dir`` (only ``run_ids`` where given) again with
-    ``scoring``; the updated records. Every name is checked before any run is touched; a run another process
-    holds is refused, naming it."""
+    ``scoring``: (the updated records, the problems). Every name and the scorers themselves
+    (``Task.check_scoring``) are checked before any run is touched. A run that cannot be scored (another
+    process holds it, what it saved is missing) is a problem and the others go on; a column that comes back
+    without a score (the judge failed) is a problem too, and does not replace a score the record has."""
     from harness.runner import finish_swap
 
     task_cls = TASKS.get(task)
@@ -60,26 +62,44 @@ def rescore_runs(
         )
     if not chosen:
         raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
-    out = []
+    task_cls.check_scoring(dict(scoring))  # the scorers reachable and loadable, before any run is touched
+    done, problems = [], []
     for i, run_id in enumerate(chosen, 1):
         run_dir = found[run_id]
         lock = RunLock(run_dir)
         if not lock.acquire(blocking=False):
-            raise ValueError(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
+            problems.append(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
+            continue
         try:
             finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
             record = read_record(run_dir / RECORD)
-            entries = task_cls.rescore(run_dir, record, dict(scoring))
             try:
+                entries = task_cls.rescore(run_dir, record, dict(scoring))
                 check_eval(entries)
             except ValueError as exc:
-                raise ValueError(f"run {run_id}: the {task} task's rescore gave {exc}") from None
-            record["eval"].update(entries)
+                problems.append(f"{exc}" if run_id in str(exc) else f"run {run_id}: {exc}")
+                continue
+            kept = [c for c, e in entries.items() if "value" not in e and "value" in record["eval"].get(c, {})]
+            unscored: dict[tuple[str, str], list[str]] = {}  # one problem per reason, not per column
+            for column, entry in entries.items():
+                if "value" not in entry:
+                    why = (str(entry.get("status", "not scored")), str(entry.get("reason", "")))
+                    unscored.setdefault(why, []).append(column)
+            for (status, reason), columns in unscored.items():
+                named = columns[0] if len(columns) == 1 else f"{len(columns)} columns ({columns[0]} ... {columns[-1]})"
+                problems.append(
+                    f"run {run_id}: {named} {status} ({reason})"
+                    + ("; the earlier scores are kept" if any(c in kept for c in columns) else "")
+                )
+            written = {c: e for c, e in entries.items() if c not in kept}
+            if not written:
+                continue
+            record["eval"].update(written)
             record["run"].setdefault("rescored", []).append(
                 {
                     "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                     "scoring": {k: Path(v).name if k.endswith("_checkpoint") else v for k, v in scoring.items()},
-                    "columns": sorted(entries),
+                    "columns": sorted(written),
                     "harness_version": __version__,
                     **git_state(),
                 }
@@ -87,11 +107,11 @@ def rescore_runs(
             write_record(run_dir, record)
         finally:
             lock.release()
-        heads = [c for c in entries if not c.startswith("judge_") or c == "judge_avg"]  # not every criterion
+        heads = [c for c in written if not c.startswith("judge_") or c == "judge_avg"]  # not every criterion
         shown = ", ".join(
-            f"{c} {e['value']:.2f}" if "value" in e else f"{c} {e.get('status')}"
-            for c, e in ((c, entries[c]) for c in heads)
+            f"{c} {written[c]['value']:.2f}" if "value" in written[c] else f"{c} {written[c].get('status')}"
+            for c in heads
         )
         say(f"[{i}/{len(chosen)}] {run_id}: {shown}")
-        out.append(record)
-    return out
+        done.append(record)
+    return done, problems

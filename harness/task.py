@@ -184,10 +184,17 @@ class Task(ABC):
         return preset_template
 
     @classmethod
+    def check_scoring(cls, scoring: dict[str, str]) -> None:
+        """Before ``harness rescore`` touches any run: the scorers in ``scoring`` can run here (``ValueError``
+        saying what to fix); by default nothing is checked."""
+        return None
+
+    @classmethod
     def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
         """``harness rescore``: a finished run's columns of the scorers in ``scoring`` (``{scorer: value}``, the
-        names of ``scorers``) computed again from what the run saved in ``run_dir`` (no training, no sampling),
-        as ``evaluate`` gives them; the record's other columns stay. By default a task cannot."""
+        names of ``scorers``), and only those, computed again from what the run saved in ``run_dir`` (no
+        training, no sampling), as ``evaluate`` gives them; ``ValueError`` where the run cannot be scored again
+        (what it saved is missing). The record's other columns stay. By default a task cannot."""
         raise ValueError(
             f"the {cls.name} task cannot score a finished run again from what it saved; run it again with the "
             "scorer flags (a new run id) or --force"

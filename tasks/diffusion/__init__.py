@@ -35,6 +35,7 @@ from tasks.diffusion.sheet import spread
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
 JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
+SCORER_COLUMNS = {"judge_model": (*JUDGE_COLUMNS, "judge_avg"), "hps_checkpoint": ("hps_v2",)}  # what each fills
 PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
 
 
@@ -306,18 +307,36 @@ class DiffusionTask(Task):
         return out
 
     @classmethod
-    def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """The judge's and HPS v2's columns from the run's saved ``samples/`` and their prompts (the files
-        ``evaluate`` wrote: the same PNG bytes the judge was sent, so its cached answers are found again)."""
-        from PIL import Image
-
-        if unknown := sorted(set(scoring) - set(cls.scorers)):
-            raise ValueError(f"the diffusion task has no scorer {unknown[0]!r}; it has: {', '.join(cls.scorers)}")
+    def check_scoring(cls, scoring: dict[str, str]) -> None:
+        """Before ``harness rescore`` touches a run: the judge is reachable (``judge.check_available``) and HPS v2
+        loads here (an HPS v2 that cannot run would leave every run's column ``absent``)."""
         if model := scoring.get("judge_model"):
             from tasks.diffusion import judge
 
             judge.check_available(model)
+        if checkpoint := scoring.get("hps_checkpoint"):
+            from tasks.diffusion import hps
+
+            try:
+                _hps_scorer(checkpoint)
+            except hps.Unavailable as exc:
+                raise ValueError(f"HPS v2 cannot score here: {exc}") from None
+
+    @classmethod
+    def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """The columns of the scorers in ``scoring`` (the judge's, HPS v2's) from the run's saved ``samples/`` and
+        their prompts (the files ``evaluate`` wrote: the same PNG bytes the judge was sent, so its cached answers
+        are found again); the other scorer's columns are not returned."""
+        from PIL import Image
+
         run = record["run"]["id"]
+        made = record["run"]["config"]["task_options"].get("scoring") or {}
+        if (asked := scoring.get("judge_model")) and made.get("judge_model") not in (None, asked):
+            raise ValueError(
+                f"run {run} was made with --judge-model {made['judge_model']} (part of its run id): scores of "
+                f"{asked} would stand under that name; rescore it with {made['judge_model']}, or run it with "
+                f"--judge-model {asked} (a new run)"
+            )
         path = run_dir / PREDICTIONS
         try:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -326,17 +345,22 @@ class DiffusionTask(Task):
                 f"run {run}: its saved samples cannot be read ({path.name}: {exc}); run it again"
             ) from None
         ref = record["eval"].get("similarity", {})
+        if not all(isinstance(line, dict) and isinstance(line.get("file"), str) and isinstance(line.get("prompt"), str)
+                   for line in lines):  # fmt: skip
+            raise ValueError(f"run {run}: a line of {path.name} lacks its sample's file or prompt; run it again")
         if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or "examples" not in ref:
             raise ValueError(f"run {run}: {path.name} does not hold the {ref.get('n', '?')} samples its record scored")
         pngs = []
         for line in lines:
-            file = run_dir / str(line["file"])
+            file = run_dir / line["file"]
             if not file.is_file() or file.resolve().parent != (run_dir / "samples").resolve():
                 raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/); run it again")
             pngs.append(file.read_bytes())
         images = [Image.open(io.BytesIO(b)).convert("RGB") for b in pngs]
         common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
-        return optional_scores(scoring, images, [str(line["prompt"]) for line in lines], common, pngs)
+        out = optional_scores(scoring, images, [line["prompt"] for line in lines], common, pngs)
+        asked_columns = {c for k in scoring for c in SCORER_COLUMNS[k]}
+        return {c: e for c, e in out.items() if c in asked_columns}
 
     def options_scoring(self) -> dict[str, str]:
         return dict(self.options.scoring or ())
@@ -394,7 +418,7 @@ def optional_scores(
     from ``prompts`` (``pngs``: their PNG files' bytes, else encoded here), whose entries share ``common``."""
     out: dict[str, dict[str, Any]] = {}
     try:
-        out |= _judge(scoring.get("judge_model"), pngs or [_png(im) for im in images], prompts, common)
+        out |= _judge(scoring.get("judge_model"), images, prompts, common, pngs)
     except Exception as exc:  # the judge's own bug or an odd server: the run keeps its other scores
         from tasks.diffusion.judge import scrub
 
@@ -410,11 +434,14 @@ def optional_scores(
     return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common)
 
 
-def _judge(model: str | None, pngs: list[bytes], prompts: list[str], common: dict[str, Any]) -> dict[str, dict]:
+def _judge(
+    model: str | None, images: list, prompts: list[str], common: dict[str, Any], pngs: list[bytes] | None
+) -> dict[str, dict]:
     from tasks.diffusion import judge
 
     if not model:
         return {c: {"status": "absent", "reason": "no --judge-model given"} for c in (*JUDGE_COLUMNS, "judge_avg")}
+    pngs = pngs or [_png(im) for im in images]  # encoded only for a judge
     j = judge.Judge(model)
     verdicts = [j(png, prompt) for png, prompt in zip(pngs, prompts, strict=True)]
     ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
@@ -467,7 +494,7 @@ def _hps(checkpoint: str | None, images: list, prompts: list[str], common: dict[
     if not checkpoint:
         return {"hps_v2": {"status": "absent", "reason": "no --hps-checkpoint given"}}
     try:
-        scorer = hps.HPSv2(Path(checkpoint))
+        scorer = _hps_scorer(checkpoint)
     except hps.Unavailable as exc:
         return {"hps_v2": {"status": "absent", "reason": str(exc)}}
     vals = scorer.score(images, prompts)
@@ -481,6 +508,23 @@ def _hps(checkpoint: str | None, images: list, prompts: list[str], common: dict[
             **common,
         }
     }
+
+
+_HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 loaded, by checkpoint (path, size, mtime): ~2 GB once
+
+
+def _hps_scorer(checkpoint: str):
+    """HPS v2 from ``checkpoint``, loaded once a process (``harness rescore`` scores many runs with it)."""
+    from tasks.diffusion import hps
+
+    path = Path(checkpoint)
+    stat = path.stat() if path.is_file() else None
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns) if stat else None
+    if key is None or key not in _HPS:
+        scorer = hps.HPSv2(path)  # Unavailable: the caller says why
+        _HPS.clear()
+        _HPS[key] = scorer
+    return _HPS[key]
 
 
 def _png(image) -> bytes:

@@ -77,10 +77,11 @@ _PROBED: set[tuple[str, str, str]] = set()  # (base URL, sha256 of the key, mode
 
 
 def probe(judge_model: str, client: Any = None) -> None:
-    """One request (the server's model list) before training, so that a wrong ``OPENAI_BASE_URL`` or a refused
-    key stops the run at once rather than after training as failed judge columns. No connection or a 401/403 is
-    an error; any other status (a server without ``/models``) counts as reachable, the judging itself decides.
-    A listed model set without ``judge_model`` is a warning (a proxy may take names it does not list)."""
+    """One request (the server's model list) before training, so that an ``OPENAI_BASE_URL`` where nothing
+    answers, or a refused key, stops the run at once rather than after training as failed judge columns. No
+    connection or a 401/403 is an error; any other status counts as reachable and the judging itself decides
+    (a 404 is a warning: a base URL without its ``/v1`` answers so). A listed model set without
+    ``judge_model`` is a warning (a proxy may take names it does not list)."""
     import os
 
     import openai
@@ -96,7 +97,7 @@ def probe(judge_model: str, client: Any = None) -> None:
         return
     where = endpoint(client)
     try:
-        listed = [m.id for m in client.models.list()]
+        listed = [str(m.id) for m in client.models.list() if getattr(m, "id", None)]
     except openai.APIConnectionError as exc:  # no server there, or no answer in PROBE_TIMEOUT_S
         raise ValueError(
             f"the judge at {where} cannot be reached ({scrub(f'{type(exc).__name__}: {exc}')[:200]}): start the "
@@ -107,6 +108,13 @@ def probe(judge_model: str, client: Any = None) -> None:
             f"the judge at {where} refuses the key ({scrub(f'{type(exc).__name__}: {exc}')[:200]}): fix "
             "OPENAI_API_KEY, or leave --judge-model out"
         ) from None
+    except openai.NotFoundError:  # a server without a model list, or a base URL without its path (e.g. /v1)
+        print(
+            f"warning: the judge at {where} has no model list at {client.base_url}models (404): if OPENAI_BASE_URL "
+            "lacks a path the server needs (e.g. /v1), the judging will fail after training",
+            file=sys.stderr,
+        )
+        listed = []
     except (openai.APIError, AttributeError, TypeError):  # it answered (a status, a body that is no model list)
         listed = []
     if listed and judge_model not in listed:
