@@ -809,6 +809,30 @@ def test_the_contact_sheet_pairs_samples_by_prompt_not_by_position(tmp_path):
     ]
 
 
+def test_the_contact_sheet_shows_the_runs_at_the_newest_trained_settings():
+    """The sheet took, per method, whichever seed-0 run of the preset came first: a 10-step lora beside a
+    1,000-step effilora, or the samples of another model, under one preset's name."""
+    from tasks.diffusion.sheet import _newest_settings
+
+    def record(method, steps, created, model="embedded"):
+        config = {"task": "diffusion", "preset": "embedded", "model": model, "protocol": "native", "seed": 0,
+                  "task_options": {"template": "caption"}, "train": {"steps": steps, "seed": 0}, "method": method}  # fmt: skip
+        return {"run": {"id": f"{method}-{steps}-{model}", "created_at": created, "config": config}}
+
+    runs = [
+        record("base", 0, "2026-01-01"),
+        record("base", 0, "2026-01-01", model="other"),
+        record("lora", 10, "2026-01-02"),
+        record("lora", 1000, "2026-01-03"),
+        record("effilora", 1000, "2026-01-04"),
+        record("effilora", 1000, "2026-01-05", model="other"),
+    ]
+    assert [r["run"]["id"] for r in _newest_settings(runs)] == ["base-0-other", "effilora-1000-other"]
+    assert [r["run"]["id"] for r in _newest_settings(runs[:5])] == ["base-0-embedded", "lora-1000-embedded",
+                                                                   "effilora-1000-embedded"]  # fmt: skip
+    assert _newest_settings(runs[:2]) == runs[:2]  # no trained run: every zero-shot one
+
+
 def test_the_contact_sheet_spreads_its_rows_over_categories():
     from tasks.diffusion.sheet import spread
 

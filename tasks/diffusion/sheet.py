@@ -39,12 +39,19 @@ def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
 
 
 def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each method (base first)."""
+    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each method (base first), at the
+    settings of the preset's newest trained run (as the leaderboard's plot): runs at other settings (steps,
+    data, model) would set samples of different training side by side."""
     written = []
     for preset in sorted({r["run"]["config"]["preset"] for r in records}):
-        mine = [r for r in records if r["run"]["config"]["preset"] == preset and r["run"]["config"]["seed"] == 0]
+        mine = _newest_settings(
+            [r for r in records if r["run"]["config"]["preset"] == preset and r["run"]["config"]["seed"] == 0]
+        )
         runs = {}
-        for r in sorted(mine, key=lambda r: (r["run"]["config"]["method"] != "base", r["run"]["config"]["method"])):
+        newest_first = sorted(mine, key=lambda r: r["run"].get("created_at", ""), reverse=True)
+        for r in sorted(
+            newest_first, key=lambda r: (r["run"]["config"]["method"] != "base", r["run"]["config"]["method"])
+        ):
             folder = _run_folder(runs_dir, r["run"]["id"])
             if folder is not None and (folder / RERUN / RECORD).is_file():  # a pending swap: files of two runs
                 print(
@@ -56,6 +63,23 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
         if runs and (sheet := _sheet(runs, out_dir / f"diffusion_samples_{preset}.png", *_sources(mine))):
             written.append(sheet)
     return written
+
+
+def _newest_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records at the settings (``harness.leaderboard``'s section: model, protocol, task options, training)
+    of the newest trained one, with the zero-shot runs of its model, protocol and task options; all of them
+    where none trained."""
+    from harness.leaderboard import _settings
+
+    trained = [r for r in records if r["run"]["config"]["method"] != "base"]
+    if not trained:
+        return records
+    newest = _settings(max(trained, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"])))
+    return [
+        r
+        for r in records
+        if _settings(r) == newest or (r["run"]["config"]["method"] == "base" and _settings(r)[0] == newest[0])
+    ]
 
 
 def _sources(records: list[dict[str, Any]]) -> tuple[str, dict[str, Path] | None]:
