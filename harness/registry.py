@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -179,15 +180,23 @@ def plugin_files(*classes: type) -> list[dict[str, str]]:
 BUILTIN_PACKAGES = ("harness", "methods", "tasks")
 
 
+@functools.cache
+def _top_level_distributions() -> dict[str, list[str]]:
+    """``importlib.metadata.packages_distributions()``, read once a process (it scans every installed package)."""
+    from importlib.metadata import packages_distributions
+
+    return dict(packages_distributions())
+
+
 def _distribution(module: str) -> dict[str, str] | None:
     """``{"package": name, "version": version}`` of the installed distribution that holds ``module`` (by its
     top-level package); None for the built-ins, a module of no distribution, or one several share."""
-    from importlib.metadata import PackageNotFoundError, packages_distributions, version
+    from importlib.metadata import PackageNotFoundError, version
 
     top = module.partition(".")[0]
     if top in BUILTIN_PACKAGES or top == "__main__":
         return None
-    names = sorted(set(packages_distributions().get(top, [])))
+    names = sorted(set(_top_level_distributions().get(top, [])))
     if len(names) != 1:
         return None
     try:

@@ -71,27 +71,17 @@ def rescore_runs(
             problems.append(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
             continue
         try:
-            finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
-            record = read_record(run_dir / RECORD)
             try:
+                finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
+                record = read_record(run_dir / RECORD)
                 entries = task_cls.rescore(run_dir, record, dict(scoring))
                 check_eval(entries)
-            except ValueError as exc:
-                problems.append(f"{exc}" if run_id in str(exc) else f"run {run_id}: {exc}")
+            except (ValueError, OSError, KeyError, TypeError) as exc:  # this run's files: the others go on
+                text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+                problems.append(text if run_id in text else f"run {run_id}: {text}")
                 continue
-            kept = [c for c, e in entries.items() if "value" not in e and "value" in record["eval"].get(c, {})]
-            unscored: dict[tuple[str, str], list[str]] = {}  # one problem per reason, not per column
-            for column, entry in entries.items():
-                if "value" not in entry:
-                    why = (str(entry.get("status", "not scored")), str(entry.get("reason", "")))
-                    unscored.setdefault(why, []).append(column)
-            for (status, reason), columns in unscored.items():
-                named = columns[0] if len(columns) == 1 else f"{len(columns)} columns ({columns[0]} ... {columns[-1]})"
-                problems.append(
-                    f"run {run_id}: {named} {status} ({reason})"
-                    + ("; the earlier scores are kept" if any(c in kept for c in columns) else "")
-                )
-            written = {c: e for c, e in entries.items() if c not in kept}
+            written, found_problems = _what_to_write(record["eval"], entries)
+            problems += [f"run {run_id}: {line}" for line in found_problems]
             if not written:
                 continue
             record["eval"].update(written)
@@ -108,10 +98,33 @@ def rescore_runs(
         finally:
             lock.release()
         heads = [c for c in written if not c.startswith("judge_") or c == "judge_avg"]  # not every criterion
-        shown = ", ".join(
-            f"{c} {written[c]['value']:.2f}" if "value" in written[c] else f"{c} {written[c].get('status')}"
-            for c in heads
-        )
+        shown = ", ".join(f"{c} {written[c]['value']:.2f}" for c in heads)
         say(f"[{i}/{len(chosen)}] {run_id}: {shown}")
         done.append(record)
     return done, problems
+
+
+def _what_to_write(old: dict[str, Any], entries: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """(the entries to write, the problems): only scored entries are written, and none that scores fewer examples
+    than the record's entry of that column already does (a judge that failed on some images now); an entry that
+    failed on some of its examples is written where it is not worse, and said."""
+    written, grouped = {}, {}  # grouped: one problem per reason, not per column (the judge's eight)
+    for column, entry in entries.items():
+        before = old.get(column, {})
+        if "value" not in entry:
+            why = f"{entry.get('status', 'not scored')} ({entry.get('reason', '')})"
+            if "value" in before:
+                why += "; the earlier score is kept"
+        elif "value" in before and int(entry.get("n", 0)) < int(before.get("n", 0)):
+            why = f"scored {entry.get('n')} examples, fewer than the record's {before.get('n')}; the earlier score is kept"
+        else:
+            written[column] = entry
+            if not entry.get("failed"):
+                continue
+            why = f"{entry['failed']} of its examples failed (scored {entry.get('n')}; written)"
+        grouped.setdefault(why, []).append(column)
+    problems = [
+        f"{cols[0] if len(cols) == 1 else f'{len(cols)} columns ({cols[0]} ... {cols[-1]})'} {why}"
+        for why, cols in grouped.items()
+    ]
+    return written, problems

@@ -286,6 +286,7 @@ def test_an_installed_plugin_packages_version_is_recorded_and_another_one_is_not
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-rec-lora\nVersion: 0.1\n")
     (dist / "top_level.txt").write_text("ep_rec_lora\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    registry._top_level_distributions.cache_clear()  # read once a process: this test installs one
     module = importlib.import_module("ep_rec_lora")
     monkeypatch.setitem(registry.METHODS._entries, "ep_rec_lora", module.EpLoRA)  # as its entry point would
     assert registry.plugin_files(module.EpLoRA, TASKS.get("commonsense")) == [

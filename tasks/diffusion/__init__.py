@@ -330,13 +330,15 @@ class DiffusionTask(Task):
         from PIL import Image
 
         run = record["run"]["id"]
-        made = record["run"]["config"]["task_options"].get("scoring") or {}
-        if (asked := scoring.get("judge_model")) and made.get("judge_model") not in (None, asked):
-            raise ValueError(
-                f"run {run} was made with --judge-model {made['judge_model']} (part of its run id): scores of "
-                f"{asked} would stand under that name; rescore it with {made['judge_model']}, or run it with "
-                f"--judge-model {asked} (a new run)"
-            )
+        made = (record["run"].get("config", {}).get("task_options") or {}).get("scoring") or {}
+        for key, value in scoring.items():  # what the run id names (a checkpoint by its file name) must be what scores
+            given, named = (Path(value).name, made.get(key)) if key.endswith("_checkpoint") else (value, made.get(key))
+            if named not in (None, given):
+                flag = "--" + key.replace("_", "-")
+                raise ValueError(
+                    f"run {run} was made with {flag} {named} (part of its run id): scores of {given} would stand "
+                    f"under that name; rescore it with {named}, or run it with {flag} {given} (a new run)"
+                )
         path = run_dir / PREDICTIONS
         try:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -348,7 +350,9 @@ class DiffusionTask(Task):
         if not all(isinstance(line, dict) and isinstance(line.get("file"), str) and isinstance(line.get("prompt"), str)
                    for line in lines):  # fmt: skip
             raise ValueError(f"run {run}: a line of {path.name} lacks its sample's file or prompt; run it again")
-        if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or "examples" not in ref:
+        if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or not all(
+            k in ref for k in ("examples", "protocol", "sha256")
+        ):
             raise ValueError(f"run {run}: {path.name} does not hold the {ref.get('n', '?')} samples its record scored")
         pngs = []
         for line in lines:
@@ -356,9 +360,15 @@ class DiffusionTask(Task):
             if not file.is_file() or file.resolve().parent != (run_dir / "samples").resolve():
                 raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/); run it again")
             pngs.append(file.read_bytes())
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in pngs]
+        images = []
+        for line, png in zip(lines, pngs, strict=True):
+            try:
+                images.append(Image.open(io.BytesIO(png)).convert("RGB"))
+            except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+                raise ValueError(f"run {run}: sample {line['file']} cannot be read ({exc}); run it again") from None
         common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
-        out = optional_scores(scoring, images, [line["prompt"] for line in lines], common, pngs)
+        prompts = [line["prompt"] for line in lines]
+        out = optional_scores(scoring, images, prompts, common, pngs, keep_models=True)
         asked_columns = {c for k in scoring for c in SCORER_COLUMNS[k]}
         return {c: e for c, e in out.items() if c in asked_columns}
 
@@ -412,10 +422,16 @@ class DiffusionTask(Task):
 
 
 def optional_scores(
-    scoring: dict[str, str], images: list, prompts: list[str], common: dict[str, Any], pngs: list[bytes] | None = None
+    scoring: dict[str, str],
+    images: list,
+    prompts: list[str],
+    common: dict[str, Any],
+    pngs: list[bytes] | None = None,
+    keep_models: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """The judge's and HPS v2's columns (``absent`` where ``scoring`` does not ask for one) of ``images`` generated
-    from ``prompts`` (``pngs``: their PNG files' bytes, else encoded here), whose entries share ``common``."""
+    from ``prompts`` (``pngs``: their PNG files' bytes, else encoded here), whose entries share ``common``;
+    ``keep_models``: HPS v2 stays loaded for the next call (``harness rescore``'s runs), else it is let go."""
     out: dict[str, dict[str, Any]] = {}
     try:
         out |= _judge(scoring.get("judge_model"), images, prompts, common, pngs)
@@ -431,7 +447,7 @@ def optional_scores(
             "rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)",
             file=sys.stderr,
         )
-    return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common)
+    return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common, keep_models)
 
 
 def _judge(
@@ -488,13 +504,15 @@ def _judge(
     return out
 
 
-def _hps(checkpoint: str | None, images: list, prompts: list[str], common: dict[str, Any]) -> dict[str, dict]:
+def _hps(
+    checkpoint: str | None, images: list, prompts: list[str], common: dict[str, Any], keep: bool = False
+) -> dict[str, dict]:
     from tasks.diffusion import hps
 
     if not checkpoint:
         return {"hps_v2": {"status": "absent", "reason": "no --hps-checkpoint given"}}
     try:
-        scorer = _hps_scorer(checkpoint)
+        scorer = _hps_scorer(checkpoint) if keep else hps.HPSv2(Path(checkpoint))  # ~4 GB: kept only when asked
     except hps.Unavailable as exc:
         return {"hps_v2": {"status": "absent", "reason": str(exc)}}
     vals = scorer.score(images, prompts)
@@ -510,11 +528,11 @@ def _hps(checkpoint: str | None, images: list, prompts: list[str], common: dict[
     }
 
 
-_HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 loaded, by checkpoint (path, size, mtime): ~2 GB once
+_HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 kept, by checkpoint (path, size, mtime)
 
 
 def _hps_scorer(checkpoint: str):
-    """HPS v2 from ``checkpoint``, loaded once a process (``harness rescore`` scores many runs with it)."""
+    """HPS v2 from ``checkpoint``, loaded once and kept (``harness rescore`` scores many runs with it)."""
     from tasks.diffusion import hps
 
     path = Path(checkpoint)

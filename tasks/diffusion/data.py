@@ -138,10 +138,11 @@ _WARNED: set[str] = set()  # folders warned about in this process
 def _warn_overlap(data: Data) -> None:
     import sys
 
-    found = overlap(data)
-    if not any(found.values()) or str(data.folder) in _WARNED:
+    folder = str(data.folder.resolve())
+    if folder in _WARNED:  # checked once a folder (every image hashed), however the folder is named
         return
-    _WARNED.add(str(data.folder))
+    _WARNED.add(folder)
+    found = overlap(data)
     for what, names in found.items():
         if names:
             print(

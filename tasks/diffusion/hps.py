@@ -46,6 +46,11 @@ class HPSv2:
                 f"HPS v2 checkpoint {checkpoint.name!r} is not a file of weights alone, refused by torch.load("
                 f"weights_only=True) ({str(exc).splitlines()[0]}); pass HPS v2's state_dict saved on its own"
             ) from None
+        except (RuntimeError, OSError, EOFError) as exc:  # a truncated or damaged file, or one that cannot be read
+            raise Unavailable(
+                f"HPS v2 checkpoint {checkpoint.name!r} cannot be read ({type(exc).__name__}: "
+                f"{(str(exc).splitlines() or [''])[0]}); download it again"
+            ) from None
         try:  # weights of another model, or not a state dict at all: the column is absent, the run goes on
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
         except (RuntimeError, KeyError, AttributeError, TypeError) as exc:

@@ -3,7 +3,7 @@
 Speaks the OpenAI chat API through the ``openai`` client, so any compatible server works: the endpoint
 is the client's ``OPENAI_BASE_URL``, the key ``OPENAI_API_KEY`` (read by the client, never written
 anywhere by the harness). Every parsed answer is cached on disk, keyed by the image's sha256, the
-prompt, the rubric version, the judge model and the server (scheme, host, port): a cached answer is never
+prompt, the rubric version, the judge model and the server (its base URL, hashed): a cached answer is never
 requested again. An answer
 that is not one JSON object with exactly the seven keys and integer values 1-10 is asked for again up
 to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
@@ -110,8 +110,8 @@ def probe(judge_model: str, client: Any = None) -> None:
         ) from None
     except openai.NotFoundError:  # a server without a model list, or a base URL without its path (e.g. /v1)
         print(
-            f"warning: the judge at {where} has no model list at {client.base_url}models (404): if OPENAI_BASE_URL "
-            "lacks a path the server needs (e.g. /v1), the judging will fail after training",
+            f"warning: the judge at {where} has no model list (404 for .../models): if OPENAI_BASE_URL lacks a path "
+            "the server needs (such as /v1), the judging will fail",
             file=sys.stderr,
         )
         listed = []
@@ -183,7 +183,8 @@ def _text(content: Any) -> str:
 
 def cache_key(image_png: bytes, prompt: str, judge_model: str, server: str) -> str:
     """What a cached answer is the answer to: the image, the prompt, the rubric, the model and the server that
-    judged (``endpoint``: two servers may give one name to different models)."""
+    judged (the sha256 of its base URL: two servers, or two paths of one gateway, may give one name to different
+    models)."""
     ident = {
         "image_sha256": hashlib.sha256(image_png).hexdigest(),
         "prompt": prompt,
@@ -207,6 +208,8 @@ class Judge:
                 raise ValueError(f"the judge's client cannot start: {exc}") from None
         self.model, self.client = judge_model, client
         self.endpoint = endpoint(client)
+        # what the cache keys on: the whole base URL (a gateway routes by path), hashed, so never written out
+        self.server = hashlib.sha256(str(getattr(client, "base_url", "")).encode()).hexdigest()
         if self.endpoint.startswith("http://") and not _loopback(self.endpoint):
             print(
                 f"warning: the judge's endpoint {self.endpoint} is plain HTTP to another machine: the key and the "
@@ -217,7 +220,7 @@ class Judge:
         self.errors_in_a_row, self.last_error = 0, ""
 
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
-        path = self.cache / f"{cache_key(image_png, prompt, self.model, self.endpoint)}.json"
+        path = self.cache / f"{cache_key(image_png, prompt, self.model, self.server)}.json"
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
