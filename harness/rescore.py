@@ -30,8 +30,9 @@ def rescore_runs(
     """Score the successful runs of ``task`` in ``runs_dir`` (only ``run_ids`` where given) again with
     ``scoring``: (the updated records, the problems). Every name and the scorers themselves
     (``Task.check_scoring``) are checked before any run is touched. A run that cannot be scored (another
-    process holds it, what it saved is missing) is a problem and the others go on; a column that comes back
-    without a score (the judge failed) is a problem too, and does not replace a score the record has."""
+    process holds it, what it saved is missing) is a problem and the others go on. Only scored columns are
+    written, none that scores fewer examples than the record's column does; a column that comes back without a
+    score (the judge failed), or scored fewer, or with some examples failed, is a problem too."""
     from harness.runner import finish_swap
 
     task_cls = TASKS.get(task)
@@ -51,8 +52,8 @@ def rescore_runs(
             record = read_record(path)
         except ValueError:
             continue  # not a run of ours to score (the leaderboard says what is wrong with it)
-        config = record["run"].get("config") or {}
-        if record["run"]["status"] == "success" and config.get("task") == task:
+        config = record["run"].get("config")
+        if record["run"]["status"] == "success" and isinstance(config, dict) and config.get("task") == task:
             found[path.parent.name] = path.parent
     chosen = run_ids or sorted(found)
     if missing := [r for r in chosen if r not in found]:

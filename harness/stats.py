@@ -29,7 +29,8 @@ Statistics used:
   width ([0.0, 0.0]); the cell gets the exact bound instead, the one of Clopper-Pearson for right/wrong
   scores: the upper end is the mean at which all n examples score 0 with probability 2.5%, 1 - 0.025**(1/n)
   (valid for any score in 0-100). An average of such cells (Avg) gets the largest mean at which every
-  example of every benchmark scores 0 with that probability.
+  example of every benchmark scores 0 with that probability; where some of its cells sit at 0 and the others
+  at 100, each side gets its own bound, weighted by its share of the benchmarks.
 
 Resampling n examples with replacement only changes how many times each distinct per-example value is
 drawn, so the counts are drawn from a multinomial over the distinct values: the same distribution as
@@ -124,19 +125,26 @@ def estimate(
     means = np.mean([resampled_means(c, rng, resamples) for c in columns], axis=0)
     value = float(np.mean([np.mean(c) for c in columns]))
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    edge = _at_an_end(columns) if scores else None
-    if edge is not None:  # every score at 0 (or at 100): the bootstrap's interval has no width
-        bound = _exact_bound([np.asarray(c).size for c in columns], (1 - level) / 2)
-        lo, hi = (edge, edge + bound) if edge == 0.0 else (edge - bound, edge)
+    ends = _ends(columns) if scores else None
+    if ends is not None:  # every column's scores all at 0 or all at 100: the bootstrap's interval has no width
+        alpha, sizes = (1 - level) / 2, [np.asarray(c).size for c in columns]
+        at = {edge: [n for n, e in zip(sizes, ends, strict=True) if e == edge] for edge in (0.0, 100.0)}
+        # the columns at 0 can only rise and those at 100 only fall: each side's exact bound, weighted by its share
+        hi = value + (_exact_bound(at[0.0], alpha) * len(at[0.0]) / len(sizes) if at[0.0] else 0.0)
+        lo = value - (_exact_bound(at[100.0], alpha) * len(at[100.0]) / len(sizes) if at[100.0] else 0.0)
     return Estimate(value, float(lo), float(hi))
 
 
-def _at_an_end(columns: Sequence[np.ndarray]) -> float | None:
-    """0.0 or 100.0 where every score of every column is that value, else None."""
-    for edge in (0.0, 100.0):
-        if all(np.all(np.asarray(c, dtype=np.float64) == edge) for c in columns):
-            return edge
-    return None
+def _ends(columns: Sequence[np.ndarray]) -> list[float] | None:
+    """Per column 0.0 or 100.0 where each column's scores are all that value, else None."""
+    out = []
+    for c in columns:
+        c = np.asarray(c, dtype=np.float64)
+        edge = next((e for e in (0.0, 100.0) if np.all(c == e)), None)
+        if edge is None:
+            return None
+        out.append(edge)
+    return out
 
 
 def _exact_bound(sizes: list[int], alpha: float) -> float:

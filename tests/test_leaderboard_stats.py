@@ -94,6 +94,11 @@ def test_a_cell_at_0_or_100_gets_the_exact_interval_not_no_width(n):
         p1 = np.linspace(0, 1 - 0.025 ** (1 / n1), 200_001)  # every p1, and the p2 that meets the constraint
         p2 = 1 - (0.025 / (1 - p1) ** n1) ** (1 / n2)
         assert estimate([np.zeros(n1), np.zeros(n2)]).hi == pytest.approx(100 * np.max((p1 + p2) / 2), rel=1e-4)
+    # an Avg of a cell at 0 and one at 100 had the bootstrap's no width: each side its own bound, by its share
+    mixed = estimate([np.zeros(n), np.full(2 * n, 100.0), np.zeros(n)])
+    assert mixed.value == pytest.approx(100 / 3)
+    assert mixed.hi == pytest.approx(100 / 3 + (2 / 3) * 100.0 * (1 - 0.025 ** (1 / (2 * n))))  # the two at 0
+    assert mixed.lo == pytest.approx(100 / 3 - (1 / 3) * 100.0 * (1 - 0.025 ** (1 / (2 * n))))  # the one at 100
 
 
 @pytest.mark.parametrize(
