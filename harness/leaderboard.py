@@ -46,8 +46,7 @@ difference between methods can be read against one method's spread over seeds.
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
 ci_low, ci_high, p, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``
 (``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
-``harness.stats.chance_p``; ``significant``: the interval
-excludes 0 and p < 0.05);
+``harness.stats.chance_p``; ``significant``: the interval excludes 0 and p < 0.05);
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare

@@ -178,6 +178,11 @@ def plugin_files(*classes: type) -> list[dict[str, str]]:
 
 
 BUILTIN_PACKAGES = ("harness", "methods", "tasks")
+NOT_PACKAGES = (
+    "__main__",
+    "tests",
+    "conftest",
+)  # a checkout's own tests: a distribution that ships "tests" is not theirs
 
 
 @functools.cache
@@ -194,7 +199,7 @@ def _distribution(module: str) -> dict[str, str] | None:
     from importlib.metadata import PackageNotFoundError, version
 
     top = module.partition(".")[0]
-    if top in BUILTIN_PACKAGES or top == "__main__":
+    if top in BUILTIN_PACKAGES or top in NOT_PACKAGES:
         return None
     names = sorted(set(_top_level_distributions().get(top, [])))
     if len(names) != 1:

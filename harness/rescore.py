@@ -55,7 +55,7 @@ def rescore_runs(
         config = record["run"].get("config")
         if record["run"]["status"] == "success" and isinstance(config, dict) and config.get("task") == task:
             found[path.parent.name] = path.parent
-    chosen = run_ids or sorted(found)
+    chosen = list(dict.fromkeys(run_ids)) if run_ids else sorted(found)  # a run named twice is scored once
     if missing := [r for r in chosen if r not in found]:
         raise ValueError(
             f"no successful {task} run {missing[0]!r} in {str(runs_dir)!r}"

@@ -299,3 +299,13 @@ def test_an_installed_plugin_packages_version_is_recorded_and_another_one_is_not
     assert runner._other_plugin(spec, finished) == (
         "the plugin package ep-rec-lora is version 0.2; the run was made with version 0.1"
     )
+
+
+def test_the_checkouts_own_tests_are_not_taken_for_a_package_that_ships_a_tests_folder(monkeypatch):
+    """Some distributions install a top-level ``tests`` package: a method defined in this checkout's tests was
+    recorded as that distribution's, at its version."""
+    from harness import registry
+
+    monkeypatch.setattr(registry, "_top_level_distributions", lambda: {"tests": ["numpy"], "numpy": ["numpy"]})
+    assert registry._distribution("tests.conftest") is None
+    assert registry._distribution("numpy.linalg")["package"] == "numpy"  # a package's own module still is

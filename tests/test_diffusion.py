@@ -615,8 +615,8 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
         assert main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "judge-test",
                      "--no-leaderboard"]) == 0  # fmt: skip
     judged = read(0)["eval"]["judge_avg"]
-    done, problems = rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)})
-    assert len(done) == 2 and not problems
+    done, problems = rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[ids[0], ids[1], ids[0]])
+    assert len(done) == 2 and not problems  # a run named twice is scored once
     after = read(0)
     assert after["eval"]["judge_avg"] == judged and after["eval"]["hps_v2"]["checkpoint"]["arch"] == "fake"
     assert [n["columns"] for n in after["run"]["rescored"]] == [
