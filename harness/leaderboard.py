@@ -44,9 +44,10 @@ Markdown adds, for every row with two or more seeds, the range (min-max) of its 
 difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
-ci_low, ci_high, p, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and ``chance``
-(``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
-``harness.stats.chance_p``; ``significant``: the interval excludes 0 and p < 0.05);
+ci_low, ci_high, p, p_holm, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and
+``chance`` (``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
+``harness.stats.chance_p``; ``p_holm``: Holm's adjusted p within the section's comparisons against that reference;
+``significant``: the interval excludes 0 and p < 0.05, uncorrected);
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare

@@ -24,7 +24,21 @@ from harness.leaderboard import (
     seed_values,
 )
 from harness.runner import BASELINE
-from harness.stats import Estimate
+from harness.stats import Estimate, holm
+
+
+def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``p_holm`` on each comparison: Holm's adjusted p within its family, the section's comparisons against one
+    reference (every row and benchmark, Avg included; the untested ones left out), empty where untested."""
+    families: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        row["p_holm"] = ""
+        if row["_p"] is not None:  # the p unrounded (the table's column keeps 4 digits); not a column itself
+            families.setdefault((row["section"], row["reference"]), []).append(row)
+    for family in families.values():
+        for row, adjusted in zip(family, holm([r["_p"] for r in family]), strict=True):
+            row["p_holm"] = float(f"{adjusted:.4g}")
+    return rows
 
 
 def _num(x: float | None) -> float | None:
@@ -78,7 +92,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                             {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
                             | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
                             | {"ci_high": _num(d.hi), "p": "" if d.p is None else float(f"{d.p:.4g}")}
-                            | {"significant": d.significant, "model": s.model, "section": s.key}
+                            | {"significant": d.significant, "model": s.model, "section": s.key, "_p": d.p}
                         )
             if row.kind == "trained":
                 overhead.append(_overhead(s, row, out))
@@ -90,8 +104,10 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                     )
     out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
     for task in accuracy:
-        columns = "task preset protocol method reference benchmark diff ci_low ci_high p significant model section"
-        out_tables[f"{task}_comparisons"] = pd.DataFrame(comparisons.get(task, []), columns=columns.split())
+        columns = (
+            "task preset protocol method reference benchmark diff ci_low ci_high p p_holm significant model section"
+        )
+        out_tables[f"{task}_comparisons"] = pd.DataFrame(_with_holm(comparisons.get(task, [])), columns=columns.split())
         columns = "section preset protocol method seed run benchmark value"
         out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
     out_tables["overhead"] = pd.DataFrame(overhead)

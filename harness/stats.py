@@ -230,6 +230,18 @@ def chance_p(scores: Sequence[np.ndarray], chance: Sequence[np.ndarray], flips: 
     return (1 + int(np.sum(np.abs(totals - expected) >= far))) / (1 + flips)
 
 
+def holm(ps: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values of one family of tests (same order as ``ps``): the smallest level at
+    which each hypothesis is rejected while the chance of any false rejection in the family stays at that level.
+    Sorted ascending, ``p_(i)`` becomes ``max_{j <= i} min(1, (m - j + 1) p_(j))``."""
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    out, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * float(ps[i])))
+        out[i] = running
+    return out
+
+
 def _poisson_binomial(probs: np.ndarray) -> np.ndarray:
     """P(k successes), k = 0..n, of independent trials with success probabilities ``probs``: each distinct
     probability's binomial (from log-factorials), convolved."""

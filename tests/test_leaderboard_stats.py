@@ -318,3 +318,11 @@ def test_the_normal_approximation_is_not_used_where_a_few_examples_dominate():
     large = np.array([100.0] * 750 + [-100.0] * 750 + [0.0] * 3503)
     p = sign_flip_p([small, large])  # the normal tail gave 0.0455 (a *); Monte Carlo is near 0.063
     assert 0.055 < p < 0.072
+
+
+def test_holm_adjusts_a_family_of_p_values_step_down():
+    from harness.stats import holm
+
+    # sorted 0.01, 0.02, 0.03, 0.5 times 4, 3, 2, 1, kept monotone: 0.04, 0.06, 0.06, 0.5
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []

@@ -12,6 +12,7 @@ import pytest
 from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, RERUN, new_record, read_record, write_record
 from harness.runner import build_specs
+from harness.stats import holm
 from tests.conftest import trained_record_fields
 
 BENCHES = {"ARC-Easy": 40.0, "boolq": 60.0}
@@ -200,6 +201,14 @@ def test_a_row_above_chance_but_not_the_majority_label_is_listed_and_a_section_w
     tested = {(r["method"], r["reference"]): r["p"] for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")}
     # against chance the test of guessing (28 of 40 right at 25% each), against majority the sign-flip test
     assert float(tested[("effilora", "chance")]) < 1e-6 and float(tested[("effilora", "majority")]) > 0.05
+    families: dict = {}  # p_holm: Holm's adjustment within a section's comparisons against one reference
+    for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv"):
+        if r["p"] != "":
+            families.setdefault((r["section"], r["reference"]), []).append(r)
+    assert any(len(f) > 1 for f in families.values())
+    for family in families.values():
+        expected = holm([float(r["p"]) for r in family])
+        assert [float(r["p_holm"]) for r in family] == pytest.approx(expected, rel=1e-3)
     assert [r["not_above_baselines"] for r in rows if r["settings"] == ""] == [""]  # the old section: nothing to beat
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     without = "Not in this section: no zero-shot (base) run; no majority or chance row (its records keep no per-example"
