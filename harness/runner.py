@@ -328,22 +328,29 @@ def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """Which plugin file (or installed plugin package) defining the run's method or task differs from the one of
     that name the finished run was made with (the run id leaves plugin code out, as it leaves out the harness's
     own); ``None``: none differs, or none is known."""
-
-    def ident(plugin: dict[str, str]) -> tuple[str, str]:  # (what, how it is now): a file's sha, a package's version
-        return (
-            (f"file {plugin['file']}", plugin["sha256"])
-            if "file" in plugin
-            else (f"package {plugin.get('package')}", str(plugin.get("version")))
-        )
-
-    ran = dict(ident(p) for p in finished.get("env", {}).get("plugins", []))
+    ran = dict(_plugin_ident(p) for p in finished.get("env", {}).get("plugins", []))
     for plugin in _plugins(spec).get("plugins", []):
-        what, now = ident(plugin)
+        what, now = _plugin_ident(plugin)
         if what in ran and ran[what] != now:
-            if what.startswith("file"):
-                return f"the plugin {what} differs from the one it ran with"
-            return f"the plugin {what} is version {now}; the run was made with version {ran[what]}"
+            if "file" in plugin:
+                return f"the {what} differs from the one it ran with"
+            return f"the {what} is version {now}; the run was made with version {ran[what]}"
     return None
+
+
+def _plugin_ident(plugin: dict[str, str]) -> tuple[str, str]:
+    """(what, how it is): ``("plugin file x.py", its sha256)`` or ``("plugin package p", its version)``."""
+    if "file" in plugin:
+        return f"plugin file {plugin['file']}", plugin["sha256"]
+    return f"plugin package {plugin.get('package')}", str(plugin.get("version"))
+
+
+def _code(spec: RunSpec) -> dict[str, str]:
+    """What of the run's code its id leaves out, as a checkpoint keeps it: the task's version and the plugin
+    files and packages that define its method and task (a resumed run must not continue another code's)."""
+    return {"task_version": str(TASKS.get(spec.task).version)} | dict(
+        _plugin_ident(p) for p in _plugins(spec).get("plugins", [])
+    )
 
 
 def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
@@ -479,6 +486,7 @@ def _execute(
                 should_stop=ctx.stop.requested,
                 task_params=loaded.task_params,
                 data=task.training_files(),
+                code=_code(spec),
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe)

@@ -125,12 +125,14 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     task_params: list[torch.nn.Parameter] | None = None,
     data: dict[str, str] | None = None,
+    code: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
     finite raises ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays).
     ``data``: what the training files are (``{file: sha256}``, ``Task.training_files``): kept in a checkpoint, and
-    a checkpoint written on other files is refused instead of resumed on these."""
+    a checkpoint written on other files is refused instead of resumed on these. ``code``: what the run id leaves
+    out of the code (``{"task_version": ..., "plugin ...": sha or version}``), checked on resume the same way."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     accelerator = accelerator or Accelerator(
@@ -176,6 +178,7 @@ def train(
         "params_updated": [],
         "saved_step": 0,  # the step of the last checkpoint written
         "data": dict(data or {}),  # the training files' hashes, checked on resume
+        "code": dict(code or {}),  # the task's version and plugin code, checked on resume
     }
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
@@ -198,6 +201,13 @@ def train(
             raise ValueError(
                 f"{checkpoint} was written on other training data ({', '.join(changed)} changed since); delete it "
                 "or use --force to start over on this data"
+            )
+        then_code = saved["state"].get("code") or {}  # none kept: a checkpoint from before, taken as it is
+        if code and then_code and then_code != code:
+            changed = sorted(k for k in set(then_code) | set(code) if then_code.get(k) != code.get(k))
+            raise ValueError(
+                f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
+                "--force to start over with this code"
             )
         adapter.load_state_dict(saved["adapter"])
         with torch.no_grad():

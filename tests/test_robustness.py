@@ -824,3 +824,26 @@ def test_a_finished_run_of_another_task_version_is_not_taken_as_done_and_the_lea
     assert again["run"]["task_version"] == "99"
     write_leaderboards(tmp_path / "runs", tmp_path / "out")
     assert "holds runs made with version" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_dir, tmp_path, monkeypatch):
+    """A stopped run resumed from its checkpoint whatever the task's version: its steps before and after the
+    change mixed two codes in one record. The checkpoint keeps the version (and plugin code) and is refused."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.registry import TASKS
+    from harness.train import Cancelled
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    polls = []
+    monkeypatch.setattr(StopOnSigterm, "requested", lambda self: bool(polls.append(1)) or len(polls) >= 1)
+    with pytest.raises(Cancelled, match="stopped at step 1 of"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(TASKS.get("commonsense"), "version", "99")
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "failed"
+    assert re.search(r"checkpoint\.pt was written by other code \(task_version changed since\); delete it or use "
+                     r"--force", record["run"]["error"]), record["run"]["error"]  # fmt: skip
+    [again] = runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
+    assert again["run"]["status"] == "success" and again["train"]["resumed_from_step"] is None
