@@ -33,7 +33,7 @@ def rescore_runs(
     process holds it, what it saved is missing) is a problem and the others go on. Only scored columns are
     written, none that scores fewer examples than the record's column does; a column that comes back without a
     score (the judge failed), or scored fewer, or with some examples failed, is a problem too."""
-    from harness.runner import finish_swap
+    from harness.runner import check_scorer_names, finish_swap
 
     task_cls = TASKS.get(task)
     if not task_cls.scorers:
@@ -41,9 +41,7 @@ def rescore_runs(
     if not scoring:
         flags = ", ".join("--" + s.replace("_", "-") for s in task_cls.scorers)
         raise ValueError(f"name a scorer to score the runs with: {flags}")
-    if unknown := [k for k in scoring if k not in task_cls.scorers]:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise ValueError(f"{flags} does not apply to the {task} task (it scores nothing with it); leave it out")
+    check_scorer_names(task, list(scoring))
     if not runs_dir.is_dir():
         raise ValueError(f"--runs-dir {str(runs_dir)!r} is not a folder of runs; pass the one `harness run` wrote to")
     found = {}

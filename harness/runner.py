@@ -89,6 +89,13 @@ class RunSpec:
         return f"{self.task}-{self.method}-{self.preset}-s{self.seed}-{config_hash(self.to_dict())}"
 
 
+def check_scorer_names(task: str, names: list[str]) -> None:
+    """``ValueError`` naming the scorer flags ``task`` does not have (``Task.scorers``), for run and rescore."""
+    if unknown := [k for k in names if k not in TASKS.get(task).scorers]:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"{flags} does not apply to the {task} task (it scores nothing with it); leave it out")
+
+
 def resolve_preset(task_cls: type[Task], name: str) -> Preset:
     if name not in task_cls.presets:
         raise ValueError(unknown_choice("preset", name, list(task_cls.presets)))
@@ -140,9 +147,7 @@ def build_specs(
             f"model {str(chosen)!r} is a file: weights load from a model folder (or a hub id); pass its folder, or "
             "--random-weights to build the architecture from this config"
         )
-    if unknown := [k for k, _ in task_opts.scoring or () if k not in task_cls.scorers]:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        raise ValueError(f"{flags} does not apply to the {task} task (it scores nothing with it); leave it out")
+    check_scorer_names(task, [k for k, _ in task_opts.scoring or ()])
     if eval_batch_size is not None and eval_batch_size < 1:
         raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
     options = {**p.method_options, **(method_options or {})}

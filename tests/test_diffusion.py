@@ -306,12 +306,7 @@ class _Server:
                     }
                     if models_status != 200:
                         reply = {"error": {"message": "Incorrect API key provided"}}
-                    data = json.dumps(reply).encode()
-                    self.send_response(models_status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    self.reply(models_status, reply)
 
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
@@ -335,8 +330,11 @@ class _Server:
                 if status != 200:  # an error as OpenAI's API sends one, echoing the key as it does (masked)
                     key = (self.headers.get("Authorization") or "")[len("Bearer ") :]
                     reply = {"error": {"message": f"Incorrect API key provided: {key[:5]}***{key[-4:]}."}}
-                data = json.dumps(reply).encode()
-                self.send_response(status)
+                self.reply(status, reply)
+
+            def reply(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
