@@ -205,11 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        print(
-            "harness: interrupted; the same command goes on from each unfinished run's last checkpoint (finished runs "
-            "are kept)",
-            file=sys.stderr,
-        )
+        said = {
+            "run": "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)",
+            "rescore": "the runs rescored so far are written; the others keep their records as they were",
+        }
+        command = next((a for a in argv if a in said), "")  # the subcommand (after any --plugin FILE)
+        print(f"harness: interrupted; {said.get(command, 'nothing half-written is left')}", file=sys.stderr)
         return 130
     return 0
 

@@ -146,13 +146,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
 
 
-def _scoring(args: argparse.Namespace, task_cls) -> tuple[tuple[str, str], ...] | None:
+def _scoring(args: argparse.Namespace, task_cls, environment: bool = True) -> tuple[tuple[str, str], ...] | None:
     """Optional scorers (the diffusion suite's judge and HPS v2); None when none is asked for. A flag for a
     scorer the task does not have is refused by ``build_specs``; ``HARNESS_HPS_CHECKPOINT`` is read only by a task
-    that has it."""
+    that has it, and only with ``environment`` (not by ``harness rescore``, which scores with what it is named)."""
     import os
 
-    env = os.environ.get("HARNESS_HPS_CHECKPOINT") if "hps_checkpoint" in task_cls.scorers else None
+    has_hps = environment and "hps_checkpoint" in task_cls.scorers
+    env = os.environ.get("HARNESS_HPS_CHECKPOINT") if has_hps else None
     hps = args.hps_checkpoint or env
     if args.hps_checkpoint and "hps_checkpoint" not in task_cls.scorers:
         return _named_scorers(args)  # build_specs refuses it, naming the task: whether the file exists or not
@@ -191,7 +192,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     from harness.rescore import rescore_runs
 
     task_cls = TASKS.get(args.task)
-    scoring = dict(_scoring(args, task_cls) or ())
+    scoring = dict(_scoring(args, task_cls, environment=False) or ())  # only the scorers named
     out = Path(args.out or args.runs_dir)
     if args.leaderboard:  # before any run is scored
         check_writable(out, "leaderboard folder", "--out")
@@ -308,7 +309,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--judge-model",
         help="diffusion: the seven-criteria judge's model, through the OpenAI API (OPENAI_BASE_URL, OPENAI_API_KEY)",
     )
-    p.add_argument("--hps-checkpoint", help="diffusion: HPS v2's checkpoint file (or $HARNESS_HPS_CHECKPOINT)")
+    p.add_argument(
+        "--hps-checkpoint", help="diffusion: HPS v2's checkpoint file ($HARNESS_HPS_CHECKPOINT is not read here)"
+    )
     p.add_argument("--out", help="where the leaderboard files go (default: the runs dir)")
     p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
     p.set_defaults(func=cmd_rescore)

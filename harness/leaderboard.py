@@ -627,6 +627,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
+    mixed += mixed_scorers(secs)
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
 
@@ -673,6 +674,34 @@ def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
     """A line per section with runs whose hooks ran validation forwards (the Reducer's scoring rounds) that their
     records do not count (written before they were counted): ``hook_val_flops_per_step`` is empty for them."""
     out = []
+SCORED_BY = ("judge_model", "judge_endpoint", "rubric_version", "checkpoint")  # an entry's fields naming its scorer
+
+
+def mixed_scorers(secs: list[Section]) -> list[str]:
+    """A line per section and column scored by different scorers across its runs (a judge model, endpoint or
+    rubric; a scorer's checkpoint: the fields of ``SCORED_BY`` an eval entry carries): ``harness rescore`` keeps a
+    run's config, so runs judged by two judges share a section and their rows would be compared."""
+    out = []
+    for s in secs:
+        mixed: dict[tuple[str, ...], list[str]] = {}  # the scorers -> the columns they share (a judge's eight)
+        for b in s.benchmarks:
+            seen = {
+                json.dumps({k: e[k] for k in SCORED_BY if k in e}, sort_keys=True)
+                for row in s.rows
+                for r in row.runs
+                if "value" in (e := r["eval"].get(b) or {}) and any(k in e for k in SCORED_BY)
+            }
+            if len(seen) > 1:
+                mixed.setdefault(tuple(sorted(seen)), []).append(b)
+        for seen, columns in mixed.items():
+            shown = "; ".join(seen[:2]) + (" ..." if len(seen) > 2 else "")
+            out.append(
+                f"section {s.key} ({s.task}, {s.preset}): {', '.join(columns)} scored by {len(seen)} different "
+                f"scorers across its runs ({shown}): its rows do not compare there; score them with one (harness rescore)"
+            )
+    return out
+
+
     for s in secs:
         runs = [r["run"]["id"] for row in s.rows for r in row.runs if hook_flops_per_step(r.get("train") or {}) is None]
         if runs:

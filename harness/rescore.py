@@ -33,7 +33,7 @@ def rescore_runs(
     process holds it, what it saved is missing) is a problem and the others go on. Only scored columns are
     written, none that scores fewer examples than the record's column does; a column that comes back without a
     score (the judge failed), or scored fewer, or with some examples failed, is a problem too."""
-    from harness.runner import check_scorer_names, finish_swap
+    from harness.runner import check_scorer_names
 
     task_cls = TASKS.get(task)
     if not task_cls.scorers:
@@ -64,43 +64,54 @@ def rescore_runs(
     task_cls.check_scoring(dict(scoring))  # the scorers reachable and loadable, before any run is touched
     done, problems = [], []
     for i, run_id in enumerate(chosen, 1):
-        run_dir = found[run_id]
-        lock = RunLock(run_dir)
-        if not lock.acquire(blocking=False):
-            problems.append(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
-            continue
         try:
-            try:
-                finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
-                record = read_record(run_dir / RECORD)
-                entries = task_cls.rescore(run_dir, record, dict(scoring))
-                check_eval(entries)
-            except (ValueError, OSError, KeyError, TypeError) as exc:  # this run's files: the others go on
-                text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-                problems.append(text if run_id in text else f"run {run_id}: {text}")
-                continue
-            written, found_problems = _what_to_write(record["eval"], entries)
-            problems += [f"run {run_id}: {line}" for line in found_problems]
-            if not written:
-                continue
-            record["eval"].update(written)
-            record["run"].setdefault("rescored", []).append(
-                {
-                    "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                    "scoring": {k: Path(v).name if k.endswith("_checkpoint") else v for k, v in scoring.items()},
-                    "columns": sorted(written),
-                    "harness_version": __version__,
-                    **git_state(),
-                }
-            )
-            write_record(run_dir, record)
-        finally:
-            lock.release()
+            record = _rescore_one(found[run_id], task_cls, scoring, problems)
+        except Exception as exc:  # noqa: BLE001  this run (its files, a task's hook, a scorer's error): the others go on
+            text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            problems.append(text if run_id in text else f"run {run_id}: {text}")
+            continue
+        if record is None:
+            continue
+        written = record["run"]["rescored"][-1]["columns"]
         heads = [c for c in written if not c.startswith("judge_") or c == "judge_avg"]  # not every criterion
-        shown = ", ".join(f"{c} {written[c]['value']:.2f}" for c in heads)
+        shown = ", ".join(f"{c} {record['eval'][c]['value']:.2f}" for c in heads)
         say(f"[{i}/{len(chosen)}] {run_id}: {shown}")
         done.append(record)
     return done, problems
+
+
+def _rescore_one(run_dir: Path, task_cls: Any, scoring: dict[str, str], problems: list[str]) -> dict[str, Any] | None:
+    """One run scored again under its lock: the record written (None: nothing to write, or another process holds
+    the run; said in ``problems``). Raises what stops this run."""
+    from harness.runner import finish_swap
+
+    run_id, lock = run_dir.name, RunLock(run_dir)
+    if not lock.acquire(blocking=False):
+        problems.append(f"run {run_id} is held by another process ({lock.holder()}); rescore it when that ends")
+        return None
+    try:
+        finish_swap(run_dir)  # a forced re-run stopped while its files replaced the finished run's: finished
+        record = read_record(run_dir / RECORD)
+        entries = task_cls.rescore(run_dir, record, dict(scoring))
+        check_eval(entries)
+        written, found_problems = _what_to_write(record["eval"], entries)
+        problems += [f"run {run_id}: {line}" for line in found_problems]
+        if not written:
+            return None
+        record["eval"].update(written)
+        record["run"].setdefault("rescored", []).append(
+            {
+                "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "scoring": {k: Path(v).name if k.endswith("_checkpoint") else v for k, v in scoring.items()},
+                "columns": sorted(written),
+                "harness_version": __version__,
+                **git_state(),
+            }
+        )
+        write_record(run_dir, record)
+        return record
+    finally:
+        lock.release()
 
 
 def _what_to_write(old: dict[str, Any], entries: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:

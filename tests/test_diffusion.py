@@ -595,10 +595,13 @@ class _FakeHPS:
 def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(tiny, tmp_path, monkeypatch, capsys):
     """From a review: rescoring HPS v2 alone set the judge's columns to absent (and a failing judge wrote
     'failed' over good scores); a run with a sample missing stopped every later run and the leaderboard."""
+    import shutil
+
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 
     import tasks.diffusion as dtask
     from harness.cli import main
+    from harness.models import cache_dir
     from harness.rescore import rescore_runs
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
@@ -608,36 +611,38 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
     read = lambda i: json.loads((runs / ids[i] / "record.json").read_text())  # noqa: E731
     ckpt = tmp_path / "hps.pt"
     ckpt.write_bytes(b"weights")
-    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:
+    answer = [json.dumps(GOOD)]  # what the judge answers (one server: another would be another judge)
+    with _Server(lambda n: answer[0], models=["judge-test"]) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         assert main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "judge-test",
                      "--no-leaderboard"]) == 0  # fmt: skip
-    judged = read(0)["eval"]["judge_avg"]
-    done, problems = rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[ids[0], ids[1], ids[0]])
-    assert len(done) == 2 and not problems  # a run named twice is scored once
-    after = read(0)
-    assert after["eval"]["judge_avg"] == judged and after["eval"]["hps_v2"]["checkpoint"]["arch"] == "fake"
-    assert [n["columns"] for n in after["run"]["rescored"]] == [
-        [*sorted(dtask.SCORER_COLUMNS["judge_model"])],
-        ["hps_v2"],
-    ]
-    # a judge that answers nothing parsable now: the judged scores stay, nothing is written, one error line
-    capsys.readouterr()
-    with _Server(lambda n: "no scores", models=["judge-test"]) as url:
-        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        judged = read(0)["eval"]["judge_avg"]
+        done, problems = rescore_runs(
+            runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[ids[0], ids[1], ids[0]]
+        )
+        assert len(done) == 2 and not problems  # a run named twice is scored once
+        after = read(0)
+        assert after["eval"]["judge_avg"] == judged and after["eval"]["hps_v2"]["checkpoint"]["arch"] == "fake"
+        assert [n["columns"] for n in after["run"]["rescored"]] == [
+            [*sorted(dtask.SCORER_COLUMNS["judge_model"])],
+            ["hps_v2"],
+        ]
+        # a judge that answers nothing parsable now: the judged scores stay, nothing is written, one error line
+        capsys.readouterr()
+        shutil.rmtree(cache_dir() / "diffusion" / "judge")  # nothing cached: every image asked again
+        answer[0] = "no scores"
         code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "judge-test",
                      "--out", str(tmp_path / "out")])  # fmt: skip
-    err = capsys.readouterr().err
-    assert code == 2 and read(0)["eval"]["judge_avg"] == judged and len(read(0)["run"]["rescored"]) == 2
-    assert (
-        f"run {ids[0]}: 8 columns (judge_quality ... judge_avg) failed (no parsable judge answer); the earlier "
-        "score is kept" in err
-    )
-    assert err.strip().splitlines()[-1].startswith("harness: error: 2 problem(s)") and "0 run(s) rescored" in err
-    # one run with a sample gone: the other is still scored and the leaderboard rebuilt, then one error line
-    (runs / ids[1] / "samples" / "002.png").unlink()
-    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:
-        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        err = capsys.readouterr().err
+        assert code == 2 and read(0)["eval"]["judge_avg"] == judged and len(read(0)["run"]["rescored"]) == 2
+        assert (
+            f"run {ids[0]}: 8 columns (judge_quality ... judge_avg) failed (no parsable judge answer); the earlier "
+            "score is kept" in err
+        )
+        assert err.strip().splitlines()[-1].startswith("harness: error: 2 problem(s)") and "0 run(s) rescored" in err
+        # one run with a sample gone: the other is still scored and the leaderboard rebuilt, then one error line
+        (runs / ids[1] / "samples" / "002.png").unlink()
+        answer[0] = json.dumps(GOOD)
         code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "judge-test",
                      "--out", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err
@@ -648,21 +653,25 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
 def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(tiny, tmp_path, monkeypatch, capsys):
     """From a review: a judge that failed on some images replaced a score of every image with one of a few,
     silently; a sample that does not decode (PIL's OSError) stopped every later run with a line naming none."""
+    import shutil
+
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 
+    from harness.models import cache_dir
     from harness.rescore import rescore_runs
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
     ids = sorted(_run(tiny, runs, m)["run"]["id"] for m in ("lora", "moslora"))
-    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:
+    good_until = [10**6]  # the requests answered with scores; the rest get prose
+    with _Server(lambda n: json.dumps(GOOD) if n <= good_until[0] else "no scores", models=["judge-test"]) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         done, problems = rescore_runs(runs, "diffusion", {"judge_model": "judge-test"})
-    assert len(done) == 2 and not problems
-    before = [(runs / i / "record.json").read_bytes() for i in ids]
-    (runs / ids[1] / "samples" / "001.png").write_bytes(b"not a png")
-    with _Server(lambda n: json.dumps(GOOD) if n <= 2 else "no scores", models=["judge-test"]) as url:
-        monkeypatch.setenv("OPENAI_BASE_URL", url)  # another server: nothing cached; two images judged, two not
+        assert len(done) == 2 and not problems
+        before = [(runs / i / "record.json").read_bytes() for i in ids]
+        (runs / ids[1] / "samples" / "001.png").write_bytes(b"not a png")
+        shutil.rmtree(cache_dir() / "diffusion" / "judge")  # nothing cached: two images judged now, two not
+        good_until[0] = 8 + 2
         done, problems = rescore_runs(runs, "diffusion", {"judge_model": "judge-test"})
     assert not done and [(runs / i / "record.json").read_bytes() for i in ids] == before
     assert problems == [
@@ -711,6 +720,97 @@ def test_rescore_refuses_another_judge_than_the_run_was_made_with_and_a_run_anot
         finally:
             monkeypatch.undo()
             lock.release()
+
+
+def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+    """From a review: a run made without a scorer was rescored with judge A, then with judge B (or HPS checkpoint
+    a.pt, then b.pt): B's scores replaced A's, under the same config, beside runs A scored. The record's own
+    columns say who scored them; another scorer is refused, the same one (filling in failures) is not."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    import tasks.diffusion as dtask
+    from harness.leaderboard import write_leaderboards
+    from harness.rescore import rescore_runs
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    runs = tmp_path / "runs"
+    run_id = _run(tiny, runs, "lora")["run"]["id"]
+    path = runs / run_id / "record.json"
+    with _Server(lambda n: json.dumps(GOOD), models=["judge-a", "judge-b"]) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})[0]) == 1
+        judged = path.read_bytes()
+        done, problems = rescore_runs(runs, "diffusion", {"judge_model": "judge-b"})
+        assert not done and path.read_bytes() == judged
+        endpoint = url.rstrip("/").removesuffix("/v1")
+        assert problems == [
+            f"run {run_id}'s judge_avg was scored by judge judge-a at {endpoint} (rubric {djudge.RUBRIC_VERSION}): "
+            f"scores by judge judge-b at {endpoint} (rubric {djudge.RUBRIC_VERSION}) would replace them and stand "
+            "beside other runs' under one config; rescore it with that one, or score a copy of the runs folder "
+            "(cp -r) with this one"
+        ]
+        assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})[0]) == 1  # the same judge again
+        other = _run(tiny, runs, "moslora")["run"]["id"]  # another run of the section, judged by judge-b
+        assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-b"}, run_ids=[other])[0]) == 1
+    capsys.readouterr()
+    write_leaderboards(runs, tmp_path / "out")  # the section's rows were judged by two judges: said
+    err = capsys.readouterr().err
+    assert "judge_quality, " in err and "judge_avg scored by 2 different scorers across its runs" in err
+    assert '"judge_model": "judge-a"' in err and "**Warning:**" in (tmp_path / "out" / "leaderboard.md").read_text()
+    with _Server(lambda n: json.dumps(GOOD), models=["judge-a"]) as url:  # the same model on another server
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        done, problems = rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})
+        assert not done and "was scored by judge judge-a at" in problems[0]
+        assert f"scores by judge judge-a at {url.rstrip('/').removesuffix('/v1')} " in problems[0]
+
+    class Other(_FakeHPS):
+        provenance = {"file": "fake.pt", "sha256": "1" * 64, "arch": "fake"}  # the same name, other weights
+
+    ckpt = tmp_path / "fake.pt"
+    ckpt.write_bytes(b"weights")
+    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: _FakeHPS())
+    assert len(rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])[0]) == 1
+    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: Other())
+    done, problems = rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])
+    assert not done and problems == [
+        f"run {run_id}'s hps_v2 was scored by HPS v2 checkpoint fake.pt (sha256 000000000000): scores by HPS v2 "
+        "checkpoint fake.pt (sha256 111111111111) would replace them and stand beside other runs' under one config; "
+        "rescore it with that one, or score a copy of the runs folder (cp -r) with this one"
+    ]
+
+
+def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(tiny, tmp_path, monkeypatch, capsys):
+    """From a review: a scorer's RuntimeError (torch, memory) or a record that cannot be written stopped every
+    later run with a traceback, the problems found so far unsaid and the leaderboard not rebuilt."""
+    import tasks.diffusion as dtask
+    from harness.cli import main
+
+    runs = tmp_path / "runs"
+    ids = sorted(_run(tiny, runs, m)["run"]["id"] for m in ("lora", "moslora"))
+    calls = []
+
+    class Flaky(_FakeHPS):
+        def score(self, images, prompts):
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("out of memory")
+            return super().score(images, prompts)
+
+    flaky = Flaky()
+    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: flaky)
+    monkeypatch.setenv("HARNESS_HPS_CHECKPOINT", str(tmp_path / "nowhere.pt"))  # not read by rescore
+    ckpt = tmp_path / "hps.pt"
+    ckpt.write_bytes(b"weights")
+    code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--hps-checkpoint", str(ckpt),
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and f"warning: run {ids[0]}: RuntimeError: out of memory" in err and "1 run(s) rescored" in err
+    assert "rescored" not in json.loads((runs / ids[0] / "record.json").read_text())["run"]
+    assert json.loads((runs / ids[1] / "record.json").read_text())["eval"]["hps_v2"]["value"] > 0
+    assert (tmp_path / "out" / "diffusion.csv").is_file()
+    # HARNESS_HPS_CHECKPOINT (set for runs) is not a scorer named to rescore: it scored every run with HPS v2 too
+    assert main(["rescore", "--task", "diffusion", "--runs-dir", str(runs)]) == 2
+    assert "name a scorer to score the runs with: --judge-model, --hps-checkpoint" in capsys.readouterr().err
 
 
 def test_rescore_checks_the_scorers_before_any_run(tiny, tmp_path, monkeypatch):

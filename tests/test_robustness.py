@@ -767,8 +767,13 @@ def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "_early_plugins", interrupted)
-    assert cli.main(["list", "methods"]) == 130
+    assert cli.main(["run", "--methods", "lora", "--task", "commonsense"]) == 130
     assert "the same command goes on from each unfinished run's last checkpoint" in capsys.readouterr().err
+    assert cli.main(["rescore", "--task", "diffusion", "--judge-model", "j"]) == 130  # no checkpoint to go on from
+    err = capsys.readouterr().err
+    assert "checkpoint" not in err and "the runs rescored so far are written" in err
+    assert cli.main(["list", "methods"]) == 130
+    assert "interrupted; nothing half-written is left" in capsys.readouterr().err
 
 
 def test_a_model_folders_weights_are_found_through_symlinked_subfolders_but_not_in_a_checkpoint(tmp_path):

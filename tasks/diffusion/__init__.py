@@ -339,6 +339,13 @@ class DiffusionTask(Task):
                     f"run {run} was made with {flag} {named} (part of its run id): scores of {given} would stand "
                     f"under that name; rescore it with {named}, or run it with {flag} {given} (a new run)"
                 )
+            before = _scored_by(record["eval"], key)
+            if before and before != {now := _scorer_now(key, value)}:  # a rescored run: its columns name the scorer
+                raise ValueError(
+                    f"run {run}'s {SCORER_COLUMNS[key][-1]} was scored by {'; '.join(sorted(before))}: scores by "
+                    f"{now} would replace them and stand beside other runs' under one config; rescore it with that "
+                    "one, or score a copy of the runs folder (cp -r) with this one"
+                )
         path = run_dir / PREDICTIONS
         try:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -526,6 +533,35 @@ def _hps(
             **common,
         }
     }
+
+
+def _scorer_identity(key: str, entry: dict[str, Any]) -> str | None:
+    """What scored ``entry`` (a column of scorer ``key``), as a line: the judge model, its endpoint and rubric;
+    HPS v2's checkpoint by name and sha256. None for an entry without a score."""
+    if "value" not in entry:
+        return None
+    if key == "judge_model":
+        return (
+            f"judge {entry.get('judge_model')} at {entry.get('judge_endpoint')} (rubric {entry.get('rubric_version')})"
+        )
+    checkpoint = entry.get("checkpoint") or {}
+    return f"HPS v2 checkpoint {checkpoint.get('file')} (sha256 {str(checkpoint.get('sha256'))[:12]})"
+
+
+def _scored_by(evals: dict[str, Any], key: str) -> set[str]:
+    """The scorers that scored a record's columns of ``key`` (empty: none scored)."""
+    found = (_scorer_identity(key, evals.get(column) or {}) for column in SCORER_COLUMNS[key])
+    return {ident for ident in found if ident is not None}
+
+
+def _scorer_now(key: str, value: str) -> str:
+    """What scorer ``key`` given ``value`` here would write into a record (``_scorer_identity``'s line)."""
+    if key == "judge_model":
+        from tasks.diffusion import judge
+
+        entry = {"value": 0, "judge_model": value, "judge_endpoint": judge.endpoint_from_environment()}
+        return _scorer_identity(key, entry | {"rubric_version": judge.RUBRIC_VERSION}) or ""
+    return _scorer_identity(key, {"value": 0, "checkpoint": _hps_scorer(value).provenance}) or ""
 
 
 _HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 kept, by checkpoint (path, size, mtime)

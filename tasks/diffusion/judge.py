@@ -288,6 +288,16 @@ def endpoint(client: Any) -> str:
     return f"{url.scheme}://{shown}{f':{port}' if port else ''}" if host else "unknown"  # no path: a proxy's token
 
 
+def endpoint_from_environment() -> str:
+    """``endpoint`` of the client a judge would make here (``OPENAI_BASE_URL``, else OpenAI's), asking nothing."""
+    import openai
+
+    try:
+        return endpoint(openai.OpenAI(max_retries=0))
+    except openai.OpenAIError as exc:  # e.g. no key
+        raise ValueError(f"the judge's client cannot start: {exc}") from None
+
+
 def _loopback(url: str) -> bool:
     import ipaddress
     from urllib.parse import urlsplit
