@@ -118,6 +118,7 @@ class Row:
     answers: dict[str, str]  # the answer string the scores belong to
     runs: list[dict[str, Any]] = field(default_factory=list)
     vs: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # reference -> benchmark/AVG -> diff
+    mirrored: set[str] = field(default_factory=set)  # references whose ``vs`` is the negation of theirs to this row
     name: str = ""  # the method's registry name (baselines: majority/chance)
 
     @property
@@ -364,6 +365,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
     second draw (whose bounds would differ by the bootstrap's Monte Carlo noise)."""
     refs = {name: _reference(rows, name) for name in REFERENCES}
     drawn: dict[tuple[int, str], dict[str, Estimate]] = {}
+    mirrored: set[tuple[int, str]] = set()
     for ref_name in reversed(REFERENCES):
         ref = refs[ref_name]
         if ref is None:
@@ -374,6 +376,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
             mirror = drawn.get((id(ref), row.name)) if refs.get(row.name) is row else None
             if mirror is not None:  # row - ref = -(ref - row), already drawn
                 drawn[(id(row), ref_name)] = {b: e.negated() for b, e in mirror.items()}
+                mirrored.add((id(row), ref_name))
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             mine, theirs = _on_shared_seeds(row, ref, same)
@@ -386,6 +389,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
             drawn[(id(row), ref_name)] = diffs
     for row in rows:  # in REFERENCES order, as the tables list them
         row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}
+        row.mirrored = {name for name in row.vs if (id(row), name) in mirrored}
     return {name: ref.method for name, ref in refs.items() if ref is not None}
 
 
@@ -623,11 +627,11 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
+    mixed += mixed_scorers(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
-    mixed += mixed_scorers(secs)
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
 
@@ -670,10 +674,6 @@ def other_task_versions(secs: list[Section]) -> list[str]:
     return out
 
 
-def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
-    """A line per section with runs whose hooks ran validation forwards (the Reducer's scoring rounds) that their
-    records do not count (written before they were counted): ``hook_val_flops_per_step`` is empty for them."""
-    out = []
 SCORED_BY = ("judge_model", "judge_endpoint", "rubric_version", "checkpoint")  # an entry's fields naming its scorer
 
 
@@ -702,6 +702,10 @@ def mixed_scorers(secs: list[Section]) -> list[str]:
     return out
 
 
+def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
+    """A line per section with runs whose hooks ran validation forwards (the Reducer's scoring rounds) that their
+    records do not count (written before they were counted): ``hook_val_flops_per_step`` is empty for them."""
+    out = []
     for s in secs:
         runs = [r["run"]["id"] for row in s.rows for r in row.runs if hook_flops_per_step(r.get("train") or {}) is None]
         if runs:

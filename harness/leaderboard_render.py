@@ -29,15 +29,21 @@ from harness.stats import Estimate, holm
 
 def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``p_holm`` on each comparison: Holm's adjusted p within its family, the section's comparisons against one
-    reference (every row and benchmark, Avg included; the untested ones left out), empty where untested."""
+    reference (every row and benchmark, Avg included; the untested ones left out), empty where untested. Two
+    references compared both ways (``lora - base`` and ``base - lora``) are one comparison: it is adjusted in the
+    family of the reference it was drawn against (the later of ``REFERENCES``) and its mirror gets that p."""
     families: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         row["p_holm"] = ""
-        if row["_p"] is not None:  # the p unrounded (the table's column keeps 4 digits); not a column itself
+        if row["_p"] is not None and not row["_mirror"]:  # _p: the p unrounded (the table's keeps 4 digits)
             families.setdefault((row["section"], row["reference"]), []).append(row)
     for family in families.values():
         for row, adjusted in zip(family, holm([r["_p"] for r in family]), strict=True):
             row["p_holm"] = float(f"{adjusted:.4g}")
+    drawn = {(r["section"], r["method"], r["reference"], r["benchmark"]): r["p_holm"] for r in rows if not r["_mirror"]}
+    for row in rows:
+        if row["_mirror"]:
+            row["p_holm"] = drawn[(row["section"], row["reference"], row["method"], row["benchmark"])]
     return rows
 
 
@@ -93,6 +99,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                             | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
                             | {"ci_high": _num(d.hi), "p": "" if d.p is None else float(f"{d.p:.4g}")}
                             | {"significant": d.significant, "model": s.model, "section": s.key, "_p": d.p}
+                            | {"_mirror": ref in row.mirrored}
                         )
             if row.kind == "trained":
                 overhead.append(_overhead(s, row, out))
@@ -234,7 +241,8 @@ LEGEND = (
     "excludes 0 and the paired sign-flip test (McNemar's exact test for right/wrong answers) gives p < 0.05 "
     "(against chance, an expected score, the test of guessing: each example right with its chance probability). "
     "All paired comparisons, with their p and Holm's adjusted p within the section's comparisons against one "
-    "reference (the `*` is per comparison, uncorrected): `<task>_comparisons.csv`. "
+    "reference (two references compared both ways counted once; the `*` is per comparison, uncorrected): "
+    "`<task>_comparisons.csv`. "
     "`not above majority and chance`: the columns on which a model's paired comparison (the `*` rule) does not put it "
     "above both (its score there has not been shown to beat them; a column no baseline scores is not compared). "
     "A majority or chance row that does not score every averaged column has no Avg. Trained rows are listed by their Avg: where intervals "

@@ -30,7 +30,9 @@ Statistics used:
   scores: the upper end is the mean at which all n examples score 0 with probability 2.5%, 1 - 0.025**(1/n)
   (valid for any score in 0-100). An average of such cells (Avg) gets the largest mean at which every
   example of every benchmark scores 0 with that probability; where some of its cells sit at 0 and the others
-  at 100, each side gets its own bound, weighted by its share of the benchmarks.
+  at 100, each side gets its own bound, weighted by its share of the benchmarks. Where only some of its cells
+  sit at an end, that bound (weighted by their share) is added to the bootstrap interval of the average, whose
+  resamples give those cells no width (conservative: the two are added, not combined).
 
 Resampling n examples with replacement only changes how many times each distinct per-example value is
 drawn, so the counts are drawn from a multinomial over the distinct values: the same distribution as
@@ -125,25 +127,23 @@ def estimate(
     means = np.mean([resampled_means(c, rng, resamples) for c in columns], axis=0)
     value = float(np.mean([np.mean(c) for c in columns]))
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    ends = _ends(columns) if scores else None
-    if ends is not None:  # every column's scores all at 0 or all at 100: the bootstrap's interval has no width
+    ends = _ends(columns) if scores else [None] * len(columns)
+    if any(e is not None for e in ends):  # a column whose scores all sit at 0 (or 100) has no bootstrap width
         alpha, sizes = (1 - level) / 2, [np.asarray(c).size for c in columns]
         at = {edge: [n for n, e in zip(sizes, ends, strict=True) if e == edge] for edge in (0.0, 100.0)}
-        # the columns at 0 can only rise and those at 100 only fall: each side's exact bound, weighted by its share
-        hi = value + (_exact_bound(at[0.0], alpha) * len(at[0.0]) / len(sizes) if at[0.0] else 0.0)
-        lo = value - (_exact_bound(at[100.0], alpha) * len(at[100.0]) / len(sizes) if at[100.0] else 0.0)
+        # the columns at 0 can only rise and those at 100 only fall: each side's exact bound, weighted by its
+        # share, added to the bootstrap's interval of the rest (which is the mean itself when every column is at an end)
+        hi = hi + (_exact_bound(at[0.0], alpha) * len(at[0.0]) / len(sizes) if at[0.0] else 0.0)
+        lo = lo - (_exact_bound(at[100.0], alpha) * len(at[100.0]) / len(sizes) if at[100.0] else 0.0)
     return Estimate(value, float(lo), float(hi))
 
 
-def _ends(columns: Sequence[np.ndarray]) -> list[float] | None:
-    """Per column 0.0 or 100.0 where each column's scores are all that value, else None."""
-    out = []
+def _ends(columns: Sequence[np.ndarray]) -> list[float | None]:
+    """Per column 0.0 or 100.0 where the column's scores are all that value, else None."""
+    out: list[float | None] = []
     for c in columns:
         c = np.asarray(c, dtype=np.float64)
-        edge = next((e for e in (0.0, 100.0) if np.all(c == e)), None)
-        if edge is None:
-            return None
-        out.append(edge)
+        out.append(next((e for e in (0.0, 100.0) if np.all(c == e)), None))
     return out
 
 

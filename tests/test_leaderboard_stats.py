@@ -101,6 +101,20 @@ def test_a_cell_at_0_or_100_gets_the_exact_interval_not_no_width(n):
     assert mixed.lo == pytest.approx(100 / 3 - (1 / 3) * 100.0 * (1 - 0.025 ** (1 / (2 * n))))  # the one at 100
 
 
+def test_an_avg_with_only_some_cells_at_an_end_keeps_their_exact_bound():
+    """From a review: base's multimodal Avg of 0/125, 1/125 and 0/125 read 0.2 [0.0, 0.5], while three cells at 0
+    read [0.0, 1.0]: the bootstrap gives a cell at 0 no width, so one right answer narrowed the interval."""
+    zero, one = np.zeros(125), np.r_[100.0, np.zeros(124)]
+    alone, mixed = estimate([zero, zero, zero]), estimate([zero, one, zero])
+    plain = estimate([zero, one, zero], scores=False)  # the bootstrap alone: only `one` varies
+    assert mixed.hi == pytest.approx(plain.hi + (2 / 3) * 100.0 * (1 - 0.025 ** (1 / 250)))  # the two at 0's bound
+    assert mixed.hi > alone.hi and mixed.lo == plain.lo == 0.0
+    full, one_wrong = np.full(125, 100.0), np.r_[0.0, np.full(124, 100.0)]
+    high, plain = estimate([full, one_wrong]), estimate([full, one_wrong], scores=False)
+    assert high.lo == pytest.approx(plain.lo - 0.5 * 100.0 * (1 - 0.025 ** (1 / 125))) and high.hi == plain.hi
+    assert estimate([one, one]).hi == pytest.approx(estimate([one, one], scores=False).hi)  # none at an end: as before
+
+
 @pytest.mark.parametrize(
     ("a", "b", "message"),
     [([np.ones(3)], [np.ones(4)], "same examples"), ([np.ones(3)], [], "same benchmarks"), ([], [], "no score")],

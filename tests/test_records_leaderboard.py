@@ -201,14 +201,23 @@ def test_a_row_above_chance_but_not_the_majority_label_is_listed_and_a_section_w
     tested = {(r["method"], r["reference"]): r["p"] for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")}
     # against chance the test of guessing (28 of 40 right at 25% each), against majority the sign-flip test
     assert float(tested[("effilora", "chance")]) < 1e-6 and float(tested[("effilora", "majority")]) > 0.05
-    families: dict = {}  # p_holm: Holm's adjustment within a section's comparisons against one reference
-    for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv"):
-        if r["p"] != "":
+    # p_holm: Holm's adjustment within a section's comparisons against one reference, a comparison of two
+    # references once (in the family of the later reference: lora - majority, not majority - lora), its mirror alike
+    order = ["lora", "base", "majority", "chance"]
+    compared = read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    mirror = lambda r: r["method"] in order and order.index(r["method"]) > order.index(r["reference"])  # noqa: E731
+    families: dict = {}
+    for r in compared:
+        if r["p"] != "" and not mirror(r):
             families.setdefault((r["section"], r["reference"]), []).append(r)
     assert any(len(f) > 1 for f in families.values())
     for family in families.values():
         expected = holm([float(r["p"]) for r in family])
         assert [float(r["p_holm"]) for r in family] == pytest.approx(expected, rel=1e-3)
+    key = lambda r, a, b: (r["section"], r[a], r[b], r["benchmark"])  # noqa: E731
+    adjusted = {key(r, "method", "reference"): r["p_holm"] for r in compared}
+    mirrors = [r for r in compared if mirror(r)]
+    assert mirrors and all(r["p_holm"] == adjusted[key(r, "reference", "method")] for r in mirrors)
     assert [r["not_above_baselines"] for r in rows if r["settings"] == ""] == [""]  # the old section: nothing to beat
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     without = "Not in this section: no zero-shot (base) run; no majority or chance row (its records keep no per-example"
