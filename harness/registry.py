@@ -129,7 +129,8 @@ def load_plugin(path: str | Path) -> None:
         registry._load()  # built-ins first: a plugin that reuses one of their names is the one refused
     if path.resolve() in _PLUGINS_LOADED:  # named twice, or loaded again in a notebook: once is enough
         return
-    module_name = f"harness_plugin_{path.stem}"
+    # the folder in the name: two plugin files of one name (a/x.py, b/x.py) are two modules, not one replaced
+    module_name = f"harness_plugin_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ValueError(f"plugin {str(path)!r} cannot be imported as a module; {what}")
@@ -145,17 +146,53 @@ def load_plugin(path: str | Path) -> None:
         sys.modules.pop(module_name, None)
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
-    # the code a run of it depends on: the file and the modules it imported from its own folder (and below)
-    files = [path.resolve()]
-    for name in sorted(set(sys.modules) - before - {module_name}):
+    # the code a run of it depends on: the file and the modules it imported from its own folder (and below), those
+    # first imported now and those it names that another plugin imported first (the hash must not depend on order)
+    files = {path.resolve()}
+    for name in set(sys.modules) - before - {module_name}:
+        if name.partition(".")[0] in BUILTIN_PACKAGES:  # the harness's own (a plugin beside the checkout)
+            continue
         file = getattr(sys.modules[name], "__file__", None)
         if file and Path(file).resolve().is_relative_to(Path(folder)):
-            files.append(Path(file).resolve())
+            files.add(Path(file).resolve())
+    files |= _imported_beside(path.resolve(), Path(folder))
     digest = hashlib.sha256()
-    for file in files:
+    for file in sorted(files, key=lambda f: (f != path.resolve(), str(f))):  # the plugin file first
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
-        _PLUGIN_OF[file] = path.resolve()
+        _PLUGIN_OF.setdefault(file, path.resolve())  # a module two plugins import: the first's
     _PLUGINS_LOADED[path.resolve()] = digest.hexdigest()
+
+
+def _imported_beside(file: Path, folder: Path) -> set[Path]:
+    """The loaded modules of ``folder`` (and below) that ``file`` imports by name, and those they import, read from
+    the import statements (absolute ones; a module imported another way is seen only when it is first loaded)."""
+    import ast
+
+    found: set[Path] = set()
+    todo = [file]
+    while todo:
+        try:
+            tree = ast.parse(todo.pop().read_bytes())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            for name in names:
+                parts = name.split(".")
+                if parts[0] in BUILTIN_PACKAGES:
+                    continue
+                for i in range(1, len(parts) + 1):
+                    loaded = getattr(sys.modules.get(".".join(parts[:i])), "__file__", None)
+                    path = Path(loaded).resolve() if loaded else None
+                    if path and path.is_relative_to(folder) and path not in found:
+                        found.add(path)
+                        todo.append(path)
+    return found
 
 
 _PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of it and the modules beside it

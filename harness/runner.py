@@ -29,6 +29,7 @@ from harness.records import (
     PREDICTIONS,
     RECORD,
     RERUN,
+    SCHEMA_VERSION,
     check_eval,
     config_hash,
     new_record,
@@ -155,7 +156,7 @@ def build_specs(
     for method in methods:
         # the fully resolved config (every option, defaults included) is what the run id hashes and the
         # record keeps: a changed default then re-runs; raises on an unknown or bad option
-        resolved = make_config(METHODS.get(method).config_cls, options, method).to_dict() if method != BASELINE else {}
+        resolved = _resolved_options(method, p.method_options, options) if method != BASELINE else {}
         for seed in seeds:
             specs.append(
                 RunSpec(
@@ -177,6 +178,26 @@ def build_specs(
                 )
             )
     return specs
+
+
+def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``method``'s config from ``options`` (over the preset's), every option resolved. A number given equal to the
+    preset's (``--alpha 16``, a float, where the preset says 16) keeps the preset's form: the run id is the
+    preset's, not a second id for the same run."""
+    config_cls = METHODS.get(method).config_cls
+    resolved = make_config(config_cls, options, method).to_dict()
+    default = make_config(config_cls, preset, method).to_dict()
+    number = (int, float)
+    for key, value in resolved.items():
+        was = default.get(key)
+        if (
+            isinstance(value, number)
+            and isinstance(was, number)
+            and not isinstance(value, bool) | isinstance(was, bool)
+        ):
+            if value == was:
+                resolved[key] = was
+    return resolved
 
 
 def _replace(obj: Any, overrides: dict[str, Any], what: str) -> Any:
@@ -235,6 +256,18 @@ def _finished_record(record_path: Path) -> dict[str, Any] | None:
     except ValueError:
         return None  # unreadable: run again
     return finished if finished["run"]["status"] == "success" else None
+
+
+def _newer_record(record_path: Path) -> dict[str, Any] | None:
+    """A successful record written by a newer harness (a later schema, which this one does not read): it is kept
+    as a finished run's is, never overwritten in place."""
+    try:
+        raw = json.loads(record_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA_VERSION:
+        return raw if isinstance(raw.get("run"), dict) and raw["run"].get("status") == "success" else None
+    return None
 
 
 def _other_data(finished: dict[str, Any], task: Task) -> str | None:
@@ -315,6 +348,11 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
             _say(ctx, f"    {spec.run_id}: a forced re-run was stopped while swapping its files in: finished that")
     except OSError as exc:
         return f"swap failed: {exc}"
+    if not ctx.force and (newer := _newer_record(run_dir / RECORD)) is not None:
+        return (
+            f"other code (its record was written by a newer harness: schema {newer['schema']}, this one reads "
+            f"{SCHEMA_VERSION}; upgrade the harness to use it)"
+        )
     if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
@@ -332,14 +370,18 @@ def _plugins(spec: RunSpec) -> dict[str, Any]:
 def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """Which plugin file (or installed plugin package) defining the run's method or task differs from the one of
     that name the finished run was made with (the run id leaves plugin code out, as it leaves out the harness's
-    own); ``None``: none differs, or none is known."""
+    own), or which defines it now where another did then (a plugin file renamed, a method moved into a package);
+    ``None``: none differs, or none is known (a record without plugins: a built-in's, or from before they were kept)."""
     ran = dict(_plugin_ident(p) for p in finished.get("env", {}).get("plugins", []))
+    now_all = dict(_plugin_ident(p) for p in _plugins(spec).get("plugins", []))
     for plugin in _plugins(spec).get("plugins", []):
         what, now = _plugin_ident(plugin)
         if what in ran and ran[what] != now:
             if "file" in plugin:
                 return f"the {what} differs from the one it ran with"
             return f"the {what} is version {now}; the run was made with version {ran[what]}"
+    if ran and set(ran) != set(now_all):
+        return f"it was made with the {', '.join(sorted(ran))}, defined now by the {', '.join(sorted(now_all)) or 'harness'}"
     return None
 
 
@@ -369,7 +411,7 @@ def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
 
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
-    finished = _finished_record(run_dir / RECORD)
+    finished = _finished_record(run_dir / RECORD) or _newer_record(run_dir / RECORD)
     # a re-run of a finished run writes its outputs (adapter, predictions, samples) apart until it succeeds:
     # one that fails leaves the finished record beside the files that record describes
     out_dir = run_dir if finished is None else run_dir / RERUN

@@ -179,6 +179,8 @@ def train(
         "saved_step": 0,  # the step of the last checkpoint written
         "data": dict(data or {}),  # the training files' hashes, checked on resume
         "code": dict(code or {}),  # the task's version and plugin code, checked on resume
+        # where it computes: a run stopped on a GPU (bf16 autocast) and resumed on a CPU (fp32) would mix the two
+        "device": {"type": device.type, "mixed_precision": str(accelerator.mixed_precision)},
     }
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
@@ -208,6 +210,13 @@ def train(
             raise ValueError(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
                 "--force to start over with this code"
+            )
+        then_device = saved["state"].get("device")  # none kept: a checkpoint from before, taken as it is
+        if then_device and then_device != state["device"]:
+            raise ValueError(
+                f"{checkpoint} was written on {then_device['type']} (mixed precision {then_device['mixed_precision']}),"
+                f" and this process computes on {device.type} (mixed precision {accelerator.mixed_precision}): resume "
+                "it where it ran, or use --force to start over here"
             )
         adapter.load_state_dict(saved["adapter"])
         with torch.no_grad():

@@ -263,6 +263,56 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
         ), changed.stderr[-2000:]
 
 
+@pytest.fixture
+def plugin_sandbox(monkeypatch, tmp_path):
+    """Plugins loaded in this process from ``tmp_path``, undone afterwards (registrations, modules, what was
+    loaded)."""
+    from harness import TASKS, registry
+
+    METHODS.names(), TASKS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(registry, "_PLUGINS_LOADED", {})
+    monkeypatch.setattr(registry, "_PLUGIN_OF", {})
+    modules = set(sys.modules)
+    yield registry
+    for name in set(sys.modules) - modules:
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
+def test_a_plugins_code_does_not_depend_on_which_plugin_was_loaded_first(tmp_path, monkeypatch, plugin_sandbox):
+    """From a review: a module two plugins import was hashed only with the first loaded (sys.modules' difference),
+    so editing it left the second's runs done, and the order of --plugin flags changed the second's hash."""
+    registry = plugin_sandbox
+    monkeypatch.syspath_prepend(str(tmp_path))  # as load_plugin appends it; here before, so either order
+    (tmp_path / "shared_nb.py").write_text("K = 1\n")
+    for name in ("nb_a", "nb_b"):
+        (tmp_path / f"{name}.py").write_text("import shared_nb  # noqa\n" + PLUGIN.format(name=f"{name}_lora"))
+    registry.load_plugin(tmp_path / "nb_a.py")
+    registry.load_plugin(tmp_path / "nb_b.py")
+    for name in ("nb_a", "nb_b"):
+        plugin = tmp_path / f"{name}.py"
+        expected = hashlib.sha256(f"{name}.py\0".encode() + plugin.read_bytes() + b"shared_nb.py\0K = 1\n")
+        assert registry._PLUGINS_LOADED[plugin.resolve()] == expected.hexdigest()
+        assert registry.plugin_files(METHODS.get(f"{name}_lora"))[0]["sha256"] == expected.hexdigest()
+    assert registry.plugin_files(METHODS.get("lora")) == []  # a built-in a plugin imports stays a built-in
+
+
+def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
+    """From a review: both were imported as harness_plugin_twin, the second replacing the first: a's method was
+    recorded with b's sha256."""
+    registry = plugin_sandbox
+    for folder in ("p1", "p2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "twin.py").write_text(PLUGIN.format(name=f"twin_{folder}") + f"# {folder}\n")
+        registry.load_plugin(tmp_path / folder / "twin.py")
+    for folder in ("p1", "p2"):
+        file = tmp_path / folder / "twin.py"
+        [entry] = registry.plugin_files(METHODS.get(f"twin_{folder}"))
+        assert entry == {"file": "twin.py", "sha256": registry._PLUGINS_LOADED[file.resolve()]}
+        assert entry["sha256"] == hashlib.sha256(b"twin.py\0" + file.read_bytes()).hexdigest()
+
+
 @pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list", "rescore"])
 def test_every_commands_help_names_plugin(command, capsys):
     with pytest.raises(SystemExit):
@@ -299,6 +349,12 @@ def test_an_installed_plugin_packages_version_is_recorded_and_another_one_is_not
     assert runner._other_plugin(spec, finished) == (
         "the plugin package ep-rec-lora is version 0.2; the run was made with version 0.1"
     )
+    # from a review: a method whose defining file was renamed (or moved into a package) looked done
+    renamed = {"env": {"plugins": [{"file": "ep_rec_lora_v1.py", "sha256": "0" * 64}]}}
+    assert runner._other_plugin(spec, renamed) == (
+        "it was made with the plugin file ep_rec_lora_v1.py, defined now by the plugin package ep-rec-lora"
+    )
+    assert runner._other_plugin(spec, {"env": {}}) is None  # a record without plugins: nothing known
 
 
 def test_the_checkouts_own_tests_are_not_taken_for_a_package_that_ships_a_tests_folder(monkeypatch):

@@ -13,7 +13,7 @@ from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, RERUN, new_record, read_record, write_record
 from harness.runner import build_specs
 from harness.stats import holm
-from tests.conftest import trained_record_fields
+from tests.conftest import ALL_METHODS, trained_record_fields
 
 BENCHES = {"ARC-Easy": 40.0, "boolq": 60.0}
 
@@ -474,6 +474,20 @@ def test_run_ids_change_with_the_config_not_the_data_dir():
     [c] = build_specs("commonsense", ["lora"], [1], "smoke")
     assert len({a.run_id, b.run_id, c.run_id}) == 3 and a.run_id.startswith("commonsense-lora-smoke-s0-")
     assert "data_dir" not in a.to_dict()["task_options"]
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_an_option_given_as_the_presets_number_keeps_its_run_id(method):
+    """From a review: --alpha 16 (a float) over the smoke preset's alpha 16 made a second run id for the same run
+    (trained again, a second row)."""
+    [preset] = build_specs("commonsense", [method], [0], "smoke")
+    [given] = build_specs("commonsense", [method], [0], "smoke", method_options={"alpha": 16.0, "r": 8})
+    [other] = build_specs("commonsense", [method], [0], "smoke", method_options={"alpha": 16.5})
+    assert preset.method_options["alpha"] == 16 and type(preset.method_options["alpha"]) is int
+    assert given.run_id == preset.run_id and other.run_id != preset.run_id
+    [embedded] = build_specs("commonsense", [method], [0], "embedded")  # its alpha is the config's default, 32.0
+    [given] = build_specs("commonsense", [method], [0], "embedded", method_options={"alpha": 32})
+    assert given.run_id == embedded.run_id and type(given.method_options["alpha"]) is float
 
 
 def test_epochs_asked_for_replace_a_presets_step_count():

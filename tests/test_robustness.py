@@ -831,12 +831,31 @@ def test_a_finished_run_of_another_task_version_is_not_taken_as_done_and_the_lea
     assert "holds runs made with version" not in capsys.readouterr().err
 
 
-def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_dir, tmp_path, monkeypatch):
-    """A stopped run resumed from its checkpoint whatever the task's version: its steps before and after the
-    change mixed two codes in one record. The checkpoint keeps the version (and plugin code) and is refused."""
+def test_a_record_of_a_newer_harness_is_kept_not_run_over(tiny_model, data_dir, tmp_path, monkeypatch):
+    """From a review: a successful record this harness cannot read (a newer schema) was taken as no record, and the
+    run trained again over it in place. It is refused as other code, and --force re-runs it apart until success."""
+    from harness import runner
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    path = tmp_path / "runs" / specs[0].run_id / "record.json"
+    newer = json.loads(path.read_text()) | {"schema": 99}
+    path.write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match=r"finished on other code \(its record was written by a newer harness: schema "
+                       r"99, this one reads 1; upgrade the harness to use it\); pass --force"):  # fmt: skip
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    [failed] = runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
+    assert failed["run"]["status"] == "failed" and json.loads(path.read_text())["schema"] == 99  # kept
+    monkeypatch.undo()
+    [again] = runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
+    assert again["run"]["status"] == "success" and json.loads(path.read_text())["schema"] == 1
+
+
+def _stopped_after_step_1(tiny_model, data_dir, tmp_path, monkeypatch) -> list:
+    """A smoke ``lora`` run in ``tmp_path / "runs"`` stopped (as by SIGTERM) after its first step: its specs."""
     from harness import runner
     from harness.guard import StopOnSigterm
-    from harness.registry import TASKS
     from harness.train import Cancelled
 
     specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
@@ -845,6 +864,42 @@ def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_di
     with pytest.raises(Cancelled, match="stopped at step 1 of"):
         runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     monkeypatch.undo()
+    return specs
+
+
+def test_a_checkpoint_written_on_another_device_is_not_resumed(tiny_model, data_dir, tmp_path, monkeypatch):
+    """From a review: a run stopped on a GPU (bf16 autocast) and resumed on a CPU went on in fp32, one record of
+    two precisions naming only the last device. The checkpoint keeps where it computed; another is refused."""
+    import torch
+
+    from harness import runner
+    from harness.train import CHECKPOINT
+
+    specs = _stopped_after_step_1(tiny_model, data_dir, tmp_path, monkeypatch)
+    path = tmp_path / "runs" / specs[0].run_id / CHECKPOINT
+    saved = torch.load(path, weights_only=True)
+    assert saved["state"]["device"] == {"type": "cpu", "mixed_precision": "no"}
+    saved["state"]["device"] = {"type": "cuda", "mixed_precision": "bf16"}  # as a GPU would have written it
+    torch.save(saved, path)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "failed" and path.is_file()
+    assert (
+        "checkpoint.pt was written on cuda (mixed precision bf16), and this process computes on cpu (mixed "
+        "precision no): resume it where it ran, or use --force" in record["run"]["error"]
+    ), record["run"]["error"]
+    del saved["state"]["device"]  # a checkpoint from before it was kept: resumed as it is
+    torch.save(saved, path)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == 1
+
+
+def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_dir, tmp_path, monkeypatch):
+    """A stopped run resumed from its checkpoint whatever the task's version: its steps before and after the
+    change mixed two codes in one record. The checkpoint keeps the version (and plugin code) and is refused."""
+    from harness import runner
+    from harness.registry import TASKS
+
+    specs = _stopped_after_step_1(tiny_model, data_dir, tmp_path, monkeypatch)
     monkeypatch.setattr(TASKS.get("commonsense"), "version", "99")
     [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     assert record["run"]["status"] == "failed"
