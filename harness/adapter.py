@@ -238,7 +238,7 @@ class AdapterLinear(nn.Module):
             y = self.base(x)
             h, w = self.delta_factors(*self._input.get(self, x, dtype))
         if h.dtype != y.dtype:  # a 16-bit base without autocast: the delta in fp32, then cast, as delta() does
-            return y + (F.linear(h, w) * scale).to(y.dtype)
+            return y + (F.linear(h, w) * scale).to(y.dtype).view(y.shape)  # h may be the fused node's 2-D rows
         out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), w.t(), alpha=scale)
         return out.view(y.shape)
 

@@ -108,6 +108,21 @@ def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
         torch.testing.assert_close(grads[name].float(), ref_grads[name].float(), atol=0.04 * scale, rtol=0, msg=name)
 
 
+def test_fast_path_trains_a_bf16_base_with_dropout_on_a_cpu(method, monkeypatch):
+    """From a review: with a 16-bit base, dropout on and the sparse kernel's fused node (2-D rows), the delta was
+    added to the 3-D base output unreshaped: a shape error for every batch of more than one row."""
+    monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel at this small size, as at real ones
+    adapter = attach(tiny_llama(dtype=torch.bfloat16), method, targets=TINY_TARGETS, dropout=0.1, reducer=None)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    inputs = batch()
+    out = adapter.model(**inputs)
+    assert out.logits.shape == (*inputs["input_ids"].shape, adapter.model.config.vocab_size)
+    out.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in adapter.trainable_parameters())
+
+
 def record_projections(monkeypatch) -> list[tuple[list[str], torch.Tensor]]:
     """Every first-matmul call of the fast path: the wrappers it served (type names) and its dropout draw
     (the dropped input, or the sparse kernel's dropped positions)."""
