@@ -59,6 +59,8 @@ def _with_labels(tokenizer, ids: list[int], n_prompt: int, cutoff_len: int, trai
     if not train_on_inputs:
         n_prompt = min(n_prompt, len(ids))
         labels[:n_prompt] = [IGNORE] * n_prompt
+    if labels:  # the first token has nothing before it in its row: left-padded, a pad's logits would predict it
+        labels[0] = IGNORE
     return Encoded(ids, labels)
 
 

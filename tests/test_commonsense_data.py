@@ -81,6 +81,30 @@ def test_mixed_training_file_is_used_when_present(tmp_path, data_dir):
     assert len(records) == 30 and provenance[0]["file"].endswith(data.MIXED_TRAIN)
 
 
+def test_test_questions_are_left_out_of_training_and_the_committed_mixes_stay(data_dir):
+    """From a review: two ARC-Easy test questions are also in its train.json, and the mix kept them (the capped
+    embedded preset drew neither for seeds 0-2). They are left out after the shuffle, before the cap: a mix that
+    drew none is unchanged, so the committed runs' training sets are the ones they trained on."""
+    tests = frozenset(
+        r["instruction"]
+        for b in data.benchmark_names(data_dir)
+        if (t := data.read_split(data_dir, b, "test"))
+        for r in t.records
+    )
+    for seed in (0, 1, 2):
+        (mix, files), (before, before_files) = (
+            data.training_mix(data_dir, 320, seed, tests),
+            data.training_mix(data_dir, 320, seed),
+        )
+        assert mix == before and [{k: v for k, v in f.items() if k != "left_out"} for f in files] == before_files
+    records, provenance = data.training_mix(data_dir, None, 0, tests)
+    assert not any(r["instruction"] in tests for r in records)
+    left = {p["file"]: p.get("left_out", 0) for p in provenance}
+    assert left["ARC-Easy/train.json"] == 2 and sum(left.values()) == 2
+    everything, _ = data.training_mix(data_dir, None, 0)
+    assert len(everything) - len(records) == 2
+
+
 def test_the_training_files_a_finished_run_is_checked_against(tmp_path, data_dir):
     """What ``harness.runner._other_data`` compares besides the test files: the training files, by name and hash;
     a copy of the same data elsewhere (its mixed file named after the folder in records) is the same data; a

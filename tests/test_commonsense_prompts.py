@@ -74,3 +74,9 @@ def test_candidates_come_from_the_answer_format_line():
     }
     assert candidates_for(record, [f"answer{i}" for i in range(1, 6)]) == ["answer1", "answer2", "answer3"]
     assert candidates_for({"instruction": "no format line", "answer": "true"}, ["true", "false"]) == ["true", "false"]
+    # an answer its question does not offer is not scored over the benchmark's five labels (it is refused)
+    assert candidates_for({**record, "answer": "answer5"}, [f"answer{i}" for i in range(1, 6)]) == [
+        "answer1",
+        "answer2",
+        "answer3",
+    ]

@@ -64,11 +64,21 @@ def test_train_on_inputs_masks_the_prompt(char_tokenizer):
     full = encode(char_tokenizer, EXAMPLES[0], 64, train_on_inputs=True)
     n_prompt = len(EXAMPLES[0].prompt)
     assert masked.labels[:n_prompt] == [-100] * n_prompt and masked.labels[n_prompt:] == full.labels[n_prompt:]
-    assert full.input_ids[-1] == char_tokenizer.eos_token_id and full.labels == full.input_ids
+    assert full.input_ids[-1] == char_tokenizer.eos_token_id and full.labels == [-100, *full.input_ids[1:]]
     assert len(encode(char_tokenizer, EXAMPLES[0], 10, True).input_ids) == 10  # cut off, no EOS
 
 
-def test_the_final_validation_loss_is_per_token_over_the_split_whatever_the_batch_size(char_tokenizer):
+def test_train_on_inputs_supervises_no_token_from_padding(char_tokenizer):
+    """From a review: with the prompt trained on, a left-padded row's first token was a target predicted from a
+    pad's logits (a term that depended on how rows were batched; 11 tokens counted for 10 real ones)."""
+    items = [encode(char_tokenizer, e, 64, train_on_inputs=True) for e in (EXAMPLES[0], EXAMPLES[10])]
+    assert len(items[0].input_ids) != len(items[1].input_ids)  # one row is padded
+    _, n = supervised_tail(collate(items, char_tokenizer.pad_token_id)["labels"])
+    assert n == sum(len(e.input_ids) - 1 for e in items)
+
+
+@pytest.mark.parametrize("train_on_inputs", [False, True])
+def test_the_final_validation_loss_is_per_token_over_the_split_whatever_the_batch_size(char_tokenizer, train_on_inputs):
     """Examples of unequal length: a mean of per-batch means would weigh the short one's tokens more."""
     val = [
         Example("Q: 7 plus one? A: ", "it is 8", "toy"),
@@ -77,13 +87,16 @@ def test_the_final_validation_loss_is_per_token_over_the_split_whatever_the_batc
     val += [Example("Q: 3 plus one? A: ", "4", "toy")]
     losses = []
     for size in (1, 2, 3):
-        config = dataclasses.replace(CONFIG, steps=1, val_batch_size=size, checkpoint_every=0)
+        config = dataclasses.replace(
+            CONFIG, steps=1, val_batch_size=size, checkpoint_every=0, train_on_inputs=train_on_inputs
+        )
         adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2, dropout=0.0)
         recipe = text_recipe(char_tokenizer, config)
         losses.append(train(adapter.model, recipe, adapter, EXAMPLES, val, config, None, progress=False).final_val_loss)
         with torch.no_grad():  # the reference: every supervised token of the split at once
             batch = collate(
-                [encode(char_tokenizer, e, 64, train_on_inputs=False) for e in val], char_tokenizer.pad_token_id
+                [encode(char_tokenizer, e, 64, train_on_inputs=train_on_inputs) for e in val],
+                char_tokenizer.pad_token_id,
             )
             keep, n = supervised_tail(batch["labels"])
             assert losses[-1] == pytest.approx((loss_sum(adapter.model, batch, keep) / n).item(), rel=1e-5)

@@ -101,7 +101,8 @@ class CommonsenseTask(Task):
         )
 
     def splits(self) -> tuple[list[Example], list[Example]]:
-        records, self._provenance = data.training_mix(self.data_dir, self.options.train_cap, self.options.seed)
+        tests = frozenset(r["instruction"] for t in self._tests.values() if t is not None for r in t.records)
+        records, self._provenance = data.training_mix(self.data_dir, self.options.train_cap, self.options.seed, tests)
         if len(records) <= self.options.val_size:
             raise ValueError(
                 f"only {len(records)} training examples, not enough to hold out val_size="
@@ -270,10 +271,10 @@ def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str])
 
 
 def candidates_for(record: dict[str, Any], labels: list[str]) -> list[str]:
-    """The question's own options from its ``Answer format:`` line, else the benchmark's label words."""
+    """The question's own options from its ``Answer format:`` line, else the benchmark's label words (an answer
+    not among its own options is refused by ``_check_answers``, not scored over the benchmark's wider list)."""
     match = _FORMAT.search(record["instruction"])
-    options = match.group(1).split("/") if match else []
-    return options if record["answer"] in options else labels
+    return match.group(1).split("/") if match else labels
 
 
 __all__ = ["CommonsenseTask"]

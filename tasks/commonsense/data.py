@@ -169,8 +169,12 @@ def provenance_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training records (each tagged with its ``benchmark``) and a provenance list of the files used."""
+def training_mix(
+    data_dir: Path, cap: int | None, seed: int, held_out: frozenset[str] = frozenset()
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training records (each tagged with its ``benchmark``) and a provenance list of the files used. A record
+    whose instruction is in ``held_out`` (the test questions) is left out after the shuffle and before the cap,
+    so a mix that drew none of them is the one it was before they were left out (``left_out``: how many)."""
     mixed = data_dir / MIXED_TRAIN
     files = (
         [("mixed", read_json_file(mixed))]
@@ -184,7 +188,8 @@ def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[
     for benchmark, data in files:
         chosen = list(data.records)
         rng.shuffle(chosen)
-        chosen = chosen[:cap] if cap else chosen
+        kept = [r for r in chosen if r.get("instruction") not in held_out]
+        chosen = kept[:cap] if cap else kept
         records += [{**r, "benchmark": benchmark} for r in chosen]
         provenance.append(
             {
@@ -193,6 +198,7 @@ def training_mix(data_dir: Path, cap: int | None, seed: int) -> tuple[list[dict[
                 "examples": len(data.records),
                 "used": len(chosen),
             }
+            | ({"left_out": len(data.records) - len(kept)} if len(kept) < len(data.records) else {})
         )
     rng.shuffle(records)
     return records, provenance
