@@ -187,6 +187,8 @@ class MemoryMeter:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.samples: list[tuple[float, float]] = []
+        # a CPU's peak: the kernel's high-water mark of the resident size, reset here (Linux); else samples
+        self.hwm = not self.cuda and _reset_peak_rss()
         if self.cuda:
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -221,9 +223,9 @@ class MemoryMeter:
                     torch.cuda.memory_reserved(self.device) - self.base[1],
                 )
             )
-        else:
+        else:  # (peak so far, now): the peak catches what the step allocated and freed before this sample
             rss = _rss_bytes()
-            self.samples.append((rss, rss))
+            self.samples.append((max(_peak_rss_bytes(), rss) if self.hwm else rss, rss))
 
     def summary(self) -> dict[str, Any]:
         gb = 1024**3
@@ -236,7 +238,8 @@ class MemoryMeter:
                 "mean_allocated_gb": _mean([a for a, _ in samples]) / gb,
                 "mean_reserved_gb": _mean([r for _, r in samples]) / gb,
             }
-        return {"kind": "process_rss", "peak_rss_gb": peaks[0] / gb, "mean_rss_gb": _mean([a for a, _ in samples]) / gb}
+        kind = "process_rss_hwm" if self.hwm else "process_rss"  # the high-water mark, or samples after a backward
+        return {"kind": kind, "peak_rss_gb": peaks[0] / gb, "mean_rss_gb": _mean([r for _, r in samples]) / gb}
 
 
 def _rss_bytes() -> float:
@@ -247,6 +250,29 @@ def _rss_bytes() -> float:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident size (Linux ``clear_refs`` 5: ``VmHWM`` starts again from now); False
+    where it cannot be (another OS, a kernel that refuses)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _peak_rss_bytes() > 0
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> float:
+    """``VmHWM`` of /proc/self/status: the most resident memory since the last reset (0 where not read)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _mean(values: list[float]) -> float:

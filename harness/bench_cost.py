@@ -74,6 +74,10 @@ def state_bytes(c: Contender) -> int:
         return 0
     params = list({id(p): p for p in c.trainable}.values())
     state = c.optimizer.state
+    if state and not any(state.get(p) for p in params):  # state kept by other keys (peft's LoraFAOptimizer: names)
+        return sum(p.numel() * p.element_size() for p in params) + sum(
+            t.numel() * t.element_size() for own in state.values() for t in own.values() if isinstance(t, torch.Tensor)
+        )
     template = next((state[p] for p in params if state.get(p)), {})
     total = 0
     for p in params:

@@ -60,8 +60,10 @@ ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flo
 ``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
 ``train_s``) averaged over the row's runs when they ran on one device (else empty; ``train_s_by_device``
 always);
-``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss`` (the CPU process's
-resident size after each backward) or ``cuda_minus_baseline`` (allocated above the model's own).
+``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's
+high-water mark since the run started), ``process_rss (malloc ...)`` (its resident size sampled after each
+backward, older records: low under the default malloc) or ``cuda_minus_baseline`` (allocated above the model's
+own); empty for a row whose runs read it two ways (``peak_mem_gb_by_kind`` gives each).
 """
 
 from __future__ import annotations

@@ -135,13 +135,22 @@ def _peak(mem: dict[str, Any]) -> float:
     return mem.get("peak_allocated_gb", mem.get("peak_rss_gb", 0.0))
 
 
-def _memory_kind(mem: dict[str, Any]) -> str:
-    return mem.get("kind") or ("cuda_minus_baseline" if "peak_allocated_gb" in mem else "process_rss")
+def _memory_kind(record: dict[str, Any]) -> str:
+    """How a run's peak was read: ``cuda_minus_baseline``; ``process_rss_hwm`` (the CPU's high-water mark); or
+    ``process_rss`` (samples after each backward, which miss what a step freed before: low under glibc's default
+    malloc, which hands large freed blocks back) with the malloc setting the record names (none: the default)."""
+    mem = record["train"]["memory"]
+    kind = mem.get("kind") or ("cuda_minus_baseline" if "peak_allocated_gb" in mem else "process_rss")
+    if kind != "process_rss":
+        return kind
+    malloc = (record.get("env") or {}).get("malloc") or {}
+    return f"process_rss (malloc {'keeps freed memory' if malloc.get('mmap_threshold') else 'default'})"
 
 
 def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]:
     train, runs = row.runs[0]["train"], row.runs
     flops = train["flops_per_step"]
+    kinds = sorted({_memory_kind(r) for r in runs})
     return {
         "task": s.task,
         "section": s.key,
@@ -164,8 +173,12 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
         "hook_val_flops_per_step": hook_flops_per_step(train),
-        "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3),
-        "peak_mem_kind": "/".join(sorted({_memory_kind(r["train"]["memory"]) for r in runs})),
+        # peaks read two ways do not compare: none for a row whose runs mix them (each kind's in the next column)
+        "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3) if len(kinds) == 1 else None,
+        "peak_mem_kind": "; ".join(kinds),
+        "peak_mem_gb_by_kind": "; ".join(
+            f"{k}: {max(_peak(r['train']['memory']) for r in runs if _memory_kind(r) == k):.3f}" for k in kinds
+        ),
         "adapter_mb": round(train["adapter_file_bytes"] / 1e6, 3),
         "Avg": table_row[AVG],
         "Avg_n": table_row["Avg_n"],

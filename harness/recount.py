@@ -102,7 +102,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     task, loaded, how = models.get(spec)  # last: the one costly step, only for a record that can be counted
     shapes = [m["shape"] for m in old["micro_batches"]]
     recipe = task.recipe(loaded, spec.train)
-    fast = old.get("path") == "fast"
+    fast = old.get("path") == "fast" or bool(spec.extra.get("fast_path"))  # the path it trained on (older: no path)
     new = flops_record(task, loaded, spec.method, config, shapes, recipe, fast)
     if "status" in new:
         return {"id": run_id, "left": f"not countable now: {new['reason']}"}

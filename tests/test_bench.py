@@ -58,6 +58,10 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
     assert rows["lora"]["x_peft"] == pytest.approx(rows["lora"]["total_s"] / rows["peft lora"]["total_s"])
     assert rows["lora"]["gflops"] == pytest.approx(rows["peft lora"]["gflops"], rel=1e-3)  # the same computation
     assert rows["lora_fa"]["state_mb"] < rows["lora"]["state_mb"]
+    # peft's contenders hold what ours do: B (and A) with two AdamW moments each; peft's LoRA-FA optimizer keeps
+    # its state by module name, which was missed (its state counted as the weights alone)
+    for ours in ("lora", "lora_fa"):
+        assert rows[f"peft {ours}"]["state_mb"] == pytest.approx(rows[ours]["state_mb"], rel=0.02), ours
     for m in with_reducer:
         off, importance, drop = (rows[f"{m} ({v})"] for v in labels)
         assert off["hook_s"] == 0 and drop["hook_s"] == 0 and importance["hook_s"] > 0  # only importance scores

@@ -63,3 +63,26 @@ def test_opting_out_and_bad_values(monkeypatch):
     monkeypatch.setenv(memory.ENV, "tcmalloc")
     with pytest.raises(ValueError, match=r"HARNESS_MALLOC='tcmalloc' not understood; use keep .* or default"):
         memory.keep_freed_memory()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the high-water mark is read from Linux's /proc")
+def test_the_cpu_peak_sees_memory_a_step_freed_before_the_sample():
+    """From a review: the CPU's peak was the resident size sampled after each backward, when a step's freed
+    activations (returned at once by glibc's default malloc) were gone: records said less than a step used."""
+    import mmap
+
+    import numpy as np
+    import torch
+
+    from harness.accounting import MemoryMeter, _rss_bytes
+
+    meter = MemoryMeter(torch.device("cpu"))
+    assert meter.hwm
+    block = mmap.mmap(-1, 256 * 2**20)  # 256 MiB, touched, then unmapped: back to the OS whatever malloc does
+    np.frombuffer(block, dtype=np.uint8)[:] = 1
+    block.close()  # freed before the sample, as a step's activations are under the default malloc
+    meter.sample()
+    summary = meter.summary()
+    assert summary["kind"] == "process_rss_hwm"
+    assert summary["peak_rss_gb"] - _rss_bytes() / 1024**3 > 0.2
+    assert summary["mean_rss_gb"] < summary["peak_rss_gb"] - 0.2  # the mean is of what was resident

@@ -202,3 +202,21 @@ def _left_for(record):
     except ValueError as exc:
         return exc
     return None
+
+
+def test_a_fast_path_record_without_its_path_is_counted_on_the_fast_path(tiny_model, data_dir, tmp_path):
+    """From a review: a --fast-path record written before flops_per_step.path was kept was counted again on the
+    reference path (moslora's counts differ there): the path is the run's own (its config says fast_path)."""
+    specs = build_specs(
+        "commonsense", ["moslora"], [0], "smoke", model=str(tiny_model), random_weights=True, fast_path=True,
+        train_overrides={"steps": 1}, task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    as_run = record["train"]["flops_per_step"]
+    assert as_run["path"] == "fast"
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+    older = read_record(path)
+    del older["train"]["flops_per_step"]["path"]
+    write_record(path.parent, older)
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert change["new_total"] == as_run["total"] and change["new_adapter"] == as_run["adapter"]
