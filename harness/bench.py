@@ -3,8 +3,9 @@
 A training step (forward, backward, AdamW step: torch's fused AdamW for the fast path and for peft's LoRA,
 the for-loop one for ``--reference``) of every registered method on one fixed batch of random
 tokens (``--batch`` x ``--seq``, loss on every token), against ``floor`` — the frozen base model's forward
-and backward down to the input embeddings, the least any adapter can cost since the gradient must reach
-the lowest adapted layer — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
+and backward down to the input embeddings, about the least any adapter can cost since the gradient must reach
+the lowest adapted layer (a little more: the embeddings' gradient also needs layer 0's attention input
+gradients, which an adapter on q, k, v alone would not) — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
 with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has the Reducer is timed per
 ``--reducer`` variant; an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
@@ -17,7 +18,7 @@ Contenders alternate in one process (round k starts at contender k) after ``--wa
 drifts and other load fall on all alike; reported: the median and range over ``--rounds``, the ratio to
 the floor's time in the same round (median, 95% bootstrap interval over rounds, range), process CPU time,
 peak memory of one step above what was allocated before it (the CUDA allocator; on a CPU, tensor storages
-tracked by a dispatch mode), adapter + optimizer state, and FLOPs counted on the meta device as
+tracked by a dispatch mode), the tensors that train and their optimizer state (not a frozen A), and FLOPs counted on the meta device as
 run records count them. Scoring: the task's ``evaluate`` with the base model per protocol, on
 ``--eval-limit`` examples per benchmark. Writes ``bench.csv``, ``bench.md``, ``bench.json`` (config,
 environment, rows) and ``bench.png`` to ``--out``.
