@@ -320,7 +320,7 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         if ctx.is_main:
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
-        if decision.startswith(("other data", "other code")):
+        if decision.startswith(("other data", "other code", "other scorer")):
             raise ValueError(
                 f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force to run it again "
                 f"on this {decision.split()[1]} (its record is kept until the new one replaces it), or another --runs-dir"
@@ -357,7 +357,10 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
         code = _other_task_version(spec, finished) or _other_plugin(spec, finished)
-        return "done" if code is None else f"other code ({code})"
+        if code is not None:
+            return f"other code ({code})"
+        scorer = task.other_scoring(finished)  # a scorer the run id names alike: another file, another server
+        return "done" if scorer is None else f"other scorer ({scorer})"
     return "run"
 
 

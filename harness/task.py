@@ -183,6 +183,12 @@ class Task(ABC):
         """The template to use when the user changes the protocol but names no template."""
         return preset_template
 
+    def other_scoring(self, finished: dict[str, Any]) -> str | None:
+        """How this task's scorers (``options.scoring``) differ from those that scored the ``finished`` record's
+        columns where the run id cannot tell (a checkpoint of the same file name, another server of the same
+        model name): then the run is not taken as done. ``None``: the same, or not known; by default ``None``."""
+        return None
+
     @classmethod
     def check_scoring(cls, scoring: dict[str, str]) -> None:
         """Before ``harness rescore`` touches any run: the scorers in ``scoring`` can run here (``ValueError``

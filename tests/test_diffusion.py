@@ -881,6 +881,37 @@ def test_a_judge_without_a_model_list_passes_the_probe_and_an_unlisted_model_is_
         assert server.probes == (models is not None) and server.requests == 0  # once; nothing judged
 
 
+def test_a_finished_run_scored_by_another_file_of_the_checkpoints_name_is_not_taken_as_done(
+    tiny, tmp_path, monkeypatch
+):
+    """The run id names an HPS v2 checkpoint by its file name: another file of that name (other weights) found
+    the finished run done, its scores standing for the new checkpoint's. The record's sha256 is compared."""
+    import hashlib
+
+    from tasks.diffusion import hps
+
+    class Fake:
+        def __init__(self, checkpoint, arch=None, device="cpu"):
+            digest = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()
+            self.provenance = {"file": Path(checkpoint).name, "sha256": digest, "arch": "fake"}
+
+        def score(self, images, prompts):
+            return [float(len(p)) for p in prompts]
+
+    monkeypatch.setattr(hps, "HPSv2", Fake)
+    ckpt = tmp_path / "hps.pt"
+    ckpt.write_bytes(b"weights")
+    scoring = (("hps_checkpoint", str(ckpt)),)
+    first = _run(tiny, tmp_path / "runs", "lora", scoring=scoring)
+    assert first["eval"]["hps_v2"]["checkpoint"]["sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert _run(tiny, tmp_path / "runs", "lora", scoring=scoring)["run"] == first["run"]  # the same file: done
+    ckpt.write_bytes(b"other weights")  # the same name
+    with pytest.raises(ValueError, match=r"finished on other scorer \(its hps_v2 was scored by HPS v2 checkpoint "
+                       r"hps\.pt \(sha256 [0-9a-f]{12}\), and this run's is HPS v2 checkpoint hps\.pt \(sha256 "
+                       r"[0-9a-f]{12}\)\); pass --force to run it again on this scorer"):  # fmt: skip
+        _run(tiny, tmp_path / "runs", "lora", scoring=scoring)
+
+
 def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
     from tasks.diffusion import hps
 

@@ -11,6 +11,7 @@ GPT judge with ``--judge-model``, HPS v2 with ``--hps-checkpoint``; a score that
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -322,6 +323,25 @@ class DiffusionTask(Task):
             except hps.Unavailable as exc:
                 raise ValueError(f"HPS v2 cannot score here: {exc}") from None
 
+    def other_scoring(self, finished: dict[str, Any]) -> str | None:
+        """The judge (model, endpoint, rubric) or HPS v2 checkpoint (by sha256) that scored the finished run's
+        columns, where this run's differ: its id names a checkpoint by file name and a judge by model only."""
+        for key, value in self.options_scoring().items():
+            before = _scored_by(finished.get("eval") or {}, key)
+            if not before:
+                continue
+            if key == "hps_checkpoint":  # the file's hash, as HPS v2's provenance has it, without loading it
+                now = _scorer_identity(
+                    key, {"value": 0, "checkpoint": {"file": Path(value).name, "sha256": _file_sha256(value)}}
+                )
+            else:
+                now = _scorer_now(key, value)
+            if before != {now}:
+                return (
+                    f"its {SCORER_COLUMNS[key][-1]} was scored by {'; '.join(sorted(before))}, and this run's is {now}"
+                )
+        return None
+
     @classmethod
     def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
         """The columns of the scorers in ``scoring`` (the judge's, HPS v2's) from the run's saved ``samples/`` and
@@ -585,6 +605,24 @@ def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
+
+
+@functools.cache
+def _file_sha256_at(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:  # an HPS v2 checkpoint is ~2 GB: in chunks, once a process
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    """The sha256 of the file at ``path`` (kept by path, size and modification time); "" where there is none."""
+    file = Path(path)
+    if not file.is_file():
+        return ""
+    stat = file.stat()
+    return _file_sha256_at(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _sha256(path: Path) -> str:
