@@ -265,7 +265,7 @@ def test_category_classifier_separates_features():
     assert clf.predict(torch.full((1, 8), 3.0)) == ["a"] and clf.predict(torch.full((1, 8), -3.0)) == ["b"]
 
 
-def test_the_cached_category_classifier_is_keyed_by_the_images_not_their_names(tmp_path):
+def test_the_cached_category_classifier_is_keyed_by_the_images_not_their_names(tmp_path, monkeypatch):
     """Two data folders with the same file names and categories but other pictures get their own classifier."""
 
     def rows(root: Path, flip: bool) -> list[ddata.Item]:
@@ -279,6 +279,10 @@ def test_the_cached_category_classifier_is_keyed_by_the_images_not_their_names(t
         items = rows(tmp_path / str(flip), flip)
         assert scoring.category_classifier(items[:8], items[8:], 16) is not None
     assert len(list((tmp_path / "cache" / "diffusion").glob("classifier-*.pt"))) == 2
+    # from a review: a change to how the classifier is fitted reused the one cached before it
+    monkeypatch.setattr(scoring, "CLASSIFIER_FIT", "another fit")
+    assert scoring.category_classifier(items[:8], items[8:], 16) is not None
+    assert len(list((tmp_path / "cache" / "diffusion").glob("classifier-*.pt"))) == 3
 
 
 # -- the judge, through a real HTTP server -----------------------------------------------------------------
@@ -450,6 +454,8 @@ def test_an_answer_around_its_scores_is_parsed(answer):
         (None, "no JSON object"),
         ('{"a": ' * 5000 + "1" + "}" * 5000, "recursion"),  # escaped as RecursionError and failed the run
         (json.dumps(GOOD).replace('"quality": 7', '"quality": 9, "quality": 7'), "given twice"),
+        # from a review: a corrected answer whose correction is invalid took the withdrawn one's scores
+        (json.dumps(GOOD) + " correction: " + json.dumps({**GOOD, "quality": 11}), "quality"),
     ],
 )
 def test_an_answer_that_is_no_verdict_is_a_value_error(answer, problem):
@@ -1246,6 +1252,41 @@ def test_hub_loader_writes_the_imagefolder_layout(tmp_path):
     clear = datasets.Dataset.from_dict({"image": [Image.new("RGBA", (8, 8), (0, 0, 0, 0))], "text": ["nothing"]})
     [item] = ddata.read_folder(ddata.save_imagefolder(clear, tmp_path / "clear"))
     assert ddata.load_image(item.image, 8).min() == 1.0  # transparent is white, as for a local file; not black
+
+
+def test_held_out_rows_the_embedded_base_pretrained_on_are_warned_about(tmp_path, capsys, monkeypatch):
+    """From a review: a user's folder of Twemoji rows has no base rows of its own, so the embedded base pretrains
+    on the shipped Twemoji's, and its held-out rows were checked only against the folder's training rows: 31 of
+    31 held-out images the base had pretrained on, no warning."""
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+
+    monkeypatch.setattr(ddata, "_WARNED", set())
+    src = dtask.twemoji_dir()
+    (tmp_path / "images").symlink_to(src / "images", target_is_directory=True)
+    rows = [line for line in (src / ddata.METADATA).read_text().splitlines() if '"Animals & Nature"' in line]
+    (tmp_path / ddata.METADATA).write_text("\n".join(rows) + "\n")
+    data = ddata.load(tmp_path)
+    assert not data.base and ddata.overlap(data) == {"captions": [], "images": []}  # nothing against its own rows
+    assert len(ddata.overlap(data, dtask._twemoji_base())["images"]) == len(data.test) > 0
+    capsys.readouterr()
+
+    class Stop(Exception):
+        pass
+
+    def stop(rows):
+        raise Stop
+
+    from tasks.diffusion import pretrain
+
+    monkeypatch.setattr(pretrain, "ensure_base", stop)  # where the base would pretrain: warned before
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(tmp_path), template="caption"))
+    with pytest.raises(Stop):
+        task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    err = capsys.readouterr().err
+    assert f"{len(data.test)} of the {len(data.test)} held-out rows" in err
+    assert "share their image with a row the embedded base pretrains on" in err
 
 
 def test_held_out_rows_that_repeat_a_training_caption_or_image_are_warned_about_once(tmp_path, capsys, monkeypatch):

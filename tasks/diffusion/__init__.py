@@ -129,7 +129,10 @@ class DiffusionTask(Task):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         info: dict[str, Any] = {"frozen": "VAE and text encoder (adapters on the UNet only)"}
         if model == models.EMBEDDED and not random_weights:
-            folder, base = pretrain.ensure_base(self.data.base or _twemoji_base())
+            rows = self.data.base or _twemoji_base()
+            if not self.data.base:  # the user's data: its held-out rows may be among the base's pretraining rows
+                ddata.warn_pretrained_on(self.data, rows)
+            folder, base = pretrain.ensure_base(rows)
             pipe = dmodel.load_folder(folder, device, dtype)
             info["base"] = {
                 k: base[k]

@@ -119,11 +119,11 @@ def load(folder: Path) -> Data:
     return data
 
 
-def overlap(data: Data) -> dict[str, list[str]]:
-    """The held-out rows whose caption, or whose image's bytes, a training (or base) row also has: what the
-    model may have seen, which makes its score on them a memory test. ``{"captions": [...], "images": [...]}``
-    (held-out captions and file names)."""
-    seen = data.train + data.base
+def overlap(data: Data, seen: list[Item] | None = None) -> dict[str, list[str]]:
+    """The held-out rows whose caption, or whose image's bytes, a training (or base) row also has (or a row of
+    ``seen``): what the model may have seen, which makes its score on them a memory test. ``{"captions": [...],
+    "images": [...]}`` (held-out captions and file names)."""
+    seen = data.train + data.base if seen is None else seen
     captions = {i.text.casefold() for i in seen}
     images = {_sha256(i.image) for i in seen}
     return {
@@ -135,22 +135,30 @@ def overlap(data: Data) -> dict[str, list[str]]:
 _WARNED: set[str] = set()  # folders warned about in this process
 
 
-def _warn_overlap(data: Data) -> None:
+def _warn_overlap(data: Data, seen: list[Item] | None = None, by: str = "a training row") -> None:
+    """Warn (once a folder and ``by``) about held-out rows ``overlap`` finds against ``seen`` (default: the
+    folder's own training and base rows)."""
     import sys
 
-    folder = str(data.folder.resolve())
-    if folder in _WARNED:  # checked once a folder (every image hashed), however the folder is named
+    key = f"{data.folder.resolve()}\0{by}"
+    if key in _WARNED:  # checked once a folder (every image hashed), however the folder is named
         return
-    _WARNED.add(folder)
-    found = overlap(data)
+    _WARNED.add(key)
+    found = overlap(data, seen)
     for what, names in found.items():
         if names:
             print(
                 f"warning: {len(names)} of the {len(data.test)} held-out rows of {data.folder} share their "
-                f"{what[:-1]} with a training row (e.g. {names[0]!r}): their scores measure memory; hold out rows "
+                f"{what[:-1]} with {by} (e.g. {names[0]!r}): their scores measure memory; hold out rows "
                 "that no training row repeats (train/ and test/ folders that do not overlap)",
                 file=sys.stderr,
             )
+
+
+def warn_pretrained_on(data: Data, rows: list[Item]) -> None:
+    """The embedded base pretrains on ``rows`` (the shipped Twemoji's base rows, where the user's data has none):
+    warn about held-out rows it has seen there."""
+    _warn_overlap(data, rows, "a row the embedded base pretrains on (the shipped Twemoji's base rows)")
 
 
 def _sha256(path: Path) -> str:

@@ -129,25 +129,25 @@ def probe(judge_model: str, client: Any = None) -> None:
 
 def parse(answer: Any) -> dict[str, int]:
     """The seven scores of one answer; ``ValueError`` says what is wrong with it. The answer may wrap the
-    object in prose or a code fence, or follow a ``<think>`` block; of several objects the last that holds
-    the seven scores counts. ``answer`` may be a list of content parts, as some servers send it."""
+    object in prose or a code fence, or follow a ``<think>`` block; of several objects the last one is the
+    answer (one that corrects an earlier one, even wrongly: an invalid last object is an error, asked again, not
+    the earlier one's scores), and it may hold the seven scores under one key. ``answer`` may be a list of content
+    parts, as some servers send it."""
     text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
-    found, problem = None, NO_OBJECT
+    last, end, problem = None, -1, NO_OBJECT
     for start in (m.start() for m in re.finditer(r"\{", text)):
+        if start < end:  # inside the object decoded last
+            continue
         try:
-            obj, _ = decoder.raw_decode(text, start)
+            last, end = decoder.raw_decode(text, start)
         except (ValueError, RecursionError) as exc:  # not JSON from here, a duplicate key, or nested too deep
             if problem == NO_OBJECT:
                 problem = f"not a JSON object: {exc}"
-            continue
-        try:
-            found = _scores(obj)
-        except ValueError as exc:
-            problem = str(exc)
-    if found is None:
+    if last is None:
         raise ValueError(problem)
-    return found
+    inner = next(iter(last.values())) if isinstance(last, dict) and len(last) == 1 else None
+    return _scores(inner if isinstance(inner, dict) else last)
 
 
 def _scores(obj: Any) -> dict[str, int]:

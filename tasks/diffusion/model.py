@@ -21,7 +21,7 @@ BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 CLIP_VOCAB_SIZE = 49408
 
 # the embedded pipeline at 32 px: a VAE with 3 blocks (8x8x4 latents, SD's 4 latent channels and its
-# down-sampling blocks at a smaller factor), a 2-level UNet with cross-attention, a 2-layer CLIP text encoder
+# down-sampling blocks at a smaller factor), a 3-level UNet with cross-attention, a 2-layer CLIP text encoder
 EMBEDDED_RESOLUTION = 32
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,9 @@ class CategoryClassifier:
         return cls(d["classes"], d["weight"], d["bias"], d["mean"], d["std"], d["info"])
 
 
+CLASSIFIER_FIT = "1"  # change with any change to CategoryClassifier.fit: a cached classifier is not reused
+
+
 def category_classifier(train: list[ddata.Item], test: list[ddata.Item], size: int) -> CategoryClassifier | None:
     """Trained once on the real images (at ``size``) of every row with a category but the test rows, and
     cached; None when the data has no categories (then fidelity is ``absent``)."""
@@ -165,8 +169,11 @@ def category_classifier(train: list[ddata.Item], test: list[ddata.Item], size: i
     def listing(items: list[ddata.Item]) -> str:  # the images' content, not only their names
         return "\n".join(f"{hashlib.sha256(i.image.read_bytes()).hexdigest()}\t{i.category}" for i in items)
 
+    fitted = [CLASSIFIER_FIT, inspect.signature(CategoryClassifier.fit).parameters["l2"].default]  # how it is fit
     key = hashlib.sha256(
-        json.dumps([listing(rows), listing(test), size, FEATURE_SIZE, vision.provenance()["weights_sha256"]]).encode()
+        json.dumps(
+            [listing(rows), listing(test), size, FEATURE_SIZE, vision.provenance()["weights_sha256"], *fitted]
+        ).encode()
     ).hexdigest()[:16]
     path = models.cache_dir() / "diffusion" / f"classifier-{key}.pt"
     if path.is_file():
