@@ -255,7 +255,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="prompt template; commonsense: cloze | clean | llm-adapters, multimodal: chat, diffusion: caption "
         "(default: the protocol's)",
     )
-    p.add_argument("--eval-limit", type=int, help="test examples per benchmark (multimodal: per domain); 0: no limit")
+    p.add_argument(
+        "--eval-limit",
+        type=int,
+        help="test examples per benchmark (multimodal: per question kind in each domain, a yes/no pair counted "
+        "once); 0: no limit",
+    )
     p.add_argument(
         "--train-cap", type=int, help="training examples per benchmark (multimodal: per domain); 0: no limit"
     )

@@ -270,6 +270,11 @@ BAD = {
     "repeated options": ("test", _set(0, options=["3", "3"]), r"options \['3', '3'\] repeat"),
     "27 options": ("test", _set(0, options=[str(i) for i in range(27)]), r"27 options; choice records take 2 to 26"),
     "one option": ("test", _set(0, options=["3"], answer=0), r"1 options; choice records take 2 to 26"),
+    "an answer showing an image": (  # from a review: it passed, then crashed training after stage 1
+        "train",
+        _set(0, conversations=_turns("What is shown?", "a cat <image>")),
+        r"record 0 \(id 't1'\): the gpt answer of turn 1 holds <image> \(an answer cannot show an image\)",
+    ),
     "test question with two images": (
         "test",
         _set(3, image=["images/a.png", "images/b.png"], conversations=_turns("Sum?", "11", images=2)),

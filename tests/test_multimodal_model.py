@@ -309,6 +309,24 @@ def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_
     assert char_tokenizer.decode(learnt) == "red"  # and EOS (not decoded): never the earlier answer
 
 
+def test_greedy_answers_never_emit_the_image_placeholder(char_tokenizer, tmp_path):
+    """From a review: a model whose likeliest next token was the image placeholder had it fed back with no image
+    behind it, and scoring stopped on the placeholder count."""
+    from tasks.multimodal import native
+    from tasks.multimodal.recipe import Formatter
+
+    model = tiny_model()
+    fmt = Formatter(model, char_tokenizer)
+    with torch.no_grad():
+        model.language_model.lm_head.bias = None
+        model.language_model.lm_head.weight.zero_()
+        model.language_model.lm_head.weight[fmt.image_token_id] = 1.0  # every step's likeliest: the placeholder
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    [answer] = native.generate(model, fmt, [("<image>\nWhat is it?", [image])], max_new=3)
+    assert isinstance(answer, str)
+
+
 def test_the_paper_llava_reads_its_prompt_after_bos_as_its_processor_gives_it(char_tokenizer):
     """LLaVA's processor puts BOS first (its Vicuna always saw one); the prompt, tokenised here in pieces
     without special tokens, gets it in front, in training and scoring alike; the embedded model none."""

@@ -265,6 +265,8 @@ def conversation_problem(conversations: Any, n_images: int) -> str | None:
         return f"the last turn ({len(conversations) - 1}) is from 'human' with no gpt answer"
     if empty := [t for t in range(1, len(conversations), 2) if not conversations[t]["value"].strip()]:
         return f"the gpt answer of turn {empty[0]} is empty (training would teach the model to say nothing)"
+    if answered := [t for t in range(1, len(conversations), 2) if IMAGE_TOKEN in conversations[t]["value"]]:
+        return f"the gpt answer of turn {answered[0]} holds {IMAGE_TOKEN} (an answer cannot show an image)"
     tokens = sum(turn["value"].count(IMAGE_TOKEN) for turn in conversations[::2])
     if tokens != n_images:
         return f"the human turns hold {tokens} {IMAGE_TOKEN} token(s) for {n_images} image(s)"

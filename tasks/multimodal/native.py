@@ -6,6 +6,7 @@ document answers). Every prompt goes through the same ``Formatter`` the training
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -138,7 +139,9 @@ def generate(model, fmt: Formatter, asks: list[tuple[str, Sequence[Any]]], max_n
     tokens: list[list[int]] = [[] for _ in asks]
     done = torch.zeros(len(asks), dtype=torch.bool, device=device)
     for _ in range(max_new):
-        nxt = out.logits[:, -1].argmax(-1)
+        logits = out.logits[:, -1]
+        logits[:, fmt.image_token_id] = -math.inf  # the image placeholder: fed back, it would ask for an image
+        nxt = logits.argmax(-1)
         for r, t in enumerate(nxt.tolist()):
             if not done[r]:
                 if t == fmt.eos_id:
