@@ -250,9 +250,9 @@ def test_protocol_and_template_must_fit_and_default_to_each_other():
 
 def test_a_training_record_that_does_not_fit_cloze_is_named_by_its_file_and_question(tmp_path):
     """The training mix is shuffled: the message names the file the record came from and its question."""
-    good = CASES["ARC-Easy"][0]
+    good, asked = CASES["ARC-Easy"][0], CASES["ARC-Challenge"][0]  # a test question is left out of training
     (tmp_path / "ARC-Easy").mkdir()
-    (tmp_path / "ARC-Easy" / "test.json").write_text(json.dumps([good]))
+    (tmp_path / "ARC-Easy" / "test.json").write_text(json.dumps([asked]))
     bad = rec("What is 2+2? Say it.", "four")
     (tmp_path / "ARC-Easy" / "train.json").write_text(json.dumps([good, good, bad, good]))
     task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1))

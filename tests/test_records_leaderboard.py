@@ -536,7 +536,9 @@ def test_a_failing_rerun_never_replaces_a_finished_record(tmp_path, monkeypatch)
     monkeypatch.setattr(runner, "_execute", boom)
     ctx, forced = runner.RunContext(tmp_path), runner.RunContext(tmp_path, force=True)
     # a task that does not say what data it has (test or training files)
-    unknown_data = SimpleNamespace(data_fingerprint=lambda: None, training_files=lambda described=None: {})
+    unknown_data = SimpleNamespace(
+        data_fingerprint=lambda: None, training_files=lambda described=None: {}, other_scoring=lambda finished: None
+    )
     assert runner.run_one(spec, unknown_data, ctx) == (finished, False)  # finished: skipped, not run
     failed, ran = runner.run_one(spec, None, forced)
     assert ran
@@ -637,7 +639,9 @@ def test_a_forced_rerun_killed_while_swapping_its_files_in_is_finished_by_the_ne
     assert f"warning: {spec.run_id}: a forced re-run succeeded but was stopped" in capsys.readouterr().err
 
     monkeypatch.setattr(runner, "_execute", lambda *a, **k: pytest.fail("the finished re-run ran again"))
-    unknown_data = SimpleNamespace(data_fingerprint=lambda: None, training_files=lambda described=None: {})
+    unknown_data = SimpleNamespace(
+        data_fingerprint=lambda: None, training_files=lambda described=None: {}, other_scoring=lambda finished: None
+    )
     record, ran = runner.run_one(spec, unknown_data, runner.RunContext(tmp_path))
     assert not ran and record["eval"] == {"piqa": {"acc": 1.0}} == read_record(run_dir / RECORD)["eval"]
     for name in ("adapter/weights", "samples/weights", "predictions.jsonl"):
