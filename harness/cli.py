@@ -233,7 +233,8 @@ def _early_plugins(argv: list[str]) -> list[str]:
     rest, i = [], 0
     while i < len(argv):
         arg = argv[i]
-        if arg == "--plugin" or arg.startswith("--plugin="):
+        name = arg.partition("=")[0]
+        if len(name) >= 4 and "--plugin".startswith(name):  # argparse takes a prefix (--plug) as the flag too
             path = arg.partition("=")[2] if "=" in arg else argv[i + 1] if i + 1 < len(argv) else ""
             if not path.strip() or (path.startswith("-") and "=" not in arg):
                 raise CliError("--plugin needs a file: --plugin my_method.py (a .py file that registers a method)")

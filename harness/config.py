@@ -133,6 +133,11 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
         kwargs["targets"] = parse_targets(kwargs["targets"])
     default_reducer = _field_default(config_cls, "reducer")
     reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
+    if "k" in shortcuts and "drop_ratio" in shortcuts:  # k would win silently (and both enter the run id)
+        raise ValueError(
+            f"k={shortcuts['k']} and drop_ratio={shortcuts['drop_ratio']} both set the Reducer's K (drop_ratio = "
+            "1 - K/L): give one"
+        )
     if shortcuts and "reducer" in options and reducer is None:
         given = ", ".join(f"{k}={v}" for k, v in shortcuts.items())
         raise ValueError(

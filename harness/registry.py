@@ -37,6 +37,8 @@ class Registry(Generic[T]):
         """Class decorator: ``@METHODS.register("lora")``. Duplicate names are rejected."""
         if not name.isidentifier() or name != name.lower():
             raise ValueError(f"{self.kind} name {name!r} must be a lower-case Python identifier (e.g. 'my_lora')")
+        if self.kind == "method" and name in RESERVED_METHODS:
+            raise ValueError(f"method name {name!r} is reserved ({RESERVED_METHODS[name]}); name it otherwise")
 
         def decorator(obj: T) -> T:
             self._check(name, obj)
@@ -107,6 +109,9 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+RESERVED_METHODS = {"base": "--methods base is the zero-shot model", "all": "--methods all is every method"}
 
 
 def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> str:

@@ -186,6 +186,11 @@ CASES = [
     # --- the CLI: seeds and options ---
     bad("seeds-not-integers", run("--seeds", "0,x"), r"--seeds '0,x' must be comma-separated integers, e\.g\. 0,1,2"),
     bad("seeds-empty", run("--seeds", ","), r"--seeds is empty; e\.g\. --seeds 0,1,2"),
+    bad(  # from a review: k won silently, and both entered the run id
+        "reducer-k-and-drop-ratio",
+        run("--methods", "effilora", "--option", "k=3", "--option", "drop_ratio=0.5"),
+        r"k=3 and drop_ratio=0\.5 both set the Reducer's K \(drop_ratio = 1 - K/L\): give one",
+    ),
     bad("option-without-equals", run("--option", "drop_ratio"), r"--option 'drop_ratio' must look like key=value"),
     bad(
         "option-unknown-key",
@@ -403,6 +408,11 @@ CASES = [
         run("--runs-dir", "{file}/runs"),
         r"runs dir '.*a_file/runs' is not writable \(Not a directory\); pass --runs-dir",
     ),
+    bad(  # from a review: with --out defaulting to the runs dir, the error named --out, never given
+        "runs-dir-under-a-file-without-out",
+        [a for a in run("--runs-dir", "{file}/runs") if a not in ("--out", "{out}")],
+        r"runs dir '.*a_file/runs' is not writable \(Not a directory\); pass --runs-dir",
+    ),
     bad(  # passed the check and failed at mkdir with "File exists"
         "runs-dir-through-a-dangling-symlink",
         run("--runs-dir", "{tmp}/dangling/runs"),
@@ -590,6 +600,12 @@ CASES = [
         [*PLUGIN_ARG, *run()],
         r"method 'lora' is already registered \(by methods\.lora\.LoraLinear\); register yours under another",
         plugin(METHOD_PLUGIN.format(name="lora")),
+    ),
+    bad(  # from a review: it registered, and `--methods base` ran the zero-shot model instead
+        "plugin-registers-a-reserved-name",
+        [*PLUGIN_ARG, "list", "methods"],
+        r"method name 'base' is reserved \(--methods base is the zero-shot model\); name it otherwise",
+        plugin(METHOD_PLUGIN.format(name="base")),
     ),
     bad(
         "plugin-registers-an-invalid-name",

@@ -313,6 +313,15 @@ def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
         assert entry["sha256"] == hashlib.sha256(b"twin.py\0" + file.read_bytes()).hexdigest()
 
 
+def test_an_abbreviated_plugin_flag_loads_the_plugin(tmp_path, capsys, plugin_sandbox):
+    """From a review: argparse took --plug as --plugin, which was then ignored (only the full spelling was read
+    before parsing): the plugin's method was unknown, with a message saying to pass a plugin."""
+    plugin = tmp_path / "abbrev_lora.py"
+    plugin.write_text(PLUGIN.format(name="abbrev_lora"))
+    assert main(["--plug", str(plugin), "list", "methods"]) == 0
+    assert "abbrev_lora" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list", "rescore"])
 def test_every_commands_help_names_plugin(command, capsys):
     with pytest.raises(SystemExit):

@@ -219,8 +219,11 @@ def describe(data: Data) -> dict[str, Any]:
 
 def load_hub(dataset: str, out: Path, split: str = "train") -> Path:
     """Save a hub image-caption dataset (``image`` + ``text`` columns; pokemon-blip-captions by default)
-    as an imagefolder under ``out``. Needs the internet (or the datasets cache)."""
-    import datasets
+    as an imagefolder under ``out``. Needs the internet (or the datasets cache) and ``datasets`` (the ``hub`` extra)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError('load_hub needs the datasets package: pip install -e ".[hub]"') from None
 
     ds = datasets.load_dataset(dataset, split=split) if isinstance(dataset, str) else dataset
     return save_imagefolder(ds, out)

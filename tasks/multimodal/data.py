@@ -389,7 +389,10 @@ def load_hub(
     Hub rows carry no scoring fields, so they become training data; ``limit`` caps the rows per subset
     (and streams, so a capped download reads only what it keeps).
     """
-    import datasets  # heavy; only the online source needs it
+    try:
+        import datasets  # heavy; only the online source needs it
+    except ImportError:
+        raise ValueError('load_hub needs the datasets package: pip install -e ".[hub]"') from None
 
     subsets = HUB_SUBSETS if subsets is None else subsets
     if out_dir is None:
