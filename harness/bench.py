@@ -381,11 +381,18 @@ def _stepper(
 
 def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
     """``options`` with a Reducer variant's: ``off`` also drops the Reducer shortcuts the options set (``k=4``
-    with the Reducer off is no Reducer, not a contradiction)."""
+    with the Reducer off is no Reducer, not a contradiction), and a ``SELECTION:DROP_RATIO`` variant sets K by
+    its drop ratio, so an option's ``k`` gives way to it (the row is what its label says); ``default`` keeps it."""
     from harness.config import REDUCER_SHORTCUTS
 
-    kept = {k: v for k, v in options.items() if k not in REDUCER_SHORTCUTS} if variant == "off" else options
-    return kept | _reducer_options(variant)
+    variant_options = _reducer_options(variant)
+    if variant == "off":
+        kept = {k: v for k, v in options.items() if k not in REDUCER_SHORTCUTS}
+    elif "drop_ratio" in variant_options:
+        kept = {k: v for k, v in options.items() if k != "k"}
+    else:
+        kept = options
+    return kept | variant_options
 
 
 def _reducer_options(variant: str) -> dict[str, Any]:

@@ -209,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "run": "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)",
             "rescore": "the runs rescored so far are written; the others keep their records as they were",
         }
-        command = next((a for a in argv if a in said), "")  # the subcommand (after any --plugin FILE)
+        commands = ("run", "rescore", "bench", "params", "leaderboard", "list")
+        command = next((a for a in argv if a in commands), "")  # the subcommand: the first such word
         print(f"harness: interrupted; {said.get(command, 'nothing half-written is left')}", file=sys.stderr)
         return 130
     return 0

@@ -158,7 +158,7 @@ def load_plugin(path: str | Path) -> None:
         if name.partition(".")[0] in BUILTIN_PACKAGES:  # the harness's own (a plugin beside the checkout)
             continue
         file = getattr(sys.modules[name], "__file__", None)
-        if file and Path(file).resolve().is_relative_to(Path(folder)):
+        if file and Path(file).resolve().is_relative_to(Path(folder)) and not _installed(Path(file).resolve()):
             files.add(Path(file).resolve())
     files |= _imported_beside(path.resolve(), Path(folder))
     digest = hashlib.sha256()
@@ -166,6 +166,17 @@ def load_plugin(path: str | Path) -> None:
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
         _PLUGIN_OF.setdefault(file, path.resolve())  # a module two plugins import: the first's
     _PLUGINS_LOADED[path.resolve()] = digest.hexdigest()
+
+
+def _installed(path: Path) -> bool:
+    """``path`` belongs to an installed package (a site-packages, or the environment's own files), not to the
+    plugin's code, even where the plugin's folder holds the environment (a ``.venv`` in a checkout, ``~``)."""
+    import site
+
+    if {"site-packages", "dist-packages"} & set(path.parts):
+        return True
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, *site.getsitepackages(), site.getusersitepackages()}
+    return any(path.is_relative_to(Path(p).resolve()) for p in prefixes if p)
 
 
 def _imported_beside(file: Path, folder: Path) -> set[Path]:
@@ -194,7 +205,7 @@ def _imported_beside(file: Path, folder: Path) -> set[Path]:
                 for i in range(1, len(parts) + 1):
                     loaded = getattr(sys.modules.get(".".join(parts[:i])), "__file__", None)
                     path = Path(loaded).resolve() if loaded else None
-                    if path and path.is_relative_to(folder) and path not in found:
+                    if path and path.is_relative_to(folder) and path not in found and not _installed(path):
                         found.add(path)
                         todo.append(path)
     return found

@@ -398,3 +398,18 @@ def test_a_method_without_a_fast_path_is_timed_once_on_the_path_it_takes(tmp_pat
     rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
     assert {"lora", "lora reference", "slow_lora"} <= set(rows) and "slow_lora reference" not in rows
     assert rows["slow_lora"]["fast_path"] is False and rows["lora"]["fast_path"] is True
+
+
+def test_a_k_option_gives_way_to_a_reducer_variants_drop_ratio():
+    """From a review: refusing k with drop_ratio refused `harness bench --option k=4` outright, the default
+    variants setting drop_ratio beside it. A SELECTION:DROP_RATIO variant sets K by its ratio; default keeps k."""
+    from harness.bench import _variant_options
+
+    BenchConfig(methods=("effilora",), options={"k": "4"}).check_methods()  # was refused
+    assert _variant_options({"k": "4", "r": 8}, "importance:0.25") == {
+        "r": 8,
+        "selection": "importance",
+        "drop_ratio": 0.25,
+    }
+    assert _variant_options({"k": "4", "r": 8}, "default") == {"k": "4", "r": 8}
+    assert _variant_options({"k": "4", "r": 8}, "off") == {"r": 8, "reducer": None}

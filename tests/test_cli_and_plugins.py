@@ -298,6 +298,21 @@ def test_a_plugins_code_does_not_depend_on_which_plugin_was_loaded_first(tmp_pat
     assert registry.plugin_files(METHODS.get("lora")) == []  # a built-in a plugin imports stays a built-in
 
 
+def test_a_plugins_hash_leaves_out_packages_installed_under_its_folder(tmp_path, monkeypatch, plugin_sandbox):
+    """From a review: a virtual environment inside the plugin's folder (a checkout's .venv, or ~) had its loaded
+    packages hashed with the plugin: slow, and an upgrade made its finished runs other code."""
+    registry = plugin_sandbox
+    site = tmp_path / ".venv" / "lib" / "site-packages"
+    (site / "venv_pkg").mkdir(parents=True)
+    (site / "venv_pkg" / "__init__.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(site))
+    plugin = tmp_path / "venv_plug.py"
+    plugin.write_text("import venv_pkg  # noqa\n" + PLUGIN.format(name="venv_plug_lora"))
+    registry.load_plugin(plugin)
+    expected = hashlib.sha256(b"venv_plug.py\0" + plugin.read_bytes()).hexdigest()
+    assert registry._PLUGINS_LOADED[plugin.resolve()] == expected
+
+
 def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
     """From a review: both were imported as harness_plugin_twin, the second replacing the first: a's method was
     recorded with b's sha256."""

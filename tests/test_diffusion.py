@@ -441,6 +441,7 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
         [{"type": "text", "text": "```json\n" + json.dumps(GOOD) + "\n```"}],  # content as a list of parts
         json.dumps({**GOOD, "quality": 2}) + " On reflection: " + json.dumps(GOOD),  # the last object counts
         json.dumps({"scores": GOOD}),
+        json.dumps({"scores": GOOD, "reason": "crisp {edges}"}),  # a wrapper with more keys than the scores
     ],
 )
 def test_an_answer_around_its_scores_is_parsed(answer):
@@ -456,6 +457,7 @@ def test_an_answer_around_its_scores_is_parsed(answer):
         (json.dumps(GOOD).replace('"quality": 7', '"quality": 9, "quality": 7'), "given twice"),
         # from a review: a corrected answer whose correction is invalid took the withdrawn one's scores
         (json.dumps(GOOD) + " correction: " + json.dumps({**GOOD, "quality": 11}), "quality"),
+        (json.dumps(GOOD) + ' correction: {"quality": 3, "detail":', "last object is not valid JSON"),  # cut off
     ],
 )
 def test_an_answer_that_is_no_verdict_is_a_value_error(answer, problem):
@@ -756,6 +758,11 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
             "(cp -r) with this one"
         ]
         assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})[0]) == 1  # the same judge again
+        older = json.loads(path.read_text())  # a record from before the endpoint and rubric were kept
+        for column in dtask.SCORER_COLUMNS["judge_model"]:
+            del older["eval"][column]["judge_endpoint"], older["eval"][column]["rubric_version"]
+        path.write_text(json.dumps(older))
+        assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})[0]) == 1  # the same model: not other
         other = _run(tiny, runs, "moslora")["run"]["id"]  # another run of the section, judged by judge-b
         assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-b"}, run_ids=[other])[0]) == 1
     capsys.readouterr()

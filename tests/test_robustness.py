@@ -774,6 +774,8 @@ def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
     assert "checkpoint" not in err and "the runs rescored so far are written" in err
     assert cli.main(["list", "methods"]) == 130
     assert "interrupted; nothing half-written is left" in capsys.readouterr().err
+    assert cli.main(["bench", "--out", "run"]) == 130  # a value that names a command is not the command
+    assert "interrupted; nothing half-written is left" in capsys.readouterr().err
 
 
 def test_a_model_folders_weights_are_found_through_symlinked_subfolders_but_not_in_a_checkpoint(tmp_path):

@@ -174,7 +174,8 @@ def training_mix(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training records (each tagged with its ``benchmark``) and a provenance list of the files used. A record
     whose instruction is in ``held_out`` (the test questions) is left out after the shuffle and before the cap,
-    so a mix that drew none of them is the one it was before they were left out (``left_out``: how many)."""
+    so a mix that drew none of them is the one it was before they were left out (``left_out``: how many of the
+    file's examples are test questions, taken out of what the cap draws from)."""
     mixed = data_dir / MIXED_TRAIN
     files = (
         [("mixed", read_json_file(mixed))]

@@ -333,16 +333,9 @@ class DiffusionTask(Task):
             before = _scored_by(finished.get("eval") or {}, key)
             if not before:
                 continue
-            if key == "hps_checkpoint":  # the file's hash, as HPS v2's provenance has it, without loading it
-                now = _scorer_identity(
-                    key, {"value": 0, "checkpoint": {"file": Path(value).name, "sha256": _file_sha256(value)}}
-                )
-            else:
-                now = _scorer_now(key, value)
-            if before != {now}:
-                return (
-                    f"its {SCORER_COLUMNS[key][-1]} was scored by {'; '.join(sorted(before))}, and this run's is {now}"
-                )
+            now = _scorer_now(key, value, load=False)  # a checkpoint by its file's hash, without loading it
+            if (other := _other_scorer(key, before, now)) is not None:
+                return f"its {SCORER_COLUMNS[key][-1]} was scored by {other}, and this run's is {_describe_scorer(key, now)}"
         return None
 
     @classmethod
@@ -362,12 +355,12 @@ class DiffusionTask(Task):
                     f"run {run} was made with {flag} {named} (part of its run id): scores of {given} would stand "
                     f"under that name; rescore it with {named}, or run it with {flag} {given} (a new run)"
                 )
-            before = _scored_by(record["eval"], key)
-            if before and before != {now := _scorer_now(key, value)}:  # a rescored run: its columns name the scorer
+            before = _scored_by(record["eval"], key)  # a rescored run: its columns name the scorer, its id does not
+            if before and (other := _other_scorer(key, before, now := _scorer_now(key, value))) is not None:
                 raise ValueError(
-                    f"run {run}'s {SCORER_COLUMNS[key][-1]} was scored by {'; '.join(sorted(before))}: scores by "
-                    f"{now} would replace them and stand beside other runs' under one config; rescore it with that "
-                    "one, or score a copy of the runs folder (cp -r) with this one"
+                    f"run {run}'s {SCORER_COLUMNS[key][-1]} was scored by {other}: scores by "
+                    f"{_describe_scorer(key, now)} would replace them and stand beside other runs' under one config; "
+                    "rescore it with that one, or score a copy of the runs folder (cp -r) with this one"
                 )
         path = run_dir / PREDICTIONS
         try:
@@ -558,33 +551,54 @@ def _hps(
     }
 
 
-def _scorer_identity(key: str, entry: dict[str, Any]) -> str | None:
-    """What scored ``entry`` (a column of scorer ``key``), as a line: the judge model, its endpoint and rubric;
-    HPS v2's checkpoint by name and sha256. None for an entry without a score."""
+def _scorer_fields(key: str, entry: dict[str, Any]) -> dict[str, str] | None:
+    """What scored ``entry`` (a column of scorer ``key``), as far as the entry records it: the judge's model,
+    endpoint and rubric; HPS v2's checkpoint file and sha256 (a record from before a field was kept lacks it).
+    None for an entry without a score."""
     if "value" not in entry:
         return None
     if key == "judge_model":
-        return (
-            f"judge {entry.get('judge_model')} at {entry.get('judge_endpoint')} (rubric {entry.get('rubric_version')})"
-        )
-    checkpoint = entry.get("checkpoint") or {}
-    return f"HPS v2 checkpoint {checkpoint.get('file')} (sha256 {str(checkpoint.get('sha256'))[:12]})"
+        fields = {k: entry.get(f) for k, f in (("model", "judge_model"), ("endpoint", "judge_endpoint"))}
+        fields["rubric"] = entry.get("rubric_version")
+    else:
+        checkpoint = entry.get("checkpoint") or {}
+        fields = {"file": checkpoint.get("file"), "sha256": checkpoint.get("sha256")}
+    return {k: str(v) for k, v in fields.items() if v is not None}
 
 
-def _scored_by(evals: dict[str, Any], key: str) -> set[str]:
-    """The scorers that scored a record's columns of ``key`` (empty: none scored)."""
-    found = (_scorer_identity(key, evals.get(column) or {}) for column in SCORER_COLUMNS[key])
-    return {ident for ident in found if ident is not None}
+def _describe_scorer(key: str, fields: dict[str, str]) -> str:
+    if key == "judge_model":
+        return f"judge {fields.get('model')} at {fields.get('endpoint', '?')} (rubric {fields.get('rubric', '?')})"
+    return f"HPS v2 checkpoint {fields.get('file')} (sha256 {fields.get('sha256', '?')[:12]})"
 
 
-def _scorer_now(key: str, value: str) -> str:
-    """What scorer ``key`` given ``value`` here would write into a record (``_scorer_identity``'s line)."""
+def _scored_by(evals: dict[str, Any], key: str) -> list[dict[str, str]]:
+    """The scorers that scored a record's columns of ``key``, each once (empty: none scored)."""
+    found = []
+    for column in SCORER_COLUMNS[key]:
+        fields = _scorer_fields(key, evals.get(column) or {})
+        if fields is not None and fields not in found:
+            found.append(fields)
+    return found
+
+
+def _other_scorer(key: str, before: list[dict[str, str]], now: dict[str, str]) -> str | None:
+    """The scorers of ``before`` that are not ``now`` (on the fields each records), as a line; None: the same."""
+    other = [b for b in before if any(now.get(k) != v for k, v in b.items())]
+    return "; ".join(sorted(_describe_scorer(key, b) for b in other)) or None
+
+
+def _scorer_now(key: str, value: str, load: bool = True) -> dict[str, str]:
+    """What scorer ``key`` given ``value`` here would write into a record (``_scorer_fields``); HPS v2 by its
+    loaded provenance, or without ``load`` by the file's hash."""
     if key == "judge_model":
         from tasks.diffusion import judge
 
         entry = {"value": 0, "judge_model": value, "judge_endpoint": judge.endpoint_from_environment()}
-        return _scorer_identity(key, entry | {"rubric_version": judge.RUBRIC_VERSION}) or ""
-    return _scorer_identity(key, {"value": 0, "checkpoint": _hps_scorer(value).provenance}) or ""
+        return _scorer_fields(key, entry | {"rubric_version": judge.RUBRIC_VERSION}) or {}
+    if not load:
+        return {"file": Path(value).name, "sha256": _file_sha256(value)}
+    return _scorer_fields(key, {"value": 0, "checkpoint": _hps_scorer(value).provenance}) or {}
 
 
 _HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 kept, by checkpoint (path, size, mtime)

@@ -129,25 +129,50 @@ def probe(judge_model: str, client: Any = None) -> None:
 
 def parse(answer: Any) -> dict[str, int]:
     """The seven scores of one answer; ``ValueError`` says what is wrong with it. The answer may wrap the
-    object in prose or a code fence, or follow a ``<think>`` block; of several objects the last one is the
-    answer (one that corrects an earlier one, even wrongly: an invalid last object is an error, asked again, not
-    the earlier one's scores), and it may hold the seven scores under one key. ``answer`` may be a list of content
-    parts, as some servers send it."""
+    object in prose or a code fence, or follow a ``<think>`` block, or hold it inside another object; of several
+    objects the last one is the answer: one that corrects an earlier one is taken even when wrong (an invalid or
+    cut-off last object is an error, asked again, not the earlier one's scores). ``answer`` may be a list of
+    content parts, as some servers send it."""
     text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
-    last, end, problem = None, -1, NO_OBJECT
+    last, end, problem, broken = None, -1, NO_OBJECT, None
     for start in (m.start() for m in re.finditer(r"\{", text)):
         if start < end:  # inside the object decoded last
             continue
         try:
             last, end = decoder.raw_decode(text, start)
-        except (ValueError, RecursionError) as exc:  # not JSON from here, a duplicate key, or nested too deep
+            broken = None
+        except RecursionError as exc:  # nested too deep: no verdict (its inner objects are not one either)
+            raise ValueError(f"not a JSON object: {exc}") from None
+        except ValueError as exc:  # not JSON from here, or a key given twice
             if problem == NO_OBJECT:
                 problem = f"not a JSON object: {exc}"
+            if text[start + 1 :].lstrip().startswith('"'):  # an object begun (a key), not prose in braces
+                broken = f"its last object is not valid JSON: {exc}"
+    if broken is not None:
+        raise ValueError(broken)
     if last is None:
         raise ValueError(problem)
-    inner = next(iter(last.values())) if isinstance(last, dict) and len(last) == 1 else None
-    return _scores(inner if isinstance(inner, dict) else last)
+    try:
+        return _scores(last)
+    except ValueError:
+        inner = _holding_scores(last)
+        if inner is None:
+            raise
+        return _scores(inner)
+
+
+def _holding_scores(obj: Any, depth: int = 0) -> dict[str, Any] | None:
+    """The last object nested in ``obj`` whose keys are the seven criteria (``{"scores": {...}, "reason": ...}``)."""
+    if not isinstance(obj, dict) or depth > 8:
+        return None
+    found = None
+    for value in obj.values():
+        if isinstance(value, dict) and set(value) == set(CRITERIA):
+            found = value
+        elif (deeper := _holding_scores(value, depth + 1)) is not None:
+            found = deeper
+    return found
 
 
 def _scores(obj: Any) -> dict[str, int]:
