@@ -32,6 +32,9 @@ def test_ci_resolving_installs_use_the_constraints():
 
 
 def test_tox_installs_under_the_constraints():
+    """torch comes with the package install, under the constraints; a `pip install torch` in commands_pre ran
+    after it (too late to pin anything), and PIP_* passes an index of CPU wheels through."""
     tox = (ROOT / "tox.ini").read_text()
     assert re.search(r"install_command = .*-c \{toxinidir\}/constraints\.txt", tox)
-    assert f"pip install {_pin()}" in tox
+    assert not re.search(r"pip install[^\n]* torch(==|\s|$)", tox)
+    assert re.search(r"passenv = .*PIP_\*", tox)
