@@ -187,17 +187,14 @@ def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, An
     config_cls = METHODS.get(method).config_cls
     resolved = make_config(config_cls, options, method).to_dict()
     default = make_config(config_cls, preset, method).to_dict()
-    number = (int, float)
     for key, value in resolved.items():
-        was = default.get(key)
-        if (
-            isinstance(value, number)
-            and isinstance(was, number)
-            and not isinstance(value, bool) | isinstance(was, bool)
-        ):
-            if value == was:
-                resolved[key] = was
+        if _plain_number(value) and _plain_number(default.get(key)) and value == default[key]:
+            resolved[key] = default[key]
     return resolved
+
+
+def _plain_number(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
 
 
 def _replace(obj: Any, overrides: dict[str, Any], what: str) -> Any:
@@ -376,8 +373,9 @@ def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     own), or which defines it now where another did then (a plugin file renamed, a method moved into a package);
     ``None``: none differs, or none is known (a record without plugins: a built-in's, or from before they were kept)."""
     ran = dict(_plugin_ident(p) for p in finished.get("env", {}).get("plugins", []))
-    now_all = dict(_plugin_ident(p) for p in _plugins(spec).get("plugins", []))
-    for plugin in _plugins(spec).get("plugins", []):
+    plugins = _plugins(spec).get("plugins", [])
+    now_all = dict(_plugin_ident(p) for p in plugins)
+    for plugin in plugins:
         what, now = _plugin_ident(plugin)
         if what in ran and ran[what] != now:
             if "file" in plugin:

@@ -734,11 +734,14 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
     """From a review: a run made without a scorer was rescored with judge A, then with judge B (or HPS checkpoint
     a.pt, then b.pt): B's scores replaced A's, under the same config, beside runs A scored. The record's own
     columns say who scored them; another scorer is refused, the same one (filling in failures) is not."""
+    import hashlib
+
     import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
 
     import tasks.diffusion as dtask
     from harness.leaderboard import write_leaderboards
     from harness.rescore import rescore_runs
+    from tasks.diffusion import hps
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
@@ -776,18 +779,21 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
         assert not done and "was scored by judge judge-a at" in problems[0]
         assert f"scores by judge judge-a at {url.rstrip('/').removesuffix('/v1')} " in problems[0]
 
-    class Other(_FakeHPS):
-        provenance = {"file": "fake.pt", "sha256": "1" * 64, "arch": "fake"}  # the same name, other weights
+    class FileHPS(_FakeHPS):  # its provenance as HPS v2's: the checkpoint file's hash
+        def __init__(self, checkpoint):
+            self.provenance = {"file": Path(checkpoint).name, "sha256": hps.checkpoint_sha256(Path(checkpoint))}
 
     ckpt = tmp_path / "fake.pt"
     ckpt.write_bytes(b"weights")
-    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: _FakeHPS())
+    monkeypatch.setattr(dtask, "_hps_scorer", FileHPS)
     assert len(rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])[0]) == 1
-    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: Other())
+    assert len(rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])[0]) == 1  # the same
+    ckpt.write_bytes(b"other weights")  # the same name, other weights
     done, problems = rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])
+    old, new = (hashlib.sha256(b).hexdigest()[:12] for b in (b"weights", b"other weights"))
     assert not done and problems == [
-        f"run {run_id}'s hps_v2 was scored by HPS v2 checkpoint fake.pt (sha256 000000000000): scores by HPS v2 "
-        "checkpoint fake.pt (sha256 111111111111) would replace them and stand beside other runs' under one config; "
+        f"run {run_id}'s hps_v2 was scored by HPS v2 checkpoint fake.pt (sha256 {old}): scores by HPS v2 "
+        f"checkpoint fake.pt (sha256 {new}) would replace them and stand beside other runs' under one config; "
         "rescore it with that one, or score a copy of the runs folder (cp -r) with this one"
     ]
 

@@ -11,7 +11,6 @@ GPT judge with ``--judge-model``, HPS v2 with ``--hps-checkpoint``; a score that
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
@@ -333,7 +332,7 @@ class DiffusionTask(Task):
             before = _scored_by(finished.get("eval") or {}, key)
             if not before:
                 continue
-            now = _scorer_now(key, value, load=False)  # a checkpoint by its file's hash, without loading it
+            now = _scorer_now(key, value)
             if (other := _other_scorer(key, before, now)) is not None:
                 return f"its {SCORER_COLUMNS[key][-1]} was scored by {other}, and this run's is {_describe_scorer(key, now)}"
         return None
@@ -588,17 +587,17 @@ def _other_scorer(key: str, before: list[dict[str, str]], now: dict[str, str]) -
     return "; ".join(sorted(_describe_scorer(key, b) for b in other)) or None
 
 
-def _scorer_now(key: str, value: str, load: bool = True) -> dict[str, str]:
-    """What scorer ``key`` given ``value`` here would write into a record (``_scorer_fields``); HPS v2 by its
-    loaded provenance, or without ``load`` by the file's hash."""
+def _scorer_now(key: str, value: str) -> dict[str, str]:
+    """What scorer ``key`` given ``value`` here would write into a record (``_scorer_fields``): HPS v2 by its
+    checkpoint's hash, as its provenance gives it, without loading the model."""
     if key == "judge_model":
         from tasks.diffusion import judge
 
         entry = {"value": 0, "judge_model": value, "judge_endpoint": judge.endpoint_from_environment()}
         return _scorer_fields(key, entry | {"rubric_version": judge.RUBRIC_VERSION}) or {}
-    if not load:
-        return {"file": Path(value).name, "sha256": _file_sha256(value)}
-    return _scorer_fields(key, {"value": 0, "checkpoint": _hps_scorer(value).provenance}) or {}
+    from tasks.diffusion import hps
+
+    return {"file": Path(value).name, "sha256": hps.checkpoint_sha256(Path(value))}
 
 
 _HPS: dict[tuple[str, int, int], Any] = {}  # the last HPS v2 kept, by checkpoint (path, size, mtime)
@@ -622,24 +621,6 @@ def _png(image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-@functools.cache
-def _file_sha256_at(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:  # an HPS v2 checkpoint is ~2 GB: in chunks, once a process
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _file_sha256(path: str) -> str:
-    """The sha256 of the file at ``path`` (kept by path, size and modification time); "" where there is none."""
-    file = Path(path)
-    if not file.is_file():
-        return ""
-    stat = file.stat()
-    return _file_sha256_at(str(file.resolve()), stat.st_size, stat.st_mtime_ns)
 
 
 def _sha256(path: Path) -> str:

@@ -9,6 +9,7 @@ torchvision: where that import fails (a CPU machine without a working torchvisio
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import pickle
 from pathlib import Path
@@ -17,6 +18,24 @@ from typing import Any
 import torch
 
 ARCH = "ViT-H-14"
+
+
+def checkpoint_sha256(path: Path) -> str:
+    """The sha256 of the checkpoint file at ``path`` (~2 GB: in chunks, once a process for a file of the same size
+    and modification time); "" where there is no file."""
+    if not path.is_file():
+        return ""
+    stat = path.stat()
+    return _sha256_at(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.cache
+def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class Unavailable(Exception):
@@ -61,11 +80,7 @@ class HPSv2:
         self.model, self.preprocess = model.eval(), preprocess
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.device = device
-        digest = hashlib.sha256()
-        with checkpoint.open("rb") as f:  # ~2 GB: hashed in chunks, not read whole
-            for chunk in iter(lambda: f.read(1 << 24), b""):
-                digest.update(chunk)
-        digest = digest.hexdigest()
+        digest = checkpoint_sha256(checkpoint)
         self.provenance: dict[str, Any] = {"file": checkpoint.name, "sha256": digest, "arch": arch}
 
     def score(self, images: list, prompts: list[str]) -> list[float]:
