@@ -142,6 +142,7 @@ def build_specs(
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")
     task_cls.check_options(protocol, task_opts)
+    settings = task_cls.run_settings(p.settings, task_opts)
     chosen = Path(model or p.model).expanduser()
     if not random_weights and chosen.is_file():
         raise ValueError(
@@ -173,7 +174,7 @@ def build_specs(
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
                     # each only when set: the run ids from before stay
-                    ({"task_settings": p.settings} if p.settings else {})
+                    ({"task_settings": settings} if settings else {})
                     | ({"fast_path": True} if fast_path and method != BASELINE else {}),
                 )
             )

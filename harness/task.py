@@ -183,6 +183,13 @@ class Task(ABC):
         """The template to use when the user changes the protocol but names no template."""
         return preset_template
 
+    @classmethod
+    def run_settings(cls, settings: dict[str, Any], options: TaskOptions) -> dict[str, Any]:
+        """The task settings a run with ``options`` records and hashes into its run id, from the preset's
+        ``settings``: a task drops those the options make moot (e.g. the generated data's parameters for a run
+        on the user's ``--data-dir``). By default the preset's, unchanged."""
+        return settings
+
     def other_scoring(self, finished: dict[str, Any]) -> str | None:
         """How this task's scorers (``options.scoring``) differ from those that scored the ``finished`` record's
         columns where the run id cannot tell (a checkpoint of the same file name, another server of the same

@@ -180,6 +180,28 @@ def test_a_run_on_some_domains_is_checked_against_their_training_files_only(fold
     assert runner._other_data(finished, task()) == "the training file train-math.json differs"
 
 
+def test_test_images_that_training_or_captions_show_byte_for_byte_are_warned_about_and_recorded(folder, capsys):
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    def described() -> dict:
+        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat")).describe()["source"]
+
+    Image.new("RGB", (8, 8), "green").save(folder / "images" / "c.png")
+    _write(folder, "test.json", [{**r, "image": "images/c.png"} for r in _test_records()])
+    assert "test_images_seen" not in described()  # an image no training record shows
+    assert "warning" not in capsys.readouterr().err
+    (folder / "images" / "c.png").write_bytes((folder / "images" / "b.png").read_bytes())  # t2's, another name
+    _write(folder, data.CAPTIONS, [_train("cap1", image="images/c.png"), _train("cap2", image="images/a.png")])
+    assert described()["test_images_seen"] == {"train": 4, "captions": 4}
+    err = capsys.readouterr().err
+    assert "4 of the 4 test questions" in err and "its training records" in err and "its caption records" in err
+    described()
+    assert "warning" not in capsys.readouterr().err  # once a folder
+    _write(folder, data.CAPTIONS, [_train("cap2", image="images/a.png")])  # an edited file is checked again
+    assert described()["test_images_seen"] == {"train": 4}
+
+
 def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):
     from harness.registry import TASKS
     from harness.task import TaskOptions

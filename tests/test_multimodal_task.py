@@ -170,6 +170,16 @@ def test_the_stage1_and_data_settings_are_part_of_the_run_id(monkeypatch, preset
     assert after.run_id != before
 
 
+@pytest.mark.parametrize("preset", ["smoke", "embedded"])
+def test_a_run_on_the_users_data_does_not_carry_the_generated_datas_settings(tmp_path, preset):
+    [generated] = build_specs("multimodal", ["lora"], [0], preset)
+    [given] = build_specs("multimodal", ["lora"], [0], preset, task_overrides={"data_dir": str(tmp_path)})
+    settings = given.to_dict()["extra"]["task_settings"]
+    assert "generated_data" not in settings and settings["data"] == "given"
+    assert settings["stage1"] == generated.to_dict()["extra"]["task_settings"]["stage1"]  # the rest kept
+    assert given.run_id != generated.run_id
+
+
 def test_the_reduced_llava_shape_trains_and_scores(tmp_path):
     from harness.models import load_config_dict
     from tasks.multimodal.model import PAPER_ID, reduced_llava_config

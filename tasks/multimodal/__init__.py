@@ -59,6 +59,14 @@ class MultimodalTask(Task):
         return "chat"
 
     @classmethod
+    def run_settings(cls, settings: dict[str, Any], options: TaskOptions) -> dict[str, Any]:
+        """A run on the user's ``--data-dir`` reads none of the generated data: its parameters leave its settings
+        (its run id and leaderboard section are not the generated data's), and ``data: "given"`` says so."""
+        if not options.data_dir or "generated_data" not in settings:
+            return settings
+        return {**{k: v for k, v in settings.items() if k != "generated_data"}, "data": "given"}
+
+    @classmethod
     def check_model(cls, model: str) -> None:
         if model != models.EMBEDDED and _llava_style(model) is None:
             models.load_config_dict(model)
@@ -90,6 +98,8 @@ class MultimodalTask(Task):
             )
         # by default every domain the data trains; in the data's order, so that the order asked for changes nothing
         self._domains = tuple(d for d in present if d in (options.train_sources or present))
+        if self.provenance["kind"] == "given":  # the generated data holds out its test images by construction
+            self.provenance = {**self.provenance, **_seen_test_images(self.data_dir, self._train, self._test)}
 
     # -- model ------------------------------------------------------------------------------------
     def load(
@@ -387,6 +397,30 @@ def _mme(scored: list[native.Scored]) -> dict[str, float]:
 def _test_file(data_dir: Path, domain: str) -> Path:
     """The file a domain's test questions come from: ``test.json``, else ``test-<domain>.json``."""
     return data_dir / "test.json" if (data_dir / "test.json").is_file() else data_dir / f"test-{domain}.json"
+
+
+_WARNED: dict[tuple[Path, tuple[str, ...]], dict[str, int]] = {}  # a folder's overlap, found (and warned) once
+
+
+def _seen_test_images(data_dir: Path, train: list[data.Record], test: list[data.Record]) -> dict[str, Any]:
+    """``{"test_images_seen": {"train": n, "captions": m}}`` where a user's test images are, byte for byte, those
+    of its training or caption records (each warned about on stderr, once a folder); ``{}`` where none are."""
+    import sys
+
+    key = (data_dir.resolve(), tuple(_sha256(f) for f in sorted(data_dir.glob("*.json"))))  # edited files: again
+    if key not in _WARNED:
+        captions = data.read_captions(data_dir)
+        found = {"train": data.seen_test_images(test, train), "captions": data.seen_test_images(test, captions)}
+        for where, ids in found.items():
+            if ids:
+                print(
+                    f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its "
+                    f"{'training' if where == 'train' else 'caption'} records show too (byte for byte; e.g. {ids[0]!r}): their scores measure memory; hold "
+                    "out test images that no training or caption record uses",
+                    file=sys.stderr,
+                )
+        _WARNED[key] = {where: len(ids) for where, ids in found.items() if ids}
+    return {"test_images_seen": _WARNED[key]} if _WARNED[key] else {}
 
 
 def _sha256(path: Path) -> str:

@@ -117,6 +117,20 @@ def describe(data_dir: Path) -> dict[str, Any]:
     return {**out, "images": len(images), "absent": absent}
 
 
+def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
+    """The ids of the ``test`` records whose image file is byte for byte one of ``seen``'s (training or caption
+    records): a model trained on those answers its question from memory."""
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests[path]
+
+    known = {digest(p) for r in seen for p in r.images}
+    return [r.id for r in test if any(digest(p) in known for p in r.images)]
+
+
 class _MissingSplit(ValueError):
     pass
 
