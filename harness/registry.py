@@ -77,8 +77,12 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
-        module = importlib.import_module(self.builtin_package)
+        self._loaded = True  # before the imports: a plugin that asks the registry while it loads must not recurse
+        try:
+            module = importlib.import_module(self.builtin_package)
+        except BaseException:  # a broken built-in: the next call raises again, not an empty registry
+            self._loaded = False
+            raise
         home = Path(__file__).resolve().parents[1]  # beside the harness package, installed or checked out
         where = Path(getattr(module, "__file__", None) or home / "?").resolve()
         if home not in where.parents:

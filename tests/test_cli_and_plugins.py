@@ -198,6 +198,17 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
         methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": None}))
 
 
+def test_a_built_in_package_that_fails_to_import_fails_again_on_the_next_call(tmp_path, monkeypatch):
+    """Not an empty registry (whose next error would be "unknown method 'lora'") after the first call's error."""
+    (tmp_path / "brokenpkg").mkdir()
+    (tmp_path / "brokenpkg" / "__init__.py").write_text("raise RuntimeError('boom')")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry = Registry("task", "brokenpkg", "harness.none", "harness.task:Task")
+    for _ in range(2):
+        with pytest.raises(RuntimeError, match="boom"):
+            registry.names()
+
+
 def test_a_local_tasks_module_that_hides_the_built_ins_is_named(tmp_path):
     """``python -m harness`` (and torchrun -m) puts the working folder first: a tasks.py there would hide every
     built-in task and leave an empty list; it is named instead."""
