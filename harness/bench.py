@@ -272,7 +272,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
     from harness.registry import METHODS
 
     n = batch["input_ids"].numel() - batch["input_ids"].shape[0]  # predicted tokens per step
-    floor = _share(model)
+    floor = _share(model).train()  # as every contender (a model loaded in eval mode would skip its own dropout)
     floor.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_())
     out = [Contender(FLOOR, FLOOR, "", _stepper(floor, None, batch, n, autocast), floor)]
     for method in methods:

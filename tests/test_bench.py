@@ -384,6 +384,18 @@ def test_a_methods_extra_loss_is_in_the_step_bench_times_and_counts(tmp_path, mo
     assert rows["penalised_lora"]["gflops"] - rows["lora"]["gflops"] == pytest.approx(extra / 1e9)
 
 
+def test_every_contender_the_floor_included_steps_in_training_mode():
+    """From a review: a model loaded in eval mode (``from_pretrained``'s) gave an eval-mode floor beside
+    train-mode contenders: a base with its own dropout would have timed the floor without it."""
+    from harness.bench import build_contenders
+
+    model = tiny_llama().eval()
+    config = BenchConfig(methods=("lora",), batch_size=2, seq_len=16, options={"targets": "q_proj,v_proj"})
+    _, contenders = build_contenders(config, model, ["lora"], torch.device("cpu"))
+    assert {c.name: c.model.training for c in contenders} == {c.name: True for c in contenders}
+    assert {c.source for c in contenders} == {"floor", "ours", "peft"}
+
+
 def test_a_method_without_a_fast_path_is_timed_once_on_the_path_it_takes(tmp_path, monkeypatch):
     from tests.conftest import DeltaOnlyLinear
 
