@@ -58,8 +58,8 @@ with the plain ``lora`` row (no options in its label), else with the best-ranked
 on the same shapes, does not); ``hook_val_flops_per_step``, the FLOPs of the validation forwards a method's hooks
 ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flops``) per optimizer step, which
 ``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
-``train_s``) averaged over the row's runs when they ran on one device (else empty; ``train_s_by_device``
-always);
+``train_s``) averaged over the row's runs when they ran on one device under one malloc setting (else empty;
+``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's
 high-water mark since the run started), ``process_rss (malloc ...)`` (its resident size sampled after each
 backward, older records: low under the default malloc) or ``cuda_minus_baseline`` (allocated above the model's

@@ -126,9 +126,16 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
 
 
 def _one_device(runs: list[dict[str, Any]], key: str) -> float | None:
-    if len({r["env"]["device"] for r in runs}) > 1 or any(key not in r["train"] for r in runs):
-        return None  # several devices, or records older than the key
+    if len({_timed_on(r) for r in runs}) > 1 or any(key not in r["train"] for r in runs):
+        return None  # several devices or malloc settings, or records older than the key
     return round(statistics.mean(r["train"][key] for r in runs), 1)
+
+
+def _timed_on(record: dict[str, Any]) -> str:
+    """The device a run's times were measured on, with ``(malloc keeps freed memory)`` where the record names
+    that setting (``harness.memory``: it changes a CPU step's time), so that times of the two never pool."""
+    malloc = (record.get("env") or {}).get("malloc") or {}
+    return record["env"]["device"] + (" (malloc keeps freed memory)" if malloc.get("mmap_threshold") else "")
 
 
 def _peak(mem: dict[str, Any]) -> float:
@@ -161,13 +168,13 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "trainable_params": train["trainable_params"],
         "param_%": round(train["percent_trainable"], 4),
         "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
-        # times are the device's: a row whose seeds ran on several CPUs gets none averaged across them
+        # times are the device's: a row whose seeds ran on several CPUs (or malloc settings) gets none averaged
         "train_s": _one_device(runs, "train_s"),
         "hook_val_s": _one_device(runs, "hook_val_s"),  # the Reducer's scoring rounds, apart from train_s
         "tokens_per_s": _one_device(runs, "tokens_per_s"),
         "train_s_by_device": "; ".join(
-            f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if r['env']['device'] == d):.1f}"
-            for d in sorted({r["env"]["device"] for r in runs})
+            f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if _timed_on(r) == d):.1f}"
+            for d in sorted({_timed_on(r) for r in runs})
         ),
         "flops_per_step": row.flops_per_step,
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),

@@ -279,6 +279,22 @@ def test_a_row_gives_its_own_steps_and_no_time_averaged_over_other_cpus(tmp_path
     assert overhead["effilora"]["train_s_by_device"] == "CPU A: 10.0; CPU B: 11.0"
 
 
+def test_no_time_is_averaged_over_runs_under_two_malloc_settings(tmp_path):
+    """From a review: lora_fa's overhead train_s pooled 452 s (default malloc) with 277 and 288 s (malloc keeping
+    freed memory, which makes a CPU step faster) into 338.9 s, below lora's."""
+    runs = tmp_path / "runs"
+    for seed, malloc in ((0, None), (1, {"mmap_threshold": 1 << 30, "trim_threshold": 2 << 30})):
+        record = fixture_record("lora", seed)
+        record["env"]["device"], record["train"]["train_s"] = "CPU A", 10.0 + seed
+        if malloc:
+            record["env"]["malloc"] = malloc
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = [r for r in read_csv(tmp_path / "out" / "overhead.csv") if r["method"] == "lora"]
+    assert row["train_s"] == "" and row["tokens_per_s"] == ""
+    assert row["train_s_by_device"] == "CPU A: 10.0; CPU A (malloc keeps freed memory): 11.0"
+
+
 def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
     from harness.leaderboard import load_records, newest_sections, sections
 
