@@ -448,6 +448,16 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
         record["run"]["traceback"] = traceback.format_exc(limit=8)
+        if ctx.processes is not None and ctx.processes.num_processes > 1:
+            # the other processes may wait in a collective this one will never join (one process out of memory):
+            # going on would hang them all; the launcher (torchrun, accelerate) stops the group when this exits
+            if ctx.is_main:
+                _write_outcome(run_dir, record, finished)
+            raise RuntimeError(
+                f"{spec.run_id} failed in process {ctx.processes.process_index} of {ctx.processes.num_processes} "
+                f"({record['run']['error']}); with several processes one failure stops them all: fix it and run "
+                "the same command, which resumes from the run's last checkpoint"
+            ) from exc
     if ctx.is_main:
         if record["run"]["status"] == "success" and out_dir != run_dir:
             write_record(out_dir, record)  # the swap is decided: a start after a kill mid-swap finishes it

@@ -85,6 +85,47 @@ def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     assert record["train"]["steps"] == 200
 
 
+FAIL_IN_ONE = """
+import os
+import sys
+
+from harness.adapter import Adapter
+
+real = Adapter.on_step_begin
+
+
+def fail_on_rank(self, step, fn):  # one process fails (out of memory, say); the other waits in an all-reduce
+    if step == 2 and os.environ.get("RANK") == "{rank}":
+        raise RuntimeError("simulated failure on rank {rank}")
+    return real(self, step, fn)
+
+
+Adapter.on_step_begin = fail_on_rank
+from harness.cli import main
+
+sys.argv[0] = "harness"
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_failure_in_one_process_stops_both_instead_of_hanging(tiny_model, data_dir, tmp_path, rank):
+    """From a review: the failing process went on to the next run's barrier while the other waited in the
+    training all-reduce, and the job hung (24 h timeout) with no record."""
+    script = tmp_path / "fail_in_one.py"
+    script.write_text(FAIL_IN_ONE.format(rank=rank))
+    runs = tmp_path / "runs"
+    args = torchrun(run_args(tiny_model, data_dir, runs, "lora", "--steps", "6", "--no-leaderboard"), script)
+    result = subprocess.run(args, capture_output=True, text=True, timeout=180, env=env())  # ~12 s; hung before
+    assert result.returncode != 0
+    assert f"failed in process {rank} of 2" in result.stderr and "simulated failure" in result.stderr
+    records = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    if rank == 0:  # the main process writes what failed
+        assert [r["run"]["status"] for r in records] == ["failed"]
+        assert "simulated failure on rank 0" in records[0]["run"]["error"]
+
+
 STOP_AT_STEP = """
 import sys
 
