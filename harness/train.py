@@ -9,6 +9,7 @@ code on several GPUs.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import random
@@ -450,17 +451,32 @@ def _rng_state(device: torch.device | None) -> dict[str, Any]:
     }
 
 
+UNREADABLE = ".unreadable"  # the suffix an unreadable checkpoint is kept under (never deleted)
+# errors of the machine, not of the file: raised, the checkpoint left in place (a truncated zip is EINVAL)
+_MACHINE_ERRORS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ESTALE}
+
+
 def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint's payload (tensors and plain data only: ``weights_only``), or None if it is
-    unreadable: then the run starts afresh, with a message, instead of crashing."""
+    unreadable: then the run starts afresh, with a message, instead of crashing; the file is kept beside it
+    (``checkpoint.pt.unreadable``: a method's hook state that ``weights_only`` refuses, say, is not lost). An
+    error of the machine (``MemoryError``, an I/O or permission ``OSError``) is raised: the file may be good."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or not {"config", "adapter", "optimizer", "state"} <= set(saved):
             raise ValueError("not a harness checkpoint")
         return saved
+    except MemoryError:
+        raise
     except Exception as exc:  # truncated, corrupted or foreign file: any unpickling error
-        print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); starting this run afresh")
-        path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS:
+            raise
+        kept = path.with_name(path.name + UNREADABLE)
+        path.replace(kept)
+        print(
+            f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); starting this run afresh "
+            f"(the file is kept as {kept.name})"
+        )
         return None
 
 

@@ -77,13 +77,31 @@ def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokeni
     if not path.is_file():  # the loop only checkpoints before the last step: make one the same way
         train_module.save_checkpoint(path, adapter, *_optimizer_and_scheduler(adapter), CONFIG, _state())
     raw = path.read_bytes()
-    path.write_bytes(b"\x00not a checkpoint" * 10 if damage == "garbage" else raw[: len(raw) // 2])
+    damaged = b"\x00not a checkpoint" * 10 if damage == "garbage" else raw[: len(raw) // 2]
+    path.write_bytes(damaged)
     fresh = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     result = train(
         fresh.model, text_recipe(char_tokenizer, CONFIG), fresh, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
     )
     assert result.resumed_from is None and result.steps == CONFIG.steps
     assert f"checkpoint {path} is unreadable" in capsys.readouterr().out
+    assert (tmp_path / (CHECKPOINT + ".unreadable")).read_bytes() == damaged  # kept, not deleted
+
+
+def test_a_checkpoint_the_machine_cannot_read_now_is_neither_deleted_nor_taken_as_unreadable(tmp_path, monkeypatch):
+    """From a review: an OSError (an I/O error) or MemoryError deleted a good checkpoint and started over."""
+    path = tmp_path / CHECKPOINT
+    path.write_bytes(b"a good checkpoint")
+
+    for error in (MemoryError("out of host memory"), OSError(errno.EIO, "Input/output error")):
+
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(torch, "load", fail)
+        with pytest.raises(type(error)):
+            train_module._read_checkpoint(path)
+        assert path.read_bytes() == b"a good checkpoint"
 
 
 def _optimizer_and_scheduler(adapter):
