@@ -317,19 +317,15 @@ def train(
         if accelerator.num_processes > 1:  # the step's loss over every process's micro-batches
             step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))
         if not math.isfinite(step_loss):
-            kept = (
-                f"the last good checkpoint (step {state.get('saved_step')}) is kept"
-                if state.get("saved_step")
-                else "no checkpoint"
-            )
-            raise FloatingPointError(
-                f"training loss is {step_loss} at step {step + 1}: stopped before its update; {kept}. "
-                "Lower --lr or check the data"
-            )
+            _not_finite(f"training loss is {step_loss}", step, state)
         state["params_updated"].append(sum(p.numel() for p in params if p.grad is not None))
+        graded = [p for p in [*params, *task_params] if p.grad is not None]
         if config.max_grad_norm > 0:
-            clipped = [p for p in [*params, *task_params] if p.grad is not None]
-            accelerator.clip_grad_norm_(clipped, config.max_grad_norm)
+            norm = accelerator.clip_grad_norm_(graded, config.max_grad_norm)
+        else:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in graded]) if graded else None
+        if norm is not None and not math.isfinite(float(norm)):  # a finite loss can have an inf gradient
+            _not_finite(f"the gradient's norm is {float(norm)} (the loss {step_loss:.4g})", step, state)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
@@ -449,6 +445,15 @@ def _rng_state(device: torch.device | None) -> dict[str, Any]:
         "cuda_rng": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
         "python_rng": random.getstate(),
     }
+
+
+def _not_finite(what: str, step: int, state: dict[str, Any]) -> NoReturn:
+    """Stop before a step's update that would make the adapter's weights NaN (and the next checkpoint with them)."""
+    saved = state.get("saved_step")
+    kept = f"the last good checkpoint (step {saved}) is kept" if saved else "no checkpoint"
+    raise FloatingPointError(
+        f"{what} at step {step + 1}: stopped before its update; {kept}. Lower --lr or check the data"
+    )
 
 
 UNREADABLE = ".unreadable"  # the suffix an unreadable checkpoint is kept under (never deleted)

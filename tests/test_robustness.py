@@ -59,6 +59,31 @@ def test_a_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint
     assert saved["state"]["step"] == 2
 
 
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_an_inf_gradient_under_a_finite_loss_stops_training_and_the_checkpoint_stays_finite(
+    char_tokenizer, tmp_path, max_grad_norm
+):
+    """From a review: only the loss was checked; clipping an inf norm made the weights NaN, and the next
+    checkpoint, which the error then called good, saved them."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    calls = []
+
+    def inf_at_step_4(grad):
+        calls.append(1)
+        return grad * float("inf") if len(calls) == 4 else grad
+
+    next(p for n, p in adapter.model.named_parameters() if "lora_B" in n).register_hook(inf_at_step_4)
+    config = dataclasses.replace(CONFIG, max_grad_norm=max_grad_norm)
+    with pytest.raises(FloatingPointError, match=r"gradient's norm is (inf|nan) .* at step 4: .*\(step 2\) is kept"):
+        train(
+            adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, tmp_path, progress=False
+        )
+    saved = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert saved["state"]["step"] == 2
+    assert all(torch.isfinite(t).all() for t in saved["adapter"].values())
+    assert all(torch.isfinite(p).all() for p in adapter.model.parameters())  # no update was made
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokenizer, tmp_path, capsys):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
