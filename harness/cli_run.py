@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> None:
                     raise
     except Cancelled as exc:
         print(f"harness: cancelled: {exc}", file=sys.stderr)  # the runner says what the next start does
-        raise SystemExit(128 + signal.SIGTERM) from None
+        by_ctrl_c = getattr(exc, "by", None) == "Ctrl-C"
+        raise SystemExit(128 + (signal.SIGINT if by_ctrl_c else signal.SIGTERM)) from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "

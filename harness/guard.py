@@ -4,7 +4,8 @@
   process dies, however it dies, so a crashed sweep never holds a run forever.
 - ``StopOnSigterm``: SIGTERM (what Slurm, Kubernetes and ``kill`` send) during training asks the loop to
   checkpoint and stop after the current step; outside training it stops at once. Either way the run
-  gets a ``cancelled`` record and the next start resumes.
+  gets a ``cancelled`` record and the next start resumes. A first Ctrl-C (SIGINT) during training does the
+  same; a second one, or one outside training, interrupts at once (``KeyboardInterrupt``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -112,7 +114,8 @@ class StopOnSigterm:
     def __init__(self) -> None:
         self._requested = False
         self._in_training = False
-        self._previous = None
+        self._previous: dict[int, object] = {}
+        self.by = "SIGTERM"  # what asked to stop, for the messages
 
     def requested(self) -> bool:
         return self._requested
@@ -121,18 +124,28 @@ class StopOnSigterm:
         return _Training(self)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        self._requested = True
+        if signum == signal.SIGINT:
+            if not self._in_training or self._requested:
+                raise KeyboardInterrupt  # outside training, or a second Ctrl-C: at once
+            print(
+                "\nharness: Ctrl-C: stopping after this step with a checkpoint; press Ctrl-C again to stop at once "
+                "(losing the steps since the last checkpoint)",
+                file=sys.stderr,
+            )
+        self._requested, self.by = True, "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
         if not self._in_training:
-            raise Cancelled("stopped by SIGTERM")
+            raise Cancelled(f"stopped by {self.by}")
 
     def __enter__(self) -> StopOnSigterm:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 class _Training:
@@ -142,9 +155,9 @@ class _Training:
     def __enter__(self) -> None:
         self.stop._in_training = True
         if self.stop._requested:
-            raise Cancelled("stopped by SIGTERM")
+            raise Cancelled(f"stopped by {self.stop.by}")
 
     def __exit__(self, kind: type | None, value: BaseException | None, tb: TracebackType | None) -> None:
         self.stop._in_training = False
         if kind is None and self.stop._requested:  # asked after the loop last looked: stop now, not after scoring
-            raise Cancelled("stopped by SIGTERM")
+            raise Cancelled(f"stopped by {self.stop.by}")

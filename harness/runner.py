@@ -434,6 +434,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         record["run"]["status"] = "success"
     except (KeyboardInterrupt, Cancelled) as exc:
         why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
+        if isinstance(exc, Cancelled) and ctx.stop.requested() and ctx.stop.by not in why:
+            why = f"{why} (asked by {ctx.stop.by})"
         record["run"]["status"], record["run"]["error"] = "cancelled", why
         written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
         if isinstance(exc, Cancelled):  # what the next start does: a forced re-run's checkpoint would be dropped
@@ -443,7 +445,9 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
                 if finished is not None
                 else "the run's record says so, and the same command resumes it"
             )
-            raise Cancelled(f"{why}; {then}") from exc
+            cancelled = Cancelled(f"{why}; {then}")
+            cancelled.by = ctx.stop.by if ctx.stop.requested() else None  # the exit status says which signal
+            raise cancelled from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
