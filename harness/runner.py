@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
+import math
 import os
 import shutil
 import sys
@@ -699,10 +700,20 @@ def _train_record(
         "flops_per_step": flops,
         "hook_val_flops": hooks,
         "loss_curve": result.loss_curve,
-        "final_val_loss": result.final_val_loss,
+        # JSON has no NaN: a validation loss that is not finite is null, with what it was beside it
+        "final_val_loss": _finite(result.final_val_loss),
+        **(
+            {"final_val_loss_not_finite": str(v)}
+            if (v := result.final_val_loss) is not None and _finite(v) is None
+            else {}
+        ),
         "resumed_from_step": result.resumed_from,
         "adapter": adapter.summary(),
     }
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None
 
 
 def _common(config: Any) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import errno
 import json
+import math
 import os
 import re
 import signal
@@ -252,6 +253,25 @@ def test_a_second_ctrl_c_or_one_outside_training_interrupts_at_once():
             os.kill(os.getpid(), signal.SIGINT)  # the second: at once
             time.sleep(0.05)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_validation_loss_that_is_not_finite_is_written_as_null_not_as_invalid_json(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a review: a NaN final validation loss was written as a bare NaN, which JSON parsers (jq, browsers)
+    refuse."""
+    import harness.runner as runner
+
+    real = runner.train
+    monkeypatch.setattr(runner, "train", lambda *a, **k: dataclasses.replace(real(*a, **k), final_val_loss=math.nan))
+    specs = runner.build_specs(
+        "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+        train_overrides={"steps": 1}, task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    text = next((tmp_path / "runs").glob(f"*/{RECORD}")).read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the record"))  # strict JSON
+    assert record["train"]["final_val_loss"] is None and record["train"]["final_val_loss_not_finite"] == "nan"
 
 
 def _mentions(folder, text: str) -> list:
