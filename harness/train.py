@@ -69,6 +69,26 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
 
 
+def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
+    """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
+    learning rate then never reaches ``lr``; ``epochs`` that whole steps of ``per_step`` examples cannot cover."""
+    import sys
+
+    if config.warmup_steps >= total_steps:
+        print(
+            f"warning: the warm-up ({config.warmup_steps} steps) is not shorter than the run ({total_steps} steps): "
+            f"the learning rate reaches {total_steps / (config.warmup_steps + 1):.2g} of --lr at most and never "
+            "decays; lower --warmup-steps",
+            file=sys.stderr,
+        )
+    if not config.steps and abs(total_steps * per_step / n - config.epochs) > 1e-9:
+        print(
+            f"warning: --epochs {config.epochs:g} trains {total_steps} steps of {per_step} examples: "
+            f"{total_steps * per_step / n:.3g} passes over the {n} training examples (whole steps only)",
+            file=sys.stderr,
+        )
+
+
 def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < config.warmup_steps:
@@ -151,6 +171,8 @@ def train(
     per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
     steps_per_epoch = max(1, len(encoded) // per_step)
     total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    if accelerator.is_main_process:
+        _warn_schedule(config, total_steps, len(encoded), per_step)
     micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)
     val_batches = [
         recipe.collate(val_encoded[i : i + config.val_batch_size])

@@ -85,6 +85,26 @@ def test_an_inf_gradient_under_a_finite_loss_stops_training_and_the_checkpoint_s
     assert all(torch.isfinite(p).all() for p in adapter.model.parameters())  # no update was made
 
 
+def test_a_warm_up_as_long_as_the_run_and_epochs_whole_steps_cannot_cover_are_warned_about(
+    char_tokenizer, tmp_path, capsys
+):
+    """From a review: --steps 50 under a preset's 100 warm-up steps never reached --lr, silently; --epochs 1 over
+    10 examples in steps of 4 trained 8 (and --epochs 1 over 3 examples trained 4)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    short = dataclasses.replace(CONFIG, steps=2, warmup_steps=5, checkpoint_every=0)
+    train(adapter.model, text_recipe(char_tokenizer, short), adapter, EXAMPLES, VAL, short, None, progress=False)
+    assert "the warm-up (5 steps) is not shorter than the run (2 steps): the learning rate reaches 0.33" in (
+        capsys.readouterr().err
+    )
+    epochs = dataclasses.replace(CONFIG, steps=None, epochs=1.0, checkpoint_every=0)
+    train(adapter.model, text_recipe(char_tokenizer, epochs), adapter, EXAMPLES[:10], VAL, epochs, None, progress=False)
+    assert (
+        "--epochs 1 trains 2 steps of 4 examples: 0.8 passes over the 10 training examples" in capsys.readouterr().err
+    )
+    train(adapter.model, text_recipe(char_tokenizer, epochs), adapter, EXAMPLES[:8], VAL, epochs, None, progress=False)
+    assert "warning" not in capsys.readouterr().err  # two whole steps: one pass
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokenizer, tmp_path, capsys):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
