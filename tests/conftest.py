@@ -90,7 +90,7 @@ SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "share
 
 @pytest.fixture
 def data_dir():
-    """The real benchmark data beside the checkout (../shared/data/commonsense), or HARNESS_DATA_DIR."""
+    """The real benchmark data beside the checkout (../shared/data/commonsense), or HARNESS_TEST_DATA_DIR."""
     import os
     from pathlib import Path
 

@@ -307,7 +307,10 @@ def test_profile_step_script_profiles_the_floor_and_each_contender(tiny_model, c
 
 def test_profile_step_script_refuses_an_unknown_method_before_loading(capsys):
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "profile_step.py"))["main"]
-    for methods, message in (("lorra", "did you mean 'lora'"), (",", "no method given; available: effilora")):
+    for methods, message in (
+        ("lorra", "did you mean 'lora'"),
+        (",", f"no method given; available: {', '.join(METHODS.names())}"),
+    ):
         with pytest.raises(SystemExit) as exit_:
             main_(["--model", "no/such-model", "--methods", methods])
         assert exit_.value.code == 2 and message in capsys.readouterr().err
@@ -352,7 +355,10 @@ def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
     main_ = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["main"]
     for argv, message in (
         (["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", "hydralor"], "did you mean 'hydralora'"),
-        (["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", ""], "no method given; available: effilora"),
+        (
+            ["--flag", "STACK_RAW", "--model", "no/such-model", "--methods", ""],
+            f"no method given; available: {', '.join(METHODS.names())}",
+        ),
         (["--flag", "STACK_RAW", "--model", "no/such-model", "--option", "dropout"], "must look like key=value"),
         (["--flag", "NO_SUCH"], "invalid choice"),
     ):

@@ -96,7 +96,7 @@ def test_params_from_a_local_config(tmp_path, capsys):
     [
         (
             ["params", "--methods", "lora,lroa", "--model", "meta-llama/Meta-Llama-3-8B"],
-            "unknown method 'lroa' (did you mean 'lora'?); available: effilora, hydralora, lora, lora_fa, moslora",
+            f"unknown method 'lroa' (did you mean 'lora'?); available: {', '.join(METHODS.names())}",
         ),
         (
             ["params", "--methods", "lora", "--model", "meta-llama/Meta-Llama-3-8B", "--targets", "q_prj"],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,17 +14,12 @@ from harness.records import RECORD, read_record
 from tests.test_robustness import run_args
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def torchrun(args: list[str], script: Path | None = None) -> list[str]:
-    """``python -m harness …`` (or ``python script …``) under torchrun with 2 processes."""
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    """``python -m harness …`` (or ``python script …``) under torchrun with 2 processes; ``--standalone``: its
+    rendezvous takes a free port itself (a port found free and handed over could be taken in between)."""
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     entry = [str(script)] if script else ["-m", "harness"]
-    return [*launch, "--master_port", str(free_port()), *entry, *args[3:]]
+    return [*launch, *entry, *args[3:]]
 
 
 def env() -> dict[str, str]:

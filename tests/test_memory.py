@@ -42,9 +42,10 @@ def faults(mode: str) -> int:
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")
 def test_kept_memory_is_reused_without_page_faults():
     # by default every 40 MiB block is mmapped afresh and faulted in again; kept, the freed blocks are reused
-    # after the first steps' growth of the heap
-    assert faults("default") > 40_000
-    assert faults("keep") < 8_192
+    # after the first steps' growth of the heap. 1,228,920 faults against 0 here; with transparent huge pages
+    # (2 MiB faults; glibc.malloc.hugetlb=1, or THP "always" as on Fedora/RHEL) ~39,000 by default
+    default, kept = faults("default"), faults("keep")
+    assert kept < 8_192 and default > max(10_000, 4 * kept), (default, kept)
 
 
 @pytest.mark.skipif(not GLIBC, reason="the setting is glibc's")

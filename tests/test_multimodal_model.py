@@ -3,7 +3,6 @@ at 64 px = 4 image tokens), the paper's LLaVA at a reduced shape, stage-1 projec
 
 from __future__ import annotations
 
-import time
 import warnings
 
 import pytest
@@ -129,7 +128,6 @@ def test_prepare_left_pads_and_feeds_the_model(char_tokenizer):
 
 def test_meta_replica_flops_count_the_convs_and_the_language_model():
     cfg = tiny_config()
-    started = time.perf_counter()
     with torch.device("meta"):
         replica = mm.LlavaStyle.from_config(cfg)
     batch = mm.meta_batch(replica, rows=2, text_tokens=6)
@@ -137,7 +135,7 @@ def test_meta_replica_flops_count_the_convs_and_the_language_model():
     with counter:
         logits = replica(**batch).logits
         F.cross_entropy(logits.flatten(0, 1), batch["input_ids"].flatten(), reduction="sum").backward()
-    assert time.perf_counter() - started < 5
+    assert logits.device.type == "meta"  # counted without computing (no weights, no data)
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     # the encoder's convolutions on the meta replica count the same as on real weights
     real = tiny_model()

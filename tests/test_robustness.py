@@ -218,6 +218,7 @@ def test_sigterm_saves_a_checkpoint_writes_cancelled_and_the_next_start_resumes(
     deadline = time.time() + 300
     while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
+    assert proc.poll() is None and list(runs.glob("*/checkpoint.pt")), proc.communicate()[1][-2000:]  # mid-run
     os.kill(proc.pid, signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
@@ -243,7 +244,7 @@ def test_a_first_ctrl_c_in_training_checkpoints_the_step_and_the_next_start_resu
     deadline = time.time() + 300
     while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    assert proc.poll() is None and list(runs.glob("*/checkpoint.pt")), proc.communicate()[1][-2000:]  # mid-run
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
