@@ -241,8 +241,9 @@ def alternate(
     device: torch.device,
     desc: str = "bench",
 ) -> dict[str, list[tuple[float, float]]]:
-    """(wall s, process CPU s) of each call; round k starts at the k-th name, so none always runs first
-    or right after the same neighbour. A progress bar (stderr) counts the calls, warm-up included. On a GPU
+    """(wall s, process CPU s) of each call; round k starts at the k-th name (a rotation), so none always runs
+    first; each still follows the same neighbour in every round but the one it starts (the committed runs show no
+    effect of the position in a round beyond ±1%). A progress bar (stderr) counts the calls, warm-up included. On a GPU
     each call is timed between synchronisations, so it counts the kernels it queued (``device`` is required:
     without it a GPU step would be timed as the time to queue it)."""
     names = list(fns)

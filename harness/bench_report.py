@@ -77,7 +77,7 @@ def relate(rows: list[dict]) -> list[dict]:
 
 
 COLUMNS = [
-    "kind", "contender", "source", "method", "reducer", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
+    "kind", "contender", "source", "method", "reducer", "fast_path", "variant", "baseline", "step_s", "step_min_s", "step_max_s", "cpu_s", "hook_s",
     "hook_cpu_s",
     "total_s", "x_floor", "x_floor_paired", "x_floor_paired_lo", "x_floor_paired_hi", "x_floor_paired_min",
     "x_floor_paired_max", "x_floor_step",
@@ -116,6 +116,41 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
     return [out / "bench.csv", out / "bench.md", out / "bench.json", _plot(report, out / "bench.png")]
 
 
+def _paths(train: list[dict]) -> str:
+    """What the header says about the path each contender was timed on (the table's rows do not)."""
+    out = ""
+    if any(r["source"] == "ours" for r in train):
+        out += (
+            " Ours: timed on the adapters' fast path (what `harness run --fast-path` trains with; `harness run` "
+            "trains on the reference path), a `reference` row on the reference path"
+            + (
+                " (older reports do not record it per row: the bench has timed ours so since it was written)"
+                if any("fast_path" not in r for r in train if r["source"] == "ours")
+                else ""
+            )
+            + (
+                f"; {', '.join(r['contender'] for r in slow)}: no fast path"
+                if (
+                    slow := [
+                        r
+                        for r in train
+                        if r["source"] == "ours"
+                        and r.get("fast_path") is False
+                        and not r["contender"].endswith(" reference")
+                    ]
+                )
+                else ""
+            )
+            + "."
+        )
+    if any(r["source"] == "peft" and r["method"] == "lora_fa" for r in train):
+        out += (
+            " peft lora_fa: peft's own LoRA-FA optimizer (`create_lorafa_optimizer`: a projected gradient with a "
+            "pseudo-inverse per layer and a Python-loop Adam), not the fused AdamW the other contenders step with."
+        )
+    return out
+
+
 def markdown(report: dict) -> str:
     """The table for the README, headed by the machine and settings that produced it."""
     env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
@@ -136,14 +171,15 @@ def markdown(report: dict) -> str:
         "scoring rounds; CPU time: process CPU "
         "seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1; the Reducer's rounds in CPU seconds too, - where an older "
-        "report timed them in wall seconds only); Reducer saves: against the method with it off.",
+        "report timed them in wall seconds only); Reducer saves: against the method with it off."
+        + _paths(train_rows := [r for r in report["rows"] if r["kind"] == "train"]),
         "",
         "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
         "| x peft "
         "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    train = [r for r in report["rows"] if r["kind"] == "train"]
+    train = train_rows
     floor = next(r for r in train if r["source"] == FLOOR)
     for r in train:
         lo, hi = median_interval(paired_ratios(r, floor))  # from the round times: older reports get it too

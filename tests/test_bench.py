@@ -413,9 +413,15 @@ def test_a_method_without_a_fast_path_is_timed_once_on_the_path_it_takes(tmp_pat
     config = BenchConfig(methods=("lora", "slow_lora"), batch_size=2, seq_len=16, rounds=1, warmup=0, peft=False,
                          protocols=(), threads=1, out=str(tmp_path), options={"targets": "q_proj,v_proj"},
                          reference=True)  # fmt: skip
-    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    report = run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())
+    rows = {r["contender"]: r for r in report["rows"]}
     assert {"lora", "lora reference", "slow_lora"} <= set(rows) and "slow_lora reference" not in rows
     assert rows["slow_lora"]["fast_path"] is False and rows["lora"]["fast_path"] is True
+    header = markdown(report).splitlines()[0]  # the table says which path it timed (a review: it did not)
+    assert "Ours: timed on the adapters' fast path" in header and "; slow_lora: no fast path." in header
+    assert "older reports" not in header
+    paths = {r["contender"]: r["fast_path"] for r in csv.DictReader(io.StringIO(csv_text(report)))}
+    assert paths["lora"] == "True" and paths["lora reference"] == paths["slow_lora"] == "False"
 
 
 def test_a_k_option_gives_way_to_a_reducer_variants_drop_ratio():
