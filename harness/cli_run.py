@@ -85,6 +85,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "val_size": args.val_size,
             "template": args.template,
             "train_sources": _train_domains(args.train_domains),
+            "data_dir": args.data_dir,  # not in the run id (its hashes are); a task's settings may read it
             "scoring": _scoring(args, TASKS.get(args.task)),
         }.items()
         if v is not None

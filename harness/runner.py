@@ -1,7 +1,8 @@
 """``harness run``: one frozen config per method x seed, one record per run, resumable.
 
 A finished run (a ``success`` record with the same resolved config) is skipped unless ``force``; an
-interrupted one resumes from its last checkpoint; a failure writes a ``failed`` record and moves on.
+interrupted one resumes from its last checkpoint; a failure writes a ``failed`` record and moves on (with
+several processes it stops the command: the others may wait in a collective the failed one never joins).
 """
 
 from __future__ import annotations
@@ -723,6 +724,17 @@ def _common(config: Any) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(AdapterConfig) if f.name != "reducer"}
 
 
+def _on_data(spec: RunSpec, data_dir: str) -> RunSpec:
+    """``spec`` run on ``data_dir``: its task options name it, and its task settings are the preset's as the task
+    sets them for that data (as ``build_specs`` does for a ``data_dir`` among its task overrides)."""
+    options = dataclasses.replace(spec.task_options, data_dir=data_dir)
+    task_cls = TASKS.get(spec.task)
+    extra = dict(spec.extra)
+    if settings := task_cls.run_settings(resolve_preset(task_cls, spec.preset).settings, options):
+        extra["task_settings"] = settings
+    return dataclasses.replace(spec, task_options=options, extra=extra)
+
+
 def run_all(
     specs: list[RunSpec],
     runs_dir: Path,
@@ -733,6 +745,8 @@ def run_all(
 ) -> list[dict[str, Any]]:
     """Every spec once. A run another process holds (a second sweep into the same runs dir) is put
     back and waited for at the end, so the records returned, and the leaderboard, include it."""
+    if data_dir is not None:  # the data decides some task settings (Task.run_settings): the specs take it in
+        specs = [_on_data(s, data_dir) for s in specs]
     processes = _processes()
     ctx = RunContext(runs_dir, force, progress, trust_remote_code, processes=processes)
     if processes is not None and processes.num_processes > 1:  # another batch: another run, not a reuse
@@ -749,7 +763,7 @@ def run_all(
         for blocking, todo in ((False, range(len(specs))), (True, deferred)):
             for i in list(todo):
                 spec = specs[i]
-                options = dataclasses.replace(spec.task_options, data_dir=data_dir)
+                options = spec.task_options
                 if (spec.task, options) not in tasks:
                     tasks[(spec.task, options)] = TASKS.get(spec.task)(options)
                 _say(ctx, f"[{i + 1}/{len(specs)}] {spec.run_id}")

@@ -71,7 +71,7 @@ class TrainConfig:
 
 def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
     """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
-    learning rate then never reaches ``lr``; ``epochs`` that whole steps of ``per_step`` examples cannot cover."""
+    learning rate then never reaches ``lr``; ``epochs`` that whole steps of ``per_step`` examples miss by over 5%."""
     import sys
 
     if config.warmup_steps >= total_steps:
@@ -81,10 +81,11 @@ def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int)
             "decays; lower --warmup-steps",
             file=sys.stderr,
         )
-    if not config.steps and abs(total_steps * per_step / n - config.epochs) > 1e-9:
+    passes = total_steps * per_step / n
+    if not config.steps and abs(passes - config.epochs) > 0.05 * config.epochs:  # more than 5% off what was asked
         print(
             f"warning: --epochs {config.epochs:g} trains {total_steps} steps of {per_step} examples: "
-            f"{total_steps * per_step / n:.3g} passes over the {n} training examples (whole steps only)",
+            f"{passes:.4g} passes over the {n} training examples (whole steps only)",
             file=sys.stderr,
         )
 
@@ -345,7 +346,8 @@ def train(
         if config.max_grad_norm > 0:
             norm = accelerator.clip_grad_norm_(graded, config.max_grad_norm)
         else:
-            norm = torch.nn.utils.get_total_norm([p.grad for p in graded]) if graded else None
+            # the 2-norm of every gradient, as clip_grad_norm_ computes it (get_total_norm needs torch 2.6)
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in graded])) if graded else None
         if norm is not None and not math.isfinite(float(norm)):  # a finite loss can have an inf gradient
             _not_finite(f"the gradient's norm is {float(norm)} (the loss {step_loss:.4g})", step, state)
         optimizer.step()
@@ -499,7 +501,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
         if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS:
             raise
         kept = path.with_name(path.name + UNREADABLE)
-        path.replace(kept)
+        with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
+            path.replace(kept)
         print(
             f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); starting this run afresh "
             f"(the file is kept as {kept.name})"

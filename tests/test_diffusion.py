@@ -1241,9 +1241,9 @@ def test_two_runs_starting_at_once_pretrain_the_embedded_base_once(tmp_path, mon
 
 
 def test_twemoji_split_holds_out_categories_the_base_never_sees():
-    folder = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
-    if not folder.is_dir():  # CI has it beside the checkout: a missing folder is a failure, not a quiet skip
-        pytest.fail(f"Twemoji data not found at {folder}; put ../shared/data beside the checkout")
+    from tasks.multimodal import twemoji_dir
+
+    folder = twemoji_dir("this test")  # HARNESS_TWEMOJI_DIR, HARNESS_DATA_DIR, else beside the checkout; else fails
     d = ddata.load(folder)
     assert {i.category for i in d.train} == set(ddata.FINETUNE_CATEGORIES) == {i.category for i in d.test}
     assert not {i.category for i in d.base} & set(ddata.FINETUNE_CATEGORIES)

@@ -180,26 +180,36 @@ def test_a_run_on_some_domains_is_checked_against_their_training_files_only(fold
     assert runner._other_data(finished, task()) == "the training file train-math.json differs"
 
 
-def test_test_images_that_training_or_captions_show_byte_for_byte_are_warned_about_and_recorded(folder, capsys):
+def test_test_images_that_training_or_captions_show_byte_for_byte_are_warned_about_and_recorded(
+    folder, capsys, monkeypatch
+):
+    """Training records of the domains trained on, at the start; captions where a stage 1 reads them."""
     from harness.registry import TASKS
     from harness.task import TaskOptions
+    from tasks.multimodal import stage1, vision
 
-    def described() -> dict:
-        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat")).describe()["source"]
+    def task(**options):
+        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", **options))
 
     Image.new("RGB", (8, 8), "green").save(folder / "images" / "c.png")
     _write(folder, "test.json", [{**r, "image": "images/c.png"} for r in _test_records()])
-    assert "test_images_seen" not in described()  # an image no training record shows
+    assert "test_images_seen" not in task().describe()["source"]  # an image no training record shows
     assert "warning" not in capsys.readouterr().err
     (folder / "images" / "c.png").write_bytes((folder / "images" / "b.png").read_bytes())  # t2's, another name
     _write(folder, data.CAPTIONS, [_train("cap1", image="images/c.png"), _train("cap2", image="images/a.png")])
-    assert described()["test_images_seen"] == {"train": 4, "captions": 4}
+    assert task().describe()["source"]["test_images_seen"] == {"training": 4}
     err = capsys.readouterr().err
-    assert "4 of the 4 test questions" in err and "its training records" in err and "its caption records" in err
-    described()
-    assert "warning" not in capsys.readouterr().err  # once a folder
-    _write(folder, data.CAPTIONS, [_train("cap2", image="images/a.png")])  # an edited file is checked again
-    assert described()["test_images_seen"] == {"train": 4}
+    assert "4 of the 4 test questions" in err and "its training records" in err and "its caption" not in err
+    assert task().describe()["source"]["test_images_seen"] == {"training": 4}
+    assert "warning" not in capsys.readouterr().err  # once a process
+    assert "test_images_seen" not in task(train_sources=("general",)).describe()["source"]  # t2 is math's
+    monkeypatch.setattr(stage1, "align_projector", lambda *a, **k: {"path": "p"})
+    monkeypatch.setattr(stage1, "prompt_for", lambda tokenizer, template: "")
+    monkeypatch.setattr(vision, "provenance", lambda: {"weights_sha256": "w"})
+    aligned = task()
+    aligned._stage1(None, None, {})  # the embedded model's stage 1 reads the captions
+    assert aligned.describe()["source"]["test_images_seen"] == {"training": 4, "caption": 4}
+    assert "its caption records" in capsys.readouterr().err
 
 
 def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):

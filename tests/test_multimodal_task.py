@@ -180,6 +180,25 @@ def test_a_run_on_the_users_data_does_not_carry_the_generated_datas_settings(tmp
     assert given.run_id != generated.run_id
 
 
+def test_harness_run_and_run_all_on_the_users_data_record_it_as_given(tmp_path, monkeypatch):
+    """From a review: `harness run --data-dir` passed the folder to run_all only, so the specs kept the generated
+    data's settings (and run id); run_all given a folder now sets the specs' settings for it too."""
+    import harness.runner as runner
+    from harness.cli import main
+
+    seen = []
+    monkeypatch.setattr(runner, "run_all", lambda specs, runs, data_dir, **kw: seen.append((specs, data_dir)) or [])
+    main(["run", "--task", "multimodal", "--methods", "lora", "--preset", "smoke", "--data-dir", str(tmp_path),
+          "--runs-dir", str(tmp_path / "runs"), "--no-leaderboard"])  # fmt: skip
+    [([spec], data_dir)] = seen
+    assert spec.extra["task_settings"]["data"] == "given" and "generated_data" not in spec.extra["task_settings"]
+    assert data_dir == str(tmp_path) and spec.task_options.data_dir == str(tmp_path)
+    [built] = build_specs("multimodal", ["lora"], [0], "smoke")  # the API: specs built first, the folder given later
+    on_data = runner._on_data(built, str(tmp_path))
+    assert on_data.run_id == spec.run_id and on_data.task_options.data_dir == str(tmp_path)
+    assert runner._on_data(spec, str(tmp_path)).run_id == spec.run_id
+
+
 def test_the_reduced_llava_shape_trains_and_scores(tmp_path):
     from harness.models import load_config_dict
     from tasks.multimodal.model import PAPER_ID, reduced_llava_config

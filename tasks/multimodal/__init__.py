@@ -99,7 +99,8 @@ class MultimodalTask(Task):
         # by default every domain the data trains; in the data's order, so that the order asked for changes nothing
         self._domains = tuple(d for d in present if d in (options.train_sources or present))
         if self.provenance["kind"] == "given":  # the generated data holds out its test images by construction
-            self.provenance = {**self.provenance, **_seen_test_images(self.data_dir, self._train, self._test)}
+            trained = [r for r in self._train if r.domain in self._domains]
+            self._seen("training", trained)
 
     # -- model ------------------------------------------------------------------------------------
     def load(
@@ -170,11 +171,21 @@ class MultimodalTask(Task):
             )
         return captions
 
+    def _seen(self, what: str, records: list[data.Record]) -> None:
+        """Count (in the provenance the record keeps) and warn about the user's test questions whose image is byte
+        for byte one that ``records`` (``what``: training, caption) show: their scores measure memory."""
+        found = _seen_test_images(self.data_dir, what, records, self._test)
+        if found:
+            seen = {**self.provenance.get("test_images_seen", {}), what: found}
+            self.provenance = {**self.provenance, "test_images_seen": seen}
+
     def _stage1(self, net, tokenizer, settings: dict[str, Any]) -> dict[str, Any]:
         """Align the projector on the data's captions once; later runs load it from the cache."""
         from tasks.multimodal import stage1, vision
 
         captions = self._captions()
+        if self.provenance["kind"] == "given":  # the captions a stage 1 aligns on are read: checked here
+            self._seen("caption", captions)
         pairs = [(r.images[0], r.turns[0][1]) for r in captions if r.images]
         key = {
             "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
@@ -399,28 +410,27 @@ def _test_file(data_dir: Path, domain: str) -> Path:
     return data_dir / "test.json" if (data_dir / "test.json").is_file() else data_dir / f"test-{domain}.json"
 
 
-_WARNED: dict[tuple[Path, tuple[str, ...]], dict[str, int]] = {}  # a folder's overlap, found (and warned) once
+_WARNED: dict[tuple, int] = {}  # a folder's overlap, found (and warned about) once a process
 
 
-def _seen_test_images(data_dir: Path, train: list[data.Record], test: list[data.Record]) -> dict[str, Any]:
-    """``{"test_images_seen": {"train": n, "captions": m}}`` where a user's test images are, byte for byte, those
-    of its training or caption records (each warned about on stderr, once a folder); ``{}`` where none are."""
+def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], test: list[data.Record]) -> int:
+    """How many of the user's ``test`` questions show an image file that ``records`` (``what``) show too, byte for
+    byte; warned about on stderr once (by the main process). The key holds the files' paths, sizes and times."""
     import sys
 
-    key = (data_dir.resolve(), tuple(_sha256(f) for f in sorted(data_dir.glob("*.json"))))  # edited files: again
+    files = sorted({p for r in [*records, *test] for p in r.images})
+    key = (data_dir.resolve(), what, tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
     if key not in _WARNED:
-        captions = data.read_captions(data_dir)
-        found = {"train": data.seen_test_images(test, train), "captions": data.seen_test_images(test, captions)}
-        for where, ids in found.items():
-            if ids:
-                print(
-                    f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its "
-                    f"{'training' if where == 'train' else 'caption'} records show too (byte for byte; e.g. {ids[0]!r}): their scores measure memory; hold "
-                    "out test images that no training or caption record uses",
-                    file=sys.stderr,
-                )
-        _WARNED[key] = {where: len(ids) for where, ids in found.items() if ids}
-    return {"test_images_seen": _WARNED[key]} if _WARNED[key] else {}
+        ids = data.seen_test_images(test, records)
+        if ids and os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+            print(
+                f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its {what} "
+                f"records show too (byte for byte; e.g. {ids[0]!r}): their scores measure memory; hold out test "
+                "images that no training or caption record uses",
+                file=sys.stderr,
+            )
+        _WARNED[key] = len(ids)
+    return _WARNED[key]
 
 
 def _sha256(path: Path) -> str:

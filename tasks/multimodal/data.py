@@ -120,6 +120,7 @@ def describe(data_dir: Path) -> dict[str, Any]:
 def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
     """The ids of the ``test`` records whose image file is byte for byte one of ``seen``'s (training or caption
     records): a model trained on those answers its question from memory."""
+    sizes = {p.stat().st_size for r in test for p in r.images}  # only a file of a test image's size can equal it
     digests: dict[Path, str] = {}
 
     def digest(path: Path) -> str:
@@ -127,8 +128,8 @@ def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
             digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
         return digests[path]
 
-    known = {digest(p) for r in seen for p in r.images}
-    return [r.id for r in test if any(digest(p) in known for p in r.images)]
+    known = {digest(p) for r in seen for p in r.images if p.stat().st_size in sizes}
+    return [r.id for r in test if any(digest(p) in known for p in r.images)] if known else []
 
 
 class _MissingSplit(ValueError):
