@@ -65,12 +65,15 @@ class Site:
         parts = name.split(".")
         digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
         layer = ".".join(parts[: digits[-1] + 1]) if digits else ""
-        typ = next(p for p in reversed(parts) if not p.isdigit())
+        typ = next((p for p in reversed(parts) if not p.isdigit()), parts[-1])  # nn.Sequential's "0": itself
         return cls(name, layer, typ, linear.in_features, linear.out_features)
 
 
 class SharedTensors(nn.Module):
     """Tensors one method shares across layers, registered once on the model (``lora_shared``)."""
+
+    def forward(self, x: Any) -> Any:  # an nn.Sequential model runs its every child: this one passes x through
+        return x
 
     def get_or_create(self, kind: str, key: str, make: Callable[[], nn.Parameter]) -> nn.Parameter:
         if kind not in self._modules:
@@ -356,6 +359,13 @@ class Adapter:
                     stacklevel=2,
                 )
                 enabled = False
+            elif enabled and not offered:
+                warnings.warn(
+                    f"method {self.method!r} has no fast path: every wrapper computes its own delta (use_fast_path "
+                    "changes nothing for it)",
+                    stacklevel=2,
+                )
+                enabled = False
             layer.fast_path = enabled and offered
 
     # -- merge -------------------------------------------------------------------------------------
@@ -441,6 +451,17 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     for name in names:
         base = model.get_submodule(name)
         layers[name] = cls(base, config, Site.of(name, base), shared).train(base.training)
+        if unnamed := [
+            n for n, _ in layers[name].named_parameters() if not n.startswith("base.") and not _is_adapter(n)
+        ]:
+            for done in list(layers)[:-1]:  # leave the model as it was
+                model.set_submodule(done, layers[done].base)
+            for n, p in model.named_parameters():
+                p.requires_grad_(before.get(n, p.requires_grad))
+            raise ValueError(
+                f"method {cls.name!r}: its tensor {unnamed[0]!r} (in {name}) is not named lora_*: the harness counts, "
+                "trains and saves the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it"
+            )
         object.__setattr__(layers[name], "_input", inputs.setdefault(layers[name].site.layer, SharedInput()))
         model.set_submodule(name, layers[name])
     if len(list(shared.parameters())):

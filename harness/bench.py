@@ -310,7 +310,7 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
 
     trained = _share(model)
     adapter = attach(trained, method, config=cfg)
-    adapter.use_fast_path(not reference)
+    adapter.use_fast_path(not reference and adapter.method_cls.offers_fast_path())  # a method without one: its own
     fast = any(layer.fast_path for layer in adapter.layers.values())  # a method without one: the reference path
     trained.train()
     opt = adamw(adapter.param_groups(lr=1e-4), fused=fast)  # as the training loop builds it

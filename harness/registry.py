@@ -122,7 +122,11 @@ def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> 
     """``unknown method 'lroa' (did you mean 'lora'?); available: a, b, c``."""
     close = difflib.get_close_matches(value, valid, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    plugin = f" (a plugin's {kind}: harness --plugin FILE ...)" if kind in ("method", "task") else ""
+    plugin = (
+        f" (a plugin's {kind}: harness --plugin FILE ..., or harness.load_plugin(FILE) in Python)"
+        if kind in ("method", "task")
+        else ""
+    )
     return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}{plugin}"
 
 

@@ -224,7 +224,15 @@ class Task(ABC):
             return
         from harness.models import load_config_dict
 
-        load_config_dict(model)
+        try:
+            load_config_dict(model)
+        except ValueError as exc:
+            if cls.__module__.split(".")[0] == "tasks":  # a built-in task: the message says what to give
+                raise
+            raise ValueError(
+                f"{exc} (task {cls.name!r} reads models as transformers configs; one that builds its own model "
+                "overrides Task.build_meta, or Task.check_model)"
+            ) from None
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:

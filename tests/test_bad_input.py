@@ -181,7 +181,7 @@ CASES = [
     bad(
         "unknown-method-near-base",
         run("--methods", "bsae,lora"),
-        rf"unknown method 'bsae' \(did you mean 'base'\?\); available: {AVAILABLE}, base, all \(a plugin's method: harness --plugin FILE \.\.\.\)$",
+        rf"unknown method 'bsae' \(did you mean 'base'\?\); available: {AVAILABLE}, base, all \(a plugin's method: harness --plugin FILE \.\.\., or harness\.load_plugin\(FILE\) in Python\)$",
     ),
     bad("empty-methods", run("--methods", ","), rf"no method given; available: {AVAILABLE}, base, all$"),
     bad("unknown-task", run("--task", "commonsens"), r"unknown task 'commonsens' \(did you mean 'commonsense'\?\)"),

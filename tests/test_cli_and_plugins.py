@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from harness import METHODS
 from harness.cli import main
@@ -196,6 +197,36 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
     methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
     with pytest.raises(ValueError, match=r"method 'plain': its config_cls \(None\) is not a dataclass"):
         methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": None}))
+
+
+def test_a_plugin_tensor_not_named_lora_is_refused_and_the_model_left_as_it_was():
+    """From a review: a plugin's ``self.A`` was counted as base, never stepped by the optimizer, never saved."""
+    from harness import attach
+    from harness.adapter import AdapterLinear
+    from tests.conftest import DeltaOnlyLinear
+
+    class Unnamed(DeltaOnlyLinear):
+        def __init__(self, base, config, site, shared):
+            super().__init__(base, config, site, shared)
+            self.A = self.new_param(config.r, site.d_in, init="kaiming")
+
+    model = tiny_llama()
+    model.lm_head.requires_grad_(True)
+    before = {n: p.requires_grad for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"its tensor 'A' \(in model.layers.0.self_attn.q_proj\) is not named lora_"):
+        attach(model, Unnamed, targets="q_proj,v_proj", r=2)
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+
+
+def test_adapters_attach_to_the_linears_of_a_sequential(method):
+    """From a review: names made of digits alone ("0", "1") raised StopIteration, a traceback instead of a line."""
+    from harness import attach
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+    adapter = attach(model, method, targets="0,2", r=2)
+    assert sorted(adapter.layers) == ["0", "2"] and adapter.num_trainable_params > 0
+    model(torch.randn(3, 8)).sum().backward()
 
 
 def test_a_built_in_package_that_fails_to_import_fails_again_on_the_next_call(tmp_path, monkeypatch):

@@ -155,6 +155,32 @@ def vector_task(monkeypatch):
     return VectorTask
 
 
+def test_a_plugin_task_that_reads_models_as_configs_says_what_to_override_when_one_is_not_found(monkeypatch):
+    """From a review: a task with its own model but without build_meta/check_model got the hub's "not on the
+    Hugging Face hub" alone."""
+    import harness.models
+    from harness.task import Task
+
+    def not_found(model):
+        raise ValueError(f"model {model!r} is not on the Hugging Face hub")
+
+    monkeypatch.setattr(harness.models, "load_config_dict", not_found)
+    own = type(
+        "OwnModel",
+        (VectorTask,),
+        {"check_model": Task.__dict__["check_model"], "build_meta": Task.__dict__["build_meta"]},
+    )
+    own.name = "own"
+    with pytest.raises(
+        ValueError,
+        match=r"not on the Hugging Face hub \(task 'own' reads models as transformers "
+        r"configs; one that builds its own model overrides Task.build_meta, or Task.check_model\)",
+    ):
+        own.check_model("mlp")
+    with pytest.raises(ValueError, match=r"hub$"):  # a built-in task's message is its own
+        TASKS.get("commonsense").check_model("no/such-model")
+
+
 def test_every_method_trains_a_non_text_task_through_the_core(vector_task, tmp_path):
     specs = build_specs("vectors", ["base", *ALL_METHODS], [0], "smoke")
     records = run_all(specs, tmp_path, None, progress=False)
