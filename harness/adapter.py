@@ -90,6 +90,10 @@ class AdapterLinear(nn.Module):
 
     config_cls: ClassVar[type[AdapterConfig]] = AdapterConfig
     mergeable: ClassVar[bool] = True
+    # common options (AdapterConfig's) the method never reads, e.g. ("heads",): a run given another value keeps the
+    # preset's (one run id, not a second for the same run). Read from the class's own body only, never inherited:
+    # a subclass that reads one is not told it does not
+    ignored_options: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str]  # set by the registry
     # True: under autocast, ``delta`` and the fast path read x in autocast's dtype, not copied to the weights'
     # fp32 (right when every op on x is a matmul or the dropout, as in the built-in methods; see _compute_dtype).

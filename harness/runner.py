@@ -185,13 +185,15 @@ def build_specs(
 
 def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """``method``'s config from ``options`` (over the preset's), every option resolved. A number given equal to the
-    preset's (``--alpha 16``, a float, where the preset says 16) keeps the preset's form: the run id is the
-    preset's, not a second id for the same run."""
-    config_cls = METHODS.get(method).config_cls
-    resolved = make_config(config_cls, options, method).to_dict()
-    default = make_config(config_cls, preset, method).to_dict()
+    preset's (``--alpha 16``, a float, where the preset says 16) keeps the preset's form, and an option the method
+    never reads (``--heads`` for LoRA) the preset's value: the run id is the preset's, not a second id for the same
+    run."""
+    cls = METHODS.get(method)
+    resolved = make_config(cls.config_cls, options, method).to_dict()
+    default = make_config(cls.config_cls, preset, method).to_dict()
+    ignored = cls.__dict__.get("ignored_options", ())  # the class's own declaration (AdapterLinear.ignored_options)
     for key, value in resolved.items():
-        if _plain_number(value) and _plain_number(default.get(key)) and value == default[key]:
+        if key in ignored or (_plain_number(value) and _plain_number(default.get(key)) and value == default[key]):
             resolved[key] = default[key]
     return resolved
 

@@ -21,6 +21,7 @@ class LoraConfig(AdapterConfig):
 class LoraLinear(AdapterLinear):
     autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = LoraConfig
+    ignored_options = ("heads",)  # one B: --heads leaves its runs (and run ids) alone
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
         super().__init__(base, config, site, shared)

@@ -24,6 +24,7 @@ class LoraFaConfig(AdapterConfig):
 @METHODS.register("lora_fa")
 class LoraFaLinear(LoraLinear):
     config_cls = LoraFaConfig
+    ignored_options = ("heads",)  # one B: --heads leaves its runs (and run ids) alone
 
     def __init__(self, base: nn.Linear, config: AdapterConfig, site: Site, shared: SharedTensors) -> None:
         super().__init__(base, config, site, shared)

@@ -30,6 +30,7 @@ class MosLoraConfig(AdapterConfig):
 class MosLoraLinear(LoraLinear):
     autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
     config_cls = MosLoraConfig
+    ignored_options = ("heads",)  # one B: --heads leaves its runs (and run ids) alone
 
     def __init__(self, base: nn.Linear, config: MosLoraConfig, site: Site, shared: SharedTensors) -> None:
         super().__init__(base, config, site, shared)

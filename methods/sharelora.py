@@ -34,3 +34,4 @@ class ShareLoraConfig(AdapterConfig):
 @METHODS.register("sharelora")
 class ShareLoraLinear(SharedA, LoraLinear):
     config_cls = ShareLoraConfig
+    ignored_options = ("heads",)  # one B: --heads leaves its runs (and run ids) alone

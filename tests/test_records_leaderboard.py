@@ -507,6 +507,23 @@ def test_an_option_given_as_the_presets_number_keeps_its_run_id(method):
     assert given.run_id == embedded.run_id and type(given.method_options["alpha"]) is float
 
 
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_heads_given_to_a_method_that_never_reads_them_keeps_its_run_id(method):
+    """From a review: --methods lora,hydralora --heads 8 gave lora a second run id for the same training. A method
+    whose tensors do not depend on heads declares it (``ignored_options``); one whose tensors do must not."""
+    from harness import attach
+    from tests.conftest import tiny_llama
+
+    def size(heads: int) -> int:
+        return attach(tiny_llama(), method, targets="q_proj,v_proj", r=2, heads=heads).num_trainable_params
+
+    reads = size(2) != size(5)
+    [preset] = build_specs("commonsense", [method], [0], "smoke")
+    [given] = build_specs("commonsense", [method], [0], "smoke", method_options={"heads": 5})
+    assert (given.run_id != preset.run_id) == reads, f"{method}: declare ignored_options = ('heads',) or not"
+    assert given.method_options["heads"] == (5 if reads else preset.method_options["heads"])
+
+
 def test_epochs_asked_for_replace_a_presets_step_count():
     """The smoke preset trains 3 steps: ``--epochs`` alone must not be ignored (a new run id, the same run)."""
     [preset] = build_specs("commonsense", ["lora"], [0], "smoke")
