@@ -159,7 +159,15 @@ def build_specs(
     for method in methods:
         # the fully resolved config (every option, defaults included) is what the run id hashes and the
         # record keeps: a changed default then re-runs; raises on an unknown or bad option
-        resolved = _resolved_options(method, p.method_options, options) if method != BASELINE else {}
+        try:
+            resolved = _resolved_options(method, p.method_options, options) if method != BASELINE else {}
+        except ValueError as exc:
+            if len(methods) > 1 and str(exc).startswith("unknown option"):  # another method's own option?
+                raise ValueError(
+                    f"{exc}; every --option goes to each method of --methods: give a method's own option in a run "
+                    "of that method alone"
+                ) from None
+            raise
         for seed in seeds:
             specs.append(
                 RunSpec(

@@ -199,6 +199,12 @@ CASES = [
     ),
     bad("option-without-equals", run("--option", "drop_ratio"), r"--option 'drop_ratio' must look like key=value"),
     bad(
+        "option-of-one-method-given-to-two",
+        run("--methods", "moslora,lora", "--option", "mixer_init=zeros"),
+        r"unknown option 'mixer_init' for method 'lora'.*; every --option goes to each method of --methods: give a "
+        r"method's own option in a run of that method alone$",
+    ),
+    bad(
         "option-unknown-key",
         run("--option", "mixer_init=zeros"),
         r"unknown option 'mixer_init' for method 'lora'.*; available: .*alpha",
