@@ -455,16 +455,16 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     for name in names:
         base = model.get_submodule(name)
         layers[name] = cls(base, config, Site.of(name, base), shared).train(base.training)
-        if unnamed := [
-            n for n, _ in layers[name].named_parameters() if not n.startswith("base.") and not _is_adapter(n)
-        ]:
+        named = layers[name].named_parameters()
+        if unnamed := [n for n, p in named if p.requires_grad and not n.startswith("base.") and not _is_adapter(n)]:
             for done in list(layers)[:-1]:  # leave the model as it was
                 model.set_submodule(done, layers[done].base)
             for n, p in model.named_parameters():
                 p.requires_grad_(before.get(n, p.requires_grad))
             raise ValueError(
-                f"method {cls.name!r}: its tensor {unnamed[0]!r} (in {name}) is not named lora_*: the harness counts, "
-                "trains and saves the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it"
+                f"method {cls.name!r}: its trainable tensor {unnamed[0]!r} (in {name}) is not named lora_*: the harness "
+                "counts, trains and saves the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it "
+                "(a tensor that never trains may keep its name with requires_grad=False, or be a buffer)"
             )
         object.__setattr__(layers[name], "_input", inputs.setdefault(layers[name].site.layer, SharedInput()))
         model.set_submodule(name, layers[name])

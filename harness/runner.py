@@ -162,7 +162,7 @@ def build_specs(
         try:
             resolved = _resolved_options(method, p.method_options, options) if method != BASELINE else {}
         except ValueError as exc:
-            if len(methods) > 1 and str(exc).startswith("unknown option"):  # another method's own option?
+            if any(k not in _takes(method) and any(k in _takes(m) for m in methods if m != method) for k in options):
                 raise ValueError(
                     f"{exc}; every --option goes to each method of --methods: give a method's own option in a run "
                     "of that method alone"
@@ -204,6 +204,15 @@ def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, An
         if key in ignored or (_plain_number(value) and _plain_number(default.get(key)) and value == default[key]):
             resolved[key] = default[key]
     return resolved
+
+
+def _takes(method: str) -> set[str]:
+    """The option names ``method`` accepts (none for the zero-shot ``base``)."""
+    from harness.config import REDUCER_SHORTCUTS
+
+    if method == BASELINE or method not in METHODS:
+        return set()
+    return {f.name for f in dataclasses.fields(METHODS.get(method).config_cls)} | set(REDUCER_SHORTCUTS) | {"rank"}
 
 
 def _plain_number(x: Any) -> bool:
@@ -735,13 +744,15 @@ def _common(config: Any) -> dict[str, Any]:
 
 
 def _on_data(spec: RunSpec, data_dir: str) -> RunSpec:
-    """``spec`` run on ``data_dir``: its task options name it, and its task settings are the preset's as the task
-    sets them for that data (as ``build_specs`` does for a ``data_dir`` among its task overrides)."""
+    """``spec`` run on ``data_dir``: its task options name it, and its task settings are as the task sets them for
+    that data (``Task.run_settings``, as ``build_specs`` does for a ``data_dir`` among its task overrides)."""
     options = dataclasses.replace(spec.task_options, data_dir=data_dir)
-    task_cls = TASKS.get(spec.task)
-    extra = dict(spec.extra)
-    if settings := task_cls.run_settings(resolve_preset(task_cls, spec.preset).settings, options):
+    extra = dict(spec.extra)  # the spec's own settings (a caller may have changed the preset's), as the data sets them
+    settings = TASKS.get(spec.task).run_settings(spec.extra.get("task_settings", {}), options)
+    if settings:
         extra["task_settings"] = settings
+    else:
+        extra.pop("task_settings", None)
     return dataclasses.replace(spec, task_options=options, extra=extra)
 
 

@@ -140,6 +140,16 @@ def trust_kwargs(fn: Any, trust_remote_code: bool) -> dict[str, bool]:
     return {"trust_remote_code": True} if trust_remote_code and takes else {}
 
 
+def _built_in(cls: type) -> bool:
+    """Whether ``cls`` is one of lora-harness's own tasks (a module under the ``tasks`` package beside ``harness``),
+    not a plugin's, whatever its package is called."""
+    try:
+        where = Path(inspect.getfile(cls)).resolve()
+    except (TypeError, OSError):
+        return False
+    return (Path(__file__).resolve().parents[1] / "tasks") in where.parents
+
+
 class Task(ABC):
     name: ClassVar[str]
     version: ClassVar[str] = "1"
@@ -227,7 +237,7 @@ class Task(ABC):
         try:
             load_config_dict(model)
         except ValueError as exc:
-            if cls.__module__.split(".")[0] == "tasks":  # a built-in task: the message says what to give
+            if _built_in(cls):  # a built-in task: the message says what to give
                 raise
             raise ValueError(
                 f"{exc} (task {cls.name!r} reads models as transformers configs; one that builds its own model "

@@ -204,6 +204,11 @@ CASES = [
         r"unknown option 'mixer_init' for method 'lora'.*; every --option goes to each method of --methods: give a "
         r"method's own option in a run of that method alone$",
     ),
+    bad(  # an option no method of the list takes: a typo, not another method's (a review)
+        "option-no-method-of-two-takes",
+        run("--methods", "lora,hydralora", "--option", "mixr_init=zeros"),
+        r"unknown option 'mixr_init' for method 'lora'[^;]*; available: [^;]*$",
+    ),
     bad(
         "option-unknown-key",
         run("--option", "mixer_init=zeros"),

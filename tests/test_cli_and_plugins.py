@@ -208,15 +208,22 @@ def test_a_plugin_tensor_not_named_lora_is_refused_and_the_model_left_as_it_was(
     class Unnamed(DeltaOnlyLinear):
         def __init__(self, base, config, site, shared):
             super().__init__(base, config, site, shared)
-            self.A = self.new_param(config.r, site.d_in, init="kaiming")
+            self.P = torch.nn.Parameter(
+                torch.randn(config.r, config.r), requires_grad=False
+            )  # frozen: its name is free
+            if site.type == "v_proj":  # after q_proj is wrapped: the refusal unwraps it again
+                self.A = self.new_param(config.r, site.d_in, init="kaiming")
 
     model = tiny_llama()
     model.lm_head.requires_grad_(True)
     before = {n: p.requires_grad for n, p in model.named_parameters()}
-    with pytest.raises(ValueError, match=r"its tensor 'A' \(in model.layers.0.self_attn.q_proj\) is not named lora_"):
+    with pytest.raises(
+        ValueError, match=r"trainable tensor 'A' \(in model.layers.0.self_attn.v_proj\) is not named lora_"
+    ):
         attach(model, Unnamed, targets="q_proj,v_proj", r=2)
     assert not any(isinstance(m, AdapterLinear) for m in model.modules())
     assert {n: p.requires_grad for n, p in model.named_parameters()} == before
+    assert attach(model, Unnamed, targets="q_proj", r=2).layers  # only frozen tensors besides lora_*: attached
 
 
 def test_adapters_attach_to_the_linears_of_a_sequential(method):

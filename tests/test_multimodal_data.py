@@ -203,6 +203,9 @@ def test_test_images_that_training_or_captions_show_byte_for_byte_are_warned_abo
     assert task().describe()["source"]["test_images_seen"] == {"training": 4}
     assert "warning" not in capsys.readouterr().err  # once a process
     assert "test_images_seen" not in task(train_sources=("general",)).describe()["source"]  # t2 is math's
+    _write(folder, "test.json", [{**r, "image": "images/c.png"} for r in _test_records()[:1]])  # one question left
+    assert task().describe()["source"]["test_images_seen"] == {"training": 1}  # counted again, not the cached 4
+    _write(folder, "test.json", [{**r, "image": "images/c.png"} for r in _test_records()])
     monkeypatch.setattr(stage1, "align_projector", lambda *a, **k: {"path": "p"})
     monkeypatch.setattr(stage1, "prompt_for", lambda tokenizer, template: "")
     monkeypatch.setattr(vision, "provenance", lambda: {"weights_sha256": "w"})
@@ -210,6 +213,10 @@ def test_test_images_that_training_or_captions_show_byte_for_byte_are_warned_abo
     aligned._stage1(None, None, {})  # the embedded model's stage 1 reads the captions
     assert aligned.describe()["source"]["test_images_seen"] == {"training": 4, "caption": 4}
     assert "its caption records" in capsys.readouterr().err
+    _write(folder, data.CAPTIONS, [_train("cap2", image="images/a.png")])  # edited captions: checked again
+    edited = task()
+    edited._stage1(None, None, {})
+    assert edited.describe()["source"]["test_images_seen"] == {"training": 4}
 
 
 def test_data_with_some_domains_trains_on_those_and_a_missing_one_is_refused_at_once(folder):

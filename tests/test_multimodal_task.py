@@ -4,6 +4,7 @@ the reduced LLaVA (transformers) shape runs a step and scoring; bad data fails b
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -197,6 +198,11 @@ def test_harness_run_and_run_all_on_the_users_data_record_it_as_given(tmp_path, 
     on_data = runner._on_data(built, str(tmp_path))
     assert on_data.run_id == spec.run_id and on_data.task_options.data_dir == str(tmp_path)
     assert runner._on_data(spec, str(tmp_path)).run_id == spec.run_id
+    # a caller's own change to the spec's settings stays (a review: they were rebuilt from the preset's)
+    changed = dataclasses.replace(
+        built, extra={**built.extra, "task_settings": {**built.extra["task_settings"], "x": 1}}
+    )
+    assert runner._on_data(changed, str(tmp_path)).extra["task_settings"]["x"] == 1
 
 
 def test_the_reduced_llava_shape_trains_and_scores(tmp_path):

@@ -415,11 +415,21 @@ _WARNED: dict[tuple, int] = {}  # a folder's overlap, found (and warned about) o
 
 def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], test: list[data.Record]) -> int:
     """How many of the user's ``test`` questions show an image file that ``records`` (``what``) show too, byte for
-    byte; warned about on stderr once (by the main process). The key holds the files' paths, sizes and times."""
+    byte; warned about on stderr once (by the main process). The key holds each side's paths, sizes and times."""
     import sys
 
-    files = sorted({p for r in [*records, *test] for p in r.images})
-    key = (data_dir.resolve(), what, tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+    stats: dict[Path, tuple[int, int]] = {}
+
+    def stat(p: Path) -> tuple[str, int, int]:
+        if p not in stats:
+            st = p.stat()
+            stats[p] = (st.st_size, st.st_mtime_ns)
+        return (str(p), *stats[p])
+
+    # both sides, apart: a test question dropped, or a training image edited, is another check
+    seen_side = tuple(sorted({stat(p) for r in records for p in r.images}))
+    test_side = tuple((r.id, *(stat(p) for p in r.images)) for r in test)
+    key = (data_dir.resolve(), what, seen_side, test_side)
     if key not in _WARNED:
         ids = data.seen_test_images(test, records)
         if ids and os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
