@@ -796,6 +796,9 @@ def run_all(
                     continue
                 status = record["run"]["status"] if ran else "done already (skipped; --force re-runs it)"
                 _say(ctx, f"    {status}" + (f": {record['run']['error']}" if record["run"]["error"] else ""))
+                if not ran and (failed := _failed_columns(record)):
+                    _say(ctx, f"    but its {failed} failed when it ran: `harness rescore` scores a scorer's columns "
+                              "again from what the run saved (no training), where its task can")  # fmt: skip
                 records[i] = record
     return [records[i] for i in sorted(records)]
 
@@ -854,6 +857,17 @@ def has_weights(folder: Path) -> bool:
         if any(fnmatch.fnmatch(f, w) for f in files for w in WEIGHT_FILES):
             return True
     return False
+
+
+def _failed_columns(record: dict[str, Any]) -> str:
+    """A finished run's columns that failed when it ran (a judge that was down), as a phrase; "" if none."""
+    failed = {
+        c: e for c, e in (record.get("eval") or {}).items() if isinstance(e, dict) and e.get("status") == "failed"
+    }
+    if not failed:
+        return ""
+    reason = next(iter(failed.values())).get("reason", "")
+    return f"column{'s' if len(failed) > 1 else ''} {', '.join(failed)}" + (f" ({reason})" if reason else "")
 
 
 def _say(ctx: RunContext, text: str) -> None:

@@ -507,6 +507,17 @@ def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, 
     )
     err = capsys.readouterr().err
     assert "the run's other scores are kept" in err and "harness rescore --task diffusion" in err
+    folder, data = tiny  # the same command again: done, and said to have failed columns (a review: silent)
+    specs = build_specs("diffusion", ["lora"], [0], "smoke", model=str(folder),
+                        task_overrides={"scoring": (("judge_model", "judge-test"),)})  # fmt: skip
+    with _Server(lambda n: json.dumps(GOOD), models=["judge-test"]) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        run_all(specs, tmp_path / "runs", str(data), progress=True)
+    out = capsys.readouterr().out
+    assert (
+        "done already" in out and "but its columns judge_" in out and "judge_avg (the judge failed: RuntimeError" in out
+    )
+    assert "`harness rescore` scores a scorer's columns again" in out
 
 
 def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):
