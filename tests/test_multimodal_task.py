@@ -49,6 +49,31 @@ def _run(model: str, methods: list[str], tmp_path: Path, **overrides) -> list[di
     return run_all(specs, tmp_path / "runs", None, progress=False)
 
 
+def test_a_record_holding_the_placeholder_token_literally_is_refused_before_stage1_and_training(
+    tiny_llava_style, tmp_path
+):
+    """From a review: a literal placeholder token in the data was refused only when training (or, in a test
+    question, scoring) tokenised it: after stage 1, or after the whole training."""
+    import torch
+    from PIL import Image
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+    from tests.test_multimodal_data import _test_records, _train, _write
+
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(folder / "images" / "a.png")
+    _write(folder, "train.json", [_train("t1"), _train("t2", "math")])
+    test = _test_records()
+    test[3]["answers"] = ["11", "eleven <empty_output>"]  # a scoring field, not a turn: checked too
+    _write(folder, "test.json", test)
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    with pytest.raises(ValueError, match=r"record 'o1' holds text 'eleven <empty_output>' that tokenises to the "
+                       r"model's image placeholder \(id 16, '<empty_output>'\); remove that token"):  # fmt: skip
+        task.load(tiny_llava_style, torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+
+
 def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style, tmp_path):
     records = _run(tiny_llava_style, ["base", *ALL_METHODS], tmp_path)
     by_method = {r["run"]["config"]["method"]: r for r in records}

@@ -135,6 +135,7 @@ class MultimodalTask(Task):
                         f"model {model!r}: image_token_id {cfg.image_token_id} is {where_id} (vocab_size {vocab}, "
                         f"{where}); set image_token_id in its config.json to an id its tokenizer never produces"
                     )
+                self._check_placeholder(tokenizer, cfg.image_token_id)  # before any weights are built
                 torch.manual_seed(seed)
                 net = mm.LlavaStyle.from_config(cfg).to(device=device, dtype=dtype).eval()
                 info["stage1"] = "none: random weights"
@@ -143,6 +144,7 @@ class MultimodalTask(Task):
             else:
                 self._captions()  # stage 1 needs them: checked before any weights load
                 net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
+                self._check_placeholder(tokenizer, net.image_token_id, self._captions())  # before stage 1 and training
                 info["stage1"] = self._stage1(net, tokenizer, stage1_settings)
                 from tasks.multimodal import vision
 
@@ -160,6 +162,36 @@ class MultimodalTask(Task):
         info = {"stage2_projector": f"{stage2} (the same for every method)", "stage1": "pretrained LLaVA projector"}
         extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
         return Loaded(net, net.model.language_model, label, processor, info, extra)
+
+    def _check_placeholder(self, tokenizer: Any, image_token_id: int, captions: list[data.Record] = ()) -> None:
+        """Refuse, before stage 1 and training, a record whose text holds the model's image placeholder token
+        literally (``<empty_output>`` for the embedded model): ``expand_image_tokens`` would refuse it only when
+        training or scoring reached it."""
+        from tasks.multimodal.model import IMAGE_TAG
+
+        records = [*self._train, *self._test, *captions]
+        texts = [
+            (r.id, piece)
+            for r in records
+            for text in (
+                *(t for turn in r.turns for t in turn),
+                r.question or "",
+                *(r.options or ()),
+                *(r.answers or ()),
+            )
+            for piece in text.split(IMAGE_TAG)
+            if piece
+        ]
+        if not texts:
+            return
+        ids = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
+        for (rid, text), row in zip(texts, ids, strict=True):
+            if image_token_id in row:
+                raise ValueError(
+                    f"{self.data_dir}: record {rid!r} holds text {text[:60]!r} that tokenises to the model's image "
+                    f"placeholder (id {image_token_id}, {tokenizer.convert_ids_to_tokens(image_token_id)!r}); remove "
+                    f"that token from the data (images go where {IMAGE_TAG} is)"
+                )
 
     def _captions(self) -> list:
         captions = data.read_captions(self.data_dir)
