@@ -164,6 +164,15 @@ def train(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     encoded = [recipe.encode(e) for e in train_set]
+    if (cut := getattr(recipe, "truncated", 0)) and accelerator.is_main_process:  # a recipe that counts them
+        import sys
+
+        print(
+            f"warning: {cut} of {len(encoded)} training examples are longer than cutoff_len={config.cutoff_len} tokens "
+            "and were cut, their answers with them; to keep them, raise cutoff_len (TrainConfig.cutoff_len: the "
+            "preset's, or in the Python API)",
+            file=sys.stderr,
+        )
     val_encoded = [recipe.encode(e) for e in val_set]
     if not encoded:
         raise ValueError("no training examples")

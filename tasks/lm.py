@@ -105,10 +105,15 @@ class CausalLMRecipe(Recipe):
 
     def __init__(self, tokenizer, cutoff_len: int, train_on_inputs: bool) -> None:
         self.tokenizer, self.cutoff_len, self.train_on_inputs = tokenizer, cutoff_len, train_on_inputs
+        self.truncated = 0  # examples cut at cutoff_len (train() warns)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def encode(self, example: Example) -> Encoded:
-        return encode(self.tokenizer, example, self.cutoff_len, self.train_on_inputs)
+        ids = tokenize(self.tokenizer, example.prompt + example.target)  # as encode(), counting what it cuts
+        if len(ids) > self.cutoff_len:
+            self.truncated += 1  # its answer lost tokens (LLM-Adapters cuts at cutoff_len too): train() says so
+        n_prompt = len(tokenize(self.tokenizer, example.prompt))
+        return _with_labels(self.tokenizer, ids[: self.cutoff_len], n_prompt, self.cutoff_len, self.train_on_inputs)
 
     def collate(self, items: list[Encoded]) -> Batch:
         batch: Batch = collate(items, self.pad_id)

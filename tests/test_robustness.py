@@ -108,6 +108,18 @@ def test_a_warm_up_as_long_as_the_run_and_epochs_whole_steps_cannot_cover_are_wa
     assert "warning" not in capsys.readouterr().err
 
 
+def test_training_examples_cut_at_cutoff_len_are_counted_and_said(char_tokenizer, capsys):
+    """From a review: answers cut at cutoff_len (as LLM-Adapters does) went unsaid."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    short = dataclasses.replace(CONFIG, steps=1, cutoff_len=24, checkpoint_every=0)  # "Q12: what is 12 plus one? A:"
+    train(adapter.model, text_recipe(char_tokenizer, short), adapter, EXAMPLES[:12], VAL, short, None, progress=False)
+    err = capsys.readouterr().err
+    assert "warning: 12 of 12 training examples are longer than cutoff_len=24 tokens and were cut" in err
+    train(adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES[:12], VAL,
+          dataclasses.replace(CONFIG, steps=1, checkpoint_every=0), None, progress=False)  # fmt: skip
+    assert "cutoff_len" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
 def test_a_broken_checkpoint_means_a_fresh_start_not_a_crash(damage, char_tokenizer, tmp_path, capsys):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
