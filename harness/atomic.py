@@ -114,9 +114,10 @@ def _new_file(folder: Path, prefix: str) -> Path:
 
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def write_text(path: str | Path, text: str) -> None:
+    """UTF-8 whatever the locale (tables hold "–" and "·"; the HTML page declares utf-8)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")

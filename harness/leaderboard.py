@@ -634,7 +634,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
-    write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records)))
+    write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records), mixed))
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
 
 
