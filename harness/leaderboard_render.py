@@ -248,11 +248,22 @@ def section_info(s: Section) -> str:
         f"train_on_inputs {i['train_on_inputs']}, eval n {i['eval_n']}, hardware {i['hardware']}."
         + (f" Set apart from the other sections of this title by: {i['apart']}." if i.get("apart") else "")
         + (f" Avg covers {', '.join(s.averaged)} only." if s.averaged and s.averaged != s.benchmarks else "")
+        + (f" Lower is better: {', '.join(low)} (not a percentage)." if (low := lower_is_better(s)) else "")
     )
 
 
+def lower_is_better(s: Section) -> list[str]:
+    """The section's columns whose records say ``higher_is_better: false`` (diffusion's KID)."""
+    return [
+        b
+        for b in s.benchmarks
+        if any((r.get("eval") or {}).get(b, {}).get("higher_is_better") is False for row in s.rows for r in row.runs)
+    ]
+
+
 LEGEND = (
-    "Cells: accuracy % [95% bootstrap interval over test examples, pooled over seeds; exact (Clopper-Pearson) "
+    "Cells: accuracy %, or the task's score where its section line says so [95% bootstrap interval over test "
+    "examples, pooled over seeds; exact (Clopper-Pearson) "
     "where every example scores 0 or every one 100]; `[–]`: the records "
     "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "

@@ -279,6 +279,21 @@ def test_a_row_gives_its_own_steps_and_no_time_averaged_over_other_cpus(tmp_path
     assert overhead["effilora"]["train_s_by_device"] == "CPU A: 10.0; CPU B: 11.0"
 
 
+def test_a_column_whose_records_say_lower_is_better_is_named_in_its_section_line(tmp_path):
+    """From a review: diffusion's KID read as an accuracy % ("Cells: accuracy %"), higher looking better."""
+    runs = tmp_path / "runs"
+    record = fixture_record("lora", 0)
+    first = next(iter(record["eval"]))
+    record["eval"][first]["higher_is_better"] = False
+    write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    assert f"Lower is better: {first} (not a percentage)." in (tmp_path / "out" / "leaderboard.md").read_text()
+    plain = fixture_record("lora", 0)  # the same run, every column higher-is-better: nothing said
+    write_record(runs / plain["run"]["id"], plain)
+    write_leaderboards(runs, tmp_path / "out")
+    assert "Lower is better" not in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
 def test_no_time_is_averaged_over_runs_under_two_malloc_settings(tmp_path):
     """From a review: lora_fa's overhead train_s pooled 452 s (default malloc) with 277 and 288 s (malloc keeping
     freed memory, which makes a CPU step faster) into 338.9 s, below lora's."""
