@@ -797,8 +797,9 @@ def run_all(
                 status = record["run"]["status"] if ran else "done already (skipped; --force re-runs it)"
                 _say(ctx, f"    {status}" + (f": {record['run']['error']}" if record["run"]["error"] else ""))
                 if not ran and (failed := _failed_columns(record)):
-                    _say(ctx, f"    but its {failed} failed when it ran: `harness rescore` scores a scorer's columns "
-                              "again from what the run saved (no training), where its task can")  # fmt: skip
+                    _say(ctx, f"    but its {failed} failed when it ran: `harness rescore --task {spec.task} --runs-dir "
+                              f"{runs_dir} ...` (with the scorer's flags) scores them again from what the run saved, "
+                              "no training, where its task can")  # fmt: skip
                 records[i] = record
     return [records[i] for i in sorted(records)]
 

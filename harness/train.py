@@ -163,8 +163,9 @@ def train(
     )
     torch.manual_seed(config.seed)
     random.seed(config.seed)
+    before = getattr(recipe, "truncated", 0)  # a recipe that counts them (the FLOPs probe may have encoded one)
     encoded = [recipe.encode(e) for e in train_set]
-    if (cut := getattr(recipe, "truncated", 0)) and accelerator.is_main_process:  # a recipe that counts them
+    if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:
         import sys
 
         print(

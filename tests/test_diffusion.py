@@ -517,7 +517,7 @@ def test_a_judge_that_raises_fails_its_columns_and_the_run_keeps_the_rest(tiny, 
     assert (
         "done already" in out and "but its columns judge_" in out and "judge_avg (the judge failed: RuntimeError" in out
     )
-    assert "`harness rescore` scores a scorer's columns again" in out
+    assert f"`harness rescore --task diffusion --runs-dir {tmp_path / 'runs'} ...` (with the scorer's flags)" in out
 
 
 def test_a_run_with_an_unparsable_judge_still_succeeds(tiny, tmp_path, monkeypatch):

@@ -66,12 +66,23 @@ def test_a_record_holding_the_placeholder_token_literally_is_refused_before_stag
     Image.new("RGB", (8, 8), "red").save(folder / "images" / "a.png")
     _write(folder, "train.json", [_train("t1"), _train("t2", "math")])
     test = _test_records()
-    test[3]["answers"] = ["11", "eleven <empty_output>"]  # a scoring field, not a turn: checked too
+    test[0]["options"] = ["3", "11 <empty_output>", "7", "9"]  # a choice option: read in the prompt
     _write(folder, "test.json", test)
-    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
-    with pytest.raises(ValueError, match=r"record 'o1' holds text 'eleven <empty_output>' that tokenises to the "
+
+    def load(**options):
+        task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", **options))
+        return task.load(tiny_llava_style, torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+
+    with pytest.raises(ValueError, match=r"record 'c1' holds text '11 <empty_output>' that tokenises to the "
                        r"model's image placeholder \(id 16, '<empty_output>'\); remove that token"):  # fmt: skip
-        task.load(tiny_llava_style, torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+        load()
+    _write(folder, "test.json", _test_records())
+    bad = _train("t2", "math")
+    bad["conversations"][1]["value"] = "a cat <empty_output>"  # a trained answer
+    _write(folder, "train.json", [_train("t1"), bad])
+    with pytest.raises(ValueError, match=r"record 't2' holds text 'a cat <empty_output>'"):
+        load()
+    assert load(train_sources=("general",)).model is not None  # math not trained: its answer is never read
 
 
 def test_every_method_trains_and_scores_on_the_multimodal_task(tiny_llava_style, tmp_path):

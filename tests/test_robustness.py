@@ -112,7 +112,9 @@ def test_training_examples_cut_at_cutoff_len_are_counted_and_said(char_tokenizer
     """From a review: answers cut at cutoff_len (as LLM-Adapters does) went unsaid."""
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     short = dataclasses.replace(CONFIG, steps=1, cutoff_len=24, checkpoint_every=0)  # "Q12: what is 12 plus one? A:"
-    train(adapter.model, text_recipe(char_tokenizer, short), adapter, EXAMPLES[:12], VAL, short, None, progress=False)
+    recipe = text_recipe(char_tokenizer, short)
+    recipe.encode(EXAMPLES[0])  # as the runner's FLOPs probe does before training: not counted by train()
+    train(adapter.model, recipe, adapter, EXAMPLES[:12], VAL, short, None, progress=False)
     err = capsys.readouterr().err
     assert "warning: 12 of 12 training examples are longer than cutoff_len=24 tokens and were cut" in err
     train(adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES[:12], VAL,

@@ -235,8 +235,8 @@ class CommonsenseTask(Task):
         return {
             "data_dir": self.data_dir.name,
             "train_files": self._take_provenance(),
-            "template": self.template.name,  # training's; cloze scores with its own contexts (below)
-            **({"scored_with": "cloze contexts (Question: ...\\nAnswer:, as lm-eval)"} if self.cloze else {}),
+            # under cloze its contexts (tasks/commonsense/cloze.py) train and score: no prompt template is used
+            "template": "cloze" if self.cloze else self.template.name,
             "benchmarks": present,
             "absent": [b for b in data.BENCHMARKS if b not in present],
         }

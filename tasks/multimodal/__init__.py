@@ -98,6 +98,7 @@ class MultimodalTask(Task):
             )
         # by default every domain the data trains; in the data's order, so that the order asked for changes nothing
         self._domains = tuple(d for d in present if d in (options.train_sources or present))
+        self._placeholder_checked: set[tuple] = set()  # (tokenizer, image token id, captions) checked by load()
         if self.provenance["kind"] == "given":  # the generated data holds out its test images by construction
             trained = [r for r in self._train if r.domain in self._domains]
             self._seen("training", trained)
@@ -164,34 +165,36 @@ class MultimodalTask(Task):
         return Loaded(net, net.model.language_model, label, processor, info, extra)
 
     def _check_placeholder(self, tokenizer: Any, image_token_id: int, captions: list[data.Record] = ()) -> None:
-        """Refuse, before stage 1 and training, a record whose text holds the model's image placeholder token
-        literally (``<empty_output>`` for the embedded model): ``expand_image_tokens`` would refuse it only when
-        training or scoring reached it."""
+        """Refuse, before stage 1 and training, a record whose text the model reads holds its image placeholder
+        token literally (``<empty_output>`` for the embedded model): ``expand_image_tokens`` refused it only when
+        training or scoring tokenised it. Read: the turns of the trained domains' records and of the captions,
+        a test question's human turns, question and options. Once a task, tokenizer and id (the runs share it)."""
         from tasks.multimodal.model import IMAGE_TAG
 
-        records = [*self._train, *self._test, *captions]
-        texts = [
-            (r.id, piece)
-            for r in records
-            for text in (
-                *(t for turn in r.turns for t in turn),
-                r.question or "",
-                *(r.options or ()),
-                *(r.answers or ()),
-            )
-            for piece in text.split(IMAGE_TAG)
-            if piece
-        ]
-        if not texts:
+        key = (id(tokenizer), image_token_id, len(captions))
+        if key in self._placeholder_checked:
             return
-        ids = tokenizer([t for _, t in texts], add_special_tokens=False)["input_ids"]
-        for (rid, text), row in zip(texts, ids, strict=True):
-            if image_token_id in row:
-                raise ValueError(
-                    f"{self.data_dir}: record {rid!r} holds text {text[:60]!r} that tokenises to the model's image "
-                    f"placeholder (id {image_token_id}, {tokenizer.convert_ids_to_tokens(image_token_id)!r}); remove "
-                    f"that token from the data (images go where {IMAGE_TAG} is)"
-                )
+        trained = [r for r in self._train if r.domain in self._domains]
+
+        def read(r: data.Record) -> tuple[str, ...]:
+            if r.kind is None:  # training and caption records: every turn is read (and the answers trained)
+                return tuple(t for turn in r.turns for t in turn)
+            return (*(h for h, _ in r.turns), r.question or "", *(r.options or ()))
+
+        texts = [
+            (r.id, p) for r in [*trained, *captions, *self._test] for t in read(r) for p in t.split(IMAGE_TAG) if p
+        ]
+        for start in range(0, len(texts), 4096):  # in chunks: a large folder's ids are not all held at once
+            chunk = texts[start : start + 4096]
+            ids = tokenizer([t for _, t in chunk], add_special_tokens=False)["input_ids"]
+            for (rid, text), row in zip(chunk, ids, strict=True):
+                if image_token_id in row:
+                    raise ValueError(
+                        f"{self.data_dir}: record {rid!r} holds text {text[:60]!r} that tokenises to the model's "
+                        f"image placeholder (id {image_token_id}, {tokenizer.convert_ids_to_tokens(image_token_id)!r}); "
+                        f"remove that token from the data (images go where {IMAGE_TAG} is)"
+                    )
+        self._placeholder_checked.add(key)
 
     def _captions(self) -> list:
         captions = data.read_captions(self.data_dir)

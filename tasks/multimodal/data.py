@@ -435,5 +435,5 @@ def load_hub(
         if not records:
             raise ValueError(f"{name}: subsets {names} gave no usable rows for {domain}; check the subset names")
         with atomic_path(out_dir / f"train-{domain}.json") as tmp:
-            tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n")
+            tmp.write_text(json.dumps(records, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return out_dir
