@@ -118,31 +118,19 @@ def write_outputs(report: dict, out: Path) -> list[Path]:
 
 def _paths(train: list[dict]) -> str:
     """What the header says about the path each contender was timed on (the table's rows do not)."""
+    ours = [r for r in train if r["source"] == "ours"]
     out = ""
-    if any(r["source"] == "ours" for r in train):
+    if ours:
         out += (
             " Ours: timed on the adapters' fast path (what `harness run --fast-path` trains with; `harness run` "
             "trains on the reference path), a `reference` row on the reference path"
-            + (
-                " (older reports do not record it per row: the bench has timed ours so since it was written)"
-                if any("fast_path" not in r for r in train if r["source"] == "ours")
-                else ""
-            )
-            + (
-                f"; {', '.join(r['contender'] for r in slow)}: no fast path"
-                if (
-                    slow := [
-                        r
-                        for r in train
-                        if r["source"] == "ours"
-                        and r.get("fast_path") is False
-                        and not r["contender"].endswith(" reference")
-                    ]
-                )
-                else ""
-            )
-            + "."
         )
+        if any("fast_path" not in r for r in ours):
+            out += " (older reports do not record it per row: the bench has timed ours so since it was written)"
+        slow = [
+            r["contender"] for r in ours if r.get("fast_path") is False and not r["contender"].endswith(" reference")
+        ]
+        out += (f"; {', '.join(slow)}: no fast path" if slow else "") + "."
     if any(r["source"] == "peft" and r["method"] == "lora_fa" for r in train):
         out += (
             " peft lora_fa: peft's own LoRA-FA optimizer (`create_lorafa_optimizer`: a projected gradient with a "

@@ -13,6 +13,7 @@ import errno
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -72,8 +73,6 @@ class TrainConfig:
 def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
     """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
     learning rate then never reaches ``lr``; ``epochs`` that whole steps of ``per_step`` examples miss by over 5%."""
-    import sys
-
     if config.warmup_steps >= total_steps:
         print(
             f"warning: the warm-up ({config.warmup_steps} steps) is not shorter than the run ({total_steps} steps): "
@@ -166,8 +165,6 @@ def train(
     before = getattr(recipe, "truncated", 0)  # a recipe that counts them (the FLOPs probe may have encoded one)
     encoded = [recipe.encode(e) for e in train_set]
     if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:
-        import sys
-
         print(
             f"warning: {cut} of {len(encoded)} training examples are longer than cutoff_len={config.cutoff_len} tokens "
             "and were cut, their answers with them; to keep them, raise cutoff_len (TrainConfig.cutoff_len: the "

@@ -98,10 +98,10 @@ class MultimodalTask(Task):
             )
         # by default every domain the data trains; in the data's order, so that the order asked for changes nothing
         self._domains = tuple(d for d in present if d in (options.train_sources or present))
+        self._trained = [r for r in self._train if r.domain in self._domains]  # the records this task trains on
         self._placeholder_checked: set[tuple] = set()  # (tokenizer, image token id, captions) checked by load()
         if self.provenance["kind"] == "given":  # the generated data holds out its test images by construction
-            trained = [r for r in self._train if r.domain in self._domains]
-            self._seen("training", trained)
+            self._seen("training", self._trained)
 
     # -- model ------------------------------------------------------------------------------------
     def load(
@@ -174,7 +174,6 @@ class MultimodalTask(Task):
         key = (id(tokenizer), image_token_id, len(captions))
         if key in self._placeholder_checked:
             return
-        trained = [r for r in self._train if r.domain in self._domains]
 
         def read(r: data.Record) -> tuple[str, ...]:
             if r.kind is None:  # training and caption records: every turn is read (and the answers trained)
@@ -182,7 +181,11 @@ class MultimodalTask(Task):
             return (*(h for h, _ in r.turns), r.question or "", *(r.options or ()))
 
         texts = [
-            (r.id, p) for r in [*trained, *captions, *self._test] for t in read(r) for p in t.split(IMAGE_TAG) if p
+            (r.id, p)
+            for r in [*self._trained, *captions, *self._test]
+            for t in read(r)
+            for p in t.split(IMAGE_TAG)
+            if p
         ]
         for start in range(0, len(texts), 4096):  # in chunks: a large folder's ids are not all held at once
             chunk = texts[start : start + 4096]
