@@ -342,7 +342,10 @@ class _Server:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (its timeout): expected
+                    pass
 
             def log_message(self, *args):
                 pass
@@ -552,6 +555,47 @@ def test_api_errors_fail_images_not_the_run_and_stop_the_requests(tiny, tmp_path
     assert server.requests == djudge.GIVE_UP and avg["failed"] == 4 and avg["api_errors"] == djudge.GIVE_UP
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert not any(KEY.encode() in p.read_bytes() or KEY[:5].encode() + b"***" in p.read_bytes() for p in written)
+
+
+def test_the_judges_timeout_and_give_up_count_come_from_the_environment(tmp_path, monkeypatch):
+    """``HARNESS_JUDGE_TIMEOUT`` bounds each request (a judge slower than it fails the image with a timeout, the
+    run goes on) and ``HARNESS_JUDGE_GIVE_UP`` is how many API errors in a row stop the requests."""
+    import time
+
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("HARNESS_JUDGE_TIMEOUT", "0.2")
+    monkeypatch.setenv("HARNESS_JUDGE_GIVE_UP", "1")
+    with _Server(lambda n: (time.sleep(1.0), json.dumps(GOOD))[1]) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache")
+        assert judge.client.timeout == 0.2
+        first = judge(b"png-1", "a cat")
+        second = judge(b"png-2", "a dog")
+    assert first.scores is None and "Timeout" in first.error
+    assert second.scores is None and second.requests == 0 and "after 1 API errors in a row" in second.error
+    monkeypatch.delenv("HARNESS_JUDGE_TIMEOUT")
+    monkeypatch.delenv("HARNESS_JUDGE_GIVE_UP")
+    assert djudge.limits() == (djudge.TIMEOUT_S, djudge.GIVE_UP)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("HARNESS_JUDGE_TIMEOUT", "soon"), ("HARNESS_JUDGE_TIMEOUT", "0"), ("HARNESS_JUDGE_TIMEOUT", "nan"),
+     ("HARNESS_JUDGE_GIVE_UP", "0"), ("HARNESS_JUDGE_GIVE_UP", "2.5")],
+)  # fmt: skip
+def test_a_bad_judge_limit_is_refused_before_anything_runs(tiny, monkeypatch, name, value):
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv(name, value)
+    options = TaskOptions(data_dir=str(tiny[1]), template="caption", scoring=(("judge_model", "judge-test"),))
+    with pytest.raises(ValueError, match=f"{name}={value!r} is not a"):
+        TASKS.get("diffusion")(options)
 
 
 def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch):

@@ -10,7 +10,9 @@ to ``RETRIES`` times, then recorded as failed for that image; the run goes on. A
 a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
 ``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a run's
 other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
-connection or a refused key stops the run there.
+connection or a refused key stops the run there. A request's timeout and the give-up count are
+``HARNESS_JUDGE_TIMEOUT`` (seconds, default ``TIMEOUT_S``) and ``HARNESS_JUDGE_GIVE_UP`` (default ``GIVE_UP``):
+how long a slow judge may take is the user's call, and neither changes what is scored (not in the run id).
 """
 
 from __future__ import annotations
@@ -57,12 +59,39 @@ class Verdict:
     error: str = ""  # the API error that failed it, if one did
 
 
+def limits() -> tuple[float, int]:
+    """``(timeout in seconds, API errors in a row before giving up)``: ``HARNESS_JUDGE_TIMEOUT`` and
+    ``HARNESS_JUDGE_GIVE_UP`` where set, else ``TIMEOUT_S`` and ``GIVE_UP``."""
+    import math
+    import os
+
+    raw_t, raw_g = os.environ.get("HARNESS_JUDGE_TIMEOUT", ""), os.environ.get("HARNESS_JUDGE_GIVE_UP", "")
+    try:
+        timeout = float(raw_t) if raw_t.strip() else TIMEOUT_S
+    except ValueError:
+        timeout = math.nan
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(
+            f"HARNESS_JUDGE_TIMEOUT={raw_t!r} is not a number of seconds > 0; set it so (e.g. 120), or unset it for {TIMEOUT_S:g}"
+        )
+    try:
+        give_up = int(raw_g) if raw_g.strip() else GIVE_UP
+    except ValueError:
+        give_up = 0
+    if give_up < 1:
+        raise ValueError(
+            f"HARNESS_JUDGE_GIVE_UP={raw_g!r} is not a whole number >= 1; set it so (e.g. 5), or unset it for {GIVE_UP}"
+        )
+    return timeout, give_up
+
+
 def check_available(judge_model: str) -> None:
-    """Before anything trains: the client is installed, has a key (any value for a server that takes none) and
-    reaches a server that takes the key (``probe``)."""
+    """Before anything trains: the judge's limits are valid (``limits``), the client is installed, has a key (any
+    value for a server that takes none) and reaches a server that takes the key (``probe``)."""
     import importlib.util
     import os
 
+    limits()
     if importlib.util.find_spec("openai") is None:
         raise ValueError('--judge-model needs the openai client: pip install -e ".[judge]" (or pip install openai)')
     if not os.environ.get("OPENAI_API_KEY"):
@@ -222,13 +251,14 @@ def cache_key(image_png: bytes, prompt: str, judge_model: str, server: str) -> s
 
 class Judge:
     def __init__(self, judge_model: str, cache: Path | None = None, client: Any = None):
+        timeout, self.give_up = limits()
         if client is None:
             try:
                 import openai
             except ImportError:
                 raise ValueError("the judge needs the openai client: pip install openai") from None
             try:
-                client = openai.OpenAI(timeout=TIMEOUT_S, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
+                client = openai.OpenAI(timeout=timeout, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
             except openai.OpenAIError as exc:  # e.g. no key
                 raise ValueError(f"the judge's client cannot start: {exc}") from None
         self.model, self.client = judge_model, client
@@ -263,8 +293,10 @@ class Judge:
                 ],
             },
         ]
-        if self.errors_in_a_row >= GIVE_UP:
-            return Verdict(None, "", False, 0, f"not requested after {GIVE_UP} API errors in a row: {self.last_error}")
+        if self.errors_in_a_row >= self.give_up:
+            return Verdict(
+                None, "", False, 0, f"not requested after {self.give_up} API errors in a row: {self.last_error}"
+            )
         raw = ""
         for attempt in range(1, RETRIES + 1):
             try:
