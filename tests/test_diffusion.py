@@ -1003,6 +1003,37 @@ def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
         hps.HPSv2(ckpt)
 
 
+def test_an_hps_v2_that_fails_while_scoring_keeps_the_runs_other_scores_and_its_samples(
+    tiny, tmp_path, monkeypatch, capsys
+):
+    """HPS v2 that loads but fails on the images (out of memory with ViT-H on a CPU): the run succeeds with its
+    other scores, the column is ``failed`` with the reason, and the samples ``harness rescore`` reads were saved
+    (they were written after the optional scorers: a failing one left nothing to score again)."""
+    from tasks.diffusion import hps
+
+    class Broken:
+        provenance = {"file": "HPS_v2_compressed.pt"}
+
+        def __init__(self, path):
+            pass
+
+        def score(self, images, prompts):
+            raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(hps, "HPSv2", Broken)
+    ckpt = tmp_path / "HPS_v2_compressed.pt"
+    ckpt.write_bytes(b"not read")
+    record = _run(tiny, tmp_path / "runs", "lora", scoring=(("hps_checkpoint", str(ckpt)),))
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    entry = record["eval"]["hps_v2"]
+    assert entry["status"] == "failed" and "not enough memory" in entry["reason"]
+    assert record["eval"]["similarity"]["n"] == 4 and record["eval"]["kid"]["value"] is not None
+    folder = tmp_path / "runs" / record["run"]["id"]
+    assert len(list((folder / "samples").glob("[0-9][0-9][0-9].png"))) == 4
+    assert len((folder / "predictions.jsonl").read_text().splitlines()) == 4
+    assert "harness rescore --task diffusion" in capsys.readouterr().err
+
+
 def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
     if os.environ.get("HARNESS_REQUIRE_OPEN_CLIP"):  # .ci/run's torchvision environment: a skip would hide it
         import open_clip

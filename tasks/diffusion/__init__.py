@@ -304,10 +304,9 @@ class DiffusionTask(Task):
                 },
                 **common,
             }
-        out |= optional_scores(self.options_scoring(), images, [i.text for i in chosen], common)
-        if predictions_path is not None:
-            self._save_samples(predictions_path, images, real, chosen, seeds, sim, predicted)
-        return out
+        if predictions_path is not None:  # before the optional scorers: what ``harness rescore`` reads, kept whatever
+            self._save_samples(predictions_path, images, real, chosen, seeds, sim, predicted)  # they do
+        return out | optional_scores(self.options_scoring(), images, [i.text for i in chosen], common)
 
     @classmethod
     def check_scoring(cls, scoring: dict[str, str]) -> None:
@@ -537,7 +536,16 @@ def _hps(
         scorer = _hps_scorer(checkpoint) if keep else hps.HPSv2(Path(checkpoint))  # ~4 GB: kept only when asked
     except hps.Unavailable as exc:
         return {"hps_v2": {"status": "absent", "reason": str(exc)}}
-    vals = scorer.score(images, prompts)
+    try:
+        vals = scorer.score(images, prompts)
+    except Exception as exc:  # out of memory, a checkpoint that loads but does not fit: the other scores are kept
+        reason = f"HPS v2 failed: {type(exc).__name__}: {exc}"[:300]
+        print(
+            f"warning: {reason}; the run's other scores are kept. To score it again: harness rescore --task "
+            "diffusion --runs-dir DIR --hps-checkpoint FILE (no training)",
+            file=sys.stderr,
+        )
+        return {"hps_v2": {"status": "failed", "reason": reason}}
     return {
         "hps_v2": {
             "metric": "hps_v2",
