@@ -753,6 +753,36 @@ def test_the_contact_sheet_leaves_out_a_run_whose_swap_is_pending(tmp_path, caps
     assert f"{record['run']['id']}: left out of the contact sheet until its swap is finished" in capsys.readouterr().err
 
 
+def test_a_damaged_sample_or_predictions_file_leaves_a_cell_or_run_off_the_sheet_not_the_leaderboard(tmp_path, capsys):
+    """An unreadable sample PNG raised out of ``harness leaderboard`` (the CSVs written, the Markdown and HTML
+    not) and out of ``harness rescore``; a garbled ``predictions.jsonl`` the same. Now: the cell is left empty,
+    the run left out, each with a warning, and the sheet is written."""
+    from PIL import Image
+
+    from tasks.diffusion.sheet import contact_sheets
+
+    records = []
+    for method, damage in (("base", None), ("lora", "png"), ("moslora", "jsonl")):
+        record = fixture_record(method, 0, 0.0)
+        record["run"]["config"].update(task="diffusion", preset="smoke")
+        folder = tmp_path / record["run"]["id"]
+        (folder / "samples").mkdir(parents=True)
+        Image.new("RGB", (8, 8), "red").save(folder / "samples" / "real-000.png")
+        Image.new("RGB", (8, 8), "blue").save(folder / "samples" / "000.png")
+        if damage == "png":
+            (folder / "samples" / "000.png").write_bytes(b"not a png")
+        rows = [{"n": 0, "file": "samples/000.png", "prompt": "a cat", "real": "cat.png", "category": "animal"}]
+        text = "\n".join(json.dumps(r) for r in rows) + "\n"
+        (folder / "predictions.jsonl").write_text("{not json\n" if damage == "jsonl" else text)
+        write_record(folder, record)
+        records.append(record)
+    [sheet] = contact_sheets(records, tmp_path, tmp_path)
+    assert sheet.is_file() and not list(tmp_path.glob("*.tmp*"))
+    err = capsys.readouterr().err
+    assert "000.png: left empty on the contact sheet (UnidentifiedImageError" in err
+    assert f"{records[2]['run']['id']}: left out of the contact sheet: its predictions.jsonl cannot be read" in err
+
+
 def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):
     from harness import runner
 

@@ -59,10 +59,33 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                     file=sys.stderr,
                 )
             elif folder is not None and (folder / "predictions.jsonl").is_file():
-                runs.setdefault(r["run"]["config"]["method"], folder)
+                method = r["run"]["config"]["method"]
+                if method not in runs and _readable_predictions(folder, r["run"]["id"]):
+                    runs[method] = folder
         if runs and (sheet := _sheet(runs, out_dir / f"diffusion_samples_{preset}.png", *_sources(mine))):
             written.append(sheet)
     return written
+
+
+def _readable_predictions(folder: Path, run_id: str) -> bool:
+    """Whether the run's ``predictions.jsonl`` reads as the sheet needs (a warning where not: the run is left out
+    of the sheet, never the leaderboard stopped)."""
+    try:
+        rows = _predictions(folder)
+        if all(isinstance(r, dict) and {"n", "file", "prompt"} <= r.keys() for r in rows):
+            return True
+        why = "a row without n, file or prompt"
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        why = f"{type(exc).__name__}: {exc}"
+    print(
+        f"warning: {run_id}: left out of the contact sheet: its predictions.jsonl cannot be read ({why})",
+        file=sys.stderr,
+    )
+    return False
+
+
+def _predictions(folder: Path) -> list[Any]:
+    return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
 
 
 def _newest_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -127,14 +150,25 @@ def sheet_cells(
     spread over their categories; {run: {(prompt, real image): its sample}}): each run's sample for the
     same prompt and real image wherever it is in its own order; a run of another eval limit or data that
     did not score a prompt leaves its cell empty rather than show another prompt's image."""
-
-    def predictions(folder: Path) -> list[dict[str, Any]]:
-        return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
-
     first = next(iter(runs.values()))
-    shown = [r for r in predictions(first) if _saved_real(first, r).is_file() or str(r.get("real", "")) in (data or {})]
+    shown = [
+        r for r in _predictions(first) if _saved_real(first, r).is_file() or str(r.get("real", "")) in (data or {})
+    ]
     rows = [shown[n] for n in spread([str(r.get("category") or "") for r in shown])]
-    return rows, {name: {_key(r): folder / r["file"] for r in predictions(folder)} for name, folder in runs.items()}
+    return rows, {name: {_key(r): folder / r["file"] for r in _predictions(folder)} for name, folder in runs.items()}
+
+
+def _open_rgb(path: Path):
+    """The image at ``path`` as RGB; None, with a warning, where it cannot be read (a damaged sample leaves its
+    cell empty rather than stop the leaderboard)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        print(f"warning: {path}: left empty on the contact sheet ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = None):
@@ -144,17 +178,21 @@ def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = 
 
     saved = _saved_real(first, row)
     if saved.is_file():
-        with Image.open(saved) as im:
-            return im.convert("RGB")
+        return _open_rgb(saved)
     path = (data or {}).get(str(row.get("real", "")))
     if path is None or not (first / row["file"]).is_file():  # the sample gives the size: without it, no cell
         return None
     from tasks.diffusion import data as ddata
     from tasks.diffusion import scoring
 
-    with Image.open(first / row["file"]) as sample:
-        size = min(sample.size)
-    return scoring.to_pil(ddata.load_image(path, size))
+    sample = _open_rgb(first / row["file"])
+    if sample is None:
+        return None
+    try:
+        return scoring.to_pil(ddata.load_image(path, min(sample.size)))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        print(f"warning: {path}: left empty on the contact sheet ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
 
 
 def _saved_real(folder: Path, row: dict[str, Any]) -> Path:
@@ -188,29 +226,28 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), squeeze=False
     )
-    for i, row in enumerate(rows):
-        for j, name in enumerate(columns):
-            ax = axes[i][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if j == 0:
-                image = real_image(first, row, data)
-            else:
-                file = cells[name].get(_key(row))
-                image = None
-                if file is not None and file.is_file():
-                    with Image.open(file) as im:
-                        image = im.convert("RGB")
-            if image is not None:
-                ax.imshow(image.resize((CELL, CELL), Image.NEAREST))
-            if i == 0:
-                ax.set_title(name, fontsize=8)
-            if j == 0:
-                ax.set_ylabel(row["prompt"][:28], fontsize=6, rotation=0, ha="right", va="center")
-    if attribution:
-        fig.text(0.5, 0.005, attribution, ha="center", va="bottom", fontsize=6, color="grey")
-    fig.tight_layout(rect=(0, 0.02, 1, 1))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    try:
+        for i, row in enumerate(rows):
+            for j, name in enumerate(columns):
+                ax = axes[i][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    image = real_image(first, row, data)
+                else:
+                    file = cells[name].get(_key(row))
+                    image = _open_rgb(file) if file is not None and file.is_file() else None
+                if image is not None:
+                    ax.imshow(image.resize((CELL, CELL), Image.NEAREST))
+                if i == 0:
+                    ax.set_title(name, fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(row["prompt"][:28], fontsize=6, rotation=0, ha="right", va="center")
+        if attribution:
+            fig.text(0.5, 0.005, attribution, ha="center", va="bottom", fontsize=6, color="grey")
+        fig.tight_layout(rect=(0, 0.02, 1, 1))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+    finally:
+        plt.close(fig)
     return path
