@@ -461,6 +461,9 @@ def test_an_answer_around_its_scores_is_parsed(answer):
         # from a review: a corrected answer whose correction is invalid took the withdrawn one's scores
         (json.dumps(GOOD) + " correction: " + json.dumps({**GOOD, "quality": 11}), "quality"),
         (json.dumps(GOOD) + ' correction: {"quality": 3, "detail":', "last object is not valid JSON"),  # cut off
+        # from a review: a cut-off wrapper's complete inner scores were taken (the inner object cleared the error)
+        ('{"scores": ' + json.dumps(GOOD) + ', "reason": "the colours', "last object is not valid JSON"),
+        ('{"scores": ' + json.dumps(GOOD) + ', "reason": fine}', "last object is not valid JSON"),
     ],
 )
 def test_an_answer_that_is_no_verdict_is_a_value_error(answer, problem):

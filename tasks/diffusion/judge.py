@@ -164,20 +164,21 @@ def parse(answer: Any) -> dict[str, int]:
     content parts, as some servers send it."""
     text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
-    last, end, problem, broken = None, -1, NO_OBJECT, None
+    last, end, problem, broken, broken_end = None, -1, NO_OBJECT, None, -1
     for start in (m.start() for m in re.finditer(r"\{", text)):
         if start < end:  # inside the object decoded last
             continue
         try:
             last, end = decoder.raw_decode(text, start)
-            broken = None
+            if start >= broken_end:  # after the broken object, not nested in it (a cut-off one never ends)
+                broken = None
         except RecursionError as exc:  # nested too deep: no verdict (its inner objects are not one either)
             raise ValueError(f"not a JSON object: {exc}") from None
         except ValueError as exc:  # not JSON from here, or a key given twice
             if problem == NO_OBJECT:
                 problem = f"not a JSON object: {exc}"
-            if text[start + 1 :].lstrip().startswith('"'):  # an object begun (a key), not prose in braces
-                broken = f"its last object is not valid JSON: {exc}"
+            if start >= broken_end and text[start + 1 :].lstrip().startswith('"'):  # an object begun (a key)
+                broken, broken_end = f"its last object is not valid JSON: {exc}", _object_end(text, start)
     if broken is not None:
         raise ValueError(broken)
     if last is None:
@@ -189,6 +190,22 @@ def parse(answer: Any) -> dict[str, int]:
         if inner is None:
             raise
         return _scores(inner)
+
+
+def _object_end(text: str, start: int) -> int:
+    """Where the braces opened at ``start`` close (outside JSON strings), past the end where they never do."""
+    depth, in_string, escaped = 0, False, False
+    for i in range(start, len(text)):
+        c = text[i]
+        if in_string:
+            in_string, escaped = (c != '"' or escaped), (c == "\\" and not escaped)
+        elif c == '"':
+            in_string = True
+        elif c in "{}":
+            depth += 1 if c == "{" else -1
+            if depth == 0:
+                return i + 1
+    return len(text) + 1
 
 
 def _holding_scores(obj: Any, depth: int = 0) -> dict[str, Any] | None:
