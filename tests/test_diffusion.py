@@ -1062,6 +1062,12 @@ def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
     truncated.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.raises(hps.Unavailable, match=r"'truncated.pt' cannot be read \(RuntimeError: .*download it again"):
         hps.HPSv2(truncated, arch="RN50")
+    with pytest.MonkeyPatch.context() as m:  # out of memory on the ~2 GB file: not "download it again"
+        m.setattr(
+            torch, "load", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("DefaultCPUAllocator: not enough memory"))
+        )
+        with pytest.raises(hps.Unavailable, match=r"not enough memory\); free memory, or score on a larger machine"):
+            hps.HPSv2(ckpt, arch="RN50")
 
 
 # -- the CLI, the leaderboard and the contact sheet ---------------------------------------------------

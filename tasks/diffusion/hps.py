@@ -65,10 +65,14 @@ class HPSv2:
                 f"HPS v2 checkpoint {checkpoint.name!r} is not a file of weights alone, refused by torch.load("
                 f"weights_only=True) ({str(exc).splitlines()[0]}); pass HPS v2's state_dict saved on its own"
             ) from None
-        except (RuntimeError, OSError, EOFError) as exc:  # a truncated or damaged file, or one that cannot be read
+        except (RuntimeError, OSError, EOFError, MemoryError) as exc:  # truncated, damaged, unreadable, too large
+            first = (str(exc).splitlines() or [""])[0]
+            memory = (
+                isinstance(exc, MemoryError) or "memory" in first.lower()
+            )  # torch: "DefaultCPUAllocator: not enough memory"
+            fix = "free memory, or score on a larger machine (harness rescore)" if memory else "download it again"
             raise Unavailable(
-                f"HPS v2 checkpoint {checkpoint.name!r} cannot be read ({type(exc).__name__}: "
-                f"{(str(exc).splitlines() or [''])[0]}); download it again"
+                f"HPS v2 checkpoint {checkpoint.name!r} cannot be read ({type(exc).__name__}: {first}); {fix}"
             ) from None
         try:  # weights of another model, or not a state dict at all: the column is absent, the run goes on
             model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
