@@ -30,6 +30,12 @@ class Reducer:
         self.n_suppressed = config.n_suppressed if config.n_suppressed is not None else max(1, self.num_layers // 2)
         if not 1 <= self.n_suppressed <= self.num_layers:
             raise ValueError(f"n_suppressed={self.n_suppressed} is outside 1..{self.num_layers}")
+        if self.active and config.selection == "importance" and self.n_suppressed == self.num_layers:
+            raise ValueError(  # every trial suppresses every layer: each layer's update is the sum of the advantages, 0
+                f"reducer n_suppressed={self.n_suppressed} suppresses all {self.num_layers} adapted layers in every "
+                "trial, so the trials cannot tell the layers apart and the scores never move; use n_suppressed "
+                f"< {self.num_layers} (default: half the layers), or selection='random'"
+            )
         self.heads = [[p for layer in g for p in layer.reducer_parameters()] for g in self.groups]
         self.scores = torch.zeros(self.num_layers, dtype=torch.float64)
         self.update_counts = [0] * self.num_layers

@@ -225,6 +225,16 @@ CASES = [
         run("--methods", "effilora", "--option", "n_suppressed=0"),
         r"reducer n_suppressed must be >= 1, or unset for half the layers \(got 0\)",
     ),
+    bad(  # from a review: the scores cannot move, and "importance" ran as random selection under its name
+        "reducer-one-rollout",
+        run("--methods", "effilora", "--option", "rollouts=1"),
+        r"reducer rollouts=1 with selection='importance': .*; use rollouts >= 2 \(default 3\), or selection='random'$",
+    ),
+    bad(
+        "reducer-n-suppressed-every-layer",
+        run("--methods", "effilora", "--option", "n_suppressed=30"),
+        r"reducer n_suppressed=30 suppresses all 30 adapted layers in every trial.*; use n_suppressed < 30",
+    ),
     bad(
         "reducer-score-lr-nan",
         run("--methods", "effilora", "--option", "score_lr=nan"),

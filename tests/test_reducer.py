@@ -55,6 +55,87 @@ def test_scores_move_in_the_documented_direction():
     assert summary["layer_names"][0] == "model.layers.0"
 
 
+def test_one_scoring_round_moves_the_scores_exactly_as_the_spec_says():
+    """Spec, "The Reducer": ``rollouts`` trials each suppress ``n_suppressed`` distinct layers drawn with
+    probability proportional to ``sigmoid(s)``; rewards ``R_k = exp(-loss_k)``; every suppressed layer of trial k
+    moves by ``score_lr * (R_k - mean R) * sigmoid(s)(1 - sigmoid(s))`` at the scores before the round. The loose
+    test above passed with the draw proportional to ``sigmoid(-s)``, a uniform draw or ``R = -loss``."""
+    import math
+
+    adapter = attach(
+        tiny_llama(layers=4),
+        "effilora",
+        targets=TINY_TARGETS,
+        reducer=dict(k=2, interval=1, rollouts=3, n_suppressed=2, score_lr=7.0, seed=11),
+    )
+    reducer = adapter.reducer
+    groups = list(adapter.layer_groups.values())
+    reducer.scores = torch.tensor([0.5, -1.0, 2.0, 0.0], dtype=torch.float64)
+    before = reducer.scores.clone()
+    gen = torch.Generator().manual_seed(11)  # the Reducer's own stream, drawn as the spec says
+    gen.set_state(reducer._generator.get_state())
+    expected_trials = [
+        sorted(torch.multinomial(torch.sigmoid(before), 2, replacement=False, generator=gen).tolist()) for _ in range(3)
+    ]
+    seen = []
+
+    def val_loss() -> float:  # a loss that depends on which layers are suppressed
+        off = [i for i, g in enumerate(groups) if g[0].gate != 1.0]
+        seen.append(off)
+        return 0.1 * (1 + off[0]) + 0.3 * off[1]
+
+    reducer.score(val_loss, step=10)
+    assert seen == expected_trials
+    rewards = [math.exp(-(0.1 * (1 + a) + 0.3 * b)) for a, b in seen]
+    mean = sum(rewards) / 3
+    expected = before.clone()
+    for (a, b), r in zip(seen, rewards, strict=True):
+        for i in (a, b):
+            sig = 1 / (1 + math.exp(-before[i].item()))
+            expected[i] += 7.0 * (r - mean) * sig * (1 - sig)
+    assert torch.allclose(reducer.scores, expected, rtol=0, atol=1e-12)
+    assert reducer.trajectory[-1]["losses"] == pytest.approx([0.1 * (1 + a) + 0.3 * b for a, b in seen])
+
+
+def test_suppression_is_drawn_by_sigmoid_s_and_training_by_sigmoid_minus_s():
+    """Over many draws, the one layer suppressed in a trial follows ``sigmoid(s)`` and the one layer trained in a
+    step ``sigmoid(-s)``: a high score (suppressing it did not hurt) is suppressed more and trained less."""
+    import math
+
+    adapter = attach(
+        tiny_llama(layers=3), "effilora", targets=TINY_TARGETS, reducer=dict(k=1, n_suppressed=1, rollouts=6, seed=0)
+    )
+    reducer, groups = adapter.reducer, list(adapter.layer_groups.values())
+    fixed = torch.tensor([2.0, 0.0, -2.0], dtype=torch.float64)
+    suppressed, trained, n = [0, 0, 0], [0, 0, 0], 6000
+
+    def val_loss() -> float:  # equal losses: the advantages are 0 and the scores stay where they are
+        suppressed[next(i for i, g in enumerate(groups) if g[0].gate != 1.0)] += 1
+        return 1.0
+
+    reducer.scores = fixed.clone()
+    for _ in range(n // 6):
+        reducer.score(val_loss, step=1)
+    assert torch.equal(reducer.scores, fixed)
+    for _ in range(n):
+        trained[reducer.select()[0]] += 1
+    up, down = torch.sigmoid(fixed), torch.sigmoid(-fixed)
+    for counts, p in ((suppressed, up / up.sum()), (trained, down / down.sum())):
+        for c, q in zip(counts, p.tolist(), strict=True):
+            assert abs(c / n - q) < 4 * math.sqrt(q * (1 - q) / n), (counts, p)
+
+
+def test_degenerate_importance_settings_are_refused():
+    """Settings under which the scores cannot move, so "importance" would be random selection recorded as
+    importance: one rollout (its advantage is 0) or every layer suppressed in every trial (the advantages sum to 0)."""
+    with pytest.raises(ValueError, match="rollouts=1 with selection='importance'.*rollouts >= 2"):
+        ReducerConfig(rollouts=1)
+    ReducerConfig(rollouts=1, selection="random")  # random selection never scores
+    with pytest.raises(ValueError, match="n_suppressed=4 suppresses all 4 adapted layers"):
+        attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=2, n_suppressed=4))
+    attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=4, n_suppressed=4))  # K = L: off
+
+
 def test_each_run_seed_draws_its_own_layers_unless_the_reducer_seed_is_fixed():
     """``harness run`` seeds torch with the run's seed before attaching: without a Reducer seed of its own the
     selection follows it (seeds 0, 1, 2 of a run are three draws, not one)."""
