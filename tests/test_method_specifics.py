@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
@@ -120,3 +123,70 @@ def test_effilora_hidden_router_and_single_b():
     assert all(
         p is not frozen_a.layers["model.layers.0.self_attn.q_proj"].lora_A for p in frozen_a.trainable_parameters()
     )
+
+
+def test_a_routers_and_mixers_start_kaiming_uniform_and_b_at_zero(method):
+    """Spec, "Initialisation": A Kaiming-uniform (a=sqrt(5)), i.e. uniform on +-1/sqrt(fan_in); B zeros; MoSLoRA's
+    mixer and every router Kaiming-uniform. Only "B = 0" was pinned: a ``randn`` A passed every test."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
+    kinds: dict[tuple[str, int], list[torch.Tensor]] = {}
+    for name, t in adapter.model.named_parameters():
+        if "lora_" not in name:
+            continue
+        if name.endswith("lora_B"):
+            assert not t.any(), name
+            continue
+        bound = 1 / math.sqrt(t.shape[1])
+        assert t.abs().max() <= bound, (name, float(t.abs().max()), bound)
+        kinds.setdefault((name.rsplit(".", 1)[-1] if "lora_shared" not in name else "shared A", t.shape[1]), []).append(
+            t
+        )
+    assert kinds, "a method with no A, router or mixer"
+    for (kind, fan_in), tensors in kinds.items():
+        values = torch.cat([t.detach().flatten() for t in tensors])
+        std = 1 / math.sqrt(3 * fan_in)  # of U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+        assert abs(values.std().item() / std - 1) < 0.1 and abs(values.mean().item()) < 0.3 * std, kind
+
+
+@pytest.mark.parametrize(("method", "options"), [("hydralora", {}), ("effilora", {"router_input": "hidden"})])
+def test_a_router_on_the_input_reads_it_before_the_dropout(method, options):
+    """Spec: HydraLoRA's ``w = softmax(G x)``, the dropout on the adapter path only (EffiLoRA's hidden router as
+    HydraLoRA's). Every other test ran at dropout 0 or in eval mode, where x = drop(x): a router reading drop(x)
+    passed them all."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, heads=4, dropout=0.5, **options)
+    perturb(adapter)
+    adapter.model.train()
+    layer = adapter.layers["model.layers.1.mlp.up_proj"]
+    x = torch.randn(3, 7, 32)
+    torch.manual_seed(5)
+    got = layer.delta(x)
+    torch.manual_seed(5)
+    dropped = layer.lora_dropout(x)  # the same draw
+    assert not torch.equal(dropped, x)
+    z = torch.nn.functional.linear(dropped, layer.lora_A)
+    r = adapter.config.r
+    heads = [layer.lora_B[:, i * r : (i + 1) * r] for i in range(4)]
+
+    def mixed(router_input: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(torch.nn.functional.linear(router_input, layer.lora_router), dim=-1)
+        return sum(w[..., i : i + 1] * (z @ heads[i].T) for i in range(4))
+
+    torch.testing.assert_close(got, mixed(x), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, mixed(dropped), atol=1e-4)  # the test tells the two apart
+
+
+def test_effilora_with_one_b_merges_into_the_base_weight():
+    """Spec table: EffiLoRA merges "yes when m=1". The merge test ran at the default m=4 (a refusal only)."""
+    adapter = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, heads=1, reducer=None)
+    perturb(adapter)
+    unmerged = adapter.model(**batch()).logits
+    layer = adapter.layers["model.layers.2.self_attn.v_proj"]
+    before = layer.base.weight.detach().clone()
+    adapter.merge()
+    expected = before + layer.scaling * (layer.lora_B @ layer.lora_A)
+    torch.testing.assert_close(layer.base.weight.detach(), expected, atol=1e-6, rtol=0)
+    assert not torch.allclose(layer.base.weight, before)
+    torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+    adapter.unmerge()
+    torch.testing.assert_close(layer.base.weight.detach(), before, atol=1e-6, rtol=0)
+    torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
