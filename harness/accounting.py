@@ -187,7 +187,14 @@ class MemoryMeter:
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
         self.samples: list[tuple[float, float]] = []
-        # a CPU's peak: the kernel's high-water mark of the resident size, reset here (Linux); else samples
+        # a CPU's peak: the kernel's high-water mark of the resident size, reset here (Linux); else samples. Freed
+        # memory that malloc kept (harness.memory: an earlier run's in this process) is handed back first, so
+        # that the peak does not hold it (a run's peak depended on what ran before it)
+        if not self.cuda:
+            from harness.memory import release_freed_memory
+
+            release_freed_memory()
+        self.start_rss = 0.0 if self.cuda else _rss_bytes()
         self.hwm = not self.cuda and _reset_peak_rss()
         if self.cuda:
             torch.cuda.synchronize(device)
@@ -239,7 +246,12 @@ class MemoryMeter:
                 "mean_reserved_gb": _mean([r for _, r in samples]) / gb,
             }
         kind = "process_rss_hwm" if self.hwm else "process_rss"  # the high-water mark, or samples after a backward
-        return {"kind": kind, "peak_rss_gb": peaks[0] / gb, "mean_rss_gb": _mean([r for _, r in samples]) / gb}
+        return {
+            "kind": kind,
+            "peak_rss_gb": peaks[0] / gb,
+            "mean_rss_gb": _mean([r for _, r in samples]) / gb,
+            "start_rss_gb": self.start_rss / gb,  # the process's resident size when training began (model, data)
+        }
 
 
 def _rss_bytes() -> float:
