@@ -57,7 +57,9 @@ with the plain ``lora`` row (no options in its label), else with the best-ranked
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
 on the same shapes, does not); ``hook_val_flops_per_step``, the FLOPs of the validation forwards a method's hooks
 ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flops``) per optimizer step, which
-``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
+``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them);
+``relative_flops_with_scoring``, the step and those forwards per step over ``lora``'s step: what training costs
+against ``lora`` (``relative_flops`` leaves the Reducer's scoring out); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
 ``train_s``) averaged over the row's runs when they ran on one device under one malloc setting (else empty;
 ``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's

@@ -127,6 +127,10 @@ def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_
         overhead["effilora"]["hook_val_flops_per_step"] == "200" and overhead["lora"]["hook_val_flops_per_step"] == "0"
     )
     assert overhead["effilora"]["flops_per_step"] == "2000"  # the step alone, as before
+    # against lora's step (2000 / 1.25 = 1600): the step alone, and the step with its scoring forwards
+    assert overhead["effilora"]["relative_flops"] == "1.25"
+    assert overhead["effilora"]["relative_flops_with_scoring"] == "1.375"  # (2000 + 200) / 1600
+    assert overhead["lora"]["relative_flops_with_scoring"] == "1.25"  # no scoring forwards
     html = (tmp_path / "out" / "leaderboard.html").read_text()
     assert "FLOPs per optimizer step (with the Reducer&#x27;s scoring forwards)" in html
     assert "2,200" in html or "2200" in html  # effilora's point: the step and its scoring forwards
