@@ -53,7 +53,9 @@ both ways (``lora``/``base``) get exactly opposite differences and intervals (on
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
 with the plain ``lora`` row (no options in its label), else with the best-ranked, and say which (e.g.
 ``lora (trained_on=general)``); ``B_vs_lora`` above and the Markdown do the same.
-``overhead.csv``: one row per trained row, its costs and Avg: FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
+``overhead.csv``: one row per trained row, its costs and Avg: ``task_trained_params``, the task's own trained
+tensors beside the method's (a multimodal projector; empty for a record older than the field);
+``throughput_unit``, what ``tokens_per_s`` counts (``images`` for the diffusion task); FLOPs of one optimizer step (``flops_per_step.per_optimizer_step``, else
 ``total``) counted at the padded shapes of the first step of the row's first run, so seeds that pad differently differ (``relative_flops``, to ``lora``
 on the same shapes, does not); ``hook_val_flops_per_step``, the FLOPs of the validation forwards a method's hooks
 ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flops``) per optimizer step, which

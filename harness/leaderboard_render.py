@@ -167,11 +167,14 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "model": s.model,
         "trainable_params": train["trainable_params"],
         "param_%": round(train["percent_trainable"], 4),
+        # the task's own trained tensors (a projector), not the method's; "" for an older record ("" keeps the ints)
+        "task_trained_params": train.get("task_trained_params", ""),
         "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
         # times are the device's: a row whose seeds ran on several CPUs (or malloc settings) gets none averaged
         "train_s": _one_device(runs, "train_s"),
         "hook_val_s": _one_device(runs, "hook_val_s"),  # the Reducer's scoring rounds, apart from train_s
         "tokens_per_s": _one_device(runs, "tokens_per_s"),
+        "throughput_unit": _throughput_unit(s.task, train),  # what tokens_per_s counts: images for diffusion
         "train_s_by_device": "; ".join(
             f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if _timed_on(r) == d):.1f}"
             for d in sorted({_timed_on(r) for r in runs})
@@ -193,6 +196,16 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "seeds": table_row["seeds"],
         "hardware": table_row["hardware"],
     }
+
+
+def _throughput_unit(task: str, train: dict[str, Any]) -> str:
+    """The record's ``train.throughput_unit``; for older records, the registered task's (``tokens`` unknown)."""
+    if unit := train.get("throughput_unit"):
+        return str(unit)
+    from harness.leaderboard import _task
+
+    cls = _task(task)
+    return getattr(cls, "throughput_unit", "tokens") if cls else "tokens"
 
 
 def _with_scoring(flops: dict[str, Any], hook_per_step: int | None) -> float | None:

@@ -706,6 +706,7 @@ def _train_record(
         "hook_val_s": round(result.hook_val_s, 3),
         "final_val_s": round(result.final_val_s, 3),
         "tokens_per_s": round(result.tokens / max(result.train_s, 1e-9), 2),
+        "throughput_unit": task.throughput_unit,  # what "tokens" counts (images, for the diffusion task)
         "memory": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.memory.items()},
         "trainable_params": adapter.num_trainable_params,
         "base_params": base_params,  # the whole model (a multimodal one: vision and projector too)

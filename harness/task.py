@@ -165,6 +165,8 @@ class Task(ABC):
     # whether a local model folder may hold a config alone (the task assembles the model from pretrained parts);
     # else a folder without a weights file is refused before loading, unless the run builds random weights
     config_only_models: ClassVar[bool] = False
+    # what a recipe's second ``stats`` count and a record's ``tokens``/``tokens_per_s`` are counts of
+    throughput_unit: ClassVar[str] = "tokens"
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

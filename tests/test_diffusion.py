@@ -176,6 +176,7 @@ def test_every_method_trains_on_the_unet(tiny, tmp_path, method):
     assert np.isfinite(ev["kid"]["value"]) and "ci" not in ev["kid"]  # 4 images: no interval (KID_CI_FROM), no NaN
     assert ev["fidelity"]["status"] == "absent"  # captions without categories: no classifier
     assert ev["judge_avg"]["status"] == "absent" and ev["hps_v2"]["status"] == "absent"
+    assert record["train"]["throughput_unit"] == "images"  # its "tokens" are images
     run_dir = tmp_path / "runs" / record["run"]["id"]
     assert len(list((run_dir / "samples").glob("[0-9]*.png"))) == 4
     # the adapters sit on the UNet's attention linears only (the VAE and the text encoder stay frozen)

@@ -143,6 +143,26 @@ def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_
     assert overhead["effilora"]["hook_val_flops_per_step"] == "200"  # the row's first run's, as flops_per_step
 
 
+def test_overhead_names_what_tokens_per_s_counts_and_the_tasks_own_trained_params(tmp_path):
+    """From a review: diffusion's tokens_per_s is images a second, under a tokens header; and a multimodal row that
+    trained its projector showed only the method's parameters. A record names its unit (older ones: the task's)."""
+    runs = tmp_path / "runs"
+    text, image = fixture_record("lora", 0), fixture_record("lora", 0)
+    image["run"]["config"].update(task="diffusion")
+    image["run"]["id"] = image["run"]["id"].replace("commonsense", "diffusion")
+    text["train"].update(throughput_unit="tokens", task_trained_params=1_070_208)
+    for record in (text, image):
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    overhead = {r["task"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert overhead["commonsense"]["throughput_unit"] == "tokens"
+    assert overhead["diffusion"]["throughput_unit"] == "images"  # an older record: the task's unit
+    assert (
+        overhead["commonsense"]["task_trained_params"] == "1070208"
+        and overhead["diffusion"]["task_trained_params"] == ""
+    )
+
+
 def test_each_row_names_the_hardware_of_its_own_runs(tmp_path):
     runs = tmp_path / "runs"
     for seed in (0, 1):

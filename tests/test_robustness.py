@@ -524,6 +524,9 @@ def test_a_run_stopped_at_its_last_step_resumes_to_a_whole_record(tiny_model, da
     assert train["resumed_from_step"] == train["steps"] == steps and len(train["loss_curve"]) == steps
     assert train["flops_per_step"]["total"] > 0 and train["flops_per_step"]["relative_to_lora"] == 1.0
     assert train["memory"]["peak_rss_gb"] > 0 and train["memory"]["mean_rss_gb"] > 0
+    assert (
+        train["throughput_unit"] == "tokens" and 0 < train["memory"]["start_rss_gb"] <= train["memory"]["peak_rss_gb"]
+    )
 
 
 def test_sigterm_while_training_ends_is_not_let_through_to_scoring():

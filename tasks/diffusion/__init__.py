@@ -48,6 +48,7 @@ class DiffusionTask(Task):
     scorers = ("judge_model", "hps_checkpoint")
     unused_train_settings = ("train_on_inputs",)  # the loss is the denoising one: there is no text to learn
     averaged = ("similarity", "fidelity")  # Avg: the two offline scores on a 0-100 scale, higher is better
+    throughput_unit = "images"  # the recipe counts images as its "tokens"
 
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:
