@@ -62,7 +62,7 @@ ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flo
 ``flops_per_step`` leaves out (0 where none ran, empty where a record does not count them);
 ``relative_flops_with_scoring``, the step and those forwards per step over ``lora``'s step: what training costs
 against ``lora`` (``relative_flops`` leaves the Reducer's scoring out); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
-``train_s``) averaged over the row's runs when they ran on one device under one malloc setting (else empty;
+``train_s``) averaged over the row's runs when they ran on one device (and CPU thread count) under one malloc setting (else empty;
 ``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's
 high-water mark since the run started), ``process_rss (malloc ...)`` (its resident size sampled after each

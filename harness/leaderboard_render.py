@@ -132,10 +132,17 @@ def _one_device(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _timed_on(record: dict[str, Any]) -> str:
-    """The device a run's times were measured on, with ``(malloc keeps freed memory)`` where the record names
-    that setting (``harness.memory``: it changes a CPU step's time), so that times of the two never pool."""
-    malloc = (record.get("env") or {}).get("malloc") or {}
-    return record["env"]["device"] + (" (malloc keeps freed memory)" if malloc.get("mmap_threshold") else "")
+    """The device a run's times were measured on, with its CPU threads where a CPU ran it and the record says
+    (CPU names are generic: a 2-thread and a 16-thread run of one "AMD EPYC" must not pool), and ``(malloc keeps
+    freed memory)`` where the record names that setting (``harness.memory``: it changes a CPU step's time)."""
+    env = record.get("env") or {}
+    malloc = env.get("malloc") or {}
+    threads = env.get("torch_threads") if env.get("device_type", "cpu") == "cpu" else None
+    return (
+        record["env"]["device"]
+        + (f", {threads} threads" if threads else "")
+        + (" (malloc keeps freed memory)" if malloc.get("mmap_threshold") else "")
+    )
 
 
 def _peak(mem: dict[str, Any]) -> float:

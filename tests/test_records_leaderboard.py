@@ -334,6 +334,19 @@ def test_no_time_is_averaged_over_runs_under_two_malloc_settings(tmp_path):
     assert row["train_s_by_device"] == "CPU A: 10.0; CPU A (malloc keeps freed memory): 11.0"
 
 
+def test_no_time_is_averaged_over_runs_with_other_cpu_thread_counts(tmp_path):
+    """From a review: CPU names are generic ("AMD EPYC"), so a 2-thread and a 16-thread run pooled their times."""
+    runs = tmp_path / "runs"
+    for seed, threads in ((0, 2), (1, 16)):
+        record = fixture_record("lora", seed)
+        record["env"].update(device="AMD EPYC", device_type="cpu", torch_threads=threads)
+        record["train"]["train_s"] = 10.0 + seed
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = [r for r in read_csv(tmp_path / "out" / "overhead.csv") if r["method"] == "lora"]
+    assert row["train_s"] == "" and row["train_s_by_device"] == "AMD EPYC, 16 threads: 11.0; AMD EPYC, 2 threads: 10.0"
+
+
 def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
     from harness.leaderboard import load_records, newest_sections, sections
 
