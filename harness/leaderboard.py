@@ -633,7 +633,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
-    mixed += mixed_scorers(secs)
+    mixed += mixed_scorers(secs) + mixed_base_params(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -659,6 +659,31 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
                 f"(records written before a counting fix): count them again with python scripts/recount_flops.py "
                 f"{runs_dir} (adding --data-dir {s.task}=FOLDER if its data is not at the task's default, and "
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
+            )
+    return out
+
+
+def mixed_base_params(secs: list[Section]) -> list[str]:
+    """A line per model whose trained runs counted its parameters differently (``train.base_params``, the
+    denominator of ``param_%``: an older multimodal record counted the language model only): their ``param_%``
+    do not compare."""
+    counts: dict[tuple[str, str], dict[int, set[str]]] = {}
+    for s in secs:
+        for row in s.rows:
+            for r in row.runs:
+                if (n := (r.get("train") or {}).get("base_params")) is not None:
+                    counts.setdefault((s.task, s.model), {}).setdefault(int(n), set()).add(s.key)
+    out = []
+    for (task, model), by_count in counts.items():
+        if len(by_count) > 1:
+            told = "; ".join(
+                f"{n:,} (section{'s' if len(keys) > 1 else ''} {', '.join(sorted(keys))})"
+                for n, keys in sorted(by_count.items())
+            )
+            out.append(
+                f"{task} runs of {model} count its parameters two ways, {told}: param_% divides by each run's own "
+                "count (an older record counted less of the model), so those rows' param_% do not compare; "
+                "trainable_params does"
             )
     return out
 

@@ -347,6 +347,26 @@ def test_no_time_is_averaged_over_runs_with_other_cpu_thread_counts(tmp_path):
     assert row["train_s"] == "" and row["train_s_by_device"] == "AMD EPYC, 16 threads: 11.0; AMD EPYC, 2 threads: 10.0"
 
 
+def test_runs_of_one_model_that_counted_its_parameters_two_ways_are_warned_about(tmp_path, capsys):
+    """From a review: one multimodal record counted the language model only (134.5M) where the others count the
+    vision tower and projector too (140.2M): its param_% read 3.63 against 3.48 for the same adapter."""
+    runs = tmp_path / "runs"
+    for seed, base in ((0, 1_000_000), (1, 1_100_000)):
+        record = fixture_record("lora", seed)
+        record["train"]["base_params"] = base
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "count its parameters two ways, 1,000,000 (section " in err and "1,100,000 (section " in err
+    assert "param_% do not compare" in (tmp_path / "out" / "leaderboard.md").read_text()
+    for record_file in runs.rglob("record.json"):  # one count: nothing said
+        record = json.loads(record_file.read_text())
+        record["train"]["base_params"] = 1_000_000
+        write_record(record_file.parent, record)
+    write_leaderboards(runs, tmp_path / "out")
+    assert "two ways" not in capsys.readouterr().err
+
+
 def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
     from harness.leaderboard import load_records, newest_sections, sections
 
