@@ -115,6 +115,17 @@ def test_an_avg_with_only_some_cells_at_an_end_keeps_their_exact_bound():
     assert estimate([one, one]).hi == pytest.approx(estimate([one, one], scores=False).hi)  # none at an end: as before
 
 
+def test_an_interval_never_narrows_towards_an_end():
+    """From a review: 1 of 125 right read [0.0, 2.4] while 0 of 125 read the exact [0.0, 2.9]; a count near an end
+    now reaches at least the all-at-the-end bound, so more right answers never give a lower upper end."""
+    bound = 100.0 * (1 - 0.025 ** (1 / 125))
+    his = [estimate([np.r_[np.full(k, 100.0), np.zeros(125 - k)]]).hi for k in range(8)]
+    assert his[0] == pytest.approx(bound) and all(b >= a for a, b in zip(his, his[1:], strict=False)), his
+    los = [estimate([np.r_[np.zeros(k), np.full(125 - k, 100.0)]]).lo for k in range(8)]
+    assert los[0] == pytest.approx(100.0 - bound) and all(b <= a for a, b in zip(los, los[1:], strict=False)), los
+    assert estimate([np.r_[100.0, np.zeros(124)]], scores=False).hi < bound  # what the bootstrap alone gave
+
+
 @pytest.mark.parametrize(
     ("a", "b", "message"),
     [([np.ones(3)], [np.ones(4)], "same examples"), ([np.ones(3)], [], "same benchmarks"), ([], [], "no score")],
