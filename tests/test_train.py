@@ -12,7 +12,7 @@ from harness import attach
 from harness.task import Example
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, lr_lambda, train
 from tasks.lm import collate, encode, loss_sum, supervised_tail
-from tests.conftest import text_recipe, tiny_llama
+from tests.conftest import perturb, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A: ", f"it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A: ", "it is 8", "toy")] * 4
@@ -202,6 +202,9 @@ def test_a_stop_asked_at_the_end_of_training_checkpoints_the_last_step(char_toke
     recipe = text_recipe(char_tokenizer, CONFIG)
     with pytest.raises(Cancelled, match=f"stopped at step {CONFIG.steps} of {CONFIG.steps}"):
         train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False, should_stop=should_stop)
+    # asked at the last step: stopped there, not after a final validation that polls again (a review: a loop that
+    # ignored the last step's stop passed, since the final validation's poll raised the same message)
+    assert len(polls) == (CONFIG.steps if asked_at == "last step" else CONFIG.steps + 1)
     assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["state"]["step"] == CONFIG.steps
     result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, tmp_path, progress=False)
     assert result.resumed_from == CONFIG.steps and result.final_val_loss is not None
@@ -345,3 +348,23 @@ def test_one_epoch_counts_every_example_and_every_real_token_once(char_tokenizer
     lengths = [len(recipe.encode(e).input_ids) for e in EXAMPLES]
     assert len(set(lengths)) > 1  # examples of several lengths: batches pad, and padding must not count
     assert (result.samples, result.tokens) == (40, sum(lengths))
+
+
+def test_a_step_is_the_mean_over_its_supervised_tokens_however_it_is_split_into_micro_batches(char_tokenizer):
+    """A step of 8 examples is one loss, the sum over its supervised tokens over their count, whether it runs as
+    1 micro-batch of 8 or 4 of 2 (a review: a mean of the micro-batches' means passed every test, though it
+    weighs a token of a short example more). Examples of very unequal answer lengths make the two differ."""
+    examples = [Example(f"Q{i}: ", "yes" if i % 2 else "a much longer answer " * (1 + i % 3), "toy") for i in range(16)]
+    ends = {}
+    for micro, accum in ((8, 1), (2, 4)):
+        config = dataclasses.replace(
+            CONFIG, steps=1, micro_batch_size=micro, grad_accum=accum, warmup_steps=0, checkpoint_every=0
+        )
+        adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2, dropout=0.0)
+        perturb(adapter)  # B off zero, so that A's gradient is not zero either
+        recipe = text_recipe(char_tokenizer, config)
+        result = train(adapter.model, recipe, adapter, examples, VAL, config, None, progress=False)
+        ends[micro] = (result.loss_curve[0][1], {k: v.clone() for k, v in adapter.state_dict().items()})
+    (whole, w1), (split, w2) = ends[8], ends[2]
+    assert split == pytest.approx(whole, rel=1e-5)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5) for k in w1)
