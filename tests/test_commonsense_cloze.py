@@ -236,6 +236,16 @@ def test_the_eval_record_holds_per_example_strings(tmp_path, data_dir, char_toke
     assert arc["value"] == 100.0 * sum(p == a for p, a in zip(arc["preds"]["acc"], arc["answers"], strict=True)) / 5
     first = json.loads((tmp_path / "p.jsonl").read_text().splitlines()[0])
     assert first["answer"] == int(arc["answers"][0]) and first["pred"] == int(arc["preds"]["acc"][0])
+    # ARC-Challenge's headline is acc_norm: its value and each line's pred are acc_norm's (a review: headline
+    # "acc" for every benchmark passed, as only ARC-Easy was checked); the two metrics differ on these rows
+    challenge = results["ARC-Challenge"]
+    norm, plain = challenge["preds"]["acc_norm"], challenge["preds"]["acc"]
+    assert norm != plain
+    hits = sum(p == a for p, a in zip(norm, challenge["answers"], strict=True))
+    assert challenge["value"] == 100.0 * hits / challenge["n"] == challenge["metrics"]["acc_norm"]
+    lines = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    mine = [line for line in lines if line["benchmark"] == "ARC-Challenge"]
+    assert [line["pred"] for line in mine] == [int(c) for c in norm]
     assert results["hellaswag"] == {"status": "absent"}
 
 
