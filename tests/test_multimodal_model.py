@@ -345,3 +345,51 @@ def test_the_paper_llava_reads_its_prompt_after_bos_as_its_processor_gives_it(ch
     ids = fmt.ids("<image>\nthe cat")
     assert ids[0] == bos and ids.count(bos) == 1 and ids.count(model.config.image_token_id) == 4
     assert Formatter(tiny_model(), char_tokenizer).ids("ab") == char_tokenizer("ab")["input_ids"]  # SmolLM2: none
+
+
+def test_candidates_of_several_tokens_are_scored_as_whole_continuations(char_tokenizer, tmp_path):
+    """``candidate_logprobs`` against a naive sum of each continuation token's log-probability from one forward
+    of prompt + candidate: with the char tokenizer "Yes" is three tokens, so the whole-continuation branch (and
+    its offsets) runs; one-token candidates are read off the prompt's last logits. A review found neither
+    checked: the lmms-eval comparison calls the same functions on both sides."""
+    from tasks.multimodal import native
+    from tasks.multimodal.recipe import Formatter, collate_rows
+
+    model = tiny_model()
+    fmt = Formatter(model, char_tokenizer)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(image)
+    asks = [("<image>\nIs it red?", [image]), ("Is it blue?", [])]
+    for cands in (["Yes", "No", "Maybe not"], ["A", "B", "C"]):
+        got = native.candidate_logprobs(model, fmt, asks, [cands] * 2)
+        for (human, imgs), scores in zip(asks, got, strict=True):
+            prompt = fmt.ids(fmt.prompt(human))
+            for cand, score in zip(cands, scores, strict=True):
+                ids = fmt.target_ids(cand)
+                batch = collate_rows(fmt, [native.Encoded(prompt + ids, prompt + ids, list(imgs))])
+                with torch.no_grad():
+                    inputs = {k: v for k, v in batch.items() if k != "labels" and isinstance(v, torch.Tensor)}
+                    logp = model(**inputs).logits[0].float().log_softmax(-1)
+                expected = sum(float(logp[len(prompt) - 1 + k, t]) for k, t in enumerate(ids))
+                assert score == pytest.approx(expected, abs=1e-4), (cand, human)
+
+
+def test_score_one_turns_picks_and_texts_into_the_documented_scores():
+    """Literal cases for each kind: CircularEval counts a choice question only when every rotation picks the
+    answer's new place; yes/no's pick 0 is "yes"; open answers by exact match or ANLS."""
+    from tasks.multimodal.data import Record
+    from tasks.multimodal.native import score_one
+
+    choice = Record("c", "math", [], [], kind="choice", question="q", options=["a", "b", "c", "d"], answer=1)
+    right = score_one(choice, [1, 0, 3, 2], "")  # the answer's place after rotating left by 0, 1, 2, 3
+    assert right.score == 100.0 and right.detail["rotations_right"] == [True] * 4
+    one_off = score_one(choice, [1, 0, 3, 1], "")
+    assert one_off.score == 0.0 and one_off.detail["rotations_right"] == [True, True, True, False]
+    yesno = Record("y", "general", [], [], kind="yesno", question="q", answer="no")
+    assert (score_one(yesno, [1], "").pred, score_one(yesno, [1], "").score) == ("no", 100.0)
+    assert (score_one(yesno, [0], "").pred, score_one(yesno, [0], "").score) == ("yes", 0.0)
+    exact = Record("o", "math", [], [], kind="open", question="q", answers=["12"], metric="exact")
+    assert score_one(exact, [], " 12 ").score == 100.0 and score_one(exact, [], "121").score == 0.0
+    doc = Record("d", "document", [], [], kind="open", question="q", answers=["invoice"], metric="anls")
+    assert score_one(doc, [], "invoise").score == pytest.approx(100 * (1 - 1 / 7))  # one edit in seven
+    assert score_one(doc, [], "receipt").score == 0.0
