@@ -288,3 +288,49 @@ def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_run
     monkeypatch.delitem(sys.modules, "tasks.multimodal.lmms_eval_protocol", raising=False)
     with pytest.raises(ValueError, match=r"the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval"):
         build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
+
+
+def test_a_domains_sub_metrics_are_what_its_scored_questions_say(tmp_path):
+    """``mmb_circular``, ``mmb_first_rotation``, ``mme_acc``/``mme_acc_plus``, ``open_*`` and the item scores of a
+    domain, from hand-made scored questions (a review: only the metric names were checked)."""
+    from tasks.multimodal import _entry
+    from tasks.multimodal.data import Record
+    from tasks.multimodal.native import score_one
+
+    def choice(i: str, picks: list[int]):
+        r = Record(i, "general", [], [], kind="choice", question="q", options=["a", "b", "c", "d"], answer=1)
+        return score_one(r, picks, "")
+
+    def yesno(i: str, pair: str, answer: str, pick: int):
+        return score_one(Record(i, "general", [], [], kind="yesno", question="q", answer=answer, pair=pair), [pick], "")
+
+    def open_(i: str, text: str):
+        return score_one(
+            Record(i, "general", [], [], kind="open", question="q", answers=["7"], metric="exact"), [], text
+        )
+
+    scored = [
+        choice("c1", [1, 0, 3, 2]),  # every rotation right
+        choice("c2", [0, 0, 3, 2]),  # the first rotation wrong, the rest right
+        choice("c3", [1, 3, 3, 2]),  # the first right, one other wrong
+        yesno("y1", "p1", "yes", 0),
+        yesno("y2", "p1", "no", 1),  # pair p1: both right
+        yesno("y3", "p2", "yes", 0),
+        yesno("y4", "p2", "no", 0),  # pair p2: one wrong
+        open_("o1", "7"),
+        open_("o2", "8"),
+    ]
+    (tmp_path / "test.json").write_text("[]")
+    entry = _entry("general", scored, "native", tmp_path)
+    assert entry["metrics"] == pytest.approx(
+        {
+            "mmb_circular": 100 / 3,
+            "mmb_first_rotation": 200 / 3,
+            "mme_acc": 75.0,
+            "mme_acc_plus": 50.0,
+            "open_exact": 50.0,
+        }
+    )
+    assert entry["scores"] == [100.0, 0.0, 0.0, 100.0, 0.0, 100.0, 0.0]  # questions; each yes/no pair one item
+    assert entry["n"] == 7 and entry["n_by_kind"] == {"choice": 3, "yesno": 4, "open": 2}
+    assert entry["value"] == pytest.approx(300 / 7)
