@@ -74,7 +74,7 @@ class BenchConfig:
     eval_batch_size: int = 8
     threads: int | None = None
     seed: int = 0
-    out: str = "results"
+    out: str = "runs/bench"  # not results/: its committed tables are rewritten only when asked (--out results)
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "rounds", "eval_limit", "eval_batch_size"):
@@ -558,7 +558,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-limit", type=int, default=8, help="test examples per benchmark when scoring (default 8)")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="results", help="where bench.csv/.md/.json/.png go (default results/)")
+    p.add_argument(
+        "--out",
+        default="runs/bench",
+        help="where bench.csv/.md/.json/.png go (default runs/bench/; --out results replaces this repo's committed tables)",
+    )
     add_method_args(p)
     p.set_defaults(func=cmd_bench)
 

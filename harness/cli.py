@@ -17,7 +17,7 @@ EXAMPLES = """examples:
   harness params --model meta-llama/Meta-Llama-3-8B --methods all
   harness params --model embedded --methods lora,effilora --rank 8 --json
   harness run --methods lora,effilora --task commonsense --preset smoke
-  harness leaderboard --runs-dir runs/ --out results/
+  harness leaderboard --runs-dir runs/ --out runs/leaderboard/
   harness rescore --task diffusion --runs-dir runs/ --judge-model gpt-4o   # judge finished runs' samples
   harness bench --methods lora,hydralora --rounds 3          # step time vs the frozen-base floor and peft
 """

@@ -437,3 +437,16 @@ def test_a_k_option_gives_way_to_a_reducer_variants_drop_ratio():
     }
     assert _variant_options({"k": "4", "r": 8}, "default") == {"k": "4", "r": 8}
     assert _variant_options({"k": "4", "r": 8}, "off") == {"r": 8, "reducer": None}
+
+
+def test_a_bench_without_out_writes_outside_the_committed_results():
+    """From a review: the default --out was results/, so the help's own example replaced the committed issue-10
+    tables; the default is now the ignored runs/bench/ (and so is the config's)."""
+    from harness.bench import BenchConfig
+    from harness.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--methods", "lora"])
+    assert Path(args.out) == Path(BenchConfig().out) == Path("runs/bench")
+    from harness.cli import EXAMPLES
+
+    assert "--out results" not in EXAMPLES  # no example in the help rewrites the committed tables
