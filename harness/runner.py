@@ -779,6 +779,11 @@ def run_all(
         check_writable(runs_dir)
     preflight(specs, trust_remote_code)
     tasks: dict[tuple, Task] = {}
+    for spec in specs:  # every task's data read, and split for training, before any run is made (one line, no record)
+        if (spec.task, spec.task_options) not in tasks:
+            tasks[(spec.task, spec.task_options)] = TASKS.get(spec.task)(spec.task_options)
+    for key in dict.fromkeys((s.task, s.task_options) for s in specs if s.method != BASELINE):
+        tasks[key].splits()  # too few examples for --val-size, no training files: said now, not run by run
     records: dict[int, dict[str, Any]] = {}
     deferred: list[int] = []
     with ctx.stop:
@@ -786,8 +791,6 @@ def run_all(
             for i in list(todo):
                 spec = specs[i]
                 options = spec.task_options
-                if (spec.task, options) not in tasks:
-                    tasks[(spec.task, options)] = TASKS.get(spec.task)(options)
                 _say(ctx, f"[{i + 1}/{len(specs)}] {spec.run_id}")
                 record, ran = run_one(spec, tasks[(spec.task, options)], ctx, blocking)
                 if record is None:

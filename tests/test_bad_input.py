@@ -537,6 +537,17 @@ CASES = [
         r"data dir '.*empty' holds no benchmark folder with a test\.json; expected e\.g\. .*ARC-Easy/test\.json",
         lambda tmp: (tmp / "empty" / "notes").mkdir(parents=True),
     ),
+    bad(  # from a review: found run by run, a failed record per method and seed
+        "val-size-above-the-training-data",
+        run("--methods", "lora,lora_fa", "--val-size", "100000"),
+        r"only 24 training examples, not enough to hold out val_size=100000; lower it \(--val-size\) or add",
+    ),
+    bad(
+        "data-without-training-files",
+        run(),
+        r"no training data in '?.*data'?: need .* or at least one <benchmark>/train\.json",
+        lambda tmp: [f.unlink() for f in (tmp / "data").rglob("train.json")],
+    ),
     bad(
         "test-json-not-json",
         run(),
