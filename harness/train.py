@@ -15,7 +15,7 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -517,17 +517,50 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> list[list[list[int]]]:
-    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed."""
-    rng = random.Random(config.seed)
-    order: list[int] = []
-    per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
-    while len(order) < total_steps * per_step:
-        epoch = list(range(n))
-        rng.shuffle(epoch)
-        order += epoch
-    steps = []
-    for s in range(total_steps):
-        chunk = order[s * per_step : (s + 1) * per_step][accelerator.process_index :: accelerator.num_processes]
-        steps.append([chunk[i : i + config.micro_batch_size] for i in range(0, len(chunk), config.micro_batch_size)])
-    return steps
+class _MicroBatches:
+    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed: the examples in
+    one order per epoch (``random.Random(seed)`` shuffling ``range(n)`` once an epoch, in turn), each step the next
+    ``per_step`` of them, this process taking every world_size-th. Made as the steps are asked for, keeping two
+    epochs: a list of every step made up front held ``steps x per_step`` indices (a mistyped --steps of 10**20
+    took all memory before the first step, where a stop is read)."""
+
+    def __init__(self, n: int, config: TrainConfig, accelerator, total_steps: int) -> None:
+        self.n, self.total, self.seed = n, total_steps, config.seed
+        self.micro = config.micro_batch_size
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
+        self._rng, self._next, self._kept = random.Random(self.seed), 0, {}
+
+    def __iter__(self) -> Iterator[list[list[int]]]:  # no __len__: a step count may exceed what len() returns
+        step = 0
+        while step < self.total:
+            yield self[step]
+            step += 1
+
+    def _epoch(self, e: int) -> list[int]:
+        if e not in self._kept:
+            if e < self._next:  # an epoch already let go: the order is made again from the seed
+                self._rng, self._next, self._kept = random.Random(self.seed), 0, {}
+            while self._next <= e:
+                order = list(range(self.n))
+                self._rng.shuffle(order)
+                self._kept = {k: v for k, v in self._kept.items() if k >= self._next - 1}
+                self._kept[self._next] = order
+                self._next += 1
+        return self._kept[e]
+
+    def __getitem__(self, step):  # noqa: ANN001, ANN204
+        if isinstance(step, slice):
+            return [self[i] for i in range(*step.indices(self.total))]
+        if not -self.total <= step < self.total:
+            raise IndexError(f"step {step} of {self.total}")
+        step %= self.total
+        start = step * self.per_step
+        chunk = [self._epoch(p // self.n)[p % self.n] for p in range(start, start + self.per_step)]
+        chunk = chunk[self.rank :: self.world]
+        return [chunk[i : i + self.micro] for i in range(0, len(chunk), self.micro)]
+
+
+def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> _MicroBatches:
+    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed (``_MicroBatches``)."""
+    return _MicroBatches(n, config, accelerator, total_steps)

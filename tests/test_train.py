@@ -368,3 +368,49 @@ def test_a_step_is_the_mean_over_its_supervised_tokens_however_it_is_split_into_
     (whole, w1), (split, w2) = ends[8], ends[2]
     assert split == pytest.approx(whole, rel=1e-5)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6, rtol=1e-5) for k in w1)
+
+
+def test_the_micro_batches_are_each_epochs_shuffle_in_turn_made_as_the_steps_ask():
+    """The order is ``random.Random(seed)`` shuffling ``range(n)`` once an epoch, in turn, each step the next
+    micro x accum x processes of it, this process taking every world_size-th (the list the loop made up front,
+    written out here), whichever step is asked for first."""
+    import random
+    import types
+
+    from harness.train import _micro_batches
+
+    def up_front(n, config, acc, total_steps):
+        rng, order = random.Random(config.seed), []
+        per_step = config.micro_batch_size * config.grad_accum * acc.num_processes
+        while len(order) < total_steps * per_step:
+            epoch = list(range(n))
+            rng.shuffle(epoch)
+            order += epoch
+        chunks = [
+            order[s * per_step : (s + 1) * per_step][acc.process_index :: acc.num_processes] for s in range(total_steps)
+        ]
+        return [[c[i : i + config.micro_batch_size] for i in range(0, len(c), config.micro_batch_size)] for c in chunks]
+
+    for n, micro, accum, world, steps, seed in [(40, 4, 2, 1, 30, 0), (7, 3, 1, 1, 50, 5), (13, 2, 3, 2, 40, 1)]:
+        config = TrainConfig(steps=steps, micro_batch_size=micro, grad_accum=accum, seed=seed)
+        for rank in range(world):
+            acc = types.SimpleNamespace(num_processes=world, process_index=rank)
+            lazy, expected = _micro_batches(n, config, acc, steps), up_front(n, config, acc, steps)
+            assert [lazy[i] for i in (9, 2, steps - 1, 0)] == [expected[i] for i in (9, 2, steps - 1, 0)]
+            assert list(lazy) == expected and lazy[:1] == expected[:1]
+
+
+def test_a_huge_step_count_starts_at_once_and_stops_when_asked(char_tokenizer):
+    """From a review: ``--steps 99999999999999999999`` built every step's indices before the first step (21 GB,
+    and a SIGTERM unread for ten minutes, since the stop is read between steps)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    config = dataclasses.replace(CONFIG, steps=10**20, checkpoint_every=0)
+    polls = []
+
+    def should_stop() -> bool:
+        polls.append(1)
+        return len(polls) >= 2
+
+    with pytest.raises(Cancelled, match=f"stopped at step 2 of {10**20}"):
+        train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None,
+              progress=False, should_stop=should_stop)  # fmt: skip
