@@ -447,6 +447,15 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise ValueError("this model already has an adapter attached; attach to a fresh model")
     names = find_targets(model, config.targets)
+    # before anything changes (or a huge r's tensors are made: an int64 overflow): the narrowest target bounds r
+    sites = [Site.of(name, model.get_submodule(name)) for name in names]
+    if sites and config.r > (side := min(min(t.d_in, t.d_out) for t in sites)):
+        site = next(t for t in sites if min(t.d_in, t.d_out) == side)
+        raise ValueError(
+            f"rank r={config.r} is above {site.name}'s smaller side ({side}: {site.d_in} in, {site.d_out} out): its "
+            f"update cannot have a rank above {side}, and the rest would be parameters that add nothing; use "
+            f"r <= {side} (--rank)"
+        )
     before = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)
     shared = SharedTensors()

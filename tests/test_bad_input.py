@@ -672,6 +672,17 @@ CASES = [
     ),
     # --- model configs (`harness params`) ---
     bad("params-unknown-method", params("--methods", "lroa"), r"unknown method 'lroa' \(did you mean 'lora'\?\)"),
+    bad(  # from a review: a 20-digit rank overflowed int64 in a 37-line traceback; 10**8 reported 15,415,380%
+        "run-rank-beyond-int64",
+        run("--rank", "99999999999999999999"),
+        r"rank r=99999999999999999999 is above .*k_proj's smaller side \(192: .*\): its update .*; use r <= 192 "
+        r"\(--rank\)$",
+    ),
+    bad(
+        "params-rank-above-a-layers-width",
+        params("--rank", "100000000"),
+        r"rank r=100000000 is above model\.layers\.0\.self_attn\.k_proj's smaller side \(16: 32 in, 16 out\)",
+    ),
     bad(
         "params-unknown-hub-model",
         ["params", "--model", "no-such-org/no-such-model", "--methods", "lora"],
