@@ -438,3 +438,24 @@ def test_the_checkouts_own_tests_are_not_taken_for_a_package_that_ships_a_tests_
     monkeypatch.setattr(registry, "_top_level_distributions", lambda: {"tests": ["numpy"], "numpy": ["numpy"]})
     assert registry._distribution("tests.conftest") is None
     assert registry._distribution("numpy.linalg")["package"] == "numpy"  # a package's own module still is
+
+
+def test_the_command_line_starts_without_torch_and_the_package_names_still_import():
+    """``harness/__init__`` imported torch (through ``harness.adapter``) before ``main``'s try began: a Ctrl-C in
+    the first second and a half printed a torch import traceback instead of the command's own exit 130, and every
+    command paid the import. Its names now load on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, harness.cli; assert 'torch' not in sys.modules, 'torch imported by harness.cli'; "
+        "from harness import attach, AdapterConfig, METHODS; import harness; "
+        "assert harness.Site.__module__ == 'harness.adapter' and 'torch' in sys.modules; "
+        "assert 'attach' in dir(harness); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    with pytest.raises(AttributeError, match="module 'harness' has no attribute 'atach'"):
+        import harness
+
+        harness.atach  # noqa: B018
