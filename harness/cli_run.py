@@ -184,9 +184,11 @@ def _is_main_process() -> bool:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
 
-    out = Path(args.out or args.runs_dir)
+    out, runs = Path(args.out or args.runs_dir), Path(args.runs_dir)
+    if runs.exists() and not runs.is_dir():  # named as itself, not as the --out it stands for when --out is not given
+        raise CliError(f"runs dir {str(runs)!r} is a file; pass --runs-dir the folder that holds the runs")
     check_writable(out, "leaderboard folder", "--out")  # before every table is built
-    for path in write_leaderboards(Path(args.runs_dir), out):
+    for path in write_leaderboards(runs, out):
         print(f"wrote {path}")
 
 

@@ -58,7 +58,7 @@ class TaskOptions:
         for name in ("train_cap", "eval_limit"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name} must be >= 0 (got {value}); 0 or none means no limit")
+                raise ValueError(f"{name} must be >= 0 (got {value}); 0 means no limit")
         if self.val_size < 0:
             raise ValueError(f"val_size must be >= 0 (got {self.val_size})")
         if self.train_sources is not None and not self.train_sources:

@@ -387,12 +387,12 @@ CASES = [
     bad(
         "eval-limit-negative",
         run("--eval-limit", "-1"),
-        r"eval_limit must be >= 0 \(got -1\); 0 or none means no limit",
+        r"eval_limit must be >= 0 \(got -1\); 0 means no limit$",
     ),
     bad(
         "train-cap-negative",
         run("--train-cap", "-1"),
-        r"train_cap must be >= 0 \(got -1\); 0 or none means no limit",
+        r"train_cap must be >= 0 \(got -1\); 0 means no limit$",
     ),
     bad(
         "eval-batch-size-zero",
@@ -456,6 +456,11 @@ CASES = [
         "leaderboard-runs-dir-is-a-file",
         ["leaderboard", "--runs-dir", "{file}", "--out", "{out}"],
         r"runs dir '.*a_file' is a file; pass --runs-dir the folder that holds the runs",
+    ),
+    bad(  # from a review: without --out it blamed --out ("leaderboard folder ... is not writable")
+        "leaderboard-runs-dir-is-a-file-without-out",
+        ["leaderboard", "--runs-dir", "{file}"],
+        r"runs dir '.*a_file' is a file; pass --runs-dir the folder that holds the runs$",
     ),
     bad(
         "leaderboard-runs-dir-missing",
