@@ -393,3 +393,21 @@ def test_score_one_turns_picks_and_texts_into_the_documented_scores():
     doc = Record("d", "document", [], [], kind="open", question="q", answers=["invoice"], metric="anls")
     assert score_one(doc, [], "invoise").score == pytest.approx(100 * (1 - 1 / 7))  # one edit in seven
     assert score_one(doc, [], "receipt").score == 0.0
+
+
+@pytest.mark.parametrize("projector_trains", [False, True])
+def test_the_flops_replica_trains_exactly_what_the_model_trains(projector_trains):
+    """The meta replica on which a step's FLOPs are counted: a frozen projector's weight gradients are not
+    computed, so they must not be counted (a review: removing ``same_trainability`` raised the step's count, and
+    no test saw it)."""
+    from harness.task import Loaded
+    from tasks.multimodal import MultimodalTask
+
+    model = tiny_model()
+    model.requires_grad_(False)
+    model.projector.requires_grad_(projector_trains)
+    loaded = Loaded(model, model.language_model, "tiny")
+    replica = MultimodalTask.meta_replica(object.__new__(MultimodalTask), loaded)
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    assert {n: p.requires_grad for n, p in replica.model.named_parameters()} == flags
+    assert any(flags.values()) == projector_trains and next(replica.model.parameters()).device.type == "meta"
