@@ -7,6 +7,7 @@ command starts at once and an interrupt while torch loads is the command's own (
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -33,9 +34,12 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name]), name)
-        globals()[name] = value  # once: later lookups find it without this function
-        return value
-    raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    elif importlib.util.find_spec(f"harness.{name}") is not None:  # harness.config etc., as an eager import gave
+        value = importlib.import_module(f"harness.{name}")
+    else:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    globals()[name] = value  # once: later lookups find it without this function
+    return value
 
 
 def __dir__() -> list[str]:

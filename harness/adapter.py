@@ -95,6 +95,13 @@ class AdapterLinear(nn.Module):
     # a subclass that reads one is not told it does not
     ignored_options: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str]  # set by the registry
+    # what the method computes and trains, as Task.version for a task: bump it when that changes without an option
+    # that is part of the run id; a finished run recorded with another version is then not taken as done, and a
+    # checkpoint of one is not resumed (records from before it was kept say nothing)
+    version: ClassVar[str] = "1"
+    # whether ``r`` bounds the rank of the update (B A): then attach refuses an r above a target's smaller side. A
+    # method whose r counts something else (a VeRA-style shared basis, a number of coefficients) sets it False
+    rank_bounded: ClassVar[bool] = True
     # True: under autocast, ``delta`` and the fast path read x in autocast's dtype, not copied to the weights'
     # fp32 (right when every op on x is a matmul or the dropout, as in the built-in methods; see _compute_dtype).
     # Set where ``delta`` is defined: a subclass that overrides ``delta`` does not inherit it (follows_delta).
@@ -448,13 +455,13 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
         raise ValueError("this model already has an adapter attached; attach to a fresh model")
     names = find_targets(model, config.targets)
     # before anything changes (or a huge r's tensors are made: an int64 overflow): the narrowest target bounds r
-    sites = [Site.of(name, model.get_submodule(name)) for name in names]
+    sites = [Site.of(name, model.get_submodule(name)) for name in names] if cls.rank_bounded else []
     if sites and config.r > (side := min(min(t.d_in, t.d_out) for t in sites)):
         site = next(t for t in sites if min(t.d_in, t.d_out) == side)
         raise ValueError(
             f"rank r={config.r} is above {site.name}'s smaller side ({side}: {site.d_in} in, {site.d_out} out): its "
             f"update cannot have a rank above {side}, and the rest would be parameters that add nothing; use "
-            f"r <= {side} (--rank)"
+            f"r <= {side} (--rank; a method whose r is not its update's rank sets rank_bounded = False)"
         )
     before = {name: p.requires_grad for name, p in model.named_parameters()}
     model.requires_grad_(False)

@@ -43,12 +43,6 @@ class ReducerConfig:
         for name in ("interval", "rollouts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"reducer {name} must be >= 1 (got {getattr(self, name)})")
-        if self.selection == "importance" and self.rollouts < 2:  # one trial's advantage R - mean(R) is 0
-            raise ValueError(
-                f"reducer rollouts={self.rollouts} with selection='importance': the advantage of one trial is always 0, "
-                "so the scores never move and the selection is random; use rollouts >= 2 (default 3), or "
-                "selection='random'"
-            )
         if self.n_suppressed is not None and self.n_suppressed < 1:
             raise ValueError(
                 f"reducer n_suppressed must be >= 1, or unset for half the layers (got {self.n_suppressed})"

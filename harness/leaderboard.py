@@ -633,7 +633,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
-    mixed += mixed_scorers(secs) + mixed_base_params(secs)
+    mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -660,6 +660,33 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
                 f"{runs_dir} (adding --data-dir {s.task}=FOLDER if its data is not at the task's default, and "
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
             )
+    return out
+
+
+def other_method_versions(secs: list[Section]) -> list[str]:
+    """A line per section and method whose runs recorded different versions of the method
+    (``AdapterLinear.version``), or one other than the registered method's now (records from before it was
+    kept say nothing)."""
+    from harness.registry import METHODS
+
+    out = []
+    for s in secs:
+        by_method: dict[str, set[str]] = {}
+        for row in s.rows:
+            for r in row.runs:
+                if (v := r["run"].get("method_version")) is not None:
+                    by_method.setdefault(r["run"]["config"]["method"], set()).add(str(v))
+        for method, ran in sorted(by_method.items()):
+            try:
+                now = str(METHODS.get(method).version)
+            except ValueError:  # a plugin's method read without its plugin
+                now = None
+            if len(ran) > 1 or (now is not None and ran != {now}):
+                out.append(
+                    f"section {s.key} ({s.task}, {s.preset}) holds {method} runs made with version(s) "
+                    f"{', '.join(sorted(ran))} of the method{f' (now version {now})' if now else ''}: their scores "
+                    "may not compare; run the older ones again with --force"
+                )
     return out
 
 

@@ -47,10 +47,15 @@ def git_state() -> dict[str, Any]:
 
 
 def new_record(
-    run_id: str, config: dict[str, Any], env: dict[str, Any], task_version: str | None = None
+    run_id: str,
+    config: dict[str, Any],
+    env: dict[str, Any],
+    task_version: str | None = None,
+    method_version: str | None = None,
 ) -> dict[str, Any]:
     """A running run's record; ``task_version``: the task's ``Task.version`` (outside the config, so outside the
-    run id: a finished run made with another version of its task is refused, not run under a new id)."""
+    run id: a finished run made with another version of its task is refused, not run under a new id);
+    ``method_version`` the same for its method (``AdapterLinear.version``; none for the zero-shot base)."""
     from harness import __version__
 
     return {
@@ -63,6 +68,7 @@ def new_record(
             "config": config,
             "harness_version": __version__,
             **({} if task_version is None else {"task_version": str(task_version)}),
+            **({} if method_version is None else {"method_version": str(method_version)}),
             **git_state(),
         },
         "train": {},

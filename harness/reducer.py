@@ -30,6 +30,12 @@ class Reducer:
         self.n_suppressed = config.n_suppressed if config.n_suppressed is not None else max(1, self.num_layers // 2)
         if not 1 <= self.n_suppressed <= self.num_layers:
             raise ValueError(f"n_suppressed={self.n_suppressed} is outside 1..{self.num_layers}")
+        if self.active and config.selection == "importance" and config.rollouts < 2:  # one trial's R - mean(R) is 0
+            raise ValueError(
+                f"reducer rollouts={config.rollouts} with selection='importance': the advantage of one trial is "
+                "always 0, so the scores never move and the selection is random; use rollouts >= 2 (default 3), or "
+                "selection='random'"
+            )
         if self.active and config.selection == "importance" and self.n_suppressed == self.num_layers:
             raise ValueError(  # every trial suppresses every layer: each layer's update is the sum of the advantages, 0
                 f"reducer n_suppressed={self.n_suppressed} suppresses all {self.num_layers} adapted layers in every "

@@ -375,7 +375,11 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
     if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
-        code = _other_task_version(spec, finished) or _other_plugin(spec, finished)
+        code = (
+            _other_task_version(spec, finished)
+            or _other_method_version(spec, finished)
+            or _other_plugin(spec, finished)
+        )
         if code is not None:
             return f"other code ({code})"
         scorer = task.other_scoring(finished)  # a scorer the run id names alike: another file, another server
@@ -416,11 +420,28 @@ def _plugin_ident(plugin: dict[str, str]) -> tuple[str, str]:
 
 
 def _code(spec: RunSpec) -> dict[str, str]:
-    """What of the run's code its id leaves out, as a checkpoint keeps it: the task's version and the plugin
-    files and packages that define its method and task (a resumed run must not continue another code's)."""
-    return {"task_version": str(TASKS.get(spec.task).version)} | dict(
-        _plugin_ident(p) for p in _plugins(spec).get("plugins", [])
+    """What of the run's code its id leaves out, as a checkpoint keeps it: the task's and the method's versions and
+    the plugin files and packages that define its method and task (a resumed run must not continue another code's)."""
+    method = {} if (version := _method_version(spec)) is None else {"method_version": version}
+    return (
+        {"task_version": str(TASKS.get(spec.task).version)}
+        | method
+        | dict(_plugin_ident(p) for p in _plugins(spec).get("plugins", []))
     )
+
+
+def _method_version(spec: RunSpec) -> str | None:
+    """The run's method's ``version`` (``AdapterLinear.version``); ``None`` for the zero-shot base."""
+    return None if spec.method == BASELINE else str(getattr(METHODS.get(spec.method), "version", "1"))
+
+
+def _other_method_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
+    """How the method's ``version`` differs from the one the finished run recorded (its author bumps it when what
+    it computes changes without an option of the run id); ``None``: the same, or not recorded (an older record)."""
+    ran, now = finished["run"].get("method_version"), _method_version(spec)
+    if ran is None or now is None or str(ran) == now:
+        return None
+    return f"the {spec.method} method is version {now}; the run was made with version {ran}"
 
 
 def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
@@ -449,7 +470,9 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if ctx.processes is not None:
         device = ctx.processes.device
-    record = new_record(spec.run_id, spec.to_dict(), environment() | _plugins(spec), TASKS.get(spec.task).version)
+    record = new_record(
+        spec.run_id, spec.to_dict(), environment() | _plugins(spec), TASKS.get(spec.task).version, _method_version(spec)
+    )
     try:
         _execute(spec, task, run_dir, out_dir, device, record, ctx)
         record["run"]["status"] = "success"
@@ -784,6 +807,7 @@ def run_all(
             tasks[(spec.task, spec.task_options)] = TASKS.get(spec.task)(spec.task_options)
     for key in dict.fromkeys((s.task, s.task_options) for s in specs if s.method != BASELINE):
         tasks[key].splits()  # too few examples for --val-size, no training files: said now, not run by run
+        tasks[key].describe()  # and let go of what it read: a zero-shot run of the sweep describes no training files
     records: dict[int, dict[str, Any]] = {}
     deferred: list[int] = []
     with ctx.stop:

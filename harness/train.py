@@ -30,6 +30,9 @@ from harness.task import Example, Recipe, to_device
 CHECKPOINT = "checkpoint.pt"
 
 
+LATER_CODE_KEYS = ("method_version",)  # in a checkpoint's code since 2026-12-05
+
+
 class Cancelled(BaseException):
     """Training stopped on request (SIGTERM) after a checkpoint was saved; the next start resumes. A
     ``BaseException``, as ``KeyboardInterrupt`` is: a SIGTERM outside the training loop (counting FLOPs,
@@ -236,8 +239,13 @@ def train(
                 "or use --force to start over on this data"
             )
         then_code = saved["state"].get("code") or {}  # none kept: a checkpoint from before, taken as it is
-        if code and then_code and then_code != code:
-            changed = sorted(k for k in set(then_code) | set(code) if then_code.get(k) != code.get(k))
+        # keys kept since a date: a checkpoint from before lacks them, and is taken as it is for them
+        changed = sorted(
+            k
+            for k in set(then_code) | set(code or {})
+            if then_code.get(k) != (code or {}).get(k) and not (k in LATER_CODE_KEYS and k not in then_code)
+        )
+        if code and then_code and changed:
             raise ValueError(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
                 "--force to start over with this code"

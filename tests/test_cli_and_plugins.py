@@ -451,7 +451,8 @@ def test_the_command_line_starts_without_torch_and_the_package_names_still_impor
         "import sys, harness.cli; assert 'torch' not in sys.modules, 'torch imported by harness.cli'; "
         "from harness import attach, AdapterConfig, METHODS; import harness; "
         "assert harness.Site.__module__ == 'harness.adapter' and 'torch' in sys.modules; "
-        "assert 'attach' in dir(harness); print('ok')"
+        "assert 'attach' in dir(harness); import harness as h2; "
+        "assert h2.config.ReducerConfig and h2.fastpath.STACK_RAW is not None and h2.reducer.Reducer; print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
@@ -459,3 +460,19 @@ def test_the_command_line_starts_without_torch_and_the_package_names_still_impor
         import harness
 
         harness.atach  # noqa: B018
+
+
+def test_a_method_whose_r_is_not_its_updates_rank_opts_out_of_the_rank_bound():
+    """attach refuses an r above a target's smaller side (no rank to add); a plugin whose r counts something else
+    (a VeRA-style shared basis) sets ``rank_bounded = False`` and attaches."""
+    from harness import attach
+    from tests.conftest import DeltaOnlyLinear, tiny_llama
+
+    with pytest.raises(ValueError, match=r"rank r=40 is above .*'s smaller side \(16: 32 in, 16 out\)"):
+        attach(tiny_llama(), DeltaOnlyLinear, targets="q_proj,k_proj", r=40)
+
+    class Wide(DeltaOnlyLinear):
+        rank_bounded = False
+
+    adapter = attach(tiny_llama(), Wide, targets="q_proj,k_proj", r=40)
+    assert adapter.layers["model.layers.0.self_attn.k_proj"].lora_A.shape == (40, 32)

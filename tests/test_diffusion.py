@@ -882,7 +882,9 @@ def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(tiny, tmp_path, monke
     code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--hps-checkpoint", str(ckpt),
                  "--out", str(tmp_path / "out")])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 2 and f"warning: run {ids[0]}: RuntimeError: out of memory" in err and "1 run(s) rescored" in err
+    # HPS v2 failing on the images leaves its column failed (as in a run): the run is named with why, and kept
+    assert code == 2 and f"run {ids[0]}: hps_v2 failed (HPS v2 failed: RuntimeError: out of memory)" in err
+    assert "1 run(s) rescored" in err
     assert "rescored" not in json.loads((runs / ids[0] / "record.json").read_text())["run"]
     assert json.loads((runs / ids[1] / "record.json").read_text())["eval"]["hps_v2"]["value"] > 0
     assert (tmp_path / "out" / "diffusion.csv").is_file()

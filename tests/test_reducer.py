@@ -129,8 +129,9 @@ def test_degenerate_importance_settings_are_refused():
     """Settings under which the scores cannot move, so "importance" would be random selection recorded as
     importance: one rollout (its advantage is 0) or every layer suppressed in every trial (the advantages sum to 0)."""
     with pytest.raises(ValueError, match="rollouts=1 with selection='importance'.*rollouts >= 2"):
-        ReducerConfig(rollouts=1)
-    ReducerConfig(rollouts=1, selection="random")  # random selection never scores
+        attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=2, rollouts=1))
+    attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=2, rollouts=1, selection="random"))
+    attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=4, rollouts=1))  # K = L: no scoring
     with pytest.raises(ValueError, match="n_suppressed=4 suppresses all 4 adapted layers"):
         attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=2, n_suppressed=4))
     attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=4, n_suppressed=4))  # K = L: off

@@ -1050,3 +1050,57 @@ def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_di
                      r"--force", record["run"]["error"]), record["run"]["error"]  # fmt: skip
     [again] = runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
     assert again["run"]["status"] == "success" and again["train"]["resumed_from_step"] is None
+
+
+def test_a_finished_run_of_another_method_version_is_not_taken_as_done_and_the_leaderboard_warns(
+    tiny_model, data_dir, tmp_path, monkeypatch, capsys
+):
+    """Built-in methods had no version: an edit of one left its finished runs done. A method's ``version`` is
+    recorded (outside the run id) and read as the task's is."""
+    from harness import runner
+    from harness.leaderboard import write_leaderboards
+    from harness.registry import METHODS
+
+    lora = METHODS.get("lora")
+    specs = runner.build_specs(
+        "commonsense", ["base", "lora"], [0], "smoke", model=str(tiny_model), random_weights=True
+    )
+    base, record = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["method_version"] == lora.version == "1" and "method_version" not in base["run"]
+    # a review: the split made before any run (to refuse bad training data at once) was described by the zero-shot
+    # run that came first, which then listed lora's training files as its own
+    assert base["run"]["config"]["data"]["train_files"] == [] and record["run"]["config"]["data"]["train_files"]
+    monkeypatch.setattr(lora, "version", "2")
+    with pytest.raises(ValueError, match=r"on other code \(the lora method is version 2; the run was made with "
+                       r"version 1\); pass --force"):  # fmt: skip
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    assert "holds lora runs made with version(s) 1 of the method (now version 2)" in capsys.readouterr().err
+    [again] = runner.run_all(specs[1:], tmp_path / "runs", str(data_dir), force=True, progress=False)
+    assert again["run"]["method_version"] == "2"
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    assert "of the method" not in capsys.readouterr().err
+
+
+def test_a_checkpoint_of_another_method_version_is_not_resumed_one_from_before_it_was_kept_is(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    import torch
+
+    from harness import runner
+    from harness.registry import METHODS
+    from harness.train import CHECKPOINT
+
+    specs = _stopped_after_step_1(tiny_model, data_dir, tmp_path, monkeypatch)
+    path = tmp_path / "runs" / specs[0].run_id / CHECKPOINT
+    saved = torch.load(path, weights_only=True)
+    assert saved["state"]["code"]["method_version"] == "1"
+    with monkeypatch.context() as m:
+        m.setattr(METHODS.get("lora"), "version", "2")
+        [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "failed"
+    assert "checkpoint.pt was written by other code (method_version changed since)" in record["run"]["error"]
+    del saved["state"]["code"]["method_version"]  # a checkpoint from before the version was kept
+    torch.save(saved, path)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == 1
