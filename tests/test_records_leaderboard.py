@@ -819,7 +819,7 @@ def test_a_damaged_sample_or_predictions_file_leaves_a_cell_or_run_off_the_sheet
     from tasks.diffusion.sheet import contact_sheets
 
     records = []
-    for method, damage in (("base", None), ("lora", "png"), ("moslora", "jsonl")):
+    for method, damage in (("base", None), ("lora", "png"), ("moslora", "jsonl"), ("hydralora", "null")):
         record = fixture_record(method, 0, 0.0)
         record["run"]["config"].update(task="diffusion", preset="smoke")
         folder = tmp_path / record["run"]["id"]
@@ -830,6 +830,8 @@ def test_a_damaged_sample_or_predictions_file_leaves_a_cell_or_run_off_the_sheet
             (folder / "samples" / "000.png").write_bytes(b"not a png")
         rows = [{"n": 0, "file": "samples/000.png", "prompt": "a cat", "real": "cat.png", "category": "animal"}]
         text = "\n".join(json.dumps(r) for r in rows) + "\n"
+        if damage == "null":  # a row whose file is null (a review: a TypeError out of the sheet)
+            text = json.dumps({**rows[0], "file": None}) + "\n"
         (folder / "predictions.jsonl").write_text("{not json\n" if damage == "jsonl" else text)
         write_record(folder, record)
         records.append(record)
@@ -838,6 +840,9 @@ def test_a_damaged_sample_or_predictions_file_leaves_a_cell_or_run_off_the_sheet
     err = capsys.readouterr().err
     assert "000.png: left empty on the contact sheet (UnidentifiedImageError" in err
     assert f"{records[2]['run']['id']}: left out of the contact sheet: its predictions.jsonl cannot be read" in err
+    assert (
+        f"{records[3]['run']['id']}: left out of the contact sheet: its predictions.jsonl cannot be read (a row" in err
+    )
 
 
 def test_a_failed_run_gets_a_failed_record(tmp_path, monkeypatch):

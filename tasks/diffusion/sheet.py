@@ -72,9 +72,15 @@ def _readable_predictions(folder: Path, run_id: str) -> bool:
     of the sheet, never the leaderboard stopped)."""
     try:
         rows = _predictions(folder)
-        if all(isinstance(r, dict) and {"n", "file", "prompt"} <= r.keys() for r in rows):
+        if all(
+            isinstance(r, dict)
+            and isinstance(r.get("n"), int)
+            and isinstance(r.get("file"), str)
+            and isinstance(r.get("prompt"), str)
+            for r in rows
+        ):
             return True
-        why = "a row without n, file or prompt"
+        why = "a row without an integer n, or a file or prompt as text"
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         why = f"{type(exc).__name__}: {exc}"
     print(
