@@ -147,7 +147,9 @@ def cmd_run(args: argparse.Namespace) -> None:
             "permissions, then run the same command again: finished runs are kept"
         ) from None
     if failed:
-        raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records)")
+        first = next(r for r in records if r["run"]["status"] != "success")
+        why = f"; {first['run']['id']}: {first['run']['error']}" if first["run"].get("error") else ""
+        raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why})")
 
 
 def _scoring(args: argparse.Namespace, task_cls, environment: bool = True) -> tuple[tuple[str, str], ...] | None:

@@ -681,7 +681,7 @@ CASES = [
         "run-rank-beyond-int64",
         run("--rank", "99999999999999999999"),
         r"rank r=99999999999999999999 is above .*k_proj's smaller side \(192: .*\): its update .*; use r <= 192 "
-        r"\(--rank\)$",
+        r"\(--rank; a method whose r is not its update's rank sets rank_bounded = False\)$",
     ),
     bad(
         "params-rank-above-a-layers-width",

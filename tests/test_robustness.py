@@ -455,20 +455,24 @@ def test_an_atomic_write_survives_a_system_that_flushes_only_writable_files_and_
 
 
 def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(tiny_model, data_dir, tmp_path):
-    """No successful record for the leaderboard: the last line names the failed runs (their records say why)."""
-    only_tests = tmp_path / "data" / "ARC-Easy"
-    only_tests.mkdir(parents=True)
-    records = json.loads((data_dir / "ARC-Easy" / "test.json").read_text())[:4]
-    (only_tests / "test.json").write_text(json.dumps(records))  # no train.json: the run fails in its data step
+    """No successful record for the leaderboard: the last line names the failed runs and the first one's error
+    (bad data is refused before any run now: the failure here is made inside the run)."""
     runs = tmp_path / "runs"
-    done = subprocess.run(
-        run_args(tiny_model, tmp_path / "data", runs, "lora"), capture_output=True, text=True, timeout=600
+    argv = run_args(tiny_model, data_dir, runs, "lora")[3:]  # after "python -m harness"
+    code = (
+        "import sys, harness.runner as r\n"
+        "def boom(*a, **k): raise RuntimeError('the step went wrong')\n"
+        "r._execute = boom\n"
+        "from harness.cli import main\n"
+        f"raise SystemExit(main({argv!r}))\n"
     )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode != 0 and "Traceback" not in done.stderr
-    assert re.search(r"1 of 1 runs failed: commonsense-lora-\S+ \(see their records\)", last), done.stderr[-2000:]
+    assert re.search(r"1 of 1 runs failed: commonsense-lora-\S+ \(see their records; commonsense-lora-\S+: "
+                     r"RuntimeError: the step went wrong\)$", last), done.stderr[-2000:]  # fmt: skip
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
-    assert record["run"]["status"] == "failed" and "training data" in record["run"]["error"]
+    assert record["run"]["status"] == "failed" and "the step went wrong" in record["run"]["error"]
 
 
 def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_dir, tmp_path):
