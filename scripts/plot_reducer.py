@@ -37,6 +37,11 @@ def main() -> None:
     if not reducer:
         method = record["run"].get("config", {}).get("method")
         raise SystemExit(f"{path}: this run has no Reducer (method {method!r})")
+    config = record["run"].get("config") or {}
+    needed = [k for k in ("num_layers", "update_counts", "k", "selection", "score_trajectory") if k not in reducer]
+    if needed or not isinstance(config.get("method"), str):
+        what = f"its Reducer summary lacks {', '.join(needed)}" if needed else "its config names no method"
+        parser.error(f"{path}: {what} (a record this script cannot read); pass a finished effilora run's record.json")
     layers = range(reducer["num_layers"])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
     for entry in reducer["score_trajectory"]:
@@ -52,9 +57,9 @@ def main() -> None:
     bottom.bar(layers, reducer["update_counts"])
     bottom.set_ylabel("steps updated")
     bottom.set_xlabel("layer")
-    c = record["run"]["config"]
+    c = config
     fig.suptitle(
-        f"{c['method']} on {c.get('model_label', c['model'])}, {c['preset']} preset: "
+        f"{c['method']} on {c.get('model_label', c.get('model', '?'))}, {c.get('preset', '?')} preset: "
         f"K={reducer['k']} of {reducer['num_layers']} layers, {reducer['selection']}",
         fontsize=9,
     )

@@ -44,7 +44,24 @@ def main() -> None:
 
     if unknown := [t for t in data_dirs if t not in TASKS]:
         parser.error(f"--data-dir names an unknown task {unknown[0]!r}; tasks: {', '.join(TASKS.names())}")
-    recount_flops(args.runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
+    changes = recount_flops(args.runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
+    raise SystemExit(summary(changes))
+
+
+NOTHING_TO_COUNT = "no FLOPs counted in it"  # a zero-shot or failed run's record: left, and rightly so
+
+
+def summary(changes: list[dict]) -> int:
+    """Print how many records were rewritten, unchanged and left; the exit status: 1 where one was left that had
+    FLOPs to count (a model that does not build here, data that does not fit, a running process), else 0."""
+    left = [c for c in changes if "left" in c]
+    stuck = [c for c in left if not c["left"].startswith(NOTHING_TO_COUNT)]
+    rewritten = sum(bool(c.get("rewritten")) for c in changes if "left" not in c)
+    print(
+        f"{rewritten} rewritten, {len(changes) - len(left) - rewritten} unchanged, {len(left)} left "
+        f"({len(stuck)} of them with FLOPs that could not be counted here)"
+    )
+    return 1 if stuck else 0
 
 
 if __name__ == "__main__":

@@ -93,3 +93,45 @@ def test_the_published_check_refuses_bad_flags_before_scoring(tmp_path, data_dir
     argv = [sys.executable, str(script), "--data-dir", str(data_dir), *[f.format(tmp=tmp_path) for f in flags]]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_published_check_keeps_the_committed_file_only_from_losing_a_scored_benchmark(tmp_path, monkeypatch):
+    """From a review: the documented command was refused, since the committed file holds hellaswag as absent (the
+    data has none) and the check wanted every benchmark; ``./results/...`` also slipped past the string compare."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "published_check.py"
+    spec = importlib.util.spec_from_file_location("published_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    rows = [{"benchmark": "piqa", "ours": 60.0}, {"benchmark": "hellaswag", "status": "absent"}]
+    (tmp_path / "results" / "published_check.json").write_text(json.dumps({"results": rows}))
+    default = "results/published_check.json"
+    assert module.partial_problem(["hellaswag"], default, default) is None  # absent there too: nothing lost
+    assert module.partial_problem(["piqa"], "./results/published_check.json", default) == (
+        "lacks piqa, which ./results/published_check.json scored; pass --out elsewhere to check a part"
+    )
+    assert module.partial_problem(["piqa"], str(tmp_path / "elsewhere.json"), default) is None
+
+
+def test_the_majority_check_needs_a_folder_with_train_splits(tmp_path, data_dir, monkeypatch, capsys):
+    """From a review: without --data-dir it fetched the hub's copy, which has no train.json, and printed "(no train
+    split)" on every row with exit 0; a train.json that is not JSON gave a traceback."""
+    main = runpy.run_path(str(SCRIPT))["main"]
+    record = _record(tmp_path)
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    with pytest.raises(SystemExit):
+        main([str(record)])
+    assert "give --data-dir (or HARNESS_DATA_DIR)" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    (bare / "ARC-Easy").mkdir(parents=True)
+    (bare / "ARC-Easy" / "test.json").write_text((data_dir / "ARC-Easy" / "test.json").read_text())
+    with pytest.raises(SystemExit):
+        main([str(record), "--data-dir", str(bare)])
+    assert "holds no <benchmark>/train.json for the benchmarks the run scored" in capsys.readouterr().err
+    (bare / "ARC-Easy" / "train.json").write_text("[{")
+    with pytest.raises(SystemExit):
+        main([str(record), "--data-dir", str(bare)])
+    assert "train.json cannot be read" in capsys.readouterr().err

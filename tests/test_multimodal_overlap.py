@@ -6,6 +6,7 @@ import json
 import runpy
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "multimodal_overlap.py"
@@ -39,3 +40,33 @@ def test_a_test_emoji_drawn_like_a_training_one_is_listed(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "general: 1 of 2 test records share a training image" in out
     assert "document: 0 of 1 test records" in out
+
+
+@pytest.mark.parametrize(
+    ("train", "message"),
+    [
+        ("[{", "train.json cannot be read as JSON"),
+        ('[{"id": "x"}]', "train.json is not a list of records with an id and a source"),
+        ("{}", "train.json is not a list of records with an id and a source"),
+    ],
+)
+def test_the_overlap_check_refuses_other_data_in_one_line(tmp_path, capsys, train, message):
+    """From a review: a user's data without ``source`` fields, a file that is not JSON, or an object gave a
+    KeyError or JSONDecodeError traceback (an object printed nothing and exited 0)."""
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "multimodal_overlap.py"))["main"]
+    (tmp_path / "train.json").write_text(train)
+    (tmp_path / "test.json").write_text('[{"id": "general-1", "source": "render:x"}]')
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path)])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_overlap_check_names_an_image_the_twemoji_folder_lacks(tmp_path, capsys):
+    main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "multimodal_overlap.py"))["main"]
+    (tmp_path / "images").mkdir()
+    records = '[{"id": "general-1", "source": "twemoji:gone.png"}]'
+    (tmp_path / "train.json").write_text(records)
+    (tmp_path / "test.json").write_text(records)
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path), "--twemoji-dir", str(tmp_path)])
+    assert stop.value.code == 2 and "FileNotFoundError" in capsys.readouterr().err

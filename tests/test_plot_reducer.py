@@ -53,3 +53,15 @@ def test_writes_the_png_where_asked_and_refuses_bad_input_in_one_line(tmp_path, 
         with pytest.raises(SystemExit) as exit_:
             runpy.run_path(str(SCRIPT), run_name="__main__")
         assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_reducer_summary_that_lacks_a_field_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    """From a review: a summary without num_layers (or update_counts, k, selection) gave a KeyError traceback."""
+    run = _record(tmp_path)
+    record = json.loads((run / "record.json").read_text())
+    del record["train"]["adapter"]["reducer"]["update_counts"]
+    (run / "record.json").write_text(json.dumps(record))
+    monkeypatch.setattr(sys, "argv", ["plot_reducer.py", str(run), "-o", str(tmp_path / "p.png")])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    assert exit_.value.code == 2 and "its Reducer summary lacks update_counts" in capsys.readouterr().err

@@ -220,3 +220,22 @@ def test_a_fast_path_record_without_its_path_is_counted_on_the_fast_path(tiny_mo
     write_record(path.parent, older)
     [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
     assert change["new_total"] == as_run["total"] and change["new_adapter"] == as_run["adapter"]
+
+
+def test_the_recount_script_exits_1_when_a_countable_record_was_left(capsys):
+    """From a review: it exited 0 whatever was left (a model that does not build here left every record as it was)."""
+    import runpy
+
+    summary = runpy.run_path(str(ROOT / "scripts" / "recount_flops.py"))["summary"]
+    fine = [
+        {"id": "a", "rewritten": True},
+        {"id": "b", "rewritten": False},
+        {"id": "c", "left": "no FLOPs counted in it (x)"},
+    ]
+    assert summary(fine) == 0
+    assert (
+        "1 rewritten, 1 unchanged, 1 left (0 of them with FLOPs that could not be counted here)"
+        in capsys.readouterr().out
+    )
+    assert summary([*fine, {"id": "d", "left": "OSError: the model does not build"}]) == 1
+    assert "2 left (1 of them" in capsys.readouterr().out
