@@ -295,7 +295,7 @@ def lower_is_better(s: Section) -> list[str]:
 LEGEND = (
     "Cells: accuracy %, or the task's score where its section line says so [95% bootstrap interval over test "
     "examples, pooled over seeds; exact (Clopper-Pearson) "
-    "where every example scores 0 or every one 100]; `[–]`: the records "
+    "where every example scores 0 or every one 100, and never narrower than that bound near an end]; `[–]`: the records "
     "hold no per-example scores. Avg: mean over the benchmarks with data (Avg n of the section's; `absent` "
     "never counts). `majority` and `chance` are computed from the answers, `base` is the zero-shot model. "
     "`(constant)`: >= 90% of a run's answers are one option. Differences to lora are paired on the same "
