@@ -5,6 +5,7 @@ per-task plot. Everything here is a pure function of the sections :func:`harness
 from __future__ import annotations
 
 import statistics
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -425,8 +426,19 @@ def plot(secs: list[Section], task: str, path: Path) -> Path:
     keys = ", ".join(s.key for s in secs)
     ax.set_title(f"{task}: Avg score vs parameters (newest section: {keys})", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    # what made the points, under the plot: a figure read apart from the page still says its model, steps, hardware
+    made = "\n".join(line for s in secs for line in textwrap.wrap(plot_label(s), 150))
+    fig.text(0.01, 0.005, made, fontsize=6, color="grey", va="bottom", ha="left")
+    try:
+        fig.tight_layout(rect=(0, 0.035 * (1 + made.count("\n")), 1, 1))
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
+
+
+def plot_label(s: Section) -> str:
+    """One line naming what made a section's points: model, preset and protocol, steps, seeds, hardware."""
+    i = s.info
+    return f"{s.model} · {s.preset}, {s.protocol} · steps {i['steps']} · seeds {i['seeds']} · {i['hardware']}"

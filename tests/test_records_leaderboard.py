@@ -873,3 +873,27 @@ def test_the_committed_leaderboard_is_what_the_committed_records_make(tmp_path):
     for name in sorted(set(made) - set(texts)):
         with Image.open(tmp_path / name) as new, Image.open(results / name) as committed:
             assert new.size == committed.size, name
+
+
+def test_a_plot_names_the_model_steps_seeds_and_hardware_of_its_points(tmp_path, monkeypatch):
+    """Plot titles named only the section key: a PNG read apart from the page did not say what made it."""
+    import matplotlib.figure
+
+    from harness.leaderboard import load_records, sections
+    from harness.leaderboard_render import plot, plot_label
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        record = fixture_record("lora", seed)
+        record["env"]["device"] = "CPU A"
+        write_fixture(runs, record)
+    [s] = sections(load_records(runs))
+    label = plot_label(s)
+    assert s.model in label and "steps 3" in label and "seeds 0 1" in label and "CPU A" in label
+    texts = []
+    real = matplotlib.figure.Figure.text
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "text", lambda self, x, y, t, **k: texts.append(t) or real(self, x, y, t, **k)
+    )
+    plot([s], "commonsense", tmp_path / "p.png")
+    assert any(label in t for t in texts) and (tmp_path / "p.png").is_file()
