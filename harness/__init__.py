@@ -34,7 +34,8 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
 def __getattr__(name: str) -> Any:
     if name in _WHERE:
         value = getattr(importlib.import_module(_WHERE[name]), name)
-    elif importlib.util.find_spec(f"harness.{name}") is not None:  # harness.config etc., as an eager import gave
+    elif name.isidentifier() and not name.startswith("_") and importlib.util.find_spec(f"harness.{name}") is not None:
+        # harness.config etc., as an eager import gave (never __main__: that would run the command line)
         value = importlib.import_module(f"harness.{name}")
     else:
         raise AttributeError(f"module 'harness' has no attribute {name!r}")

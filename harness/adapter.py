@@ -97,7 +97,7 @@ class AdapterLinear(nn.Module):
     name: ClassVar[str]  # set by the registry
     # what the method computes and trains, as Task.version for a task: bump it when that changes without an option
     # that is part of the run id; a finished run recorded with another version is then not taken as done, and a
-    # checkpoint of one is not resumed (records from before it was kept say nothing)
+    # checkpoint of one is refused (records and checkpoints from before it was kept count as version "1")
     version: ClassVar[str] = "1"
     # whether ``r`` bounds the rank of the update (B A): then attach refuses an r above a target's smaller side. A
     # method whose r counts something else (a VeRA-style shared basis, a number of coefficients) sets it False

@@ -148,7 +148,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         ) from None
     if failed:
         first = next(r for r in records if r["run"]["status"] != "success")
-        why = f"; {first['run']['id']}: {first['run']['error']}" if first["run"].get("error") else ""
+        error = (str(first["run"].get("error") or "").splitlines() or [""])[0][:300]
+        why = f"; {first['run']['id']}: {error}" if error else ""
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why})")
 
 

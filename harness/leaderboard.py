@@ -665,8 +665,8 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
 
 def other_method_versions(secs: list[Section]) -> list[str]:
     """A line per section and method whose runs recorded different versions of the method
-    (``AdapterLinear.version``), or one other than the registered method's now (records from before it was
-    kept say nothing)."""
+    (``AdapterLinear.version``), or one other than the registered method's now (a record from before versions
+    were kept: version 1)."""
     from harness.registry import METHODS
 
     out = []
@@ -674,7 +674,8 @@ def other_method_versions(secs: list[Section]) -> list[str]:
         by_method: dict[str, set[str]] = {}
         for row in s.rows:
             for r in row.runs:
-                if (v := r["run"].get("method_version")) is not None:
+                if (r.get("train") or {}).get("steps"):  # a trained run; before versions were kept: version 1
+                    v = r["run"].get("method_version", "1")
                     by_method.setdefault(r["run"]["config"]["method"], set()).add(str(v))
         for method, ran in sorted(by_method.items()):
             try:

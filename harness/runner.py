@@ -7,6 +7,8 @@ several processes it stops the command: the others may wait in a collective the 
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import dataclasses
 import fnmatch
 import json
@@ -430,6 +432,9 @@ def _code(spec: RunSpec) -> dict[str, str]:
     )
 
 
+FIRST_VERSION = "1"  # what a record or checkpoint from before method versions were kept was made by
+
+
 def _method_version(spec: RunSpec) -> str | None:
     """The run's method's ``version`` (``AdapterLinear.version``); ``None`` for the zero-shot base."""
     return None if spec.method == BASELINE else str(getattr(METHODS.get(spec.method), "version", "1"))
@@ -437,9 +442,10 @@ def _method_version(spec: RunSpec) -> str | None:
 
 def _other_method_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """How the method's ``version`` differs from the one the finished run recorded (its author bumps it when what
-    it computes changes without an option of the run id); ``None``: the same, or not recorded (an older record)."""
-    ran, now = finished["run"].get("method_version"), _method_version(spec)
-    if ran is None or now is None or str(ran) == now:
+    it computes changes without an option of the run id); ``None``: the same. A record from before versions were
+    kept was made by version 1 (or older): a bump to 2 leaves it "other code" too."""
+    ran, now = finished["run"].get("method_version", FIRST_VERSION), _method_version(spec)
+    if now is None or str(ran) == now:
         return None
     return f"the {spec.method} method is version {now}; the run was made with version {ran}"
 
@@ -494,6 +500,9 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             raise cancelled from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
+        if spec.method != BASELINE:  # what its split recorded is let go: a zero-shot run next must not describe it
+            with contextlib.suppress(Exception):
+                task.describe()
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"
         record["run"]["traceback"] = traceback.format_exc(limit=8)
         if ctx.processes is not None and ctx.processes.num_processes > 1:
@@ -806,8 +815,9 @@ def run_all(
         if (spec.task, spec.task_options) not in tasks:
             tasks[(spec.task, spec.task_options)] = TASKS.get(spec.task)(spec.task_options)
     for key in dict.fromkeys((s.task, s.task_options) for s in specs if s.method != BASELINE):
-        tasks[key].splits()  # too few examples for --val-size, no training files: said now, not run by run
-        tasks[key].describe()  # and let go of what it read: a zero-shot run of the sweep describes no training files
+        # too few examples for --val-size, no training files: said now, not run by run; on a copy, so that what a
+        # split records (the training files it read) is not described by a zero-shot run of the sweep
+        copy.copy(tasks[key]).splits()
     records: dict[int, dict[str, Any]] = {}
     deferred: list[int] = []
     with ctx.stop:

@@ -30,7 +30,8 @@ from harness.task import Example, Recipe, to_device
 CHECKPOINT = "checkpoint.pt"
 
 
-LATER_CODE_KEYS = ("method_version",)  # in a checkpoint's code since 2026-12-05
+# in a checkpoint's code since 2026-12-05, with the value an older checkpoint's code was made with
+LATER_CODE_KEYS = {"method_version": "1"}
 
 
 class Cancelled(BaseException):
@@ -239,12 +240,10 @@ def train(
                 "or use --force to start over on this data"
             )
         then_code = saved["state"].get("code") or {}  # none kept: a checkpoint from before, taken as it is
-        # keys kept since a date: a checkpoint from before lacks them, and is taken as it is for them
-        changed = sorted(
-            k
-            for k in set(then_code) | set(code or {})
-            if then_code.get(k) != (code or {}).get(k) and not (k in LATER_CODE_KEYS and k not in then_code)
-        )
+        # keys kept since a date: a checkpoint from before lacks them and was made with their first value
+        if then_code:
+            then_code = {k: v for k, v in LATER_CODE_KEYS.items() if k in (code or {})} | then_code
+        changed = sorted(k for k in set(then_code) | set(code or {}) if then_code.get(k) != (code or {}).get(k))
         if code and then_code and changed:
             raise ValueError(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "

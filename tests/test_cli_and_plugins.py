@@ -452,7 +452,8 @@ def test_the_command_line_starts_without_torch_and_the_package_names_still_impor
         "from harness import attach, AdapterConfig, METHODS; import harness; "
         "assert harness.Site.__module__ == 'harness.adapter' and 'torch' in sys.modules; "
         "assert 'attach' in dir(harness); import harness as h2; "
-        "assert h2.config.ReducerConfig and h2.fastpath.STACK_RAW is not None and h2.reducer.Reducer; print('ok')"
+        "assert h2.config.ReducerConfig and h2.fastpath.STACK_RAW is not None and h2.reducer.Reducer; "
+        "assert not hasattr(h2, '__main__') and not hasattr(h2, 'x.y'); print('ok')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
