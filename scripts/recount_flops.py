@@ -56,12 +56,14 @@ def summary(changes: list[dict]) -> int:
     FLOPs to count (a model that does not build here, data that does not fit, a running process), else 0."""
     left = [c for c in changes if "left" in c]
     stuck = [c for c in left if not c["left"].startswith(NOTHING_TO_COUNT)]
+    hooks_left = [c for c in changes if "left" not in c and "left" in (c.get("hooks") or {})]
     rewritten = sum(bool(c.get("rewritten")) for c in changes if "left" not in c)
     print(
         f"{rewritten} rewritten, {len(changes) - len(left) - rewritten} unchanged, {len(left)} left "
         f"({len(stuck)} of them with FLOPs that could not be counted here)"
+        + (f"; {len(hooks_left)} whose Reducer scoring forwards could not be counted" if hooks_left else "")
     )
-    return 1 if stuck else 0
+    return 1 if stuck or hooks_left else 0
 
 
 if __name__ == "__main__":

@@ -239,3 +239,8 @@ def test_the_recount_script_exits_1_when_a_countable_record_was_left(capsys):
     )
     assert summary([*fine, {"id": "d", "left": "OSError: the model does not build"}]) == 1
     assert "2 left (1 of them" in capsys.readouterr().out
+    hooks = {"id": "e", "rewritten": False, "hooks": {"left": "the validation split differs"}}  # a review
+    assert (
+        summary([*fine, hooks]) == 1
+        and "1 whose Reducer scoring forwards could not be counted" in capsys.readouterr().out
+    )
