@@ -81,9 +81,8 @@ def check_writable(folder: Path, what: str = "runs dir", flag: str = "--runs-dir
                 f"{os.readlink(existing)!r}, which does not exist; make its target or pass {flag} elsewhere"
             )
         if existing == folder:
-            probe = folder / ".write-test"
-            probe.write_text("")
-            probe.unlink()
+            probe = _new_file(folder, ".write-test.")  # a name of its own: two sweeps may probe one folder at once
+            probe.unlink(missing_ok=True)
         elif not existing.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
         elif not os.access(existing, os.W_OK | os.X_OK):

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import os
@@ -17,7 +18,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType, TracebackType
 
@@ -114,6 +115,7 @@ class StopOnSigterm:
     def __init__(self) -> None:
         self._requested = False
         self._in_training = False
+        self._deferring = False  # writing a record: a stop waits until it is written (deferred())
         self._previous: dict[int, object] = {}
         self.by = "SIGTERM"  # what asked to stop, for the messages
 
@@ -123,7 +125,24 @@ class StopOnSigterm:
     def training(self) -> _Training:
         return _Training(self)
 
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        """A section a stop must not cut (a run's record and its swap being written): a SIGTERM or Ctrl-C in it is
+        noted, and the stop comes when the section ends, the record written."""
+        before, asked, self._deferring = self._deferring, self._requested, True
+        try:
+            yield
+        finally:
+            self._deferring = before
+        if self._requested and not asked and not before and not self._in_training:  # asked in the section
+            stop = Cancelled(f"stopped by {self.by}")
+            stop.by = self.by  # the exit status says which signal
+            raise stop
+
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._deferring:  # a record being written: the stop comes when it is (deferred())
+            self._requested, self.by = True, "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            return
         if signum == signal.SIGINT:
             if not self._in_training or self._requested:
                 raise KeyboardInterrupt  # outside training, or a second Ctrl-C: at once

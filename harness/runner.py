@@ -280,14 +280,15 @@ def _finished_record(record_path: Path) -> dict[str, Any] | None:
 
 
 def _newer_record(record_path: Path) -> dict[str, Any] | None:
-    """A successful record written by a newer harness (a later schema, which this one does not read): it is kept
-    as a finished run's is, never overwritten in place."""
+    """A record written by a newer harness (a later schema, which this one does not read), whatever its status: it
+    is kept as a finished run's is, never overwritten in place (a newer harness's failed or cancelled run was
+    resumed from its checkpoint and its record written over)."""
     try:
         raw = json.loads(record_path.read_text())
     except (OSError, ValueError):
         return None
     if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA_VERSION:
-        return raw if isinstance(raw.get("run"), dict) and raw["run"].get("status") == "success" else None
+        return raw if isinstance(raw.get("run"), dict) else None
     return None
 
 
@@ -487,7 +488,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         if isinstance(exc, Cancelled) and ctx.stop.requested() and ctx.stop.by not in why:
             why = f"{why} (asked by {ctx.stop.by})"
         record["run"]["status"], record["run"]["error"] = "cancelled", why
-        written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
+        with ctx.stop.deferred():  # a second signal must not cut the record's write
+            written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
         if isinstance(exc, Cancelled):  # what the next start does: a forced re-run's checkpoint would be dropped
             kept = f" ({written.name} beside it)" if written is not None else ""
             then = (
@@ -509,26 +511,29 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             # the other processes may wait in a collective this one will never join (one process out of memory):
             # going on would hang them all; the launcher (torchrun, accelerate) stops the group when this exits
             if ctx.is_main:
-                _write_outcome(run_dir, record, finished)
+                with ctx.stop.deferred():
+                    _write_outcome(run_dir, record, finished)
             raise RuntimeError(
                 f"{spec.run_id} failed in process {ctx.processes.process_index} of {ctx.processes.num_processes} "
                 f"({record['run']['error']}); with several processes one failure stops them all: fix it and run "
                 "the same command, which resumes from the run's last checkpoint"
             ) from exc
     if ctx.is_main:
-        if record["run"]["status"] == "success" and out_dir != run_dir:
-            write_record(out_dir, record)  # the swap is decided: a start after a kill mid-swap finishes it
-            try:
-                finish_swap(run_dir)
-            except OSError as exc:
-                print(
-                    f"warning: {spec.run_id}: its files wait in {RERUN}/ ({exc}); the run's next start swaps them in",
-                    file=sys.stderr,
-                )
-        else:
-            _write_outcome(run_dir, record, finished)
-        if record["run"]["status"] == "success":
-            (run_dir / CHECKPOINT).unlink(missing_ok=True)
+        with ctx.stop.deferred():  # a SIGTERM here (scoring done) waits for the record: it lost it, cut mid-write
+            if record["run"]["status"] == "success" and out_dir != run_dir:
+                write_record(out_dir, record)  # the swap is decided: a start after a kill mid-swap finishes it
+                try:
+                    finish_swap(run_dir)
+                except OSError as exc:
+                    print(
+                        f"warning: {spec.run_id}: its files wait in {RERUN}/ ({exc}); the run's next start swaps "
+                        "them in",
+                        file=sys.stderr,
+                    )
+            else:
+                _write_outcome(run_dir, record, finished)
+            if record["run"]["status"] == "success":
+                (run_dir / CHECKPOINT).unlink(missing_ok=True)
     ctx.barrier()
     return record
 
@@ -565,7 +570,9 @@ def finish_swap(run_dir: Path) -> bool:
         new.rename(old)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the re-run's: before the record, which ends the swap
     os.replace(staged / RECORD, run_dir / RECORD)
-    shutil.rmtree(staged)  # what is left: temp files of a writer killed mid-write
+    shutil.rmtree(
+        staged, ignore_errors=True
+    )  # what is left: temp files of a writer killed mid-write (the swap is done)
     return True
 
 

@@ -1152,3 +1152,45 @@ def test_a_failed_trained_run_leaves_no_training_files_to_the_zero_shot_run_afte
     failed, base = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     assert failed["run"]["status"] == "failed" and base["run"]["status"] == "success"
     assert base["run"]["config"]["data"]["train_files"] == []
+
+
+def test_a_sigterm_while_a_finished_runs_record_is_written_waits_for_the_record(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a review: a SIGTERM after scoring, during the record's write, raised at once: the temp file was
+    removed and the run had no record (its scoring lost). The write is now a section a stop waits for."""
+    import os
+    import signal
+
+    from harness import runner
+    from harness.train import Cancelled
+
+    real = runner.write_record
+
+    def signalled(run_dir, record):
+        if record["run"]["status"] == "success":
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives now, in the middle of the write
+        return real(run_dir, record)
+
+    monkeypatch.setattr(runner, "write_record", signalled)
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    with pytest.raises(Cancelled, match="stopped by SIGTERM"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    record = read_record(tmp_path / "runs" / specs[0].run_id / RECORD)
+    assert record["run"]["status"] == "success"
+
+
+def test_an_unfinished_record_of_a_newer_harness_is_kept_too(tiny_model, data_dir, tmp_path):
+    """From a review: only a newer harness's successful record was kept; its failed or cancelled one was resumed
+    from the newer harness's checkpoint and written over with this one's schema."""
+    from harness import runner
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    [record] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    path = tmp_path / "runs" / specs[0].run_id / RECORD
+    newer = json.loads(path.read_text()) | {"schema": 99}
+    newer["run"]["status"] = "cancelled"
+    path.write_text(json.dumps(newer))
+    with pytest.raises(ValueError, match=r"its record was written by a newer harness: schema 99"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert json.loads(path.read_text())["schema"] == 99
