@@ -85,7 +85,14 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
-from harness.records import check_success, config_hash, find_records, pending_swaps, read_record
+from harness.records import (
+    FIRST_METHOD_VERSION,
+    check_success,
+    config_hash,
+    find_records,
+    pending_swaps,
+    read_record,
+)
 from harness.runner import BASELINE
 from harness.stats import (
     CHANCE,
@@ -675,20 +682,27 @@ def other_method_versions(secs: list[Section]) -> list[str]:
         for row in s.rows:
             for r in row.runs:
                 if (r.get("train") or {}).get("steps"):  # a trained run; before versions were kept: version 1
-                    v = r["run"].get("method_version", "1")
+                    v = r["run"].get("method_version", FIRST_METHOD_VERSION)
                     by_method.setdefault(r["run"]["config"]["method"], set()).add(str(v))
         for method, ran in sorted(by_method.items()):
             try:
                 now = str(METHODS.get(method).version)
             except ValueError:  # a plugin's method read without its plugin
                 now = None
-            if len(ran) > 1 or (now is not None and ran != {now}):
-                out.append(
-                    f"section {s.key} ({s.task}, {s.preset}) holds {method} runs made with version(s) "
-                    f"{', '.join(sorted(ran))} of the method{f' (now version {now})' if now else ''}: their scores "
-                    "may not compare; run the older ones again with --force"
-                )
+            out += _other_versions(s, f"{method} runs", "the method", sorted(ran), now)
     return out
+
+
+def _other_versions(s: Section, runs: str, of: str, ran: list[str], now: str | None) -> list[str]:
+    """The warning line for a section whose ``runs`` were made with several versions ``ran`` of ``of``, or with one
+    other than ``now`` (the registered one's); none where they agree."""
+    if len(ran) > 1 or (ran and now is not None and ran != [now]):
+        return [
+            f"section {s.key} ({s.task}, {s.preset}) holds {runs} made with version(s) {', '.join(ran)} of {of}"
+            f"{f' (now version {now})' if now else ''}: their scores may not compare; run the older ones again "
+            "with --force"
+        ]
+    return []
 
 
 def mixed_base_params(secs: list[Section]) -> list[str]:
@@ -724,12 +738,7 @@ def other_task_versions(secs: list[Section]) -> list[str]:
     for s in secs:
         ran = sorted({str(v) for row in s.rows for r in row.runs if (v := r["run"].get("task_version")) is not None})
         now = str(cls.version) if (cls := _task(s.task)) else None
-        if len(ran) > 1 or (ran and now is not None and ran != [now]):
-            out.append(
-                f"section {s.key} ({s.task}, {s.preset}) holds runs made with version(s) {', '.join(ran)} of the "
-                f"{s.task} task{f' (now version {now})' if now else ''}: their scores may not compare; run the "
-                "older ones again with --force"
-            )
+        out += _other_versions(s, "runs", f"the {s.task} task", ran, now)
     return out
 
 

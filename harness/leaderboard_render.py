@@ -166,6 +166,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
     train, runs = row.runs[0]["train"], row.runs
     flops = train["flops_per_step"]
     kinds = sorted({_memory_kind(r) for r in runs})
+    hook_flops = hook_flops_per_step(train)
     return {
         "task": s.task,
         "section": s.key,
@@ -190,8 +191,8 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "flops_per_step": row.flops_per_step,
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
-        "hook_val_flops_per_step": hook_flops_per_step(train),
-        "relative_flops_with_scoring": _with_scoring(flops, hook_flops_per_step(train)),
+        "hook_val_flops_per_step": hook_flops,
+        "relative_flops_with_scoring": _with_scoring(flops, hook_flops),
         # peaks read two ways do not compare: none for a row whose runs mix them (each kind's in the next column)
         "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3) if len(kinds) == 1 else None,
         "peak_mem_kind": "; ".join(kinds),

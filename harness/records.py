@@ -46,6 +46,10 @@ def git_state() -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
+# the method version a record or checkpoint written before method versions were kept (2026-12-05) was made by
+FIRST_METHOD_VERSION = "1"
+
+
 def new_record(
     run_id: str,
     config: dict[str, Any],

@@ -30,6 +30,7 @@ from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_te
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.records import (
+    FIRST_METHOD_VERSION,
     PREDICTIONS,
     RECORD,
     RERUN,
@@ -433,19 +434,16 @@ def _code(spec: RunSpec) -> dict[str, str]:
     )
 
 
-FIRST_VERSION = "1"  # what a record or checkpoint from before method versions were kept was made by
-
-
 def _method_version(spec: RunSpec) -> str | None:
     """The run's method's ``version`` (``AdapterLinear.version``); ``None`` for the zero-shot base."""
-    return None if spec.method == BASELINE else str(getattr(METHODS.get(spec.method), "version", "1"))
+    return None if spec.method == BASELINE else str(METHODS.get(spec.method).version)
 
 
 def _other_method_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """How the method's ``version`` differs from the one the finished run recorded (its author bumps it when what
     it computes changes without an option of the run id); ``None``: the same. A record from before versions were
     kept was made by version 1 (or older): a bump to 2 leaves it "other code" too."""
-    ran, now = finished["run"].get("method_version", FIRST_VERSION), _method_version(spec)
+    ran, now = finished["run"].get("method_version", FIRST_METHOD_VERSION), _method_version(spec)
     if now is None or str(ran) == now:
         return None
     return f"the {spec.method} method is version {now}; the run was made with version {ran}"

@@ -25,13 +25,14 @@ from tqdm.auto import tqdm
 
 from harness.accounting import MemoryMeter
 from harness.atomic import atomic_path
+from harness.records import FIRST_METHOD_VERSION
 from harness.task import Example, Recipe, to_device
 
 CHECKPOINT = "checkpoint.pt"
 
 
 # in a checkpoint's code since 2026-12-05, with the value an older checkpoint's code was made with
-LATER_CODE_KEYS = {"method_version": "1"}
+LATER_CODE_KEYS = {"method_version": FIRST_METHOD_VERSION}
 
 
 class Cancelled(BaseException):

@@ -48,8 +48,14 @@ def tokenize(tokenizer, text: str) -> list[int]:
 def encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> Encoded:
     """Prompt + target (+ EOS unless truncated); with ``train_on_inputs=False`` the prompt is masked.
     The target's tokens are those of ``prompt + target`` after the prompt's (the scorers' rule)."""
-    ids = tokenize(tokenizer, example.prompt + example.target)[:cutoff_len]
-    return _with_labels(tokenizer, ids, len(tokenize(tokenizer, example.prompt)), cutoff_len, train_on_inputs)
+    return _encode(tokenizer, example, cutoff_len, train_on_inputs)[0]
+
+
+def _encode(tokenizer, example: Example, cutoff_len: int, train_on_inputs: bool) -> tuple[Encoded, bool]:
+    """``encode``'s result, and whether ``prompt + target`` was cut at ``cutoff_len``."""
+    ids = tokenize(tokenizer, example.prompt + example.target)
+    n_prompt = len(tokenize(tokenizer, example.prompt))
+    return _with_labels(tokenizer, ids[:cutoff_len], n_prompt, cutoff_len, train_on_inputs), len(ids) > cutoff_len
 
 
 def _with_labels(tokenizer, ids: list[int], n_prompt: int, cutoff_len: int, train_on_inputs: bool) -> Encoded:
@@ -109,11 +115,9 @@ class CausalLMRecipe(Recipe):
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def encode(self, example: Example) -> Encoded:
-        ids = tokenize(self.tokenizer, example.prompt + example.target)  # as encode(), counting what it cuts
-        if len(ids) > self.cutoff_len:
-            self.truncated += 1  # its answer lost tokens (LLM-Adapters cuts at cutoff_len too): train() says so
-        n_prompt = len(tokenize(self.tokenizer, example.prompt))
-        return _with_labels(self.tokenizer, ids[: self.cutoff_len], n_prompt, self.cutoff_len, self.train_on_inputs)
+        encoded, cut = _encode(self.tokenizer, example, self.cutoff_len, self.train_on_inputs)
+        self.truncated += cut  # its answer lost tokens (LLM-Adapters cuts at cutoff_len too): train() says so
+        return encoded
 
     def collate(self, items: list[Encoded]) -> Batch:
         batch: Batch = collate(items, self.pad_id)

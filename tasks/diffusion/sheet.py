@@ -12,7 +12,7 @@ import json
 import os
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,13 +165,23 @@ def sheet_cells(
 
 
 def _open_rgb(path: Path):
-    """The image at ``path`` as RGB; None, with a warning, where it cannot be read (a damaged sample leaves its
+    """The image at ``path`` as RGB; None, with a warning, where it cannot be read."""
+    from PIL import Image
+
+    def read():
+        with Image.open(path) as im:
+            return im.convert("RGB")
+
+    return _or_warn(path, read)
+
+
+def _or_warn(path: Path, read: Callable[[], Any]):
+    """``read()``; None, with a warning naming ``path``, where the image cannot be read (a damaged one leaves its
     cell empty rather than stop the leaderboard)."""
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
+        return read()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         print(f"warning: {path}: left empty on the contact sheet ({type(exc).__name__}: {exc})", file=sys.stderr)
         return None
@@ -180,8 +190,6 @@ def _open_rgb(path: Path):
 def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = None):
     """The held-out real image of ``row`` (a PIL image): the one its run saved, else the data's, rendered as
     the run's scoring rendered it (composited on white, resized and cropped to the sample's size); None."""
-    from PIL import Image
-
     saved = _saved_real(first, row)
     if saved.is_file():
         return _open_rgb(saved)
@@ -194,11 +202,7 @@ def real_image(first: Path, row: dict[str, Any], data: dict[str, Path] | None = 
     sample = _open_rgb(first / row["file"])
     if sample is None:
         return None
-    try:
-        return scoring.to_pil(ddata.load_image(path, min(sample.size)))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        print(f"warning: {path}: left empty on the contact sheet ({type(exc).__name__}: {exc})", file=sys.stderr)
-        return None
+    return _or_warn(path, lambda: scoring.to_pil(ddata.load_image(path, min(sample.size))))
 
 
 def _saved_real(folder: Path, row: dict[str, Any]) -> Path:
