@@ -157,3 +157,31 @@ def test_two_processes_stopped_and_resumed_train_as_if_never_stopped(tiny_model,
     assert b["train"]["loss_curve"] == a["train"]["loss_curve"]
     # the steps before the stop counted once per process, each its own (not the main process's twice)
     assert (b["train"]["samples"], b["train"]["tokens"]) == (a["train"]["samples"], a["train"]["tokens"])
+
+
+def test_the_diffusion_loss_takes_the_model_as_several_processes_wrap_it(tmp_path):
+    """Under torchrun (or accelerate launch) train() hands a task's recipe the DistributedDataParallel wrapper,
+    which has no ``.unet``: the diffusion loss read it there and failed at the first step (one process here)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from harness.task import Example
+    from tasks.diffusion import data as ddata
+    from tasks.diffusion.model import load_folder
+    from tasks.diffusion.recipe import DiffusionRecipe, Objective
+    from tests.test_diffusion import tiny_data, tiny_pipeline
+
+    pipe = load_folder(tiny_pipeline(tmp_path / "pipe"), torch.device("cpu"), torch.float32).eval()
+    items = ddata.read_folder(tiny_data(tmp_path / "data", n=4))
+    recipe = DiffusionRecipe(pipe, Objective())
+    batch = recipe.collate(
+        [recipe.encode(Example(i.text, "", "", {"image": i.image, "seed": n})) for n, i in enumerate(items)]
+    )
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(pipe).eval()  # eval: the fixed per-example noise
+        with torch.no_grad():
+            assert torch.equal(recipe.loss_sum(wrapped, batch), recipe.loss_sum(pipe, batch))
+    finally:
+        dist.destroy_process_group()

@@ -85,7 +85,7 @@ class DiffusionRecipe(Recipe):
         }
 
     def loss_sum(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        unet = model.unet
+        unet = getattr(model, "module", model).unet  # under several processes: the DistributedDataParallel wrapper
         sched = self.pipe.scheduler
         mean, std = batch["mean"], batch["std"]
         n_steps = sched.config.num_train_timesteps
