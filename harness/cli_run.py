@@ -71,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> None:
             "steps": args.steps,
             "epochs": args.epochs,
             "lr": args.lr,
+            "warmup_steps": args.warmup_steps,
             "train_on_inputs": args.train_on_inputs,
             "micro_batch_size": args.micro_batch_size,
             "grad_accum": args.grad_accum,
@@ -254,6 +255,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--epochs", type=float, help="passes over the training set (overrides the preset's steps)")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear learning-rate warm-up (default: the preset's)")
     p.add_argument("--micro-batch-size", type=int, help="examples per forward pass, per process")
     p.add_argument(
         "--grad-accum", type=int, help="micro-batches per optimizer step (batch = micro x accum x processes)"

@@ -77,12 +77,20 @@ class TrainConfig:
 
 def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
     """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
-    learning rate then never reaches ``lr``; ``epochs`` that whole steps of ``per_step`` examples miss by over 5%."""
+    learning rate then never reaches ``lr``; a step of more examples than there are; ``epochs`` that whole steps of
+    ``per_step`` examples miss by over 5%."""
     if config.warmup_steps >= total_steps:
         print(
             f"warning: the warm-up ({config.warmup_steps} steps) is not shorter than the run ({total_steps} steps): "
             f"the learning rate reaches {total_steps / (config.warmup_steps + 1):.2g} of --lr at most and never "
-            "decays; lower --warmup-steps",
+            "decays; lower --warmup-steps or raise --steps",
+            file=sys.stderr,
+        )
+    if per_step > n:  # the stream of examples wraps within one step: some are in it twice, unevenly
+        print(
+            f"warning: a step takes {per_step} examples (micro-batch x grad-accum x processes) but the training set "
+            f"holds {n}: every step repeats some of them, some more often than others; lower --micro-batch-size or "
+            "--grad-accum",
             file=sys.stderr,
         )
     passes = total_steps * per_step / n

@@ -93,8 +93,9 @@ def test_a_warm_up_as_long_as_the_run_and_epochs_whole_steps_cannot_cover_are_wa
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     short = dataclasses.replace(CONFIG, steps=2, warmup_steps=5, checkpoint_every=0)
     train(adapter.model, text_recipe(char_tokenizer, short), adapter, EXAMPLES, VAL, short, None, progress=False)
-    assert "the warm-up (5 steps) is not shorter than the run (2 steps): the learning rate reaches 0.33" in (
-        capsys.readouterr().err
+    assert (
+        "the warm-up (5 steps) is not shorter than the run (2 steps): the learning rate reaches 0.33 of --lr at most and never decays; lower --warmup-steps or raise --steps"
+        in (capsys.readouterr().err)
     )
     epochs = dataclasses.replace(CONFIG, steps=None, epochs=1.0, checkpoint_every=0)
     train(adapter.model, text_recipe(char_tokenizer, epochs), adapter, EXAMPLES[:10], VAL, epochs, None, progress=False)
@@ -106,6 +107,19 @@ def test_a_warm_up_as_long_as_the_run_and_epochs_whole_steps_cannot_cover_are_wa
     many = EXAMPLES + EXAMPLES[:2]  # 42: ten steps of 4 take 40, within 5% (a large set's remainder says nothing)
     train(adapter.model, text_recipe(char_tokenizer, epochs), adapter, many, VAL, epochs, None, progress=False)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_step_of_more_examples_than_the_training_set_is_warned_about(char_tokenizer, capsys):
+    """From a review: --micro-batch-size 500 over a small set repeated examples within each step, unevenly and
+    silently, where --steps set the run (only --epochs runs were warned about)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    config = dataclasses.replace(CONFIG, steps=1, micro_batch_size=4, grad_accum=2, warmup_steps=0, checkpoint_every=0)
+    train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES[:5], VAL, config, None, progress=False)
+    assert "a step takes 8 examples (micro-batch x grad-accum x processes) but the training set holds 5" in (
+        capsys.readouterr().err
+    )
+    train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES[:8], VAL, config, None, progress=False)
+    assert "warning" not in capsys.readouterr().err  # a step of the whole set: each example once
 
 
 def test_training_examples_cut_at_cutoff_len_are_counted_and_said(char_tokenizer, capsys):

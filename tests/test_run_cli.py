@@ -128,6 +128,7 @@ def bad_data(tmp_path):
         (["--data-dir", "{tmp}"], "holds no benchmark folder with a test.json"),
         (["--data-dir", "{bad}"], "test.json is not valid JSON"),
         (["--steps", "-3"], "steps must be >= 1 (got -3)"),
+        (["--warmup-steps", "-1"], "warmup_steps and checkpoint_every must be >= 0"),  # the flag reaches the run
         (["--runs-dir", "{file}/runs"], "is not writable"),
         (["--option", "mixer_init=zeros"], "unknown option 'mixer_init' for method 'lora'"),
     ],
