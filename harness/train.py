@@ -173,8 +173,10 @@ def train(
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapter.pauses_parameters)],
     )
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    # each process its own stream (dropout masks, diffusion noise): the same seed gave every process the same draws
+    # on its own examples; one process (the main one, index 0) draws what a single-process run does
+    torch.manual_seed(config.seed + accelerator.process_index)
+    random.seed(config.seed + accelerator.process_index)
     before = getattr(recipe, "truncated", 0)  # a recipe that counts them (the FLOPs probe may have encoded one)
     encoded = [recipe.encode(e) for e in train_set]
     if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:
@@ -402,6 +404,15 @@ def train(
     final_val_s = time.perf_counter() - began
     if _asked(should_stop, accelerator):  # asked during the final validation
         _stop(save, accelerator, bar, state["step"], total_steps)
+    # prepare() under mixed precision patched the model's forward with autocast (in place, so the caller's model
+    # too): the scoring after training then ran under autocast where the zero-shot model's did not; take it off
+    # (accelerate's own unwrap_model(keep_fp32_wrapper=False) also strips transformers' decorators off forward)
+    inner = accelerator.unwrap_model(model)
+    if (original := inner.__dict__.pop("_original_forward", None)) is not None:
+        if getattr(original, "__func__", None) is type(inner).forward:
+            inner.__dict__.pop("forward", None)  # the class's own forward again
+        else:
+            inner.forward = original
     samples, tokens = state["samples"], state["tokens"]
     if accelerator.num_processes > 1:  # every process's share, so the record holds the run's totals
         totals = accelerator.reduce(torch.tensor([samples, tokens], device=device), "sum")

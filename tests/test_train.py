@@ -414,3 +414,27 @@ def test_a_huge_step_count_starts_at_once_and_stops_when_asked(char_tokenizer):
     with pytest.raises(Cancelled, match=f"stopped at step 2 of {10**20}"):
         train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None,
               progress=False, should_stop=should_stop)  # fmt: skip
+
+
+def test_training_under_mixed_precision_leaves_the_model_scoring_as_it_did_before(char_tokenizer):
+    """From a review: accelerate's prepare() under bf16 patches the model's forward with autocast, in place, and
+    the patch stayed after training, so a trained method was scored under autocast where the zero-shot model was
+    not (on a GPU). On the CPU here, bf16 autocast as a GPU run has it."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    model = adapter.model
+    plain = type(model).forward
+    config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=0)
+    try:
+        accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+        train(model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False,
+              accelerator=accelerator)  # fmt: skip
+    finally:
+        AcceleratorState._reset_state(True)  # the next Accelerator() is the harness's own again
+    assert "_original_forward" not in model.__dict__ and model.forward.__func__ is plain
+    ids = torch.tensor([[1, 5, 7, 9]])
+    model.eval()  # as scoring has it: no dropout
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, plain(model, ids).logits)  # no autocast: the same logits
