@@ -332,6 +332,25 @@ BAD = {
     "open without answers": ("test", _set(3, answers=[]), r"'answers' is \[\]"),
     "open metric": ("test", _set(3, metric="bleu"), r"'metric' is 'bleu'; open records need metric one of exact, anls"),
     "repeated test id": ("test", _set(3, id="c1"), r"record 3 \(id 'c1'\) repeats an id"),
+    # from a review: a tag in a question or option passed, then scoring asked with 2 tags for 1 image and stopped
+    "image tag in the question": (
+        "test",
+        _set(3, question="<image>\nSum?"),
+        r"record 3 \(id 'o1'\): 'question' holds <image>; remove the tag: the harness puts <image> before the question",
+    ),
+    "image tag in an option": (
+        "test",
+        _set(0, options=["3", "<image> 11", "7", "9"]),
+        r"record 0 \(id 'c1'\): option 1 holds <image>; remove the tag",
+    ),
+    "blank open answer": ("test", _set(3, answers=["11", " "]), r"'answers' is \['11', ' '\]; .* non-blank"),
+    # from a review: a domain's open score is named by its first question's metric, whatever the others'
+    "two open metrics in a domain": (
+        "test",
+        lambda records: [*records, records[3] | {"id": "o2", "metric": "anls"}],
+        r"record 4 \(id 'o2'\): metric 'anls' in domain 'math', whose record 3 \(id 'o1'\) is scored by 'exact'; "
+        "give one domain's open questions one metric",
+    ),
 }
 
 

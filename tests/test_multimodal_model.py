@@ -307,6 +307,31 @@ def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_
     assert char_tokenizer.decode(learnt) == "red"  # and EOS (not decoded): never the earlier answer
 
 
+def test_an_answer_cut_at_cutoff_len_is_counted_and_a_prompt_over_it_refused_naming_what_sets_it(
+    char_tokenizer, tmp_path
+):
+    """From a review: an answer cut to the room left after the prompt was cut silently (train() warns from the
+    recipe's ``truncated``, which this recipe did not keep), and a prompt over cutoff_len said to raise a
+    ``--option cutoff`` that does not exist."""
+    from harness.task import Example
+    from tasks.multimodal.recipe import Formatter, MultimodalRecipe
+
+    image = tmp_path / "a.png"
+    fmt = Formatter(tiny_model(), char_tokenizer)
+    prompt = len(fmt.ids(fmt.prompt("<image>\nWhat is it?")))  # the char tokenizer: a token a character
+    recipe = MultimodalRecipe(fmt, prompt + 4)  # room for 4 answer tokens: "cat" and EOS fit, "a cat" does not
+    meta = {"images": [image], "id": "r"}
+    fits = recipe.encode(Example("<image>\nWhat is it?", "cat", "general", meta))
+    assert recipe.truncated == 0 and len(fits.input_ids) == prompt + 4
+    cut = recipe.encode(Example("<image>\nWhat is it?", "a cat", "general", meta))
+    assert recipe.truncated == 1 and len(cut.input_ids) == prompt + 4
+    assert char_tokenizer.decode([t for t in cut.labels if t != -100]) == "a ca"  # its EOS gone too
+    with pytest.raises(ValueError, match=r"example r: its prompt is \d+ tokens .* no room for its answer under "
+                       r"cutoff_len=\d+; shorten the question or the conversation, or raise cutoff_len "
+                       r"\(TrainConfig.cutoff_len: the preset's, or in the Python API; no flag sets it\)"):  # fmt: skip
+        MultimodalRecipe(fmt, prompt).encode(Example("<image>\nWhat is it?", "cat", "general", meta))
+
+
 def test_greedy_answers_never_emit_the_image_placeholder(char_tokenizer, tmp_path):
     """From a review: a model whose likeliest next token was the image placeholder had it fed back with no image
     behind it, and scoring stopped on the placeholder count."""

@@ -52,6 +52,16 @@ def test_exact_match():
         exact_match("cat", "cat")
 
 
+def test_an_answer_that_normalises_to_nothing_is_matched_by_what_it_says_not_by_an_empty_reply():
+    """From a review: "A" and "The" normalise to "" (articles), "?" too (punctuation), so an empty reply, or any
+    article, matched them."""
+    assert not exact_match("", ["A"]) and not exact_match("The", ["A"]) and not exact_match("", ["a"])
+    assert not exact_match("", ["?"]) and not exact_match("", [" "])  # a blank answer matches nothing
+    assert exact_match("a", ["A"]) and exact_match("A.", ["A"]) and exact_match(" the ", ["The"])
+    assert exact_match("?", ["?"]) and not exact_match("!", ["?"])
+    assert exact_match("", ["A", ""]) is False and exact_match("cat", ["A", "cat"])
+
+
 @pytest.mark.parametrize(
     "a, b, distance",
     [("kitten", "sitting", 3), ("", "abc", 3), ("abc", "", 3), ("abc", "abc", 0), ("flaw", "lawn", 2), ("ab", "ba", 2)],

@@ -186,6 +186,24 @@ def test_a_llava_style_folder_with_its_own_tokenizer_trains_with_it_and_one_too_
     assert record["train"]["steps"] == 3 and record["eval"]["math"]["n"] == 3
 
 
+@pytest.mark.parametrize(
+    "field, value, kind",
+    [("image_token_id", "16", "integer"), ("image_token_id", True, "integer"), ("image_size", 64.5, "integer"),
+     ("train_projector", "yes", "boolean"), ("text_config", [], "object"), ("projector", 2, "string")],
+)  # fmt: skip
+def test_a_llava_style_config_field_of_the_wrong_type_is_refused_when_the_model_is_checked(
+    tiny_llava_style, field, value, kind
+):
+    """From a review: a string image_token_id passed every check, and the run failed after its record was started,
+    with a bare TypeError from comparing it with the vocabulary size."""
+    from harness.runner import preflight
+
+    path = Path(tiny_llava_style) / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {field} is {re.escape(repr(value))}, not a JSON {kind}"):
+        preflight(build_specs("multimodal", ["lora"], [0], "smoke", model=tiny_llava_style))  # before weights load
+
+
 def test_unknown_domain_is_refused_before_anything_runs():
     with pytest.raises(ValueError, match="unknown domain 'maths'.*general, document, math"):
         build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("maths",)})
@@ -277,6 +295,85 @@ def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_st
     for a, b in zip(native_lines, lmms_lines, strict=True):
         assert (a["id"], a["pred"], a["score"]) == (b["id"], b["pred"], b["score"])
     assert {d: e["scores"] for d, e in ours.items()} == {d: e["scores"] for d, e in theirs.items()}
+
+
+def test_lmms_eval_tasks_prompts_without_an_image_tag_get_one_per_image_in_front(char_tokenizer, tmp_path):
+    """From a review: lmms-eval's own tasks send the bare question (``mme``'s doc_to_text), and its model wrappers
+    put the image tokens in front; HarnessLMM passed it on, and the model stopped on 0 placeholders for 1 image."""
+    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from tasks.multimodal.lmms_eval_protocol import HarnessLMM
+    from tasks.multimodal.recipe import Formatter
+    from tests.test_multimodal_model import tiny_model
+
+    model = tiny_model()
+    lmm = HarnessLMM(model, Formatter(model, char_tokenizer), batch_size=2)
+    docs = [Image.new("RGB", (8, 8), "red"), None, [Image.new("RGB", (8, 8), "red")] * 2]
+    lmm.task_dict = {"mme": {"test": docs}}
+
+    def visuals(doc):
+        return [] if doc is None else doc if isinstance(doc, list) else [doc]
+
+    def request(context: str, doc_id: int):
+        return SimpleNamespace(args=(context, {"max_new_tokens": 2}, visuals, doc_id, "mme", "test"))
+
+    asks = [lmm._ask(request(c, i).args) for c, i in [("Is it red?", 0), ("Is it red?", 1), ("Same?", 2)]]
+    assert [(c, len(v)) for c, v in asks] == [
+        ("<image>\nIs it red?", 1),
+        ("Is it red?", 0),
+        ("<image>\n" * 2 + "Same?", 2),
+    ]
+    assert lmm._ask(request("Look: <image>\nIs it red?", 0).args)[0] == "Look: <image>\nIs it red?"  # placed: kept
+    assert all(isinstance(a, str) for a in lmm.generate_until([request("Is it red?", 0), request("Hi", 1)]))
+
+
+def test_open_answers_longer_than_the_cap_are_decoded_long_enough_by_both_protocols(monkeypatch):
+    """From a review: open answers were decoded for 12 tokens at most, and SmolLM2 reads a digit a token: a
+    reference such as "$1,234,567.89" (13) could never be said in full. Data whose answers fit keeps 12."""
+    from types import SimpleNamespace
+
+    from tasks.multimodal import native
+    from tasks.multimodal.data import Record
+
+    fmt = SimpleNamespace(target_ids=lambda text: list(text.encode()), feature_cache=None)  # a token a byte
+    short = Record("s", "document", [], [], kind="open", question="Total?", answers=["12", "twelve"], metric="exact")
+    long = Record("l", "document", [], [], kind="open", question="Total?", answers=["$1,234,567.89"], metric="anls")
+    exactly = Record("e", "document", [], [], kind="open", question="Total?", answers=["x" * 12], metric="exact")
+    assert native.new_tokens(fmt, [short, exactly]) == native.MAX_NEW_TOKENS == 12
+    assert native.new_tokens(fmt, [short, long]) == 13 + 2
+    asked = []
+
+    def generate(model, fmt, asks, max_new=native.MAX_NEW_TOKENS):
+        asked.append(max_new)
+        return ["12"] * len(asks)
+
+    monkeypatch.setattr(native, "generate", generate)
+    assert [s.score for s in native.score_records(None, fmt, [short, long], 4)] == [100.0, 0.0]
+    native.score_records(None, fmt, [short], 4)
+    assert asked == [15, 12]
+    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
+
+    assert [s.score for s in lmms_eval_scored(object(), fmt, [short, long], 4)] == [100.0, 0.0]
+    assert asked[2:] == [15]
+
+
+def test_the_generated_datas_open_answers_fit_the_cap_its_results_were_scored_with():
+    """The committed results decoded open answers for 12 tokens: the generated data keeps that cap."""
+    from types import SimpleNamespace
+
+    from harness import models
+    from tasks.multimodal import data, native, resolve_data
+
+    tokenizer, _ = models.random_weights_tokenizer(models.EMBEDDED, None)
+    fmt = SimpleNamespace(target_ids=lambda text: tokenizer(text, add_special_tokens=False)["input_ids"])
+    test = data.read_split(resolve_data(None)[0], "test")
+    assert {d: native.new_tokens(fmt, [r for r in test if r.domain == d]) for d in data.DOMAINS} == dict.fromkeys(
+        data.DOMAINS, native.MAX_NEW_TOKENS
+    )
 
 
 def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_runs(monkeypatch):

@@ -9,10 +9,12 @@ MME-style yes/no (acc, acc+), open answers (exact match; ANLS for documents), po
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import random
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +314,15 @@ class MultimodalTask(Task):
             if not records:
                 results[domain] = {"status": "absent"}
                 continue
+            # from all of the domain's questions: an --eval-limit run decodes its answers as a full one does
+            max_new = native.new_tokens(fmt, [r for r in self._test if r.domain == domain])
             if protocol == "lmms-eval":
                 from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
 
-                scored = lmms_eval_scored(loaded.model, fmt, records, batch_size)
+                scored = lmms_eval_scored(loaded.model, fmt, records, batch_size, max_new)
             else:
-                scored = native.score_records(loaded.model, fmt, records, batch_size, domain if progress else None)
+                progress_label = domain if progress else None
+                scored = native.score_records(loaded.model, fmt, records, batch_size, progress_label, max_new)
             results[domain] = _entry(domain, scored, protocol, self.data_dir)
             lines += [
                 json.dumps(
@@ -405,13 +410,16 @@ def by_item(records: list[data.Record], scores: list[float]) -> list[float]:
 
 
 def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
-    """Per question (0-100), what a model that ignores the image scores, from the test set alone:
-    ``chance`` guesses uniformly (a choice question under CircularEval: every one of its n rotations
-    right, (1/n)^n; yes/no: 1/2; an open question: the mean score of the domain's distinct open answers
-    given as the answer) and ``majority`` always gives the most common answer (choice: one fixed letter,
-    which CircularEval's rotations never all accept: 0; yes/no: the more common of yes/no; open: the most
-    common open answer). Open answers are scored with the question's own metric. ``by_item`` turns these
-    per-question values into the per-item ones a domain's score averages."""
+    """Per question (0-100), the expected score of two guessers that read neither the image nor the question,
+    from the test set alone: ``chance`` guesses uniformly (a choice question: one of its n letters, so under
+    CircularEval every rotation right, (1/n)^n; yes/no: 1/2; an open question: one of the domain's distinct
+    open answers, the mean score of each given as the answer) and ``majority`` always gives the most common
+    answer (choice: one fixed letter, which CircularEval's rotations never all accept: 0; yes/no: the more
+    common of yes/no; open: the most common open answer). Open answers are scored with the question's own
+    metric. Neither is what a model that ignores only the image scores: one that reads the question can narrow
+    the answers (a generated math question names n, and its answer is one of n..n+9), so it can beat ``chance``
+    without the image. ``by_item`` turns these per-question values into the per-item ones a domain's score
+    averages."""
     from tasks.multimodal import scoring
 
     def open_score(r: data.Record, pred: str) -> float:
@@ -498,9 +506,23 @@ def _llava_style(model: str) -> Any:
 
     fields = {k: v for k, v in raw.items() if k != "model_type"}
     try:
-        return LlavaStyleConfig(**fields)
+        config = LlavaStyleConfig(**fields)
     except TypeError as exc:
         raise ValueError(f"{path}: not a {LLAVA_STYLE} config ({exc}); see tasks/multimodal/model.py") from None
+    # the dataclass checks no types: a string image_token_id failed the run later, as a bare TypeError
+    hints = typing.get_type_hints(LlavaStyleConfig)
+    for field in dataclasses.fields(config):
+        value, kind = getattr(config, field.name), typing.get_origin(hints[field.name]) or hints[field.name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            wanted = _JSON_NAMES.get(kind, kind.__name__)
+            raise ValueError(
+                f"{path}: {field.name} is {value!r}, not a JSON {wanted}; fix it in the {LLAVA_STYLE} config "
+                "(see LlavaStyleConfig in tasks/multimodal/model.py)"
+            )
+    return config
+
+
+_JSON_NAMES = {dict: "object", str: "string", int: "integer", bool: "boolean (true or false)"}
 
 
 def resolve_data(data_dir: str | None) -> tuple[Path, dict[str, Any]]:

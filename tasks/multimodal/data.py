@@ -12,7 +12,8 @@ an optional ``captions.json`` of stage-1 alignment pairs. A record::
 turns), or absent (text only). Test records also carry what scoring needs: ``kind`` ``"choice"``
 (``question``, ``options``, ``answer``: the index of the right option), ``"yesno"`` (``question``,
 ``answer`` "yes"/"no", ``pair``: an id shared by the two questions about one image, one yes, one no) or
-``"open"`` (``question``, ``answers``: the acceptable strings, ``metric``: "exact" or "anls").
+``"open"`` (``question``, ``answers``: the acceptable strings, ``metric``: "exact" or "anls", one metric for
+a domain's open questions). ``question`` and ``options`` hold no ``<image>``: the scorers put it in front.
 Other keys (such as the embedded data's ``source``) are ignored.
 """
 
@@ -211,6 +212,7 @@ def _read_file(path: Path, data_dir: Path, *, split: str, file_domain: str | Non
     records = [_parse(item, path, i, data_dir, split, file_domain, verified) for i, item in enumerate(items)]
     if split == "test":
         _check_pairs(records, path)
+        _check_metrics(records, path)
     return _File(path, hashlib.sha256(raw).hexdigest(), records)
 
 
@@ -297,6 +299,9 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
     question = item.get("question")
     if not isinstance(question, str) or not question.strip():
         raise fail("'question' is missing or empty", f"{kind} records need the question text")
+    tag_fix = f"remove the tag: the harness puts {IMAGE_TOKEN} before the question itself (one per image)"
+    if IMAGE_TOKEN in question:  # asked with the harness's own tag too: more placeholders than images
+        raise fail(f"'question' holds {IMAGE_TOKEN}", tag_fix)
     fields: dict[str, Any] = {"kind": kind, "question": question}
     answer = item.get("answer")
     if kind == "choice":
@@ -305,6 +310,8 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
             raise fail(f"'options' is {options!r}", "choice records need a list of 2 to 26 option strings")
         if not 2 <= len(options) <= MAX_OPTIONS:
             raise fail(f"{len(options)} options", f"choice records take 2 to {MAX_OPTIONS} (lettered A-Z)")
+        if tagged := [i for i, o in enumerate(options) if IMAGE_TOKEN in o]:
+            raise fail(f"option {tagged[0]} holds {IMAGE_TOKEN}", tag_fix)
         if len(set(options)) != len(options):
             raise fail(f"options {options!r} repeat", "make the options distinct")
         if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
@@ -320,8 +327,10 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
             )
         return {**fields, "answer": answer.lower(), "pair": str(pair)}
     answers = item.get("answers")
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
-        raise fail(f"'answers' is {answers!r}", "open records need a non-empty list of acceptable answer strings")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise fail(
+            f"'answers' is {answers!r}", "open records need a non-empty list of acceptable, non-blank answer strings"
+        )
     metric = item.get("metric")
     if metric not in METRICS:
         raise fail(f"'metric' is {metric!r}", f"open records need metric one of {', '.join(METRICS)}")
@@ -346,6 +355,20 @@ def _check_pairs(records: list[Record], path: Path) -> None:
             raise ValueError(
                 f"{path}: record {i} (id {r.id!r}): pair {pair!r} asks about different images; "
                 "a pair's two questions are about the same image"
+            )
+
+
+def _check_metrics(records: list[Record], path: Path) -> None:
+    """A domain's open questions share one metric: its score is reported as ``open_exact`` or ``open_anls``."""
+    first: dict[str, tuple[int, Record]] = {}
+    for i, r in enumerate(records):
+        if r.kind != "open":
+            continue
+        j, other = first.setdefault(r.domain, (i, r))
+        if r.metric != other.metric:
+            raise ValueError(
+                f"{path}: record {i} (id {r.id!r}): metric {r.metric!r} in domain {r.domain!r}, whose record {j} "
+                f"(id {other.id!r}) is scored by {other.metric!r}; give one domain's open questions one metric"
             )
 
 

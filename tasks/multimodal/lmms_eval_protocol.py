@@ -32,7 +32,7 @@ except ImportError as exc:  # an optional extra: say how to get it without break
     ) from None
 
 from tasks.multimodal import native
-from tasks.multimodal.data import Record
+from tasks.multimodal.data import IMAGE_TOKEN, Record
 from tasks.multimodal.recipe import Formatter
 
 TASKS_DIR = Path(__file__).parent / "lmms_tasks"
@@ -61,8 +61,14 @@ class HarnessLMM(lmms):
         self.model, self.fmt, self.batch_size = model, fmt, int(batch_size)
 
     def _ask(self, args: tuple) -> tuple[str, list[Any]]:
+        """(human turn, images) of a request. A context without ``<image>`` gets one ``<image>\\n`` per visual in
+        front, as lmms-eval's own model wrappers do: its tasks' prompts carry no tag (``mme``'s is the bare
+        question), and the model places an image only where a tag is."""
         context, _, doc_to_visual, doc_id, task, split = args
-        return context, doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual else []
+        visuals = list(doc_to_visual(self.task_dict[task][split][doc_id]) or []) if doc_to_visual else []
+        if visuals and IMAGE_TOKEN not in context:
+            context = f"{IMAGE_TOKEN}\n" * len(visuals) + context
+        return context, visuals
 
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         """One request per (prompt, choice); lmms-eval takes the argmin, so each result is a loss."""
@@ -114,11 +120,15 @@ def _docs(records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
     return docs
 
 
-def lmms_eval_scored(model: Any, fmt: Formatter, records: Sequence[Record], batch_size: int) -> list[native.Scored]:
-    """Score ``records`` through lmms-eval's ``simple_evaluate`` and the harness's scoring rules."""
+def lmms_eval_scored(
+    model: Any, fmt: Formatter, records: Sequence[Record], batch_size: int, max_new: int | None = None
+) -> list[native.Scored]:
+    """Score ``records`` through lmms-eval's ``simple_evaluate`` and the harness's scoring rules; open answers
+    are decoded for ``max_new`` tokens at most (default: ``native.new_tokens`` of ``records``), as natively."""
     from lmms_eval import evaluator
     from lmms_eval.tasks import TaskManager
 
+    max_new = native.new_tokens(fmt, records) if max_new is None else max_new
     docs = _docs(records)
     work = Path(tempfile.mkdtemp(prefix="harness-lmms-"))
     saved = os.environ.get("LMMS_EVAL_DATASETS_CACHE")
@@ -126,6 +136,12 @@ def lmms_eval_scored(model: Any, fmt: Formatter, records: Sequence[Record], batc
         (work / "data").mkdir()
         for name in ("utils.py", *(f"{t}.yaml" for t in KIND_TASK.values())):
             shutil.copy(TASKS_DIR / name, work / name)
+        open_yaml = work / f"{KIND_TASK['open']}.yaml"
+        text = open_yaml.read_text()
+        cap = f"max_new_tokens: {native.MAX_NEW_TOKENS}\n"  # the YAML's, as the native scorer's default
+        if cap not in text:
+            raise ValueError(f"{TASKS_DIR / open_yaml.name} lost its '{cap.strip()}' line; put it back")
+        open_yaml.write_text(text.replace(cap, f"max_new_tokens: {max_new}\n"))
         for kind, rows in docs.items():
             (work / "data" / f"{kind}.json").write_text(json.dumps(rows))
         os.environ["LMMS_EVAL_DATASETS_CACHE"] = str(work / "cache")  # nothing left in the user's cache

@@ -20,6 +20,8 @@ from tasks.multimodal.data import IMAGE_TOKEN, Record
 from tasks.multimodal.recipe import Encoded, Formatter, collate_rows
 
 YES, NO = "Yes", "No"  # the training data's yes/no answers
+# Open answers are decoded for at most this many tokens ("short answers"; the generated data's longest, the
+# worked "9 + 8 = 17", is 8 SmolLM2 tokens), unless the domain's reference answers need more: see new_tokens.
 MAX_NEW_TOKENS = 12
 
 
@@ -47,11 +49,25 @@ def prompts_for(record: Record) -> list[tuple[str, list[str]]]:
     return [(tag + scoring.open_prompt(record.question), [])]
 
 
+def new_tokens(fmt: Formatter, records: Sequence[Record]) -> int:
+    """How many tokens open answers to ``records`` are decoded for: ``MAX_NEW_TOKENS``, or where a reference
+    answer is longer in ``fmt``'s tokens (SmolLM2 reads "$1,234,567.89" as 13, a digit a token), its length + 2,
+    so that the longest answer can be said in full (its own tokenisation, two to spare)."""
+    longest = max((len(fmt.target_ids(a)) for r in records if r.kind == "open" for a in r.answers or ()), default=0)
+    return MAX_NEW_TOKENS if longest <= MAX_NEW_TOKENS else longest + 2
+
+
 def score_records(
-    model, fmt: Formatter, records: Sequence[Record], batch_size: int, progress: str | None = None
+    model,
+    fmt: Formatter,
+    records: Sequence[Record],
+    batch_size: int,
+    progress: str | None = None,
+    max_new: int | None = None,
 ) -> list[Scored]:
     """Every record scored; choices and yes/no in batches of ``batch_size`` prompts, open answers
-    decoded greedily in batches."""
+    decoded greedily in batches, for ``max_new`` tokens at most (default: ``new_tokens`` of ``records``)."""
+    max_new = new_tokens(fmt, records) if max_new is None else max_new
     fmt.feature_cache = {}  # the frozen encoder's output per image, reused by every prompt about it
     asked = [(i, human, cands) for i, r in enumerate(records) for human, cands in prompts_for(r)]
     ranked = [a for a in asked if a[2]]
@@ -67,7 +83,7 @@ def score_records(
         bar.update(len(chunk))
     for start in range(0, len(opened), batch_size):
         chunk = opened[start : start + batch_size]
-        outs = generate(model, fmt, [(h, records[i].images) for i, h, _ in chunk])
+        outs = generate(model, fmt, [(h, records[i].images) for i, h, _ in chunk], max_new)
         for (i, _, _), text in zip(chunk, outs, strict=True):
             texts[i] = text
         bar.update(len(chunk))

@@ -112,6 +112,7 @@ class MultimodalRecipe(Recipe):
 
     def __init__(self, fmt: Formatter, cutoff_len: int) -> None:
         self.fmt, self.cutoff_len = fmt, cutoff_len
+        self.truncated = 0  # examples whose answer (or its EOS) was cut at cutoff_len (train() warns)
 
     def encode(self, example: Example) -> Encoded:
         prompt = self.fmt.ids(self.fmt.prompt(example.prompt, example.meta.get("history", ())))
@@ -121,9 +122,12 @@ class MultimodalRecipe(Recipe):
         room = self.cutoff_len - len(prompt)
         if room < 1:  # never cut into the image tokens: the count must match the images
             raise ValueError(
-                f"example {example.meta.get('id', '?')}: its prompt is {len(prompt)} tokens with the image, "
-                f"over cutoff_len={self.cutoff_len}; raise --option cutoff or shorten the question"
+                f"example {example.meta.get('id', '?')}: its prompt is {len(prompt)} tokens with the image(s) and "
+                f"the conversation's earlier turns, leaving no room for its answer under cutoff_len="
+                f"{self.cutoff_len}; shorten the question or the conversation, or raise cutoff_len (TrainConfig."
+                "cutoff_len: the preset's, or in the Python API; no flag sets it)"
             )
+        self.truncated += len(target) > room  # its answer lost tokens: train() says how many examples did
         target = target[:room]
         return Encoded(prompt + target, [IGNORE] * len(prompt) + target, list(example.meta.get("images", [])))
 

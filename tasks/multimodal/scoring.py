@@ -27,16 +27,31 @@ _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")  # "1,000" -> "1000", as VQA's eval
 
 def normalize_answer(s: str) -> str:
     """Lower-case, drop punctuation and articles, number words to digits, collapse spaces (VQA evaluation)."""
+    return _normalize(s, keep_articles=False)
+
+
+def _normalize(s: str, *, keep_articles: bool) -> str:
     s = _DIGIT_COMMA.sub("", s.lower().strip())
     s = _PUNCTUATION.sub(" ", s)
-    words = [_NUMBER_WORDS.get(w, w) for w in s.split() if w not in _ARTICLES]
+    words = [_NUMBER_WORDS.get(w, w) for w in s.split() if keep_articles or w not in _ARTICLES]
     return " ".join(words)
 
 
+# exact_match's forms of an answer, the first that leaves it non-empty: normalised, then with its articles, then
+# as written (lower-cased, spaces collapsed)
+_FORMS = (normalize_answer, lambda s: _normalize(s, keep_articles=True), lambda s: " ".join(s.lower().split()))
+
+
 def exact_match(pred: str, answers: Sequence[str]) -> bool:
-    """Whether ``pred`` equals one of ``answers`` after ``normalize_answer``."""
+    """Whether ``pred`` equals one of ``answers`` after ``normalize_answer``. An answer that normalises to
+    nothing is compared in the first form that keeps something of it: with its articles (``"A"``, ``"The"``),
+    else as written, lower-cased (``"?"``); normalised, an empty reply would match it."""
     _need_answers(answers)
-    return normalize_answer(pred) in {normalize_answer(a) for a in answers}
+    for answer in answers:
+        form = next((f for f in _FORMS if f(answer)), None)  # None: a blank answer, which nothing matches
+        if form is not None and form(pred) == form(answer):
+            return True
+    return False
 
 
 def levenshtein(a: str, b: str) -> int:
