@@ -62,7 +62,9 @@ class ReducerConfig:
 
 
 # method options that set the Reducer's fields where the method's own config has no field of that name
-REDUCER_SHORTCUTS = tuple(f.name for f in dataclasses.fields(ReducerConfig) if f.name != "seed")
+# (its seed as reducer_seed: a method option "seed" would read as the run's own --seeds)
+REDUCER_SHORTCUTS = (*(f.name for f in dataclasses.fields(ReducerConfig) if f.name != "seed"), "reducer_seed")
+_SHORTCUT_FIELD = {"reducer_seed": "seed"}  # a shortcut -> the ReducerConfig field it sets, where they differ
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,12 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
     if shortcuts:
         reducer = dataclasses.replace(
             reducer or ReducerConfig(),
-            **{k: _coerce(k, v, typing.get_type_hints(ReducerConfig)[k]) for k, v in shortcuts.items()},
+            **{
+                _SHORTCUT_FIELD.get(k, k): _coerce(
+                    k, v, typing.get_type_hints(ReducerConfig)[_SHORTCUT_FIELD.get(k, k)]
+                )
+                for k, v in shortcuts.items()
+            },
         )
     return config_cls(**kwargs, reducer=reducer)
 

@@ -232,6 +232,22 @@ def test_the_reducer_option_takes_the_words_a_boolean_option_takes(word, on):
     assert attach(tiny_llama(), "effilora", targets="q_proj", reducer="Random").reducer.config.selection == "random"
 
 
+def test_reducer_seed_sets_the_reducers_own_seed_and_rebuilds_the_committed_runs_ids():
+    """From a review of the README: the committed effilora records hold reducer.seed 0 (from before it followed
+    the run's seed) and no option set it, so their seed-1/2 runs could not be rebuilt from the command line."""
+    from harness.runner import build_specs
+
+    assert attach(tiny_llama(), "effilora", targets="q_proj", reducer_seed="7").reducer.config.seed == 7
+    assert attach(tiny_llama(), "effilora", targets="q_proj").reducer.config.seed is None  # the run's seed
+    ids = {
+        seed: build_specs("commonsense", ["effilora"], [seed], "embedded", method_options={"reducer_seed": "0"})[0]
+        for seed in (0, 1)
+    }
+    assert ids[0].run_id.endswith("-303a7bfe") and ids[1].run_id.endswith("-69425590")  # results/runs' ids
+    with pytest.raises(ValueError, match="reducer_seed"):  # named among the valid options
+        attach(tiny_llama(), "effilora", targets="q_proj", seed=0)
+
+
 def test_val_size_0_is_refused_only_where_the_reducer_scores_layers():
     """K = L (drop_ratio=0) trains every layer and scores none: no validation split needed."""
     from harness.runner import build_specs, preflight
