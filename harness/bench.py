@@ -1,13 +1,15 @@
 """``harness bench``: what a training step and scoring cost, per method, against the floor and peft.
 
-A training step (forward, backward, AdamW step: torch's fused AdamW for the fast path and for peft's LoRA,
-the for-loop one for ``--reference``) of every registered method on one fixed batch of random
+A training step (forward, backward, AdamW step, weight decay 0: torch's fused AdamW for the fast path and for
+peft's LoRA; for ``--reference`` and a method without a fast path, torch's default implementation, the
+``foreach`` one on a GPU and the for-loop one on a CPU) of every registered method on one fixed batch of random
 tokens (``--batch`` x ``--seq``, loss on every token), against ``floor`` — the frozen base model's forward
 and backward down to the input embeddings, about the least any adapter can cost since the gradient must reach
 the lowest adapted layer (a little more: the embeddings' gradient also needs layer 0's attention input
 gradients, which an adapter on q, k, v alone would not) — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
 with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has the Reducer is timed per
-``--reducer`` variant; an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
+``--reducer`` variant (one whose K, from its drop ratio and the model's adapted layers, is 0 or all of them is left
+out with a note: the Reducer cannot run or would be off); an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
 reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path. ``--also KEY=VALUE``
 adds each method with that option changed (``dropout=0``), timed in the same rounds and reported paired
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -90,6 +93,11 @@ class BenchConfig:
             _reducer_options(variant)
         for item in self.also:
             _also_option(item)
+        # a repeat would be a second contender of the same name: its timings would land on one row, twice
+        for flag, values in (("--reducer", list(self.reducer)), ("--also", [_also_option(a) for a in self.also])):
+            if (repeated := next((i for i, v in enumerate(values) if v in values[:i]), None)) is not None:
+                given = (self.reducer if flag == "--reducer" else self.also)[repeated]
+                raise ValueError(f"{flag} {given!r} is given twice; give each value once (each is timed once)")
         self.check_methods()
 
     def check_methods(self) -> None:
@@ -104,6 +112,8 @@ class BenchConfig:
                     make_config(cls.config_cls, _variant_options(self.options, variant), name)
             for item in self.also:
                 make_config(cls.config_cls, self.options | dict([_also_option(item)]), name)
+        if self.peft and "lora" in METHODS:
+            peft_lora_config(self.options)
 
 
 @dataclass
@@ -157,7 +167,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     times = alternate(fns, config.rounds, config.warmup, device, desc="bench training")
     rows = relate([_train_row(c, times, model, config, device) for c in contenders])
     rows += _scoring(model, tokenizer, config, device, tasks) if config.protocols else []
-    env = environment() | {"torch_threads": torch.get_num_threads()}
+    env = environment() | {"torch_threads": torch.get_num_threads()} | code_state(config, methods)
     report = {
         "config": portable(asdict(config)),
         "model": label or config.model,
@@ -167,6 +177,23 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     }
     write_outputs(report, Path(config.out))
     return report
+
+
+def code_state(config: BenchConfig, methods: list[str]) -> dict[str, Any]:
+    """The code that was timed, as run records keep it: the harness version, the checkout's commit and dirty flag,
+    each method's ``version``, and the plugin files (sha256) and packages defining the methods (and the task whose
+    scoring is timed); ``plugins`` is empty for built-ins."""
+    from harness import __version__
+    from harness.records import git_state
+    from harness.registry import METHODS, TASKS, plugin_files
+
+    classes = [METHODS.get(m) for m in methods] + ([TASKS.get(config.task)] if config.protocols else [])
+    return {
+        "harness_version": __version__,
+        **git_state(),
+        "method_versions": {m: str(METHODS.get(m).version) for m in methods},
+        "plugins": plugin_files(*classes),
+    }
 
 
 def build_contenders(
@@ -284,6 +311,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             variants = [
                 (v, make_config(cls.config_cls, _variant_options(config.options, v), method)) for v in config.reducer
             ]
+            variants = _runnable(method, variants, model)
         default = ""  # the contender an --also variant is compared with: this method at its defaults
         for reducer, cfg in variants:
             reducer += ", default" if reducer and reducer != "default" and cfg == base else ""
@@ -298,9 +326,31 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             c.variant, c.baseline = item, default
             out.append(c)
     if config.peft and "lora" in METHODS:
-        lora = make_config(METHODS.get("lora").config_cls, config.options, "lora")
-        out += [c for fa in (False, True) if (c := _peft(model, lora, fa, batch, n, autocast)) is not None]
+        lora, left_out = peft_lora_config(config.options)
+        peft = [c for fa in (False, True) if (c := _peft(model, lora, fa, batch, n, autocast)) is not None]
+        if peft and left_out:
+            given = ", ".join(f"{k}={v}" for k, v in left_out.items())
+            print(
+                f"note: peft's LoRA takes rank, alpha, dropout and targets only; not given to it: {given}",
+                file=sys.stderr,
+            )
+        out += peft
     return out
+
+
+PEFT_OPTIONS = ("rank", "r", "alpha", "dropout", "targets")  # what peft's LoraConfig is built from (``_peft``)
+
+
+def peft_lora_config(options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """Our LoRA's config for peft's contenders from the options every method shares (rank, alpha, dropout,
+    targets), and the options left out (a method's own, ``mixer_init``; the Reducer's): ``--option`` applies to
+    every method of ``--methods``, and LoRA has none of those."""
+    from harness.config import make_config
+    from harness.registry import METHODS
+
+    given = {k: v for k, v in options.items() if k in PEFT_OPTIONS}
+    left_out = {k: v for k, v in options.items() if k not in PEFT_OPTIONS}
+    return make_config(METHODS.get("lora").config_cls, given, "lora"), left_out
 
 
 def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer) -> Contender:
@@ -344,9 +394,10 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
     peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
     wrapped = get_peft_model(_share(model), peft_cfg).train()
     if fa:
-        opt = create_lorafa_optimizer(wrapped, r=lora.r, lora_alpha=lora.alpha, lr=1e-4)
-    else:
-        opt = adamw([{"params": [p for p in wrapped.parameters() if p.requires_grad], "lr": 1e-4}], fused=True)
+        opt = create_lorafa_optimizer(wrapped, r=lora.r, lora_alpha=lora.alpha, lr=1e-4, weight_decay=0.0)
+    else:  # weight decay 0, as ours (``Adapter.param_groups``), not torch's default 0.01
+        params = [p for p in wrapped.parameters() if p.requires_grad]
+        opt = adamw([{"params": params, "lr": 1e-4, "weight_decay": 0.0}], fused=True)
     method = "lora_fa" if fa else "lora"
     step = _stepper(wrapped, opt, batch, n, autocast)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # LoRA-FA's optimizer froze A
@@ -378,6 +429,33 @@ def _stepper(
             optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def _runnable(method: str, variants: list[tuple[str, Any]], model: nn.Module) -> list[tuple[str, Any]]:
+    """The Reducer variants whose K trains some of the model's adapted layers and not all: a note (stderr) says
+    which are left out and why, before anything is timed (``attach`` would refuse K = 0, naming a k no one
+    set, and at K = L the Reducer is off: a row labelled with it would time a step without it)."""
+    from harness.adapter import Site, find_targets
+
+    kept = []
+    for variant, cfg in variants:
+        if cfg.reducer is None:  # off
+            kept.append((variant, cfg))
+            continue
+        sites = {Site.of(name, model.get_submodule(name)).layer for name in find_targets(model, cfg.targets)}
+        layers, red = len(sites), cfg.reducer
+        k = red.k if red.k is not None else round(layers * (1.0 - red.drop_ratio))  # as ReducerConfig.resolve_k
+        if 1 <= k < layers:
+            kept.append((variant, cfg))
+            continue
+        how = f"k={k}" if red.k is not None else f"K = round({layers} x (1 - {red.drop_ratio:g})) = {k}"
+        why = "the Reducer would be off" if k == layers else f"outside 1..{layers}: the Reducer cannot run"
+        print(
+            f"note: {method} ({variant}) left out: {how} of its {layers} adapted layers ({why}); a model with more "
+            "layers, or another --reducer drop ratio, times it",
+            file=sys.stderr,
+        )
+    return kept
 
 
 def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:

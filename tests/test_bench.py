@@ -450,3 +450,104 @@ def test_a_bench_without_out_writes_outside_the_committed_results():
     from harness.cli import EXAMPLES
 
     assert "--out results" not in EXAMPLES  # no example in the help rewrites the committed tables
+
+
+def test_a_methods_own_option_is_not_given_to_peft(tmp_path, capsys):
+    """From a review: peft's LoRA was built from every --option, so `--methods moslora --option
+    mixer_init=orthogonal` failed after the model loaded (unknown option 'mixer_init' for method 'lora')."""
+    options = {"mixer_init": "orthogonal", "rank": "4", "targets": "q_proj,v_proj"}
+    config = BenchConfig(methods=("moslora",), options=options, batch_size=1, seq_len=8, rounds=1, warmup=0,
+                         protocols=(), threads=1, out=str(tmp_path))  # fmt: skip
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama())["rows"]}
+    assert {"moslora", "peft lora", "peft lora_fa"} <= set(rows)
+    assert "not given to it: mixer_init=orthogonal" in capsys.readouterr().err
+    from harness.bench import build_contenders
+
+    _, contenders = build_contenders(config, tiny_llama(), ["moslora"], torch.device("cpu"))
+    peft = next(c for c in contenders if c.name == "peft lora").config  # the shared options still reach it
+    assert peft.r == 4 and set(peft.target_modules) == {"q_proj", "v_proj"}
+
+
+def test_reducer_variants_whose_k_is_none_or_every_layer_are_left_out_with_a_note(tmp_path, capsys):
+    """From a review: on 2 layers the default importance:0.75 (K = round(0.5) = 0) failed after loading with
+    'reducer k=0 is outside 1..2', and importance:0.25 (K = 2 = L) was timed as a Reducer row with the Reducer off."""
+    config = BenchConfig(methods=("effilora",), batch_size=1, seq_len=8, rounds=1, warmup=0, peft=False,
+                         protocols=(), threads=1, out=str(tmp_path))  # fmt: skip
+    rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=2))["rows"]]
+    assert rows == ["floor", "effilora (off)"]
+    err = capsys.readouterr().err
+    assert "effilora (importance:0.75) left out: K = round(2 x (1 - 0.75)) = 0 of its 2 adapted layers" in err
+    for variant in ("importance:0.25", "random:0.25"):
+        assert f"effilora ({variant}) left out: K = round(2 x (1 - 0.25)) = 2 of its 2 adapted layers (the " in err
+    rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=4))["rows"]]  # K = 3, 3, 1 of 4
+    assert rows == ["floor", "effilora (off)", "effilora (importance:0.25, default)", "effilora (random:0.25)",
+                    "effilora (importance:0.75)"]  # fmt: skip
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_the_documented_two_layer_command_runs(tmp_path):
+    """The README's `harness bench --model meta-llama/Meta-Llama-3-8B --random-weights --layers 2`, at a tiny
+    shape: every method, peft, the default --reducer variants."""
+    folder = tmp_path / "tiny"
+    tiny_llama(layers=4).save_pretrained(folder)  # only its config is read
+    argv = ["bench", "--model", str(folder), "--random-weights", "--layers", "2", "--batch", "1", "--seq", "8"]
+    argv += ["--rounds", "1", "--warmup", "0", "--protocols", "none", "--threads", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
+    rows = [r["contender"] for r in json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]]
+    assert "effilora (off)" in rows and "peft lora" in rows and not any("importance" in r for r in rows)
+
+
+def test_a_repeated_reducer_or_also_value_is_refused(capsys):
+    """From a review: a repeated value made two contenders of one name, whose timings landed on one row twice."""
+    with pytest.raises(ValueError, match=r"--reducer 'off' is given twice"):
+        BenchConfig(reducer=("off", "random:0.5", "off"))
+    with pytest.raises(ValueError, match=r"--also ' dropout = 0' is given twice"):
+        BenchConfig(also=("dropout=0", " dropout = 0"))
+    BenchConfig(also=("dropout=0", "dropout=0.1"))  # one option at two values: two contenders
+    argv = ["bench", "--model", "no/such-model", "--reducer", "off,off", "--protocols", "none"]
+    assert main(argv) == 2  # before the model is looked for
+    assert "--reducer 'off' is given twice" in capsys.readouterr().err
+
+
+def test_every_optimizer_steps_without_weight_decay():
+    """From a review: peft's LoRA stepped torch's default weight decay (0.01) while ours step with 0."""
+    from harness.bench import build_contenders
+
+    config = BenchConfig(methods=("lora", "lora_fa", "effilora"), batch_size=1, seq_len=8, reducer=("off",))
+    _, contenders = build_contenders(config, tiny_llama(), list(config.methods), torch.device("cpu"))
+    decay = {c.name: [g["weight_decay"] for g in c.optimizer.param_groups] for c in contenders if c.optimizer}
+    assert set(decay) == {"lora", "lora_fa", "effilora (off)", "peft lora", "peft lora_fa"}
+    assert all(d == [0.0] * len(d) and d for d in decay.values()), decay
+
+
+def test_bench_json_records_the_code_it_timed(tmp_path, monkeypatch):
+    """From a review: bench.json kept no commit, method versions or plugin hashes, as run records do."""
+    import sys
+
+    from harness import registry
+    from harness.records import git_state
+
+    METHODS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+    monkeypatch.setattr(registry, "_PLUGINS_LOADED", {})
+    monkeypatch.setattr(registry, "_PLUGIN_OF", {})
+    plugin = tmp_path / "bench_plug.py"
+    plugin.write_text(
+        "from harness import METHODS\nfrom methods.lora import LoraLinear\n\n"
+        "@METHODS.register('bench_plug')\nclass BenchPlug(LoraLinear):\n    version = '3'\n"
+    )
+    modules = set(sys.modules)
+    try:
+        registry.load_plugin(plugin)
+        config = BenchConfig(methods=("lora", "bench_plug"), batch_size=1, seq_len=8, rounds=1, warmup=0,
+                             peft=False, protocols=(), threads=1, out=str(tmp_path / "out"))  # fmt: skip
+        run_bench(config, model=tiny_llama())
+    finally:
+        for name in set(sys.modules) - modules:  # the plugin's module, not what it imported first
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+                del sys.modules[name]
+    env = json.loads((tmp_path / "out" / "bench.json").read_text())["environment"]
+    assert env["method_versions"] == {"lora": "1", "bench_plug": "3"}
+    [entry] = env["plugins"]
+    assert entry["file"] == "bench_plug.py" and len(entry["sha256"]) == 64
+    assert {k: env[k] for k in ("git_commit", "git_dirty")} == git_state() and env["harness_version"]

@@ -26,9 +26,13 @@ def method(request) -> str:
     return request.param
 
 
+BUILT_IN = ("effilora", "hydralora", "lora", "lora_fa", "moslora", "sharelora")
+
+
 def test_every_built_in_method_offers_the_fast_path():
-    built_in = [m for m in ALL_METHODS if METHODS.get(m).__module__.startswith("methods.")]
-    assert built_in and set(built_in) <= set(FAST_METHODS)
+    """The six built-ins by name: a method a user adds under methods/ (README, "Adding a method") need not
+    define one (this file then skips it), and was failed here by its module's name (a review)."""
+    assert {m for m in BUILT_IN if METHODS.get(m).offers_fast_path()} == set(BUILT_IN)
 
 
 def outputs_and_grads(adapter, fast: bool, autocast: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
