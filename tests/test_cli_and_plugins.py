@@ -154,6 +154,24 @@ def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path):
     assert json.loads(again.stdout)[0]["method"] == "half_lora"
 
 
+def test_the_readmes_method_example_runs_as_written(tmp_path):
+    """The README's "Adding a method" file, verbatim: listed, counted as LoRA is, its option taken."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    [code] = [b for b in readme.split("```python\n")[1:] if b.startswith("# my_lora.py\n")]
+    plugin = tmp_path / "my_lora.py"
+    plugin.write_text(code.split("```", 1)[0])
+    counted = run_cli(
+        "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "my_lora",
+        "--option", "gain=2", "--json",
+    )  # fmt: skip
+    assert counted.returncode == 0, counted.stderr
+    assert json.loads(counted.stdout)[0]["trainable"] == REFERENCE["lora"][0]
+    source = plugin.read_text()
+    assert 'ignored_options = ("heads",)' in source  # else --heads would give its runs a second run id
+
+
 def test_an_installed_package_registers_through_the_entry_point_group(tmp_path):
     (tmp_path / "ep_lora.py").write_text(PLUGIN.format(name="ep_lora"))
     dist = tmp_path / "ep_lora-0.1.dist-info"
