@@ -4,21 +4,24 @@
 ``<task>_seeds.csv`` and ``<task>.png``, and for all tasks ``overhead.csv``, ``leaderboard.md`` and ``leaderboard.html``.
 
 Rows and sections. Runs that differ only in their seed form one row (seeds pooled). Rows with the same
-task, preset, model, protocol, task options and training settings form a *section*: the rows that may be
-compared. The zero-shot ``base`` row joins every section of its task, preset, model, protocol and task
-options. Each section also gets two baseline rows computed from the records' ``answers``/``n_options``:
-``majority`` (always the most common correct option index among the scored examples; ties: the lowest
-index) and ``chance`` (uniform over the question's options: 1/n_options per example); a task whose scoring
-is not one pick among options (CircularEval, open answers) gives both per example in the entry's ``baselines``.
+task, preset, model, protocol, task options and training settings, run on the same data (no test or training
+file with another sha256), form a *section*: the rows that may be compared. The zero-shot ``base`` row joins
+every section of its task, preset, model, protocol and task options whose data its own does not contradict.
+Each section also gets two baseline rows computed from the records' ``answers``/``n_options``: ``majority``
+(always the most common correct option index among the scored examples; ties: the lowest index) and
+``chance`` (uniform over the question's options: 1/n_options per example); a task whose scoring is not one
+pick among options (CircularEval, open answers) gives both per example in the entry's ``baselines``.
 
 Statistics (see :mod:`harness.stats`). A cell is an accuracy in percent with its 95% bootstrap interval
 over test examples, pooled over seeds (per-example correctness averaged over the seeds' runs, then
-examples resampled). Avg is the mean over the benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8
-benchmarks of the section; absent benchmarks never count), its interval resamples each benchmark
-independently. ``vs_lora`` is the paired difference to the section's ``lora`` row on the same examples
-(two trained rows with different seeds: over the seeds both ran, so that one seed is not set against
-three); it is significant (``*``) when its interval excludes 0 and the paired sign-flip test (McNemar's exact
-test for right/wrong scores; ``harness.stats.sign_flip_p``) gives p < 0.05. A cell is flagged ``constant`` when, in any of the
+examples resampled); a column whose entries declare another ``scale`` (the diffusion judge's 1-10) is in its
+own units, and its interval gets no percent end bound (``harness.stats.estimate``). Avg is the mean over the
+benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8 benchmarks of the section; absent benchmarks never
+count), its interval resamples each benchmark independently. ``vs_lora`` is the paired difference to the
+section's ``lora`` row on the same examples (two trained rows with different seeds: over the seeds both ran,
+so that one seed is not set against three); it is significant (``*``) when its interval excludes 0 and the
+paired sign-flip test (McNemar's exact test for right/wrong scores; ``harness.stats.sign_flip_p``) gives
+p < 0.05. A cell is flagged ``constant`` when, in any of the
 row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
 option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
 
@@ -74,6 +77,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -87,11 +91,13 @@ from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, write_text
 from harness.records import (
     FIRST_METHOD_VERSION,
+    PERCENT,
     check_success,
     config_hash,
     find_records,
     pending_swaps,
     read_record,
+    score_scale,
 )
 from harness.runner import BASELINE
 from harness.stats import (
@@ -248,13 +254,21 @@ def _make_row(
     name: str = "",
     averaged: list[str] | None = None,
     intervals: dict[str, Estimate] | None = None,
+    scaled: set[str] | None = None,
 ) -> Row:
+    """``scaled``: the benchmarks whose entries declare per-example scores on another scale than percent (a
+    judge's 1-10): their intervals get no percent end bound (``estimate(scores=False)``), nor does one where a
+    score lies outside 0-100."""
+
+    def percent(b: str) -> bool:
+        return b not in (scaled or ()) and bool(np.all((scores[b] >= 0) & (scores[b] <= 100)))
+
     cells = {}
     for b in benchmarks:
         if b in absent:
             cells[b] = Cell(absent=True)
         elif b in scores:
-            ci = estimate([scores[b]])
+            ci = estimate([scores[b]], scores=percent(b))
             cells[b] = Cell(ci.value, ci, constant=b in (constant or ()))
         else:  # a set-level score (e.g. KID) may carry its own interval
             cells[b] = Cell(values.get(b), (intervals or {}).get(b), constant=b in (constant or ()))
@@ -263,7 +277,7 @@ def _make_row(
     if partial:  # majority/chance where the task has none for some averaged columns: no Avg beside the models'
         cells[AVG] = Cell(None)
     elif scored and all(b in scores for b in scored):
-        ci = estimate([scores[b] for b in scored])
+        ci = estimate([scores[b] for b in scored], scores=all(percent(b) for b in scored))
         cells[AVG] = Cell(ci.value, ci)
     else:
         cells[AVG] = Cell(statistics.mean(cells[b].value for b in scored) if scored else None)
@@ -272,9 +286,11 @@ def _make_row(
 
 def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str], averaged: list[str]) -> Row:
     """One row from the seeds' runs of one method and its options."""
-    absent, values, scores, answers, constant, intervals = set(), {}, {}, {}, set(), {}
+    absent, values, scores, answers, constant, intervals, scaled = set(), {}, {}, {}, set(), {}, set()
     for b in benchmarks:
         entries = [r["eval"].get(b, {}) for r in runs]
+        if any(score_scale(e) != PERCENT for e in entries):
+            scaled.add(b)
         if all(e.get("status") == "absent" for e in entries):
             absent.add(b)
             continue
@@ -293,12 +309,19 @@ def _run_row(method: str, runs: list[dict[str, Any]], benchmarks: list[str], ave
             )
         elif all(s is not None for s in per_run) and len(keys) == 1:
             scores[b], answers[b] = np.mean(per_run, axis=0), examples_key(entries[0])
+        elif all(s is not None for s in per_run):  # e.g. a judge that failed on other images in each run
+            ids = ", ".join(r["run"]["id"] for r in runs)
+            print(
+                f"warning: {method} {b}: its runs scored different examples ({ids}); their mean is shown without "
+                "an interval and compared with nothing",
+                file=sys.stderr,
+            )
         if any(is_constant(e.get("preds", {}).get(e["metric"], "")) for e in entries if "metric" in e):
             constant.add(b)
     name = runs[0]["run"]["config"]["method"]
     kind = "zero-shot" if name == BASELINE else "trained"
     return _make_row(
-        method, kind, benchmarks, absent, values, scores, answers, constant, runs, name, averaged, intervals
+        method, kind, benchmarks, absent, values, scores, answers, constant, runs, name, averaged, intervals, scaled
     )
 
 
@@ -308,12 +331,15 @@ def _baseline_rows(
     """``majority`` and ``chance`` from the answers of the first run (by id) that has them per benchmark."""
     scores: dict[str, dict[str, np.ndarray]] = {MAJORITY: {}, CHANCE: {}}
     answers: dict[str, str] = {}
+    scaled: set[str] = set()
     for b in benchmarks:
         if b in absent:
             continue
         given = next((r["eval"][b] for r in runs if r["eval"].get(b, {}).get("baselines")), None)
         if given is not None:  # per-example baseline scores the task computed (e.g. under CircularEval)
             answers[b] = examples_key(given)
+            if score_scale(given) != PERCENT:
+                scaled.add(b)
             for name in (MAJORITY, CHANCE):
                 if name in given["baselines"]:
                     scores[name][b] = np.asarray(given["baselines"][name], dtype=float)
@@ -325,7 +351,7 @@ def _baseline_rows(
         for name, s in baseline_scores(entry["answers"], entry.get("n_options")).items():
             scores[name][b] = s
     return [
-        _make_row(name, "baseline", benchmarks, absent, {}, scores[name], answers, averaged=averaged)
+        _make_row(name, "baseline", benchmarks, absent, {}, scores[name], answers, averaged=averaged, scaled=scaled)
         for name in (MAJORITY, CHANCE)
         if scores[name]
     ]
@@ -480,7 +506,7 @@ def _rank(row: Row) -> tuple[int, float, str]:
     return (row.kind != "trained", -avg if avg is not None and row.kind == "trained" else 0.0, row.method)
 
 
-def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]]) -> Section:
+def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]], key: str) -> Section:
     labels = _labels(sorted(groups))
     groups = {k: g if k[0] == BASELINE else _newest_per_seed(g, duplicate=labels[k]) for k, g in groups.items()}
     runs = sorted((r for g in groups.values() for r in g), key=lambda r: r["run"]["id"])
@@ -512,7 +538,7 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
         c["preset"],
         c["protocol"],
         model,
-        config_hash({"c": common, "t": train}),
+        key,
         benchmarks,
         rows,
         info,
@@ -544,25 +570,103 @@ def _newest_per_seed(runs: list[dict[str, Any]], duplicate: str | None = None) -
 
 def sections(records: list[dict[str, Any]]) -> list[Section]:
     """Every task's comparable sections, sorted by task, preset, protocol, model. A row counts one run per
-    seed (``_newest_per_seed``)."""
-    trained: dict[tuple[str, str], dict[tuple[str, str], list[dict[str, Any]]]] = {}
-    zero_shot: dict[str, dict[tuple[str, str], list[dict[str, Any]]]] = {}
+    seed (``_newest_per_seed``). Runs at the same settings whose data differ (``_digests``: a test or training
+    file's sha256) are other sections, not seeds of one row (pooled, their per-example scores would not pair);
+    the zero-shot ``base`` joins those whose data its own does not contradict."""
+    by_settings: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    zero_shot: dict[str, list[dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: r["run"]["id"]):
         common, train = _settings(record)
         if record["run"]["config"]["method"] != BASELINE:
-            trained.setdefault((common, train), {}).setdefault(_row_key(record), []).append(record)
+            by_settings.setdefault((common, train), []).append(record)
         else:  # training settings do not change a zero-shot run: one row over them all
-            zero_shot.setdefault(common, {}).setdefault(_row_key(record), []).append(record)
-    for groups in zero_shot.values():
-        for key, runs in groups.items():
-            groups[key] = _newest_per_seed(runs)
-    for common, groups in zero_shot.items():
-        targets = [k for k in trained if k[0] == common]
-        for k in targets or [(common, _settings(next(iter(groups.values()))[0])[1])]:
-            trained[k] = {**trained.get(k, {}), **groups}
-    out = [_section(common, train, groups) for (common, train), groups in trained.items()]
-    _set_apart(out, [_flat({**json.loads(common), "train": json.loads(train)}) for common, train in trained])
+            zero_shot.setdefault(common, []).append(record)
+    # (common, train, n): the n-th data of those settings, oldest first; its digests
+    trained: dict[tuple[str, str, int], dict[tuple[str, str], list[dict[str, Any]]]] = {}
+    data: dict[tuple[str, str, int], dict[str, str]] = {}
+    for (common, train), runs in by_settings.items():
+        for n, (digests, same) in enumerate(_by_data(runs)):
+            data[(common, train, n)] = digests
+            for record in sorted(same, key=lambda r: r["run"]["id"]):
+                trained.setdefault((common, train, n), {}).setdefault(_row_key(record), []).append(record)
+    targets_of = list(trained)  # the sections a base run may join: those with trained runs
+    for common, runs in zero_shot.items():
+        for digests, same in _by_data(runs):
+            groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+            for record in sorted(same, key=lambda r: r["run"]["id"]):
+                groups.setdefault(_row_key(record), []).append(record)
+            labels = _labels(sorted(groups))
+            groups = {key: _newest_per_seed(g, duplicate=labels[key]) for key, g in groups.items()}
+            targets = [k for k in targets_of if k[0] == common and _fits(digests, data[k])]
+            if not targets:  # no trained run to join: a section of its own
+                train = _settings(same[0])[1]
+                targets = [(common, train, sum(k[:2] == (common, train) for k in trained))]
+                data[targets[0]] = digests
+            for k in targets:
+                trained[k] = {**trained.get(k, {}), **groups}
+    out = []
+    for (common, train, n), groups in trained.items():
+        key = {"c": common, "t": train} | ({"d": data[(common, train, n)]} if n > 0 else {})  # the oldest keeps its id
+        out.append(_section(common, train, groups, config_hash(key)))
+    # where settings were run on other data, the sections of their title say which data (a digest of the digests)
+    split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0}
+    settings = [
+        _flat(
+            {**json.loads(k[0]), "train": json.loads(k[1])}
+            | ({"data": config_hash(data[k])} if _title(s) in split else {})
+        )
+        for s, k in zip(out, trained, strict=True)
+    ]
+    _set_apart(out, settings)
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _digests(record: dict[str, Any]) -> dict[str, str]:
+    """What identifies the data a run read: per scored benchmark its test file's sha256 (``eval/B``, as the task
+    records it), and every sha256 the task's ``run.config.data`` names (where in it -> the digest; a list item by
+    its ``file``)."""
+    out = {
+        f"eval/{b}": e["sha256"]
+        for b, e in record["eval"].items()
+        if isinstance(e, dict) and "value" in e and isinstance(e.get("sha256"), str)
+    }
+
+    def walk(x: Any, at: str) -> None:
+        if isinstance(x, dict):
+            for k, v in x.items():
+                walk(v, f"{at}/{k}")
+        elif isinstance(x, list):
+            for i, v in enumerate(x):
+                walk(v, f"{at}/{v['file'] if isinstance(v, dict) and isinstance(v.get('file'), str) else i}")
+        elif isinstance(x, str) and SHA256.fullmatch(x):
+            out[at] = x
+
+    walk(record["run"]["config"].get("data"), "data")
+    return out
+
+
+def _fits(mine: dict[str, str], theirs: dict[str, str]) -> bool:
+    """No file both name has another digest (one that only one names, e.g. a training file the zero-shot run
+    never read or a benchmark a run failed, contradicts nothing)."""
+    return all(theirs.get(k, v) == v for k, v in mine.items())
+
+
+def _by_data(runs: list[dict[str, Any]]) -> list[tuple[dict[str, str], list[dict[str, Any]]]]:
+    """``runs`` in groups whose data do not contradict (``_fits``), oldest run first (``created_at``, then id):
+    each group's digests (all its runs name) and its runs. One group where they all read the same data."""
+    groups: list[tuple[dict[str, str], list[dict[str, Any]]]] = []
+    for r in sorted(runs, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"])):
+        mine = _digests(r)
+        group = next((g for g in groups if _fits(mine, g[0])), None)
+        if group is None:
+            groups.append((mine, [r]))
+        else:
+            group[0].update(mine)
+            group[1].append(r)
+    return groups
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -572,12 +676,16 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _title(s: Section) -> tuple[str, str, str, str]:
+    return s.task, s.preset, s.protocol, s.model
+
+
 def _set_apart(secs: list[Section], settings: list[dict[str, str]]) -> None:
     """``info["apart"]``: where sections share a title (task, preset, protocol, model), the settings that set
     each apart (e.g. ``task_settings.generated_data.version 4``), so that a reader can tell them apart."""
     titles: dict[tuple[str, ...], list[int]] = {}
     for i, s in enumerate(secs):
-        titles.setdefault((s.task, s.preset, s.protocol, s.model), []).append(i)
+        titles.setdefault(_title(s), []).append(i)
     for group in titles.values():
         keys = sorted({k for i in group for k in settings[i]})
         values = {k: {settings[i][k] for i in group if k in settings[i]} for k in keys}
@@ -646,7 +754,34 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records), mixed))
+    for line in leftover_files(out_dir, {s.task for s in secs}, runs_dir):
+        print(f"warning: {line}", file=sys.stderr)
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
+
+
+TASK_FILES = ("{task}.csv", "{task}_comparisons.csv", "{task}_seeds.csv", "{task}.png")  # a task's leaderboard files
+
+
+def leftover_files(out_dir: Path, tasks: set[str], runs_dir: Path) -> list[str]:
+    """A line naming the leaderboard files (``TASK_FILES``) in ``out_dir`` of registered tasks other than ``tasks``
+    (those rebuilt): left from an earlier leaderboard of other records, beside pages that no longer show them.
+    They are not deleted (the folder may hold them on purpose)."""
+    from harness.registry import TASKS
+
+    old = [
+        name
+        for task in TASKS.names()
+        if task not in tasks
+        for pattern in TASK_FILES
+        if (out_dir / (name := pattern.format(task=task))).is_file()
+    ]
+    if not old:
+        return []
+    return [
+        f"{out_dir} still holds {', '.join(old)} from an earlier leaderboard: the records under {runs_dir} have "
+        "no run of their task, so leaderboard.md and leaderboard.html do not show them; delete them, or rebuild "
+        "from a runs folder that holds those runs too"
+    ]
 
 
 def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:

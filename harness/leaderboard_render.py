@@ -407,8 +407,9 @@ def plot(secs: list[Section], task: str, path: Path) -> Path:
 
     secs = newest_sections(secs)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    models = len({s.model for s in secs}) > 1  # sections of two models at one preset and protocol: name the model
     for s in secs:
-        suffix = f" ({s.preset}, {s.protocol})" if len(secs) > 1 else ""
+        suffix = f" ({s.preset}, {s.protocol}{f', {s.model}' if models else ''})" if len(secs) > 1 else ""
         for row in s.rows:
             avg = row.cells[AVG]
             if avg.value is None:

@@ -90,8 +90,8 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
 def read_record(path: Path) -> dict[str, Any]:
     """Parse and check one record; ``ValueError`` says what is wrong with it."""
     try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        record = json.loads(path.read_text(encoding="utf-8"))  # written as UTF-8 (harness.atomic.write_json)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:  # a damaged file: named, not a bare codec error
         raise ValueError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict):
         raise ValueError(f"{path}: not a JSON object")
@@ -129,6 +129,8 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
                     "with --force"
                 )
             value = value[key]
+    if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
+        raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")
     for benchmark, entry in record["eval"].items():
         if isinstance(entry, dict) and "scores" in entry and not entry["scores"]:
             raise ValueError(f"{path}: {benchmark} has no per-example scores (n = 0); run it again with --force")
@@ -145,8 +147,10 @@ def check_eval(evals: Any) -> None:
     ``{benchmark: {"status": "absent" | "failed", ...}}`` or ``{"metric": str, "value": finite number, "n": int,
     ...}`` with, per example, either ``answers`` (one ASCII digit a scored example: the correct option's index),
     ``preds`` (``{metric: one digit a scored example, "-" for no answer}``) and optionally ``n_options`` (one digit
-    1-9 an example), or ``scores`` (one finite number an example: 0-100 for the percent columns); ``baselines``
-    (``{"majority" | "chance": one finite number an example}``) where the task computes those itself."""
+    1-9 an example), or ``scores`` (one finite number an example, within the entry's ``scale``); ``baselines``
+    (``{"majority" | "chance": one finite number an example}``, within it too) where the task computes those itself.
+    ``scale`` (``[low, high]``) is where a column's per-example scores lie when they are not percent (a judge's 1-10);
+    none: 0-100."""
     if not isinstance(evals, dict) or not all(isinstance(b, str) for b in evals):
         raise ValueError(f"evaluate() returned {type(evals).__name__}; it returns {{benchmark name: entry}}")
     for b, e in evals.items():
@@ -158,6 +162,7 @@ def check_eval(evals: Any) -> None:
             continue
         if not isinstance(e.get("metric"), str) or not _finite(e.get("value")) or type(e.get("n")) is not int:
             raise ValueError(f"eval entry {b!r}: needs 'metric' (str), 'value' (a finite number) and 'n' (an int)")
+        low, high = _scale(b, e)
         size = None
         if "answers" in e:
             answers = e["answers"]
@@ -184,6 +189,7 @@ def check_eval(evals: Any) -> None:
                     "scored: status 'absent' with a reason)"
                 )
             size = len(per_example) if size is None else size
+            _within(b, "scores", per_example, low, high)
         baselines = e.get("baselines") or {}
         if not isinstance(baselines, dict):
             raise ValueError(f"eval entry {b!r}: 'baselines' must be {{'majority' | 'chance': list}}")
@@ -192,6 +198,47 @@ def check_eval(evals: Any) -> None:
                 raise ValueError(
                     f"eval entry {b!r}: baselines[{name!r}] must be a list of finite numbers, one an example"
                 )
+            _within(b, f"baselines[{name!r}]", values, low, high)
+
+
+PERCENT = (0.0, 100.0)  # the scale of per-example scores whose entry names none
+
+
+def score_scale(entry: dict[str, Any]) -> tuple[float, float]:
+    """The ``(low, high)`` an eval entry's per-example scores lie in: its ``scale``, else percent (0-100)."""
+    scale = entry.get("scale")
+    return PERCENT if scale is None else (float(scale[0]), float(scale[1]))
+
+
+def _scale(b: str, e: dict[str, Any]) -> tuple[float, float]:
+    scale = e.get("scale")
+    if scale is not None and not (
+        isinstance(scale, list | tuple) and len(scale) == 2 and all(map(_finite, scale)) and scale[0] < scale[1]
+    ):
+        raise ValueError(
+            f"eval entry {b!r}: 'scale' {scale!r} must be [low, high], two finite numbers, low < high (the range of "
+            "its per-example scores; leave it out for percent, 0-100)"
+        )
+    return score_scale(e)
+
+
+def _within(b: str, what: str, values: Any, low: float, high: float) -> None:
+    """``ValueError`` naming the column where a per-example score lies outside its scale: the leaderboard reads an
+    entry without ``scale`` as percent (a percent interval's bound at 0 and 100 is not a judge's at 1 and 10)."""
+    if (out := next((x for x in values if not low <= x <= high), None)) is not None:
+        raise ValueError(
+            f"eval entry {b!r}: {what} holds {out!r}, outside its scale {low:g} to {high:g}; give the entry "
+            "'scale': [low, high] where its scores are not percent (0-100)"
+        )
+
+
+def _not_finite(value: Any, at: str) -> str | None:
+    """The first field under ``value`` (named from ``at``) holding NaN or an infinity; None where every number is
+    finite (the runner writes a validation loss that is not finite as null, with what it was beside it)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return at
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((bad for k, v in items if (bad := _not_finite(v, f"{at}.{k}")) is not None), None)
 
 
 def _finite(x: Any) -> bool:

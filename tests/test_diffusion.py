@@ -1040,6 +1040,48 @@ def test_an_hps_v2_that_fails_while_scoring_keeps_the_runs_other_scores_and_its_
     assert "harness rescore --task diffusion" in capsys.readouterr().err
 
 
+def test_the_judges_and_hps_v2s_entries_name_their_scale_and_pass_the_records_check(monkeypatch):
+    """From a review: the judge's 1-10 scores (and HPS v2's 100 x a cosine) were read as percent, whose interval
+    near 0 gets Clopper-Pearson's bound (a judge's mean 3.18 of 60 read up to 5.96). Each entry now says its
+    scale; without one a score outside 0-100 is refused, naming the column."""
+    from harness.records import check_eval
+    from tasks.diffusion import hps, optional_scores
+
+    class Judge:
+        endpoint = "http://127.0.0.1:1"
+
+        def __init__(self, model):
+            pass
+
+        def __call__(self, png, prompt):
+            return djudge.Verdict(dict(GOOD), json.dumps(GOOD), False, 1)
+
+    class HPS:
+        provenance = {"file": "HPS_v2_compressed.pt"}
+
+        def __init__(self, path):
+            pass
+
+        def score(self, images, prompts):
+            return [-3.5, 27.25]  # a cosine may be below 0
+
+    monkeypatch.setattr(djudge, "Judge", Judge)
+    monkeypatch.setattr(hps, "HPSv2", HPS)
+    common = {"n": 2, "protocol": "native", "examples": "e", "sha256": "x"}
+    scoring_opts = {"judge_model": "judge-test", "hps_checkpoint": "HPS_v2_compressed.pt"}
+    out = optional_scores(scoring_opts, [None, None], ["a", "b"], common, pngs=[b"1", b"2"])
+    assert {c: out[c]["scale"] for c in ("judge_quality", "judge_avg", "hps_v2")} == {
+        "judge_quality": [1, 10],
+        "judge_avg": [1, 10],
+        "hps_v2": [-100, 100],
+    }
+    check_eval(out)
+    with pytest.raises(ValueError, match=r"'hps_v2': scores holds -3.5, outside its scale 0 to 100"):
+        check_eval({"hps_v2": {k: v for k, v in out["hps_v2"].items() if k != "scale"}})
+    with pytest.raises(ValueError, match=r"'judge_avg': scores holds 11.0, outside its scale 1 to 10"):
+        check_eval({"judge_avg": {**out["judge_avg"], "scores": [6.0, 11.0]}})
+
+
 def test_hps_loading_path_with_a_small_open_clip_model(tmp_path):
     if os.environ.get("HARNESS_REQUIRE_OPEN_CLIP"):  # .ci/run's torchvision environment: a skip would hide it
         import open_clip

@@ -353,3 +353,24 @@ def test_holm_adjusts_a_family_of_p_values_step_down():
     # sorted 0.01, 0.02, 0.03, 0.5 times 4, 3, 2, 1, kept monotone: 0.04, 0.06, 0.06, 0.5
     assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
     assert holm([0.6, 0.9]) == pytest.approx([1.0, 1.0]) and holm([]) == []
+
+
+def test_a_column_on_another_scale_gets_no_percent_end_bound(tmp_path):
+    """From a review: the diffusion judge's 1-10 scores were read as percent, so a mean of 3.18 over 60 prompts
+    got Clopper-Pearson's upper end at 0 of 60, 5.96, instead of its bootstrap's ~3.4; a column without a
+    ``scale`` (percent) keeps that bound, and none is applied where a score lies outside 0-100."""
+    runs = tmp_path / "runs"
+    judged = [3.0] * 49 + [4.0] * 11  # mean 3.18
+    entry = {"metric": "judge", "value": float(np.mean(judged)), "n": 60, "scores": judged, "examples": "e"}
+    percent = {**entry, "metric": "sim", "scores": [1.0] * 60, "value": 1.0}  # percent, near 0: the bound applies
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": {**entry, "scale": [1, 10]}, "boolq": percent}))
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = read_csv(tmp_path / "out" / "commonsense.csv")
+    plain = estimate([np.asarray(judged)], scores=False)
+    assert row["ARC-Easy"] == "3.18" and float(row["ARC-Easy_hi"]) == pytest.approx(plain.hi, abs=0.01)
+    assert plain.hi < 3.5
+    bound = 100.0 * (1 - 0.025 ** (1 / 60))  # 5.96
+    assert float(row["boolq_hi"]) == pytest.approx(bound, abs=0.01)
+    avg = estimate([np.asarray(judged), np.ones(60)], scores=False)  # an Avg over a scaled column: no bound either
+    assert float(row["Avg_hi"]) == pytest.approx(avg.hi, abs=0.01) and avg.hi < 2.5
+    assert estimate([np.asarray(judged)]).hi == pytest.approx(bound)  # what the judge's cell read before

@@ -428,6 +428,89 @@ def test_a_seed_run_twice_in_one_row_counts_once_the_newest_with_a_warning(tmp_p
     assert "warning: lora has 2 runs of seed 0; counted once, the newest" in err and "-b8)" in err
 
 
+def test_a_zero_shot_seed_run_twice_counts_once_the_newest_with_a_warning(tmp_path, capsys):
+    """README: a row "counts its newest run, with a warning naming the others"; base's were dropped unnamed."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 5
+    for batch, preds, created in (
+        (16, answers, "2026-01-01T00:00:00+00:00"),
+        (8, "0000" * 5, "2026-01-02T00:00:00+00:00"),
+    ):
+        record = fixture_record("base", 0, evals={"ARC-Easy": scored(answers, preds)})
+        record["run"]["config"]["eval_batch_size"] = batch
+        record["run"]["id"] += f"-b{batch}"
+        record["run"]["created_at"] = created
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert (rows["base"]["ARC-Easy"], rows["base"]["n_runs"]) == ("25.0", "1")  # the newest, not 62.5 over both
+    err = capsys.readouterr().err
+    assert "warning: base has 2 runs of seed 0; counted once, the newest" in err and "-b8), not " in err, err
+
+
+def _on_data(record: dict, test: str, train: str | None = None) -> dict:
+    """``record`` as a run on other data: its test file's sha256 (as its eval entries record it) and, for a trained
+    run, its training file's (``run.config.data``, as ``describe()`` records it)."""
+    for entry in record["eval"].values():
+        if "value" in entry:
+            entry["sha256"] = test * 64
+    if train is not None:
+        record["run"]["config"]["data"] = {"train_files": [{"file": "ARC-Easy/train.json", "sha256": train * 64}]}
+    return record
+
+
+def test_seeds_run_on_other_data_are_other_sections_not_one_pooled_row(tmp_path, capsys):
+    """From a review: seeds of one method on two test sets were pooled into one row (their mean, with no interval
+    and no comparison: the per-example scores could not pair), silently. Now each data is a section; the oldest
+    keeps the id it had alone, the zero-shot run joins the one whose data it read, and each says which data."""
+    answers = "0123" * 5
+    old = [
+        _on_data(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a", "c"),
+        _on_data(fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, "0000" * 5)}), "a", "c"),
+        _on_data(fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 5)}), "a"),
+    ]
+    new = _on_data(fixture_record("lora", 1, evals={"ARC-Easy": scored(answers, "0000" * 5)}), "b", "c")
+    for i, record in enumerate([*old, new]):
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(tmp_path / "runs", record)
+        if record is not new:
+            write_fixture(tmp_path / "alone", record)
+    write_leaderboards(tmp_path / "alone", tmp_path / "out_alone")
+    [alone] = {r["section"] for r in read_csv(tmp_path / "out_alone" / "commonsense.csv")}
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "commonsense.csv")
+    by_section: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_section.setdefault(r["section"], {})[r["method"]] = r
+    assert len(by_section) == 2 and alone in by_section  # the older data keeps its section's id
+    first, [second] = by_section.pop(alone), list(by_section.values())
+    assert (first["lora"]["ARC-Easy"], first["lora"]["seeds"], second["lora"]["ARC-Easy"]) == ("100.0", "0", "25.0")
+    assert first["lora"]["ARC-Easy_lo"] != "" and first["effilora"]["ARC-Easy_vs_lora"] == "-75.0"  # still paired
+    assert "base" in first and "base" not in second and "effilora" not in second
+    assert first["lora"]["settings"].startswith("data ") and second["lora"]["settings"].startswith("data ")
+    assert first["lora"]["settings"] != second["lora"]["settings"]
+    # a training file read two ways splits too; one a run did not read (the zero-shot run's) contradicts nothing
+    other = _on_data(fixture_record("effilora", 1, evals={"ARC-Easy": scored(answers, answers)}), "a", "d")
+    write_fixture(tmp_path / "runs", other)
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    effi = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "effilora"]
+    assert sorted((r["ARC-Easy"], r["seeds"]) for r in effi) == [("100.0", "1"), ("25.0", "0")]
+    assert sum(r["method"] == "base" for r in read_csv(tmp_path / "out" / "commonsense.csv")) == 2
+
+
+def test_seeds_that_scored_different_examples_of_one_data_are_named(tmp_path, capsys):
+    """Their per-example scores cannot pool (a judge that failed on other images in each run): the row shows the
+    mean without an interval, and says why, naming the runs (it read "no per-example scores")."""
+    runs = tmp_path / "runs"
+    for seed, answers in ((0, "0123" * 5), (1, "0000" * 5)):
+        write_fixture(runs, fixture_record("lora", seed, evals={"ARC-Easy": scored(answers, answers)}))
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
+    assert (row["ARC-Easy"], row["ARC-Easy_lo"]) == ("100.0", "")
+    err = capsys.readouterr().err
+    assert "warning: lora ARC-Easy: its runs scored different examples (commonsense-lora-" in err, err
+
+
 def test_per_example_scores_without_an_examples_id_are_shown_but_never_paired(tmp_path, capsys):
     """A plugin task that leaves out ``examples``: unrelated examples must not be pooled or paired (nor crash)."""
     runs = tmp_path / "runs"
@@ -515,6 +598,59 @@ def test_a_record_with_an_empty_score_list_is_skipped_and_named(tmp_path, capsys
     write_fixture(runs, empty)
     write_leaderboards(runs, tmp_path / "out")
     assert f"{empty['run']['id']}/{RECORD}: ARC-Easy has no per-example scores (n = 0)" in capsys.readouterr().err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
+def test_a_record_with_a_non_finite_train_field_is_skipped_and_named(tmp_path, capsys):
+    """A NaN ``percent_trainable`` passed the checks, and the HTML page's axis raised "cannot convert float NaN to
+    integer" after the tables and the Markdown were written, naming no file."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    bad = fixture_record("effilora", 0, 0.0)
+    bad["train"]["percent_trainable"] = float("nan")
+    bad["train"]["memory"]["peak_rss_gb"] = float("inf")
+    write_fixture(runs, bad)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{bad['run']['id']}/{RECORD}: train.percent_trainable is not a finite number" in err, err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
+def test_a_record_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    (runs / "damaged").mkdir()
+    (runs / "damaged" / RECORD).write_bytes(b'{"schema": 1, "run": "\xff\xfe"}')  # not UTF-8
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"warning: skipped {runs / 'damaged' / RECORD}: unreadable (" in err and "codec" in err, err
+
+
+def test_per_example_scores_outside_their_scale_are_refused_naming_the_column(tmp_path, capsys):
+    """The leaderboard reads scores without a ``scale`` as percent: a judge's 1-10 or a score below 0 must say so."""
+    from harness.records import check_eval
+
+    entry = {"metric": "judge", "value": 5.0, "n": 2, "scores": [4.0, 6.0], "examples": "e"}
+    check_eval({"judge": entry})  # within 0-100: read as percent
+    check_eval({"judge": {**entry, "scale": [1, 10]}})
+    for bad, message in (
+        (
+            {**entry, "scores": [-1.0, 6.0]},
+            r"'judge': scores holds -1.0, outside its scale 0 to 100; give the entry 'scale'",
+        ),
+        ({**entry, "scale": [1, 10], "scores": [0.0, 6.0]}, r"'judge': scores holds 0.0, outside its scale 1 to 10"),
+        ({**entry, "scale": [10, 1]}, r"'judge': 'scale' \[10, 1\] must be \[low, high\]"),
+        ({**entry, "scale": [1, 10], "baselines": {"chance": [5.0, 50.0]}}, r"baselines\['chance'\] holds 50.0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            check_eval({"judge": bad})
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    over = fixture_record("effilora", 0, 0.0)
+    over["eval"]["ARC-Easy"] = {**entry, "scores": [104.0, 6.0]}
+    write_fixture(runs, over)
+    write_leaderboards(runs, tmp_path / "out")
+    assert f"{over['run']['id']}/{RECORD}: eval entry 'ARC-Easy': scores holds 104.0" in capsys.readouterr().err
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
@@ -897,3 +1033,47 @@ def test_a_plot_names_the_model_steps_seeds_and_hardware_of_its_points(tmp_path,
     )
     plot([s], "commonsense", tmp_path / "p.png")
     assert any(label in t for t in texts) and (tmp_path / "p.png").is_file()
+
+
+def test_plot_labels_name_the_model_where_the_shown_sections_differ_by_it(tmp_path, monkeypatch):
+    """Two models at one preset and protocol both read "lora (smoke, cloze)" on the PNG."""
+    import matplotlib.axes
+
+    from harness.leaderboard import load_records, sections
+    from harness.leaderboard_render import plot
+
+    runs = tmp_path / "runs"
+    for model in ("tiny-a", "tiny-b"):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0123" * 5)})
+        record["run"]["config"]["model_label"] = model
+        record["run"]["id"] += f"-{model}"
+        write_fixture(runs, record)
+    secs = sections(load_records(runs))
+    texts = []
+    real = matplotlib.axes.Axes.annotate
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "annotate", lambda self, text, *a, **k: texts.append(text) or real(self, text, *a, **k)
+    )
+    plot(secs, "commonsense", tmp_path / "p.png")
+    assert sorted(texts) == ["lora (smoke, cloze, tiny-a)", "lora (smoke, cloze, tiny-b)"]
+    texts.clear()
+    plot([s for s in secs if s.model == "tiny-a"], "commonsense", tmp_path / "p.png")
+    assert texts == ["lora"]  # one section: no suffix, as before
+
+
+def test_leftover_files_of_tasks_not_rebuilt_are_named_not_deleted(tmp_path, capsys):
+    """Rebuilt from runs without a task's, its old tables sat beside a leaderboard.md that does not mention them."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_fixture(runs, fixture_record("lora", 0))
+    out.mkdir()
+    for name in ("diffusion.csv", "diffusion_seeds.csv", "multimodal.png", "notes.csv", "commonsense_old.csv"):
+        (out / name).write_text("old")
+    write_leaderboards(runs, out)
+    err = capsys.readouterr().err
+    assert f"warning: {out} still holds diffusion.csv, diffusion_seeds.csv, multimodal.png from an earlier " in err
+    assert "notes.csv" not in err and "commonsense_old.csv" not in err and (out / "diffusion.csv").read_text() == "old"
+    (out / "diffusion.csv").unlink()
+    (out / "diffusion_seeds.csv").unlink()
+    (out / "multimodal.png").unlink()
+    write_leaderboards(runs, out)
+    assert "still holds" not in capsys.readouterr().err

@@ -36,6 +36,10 @@ from tasks.diffusion.sheet import spread
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
 JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
 SCORER_COLUMNS = {"judge_model": (*JUDGE_COLUMNS, "judge_avg"), "hps_checkpoint": ("hps_v2",)}  # what each fills
+# the per-example scores' ranges, recorded in their entries ("scale"): the leaderboard reads an entry without one as
+# percent, whose interval near 0 gets Clopper-Pearson's bound (a judge's mean 3.18 of 60 prompts read up to 5.96)
+JUDGE_SCALE = (1, 10)  # each criterion an integer 1-10 (tasks/diffusion/judge.py), and their mean
+HPS_SCALE = (-100, 100)  # 100 x a cosine
 PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
 
 
@@ -510,6 +514,7 @@ def _judge(
             "metric": col,
             "value": sum(vals) / len(vals),
             "scores": vals,
+            "scale": list(JUDGE_SCALE),
             "higher_is_better": True,
             **judged,
             **meta,
@@ -519,6 +524,7 @@ def _judge(
         "metric": "judge_avg",
         "value": sum(avg) / len(avg),
         "scores": avg,
+        "scale": list(JUDGE_SCALE),
         "higher_is_better": True,
         **judged,
         **meta,
@@ -552,6 +558,7 @@ def _hps(
             "metric": "hps_v2",
             "value": sum(vals) / len(vals),
             "scores": vals,
+            "scale": list(HPS_SCALE),
             "higher_is_better": True,
             "checkpoint": scorer.provenance,
             **common,
