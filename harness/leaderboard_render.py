@@ -330,13 +330,18 @@ def not_above_text(row: Row, s: Section, sep: str = ", ") -> str:
 
 def missing_references(s: Section, secs: list[Section]) -> str:
     """A line naming the references a section lacks, so that a table without them is not read as having beaten
-    them: no zero-shot run; no majority and chance rows where the task's other sections have them (records
-    that keep no per-example answers to compute them from); '' if none is missing."""
+    them: no zero-shot run; no majority and chance rows (records that keep no per-example answers or baselines
+    to compute them from, whether or not the task's other sections have them); '' if none is missing."""
     kinds = {r.kind for r in s.rows}
     has_baselines = any(r.kind == "baseline" for other in secs if other.task == s.task for r in other.rows)
     missing = ["no zero-shot (base) run"] if "zero-shot" not in kinds else []
     if has_baselines and "baseline" not in kinds:
         missing.append("no majority or chance row (its records keep no per-example answers to compute them from)")
+    elif "baseline" not in kinds:  # no section of the task has them: say so too, or the table reads as complete
+        missing.append(
+            "no majority or chance row (none of this task's records keep per-example answers or baselines to "
+            "compute them from: records from before the task recorded them, or a task without any)"
+        )
     return f"Not in this section: {'; '.join(missing)}." if missing else ""
 
 

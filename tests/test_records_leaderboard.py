@@ -663,17 +663,35 @@ def test_the_tables_show_each_rows_seeds_and_say_which_references_a_section_lack
     write_fixture(runs, fixture_record("effilora", 0, 5.0))
     write_leaderboards(runs, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
-    assert "Not in this section: no zero-shot (base) run." in md and "no majority or chance row" not in md
+    # (these fixtures keep no per-example answers: no majority or chance row either, which is said too)
+    assert "Not in this section: no zero-shot (base) run; no majority or chance row (none of this task's" in md
     lines = md.splitlines()
     assert lines[[i for i, line in enumerate(lines) if line.startswith("| method |")][0]].endswith("| seeds |")
     assert any(line.startswith("| lora |") and line.endswith("| 0 1 |") for line in lines)
     assert any(line.startswith("| effilora |") and line.endswith("| 0 |") for line in lines)
     html = (tmp_path / "out" / "leaderboard.html").read_text()
     assert '<th data-type="text" title="the seeds a row pools">seeds</th>' in html and ">0 1</td>" in html
-    assert "Not in this section: no zero-shot (base) run." in html
+    assert "Not in this section: no zero-shot (base) run;" in html
     write_fixture(runs, fixture_record("base", 0, 0.0))
     write_leaderboards(runs, tmp_path / "out")
-    assert "Not in this section" not in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "no zero-shot (base) run" not in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_section_of_a_task_whose_records_hold_no_baselines_says_it_has_no_majority_or_chance_row(tmp_path):
+    """From a review: the diffusion section (records from before its fidelity baselines) showed no majority or
+    chance row and said nothing, where a commonsense section without them says so."""
+    runs = tmp_path / "runs"
+    for method in ("lora", "base"):
+        record = fixture_record(method, 0, 0.0)
+        for entry in record["eval"].values():
+            for key in ("answers", "n_options", "baselines"):
+                entry.pop(key, None)
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "Not in this section: no majority or chance row (none of this task's records keep" in md
+    assert "| majority |" not in md
+    assert "no majority or chance row (none of this task" in (tmp_path / "out" / "leaderboard.html").read_text()
 
 
 def test_record_schema_is_checked(tmp_path):
