@@ -13,6 +13,7 @@ from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask, cloze, data
 from tasks.lm import cache_kwargs
 from tests.conftest import tiny_llama
+from tests.test_commonsense_scoring import MODELS
 
 
 def rec(instruction: str, answer: str) -> dict[str, str]:
@@ -107,7 +108,7 @@ CASES = {
             "ending4",
         ),
         "Removing ice from car: Then, the man writes over the snow covering the window of a car, and a woman "
-        "wearing winter clothes smiles. then",
+        "wearing winter clothes smiles. Then",  # lm-eval capitalises ctx_b (test_hellaswag_is_preprocessed_...)
         [
             " , the man adds wax to the windshield and cuts it.",
             " , a person board a ski lift.",
@@ -147,6 +148,105 @@ def test_records_that_do_not_fit_say_why(instruction, message):
         cloze.parse(rec(instruction, "answer1" if "answer1" in instruction else "option1"))
 
 
+# HellaSwag rows as upstream has them (Rowan/hellaswag validation): an ActivityNet one, whose ctx_b is in lower
+# case, and a WikiHow one, with its [header]/[title]/[step] markers; the second ending made up to hold a
+# [substeps], a " [title]" and a double space
+HELLASWAG = [
+    {
+        "activity_label": "Removing ice from car",
+        "ctx_a": "Then, the man writes over the snow covering the window of a car, and a woman wearing winter "
+        "clothes smiles.",
+        "ctx_b": "then",
+        "endings": [
+            ", the man adds wax to the windshield and cuts it.",
+            ", a person board a ski lift, while two men supporting the head of the person wearing winter clothes "
+            "snow as the we girls sled.",
+            ", the man puts on a christmas coat, knitted with netting.",
+            ", the man continues removing the snow on his car.",
+        ],
+        "label": "3",
+    },
+    {
+        "activity_label": "Travel",
+        "ctx_a": "[header] How to become an au pair in spain [title] Consult online databases that list "
+        "opportunities for working as an au pair in spain. [step] Alternatively, contract the services of a firm "
+        "which will charge a fee in return for finding a position. [title] Ensure that your language skills are "
+        "adequate for your potential employers' needs.",
+        "ctx_b": "",
+        "endings": [
+            "[step] Not ensuring fluent skills can be difficult.",
+            "[substeps] Be sure  to learn spanish [title] Speak well.",
+            "[step] You should be able to converse with them.",
+            "[step] Employers will want you to speak the language.",
+        ],
+        "label": "2",
+    },
+]
+
+
+def llm_adapters_record(doc: dict) -> dict[str, str]:
+    """The record LLM-Adapters made of a HellaSwag row: its ``ctx`` (ctx_a, then ctx_b as it is), markers kept."""
+    ctx = f"{doc['ctx_a']} {doc['ctx_b']}".strip()
+    endings = " ".join(f"Ending{i}: {e}" for i, e in enumerate(doc["endings"], 1))
+    instruction = (
+        f"Please choose the correct ending to complete the given sentence: {doc['activity_label']}: {ctx}\n\n"
+        f"{endings}\n\nAnswer format: ending1/ending2/ending3/ending4"
+    )
+    return rec(instruction, f"ending{int(doc['label']) + 1}")
+
+
+def test_hellaswag_is_preprocessed_as_lm_eval_does():
+    """From a review: lm-eval's hellaswag task takes WikiHow's markers out and capitalises ctx_b; cloze scored the
+    records' raw text. Context and endings are now lm-eval's, to the character (its quirks too: "stay.. Ensure",
+    and an ending that began with "[step]" keeps the space after it)."""
+    first, second = (cloze.parse(llm_adapters_record(doc)) for doc in HELLASWAG)
+    assert first.contexts[0].endswith("winter clothes smiles. Then") and first.answer == 3
+    assert first.continuations[3] == " , the man continues removing the snow on his car."
+    assert second.contexts[0] == (
+        "Travel: How to become an au pair in spain. Consult online databases that list opportunities for working as "
+        "an au pair in spain. Alternatively, contract the services of a firm which will charge a fee in return for "
+        "finding a position.. Ensure that your language skills are adequate for your potential employers' needs."
+    )
+    assert second.continuations[:2] == (
+        "  Not ensuring fluent skills can be difficult.",
+        "  Be sure to learn spanish. Speak well.",
+    )
+    try:
+        import datasets
+        from lm_eval.tasks.hellaswag.utils import process_docs
+    except ImportError:
+        return  # lm-eval is an extra: the literal strings above were taken from it (0.4.13)
+    for item, doc in zip((first, second), process_docs(datasets.Dataset.from_list(HELLASWAG)), strict=True):
+        assert set(item.contexts) == {doc["query"]}
+        assert list(item.continuations) == [" " + c for c in doc["choices"]]  # lm-eval's target_delimiter " "
+        assert item.answer == doc["gold"]
+
+
+@pytest.mark.parametrize(
+    ("words", "answer", "message"),
+    [
+        ("red/green/blue", "red", "not other label words"),  # what are the options' texts? cloze cannot tell
+        ("a/b", "a", "not other label words"),
+        ("true", "true", "one option"),
+        ("answer1", "answer1", "one option"),
+    ],
+)
+def test_cloze_takes_numbered_options_or_true_false_and_two_at_least(words, answer, message):
+    """From a review: any label words without a digit were taken for true/false, their words scored as options."""
+    with pytest.raises(ValueError, match=message):
+        cloze.parse(rec(f"Please answer the question: Answer1: x Is it?\n\nAnswer format: {words}", answer))
+    item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: yes/no", "no"))
+    assert item.continuations == (" yes", " no") and item.answer == 1
+
+
+def test_a_further_benchmark_with_other_label_words_is_refused_under_cloze_naming_choice(tmp_path):
+    (tmp_path / "mine").mkdir()
+    record = rec("Please answer the question: Is red a colour?\n\nAnswer format: red/green", "red")
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match=r"mine/test.json: example 0 does not fit .*use --protocol choice"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze"))
+
+
 def test_all_real_test_and_train_records_parse(data_dir):
     counts = {}
     for benchmark in data.benchmark_names(data_dir):
@@ -173,9 +273,10 @@ GROUPS = [
 ]
 
 
+@pytest.mark.parametrize("arch", list(MODELS))
 @pytest.mark.parametrize("batch_size", [1, 2, 8])
-def test_cached_context_scoring_is_exact_at_every_batch_size(char_tokenizer, batch_size):
-    model = tiny_llama()
+def test_cached_context_scoring_is_exact_at_every_batch_size(char_tokenizer, batch_size, arch):
+    model = MODELS[arch]()  # GPT-2's absolute positions show a left-padded context read at shifted positions
     got = cloze.loglikelihoods(model, char_tokenizer, GROUPS, batch_size)
     for (context, conts), scores in zip(GROUPS, got, strict=True):
         for cont, score in zip(conts, scores, strict=True):

@@ -172,3 +172,71 @@ def test_online_source_downloads_into_the_cache(tmp_path, data_dir, monkeypatch)
     assert (folder / "piqa" / "test.json").read_bytes() == (data_dir / "piqa" / "test.json").read_bytes()
     assert not (folder / "hellaswag").exists()  # what upstream lacks stays absent
     assert (folder / data.MIXED_TRAIN).is_file()
+
+
+def _mine(tmp_path, data_dir, records):
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps(records))
+    return str(tmp_path)
+
+
+def test_a_further_benchmark_whose_answers_are_all_one_word_needs_an_answer_format_line(tmp_path, data_dir):
+    """From a review: without ``Answer format:`` lines a further benchmark's options are the answers its test file
+    gives; all ``true``, and ``true`` was each question's only option: 100 under ``choice``."""
+    record = {"instruction": "Is fire hot?", "input": "", "output": "the correct answer is true", "answer": "true"}
+    folder = _mine(tmp_path, data_dir, [record, record])
+    with pytest.raises(ValueError, match=r"mine/test.json: every answer is 'true' .*'Answer format: a/b/\.\.\.'"):
+        CommonsenseTask(TaskOptions(data_dir=folder))
+    one = {**record, "instruction": "Is fire hot?\n\nAnswer format: true"}  # one option named is the same
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([record, one, {**record, "answer": "false"}]))
+    with pytest.raises(ValueError, match=r"example 1: its 'Answer format:' line names one option \(true\)"):
+        CommonsenseTask(TaskOptions(data_dir=folder))
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([record, {**record, "answer": "false"}]))
+    CommonsenseTask(TaskOptions(data_dir=folder))  # two answers: two options
+
+
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+@pytest.mark.parametrize("name", ["boolq", "mine"])
+def test_a_test_json_that_is_not_a_file_is_an_error_naming_it_not_absent(tmp_path, data_dir, kind, name):
+    """From a review: a test.json that was a folder or a broken link was reported ``absent`` without a word (and
+    a further benchmark's broken link was not even listed)."""
+    copy_benchmarks(data_dir, tmp_path, ["piqa"])
+    path = tmp_path / name / "test.json"
+    path.parent.mkdir()
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "gone.json")
+    with pytest.raises(ValueError, match=rf"{name}/test.json is a {kind}, not a readable file"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path)))
+
+
+def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
+    """(As root a chmod cannot make a file unreadable: this path's read fails by hand.)"""
+
+    class Unreadable(type(tmp_path)):
+        def read_bytes(self):
+            raise PermissionError(13, "Permission denied", str(self))
+
+    with pytest.raises(ValueError, match=r"boolq/test.json cannot be read \(Permission denied\)"):
+        data.read_json_file(Unreadable(tmp_path / "boolq" / "test.json"))
+
+
+def test_the_mixed_training_file_replaces_the_benchmarks_own_which_are_not_read(tmp_path, data_dir):
+    """From a review: with commonsense_170k.json present every <benchmark>/train.json was still read and checked,
+    though none is trained on, and a malformed one stopped the run."""
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    (tmp_path / "boolq" / "train.json").write_text('[{"instruction": "x"')  # malformed
+    with pytest.raises(ValueError, match="boolq/train.json is not valid JSON"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), val_size=4))  # read when it is what trains
+    mixed = json.loads((data_dir / "ARC-Easy" / "train.json").read_text())[:30]
+    (tmp_path / data.MIXED_TRAIN).write_text(json.dumps(mixed))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), val_size=4))
+    train, val = task.splits()
+    assert len(train) + len(val) == 30 and {e.source for e in train + val} == {"mixed"}
+    assert [f["file"] for f in task.describe()["train_files"]] == [f"{tmp_path.name}/{data.MIXED_TRAIN}"]
+    (tmp_path / data.MIXED_TRAIN).unlink()
+    (tmp_path / data.MIXED_TRAIN).mkdir()  # a folder is no mixed file: an error, not the benchmarks' files instead
+    with pytest.raises(ValueError, match=rf"{data.MIXED_TRAIN} is a folder, not a readable file"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), val_size=4))

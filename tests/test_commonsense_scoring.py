@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tasks.commonsense.prompts import ANSWER_PREFIX
 from tasks.commonsense.scoring import choice_scores, generate
 from tests.conftest import tiny_llama
 
+
+def tiny_gpt2(seed: int = 0):
+    """A tiny GPT-2: learned absolute positions, so a left-padded row without explicit position ids reads shifted
+    positions and scores differently. The tiny Llama cannot show that: its rotary scores depend on the distance
+    between positions only, which a shift keeps."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=128, n_positions=128, n_embd=32, n_layer=2, n_head=4, bos_token_id=1, eos_token_id=1)
+    return GPT2LMHeadModel(config).eval()
+
+
+MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 PROMPTS = ["Q: is fire hot?\nA: ", "Q: which is a fruit? answer1 apple answer2 rock\nA: ", "Q: 2+2?\nA: ", "Hi "]
 CANDIDATES = [["true", "false"], ["answer1", "answer2"], ["answer1", "answer2", "answer3"], ["option1", "option2"]]
 
@@ -30,8 +44,9 @@ def test_choice_scores_are_exact_log_likelihoods(char_tokenizer):
             assert abs(score - naive_score(model, char_tokenizer, prompt, cand)) < 1e-4
 
 
-def test_choice_batched_equals_batch_size_one(char_tokenizer):
-    model = tiny_llama()
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_choice_batched_equals_batch_size_one(char_tokenizer, arch):
+    model = MODELS[arch]()
     one = choice_scores(model, char_tokenizer, PROMPTS, CANDIDATES, batch_size=1)
     many = choice_scores(model, char_tokenizer, PROMPTS, CANDIDATES, batch_size=8)
     for a, b in zip(one, many, strict=True):
@@ -39,8 +54,9 @@ def test_choice_batched_equals_batch_size_one(char_tokenizer):
         assert max(range(len(a)), key=a.__getitem__) == max(range(len(b)), key=b.__getitem__)
 
 
-def test_generate_batched_equals_batch_size_one(char_tokenizer):
-    model = tiny_llama()
+@pytest.mark.parametrize("arch", list(MODELS))
+def test_generate_batched_equals_batch_size_one(char_tokenizer, arch):
+    model = MODELS[arch]()
     prompts = ["a", "Q: long prompt here?", "xyz xyz", "Q: is fire hot?\nA: the correct answer is"]
     one = generate(model, char_tokenizer, prompts, batch_size=1, num_beams=2, max_new_tokens=6)
     many = generate(model, char_tokenizer, prompts, batch_size=4, num_beams=2, max_new_tokens=6)

@@ -58,10 +58,14 @@ class CommonsenseTask(Task):
         self._provenance: list[dict[str, Any]] = []
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
-        # training files too (read again by splits()); one mixed train.json replaces the benchmarks' own
-        train = [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir, "train")]
-        if (self.data_dir / data.MIXED_TRAIN).is_file():
-            train = [data.read_json_file(self.data_dir / data.MIXED_TRAIN)]
+        # training files too (read again by splits()): the mixed file replaces the benchmarks' own train.json,
+        # which are then neither read nor checked (data.training_mix reads only it)
+        mixed = data.mixed_train(self.data_dir)
+        train = (
+            [data.read_json_file(mixed)]
+            if mixed is not None
+            else [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir, "train")]
+        )
         self._train_files = {data.provenance_name(f.path): f.sha256 for f in train if f is not None}
         if self.cloze:
             for test in self._tests.values():
@@ -261,9 +265,23 @@ def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[
 
 
 def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
-    """Fail on the first record whose answer is not among the options it is scored on (``candidates_for``)."""
+    """Fail on the first record whose answer is not among the options it is scored on (``candidates_for``), or
+    that has one option to choose from: a certain hit. A further benchmark's records without an ``Answer format:``
+    line take the answers its test file gives as their options (``data.labels_for``): one answer throughout, and
+    every question would have that one option."""
     for i, record in enumerate(records):
         options = candidates_for(record, labels)
+        if len(set(options)) < 2:
+            if _FORMAT.search(record["instruction"]):
+                raise ValueError(
+                    f"{path}: example {i}: its 'Answer format:' line names one option ({'/'.join(options)}), which "
+                    "would always be right; name every option (Answer format: a/b/...)"
+                )
+            raise ValueError(
+                f"{path}: every answer is {options[0]!r} and example {i} has no 'Answer format:' line, so "
+                f"{options[0]!r} would be its only option and always right; end each instruction with a line "
+                "'Answer format: a/b/...' naming the options"
+            )
         if record["answer"] not in options:
             raise ValueError(
                 f"{path}: example {i}: answer {record['answer']!r} is not one of its options "

@@ -6,7 +6,8 @@ numbered options and an ``Answer format:`` line):
 
 - questions (ARC, OBQA, SIQA, PIQA): context ``"Question: {q}\\nAnswer:"``, continuation ``" {option}"``;
 - true/false (BoolQ): context ``"Question: {q}?\\nAnswer:"``, continuations ``" yes"`` / ``" no"``;
-- endings (HellaSwag): context ``"{ctx}"``, continuation ``" {ending}"``;
+- endings (HellaSwag): context ``"{ctx}"``, continuation ``" {ending}"``, both preprocessed as lm-eval's
+  ``hellaswag`` task does (WikiHow's ``[title]``/``[step]`` markers out, the context's last part capitalised);
 - fill in the blank (WinoGrande, lm-eval's partial scoring): context = the sentence up to the blank with
   the option put in, continuation = the rest of the sentence, the same for every option.
 
@@ -52,6 +53,8 @@ def parse(record: dict[str, Any]) -> ClozeItem:
     if not match:
         raise ValueError("no 'Answer format: a/b/...' line at the end of the instruction")
     words = match.group(1).split("/")
+    if len(set(words)) < 2:
+        raise ValueError(f"its answer format names one option ({'/'.join(words)}), which would always be right")
     if record["answer"] not in words:
         raise ValueError(f"answer {record['answer']!r} is not one of its answer format's words {words}")
     body = instruction[: match.start()]
@@ -60,6 +63,12 @@ def parse(record: dict[str, Any]) -> ClozeItem:
         raise ValueError("no 'Please ...: <question>' head before the options")
     answer = words.index(record["answer"])
     if not any(w[-1].isdigit() for w in words):  # true/false: the words are the options
+        if sorted(_YES_NO.get(w, w) for w in words) != ["no", "yes"]:
+            # other words (a/b/c, positive/negative) name options whose text this cannot find or frame
+            raise ValueError(
+                f"answer format {'/'.join(words)}: cloze scores numbered options (answer1/answer2...) or "
+                "true/false (yes/no) questions, not other label words"
+            )
         question = rest.strip()
         context = f"Question: {question}{'' if question.endswith('?') else '?'}\nAnswer:"
         return ClozeItem((context,) * len(words), tuple(" " + _YES_NO.get(w, w) for w in words), answer)
@@ -69,8 +78,30 @@ def parse(record: dict[str, Any]) -> ClozeItem:
             raise ValueError("a fill-in-the-blank sentence needs exactly one '_'")
         before, after = question.split("_")
         return ClozeItem(tuple(before + o for o in options), (" " + after.strip(),) * len(options), answer)
-    context = question if "ending" in head else f"Question: {question}\nAnswer:"
+    if "ending" in head:  # HellaSwag: lm-eval's preprocessing of the context and of each ending
+        return ClozeItem(
+            (_hellaswag(_CTX_B.sub(lambda m: m[1] + m[2].capitalize(), question)),) * len(options),
+            tuple(" " + _hellaswag(o) for o in options),
+            answer,
+        )
+    context = f"Question: {question}\nAnswer:"
     return ClozeItem((context,) * len(options), tuple(" " + o for o in options), answer)
+
+
+# A HellaSwag record's context is "{activity_label}: {ctx_a} {ctx_b}" with ctx_b, the start of the sentence the
+# ending completes, in lower case ("... smiles. then"); lm-eval capitalises it. The record no longer says where
+# ctx_b starts: taken as the lower-case tail after the last sentence end (ActivityNet's shape; a WikiHow context
+# whose ctx_b is empty ends in a full sentence or a "[title]"/"[step]" marker and is left as it is).
+_CTX_B = re.compile(r"""([.!?]["')]* )([a-z][^.!?]*)$""")
+
+
+def _hellaswag(text: str) -> str:
+    """lm-eval's ``hellaswag`` preprocessing (lm_eval/tasks/hellaswag/utils.py, lm-eval 0.4), as it is: WikiHow's
+    " [title]" becomes ". " and every other [marker] goes, then double spaces once become single."""
+    text = text.strip()
+    text = text.replace(" [title]", ". ")
+    text = re.sub("\\[.*?\\]", "", text)
+    return text.replace("  ", " ")
 
 
 def _split_options(text: str, words: list[str]) -> tuple[str, list[str]]:

@@ -99,7 +99,31 @@ def download(base_url: str | None = None) -> Path:
 
 
 def _benchmark_dirs(path: Path, split: str = "test") -> list[str]:
-    return sorted(p.parent.name for p in path.glob(f"*/{split}.json")) if path.is_dir() else []
+    """The folders in ``path`` with a ``split`` file, a broken link or a folder of that name included (read_split
+    then names it: a glob follows links and would leave such a benchmark out without a word)."""
+    if not path.is_dir():
+        return []
+    return sorted(p.name for p in path.iterdir() if p.is_dir() and _there(p / f"{split}.json"))
+
+
+def _there(path: Path) -> bool:
+    return path.exists() or path.is_symlink()
+
+
+def data_file(path: Path) -> Path | None:
+    """``path`` if it is a file, None if nothing is there; anything else there (a folder, a broken link) is an
+    error naming it, not an absent benchmark or training file."""
+    if path.is_file():
+        return path
+    if not _there(path):
+        return None
+    what = "a folder" if path.is_dir() else "a broken link" if not path.exists() else "not a regular file"
+    raise ValueError(f"{path} is {what}, not a readable file; replace it with the JSON file or remove it")
+
+
+def mixed_train(data_dir: Path) -> Path | None:
+    """The mixed training file when present: it replaces every ``<benchmark>/train.json``, which are then not read."""
+    return data_file(data_dir / MIXED_TRAIN)
 
 
 def benchmark_names(data_dir: Path, split: str = "test") -> list[str]:
@@ -118,12 +142,15 @@ def train_file(data_dir: Path, benchmark: str) -> Path:
 
 
 def read_split(data_dir: Path, benchmark: str, split: str) -> DataFile | None:
-    path = data_dir / benchmark / f"{split}.json"
-    return read_json_file(path) if path.is_file() else None
+    path = data_file(data_dir / benchmark / f"{split}.json")
+    return read_json_file(path) if path is not None else None
 
 
 def read_json_file(path: Path) -> DataFile:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read ({exc.strerror or exc}); fix its permissions or remove it") from None
     try:
         records = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -176,10 +203,10 @@ def training_mix(
     whose instruction is in ``held_out`` (the test questions) is left out after the shuffle and before the cap,
     so a mix that drew none of them is the one it was before they were left out (``left_out``: how many of the
     file's examples are test questions, taken out of what the cap draws from)."""
-    mixed = data_dir / MIXED_TRAIN
+    mixed = mixed_train(data_dir)
     files = (
         [("mixed", read_json_file(mixed))]
-        if mixed.is_file()
+        if mixed is not None
         else [(b, f) for b in benchmark_names(data_dir, "train") if (f := read_split(data_dir, b, "train")) is not None]
     )
     if not files:
