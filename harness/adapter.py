@@ -386,9 +386,31 @@ class Adapter:
                 f"method {self.method!r} with this config cannot be merged into W: its Δ is input-dependent, or it "
                 "has no delta_weight of its own delta"
             )
+        self._check_mergeable_weights()
         with torch.no_grad():
             for layer in self.layers.values():
                 layer.merge()
+
+    def _check_mergeable_weights(self) -> None:
+        """``ValueError`` where adding Δ into a wrapped linear's weight would be wrong: the weight is shared with
+        another parameter (a tied ``lm_head`` is the input embeddings: merging changes them too) or is not a
+        floating-point tensor (a quantised layer's int8 or packed 4-bit weight, whose scale merge cannot see)."""
+        uses: dict[int, int] = {}
+        for _, p in self.model.named_parameters(remove_duplicate=False):
+            uses[id(p)] = uses.get(id(p), 0) + 1
+        for name, layer in self.layers.items():
+            w = layer.base.weight
+            if uses.get(id(w), 0) > 1:
+                raise ValueError(
+                    f"cannot merge into {name}: its weight is tied to another parameter (the input embeddings, with "
+                    "tie_word_embeddings), which merging would change too; keep the adapter unmerged, as training "
+                    "and scoring do, or untie the weights first"
+                )
+            if not w.is_floating_point():
+                raise ValueError(
+                    f"cannot merge into {name}: its weight is {w.dtype} (a quantised {type(layer.base).__name__}), "
+                    "which Δ cannot be added to; keep the adapter unmerged"
+                )
 
     def unmerge(self) -> None:
         with torch.no_grad():
@@ -522,6 +544,7 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         if not found:
             raise ValueError(
                 f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+                + _not_linear(model, pattern.fullmatch)
             )
         return found
     found = []
@@ -530,9 +553,22 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         if not hits:
             raise ValueError(
                 f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+                + _not_linear(model, lambda n, t=target: n == t or n.endswith("." + t))
             )
         found += hits
     return sorted(set(found), key=names.index)
+
+
+def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
+    """Where a target names modules that are not ``nn.Linear`` (GPT-2's fused ``Conv1D``, a quantised layer):
+    a sentence saying so, for the no-match message; '' where it names none."""
+    kinds = sorted({type(m).__name__ for n, m in model.named_modules() if n and matches(n)})
+    if not kinds:
+        return ""
+    return (
+        f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers are "
+        "adapted; GPT-2-style Conv1D, whose weight is stored transposed with q, k and v fused, is not supported)"
+    )
 
 
 def _is_adapter(name: str) -> bool:

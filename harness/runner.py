@@ -878,6 +878,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file"
                 f"{where}); give the folder with the model's weights, or --random-weights to build it from its config"
             )
+        if not built and folder.is_dir():
+            task_cls.check_weights_folder(folder)
         # the Reducer scores layers on validation batches (not when it trains every layer, K = L)
         if spec.method != BASELINE and spec.task_options.val_size == 0 and scores.get(key):
             raise ValueError(

@@ -247,6 +247,13 @@ class Task(ABC):
             ) from None
 
     @classmethod
+    def check_weights_folder(cls, folder: Path) -> None:
+        """Before any weights load, for a run that loads the weights in the local ``folder`` (not
+        ``--random-weights``): raise ``ValueError`` if the folder lacks something else this task reads from it
+        (a causal LM's tokenizer); by default nothing more is checked."""
+        return None
+
+    @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         """The model's architecture on the ``meta`` device, for checks before a run and for counting.
         ``trust_remote_code`` (passed only when the run has it): a model may build from its own code."""

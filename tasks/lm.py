@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -94,6 +95,22 @@ def supervised_tail(labels: torch.Tensor) -> tuple[int, int]:
     return labels.shape[1] - first, n_tokens
 
 
+# what a saved tokenizer leaves in a model folder (any one: fast, sentencepiece, BPE or WordPiece files)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt")  # fmt: skip
+
+
+def check_tokenizer_files(folder: Path) -> None:
+    """``ValueError`` where a model folder holds no tokenizer: transformers then builds a near-empty one, under
+    which every text encodes to nothing (a run failed with an IndexError) or to one unknown token (every answer
+    ties: a run scored nonsense)."""
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ValueError(
+            f"model folder {str(folder)!r} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)}); save the "
+            "model's tokenizer beside its weights (tokenizer.save_pretrained(folder))"
+        )
+
+
 def loss_sum(model, batch: dict[str, Any], keep: int, use_cache: bool = False) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised tokens, with logits for the last ``keep``
     positions only (from ``supervised_tail``). A batch with nothing supervised (``keep`` 0) gives 0 through the
@@ -160,6 +177,8 @@ def load_causal_lm(
         label = f"{models.label(model)} (random weights)"
     else:
         source = models.resolve(model)
+        if Path(source).is_dir():
+            check_tokenizer_files(Path(source))
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         label = models.label(model)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import attach, load_adapter
+from harness import METHODS, attach, load_adapter
 from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
@@ -114,6 +114,54 @@ def test_merge_matches_unmerged_or_refuses(method):
     torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
     adapter.unmerge()
     torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_merge_refuses_a_tied_or_quantised_weight_and_changes_nothing(method):
+    """From a review of own models: merging into a tied lm_head changed the input embeddings too (the logits moved
+    by 42), and into an int8 layer added Δ to the integers, blind to their scale; both silently."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if not METHODS.get(method).is_mergeable(METHODS.get(method).config_cls()):
+        pytest.skip("the method does not merge at its defaults")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)  # fmt: skip
+    tied = LlamaForCausalLM(config).eval()
+    embeddings = tied.get_input_embeddings().weight.detach().clone()
+    adapter = attach(tied, method, targets="lm_head")
+    perturb(adapter)
+    with pytest.raises(ValueError, match="cannot merge into lm_head: its weight is tied to another parameter"):
+        adapter.merge()
+    assert torch.equal(tied.get_input_embeddings().weight, embeddings)
+    assert not any(layer.merged for layer in adapter.layers.values())
+
+    class Int8Linear(torch.nn.Linear):  # how a quantised layer looks to attach: an nn.Linear with int weights
+        def __init__(self, d_in: int, d_out: int) -> None:
+            super().__init__(d_in, d_out, bias=False)
+            self.weight = torch.nn.Parameter(torch.ones(d_out, d_in, dtype=torch.int8), requires_grad=False)
+
+    model = torch.nn.Sequential()
+    model.add_module("q_proj", Int8Linear(16, 16))
+    adapter = attach(model, method, targets="q_proj")
+    perturb(adapter)
+    with pytest.raises(
+        ValueError, match=r"cannot merge into q_proj: its weight is torch.int8 \(a quantised Int8Linear\)"
+    ):
+        adapter.merge()
+    assert torch.equal(model.q_proj.base.weight, torch.ones(16, 16, dtype=torch.int8))
+
+
+def test_a_target_that_names_a_conv1d_says_it_is_not_supported():
+    """From a review of own models: --targets c_attn on GPT-2 said it matched no linear layer, listing only
+    lm_head, though the model has a c_attn: a Conv1D (transposed, q, k and v fused)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
+    for targets in ("c_attn", r".*\.c_attn"):
+        with pytest.raises(ValueError, match="it names Conv1D modules, which are not torch.nn.Linear"):
+            attach(gpt2, "lora", targets=targets)
+    with pytest.raises(ValueError, match=r"matches no linear layer; the model's linear layers: lm_head$"):
+        attach(gpt2, "lora", targets="q_proj")  # no such module at all: no sentence about it
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

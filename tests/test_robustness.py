@@ -1208,3 +1208,21 @@ def test_an_unfinished_record_of_a_newer_harness_is_kept_too(tiny_model, data_di
     with pytest.raises(ValueError, match=r"its record was written by a newer harness: schema 99"):
         runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     assert json.loads(path.read_text())["schema"] == 99
+
+
+def test_a_model_folder_saved_without_its_tokenizer_is_refused_before_any_run(tmp_path):
+    """From a review of own models: transformers builds a near-empty tokenizer for such a folder, under which a
+    run failed with an IndexError (GPT-2, Qwen2) or scored every answer as a tie (Gemma: one unknown token)."""
+    from harness.runner import build_specs, preflight
+
+    folder = tmp_path / "model"
+    tiny_llama().save_pretrained(folder)
+    specs = build_specs("commonsense", ["lora", "base"], [0], "smoke", model=str(folder))
+    with pytest.raises(ValueError, match="holds no tokenizer .*tokenizer.save_pretrained"):
+        preflight(specs[1:])  # the zero-shot run too
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        preflight(specs[:1])
+    (folder / "tokenizer.json").write_text("{}")
+    preflight(specs)  # a tokenizer file is there: what it holds is transformers' to read
+    random = build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder), random_weights=True)
+    preflight(random)  # built from the config: the embedded tokenizer stands in, as documented

@@ -427,6 +427,7 @@ def test_training_under_mixed_precision_leaves_the_model_scoring_as_it_did_befor
     model = adapter.model
     plain = type(model).forward
     config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=0)
+    AcceleratorState._reset_state(True)  # an earlier test's (fp32) state would refuse bf16
     try:
         accelerator = Accelerator(mixed_precision="bf16", cpu=True)
         train(model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False,

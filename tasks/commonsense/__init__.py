@@ -18,7 +18,7 @@ from tasks.commonsense import cloze, data
 from tasks.commonsense.presets import PRESETS
 from tasks.commonsense.prompts import extract_label, get_template
 from tasks.commonsense.scoring import choice_scores, generate
-from tasks.lm import CausalLMRecipe, load_causal_lm
+from tasks.lm import CausalLMRecipe, check_tokenizer_files, load_causal_lm
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 
@@ -29,6 +29,10 @@ class CommonsenseTask(Task):
     protocols = ("choice", "generate", "lm-eval", "cloze")
     presets = PRESETS
     columns = tuple(data.BENCHMARKS)
+
+    @classmethod
+    def check_weights_folder(cls, folder: Path) -> None:
+        check_tokenizer_files(folder)  # before the runs: a folder saved without its tokenizer
 
     @classmethod
     def check_options(cls, protocol: str, options) -> None:
