@@ -311,7 +311,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             variants = [
                 (v, make_config(cls.config_cls, _variant_options(config.options, v), method)) for v in config.reducer
             ]
-            variants = _runnable(method, variants, model)
+        variants = _runnable(method, variants, model, named=variants[0][0] != "")
         default = ""  # the contender an --also variant is compared with: this method at its defaults
         for reducer, cfg in variants:
             reducer += ", default" if reducer and reducer != "default" and cfg == base else ""
@@ -322,6 +322,8 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
                 default = default or (name if cfg == base and not reference else "")
         for item in config.also:
             cfg = make_config(cls.config_cls, config.options | dict([_also_option(item)]), method)
+            if not _runnable(method, [(item, cfg)], model, named=False):
+                continue
             c = _ours(f"{method} ({item})", method, cfg, model, batch, held_out, n, autocast, False, "")
             c.variant, c.baseline = item, default
             out.append(c)
@@ -431,10 +433,14 @@ def _stepper(
     return step
 
 
-def _runnable(method: str, variants: list[tuple[str, Any]], model: nn.Module) -> list[tuple[str, Any]]:
-    """The Reducer variants whose K trains some of the model's adapted layers and not all: a note (stderr) says
-    which are left out and why, before anything is timed (``attach`` would refuse K = 0, naming a k no one
-    set, and at K = L the Reducer is off: a row labelled with it would time a step without it)."""
+def _runnable(
+    method: str, variants: list[tuple[str, Any]], model: nn.Module, named: bool = True
+) -> list[tuple[str, Any]]:
+    """The configs whose Reducer (if any) can run on the model: K within 1..L, and for a ``named`` Reducer
+    variant (``importance:0.25``) below L; a note (stderr) says which are left out and why, before anything is
+    timed (``attach`` would refuse K = 0, naming a k no one set, and at K = L the Reducer is off: a row labelled
+    with a Reducer variant would time a step without it; an unnamed row, the method's default or an --also
+    one, claims no Reducer and is timed as it is)."""
     from harness.adapter import Site, find_targets
 
     kept = []
@@ -443,16 +449,19 @@ def _runnable(method: str, variants: list[tuple[str, Any]], model: nn.Module) ->
             kept.append((variant, cfg))
             continue
         sites = {Site.of(name, model.get_submodule(name)).layer for name in find_targets(model, cfg.targets)}
-        layers, red = len(sites), cfg.reducer
-        k = red.k if red.k is not None else round(layers * (1.0 - red.drop_ratio))  # as ReducerConfig.resolve_k
-        if 1 <= k < layers:
-            kept.append((variant, cfg))
-            continue
-        how = f"k={k}" if red.k is not None else f"K = round({layers} x (1 - {red.drop_ratio:g})) = {k}"
-        why = "the Reducer would be off" if k == layers else f"outside 1..{layers}: the Reducer cannot run"
+        layers = len(sites)
+        try:
+            k = cfg.reducer.resolve_k(layers)
+        except ValueError as exc:  # K outside 1..L
+            why = f"{exc}: the Reducer cannot run"
+        else:
+            if k < layers or not named:
+                kept.append((variant, cfg))
+                continue
+            why = f"K = {k} of its {layers} adapted layers: the Reducer would be off"
         print(
-            f"note: {method} ({variant}) left out: {how} of its {layers} adapted layers ({why}); a model with more "
-            "layers, or another --reducer drop ratio, times it",
+            f"note: {method} ({variant or 'default'}) left out: {why}; a model with more layers, or another "
+            "--reducer drop ratio, times it",
             file=sys.stderr,
         )
     return kept

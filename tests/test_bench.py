@@ -476,13 +476,21 @@ def test_reducer_variants_whose_k_is_none_or_every_layer_are_left_out_with_a_not
     rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=2))["rows"]]
     assert rows == ["floor", "effilora (off)"]
     err = capsys.readouterr().err
-    assert "effilora (importance:0.75) left out: K = round(2 x (1 - 0.75)) = 0 of its 2 adapted layers" in err
+    assert "effilora (importance:0.75) left out: reducer k=0 is outside 1..2" in err
     for variant in ("importance:0.25", "random:0.25"):
-        assert f"effilora ({variant}) left out: K = round(2 x (1 - 0.25)) = 2 of its 2 adapted layers (the " in err
+        assert f"effilora ({variant}) left out: K = 2 of its 2 adapted layers: the Reducer would be off" in err
     rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=4))["rows"]]  # K = 3, 3, 1 of 4
     assert rows == ["floor", "effilora (off)", "effilora (importance:0.25, default)", "effilora (random:0.25)",
                     "effilora (importance:0.75)"]  # fmt: skip
     assert "left out" not in capsys.readouterr().err
+    # (a review of that fix) an --also row and the unnamed default went around it: K = 0 failed after loading
+    also = replace(config, reducer=(), also=("dropout=0",), options={"drop_ratio": "0.75"})
+    assert [r["contender"] for r in run_bench(also, model=tiny_llama(layers=2))["rows"]] == ["floor"]
+    err = capsys.readouterr().err
+    assert "effilora (default) left out: reducer k=0" in err and "effilora (dropout=0) left out: reducer k=0" in err
+    plain = replace(config, reducer=(), also=("dropout=0",))  # K = 2 = L: rows that name no Reducer are timed
+    rows = [r["contender"] for r in run_bench(plain, model=tiny_llama(layers=2))["rows"]]
+    assert rows == ["floor", "effilora", "effilora (dropout=0)"] and "left out" not in capsys.readouterr().err
 
 
 def test_the_documented_two_layer_command_runs(tmp_path):
