@@ -140,6 +140,8 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
             f"k={shortcuts['k']} and drop_ratio={shortcuts['drop_ratio']} both set the Reducer's K (drop_ratio = "
             "1 - K/L): give one"
         )
+    if reducer is None and set(shortcuts) == {"reducer_seed"}:
+        shortcuts = {}  # the seed of a Reducer the method does not run seeds nothing: it turns none on
     if shortcuts and "reducer" in options and reducer is None:
         given = ", ".join(f"{k}={v}" for k, v in shortcuts.items())
         raise ValueError(

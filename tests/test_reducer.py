@@ -244,6 +244,12 @@ def test_reducer_seed_sets_the_reducers_own_seed_and_rebuilds_the_committed_runs
         for seed in (0, 1)
     }
     assert ids[0].run_id.endswith("-303a7bfe") and ids[1].run_id.endswith("-69425590")  # results/runs' ids
+    # given to a method without a Reducer (the main job's `--methods lora,effilora`), it turns none on
+    assert attach(tiny_llama(), "lora", targets="q_proj", reducer_seed="0").reducer is None
+    lora = [
+        build_specs("commonsense", ["lora"], [1], "embedded", method_options=o)[0] for o in ({}, {"reducer_seed": "0"})
+    ]
+    assert lora[0].run_id == lora[1].run_id == "commonsense-lora-embedded-s1-7c3b4064"  # the committed run's id
     with pytest.raises(ValueError, match="reducer_seed"):  # named among the valid options
         attach(tiny_llama(), "effilora", targets="q_proj", seed=0)
 
