@@ -565,9 +565,10 @@ def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
     kinds = sorted({type(m).__name__ for n, m in model.named_modules() if n and matches(n)})
     if not kinds:
         return ""
+    conv1d = "; GPT-2-style Conv1D, whose weight is stored transposed with q, k and v fused, is not supported"
     return (
         f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers are "
-        "adapted; GPT-2-style Conv1D, whose weight is stored transposed with q, k and v fused, is not supported)"
+        f"adapted{conv1d if 'Conv1D' in kinds else ''}; name the linear layers inside them)"
     )
 
 

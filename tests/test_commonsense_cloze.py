@@ -225,8 +225,9 @@ def test_hellaswag_is_preprocessed_as_lm_eval_does():
 @pytest.mark.parametrize(
     ("words", "answer", "message"),
     [
-        ("red/green/blue", "red", "not other label words"),  # what are the options' texts? cloze cannot tell
-        ("a/b", "a", "not other label words"),
+        ("A/B/C/D", "A", "not letters naming options"),  # what are the options' texts? cloze cannot tell
+        ("a/b", "a", "not letters naming options"),
+        ("answerA/answerB", "answerA", "not letters naming options"),
         ("true", "true", "one option"),
         ("answer1", "answer1", "one option"),
     ],
@@ -237,11 +238,16 @@ def test_cloze_takes_numbered_options_or_true_false_and_two_at_least(words, answ
         cloze.parse(rec(f"Please answer the question: Answer1: x Is it?\n\nAnswer format: {words}", answer))
     item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: yes/no", "no"))
     assert item.continuations == (" yes", " no") and item.answer == 1
+    # (a review of that fix) words that are the answers themselves, in any case, are scored as they were
+    item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: True/False", "False"))
+    assert item.continuations == (" True", " False") and item.answer == 1
+    item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: yes/no/maybe", "maybe"))
+    assert item.continuations == (" yes", " no", " maybe") and item.answer == 2
 
 
 def test_a_further_benchmark_with_other_label_words_is_refused_under_cloze_naming_choice(tmp_path):
     (tmp_path / "mine").mkdir()
-    record = rec("Please answer the question: Is red a colour?\n\nAnswer format: red/green", "red")
+    record = rec("Please answer the question: Is red a colour? A: yes B: no\n\nAnswer format: A/B", "A")
     (tmp_path / "mine" / "test.json").write_text(json.dumps([record]))
     with pytest.raises(ValueError, match=r"mine/test.json: example 0 does not fit .*use --protocol choice"):
         CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze"))

@@ -162,6 +162,8 @@ def test_a_target_that_names_a_conv1d_says_it_is_not_supported():
             attach(gpt2, "lora", targets=targets)
     with pytest.raises(ValueError, match=r"matches no linear layer; the model's linear layers: lm_head$"):
         attach(gpt2, "lora", targets="q_proj")  # no such module at all: no sentence about it
+    with pytest.raises(ValueError, match=r"it names LlamaAttention modules, .*adapted; name the linear layers"):
+        attach(tiny_llama(), "lora", targets="self_attn")  # not a Conv1D: no word of one
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

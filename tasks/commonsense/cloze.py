@@ -62,12 +62,13 @@ def parse(record: dict[str, Any]) -> ClozeItem:
     if not sep or "\n" in head:
         raise ValueError("no 'Please ...: <question>' head before the options")
     answer = words.index(record["answer"])
-    if not any(w[-1].isdigit() for w in words):  # true/false: the words are the options
-        if sorted(_YES_NO.get(w, w) for w in words) != ["no", "yes"]:
-            # other words (a/b/c, positive/negative) name options whose text this cannot find or frame
+    if not any(w[-1].isdigit() for w in words):  # true/false, yes/no or other words: the words are the options
+        if len({w[:-1] for w in words}) == 1 and all(w[-1].isalpha() for w in words):
+            # letters (A/B/C/D, answerA/answerB) name options whose texts this cannot find: it would score the
+            # letters themselves
             raise ValueError(
-                f"answer format {'/'.join(words)}: cloze scores numbered options (answer1/answer2...) or "
-                "true/false (yes/no) questions, not other label words"
+                f"answer format {'/'.join(words)}: cloze scores numbered options (answer1/answer2...) or words that "
+                "are the answers themselves (true/false, yes/no), not letters naming options"
             )
         question = rest.strip()
         context = f"Question: {question}{'' if question.endswith('?') else '?'}\nAnswer:"
