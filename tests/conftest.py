@@ -116,6 +116,25 @@ def tiny_model(tmp_path):
     return tmp_path / "tiny"
 
 
+@pytest.fixture
+def plugin_sandbox(monkeypatch, tmp_path):
+    """Plugins loaded in this process from ``tmp_path``, undone afterwards (registrations, modules, what was
+    loaded)."""
+    import sys
+
+    from harness import TASKS, registry
+
+    METHODS.names(), TASKS.names()
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+    monkeypatch.setattr(registry, "_PLUGINS_LOADED", {})
+    monkeypatch.setattr(registry, "_PLUGIN_OF", {})
+    modules = set(sys.modules)
+    yield registry
+    for name in set(sys.modules) - modules:
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
+            del sys.modules[name]
+
+
 def undecodable_png(path) -> None:
     """A PNG whose structure and checksums are valid (``Image.verify`` passes) but whose pixel stream is not
     zlib data (decoding fails): what a verify-only check lets through."""

@@ -154,7 +154,7 @@ def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path):
     assert json.loads(again.stdout)[0]["method"] == "half_lora"
 
 
-def test_the_readmes_method_example_runs_as_written(tmp_path):
+def test_the_readmes_method_example_runs_as_written(tmp_path, capfd, plugin_sandbox):
     """The README's "Adding a method" file, verbatim: listed, counted as LoRA is, its option taken."""
     from pathlib import Path
 
@@ -162,12 +162,12 @@ def test_the_readmes_method_example_runs_as_written(tmp_path):
     [code] = [b for b in readme.split("```python\n")[1:] if b.startswith("# my_lora.py\n")]
     plugin = tmp_path / "my_lora.py"
     plugin.write_text(code.split("```", 1)[0])
-    counted = run_cli(
+    capfd.readouterr()
+    assert main([
         "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "my_lora",
         "--option", "gain=2", "--json",
-    )  # fmt: skip
-    assert counted.returncode == 0, counted.stderr
-    assert json.loads(counted.stdout)[0]["trainable"] == REFERENCE["lora"][0]
+    ]) == 0, capfd.readouterr().err  # fmt: skip
+    assert json.loads(capfd.readouterr().out)[0]["trainable"] == REFERENCE["lora"][0]
     source = plugin.read_text()
     assert 'ignored_options = ("heads",)' in source  # else --heads would give its runs a second run id
 
@@ -302,7 +302,7 @@ def test_all_expands_inside_a_list_of_names():
 
 
 def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_not_taken_as_done(
-    tiny_model, data_dir, tmp_path
+    tiny_model, data_dir, tmp_path, capfd, plugin_sandbox
 ):
     """Editing a plugin left its finished runs looking done (same run id); a plugin could not import the module
     beside it."""
@@ -312,8 +312,8 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
     args = ["--plugin", str(plugin), "run", "--methods", "half_lora", "--task", "commonsense", "--preset", "smoke",
             "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir),
             "--runs-dir", str(tmp_path / "runs"), "--no-leaderboard", "--quiet"]  # fmt: skip
-    first = run_cli(*args)
-    assert first.returncode == 0, first.stderr[-2000:]
+    # the first run here, in this process (plugin_sandbox undoes the loading); the runs below: new processes
+    assert main(args) == 0, capfd.readouterr().err[-2000:]
     [path] = (tmp_path / "runs").glob("*/record.json")
     record = json.loads(path.read_text())
     sha = hashlib.sha256(b"half_lora.py\0" + plugin.read_bytes() + b"half_helpers.py\0" + b"NAME = 'half_lora'\n")
@@ -328,23 +328,6 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
             r"to run it again on this code",
             changed.stderr,
         ), changed.stderr[-2000:]
-
-
-@pytest.fixture
-def plugin_sandbox(monkeypatch, tmp_path):
-    """Plugins loaded in this process from ``tmp_path``, undone afterwards (registrations, modules, what was
-    loaded)."""
-    from harness import TASKS, registry
-
-    METHODS.names(), TASKS.names()
-    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
-    monkeypatch.setattr(registry, "_PLUGINS_LOADED", {})
-    monkeypatch.setattr(registry, "_PLUGIN_OF", {})
-    modules = set(sys.modules)
-    yield registry
-    for name in set(sys.modules) - modules:
-        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(tmp_path)):
-            del sys.modules[name]
 
 
 def test_a_plugins_code_does_not_depend_on_which_plugin_was_loaded_first(tmp_path, monkeypatch, plugin_sandbox):

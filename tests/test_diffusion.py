@@ -101,6 +101,34 @@ def _run(tiny, runs: Path, method: str, **task) -> dict:
     return run_all(specs, runs, str(data), progress=False)[0]
 
 
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory) -> Path:
+    """A runs folder of lora and moslora trained once at the smoke preset with no judge or HPS v2 (as ``_run``
+    in a test makes them, under a cache of its own): what the rescore tests start from, copied (``_copy``)."""
+    root = tmp_path_factory.mktemp("finished")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HARNESS_CACHE", str(root / "cache"))
+        for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "HARNESS_HPS_CHECKPOINT"):
+            mp.delenv(var, raising=False)
+        for method in ("lora", "moslora"):
+            assert _run(tiny, root / "runs", method)["run"]["status"] == "success"
+    return root / "runs"
+
+
+def _copy(finished: Path, runs: Path, method: str) -> dict:
+    """``method``'s run of ``finished`` copied into ``runs``: the record ``_run(tiny, runs, method)`` returns
+    (the same specs, data and seed: the same samples' bytes), without training it again in each test."""
+    import shutil
+
+    [record] = [
+        r
+        for p in finished.glob("*/record.json")
+        if (r := json.loads(p.read_text()))["run"]["config"]["method"] == method
+    ]
+    shutil.copytree(finished / record["run"]["id"], runs / record["run"]["id"])
+    return record
+
+
 def _sdpa_math(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
     """Attention as two matmuls, which FlopCounterMode counts on a CPU as on meta (the CPU's fused kernel it
     does not count)."""
@@ -614,7 +642,7 @@ def test_a_judge_without_a_key_is_refused_before_anything_runs(tiny, monkeypatch
         TASKS.get("diffusion")(options)
 
 
-def test_rescore_judges_a_finished_runs_saved_samples_without_training_it_again(tiny, tmp_path, monkeypatch):
+def test_rescore_judges_a_finished_runs_saved_samples_without_training_it_again(tiny, finished, tmp_path, monkeypatch):
     """Asking for the judge after a run meant a new run id, trained again (or --force). ``harness rescore``
     judges the saved samples: the same PNG bytes the judge is sent in a run (its cached answers are found again),
     the record keeps its run id and config and says what was scored again."""
@@ -625,7 +653,7 @@ def test_rescore_judges_a_finished_runs_saved_samples_without_training_it_again(
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
-    plain = _run(tiny, runs, "lora")
+    plain = _copy(finished, runs, "lora")
     path = runs / plain["run"]["id"] / "record.json"
     before = json.loads(path.read_text())
     assert before["eval"]["judge_avg"]["status"] == "absent"
@@ -659,7 +687,9 @@ class _FakeHPS:
         return [float(len(p)) for p in prompts]
 
 
-def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(tiny, tmp_path, monkeypatch, capsys):
+def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
+    finished, tmp_path, monkeypatch, capsys
+):
     """From a review: rescoring HPS v2 alone set the judge's columns to absent (and a failing judge wrote
     'failed' over good scores); a run with a sample missing stopped every later run and the leaderboard."""
     import shutil
@@ -674,7 +704,7 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: _FakeHPS())
     runs = tmp_path / "runs"
-    ids = [_run(tiny, runs, m)["run"]["id"] for m in ("lora", "moslora")]
+    ids = [_copy(finished, runs, m)["run"]["id"] for m in ("lora", "moslora")]
     read = lambda i: json.loads((runs / ids[i] / "record.json").read_text())  # noqa: E731
     ckpt = tmp_path / "hps.pt"
     ckpt.write_bytes(b"weights")
@@ -717,7 +747,7 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
     assert f"run {ids[1]}: sample samples/002.png is missing" in err and "1 run(s) rescored" in err
 
 
-def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(tiny, tmp_path, monkeypatch, capsys):
+def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(finished, tmp_path, monkeypatch, capsys):
     """From a review: a judge that failed on some images replaced a score of every image with one of a few,
     silently; a sample that does not decode (PIL's OSError) stopped every later run with a line naming none."""
     import shutil
@@ -729,7 +759,7 @@ def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(tiny, tm
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
-    ids = sorted(_run(tiny, runs, m)["run"]["id"] for m in ("lora", "moslora"))
+    ids = sorted(_copy(finished, runs, m)["run"]["id"] for m in ("lora", "moslora"))
     good_until = [10**6]  # the requests answered with scores; the rest get prose
     with _Server(lambda n: json.dumps(GOOD) if n <= good_until[0] else "no scores", models=["judge-test"]) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
@@ -789,7 +819,7 @@ def test_rescore_refuses_another_judge_than_the_run_was_made_with_and_a_run_anot
             lock.release()
 
 
-def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(tiny, tmp_path, monkeypatch, capsys):
+def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(finished, tmp_path, monkeypatch, capsys):
     """From a review: a run made without a scorer was rescored with judge A, then with judge B (or HPS checkpoint
     a.pt, then b.pt): B's scores replaced A's, under the same config, beside runs A scored. The record's own
     columns say who scored them; another scorer is refused, the same one (filling in failures) is not."""
@@ -804,7 +834,7 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
-    run_id = _run(tiny, runs, "lora")["run"]["id"]
+    run_id = _copy(finished, runs, "lora")["run"]["id"]
     path = runs / run_id / "record.json"
     with _Server(lambda n: json.dumps(GOOD), models=["judge-a", "judge-b"]) as url:
         monkeypatch.setenv("OPENAI_BASE_URL", url)
@@ -825,7 +855,7 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
             del older["eval"][column]["judge_endpoint"], older["eval"][column]["rubric_version"]
         path.write_text(json.dumps(older))
         assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-a"})[0]) == 1  # the same model: not other
-        other = _run(tiny, runs, "moslora")["run"]["id"]  # another run of the section, judged by judge-b
+        other = _copy(finished, runs, "moslora")["run"]["id"]  # another run of the section, judged by judge-b
         assert len(rescore_runs(runs, "diffusion", {"judge_model": "judge-b"}, run_ids=[other])[0]) == 1
     capsys.readouterr()
     write_leaderboards(runs, tmp_path / "out")  # the section's rows were judged by two judges: said
@@ -857,14 +887,14 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(ti
     ]
 
 
-def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(tiny, tmp_path, monkeypatch, capsys):
+def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(finished, tmp_path, monkeypatch, capsys):
     """From a review: a scorer's RuntimeError (torch, memory) or a record that cannot be written stopped every
     later run with a traceback, the problems found so far unsaid and the leaderboard not rebuilt."""
     import tasks.diffusion as dtask
     from harness.cli import main
 
     runs = tmp_path / "runs"
-    ids = sorted(_run(tiny, runs, m)["run"]["id"] for m in ("lora", "moslora"))
+    ids = sorted(_copy(finished, runs, m)["run"]["id"] for m in ("lora", "moslora"))
     calls = []
 
     class Flaky(_FakeHPS):
@@ -1682,12 +1712,12 @@ def test_fidelity_has_majority_and_chance_rows_and_similarity_is_not_held_to_bas
     assert "fidelity" in table["lora"]["not_above_baselines"].split()  # 4 prompts: nothing is shown above them
 
 
-def test_kid_of_one_image_is_absent_not_nan_and_a_handful_gets_no_interval(tiny, tmp_path):
+def test_kid_of_one_image_is_absent_not_nan_and_a_handful_gets_no_interval(tiny, finished, tmp_path):
     one = _run(tiny, tmp_path / "one", "lora", eval_limit=1)
     assert one["eval"]["kid"] == {"status": "absent", "reason": "KID needs 2 or more images a set; 1 scored"}
     text = next((tmp_path / "one").glob("*/record.json")).read_text()
     assert "NaN" not in text and json.loads(text)["eval"]["similarity"]["n"] == 1
-    four = _run(tiny, tmp_path / "four", "lora")  # 4 prompts: a value, no interval from 4 images
+    four = _copy(finished, tmp_path / "four", "lora")  # 4 prompts: a value, no interval from 4 images
     assert four["eval"]["kid"]["value"] is not None and "ci" not in four["eval"]["kid"]
 
 

@@ -12,6 +12,33 @@ from harness.task import Loaded, TaskOptions
 from tasks.commonsense import CommonsenseTask
 from tests.conftest import tiny_llama
 
+_INDEXES: dict[tuple, bytes] = {}
+
+
+@pytest.fixture(autouse=True)
+def index_lm_evals_own_tasks_once(monkeypatch):
+    """Each ``simple_evaluate`` (one a benchmark) builds a ``TaskManager``, which parses every task YAML file
+    lm-eval ships into its index (~14,700 tasks, groups and tags): ~6 s each, most of these tests' time. Here
+    the index is parsed once and each build gets a fresh copy of it (unpickled: nothing one evaluation changes
+    reaches the next). Our task is an inline config, not in that index; where lm-eval builds its index
+    otherwise (other versions), nothing changes."""
+    import pickle
+
+    try:
+        from lm_eval.tasks._index import TaskIndex
+    except ImportError:
+        return
+    real = TaskIndex.build
+
+    def build(paths, *, resolve_includes=True):
+        paths = list(paths)
+        key = (tuple(str(p) for p in paths), resolve_includes)
+        if key not in _INDEXES:
+            _INDEXES[key] = pickle.dumps(real(paths, resolve_includes=resolve_includes))
+        return pickle.loads(_INDEXES[key])
+
+    monkeypatch.setattr(TaskIndex, "build", staticmethod(build))
+
 
 def _task(tmp_path, data_dir) -> CommonsenseTask:
     for name in ("boolq", "ARC-Easy"):

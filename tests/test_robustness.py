@@ -251,6 +251,18 @@ def run_args(tiny_model, data_dir, runs, methods: str, *extra: str) -> list[str]
     ]  # fmt: skip
 
 
+def run_here(args: list[str], capfd) -> tuple[int, str, str]:
+    """``args`` (``run_args``' command) through ``harness.cli.main`` in this process, without a new interpreter
+    importing torch and transformers (~4 s a run): its exit code, stdout and stderr (read at the file
+    descriptors, as a subprocess's are)."""
+    from harness.cli import main
+
+    capfd.readouterr()
+    code = main(args[3:])
+    out, err = capfd.readouterr()
+    return code, out, err
+
+
 def env_with_secret() -> dict[str, str]:
     return {**os.environ, "OPENAI_API_KEY": SECRET, "HF_TOKEN": SECRET}
 
@@ -258,12 +270,13 @@ def env_with_secret() -> dict[str, str]:
 @pytest.mark.slow
 @pytest.mark.parametrize(("signum", "said"), [(signal.SIGTERM, "cancelled"), (signal.SIGINT, "Ctrl-C: stopping after")])
 def test_sigterm_or_a_first_ctrl_c_saves_a_checkpoint_writes_cancelled_and_the_next_start_resumes(
-    tiny_model, data_dir, tmp_path, signum, said
+    tiny_model, data_dir, tmp_path, signum, said, capfd, monkeypatch
 ):
     """SIGTERM (what schedulers send), and since a review a first Ctrl-C too (it lost every step since the last
     periodic checkpoint, 200-1000 steps apart in the paper presets): a checkpoint after the step, then resume."""
     runs = tmp_path / "runs"
-    args = run_args(tiny_model, data_dir, runs, "lora", "--steps", "300", "--no-leaderboard")
+    # the first checkpoint is at step 2 (the smoke preset's checkpoint_every): ~3 s of steps left to stop
+    args = run_args(tiny_model, data_dir, runs, "lora", "--steps", "100", "--no-leaderboard")
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_with_secret())
     deadline = time.time() + 300
     while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
@@ -277,12 +290,14 @@ def test_sigterm_or_a_first_ctrl_c_saves_a_checkpoint_writes_cancelled_and_the_n
     assert record["run"]["status"] == "cancelled" and "checkpoint saved" in record["run"]["error"]
     assert ("Ctrl-C" in record["run"]["error"]) == (signum == signal.SIGINT)
     stopped_at = torch.load(next(runs.glob("*/checkpoint.pt")), weights_only=True)["state"]["step"]
-    assert 0 < stopped_at < 300
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env_with_secret())
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert 0 < stopped_at < 100
+    for name in ("OPENAI_API_KEY", "HF_TOKEN"):  # the next start (here) has env_with_secret()'s too
+        monkeypatch.setenv(name, SECRET)
+    code, again_out, again_err = run_here(args, capfd)
+    assert code == 0, again_err[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == stopped_at
-    assert not _mentions(runs, SECRET) and SECRET not in out + err + again.stdout + again.stderr
+    assert not _mentions(runs, SECRET) and SECRET not in out + err + again_out + again_err
 
 
 def test_a_second_ctrl_c_or_one_outside_training_interrupts_at_once():
@@ -390,17 +405,15 @@ class ScaledLoraLinear(AdapterLinear):
 @pytest.mark.slow
 @pytest.mark.parametrize("countable", [True, False])
 def test_a_plugin_that_makes_its_own_tensors_trains_counts_and_keeps_its_results(
-    countable, tiny_model, data_dir, tmp_path
+    countable, tiny_model, data_dir, tmp_path, capfd, plugin_sandbox
 ):
     check = "pass" if countable else 'if x.device.type == "meta": raise RuntimeError("cannot run on meta")'
     plugin = tmp_path / "scaled_lora.py"
     plugin.write_text(textwrap.dedent(PLUGIN).replace("{extra}", "").replace("{check}", check))
     runs = tmp_path / "runs"
-    result = subprocess.run(
-        [sys.executable, "-m", "harness", "--plugin", str(plugin), *run_args(tiny_model, data_dir, runs, "scaled_lora")[3:]],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-2000:]
+    args = run_args(tiny_model, data_dir, runs, "scaled_lora")
+    code, _, err = run_here([*args[:3], "--plugin", str(plugin), *args[3:]], capfd)  # loaded here, then undone
+    assert code == 0, err[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
     assert (runs / record["run"]["id"] / "adapter" / "adapter_model.safetensors").is_file()
@@ -468,28 +481,28 @@ def test_an_atomic_write_survives_a_system_that_flushes_only_writable_files_and_
     assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1} and len(flushed) == 1
 
 
-def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(tiny_model, data_dir, tmp_path):
+def test_a_sweep_whose_every_run_failed_says_so_rather_than_that_no_record_exists(
+    tiny_model, data_dir, tmp_path, capfd, monkeypatch
+):
     """No successful record for the leaderboard: the last line names the failed runs and the first one's error
     (bad data is refused before any run now: the failure here is made inside the run)."""
+    import harness.runner as r
+
+    def boom(*a, **k):
+        raise RuntimeError("the step went wrong")
+
+    monkeypatch.setattr(r, "_execute", boom)
     runs = tmp_path / "runs"
-    argv = run_args(tiny_model, data_dir, runs, "lora")[3:]  # after "python -m harness"
-    code = (
-        "import sys, harness.runner as r\n"
-        "def boom(*a, **k): raise RuntimeError('the step went wrong')\n"
-        "r._execute = boom\n"
-        "from harness.cli import main\n"
-        f"raise SystemExit(main({argv!r}))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
-    last = done.stderr.strip().splitlines()[-1]
-    assert done.returncode != 0 and "Traceback" not in done.stderr
+    code, _, err = run_here(run_args(tiny_model, data_dir, runs, "lora"), capfd)
+    last = err.strip().splitlines()[-1]
+    assert code != 0 and "Traceback" not in err
     assert re.search(r"1 of 1 runs failed: commonsense-lora-\S+ \(see their records; commonsense-lora-\S+: "
-                     r"RuntimeError: the step went wrong\)$", last), done.stderr[-2000:]  # fmt: skip
+                     r"RuntimeError: the step went wrong\)$", last), err[-2000:]  # fmt: skip
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "failed" and "the step went wrong" in record["run"]["error"]
 
 
-def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_dir, tmp_path):
+def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_dir, tmp_path, capfd):
     """The run id leaves the data folder out (any copy of the same data is the same run): the test and
     training files' hashes in the record decide whether a finished run is the one asked for."""
     small = tmp_path / "data"
@@ -500,26 +513,27 @@ def test_a_finished_run_is_not_taken_for_a_run_on_other_data(tiny_model, data_di
             (small / benchmark / f"{split}.json").write_text(json.dumps(records))
     runs = tmp_path / "runs"
     args = run_args(tiny_model, small, runs, "lora", "--no-leaderboard")
-    assert subprocess.run(args, capture_output=True, text=True, timeout=600).returncode == 0
+    code, _, err = run_here(args, capfd)
+    assert code == 0, err[-2000:]
     [path] = runs.glob(f"*/{RECORD}")
     finished = path.read_bytes()
-    again = subprocess.run(args, capture_output=True, text=True, timeout=600)  # the same data: skipped
-    assert again.returncode == 0 and path.read_bytes() == finished, again.stderr[-2000:]
+    code, _, err = run_here(args, capfd)  # the same data: skipped
+    assert code == 0 and path.read_bytes() == finished, err[-2000:]
     boolq = small / "boolq" / "train.json"
     boolq.write_text(json.dumps(json.loads(boolq.read_text())[:11]))  # the same test files, other training data
-    retrained = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert retrained.returncode != 0 and "Traceback" not in retrained.stderr
-    message = retrained.stderr.strip().splitlines()[-1]
+    code, _, err = run_here(args, capfd)
+    assert code != 0 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
     assert "finished on other data (the training file boolq/train.json differs); pass --force" in message, message
     arc = small / "ARC-Easy" / "test.json"
     arc.write_text(json.dumps(json.loads(arc.read_text())[:3]))
-    other = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert other.returncode != 0 and "Traceback" not in other.stderr
-    message = other.stderr.strip().splitlines()[-1]
+    code, _, err = run_here(args, capfd)
+    assert code != 0 and "Traceback" not in err
+    message = err.strip().splitlines()[-1]
     assert re.search(r"finished on other data \(ARC-Easy's test file differs\); pass --force", message), message
     assert path.read_bytes() == finished  # the finished record is untouched
-    forced = subprocess.run([*args, "--force"], capture_output=True, text=True, timeout=600)
-    assert forced.returncode == 0, forced.stderr[-2000:]
+    code, _, err = run_here([*args, "--force"], capfd)
+    assert code == 0, err[-2000:]
     assert read_record(path)["eval"]["ARC-Easy"]["n"] == 3
 
 
@@ -587,7 +601,7 @@ def test_a_cancelled_forced_rerun_keeps_the_finished_record_and_says_what_the_ne
     assert json.loads(attempt.read_text())["run"]["status"] == "cancelled"
 
 
-def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_does_not_fit(data_dir, tmp_path):
+def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_does_not_fit(data_dir, tmp_path, capfd):
     """A config with a small vocabulary: without tokenizer files beside it the embedded tokenizer's 49,152 ids
     would index past its embeddings (it failed in training), so the run is refused saying what to do; with
     its own tokenizer files the run trains and scores with that tokenizer."""
@@ -606,8 +620,8 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
         (small / "boolq" / f"{split}.json").write_text(json.dumps(records))
     runs = tmp_path / "runs"
     args = run_args(folder, small, runs, "lora", "--no-leaderboard")
-    refused = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    code, refused_out, refused_err = run_here(args, capfd)
+    assert code != 0 and "Traceback" not in refused_err
     [path] = runs.glob(f"*/{RECORD}")
     error = read_record(path)["run"]["error"]  # the run fails as it loads the model, before any training
     assert re.search(
@@ -615,7 +629,7 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
         r"model's own tokenizer files \(tokenizer.json, tokenizer_config.json\) beside its config.json",
         error,
     ), error
-    assert error in refused.stdout
+    assert error in refused_out
 
     words = [w for r in json.loads((small / "boolq" / "train.json").read_text()) for w in r["instruction"].split()]
     vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *dict.fromkeys(words)][:120])}
@@ -623,8 +637,8 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     own = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")
     own.save_pretrained(folder)
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
+    code, _, err = run_here(args, capfd)
+    assert code == 0, err[-2000:]
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
 
