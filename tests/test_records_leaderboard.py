@@ -405,6 +405,16 @@ def test_a_fresh_base_run_does_not_move_the_plot_to_an_older_section(tmp_path):
         assert shown.rows[0].runs[0]["run"]["id"].endswith("-lr0.001")
 
 
+def write_rerun(runs, method: str, seed: int, batch: int, answers: str, preds: str, created: str) -> None:
+    """A fixture run of ``method`` and ``seed`` scored at eval batch size ``batch`` (its own run id, as a rerun at
+    another batch size has), made at ``created``."""
+    record = fixture_record(method, seed, evals={"ARC-Easy": scored(answers, preds)})
+    record["run"]["config"]["eval_batch_size"] = batch
+    record["run"]["id"] += f"-b{batch}"
+    record["run"]["created_at"] = created
+    write_fixture(runs, record)
+
+
 def test_a_seed_run_twice_in_one_row_counts_once_the_newest_with_a_warning(tmp_path, capsys):
     """Settings outside a row's key (the eval batch size) give a second run id for the same row and seed."""
     runs = tmp_path / "runs"
@@ -414,11 +424,7 @@ def test_a_seed_run_twice_in_one_row_counts_once_the_newest_with_a_warning(tmp_p
         (0, 8, "1111" * 5, "2026-01-03T00:00:00+00:00"),  # 25%
         (1, 16, "0000" * 5, "2026-01-02T00:00:00+00:00"),  # 25%
     ):
-        record = fixture_record("lora", seed, evals={"ARC-Easy": scored(answers, preds)})
-        record["run"]["config"]["eval_batch_size"] = batch
-        record["run"]["id"] += f"-b{batch}"
-        record["run"]["created_at"] = created
-        write_fixture(runs, record)
+        write_rerun(runs, "lora", seed, batch, answers, preds, created)
     write_leaderboards(runs, tmp_path / "out")
     rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
     row = rows["lora"]
@@ -436,11 +442,7 @@ def test_a_zero_shot_seed_run_twice_counts_once_the_newest_with_a_warning(tmp_pa
         (16, answers, "2026-01-01T00:00:00+00:00"),
         (8, "0000" * 5, "2026-01-02T00:00:00+00:00"),
     ):
-        record = fixture_record("base", 0, evals={"ARC-Easy": scored(answers, preds)})
-        record["run"]["config"]["eval_batch_size"] = batch
-        record["run"]["id"] += f"-b{batch}"
-        record["run"]["created_at"] = created
-        write_fixture(runs, record)
+        write_rerun(runs, "base", 0, batch, answers, preds, created)
     write_leaderboards(runs, tmp_path / "out")
     rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
     assert (rows["base"]["ARC-Easy"], rows["base"]["n_runs"]) == ("25.0", "1")  # the newest, not 62.5 over both
@@ -589,31 +591,32 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
-def test_a_record_with_an_empty_score_list_is_skipped_and_named(tmp_path, capsys):
-    """n = 0 aborted the whole leaderboard ('scores must be a non-empty 1-D array'), naming no run."""
+def skipped_and_named(tmp_path, capsys, bad: dict, message: str) -> None:
+    """A leaderboard of a good ``lora`` record and ``bad``: ``bad`` is skipped with a warning naming its record and
+    ``message``, and the good one tabulated."""
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
+    write_fixture(runs, bad)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{bad['run']['id']}/{RECORD}: {message}" in err, err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
+def test_a_record_with_an_empty_score_list_is_skipped_and_named(tmp_path, capsys):
+    """n = 0 aborted the whole leaderboard ('scores must be a non-empty 1-D array'), naming no run."""
     empty = fixture_record("effilora", 0, 0.0)
     empty["eval"]["ARC-Easy"] = {"metric": "acc", "value": 0.0, "n": 0, "scores": []}
-    write_fixture(runs, empty)
-    write_leaderboards(runs, tmp_path / "out")
-    assert f"{empty['run']['id']}/{RECORD}: ARC-Easy has no per-example scores (n = 0)" in capsys.readouterr().err
-    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+    skipped_and_named(tmp_path, capsys, empty, "ARC-Easy has no per-example scores (n = 0)")
 
 
 def test_a_record_with_a_non_finite_train_field_is_skipped_and_named(tmp_path, capsys):
     """A NaN ``percent_trainable`` passed the checks, and the HTML page's axis raised "cannot convert float NaN to
     integer" after the tables and the Markdown were written, naming no file."""
-    runs = tmp_path / "runs"
-    write_fixture(runs, fixture_record("lora", 0, 0.0))
     bad = fixture_record("effilora", 0, 0.0)
     bad["train"]["percent_trainable"] = float("nan")
     bad["train"]["memory"]["peak_rss_gb"] = float("inf")
-    write_fixture(runs, bad)
-    write_leaderboards(runs, tmp_path / "out")
-    err = capsys.readouterr().err
-    assert f"{bad['run']['id']}/{RECORD}: train.percent_trainable is not a finite number" in err, err
-    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+    skipped_and_named(tmp_path, capsys, bad, "train.percent_trainable is not a finite number")
 
 
 def test_a_record_that_is_not_utf8_is_skipped_and_named(tmp_path, capsys):
