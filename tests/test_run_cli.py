@@ -164,30 +164,11 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir, tin
     """What the paper preset does on a GPU without a download, here at a tiny shape on the CPU."""
     from transformers import LlamaConfig
 
-    from harness.cli import main
+    from tests.test_robustness import run_args, run_here
 
     runs = tmp_path / "runs"
-    code = main(  # in this process: no new interpreter and torch (~4 s)
-        [
-            "run",
-            "--methods",
-            "effilora",
-            "--task",
-            "commonsense",
-            "--preset",
-            "smoke",
-            "--model",
-            str(tiny_model),
-            "--random-weights",
-            "--data-dir",
-            str(data_dir),
-            "--runs-dir",
-            str(runs),
-            "--no-leaderboard",
-            "--quiet",
-        ]
-    )
-    assert code == 0, capfd.readouterr().err[-2000:]
+    code, _, err = run_here(run_args(tiny_model, data_dir, runs, "effilora", "--no-leaderboard"), capfd)
+    assert code == 0, err[-2000:]
     [record] = records_in(runs)
     assert record["run"]["config"]["random_weights"] and "(random weights)" in record["run"]["config"]["model_label"]
     assert record["train"]["base_params"] == sum(
