@@ -6,12 +6,29 @@ from pathlib import Path
 
 from PIL import Image, ImageFile
 
+_DECODED: set[tuple[object, ...]] = set()  # the files found to decode, as identified by ``_identity``
+
+
+def _identity(path: Path) -> tuple[object, ...]:
+    """The file as it is now: its path, device, inode, size and modification time, and the pixel limit it was
+    checked under (a larger ``Image.MAX_IMAGE_PIXELS`` lets through what a smaller one refuses)."""
+    st = Path(path).stat()
+    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, Image.MAX_IMAGE_PIXELS)
+
 
 def check_decodes(path: Path) -> None:
     """Raise what Pillow raises (``OSError``, ``SyntaxError``, ``Image.DecompressionBombError``, ...) unless the
     file's structure and checksums pass ``verify()`` and its pixels decode: a data stream can pass the first and
     still not decode. Truncated or corrupt pixels are refused even where a library imported in this process
-    lets Pillow load them (lmms-eval sets ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` on import)."""
+    lets Pillow load them (lmms-eval sets ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` on import).
+
+    A file that passed is not decoded again in this process while it stays the same file (path, inode, size,
+    modification time): a run reads its data several times (its description, its training files, its test
+    split), and decoding the embedded multimodal data's 1,575 images took ~2 s a read. A file that fails is
+    never remembered, and one that changes is checked again."""
+    key = _identity(path)
+    if key in _DECODED:
+        return
     allowed = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
@@ -21,3 +38,4 @@ def check_decodes(path: Path) -> None:
             im.load()
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = allowed
+    _DECODED.add(key)

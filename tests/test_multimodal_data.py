@@ -588,3 +588,38 @@ def test_a_math_digit_is_cropped_to_its_ink_and_centred_on_a_square():
     assert (rows[0], rows[-1], cols[0], cols[-1]) == (2, 11, 4, 8)  # centred both ways
     assert square.sum() == digit.sum()  # nothing lost or added
     assert np.asarray(generate._ink_box(np.zeros((28, 28), dtype=np.uint8))).shape == (32, 32)  # no ink: whole frame
+
+
+def test_an_image_that_decoded_is_not_decoded_again_until_it_changes(tmp_path, monkeypatch):
+    """A run reads its data several times (~2 s a read on the embedded data's 1,575 images): a file that passed
+    is remembered while it stays the same file; a changed, a failing or a newly limited file is checked again."""
+    from tasks import images
+    from tests.conftest import undecodable_png
+
+    monkeypatch.setattr(images, "_DECODED", set())
+    opened: list[str] = []
+    real_open = images.Image.open
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(images.Image, "open", counting_open)
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(path)
+    images.check_decodes(path)
+    images.check_decodes(path)
+    assert len(opened) == 2  # verify() and load() once, not again
+
+    undecodable_png(path)  # the same path, another file: checked again, and refused
+    with pytest.raises(OSError):
+        images.check_decodes(path)
+    with pytest.raises(OSError):  # a failure is never remembered as a pass
+        images.check_decodes(path)
+    assert len(opened) == 6
+
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    images.check_decodes(path)
+    monkeypatch.setattr(images.Image, "MAX_IMAGE_PIXELS", 10)  # 256 pixels: over twice the limit is an error
+    with pytest.raises(images.Image.DecompressionBombError):
+        images.check_decodes(path)

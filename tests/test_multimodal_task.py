@@ -24,29 +24,6 @@ def twemoji(monkeypatch):
     monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(TWEMOJI))
 
 
-_DECODED: set[tuple] = set()  # (path, device, inode, size, mtime) of the image files found to decode
-
-
-@pytest.fixture(autouse=True)
-def decode_each_image_file_once(monkeypatch):
-    """Every data read (each run's describe, its training files, its split) checks that each of the generated
-    data's 1,575 images decodes: ~2 s a read, most of these tests' time. Here a file is checked once, and again
-    whenever it changes (another size, time or inode); one that fails is never remembered. The check itself is
-    tested in test_multimodal_data.py and test_bad_input.py."""
-    from tasks.multimodal import data
-
-    real = data.check_decodes
-
-    def once(path: Path) -> None:
-        st = Path(path).stat()
-        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        if key not in _DECODED:
-            real(path)
-            _DECODED.add(key)
-
-    monkeypatch.setattr(data, "check_decodes", once)
-
-
 @pytest.fixture
 def tiny_llava_style(tmp_path) -> str:
     text = {
