@@ -7,7 +7,8 @@ all the wrappers of a layer that read the same tensor (q, k, v; gate, up); their
 router that reads the input) made as one over the stacked weights, with the dropout folded into it
 (``_FusedProjection``: the mask kept as ~p·n dropped positions, drawn with ~p·n random numbers on a CPU
 instead of n, one input-gradient buffer written in the backward; without dropout, a router's rows in the
-same matmul as A's). Where the bases are plain ``nn.Linear`` on a CPU without autocast, that node also computes the
+same matmul as A's, unless one of the two is frozen and the other trains: then no weight gradient is made
+for the frozen rows). Where the bases are plain ``nn.Linear`` on a CPU without autocast, that node also computes the
 frozen base linears: the input gradient of the bases and the adapters is one buffer, accumulated by
 ``addmm_`` instead of one buffer per reader added up, and each wrapper adds ``s·h Wᵀ`` into its base output
 in place. The fast path trains with torch's fused AdamW (``harness.train.adamw``). The dropout draw differs from the
@@ -338,7 +339,7 @@ def _project(
         z_all, g_all = out[n], (out[n + 1] if w_raw is not None else None)
         if fuse:
             ys = list(out[:n])
-    elif STACK_RAW and w_raw is not None and xd is xa:  # no dropout: A and the raw rows read the same x
+    elif STACK_RAW and w_raw is not None and xd is xa and _train_alike(w_drop, w_raw):  # no dropout: one x
         z_all, g_all = _stacked(xa, w_drop, w_raw)
     else:
         z_all, g_all = F.linear(xd, w_drop), (F.linear(xa, w_raw) if w_raw is not None else None)
@@ -350,8 +351,17 @@ def _project(
     return result
 
 
+def _train_alike(w_drop: Tensor, w_raw: Tensor) -> bool:
+    """Whether ``_stacked`` may make both products as one matmul in autograd: its backward computes the weight
+    gradient of the whole stack, so a frozen router beside a training A (the Reducer pauses a layer's router,
+    not the A it reads) would have its rows' gradient computed and thrown away (``_FusedProjection`` skips it
+    itself). Without gradients nothing is computed for either: one matmul."""
+    return not torch.is_grad_enabled() or w_drop.requires_grad == w_raw.requires_grad
+
+
 def _stacked(x: Tensor, w_drop: Tensor, w_raw: Tensor) -> tuple[Tensor, Tensor]:
-    """``(x W_dropᵀ, x W_rawᵀ)`` as one matmul over the stacked weights (views of its output)."""
+    """``(x W_dropᵀ, x W_rawᵀ)`` as one matmul over the stacked weights (views of its output); only where
+    both weights train or neither does (``_train_alike``)."""
     z, g = F.linear(x, torch.cat([w_drop, w_raw])).split([w_drop.shape[0], w_raw.shape[0]], dim=-1)
     return z, g
 

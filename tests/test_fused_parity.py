@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import harness.fastpath as fastpath
 from harness import METHODS, attach
@@ -335,6 +336,59 @@ def test_a_router_in_one_matmul_with_a_changes_no_output_or_gradient(method, fus
     assert_same_outputs_and_grads(*results)
     routed = any(layer.input_weights()[1] is not None for layer in adapter.layers.values())
     assert any(calls) == (fuse_base and routed)  # else the stacked matmul is made outside the node
+
+
+class _Products(TorchDispatchMode):
+    """The output shapes of every 2-D matrix product run under it (a linear's forward and backward)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+            self.shapes.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("mode", ["dropout 0", "eval"])
+@pytest.mark.parametrize(("method", "options"), [("hydralora", {}), ("effilora", {"router_input": "hidden"})])
+def test_a_router_the_reducer_froze_gets_no_weight_gradient_beside_a_training_a(method, options, mode, monkeypatch):
+    """From a review: without a mask and with the bases not fused in (a GPU, or ``FUSE_BASE`` off), a router
+    that reads x was stacked with A in one matmul even where the Reducer had frozen it and A still trained, so
+    the backward computed the router rows' weight gradient and threw it away (the spec: no weight gradient
+    for frozen parts). Now only the trained layers' routers are in a weight-gradient product, the step
+    counts as many FLOPs as with every router in its own matmul, and outputs and gradients are unchanged."""
+    monkeypatch.setattr(fastpath, "FUSE_BASE", False)
+    dropout = 0.0 if mode == "dropout 0" else 0.3  # eval: no mask whatever p is
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=dropout, k=1, selection="random", **options)
+    perturb(adapter)
+    adapter.model.train(mode != "eval")
+    reducer = adapter.reducer
+    reducer.select()
+    assert len(reducer.selected) == 1 < reducer.num_layers
+    ref = outputs_and_grads(adapter, fast=False)
+    outputs_and_grads(adapter, fast=True)  # learn the groups: q, k and v make one first matmul
+    products, flops = {}, {}
+    for stack in (False, True):  # every router in its own matmul, then stacked with A where both train
+        monkeypatch.setattr(fastpath, "STACK_RAW", stack)
+        loss = adapter.model(**batch(size=3, length=10)).loss
+        products[stack], counter = _Products(), FlopCounterMode(display=False)
+        with counter, products[stack]:
+            loss.backward()
+        adapter.model.zero_grad(set_to_none=True)
+        flops[stack] = counter.get_total_flops()
+    qkv = [
+        adapter.layers[f"model.layers.0.self_attn.{name}"].input_weights() for name in ("q_proj", "k_proj", "v_proj")
+    ]
+    rows = sum(a.shape[0] + router.shape[0] for a, router in qkv)  # one layer's q, k, v: A's and routers' rows
+    assert rows != 3 * 10  # not a token count: the weight gradient of the stack, (rows, d_in), and nothing else
+    assert products[True].shapes.count((rows, 32)) == len(reducer.selected)  # a frozen layer's routers: in none
+    assert flops[True] == flops[False]
+    assert_same_outputs_and_grads(outputs_and_grads(adapter, fast=True), ref)
+    frozen = [p for i, heads in enumerate(reducer.heads) if i not in reducer.selected for p in heads]
+    assert frozen and all(p.grad is None for p in frozen)
 
 
 def test_a_sibling_that_does_not_come_computes_its_own(monkeypatch):
