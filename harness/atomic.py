@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,12 +59,21 @@ def _flush(path: Path) -> None:
 _TEMP = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what _new_file names
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
+def remove_stale_temps(folder: Path, recursive: bool = True, older_than_s: float = 0.0) -> list[Path]:
     """Remove the temp files a killed writer left under ``folder`` (a ``kill -9`` mid-write skips the cleanup):
-    call it only while holding the folder's lock, when no write of its own is under way. Returns them."""
-    stale = [p for p in folder.rglob(".*.tmp") if is_temp(p)]
-    for path in stale:
-        path.unlink(missing_ok=True)
+    only names ``_new_file`` makes (``.<name>.<8 hex>.tmp``), in ``folder`` alone where not ``recursive``. Call it
+    while holding the folder's lock, when no write of its own is under way; where no lock is held (a leaderboard's
+    folder, which another writer may be writing to), ``older_than_s`` spares the files modified since then: a live
+    writer's temp file is seconds old. Returns those removed."""
+    now = time.time()
+    stale = []
+    for path in folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp"):
+        try:
+            if is_temp(path) and (older_than_s <= 0 or now - path.stat().st_mtime >= older_than_s):
+                path.unlink()
+                stale.append(path)
+        except FileNotFoundError:  # renamed into place, or removed, by its writer meanwhile
+            continue
     return stale
 
 

@@ -19,11 +19,12 @@ own units, and its interval gets no percent end bound (``harness.stats.estimate`
 benchmarks with a score (``Avg_n`` = "7/8": 7 of the 8 benchmarks of the section; absent benchmarks never
 count), its interval resamples each benchmark independently. ``vs_lora`` is the paired difference to the
 section's ``lora`` row on the same examples (two trained rows with different seeds: over the seeds both ran,
-so that one seed is not set against three); it is significant (``*``) when its interval excludes 0 and the
-paired sign-flip test (McNemar's exact test for right/wrong scores; ``harness.stats.sign_flip_p``) gives
-p < 0.05. A cell is flagged ``constant`` when, in any of the
-row's runs, at least 90% of the answered examples (``-``, no answer, excluded) got the same predicted
-option index. Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
+so that one seed is not set against three; none where they share no seed, with a warning); it is significant
+(``*``) when its interval excludes 0 and the paired sign-flip test (McNemar's exact test for right/wrong scores;
+``harness.stats.sign_flip_p``) gives p < 0.05. A cell is flagged ``constant`` when, in any of the row's runs, at
+least 90% of the answered examples (``-``, no answer, excluded) got the same predicted option index (read from
+the entries' ``preds``: a column scored by ``scores`` alone, multimodal's and diffusion's, is never flagged).
+Records without ``answers``/``preds`` (older ones) still tabulate, without intervals.
 
 ``<task>.csv`` columns, one row per leaderboard row: ``section`` (8-hex id of the section), ``preset``,
 ``protocol``, ``model``, ``method``, ``kind`` (trained / zero-shot / baseline); per benchmark ``B``,
@@ -88,7 +89,7 @@ import numpy as np
 import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
-from harness.atomic import atomic_path, write_text
+from harness.atomic import atomic_path, remove_stale_temps, write_text
 from harness.records import (
     FIRST_METHOD_VERSION,
     PERCENT,
@@ -138,6 +139,7 @@ class Row:
     runs: list[dict[str, Any]] = field(default_factory=list)
     vs: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # reference -> benchmark/AVG -> diff
     mirrored: set[str] = field(default_factory=set)  # references whose ``vs`` is the negation of theirs to this row
+    unpaired: set[str] = field(default_factory=set)  # references not compared: trained rows that share no seed
     name: str = ""  # the method's registry name (baselines: majority/chance)
 
     @property
@@ -394,9 +396,12 @@ def _reference(rows: list[Row], name: str) -> Row | None:
     return next((r for r in named if r.method == name), named[0] if named else None)
 
 
-def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dict[str, str]:
+def _compare(
+    rows: list[Row], benchmarks: list[str], averaged: list[str], scales: dict[str, tuple[float, float]] | None = None
+) -> dict[str, str]:
     """Fill ``row.vs``: paired differences to each reference row on the examples both scored; returns each
-    reference's row label (``_reference``).
+    reference's row label (``_reference``). ``scales``: per benchmark the scale of its per-example scores
+    (``_column_scale``; missing: percent), which the test against ``chance`` needs (``harness.stats.chance_p``).
 
     Two reference rows compared both ways (``lora`` against ``base``, and ``base`` against ``lora``) get
     exactly opposite differences and intervals: the one against the later reference of ``REFERENCES`` is
@@ -405,6 +410,7 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
     refs = {name: _reference(rows, name) for name in REFERENCES}
     drawn: dict[tuple[int, str], dict[str, Estimate]] = {}
     mirrored: set[tuple[int, str]] = set()
+    unpaired: set[tuple[int, str]] = set()  # trained rows that share no seed: not compared
     for ref_name in reversed(REFERENCES):
         ref = refs[ref_name]
         if ref is None:
@@ -418,28 +424,41 @@ def _compare(rows: list[Row], benchmarks: list[str], averaged: list[str]) -> dic
                 mirrored.add((id(row), ref_name))
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
-            mine, theirs = _on_shared_seeds(row, ref, same)
+            pair = _on_shared_seeds(row, ref, same)
+            if pair is None:  # no seed in common: nothing to compare (``unpaired_seeds`` says so)
+                drawn[(id(row), ref_name)] = {}
+                unpaired.add((id(row), ref_name))
+                continue
+            mine, theirs = pair
             # chance's scores are expected values, not outcomes: "the row guesses" is tested against them
             test = "chance" if ref_name == CHANCE else "none" if row.name == CHANCE else "sign_flip"
-            diffs = {b: paired([mine[b]], [theirs[b]], test=test) for b in same}
+            scale = (scales or {}).get
+            diffs = {b: paired([mine[b]], [theirs[b]], test=test, scales=[scale(b, PERCENT)]) for b in same}
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
             if both and all(b in same for b in both):
-                diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both], test=test)
+                on = [scale(b, PERCENT) for b in both]
+                diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both], test=test, scales=on)
             drawn[(id(row), ref_name)] = diffs
     for row in rows:  # in REFERENCES order, as the tables list them
         row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}
         row.mirrored = {name for name in row.vs if (id(row), name) in mirrored}
+        row.unpaired = {name for name in row.vs if (id(row), name) in unpaired}
     return {name: ref.method for name, ref in refs.items() if ref is not None}
 
 
-def _on_shared_seeds(row: Row, ref: Row, benchmarks: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def _on_shared_seeds(
+    row: Row, ref: Row, benchmarks: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None:
     """Both rows' per-example scores, over the seeds both trained rows ran where their seeds differ (a row of
     three seeds against one of seed 0 compares seed 0 with seed 0: the seeds' spread is not a method's
-    difference). Zero-shot and baseline rows do not train, so their seeds do not pair: all runs count."""
+    difference); None where two trained rows share no seed (seed 1 against seed 0 would be that spread again).
+    Zero-shot and baseline rows do not train, so their seeds do not pair: all runs count."""
     seeds = [{r["run"]["config"]["seed"] for r in x.runs} for x in (row, ref)]
     shared = seeds[0] & seeds[1]
-    if row.kind != "trained" or ref.kind != "trained" or not shared or seeds[0] == seeds[1]:
+    if row.kind != "trained" or ref.kind != "trained" or seeds[0] == seeds[1]:
         return row.scores, ref.scores
+    if not shared:
+        return None
     out: list[dict[str, np.ndarray]] = []
     for x in (row, ref):
         runs = [r for r in x.runs if r["run"]["config"]["seed"] in shared]
@@ -516,7 +535,7 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
     rows = [_run_row(labels[key], g, benchmarks, averaged) for key, g in sorted(groups.items())]
     rows.sort(key=_rank)
     rows += _baseline_rows(runs, benchmarks, absent, averaged)
-    references = _compare(rows, benchmarks, averaged)
+    references = _compare(rows, benchmarks, averaged, {b: _column_scale(runs, b) for b in benchmarks})
     c, first = runs[0]["run"]["config"], runs[0]
     steps = sorted({r["train"]["steps"] for r in runs if r["train"].get("steps") is not None})
     info = {
@@ -545,6 +564,12 @@ def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[st
         averaged,
         references,
     )
+
+
+def _column_scale(runs: list[dict[str, Any]], b: str) -> tuple[float, float]:
+    """The scale of ``b``'s per-example scores: the first entry's (runs in id order) that names one other than
+    percent, as ``_run_row`` and ``_baseline_rows`` read a column as scaled when any entry is; else percent."""
+    return next((s for r in runs if (s := score_scale(r["eval"].get(b) or {})) != PERCENT), PERCENT)
 
 
 def _newest_per_seed(runs: list[dict[str, Any]], duplicate: str | None = None) -> list[dict[str, Any]]:
@@ -630,7 +655,7 @@ def _digests(record: dict[str, Any]) -> dict[str, str]:
     its ``file``)."""
     out = {
         f"eval/{b}": e["sha256"]
-        for b, e in record["eval"].items()
+        for b, e in (record.get("eval") or {}).items()
         if isinstance(e, dict) and "value" in e and isinstance(e.get("sha256"), str)
     }
 
@@ -736,6 +761,9 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
             "or pass --runs-dir pointing at a folder of runs"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
+    # the temp files of a leaderboard killed mid-write (its own folder only: --out may hold the run folders, whose
+    # temp files their runs' locks guard); no lock is held here, so one a live writer may still use is spared
+    remove_stale_temps(out_dir, recursive=False, older_than_s=STALE_TEMP_S)
     secs = sections(records)
     frames = frame_tables(secs)
     written = []
@@ -748,7 +776,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
-    mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs)
+    mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs) + unpaired_seeds(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -759,6 +787,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     return [*written, out_dir / "leaderboard.md", out_dir / "leaderboard.html"]
 
 
+STALE_TEMP_S = 60.0  # a temp file in the leaderboard's folder untouched this long: a killed writer's, not live
 TASK_FILES = ("{task}.csv", "{task}_comparisons.csv", "{task}_seeds.csv", "{task}.png")  # a task's leaderboard files
 
 
@@ -803,6 +832,29 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
             )
     return out
+
+
+def unpaired_seeds(secs: list[Section]) -> list[str]:
+    """A line per trained row left uncompared with a reference because the two share no seed (``_on_shared_seeds``):
+    its ``vs`` cells are empty, which without a word would read as "no per-example data"."""
+    out = []
+    for s in secs:
+        for row in s.rows:
+            for ref in sorted(row.unpaired):
+                label = s.references.get(ref, ref)
+                other = next(r for r in s.rows if r.method == label)
+                mine, theirs = (" ".join(map(str, _seeds(x))) for x in (row, other))
+                out.append(
+                    f"section {s.key} ({s.task}, {s.preset}): {row.method} (seeds {mine}) is not compared with "
+                    f"{label} (seeds {theirs}): trained rows are compared on the seeds both ran, and they share none "
+                    f"(one seed against another would be the seeds' spread, not the methods'); run {row.name} with "
+                    f"seed {min(_seeds(other))} or {other.name} with seed {min(_seeds(row))} to compare them"
+                )
+    return out
+
+
+def _seeds(row: Row) -> list[int]:
+    return sorted({r["run"]["config"]["seed"] for r in row.runs})
 
 
 def other_method_versions(secs: list[Section]) -> list[str]:

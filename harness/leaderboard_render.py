@@ -384,8 +384,13 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
             md += [markdown_table(header, rows), ""]
             md += _spread_table(s)
             for ref in (REFERENCE_METHOD, BASELINE):
-                # every row against lora (baselines too); only the trained rows against base
-                compared = [r for r in s.rows if r.vs.get(ref) and (ref == REFERENCE_METHOD or r.kind == "trained")]
+                # every row against lora (baselines too); only the trained rows against base; a trained row that
+                # shares no seed with lora is listed with "–" (a warning at the end of the page says why)
+                compared = [
+                    r
+                    for r in s.rows
+                    if (r.vs.get(ref) or ref in r.unpaired) and (ref == REFERENCE_METHOD or r.kind == "trained")
+                ]
                 if compared:
                     label = s.references.get(ref, ref)
                     md += [f"Paired difference to {label} (points; `*`: 95% interval excludes 0, p < 0.05):", ""]

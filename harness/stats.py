@@ -180,11 +180,12 @@ def paired(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     test: str = "sign_flip",
+    scales: Sequence[tuple[float, float]] | None = None,
 ) -> Estimate:
     """``a - b`` on the same examples (one array per benchmark in each), paired bootstrap interval, and the p of
     ``test``: ``sign_flip`` where both are outcomes (:func:`sign_flip_p`); ``chance`` where ``b`` is not an
-    outcome but an expected score, the ``chance`` row's (:func:`chance_p`: "no difference" does not make
-    ``a - b`` symmetric there); ``none``: the interval alone decides."""
+    outcome but an expected score, the ``chance`` row's (:func:`chance_p`, given each column's ``scales``: "no
+    difference" does not make ``a - b`` symmetric there); ``none``: the interval alone decides."""
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; choose one of: {', '.join(TESTS)}")
     if len(a) != len(b):
@@ -198,28 +199,48 @@ def paired(
             raise ValueError("paired comparison of scores that are not finite numbers; check the records' scores")
         diffs.append(x - y)
     e = estimate(diffs, resamples, seed, scores=False)
-    p = {"sign_flip": lambda: sign_flip_p(diffs, seed=seed), "chance": lambda: chance_p(a, b, seed=seed)}
+    p = {"sign_flip": lambda: sign_flip_p(diffs, seed=seed), "chance": lambda: chance_p(a, b, seed=seed, scales=scales)}
     return Estimate(e.value, e.lo, e.hi, p[test]() if test in p else None)
 
 
-def chance_p(scores: Sequence[np.ndarray], chance: Sequence[np.ndarray], flips: int = FLIPS, seed: int = SEED) -> float:
+def chance_p(
+    scores: Sequence[np.ndarray],
+    chance: Sequence[np.ndarray],
+    flips: int = FLIPS,
+    seed: int = SEED,
+    scales: Sequence[tuple[float, float]] | None = None,
+) -> float:
     """Two-sided p-value of "the row scores at chance" for the statistic :func:`estimate` reports (the mean over
     columns of each column's mean score), where ``chance`` holds each example's expected score (percent) under
-    guessing. Under it example i scores 100 with probability ``chance_i / 100``, else 0, independently: a column's
-    count of right answers is Poisson-binomial. The p-value is the chance that the statistic lies at least as far
-    from its expected value as observed: exact for one column (the count's distribution, computed), from ``flips``
-    seeded Monte Carlo draws of the columns' counts for several. Exact for one run's right/wrong answers; for a
-    score between 0 and 100 (seeds pooled, partial credit) the null is the widest a score with that mean can
-    have (a right/wrong one), so the test leans conservative there."""
+    guessing. Under it example i scores 100 with probability ``chance_i / 100``, else 0, independently: a
+    column's count of right answers is Poisson-binomial. The p-value is the chance that the statistic lies at least
+    as far from its expected value as observed: exact for one column (the count's distribution, computed), from
+    ``flips`` seeded Monte Carlo draws of the columns' counts for several (its smallest value 1 / (flips + 1)).
+    Exact for one run's right/wrong answers; for a score between 0 and 100 (seeds pooled, partial credit) the null
+    is the widest a score with that mean can have (a right/wrong one), so the test leans conservative there.
+
+    ``scales``: per column the ``(low, high)`` its scores lie in (None: percent for every column). A column on
+    another scale (a judge's 1-10) is mapped onto 0-100 first (low to 0, high to 100; an expected score maps with
+    it): its guesser is then the widest one with the chance mean on that scale, scoring low or high and nothing
+    between, as for partial credit above. (Read as percent, a judge's 9 of 10 on every item against 5.5 was 9%
+    against 5.5%, p 0.26; the sign-flip test does not apply either: a guesser's score is not symmetric about its
+    mean.) The map is linear, so for one column, or columns on one scale, the statistic it tests is the one
+    reported in the column's units."""
     if len(scores) != len(chance) or not scores:
         raise ValueError(f"chance_p needs one chance column per score column, got {len(scores)} and {len(chance)}")
+    if scales is not None and len(scales) != len(scores):
+        raise ValueError(f"chance_p needs one scale per score column, got {len(scales)} and {len(scores)}")
     pmfs, steps, observed, expected = [], [], 0.0, 0.0
-    for s, c in zip(scores, chance, strict=True):
+    for i, (s, c) in enumerate(zip(scores, chance, strict=True)):
         s, c = np.asarray(s, dtype=np.float64), np.asarray(c, dtype=np.float64)
         if s.shape != c.shape or s.ndim != 1 or s.size == 0:
             raise ValueError(f"chance_p needs one chance score per example, got shapes {s.shape} and {c.shape}")
-        if not (np.all((c >= 0) & (c <= 100)) and np.all((s >= 0) & (s <= 100))):
-            raise ValueError("chance_p needs scores and chance scores in 0-100 (percent); check the records' scores")
+        low, high = (float(x) for x in scales[i]) if scales is not None else (0.0, 100.0)
+        if not (np.all((c >= low) & (c <= high)) and np.all((s >= low) & (s <= high))):
+            where = "0-100 (percent)" if (low, high) == (0.0, 100.0) else f"{low:g} to {high:g} (the column's scale)"
+            raise ValueError(f"chance_p needs scores and chance scores in {where}; check the records' scores")
+        if (low, high) != (0.0, 100.0):  # onto 0-100: low scores as wrong, high as right
+            s, c = (s - low) * (100.0 / (high - low)), (c - low) * (100.0 / (high - low))
         pmfs.append(_poisson_binomial(c / 100.0))
         steps.append(100.0 / (len(scores) * s.size))
         observed, expected = observed + float(s.mean()) / len(scores), expected + float(c.mean()) / len(scores)

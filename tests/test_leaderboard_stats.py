@@ -374,3 +374,59 @@ def test_a_column_on_another_scale_gets_no_percent_end_bound(tmp_path):
     avg = estimate([np.asarray(judged), np.ones(60)], scores=False)  # an Avg over a scaled column: no bound either
     assert float(row["Avg_hi"]) == pytest.approx(avg.hi, abs=0.01) and avg.hi < 2.5
     assert estimate([np.asarray(judged)]).hi == pytest.approx(bound)  # what the judge's cell read before
+
+
+def test_a_column_on_another_scale_is_tested_against_chance_on_its_scale(tmp_path):
+    """From a review: the test against ``chance`` read every score as percent. On a 0-1000 scale the leaderboard
+    stopped ("chance_p needs scores ... in 0-100", blaming valid records); on the judge's 1-10, 9 on every item
+    against an expected 5.5 read as 9% against 5.5% and was never starred (p 0.26)."""
+    from harness.stats import chance_p
+
+    def entry(score: float, scale: list[int], chance: float) -> dict:
+        return {"metric": "judge", "value": score, "n": 60, "scores": [score] * 60, "examples": "e", "scale": scale,
+                "baselines": {CHANCE: [chance] * 60}}  # fmt: skip
+
+    runs = tmp_path / "runs"
+    for method, wide, judge in (("lora", 700.0, 9.0), ("effilora", 500.0, 5.0)):
+        evals = {"ARC-Easy": entry(wide, [0, 1000], 550.0), "boolq": entry(judge, [1, 10], 5.5)}
+        write_fixture(runs, fixture_record(method, 0, evals=evals))
+    write_leaderboards(runs, tmp_path / "out")
+    vs = {
+        (r["method"], r["benchmark"]): r
+        for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+        if r["reference"] == CHANCE
+    }
+    assert vs[("lora", "ARC-Easy")]["diff"] == "150.0" and vs[("effilora", "ARC-Easy")]["diff"] == "-50.0"  # its units
+    # on 0-100: 70% and 50% of 60 items against a guesser right on 55% of them
+    assert float(vs[("lora", "ARC-Easy")]["p"]) == pytest.approx(
+        chance_p([np.full(60, 70.0)], [np.full(60, 55.0)]), rel=1e-3
+    )
+    assert vs[("lora", "ARC-Easy")]["significant"] == "True" and vs[("effilora", "ARC-Easy")]["significant"] == "False"
+    assert float(vs[("lora", "boolq")]["p"]) < 1e-9 and vs[("lora", "boolq")]["significant"] == "True"  # 9 of 1-10
+    assert chance_p([np.full(60, 9.0)], [np.full(60, 5.5)]) > 0.2  # what it read as percent
+    assert chance_p([np.full(60, 9.0)], [np.full(60, 5.5)], scales=[(1, 10)]) < 1e-9
+    with pytest.raises(ValueError, match="in 1 to 10 .the column's scale."):
+        chance_p([np.array([11.0])], [np.array([5.5])], scales=[(1, 10)])
+
+
+def test_trained_rows_that_share_no_seed_are_not_compared_and_a_warning_says_why(tmp_path, capsys):
+    """From a review: with no seed in common the comparison fell back to every run, setting effilora's seed 1
+    against lora's seed 0 while the legend says "on the seeds both ran"."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 10
+    half = "0123" * 5 + "1032" * 5  # right on the first half only
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, half)}))
+    write_fixture(runs, fixture_record("effilora", 1, evals={"ARC-Easy": scored(answers, answers)}))
+    write_fixture(runs, fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 10)}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows["effilora"]["ARC-Easy_vs_lora"] == rows["effilora"]["Avg_vs_lora"] == ""  # was +50.0, seed 1 vs 0
+    assert rows["base"]["ARC-Easy_vs_lora"] == "-25.0"  # base does not train: compared as before
+    compared = {(r["method"], r["reference"]) for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")}
+    assert ("effilora", "lora") not in compared and ("effilora", "base") in compared
+    err = capsys.readouterr().err
+    line = "effilora (seeds 1) is not compared with lora (seeds 0): trained rows are compared on the seeds both ran"
+    assert line in err and "run effilora with seed 0 or lora with seed 1" in err
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| effilora | – | – |" in md and "**Warning:** section" in md and line in md
+    assert line in (tmp_path / "out" / "leaderboard.html").read_text(encoding="utf-8")

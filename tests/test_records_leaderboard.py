@@ -1098,3 +1098,56 @@ def test_leftover_files_of_tasks_not_rebuilt_are_named_not_deleted(tmp_path, cap
     (out / "multimodal.png").unlink()
     write_leaderboards(runs, out)
     assert "still holds" not in capsys.readouterr().err
+
+
+def test_a_leaderboard_killed_mid_write_leaves_temp_files_the_next_one_removes(tmp_path):
+    """From a review: SIGTERM during ``harness leaderboard`` left ``.commonsense.png.<hex>.tmp`` in --out, still there
+    after the next leaderboard (only run folders were cleaned). Now the next one removes its folder's own (not the
+    run folders' below it, which their runs' locks guard; not one written in the last minute, which a live writer
+    may hold; not a name ``atomic_path`` does not make)."""
+    import os
+    import time
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0))
+    run_dir = next(runs.iterdir())
+    killed = [runs / ".commonsense.png.0a1b2c3d.tmp", runs / ".leaderboard.md.deadbeef.tmp"]
+    kept = [runs / ".commonsense.csv.12345678.tmp", runs / ".notes.tmp", run_dir / ".checkpoint.pt.0a1b2c3d.tmp"]
+    for path in killed + kept:
+        path.write_text("x")
+    hour_ago = time.time() - 3600
+    for path in [*killed, *kept[1:]]:  # kept[0] was just written: a live writer's
+        os.utime(path, (hour_ago, hour_ago))
+    write_leaderboards(runs, runs)
+    assert not any(p.exists() for p in killed) and all(p.exists() for p in kept)
+    assert (runs / "leaderboard.md").is_file()
+
+
+def test_the_contact_sheet_takes_its_runs_from_the_data_of_the_newest_trained_run(tmp_path):
+    """From a review: the sheet grouped runs by settings alone, so after base and lora on data A a newer lora on
+    data B went beside A's base (the newest lora per method, whatever its data). As the leaderboard's sections
+    (and its plot, the newest section): the runs on the newest trained run's data, base too where it read it."""
+    from PIL import Image
+
+    from tasks.diffusion.sheet import _newest_settings, contact_sheets
+
+    a, b = "a" * 64, "b" * 64
+    records = []
+    for method, data, created in (("base", a, "1"), ("lora", a, "2"), ("lora", b, "3")):
+        record = fixture_record(method, 0, evals={"similarity": {"metric": "sim", "value": 1.0, "sha256": data}})
+        record["run"]["config"].update(task="diffusion", preset="smoke", data={"files": {"metadata.jsonl": data}})
+        record["run"].update(id=f"{method}-{data[0]}", created_at=f"2026-01-0{created}")
+        folder = tmp_path / record["run"]["id"]
+        (folder / "samples").mkdir(parents=True)
+        Image.new("RGB", (8, 8), "red").save(folder / "samples" / "real-000.png")
+        Image.new("RGB", (8, 8), "blue" if data == b else "green").save(folder / "samples" / "000.png")
+        row = {"n": 0, "file": "samples/000.png", "prompt": "a cat", "real": "cat.png"}
+        (folder / "predictions.jsonl").write_text(json.dumps(row) + "\n")
+        write_record(folder, record)
+        records.append(record)
+    assert [r["run"]["id"] for r in _newest_settings(records)] == ["lora-b"]  # was base-a, lora-a and lora-b
+    assert [r["run"]["id"] for r in _newest_settings(records[:2])] == ["base-a", "lora-a"]
+    [sheet] = contact_sheets(records, tmp_path, tmp_path)
+    with Image.open(sheet) as im:
+        colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+    assert (0, 0, 255) in colours and (0, 128, 0) not in colours  # lora on B alone: not beside the base of A

@@ -40,8 +40,8 @@ def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
 
 def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
     """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each method (base first), at the
-    settings of the preset's newest trained run (as the leaderboard's plot): runs at other settings (steps,
-    data, model) would set samples of different training side by side."""
+    settings and on the data of the preset's newest trained run (as the leaderboard's plot): runs at other
+    settings (steps, data, model) would set samples of different training side by side."""
     written = []
     for preset in sorted({r["run"]["config"]["preset"] for r in records}):
         mine = _newest_settings(
@@ -96,18 +96,21 @@ def _predictions(folder: Path) -> list[Any]:
 
 def _newest_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records at the settings (``harness.leaderboard``'s section: model, protocol, task options, training)
-    of the newest trained one, with the zero-shot runs of its model, protocol and task options; all of them
-    where none trained."""
-    from harness.leaderboard import _settings
+    of the newest trained one and on its data (no data or test file with another sha256, as the leaderboard's
+    sections: a newer lora on other data beside the older runs' base set samples of two data side by side), with
+    the zero-shot runs of its model, protocol and task options on that data; all of them where none trained."""
+    from harness.leaderboard import _digests, _fits, _settings
 
     trained = [r for r in records if r["run"]["config"]["method"] != "base"]
     if not trained:
         return records
-    newest = _settings(max(trained, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"])))
+    newest_run = max(trained, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"]))
+    newest, data = _settings(newest_run), _digests(newest_run)
     return [
         r
         for r in records
-        if _settings(r) == newest or (r["run"]["config"]["method"] == "base" and _settings(r)[0] == newest[0])
+        if (_settings(r) == newest or (r["run"]["config"]["method"] == "base" and _settings(r)[0] == newest[0]))
+        and _fits(_digests(r), data)
     ]
 
 
