@@ -117,8 +117,47 @@ def cmd_params(args: argparse.Namespace) -> None:
         print(f"{row['method']:12s} {row['trainable']:>14,} {row['percent']:>10.3f} {row['total']:>16,}")
 
 
+class _StoreOnce(argparse._StoreAction):
+    """A single-value flag (argparse's ``store``, every command's) given twice with two values is refused: the last
+    one silently won (``--methods lora --methods effilora`` ran effilora alone). The same value twice is one."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        given = vars(namespace).setdefault(_GIVEN, {})
+        if self.dest in given and given[self.dest] != values:
+            flag = max(self.option_strings, key=len) if self.option_strings else self.dest
+            first, listed = given[self.dest], "comma-separated" in (self.help or "")
+            as_list = f" (a list is one flag: {flag} {first},{values})" if listed else ""
+            raise CliError(f"{flag} is given twice ({first!r}, then {values!r}); give it once{as_list}")
+        given[self.dest] = values
+        super().__call__(parser, namespace, values, option_string)
+
+
+_GIVEN = "_harness_given_once"  # the namespace attribute where _StoreOnce keeps the values given, while parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """``harness`` and its commands' parser (``add_parser`` makes its own class): single-value flags are
+    ``_StoreOnce``; repeatable ones (``--option``, ``--also``, ``--plugin``) are ``append`` and stay repeatable."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, rest = super().parse_known_args(args, namespace)
+        vars(namespace).pop(_GIVEN, None)  # the bookkeeping is no argument
+        return namespace, rest
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="harness", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
@@ -191,13 +230,14 @@ def add_method_args(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = None  # parsed: what the Ctrl-C message reads (--force, the runs dir); None if stopped before
     try:
         argv = _early_plugins(argv)
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         _refuse_empty(args)
         args.func(args)
     except (CliError, ValueError, OSError) as exc:
-        if os.environ.get("HARNESS_DEBUG"):
+        if _debug():
             raise
         message = str(exc)
         if isinstance(exc, OSError) and exc.strerror and exc.filename:  # name the path and what to check
@@ -205,15 +245,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        said = {
-            "run": "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)",
-            "rescore": "the runs rescored so far are written; the others keep their records as they were",
-        }
         commands = ("run", "rescore", "bench", "params", "leaderboard", "list")
-        command = next((a for a in argv if a in commands), "")  # the subcommand: the first such word
-        print(f"harness: interrupted; {said.get(command, 'nothing half-written is left')}", file=sys.stderr)
+        command = args.command if args is not None else next((a for a in argv if a in commands), "")
+        print(f"harness: interrupted; {_after_interrupt(command, args, argv)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _debug() -> bool:
+    """``HARNESS_DEBUG`` asks for the traceback instead of the one line; unset, empty, ``0``, ``false``, ``no`` or
+    ``off`` (any case) do not (``HARNESS_DEBUG=0`` turned it on: any value did)."""
+    return os.environ.get("HARNESS_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def _after_interrupt(command: str, args: argparse.Namespace | None, argv: list[str]) -> str:
+    """What an interrupted ``command`` left and how to go on (``args``: the parsed command line, None where the
+    interrupt came before it was parsed: the subcommand is then the first word of ``argv`` that names one)."""
+    if command == "rescore":
+        return "the runs rescored so far are written; the others keep their records as they were"
+    if command != "run":
+        return "nothing half-written is left"
+    force = args.force if args is not None else "--force" in argv
+    if force:  # --force drops each run's checkpoint when it starts: the same command would start them over
+        said = (
+            "run the same command without --force to go on from each unfinished run's last checkpoint (with "
+            "--force it starts them over; finished runs are kept)"
+        )
+    else:
+        said = "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)"
+    if args is not None:
+        from harness.cli_run import leaderboard_not_rebuilt
+
+        said += leaderboard_not_rebuilt(args)
+    return said
 
 
 def _refuse_empty(args: argparse.Namespace) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -138,8 +139,8 @@ def cmd_run(args: argparse.Namespace) -> None:
             except ValueError:  # no successful record at all: say why (the failures), not that there is none
                 if not failed:
                     raise
-    except Cancelled as exc:
-        print(f"harness: cancelled: {exc}", file=sys.stderr)  # the runner says what the next start does
+    except Cancelled as exc:  # the runner says what the next start does
+        print(f"harness: cancelled: {exc}{leaderboard_not_rebuilt(args)}", file=sys.stderr)
         by_ctrl_c = getattr(exc, "by", None) == "Ctrl-C"
         raise SystemExit(128 + (signal.SIGINT if by_ctrl_c else signal.SIGTERM)) from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
@@ -152,6 +153,20 @@ def cmd_run(args: argparse.Namespace) -> None:
         error = (str(first["run"].get("error") or "").splitlines() or [""])[0][:300]
         why = f"; {first['run']['id']}: {error}" if error else ""
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why})")
+
+
+def leaderboard_not_rebuilt(args: argparse.Namespace) -> str:
+    """For the message of a stopped ``harness run`` (Ctrl-C, SIGTERM): the leaderboard is rebuilt after the last
+    run only, so a stopped sweep's tables lack the runs it finished; the command that rebuilds them. Not rebuilt
+    here: a stop asks to stop, and a scheduler's SIGTERM leaves seconds before its SIGKILL, which the runs'
+    checkpoints and records are for, not tables that one command rebuilds from them at any time."""
+    if not getattr(args, "leaderboard", False) or not _is_main_process():
+        return ""
+    out = f" --out {shlex.quote(args.out)}" if args.out else ""
+    return (
+        f"; the leaderboard was not rebuilt: harness leaderboard --runs-dir {shlex.quote(args.runs_dir)}{out} "
+        "rebuilds it from the finished records"
+    )
 
 
 def _scoring(args: argparse.Namespace, task_cls, environment: bool = True) -> tuple[tuple[str, str], ...] | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -53,12 +54,38 @@ class ReducerConfig:
             )
         if not (math.isfinite(self.score_lr) and self.score_lr > 0):
             raise ValueError(f"reducer score_lr must be a finite number > 0 (got {self.score_lr})")
+        if self.seed is not None and not _is_seed(self.seed):
+            raise ValueError(
+                f"reducer seed must be an integer in 0..{SEED_MAX}, or None for the run's (got {self.seed!r})"
+            )
 
     def resolve_k(self, num_layers: int) -> int:
+        """K: ``k``, else ``round(L * (1 - drop_ratio))``, Python's round, which takes a half to the even number
+        (L = 30 at 0.25 keeps 22, not 23; L = 2 keeps 2): kept as the committed records ran it. A drop_ratio > 0
+        that keeps every layer leaves the Reducer off; a warning (stderr, once a process) says so."""
         k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))
         if not 1 <= k <= num_layers:
             raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
+        if self.k is None and self.drop_ratio > 0 and k == num_layers and (self.drop_ratio, k) not in _WARNED_K:
+            _WARNED_K.add((self.drop_ratio, k))  # once: a run attaches its adapter more than once (checks, FLOPs)
+            turn_on = f"give k={k - 1} or a larger drop_ratio to turn it on" if k > 1 else "one layer has none to drop"
+            print(
+                f"warning: drop_ratio={self.drop_ratio:g} keeps K = round({num_layers} x {1.0 - self.drop_ratio:g}) = "
+                f"{k} of the {num_layers} adapted layers, all of them: the Reducer is off (every layer trains every "
+                f"step); {turn_on}",
+                file=sys.stderr,
+            )
         return k
+
+
+_WARNED_K: set[tuple[float, int]] = set()  # (drop_ratio, L) already warned about as keeping every layer
+
+
+SEED_MAX = 2**32 - 1  # a seed, as --seeds takes it (a larger one overflowed torch's generator, naming no option)
+
+
+def _is_seed(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX
 
 
 # method options that set the Reducer's fields where the method's own config has no field of that name
@@ -140,6 +167,11 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
             f"k={shortcuts['k']} and drop_ratio={shortcuts['drop_ratio']} both set the Reducer's K (drop_ratio = "
             "1 - K/L): give one"
         )
+    if "reducer_seed" in shortcuts:  # checked even where it is then ignored: a typo is refused on every method
+        seed = _coerce("reducer_seed", shortcuts["reducer_seed"], int | None)
+        if seed is not None and not _is_seed(seed):
+            raise ValueError(f"option reducer_seed={shortcuts['reducer_seed']!r} must be an integer in 0..{SEED_MAX}")
+        shortcuts["reducer_seed"] = seed
     if reducer is None and set(shortcuts) == {"reducer_seed"}:
         shortcuts = {}  # the seed of a Reducer the method does not run seeds nothing: it turns none on
     if shortcuts and "reducer" in options and reducer is None:

@@ -153,10 +153,16 @@ def load_plugin(path: str | Path) -> None:
     if folder not in sys.path:
         sys.path.append(folder)
     before = set(sys.modules)
+    registered = {registry: dict(registry._entries) for registry in (METHODS, TASKS)}
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
+    except BaseException as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
         sys.modules.pop(module_name, None)
+        for registry, entries in registered.items():  # what it registered before it raised goes too: else loading
+            registry._entries.clear()  # the fixed file says its names are taken (by its own failed copy)
+            registry._entries.update(entries)
+        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
+            raise
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
     # the code a run of it depends on: the file and the modules it imported from its own folder (and below), those

@@ -41,19 +41,33 @@ PLUGIN_ARG = ["--plugin", "{tmp}/plugin.py"]
 CONFIG_JSON = "model/config.json"
 
 
+def over(base: list[str], extra: tuple[str, ...]) -> list[str]:
+    """``base`` with ``extra`` flags last, a flag of ``extra`` that ``base`` gives (and its value) taken out of
+    ``base``: a single-value flag given twice with two values is refused (its own row, ``flag-given-twice``)."""
+    given = {a.partition("=")[0] for a in extra if a.startswith("--")} - {"--option", "--also", "--plugin"}
+    kept, i = [], 0
+    while i < len(base):
+        if base[i] in given:
+            i += 2 if i + 1 < len(base) and not base[i + 1].startswith("--") else 1  # the flag and its value
+            continue
+        kept.append(base[i])
+        i += 1
+    return [*kept, *extra]
+
+
 def run(*extra: str) -> list[str]:
-    """``harness run`` on the small valid data, with ``extra`` flags last (a repeated flag's last value wins)."""
-    return [*RUN, *extra]
+    """``harness run`` on the small valid data, with ``extra`` flags last (replacing the same flags of ``RUN``)."""
+    return over(RUN, extra)
 
 
 def bench(*extra: str) -> list[str]:
     """``harness bench`` of lora on the small valid data into ``{tmp}/bench``, with ``extra`` flags last."""
-    return ["bench", "--methods", "lora", "--data-dir", "{data}", "--out", "{tmp}/bench", "--rounds", "1", *extra]
+    return over(["bench", "--methods", "lora", "--data-dir", "{data}", "--out", "{tmp}/bench", "--rounds", "1"], extra)
 
 
 def params(*extra: str) -> list[str]:
     """``harness params`` on a tiny Llama config (q,k,v,o,gate,up,down projections; 4 layers)."""
-    return [*PARAMS, *extra]
+    return over(PARAMS, extra)
 
 
 def write(relative: str, content: str | bytes) -> Setup:
@@ -116,7 +130,7 @@ TINY_MODEL_HINT = "give a model folder, a config.json, 'embedded', or one of met
 
 def mm_run(*extra: str) -> list[str]:
     """``harness run`` of the multimodal task on a LLaVA-format folder ``{tmp}/mm``."""
-    return [
+    base = [
         "run",
         "--methods",
         "lora",
@@ -129,8 +143,8 @@ def mm_run(*extra: str) -> list[str]:
         "--runs-dir",
         "{runs}",
         "--quiet",
-        *extra,
     ]
+    return over(base, extra)
 
 
 GPT = {"from": "gpt", "value": "a cat"}
@@ -189,6 +203,29 @@ CASES = [
     bad("unknown-protocol", run("--protocol", "vibes"), r"unknown protocol 'vibes' for task 'commonsense'; choose one"),
     bad("missing-task", ["run", "--methods", "lora"], r"the following arguments are required: --task", usage=True),
     bad("unknown-list-kind", ["list", "widgets"], r"invalid choice: 'widgets' \(choose from", usage=True),
+    # --- the CLI: a single-value flag given twice (from a review: the last one won, lora was dropped silently) ---
+    bad(
+        "flag-given-twice",
+        [*RUN, "--methods", "effilora"],
+        r"--methods is given twice \('lora', then 'effilora'\); give it once \(a list is one flag: --methods "
+        r"lora,effilora\)$",
+    ),
+    bad(
+        "typed-flag-given-twice",
+        run("--rank", "8", "--rank", "4"),
+        r"--rank is given twice \(8, then 4\); give it once$",
+    ),
+    bad(
+        "flag-given-twice-by-prefix",
+        run("--task", "commonsense", "--tas=multimodal"),
+        r"--task is given twice \('commonsense', then 'multimodal'\)",
+    ),
+    bad("bench-flag-given-twice", [*bench(), "--rounds", "2"], r"--rounds is given twice \(1, then 2\)"),
+    bad(
+        "params-flag-given-twice",
+        params("--model", "{tiny}", "--model", "x"),
+        r"--model is given twice \('.*tiny\.json', then 'x'\)",
+    ),
     # --- the CLI: seeds and options ---
     bad("seeds-not-integers", run("--seeds", "0,x"), r"--seeds '0,x' must be comma-separated integers, e\.g\. 0,1,2"),
     bad("seeds-empty", run("--seeds", ","), r"--seeds is empty; e\.g\. --seeds 0,1,2"),
@@ -375,6 +412,28 @@ CASES = [
         r"selection='best' is not valid; choose one of: importance, random",
     ),
     bad("reducer-k-zero", run("--methods", "effilora", "--option", "k=0"), r"reducer k must be >= 1 \(got 0\)"),
+    # from a review: reducer_seed went unchecked where the method runs no Reducer, a negative one was taken, and
+    # one past 64 bits failed in torch ("Overflow when unpacking long long"), naming no option
+    bad(
+        "reducer-seed-not-an-integer-on-a-method-without-a-reducer",
+        run("--option", "reducer_seed=abc"),
+        r"option reducer_seed='abc' must be an integer",
+    ),
+    bad(
+        "reducer-seed-negative",
+        run("--methods", "effilora", "--option", "reducer_seed=-5"),
+        r"option reducer_seed='-5' must be an integer in 0\.\.4294967295$",
+    ),
+    bad(
+        "reducer-seed-negative-on-a-method-without-a-reducer",
+        run("--option", "reducer_seed=-5"),
+        r"option reducer_seed='-5' must be an integer in 0\.\.4294967295$",
+    ),
+    bad(
+        "reducer-seed-too-large",
+        params("--methods", "effilora", "--option", "reducer_seed=1180591620717411303424"),
+        r"option reducer_seed='1180591620717411303424' must be an integer in 0\.\.4294967295$",
+    ),
     # --- the CLI: training and scoring settings ---
     bad("steps-zero", run("--steps", "0"), r"steps must be >= 1 \(got 0\)"),
     bad("lr-zero", run("--lr", "0"), r"epochs and lr must be finite numbers > 0"),
@@ -995,3 +1054,40 @@ def test_an_hps_checkpoint_from_the_environment_that_is_not_a_file_names_the_var
     assert main(["run", "--methods", "lora", "--task", "diffusion", "--preset", "smoke"]) == 2
     err = capsys.readouterr().err
     assert "HARNESS_HPS_CHECKPOINT '" in err and "nowhere.pt' is not a file" in err and "--hps-checkpoint" not in err
+
+
+def test_a_commonsense_url_that_is_not_a_url_names_the_variable(sandbox, monkeypatch, capsys):
+    """From a review: HARNESS_COMMONSENSE_URL=notaurl gave "unknown url type: 'notaurl/dataset/ARC-Easy/test.json'"
+    (urllib's ValueError, not caught), naming neither the variable nor what to set."""
+    monkeypatch.setenv("HARNESS_CACHE", str(sandbox / "cache"))
+    monkeypatch.setenv("HARNESS_COMMONSENSE_URL", "notaurl")
+    assert main(["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--quiet"]) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert re.fullmatch(
+        r"harness: error: HARNESS_COMMONSENSE_URL 'notaurl' is not a URL \(unknown url type: .*\); set it to an "
+        r"http\(s\) address of LLM-Adapters' files \(default https://\S+\), or pass --data-dir \(or set "
+        r"HARNESS_DATA_DIR\) to local data",
+        line,
+    ), line
+    assert not list((sandbox / "cache").rglob("ARC-Easy"))  # the folder made for its file is not left empty
+
+
+def test_a_twemoji_dir_from_the_environment_without_metadata_is_refused_and_a_tilde_is_expanded(
+    sandbox, monkeypatch, capsys
+):
+    """From a review: a set HARNESS_TWEMOJI_DIR that lacked metadata.jsonl was passed over for other folders
+    without a word, and "~/..." in it (no shell to expand it) was taken literally."""
+    from tasks.multimodal import twemoji_dir
+
+    monkeypatch.setenv("HOME", str(sandbox))
+    (sandbox / "emoji").mkdir()
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", "~/emoji")
+    for task in ("multimodal", "diffusion"):
+        assert main(["run", "--methods", "lora", "--task", task, "--preset", "smoke", "--quiet"]) == 2
+        [line] = capsys.readouterr().err.splitlines()
+        assert line == (
+            f"harness: error: HARNESS_TWEMOJI_DIR '{sandbox / 'emoji'}' has no metadata.jsonl; set it to the "
+            "captioned Twemoji folder (metadata.jsonl, images/; ../shared/data/diffusion/twemoji-64), or unset it"
+        )
+    (sandbox / "emoji" / "metadata.jsonl").write_text("")
+    assert twemoji_dir() == sandbox / "emoji"

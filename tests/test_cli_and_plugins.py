@@ -478,3 +478,73 @@ def test_a_method_whose_r_is_not_its_updates_rank_opts_out_of_the_rank_bound():
 
     adapter = attach(tiny_llama(), Wide, targets="q_proj,k_proj", r=40)
     assert adapter.layers["model.layers.0.self_attn.k_proj"].lora_A.shape == (40, 32)
+
+
+def test_a_single_value_flag_given_twice_with_two_values_is_refused(capsys):
+    """From a review: `--methods lora --methods effilora ... --rank 8 --rank 4` ran effilora alone at r=4 (argparse
+    keeps the last value), dropping lora without a word. The same value twice is one; repeatable flags repeat."""
+    from harness.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["params", "--methods", "lora", "--methods", "lora", "--rank", "8", "--rank", "08", "--option", "dropout=0",
+         "--option", "alpha=8"]
+    )  # fmt: skip
+    assert (args.methods, args.rank, args.option) == ("lora", 8, ["dropout=0", "alpha=8"])
+    assert sorted(vars(args)) == sorted(vars(build_parser().parse_args(["params"])))  # no bookkeeping left in args
+    assert build_parser().parse_args(["bench", "--also", "dropout=0", "--also", "dropout=0.1"]).also == [
+        "dropout=0",
+        "dropout=0.1",
+    ]
+    argv = ["params", "--methods", "lora", "--methods", "effilora", "--rank", "8", "--rank", "4"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        "harness: error: --methods is given twice ('lora', then 'effilora'); give it once (a list is one flag: "
+        "--methods lora,effilora)\n"
+    )
+
+
+def test_a_plugin_that_raises_after_registering_leaves_no_registration(tmp_path, plugin_sandbox):
+    """From a review: a plugin that registered a method and then raised left the registration behind; loading the
+    fixed file said "method 'x' is already registered (by <its own failed copy>)"."""
+    registry = plugin_sandbox
+    plugin = tmp_path / "raising_lora.py"
+    plugin.write_text(PLUGIN.format(name="raising_lora") + "\nraise RuntimeError('broken after registering')\n")
+    for _ in range(2):  # the second time too: the same error, not "already registered"
+        with pytest.raises(ValueError, match=r"failed to import \(RuntimeError: broken after registering\)"):
+            registry.load_plugin(plugin)
+        assert "raising_lora" not in METHODS
+    plugin.write_text(PLUGIN.format(name="raising_lora") + "# fixed\n")
+    registry.load_plugin(plugin)
+    assert METHODS.get("raising_lora").__module__.startswith("harness_plugin_raising_lora")
+
+
+@pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("No", False), ("", False), ("1", True)])
+def test_harness_debug_0_false_or_no_is_off(monkeypatch, capsys, value, on):
+    """From a review: HARNESS_DEBUG=0 turned the tracebacks on (any value did)."""
+    monkeypatch.setenv("HARNESS_DEBUG", value)
+    argv = ["params", "--methods", "lroa"]
+    if on:
+        with pytest.raises(ValueError, match="unknown method 'lroa'"):
+            main(argv)
+    else:
+        assert main(argv) == 2
+        assert capsys.readouterr().err.startswith("harness: error: unknown method 'lroa'")
+
+
+def test_a_drop_ratio_that_keeps_every_layer_warns_that_the_reducer_is_off(tmp_path, monkeypatch, capsys):
+    """From a review: K = round(L * (1 - drop_ratio)) takes a half to the even number (kept: the committed records
+    ran it), so on 2 layers the default 0.25 keeps K = 2 = L and the Reducer is off, without a word."""
+    from harness import config
+    from harness.config import ReducerConfig
+
+    monkeypatch.setattr(config, "_WARNED_K", set())
+    assert [ReducerConfig().resolve_k(n) for n in (30, 10, 7, 3)] == [22, 8, 5, 2]  # 22.5 -> 22, 7.5 -> 8
+    assert [ReducerConfig(drop_ratio=0).resolve_k(2), ReducerConfig(k=2).resolve_k(2)] == [2, 2]  # asked for
+    assert capsys.readouterr().err == ""
+    tiny_llama(layers=2).config.to_json_file(tmp_path / "two.json")
+    for _ in range(2):  # said once a process: a run attaches its adapter several times
+        assert main(["params", "--model", str(tmp_path / "two.json"), "--methods", "effilora", "--json"]) == 0
+    assert capsys.readouterr().err == (
+        "warning: drop_ratio=0.25 keeps K = round(2 x 0.75) = 2 of the 2 adapted layers, all of them: the Reducer is "
+        "off (every layer trains every step); give k=1 or a larger drop_ratio to turn it on\n"
+    )

@@ -222,3 +222,58 @@ def test_an_hps_checkpoint_under_a_tilde_is_expanded_before_it_is_checked_and_re
     assert _scoring(args, DiffusionTask) == (("hps_checkpoint", str(tmp_path / "hps.pt")),)
     args = Namespace(hps_checkpoint="~/hps.pt", judge_model=None)  # --hps-checkpoint=~/hps.pt: neither
     assert _scoring(args, DiffusionTask) == (("hps_checkpoint", str(tmp_path / "hps.pt")),)
+
+
+def _stopped_run(tmp_path, data_dir, monkeypatch, stop: BaseException, *extra: str) -> int:
+    """``harness run`` of two methods, in this process, stopped by ``stop`` where the runs would start: the exit
+    status (130: Ctrl-C)."""
+    import harness.runner
+    from harness.cli import main
+
+    def stopped(*args, **kwargs):
+        raise stop
+
+    monkeypatch.setattr(harness.runner, "run_all", stopped)
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads
+    argv = ["run", "--methods", "lora,lora_fa", "--task", "commonsense", "--preset", "smoke", "--data-dir",
+            str(data_dir), "--runs-dir", str(tmp_path / "my runs"), "--quiet", *extra]  # fmt: skip
+    try:
+        return main(argv)
+    except SystemExit as exc:  # a Cancelled run exits with its signal's status from inside
+        return exc.code
+
+
+def test_a_stopped_sweep_names_the_command_that_rebuilds_its_leaderboard(tmp_path, data_dir, monkeypatch, capsys):
+    """From a review: a sweep stopped between its runs rebuilt no leaderboard (it is written after the last run),
+    and the message did not say how to rebuild it from the runs it finished."""
+    from harness.train import Cancelled
+
+    runs = tmp_path / "my runs"
+    cancelled = Cancelled("stopped at step 2 of 3; checkpoint saved, the next start resumes")
+    cancelled.by = "Ctrl-C"
+    for stop in (cancelled, KeyboardInterrupt()):
+        code = _stopped_run(tmp_path, data_dir, monkeypatch, stop, "--out", str(tmp_path / "lb"))
+        [line] = capsys.readouterr().err.splitlines()
+        assert code == 130
+        assert line.endswith(
+            f"; the leaderboard was not rebuilt: harness leaderboard --runs-dir '{runs}' --out {tmp_path / 'lb'} "
+            "rebuilds it from the finished records"
+        ), line
+        code = _stopped_run(tmp_path, data_dir, monkeypatch, stop, "--no-leaderboard")  # none was to be built
+        assert code == 130 and "leaderboard" not in capsys.readouterr().err
+
+
+def test_ctrl_c_under_force_says_to_resume_without_it(tmp_path, data_dir, monkeypatch, capsys):
+    """From a review: under --force, "the same command goes on from each unfinished run's last checkpoint" was
+    false: --force drops each run's checkpoint when the run starts, so the same command starts them over."""
+    code = _stopped_run(tmp_path, data_dir, monkeypatch, KeyboardInterrupt(), "--force", "--no-leaderboard")
+    assert code == 130
+    assert capsys.readouterr().err.strip() == (
+        "harness: interrupted; run the same command without --force to go on from each unfinished run's last "
+        "checkpoint (with --force it starts them over; finished runs are kept)"
+    )
+    code = _stopped_run(tmp_path, data_dir, monkeypatch, KeyboardInterrupt(), "--no-leaderboard")
+    assert code == 130 and capsys.readouterr().err.strip() == (
+        "harness: interrupted; the same command goes on from each unfinished run's last checkpoint (finished runs "
+        "are kept)"
+    )

@@ -72,6 +72,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
 
 def download(base_url: str | None = None) -> Path:
     """Fetch the eight test sets and the mixed training file from LLM-Adapters into the cache."""
+    given = "base_url" if base_url else "HARNESS_COMMONSENSE_URL"  # what a URL that is none is named as
     base_url = base_url or os.environ.get("HARNESS_COMMONSENSE_URL", UPSTREAM)
     target = cache_dir() / "data" / "commonsense"
     wanted = [(f"dataset/{b}/test.json", target / b / "test.json") for b in BENCHMARKS]
@@ -86,10 +87,15 @@ def download(base_url: str | None = None) -> Path:
             with urllib.request.urlopen(f"{base_url}/{remote}", timeout=60) as response, atomic_path(local) as tmp:
                 tmp.write_bytes(response.read())
             fetched += 1
-        except (urllib.error.URLError, OSError) as exc:
-            print(f"warning: could not fetch {remote} ({exc})")
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             if local.parent != target and not any(local.parent.iterdir()):
                 local.parent.rmdir()  # what upstream lacks stays absent
+            if isinstance(exc, ValueError):  # not a URL ("unknown url type"): every file would fail alike
+                raise ValueError(
+                    f"{given} {base_url!r} is not a URL ({exc}); set it to an http(s) address of LLM-Adapters' "
+                    f"files (default {UPSTREAM}), or pass --data-dir (or set HARNESS_DATA_DIR) to local data"
+                ) from None
+            print(f"warning: could not fetch {remote} ({exc})")
     if not fetched:
         raise ValueError(
             f"no local data and the download from {base_url} failed; pass --data-dir (or set "

@@ -545,10 +545,18 @@ def resolve_data(data_dir: str | None) -> tuple[Path, dict[str, Any]]:
 
 
 def twemoji_dir(needed_by: str = "the generated multimodal data", instead: str = "a LLaVA-format folder") -> Path:
-    """The captioned Twemoji folder the generated data's general domain (and the diffusion suite) comes from."""
-    candidates = []
+    """The captioned Twemoji folder the generated data's general domain (and the diffusion suite) comes from:
+    ``HARNESS_TWEMOJI_DIR`` where it is set (a folder without metadata.jsonl is refused, not passed over for
+    another), else beside ``HARNESS_DATA_DIR``, else beside the checkout."""
     if os.environ.get("HARNESS_TWEMOJI_DIR"):
-        candidates.append(Path(os.environ["HARNESS_TWEMOJI_DIR"]))
+        given = Path(os.environ["HARNESS_TWEMOJI_DIR"]).expanduser()  # "~/x" from the environment: not the shell's
+        if not (given / "metadata.jsonl").is_file():
+            raise ValueError(
+                f"HARNESS_TWEMOJI_DIR {str(given)!r} has no metadata.jsonl; set it to the captioned Twemoji folder "
+                "(metadata.jsonl, images/; ../shared/data/diffusion/twemoji-64), or unset it"
+            )
+        return given
+    candidates = []
     if os.environ.get("HARNESS_DATA_DIR"):
         root = Path(os.environ["HARNESS_DATA_DIR"]).expanduser()
         candidates += [root / "diffusion" / "twemoji-64", root.parent / "diffusion" / "twemoji-64"]
