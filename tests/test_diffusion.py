@@ -321,9 +321,17 @@ GOOD = {"quality": 7, "detail": 6, "theme": 8, "creativity": 5, "style": 6, "emo
 class _Server:
     """An OpenAI-compatible /v1/chat/completions on 127.0.0.1: answers from ``answer()``, counts requests,
     keeps the Authorization headers it saw. GET /v1/models (the probe before training) lists ``models`` with
-    ``models_status``; with ``models=None`` it has no GET (501, as a server without a model list)."""
+    ``models_status``; with ``models=None`` it has no GET (501, as a server without a model list). Its replies
+    name the model asked for, or ``answered_by`` (as an alias's dated snapshot answers)."""
 
-    def __init__(self, answer, status: int = 200, models: list[str] | None = None, models_status: int = 200):
+    def __init__(
+        self,
+        answer,
+        status: int = 200,
+        models: list[str] | None = None,
+        models_status: int = 200,
+        answered_by: str | None = None,
+    ):
         self.requests, self.auth, self.probes = 0, [], 0
         outer = self
 
@@ -350,7 +358,7 @@ class _Server:
                     "id": "x",
                     "object": "chat.completion",
                     "created": 0,
-                    "model": body["model"],
+                    "model": answered_by or body["model"],
                     "choices": [
                         {
                             "index": 0,
@@ -474,6 +482,9 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
         json.dumps({**GOOD, "quality": 2}) + " On reflection: " + json.dumps(GOOD),  # the last object counts
         json.dumps({"scores": GOOD}),
         json.dumps({"scores": GOOD, "reason": "crisp {edges}"}),  # a wrapper with more keys than the scores
+        json.dumps(GOOD) + " {note: the quality is fine}",  # a criterion in prose after a brace, no key
+        "My scores {as asked, with quality: first}: " + json.dumps(GOOD),  # a criterion key in a closed brace
+        "I rate it as follows { " + json.dumps(GOOD),  # an unclosed brace in prose before the answer
     ],
 )
 def test_an_answer_around_its_scores_is_parsed(answer):
@@ -490,6 +501,10 @@ def test_an_answer_around_its_scores_is_parsed(answer):
         # from a review: a corrected answer whose correction is invalid took the withdrawn one's scores
         (json.dumps(GOOD) + " correction: " + json.dumps({**GOOD, "quality": 11}), "quality"),
         (json.dumps(GOOD) + ' correction: {"quality": 3, "detail":', "last object is not valid JSON"),  # cut off
+        # from a review: a correction in Python's or JavaScript's notation (no '"' after its brace) was taken for
+        # prose, and the withdrawn scores recorded
+        (json.dumps(GOOD) + " On reflection, corrected: {'quality':3,'detail':3,'theme':3}", "last object is not"),
+        (json.dumps(GOOD) + " corrected: {quality: 3, detail: 3, theme: 3}", "last object is not valid JSON"),
         # from a review: a cut-off wrapper's complete inner scores were taken (the inner object cleared the error)
         ('{"scores": ' + json.dumps(GOOD) + ', "reason": "the colours', "last object is not valid JSON"),
         ('{"scores": ' + json.dumps(GOOD) + ', "reason": fine}', "last object is not valid JSON"),
@@ -1729,3 +1744,108 @@ def test_a_judge_over_plain_http_to_another_machine_is_warned_about(capsys):
     for url in ("http://127.0.0.1:8000/v1", "http://[::1]:8000/v1", "https://judge.example/k/sk-in-a-path/v1"):
         judge = djudge.Judge("judge-test", client=openai.OpenAI(base_url=url, api_key=KEY))
         assert judge.endpoint == url.split("/v1")[0].split("/k/")[0] and not capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["http://localhost:8000v1", "http://127.0.0.1:notaport/v1"])
+def test_a_malformed_judge_url_stops_the_run_in_one_line(tiny, tmp_path, capsys, monkeypatch, url):
+    """From a review: a base URL the http library cannot parse raised its own InvalidURL (no OpenAIError) from the
+    client's construction, a traceback from ``harness run`` and ``harness rescore`` alike."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    for make in (lambda: djudge.Judge("judge-test"), djudge.endpoint_from_environment):
+        with pytest.raises(ValueError, match=r"client cannot start \(InvalidURL.*\): fix OPENAI_BASE_URL"):
+            make()
+    args = ["--methods", "lora", "--task", "diffusion", "--preset", "smoke", "--model", str(tiny[0])]
+    runs = ["--data-dir", str(tiny[1]), "--runs-dir", str(tmp_path / "runs"), "--judge-model", "j", "--quiet"]
+    assert main(["run", *args, *runs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fix OPENAI_BASE_URL" in err[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_model_that_answered_is_kept_in_the_cache_and_the_record(tmp_path, monkeypatch):
+    """From a review: the cache and the record kept only the name asked for (an alias), never the model that
+    answered (``reply.model``, a dated snapshot). An answer cached before the cache kept it still reads."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    from harness import models
+    from tasks.diffusion import optional_scores
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    common = {"n": 2, "protocol": "native", "examples": "e", "sha256": "x"}
+    score = lambda: optional_scores({"judge_model": "judge-test"}, [None, None], ["a", "b"], common, [b"1", b"2"])  # noqa: E731
+    server = _Server(lambda n: json.dumps(GOOD), answered_by="judge-test-2026-01-01")
+    with server as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        first = score()["judge_avg"]
+        assert first["judge_model"] == "judge-test" and first["judge_answered_by"] == ["judge-test-2026-01-01"]
+        files = sorted((models.cache_dir() / "diffusion" / "judge").iterdir())
+        assert [json.loads(f.read_text())["answered_by"] for f in files] == ["judge-test-2026-01-01"] * 2
+        again = score()["judge_avg"]  # from the cache: the same model
+        assert again["cached"] == 2 and again["judge_answered_by"] == ["judge-test-2026-01-01"]
+        for f in files:  # as the cache was written before: no answered_by
+            f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "answered_by"}))
+        old = score()["judge_avg"]
+    assert old["cached"] == 2 and old["value"] == first["value"] and old["judge_answered_by"] == ["unknown"]
+    assert server.requests == 2
+
+
+def test_the_offline_scores_encoder_is_in_the_record(finished):
+    """From a review: ``similarity``, ``kid`` and ``fidelity`` are measured in EfficientNet-Lite0's features, and
+    the record did not say which weights (the multimodal record does)."""
+    from tasks.multimodal import vision
+
+    for path in finished.glob("*/record.json"):
+        info = json.loads(path.read_text())["run"]["config"]["model_info"]
+        assert info["feature_encoder"] == vision.provenance()
+        assert (
+            info["feature_encoder"]["weights_sha256"] == hashlib.sha256(vision.weights_path().read_bytes()).hexdigest()
+        )
+
+
+def test_a_train_split_without_a_test_split_names_what_to_do(tmp_path):
+    """From a review: a folder with train/metadata.jsonl only (a hub dataset with one split) was told it had no
+    metadata.jsonl at all."""
+    tiny_data(tmp_path / "d" / "train", 10)
+    with pytest.raises(ValueError, match=r"has train/metadata.jsonl but no test/metadata.jsonl: give the test rows"):
+        ddata.load(tmp_path / "d")
+    d = ddata.load(tmp_path / "d" / "train")  # what the message offers: every 5th row of train/ held out
+    assert (len(d.train), len(d.test)) == (8, 2)
+    tiny_data(tmp_path / "e" / "test", 10)
+    with pytest.raises(ValueError, match=r"has test/metadata.jsonl but no train/metadata.jsonl"):
+        ddata.load(tmp_path / "e")
+
+
+def test_16_bit_grey_is_scaled_and_32_bit_grey_refused(tmp_path):
+    """From a review: Pillow's convert clips 16-bit grey at 255 (a gradient became near-white) and floats
+    (a [0, 1] image became black)."""
+    ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))  # dark left, light right
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    x = ddata.load_image(tmp_path / "g16.png", 32)  # in [-1, 1]
+    row = x[0, 16]
+    assert row[0] == -1.0 and row[-1] == 1.0 and bool((row[1:] >= row[:-1]).all())
+    assert abs(float(x.mean())) < 0.05  # mid-grey on average, as the ramp is
+    data = tiny_data(tmp_path / "data", 4)
+    Image.fromarray((ramp / 65535).astype(np.float32)).save(data / "images" / "f.tif")
+    (data / ddata.METADATA).write_text(
+        '{"file_name": "images/000.png", "text": "a"}\n{"file_name": "../g16.png", "text": "b"}\n'
+        '{"file_name": "images/f.tif", "text": "c"}\n'
+    )
+    with pytest.raises(ValueError, match=r"line 3: image 'images/f.tif' is floating-point grey \(Pillow mode F\)"):
+        ddata.read_folder(data)
+
+
+def test_a_null_category_is_none_and_a_number_is_its_digits(tmp_path):
+    """From a review: ``str(row.get("category", ""))`` made a JSON null the class "None"."""
+    data = tiny_data(tmp_path / "data", 4)
+    rows = [{"file_name": f"images/00{i}.png", "text": f"t{i}", "category": c} for i, c in enumerate([None, 0, "F"])]
+    (data / ddata.METADATA).write_text(
+        "\n".join(map(json.dumps, rows)) + '\n{"file_name": "images/003.png", "text": "x"}\n'
+    )
+    assert [i.category for i in ddata.read_folder(data)] == ["", "0", "F", ""]
+    (data / ddata.METADATA).write_text(json.dumps({**rows[2], "category": ["F"]}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: the category is a list, not a string"):
+        ddata.read_folder(data)

@@ -121,6 +121,7 @@ class DiffusionTask(Task):
     ) -> Loaded:
         from tasks.diffusion import model as dmodel
         from tasks.diffusion import pretrain
+        from tasks.multimodal import vision
 
         self.settings = dict(settings or {})
         if model != models.EMBEDDED and self._on_shipped_twemoji():
@@ -131,7 +132,11 @@ class DiffusionTask(Task):
                 file=sys.stderr,
             )
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        info: dict[str, Any] = {"frozen": "VAE and text encoder (adapters on the UNet only)"}
+        info: dict[str, Any] = {
+            "frozen": "VAE and text encoder (adapters on the UNet only)",
+            # what similarity, kid and fidelity measure in (tasks/diffusion/scoring.py): its packages and weights
+            "feature_encoder": vision.provenance(),
+        }
         if model == models.EMBEDDED and not random_weights:
             rows = self.data.base or _twemoji_base()
             if not self.data.base:  # the user's data: its held-out rows may be among the base's pretraining rows
@@ -502,6 +507,10 @@ def _judge(
     if not ok:
         reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
         return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}
+    # the models that gave the scores as the server named them (--judge-model may be an alias of a dated snapshot,
+    # and the cache keys answers by the alias); "unknown": a reply that named none, or an answer cached before the
+    # cache kept it
+    meta["judge_answered_by"] = sorted({v.model or "unknown" for _, v in ok})
     judged = {
         **common,
         "n": len(ok),

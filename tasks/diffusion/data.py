@@ -72,9 +72,18 @@ def read_folder(folder: Path) -> list[Item]:
             raise ValueError(f"{where}: image {row['file_name']!r} is missing; add it or remove the line")
         try:
             check_decodes(path)
+            with Image.open(path) as im:
+                mode = im.mode
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
-        items.append(Item(path, row["text"].strip(), str(row.get("category", "")), row))
+        _check_mode(mode, f"{where}: image {row['file_name']!r}")
+        category = row.get("category")
+        if category is not None and (isinstance(category, bool) or not isinstance(category, (str, int))):
+            raise ValueError(
+                f"{where}: the category is a {type(category).__name__}, not a string; quote it, or leave it out"
+            )
+        # null is no category (not the class "None"); a number is its digits (class 0 included)
+        items.append(Item(path, row["text"].strip(), "" if category is None else str(category), row))
     if not items:
         raise ValueError(f"{meta} has no rows; add image-caption lines")
     return items
@@ -98,6 +107,13 @@ def load(folder: Path) -> Data:
         data = Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
         _warn_overlap(data)
         return data
+    if not (folder / METADATA).is_file():  # one split folder alone (a hub dataset with a train split only)
+        for have, lack in (("train", "test"), ("test", "train")):
+            if (folder / have / METADATA).is_file():
+                raise ValueError(
+                    f"{folder} has {have}/{METADATA} but no {lack}/{METADATA}: give the {lack} rows a {lack}/ "
+                    f"folder, or pass --data-dir {folder / have} to hold out every {TEST_EVERY}th of its rows"
+                )
     items = read_folder(folder)
     cats = {i.category for i in items}
     if all(c in cats for c in FINETUNE_CATEGORIES):
@@ -184,11 +200,36 @@ def prompts(test: list[Item], n: int | None, seed: int = 0) -> list[Item]:
     return sorted(random.Random(seed).sample(test, n), key=test.index)
 
 
+# one-channel modes of more than 8 bits, which Pillow's convert clips to 0-255 rather than scales (16-bit grey
+# becomes near-white, floats in [0, 1] black): 16-bit ones are scaled here; these 32-bit ones are refused, as
+# their mode does not say what range their values span (0-255, 0-65535, [0, 1])
+WIDE_MODES = ("I", "F")
+
+
+def _check_mode(mode: str, what: str) -> None:
+    if mode in WIDE_MODES:
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        raise ValueError(
+            f"{what} is {kind} grey (Pillow mode {mode}), whose range of values is unknown; save it as an 8- or "
+            "16-bit image"
+        )
+
+
+def to_rgba(im: Image.Image, what: str = "an image") -> Image.Image:
+    """``im`` as RGBA, 16-bit grey scaled to 8 bits first (0-65535 to 0-255); ``ValueError`` for 32-bit grey."""
+    _check_mode(im.mode, what)
+    if im.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N: the byte order numpy reads from the mode
+        grey = np.asarray(im).astype(np.float64) * (255 / 65535)
+        im = Image.fromarray(np.round(grey).astype(np.uint8), "L")
+    return im.convert("RGBA")
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
-    """RGB in [-1, 1], ``size`` x ``size``: transparency composited on white, non-RGB converted, resized
-    on the short side and centre-cropped (diffusers' training transforms)."""
+    """RGB in [-1, 1], ``size`` x ``size``: transparency composited on white, non-RGB converted (16-bit grey
+    scaled to 8 bits: ``to_rgba``), resized on the short side and centre-cropped (diffusers' training
+    transforms)."""
     with Image.open(path) as im:
-        im = im.convert("RGBA")
+        im = to_rgba(im, str(path))
         rgb = Image.new("RGB", im.size, (255, 255, 255))
         rgb.paste(im, mask=im.getchannel("A"))
     w, h = rgb.size
@@ -239,7 +280,7 @@ def save_imagefolder(ds: Any, out: Path) -> Path:
     lines = []
     for i, row in enumerate(ds):
         name = f"images/{i:05d}.png"
-        row["image"].convert("RGBA").save(out / name)
+        to_rgba(row["image"], f"row {i}'s image").save(out / name)
         lines.append(json.dumps({"file_name": name, "text": row["text"]}))
     write_text(out / METADATA, "\n".join(lines) + "\n")
     return out

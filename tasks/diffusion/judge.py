@@ -4,7 +4,8 @@ Speaks the OpenAI chat API through the ``openai`` client, so any compatible serv
 is the client's ``OPENAI_BASE_URL``, the key ``OPENAI_API_KEY`` (read by the client, never written
 anywhere by the harness). Every parsed answer is cached on disk, keyed by the image's sha256, the
 prompt, the rubric version, the judge model and the server (its base URL, hashed): a cached answer is never
-requested again. An answer
+requested again. The model that answered, as the reply names it (``gpt-4o`` may answer as a dated snapshot), is
+kept beside the answer and in the record, not in the key. An answer
 that is not one JSON object with exactly the seven keys and integer values 1-10 is asked for again up
 to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
 a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
@@ -12,7 +13,11 @@ a 4xx or 5xx status after the client's own retries) records the image as failed 
 other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
 connection or a refused key stops the run there. A request's timeout and the give-up count are
 ``HARNESS_JUDGE_TIMEOUT`` (seconds, default ``TIMEOUT_S``) and ``HARNESS_JUDGE_GIVE_UP`` (default ``GIVE_UP``):
-how long a slow judge may take is the user's call, and neither changes what is scored (not in the run id).
+how long a slow judge may take is the user's call, and neither changes what is scored (not in the run id). The
+timeout is httpx's, per operation: connecting, and each read or write, not the whole request, so a server that
+keeps sending a byte now and then is not cut off (no clean way to a deadline over the whole: httpx has no total
+timeout, its read timeout is fixed for a response's headers and body when each begins, and a request left running
+in a thread cannot be stopped).
 """
 
 from __future__ import annotations
@@ -57,6 +62,9 @@ class Verdict:
     cached: bool
     requests: int
     error: str = ""  # the API error that failed it, if one did
+    # the model that answered as the server named it (an alias's dated snapshot, say); "" where unknown: an answer
+    # cached before the cache kept it, or a reply without one
+    model: str = ""
 
 
 def limits() -> tuple[float, int]:
@@ -116,10 +124,7 @@ def probe(judge_model: str, client: Any = None) -> None:
     import openai
 
     if client is None:
-        try:
-            client = openai.OpenAI(timeout=PROBE_TIMEOUT_S, max_retries=0)
-        except openai.OpenAIError as exc:
-            raise ValueError(f"the judge's client cannot start: {exc}") from None
+        client = _client(timeout=PROBE_TIMEOUT_S, max_retries=0)
     key = hashlib.sha256(os.environ.get("OPENAI_API_KEY", "").encode()).hexdigest()
     ident = (str(client.base_url), key, judge_model)
     if ident in _PROBED:
@@ -160,8 +165,8 @@ def parse(answer: Any) -> dict[str, int]:
     """The seven scores of one answer; ``ValueError`` says what is wrong with it. The answer may wrap the
     object in prose or a code fence, or follow a ``<think>`` block, or hold it inside another object; of several
     objects the last one is the answer: one that corrects an earlier one is taken even when wrong (an invalid or
-    cut-off last object is an error, asked again, not the earlier one's scores). ``answer`` may be a list of
-    content parts, as some servers send it."""
+    cut-off last object is an error, asked again, not the earlier one's scores; so is one whose keys are single-quoted
+    or bare, as ``{'quality': 3, ...}``). ``answer`` may be a list of content parts, as some servers send it."""
     text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
     last, end, problem, broken, broken_end = None, -1, NO_OBJECT, None, -1
@@ -177,7 +182,7 @@ def parse(answer: Any) -> dict[str, int]:
         except ValueError as exc:  # not JSON from here, or a key given twice
             if problem == NO_OBJECT:
                 problem = f"not a JSON object: {exc}"
-            if start >= broken_end and text[start + 1 :].lstrip().startswith('"'):  # an object begun (a key)
+            if start >= broken_end and _begun(text, start):  # an object begun, not a brace in prose
                 broken, broken_end = f"its last object is not valid JSON: {exc}", _object_end(text, start)
     if broken is not None:
         raise ValueError(broken)
@@ -190,6 +195,23 @@ def parse(answer: Any) -> dict[str, int]:
         if inner is None:
             raise
         return _scores(inner)
+
+
+# what begins an object where no JSON decodes: a quoted key, or a criterion as a key quoted either way or not
+# (``{'quality': 3`` and ``{quality: 3``, a correction in Python's or JavaScript's notation, are no prose)
+_QUOTED_KEY = re.compile(r'\s*"')
+_CRITERION_KEY = re.compile(r"""[{,\s]["']?(?:""" + "|".join(CRITERIA) + r""")["']?\s*:""")
+_BRACE = re.compile(r"[{}]")
+
+
+def _begun(text: str, start: int) -> bool:
+    """Whether the brace at ``start`` (where no JSON decodes) begins an object rather than sits in prose: a quoted
+    key follows it, or a criterion followed by ``:`` does before the next brace (a nested brace is asked itself;
+    an unclosed brace in prose before the answer does not hold the answer's keys)."""
+    if _QUOTED_KEY.match(text, start + 1):
+        return True
+    brace = _BRACE.search(text, start + 1)
+    return _CRITERION_KEY.search(text, start, brace.start() if brace else len(text)) is not None
 
 
 def _object_end(text: str, start: int) -> int:
@@ -270,14 +292,7 @@ class Judge:
     def __init__(self, judge_model: str, cache: Path | None = None, client: Any = None):
         timeout, self.give_up = limits()
         if client is None:
-            try:
-                import openai
-            except ImportError:
-                raise ValueError("the judge needs the openai client: pip install openai") from None
-            try:
-                client = openai.OpenAI(timeout=timeout, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
-            except openai.OpenAIError as exc:  # e.g. no key
-                raise ValueError(f"the judge's client cannot start: {exc}") from None
+            client = _client(timeout=timeout, max_retries=2)  # OPENAI_BASE_URL and OPENAI_API_KEY
         self.model, self.client = judge_model, client
         self.endpoint = endpoint(client)
         # what the cache keys on: the whole base URL (a gateway routes by path), hashed, so never written out
@@ -296,7 +311,8 @@ class Judge:
         if path.is_file():
             try:
                 saved = json.loads(path.read_text())
-                return Verdict(parse(saved["answer"]), saved["answer"], True, 0)
+                scores = parse(saved["answer"])
+                return Verdict(scores, saved["answer"], True, 0, model=_model_name(saved.get("answered_by")))
             except (OSError, ValueError, KeyError, TypeError):  # a damaged cache file: asked again, then rewritten
                 pass
         url = "data:image/png;base64," + base64.b64encode(image_png).decode()
@@ -314,10 +330,11 @@ class Judge:
             return Verdict(
                 None, "", False, 0, f"not requested after {self.give_up} API errors in a row: {self.last_error}"
             )
-        raw = ""
+        raw, answered_by = "", ""
         for attempt in range(1, RETRIES + 1):
             try:
                 reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
+                answered_by = _model_name(getattr(reply, "model", None))  # the cache is keyed by the name asked for
                 message = reply.choices[0].message
                 content = message.content
                 if content is None and isinstance(getattr(message, "refusal", None), str):  # kept, not parsed
@@ -342,10 +359,16 @@ class Judge:
                     "judge_model": self.model,
                     "endpoint": self.endpoint,
                     "rubric": RUBRIC_VERSION,
-                },
+                }
+                | ({"answered_by": answered_by} if answered_by else {}),
             )
-            return Verdict(scores, raw, False, attempt)
-        return Verdict(None, raw, False, RETRIES)
+            return Verdict(scores, raw, False, attempt, model=answered_by)
+        return Verdict(None, raw, False, RETRIES, model=answered_by)
+
+
+def _model_name(name: Any) -> str:
+    """A reply's (or a cache entry's) ``model`` as a record keeps it: a string, shortened, the key taken out."""
+    return scrub(name)[:200] if isinstance(name, str) else ""
 
 
 def endpoint(client: Any) -> str:
@@ -364,12 +387,26 @@ def endpoint(client: Any) -> str:
 
 def endpoint_from_environment() -> str:
     """``endpoint`` of the client a judge would make here (``OPENAI_BASE_URL``, else OpenAI's), asking nothing."""
-    import openai
+    return endpoint(_client(max_retries=0))
 
+
+def _client(**options: Any) -> Any:
+    """``openai.OpenAI(**options)`` (``OPENAI_BASE_URL``, ``OPENAI_API_KEY``), or a one-line ``ValueError`` saying
+    what to fix: no key, or a URL the client cannot parse (httpx raises its own ``InvalidURL``, not an
+    ``OpenAIError``, for ``http://localhost:8000v1``; a malformed proxy variable fails the same way)."""
     try:
-        return endpoint(openai.OpenAI(max_retries=0))
+        import openai
+    except ImportError:
+        raise ValueError("the judge needs the openai client: pip install openai") from None
+    try:
+        return openai.OpenAI(**options)
     except openai.OpenAIError as exc:  # e.g. no key
         raise ValueError(f"the judge's client cannot start: {exc}") from None
+    except Exception as exc:  # a malformed URL: the client's http library raises what it raises
+        raise ValueError(
+            f"the judge's client cannot start ({scrub(f'{type(exc).__name__}: {exc}')[:200]}): fix OPENAI_BASE_URL "
+            "(such as http://localhost:8000/v1; or a proxy variable such as HTTPS_PROXY), or leave --judge-model out"
+        ) from None
 
 
 def _loopback(url: str) -> bool:
