@@ -18,6 +18,7 @@ the three, whose backward the split put partly outside the wrappers.)
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import platform
 import sys
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from harness.task import Recipe
 
 REFERENCE_METHOD = "lora"  # FLOPs are also reported relative to this method at the same settings
+PROC = "/proc/self"  # Linux's view of this process: the resident size now, and its high-water mark
 
 
 def meta_replica(model: nn.Module) -> nn.Module:
@@ -182,7 +184,8 @@ def _bypass(layer: nn.Module, calls: Any, made: list[int]) -> Any:
 
 class MemoryMeter:
     """Peak and mean memory during training: CUDA allocated/reserved above the starting baseline, or
-    the process's resident set size (RSS) on a CPU."""
+    the process's resident set size (RSS) on a CPU; where the resident size now cannot be read (no ``/proc``:
+    macOS), only the process's lifetime peak, kind ``process_maxrss_lifetime``, without a mean."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
@@ -194,9 +197,14 @@ class MemoryMeter:
             from harness.memory import release_freed_memory
 
             release_freed_memory()
+        self.lifetime = not self.cuda and not _reads_rss()  # then _rss_bytes() is the lifetime peak
         self.start_rss = 0.0 if self.cuda else _rss_bytes()
         self.hwm = not self.cuda and _reset_peak_rss()
         if self.cuda:
+            # what an earlier run in this process freed goes back first: its blocks, kept in the caching allocator,
+            # would be in the baseline, and this run reusing them would read as reserving nothing above it
+            gc.collect()
+            torch.cuda.empty_cache()
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
             self.base = (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
@@ -245,6 +253,12 @@ class MemoryMeter:
                 "mean_allocated_gb": _mean([a for a, _ in samples]) / gb,
                 "mean_reserved_gb": _mean([r for _, r in samples]) / gb,
             }
+        if self.lifetime:  # the process's peak since it started (an earlier run's, the model load's): no mean
+            return {
+                "kind": "process_maxrss_lifetime",
+                "peak_rss_gb": peaks[0] / gb,
+                "start_rss_gb": self.start_rss / gb,  # the lifetime peak when training began
+            }
         kind = "process_rss_hwm" if self.hwm else "process_rss"  # the high-water mark, or samples after a backward
         return {
             "kind": kind,
@@ -254,9 +268,14 @@ class MemoryMeter:
         }
 
 
+def _reads_rss() -> bool:
+    """Whether the resident size now can be read (``/proc/self/statm``, Linux); else ``_rss_bytes`` is the peak."""
+    return os.path.isfile(f"{PROC}/statm")
+
+
 def _rss_bytes() -> float:
     try:
-        with open("/proc/self/statm") as f:
+        with open(f"{PROC}/statm") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except OSError:  # not Linux: the lifetime peak is the best we can read
         import resource
@@ -268,7 +287,7 @@ def _reset_peak_rss() -> bool:
     """Reset this process's peak resident size (Linux ``clear_refs`` 5: ``VmHWM`` starts again from now); False
     where it cannot be (another OS, a kernel that refuses)."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
+        with open(f"{PROC}/clear_refs", "w") as f:
             f.write("5")
         return _peak_rss_bytes() > 0
     except OSError:
@@ -278,7 +297,7 @@ def _reset_peak_rss() -> bool:
 def _peak_rss_bytes() -> float:
     """``VmHWM`` of /proc/self/status: the most resident memory since the last reset (0 where not read)."""
     try:
-        with open("/proc/self/status") as f:
+        with open(f"{PROC}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
                     return float(line.split()[1]) * 1024
@@ -308,6 +327,7 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "peft": peft_version,
+        "diffusers": _installed("diffusers"),  # it makes every diffusion image; None: not installed
         "device": torch.cuda.get_device_name(0) if cuda else _cpu_name(),
         "device_type": "cuda" if cuda else "cpu",
         "gpus": torch.cuda.device_count() if cuda else 0,
@@ -316,6 +336,16 @@ def environment() -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "malloc": malloc_setting(),  # None: the C allocator's defaults (harness.memory)
     }
+
+
+def _installed(package: str) -> str | None:
+    """``package``'s installed version, read from its metadata (no import: diffusers takes seconds); None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _cpu_name() -> str:

@@ -70,8 +70,8 @@ against ``lora`` (``relative_flops`` leaves the Reducer's scoring out); ``train_
 ``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting);
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's
 high-water mark since the run started), ``process_rss (malloc ...)`` (its resident size sampled after each
-backward, older records: low under the default malloc) or ``cuda_minus_baseline`` (allocated above the model's
-own); empty for a row whose runs read it two ways (``peak_mem_gb_by_kind`` gives each).
+backward, older records: low under the default malloc), ``process_maxrss_lifetime`` (no /proc, as on macOS:
+the process's lifetime peak) or ``cuda_minus_baseline`` (allocated above the model's own); empty for a row whose runs read it two ways (``peak_mem_gb_by_kind`` gives each).
 """
 
 from __future__ import annotations

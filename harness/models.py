@@ -43,7 +43,7 @@ def cache_dir() -> Path:
     base = os.environ.get("HARNESS_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-harness"
     )
-    return Path(base)
+    return Path(base).expanduser()  # HARNESS_CACHE=~/x: the home's x, not ./~/x
 
 
 def embedded_gguf() -> Path:

@@ -24,10 +24,17 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def git_state() -> dict[str, Any]:
-    """Commit and dirty flag of the harness checkout (None when not installed from git)."""
-    root = Path(__file__).resolve().parent.parent
+def git_state(root: Path | None = None) -> dict[str, Any]:
+    """Commit and dirty flag of the harness checkout (None when not installed from git). ``root``: the folder
+    above the package; only a repository whose top level it is counts (an installed copy in a venv inside the
+    user's own repository would otherwise record that repository's commit as the harness's)."""
+    root = (root or Path(__file__).resolve().parent.parent).resolve()
     try:
+        top = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        if not top or Path(top).resolve() != root:
+            return {"git_commit": None, "git_dirty": None}
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()

@@ -1,9 +1,10 @@
 """Count finished runs' FLOPs again from their records, without training them again.
 
 A record keeps everything that determines its run (its config, hashed into its id) and the shapes of its
-first optimizer step's micro-batches, and FLOPs are counted on a ``meta``-device replica of the model's
-architecture: so when the way FLOPs are counted is corrected, every finished run can be counted again in
-seconds, with the same code a new run uses (``harness.runner.flops_record``). The model the replica copies
+first optimizer step's micro-batches (also where the run could not count them: those are counted here), and
+FLOPs are counted on a ``meta``-device replica of the model's architecture: so when the way FLOPs are counted
+is corrected, every finished run can be counted again in seconds, with the same code a new run uses
+(``harness.runner.flops_record``). The model the replica copies
 is built with random weights (on the CPU: a paper-size model needs the memory of one copy), or, where the
 task cannot build it so, loaded as the run loaded it (``recounted.model`` says which). The record keeps the
 run's own ``total``, ``adapter``, ``lora_total``, ``relative_to_lora`` and ``counted_by`` under
@@ -74,9 +75,11 @@ def _said(change: dict[str, Any]) -> str:
     """One line for a record counted again: what changed in its step count and in its hooks' forwards."""
     parts = []
     if change["old_total"] != change["new_total"] or change["old_adapter"] != change["new_adapter"]:
+        old_total, old_adapter = (
+            ("none" if v is None else f"{v:,}") for v in (change["old_total"], change["old_adapter"])
+        )
         parts.append(
-            f"total {change['old_total']:,} -> {change['new_total']:,}, "
-            f"adapter {change['old_adapter']:,} -> {change['new_adapter']:,}"
+            f"total {old_total} -> {change['new_total']:,}, adapter {old_adapter} -> {change['new_adapter']:,}"
         )
     hooks = change.get("hooks")
     if hooks and "left" in hooks:
@@ -93,8 +96,13 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     record = read_record(path)
     run_id = record["run"]["id"]
     old = (record.get("train") or {}).get("flops_per_step")
-    if record["run"]["status"] != "success" or not old or "total" not in old:
-        return {"id": run_id, "left": "no FLOPs counted in it (no training, not finished, or not countable)"}
+    if record["run"]["status"] != "success" or not old or ("total" not in old and "status" not in old):
+        return {"id": run_id, "left": "no FLOPs counted in it (no training, or not finished)"}
+    if "micro_batches" not in old and "status" in old:  # written before an uncounted step kept its shapes
+        return {
+            "id": run_id,
+            "left": f"its FLOPs were not counted when it ran ({old.get('reason')}) and it keeps no micro-batch shapes",
+        }
     if "micro_batches" not in old:
         return {"id": run_id, "left": "its FLOPs keep no micro-batch shapes (a record from before they were kept)"}
     spec = spec_from_record(record)
@@ -106,7 +114,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     new = flops_record(task, loaded, spec.method, config, shapes, recipe, fast)
     if "status" in new:
         return {"id": run_id, "left": f"not countable now: {new['reason']}"}
-    change = {"id": run_id, "model": how, **{f"old_{k}": old[k] for k in ("total", "adapter")}}
+    change = {"id": run_id, "model": how, **{f"old_{k}": old.get(k) for k in ("total", "adapter")}}  # None: uncounted
     change |= {f"new_{k}": new[k] for k in ("total", "adapter")}
     change["rewritten"] = any(new.get(k) != old.get(k) for k in (*KEPT, "micro_batches"))
     stamp = {
@@ -117,7 +125,8 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     if change["rewritten"]:
         new["recounted"] = {
             **stamp,
-            "as_run": old.get("recounted", {}).get("as_run") or {k: old[k] for k in KEPT if k in old},
+            "as_run": old.get("recounted", {}).get("as_run")
+            or {k: old[k] for k in (*KEPT, "status", "reason") if k in old},
         }
         record["train"]["flops_per_step"] = new
     hooks = _recount_hooks(record, spec, config, task, loaded, recipe, fast, stamp, models.data_dirs)

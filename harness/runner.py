@@ -490,11 +490,14 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             written = _write_outcome(run_dir, record, finished) if ctx.is_main else None
         if isinstance(exc, Cancelled):  # what the next start does: a forced re-run's checkpoint would be dropped
             kept = f" ({written.name} beside it)" if written is not None else ""
-            then = (
-                f"this was a forced re-run: the finished record is kept{kept}, and the same command starts it over"
-                if finished is not None
-                else "the run's record says so, and the same command resumes it"
-            )
+            if finished is not None:
+                then = (
+                    f"this was a forced re-run: the finished record is kept{kept}, and the same command starts it over"
+                )
+            elif ctx.force:  # --force drops the checkpoint at the next start too
+                then = "the run's record says so; run the same command without --force to resume it (with --force it starts over)"
+            else:
+                then = "the run's record says so, and the same command resumes it"
             cancelled = Cancelled(f"{why}; {then}")
             cancelled.by = ctx.stop.by if ctx.stop.requested() else None  # the exit status says which signal
             raise cancelled from exc
@@ -641,16 +644,16 @@ def flops_record(
     task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast: bool
 ) -> dict[str, Any]:
     """A record's ``train.flops_per_step``: one optimizer step of ``method`` at ``shapes`` (every micro-batch),
-    the adapters' share of it, and LoRA's total at the same settings; or why it could not be counted."""
+    the adapters' share of it, and LoRA's total at the same settings; or why it could not be counted, with the
+    shapes (``micro_batches`` without counts) that ``recount_flops`` counts once it can."""
     flops = _count_flops(task, loaded, method, config, shapes, recipe, fast)
-    if "status" in flops:
-        return flops
+    if "status" in flops:  # the shapes kept, uncounted: recount_flops counts them once the replica can run
+        return flops | {"micro_batches": [{"shape": list(s)} for s in shapes]}
     reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(config))
-    lora = (
-        flops
-        if method == REFERENCE_METHOD
-        else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
-    )
+    # the run's own count is LoRA's only without a Reducer: the reference never has one (``_common``), and a
+    # reduced LoRA's step (unselected layers frozen) is not the plain LoRA step it is compared with
+    own = method == REFERENCE_METHOD and getattr(config, "reducer", None) is None
+    lora = flops if own else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
     return {
         "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
         "total": flops["total"],
@@ -725,9 +728,10 @@ def _train_record(
     if loaded.task_params:  # the task's own trained tensors (e.g. the projector), beside the adapter
         with atomic_path(adapter_dir / "task_params.pt") as tmp:
             torch.save([p.detach().cpu() for p in loaded.task_params], tmp)
-    flops = probe
     fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
-    if "status" not in probe:
+    if "status" in probe:  # the probe could not count it: the step's shapes kept uncounted, for recount_flops
+        flops = probe | {"micro_batches": [{"shape": list(s)} for s in result.first_step_shapes]}
+    else:
         flops = flops_record(task, loaded, spec.method, adapter.config, result.first_step_shapes, recipe, fast)
     hooks = hook_flops_record(
         task, loaded, spec.method, adapter.config, result.hook_val_forwards, recipe, fast, result.steps
@@ -851,8 +855,15 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     """Before any weights load: every model's config reads and every method attaches to it (targets
     match, options fit), on the ``meta`` device, in seconds. With ``trust_remote_code`` a model may build
     from its own code (passed to ``Task.build_meta`` where it takes the parameter: a task written before
-    it still works, building what it builds)."""
+    it still works, building what it builds). Also refused here: a ``HARNESS_CACHE`` that is no folder one can write
+    (the embedded model is converted into it, ~30 s, before the write failed, run by run), and a ``--random-weights``
+    causal LM whose vocabulary is smaller than its tokenizer (it failed as each run loaded it, a record each)."""
+    if os.environ.get("HARNESS_CACHE"):
+        from harness.models import cache_dir
+
+        check_writable(cache_dir(), "HARNESS_CACHE", "HARNESS_CACHE")
     seen = set()
+    vocab_checked: set[str] = set()
     scores: dict[tuple, bool] = {}  # whether the method's Reducer scores layers on a validation split
     for spec in specs:
         task_cls = TASKS.get(spec.task)
@@ -869,6 +880,11 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                     "factors_from, of its own): --fast-path would record a path the run does not take; leave it out"
                 )
         seen.add(key)
+        if spec.random_weights and spec.model not in vocab_checked and _loads_causal_lm(task_cls):
+            from tasks.lm import random_weights_parts
+
+            random_weights_parts(spec.model, trust_remote_code)  # the tokenizer's ids must fit the embeddings
+            vocab_checked.add(spec.model)
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         built = spec.random_weights or task_cls.config_only_models
         if not built and folder.is_dir() and not has_weights(folder):
@@ -886,6 +902,14 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 f"--val-size 0 leaves {spec.method}'s Reducer no validation split to score layers with; give "
                 "--val-size 1 or more, --option selection=random, or --option reducer=off"
             )
+
+
+def _loads_causal_lm(task_cls: type[Task]) -> bool:
+    """Whether the task loads its model with ``tasks.lm.load_causal_lm`` (the commonsense task's ``load``, its
+    subclasses' unless they override it): the ``--random-weights`` tokenizer it picks is known before any run."""
+    from tasks.commonsense import CommonsenseTask
+
+    return task_cls.load is CommonsenseTask.load
 
 
 def has_weights(folder: Path) -> bool:

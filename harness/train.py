@@ -65,12 +65,11 @@ class TrainConfig:
         for name in ("micro_batch_size", "grad_accum", "cutoff_len", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        finite = all(math.isfinite(v) and v > 0 for v in (self.epochs, self.lr))  # NaN passes `<= 0` checks
-        if not finite or self.warmup_steps < 0 or self.checkpoint_every < 0:
-            raise ValueError(
-                f"epochs and lr must be finite numbers > 0 (got {self.epochs}, {self.lr}); warmup_steps and "
-                "checkpoint_every must be >= 0"
-            )
+        if not all(math.isfinite(v) and v > 0 for v in (self.epochs, self.lr)):  # NaN passes `<= 0` checks
+            raise ValueError(f"epochs and lr must be finite numbers > 0 (got {self.epochs}, {self.lr})")
+        for name in ("warmup_steps", "checkpoint_every"):  # the setting that is wrong, named with its value
+            if getattr(self, name) < 0:
+                raise ValueError(f"warmup_steps and checkpoint_every must be >= 0 (got {name}={getattr(self, name)})")
         if self.schedule not in ("linear", "cosine", "constant"):
             raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
 
@@ -287,6 +286,7 @@ def train(
             state["samples"], state["tokens"] = mine["samples"], mine["tokens"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
         resumed_from = state["step"]
+        del saved, mine, rngs  # the payload (the adapter's tensors among it) is restored: not held through training
 
     def val_loss_on(batch: dict[str, Any], timer: str | None = "hook_val_s") -> Callable[[], float]:
         def run() -> float:  # eval mode, no gradients; the time goes to state[timer], not to train_s

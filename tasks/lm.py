@@ -161,6 +161,15 @@ class CausalLMRecipe(Recipe):
         return {"input_ids": ids, "labels": ids, "keep": keep, "n": rows * (keep - 1)}
 
 
+def random_weights_parts(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(config, tokenizer) of a ``--random-weights`` causal LM, as ``load_causal_lm`` builds it; a ``ValueError``
+    where the config's vocabulary is smaller than the tokenizer (``models.random_weights_tokenizer``). ``harness
+    run`` asks before any run (its preflight), not run by run as each one loads the model."""
+    config = models.transformers_config(model, trust_remote_code=trust_remote_code)
+    tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
+    return config, tokenizer
+
+
 def load_causal_lm(
     model: str, device: torch.device, *, random_weights: bool, seed: int, trust_remote_code: bool
 ) -> Loaded:
@@ -170,8 +179,7 @@ def load_causal_lm(
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if random_weights:
-        config = models.transformers_config(model, trust_remote_code=trust_remote_code)
-        tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
+        config, tokenizer = random_weights_parts(model, trust_remote_code)
         torch.manual_seed(seed)
         net = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
         label = f"{models.label(model)} (random weights)"

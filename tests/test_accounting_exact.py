@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -445,3 +446,89 @@ def test_a_methods_extra_loss_flops_are_counted_in_the_adapters_share(char_token
     d, layers = tiny_llama().config.hidden_size, tiny_llama().config.num_hidden_layers
     # B @ A forward and its two gradients, in each of the 4 wrappers: the adapters' share, not the base's
     assert penalised["adapter"] - plain["adapter"] == penalised["total"] - plain["total"] == layers * 3 * 2 * d * 4 * d
+
+
+def test_a_reduced_lora_run_is_compared_with_plain_lora_not_with_itself():
+    """From a review: a ``lora`` run with a Reducer took its own count as the LoRA reference (relative 1.0), where
+    every other method's reference is LoRA without one (``_common`` drops the Reducer)."""
+    from harness.runner import flops_record
+
+    task = SimpleNamespace(meta_replica=lambda loaded: meta_of(tiny_llama()))
+    recipe, shape = text_recipe(CharTokenizer(), CONFIG), [[4, 20, 10]]
+    plain = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    reduced = make_config(METHODS.get("lora").config_cls, dict(FULL, reducer={"k": 1, "interval": 1}), "lora")
+    alone = flops_record(task, None, "lora", plain, shape, recipe, False)
+    assert alone["lora_total"] == alone["total"] and alone["relative_to_lora"] == 1.0
+    flops = flops_record(task, None, "lora", reduced, shape, recipe, False)
+    assert flops["total"] < alone["total"]  # the unselected layers' adapters train nothing: fewer FLOPs
+    assert flops["lora_total"] == alone["total"] and flops["relative_to_lora"] == flops["total"] / alone["total"]
+
+
+def test_a_step_that_cannot_be_counted_keeps_its_shapes(monkeypatch):
+    """From a review: a step the replica could not count kept only why, losing the first step's shapes, so that
+    ``recount_flops`` could never count it."""
+    import harness.runner as runner
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the meta replica cannot run this plugin")
+
+    monkeypatch.setattr(runner, "step_flops", broken)
+    task = SimpleNamespace(meta_replica=lambda loaded: None)
+    flops = runner.flops_record(task, None, "lora", None, [[4, 20, 10], [4, 12, 6]], None, False)
+    assert flops["status"] == "not counted" and "cannot run this plugin" in flops["reason"]
+    assert flops["micro_batches"] == [{"shape": [4, 20, 10]}, {"shape": [4, 12, 6]}]
+
+
+def test_the_cuda_baseline_is_read_after_the_cache_of_an_earlier_run_is_emptied(monkeypatch):
+    """From a review: the reserved baseline was read with the caching allocator still holding what an earlier run
+    in the process freed; the next run reused those blocks and read as reserving ~0 above it (no GPU needed: the
+    calls are recorded)."""
+    from harness.accounting import MemoryMeter
+
+    calls: list[str] = []
+    reserved = [8.0]  # an earlier run's freed blocks, cached, until empty_cache hands them back
+
+    def empty_cache():
+        calls.append("empty_cache")
+        reserved[0] = 1.0
+
+    for name in ("synchronize", "reset_peak_memory_stats"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, name=name: calls.append(name))
+    monkeypatch.setattr(torch.cuda, "empty_cache", empty_cache)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: calls.append("memory_allocated") or 1.0)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: calls.append("memory_reserved") or reserved[0])
+    meter = MemoryMeter(torch.device("cuda"))
+    assert meter.base == (1.0, 1.0)
+    assert calls.index("empty_cache") < calls.index("memory_reserved")
+    assert calls.index("reset_peak_memory_stats") < calls.index("memory_reserved")
+
+
+def test_without_proc_the_memory_kind_says_it_is_the_lifetime_peak(monkeypatch, tmp_path):
+    """From a review: without /proc (macOS) the resident size read was ``ru_maxrss``, the process's lifetime peak,
+    yet the record called it ``process_rss`` (sampled after each backward) and gave a mean of it."""
+    import harness.accounting as accounting
+
+    monkeypatch.setattr(accounting, "PROC", str(tmp_path / "no-proc"))
+    meter = accounting.MemoryMeter(torch.device("cpu"))
+    meter.sample()
+    meter.sample()
+    summary = meter.summary()
+    assert summary["kind"] == "process_maxrss_lifetime" and "mean_rss_gb" not in summary
+    assert summary["peak_rss_gb"] >= summary["start_rss_gb"] > 0
+    monkeypatch.undo()
+    assert accounting.MemoryMeter(torch.device("cpu")).summary()["kind"] != "process_maxrss_lifetime"  # /proc read
+
+
+def test_the_environment_names_the_diffusers_version(monkeypatch):
+    """From a review: diffusers makes every diffusion image, and records named torch, transformers and peft only."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import harness.accounting as accounting
+
+    try:
+        installed = version("diffusers")
+    except PackageNotFoundError:
+        installed = None
+    assert accounting.environment()["diffusers"] == installed
+    monkeypatch.setattr(accounting, "_installed", lambda package: None)
+    assert accounting.environment()["diffusers"] is None  # not installed: named as absent, not left out

@@ -244,3 +244,49 @@ def test_the_recount_script_exits_1_when_a_countable_record_was_left(capsys):
         summary([*fine, hooks]) == 1
         and "1 whose Reducer scoring forwards could not be counted" in capsys.readouterr().out
     )
+
+
+def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_without_them_fails(
+    tiny_model, data_dir, tmp_path, monkeypatch, capsys
+):
+    """From a review: a step the replica could not count kept only why (no shapes): recount_flops said it had
+    "no FLOPs counted in it" and the script exited 0. It keeps the first step's shapes now, counted here once the
+    replica can run; one that keeps none is left, and the script fails."""
+    import runpy
+
+    import harness.runner as runner
+
+    specs = build_specs(
+        "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+        train_overrides={"steps": 1}, task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [counted] = run_all(specs, tmp_path / "counted", str(data_dir), progress=False)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the meta replica cannot run this plugin")
+
+    monkeypatch.setattr(runner, "step_flops", broken)
+    [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    monkeypatch.undo()
+    as_run, expected = record["train"]["flops_per_step"], counted["train"]["flops_per_step"]
+    assert as_run["status"] == "not counted" and "cannot run this plugin" in as_run["reason"]
+    assert as_run["micro_batches"] == [{"shape": m["shape"]} for m in expected["micro_batches"]]
+    lines: list[str] = []
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lines.append)
+    assert change["rewritten"] and change["old_total"] is None and change["new_total"] == expected["total"]
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+    flops = read_record(path)["train"]["flops_per_step"]
+    assert {k: v for k, v in flops.items() if k != "recounted"} == expected
+    assert flops["recounted"]["as_run"] == {"status": "not counted", "reason": as_run["reason"]}
+    assert f"total none -> {expected['total']:,}" in lines[-1]
+
+    older = read_record(path)  # written before an uncounted step kept its shapes
+    older["train"]["flops_per_step"] = {"status": "not counted", "reason": "RuntimeError: no meta"}
+    write_record(path.parent, older)
+    [left] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lines.append)
+    assert (
+        left["left"]
+        == "its FLOPs were not counted when it ran (RuntimeError: no meta) and it keeps no micro-batch shapes"
+    )
+    summary = runpy.run_path(str(ROOT / "scripts" / "recount_flops.py"))["summary"]
+    assert summary([left]) == 1 and "1 of them with FLOPs that could not be counted here" in capsys.readouterr().out

@@ -603,8 +603,9 @@ def test_a_cancelled_forced_rerun_keeps_the_finished_record_and_says_what_the_ne
 
 def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_does_not_fit(data_dir, tmp_path, capfd):
     """A config with a small vocabulary: without tokenizer files beside it the embedded tokenizer's 49,152 ids
-    would index past its embeddings (it failed in training), so the run is refused saying what to do; with
-    its own tokenizer files the run trains and scores with that tokenizer."""
+    would index past its embeddings (it failed in training), so the run is refused saying what to do (since a
+    review before any run folder, in one line: it was a failed record per method, each run loading the model);
+    with its own tokenizer files the run trains and scores with that tokenizer."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
 
@@ -619,17 +620,15 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
         (small / "boolq").mkdir(parents=True, exist_ok=True)
         (small / "boolq" / f"{split}.json").write_text(json.dumps(records))
     runs = tmp_path / "runs"
-    args = run_args(folder, small, runs, "lora", "--no-leaderboard")
-    code, refused_out, refused_err = run_here(args, capfd)
-    assert code != 0 and "Traceback" not in refused_err
-    [path] = runs.glob(f"*/{RECORD}")
-    error = read_record(path)["run"]["error"]  # the run fails as it loads the model, before any training
+    args = run_args(folder, small, runs, "lora,lora_fa", "--no-leaderboard")
+    code, _, refused_err = run_here(args, capfd)
+    assert code == 2 and "Traceback" not in refused_err and len(refused_err.strip().splitlines()) == 1, refused_err
     assert re.search(
         r"vocab_size \(128\) is smaller than the embedded SmolLM2-135M-Instruct tokenizer \(49152 tokens\); put the "
         r"model's own tokenizer files \(tokenizer.json, tokenizer_config.json\) beside its config.json",
-        error,
-    ), error
-    assert error in refused_out
+        refused_err,
+    ), refused_err
+    assert not runs.exists() or not any(runs.iterdir())  # no run folder, no failed record per method
 
     words = [w for r in json.loads((small / "boolq" / "train.json").read_text()) for w in r["instruction"].split()]
     vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", *dict.fromkeys(words)][:120])}
@@ -639,8 +638,8 @@ def test_random_weights_use_the_model_folders_own_tokenizer_and_refuse_one_that_
     own.save_pretrained(folder)
     code, _, err = run_here(args, capfd)
     assert code == 0, err[-2000:]
-    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
-    assert record["run"]["status"] == "success" and record["eval"]["boolq"]["n"] == 4
+    records = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert [r["run"]["status"] for r in records] == ["success"] * 2 and records[0]["eval"]["boolq"]["n"] == 4
 
 
 def write_own_code(folder, model_type: str) -> None:
@@ -1240,3 +1239,59 @@ def test_a_model_folder_saved_without_its_tokenizer_is_refused_before_any_run(tm
     preflight(specs)  # a tokenizer file is there: what it holds is transformers' to read
     random = build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder), random_weights=True)
     preflight(random)  # built from the config: the embedded tokenizer stands in, as documented
+
+
+def test_the_git_commit_is_the_harness_checkouts_not_a_repository_an_installed_copy_lies_in(tmp_path):
+    """From a review: an installed copy (a venv inside the user's own repository) recorded that repository's
+    commit and dirty flag as the harness's: only a repository whose top level is the folder above the package
+    counts."""
+    from harness.records import git_state
+
+    project = tmp_path / "project"
+    installed = project / "venv" / "lib" / "site-packages"  # the folder above an installed harness/
+    installed.mkdir(parents=True)
+    git = ["git", "-C", str(project), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "the user's project"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert git_state(project) == {"git_commit": head, "git_dirty": False}  # a checkout of its own: read
+    assert git_state(installed) == {"git_commit": None, "git_dirty": None}
+
+
+def test_a_forced_run_stopped_says_to_resume_without_force_and_that_resumes(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a review: a run started with --force and stopped (SIGTERM) said "the same command resumes it", but the
+    same command, --force again, drops the checkpoint and starts over at step 0."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    polls = []
+    monkeypatch.setattr(StopOnSigterm, "requested", lambda self: bool(polls.append(1)) or len(polls) >= 1)
+    with pytest.raises(Cancelled, match=r"stopped at step 1 of .*run the same command without --force to resume it"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), force=True, progress=False)
+    monkeypatch.undo()
+    [again] = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)  # without --force
+    assert again["run"]["status"] == "success" and again["train"]["resumed_from_step"] == 1
+
+
+def test_a_harness_cache_that_is_a_file_is_refused_before_any_run(tiny_model, data_dir, tmp_path, monkeypatch, capsys):
+    """From a review: HARNESS_CACHE set to a file failed each run with NotADirectoryError, after ~30 s converting
+    the embedded model, without naming HARNESS_CACHE; and ``~/x`` was read as ``./~/x``."""
+    from harness.cli import main
+    from harness.models import cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("HARNESS_CACHE", "~/cache")
+    assert cache_dir() == tmp_path / "cache"
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "a_file"))
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "lora,lora_fa", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--no-leaderboard", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"HARNESS_CACHE {str(tmp_path / 'a_file')!r} is not writable (Not a directory)" in err[0]
+    assert not runs.exists() or not any(runs.iterdir())  # no run folder, no failed record

@@ -259,6 +259,9 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
         ("micro_batch_size", 0, "micro_batch_size must be >= 1"),
         ("schedule", "exp", "choose one of: linear, cosine, constant"),
         ("lr", 0.0, "lr must be finite numbers > 0"),
+        # from a review: these quoted epochs and lr (valid) and not the value that was wrong
+        ("warmup_steps", -1, r"must be >= 0 \(got warmup_steps=-1\)$"),
+        ("checkpoint_every", -2, r"must be >= 0 \(got checkpoint_every=-2\)$"),
     ],
 )
 def test_bad_settings(field, value, message):
@@ -439,3 +442,53 @@ def test_training_under_mixed_precision_leaves_the_model_scoring_as_it_did_befor
     model.eval()  # as scoring has it: no dropout
     with torch.no_grad():
         assert torch.equal(model(ids).logits, plain(model, ids).logits)  # no autocast: the same logits
+
+
+def test_a_resumed_run_does_not_hold_its_checkpoint_while_it_trains(char_tokenizer, tmp_path, monkeypatch):
+    """From a review: the checkpoint's payload (the adapter's tensors among it) stayed referenced through a resumed
+    run's training, above the memory baseline a fresh run has."""
+    import gc
+    import weakref
+
+    import harness.train as train_module
+
+    def fresh():
+        torch.manual_seed(0)
+        return attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
+
+    crashed = fresh()
+    real_hook = crashed.on_step_begin
+
+    def crash_at_step_3(step, val_loss_fn):
+        if step == 3:
+            raise RuntimeError("power cut")
+        real_hook(step, val_loss_fn)
+
+    crashed.on_step_begin = crash_at_step_3
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(
+            crashed.model, text_recipe(char_tokenizer, CONFIG), crashed, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
+        )
+    payload: list[weakref.ref] = []
+    real_read = train_module._read_checkpoint
+
+    def read(path):
+        saved = real_read(path)
+        payload.extend(weakref.ref(t) for t in saved["adapter"].values())
+        return saved
+
+    monkeypatch.setattr(train_module, "_read_checkpoint", read)
+    resumed = fresh()
+    alive: list[int] = []
+    real_resumed_hook = resumed.on_step_begin
+
+    def count_alive(step, val_loss_fn):
+        gc.collect()
+        alive.append(sum(ref() is not None for ref in payload))
+        real_resumed_hook(step, val_loss_fn)
+
+    resumed.on_step_begin = count_alive
+    result = train(
+        resumed.model, text_recipe(char_tokenizer, CONFIG), resumed, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
+    )
+    assert result.resumed_from == 2 and payload and alive == [0] * 4  # steps 2 to 5: none of the payload held
