@@ -10,10 +10,13 @@ _DECODED: set[tuple[object, ...]] = set()  # the files found to decode, as ident
 
 
 def _identity(path: Path) -> tuple[object, ...]:
-    """The file as it is now: its path, device, inode, size and modification time, and the pixel limit it was
-    checked under (a larger ``Image.MAX_IMAGE_PIXELS`` lets through what a smaller one refuses)."""
+    """The file as it is now: its path, device, inode, size, modification and change times, and the pixel limit
+    it was checked under (a larger ``Image.MAX_IMAGE_PIXELS`` lets through what a smaller one refuses). The change
+    time is there because the modification time can be set back (``cp -p``, ``tar x``, ``os.utime`` after an
+    in-place edit); no user call sets the change time, and every write moves it."""
     st = Path(path).stat()
-    return (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, Image.MAX_IMAGE_PIXELS)
+    key = (str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return (*key, Image.MAX_IMAGE_PIXELS)
 
 
 def check_decodes(path: Path) -> None:
@@ -23,7 +26,7 @@ def check_decodes(path: Path) -> None:
     lets Pillow load them (lmms-eval sets ``ImageFile.LOAD_TRUNCATED_IMAGES = True`` on import).
 
     A file that passed is not decoded again in this process while it stays the same file (path, inode, size,
-    modification time): a run reads its data several times (its description, its training files, its test
+    modification and change times): a run reads its data several times (its description, its training files, its test
     split), and decoding the embedded multimodal data's 1,575 images took ~2 s a read. A file that fails is
     never remembered, and one that changes is checked again."""
     key = _identity(path)

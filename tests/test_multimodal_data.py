@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -618,6 +619,17 @@ def test_an_image_that_decoded_is_not_decoded_again_until_it_changes(tmp_path, m
         images.check_decodes(path)
     assert len(opened) == 6
 
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    images.check_decodes(path)
+    st = path.stat()  # one byte of the pixel data flipped in place, the modification time set back (cp -p, tar x)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"IDAT") + 6
+    raw[at] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises((OSError, SyntaxError)):  # the change time moved: checked again, and refused
+        images.check_decodes(path)
     Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
     images.check_decodes(path)
     monkeypatch.setattr(images.Image, "MAX_IMAGE_PIXELS", 10)  # 256 pixels: over twice the limit is an error
