@@ -28,7 +28,7 @@ from harness import fastpath
 from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders
 from harness.bench_report import FLOOR
-from harness.cli import CliError, method_options, split_names
+from harness.cli import CliError, _debug, method_options, split_names
 from harness.registry import METHODS
 from harness.stats import median_interval
 
@@ -66,6 +66,13 @@ def main(argv: list[str] | None = None) -> None:
         for name in methods:
             METHODS.get(name)
         options = method_options(args)
+        # the flags by their names here: BenchConfig's own check names its fields (seq_len, batch_size)
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1 (got {args.batch})")
+        if args.seq < 2:
+            raise ValueError(f"--seq must be >= 2 (got {args.seq})")
+        if args.rounds < 1:
+            raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
         config = BenchConfig(
             model=args.model,
             random_weights=args.random_weights,
@@ -81,7 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
+    try:  # what only loading finds (--layers without --random-weights, a model that is not there): one line
+        label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
+    except (ValueError, OSError) as exc:
+        if _debug():  # HARNESS_DEBUG: the traceback, as the harness CLI gives it
+            raise
+        why = " ".join(str(exc).split())  # transformers' hub errors span lines
+        parser.error(f"--model {args.model!r} cannot be loaded ({why})" if isinstance(exc, OSError) else why)
     default = getattr(fastpath, args.flag)
     switched = f"{args.flag}={not default}"
 

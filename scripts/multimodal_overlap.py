@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,16 @@ def main(argv: list[str] | None = None) -> int:
         from tasks.multimodal import twemoji_dir
 
         try:  # HARNESS_TWEMOJI_DIR, else beside the data: as the generator looked for it
-            twemoji = twemoji_dir("this check", "--twemoji-dir")
+            twemoji = twemoji_dir("this check")
         except ValueError as exc:
-            parser.error(str(exc))
+            if os.environ.get("HARNESS_TWEMOJI_DIR"):  # set to a folder that is not it: its own message says so
+                parser.error(str(exc))
+            # not found: this script's own flag (twemoji_dir's advice names harness run's --data-dir)
+            parser.error(
+                f"{args.data} has Twemoji sources and no captioned Twemoji folder was found (HARNESS_TWEMOJI_DIR is "
+                "unset; none beside HARNESS_DATA_DIR or the checkout); pass the twemoji-64 folder the data was made "
+                "from as --twemoji-dir (../shared/data/diffusion/twemoji-64)"
+            )
     if twemoji is not None and not (twemoji / "images").is_dir():
         parser.error(f"{twemoji} has no images/ folder; pass the twemoji-64 folder as --twemoji-dir")
     try:

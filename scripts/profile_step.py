@@ -19,7 +19,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from harness.bench import BenchConfig, load_contenders
-from harness.cli import CliError, split_names
+from harness.cli import CliError, _debug, split_names
 from harness.registry import METHODS
 
 
@@ -42,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
             METHODS.get(name)
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1 (got {args.steps})")
+        # the flags by their names here: BenchConfig's own check names its fields (seq_len, batch_size)
+        if args.batch < 1:
+            raise ValueError(f"--batch must be >= 1 (got {args.batch})")
+        if args.seq < 2:
+            raise ValueError(f"--seq must be >= 2 (got {args.seq})")
         config = BenchConfig(
             model=args.model,
             random_weights=args.random_weights,
@@ -56,7 +61,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
+    try:  # what only loading finds (--layers without --random-weights, a model that is not there): one line
+        label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
+    except (ValueError, OSError) as exc:
+        if _debug():  # HARNESS_DEBUG: the traceback, as the harness CLI gives it
+            raise
+        why = " ".join(str(exc).split())  # transformers' hub errors span lines
+        parser.error(f"--model {args.model!r} cannot be loaded ({why})" if isinstance(exc, OSError) else why)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

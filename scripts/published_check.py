@@ -47,7 +47,7 @@ def partial_problem(missing: list[str], out: str, default: str) -> str | None:
 
 def main() -> None:
     from harness.accounting import environment
-    from harness.atomic import write_json
+    from harness.atomic import check_writable, write_json
     from harness.runner import build_specs, load_model
     from harness.stats import estimate
     from harness.task import TaskOptions
@@ -62,6 +62,13 @@ def main() -> None:
         parser.error(f"--batch-size must be >= 1 (got {args.batch_size})")
     if Path(args.out).is_dir():
         parser.error(f"--out {args.out} is a folder; pass the JSON file's path (e.g. {Path(args.out) / 'check.json'})")
+    try:  # before the scoring (about 18 minutes): its folder is made and written only after it
+        check_writable(Path(args.out).parent, "--out's folder", "--out")
+    except ValueError:  # check_writable's advice asks for a folder: --out is a file's path
+        parser.error(
+            f"--out {args.out}: {Path(args.out).parent} is not a folder you can write (or make); pass --out as the "
+            "path of a JSON file in one"
+        )
 
     [spec] = build_specs("commonsense", ["base"], [0], "embedded")
     try:

@@ -70,3 +70,21 @@ def test_the_overlap_check_names_an_image_the_twemoji_folder_lacks(tmp_path, cap
     with pytest.raises(SystemExit) as stop:
         main([str(tmp_path), "--twemoji-dir", str(tmp_path)])
     assert stop.value.code == 2 and "FileNotFoundError" in capsys.readouterr().err
+
+
+def test_the_overlap_check_without_a_twemoji_folder_names_its_own_flag(tmp_path, capsys, monkeypatch):
+    """From a review: it said "...or pass --data-dir with --twemoji-dir of your own", but this script has no
+    --data-dir (twemoji_dir's advice is harness run's)."""
+    main = runpy.run_path(str(SCRIPT))["main"]
+    for name in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # nothing beside the working folder either (../shared/data/diffusion/twemoji-64)
+    data = tmp_path / "data"
+    data.mkdir()
+    records = '[{"id": "general-1", "source": "twemoji:a.png"}]'
+    (data / "train.json").write_text(records)
+    (data / "test.json").write_text(records)
+    with pytest.raises(SystemExit) as stop:
+        main([str(data)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "as --twemoji-dir" in err and "--data-dir" not in err
