@@ -266,10 +266,13 @@ def _after_interrupt(command: str, args: argparse.Namespace | None, argv: list[s
     if command != "run":
         return "nothing half-written is left"
     force = args.force if args is not None else "--force" in argv
-    if force:  # --force drops each run's checkpoint when it starts: the same command would start them over
+    if force:  # --force drops each run's checkpoint when it starts, and a forced re-run of a run that had finished
+        # keeps that record until it succeeds (without --force the run is then skipped as done): which run is
+        # which, this cannot tell, so both ways are said
         said = (
-            "run the same command without --force to go on from each unfinished run's last checkpoint (with "
-            "--force it starts them over; finished runs are kept)"
+            "with --force the same command starts each run over (finished runs keep their records until their "
+            "re-run succeeds); to go on from an unfinished run's last checkpoint instead, run it without --force "
+            "(runs that had finished are then skipped)"
         )
     else:
         said = "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)"

@@ -26,21 +26,20 @@ def config_hash(config: dict[str, Any]) -> str:
 
 def git_state(root: Path | None = None) -> dict[str, Any]:
     """Commit and dirty flag of the harness checkout (None when not installed from git). ``root``: the folder
-    above the package; only a repository whose top level it is counts (an installed copy in a venv inside the
-    user's own repository would otherwise record that repository's commit as the harness's)."""
+    above the package. An installed copy (a site-packages or dist-packages folder, say in a venv inside the user's
+    own repository) has none: the repository around it is not the harness's code. A checkout inside a larger
+    repository (the harness vendored in a monorepo) has that repository's commit, which pins it; its dirty flag is
+    of the files under ``root``."""
     root = (root or Path(__file__).resolve().parent.parent).resolve()
+    if {"site-packages", "dist-packages"} & set(root.parts):
+        return {"git_commit": None, "git_dirty": None}
     try:
-        top = subprocess.run(
-            ["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        if not top or Path(top).resolve() != root:
-            return {"git_commit": None, "git_dirty": None}
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no"],
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
                 cwd=root,
                 capture_output=True,
                 text=True,

@@ -158,6 +158,8 @@ def load_plugin(path: str | Path) -> None:
         spec.loader.exec_module(module)
     except BaseException as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
         sys.modules.pop(module_name, None)
+        for name in _own_modules(set(sys.modules) - before, Path(folder)):  # its helpers that imported: else the
+            sys.modules.pop(name, None)  # fixed file's import of one would not run it again (its registrations gone)
         for registry, entries in registered.items():  # what it registered before it raised goes too: else loading
             registry._entries.clear()  # the fixed file says its names are taken (by its own failed copy)
             registry._entries.update(entries)
@@ -168,18 +170,28 @@ def load_plugin(path: str | Path) -> None:
     # the code a run of it depends on: the file and the modules it imported from its own folder (and below), those
     # first imported now and those it names that another plugin imported first (the hash must not depend on order)
     files = {path.resolve()}
-    for name in set(sys.modules) - before - {module_name}:
-        if name.partition(".")[0] in BUILTIN_PACKAGES:  # the harness's own (a plugin beside the checkout)
-            continue
-        file = getattr(sys.modules[name], "__file__", None)
-        if file and Path(file).resolve().is_relative_to(Path(folder)) and not _installed(Path(file).resolve()):
-            files.add(Path(file).resolve())
+    files |= {
+        Path(sys.modules[name].__file__).resolve() for name in _own_modules(set(sys.modules) - before, Path(folder))
+    }
     files |= _imported_beside(path.resolve(), Path(folder))
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: (f != path.resolve(), str(f))):  # the plugin file first
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
         _PLUGIN_OF.setdefault(file, path.resolve())  # a module two plugins import: the first's
     _PLUGINS_LOADED[path.resolve()] = digest.hexdigest()
+
+
+def _own_modules(names: set[str], folder: Path) -> list[str]:
+    """The modules of ``names`` whose files lie in a plugin's ``folder`` (and below): its own code, not the harness's
+    (a plugin beside the checkout) nor an installed package's (a ``.venv`` in its folder)."""
+    own = []
+    for name in names:
+        if name.partition(".")[0] in BUILTIN_PACKAGES:
+            continue
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file and Path(file).resolve().is_relative_to(folder) and not _installed(Path(file).resolve()):
+            own.append(name)
+    return own
 
 
 def _installed(path: Path) -> bool:

@@ -518,6 +518,24 @@ def test_a_plugin_that_raises_after_registering_leaves_no_registration(tmp_path,
     assert METHODS.get("raising_lora").__module__.startswith("harness_plugin_raising_lora")
 
 
+def test_a_plugin_that_raises_after_its_helper_registered_gets_the_helper_run_again_when_fixed(
+    tmp_path, plugin_sandbox
+):
+    """From a review: the helper module a failed plugin imported from its folder (which registered a method) stayed
+    imported while its registration was undone, so the fixed plugin's import of it did not run it again: the
+    method was gone."""
+    registry = plugin_sandbox
+    (tmp_path / "mends_helper_methods.py").write_text(PLUGIN.format(name="helper_lora"))
+    plugin = tmp_path / "uses_helper.py"
+    plugin.write_text("import mends_helper_methods\nraise RuntimeError('broken after its helper')\n")
+    with pytest.raises(ValueError, match=r"failed to import \(RuntimeError: broken after its helper\)"):
+        registry.load_plugin(plugin)
+    assert "helper_lora" not in METHODS
+    plugin.write_text("import mends_helper_methods  # fixed\n")
+    registry.load_plugin(plugin)
+    assert METHODS.get("helper_lora").__module__ == "mends_helper_methods"
+
+
 @pytest.mark.parametrize(("value", "on"), [("0", False), ("false", False), ("No", False), ("", False), ("1", True)])
 def test_harness_debug_0_false_or_no_is_off(monkeypatch, capsys, value, on):
     """From a review: HARNESS_DEBUG=0 turned the tracebacks on (any value did)."""

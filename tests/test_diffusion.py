@@ -485,6 +485,10 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
         json.dumps(GOOD) + " {note: the quality is fine}",  # a criterion in prose after a brace, no key
         "My scores {as asked, with quality: first}: " + json.dumps(GOOD),  # a criterion key in a closed brace
         "I rate it as follows { " + json.dumps(GOOD),  # an unclosed brace in prose before the answer
+        # from a review: a criterion named in prose in a brace was taken for a correction in bare notation
+        "Notes (scores in {criterion: value form; quality: sharp lines\n" + json.dumps(GOOD),  # unclosed, before
+        json.dumps(GOOD) + "\n(format was {tech: integer})",  # after, closed, no score in it
+        json.dumps(GOOD) + " (format: {quality: 1-10, detail: 1-10})",  # the rubric's ranges echoed
     ],
 )
 def test_an_answer_around_its_scores_is_parsed(answer):
@@ -505,6 +509,7 @@ def test_an_answer_around_its_scores_is_parsed(answer):
         # prose, and the withdrawn scores recorded
         (json.dumps(GOOD) + " On reflection, corrected: {'quality':3,'detail':3,'theme':3}", "last object is not"),
         (json.dumps(GOOD) + " corrected: {quality: 3, detail: 3, theme: 3}", "last object is not valid JSON"),
+        (json.dumps(GOOD) + " corrected: {quality: 3, detail: 3, the", "last object is not valid JSON"),  # cut off
         # from a review: a cut-off wrapper's complete inner scores were taken (the inner object cleared the error)
         ('{"scores": ' + json.dumps(GOOD) + ', "reason": "the colours', "last object is not valid JSON"),
         ('{"scores": ' + json.dumps(GOOD) + ', "reason": fine}', "last object is not valid JSON"),
@@ -1805,6 +1810,35 @@ def test_the_offline_scores_encoder_is_in_the_record(finished):
         )
 
 
+def test_the_feature_encoders_provenance_is_a_fresh_copy_and_a_missing_package_is_one_line(monkeypatch):
+    """From a review: ``vision.provenance()`` returned its cached dict itself, which goes into every run's
+    model_info (a change to one record's changed the next's); and without ``efficientnet-lite-pytorch`` (the weights
+    package present) it raised PackageNotFoundError, not the one line saying what to install."""
+    import importlib.metadata
+
+    from tasks.multimodal import vision
+
+    first = vision.provenance()
+    first["packages"]["efficientnet-lite-pytorch"], first["weights_sha256"] = "changed", "changed"
+    again = vision.provenance()
+    assert again["packages"] == {name: importlib.metadata.version(name) for name in vision.PACKAGES}
+    assert again["weights_sha256"] != "changed"
+    real = importlib.metadata.version
+
+    def version(name):
+        if name == "efficientnet-lite-pytorch":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return real(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    vision._provenance.cache_clear()
+    try:
+        with pytest.raises(ValueError, match=r"needs the efficientnet-lite-pytorch package, which is missing: pip"):
+            vision.provenance()
+    finally:
+        vision._provenance.cache_clear()
+
+
 def test_a_train_split_without_a_test_split_names_what_to_do(tmp_path):
     """From a review: a folder with train/metadata.jsonl only (a hub dataset with one split) was told it had no
     metadata.jsonl at all."""
@@ -1836,6 +1870,37 @@ def test_16_bit_grey_is_scaled_and_32_bit_grey_refused(tmp_path):
     )
     with pytest.raises(ValueError, match=r"line 3: image 'images/f.tif' is floating-point grey \(Pillow mode F\)"):
         ddata.read_folder(data)
+
+
+def test_a_16_bit_grey_png_opened_as_32_bit_by_an_older_pillow_is_scaled_not_refused(tmp_path, monkeypatch):
+    """From a review: Pillow before 10.3 opens 16-bit grey PNGs as mode I, which was refused as "32-bit integer
+    grey". A PNG holds at most 16 bits a sample: its I is 16-bit grey; a TIFF's I stays refused (its range unknown)."""
+    from PIL import PngImagePlugin
+
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))  # what Pillow < 10.3 opened them as
+    ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+    data = tiny_data(tmp_path / "data", 4)
+    Image.fromarray(ramp).save(data / "images" / "g16.png")
+    assert Image.open(data / "images" / "g16.png").mode == "I"
+    x = ddata.load_image(data / "images" / "g16.png", 32)
+    assert x[0, 16, 0] == -1.0 and x[0, 16, -1] == 1.0 and abs(float(x.mean())) < 0.05  # scaled, not clipped
+    Image.fromarray(ramp.astype(np.int32)).save(data / "images" / "i32.tif")
+    (data / ddata.METADATA).write_text(
+        '{"file_name": "images/g16.png", "text": "a"}\n{"file_name": "images/i32.tif", "text": "b"}\n'
+    )
+    with pytest.raises(ValueError, match=r"line 2: image 'images/i32.tif' is 32-bit integer grey \(Pillow mode I\)"):
+        ddata.read_folder(data)
+
+
+def test_the_contact_sheet_scales_a_16_bit_real_image_as_the_scoring_does(tmp_path):
+    """From a review: the sheet opened images with ``convert("RGB")``, which clips 16-bit grey (a ramp became
+    near-white); it reads them as the scoring does (``ddata.to_rgb``)."""
+    from tasks.diffusion.sheet import _open_rgb
+
+    ramp = np.tile(np.linspace(0, 65535, 32).round().astype(np.uint16), (32, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    shown = np.asarray(_open_rgb(tmp_path / "g16.png"), dtype=np.float64)
+    assert shown.shape == (32, 32, 3) and abs(shown.mean() - 127.5) < 5 and shown[:, 0].max() == 0
 
 
 def test_a_null_category_is_none_and_a_number_is_its_digits(tmp_path):

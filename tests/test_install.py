@@ -38,3 +38,18 @@ def test_tox_installs_under_the_constraints():
     assert re.search(r"install_command = .*-c \{toxinidir\}/constraints\.txt", tox)
     assert not re.search(r"pip install[^\n]* torch(==|\s|$)", tox)
     assert re.search(r"passenv = .*PIP_\*", tox)
+
+
+def test_bare_pytest_collects_a_module_that_imports_tests_conftest():
+    """From a review: tox runs `pytest`, which (unlike `python3 -m pytest`) puts no repository root on sys.path, so
+    the modules that import `tests.conftest` failed to collect (No module named 'tests'): pyproject.toml's
+    `pythonpath` puts it there. Run as the `pytest` script is: the current folder taken off sys.path first."""
+    import subprocess
+    import sys
+
+    module = "tests/test_commonsense_scoring.py"
+    assert "from tests.conftest import" in (ROOT / module).read_text()  # still a module this is about
+    script = "import sys; sys.path.pop(0); import pytest; sys.exit(pytest.main(sys.argv[1:]))"
+    collect = [sys.executable, "-c", script, "--collect-only", "-q", "-p", "no:cacheprovider", module]
+    done = subprocess.run(collect, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and " collected" in done.stdout.splitlines()[-1], done.stdout[-2000:] + done.stderr

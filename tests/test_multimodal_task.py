@@ -279,7 +279,9 @@ def test_the_paper_preset_resolves_offline():
 
 
 def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_style, tmp_path):
-    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
     import torch
 
     from harness.registry import TASKS
@@ -300,7 +302,9 @@ def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_st
 def test_lmms_eval_tasks_prompts_without_an_image_tag_get_one_per_image_in_front(char_tokenizer, tmp_path):
     """From a review: lmms-eval's own tasks send the bare question (``mme``'s doc_to_text), and its model wrappers
     put the image tokens in front; HarnessLMM passed it on, and the model stopped on 0 placeholders for 1 image."""
-    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
     from types import SimpleNamespace
 
     from PIL import Image
@@ -354,7 +358,9 @@ def test_open_answers_longer_than_the_cap_are_decoded_long_enough_by_both_protoc
     assert [s.score for s in native.score_records(None, fmt, [short, long], 4)] == [100.0, 0.0]
     native.score_records(None, fmt, [short], 4)
     assert asked == [15, 12]
-    pytest.importorskip("lmms_eval", reason="optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity")
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
     from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
 
     assert [s.score for s in lmms_eval_scored(object(), fmt, [short, long], 4)] == [100.0, 0.0]
@@ -383,7 +389,11 @@ def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_run
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "lmms_eval", None)  # `import lmms_eval` raises ImportError
     monkeypatch.delitem(sys.modules, "tasks.multimodal.lmms_eval_protocol", raising=False)
-    with pytest.raises(ValueError, match=r"the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval"):
+    with pytest.raises(
+        ValueError,
+        match=r"the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "
+        r'"filelock<4", beside pip install -e "\.\[test\]" for the datasets, evaluate and sacrebleu it imports',
+    ):
         build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
 
 

@@ -1151,3 +1151,32 @@ def test_the_contact_sheet_takes_its_runs_from_the_data_of_the_newest_trained_ru
     with Image.open(sheet) as im:
         colours = {c for _, c in im.convert("RGB").getcolors(1 << 20)}
     assert (0, 0, 255) in colours and (0, 128, 0) not in colours  # lora on B alone: not beside the base of A
+
+
+def test_a_harness_vendored_in_a_monorepo_records_its_commit_and_an_installed_copy_none(tmp_path):
+    """From a review: git_state recorded no commit unless the folder above the package was a repository's top level,
+    which was right for an installed copy in a venv inside the user's repository but nulled the commit of a harness
+    vendored as a subfolder of a monorepo, which that repository's commit pins. Its dirty flag is its own files'."""
+    import subprocess
+
+    from harness.records import git_state
+
+    mono = tmp_path / "mono"
+    vendored = mono / "third_party" / "lora-harness"  # the folder above harness/
+    (vendored / "harness").mkdir(parents=True)
+    (vendored / "harness" / "x.py").write_text("x = 1\n")
+    (mono / "app.py").write_text("a = 1\n")
+    installed = mono / ".venv" / "lib" / "python3.11" / "site-packages"
+    installed.mkdir(parents=True)
+    git = ["git", "-C", str(mono), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "third_party", "app.py"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "the monorepo"], check=True)
+    head = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    assert git_state(vendored) == {"git_commit": head, "git_dirty": False}
+    (mono / "app.py").write_text("a = 2\n")  # another project's change: not the harness's code
+    assert git_state(vendored) == {"git_commit": head, "git_dirty": False}
+    (vendored / "harness" / "x.py").write_text("x = 2\n")
+    assert git_state(vendored) == {"git_commit": head, "git_dirty": True}
+    assert git_state(installed) == {"git_commit": None, "git_dirty": None}  # a venv's copy: not the repository's
+    assert git_state(mono / ".venv" / "lib" / "python3" / "dist-packages") == {"git_commit": None, "git_dirty": None}

@@ -265,12 +265,15 @@ def test_a_stopped_sweep_names_the_command_that_rebuilds_its_leaderboard(tmp_pat
 
 def test_ctrl_c_under_force_says_to_resume_without_it(tmp_path, data_dir, monkeypatch, capsys):
     """From a review: under --force, "the same command goes on from each unfinished run's last checkpoint" was
-    false: --force drops each run's checkpoint when the run starts, so the same command starts them over."""
+    false: --force drops each run's checkpoint when the run starts, so the same command starts them over. And
+    "run it without --force" alone was false for a forced re-run of a finished run: without --force it is skipped
+    as done (its finished record is kept until the re-run succeeds), so the re-run asked for never happens."""
     code = _stopped_run(tmp_path, data_dir, monkeypatch, KeyboardInterrupt(), "--force", "--no-leaderboard")
     assert code == 130
     assert capsys.readouterr().err.strip() == (
-        "harness: interrupted; run the same command without --force to go on from each unfinished run's last "
-        "checkpoint (with --force it starts them over; finished runs are kept)"
+        "harness: interrupted; with --force the same command starts each run over (finished runs keep their records "
+        "until their re-run succeeds); to go on from an unfinished run's last checkpoint instead, run it without "
+        "--force (runs that had finished are then skipped)"
     )
     code = _stopped_run(tmp_path, data_dir, monkeypatch, KeyboardInterrupt(), "--no-leaderboard")
     assert code == 130 and capsys.readouterr().err.strip() == (

@@ -73,10 +73,10 @@ def read_folder(folder: Path) -> list[Item]:
         try:
             check_decodes(path)
             with Image.open(path) as im:
-                mode = im.mode
+                mode, fmt = im.mode, im.format
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{where}: image {row['file_name']!r} cannot be read ({exc}); replace it") from None
-        _check_mode(mode, f"{where}: image {row['file_name']!r}")
+        _check_mode(mode, f"{where}: image {row['file_name']!r}", fmt)
         category = row.get("category")
         if category is not None and (isinstance(category, bool) or not isinstance(category, (str, int))):
             raise ValueError(
@@ -202,12 +202,17 @@ def prompts(test: list[Item], n: int | None, seed: int = 0) -> list[Item]:
 
 # one-channel modes of more than 8 bits, which Pillow's convert clips to 0-255 rather than scales (16-bit grey
 # becomes near-white, floats in [0, 1] black): 16-bit ones are scaled here; these 32-bit ones are refused, as
-# their mode does not say what range their values span (0-255, 0-65535, [0, 1])
+# their mode does not say what range their values span (0-255, 0-65535, [0, 1]), except a PNG's I (Pillow before
+# 10.3 opened 16-bit grey PNGs as I; a PNG holds at most 16 bits a sample, so it is 16-bit grey)
 WIDE_MODES = ("I", "F")
 
 
-def _check_mode(mode: str, what: str) -> None:
-    if mode in WIDE_MODES:
+def _sixteen_bit(mode: str, fmt: str | None) -> bool:
+    return mode.startswith("I;16") or (mode == "I" and fmt == "PNG")
+
+
+def _check_mode(mode: str, what: str, fmt: str | None = None) -> None:
+    if mode in WIDE_MODES and not _sixteen_bit(mode, fmt):
         kind = "32-bit integer" if mode == "I" else "floating-point"
         raise ValueError(
             f"{what} is {kind} grey (Pillow mode {mode}), whose range of values is unknown; save it as an 8- or "
@@ -217,11 +222,19 @@ def _check_mode(mode: str, what: str) -> None:
 
 def to_rgba(im: Image.Image, what: str = "an image") -> Image.Image:
     """``im`` as RGBA, 16-bit grey scaled to 8 bits first (0-65535 to 0-255); ``ValueError`` for 32-bit grey."""
-    _check_mode(im.mode, what)
-    if im.mode.startswith("I;16"):  # I;16, I;16B, I;16L, I;16N: the byte order numpy reads from the mode
+    _check_mode(im.mode, what, im.format)
+    if _sixteen_bit(im.mode, im.format):  # I;16, I;16B, I;16L, I;16N (numpy reads the byte order from the mode), I
         grey = np.asarray(im).astype(np.float64) * (255 / 65535)
         im = Image.fromarray(np.round(grey).astype(np.uint8), "L")
     return im.convert("RGBA")
+
+
+def to_rgb(im: Image.Image, what: str = "an image") -> Image.Image:
+    """``im`` as RGB, transparency composited on white (``to_rgba`` first)."""
+    im = to_rgba(im, what)
+    rgb = Image.new("RGB", im.size, (255, 255, 255))
+    rgb.paste(im, mask=im.getchannel("A"))
+    return rgb
 
 
 def load_image(path: Path, size: int) -> torch.Tensor:
@@ -229,9 +242,7 @@ def load_image(path: Path, size: int) -> torch.Tensor:
     scaled to 8 bits: ``to_rgba``), resized on the short side and centre-cropped (diffusers' training
     transforms)."""
     with Image.open(path) as im:
-        im = to_rgba(im, str(path))
-        rgb = Image.new("RGB", im.size, (255, 255, 255))
-        rgb.paste(im, mask=im.getchannel("A"))
+        rgb = to_rgb(im, str(path))
     w, h = rgb.size
     scale = size / min(w, h)
     rgb = rgb.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)

@@ -197,21 +197,28 @@ def parse(answer: Any) -> dict[str, int]:
         return _scores(inner)
 
 
-# what begins an object where no JSON decodes: a quoted key, or a criterion as a key quoted either way or not
-# (``{'quality': 3`` and ``{quality: 3``, a correction in Python's or JavaScript's notation, are no prose)
+# what begins an object where no JSON decodes: a quoted key; or, in Python's or JavaScript's notation (``{'quality':
+# 3, ...}``, ``{quality: 3, ...}``, a correction, no prose), two criteria given integer-like values
 _QUOTED_KEY = re.compile(r'\s*"')
-_CRITERION_KEY = re.compile(r"""[{,\s]["']?(?:""" + "|".join(CRITERIA) + r""")["']?\s*:""")
+_CRITERION_VALUE = re.compile(  # a number alone as the value: ``{quality: 1-10, ...}``, a format echoed, is prose
+    r"""[{,\s]["']?(""" + "|".join(CRITERIA) + r""")["']?\s*:\s*["']?[-+]?\d+(?:\.\d+)?["']?\s*(?=[,}]|$)"""
+)
 _BRACE = re.compile(r"[{}]")
 
 
 def _begun(text: str, start: int) -> bool:
     """Whether the brace at ``start`` (where no JSON decodes) begins an object rather than sits in prose: a quoted
-    key follows it, or a criterion followed by ``:`` does before the next brace (a nested brace is asked itself;
-    an unclosed brace in prose before the answer does not hold the answer's keys)."""
+    key follows it, or two criteria with integer-like values do before its close, or before the end of the answer
+    where no brace follows (a cut-off correction). A brace in prose that opens before the answer and never closes,
+    or names criteria without scores (``{criterion: value}``, ``{tech: integer}``), is no object; a brace nested in
+    it is asked itself."""
     if _QUOTED_KEY.match(text, start + 1):
         return True
     brace = _BRACE.search(text, start + 1)
-    return _CRITERION_KEY.search(text, start, brace.start() if brace else len(text)) is not None
+    if brace is not None and brace.group() == "{":  # not closed before another opens: not an object of scores
+        return False
+    span = text[start : brace.start() if brace else len(text)]
+    return len(set(_CRITERION_VALUE.findall(span))) >= 2
 
 
 def _object_end(text: str, start: int) -> int:

@@ -168,12 +168,15 @@ def sheet_cells(
 
 
 def _open_rgb(path: Path):
-    """The image at ``path`` as RGB; None, with a warning, where it cannot be read."""
+    """The image at ``path`` as RGB, as the run's scoring reads one (16-bit grey scaled, transparency on white:
+    ``to_rgb``; ``convert`` clipped 16-bit grey near-white); None, with a warning, where it cannot be read."""
     from PIL import Image
+
+    from tasks.diffusion.data import to_rgb
 
     def read():
         with Image.open(path) as im:
-            return im.convert("RGB")
+            return to_rgb(im, str(path))
 
     return _or_warn(path, read)
 

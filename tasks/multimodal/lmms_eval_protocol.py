@@ -9,7 +9,9 @@ per-sample log and are scored by the harness's own rules, so the two protocols a
 example. With the hub, users name lmms-eval's own tasks (``mmbench_en_dev``, ``mme``, ``docvqa_val``...).
 
 lmms-eval is optional and must not replace the CPU torch: ``pip install --no-deps lmms-eval==0.7.3
-loguru tenacity`` (its declared requirements pull torchvision and a newer torch).
+loguru tenacity "filelock<4"`` (its declared requirements pull torchvision and a newer torch; 0.7.3 imports
+``filelock._api``, gone in filelock 4), beside the harness's ``.[test]`` extra, which holds those three and
+the ``datasets``, ``evaluate`` and ``sacrebleu`` it imports.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ try:
 except ImportError as exc:  # an optional extra: say how to get it without breaking the CPU torch
     raise ValueError(
         "the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "
+        '"filelock<4", beside pip install -e ".[test]" for the datasets, evaluate and sacrebleu it imports '
         f"(--no-deps keeps the CPU torch; see the README) [{exc}]"
     ) from None
 

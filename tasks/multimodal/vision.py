@@ -13,6 +13,7 @@ ImageNet mean and std.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.metadata
@@ -44,6 +45,17 @@ def tokens_per_image(size: int = IMAGE_SIZE) -> int:
 def _require(module: str) -> None:
     if importlib.util.find_spec(module) is None:
         raise ValueError(f"the embedded vision encoder needs the {module} package, which is missing: {INSTALL}")
+
+
+def _version(distribution: str) -> str:
+    """The installed version of ``distribution``; a one-line ``ValueError`` saying what to install where it is
+    missing (the weights package without the architecture's)."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        raise ValueError(
+            f"the embedded vision encoder needs the {distribution} package, which is missing: {INSTALL}"
+        ) from None
 
 
 def weights_path() -> Path:
@@ -94,9 +106,14 @@ def load_efficientnet_lite0(pretrained: bool = True, image_size: int = IMAGE_SIZ
     return EfficientNetEncoder(net, image_size)
 
 
-@functools.cache
 def provenance() -> dict[str, Any]:
-    """Package versions and the weights file's name, size and sha256 (hashed once per process)."""
+    """Package versions and the weights file's name, size and sha256 (hashed once per process); a fresh copy each
+    call, as records take it in and may change theirs."""
+    return copy.deepcopy(_provenance())
+
+
+@functools.cache
+def _provenance() -> dict[str, Any]:
     path = weights_path()
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -104,7 +121,7 @@ def provenance() -> dict[str, Any]:
             digest.update(chunk)
     return {
         "variant": VARIANT,
-        "packages": {name: importlib.metadata.version(name) for name in PACKAGES},
+        "packages": {name: _version(name) for name in PACKAGES},
         "weights_file": path.name,
         "weights_bytes": path.stat().st_size,
         "weights_sha256": digest.hexdigest(),
