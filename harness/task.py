@@ -228,16 +228,17 @@ class Task(ABC):
     @classmethod
     def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
         """Before any weights load: raise ``ValueError`` if ``model`` cannot be this task's model. By default its
-        config is read (a hub id or folder); a task that builds its own models (its own ``build_meta``) is asked
-        to build it on the ``meta`` device instead, with ``trust_remote_code`` where it takes it (passed, as to
-        ``build_meta``, only when the run has the flag and the method takes the parameter)."""
+        config is read (a hub id or folder) as the run reads it: a model with its own code (``auto_map``) is refused
+        without ``trust_remote_code``, as an unknown ``model_type`` is; a task that builds its own models (its own
+        ``build_meta``) is asked to build it on the ``meta`` device instead, with ``trust_remote_code`` where it
+        takes it (passed, as to ``build_meta``, only when the run has the flag and the method takes the parameter)."""
         if getattr(cls.build_meta, "__func__", None) is not Task.build_meta.__func__:
             cls.build_meta(model, **trust_kwargs(cls.build_meta, trust_remote_code))
             return
-        from harness.models import load_config_dict
+        from harness.models import check_transformers_config, load_config_dict
 
         try:
-            load_config_dict(model)
+            data = load_config_dict(model)
         except ValueError as exc:
             if _built_in(cls):  # a built-in task: the message says what to give
                 raise
@@ -245,6 +246,8 @@ class Task(ABC):
                 f"{exc} (task {cls.name!r} reads models as transformers configs; one that builds its own model "
                 "overrides Task.build_meta, or Task.check_model)"
             ) from None
+        # as the run's from_pretrained reads it: an auto_map without the flag failed there in three lines
+        check_transformers_config(model, data, trust_remote_code)
 
     @classmethod
     def check_weights_folder(cls, folder: Path) -> None:

@@ -163,11 +163,18 @@ class CausalLMRecipe(Recipe):
 
 def random_weights_parts(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(config, tokenizer) of a ``--random-weights`` causal LM, as ``load_causal_lm`` builds it; a ``ValueError``
-    where the config's vocabulary is smaller than the tokenizer (``models.random_weights_tokenizer``). ``harness
-    run`` asks before any run (its preflight), not run by run as each one loads the model."""
+    where the config's vocabulary is smaller than the tokenizer, or the model folder's tokenizer does not load
+    (``models.random_weights_tokenizer``)."""
     config = models.transformers_config(model, trust_remote_code=trust_remote_code)
     tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
     return config, tokenizer
+
+
+def check_random_weights(model: str, trust_remote_code: bool = False) -> None:
+    """``random_weights_parts``' checks, as ``harness run`` makes them before any run (its preflight) instead of
+    run by run as each one loads the model: the embedded tokenizer is not converted for it (~25 s)."""
+    config = models.transformers_config(model, trust_remote_code=trust_remote_code)
+    models.check_random_weights_vocab(model, getattr(config.get_text_config(), "vocab_size", None))
 
 
 def load_causal_lm(
@@ -182,15 +189,20 @@ def load_causal_lm(
         config, tokenizer = random_weights_parts(model, trust_remote_code)
         torch.manual_seed(seed)
         net = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
-        label = f"{models.label(model)} (random weights)"
+        label = f"{models.label(model, random_weights=True)} (random weights)"
     else:
         source = models.resolve(model)
         if Path(source).is_dir():
             check_tokenizer_files(Path(source))
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
+        except OSError as exc:  # a hub id offline, gated or gone: transformers says so in several lines
+            if not models.is_hub_id(model):
+                raise
+            raise models.hub_load_error(model, exc) from None
         label = models.label(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     net = net.to(device)
-    return Loaded(net, net, label, tokenizer)
+    return Loaded(net, net, label, tokenizer, {"dtype": str(dtype).removeprefix("torch.")})

@@ -303,7 +303,8 @@ CASES = [
     bad(  # was a failed record after loading, blaming a missing sentencepiece
         "model-folder-without-weights",
         run("--model", "{tmp}/cfgonly"),
-        r"model folder '.*cfgonly' holds no weights \(no \.safetensors, .*file\); give the folder with the model's",
+        r"model folder '.*cfgonly' holds no weights \(no model\.safetensors, pytorch_model\.bin or .*, nor shards of "
+        r"one\); give the folder with the model's",
         lambda tmp: (
             (tmp / "cfgonly").mkdir() or (tmp / "cfgonly" / "config.json").write_bytes((tmp / "tiny.json").read_bytes())
         ),
@@ -311,7 +312,8 @@ CASES = [
     bad(  # from_pretrained reads the folder itself: a trainer's checkpoint-*/ inside it is not its weights
         "model-folder-with-weights-only-in-a-checkpoint",
         run("--model", "{tmp}/trained"),
-        r"model folder '.*trained' holds no weights \(no \.safetensors, .*file; its checkpoint-5 folder\(s\) do: give "
+        r"model folder '.*trained' holds no weights \(no model\.safetensors, .* of one; its checkpoint-5 folder\(s\) "
+        r"do: give "
         r"one of those\)",
         lambda tmp: (
             (tmp / "trained" / "checkpoint-5").mkdir(parents=True),

@@ -55,3 +55,13 @@ def test_a_few_steps_lower_the_loss(method, smollm2):
     with torch.no_grad():
         after = model(**batch).loss.item()
     assert after < before - 0.1, (before, after)
+
+
+def test_the_embedded_tokenizer_has_as_many_tokens_as_the_shipped_config_says():
+    """``harness.models.check_random_weights_vocab`` takes the embedded tokenizer's size from the shipped config
+    (so that the checks before any run convert no GGUF): the two must agree."""
+    from transformers import AutoTokenizer
+
+    from harness.models import EMBEDDED, load_config_dict
+
+    assert len(AutoTokenizer.from_pretrained(embedded_folder())) == load_config_dict(EMBEDDED)["vocab_size"] == 49152

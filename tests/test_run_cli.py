@@ -171,6 +171,7 @@ def test_random_weights_builds_the_model_from_its_config(tmp_path, data_dir, tin
     assert code == 0, err[-2000:]
     [record] = records_in(runs)
     assert record["run"]["config"]["random_weights"] and "(random weights)" in record["run"]["config"]["model_label"]
+    assert record["run"]["config"]["model_info"]["dtype"] == "float32"  # a GPU computes in bfloat16
     assert record["train"]["base_params"] == sum(
         p.numel()
         for p in __import__("transformers").LlamaForCausalLM(LlamaConfig.from_pretrained(tiny_model)).parameters()

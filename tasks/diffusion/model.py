@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from harness import models
 from harness.atomic import write_text
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -135,22 +136,23 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-# the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
-# the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
-HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
-
-
 def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Pipeline:
-    """A diffusers Stable Diffusion folder, or a hub id (``runwayml/stable-diffusion-v1-5``), part by part."""
+    """A diffusers Stable Diffusion folder, or a hub id (``runwayml/stable-diffusion-v1-5``, read where it lives now:
+    ``harness.models.HUB_MOVED``), part by part."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    src = HUB_MOVED.get(str(folder), str(folder))
-    unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype)
-    vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)
-    text = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype)
-    tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
-    scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
+    src = models.HUB_MOVED.get(str(folder), str(folder))
+    try:
+        unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)
+        text = CLIPTextModel.from_pretrained(src, subfolder="text_encoder", torch_dtype=dtype)
+        tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
+        scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
+    except OSError as exc:  # a hub id offline, gated or gone: the libraries say so in several lines
+        if not models.is_hub_id(str(folder)):
+            raise
+        raise models.hub_load_error(str(folder), exc) from None
     return Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
 
 

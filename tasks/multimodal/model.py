@@ -344,7 +344,7 @@ def build_paper(
     ``offline_llava_processor`` over ``tokenizer`` (default: the embedded SmolLM2 tokenizer)."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
-    from harness.models import embedded_folder, load_config_dict
+    from harness.models import _brief, embedded_folder, hub_load_error, is_hub_id, load_config_dict
 
     processor = None
     if tokenizer is None or not random_weights:  # random weights never download: a local or cached processor only
@@ -352,9 +352,9 @@ def build_paper(
             processor = AutoProcessor.from_pretrained(source, local_files_only=random_weights)
         except (OSError, ValueError) as exc:
             if not random_weights:
-                raise ValueError(
-                    f"no processor for {source!r} ({type(exc).__name__}: {exc}); give a local LLaVA folder"
-                ) from None
+                if isinstance(exc, OSError) and is_hub_id(source):  # offline, gated: transformers' several lines
+                    raise hub_load_error(source, exc) from None
+                raise ValueError(f"no processor for {source!r} ({_brief(exc)}); give a local LLaVA folder") from None
     if random_weights:
         data = config if config is not None else load_config_dict(source)
         if processor is None:
@@ -368,8 +368,10 @@ def build_paper(
         try:
             model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
         except OSError as exc:
+            if is_hub_id(source):
+                raise hub_load_error(source, exc) from None
             raise ValueError(
-                f"cannot load {source!r} ({exc}); give a local folder or use random_weights=True"
+                f"cannot load {source!r} ({_brief(exc)}); give a local folder or use random_weights=True"
             ) from None
     processor.tokenizer.padding_side = "left"
     model.requires_grad_(False)  # frozen, lm_head too (outside the language model the adapters attach to)

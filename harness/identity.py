@@ -1,0 +1,115 @@
+"""Which weights a local model folder holds: a digest of its weight and config files, so that a run's record says
+which weights produced it and a finished run is not taken for a run of other weights put in the same folder.
+
+The run id hashes the ``--model`` string only (a folder's name, a hub id); the data files are named by their
+sha256, and so, here, are a local model folder's files. A file is hashed once: its sha256 is cached (under
+``harness.models.cache_dir()``) by its path, size, mtime, ctime and inode, so a 16 GB model is read at its first run
+only. Hub ids and ``embedded`` are identified otherwise (a hub id's revision, the embedded package's version).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from harness.atomic import write_json
+
+CHUNK = 1 << 20  # bytes hashed at a time: a 16 GB file never sits in memory
+# what from_pretrained reads besides the weights (WEIGHT_FILES): a sharded model's index, the configs (a diffusers
+# pipeline's model_index.json and each component's config.json)
+CONFIG_FILES = ("*.index.json", "config.json", "model_index.json")
+CACHE_FILE = "digests.json"
+CACHE_VERSION = 1
+
+
+def model_digest(model: str) -> dict[str, Any] | None:
+    """``{"weights_sha256": hex, "files": n}`` for a local model folder (a ``--model`` that is a folder, as
+    ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath sha256"`` lines, one per weight or
+    config file in it or its subfolders (the walk ``harness.runner.has_weights`` makes: symlinked subfolders
+    followed once, a ``checkpoint-*`` subfolder left out). ``None`` for a hub id or ``embedded``."""
+    from harness.models import EMBEDDED
+
+    folder = Path(model).expanduser()
+    if model == EMBEDDED or not folder.is_dir():
+        return None
+    files = _model_files(folder)
+    cache = _read_cache()
+    changed = False
+    lines = []
+    for rel, path in files:
+        digest, new = _file_sha256(path, cache)
+        changed |= new
+        lines.append(f"{rel} {digest}\n")
+    if changed:
+        _write_cache(cache)
+    return {"weights_sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "files": len(lines)}
+
+
+def _model_files(folder: Path) -> list[tuple[str, Path]]:
+    """(relative path with "/", path) of each weight or config file under ``folder``, sorted by the former."""
+    from harness.runner import WEIGHT_FILES  # here: the runner imports this module
+
+    patterns = (*WEIGHT_FILES, *CONFIG_FILES)
+    seen: set[str] = set()
+    found = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:  # a symlink loop, or a folder reached twice
+            dirs.clear()
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
+        for name in names:
+            path = Path(root) / name
+            if any(fnmatch.fnmatch(name, p) for p in patterns) and path.is_file():
+                found.append((path.relative_to(folder).as_posix(), path))
+    return sorted(found)
+
+
+def _file_sha256(path: Path, cache: dict[str, Any]) -> tuple[str, bool]:
+    """(sha256 of ``path``'s bytes, whether it was hashed now); the cache's entry when the file's path, size, mtime,
+    ctime and inode are as they were (a rewrite of the same size whose mtime was put back still moves the ctime)."""
+    real = os.path.realpath(path)  # a hub snapshot's links: the blob
+    st = os.stat(real)
+    key = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "inode": st.st_ino}
+    entry = cache.get(real)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in key} == key and isinstance(entry.get("sha256"), str):
+        return entry["sha256"], False
+    h = hashlib.sha256()
+    with open(real, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    cache[real] = key | {"sha256": h.hexdigest()}
+    return h.hexdigest(), True
+
+
+def _cache_path() -> Path:
+    from harness.models import cache_dir
+
+    return cache_dir() / CACHE_FILE
+
+
+def _read_cache() -> dict[str, Any]:
+    """The cached file digests by real path; empty when there are none or the file is not one this reads (a
+    corrupt cache costs a re-hash, never a run)."""
+    try:
+        data = json.loads(_cache_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != CACHE_VERSION or not isinstance(data.get("files"), dict):
+        return {}
+    return data["files"]
+
+
+def _write_cache(files: dict[str, Any]) -> None:
+    """Best effort: a cache that cannot be written costs a re-hash at the next run, not this run. Two processes
+    writing at once: each keeps what the other wrote before it read the file again; a race lost costs a re-hash."""
+    path = _cache_path()
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"version": CACHE_VERSION, "files": _read_cache() | files})  # another's entries meanwhile
