@@ -220,6 +220,22 @@ def load_contenders(config: BenchConfig) -> tuple[str, torch.device, list[Conten
     return label, device, build_contenders(config, model, list(config.methods), device)[1]
 
 
+def load_contenders_or_exit(config: BenchConfig, parser: Any) -> tuple[str, torch.device, list[Contender]]:
+    """``load_contenders`` for a script: what only loading finds (``--layers`` without ``--random-weights``, a model
+    that is not there) ends it through ``parser.error`` in one line, naming ``--model`` where the model did not load
+    (transformers' hub errors name no flag, and span lines); ``HARNESS_DEBUG`` gives the traceback, as the CLI does."""
+    from harness.cli import _debug
+
+    try:
+        return load_contenders(config)
+    except (ValueError, OSError) as exc:
+        if _debug():
+            raise
+        why = " ".join(str(exc).split())
+        parser.error(f"--model {config.model!r} cannot be loaded ({why})" if isinstance(exc, OSError) else why)
+        raise  # parser.error exits; this line only tells type checkers so
+
+
 def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:
     ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)

@@ -14,6 +14,7 @@ import fnmatch
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ CACHE_VERSION = 1
 def model_digest(model: str) -> dict[str, Any] | None:
     """``{"weights_sha256": hex, "files": n}`` for a local model folder (a ``--model`` that is a folder, as
     ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath sha256"`` lines, one per weight or
-    config file in it or its subfolders (the walk ``harness.runner.has_weights`` makes: symlinked subfolders
+    config file in it or its subfolders (``walk_model_folder``, as ``harness.runner.has_weights``: symlinked subfolders
     followed once, a ``checkpoint-*`` subfolder left out). ``None`` for a hub id or ``embedded``."""
     from harness.models import EMBEDDED
 
@@ -55,20 +56,29 @@ def _model_files(folder: Path) -> list[tuple[str, Path]]:
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
     patterns = (*WEIGHT_FILES, *CONFIG_FILES)
-    seen: set[str] = set()
     found = []
+    for root, names in walk_model_folder(folder):
+        for name in names:
+            path = root / name
+            if any(fnmatch.fnmatch(name, p) for p in patterns) and path.is_file():
+                found.append((path.relative_to(folder).as_posix(), path))
+    return sorted(found)
+
+
+def walk_model_folder(folder: Path) -> Iterator[tuple[Path, list[str]]]:
+    """(folder, its file names) for ``folder`` and its subfolders as ``from_pretrained`` sees a model folder:
+    symlinked subfolders followed (a diffusers pipeline may link its ``unet/``), each once (a symlink loop, or a
+    folder reached twice, skipped); a training checkpoint's ``checkpoint-*/`` subfolder left out (``from_pretrained``
+    reads the folder itself, not a checkpoint inside it)."""
+    seen: set[str] = set()
     for root, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
-        if real in seen:  # a symlink loop, or a folder reached twice
+        if real in seen:
             dirs.clear()
             continue
         seen.add(real)
         dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
-        for name in names:
-            path = Path(root) / name
-            if any(fnmatch.fnmatch(name, p) for p in patterns) and path.is_file():
-                found.append((path.relative_to(folder).as_posix(), path))
-    return sorted(found)
+        yield Path(root), names
 
 
 def _file_sha256(path: Path, cache: dict[str, Any]) -> tuple[str, bool]:

@@ -29,7 +29,7 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.identity import model_digest
+from harness.identity import model_digest, walk_model_folder
 from harness.records import (
     FIRST_METHOD_VERSION,
     PREDICTIONS,
@@ -1000,17 +1000,7 @@ def has_weights(folder: Path) -> bool:
     """Whether ``folder`` or a subfolder holds a weights file (``WEIGHT_FILES``), following symlinked subfolders
     (a diffusers pipeline may link its ``unet/``) once each; a training checkpoint's ``checkpoint-*/`` subfolder
     does not count: ``from_pretrained`` reads the folder itself, not a checkpoint inside it."""
-    seen: set[str] = set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(root)
-        if real in seen:  # a symlink loop, or a folder reached twice
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
-        if any(fnmatch.fnmatch(f, w) for f in files for w in WEIGHT_FILES):
-            return True
-    return False
+    return any(fnmatch.fnmatch(f, w) for _, files in walk_model_folder(folder) for f in files for w in WEIGHT_FILES)
 
 
 def _failed_columns(record: dict[str, Any]) -> str:

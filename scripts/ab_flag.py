@@ -26,9 +26,9 @@ from torch import nn
 
 from harness import fastpath
 from harness.adapter import AdapterLinear
-from harness.bench import BenchConfig, alternate, load_contenders
+from harness.bench import BenchConfig, alternate, load_contenders_or_exit
 from harness.bench_report import FLOOR
-from harness.cli import CliError, _debug, method_options, split_names
+from harness.cli import CliError, method_options, split_names
 from harness.registry import METHODS
 from harness.stats import median_interval
 
@@ -88,13 +88,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    try:  # what only loading finds (--layers without --random-weights, a model that is not there): one line
-        label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
-    except (ValueError, OSError) as exc:
-        if _debug():  # HARNESS_DEBUG: the traceback, as the harness CLI gives it
-            raise
-        why = " ".join(str(exc).split())  # transformers' hub errors span lines
-        parser.error(f"--model {args.model!r} cannot be loaded ({why})" if isinstance(exc, OSError) else why)
+    label, device, contenders = load_contenders_or_exit(config, parser)  # under harness bench's malloc setting
     default = getattr(fastpath, args.flag)
     switched = f"{args.flag}={not default}"
 

@@ -18,8 +18,8 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from harness.bench import BenchConfig, load_contenders
-from harness.cli import CliError, _debug, split_names
+from harness.bench import BenchConfig, load_contenders_or_exit
+from harness.cli import CliError, split_names
 from harness.registry import METHODS
 
 
@@ -61,13 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (CliError, ValueError) as exc:
         parser.error(str(exc))
-    try:  # what only loading finds (--layers without --random-weights, a model that is not there): one line
-        label, device, contenders = load_contenders(config)  # under harness bench's malloc setting
-    except (ValueError, OSError) as exc:
-        if _debug():  # HARNESS_DEBUG: the traceback, as the harness CLI gives it
-            raise
-        why = " ".join(str(exc).split())  # transformers' hub errors span lines
-        parser.error(f"--model {args.model!r} cannot be loaded ({why})" if isinstance(exc, OSError) else why)
+    label, device, contenders = load_contenders_or_exit(config, parser)  # under harness bench's malloc setting
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])

@@ -131,6 +131,23 @@ def test_training_lowers_the_loss_and_records_what_it_did(method, char_tokenizer
         assert set(result.params_updated) == {adapter.num_trainable_params}
 
 
+def _crash_at_step_3(crashed, char_tokenizer, out_dir) -> None:
+    """Train ``crashed`` (an attached adapter) into ``out_dir`` until a power cut as step 3 begins: the checkpoint
+    of step 2 is left, as after a crash."""
+    real_hook = crashed.on_step_begin
+
+    def crash_at_step_3(step, val_loss_fn):
+        if step == 3:
+            raise RuntimeError("power cut")
+        real_hook(step, val_loss_fn)
+
+    crashed.on_step_begin = crash_at_step_3
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(
+            crashed.model, text_recipe(char_tokenizer, CONFIG), crashed, EXAMPLES, VAL, CONFIG, out_dir, progress=False
+        )
+
+
 def test_resume_continues_exactly_where_it_stopped(method, char_tokenizer, tmp_path):
     def fresh():  # with dropout and the Reducer: every random state and the scores must come back
         torch.manual_seed(0)
@@ -148,26 +165,7 @@ def test_resume_continues_exactly_where_it_stopped(method, char_tokenizer, tmp_p
         progress=False,
     )
 
-    crashed = fresh()
-    real_hook = crashed.on_step_begin
-
-    def crash_at_step_3(step, val_loss_fn):
-        if step == 3:
-            raise RuntimeError("power cut")
-        real_hook(step, val_loss_fn)
-
-    crashed.on_step_begin = crash_at_step_3
-    with pytest.raises(RuntimeError, match="power cut"):
-        train(
-            crashed.model,
-            text_recipe(char_tokenizer, CONFIG),
-            crashed,
-            EXAMPLES,
-            VAL,
-            CONFIG,
-            tmp_path / "b",
-            progress=False,
-        )
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "b")
     saved = torch.load(tmp_path / "b" / CHECKPOINT, weights_only=False)["state"]
     assert saved["step"] == 2 and len(saved["memory"]["samples"]) == 2 * CONFIG.grad_accum  # carried on resume
     resumed = fresh()
@@ -456,19 +454,7 @@ def test_a_resumed_run_does_not_hold_its_checkpoint_while_it_trains(char_tokeniz
         torch.manual_seed(0)
         return attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
 
-    crashed = fresh()
-    real_hook = crashed.on_step_begin
-
-    def crash_at_step_3(step, val_loss_fn):
-        if step == 3:
-            raise RuntimeError("power cut")
-        real_hook(step, val_loss_fn)
-
-    crashed.on_step_begin = crash_at_step_3
-    with pytest.raises(RuntimeError, match="power cut"):
-        train(
-            crashed.model, text_recipe(char_tokenizer, CONFIG), crashed, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
-        )
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path)
     payload: list[weakref.ref] = []
     real_read = train_module._read_checkpoint
 
