@@ -54,6 +54,17 @@ EXAMPLES = """examples:
 """
 
 
+# (flag, BenchConfig field, least value): the shape and counts a bench is given
+BOUNDS = (
+    ("--batch", "batch_size", 1),
+    ("--seq", "seq_len", 2),
+    ("--rounds", "rounds", 1),
+    ("--warmup", "warmup", 0),
+    ("--eval-limit", "eval_limit", 1),
+    ("eval_batch_size", "eval_batch_size", 1),  # no flag: the Python API's
+)
+
+
 @dataclass(frozen=True)
 class BenchConfig:
     model: str = "embedded"
@@ -80,11 +91,10 @@ class BenchConfig:
     out: str = "runs/bench"  # not results/: its committed tables are rewritten only when asked (--out results)
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "rounds", "eval_limit", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
-        if self.seq_len < 2 or self.warmup < 0:
-            raise ValueError(f"seq_len must be >= 2 and warmup >= 0 (got {self.seq_len}, {self.warmup})")
+        # named by the flags that set them (harness bench's, and the timing scripts' alike), not the fields
+        for flag, name, least in BOUNDS:
+            if getattr(self, name) < least:
+                raise ValueError(f"{flag} must be >= {least} (got {getattr(self, name)})")
         if self.layers is not None and self.layers < 1:
             raise ValueError(f"--layers must be >= 1 (got {self.layers}); leave it out for the model's own depth")
         if self.threads is not None and self.threads < 1:

@@ -66,13 +66,6 @@ def main(argv: list[str] | None = None) -> None:
         for name in methods:
             METHODS.get(name)
         options = method_options(args)
-        # the flags by their names here: BenchConfig's own check names its fields (seq_len, batch_size)
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1 (got {args.batch})")
-        if args.seq < 2:
-            raise ValueError(f"--seq must be >= 2 (got {args.seq})")
-        if args.rounds < 1:
-            raise ValueError(f"--rounds must be >= 1 (got {args.rounds})")
         config = BenchConfig(
             model=args.model,
             random_weights=args.random_weights,

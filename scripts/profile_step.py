@@ -42,11 +42,6 @@ def main(argv: list[str] | None = None) -> None:
             METHODS.get(name)
         if args.steps < 1:
             raise ValueError(f"--steps must be >= 1 (got {args.steps})")
-        # the flags by their names here: BenchConfig's own check names its fields (seq_len, batch_size)
-        if args.batch < 1:
-            raise ValueError(f"--batch must be >= 1 (got {args.batch})")
-        if args.seq < 2:
-            raise ValueError(f"--seq must be >= 2 (got {args.seq})")
         config = BenchConfig(
             model=args.model,
             random_weights=args.random_weights,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import runpy
 import statistics
 from dataclasses import replace
@@ -146,6 +147,11 @@ def test_bench_rejects_bad_settings_with_the_fix():
         BenchConfig(reducer=("fast:2",))
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         BenchConfig(rounds=0)
+    # named by harness bench's flags (and the timing scripts'), not the fields: "seq_len must be >= 2 and warmup
+    # >= 0 (got -5, 1)" named neither the flag nor which of the two was wrong
+    for field, value, said in (("seq_len", -5, "--seq must be >= 2 (got -5)"), ("warmup", -1, "--warmup must be >= 0")):
+        with pytest.raises(ValueError, match=re.escape(said)):
+            BenchConfig(**{field: value})
     with pytest.raises(ValueError, match=r"unknown method 'lorra'.*did you mean 'lora'"):
         run_bench(BenchConfig(methods=("lorra",), protocols=()), model=tiny_llama())
 
