@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import functools
 import hashlib
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from harness.atomic import write_json
 
-CHUNK = 1 << 20  # bytes hashed at a time: a 16 GB file never sits in memory
+CHUNK = 1 << 24  # bytes hashed at a time: a 16 GB file never sits in memory
 # what from_pretrained reads besides the weights (WEIGHT_FILES): a sharded model's index, the configs (a diffusers
 # pipeline's model_index.json and each component's config.json)
 CONFIG_FILES = ("*.index.json", "config.json", "model_index.json")
@@ -90,12 +91,30 @@ def _file_sha256(path: Path, cache: dict[str, Any]) -> tuple[str, bool]:
     entry = cache.get(real)
     if isinstance(entry, dict) and {k: entry.get(k) for k in key} == key and isinstance(entry.get("sha256"), str):
         return entry["sha256"], False
+    digest = sha256_file(real)
+    cache[real] = key | {"sha256": digest}
+    return digest, True
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 of the file at ``path``, read in ``CHUNK``s (a 16 GB file never sits in memory)."""
     h = hashlib.sha256()
-    with open(real, "rb") as f:
+    with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
-    cache[real] = key | {"sha256": h.hexdigest()}
-    return h.hexdigest(), True
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """``sha256_file``, once a process for a file that stays the same (its resolved path, size, mtime and ctime):
+    a large file read again and again (the embedded GGUF, the HPS v2 checkpoint) is hashed once."""
+    st = path.stat()
+    return _sha256_while_unchanged(str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.cache
+def _sha256_while_unchanged(path: str, size: int, mtime_ns: int, ctime_ns: int) -> str:
+    return sha256_file(path)
 
 
 def _cache_path() -> Path:

