@@ -624,6 +624,7 @@ def _execute(
     if info:
         record["run"]["config"]["model_info"] = info
     if spec.method != BASELINE:
+        settings = flops_settings(spec, loaded)  # before the adapter: its parameters are not the model's
         torch.manual_seed(spec.seed)  # adapter init
         adapter = attach(loaded.root, spec.method, **spec.method_options)
         adapter.use_fast_path(bool(spec.extra.get("fast_path")))  # off unless asked: see harness/adapter.py
@@ -632,7 +633,7 @@ def _execute(
         # can be counted; if not, the run still trains and the record says why FLOPs are missing
         probe_shape = recipe.shape(recipe.collate([recipe.encode(train_set[0])]))
         fast = bool(spec.extra.get("fast_path"))
-        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe, fast)
+        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe, fast, settings)
         with ctx.stop.training():
             result = train(
                 loaded.model,
@@ -649,7 +650,7 @@ def _execute(
                 code=_code(spec),
             )
         if ctx.is_main:
-            record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe)
+            record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)
     record["run"]["config"]["data"] = task.describe()  # after splits(): includes the training files used
     if ctx.is_main:  # one process scores; the others wait at the barrier in run_one
         loaded.model.eval()
@@ -661,11 +662,49 @@ def _execute(
         record["eval_s"] = round(time.perf_counter() - began, 3)
 
 
+# the FLOP counts this process has made: a sweep counts LoRA's reference step at the same settings for every
+# method and seed, and each seed's run of a method the same step again (seconds each on the meta device; a
+# UNet's thousands of small ops most). A count is a function of what its key holds, and of nothing else: the
+# run's settings but its seed and method (``flops_settings``), the method's class and config, the shapes, the
+# path, and the code that counts (the counter, the task's replica and recipe); any of them new is a new count
+_FLOPS_COUNTED: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
+def flops_settings(spec: RunSpec, loaded: Loaded) -> tuple[Any, ...]:
+    """What a run's FLOP counts depend on besides the method and the step's shapes: its settings except the seed
+    and the method (the model, task options, training settings, path), and the loaded model's parameters'
+    names, shapes and dtypes (a folder whose model changed within the process counts afresh); taken before an
+    adapter attaches."""
+    settings = spec.to_dict()
+    for name in ("seed", "method", "method_options"):
+        settings.pop(name)
+    parameters = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in loaded.model.named_parameters())
+    return json.dumps(settings, sort_keys=True, default=str), type(loaded.model), parameters
+
+
 def _count_flops(
-    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast_path: bool
+    task: Task,
+    loaded: Loaded,
+    method: str,
+    config: Any,
+    shapes: list[list[int]],
+    recipe: Recipe,
+    fast_path: bool,
+    settings: tuple[Any, ...] | None = None,
 ) -> dict[str, Any]:
+    """``step_flops`` of the run, or why it could not be counted; with ``settings`` (``flops_settings``), a count
+    this process made before at the same key is taken again (a failure is counted again, and says so again)."""
+    key = None
+    if settings is not None:
+        code = (step_flops, type(task), type(task).meta_replica, type(recipe), METHODS.get(method))
+        key = (settings, code, repr(config), tuple(tuple(s) for s in shapes), fast_path)
+        if key in _FLOPS_COUNTED:
+            return copy.deepcopy(_FLOPS_COUNTED[key])
     try:
-        return step_flops(task.meta_replica(loaded), method, config, shapes, recipe, fast_path)
+        counted = step_flops(task.meta_replica(loaded), method, config, shapes, recipe, fast_path)
+        if key is not None:
+            _FLOPS_COUNTED[key] = copy.deepcopy(counted)
+        return counted
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
         reason = f"{type(exc).__name__}: {exc}"
         print(
@@ -677,19 +716,27 @@ def _count_flops(
 
 
 def flops_record(
-    task: Task, loaded: Loaded, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast: bool
+    task: Task,
+    loaded: Loaded,
+    method: str,
+    config: Any,
+    shapes: list[list[int]],
+    recipe: Recipe,
+    fast: bool,
+    settings: tuple[Any, ...] | None = None,
 ) -> dict[str, Any]:
     """A record's ``train.flops_per_step``: one optimizer step of ``method`` at ``shapes`` (every micro-batch),
     the adapters' share of it, and LoRA's total at the same settings; or why it could not be counted, with the
-    shapes (``micro_batches`` without counts) that ``recount_flops`` counts once it can."""
-    flops = _count_flops(task, loaded, method, config, shapes, recipe, fast)
+    shapes (``micro_batches`` without counts) that ``recount_flops`` counts once it can. ``settings``: as
+    ``_count_flops`` takes them (a recount leaves them out: it counts afresh)."""
+    flops = _count_flops(task, loaded, method, config, shapes, recipe, fast, settings)
     if "status" in flops:  # the shapes kept, uncounted: recount_flops counts them once the replica can run
         return flops | {"micro_batches": [{"shape": list(s)} for s in shapes]}
     reference = METHODS.get(REFERENCE_METHOD).config_cls(**_common(config))
     # the run's own count is LoRA's only without a Reducer: the reference never has one (``_common``), and a
     # reduced LoRA's step (unselected layers frozen) is not the plain LoRA step it is compared with
     own = method == REFERENCE_METHOD and getattr(config, "reducer", None) is None
-    lora = flops if own else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast)
+    lora = flops if own else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast, settings)
     return {
         "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
         "total": flops["total"],
@@ -757,7 +804,15 @@ def spec_from_record(record: dict[str, Any]) -> RunSpec:
 
 
 def _train_record(
-    spec: RunSpec, adapter, result, run_dir: Path, probe: dict[str, Any], task: Task, loaded: Loaded, recipe: Recipe
+    spec: RunSpec,
+    adapter,
+    result,
+    run_dir: Path,
+    probe: dict[str, Any],
+    task: Task,
+    loaded: Loaded,
+    recipe: Recipe,
+    settings: tuple[Any, ...] | None = None,
 ) -> dict[str, Any]:
     """What training measured; saved adapter first, so nothing after it can lose the trained weights."""
     adapter_dir = adapter.save(run_dir / "adapter")
@@ -768,7 +823,9 @@ def _train_record(
     if "status" in probe:  # the probe could not count it: the step's shapes kept uncounted, for recount_flops
         flops = probe | {"micro_batches": [{"shape": list(s)} for s in result.first_step_shapes]}
     else:
-        flops = flops_record(task, loaded, spec.method, adapter.config, result.first_step_shapes, recipe, fast)
+        flops = flops_record(
+            task, loaded, spec.method, adapter.config, result.first_step_shapes, recipe, fast, settings
+        )
     hooks = hook_flops_record(
         task, loaded, spec.method, adapter.config, result.hook_val_forwards, recipe, fast, result.steps
     )

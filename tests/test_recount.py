@@ -290,3 +290,43 @@ def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_witho
     )
     summary = runpy.run_path(str(ROOT / "scripts" / "recount_flops.py"))["summary"]
     assert summary([left]) == 1 and "1 of them with FLOPs that could not be counted here" in capsys.readouterr().out
+
+
+def test_a_sweep_counts_each_step_once_and_what_it_took_again_is_what_a_fresh_count_gives(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """A count made before in the process at the same settings is taken again (LoRA's reference step for every
+    method and seed, a method's step for every seed): each (method, config, shapes) is counted once, a setting
+    that changes the step (the rank) counts afresh, and every record holds what counting it afresh gives."""
+    import harness.runner as runner
+
+    counted: list[tuple[str, str, str]] = []
+    real = runner.step_flops
+
+    def step_flops(replica, method, config, shapes, recipe, fast_path=False):
+        counted.append((method, repr(config), repr(shapes)))
+        return real(replica, method, config, shapes, recipe, fast_path)
+
+    monkeypatch.setattr(runner, "step_flops", step_flops)
+    monkeypatch.setattr(runner, "_FLOPS_COUNTED", {})
+    runs = tmp_path / "runs"
+    common = {"model": str(tiny_model), "random_weights": True, "train_overrides": {"steps": 1}}
+    specs = build_specs("commonsense", ["lora", "moslora"], [0, 1], "smoke", **common, task_overrides={"eval_limit": 2})
+    records = run_all(specs, runs, str(data_dir), progress=False)
+    assert [r["run"]["status"] for r in records] == ["success"] * 4
+    asked = 2 * 2 + 2 * 3  # each run's probe and step, and moslora's LoRA reference
+    assert len(counted) == len(set(counted)) < asked, counted
+    before = len(counted)
+    [other] = run_all(
+        build_specs(
+            "commonsense", ["lora"], [0], "smoke", **common, method_options={"r": 4}, task_overrides={"eval_limit": 2}
+        ),
+        runs,
+        str(data_dir),
+        progress=False,
+    )
+    assert other["run"]["status"] == "success" and len(counted) == before + 2  # its probe and its step, anew
+    assert other["train"]["flops_per_step"]["total"] != records[0]["train"]["flops_per_step"]["total"]
+    monkeypatch.undo()  # the real counter, and no counts kept: recount_flops counts every record afresh
+    again = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert len(again) == 5 and not any(c["rewritten"] for c in again), again
