@@ -85,6 +85,24 @@ def char_tokenizer() -> CharTokenizer:
     return CharTokenizer()
 
 
+def harness_here(capfd, *args: str):
+    """``harness *args`` through ``harness.cli.main`` in this process (no new interpreter importing torch and
+    transformers: ~4 s each), as ``subprocess.run`` would report it: exit status, stdout and stderr read at the
+    file descriptors. An exception main lets through fails the test with its traceback, as the user would see
+    it; argparse's exits are exit statuses."""
+    import subprocess
+
+    from harness.cli import main
+
+    capfd.readouterr()
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(["harness", *args], code, out, err)
+
+
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
 
 

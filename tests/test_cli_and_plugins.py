@@ -15,7 +15,7 @@ import torch
 from harness import METHODS
 from harness.cli import main
 from harness.registry import Registry
-from tests.conftest import tiny_llama
+from tests.conftest import harness_here, tiny_llama
 
 # spec/methods.md "Reference counts": Meta-Llama-3-8B, r=16, targets q,k,v,up,down, m=4
 REFERENCE = {
@@ -115,10 +115,17 @@ def test_params_from_a_local_config(tmp_path, capsys):
         (["--plugin", "missing_plugin.py", "list", "methods"], "plugin file 'missing_plugin.py' not found"),
     ],
 )
-def test_bad_input_is_one_line_without_traceback(args, message):
-    result = run_cli(*args)
+def test_bad_input_is_one_line_without_traceback(args, message, capfd):
+    """In this process (``harness_here``); the test below runs the first case as a command."""
+    result = harness_here(capfd, *args)
     assert result.returncode == 2
     assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_bad_input_in_a_new_process_is_one_line_without_traceback():
+    result = run_cli("params", "--methods", "lora,lroa", "--model", "meta-llama/Meta-Llama-3-8B")
+    assert result.returncode == 2 and "unknown method 'lroa' (did you mean 'lora'?)" in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -139,17 +146,22 @@ class HalfLoraLinear(LoraLinear):
 """
 
 
-def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path):
+def test_a_plugin_file_adds_a_method_to_the_cli(tmp_path, capfd, plugin_sandbox):
+    """As a command, then in this process (``plugin_sandbox`` undoes its loading)."""
     plugin = tmp_path / "half_lora.py"
     plugin.write_text(PLUGIN.format(name="half_lora"))
     listed = run_cli("--plugin", str(plugin), "list", "methods")
     assert listed.returncode == 0 and "half_lora" in listed.stdout
-    counted = run_cli(
-        "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "half_lora", "--json"
+    counted = harness_here(
+        capfd,
+        *("--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "half_lora"),
+        "--json",
     )
     assert json.loads(counted.stdout)[0]["trainable"] == REFERENCE["lora"][0]
     # given twice, or after the command: loaded once, and the command still parses
-    again = run_cli("--plugin", str(plugin), "params", "--plugin", str(plugin), "--methods", "half_lora", "--json")
+    again = harness_here(
+        capfd, "--plugin", str(plugin), "params", "--plugin", str(plugin), "--methods", "half_lora", "--json"
+    )
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)[0]["method"] == "half_lora"
 
@@ -276,14 +288,14 @@ def test_a_local_tasks_module_that_hides_the_built_ins_is_named(tmp_path):
     assert "a 'tasks' module at" in result.stderr and "hides lora-harness's built-in tasks" in result.stderr
 
 
-def test_list_methods_shows_every_registered_one():
-    result = run_cli("list", "methods")
+def test_list_methods_shows_every_registered_one(capfd):
+    result = harness_here(capfd, "list", "methods")
     assert result.returncode == 0
     assert [line.split()[0] for line in result.stdout.splitlines()] == sorted(METHODS.names())
 
 
-def test_help_has_examples():
-    result = run_cli("--help")
+def test_help_has_examples(capfd):
+    result = harness_here(capfd, "--help")
     assert "harness params --model meta-llama/Meta-Llama-3-8B" in result.stdout
 
 
@@ -312,13 +324,13 @@ def test_a_plugins_code_is_recorded_imports_its_neighbours_and_a_changed_one_is_
     args = ["--plugin", str(plugin), "run", "--methods", "half_lora", "--task", "commonsense", "--preset", "smoke",
             "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir),
             "--runs-dir", str(tmp_path / "runs"), "--no-leaderboard", "--quiet"]  # fmt: skip
-    # the first run here, in this process (plugin_sandbox undoes the loading); the runs below: new processes
+    # the first two runs here, in this process (plugin_sandbox undoes the loading); the edited: new processes
     assert main(args) == 0, capfd.readouterr().err[-2000:]
     [path] = (tmp_path / "runs").glob("*/record.json")
     record = json.loads(path.read_text())
     sha = hashlib.sha256(b"half_lora.py\0" + plugin.read_bytes() + b"half_helpers.py\0" + b"NAME = 'half_lora'\n")
     assert record["env"]["plugins"] == [{"file": "half_lora.py", "sha256": sha.hexdigest()}]  # it and its neighbour
-    assert "done already" in run_cli(*args).stdout  # the same code: done
+    assert "done already" in harness_here(capfd, *args).stdout  # the same code: done
     for edited in (tmp_path / "half_helpers.py", plugin):  # the module beside it, then the plugin itself
         edited.write_text(edited.read_text() + "\n# changed\n")
         changed = run_cli(*args)

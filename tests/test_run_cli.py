@@ -13,6 +13,7 @@ import pytest
 
 from harness import METHODS, memory
 from harness.records import read_record
+from tests.conftest import harness_here
 
 AVAILABLE = ", ".join(METHODS.names())  # every registered method: a new one changes no case
 
@@ -65,8 +66,8 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
 
     assert main(args) == 0, capfd.readouterr().err[-2000:]  # in this process: no new interpreter and torch (~4 s)
     assert {r["run"]["id"]: r["run"]["created_at"] for r in records_in(runs)} == stamps  # skipped, not re-run
-    forced = harness(*args[:2], "lora", *args[3:], "--force")
-    assert forced.returncode == 0
+    forced = harness_here(capfd, *args[:2], "lora", *args[3:], "--force")
+    assert forced.returncode == 0, forced.stderr[-2000:]
     assert sum(r["run"]["created_at"] != stamps[r["run"]["id"]] for r in records_in(runs)) == 1
 
 
@@ -134,7 +135,16 @@ def bad_data(tmp_path):
         (["--option", "mixer_init=zeros"], "unknown option 'mixer_init' for method 'lora'"),
     ],
 )
-def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, data_dir, extra, message):
+def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, data_dir, extra, message, capfd):
+    """In this process (``harness_here``); ``test_bad_input_in_a_new_process_...`` runs one case as a command."""
+    _check_bad_input(tmp_path, data_dir, extra, message, lambda *args: harness_here(capfd, *args))
+
+
+def test_bad_input_in_a_new_process_is_one_line_and_a_nonzero_exit(tmp_path, data_dir):
+    _check_bad_input(tmp_path, data_dir, ["--methods", "lroa"], "unknown method 'lroa' (did you mean 'lora'?)", harness)
+
+
+def _check_bad_input(tmp_path, data_dir, extra, message, run) -> None:
     (tmp_path / "a_file").write_text("")
     values = {"tmp": str(tmp_path), "bad": str(bad_data(tmp_path)), "file": str(tmp_path / "a_file")}
     extra = [e.format(**values) for e in extra]
@@ -147,15 +157,15 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(tmp_path, data_dir, extra, mes
     }
     for flag, value in zip(extra[::2], extra[1::2], strict=True):
         base[flag] = value
-    result = harness("run", *[x for kv in base.items() for x in kv], "--quiet")
+    result = run("run", *[x for kv in base.items() for x in kv], "--quiet")
     assert result.returncode == 2, result.stderr[-1500:]
     assert message in result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list((tmp_path / "runs").glob("*/record.json")) if (tmp_path / "runs").is_dir() else True
 
 
-def test_leaderboard_without_records_is_a_clear_error(tmp_path):
-    result = harness("leaderboard", "--runs-dir", str(tmp_path / "none"))
+def test_leaderboard_without_records_is_a_clear_error(tmp_path, capfd):
+    result = harness_here(capfd, "leaderboard", "--runs-dir", str(tmp_path / "none"))
     assert result.returncode == 2 and "does not exist" in result.stderr and "Traceback" not in result.stderr
 
 
