@@ -61,13 +61,21 @@ def meta_replica(model: nn.Module) -> nn.Module:
 
 # a change to how this module counts must change the counter version in harness.runner.FLOPS_COUNTED_BY
 def step_flops(
-    replica: MetaModel, method: str, config: Any, shapes: list[list[int]], recipe: Recipe, fast_path: bool = False
+    replica: MetaModel,
+    method: str,
+    config: Any,
+    shapes: list[list[int]],
+    recipe: Recipe,
+    fast_path: bool = False,
+    adapter_share: bool = True,
 ) -> dict[str, Any]:
     """FLOPs of one optimizer step: forward+backward of the task's ``recipe.loss_sum`` on ``replica``
     (a fresh ``meta``-device model) with ``method`` attached to its root, once per micro-batch of the
     accumulation (``shapes``, as ``recipe.shape`` gives them), through the adapters' fast path when the run
     takes it (``fast_path``: it can compute other products, e.g. MoSLoRA's ``B·M`` once instead of ``M`` on
-    every token). ``total``/``adapter`` are per optimizer step (the sum); ``micro_batches`` keeps each one."""
+    every token). ``total``/``adapter`` are per optimizer step (the sum); ``micro_batches`` keeps each one.
+    ``adapter_share`` False: the step only, once per micro-batch, ``adapter`` None (the second pass, with the
+    adapters bypassed, is what tells their share: what a check that the step can be counted leaves out)."""
     from harness.adapter import attach
 
     adapter = attach(replica.root, method, config=config)
@@ -79,11 +87,11 @@ def step_flops(
     for shape in shapes:
         needs: dict[str, list[bool]] = {}  # wrapper -> per call, whether its output needed a gradient when adapted
         total = _count(replica, recipe, shape, adapter, needs)
-        base = _count(replica, recipe, shape, adapter, needs, bypass=True)
-        micro.append({"shape": list(shape), "total": total, "adapter": total - base})
+        base = _count(replica, recipe, shape, adapter, needs, bypass=True) if adapter_share else None
+        micro.append({"shape": list(shape), "total": total, "adapter": None if base is None else total - base})
     return {
         "total": sum(m["total"] for m in micro),
-        "adapter": sum(m["adapter"] for m in micro),
+        "adapter": sum(m["adapter"] for m in micro) if adapter_share else None,
         "micro_batches": micro,
     }
 

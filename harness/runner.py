@@ -630,10 +630,14 @@ def _execute(
         adapter.use_fast_path(bool(spec.extra.get("fast_path")))  # off unless asked: see harness/adapter.py
         recipe = task.recipe(loaded, spec.train)
         # checked before training: the method builds and runs one step on the meta replica, so FLOPs
-        # can be counted; if not, the run still trains and the record says why FLOPs are missing
+        # can be counted; if not, the run still trains and the record says why FLOPs are missing. The step
+        # only (the check's count is not recorded): the adapters' share is counted after training, at the
+        # step's own shapes, and a failure there is recorded as this one would be
         probe_shape = recipe.shape(recipe.collate([recipe.encode(train_set[0])]))
         fast = bool(spec.extra.get("fast_path"))
-        probe = _count_flops(task, loaded, spec.method, adapter.config, [probe_shape], recipe, fast, settings)
+        probe = _count_flops(
+            task, loaded, spec.method, adapter.config, [probe_shape], recipe, fast, settings, adapter_share=False
+        )
         with ctx.stop.training():
             result = train(
                 loaded.model,
@@ -691,17 +695,19 @@ def _count_flops(
     recipe: Recipe,
     fast_path: bool,
     settings: tuple[Any, ...] | None = None,
+    adapter_share: bool = True,
 ) -> dict[str, Any]:
     """``step_flops`` of the run, or why it could not be counted; with ``settings`` (``flops_settings``), a count
     this process made before at the same key is taken again (a failure is counted again, and says so again)."""
     key = None
     if settings is not None:
         code = (step_flops, type(task), type(task).meta_replica, type(recipe), METHODS.get(method))
-        key = (settings, code, repr(config), tuple(tuple(s) for s in shapes), fast_path)
+        key = (settings, code, repr(config), tuple(tuple(s) for s in shapes), fast_path, adapter_share)
         if key in _FLOPS_COUNTED:
             return copy.deepcopy(_FLOPS_COUNTED[key])
     try:
-        counted = step_flops(task.meta_replica(loaded), method, config, shapes, recipe, fast_path)
+        replica = task.meta_replica(loaded)
+        counted = step_flops(replica, method, config, shapes, recipe, fast_path, adapter_share=adapter_share)
         if key is not None:
             _FLOPS_COUNTED[key] = copy.deepcopy(counted)
         return counted

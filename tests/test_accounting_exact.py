@@ -94,6 +94,9 @@ def test_flops_are_per_optimizer_step_with_each_micro_batch_kept():
     assert two["micro_batches"][0] == one["micro_batches"][0]
     assert two["total"] == one["total"] + two["micro_batches"][1]["total"] > one["total"]
     assert two["adapter"] == sum(m["adapter"] for m in two["micro_batches"]) > 0
+    # the step only (the runner's check before training that it can be counted): the same totals, no share
+    step = step_flops(meta_of(model), "lora", config, [[4, 20, 10], [4, 12, 6]], recipe, adapter_share=False)
+    assert step == {**two, "adapter": None, "micro_batches": [{**m, "adapter": None} for m in two["micro_batches"]]}
 
 
 def test_two_micro_batches_on_the_fast_path_count_each_as_alone():

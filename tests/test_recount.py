@@ -300,12 +300,12 @@ def test_a_sweep_counts_each_step_once_and_what_it_took_again_is_what_a_fresh_co
     that changes the step (the rank) counts afresh, and every record holds what counting it afresh gives."""
     import harness.runner as runner
 
-    counted: list[tuple[str, str, str]] = []
+    counted: list[tuple[str, str, str, bool]] = []
     real = runner.step_flops
 
-    def step_flops(replica, method, config, shapes, recipe, fast_path=False):
-        counted.append((method, repr(config), repr(shapes)))
-        return real(replica, method, config, shapes, recipe, fast_path)
+    def step_flops(replica, method, config, shapes, recipe, fast_path=False, adapter_share=True):
+        counted.append((method, repr(config), repr(shapes), adapter_share))
+        return real(replica, method, config, shapes, recipe, fast_path, adapter_share)
 
     monkeypatch.setattr(runner, "step_flops", step_flops)
     monkeypatch.setattr(runner, "_FLOPS_COUNTED", {})

@@ -72,40 +72,31 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
 
 
 @pytest.mark.slow
-def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir):
+def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir, tiny_model, capfd):
+    """SIGKILL (no handler runs) mid-training, then the same command: it goes on from the last checkpoint. On a
+    tiny model built from its config (what resuming does not depend on); the resume in this process."""
     runs = tmp_path / "runs"
     args = [
-        sys.executable,
-        "-m",
-        "harness",
-        "run",
-        "--methods",
-        "lora",
-        "--task",
-        "commonsense",
-        "--preset",
-        "smoke",
-        "--steps",
-        "12",
-        "--data-dir",
-        str(data_dir),
-        "--runs-dir",
-        str(runs),
-        "--no-leaderboard",
-        "--quiet",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        "run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--steps", "12",
+        "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs),
+        "--no-leaderboard", "--quiet",
+    ]  # fmt: skip
+    # slowed to a step every 0.3 s (the tiny model takes milliseconds): the kill lands between checkpoints
+    slow = "import sys, time; from harness.adapter import Adapter; from harness.cli import main\n"
+    slow += "real = Adapter.on_step_begin; Adapter.on_step_begin = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
+    slow += "sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", slow, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert list(runs.glob("*/checkpoint.pt")), "no checkpoint appeared"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not list(runs.glob("*/record.json"))  # killed before finishing: no record, and no half of one
-    finished = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    finished = harness_here(capfd, *args)
     assert finished.returncode == 0, finished.stderr[-2000:]
     [record] = records_in(runs)
     assert record["run"]["status"] == "success" and record["train"]["steps"] == 12
