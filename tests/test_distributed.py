@@ -52,13 +52,35 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
     assert len(b["train"]["flops_per_step"]["micro_batches"]) == len(a["train"]["flops_per_step"]["micro_batches"]) == 4
 
 
+SLOW_STEPS = """
+import sys
+import time
+
+from harness.adapter import Adapter
+
+real = Adapter.on_step_begin
+Adapter.on_step_begin = lambda *args: (time.sleep(0.3), real(*args))[1]  # the tiny model's steps take milliseconds
+
+from harness.cli import main
+
+sys.argv[0] = "harness"
+raise SystemExit(main())
+"""
+
+
 @pytest.mark.slow
 def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
+    """Killed (the launcher and both workers) between checkpoints, each step slowed to 0.3 s so that the kill
+    lands mid-run; the same command without the slowing then resumes (the same run id) and finishes."""
     runs = tmp_path / "runs"
-    args = torchrun(run_args(tiny_model, data_dir, runs, "lora", "--steps", "200", "--no-leaderboard"))
+    script = tmp_path / "slow_steps.py"
+    script.write_text(SLOW_STEPS)
+    harness = run_args(tiny_model, data_dir, runs, "lora", "--steps", "12", "--no-leaderboard")
+    args = torchrun(harness)
     proc = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True
-    )
+        torchrun(harness, script), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
+        start_new_session=True,
+    )  # fmt: skip
     try:
         deadline = time.time() + 300
         while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
@@ -76,7 +98,7 @@ def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
     assert record["run"]["status"] == "success", finished.stdout[-2000:]
     assert (record["train"]["resumed_from_step"] or 0) >= 2, finished.stdout[-2000:]
-    assert record["train"]["steps"] == 200
+    assert record["train"]["steps"] == 12
 
 
 FAIL_IN_ONE = """
