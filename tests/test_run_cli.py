@@ -66,9 +66,7 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
 
     assert main(args) == 0, capfd.readouterr().err[-2000:]  # in this process: no new interpreter and torch (~4 s)
     assert {r["run"]["id"]: r["run"]["created_at"] for r in records_in(runs)} == stamps  # skipped, not re-run
-    forced = harness_here(capfd, *args[:2], "lora", *args[3:], "--force")
-    assert forced.returncode == 0, forced.stderr[-2000:]
-    assert sum(r["run"]["created_at"] != stamps[r["run"]["id"]] for r in records_in(runs)) == 1
+    # --force training a finished run again: test_robustness's, on a tiny model (here it trained the 135M again)
 
 
 @pytest.mark.slow
