@@ -1918,3 +1918,20 @@ def test_a_null_category_is_none_and_a_number_is_its_digits(tmp_path):
     (data / ddata.METADATA).write_text(json.dumps({**rows[2], "category": ["F"]}) + "\n")
     with pytest.raises(ValueError, match=r"line 1: the category is a list, not a string"):
         ddata.read_folder(data)
+
+
+def test_a_random_weights_embedded_pipeline_is_labelled_as_its_architecture_and_the_dtype_recorded(tiny):
+    """From a review: the embedded diffusion model built with random weights was labelled as the embedded
+    language model's GGUF ("SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32) (random weights)"), and no
+    record said what dtype the pipeline computed in."""
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    task = TASKS.get("diffusion")(TaskOptions(data_dir=str(tiny[1]), template="caption"))
+    loaded = task.load("embedded", torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+    assert loaded.label == (
+        "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text) architecture (random weights)"
+    )
+    assert loaded.info["dtype"] == "float32"
+    folder = task.load(str(tiny[0]), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    assert folder.label == str(tiny[0]) and folder.info["dtype"] == "float32"

@@ -441,3 +441,18 @@ def test_a_domains_sub_metrics_are_what_its_scored_questions_say(tmp_path):
     assert entry["scores"] == [100.0, 0.0, 0.0, 100.0, 0.0, 100.0, 0.0]  # questions; each yes/no pair one item
     assert entry["n"] == 7 and entry["n_by_kind"] == {"choice": 3, "yesno": 4, "open": 2}
     assert entry["value"] == pytest.approx(300 / 7)
+
+
+def test_a_random_weights_embedded_model_is_labelled_as_its_architecture_and_the_dtype_recorded(tmp_path):
+    """From a review: the embedded LLaVA-style model built with random weights was labelled as the GGUF it
+    never read ("SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32) (LLaVA-style, random weights)"), and no
+    record said what dtype it computed in."""
+    import torch
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    task = TASKS.get("multimodal")(TaskOptions(eval_limit=2, template="chat"))
+    loaded = task.load("embedded", torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+    assert loaded.label == "SmolLM2-135M-Instruct architecture (LLaVA-style, random weights)"
+    assert loaded.info["dtype"] == "float32"

@@ -34,6 +34,7 @@ from tasks.diffusion.presets import PRESETS
 from tasks.diffusion.sheet import spread
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
+EMBEDDED_PIPELINE = "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text)"  # the embedded model
 JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
 SCORER_COLUMNS = {"judge_model": (*JUDGE_COLUMNS, "judge_avg"), "hps_checkpoint": ("hps_v2",)}  # what each fills
 # the per-example scores' ranges, recorded in their entries ("scale"): the leaderboard reads an entry without one as
@@ -133,6 +134,7 @@ class DiffusionTask(Task):
             )
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         info: dict[str, Any] = {
+            "dtype": str(dtype).removeprefix("torch."),  # what the pipeline computes in (bf16 on a GPU)
             "frozen": "VAE and text encoder (adapters on the UNet only)",
             # what similarity, kid and fidelity measure in (tasks/diffusion/scoring.py): its packages and weights
             "feature_encoder": vision.provenance(),
@@ -157,7 +159,7 @@ class DiffusionTask(Task):
                 if k in base
             }
             info["base"]["folder"] = folder.name  # in the cache dir; no machine paths in records
-            label = "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text), pre-trained here on Twemoji"
+            label = f"{EMBEDDED_PIPELINE}, pre-trained here on Twemoji"
         elif random_weights:
             unet_cfg = None
             if model != models.EMBEDDED:
@@ -180,7 +182,9 @@ class DiffusionTask(Task):
             if unet_cfg is not None:  # latents of the UNet's size: the VAE's factor times its sample size
                 vae = {**vae, "latent_channels": unet_cfg.get("in_channels", 4)}
             pipe = dmodel.build(device, dtype, seed=seed, unet=unet_cfg, vae=vae, text=text)
-            label = f"{models.label(model)} (random weights)"
+            # the embedded pipeline's architecture (it was labelled as the embedded language model's GGUF)
+            label = f"{EMBEDDED_PIPELINE} architecture" if model == models.EMBEDDED else model
+            label += " (random weights)"
         else:
             pipe = dmodel.load_folder(model, device, dtype)
             label = models.label(model)

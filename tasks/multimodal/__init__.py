@@ -125,7 +125,10 @@ class MultimodalTask(Task):
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cfg = _llava_style(model)
         if model == models.EMBEDDED or cfg is not None:
-            info: dict[str, Any] = {"stage2_projector": f"{stage2} (the same for every method)"}
+            info: dict[str, Any] = {
+                "stage2_projector": f"{stage2} (the same for every method)",
+                "dtype": str(dtype).removeprefix("torch."),  # what the model computes in (bf16 on a GPU)
+            }
             if random_weights or cfg is not None:
                 cfg = cfg or mm.embedded_config()
                 vocab = cfg.text_config.get("vocab_size")
@@ -143,7 +146,8 @@ class MultimodalTask(Task):
                 net = mm.LlavaStyle.from_config(cfg).to(device=device, dtype=dtype).eval()
                 info["stage1"] = "none: random weights"
                 info["tokenizer"] = where
-                label = f"{models.label(model)} (LLaVA-style, random weights)"
+                # the embedded one as its architecture: no GGUF is read (it was labelled as the GGUF's)
+                label = f"{models.label(model, random_weights=True)} (LLaVA-style, random weights)"
             else:
                 self._captions()  # stage 1 needs them: checked before any weights load
                 net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
@@ -162,7 +166,11 @@ class MultimodalTask(Task):
             model, device, dtype, random_weights, config=config, train_projector=train_projector
         )
         label = f"{models.label(model)}" + (" (random weights)" if random_weights else "")
-        info = {"stage2_projector": f"{stage2} (the same for every method)", "stage1": "pretrained LLaVA projector"}
+        info = {
+            "stage2_projector": f"{stage2} (the same for every method)",
+            "stage1": "pretrained LLaVA projector",
+            "dtype": str(dtype).removeprefix("torch."),
+        }
         extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
         return Loaded(net, net.model.language_model, label, processor, info, extra)
 
