@@ -929,13 +929,17 @@ def other_task_versions(secs: list[Section]) -> list[str]:
     return out
 
 
-SCORED_BY = ("judge_model", "judge_endpoint", "rubric_version", "checkpoint")  # an entry's fields naming its scorer
+# an entry's fields naming its scorer; judge_answered_by: the models the judge's server said answered (an alias
+# such as gpt-4o names a dated snapshot, which moves), so that one alias answered by two snapshots is two scorers
+SCORED_BY = ("judge_model", "judge_endpoint", "rubric_version", "checkpoint", "judge_answered_by")
 
 
 def mixed_scorers(secs: list[Section]) -> list[str]:
-    """A line per section and column scored by different scorers across its runs (a judge model, endpoint or
-    rubric; a scorer's checkpoint: the fields of ``SCORED_BY`` an eval entry carries): ``harness rescore`` keeps a
-    run's config, so runs judged by two judges share a section and their rows would be compared."""
+    """A line per section and column scored by different scorers across its runs (a judge model, endpoint,
+    rubric or the models that answered for it; a scorer's checkpoint: the fields of ``SCORED_BY`` an eval entry
+    carries): ``harness rescore`` keeps a run's config, so runs judged by two judges share a section and their
+    rows would be compared. A run judged before the answering model was kept differs from one judged after: which
+    snapshot answered it is not known."""
     out = []
     for s in secs:
         mixed: dict[tuple[str, ...], list[str]] = {}  # the scorers -> the columns they share (a judge's eight)

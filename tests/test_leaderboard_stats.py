@@ -430,3 +430,24 @@ def test_trained_rows_that_share_no_seed_are_not_compared_and_a_warning_says_why
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     assert "| effilora | – | – |" in md and "**Warning:** section" in md and line in md
     assert line in (tmp_path / "out" / "leaderboard.html").read_text(encoding="utf-8")
+
+
+def test_one_judge_alias_answered_by_two_snapshots_is_two_scorers():
+    """From a review: the mixed-scorer warning read the judge's name, endpoint and rubric only, so runs judged
+    under one alias (gpt-4o) by two dated snapshots, which records keep as ``judge_answered_by``, were compared."""
+    from types import SimpleNamespace
+
+    from harness.leaderboard import mixed_scorers
+
+    def run(answered):
+        entry = {"value": 7.0, "judge_model": "gpt-4o", "judge_endpoint": "https://api.openai.com", "rubric_version": 1}
+        return {"eval": {"judge_avg": entry | ({} if answered is None else {"judge_answered_by": answered})}}
+
+    def section(*answered):
+        rows = [SimpleNamespace(runs=[run(a)]) for a in answered]
+        return SimpleNamespace(key="k", task="diffusion", preset="smoke", benchmarks=["judge_avg"], rows=rows)
+
+    assert mixed_scorers([section(["gpt-4o-2024-08-06"], ["gpt-4o-2024-08-06"])]) == []
+    [line] = mixed_scorers([section(["gpt-4o-2024-08-06"], ["gpt-4o-2024-11-20"])])
+    assert "judge_avg scored by 2 different scorers" in line and "gpt-4o-2024-11-20" in line
+    assert len(mixed_scorers([section(["gpt-4o-2024-08-06"], None)])) == 1  # judged before it was kept: not known
