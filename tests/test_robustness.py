@@ -1557,3 +1557,23 @@ def test_a_random_weights_embedded_model_is_labelled_as_its_architecture_and_the
         str(tiny_model), torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False
     )
     assert loaded.label == f"{tiny_model} (random weights)" and loaded.info == {"dtype": "float32"}
+
+
+@pytest.mark.parametrize("task", ["multimodal", "diffusion"])
+def test_a_zero_shot_run_of_the_other_suites_with_a_models_own_code_is_refused_without_the_flag(task, tmp_path):
+    """From a review: the multimodal and diffusion tasks' own ``check_model`` read a zero-shot run's config without
+    transformers' check (the commonsense one has it: the test above), so a model with an auto_map went to the run
+    without --trust-remote-code, and one with an unknown model_type too."""
+    from harness.registry import TASKS
+
+    folder = tmp_path / "own-code"
+    write_own_code(folder, "tiny_remote")
+    task_cls = TASKS.get(task)
+    with pytest.raises(ValueError, match=r"comes with the model's own code .* runs only with --trust-remote-code"):
+        task_cls.check_model(str(folder))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "auto_map"}))
+    with pytest.raises(ValueError, match=r"model_type 'tiny_remote' is not one transformers .* knows"):
+        task_cls.check_model(str(folder))
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 8}))
+    task_cls.check_model(str(folder))  # a diffusers config: read, not built (no model_type)

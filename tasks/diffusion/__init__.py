@@ -74,10 +74,13 @@ class DiffusionTask(Task):
         return "caption"
 
     @classmethod
-    def check_model(cls, model: str) -> None:
+    def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
+        """A zero-shot run's check (a trained one builds the UNet on ``meta``): a config that is a transformers one
+        reads as ``from_pretrained`` would read it (its own code only with ``trust_remote_code``); a diffusers
+        config (a UNet's) is read only."""
         if model == models.EMBEDDED or _is_pipeline_folder(model):
             return
-        models.load_config_dict(model)
+        models.check_transformers_config(model, models.load_config_dict(model), trust_remote_code)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:

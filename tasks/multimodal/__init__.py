@@ -69,9 +69,11 @@ class MultimodalTask(Task):
         return {**{k: v for k, v in settings.items() if k != "generated_data"}, "data": "given"}
 
     @classmethod
-    def check_model(cls, model: str) -> None:
+    def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
+        """A zero-shot run's check (a trained one builds the model on ``meta``): a transformers LLaVA config reads as
+        ``from_pretrained`` will read it (one with its own code only with ``trust_remote_code``)."""
         if model != models.EMBEDDED and _llava_style(model) is None:
-            models.load_config_dict(model)
+            models.check_transformers_config(model, models.load_config_dict(model), trust_remote_code)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
