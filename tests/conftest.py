@@ -103,6 +103,24 @@ def harness_here(capfd, *args: str):
     return subprocess.CompletedProcess(["harness", *args], code, out, err)
 
 
+# ``python this.py <harness arguments>`` with each optimizer step slowed to 0.3 s (the tiny models' steps take
+# milliseconds): a test that kills a run between checkpoints has time to see one appear and kill it mid-run
+SLOW_STEPS = """
+import sys
+import time
+
+from harness.adapter import Adapter
+
+real = Adapter.on_step_begin
+Adapter.on_step_begin = lambda *args: (time.sleep(0.3), real(*args))[1]
+
+from harness.cli import main
+
+sys.argv[0] = "harness"
+raise SystemExit(main())
+"""
+
+
 SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data" / "commonsense"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.records import RECORD, read_record
+from tests.conftest import SLOW_STEPS
 from tests.test_robustness import run_args
 
 
@@ -50,22 +51,6 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
     assert b["run"]["config"]["processes"] == 2 and "processes" not in a["run"]["config"]  # in the run id too
     # the step's FLOPs cover both processes' micro-batches (other pairings of the same examples: other padding)
     assert len(b["train"]["flops_per_step"]["micro_batches"]) == len(a["train"]["flops_per_step"]["micro_batches"]) == 4
-
-
-SLOW_STEPS = """
-import sys
-import time
-
-from harness.adapter import Adapter
-
-real = Adapter.on_step_begin
-Adapter.on_step_begin = lambda *args: (time.sleep(0.3), real(*args))[1]  # the tiny model's steps take milliseconds
-
-from harness.cli import main
-
-sys.argv[0] = "harness"
-raise SystemExit(main())
-"""
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, read_record
 from harness.task import Example
 from harness.train import CHECKPOINT, TrainConfig, train
-from tests.conftest import text_recipe, tiny_llama
+from tests.conftest import harness_here, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
@@ -254,13 +254,9 @@ def run_args(tiny_model, data_dir, runs, methods: str, *extra: str) -> list[str]
 def run_here(args: list[str], capfd) -> tuple[int, str, str]:
     """``args`` (``run_args``' command) through ``harness.cli.main`` in this process, without a new interpreter
     importing torch and transformers (~4 s a run): its exit code, stdout and stderr (read at the file
-    descriptors, as a subprocess's are)."""
-    from harness.cli import main
-
-    capfd.readouterr()
-    code = main(args[3:])
-    out, err = capfd.readouterr()
-    return code, out, err
+    descriptors, as a subprocess's are: ``harness_here``)."""
+    done = harness_here(capfd, *args[3:])
+    return done.returncode, done.stdout, done.stderr
 
 
 def env_with_secret() -> dict[str, str]:

@@ -13,7 +13,7 @@ import pytest
 
 from harness import METHODS, memory
 from harness.records import read_record
-from tests.conftest import harness_here
+from tests.conftest import SLOW_STEPS, harness_here
 
 AVAILABLE = ", ".join(METHODS.names())  # every registered method: a new one changes no case
 
@@ -79,11 +79,9 @@ def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir, tiny
         "--model", str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs),
         "--no-leaderboard", "--quiet",
     ]  # fmt: skip
-    # slowed to a step every 0.3 s (the tiny model takes milliseconds): the kill lands between checkpoints
-    slow = "import sys, time; from harness.adapter import Adapter; from harness.cli import main\n"
-    slow += "real = Adapter.on_step_begin; Adapter.on_step_begin = lambda *a: (time.sleep(0.3), real(*a))[1]\n"
-    slow += "sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.Popen([sys.executable, "-c", slow, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    slow = tmp_path / "slow_steps.py"  # a step every 0.3 s: the kill lands between checkpoints
+    slow.write_text(SLOW_STEPS)
+    proc = subprocess.Popen([sys.executable, str(slow), *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 300
         while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:

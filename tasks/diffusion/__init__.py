@@ -80,7 +80,7 @@ class DiffusionTask(Task):
         config (a UNet's) is read only."""
         if model == models.EMBEDDED or _is_pipeline_folder(model):
             return
-        models.check_transformers_config(model, models.load_config_dict(model), trust_remote_code)
+        models.check_transformers_config(model, trust_remote_code=trust_remote_code)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:

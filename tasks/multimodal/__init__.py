@@ -73,7 +73,7 @@ class MultimodalTask(Task):
         """A zero-shot run's check (a trained one builds the model on ``meta``): a transformers LLaVA config reads as
         ``from_pretrained`` will read it (one with its own code only with ``trust_remote_code``)."""
         if model != models.EMBEDDED and _llava_style(model) is None:
-            models.check_transformers_config(model, models.load_config_dict(model), trust_remote_code)
+            models.check_transformers_config(model, trust_remote_code=trust_remote_code)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
