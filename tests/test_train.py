@@ -224,6 +224,26 @@ def test_checkpoint_written_on_other_training_files_is_refused(char_tokenizer, t
         run("edited")
 
 
+def test_checkpoint_written_on_other_model_weights_is_refused(char_tokenizer, tmp_path):
+    """From a review: a model folder's weights (or the embedded GGUF) replaced while a run was stopped: the run
+    resumed its checkpoint on the new weights (only a finished run's record was compared with the folder)."""
+    config = dataclasses.replace(CONFIG, steps=3)
+
+    def run(weights: str | None):
+        adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+        recipe = text_recipe(char_tokenizer, config)
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path, progress=False, weights=weights)
+
+    run("a" * 64)
+    assert run("a" * 64).resumed_from == 3  # the same weights: resumed
+    with pytest.raises(
+        ValueError, match=r"other model weights \(aaaaaaaa -> bbbbbbbb since\); delete it or use --force"
+    ):
+        run("b" * 64)
+    assert run(None).resumed_from == 3  # not known here (another process, a hub id): taken as it is
+    assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["state"]["weights"] == "a" * 64  # still kept
+
+
 def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(

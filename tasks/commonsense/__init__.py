@@ -18,7 +18,7 @@ from tasks.commonsense import cloze, data
 from tasks.commonsense.presets import PRESETS
 from tasks.commonsense.prompts import extract_label, get_template
 from tasks.commonsense.scoring import choice_scores, generate
-from tasks.lm import CausalLMRecipe, check_tokenizer_files, load_causal_lm
+from tasks.lm import CausalLMRecipe, check_random_weights, check_tokenizer_files, load_causal_lm
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
 
@@ -33,6 +33,23 @@ class CommonsenseTask(Task):
     @classmethod
     def check_weights_folder(cls, folder: Path) -> None:
         check_tokenizer_files(folder)  # before the runs: a folder saved without its tokenizer
+
+    # the hooks below describe ``load`` as written here (``tasks.lm.load_causal_lm``): a subclass that loads its
+    # model otherwise is not described by them, and says what it reads by overriding them too
+    @classmethod
+    def check_built_tokenizer(cls, model: str, random_weights: bool, trust_remote_code: bool = False) -> None:
+        if random_weights and cls.load is CommonsenseTask.load:
+            check_random_weights(model, trust_remote_code)  # the tokenizer loads, its ids fit the embeddings
+
+    @classmethod
+    def reads_embedded(cls, model: str, random_weights: bool) -> bool:
+        if cls.load is not CommonsenseTask.load:
+            return False
+        from harness.models import EMBEDDED, random_weights_tokenizer_folder
+
+        if random_weights:  # the embedded tokenizer, unless the folder has its own
+            return random_weights_tokenizer_folder(model) is None
+        return model == EMBEDDED
 
     @classmethod
     def check_options(cls, protocol: str, options) -> None:

@@ -76,6 +76,27 @@ class MultimodalTask(Task):
             models.check_transformers_config(model, trust_remote_code=trust_remote_code)
 
     @classmethod
+    def check_built_tokenizer(cls, model: str, random_weights: bool, trust_remote_code: bool = False) -> None:
+        """The embedded architecture with random weights, or a ``llava_style`` config (always built so): the tokenizer
+        it reads (its folder's own, else the embedded one) loads and fits its language model's vocabulary, as
+        ``load`` checks it (there after the embedded tokenizer is converted)."""
+        cfg = _llava_style(model)
+        if cfg is None and model == models.EMBEDDED and random_weights:
+            from tasks.multimodal.model import embedded_config
+
+            cfg = embedded_config()
+        if cfg is not None:
+            models.check_random_weights_vocab(model, cfg.text_config.get("vocab_size"))
+
+    @classmethod
+    def reads_embedded(cls, model: str, random_weights: bool) -> bool:
+        """The embedded model (its weights, or with random weights its tokenizer), and a ``llava_style`` config
+        without tokenizer files of its own (it tokenizes with the embedded one)."""
+        if model == models.EMBEDDED:
+            return True
+        return _llava_style(model) is not None and models.random_weights_tokenizer_folder(model) is None
+
+    @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         cfg = _llava_style(model)
         if cfg is None and model != models.EMBEDDED:
