@@ -3,6 +3,7 @@ at 64 px = 4 image tokens), the paper's LLaVA at a reduced shape, stage-1 projec
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -286,6 +287,27 @@ def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypat
         stage1.align_projector(fresh, char_tokenizer, captions, **{**run, "steps": 0})
 
 
+def test_stage1_in_a_bf16_model_trains_its_fp32_projector_under_its_own_key(monkeypatch, tmp_path, char_tokenizer):
+    """A GPU's bf16 model aligns its projector in fp32 (``hold_in_fp32``): an alignment cached when it trained in bf16
+    (before 2026-12-06, the same key then) is not read for it."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    pics = images(2)
+    captions = [(pics[0], "red box"), (pics[1], "green box")]
+    run = dict(steps=2, batch_size=2, lr=1e-2, seed=0, cache_key={"model": "tiny"})
+    old = tiny_model().to(torch.bfloat16)  # as it was: the projector in the model's bf16
+    held = tiny_model().to(torch.bfloat16)
+    mm.hold_in_fp32(held.projector, torch.bfloat16)
+    first = stage1.align_projector(old, char_tokenizer, captions, **run)
+    second = stage1.align_projector(held, char_tokenizer, captions, **run)
+    assert not second["loaded"] and second["hash"] != first["hash"]
+    assert all(p.dtype == torch.float32 for p in held.projector.parameters()) and all(
+        map(math.isfinite, second["loss"])
+    )
+    again = tiny_model().to(torch.bfloat16)
+    mm.hold_in_fp32(again.projector, torch.bfloat16)
+    assert stage1.align_projector(again, char_tokenizer, captions, **run)["loaded"]
+
+
 def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_tokenizer, tmp_path):
     """LLaVA-style conversations ask more about the same image: the second answer is learnt after the first
     turn and with the image, its loss on that answer only (it used to be asked with neither)."""
@@ -436,3 +458,53 @@ def test_the_flops_replica_trains_exactly_what_the_model_trains(projector_trains
     flags = {n: p.requires_grad for n, p in model.named_parameters()}
     assert {n: p.requires_grad for n, p in replica.model.named_parameters()} == flags
     assert any(flags.values()) == projector_trains and next(replica.model.parameters()).device.type == "meta"
+
+
+def _changed_by_one_small_step(params: list[torch.nn.Parameter], loss: torch.Tensor) -> float:
+    """The share of the parameters' entries with a gradient well above AdamW's eps (1e-8) that one AdamW step at
+    lr 2e-5 (late in a decay) changes (the random vision tower gives some entries gradients of 1e-12)."""
+    before = [p.detach().clone() for p in params]
+    loss.backward()
+    moved = [p.grad.abs() > 1e-6 for p in params]
+    torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0).step()
+    changed = sum(int(((p.detach() != b) & m).sum()) for p, b, m in zip(params, before, moved, strict=True))
+    return changed / sum(int(m.sum()) for m in moved)
+
+
+@pytest.mark.parametrize("kind", ["llava_style", "paper"])
+def test_a_trained_projector_is_held_in_fp32_in_a_bf16_model(kind, char_tokenizer):
+    """From a review: on a GPU the model is bf16 and the trained projector was too (the adapters are fp32), so late
+    in the schedule its AdamW updates rounded away. Held in fp32, read in and out in the model's dtype: the model
+    computes as before, with or without autocast, and a small step changes the projector."""
+    from harness.models import load_config_dict
+
+    dtype = torch.bfloat16
+    torch.manual_seed(0)
+    if kind == "llava_style":
+        model = tiny_model().to(dtype)
+        mm.hold_in_fp32(model.projector, dtype)
+        projector, prepare = model.projector, mm.make_prepare(model, char_tokenizer)
+    else:
+        config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+        model, processor = mm.build_paper(
+            mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer(), dtype=dtype
+        )
+        projector, prepare = model.model.multi_modal_projector, mm.make_prepare(model, processor)
+        frozen, _ = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer(),
+                                   dtype=dtype, train_projector=False)  # fmt: skip
+        assert {p.dtype for p in frozen.parameters()} == {dtype}  # not trained: as the model is
+    assert {p.dtype for p in projector.parameters()} == {torch.float32}
+    others = [p for n, p in model.named_parameters() if not any(p is q for q in projector.parameters())]
+    assert others and {p.dtype for p in others} == {dtype}
+    batch = prepare(["the cat <image> a photo", "<image> dog"], images(2))
+    batch = {k: v.to(dtype) if v.is_floating_point() else v for k, v in batch.items()}
+    with torch.no_grad():
+        plain = model(**batch).logits  # outside autocast, as scoring runs a bf16 model
+        with torch.autocast("cpu", dtype=dtype):
+            autocast = model(**batch).logits
+    assert plain.dtype == dtype and torch.isfinite(plain).all() and torch.isfinite(autocast).all()
+    params = list(projector.parameters())
+    model.train()
+    with torch.autocast("cpu", dtype=dtype):  # as training runs it (accelerate's bf16 autocast)
+        loss = model(**batch).logits.float().logsumexp(-1).mean()
+    assert _changed_by_one_small_step(params, loss) > 0.99  # in bf16 0-20% of them, by layer

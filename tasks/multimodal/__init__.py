@@ -167,6 +167,7 @@ class MultimodalTask(Task):
                 self._check_placeholder(tokenizer, cfg.image_token_id)  # before any weights are built
                 torch.manual_seed(seed)
                 net = mm.LlavaStyle.from_config(cfg).to(device=device, dtype=dtype).eval()
+                mm.hold_in_fp32(net.projector, dtype)  # trained with the adapters where train_projector says so
                 info["stage1"] = "none: random weights"
                 info["tokenizer"] = where
                 # the embedded one as its architecture: no GGUF is read (it was labelled as the GGUF's)

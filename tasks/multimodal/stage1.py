@@ -89,6 +89,10 @@ def align_projector(
         "projector_init_sha256": _fingerprint(model.projector.state_dict()),  # the start point is an input too
         "tokens_per_image": model.tokens_per_image,
     }
+    lm_dtype = model.get_input_embeddings().weight.dtype
+    if lm_dtype != torch.float32:  # a bf16 model (a GPU): its projector trains in fp32 since 2026-12-06 (in bf16
+        # before, under the same key): the key tells the two apart; a CPU run's (fp32) key is as it was
+        key["precision"] = {"model": str(lm_dtype), "projector": str(model.projector[0].weight.dtype)}
     path, digest = cache_path(key)
     if path.is_file():
         saved = torch.load(path, map_location="cpu", weights_only=True)
