@@ -29,9 +29,11 @@ CHUNK = 1 << 24  # bytes hashed at a time: a 16 GB file never sits in memory
 CONFIG_FILES = ("*.index.json", "config.json", "model_index.json")
 # and what else a run reads from the folder and computes with: the tokenizer's files (a changed vocabulary or chat
 # template changes every prompt), the generation, processor and scheduler configs (``*_config.json``: a diffusers
-# pipeline's scheduler/scheduler_config.json sets its sampler)
+# pipeline's scheduler/scheduler_config.json sets its sampler), the model's own code (``*.py``: the modelling,
+# configuration and tokenizer code an ``auto_map`` names, run under --trust-remote-code)
 TOKENIZER_FILES = (
     "*_config.json",
+    "*.py",
     "tokenizer.json",
     "tokenizer.model",
     "special_tokens_map.json",
@@ -48,25 +50,40 @@ TOKENIZER_FILES = (
 # the version was kept: 1): a finished run is compared with the folder by the files its own digest covered
 DIGEST_FILES = {1: CONFIG_FILES, 2: (*CONFIG_FILES, *TOKENIZER_FILES)}
 DIGEST_VERSION = 2
+# a model built from its config (--random-weights, a multimodal llava_style folder) reads no weights: its digest
+# covers what else it reads (a config given as a file: that file, and the tokenizer files beside it)
+WEIGHT_KINDS = ("*.index.json",)
 CACHE_FILE = "digests.json"
 CACHE_VERSION = 1
 
 
-def model_digest(model: str, version: int = DIGEST_VERSION) -> dict[str, Any] | None:
-    """``{"weights_sha256": hex, "files": n, "version": version}`` for a local model folder (a ``--model`` that is a
-    folder, as ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath sha256"`` lines, one per
-    file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since version 2, the tokenizer's
-    and the generation, processor and scheduler configs) in it or its subfolders (``walk_model_folder``, as
-    ``harness.runner.has_weights``: symlinked subfolders followed once, a ``checkpoint-*`` subfolder left out).
-    ``None`` for a hub id or ``embedded``."""
+def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True) -> dict[str, Any] | None:
+    """``{"weights_sha256": hex, "files": n, "version": version, "covers": what}`` for a local model folder (a
+    ``--model`` that is a folder, as ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath
+    sha256"`` lines, one per file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since
+    version 2, the tokenizer's files, the generation, processor and scheduler configs and the model's own code) in it
+    or its subfolders (``walk_model_folder``, as ``harness.runner.has_weights``: symlinked subfolders followed once, a
+    ``checkpoint-*`` subfolder left out). Without ``weights`` (a model built from its config: the weights are not
+    read) the same but the weight files; ``model`` may then be a config file: that file and the tokenizer's files
+    beside it. ``None`` for a hub id or ``embedded``."""
     from harness.models import EMBEDDED
 
-    folder = Path(model).expanduser()
-    if model == EMBEDDED or not folder.is_dir():
+    path = Path(model).expanduser()
+    if model == EMBEDDED or not (path.is_dir() or (not weights and path.is_file())):
         return None
     if version not in DIGEST_FILES:
-        raise ValueError(f"weights digest version {version!r} is not one this harness knows ({sorted(DIGEST_FILES)})")
-    files = _model_files(folder, DIGEST_FILES[version])
+        raise ValueError(
+            f"weights digest version {version!r} is not one this harness knows ({sorted(DIGEST_FILES)}): the record "
+            "was written by a newer lora-harness; run this one from that version, or --force to run it again here"
+        )
+    if path.is_file():  # a config.json given as the model, and the tokenizer its folder holds
+        beside = [(p.name, p) for p in sorted(path.parent.iterdir()) if p.is_file() and p != path]
+        tokenizer = [p for p in DIGEST_FILES[version] if p not in CONFIG_FILES and p not in ("*_config.json", "*.py")]
+        tokenizer.append("tokenizer_config.json")
+        files = [(path.name, path)] + [(r, p) for r, p in beside if any(fnmatch.fnmatch(r, t) for t in tokenizer)]
+    else:
+        kinds = DIGEST_FILES[version] if weights else tuple(k for k in DIGEST_FILES[version] if k not in WEIGHT_KINDS)
+        files = _model_files(path, kinds, weights)
     cache = _read_cache()
     changed = False
     lines = []
@@ -77,7 +94,8 @@ def model_digest(model: str, version: int = DIGEST_VERSION) -> dict[str, Any] | 
     if changed:
         _write_cache(cache)
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()
-    return {"weights_sha256": digest, "files": len(lines), "version": version}
+    covers = "weights, configs, tokenizer and code" if weights else "configs, tokenizer and code (no weights read)"
+    return {"weights_sha256": digest, "files": len(lines), "version": version, "covers": covers}
 
 
 def embedded_digest() -> dict[str, Any]:
@@ -95,12 +113,12 @@ def embedded_digest() -> dict[str, Any]:
     return {"weights_sha256": file_sha256(embedded_gguf()), "files": 1, "source": f"{package}, {EMBEDDED_GGUF}"}
 
 
-def _model_files(folder: Path, kinds: tuple[str, ...]) -> list[tuple[str, Path]]:
-    """(relative path with "/", path) of each weight file under ``folder``, and of each other file whose name
-    matches one of ``kinds``, sorted by the former."""
+def _model_files(folder: Path, kinds: tuple[str, ...], weights: bool = True) -> list[tuple[str, Path]]:
+    """(relative path with "/", path) of each weight file under ``folder`` (with ``weights``), and of each other
+    file whose name matches one of ``kinds``, sorted by the former."""
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
-    patterns = (*WEIGHT_FILES, *kinds)
+    patterns = (*(WEIGHT_FILES if weights else ()), *kinds)
     found = []
     for root, names in walk_model_folder(folder):
         for name in names:

