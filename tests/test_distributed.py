@@ -86,6 +86,43 @@ def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     assert record["train"]["steps"] == 12
 
 
+@pytest.mark.slow
+def test_ctrl_c_in_the_terminal_stops_two_processes_cleanly(tiny_model, data_dir, tmp_path):
+    """The README said that under torchrun each worker got the terminal's Ctrl-C and the launcher's forwarded copy,
+    a second Ctrl-C that stopped it at once. torchrun (torch 2.13) starts its workers in their own session: only the
+    launcher's copy reaches them, and they stop after the step with a checkpoint and a record, as one process does
+    (the whole process group signalled, as a terminal does)."""
+    import signal
+
+    runs = tmp_path / "runs"
+    script = tmp_path / "slow_steps.py"
+    script.write_text(SLOW_STEPS)
+    harness = run_args(tiny_model, data_dir, runs, "lora", "--steps", "40", "--no-leaderboard")
+    proc = subprocess.Popen(
+        torchrun(harness, script), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert list(runs.glob("*/checkpoint.pt")), "no checkpoint appeared"
+        os.killpg(proc.pid, signal.SIGINT)  # as the terminal sends it: the launcher and both workers
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    [record] = [read_record(p) for p in runs.glob(f"*/{RECORD}")]
+    assert record["run"]["status"] == "cancelled", err[-3000:]
+    assert record["run"]["error"].startswith("stopped at step ") and "Ctrl-C" in record["run"]["error"], record
+    import torch
+
+    [checkpoint] = runs.glob("*/checkpoint.pt")
+    step = int(record["run"]["error"].split()[3])  # "stopped at step N of 40 ..."
+    assert torch.load(checkpoint, weights_only=False)["state"]["step"] == step < 40
+
+
 FAIL_IN_ONE = """
 import os
 import sys
