@@ -30,7 +30,9 @@ CONFIG_FILES = ("*.index.json", "config.json", "model_index.json")
 # and what else a run reads from the folder and computes with: the tokenizer's files (a changed vocabulary or chat
 # template changes every prompt), the generation, processor and scheduler configs (``*_config.json``: a diffusers
 # pipeline's scheduler/scheduler_config.json sets its sampler), the model's own code (``*.py``: the modelling,
-# configuration and tokenizer code an ``auto_map`` names, run under --trust-remote-code)
+# configuration and tokenizer code an ``auto_map`` names, run under --trust-remote-code). Looked for in the folder
+# itself and in the component folders its ``model_index.json`` names (a diffusers pipeline's), not deeper: a runs
+# folder, a venv or a project's scripts inside a model folder (``--model .``) are none of the model's
 TOKENIZER_FILES = (
     "*_config.json",
     "*.py",
@@ -47,8 +49,9 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 # which files a digest covers, by its version (a record's ``model_info.weights_digest_version``; a record from before
-# the version was kept: 1): a finished run is compared with the folder by the files its own digest covered
-DIGEST_FILES = {1: CONFIG_FILES, 2: (*CONFIG_FILES, *TOKENIZER_FILES)}
+# the version was kept: 1): (anywhere in the folder, at its top and in its components only); a finished run is
+# compared with the folder by the files its own digest covered
+DIGEST_FILES = {1: (CONFIG_FILES, ()), 2: (CONFIG_FILES, TOKENIZER_FILES)}
 DIGEST_VERSION = 2
 # a model built from its config (--random-weights, a multimodal llava_style folder) reads no weights: its digest
 # covers what else it reads (a config given as a file: that file, and the tokenizer files beside it)
@@ -76,14 +79,14 @@ def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True
             f"weights digest version {version!r} is not one this harness knows ({sorted(DIGEST_FILES)}): the record "
             "was written by a newer lora-harness; run this one from that version, or --force to run it again here"
         )
+    anywhere, top = DIGEST_FILES[version]
     if path.is_file():  # a config.json given as the model, and the tokenizer its folder holds
         beside = [(p.name, p) for p in sorted(path.parent.iterdir()) if p.is_file() and p != path]
-        tokenizer = [p for p in DIGEST_FILES[version] if p not in CONFIG_FILES and p not in ("*_config.json", "*.py")]
-        tokenizer.append("tokenizer_config.json")
+        tokenizer = [p for p in top if p not in ("*_config.json", "*.py")] + ["tokenizer_config.json"]
         files = [(path.name, path)] + [(r, p) for r, p in beside if any(fnmatch.fnmatch(r, t) for t in tokenizer)]
     else:
-        kinds = DIGEST_FILES[version] if weights else tuple(k for k in DIGEST_FILES[version] if k not in WEIGHT_KINDS)
-        files = _model_files(path, kinds, weights)
+        anywhere = anywhere if weights else tuple(k for k in anywhere if k not in WEIGHT_KINDS)
+        files = _model_files(path, anywhere, top, weights)
     cache = _read_cache()
     changed = False
     lines = []
@@ -113,19 +116,36 @@ def embedded_digest() -> dict[str, Any]:
     return {"weights_sha256": file_sha256(embedded_gguf()), "files": 1, "source": f"{package}, {EMBEDDED_GGUF}"}
 
 
-def _model_files(folder: Path, kinds: tuple[str, ...], weights: bool = True) -> list[tuple[str, Path]]:
-    """(relative path with "/", path) of each weight file under ``folder`` (with ``weights``), and of each other
-    file whose name matches one of ``kinds``, sorted by the former."""
+def _model_files(
+    folder: Path, anywhere: tuple[str, ...], top: tuple[str, ...] = (), weights: bool = True
+) -> list[tuple[str, Path]]:
+    """(relative path with "/", path) of each weight file under ``folder`` (with ``weights``) and each other file
+    whose name matches one of ``anywhere``; and of each file matching one of ``top`` in ``folder`` itself or in a
+    component folder its ``model_index.json`` names; sorted by the former."""
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
-    patterns = (*(WEIGHT_FILES if weights else ()), *kinds)
+    patterns = (*(WEIGHT_FILES if weights else ()), *anywhere)
+    components = {folder, *(folder / name for name in _components(folder))}
     found = []
     for root, names in walk_model_folder(folder):
         for name in names:
             path = root / name
-            if any(fnmatch.fnmatch(name, p) for p in patterns) and path.is_file():
+            wanted = patterns if root not in components else (*patterns, *top)
+            if any(fnmatch.fnmatch(name, p) for p in wanted) and path.is_file():
                 found.append((path.relative_to(folder).as_posix(), path))
     return sorted(found)
+
+
+def _components(folder: Path) -> list[str]:
+    """The component folders a diffusers pipeline's ``model_index.json`` names (``"unet": ["diffusers", ...]``); none
+    where it has none, or one that does not read."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(index, dict):
+        return []
+    return [k for k, v in index.items() if isinstance(v, list) and not k.startswith("_") and "/" not in k]
 
 
 def walk_model_folder(folder: Path) -> Iterator[tuple[Path, list[str]]]:

@@ -419,10 +419,7 @@ def _weights_digest(spec: RunSpec, version: int = DIGEST_VERSION) -> dict[str, A
     if spec.model == EMBEDDED:
         reads = not spec.random_weights and task_cls.reads_embedded(spec.model, False)
         return embedded_digest() if reads else None
-    path = Path(spec.model).expanduser()
-    # a folder a task assembles its model from (multimodal's llava_style config): built, unless it holds weights
-    built = spec.random_weights or (task_cls.config_only_models and not (path.is_dir() and has_weights(path)))
-    return model_digest(spec.model, version, weights=not built)
+    return model_digest(spec.model, version, weights=task_cls.reads_weights(spec.model, spec.random_weights))
 
 
 def _digest_info(digest: dict[str, Any]) -> dict[str, Any]:

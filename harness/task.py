@@ -266,6 +266,13 @@ class Task(ABC):
         return None
 
     @classmethod
+    def reads_weights(cls, model: str, random_weights: bool) -> bool:
+        """Whether a run of the local ``model`` loads the weights in its folder: a run's record then identifies the
+        model by its weights, configs, tokenizer and code (``harness.identity``), else by all but the weights, which
+        may change under it without changing what it computes. By default: unless it builds random weights."""
+        return not random_weights
+
+    @classmethod
     def reads_embedded(cls, model: str, random_weights: bool) -> bool:
         """Whether a run of ``model`` reads the embedded model's conversion (``harness.models.embedded_folder``:
         the GGUF converted once, ~25 s, into the cache), its weights or only its tokenizer: ``harness run`` then checks

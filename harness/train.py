@@ -266,8 +266,9 @@ def train(
         then_weights = saved["state"].get("weights")  # none kept: not known then, or a checkpoint from before
         if weights and then_weights and then_weights != weights:
             raise ValueError(
-                f"{checkpoint} was written on other model weights ({then_weights[:8]} -> {weights[:8]} since); "
-                "delete it or use --force to start over on these weights"
+                f"{checkpoint} was written on another model (the files the run reads of it, weights, configs, "
+                f"tokenizer or code, or another embedded GGUF: {then_weights[:8]} -> {weights[:8]} since); delete it "
+                "or use --force to start over on this one"
             )
         then_device = saved["state"].get("device")  # none kept: a checkpoint from before, taken as it is
         if then_device and then_device != state["device"]:

@@ -35,6 +35,9 @@ def _folder(root):
     (folder / "unet").mkdir(parents=True)
     (folder / "checkpoint-2").mkdir()
     (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "model_index.json").write_text(
+        '{"_class_name": "Pipeline", "unet": ["diffusers", "UNet2DConditionModel"]}'
+    )
     (folder / "model.safetensors").write_bytes(b"\x01" * 5000)
     (folder / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
     (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x02" * 300)
@@ -66,11 +69,12 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     folder = _folder(tmp_path)
     opened = _counting_open(monkeypatch)
     first = model_digest(str(folder))
-    names = ["config.json", "model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
+    names = ["config.json", "model.safetensors", "model_index.json", "unet/config.json"]
+    names += ["unet/diffusion_pytorch_model.safetensors"]
     names += ["tokenizer.json", "unet/scheduler_config.json"]  # what the run tokenizes and samples with (version 2)
     covers = "weights, configs, tokenizer and code"
-    assert first == {"weights_sha256": _expected(folder, names), "files": 6, "version": 2, "covers": covers}
-    assert len(opened) == 6 and (own_cache / "digests.json").is_file()
+    assert first == {"weights_sha256": _expected(folder, names), "files": 7, "version": 2, "covers": covers}
+    assert len(opened) == 7 and (own_cache / "digests.json").is_file()
     opened.clear()
     assert model_digest(str(folder)) == first
     assert opened == []  # every file's sha256 from the cache: a 16 GB model is hashed once
@@ -78,8 +82,8 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     assert model_digest("model") == first  # the folder as given (relative): the same files, the same digest
     # version 1 (a record from before version 2): weights and configs only, as it was computed then
     assert model_digest(str(folder), 1) == {
-        "weights_sha256": _expected(folder, names[:4]),
-        "files": 4,
+        "weights_sha256": _expected(folder, names[:5]),
+        "files": 5,
         "version": 1,
         "covers": covers,
     }
@@ -100,8 +104,8 @@ def test_the_digest_changes_with_the_bytes_even_of_the_same_size_with_the_mtime_
     opened = _counting_open(monkeypatch)
     after = model_digest(str(folder))
     assert after["weights_sha256"] != before["weights_sha256"] and opened == [os.path.realpath(weights)]
-    names = ["config.json", "model.safetensors", "unet/config.json", "unet/diffusion_pytorch_model.safetensors"]
-    names += ["tokenizer.json", "unet/scheduler_config.json"]
+    names = ["config.json", "model.safetensors", "model_index.json", "unet/config.json"]
+    names += ["unet/diffusion_pytorch_model.safetensors", "tokenizer.json", "unet/scheduler_config.json"]
     assert after["weights_sha256"] == _expected(folder, names)
     (folder / "README.md").write_text("another card")  # no file the run reads: the same digest
     assert model_digest(str(folder)) == after
@@ -116,8 +120,8 @@ def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path, own_cache):
     own_cache.mkdir()
     (own_cache / "digests.json").write_text("{not json")
     first = model_digest(str(folder))
-    assert first["files"] == 6
-    assert len(json.loads((own_cache / "digests.json").read_text())["files"]) == 6
+    assert first["files"] == 7
+    assert len(json.loads((own_cache / "digests.json").read_text())["files"]) == 7
     (own_cache / "digests.json").write_text('{"version": 1, "files": {"%s": "junk"}}' % (folder / "config.json"))
     assert model_digest(str(folder)) == first  # an entry of another shape: hashed again
 
@@ -138,8 +142,8 @@ def test_a_model_built_from_its_config_is_identified_by_what_it_reads_not_by_wei
     folder = _folder(tmp_path)
     [spec] = build_specs("commonsense", ["base"], [0], "smoke", model=str(folder), random_weights=True)
     first = _weights_digest(spec)
-    names = ["config.json", "tokenizer.json", "unet/config.json", "unet/scheduler_config.json"]  # no weights
-    assert first["weights_sha256"] == _expected(folder, names) and first["files"] == 4
+    names = ["config.json", "model_index.json", "tokenizer.json", "unet/config.json", "unet/scheduler_config.json"]
+    assert first["weights_sha256"] == _expected(folder, names) and first["files"] == 5  # no weights
     assert first["covers"] == "configs, tokenizer and code (no weights read)"
     (folder / "model.safetensors").write_bytes(b"\x09" * 5000)  # not read when built from the config
     assert _weights_digest(spec) == first
@@ -159,6 +163,8 @@ def test_a_model_built_from_its_config_is_identified_by_what_it_reads_not_by_wei
     (style / "config.json").write_text('{"model_type": "llava_style", "text_config": {"model_type": "llama"}}')
     [built] = build_specs("multimodal", ["base"], [0], "smoke", model=str(style))
     assert _weights_digest(built)["covers"] == "configs, tokenizer and code (no weights read)"
+    (style / "model.safetensors").write_bytes(b"\x06" * 10)  # not read: a llava_style model is built from its config
+    assert _weights_digest(built)["weights_sha256"] == _expected(style, ["config.json"])
     llava = tmp_path / "llava"
     llava.mkdir()
     (llava / "config.json").write_text('{"model_type": "llava"}')
@@ -349,3 +355,25 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     [record] = [read_record(p / RECORD) for p in (tmp_path / "runs").iterdir()]
     assert record["run"]["config"]["model_info"]["hub_revision"] == commit
     assert "weights_sha256" not in record["run"]["config"]["model_info"]  # a hub id: its revision names it
+
+
+def test_a_runs_folder_or_a_project_inside_the_model_folder_is_not_the_model(tmp_path, monkeypatch):
+    """From a review: with ``--model .`` and the runs folder inside it, each run's adapter_config.json (a
+    ``*_config.json``) changed the digest, so the same command's second start refused every finished run as
+    "changed since"; a venv's or project's ``*.py`` would have too. The tokenizer's, processor's and code files are
+    looked for at the folder's top and in a diffusers pipeline's component folders only."""
+    folder = _folder(tmp_path)
+    first = model_digest(str(folder))
+    adapter = folder / "runs" / "commonsense-lora-smoke-s0-12345678" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    (adapter.parent / "record.json").write_text("{}")
+    (folder / "scripts").mkdir()
+    (folder / "scripts" / "prepare.py").write_text("print(1)\n")
+    (folder / ".venv" / "lib").mkdir(parents=True)
+    (folder / ".venv" / "lib" / "site.py").write_text("x = 1\n")
+    assert model_digest(str(folder)) == first
+    monkeypatch.chdir(folder)
+    assert model_digest(".") == first
+    (folder / "modeling_own.py").write_text("class Own: pass\n")  # the model's own code, at its top: a change
+    assert model_digest(".")["weights_sha256"] != first["weights_sha256"]

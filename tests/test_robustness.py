@@ -1450,6 +1450,14 @@ def test_which_runs_read_the_embedded_conversion_is_the_tasks_to_say(fake_embedd
     (cached / "snapshots" / "abc123").mkdir(parents=True)
     (cached / "snapshots" / "abc123" / "preprocessor_config.json").write_text("{}")
     assert not multimodal.reads_embedded(paper, True)  # its processor is in the hub's cache
+    llava = tmp_path / "llava"
+    llava.mkdir()
+    (llava / "config.json").write_text('{"model_type": "llava"}')
+    (llava / "tokenizer_config.json").write_text("{}")  # a tokenizer alone is no processor: AutoProcessor fails
+    assert multimodal.reads_embedded(str(llava), True)
+    assert multimodal.reads_embedded(str(llava / "config.json"), True)  # a file: AutoProcessor takes a folder
+    (llava / "preprocessor_config.json").write_text("{}")
+    assert not multimodal.reads_embedded(str(llava), True)
     commonsense = TASKS.get("commonsense")
     assert commonsense.reads_embedded("embedded", False) and not commonsense.reads_embedded(str(folder), True)
 

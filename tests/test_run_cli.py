@@ -104,7 +104,7 @@ def test_a_run_killed_mid_training_resumes_and_finishes(tmp_path, data_dir, tiny
     config.write_text(json.dumps({**json.loads(kept), "note": "edited"}))
     harness_here(capfd, *args)
     [refused] = records_in(runs)
-    assert refused["run"]["status"] == "failed" and "was written on other model weights (" in refused["run"]["error"]
+    assert refused["run"]["status"] == "failed" and "was written on another model (" in refused["run"]["error"]
     assert list(runs.glob("*/checkpoint.pt"))  # kept: the folder put back, the run resumes from it
     config.write_text(kept)
     finished = harness_here(capfd, *args)

@@ -91,6 +91,14 @@ class MultimodalTask(Task):
             models.check_random_weights_vocab(model, cfg.text_config.get("vocab_size"))
 
     @classmethod
+    def reads_weights(cls, model: str, random_weights: bool) -> bool:
+        """A ``llava_style`` config is built from its config (its parts' weights come from elsewhere), whatever else
+        its folder holds; a transformers LLaVA folder's weights load unless the run builds random weights."""
+        if cls.load is not MultimodalTask.load:
+            return super().reads_weights(model, random_weights)
+        return not random_weights and _llava_style(model) is None
+
+    @classmethod
     def reads_embedded(cls, model: str, random_weights: bool) -> bool:
         """The embedded model (its weights, or with random weights its tokenizer), a ``llava_style`` config without
         tokenizer files of its own (it tokenizes with the embedded one), and a transformers LLaVA built with random
@@ -533,16 +541,16 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json")
+PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # what AutoProcessor needs besides a tokenizer
 
 
 def _processor_at_hand(model: str) -> bool:
     """Whether a LLaVA model's processor may load without the network (``build_paper`` tries it offline under
-    ``--random-weights``): one of its files in the model's folder (a config file's folder), or in the hub's cache."""
+    ``--random-weights``): its image processor's config in the model's folder, or in the hub's cache (a config given
+    as a file: never, ``AutoProcessor`` takes a folder or a hub id)."""
     path = Path(model).expanduser()
     if path.exists():
-        folder = path if path.is_dir() else path.parent
-        return any((folder / name).is_file() for name in PROCESSOR_FILES)
+        return path.is_dir() and any((path / name).is_file() for name in PROCESSOR_FILES)
     from huggingface_hub import try_to_load_from_cache
 
     repo = models.HUB_MOVED.get(model, model)
