@@ -22,6 +22,7 @@ import json
 import math
 import operator
 import re
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,12 +62,38 @@ class Site:
         return f"{self.type}_{self.d_in}"
 
     @classmethod
-    def of(cls, name: str, linear: nn.Linear) -> Site:
+    def of(cls, name: str, linear: nn.Module) -> Site:
         parts = name.split(".")
         digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
         layer = ".".join(parts[: digits[-1] + 1]) if digits else ""
         typ = next((p for p in reversed(parts) if not p.isdigit()), parts[-1])  # nn.Sequential's "0": itself
-        return cls(name, layer, typ, linear.in_features, linear.out_features)
+        return cls(name, layer, typ, *linear_dims(linear))
+
+
+def _conv1d() -> type | None:
+    """transformers' ``Conv1D`` (GPT-2's linear layers, the weight stored in x out), where transformers is imported
+    (a model holding one has imported it; the harness does not import transformers for this)."""
+    return getattr(sys.modules.get("transformers.pytorch_utils"), "Conv1D", None)
+
+
+def is_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a layer the adapters wrap: an ``nn.Linear``, or a GPT-2-style ``Conv1D``."""
+    conv1d = _conv1d()
+    return isinstance(module, nn.Linear) or (conv1d is not None and isinstance(module, conv1d))
+
+
+def stores_transposed(module: nn.Module) -> bool:
+    """Whether the layer's weight is stored in x out (``Conv1D``: ``y = x W + b``), not out x in (``nn.Linear``)."""
+    conv1d = _conv1d()
+    return conv1d is not None and isinstance(module, conv1d)
+
+
+def linear_dims(module: nn.Module) -> tuple[int, int]:
+    """(input width, output width) of a layer ``is_linear`` takes."""
+    if stores_transposed(module):
+        d_in, d_out = module.weight.shape
+        return int(d_in), int(d_out)
+    return module.in_features, module.out_features
 
 
 class SharedTensors(nn.Module):
@@ -256,16 +283,21 @@ class AdapterLinear(nn.Module):
         out = torch.addmm(y.reshape(-1, y.shape[-1]), h.reshape(-1, h.shape[-1]), w.t(), alpha=scale)
         return out.view(y.shape)
 
+    def _weight_delta(self) -> Tensor:
+        """``scaling · ΔW`` laid out as the base stores its weight (a ``Conv1D``'s is in x out: ΔW transposed)."""
+        delta = self.scaling * self.delta_weight()
+        return delta.t() if stores_transposed(self.base) else delta
+
     def merge(self) -> None:
         if not self.merged:
             w = self.base.weight
-            w.data += (self.scaling * self.delta_weight()).to(w.dtype)
+            w.data += self._weight_delta().to(w.dtype)
             self.merged = True
 
     def unmerge(self) -> None:
         if self.merged:
             w = self.base.weight
-            w.data -= (self.scaling * self.delta_weight()).to(w.dtype)
+            w.data -= self._weight_delta().to(w.dtype)
             self.merged = False
 
     def extra_repr(self) -> str:
@@ -531,7 +563,8 @@ def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
 
 
 def linear_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    """The names of the model's layers the adapters can wrap (``is_linear``)."""
+    return [n for n, m in model.named_modules() if is_linear(m)]
 
 
 def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
@@ -560,15 +593,14 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
 
 
 def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
-    """Where a target names modules that are not ``nn.Linear`` (GPT-2's fused ``Conv1D``, a quantised layer):
-    a sentence saying so, for the no-match message; '' where it names none."""
+    """Where a target names modules that are not linear layers (an attention block, an MLP): a sentence saying so,
+    for the no-match message; '' where it names none."""
     kinds = sorted({type(m).__name__ for n, m in model.named_modules() if n and matches(n)})
     if not kinds:
         return ""
-    conv1d = "; GPT-2-style Conv1D, whose weight is stored transposed with q, k and v fused, is not supported"
     return (
-        f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers are "
-        f"adapted{conv1d if 'Conv1D' in kinds else ''}; name the linear layers inside them)"
+        f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers (and GPT-2-style "
+        "Conv1D) are adapted; name the linear layers inside them)"
     )
 
 

@@ -151,19 +151,111 @@ def test_merge_refuses_a_tied_or_quantised_weight_and_changes_nothing(method):
     assert torch.equal(model.q_proj.base.weight, torch.ones(16, 16, dtype=torch.int8))
 
 
-def test_a_target_that_names_a_conv1d_says_it_is_not_supported():
-    """From a review of own models: --targets c_attn on GPT-2 said it matched no linear layer, listing only
-    lm_head, though the model has a c_attn: a Conv1D (transposed, q, k and v fused)."""
+def tiny_gpt2(seed: int = 0):
+    """A 2-layer GPT-2: its c_attn (q, k and v fused), c_proj and c_fc are transformers' Conv1D, whose weight is
+    stored transposed (in x out)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_positions=16, n_embd=16, n_layer=1, n_head=2))
-    for targets in ("c_attn", r".*\.c_attn"):
-        with pytest.raises(ValueError, match="it names Conv1D modules, which are not torch.nn.Linear"):
-            attach(gpt2, "lora", targets=targets)
-    with pytest.raises(ValueError, match=r"matches no linear layer; the model's linear layers: lm_head$"):
-        attach(gpt2, "lora", targets="q_proj")  # no such module at all: no sentence about it
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=128, n_positions=16, n_embd=16, n_layer=2, n_head=2, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return GPT2LMHeadModel(config).eval()
+
+
+GPT2_TARGETS = "c_attn,c_proj,c_fc"
+
+
+def test_gpt2s_conv1d_layers_are_adapted_trained_and_merged(method):
+    """From a review of own models: GPT-2-style models (Conv1D layers) could not be adapted at all. Every method
+    wraps them as it wraps nn.Linear: step zero is the base model, the adapter trains, and a merge (the weight is
+    stored transposed) gives the unmerged outputs."""
+    base = tiny_gpt2()(**batch()).logits
+    adapter = attach(tiny_gpt2(), method, targets=GPT2_TARGETS)
+    assert len(adapter.layers) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each of 2 blocks
+    sites = {
+        name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: layer.site for name, layer in adapter.layers.items()
+    }
+    assert (sites["attn.c_attn"].d_in, sites["attn.c_attn"].d_out) == (16, 48)  # in x out: (nx, nf)
+    assert (sites["mlp.c_proj"].d_in, sites["mlp.c_proj"].d_out) == (64, 16)
+    assert torch.equal(adapter.model(**batch()).logits, base)
+    perturb(adapter)
+    adapter.model.train()
+    out = adapter.model(**batch())
+    out.loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapter.trainable_parameters())
+    adapter.model.eval()
+    with torch.no_grad():
+        unmerged = adapter.model(**batch()).logits
+    assert not torch.allclose(unmerged, base)
+    if not adapter.method_cls.is_mergeable(adapter.config):
+        return
+    adapter.merge()
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+    model = adapter.unload()
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+
+
+def test_gpt2s_conv1d_layers_on_the_fast_path_compute_what_the_plain_path_does(method):
+    """The fast path (one product over an input its readers share) on Conv1D bases, which it does not fuse."""
+    if not METHODS.get(method).offers_fast_path():
+        pytest.skip("the method has no fast path")
+    adapter = attach(tiny_gpt2(), method, targets=GPT2_TARGETS, dropout=0.0, reducer=None)
+    perturb(adapter)
+    adapter.model.train()
+    results = []
+    for fast in (False, True):
+        adapter.use_fast_path(fast)
+        out = adapter.model(**batch())
+        grads = torch.autograd.grad(out.loss, adapter.trainable_parameters())
+        results.append((out.logits.detach(), grads))
+    torch.testing.assert_close(results[1][0], results[0][0], atol=1e-5, rtol=1e-5)
+    for fast, plain in zip(results[1][1], results[0][1], strict=True):
+        torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_on_gpt2_matches_peft_with_fan_in_fan_out():
+    """Against peft's LoRA on the same Conv1D layers (``fan_in_fan_out=True``, as peft needs for them): the same
+    outputs, gradients and merged weights."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    ours = attach(tiny_gpt2(), "lora", targets=GPT2_TARGETS, r=4, alpha=8, dropout=0.0)
+    perturb(ours)
+    config = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=GPT2_TARGETS.split(","),
+                            fan_in_fan_out=True)  # fmt: skip
+    ref = get_peft_model(tiny_gpt2(), config)
+    ref_modules = dict(ref.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in ours.layers.items():
+            ref_modules[name].lora_A["default"].weight.copy_(layer.lora_A)
+            ref_modules[name].lora_B["default"].weight.copy_(layer.lora_B)
+    out_ours, out_ref = ours.model(**batch()), ref(**batch())
+    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
+    out_ours.loss.backward()
+    out_ref.loss.backward()
+    for name, layer in ours.layers.items():
+        torch.testing.assert_close(
+            layer.lora_A.grad, ref_modules[name].lora_A["default"].weight.grad, atol=1e-6, rtol=0
+        )
+        torch.testing.assert_close(
+            layer.lora_B.grad, ref_modules[name].lora_B["default"].weight.grad, atol=1e-6, rtol=0
+        )
+    ours.merge()
+    merged = ref.merge_and_unload()
+    for name, layer in ours.layers.items():
+        torch.testing.assert_close(layer.base.weight, merged.get_submodule(name).weight, atol=1e-6, rtol=0)
+
+
+def test_a_target_that_names_another_kind_of_layer_says_so():
+    """From a review of own models: --targets naming modules that are not linear layers said only that it matched
+    no linear layer; it names what they are."""
+    with pytest.raises(
+        ValueError, match=r"matches no linear layer; the model's linear layers: c_attn, c_fc, c_proj, lm_head$"
+    ):
+        attach(tiny_gpt2(), "lora", targets="q_proj")  # no such module at all: no sentence about it
     with pytest.raises(ValueError, match=r"it names LlamaAttention modules, .*adapted; name the linear layers"):
-        attach(tiny_llama(), "lora", targets="self_attn")  # not a Conv1D: no word of one
+        attach(tiny_llama(), "lora", targets="self_attn")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
