@@ -576,7 +576,7 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         found = [n for n in names if pattern.fullmatch(n)]
         if not found:
             raise ValueError(
-                f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+                f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short) or 'none'}"
                 + _not_linear(model, pattern.fullmatch)
             )
         return found
@@ -585,7 +585,7 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         hits = [n for n in names if n == target or n.endswith("." + target)]
         if not hits:
             raise ValueError(
-                f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short)}"
+                f"target {target!r} matches no linear layer; the model's linear layers: {', '.join(short) or 'none'}"
                 + _not_linear(model, lambda n, t=target: n == t or n.endswith("." + t))
             )
         found += hits
@@ -595,9 +595,16 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
 def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
     """Where a target names modules that are not linear layers (an attention block, an MLP): a sentence saying so,
     for the no-match message; '' where it names none."""
-    kinds = sorted({type(m).__name__ for n, m in model.named_modules() if n and matches(n)})
-    if not kinds:
+    named = {type(m) for n, m in model.named_modules() if n and matches(n)}
+    if not named:
         return ""
+    kinds = sorted(t.__name__ for t in named)
+    if other := sorted(f"{t.__module__}.{t.__name__}" for t in named if t.__name__ == "Conv1D"):
+        return (
+            f" (it names {', '.join(other)} modules: of the Conv1D layers, transformers' own "
+            "(transformers.pytorch_utils.Conv1D) is adapted, another library's or a model's own copy is not; wrap "
+            "its weight in an nn.Linear or use the transformers class)"
+        )
     return (
         f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers (and GPT-2-style "
         "Conv1D) are adapted; name the linear layers inside them)"

@@ -125,12 +125,13 @@ def _model_files(
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
     patterns = (*(WEIGHT_FILES if weights else ()), *anywhere)
-    components = {folder, *(folder / name for name in _components(folder))}
+    # by real path: a component that is a symlink (to a sibling the walk may reach first) is still a component
+    components = {os.path.realpath(p) for p in (folder, *(folder / name for name in _components(folder)))}
     found = []
     for root, names in walk_model_folder(folder):
+        wanted = (*patterns, *top) if os.path.realpath(root) in components else patterns
         for name in names:
             path = root / name
-            wanted = patterns if root not in components else (*patterns, *top)
             if any(fnmatch.fnmatch(name, p) for p in wanted) and path.is_file():
                 found.append((path.relative_to(folder).as_posix(), path))
     return sorted(found)
@@ -160,7 +161,8 @@ def walk_model_folder(folder: Path) -> Iterator[tuple[Path, list[str]]]:
             dirs.clear()
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
+        # sorted: one order on every file system, so that of two paths to one folder the same one is kept
+        dirs[:] = sorted(d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*")))
         yield Path(root), names
 
 

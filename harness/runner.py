@@ -1021,7 +1021,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         if not spec.random_weights:
             models.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
-        built = spec.random_weights or task_cls.config_only_models
+        built = not task_cls.reads_weights(spec.model, spec.random_weights)
         if not built and folder.is_dir() and not has_weights(folder):
             nested = sorted(p.name for p in folder.glob("checkpoint-*") if has_weights(p))
             where = f"; its {', '.join(nested)} folder(s) do: give one of those" if nested else ""

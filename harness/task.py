@@ -269,8 +269,10 @@ class Task(ABC):
     def reads_weights(cls, model: str, random_weights: bool) -> bool:
         """Whether a run of the local ``model`` loads the weights in its folder: a run's record then identifies the
         model by its weights, configs, tokenizer and code (``harness.identity``), else by all but the weights, which
-        may change under it without changing what it computes. By default: unless it builds random weights."""
-        return not random_weights
+        may change under it without changing what it computes. By default: unless it builds random weights or the
+        task assembles its models from a config (``config_only_models``). Before any run, a folder whose weights a
+        run loads must hold some (``harness.runner.has_weights``), and ``check_weights_folder`` is asked."""
+        return not random_weights and not cls.config_only_models
 
     @classmethod
     def reads_embedded(cls, model: str, random_weights: bool) -> bool:

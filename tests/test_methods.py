@@ -257,6 +257,17 @@ def test_a_target_that_names_another_kind_of_layer_says_so():
     with pytest.raises(ValueError, match=r"it names LlamaAttention modules, .*adapted; name the linear layers"):
         attach(tiny_llama(), "lora", targets="self_attn")
 
+    class Conv1D(torch.nn.Module):  # a model's own copy of GPT-2's layer (remote code), not transformers' class
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(8, 8))
+
+    model = torch.nn.Sequential()
+    model.add_module("c_attn", Conv1D())
+    with pytest.raises(ValueError, match=r"layers: none \(it names (tests\.)?test_methods\.Conv1D modules: of the Conv1D layers, "
+                                         r"transformers' own \(transformers\.pytorch_utils\.Conv1D\) is adapted"):  # fmt: skip
+        attach(model, "lora", targets="c_attn")
+
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_dtypes_forward_and_backward(method, dtype):

@@ -377,3 +377,18 @@ def test_a_runs_folder_or_a_project_inside_the_model_folder_is_not_the_model(tmp
     assert model_digest(".") == first
     (folder / "modeling_own.py").write_text("class Own: pass\n")  # the model's own code, at its top: a change
     assert model_digest(".")["weights_sha256"] != first["weights_sha256"]
+
+
+@pytest.mark.parametrize("target", ["a_tok", "zz_tok"])  # walked before and after the link's own name
+def test_a_component_that_is_a_symlink_is_digested_as_a_component(tmp_path, target):
+    """From a review: a pipeline's tokenizer/ linked to a sibling folder was missed where the walk reached the
+    sibling first (a folder reached twice is walked once), so its vocab.json was in no digest."""
+    folder = tmp_path / "pipe"
+    (folder / target).mkdir(parents=True)
+    (folder / "model_index.json").write_text('{"tokenizer": ["transformers", "CLIPTokenizer"]}')
+    (folder / target / "vocab.json").write_text('{"a": 0}')
+    (folder / "tokenizer").symlink_to(target)
+    first = model_digest(str(folder), weights=False)
+    assert first["files"] == 2  # model_index.json and the tokenizer's vocab.json, under one of its two names
+    (folder / target / "vocab.json").write_text('{"b": 0}')
+    assert model_digest(str(folder), weights=False)["weights_sha256"] != first["weights_sha256"]

@@ -1494,6 +1494,23 @@ def weights_folder(tmp_path):
     return folder
 
 
+def test_a_multimodal_llava_folder_without_weights_is_refused_before_any_run(tmp_path):
+    """From a review: the multimodal task takes a folder holding a config alone (a llava_style one, built from its
+    config), and so every folder passed the check, a transformers LLaVA folder without its weights too: each run
+    then failed as it loaded. Task.reads_weights says which folders' weights a run loads."""
+    from harness.models import load_config_dict
+    from harness.runner import build_specs, preflight
+    from tasks.multimodal import model as mm
+
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"model folder '.*llava' holds no weights"):
+        preflight(build_specs("multimodal", ["base"], [0], "paper", model=str(folder)))
+    preflight(build_specs("multimodal", ["base"], [0], "paper", model=str(folder), random_weights=True))
+
+
 def test_only_the_weights_from_pretrained_reads_count_and_a_gguf_says_so(weights_folder, tmp_path):
     """From a review: a folder holding a config, a tokenizer and model.Q4_1.gguf (or a .pt) passed the checks, and
     every run failed: from_pretrained is given no gguf_file, and reads no .pt; ``--model x.gguf`` said to pass

@@ -103,7 +103,7 @@ class MultimodalTask(Task):
         """The embedded model (its weights, or with random weights its tokenizer), a ``llava_style`` config without
         tokenizer files of its own (it tokenizes with the embedded one), and a transformers LLaVA built with random
         weights where its processor is not at hand offline (``build_paper`` then makes one over the embedded
-        tokenizer): no processor or tokenizer config in its folder, or in the hub's cache for a hub id."""
+        tokenizer): no image processor's config in its folder, or in the hub's cache for a hub id."""
         if cls.load is not MultimodalTask.load:
             return False
         if model == models.EMBEDDED:
