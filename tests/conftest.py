@@ -223,3 +223,23 @@ class DeltaOnlyLinear(AdapterLinear):
 
     def delta(self, x):
         return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+
+def assert_lora_matches_peft(ours, ref, atol: float = 1e-6) -> None:
+    """Give peft's LoRA (``ref``, a PeftModel on the same base) our ``lora``'s weights, then check that both give
+    the same outputs on ``batch()`` and the same gradients of its loss."""
+    import torch
+
+    ref_modules = dict(ref.base_model.model.named_modules())
+    with torch.no_grad():
+        for name, layer in ours.layers.items():
+            ref_modules[name].lora_A["default"].weight.copy_(layer.lora_A)
+            ref_modules[name].lora_B["default"].weight.copy_(layer.lora_B)
+    out_ours, out_ref = ours.model(**batch()), ref(**batch())
+    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=atol, rtol=0)
+    out_ours.loss.backward()
+    out_ref.loss.backward()
+    for name, layer in ours.layers.items():
+        for kind in ("lora_A", "lora_B"):
+            theirs = getattr(ref_modules[name], kind)["default"].weight.grad
+            torch.testing.assert_close(getattr(layer, kind).grad, theirs, atol=atol, rtol=0)

@@ -15,6 +15,23 @@ from tests.conftest import SLOW_STEPS
 from tests.test_robustness import run_args
 
 
+def slow_until_checkpoint(
+    harness: list[str], runs: Path, tmp_path: Path, stderr=subprocess.DEVNULL
+) -> subprocess.Popen:
+    """``harness`` under torchrun, each step slowed to 0.3 s (``SLOW_STEPS``), in a session of its own, returned
+    once its first checkpoint is there (a stop or kill then lands mid-run)."""
+    script = tmp_path / "slow_steps.py"
+    script.write_text(SLOW_STEPS)
+    proc = subprocess.Popen(
+        torchrun(harness, script), stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env(),
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    return proc
+
+
 def torchrun(args: list[str], script: Path | None = None) -> list[str]:
     """``python -m harness …`` (or ``python script …``) under torchrun with 2 processes; ``--standalone``: its
     rendezvous takes a free port itself (a port found free and handed over could be taken in between)."""
@@ -58,18 +75,10 @@ def test_two_processes_killed_mid_run_resume(tiny_model, data_dir, tmp_path):
     """Killed (the launcher and both workers) between checkpoints, each step slowed to 0.3 s so that the kill
     lands mid-run; the same command without the slowing then resumes (the same run id) and finishes."""
     runs = tmp_path / "runs"
-    script = tmp_path / "slow_steps.py"
-    script.write_text(SLOW_STEPS)
     harness = run_args(tiny_model, data_dir, runs, "lora", "--steps", "12", "--no-leaderboard")
     args = torchrun(harness)
-    proc = subprocess.Popen(
-        torchrun(harness, script), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(),
-        start_new_session=True,
-    )  # fmt: skip
+    proc = slow_until_checkpoint(harness, runs, tmp_path)
     try:
-        deadline = time.time() + 300
-        while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
         assert list(runs.glob("*/checkpoint.pt")), "no checkpoint appeared"
     finally:
         import psutil
@@ -95,17 +104,9 @@ def test_ctrl_c_in_the_terminal_stops_two_processes_cleanly(tiny_model, data_dir
     import signal
 
     runs = tmp_path / "runs"
-    script = tmp_path / "slow_steps.py"
-    script.write_text(SLOW_STEPS)
     harness = run_args(tiny_model, data_dir, runs, "lora", "--steps", "40", "--no-leaderboard")
-    proc = subprocess.Popen(
-        torchrun(harness, script), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env(),
-        start_new_session=True,
-    )  # fmt: skip
+    proc = slow_until_checkpoint(harness, runs, tmp_path, stderr=subprocess.PIPE)
     try:
-        deadline = time.time() + 300
-        while not list(runs.glob("*/checkpoint.pt")) and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.1)
         assert list(runs.glob("*/checkpoint.pt")), "no checkpoint appeared"
         os.killpg(proc.pid, signal.SIGINT)  # as the terminal sends it: the launcher and both workers
         _, err = proc.communicate(timeout=120)

@@ -10,7 +10,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 
 from harness import attach
-from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
 
 def test_lora_matches_peft_outputs_and_gradients():
@@ -19,22 +19,7 @@ def test_lora_matches_peft_outputs_and_gradients():
     ref = get_peft_model(
         tiny_llama(), PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TINY_TARGETS.split(","))
     )
-    ref_modules = dict(ref.base_model.model.named_modules())
-    with torch.no_grad():
-        for name, layer in ours.layers.items():
-            ref_modules[name].lora_A["default"].weight.copy_(layer.lora_A)
-            ref_modules[name].lora_B["default"].weight.copy_(layer.lora_B)
-    out_ours, out_ref = ours.model(**batch()), ref(**batch())
-    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
-    out_ours.loss.backward()
-    out_ref.loss.backward()
-    for name, layer in ours.layers.items():
-        torch.testing.assert_close(
-            layer.lora_A.grad, ref_modules[name].lora_A["default"].weight.grad, atol=1e-6, rtol=0
-        )
-        torch.testing.assert_close(
-            layer.lora_B.grad, ref_modules[name].lora_B["default"].weight.grad, atol=1e-6, rtol=0
-        )
+    assert_lora_matches_peft(ours, ref)
     assert ours.num_trainable_params == ref.get_nb_trainable_parameters()[0]
 
 

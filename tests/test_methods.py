@@ -7,7 +7,7 @@ import torch
 
 from harness import METHODS, attach, load_adapter
 from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
-from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
 
 def test_step_zero_equals_base(method):
@@ -225,22 +225,7 @@ def test_lora_on_gpt2_matches_peft_with_fan_in_fan_out():
     config = PeftLoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=GPT2_TARGETS.split(","),
                             fan_in_fan_out=True)  # fmt: skip
     ref = get_peft_model(tiny_gpt2(), config)
-    ref_modules = dict(ref.base_model.model.named_modules())
-    with torch.no_grad():
-        for name, layer in ours.layers.items():
-            ref_modules[name].lora_A["default"].weight.copy_(layer.lora_A)
-            ref_modules[name].lora_B["default"].weight.copy_(layer.lora_B)
-    out_ours, out_ref = ours.model(**batch()), ref(**batch())
-    torch.testing.assert_close(out_ours.logits, out_ref.logits, atol=1e-6, rtol=0)
-    out_ours.loss.backward()
-    out_ref.loss.backward()
-    for name, layer in ours.layers.items():
-        torch.testing.assert_close(
-            layer.lora_A.grad, ref_modules[name].lora_A["default"].weight.grad, atol=1e-6, rtol=0
-        )
-        torch.testing.assert_close(
-            layer.lora_B.grad, ref_modules[name].lora_B["default"].weight.grad, atol=1e-6, rtol=0
-        )
+    assert_lora_matches_peft(ours, ref)
     ours.merge()
     merged = ref.merge_and_unload()
     for name, layer in ours.layers.items():
