@@ -599,11 +599,15 @@ def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
     if not named:
         return ""
     kinds = sorted(t.__name__ for t in named)
-    if other := sorted(f"{t.__module__}.{t.__name__}" for t in named if t.__name__ == "Conv1D"):
+    gpt2_like = [
+        m for n, m in model.named_modules() if n and matches(n) and type(m).__name__ == "Conv1D"
+    ]  # a GPT-2-style layer: a 2-D weight (a real 1-D convolution's is 3-D)
+    if [m for m in gpt2_like if getattr(getattr(m, "weight", None), "ndim", 0) == 2]:
+        other = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in gpt2_like})
         return (
-            f" (it names {', '.join(other)} modules: of the Conv1D layers, transformers' own "
-            "(transformers.pytorch_utils.Conv1D) is adapted, another library's or a model's own copy is not; wrap "
-            "its weight in an nn.Linear or use the transformers class)"
+            f" (it names {', '.join(kinds)} modules; of the Conv1D layers ({', '.join(other)}) transformers' own "
+            "(transformers.pytorch_utils.Conv1D) is adapted, another library's or a model's own copy is not: use the "
+            "transformers class, or an nn.Linear holding the weight transposed (weight.T))"
         )
     return (
         f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers (and GPT-2-style "

@@ -161,8 +161,7 @@ def walk_model_folder(folder: Path) -> Iterator[tuple[Path, list[str]]]:
             dirs.clear()
             continue
         seen.add(real)
-        # sorted: one order on every file system, so that of two paths to one folder the same one is kept
-        dirs[:] = sorted(d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*")))
+        dirs[:] = [d for d in dirs if not (Path(root) == folder and fnmatch.fnmatch(d, "checkpoint-*"))]
         yield Path(root), names
 
 

@@ -349,7 +349,12 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         decision = ctx.agree(decision)
         if decision.startswith("other weights"):
             embedded = spec.model == EMBEDDED
-            what = "its GGUF" if embedded else "the files the run reads there: weights, configs, tokenizer or code"
+            weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
+            what = (
+                "its GGUF"
+                if embedded
+                else f"the files the run reads there: {'weights, ' if weights else ''}configs, tokenizer or code"
+            )
             raise ValueError(
                 f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
                 f"{str(ctx.runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]}): --force re-runs "
@@ -1021,7 +1026,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         if not spec.random_weights:
             models.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
-        built = not task_cls.reads_weights(spec.model, spec.random_weights)
+        # ``embedded`` is never a folder of that name in the working directory (resolve() takes it first)
+        built = spec.model == EMBEDDED or not task_cls.reads_weights(spec.model, spec.random_weights)
         if not built and folder.is_dir() and not has_weights(folder):
             nested = sorted(p.name for p in folder.glob("checkpoint-*") if has_weights(p))
             where = f"; its {', '.join(nested)} folder(s) do: give one of those" if nested else ""

@@ -1506,9 +1506,29 @@ def test_a_multimodal_llava_folder_without_weights_is_refused_before_any_run(tmp
     folder.mkdir()
     config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
     (folder / "config.json").write_text(json.dumps(config))
+    specs = build_specs("multimodal", ["base"], [0], "paper", model=str(folder))
     with pytest.raises(ValueError, match=r"model folder '.*llava' holds no weights"):
-        preflight(build_specs("multimodal", ["base"], [0], "paper", model=str(folder)))
+        preflight(specs)
     preflight(build_specs("multimodal", ["base"], [0], "paper", model=str(folder), random_weights=True))
+    (folder / "model.safetensors").write_bytes(b"")  # its weights, but not the processor they are read with
+    with pytest.raises(ValueError, match=r"holds no image processor config \(processor_config.json or "
+                                         r"preprocessor_config.json\): the LLaVA processor loads from it"):  # fmt: skip
+        preflight(specs)
+    (folder / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds no tokenizer"):
+        preflight(specs)
+    (folder / "tokenizer.json").write_text("{}")
+    preflight(specs)
+
+
+def test_the_embedded_model_is_not_a_folder_of_that_name_in_the_working_directory(tmp_path, monkeypatch):
+    """From a review: with a folder named ``embedded`` where the command runs, the multimodal task's embedded model
+    was checked as that folder ("holds no weights"); the run reads the embedded model, as resolve() does."""
+    from harness.runner import build_specs, preflight
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embedded").mkdir()
+    preflight(build_specs("multimodal", ["base"], [0], "embedded", model="embedded"))
 
 
 def test_only_the_weights_from_pretrained_reads_count_and_a_gguf_says_so(weights_folder, tmp_path):

@@ -76,6 +76,21 @@ class MultimodalTask(Task):
             models.check_transformers_config(model, trust_remote_code=trust_remote_code)
 
     @classmethod
+    def check_weights_folder(cls, folder: Path) -> None:
+        """A transformers LLaVA folder whose weights a run loads: its processor loads from it (``build_paper``), so
+        its image processor's config and its tokenizer must be there; refused before any run, not run by run."""
+        if cls.load is not MultimodalTask.load or _llava_style(str(folder)) is not None:
+            return
+        if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+            raise ValueError(
+                f"model folder {str(folder)!r} holds no image processor config ({' or '.join(PROCESSOR_FILES)}): the "
+                "LLaVA processor loads from it; save it there (processor.save_pretrained(folder))"
+            )
+        from tasks.lm import check_tokenizer_files
+
+        check_tokenizer_files(folder)
+
+    @classmethod
     def check_built_tokenizer(cls, model: str, random_weights: bool, trust_remote_code: bool = False) -> None:
         """The embedded architecture with random weights, or a ``llava_style`` config (always built so): the tokenizer
         it reads (its folder's own, else the embedded one) loads and fits its language model's vocabulary, as
