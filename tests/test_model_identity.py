@@ -379,7 +379,7 @@ def test_a_runs_folder_or_a_project_inside_the_model_folder_is_not_the_model(tmp
     assert model_digest(".")["weights_sha256"] != first["weights_sha256"]
 
 
-@pytest.mark.parametrize("target", ["a_tok", "zz_tok"])  # walked before and after the link's own name
+@pytest.mark.parametrize("target", ["a_tok", "zz_tok"])  # sorting before and after "tokenizer"
 def test_a_component_that_is_a_symlink_is_digested_as_a_component(tmp_path, target):
     """From a review: a pipeline's tokenizer/ linked to a sibling folder was missed where the walk reached the
     sibling first (a folder reached twice is walked once), so its vocab.json was in no digest."""
