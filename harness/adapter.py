@@ -595,14 +595,13 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
 def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
     """Where a target names modules that are not linear layers (an attention block, an MLP): a sentence saying so,
     for the no-match message; '' where it names none."""
-    named = {type(m) for n, m in model.named_modules() if n and matches(n)}
-    if not named:
+    matched = [m for n, m in model.named_modules() if n and matches(n)]
+    if not matched:
         return ""
-    kinds = sorted(t.__name__ for t in named)
-    gpt2_like = [
-        m for n, m in model.named_modules() if n and matches(n) and type(m).__name__ == "Conv1D"
-    ]  # a GPT-2-style layer: a 2-D weight (a real 1-D convolution's is 3-D)
-    if [m for m in gpt2_like if getattr(getattr(m, "weight", None), "ndim", 0) == 2]:
+    kinds = sorted({type(m).__name__ for m in matched})
+    # a GPT-2-style layer of another library: named Conv1D, with a 2-D weight (a real 1-D convolution's is 3-D)
+    gpt2_like = [m for m in matched if type(m).__name__ == "Conv1D"]
+    if any(getattr(getattr(m, "weight", None), "ndim", 0) == 2 for m in gpt2_like):
         other = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in gpt2_like})
         return (
             f" (it names {', '.join(kinds)} modules; of the Conv1D layers ({', '.join(other)}) transformers' own "

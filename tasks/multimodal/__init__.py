@@ -81,7 +81,7 @@ class MultimodalTask(Task):
         its image processor's config and its tokenizer must be there; refused before any run, not run by run."""
         if cls.load is not MultimodalTask.load or _llava_style(str(folder)) is not None:
             return
-        if not any((folder / name).is_file() for name in PROCESSOR_FILES):
+        if not _processor_at_hand(str(folder)):
             raise ValueError(
                 f"model folder {str(folder)!r} holds no image processor config ({' or '.join(PROCESSOR_FILES)}): the "
                 "LLaVA processor loads from it; save it there (processor.save_pretrained(folder))"
