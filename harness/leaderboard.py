@@ -48,10 +48,12 @@ Markdown adds, for every row with two or more seeds, the range (min-max) of its 
 difference between methods can be read against one method's spread over seeds.
 
 ``<task>_comparisons.csv`` (long format): ``task, preset, protocol, method, reference, benchmark, diff,
-ci_low, ci_high, p, p_holm, significant, model, section`` for the references ``lora``, ``base``, ``majority`` and
-``chance`` (``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
+ci_low, ci_high, p, p_holm, significant, seed_ranges_apart, model, section`` for the references ``lora``,
+``base``, ``majority`` and ``chance`` (``p``: the two-sided p-value of the paired sign-flip test, against ``chance`` of the test of guessing,
 ``harness.stats.chance_p``; ``p_holm``: Holm's adjusted p within the section's comparisons against that reference;
-``significant``: the interval excludes 0 and p < 0.05, uncorrected);
+``significant``: the interval excludes 0 and p < 0.05, uncorrected; ``seed_ranges_apart``: every seed's score of
+one row beyond every seed's of the other, on the runs compared, empty where neither row has two scores:
+:func:`seed_ranges_apart`);
 ``benchmark`` is ``Avg`` for the average over the benchmarks both rows have; two references compared
 both ways (``lora``/``base``) get exactly opposite differences and intervals (one drawn, one its negation).
 ``reference`` is the reference row's label: several ``lora`` rows in a section, at different options, compare
@@ -103,6 +105,7 @@ from harness.records import (
 from harness.runner import BASELINE
 from harness.stats import (
     CHANCE,
+    EPS,
     MAJORITY,
     Estimate,
     baseline_scores,
@@ -140,6 +143,8 @@ class Row:
     vs: dict[str, dict[str, Estimate]] = field(default_factory=dict)  # reference -> benchmark/AVG -> diff
     mirrored: set[str] = field(default_factory=set)  # references whose ``vs`` is the negation of theirs to this row
     unpaired: set[str] = field(default_factory=set)  # references not compared: trained rows that share no seed
+    # reference -> benchmark/AVG -> the two rows' per-seed scores do not overlap (``seed_ranges_apart``)
+    apart: dict[str, dict[str, bool]] = field(default_factory=dict)
     name: str = ""  # the method's registry name (baselines: majority/chance)
 
     @property
@@ -411,6 +416,7 @@ def _compare(
     drawn: dict[tuple[int, str], dict[str, Estimate]] = {}
     mirrored: set[tuple[int, str]] = set()
     unpaired: set[tuple[int, str]] = set()  # trained rows that share no seed: not compared
+    apart: dict[tuple[int, str], dict[str, bool]] = {}
     for ref_name in reversed(REFERENCES):
         ref = refs[ref_name]
         if ref is None:
@@ -422,6 +428,7 @@ def _compare(
             if mirror is not None:  # row - ref = -(ref - row), already drawn
                 drawn[(id(row), ref_name)] = {b: e.negated() for b, e in mirror.items()}
                 mirrored.add((id(row), ref_name))
+                apart[(id(row), ref_name)] = apart[(id(ref), row.name)]  # symmetric
                 continue
             same = [b for b in benchmarks if b in row.scores and b in ref.scores and row.answers[b] == ref.answers[b]]
             pair = _on_shared_seeds(row, ref, same)
@@ -439,11 +446,43 @@ def _compare(
                 on = [scale(b, PERCENT) for b in both]
                 diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both], test=test, scales=on)
             drawn[(id(row), ref_name)] = diffs
+            apart[(id(row), ref_name)] = seed_ranges_apart(row, ref, list(diffs), both)
     for row in rows:  # in REFERENCES order, as the tables list them
         row.vs = {name: drawn[(id(row), name)] for name in REFERENCES if (id(row), name) in drawn}
         row.mirrored = {name for name in row.vs if (id(row), name) in mirrored}
         row.unpaired = {name for name in row.vs if (id(row), name) in unpaired}
+        row.apart = {name: apart[(id(row), name)] for name in row.vs if (id(row), name) in apart}
     return {name: ref.method for name, ref in refs.items() if ref is not None}
+
+
+def seed_ranges_apart(row: Row, ref: Row, compared: list[str], averaged: list[str]) -> dict[str, bool]:
+    """Per compared column (benchmarks and AVG, which here averages ``averaged``, the columns the paired Avg
+    covers): whether the two rows' per-seed scores lie apart, every one of a side above every one of the other
+    (equal scores touch: not apart), on the runs the paired comparison used (two trained rows: the seeds both
+    ran). A baseline row (majority, chance) has one score, its cell's. Only where a side has two or more scores:
+    one score against one says nothing about the spread over seeds. The paired interval resamples examples;
+    this is the check against the seeds' spread that the README's results apply ("beyond the interval and the
+    seed ranges apart")."""
+    sides = []
+    for x, other in ((row, ref), (ref, row)):
+        runs = x.runs
+        if x.kind == "trained" and other.kind == "trained":
+            shared = {r["run"]["config"]["seed"] for r in row.runs} & {r["run"]["config"]["seed"] for r in ref.runs}
+            runs = [r for r in runs if r["run"]["config"]["seed"] in shared]
+        columns = [b for b in {*compared, *averaged} if b != AVG]
+        per_run = [{b: float(r["eval"][b]["value"]) for b in columns if "value" in r["eval"].get(b, {})} for r in runs]
+        if not runs:  # majority and chance: computed from the answers, one score
+            per_run = [{b: x.cells[b].value for b in columns if b in x.cells and x.cells[b].value is not None}]
+        for values in per_run:
+            if AVG in compared and all(b in values for b in averaged):
+                values[AVG] = statistics.mean(values[b] for b in averaged)
+        sides.append(per_run)
+    out = {}
+    for b in compared:
+        mine, theirs = ([v[b] for v in side if b in v] for side in sides)
+        if mine and theirs and max(len(mine), len(theirs)) > 1:
+            out[b] = min(mine) > max(theirs) + EPS or max(mine) < min(theirs) - EPS  # float noise touches
+    return out
 
 
 def _on_shared_seeds(

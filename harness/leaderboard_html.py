@@ -135,14 +135,16 @@ def _score_td(row: Row, b: str, refs: dict[str, str]) -> str:
     if d is not None:
         cls = ("up" if d.value > 0 else "down") if d.significant else ""
         label = refs.get(REFERENCE_METHOD, REFERENCE_METHOD)
-        body += f'<span class="d {cls}">vs {escape(label)} {escape(diff_text(d))}</span>'
+        apart = row.apart.get(REFERENCE_METHOD, {}).get(b)
+        body += f'<span class="d {cls}">vs {escape(label)} {escape(diff_text(d, apart))}</span>'
     notes = [f"{cell_text(cell)} (95% bootstrap interval)"]
     for ref in REFERENCES:
         if ref in row.unpaired:  # trained rows without a seed in common are not compared (a warning says so)
             notes.append(f"vs {refs.get(ref, ref)}: – (no seed in common)")
         if (e := row.vs.get(ref, {}).get(b)) is not None:
             p = "" if e.p is None else f", p {e.p:.2g}"
-            notes.append(f"vs {refs.get(ref, ref)}: {diff_text(e)} [{fmt(e.lo, True)}, {fmt(e.hi, True)}{p}]")
+            text = diff_text(e, row.apart.get(ref, {}).get(b))
+            notes.append(f"vs {refs.get(ref, ref)}: {text} [{fmt(e.lo, True)}, {fmt(e.hi, True)}{p}]")
     return _td(cell.value, body, title="; ".join(notes))
 
 

@@ -100,6 +100,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                             | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
                             | {"ci_high": _num(d.hi), "p": "" if d.p is None else float(f"{d.p:.4g}")}
                             | {"significant": d.significant, "model": s.model, "section": s.key, "_p": d.p}
+                            | {"seed_ranges_apart": row.apart.get(ref, {}).get(b, "")}
                             | {"_mirror": ref in row.mirrored}
                         )
             if row.kind == "trained":
@@ -113,7 +114,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
     out_tables = {task: pd.DataFrame(rows) for task, rows in accuracy.items()}
     for task in accuracy:
         columns = (
-            "task preset protocol method reference benchmark diff ci_low ci_high p p_holm significant model section"
+            "task preset protocol method reference benchmark diff ci_low ci_high p p_holm significant "
+            "seed_ranges_apart model section"
         )
         out_tables[f"{task}_comparisons"] = pd.DataFrame(_with_holm(comparisons.get(task, [])), columns=columns.split())
         columns = "section preset protocol method seed run benchmark value"
@@ -243,9 +245,10 @@ def cell_text(cell: Cell) -> str:
     return f"{fmt(cell.value)} {ci}" + (" (constant)" if cell.constant else "")
 
 
-def diff_text(d: Estimate | None) -> str:
-    """``+3.2*`` (interval excludes 0 and sign-flip p < 0.05), ``-0.4``, or ``–`` when not comparable."""
-    return "–" if d is None else fmt(d.value, signed=True) + ("*" if d.significant else "")
+def diff_text(d: Estimate | None, apart: bool | None = None) -> str:
+    """``+3.2*`` (interval excludes 0 and sign-flip p < 0.05), ``-0.4``, or ``–`` when not comparable; ``†``
+    after it where the two rows' per-seed scores lie apart (``apart``: ``Row.apart``)."""
+    return "–" if d is None else fmt(d.value, signed=True) + ("*" if d.significant else "") + ("†" if apart else "")
 
 
 def param_text(row: Row) -> str:
@@ -304,6 +307,9 @@ LEGEND = (
     "examples (between trained rows with different seeds: on the seeds both ran); `*`: the 95% interval "
     "excludes 0 and the paired sign-flip test (McNemar's exact test for right/wrong answers) gives p < 0.05 "
     "(against chance, an expected score, the test of guessing: each example right with its chance probability). "
+    "`†`: the two rows' per-seed scores lie apart, every seed of one beyond every seed of the other (on the seeds "
+    "compared; shown where a row has two or more seeds): a difference beyond the spread over training seeds, which "
+    "the intervals do not resample. "
     "All paired comparisons, with their p and Holm's adjusted p within the section's comparisons against one "
     "reference (two references compared both ways counted once; the `*` is per comparison, uncorrected): "
     "`<task>_comparisons.csv`. "
@@ -393,9 +399,16 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 ]
                 if compared:
                     label = s.references.get(ref, ref)
-                    md += [f"Paired difference to {label} (points; `*`: 95% interval excludes 0, p < 0.05):", ""]
+                    md += [
+                        f"Paired difference to {label} (points; `*`: 95% interval excludes 0, p < 0.05; `†`: the seed "
+                        "ranges lie apart):",
+                        "",
+                    ]
                     scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
-                    rows = [[r.method, *(diff_text(r.vs[ref].get(b)) for b in [*scored, AVG])] for r in compared]
+                    rows = [
+                        [r.method, *(diff_text(r.vs[ref].get(b), r.apart.get(ref, {}).get(b)) for b in [*scored, AVG])]
+                        for r in compared
+                    ]
                     md += [markdown_table(["method", *scored, AVG], rows), ""]
     md += ["## overhead", ""]
     if overhead.empty:

@@ -451,3 +451,67 @@ def test_one_judge_alias_answered_by_two_snapshots_is_two_scorers():
     [line] = mixed_scorers([section(["gpt-4o-2024-08-06"], ["gpt-4o-2024-11-20"])])
     assert "judge_avg scored by 2 different scorers" in line and "gpt-4o-2024-11-20" in line
     assert len(mixed_scorers([section(["gpt-4o-2024-08-06"], None)])) == 1  # judged before it was kept: not known
+
+
+def _right(answers: str, k: int) -> str:
+    """Predictions right on the first ``k`` examples only."""
+    return answers[:k] + "".join(str((int(a) + 1) % 4) for a in answers[k:])
+
+
+def test_seed_ranges_apart_marks_a_difference_beyond_every_seeds_spread(tmp_path):
+    """The README's rule for a method difference, "beyond the paired interval and the seed ranges apart", was
+    applied by hand; the comparisons now say it (``seed_ranges_apart``) and the Markdown marks it (``†``)."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 25  # 100 examples
+    # ARC-Easy: lora 60-62 over seeds 0-2, effilora 50-52: apart. boolq: lora 60-62, effilora 62-64: they touch at 62
+    # (not apart). moslora has seed 0 only: one score against lora's seed 0, nothing to say about a spread.
+    rights = {"lora": ((60, 60), (61, 61), (62, 62)), "effilora": ((50, 62), (51, 63), (52, 64))}
+    for method, per_seed in rights.items():
+        for seed, (arc, boolq) in enumerate(per_seed):
+            evals = {
+                "ARC-Easy": scored(answers, _right(answers, arc)),
+                "boolq": scored(answers, _right(answers, boolq)),
+            }
+            write_fixture(runs, fixture_record(method, seed, evals=evals))
+    evals = {"ARC-Easy": scored(answers, _right(answers, 40)), "boolq": scored(answers, _right(answers, 40))}
+    write_fixture(runs, fixture_record("moslora", 0, evals=evals))
+    evals = {"ARC-Easy": scored(answers, _right(answers, 61)), "boolq": scored(answers, _right(answers, 10))}
+    write_fixture(runs, fixture_record("base", 0, evals=evals))
+    write_leaderboards(runs, tmp_path / "out")
+    vs = {
+        (r["method"], r["reference"], r["benchmark"]): r["seed_ranges_apart"]
+        for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    }
+    assert (vs[("effilora", "lora", "ARC-Easy")], vs[("effilora", "lora", "boolq")]) == ("True", "False")
+    # Avg over the two: effilora 56-58, lora 60-62: apart
+    assert vs[("effilora", "lora", "Avg")] == "True"
+    assert vs[("moslora", "lora", "ARC-Easy")] == ""  # one seed against one (the seeds both ran): no spread
+    # base scores 61 on ARC-Easy, inside lora's 60-62: not apart; on boolq 10, below every seed of lora: apart
+    assert (vs[("lora", "base", "ARC-Easy")], vs[("lora", "base", "boolq")]) == ("False", "True")
+    assert vs[("base", "lora", "boolq")] == "True"  # the mirror says the same
+    # majority (option 0 on this balanced set: 25%) is below every lora seed; effilora's boolq (62-64) too
+    assert vs[("lora", "majority", "ARC-Easy")] == vs[("effilora", "majority", "boolq")] == "True"
+    assert vs[("moslora", "majority", "ARC-Easy")] == ""  # one run against one score
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| effilora | -10.0"))
+    assert line == "| effilora | -10.0*† | +2.0 | -4.0*† |", line  # boolq's seeds touch: no †
+    assert "`†`: the two rows' per-seed scores lie apart" in md
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    assert "vs lora -10.0*†" in html
+
+
+def test_seed_ranges_apart_uses_the_seeds_both_trained_rows_ran(tmp_path):
+    """Seeds 0 and 1 of both rows lie apart; lora's seed 2 (a third, lower seed effilora did not run) would make
+    them overlap, and is left out as the paired difference leaves it out."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 25
+    for method, per_seed in {"lora": (60, 61, 40), "effilora": (50, 51)}.items():
+        for seed, k in enumerate(per_seed):
+            evals = {"ARC-Easy": scored(answers, _right(answers, k))}
+            write_fixture(runs, fixture_record(method, seed, evals=evals))
+    write_leaderboards(runs, tmp_path / "out")
+    vs = {
+        (r["method"], r["reference"], r["benchmark"]): r["seed_ranges_apart"]
+        for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    }
+    assert vs[("effilora", "lora", "ARC-Easy")] == "True"
