@@ -61,9 +61,9 @@ CACHE_VERSION = 1
 
 
 def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True) -> dict[str, Any] | None:
-    """``{"weights_sha256": hex, "files": n, "version": version, "covers": what}`` for a local model folder (a
-    ``--model`` that is a folder, as ``harness.models.resolve`` takes one): the sha256 over its sorted ``"relpath
-    sha256"`` lines, one per file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since
+    """``{"weights_sha256": hex, "files": n, "version": version, "covers": what, "manifest": {relpath: sha256}}`` for
+    a local model folder (a ``--model`` that is a folder, as ``harness.models.resolve`` takes one): the sha256 over
+    its sorted ``"relpath sha256"`` lines (the ``manifest``, which a record keeps to say which file changed), one per file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since
     version 2, the tokenizer's files, the generation, processor and scheduler configs and the model's own code) in it
     or its subfolders (``walk_model_folder``, as ``harness.runner.has_weights``: symlinked subfolders followed once, a
     ``checkpoint-*`` subfolder left out). Without ``weights`` (a model built from its config: the weights are not
@@ -89,16 +89,36 @@ def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True
         files = _model_files(path, anywhere, top, weights)
     cache = _read_cache()
     changed = False
-    lines = []
+    manifest = {}
     for rel, path in files:
-        digest, new = _file_sha256(path, cache)
+        manifest[rel], new = _file_sha256(path, cache)
         changed |= new
-        lines.append(f"{rel} {digest}\n")
     if changed:
         _write_cache(cache)
-    digest = hashlib.sha256("".join(lines).encode()).hexdigest()
+    digest = hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in manifest.items()).encode()).hexdigest()
     covers = "weights, configs, tokenizer and code" if weights else "configs, tokenizer and code (no weights read)"
-    return {"weights_sha256": digest, "files": len(lines), "version": version, "covers": covers}
+    return {"weights_sha256": digest, "files": len(manifest), "version": version, "covers": covers} | {
+        "manifest": manifest
+    }
+
+
+def changed_files(then: dict[str, str], now: dict[str, str], most: int = 6) -> str:
+    """Which files differ between two digests' ``manifest``s (relative path -> sha256), as a message says it:
+    ``"changed config.json; added tokenizer.json; removed vocab.txt"``, at most ``most`` names, then how many more."""
+    kinds = {
+        "changed": [r for r in now if r in then and now[r] != then[r]],
+        "added": [r for r in now if r not in then],
+        "removed": [r for r in then if r not in now],
+    }
+    parts, left = [], most
+    for kind, names in kinds.items():
+        if names and left > 0:
+            more = f" and {len(names) - left} more" if len(names) > left else ""
+            parts.append(f"{kind} {', '.join(names[:left])}{more}")
+        elif names:
+            parts.append(f"{kind} {len(names)} more")
+        left -= len(names)
+    return "; ".join(parts)
 
 
 def embedded_digest() -> dict[str, Any]:

@@ -29,7 +29,7 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.identity import DIGEST_VERSION, embedded_digest, model_digest, walk_model_folder
+from harness.identity import DIGEST_VERSION, changed_files, embedded_digest, model_digest, walk_model_folder
 from harness.models import EMBEDDED, hub_revision
 from harness.records import (
     FIRST_METHOD_VERSION,
@@ -430,8 +430,9 @@ def _weights_digest(spec: RunSpec, version: int = DIGEST_VERSION) -> dict[str, A
 def _digest_info(digest: dict[str, Any]) -> dict[str, Any]:
     """A digest as a record's ``model_info`` keeps it."""
     info = {"weights_sha256": digest["weights_sha256"], "weights_files": digest["files"]}
-    if "version" in digest:  # a folder's: which files it covers
+    if "version" in digest:  # a folder's: which files it covers, and each one's sha256
         info["weights_digest_version"], info["weights_digest_covers"] = digest["version"], digest["covers"]
+        info["weights_manifest"] = digest["manifest"]
     if "source" in digest:  # the embedded GGUF's: which package and file
         info["weights_source"] = digest["source"]
     return info
@@ -440,7 +441,8 @@ def _digest_info(digest: dict[str, Any]) -> dict[str, Any]:
 def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """``"a1b2c3d4 -> e5f6a7b8"``: the model folder's weights (or the embedded GGUF) now differ from those the
     finished run recorded (the run id names the folder, not what it holds), compared over the files the record's
-    digest covered; ``None``: the same, or not known (a record from before the digest was kept, a model that is no
+    digest covered, with the files that differ where the record keeps its ``weights_manifest`` (``": changed
+    config.json"``); ``None``: the same, or not known (a record from before the digest was kept, a model that is no
     local folder)."""
     info = finished["run"]["config"].get("model_info")
     ran = info.get("weights_sha256") if isinstance(info, dict) else None
@@ -449,7 +451,10 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     version = info.get("weights_digest_version", 1)  # kept since version 2
     if (now := _weights_digest(spec, version)) is None or now["weights_sha256"] == ran:
         return None
-    return f"{ran[:8]} -> {now['weights_sha256'][:8]}"
+    then = info.get("weights_manifest")  # kept since 2026-12-06 (with its version): which files changed
+    known = isinstance(then, dict) and "weights_digest_version" in info and "manifest" in now
+    files = changed_files(then, now["manifest"]) if known else ""
+    return f"{ran[:8]} -> {now['weights_sha256'][:8]}" + (f": {files}" if files else "")
 
 
 def _plugins(spec: RunSpec) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from harness import identity
-from harness.identity import model_digest
+from harness.identity import changed_files, model_digest, sha256_file
 from harness.records import RECORD, read_record
 from tests.conftest import tiny_llama
 
@@ -73,8 +73,11 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
     names += ["unet/diffusion_pytorch_model.safetensors"]
     names += ["tokenizer.json", "unet/scheduler_config.json"]  # what the run tokenizes and samples with (version 2)
     covers = "weights, configs, tokenizer and code"
-    assert first == {"weights_sha256": _expected(folder, names), "files": 7, "version": 2, "covers": covers}
     assert len(opened) == 7 and (own_cache / "digests.json").is_file()
+    manifest = {name: sha256_file(folder / name) for name in sorted(names)}  # each file's, as a record keeps it
+    assert first == {"weights_sha256": _expected(folder, names), "files": 7, "version": 2, "covers": covers} | {
+        "manifest": manifest
+    }
     opened.clear()
     assert model_digest(str(folder)) == first
     assert opened == []  # every file's sha256 from the cache: a 16 GB model is hashed once
@@ -86,6 +89,7 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
         "files": 5,
         "version": 1,
         "covers": covers,
+        "manifest": {name: manifest[name] for name in sorted(names[:5])},
     }
     with pytest.raises(ValueError, match=r"version 3 is not one this harness knows \(\[1, 2\]\): the record was "
                                          r"written by a newer lora-harness; .* or --force"):  # fmt: skip
@@ -193,6 +197,21 @@ def _tiny_folder(tmp_path, seed: int = 0):
     return folder
 
 
+def test_changed_files_names_what_differs_and_counts_the_rest():
+    then = {"config.json": "a", "model.safetensors": "b", "vocab.txt": "c"}
+    now = {"config.json": "a2", "model.safetensors": "b", "tokenizer.json": "d"}
+    assert changed_files(then, now) == "changed config.json; added tokenizer.json; removed vocab.txt"
+    assert changed_files(then, then) == ""
+    many = {f"model-{i:05d}.safetensors": "x" for i in range(9)}
+    assert changed_files(many, {k: "y" for k in many}) == (
+        "changed model-00000.safetensors, model-00001.safetensors, model-00002.safetensors, model-00003.safetensors, "
+        "model-00004.safetensors, model-00005.safetensors and 3 more"
+    )
+    assert changed_files(many, {"config.json": "z"}) == "added config.json; removed model-00000.safetensors, " + (
+        "model-00001.safetensors, model-00002.safetensors, model-00003.safetensors, model-00004.safetensors and 4 more"
+    )
+
+
 def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped(data_dir, tmp_path, capfd):
     from harness.cli import main
 
@@ -220,6 +239,8 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     info = read_record(runs / run_id / RECORD)["run"]["config"]["model_info"]
     names = sorted(p.name for p in folder.iterdir())  # weights, config, generation config and tokenizer files
     assert info["weights_files"] == len(names) >= 4 and info["weights_digest_version"] == 2, names
+    assert sorted(info["weights_manifest"]) == names  # each file's sha256: a message can say which one changed
+    assert info["weights_manifest"]["config.json"] == sha256_file(folder / "config.json")
 
     code, out, err = run()  # the same weights: done already, as before
     assert code == 0 and "done already (skipped; --force re-runs it)" in out, out + err
@@ -230,7 +251,8 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert (
         f"the model {str(folder)!r} changed since run {run_id} in {str(runs)!r} finished (the files the run reads "
-        f"there: weights, configs, tokenizer or code, {first[:8]} -> {new[:8]}): --force re-runs it (its record is "
+        f"there: weights, configs, tokenizer or code, {first[:8]} -> {new[:8]}: changed model.safetensors): --force "
+        "re-runs it (its record is "
         "replaced when the re-run succeeds), or give the changed model another folder"
     ) in err, err
     assert weights() == first  # the finished record as it was
@@ -245,9 +267,12 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     tokenizer_config = folder / "tokenizer_config.json"
     kept = tokenizer_config.read_text()
     tokenizer_config.write_text(json.dumps({**json.loads(kept), "chat_template": "{{ messages }}"}))
+    (folder / "chat_template.jinja").write_text("{{ messages }}")  # and a file the tokenizer reads is added
     code, out, err = run()
     assert code == 2 and f"changed since run {run_id}" in err, out + err
-    # a record whose digest is version 1 (from before version 2): compared over the files it covered
+    assert ": changed tokenizer_config.json; added chat_template.jinja): --force" in err, err
+    # a record whose digest is version 1 (from before version 2, and from before the manifest): compared over the
+    # files it covered, without naming them
     record = json.loads((runs / run_id / RECORD).read_text())
     record["run"]["config"]["model_info"]["weights_sha256"] = model_digest(str(folder), 1)["weights_sha256"]
     del record["run"]["config"]["model_info"]["weights_digest_version"]
@@ -257,6 +282,7 @@ def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped
     tiny_llama(seed=3, layers=2).save_pretrained(folder)
     code, out, err = run()
     assert code == 2 and f"changed since run {run_id}" in err, out + err  # but the weights, as then
+    assert ": changed " not in err and "removed " not in err, err  # its manifest (version 2's) is not compared
 
     record = json.loads((runs / run_id / RECORD).read_text())  # a record from before the digest was kept
     del record["run"]["config"]["model_info"]
