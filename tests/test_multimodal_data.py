@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -635,3 +636,34 @@ def test_an_image_that_decoded_is_not_decoded_again_until_it_changes(tmp_path, m
     monkeypatch.setattr(images.Image, "MAX_IMAGE_PIXELS", 10)  # 256 pixels: over twice the limit is an error
     with pytest.raises(images.Image.DecompressionBombError):
         images.check_decodes(path)
+
+
+def test_a_test_image_saved_again_in_another_format_is_found_pixel_for_pixel(tmp_path):
+    """From the README's list of what was left: the overlap check compared files byte for byte, so the same picture
+    saved as PNG for the test and as BMP for training was not found."""
+    from tasks.multimodal.data import Record, seen_test_images
+
+    rng = np.random.default_rng(0)
+    picture = Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    picture.save(tmp_path / "test.png")
+    picture.save(tmp_path / "train.bmp")  # other bytes, the same pixels
+    Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / "other.png")  # same size
+    with_alpha = picture.convert("RGBA")
+    with_alpha.putalpha(128)  # the vision tower reads RGB: the alpha is dropped, the pixels it sees are the same
+    with_alpha.save(tmp_path / "alpha.png")
+    (tmp_path / "broken.png").write_bytes(b"not an image")  # unreadable: compared by its bytes
+    (tmp_path / "broken-copy.png").write_bytes(b"not an image")
+
+    def record(rid: str, name: str) -> Record:
+        return Record(id=rid, domain="general", images=[tmp_path / name], turns=[("q", "a")])
+
+    test = [record("t-same", "test.png"), record("t-other", "other.png"), record("t-broken", "broken.png")]
+    assert seen_test_images(test, [record("r1", "train.bmp")]) == ["t-same"]
+    assert seen_test_images(test, [record("r1", "alpha.png")]) == ["t-same"]
+    assert seen_test_images(test, [record("r1", "broken-copy.png")]) == ["t-broken"]
+    assert seen_test_images(test, [record("r1", "broken-copy.png"), record("r2", "train.bmp")]) == [
+        "t-same",
+        "t-broken",
+    ]
+    picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")  # other pixels
+    assert seen_test_images(test, [record("r1", "flipped.png")]) == []

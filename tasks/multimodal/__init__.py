@@ -275,8 +275,8 @@ class MultimodalTask(Task):
         return captions
 
     def _seen(self, what: str, records: list[data.Record]) -> None:
-        """Count (in the provenance the record keeps) and warn about the user's test questions whose image is byte
-        for byte one that ``records`` (``what``: training, caption) show: their scores measure memory."""
+        """Count (in the provenance the record keeps) and warn about the user's test questions whose image is pixel
+        for pixel one that ``records`` (``what``: training, caption) show: their scores measure memory."""
         found = _seen_test_images(self.data_dir, what, records, self._test)
         if found:
             seen = {**self.provenance.get("test_images_seen", {}), what: found}
@@ -523,8 +523,8 @@ _WARNED: dict[tuple, int] = {}  # a folder's overlap, found (and warned about) o
 
 
 def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], test: list[data.Record]) -> int:
-    """How many of the user's ``test`` questions show an image file that ``records`` (``what``) show too, byte for
-    byte; warned about on stderr once (by the main process). The key holds each side's paths, sizes and times."""
+    """How many of the user's ``test`` questions show an image that ``records`` (``what``) show too, pixel for pixel
+    (``data.seen_test_images``); warned about on stderr once (by the main process). The key holds each side's paths, sizes and times."""
     import sys
 
     stats: dict[Path, tuple[int, int]] = {}
@@ -544,7 +544,7 @@ def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], tes
         if ids and os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
             print(
                 f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its {what} "
-                f"records show too (byte for byte; e.g. {ids[0]!r}): their scores measure memory; hold out test "
+                f"records show too (pixel for pixel; e.g. {ids[0]!r}): their scores measure memory; hold out test "
                 "images that no training or caption record uses",
                 file=sys.stderr,
             )

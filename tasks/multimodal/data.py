@@ -118,18 +118,39 @@ def describe(data_dir: Path) -> dict[str, Any]:
     return {**out, "images": len(images), "absent": absent}
 
 
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
+
+
 def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
-    """The ids of the ``test`` records whose image file is byte for byte one of ``seen``'s (training or caption
-    records): a model trained on those answers its question from memory."""
-    sizes = {p.stat().st_size for r in test for p in r.images}  # only a file of a test image's size can equal it
+    """The ids of the ``test`` records whose image shows the same pixels as one of ``seen``'s (training or caption
+    records): a model trained on those answers its question from memory. Pixels as the vision tower reads them
+    (``tasks.multimodal.vision``: converted to RGB): the same picture saved as PNG and as BMP, or with other
+    metadata, is one image; a lossy re-encoding (JPEG) is not found. Only images of a test image's size are decoded
+    (the size is read from the file's header); a file PIL cannot open is compared by its bytes."""
+    sizes: dict[Path, Any] = {}
     digests: dict[Path, str] = {}
+
+    def size(path: Path) -> Any:
+        if path not in sizes:
+            try:
+                with Image.open(path) as im:
+                    sizes[path] = im.size
+            except UNREADABLE:
+                sizes[path] = ("bytes", path.stat().st_size)  # unreadable: equal only to the same bytes
+        return sizes[path]
 
     def digest(path: Path) -> str:
         if path not in digests:
-            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+            try:
+                with Image.open(path) as im:
+                    rgb = im.convert("RGB")
+                digests[path] = f"{rgb.size} " + hashlib.sha256(rgb.tobytes()).hexdigest()
+            except UNREADABLE:  # a header that reads above a body that does not (a truncated file)
+                digests[path] = "bytes " + hashlib.sha256(path.read_bytes()).hexdigest()
         return digests[path]
 
-    known = {digest(p) for r in seen for p in r.images if p.stat().st_size in sizes}
+    wanted = {size(p) for r in test for p in r.images}  # only an image of a test image's size can equal it
+    known = {digest(p) for r in seen for p in r.images if size(p) in wanted}
     return [r.id for r in test if any(digest(p) in known for p in r.images)] if known else []
 
 
