@@ -635,8 +635,9 @@ def _newest_per_seed(runs: list[dict[str, Any]], duplicate: str | None = None) -
 def sections(records: list[dict[str, Any]]) -> list[Section]:
     """Every task's comparable sections, sorted by task, preset, protocol, model. A row counts one run per
     seed (``_newest_per_seed``). Runs at the same settings whose data differ (``_digests``: a test or training
-    file's sha256) are other sections, not seeds of one row (pooled, their per-example scores would not pair);
-    the zero-shot ``base`` joins those whose data its own does not contradict."""
+    file's sha256) are other sections, not seeds of one row (pooled, their per-example scores would not pair), and
+    so are runs of one ``--model`` folder whose files differ (``_model_digests``: its weights replaced between
+    runs); the zero-shot ``base`` joins those whose data and model its own does not contradict."""
     by_settings: dict[tuple[str, str], list[dict[str, Any]]] = {}
     zero_shot: dict[str, list[dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: r["run"]["id"]):
@@ -675,10 +676,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     # where settings were run on other data, the sections of their title say which data (a digest of the digests)
     split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0}
     settings = [
-        _flat(
-            {**json.loads(k[0]), "train": json.loads(k[1])}
-            | ({"data": config_hash(data[k])} if _title(s) in split else {})
-        )
+        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | (_data_apart(data[k]) if _title(s) in split else {}))
         for s, k in zip(out, trained, strict=True)
     ]
     _set_apart(out, settings)
@@ -686,6 +684,15 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _data_apart(digests: dict[str, str]) -> dict[str, str]:
+    """How a section's data and model files are shown where they set it apart from another of its title: ``data``
+    (a digest of its data's digests) and ``model files`` (of its model's: the same ``--model`` folder, other
+    weights, tokenizer or configs, as when the folder changed between runs)."""
+    model = {k: v for k, v in digests.items() if k.startswith(MODEL)}
+    data = {k: v for k, v in digests.items() if not k.startswith(MODEL)}
+    return {"data": config_hash(data)} | ({"model files": config_hash(model)} if model else {})
 
 
 def _digests(record: dict[str, Any]) -> dict[str, str]:
@@ -709,7 +716,26 @@ def _digests(record: dict[str, Any]) -> dict[str, str]:
             out[at] = x
 
     walk(record["run"]["config"].get("data"), "data")
-    return out
+    return out | _model_digests(record)
+
+
+MODEL = "model/"  # the prefix of ``_digests``' keys for the model's files
+
+
+def _model_digests(record: dict[str, Any]) -> dict[str, str]:
+    """What identifies the model's files a run read (``harness.runner._digest_info``): per file its sha256 where the
+    record keeps the folder's ``weights_manifest`` (a file another run did not read, or another digest version
+    covers, contradicts nothing), else the one digest by its version (the embedded GGUF's: its own); none for a
+    record from before the digests were kept, a hub id or a model built from the shipped config."""
+    info = record["run"]["config"].get("model_info")
+    if not isinstance(info, dict) or not isinstance(digest := info.get("weights_sha256"), str):
+        return {}
+    manifest = info.get("weights_manifest")
+    if isinstance(manifest, dict) and "weights_digest_version" in info:
+        return {f"{MODEL}{rel}": d for rel, d in manifest.items() if isinstance(d, str)}
+    if "weights_source" in info:  # the embedded GGUF
+        return {f"{MODEL}gguf": digest}
+    return {f"{MODEL}digest v{info.get('weights_digest_version', 1)}": digest}
 
 
 def _fits(mine: dict[str, str], theirs: dict[str, str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -498,6 +499,61 @@ def test_seeds_run_on_other_data_are_other_sections_not_one_pooled_row(tmp_path,
     effi = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "effilora"]
     assert sorted((r["ARC-Easy"], r["seeds"]) for r in effi) == [("100.0", "1"), ("25.0", "0")]
     assert sum(r["method"] == "base" for r in read_csv(tmp_path / "out" / "commonsense.csv")) == 2
+
+
+def _on_model(record: dict, weights: str, tokenizer: str = "t") -> dict:
+    """``record`` as a run of a model folder holding ``weights`` (its files' sha256s, as the runner keeps them)."""
+    manifest = {"config.json": "c" * 64, "model.safetensors": weights * 64, "tokenizer.json": tokenizer * 64}
+    record["run"]["config"]["model_info"] = {
+        "weights_sha256": hashlib.sha256(json.dumps(manifest).encode()).hexdigest(),
+        "weights_files": 3,
+        "weights_digest_version": 2,
+        "weights_manifest": manifest,
+    }
+    return record
+
+
+def test_runs_of_one_model_folder_whose_files_changed_are_other_sections(tmp_path):
+    """From a review of the model digests: a folder's weights replaced between two methods' runs (one re-run with
+    --force, the other left) put both in one section, comparing methods on other weights, silently. Now the model's
+    files split sections as the data's do; a file one run did not read (a model built from its config), or a record
+    from before the digests were kept, contradicts nothing."""
+    answers = "0123" * 5
+    runs = tmp_path / "runs"
+    lora = _on_model(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a")
+    effi = _on_model(fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, "0000" * 5)}), "b")
+    base = _on_model(fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 5)}), "a")
+    unknown = fixture_record("moslora", 0, evals={"ARC-Easy": scored(answers, "0123" * 4 + "0000")})  # no digest
+    for i, record in enumerate([lora, effi, base, unknown]):
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    by_section: dict[str, dict[str, dict]] = {}
+    for r in read_csv(tmp_path / "out" / "commonsense.csv"):
+        by_section.setdefault(r["section"], {})[r["method"]] = r
+    assert sorted(sorted(x) for x in by_section.values()) == [
+        ["base", "chance", "lora", "majority", "moslora"],  # base read lora's weights; moslora's are not known
+        ["chance", "effilora", "majority"],
+    ]
+    [first] = [x for x in by_section.values() if "lora" in x]
+    [second] = [x for x in by_section.values() if "effilora" in x]
+    assert second["effilora"]["ARC-Easy_vs_lora"] == ""  # not compared with lora on other weights
+    assert "model files " in first["lora"]["settings"] and "model files " in second["effilora"]["settings"]
+    assert first["lora"]["settings"] != second["effilora"]["settings"]
+    # the same weights with another tokenizer file is another model too; a run that read no tokenizer file there
+    # (its manifest lacks it) contradicts nothing
+    write_fixture(
+        runs, _on_model(fixture_record("sharelora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a", "u")
+    )
+    built = _on_model(fixture_record("lora_fa", 0, evals={"ARC-Easy": scored(answers, answers)}), "a")
+    del built["run"]["config"]["model_info"]["weights_manifest"]["tokenizer.json"]
+    write_fixture(runs, built)
+    write_leaderboards(runs, tmp_path / "out")
+    sections = {}
+    for r in read_csv(tmp_path / "out" / "commonsense.csv"):
+        sections.setdefault(r["section"], set()).add(r["method"])
+    assert {"lora", "lora_fa", "base"} <= sections[[k for k, v in sections.items() if "lora" in v][0]]
+    assert "sharelora" not in sections[[k for k, v in sections.items() if "lora" in v][0]]
 
 
 def test_seeds_that_scored_different_examples_of_one_data_are_named(tmp_path, capsys):
