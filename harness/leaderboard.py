@@ -459,8 +459,9 @@ def seed_ranges_apart(row: Row, ref: Row, compared: list[str], averaged: list[st
     """Per compared column (benchmarks and AVG, which here averages ``averaged``, the columns the paired Avg
     covers): whether the two rows' per-seed scores lie apart, every one of a side above every one of the other
     (equal scores touch: not apart), on the runs the paired comparison used (two trained rows: the seeds both
-    ran). A baseline row (majority, chance) has one score, its cell's. Only where a side has two or more scores:
-    one score against one says nothing about the spread over seeds. The paired interval resamples examples;
+    ran). A row that does not train (majority, chance, the zero-shot ``base``, however many seeds it ran) has one
+    score, its cell's. Only where a side has two or more scores, a trained row's seeds: one score against one says
+    nothing about the spread over seeds. The paired interval resamples examples;
     this is the check against the seeds' spread that the README's results apply ("beyond the interval and the
     seed ranges apart")."""
     sides = []
@@ -471,7 +472,8 @@ def seed_ranges_apart(row: Row, ref: Row, compared: list[str], averaged: list[st
             runs = [r for r in runs if r["run"]["config"]["seed"] in shared]
         columns = [b for b in {*compared, *averaged} if b != AVG]
         per_run = [{b: float(r["eval"][b]["value"]) for b in columns if "value" in r["eval"].get(b, {})} for r in runs]
-        if not runs:  # majority and chance: computed from the answers, one score
+        if x.kind != "trained":  # majority and chance (computed from the answers), and the zero-shot model, whose
+            # runs of several seeds score alike: one score, not a spread over seeds
             per_run = [{b: x.cells[b].value for b in columns if b in x.cells and x.cells[b].value is not None}]
         for values in per_run:
             if AVG in compared and all(b in values for b in averaged):

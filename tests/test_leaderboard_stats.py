@@ -476,7 +476,8 @@ def test_seed_ranges_apart_marks_a_difference_beyond_every_seeds_spread(tmp_path
     evals = {"ARC-Easy": scored(answers, _right(answers, 40)), "boolq": scored(answers, _right(answers, 40))}
     write_fixture(runs, fixture_record("moslora", 0, evals=evals))
     evals = {"ARC-Easy": scored(answers, _right(answers, 61)), "boolq": scored(answers, _right(answers, 10))}
-    write_fixture(runs, fixture_record("base", 0, evals=evals))
+    for seed in (0, 1, 2):  # the zero-shot model run at three seeds scores alike: one score, not a spread
+        write_fixture(runs, fixture_record("base", seed, evals=evals))
     write_leaderboards(runs, tmp_path / "out")
     vs = {
         (r["method"], r["reference"], r["benchmark"]): r["seed_ranges_apart"]
@@ -492,6 +493,9 @@ def test_seed_ranges_apart_marks_a_difference_beyond_every_seeds_spread(tmp_path
     # majority (option 0 on this balanced set: 25%) is below every lora seed; effilora's boolq (62-64) too
     assert vs[("lora", "majority", "ARC-Easy")] == vs[("effilora", "majority", "boolq")] == "True"
     assert vs[("moslora", "majority", "ARC-Easy")] == ""  # one run against one score
+    # from a review: base's three runs counted as three seeds, so one seed of moslora against it, and base against
+    # majority, got a flag that speaks of a spread over seeds neither has
+    assert vs[("moslora", "base", "boolq")] == vs[("base", "majority", "ARC-Easy")] == ""
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     line = next(x for x in md.splitlines() if x.startswith("| effilora | -10.0"))
     assert line == "| effilora | -10.0*† | +2.0 | -4.0*† |", line  # boolq's seeds touch: no †
