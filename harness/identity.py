@@ -115,8 +115,8 @@ def changed_files(then: dict[str, str], now: dict[str, str], most: int = 6) -> s
         if names and left > 0:
             more = f" and {len(names) - left} more" if len(names) > left else ""
             parts.append(f"{kind} {', '.join(names[:left])}{more}")
-        elif names:
-            parts.append(f"{kind} {len(names)} more")
+        elif names:  # no name left to give: how many (not "added 2 more", as if two more than those named)
+            parts.append(f"{len(names)} {kind}")
         left -= len(names)
     return "; ".join(parts)
 

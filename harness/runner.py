@@ -452,7 +452,10 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     if (now := _weights_digest(spec, version)) is None or now["weights_sha256"] == ran:
         return None
     then = info.get("weights_manifest")  # kept since 2026-12-06 (with its version): which files changed
-    known = isinstance(then, dict) and "weights_digest_version" in info and "manifest" in now
+    # over the same kind of files: a run that reads the weights now and did not then (a multimodal config turned
+    # from llava_style into transformers' LLaVA) would list weight files that were there all along as added
+    same = info.get("weights_digest_covers") == now.get("covers")
+    known = isinstance(then, dict) and "weights_digest_version" in info and "manifest" in now and same
     files = changed_files(then, now["manifest"]) if known else ""
     return f"{ran[:8]} -> {now['weights_sha256'][:8]}" + (f": {files}" if files else "")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from PIL import Image, ImageFile
 
 _DECODED: set[tuple[object, ...]] = set()  # the files found to decode, as identified by ``_identity``
+_PIXELS: dict[tuple[object, ...], str] = {}  # ``pixel_digest`` of a file, as identified by ``_identity``
 
 
 def _identity(path: Path) -> tuple[object, ...]:
@@ -42,3 +44,15 @@ def check_decodes(path: Path) -> None:
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = allowed
     _DECODED.add(key)
+
+
+def pixel_digest(path: Path) -> str:
+    """``"(width, height) sha256"`` of the file's pixels as the image suites' vision towers read them (``convert("RGB")``:
+    the same picture saved as PNG and as BMP, palette or not, is one digest; the alpha a tower never sees is left
+    out). Computed once a process while the file stays the same file (``_identity``); raises what Pillow raises."""
+    key = _identity(path)
+    if key not in _PIXELS:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB")
+        _PIXELS[key] = f"{rgb.size} {hashlib.sha256(rgb.tobytes()).hexdigest()}"
+    return _PIXELS[key]

@@ -207,9 +207,33 @@ def test_changed_files_names_what_differs_and_counts_the_rest():
         "changed model-00000.safetensors, model-00001.safetensors, model-00002.safetensors, model-00003.safetensors, "
         "model-00004.safetensors, model-00005.safetensors and 3 more"
     )
+    assert changed_files(many, {**{k: "y" for k in many}, "vocab.txt": "v"}).endswith("and 3 more; 1 added")
     assert changed_files(many, {"config.json": "z"}) == "added config.json; removed model-00000.safetensors, " + (
         "model-00001.safetensors, model-00002.safetensors, model-00003.safetensors, model-00004.safetensors and 4 more"
     )
+
+
+def test_files_are_named_only_between_digests_of_the_same_files(tmp_path):
+    """From a review: a record whose digest left the weights out (a model built from its config) against one that
+    reads them now listed the weight files, there all along, as "added"."""
+    from harness import runner
+
+    folder = _tiny_folder(tmp_path)
+    [spec] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder))
+    built = model_digest(str(folder), weights=False)
+    info = {
+        "weights_sha256": built["weights_sha256"],
+        "weights_digest_version": 2,
+        "weights_manifest": built["manifest"],
+    }
+    record = {"run": {"config": {"model_info": info | {"weights_digest_covers": built["covers"]}}}}
+    said = runner._other_weights(spec, record)
+    assert said is not None and ":" not in said and "model.safetensors" not in said, said  # the digests only
+    now = model_digest(str(folder))
+    (folder / "config.json").write_text((folder / "config.json").read_text().replace("{", '{"x": 1, ', 1))
+    info = {"weights_sha256": now["weights_sha256"], "weights_digest_version": 2, "weights_manifest": now["manifest"]}
+    record = {"run": {"config": {"model_info": info | {"weights_digest_covers": now["covers"]}}}}
+    assert runner._other_weights(spec, record).endswith(": changed config.json")  # the same files: named
 
 
 def test_a_finished_run_of_a_folder_whose_weights_changed_is_refused_not_skipped(data_dir, tmp_path, capfd):
