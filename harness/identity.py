@@ -5,8 +5,9 @@ folder (nor a checkpoint resumed on them). The embedded model's digest is its GG
 The run id hashes the ``--model`` string only (a folder's name, a hub id); the data files are named by their
 sha256, and so, here, are a local model folder's files. A file is hashed once: its sha256 is cached (under
 ``harness.models.cache_dir()``) by its path, size, mtime, ctime and inode, so a 16 GB model is read at its first run
-only. A hub id is identified by the revision its run loaded (recorded, not compared: offline, the hub's newest
-revision is not known).
+only. A hub id is identified by the revision its run loaded and the blobs of the files it read there
+(``hub_digest``: the hub cache names each blob by its content), compared with what the local cache holds now
+(offline, the hub's own newest revision is not known).
 """
 
 from __future__ import annotations
@@ -100,6 +101,34 @@ def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True
     return {"weights_sha256": digest, "files": len(manifest), "version": version, "covers": covers} | {
         "manifest": manifest
     }
+
+
+def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
+    """``{"revision": commit, "manifest": {relpath: blob}}`` of a hub id as the hub's local cache holds its main
+    revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, found in the
+    snapshot the same way) the name of the blob it links to, which the hub names by the file's content (an LFS file
+    by its sha256, another by its git blob id): no file is read. A file that is no link (a cache without symlinks)
+    is hashed (``"sha256:<hex>"``). Only what was downloaded is there: a file one snapshot lacks is not known, not
+    changed. ``None`` for no hub id, or one the cache does not hold."""
+    from harness.models import hub_snapshot
+
+    if (snapshot := hub_snapshot(model)) is None:
+        return None
+    revision, folder = snapshot
+    anywhere, top = DIGEST_FILES[DIGEST_VERSION]
+    anywhere = anywhere if weights else tuple(k for k in anywhere if k not in WEIGHT_KINDS)
+    manifest = {}
+    cache: dict[str, Any] | None = None
+    for rel, path in _model_files(folder, anywhere, top, weights):
+        real = Path(os.path.realpath(path))
+        if path.is_symlink() and real.parent.name == "blobs":
+            manifest[rel] = real.name
+        else:
+            cache = _read_cache() if cache is None else cache
+            manifest[rel] = "sha256:" + _file_sha256(path, cache)[0]
+    if cache is not None:
+        _write_cache(cache)
+    return {"revision": revision, "manifest": manifest}
 
 
 def changed_files(then: dict[str, str], now: dict[str, str], most: int = 6) -> str:

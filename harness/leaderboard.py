@@ -727,9 +727,12 @@ MODEL = "model/"  # the prefix of ``_digests``' keys for the model's files
 def _model_digests(record: dict[str, Any]) -> dict[str, str]:
     """What identifies the model's files a run read (``harness.runner._digest_info``): per file its sha256 where the
     record keeps the folder's ``weights_manifest`` (a file another run did not read, or another digest version
-    covers, contradicts nothing), else the one digest by its version (the embedded GGUF's: its own); none for a
-    record from before the digests were kept, a hub id or a model built from the shipped config."""
+    covers, contradicts nothing), else the one digest by its version (the embedded GGUF's: its own); for a hub id,
+    per file the blob its run loaded (``hub_manifest``); none for a record from before these were kept, or a model
+    built from the shipped config."""
     info = record["run"]["config"].get("model_info")
+    if isinstance(info, dict) and isinstance(hub := info.get("hub_manifest"), dict):  # a hub id: its files' blobs
+        return {f"{MODEL}hub/{rel}": d for rel, d in hub.items() if isinstance(d, str)}
     if not isinstance(info, dict) or not isinstance(digest := info.get("weights_sha256"), str):
         return {}
     manifest = info.get("weights_manifest")

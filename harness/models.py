@@ -267,16 +267,30 @@ def hub_revision(spec: str) -> str | None:
     """The commit a hub id's main revision points to in the hub's local cache (``refs/main``, which ``from_pretrained``
     sets as it downloads or checks the repository): read after a run loaded the model, the revision it loaded; a moved
     repository's new place (``HUB_MOVED``). ``None`` for no hub id, or one the cache does not hold."""
+    if (repo := _hub_cache_folder(spec)) is None:
+        return None
+    try:
+        return (repo / "refs" / "main").read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def hub_snapshot(spec: str) -> tuple[str, Path] | None:
+    """(commit, folder) of a hub id's main revision in the hub's local cache (``hub_revision``; the folder holds
+    links to the files ``from_pretrained`` downloaded of it); ``None`` where the cache holds none."""
+    if (revision := hub_revision(spec)) is None or (repo := _hub_cache_folder(spec)) is None:
+        return None
+    folder = repo / "snapshots" / revision
+    return (revision, folder) if folder.is_dir() else None
+
+
+def _hub_cache_folder(spec: str) -> Path | None:
     if not is_hub_id(spec):
         return None
     from huggingface_hub import constants
 
     repo = HUB_MOVED.get(spec, spec)
-    ref = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "refs" / "main"
-    try:
-        return ref.read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
+    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
 
 
 def check_hub_weights(spec: str) -> None:

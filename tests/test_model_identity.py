@@ -11,6 +11,7 @@ import json
 import os
 import re
 import time
+from pathlib import Path
 
 import pytest
 
@@ -375,20 +376,34 @@ def test_a_finished_run_of_another_embedded_gguf_is_refused_saying_what_to_do(
     )
 
 
+def _hub_snapshot(repo: Path, commit: str, folder: Path) -> None:
+    """``folder``'s files as the hub's cache keeps a commit of them: blobs named by their content, the snapshot
+    links to them, ``refs/main`` at the commit (as ``from_pretrained`` leaves it)."""
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in sorted(folder.iterdir()):
+        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
+        blob.write_bytes(path.read_bytes())
+        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    (repo / "refs" / "main").write_text(commit)
+
+
 def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, monkeypatch, capfd):
     """From a review: a hub id's record did not say which commit of the repository it measured (a hub id's weights
-    can change under its name). Loaded offline from the hub's cache layout, as from_pretrained leaves it."""
+    can change under its name). Loaded offline from the hub's cache layout, as from_pretrained leaves it. Since the
+    record keeps the blob of each file it loaded, a finished run whose files the cache now holds at another commit
+    (another chat template, say) is refused, naming them; a commit that changed no file the run read is the same."""
     from huggingface_hub import constants
 
     from harness import models
     from tests.conftest import harness_here
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
+    commit, later, readme = "0123456789abcdef" * 2 + "01234567", "89abcdef" * 5, "fedcba98" * 5
     repo = tmp_path / "hub" / "models--someorg--tiny"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    (repo / "snapshots").mkdir()
-    _tiny_folder(tmp_path).rename(repo / "snapshots" / commit)
+    folder = _tiny_folder(tmp_path)
+    _hub_snapshot(repo, commit, folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -398,13 +413,41 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     small = tmp_path / "data" / "boolq"
     small.mkdir(parents=True)
     (small / "test.json").write_text(json.dumps(json.loads((data_dir / "boolq" / "test.json").read_text())[:2]))
-    done = harness_here(capfd, "run", "--methods", "base", "--task", "commonsense", "--preset", "smoke", "--model",
-                        "someorg/tiny", "--data-dir", str(small.parent), "--runs-dir", str(tmp_path / "runs"),
-                        "--quiet", "--no-leaderboard")  # fmt: skip
+    args = ["run", "--methods", "base", "--task", "commonsense", "--preset", "smoke", "--model", "someorg/tiny"]
+    args += ["--data-dir", str(small.parent), "--runs-dir", str(tmp_path / "runs"), "--quiet", "--no-leaderboard"]
+    done = harness_here(capfd, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     [record] = [read_record(p / RECORD) for p in (tmp_path / "runs").iterdir()]
-    assert record["run"]["config"]["model_info"]["hub_revision"] == commit
-    assert "weights_sha256" not in record["run"]["config"]["model_info"]  # a hub id: its revision names it
+    info = record["run"]["config"]["model_info"]
+    assert info["hub_revision"] == commit
+    assert "weights_sha256" not in info  # a hub id: its revision and its files' blobs name it
+    blobs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    assert info["hub_manifest"] == blobs  # every file the run reads, by the blob the cache links it to
+
+    # a later commit that changed a file the run does not read (a README), with only part of it downloaded: the same
+    (folder / "README.md").write_text("# tiny")
+    (folder / "generation_config.json").rename(tmp_path / "kept")  # not downloaded at this commit: not known
+    _hub_snapshot(repo, readme, folder)
+    done = harness_here(capfd, *args)
+    assert done.returncode == 0 and "done already" in done.stdout, done.stdout + done.stderr
+
+    # a later commit with another chat template: the finished run is refused, saying which file
+    (tmp_path / "kept").rename(folder / "generation_config.json")
+    config = folder / "tokenizer_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "chat_template": "{{ messages }}"}))
+    _hub_snapshot(repo, later, folder)
+    done = harness_here(capfd, *args)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert (
+        f"the model 'someorg/tiny' changed since run {record['run']['id']} in {str(tmp_path / 'runs')!r} finished (its "
+        f"files at the main revision the hub's local cache holds now, commit {commit[:8]} -> {later[:8]}: changed "
+        "tokenizer_config.json): --force re-runs it (its record is replaced when the re-run succeeds), or use another "
+        "--runs-dir for the new revision's runs"
+    ) in done.stderr, done.stderr
+    done = harness_here(capfd, *args, "--force")
+    assert done.returncode == 0, done.stderr[-3000:]
+    [record] = [read_record(p / RECORD) for p in (tmp_path / "runs").iterdir()]
+    assert record["run"]["config"]["model_info"]["hub_revision"] == later
 
 
 def test_a_runs_folder_or_a_project_inside_the_model_folder_is_not_the_model(tmp_path, monkeypatch):

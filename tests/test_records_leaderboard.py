@@ -554,6 +554,21 @@ def test_runs_of_one_model_folder_whose_files_changed_are_other_sections(tmp_pat
         sections.setdefault(r["section"], set()).add(r["method"])
     assert {"lora", "lora_fa", "base"} <= sections[[k for k, v in sections.items() if "lora" in v][0]]
     assert "sharelora" not in sections[[k for k, v in sections.items() if "lora" in v][0]]
+    # a hub id's runs: by the blob of each file they loaded; one not downloaded at the later commit is not known
+    hub = tmp_path / "hub"
+    for method, blobs in (("lora", {"model.safetensors": "b1", "tokenizer_config.json": "t1"}),
+                          ("effilora", {"model.safetensors": "b1", "tokenizer_config.json": "t2"}),
+                          ("moslora", {"model.safetensors": "b1"})):  # fmt: skip
+        record = fixture_record(method, 0, evals={"ARC-Easy": scored(answers, answers)})
+        record["run"]["config"]["model_info"] = {"hub_revision": "c" * 40, "hub_manifest": blobs}
+        record["run"]["created_at"] = f"2026-01-0{len(list(hub.glob('*'))) + 1 if hub.exists() else 1}T00:00:00+00:00"
+        write_fixture(hub, record)
+    write_leaderboards(hub, tmp_path / "out_hub")
+    sections = {}
+    for r in read_csv(tmp_path / "out_hub" / "commonsense.csv"):
+        sections.setdefault(r["section"], set()).add(r["method"])
+    # moslora fits both: it joins the oldest (lora's), as a run that read part of the data does
+    assert sorted(sorted(v - {"majority", "chance"}) for v in sections.values()) == [["effilora"], ["lora", "moslora"]]
 
 
 def test_seeds_that_scored_different_examples_of_one_data_are_named(tmp_path, capsys):
