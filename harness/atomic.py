@@ -32,6 +32,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def flush_folder(folder: Path) -> None:
+    """Make the renames into and out of ``folder`` durable (``fsync`` of the folder, where the system allows it)."""
+    _flush(Path(folder))
+
+
 def _flush(path: Path) -> None:
     """``fsync`` a written file (through a handle that may write: Windows refuses a read-only one), or a folder
     where the system lets one open and flush it (not Windows; not some network and FUSE file systems, which

@@ -26,7 +26,7 @@ import torch
 
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
-from harness.atomic import atomic_path, check_writable, is_temp, remove_stale_temps, write_json
+from harness.atomic import atomic_path, check_writable, flush_folder, is_temp, remove_stale_temps, write_json
 from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.identity import (
@@ -669,7 +669,11 @@ def finish_swap(run_dir: Path) -> bool:
             old.unlink()
         new.rename(old)
     (run_dir / CHECKPOINT).unlink(missing_ok=True)  # the re-run's: before the record, which ends the swap
+    # the renames on the disk before the record's (a power cut must not leave the new record beside the old files)
+    flush_folder(staged)
+    flush_folder(run_dir)
     os.replace(staged / RECORD, run_dir / RECORD)
+    flush_folder(run_dir)  # and the record's, before the command reports the run done
     shutil.rmtree(
         staged, ignore_errors=True
     )  # what is left: temp files of a writer killed mid-write (the swap is done)

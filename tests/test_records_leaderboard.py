@@ -985,6 +985,27 @@ def test_a_forced_rerun_killed_while_swapping_its_files_in_is_finished_by_the_ne
     assert "stopped while" not in capsys.readouterr().err
 
 
+def test_the_swap_flushes_its_folders_before_and_after_the_record_is_renamed_in(tmp_path, monkeypatch):
+    """From the README's list of what was left: the swap's renames were not followed by a folder fsync, so a power
+    cut could leave the new record on the disk beside the finished run's old files."""
+    from harness import runner
+
+    run_dir = tmp_path / "run"
+    (run_dir / RERUN / "adapter").mkdir(parents=True)
+    (run_dir / RERUN / "predictions.jsonl").write_text("re-run")
+    (run_dir / RERUN / RECORD).write_text("{}")
+    (run_dir / "predictions.jsonl").write_text("first run")
+    events = []
+    real_replace = runner.os.replace
+    monkeypatch.setattr(runner, "flush_folder", lambda folder: events.append(("flush", Path(folder).name)))
+    monkeypatch.setattr(
+        runner.os, "replace", lambda a, b: (events.append(("record", Path(b).name)), real_replace(a, b))[1]
+    )
+    assert runner.finish_swap(run_dir)
+    assert events == [("flush", RERUN), ("flush", "run"), ("record", RECORD), ("flush", "run")]
+    assert (run_dir / "predictions.jsonl").read_text() == "re-run"
+
+
 def test_a_pending_swap_that_cannot_finish_stops_with_the_fix_and_a_kill_at_its_end_leaves_no_checkpoint(
     tmp_path, monkeypatch
 ):
