@@ -103,13 +103,32 @@ def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True
     }
 
 
+def manifest_digest(manifest: dict[str, str], version: int) -> str:
+    """The folder digest ``model_digest`` gives at ``version`` (reading weights), from a later version's manifest
+    of the same folder: the files ``version`` covers anywhere are among a later one's (version 1: the weights and
+    configs), so a record of that version can be compared with one that keeps a manifest."""
+    from harness.runner import WEIGHT_FILES
+
+    anywhere, top = DIGEST_FILES[version]
+    if top:
+        raise ValueError(f"version {version}'s files depend on where they are, not their names alone")
+    patterns = (*WEIGHT_FILES, *anywhere)
+    chosen = [
+        (rel, d)
+        for rel, d in sorted(manifest.items())
+        if any(fnmatch.fnmatch(rel.rpartition("/")[2], p) for p in patterns)
+    ]
+    return hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in chosen).encode()).hexdigest()
+
+
 def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
-    """``{"revision": commit, "manifest": {relpath: blob}}`` of a hub id as the hub's local cache holds its main
-    revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, found in the
-    snapshot the same way) the name of the blob it links to, which the hub names by the file's content (an LFS file
-    by its sha256, another by its git blob id): no file is read. A file that is no link (a cache without symlinks)
-    is hashed (``"sha256:<hex>"``). Only what was downloaded is there: a file one snapshot lacks is not known, not
-    changed. ``None`` for no hub id, or one the cache does not hold."""
+    """``{"revision": commit, "manifest": {relpath: id}}`` of a hub id as the hub's local cache holds its main
+    revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
+    snapshot's top and in each of its first-level folders, the components of a diffusers pipeline that was loaded
+    part by part and so has no model_index.json; where a folder holds ``*.safetensors`` weights, its ``*.bin`` ones
+    are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
+    snapshot's link without reading the file. Only what was downloaded is there: a file one snapshot lacks is not
+    known, not changed. ``None`` for no hub id, or one the cache does not hold."""
     from harness.models import hub_snapshot
 
     if (snapshot := hub_snapshot(model)) is None:
@@ -117,18 +136,61 @@ def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     revision, folder = snapshot
     anywhere, top = DIGEST_FILES[DIGEST_VERSION]
     anywhere = anywhere if weights else tuple(k for k in anywhere if k not in WEIGHT_KINDS)
+    components = [p.name for p in folder.iterdir() if p.is_dir()]  # a snapshot holds only the repository's files
+    files = _model_files(folder, anywhere, top, weights, components)
+    safetensors = {rel.rpartition("/")[0] for rel, _ in files if ".safetensors" in rel}
+    files = [
+        (r, p)
+        for r, p in files
+        if not (r.endswith((".bin", ".bin.index.json")) and r.rpartition("/")[0] in safetensors)
+    ]
+    cache: dict[str, Any] | None = None  # read where a large file must be hashed
+    changed = False
     manifest = {}
-    cache: dict[str, Any] | None = None
-    for rel, path in _model_files(folder, anywhere, top, weights):
-        real = Path(os.path.realpath(path))
-        if path.is_symlink() and real.parent.name == "blobs":
-            manifest[rel] = real.name
-        else:
+    for rel, path in files:
+        if (blob := _blob_id(path)) is None:
             cache = _read_cache() if cache is None else cache
-            manifest[rel] = "sha256:" + _file_sha256(path, cache)[0]
-    if cache is not None:
+            digest, new = _file_sha256(path, cache)
+            changed |= new
+            blob = f"sha256:{digest}"
+        manifest[rel] = blob
+    if changed and cache is not None:
         _write_cache(cache)
     return {"revision": revision, "manifest": manifest}
+
+
+GIT_BLOB_MAX = 10 << 20  # bytes: the hub keeps larger files in LFS (named by their sha256), smaller ones in git
+
+
+def _blob_id(path: Path) -> str | None:
+    """A hub file's content id: ``"sha256:<hex>"`` (an LFS or Xet file: the hub names its blob by its sha256) or
+    ``"git:<hex>"`` (a file kept in git: its git blob id), from the name of the ``blobs/`` entry the snapshot's
+    link points to (one hop: the cache may link that blob on to a shared store of its own). A file that is no such
+    link (a cache without symlinks, a copied snapshot) is read where it is small enough to be kept in git (its git
+    blob id), so that both layouts give the same id for most files; ``None`` for a larger one, which the caller
+    hashes (its sha256, the LFS form). A small LFS file read this way gets a git id: ids of two forms are never
+    compared (``same_form``)."""
+    if path.is_symlink():
+        target = Path(os.readlink(path))
+        if target.parent.name == "blobs":
+            name = target.name
+            hexadecimal = all(c in "0123456789abcdef" for c in name)
+            return (
+                f"sha256:{name}"
+                if hexadecimal and len(name) == 64
+                else f"git:{name}"
+                if hexadecimal and len(name) == 40
+                else f"etag:{name}"
+            )
+    size = path.stat().st_size
+    if size >= GIT_BLOB_MAX:
+        return None
+    return "git:" + hashlib.sha1(b"blob %d\0" % size + path.read_bytes(), usedforsecurity=False).hexdigest()
+
+
+def same_form(a: str, b: str) -> bool:
+    """Whether two ``_blob_id``s are of one form (both sha256, both git ids), and so can be compared."""
+    return a.partition(":")[0] == b.partition(":")[0]
 
 
 def changed_files(then: dict[str, str], now: dict[str, str], most: int = 6) -> str:
@@ -166,19 +228,24 @@ def embedded_digest() -> dict[str, Any]:
 
 
 def _model_files(
-    folder: Path, anywhere: tuple[str, ...], top: tuple[str, ...] = (), weights: bool = True
+    folder: Path,
+    anywhere: tuple[str, ...],
+    top: tuple[str, ...] = (),
+    weights: bool = True,
+    components: list[str] | None = None,
 ) -> list[tuple[str, Path]]:
     """(relative path with "/", path) of each weight file under ``folder`` (with ``weights``) and each other file
     whose name matches one of ``anywhere``; and of each file matching one of ``top`` in ``folder`` itself or in a
-    component folder its ``model_index.json`` names; sorted by the former."""
+    component folder (``components``; by default those its ``model_index.json`` names); sorted by the former."""
     from harness.runner import WEIGHT_FILES  # here: the runner imports this module
 
     patterns = (*(WEIGHT_FILES if weights else ()), *anywhere)
+    names = _components(folder) if components is None else components
     # by real path: a component that is a symlink (to a sibling the walk may reach first) is still a component
-    components = {os.path.realpath(p) for p in (folder, *(folder / name for name in _components(folder)))}
+    components_at = {os.path.realpath(p) for p in (folder, *(folder / name for name in names))}
     found = []
     for root, names in walk_model_folder(folder):
-        wanted = (*patterns, *top) if os.path.realpath(root) in components else patterns
+        wanted = (*patterns, *top) if os.path.realpath(root) in components_at else patterns
         for name in names:
             path = root / name
             if any(fnmatch.fnmatch(name, p) for p in wanted) and path.is_file():

@@ -92,6 +92,7 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, remove_stale_temps, write_text
+from harness.identity import manifest_digest
 from harness.records import (
     FIRST_METHOD_VERSION,
     PERCENT,
@@ -657,6 +658,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
             for record in sorted(same, key=lambda r: r["run"]["id"]):
                 trained.setdefault((common, train, n), {}).setdefault(_row_key(record), []).append(record)
     targets_of = list(trained)  # the sections a base run may join: those with trained runs
+    joined: set[tuple[str, str, int]] = set()  # those a zero-shot group joined: one each, the oldest that fits
     for common, runs in zero_shot.items():
         for digests, same in _by_data(runs):
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -664,7 +666,10 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
                 groups.setdefault(_row_key(record), []).append(record)
             labels = _labels(sorted(groups))
             groups = {key: _newest_per_seed(g, duplicate=labels[key]) for key, g in groups.items()}
-            targets = [k for k in targets_of if k[0] == common and _fits(digests, data[k])]
+            # a later group (other data or model files) that fits a section the oldest joined already makes one
+            # of its own: it would replace that base row
+            targets = [k for k in targets_of if k[0] == common and _fits(digests, data[k]) and k not in joined]
+            joined.update(targets)
             if not targets:  # no trained run to join: a section of its own
                 train = _settings(same[0])[1]
                 targets = [(common, train, sum(k[:2] == (common, train) for k in trained))]
@@ -677,9 +682,9 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
         out.append(_section(common, train, groups, config_hash(key)))
     # where settings were run on other data, the sections of their title say which data (a digest of the digests)
     split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0}
+    apart = _data_apart([(_title(s), data[k]) for s, k in zip(out, trained, strict=True)], split)
     settings = [
-        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | (_data_apart(data[k]) if _title(s) in split else {}))
-        for s, k in zip(out, trained, strict=True)
+        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | shown) for k, shown in zip(trained, apart, strict=True)
     ]
     _set_apart(out, settings)
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
@@ -688,13 +693,28 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def _data_apart(digests: dict[str, str]) -> dict[str, str]:
-    """How a section's data and model files are shown where they set it apart from another of its title: ``data``
-    (a digest of its data's digests) and ``model files`` (of its model's: the same ``--model`` folder, other
-    weights, tokenizer or configs, as when the folder changed between runs)."""
-    model = {k: v for k, v in digests.items() if k.startswith(MODEL)}
-    data = {k: v for k, v in digests.items() if not k.startswith(MODEL)}
-    return {"data": config_hash(data)} | ({"model files": config_hash(model)} if model else {})
+def _data_apart(sections: list[tuple[Any, dict[str, str]]], split: set[Any]) -> list[dict[str, str]]:
+    """Per section (its title, its digests), how its data and model files are shown where they set it apart from
+    another of its title (a title in ``split``): ``data`` (a digest of its data's digests) where the title's
+    sections read other data, ``model files`` (of its model's: the same ``--model`` folder with other weights,
+    tokenizer or configs) where they name other model files; neither where it is not what differs (a section
+    whose records name no model files is not "model files unset" beside one that does, when data split them)."""
+    parts = []
+    for title, digests in sections:
+        model = {k: v for k, v in digests.items() if k.startswith(MODEL)}
+        data = {k: v for k, v in digests.items() if not k.startswith(MODEL)}
+        parts.append((title, config_hash(data), config_hash(model) if model else None))
+    out = []
+    for title, data, model in parts:
+        if title not in split:
+            out.append({})
+            continue
+        same = [p for p in parts if p[0] == title]
+        shown = {"data": data} if len({p[1] for p in same}) > 1 else {}
+        if model is not None and len({p[2] for p in same if p[2] is not None}) > 1:
+            shown["model files"] = model
+        out.append(shown)
+    return out
 
 
 def _digests(record: dict[str, Any]) -> dict[str, str]:
@@ -732,15 +752,24 @@ def _model_digests(record: dict[str, Any]) -> dict[str, str]:
     built from the shipped config."""
     info = record["run"]["config"].get("model_info")
     if isinstance(info, dict) and isinstance(hub := info.get("hub_manifest"), dict):  # a hub id: its files' blobs
-        return {f"{MODEL}hub/{rel}": d for rel, d in hub.items() if isinstance(d, str)}
+        # by form (``harness.identity.same_form``): ids of two forms (a git id, a sha256) do not contradict
+        forms = {rel: d.partition(":")[0] if ":" in d else "" for rel, d in hub.items() if isinstance(d, str)}
+        return {f"{MODEL}hub/{rel} {form}".rstrip(): hub[rel] for rel, form in forms.items()}
     if not isinstance(info, dict) or not isinstance(digest := info.get("weights_sha256"), str):
         return {}
-    manifest = info.get("weights_manifest")
-    if isinstance(manifest, dict) and "weights_digest_version" in info:
-        return {f"{MODEL}{rel}": d for rel, d in manifest.items() if isinstance(d, str)}
     if "weights_source" in info:  # the embedded GGUF
         return {f"{MODEL}gguf": digest}
-    return {f"{MODEL}digest v{info.get('weights_digest_version', 1)}": digest}
+    version = info.get("weights_digest_version", 1)
+    # the one digest too, by its version and what it covers: a record that keeps no manifest (from before it was
+    # kept) is compared with one that does by it, and a version-1 record by the version-1 digest a manifest gives
+    covers = info.get("weights_digest_covers", "") if version > 1 else ""
+    out = {f"{MODEL}digest v{version} {covers}".rstrip(): digest}
+    manifest = info.get("weights_manifest")
+    if isinstance(manifest, dict) and "weights_digest_version" in info:
+        out |= {f"{MODEL}{rel}": d for rel, d in manifest.items() if isinstance(d, str)}
+        if str(covers).startswith("weights"):  # version 1 covered the weights and configs: a subset of these
+            out[f"{MODEL}digest v1"] = manifest_digest(manifest, 1)
+    return out
 
 
 def _fits(mine: dict[str, str], theirs: dict[str, str]) -> bool:

@@ -35,6 +35,7 @@ from harness.identity import (
     embedded_digest,
     hub_digest,
     model_digest,
+    same_form,
     walk_model_folder,
 )
 from harness.models import EMBEDDED, hub_revision
@@ -480,12 +481,13 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
 def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) -> str | None:
     """``"commit 0123abcd -> 4567ef01: changed tokenizer_config.json"``: a hub id's files that the hub's local cache
     now holds at its main revision (``harness.identity.hub_digest``) other than those the finished run loaded,
-    compared over the files both know (a file not downloaded again is not known); ``None``: none differs, or the
+    compared over the files both know by ids of one form (a file not downloaded again is not known); ``None``: none
+    differs, or the
     cache holds no revision of it (offline, the hub's own newest revision is not known)."""
     now = hub_digest(spec.model, TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights))
     if now is None:
         return None
-    common = [rel for rel in then if rel in now["manifest"]]
+    common = [rel for rel in then if rel in now["manifest"] and same_form(then[rel], now["manifest"][rel])]
     files = changed_files({r: then[r] for r in common}, {r: now["manifest"][r] for r in common})
     return f"commit {str(info.get('hub_revision'))[:8]} -> {now['revision'][:8]}: {files}" if files else None
 
@@ -699,7 +701,8 @@ def _execute(
     if not spec.random_weights and (revision := hub_revision(spec.model)) is not None:
         info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
         reads = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
-        if (hub := hub_digest(spec.model, reads)) is not None and hub["revision"] == revision:
+        hub = hub_digest(spec.model, reads) if ctx.is_main else None  # the main process writes the record
+        if hub is not None and hub["revision"] == revision:
             info["hub_manifest"] = hub["manifest"]  # and what its files were: compared when the run is asked again
     if info:
         record["run"]["config"]["model_info"] = info

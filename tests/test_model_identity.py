@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -92,6 +93,8 @@ def test_the_digest_covers_weights_and_configs_and_a_second_call_reads_no_file(t
         "covers": covers,
         "manifest": {name: manifest[name] for name in sorted(names[:5])},
     }
+    # a version-2 manifest gives the version-1 digest (the leaderboard compares a version-1 record by it)
+    assert identity.manifest_digest(first["manifest"], 1) == model_digest(str(folder), 1)["weights_sha256"]
     with pytest.raises(ValueError, match=r"version 3 is not one this harness knows \(\[1, 2\]\): the record was "
                                          r"written by a newer lora-harness; .* or --force"):  # fmt: skip
         model_digest(str(folder), 3)
@@ -376,18 +379,81 @@ def test_a_finished_run_of_another_embedded_gguf_is_refused_saying_what_to_do(
     )
 
 
-def _hub_snapshot(repo: Path, commit: str, folder: Path) -> None:
-    """``folder``'s files as the hub's cache keeps a commit of them: blobs named by their content, the snapshot
-    links to them, ``refs/main`` at the commit (as ``from_pretrained`` leaves it)."""
+def _git_blob(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _hub_snapshot(repo: Path, commit: str, folder: Path, shared: Path | None = None) -> dict[str, str]:
+    """``folder``'s files (and subfolders') as the hub's cache keeps a commit of them: blobs named by their content
+    (an LFS file, ``*.safetensors`` here, by its sha256, another by its git blob id), the snapshot linking to them,
+    ``refs/main`` at the commit, as ``from_pretrained`` leaves it; with ``shared``, each blob a link on to a shared
+    store, as huggingface_hub's Xet downloads leave it. Returns each file's id as ``hub_digest`` should give it."""
     (repo / "blobs").mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)
     snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in sorted(folder.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
-        blob.write_bytes(path.read_bytes())
-        (snapshot / path.name).symlink_to(os.path.relpath(blob, snapshot))
+    ids = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        data = path.read_bytes()
+        lfs = path.suffix == ".safetensors"
+        name = hashlib.sha256(data).hexdigest() if lfs else _git_blob(data)
+        ids[rel] = f"sha256:{name}" if lfs else f"git:{name}"
+        blob = repo / "blobs" / name
+        if shared is not None:
+            (shared / name[:2]).mkdir(parents=True, exist_ok=True)
+            (shared / name[:2] / name).write_bytes(data)
+            blob.unlink(missing_ok=True)
+            blob.symlink_to(shared / name[:2] / name)
+        else:
+            blob.write_bytes(data)
+        (snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / rel).symlink_to(os.path.relpath(blob, (snapshot / rel).parent))
     (repo / "refs" / "main").write_text(commit)
+    return ids
+
+
+def test_a_hub_snapshots_files_are_named_by_their_blobs_in_every_cache_layout(tmp_path, monkeypatch):
+    """From a review: the blob was found by following every link, so a cache that links its blobs on to a shared
+    store (huggingface_hub's Xet downloads) read each weight file whole and recorded another id than a plain cache;
+    a snapshot without links (a copied cache) gave ids that never matched; a diffusers pipeline loaded part by part
+    (no model_index.json) left its tokenizer and scheduler out; a .bin beside the .safetensors it is not read for
+    was in."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    folder = _tiny_folder(tmp_path)
+    (folder / "pytorch_model.bin").write_bytes(b"old format, not read")
+    plain = _hub_snapshot(tmp_path / "hub" / "models--org--plain", "a" * 40, folder)
+    _hub_snapshot(tmp_path / "hub" / "models--org--shared", "a" * 40, folder, tmp_path / "hub" / "blobs")
+    expected = {rel: i for rel, i in plain.items() if rel != "pytorch_model.bin"}
+    opened = _counting_open(monkeypatch)
+    read_bytes = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: opened.append(str(self)) or read_bytes(self))
+    assert (
+        identity.hub_digest("org/plain")
+        == identity.hub_digest("org/shared")
+        == {"revision": "a" * 40} | {"manifest": expected}
+    )
+    assert opened == []  # no file read: the ids are the blobs' names
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    copied = tmp_path / "hub" / "models--org--copied"
+    shutil.copytree(tmp_path / "hub" / "models--org--plain", copied, symlinks=False)  # no links: files read
+    manifest = identity.hub_digest("org/copied")["manifest"]
+    assert {r: i for r, i in manifest.items() if r != "model.safetensors"} == {
+        r: i for r, i in expected.items() if r != "model.safetensors"
+    }  # the files kept in git: the same ids
+    # a small LFS file read from a copy gets a git id: another form, not compared (not "changed")
+    assert manifest["model.safetensors"].startswith("git:") and expected["model.safetensors"].startswith("sha256:")
+    assert not identity.same_form(manifest["model.safetensors"], expected["model.safetensors"])
+
+    pipeline = tmp_path / "pipeline"
+    for part, name in (("unet", "config.json"), ("scheduler", "scheduler_config.json"), ("tokenizer", "vocab.json")):
+        (pipeline / part).mkdir(parents=True)
+        (pipeline / part / name).write_text("{}")
+    (pipeline / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"w")
+    (pipeline / "unet" / "notes.txt").write_text("not read")
+    ids = _hub_snapshot(tmp_path / "hub" / "models--org--pipe", "b" * 40, pipeline)
+    assert identity.hub_digest("org/pipe")["manifest"] == {r: i for r, i in ids.items() if r != "unet/notes.txt"}
 
 
 def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, monkeypatch, capfd):
@@ -403,7 +469,7 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     commit, later, readme = "0123456789abcdef" * 2 + "01234567", "89abcdef" * 5, "fedcba98" * 5
     repo = tmp_path / "hub" / "models--someorg--tiny"
     folder = _tiny_folder(tmp_path)
-    _hub_snapshot(repo, commit, folder)
+    ids = _hub_snapshot(repo, commit, folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
@@ -421,8 +487,7 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     info = record["run"]["config"]["model_info"]
     assert info["hub_revision"] == commit
     assert "weights_sha256" not in info  # a hub id: its revision and its files' blobs name it
-    blobs = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
-    assert info["hub_manifest"] == blobs  # every file the run reads, by the blob the cache links it to
+    assert info["hub_manifest"] == ids  # every file the run reads, by the blob the cache links it to
 
     # a later commit that changed a file the run does not read (a README), with only part of it downloaded: the same
     (folder / "README.md").write_text("# tiny")

@@ -556,9 +556,9 @@ def test_runs_of_one_model_folder_whose_files_changed_are_other_sections(tmp_pat
     assert "sharelora" not in sections[[k for k, v in sections.items() if "lora" in v][0]]
     # a hub id's runs: by the blob of each file they loaded; one not downloaded at the later commit is not known
     hub = tmp_path / "hub"
-    for method, blobs in (("lora", {"model.safetensors": "b1", "tokenizer_config.json": "t1"}),
-                          ("effilora", {"model.safetensors": "b1", "tokenizer_config.json": "t2"}),
-                          ("moslora", {"model.safetensors": "b1"})):  # fmt: skip
+    for method, blobs in (("lora", {"model.safetensors": "sha256:b1", "tokenizer_config.json": "git:t1"}),
+                          ("effilora", {"model.safetensors": "sha256:b1", "tokenizer_config.json": "git:t2"}),
+                          ("moslora", {"model.safetensors": "sha256:b1", "tokenizer_config.json": "sha256:t3"})):  # fmt: skip
         record = fixture_record(method, 0, evals={"ARC-Easy": scored(answers, answers)})
         record["run"]["config"]["model_info"] = {"hub_revision": "c" * 40, "hub_manifest": blobs}
         record["run"]["created_at"] = f"2026-01-0{len(list(hub.glob('*'))) + 1 if hub.exists() else 1}T00:00:00+00:00"
@@ -567,8 +567,60 @@ def test_runs_of_one_model_folder_whose_files_changed_are_other_sections(tmp_pat
     sections = {}
     for r in read_csv(tmp_path / "out_hub" / "commonsense.csv"):
         sections.setdefault(r["section"], set()).add(r["method"])
-    # moslora fits both: it joins the oldest (lora's), as a run that read part of the data does
+    # moslora fits both (its tokenizer's id is of another form, read from a copied cache: not compared): it joins
+    # the oldest (lora's), as a run that read part of the data does
     assert sorted(sorted(v - {"majority", "chance"}) for v in sections.values()) == [["effilora"], ["lora", "moslora"]]
+
+
+def _sections(out: Path) -> dict[str, dict[str, dict]]:
+    by_section: dict[str, dict[str, dict]] = {}
+    for r in read_csv(out / "commonsense.csv"):
+        by_section.setdefault(r["section"], {})[r["method"]] = r
+    return by_section
+
+
+def test_model_digests_split_sections_only_where_they_contradict_and_say_so_only_then(tmp_path):
+    """From a review of the model-file sections: two zero-shot runs on other weights that both fit a section without
+    digests, the later replaced the earlier's base row (silently lost); a split made by the data labelled the
+    section without model digests "model files unset"; a version-1 digest never contradicted a manifest of other
+    weights."""
+    from harness.identity import manifest_digest
+
+    answers = "0123" * 5
+    lost = tmp_path / "lost"
+    write_fixture(lost, fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}))  # no digests
+    for i, (weights, preds) in enumerate((("a", "0123" * 4 + "1111"), ("b", "1111" * 5))):
+        record = _on_model(fixture_record("base", i, evals={"ARC-Easy": scored(answers, preds)}), weights)
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(lost, record)
+    write_leaderboards(lost, tmp_path / "out_lost")
+    bases = sorted(x["base"]["ARC-Easy"] for x in _sections(tmp_path / "out_lost").values() if "base" in x)
+    assert bases == ["25.0", "85.0"]  # both shown: the older with lora, the later in a section of its own
+
+    by_data = tmp_path / "data"
+    write_fixture(by_data, _on_data(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a", "c"))
+    later = _on_model(_on_data(fixture_record("lora", 1, evals={"ARC-Easy": scored(answers, answers)}), "b", "c"), "a")
+    later["run"]["created_at"] = "2026-01-09T00:00:00+00:00"
+    write_fixture(by_data, later)
+    write_leaderboards(by_data, tmp_path / "out_data")
+    settings = [x["lora"]["settings"] for x in _sections(tmp_path / "out_data").values()]
+    assert len(settings) == 2 and all(x.startswith("data ") and "model files" not in x for x in settings), settings
+
+    versions = tmp_path / "versions"
+    manifest = {"config.json": "c" * 64, "model.safetensors": "a" * 64, "tokenizer.json": "t" * 64}
+    v1 = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)})
+    v1["run"]["config"]["model_info"] = {"weights_sha256": manifest_digest(manifest, 1), "weights_files": 2}
+    write_fixture(versions, v1)  # a version-1 record of weights a
+    same = _on_model(fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a")
+    same["run"]["config"]["model_info"]["weights_digest_covers"] = "weights, configs, tokenizer and code"
+    other = _on_model(fixture_record("moslora", 0, evals={"ARC-Easy": scored(answers, answers)}), "b")
+    other["run"]["config"]["model_info"]["weights_digest_covers"] = "weights, configs, tokenizer and code"
+    for i, record in enumerate((same, other)):
+        record["run"]["created_at"] = f"2026-01-0{i + 2}T00:00:00+00:00"
+        write_fixture(versions, record)
+    write_leaderboards(versions, tmp_path / "out_versions")
+    rows = sorted(sorted(set(x) - {"majority", "chance"}) for x in _sections(tmp_path / "out_versions").values())
+    assert rows == [["effilora", "lora"], ["moslora"]], rows
 
 
 def test_seeds_that_scored_different_examples_of_one_data_are_named(tmp_path, capsys):
