@@ -124,8 +124,8 @@ def manifest_digest(manifest: dict[str, str], version: int) -> str:
 def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     """``{"revision": commit, "manifest": {relpath: id}}`` of a hub id as the hub's local cache holds its main
     revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
-    snapshot's top and in each of its first-level folders, the components of a diffusers pipeline that was loaded
-    part by part and so has no model_index.json; where a folder holds ``*.safetensors`` weights, its ``*.bin`` ones
+    snapshot's top and in its components: those its model_index.json names, else each first-level folder that holds
+    a config, as a diffusers pipeline loaded part by part, without model_index.json, does; where a folder holds ``*.safetensors`` weights, its ``*.bin`` ones
     are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
     snapshot's link without reading the file. Only what was downloaded is there: a file one snapshot lacks is not
     known, not changed. ``None`` for no hub id, or one the cache does not hold."""
@@ -136,7 +136,11 @@ def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     revision, folder = snapshot
     anywhere, top = DIGEST_FILES[DIGEST_VERSION]
     anywhere = anywhere if weights else tuple(k for k in anywhere if k not in WEIGHT_KINDS)
-    components = [p.name for p in folder.iterdir() if p.is_dir()]  # a snapshot holds only the repository's files
+    # a snapshot holds only the repository's files; its first-level folders that hold a config are components
+    # (``original/`` beside a Llama's weights, for another program, is not read)
+    components = _components(folder) or [
+        p.name for p in folder.iterdir() if p.is_dir() and (any(p.glob("config.json")) or any(p.glob("*_config.json")))
+    ]
     files = _model_files(folder, anywhere, top, weights, components)
     safetensors = {rel.rpartition("/")[0] for rel, _ in files if ".safetensors" in rel}
     files = [
@@ -173,15 +177,7 @@ def _blob_id(path: Path) -> str | None:
     if path.is_symlink():
         target = Path(os.readlink(path))
         if target.parent.name == "blobs":
-            name = target.name
-            hexadecimal = all(c in "0123456789abcdef" for c in name)
-            return (
-                f"sha256:{name}"
-                if hexadecimal and len(name) == 64
-                else f"git:{name}"
-                if hexadecimal and len(name) == 40
-                else f"etag:{name}"
-            )
+            return blob_form(target.name)
     size = path.stat().st_size
     if size >= GIT_BLOB_MAX:
         return None
@@ -190,7 +186,22 @@ def _blob_id(path: Path) -> str | None:
 
 def same_form(a: str, b: str) -> bool:
     """Whether two ``_blob_id``s are of one form (both sha256, both git ids), and so can be compared."""
-    return a.partition(":")[0] == b.partition(":")[0]
+    return blob_form(a).partition(":")[0] == blob_form(b).partition(":")[0]
+
+
+def blob_form(blob: str) -> str:
+    """A ``_blob_id`` with its form: a bare blob name (kept by a record of the first version of ``hub_manifest``,
+    2026-12-06) as ``_blob_id`` names it now."""
+    if ":" in blob:
+        return blob
+    hexadecimal = all(c in "0123456789abcdef" for c in blob)
+    return (
+        f"sha256:{blob}"
+        if hexadecimal and len(blob) == 64
+        else f"git:{blob}"
+        if hexadecimal and len(blob) == 40
+        else f"etag:{blob}"
+    )
 
 
 def changed_files(then: dict[str, str], now: dict[str, str], most: int = 6) -> str:

@@ -92,7 +92,7 @@ import pandas as pd
 
 from harness.accounting import REFERENCE_METHOD
 from harness.atomic import atomic_path, remove_stale_temps, write_text
-from harness.identity import manifest_digest
+from harness.identity import blob_form, manifest_digest
 from harness.records import (
     FIRST_METHOD_VERSION,
     PERCENT,
@@ -659,6 +659,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
                 trained.setdefault((common, train, n), {}).setdefault(_row_key(record), []).append(record)
     targets_of = list(trained)  # the sections a base run may join: those with trained runs
     joined: set[tuple[str, str, int]] = set()  # those a zero-shot group joined: one each, the oldest that fits
+    model_of: dict[tuple[str, str, int], dict[str, str]] = {}  # the model digests a joined zero-shot group names
     for common, runs in zero_shot.items():
         for digests, same in _by_data(runs):
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -676,15 +677,18 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
                 data[targets[0]] = digests
             for k in targets:
                 trained[k] = {**trained.get(k, {}), **groups}
+                # what its model files are, where only its base row names them: shown, not in the section's id
+                model_of[k] = {**model_of.get(k, {}), **{d: v for d, v in digests.items() if d.startswith(MODEL)}}
     out = []
     for (common, train, n), groups in trained.items():
         key = {"c": common, "t": train} | ({"d": data[(common, train, n)]} if n > 0 else {})  # the oldest keeps its id
         out.append(_section(common, train, groups, config_hash(key)))
     # where settings were run on other data, the sections of their title say which data (a digest of the digests)
     split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0}
-    apart = _data_apart([(_title(s), data[k]) for s, k in zip(out, trained, strict=True)], split)
+    shown = [(_title(s), model_of.get(k, {}) | data[k]) for s, k in zip(out, trained, strict=True)]
+    apart = _data_apart(shown, split)
     settings = [
-        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | shown) for k, shown in zip(trained, apart, strict=True)
+        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | said) for k, said in zip(trained, apart, strict=True)
     ]
     _set_apart(out, settings)
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
@@ -745,16 +749,19 @@ MODEL = "model/"  # the prefix of ``_digests``' keys for the model's files
 
 
 def _model_digests(record: dict[str, Any]) -> dict[str, str]:
-    """What identifies the model's files a run read (``harness.runner._digest_info``): per file its sha256 where the
-    record keeps the folder's ``weights_manifest`` (a file another run did not read, or another digest version
-    covers, contradicts nothing), else the one digest by its version (the embedded GGUF's: its own); for a hub id,
+    """What identifies the model's files a run read (``harness.runner._digest_info``): the folder's digest by its
+    version and what it covers (so that, as ``harness.runner`` refuses a finished run when a file was added to the
+    folder since, two runs of one folder that cover other files at one version and covers are two models), and
+    per file its sha256 where the record keeps the folder's ``weights_manifest`` (a file that only one run's digest
+    version or covers includes contradicts nothing: a model built from its config leaves the weights out), with the
+    version-1 digest it gives, to meet a record of that version (the embedded GGUF's: its own); for a hub id,
     per file the blob its run loaded (``hub_manifest``); none for a record from before these were kept, or a model
     built from the shipped config."""
     info = record["run"]["config"].get("model_info")
     if isinstance(info, dict) and isinstance(hub := info.get("hub_manifest"), dict):  # a hub id: its files' blobs
         # by form (``harness.identity.same_form``): ids of two forms (a git id, a sha256) do not contradict
-        forms = {rel: d.partition(":")[0] if ":" in d else "" for rel, d in hub.items() if isinstance(d, str)}
-        return {f"{MODEL}hub/{rel} {form}".rstrip(): hub[rel] for rel, form in forms.items()}
+        ids = {rel: blob_form(d) for rel, d in hub.items() if isinstance(d, str)}
+        return {f"{MODEL}hub/{rel} {d.partition(':')[0]}": d for rel, d in ids.items()}
     if not isinstance(info, dict) or not isinstance(digest := info.get("weights_sha256"), str):
         return {}
     if "weights_source" in info:  # the embedded GGUF

@@ -31,6 +31,7 @@ from harness.config import make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.identity import (
     DIGEST_VERSION,
+    blob_form,
     changed_files,
     embedded_digest,
     hub_digest,
@@ -487,6 +488,7 @@ def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) 
     now = hub_digest(spec.model, TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights))
     if now is None:
         return None
+    then = {rel: blob_form(blob) for rel, blob in then.items() if isinstance(blob, str)}
     common = [rel for rel in then if rel in now["manifest"] and same_form(then[rel], now["manifest"][rel])]
     files = changed_files({r: then[r] for r in common}, {r: now["manifest"][r] for r in common})
     return f"commit {str(info.get('hub_revision'))[:8]} -> {now['revision'][:8]}: {files}" if files else None

@@ -451,9 +451,13 @@ def test_a_hub_snapshots_files_are_named_by_their_blobs_in_every_cache_layout(tm
         (pipeline / part).mkdir(parents=True)
         (pipeline / part / name).write_text("{}")
     (pipeline / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"w")
+    (pipeline / "tokenizer" / "tokenizer_config.json").write_text("{}")  # a CLIP tokenizer's folder: a config
     (pipeline / "unet" / "notes.txt").write_text("not read")
+    (pipeline / "original").mkdir()  # another program's files beside the model (a Llama's original/): not read
+    (pipeline / "original" / "tokenizer.model").write_text("x")
     ids = _hub_snapshot(tmp_path / "hub" / "models--org--pipe", "b" * 40, pipeline)
-    assert identity.hub_digest("org/pipe")["manifest"] == {r: i for r, i in ids.items() if r != "unet/notes.txt"}
+    unread = ("unet/notes.txt", "original/tokenizer.model")
+    assert identity.hub_digest("org/pipe")["manifest"] == {r: i for r, i in ids.items() if r not in unread}
 
 
 def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, monkeypatch, capfd):
@@ -509,6 +513,14 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
         "tokenizer_config.json): --force re-runs it (its record is replaced when the re-run succeeds), or use another "
         "--runs-dir for the new revision's runs"
     ) in done.stderr, done.stderr
+    # a record of the first version of hub_manifest (2026-12-06) kept bare blob names: read with their form
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+    kept = json.loads(path.read_text())
+    manifest = kept["run"]["config"]["model_info"]["hub_manifest"]
+    kept["run"]["config"]["model_info"]["hub_manifest"] = {r: i.partition(":")[2] for r, i in manifest.items()}
+    path.write_text(json.dumps(kept))
+    done = harness_here(capfd, *args)
+    assert done.returncode == 2 and "changed tokenizer_config.json)" in done.stderr, done.stdout + done.stderr
     done = harness_here(capfd, *args, "--force")
     assert done.returncode == 0, done.stderr[-3000:]
     [record] = [read_record(p / RECORD) for p in (tmp_path / "runs").iterdir()]

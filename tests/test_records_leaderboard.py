@@ -540,13 +540,16 @@ def test_runs_of_one_model_folder_whose_files_changed_are_other_sections(tmp_pat
     assert second["effilora"]["ARC-Easy_vs_lora"] == ""  # not compared with lora on other weights
     assert "model files " in first["lora"]["settings"] and "model files " in second["effilora"]["settings"]
     assert first["lora"]["settings"] != second["effilora"]["settings"]
-    # the same weights with another tokenizer file is another model too; a run that read no tokenizer file there
-    # (its manifest lacks it) contradicts nothing
+    # the same weights with another tokenizer file is another model too; a run that read no weights there (a model
+    # built from its config: its digest covers other files) contradicts nothing on them
     write_fixture(
         runs, _on_model(fixture_record("sharelora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a", "u")
     )
     built = _on_model(fixture_record("lora_fa", 0, evals={"ARC-Easy": scored(answers, answers)}), "a")
-    del built["run"]["config"]["model_info"]["weights_manifest"]["tokenizer.json"]
+    info = built["run"]["config"]["model_info"]
+    del info["weights_manifest"]["model.safetensors"]  # a model built from its config: its digest leaves weights out
+    info["weights_digest_covers"] = "configs, tokenizer and code (no weights read)"
+    info["weights_sha256"] = hashlib.sha256(json.dumps(info["weights_manifest"]).encode()).hexdigest()
     write_fixture(runs, built)
     write_leaderboards(runs, tmp_path / "out")
     sections = {}
@@ -596,6 +599,8 @@ def test_model_digests_split_sections_only_where_they_contradict_and_say_so_only
     write_leaderboards(lost, tmp_path / "out_lost")
     bases = sorted(x["base"]["ARC-Easy"] for x in _sections(tmp_path / "out_lost").values() if "base" in x)
     assert bases == ["25.0", "85.0"]  # both shown: the older with lora, the later in a section of its own
+    said = [x["base"]["settings"] for x in _sections(tmp_path / "out_lost").values()]  # and each says its weights
+    assert len(set(said)) == 2 and all(x.startswith("model files ") for x in said), said
 
     by_data = tmp_path / "data"
     write_fixture(by_data, _on_data(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a", "c"))
