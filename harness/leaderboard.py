@@ -707,7 +707,7 @@ def _data_apart(sections: list[tuple[Any, dict[str, str]]], split: set[Any]) -> 
     for title, digests in sections:
         model = {k: v for k, v in digests.items() if k.startswith(MODEL)}
         data = {k: v for k, v in digests.items() if not k.startswith(MODEL)}
-        parts.append((title, config_hash(data), config_hash(model) if model else None))
+        parts.append((title, config_hash(data), model))
     out = []
     for title, data, model in parts:
         if title not in split:
@@ -715,8 +715,10 @@ def _data_apart(sections: list[tuple[Any, dict[str, str]]], split: set[Any]) -> 
             continue
         same = [p for p in parts if p[0] == title]
         shown = {"data": data} if len({p[1] for p in same}) > 1 else {}
-        if model is not None and len({p[2] for p in same if p[2] is not None}) > 1:
-            shown["model files"] = model
+        # only where another section's model files contradict its own (one that names more files of the same
+        # model, as a zero-shot run's manifest beside older records, is the same model)
+        if model and any(not _fits(model, p[2]) for p in same):
+            shown["model files"] = config_hash(model)
         out.append(shown)
     return out
 

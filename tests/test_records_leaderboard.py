@@ -627,6 +627,22 @@ def test_model_digests_split_sections_only_where_they_contradict_and_say_so_only
     rows = sorted(sorted(set(x) - {"majority", "chance"}) for x in _sections(tmp_path / "out_versions").values())
     assert rows == [["effilora", "lora"], ["moslora"]], rows
 
+    # two sections on other test data, one model; a newer base run naming more of its files (a version-2 manifest
+    # beside version-1 records) joins one: the same model, so no "model files" is said (from a review: it was)
+    same_model = tmp_path / "same_model"
+    for i, (method, test) in enumerate((("lora", "a"), ("effilora", "a"), ("lora", "b"))):
+        record = _on_data(fixture_record(method, i, evals={"ARC-Easy": scored(answers, answers)}), test, "c")
+        record["run"]["config"]["model_info"] = {"weights_sha256": manifest_digest(manifest, 1), "weights_files": 2}
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(same_model, record)
+    base = _on_model(_on_data(fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 5)}), "a"), "a")
+    base["run"]["config"]["model_info"]["weights_digest_covers"] = "weights, configs, tokenizer and code"
+    base["run"]["created_at"] = "2026-01-09T00:00:00+00:00"
+    write_fixture(same_model, base)
+    write_leaderboards(same_model, tmp_path / "out_same_model")
+    said = sorted(x["lora"]["settings"] for x in _sections(tmp_path / "out_same_model").values())
+    assert len(said) == 2 and all(x.startswith("data ") and "model files" not in x for x in said), said
+
 
 def test_seeds_that_scored_different_examples_of_one_data_are_named(tmp_path, capsys):
     """Their per-example scores cannot pool (a judge that failed on other images in each run): the row shows the
