@@ -238,6 +238,9 @@ def test_cloze_takes_numbered_options_or_true_false_and_two_at_least(words, answ
         cloze.parse(rec(f"Please answer the question: Answer1: x Is it?\n\nAnswer format: {words}", answer))
     item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: yes/no", "no"))
     assert item.continuations == (" yes", " no") and item.answer == 1
+    # from a review: words that share all but their last letter are words, not letters naming options
+    item = cloze.parse(rec("Please answer the question: whose is it?\n\nAnswer format: him/his", "his"))
+    assert item.continuations == (" him", " his") and item.answer == 1
     # (a review of that fix) words that are the answers themselves, in any case, are scored as they were
     item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: True/False", "False"))
     assert item.continuations == (" True", " False") and item.answer == 1

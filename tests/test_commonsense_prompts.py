@@ -65,6 +65,12 @@ def test_label_extraction_takes_the_first_label_word():
     assert extract_label("The Correct Answer Is True", ["true", "false"]) == ""  # case-sensitive, as LLM-Adapters
     assert extract_label("false. true.", ["true", "false"]) == "false"
     assert extract_label("solution2", ["solution1", "solution2"]) == "solution2"
+    # whole words (a benchmark of yours): from a review, "c" was found in "correct" and "A" in "Answer"
+    assert extract_label("the correct answer is d", list("abcd")) == "c"  # as LLM-Adapters reads it
+    assert extract_label("the correct answer is d", list("abcd"), whole_words=True) == "d"
+    assert extract_label("Answer: B.", list("ABCD"), whole_words=True) == "B"
+    assert extract_label("answer10", ["answer1", "answer10"], whole_words=True) == "answer10"
+    assert extract_label("answer10", ["answer1"], whole_words=True) == ""
 
 
 def test_candidates_come_from_the_answer_format_line():

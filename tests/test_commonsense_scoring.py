@@ -86,3 +86,62 @@ def test_generate_reads_answer1_to_answer5_on_every_answer_style_benchmark(tmp_p
     task = commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
     entry = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "generate", 2, None, progress=False)
     assert entry["social_i_qa"]["value"] == 50.0  # the first reply picks answer4, which the question lacks
+
+
+@pytest.mark.parametrize(
+    ("labels", "replies", "value"),
+    [
+        # from a review: "answerA" took the answer1..answer5 rule of the paper's benchmarks (every reply "-")
+        ("answerA/answerB/answerC/answerD", ["the correct answer is answerB", "the correct answer is answerD"], 100.0),
+        # "c" was read from "correct", and "c", an option no answer names, was not looked for at all
+        ("a/b/c/d", ["the correct answer is b", "the correct answer is d"], 100.0),
+        ("A/B/C/D", ["Answer: B.", "D"], 100.0),  # not the "A" of "Answer"
+        ("a/b/c/d", ["the correct answer is c", "the correct answer is e"], 0.0),
+    ],
+)
+def test_generate_reads_a_benchmark_of_yours_by_its_questions_own_options_as_whole_words(
+    tmp_path, monkeypatch, char_tokenizer, labels, replies, value
+):
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import Loaded, TaskOptions
+
+    options = labels.split("/")
+    records = [
+        {
+            "instruction": f"Please choose the correct answer to the question: Why?\n\nAnswer format: {labels}",
+            "input": "",
+            "output": f"the correct answer is {answer}",
+            "answer": answer,
+        }
+        for answer in (options[1], options[3])
+    ]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps(records))
+    monkeypatch.setattr(commonsense, "generate", lambda model, tokenizer, prompts, *a, **k: replies[: len(prompts)])
+    task = commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    entry = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "generate", 2, None, progress=False)
+    assert entry["mine"]["value"] == value, entry["mine"]["preds"]
+
+
+@pytest.mark.parametrize("template", ["clean", "cloze"])
+def test_a_question_with_more_options_than_a_record_keeps_is_refused_before_training(tmp_path, template):
+    """From a review: ten options passed every check and failed in scoring, after training."""
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import TaskOptions
+
+    words = "/".join(f"answer{i}" for i in range(1, 11))
+    body = " ".join(f"Answer{i}: o{i}" for i in range(1, 11))
+    record = {
+        "instruction": f"Please choose the correct answer to the question: Why?\n\n{body}\n\nAnswer format: {words}",
+        "input": "",
+        "output": "the correct answer is answer2",
+        "answer": "answer2",
+    }
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([record]))
+    with pytest.raises(ValueError, match=r"example 0 has 10 options; a question may have at most 9"):
+        commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))

@@ -96,6 +96,9 @@ class CommonsenseTask(Task):
             for benchmark, test in self._tests.items():
                 if test is not None:
                     _check_answers(test.records, test.path, data.labels_for(benchmark, test.records))
+        for benchmark, test in self._tests.items():  # every protocol: the records keep one digit a question
+            if test is not None:
+                _check_option_count(test.records, test.path, data.labels_for(benchmark, test.records))
 
     def load(
         self,
@@ -223,10 +226,15 @@ class CommonsenseTask(Task):
             extra = [{"scores": dict(zip(c, s, strict=True))} for c, s in zip(candidates, scores, strict=True)]
         elif protocol == "generate":
             outputs = generate(model, tokenizer, prompts, batch_size, progress=bar)
-            # LLM-Adapters' extract_answer looks for answer1..answer5 on every answer-style benchmark (SIQA and
-            # OBQA too): a reply naming an option the question lacks first is wrong, not read past
-            upstream = [f"answer{i}" for i in range(1, 6)] if all(w.startswith("answer") for w in labels) else labels
-            words = [extract_label(o, upstream) for o in outputs]
+            if benchmark in data.BENCHMARKS:  # the paper's: LLM-Adapters' extract_answer, as published
+                # it looks for answer1..answer5 on every answer-style benchmark (SIQA and OBQA too): a reply naming
+                # an option the question lacks first is wrong, not read past
+                paper = all(w.startswith("answer") for w in labels)
+                upstream = [f"answer{i}" for i in range(1, 6)] if paper else labels
+                words = [extract_label(o, upstream) for o in outputs]
+            else:  # a benchmark of yours: its question's own options, each read as a whole word (a label "c" is
+                # not found in "correct", nor "answerA" taken for answer1..5; an option no answer names is found)
+                words = [extract_label(o, c, whole_words=True) for o, c in zip(outputs, candidates, strict=True)]
             extra = [{"output": o} for o in outputs]
         else:
             from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
@@ -267,11 +275,25 @@ class CommonsenseTask(Task):
         }
 
 
+MAX_OPTIONS = 9  # a record keeps each question's option count, and its answer's index, as one digit
+
+
 def _digits(values: list[int | None]) -> str:
-    """Option indices as one character each ("-" = no answer): a compact per-example column for records."""
+    """Option indices or counts as one character each ("-" = no answer): a compact per-example column for records
+    (``_check_option_count`` refused, before training, a question this cannot hold)."""
     if any(v is not None and not 0 <= v <= 9 for v in values):
-        raise ValueError("more than 10 options per question: the record's digit strings cannot hold them")
+        raise ValueError(f"more than {MAX_OPTIONS} options per question: the record's digit strings cannot hold them")
     return "".join("-" if v is None else str(v) for v in values)
+
+
+def _check_option_count(records: list[dict[str, Any]], path: Path, labels: list[str]) -> None:
+    """Fail on the first question with more than ``MAX_OPTIONS`` options, before any training (scoring would)."""
+    for i, record in enumerate(records):
+        if (n := len(candidates_for(record, labels))) > MAX_OPTIONS:
+            raise ValueError(
+                f"{path}: example {i} has {n} options; a question may have at most {MAX_OPTIONS} (the records keep "
+                "each question's option count as one digit): split its options over several questions or drop some"
+            )
 
 
 def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[str, Any]], str]) -> None:

@@ -63,7 +63,8 @@ def parse(record: dict[str, Any]) -> ClozeItem:
         raise ValueError("no 'Please ...: <question>' head before the options")
     answer = words.index(record["answer"])
     if not any(w[-1].isdigit() for w in words):  # true/false, yes/no or other words: the words are the options
-        if len({w[:-1] for w in words}) == 1 and all(w[-1].isalpha() for w in words):
+        # a letter alone or after "answer"/"option" (him/his, cat/car share a prefix too, and are words)
+        if {w[:-1] for w in words} in ({""}, {"answer"}, {"option"}) and all(w[-1].isalpha() for w in words):
             # letters (A/B/C/D, answerA/answerB) name options whose texts this cannot find: it would score the
             # letters themselves
             raise ValueError(

@@ -59,8 +59,12 @@ def get_template(name: str) -> Template:
     return Template(name)
 
 
-def extract_label(text: str, labels: list[str]) -> str:
-    """The first of ``labels`` found in ``text`` ("" if none), as LLM-Adapters' ``extract_answer``."""
+def extract_label(text: str, labels: list[str], whole_words: bool = False) -> str:
+    """The first of ``labels`` found in ``text`` ("" if none): anywhere in it, as LLM-Adapters' ``extract_answer``
+    (``answer1`` in ``answer10`` too), or with ``whole_words`` only where no letter or digit touches it (the
+    ``d`` of "the answer is d", not the ``c`` of "correct"; the ``B`` of "Answer: B.", not the ``A`` of "Answer")."""
     pattern = "|".join(re.escape(label) for label in sorted(labels, key=len, reverse=True))
+    if whole_words:
+        pattern = rf"(?<!\w)(?:{pattern})(?!\w)"
     match = re.search(pattern, text.strip())
     return match.group(0) if match else ""
