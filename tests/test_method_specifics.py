@@ -160,9 +160,15 @@ def test_a_router_on_the_input_reads_it_before_the_dropout(method, options):
     assert not torch.allclose(got, mixed(dropped), atol=1e-4)  # the test tells the two apart
 
 
-def test_effilora_with_one_b_merges_into_the_base_weight():
-    """Spec table: EffiLoRA merges "yes when m=1". The merge test ran at the default m=4 (a refusal only)."""
-    adapter = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, heads=1, reducer=None)
+@pytest.mark.parametrize(("method", "options"), [("effilora", {"reducer": None}), ("hydralora", {})])
+def test_a_multi_head_method_with_one_b_has_no_router_and_merges_into_the_base_weight(method, options):
+    """Spec table: EffiLoRA merges "yes when m=1". The merge test ran at the default m=4 (a refusal only).
+    HydraLoRA with one head kept a router whose softmax over one logit is 1: counted as trained, never a gradient
+    (from a review); it has none now, and merges as EffiLoRA does."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, heads=1, **options)
+    assert not any("router" in name for name, _ in adapter.model.named_parameters())
+    assert adapter.method_cls.is_mergeable(adapter.config)
+    assert not adapter.method_cls.is_mergeable(attach(tiny_llama(), method, targets="q_proj").config)  # m = 4
     perturb(adapter)
     unmerged = adapter.model(**batch()).logits
     layer = adapter.layers["model.layers.2.self_attn.v_proj"]
