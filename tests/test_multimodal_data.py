@@ -667,3 +667,17 @@ def test_a_test_image_saved_again_in_another_format_is_found_pixel_for_pixel(tmp
     ]
     picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")  # other pixels
     assert seen_test_images(test, [record("r1", "flipped.png")]) == []
+
+
+def test_one_pair_id_in_two_domains_of_a_combined_file_is_two_pairs(folder):
+    """From a review: pairs were grouped over the whole file, so "p1" in math and in general read as one pair of
+    four answers, refused, while per-domain files took the same data (scoring goes domain by domain)."""
+    general = [r | {"id": "g" + r["id"], "image": "images/b.png"} for r in _test_records("general")]
+    _write(folder, "test.json", _test_records() + general)
+    records = read_split(folder, "test")
+    assert sorted((r.domain, r.pair) for r in records if r.kind == "yesno") == [
+        ("general", "p1"),
+        ("general", "p1"),
+        ("math", "p1"),
+        ("math", "p1"),
+    ]

@@ -157,6 +157,9 @@ def test_circular_eval_scores_a_position_biased_model_zero():
         ("(B) green", 1),
         ("A blue square.", None),  # an article, not option A
         ("B cat", None),
+        ("B\nbecause it is green", 1),  # from a review: a reason on the next line
+        ("The answer is: B", 1),
+        ("the answer is c", 2),
     ],
 )
 def test_parse_choice(reply, picked):
@@ -237,6 +240,15 @@ def test_baseline_scores_from_the_test_set_alone():
     assert by_item(records, model) == [100.0, 0.0, 100.0, 100.0, 0.0, 100.0]  # acc+: right only if both are
     with pytest.raises(ValueError, match="7 records but 2 scores"):
         by_item(records, [1.0, 2.0])
+    # from a review: spellings of one answer were several pool entries ("cat", "Cat", "cat." each matching "cat")
+    spelled = [rec(i, "open", answers=[a], metric="exact") for i, a in enumerate(["cat", "Cat", "cat.", "dog", "dog"])]
+    b = baseline_scores(spelled)
+    assert b["chance"] == [50.0] * 5  # two answers as exact match reads them
+    assert b["majority"] == [100.0, 100.0, 100.0, 0.0, 0.0]  # "cat" three times, not "dog" twice
+    # and under --eval-limit the pool and the majority come from the domain's every question, not the few scored
+    assert baseline_scores(spelled[:1], spelled) == {"chance": [50.0], "majority": [100.0]}
+    assert baseline_scores(spelled[3:4], spelled) == {"chance": [50.0], "majority": [0.0]}
+    assert baseline_scores(spelled[3:4]) == {"chance": [100.0], "majority": [100.0]}  # its own answer alone
 
 
 def test_leaderboard_rows_from_entry_baselines():

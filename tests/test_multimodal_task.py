@@ -435,7 +435,7 @@ def test_a_domains_sub_metrics_are_what_its_scored_questions_say(tmp_path):
         open_("o2", "8"),
     ]
     (tmp_path / "test.json").write_text("[]")
-    entry = _entry("general", scored, "native", tmp_path)
+    entry = _entry("general", scored, "native", tmp_path, [s.record for s in scored])
     assert entry["metrics"] == pytest.approx(
         {
             "mmb_circular": 100 / 3,

@@ -386,7 +386,10 @@ class MultimodalTask(Task):
             else:
                 progress_label = domain if progress else None
                 scored = native.score_records(loaded.model, fmt, records, batch_size, progress_label, max_new)
-            results[domain] = _entry(domain, scored, protocol, self.data_dir)
+            # the guessers' answers from every test question of the domain, as the README says, not the
+            # --eval-limit's few (one open question's answer alone would be the chance guesser's whole pool)
+            everything = [r for r in self._test if r.domain == domain]
+            results[domain] = _entry(domain, scored, protocol, self.data_dir, everything)
             lines += [
                 json.dumps(
                     {
@@ -415,7 +418,9 @@ class MultimodalTask(Task):
         return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
 
 
-def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Path) -> dict[str, Any]:
+def _entry(
+    domain: str, scored: list[native.Scored], protocol: str, data_dir: Path, domain_records: list[data.Record]
+) -> dict[str, Any]:
     from tasks.multimodal import scoring
 
     by_kind = {k: [s for s in scored if s.record.kind == k] for k in data.KINDS}
@@ -431,7 +436,8 @@ def _entry(domain: str, scored: list[native.Scored], protocol: str, data_dir: Pa
         )
     records = [s.record for s in scored]
     scores = [round(x, 2) for x in by_item(records, [s.score for s in scored])]
-    baselines = {k: [round(x, 4) for x in by_item(records, v)] for k, v in baseline_scores(records).items()}
+    guessed = baseline_scores(records, domain_records).items()
+    baselines = {k: [round(x, 4) for x in by_item(records, v)] for k, v in guessed}
     ids = "\n".join(s.record.id for s in scored)
     test_file = _test_file(data_dir, domain)
     return {
@@ -472,9 +478,12 @@ def by_item(records: list[data.Record], scores: list[float]) -> list[float]:
     return items
 
 
-def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
-    """Per question (0-100), the expected score of two guessers that read neither the image nor the question,
-    from the test set alone: ``chance`` guesses uniformly (a choice question: one of its n letters, so under
+def baseline_scores(
+    records: list[data.Record], answers_from: list[data.Record] | None = None
+) -> dict[str, list[float]]:
+    """Per question of ``records`` (0-100), the expected score of two guessers that read neither the image nor the
+    question, from the test set alone (``answers_from``, the domain's every test question, default ``records``:
+    the answers they guess from, where ``records`` is an --eval-limit's few): ``chance`` guesses uniformly (a choice question: one of its n letters, so under
     CircularEval every rotation right, (1/n)^n; yes/no: 1/2; an open question: one of the domain's distinct
     open answers, the mean score of each given as the answer) and ``majority`` always gives the most common
     answer (choice: one fixed letter, which CircularEval's rotations never all accept: 0; yes/no: the more
@@ -488,10 +497,19 @@ def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
     def open_score(r: data.Record, pred: str) -> float:
         return scoring.anls(pred, r.answers) if r.metric == "anls" else 100.0 * scoring.exact_match(pred, r.answers)
 
-    opens = [r.answers[0] for r in records if r.kind == "open" and r.answers]
-    pool = sorted(set(opens))
-    top_open = max(pool, key=opens.count) if pool else ""
-    yesno = [str(r.answer) for r in records if r.kind == "yesno"]
+    source = records if answers_from is None else answers_from
+    # distinct answers as the metric reads them ("cat", "Cat" and "cat." are one exact-match answer): the first
+    # spelling of each stands for it
+    opened = [r for r in source if r.kind == "open" and r.answers]
+    spelled: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for r in opened:
+        key = _answer_key(r.answers[0], r.metric)
+        spelled.setdefault(key, r.answers[0])
+        counts[key] = counts.get(key, 0) + 1
+    pool = [spelled[k] for k in sorted(spelled)]
+    top_open = spelled[max(sorted(counts), key=counts.__getitem__)] if counts else ""
+    yesno = [str(r.answer) for r in source if r.kind == "yesno"]
     top_yesno = max(sorted(set(yesno)), key=yesno.count) if yesno else ""
     chance, majority = [], []
     for r in records:
@@ -506,6 +524,14 @@ def baseline_scores(records: list[data.Record]) -> dict[str, list[float]]:
             chance.append(sum(open_score(r, p) for p in pool) / len(pool))
             majority.append(open_score(r, top_open))
     return {"chance": chance, "majority": majority}
+
+
+def _answer_key(answer: str, metric: str | None) -> str:
+    """An open answer as its metric compares it: VQA's normal form for exact match, DocVQA's (lower case,
+    whitespace collapsed) for ANLS."""
+    from tasks.multimodal import scoring
+
+    return " ".join(answer.lower().split()) if metric == "anls" else scoring.normalize_answer(answer)
 
 
 def _mme(scored: list[native.Scored]) -> dict[str, float]:

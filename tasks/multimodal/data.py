@@ -359,12 +359,13 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
 
 
 def _check_pairs(records: list[Record], path: Path) -> None:
-    """MME's acc+ needs each pair to be two questions on the same image(s), one yes and one no."""
-    pairs: dict[str, list[tuple[int, Record]]] = {}
+    """MME's acc+ needs each pair to be two questions on the same image(s), one yes and one no. A pair is one
+    domain's (scoring goes domain by domain): one id may name a pair in each domain of a combined file."""
+    pairs: dict[tuple[str, str], list[tuple[int, Record]]] = {}
     for i, r in enumerate(records):
         if r.kind == "yesno":
-            pairs.setdefault(r.pair, []).append((i, r))
-    for pair, members in pairs.items():
+            pairs.setdefault((r.domain, r.pair), []).append((i, r))
+    for (_, pair), members in pairs.items():
         i, r = members[-1]
         answers = sorted(m.answer for _, m in members)
         if answers != ["no", "yes"]:

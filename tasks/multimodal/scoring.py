@@ -1,7 +1,8 @@
 """Scoring for the multimodal suite: pure functions on strings, every score on a 0-100 scale.
 
 - ``open`` questions: VQA-style normalised exact match, or DocVQA's ANLS (Average Normalized Levenshtein
-  Similarity: 1 - edit distance / length, zeroed below the 0.5 threshold, best over the answers).
+  Similarity: 1 - edit distance / length, zeroed where NL >= 0.5, the DocVQA paper's definition, best over the
+  answers; lmms-eval's code keeps 50 where NL is exactly 0.5, as "ab" for "abcd").
 - ``choice`` questions: MMBench's CircularEval. A question with n options is asked n times, the options
   rotated each time; it counts only if every rotation is answered right, so a model that always says
   "A" scores 0, not 1/n.
@@ -120,15 +121,17 @@ def circular_correct(rotations_correct: Sequence[bool]) -> bool:
 
 
 def parse_choice(text: str, options: Sequence[str]) -> int | None:
-    """The option a reply picks: a leading letter ("B", "(B)", "B. cat", "Answer: B") or an option's text. A
-    letter followed by a space is a word, not a pick ("A blue square", "I think C")."""
+    """The option a reply picks: a leading letter ("B", "(B)", "B. cat", "Answer: B", "The answer is: B", "B" and
+    a reason on the next line) or an option's text. A letter followed by a space is a word, not a pick ("A blue
+    square", "I think C"). (A public helper: the harness's own protocols pick by likelihood.)"""
     _check_options(options)
     letters = LETTERS[: len(options)]
     reply = text.strip()
-    pick = rf"^(?:the answer is|answer:?)?\s*(?:\(([{letters}])\)|([{letters}])(?=[.:)]|$))"
+    pick = rf"^(the answer is:?|answer:?)?\s*(?:\(([{letters}])\)|([{letters}])(?=[.:)\n]|$))"
     match = re.match(pick, reply, re.IGNORECASE)
-    letter = match and (match.group(1) or match.group(2))
-    if letter and (letter.isupper() or len(reply) <= 3):
+    letter = match and (match.group(2) or match.group(3))
+    # a lower-case letter picks only where nothing else can be meant: a short reply, or after "the answer is"
+    if letter and (letter.isupper() or len(reply) <= 3 or match.group(1)):
         return letters.index(letter.upper())
     wanted = normalize_answer(reply)
     hits = [i for i, option in enumerate(options) if normalize_answer(option) == wanted]
