@@ -885,6 +885,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
     mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs) + unpaired_seeds(secs)
+    mixed += unpaired_examples(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -958,6 +959,33 @@ def unpaired_seeds(secs: list[Section]) -> list[str]:
                     f"(one seed against another would be the seeds' spread, not the methods'); run {row.name} with "
                     f"seed {min(_seeds(other))} or {other.name} with seed {min(_seeds(row))} to compare them"
                 )
+    return out
+
+
+def unpaired_examples(secs: list[Section]) -> list[str]:
+    """A line per row and column left uncompared with ``lora`` or ``base`` because the two scored other examples
+    (a judge that failed on some images in one run; ``_compare`` pairs only the same examples): the empty ``vs``
+    cell would otherwise read as "no per-example data"."""
+    out = []
+    for s in secs:
+        told: set[frozenset[str]] = set()
+        for row in s.rows:
+            for ref_name in (REFERENCE_METHOD, BASELINE):
+                label = s.references.get(ref_name)
+                ref = next((r for r in s.rows if r.method == label), None)
+                if ref is None or ref is row or ref_name not in row.vs or frozenset((row.method, label)) in told:
+                    continue
+                other = [
+                    b for b in s.benchmarks if b in row.scores and b in ref.scores and row.answers[b] != ref.answers[b]
+                ]
+                if other:
+                    told.add(frozenset((row.method, label)))
+                    sizes = ", ".join(f"{b}: {len(row.scores[b])} and {len(ref.scores[b])}" for b in other)
+                    out.append(
+                        f"section {s.key} ({s.task}, {s.preset}): {row.method} is not compared with {label} on "
+                        f"{', '.join(other)}: the two scored other examples ({sizes}; a judge that failed on some "
+                        "images: harness rescore judges them again), and differences are paired on the same examples"
+                    )
     return out
 
 

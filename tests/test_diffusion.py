@@ -336,7 +336,7 @@ class _Server:
         models_status: int = 200,
         answered_by: str | None = None,
     ):
-        self.requests, self.auth, self.probes = 0, [], 0
+        self.requests, self.auth, self.probes, self.bodies = 0, [], 0, []
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -357,6 +357,7 @@ class _Server:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests += 1
                 outer.auth.append(self.headers.get("Authorization"))
+                outer.bodies.append(body)
                 assert body["messages"][1]["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
                 reply = {
                     "id": "x",
@@ -475,6 +476,24 @@ def test_a_malformed_answer_is_retried_then_recorded_failed(tmp_path, bad):
         verdict = judge(b"png", "a red circle")
     assert verdict.scores is None and verdict.requests == djudge.RETRIES == server.requests
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").iterdir())  # failures are not cached
+
+
+def test_a_malformed_answer_is_asked_again_saying_what_was_wrong(tmp_path):
+    """From a review: the same request was sent again at temperature 0, so a judge that always adds a key failed
+    every image at three requests each. The follow-up now says what did not parse; the answer to it is cached."""
+    import openai  # a [test] requirement: missing, it fails rather than skips
+
+    server = _Server(lambda n: json.dumps({**GOOD, "reason": "nice"}) if n == 1 else json.dumps(GOOD))
+    with server as url:
+        judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=openai.OpenAI(base_url=url, api_key=KEY))
+        verdict = judge(b"png", "a red circle")
+        assert verdict.scores == GOOD and verdict.requests == 2
+        assert judge(b"png", "a red circle").cached  # keyed by the first request, which the next image asks
+    first, second = (b["messages"] for b in server.bodies)
+    assert len(first) == 2 and second[:2] == first
+    assert second[2] == {"role": "assistant", "content": json.dumps({**GOOD, "reason": "nice"})}
+    assert second[3]["role"] == "user" and second[3]["content"].startswith(djudge.RETRY_PROMPT)
+    assert "reason" in second[3]["content"]  # what was wrong: the extra key
 
 
 @pytest.mark.parametrize(
@@ -1046,7 +1065,9 @@ def test_a_finished_run_scored_by_another_file_of_the_checkpoints_name_is_not_ta
         _run(tiny, tmp_path / "runs", "lora", scoring=scoring)
 
 
-def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
+def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path, monkeypatch):
+    """Without open_clip a run that asks for HPS v2 is refused before training (from a review: it trained, then
+    found its column absent); one whose checkpoint does not load gets the column absent with the reason."""
     from tasks.diffusion import hps
 
     ckpt = tmp_path / "HPS_v2_compressed.pt"
@@ -1054,9 +1075,20 @@ def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path):
     try:
         import open_clip  # noqa: F401
     except Exception:
+        overrides = {"scoring": (("hps_checkpoint", str(ckpt)),)}
+        with pytest.raises(ValueError, match=r"--hps-checkpoint: HPS v2 cannot score here: open_clip cannot be "
+                           r"imported .*harness rescore --hps-checkpoint"):  # fmt: skip
+            preflight(build_specs("diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides=overrides))
+
+        class Unloadable:
+            def __init__(self, path):
+                raise hps.Unavailable(f"HPS v2 checkpoint {path.name!r} does not fit open_clip's ViT-H-14")
+
+        monkeypatch.setattr(hps, "open_clip_module", lambda: None)  # as where it imports
+        monkeypatch.setattr(hps, "HPSv2", Unloadable)
         record = _run(tiny, tmp_path / "runs", "lora", scoring=(("hps_checkpoint", str(ckpt)),))
         entry = record["eval"]["hps_v2"]
-        assert entry["status"] == "absent" and "open_clip" in entry["reason"]
+        assert entry["status"] == "absent" and "does not fit" in entry["reason"]
         assert record["run"]["config"]["task_options"]["scoring"] == {"hps_checkpoint": ckpt.name}
         return
     with pytest.raises(hps.Unavailable, match="does not fit"):  # open_clip present: an empty state dict does not load
@@ -1070,6 +1102,8 @@ def test_an_hps_v2_that_fails_while_scoring_keeps_the_runs_other_scores_and_its_
     other scores, the column is ``failed`` with the reason, and the samples ``harness rescore`` reads were saved
     (they were written after the optional scorers: a failing one left nothing to score again)."""
     from tasks.diffusion import hps
+
+    monkeypatch.setattr(hps, "open_clip_module", lambda: None)  # as where it imports (checked before training)
 
     class Broken:
         provenance = {"file": "HPS_v2_compressed.pt"}
@@ -1935,3 +1969,54 @@ def test_a_random_weights_embedded_pipeline_is_labelled_as_its_architecture_and_
     assert loaded.info["dtype"] == "float32"
     folder = task.load(str(tiny[0]), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
     assert folder.label == str(tiny[0]) and folder.info["dtype"] == "float32"
+
+
+def test_a_judge_that_fails_on_some_images_says_so_and_each_failure_names_its_own_fix(tmp_path, monkeypatch, capsys):
+    """From a review: a judge that failed on some images said nothing at run time (its columns averaged fewer
+    prompts than the others, and the leaderboard left them uncompared without a word); a failure always named the
+    endpoint, key and model as the fix, also for answers that did not parse and for an error on this machine."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    from tasks.diffusion import optional_scores
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    common = {"n": 3, "protocol": "native", "examples": "e", "sha256": "x"}
+
+    def score():
+        return optional_scores({"judge_model": "judge-test"}, [None] * 3, ["a", "b", "c"], common, [b"1", b"2", b"3"])
+
+    with _Server(lambda n: json.dumps(GOOD) if n == 1 else "I cannot rate this image.") as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        avg = score()["judge_avg"]
+    assert (avg["n"], avg["failed"]) == (1, 2)
+    err = capsys.readouterr().err
+    assert "warning: the judge gave no scores for 2 of the 3 images (I cannot rate this image.); its columns" in err
+    assert "harness rescore --task diffusion" in err
+    with _Server(lambda n: "no scores here") as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "empty"))
+        assert score()["judge_avg"]["status"] == "failed"
+    err = capsys.readouterr().err
+    assert "no parsable judge answer; the run's other scores are kept. To judge it again, make the judge" in err
+    assert "OPENAI_BASE_URL" not in err
+    (tmp_path / "blocked").write_text("a file where the cache's folder goes")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "blocked"))
+    with _Server(lambda n: json.dumps(GOOD)) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        assert score()["judge_avg"]["status"] == "failed"
+    err = capsys.readouterr().err
+    assert "fix what it names on this machine" in err and "OPENAI_BASE_URL" not in err, err
+
+
+def test_a_held_out_category_without_training_rows_leaves_fidelity_absent_not_zero(tmp_path):
+    """From a review: the classifier knows the training rows' categories only, so a held-out category without
+    any scored 0 for every method, silently, and chance read 1 / (training classes)."""
+    from tasks.diffusion import unnamed_categories
+    from tasks.diffusion.data import Data, Item
+
+    def item(category):
+        return Item(tmp_path / f"{category}.png", f"a {category}", category)
+
+    data = Data(tmp_path, [item("red"), item("blue")], [item("red"), item("green")], [item("teal")], "given")
+    assert unnamed_categories(data) == ["green"]
+    assert unnamed_categories(Data(tmp_path, [item("red"), item("green")], [item("green")], [], "given")) == []

@@ -1345,3 +1345,17 @@ def test_a_harness_vendored_in_a_monorepo_records_its_commit_and_an_installed_co
     assert git_state(vendored) == {"git_commit": head, "git_dirty": True}
     assert git_state(installed) == {"git_commit": None, "git_dirty": None}  # a venv's copy: not the repository's
     assert git_state(mono / ".venv" / "lib" / "python3" / "dist-packages") == {"git_commit": None, "git_dirty": None}
+
+
+def test_a_row_that_scored_other_examples_than_lora_says_why_it_is_not_compared(tmp_path, capsys):
+    """From a review: a column two rows scored on other examples (a judge that failed on some images in one run)
+    was left out of the paired comparison without a word, its empty cell read as "no per-example data"."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0123" * 5)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": scored("0123" * 4, "0123" * 4)}))
+    write_leaderboards(runs, tmp_path / "out")
+    [effi] = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "effilora"]
+    assert effi["ARC-Easy_vs_lora"] == ""
+    err = capsys.readouterr().err
+    assert "effilora is not compared with lora on ARC-Easy: the two scored other examples (ARC-Easy: 16 and 20;" in err
+    assert "effilora is not compared with lora on ARC-Easy" in (tmp_path / "out" / "leaderboard.md").read_text()

@@ -68,6 +68,16 @@ class DiffusionTask(Task):
             from tasks.diffusion import judge
 
             judge.check_available(str(judge_model))
+        if dict(options.scoring or ()).get("hps_checkpoint"):  # before training, not in its absent column after
+            from tasks.diffusion import hps
+
+            try:
+                hps.open_clip_module()
+            except hps.Unavailable as exc:
+                raise ValueError(
+                    f"--hps-checkpoint: HPS v2 cannot score here: {exc}; or leave --hps-checkpoint out and score the "
+                    "saved samples later where it can (harness rescore --hps-checkpoint)"
+                ) from None
 
     @classmethod
     def default_template(cls, protocol: str, preset_template: str) -> str:
@@ -299,9 +309,18 @@ class DiffusionTask(Task):
             out["kid"] = {"status": "absent", "reason": f"KID needs 2 or more images a set; {len(sim)} scored"}
         elif len(sim) >= scoring.KID_CI_FROM and math.isfinite(k["lo"]) and math.isfinite(k["hi"]):
             out["kid"]["ci"] = [k["lo"], k["hi"]]  # fewer images resample to a few values: no interval
-        clf = scoring.category_classifier(self.data.base + self.data.train, test, size)
+        unknown = unnamed_categories(self.data)
+        clf = scoring.category_classifier(self.data.base + self.data.train, test, size) if not unknown else None
         predicted = clf.predict(gen_f) if clf else None
-        if clf is None:
+        if unknown:
+            reason = (
+                f"held-out categories without a training row ({', '.join(map(repr, unknown[:5]))}"
+                f"{f' and {len(unknown) - 5} more' if len(unknown) > 5 else ''}): the classifier fit on the training "
+                "rows could never name them (every such image would score 0 whatever the method)"
+            )
+            print(f"warning: fidelity is absent: {reason}; give each held-out category training rows", file=sys.stderr)
+            out["fidelity"] = {"status": "absent", "reason": reason}
+        elif clf is None:
             out["fidelity"] = {"status": "absent", "reason": "the data has no categories for the classifier"}
         else:
             hits = [100.0 * (p == i.category) for p, i in zip(predicted, chosen, strict=True)]
@@ -459,6 +478,13 @@ class DiffusionTask(Task):
         return contact_sheets(records, runs_dir, out_dir)
 
 
+def unnamed_categories(data: ddata.Data) -> list[str]:
+    """The held-out categories no training row has: the fidelity classifier, fit on the training rows (the
+    embedded base's too), can never name them."""
+    known = {i.category for i in data.base + data.train if i.category}
+    return sorted({i.category for i in data.test if i.category} - known)
+
+
 def optional_scores(
     scoring: dict[str, str],
     images: list,
@@ -478,11 +504,27 @@ def optional_scores(
 
         reason = scrub(f"the judge failed: {type(exc).__name__}: {exc}")[:300]
         out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
-    if out.get("judge_avg", {}).get("status") == "failed":
+    avg = out.get("judge_avg", {})
+    rescore = "harness rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)"
+    if avg.get("status") == "failed":
+        reason = avg["reason"]
+        fix = (  # by cause: the server, its answers, or this machine
+            "make the judge answer in the rubric's JSON (another --judge-model)"
+            if reason == "no parsable judge answer"
+            else "fix what it names on this machine"
+            if "api_errors" not in avg and reason.startswith("the judge failed: ")
+            else "fix the judge (OPENAI_BASE_URL, OPENAI_API_KEY, --judge-model)"
+        )
         print(
-            f"warning: {out['judge_avg']['reason']}; the run's other scores are kept. To judge it again, fix the "
-            "judge (OPENAI_BASE_URL, OPENAI_API_KEY, --judge-model) and score its saved samples again: harness "
-            "rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)",
+            f"warning: {reason}; the run's other scores are kept. To judge it again, {fix} and score its saved "
+            f"samples again: {rescore}",
+            file=sys.stderr,
+        )
+    elif avg.get("failed"):  # some images judged: the columns average fewer prompts than the run's other scores
+        print(
+            f"warning: the judge gave no scores for {avg['failed']} of the {avg['n'] + avg['failed']} images "
+            f"({avg.get('last_unparsable') or avg.get('last_api_error') or 'no answer'}); its columns average the "
+            f"other {avg['n']}, and are not compared with rows that scored other images. To judge them again: {rescore}",
             file=sys.stderr,
         )
     return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common, keep_models)

@@ -30,15 +30,22 @@ class Unavailable(Exception):
     """HPS v2 cannot run here; the message says why (the column is then ``absent``)."""
 
 
+def open_clip_module():
+    """open_clip, imported; ``Unavailable`` saying why not (before training, ``DiffusionTask.check_options`` asks
+    this, so that a run that asked for HPS v2 is not trained to find its column absent)."""
+    try:
+        import open_clip
+    except Exception as exc:  # ImportError, or torchvision's own import errors
+        raise Unavailable(
+            f"open_clip cannot be imported ({type(exc).__name__}: {exc}); install open-clip-torch "
+            "with a torchvision that matches torch"
+        ) from None
+    return open_clip
+
+
 class HPSv2:
     def __init__(self, checkpoint: Path, arch: str = ARCH, device: str = "cpu") -> None:
-        try:
-            import open_clip
-        except Exception as exc:  # ImportError, or torchvision's own import errors
-            raise Unavailable(
-                f"open_clip cannot be imported ({type(exc).__name__}: {exc}); install open-clip-torch "
-                "with a torchvision that matches torch"
-            ) from None
+        open_clip = open_clip_module()
         if not checkpoint.is_file():
             raise Unavailable(f"HPS v2 checkpoint {checkpoint.name!r} is not a file")
         # output_dict: the forward returns the normalised features by name, as HPS v2's own scoring code

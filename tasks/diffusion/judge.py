@@ -54,6 +54,12 @@ from on seven criteria, each an integer from 1 (worst) to 10 (best):
 Answer with one JSON object and nothing else, whose keys are exactly quality, detail, theme, creativity, \
 style, emotion, tech and whose values are integers 1-10."""
 
+# the follow-up when an answer does not parse (what was wrong is added in brackets)
+RETRY_PROMPT = (
+    "That answer could not be read. Answer again with one JSON object and nothing else, whose keys are exactly "
+    "quality, detail, theme, creativity, style, emotion, tech and whose values are integers 1-10"
+)
+
 
 @dataclass
 class Verdict:
@@ -355,7 +361,14 @@ class Judge:
             self.errors_in_a_row = 0
             try:
                 scores = parse(content)
-            except ValueError:
+            except ValueError as exc:
+                # asked again with what was wrong (the same request at temperature 0 gets the same answer); the
+                # first request alone is what the cache keys on, as the answer it keeps parses without the rest
+                messages = [
+                    *messages[:2],
+                    {"role": "assistant", "content": raw[:MAX_ANSWER]},
+                    {"role": "user", "content": f"{RETRY_PROMPT} ({scrub(str(exc))[:200]})"},
+                ]
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
             write_json(
