@@ -981,10 +981,15 @@ def unpaired_examples(secs: list[Section]) -> list[str]:
                 if other:
                     told.add(frozenset((row.method, label)))
                     sizes = ", ".join(f"{b}: {len(row.scores[b])} and {len(ref.scores[b])}" for b in other)
+                    why = (
+                        "; a judge that failed on some images: harness rescore judges them again"
+                        if any(b.startswith("judge_") for b in other)
+                        else ""
+                    )
                     out.append(
                         f"section {s.key} ({s.task}, {s.preset}): {row.method} is not compared with {label} on "
-                        f"{', '.join(other)}: the two scored other examples ({sizes}; a judge that failed on some "
-                        "images: harness rescore judges them again), and differences are paired on the same examples"
+                        f"{', '.join(other)}: the two scored other examples ({sizes}{why}), and differences are "
+                        "paired on the same examples"
                     )
     return out
 

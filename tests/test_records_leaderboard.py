@@ -1357,5 +1357,5 @@ def test_a_row_that_scored_other_examples_than_lora_says_why_it_is_not_compared(
     [effi] = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "effilora"]
     assert effi["ARC-Easy_vs_lora"] == ""
     err = capsys.readouterr().err
-    assert "effilora is not compared with lora on ARC-Easy: the two scored other examples (ARC-Easy: 16 and 20;" in err
+    assert "effilora is not compared with lora on ARC-Easy: the two scored other examples (ARC-Easy: 16 and 20)" in err
     assert "effilora is not compared with lora on ARC-Easy" in (tmp_path / "out" / "leaderboard.md").read_text()
