@@ -566,7 +566,10 @@ def test_the_fast_path_takes_an_empty_input(method):
 
 
 def test_weights_are_not_loaded_into_a_merged_adapter(method):
-    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0, heads=1)  # one head: EffiLoRA merges
+    try:
+        adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0, heads=1)  # one head: EffiLoRA merges
+    except ValueError as exc:  # a method that takes two heads or more (hydralora)
+        pytest.skip(f"{method} at heads=1: {exc}")
     if not adapter.method_cls.is_mergeable(adapter.config):
         pytest.skip(f"{method} at these settings cannot merge")
     perturb(adapter)
