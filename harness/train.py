@@ -237,6 +237,16 @@ def train(
         step_shapes = gather_object(_first_shapes(recipe, encoded, micro_batches[:1]))
     else:
         step_shapes = _first_shapes(recipe, encoded, micro_batches)
+    # a run with nothing to learn from (every answer cut away by cutoff_len) would step an adapter on no gradient
+    # and record a loss of 0 a step: refused before it starts
+    supervised = bool(step_shapes if accelerator.num_processes == 1 else _first_shapes(recipe, encoded, micro_batches))
+    if accelerator.num_processes > 1:
+        supervised = bool(accelerator.reduce(torch.tensor(int(supervised), device=accelerator.device), "sum"))
+    if not supervised:
+        raise ValueError(
+            f"no training step has a supervised token: at cutoff_len={config.cutoff_len} every example's answer is cut "
+            "away (or none has one); raise cutoff_len, or train on the prompt too (train_on_inputs)"
+        )
     memory = MemoryMeter(device)  # before a resume, so that a resumed run's baseline is a fresh run's
     resumed_from = None
     checkpoint = run_dir / CHECKPOINT if run_dir else None
@@ -394,7 +404,8 @@ def train(
         sync()
         state["train_s"] += time.perf_counter() - began - (state["hook_val_s"] - hooks_before)
         state["step"] += 1
-        state["loss_curve"].append([state["step"], round(step_loss, 5)])
+        # a step with nothing supervised (every answer of its examples cut away) measured no loss: null, not 0
+        state["loss_curve"].append([state["step"], round(step_loss, 5) if n_supervised else None])
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
         if (

@@ -496,3 +496,14 @@ def test_a_resumed_run_does_not_hold_its_checkpoint_while_it_trains(char_tokeniz
         resumed.model, text_recipe(char_tokenizer, CONFIG), resumed, EXAMPLES, VAL, CONFIG, tmp_path, progress=False
     )
     assert result.resumed_from == 2 and payload and alive == [0] * 4  # steps 2 to 5: none of the payload held
+
+
+def test_a_run_with_nothing_supervised_is_refused_before_it_steps(char_tokenizer, tmp_path):
+    """From a review: with every answer cut away by cutoff_len the run "succeeded", stepping an adapter on no
+    gradient and recording a loss of 0.0 a step (never measured)."""
+    adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2)
+    short = dataclasses.replace(CONFIG, cutoff_len=4)  # shorter than every prompt: no answer token is left
+    recipe = text_recipe(char_tokenizer, short)
+    with pytest.raises(ValueError, match=r"no training step has a supervised token: at cutoff_len=4 every example's"):
+        train(adapter.model, recipe, adapter, EXAMPLES, VAL, short, tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT).exists()
