@@ -218,6 +218,7 @@ class MemoryMeter:
             self.base = (torch.cuda.memory_allocated(device), torch.cuda.memory_reserved(device))
         self.device = device
         self.before: dict[str, Any] = {"samples": [], "peaks": [0.0, 0.0]}  # a resumed run's earlier steps
+        self.frozen: list[float] | None = None  # the peaks when training ended (``freeze``)
 
     def carry(self, saved: dict[str, Any] | None) -> None:
         """Continue from ``state()`` saved in a checkpoint: the summary then covers every step of the run."""
@@ -228,7 +229,15 @@ class MemoryMeter:
         """What a checkpoint keeps, for ``carry`` after a resume."""
         return {"samples": self.before["samples"] + self.samples, "peaks": self._peaks()}
 
+    def freeze(self) -> None:
+        """Keep the peaks as they are at the end of training: what runs after it (the final validation, at its own
+        batch size) is not training's. A CPU's peaks are read in ``sample`` only, in the loop; a GPU's allocator
+        counts whatever ran since the baseline, so without this its peak held the final validation's."""
+        self.frozen = self._peaks()
+
     def _peaks(self) -> list[float]:
+        if self.frozen is not None:
+            return list(self.frozen)
         if self.cuda:
             now = [
                 torch.cuda.max_memory_allocated(self.device) - self.base[0],

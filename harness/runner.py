@@ -768,6 +768,8 @@ def flops_settings(spec: RunSpec, loaded: Loaded) -> tuple[Any, ...]:
     settings = spec.to_dict()
     for name in ("seed", "method", "method_options"):
         settings.pop(name)
+    for part in ("train", "task_options"):  # the seed again, as those settings carry it (from a review: every
+        settings.get(part, {}).pop("seed", None)  # seed was counted afresh, as the comment above says it is not)
     parameters = tuple((n, tuple(p.shape), str(p.dtype)) for n, p in loaded.model.named_parameters())
     return json.dumps(settings, sort_keys=True, default=str), type(loaded.model), parameters
 

@@ -420,6 +420,7 @@ def train(
     if checkpoint and config.checkpoint_every and state["step"] > state.get("saved_step", 0):
         save()  # the finished training: a stop during the final validation or the scoring does not train again
     bar.close()
+    memory.freeze()  # training's peak: the final validation below is not in it (on a GPU it was)
     final_val, began = None, time.perf_counter()
     units = [recipe.units(b) for b in val_batches]
     if sum(units):  # per unit (token, image) over the whole split, as the training loss: not a mean of batch means

@@ -535,3 +535,29 @@ def test_the_environment_names_the_diffusers_version(monkeypatch):
     assert accounting.environment()["diffusers"] == installed
     monkeypatch.setattr(accounting, "_installed", lambda package: None)
     assert accounting.environment()["diffusers"] is None  # not installed: named as absent, not left out
+
+
+def test_the_peak_is_trainings_the_final_validation_is_left_out():
+    """From a review: on a GPU the allocator's peak, read when the summary is made, held the final validation that
+    runs after training (at its own batch size); the CPU's did not. ``freeze`` keeps training's peak."""
+    from harness.accounting import MemoryMeter
+
+    meter = MemoryMeter(torch.device("cpu"))
+    meter.sample()
+    meter.freeze()
+    kept = meter.summary()["peak_rss_gb"]
+    big = torch.ones(64 * 1024 * 1024)  # 256 MB after training ends
+    meter.before["peaks"] = [1e15, 1e15]  # nothing read after freeze counts, not even a carried peak
+    assert meter.summary()["peak_rss_gb"] == kept and big.sum() > 0
+
+
+def test_a_flop_count_is_taken_again_for_every_seed():
+    """From a review: the seed inside the training settings and task options made every seed's key new, so a
+    sweep counted every step again for each seed (the comment says it does not)."""
+    from harness.runner import build_specs, flops_settings
+
+    loaded = SimpleNamespace(model=tiny_llama())
+    s0, s1 = build_specs("commonsense", ["lora"], [0, 1], "smoke")
+    assert flops_settings(s0, loaded) == flops_settings(s1, loaded)
+    [other] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"lr": 0.123})
+    assert flops_settings(other, loaded) != flops_settings(s0, loaded)  # another setting: another key
