@@ -228,6 +228,8 @@ def test_hellaswag_is_preprocessed_as_lm_eval_does():
         ("A/B/C/D", "A", "not letters naming options"),  # what are the options' texts? cloze cannot tell
         ("a/b", "a", "not letters naming options"),
         ("answerA/answerB", "answerA", "not letters naming options"),
+        ("solutionA/solutionB", "solutionB", "not letters naming options"),  # from a review: any prefix
+        ("endingA/endingB/endingC", "endingC", "not letters naming options"),
         ("true", "true", "one option"),
         ("answer1", "answer1", "one option"),
     ],

@@ -145,3 +145,19 @@ def test_a_question_with_more_options_than_a_record_keeps_is_refused_before_trai
     (tmp_path / "mine" / "test.json").write_text(json.dumps([record]))
     with pytest.raises(ValueError, match=r"example 0 has 10 options; a question may have at most 9"):
         commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))
+
+
+def test_more_answers_than_a_record_keeps_without_an_answer_format_line_says_to_add_one(tmp_path):
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import TaskOptions
+
+    records = [
+        {"instruction": f"Please answer: {i}?", "input": "", "output": f"the correct answer is w{i}", "answer": f"w{i}"}
+        for i in range(10)
+    ]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps(records))
+    with pytest.raises(ValueError, match=r"example 0 has no 'Answer format:' line, so the file's 10 distinct answers"):
+        commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))

@@ -814,6 +814,7 @@ def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(finished
         good_until[0] = 8 + 2
         done, problems = rescore_runs(runs, "diffusion", {"judge_model": "judge-test"})
     assert not done and [(runs / i / "record.json").read_bytes() for i in ids] == before
+    assert "warning: the judge gave no scores" not in capsys.readouterr().err  # rescore's own report says it
     assert problems == [
         f"run {ids[0]}: 8 columns (judge_quality ... judge_avg) scored 2 examples, fewer than the record's 4; the "
         "earlier score is kept",
@@ -1077,8 +1078,12 @@ def test_hps_is_absent_with_a_reason_when_it_cannot_run(tiny, tmp_path, monkeypa
     except Exception:
         overrides = {"scoring": (("hps_checkpoint", str(ckpt)),)}
         with pytest.raises(ValueError, match=r"--hps-checkpoint: HPS v2 cannot score here: open_clip cannot be "
-                           r"imported .*harness rescore --hps-checkpoint"):  # fmt: skip
+                           r"imported .*leave --hps-checkpoint out .*harness rescore --hps-checkpoint"):  # fmt: skip
             preflight(build_specs("diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides=overrides))
+        monkeypatch.setenv("HARNESS_HPS_CHECKPOINT", str(ckpt))  # the setting from the environment: named so
+        with pytest.raises(ValueError, match=r"^HARNESS_HPS_CHECKPOINT: HPS v2 cannot .*unset HARNESS_HPS_CHECKPOINT"):
+            preflight(build_specs("diffusion", ["lora"], [0], "smoke", model=str(tiny[0]), task_overrides=overrides))
+        monkeypatch.delenv("HARNESS_HPS_CHECKPOINT")
 
         class Unloadable:
             def __init__(self, path):

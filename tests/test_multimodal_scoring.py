@@ -249,6 +249,9 @@ def test_baseline_scores_from_the_test_set_alone():
     assert baseline_scores(spelled[:1], spelled) == {"chance": [50.0], "majority": [100.0]}
     assert baseline_scores(spelled[3:4], spelled) == {"chance": [50.0], "majority": [0.0]}
     assert baseline_scores(spelled[3:4]) == {"chance": [100.0], "majority": [100.0]}  # its own answer alone
+    # answers that are articles are three answers to exact match, not one blank one (from a review)
+    articles = [rec(i, "open", answers=[a], metric="exact") for i, a in enumerate(["A", "The", "an"])]
+    assert baseline_scores(articles)["chance"] == [pytest.approx(100 / 3)] * 3
 
 
 def test_leaderboard_rows_from_entry_baselines():

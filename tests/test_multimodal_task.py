@@ -304,6 +304,13 @@ def test_lmms_eval_and_the_native_scorer_make_the_same_predictions(tiny_llava_st
     for a, b in zip(native_lines, lmms_lines, strict=True):
         assert (a["id"], a["pred"], a["score"]) == (b["id"], b["pred"], b["score"])
     assert {d: e["scores"] for d, e in ours.items()} == {d: e["scores"] for d, e in theirs.items()}
+    # the guessers of an --eval-limit run take their answers from the domain's every question (from a review)
+    from tasks.multimodal import baseline_scores, by_item
+
+    for domain, entry in ours.items():
+        limited, every = task.test_records(domain), [r for r in task._test if r.domain == domain]
+        expected = {k: [round(x, 4) for x in by_item(limited, v)] for k, v in baseline_scores(limited, every).items()}
+        assert entry["baselines"] == expected, domain
 
 
 def test_lmms_eval_tasks_prompts_without_an_image_tag_get_one_per_image_in_front(char_tokenizer, tmp_path):

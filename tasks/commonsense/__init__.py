@@ -290,6 +290,12 @@ def _check_option_count(records: list[dict[str, Any]], path: Path, labels: list[
     """Fail on the first question with more than ``MAX_OPTIONS`` options, before any training (scoring would)."""
     for i, record in enumerate(records):
         if (n := len(candidates_for(record, labels))) > MAX_OPTIONS:
+            if not _FORMAT.search(record["instruction"]):  # its options are the file's answers, not its own
+                raise ValueError(
+                    f"{path}: example {i} has no 'Answer format:' line, so the file's {n} distinct answers are its "
+                    f"options, and a question may have at most {MAX_OPTIONS} (the records keep each question's option "
+                    "count as one digit): end each instruction with an 'Answer format: a/b/...' line naming its options"
+                )
             raise ValueError(
                 f"{path}: example {i} has {n} options; a question may have at most {MAX_OPTIONS} (the records keep "
                 "each question's option count as one digit): split its options over several questions or drop some"

@@ -46,6 +46,9 @@ class ClozeItem:
     answer: int  # index of the correct option
 
 
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
 def parse(record: dict[str, Any]) -> ClozeItem:
     """Question and options from an LLM-Adapters record; ``ValueError`` says what does not fit."""
     instruction = record["instruction"].strip()
@@ -63,8 +66,10 @@ def parse(record: dict[str, Any]) -> ClozeItem:
         raise ValueError("no 'Please ...: <question>' head before the options")
     answer = words.index(record["answer"])
     if not any(w[-1].isdigit() for w in words):  # true/false, yes/no or other words: the words are the options
-        # a letter alone or after "answer"/"option" (him/his, cat/car share a prefix too, and are words)
-        if {w[:-1] for w in words} in ({""}, {"answer"}, {"option"}) and all(w[-1].isalpha() for w in words):
+        # letters naming options: one prefix (none, answer, solution...) and last letters a, b, c... (A, B...) in
+        # order; him/his and cat/car share a prefix too, and are words
+        lasts = "".join(w[-1] for w in words)
+        if len({w[:-1] for w in words}) == 1 and lasts in (LETTERS[: len(words)], LETTERS[: len(words)].upper()):
             # letters (A/B/C/D, answerA/answerB) name options whose texts this cannot find: it would score the
             # letters themselves
             raise ValueError(

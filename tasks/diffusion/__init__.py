@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -68,15 +69,21 @@ class DiffusionTask(Task):
             from tasks.diffusion import judge
 
             judge.check_available(str(judge_model))
-        if dict(options.scoring or ()).get("hps_checkpoint"):  # before training, not in its absent column after
+        if checkpoint := dict(options.scoring or ()).get("hps_checkpoint"):  # before training, not in its column
             from tasks.diffusion import hps
 
             try:
                 hps.open_clip_module()
             except hps.Unavailable as exc:
+                env = os.environ.get("HARNESS_HPS_CHECKPOINT")  # where the setting came from, if not the flag
+                given, leave = (
+                    ("HARNESS_HPS_CHECKPOINT", "unset HARNESS_HPS_CHECKPOINT")
+                    if env and Path(env).name == Path(str(checkpoint)).name
+                    else ("--hps-checkpoint", "leave --hps-checkpoint out")
+                )
                 raise ValueError(
-                    f"--hps-checkpoint: HPS v2 cannot score here: {exc}; or leave --hps-checkpoint out and score the "
-                    "saved samples later where it can (harness rescore --hps-checkpoint)"
+                    f"{given}: HPS v2 cannot score here: {exc}; or {leave} and score the saved samples later where it "
+                    "can (harness rescore --hps-checkpoint)"
                 ) from None
 
     @classmethod
@@ -425,7 +432,7 @@ class DiffusionTask(Task):
                 raise ValueError(f"run {run}: sample {line['file']} cannot be read ({exc}); run it again") from None
         common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
         prompts = [line["prompt"] for line in lines]
-        out = optional_scores(scoring, images, prompts, common, pngs, keep_models=True)
+        out = optional_scores(scoring, images, prompts, common, pngs, keep_models=True, warn=False)
         asked_columns = {c for k in scoring for c in SCORER_COLUMNS[k]}
         return {c: e for c, e in out.items() if c in asked_columns}
 
@@ -492,10 +499,12 @@ def optional_scores(
     common: dict[str, Any],
     pngs: list[bytes] | None = None,
     keep_models: bool = False,
+    warn: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """The judge's and HPS v2's columns (``absent`` where ``scoring`` does not ask for one) of ``images`` generated
     from ``prompts`` (``pngs``: their PNG files' bytes, else encoded here), whose entries share ``common``;
-    ``keep_models``: HPS v2 stays loaded for the next call (``harness rescore``'s runs), else it is let go."""
+    ``keep_models``: HPS v2 stays loaded for the next call (``harness rescore``'s runs), else it is let go;
+    ``warn``: say on stderr what failed and how to judge again (a run's; ``harness rescore`` reports it itself)."""
     out: dict[str, dict[str, Any]] = {}
     try:
         out |= _judge(scoring.get("judge_model"), images, prompts, common, pngs)
@@ -506,7 +515,9 @@ def optional_scores(
         out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
     avg = out.get("judge_avg", {})
     rescore = "harness rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)"
-    if avg.get("status") == "failed":
+    if not warn:
+        pass
+    elif avg.get("status") == "failed":
         reason = avg["reason"]
         fix = (  # by cause: the server, its answers, or this machine
             "make the judge answer in the rubric's JSON (another --judge-model)"

@@ -531,7 +531,9 @@ def _answer_key(answer: str, metric: str | None) -> str:
     whitespace collapsed) for ANLS."""
     from tasks.multimodal import scoring
 
-    return " ".join(answer.lower().split()) if metric == "anls" else scoring.normalize_answer(answer)
+    if metric == "anls":
+        return " ".join(answer.lower().split())
+    return scoring.answer_form(answer)  # the form exact match compares (an answer "A" is not "", as "The" is not)
 
 
 def _mme(scored: list[native.Scored]) -> dict[str, float]:

@@ -43,6 +43,12 @@ def _normalize(s: str, *, keep_articles: bool) -> str:
 _FORMS = (normalize_answer, lambda s: _normalize(s, keep_articles=True), lambda s: " ".join(s.lower().split()))
 
 
+def answer_form(answer: str) -> str:
+    """``answer`` as ``exact_match`` compares it (the first of its forms that keeps something of it), tagged with
+    which form: two answers with one ``answer_form`` are one answer to exact match ("" for a blank answer)."""
+    return next((f"{i}:{f(answer)}" for i, f in enumerate(_FORMS) if f(answer)), "")
+
+
 def exact_match(pred: str, answers: Sequence[str]) -> bool:
     """Whether ``pred`` equals one of ``answers`` after ``normalize_answer``. An answer that normalises to
     nothing is compared in the first form that keeps something of it: with its articles (``"A"``, ``"The"``),
