@@ -103,7 +103,9 @@ class BenchConfig:
             _reducer_options(variant)
         for item in self.also:
             _also_option(item)
-        # a repeat would be a second contender of the same name: its timings would land on one row, twice
+        # a repeat would be a second contender of the same name: its timings would land on one row, twice (a
+        # value that reads otherwise but sets the same, importance:.25 beside importance:0.25, is refused by
+        # check_methods, which compares what each makes)
         for flag, values in (("--reducer", list(self.reducer)), ("--also", [_also_option(a) for a in self.also])):
             if (repeated := next((i for i, v in enumerate(values) if v in values[:i]), None)) is not None:
                 given = (self.reducer if flag == "--reducer" else self.also)[repeated]
@@ -117,11 +119,18 @@ class BenchConfig:
 
         for name in self.methods or METHODS.names():
             cls = METHODS.get(name)
-            if make_config(cls.config_cls, self.options, name).reducer is not None:
-                for variant in self.reducer:  # the variants too: each makes its own config
-                    make_config(cls.config_cls, _variant_options(self.options, variant), name)
-            for item in self.also:
-                make_config(cls.config_cls, self.options | dict([_also_option(item)]), name)
+            base = make_config(cls.config_cls, self.options, name)
+            paired = self.options  # what an --also variant changes: the row it is compared with (_paired_with)
+            if base.reducer is not None and self.reducer:
+                made: dict[str, Any] = {}
+                for variant in self.reducer:  # the variants too: each makes its own config, and none twice
+                    made[variant] = make_config(cls.config_cls, _variant_options(self.options, variant), name)
+                    _refuse_same("--reducer", variant, made, name)
+                paired = _variant_options(self.options, _paired_with(list(made.items()), base)[0])
+            made = {"": make_config(cls.config_cls, paired, name)}
+            for item in self.also:  # each changes something, and not what another does
+                made[item] = make_config(cls.config_cls, _with_also(paired, item), name)
+                _refuse_same("--also", item, made, name)
         if self.peft and "lora" in METHODS:
             peft_lora_config(self.options)
 
@@ -247,6 +256,11 @@ def load_contenders_or_exit(config: BenchConfig, parser: Any) -> tuple[str, torc
 
 
 def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:
+    # learned positions (GPT-2's n_positions) end where the table does: a longer --seq fails inside the model
+    if (positions := getattr(model.config, "n_positions", None)) and config.seq_len > positions:
+        raise ValueError(
+            f"--seq {config.seq_len} is longer than the model's {positions} positions; give --seq {positions} or less"
+        )
     ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)
 
@@ -279,6 +293,10 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
     elif config.layers:
         raise ValueError("--layers builds a reduced shape and needs --random-weights")
     else:
+        if models.looks_like_path(config.model) and not Path(config.model).expanduser().exists():
+            raise ValueError(
+                f"--model {config.model!r}: no such folder; give a model folder, a hub id (org/name) or embedded"
+            )
         source, label = models.resolve(config.model), models.label(config.model)
         trust = {"trust_remote_code": config.trust_remote_code}
         try:
@@ -344,19 +362,24 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
                 (v, make_config(cls.config_cls, _variant_options(config.options, v), method)) for v in config.reducer
             ]
         variants = _runnable(method, variants, model, named=variants[0][0] != "")
-        default = ""  # the contender an --also variant is compared with: this method at its defaults
+        # the contender an --also variant is compared with: this method at its defaults, else (its defaults' Reducer
+        # not timed, as with --reducer off) the first Reducer variant timed, which the --also row keeps
+        paired, _ = _paired_with(variants, base) if variants else ("", base)
+        default = ""
         for reducer, cfg in variants:
-            reducer += ", default" if reducer and reducer != "default" and cfg == base else ""
+            label = reducer + (", default" if reducer and reducer != "default" and cfg == base else "")
             # a method without a fast path runs its reference path either way: one contender, not two alike
             for reference in (False, True) if config.reference and cls.offers_fast_path() else (False,):
-                name = method + (f" ({reducer})" if reducer else "") + (" reference" if reference else "")
-                out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, reducer))
-                default = default or (name if cfg == base and not reference else "")
+                name = method + (f" ({label})" if label else "") + (" reference" if reference else "")
+                out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, label))
+                default = default or (name if reducer == paired and not reference else "")
+        options = _variant_options(config.options, paired) if paired else config.options
         for item in config.also:
-            cfg = make_config(cls.config_cls, config.options | dict([_also_option(item)]), method)
+            cfg = make_config(cls.config_cls, _with_also(options, item), method)
             if not _runnable(method, [(item, cfg)], model, named=False):
                 continue
-            c = _ours(f"{method} ({item})", method, cfg, model, batch, held_out, n, autocast, False, "")
+            label = f"{paired}, {item}" if paired and paired != "default" else item
+            c = _ours(f"{method} ({label})", method, cfg, model, batch, held_out, n, autocast, False, paired)
             c.variant, c.baseline = item, default
             out.append(c)
     if config.peft and "lora" in METHODS:
@@ -499,6 +522,22 @@ def _runnable(
     return kept
 
 
+def _refuse_same(flag: str, given: str, made: dict[str, Any], method: str) -> None:
+    """Refuse ``given``'s config (the last of ``made``) where an earlier one of ``made`` is the same: two rows
+    timing one step (``""``: the row an ``--also`` is compared with, so that option changes nothing)."""
+    *earlier, (_, config) = made.items()
+    for other, seen in earlier:
+        if seen == config:
+            what = f"{method}'s setting already (its row times it)" if not other else f"what {other!r} gives {method}"
+            raise ValueError(f"{flag} {given!r} is {what}: it would time the same step twice; give another value")
+
+
+def _paired_with(variants: list[tuple[str, Any]], base: Any) -> tuple[str, Any]:
+    """The timed Reducer variant an ``--also`` row is built on and compared with: the one at the method's
+    defaults where it is timed, else the first (``--reducer off``: the variant is the Reducer off too, and says so)."""
+    return next(((v, c) for v, c in variants if c == base), variants[0])
+
+
 def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
     """``options`` with a Reducer variant's: ``off`` also drops the Reducer shortcuts the options set (``k=4``
     with the Reducer off is no Reducer, not a contradiction), and a ``SELECTION:DROP_RATIO`` variant sets K by
@@ -529,6 +568,17 @@ def _reducer_options(variant: str) -> dict[str, Any]:
             "with SELECTION importance|random and 0 <= DROP_RATIO < 1 (e.g. importance:0.25)"
         ) from None
     return {"selection": selection, "drop_ratio": float(ratio)}
+
+
+ALIASES = ({"r", "rank"}, {"k", "drop_ratio"})  # options that set one thing (make_config: rank is r; both K)
+
+
+def _with_also(options: dict[str, Any], item: str) -> dict[str, Any]:
+    """``options`` with an ``--also`` option's value, in place of any option that sets the same thing (``--rank 8
+    --also r=2`` is rank 2: ``rank`` would win over ``r``, and the row labelled r=2 would time rank 8)."""
+    key, value = _also_option(item)
+    same = next((names for names in ALIASES if key in names), {key})
+    return {k: v for k, v in options.items() if k not in same} | {key: value}
 
 
 def _also_option(item: str) -> tuple[str, str]:

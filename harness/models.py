@@ -246,6 +246,11 @@ def offline_variables() -> list[str]:
     return [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
 
 
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` can only be a path (hub ids are "name" or "org/name"), there or not."""
+    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
+
+
 def is_hub_id(spec: str) -> bool:
     """Whether ``spec`` names a hub repository (not ``embedded``, nothing on the disk by that name)."""
     return spec != EMBEDDED and not Path(spec).expanduser().exists()
@@ -343,8 +348,7 @@ def load_config_dict(spec: str) -> dict:
         path = path / "config.json"
     if path.is_file():
         return read_config(path)
-    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1  # hub ids are "name" or "org/name"
-    if path.exists() or looks_like_path:
+    if path.exists() or looks_like_path(spec):
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import PretrainedConfig  # a hub id: needs the internet (or the hub's local cache)
 

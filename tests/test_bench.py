@@ -280,8 +280,16 @@ def test_also_times_each_method_with_an_option_changed_paired_against_its_defaul
     assert float(saved["lora (dropout=0)"]["x_default_paired"]) == pytest.approx(
         rows["lora (dropout=0)"]["x_default_paired"]
     )
-    alone = run_bench(replace(config, methods=("effilora",), reducer=("off",)), model=tiny_llama())["rows"]
-    assert [r["x_default_paired"] for r in alone] == [None] * 3  # its default was not timed: no comparison
+    # its default not timed (--reducer off): the --also row keeps the Reducer off, says so, and is compared with
+    # the row it changed (from a review: it ran with the default Reducer, unlabelled and unpaired)
+    alone = {
+        r["contender"]: r
+        for r in run_bench(replace(config, methods=("effilora",), reducer=("off",)), model=tiny_llama())["rows"]
+    }
+    assert set(alone) == {"floor", "effilora (off)", "effilora (off, dropout=0)"}
+    changed = alone["effilora (off, dropout=0)"]
+    assert (changed["baseline"], changed["reducer"], changed["variant"]) == ("effilora (off)", "off", "dropout=0")
+    assert changed["x_default_paired"] is not None and changed["hook_s"] == alone["effilora (off)"]["hook_s"] == 0.0
     argv = ["bench", "--methods", "lora", "--also", "dropout", "--protocols", "none"]
     assert main(argv) == 2
     assert "--also 'dropout' must look like key=value (e.g. --also dropout=0)" in capsys.readouterr().err
@@ -565,3 +573,38 @@ def test_bench_json_records_the_code_it_timed(tmp_path, monkeypatch):
     [entry] = env["plugins"]
     assert entry["file"] == "bench_plug.py" and len(entry["sha256"]) == 64
     assert {k: env[k] for k in ("git_commit", "git_dirty")} == git_state() and env["harness_version"]
+
+
+def test_an_also_or_reducer_value_that_sets_what_another_does_is_refused_and_rank_gives_way_to_r():
+    """From a review: ``--rank 8 --also r=2`` timed rank 8 under the label r=2 (rank won in make_config);
+    ``--reducer importance:0.25,importance:.25`` and ``--also dropout=0 --also dropout=0.0`` timed one step twice."""
+    from harness.bench import _with_also
+
+    assert _with_also({"rank": "8", "dropout": "0.1"}, "r=2") == {"dropout": "0.1", "r": "2"}
+    assert _with_also({"r": "8"}, "rank=2") == {"rank": "2"}
+    assert _with_also({"k": "4"}, "drop_ratio=0.5") == {"drop_ratio": "0.5"}
+    BenchConfig(methods=("lora",), options={"rank": "8"}, also=("r=2",)).check_methods()
+    for kwargs, message in (
+        ({"reducer": ("importance:0.25", "importance:.25")}, r"--reducer 'importance:.25' is what 'importance:0.25'"),
+        ({"also": ("dropout=0", "dropout=0.0")}, r"--also 'dropout=0.0' is what 'dropout=0' gives lora"),
+        ({"also": ("dropout=0.05",)}, r"--also 'dropout=0.05' is lora's setting already"),
+        ({"also": ("r=8",), "options": {"rank": "8"}}, r"--also 'r=8' is lora's setting already"),
+    ):
+        methods = ("effilora",) if "reducer" in kwargs else ("lora",)
+        with pytest.raises(ValueError, match=message):
+            BenchConfig(methods=methods, **kwargs)
+
+
+def test_a_missing_model_folder_and_a_seq_past_learned_positions_are_refused_in_one_line(tmp_path, capsys):
+    """From a review: ``--model ./nowhere`` was told about the Hugging Face hub; ``--seq`` past GPT-2's learned
+    position table crashed with an IndexError in the model."""
+    from tests.test_methods import tiny_gpt2
+
+    argv = ["bench", "--model", str(tmp_path / "nowhere"), "--methods", "lora", "--protocols", "none", "--no-peft"]
+    assert main(argv) == 2
+    assert f"--model {str(tmp_path / 'nowhere')!r}: no such folder; give a model folder" in capsys.readouterr().err
+    config = BenchConfig(methods=("lora",), rounds=1, warmup=0, batch_size=1, seq_len=8, protocols=(), peft=False,
+                         options={"targets": "c_attn"})  # fmt: skip
+    positions = tiny_gpt2().config.n_positions
+    with pytest.raises(ValueError, match=rf"--seq {positions + 1} is longer than the model's {positions} positions"):
+        run_bench(replace(config, seq_len=positions + 1), model=tiny_gpt2())

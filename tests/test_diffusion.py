@@ -1053,6 +1053,7 @@ def test_a_finished_run_scored_by_another_file_of_the_checkpoints_name_is_not_ta
             return [float(len(p)) for p in prompts]
 
     monkeypatch.setattr(hps, "HPSv2", Fake)
+    monkeypatch.setattr(hps, "open_clip_module", lambda: None)  # as where it imports (checked before training)
     ckpt = tmp_path / "hps.pt"
     ckpt.write_bytes(b"weights")
     scoring = (("hps_checkpoint", str(ckpt)),)
