@@ -221,7 +221,9 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     out = Path(args.out or args.runs_dir)
     if args.leaderboard:  # before any run is scored
         check_writable(out, "leaderboard folder", "--out")
-    ids = split_list(args.runs) if args.runs else None
+    ids = split_list(args.runs) if args.runs is not None else None
+    if ids is not None and not ids:  # "--runs ," (or two unset variables): none named, not every run
+        raise CliError("--runs names no run; give run ids separated by commas, or leave --runs out for every run")
     done, problems = rescore_runs(
         Path(args.runs_dir), args.task, scoring, ids, say=lambda line: print(line, flush=True)
     )

@@ -7,12 +7,12 @@ lookup; outside packages register through an entry-point group; a single file re
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
@@ -61,7 +61,15 @@ class Registry(Generic[T]):
         base = getattr(importlib.import_module(module), cls_name)
         if not (isinstance(obj, type) and issubclass(obj, base)):
             raise ValueError(f"{self.kind} {name!r}: {_qualname(obj)} is not a subclass of {cls_name}; register one")
+        if inspect.isabstract(obj):  # it could not be made: the first run would stop with a traceback
+            missing = ", ".join(sorted(getattr(obj, "__abstractmethods__", ())))
+            raise ValueError(f"{self.kind} {name!r}: {_qualname(obj)} does not define {missing}; define them")
+        if self.kind == "task" and not getattr(obj, "presets", None):
+            raise ValueError(
+                f"task {name!r}: {_qualname(obj)} defines no presets; give it presets = {{'name': Preset(...)}}"
+            )
         if self.kind == "method":
+            from harness.adapter import AdapterLinear
             from harness.config import AdapterConfig
 
             config_cls = getattr(obj, "config_cls", None)
@@ -69,10 +77,14 @@ class Registry(Generic[T]):
                 raise ValueError(
                     f"method {name!r}: its config_cls ({config_cls!r}) is not a dataclass subclassing AdapterConfig"
                 )
-            if not dataclasses.is_dataclass(config_cls):
+            # its own fields not made dataclass fields (undecorated: they would not be options, silently); a
+            # subclass that adds no field may leave the decorator out
+            if inspect.get_annotations(config_cls) and "__dataclass_fields__" not in vars(config_cls):
                 raise ValueError(
                     f"method {name!r}: its config_cls {_qualname(config_cls)} needs @dataclass(frozen=True)"
                 )
+            if obj.delta is AdapterLinear.delta:  # every forward would raise a bare NotImplementedError mid-run
+                raise ValueError(f"method {name!r}: {_qualname(obj)} does not define delta(self, x); define it")
 
     def _load(self) -> None:
         if self._loaded:

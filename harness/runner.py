@@ -27,7 +27,7 @@ import torch
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, flush_folder, is_temp, remove_stale_temps, write_json
-from harness.config import make_config
+from harness.config import AdapterConfig, make_config
 from harness.guard import RunLock, StopOnSigterm
 from harness.identity import (
     DIGEST_VERSION,
@@ -171,6 +171,9 @@ def build_specs(
     if eval_batch_size is not None and eval_batch_size < 1:
         raise ValueError(f"eval batch size must be >= 1 (got {eval_batch_size})")
     options = {**p.method_options, **(method_options or {})}
+    if "targets" in (method_options or {}):  # one set of layers, one run id: whatever the order, or a name twice
+        default = p.method_options.get("targets", AdapterConfig.__dataclass_fields__["targets"].default)
+        options["targets"] = _canonical_targets(options["targets"], default)
     specs = []
     for method in methods:
         # the fully resolved config (every option, defaults included) is what the run id hashes and the
@@ -344,6 +347,20 @@ def _other_training_data(finished: dict[str, Any], task: Task) -> str | None:
         if recorded[name] != current[name]:
             return f"the training file {name} differs"
     return None
+
+
+def _canonical_targets(given: Any, preset: Any) -> Any:
+    """``--targets`` as a run id names them: names (not a regex) once each, in the preset's form where they are its
+    set of names, else sorted (``find_targets`` adapts the same layers whatever the order; the ids differed)."""
+    from harness.config import parse_targets
+
+    names = parse_targets(given)
+    if isinstance(names, str):  # a regex: as given
+        return given
+    names = tuple(dict.fromkeys(names))
+    if preset is not None and not isinstance(ours := parse_targets(preset), str) and set(ours) == set(names):
+        return preset
+    return ",".join(sorted(names))
 
 
 def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -> tuple[dict[str, Any] | None, bool]:

@@ -217,9 +217,16 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
     from harness.task import Task
 
     registry: Registry = Registry("task", "tasks", "harness.none", "harness.task:Task")
-    registry.register("x")(type("X", (Task,), {}))
+    hooks = {name: lambda *a, **k: None for name in ("load", "recipe", "splits", "evaluate")}
+    complete = {"presets": {"p": object()}, **hooks}
+    registry.register("x")(type("X", (Task,), complete))
     with pytest.raises(ValueError, match="already registered"):
-        registry.register("x")(type("Y", (Task,), {}))
+        registry.register("x")(type("Y", (Task,), complete))
+    # from a review: a task without its hooks, or without presets, registered and stopped the run with a traceback
+    with pytest.raises(ValueError, match=r"task 'z': .*Z does not define evaluate, load, recipe, splits; define them"):
+        registry.register("z")(type("Z", (Task,), {"presets": {"p": object()}}))
+    with pytest.raises(ValueError, match=r"task 'z': .*Z defines no presets"):
+        registry.register("z")(type("Z", (Task,), hooks))
     with pytest.raises(ValueError, match="lower-case Python identifier"):
         registry.register("My-Method")
     with pytest.raises(ValueError, match=r"task 'f': .*lambda> is not a subclass of Task; register one"):
@@ -227,6 +234,13 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
     methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
     with pytest.raises(ValueError, match=r"method 'plain': its config_cls \(None\) is not a dataclass"):
         methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": None}))
+    from harness.config import AdapterConfig
+
+    undecorated = type("Undecorated", (AdapterConfig,), {"__annotations__": {"gain": float}, "gain": 1.0})
+    with pytest.raises(ValueError, match=r"its config_cls .*Undecorated needs @dataclass\(frozen=True\)"):
+        methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": undecorated}))
+    with pytest.raises(ValueError, match=r"method 'plain': .*Plain does not define delta\(self, x\); define it"):
+        methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": AdapterConfig}))
 
 
 def test_a_plugin_tensor_not_named_lora_is_refused_and_the_model_left_as_it_was():

@@ -293,3 +293,38 @@ def test_ctrl_c_under_force_says_to_resume_without_it(tmp_path, data_dir, monkey
         "harness: interrupted; the same command goes on from each unfinished run's last checkpoint (finished runs "
         "are kept)"
     )
+
+
+def test_targets_in_another_order_or_named_twice_are_one_run():
+    """From a review: --targets v_proj,q_proj, q_proj,v_proj and q_proj,q_proj,v_proj made three run ids (three
+    trainings, three leaderboard rows) for one adapter; the preset's set in another order was another run too."""
+    from harness.runner import build_specs
+
+    def run_id(targets=None):
+        options = {"method_options": {"targets": targets}} if targets else {}
+        return build_specs("commonsense", ["lora"], [0], "embedded", **options)[0].run_id
+
+    assert run_id("q_proj,v_proj") == run_id("v_proj,q_proj") == run_id("q_proj,q_proj,v_proj")
+    assert run_id("down_proj,up_proj,v_proj,k_proj,q_proj") == run_id()  # the preset's set: its run
+    assert run_id(".*q_proj") != run_id("q_proj")  # a regex as given
+
+
+def test_a_protocol_whose_package_is_missing_is_refused_before_training(monkeypatch):
+    """From a review: --protocol lm-eval without lm-eval passed every check and failed after training."""
+    import importlib.util
+
+    from harness.runner import build_specs
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else find_spec(name, *a)
+    )
+    with pytest.raises(ValueError, match=r"the lm-eval protocol needs lm-eval: pip install 'lora-harness\[lm-eval\]'"):
+        build_specs("commonsense", ["lora"], [0], "smoke", protocol="lm-eval", task_overrides={"template": "clean"})
+
+
+def test_rescore_with_runs_that_name_none_is_refused_not_every_run(tmp_path, capsys):
+    from harness.cli import main
+
+    code = main(["rescore", "--task", "diffusion", "--runs-dir", str(tmp_path), "--runs", ",", "--judge-model", "j"])
+    assert code == 2 and "--runs names no run" in capsys.readouterr().err

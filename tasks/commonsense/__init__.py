@@ -64,6 +64,11 @@ class CommonsenseTask(Task):
                 "trains and scores with the cloze template, the others with clean or llm-adapters; "
                 "pass --protocol cloze --template cloze, or another protocol with --template clean"
             )
+        if protocol == "lm-eval":  # before anything trains (it scored only after training: from a review)
+            import importlib.util
+
+            if importlib.util.find_spec("lm_eval") is None:
+                raise ValueError("the lm-eval protocol needs lm-eval: pip install 'lora-harness[lm-eval]'")
 
     @classmethod
     def default_template(cls, protocol: str, preset_template: str) -> str:
