@@ -119,8 +119,17 @@ SUCCESS_FIELDS = (
 )
 TRAINED_FIELDS = (
     *("train.steps", "train.trainable_params", "train.percent_trainable", "train.flops_per_step", "train.memory"),
-    *("train.params_updated_per_step.mean", "train.adapter_file_bytes"),
+    *("train.params_updated_per_step.mean", "train.adapter_file_bytes", "train.train_s"),
 )
+# what those fields must be for the leaderboard to read them (one edited to null crashed it with a traceback)
+NUMBER = (int, float)
+FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("run.config.train", "run.config.task_options", "run.config.method_options"), dict),
+    **dict.fromkeys(("train.flops_per_step", "train.memory"), dict),
+    **dict.fromkeys(("env.device", "run.config.task", "run.config.method", "run.config.model"), str),
+    **dict.fromkeys(("train.steps", "train.trainable_params", "train.percent_trainable", "train.train_s"), NUMBER),
+    "run.config.seed": int,
+}
 
 
 def check_success(path: Path, record: dict[str, Any]) -> None:
@@ -135,6 +144,12 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
                     "with --force"
                 )
             value = value[key]
+        wanted = FIELD_TYPES.get(field, object)
+        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted in (NUMBER, int)):
+            raise ValueError(
+                f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
+                "with --force"
+            )
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")
     for benchmark, entry in record["eval"].items():

@@ -716,7 +716,15 @@ def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "field", ["run.config", "run.config.method", "run.config.train", "train.flops_per_step", "train.percent_trainable"]
+    "field",
+    [
+        "run.config",
+        "run.config.method",
+        "run.config.train",
+        "train.flops_per_step",
+        "train.percent_trainable",
+        "train.train_s",
+    ],
 )
 def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(tmp_path, capsys, field):
     """Was a KeyError traceback from the leaderboard (and at the end of `harness run`)."""
@@ -732,6 +740,35 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
     write_leaderboards(runs, tmp_path / "out")
     err = capsys.readouterr().err
     assert f"{cut['run']['id']}/{RECORD}: a successful record without '{field}" in err, err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("train.memory", None),
+        ("run.config.method_options", None),
+        ("env.device", None),
+        ("train.flops_per_step", "lots"),
+        ("run.config.train", None),
+        ("train.train_s", None),
+    ],
+)
+def test_a_successful_record_with_a_field_of_another_kind_is_skipped_naming_it(tmp_path, capsys, field, value):
+    """From a review: each of these, edited by hand, crashed the leaderboard (and the end of `harness run`) with a
+    traceback; a record without train.train_s too."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    bad = fixture_record("effilora", 0, 0.0)
+    *parents, last = field.split(".")
+    holder = bad
+    for key in parents:
+        holder = holder[key]
+    holder[last] = value
+    write_fixture(runs, bad)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{bad['run']['id']}/{RECORD}: a successful record whose '{field}' is {type(value).__name__}" in err, err
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
