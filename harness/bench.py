@@ -13,8 +13,10 @@ out with a note: the Reducer cannot run or would be off); an importance scoring 
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
 reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path. ``--also KEY=VALUE``
 adds each method with that option changed (``dropout=0``), timed in the same rounds and reported paired
-against the method at its defaults (for a method with the Reducer, where ``--reducer`` times its default):
-what one setting costs, without comparing runs made at other times.
+against the row it changes: the method at its defaults, or for a method with the Reducer where ``--reducer``
+leaves its default out (``off``), the first variant timed, which the row keeps (an option of the Reducer's own,
+``k=1`` or ``reducer=off``, changes the method's defaults): what one setting costs, without comparing runs made at
+other times.
 
 Contenders alternate in one process (round k starts at contender k) after ``--warmup`` untimed rounds, so
 drifts and other load fall on all alike; reported: the median and range over ``--rounds``, the ratio to
@@ -120,17 +122,18 @@ class BenchConfig:
         for name in self.methods or METHODS.names():
             cls = METHODS.get(name)
             base = make_config(cls.config_cls, self.options, name)
-            paired = self.options  # what an --also variant changes: the row it is compared with (_paired_with)
+            variant = ""  # the Reducer variant an --also row keeps (_paired_with); "" the method's defaults
             if base.reducer is not None and self.reducer:
                 made: dict[str, Any] = {}
                 for variant in self.reducer:  # the variants too: each makes its own config, and none twice
                     made[variant] = make_config(cls.config_cls, _variant_options(self.options, variant), name)
                     _refuse_same("--reducer", variant, made, name)
-                paired = _variant_options(self.options, _paired_with(list(made.items()), base)[0])
-            made = {"": make_config(cls.config_cls, paired, name)}
+                variant = _paired_with(list(made.items()), base)[0]
             for item in self.also:  # each changes something, and not what another does
-                made[item] = make_config(cls.config_cls, _with_also(paired, item), name)
-                _refuse_same("--also", item, made, name)
+                built = {"": make_config(cls.config_cls, _also_base(self.options, variant, item), name)}
+                built |= {a: make_config(cls.config_cls, _with_also(_also_base(self.options, variant, a), a), name)
+                          for a in self.also[: self.also.index(item) + 1]}  # fmt: skip
+                _refuse_same("--also", item, built, name)
         if self.peft and "lora" in METHODS:
             peft_lora_config(self.options)
 
@@ -364,8 +367,8 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
         variants = _runnable(method, variants, model, named=variants[0][0] != "")
         # the contender an --also variant is compared with: this method at its defaults, else (its defaults' Reducer
         # not timed, as with --reducer off) the first Reducer variant timed, which the --also row keeps
-        paired, _ = _paired_with(variants, base) if variants else ("", base)
-        default = ""
+        paired, paired_cfg = _paired_with(variants, base) if variants else ("", base)
+        default = defaults_row = ""  # the rows timed with paired's Reducer, and at the method's defaults
         for reducer, cfg in variants:
             label = reducer + (", default" if reducer and reducer != "default" and cfg == base else "")
             # a method without a fast path runs its reference path either way: one contender, not two alike
@@ -373,14 +376,16 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
                 name = method + (f" ({label})" if label else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, label))
                 default = default or (name if reducer == paired and not reference else "")
-        options = _variant_options(config.options, paired) if paired else config.options
+                defaults_row = defaults_row or (name if cfg == base and not reference else "")
         for item in config.also:
-            cfg = make_config(cls.config_cls, _with_also(options, item), method)
+            keeps = "" if _sets_reducer(item) else paired  # a Reducer option changes the method's defaults
+            cfg = make_config(cls.config_cls, _with_also(_also_base(config.options, keeps, item), item), method)
             if not _runnable(method, [(item, cfg)], model, named=False):
                 continue
-            label = f"{paired}, {item}" if paired and paired != "default" else item
-            c = _ours(f"{method} ({label})", method, cfg, model, batch, held_out, n, autocast, False, paired)
-            c.variant, c.baseline = item, default
+            label = f"{keeps}, {item}" if keeps and paired_cfg != base else item  # the defaults' Reducer: unsaid
+            c = _ours(f"{method} ({label})", method, cfg, model, batch, held_out, n, autocast, False, keeps)
+            # compared with the row it changes: the one it keeps the Reducer of, or the defaults' where timed
+            c.variant, c.baseline = item, default if keeps == paired else defaults_row
             out.append(c)
     if config.peft and "lora" in METHODS:
         lora, left_out = peft_lora_config(config.options)
@@ -571,6 +576,19 @@ def _reducer_options(variant: str) -> dict[str, Any]:
 
 
 ALIASES = ({"r", "rank"}, {"k", "drop_ratio"})  # options that set one thing (make_config: rank is r; both K)
+
+
+def _sets_reducer(item: str) -> bool:
+    """Whether an ``--also`` option is the Reducer's own (``reducer=off``, ``k=1``, ``selection=random``)."""
+    from harness.config import REDUCER_SHORTCUTS
+
+    return _also_option(item)[0] in ("reducer", *REDUCER_SHORTCUTS)
+
+
+def _also_base(options: dict[str, Any], variant: str, item: str) -> dict[str, Any]:
+    """The options an ``--also`` row changes: ``variant``'s (the Reducer variant it keeps), but the method's own
+    for an option of the Reducer's (a variant's shortcuts would override or contradict it)."""
+    return _variant_options(options, variant) if variant and not _sets_reducer(item) else options
 
 
 def _with_also(options: dict[str, Any], item: str) -> dict[str, Any]:

@@ -126,10 +126,24 @@ NUMBER = (int, float)
 FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("run.config.train", "run.config.task_options", "run.config.method_options"), dict),
     **dict.fromkeys(("train.flops_per_step", "train.memory"), dict),
-    **dict.fromkeys(("env.device", "run.config.task", "run.config.method", "run.config.model"), str),
+    **dict.fromkeys(("env.device", "env.torch", "env.transformers", "run.id"), str),
+    **dict.fromkeys(("run.config.task", "run.config.method", "run.config.model"), str),
+    **dict.fromkeys(("run.config.preset", "run.config.protocol"), str),
     **dict.fromkeys(("train.steps", "train.trainable_params", "train.percent_trainable", "train.train_s"), NUMBER),
+    **dict.fromkeys(("train.params_updated_per_step.mean", "train.adapter_file_bytes"), NUMBER),
     "run.config.seed": int,
 }
+# read where a record has them (older records lack them): a number where present
+OPTIONAL_NUMBERS = ("train.hook_val_s", "train.tokens_per_s", "train.final_val_s")
+
+
+def _present(record: dict[str, Any], field: str) -> tuple[str, ...]:
+    """``(field,)`` where the record holds ``field`` (its value null too), else ``()``."""
+    *parents, last = field.split(".")
+    holder: Any = record
+    for key in parents:
+        holder = holder.get(key) if isinstance(holder, dict) else None
+    return (field,) if isinstance(holder, dict) and last in holder else ()
 
 
 def check_success(path: Path, record: dict[str, Any]) -> None:
@@ -149,6 +163,19 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
             raise ValueError(
                 f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
                 "with --force"
+            )
+    for field in OPTIONAL_NUMBERS if trained else ():
+        value = record
+        for key in field.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None and (not isinstance(value, NUMBER) or isinstance(value, bool)):
+            raise ValueError(
+                f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
+                "with --force"
+            )
+        if value is None and field in _present(record, field):
+            raise ValueError(
+                f"{path}: a successful record whose {field!r} is NoneType (edited by hand?); run it again with --force"
             )
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")

@@ -79,7 +79,8 @@ class Registry(Generic[T]):
                 )
             # its own fields not made dataclass fields (undecorated: they would not be options, silently); a
             # subclass that adds no field may leave the decorator out
-            if inspect.get_annotations(config_cls) and "__dataclass_fields__" not in vars(config_cls):
+            fields = [a for a in inspect.get_annotations(config_cls).values() if "ClassVar" not in str(a)]
+            if fields and "__dataclass_fields__" not in vars(config_cls):
                 raise ValueError(
                     f"method {name!r}: its config_cls {_qualname(config_cls)} needs @dataclass(frozen=True)"
                 )

@@ -608,3 +608,19 @@ def test_a_missing_model_folder_and_a_seq_past_learned_positions_are_refused_in_
     positions = tiny_gpt2().config.n_positions
     with pytest.raises(ValueError, match=rf"--seq {positions + 1} is longer than the model's {positions} positions"):
         run_bench(replace(config, seq_len=positions + 1), model=tiny_gpt2())
+
+
+def test_a_reducer_option_given_to_also_changes_the_methods_defaults_not_a_variants():
+    """From a review: built on the Reducer variant it is compared with, --also reducer=random was refused as the
+    method's own setting, reducer=off as contradicting the variant's shortcuts, and on a two-layer model (every
+    Reducer-on variant left out) k=1 failed after loading."""
+    BenchConfig(methods=("effilora",), also=("reducer=random",)).check_methods()
+    BenchConfig(methods=("effilora",), reducer=("importance:0.25",), also=("reducer=off",)).check_methods()
+    config = BenchConfig(methods=("effilora",), also=("k=1", "dropout=0"), reducer=("off", "importance:0.25"),
+                         rounds=1, warmup=0, batch_size=1, seq_len=8, protocols=(), peft=False)  # fmt: skip
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama())["rows"]}
+    assert (
+        rows["effilora (k=1)"]["reducer"] == ""
+        and rows["effilora (k=1)"]["baseline"] == "effilora (importance:0.25, default)"
+    )
+    assert rows["effilora (dropout=0)"]["baseline"] == "effilora (importance:0.25, default)"

@@ -239,6 +239,11 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
     undecorated = type("Undecorated", (AdapterConfig,), {"__annotations__": {"gain": float}, "gain": 1.0})
     with pytest.raises(ValueError, match=r"its config_cls .*Undecorated needs @dataclass\(frozen=True\)"):
         methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": undecorated}))
+    from typing import ClassVar
+
+    tagged = type("Tagged", (AdapterConfig,), {"__annotations__": {"tag": ClassVar[str]}, "tag": "x"})
+    hooks_only = {"config_cls": tagged, "delta": lambda self, x: x}
+    methods.register("tagged")(type("TaggedLinear", (AdapterLinear,), hooks_only))  # a ClassVar is no field
     with pytest.raises(ValueError, match=r"method 'plain': .*Plain does not define delta\(self, x\); define it"):
         methods.register("plain")(type("Plain", (AdapterLinear,), {"config_cls": AdapterConfig}))
 

@@ -752,6 +752,13 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
         ("train.flops_per_step", "lots"),
         ("run.config.train", None),
         ("train.train_s", None),
+        # from a review of the first fix: these too crashed it
+        ("train.adapter_file_bytes", None),
+        ("train.params_updated_per_step.mean", None),
+        ("train.hook_val_s", None),
+        ("train.tokens_per_s", "fast"),
+        ("run.config.protocol", None),
+        ("run.config.preset", None),
     ],
 )
 def test_a_successful_record_with_a_field_of_another_kind_is_skipped_naming_it(tmp_path, capsys, field, value):

@@ -507,3 +507,19 @@ def test_a_run_with_nothing_supervised_is_refused_before_it_steps(char_tokenizer
     with pytest.raises(ValueError, match=r"no training step has a supervised token: at cutoff_len=4 every example's"):
         train(adapter.model, recipe, adapter, EXAMPLES, VAL, short, tmp_path, progress=False)
     assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_training_freezes_its_peak_memory_before_the_final_validation(char_tokenizer, monkeypatch):
+    """The peak is training's: ``MemoryMeter.freeze`` runs once, before the final validation (on a GPU the
+    allocator's peak held it; from a review, a test that only called freeze could not tell the call gone)."""
+    import harness.train as train_module
+
+    events = []
+    meter = train_module.MemoryMeter
+    monkeypatch.setattr(meter, "freeze", lambda self: events.append("freeze") or setattr(self, "frozen", self._peaks()))
+    adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=2)
+    recipe = text_recipe(char_tokenizer, CONFIG)
+    loss_sum = recipe.loss_sum
+    monkeypatch.setattr(recipe, "loss_sum", lambda *a, **k: events.append("loss") or loss_sum(*a, **k))
+    train(adapter.model, recipe, adapter, EXAMPLES, VAL, dataclasses.replace(CONFIG, steps=2), None, progress=False)
+    assert events.count("freeze") == 1 and "loss" in events[events.index("freeze") + 1 :]  # validation after it
