@@ -715,6 +715,14 @@ def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
+def _holder(record: dict, field: str) -> tuple[dict, str]:
+    """The dict of ``record`` holding a dotted ``field``, and the field's last key."""
+    *parents, last = field.split(".")
+    for key in parents:
+        record = record[key]
+    return record, last
+
+
 @pytest.mark.parametrize(
     "field",
     [
@@ -731,10 +739,7 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
     cut = fixture_record("effilora", 0, 0.0)
-    *parents, last = field.split(".")
-    holder = cut
-    for key in parents:
-        holder = holder[key]
+    holder, last = _holder(cut, field)
     del holder[last]
     write_fixture(runs, cut)
     write_leaderboards(runs, tmp_path / "out")
@@ -767,10 +772,7 @@ def test_a_successful_record_with_a_field_of_another_kind_is_skipped_naming_it(t
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
     bad = fixture_record("effilora", 0, 0.0)
-    *parents, last = field.split(".")
-    holder = bad
-    for key in parents:
-        holder = holder[key]
+    holder, last = _holder(bad, field)
     holder[last] = value
     write_fixture(runs, bad)
     write_leaderboards(runs, tmp_path / "out")
