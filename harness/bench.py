@@ -123,14 +123,15 @@ class BenchConfig:
             cls = METHODS.get(name)
             base = make_config(cls.config_cls, self.options, name)
             variant = ""  # the Reducer variant an --also row keeps (_paired_with); "" the method's defaults
+            made: dict[str, Any] = {}  # the Reducer variants' rows: an --also row that times one of them is refused
             if base.reducer is not None and self.reducer:
-                made: dict[str, Any] = {}
                 for variant in self.reducer:  # the variants too: each makes its own config, and none twice
                     made[variant] = make_config(cls.config_cls, _variant_options(self.options, variant), name)
                     _refuse_same("--reducer", variant, made, name)
                 variant = _paired_with(list(made.items()), base)[0]
             for item in self.also:  # each changes something, and not what another does
                 built = {"": make_config(cls.config_cls, _also_base(self.options, variant, item), name)}
+                built |= {f"--reducer {v}": c for v, c in made.items()}
                 built |= {a: make_config(cls.config_cls, _with_also(_also_base(self.options, variant, a), a), name)
                           for a in self.also[: self.also.index(item) + 1]}  # fmt: skip
                 _refuse_same("--also", item, built, name)
@@ -380,7 +381,8 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
         for item in config.also:
             keeps = "" if _sets_reducer(item) else paired  # a Reducer option changes the method's defaults
             cfg = make_config(cls.config_cls, _with_also(_also_base(config.options, keeps, item), item), method)
-            if not _runnable(method, [(item, cfg)], model, named=False):
+            # a Reducer option names its Reducer: left out, with a note, where K is every layer (the Reducer off)
+            if not _runnable(method, [(item, cfg)], model, named=_sets_reducer(item)):
                 continue
             label = f"{keeps}, {item}" if keeps and paired_cfg != base else item  # the defaults' Reducer: unsaid
             c = _ours(f"{method} ({label})", method, cfg, model, batch, held_out, n, autocast, False, keeps)
@@ -594,8 +596,12 @@ def _also_base(options: dict[str, Any], variant: str, item: str) -> dict[str, An
 def _with_also(options: dict[str, Any], item: str) -> dict[str, Any]:
     """``options`` with an ``--also`` option's value, in place of any option that sets the same thing (``--rank 8
     --also r=2`` is rank 2: ``rank`` would win over ``r``, and the row labelled r=2 would time rank 8)."""
+    from harness.config import REDUCER_SHORTCUTS
+
     key, value = _also_option(item)
     same = next((names for names in ALIASES if key in names), {key})
+    if key == "reducer" and value.lower() in ("off", "none"):  # the Reducer off: its options go with it, as
+        same = {*same, *REDUCER_SHORTCUTS}  # with --reducer off (_variant_options)
     return {k: v for k, v in options.items() if k not in same} | {key: value}
 
 

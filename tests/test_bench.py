@@ -614,7 +614,9 @@ def test_a_reducer_option_given_to_also_changes_the_methods_defaults_not_a_varia
     """From a review: built on the Reducer variant it is compared with, --also reducer=random was refused as the
     method's own setting, reducer=off as contradicting the variant's shortcuts, and on a two-layer model (every
     Reducer-on variant left out) k=1 failed after loading."""
-    BenchConfig(methods=("effilora",), also=("reducer=random",)).check_methods()
+    BenchConfig(methods=("effilora",), reducer=("off", "importance:0.25"), also=("reducer=random",)).check_methods()
+    with pytest.raises(ValueError, match=r"--also 'reducer=random' is what '--reducer random:0.25' gives effilora"):
+        BenchConfig(methods=("effilora",), also=("reducer=random",))  # the default variants time it already
     BenchConfig(methods=("effilora",), reducer=("importance:0.25",), also=("reducer=off",)).check_methods()
     config = BenchConfig(methods=("effilora",), also=("k=1", "dropout=0"), reducer=("off", "importance:0.25"),
                          rounds=1, warmup=0, batch_size=1, seq_len=8, protocols=(), peft=False)  # fmt: skip
@@ -624,3 +626,10 @@ def test_a_reducer_option_given_to_also_changes_the_methods_defaults_not_a_varia
         and rows["effilora (k=1)"]["baseline"] == "effilora (importance:0.25, default)"
     )
     assert rows["effilora (dropout=0)"]["baseline"] == "effilora (importance:0.25, default)"
+    # the Reducer off takes its options with it; an --also that times a --reducer row again is refused; one whose
+    # K is every layer (the Reducer off, under its label) is left out with a note (from a review of the fix)
+    BenchConfig(methods=("effilora",), options={"k": "2"}, reducer=("importance:0.25",), also=("reducer=off",))
+    with pytest.raises(ValueError, match=r"--also 'reducer=off' is what '--reducer off' gives effilora"):
+        BenchConfig(methods=("effilora",), reducer=("off", "importance:0.25"), also=("reducer=off",))
+    two = replace(config, also=("k=2",), reducer=("off",))
+    assert "effilora (k=2)" not in {r["contender"] for r in run_bench(two, model=tiny_llama(layers=2))["rows"]}
