@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -155,6 +155,11 @@ def load_plugin(path: str | Path) -> None:
         registry._load()  # built-ins first: a plugin that reuses one of their names is the one refused
     if path.resolve() in _PLUGINS_LOADED:  # named twice, or loaded again in a notebook: once is enough
         return
+    folder = str(path.resolve().parent)
+    if _module_of_file(path.resolve()) is not None:  # another plugin imported it by name, from beside it: the same
+        # module (run again under another name, its registrations were refused as taken: from a review)
+        _PLUGINS_LOADED[path.resolve()] = _plugin_digest(path.resolve(), Path(folder), set())
+        return
     # the folder in the name: two plugin files of one name (a/x.py, b/x.py) are two modules, not one replaced
     module_name = f"harness_plugin_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -162,7 +167,7 @@ def load_plugin(path: str | Path) -> None:
         raise ValueError(f"plugin {str(path)!r} cannot be imported as a module; {what}")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    folder = str(path.resolve().parent)  # the modules beside it import, as beside a script (after the installed)
+    # the modules beside it import, as beside a script (after the installed)
     if folder not in sys.path:
         sys.path.append(folder)
     before = set(sys.modules)
@@ -180,18 +185,41 @@ def load_plugin(path: str | Path) -> None:
             raise
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
-    # the code a run of it depends on: the file and the modules it imported from its own folder (and below), those
-    # first imported now and those it names that another plugin imported first (the hash must not depend on order)
-    files = {path.resolve()}
-    files |= {
-        Path(sys.modules[name].__file__).resolve() for name in _own_modules(set(sys.modules) - before, Path(folder))
-    }
-    files |= _imported_beside(path.resolve(), Path(folder))
+    # another plugin given after it that imports it by its file's name gets this module, not a second copy whose
+    # registrations would be refused as taken (only where that name finds this file: an installed module wins)
+    try:
+        found = importlib.util.find_spec(path.stem) if path.stem not in sys.modules else None
+    except (ImportError, ValueError):
+        found = None
+    if found is not None and found.origin and Path(found.origin).resolve() == path.resolve():
+        sys.modules[path.stem] = module
+    imported = {Path(sys.modules[n].__file__).resolve() for n in _own_modules(set(sys.modules) - before, Path(folder))}
+    _PLUGINS_LOADED[path.resolve()] = _plugin_digest(path.resolve(), Path(folder), imported)
+
+
+def _plugin_digest(path: Path, folder: Path, imported: set[Path]) -> str:
+    """The code a run of a plugin depends on: the file and the modules it imported from its own folder (and below),
+    those first imported now (``imported``) and those it names that another plugin imported first (the hash must
+    not depend on order)."""
+    files = {path} | imported | _imported_beside(path, folder)
     digest = hashlib.sha256()
-    for file in sorted(files, key=lambda f: (f != path.resolve(), str(f))):  # the plugin file first
+    for file in sorted(files, key=lambda f: (f != path, str(f))):  # the plugin file first
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
-        _PLUGIN_OF.setdefault(file, path.resolve())  # a module two plugins import: the first's
-    _PLUGINS_LOADED[path.resolve()] = digest.hexdigest()
+        _PLUGIN_OF.setdefault(file, path)  # a module two plugins import: the first's
+    return digest.hexdigest()
+
+
+def _module_of_file(path: Path) -> Any:
+    """The loaded module whose file is ``path``, if any."""
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str):
+            try:
+                if Path(file).resolve() == path:
+                    return module
+            except (OSError, ValueError):
+                continue
+    return None
 
 
 def _own_modules(names: set[str], folder: Path) -> list[str]:

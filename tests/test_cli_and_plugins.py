@@ -597,3 +597,22 @@ def test_a_drop_ratio_that_keeps_every_layer_warns_that_the_reducer_is_off(tmp_p
         "warning: drop_ratio=0.25 keeps K = round(2 x 0.75) = 2 of the 2 adapted layers, all of them: the Reducer is "
         "off (every layer trains every step); give k=1 or a larger drop_ratio to turn it on\n"
     )
+
+
+@pytest.mark.parametrize("first", ["imported", "importer"])
+def test_a_plugin_that_imports_another_given_to_plugin_loads_it_once(tmp_path, monkeypatch, plugin_sandbox, first):
+    """From a review: with both files given to --plugin, the imported one ran twice under two module names and
+    its method was refused as registered twice; in either order it is now one module."""
+    registry = plugin_sandbox
+    stem = f"sib_{first}"
+    (tmp_path / f"{stem}.py").write_text(PLUGIN.format(name=f"{stem}_lora"))
+    importer = (
+        f"from {stem} import HalfLoraLinear, HalfLoraConfig\nfrom harness import METHODS\n\n"
+        f"@METHODS.register('{stem}_child')\nclass Child(HalfLoraLinear):\n    config_cls = HalfLoraConfig\n"
+    )
+    (tmp_path / f"{stem}_child.py").write_text(importer)
+    files = [tmp_path / f"{stem}.py", tmp_path / f"{stem}_child.py"]
+    for file in files if first == "imported" else files[::-1]:
+        registry.load_plugin(file)
+    assert issubclass(METHODS.get(f"{stem}_child"), METHODS.get(f"{stem}_lora"))  # the same class, not a copy
+    assert all(file.resolve() in registry._PLUGINS_LOADED for file in files)
