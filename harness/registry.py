@@ -156,9 +156,12 @@ def load_plugin(path: str | Path) -> None:
     if path.resolve() in _PLUGINS_LOADED:  # named twice, or loaded again in a notebook: once is enough
         return
     folder = str(path.resolve().parent)
-    if _module_of_file(path.resolve()) is not None:  # another plugin imported it by name, from beside it: the same
-        # module (run again under another name, its registrations were refused as taken: from a review)
+    # a plugin loaded before imported it by name, from beside it: the same module (run again under another name,
+    # its registrations were refused as taken: from a review); only a file that plugin's code counts (not a
+    # built-in's or an installed one's, and not one left by a plugin that failed, whose registrations were undone)
+    if path.resolve() in _PLUGIN_OF and _module_of_file(path.resolve()) is not None:
         _PLUGINS_LOADED[path.resolve()] = _plugin_digest(path.resolve(), Path(folder), set())
+        _PLUGIN_OF[path.resolve()] = path.resolve()  # given to --plugin itself: its own (whatever the flags' order)
         return
     # the folder in the name: two plugin files of one name (a/x.py, b/x.py) are two modules, not one replaced
     module_name = f"harness_plugin_{path.stem}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
@@ -187,8 +190,10 @@ def load_plugin(path: str | Path) -> None:
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
     # another plugin given after it that imports it by its file's name gets this module, not a second copy whose
     # registrations would be refused as taken (only where that name finds this file: an installed module wins)
-    try:
-        found = importlib.util.find_spec(path.stem) if path.stem not in sys.modules else None
+    try:  # a plain name only: a dotted stem would import its parent package to look
+        found = (
+            importlib.util.find_spec(path.stem) if path.stem.isidentifier() and path.stem not in sys.modules else None
+        )
     except (ImportError, ValueError):
         found = None
     if found is not None and found.origin and Path(found.origin).resolve() == path.resolve():

@@ -616,3 +616,22 @@ def test_a_plugin_that_imports_another_given_to_plugin_loads_it_once(tmp_path, m
         registry.load_plugin(file)
     assert issubclass(METHODS.get(f"{stem}_child"), METHODS.get(f"{stem}_lora"))  # the same class, not a copy
     assert all(file.resolve() in registry._PLUGINS_LOADED for file in files)
+
+
+def test_a_built_in_file_given_to_plugin_is_refused_and_a_sibling_owns_itself_in_either_order(tmp_path, plugin_sandbox):
+    """From a review of the shared-module change: ``--plugin methods/lora.py`` was taken as loaded (the built-in
+    recorded as a plugin), and which file a sibling's method was recorded under followed the flags' order."""
+    from pathlib import Path
+
+    registry = plugin_sandbox
+    builtin = Path(registry.__file__).resolve().parents[1] / "methods" / "lora.py"
+    with pytest.raises(ValueError, match=r"already registered"):
+        registry.load_plugin(builtin)
+    assert registry.plugin_files(METHODS.get("lora")) == []
+    (tmp_path / "own_sib.py").write_text(PLUGIN.format(name="own_sib_lora"))
+    child = "from own_sib import HalfLoraLinear  # noqa: F401\n"
+    (tmp_path / "own_child.py").write_text(child + PLUGIN.format(name="own_child_lora"))
+    registry.load_plugin(tmp_path / "own_child.py")
+    registry.load_plugin(tmp_path / "own_sib.py")
+    [entry] = registry.plugin_files(METHODS.get("own_sib_lora"))
+    assert entry["file"] == "own_sib.py"
