@@ -122,19 +122,17 @@ class BenchConfig:
         for name in self.methods or METHODS.names():
             cls = METHODS.get(name)
             base = make_config(cls.config_cls, self.options, name)
-            variant = ""  # the Reducer variant an --also row keeps (_paired_with); "" the method's defaults
             made: dict[str, Any] = {}  # the Reducer variants' rows: an --also row that times one of them is refused
             if base.reducer is not None and self.reducer:
-                for variant in self.reducer:  # the variants too: each makes its own config, and none twice
-                    made[variant] = make_config(cls.config_cls, _variant_options(self.options, variant), name)
-                    _refuse_same("--reducer", variant, made, name)
-                variant = _paired_with(list(made.items()), base)[0]
-            for item in self.also:  # each changes something, and not what another does
-                built = {"": make_config(cls.config_cls, _also_base(self.options, variant, item), name)}
-                built |= {f"--reducer {v}": c for v, c in made.items()}
-                built |= {a: make_config(cls.config_cls, _with_also(_also_base(self.options, variant, a), a), name)
-                          for a in self.also[: self.also.index(item) + 1]}  # fmt: skip
-                _refuse_same("--also", item, built, name)
+                for v in self.reducer:  # the variants too: each makes its own config, and none twice
+                    made[v] = make_config(cls.config_cls, _variant_options(self.options, v), name)
+                    _refuse_same("--reducer", v, made, name)
+            paired = _paired_with(list(made.items()), base)[0] if made else ""  # the variant --also rows keep
+            rows = {f"--reducer {v}": c for v, c in made.items()}
+            for item in self.also:  # each changes something, and not what another does nor a --reducer row
+                changed = {"": make_config(cls.config_cls, _also_base(self.options, paired, item), name)}
+                rows[item] = _also_config(cls, self.options, paired, item, name)
+                _refuse_same("--also", item, changed | rows, name)
         if self.peft and "lora" in METHODS:
             peft_lora_config(self.options)
 
@@ -380,7 +378,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
                 defaults_row = defaults_row or (name if cfg == base and not reference else "")
         for item in config.also:
             keeps = "" if _sets_reducer(item) else paired  # a Reducer option changes the method's defaults
-            cfg = make_config(cls.config_cls, _with_also(_also_base(config.options, keeps, item), item), method)
+            cfg = _also_config(cls, config.options, keeps, item, method)
             # a Reducer option names its Reducer: left out, with a note, where K is every layer (the Reducer off)
             if not _runnable(method, [(item, cfg)], model, named=_sets_reducer(item)):
                 continue
@@ -591,6 +589,13 @@ def _also_base(options: dict[str, Any], variant: str, item: str) -> dict[str, An
     """The options an ``--also`` row changes: ``variant``'s (the Reducer variant it keeps), but the method's own
     for an option of the Reducer's (a variant's shortcuts would override or contradict it)."""
     return _variant_options(options, variant) if variant and not _sets_reducer(item) else options
+
+
+def _also_config(cls: type, options: dict[str, Any], variant: str, item: str, method: str) -> Any:
+    """The config of an ``--also`` row: ``variant``'s options (``_also_base``) with the item's value in."""
+    from harness.config import make_config
+
+    return make_config(cls.config_cls, _with_also(_also_base(options, variant, item), item), method)
 
 
 def _with_also(options: dict[str, Any], item: str) -> dict[str, Any]:

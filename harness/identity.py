@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,8 @@ CACHE_VERSION = 1
 def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True) -> dict[str, Any] | None:
     """``{"weights_sha256": hex, "files": n, "version": version, "covers": what, "manifest": {relpath: sha256}}`` for
     a local model folder (a ``--model`` that is a folder, as ``harness.models.resolve`` takes one): the sha256 over
-    its sorted ``"relpath sha256"`` lines (the ``manifest``, which a record keeps to say which file changed), one per file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since
+    its sorted ``"relpath sha256"`` lines (the ``manifest``, which a record keeps to say which file changed), one
+    per file the digest's ``version`` covers (``DIGEST_FILES``: the weights, configs and, since
     version 2, the tokenizer's files, the generation, processor and scheduler configs and the model's own code) in it
     or its subfolders (``walk_model_folder``, as ``harness.runner.has_weights``: symlinked subfolders followed once, a
     ``checkpoint-*`` subfolder left out). Without ``weights`` (a model built from its config: the weights are not
@@ -96,7 +97,7 @@ def model_digest(model: str, version: int = DIGEST_VERSION, weights: bool = True
         changed |= new
     if changed:
         _write_cache(cache)
-    digest = hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in manifest.items()).encode()).hexdigest()
+    digest = _lines_digest(manifest.items())
     covers = "weights, configs, tokenizer and code" if weights else "configs, tokenizer and code (no weights read)"
     return {"weights_sha256": digest, "files": len(manifest), "version": version, "covers": covers} | {
         "manifest": manifest
@@ -118,15 +119,20 @@ def manifest_digest(manifest: dict[str, str], version: int) -> str:
         for rel, d in sorted(manifest.items())
         if any(fnmatch.fnmatch(rel.rpartition("/")[2], p) for p in patterns)
     ]
-    return hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in chosen).encode()).hexdigest()
+    return _lines_digest(chosen)
+
+
+def _lines_digest(files: Iterable[tuple[str, str]]) -> str:
+    """The sha256 over ``"relpath sha256"`` lines, as a folder's digest is taken."""
+    return hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in files).encode()).hexdigest()
 
 
 def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     """``{"revision": commit, "manifest": {relpath: id}}`` of a hub id as the hub's local cache holds its main
     revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
     snapshot's top and in its components: those its model_index.json names, else each first-level folder that holds
-    a config, as a diffusers pipeline loaded part by part, without model_index.json, does; where a folder holds ``*.safetensors`` weights, its ``*.bin`` ones
-    are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
+    a config, as a diffusers pipeline loaded part by part, without model_index.json, does; where a folder holds
+    ``*.safetensors`` weights, its ``*.bin`` ones are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
     snapshot's link without reading the file. Only what was downloaded is there: a file one snapshot lacks is not
     known, not changed. ``None`` for no hub id, or one the cache does not hold."""
     from harness.models import hub_snapshot

@@ -465,13 +465,12 @@ def seed_ranges_apart(row: Row, ref: Row, compared: list[str], averaged: list[st
     nothing about the spread over seeds. The paired interval resamples examples;
     this is the check against the seeds' spread that the README's results apply ("beyond the interval and the
     seed ranges apart")."""
+    both_train = row.kind == ref.kind == "trained"
+    shared = {r["run"]["config"]["seed"] for r in row.runs} & {r["run"]["config"]["seed"] for r in ref.runs}
+    columns = [b for b in {*compared, *averaged} if b != AVG]
     sides = []
-    for x, other in ((row, ref), (ref, row)):
-        runs = x.runs
-        if x.kind == "trained" and other.kind == "trained":
-            shared = {r["run"]["config"]["seed"] for r in row.runs} & {r["run"]["config"]["seed"] for r in ref.runs}
-            runs = [r for r in runs if r["run"]["config"]["seed"] in shared]
-        columns = [b for b in {*compared, *averaged} if b != AVG]
+    for x in (row, ref):
+        runs = [r for r in x.runs if r["run"]["config"]["seed"] in shared] if both_train else x.runs
         per_run = [{b: float(r["eval"][b]["value"]) for b in columns if "value" in r["eval"].get(b, {})} for r in runs]
         if x.kind != "trained":  # majority and chance (computed from the answers), and the zero-shot model, whose
             # runs of several seeds score alike: one score, not a spread over seeds

@@ -137,46 +137,45 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
 OPTIONAL_NUMBERS = ("train.hook_val_s", "train.tokens_per_s", "train.final_val_s")
 
 
-def _present(record: dict[str, Any], field: str) -> tuple[str, ...]:
-    """``(field,)`` where the record holds ``field`` (its value null too), else ``()``."""
-    *parents, last = field.split(".")
-    holder: Any = record
-    for key in parents:
-        holder = holder.get(key) if isinstance(holder, dict) else None
-    return (field,) if isinstance(holder, dict) and last in holder else ()
+_MISSING = object()
+
+
+def _field(record: dict[str, Any], field: str) -> Any:
+    """The value at a dotted ``field`` of ``record``, ``_MISSING`` where it has none."""
+    value: Any = record
+    for key in field.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return _MISSING
+        value = value[key]
+    return value
+
+
+def _of_kind(value: Any, wanted: type | tuple[type, ...]) -> bool:
+    """``isinstance``, where a bool is no number (``True`` is an ``int`` to Python)."""
+    return isinstance(value, wanted) and not (isinstance(value, bool) and wanted in (NUMBER, int))
+
+
+def _other_kind(path: Path, field: str, value: Any) -> str:
+    return (
+        f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
+        "with --force"
+    )
 
 
 def check_success(path: Path, record: dict[str, Any]) -> None:
     """``ValueError`` naming the first field a successful record lacks (a record edited by hand, or cut short)."""
     trained = isinstance(record["run"].get("config"), dict) and record["run"]["config"].get("method") != "base"
     for field in SUCCESS_FIELDS + (TRAINED_FIELDS if trained else ()):
-        value: Any = record
-        for key in field.split("."):
-            if not isinstance(value, dict) or key not in value:
-                raise ValueError(
-                    f"{path}: a successful record without {field!r} (edited by hand, or cut short?); run it again "
-                    "with --force"
-                )
-            value = value[key]
-        wanted = FIELD_TYPES.get(field, object)
-        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted in (NUMBER, int)):
+        if (value := _field(record, field)) is _MISSING:
             raise ValueError(
-                f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
+                f"{path}: a successful record without {field!r} (edited by hand, or cut short?); run it again "
                 "with --force"
             )
-    for field in OPTIONAL_NUMBERS if trained else ():
-        value = record
-        for key in field.split("."):
-            value = value.get(key) if isinstance(value, dict) else None
-        if value is not None and (not isinstance(value, NUMBER) or isinstance(value, bool)):
-            raise ValueError(
-                f"{path}: a successful record whose {field!r} is {type(value).__name__} (edited by hand?); run it again "
-                "with --force"
-            )
-        if value is None and field in _present(record, field):
-            raise ValueError(
-                f"{path}: a successful record whose {field!r} is NoneType (edited by hand?); run it again with --force"
-            )
+        if not _of_kind(value, FIELD_TYPES.get(field, object)):
+            raise ValueError(_other_kind(path, field, value))
+    for field in OPTIONAL_NUMBERS if trained else ():  # where it has them
+        if (value := _field(record, field)) is not _MISSING and not _of_kind(value, NUMBER):
+            raise ValueError(_other_kind(path, field, value))
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")
     for benchmark, entry in record["eval"].items():

@@ -27,7 +27,7 @@ import torch
 from harness.accounting import REFERENCE_METHOD, environment, hook_forward_flops, step_flops
 from harness.adapter import attach
 from harness.atomic import atomic_path, check_writable, flush_folder, is_temp, remove_stale_temps, write_json
-from harness.config import AdapterConfig, make_config
+from harness.config import AdapterConfig, make_config, parse_targets
 from harness.guard import RunLock, StopOnSigterm
 from harness.identity import (
     DIGEST_VERSION,
@@ -352,8 +352,6 @@ def _other_training_data(finished: dict[str, Any], task: Task) -> str | None:
 def _canonical_targets(given: Any, preset: Any) -> Any:
     """``--targets`` as a run id names them: names (not a regex) once each, in the preset's form where they are its
     set of names, else sorted (``find_targets`` adapts the same layers whatever the order; the ids differed)."""
-    from harness.config import parse_targets
-
     names = parse_targets(given)
     if isinstance(names, str):  # a regex: as given
         return given
@@ -500,8 +498,7 @@ def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) 
     """``"commit 0123abcd -> 4567ef01: changed tokenizer_config.json"``: a hub id's files that the hub's local cache
     now holds at its main revision (``harness.identity.hub_digest``) other than those the finished run loaded,
     compared over the files both know by ids of one form (a file not downloaded again is not known); ``None``: none
-    differs, or the
-    cache holds no revision of it (offline, the hub's own newest revision is not known)."""
+    differs, or the cache holds no revision of it (offline, the hub's own newest revision is not known)."""
     now = hub_digest(spec.model, TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights))
     if now is None:
         return None

@@ -513,11 +513,15 @@ def optional_scores(
 
         reason = scrub(f"the judge failed: {type(exc).__name__}: {exc}")[:300]
         out |= {c: {"status": "failed", "reason": reason} for c in (*JUDGE_COLUMNS, "judge_avg")}
-    avg = out.get("judge_avg", {})
+    if warn:
+        _warn_judge(out.get("judge_avg", {}))
+    return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common, keep_models)
+
+
+def _warn_judge(avg: dict[str, Any]) -> None:
+    """Say on stderr that the judge failed (how, and the fix for its cause), or failed on some images."""
     rescore = "harness rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)"
-    if not warn:
-        pass
-    elif avg.get("status") == "failed":
+    if avg.get("status") == "failed":
         reason = avg["reason"]
         fix = (  # by cause: the server, its answers, or this machine
             "make the judge answer in the rubric's JSON (another --judge-model)"
@@ -538,7 +542,6 @@ def optional_scores(
             f"other {avg['n']}, and are not compared with rows that scored other images. To judge them again: {rescore}",
             file=sys.stderr,
         )
-    return out | _hps(scoring.get("hps_checkpoint"), images, prompts, common, keep_models)
 
 
 def _judge(

@@ -283,7 +283,7 @@ def _image_path(data_dir: Path, name: str, verified: set[Path], fail: Callable[[
     if path not in verified:
         try:
             check_decodes(path)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except UNREADABLE as exc:
             raise fail(f"image {name!r} is not a readable image ({exc})", "replace or remove the file") from None
         verified.add(path)
     return path
