@@ -232,6 +232,9 @@ def test_hellaswag_is_preprocessed_as_lm_eval_does():
         ("endingA/endingB/endingC", "endingC", "not letters naming options"),
         ("true", "true", "one option"),
         ("answer1", "answer1", "one option"),
+        ("true/false/", "true", "empty or repeated option"),  # from a review: IndexError on the empty word
+        ("true//false", "true", "empty or repeated option"),
+        ("yes/no/yes", "no", "empty or repeated option"),
     ],
 )
 def test_cloze_takes_numbered_options_or_true_false_and_two_at_least(words, answer, message):
@@ -248,6 +251,34 @@ def test_cloze_takes_numbered_options_or_true_false_and_two_at_least(words, answ
     assert item.continuations == (" True", " False") and item.answer == 1
     item = cloze.parse(rec("Please answer the question: is it?\n\nAnswer format: yes/no/maybe", "maybe"))
     assert item.continuations == (" yes", " no", " maybe") and item.answer == 2
+
+
+@pytest.mark.parametrize("template", ["cloze", "clean"])
+def test_an_answer_format_with_an_empty_word_is_refused_naming_the_example(tmp_path, template):
+    """From a review: under cloze a trailing '/' raised IndexError (a traceback); under choice the empty word
+    was a third option, scored."""
+    (tmp_path / "mine").mkdir()
+    good = rec("Please answer the question: is it?\n\nAnswer format: true/false", "true")
+    bad = rec("Please answer the question: is it?\n\nAnswer format: true/false/", "false")
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([good, bad]))
+    with pytest.raises(ValueError, match=r"mine/test.json: example 1.*empty or repeated option"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))
+
+
+def test_a_records_passage_goes_before_its_context_as_lm_eval_puts_boolqs():
+    """From a review: cloze dropped a record's ``input`` when training and when scoring; lm-eval's boolq reads
+    "{passage}\nQuestion: {q}?\nAnswer:". Every LLM-Adapters record's input is empty (unchanged)."""
+    record = rec("Please answer the following question: is the sky green\n\nAnswer format: true/false", "false")
+    assert cloze.parse(record).contexts[0] == "Question: is the sky green?\nAnswer:"
+    item = cloze.parse({**record, "input": " The sky is green today. "})
+    assert item.contexts == ("The sky is green today.\nQuestion: is the sky green?\nAnswer:",) * 2
+    assert item.continuations == (" yes", " no") and item.answer == 1
+    winogrande = rec(
+        "Please choose the correct answer to fill in the blank to complete the given sentence: Ian got _ a cat."
+        "\n\nOption1: him Option2: her Answer format: option1/option2",
+        "option1",
+    )
+    assert cloze.parse({**winogrande, "input": "P."}).contexts == ("P.\nIan got him", "P.\nIan got her")
 
 
 def test_a_further_benchmark_with_other_label_words_is_refused_under_cloze_naming_choice(tmp_path):

@@ -86,7 +86,7 @@ def test_test_questions_are_left_out_of_training_and_the_committed_mixes_stay(da
     embedded preset drew neither for seeds 0-2). They are left out after the shuffle, before the cap: a mix that
     drew none is unchanged, so the committed runs' training sets are the ones they trained on."""
     tests = frozenset(
-        r["instruction"]
+        data.question_key(r)
         for b in data.benchmark_names(data_dir)
         if (t := data.read_split(data_dir, b, "test"))
         for r in t.records
@@ -98,11 +98,31 @@ def test_test_questions_are_left_out_of_training_and_the_committed_mixes_stay(da
         )
         assert mix == before and [{k: v for k, v in f.items() if k != "left_out"} for f in files] == before_files
     records, provenance = data.training_mix(data_dir, None, 0, tests)
-    assert not any(r["instruction"] in tests for r in records)
+    assert not any(data.question_key(r) in tests for r in records)
     left = {p["file"]: p.get("left_out", 0) for p in provenance}
     assert left["ARC-Easy/train.json"] == 2 and sum(left.values()) == 2
     everything, _ = data.training_mix(data_dir, None, 0)
     assert len(everything) - len(records) == 2
+
+
+def test_a_training_question_is_held_out_only_where_its_passage_is_a_test_questions_too(tmp_path, data_dir):
+    """From a review: test questions were matched by instruction alone, so user data that keeps one instruction
+    and puts each question's passage in ``input`` lost every training example, silently (``left_out`` only)."""
+    copy_benchmarks(data_dir, tmp_path, ["boolq"])
+    instruction = "Does the passage support the claim?\n\nAnswer format: true/false"
+
+    def record(i):
+        return {"instruction": instruction, "input": f"passage {i}", "output": "the correct answer is true"} | {
+            "answer": "true" if i % 2 else "false"
+        }
+
+    (tmp_path / "rc").mkdir()
+    (tmp_path / "rc" / "test.json").write_text(json.dumps([record(i) for i in range(4)]))
+    (tmp_path / "rc" / "train.json").write_text(json.dumps([record(i) for i in range(2, 40)]))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=2))
+    task.splits()
+    rc = next(p for p in task.describe()["train_files"] if p["file"] == "rc/train.json")
+    assert rc["examples"] == 38 and rc["used"] == 36 and rc["left_out"] == 2  # passages 2 and 3 are test questions
 
 
 def test_the_training_files_a_finished_run_is_checked_against(tmp_path, data_dir):
@@ -172,6 +192,35 @@ def test_online_source_downloads_into_the_cache(tmp_path, data_dir, monkeypatch)
     assert (folder / "piqa" / "test.json").read_bytes() == (data_dir / "piqa" / "test.json").read_bytes()
     assert not (folder / "hellaswag").exists()  # what upstream lacks stays absent
     assert (folder / data.MIXED_TRAIN).is_file()
+
+
+def test_a_download_cut_short_warns_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """From a review: a body cut short raises ``http.client.IncompleteRead`` (not an ``OSError``), which escaped
+    as a traceback instead of the warning and the 'could not fetch' error."""
+    import http.server
+    import threading
+
+    class Short(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b'[{"instruction": ')  # then the connection closes
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Short)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+        with pytest.raises(ValueError, match="the download from .* failed; pass --data-dir"):
+            data.download(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert capsys.readouterr().out.count("IncompleteRead") == len(data.BENCHMARKS) + 1
+    assert not list((tmp_path / "cache").rglob("*.json"))
 
 
 def _mine(tmp_path, data_dir, records):

@@ -134,7 +134,7 @@ class CommonsenseTask(Task):
         )
 
     def splits(self) -> tuple[list[Example], list[Example]]:
-        tests = frozenset(r["instruction"] for t in self._tests.values() if t is not None for r in t.records)
+        tests = frozenset(data.question_key(r) for t in self._tests.values() if t is not None for r in t.records)
         records, self._provenance = data.training_mix(self.data_dir, self.options.train_cap, self.options.seed, tests)
         if len(records) <= self.options.val_size:
             raise ValueError(
@@ -324,7 +324,10 @@ def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str])
     line take the answers its test file gives as their options (``data.labels_for``): one answer throughout, and
     every question would have that one option."""
     for i, record in enumerate(records):
-        options = candidates_for(record, labels)
+        try:
+            options = candidates_for(record, labels)
+        except ValueError as exc:
+            raise ValueError(f"{path}: example {i}: {exc} (Answer format: a/b/...)") from None
         if len(set(options)) < 2:
             if _FORMAT.search(record["instruction"]):
                 raise ValueError(
@@ -347,7 +350,7 @@ def candidates_for(record: dict[str, Any], labels: list[str]) -> list[str]:
     """The question's own options from its ``Answer format:`` line, else the benchmark's label words (an answer
     not among its own options is refused by ``_check_answers``, not scored over the benchmark's wider list)."""
     match = _FORMAT.search(record["instruction"])
-    return match.group(1).split("/") if match else labels
+    return cloze.format_words(match.group(1)) if match else labels
 
 
 __all__ = ["CommonsenseTask"]

@@ -11,6 +11,9 @@ numbered options and an ``Answer format:`` line):
 - fill in the blank (WinoGrande, lm-eval's partial scoring): context = the sentence up to the blank with
   the option put in, continuation = the rest of the sentence, the same for every option.
 
+A record's ``input`` (a passage; empty in every LLM-Adapters file) goes before each context on a line of its own,
+as lm-eval's ``boolq`` puts its passage: ``"{passage}\nQuestion: {q}?\nAnswer:"``.
+
 ``acc`` takes the option with the highest summed log-likelihood; ``acc_norm`` divides it by the
 continuation's length in characters first. Training uses the same pair: the correct option's context as
 prompt and its continuation as target.
@@ -50,12 +53,30 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
 def parse(record: dict[str, Any]) -> ClozeItem:
-    """Question and options from an LLM-Adapters record; ``ValueError`` says what does not fit."""
+    """Question and options from an LLM-Adapters record, its passage (``input``) before each context;
+    ``ValueError`` says what does not fit."""
+    item = _parse(record)
+    passage = (record.get("input") or "").strip()
+    if not passage:
+        return item
+    return ClozeItem(tuple(f"{passage}\n{c}" for c in item.contexts), item.continuations, item.answer)
+
+
+def format_words(found: str) -> list[str]:
+    """The options an ``Answer format:`` line names; ``ValueError`` for an empty or repeated one ("a/b/", "a//b",
+    "a/b/a"), which no question can be scored on."""
+    words = found.split("/")
+    if "" in words or len(set(words)) < len(words):
+        raise ValueError(f"its answer format {found!r} has an empty or repeated option; name each option once")
+    return words
+
+
+def _parse(record: dict[str, Any]) -> ClozeItem:
     instruction = record["instruction"].strip()
     match = _FORMAT.search(instruction)
     if not match:
         raise ValueError("no 'Answer format: a/b/...' line at the end of the instruction")
-    words = match.group(1).split("/")
+    words = format_words(match.group(1))
     if len(set(words)) < 2:
         raise ValueError(f"its answer format names one option ({'/'.join(words)}), which would always be right")
     if record["answer"] not in words:

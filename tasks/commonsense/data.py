@@ -8,6 +8,7 @@ into the cache. A benchmark without local data is *absent*: reported as such, ne
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -87,7 +88,7 @@ def download(base_url: str | None = None) -> Path:
             with urllib.request.urlopen(f"{base_url}/{remote}", timeout=60) as response, atomic_path(local) as tmp:
                 tmp.write_bytes(response.read())
             fetched += 1
-        except (urllib.error.URLError, OSError, ValueError) as exc:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:  # a cut body too
             if local.parent != target and not any(local.parent.iterdir()):
                 local.parent.rmdir()  # what upstream lacks stays absent
             if isinstance(exc, ValueError):  # not a URL ("unknown url type"): every file would fail alike
@@ -202,13 +203,19 @@ def provenance_name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
+def question_key(record: dict[str, Any]) -> tuple[str, str]:
+    """What makes two records one question: the instruction and the input (a passage) the prompt is built from;
+    records that share an instruction and differ in their passage are different questions."""
+    return record.get("instruction"), record.get("input") or ""
+
+
 def training_mix(
-    data_dir: Path, cap: int | None, seed: int, held_out: frozenset[str] = frozenset()
+    data_dir: Path, cap: int | None, seed: int, held_out: frozenset[tuple[str, str]] = frozenset()
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Training records (each tagged with its ``benchmark``) and a provenance list of the files used. A record
-    whose instruction is in ``held_out`` (the test questions) is left out after the shuffle and before the cap,
-    so a mix that drew none of them is the one it was before they were left out (``left_out``: how many of the
-    file's examples are test questions, taken out of what the cap draws from)."""
+    whose prompt (``question_key``: instruction and input) is in ``held_out`` (the test questions) is left out
+    after the shuffle and before the cap, so a mix that drew none of them is the one it was before they were left
+    out (``left_out``: how many of the file's examples are test questions, taken out of what the cap draws from)."""
     mixed = mixed_train(data_dir)
     files = (
         [("mixed", read_json_file(mixed))]
@@ -222,7 +229,7 @@ def training_mix(
     for benchmark, data in files:
         chosen = list(data.records)
         rng.shuffle(chosen)
-        kept = [r for r in chosen if r.get("instruction") not in held_out]
+        kept = [r for r in chosen if question_key(r) not in held_out]
         chosen = kept[:cap] if cap else kept
         records += [{**r, "benchmark": benchmark} for r in chosen]
         provenance.append(
