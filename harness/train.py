@@ -171,9 +171,13 @@ def train(
     on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
+    task_params = list(task_params or [])
+    # DDP must be told where a step may leave a trained tensor without a gradient: the Reducer's paused heads, and
+    # a task's own parameters that a micro-batch may not reach (LLaVA's projector on a text-only example)
+    unused = adapter.pauses_parameters or bool(task_params)
     accelerator = accelerator or Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=adapter.pauses_parameters)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
     # each process its own stream (dropout masks, diffusion noise): the same seed gave every process the same draws
     # on its own examples; one process (the main one, index 0) draws what a single-process run does
@@ -206,7 +210,6 @@ def train(
 
     # a task may train some of its own parameters along with every method's adapter (LLaVA's projector in
     # stage 2): one more group, the same for every method; they are saved with the checkpoint
-    task_params = list(task_params or [])
     groups = adapter.param_groups(config.lr, config.weight_decay)
     if task_params:
         groups.append({"params": task_params, "lr": config.lr, "weight_decay": config.weight_decay})
