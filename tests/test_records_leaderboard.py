@@ -912,6 +912,21 @@ def test_run_ids_change_with_the_config_not_the_data_dir():
     assert "data_dir" not in a.to_dict()["task_options"]
 
 
+@pytest.mark.parametrize(("task", "preset", "setting"), [
+    ("commonsense", "paper", "eval_limit"),
+    ("commonsense", "paper", "train_cap"),
+    ("multimodal", "embedded", "eval_limit"),
+])  # fmt: skip
+def test_a_limit_of_0_is_no_limit_and_the_presets_run_id(task, preset, setting):
+    """From a review: --eval-limit 0 and --train-cap 0 ("0: no limit") over a preset with no limit (None) ran the same
+    and made a second run id (trained again, a leaderboard section of its own)."""
+    [none] = build_specs(task, ["lora"], [0], preset)
+    assert getattr(none.task_options, setting) is None
+    [zero] = build_specs(task, ["lora"], [0], preset, task_overrides={setting: 0})
+    [five] = build_specs(task, ["lora"], [0], preset, task_overrides={setting: 5})
+    assert zero.run_id == none.run_id and five.run_id != none.run_id
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_an_option_given_as_the_presets_number_keeps_its_run_id(method):
     """From a review: --alpha 16 (a float) over the smoke preset's alpha 16 made a second run id for the same run
