@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     from harness.memory import keep_freed_memory
     from harness.registry import METHODS, TASKS
     from harness.runner import BASELINE, build_specs, run_all
-    from harness.train import Cancelled
+    from harness.train import Cancelled, CheckpointUnreadable
 
     words = (BASELINE, "all")  # the two words `run` takes besides the registered methods, named in its errors
     methods = split_names(args.methods, METHODS.names(), "method", also=words)
@@ -143,6 +143,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         print(f"harness: cancelled: {exc}{leaderboard_not_rebuilt(args)}", file=sys.stderr)
         by_ctrl_c = getattr(exc, "by", None) == "Ctrl-C"
         raise SystemExit(128 + (signal.SIGINT if by_ctrl_c else signal.SIGTERM)) from None
+    except CheckpointUnreadable as exc:  # its run's record says failed; the checkpoint is kept for the next start
+        raise CliError(str(exc)) from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "

@@ -54,7 +54,7 @@ from harness.records import (
 )
 from harness.registry import METHODS, TASKS, plugin_files, unknown_choice
 from harness.task import EVERY_COLUMN, Loaded, Preset, Recipe, Task, TaskOptions, trust_kwargs
-from harness.train import CHECKPOINT, Cancelled, TrainConfig, train
+from harness.train import CHECKPOINT, Cancelled, CheckpointUnreadable, TrainConfig, train
 
 # what every record's flops_per_step.counted_by says: change the version with any change to how FLOPs are
 # counted (harness.accounting), so that `harness leaderboard` flags sections that mix counts of two versions
@@ -595,6 +595,7 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     record = new_record(
         spec.run_id, spec.to_dict(), environment() | _plugins(spec), TASKS.get(spec.task).version, _method_version(spec)
     )
+    unreadable: CheckpointUnreadable | None = None
     try:
         _execute(spec, task, run_dir, out_dir, device, record, ctx)
         record["run"]["status"] = "success"
@@ -620,6 +621,7 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             raise cancelled from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
+        unreadable = exc if isinstance(exc, CheckpointUnreadable) else None  # but for a machine that cannot read
         if spec.method != BASELINE:  # what its split recorded is let go: a zero-shot run next must not describe it
             with contextlib.suppress(Exception):
                 task.describe()
@@ -653,6 +655,16 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             if record["run"]["status"] == "success":
                 (run_dir / CHECKPOINT).unlink(missing_ok=True)
     ctx.barrier()
+    if unreadable is not None:  # the record is written; the next runs would meet the same disk or memory
+        raise unreadable
+    if record["run"]["status"] == "failed" and ctx.stop.requested():  # asked in training, which then failed: the
+        # loop never looked again, and the sweep went on to the next runs while a scheduler waited to kill it
+        stop = Cancelled(
+            f"stopped by {ctx.stop.by}; {spec.run_id} failed before the stop came ({record['run']['error']}; its "
+            "record says so), and the runs after it were not started"
+        )
+        stop.by = ctx.stop.by
+        raise stop
     return record
 
 

@@ -42,6 +42,12 @@ class Cancelled(BaseException):
     what it could not do and goes on) must not swallow it."""
 
 
+class CheckpointUnreadable(RuntimeError):
+    """The machine could not read a run's checkpoint (an I/O error, no memory): the file may be good and is kept.
+    The run's record says failed and the command stops (``harness.runner``): the next runs would meet the same
+    machine, and the checkpoint is resumed once it reads."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int | None = None  # optimizer steps; None: derived from epochs
@@ -557,11 +563,12 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
         if not isinstance(saved, dict) or not {"config", "adapter", "optimizer", "state"} <= set(saved):
             raise ValueError("not a harness checkpoint")
         return saved
-    except MemoryError:
-        raise
     except Exception as exc:  # truncated, corrupted or foreign file: any unpickling error
-        if isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS:
-            raise
+        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS):
+            raise CheckpointUnreadable(
+                f"could not read the checkpoint {path} ({type(exc).__name__}: {exc}); it is kept: free memory or fix "
+                "the disk, then run the same command again, which resumes from it"
+            ) from exc
         kept = path.with_name(path.name + UNREADABLE)
         with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
             path.replace(kept)

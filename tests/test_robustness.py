@@ -190,9 +190,44 @@ def test_a_checkpoint_the_machine_cannot_read_now_is_neither_deleted_nor_taken_a
             raise error
 
         monkeypatch.setattr(torch, "load", fail)
-        with pytest.raises(type(error)):
+        with pytest.raises(train_module.CheckpointUnreadable, match="it is kept: .*run the same command again") as e:
             train_module._read_checkpoint(path)
+        assert isinstance(e.value.__cause__, type(error))
         assert path.read_bytes() == b"a good checkpoint"
+
+
+def test_a_checkpoint_the_machine_cannot_read_stops_the_command_and_is_kept(
+    tiny_model, data_dir, tmp_path, monkeypatch, capsys
+):
+    """From a review: the README says an I/O error while reading a checkpoint stops the command; the run was
+    recorded as failed and the sweep went on to the next run (exit 2 at the end). Now its record says failed, the
+    command stops in one line (exit 2) before the next run, and the same command resumes from the kept file."""
+    from harness import runner
+    from harness.cli import main
+
+    argv = ["run", "--methods", "lora,hydralora", "--task", "commonsense", "--preset", "smoke", "--model",
+            str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
+            "--no-leaderboard", "--quiet"]  # fmt: skip
+    specs = runner.build_specs(
+        "commonsense", ["lora", "hydralora"], [0], "smoke", model=str(tiny_model), random_weights=True
+    )
+    checkpoint = tmp_path / "runs" / specs[0].run_id / CHECKPOINT
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"a checkpoint")
+    real = torch.load
+
+    def eio(path, *args, **kwargs):
+        if str(path).endswith(CHECKPOINT):
+            raise OSError(errno.EIO, "Input/output error")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", eio)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "could not read the checkpoint" in err[-1] and "Input/output error" in err[-1], err
+    assert checkpoint.read_bytes() == b"a checkpoint"
+    assert read_record(checkpoint.parent / RECORD)["run"]["status"] == "failed"
+    assert not (tmp_path / "runs" / specs[1].run_id).exists()  # the next run was not started
 
 
 def _optimizer_and_scheduler(adapter):
@@ -1201,6 +1236,32 @@ def test_a_sigterm_while_a_finished_runs_record_is_written_waits_for_the_record(
         runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     record = read_record(tmp_path / "runs" / specs[0].run_id / RECORD)
     assert record["run"]["status"] == "success"
+
+
+def test_a_sigterm_in_training_that_then_fails_stops_the_sweep(tiny_model, data_dir, tmp_path, monkeypatch):
+    """From a review: a SIGTERM noted during training, whose step then failed (a refused checkpoint, a loss that is
+    not finite), was lost: the run's record said failed and the sweep went on to the next runs (exit 2, not 143)."""
+    import os
+    import signal
+
+    from harness import runner
+    from harness.train import Cancelled
+
+    def signalled_then_failing(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # noted (training), then the step fails
+        raise ValueError("the step failed")
+
+    monkeypatch.setattr(runner, "train", signalled_then_failing)
+    specs = runner.build_specs(
+        "commonsense", ["lora", "base"], [0], "smoke", model=str(tiny_model), random_weights=True
+    )
+    with pytest.raises(
+        Cancelled, match=r"stopped by SIGTERM; .*lora.* failed before the stop came .*the step failed"
+    ) as e:
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert e.value.by == "SIGTERM"
+    assert read_record(tmp_path / "runs" / specs[0].run_id / RECORD)["run"]["status"] == "failed"
+    assert not (tmp_path / "runs" / specs[1].run_id).exists()  # the zero-shot run after it was not started
 
 
 def test_an_unfinished_record_of_a_newer_harness_is_kept_too(tiny_model, data_dir, tmp_path):
