@@ -355,7 +355,16 @@ class Adapter:
 
     # -- state -------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Tensor]:
-        return {n: t for n, t in self.model.state_dict().items() if _is_adapter(n)}
+        """Every tensor the adapter adds: its ``lora_*`` tensors and whatever else its wrappers keep beside their
+        base layer (a frozen random basis, a buffer): ``load_adapter`` rebuilt those from the random state, and
+        the loaded adapter computed something else."""
+        own = tuple(f"{name}." for name in self.layers)
+        bases = tuple(f"{name}.base." for name in self.layers)
+        return {
+            n: t
+            for n, t in self.model.state_dict().items()
+            if _is_adapter(n) or (n.startswith(own) and not n.startswith(bases))
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if any(layer.merged for layer in self.layers.values()):  # unmerge would subtract the new Δ, not the old
@@ -533,8 +542,8 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
                 p.requires_grad_(before.get(n, p.requires_grad))
             raise ValueError(
                 f"method {cls.name!r}: its trainable tensor {unnamed[0]!r} (in {name}) is not named lora_*: the harness "
-                "counts, trains and saves the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it "
-                "(a tensor that never trains may keep its name with requires_grad=False, or be a buffer)"
+                "counts and trains the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it (a "
+                "tensor that never trains may keep its name with requires_grad=False, or be a buffer: it is saved too)"
             )
         object.__setattr__(layers[name], "_input", inputs.setdefault(layers[name].site.layer, SharedInput()))
         model.set_submodule(name, layers[name])
