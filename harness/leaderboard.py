@@ -162,12 +162,19 @@ class Row:
         return flops.get("per_optimizer_step", flops.get("total"))  # None: the record says it was not counted
 
     @property
-    def training_flops_per_step(self) -> float | None:
-        """``flops_per_step`` and the hooks' validation forwards per step (the Reducer's scoring rounds): what
-        training cost a step in all; None where either was not counted."""
-        step = self.flops_per_step
-        hooks = hook_flops_per_step(self.runs[0]["train"]) if step is not None else None
-        return None if hooks is None else step + hooks
+    def relative_training_flops(self) -> float | None:
+        """The step and the hooks' validation forwards per step (the Reducer's scoring rounds) over ``lora``'s step
+        at the same shapes (the record's ``relative_to_lora``): what training costs a step against ``lora``'s. Rows
+        compare here, not in absolute FLOPs, which are counted at each row's first seed's padded shapes (seeds that
+        pad differently differ by up to 50%). None where either was not counted."""
+        if self.kind != "trained":
+            return None
+        train = self.runs[0]["train"]
+        flops, hooks = train["flops_per_step"], hook_flops_per_step(train)
+        total, relative = flops.get("total"), flops.get("relative_to_lora")  # lora's step: total / relative
+        if hooks is None or not total or not relative:
+            return None
+        return relative * (total + hooks) / total
 
 
 @dataclass

@@ -197,9 +197,9 @@ def _plots(s: Section) -> str:
             continue
         lo, hi = (avg.ci.lo, avg.ci.hi) if avg.ci else (avg.value, avg.value)
         by_params.append(Point(r.method, r.percent_trainable or 0.0, avg.value, lo, hi))
-        if r.training_flops_per_step is not None:
-            by_flops.append(Point(r.method, float(r.training_flops_per_step), avg.value, lo, hi))
-    x_label = "FLOPs per optimizer step (with the Reducer's scoring forwards)"
+        if r.relative_training_flops is not None:  # x lora's step at the same shapes: seeds pad differently
+            by_flops.append(Point(r.method, r.relative_training_flops, avg.value, lo, hi))
+    x_label = "FLOPs per optimizer step, x lora's at the same shapes (with the Reducer's scoring forwards)"
     return svg_plot("Avg vs trainable parameters", "trainable parameters (% of base model)", by_params, lines) + (
         svg_plot("Avg vs training FLOPs per step", x_label, by_flops, lines)
     )

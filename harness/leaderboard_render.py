@@ -194,7 +194,7 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),
         "relative_flops": round(flops["relative_to_lora"], 4) if flops.get("relative_to_lora") else None,
         "hook_val_flops_per_step": hook_flops,
-        "relative_flops_with_scoring": _with_scoring(flops, hook_flops),
+        "relative_flops_with_scoring": None if (w := row.relative_training_flops) is None else round(w, 4),
         # peaks read two ways do not compare: none for a row whose runs mix them (each kind's in the next column)
         "peak_mem_gb": round(max(_peak(r["train"]["memory"]) for r in runs), 3) if len(kinds) == 1 else None,
         "peak_mem_kind": "; ".join(kinds),
@@ -217,16 +217,6 @@ def _throughput_unit(task: str, train: dict[str, Any]) -> str:
 
     cls = _task(task)
     return getattr(cls, "throughput_unit", "tokens") if cls else "tokens"
-
-
-def _with_scoring(flops: dict[str, Any], hook_per_step: int | None) -> float | None:
-    """The step plus the hooks' scoring forwards per step (the Reducer's), over ``lora``'s step at the same shapes:
-    what a method's training costs against ``lora``'s (``relative_flops`` is the step alone). None where either is
-    not counted."""
-    total, relative = flops.get("total"), flops.get("relative_to_lora")  # lora's step: total / relative
-    if hook_per_step is None or not total or not relative:
-        return None
-    return round(relative * (total + hook_per_step) / total, 4)
 
 
 def fmt(x: float, signed: bool = False) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -133,8 +134,11 @@ def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_
     assert overhead["effilora"]["relative_flops_with_scoring"] == "1.375"  # (2000 + 200) / 1600
     assert overhead["lora"]["relative_flops_with_scoring"] == "1.25"  # no scoring forwards
     html = (tmp_path / "out" / "leaderboard.html").read_text()
-    assert "FLOPs per optimizer step (with the Reducer&#x27;s scoring forwards)" in html
-    assert "2,200" in html or "2200" in html  # effilora's point: the step and its scoring forwards
+    assert (
+        "FLOPs per optimizer step, x lora&#x27;s at the same shapes (with the Reducer&#x27;s scoring forwards)" in html
+    )
+    assert re.search(r"<title>effilora: [^<]* at 1\.375", html)  # the step and its scoring forwards, x lora's step
+    assert re.search(r"<title>lora: [^<]* at 1\.25", html)
     assert "do not count their FLOPs" not in capsys.readouterr().err
 
     write_fixture(runs, old)  # hook time recorded, their FLOPs not: the cell is empty and the warning says why
@@ -142,6 +146,26 @@ def test_the_reducers_scoring_flops_show_beside_the_step_and_uncounted_ones_are_
     assert "1 run(s) (" + old["run"]["id"] in capsys.readouterr().err
     overhead = {r["method"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
     assert overhead["effilora"]["hook_val_flops_per_step"] == "200"  # the row's first run's, as flops_per_step
+
+
+def test_the_flops_plot_compares_rows_at_their_own_shapes_not_their_first_seeds_padding(tmp_path):
+    """From a review: the FLOPs plot (and its Pareto front) put each row at its first run's absolute FLOPs, counted
+    at that seed's padded shapes: a row starting at seed 1 (shorter batches) sat 30% left of one starting at seed 0
+    with the same cost a step. Points are now x lora's step at each row's own shapes."""
+    runs = tmp_path / "runs"
+    lora, mos = fixture_record("lora", 0), fixture_record("moslora", 1)
+    mos["train"]["flops_per_step"] = dict(lora["train"]["flops_per_step"])
+    mos["train"]["flops_per_step"]["total"] = 1401  # seed 1's shorter batches, 1.05 x lora's step there
+    mos["train"]["flops_per_step"]["relative_to_lora"] = 1.05
+    for record in (lora, mos):
+        record["train"]["hook_val_flops"] = {"status": "not counted", "reason": "no hook ran"}
+        record["train"]["hook_val_s"] = 0.0  # no scoring forwards: the step alone
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    html = (tmp_path / "out" / "leaderboard.html").read_text()
+    plot = html[html.index("Avg vs training FLOPs per step") :]
+    assert re.search(r"<title>lora: [^<]* at 1\.25</title>", plot)  # costs more: not on the front
+    assert re.search(r"<title>moslora: [^<]* at 1\.05 \(Pareto front\)</title>", plot)
 
 
 def test_overhead_names_what_tokens_per_s_counts_and_the_tasks_own_trained_params(tmp_path):
