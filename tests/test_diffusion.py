@@ -1395,6 +1395,27 @@ def test_random_weights_at_a_reduced_sd_shape_trains_and_generates(tiny, tmp_pat
     assert record["run"]["config"]["random_weights"] is True
 
 
+def test_random_weights_from_a_local_pipeline_folder_trains(tiny, tmp_path):
+    """From a review: --model <a local diffusers pipeline folder> --random-weights passed the checks before the
+    run (which read its unet/ config), then each run failed saying the folder had no config.json."""
+    pipe, data = tiny
+    specs = build_specs(
+        "diffusion",
+        ["lora"],
+        [0],
+        "smoke",
+        model=str(pipe),
+        random_weights=True,
+        train_overrides={"steps": 1},
+        task_overrides={"eval_limit": 1},
+    )
+    preflight(specs)
+    record = run_all(specs, tmp_path / "runs", str(data), progress=False)[0]
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    assert record["run"]["config"]["model_label"] == f"{pipe} (random weights)"
+    assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
+
+
 # -- data ----------------------------------------------------------------------------------------------
 def test_train_and_test_folders_and_the_default_split(tmp_path):
     tiny_data(tmp_path / "train", 10)
@@ -1534,6 +1555,58 @@ def test_held_out_rows_the_embedded_base_pretrained_on_are_warned_about(tmp_path
     err = capsys.readouterr().err
     assert f"{len(data.test)} of the {len(data.test)} held-out rows" in err
     assert "share their image with a row the embedded base pretrains on" in err
+
+
+def test_a_run_on_the_users_data_and_the_embedded_base_carries_the_twemoji_attribution(tiny, monkeypatch):
+    """From a review: a run on the user's own --data-dir with the embedded base, pre-trained on Twemoji images
+    (CC-BY 4.0), recorded no attribution (only data with base rows of its own did), nor did its model_info (the base's
+    "data" notice was left out), so the contact sheet of its samples showed none."""
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+    from tasks.diffusion import pretrain
+    from tasks.diffusion.sheet import _attribution
+
+    pipe, data = tiny
+    notice = "the shipped Twemoji (CC-BY 4.0, (c) Twitter, Inc. and other contributors), base categories"
+    monkeypatch.setattr(dtask, "_twemoji_base", lambda: ddata.read_folder(data)[:4])  # no 1,606-row read
+    monkeypatch.setattr(pretrain, "ensure_base", lambda rows: (pipe, {"version": 1, "n_rows": 4, "data": notice}))
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(data), template="caption"))
+    assert "attribution" not in task.describe()  # nothing loaded yet: the user's images alone
+    loaded = task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    record = {"run": {"config": {"data": task.describe(), "model_info": loaded.info}}}
+    assert record["run"]["config"]["data"]["attribution"] == dtask.ATTRIBUTION
+    assert loaded.info["base"]["data"] == notice
+    assert _attribution([record]) == dtask.ATTRIBUTION
+    # a record made before the fix (no attribution in its data) still gets the notice on the sheet, by its base
+    del record["run"]["config"]["data"]["attribution"]
+    assert _attribution([record]) == dtask.ATTRIBUTION
+    task.load(str(pipe), torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    assert "attribution" not in task.describe()  # the user's data on another model: nothing of Twemoji's
+
+
+def test_the_embedded_base_without_the_twemoji_folder_says_what_to_set_not_to_pass_data_dir(
+    tiny, tmp_path, monkeypatch
+):
+    """From a review: with the user's --data-dir and the embedded base, a Twemoji folder that could not be found
+    was reported as "pass --data-dir with an imagefolder of your own", which the user had done."""
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+
+    for var in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/diffusion/twemoji-64 beside it
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
+    with pytest.raises(ValueError) as err:
+        task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    message = str(err.value)
+    assert "pre-trains on the shipped Twemoji's other categories" in message
+    assert "set HARNESS_TWEMOJI_DIR" in message and "pass --model with a diffusers" in message
+    assert "pass --data-dir" not in message
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(tmp_path))  # set, but not to the Twemoji folder: named
+    with pytest.raises(ValueError, match="HARNESS_TWEMOJI_DIR '.*' has no metadata.jsonl: set HARNESS_TWEMOJI_DIR"):
+        task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
 
 
 def test_held_out_rows_that_repeat_a_training_caption_or_image_are_warned_about_once(tmp_path, capsys, monkeypatch):

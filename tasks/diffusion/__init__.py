@@ -121,6 +121,9 @@ class DiffusionTask(Task):
         self.folder = resolve_data(options.data_dir)
         self.data = ddata.load(self.folder)  # every line and image checked: bad data fails before any model
         self.settings: dict[str, Any] = {}
+        # whether the loaded model is the embedded base, pre-trained on the shipped Twemoji whatever the data: its
+        # images derive from Twemoji's, whose CC-BY licence asks for the notice (``describe``, the contact sheet)
+        self.on_twemoji_base = False
 
     def _on_shipped_twemoji(self) -> bool:
         """Whether the data is the shipped Twemoji (no --data-dir, or one that leads to it)."""
@@ -145,6 +148,7 @@ class DiffusionTask(Task):
         from tasks.multimodal import vision
 
         self.settings = dict(settings or {})
+        self.on_twemoji_base = model == models.EMBEDDED and not random_weights
         if model != models.EMBEDDED and self._on_shipped_twemoji():
             print(
                 f"note: {model} fine-tunes on the shipped Twemoji (64 px, upscaled; {len(self.data.test)} held-out "
@@ -175,6 +179,7 @@ class DiffusionTask(Task):
                     "pretrain_s",
                     "final_losses",
                     "vae_scaling_factor",
+                    "data",  # what it was pre-trained on, with its licence
                 )
                 if k in base
             }
@@ -183,7 +188,12 @@ class DiffusionTask(Task):
         elif random_weights:
             unet_cfg = None
             if model != models.EMBEDDED:
-                cfg = models.load_config_dict(model)
+                if _is_pipeline_folder(model):  # a diffusers pipeline folder: its UNet's config, as build_meta reads it
+                    from diffusers import UNet2DConditionModel
+
+                    cfg = dict(UNet2DConditionModel.load_config(str(model), subfolder="unet"))
+                else:
+                    cfg = models.load_config_dict(model)
                 if cfg.get("_class_name") != "UNet2DConditionModel":
                     raise ValueError(
                         f"{model}: --random-weights for the diffusion task needs a UNet2DConditionModel config"
@@ -474,7 +484,7 @@ class DiffusionTask(Task):
 
     def describe(self) -> dict[str, Any]:
         out = {**ddata.describe(self.data), "data_dir": self.folder.name}
-        if self.data.base:
+        if self.data.base or self.on_twemoji_base:  # Twemoji's images, or a base pre-trained on them, made the samples
             out["attribution"] = ATTRIBUTION
         return out
 
@@ -720,8 +730,20 @@ def _is_pipeline_folder(model: str) -> bool:
 
 
 def _twemoji_base() -> list[ddata.Item]:
-    """The shipped Twemoji's base rows, when the fine-tuning data is the user's own."""
-    return ddata.load(twemoji_dir()).base
+    """The shipped Twemoji's base rows, when the fine-tuning data is the user's own (``--data-dir``): the embedded
+    base pre-trains on them."""
+    try:
+        folder = twemoji_dir()
+    except ValueError:  # its message asks for a --data-dir, which this run has: say what the base needs instead
+        given = os.environ.get("HARNESS_TWEMOJI_DIR")
+        where = f"HARNESS_TWEMOJI_DIR {given!r} has no metadata.jsonl" if given else "it is not found here"
+        raise ValueError(
+            "the embedded diffusion base pre-trains on the shipped Twemoji's other categories (your --data-dir is "
+            f"what the methods fine-tune on), and {where}: set HARNESS_TWEMOJI_DIR to the captioned Twemoji folder "
+            "(metadata.jsonl, images/; ../shared/data/diffusion/twemoji-64), or pass --model with a diffusers "
+            "Stable Diffusion folder"
+        ) from None
+    return ddata.load(folder).base
 
 
 def resolve_data(data_dir: str | None) -> Path:

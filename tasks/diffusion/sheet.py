@@ -148,7 +148,12 @@ def _run_folder(runs_dir: Path, run_id: str) -> Path | None:
 
 
 def _attribution(records: list[dict[str, Any]]) -> str:
+    """The notices the sheet's images need: each run's data's (``run.config.data.attribution``), and Twemoji's for
+    a run on the embedded base (``model_info.base``: pre-trained on Twemoji) recorded before its data named it."""
+    from tasks.diffusion import ATTRIBUTION
+
     notes = {r["run"]["config"].get("data", {}).get("attribution") for r in records}
+    notes |= {ATTRIBUTION for r in records if "base" in (r["run"]["config"].get("model_info") or {})}
     return "; ".join(sorted(n for n in notes if n))
 
 
