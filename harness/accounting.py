@@ -59,6 +59,14 @@ def meta_replica(model: nn.Module) -> nn.Module:
     return replica.to("meta")
 
 
+# The Reducer's layers a counted step trains: the first draw of a generator seeded with this, whatever the run's
+# seed. Where a step's cost depends on the draw (LoRA-FA, or EffiLoRA without a trained shared A: the backward
+# stops at the lowest trained layer; a UNet's layers of several widths) the count was one draw of the run's own
+# random state: another number for each seed, and a sweep's later seeds took the first seed's (the count is
+# cached by every setting but the seed). One draw, not the mean over a run's steps: ``reducer_layers`` says which.
+REDUCER_COUNT_SEED = 0
+
+
 # a change to how this module counts must change the counter version in harness.runner.FLOPS_COUNTED_BY
 def step_flops(
     replica: MetaModel,
@@ -81,8 +89,9 @@ def step_flops(
     adapter = attach(replica.root, method, config=config)
     adapter.use_fast_path(fast_path)
     replica.model.to("meta")  # a plugin may create tensors itself (on the CPU): they must not leave the replica
-    if adapter.reducer is not None:
-        adapter.reducer.select()  # freeze the unselected heads, as in a real step
+    drawn = None
+    if adapter.reducer is not None:  # freeze the unselected heads, as in a real step: one fixed draw (below)
+        drawn = adapter.reducer.select(torch.Generator().manual_seed(REDUCER_COUNT_SEED))
     micro = []
     for shape in shapes:
         needs: dict[str, list[bool]] = {}  # wrapper -> per call, whether its output needed a gradient when adapted
@@ -93,7 +102,7 @@ def step_flops(
         "total": sum(m["total"] for m in micro),
         "adapter": sum(m["adapter"] for m in micro) if adapter_share else None,
         "micro_batches": micro,
-    }
+    } | ({"reducer_layers": drawn} if drawn is not None else {})
 
 
 def hook_forward_flops(

@@ -67,13 +67,14 @@ class Reducer:
                 self.score(val_loss_fn, step)
         self.select()
 
-    def select(self) -> list[int]:
-        """Draw this step's K layers and freeze the heads of all others."""
+    def select(self, generator: torch.Generator | None = None) -> list[int]:
+        """Draw this step's K layers and freeze the heads of all others (``generator``: another stream than the
+        Reducer's own, which it leaves as it was: the FLOP count's fixed draw)."""
         if self.active:
             weights = (
                 torch.sigmoid(-self.scores) if self.config.selection == "importance" else torch.ones(self.num_layers)
             )
-            picked = torch.multinomial(weights, self.k, replacement=False, generator=self._generator)
+            picked = torch.multinomial(weights, self.k, replacement=False, generator=generator or self._generator)
             self.selected = sorted(picked.tolist())
         chosen = set(self.selected)
         for i, params in enumerate(self.heads):

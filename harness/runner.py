@@ -60,7 +60,7 @@ from harness.train import CHECKPOINT, Cancelled, CheckpointUnreadable, TrainConf
 # counted (harness.accounting), so that `harness leaderboard` flags sections that mix counts of two versions
 FLOPS_COUNTED_BY = (
     "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
-    "adapter bypassed (counter version 2, 2026-12-04)"
+    "adapter bypassed (counter version 3, 2026-12-06: a Reducer's step at one fixed draw, reducer_layers)"
 )
 # what from_pretrained (transformers', diffusers') reads of a model folder's weights: the file, its shards or their
 # index; not a GGUF (read for the embedded model only, converted), a .pt or a .ckpt, which it never reads
@@ -857,6 +857,9 @@ def flops_record(
     # reduced LoRA's step (unselected layers frozen) is not the plain LoRA step it is compared with
     own = method == REFERENCE_METHOD and getattr(config, "reducer", None) is None
     lora = flops if own else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast, settings)
+    extra = {"path": "fast"} if fast else {}
+    if "reducer_layers" in flops:  # the Reducer's layers the count trained
+        extra["reducer_layers"] = flops["reducer_layers"]
     return {
         "unit": "optimizer step: every micro-batch of the accumulation (first step's shapes)",
         "total": flops["total"],
@@ -865,7 +868,7 @@ def flops_record(
         "relative_to_lora": flops["total"] / lora["total"] if lora.get("total") else None,
         "micro_batches": flops["micro_batches"],
         "counted_by": FLOPS_COUNTED_BY,
-    } | ({"path": "fast"} if fast else {})
+    } | extra
 
 
 def hook_flops_record(

@@ -174,6 +174,38 @@ def test_the_split_holds_with_the_reducer_freezing_heads_and_leaves_nothing_on_t
     assert ["forward" in vars(m) for m in wrappers] == [True] + [False] * (len(wrappers) - 1) and ran
 
 
+def test_a_reducers_step_is_counted_at_one_fixed_draw_whatever_the_seed_and_a_sweep_takes_the_same():
+    """From a review: the Reducer's layers of a counted step were drawn from the run's random state, and with LoRA-FA
+    the step's cost depends on the draw (the backward stops at the lowest trained layer): each seed counted another
+    number (14,069,760 against 16,148,480 here), a sweep's later seeds took the first seed's from the cache, and
+    recount_flops could rewrite it. The count now takes one draw from a generator of its own, named in the record."""
+    import harness.runner as runner
+
+    base = tiny_llama()
+
+    class Task:
+        def meta_replica(self, loaded):
+            return meta_of(base)
+
+    task = Task()
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    options = {"targets": "q_proj,v_proj,up_proj,down_proj", "r": 4, "reducer": {"k": 2, "selection": "random"}}
+    config = make_config(METHODS.get("lora_fa").config_cls, options, "lora_fa")
+    counts = set()
+    for seed in (0, 1, 2, 3):  # as run_one: the run's seed set before the count; the Reducer draws from it
+        torch.manual_seed(seed)
+        alone = runner._count_flops(task, None, "lora_fa", config, [[4, 20, 10]], recipe, False)
+        torch.manual_seed(seed)
+        swept = runner._count_flops(task, None, "lora_fa", config, [[4, 20, 10]], recipe, False, ("one sweep",))
+        assert swept == alone and alone["reducer_layers"] == swept["reducer_layers"]
+        counts.add((alone["total"], tuple(alone["reducer_layers"])))
+    assert len(counts) == 1
+    torch.manual_seed(5)
+    generator_state = torch.random.get_rng_state()
+    runner._count_flops(task, None, "lora_fa", config, [[4, 20, 10]], recipe, False)
+    assert torch.equal(torch.random.get_rng_state(), generator_state)  # the run's own random state untouched
+
+
 def _call_q_again(replica, when=lambda: True) -> None:
     """After layer 0's attention, call its q_proj once more under no_grad (a second call of one wrapper in a
     step, the last one without a gradient), when ``when()`` says so."""
