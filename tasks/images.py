@@ -46,13 +46,25 @@ def check_decodes(path: Path) -> None:
     _DECODED.add(key)
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A new RGB copy of ``image`` as transformers' ``convert_to_rgb`` (LLaVA's image processor) makes it: where
+    it has transparency (an alpha band, or a palette, grey or RGB image's transparency entry) composited onto
+    white; a plain ``convert("RGB")`` drops the alpha and shows transparent pixels in the colour they hide, mostly
+    black. What the multimodal vision towers read, and what ``pixel_digest`` hashes."""
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
 def pixel_digest(path: Path) -> str:
-    """``"(width, height) sha256"`` of the file's pixels as the image suites' vision towers read them (``convert("RGB")``:
-    the same picture saved as PNG and as BMP, palette or not, is one digest; the alpha a tower never sees is left
-    out). Computed once a process while the file stays the same file (``_identity``); raises what Pillow raises."""
+    """``"(width, height) sha256"`` of the file's pixels as the image suites' vision towers read them (``to_rgb``:
+    the same picture saved as PNG and as BMP, palette or not, is one digest; transparency is composited onto white,
+    as the towers see it). Computed once a process while the file stays the same file (``_identity``); raises what
+    Pillow raises."""
     key = _identity(path)
     if key not in _PIXELS:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            rgb = to_rgb(im)
         _PIXELS[key] = f"{rgb.size} {hashlib.sha256(rgb.tobytes()).hexdigest()}"
     return _PIXELS[key]

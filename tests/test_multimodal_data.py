@@ -500,6 +500,17 @@ def test_embedded_build_is_valid_llava_data(embedded):
     assert describe(embedded)["absent"] == []
 
 
+def test_the_generated_images_have_no_transparency_so_compositing_on_white_left_the_committed_runs_as_they_were(
+    embedded,
+):
+    """From a review: the vision towers now put transparent pixels on white (they dropped the alpha before); the
+    generated data composites Twemoji onto opaque paper and saves RGB, so its images, and the committed runs on them
+    (1,575 images at the default build: all RGB, none with a transparency entry), read the same either way."""
+    for path in sorted((embedded / "images").iterdir()):
+        with Image.open(path) as im:
+            assert im.mode == "RGB" and "transparency" not in im.info, (path.name, im.mode)
+
+
 def test_embedded_train_and_test_use_disjoint_sources(embedded):
     def sources(split, domain):
         return {
@@ -648,8 +659,7 @@ def test_a_test_image_saved_again_in_another_format_is_found_pixel_for_pixel(tmp
     picture.save(tmp_path / "test.png")
     picture.save(tmp_path / "train.bmp")  # other bytes, the same pixels
     Image.fromarray(rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)).save(tmp_path / "other.png")  # same size
-    with_alpha = picture.convert("RGBA")
-    with_alpha.putalpha(128)  # the vision tower reads RGB: the alpha is dropped, the pixels it sees are the same
+    with_alpha = picture.convert("RGBA")  # opaque: the vision tower sees the same pixels
     with_alpha.save(tmp_path / "alpha.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")  # unreadable: compared by its bytes
     (tmp_path / "broken-copy.png").write_bytes(b"not an image")
@@ -667,6 +677,29 @@ def test_a_test_image_saved_again_in_another_format_is_found_pixel_for_pixel(tmp
     ]
     picture.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "flipped.png")  # other pixels
     assert seen_test_images(test, [record("r1", "flipped.png")]) == []
+
+
+def test_the_overlap_check_sees_transparent_pixels_on_white_as_the_vision_tower_does(tmp_path):
+    """From a review: ``pixel_digest`` hashed ``convert("RGB")``, which drops the alpha: a half-transparent copy of a
+    picture was one with it (the tower, compositing onto white as transformers does, sees other pixels), and a
+    transparent image was not one with its composite on white (which the tower sees the same)."""
+    from tasks.images import pixel_digest
+    from tasks.multimodal.data import Record, seen_test_images
+
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    picture.save(tmp_path / "test.png")
+    half = picture.convert("RGBA")
+    half.putalpha(128)
+    half.save(tmp_path / "half.png")
+    on_white = Image.alpha_composite(Image.new("RGBA", half.size, "white"), half).convert("RGB")
+    on_white.save(tmp_path / "on-white.bmp")
+
+    def record(rid: str, name: str) -> Record:
+        return Record(id=rid, domain="general", images=[tmp_path / name], turns=[("q", "a")])
+
+    assert pixel_digest(tmp_path / "half.png") == pixel_digest(tmp_path / "on-white.bmp")
+    assert seen_test_images([record("t", "test.png")], [record("r", "half.png")]) == []
+    assert seen_test_images([record("t", "on-white.bmp")], [record("r", "half.png")]) == ["t"]
 
 
 def test_one_pair_id_in_two_domains_of_a_combined_file_is_two_pairs(folder):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -163,6 +164,43 @@ def test_vision_preprocess_and_pretrained_weights():
         vision.preprocess(images(1), 16)
 
 
+def _half_transparent(mode: str) -> tuple[Image.Image, dict]:
+    """8 × 8 in ``mode``: the left half transparent over black (the colour a dropped alpha shows), the right half
+    opaque grey-red; with the ``save`` arguments that keep its transparency in a PNG."""
+    rgba = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
+    rgba.paste((200, 60, 60, 255), (4, 0, 8, 8))
+    if mode in ("RGBA", "LA"):
+        return rgba.convert(mode), {}
+    if mode == "P":  # palette entry 0 (black) is the transparent one
+        palette = Image.new("P", (8, 8), 0)
+        palette.putpalette([0, 0, 0, 200, 60, 60])
+        palette.paste(1, (4, 0, 8, 8))
+        return palette, {"transparency": 0}
+    opaque = rgba.convert(mode)  # "L" or "RGB": a transparency entry names the colour (black) that is transparent
+    return opaque, {"transparency": 0 if mode == "L" else (0, 0, 0)}
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P", "L", "RGB"])
+def test_transparent_pixels_reach_the_vision_towers_on_white_as_transformers_puts_them(mode, tmp_path):
+    """From a review: ``load_image`` converted to RGB, dropping the alpha, so transparent pixels showed the colour
+    they hide (mostly black) where transformers' ``convert_to_rgb`` (LLaVA's processor) composites them onto white;
+    ``load_hub`` saves hub images with alpha as RGBA."""
+    from transformers.image_transforms import convert_to_rgb
+
+    image, kept = _half_transparent(mode)
+    path = tmp_path / f"{mode}.png"
+    image.save(path, **kept)
+    with Image.open(path) as opened:
+        expected = convert_to_rgb(opened, return_numpy=True)
+    for given in (path, Image.open(path)):
+        loaded = vision.load_image(given)
+        assert loaded.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(loaded), expected)
+    assert (expected[:, :4] == 255).all() and not (expected[:, 4:] == 255).all()  # the transparent half is white
+    white = (1 - torch.tensor(vision.IMAGE_MEAN)) / torch.tensor(vision.IMAGE_STD)
+    torch.testing.assert_close(vision.preprocess([path], 32)[0, :, 16, 2], white)  # as the embedded encoder reads it
+
+
 def test_missing_package_says_what_to_install(monkeypatch):
     import importlib.util
 
@@ -258,6 +296,22 @@ def test_stage1_chat_template_aligns_in_the_prompt_stage2_asks_in(tokenizer):
         stage1.prompt_for(tokenizer, "jinja")
 
 
+class _DroppingTokenizer:
+    chat_template = "{{ 'USER: ASSISTANT:' }}"
+
+    def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+        return "USER: ASSISTANT:"
+
+
+def test_a_chat_template_that_drops_the_question_either_way_is_refused():
+    """From a review: a chat template that rendered the question as nothing gave "USER: ASSISTANT:", trained on;
+    one that keeps it neither from a string nor from a list of typed parts is now refused, saying what to do."""
+    from tasks.multimodal.recipe import chat_prompt
+
+    with pytest.raises(ValueError, match=r"drops the question .* remove chat_template"):
+        chat_prompt(_DroppingTokenizer(), "<image>\nWhat is it?")
+
+
 def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypatch, tmp_path, char_tokenizer):
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     pics = images(3)
@@ -285,6 +339,44 @@ def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypat
     assert not other_init["loaded"]  # the projector's starting weights are part of the key
     with pytest.raises(ValueError, match="steps=0"):
         stage1.align_projector(fresh, char_tokenizer, captions, **{**run, "steps": 0})
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_stage1_encodes_only_the_images_its_steps_draw_and_trains_the_same_projector(
+    steps, monkeypatch, tmp_path, char_tokenizer
+):
+    """From a review: stage 1 encoded, and held, every distinct caption image before step 1, though its steps read only
+    steps × batch_size draws (LLaVA-Pretrain's 558K images: ~140 GB of features). It now draws first and encodes the
+    drawn images only: 1 step of 2 encodes 2 of the 6, and trains the projector encoding all 6 did (up to float
+    rounding, where a backend's convolutions round a batch of 2 otherwise than one of 6); where the steps draw every image (3 steps of 2,
+    as the committed runs' 360 × 16 draws of 1,200 captions do) the encoder reads the same pixels in the same chunks,
+    and the projector is bit for bit the same."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    pics = images(6)
+    captions = [(pic, f"box {k}") for k, pic in enumerate(pics)]
+
+    def trained(model: mm.LlavaStyle, key: str) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        seen: list[torch.Tensor] = []
+        real = model.encode_images
+        model.encode_images = lambda pixels: seen.append(pixels) or real(pixels)
+        stage1.align_projector(model, char_tokenizer, captions, steps=steps, batch_size=2, lr=1e-2, seed=0,
+                               cache_key={"k": key})  # fmt: skip
+        return seen, model.projector.state_dict()
+
+    seen, projector = trained(tiny_model(), "drawn")
+    drawn = sorted({i for _ in range(steps) for i in stage1._Sampler(6, 0).take(2 * steps)})
+    assert len(drawn) == (2 if steps == 1 else 6)
+    assert torch.equal(torch.cat(seen), vision.preprocess([pics[i] for i in drawn], SIZE))  # drawn ones, once
+
+    reference = tiny_model()  # as before: every image encoded first, the steps' rows picked from them
+    with torch.no_grad():
+        everything = reference.encode_images(vision.preprocess(pics, SIZE)).contiguous()  # as torch.cat made it
+    index = {id(pic): k for k, pic in enumerate(pics)}
+    monkeypatch.setattr(stage1, "_encode_once", lambda m, given: (everything, [index[id(i)] for i in given]))
+    _, before = trained(reference, "everything")
+    exact = {"rtol": 0, "atol": 0} if steps == 3 else {}  # 1 step: the encoder read a batch of 2, not of 6
+    for name in projector:
+        torch.testing.assert_close(projector[name], before[name], **exact)
 
 
 def test_stage1_in_a_bf16_model_trains_its_fp32_projector_under_its_own_key(monkeypatch, tmp_path, char_tokenizer):

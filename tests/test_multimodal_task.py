@@ -279,6 +279,62 @@ def test_the_reduced_llava_shape_trains_and_scores(tmp_path):
     assert set(record["eval"]) == {"general", "document", "math"}
 
 
+# LLaVA-1.5's processor chat template (llava-hf/llava-1.5-7b-hf's chat_template.jinja): it reads only a list of
+# {"type": "image"|"text"} parts, images first, and renders a string content as nothing
+LLAVA_15_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', "
+    "'text') %}{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | "
+    "selectattr('type', 'equalto', 'text') %}{% generation %}{{ content['text'] + ' '}}{% endgeneration %}"
+    "{% endfor %}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def test_a_llava_folder_saved_with_llavas_chat_template_keeps_the_question_and_image_and_trains(tmp_path):
+    """From a review: a LLaVA folder saved as the harness says (``processor.save_pretrained``) carries LLaVA's own
+    chat template, which reads content only as a list of typed parts; the prompt was given a string, so it rendered
+    as "USER: ASSISTANT:": an image example failed in LLaVA's forward (no image tokens) and a text-only one trained
+    on its answer with no question. The template now gets parts, the image where ``<image>`` was."""
+    import torch
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from harness.models import load_config_dict
+    from tasks.multimodal import model as mm
+    from tasks.multimodal.recipe import Formatter
+    from tests.test_multimodal_data import _test_records, _train, _write
+    from tests.test_multimodal_model import tiny_word_tokenizer
+
+    torch.manual_seed(0)
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    model, processor = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer())
+    processor.chat_template = LLAVA_15_TEMPLATE
+    folder = tmp_path / "llava"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)  # writes chat_template.jinja, which the tokenizer loads too
+    loaded = AutoProcessor.from_pretrained(folder)
+    assert loaded.tokenizer.chat_template == LLAVA_15_TEMPLATE
+    fmt = Formatter(model, loaded)
+    assert fmt.prompt("<image>\nthe cat") == "USER: <image>\nthe cat ASSISTANT:"
+    assert fmt.prompt("a photo of the dog") == "USER: a photo of the dog ASSISTANT:"  # a text-only turn
+    later = fmt.prompt("the dog", [("<image>\nthe cat", "a photo")])
+    assert later == "USER: <image>\nthe cat ASSISTANT: a photo USER: the dog ASSISTANT:"
+    assert fmt.ids(fmt.prompt("<image>\nthe cat")).count(model.config.image_token_id) == fmt.tokens_per_image
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(data / "images" / "a.png")  # the test records'
+    Image.new("RGB", (8, 8), "blue").save(data / "images" / "b.png")
+    train = [_train(f"i{k}", image="images/b.png") for k in range(5)] + [_train(f"t{k}", image=None) for k in range(3)]
+    _write(data, "train.json", train)  # t0-t2: text only
+    _write(data, "test.json", _test_records("general"))
+    specs = build_specs("multimodal", ["lora"], [0], "smoke", model=str(folder), task_overrides={"data_dir": str(data)})
+    [record] = run_all(specs, tmp_path / "runs", None, progress=False)
+    assert record["run"]["status"] == "success", record["run"]["error"]
+    assert record["train"]["steps"] > 0
+
+
 def test_the_paper_preset_resolves_offline():
     [spec] = build_specs("multimodal", ["effilora"], [0], "paper")
     assert spec.model == "llava-hf/llava-1.5-7b-hf" and spec.method_options["r"] == 32

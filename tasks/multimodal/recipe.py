@@ -25,16 +25,58 @@ from tasks.multimodal.model import IMAGE_TAG, LlavaStyle, expand_image_tokens, i
 def chat_prompt(tokenizer: Any, human: str, history: Sequence[tuple[str, str]] = ()) -> str:
     """``human`` as the user turn in ``tokenizer``'s chat template, after the conversation's earlier
     ``(human, gpt)`` turns, ending where the answer starts (LLaVA-1.5's ``USER: … ASSISTANT: …</s>`` turns
-    when the tokenizer has no template). Stage 1 and stage 2 both use it."""
-    if getattr(tokenizer, "chat_template", None):
+    when the tokenizer has no template). Stage 1 and stage 2 both use it.
+
+    A template that reads content as a string gets strings; one that reads only a list of ``{"type": ...}``
+    parts (LLaVA's processor template, which ``processor.save_pretrained`` puts beside the tokenizer) renders
+    strings as nothing, so it gets parts: an image part where each ``<image>`` was, text parts between. A
+    template that keeps the turns' text and images neither way is refused rather than trained on empty prompts."""
+    if not getattr(tokenizer, "chat_template", None):
+        end = getattr(tokenizer, "eos_token", None) or ""  # LLaVA-1.5 (Vicuna v1) ends an answer with </s>
+        earlier = "".join(f"USER: {h} ASSISTANT: {g}{end}" for h, g in history)
+        return f"{earlier}USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+    turns = [text for h, g in history for text in (h, g)] + [human]
+    rendered = []
+    for as_parts in (False, True):
         messages = [
-            m for h, g in history for m in ({"role": "user", "content": h}, {"role": "assistant", "content": g})
+            {"role": "user" if k % 2 == 0 else "assistant", "content": _parts(text) if as_parts else text}
+            for k, text in enumerate(turns)
         ]
-        messages.append({"role": "user", "content": human})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    end = getattr(tokenizer, "eos_token", None) or ""  # LLaVA-1.5 (Vicuna v1) ends an answer with </s>
-    earlier = "".join(f"USER: {h} ASSISTANT: {g}{end}" for h, g in history)
-    return f"{earlier}USER: {human} ASSISTANT:"  # LLaVA-1.5's conversation format
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if _keeps(prompt, turns):
+            return prompt
+        rendered.append(prompt)
+    raise ValueError(
+        f"the tokenizer's chat template drops the question or its {IMAGE_TAG} tags whether a turn's content is a "
+        f"string or a list of {{'type': 'image'|'text'}} parts (it rendered {rendered[0][:120]!r}, then "
+        f"{rendered[1][:120]!r}); give the model folder a chat template that renders one of the two, or remove "
+        "chat_template (tokenizer_config.json, chat_template.jinja/.json) for LLaVA-1.5's USER: … ASSISTANT: format"
+    )
+
+
+def _parts(text: str) -> list[dict[str, str]]:
+    """``text`` as LLaVA's processor template reads a turn: an image part per ``<image>``, in its place, and
+    the text between (stripped: the template writes ``<image>\\n`` and a space after each text itself)."""
+    parts: list[dict[str, str]] = []
+    for i, piece in enumerate(text.split(IMAGE_TAG)):
+        if i:
+            parts.append({"type": "image"})
+        if piece.strip():
+            parts.append({"type": "text", "text": piece.strip()})
+    return parts
+
+
+def _keeps(prompt: str, turns: Sequence[str]) -> bool:
+    """Whether ``prompt`` holds every turn's text, in order, and exactly the turns' ``<image>`` tags."""
+    at = 0
+    for text in turns:
+        for piece in text.split(IMAGE_TAG):
+            if piece.strip():
+                at = prompt.find(piece.strip(), at)
+                if at < 0:
+                    return False
+                at += len(piece.strip())
+    return prompt.count(IMAGE_TAG) == sum(text.count(IMAGE_TAG) for text in turns)
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 Only the projector trains (language model and vision encoder frozen); the loss is the mean cross-entropy
 of the caption tokens (and the closing eos) after ``PROMPT``. The encoder is frozen, so its features are
-computed once per distinct image before the first step; a step then runs projector + language model only.
+computed once per distinct image before the first step, for the images the steps draw only (every step's draw
+is made first: 360 steps of 16 read at most 5,760 images, not all of LLaVA-Pretrain's 558K, whose features
+would take ~140 GB); a step then runs projector + language model only.
 Rows are left-padded, so every caption ends at the last column and only the last ``K`` logits are made
 (``logits_to_keep``, K = the longest caption + 1) instead of ``tokens × 49,152`` of them.
 
@@ -135,10 +137,14 @@ def _train(
     from tqdm.auto import tqdm
 
     device = model.projector[0].weight.device
-    features, image_of = _encode_once(model, [image for image, _ in captions])
+    order = _Sampler(len(captions), seed)
+    batches = [order.take(batch_size) for _ in range(steps)]  # every step's draw, before any image is encoded
+    drawn = sorted({i for rows in batches for i in rows})  # in the captions' order: all of them, the same chunks
+    encoded, image_of = _encode_once(model, [captions[i][0] for i in drawn])  # only what the steps read
+    feature_row = dict(zip(drawn, image_of, strict=True))
     prompt_ids = expand_image_tokens(tokenizer, prompt, model.image_token_id, model.tokens_per_image)
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    targets = [list(tokenizer(text, add_special_tokens=False)["input_ids"]) + eos for _, text in captions]
+    targets = {i: list(tokenizer(captions[i][1], add_special_tokens=False)["input_ids"]) + eos for i in drawn}
     padding = pad_id(tokenizer)
 
     trainable = {name: p.requires_grad for name, p in model.named_parameters()}
@@ -155,12 +161,10 @@ def _train(
             (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, steps - warmup)))
         ),
     )
-    order = _Sampler(len(captions), seed)
     losses: list[float] = []
     try:
-        bar = tqdm(range(steps), desc="stage 1 (projector)", unit="step", leave=False)
-        for _ in bar:
-            rows = order.take(batch_size)
+        bar = tqdm(batches, desc="stage 1 (projector)", unit="step", leave=False)
+        for rows in bar:
             keep = max(len(targets[i]) for i in rows) + 1  # the logit before each caption token predicts it
             batch = left_pad([prompt_ids + targets[i] for i in rows], padding)
             labels = torch.full((len(rows), keep - 1), -100, dtype=torch.long)
@@ -171,7 +175,7 @@ def _train(
                 input_ids=batch["input_ids"].to(device),
                 attention_mask=mask.to(device),
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(device),  # left padding: rows start at 0
-                vision_features=features[[image_of[i] for i in rows]].to(device),
+                vision_features=encoded[[feature_row[i] for i in rows]].to(device),
                 logits_to_keep=keep,
             )
             loss = F.cross_entropy(out.logits[:, :-1].float().flatten(0, 1), labels.to(device).flatten())

