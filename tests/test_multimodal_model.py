@@ -199,6 +199,17 @@ def test_transparent_pixels_reach_the_vision_towers_on_white_as_transformers_put
     assert (expected[:, :4] == 255).all() and not (expected[:, 4:] == 255).all()  # the transparent half is white
     white = (1 - torch.tensor(vision.IMAGE_MEAN)) / torch.tensor(vision.IMAGE_STD)
     torch.testing.assert_close(vision.preprocess([path], 32)[0, :, 16, 2], white)  # as the embedded encoder reads it
+    # from a review of that fix: the lmms-eval protocol's task helper converted with the alpha dropped, so the two
+    # protocols fed the model other pixels
+    import importlib.util
+
+    from tasks.multimodal.lmms_eval_protocol import TASKS_DIR
+
+    spec = importlib.util.spec_from_file_location("lmms_task_utils", TASKS_DIR / "utils.py")
+    utils = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(utils)
+    [visual] = utils.doc_to_visual({"image": str(path)})
+    np.testing.assert_array_equal(np.asarray(vision.load_image(visual)), expected)
 
 
 def test_missing_package_says_what_to_install(monkeypatch):
@@ -310,6 +321,25 @@ def test_a_chat_template_that_drops_the_question_either_way_is_refused():
 
     with pytest.raises(ValueError, match=r"drops the question .* remove chat_template"):
         chat_prompt(_DroppingTokenizer(), "<image>\nWhat is it?")
+
+
+def test_a_template_that_fails_on_string_content_is_given_parts():
+    """From a review of that fix: a template that reads parts by index (LLaVA-NeXT-Mistral's assistant turn,
+    ``content[0]['text']``) raised on string content, so the parts it renders were never tried: a bare jinja error."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from tasks.multimodal.recipe import chat_prompt
+
+    words = Tokenizer(models.WordLevel({"<unk>": 0}, unk_token="<unk>"))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="<unk>")
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}[INST] {% for c in m['content'] %}"
+        "{% if c['type'] == 'image' %}<image>\n{% else %}{{ c['text'] }}{% endif %}{% endfor %} [/INST]"
+        "{% else %}{{ m['content'][0]['text'] + '</s>' }}{% endif %}{% endfor %}"
+    )
+    prompt = chat_prompt(tokenizer, "And now?", [("<image>\nWhat is it?", "A cat.")])
+    assert prompt == "[INST] <image>\nWhat is it? [/INST]A cat.</s>[INST] And now? [/INST]"
 
 
 def test_stage1_trains_only_the_projector_then_loads_it_from_the_cache(monkeypatch, tmp_path, char_tokenizer):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import torch
 from torch import nn
 
@@ -42,14 +43,18 @@ def chat_prompt(tokenizer: Any, human: str, history: Sequence[tuple[str, str]] =
             {"role": "user" if k % 2 == 0 else "assistant", "content": _parts(text) if as_parts else text}
             for k, text in enumerate(turns)
         ]
-        prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        try:
+            prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except jinja2.TemplateError as exc:  # a template that reads parts may fail on strings (content[0]['text'])
+            rendered.append(f"an error, {type(exc).__name__}: {exc}")
+            continue
         if _keeps(prompt, turns):
             return prompt
-        rendered.append(prompt)
+        rendered.append(repr(prompt[:120]))
     raise ValueError(
         f"the tokenizer's chat template drops the question or its {IMAGE_TAG} tags whether a turn's content is a "
-        f"string or a list of {{'type': 'image'|'text'}} parts (it rendered {rendered[0][:120]!r}, then "
-        f"{rendered[1][:120]!r}); give the model folder a chat template that renders one of the two, or remove "
+        f"string or a list of {{'type': 'image'|'text'}} parts (it rendered {rendered[0]}, then "
+        f"{rendered[1]}); give the model folder a chat template that renders one of the two, or remove "
         "chat_template (tokenizer_config.json, chat_template.jinja/.json) for LLaVA-1.5's USER: … ASSISTANT: format"
     )
 

@@ -5,9 +5,15 @@ A doc is one prompt the harness asks: ``{"id", "image": path or "", "prompt", "c
 
 from PIL import Image
 
+from tasks.images import to_rgb
+
 
 def doc_to_visual(doc):
-    return [Image.open(doc["image"]).convert("RGB")] if doc["image"] else []
+    """The image as the native scorer reads it: transparency composited onto white (``to_rgb``)."""
+    if not doc["image"]:
+        return []
+    with Image.open(doc["image"]) as image:
+        return [to_rgb(image)]
 
 
 def doc_to_text(doc):
