@@ -261,8 +261,28 @@ def test_an_answer_format_with_an_empty_word_is_refused_naming_the_example(tmp_p
     good = rec("Please answer the question: is it?\n\nAnswer format: true/false", "true")
     bad = rec("Please answer the question: is it?\n\nAnswer format: true/false/", "false")
     (tmp_path / "mine" / "test.json").write_text(json.dumps([good, bad]))
-    with pytest.raises(ValueError, match=r"mine/test.json: example 1.*empty or repeated option"):
+    with pytest.raises(ValueError, match=r"mine/test.json: example 1.*empty or repeated option") as refused:
         CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))
+    assert "--protocol choice" not in str(refused.value)  # (a re-review) choice refuses it too: not suggested
+
+
+def test_a_training_example_that_does_not_fit_cloze_is_named_by_its_passage_too(tmp_path):
+    """From a re-review: a training example was named by its instruction's start alone; with one instruction and
+    the passage in ``input`` every example of the file had the same name."""
+    (tmp_path / "rc").mkdir()
+    instruction = (
+        "Please answer the following question: does the passage support the claim\n\nAnswer format: true/false"
+    )
+    test = [{**rec(instruction, "true"), "input": "test passage"}]
+    train = [{**rec(instruction, "true"), "input": f"passage {i}"} for i in range(6)]
+    train[3]["answer"] = "maybe"
+    (tmp_path / "rc" / "test.json").write_text(json.dumps(test))
+    (tmp_path / "rc" / "train.json").write_text(json.dumps(train))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1))
+    with pytest.raises(
+        ValueError, match=r"rc/train\.json: the example 'Please answer.*' \(input 'passage 3'\) does not"
+    ):
+        task.splits()
 
 
 def test_a_records_passage_goes_before_its_context_as_lm_eval_puts_boolqs():

@@ -144,7 +144,7 @@ class CommonsenseTask(Task):
         if self.cloze:  # the mix is shuffled: an example is named by its file and question, not an index
             _parse_all(
                 records,
-                lambda i, r: f"{data.train_file(self.data_dir, r['benchmark'])}: the example {r['instruction'][:60]!r}",
+                lambda i, r: f"{data.train_file(self.data_dir, r['benchmark'])}: the example {_named(r)}",
             )
         val, train = records[: self.options.val_size], records[self.options.val_size :]
         return [self._example(r) for r in train], [self._example(r) for r in val]
@@ -315,7 +315,16 @@ def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[
             cloze.parse(record)
         except ValueError as exc:
             place = where(i, record) if callable(where) else f"{where}: example {i}"
+            if isinstance(exc, cloze.FormatError):  # every protocol refuses it: no other to suggest
+                raise ValueError(f"{place}: {exc} (Answer format: a/b/...)") from None
             raise ValueError(f"{place} does not fit the cloze protocol ({exc}); use --protocol choice") from None
+
+
+def _named(record: dict[str, Any]) -> str:
+    """A training example as a message names it (the mix is shuffled, so not by index): its instruction's start,
+    and its input's where it has one (one instruction, the passage in input, names every example alike)."""
+    passage = (record.get("input") or "").strip()
+    return repr(record["instruction"][:60]) + (f" (input {passage[:60]!r})" if passage else "")
 
 
 def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str]) -> None:

@@ -62,12 +62,16 @@ def parse(record: dict[str, Any]) -> ClozeItem:
     return ClozeItem(tuple(f"{passage}\n{c}" for c in item.contexts), item.continuations, item.answer)
 
 
+class FormatError(ValueError):
+    """An ``Answer format:`` line no protocol can score on (``format_words``)."""
+
+
 def format_words(found: str) -> list[str]:
-    """The options an ``Answer format:`` line names; ``ValueError`` for an empty or repeated one ("a/b/", "a//b",
+    """The options an ``Answer format:`` line names; ``FormatError`` for an empty or repeated one ("a/b/", "a//b",
     "a/b/a"), which no question can be scored on."""
     words = found.split("/")
     if "" in words or len(set(words)) < len(words):
-        raise ValueError(f"its answer format {found!r} has an empty or repeated option; name each option once")
+        raise FormatError(f"its answer format {found!r} has an empty or repeated option; name each option once")
     return words
 
 
