@@ -371,6 +371,12 @@ class Adapter:
             raise ValueError("the adapter is merged into the base weights; call unmerge() before loading weights")
         own = self.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        if missing and not unexpected and not any(_is_adapter(n) for n in missing):
+            raise ValueError(  # only what a method keeps beside lora_*: saved before those were (2026-12-06)
+                f"the adapter state lacks the method's frozen tensors or buffers ({missing[:3]}): it was saved before "
+                "the harness saved them (2026-12-06), so they cannot be restored; train it again (a run's checkpoint: "
+                "delete it or use --force)"
+            )
         if missing or unexpected:
             raise ValueError(
                 f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"

@@ -95,6 +95,10 @@ def test_a_methods_frozen_tensors_and_buffers_are_saved_and_loaded(tmp_path, mon
     torch.manual_seed(123)
     loaded = load_adapter(fresh, tmp_path)
     assert torch.equal(adapter.model(**batch()).logits, loaded.model(**batch()).logits)
+    # (a re-review) a state saved before these were (lora_* only) says so, not a bare "missing"
+    lora_only = {k: v for k, v in adapter.state_dict().items() if "lora_" in k}
+    with pytest.raises(ValueError, match=r"saved before the harness saved them .* delete it or use --force"):
+        loaded.load_state_dict(lora_only)
 
 
 def test_unload_gives_the_model_back_as_it_was(method):
