@@ -64,6 +64,7 @@ def meta_replica(model: nn.Module) -> nn.Module:
 # stops at the lowest trained layer; a UNet's layers of several widths) the count was one draw of the run's own
 # random state: another number for each seed, and a sweep's later seeds took the first seed's (the count is
 # cached by every setting but the seed). One draw, not the mean over a run's steps: ``reducer_layers`` says which.
+# Every committed record counts the same at it (recount_flops, 2026-12-06), so the counter kept its version.
 REDUCER_COUNT_SEED = 0
 
 

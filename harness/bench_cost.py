@@ -19,7 +19,7 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
     """(step, Reducer rounds per step) FLOPs on a meta-device replica, as run records count them (the fused
     CPU attention kernel is invisible to a count on real tensors); ``None`` where a plugin cannot run on
     the meta device — no count rather than a wrong one."""
-    from harness.accounting import meta_replica
+    from harness.accounting import REDUCER_COUNT_SEED, meta_replica
     from harness.adapter import attach
 
     try:
@@ -28,8 +28,8 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
             adapter = attach(replica, c.method, config=c.config)
             adapter.use_fast_path(c.fast_path)  # the path timed: MoSLoRA's differs in FLOPs
             replica.to("meta")  # a plugin may make tensors of its own elsewhere
-            if adapter.reducer is not None:
-                adapter.reducer.select()  # the unselected heads are frozen, as in a real step
+            if adapter.reducer is not None:  # the unselected heads frozen, as in a real step, at run records' draw
+                adapter.reducer.select(torch.Generator().manual_seed(REDUCER_COUNT_SEED))
         elif c.source == "peft":
             from peft import get_peft_model
 

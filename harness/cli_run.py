@@ -144,7 +144,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         by_ctrl_c = getattr(exc, "by", None) == "Ctrl-C"
         raise SystemExit(128 + (signal.SIGINT if by_ctrl_c else signal.SIGTERM)) from None
     except CheckpointUnreadable as exc:  # its run's record says failed; the checkpoint is kept for the next start
-        raise CliError(str(exc)) from None
+        raise CliError(f"{exc}{leaderboard_not_rebuilt(args)}") from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "

@@ -233,6 +233,9 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         # which sources a run trained on makes a row (e.g. single-domain rows), not a section
         "task_options": {k: v for k, v in c["task_options"].items() if k not in ("seed", "train_sources")},
     }
+    for name in ("eval_limit", "train_cap"):  # 0 is no limit, as None (a record from before 2026-12-06 kept a 0)
+        if common["task_options"].get(name) == 0:
+            common["task_options"][name] = None
     if c.get("extra", {}).get("task_settings"):  # the preset's task settings (e.g. a stage 1): only when set,
         common["task_settings"] = c["extra"]["task_settings"]  # so the sections of records without keep their ids
     train = {k: v for k, v in c["train"].items() if k != "seed"}

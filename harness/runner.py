@@ -60,7 +60,7 @@ from harness.train import CHECKPOINT, Cancelled, CheckpointUnreadable, TrainConf
 # counted (harness.accounting), so that `harness leaderboard` flags sections that mix counts of two versions
 FLOPS_COUNTED_BY = (
     "torch.utils.flop_counter.FlopCounterMode, meta-device replica; adapter: the step less the step with every "
-    "adapter bypassed (counter version 3, 2026-12-06: a Reducer's step at one fixed draw, reducer_layers)"
+    "adapter bypassed (counter version 2, 2026-12-04)"
 )
 # what from_pretrained (transformers', diffusers') reads of a model folder's weights: the file, its shards or their
 # index; not a GGUF (read for the embedded model only, converted), a .pt or a .ckpt, which it never reads
@@ -157,6 +157,9 @@ def build_specs(
         train_overrides["steps"] = None
     train_cfg = _replace(p.train, train_overrides, "training setting")
     task_overrides = dict(task_overrides or {})
+    for name in ("eval_limit", "train_cap"):  # one form of "no limit", the presets': 0 made a second run id
+        if task_overrides.get(name) == 0:  # (here, not in TaskOptions: a record that kept a 0 rebuilds its own id)
+            task_overrides[name] = None
     if task_overrides.get("train_sources"):  # a set: one run id (and one leaderboard row) whatever the order given
         task_overrides["train_sources"] = tuple(sorted(task_overrides["train_sources"]))
     if protocol != p.protocol and "template" not in task_overrides:
@@ -660,8 +663,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     if record["run"]["status"] == "failed" and ctx.stop.requested():  # asked in training, which then failed: the
         # loop never looked again, and the sweep went on to the next runs while a scheduler waited to kill it
         stop = Cancelled(
-            f"stopped by {ctx.stop.by}; {spec.run_id} failed before the stop came ({record['run']['error']}; its "
-            "record says so), and the runs after it were not started"
+            f"stopped by {ctx.stop.by}; {spec.run_id} failed after the stop was asked, before it took effect "
+            f"({record['run']['error']}; its record says so), and the runs after it were not started"
         )
         stop.by = ctx.stop.by
         raise stop

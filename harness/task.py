@@ -59,8 +59,6 @@ class TaskOptions:
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"{name} must be >= 0 (got {value}); 0 means no limit")
-            if value == 0:  # one form for "no limit": 0 and None ran the same and were two run ids
-                object.__setattr__(self, name, None)
         if self.val_size < 0:
             raise ValueError(f"val_size must be >= 0 (got {self.val_size})")
         if self.train_sources is not None and not self.train_sources:

@@ -200,6 +200,14 @@ def test_a_reducers_step_is_counted_at_one_fixed_draw_whatever_the_seed_and_a_sw
         assert swept == alone and alone["reducer_layers"] == swept["reducer_layers"]
         counts.add((alone["total"], tuple(alone["reducer_layers"])))
     assert len(counts) == 1
+    from harness.bench_cost import flops as bench_flops  # harness bench counts at the same draw (a re-review)
+
+    contender = SimpleNamespace(source="ours", method="lora_fa", config=config, fast_path=False, round_fn=None)
+    bench = set()
+    for seed in (0, 1, 2, 3):  # as bench does with --seed N
+        torch.manual_seed(seed)
+        bench.add(bench_flops(contender, base, SimpleNamespace(batch_size=4, seq_len=20))[0])
+    assert len(bench) == 1
     torch.manual_seed(5)
     generator_state = torch.random.get_rng_state()
     runner._count_flops(task, None, "lora_fa", config, [[4, 20, 10]], recipe, False)

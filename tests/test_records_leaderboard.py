@@ -949,6 +949,18 @@ def test_a_limit_of_0_is_no_limit_and_the_presets_run_id(task, preset, setting):
     [zero] = build_specs(task, ["lora"], [0], preset, task_overrides={setting: 0})
     [five] = build_specs(task, ["lora"], [0], preset, task_overrides={setting: 5})
     assert zero.run_id == none.run_id and five.run_id != none.run_id
+    # (a re-review) a record from before, which kept the 0, still rebuilds its own run id (a recount), and groups
+    # with the None runs in the leaderboard's sections
+    import dataclasses
+
+    from harness.leaderboard import _settings
+    from harness.runner import RunSpec, spec_from_record
+
+    old = dataclasses.replace(none, task_options=dataclasses.replace(none.task_options, **{setting: 0}))
+    assert old.run_id != none.run_id
+    record = {"run": {"id": old.run_id, "config": old.to_dict()}}
+    assert isinstance(spec_from_record(record), RunSpec) and spec_from_record(record).run_id == old.run_id
+    assert _settings(record) == _settings({"run": {"id": none.run_id, "config": none.to_dict()}})
 
 
 @pytest.mark.parametrize("method", ALL_METHODS)

@@ -207,7 +207,7 @@ def test_a_checkpoint_the_machine_cannot_read_stops_the_command_and_is_kept(
 
     argv = ["run", "--methods", "lora,hydralora", "--task", "commonsense", "--preset", "smoke", "--model",
             str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"),
-            "--no-leaderboard", "--quiet"]  # fmt: skip
+            "--quiet"]  # fmt: skip
     specs = runner.build_specs(
         "commonsense", ["lora", "hydralora"], [0], "smoke", model=str(tiny_model), random_weights=True
     )
@@ -225,6 +225,7 @@ def test_a_checkpoint_the_machine_cannot_read_stops_the_command_and_is_kept(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "could not read the checkpoint" in err[-1] and "Input/output error" in err[-1], err
+    assert "the leaderboard was not rebuilt: harness leaderboard --runs-dir" in err[-1]  # (a re-review)
     assert checkpoint.read_bytes() == b"a checkpoint"
     assert read_record(checkpoint.parent / RECORD)["run"]["status"] == "failed"
     assert not (tmp_path / "runs" / specs[1].run_id).exists()  # the next run was not started
@@ -1256,7 +1257,8 @@ def test_a_sigterm_in_training_that_then_fails_stops_the_sweep(tiny_model, data_
         "commonsense", ["lora", "base"], [0], "smoke", model=str(tiny_model), random_weights=True
     )
     with pytest.raises(
-        Cancelled, match=r"stopped by SIGTERM; .*lora.* failed before the stop came .*the step failed"
+        Cancelled,
+        match=r"stopped by SIGTERM; .*lora.* failed after the stop was asked, before it took effect .*the step failed",
     ) as e:
         runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     assert e.value.by == "SIGTERM"
