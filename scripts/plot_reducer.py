@@ -6,6 +6,7 @@ python scripts/plot_reducer.py results/runs/<run-id>/record.json [-o reducer.png
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -44,23 +45,32 @@ def main() -> None:
         parser.error(f"{path}: {what} (a record this script cannot read); pass a finished effilora run's record.json")
     layers = range(reducer["num_layers"])
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    for entry in reducer["score_trajectory"]:
+    trajectory = reducer["score_trajectory"]
+    # a legend entry for at most 8 rounds (the first, the last, evenly between): a run of 1,000 steps scores 99
+    # rounds, whose legend covered the plot; the lines' shade says the step for the rest
+    named = (
+        {round(i * (len(trajectory) - 1) / 7) for i in range(8)} if len(trajectory) > 8 else set(range(len(trajectory)))
+    )
+    last = max(1, trajectory[-1]["step"]) if trajectory else 1
+    for i, entry in enumerate(trajectory):
         top.plot(
             layers,
             entry["scores"],
-            alpha=0.4 + 0.6 * entry["step"] / max(1, reducer["score_trajectory"][-1]["step"]),
-            label=f"step {entry['step']}",
+            color=plt.cm.viridis(entry["step"] / last),  # the step as a colour, dark (early) to yellow (late)
+            alpha=0.4 + 0.6 * entry["step"] / last,
+            label=f"step {entry['step']}" if i in named else None,
         )
     top.axhline(0, color="grey", lw=0.5)
     top.set_ylabel("score (high = matters less)")
-    top.legend(fontsize=7, ncol=4)
+    if trajectory:
+        top.legend(fontsize=7, ncol=4, title=f"{len(trajectory)} scoring rounds" if len(trajectory) > 8 else None)
     bottom.bar(layers, reducer["update_counts"])
     bottom.set_ylabel("steps updated")
     bottom.set_xlabel("layer")
     c = config
-    fig.suptitle(
-        f"{c['method']} on {c.get('model_label', c.get('model', '?'))}, {c.get('preset', '?')} preset: "
-        f"K={reducer['k']} of {reducer['num_layers']} layers, {reducer['selection']}",
+    fig.suptitle(  # the model on a line of its own: a long label cut the title off at both ends
+        f"{c['method']}, {c.get('preset', '?')} preset: K={reducer['k']} of {reducer['num_layers']} layers, "
+        f"{reducer['selection']}\n{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 90)}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -26,22 +26,29 @@ PUBLISHED = {  # benchmark -> (metric, value)
 }
 
 
-def partial_problem(missing: list[str], out: str, default: str) -> str | None:
-    """Why a run on data that lacks the ``missing`` benchmarks must not write ``out``: it is the committed file
-    (``default``, however the path is spelled) and that file scored one of them (one it holds as absent, such as
-    hellaswag where the data has none, is no loss); ``None``: it may."""
+def partial_problem(files: dict[str, str | None], out: str, default: str) -> str | None:
+    """Why a run on data whose test files are ``files`` (benchmark -> sha256, None where the data lacks it) must not
+    write ``out``: it is the committed file (``default``, however the path is spelled) and that file scored one of
+    them on another file (a part of it, another copy: the check would be replaced by one of other test sets) or
+    one the data lacks (one it holds as absent, such as hellaswag where the data has none, is no loss); ``None``:
+    it may."""
     committed = Path(default)
-    if not missing or not committed.is_file() or Path(out).resolve() != committed.resolve():
+    if not committed.is_file() or Path(out).resolve() != committed.resolve():
         return None
     import json
 
     try:
         rows = json.loads(committed.read_text()).get("results", [])
-        scored = {r.get("benchmark") for r in rows if isinstance(r, dict) and r.get("status") != "absent"}
-    except (OSError, ValueError, AttributeError):  # unreadable: whatever it held is not lost by a rewrite
+        scored = {r["benchmark"]: r.get("file_sha256") for r in rows if r.get("status") != "absent"}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):  # unreadable: nothing a rewrite loses
         return None
-    if lost := [b for b in missing if b in scored]:
+    if lost := [b for b in scored if b in files and files[b] is None]:
         return f"lacks {', '.join(lost)}, which {out} scored; pass --out elsewhere to check a part"
+    if other := [b for b, sha in scored.items() if files.get(b) and sha and files[b] != sha]:
+        return (
+            f"has other test files for {', '.join(other)} than {out} scored (another sha256: a part or another copy); "
+            "pass --out elsewhere to check them"
+        )
     return None
 
 
@@ -73,10 +80,10 @@ def main() -> None:
     [spec] = build_specs("commonsense", ["base"], [0], "embedded")
     try:
         task = CommonsenseTask(TaskOptions(data_dir=args.data_dir, template="cloze"))
-    except ValueError as exc:
-        parser.error(str(exc))
-    missing = [b for b in PUBLISHED if task.test_records(b) is None]
-    if problem := partial_problem(missing, args.out, parser.get_default("out")):
+    except ValueError as exc:  # harness run's advice to switch protocols: this check has the cloze protocol only
+        parser.error(str(exc).replace("; use --protocol choice", "; this check scores the cloze protocol only"))
+    files = {b: (t.sha256 if (t := task.test_records(b)) is not None else None) for b in PUBLISHED}
+    if problem := partial_problem(files, args.out, parser.get_default("out")):
         parser.error(f"{args.data_dir} {problem}")
     loaded = load_model(task, spec, torch.device("cpu"))
     model, tokenizer, label = loaded.model.eval(), loaded.processor, loaded.label

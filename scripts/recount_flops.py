@@ -30,6 +30,8 @@ def main() -> None:
         task, sep, path = item.partition("=")
         if not sep or not task or not path:
             parser.error(f"--data-dir takes TASK=PATH (e.g. commonsense=../shared/data/commonsense), got {item!r}")
+        if task in data_dirs and data_dirs[task] != path:  # the last one won, silently (a review)
+            parser.error(f"--data-dir gives {task} twice ({data_dirs[task]}, {path}); give it once")
         if not Path(path).expanduser().is_dir():
             parser.error(f"--data-dir {item!r}: {path!r} is not a folder; give the folder that holds {task}'s data")
         data_dirs[task] = path

@@ -65,3 +65,28 @@ def test_a_reducer_summary_that_lacks_a_field_is_refused_in_one_line(tmp_path, m
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(SCRIPT), run_name="__main__")
     assert exit_.value.code == 2 and "its Reducer summary lacks update_counts" in capsys.readouterr().err
+
+
+def test_a_run_of_many_scoring_rounds_names_eight_in_its_legend_and_keeps_its_title(tmp_path, monkeypatch):
+    """From a review: a diffusion run's 99 scoring rounds made 99 legend entries, covering the plot, and a long
+    model label cut the title off at both ends."""
+    import matplotlib.pyplot as plt
+
+    run = _record(tmp_path)
+    record = json.loads((run / "record.json").read_text())
+    record["train"]["adapter"]["reducer"]["score_trajectory"] = [
+        {"step": 10 * (i + 1), "scores": [0.01 * i, -0.01 * i, 0.0]} for i in range(99)
+    ]
+    record["run"]["config"]["model_label"] = "a long model label " * 10
+    (run / "record.json").write_text(json.dumps(record))
+    figures = []
+    monkeypatch.setattr(
+        plt, "subplots", lambda *a, real=plt.subplots, **k: figures.append(real(*a, **k)) or figures[-1]
+    )
+    monkeypatch.setattr(sys, "argv", ["plot_reducer.py", str(run), "-o", str(tmp_path / "p.png")])
+    runpy.run_path(str(SCRIPT), run_name="__main__")
+    fig, (top, _) = figures[0]
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert labels[0] == "step 10" and labels[-1] == "step 990" and len(labels) == 8
+    title = fig._suptitle.get_text()
+    assert title.startswith("effilora, smoke preset: K=2 of 3 layers") and "\n" in title and len(title) < 200

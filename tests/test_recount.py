@@ -120,6 +120,14 @@ def test_the_script_refuses_a_malformed_data_dir(tmp_path):
         timeout=120,
     )
     assert done.returncode == 2 and "nowhere' is not a folder; give the folder that holds commonsense" in done.stderr
+    twice = ["--data-dir", f"commonsense={tmp_path}", "--data-dir", f"commonsense={tmp_path / 'runs'}"]
+    done = subprocess.run(  # from a review: the last one won, silently
+        [sys.executable, str(ROOT / "scripts" / "recount_flops.py"), str(tmp_path / "runs"), *twice],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "--data-dir gives commonsense twice" in done.stderr, done.stderr
 
 
 def test_the_reducer_forwards_are_counted_in_the_record_and_rebuilt_for_an_old_one(tiny_model, data_dir, tmp_path):
