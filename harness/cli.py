@@ -262,7 +262,12 @@ def _after_interrupt(command: str, args: argparse.Namespace | None, argv: list[s
     """What an interrupted ``command`` left and how to go on (``args``: the parsed command line, None where the
     interrupt came before it was parsed: the subcommand is then the first word of ``argv`` that names one)."""
     if command == "rescore":
-        return "the runs rescored so far are written; the others keep their records as they were"
+        said = "the runs rescored so far are written; the others keep their records as they were"
+        if args is not None:  # (a review) the leaderboard is rebuilt at the end only, as after a run
+            from harness.cli_run import leaderboard_not_rebuilt
+
+            said += leaderboard_not_rebuilt(args)
+        return said
     if command != "run":
         return "nothing half-written is left"
     force = args.force if args is not None else "--force" in argv

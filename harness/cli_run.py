@@ -107,6 +107,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         fast_path=args.fast_path,
     )
     keep_freed_memory()  # the allocator keeps freed blocks for the next step (harness.memory; recorded)
+    _refuse_unused_out(args)
     runs_dir, out = Path(args.runs_dir), Path(args.out or args.runs_dir)
     if runs_dir.exists() and not runs_dir.is_dir():
         raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
@@ -155,6 +156,13 @@ def cmd_run(args: argparse.Namespace) -> None:
         error = (str(first["run"].get("error") or "").splitlines() or [""])[0][:300]
         why = f"; {first['run']['id']}: {error}" if error else ""
         raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why})")
+
+
+def _refuse_unused_out(args: argparse.Namespace) -> None:
+    """``--out`` names where the leaderboard goes; with ``--no-leaderboard`` none is written (a review: it was
+    ignored without a word, as the CLI refuses other flags that would do nothing)."""
+    if args.out is not None and not args.leaderboard:
+        raise CliError("--out says where the leaderboard goes, and --no-leaderboard writes none; leave one of them out")
 
 
 def leaderboard_not_rebuilt(args: argparse.Namespace) -> str:
@@ -220,6 +228,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
 
     task_cls = TASKS.get(args.task)
     scoring = dict(_scoring(args, task_cls, environment=False) or ())  # only the scorers named
+    _refuse_unused_out(args)
     out = Path(args.out or args.runs_dir)
     if args.leaderboard:  # before any run is scored
         check_writable(out, "leaderboard folder", "--out")

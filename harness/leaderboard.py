@@ -201,7 +201,7 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
         raise ValueError(f"runs dir {str(runs_dir)!r} is a file; pass --runs-dir the folder that holds the runs")
     if not runs_dir.is_dir():
         raise ValueError(f"runs dir {str(runs_dir)!r} does not exist; run `harness run ...` first or pass --runs-dir")
-    records = []
+    found: dict[str, list[tuple[Path, dict[str, Any]]]] = {}  # run id -> its successful records' files
     for path in find_records(runs_dir):
         try:
             record = read_record(path)
@@ -211,7 +211,23 @@ def load_records(runs_dir: Path) -> list[dict[str, Any]]:
             print(f"warning: skipped {exc}", file=sys.stderr)
             continue
         if record["run"]["status"] == "success":
-            records.append(record)
+            found.setdefault(record["run"]["id"], []).append((path, record))
+    records = []
+    for run_id, copies in found.items():
+        # a run folder copied (``cp -r X X.bak``) is one run, counted once: from the folder named after it, where
+        # its saved files (the contact sheet's samples) are looked for
+        path, record = next(((p, r) for p, r in copies if p.parent.name == run_id), copies[0])
+        if len(copies) > 1:
+            others = ", ".join(str(p) for p, _ in copies if p != path)
+            print(f"warning: {others} also hold run {run_id} (a copy of its folder?); counted once, from {path}",
+                  file=sys.stderr)  # fmt: skip
+        if path.parent.name != run_id:
+            print(
+                f"warning: {path} holds run {run_id} in a folder of another name; its scores are counted, but its "
+                f"saved files (the contact sheet's samples) are looked for in {run_id}/: rename the folder to it",
+                file=sys.stderr,
+            )
+        records.append(record)
     for run_id in pending_swaps(runs_dir):
         print(
             f"warning: {run_id}: a forced re-run succeeded but was stopped while its files were swapped in; the "

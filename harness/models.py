@@ -346,6 +346,8 @@ def load_config_dict(spec: str) -> dict:
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
+    elif path.is_dir() and (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file():
+        path = path / "unet" / "config.json"  # a diffusers pipeline folder: the UNet the adapters attach to
     if path.is_file():
         return read_config(path)
     if path.exists() or looks_like_path(spec):

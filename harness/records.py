@@ -134,7 +134,23 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "run.config.seed": int,
 }
 # read where a record has them (older records lack them): a number where present
-OPTIONAL_NUMBERS = ("train.hook_val_s", "train.tokens_per_s", "train.final_val_s")
+OPTIONAL_NUMBERS = (
+    "train.hook_val_s",
+    "train.tokens_per_s",
+    "train.final_val_s",
+    "train.base_params",
+    "train.memory.peak_rss_gb",
+    "train.memory.peak_allocated_gb",
+    "train.flops_per_step.total",
+)
+# read where present, of a kind where not null (a hand-edited value of another kind crashed the leaderboard)
+OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+    "run.created_at": str,
+    "run.config.model_label": str,
+    "run.config.extra": dict,
+    "train.flops_per_step.relative_to_lora": (*NUMBER, type(None)),
+    "train.flops_per_step.lora_total": (*NUMBER, type(None)),
+}
 
 
 _MISSING = object()
@@ -152,7 +168,8 @@ def _field(record: dict[str, Any], field: str) -> Any:
 
 def _of_kind(value: Any, wanted: type | tuple[type, ...]) -> bool:
     """``isinstance``, where a bool is no number (``True`` is an ``int`` to Python)."""
-    return isinstance(value, wanted) and not (isinstance(value, bool) and wanted in (NUMBER, int))
+    kinds = wanted if isinstance(wanted, tuple) else (wanted,)
+    return isinstance(value, kinds) and not (isinstance(value, bool) and int in kinds and bool not in kinds)
 
 
 def _other_kind(path: Path, field: str, value: Any) -> str:
@@ -175,6 +192,9 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
             raise ValueError(_other_kind(path, field, value))
     for field in OPTIONAL_NUMBERS if trained else ():  # where it has them
         if (value := _field(record, field)) is not _MISSING and not _of_kind(value, NUMBER):
+            raise ValueError(_other_kind(path, field, value))
+    for field, kind in OPTIONAL_TYPES.items():
+        if (value := _field(record, field)) is not _MISSING and not _of_kind(value, kind):
             raise ValueError(_other_kind(path, field, value))
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")

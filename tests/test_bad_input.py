@@ -508,6 +508,11 @@ CASES = [
         r"make its target or pass --runs-dir elsewhere",
         lambda tmp: (tmp / "dangling").symlink_to(tmp / "gone"),
     ),
+    bad(  # from a review: --out was ignored without a word
+        "run-out-without-a-leaderboard",
+        [*run("--out", "{out}"), "--no-leaderboard"],
+        r"--out says where the leaderboard goes, and --no-leaderboard writes none; leave one of them out",
+    ),
     bad(
         "run-out-is-a-file",
         run("--out", "{file}"),

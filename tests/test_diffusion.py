@@ -821,7 +821,7 @@ def test_rescore_keeps_a_fuller_score_and_goes_on_past_a_damaged_sample(finished
         f"run {ids[1]}: sample samples/001.png cannot be read (cannot identify image file <_io.BytesIO object at "
         + problems[1].split("<_io.BytesIO object at ")[-1],
     ]
-    assert problems[1].endswith("run it again")
+    assert problems[1].endswith("run it again with --force (a finished run is skipped without it)")
 
 
 def test_rescore_refuses_another_hps_checkpoint_than_the_run_names(tmp_path):
@@ -1416,6 +1416,18 @@ def test_random_weights_from_a_local_pipeline_folder_trains(tiny, tmp_path):
     assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
 
 
+def test_params_counts_a_local_pipeline_folder_as_its_unet(tiny, capsys):
+    """From a review: `harness params --model <pipeline folder>` said "no config.json there", though `harness run`
+    takes the folder (and params its unet/)."""
+    from harness.cli import main
+
+    pipe, _ = tiny
+    assert main(["params", "--model", str(pipe), "--methods", "lora"]) == 0
+    whole = capsys.readouterr().out.splitlines()[1:]
+    assert main(["params", "--model", str(pipe / "unet"), "--methods", "lora"]) == 0
+    assert whole == capsys.readouterr().out.splitlines()[1:] and any(line.startswith("lora") for line in whole)
+
+
 # -- data ----------------------------------------------------------------------------------------------
 def test_train_and_test_folders_and_the_default_split(tmp_path):
     tiny_data(tmp_path / "train", 10)
@@ -1596,7 +1608,8 @@ def test_the_embedded_base_without_the_twemoji_folder_says_what_to_set_not_to_pa
 
     for var in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)  # no ../shared/data/diffusion/twemoji-64 beside it
+    monkeypatch.chdir(tmp_path)  # no ../shared/data/diffusion/twemoji-64 beside it, nor beside the checkout
+    monkeypatch.setattr("tasks.multimodal.CHECKOUT", tmp_path / "checkout")
     task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
     with pytest.raises(ValueError) as err:
         task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)

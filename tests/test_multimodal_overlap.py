@@ -80,6 +80,7 @@ def test_the_overlap_check_without_a_twemoji_folder_names_its_own_flag(tmp_path,
     for name in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # nothing beside the working folder either (../shared/data/diffusion/twemoji-64)
+    monkeypatch.setattr("tasks.multimodal.CHECKOUT", tmp_path / "checkout")  # nor beside the checkout
     data = tmp_path / "data"
     data.mkdir()
     records = '[{"id": "general-1", "source": "twemoji:a.png"}]'
@@ -89,3 +90,17 @@ def test_the_overlap_check_without_a_twemoji_folder_names_its_own_flag(tmp_path,
         main([str(data)])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "as --twemoji-dir" in err and "--data-dir" not in err
+
+
+def test_the_twemoji_folder_is_found_beside_the_checkout_from_any_working_folder(tmp_path, monkeypatch):
+    """From a review: "beside the checkout" was beside the working folder, so `harness leaderboard` run elsewhere
+    drew the contact sheet's real images from another source, without a word."""
+    from tasks.multimodal import CHECKOUT, twemoji_dir
+
+    for name in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    shipped = CHECKOUT.parent / "shared" / "data" / "diffusion" / "twemoji-64"
+    if not (shipped / "metadata.jsonl").is_file():
+        pytest.skip("no ../shared/data beside this checkout")
+    monkeypatch.chdir(tmp_path)
+    assert twemoji_dir() == shipped

@@ -788,6 +788,14 @@ def test_a_successful_record_cut_short_is_skipped_with_its_missing_field_named(t
         ("train.tokens_per_s", "fast"),
         ("run.config.protocol", None),
         ("run.config.preset", None),
+        # from a review of the CLI: these crashed it too
+        ("run.created_at", None),
+        ("run.config.extra", "x"),
+        ("run.config.model_label", None),
+        ("train.memory.peak_rss_gb", None),
+        ("train.base_params", {}),
+        ("train.flops_per_step.total", "lots"),
+        ("train.flops_per_step.relative_to_lora", "1.2"),
     ],
 )
 def test_a_successful_record_with_a_field_of_another_kind_is_skipped_naming_it(tmp_path, capsys, field, value):
@@ -1456,3 +1464,24 @@ def test_a_row_that_scored_other_examples_than_lora_says_why_it_is_not_compared(
     err = capsys.readouterr().err
     assert "effilora is not compared with lora on ARC-Easy: the two scored other examples (ARC-Easy: 16 and 20)" in err
     assert "effilora is not compared with lora on ARC-Easy" in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+def test_a_copied_or_renamed_run_folder_is_counted_once_and_named(tmp_path, capsys):
+    """From a review: a run folder copied (``cp -r X X.bak``) gave "counted once, the newest (X), not X", and a
+    renamed diffusion folder was left off the contact sheet without a word."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    lora = fixture_record("lora", 0)
+    write_fixture(runs, lora)
+    run_id = lora["run"]["id"]
+    shutil.copytree(runs / run_id, runs / "a-copy")  # sorts before the original
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{runs / 'a-copy' / RECORD} also hold run {run_id} (a copy of its folder?); counted once, from " in err
+    assert f"counted once, the newest ({run_id}), not {run_id}" not in err
+    assert len(read_csv(tmp_path / "out" / "commonsense_seeds.csv")) > 0
+    (runs / run_id).rename(runs / "renamed")
+    shutil.rmtree(runs / "a-copy")
+    write_leaderboards(runs, tmp_path / "out")
+    assert f"holds run {run_id} in a folder of another name" in capsys.readouterr().err

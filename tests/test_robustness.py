@@ -976,6 +976,15 @@ def test_ctrl_c_says_that_the_same_command_goes_on(monkeypatch, capsys):
     assert cli.main(["rescore", "--task", "diffusion", "--judge-model", "j"]) == 130  # no checkpoint to go on from
     err = capsys.readouterr().err
     assert "checkpoint" not in err and "the runs rescored so far are written" in err
+    # from a review: interrupted after parsing, a rescore's leaderboard is not rebuilt either, and says so
+    monkeypatch.setattr(cli, "_early_plugins", lambda argv: argv)
+    import harness.cli_run as cli_run
+
+    monkeypatch.setattr(cli_run, "cmd_rescore", interrupted)
+    args = ["rescore", "--task", "diffusion", "--judge-model", "j", "--runs-dir", "r"]
+    assert cli.main(args) == 130
+    assert "the leaderboard was not rebuilt: harness leaderboard --runs-dir r" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "_early_plugins", interrupted)
     assert cli.main(["list", "methods"]) == 130
     assert "interrupted; nothing half-written is left" in capsys.readouterr().err
     assert cli.main(["bench", "--out", "run"]) == 130  # a value that names a command is not the command

@@ -35,6 +35,7 @@ from tasks.diffusion.presets import PRESETS
 from tasks.diffusion.sheet import spread
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
+AGAIN = "; run it again with --force (a finished run is skipped without it)"  # what rescore cannot read
 EMBEDDED_PIPELINE = "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text)"  # the embedded model
 JUDGE_COLUMNS = tuple(f"judge_{c}" for c in CRITERIA)
 SCORER_COLUMNS = {"judge_model": (*JUDGE_COLUMNS, "judge_avg"), "hps_checkpoint": ("hps_v2",)}  # what each fills
@@ -188,12 +189,7 @@ class DiffusionTask(Task):
         elif random_weights:
             unet_cfg = None
             if model != models.EMBEDDED:
-                if _is_pipeline_folder(model):  # a diffusers pipeline folder: its UNet's config, as build_meta reads it
-                    from diffusers import UNet2DConditionModel
-
-                    cfg = dict(UNet2DConditionModel.load_config(str(model), subfolder="unet"))
-                else:
-                    cfg = models.load_config_dict(model)
+                cfg = models.load_config_dict(model)  # a diffusers pipeline folder's: its unet/ config
                 if cfg.get("_class_name") != "UNet2DConditionModel":
                     raise ValueError(
                         f"{model}: --random-weights for the diffusion task needs a UNet2DConditionModel config"
@@ -417,13 +413,11 @@ class DiffusionTask(Task):
         try:
             lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         except (OSError, ValueError) as exc:
-            raise ValueError(
-                f"run {run}: its saved samples cannot be read ({path.name}: {exc}); run it again"
-            ) from None
+            raise ValueError(f"run {run}: its saved samples cannot be read ({path.name}: {exc}){AGAIN}") from None
         ref = record["eval"].get("similarity", {})
         if not all(isinstance(line, dict) and isinstance(line.get("file"), str) and isinstance(line.get("prompt"), str)
                    for line in lines):  # fmt: skip
-            raise ValueError(f"run {run}: a line of {path.name} lacks its sample's file or prompt; run it again")
+            raise ValueError(f"run {run}: a line of {path.name} lacks its sample's file or prompt{AGAIN}")
         if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or not all(
             k in ref for k in ("examples", "protocol", "sha256")
         ):
@@ -432,14 +426,14 @@ class DiffusionTask(Task):
         for line in lines:
             file = run_dir / line["file"]
             if not file.is_file() or file.resolve().parent != (run_dir / "samples").resolve():
-                raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/); run it again")
+                raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/){AGAIN}")
             pngs.append(file.read_bytes())
         images = []
         for line, png in zip(lines, pngs, strict=True):
             try:
                 images.append(Image.open(io.BytesIO(png)).convert("RGB"))
             except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise ValueError(f"run {run}: sample {line['file']} cannot be read ({exc}); run it again") from None
+                raise ValueError(f"run {run}: sample {line['file']} cannot be read ({exc}){AGAIN}") from None
         common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
         prompts = [line["prompt"] for line in lines]
         out = optional_scores(scoring, images, prompts, common, pngs, keep_models=True, warn=False)
