@@ -88,7 +88,7 @@ def cmd_params(args: argparse.Namespace) -> None:
     rows = []
     for method in split_names(args.methods, METHODS.names(), "method"):
         METHODS.get(method)
-        meta = build_meta(args.model, trust_remote_code=args.trust_remote_code)
+        meta = build_meta(args.model, trust_remote_code=args.trust_remote_code, pipeline=True)
         base = sum(p.numel() for p in meta.model.parameters())
         options = method_options(args)
         if "targets" not in options and type(meta.root).__name__ == "UNet2DConditionModel":

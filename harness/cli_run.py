@@ -112,7 +112,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     if runs_dir.exists() and not runs_dir.is_dir():
         raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
     if args.leaderboard and out.exists() and not out.is_dir():
-        raise CliError(f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard)")
+        raise CliError(
+            f"--out {str(out)!r} is a file; pass a folder for the leaderboard files (or --no-leaderboard without --out)"
+        )
     if _is_main_process():  # first: where --out defaults to it, its fault is the runs dir's, not --out's
         check_writable(runs_dir)
     if args.leaderboard:  # before any training: a folder that cannot be made failed after every run

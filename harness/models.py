@@ -336,9 +336,11 @@ def label(spec: str, random_weights: bool = False) -> str:
     return spec
 
 
-def load_config_dict(spec: str) -> dict:
+def load_config_dict(spec: str, pipeline: bool = False) -> dict:
     """The raw config of a model spec, offline for ``embedded``, paper ids and local files; a config that
-    cannot be one (not JSON, not an object, no ``model_type``) is a ``ValueError`` saying so."""
+    cannot be one (not JSON, not an object, no ``model_type``) is a ``ValueError`` saying so. ``pipeline``: a
+    local diffusers pipeline folder gives its ``unet/`` config (where a UNet is wanted: the diffusion task, a
+    parameter count); elsewhere it is refused as a folder without a config.json."""
     if spec == EMBEDDED:  # shipped, so checks before a run need no GGUF conversion
         return read_config(CONFIG_DIR / "smollm2-135m-instruct.json")
     if spec in PAPER_MODELS:
@@ -346,7 +348,12 @@ def load_config_dict(spec: str) -> dict:
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
-    elif path.is_dir() and (path / "model_index.json").is_file() and (path / "unet" / "config.json").is_file():
+    elif (
+        pipeline
+        and path.is_dir()
+        and (path / "model_index.json").is_file()
+        and (path / "unet" / "config.json").is_file()
+    ):
         path = path / "unet" / "config.json"  # a diffusers pipeline folder: the UNet the adapters attach to
     if path.is_file():
         return read_config(path)
@@ -415,10 +422,11 @@ def transformers_config(
     return AutoConfig.from_pretrained(source, trust_remote_code=True, **(overrides or {}))
 
 
-def build_meta(spec: str, trust_remote_code: bool = False) -> MetaModel:
+def build_meta(spec: str, trust_remote_code: bool = False, pipeline: bool = False) -> MetaModel:
     """Build the model's architecture on the ``meta`` device (no memory, no weights); a model with its own
-    code (``auto_map``) only with ``trust_remote_code``."""
-    data = load_config_dict(spec)
+    code (``auto_map``) only with ``trust_remote_code``; ``pipeline``: a diffusers pipeline folder builds its UNet
+    (``load_config_dict``)."""
+    data = load_config_dict(spec, pipeline)
     try:
         with torch.device("meta"):
             if data.get("_class_name") == "UNet2DConditionModel":

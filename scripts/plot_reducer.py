@@ -70,7 +70,7 @@ def main() -> None:
     c = config
     fig.suptitle(  # the model on a line of its own: a long label cut the title off at both ends
         f"{c['method']}, {c.get('preset', '?')} preset: K={reducer['k']} of {reducer['num_layers']} layers, "
-        f"{reducer['selection']}\n{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 90)}",
+        f"{reducer['selection']}\n{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 130)}",
         fontsize=9,
     )
     fig.tight_layout()

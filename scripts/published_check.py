@@ -33,6 +33,8 @@ def partial_problem(files: dict[str, str | None], out: str, default: str) -> str
     one the data lacks (one it holds as absent, such as hellaswag where the data has none, is no loss); ``None``:
     it may."""
     committed = Path(default)
+    if not committed.is_absolute():  # the repo's own file wherever the script is run from (a re-review)
+        committed = Path(__file__).resolve().parents[1] / committed
     if not committed.is_file() or Path(out).resolve() != committed.resolve():
         return None
     import json

@@ -516,7 +516,7 @@ CASES = [
     bad(
         "run-out-is-a-file",
         run("--out", "{file}"),
-        r"--out '.*a_file' is a file; pass a folder for the leaderboard files \(or --no-leaderboard\)",
+        r"--out '.*a_file' is a file; pass a folder for the leaderboard files \(or --no-leaderboard without --out\)",
     ),
     bad(
         "leaderboard-runs-dir-is-a-file",

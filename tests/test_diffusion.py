@@ -1426,6 +1426,12 @@ def test_params_counts_a_local_pipeline_folder_as_its_unet(tiny, capsys):
     whole = capsys.readouterr().out.splitlines()[1:]
     assert main(["params", "--model", str(pipe / "unet"), "--methods", "lora"]) == 0
     assert whole == capsys.readouterr().out.splitlines()[1:] and any(line.startswith("lora") for line in whole)
+    # (a re-review) another task still refuses the folder in one line, not a UNet's layers or a KeyError later
+    for task in ("commonsense", "multimodal"):
+        argv = ["run", "--task", task, "--methods", "lora", "--preset", "smoke", "--model", str(pipe), "--quiet",
+                "--runs-dir", str(pipe.parent / "runs"), "--no-leaderboard"]  # fmt: skip
+        assert main(argv) == 2
+        assert "no config.json there" in capsys.readouterr().err
 
 
 # -- data ----------------------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_the_published_check_keeps_the_committed_file_only_from_losing_a_scored_
     (tmp_path / "results").mkdir()
     rows = [{"benchmark": "piqa", "ours": 60.0, "file_sha256": "aa"}, {"benchmark": "hellaswag", "status": "absent"}]
     (tmp_path / "results" / "published_check.json").write_text(json.dumps({"results": rows}))
-    default = "results/published_check.json"
+    default = str(tmp_path / "results" / "published_check.json")  # (the script's own default is its repo's file)
     assert module.partial_problem({"piqa": "aa", "hellaswag": None}, default, default) is None  # absent there too
     assert module.partial_problem({"piqa": None}, "./results/published_check.json", default) == (
         "lacks piqa, which ./results/published_check.json scored; pass --out elsewhere to check a part"
@@ -117,6 +117,11 @@ def test_the_published_check_keeps_the_committed_file_only_from_losing_a_scored_
     # from a review: the first 6 examples of each benchmark replaced the committed full-set check, labelled as one
     assert "has other test files for piqa than" in module.partial_problem({"piqa": "bb"}, default, default)
     assert module.partial_problem({"piqa": "bb"}, str(tmp_path / "elsewhere.json"), default) is None
+    # (a re-review) run from another folder, the repo's committed file is still the one guarded
+    repo_file = script.parents[1] / "results" / "published_check.json"
+    assert "lacks ARC-Easy" in module.partial_problem(
+        {"ARC-Easy": None}, str(repo_file), "results/published_check.json"
+    )
 
 
 def test_the_majority_check_needs_a_folder_with_train_splits(tmp_path, data_dir, monkeypatch, capsys):

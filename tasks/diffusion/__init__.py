@@ -105,7 +105,7 @@ class DiffusionTask(Task):
         from tasks.diffusion import model as dmodel
 
         if model != models.EMBEDDED and not _is_pipeline_folder(model):
-            return models.build_meta(model, trust_remote_code)  # a UNet config (the paper's, shipped) or a hub id's
+            return models.build_meta(model, trust_remote_code, pipeline=True)  # a UNet config, shipped or a hub id's
         from diffusers import UNet2DConditionModel
 
         if model == models.EMBEDDED:
@@ -189,7 +189,7 @@ class DiffusionTask(Task):
         elif random_weights:
             unet_cfg = None
             if model != models.EMBEDDED:
-                cfg = models.load_config_dict(model)  # a diffusers pipeline folder's: its unet/ config
+                cfg = models.load_config_dict(model, pipeline=True)  # a pipeline folder's: its unet/ config
                 if cfg.get("_class_name") != "UNet2DConditionModel":
                     raise ValueError(
                         f"{model}: --random-weights for the diffusion task needs a UNet2DConditionModel config"
