@@ -143,7 +143,7 @@ OPTIONAL_NUMBERS = (
     "train.memory.peak_allocated_gb",
     "train.flops_per_step.total",
 )
-# read where present, of a kind where not null (a hand-edited value of another kind crashed the leaderboard)
+# read where present, of their kind (null only where the kind allows it): a hand-edited one crashed the leaderboard
 OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
     "run.created_at": str,
     "run.config.model_label": str,
