@@ -168,9 +168,9 @@ def _refuse_unused_out(args: argparse.Namespace) -> None:
 
 
 def leaderboard_not_rebuilt(args: argparse.Namespace) -> str:
-    """For the message of a stopped ``harness run`` (Ctrl-C, SIGTERM): the leaderboard is rebuilt after the last
-    run only, so a stopped sweep's tables lack the runs it finished; the command that rebuilds them. Not rebuilt
-    here: a stop asks to stop, and a scheduler's SIGTERM leaves seconds before its SIGKILL, which the runs'
+    """For the message of a stopped ``harness run`` or ``rescore`` (Ctrl-C, SIGTERM, an unreadable checkpoint): the
+    leaderboard is rebuilt after the last run only, so a stopped sweep's tables lack the runs it finished; the
+    command that rebuilds them. Not rebuilt here: a stop asks to stop, and a scheduler's SIGTERM leaves seconds before its SIGKILL, which the runs'
     checkpoints and records are for, not tables that one command rebuilds from them at any time."""
     if not getattr(args, "leaderboard", False) or not _is_main_process():
         return ""

@@ -4,7 +4,7 @@ Per section (see :mod:`harness.leaderboard`): a table whose cells show the accur
 the paired difference to ``lora`` (``*`` when its interval excludes 0 and p < 0.05) and a ``constant`` flag; baseline
 rows (``majority``, ``chance``) and the zero-shot ``base`` row are styled apart. Clicking a column header
 sorts the rows by that column (numbers by value, unknown last; a second click reverses). Below the table
-two SVG plots: Avg against trainable parameters and against training FLOPs per step, error bars = the
+two SVG plots: Avg against trainable parameters and against training FLOPs per step x lora's, error bars = the
 95% interval, the Pareto front (no other row is both cheaper and more accurate) joined by a line.
 The page is a pure function of the sections: no clock, no random ids.
 """

@@ -557,7 +557,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint's payload (tensors and plain data only: ``weights_only``), or None if it is
     unreadable: then the run starts afresh, with a message, instead of crashing; the file is kept beside it
     (``checkpoint.pt.unreadable``: a method's hook state that ``weights_only`` refuses, say, is not lost). An
-    error of the machine (``MemoryError``, an I/O or permission ``OSError``) is raised: the file may be good."""
+    error of the machine (``MemoryError``, an I/O or permission ``OSError``) is raised as ``CheckpointUnreadable``
+    (the run's record says failed and the command stops): the file may be good."""
     try:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         if not isinstance(saved, dict) or not {"config", "adapter", "optimizer", "state"} <= set(saved):
@@ -566,8 +567,8 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
     except Exception as exc:  # truncated, corrupted or foreign file: any unpickling error
         if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS):
             raise CheckpointUnreadable(
-                f"could not read the checkpoint {path} ({type(exc).__name__}: {exc}); it is kept: free memory or fix "
-                "the disk, then run the same command again, which resumes from it"
+                f"could not read the checkpoint {path} ({type(exc).__name__}: {exc}); it is kept: free memory, or fix "
+                "the disk or the file's permissions, then run the same command again, which resumes from it"
             ) from exc
         kept = path.with_name(path.name + UNREADABLE)
         with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
