@@ -133,23 +133,18 @@ FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     **dict.fromkeys(("train.params_updated_per_step.mean", "train.adapter_file_bytes"), NUMBER),
     "run.config.seed": int,
 }
-# read where a record has them (older records lack them): a number where present
-OPTIONAL_NUMBERS = (
-    "train.hook_val_s",
-    "train.tokens_per_s",
-    "train.final_val_s",
-    "train.base_params",
-    "train.memory.peak_rss_gb",
-    "train.memory.peak_allocated_gb",
-    "train.flops_per_step.total",
-)
-# read where present, of their kind (null only where the kind allows it): a hand-edited one crashed the leaderboard
-OPTIONAL_TYPES: dict[str, type | tuple[type, ...]] = {
+# read where a record has them (older records lack them), of their kind where present (null only where the kind
+# allows it): a hand-edited one crashed the leaderboard; the train.* ones in a trained run's record only
+OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
+    **dict.fromkeys(("train.hook_val_s", "train.tokens_per_s", "train.final_val_s", "train.base_params"), NUMBER),
+    **dict.fromkeys(("train.memory.peak_rss_gb", "train.memory.peak_allocated_gb"), NUMBER),
+    "train.flops_per_step.total": NUMBER,
+    **dict.fromkeys(
+        ("train.flops_per_step.relative_to_lora", "train.flops_per_step.lora_total"), (*NUMBER, type(None))
+    ),
     "run.created_at": str,
     "run.config.model_label": str,
     "run.config.extra": dict,
-    "train.flops_per_step.relative_to_lora": (*NUMBER, type(None)),
-    "train.flops_per_step.lora_total": (*NUMBER, type(None)),
 }
 
 
@@ -190,10 +185,9 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
             )
         if not _of_kind(value, FIELD_TYPES.get(field, object)):
             raise ValueError(_other_kind(path, field, value))
-    for field in OPTIONAL_NUMBERS if trained else ():  # where it has them
-        if (value := _field(record, field)) is not _MISSING and not _of_kind(value, NUMBER):
-            raise ValueError(_other_kind(path, field, value))
-    for field, kind in OPTIONAL_TYPES.items():
+    for field, kind in OPTIONAL_FIELDS.items():  # where it has them
+        if field.startswith("train.") and not trained:
+            continue
         if (value := _field(record, field)) is not _MISSING and not _of_kind(value, kind):
             raise ValueError(_other_kind(path, field, value))
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written

@@ -105,7 +105,7 @@ class DiffusionTask(Task):
         from tasks.diffusion import model as dmodel
 
         if model != models.EMBEDDED and not _is_pipeline_folder(model):
-            return models.build_meta(model, trust_remote_code, pipeline=True)  # a UNet config, shipped or a hub id's
+            return models.build_meta(model, trust_remote_code)  # a UNet config (the paper's, shipped) or a hub id's
         from diffusers import UNet2DConditionModel
 
         if model == models.EMBEDDED:
