@@ -93,3 +93,27 @@ def test_lm_eval_adds_no_bos_where_the_tokenizer_would(tmp_path, data_dir):
     assert tokenizer("hi")["input_ids"][0] == bos != tokenizer("hi", add_special_tokens=False)["input_ids"][0]
     model = tiny_llama(layers=2, vocab_size=len(tokenizer), context=2048)
     _assert_protocols_agree(task, Loaded(model, None, "tiny", tokenizer), tmp_path)
+
+
+def test_the_lm_eval_protocol_leaves_nothing_in_the_datasets_cache(tmp_path, monkeypatch):
+    """From a review: each call left an Arrow copy of its test set in the user's datasets cache, under a new hash
+    each time; the copy now goes in the call's temporary folder and with it."""
+    import datasets
+    from lm_eval.tasks._index import TaskIndex
+    from transformers import AutoTokenizer
+
+    from harness.models import embedded_folder
+    from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
+
+    cache = tmp_path / "hf-datasets"
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    monkeypatch.setattr(TaskIndex, "build", staticmethod(lambda paths, *, resolve_includes=True: {}))  # inline task
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
+    model = tiny_llama(layers=2, vocab_size=len(tokenizer), context=256)
+    prompts, candidates = ["Is it true?\n\n", "Pick one\n"], [["true", "false"], ["a", "b", "c"]]
+    preds, _ = lm_eval_predictions(
+        model, tokenizer, "my-bench", [{"answer": "true"}, {"answer": "b"}], prompts, candidates, 2
+    )
+    assert [p in c for p, c in zip(preds, candidates, strict=True)] == [True, True]
+    assert list(cache.rglob("*")) == []

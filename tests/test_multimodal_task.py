@@ -467,6 +467,117 @@ def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_run
         build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
 
 
+def test_the_lmms_eval_protocol_under_several_processes_is_refused_before_anything_trains(
+    tmp_path, monkeypatch, capsys
+):
+    """From a review: under torchrun or accelerate launch lmms-eval reads WORLD_SIZE and RANK and shares the questions
+    out among processes that wait while the main one scores alone: every such run failed after its whole training."""
+    from harness import runner
+    from harness.cli import main
+
+    trained = []
+    monkeypatch.setattr(runner, "run_all", lambda *args, **kwargs: trained.append(args) or [])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "lora", "--task", "multimodal", "--preset", "smoke", "--no-leaderboard"]
+    assert main([*argv, "--protocol", "lmms-eval", "--runs-dir", str(runs)]) == 2
+    err = capsys.readouterr().err
+    assert "--protocol lmms-eval scores in one process only" in err and "pass --protocol native" in err
+    assert trained == [] and not runs.exists()
+    assert main([*argv, "--protocol", "native", "--runs-dir", str(runs)]) == 0 and len(trained) == 1
+
+
+def test_the_lmms_eval_protocol_leaves_no_folder_behind(tmp_path, monkeypatch):
+    """From a review: each process kept a /tmp/harness-lmms-* folder: lmms-eval resolves its datasets cache folder
+    once a process, so the first call's, named by LMMS_EVAL_DATASETS_CACHE, was made again by every later call.
+    And now that replies stop at their ``until`` strings, the harness's open task keeps a reply whole, as the native
+    scorer does (lmms-eval's default ``until`` would cut it at a blank line)."""
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
+    import tempfile
+    from types import SimpleNamespace
+
+    import datasets
+    from lmms_eval.api import task as lmms_task
+
+    from tasks.multimodal import native
+    from tasks.multimodal.data import Record
+    from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
+
+    scratch, cache = tmp_path / "tmp", tmp_path / "hf-datasets"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where the work folders are made
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(cache))  # the user's datasets cache: lmms-eval's and datasets' own
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", cache)
+    fmt = SimpleNamespace(target_ids=lambda text: list(text.encode()), feature_cache=None)  # a token a byte
+    monkeypatch.setattr(native, "generate", lambda model, fmt, asks, max_new: ["12\n\nmore"] * len(asks))
+    monkeypatch.setattr(
+        native,
+        "candidate_logprobs",
+        lambda model, fmt, asks, cands: [[-float(i) for i in range(len(c))] for c in cands],
+    )  # the first candidate picked: lmms-eval itself runs
+    records = [
+        Record("s", "document", [], [], kind="open", question="Total?", answers=["12"], metric="exact"),
+        Record("c", "general", [], [], kind="choice", question="q", options=["a", "b", "c", "d"], answer=0),
+        Record("y", "general", [], [], kind="yesno", question="q?", answer="yes"),
+    ]
+    resolve = lmms_task._resolve_hf_datasets_cache_dir
+    resolve.cache_clear()  # as in a new process: its first call fixes lmms-eval's cache folder
+    try:
+        for _ in range(2):
+            scored = lmms_eval_scored(object(), fmt, records, 4)
+            assert [(s.pred, s.score) for s in scored[::2]] == [("12\n\nmore", 0.0), ("yes", 100.0)]
+    finally:
+        resolve.cache_clear()  # the folders here go with tmp_path
+    assert list(scratch.iterdir()) == [] and list(cache.rglob("*")) == []
+
+
+def test_harness_lmm_decodes_each_request_for_its_own_length_and_cuts_it_at_its_own_stop_strings(monkeypatch):
+    """From a review: ``generate_until`` decoded a whole batch for its first request's ``max_new_tokens`` (``mme``'s
+    16 for ``mmbench``'s 1024 in one batch) and never cut a reply at its ``until`` strings as lmms-eval's wrappers
+    do, so a reply ran on into a turn of its own."""
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
+    from types import SimpleNamespace
+
+    from tasks.multimodal import native
+    from tasks.multimodal.lmms_eval_protocol import HarnessLMM
+
+    asked = []
+
+    def generate(model, fmt, asks, max_new):
+        asked.append((len(asks), max_new))
+        return [f"{human} USER: more ASSISTANT: text\n\nend" for human, _ in asks]
+
+    monkeypatch.setattr(native, "generate", generate)
+    lmm = HarnessLMM(model=object(), fmt=object(), batch_size=2)
+    lmm.task_dict = {"mme": {"test": [None] * 3}, "mmbench_en_dev": {"dev": [None] * 2}}
+
+    def request(doc_id: int, task: str, split: str, **gen_kwargs):
+        return SimpleNamespace(args=(f"Q{doc_id}", gen_kwargs, None, doc_id, task, split))
+
+    requests = [
+        request(0, "mme", "test", max_new_tokens=16),
+        request(
+            0, "mmbench_en_dev", "dev", max_new_tokens=1024, until=["ASSISTANT:", "USER:"]
+        ),  # the earlier in the reply
+        request(1, "mme", "test", max_new_tokens=16, until="\n\n"),
+        request(1, "mmbench_en_dev", "dev", max_new_tokens=1024, until=[]),
+        request(2, "mme", "test", max_new_tokens=16, until=["", "nowhere"]),
+    ]
+    assert lmm.generate_until(requests) == [
+        "Q0 USER: more ASSISTANT: text\n\nend",
+        "Q0",
+        "Q1 USER: more ASSISTANT: text",
+        "Q1 USER: more ASSISTANT: text\n\nend",
+        "Q2 USER: more ASSISTANT: text\n\nend",
+    ]
+    assert asked == [(2, 16), (1, 16), (2, 1024)]
+
+
 def test_a_domains_sub_metrics_are_what_its_scored_questions_say(tmp_path):
     """``mmb_circular``, ``mmb_first_rotation``, ``mme_acc``/``mme_acc_plus``, ``open_*`` and the item scores of a
     domain, from hand-made scored questions (a review: only the metric names were checked)."""

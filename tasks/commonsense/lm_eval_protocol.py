@@ -43,7 +43,9 @@ def lm_eval_predictions(
         config = {
             "task": name,
             "dataset_path": "json",
-            "dataset_kwargs": {"data_files": {"test": str(path)}},
+            # datasets' Arrow copy of the docs goes in the temporary folder too (the default, the user's datasets
+            # cache, kept one per call: a new content hash each time)
+            "dataset_kwargs": {"data_files": {"test": str(path)}, "cache_dir": str(Path(tmp) / "datasets")},
             "test_split": "test",
             "output_type": "multiple_choice",
             "doc_to_text": "{{context}}",

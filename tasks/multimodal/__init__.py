@@ -54,6 +54,14 @@ class MultimodalTask(Task):
                     f"unknown domain {source!r} in --train-domains; choose from: {', '.join(data.DOMAINS)}"
                 )
         if protocol == "lmms-eval":  # before anything trains: its import error says how to install lmms-eval
+            # lmms-eval reads WORLD_SIZE and RANK and shares the questions out among the processes, which wait in the
+            # harness's barrier while the main process scores alone: it would fail after the whole training
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                raise ValueError(
+                    "--protocol lmms-eval scores in one process only (lmms-eval would share the questions out among "
+                    "processes that do not score): under torchrun or accelerate launch pass --protocol native, or run "
+                    "--protocol lmms-eval as a single process (plain `harness run`)"
+                )
             import tasks.multimodal.lmms_eval_protocol  # noqa: F401
 
     @classmethod

@@ -7,6 +7,8 @@ The test sets go in as local task YAMLs (``lmms_tasks/``) over JSON docs written
 per prompt (a choice question's every rotation is a doc). Predictions come back from lmms-eval's
 per-sample log and are scored by the harness's own rules, so the two protocols are comparable per
 example. With the hub, users name lmms-eval's own tasks (``mmbench_en_dev``, ``mme``, ``docvqa_val``...).
+It scores in one process only: lmms-eval reads WORLD_SIZE and RANK, so ``MultimodalTask.check_options``
+refuses it under torchrun or accelerate launch, before anything trains.
 
 lmms-eval is optional and must not replace the CPU torch: ``pip install --no-deps lmms-eval==0.7.3
 loguru tenacity "filelock<4"`` (its declared requirements pull torchvision and a newer torch; 0.7.3 imports
@@ -17,7 +19,6 @@ the ``datasets``, ``evaluate`` and ``sacrebleu`` it imports.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -92,11 +93,19 @@ class HarnessLMM(lmms):
         return out
 
     def generate_until(self, requests: list[Any]) -> list[str]:
-        out: list[str] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            max_new = int(chunk[0].args[1].get("max_new_tokens", native.MAX_NEW_TOKENS))
-            out += native.generate(self.model, self.fmt, [self._ask(r.args) for r in chunk], max_new)
+        """Greedy replies, as the native scorer decodes them (sampling settings are not read). lmms-eval hands over
+        every task's requests at once, each with its own settings: a batch holds one ``max_new_tokens`` only, and
+        each reply is cut at the first of its own ``until`` strings, as lmms-eval's model wrappers do."""
+        groups: dict[int, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(int(req.args[1].get("max_new_tokens", native.MAX_NEW_TOKENS)), []).append(i)
+        out: list[str] = [""] * len(requests)
+        for max_new, indices in groups.items():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start : start + self.batch_size]
+                replies = native.generate(self.model, self.fmt, [self._ask(requests[i].args) for i in chunk], max_new)
+                for i, reply in zip(chunk, replies, strict=True):
+                    out[i] = _cut(reply, requests[i].args[1].get("until"))
         return out
 
     def generate_until_multi_round(self, requests: list[Any]) -> list[str]:
@@ -104,6 +113,13 @@ class HarnessLMM(lmms):
 
     def clean(self) -> None:
         """lmms-eval's default deletes the wrapper's modules after a run: the model is the harness's."""
+
+
+def _cut(reply: str, until: str | Sequence[str] | None) -> str:
+    """``reply`` up to the first of the ``until`` strings found in it (empty ones stop nothing), stripped."""
+    terms = [until] if isinstance(until, str) else list(until or ())
+    stop = min((reply.index(t) for t in terms if t and t in reply), default=len(reply))
+    return reply[:stop].strip()
 
 
 def _docs(records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
@@ -123,6 +139,24 @@ def _docs(records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
     return docs
 
 
+def _copy_yaml(source: Path, work: Path, max_new: int) -> None:
+    """``source`` into ``work`` with its datasets cache in there, deleted with it (lmms-eval resolves its own cache
+    folder once a process: one named by LMMS_EVAL_DATASETS_CACHE outlived every call but the first), and the open
+    task's replies ``max_new`` tokens long, stopped by EOS only, as natively (lmms-eval's default ``until`` would
+    cut them at a blank line)."""
+    text = source.read_text()
+    kwargs = "\ndataset_kwargs:\n"
+    if kwargs not in text:
+        raise ValueError(f"{source} lost its '{kwargs.strip()}' block; put it back")
+    text = text.replace(kwargs, f"{kwargs}  cache_dir: {json.dumps(str(work / 'cache'))}\n")
+    if source.stem == KIND_TASK["open"]:
+        cap = f"\n  max_new_tokens: {native.MAX_NEW_TOKENS}\n"  # the YAML's, as the native scorer's default
+        if cap not in text:
+            raise ValueError(f"{source} lost its '{cap.strip()}' line under generation_kwargs; put it back")
+        text = text.replace(cap, f"\n  max_new_tokens: {max_new}\n  until: []\n")
+    (work / source.name).write_text(text)
+
+
 def lmms_eval_scored(
     model: Any, fmt: Formatter, records: Sequence[Record], batch_size: int, max_new: int | None = None
 ) -> list[native.Scored]:
@@ -134,20 +168,13 @@ def lmms_eval_scored(
     max_new = native.new_tokens(fmt, records) if max_new is None else max_new
     docs = _docs(records)
     work = Path(tempfile.mkdtemp(prefix="harness-lmms-"))
-    saved = os.environ.get("LMMS_EVAL_DATASETS_CACHE")
     try:
         (work / "data").mkdir()
-        for name in ("utils.py", *(f"{t}.yaml" for t in KIND_TASK.values())):
-            shutil.copy(TASKS_DIR / name, work / name)
-        open_yaml = work / f"{KIND_TASK['open']}.yaml"
-        text = open_yaml.read_text()
-        cap = f"max_new_tokens: {native.MAX_NEW_TOKENS}\n"  # the YAML's, as the native scorer's default
-        if cap not in text:
-            raise ValueError(f"{TASKS_DIR / open_yaml.name} lost its '{cap.strip()}' line; put it back")
-        open_yaml.write_text(text.replace(cap, f"max_new_tokens: {max_new}\n"))
+        shutil.copy(TASKS_DIR / "utils.py", work / "utils.py")
+        for task in KIND_TASK.values():
+            _copy_yaml(TASKS_DIR / f"{task}.yaml", work, max_new)
         for kind, rows in docs.items():
             (work / "data" / f"{kind}.json").write_text(json.dumps(rows))
-        os.environ["LMMS_EVAL_DATASETS_CACHE"] = str(work / "cache")  # nothing left in the user's cache
         tasks = [KIND_TASK[k] for k, rows in docs.items() if rows]
         result = evaluator.simple_evaluate(
             model=HarnessLMM(model, fmt, batch_size),
@@ -161,10 +188,6 @@ def lmms_eval_scored(
             torch_random_seed=None,
         )
     finally:
-        if saved is None:
-            os.environ.pop("LMMS_EVAL_DATASETS_CACHE", None)
-        else:
-            os.environ["LMMS_EVAL_DATASETS_CACHE"] = saved
         shutil.rmtree(work, ignore_errors=True)
     picks: dict[str, list[int]] = {}
     texts: dict[str, str] = {}
