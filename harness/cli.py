@@ -44,7 +44,8 @@ def cmd_list(args: argparse.Namespace) -> None:
     registry = METHODS if args.what == "methods" else TASKS
     for name in registry.names():
         obj = registry.get(name)
-        doc = (sys.modules[obj.__module__].__doc__ or "").strip().splitlines()
+        module = sys.modules.get(obj.__module__)  # a plugin's module may be gone from it: its name still lists
+        doc = (getattr(module, "__doc__", None) or "").strip().splitlines()
         print(f"{name:12s} {doc[0] if doc else ''}")
 
 

@@ -105,10 +105,20 @@ class Registry(Generic[T]):
                 f"(the package of that name beside harness/); rename yours or run from another folder"
             )
         for ep in entry_points(group=self.entry_point_group):
+            registered = _registrations(self)
             try:
                 ep.load()  # registration happens at import time
-            except Exception as exc:  # a broken third-party plugin must not break the built-ins
-                print(f"warning: could not load {self.kind} plugin {ep.name!r} ({ep.value}): {exc}", file=sys.stderr)
+            except BaseException as exc:  # a broken third-party plugin must not break the built-ins
+                # what it registered before it raised goes too (from a review: reported "could not load", it
+                # still ran, and `harness list` failed on its module, gone from sys.modules)
+                _undo_registrations(registered)
+                if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
+                    raise
+                print(
+                    f"warning: could not load {self.kind} plugin {ep.name!r} ({ep.value}): {exc}; "
+                    "nothing it registered is used",
+                    file=sys.stderr,
+                )
 
     def get(self, name: str) -> T:
         self._load()
@@ -143,6 +153,30 @@ def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> 
     return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}{plugin}"
 
 
+def _registrations(*also: Registry) -> dict[Registry, dict[str, Any]]:
+    """Every registry's entries now, for ``_undo_registrations`` should the import that follows fail."""
+    return {registry: dict(registry._entries) for registry in (METHODS, TASKS, *also)}
+
+
+def _undo_registrations(registered: dict[Registry, dict[str, Any]]) -> None:
+    """Put the registries back as ``_registrations`` saw them, keeping only what a built-in module registered
+    since (a plugin that imported ``methods.lora`` before the methods were loaded: the built-ins, imported once,
+    would not register again)."""
+    for registry, entries in registered.items():
+        builtin = {
+            name: obj
+            for name, obj in registry._entries.items()
+            if name not in entries and _in_package(getattr(obj, "__module__", ""), registry.builtin_package)
+        }
+        registry._entries.clear()
+        registry._entries.update(entries)
+        registry._entries.update(builtin)
+
+
+def _in_package(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
 def load_plugin(path: str | Path) -> None:
     """Import a Python file so that its ``@register`` decorators run; any failure is one ``ValueError`` line."""
     path = Path(path)
@@ -174,16 +208,16 @@ def load_plugin(path: str | Path) -> None:
     if folder not in sys.path:
         sys.path.append(folder)
     before = set(sys.modules)
-    registered = {registry: dict(registry._entries) for registry in (METHODS, TASKS)}
+    registered = _registrations()
     try:
         spec.loader.exec_module(module)
     except BaseException as exc:  # whatever the file raises while importing: one line, not the plugin's traceback
         sys.modules.pop(module_name, None)
         for name in _own_modules(set(sys.modules) - before, Path(folder)):  # its helpers that imported: else the
             sys.modules.pop(name, None)  # fixed file's import of one would not run it again (its registrations gone)
-        for registry, entries in registered.items():  # what it registered before it raised goes too: else loading
-            registry._entries.clear()  # the fixed file says its names are taken (by its own failed copy)
-            registry._entries.update(entries)
+        # what it registered before it raised goes too: else loading the fixed file says its names are taken (by
+        # its own failed copy)
+        _undo_registrations(registered)
         if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
             raise
         detail = " ".join(f"{type(exc).__name__}: {exc}".split())

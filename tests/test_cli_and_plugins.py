@@ -635,3 +635,61 @@ def test_a_built_in_file_given_to_plugin_is_refused_and_a_sibling_owns_itself_in
     registry.load_plugin(tmp_path / "own_sib.py")
     [entry] = registry.plugin_files(METHODS.get("own_sib_lora"))
     assert entry["file"] == "own_sib.py"
+
+
+def _fake_entry_points(monkeypatch, registry, group: str, module: str) -> None:
+    """``module`` installed as the one plugin of entry-point group ``group`` (none in the others)."""
+    from importlib.metadata import EntryPoint
+
+    plugin = EntryPoint(name=module, value=module, group=group)
+    monkeypatch.setattr(registry, "entry_points", lambda group=None: [plugin] if group == plugin.group else [])
+
+
+def test_an_entry_point_plugin_that_raises_after_registering_leaves_no_registration(
+    tmp_path, monkeypatch, capfd, plugin_sandbox
+):
+    """From a review: a package of the `harness.methods` entry point that registered a method and then raised was
+    reported "could not load" yet stayed registered (and ran), and `harness list methods` failed with a KeyError
+    on its module, gone from sys.modules."""
+    registry = plugin_sandbox
+    (tmp_path / "ep_raising.py").write_text(PLUGIN.format(name="ep_raising") + "\nraise RuntimeError('no extra')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_entry_points(monkeypatch, registry, "harness.methods", "ep_raising")
+    monkeypatch.setattr(METHODS, "_loaded", False)  # loaded again, with the entry point above
+    listed = harness_here(capfd, "list", "methods")
+    assert listed.returncode == 0, listed.stderr
+    assert "could not load method plugin 'ep_raising' (ep_raising): no extra" in listed.stderr
+    assert "ep_raising" not in METHODS and "lora" in METHODS
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == METHODS.names()
+
+
+def test_an_entry_point_plugin_that_fails_keeps_the_built_ins_it_imported(tmp_path, monkeypatch, plugin_sandbox):
+    """A task plugin that imports a built-in method before the methods are loaded, then raises: undoing its
+    registrations keeps the built-ins (imported once, they would not register again)."""
+    from harness import TASKS
+
+    registry = plugin_sandbox
+    source = "from harness import METHODS\nfrom methods.lora import LoraLinear\n"
+    source += "METHODS.register('lora')(LoraLinear)  # as importing `methods` the first time does\nraise OSError('x')\n"
+    (tmp_path / "ep_task_raising.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_entry_points(monkeypatch, registry, "harness.tasks", "ep_task_raising")
+    monkeypatch.setattr(TASKS, "_loaded", False)
+    monkeypatch.setattr(METHODS, "_entries", {})  # the methods not loaded yet
+    monkeypatch.setattr(METHODS, "_loaded", False)
+    TASKS.names()
+    assert METHODS._entries == {"lora": sys.modules["methods.lora"].LoraLinear}
+
+
+def test_list_names_a_method_whose_module_is_gone(monkeypatch, capfd, plugin_sandbox):
+    """From a review: `harness list methods` looked up every method's module in sys.modules and failed with a
+    KeyError on one no longer there."""
+
+    class Orphan(sys.modules["methods.lora"].LoraLinear):
+        pass
+
+    Orphan.__module__ = "a_module_no_longer_imported"
+    monkeypatch.setitem(METHODS._entries, "orphan", Orphan)
+    listed = harness_here(capfd, "list", "methods")
+    assert listed.returncode == 0, listed.stderr
+    assert "orphan" in [line.split()[0] for line in listed.stdout.splitlines()]

@@ -53,3 +53,31 @@ def test_bare_pytest_collects_a_module_that_imports_tests_conftest():
     collect = [sys.executable, "-c", script, "--collect-only", "-q", "-p", "no:cacheprovider", module]
     done = subprocess.run(collect, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and " collected" in done.stdout.splitlines()[-1], done.stdout[-2000:] + done.stderr
+
+
+def test_pyproject_has_no_setuptools_deprecation():
+    """From a review: `license = { text = "Apache-2.0" }` made setuptools warn that the TOML table is deprecated and
+    that such builds stop being supported after 2027-02-18; the SPDX string needs setuptools>=77 to build."""
+    import warnings
+
+    import pytest
+
+    pytest.importorskip("setuptools", minversion="77")
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dist = apply_configuration(Distribution(), ROOT / "pyproject.toml")
+    deprecated = [str(w.message).splitlines()[0] for w in caught if "Deprecation" in w.category.__name__]
+    assert not deprecated
+    assert dist.metadata.license_expression == "Apache-2.0"
+    requires = re.search(r'^requires = \["setuptools>=(\d+)"\]', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert requires and int(requires[1]) >= 77, "an SPDX `license` string needs setuptools>=77 to build"
+
+
+def test_ci_bare_install_job_reads_the_tests_data():
+    """From a review: the bare-install job in `.ci/run` always read `../shared/data/commonsense`, while the tests
+    take HARNESS_TEST_DATA_DIR (tests/conftest.py): with the data elsewhere, the tests passed and that job failed."""
+    data_dirs = re.findall(r"--data-dir (\S+)", (ROOT / ".ci" / "run").read_text())
+    assert data_dirs == ['"${HARNESS_TEST_DATA_DIR:-../shared/data/commonsense}"']
