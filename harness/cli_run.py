@@ -51,7 +51,7 @@ def _bool(value: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from harness.leaderboard import write_leaderboards
+    from harness.leaderboard import NoRecords, write_leaderboards
     from harness.memory import keep_freed_memory
     from harness.registry import METHODS, TASKS
     from harness.runner import BASELINE, build_specs, run_all
@@ -135,13 +135,18 @@ def cmd_run(args: argparse.Namespace) -> None:
             trust_remote_code=args.trust_remote_code,
         )
         failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
+        not_written = ""  # where runs failed: why the leaderboard was not written, said with the failures
         if args.leaderboard and _is_main_process():
             try:
                 for path in write_leaderboards(runs_dir, out):
                     print(f"wrote {path}")
-            except ValueError:  # no successful record at all: say why (the failures), not that there is none
+            except ValueError as exc:
                 if not failed:
                     raise
+                # no successful record at all: the failures say why, not that there is none; any other fault of the
+                # leaderboard (a bug, a record it cannot read) is said beside them, not swallowed
+                if not isinstance(exc, NoRecords):
+                    not_written = f"; the leaderboard was not rebuilt: {exc} (the records are kept)"
     except Cancelled as exc:  # the runner says what the next start does
         print(f"harness: cancelled: {exc}{leaderboard_not_rebuilt(args)}", file=sys.stderr)
         by_ctrl_c = getattr(exc, "by", None) == "Ctrl-C"
@@ -157,7 +162,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         first = next(r for r in records if r["run"]["status"] != "success")
         error = (str(first["run"].get("error") or "").splitlines() or [""])[0][:300]
         why = f"; {first['run']['id']}: {error}" if error else ""
-        raise CliError(f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why})")
+        raise CliError(
+            f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why}){not_written}"
+        )
 
 
 def _refuse_unused_out(args: argparse.Namespace) -> None:

@@ -33,7 +33,8 @@ Records without ``answers``/``preds`` (older ones) still tabulate, without inter
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
 ``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired comparison against majority or chance
 is not a ``*`` above 0, or that were not compared with both: where its score has not been shown to beat both;
-``none`` where it has everywhere; empty for the baseline rows, and for every row where the section has none);
+``none`` where it has everywhere; empty for the baseline rows, for every row where the section has none, and for a
+row with no score on any column a baseline scores: compared nowhere, it beat nothing; ``–`` in the Markdown);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs`` (``not read`` where the task's training never
 reads it), ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
@@ -410,15 +411,21 @@ def not_above_baselines(row: Row, s: Section) -> list[str] | None:
     a column no baseline row scores (the diffusion suite's similarity: no baseline exists for it) is not listed."""
     if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
         return None
-    covered = {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
     out = []
-    for b in [*s.benchmarks, AVG]:
-        if row.cells[b].absent or row.cells[b].value is None or b not in covered:
-            continue  # no score: nothing to beat them with; no baseline: nothing to beat
+    for b in baseline_columns(row, s):
         estimates = [row.vs.get(ref, {}).get(b) for ref in BASELINES]  # a benchmark not compared with both: listed
         if any(e is None or not (e.significant and e.value > 0) for e in estimates):
             out.append(b)
     return out
+
+
+def baseline_columns(row: Row, s: Section) -> list[str]:
+    """The columns (benchmarks and Avg) on which ``row`` is held against the baselines: it has a score there (none:
+    nothing to beat them with) and a baseline row has one (none: nothing to beat). None of them, as for a row whose
+    every run failed to score, leaves :func:`not_above_baselines` empty without the row having beaten anything."""
+    covered = {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
+    cells = row.cells
+    return [b for b in [*s.benchmarks, AVG] if not cells[b].absent and cells[b].value is not None and b in covered]
 
 
 def _reference(rows: list[Row], name: str) -> Row | None:
@@ -685,6 +692,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     targets_of = list(trained)  # the sections a base run may join: those with trained runs
     joined: set[tuple[str, str, int]] = set()  # those a zero-shot group joined: one each, the oldest that fits
     model_of: dict[tuple[str, str, int], dict[str, str]] = {}  # the model digests a joined zero-shot group names
+    refused: set[tuple[str, str, int]] = set()  # zero-shot sections of settings trained on other data (or model)
     for common, runs in zero_shot.items():
         for digests, same in _by_data(runs):
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -697,9 +705,11 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
             targets = [k for k in targets_of if k[0] == common and _fits(digests, data[k]) and k not in joined]
             joined.update(targets)
             if not targets:  # no trained run to join: a section of its own
-                train = _settings(same[0])[1]
+                train = _settings(same[0])[1]  # in its id only: a zero-shot run reads no training setting
                 targets = [(common, train, sum(k[:2] == (common, train) for k in trained))]
                 data[targets[0]] = digests
+                if any(k[0] == common for k in targets_of):  # runs of its settings trained, on data it contradicts
+                    refused.add(targets[0])
             for k in targets:
                 trained[k] = {**trained.get(k, {}), **groups}
                 # what its model files are, where only its base row names them: shown, not in the section's id
@@ -708,12 +718,15 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     for (common, train, n), groups in trained.items():
         key = {"c": common, "t": train} | ({"d": data[(common, train, n)]} if n > 0 else {})  # the oldest keeps its id
         out.append(_section(common, train, groups, config_hash(key)))
-    # where settings were run on other data, the sections of their title say which data (a digest of the digests)
-    split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0}
+    # where settings were run on other data, the sections of their title say which data (a digest of the digests);
+    # so do those of a zero-shot run kept from the trained runs of its settings by their data
+    split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0 or k in refused}
     shown = [(_title(s), model_of.get(k, {}) | data[k]) for s, k in zip(out, trained, strict=True)]
     apart = _data_apart(shown, split)
+    # a section of zero-shot runs only is not set apart by training settings it never read (``_set_apart``)
     settings = [
-        _flat({**json.loads(k[0]), "train": json.loads(k[1])} | said) for k, said in zip(trained, apart, strict=True)
+        _flat(json.loads(k[0]) | ({"train": json.loads(k[1])} if _trains(s) else {}) | said)
+        for s, k, said in zip(out, trained, apart, strict=True)
     ]
     _set_apart(out, settings)
     return sorted(out, key=lambda s: (s.task, s.preset, s.protocol, s.model, s.key))
@@ -838,18 +851,35 @@ def _title(s: Section) -> tuple[str, str, str, str]:
     return s.task, s.preset, s.protocol, s.model
 
 
+def _trains(s: Section) -> bool:
+    """Whether ``s`` holds a trained row (else zero-shot runs and their baselines only, which read no training
+    setting)."""
+    return any(row.kind == "trained" for row in s.rows)
+
+
+TRAIN = "train."  # the prefix of the training settings' keys (``_flat``)
+
+
 def _set_apart(secs: list[Section], settings: list[dict[str, str]]) -> None:
     """``info["apart"]``: where sections share a title (task, preset, protocol, model), the settings that set
-    each apart (e.g. ``task_settings.generated_data.version 4``), so that a reader can tell them apart."""
+    each apart (e.g. ``task_settings.generated_data.version 4``), so that a reader can tell them apart. Training
+    settings are compared among the sections that train only: a section of zero-shot runs read none (a base run
+    kept apart by its data was said to be set apart by the ``train.lr`` its runs' configs carried)."""
     titles: dict[tuple[str, ...], list[int]] = {}
     for i, s in enumerate(secs):
         titles.setdefault(_title(s), []).append(i)
     for group in titles.values():
+        trains = [i for i in group if _trains(secs[i])]
         keys = sorted({k for i in group for k in settings[i]})
-        values = {k: {settings[i][k] for i in group if k in settings[i]} for k in keys}
-        differ = [k for k in keys if len(values[k]) > 1 or any(k not in settings[i] for i in group)]
+        among = {k: trains if k.startswith(TRAIN) else group for k in keys}
+        values = {k: {settings[i][k] for i in among[k] if k in settings[i]} for k in keys}
+        differ = [k for k in keys if len(values[k]) > 1 or any(k not in settings[i] for i in among[k])]
         for i in group:
-            shown = [k for k in differ if _tells_apart(k, settings[i], values[k], [settings[j] for j in group])]
+            shown = [
+                k
+                for k in differ
+                if i in among[k] and _tells_apart(k, settings[i], values[k], [settings[j] for j in among[k]])
+            ]
             secs[i].info["apart"] = ", ".join(dict.fromkeys(_shown(settings[i], k) for k in shown))
 
 
@@ -882,14 +912,20 @@ def tables(records: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
     return frame_tables(sections(records))
 
 
+class NoRecords(ValueError):
+    """No successful run record to build a leaderboard from: ``harness run`` says why where its runs failed, and
+    lets any other error of the leaderboard through."""
+
+
 def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
-    """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths."""
+    """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths
+    (:class:`NoRecords` where none succeeded)."""
     from harness.leaderboard_html import html_page
     from harness.leaderboard_render import frame_tables, markdown, plot, provenance
 
     records = load_records(runs_dir)
     if not records:
-        raise ValueError(
+        raise NoRecords(
             f"no successful run records under {str(runs_dir)!r}; run `harness run --runs-dir {runs_dir} ...` first, "
             "or pass --runs-dir pointing at a folder of runs"
         )
@@ -1162,12 +1198,13 @@ def newest_sections(secs: list[Section]) -> list[Section]:
     """Per (preset, protocol, model), the section holding the most recently created trained run: the one a
     plot shows (older settings stay in the CSVs; points of different settings on one plot read as a
     ranking). The zero-shot ``base`` joins every section of its settings, so a fresh ``base`` run picks
-    none of them; a section without trained rows counts its own runs."""
-    newest: dict[tuple[str, str, str], tuple[str, Section]] = {}
+    none of them; a section without trained rows (a zero-shot run at another eval limit, or on data no trained
+    run read) is shown only where its group has no trained section, by its own runs' newest."""
+    newest: dict[tuple[str, str, str], tuple[bool, str, Section]] = {}
     for s in secs:
-        rows = [row for row in s.rows if row.kind == "trained"] or s.rows
-        created = max((r["run"].get("created_at", "") for row in rows for r in row.runs), default="")
+        trained = [row for row in s.rows if row.kind == "trained"]
+        created = max((r["run"].get("created_at", "") for row in trained or s.rows for r in row.runs), default="")
         group = (s.preset, s.protocol, s.model)
-        if group not in newest or created > newest[group][0]:
-            newest[group] = (created, s)
-    return [s for _, s in newest.values()]
+        if group not in newest or (bool(trained), created) > newest[group][:2]:
+            newest[group] = (bool(trained), created, s)
+    return [s for _, _, s in newest.values()]

@@ -208,16 +208,27 @@ def _plots(s: Section) -> str:
 W, H, LEFT, RIGHT, TOP, BOTTOM = 480, 320, 58, 30, 30, 46
 
 
-def _ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+def _ticks(lo: float, hi: float, count: int = 5) -> list[tuple[float, str]]:
+    """About ``count`` round ticks between ``lo`` and ``hi`` (steps of 1, 2, 2.5 or 5 times a power of ten), each
+    with its label (``_tick_label``) at the decimals of the step."""
     raw = (hi - lo) / count
-    mag = 10 ** math.floor(math.log10(raw))
-    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    exponent = math.floor(math.log10(raw))
+    m = next(m for m in (1, 2, 2.5, 5, 10) if m * 10**exponent >= raw)
+    step = m * 10**exponent
+    places = -exponent + (m == 2.5) - (m == 10)  # the step's decimals: 0.025 has 3, 2.5 has 1, 200 has -2
     first = math.ceil(lo / step) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    return [(t, _tick_label(t, places)) for t in (first + i * step for i in range(int((hi - first) / step + 1e-9) + 1))]
 
 
-def _tick_label(t: float) -> str:
-    return f"{t:.3g}".replace("e+0", "e").replace("e+", "e")  # 1.8e3, 5.69e11
+def _tick_label(t: float, places: int) -> str:
+    """``t`` at ``places`` decimals, the step's, so that every label reads as its tick's value (``.3g`` made 1.025
+    "1.02" and 1.075 "1.07" beside 1.05); from 1000 in e-notation with the mantissa digits the step needs (1.8e3,
+    5.69e11)."""
+    t = round(t, places) + 0.0  # float noise (1.0249999999999997, -1e-17) off; never "-0"
+    exponent = math.floor(math.log10(abs(t))) if t else 0
+    if exponent < 3:
+        return f"{t:.{max(places, 0)}f}"
+    return f"{t / 10**exponent:.{max(exponent + places, 0)}f}e{exponent}"
 
 
 def _span(values: list[float]) -> tuple[float, float]:
@@ -244,12 +255,12 @@ def svg_plot(title: str, xlabel: str, points: list[Point], lines: list[tuple[str
 
     out = [f'<svg width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="{escape(title)}">']
     out.append(f'<text x="{W / 2:.1f}" y="18" text-anchor="middle" font-weight="600">{escape(title)}</text>')
-    for t in _ticks(x0, x1):
+    for t, label in _ticks(x0, x1):
         out.append(f'<line class="grid" x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{TOP}" y2="{H - BOTTOM}"/>')
-        out.append(f'<text x="{sx(t):.1f}" y="{H - BOTTOM + 14}" text-anchor="middle">{_tick_label(t)}</text>')
-    for t in _ticks(y0, y1):
+        out.append(f'<text x="{sx(t):.1f}" y="{H - BOTTOM + 14}" text-anchor="middle">{label}</text>')
+    for t, label in _ticks(y0, y1):
         out.append(f'<line class="grid" x1="{LEFT}" x2="{W - RIGHT}" y1="{sy(t):.1f}" y2="{sy(t):.1f}"/>')
-        out.append(f'<text x="{LEFT - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{_tick_label(t)}</text>')
+        out.append(f'<text x="{LEFT - 6}" y="{sy(t) + 4:.1f}" text-anchor="end">{label}</text>')
     out.append(f'<line class="axis" x1="{LEFT}" x2="{W - RIGHT}" y1="{H - BOTTOM}" y2="{H - BOTTOM}"/>')
     out.append(f'<line class="axis" x1="{LEFT}" x2="{LEFT}" y1="{TOP}" y2="{H - BOTTOM}"/>')
     out.append(f'<text x="{(LEFT + W - RIGHT) / 2:.1f}" y="{H - 10}" text-anchor="middle">{escape(xlabel)}</text>')

@@ -18,6 +18,7 @@ from harness.leaderboard import (
     Cell,
     Row,
     Section,
+    baseline_columns,
     hook_flops_per_step,
     newest_sections,
     not_above_baselines,
@@ -79,7 +80,8 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                 out |= {f"{b}_vs_lora": _num(d and d.value), f"{b}_vs_lora_lo": _num(d and d.lo)}
                 out[f"{b}_vs_lora_hi"] = _num(d and d.hi)
             out["constant"] = " ".join(b for b in s.benchmarks if row.cells[b].constant)
-            out["not_above_baselines"] = not_above_text(row, s, " ") or None
+            below = not_above_text(row, s, " ")
+            out["not_above_baselines"] = None if below in ("", "–") else below  # the CSV's unknown: empty
             pct = row.percent_trainable
             out["Param %"] = None if pct is None else round(pct, 3)
             out |= {k: s.info[k] for k in ("template", "train_on_inputs", "steps", "eval_n")}
@@ -320,9 +322,12 @@ def row_seeds(row: Row) -> str:
 
 def not_above_text(row: Row, s: Section, sep: str = ", ") -> str:
     """:func:`not_above_baselines` as a table shows it: the columns, 'none' where the row beats both
-    everywhere, '' for a baseline row or a section without baselines."""
+    everywhere, '' for a baseline row or a section without baselines, '–' for a row compared on no column (no
+    score where a baseline has one: 'none' read as beating them everywhere)."""
     below = not_above_baselines(row, s)
-    return "" if below is None else sep.join(below) or "none"
+    if below is None:
+        return ""
+    return sep.join(below) or ("none" if baseline_columns(row, s) else "–")
 
 
 def missing_references(s: Section, secs: list[Section]) -> str:
@@ -420,6 +425,9 @@ def plot(secs: list[Section], task: str, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     secs = newest_sections(secs)
+    # every text that carries names from the records (a row label with a --targets regex ending in "$", a model
+    # label, a plugin task's name) is drawn as written (parse_math=False): two "$" in it were parsed as mathtext,
+    # which failed the leaderboard after its CSVs were written (or typeset the text between them)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     models = len({s.model for s in secs}) > 1  # sections of two models at one preset and protocol: name the model
     for s in secs:
@@ -431,20 +439,29 @@ def plot(secs: list[Section], task: str, path: Path) -> Path:
             if row.kind == "baseline":
                 ax.axhline(avg.value, linestyle="--", linewidth=0.8, color="grey")
                 label, where = row.method + suffix, ax.get_yaxis_transform()  # x in axes units, y in data
-                ax.text(0.01, avg.value, label, transform=where, fontsize=7, color="grey", va="bottom")
+                ax.text(
+                    0.01, avg.value, label, transform=where, fontsize=7, color="grey", va="bottom", parse_math=False
+                )
                 continue
             x = row.percent_trainable or 0.0
             yerr = [[avg.value - avg.ci.lo], [avg.ci.hi - avg.value]] if avg.ci else None
             ax.errorbar(x, avg.value, yerr=yerr, fmt="o", capsize=3, markersize=4)
-            ax.annotate(row.method + suffix, (x, avg.value), fontsize=7, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(
+                row.method + suffix,
+                (x, avg.value),
+                fontsize=7,
+                xytext=(4, 3),
+                textcoords="offset points",
+                parse_math=False,
+            )
     ax.set_xlabel("trainable parameters (% of base model)")
     ax.set_ylabel("Avg score (%), 95% interval")
     keys = ", ".join(s.key for s in secs)
-    ax.set_title(f"{task}: Avg score vs parameters (newest section: {keys})", fontsize=10)
+    ax.set_title(f"{task}: Avg score vs parameters (newest section: {keys})", fontsize=10, parse_math=False)
     ax.grid(alpha=0.3)
     # what made the points, under the plot: a figure read apart from the page still says its model, steps, hardware
     made = "\n".join(line for s in secs for line in textwrap.wrap(plot_label(s), 150))
-    fig.text(0.01, 0.005, made, fontsize=6, color="grey", va="bottom", ha="left")
+    fig.text(0.01, 0.005, made, fontsize=6, color="grey", va="bottom", ha="left", parse_math=False)
     try:
         fig.tight_layout(rect=(0, 0.035 * (1 + made.count("\n")), 1, 1))
         with atomic_path(path) as tmp:

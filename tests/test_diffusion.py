@@ -1258,6 +1258,27 @@ def test_the_contact_sheet_shows_the_runs_at_the_newest_trained_settings():
     assert _newest_settings(runs[:2]) == runs[:2]  # no trained run: every zero-shot one
 
 
+def test_a_prompt_with_two_dollar_signs_is_drawn_as_written_on_the_contact_sheet(tmp_path, monkeypatch):
+    """From a review: the sheet's prompts, column names and attribution went to matplotlib as mathtext, so a prompt
+    with two ``$`` failed the leaderboard (where mathtext cannot parse what lies between them) or was typeset."""
+    import matplotlib.text
+
+    from tasks.diffusion.sheet import _sheet
+
+    folder = tmp_path / "lora"
+    (folder / "samples").mkdir(parents=True)
+    prompt = r"a $\w$ sign and a $5 bill"
+    (folder / "predictions.jsonl").write_text(json.dumps({"n": 0, "file": "samples/000.png", "prompt": prompt}) + "\n")
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(folder / "samples" / "000.png")
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(folder / "samples" / "real-000.png")
+    drawn = []
+    real = matplotlib.text.Text.draw
+    monkeypatch.setattr(matplotlib.text.Text, "draw", lambda self, r: drawn.append(self.get_text()) or real(self, r))
+    path = _sheet({"lora $\\beta_$": folder}, tmp_path / "sheet.png", r"CC-BY $\unknown$ 4.0")
+    assert path is not None and path.is_file()
+    assert {prompt[:28], "lora $\\beta_$", r"CC-BY $\unknown$ 4.0"} <= set(drawn)
+
+
 def test_the_contact_sheet_spreads_its_rows_over_categories():
     from tasks.diffusion.sheet import spread
 

@@ -134,3 +134,21 @@ def test_the_page_renders_without_errors_and_sorts_by_any_column(tmp_path):
     finally:
         driver.quit()
     assert (tmp_path / "leaderboard.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi"),
+    [(0.97, 1.09), (0.93, 1.12), (12.0, 36.0), (-0.3, 0.2), (1e-5, 9e-5), (1000.0, 1800.0), (1e6, 1.001e6)],
+)
+def test_every_tick_label_is_its_ticks_value(lo, hi):
+    """From a review: tick labels were formatted ``.3g``, so the tick at 1.025 read "1.02" and 1.075 "1.07" (on
+    the committed page); a label now carries the step's decimals, and reads as the value it marks."""
+    from harness.leaderboard_html import _ticks
+
+    ticks = _ticks(lo, hi)
+    assert len(ticks) >= 3
+    for t, label in ticks:
+        assert float(label) == pytest.approx(t, rel=1e-12, abs=1e-12), (t, label)
+    assert len({len(label.partition(".")[2].partition("e")[0]) for _, label in ticks}) == 1  # one width of decimals
+    if (lo, hi) == (0.97, 1.09):
+        assert [label for _, label in ticks] == ["0.975", "1.000", "1.025", "1.050", "1.075"]

@@ -519,3 +519,123 @@ def test_seed_ranges_apart_uses_the_seeds_both_trained_rows_ran(tmp_path):
         for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
     }
     assert vs[("effilora", "lora", "ARC-Easy")] == "True"
+
+
+def test_a_row_label_with_two_dollar_signs_is_drawn_as_written(tmp_path, monkeypatch):
+    """From a review: row labels went to matplotlib as mathtext, so a ``--targets`` regex ending in ``$`` (two ``$``
+    in one label) failed ``harness leaderboard`` after its CSVs, before the plot, the Markdown and the page."""
+    import matplotlib.text
+
+    runs, answers = tmp_path / "runs", "0123012301"
+    regex = r".*(q|v)_proj$|.*\.mlp\.\w+$"
+    for method, preds, targets in (
+        ("lora", "0123012300", None),
+        ("lora", "0123000000", regex),
+        ("base", "0" * 10, None),
+    ):
+        record = fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)})
+        if targets:
+            record["run"]["config"]["method_options"]["targets"] = targets
+            record["run"]["id"] += "-regex"
+        write_fixture(runs, record)
+    record["run"]["config"]["model_label"] = "tiny $x$ \\w$"  # the model label goes under the plot and in its labels
+    drawn = []
+    real = matplotlib.text.Text.draw
+    monkeypatch.setattr(matplotlib.text.Text, "draw", lambda self, r: drawn.append(self.get_text()) or real(self, r))
+    names = {p.name for p in write_leaderboards(runs, tmp_path / "out")}
+    assert {"commonsense.png", "leaderboard.md", "leaderboard.html"} <= names
+    assert any(f"targets={regex}" in text for text in drawn)  # as written, not typeset
+
+
+def test_a_later_zero_shot_section_does_not_replace_the_trained_one_on_the_plot(tmp_path):
+    """From a review: a zero-shot run made later at another eval limit (its own section: no trained run to join)
+    was plotted in ``<task>.png`` instead of the section of the newest trained run, as the docstring said."""
+    from harness.leaderboard import load_records, newest_sections, sections
+
+    runs, answers = tmp_path / "runs", "0123012301"
+    for method, preds in (("lora", "0123012300"), ("effilora", "0123000000"), ("base", "0" * 10)):
+        record = fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)})
+        record["run"]["created_at"] = "2026-01-01T00:00:00+00:00"
+        write_fixture(runs, record)
+    later = fixture_record("base", 0, evals={"ARC-Easy": scored(answers[:8], "0" * 8)})
+    later["run"]["config"]["task_options"]["eval_limit"] = 8
+    later["run"]["id"] += "-lim8"
+    later["run"]["created_at"] = "2026-01-05T00:00:00+00:00"
+    write_fixture(runs, later)
+    secs = sections(load_records(runs))
+    assert len(secs) == 2
+    [shown] = newest_sections(secs)
+    assert [r.method for r in shown.rows if r.kind == "trained"] == ["lora", "effilora"]
+    assert newest_sections([s for s in secs if s is not shown]) == [s for s in secs if s is not shown]  # alone: shown
+
+
+def test_a_zero_shot_run_kept_apart_by_its_data_is_said_so_not_by_training_settings(tmp_path):
+    """From a review: a zero-shot run that could not join the trained section because its test data differed was
+    said to be set apart by ``train.lr 0.001``, a training setting it never used; the trained section by its own
+    ``train.lr``, though no other section of its title trains. Both differ by their data, and say so."""
+    from tests.test_records_leaderboard import _on_data
+
+    runs, answers = tmp_path / "runs", "0123" * 5
+    for i, (method, preds) in enumerate((("lora", answers), ("effilora", "0000" * 5))):
+        record = _on_data(fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)}), "a", "c")
+        record["run"]["config"]["train"]["lr"] = 0.5
+        record["run"]["id"] += "-lr"
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(runs, record)
+    base = _on_data(fixture_record("base", 0, evals={"ARC-Easy": scored(answers, "1111" * 5)}), "b")
+    write_fixture(runs, base)
+    write_leaderboards(runs, tmp_path / "out")
+    settings = {r["method"]: r["settings"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert settings["lora"].startswith('data "') and settings["base"].startswith('data "')
+    assert settings["lora"] != settings["base"] and "train" not in settings["lora"] + settings["base"]
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "train.lr" not in md
+
+
+def test_a_row_compared_on_no_column_is_not_said_to_beat_the_baselines(tmp_path):
+    """From a review: a row with no score on any column a baseline scores (every benchmark of its run failed) got
+    ``not_above_baselines`` "none", which reads as beating majority and chance everywhere; it is empty in the CSV
+    (unknown) and "–" in the Markdown."""
+    runs, answers = tmp_path / "runs", "0123012301"
+    evals = {
+        "effilora": {"ARC-Easy": {"status": "failed"}},
+        "hydralora": {"ARC-Easy": scored(answers, "0123012300")},
+        "base": {"ARC-Easy": scored(answers, "0" * 10)},
+    }
+    for method, e in evals.items():
+        write_fixture(runs, fixture_record(method, 0, evals=e))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r["not_above_baselines"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows == {"hydralora": "none", "effilora": "", "base": "ARC-Easy Avg", "majority": "", "chance": ""}
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| effilora | – | absent | – | 0/2 | 0.500 | 0 | – |" in md and "| hydralora |" in md
+
+
+def test_a_run_with_failures_still_reports_another_error_of_the_leaderboard(tmp_path, monkeypatch, capsys):
+    """From a review: ``harness run`` swallowed any ValueError of the leaderboard where a run had failed (meant for
+    "no successful record", which the failures explain): a leaderboard that broke went unsaid. Only that case is."""
+    import harness.leaderboard
+    import harness.runner
+    from harness.cli import main
+
+    failed = {"run": {"id": "x-failed", "status": "failed", "error": "boom"}}
+    monkeypatch.setattr(harness.runner, "run_all", lambda *a, **k: [failed])
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads
+    argv = ["run", "--task", "commonsense", "--methods", "lora", "--preset", "smoke", "--quiet"]
+    argv += ["--runs-dir", str(tmp_path / "runs")]
+    (tmp_path / "runs").mkdir()  # as the failed run left it: its folder, no successful record
+
+    def broken(runs_dir, out_dir):
+        raise ValueError("a record it cannot read")
+
+    monkeypatch.setattr(harness.leaderboard, "write_leaderboards", broken)
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "1 of 1 runs failed: x-failed" in line and "boom" in line
+    assert line.endswith("; the leaderboard was not rebuilt: a record it cannot read (the records are kept)")
+    monkeypatch.undo()  # the real leaderboard, of no successful record: the failures say why, nothing more
+    monkeypatch.setattr(harness.runner, "run_all", lambda *a, **k: [failed])
+    monkeypatch.setattr(harness.runner, "load_model", None)
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "1 of 1 runs failed: x-failed" in line and "leaderboard" not in line

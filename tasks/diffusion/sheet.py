@@ -260,12 +260,15 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
                     image = _open_rgb(file) if file is not None and file.is_file() else None
                 if image is not None:
                     ax.imshow(image.resize((CELL, CELL), Image.NEAREST))
+                # names and prompts drawn as written (parse_math=False): two "$" in a prompt ("a $5 and a $10
+                # bill") were parsed as mathtext, which failed the leaderboard or typeset the text between them
                 if i == 0:
-                    ax.set_title(name, fontsize=8)
+                    ax.set_title(name, fontsize=8, parse_math=False)
                 if j == 0:
-                    ax.set_ylabel(row["prompt"][:28], fontsize=6, rotation=0, ha="right", va="center")
+                    prompt = row["prompt"][:28]
+                    ax.set_ylabel(prompt, fontsize=6, rotation=0, ha="right", va="center", parse_math=False)
         if attribution:
-            fig.text(0.5, 0.005, attribution, ha="center", va="bottom", fontsize=6, color="grey")
+            fig.text(0.5, 0.005, attribution, ha="center", va="bottom", fontsize=6, color="grey", parse_math=False)
         fig.tight_layout(rect=(0, 0.02, 1, 1))
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
