@@ -162,7 +162,9 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
         kwargs["targets"] = parse_targets(kwargs["targets"])
     default_reducer = _field_default(config_cls, "reducer")
     reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
-    if "k" in shortcuts and "drop_ratio" in shortcuts:  # k would win silently (and both enter the run id)
+    if "k" in shortcuts:  # k=none is k unset (drop_ratio decides K): coerced before it is taken as set
+        shortcuts["k"] = _coerce("k", shortcuts["k"], int | None)
+    if shortcuts.get("k") is not None and "drop_ratio" in shortcuts:  # k would win silently (both enter the run id)
         raise ValueError(
             f"k={shortcuts['k']} and drop_ratio={shortcuts['drop_ratio']} both set the Reducer's K (drop_ratio = "
             "1 - K/L): give one"
@@ -179,6 +181,7 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
         raise ValueError(
             f"reducer={options['reducer']} turns the Reducer off, and {given} sets it: leave out one of them"
         )
+    _check_same_as_reducer(options.get("reducer"), shortcuts)
     if shortcuts:
         reducer = dataclasses.replace(
             reducer or ReducerConfig(),
@@ -198,6 +201,25 @@ def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> A
     if isinstance(data.get("targets"), list):
         data["targets"] = tuple(data["targets"])
     return config_cls(**data, reducer=ReducerConfig(**reducer) if reducer else None)
+
+
+def _check_same_as_reducer(value: Any, shortcuts: dict[str, Any]) -> None:
+    """``ValueError`` where the ``reducer`` option names a field (``reducer=random``: the selection; a dict: its
+    keys) that a shortcut sets to another value (the shortcut won silently: ``reducer=importance`` with
+    ``selection=random`` ran random)."""
+    if isinstance(value, str) and value.strip().lower() in SELECTIONS:
+        named = {"selection": value.strip().lower()}
+    elif isinstance(value, dict):
+        named = value
+    else:
+        return
+    hints = typing.get_type_hints(ReducerConfig)
+    for key, given in shortcuts.items():
+        name = _SHORTCUT_FIELD.get(key, key)
+        if name in named and _coerce(key, given, hints[name]) != named[name]:
+            said = value if isinstance(value, str) else f"{{{name!r}: {named[name]!r}}}"
+            what = "the selection" if name == "selection" else f"the Reducer's {name}"
+            raise ValueError(f"reducer={said} and {key}={given} both set {what}: give one")
 
 
 def _make_reducer(value: Any) -> ReducerConfig | None:

@@ -48,8 +48,9 @@ class MetaModel:
 
 
 def cache_dir() -> Path:
+    # XDG_CACHE_HOME set but empty is unset (the XDG spec), not a relative folder in the working directory
     base = os.environ.get("HARNESS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "lora-harness"
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "lora-harness"
     )
     return Path(base).expanduser()  # HARNESS_CACHE=~/x: the home's x, not ./~/x
 
@@ -420,6 +421,31 @@ def transformers_config(
         )
     source = str(path.parent if path.is_file() else path) if path.exists() else spec  # a folder, or a hub id
     return AutoConfig.from_pretrained(source, trust_remote_code=True, **(overrides or {}))
+
+
+def own_code(spec: str) -> bool | None:
+    """Whether the model comes with its own code, which ``--trust-remote-code`` runs in place of transformers' (or
+    the tokenizer's) classes: an ``auto_map`` in a ``*config.json`` of its folder or a subfolder (a local folder, a
+    config file's folder, a hub id's main revision in the hub's local cache). ``False`` for ``embedded`` and a paper
+    id the cache does not hold (their shipped configs, as their repositories, name none); ``None`` where it is not
+    known (another hub id the cache does not hold)."""
+    if spec == EMBEDDED:
+        return False
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder = path.parent if path.is_file() else path
+    elif (snapshot := hub_snapshot(spec)) is not None:
+        folder = snapshot[1]
+    else:
+        return False if spec in PAPER_MODELS else None
+    for config in [*folder.glob("*config.json"), *folder.glob("*/*config.json")]:
+        try:
+            data = json.loads(config.read_bytes())
+        except (OSError, ValueError):  # not one of the configs the run reads (it fails there, saying so)
+            continue
+        if isinstance(data, dict) and "auto_map" in data:
+            return True
+    return False
 
 
 def build_meta(spec: str, trust_remote_code: bool = False, pipeline: bool = False) -> MetaModel:

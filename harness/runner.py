@@ -39,7 +39,7 @@ from harness.identity import (
     same_form,
     walk_model_folder,
 )
-from harness.models import EMBEDDED, hub_revision
+from harness.models import EMBEDDED, hub_revision, own_code
 from harness.records import (
     FIRST_METHOD_VERSION,
     PREDICTIONS,
@@ -396,7 +396,7 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
                     else "give the changed model another folder"
                 )
             )
-        if decision.startswith(("other data", "other code", "other scorer")):
+        if decision.startswith(("other data", "other code", "other device", "other scorer")):
             raise ValueError(
                 f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force to run it again "
                 f"on this {decision.split()[1]} (its record is kept until the new one replaces it), or another --runs-dir"
@@ -416,7 +416,7 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
 
 def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: RunLock, blocking: bool) -> str:
     """What ``run_one`` does with the run, decided by the main process: 'locked', 'done', 'run', 'other data
-    (...)' or 'swap failed: ...' (a pending swap that cannot be finished)."""
+    (...)' (code, device, weights, scorer) or 'swap failed: ...' (a pending swap that cannot be finished)."""
     if not lock.acquire(blocking, on_wait=lambda who: _say(ctx, f"    waiting for it: {who} holds it")):
         return "locked"
     try:
@@ -436,9 +436,12 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
             _other_task_version(spec, finished)
             or _other_method_version(spec, finished)
             or _other_plugin(spec, finished)
+            or _other_model_code(spec, finished, ctx.trust_remote_code)
         )
         if code is not None:
             return f"other code ({code})"
+        if (device := _other_device(finished, ctx)) is not None:
+            return f"other device ({device})"
         if (weights := _other_weights(spec, finished)) is not None:  # after the data: a cold cache reads every file
             return f"other weights ({weights})"
         scorer = task.other_scoring(finished)  # a scorer the run id names alike: another file, another server
@@ -543,14 +546,17 @@ def _plugin_ident(plugin: dict[str, str]) -> tuple[str, str]:
     return f"plugin package {plugin.get('package')}", str(plugin.get("version"))
 
 
-def _code(spec: RunSpec) -> dict[str, str]:
-    """What of the run's code its id leaves out, as a checkpoint keeps it: the task's and the method's versions and
-    the plugin files and packages that define its method and task (a resumed run must not continue another code's)."""
+def _code(spec: RunSpec, trust_remote_code: bool = False) -> dict[str, str]:
+    """What of the run's code its id leaves out, as a checkpoint keeps it: the task's and the method's versions, the
+    plugin files and packages that define its method and task, and whether the model runs its own code
+    (``_remote_code``; kept only when it does) (a resumed run must not continue another code's)."""
     method = {} if (version := _method_version(spec)) is None else {"method_version": version}
+    remote = {"trust_remote_code": "true"} if _remote_code(spec, trust_remote_code) else {}
     return (
         {"task_version": str(TASKS.get(spec.task).version)}
         | method
         | dict(_plugin_ident(p) for p in _plugins(spec).get("plugins", []))
+        | remote
     )
 
 
@@ -577,6 +583,53 @@ def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     if ran is None or str(ran) == now:
         return None
     return f"the {spec.task} task is version {now}; the run was made with version {ran}"
+
+
+def _remote_code(spec: RunSpec, trust_remote_code: bool) -> bool:
+    """Whether ``--trust-remote-code`` changes which code builds the run's model: given, for a model that comes with
+    its own code (``harness.models.own_code``; not known, a hub id the cache does not hold: taken as one that does)."""
+    return trust_remote_code and own_code(spec.model) is not False
+
+
+def _other_model_code(spec: RunSpec, finished: dict[str, Any], trust_remote_code: bool) -> str | None:
+    """How the code that builds the model differs from the finished run's: with ``--trust-remote-code`` a model that
+    comes with its own code (its config's ``auto_map``) runs that code, without it transformers' classes, and the run
+    id leaves the flag out. A record without ``model_info.trust_remote_code`` (from before it was kept) ran without
+    it. ``None``: the same, or the model comes with no code of its own (the flag changes nothing)."""
+    info = finished["run"]["config"].get("model_info")
+    then = isinstance(info, dict) and info.get("trust_remote_code") is True
+    if then == trust_remote_code or own_code(spec.model) is False:
+        return None
+    if then:
+        return (
+            "it ran the model's own code (its auto_map) with --trust-remote-code; without it, this run would build "
+            "transformers' classes: give --trust-remote-code to use the finished run"
+        )
+    return (
+        "it ran transformers' classes, without --trust-remote-code; with it, this run would run the model's own code "
+        "(its auto_map): leave the flag out to use the finished run"
+    )
+
+
+def _device_type(ctx: RunContext) -> str:
+    """Where this command's runs compute (``_run_locked``'s device), known before any model loads."""
+    if ctx.processes is not None:
+        return ctx.processes.device.type
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _other_device(finished: dict[str, Any], ctx: RunContext) -> str | None:
+    """Where the finished run computed, when it is not where this one would: every built-in task loads its model in
+    bfloat16 on a GPU and in float32 on a CPU (``Task.load`` decides, after this; a plugin task may choose another
+    dtype), so a run on the other device is another run (its scores and times), not "done already". ``None``: the
+    same device, or not known (a record without ``env.device_type``)."""
+    then, now = finished.get("env", {}).get("device_type"), _device_type(ctx)
+    if not isinstance(then, str) or then == now:
+        return None
+    info = finished["run"]["config"].get("model_info")
+    dtype = info.get("dtype") if isinstance(info, dict) else None
+    ran = f"{then} in {dtype}" if isinstance(dtype, str) else then
+    return f"{ran}; this run would compute on {now}, where its task may load the model in another dtype"
 
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
@@ -727,9 +780,14 @@ def _execute(
     loaded = load_model(task, spec, device, ctx.trust_remote_code)
     record["run"]["config"]["model_label"] = loaded.label
     info = dict(loaded.info)
+    if ctx.trust_remote_code:  # which code built the model (the flag is outside the run id: _other_model_code)
+        model_class = type(loaded.model)
+        info |= {"trust_remote_code": True, "model_class": f"{model_class.__module__}.{model_class.__qualname__}"}
     if digest is not None:
         info |= _digest_info(digest)
-    if not spec.random_weights and (revision := hub_revision(spec.model)) is not None:
+    # the commit a hub id loaded (read after loading: from_pretrained sets it), the main process's on every process
+    revision = ctx.agree((hub_revision(spec.model) if not spec.random_weights else None) or "") or None
+    if revision is not None:
         info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
         reads = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
         hub = hub_digest(spec.model, reads) if ctx.is_main else None  # the main process writes the record
@@ -765,8 +823,9 @@ def _execute(
                 should_stop=ctx.stop.requested,
                 task_params=loaded.task_params,
                 data=task.training_files(),
-                code=_code(spec),
+                code=_code(spec, ctx.trust_remote_code),
                 weights=weights,
+                revision=revision,  # a hub id's: a checkpoint of another commit is not resumed on this one
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)

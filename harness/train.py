@@ -166,6 +166,7 @@ def train(
     data: dict[str, str] | None = None,
     code: dict[str, str] | None = None,
     weights: str | None = None,
+    revision: str | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
@@ -174,7 +175,9 @@ def train(
     a checkpoint written on other files is refused instead of resumed on these. ``code``: what the run id leaves
     out of the code (``{"task_version": ..., "plugin ...": sha or version}``), checked on resume the same way.
     ``weights``: the digest of the model's weights (``harness.identity``), where they are known: a checkpoint written
-    on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these."""
+    on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these.
+    ``revision``: the commit a hub id's model was loaded at (``harness.models.hub_revision``; it has no ``weights``):
+    a checkpoint written at another commit is refused the same way."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     task_params = list(task_params or [])
@@ -237,6 +240,7 @@ def train(
         "data": dict(data or {}),  # the training files' hashes, checked on resume
         "code": dict(code or {}),  # the task's version and plugin code, checked on resume
         "weights": weights,  # the model's weights' digest (None: not known), checked on resume
+        "hub_revision": revision,  # a hub id's commit (None: no hub id, or not known), checked on resume
         # where it computes: a run stopped on a GPU (bf16 autocast) and resumed on a CPU (fp32) would mix the two
         "device": {"type": device.type, "mixed_precision": str(accelerator.mixed_precision)},
     }
@@ -289,6 +293,12 @@ def train(
                 f"tokenizer or code, or another embedded GGUF: {then_weights[:8]} -> {weights[:8]} since); delete it "
                 "or use --force to start over on this one"
             )
+        then_revision = saved["state"].get("hub_revision")  # none kept: not known then, or a checkpoint from before
+        if revision and then_revision and then_revision != revision:
+            raise ValueError(
+                f"{checkpoint} was written on another revision of the hub model (commit {then_revision[:8]} -> "
+                f"{revision[:8]} since); delete it or use --force to start over on this one"
+            )
         then_device = saved["state"].get("device")  # none kept: a checkpoint from before, taken as it is
         if then_device and then_device != state["device"]:
             raise ValueError(
@@ -312,6 +322,8 @@ def train(
         state = saved["state"]
         if weights:  # the same as the checkpoint's (checked above), or kept from now on where it had none
             state["weights"] = weights
+        if revision:  # the same, for a hub id's commit
+            state["hub_revision"] = revision
         if "hook_val_forwards" not in state:  # a checkpoint from before they were kept: known only if none ran
             state["hook_val_forwards"] = None if state.get("hook_val_s") else {}
         if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)

@@ -1098,3 +1098,35 @@ def test_a_twemoji_dir_from_the_environment_without_metadata_is_refused_and_a_ti
         )
     (sandbox / "emoji" / "metadata.jsonl").write_text("")
     assert twemoji_dir() == sandbox / "emoji"
+
+
+def test_k_none_with_drop_ratio_is_k_unset_not_a_second_k():
+    """From a review: ``--option k=none --option drop_ratio=0.5`` was refused as both setting K, though k=none is
+    k unset (drop_ratio then decides K); a k that is set is still refused beside a drop_ratio."""
+    from harness.runner import build_specs
+
+    [spec] = build_specs("commonsense", ["effilora"], [0], "smoke", method_options={"k": "none", "drop_ratio": "0.5"})
+    assert spec.method_options["reducer"]["k"] is None and spec.method_options["reducer"]["drop_ratio"] == 0.5
+    [same] = build_specs("commonsense", ["effilora"], [0], "smoke", method_options={"drop_ratio": "0.5"})
+    assert same.run_id == spec.run_id  # k=none is the preset's unset k: one run
+    with pytest.raises(ValueError, match=r"k=3 and drop_ratio=0\.5 both set the Reducer's K"):
+        build_specs("commonsense", ["effilora"], [0], "smoke", method_options={"k": "3", "drop_ratio": "0.5"})
+
+
+def test_a_reducer_selection_word_and_another_selection_are_refused_not_the_last_one_run():
+    """From a review: ``--option reducer=importance --option selection=random`` ran selection=random without a
+    word; two values of one field are refused (as k and drop_ratio are), the same value twice is taken."""
+    from harness.runner import build_specs
+
+    def options(**given: str) -> dict:
+        [spec] = build_specs("commonsense", ["lora"], [0], "smoke", method_options=given)
+        return spec.method_options["reducer"]
+
+    with pytest.raises(ValueError, match=r"^reducer=importance and selection=random both set the selection: give one$"):
+        options(reducer="importance", selection="random")
+    with pytest.raises(ValueError, match=r"reducer=random and selection=importance both set the selection"):
+        options(reducer="random", selection="importance")
+    assert options(reducer="random", selection="random")["selection"] == "random"  # the same: no conflict
+    assert options(reducer="on", selection="random")["selection"] == "random"  # on names no selection
+    with pytest.raises(ValueError, match=r"reducer=\{'k': 2\} and k=3 both set the Reducer's k: give one"):
+        options(reducer={"k": 2}, k="3")

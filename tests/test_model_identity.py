@@ -527,6 +527,50 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     assert record["run"]["config"]["model_info"]["hub_revision"] == later
 
 
+def test_a_checkpoint_of_a_hub_model_is_not_resumed_on_another_revision(data_dir, tmp_path, monkeypatch):
+    """From a review: a run of a hub id stopped, then started again once the hub's cache held another commit of the
+    model (other weights), resumed its checkpoint on the new commit without a word: a local folder's weights are
+    kept in its checkpoint and compared, a hub id's were not (it has no digest). The checkpoint keeps the commit the
+    run loaded and another one is refused; back at that commit, it resumes."""
+    import torch
+    from huggingface_hub import constants
+
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import CHECKPOINT, Cancelled
+
+    first, later = "a" * 40, "b" * 40
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    _hub_snapshot(repo, first, _tiny_folder(tmp_path / "first"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    data = tmp_path / "data" / "boolq"
+    data.mkdir(parents=True)
+    for name, n in (("test", 2), ("train", 24)):
+        examples = json.loads((data_dir / "boolq" / f"{name}.json").read_text())[:n]
+        (data / f"{name}.json").write_text(json.dumps(examples))
+    [spec] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model="someorg/tiny")
+    with monkeypatch.context() as stop:
+        stop.setattr(StopOnSigterm, "requested", lambda self: True)
+        with pytest.raises(Cancelled, match="stopped at step 1 of"):
+            runner.run_all([spec], tmp_path / "runs", str(data.parent), progress=False)
+    checkpoint = tmp_path / "runs" / spec.run_id / CHECKPOINT
+    assert torch.load(checkpoint, weights_only=True)["state"]["hub_revision"] == first
+
+    _hub_snapshot(repo, later, _tiny_folder(tmp_path / "later", seed=1))  # the cache's main revision: other weights
+    [refused] = runner.run_all([spec], tmp_path / "runs", str(data.parent), progress=False)
+    assert refused["run"]["status"] == "failed" and checkpoint.is_file()
+    assert (
+        "checkpoint.pt was written on another revision of the hub model (commit aaaaaaaa -> bbbbbbbb since); delete "
+        "it or use --force to start over on this one" in refused["run"]["error"]
+    ), refused["run"]["error"]
+    (repo / "refs" / "main").write_text(first)  # the commit it ran on: resumed
+    [resumed] = runner.run_all([spec], tmp_path / "runs", str(data.parent), progress=False)
+    assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 1
+    assert resumed["run"]["config"]["model_info"]["hub_revision"] == first
+
+
 def test_a_runs_folder_or_a_project_inside_the_model_folder_is_not_the_model(tmp_path, monkeypatch):
     """From a review: with ``--model .`` and the runs folder inside it, each run's adapter_config.json (a
     ``*_config.json``) changed the digest, so the same command's second start refused every finished run as

@@ -801,6 +801,59 @@ def test_own_code_for_a_shipped_model_type_and_from_the_hub(tmp_path, monkeypatc
     assert refused.returncode == 2 and "its config.json has no 'model_type'" in refused.stderr, refused.stderr[-2000:]
 
 
+def test_a_finished_run_or_checkpoint_made_with_the_models_other_code_is_not_taken_as_its_own(
+    data_dir, tiny_model, tmp_path, monkeypatch
+):
+    """From a review: for a config that names its own code beside a model_type transformers ships, --trust-remote-code
+    changes which code builds the model (its own class, or transformers') but not the run id: a finished run made
+    with one was "done already" for the other, and a checkpoint resumed across the switch. The record keeps which
+    code ran (``model_info.trust_remote_code``; a record without it ran without the flag), the checkpoint too; the
+    run id stays. A model without code of its own is the same run either way."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "shipped-type"
+    write_own_code(folder, "llama")
+    runs, data = tmp_path / "runs", _boolq_only(data_dir, tmp_path / "data")
+    [base] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(folder), random_weights=True)
+
+    def run(specs, trust: bool, force: bool = False) -> list:
+        return runner.run_all(specs, runs, str(data), force=force, progress=False, trust_remote_code=trust)
+
+    [plain] = run([base], False)
+    assert plain["run"]["status"] == "success" and "trust_remote_code" not in plain["run"]["config"]["model_info"]
+    with pytest.raises(ValueError, match=r"finished on other code \(it ran transformers' classes, without "
+                       r"--trust-remote-code; with it, this run would run the model's own code \(its auto_map\): "
+                       r"leave the flag out to use the finished run\); pass --force"):  # fmt: skip
+        run([base], True)
+    [own] = run([base], True, force=True)
+    info = own["run"]["config"]["model_info"]
+    assert info["trust_remote_code"] is True and info["model_class"].endswith("modeling_tiny.TinyRemoteForCausalLM")
+    assert own["run"]["id"] == plain["run"]["id"] == base.run_id  # the run id as it was
+    with pytest.raises(ValueError, match=r"other code \(it ran the model's own code \(its auto_map\) with "
+                       r"--trust-remote-code; without it, this run would build transformers' classes"):  # fmt: skip
+        run([base], False)
+    assert run([base], True)[0]["run"]["created_at"] == own["run"]["created_at"]  # done already
+
+    [other] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    [first] = run([other], False)
+    assert run([other], True)[0]["run"]["created_at"] == first["run"]["created_at"]  # no code of its own: the same
+
+    [lora] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder), random_weights=True)
+    with monkeypatch.context() as stop:
+        stop.setattr(StopOnSigterm, "requested", lambda self: True)
+        with pytest.raises(Cancelled, match="stopped at step 1 of"):
+            run([lora], False)
+    [refused] = run([lora], True)
+    assert refused["run"]["status"] == "failed" and (runs / lora.run_id / CHECKPOINT).is_file()
+    error = refused["run"]["error"]
+    assert "checkpoint.pt was written by other code (trust_remote_code changed since); delete it or use" in error, error
+    [resumed] = run([lora], False)
+    assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 1
+
+
 def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_as_not_counted(monkeypatch):
     """Outside the training loop SIGTERM raises ``Cancelled`` where the program is; the FLOPs count catches a
     plugin's errors (``except Exception``) and must let it through, or the run would go on to score."""
@@ -1108,6 +1161,46 @@ def test_a_checkpoint_written_on_another_device_is_not_resumed(tiny_model, data_
     assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == 1
 
 
+def _boolq_only(data_dir, folder, test: int = 2, train: int = 24):
+    """``folder`` as a data dir of boolq alone, ``test`` of its test examples and ``train`` of its training ones (the
+    whole data is read by every start of a run: seconds a start)."""
+    for name, n in (("test", test), ("train", train)):
+        examples = json.loads((data_dir / "boolq" / f"{name}.json").read_text())[:n]
+        (folder / "boolq").mkdir(parents=True, exist_ok=True)
+        (folder / "boolq" / f"{name}.json").write_text(json.dumps(examples))
+    return folder
+
+
+def test_a_finished_run_of_another_device_is_not_done_already(tiny_model, data_dir, tmp_path):
+    """From a review: every built-in task loads its model in bfloat16 on a GPU and in float32 on a CPU, and neither
+    the device nor the dtype is in the run id: a run finished on a CPU was "done already" for the same command on a
+    GPU (and the leaderboard pooled the two as seeds of one run). The dtype is the task's to choose as it loads the
+    model; the device is known before: a finished run of another is refused as one of other data is. A record
+    from before ``env.device_type`` was kept is taken as it is."""
+    from harness import runner
+
+    specs = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    data = str(_boolq_only(data_dir, tmp_path / "data"))
+    [record] = runner.run_all(specs, tmp_path / "runs", data, progress=False)
+    here, dtype = record["env"]["device_type"], record["run"]["config"]["model_info"]["dtype"]
+    there, their_dtype = ("cuda", "bfloat16") if here == "cpu" else ("cpu", "float32")
+    path = tmp_path / "runs" / specs[0].run_id / RECORD
+    kept = json.loads(path.read_text())
+    kept["env"]["device_type"], kept["run"]["config"]["model_info"]["dtype"] = there, their_dtype  # as there
+    path.write_text(json.dumps(kept))
+    with pytest.raises(ValueError, match=(
+        rf"finished on other device \({there} in {their_dtype}; this run would compute on {here}, where its task may "
+        r"load the model in another dtype\); pass --force to run it again on this device"
+    )):  # fmt: skip
+        runner.run_all(specs, tmp_path / "runs", data, progress=False)
+    [again] = runner.run_all(specs, tmp_path / "runs", data, force=True, progress=False)
+    assert again["env"]["device_type"] == here and again["run"]["config"]["model_info"]["dtype"] == dtype
+    del kept["env"]["device_type"]  # a record from before it was kept: not known, done already
+    path.write_text(json.dumps(kept))
+    [old] = runner.run_all(specs, tmp_path / "runs", data, progress=False)
+    assert old["run"]["created_at"] == kept["run"]["created_at"] and "device_type" not in old["env"]
+
+
 def test_a_checkpoint_of_another_task_version_is_not_resumed(tiny_model, data_dir, tmp_path, monkeypatch):
     """A stopped run resumed from its checkpoint whatever the task's version: its steps before and after the
     change mixed two codes in one record. The checkpoint keeps the version (and plugin code) and is refused."""
@@ -1368,6 +1461,19 @@ def test_a_harness_cache_that_is_a_file_is_refused_before_any_run(tiny_model, da
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"HARNESS_CACHE {str(tmp_path / 'a_file')!r} is not writable (Not a directory)" in err[0]
     assert not runs.exists() or not any(runs.iterdir())  # no run folder, no failed record
+
+
+def test_an_empty_xdg_cache_home_is_unset_not_a_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """From a review: XDG_CACHE_HOME set but empty made the cache a relative folder ``lora-harness`` in the working
+    directory (the XDG spec reads an empty value as unset: ``~/.cache``)."""
+    from harness.models import cache_dir
+
+    monkeypatch.delenv("HARNESS_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", "")
+    assert cache_dir() == tmp_path / ".cache" / "lora-harness"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "lora-harness"
 
 
 # -- model loading (harness/models.py): the embedded model's cache, weights files, offline hub models --------------
