@@ -105,12 +105,19 @@ class Registry(Generic[T]):
                 f"(the package of that name beside harness/); rename yours or run from another folder"
             )
         for ep in entry_points(group=self.entry_point_group):
+            before = set(sys.modules)
             registered = _registrations(self)
             try:
                 ep.load()  # registration happens at import time
             except BaseException as exc:  # a broken third-party plugin must not break the built-ins
-                # what it registered before it raised goes too (from a review: reported "could not load", it
-                # still ran, and `harness list` failed on its module, gone from sys.modules)
+                # what its own modules registered before it raised goes too (from a review: reported "could not
+                # load", it still ran, and `harness list` failed on its module, gone from sys.modules); its own:
+                # those of its top-level package first imported now (Python took out the ones that raised)
+                own = ep.value.partition(":")[0].strip().partition(".")[0]  # not ep.module: a bad value raises there
+                if own not in BUILTIN_PACKAGES:
+                    for name in set(sys.modules) - before:
+                        if name.partition(".")[0] == own:
+                            sys.modules.pop(name, None)
                 _undo_registrations(registered)
                 if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
                     raise
@@ -153,28 +160,29 @@ def unknown_choice(kind: str, value: str, valid: list[str], where: str = "") -> 
     return f"unknown {kind} {value!r}{where}{hint}; available: {', '.join(valid)}{plugin}"
 
 
-def _registrations(*also: Registry) -> dict[Registry, dict[str, Any]]:
-    """Every registry's entries now, for ``_undo_registrations`` should the import that follows fail."""
-    return {registry: dict(registry._entries) for registry in (METHODS, TASKS, *also)}
+def _registrations(*also: Registry) -> dict[Registry, tuple[dict[str, Any], bool]]:
+    """Every registry's entries now, and whether it has loaded, for ``_undo_registrations`` should the import that
+    follows fail."""
+    return {registry: (dict(registry._entries), registry._loaded) for registry in (METHODS, TASKS, *also)}
 
 
-def _undo_registrations(registered: dict[Registry, dict[str, Any]]) -> None:
-    """Put the registries back as ``_registrations`` saw them, keeping only what a built-in module registered
-    since (a plugin that imported ``methods.lora`` before the methods were loaded: the built-ins, imported once,
-    would not register again)."""
-    for registry, entries in registered.items():
-        builtin = {
-            name: obj
+def _undo_registrations(registered: dict[Registry, tuple[dict[str, Any], bool]]) -> None:
+    """Take back what was registered since ``_registrations`` by a module no longer imported: the failed import's
+    own modules, taken out of sys.modules (by Python, or by the caller). What a module still imported registered
+    stays, as that module would not register again (from a review: undoing everything dropped for good another
+    plugin's module the failed one imported, and the entry points of a registry it first asked). A registry that
+    loaded during the import and lost an entry loads again at its next lookup: what it loaded from those modules
+    comes back, imported afresh."""
+    for registry, (entries, loaded) in registered.items():
+        gone = [
+            name
             for name, obj in registry._entries.items()
-            if name not in entries and _in_package(getattr(obj, "__module__", ""), registry.builtin_package)
-        }
-        registry._entries.clear()
-        registry._entries.update(entries)
-        registry._entries.update(builtin)
-
-
-def _in_package(module: str, package: str) -> bool:
-    return module == package or module.startswith(package + ".")
+            if name not in entries and getattr(obj, "__module__", None) not in sys.modules
+        ]
+        for name in gone:
+            del registry._entries[name]
+        if gone and not loaded:
+            registry._loaded = False
 
 
 def load_plugin(path: str | Path) -> None:

@@ -693,3 +693,74 @@ def test_list_names_a_method_whose_module_is_gone(monkeypatch, capfd, plugin_san
     listed = harness_here(capfd, "list", "methods")
     assert listed.returncode == 0, listed.stderr
     assert "orphan" in [line.split()[0] for line in listed.stdout.splitlines()]
+
+
+def _fake_entry_point_groups(monkeypatch, registry, groups: dict[str, list[str]]) -> None:
+    """The modules of ``groups`` installed as the entry points of each group, in that order."""
+    from importlib.metadata import EntryPoint
+
+    plugins = {group: [EntryPoint(name=m, value=m, group=group) for m in modules] for group, modules in groups.items()}
+    monkeypatch.setattr(registry, "entry_points", lambda group=None: plugins.get(group, []))
+
+
+def test_a_failed_entry_point_plugin_keeps_another_plugin_it_imported(tmp_path, monkeypatch, capfd, plugin_sandbox):
+    """From a review: a plugin that imported another plugin's module (which registered) and then raised took the
+    other's method with it, for good: its module stayed imported, so its own entry point did not register again."""
+    registry = plugin_sandbox
+    (tmp_path / "ep_base.py").write_text(PLUGIN.format(name="ep_base"))
+    (tmp_path / "ep_plus.py").write_text(
+        "from ep_base import HalfLoraLinear\n" + PLUGIN.format(name="ep_plus") + "import a_missing_dependency\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_entry_point_groups(monkeypatch, registry, {"harness.methods": ["ep_plus", "ep_base"]})  # in this order
+    monkeypatch.setattr(METHODS, "_loaded", False)
+    capfd.readouterr()
+    assert "ep_base" in METHODS.names() and "ep_plus" not in METHODS and "lora" in METHODS
+    assert "could not load method plugin 'ep_plus' (ep_plus): No module named 'a_missing_dependency'" in (
+        capfd.readouterr().err
+    )
+
+
+@pytest.mark.parametrize("package", [False, True], ids=["other_plugin", "same_package"])
+def test_a_failed_task_plugin_keeps_the_method_plugins_its_lookup_loaded(
+    tmp_path, monkeypatch, package, plugin_sandbox
+):
+    """From a review: a task plugin that asked METHODS at import (which loaded the methods' entry points) and then
+    raised took those plugins' methods with it, for good, the methods counted as loaded. A method plugin in the failed
+    one's own package is imported afresh at the next lookup (its modules go with the failed plugin's)."""
+    from harness import TASKS
+
+    registry = plugin_sandbox
+    where = tmp_path / "ep_pkg" if package else tmp_path
+    where.mkdir(exist_ok=True)
+    (where / "__init__.py").write_text("")
+    (where / "ep_method.py").write_text(PLUGIN.format(name="ep_method"))
+    (where / "ep_task.py").write_text(
+        "from harness import METHODS\nMETHODS.get('lora')  # the first lookup\nraise ImportError('no extra')\n"
+    )
+    prefix = "ep_pkg." if package else ""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    groups = {"harness.methods": [f"{prefix}ep_method"], "harness.tasks": [f"{prefix}ep_task"]}
+    _fake_entry_point_groups(monkeypatch, registry, groups)
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))
+    monkeypatch.setattr(TASKS, "_loaded", False)
+    monkeypatch.setattr(METHODS, "_loaded", False)  # the built-ins imported already: their entries kept
+    TASKS.names()  # as build_specs does first
+    assert f"{prefix}ep_task" not in sys.modules
+    assert "ep_method" in METHODS.names() and "lora" in METHODS
+    assert sys.modules[METHODS.get("ep_method").__module__].__file__ == str(where / "ep_method.py")
+
+
+def test_a_failed_entry_point_package_leaves_nothing_its_own_modules_registered(tmp_path, monkeypatch, plugin_sandbox):
+    """From a review (undo only what the failed plugin's own modules registered): a package plugin whose submodule
+    registered, then whose ``__init__`` raised, keeps nothing, though Python takes out only the modules that raised
+    (its submodule stays imported unless the harness takes it out too)."""
+    registry = plugin_sandbox
+    (tmp_path / "ep_half").mkdir()
+    (tmp_path / "ep_half" / "__init__.py").write_text("from ep_half import done\nraise OSError('no extra')\n")
+    (tmp_path / "ep_half" / "done.py").write_text(PLUGIN.format(name="ep_half_done"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_entry_point_groups(monkeypatch, registry, {"harness.methods": ["ep_half"]})
+    monkeypatch.setattr(METHODS, "_loaded", False)
+    assert "ep_half_done" not in METHODS.names() and "lora" in METHODS
+    assert "ep_half.done" not in sys.modules  # imported afresh (registering) where the fixed package is loaded

@@ -564,18 +564,46 @@ def test_harness_lmm_decodes_each_request_for_its_own_length_and_cuts_it_at_its_
         request(
             0, "mmbench_en_dev", "dev", max_new_tokens=1024, until=["ASSISTANT:", "USER:"]
         ),  # the earlier in the reply
-        request(1, "mme", "test", max_new_tokens=16, until="\n\n"),
+        request(1, "mme", "test", max_new_tokens=16, until="ASSISTANT:"),  # one string, not a list
         request(1, "mmbench_en_dev", "dev", max_new_tokens=1024, until=[]),
         request(2, "mme", "test", max_new_tokens=16, until=["", "nowhere"]),
     ]
     assert lmm.generate_until(requests) == [
         "Q0 USER: more ASSISTANT: text\n\nend",
         "Q0",
-        "Q1 USER: more ASSISTANT: text",
+        "Q1 USER: more",
         "Q1 USER: more ASSISTANT: text\n\nend",
         "Q2 USER: more ASSISTANT: text\n\nend",
     ]
     assert asked == [(2, 16), (1, 16), (2, 1024)]
+
+
+def test_an_lmms_eval_hub_tasks_reply_is_kept_whole_past_a_blank_line(monkeypatch):
+    """From a review: lmms-eval gives every task without an ``until`` of its own (``mme``, ``mathvista_testmini``,
+    ``mmvet``, ``docvqa_val``) the stop string "\\n\\n", and ``generate_until`` cut those replies at their first blank
+    line, where lmms-eval's LLaVA wrappers cut nothing and its newer ones drop "\\n\\n" so as not to truncate."""
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
+    from types import SimpleNamespace
+
+    from lmms_eval.api.task import TaskConfig
+
+    from tasks.multimodal import native
+    from tasks.multimodal.lmms_eval_protocol import HarnessLMM
+
+    # what lmms-eval makes of a hub task's YAML that names no until (mmvet's generation_kwargs)
+    hub = TaskConfig(task="mmvet", output_type="generate_until", generation_kwargs={"max_new_tokens": 1024})
+    assert hub.generation_kwargs["until"] == ["\n\n"]
+    reply = "The chart has three bars.\n\nThey read 3, 5 and 7, so the answer is 7. ASSISTANT: next"
+    monkeypatch.setattr(native, "generate", lambda model, fmt, asks, max_new: [reply] * len(asks))
+    lmm = HarnessLMM(model=object(), fmt=object(), batch_size=2)
+    lmm.task_dict = {"mmvet": {"test": [None]}, "mmbench_en_dev": {"dev": [None]}}
+    requests = [
+        SimpleNamespace(args=("Q", dict(hub.generation_kwargs), None, 0, "mmvet", "test")),
+        SimpleNamespace(args=("Q", {"until": ["\n\n", "ASSISTANT:"]}, None, 0, "mmbench_en_dev", "dev")),
+    ]
+    assert lmm.generate_until(requests) == [reply, reply.split(" ASSISTANT:")[0]]  # an explicit stop still cuts
 
 
 def test_a_domains_sub_metrics_are_what_its_scored_questions_say(tmp_path):

@@ -95,7 +95,7 @@ class HarnessLMM(lmms):
     def generate_until(self, requests: list[Any]) -> list[str]:
         """Greedy replies, as the native scorer decodes them (sampling settings are not read). lmms-eval hands over
         every task's requests at once, each with its own settings: a batch holds one ``max_new_tokens`` only, and
-        each reply is cut at the first of its own ``until`` strings, as lmms-eval's model wrappers do."""
+        each reply is cut at the first of its own ``until`` strings other than a blank line (see ``_cut``)."""
         groups: dict[int, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(int(req.args[1].get("max_new_tokens", native.MAX_NEW_TOKENS)), []).append(i)
@@ -116,8 +116,12 @@ class HarnessLMM(lmms):
 
 
 def _cut(reply: str, until: str | Sequence[str] | None) -> str:
-    """``reply`` up to the first of the ``until`` strings found in it (empty ones stop nothing), stripped."""
-    terms = [until] if isinstance(until, str) else list(until or ())
+    """``reply`` up to the first of the ``until`` strings found in it (empty ones stop nothing), stripped. A blank
+    line ("\\n\\n") stops nothing: lmms-eval 0.7.3 gives it to every task without an ``until`` of its own (``mme``,
+    ``mathvista_testmini``, ``mmvet``, ``docvqa_val``), and its newer wrappers (``qwen2_5_vl``, ``gemma3``) drop it
+    so as not to cut an answer short (its LLaVA wrappers cut at nothing); an explicit stop, such as
+    ``mmbench_en_dev``'s "ASSISTANT:", still cuts."""
+    terms = [t for t in ([until] if isinstance(until, str) else list(until or ())) if t != "\n\n"]
     stop = min((reply.index(t) for t in terms if t and t in reply), default=len(reply))
     return reply[:stop].strip()
 
@@ -142,8 +146,8 @@ def _docs(records: Sequence[Record]) -> dict[str, list[dict[str, Any]]]:
 def _copy_yaml(source: Path, work: Path, max_new: int) -> None:
     """``source`` into ``work`` with its datasets cache in there, deleted with it (lmms-eval resolves its own cache
     folder once a process: one named by LMMS_EVAL_DATASETS_CACHE outlived every call but the first), and the open
-    task's replies ``max_new`` tokens long, stopped by EOS only, as natively (lmms-eval's default ``until`` would
-    cut them at a blank line)."""
+    task's replies ``max_new`` tokens long, stopped by EOS only, as natively: ``until: []`` says so whatever
+    lmms-eval's default ``until`` is (0.7.3's, a blank line, ``_cut`` drops anyway; another default would not be)."""
     text = source.read_text()
     kwargs = "\ndataset_kwargs:\n"
     if kwargs not in text:
