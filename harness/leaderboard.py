@@ -31,10 +31,12 @@ Records without ``answers``/``preds`` (older ones) still tabulate, without inter
 ``B_lo``, ``B_hi`` (score and interval; ``absent`` when the benchmark has no data, empty when unknown);
 ``Avg``, ``Avg_lo``, ``Avg_hi``, ``Avg_n``; per benchmark ``B_vs_lora``, ``B_vs_lora_lo``,
 ``B_vs_lora_hi`` and the same for ``Avg_vs_lora``; ``constant`` (benchmarks flagged, space separated);
-``not_above_baselines`` (the benchmarks, and Avg, on which the row's paired comparison against majority or chance
-is not a ``*`` above 0, or that were not compared with both: where its score has not been shown to beat both;
-``none`` where it has everywhere; empty for the baseline rows, for every row where the section has none, and for a
-row with no score on any column a baseline scores: compared nowhere, it beat nothing; ``–`` in the Markdown);
+``not_above_baselines`` (the benchmarks, and Avg, that a baseline scores and on which the row's paired comparison
+against majority or chance is not a ``*`` above 0, or that were not compared with both, a benchmark its runs failed
+included (not one they never had: ``absent``, or in none of their results): where its score has not been shown to
+beat both; ``none`` where it has everywhere; empty for the baseline rows, for every row where the section has
+none, and for a row with no score on any column a baseline scores: compared nowhere, it beat nothing; ``–`` in the
+Markdown);
 ``Param %`` (empty for majority/chance); ``template``, ``train_on_inputs`` (``not read`` where the task's training never
 reads it), ``steps`` (the row's own runs';
 0 for the zero-shot row, empty for majority/chance), ``eval_n``, ``settings`` (what sets the section apart
@@ -408,13 +410,25 @@ def not_above_baselines(row: Row, s: Section) -> list[str] | None:
     """The columns (benchmarks and Avg) on which a model's row is not above both the majority label and chance
     by the ``*`` rule (its paired 95% interval, and against majority the sign-flip test): where its score has not
     been shown to beat them. None for the baseline rows and where the section has no baseline to compare with;
-    a column no baseline row scores (the diffusion suite's similarity: no baseline exists for it) is not listed."""
+    a column no baseline row scores (the diffusion suite's similarity: no baseline exists for it) is not listed.
+    A benchmark a baseline scores where the row has no score though one of its runs had it (failed there, or
+    scored it where another seed failed) is listed: not compared, not beaten (else a row that failed most
+    benchmarks and beat them on the one it scored reads "none", as if everywhere); one its runs never had
+    (``absent``, or not in their results: another benchmark set) is not. Empty for a row with no score on any column a baseline scores
+    (:func:`baseline_columns`): compared nowhere, it beat nothing, and the tables say so ('–')."""
     if row.kind == "baseline" or not any(ref in row.vs for ref in BASELINES):
         return None
+    compared = baseline_columns(row, s)
+    if not compared:
+        return []
+    covered = _baseline_scored(s)
     out = []
-    for b in baseline_columns(row, s):
-        estimates = [row.vs.get(ref, {}).get(b) for ref in BASELINES]  # a benchmark not compared with both: listed
-        if any(e is None or not (e.significant and e.value > 0) for e in estimates):
+    for b in [*s.benchmarks, AVG]:
+        if b in compared:
+            estimates = [row.vs.get(ref, {}).get(b) for ref in BASELINES]  # a benchmark not compared with both: listed
+            if any(e is None or not (e.significant and e.value > 0) for e in estimates):
+                out.append(b)
+        elif b in covered and _ran(row, b):  # no score where a baseline has one: its runs failed there
             out.append(b)
     return out
 
@@ -423,9 +437,18 @@ def baseline_columns(row: Row, s: Section) -> list[str]:
     """The columns (benchmarks and Avg) on which ``row`` is held against the baselines: it has a score there (none:
     nothing to beat them with) and a baseline row has one (none: nothing to beat). None of them, as for a row whose
     every run failed to score, leaves :func:`not_above_baselines` empty without the row having beaten anything."""
-    covered = {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
-    cells = row.cells
+    covered, cells = _baseline_scored(s), row.cells
     return [b for b in [*s.benchmarks, AVG] if not cells[b].absent and cells[b].value is not None and b in covered]
+
+
+def _baseline_scored(s: Section) -> set[str]:
+    """The columns (benchmarks and Avg) a baseline row of ``s`` has a score on."""
+    return {b for r in s.rows if r.kind == "baseline" for b in [*s.benchmarks, AVG] if r.cells[b].value is not None}
+
+
+def _ran(row: Row, b: str) -> bool:
+    """Whether one of ``row``'s runs had benchmark ``b``: an entry that is not ``absent`` (scored, or failed)."""
+    return any(b in r["eval"] and r["eval"][b].get("status") != "absent" for r in row.runs)
 
 
 def _reference(rows: list[Row], name: str) -> Row | None:
@@ -692,7 +715,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     targets_of = list(trained)  # the sections a base run may join: those with trained runs
     joined: set[tuple[str, str, int]] = set()  # those a zero-shot group joined: one each, the oldest that fits
     model_of: dict[tuple[str, str, int], dict[str, str]] = {}  # the model digests a joined zero-shot group names
-    refused: set[tuple[str, str, int]] = set()  # zero-shot sections of settings trained on other data (or model)
+    refused: set[tuple[str, str, int]] = set()  # zero-shot sections of settings run on other data (or model) too
     for common, runs in zero_shot.items():
         for digests, same in _by_data(runs):
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -708,7 +731,10 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
                 train = _settings(same[0])[1]  # in its id only: a zero-shot run reads no training setting
                 targets = [(common, train, sum(k[:2] == (common, train) for k in trained))]
                 data[targets[0]] = digests
-                if any(k[0] == common for k in targets_of):  # runs of its settings trained, on data it contradicts
+                # another section of its settings (a trained one, or an earlier zero-shot group's: ``trained`` holds
+                # both, not yet this one) read other data or model files: its title says which, as the runs' other
+                # ``train`` settings do not (they make no other ``n``, and a zero-shot run reads none: ``_set_apart``)
+                if any(k[0] == common for k in trained):
                     refused.add(targets[0])
             for k in targets:
                 trained[k] = {**trained.get(k, {}), **groups}
@@ -719,7 +745,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
         key = {"c": common, "t": train} | ({"d": data[(common, train, n)]} if n > 0 else {})  # the oldest keeps its id
         out.append(_section(common, train, groups, config_hash(key)))
     # where settings were run on other data, the sections of their title say which data (a digest of the digests);
-    # so do those of a zero-shot run kept from the trained runs of its settings by their data
+    # so do those of a zero-shot run kept from the other runs of its settings by its data (or model files)
     split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0 or k in refused}
     shown = [(_title(s), model_of.get(k, {}) | data[k]) for s, k in zip(out, trained, strict=True)]
     apart = _data_apart(shown, split)
@@ -737,24 +763,27 @@ SHA256 = re.compile(r"[0-9a-f]{64}")
 
 def _data_apart(sections: list[tuple[Any, dict[str, str]]], split: set[Any]) -> list[dict[str, str]]:
     """Per section (its title, its digests), how its data and model files are shown where they set it apart from
-    another of its title (a title in ``split``): ``data`` (a digest of its data's digests) where the title's
-    sections read other data, ``model files`` (of its model's: the same ``--model`` folder with other weights,
-    tokenizer or configs) where they name other model files; neither where it is not what differs (a section
-    whose records name no model files is not "model files unset" beside one that does, when data split them)."""
+    another of its title (a title in ``split``): ``data`` (a digest of its data's digests) where another section of
+    its title read other data (``_fits``: a file both name with another digest), ``model files`` (of its model's: the
+    same ``--model`` folder with other weights, tokenizer or configs) where one names other model files; neither
+    where it is not what differs (a section whose records name no model files is not "model files unset" beside one
+    that does, when data split them; a zero-shot section, whose runs read no training file, is not "other data"
+    beside a trained one that read its test files, when model files split them)."""
     parts = []
     for title, digests in sections:
         model = {k: v for k, v in digests.items() if k.startswith(MODEL)}
         data = {k: v for k, v in digests.items() if not k.startswith(MODEL)}
-        parts.append((title, config_hash(data), model))
+        parts.append((title, data, model))
     out = []
     for title, data, model in parts:
         if title not in split:
             out.append({})
             continue
         same = [p for p in parts if p[0] == title]
-        shown = {"data": data} if len({p[1] for p in same}) > 1 else {}
-        # only where another section's model files contradict its own (one that names more files of the same
-        # model, as a zero-shot run's manifest beside older records, is the same model)
+        # each only where another section's files contradict its own: one that names more files of the same data
+        # (a trained run's training file beside a zero-shot run's test files) read the same data, and one that
+        # names more files of the same model (a zero-shot run's manifest beside older records) is the same model
+        shown = {"data": config_hash(data)} if any(not _fits(data, p[1]) for p in same) else {}
         if model and any(not _fits(model, p[2]) for p in same):
             shown["model files"] = config_hash(model)
         out.append(shown)

@@ -639,3 +639,71 @@ def test_a_run_with_failures_still_reports_another_error_of_the_leaderboard(tmp_
     assert main(argv) == 2
     [line] = capsys.readouterr().err.splitlines()
     assert "1 of 1 runs failed: x-failed" in line and "leaderboard" not in line
+
+
+def test_zero_shot_sections_on_other_data_say_which_data_where_no_run_trains(tmp_path):
+    """From a review: two zero-shot sections of one title on other test data, whose configs carried other training
+    settings (``--lr``), said nothing that told them apart: their ``train.*`` settings are no longer shown (a
+    zero-shot run reads none), and ``data`` was shown only beside runs that train. Each now says its data."""
+    from harness.leaderboard import load_records, sections
+    from tests.test_records_leaderboard import _on_data
+
+    runs, answers = tmp_path / "runs", "0123" * 5
+    for i, (test, preds, lr) in enumerate((("a", "1111", None), ("b", "0000", 0.5))):
+        record = _on_data(fixture_record("base", 0, evals={"ARC-Easy": scored(answers, preds * 5)}), test)
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        if lr is not None:
+            record["run"]["config"]["train"]["lr"] = lr
+            record["run"]["id"] += "-lr"
+        write_fixture(runs, record)
+    apart = [s.info["apart"] for s in sections(load_records(runs))]
+    assert len(apart) == 2 and all(a.startswith('data "') and "," not in a for a in apart) and len(set(apart)) == 2
+
+
+def test_a_zero_shot_section_on_the_same_test_data_is_not_said_to_read_other_data(tmp_path):
+    """From a review: a base run on the trained section's own test data, kept apart by its model files (the folder's
+    weights replaced since), was also said to read other ``data``: its digests never hold the training file the
+    trained runs read, so they differed without contradicting. Only the model files set them apart, and say so."""
+    from harness.leaderboard import load_records, sections
+    from tests.test_records_leaderboard import _on_data
+
+    runs, answers = tmp_path / "runs", "0123" * 5
+    for method, preds, test, train, weights in (
+        ("lora", answers, "a", "c", "1"),
+        ("effilora", "0000" * 5, "a", "c", "1"),
+        ("base", "1111" * 5, "a", None, "2"),
+    ):
+        record = _on_data(fixture_record(method, 0, evals={"ARC-Easy": scored(answers, preds)}), test, train)
+        record["run"]["config"]["model_info"] = {"weights_sha256": weights * 64}
+        write_fixture(runs, record)
+    secs = sections(load_records(runs))
+    apart = {tuple(r.method for r in s.rows if r.kind != "baseline"): s.info["apart"] for s in secs}
+    assert set(apart) == {("lora", "effilora"), ("base",)}  # the base run cannot join: other weights
+    assert all(a.startswith('model files "') and "data" not in a for a in apart.values())
+    assert len(set(apart.values())) == 2
+
+
+def test_a_row_that_failed_benchmarks_a_baseline_scores_lists_them_not_none(tmp_path):
+    """From a review: a row whose runs failed most benchmarks and beat majority and chance on the one they scored
+    read ``none`` in ``not_above_baselines`` (beating them everywhere): a failed benchmark was left out like one
+    with no baseline. It is listed (not compared, not beaten); one its runs never had (``absent``, or not in their
+    results) is not, and a row compared nowhere keeps '–'."""
+    runs, answers = tmp_path / "runs", "0123" * 10
+    ok, failed = scored(answers, answers), {"status": "failed"}
+    evals = {
+        ("lora", 0): {"ARC-Easy": ok, "boolq": failed, "openbookqa": {"status": "absent"}},
+        ("effilora", 0): {"ARC-Easy": ok, "boolq": ok},  # openbookqa: not in its results
+        ("effilora", 1): {"ARC-Easy": ok, "boolq": failed},  # one seed failed: no score for the row
+        ("hydralora", 0): {"ARC-Easy": ok, "boolq": ok, "openbookqa": ok},
+        ("moslora", 0): {"ARC-Easy": failed, "boolq": failed, "openbookqa": failed},
+        ("base", 0): {b: scored(answers, "0" * 40) for b in ("ARC-Easy", "boolq", "openbookqa")},
+    }
+    for (method, seed), e in evals.items():
+        write_fixture(runs, fixture_record(method, seed, evals=e))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r["not_above_baselines"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows["lora"] == "boolq" and rows["effilora"] == "boolq" and rows["hydralora"] == "none"
+    assert rows["moslora"] == ""  # compared nowhere: unknown in the CSV, '–' in the Markdown
+    md = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
+    assert next(line for line in md if line.startswith("| lora |")).endswith("| boolq |")
+    assert next(line for line in md if line.startswith("| moslora |")).endswith("| – |")
