@@ -48,7 +48,8 @@ SHARED = "lora_shared"
 
 @dataclass(frozen=True)
 class Site:
-    """Where a wrapper sits: ``model.layers.3.self_attn.q_proj`` -> layer ``model.layers.3``, type ``q_proj``."""
+    """Where a wrapper sits: ``model.layers.3.self_attn.q_proj`` -> layer ``model.layers.3``, type ``q_proj``;
+    diffusers' ``...transformer_blocks.0.ff.net.2`` -> layer ``...transformer_blocks.0``, type ``net``."""
 
     name: str
     layer: str
@@ -62,12 +63,39 @@ class Site:
         return f"{self.type}_{self.d_in}"
 
     @classmethod
-    def of(cls, name: str, linear: nn.Module) -> Site:
+    def of(cls, name: str, linear: nn.Module, model: nn.Module | None = None) -> Site:
+        """The site of ``linear``, named ``name`` in ``model``. The model tells a list of layers from a numbered
+        list of steps (``ff.net``), whose index is no layer (``_layer_of``); without it (a caller that has only
+        names) the layer is the name up to its last number, which makes ``ff.net.0.proj`` a layer of its own."""
         parts = name.split(".")
-        digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
-        layer = ".".join(parts[: digits[-1] + 1]) if digits else ""
+        if model is None:
+            digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]
+            layer = ".".join(parts[: digits[-1] + 1]) if digits else ""
+        else:
+            layer = _layer_of(model, parts)
         typ = next((p for p in reversed(parts) if not p.isdigit()), parts[-1])  # nn.Sequential's "0": itself
+        if model is not None and parts[-1].isdigit() and len(parts) > 1:
+            steps = model.get_submodule(".".join(parts[:-1])).children()
+            if sum(map(is_linear, steps)) > 1:  # an nn.Sequential MLP's mlp.0 and mlp.2: two types, not one A
+                typ = f"{typ}_{parts[-1]}"
         return cls(name, layer, typ, *linear_dims(linear))
+
+
+def _layer_of(model: nn.Module, parts: list[str]) -> str:
+    """The layer a linear named ``parts`` sits in: the deepest numbered module above it in a list of one class
+    (``model.layers.3``, ``transformer_blocks.0``), not an index into a list of steps of several classes (``ff.net``:
+    GEGLU, Dropout, Linear); where no list above it is of one class, the outermost list of blocks that each hold
+    modules (a hybrid model's Mamba and attention layers); '' (one layer) where there is neither."""
+    same, blocks = [], []
+    for i, part in enumerate(parts[:-1]):  # not the last: a numbered linear (to_out.0) is never a layer itself
+        if part.isdigit():
+            children = list(model.get_submodule(".".join(parts[:i])).children())
+            if len({type(c) for c in children}) == 1:
+                same.append(i)
+            elif all(next(c.children(), None) is not None for c in children):
+                blocks.append(i)
+    at = same[-1] if same else blocks[0] if blocks else None
+    return "" if at is None else ".".join(parts[: at + 1])
 
 
 def _conv1d() -> type | None:
@@ -241,6 +269,27 @@ class AdapterLinear(nn.Module):
         return self._shared.get_or_create(
             kind, self.site.group, lambda: self.new_param(*shape, init=init, trainable=trainable)
         )
+
+    # -- the base layer's attributes, read through ------------------------------------------------
+    # Model code reads them from the layer it wraps (``self.o_proj.weight.dtype``; GPT-Neo's flash attention,
+    # diffusers' fuse_projections), as peft's wrappers allow. Properties, not registered tensors: parameters(),
+    # state_dict() and the counts see the base's tensors once, as ``base.*`` (which adapter state leaves out).
+    @property
+    def weight(self) -> Tensor:
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        return self.base.bias
+
+    @property
+    def in_features(self) -> int:
+        """The input width (a ``Conv1D`` base's too: its weight is stored in x out)."""
+        return self.site.d_in
+
+    @property
+    def out_features(self) -> int:
+        return self.site.d_out
 
     # -- forward ---------------------------------------------------------------------------------
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
@@ -523,39 +572,47 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     if any(isinstance(m, AdapterLinear) for m in model.modules()):
         raise ValueError("this model already has an adapter attached; attach to a fresh model")
     names = find_targets(model, config.targets)
-    # before anything changes (or a huge r's tensors are made: an int64 overflow): the narrowest target bounds r
-    sites = [Site.of(name, model.get_submodule(name)) for name in names] if cls.rank_bounded else []
-    if sites and config.r > (side := min(min(t.d_in, t.d_out) for t in sites)):
-        site = next(t for t in sites if min(t.d_in, t.d_out) == side)
+    # before anything changes (a wrapped step list reads differently), and before a huge r's tensors are made (an
+    # int64 overflow): the narrowest target bounds r
+    sites = {name: Site.of(name, model.get_submodule(name), model) for name in names}
+    if cls.rank_bounded and config.r > (side := min(min(t.d_in, t.d_out) for t in sites.values())):
+        site = next(t for t in sites.values() if min(t.d_in, t.d_out) == side)
         raise ValueError(
             f"rank r={config.r} is above {site.name}'s smaller side ({side}: {site.d_in} in, {site.d_out} out): its "
             f"update cannot have a rank above {side}, and the rest would be parameters that add nothing; use "
             f"r <= {side} (--rank; a method whose r is not its update's rank sets rank_bounded = False)"
         )
     before = {name: p.requires_grad for name, p in model.named_parameters()}
-    model.requires_grad_(False)
     shared = SharedTensors()
     layers: dict[str, AdapterLinear] = {}
     inputs: dict[str, SharedInput] = {}  # one per layer: its wrappers that read one tensor share its dropout
-    for name in names:
-        base = model.get_submodule(name)
-        layers[name] = cls(base, config, Site.of(name, base), shared).train(base.training)
-        named = layers[name].named_parameters()
-        if unnamed := [n for n, p in named if p.requires_grad and not n.startswith("base.") and not _is_adapter(n)]:
-            for done in list(layers)[:-1]:  # leave the model as it was
-                model.set_submodule(done, layers[done].base)
-            for n, p in model.named_parameters():
-                p.requires_grad_(before.get(n, p.requires_grad))
-            raise ValueError(
-                f"method {cls.name!r}: its trainable tensor {unnamed[0]!r} (in {name}) is not named lora_*: the harness "
-                "counts and trains the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename it (a "
-                "tensor that never trains may keep its name with requires_grad=False, or be a buffer: it is saved too)"
-            )
-        object.__setattr__(layers[name], "_input", inputs.setdefault(layers[name].site.layer, SharedInput()))
-        model.set_submodule(name, layers[name])
-    if len(list(shared.parameters())):
-        model.add_module(SHARED, shared)
-    adapter = Adapter(model, cls, config, layers)
+    try:
+        model.requires_grad_(False)
+        for name in names:
+            base = model.get_submodule(name)
+            layer = cls(base, config, sites[name], shared).train(base.training)
+            named = layer.named_parameters()
+            if unnamed := [n for n, p in named if p.requires_grad and not n.startswith("base.") and not _is_adapter(n)]:
+                raise ValueError(
+                    f"method {cls.name!r}: its trainable tensor {unnamed[0]!r} (in {name}) is not named lora_*: the "
+                    "harness counts and trains the tensors whose name starts with lora_ (lora_A, lora_mix, ...); rename "
+                    "it (a tensor that never trains may keep its name with requires_grad=False, or be a buffer: it is "
+                    "saved too)"
+                )
+            object.__setattr__(layer, "_input", inputs.setdefault(layer.site.layer, SharedInput()))
+            layers[name] = layer
+            model.set_submodule(name, layer)
+        if len(list(shared.parameters())):
+            model.add_module(SHARED, shared)
+        adapter = Adapter(model, cls, config, layers)  # the Reducer may refuse its settings for these layers
+    except BaseException:  # a refusal, or a wrapper that failed part-way (out of memory): the model as it was given,
+        for done, layer in layers.items():  # so that a retry (a smaller r, other settings) can attach to it
+            model.set_submodule(done, layer.base)
+        if getattr(model, SHARED, None) is shared:
+            delattr(model, SHARED)
+        for n, p in model.named_parameters():
+            p.requires_grad_(before.get(n, p.requires_grad))
+        raise
     adapter._requires_grad_before = before
     return adapter
 
@@ -585,7 +642,7 @@ def linear_names(model: nn.Module) -> list[str]:
 def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
     """Names of the ``nn.Linear`` modules matched by ``targets``; every target must match something."""
     names = linear_names(model)
-    short = sorted({Site.of(n, model.get_submodule(n)).type for n in names})
+    short = sorted({_target_name(n) for n in names})
     if isinstance(targets, str):
         pattern = re.compile(targets)
         found = [n for n in names if pattern.fullmatch(n)]
@@ -607,15 +664,22 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
     return sorted(set(found), key=names.index)
 
 
+def _target_name(name: str) -> str:
+    """The shortest name that targets the linear ``name``: its own (``q_proj``), or a numbered one with its parent's
+    (``to_out.0``, ``net.2``: the parent is a list, which is refused as a target)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+
+
 def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
-    """Where a target names modules that are not linear layers (an attention block, an MLP): a sentence saying so,
-    for the no-match message; '' where it names none."""
-    matched = [m for n, m in model.named_modules() if n and matches(n)]
+    """Where a target names modules that are not linear layers (an attention block, an MLP, a convolution): a
+    sentence saying so, for the no-match message; '' where it names none."""
+    matched = [(n, m) for n, m in model.named_modules() if n and matches(n)]
     if not matched:
         return ""
-    kinds = sorted({type(m).__name__ for m in matched})
+    kinds = sorted({type(m).__name__ for _, m in matched})
     # a GPT-2-style layer of another library: named Conv1D, with a 2-D weight (a real 1-D convolution's is 3-D)
-    gpt2_like = [m for m in matched if type(m).__name__ == "Conv1D"]
+    gpt2_like = [m for _, m in matched if type(m).__name__ == "Conv1D"]
     if any(getattr(getattr(m, "weight", None), "ndim", 0) == 2 for m in gpt2_like):
         other = sorted({f"{type(m).__module__}.{type(m).__name__}" for m in gpt2_like})
         return (
@@ -623,9 +687,17 @@ def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
             "(transformers.pytorch_utils.Conv1D) is adapted, another library's or a model's own copy is not: use the "
             "transformers class, or an nn.Linear holding the weight transposed (weight.T))"
         )
+    convolutions = [m for _, m in matched if isinstance(m, nn.modules.conv._ConvNd)]
+    if len(convolutions) == len(matched):
+        return (
+            f" (it names {', '.join(kinds)} modules: convolutions are not adapted, only nn.Linear layers (and GPT-2-style "
+            "Conv1D) are; name linear layers from the list instead)"
+        )
+    inside = sorted({_target_name(f"{n}.{sub}") for n, m in matched for sub, s in m.named_modules() if is_linear(s)})
     return (
         f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers (and GPT-2-style "
-        "Conv1D) are adapted; name the linear layers inside them)"
+        f"Conv1D) are adapted{', not convolutions' if convolutions else ''}; name the linear layers inside them"
+        + (f": {', '.join(inside)})" if inside else ")")
     )
 
 

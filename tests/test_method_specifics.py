@@ -45,6 +45,34 @@ def test_shared_a_is_one_tensor_counted_once_with_gradient_from_every_layer():
         assert all(g > 0 for g in per_layer_grads), per_layer_grads
 
 
+def test_an_mlp_lists_two_linears_are_two_module_types_and_a_hybrid_models_layers_stay_layers():
+    """From a review (the layer of a target in a numbered list): the two linears of an ``nn.Sequential`` MLP
+    (``mlp.0``, ``mlp.2``) were one module type, ``mlp``, so ShareLoRA shared one A between them where their input
+    widths agree; each is a type of its own (a list holding one linear, diffusers' ``to_out``, keeps its name). Both
+    are in their block's layer, and the layers of a list of blocks of two classes (a hybrid model's) are layers."""
+    from torch import nn
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.to_out = nn.Linear(8, 8), nn.ModuleList([nn.Linear(8, 8), nn.Dropout(0.0)])
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn, self.mlp = Attention(), nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+    class Other(Block):  # another kind of layer in the same list (Mamba beside attention)
+        pass
+
+    model = nn.Module()
+    model.layers = nn.ModuleList([Block(), Other()])
+    adapter = attach(model, "sharelora", targets="q_proj,to_out.0,mlp.0,mlp.2", r=2, reducer=None)
+    assert list(adapter.layer_groups) == ["layers.0", "layers.1"]
+    assert [w.site.type for w in adapter.layer_groups["layers.0"]] == ["q_proj", "to_out", "mlp_0", "mlp_2"]
+    assert sorted(adapter.model.lora_shared.lora_A) == ["mlp_0_8", "mlp_2_8", "q_proj_8", "to_out_8"]
+
+
 def test_lora_fa_a_never_changes_and_input_is_not_kept():
     adapter = attach(tiny_llama(), "lora_fa", targets=TINY_TARGETS, dropout=0.0)
     a_before = {n: layer.lora_A.clone() for n, layer in adapter.layers.items()}

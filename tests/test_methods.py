@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import METHODS, attach, load_adapter
-from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from harness import METHODS, AdapterLinear, attach, load_adapter
+from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SHARED
 from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
 
@@ -132,6 +132,31 @@ def test_a_failed_load_leaves_the_model_unwrapped(method, tmp_path):
     assert sorted(n for n, _ in model.named_parameters()) == names
     assert all(p.requires_grad for p in model.parameters())
     assert load_adapter(model, tmp_path).method == method  # the right directory loads into the same model
+
+
+def test_a_wrapper_that_fails_part_way_leaves_the_model_as_it_was(method, monkeypatch):
+    """From a review: a wrapper whose constructor raised part-way (out of memory making its tensors) left the model
+    half-wrapped and every parameter frozen, and a retry was refused ("already has an adapter"). attach undoes the
+    wrappers made so far and the freezing, and lets the error through."""
+    model = tiny_llama()
+    model.model.embed_tokens.weight.requires_grad_(False)  # a user's own freezing survives the failed attach
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    cls, calls = METHODS.get(method), []
+    real = cls.new_param
+
+    def flaky(self, *shape, **kw):
+        calls.append(shape)
+        if len(calls) == 5:  # after the first wrappers are in place
+            raise torch.cuda.OutOfMemoryError("simulated: no memory for a wrapper's tensor")
+        return real(self, *shape, **kw)
+
+    monkeypatch.setattr(cls, "new_param", flaky)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="simulated"):
+        attach(model, method, targets=TINY_TARGETS)
+    monkeypatch.undo()
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules()) and not hasattr(model, SHARED)
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert len(attach(model, method, targets=TINY_TARGETS, r=4).layers) == 20  # the retry
 
 
 def test_state_dict_counts_shared_tensors_once(method):
@@ -273,6 +298,35 @@ def test_lora_on_gpt2_matches_peft_with_fan_in_fan_out():
         torch.testing.assert_close(layer.base.weight, merged.get_submodule(name).weight, atol=1e-6, rtol=0)
 
 
+def test_a_wrapper_reads_its_bases_weight_bias_and_widths_through(method):
+    """From a review: a wrapper did not expose its base's weight, bias, in_features and out_features, so model code
+    reading them (transformers' ergo reads ``self.o_proj.weight.dtype``, GPT-Neo's flash attention too) failed once
+    wrapped. They read through to the base, a Conv1D's widths as the linear's (its weight is stored in x out), and
+    are no tensors of the wrapper's own: parameters, adapter state and counts are as before."""
+
+    class ReadsWeight(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.o_proj = torch.nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.o_proj(x.to(self.o_proj.weight.dtype))
+
+    adapter = attach(ReadsWeight(), method, targets="o_proj", r=2, reducer=None)
+    assert adapter.model(torch.ones(3, 8, dtype=torch.float64)).shape == (3, 4)
+    layer = adapter.layers["o_proj"]
+    assert layer.weight is layer.base.weight and layer.bias is layer.base.bias
+    assert (layer.in_features, layer.out_features) == (8, 4)
+    assert all(n.startswith("base.") or "lora_" in n for n, _ in layer.named_parameters())
+    assert all("lora_" in n for n in adapter.state_dict())
+    lora = sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" in n)
+    assert adapter.num_adapter_params == lora and adapter.num_base_params == 8 * 4 + 4
+    gpt2 = attach(tiny_gpt2(), method, targets=GPT2_TARGETS)
+    c_attn = gpt2.layers["transformer.h.0.attn.c_attn"]
+    assert (c_attn.in_features, c_attn.out_features) == (16, 48) and c_attn.weight.shape == (16, 48)
+    assert c_attn.bias is c_attn.base.bias
+
+
 def test_a_target_that_names_another_kind_of_layer_says_so():
     """From a review of own models: --targets naming modules that are not linear layers said only that it matched
     no linear layer; it names what they are."""
@@ -293,6 +347,32 @@ def test_a_target_that_names_another_kind_of_layer_says_so():
     with pytest.raises(ValueError, match=r"layers: none \(it names Conv1D modules; of the Conv1D layers \((tests\.)?test_methods\.Conv1D\) "
                                          r"transformers' own \(transformers\.pytorch_utils\.Conv1D\) is adapted.*weight\.T"):  # fmt: skip
         attach(model, "lora", targets="c_attn")
+
+
+def test_a_target_naming_a_list_or_a_convolution_is_told_what_to_name():
+    """From a review: a target naming a list of steps (diffusers' ``to_out``, ``ff.net``) was told the model's linear
+    layers were ``to_out`` and ``net``, names that are refused; the message lists names that work (``to_out.0``,
+    ``net.2``), and for a convolution (``conv_in``) says that convolutions are not adapted, not to name the linear
+    layers inside it."""
+
+    class GEGLU(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = torch.nn.Linear(8, 32)
+
+    block, ff = torch.nn.Module(), torch.nn.Module()
+    block.to_out = torch.nn.ModuleList([torch.nn.Linear(8, 8), torch.nn.Dropout(0.0)])
+    ff.net = torch.nn.ModuleList([GEGLU(), torch.nn.Dropout(0.0), torch.nn.Linear(16, 8)])
+    block.ff, block.conv_in = ff, torch.nn.Conv2d(4, 8, 3)
+    listed = r"target '\w+' matches no linear layer; the model's linear layers: net\.2, proj, to_out\.0 "
+    with pytest.raises(ValueError, match=listed + r"\(it names ModuleList modules, .*inside them: to_out\.0\)$"):
+        attach(block, "lora", targets="to_out", r=2)
+    with pytest.raises(ValueError, match=listed + r"\(it names ModuleList modules, .*inside them: net\.2, proj\)$"):
+        attach(block, "lora", targets="net", r=2)
+    with pytest.raises(ValueError, match=listed + r"\(it names Conv2d modules: convolutions are not adapted, .*list"):
+        attach(block, "lora", targets="conv_in", r=2)
+    adapter = attach(block, "lora", targets="to_out.0,net.2,proj", r=2)  # the names listed work
+    assert list(adapter.layers) == ["to_out.0", "ff.net.0.proj", "ff.net.2"]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

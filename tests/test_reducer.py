@@ -137,6 +137,41 @@ def test_degenerate_importance_settings_are_refused():
     attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=4, n_suppressed=4))  # K = L: off
 
 
+def test_a_refused_reducer_setting_leaves_the_model_unwrapped():
+    """The Reducer refuses its settings once the layers are wrapped (it needs L): the refusal left the model wrapped
+    and frozen, and attaching again with other settings was refused ("already has an adapter")."""
+    model = tiny_llama(layers=4)
+    with pytest.raises(ValueError, match="n_suppressed=4 suppresses all 4 adapted layers"):
+        attach(model, "effilora", targets=TINY_TARGETS, reducer=dict(k=2, n_suppressed=4))
+    assert all(p.requires_grad for p in model.parameters()) and not hasattr(model, "lora_shared")
+    assert attach(model, "effilora", targets=TINY_TARGETS, reducer=dict(k=2)).reducer.num_layers == 4
+
+
+def test_a_blocks_feed_forward_targets_are_in_its_layer_not_layers_of_their_own():
+    """From a review: the layer was the name up to its last number, so diffusers' ``ff.net.0.proj`` (an index into
+    the feed-forward's list of steps) was a layer apart from its transformer block: with the UNet's feed-forward
+    linears as targets the Reducer's L doubled (4 -> 8 on a tiny UNet). L counts transformer blocks (spec), whichever
+    of their linears are targets; the layers of the default targets are as before."""
+    from diffusers import UNet2DConditionModel
+
+    import tasks.diffusion.model as dmodel
+
+    config = {**dmodel.unet_config(), "sample_size": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "block_out_channels": [32, 32],
+              "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8}  # fmt: skip
+    attention = attach(UNet2DConditionModel(**config), "effilora", targets="to_q,to_k,to_v,to_out.0")
+    both = attach(UNet2DConditionModel(**config), "effilora", targets="to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2")
+    blocks = [f"{block}.attentions.{i}.transformer_blocks.0" for block, i in
+              [("down_blocks.0", 0), ("up_blocks.1", 0), ("up_blocks.1", 1), ("mid_block", 0)]]  # fmt: skip
+    assert list(attention.layer_groups) == list(both.layer_groups) == blocks
+    assert both.reducer.num_layers == both.summary()["layers"] == 4 and both.reducer.k == 3
+    in_block = {
+        n.split("transformer_blocks.0.")[1]: w.site.type for n, w in both.layers.items() if n.startswith(blocks[0])
+    }
+    assert in_block == {**{f"attn{i}.{t}": t for i in (1, 2) for t in ("to_q", "to_k", "to_v")},
+                        "attn1.to_out.0": "to_out", "attn2.to_out.0": "to_out", "ff.net.0.proj": "proj", "ff.net.2": "net"}  # fmt: skip
+
+
 def test_each_run_seed_draws_its_own_layers_unless_the_reducer_seed_is_fixed():
     """``harness run`` seeds torch with the run's seed before attaching: without a Reducer seed of its own the
     selection follows it (seeds 0, 1, 2 of a run are three draws, not one)."""
