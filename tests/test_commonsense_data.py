@@ -289,3 +289,62 @@ def test_the_mixed_training_file_replaces_the_benchmarks_own_which_are_not_read(
     (tmp_path / data.MIXED_TRAIN).mkdir()  # a folder is no mixed file: an error, not the benchmarks' files instead
     with pytest.raises(ValueError, match=rf"{data.MIXED_TRAIN} is a folder, not a readable file"):
         CommonsenseTask(TaskOptions(data_dir=str(tmp_path), val_size=4))
+
+
+def test_a_repeated_question_is_never_both_validated_and_trained_on(tmp_path):
+    """From a review: validation was cut from the shuffled training mix, which keeps a file's repeated questions
+    (ARC-Challenge's train.json repeats one, OBQA's five), so one question could be held out for validation and
+    trained on too (seeds 19, 31 and 39 of the paper preset). Its repeats are left out of training, and counted."""
+
+    def record(i):
+        return {"instruction": f"Is {i} even?\n\nAnswer format: yes/no", "input": ""} | {
+            "output": f"the correct answer is {'no' if i % 2 else 'yes'}",
+            "answer": "no" if i % 2 else "yes",
+        }
+
+    (tmp_path / "rc").mkdir()
+    (tmp_path / "rc" / "test.json").write_text(json.dumps([record(i) for i in range(100, 104)]))
+    (tmp_path / "rc" / "train.json").write_text(json.dumps([record(i) for i in range(10)] * 2))  # each one twice
+    mix, _ = data.training_mix(tmp_path, None, 0)
+    held = {data.question_key(r) for r in mix[:4]}
+    repeats = sum(data.question_key(r) in held for r in mix[4:])
+    assert repeats > 0  # the mix puts a question on both sides of val_size=4: what the fix is for
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=4))
+    train, val = task.splits()
+    assert len(val) == 4 and len(train) == 16 - repeats
+    assert not {e.prompt for e in train} & {e.prompt for e in val}
+    assert task.describe()["train_files"][0]["validation_repeats_left_out"] == repeats
+    (tmp_path / "rc" / "train.json").write_text(json.dumps([record(0)] * 6))  # nothing left to train on
+    with pytest.raises(ValueError, match="every training example repeats one of the val_size=2 validation"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=2)).splits()
+
+
+@pytest.mark.parametrize(
+    ("preset", "seed", "n_train", "train_sha", "val_sha"),
+    [
+        ("smoke", 0, 60, "b651b717e77f5ac0", "f4312583bd853896"),
+        ("embedded", 0, 1248, "cb477ba42551a6d3", "922ade1cd55b4ddb"),
+        ("embedded", 1, 1248, "1d69b89acbae147f", "16c5b26254939c19"),
+        ("embedded", 2, 1248, "0e60919071f46bd5", "432fb27c87b19b57"),
+        ("paper", 0, 17632, "412665ddabf5d8d7", "4cacc06b80cda2a5"),
+        ("paper", 1, 17632, "3467713449678c65", "76dafff41d14f300"),
+        ("paper", 2, 17632, "c7ce70e52a4d5ad1", "7303ff859bac61cb"),
+    ],
+)
+def test_a_split_with_no_repeat_on_both_sides_is_the_one_it_was(data_dir, preset, seed, n_train, train_sha, val_sha):
+    """From a review: leaving validation questions' repeats out of training must not move a split that drew none
+    onto both sides, so the committed runs (embedded, seeds 0-2) keep the data they trained on: these digests are
+    the splits as they were before the change (2026-12-06)."""
+    import dataclasses
+    import hashlib
+
+    from tasks.commonsense.presets import PRESETS
+
+    def sha(examples):
+        text = json.dumps([[e.prompt, e.target, e.source, e.meta] for e in examples])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    task = CommonsenseTask(dataclasses.replace(PRESETS[preset].task, data_dir=str(data_dir), seed=seed))
+    train, val = task.splits()
+    assert (len(train), sha(train), sha(val)) == (n_train, train_sha, val_sha)
+    assert all("validation_repeats_left_out" not in f for f in task.describe()["train_files"])

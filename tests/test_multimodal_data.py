@@ -714,3 +714,66 @@ def test_one_pair_id_in_two_domains_of_a_combined_file_is_two_pairs(folder):
         ("math", "p1"),
         ("math", "p1"),
     ]
+
+
+def test_validation_holds_whole_conversations_so_no_history_shows_a_validation_turn(folder):
+    """From a review: the validation split was cut after each conversation became one example a turn, so a
+    conversation could straddle it: its early turns validated, its later turns trained with the validation turn's
+    question and answer in their history. Validation now takes whole conversations until it has val_size examples."""
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    def conversation(i: int) -> dict:
+        turns = [
+            _turns(f"Question {k} about picture {i}?", f"answer {k} for {i}", images=int(k == 0)) for k in range(4)
+        ]
+        return {"id": f"c{i}", "domain": "general", "image": "images/a.png", "conversations": sum(turns, [])}
+
+    _write(folder, "train.json", [conversation(i) for i in range(6)])
+    _write(folder, "test.json", _test_records("general"))
+    straddled = 0
+    for val_size in range(1, 9):
+        for seed in range(3):
+            options = TaskOptions(data_dir=str(folder), template="chat", val_size=val_size, seed=seed)
+            train, val = TASKS.get("multimodal")(options).splits()
+            assert val_size <= len(val) < val_size + 4 and len(val) % 4 == 0 and len(train) + len(val) == 24
+            val_ids = {e.meta["id"] for e in val}
+            assert not val_ids & {e.meta["id"] for e in train}, (val_size, seed)
+            straddled += val_size % 4 != 0  # cut at val_size examples, one conversation would straddle
+            for examples in (train, val):  # each conversation's four turns, in order, its history its own
+                for k, e in enumerate(examples):
+                    assert e.meta["history"] == [(x.prompt, x.target) for x in examples[k - k % 4 : k]]
+    assert straddled
+    with pytest.raises(ValueError, match=r"only 24 training examples in 6 conversations for val_size=21, which "):
+        TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat", val_size=21)).splits()
+
+
+@pytest.mark.parametrize(
+    ("seed", "cap", "val_size", "n_train", "train_sha", "val_sha"),
+    [
+        (0, 8, 3, 21, "c67ce47659823f5c", "b0aa29575b935486"),
+        (0, None, 5, 22, "d6fb505d9e9fcecc", "ded31c5503788bed"),
+        (1, 8, 3, 21, "c93d56dc1a2278e7", "55c76483d045e648"),
+        (1, None, 5, 22, "84d8ee378f97dc9f", "3f046412bb09ce83"),
+    ],
+)
+def test_single_turn_data_splits_as_it_did_before_validation_took_whole_conversations(
+    embedded, seed, cap, val_size, n_train, train_sha, val_sha
+):
+    """From a review: validation takes whole conversations now (a conversation straddled it); the generated data
+    is one turn a record, so its splits, and the committed runs on it, must not move: these digests are the splits
+    of the small build as they were before the change (2026-12-06): the same validation examples, the same training
+    order."""
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    def sha(examples):
+        rows = [
+            [e.prompt, e.target, e.source, e.meta["id"], e.meta["history"], [Path(i).name for i in e.meta["images"]]]
+            for e in examples
+        ]
+        return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+
+    options = TaskOptions(data_dir=str(embedded), template="chat", train_cap=cap, val_size=val_size, seed=seed)
+    train, val = TASKS.get("multimodal")(options).splits()
+    assert (len(train), len(val), sha(train), sha(val)) == (n_train, val_size, train_sha, val_sha)

@@ -147,7 +147,22 @@ class CommonsenseTask(Task):
                 lambda i, r: f"{data.train_file(self.data_dir, r['benchmark'])}: the example {_named(r)}",
             )
         val, train = records[: self.options.val_size], records[self.options.val_size :]
-        return [self._example(r) for r in train], [self._example(r) for r in val]
+        # the training files repeat questions (ARC-Challenge one, OBQA five) and the mix keeps them: a repeat of a
+        # validation question is left out of training, or the validation loss would score what training showed; a
+        # split that drew no repeat onto both sides is the one it was before (since 2026-12-06)
+        held = {data.question_key(r) for r in val}
+        kept = [r for r in train if data.question_key(r) not in held]
+        left = [r for r in train if data.question_key(r) in held]
+        for entry in self._provenance:  # counted by file (its ``used`` counts the mix, validation included)
+            n = sum(data.provenance_name(data.train_file(self.data_dir, r["benchmark"])) == entry["file"] for r in left)
+            if n:
+                entry["validation_repeats_left_out"] = n
+        if not kept:
+            raise ValueError(
+                f"every training example repeats one of the val_size={self.options.val_size} validation questions; "
+                "lower it (--val-size) or add training data with other questions"
+            )
+        return [self._example(r) for r in kept], [self._example(r) for r in val]
 
     def test_records(self, benchmark: str) -> data.DataFile | None:
         return self._tests[benchmark]

@@ -341,13 +341,22 @@ class MultimodalTask(Task):
             rng.shuffle(mine)
             chosen += mine[: self.options.train_cap] if self.options.train_cap else mine
         rng.shuffle(chosen)
-        examples = examples_from(chosen)
-        if len(examples) <= self.options.val_size:
+        # validation holds whole conversations (one example a turn): the first records until they give val_size
+        # examples or more. Cut between turns, a conversation's later turns trained with the validation turn's
+        # question and answer as their history; single-turn data (the generated data) splits as it did before
+        # (since 2026-12-06)
+        n_val = n_examples = 0
+        while n_examples < self.options.val_size and n_val < len(chosen):
+            n_examples += len(chosen[n_val].turns)
+            n_val += 1
+        if n_val == len(chosen):
+            total = sum(len(r.turns) for r in chosen)
             raise ValueError(
-                f"only {len(examples)} training examples for val_size={self.options.val_size}; lower it (--val-size) "
-                "or add training data"
+                f"only {total} training examples in {len(chosen)} conversations for val_size="
+                f"{self.options.val_size}, which holds out whole conversations, leaving none to train on; lower it "
+                "(--val-size) or add training data"
             )
-        return examples[self.options.val_size :], examples[: self.options.val_size]
+        return examples_from(chosen[n_val:]), examples_from(chosen[:n_val])
 
     def test_records(self, domain: str) -> list[data.Record]:
         """The domain's test questions: with ``eval_limit``, the first that many of each kind (yes/no
