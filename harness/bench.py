@@ -546,7 +546,9 @@ def _paired_with(variants: list[tuple[str, Any]], base: Any) -> tuple[str, Any]:
 def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
     """``options`` with a Reducer variant's: ``off`` also drops the Reducer shortcuts the options set (``k=4``
     with the Reducer off is no Reducer, not a contradiction), and a ``SELECTION:DROP_RATIO`` variant sets K by
-    its drop ratio, so an option's ``k`` gives way to it (the row is what its label says); ``default`` keeps it."""
+    its drop ratio, so an option's ``k`` gives way to it (the row is what its label says), and so does the selection
+    a ``reducer`` option names (``reducer=importance`` beside ``random:0.25``: ``_without_reducer_fields``);
+    ``default`` keeps them."""
     from harness.config import REDUCER_SHORTCUTS
 
     variant_options = _reducer_options(variant)
@@ -554,9 +556,25 @@ def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
         kept = {k: v for k, v in options.items() if k not in REDUCER_SHORTCUTS}
     elif "drop_ratio" in variant_options:
         kept = {k: v for k, v in options.items() if k != "k"}
+        kept = _without_reducer_fields(kept, {"selection", "drop_ratio", "k"})
     else:
         kept = options
     return kept | variant_options
+
+
+def _without_reducer_fields(options: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """``options`` with their ``reducer`` option no longer naming the Reducer ``fields`` a bench variant or an
+    ``--also`` item sets: those replace the method's settings, and ``make_config`` refuses a ``reducer`` that names
+    one beside a shortcut setting it otherwise. ``reducer=importance`` (a selection) is then ``reducer=on``, and a
+    dict of ``ReducerConfig`` fields loses those keys."""
+    from harness.config import SELECTIONS
+
+    value = options.get("reducer")
+    if "selection" in fields and isinstance(value, str) and value.strip().lower() in SELECTIONS:
+        return options | {"reducer": "on"}
+    if isinstance(value, dict) and fields & value.keys():
+        return options | {"reducer": {k: v for k, v in value.items() if k not in fields}}
+    return options
 
 
 def _reducer_options(variant: str) -> dict[str, Any]:
@@ -600,13 +618,19 @@ def _also_config(cls: type, options: dict[str, Any], variant: str, item: str, me
 
 def _with_also(options: dict[str, Any], item: str) -> dict[str, Any]:
     """``options`` with an ``--also`` option's value, in place of any option that sets the same thing (``--rank 8
-    --also r=2`` is rank 2: ``rank`` would win over ``r``, and the row labelled r=2 would time rank 8)."""
-    from harness.config import REDUCER_SHORTCUTS
+    --also r=2`` is rank 2: ``rank`` would win over ``r``, and the row labelled r=2 would time rank 8); a Reducer
+    item replaces the method's setting of it alike, where a ``reducer`` option names it (``--option
+    reducer=importance --also selection=random``) or it names a shortcut's (``--also reducer=random`` beside
+    ``--option selection=importance``)."""
+    from harness.config import _SHORTCUT_FIELD, REDUCER_SHORTCUTS, SELECTIONS
 
     key, value = _also_option(item)
     same = next((names for names in ALIASES if key in names), {key})
     if key == "reducer" and value.lower() in ("off", "none"):  # the Reducer off: its options go with it, as
         same = {*same, *REDUCER_SHORTCUTS}  # with --reducer off (_variant_options)
+    elif key == "reducer" and value.lower() in SELECTIONS:
+        same = {*same, "selection"}
+    options = _without_reducer_fields(options, {_SHORTCUT_FIELD.get(k, k) for k in same if k in REDUCER_SHORTCUTS})
     return {k: v for k, v in options.items() if k not in same} | {key: value}
 
 

@@ -423,29 +423,64 @@ def transformers_config(
     return AutoConfig.from_pretrained(source, trust_remote_code=True, **(overrides or {}))
 
 
-def own_code(spec: str) -> bool | None:
-    """Whether the model comes with its own code, which ``--trust-remote-code`` runs in place of transformers' (or
-    the tokenizer's) classes: an ``auto_map`` in a ``*config.json`` of its folder or a subfolder (a local folder, a
-    config file's folder, a hub id's main revision in the hub's local cache). ``False`` for ``embedded`` and a paper
-    id the cache does not hold (their shipped configs, as their repositories, name none); ``None`` where it is not
-    known (another hub id the cache does not hold)."""
-    if spec == EMBEDDED:
+def own_code(spec: str, tokenizer: bool = True) -> bool | None:
+    """Whether ``--trust-remote-code`` changes the code a run builds of the model: its config's ``auto_map`` names
+    its own config or model class (``AutoConfig``, ``AutoModel*``), which the flag runs in place of transformers',
+    or, with ``tokenizer`` (the run loads the model's tokenizer with the flag: not ``--random-weights``, whose
+    tokenizer loads without it), its own tokenizer (``AutoTokenizer`` there or in ``tokenizer_config.json``). The
+    config is the one the run reads (a config file given, a folder's ``config.json``, that of a hub id's main
+    revision in the hub's local cache); another file's ``auto_map`` (a processor's, a pipeline component's) is not
+    read with the flag. ``False`` for ``embedded`` and a paper id the cache does not hold (their shipped configs, as
+    their repositories, name none); ``None`` where it is not known (another hub id the cache does not hold)."""
+    config = _config_at_hand(spec)
+    if config is None:
+        return False if spec == EMBEDDED or spec in PAPER_MODELS else None
+    auto_map = _auto_map(config)
+    if any(name == "AutoConfig" or name.startswith("AutoModel") for name in auto_map):
+        return True
+    return tokenizer and "AutoTokenizer" in {**auto_map, **_auto_map(config.parent / "tokenizer_config.json")}
+
+
+def needs_own_code(spec: str) -> bool | None:
+    """Whether the model loads only with ``--trust-remote-code``: its config's ``model_type`` is not one transformers
+    knows (its own code defines it; a run without the flag is refused before it starts, ``transformers_config``), so
+    a finished run of it ran with the flag whatever its record says. ``None`` where its config is not at hand (a hub
+    id the cache does not hold)."""
+    config = _config_at_hand(spec)
+    if config is None:
+        return False if spec == EMBEDDED or spec in PAPER_MODELS else None
+    try:
+        data = json.loads(config.read_bytes())
+    except (OSError, ValueError):  # the run reads it and fails there, saying so
         return False
+    from transformers import CONFIG_MAPPING
+
+    model_type = data.get("model_type") if isinstance(data, dict) else None  # none: a diffusers config
+    return isinstance(model_type, str) and model_type not in CONFIG_MAPPING
+
+
+def _config_at_hand(spec: str) -> Path | None:
+    """The config file a run of ``spec`` reads, where it is at hand without the network: a config file given, a
+    folder's ``config.json`` (there or not: a diffusers pipeline folder has none), that of a hub id's main revision in
+    the hub's local cache; ``None`` for ``embedded`` and a hub id (a paper id too) the cache does not hold."""
+    if spec == EMBEDDED:
+        return None
     path = Path(spec).expanduser()
     if path.exists():
-        folder = path.parent if path.is_file() else path
-    elif (snapshot := hub_snapshot(spec)) is not None:
-        folder = snapshot[1]
-    else:
-        return False if spec in PAPER_MODELS else None
-    for config in [*folder.glob("*config.json"), *folder.glob("*/*config.json")]:
-        try:
-            data = json.loads(config.read_bytes())
-        except (OSError, ValueError):  # not one of the configs the run reads (it fails there, saying so)
-            continue
-        if isinstance(data, dict) and "auto_map" in data:
-            return True
-    return False
+        return path if path.is_file() else path / "config.json"
+    if (snapshot := hub_snapshot(spec)) is not None:
+        return snapshot[1] / "config.json"
+    return None
+
+
+def _auto_map(config: Path) -> dict[str, Any]:
+    """The ``auto_map`` of the JSON file ``config`` (``{}``: none, or no such file, or not one the run can read)."""
+    try:
+        data = json.loads(config.read_bytes())
+    except (OSError, ValueError):  # not there, or the run reads it and fails there, saying so
+        return {}
+    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    return auto_map if isinstance(auto_map, dict) else {}
 
 
 def build_meta(spec: str, trust_remote_code: bool = False, pipeline: bool = False) -> MetaModel:

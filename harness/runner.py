@@ -39,7 +39,7 @@ from harness.identity import (
     same_form,
     walk_model_folder,
 )
-from harness.models import EMBEDDED, hub_revision, own_code
+from harness.models import EMBEDDED, hub_revision, needs_own_code, own_code
 from harness.records import (
     FIRST_METHOD_VERSION,
     PREDICTIONS,
@@ -586,19 +586,24 @@ def _other_task_version(spec: RunSpec, finished: dict[str, Any]) -> str | None:
 
 
 def _remote_code(spec: RunSpec, trust_remote_code: bool) -> bool:
-    """Whether ``--trust-remote-code`` changes which code builds the run's model: given, for a model that comes with
-    its own code (``harness.models.own_code``; not known, a hub id the cache does not hold: taken as one that does)."""
-    return trust_remote_code and own_code(spec.model) is not False
+    """Whether ``--trust-remote-code`` changes which code builds the run's model: given, for a model whose own code
+    the run would load with it (``harness.models.own_code``; not known, a hub id the cache does not hold: taken as
+    one that would)."""
+    return trust_remote_code and own_code(spec.model, tokenizer=not spec.random_weights) is not False
 
 
 def _other_model_code(spec: RunSpec, finished: dict[str, Any], trust_remote_code: bool) -> str | None:
     """How the code that builds the model differs from the finished run's: with ``--trust-remote-code`` a model that
     comes with its own code (its config's ``auto_map``) runs that code, without it transformers' classes, and the run
-    id leaves the flag out. A record without ``model_info.trust_remote_code`` (from before it was kept) ran without
-    it. ``None``: the same, or the model comes with no code of its own (the flag changes nothing)."""
+    id leaves the flag out. A record without ``model_info.trust_remote_code`` (from before it was kept, or made
+    without the flag) ran with it where the model loads only with it (a ``model_type`` transformers does not know:
+    ``harness.models.needs_own_code``), else without. ``None``: the same, or the flag changes nothing the run loads
+    (``harness.models.own_code``: no ``auto_map`` for its config, model or, unless it builds random weights, its
+    tokenizer)."""
     info = finished["run"]["config"].get("model_info")
-    then = isinstance(info, dict) and info.get("trust_remote_code") is True
-    if then == trust_remote_code or own_code(spec.model) is False:
+    info = info if isinstance(info, dict) else {}
+    then = info["trust_remote_code"] is True if "trust_remote_code" in info else needs_own_code(spec.model) is True
+    if then == trust_remote_code or own_code(spec.model, tokenizer=not spec.random_weights) is False:
         return None
     if then:
         return (

@@ -33,6 +33,10 @@ CHECKPOINT = "checkpoint.pt"
 
 # in a checkpoint's code since 2026-12-05, with the value an older checkpoint's code was made with
 LATER_CODE_KEYS = {"method_version": FIRST_METHOD_VERSION}
+# in a checkpoint's code since 2026-12-06 (whose checkpoints also keep "hub_revision" in their state), kept only where
+# set: one from before lacks it whichever its run had (a model that loads only with --trust-remote-code ran with it),
+# so it is not compared there
+UNKNOWN_BEFORE_CODE_KEYS = ("trust_remote_code",)
 
 
 class Cancelled(BaseException):
@@ -280,7 +284,11 @@ def train(
         # keys kept since a date: a checkpoint from before lacks them and was made with their first value
         if then_code:
             then_code = {k: v for k, v in LATER_CODE_KEYS.items() if k in (code or {})} | then_code
-        changed = sorted(k for k in set(then_code) | set(code or {}) if then_code.get(k) != (code or {}).get(k))
+        now_code = dict(code or {})
+        if "hub_revision" not in saved["state"]:  # from before UNKNOWN_BEFORE_CODE_KEYS were kept: not known
+            then_code = {k: v for k, v in then_code.items() if k not in UNKNOWN_BEFORE_CODE_KEYS}
+            now_code = {k: v for k, v in now_code.items() if k not in UNKNOWN_BEFORE_CODE_KEYS}
+        changed = sorted(k for k in set(then_code) | set(now_code) if then_code.get(k) != now_code.get(k))
         if code and then_code and changed:
             raise ValueError(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
@@ -320,6 +328,8 @@ def train(
             torch.cuda.set_rng_state(mine["cuda_rng"], device)
         random.setstate(mine["python_rng"])
         state = saved["state"]
+        if code:  # the same as the checkpoint's (checked above), or kept from now on where a key was not known
+            state["code"] = dict(code)
         if weights:  # the same as the checkpoint's (checked above), or kept from now on where it had none
             state["weights"] = weights
         if revision:  # the same, for a hub id's commit

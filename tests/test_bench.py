@@ -633,3 +633,37 @@ def test_a_reducer_option_given_to_also_changes_the_methods_defaults_not_a_varia
         BenchConfig(methods=("effilora",), reducer=("off", "importance:0.25"), also=("reducer=off",))
     two = replace(config, also=("k=2",), reducer=("off",))
     assert "effilora (k=2)" not in {r["contender"] for r in run_bench(two, model=tiny_llama(layers=2))["rows"]}
+
+
+def test_a_reducer_option_naming_a_selection_gives_way_to_a_variants_or_an_also_items():
+    """From a review: ``harness bench --methods lora --option reducer=importance --no-peft`` was refused
+    ("reducer=importance and selection=random both set the selection"), the default --reducer variants setting a
+    selection beside it, and so was ``--also selection=random`` beside it. A variant or a Reducer --also item
+    replaces the method's Reducer settings: each row times the selection its label says."""
+    from harness.bench import _variant_options, _with_also, build_contenders
+
+    BenchConfig(methods=("lora",), options={"reducer": "importance"}, peft=False)  # was refused
+    config = BenchConfig(methods=("lora",), options={"reducer": "importance"}, also=("selection=random",),
+                         reducer=("off", "importance:0.25", "random:0.5"), batch_size=1, seq_len=8, protocols=(),
+                         peft=False)  # fmt: skip
+    _, contenders = build_contenders(config, tiny_llama(), ["lora"], torch.device("cpu"))
+    timed = {c.name: c.config.reducer and (c.config.reducer.selection, c.config.reducer.drop_ratio)
+             for c in contenders if c.source == "ours"}  # fmt: skip
+    assert timed == {
+        "lora (off)": None,
+        "lora (importance:0.25, default)": ("importance", 0.25),
+        "lora (random:0.5)": ("random", 0.5),
+        "lora (selection=random)": ("random", 0.25),
+    }
+    # the other way round, and a dict of Reducer fields: the fields the variant or the item sets give way
+    BenchConfig(methods=("effilora",), options={"selection": "importance"}, reducer=("off",), also=("reducer=random",))
+    assert _with_also({"selection": "importance", "k": "2"}, "reducer=random") == {"k": "2", "reducer": "random"}
+    assert _with_also({"reducer": {"selection": "random", "k": 2}}, "drop_ratio=0.5") == {
+        "reducer": {"selection": "random"},
+        "drop_ratio": "0.5",
+    }
+    assert _variant_options({"reducer": {"selection": "random", "k": 2, "interval": 5}}, "importance:0.25") == {
+        "reducer": {"interval": 5},
+        "selection": "importance",
+        "drop_ratio": 0.25,
+    }

@@ -854,6 +854,93 @@ def test_a_finished_run_or_checkpoint_made_with_the_models_other_code_is_not_tak
     assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 1
 
 
+def test_a_record_or_checkpoint_from_before_the_flag_was_kept_of_a_model_that_needs_remote_code_ran_with_it(
+    data_dir, tmp_path, monkeypatch
+):
+    """From a review: a record or checkpoint from before ``trust_remote_code`` was kept, of a model whose
+    model_type transformers does not know, can only have run with --trust-remote-code (the model loads only with
+    it), yet it was taken as made without: refused with the flag ("leave the flag out", which is refused too) and
+    without it, both ways. Its missing field is now the flag where the model needs it; such a checkpoint is not
+    compared on it."""
+    import torch
+
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "own-type"
+    write_own_code(folder, "tiny_remote_old")
+    runs, data = tmp_path / "runs", _boolq_only(data_dir, tmp_path / "data")
+
+    def run(specs) -> list:
+        return runner.run_all(specs, runs, str(data), progress=False, trust_remote_code=True)
+
+    [base] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(folder), random_weights=True)
+    [own] = run([base])
+    path = runs / base.run_id / RECORD
+    kept = json.loads(path.read_text())
+    for field in ("trust_remote_code", "model_class"):  # as a record from before kept it
+        del kept["run"]["config"]["model_info"][field]
+    path.write_text(json.dumps(kept))
+    assert run([base])[0]["run"]["created_at"] == own["run"]["created_at"]  # done already (was refused)
+
+    [lora] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(folder), random_weights=True)
+    with monkeypatch.context() as stop:
+        stop.setattr(StopOnSigterm, "requested", lambda self: True)
+        with pytest.raises(Cancelled, match="stopped at step 1 of"):
+            run([lora])
+    checkpoint = runs / lora.run_id / CHECKPOINT
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["state"]["code"]["trust_remote_code"] == "true"
+    del saved["state"]["code"]["trust_remote_code"], saved["state"]["hub_revision"]  # as a checkpoint from before
+    torch.save(saved, checkpoint)
+    [resumed] = run([lora])  # was refused: "trust_remote_code changed since"
+    assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 1, resumed["run"]
+
+
+def test_an_auto_map_the_run_does_not_load_with_the_flag_is_no_remote_code_of_the_run(data_dir, tmp_path, monkeypatch):
+    """From a review: any ``auto_map`` in any ``*config.json`` counted as the model's own code, though the run
+    may not load it with the flag: a ``--random-weights`` run's tokenizer loads without it, so a folder whose
+    tokenizer_config.json alone names its own tokenizer class built the same run either way, yet a run finished
+    with the flag was refused without it (and the other way round). Only the config the run reads counts, for its
+    config and model classes, and for its tokenizer where the run loads that with the flag."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from harness import runner
+    from harness.models import own_code
+
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    folder = tmp_path / "own-tokenizer"
+    tiny_llama(layers=2).save_pretrained(folder)
+    vocab = {w: i for i, w in enumerate(["<unk>", "<pad>", "<eos>", "yes", "no", "true", "false"])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", eos_token="<eos>")\
+        .save_pretrained(folder)  # fmt: skip
+    (folder / "tokenization_my.py").write_text(
+        "from transformers import PreTrainedTokenizerFast\n\n\nclass MyTokenizerFast(PreTrainedTokenizerFast):\n"
+        "    pass\n"
+    )
+    tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
+    tokenizer_config["auto_map"] = {"AutoTokenizer": [None, "tokenization_my.MyTokenizerFast"]}
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (folder / "processor").mkdir()  # another component's config: not read with the flag
+    (folder / "processor" / "config.json").write_text(json.dumps({"auto_map": {"AutoModel": "x.Y"}}))
+    assert own_code(str(folder)) is True  # its weights loaded: the tokenizer loads with the flag
+    assert own_code(str(folder), tokenizer=False) is False
+    assert own_code(str(folder / "config.json"), tokenizer=False) is False
+
+    runs, data = tmp_path / "runs", _boolq_only(data_dir, tmp_path / "data")
+    [base] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(folder), random_weights=True)
+    [first] = runner.run_all([base], runs, str(data), progress=False, trust_remote_code=True)
+    assert first["run"]["status"] == "success", first["run"]
+    for trust in (False, True):  # the same run either way (without the flag it was refused as other code)
+        [again] = runner.run_all([base], runs, str(data), progress=False, trust_remote_code=trust)
+        assert again["run"]["created_at"] == first["run"]["created_at"]
+
+
 def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_as_not_counted(monkeypatch):
     """Outside the training loop SIGTERM raises ``Cancelled`` where the program is; the FLOPs count catches a
     plugin's errors (``except Exception``) and must let it through, or the run would go on to score."""
