@@ -508,7 +508,7 @@ def _runnable(
         if cfg.reducer is None:  # off
             kept.append((variant, cfg))
             continue
-        sites = {Site.of(name, model.get_submodule(name)).layer for name in find_targets(model, cfg.targets)}
+        sites = {Site.of(name, model.get_submodule(name), model).layer for name in find_targets(model, cfg.targets)}
         layers = len(sites)
         try:
             k = cfg.reducer.resolve_k(layers)

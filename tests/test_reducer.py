@@ -172,6 +172,27 @@ def test_a_blocks_feed_forward_targets_are_in_its_layer_not_layers_of_their_own(
                         "attn1.to_out.0": "to_out", "attn2.to_out.0": "to_out", "ff.net.0.proj": "proj", "ff.net.2": "net"}  # fmt: skip
 
 
+def test_bench_counts_a_blocks_feed_forward_targets_in_its_layer_as_attach_does(capsys):
+    """From a review of the fix above: ``harness bench`` worked out L from the names alone, so with a UNet's
+    feed-forward linears as targets it took L = 8 where ``attach`` takes 4, and kept or left out Reducer variants by
+    the wrong L (a variant at K = L, the Reducer off, timed under a Reducer label)."""
+    from diffusers import UNet2DConditionModel
+
+    import tasks.diffusion.model as dmodel
+    from harness.bench import _runnable
+    from harness.config import make_config
+    from harness.registry import METHODS
+
+    config = {**dmodel.unet_config(), "sample_size": 8, "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"], "block_out_channels": [32, 32],
+              "cross_attention_dim": 32, "attention_head_dim": 8, "norm_num_groups": 8}  # fmt: skip
+    targets = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+    cls = METHODS.get("effilora")
+    variant = make_config(cls.config_cls, {"targets": targets, "k": 4}, "effilora")  # K = 4 = L: the Reducer off
+    kept = _runnable("effilora", [("k4", variant)], UNet2DConditionModel(**config))
+    assert kept == [] and "k4" in capsys.readouterr().err
+
+
 def test_each_run_seed_draws_its_own_layers_unless_the_reducer_seed_is_fixed():
     """``harness run`` seeds torch with the run's seed before attaching: without a Reducer seed of its own the
     selection follows it (seeds 0, 1, 2 of a run are three draws, not one)."""
