@@ -589,7 +589,17 @@ def _remote_code(spec: RunSpec, trust_remote_code: bool) -> bool:
     """Whether ``--trust-remote-code`` changes which code builds the run's model: given, for a model whose own code
     the run would load with it (``harness.models.own_code``; not known, a hub id the cache does not hold: taken as
     one that would)."""
-    return trust_remote_code and own_code(spec.model, tokenizer=not spec.random_weights) is not False
+    return trust_remote_code and _own_code(spec)
+
+
+def _own_code(spec: RunSpec) -> bool:
+    """Whether the run's model has code of its own that its task would run with ``--trust-remote-code``: not where
+    the task's ``load`` never hands the flag on (``Task.loads_remote_code``: the multimodal and diffusion tasks build
+    their classes themselves), else ``harness.models.own_code`` (not known, a hub id the cache does not hold: taken
+    as one that has)."""
+    if not TASKS.get(spec.task).loads_remote_code:
+        return False
+    return own_code(spec.model, tokenizer=not spec.random_weights) is not False
 
 
 def _other_model_code(spec: RunSpec, finished: dict[str, Any], trust_remote_code: bool) -> str | None:
@@ -603,7 +613,7 @@ def _other_model_code(spec: RunSpec, finished: dict[str, Any], trust_remote_code
     info = finished["run"]["config"].get("model_info")
     info = info if isinstance(info, dict) else {}
     then = info["trust_remote_code"] is True if "trust_remote_code" in info else needs_own_code(spec.model) is True
-    if then == trust_remote_code or own_code(spec.model, tokenizer=not spec.random_weights) is False:
+    if then == trust_remote_code or not _own_code(spec):
         return None
     if then:
         return (

@@ -167,6 +167,9 @@ class Task(ABC):
     config_only_models: ClassVar[bool] = False
     # what a recipe's second ``stats`` count and a record's ``tokens``/``tokens_per_s`` are counts of
     throughput_unit: ClassVar[str] = "tokens"
+    # whether ``load`` hands ``trust_remote_code`` to what loads the model and its tokenizer: where it does not (the
+    # task builds its own classes), a model's own code never runs, and the flag changes nothing its runs compute
+    loads_remote_code: ClassVar[bool] = True
 
     def __init__(self, options: TaskOptions) -> None:
         self.options = options

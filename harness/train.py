@@ -332,7 +332,9 @@ def train(
             state["code"] = dict(code)
         if weights:  # the same as the checkpoint's (checked above), or kept from now on where it had none
             state["weights"] = weights
-        if revision:  # the same, for a hub id's commit
+        # the same, for a hub id's commit; kept (None where not known) from now on where the checkpoint had none, so
+        # that its next resume reads it as a checkpoint of this version (UNKNOWN_BEFORE_CODE_KEYS compared)
+        if revision or "hub_revision" not in state:
             state["hub_revision"] = revision
         if "hook_val_forwards" not in state:  # a checkpoint from before they were kept: known only if none ran
             state["hook_val_forwards"] = None if state.get("hook_val_s") else {}

@@ -895,8 +895,41 @@ def test_a_record_or_checkpoint_from_before_the_flag_was_kept_of_a_model_that_ne
     assert saved["state"]["code"]["trust_remote_code"] == "true"
     del saved["state"]["code"]["trust_remote_code"], saved["state"]["hub_revision"]  # as a checkpoint from before
     torch.save(saved, checkpoint)
-    [resumed] = run([lora])  # was refused: "trust_remote_code changed since"
-    assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 1, resumed["run"]
+    with monkeypatch.context() as stop:  # resumed (was refused: "trust_remote_code changed since"), stopped again
+        stop.setattr(StopOnSigterm, "requested", lambda self: True)
+        with pytest.raises(Cancelled, match="stopped at step 2 of"):
+            run([lora])
+    # a re-review: the resumed checkpoint is one of this version from now on (it kept reading as one from before,
+    # never compared on the flag again, so the run could switch code at its next resume)
+    state = torch.load(checkpoint, weights_only=True)["state"]
+    assert "hub_revision" in state and state["code"]["trust_remote_code"] == "true"
+    [resumed] = run([lora])
+    assert resumed["run"]["status"] == "success" and resumed["train"]["resumed_from_step"] == 2, resumed["run"]
+
+
+def test_a_task_that_never_hands_on_the_flag_runs_no_own_code_whatever_the_auto_map(tmp_path, monkeypatch):
+    """From a re-review: the multimodal and diffusion tasks build transformers' and diffusers' classes themselves
+    and never hand --trust-remote-code on, yet a LLaVA folder's auto_map made a finished run of theirs "other code"
+    across the flag (and its checkpoints too)."""
+    import dataclasses
+
+    from harness import runner
+
+    folder = tmp_path / "llava"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llava", "auto_map": {"AutoModel": "m.M"}}))
+    finished = {"run": {"config": {"model_info": {"trust_remote_code": True}}}}
+
+    def spec_of(task: str) -> runner.RunSpec:
+        return dataclasses.replace(runner.build_specs(task, ["base"], [0], "smoke")[0], model=str(folder))
+
+    for task in ("multimodal", "diffusion"):
+        spec = spec_of(task)
+        assert runner._other_model_code(spec, finished, False) is None
+        assert "trust_remote_code" not in runner._code(spec, True)
+    spec = spec_of("commonsense")
+    assert runner._other_model_code(spec, finished, False) is not None  # a task that hands it on: its own code
+    assert runner._code(spec, True)["trust_remote_code"] == "true"
 
 
 def test_an_auto_map_the_run_does_not_load_with_the_flag_is_no_remote_code_of_the_run(data_dir, tmp_path, monkeypatch):

@@ -56,6 +56,7 @@ class DiffusionTask(Task):
     unused_train_settings = ("train_on_inputs",)  # the loss is the denoising one: there is no text to learn
     averaged = ("similarity", "fidelity")  # Avg: the two offline scores on a 0-100 scale, higher is better
     throughput_unit = "images"  # the recipe counts images as its "tokens"
+    loads_remote_code = False  # diffusers' and transformers' own classes (a pipeline has no auto_map to run)
 
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:

@@ -39,6 +39,7 @@ class MultimodalTask(Task):
     presets = PRESETS
     unused_train_settings = ("train_on_inputs",)  # the loss is on the answers: the image and question are input
     config_only_models = True  # a llava_style config.json: the language model and vision tower are loaded into it
+    loads_remote_code = False  # transformers' LLaVA classes and processor, whatever the folder's auto_map names
     columns = data.DOMAINS
 
     @classmethod
