@@ -24,7 +24,8 @@ import operator
 import re
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -272,24 +273,42 @@ class AdapterLinear(nn.Module):
 
     # -- the base layer's attributes, read through ------------------------------------------------
     # Model code reads them from the layer it wraps (``self.o_proj.weight.dtype``; GPT-Neo's flash attention,
-    # diffusers' fuse_projections), as peft's wrappers allow. Properties, not registered tensors: parameters(),
-    # state_dict() and the counts see the base's tensors once, as ``base.*`` (which adapter state leaves out).
-    @property
-    def weight(self) -> Tensor:
-        return self.base.weight
+    # diffusers' fuse_projections), as peft's wrappers allow. Served only where nothing of the wrapper's own has the
+    # name (``__getattr__`` runs after a miss): a plugin may set ``self.in_features`` (peft's LoraLayer does) or
+    # register a tensor named ``bias``. No tensors of the wrapper's: parameters(), state_dict() and the counts see
+    # the base's once, as ``base.*`` (which adapter state leaves out).
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)  # nn.Module's: parameters, buffers, children
+        except AttributeError:
+            if name == self._registering:  # being registered as the wrapper's own: not taken yet
+                raise
+            base, site = self.__dict__.get("_modules", {}).get("base"), self.__dict__.get("site")
+            if name in ("weight", "bias") and base is not None:
+                return getattr(base, name)
+            if name in ("in_features", "out_features") and site is not None:  # a Conv1D's widths too
+                return site.d_in if name == "in_features" else site.d_out
+            raise
 
-    @property
-    def bias(self) -> Tensor | None:
-        return self.base.bias
+    _registering: str | None = None  # the name a tensor is being registered under: torch refuses one that reads
 
-    @property
-    def in_features(self) -> int:
-        """The input width (a ``Conv1D`` base's too: its weight is stored in x out)."""
-        return self.site.d_in
+    def register_buffer(self, name: str, tensor: Tensor | None, persistent: bool = True) -> None:
+        with self._own(name):
+            super().register_buffer(name, tensor, persistent)
 
-    @property
-    def out_features(self) -> int:
-        return self.site.d_out
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        with self._own(name):
+            super().register_parameter(name, param)
+
+    @contextmanager
+    def _own(self, name: str) -> Iterator[None]:
+        """While ``name`` is registered as the wrapper's own: torch refuses a name ``hasattr`` finds, and the
+        read-through would make ``weight``/``bias`` found."""
+        self.__dict__["_registering"] = name
+        try:
+            yield
+        finally:
+            del self.__dict__["_registering"]
 
     # -- forward ---------------------------------------------------------------------------------
     def _compute_dtype(self, x: Tensor) -> torch.dtype:
@@ -427,8 +446,18 @@ class Adapter:
                 "delete it or use --force)"
             )
         if missing or unexpected:
+            # only shared tensors' names differ: the layers match, the grouping into module types does not
+            older = all(n.startswith(f"{SHARED}.") for n in missing + unexpected)
             raise ValueError(
                 f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                + (
+                    f" (only shared tensors, {SHARED}.*, differ: an adapter saved by older harness code, before "
+                    "2026-12-06's layer/type grouping (an nn.Sequential's mlp.0 and mlp.2 are two module types "
+                    "since), may name its shared tensors differently; train it again (a run's checkpoint: delete it "
+                    "or use --force))"
+                    if older
+                    else ""
+                )
             )
         with torch.no_grad():
             for name, tensor in state.items():
@@ -665,10 +694,14 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
 
 
 def _target_name(name: str) -> str:
-    """The shortest name that targets the linear ``name``: its own (``q_proj``), or a numbered one with its parent's
-    (``to_out.0``, ``net.2``: the parent is a list, which is refused as a target)."""
+    """The shortest name that targets the linear ``name`` in every block: its own (``q_proj``), or a numbered one with
+    its parent's (``to_out.0``, ``net.2``: the parent is a list, which is refused as a target). Where the parent is a
+    number too (an ``nn.Sequential`` straight in a list of blocks: ``blocks.1.0``), no name targets it in every block
+    (``1.0`` is block 1's alone): its full name."""
     parts = name.split(".")
-    return ".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1]
+    if not parts[-1].isdigit():
+        return parts[-1]
+    return name if len(parts) > 1 and parts[-2].isdigit() else ".".join(parts[-2:])
 
 
 def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
@@ -696,8 +729,12 @@ def _not_linear(model: nn.Module, matches: Callable[[str], bool]) -> str:
     inside = sorted({_target_name(f"{n}.{sub}") for n, m in matched for sub, s in m.named_modules() if is_linear(s)})
     return (
         f" (it names {', '.join(kinds)} modules, which are not torch.nn.Linear: only nn.Linear layers (and GPT-2-style "
-        f"Conv1D) are adapted{', not convolutions' if convolutions else ''}; name the linear layers inside them"
-        + (f": {', '.join(inside)})" if inside else ")")
+        f"Conv1D) are adapted{', not convolutions' if convolutions else ''}; "
+        + (
+            f"name the linear layers inside them: {', '.join(inside)})"
+            if inside
+            else "they hold no linear layer to adapt: name linear layers from the list instead)"
+        )
     )
 
 

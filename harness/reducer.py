@@ -125,6 +125,15 @@ class Reducer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Refuses a state of another number of layers: its scores would draw indices past L (an IndexError at
+        the first scoring round), or leave layers never drawn."""
+        if (then := len(state["scores"])) != self.num_layers:
+            raise ValueError(
+                f"the checkpoint's Reducer state scores {then} layers and this adapter has {self.num_layers}: the "
+                "checkpoint was written with another layer count (by older code, before 2026-12-06 counted a block's "
+                "numbered steps such as ff.net.0.proj in the block's layer, or with other targets); delete it or use "
+                "--force to start over"
+            )
         self.scores = state["scores"].clone()
         self.update_counts = list(state["update_counts"])
         self.trajectory = list(state["trajectory"])

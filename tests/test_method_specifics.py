@@ -73,6 +73,38 @@ def test_an_mlp_lists_two_linears_are_two_module_types_and_a_hybrid_models_layer
     assert sorted(adapter.model.lora_shared.lora_A) == ["mlp_0_8", "mlp_2_8", "q_proj_8", "to_out_8"]
 
 
+def test_an_adapter_whose_shared_tensors_were_grouped_by_older_code_is_told_so(tmp_path, monkeypatch):
+    """From a review: a ShareLoRA adapter saved before 2026-12-06 shared one A between an ``nn.Sequential``'s
+    ``mlp.0`` and ``mlp.2`` (one module type, ``mlp``); loading it now said only that the state did not fit (missing
+    ``lora_shared.lora_A.mlp_0_8``, unexpected ``...mlp_8``). Where only shared tensors' names differ the message says
+    older code may have named them so; where a layer's own tensors differ (another model) it does not."""
+    from torch import nn
+
+    from harness import load_adapter
+    from harness.adapter import Site
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mlp = nn.Sequential(nn.Linear(8, 8), nn.GELU(), nn.Linear(8, 8))
+
+    def model(blocks: int = 2) -> nn.Module:
+        torch.manual_seed(0)
+        m = nn.Module()
+        m.layers = nn.ModuleList([Block() for _ in range(blocks)])
+        return m
+
+    real = Site.of
+    monkeypatch.setattr(Site, "of", classmethod(lambda cls, name, linear, m=None: real.__func__(cls, name, linear)))
+    attach(model(), "sharelora", targets="mlp.0,mlp.2", r=2).save(tmp_path)  # the types before 2026-12-06: "mlp"
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match=r"unexpected \['lora_shared\.lora_A\.mlp_8'\] \(only shared .*older harness"):
+        load_adapter(model(), tmp_path)
+    attach(model(), "sharelora", targets="mlp.0,mlp.2", r=2).save(tmp_path)
+    with pytest.raises(ValueError, match=r"does not fit this model: missing \['layers\.2\.[^(]*$"):
+        load_adapter(model(blocks=3), tmp_path)  # a layer's own tensors missing: no word of older code
+
+
 def test_lora_fa_a_never_changes_and_input_is_not_kept():
     adapter = attach(tiny_llama(), "lora_fa", targets=TINY_TARGETS, dropout=0.0)
     a_before = {n: layer.lora_A.clone() for n, layer in adapter.layers.items()}

@@ -327,6 +327,54 @@ def test_a_wrapper_reads_its_bases_weight_bias_and_widths_through(method):
     assert c_attn.bias is c_attn.base.bias
 
 
+def test_a_plugin_that_sets_its_own_in_features_attaches():
+    """From a review: ``in_features``/``out_features`` were read-only properties, so a plugin wrapper in peft's style
+    that sets ``self.in_features`` in its ``__init__`` (peft's LoraLayer does) failed in attach ("has no setter"). The
+    base's are read only where the wrapper has none of its own: the plugin's value wins, ``weight`` still reads
+    through."""
+
+    class Widths(AdapterLinear):
+        def __init__(self, base, config, site, shared) -> None:
+            super().__init__(base, config, site, shared)
+            self.in_features, self.out_features = site.d_in + 1, site.d_out  # its own (+1: told apart from the base's)
+            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+            self.lora_B = self.new_param(self.out_features, config.r)
+
+        def delta(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T
+
+    Widths.name = "widths"
+    adapter = attach(tiny_llama(), Widths, targets="q_proj", r=2, reducer=None)
+    layer = adapter.layers["model.layers.0.self_attn.q_proj"]
+    assert (layer.in_features, layer.out_features) == (layer.site.d_in + 1, layer.site.d_out)
+    assert layer.weight is layer.base.weight and layer.bias is layer.base.bias
+    adapter.model(**batch()).loss.backward()
+
+
+def test_a_plugin_that_registers_a_buffer_named_bias_attaches_and_reads_its_own():
+    """From a review: ``weight``/``bias`` were read-only properties of the wrapper, so a plugin that registers a tensor
+    of its own under one of those names (a buffer ``bias`` added to its update) failed in attach. Its own tensor wins
+    where it has one (and is saved with the adapter, as a buffer); the base's ``weight`` still reads through."""
+
+    class Shifted(AdapterLinear):
+        def __init__(self, base, config, site, shared) -> None:
+            super().__init__(base, config, site, shared)
+            self.register_buffer("bias", torch.full((site.d_out,), 0.5))
+            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+            self.lora_B = self.new_param(site.d_out, config.r)
+
+        def delta(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T + self.bias
+
+    Shifted.name = "shifted"
+    adapter = attach(tiny_llama(), Shifted, targets="q_proj", r=2, reducer=None)
+    layer = adapter.layers["model.layers.0.self_attn.q_proj"]
+    assert layer.bias is layer._buffers["bias"] and layer.bias is not layer.base.bias
+    assert layer.weight is layer.base.weight and (layer.in_features, layer.out_features) == (32, 32)
+    assert "model.layers.0.self_attn.q_proj.bias" in adapter.state_dict()
+    adapter.model(**batch()).loss.backward()
+
+
 def test_a_target_that_names_another_kind_of_layer_says_so():
     """From a review of own models: --targets naming modules that are not linear layers said only that it matched
     no linear layer; it names what they are."""
@@ -373,6 +421,26 @@ def test_a_target_naming_a_list_or_a_convolution_is_told_what_to_name():
         attach(block, "lora", targets="conv_in", r=2)
     adapter = attach(block, "lora", targets="to_out.0,net.2,proj", r=2)  # the names listed work
     assert list(adapter.layers) == ["to_out.0", "ff.net.0.proj", "ff.net.2"]
+
+
+def test_a_target_naming_modules_without_a_linear_or_a_list_of_blocks_steps_is_told_what_to_name():
+    """From a review: a target naming modules that hold no linear layer (``embed_tokens``, ``input_layernorm``) was
+    told to "name the linear layers inside them"; it is told they hold none. And an ``nn.Sequential`` straight in a
+    list of blocks had its linears listed as ``0.0, 0.2, 1.0, ...``, names that each target one block's linear alone
+    (``0.0``: block 0's first): no shorter name targets them in every block, so the list gives their full names."""
+    with pytest.raises(ValueError, match=r"it names Embedding modules, .*; they hold no linear layer to adapt: name"):
+        attach(tiny_llama(), "lora", targets="embed_tokens", r=2)
+    model = torch.nn.Module()
+    model.blocks = torch.nn.ModuleList(
+        [torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.GELU(), torch.nn.Linear(8, 8)) for _ in range(3)]
+    )
+    names = [f"blocks.{i}.{j}" for i in range(3) for j in (0, 2)]
+    with pytest.raises(ValueError, match=rf"the model's linear layers: {', '.join(names)}$") as refused:
+        attach(model, "lora", targets="mlp", r=2)
+    with pytest.raises(ValueError, match=rf"inside them: {', '.join(names)}\)$"):
+        attach(model, "lora", targets="blocks", r=2)
+    listed = str(refused.value).split("linear layers: ")[1].split(", ")
+    assert list(attach(model, "lora", targets=",".join(listed), r=2).layers) == names  # the names listed: each one
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

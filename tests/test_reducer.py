@@ -193,6 +193,24 @@ def test_bench_counts_a_blocks_feed_forward_targets_in_its_layer_as_attach_does(
     assert kept == [] and "k4" in capsys.readouterr().err
 
 
+def test_a_reducer_state_of_another_layer_count_is_refused():
+    """From a review: a checkpoint written before 2026-12-06 with a UNet's feed-forward targets kept scores for 8
+    layers where the adapter now has 4; the resume drew K from the stale scores and failed with an IndexError at the
+    first scoring round. A Reducer state of another number of layers is refused, saying what to do, and changes
+    nothing; one of the same number loads."""
+    written = attach(tiny_llama(layers=6), "effilora", targets=TINY_TARGETS, reducer=dict(k=2)).training_state()
+    adapter = attach(tiny_llama(layers=4), "effilora", targets=TINY_TARGETS, reducer=dict(k=2))
+    adapter.on_step_begin(0, lambda: 1.0)  # a selection of its own, to see it kept
+    before = adapter.training_state()["reducer"]
+    with pytest.raises(ValueError, match=r"scores 6 layers and this adapter has 4: the checkpoint was written with "
+                                         r"another layer count \(by older code.*or with other targets\); delete it or "
+                                         r"use --force"):  # fmt: skip
+        adapter.load_training_state(written)
+    assert adapter.reducer.scores.tolist() == before["scores"].tolist()
+    assert adapter.reducer.selected == before["selected"]
+    adapter.load_training_state({"reducer": before})  # the same L: loads
+
+
 def test_each_run_seed_draws_its_own_layers_unless_the_reducer_seed_is_fixed():
     """``harness run`` seeds torch with the run's seed before attaching: without a Reducer seed of its own the
     selection follows it (seeds 0, 1, 2 of a run are three draws, not one)."""
