@@ -87,6 +87,45 @@ def test_bench_times_every_method_against_the_floor_and_peft_and_scores_per_prot
     assert ("malloc keeps freed memory" in table) == (saved["environment"]["malloc"] is not None)
 
 
+def test_the_reducer_s_scoring_flops_are_its_no_grad_forwards_per_step_as_run_records_count_them(tmp_path):
+    """From a review: ``hook_gflops`` was only checked to be above 0, so a count of each round as forward and
+    backward, or per round instead of per step, passed. It is ``rollouts`` no-grad forwards at the bench's shape
+    every ``interval`` steps, each counted as run records count the Reducer's rollouts (``hook_forward_flops``)."""
+    from harness.accounting import hook_forward_flops
+    from harness.config import make_config
+    from tasks.lm import CausalLMRecipe
+    from tests.conftest import meta_of
+
+    rollouts, interval = 3, 4
+    options = {"rollouts": rollouts, "interval": interval}
+    with_reducer = [m for m in METHODS.names() if METHODS.get(m).config_cls().reducer is not None]
+    assert with_reducer  # else there is nothing to check
+    config = BenchConfig(
+        methods=tuple(with_reducer),
+        options=options,
+        batch_size=2,
+        seq_len=16,
+        rounds=1,
+        warmup=0,
+        peft=False,
+        reducer=("importance:0.25",),
+        protocols=(),
+        threads=1,
+        out=str(tmp_path),
+    )
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    recipe = CausalLMRecipe(CharTokenizer(), cutoff_len=config.seq_len, train_on_inputs=True)
+    shape = [config.batch_size, config.seq_len, config.seq_len]  # every position of the held-out batch scored
+    for method in with_reducer:
+        row = rows[f"{method} (importance:0.25, default)"]
+        cfg = make_config(METHODS.get(method).config_cls, options, method)
+        assert (cfg.reducer.rollouts, cfg.reducer.interval) == (rollouts, interval)
+        forward = hook_forward_flops(
+            meta_of(tiny_llama()), method, cfg, [{"shape": shape, "skipped": []}], recipe, row["fast_path"]
+        )[0]
+        assert row["hook_gflops"] * 1e9 == pytest.approx(forward * rollouts / interval, rel=1e-12), method
+
+
 def test_with_reference_the_reducer_saves_against_its_own_path_with_it_off(tmp_path):
     """``--reference`` times each method on both paths: a Reducer row is compared with the off row of its path."""
     config = BenchConfig(

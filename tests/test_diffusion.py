@@ -291,6 +291,31 @@ def test_kid_is_near_zero_for_one_distribution_and_large_for_two():
     assert apart["lo"] > 0 and apart["value"] > 10 * abs(same["value"])
 
 
+def test_kid_is_the_unbiased_mmd2_of_the_cubic_polynomial_kernel_times_1000():
+    """From a review: KID was only checked near 0 for one distribution and large for two, which a squared kernel or
+    a value without its x1000 also gave. Pinned here to the KID paper's definition, computed term by term."""
+    # by hand, d = 2: within each set the two images' dot product is 0 (k = 1, so each within term is 1); across,
+    # two pairs have x.y = 0 (k = 1) and two x.y = 1 (k = (1/2 + 1)^3 = 3.375): 1 + 1 - 2 * 8.75/4 = -2.375
+    x, y = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    assert scoring.kid(x, y, resamples=0)["value"] == pytest.approx(-2375.0, rel=1e-12)
+
+    rng = np.random.default_rng(3)  # float32 features, as kid is given them (it computes in float64)
+    gen = rng.normal(size=(4, 5)).astype(np.float32).astype(np.float64)
+    real = rng.normal(0.5, 1.5, size=(6, 5)).astype(np.float32).astype(np.float64)
+
+    def k(a: np.ndarray, b: np.ndarray) -> float:  # the KID paper's kernel: (a.b / d + 1)^3
+        return (float(np.dot(a, b)) / len(a) + 1.0) ** 3
+
+    def within(f: np.ndarray) -> float:  # unbiased: an image's pair with itself left out
+        return sum(k(f[i], f[j]) for i in range(len(f)) for j in range(len(f)) if i != j) / (len(f) * (len(f) - 1))
+
+    across = sum(k(a, b) for a in gen for b in real) / (len(gen) * len(real))
+    expected = 1000 * (within(gen) + within(real) - 2 * across)
+    got = scoring.kid(torch.from_numpy(gen).float(), torch.from_numpy(real).float(), resamples=50)
+    assert got["value"] == pytest.approx(expected, rel=1e-9)
+    assert got["lo"] <= got["hi"]
+
+
 def test_category_classifier_separates_features():
     g = torch.Generator().manual_seed(0)
     feats = torch.cat([torch.randn(20, 8, generator=g) + 3, torch.randn(20, 8, generator=g) - 3])

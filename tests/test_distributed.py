@@ -62,8 +62,19 @@ def test_two_processes_write_one_record_with_the_single_process_results(tiny_mod
     for name, entry in a["eval"].items():
         assert entry.get("value") == b["eval"][name].get("value"), name  # the same accuracies
         assert entry.get("preds") == b["eval"][name].get("preds"), name
-    for (_, x), (_, y) in zip(a["train"]["loss_curve"], b["train"]["loss_curve"], strict=True):
-        assert abs(x - y) <= 1e-3 * max(1.0, abs(x))  # the same loss curve at the same effective batch
+    # the same loss curve and trained weights at the same effective batch. From a review: a relative 1e-3 on the
+    # losses and the predictions could not see processes that never all-reduced (each training on its own half);
+    # the runs agree to float rounding (summed in another order), far inside these (losses are kept to 5 decimals)
+    for (step, x), (_, y) in zip(a["train"]["loss_curve"], b["train"]["loss_curve"], strict=True):
+        assert abs(x - y) <= 1e-4, (step, x, y)
+    from safetensors.torch import load_file
+
+    alone, both = (load_file(d / r["run"]["id"] / "adapter" / "adapter_model.safetensors") for d, r in
+                   ((tmp_path / "one", a), (tmp_path / "two", b)))  # fmt: skip
+    assert alone.keys() == both.keys() and alone
+    for name, tensor in alone.items():  # ~1e-8 apart; without the all-reduce, ~1e-3
+        gap = float((tensor - both[name]).abs().max())
+        assert gap <= 1e-6, (name, gap)
     assert multi.stdout.count("[1/1]") == 1  # one process reports
     assert b["run"]["config"]["processes"] == 2 and "processes" not in a["run"]["config"]  # in the run id too
     # the step's FLOPs cover both processes' micro-batches (other pairings of the same examples: other padding)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 import numpy as np
@@ -275,6 +276,23 @@ def test_markdown_needs_no_tabulate(tmp_path, monkeypatch):
     write_fixture(tmp_path / "runs", fixture_record("lora", 0, evals={"ARC-Easy": scored("01", "01")}))
     write_leaderboards(tmp_path / "runs", tmp_path / "out")
     assert "| lora | 100.0 [15.8, 100.0] |" in (tmp_path / "out" / "leaderboard.md").read_text()  # exact at 2/2
+
+
+def test_the_sign_flip_p_of_many_continuous_differences_is_the_normal_tail():
+    """From a review: the normal-approximation branch (``NORMAL_FROM`` or more differing examples that are whole
+    multiples of no unit) was never pinned, so a tail of ``erfc(z / 2)`` for ``erfc(z / sqrt(2))`` passed. Each
+    example weighs 1 / (columns * its column's n); the statistic's null sd is the root of the weighted squares."""
+    from harness.stats import NORMAL_FROM, _lattice, sign_flip_p
+
+    rng = np.random.default_rng(7)
+    diffs = [rng.normal(0.05, 1.0, 1200), rng.normal(0.05, 1.0, 800)]  # continuous: no lattice, none dominates
+    x = np.concatenate([d / (2 * d.size) for d in diffs])
+    assert x.size >= NORMAL_FROM and _lattice(np.abs(x)) is None
+    z = abs(x.sum()) / math.sqrt(np.sum(x**2))
+    expected = math.erfc(z / math.sqrt(2))  # two-sided: 2 * P(N(0, 1) >= z)
+    assert 0.001 < expected < 0.5  # a tail where the two formulas differ
+    # flips=1: a Monte Carlo p would be 1/2 or 1, so this value is the normal branch's
+    assert sign_flip_p(diffs, flips=1) == pytest.approx(expected, rel=1e-12, abs=1e-12)
 
 
 def test_an_interval_touching_zero_within_rounding_is_not_significant():

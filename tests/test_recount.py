@@ -65,6 +65,19 @@ def test_recount_rewrites_only_what_changed_and_keeps_what_the_run_wrote(tiny_mo
     )
     assert flops["adapter"] == as_run[1]["adapter"]
 
+    # from a review: the case above changes the count and counted_by together, so a decision that looked only at
+    # counted_by passed; a count changed under the same counter (a record edited, a half-applied fix) is rewritten
+    record = read_record(paths[0])
+    edited = dict(as_run[0], adapter=as_run[0]["adapter"] + 1000)
+    assert edited["counted_by"] == as_run[0]["counted_by"]  # only the count differs
+    record["train"]["flops_per_step"] = edited
+    write_record(paths[0].parent, record)
+    changes = recount_flops(runs, {"commonsense": str(data_dir)}, say=lines.append)
+    assert changes[0]["rewritten"] and changes[0]["old_adapter"] == edited["adapter"]
+    flops = read_record(paths[0])["train"]["flops_per_step"]
+    assert flops["adapter"] == as_run[0]["adapter"] and flops["recounted"]["as_run"]["adapter"] == edited["adapter"]
+    assert not changes[1]["rewritten"]  # counted right last time: left
+
     record = read_record(paths[0])  # a config edited by hand no longer gives its run id: left as it is
     record["run"]["config"]["train"]["lr"] = 0.5
     write_record(paths[0].parent, record)

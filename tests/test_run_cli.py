@@ -55,6 +55,17 @@ def test_smoke_run_writes_records_and_the_leaderboard_then_skips(tmp_path, data_
     for r in records:
         assert r["run"]["status"] == "success" and r["train"]["steps"] == 3
         assert r["train"]["flops_per_step"]["total"] > 0 and r["train"]["trainable_params"] > 0
+        # from a review: these were never checked on a real run (a percent without its x100, or of base+trainable,
+        # passed); each is its formula from the record's own fields
+        t = r["train"]
+        assert t["percent_trainable"] == pytest.approx(100 * t["trainable_params"] / t["base_params"], rel=1e-12)
+        # tokens_per_s is tokens over the unrounded seconds (train_s keeps 3 decimals), itself to 2 decimals
+        assert t["tokens"] > 0 and t["train_s"] > 0
+        assert t["tokens_per_s"] == pytest.approx(t["tokens"] / t["train_s"], rel=0.0006 / t["train_s"], abs=0.006)
+        updated = t["params_updated_per_step"]
+        assert 0 < updated["min"] <= updated["mean"] <= updated["max"] <= t["trainable_params"]
+        if r["run"]["config"]["method"] == "lora":  # every trainable tensor gets a gradient every step
+            assert updated["mean"] == updated["min"] == updated["max"] == t["trainable_params"]
         assert r["eval"]["hellaswag"] == {"status": "absent"} and r["eval"]["boolq"]["n"] == 4
         assert r["env"]["python"] and r["run"]["git_commit"] is not None
         info = r["run"]["config"]["model_info"]  # which embedded weights: the GGUF's own sha256
