@@ -447,7 +447,11 @@ class Adapter:
             )
         if missing or unexpected:
             # only shared tensors' names differ: the layers match, the grouping into module types does not
-            older = all(n.startswith(f"{SHARED}.") for n in missing + unexpected)
+            # (and of the same input widths, ``{type}_{d_in}``: a re-review: a model of another width differs in its
+            # shared names only too)
+            older = all(n.startswith(f"{SHARED}.") for n in missing + unexpected) and {
+                n.rsplit("_", 1)[-1] for n in missing
+            } == {n.rsplit("_", 1)[-1] for n in unexpected}
             raise ValueError(
                 f"adapter state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
                 + (

@@ -1163,9 +1163,11 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     for spec in specs:
         task_cls = TASKS.get(spec.task)
         key = (spec.task, spec.model, spec.method, json.dumps(spec.method_options, sort_keys=True))
-        trust = trust_kwargs(task_cls.build_meta, trust_remote_code)
+        # a task that never hands the flag on (Task.loads_remote_code) runs no model code of its own here either
+        flag = trust_remote_code and task_cls.loads_remote_code
+        trust = trust_kwargs(task_cls.build_meta, flag)
         if spec.method == BASELINE:
-            task_cls.check_model(spec.model, **trust_kwargs(task_cls.check_model, trust_remote_code))
+            task_cls.check_model(spec.model, **trust_kwargs(task_cls.check_model, flag))
         elif key not in seen:
             reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
             scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"
@@ -1178,7 +1180,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         if (tokenizer_key := (spec.task, spec.model, spec.random_weights)) not in tokenizers_checked:
             # a model built from its config: its tokenizer loads, its ids fit the embeddings
             task_cls.check_built_tokenizer(
-                spec.model, spec.random_weights, **trust_kwargs(task_cls.check_built_tokenizer, trust_remote_code)
+                spec.model, spec.random_weights, **trust_kwargs(task_cls.check_built_tokenizer, flag)
             )
             tokenizers_checked.add(tokenizer_key)
         if not spec.random_weights:

@@ -103,6 +103,16 @@ def test_an_adapter_whose_shared_tensors_were_grouped_by_older_code_is_told_so(t
     attach(model(), "sharelora", targets="mlp.0,mlp.2", r=2).save(tmp_path)
     with pytest.raises(ValueError, match=r"does not fit this model: missing \['layers\.2\.[^(]*$"):
         load_adapter(model(blocks=3), tmp_path)  # a layer's own tensors missing: no word of older code
+    # a re-review: a model of another width differs in its shared tensors' names only too: no word of older code
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    def llama(hidden: int) -> LlamaForCausalLM:
+        return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=hidden, intermediate_size=64,
+                                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4))  # fmt: skip
+
+    attach(llama(32), "sharelora", targets="q_proj,v_proj", r=2).save(tmp_path / "w")
+    with pytest.raises(ValueError, match=r"does not fit this model: missing \['lora_shared[^(]*$"):
+        load_adapter(llama(48), tmp_path / "w")
 
 
 def test_lora_fa_a_never_changes_and_input_is_not_kept():

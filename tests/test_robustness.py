@@ -930,6 +930,17 @@ def test_a_task_that_never_hands_on_the_flag_runs_no_own_code_whatever_the_auto_
     spec = spec_of("commonsense")
     assert runner._other_model_code(spec, finished, False) is not None  # a task that hands it on: its own code
     assert runner._code(spec, True)["trust_remote_code"] == "true"
+    # a re-review: the preflight ran that code (reading the config with the flag) for a task whose runs never do
+    marker = tmp_path / "ran"
+    (folder / "cfg.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise RuntimeError('remote code ran')\n")
+    config = {"model_type": "llava", "auto_map": {"AutoConfig": "cfg.MyConfig", "AutoModel": "cfg.M"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    for task in ("multimodal", "diffusion"):
+        try:
+            runner.preflight([spec_of(task)], trust_remote_code=True)
+        except Exception as exc:  # refused for what the folder lacks: not for its code, which never ran
+            assert "remote code ran" not in str(exc)
+        assert not marker.exists()
 
 
 def test_an_auto_map_the_run_does_not_load_with_the_flag_is_no_remote_code_of_the_run(data_dir, tmp_path, monkeypatch):
