@@ -66,8 +66,9 @@ class Site:
     @classmethod
     def of(cls, name: str, linear: nn.Module, model: nn.Module | None = None) -> Site:
         """The site of ``linear``, named ``name`` in ``model``. The model tells a list of layers from a numbered
-        list of steps (``ff.net``), whose index is no layer (``_layer_of``); without it (a caller that has only
-        names) the layer is the name up to its last number, which makes ``ff.net.0.proj`` a layer of its own."""
+        list of steps (``ff.net``), whose index is no layer (``_layer_of``). Without it, the grouping from before
+        2026-12-06 (the layer is the name up to its last number, ``ff.net.0.proj`` a layer of its own; no nn.Sequential
+        type split), kept for tests that rebuild older adapters: attach and bench always pass the model."""
         parts = name.split(".")
         if model is None:
             digits = [i for i, p in enumerate(parts[:-1]) if p.isdigit()]

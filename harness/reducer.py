@@ -130,9 +130,9 @@ class Reducer:
         if (then := len(state["scores"])) != self.num_layers:
             raise ValueError(
                 f"the checkpoint's Reducer state scores {then} layers and this adapter has {self.num_layers}: the "
-                "checkpoint was written with another layer count (by older code, before 2026-12-06 counted a block's "
-                "numbered steps such as ff.net.0.proj in the block's layer, or with other targets); delete it or use "
-                "--force to start over"
+                "checkpoint was written with another layer count (by older code, from before 2026-12-06, which counted "
+                "a block's numbered steps such as ff.net.0.proj as layers of their own, or with other targets); delete "
+                "it or use --force to start over"
             )
         self.scores = state["scores"].clone()
         self.update_counts = list(state["update_counts"])

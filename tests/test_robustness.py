@@ -807,8 +807,9 @@ def test_a_finished_run_or_checkpoint_made_with_the_models_other_code_is_not_tak
     """From a review: for a config that names its own code beside a model_type transformers ships, --trust-remote-code
     changes which code builds the model (its own class, or transformers') but not the run id: a finished run made
     with one was "done already" for the other, and a checkpoint resumed across the switch. The record keeps which
-    code ran (``model_info.trust_remote_code``; a record without it ran without the flag), the checkpoint too; the
-    run id stays. A model without code of its own is the same run either way."""
+    code ran (``model_info.trust_remote_code``; a record without it ran without the flag where transformers knows
+    the model_type, as here), the checkpoint too; the run id stays. A model without code of its own is the same run
+    either way."""
     from harness import runner
     from harness.guard import StopOnSigterm
     from harness.train import Cancelled
