@@ -777,3 +777,118 @@ def test_single_turn_data_splits_as_it_did_before_validation_took_whole_conversa
     options = TaskOptions(data_dir=str(embedded), template="chat", train_cap=cap, val_size=val_size, seed=seed)
     train, val = TASKS.get("multimodal")(options).splits()
     assert (len(train), len(val), sha(train), sha(val)) == (n_train, val_size, train_sha, val_sha)
+
+
+def test_a_human_turn_with_its_image_tag_after_the_question_is_trained_with_the_tag_in_front(folder):
+    """From a review: about half of LLaVA-Instruct-150K asks "What are the colors of the bus in the image?\\n<image>";
+    read as written, it trained with the image tokens after the question while the scorers always put them first.
+    LLaVA's preprocess_multimodal moves a turn's one tag to the front ("<image>\\n" + the rest stripped): so now."""
+    from tasks.multimodal.recipe import examples_from
+
+    bus = {
+        "id": "33471",
+        "domain": "general",
+        "image": "images/a.png",
+        "conversations": [
+            {"from": "human", "value": "What are the colors of the bus in the image?\n<image>"},
+            {"from": "gpt", "value": "Red."},
+            {"from": "human", "value": "Why?"},
+            {"from": "gpt", "value": "Paint."},
+        ],
+    }
+    middle = {**_train("m"), "conversations": _turns("", "blue")}
+    middle["conversations"][0]["value"] = "\nLook: <image> what colour?  "
+    two = _train("two", image=["images/a.png", "images/b.png"])
+    two["conversations"][0]["value"] = "First <image> then <image>: which is red?"  # several tags: kept in place
+    _write(folder, "train.json", [bus, middle, two])
+    first, second = examples_from(read_split(folder, "train"))[:2]
+    assert (first.prompt, second.prompt) == ("<image>\nWhat are the colors of the bus in the image?", "Why?")
+    assert second.meta["history"] == [("<image>\nWhat are the colors of the bus in the image?", "Red.")]
+    assert [r.turns[0][0] for r in read_split(folder, "train")[1:]] == [
+        "<image>\nLook:  what colour?",
+        "First <image> then <image>: which is red?",
+    ]
+
+
+def test_the_generated_data_has_its_tags_in_front_already_so_moving_them_changes_no_committed_run(embedded):
+    """From a review (the tag moved to the front of a human turn, as LLaVA does): the generated data writes
+    "<image>\\n" + the prompt, so every turn reads as written and the committed runs' examples stay byte-identical
+    (test_single_turn_data_splits_as_it_did_before_validation_took_whole_conversations pins them); its test
+    questions end with no scorer's instruction line, so their prompts are as before too."""
+    from tasks.multimodal import native, scoring
+
+    for name, split in (("train.json", "train"), ("test.json", "test"), ("captions.json", None)):
+        raw = json.loads((embedded / name).read_text())
+        records = read_captions(embedded) if split is None else read_split(embedded, split)
+        assert [r.turns for r in records] == [
+            [(c[0]["value"], c[1]["value"])] for c in (x["conversations"] for x in raw)
+        ]
+        assert all(h.startswith("<image>\n") and h.count("<image>") == 1 for r in records for h, _ in r.turns)
+    lines = (scoring.CHOICE_INSTRUCTION, scoring.YESNO_INSTRUCTION, scoring.OPEN_INSTRUCTION)
+    for r in read_split(embedded, "test"):
+        assert not r.question.strip().endswith(lines), r.id
+        before = {  # what the scorer asked before it looked for its line at the question's end
+            "choice": lambda o: scoring.choice_prompt(r.question, o),
+            "yesno": lambda _: scoring.yesno_prompt(r.question),
+            "open": lambda _: scoring.open_prompt(r.question),
+        }[r.kind]
+        rotations = [o for o, _ in scoring.circular_variants(r.options, r.answer)] if r.kind == "choice" else [None]
+        assert [h for h, _ in native.prompts_for(r)] == ["<image>\n" + before(o) for o in rotations]
+
+
+def test_a_palette_image_with_a_transparency_table_is_saved_from_the_hub_on_white(tmp_path):
+    """From a review: hub images were saved with convert("RGB"), which drops a palette PNG's transparency table:
+    its transparent pixels kept their hidden palette colour (here red). Saved with tasks.images.to_rgb they are
+    white, as the vision towers composite them."""
+    from tasks.images import pixel_digest, to_rgb
+
+    image = Image.new("P", (4, 2), 0)
+    image.putpalette([255, 0, 0, 0, 0, 255])  # index 0 red (transparent below), index 1 blue
+    image.paste(1, (2, 0, 4, 2))
+    image.info["transparency"] = b"\x00\xff"  # a bytes table: index 0 fully transparent, index 1 opaque
+    row = {"id": "p", "image": image, "conversations": _turns("What colour?", "Blue.")}
+    (record,), skipped = rows_to_records([row], domain="general", out_dir=tmp_path, prefix="pal")
+    assert skipped == []
+    with Image.open(tmp_path / record["image"]) as saved:
+        assert (
+            saved.mode == "RGB" and saved.getpixel((0, 0)) == (255, 255, 255) and saved.getpixel((3, 1)) == (0, 0, 255)
+        )
+        assert saved.tobytes() == to_rgb(image).tobytes()
+    to_rgb(image).save(tmp_path / "as-read.png")
+    assert pixel_digest(tmp_path / record["image"]) == pixel_digest(tmp_path / "as-read.png")
+
+
+def test_a_caption_record_without_exactly_one_image_is_refused_naming_it_before_the_weights_load(folder, monkeypatch):
+    """From a review: caption records without an image were left out of stage 1 unsaid (and describe counted them),
+    and a captions file of only such records failed after the weights loaded, naming no file. Stage 1 aligns an image
+    and its caption: reading the captions refuses such a record, naming the file and the record; describe (which
+    every model's run records, paper's too, which reads no captions) counts only those with one image."""
+    import torch
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+    from tasks.multimodal import model as mm
+
+    caption = {k: v for k, v in _train("c1").items() if k != "domain"}
+    text_only = {
+        "id": "c2",
+        "conversations": [{"from": "human", "value": "Describe a cat."}, {"from": "gpt", "value": "Furry."}],
+    }
+    _write(folder, "captions.json", [caption, text_only])
+    with pytest.raises(
+        ValueError, match=r"captions.json: record 1 \(id 'c2'\): a caption record with 0 images; .*exactly one"
+    ):
+        read_captions(folder)
+    info = describe(folder)
+    assert (info["captions"], info["captions_left_out"]) == (1, 1)
+    two = {**_train("c3", image=["images/a.png", "images/b.png"])}
+    _write(folder, "captions.json", [text_only | {"id": "c0"}, two])
+    monkeypatch.setattr(mm, "build_embedded", lambda *a, **k: pytest.fail("the weights loaded"))
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    with pytest.raises(ValueError, match=r"captions.json: record 0 \(id 'c0'\): a caption record with 0 images"):
+        task.load("embedded", torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    _write(folder, "captions.json", [caption, two])
+    with pytest.raises(ValueError, match=r"record 1 \(id 'c3'\): a caption record with 2 images"):
+        read_captions(folder)
+    _write(folder, "captions.json", [caption])
+    assert len(read_captions(folder)) == 1 and "captions_left_out" not in describe(folder)

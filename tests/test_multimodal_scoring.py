@@ -277,3 +277,33 @@ def test_leaderboard_rows_from_entry_baselines():
     assert rows["chance"].cells["arc_e"].value == pytest.approx(31.25)
     assert rows["majority"].cells["arc_e"].value == pytest.approx(50.0)
     assert "majority" in rows["lora"].vs  # paired on the same questions
+
+
+def test_a_question_that_already_ends_with_the_instruction_line_is_not_asked_it_twice():
+    """From a review: the scorer appended its instruction line to every question, so one converted from MME ("…?
+    Please answer yes or no.") or LLaVA's eval files ("…\\nAnswer the question using a single word or phrase.") was
+    asked with the line twice. The exact line (case-sensitive) is added only where the question does not end with
+    it; a choice question's goes once, after its options."""
+    from pathlib import Path
+
+    from tasks.multimodal.data import Record
+    from tasks.multimodal.native import prompts_for
+
+    def asked(kind: str, question: str, **kw) -> list[str]:
+        return [h for h, _ in prompts_for(Record("q", "general", [Path("x.png")], [("", "")], kind, question, **kw))]
+
+    mme = "Is there a dog in this image? Please answer yes or no."
+    assert asked("yesno", mme + " ", answer="yes", pair="p") == ["<image>\n" + mme]
+    llava = "What is the title?\nAnswer the question using a single word or phrase."
+    assert asked("open", llava, answers=["x"], metric="exact") == ["<image>\n" + llava]
+    letter = "Answer with the option's letter from the given choices directly."
+    assert asked("choice", f"Which one?\n{letter}", options=["cat", "dog"], answer=0) == [
+        f"<image>\nWhich one?\nA. cat\nB. dog\n{letter}",
+        f"<image>\nWhich one?\nA. dog\nB. cat\n{letter}",
+    ]
+    # another case, or the line not at the end: the scorer's own line is added as before
+    lower = "Is it red? please answer yes or no."
+    assert asked("yesno", lower, answer="no", pair="p") == [f"<image>\n{lower}\nPlease answer yes or no."]
+    assert asked("open", "Colour?", answers=["red"], metric="exact") == [
+        "<image>\nColour?\nAnswer the question using a single word or phrase."
+    ]

@@ -298,7 +298,7 @@ class MultimodalTask(Task):
         captions = self._captions()
         if self.provenance["kind"] == "given":  # the captions a stage 1 aligns on are read: checked here
             self._seen("caption", captions)
-        pairs = [(r.images[0], r.turns[0][1]) for r in captions if r.images]
+        pairs = [(r.images[0], r.turns[0][1]) for r in captions]  # one image each (read_captions)
         key = {
             "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
             "language_model": models.EMBEDDED_LABEL,

@@ -14,6 +14,7 @@ turns), or absent (text only). Test records also carry what scoring needs: ``kin
 ``answer`` "yes"/"no", ``pair``: an id shared by the two questions about one image, one yes, one no) or
 ``"open"`` (``question``, ``answers``: the acceptable strings, ``metric``: "exact" or "anls", one metric for
 a domain's open questions). ``question`` and ``options`` hold no ``<image>``: the scorers put it in front.
+A human turn with one ``<image>`` is read with it in front (``tag_in_front``, as LLaVA trains), wherever it was.
 Other keys (such as the embedded data's ``source``) are ignored.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from harness.atomic import atomic_path
-from tasks.images import check_decodes, pixel_digest
+from tasks.images import check_decodes, pixel_digest, to_rgb
 
 DOMAINS = ("general", "document", "math")
 SPLITS = ("train", "test")
@@ -79,9 +80,21 @@ def read_split(data_dir: Path, split: str, domains: list[str] | None = None) -> 
 
 
 def read_captions(data_dir: Path) -> list[Record]:
-    """Stage-1 alignment pairs from ``captions.json`` ([] when there is none); a domain is optional there."""
+    """Stage-1 alignment pairs from ``captions.json`` ([] when there is none); a domain is optional there. Each
+    record is an image and its caption: one without exactly one image is refused, naming it (stage 1 left a
+    text-only record out unsaid, and a file of only those failed after the weights loaded, naming no file)."""
     path = _data_dir(Path(data_dir)) / CAPTIONS
-    return _read_file(path, Path(data_dir), split="captions", file_domain=None).records if path.is_file() else []
+    if not path.is_file():
+        return []
+    records = _read_file(path, Path(data_dir), split="captions", file_domain=None).records
+    for i, r in enumerate(records):
+        if len(r.images) != 1:
+            raise ValueError(
+                f"{path}: record {i} (id {r.id!r}): a caption record with {len(r.images)} images; stage 1 aligns "
+                "the projector on an image and its caption: give it exactly one image (a conversation without one "
+                "belongs in the training files)"
+            )
+    return records
 
 
 def describe(data_dir: Path) -> dict[str, Any]:
@@ -111,7 +124,9 @@ def describe(data_dir: Path) -> dict[str, Any]:
     if captions.is_file():
         f = _read_file(captions, data_dir, split="captions", file_domain=None)
         out["files"].append({"file": f.path.name, "sha256": f.sha256, "records": len(f.records)})
-        out["captions"] = len(f.records)
+        out["captions"] = sum(len(r.images) == 1 for r in f.records)  # what stage 1 can align on
+        if left_out := len(f.records) - out["captions"]:  # refused where stage 1 reads them (read_captions)
+            out["captions_left_out"] = left_out
         images.update(p for r in f.records for p in r.images)
     else:
         absent.append(CAPTIONS)
@@ -267,7 +282,8 @@ def _parse(
     if problem:
         raise fail(problem, "each record needs human/gpt turns, starting with human, one <image> per image")
     turns = [
-        (a["value"], b["value"]) for a, b in zip(item["conversations"][::2], item["conversations"][1::2], strict=True)
+        (tag_in_front(a["value"]), b["value"])
+        for a, b in zip(item["conversations"][::2], item["conversations"][1::2], strict=True)
     ]
     scoring = _scoring_fields(item, split, fail)
     if split == "test" and len(images) > 1:
@@ -287,6 +303,16 @@ def _image_path(data_dir: Path, name: str, verified: set[Path], fail: Callable[[
             raise fail(f"image {name!r} is not a readable image ({exc})", "replace or remove the file") from None
         verified.add(path)
     return path
+
+
+def tag_in_front(human: str) -> str:
+    """A human turn holding one ``<image>`` as LLaVA's ``preprocess_multimodal`` trains it: the tag moved to the
+    front, ``"<image>\\n"`` then the rest stripped (``"What colour is the bus?\\n<image>"``, as about half of
+    LLaVA-Instruct-150K asks, is ``"<image>\\nWhat colour is the bus?"``), where the scorers put it too. A turn with
+    none, or with several (each marks where its image goes), is kept as written."""
+    if human.count(IMAGE_TOKEN) != 1:
+        return human
+    return f"{IMAGE_TOKEN}\n{human.replace(IMAGE_TOKEN, '').strip()}".strip()
 
 
 def conversation_problem(conversations: Any, n_images: int) -> str | None:
@@ -399,9 +425,10 @@ def rows_to_records(
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Hub rows (``id``, ``image``: PIL image or None, ``conversations``) to LLaVA records, images as PNG.
 
-    Images go to ``out_dir/images/<prefix>-<n>.png``; ids become ``<prefix>:<row id>``. Roles user/assistant
-    are read as human/gpt, and ``<image>\\n`` is put before the first human turn when an image has no token.
-    Returns the records and, for each row left out, why.
+    Images go to ``out_dir/images/<prefix>-<n>.png`` in RGB, any transparency composited onto white as the vision
+    towers read it (``to_rgb``; ``convert("RGB")`` showed a palette image's transparent pixels in the colour they
+    hide); ids become ``<prefix>:<row id>``. Roles user/assistant are read as human/gpt, and ``<image>\\n`` is put
+    before the first human turn when an image has no token. Returns the records and, for each row left out, why.
     """
     _check_domain(domain, f"domain {domain!r}")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", prefix).strip("_") or "hub"
@@ -431,7 +458,7 @@ def rows_to_records(
         record: dict[str, Any] = {"id": f"{prefix}:{n if rid is None else rid}", "domain": domain}
         if image is not None:
             name = f"images/{slug}-{len(records):06d}.png"
-            image.convert("RGBA" if "A" in image.getbands() else "RGB").save(Path(out_dir) / name)
+            to_rgb(image).save(Path(out_dir) / name)
             record["image"] = name
         records.append({**record, "conversations": conversations})
     return records, skipped

@@ -37,16 +37,25 @@ class Scored:
 
 def prompts_for(record: Record) -> list[tuple[str, list[str]]]:
     """The (human turn, candidate answers) the model is asked for ``record``: one per rotation for a
-    choice question, one for yes/no and open (no candidates: generated)."""
+    choice question, one for yes/no and open (no candidates: generated).
+
+    The scorer adds its instruction line (``scoring.YESNO_INSTRUCTION``, ``OPEN_INSTRUCTION``, after a choice
+    question's options ``CHOICE_INSTRUCTION``) unless the question already ends with it, word for word, as those
+    converted from MME or LLaVA's eval files do: asked as written then, not with the line twice (a choice
+    question's line goes after its options, where the scorer puts it)."""
     tag = IMAGE_TOKEN + "\n" if record.images else ""
+    question = record.question.strip()
     if record.kind == "choice":
+        asked = question.removesuffix(scoring.CHOICE_INSTRUCTION).rstrip()
         return [
-            (tag + scoring.choice_prompt(record.question, options), list(scoring.LETTERS[: len(options)]))
+            (tag + scoring.choice_prompt(asked, options), list(scoring.LETTERS[: len(options)]))
             for options, _ in scoring.circular_variants(record.options, record.answer)
         ]
     if record.kind == "yesno":
-        return [(tag + scoring.yesno_prompt(record.question), [YES, NO])]
-    return [(tag + scoring.open_prompt(record.question), [])]
+        asked = question if question.endswith(scoring.YESNO_INSTRUCTION) else scoring.yesno_prompt(question)
+        return [(tag + asked, [YES, NO])]
+    asked = question if question.endswith(scoring.OPEN_INSTRUCTION) else scoring.open_prompt(question)
+    return [(tag + asked, [])]
 
 
 def new_tokens(fmt: Formatter, records: Sequence[Record]) -> int:
