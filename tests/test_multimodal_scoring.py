@@ -301,6 +301,9 @@ def test_a_question_that_already_ends_with_the_instruction_line_is_not_asked_it_
         f"<image>\nWhich one?\nA. cat\nB. dog\n{letter}",
         f"<image>\nWhich one?\nA. dog\nB. cat\n{letter}",
     ]
+    # a re-review: LLaVA's MME and POPE files end a yes/no question with the open line; asked as LLaVA asks it
+    pope = "Is there a snowboard in the image?\nAnswer the question using a single word or phrase."
+    assert asked("yesno", pope, answer="yes", pair="p") == ["<image>\n" + pope]
     # another case, or the line not at the end: the scorer's own line is added as before
     lower = "Is it red? please answer yes or no."
     assert asked("yesno", lower, answer="no", pair="p") == [f"<image>\n{lower}\nPlease answer yes or no."]

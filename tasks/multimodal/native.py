@@ -42,7 +42,8 @@ def prompts_for(record: Record) -> list[tuple[str, list[str]]]:
     The scorer adds its instruction line (``scoring.YESNO_INSTRUCTION``, ``OPEN_INSTRUCTION``, after a choice
     question's options ``CHOICE_INSTRUCTION``) unless the question already ends with it, word for word, as those
     converted from MME or LLaVA's eval files do: asked as written then, not with the line twice (a choice
-    question's line goes after its options, where the scorer puts it)."""
+    question's line goes after its options, where the scorer puts it; a yes/no question ending with the open line,
+    as LLaVA's MME and POPE files ask them, is asked as written too)."""
     tag = IMAGE_TOKEN + "\n" if record.images else ""
     question = record.question.strip()
     if record.kind == "choice":
@@ -52,7 +53,9 @@ def prompts_for(record: Record) -> list[tuple[str, list[str]]]:
             for options, _ in scoring.circular_variants(record.options, record.answer)
         ]
     if record.kind == "yesno":
-        asked = question if question.endswith(scoring.YESNO_INSTRUCTION) else scoring.yesno_prompt(question)
+        # LLaVA's own MME and POPE files end a yes/no question with the open line, as LLaVA asks them (a re-review)
+        ends = question.endswith((scoring.YESNO_INSTRUCTION, scoring.OPEN_INSTRUCTION))
+        asked = question if ends else scoring.yesno_prompt(question)
         return [(tag + asked, [YES, NO])]
     asked = question if question.endswith(scoring.OPEN_INSTRUCTION) else scoring.open_prompt(question)
     return [(tag + asked, [])]
