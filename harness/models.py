@@ -449,13 +449,9 @@ def needs_own_code(spec: str) -> bool | None:
     config = _config_at_hand(spec)
     if config is None:
         return False if spec == EMBEDDED or spec in PAPER_MODELS else None
-    try:
-        data = json.loads(config.read_bytes())
-    except (OSError, ValueError):  # the run reads it and fails there, saying so
-        return False
     from transformers import CONFIG_MAPPING
 
-    model_type = data.get("model_type") if isinstance(data, dict) else None  # none: a diffusers config
+    model_type = _json_object(config).get("model_type")  # none: a diffusers config, or one the run fails to read
     return isinstance(model_type, str) and model_type not in CONFIG_MAPPING
 
 
@@ -475,12 +471,18 @@ def _config_at_hand(spec: str) -> Path | None:
 
 def _auto_map(config: Path) -> dict[str, Any]:
     """The ``auto_map`` of the JSON file ``config`` (``{}``: none, or no such file, or not one the run can read)."""
-    try:
-        data = json.loads(config.read_bytes())
-    except (OSError, ValueError):  # not there, or the run reads it and fails there, saying so
-        return {}
-    auto_map = data.get("auto_map") if isinstance(data, dict) else None
+    auto_map = _json_object(config).get("auto_map")
     return auto_map if isinstance(auto_map, dict) else {}
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; ``{}`` where there is none (no such file, or one the run reads and fails on,
+    saying so)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def build_meta(spec: str, trust_remote_code: bool = False, pipeline: bool = False) -> MetaModel:
