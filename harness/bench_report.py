@@ -8,9 +8,13 @@ import csv
 import io
 import statistics
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.atomic import atomic_path, write_json, write_text
 from harness.stats import median_interval
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FLOOR = "floor"
 
@@ -45,8 +49,10 @@ def relate(rows: list[dict]) -> list[dict]:
         r["total_gflops"] = r["gflops"] + r["hook_gflops"] if known else None
     floor = next(r for r in rows if r["source"] == FLOOR)
     peft = {r["method"]: r for r in rows if r["source"] == "peft"}
-    # the Reducer against the same method with it off on the same path (--reference times both paths)
-    off = {(r["method"], r.get("fast_path")): r for r in rows if r["reducer"] == "off"}
+    # the Reducer against the same method with it off on the same path (--reference times both paths) at the same
+    # options: an --also row keeps the Reducer label of the row it changes, so it pairs only with an off row of its
+    # own option (else its "saving" would be the option's effect too, and an off one would replace the defaults')
+    off = {(r["method"], r.get("fast_path"), r["variant"]): r for r in rows if r["reducer"] == "off"}
     for r in rows:
         r["x_floor"] = r["total_s"] / floor["step_s"]
         # paired: each round's time over the floor's in the same round (load that drifts falls on both),
@@ -64,7 +70,7 @@ def relate(rows: list[dict]) -> list[dict]:
         r["x_peft"] = r["total_s"] / mate["total_s"] if mate else None
         flops = r["total_gflops"] is not None and floor["total_gflops"]
         r["flops_x_floor"] = r["total_gflops"] / floor["total_gflops"] if flops else None
-        ref = off.get((r["method"], r.get("fast_path"))) if r["reducer"] not in ("", "off") else None
+        ref = off.get((r["method"], r.get("fast_path"), r["variant"])) if r["reducer"] not in ("", "off") else None
         r["reducer_saves_s"] = ref["total_s"] - r["total_s"] if ref else None
         flops = ref and r["total_gflops"] is not None and ref["total_gflops"] is not None
         r["reducer_saves_gflops"] = ref["total_gflops"] - r["total_gflops"] if flops else None
@@ -211,7 +217,31 @@ def markdown(report: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> Path:
-    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol."""
+    """``bench.png``: the figure of ``figure``, saved."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    return path
+
+
+def plot_title(report: dict) -> str:
+    """``bench.png``'s title: the model, shape, machine and adapter settings bench.md's header gives, and the
+    model's dtype (older reports did not keep it)."""
+    env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
+    dtype = f", {report['model_dtype']}" if report.get("model_dtype") else ""
+    settings = f", r={adapter['r']}, dropout {adapter['dropout']:g}" if adapter else ""
+    return (
+        f"{report['model']}: batch {cfg['batch_size']} x {cfg['seq_len']} tokens{dtype}{settings}\n"
+        f"on {env['device']} ({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} rounds"
+    )
+
+
+def figure(report: dict) -> Figure:
+    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol. The caller
+    closes it (``plt.close``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -219,7 +249,7 @@ def _plot(report: dict, path: Path) -> Path:
 
     train = [r for r in report["rows"] if r["kind"] == "train"]
     scores = [r for r in report["rows"] if r["kind"] == "score"]
-    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 1.6))
+    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 2.0))
     ax = axes[0] if scores else axes
     floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
     y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
@@ -232,16 +262,17 @@ def _plot(report: dict, path: Path) -> Path:
         ax.axvline(x, linestyle="--", linewidth=0.7, color="grey")
     ax.set_yticks(y, [r["contender"] for r in train], fontsize=7)
     ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
-    ax.set_xlabel("time a step, the Reducer's scoring rounds included / frozen-base floor (median; step min-max)")
-    ax.set_title(f"{report['model']}: {report['environment']['device']}", fontsize=8)
+    # two short lines at 8 points: one line ran past a 7-inch figure, and past the left panel into the scoring one
+    ax.set_xlabel(
+        "step time over the frozen-base floor's, the Reducer's\nscoring rounds included (median; step min-max)"
+    )
+    ax.xaxis.label.set_fontsize(8)
+    fig.suptitle(plot_title(report), fontsize=8)
     if scores:
         axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
         axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    return path
+    return fig
 
 
 def _num(value: float | None, spec: str) -> str:

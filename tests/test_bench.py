@@ -16,7 +16,7 @@ import torch
 
 from harness import METHODS, memory
 from harness.bench import BenchConfig, alternate, run_bench
-from harness.bench_report import cpu_ratio, csv_text, markdown, paired_ratios
+from harness.bench_report import cpu_ratio, csv_text, figure, markdown, paired_ratios, plot_title, relate
 from harness.cli import main
 from harness.config import DEFAULT_TARGETS
 from harness.stats import median_interval
@@ -706,3 +706,82 @@ def test_a_reducer_option_naming_a_selection_gives_way_to_a_variants_or_an_also_
         "selection": "importance",
         "drop_ratio": 0.25,
     }
+
+
+def _timed(contender: str, method: str, reducer: str, step_s: float, variant: str = "", source: str = "ours") -> dict:
+    """A made-up train row as ``run_bench`` hands ``relate`` (three rounds at ``step_s``, 1 GFLOP a second)."""
+    return {
+        "kind": "train", "contender": contender, "source": source, "method": method, "reducer": reducer,
+        "fast_path": source == "ours", "variant": variant, "baseline": "", "step_s": step_s, "hook_s": 0.0,
+        "cpu_s": step_s, "round_s": [step_s] * 3, "gflops": step_s, "hook_gflops": 0.0,
+    }  # fmt: skip
+
+
+def test_an_also_row_neither_replaces_the_off_row_nor_saves_against_the_defaults_off_row():
+    """From a review: ``--also`` rows keep the Reducer label of the row they change, so an ``(off, dropout=0)`` row
+    replaced the off row every Reducer variant's saving was taken against, and a Reducer-labelled ``--also`` row
+    got a "saving" against the off row at the default options, the option's own effect included."""
+    rows = relate([
+        _timed("floor", "", "", 1.0, source="floor"),
+        _timed("effilora (off)", "effilora", "off", 2.0),
+        _timed("effilora (random:0.5)", "effilora", "random:0.5", 1.8),
+        _timed("effilora (off, dropout=0)", "effilora", "off", 1.5, "dropout=0"),  # after the off row it changes
+        _timed("hydralora (off)", "hydralora", "off", 2.0),
+        _timed("hydralora (default)", "hydralora", "default", 1.9),
+        _timed("hydralora (dropout=0)", "hydralora", "default", 1.4, "dropout=0"),  # no off row at dropout 0
+        _timed("moslora (off, r=2)", "moslora", "off", 1.6, "r=2"),
+        _timed("moslora (random:0.5, r=2)", "moslora", "random:0.5", 1.5, "r=2"),  # its own option's off row
+    ])  # fmt: skip
+    saves = {r["contender"]: r["reducer_saves_s"] for r in rows}
+    assert saves["effilora (random:0.5)"] == pytest.approx(0.2)  # against effilora (off), not its dropout=0 row
+    assert saves["hydralora (default)"] == pytest.approx(0.1)
+    assert saves["hydralora (dropout=0)"] is None  # 0.6 before: dropout's saving, not the Reducer's
+    assert saves["moslora (random:0.5, r=2)"] == pytest.approx(0.1)
+    gflops = {r["contender"]: r["reducer_saves_gflops"] for r in rows}
+    assert gflops["effilora (random:0.5)"] == pytest.approx(0.2) and gflops["hydralora (dropout=0)"] is None
+    assert saves["effilora (off)"] is saves["effilora (off, dropout=0)"] is saves["floor"] is None
+
+
+def _plotted(scores: bool) -> dict:
+    """A made-up report for ``figure``: long contender names, and scoring protocols (a second panel) or none."""
+    train = [
+        {**_timed(name, "effilora", "", 2.0 + i / 10), "step_min_s": 1.9, "step_max_s": 2.6, "x_floor": 1.2}
+        for i, name in enumerate(["effilora (importance:0.25, dropout=0)", "effilora (random:0.25) reference"])
+    ]
+    train.insert(0, {**_timed("floor", "", "", 1.7, source="floor"), "step_min_s": 1.6, "step_max_s": 1.8})
+    train[0]["x_floor"] = 1.0
+    protocols = [{"kind": "score", "contender": p, "step_s": 3.0, "examples": 8} for p in ("cloze", "choice")]
+    return {
+        "model": "meta-llama/Meta-Llama-3-8B", "model_dtype": "bfloat16",
+        "config": {"batch_size": 16, "seq_len": 256, "rounds": 9},
+        "environment": {"device": "NVIDIA H200", "torch_threads": 16, "torch": "2.11.0+cu130"},
+        "adapter": {"r": 16, "alpha": 32.0, "dropout": 0.05, "targets": ["q_proj", "v_proj"], "heads": 4},
+        "rows": train + (protocols if scores else []),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("scores", [False, True], ids=["one panel", "with scoring"])
+def test_bench_png_names_the_shape_it_timed_and_its_x_label_fits_the_figure(scores):
+    """From a review: bench.png's title named the model and device only (not the batch x seq, dtype and threads
+    bench.md's header gives), and its x label ran past the 7-inch figure ("...(median; step min" in the PNG)."""
+    import matplotlib.pyplot as plt
+
+    report = _plotted(scores)
+    fig = figure(report)
+    try:
+        ax = fig.axes[0]
+        [title] = [t for t in fig.texts + [a.title for a in fig.axes] if t.get_text()]  # one, over both panels
+        assert title.get_text() == plot_title(report)
+        for said in ("meta-llama/Meta-Llama-3-8B", "NVIDIA H200", "batch 16 x 256 tokens", "bfloat16", "16 threads"):
+            assert said in title.get_text(), said
+        assert "r=16" in title.get_text() and "dropout 0.05" in title.get_text()
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        for text in (ax.xaxis.label, title):
+            box = text.get_window_extent(renderer)
+            assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, text.get_text()
+            assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, text.get_text()
+        if scores:  # and not into the scoring panel beside it
+            assert ax.xaxis.label.get_window_extent(renderer).x1 <= fig.axes[1].get_tightbbox(renderer).x0
+    finally:
+        plt.close(fig)
