@@ -64,6 +64,12 @@ class ReducerConfig:
         (L = 30 at 0.25 keeps 22, not 23; L = 2 keeps 2): kept as the committed records ran it. A drop_ratio > 0
         that keeps every layer leaves the Reducer off; a warning (stderr, once a process) says so."""
         k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))
+        if not 1 <= k <= num_layers and self.k is None:  # K from drop_ratio: name what the user gave
+            raise ValueError(
+                f"reducer drop_ratio={self.drop_ratio:g} keeps K = round({num_layers} x {1.0 - self.drop_ratio:g}) = "
+                f"{k} of the {num_layers} adapted layers, and K must be in 1..{num_layers}: give a smaller drop_ratio "
+                "or k=1 (one layer trains a step)"
+            )
         if not 1 <= k <= num_layers:
             raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
         if self.k is None and self.drop_ratio > 0 and k == num_layers and (self.drop_ratio, k) not in _WARNED_K:
@@ -149,7 +155,10 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
     """Build ``config_cls`` from keyword options; CLI strings are converted to the field's type."""
     options = dict(options)
     if "rank" in options:
-        options["r"] = options.pop("rank")
+        rank = options.pop("rank")
+        if "r" in options and _coerce("r", options["r"], int) != _coerce("r", rank, int):  # one would win silently
+            raise ValueError(f"rank={rank!r} and r={options['r']!r} both set the adapter's rank: give one")
+        options["r"] = rank
     reducer_keys = set(REDUCER_SHORTCUTS)
     shortcuts = {k: options.pop(k) for k in list(options) if k in reducer_keys and k not in _field_names(config_cls)}
     valid = sorted(_field_names(config_cls) | reducer_keys | {"rank"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import attach
+from harness import METHODS, attach
 from harness.config import ReducerConfig
 from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
 
@@ -295,6 +295,24 @@ def test_importance_needs_validation_and_knobs_are_checked():
         attach(tiny_llama(), "lora", targets="q_proj", k=9)
     with pytest.raises(ValueError, match="choose one of: importance, random"):
         attach(tiny_llama(), "lora", targets="q_proj", selection="best")
+
+
+def test_a_drop_ratio_that_keeps_no_layer_is_named_in_the_refusal():
+    """From a review: drop_ratio=0.9 on 3 layers (K = round(0.3) = 0) was refused as "reducer k=0 is outside
+    1..3", naming a k the user never gave and not the drop_ratio that made it."""
+    with pytest.raises(ValueError, match=r"drop_ratio=0.9 keeps K = round\(4 x 0.1\) = 0 of the 4 adapted layers"):
+        attach(tiny_llama(), "lora", targets="q_proj", drop_ratio=0.9)
+    with pytest.raises(ValueError, match="reducer k=5 is outside 1..4"):  # a k given is named as given
+        attach(tiny_llama(), "lora", targets="q_proj", k=5)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_rank_and_r_given_both_are_refused_unless_equal(method):
+    """From a review: the Python API's ``rank=`` (the README's alias of ``r``) beside ``r=`` silently took ``rank``;
+    the command line refuses the same conflict."""
+    with pytest.raises(ValueError, match="rank=8 and r=4 both set the adapter's rank: give one"):
+        attach(tiny_llama(), method, targets="q_proj", rank=8, r=4)
+    assert attach(tiny_llama(), method, targets="q_proj", rank="4", r=4).config.r == 4  # the same value, twice
 
 
 @pytest.mark.parametrize(("word", "on"), [("True", True), ("on", True), ("1", True), ("yes", True), ("Off", False),
