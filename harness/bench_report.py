@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import io
 import statistics
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -233,10 +234,13 @@ def plot_title(report: dict) -> str:
     env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
     dtype = f", {report['model_dtype']}" if report.get("model_dtype") else ""
     settings = f", r={adapter['r']}, dropout {adapter['dropout']:g}" if adapter else ""
-    return (
-        f"{report['model']}: batch {cfg['batch_size']} x {cfg['seq_len']} tokens{dtype}{settings}\n"
-        f"on {env['device']} ({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} rounds"
+    lines = (
+        f"{report['model']}: batch {cfg['batch_size']} x {cfg['seq_len']} tokens{dtype}{settings}",
+        f"on {env['device']} ({env['torch_threads']} threads, torch {env['torch']}); median of {cfg['rounds']} rounds",
     )
+    # wrapped to what 8-point text fits across the narrower (one-panel, 7-inch) figure: a long model name or path
+    # ran past both edges
+    return "\n".join(textwrap.fill(line, 110, break_on_hyphens=False) for line in lines)
 
 
 def figure(report: dict) -> Figure:
@@ -249,7 +253,11 @@ def figure(report: dict) -> Figure:
 
     train = [r for r in report["rows"] if r["kind"] == "train"]
     scores = [r for r in report["rows"] if r["kind"] == "score"]
-    fig, axes = plt.subplots(1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 2.0))
+    # constrained layout keeps room for the title over the panels however many rows (tight_layout let a tall
+    # figure's title run into the plot)
+    fig, axes = plt.subplots(
+        1, 2 if scores else 1, figsize=(10 if scores else 7, 0.3 * len(train) + 2.0), layout="constrained"
+    )
     ax = axes[0] if scores else axes
     floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
     y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
@@ -271,7 +279,6 @@ def figure(report: dict) -> Figure:
     if scores:
         axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
         axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
-    fig.tight_layout()
     return fig
 
 

@@ -529,7 +529,7 @@ def test_reducer_variants_whose_k_is_none_or_every_layer_are_left_out_with_a_not
     rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=2))["rows"]]
     assert rows == ["floor", "effilora (off)"]
     err = capsys.readouterr().err
-    assert "effilora (importance:0.75) left out: reducer k=0 is outside 1..2" in err
+    assert "effilora (importance:0.75) left out: reducer drop_ratio=0.75 keeps K = round(2 x 0.25) = 0" in err
     for variant in ("importance:0.25", "random:0.25"):
         assert f"effilora ({variant}) left out: K = 2 of its 2 adapted layers: the Reducer would be off" in err
     rows = [r["contender"] for r in run_bench(config, model=tiny_llama(layers=4))["rows"]]  # K = 3, 3, 1 of 4
@@ -540,7 +540,8 @@ def test_reducer_variants_whose_k_is_none_or_every_layer_are_left_out_with_a_not
     also = replace(config, reducer=(), also=("dropout=0",), options={"drop_ratio": "0.75"})
     assert [r["contender"] for r in run_bench(also, model=tiny_llama(layers=2))["rows"]] == ["floor"]
     err = capsys.readouterr().err
-    assert "effilora (default) left out: reducer k=0" in err and "effilora (dropout=0) left out: reducer k=0" in err
+    for row in ("effilora (default)", "effilora (dropout=0)"):
+        assert f"{row} left out: reducer drop_ratio=0.75 keeps K = round(2 x 0.25) = 0" in err
     plain = replace(config, reducer=(), also=("dropout=0",))  # K = 2 = L: rows that name no Reducer are timed
     rows = [r["contender"] for r in run_bench(plain, model=tiny_llama(layers=2))["rows"]]
     assert rows == ["floor", "effilora", "effilora (dropout=0)"] and "left out" not in capsys.readouterr().err
@@ -783,5 +784,27 @@ def test_bench_png_names_the_shape_it_timed_and_its_x_label_fits_the_figure(scor
             assert fig.bbox.y0 <= box.y0 and box.y1 <= fig.bbox.y1, text.get_text()
         if scores:  # and not into the scoring panel beside it
             assert ax.xaxis.label.get_window_extent(renderer).x1 <= fig.axes[1].get_tightbbox(renderer).x0
+    finally:
+        plt.close(fig)
+
+
+def test_bench_png_title_clears_a_tall_plot_and_wraps_a_long_model_name():
+    """From a review of the fix above: the title over both panels ran into the plot's top once a report had ~45
+    rows (tight_layout left it at 98% of the height), and a long model name or path ran past both edges."""
+    import matplotlib.pyplot as plt
+
+    report = _plotted(scores=False)
+    report["model"] = "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T (random weights), 2 layers, from a long path"
+    report["rows"] = report["rows"][:1] + [
+        {**report["rows"][1], "contender": f"effilora (importance:0.25, dropout=0, r={i})"} for i in range(57)
+    ]
+    fig = figure(report)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        [title] = [t for t in fig.texts if t.get_text()]
+        box = title.get_window_extent(renderer)
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y1 <= fig.bbox.y1
+        assert box.y0 >= fig.axes[0].get_window_extent(renderer).y1  # above the plot's frame, not across it
     finally:
         plt.close(fig)
