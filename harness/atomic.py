@@ -20,8 +20,11 @@ from typing import Any
 
 @contextmanager
 def atomic_path(final: str | Path) -> Iterator[Path]:
-    """``with atomic_path(f) as tmp:`` write ``tmp``; it replaces ``f`` only if the block succeeds."""
-    final = Path(final)
+    """``with atomic_path(f) as tmp:`` write ``tmp``; it replaces ``f`` only if the block succeeds. A symlink ``f``
+    is written through, as ``open(f, "w")`` does: the file it points at is replaced (the temp file made beside it,
+    so the rename stays in one folder) and the link kept (renamed over, the link would become a regular file and the
+    linked file keep its old content)."""
+    final = Path(os.path.realpath(final)) if Path(final).is_symlink() else Path(final)
     tmp = _new_file(final.parent, f".{final.name}.")
     try:
         yield tmp

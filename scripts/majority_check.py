@@ -2,9 +2,12 @@
 
 ``majority`` answers the most common correct option of the scored test examples, a label picked with the
 test answers in hand. A baseline that could be had without them takes its label from the train split. For
-each benchmark a record scored, this prints the test-label majority's accuracy and, where the data has a
-``train.json``, the accuracy of the train split's most common label on the same examples (ties: the lowest
-option, as for ``majority``).
+each benchmark a record scored, the paper's eight and any further one of yours (a folder in the same format),
+this prints the test-label majority's accuracy and, where the data has a ``train.json``, the accuracy of the
+train split's most common label on the same examples (ties: the lowest option, as for ``majority``). A
+benchmark of yours takes its options as the harness does, from its question's ``Answer format:`` line, else
+from the answers its ``test.json`` gives: without that file here (or with another one than the run scored)
+its train label is not compared, and the row says why.
 
 python scripts/majority_check.py results/runs/commonsense-lora-embedded-s0-f2fd8cbd/record.json \
     --data-dir ../shared/data/commonsense
@@ -19,47 +22,94 @@ from typing import Any
 
 from harness.records import read_record
 from harness.stats import MAJORITY, baseline_scores, majority_index
-from tasks.commonsense.data import BENCHMARKS, resolve_data_dir
+from tasks.commonsense import candidates_for
+from tasks.commonsense.data import BENCHMARKS, labels_for, read_split, resolve_data_dir
+
+NO_TRAIN = "no train split"
 
 
 def majority_check(record: dict[str, Any], data: Path) -> list[dict[str, Any]]:
     """Per benchmark with answers: n, the test-label majority's accuracy, the train label's (None without a
-    train split), both in percent, and the two labels."""
+    train split, ``why`` then says why), both in percent, and the two labels."""
     rows = []
     for bench, entry in record["eval"].items():
         answers = entry.get("answers") if isinstance(entry, dict) else None
-        if not answers or bench not in BENCHMARKS:
+        if not answers:
             continue
-        labels = BENCHMARKS[bench]
-        test_acc = float(baseline_scores(answers, None)[MAJORITY].mean())
-        test_label = labels[int(majority_index(answers))]
-        train_label = train_acc = None
+        index = majority_index(answers)
+        row = {
+            "benchmark": bench,
+            "n": len(answers),
+            "test_label": None,
+            "test_majority": float(baseline_scores(answers, None)[MAJORITY].mean()),
+            "train_label": None,
+            "train_majority": None,
+            "why": NO_TRAIN,
+        }
+        rows.append(row)
+        if bench in BENCHMARKS:
+            labels, scored = BENCHMARKS[bench], None
+        else:  # a benchmark of yours: its options are read from its test file, as the harness reads them
+            test = read_split(data, bench, "test")
+            if test is None or (entry.get("sha256") and test.sha256 != entry["sha256"]):
+                row["test_label"] = f"option {int(index) + 1}"
+                row["why"] = (
+                    f"no {bench}/test.json here to read its options from"
+                    if test is None
+                    else f"{bench}/test.json here is not the one the run scored: another sha256"
+                )
+                continue
+            labels = labels_for(bench, test.records)
+            scored = [_options(r, labels, f"{test.path}: example {i}") for i, r in enumerate(test.records)]
+            scored = scored[: len(answers)]  # the run scored the first n (eval_limit)
+        row["test_label"] = _named(index, labels, scored)
         train = data / bench / "train.json"
-        if train.is_file():
-            try:
-                given = json.loads(train.read_text())
-            except (OSError, UnicodeDecodeError, ValueError) as exc:
-                raise ValueError(f"{train} cannot be read ({exc}); fix or remove it") from None
-            if not isinstance(given, list):
-                raise ValueError(f"{train} is not a JSON list of examples; fix or remove it")
-            train_answers = "".join(
-                str(labels.index(r["answer"])) for r in given if isinstance(r, dict) and r.get("answer") in labels
-            )
-            if train_answers:
-                index = majority_index(train_answers)  # the same rule as majority's, on the train split
-                train_label = labels[int(index)]
-                train_acc = 100.0 * answers.count(index) / len(answers)
-        rows.append(
-            {
-                "benchmark": bench,
-                "n": len(answers),
-                "test_label": test_label,
-                "test_majority": test_acc,
-                "train_label": train_label,
-                "train_majority": train_acc,
-            }
-        )
+        if not train.is_file():
+            continue
+        try:
+            given = json.loads(train.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"{train} cannot be read ({exc}); fix or remove it") from None
+        if not isinstance(given, list):
+            raise ValueError(f"{train} is not a JSON list of examples; fix or remove it")
+        train_answers = "".join(str(i) for r in given if (i := _answer_index(r, labels)) is not None)
+        if train_answers:
+            train_index = majority_index(train_answers)  # the same rule as majority's, on the train split
+            row["train_label"] = _named(train_index, labels, scored)
+            row["train_majority"] = 100.0 * answers.count(train_index) / len(answers)
+            row["why"] = None
     return rows
+
+
+def _options(record: dict[str, Any], labels: list[str], where: str) -> list[str]:
+    """A test question's options, as the harness scores it (``candidates_for``); a bad format line names it."""
+    try:
+        return candidates_for(record, labels)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
+
+
+def _answer_index(record: Any, labels: list[str]) -> int | None:
+    """A train example's answer as the option index the records keep; None for one that names none of its options
+    (or is no example): it is left out, as before, not guessed."""
+    if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+        return None
+    try:
+        options = candidates_for(record, labels)
+    except ValueError:  # an empty or repeated option in its format line
+        return None
+    answer = record.get("answer")
+    index = options.index(answer) if answer in options else None
+    return index if index is not None and index < 10 else None  # one digit an example, as the records keep
+
+
+def _named(index: str, labels: list[str], scored: list[list[str]] | None) -> str:
+    """The option ``index`` as a word: the paper's label word; for a benchmark of yours, the word its scored
+    questions give that option where they all agree (yes/no), else its number (his/him, cat/car, ...)."""
+    if scored is None:
+        return labels[int(index)]
+    words = {options[int(index)] for options in scored if int(index) < len(options)}
+    return words.pop() if len(words) == 1 else f"option {int(index) + 1}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,16 +139,19 @@ def main(argv: list[str] | None = None) -> None:
         rows = majority_check(record, data)
     except ValueError as exc:
         parser.error(str(exc))
-    if rows and all(r["train_label"] is None for r in rows):
+    if rows and all(r["why"] == NO_TRAIN for r in rows):
         parser.error(
             f"{data} holds no <benchmark>/train.json for the benchmarks the run scored: nothing to compare with"
         )
+    if rows and all(r["train_label"] is None for r in rows):
+        why = "; ".join(f"{r['benchmark']}: {r['why']}" for r in rows)
+        parser.error(f"{data} gives nothing to compare with ({why})")
     if not rows:
         parser.error(f"{args.record} keeps no per-example answers (records written before they were kept)")
     print(f"{record['run']['id']}: majority label from the test answers vs from the train split ({data.name}/)")
     print(f"{'benchmark':<15}{'n':>6}  {'test label':<12}{'acc %':>7}  {'train label':<12}{'acc %':>7}")
     for r in rows:
-        train = "(no train split)" if r["train_label"] is None else f"{r['train_label']:<12}{r['train_majority']:>7.1f}"
+        train = f"({r['why']})" if r["train_label"] is None else f"{r['train_label']:<12}{r['train_majority']:>7.1f}"
         print(f"{r['benchmark']:<15}{r['n']:>6}  {r['test_label']:<12}{r['test_majority']:>7.1f}  {train}")
 
 

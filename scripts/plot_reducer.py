@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.atomic import atomic_path  # noqa: E402
+from harness.atomic import atomic_path, check_writable  # noqa: E402
 from harness.records import read_record  # noqa: E402
 
 
@@ -30,6 +30,10 @@ def main() -> None:
         parser.error(f"{args.out.parent} is not a folder; pass -o in an existing one")
     if args.out.is_dir():
         parser.error(f"-o {args.out} is a folder; pass the PNG's path (e.g. {args.out / 'reducer.png'})")
+    try:  # before the figure is built: found by the write, it was a traceback naming a temp file
+        check_writable(args.out.parent, "-o's folder", "-o")
+    except ValueError:  # check_writable's advice asks for a folder: -o is a file's path
+        parser.error(f"-o {args.out}: {args.out.parent} is not a folder you can write; pass -o as a PNG's path in one")
     try:
         record = read_record(path)
     except ValueError as exc:

@@ -3,8 +3,9 @@
 A third-party lm-evaluation-harness run of SmolLM2-135M-Instruct (bf16) reports, zero-shot: ARC-Easy
 acc 54.1, ARC-Challenge acc_norm 27.7, PIQA acc_norm 66.9, HellaSwag acc_norm 43.0
 (``shared/spec/suites.md``). This scores the embedded model (the Q4_1 GGUF, dequantised to fp32)
-through our ``cloze`` on the *full* test sets of those benchmarks and writes the comparison, with 95%
-bootstrap intervals, to ``results/published_check.json``:
+through our ``cloze`` on every example of those benchmarks' test files in ``--data-dir`` (each row's n says how
+many: the full test sets in ../shared/data) and writes the comparison, with 95% bootstrap intervals, to
+``results/published_check.json`` (a data folder holding none of the four is refused before the model loads):
 
     python scripts/published_check.py --data-dir ../shared/data/commonsense [--out results/published_check.json]
 """
@@ -85,6 +86,11 @@ def main() -> None:
     except ValueError as exc:  # harness run's advice to switch protocols: this check has the cloze protocol only
         parser.error(str(exc).replace("; use --protocol choice", "; this check scores the cloze protocol only"))
     files = {b: (t.sha256 if (t := task.test_records(b)) is not None else None) for b in PUBLISHED}
+    if not any(files.values()):  # else the model loaded and a file of "absent" rows was written, exit 0
+        parser.error(
+            f"{args.data_dir} holds none of {', '.join(f'{b}/test.json' for b in PUBLISHED)}: nothing to compare "
+            "with the published numbers; pass --data-dir pointing at the folder of those benchmark folders"
+        )
     if problem := partial_problem(files, args.out, parser.get_default("out")):
         parser.error(f"{args.data_dir} {problem}")
     loaded = load_model(task, spec, torch.device("cpu"))
@@ -120,7 +126,7 @@ def main() -> None:
         )
     out = {
         "model": label,
-        "protocol": "cloze (full test sets, zero-shot)",
+        "protocol": "cloze (every example of the data's test files, zero-shot)",  # a part is no full test set
         "published_source": "third-party lm-evaluation-harness run, bf16 (shared/spec/suites.md)",
         "data": data.resolve_data_dir(args.data_dir).name,
         "results": rows,

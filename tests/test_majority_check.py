@@ -143,3 +143,51 @@ def test_the_majority_check_needs_a_folder_with_train_splits(tmp_path, data_dir,
     with pytest.raises(SystemExit):
         main([str(record), "--data-dir", str(bare)])
     assert "train.json cannot be read" in capsys.readouterr().err
+
+
+def _examples(answers: list[str], options: str | None) -> str:
+    line = f"\n\nAnswer format: {options}" if options else ""
+    return json.dumps([{"instruction": f"q{line}", "output": f"the answer is {a}", "answer": a} for a in answers])
+
+
+def test_a_benchmark_of_yours_is_compared_with_its_options_read_as_the_harness_reads_them(tmp_path, capsys):
+    """From a review: a benchmark not among the paper's eight (``bench not in BENCHMARKS``) was left out without a
+    word, though any further folder in the same format is a benchmark: a record scoring only one was refused as
+    keeping "no per-example answers", one with it and boolq printed boolq alone, exit 0."""
+    main = runpy.run_path(str(SCRIPT))["main"]
+    data = tmp_path / "d"
+    for bench, test, train, options in (
+        ("mybench", ["yes", "yes", "no", "no", "no"], ["yes", "yes", "no"], "yes/no"),
+        ("colours", ["red", "blue", "red"], ["blue", "blue", "red"], None),  # options: the test file's answers, sorted
+        ("boolq", ["true"], ["true", "true", "false"], None),
+    ):
+        (data / bench).mkdir(parents=True)
+        (data / bench / "test.json").write_text(_examples(test, options))
+        (data / bench / "train.json").write_text(_examples(train, options))
+    (data / "gone").mkdir()  # scored elsewhere: its train.json here, no test.json to read the options from
+    (data / "gone" / "train.json").write_text(_examples(["a"], "a/b"))
+    record = new_record("commonsense-lora-x-s0-1", {"task": "commonsense"}, {"device": "Test CPU"})
+    record["run"]["status"] = "success"
+    only = tmp_path / "only.json"
+    only.write_text(json.dumps(record | {"eval": {"mybench": {"value": 50.0, "answers": "00111"}}}))
+    main([str(only), "--data-dir", str(data)])
+    assert "mybench             5  no             60.0  yes            40.0" in capsys.readouterr().out
+    record["eval"] = {
+        "mybench": {"value": 50.0, "answers": "00111"},
+        "colours": {"value": 50.0, "answers": "101"},  # 0 blue, 1 red
+        "gone": {"value": 50.0, "answers": "0111"},
+        "boolq": {"value": 50.0, "answers": "0011"},
+    }
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps(record))
+    main([str(both), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert "mybench             5  no             60.0  yes            40.0" in out
+    assert "colours             3  red            66.7  blue           33.3" in out
+    assert "gone                4  option 2       75.0  (no gone/test.json here to read its options from)" in out
+    assert "boolq               4  true           50.0  true           50.0" in out
+    record["eval"] = {"colours": {"value": 50.0, "answers": "101", "sha256": "0" * 64}}  # another copy was scored
+    both.write_text(json.dumps(record))
+    with pytest.raises(SystemExit):
+        main([str(both), "--data-dir", str(data)])
+    assert "colours: colours/test.json here is not the one the run scored: another sha256" in capsys.readouterr().err

@@ -90,3 +90,33 @@ def test_a_run_of_many_scoring_rounds_names_eight_in_its_legend_and_keeps_its_ti
     assert labels[0] == "step 10" and labels[-1] == "step 990" and len(labels) == 8
     title = fig._suptitle.get_text()
     assert title.startswith("effilora, smoke preset: K=2 of 3 layers") and "\n" in title and len(title) < 200
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_figure(tmp_path, monkeypatch, capsys):
+    """From a review: an -o in a folder that exists but cannot be written was found by the write, after the figure
+    was built, as a PermissionError traceback naming a temp file. The tests run as root, who writes anywhere: the
+    folder's refusal is made where ``harness.atomic`` makes its files."""
+    import errno
+    import os
+
+    import matplotlib.pyplot as plt
+
+    import harness.atomic as atomic
+
+    def refuse(folder, prefix):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(folder / f"{prefix}0.tmp"))
+
+    def no_figure(*args, **kwargs):
+        raise AssertionError("the figure was built before the -o folder was checked")
+
+    monkeypatch.setattr(atomic, "_new_file", refuse)
+    monkeypatch.setattr(plt, "subplots", no_figure)
+    out = tmp_path / "locked" / "p.png"
+    out.parent.mkdir()
+    monkeypatch.setattr(sys, "argv", ["plot_reducer.py", str(_record(tmp_path)), "-o", str(out)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "Traceback" not in err and ".tmp" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.endswith(f"error: -o {out}: {out.parent} is not a folder you can write; pass -o as a PNG's path in one")

@@ -492,6 +492,25 @@ def test_an_atomic_write_reaches_the_disk_before_the_rename_and_the_rename_after
     assert json.loads((tmp_path / "record.json").read_text()) == {"a": 1}
 
 
+def test_an_atomic_write_to_a_symlink_writes_the_file_it_points_at(tmp_path):
+    """From a review: ``os.replace`` renamed the new file over the link itself, so the link became a regular file
+    and the linked file (a leaderboard kept elsewhere, say) kept its old content."""
+    (tmp_path / "real").mkdir()
+    target = tmp_path / "real" / "board.md"
+    target.write_text("old\n")
+    link = tmp_path / "board.md"
+    link.symlink_to(target)
+    atomic.write_text(link, "new\n")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new\n" and link.read_text() == "new\n"
+    relative = tmp_path / "rec.json"  # a relative link to a file still to be made, through write_json
+    relative.symlink_to(os.path.join("real", "rec.json"))
+    atomic.write_json(relative, {"a": 1})
+    assert relative.is_symlink() and json.loads((tmp_path / "real" / "rec.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["board.md", "real", "rec.json"]  # no temp file left
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["board.md", "rec.json"]
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self"), reason="tells file from folder descriptors through /proc")
 def test_an_atomic_write_survives_a_system_that_flushes_only_writable_files_and_no_folders(monkeypatch, tmp_path):
     """Windows' fsync refuses a read-only handle (EBADF); CIFS and some FUSE mounts refuse a folder (EINVAL)."""

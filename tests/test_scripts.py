@@ -100,3 +100,23 @@ def test_the_published_check_refuses_an_out_it_cannot_write_before_scoring(tmp_p
     line = _one_line_error(run_here("published_check.py", "--data-dir", nowhere, "--out", str(new)))
     assert "--out" not in line and "no-data" in line
     assert not (tmp_path / "new").exists()
+
+
+def test_the_published_check_refuses_data_without_its_four_benchmarks_before_the_model_loads(
+    tmp_path, data_dir, run_here, monkeypatch
+):
+    """From a review: a data folder holding none of ARC-Easy, ARC-Challenge, piqa, hellaswag still loaded the model
+    and wrote a file of four "absent" rows, exit 0."""
+    import harness.runner as runner
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(runner, "load_model", no_load)
+    only = tmp_path / "data" / "openbookqa"
+    only.mkdir(parents=True)
+    (only / "test.json").write_text((data_dir / "openbookqa" / "test.json").read_text())
+    out = tmp_path / "check.json"
+    line = _one_line_error(run_here("published_check.py", "--data-dir", str(only.parent), "--out", str(out)))
+    assert "holds none of ARC-Easy/test.json, ARC-Challenge/test.json, piqa/test.json, hellaswag/test.json" in line
+    assert not out.exists()
