@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageFile
 
 _DECODED: set[tuple[object, ...]] = set()  # the files found to decode, as identified by ``_identity``
@@ -50,11 +51,29 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """A new RGB copy of ``image`` as transformers' ``convert_to_rgb`` (LLaVA's image processor) makes it: where
     it has transparency (an alpha band, or a palette, grey or RGB image's transparency entry) composited onto
     white; a plain ``convert("RGB")`` drops the alpha and shows transparent pixels in the colour they hide, mostly
-    black. What the multimodal vision towers read, and what ``pixel_digest`` hashes."""
+    black. Unlike it, grey of more than 8 bits (Pillow modes ``I;16*`` and ``I``) is first scaled from 0-65535 to
+    0-255 (``_eight_bit``): ``convert`` clips it, so a 16-bit PNG became black and white. What the multimodal vision
+    towers read, and what ``pixel_digest`` hashes."""
+    image = _eight_bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit grey (``L``, or ``LA`` where a transparency entry names a 16-bit value) when it is wider
+    grey: ``I;16``, ``I;16B``, ``I;16L`` scaled from 0-65535 (value / 257, rounded); ``I`` (a 16-bit PNG under
+    Pillow < 10.3, a TIFF's 32-bit integers) read over the same range, clipped to it. Any other mode as it is."""
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return image
+    values = np.asarray(image)  # numpy reads the byte order from the mode
+    grey = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8))
+    transparent = image.info.get("transparency")  # Pillow's convert("RGBA") ignores it in these modes
+    if transparent is None:
+        return grey
+    alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))
+    return Image.merge("LA", (grey, alpha))
 
 
 def pixel_digest(path: Path) -> str:

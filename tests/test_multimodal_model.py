@@ -3,6 +3,7 @@ at 64 px = 4 image tokens), the paper's LLaVA at a reduced shape, stage-1 projec
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -212,6 +213,32 @@ def test_transparent_pixels_reach_the_vision_towers_on_white_as_transformers_put
     np.testing.assert_array_equal(np.asarray(vision.load_image(visual)), expected)
 
 
+def test_16_bit_grey_reaches_the_vision_towers_as_proportional_greys(tmp_path):
+    """From a review: ``to_rgb`` converted a 16-bit greyscale PNG (Pillow mode ``I;16``) with ``convert("RGB")``,
+    which clips to 0-255: 0, 4000, 8000 and 12000 all but the first became white."""
+    from tasks.images import pixel_digest, to_rgb
+
+    values = np.array([[0, 4000, 8000, 12000]], dtype=np.uint16)
+    expected = np.round(values / 257).astype(np.uint8)  # 0, 16, 31, 47
+    Image.fromarray(values).save(tmp_path / "grey16.png")
+    Image.fromarray(expected).save(tmp_path / "grey8.png")
+    with Image.open(tmp_path / "grey16.png") as opened:
+        assert opened.mode == "I;16"
+    big_endian = Image.frombytes("I;16B", (4, 1), values.astype(">u2").tobytes())
+    for given in (
+        vision.load_image(tmp_path / "grey16.png"),
+        to_rgb(big_endian),
+        to_rgb(Image.fromarray(values.astype(np.int32))),
+    ):
+        assert given.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(given), np.repeat(expected[..., None], 3, axis=-1))
+    assert pixel_digest(tmp_path / "grey16.png") == pixel_digest(tmp_path / "grey8.png")  # the picture, not its depth
+    Image.fromarray(values).save(tmp_path / "transparent16.png", transparency=4000)  # a 16-bit transparency entry
+    np.testing.assert_array_equal(
+        np.asarray(vision.load_image(tmp_path / "transparent16.png"))[0, :, 0], [0, 255, 31, 47]
+    )
+
+
 def test_missing_package_says_what_to_install(monkeypatch):
     import importlib.util
 
@@ -280,6 +307,36 @@ def test_paper_llava_at_reduced_shape_runs_forward_and_backward():
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     assert counts["LlavaForConditionalGeneration.model.vision_tower"] > 0
     assert counts["LlavaForConditionalGeneration.model.language_model"] > 0
+
+
+def test_a_llava_folder_given_under_the_home_as_tilde_loads_its_own_weights_and_processor(tmp_path, monkeypatch):
+    """From a review: ``build_paper("~/llava")`` handed the path to transformers unexpanded, after the runner's checks
+    (which expand it) had passed: the pretrained load failed with "no processor for '~/llava' (Repo id must use
+    alphanumeric...)", and under ``random_weights`` it silently tokenised with SmolLM2's tokenizer, not the
+    folder's."""
+    from harness.models import load_config_dict
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.manual_seed(0)
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    model, processor = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer())
+    model.save_pretrained(tmp_path / "llava")
+    processor.save_pretrained(tmp_path / "llava")
+    loaded, its_processor = mm.build_paper("~/llava")
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    assert its_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+    _, built_processor = mm.build_paper("~/llava", random_weights=True)  # the folder's tokenizer, not SmolLM2's
+    assert built_processor.tokenizer.get_vocab() == processor.tokenizer.get_vocab()
+
+
+def test_a_vision_dim_other_than_the_encoders_features_is_refused_when_the_config_is_read():
+    """From a review: ``vision_dim`` 768 built a projector taking 768 features from EfficientNet-Lite0's 1280 and
+    the model failed at its first forward with a shape mismatch naming no setting."""
+    with pytest.raises(
+        ValueError, match="vision_dim 768 is not the width of efficientnet-lite0's features; set it to 1280"
+    ):
+        mm.LlavaStyle.from_config(dataclasses.replace(tiny_config(), vision_dim=768))
+    assert mm.LlavaStyle.from_config(tiny_config()).projector[0].in_features == vision.FEATURE_DIM
 
 
 class _ChatTokenizer:

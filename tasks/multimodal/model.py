@@ -69,6 +69,18 @@ def embedded_config(image_size: int = vision.IMAGE_SIZE) -> LlavaStyleConfig:
     return LlavaStyleConfig(text_config=load_config_dict(EMBEDDED), image_size=image_size)
 
 
+def check_vision(config: LlavaStyleConfig) -> None:
+    """Refuse a vision tower the harness does not have: another variant, or a ``vision_dim`` other than its feature
+    width (the projector's input was built at that width and the first forward failed on a shape mismatch)."""
+    if config.vision_variant != vision.VARIANT:
+        raise ValueError(f"vision encoder {config.vision_variant!r} is not known; use {vision.VARIANT!r}")
+    if config.vision_dim != vision.FEATURE_DIM:
+        raise ValueError(
+            f"vision_dim {config.vision_dim} is not the width of {vision.VARIANT}'s features; set it to "
+            f"{vision.FEATURE_DIM} (or leave it out)"
+        )
+
+
 class LlavaStyle(nn.Module):
     """A LLaVA-style model: image tokens from a frozen ``vision`` encoder, mapped by ``projector`` into the
     input embeddings of ``language_model`` at the positions holding ``image_token_id``."""
@@ -91,8 +103,7 @@ class LlavaStyle(nn.Module):
         """Random weights; under ``with torch.device("meta"):`` a weightless replica for FLOPs counting."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        if config.vision_variant != vision.VARIANT:
-            raise ValueError(f"vision encoder {config.vision_variant!r} is not known; use {vision.VARIANT!r}")
+        check_vision(config)
         lm = AutoModelForCausalLM.from_config(AutoConfig.for_model(**config.text_config))
         return cls(config, vision.load_efficientnet_lite0(pretrained=False, image_size=config.image_size), lm)
 
@@ -369,10 +380,12 @@ def build_paper(
 
     from harness.models import _brief, embedded_folder, hub_load_error, is_hub_id, load_config_dict
 
+    local = Path(source).expanduser()  # "~/llava": the home's folder, as the runner's checks and models.resolve read it
+    where = str(local) if local.exists() else source  # what from_pretrained reads; messages name the source as given
     processor = None
     if tokenizer is None or not random_weights:  # random weights never download: a local or cached processor only
         try:
-            processor = AutoProcessor.from_pretrained(source, local_files_only=random_weights)
+            processor = AutoProcessor.from_pretrained(where, local_files_only=random_weights)
         except (OSError, ValueError) as exc:
             if not random_weights:
                 if isinstance(exc, OSError) and is_hub_id(source):  # offline, gated: transformers' several lines
@@ -389,7 +402,7 @@ def build_paper(
         model = LlavaForConditionalGeneration(AutoConfig.for_model(**data))
     else:
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(source, dtype=dtype)
+            model = LlavaForConditionalGeneration.from_pretrained(where, dtype=dtype)
         except OSError as exc:
             if is_hub_id(source):
                 raise hub_load_error(source, exc) from None
