@@ -6,13 +6,17 @@ FLOPs are counted on a ``meta``-device replica of the model's architecture: so w
 is corrected, every finished run can be counted again in seconds, with the same code a new run uses
 (``harness.runner.flops_record``). The model the replica copies
 is built with random weights (on the CPU: a paper-size model needs the memory of one copy), or, where the
-task cannot build it so, loaded as the run loaded it (``recounted.model`` says which). The record keeps the
-run's own ``total``, ``adapter``, ``lora_total``, ``relative_to_lora`` and ``counted_by`` under
-``flops_per_step.recounted.as_run``, with when and by which commit it was counted again. The FLOPs of the
-validation forwards a method's hooks ran (``train.hook_val_flops``: the Reducer's scoring rounds) are counted
-again the same way, from the forwards the record keeps, or, in a record written before it kept them, from its
-Reducer's score trajectory and the run's validation split (``reducer_forwards``); ``as_run`` keeps the old count,
-None where there was none.
+task cannot build it so, loaded as the run loaded it (``recounted.model`` says which); a record whose model
+folder (or hub cache, or embedded GGUF) holds another model now than the one it recorded is left, as ``harness
+run`` refuses to take it as done. The record keeps the run's own ``total``, ``adapter``, ``lora_total``,
+``relative_to_lora`` and ``counted_by`` (and ``reducer_layers`` and ``path`` where it had them) under
+``flops_per_step.recounted.as_run``, with when and by which commit it was counted again; a record is rewritten
+where a fresh count differs from it in one of those five, ``micro_batches``, ``reducer_layers`` or ``path`` (one
+it lacks included). The FLOPs of the validation forwards a method's hooks ran (``train.hook_val_flops``: the
+Reducer's scoring rounds) are counted again the same way, from the forwards the record keeps, or, in a record
+written before it kept them, from its Reducer's score trajectory and the run's validation split
+(``reducer_forwards``; left where the data's training files differ from those the record names); ``as_run``
+keeps the old count, None where there was none.
 """
 
 from __future__ import annotations
@@ -28,11 +32,24 @@ import torch
 
 from harness.config import make_config
 from harness.guard import RunLock
+from harness.models import EMBEDDED
 from harness.records import find_records, git_state, read_record, write_record
 from harness.registry import METHODS, TASKS
-from harness.runner import finish_swap, flops_record, hook_flops_record, load_model, spec_from_record
+from harness.runner import (
+    _EMBEDDED_SAID,
+    _other_training_data,
+    _other_weights,
+    finish_swap,
+    flops_record,
+    hook_flops_record,
+    load_model,
+    spec_from_record,
+)
 
 KEPT = ("total", "adapter", "lora_total", "relative_to_lora", "counted_by")
+# what else of a count a recount compares (a record lacking one the counter writes now is rewritten): the
+# Reducer's layers the count trained, and the path it ran on
+COMPARED = (*KEPT, "micro_batches", "reducer_layers", "path")
 
 
 def recount_flops(
@@ -106,6 +123,13 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     if "micro_batches" not in old:
         return {"id": run_id, "left": "its FLOPs keep no micro-batch shapes (a record from before they were kept)"}
     spec = spec_from_record(record)
+    if (weights := _other_weights(spec, record)) is not None:  # as `harness run` refuses to take it as done
+        model = _EMBEDDED_SAID if spec.model == EMBEDDED else f"the model {spec.model!r}"
+        return {
+            "id": run_id,
+            "left": f"{model} changed since the run finished ({weights}): counting it would count another model; "
+            "count it where the model it ran on is (give a changed model another folder)",
+        }
     config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
     task, loaded, how = models.get(spec)  # last: the one costly step, only for a record that can be counted
     shapes = [m["shape"] for m in old["micro_batches"]]
@@ -116,7 +140,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
         return {"id": run_id, "left": f"not countable now: {new['reason']}"}
     change = {"id": run_id, "model": how, **{f"old_{k}": old.get(k) for k in ("total", "adapter")}}  # None: uncounted
     change |= {f"new_{k}": new[k] for k in ("total", "adapter")}
-    change["rewritten"] = any(new.get(k) != old.get(k) for k in (*KEPT, "micro_batches"))
+    change["rewritten"] = any(new.get(k) != old.get(k) for k in COMPARED)
     stamp = {
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 - 3.10
         **code,
@@ -126,7 +150,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
         new["recounted"] = {
             **stamp,
             "as_run": old.get("recounted", {}).get("as_run")
-            or {k: old[k] for k in (*KEPT, "status", "reason") if k in old},
+            or {k: old[k] for k in (*KEPT, "reducer_layers", "path", "status", "reason") if k in old},
         }
         record["train"]["flops_per_step"] = new
     hooks = _recount_hooks(record, spec, config, task, loaded, recipe, fast, stamp, models.data_dirs)
@@ -160,7 +184,7 @@ def _recount_hooks(
         trajectory := ((train.get("adapter") or {}).get("reducer") or {}).get("score_trajectory")
     ):  # none kept: written before they were, or resumed from a checkpoint written before they were
         try:
-            forwards = reducer_forwards(spec, config, trajectory, loaded, data_dirs.get(spec.task))
+            forwards = reducer_forwards(spec, config, trajectory, loaded, data_dirs.get(spec.task), finished=record)
         except ValueError as exc:
             return {"left": str(exc)}
     else:
@@ -178,13 +202,20 @@ def _recount_hooks(
 
 
 def reducer_forwards(
-    spec: Any, config: Any, trajectory: list[dict[str, Any]], loaded: Any, data_dir: str | None
+    spec: Any,
+    config: Any,
+    trajectory: list[dict[str, Any]],
+    loaded: Any,
+    data_dir: str | None,
+    *,
+    finished: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The validation forwards a run's Reducer made, rebuilt from its score trajectory (a record written before
     the training loop kept them): round at step ``s`` scored ``len(losses)`` rollouts on validation batch
     ``s % n`` of the run's own validation split, batched as the loop batches it, on every process. A
     ``ValueError`` where that cannot say what ran: a suppression of 0 turns whole layers off, and which ones
-    each rollout turned off is not in the trajectory."""
+    each rollout turned off is not in the trajectory; or where the data's training files differ from those the
+    ``finished`` run's record names (its validation split is drawn from them: other forwards would be counted)."""
     reducer = getattr(config, "reducer", None)
     if reducer is not None and reducer.suppression == 0.0:
         raise ValueError(
@@ -193,6 +224,11 @@ def reducer_forwards(
         )
     options = dataclasses.replace(spec.task_options, data_dir=data_dir)
     task = TASKS.get(spec.task)(options)  # the run's own options: its validation split depends on the seed
+    if finished is not None and (other := _other_training_data(finished, task)) is not None:
+        raise ValueError(
+            f"the data here is not what it trained on ({other}), and its Reducer scored on a validation split drawn "
+            f"from that: give the data it ran on with --data-dir {spec.task}=PATH"
+        )
     recipe = task.recipe(loaded, spec.train)
     _, val = task.splits()
     encoded = [recipe.encode(e) for e in val]
@@ -230,6 +266,13 @@ class _Models:
             self.key, self.value = None, None  # one model at a time: the memory of one
             try:
                 task = TASKS.get(spec.task)(options)
+            except Exception as exc:  # before the model: a missing data folder is not the model's fault
+                self.failed[key] = (
+                    f"its task's data cannot be read here ({type(exc).__name__}: {exc}); give the data it ran on "
+                    f"with --data-dir {spec.task}=PATH"
+                )
+                raise RuntimeError(self.failed[key]) from exc
+            try:
                 self.value = (task, *self._load(task, spec))
             except Exception as exc:
                 self.failed[key] = f"its model does not build here: {type(exc).__name__}: {exc}"

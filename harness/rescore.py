@@ -62,10 +62,12 @@ def rescore_runs(
     if not chosen:
         raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
     task_cls.check_scoring(dict(scoring))  # the scorers reachable and loadable, before any run is touched
+    # before any record is written: a runs folder inside the checkout (results/runs) would make it dirty
+    code = git_state()
     done, problems = [], []
     for i, run_id in enumerate(chosen, 1):
         try:
-            record = _rescore_one(found[run_id], task_cls, scoring, problems)
+            record = _rescore_one(found[run_id], task_cls, scoring, problems, code)
         except Exception as exc:  # noqa: BLE001  this run (its files, a task's hook, a scorer's error): the others go on
             text = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             problems.append(text if run_id in text else f"run {run_id}: {text}")
@@ -80,9 +82,12 @@ def rescore_runs(
     return done, problems
 
 
-def _rescore_one(run_dir: Path, task_cls: Any, scoring: dict[str, str], problems: list[str]) -> dict[str, Any] | None:
+def _rescore_one(
+    run_dir: Path, task_cls: Any, scoring: dict[str, str], problems: list[str], code: dict[str, Any]
+) -> dict[str, Any] | None:
     """One run scored again under its lock: the record written (None: nothing to write, or another process holds
-    the run; said in ``problems``). Raises what stops this run."""
+    the run; said in ``problems``), stamped with ``code`` (``git_state()`` as it was before the first record was
+    written). Raises what stops this run."""
     from harness.runner import finish_swap
 
     run_id, lock = run_dir.name, RunLock(run_dir)
@@ -105,7 +110,7 @@ def _rescore_one(run_dir: Path, task_cls: Any, scoring: dict[str, str], problems
                 "scoring": {k: Path(v).name if k.endswith("_checkpoint") else v for k, v in scoring.items()},
                 "columns": sorted(written),
                 "harness_version": __version__,
-                **git_state(),
+                **code,
             }
         )
         write_record(run_dir, record)

@@ -55,8 +55,9 @@ NOTHING_TO_COUNT = "no FLOPs counted in it"  # a zero-shot or failed run's recor
 
 def summary(changes: list[dict]) -> int:
     """Print how many records were rewritten, unchanged and left; the exit status: 1 where one was left that had
-    FLOPs to count (a model that does not build here, data that does not fit, a running process, a step the run
-    could not count and that keeps no shapes to count it from), else 0."""
+    FLOPs to count (a model that does not build here, a model folder that holds another model now than the run
+    recorded, data that cannot be read or is not what the run trained on, a running process, a step the run could
+    not count and that keeps no shapes to count it from), else 0."""
     left = [c for c in changes if "left" in c]
     stuck = [c for c in left if not c["left"].startswith(NOTHING_TO_COUNT)]
     hooks_left = [c for c in changes if "left" not in c and "left" in (c.get("hooks") or {})]

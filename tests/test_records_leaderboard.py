@@ -1485,3 +1485,29 @@ def test_a_copied_or_renamed_run_folder_is_counted_once_and_named(tmp_path, caps
     shutil.rmtree(runs / "a-copy")
     write_leaderboards(runs, tmp_path / "out")
     assert f"holds run {run_id} in a folder of another name" in capsys.readouterr().err
+
+
+def test_rescore_stamps_every_run_with_the_checkouts_state_before_the_first_record_was_written(tmp_path, monkeypatch):
+    """From a review: `harness rescore` took git_state() for each run as it wrote it, so with the runs folder in
+    the checkout (README: --runs-dir results/runs) every run after the first was stamped git_dirty by the record
+    just rewritten; the state is taken once, before any record is written."""
+    import harness.rescore as rescore
+    from harness.registry import TASKS
+
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_fixture(runs, fixture_record("lora", seed))
+    task_cls = TASKS.get("commonsense")  # a task that scores a finished run again, as the diffusion suite's judge
+    monkeypatch.setattr(task_cls, "scorers", ("judge_model",))
+    monkeypatch.setattr(
+        task_cls, "rescore", classmethod(lambda cls, run_dir, record, scoring: {"judge": scored("01", "01")})
+    )
+
+    def git_state():  # as the checkout says it: dirty once a record in it was rewritten
+        return {"git_commit": "c0ffee", "git_dirty": any("rescored" in p.read_text() for p in runs.glob(f"*/{RECORD}"))}
+
+    monkeypatch.setattr(rescore, "git_state", git_state)
+    done, problems = rescore.rescore_runs(runs, "commonsense", {"judge_model": "judge-test"}, say=lambda line: None)
+    assert len(done) == 2 and not problems, problems
+    stamps = [read_record(p)["run"]["rescored"][-1] for p in sorted(runs.glob(f"*/{RECORD}"))]
+    assert [(s["git_commit"], s["git_dirty"]) for s in stamps] == [("c0ffee", False)] * 2

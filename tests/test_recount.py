@@ -351,3 +351,101 @@ def test_a_sweep_counts_each_step_once_and_what_it_took_again_is_what_a_fresh_co
     monkeypatch.undo()  # the real counter, and no counts kept: recount_flops counts every record afresh
     again = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     assert len(again) == 5 and not any(c["rewritten"] for c in again), again
+
+
+def test_a_record_whose_model_folder_holds_another_model_now_is_left(tiny_model, data_dir, tmp_path):
+    """From a review: the recount counted whatever model the run's --model folder holds now (a 2-layer config
+    changed to 4 layers: totals rewritten, exit 0), where `harness run` refuses to take the run as done."""
+    from transformers import LlamaConfig
+
+    specs = build_specs(
+        "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+        train_overrides={"steps": 1}, task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+    before = path.read_text()
+    config = LlamaConfig.from_pretrained(tiny_model)
+    config.num_hidden_layers = 4  # the folder the run id names holds another model now
+    config.save_pretrained(tiny_model)
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert f"the model {str(tiny_model)!r} changed since the run finished" in change["left"], change
+    assert "changed config.json" in change["left"] and path.read_text() == before
+
+
+def test_the_reducer_forwards_are_not_rebuilt_from_other_training_data(tiny_model, data_dir, tmp_path):
+    """From a review: a record without hook_val_flops had its Reducer's scoring forwards rebuilt from the
+    validation split of whatever data --data-dir gave (train.json reordered: other numbers written, unsaid); the
+    data's training files are checked against the record's, as `harness run` checks them."""
+    import json
+
+    specs = build_specs(
+        "commonsense", ["effilora"], [0], "smoke", method_options={"reducer": {"k": 1, "interval": 1}},
+        model=str(tiny_model), random_weights=True, train_overrides={"steps": 3, "val_batch_size": 3},
+        task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+    old = read_record(path)
+    del old["train"]["hook_val_flops"]  # as written before they were kept
+    write_record(path.parent, old)
+    other = tmp_path / "other"  # the same files, each benchmark's training examples in another order
+    for benchmark in sorted(p for p in data_dir.iterdir() if p.is_dir()):
+        (other / benchmark.name).mkdir(parents=True)
+        (other / benchmark.name / "test.json").symlink_to(benchmark / "test.json")
+        if (benchmark / "train.json").is_file():
+            rows = json.loads((benchmark / "train.json").read_text())
+            (other / benchmark.name / "train.json").write_text(json.dumps(rows[::-1]))
+    lines: list[str] = []
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(other)}, say=lines.append)
+    assert "the data here is not what it trained on (the training file" in change["hooks"]["left"], change
+    assert "--data-dir commonsense=PATH" in lines[-1]
+    assert "hook_val_flops" not in read_record(path)["train"]  # left as it was (on the run's data: rebuilt, above)
+
+
+def test_a_count_lacking_what_the_counter_writes_now_is_rewritten(tiny_model, data_dir, tmp_path):
+    """From a review: a recount compared only the kept totals and the shapes, so a record without (or with
+    other) ``reducer_layers`` or ``path`` was never given the ones the counter writes now (the committed
+    effilora records lack ``reducer_layers``); a record that has them all is still left unchanged."""
+    specs = build_specs(
+        "commonsense", ["effilora"], [0], "smoke", method_options={"reducer": {"k": 1, "interval": 1}},
+        model=str(tiny_model), random_weights=True, fast_path=True, train_overrides={"steps": 1},
+        task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    as_run = record["train"]["flops_per_step"]
+    assert as_run["path"] == "fast" and as_run["reducer_layers"]
+    path = tmp_path / "runs" / record["run"]["id"] / RECORD
+
+    def recount():
+        [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
+        return change, read_record(path)["train"]["flops_per_step"]
+
+    change, flops = recount()
+    assert not change["rewritten"] and flops == as_run  # everything equal: nothing changed
+    for lacking, other in (("reducer_layers", {}), ("path", {}), ("", {"reducer_layers": [-1]})):
+        older = read_record(path)  # without one (a record from before it was kept), or with another value
+        older["train"]["flops_per_step"] = {k: v for k, v in as_run.items() if k != lacking} | other
+        write_record(path.parent, older)
+        change, flops = recount()
+        assert change["rewritten"] and {k: v for k, v in flops.items() if k != "recounted"} == as_run, lacking
+        assert flops["recounted"]["as_run"].get("reducer_layers") == older["train"]["flops_per_step"].get(
+            "reducer_layers"
+        )  # what the run wrote, kept
+    change, flops = recount()
+    assert not change["rewritten"]  # counted again: the same
+
+
+def test_a_task_whose_data_cannot_be_read_is_said_so_not_a_model_that_does_not_build(tiny_model, data_dir, tmp_path):
+    """From a review: a task whose data could not be read was reported as "its model does not build here:
+    ValueError: no local data ..."; the data is named, and where to give it."""
+    specs = build_specs(
+        "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
+        train_overrides={"steps": 1}, task_overrides={"eval_limit": 2},
+    )  # fmt: skip
+    run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(empty)}, say=lambda line: None)
+    assert change["left"].startswith("RuntimeError: its task's data cannot be read here (ValueError: "), change
+    assert change["left"].endswith("; give the data it ran on with --data-dir commonsense=PATH")
