@@ -2164,3 +2164,175 @@ def test_a_held_out_category_without_training_rows_leaves_fidelity_absent_not_ze
     data = Data(tmp_path, [item("red"), item("blue")], [item("red"), item("green")], [item("teal")], "given")
     assert unnamed_categories(data) == ["green"]
     assert unnamed_categories(Data(tmp_path, [item("red"), item("green")], [item("green")], [], "given")) == []
+
+
+def _sheet_run(folder: Path, prompt: str = "grinning face", colour=(255, 0, 0)) -> Path:
+    """A run folder with one sample and its saved real image."""
+    (folder / "samples").mkdir(parents=True)
+    Image.new("RGB", (8, 8), colour).save(folder / "samples" / "000.png")
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(folder / "samples" / "real-000.png")
+    row = {"n": 0, "file": "samples/000.png", "prompt": prompt, "real": "004.png", "category": ""}
+    (folder / "predictions.jsonl").write_text(json.dumps(row) + "\n")
+    return folder
+
+
+def _sheet_record(run_id: str, method: str, options: dict, created: str, files: dict | None = None) -> dict:
+    config = {"task": "diffusion", "preset": "embedded", "model": "embedded", "protocol": "native", "seed": 0,
+              "task_options": {"template": "caption"}, "train": {"steps": 10, "seed": 0}, "method": method,
+              "method_options": options, "data": {"files": files or {}}}  # fmt: skip
+    return {"run": {"id": run_id, "created_at": created, "config": config}, "eval": {}}
+
+
+def test_the_twemoji_notice_fits_a_two_column_contact_sheet(tmp_path, monkeypatch):
+    """From a review: on a sheet of the real image and one method (``harness run --methods lora --data-dir ...``)
+    the Twemoji notice, one line wider than the 2.6-inch figure, was cut off at both edges ("moji graphics ...")."""
+    from tasks.diffusion import ATTRIBUTION, sheet
+
+    notes = []
+    real = sheet._notice
+    monkeypatch.setattr(sheet, "_notice", lambda fig, text: notes.append(fig) or real(fig, text))
+    path = sheet._sheet({"lora": _sheet_run(tmp_path / "lora")}, tmp_path / "sheet.png", ATTRIBUTION)
+    [fig] = notes
+    [note] = [t for t in fig.texts if "Twemoji" in t.get_text()]
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()  # closed, the figure lost its own canvas
+    box = note.get_window_extent(renderer)
+    assert 0 <= box.x0 < box.x1 <= fig.bbox.width and box.y0 >= 0
+    assert box.y1 <= min(ax.get_window_extent(renderer).y0 for ax in fig.axes)  # below the images, not over them
+    assert note.get_text().split() == ATTRIBUTION.split()  # whole, broken between words
+    with Image.open(path) as im:  # the PNG itself: nothing drawn in its outermost columns
+        edges = np.asarray(im.convert("RGB"))[:, [0, 1, -2, -1]]
+    assert (edges == 255).all()
+
+
+def test_the_contact_sheet_has_a_column_per_leaderboard_row_titled_as_the_leaderboard(tmp_path, monkeypatch):
+    """From a review: the sheet kept one run per method name, so of lora at r=4 and lora at r=16 (two leaderboard
+    rows, "lora (r=4)" and "lora (r=16)") it drew only the newer, titled "lora"."""
+    import matplotlib.text
+
+    from harness.leaderboard import _labels, _row_key
+    from tasks.diffusion.sheet import contact_sheets
+
+    records = [
+        _sheet_record("lora-r4", "lora", {"r": 4}, "2026-01-01"),
+        _sheet_record("lora-r16", "lora", {"r": 16}, "2026-01-02"),
+    ]
+    _sheet_run(tmp_path / "runs" / "lora-r4", colour=(255, 0, 0))
+    _sheet_run(tmp_path / "runs" / "lora-r16", colour=(0, 255, 0))
+    drawn = []
+    real = matplotlib.text.Text.draw
+    monkeypatch.setattr(matplotlib.text.Text, "draw", lambda self, r: drawn.append(self.get_text()) or real(self, r))
+    assert len(contact_sheets(records, tmp_path / "runs", tmp_path)) == 1
+    titles = set(_labels([_row_key(r) for r in records]).values())
+    assert titles == {"lora (r=4)", "lora (r=16)"} and titles <= set(drawn) and "lora" not in drawn
+
+
+def test_a_data_folder_that_no_longer_reads_never_stops_the_contact_sheet(tmp_path, monkeypatch, capsys):
+    """From a review: the sheet read the runs' data (``HARNESS_DATA_DIR``) even where every run had saved its real
+    images, without catching its errors: an image removed from the data raised ValueError, which stopped the
+    leaderboard (no leaderboard.md) and failed ``harness run`` after its runs had succeeded."""
+    from tasks.diffusion.sheet import contact_sheets
+
+    data = tiny_data(tmp_path / "data", 10)
+    record = _sheet_record("lora-1", "lora", {}, "2026-01-01", ddata.file_hashes(data))
+    run = _sheet_run(tmp_path / "runs" / "lora-1")
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))
+    (data / "images" / "001.png").unlink()  # a training image removed after the run
+    assert contact_sheets([record], tmp_path / "runs", tmp_path) == [tmp_path / "diffusion_samples_embedded.png"]
+    assert "cannot be read" not in capsys.readouterr().err  # its real image saved: the data not looked for
+    (run / "samples" / "real-000.png").unlink()  # a run from before they were saved: the data is needed
+    assert contact_sheets([record], tmp_path / "runs", tmp_path / "out") == []
+    err = capsys.readouterr().err
+    assert f"their data {data} cannot be read" in err and "image 'images/001.png' is missing" in err
+
+
+def test_a_users_folder_with_unicodes_emoji_group_names_is_not_split_or_credited_as_twemoji(
+    tiny, tmp_path, monkeypatch
+):
+    """From a review: any folder whose categories included "Smileys & Emotion" and "Food & Drink" (Unicode's emoji
+    groups: a user's Noto or OpenMoji set) was split as the shipped Twemoji: its other rows neither trained nor held
+    out but pretrained the base, recorded with Twemoji's notice and a base "pre-trained on the shipped Twemoji"."""
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+    from tasks.diffusion import pretrain
+
+    pipe, _ = tiny
+    folder = tiny_data(tmp_path / "own", 30)
+    groups = ["Smileys & Emotion", "Food & Drink", "Animals & Nature"]
+    rows = [json.loads(line) for line in (folder / ddata.METADATA).read_text().splitlines()]
+    text = "\n".join(json.dumps({**r, "category": groups[n % 3]}) for n, r in enumerate(rows))
+    (folder / ddata.METADATA).write_text(text + "\n")
+    monkeypatch.setattr(ddata, "_WARNED", {f"{folder.resolve()}\0a training row"})  # no overlap check's hashing
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(folder), template="caption"))
+    assert task.data.split.startswith("all rows") and (len(task.data.train), len(task.data.test)) == (24, 6)
+    assert task.data.base == [] and "attribution" not in task.describe()
+    shipped = ddata.read_folder(folder)[:4]  # what stands for the shipped Twemoji's base rows
+    monkeypatch.setattr(dtask, "_twemoji_base", lambda: shipped)
+    monkeypatch.setattr(ddata, "warn_pretrained_on", lambda data, rows: None)
+    pretrained = []
+    monkeypatch.setattr(pretrain, "ensure_base", lambda rows: pretrained.append(rows) or (pipe, {"data": "Twemoji"}))
+    task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    assert pretrained == [shipped]  # the base is the shipped Twemoji's, as its record says, not the user's rows
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(folder))  # the same folder as the shipped Twemoji: split
+    assert ddata.load(folder).split.startswith("fine-tune on Smileys & Emotion + Food & Drink")
+
+
+def test_an_interrupted_save_over_an_earlier_one_is_refused_not_read_with_its_captions(tmp_path):
+    """From a review: ``save_imagefolder`` wrote the images in place and the metadata last, so a save interrupted
+    after 3 rows over an earlier save left the earlier metadata.jsonl pairing red-square captions with blue images."""
+    out = tmp_path / "hub"
+    ddata.save_imagefolder([{"image": Image.new("RGB", (8, 8), "red"), "text": f"red {i}"} for i in range(10)], out)
+    assert len(ddata.read_folder(out)) == 10
+
+    def blue():
+        for i in range(10):
+            if i == 3:
+                raise KeyboardInterrupt  # Ctrl-C, or a download error, part-way
+            yield {"image": Image.new("RGB", (8, 8), "blue"), "text": f"blue {i}"}
+
+    with pytest.raises(KeyboardInterrupt):
+        ddata.save_imagefolder(blue(), out)
+    with pytest.raises(ValueError, match="has no metadata.jsonl"):
+        ddata.load(out)
+
+
+def test_the_pretrained_base_is_flushed_to_the_disk_before_and_after_its_rename(tmp_path, monkeypatch):
+    """From a review: the base's files were renamed into place without ``fsync``, so a power cut could leave a base
+    folder whose name is there and whose weights are empty."""
+    from tasks.diffusion import pretrain
+
+    events: list[tuple[str, Path]] = []
+    monkeypatch.setattr(pretrain, "_flush", lambda p: events.append(("file", Path(p))))
+    monkeypatch.setattr(pretrain, "flush_folder", lambda p: events.append(("folder", Path(p))))
+    real = os.replace
+    monkeypatch.setattr(pretrain.os, "replace", lambda a, b: events.append(("replace", Path(a))) or real(a, b))
+    rows = ddata.read_folder(tiny_data(tmp_path / "rows", 4))
+    settings = {
+        "vae": {"steps": 1, "batch_size": 2, "lr": 1e-3, "kl_weight": 1e-6},
+        "unet": {"steps": 1, "batch_size": 2, "lr": 5e-4, "caption_dropout": 0.1},
+        "seed": 0,
+    }
+    folder, _ = pretrain.ensure_base(rows, settings, False)
+    [renamed] = [n for n, (kind, p) in enumerate(events) if kind == "replace" and ".partial-" in p.name]
+    tmp = events[renamed][1]
+    flushed = {p.relative_to(tmp) for kind, p in events[:renamed] if kind == "file"}
+    written = {p.relative_to(folder) for p in folder.rglob("*") if p.is_file()}
+    assert written and flushed == written and ("folder", tmp) in events[:renamed]
+    assert ("folder", folder.parent) in events[renamed:]
+
+
+def test_a_copy_of_the_shipped_twemoji_elsewhere_is_still_the_shipped_data(tmp_path, monkeypatch):
+    """From a review of the fix above: the shipped Twemoji was told by its folder's path alone, so a copy of the
+    same data given with ``--data-dir`` (a user's own checkout of it) was split as a user's folder: another split,
+    no attribution, another run than the committed one. Its metadata names it wherever it is."""
+    from tasks.multimodal import twemoji_dir
+
+    shipped = twemoji_dir()
+    copy = tmp_path / "my-copy"
+    copy.mkdir()
+    (copy / ddata.METADATA).write_bytes((shipped / ddata.METADATA).read_bytes())
+    assert ddata.is_shipped_twemoji(copy) and ddata.is_shipped_twemoji(shipped)
+    (copy / ddata.METADATA).write_text((shipped / ddata.METADATA).read_text()[:-200])  # an edited copy is yours
+    assert not ddata.is_shipped_twemoji(copy)

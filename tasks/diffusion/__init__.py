@@ -129,10 +129,7 @@ class DiffusionTask(Task):
 
     def _on_shipped_twemoji(self) -> bool:
         """Whether the data is the shipped Twemoji (no --data-dir, or one that leads to it)."""
-        try:
-            return self.folder.resolve() == twemoji_dir().resolve()
-        except (ValueError, OSError):  # no shipped copy found: the data is the user's
-            return False
+        return ddata.is_shipped_twemoji(self.folder)
 
     # -- model ------------------------------------------------------------------------------------
     def load(

@@ -101,8 +101,8 @@ class Data:
 
 
 def load(folder: Path) -> Data:
-    """``folder/train`` + ``folder/test`` when present; the shipped Twemoji (rows with categories): base
-    = other categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test."""
+    """``folder/train`` + ``folder/test`` when present; the shipped Twemoji (``is_shipped_twemoji``): base = other
+    categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test."""
     if (folder / "train" / METADATA).is_file() and (folder / "test" / METADATA).is_file():
         data = Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
         _warn_overlap(data)
@@ -116,7 +116,9 @@ def load(folder: Path) -> Data:
                 )
     items = read_folder(folder)
     cats = {i.category for i in items}
-    if all(c in cats for c in FINETUNE_CATEGORIES):
+    # the folder, not its category names: Unicode's emoji groups name a user's Noto or OpenMoji rows alike, which
+    # were split as Twemoji's (the other groups never trained nor held out) and credited to Twemoji
+    if all(c in cats for c in FINETUNE_CATEGORIES) and is_shipped_twemoji(folder):
         tune = [i for i in items if i.category in FINETUNE_CATEGORIES]
         base = [i for i in items if i.category not in FINETUNE_CATEGORIES + SKIP_CATEGORIES]
         split = f"fine-tune on {' + '.join(FINETUNE_CATEGORIES)} (base pre-trains on the other categories)"
@@ -133,6 +135,26 @@ def load(folder: Path) -> Data:
     data = Data(folder, train, test, base, f"{split}; every {TEST_EVERY}th row held out for scoring")
     _warn_overlap(data)
     return data
+
+
+# the shipped Twemoji's metadata.jsonl (../shared/data/diffusion/twemoji-64), which every committed diffusion
+# record names: a copy of it anywhere is the shipped data, whatever folder holds it
+TWEMOJI_METADATA_SHA256 = "280179d653e0ca70dbb845aad41388018686801d6ebcc7671d4c4e70e7235752"
+
+
+def is_shipped_twemoji(folder: Path) -> bool:
+    """Whether ``folder`` is the shipped Twemoji, whose categories split it and whose licence the runs on it carry:
+    its metadata is the shipped one's (a copy of the data anywhere, as ``--data-dir`` gives it), or it is the folder
+    ``tasks.multimodal.twemoji_dir`` finds (``HARNESS_TWEMOJI_DIR``, else ../shared/data/diffusion/twemoji-64)."""
+    from harness.identity import file_sha256
+    from tasks.multimodal import twemoji_dir
+
+    try:
+        if file_sha256(folder / METADATA) == TWEMOJI_METADATA_SHA256:
+            return True
+        return folder.resolve() == twemoji_dir().resolve()
+    except (ValueError, OSError):  # no shipped copy found: the data is the user's
+        return False
 
 
 def overlap(data: Data, seen: list[Item] | None = None) -> dict[str, list[str]]:
@@ -284,10 +306,14 @@ def load_hub(dataset: str, out: Path, split: str = "train") -> Path:
 def save_imagefolder(ds: Any, out: Path) -> Path:
     """Rows with a PIL ``image`` and a ``text`` caption, written as ``out/images/*.png`` + metadata.jsonl. Kept
     with their transparency (RGBA), which ``load_image`` puts on white as it does for local files (an RGB
-    copy would show transparent pixels in whatever colour they hide, mostly black)."""
-    from harness.atomic import write_text
+    copy would show transparent pixels in whatever colour they hide, mostly black). The metadata is written last
+    and an earlier save's removed first: an interrupted save over an earlier one leaves a folder ``load`` refuses,
+    not the earlier captions read beside the new images."""
+    from harness.atomic import flush_folder, write_text
 
     (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / METADATA).unlink(missing_ok=True)
+    flush_folder(out)  # its removal on the disk before any image is replaced
     lines = []
     for i, row in enumerate(ds):
         name = f"images/{i:05d}.png"

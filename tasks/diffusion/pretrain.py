@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import models
+from harness.atomic import _flush, flush_folder
 from harness.guard import RunLock
 from tasks.diffusion import data as ddata
 from tasks.diffusion import model as dmodel
@@ -55,8 +56,9 @@ def base_folder(base_rows: list[ddata.Item], settings: dict[str, Any] | None = N
 def ensure_base(
     base_rows: list[ddata.Item], settings: dict[str, Any] | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
-    """The cached base folder, pre-training it first if it is not there (once; minutes). Always on the CPU,
-    also where the runs use a GPU: its cache key names the rows and settings, and a GPU's random numbers
+    """The cached base folder, pre-training it first if it is not there (once; minutes); ``base_rows`` are the
+    shipped Twemoji's (``ddata.load`` splits no other folder by category), as its info's "data" says. Always on the
+    CPU, also where the runs use a GPU: its cache key names the rows and settings, and a GPU's random numbers
     (and kernels) would make another base under the same key."""
     device = torch.device("cpu")
     settings = settings or SETTINGS
@@ -109,11 +111,23 @@ def _pretrain(folder: Path, key: dict[str, Any], base_rows, settings, device, pr
         pipe.save_pretrained(tmp)
         (tmp / INFO).write_text(json.dumps(info, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
+        _flush_tree(tmp)  # the files on the disk before the name points at them (a power cut: no empty weights)
         shutil.rmtree(folder, ignore_errors=True)  # under the lock, without INFO: a folder no run finished
         os.replace(tmp, folder)  # whole or absent: an interrupted pre-training leaves no half-written base
+        flush_folder(folder.parent)  # and the rename itself
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder, info
+
+
+def _flush_tree(folder: Path) -> None:
+    """``fsync`` every file under ``folder``, then each folder, the deepest first (``harness.atomic``'s flush)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_file() and not path.is_symlink():
+            _flush(path)
+        elif path.is_dir():
+            flush_folder(path)
+    flush_folder(folder)
 
 
 def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator):

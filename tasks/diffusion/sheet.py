@@ -1,5 +1,6 @@
-"""The contact sheet ``harness leaderboard`` writes for the diffusion task: prompts (rows) x methods
-(columns), the held-out real image first, from the samples every run saved in its folder.
+"""The contact sheet ``harness leaderboard`` writes for the diffusion task: prompts (rows) x the leaderboard's
+rows (columns: a method at its options), the held-out real image first, from the samples every run saved in its
+folder.
 
 Its rows are spread over the prompts' categories (held-out lists sorted by category would otherwise show
 one). The real image is the one the run saved beside its sample, or else, for runs made before the rows
@@ -19,6 +20,7 @@ from typing import Any
 from harness.records import RECORD, RERUN
 
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
+DPI = 110  # the sheet's, also while it is laid out: text measured at another dpi is hinted to another width
 SHEET_PROMPTS = 8  # rows of the contact sheet
 
 
@@ -39,19 +41,21 @@ def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
 
 
 def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each method (base first), at the
-    settings and on the data of the preset's newest trained run (as the leaderboard's plot): runs at other
-    settings (steps, data, model) would set samples of different training side by side."""
+    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each leaderboard row (base first), at
+    the settings and on the data of the preset's newest seed-0 trained run (as the leaderboard's plot): runs at other
+    settings (steps, data, model) would set samples of different training side by side. A row is a method with its
+    options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)")."""
+    from harness.leaderboard import _labels, _row_key
+
     written = []
     for preset in sorted({r["run"]["config"]["preset"] for r in records}):
-        mine = _newest_settings(
-            [r for r in records if r["run"]["config"]["preset"] == preset and r["run"]["config"]["seed"] == 0]
-        )
-        runs = {}
-        newest_first = sorted(mine, key=lambda r: r["run"].get("created_at", ""), reverse=True)
-        for r in sorted(
-            newest_first, key=lambda r: (r["run"]["config"]["method"] != "base", r["run"]["config"]["method"])
-        ):
+        at_preset = [r for r in records if r["run"]["config"]["preset"] == preset]
+        # every seed's runs at those settings: the rows (and so the titles) of the leaderboard's section
+        section = _newest_settings(at_preset, [r for r in at_preset if r["run"]["config"]["seed"] == 0])
+        labels = _labels(sorted({_row_key(r) for r in section}))
+        mine = [r for r in section if r["run"]["config"]["seed"] == 0]
+        runs: dict[tuple[str, str], Path] = {}
+        for r in sorted(mine, key=lambda r: r["run"].get("created_at", ""), reverse=True):  # the newest of a row
             folder = _run_folder(runs_dir, r["run"]["id"])
             if folder is not None and (folder / RERUN / RECORD).is_file():  # a pending swap: files of two runs
                 print(
@@ -59,12 +63,25 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                     file=sys.stderr,
                 )
             elif folder is not None and (folder / "predictions.jsonl").is_file():
-                method = r["run"]["config"]["method"]
-                if method not in runs and _readable_predictions(folder, r["run"]["id"]):
-                    runs[method] = folder
-        if runs and (sheet := _sheet(runs, out_dir / f"diffusion_samples_{preset}.png", *_sources(mine))):
+                key = _row_key(r)
+                if key not in runs and _readable_predictions(folder, r["run"]["id"]):
+                    runs[key] = folder
+        if not runs:
+            continue
+        shown = {labels[k]: runs[k] for k in sorted(runs, key=lambda k: (k[0] != "base", k))}
+        # the data is looked for only where the runs saved no real image of a row the sheet shows (runs made
+        # before they saved them): a data folder that no longer reads stopped the leaderboard where none was needed
+        data = data_images(mine) if _lacks_real_images(next(iter(shown.values()))) else None
+        if sheet := _sheet(shown, out_dir / f"diffusion_samples_{preset}.png", _attribution(mine), data):
             written.append(sheet)
     return written
+
+
+def _lacks_real_images(first: Path) -> bool:
+    """Whether a row the sheet would show (``spread`` over all of ``first``'s rows, as a run saves them) has no
+    real image saved beside its sample."""
+    rows = _predictions(first)
+    return any(not _saved_real(first, rows[n]).is_file() for n in spread([str(r.get("category") or "") for r in rows]))
 
 
 def _readable_predictions(folder: Path, run_id: str) -> bool:
@@ -94,14 +111,17 @@ def _predictions(folder: Path) -> list[Any]:
     return [json.loads(line) for line in (folder / "predictions.jsonl").read_text().splitlines() if line.strip()]
 
 
-def _newest_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _newest_settings(
+    records: list[dict[str, Any]], chosen_from: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
     """The records at the settings (``harness.leaderboard``'s section: model, protocol, task options, training)
-    of the newest trained one and on its data (no data or test file with another sha256, as the leaderboard's
-    sections: a newer lora on other data beside the older runs' base set samples of two data side by side), with
-    the zero-shot runs of its model, protocol and task options on that data; all of them where none trained."""
+    of the newest trained one (of ``chosen_from``, default ``records``) and on its data (no data or test file with
+    another sha256, as the leaderboard's sections: a newer lora on other data beside the older runs' base set samples
+    of two data side by side), with the zero-shot runs of its model, protocol and task options on that data; all of
+    them where none trained."""
     from harness.leaderboard import _digests, _fits, _settings
 
-    trained = [r for r in records if r["run"]["config"]["method"] != "base"]
+    trained = [r for r in (records if chosen_from is None else chosen_from) if r["run"]["config"]["method"] != "base"]
     if not trained:
         return records
     newest_run = max(trained, key=lambda r: (r["run"].get("created_at", ""), r["run"]["id"]))
@@ -112,10 +132,6 @@ def _newest_settings(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if (_settings(r) == newest or (r["run"]["config"]["method"] == "base" and _settings(r)[0] == newest[0]))
         and _fits(_digests(r), data)
     ]
-
-
-def _sources(records: list[dict[str, Any]]) -> tuple[str, dict[str, Path] | None]:
-    return _attribution(records), data_images(records)
 
 
 def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
@@ -133,10 +149,19 @@ def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
             folder = resolve_data(given)
         except ValueError:  # no such folder here: the sheet shows the real images the runs saved
             continue
-        if ddata.file_hashes(folder) == files:
+        try:
+            if ddata.file_hashes(folder) != files:
+                continue
             test = ddata.load(folder).test
-            names = Counter(i.image.name for i in test)
-            return {i.image.name: i.image for i in test if names[i.image.name] == 1}
+        except (ValueError, OSError) as exc:  # an image removed since the runs: their cells empty, never no leaderboard
+            print(
+                f"warning: the contact sheet shows no real image the runs did not save: their data {folder} cannot be "
+                f"read ({exc}); restore it, or set HARNESS_DATA_DIR to a whole copy",
+                file=sys.stderr,
+            )
+            return None
+        names = Counter(i.image.name for i in test)
+        return {i.image.name: i.image for i in test if names[i.image.name] == 1}
     return None
 
 
@@ -245,7 +270,7 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
         return None
     columns = ["held-out real", *runs]
     fig, axes = plt.subplots(
-        len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), squeeze=False
+        len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), dpi=DPI, squeeze=False
     )
     try:
         for i, row in enumerate(rows):
@@ -267,11 +292,25 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
                 if j == 0:
                     prompt = row["prompt"][:28]
                     ax.set_ylabel(prompt, fontsize=6, rotation=0, ha="right", va="center", parse_math=False)
-        if attribution:
-            fig.text(0.5, 0.005, attribution, ha="center", va="bottom", fontsize=6, color="grey", parse_math=False)
-        fig.tight_layout(rect=(0, 0.02, 1, 1))
+        bottom = _notice(fig, attribution) if attribution else 0.02
+        fig.tight_layout(rect=(0, bottom, 1, 1))
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
+            fig.savefig(tmp, dpi=DPI, format="png")
     finally:
         plt.close(fig)
     return path
+
+
+def _notice(fig, text: str) -> float:
+    """Write the data's notice under the sheet, wrapped to the figure's width (a two-column sheet is narrower than
+    Twemoji's notice on one line, which was cut off at both edges); the share of the figure's height it takes."""
+    import textwrap
+
+    note = fig.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=6, color="grey", parse_math=False)
+    renderer = fig.canvas.get_renderer()
+    room = 0.96 * fig.bbox.width
+    width = max(1, int(len(text) * room / max(note.get_window_extent(renderer).width, 1.0)) + 1)
+    while note.get_window_extent(renderer).width > room and width > 1:  # measured: glyphs differ in width
+        width -= 1
+        note.set_text(textwrap.fill(text, width, break_on_hyphens=False))
+    return 0.01 + note.get_window_extent(renderer).height / fig.bbox.height
