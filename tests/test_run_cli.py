@@ -341,3 +341,18 @@ def test_rescore_with_runs_that_name_none_is_refused_not_every_run(tmp_path, cap
 
     code = main(["rescore", "--task", "diffusion", "--runs-dir", str(tmp_path), "--runs", ",", "--judge-model", "j"])
     assert code == 2 and "--runs names no run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", ["commonsense", "multimodal", "diffusion"])
+@pytest.mark.parametrize("name", ["rank", "r"])
+def test_the_command_lines_rank_replaces_a_presets_r_under_either_name(task, name):
+    """From a review of 4094db8 (rank= beside another r= refused): the runner merged the preset's ``r`` with the
+    command line's ``rank``, so ``--rank 4`` over every preset that sets ``r`` was refused as one setting given
+    twice, where the README says it overrides the preset."""
+    from harness.registry import TASKS
+    from harness.runner import build_specs
+
+    preset = "smoke" if task != "diffusion" else "embedded"
+    assert "r" in TASKS.get(task).presets[preset].method_options  # a preset that sets r, the case that failed
+    [spec] = build_specs(task, ["lora"], [0], preset, method_options={name: "4"})
+    assert spec.method_options["r"] == 4 and "rank" not in spec.method_options
