@@ -176,8 +176,8 @@ def build_specs(
     given = method_options or {}
     # the command line's rank replaces the preset's, under either name (``--rank 4`` over a preset's ``r=8``: the
     # two names together are one setting given twice, which make_config refuses)
-    preset = {k: v for k, v in p.method_options.items() if not (k in ("r", "rank") and {"r", "rank"} & set(given))}
-    options = {**preset, **given}
+    kept = {k: v for k, v in p.method_options.items() if not (k in ("r", "rank") and {"r", "rank"} & set(given))}
+    options = {**kept, **given}
     if "targets" in (method_options or {}):  # one set of layers, one run id: whatever the order, or a name twice
         default = p.method_options.get("targets", AdapterConfig.__dataclass_fields__["targets"].default)
         options["targets"] = _canonical_targets(options["targets"], default)

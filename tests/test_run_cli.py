@@ -356,3 +356,4 @@ def test_the_command_lines_rank_replaces_a_presets_r_under_either_name(task, nam
     assert "r" in TASKS.get(task).presets[preset].method_options  # a preset that sets r, the case that failed
     [spec] = build_specs(task, ["lora"], [0], preset, method_options={name: "4"})
     assert spec.method_options["r"] == 4 and "rank" not in spec.method_options
+    assert spec.preset == preset and spec.run_id.startswith(f"{task}-lora-{preset}-s0-")  # the preset named as given
