@@ -66,9 +66,9 @@ class ReducerConfig:
         k = self.k if self.k is not None else round(num_layers * (1.0 - self.drop_ratio))
         if not 1 <= k <= num_layers and self.k is None:  # K from drop_ratio: name what the user gave
             raise ValueError(
-                f"reducer drop_ratio={self.drop_ratio:g} keeps K = round({num_layers} x {1.0 - self.drop_ratio:g}) = "
-                f"{k} of the {num_layers} adapted layers, and K must be in 1..{num_layers}: give a smaller drop_ratio "
-                "or k=1 (one layer trains a step)"
+                f"reducer drop_ratio={float(self.drop_ratio)!r} keeps K = round({num_layers} x "
+                f"{1.0 - self.drop_ratio:g}) = {k} of the {num_layers} adapted layers, and K must be in "
+                f"1..{num_layers}: give a smaller drop_ratio, or k=1 in its place (one layer trains a step)"
             )
         if not 1 <= k <= num_layers:
             raise ValueError(f"reducer k={k} is outside 1..{num_layers} (the model has {num_layers} adapted layers)")
@@ -76,9 +76,9 @@ class ReducerConfig:
             _WARNED_K.add((self.drop_ratio, k))  # once: a run attaches its adapter more than once (checks, FLOPs)
             turn_on = f"give k={k - 1} or a larger drop_ratio to turn it on" if k > 1 else "one layer has none to drop"
             print(
-                f"warning: drop_ratio={self.drop_ratio:g} keeps K = round({num_layers} x {1.0 - self.drop_ratio:g}) = "
-                f"{k} of the {num_layers} adapted layers, all of them: the Reducer is off (every layer trains every "
-                f"step); {turn_on}",
+                f"warning: drop_ratio={float(self.drop_ratio)!r} keeps K = round({num_layers} x "
+                f"{1.0 - self.drop_ratio:g}) = {k} of the {num_layers} adapted layers, all of them: the Reducer is off "
+                f"(every layer trains every step); {turn_on}",
                 file=sys.stderr,
             )
         return k

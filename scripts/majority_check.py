@@ -4,10 +4,13 @@
 test answers in hand. A baseline that could be had without them takes its label from the train split. For
 each benchmark a record scored, the paper's eight and any further one of yours (a folder in the same format),
 this prints the test-label majority's accuracy and, where the data has a ``train.json``, the accuracy of the
-train split's most common label on the same examples (ties: the lowest option, as for ``majority``). A
-benchmark of yours takes its options as the harness does, from its question's ``Answer format:`` line, else
-from the answers its ``test.json`` gives: without that file here (or with another one than the run scored)
-its train label is not compared, and the row says why.
+train split's most common answer word on the same examples, answered at the option the scored questions give
+that word (ties: the lowest option, as for ``majority``). Each file's options are read as the harness reads
+them, from its question's ``Answer format:`` line, else from the answers its own file gives (the paper's label
+words for the paper's eight): train and test need not agree on having that line. A benchmark of yours is
+scored at the option its ``test.json`` gives the word: without that file here (or with another one than the
+run scored), or where its scored questions do not all put the word at one option, its train label is not
+compared, and the row says why.
 
 python scripts/majority_check.py results/runs/commonsense-lora-embedded-s0-f2fd8cbd/record.json \
     --data-dir ../shared/data/commonsense
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -72,12 +76,22 @@ def majority_check(record: dict[str, Any], data: Path) -> list[dict[str, Any]]:
             raise ValueError(f"{train} cannot be read ({exc}); fix or remove it") from None
         if not isinstance(given, list):
             raise ValueError(f"{train} is not a JSON list of examples; fix or remove it")
-        train_answers = "".join(str(i) for r in given if (i := _answer_index(r, labels)) is not None)
-        if train_answers:
-            train_index = majority_index(train_answers)  # the same rule as majority's, on the train split
-            row["train_label"] = _named(train_index, labels, scored)
-            row["train_majority"] = 100.0 * answers.count(train_index) / len(answers)
-            row["why"] = None
+        # a train example without a format line takes its options from its own file's answers, as a test one does
+        own = labels_for(bench, [r for r in given if isinstance(r, dict) and isinstance(r.get("answer"), str)])
+        words = Counter(w for r in given if (w := _answer_word(r, own)) is not None)
+        if not words:
+            continue
+        top = max(words.values())
+        tied = [w for w in words if words[w] == top]
+        at = {w: _index_of(w, labels, scored) for w in tied}
+        unplaced = [w for w in tied if isinstance(at[w], str)]
+        if unplaced:  # the train label is a word the scored questions do not all give at one option: not guessed
+            row["why"] = "; ".join(str(at[w]) for w in unplaced)
+            continue
+        word = min(tied, key=lambda w: at[w])  # ties: the lowest option, as for majority
+        row["train_label"] = word
+        row["train_majority"] = 100.0 * answers.count(str(at[word])) / len(answers)
+        row["why"] = None
     return rows
 
 
@@ -89,9 +103,9 @@ def _options(record: dict[str, Any], labels: list[str], where: str) -> list[str]
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _answer_index(record: Any, labels: list[str]) -> int | None:
-    """A train example's answer as the option index the records keep; None for one that names none of its options
-    (or is no example): it is left out, as before, not guessed."""
+def _answer_word(record: Any, labels: list[str]) -> str | None:
+    """A train example's answer word; None for one that names none of its options (read as the harness reads
+    them: its format line, else ``labels``) or is no example: it is left out, as before, not guessed."""
     if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
         return None
     try:
@@ -99,8 +113,24 @@ def _answer_index(record: Any, labels: list[str]) -> int | None:
     except ValueError:  # an empty or repeated option in its format line
         return None
     answer = record.get("answer")
-    index = options.index(answer) if answer in options else None
-    return index if index is not None and index < 10 else None  # one digit an example, as the records keep
+    return answer if isinstance(answer, str) and answer in options else None
+
+
+def _index_of(word: str, labels: list[str], scored: list[list[str]] | None) -> int | str:
+    """The option index the scored test questions give ``word`` (the paper's label order for the paper's eight),
+    or why there is none: a word not among their options, or put at different ones (his/him, cat/car, ...)."""
+    if scored is None:
+        if word not in labels:
+            return f"train label {word!r} is none of the label words {'/'.join(labels)}"
+        return labels.index(word)
+    at = {options.index(word) if word in options else None for options in scored}
+    if len(at) == 1 and None not in at:
+        return at.pop()
+    if at == {None}:
+        return f"train label {word!r} is none of the scored questions' options"
+    spots = ", ".join(f"option {i + 1}" for i in sorted(i for i in at if i is not None))
+    missing = " and missing from some" if None in at else ""
+    return f"train label {word!r} is not at one option of the scored questions ({spots}{missing})"
 
 
 def _named(index: str, labels: list[str], scored: list[list[str]] | None) -> str:

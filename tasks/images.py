@@ -51,25 +51,36 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """A new RGB copy of ``image`` as transformers' ``convert_to_rgb`` (LLaVA's image processor) makes it: where
     it has transparency (an alpha band, or a palette, grey or RGB image's transparency entry) composited onto
     white; a plain ``convert("RGB")`` drops the alpha and shows transparent pixels in the colour they hide, mostly
-    black. Unlike it, grey of more than 8 bits (Pillow modes ``I;16*`` and ``I``) is first scaled from 0-65535 to
-    0-255 (``_eight_bit``): ``convert`` clips it, so a 16-bit PNG became black and white. What the multimodal vision
-    towers read, and what ``pixel_digest`` hashes."""
-    image = _eight_bit(image)
+    black. Unlike it, 16-bit grey (``sixteen_bit``) is first scaled from 0-65535 to 0-255 (``eight_bit``):
+    ``convert`` clips it, so a 16-bit PNG became black and white. Other 32-bit integer grey (a TIFF's, mode ``I``),
+    whose range the file does not say, is converted as before (clipped to 0-255: 0-255 grey reads as it is): the
+    multimodal suite meets images where it has no place to refuse them before training (lmms-eval's benchmarks, the
+    Python API), where the diffusion suite refuses them as its data is read. What the multimodal vision towers
+    read, and what ``pixel_digest`` hashes."""
+    image = eight_bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     return image.convert("RGB")
 
 
-def _eight_bit(image: Image.Image) -> Image.Image:
-    """``image`` as 8-bit grey (``L``, or ``LA`` where a transparency entry names a 16-bit value) when it is wider
-    grey: ``I;16``, ``I;16B``, ``I;16L`` scaled from 0-65535 (value / 257, rounded); ``I`` (a 16-bit PNG under
-    Pillow < 10.3, a TIFF's 32-bit integers) read over the same range, clipped to it. Any other mode as it is."""
-    if not (image.mode.startswith("I;16") or image.mode == "I"):
+def sixteen_bit(mode: str, fmt: str | None) -> bool:
+    """Whether an image of Pillow ``mode`` read from a file of format ``fmt`` is 16-bit grey: ``I;16``, ``I;16B``,
+    ``I;16L``, ``I;16N``, or a PNG's ``I`` (Pillow before 10.3 opened 16-bit grey PNGs as ``I``; a PNG holds at
+    most 16 bits a sample). Another ``I`` (a TIFF's 32-bit integers, one made in memory) may hold 0-255 grey as
+    well as 0-65535: its mode does not say which. The one rule of both image suites."""
+    return mode.startswith("I;16") or (mode == "I" and fmt == "PNG")
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit grey when it is 16-bit grey (``sixteen_bit``): scaled from 0-65535 (value / 257,
+    rounded), ``LA`` where a transparency entry names a 16-bit value (Pillow's ``convert("RGBA")`` ignores it in
+    these modes, so its pixels would show their grey), else ``L``. Any other image as it is."""
+    if not sixteen_bit(image.mode, image.format):
         return image
     values = np.asarray(image)  # numpy reads the byte order from the mode
     grey = Image.fromarray(np.round(np.clip(values, 0, 65535) / 257).astype(np.uint8))
-    transparent = image.info.get("transparency")  # Pillow's convert("RGBA") ignores it in these modes
+    transparent = image.info.get("transparency")
     if transparent is None:
         return grey
     alpha = Image.fromarray(np.where(values == transparent, 0, 255).astype(np.uint8))

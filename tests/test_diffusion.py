@@ -2074,6 +2074,24 @@ def test_a_16_bit_grey_png_opened_as_32_bit_by_an_older_pillow_is_scaled_not_ref
         ddata.read_folder(data)
 
 
+def test_a_16_bit_grey_pngs_transparent_pixels_are_white_as_in_the_multimodal_suite(tmp_path):
+    """From a review: ``to_rgba`` rebuilt a 16-bit grey image as ``L``, dropping its transparency entry, so its
+    transparent pixels showed their grey where the docstring promises white (the multimodal suite's ``to_rgb``
+    composites them onto white)."""
+    from tasks.images import to_rgb as multimodal_rgb
+
+    values = np.array([[0, 4000, 8000, 12000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "t16.png", transparency=4000)
+    with Image.open(tmp_path / "t16.png") as opened:
+        assert opened.mode == "I;16" and opened.info["transparency"] == 4000
+        assert np.asarray(ddata.to_rgba(opened))[0, :, 3].tolist() == [255, 0, 255, 255]
+        rgb = np.asarray(ddata.to_rgb(opened))
+        np.testing.assert_array_equal(rgb, np.asarray(multimodal_rgb(opened)))
+    assert rgb[0, :, 0].tolist() == [0, 255, 31, 47]  # 4000 transparent: white; the rest value / 257
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "clear16.png", transparency=4000)
+    assert bool((ddata.load_image(tmp_path / "clear16.png", 8) == 1.0).all())  # what training reads: white
+
+
 def test_the_contact_sheet_scales_a_16_bit_real_image_as_the_scoring_does(tmp_path):
     """From a review: the sheet opened images with ``convert("RGB")``, which clips 16-bit grey (a ramp became
     near-white); it reads them as the scoring does (``ddata.to_rgb``)."""

@@ -191,3 +191,36 @@ def test_a_benchmark_of_yours_is_compared_with_its_options_read_as_the_harness_r
     with pytest.raises(SystemExit):
         main([str(both), "--data-dir", str(data)])
     assert "colours: colours/test.json here is not the one the run scored: another sha256" in capsys.readouterr().err
+
+
+def test_the_train_label_is_a_word_scored_where_the_test_questions_put_it(tmp_path, capsys):
+    """From a review: a train example was taken as an option index of its own options (without an "Answer
+    format:" line, the test file's sorted answers) and that index read against the test questions' own order, so
+    a test file with "yes/no" and a train file without the line printed "yn 3 yes 66.7 no 33.3" (train yes x3)."""
+    main = runpy.run_path(str(SCRIPT))["main"]
+    data = tmp_path / "d"
+    for bench, test, test_format, train, train_format in (
+        ("yn", ["yes", "yes", "no"], "yes/no", ["yes", "yes", "yes", "no"], None),
+        ("ny", ["yes", "no", "no"], None, ["yes", "yes", "yes", "no"], "yes/no"),  # test options: no, yes
+    ):
+        (data / bench).mkdir(parents=True)
+        (data / bench / "test.json").write_text(_examples(test, test_format))
+        (data / bench / "train.json").write_text(_examples(train, train_format))
+    (data / "pets").mkdir()  # its questions put "cat" at different options: no index to score it at
+    pets = [{"instruction": f"q\n\nAnswer format: {f}", "output": "", "answer": "car"} for f in ("cat/car", "car/cat")]
+    (data / "pets" / "test.json").write_text(json.dumps(pets))
+    (data / "pets" / "train.json").write_text(_examples(["cat", "cat", "car"], "cat/car"))
+    record = new_record("commonsense-lora-x-s0-1", {"task": "commonsense"}, {"device": "Test CPU"})
+    record["run"]["status"] = "success"
+    record["eval"] = {
+        "yn": {"value": 50.0, "answers": "001"},
+        "ny": {"value": 50.0, "answers": "100"},
+        "pets": {"value": 50.0, "answers": "10"},
+    }
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(record))
+    main([str(path), "--data-dir", str(data)])
+    out = capsys.readouterr().out
+    assert "yn                  3  yes            66.7  yes            66.7" in out
+    assert "ny                  3  no             66.7  yes            33.3" in out
+    assert "(train label 'cat' is not at one option of the scored questions (option 1, option 2))" in out

@@ -228,7 +228,6 @@ def test_16_bit_grey_reaches_the_vision_towers_as_proportional_greys(tmp_path):
     for given in (
         vision.load_image(tmp_path / "grey16.png"),
         to_rgb(big_endian),
-        to_rgb(Image.fromarray(values.astype(np.int32))),
     ):
         assert given.mode == "RGB"
         np.testing.assert_array_equal(np.asarray(given), np.repeat(expected[..., None], 3, axis=-1))
@@ -237,6 +236,28 @@ def test_16_bit_grey_reaches_the_vision_towers_as_proportional_greys(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(vision.load_image(tmp_path / "transparent16.png"))[0, :, 0], [0, 255, 31, 47]
     )
+
+
+def test_32_bit_grey_of_a_tiff_reads_as_before_and_a_png_opened_as_32_bit_is_scaled(tmp_path, monkeypatch):
+    """From a review: every mode ``I`` image was taken to run 0-65535, so a 32-bit integer TIFF holding 0-255 grey
+    (read right before) came out nearly black; only 16-bit grey is scaled, as in the diffusion suite: ``I;16*`` and
+    a PNG's ``I`` (what Pillow before 10.3 opened 16-bit grey PNGs as)."""
+    from PIL import PngImagePlugin
+
+    from tasks.images import pixel_digest, to_rgb
+
+    grey = np.array([[0, 16, 31, 47, 128, 255]], dtype=np.uint8)
+    Image.fromarray(grey.astype(np.int32)).save(tmp_path / "grey32.tif")
+    Image.fromarray(grey).save(tmp_path / "grey8.png")
+    with Image.open(tmp_path / "grey32.tif") as opened:
+        assert (opened.mode, opened.format) == ("I", "TIFF")
+        np.testing.assert_array_equal(np.asarray(to_rgb(opened)), np.repeat(grey[..., None], 3, axis=-1))
+    assert pixel_digest(tmp_path / "grey32.tif") == pixel_digest(tmp_path / "grey8.png")
+    monkeypatch.setitem(PngImagePlugin._MODES, (16, 0), ("I", "I;16B"))  # what Pillow < 10.3 opened them as
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as opened:
+        assert opened.mode == "I"
+        np.testing.assert_array_equal(np.asarray(to_rgb(opened))[..., 0], grey)
 
 
 def test_missing_package_says_what_to_install(monkeypatch):

@@ -262,6 +262,34 @@ def test_a_llava_style_vision_dim_other_than_the_encoders_is_refused_when_the_mo
             preflight(build_specs("multimodal", specs, [0], "smoke", model=tiny_llava_style))
 
 
+@pytest.mark.parametrize(
+    "field, value, refused",
+    [
+        ("text_config", "t5", "text_config.model_type is 't5', a model transformers knows but not a causal language"),
+        ("text_config", "clip_vision_model", "text_config.model_type is 'clip_vision_model', a model transformers"),
+        ("projector", "linear", "projector 'linear' is not known; use 'mlp2x_gelu' in the llava_style config"),
+    ],
+)
+def test_a_llava_style_text_model_or_projector_the_harness_cannot_build_is_refused_naming_the_file(
+    tiny_llava_style, field, value, refused
+):
+    """From a review: a ``text_config.model_type`` transformers knows but builds no causal LM from (t5,
+    clip_vision_model), or a projector other than mlp2x_gelu, passed the checks: a base run failed as its model was
+    built, with a long message naming no file."""
+    from harness.runner import preflight
+
+    path = Path(tiny_llava_style) / "config.json"
+    config = json.loads(path.read_text())
+    if field == "text_config":
+        config["text_config"]["model_type"] = value
+    else:
+        config[field] = value
+    path.write_text(json.dumps(config))
+    for specs in (["base"], ["lora"]):  # a zero-shot run's check and a trained one's
+        with pytest.raises(ValueError, match=rf"config.json: {re.escape(refused)}"):
+            preflight(build_specs("multimodal", specs, [0], "smoke", model=tiny_llava_style))
+
+
 def test_unknown_domain_is_refused_before_anything_runs():
     with pytest.raises(ValueError, match="unknown domain 'maths'.*general, document, math"):
         build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("maths",)})

@@ -306,6 +306,19 @@ def test_a_drop_ratio_that_keeps_no_layer_is_named_in_the_refusal():
         attach(tiny_llama(), "lora", targets="q_proj", k=5)
 
 
+def test_the_refused_drop_ratio_is_printed_as_given_and_its_advice_can_be_followed():
+    """From a review: the refusal printed drop_ratio with ``:g``, so 0.9999999 read "drop_ratio=1 keeps K = ...", a
+    value the user never gave (and one refused as outside [0, 1)); its advice "or k=1" was refused in turn when
+    followed with the drop_ratio still given (k and drop_ratio both set K)."""
+    with pytest.raises(ValueError) as refused:
+        ReducerConfig(drop_ratio=0.9999999).resolve_k(4)
+    assert "reducer drop_ratio=0.9999999 keeps K = round(4 x 1e-07) = 0" in str(refused.value)
+    assert "give a smaller drop_ratio, or k=1 in its place" in str(refused.value)
+    with pytest.raises(ValueError, match="both set the Reducer's K"):  # why "in its place"
+        attach(tiny_llama(), "lora", targets="q_proj", drop_ratio=0.9999999, k=1)
+    assert ReducerConfig(k=1).resolve_k(4) == 1
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_rank_and_r_given_both_are_refused_unless_equal(method):
     """From a review: the Python API's ``rank=`` (the README's alias of ``r``) beside ``r=`` silently took ``rank``;

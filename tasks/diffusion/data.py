@@ -243,12 +243,13 @@ def _check_mode(mode: str, what: str, fmt: str | None = None) -> None:
 
 
 def to_rgba(im: Image.Image, what: str = "an image") -> Image.Image:
-    """``im`` as RGBA, 16-bit grey scaled to 8 bits first (0-65535 to 0-255); ``ValueError`` for 32-bit grey."""
+    """``im`` as RGBA, 16-bit grey scaled to 8 bits first (0-65535 to 0-255, as the multimodal suite reads it:
+    ``tasks.images.eight_bit``), its transparency entry kept as alpha (dropped, its pixels showed their grey, not
+    white); ``ValueError`` for 32-bit grey."""
+    from tasks.images import eight_bit
+
     _check_mode(im.mode, what, im.format)
-    if _sixteen_bit(im.mode, im.format):  # I;16, I;16B, I;16L, I;16N (numpy reads the byte order from the mode), I
-        grey = np.asarray(im).astype(np.float64) * (255 / 65535)
-        im = Image.fromarray(np.round(grey).astype(np.uint8), "L")
-    return im.convert("RGBA")
+    return eight_bit(im).convert("RGBA")
 
 
 def to_rgb(im: Image.Image, what: str = "an image") -> Image.Image:

@@ -654,12 +654,18 @@ def _llava_style(model: str) -> Any:
                 "(see LlavaStyleConfig in tasks/multimodal/model.py)"
             )
     from transformers import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     kind = config.text_config.get("model_type")  # AutoConfig.for_model's: without it a bare TypeError at load
     if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
         raise ValueError(
             f"{path}: text_config.model_type is {kind!r}, not a language model transformers knows; set it in the "
             f"{LLAVA_STYLE} config (SmolLM2's is llama)"
+        )
+    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:  # t5, clip_vision_model: AutoModelForCausalLM fails at load
+        raise ValueError(
+            f"{path}: text_config.model_type is {kind!r}, a model transformers knows but not a causal language "
+            f"model; set it to one (SmolLM2's is llama) in the {LLAVA_STYLE} config"
         )
     from tasks.multimodal.model import check_vision
 

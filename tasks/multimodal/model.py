@@ -44,6 +44,7 @@ EMBEDDED_IMAGE_TOKEN = "<empty_output>"
 EMBEDDED_IMAGE_TOKEN_ID = 16
 PAPER_ID = "llava-hf/llava-1.5-7b-hf"
 Prepare = Callable[[Sequence[str], Sequence[Any] | None], dict[str, Tensor]]
+PROJECTOR = "mlp2x_gelu"  # the one projector LlavaStyle builds
 
 
 @dataclass
@@ -55,7 +56,7 @@ class LlavaStyleConfig:
     vision_dim: int = vision.FEATURE_DIM
     image_size: int = vision.IMAGE_SIZE
     image_token_id: int = EMBEDDED_IMAGE_TOKEN_ID
-    projector: str = "mlp2x_gelu"  # Linear(vision_dim → d), GELU, Linear(d → d); d = the LM's hidden size
+    projector: str = PROJECTOR  # Linear(vision_dim → d), GELU, Linear(d → d); d = the LM's hidden size
     train_projector: bool = True
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,8 +71,11 @@ def embedded_config(image_size: int = vision.IMAGE_SIZE) -> LlavaStyleConfig:
 
 
 def check_vision(config: LlavaStyleConfig) -> None:
-    """Refuse a vision tower the harness does not have: another variant, or a ``vision_dim`` other than its feature
-    width (the projector's input was built at that width and the first forward failed on a shape mismatch)."""
+    """Refuse a vision tower or projector the harness does not have: another variant, a ``vision_dim`` other than
+    its feature width (the projector's input was built at that width and the first forward failed on a shape
+    mismatch), another projector (refused only as the model was built: after a base run's checks, naming no file)."""
+    if config.projector != PROJECTOR:
+        raise ValueError(f"projector {config.projector!r} is not known; use {PROJECTOR!r}")
     if config.vision_variant != vision.VARIANT:
         raise ValueError(f"vision encoder {config.vision_variant!r} is not known; use {vision.VARIANT!r}")
     if config.vision_dim != vision.FEATURE_DIM:
@@ -87,8 +91,7 @@ class LlavaStyle(nn.Module):
 
     def __init__(self, config: LlavaStyleConfig, vision_encoder: nn.Module, language_model: nn.Module) -> None:
         super().__init__()
-        if config.projector != "mlp2x_gelu":
-            raise ValueError(f"projector {config.projector!r} is not known; use 'mlp2x_gelu'")
+        check_vision(config)  # the projector below is mlp2x_gelu's, at the encoder's width
         self.config = config
         self.vision = vision_encoder.requires_grad_(False)
         self.language_model = language_model
