@@ -2354,3 +2354,96 @@ def test_a_copy_of_the_shipped_twemoji_elsewhere_is_still_the_shipped_data(tmp_p
     assert ddata.is_shipped_twemoji(copy) and ddata.is_shipped_twemoji(shipped)
     (copy / ddata.METADATA).write_text((shipped / ddata.METADATA).read_text()[:-200])  # an edited copy is yours
     assert not ddata.is_shipped_twemoji(copy)
+
+
+def test_long_column_titles_on_the_contact_sheet_are_wrapped_apart_within_the_figure(tmp_path, monkeypatch):
+    """From a review: the leaderboard labels the sheet titles its columns with were drawn on one line, so
+    "lora (targets=['to_q', 'to_k', 'to_v', 'to_out.0'])" beside "lora (targets=['to_q', 'to_v'])" ran over each
+    other and over their neighbours' titles, and none could be read."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tasks.diffusion import ATTRIBUTION, sheet
+
+    names = ["hydralora", "lora (targets=['to_q', 'to_k', 'to_v', 'to_out.0'])", "lora (targets=['to_q', 'to_v'])"]
+    runs = {name: _sheet_run(tmp_path / str(n)) for n, name in enumerate([*names, "lora_fa"])}
+    figs = []
+    real = sheet._titles
+    monkeypatch.setattr(sheet, "_titles", lambda fig, axes, columns: figs.append(fig) or real(fig, axes, columns))
+    assert sheet._sheet(runs, tmp_path / "sheet.png", ATTRIBUTION) == tmp_path / "sheet.png"
+    [fig] = figs
+    renderer = FigureCanvasAgg(fig).get_renderer()  # closed, the figure lost its own canvas
+    titled = sorted((ax for ax in fig.axes if ax.get_title()), key=lambda ax: ax.get_position().x0)
+    assert ["".join(ax.get_title().split()) for ax in titled] == ["".join(n.split()) for n in ["held-out real", *runs]]
+    assert "\n" in titled[2].get_title()  # the long label on several lines, not shrunk or cut
+    boxes = [ax.title.get_window_extent(renderer) for ax in titled]
+    for box, ax in zip(boxes, titled, strict=True):
+        assert 0 <= box.x0 < box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # within the figure
+        assert box.y0 >= ax.get_window_extent(renderer).y1  # above its image, not over it
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:], strict=False))  # apart from each other
+
+
+def test_the_contact_sheets_columns_follow_the_leaderboards_row_order(tmp_path, monkeypatch):
+    """From a review: the sheet ordered its columns by method, then the options' JSON text, base first: "r=16"
+    before "r=8" (text, not numbers) and the fast-path row before the plain one, where diffusion.csv lists the
+    section's rows by its ranking (trained rows by Avg, best first, then the zero-shot base)."""
+    from tasks.diffusion import sheet
+
+    def record(run_id, method, options, avg, fast_path=False):
+        r = _sheet_record(run_id, method, options, "2026-01-01")
+        r["run"]["config"]["extra"] = {"fast_path": True} if fast_path else {}
+        r["eval"] = {"similarity": {"value": avg}, "fidelity": {"value": avg}}
+        _sheet_run(tmp_path / "runs" / run_id)
+        return r
+
+    records = [
+        record("base", "base", {}, 70.0),  # zero-shot: last, whatever its score
+        record("lora-r8", "lora", {"r": 8}, 60.0),
+        record("lora-r16", "lora", {"r": 16}, 50.0),
+        record("lora-fast", "lora", {"r": 8}, 40.0, fast_path=True),
+    ]
+    drawn = []
+    monkeypatch.setattr(sheet, "_sheet", lambda runs, path, *args: drawn.append(list(runs)))
+    sheet.contact_sheets(records, tmp_path / "runs", tmp_path)
+    assert drawn == [["lora (r=8)", "lora (r=16)", "lora (fast_path=True, r=8)", "base"]]
+
+
+def test_a_contact_sheet_without_the_data_of_its_unsaved_real_images_says_what_to_set(tmp_path, monkeypatch, capsys):
+    """From a review: where the runs saved the real images of only some of the rows the sheet shows (the committed
+    runs: the first eight, all "Smileys & Emotion") and their data was not found, the sheet silently showed only
+    those rows: no "Food & Drink" row, and no word of HARNESS_DATA_DIR or HARNESS_TWEMOJI_DIR."""
+    from tasks.diffusion.sheet import contact_sheets
+
+    data = tiny_data(tmp_path / "data", 10)  # held out: 004.png and 009.png
+    record = _sheet_record("lora-1", "lora", {}, "2026-01-01", ddata.file_hashes(data))
+    run = tmp_path / "runs" / "lora-1"
+    (run / "samples").mkdir(parents=True)
+    rows = [
+        {"n": n, "file": f"samples/{n:03d}.png", "prompt": f"p{n}", "real": real, "category": category}
+        for n, (real, category) in enumerate([("004.png", "Smileys & Emotion"), ("009.png", "Food & Drink")])
+    ]
+    (run / "predictions.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for n in range(2):
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(run / "samples" / f"{n:03d}.png")
+    Image.new("RGB", (8, 8), (0, 0, 0)).save(run / "samples" / "real-000.png")  # the Food row's real image unsaved
+
+    def sheet(out: str) -> int:  # the sheet's height in pixels: a row more or fewer
+        (tmp_path / out).mkdir()
+        [path] = contact_sheets([record], tmp_path / "runs", tmp_path / out)
+        with Image.open(path) as im:
+            return im.height
+
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(tmp_path))  # no metadata.jsonl: the shipped Twemoji not found
+    one_row = sheet("a")
+    [line] = capsys.readouterr().err.splitlines()
+    assert "shows only the held-out rows whose real image lora-1 saved (1; none of Food & Drink)" in line
+    assert "set HARNESS_DATA_DIR" in line and "HARNESS_TWEMOJI_DIR" in line
+    monkeypatch.setenv("HARNESS_DATA_DIR", str(data))  # found: both rows shown, nothing to say
+    assert sheet("b") > one_row and capsys.readouterr().err == ""
+    (data / "images" / "001.png").unlink()  # found but unreadable: that is said, once, not also "not found"
+    assert sheet("c") == one_row
+    [line] = capsys.readouterr().err.splitlines()
+    assert "cannot be read" in line
+    (run / "samples" / "real-001.png").write_bytes((run / "samples" / "real-000.png").read_bytes())
+    monkeypatch.delenv("HARNESS_DATA_DIR")  # every row's real image saved: the data is not needed
+    assert sheet("d") > one_row and capsys.readouterr().err == ""

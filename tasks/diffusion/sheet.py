@@ -1,6 +1,6 @@
 """The contact sheet ``harness leaderboard`` writes for the diffusion task: prompts (rows) x the leaderboard's
-rows (columns: a method at its options), the held-out real image first, from the samples every run saved in its
-folder.
+rows (columns: a method at its options, in the leaderboard's order), the held-out real image first, from the samples
+every run saved in its folder.
 
 Its rows are spread over the prompts' categories (held-out lists sorted by category would otherwise show
 one). The real image is the one the run saved beside its sample, or else, for runs made before the rows
@@ -41,7 +41,7 @@ def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
 
 
 def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path) -> list[Path]:
-    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each leaderboard row (base first), at
+    """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each leaderboard row (in its order), at
     the settings and on the data of the preset's newest seed-0 trained run (as the leaderboard's plot): runs at other
     settings (steps, data, model) would set samples of different training side by side. A row is a method with its
     options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)")."""
@@ -68,13 +68,36 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                     runs[key] = folder
         if not runs:
             continue
-        shown = {labels[k]: runs[k] for k in sorted(runs, key=lambda k: (k[0] != "base", k))}
+        shown = {labels[k]: runs[k] for k in _leaderboard_order(section, labels) if k in runs}
         # the data is looked for only where the runs saved no real image of a row the sheet shows (runs made
         # before they saved them): a data folder that no longer reads stopped the leaderboard where none was needed
         data = data_images(mine) if _lacks_real_images(next(iter(shown.values()))) else None
         if sheet := _sheet(shown, out_dir / f"diffusion_samples_{preset}.png", _attribution(mine), data):
             written.append(sheet)
     return written
+
+
+def _leaderboard_order(records: list[dict[str, Any]], labels: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
+    """The row keys of ``records`` (one leaderboard section's runs) in the order the leaderboard lists their rows
+    (``harness.leaderboard``'s ``_rank``: trained rows by Avg, best first, then the zero-shot base), as
+    ``diffusion.csv`` does (until 2026-12-06 the sheet put base first, then sorted them by the options' JSON text:
+    "r=16" before "r=8")."""
+    import contextlib
+    import io
+
+    from harness.leaderboard import BASELINE, _averaged, _columns, _newest_per_seed, _rank, _row_key, _run_row
+
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(_row_key(r), []).append(r)
+    # as the leaderboard's section counts them: every zero-shot run, the newest run of each seed of a trained row
+    groups = {k: g if k[0] == BASELINE else _newest_per_seed(g) for k, g in groups.items()}
+    task = records[0]["run"]["config"]["task"]
+    benchmarks = _columns(task, [b for g in groups.values() for r in g for b in r["eval"]])
+    averaged = _averaged(task, benchmarks)
+    with contextlib.redirect_stderr(io.StringIO()):  # a row's warnings: the leaderboard printed them already
+        rows = {k: _run_row(labels[k], g, benchmarks, averaged) for k, g in groups.items()}
+    return sorted(rows, key=lambda k: _rank(rows[k]))
 
 
 def _lacks_real_images(first: Path) -> bool:
@@ -137,7 +160,8 @@ def _newest_settings(
 def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
     """{image file name: its path} for the held-out rows of the data the ``records`` were made on: a folder
     found at ``HARNESS_DATA_DIR`` or the shipped Twemoji whose metadata hashes equal the records'; None when
-    none is found (or the records name different data)."""
+    none is found (or the records name different data); empty, with a warning, where the one found cannot be read
+    (its rows' cells then empty; the sheet says no more of it)."""
     from tasks.diffusion import data as ddata
     from tasks.diffusion import resolve_data
 
@@ -159,7 +183,7 @@ def data_images(records: list[dict[str, Any]]) -> dict[str, Path] | None:
                 f"read ({exc}); restore it, or set HARNESS_DATA_DIR to a whole copy",
                 file=sys.stderr,
             )
-            return None
+            return {}
         names = Counter(i.image.name for i in test)
         return {i.image.name: i.image for i in test if names[i.image.name] == 1}
     return None
@@ -268,6 +292,8 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
             file=sys.stderr,
         )
         return None
+    if data is None and _lacks_real_images(first):  # (found but unreadable, the data is {}: data_images said so)
+        _warn_unspread(path, first, rows)
     columns = ["held-out real", *runs]
     fig, axes = plt.subplots(
         len(rows), len(columns), figsize=(1.3 * len(columns), 1.3 * len(rows) + 0.6), dpi=DPI, squeeze=False
@@ -287,11 +313,18 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
                     ax.imshow(image.resize((CELL, CELL), Image.NEAREST))
                 # names and prompts drawn as written (parse_math=False): two "$" in a prompt ("a $5 and a $10
                 # bill") were parsed as mathtext, which failed the leaderboard or typeset the text between them
-                if i == 0:
-                    ax.set_title(name, fontsize=8, parse_math=False)
                 if j == 0:
                     prompt = row["prompt"][:28]
                     ax.set_ylabel(prompt, fontsize=6, rotation=0, ha="right", va="center", parse_math=False)
+        # wider by the prompts beside the first column, so that each column keeps its 1.3 inches for its image and
+        # title (on a two-column sheet the prompts took half the width, and a title as short as "held-out real" was
+        # wider than its column)
+        labels = max(ax.yaxis.label.get_window_extent(fig.canvas.get_renderer()).width for ax in axes[:, 0])
+        fig.set_size_inches(fig.get_figwidth() + labels / fig.dpi, fig.get_figheight())
+        fig.tight_layout()  # where the columns are: their titles are wrapped to them
+        # the figure taller by the titles' lines beyond one, the images as large as before (a one-row sheet was too
+        # short for a wrapped title, which ran off its top)
+        fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + _titles(fig, axes[0], columns))
         bottom = _notice(fig, attribution) if attribution else 0.02
         fig.tight_layout(rect=(0, bottom, 1, 1))
         with atomic_path(path) as tmp:
@@ -301,16 +334,53 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
     return path
 
 
+def _warn_unspread(path: Path, first: Path, rows: list[dict[str, Any]]) -> None:
+    """Say that the sheet shows only the rows whose real images ``first`` saved: runs made before the saved rows
+    were spread over the categories saved their first ones (the committed runs': all "Smileys & Emotion")."""
+    every = _predictions(first)
+    wanted = {str(every[n].get("category") or "") for n in spread([str(r.get("category") or "") for r in every])}
+    missing = sorted(wanted - {str(r.get("category") or "") for r in rows} - {""})
+    print(
+        f"warning: {path.name} shows only the held-out rows whose real image {first.name} saved ({len(rows)}"
+        + (f"; none of {', '.join(missing)}" if missing else "")
+        + "): their data was not found; set HARNESS_DATA_DIR to the folder of the data the runs were made on "
+        "(HARNESS_TWEMOJI_DIR for the shipped Twemoji) for rows spread over every category",
+        file=sys.stderr,
+    )
+
+
+def _titles(fig, axes: Sequence[Any], names: list[str]) -> float:
+    """Title each column of the laid-out ``fig`` (``axes``: its top row) with its name, wrapped to the distance
+    between the columns' centres: a long label ("lora (targets=['to_q', 'to_k', 'to_v', 'to_out.0'])") ran over
+    its neighbours' titles. The inches the tallest title is taller than the shortest (one line)."""
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width
+    centres = [(ax.get_position().x0 + ax.get_position().x1) / 2 * width for ax in axes]
+    pitch = min((b - a for a, b in zip(centres, centres[1:], strict=False)), default=width)
+    heights = []
+    for ax, name, centre in zip(axes, names, centres, strict=True):
+        # names drawn as written (parse_math=False): two "$" in one were parsed as mathtext
+        title = ax.set_title(name, fontsize=8, parse_math=False)
+        _fit(title, name, 0.92 * min(pitch, 2 * centre, 2 * (width - centre)), renderer)
+        heights.append(title.get_window_extent(renderer).height)
+    return (max(heights) - min(heights)) / fig.dpi
+
+
 def _notice(fig, text: str) -> float:
     """Write the data's notice under the sheet, wrapped to the figure's width (a two-column sheet is narrower than
     Twemoji's notice on one line, which was cut off at both edges); the share of the figure's height it takes."""
-    import textwrap
-
     note = fig.text(0.5, 0.005, text, ha="center", va="bottom", fontsize=6, color="grey", parse_math=False)
     renderer = fig.canvas.get_renderer()
-    room = 0.96 * fig.bbox.width
-    width = max(1, int(len(text) * room / max(note.get_window_extent(renderer).width, 1.0)) + 1)
-    while note.get_window_extent(renderer).width > room and width > 1:  # measured: glyphs differ in width
-        width -= 1
-        note.set_text(textwrap.fill(text, width, break_on_hyphens=False))
+    _fit(note, text, 0.96 * fig.bbox.width, renderer)
     return 0.01 + note.get_window_extent(renderer).height / fig.bbox.height
+
+
+def _fit(artist, text: str, room: float, renderer) -> None:
+    """Wrap ``artist`` (a matplotlib Text showing ``text``) between words until it is at most ``room`` pixels wide
+    (measured: glyphs differ in width); a word wider than that is broken."""
+    import textwrap
+
+    width = max(1, int(len(text) * room / max(artist.get_window_extent(renderer).width, 1.0)) + 1)
+    while artist.get_window_extent(renderer).width > room and width > 1:
+        width -= 1
+        artist.set_text(textwrap.fill(text, width, break_on_hyphens=False))
