@@ -261,6 +261,25 @@ def test_a_test_json_that_is_not_a_file_is_an_error_naming_it_not_absent(tmp_pat
         CommonsenseTask(TaskOptions(data_dir=str(tmp_path)))
 
 
+@pytest.mark.parametrize("name", ["ARC-Easy", "mine"])
+def test_a_benchmark_folder_that_is_a_broken_link_is_an_error_naming_it_not_absent(tmp_path, data_dir, name):
+    """From a review: a benchmark folder that was a broken link was reported ``absent`` (one of the paper's eight)
+    or left out without a word (one of yours), where a broken link to its test.json is an error naming it. A
+    broken link beside a commonsense/ folder does not keep the data there from being found."""
+    copy_benchmarks(data_dir, tmp_path, ["piqa"])
+    (tmp_path / name).symlink_to(tmp_path / "gone")
+    assert name in data.benchmark_names(tmp_path) and name in data.benchmark_names(tmp_path, "train")
+    with pytest.raises(ValueError, match=rf"{name} is a broken link, not a benchmark folder"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=rf"{name} is a broken link"):
+        data.training_mix(tmp_path, None, 0)
+    parent = tmp_path / "parent"
+    (parent / "commonsense").mkdir(parents=True)
+    shutil.move(tmp_path / "piqa", parent / "commonsense" / "piqa")
+    (parent / "stale").symlink_to(tmp_path / "gone")
+    assert data.resolve_data_dir(str(parent)) == parent / "commonsense"
+
+
 def test_an_unreadable_file_is_an_error_naming_it(tmp_path):
     """(As root a chmod cannot make a file unreadable: this path's read fails by hand.)"""
 

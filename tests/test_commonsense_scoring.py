@@ -125,6 +125,40 @@ def test_generate_reads_a_benchmark_of_yours_by_its_questions_own_options_as_who
     assert entry["mine"]["value"] == value, entry["mine"]["preds"]
 
 
+@pytest.mark.parametrize("folder", ["boolq", "mybool"])
+def test_generate_reads_your_own_options_in_a_folder_named_like_one_of_the_papers(
+    tmp_path, monkeypatch, char_tokenizer, folder
+):
+    """From a review: a folder named like one of the paper's eight (boolq/) was read under ``generate`` for that
+    benchmark's label words (true/false) whatever its questions' options were, so yes/no questions answered right
+    every time scored 0% there and 100% in any other folder. The paper's words serve only questions whose options
+    are among them; a paper-style boolq question in the same folder is still read as LLM-Adapters reads it."""
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import Loaded, TaskOptions
+
+    def record(i, words):
+        answer = words[i % 2]
+        return {
+            "instruction": f"Please answer the question: is {i} even?\n\nAnswer format: {'/'.join(words)}",
+            "input": "",
+            "output": f"the correct answer is {answer}",
+            "answer": answer,
+        }
+
+    records = [record(i, ["yes", "no"]) for i in range(4)] + [record(i, ["true", "false"]) for i in range(2)]
+    (tmp_path / folder).mkdir()
+    (tmp_path / folder / "test.json").write_text(json.dumps(records))
+    replies = [f"the correct answer is {r['answer']}" for r in records]
+    replies[-1] = "the correct answer is falsehood"  # false by the paper's substring rule, no word of yours
+    monkeypatch.setattr(commonsense, "generate", lambda model, tokenizer, prompts, *a, **k: replies[: len(prompts)])
+    task = commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    entry = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "generate", 2, None, progress=False)
+    # yes/no read right in either folder; "falsehood" is false by upstream's substring rule in boolq/ only
+    assert entry[folder]["preds"]["acc"] == ("010101" if folder == "boolq" else "01010-"), entry[folder]["preds"]
+
+
 @pytest.mark.parametrize("template", ["clean", "cloze"])
 def test_a_question_with_more_options_than_a_record_keeps_is_refused_before_training(tmp_path, template):
     """From a review: ten options passed every check and failed in scoring, after training."""

@@ -246,15 +246,19 @@ class CommonsenseTask(Task):
             extra = [{"scores": dict(zip(c, s, strict=True))} for c, s in zip(candidates, scores, strict=True)]
         elif protocol == "generate":
             outputs = generate(model, tokenizer, prompts, batch_size, progress=bar)
-            if benchmark in data.BENCHMARKS:  # the paper's: LLM-Adapters' extract_answer, as published
-                # it looks for answer1..answer5 on every answer-style benchmark (SIQA and OBQA too): a reply naming
-                # an option the question lacks first is wrong, not read past
-                paper = all(w.startswith("answer") for w in labels)
-                upstream = [f"answer{i}" for i in range(1, 6)] if paper else labels
-                words = [extract_label(o, upstream) for o in outputs]
-            else:  # a benchmark of yours: its question's own options, each read as a whole word (a label "c" is
-                # not found in "correct", nor "answerA" taken for answer1..5; an option no answer names is found)
-                words = [extract_label(o, c, whole_words=True) for o, c in zip(outputs, candidates, strict=True)]
+            # a question whose options are its benchmark's paper label words (all of the paper's data): LLM-Adapters'
+            # extract_answer, as published, which looks for answer1..answer5 on every answer-style benchmark (SIQA
+            # and OBQA too): a reply naming an option the question lacks first is wrong, not read past
+            paper = data.BENCHMARKS.get(benchmark, [])
+            upstream = [f"answer{i}" for i in range(1, 6)] if all(w.startswith("answer") for w in paper) else paper
+            # any other question (a benchmark of yours, or your own options in a folder named like one of the
+            # paper's, e.g. yes/no in boolq/: from a review, read for true/false they all scored wrong): its own
+            # options, each read as a whole word (a label "c" is not found in "correct", nor "answerA" taken for
+            # answer1..5; an option no answer names is found)
+            words = [
+                extract_label(o, upstream) if set(c) <= set(paper) else extract_label(o, c, whole_words=True)
+                for o, c in zip(outputs, candidates, strict=True)
+            ]
             extra = [{"output": o} for o in outputs]
         else:
             from tasks.commonsense.lm_eval_protocol import lm_eval_predictions

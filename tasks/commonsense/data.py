@@ -60,7 +60,8 @@ def resolve_data_dir(data_dir: str | None) -> Path:
                 f"data dir {str(path)!r} does not exist; pass --data-dir (or HARNESS_DATA_DIR) "
                 "pointing at a folder of benchmark folders such as ARC-Easy/test.json"
             )
-        if not _benchmark_dirs(path) and _benchmark_dirs(path / "commonsense"):
+        # a broken link here does not keep the data in commonsense/ from being found (it may be anything)
+        if not _benchmark_dirs(path, links=False) and _benchmark_dirs(path / "commonsense"):
             path = path / "commonsense"
         if not _benchmark_dirs(path):
             raise ValueError(
@@ -105,16 +106,26 @@ def download(base_url: str | None = None) -> Path:
     return target
 
 
-def _benchmark_dirs(path: Path, split: str = "test") -> list[str]:
-    """The folders in ``path`` with a ``split`` file, a broken link or a folder of that name included (read_split
-    then names it: a glob follows links and would leave such a benchmark out without a word)."""
+def _benchmark_dirs(path: Path, split: str = "test", links: bool = True) -> list[str]:
+    """The folders in ``path`` with a ``split`` file, a broken link or a folder of that name included, and with
+    ``links`` every broken link in ``path`` but the mixed file's, which may be a benchmark folder (read_split then
+    names them: a glob follows links and would leave such a benchmark out without a word)."""
     if not path.is_dir():
         return []
-    return sorted(p.name for p in path.iterdir() if p.is_dir() and _there(p / f"{split}.json"))
+    return sorted(
+        p.name
+        for p in path.iterdir()
+        if (p.is_dir() and _there(p / f"{split}.json")) or (links and _broken(p) and p.name != MIXED_TRAIN)
+    )
 
 
 def _there(path: Path) -> bool:
     return path.exists() or path.is_symlink()
+
+
+def _broken(path: Path) -> bool:
+    """A link to nothing (or to itself, round a loop)."""
+    return path.is_symlink() and not path.exists()
 
 
 def data_file(path: Path) -> Path | None:
@@ -134,8 +145,8 @@ def mixed_train(data_dir: Path) -> Path | None:
 
 
 def benchmark_names(data_dir: Path, split: str = "test") -> list[str]:
-    """The paper's eight (present or not) then any further folder with a ``split`` file, by name: a folder with
-    only a train.json is trained on and not scored."""
+    """The paper's eight (present or not) then any further folder with a ``split`` file, or broken link (which
+    read_split refuses, naming it), by name: a folder with only a train.json is trained on and not scored."""
     return list(BENCHMARKS) + [b for b in _benchmark_dirs(data_dir, split) if b not in BENCHMARKS]
 
 
@@ -149,7 +160,13 @@ def train_file(data_dir: Path, benchmark: str) -> Path:
 
 
 def read_split(data_dir: Path, benchmark: str, split: str) -> DataFile | None:
-    path = data_file(data_dir / benchmark / f"{split}.json")
+    folder = data_dir / benchmark
+    if _broken(folder):  # its split files cannot be seen: an error, as a broken link to one of them is (data_file)
+        raise ValueError(
+            f"{folder} is a broken link, not a benchmark folder; point it at the folder holding {benchmark}'s "
+            "test.json / train.json, or remove it"
+        )
+    path = data_file(folder / f"{split}.json")
     return read_json_file(path) if path is not None else None
 
 
