@@ -367,3 +367,18 @@ def test_a_split_with_no_repeat_on_both_sides_is_the_one_it_was(data_dir, preset
     train, val = task.splits()
     assert (len(train), sha(train), sha(val)) == (n_train, train_sha, val_sha)
     assert all("validation_repeats_left_out" not in f for f in task.describe()["train_files"])
+
+
+def test_a_hidden_broken_link_is_no_benchmark_and_a_folder_without_one_says_so(tmp_path, data_dir):
+    """From a review of the fix above: every broken link in the data folder was taken for a benchmark folder, so
+    an editor's lock (``.#README.md``, a link to nothing) stopped every run, and a wrong folder holding a stray
+    broken link was refused as that link, not as a folder without benchmarks."""
+    copy_benchmarks(data_dir, tmp_path, ["piqa"])
+    (tmp_path / ".#README.md").symlink_to("root@host.4242:1733500000")
+    assert ".#README.md" not in data.benchmark_names(tmp_path)
+    CommonsenseTask(TaskOptions(data_dir=str(tmp_path)))  # reads, as before the fix
+    wrong = tmp_path / "wrong"
+    (wrong / "src").mkdir(parents=True)
+    (wrong / "stale").symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"holds no benchmark folder with a test.json.*\(broken links there: stale\)"):
+        data.resolve_data_dir(str(wrong))

@@ -63,10 +63,11 @@ def resolve_data_dir(data_dir: str | None) -> Path:
         # a broken link here does not keep the data in commonsense/ from being found (it may be anything)
         if not _benchmark_dirs(path, links=False) and _benchmark_dirs(path / "commonsense"):
             path = path / "commonsense"
-        if not _benchmark_dirs(path):
+        if not _benchmark_dirs(path, links=False):  # the wrong folder: said so, not a stray link in it blamed
+            broken = sorted(set(_benchmark_dirs(path)))
             raise ValueError(
                 f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
-                f"{path / 'ARC-Easy' / 'test.json'}"
+                f"{path / 'ARC-Easy' / 'test.json'}" + (f" (broken links there: {', '.join(broken)})" if broken else "")
             )
         return path
     return download()
@@ -108,14 +109,16 @@ def download(base_url: str | None = None) -> Path:
 
 def _benchmark_dirs(path: Path, split: str = "test", links: bool = True) -> list[str]:
     """The folders in ``path`` with a ``split`` file, a broken link or a folder of that name included, and with
-    ``links`` every broken link in ``path`` but the mixed file's, which may be a benchmark folder (read_split then
-    names them: a glob follows links and would leave such a benchmark out without a word)."""
+    ``links`` every broken link in ``path`` but the mixed file's and a hidden one's (an editor's ``.#file`` lock
+    is a link to nothing), which may be a benchmark folder (read_split then names them: a glob follows links and
+    would leave such a benchmark out without a word)."""
     if not path.is_dir():
         return []
     return sorted(
         p.name
         for p in path.iterdir()
-        if (p.is_dir() and _there(p / f"{split}.json")) or (links and _broken(p) and p.name != MIXED_TRAIN)
+        if (p.is_dir() and _there(p / f"{split}.json"))
+        or (links and _broken(p) and p.name != MIXED_TRAIN and not p.name.startswith("."))
     )
 
 
