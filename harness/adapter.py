@@ -584,12 +584,29 @@ class Adapter:
         return self.reducer is not None and self.reducer.active
 
     def training_state(self) -> dict[str, Any]:
-        """Hook state a checkpoint must carry to resume exactly (the Reducer's scores and RNG)."""
-        return {"reducer": self.reducer.state_dict()} if self.reducer is not None else {}
+        """Hook state a checkpoint must carry to resume exactly: the Reducer's scores and RNG, and the fast path's
+        learnt groups of wrappers that read one input (by name; without them the first step after a resume made
+        their first matmuls one by one, another rounding than the uninterrupted run's stacked one)."""
+        state: dict[str, Any] = {"reducer": self.reducer.state_dict()} if self.reducer is not None else {}
+        names = {id(layer): name for name, layer in self.layers.items()}
+        groups: dict[str, list[list[str]]] = {}
+        for shared in {id(layer._input): layer._input for layer in self.layers.values()}.values():
+            for which, learnt in (("groups", shared._groups), ("learning", shared._learning)):
+                groups.setdefault(which, []).extend([names[id(r)] for r in readers] for readers in learnt.values())
+        if any(groups.values()):
+            state["fast_path_groups"] = groups
+        return state
 
     def load_training_state(self, state: dict[str, Any]) -> None:
         if self.reducer is not None and "reducer" in state:
             self.reducer.load_state_dict(state["reducer"])
+        for which, lists in state.get("fast_path_groups", {}).items():
+            for named in lists:
+                if not all(name in self.layers for name in named):  # another adapter's: left to be learnt again
+                    continue
+                readers = [self.layers[name] for name in named]
+                learnt = readers[0]._input._groups if which == "groups" else readers[0]._input._learning
+                learnt[id(readers[0])] = readers  # keyed by the first reader, as SharedInput keeps them
 
     def summary(self) -> dict[str, Any]:
         """What a run record keeps of the adapter beyond its config."""
