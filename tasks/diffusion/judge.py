@@ -2,16 +2,16 @@
 
 Speaks the OpenAI chat API through the ``openai`` client, so any compatible server works: the endpoint
 is the client's ``OPENAI_BASE_URL``, the key ``OPENAI_API_KEY`` (read by the client, never written
-anywhere by the harness). Every parsed answer is cached on disk, keyed by the image's sha256, the
-prompt, the rubric version, the judge model and the server (its base URL, hashed): a cached answer is never
-requested again. The model that answered, as the reply names it (``gpt-4o`` may answer as a dated snapshot), is
-kept beside the answer and in the record, not in the key. An answer
-that is not one JSON object with exactly the seven keys and integer values 1-10 is asked for again up
-to ``RETRIES`` times, then recorded as failed for that image; the run goes on. An API error (no connection,
-a 4xx or 5xx status after the client's own retries) records the image as failed with the error, and after
-``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a run's
-other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
-connection or a refused key stops the run there. A request's timeout and the give-up count are
+anywhere by the harness). Every parsed answer is cached on disk (a cache that cannot be written is a warning),
+keyed by the image's sha256, the prompt, the rubric version, the judge model and the server (its base URL, hashed):
+a cached answer is never requested again. The model that answered, as the reply names it (``gpt-4o`` may answer
+as a dated snapshot), is kept beside the answer and in the record, not in the key. An answer that is not one JSON
+object with exactly the seven keys and integer values 1-10 is asked for again up to ``RETRIES`` times, then recorded
+as failed for that image; the run goes on. An API error (no connection,
+a 4xx or 5xx status after the client's own retries, a reply that is not JSON) records the image as failed with the
+error, and after ``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a
+run's other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
+connection, a refused key or a body that is not JSON stops the run there. A request's timeout and the give-up count are
 ``HARNESS_JUDGE_TIMEOUT`` (seconds, default ``TIMEOUT_S``) and ``HARNESS_JUDGE_GIVE_UP`` (default ``GIVE_UP``):
 how long a slow judge may take is the user's call, and neither changes what is scored (not in the run id). The
 timeout is httpx's, per operation: connecting, and each read or write, not the whole request, so a server that
@@ -41,7 +41,9 @@ TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 10.0  # the model list before training, asked once, without retries
 GIVE_UP = 3  # API errors in a row after which the remaining images are not requested
 NO_OBJECT = "no JSON object in the answer"
-MAX_ANSWER = 20_000  # characters of an answer parsed (a judge that rambles past this has not answered)
+# characters of an answer at most, its <think> blocks taken out: a judge that rambles past this has not answered (cut
+# short, an earlier draft would be taken for the last object)
+MAX_ANSWER = 20_000
 RUBRIC = """You are an expert judge of AI-generated images. Rate the image for the text prompt it was generated \
 from on seven criteria, each an integer from 1 (worst) to 10 (best):
 - quality: overall visual quality (sharpness, no artifacts).
@@ -136,6 +138,7 @@ def probe(judge_model: str, client: Any = None) -> None:
     if ident in _PROBED:
         return
     where = endpoint(client)
+    _warn_plain_http(where)  # before the first request, which carries the key
     try:
         listed = [str(m.id) for m in client.models.list() if getattr(m, "id", None)]
     except openai.APIConnectionError as exc:  # no server there, or no answer in PROBE_TIMEOUT_S
@@ -157,6 +160,12 @@ def probe(judge_model: str, client: Any = None) -> None:
         listed = []
     except (openai.APIError, AttributeError, TypeError):  # it answered (a status, a body that is no model list)
         listed = []
+    except ValueError as exc:  # a 200 labelled JSON whose body is not (a proxy's login page, say): no API there
+        raise ValueError(
+            f"the judge at {where} answers its model list (GET .../models) with a body that is not JSON "
+            f"({scrub(f'{type(exc).__name__}: {exc}')[:200]}): fix OPENAI_BASE_URL (or the server), or leave "
+            "--judge-model out"
+        ) from None
     if listed and judge_model not in listed:
         shown = ", ".join(sorted(map(str, listed))[:10]) + (" ..." if len(listed) > 10 else "")
         print(
@@ -167,13 +176,32 @@ def probe(judge_model: str, client: Any = None) -> None:
     _PROBED.add(ident)
 
 
+_WARNED_HTTP: set[str] = set()  # endpoints warned about as plain HTTP to another machine, in this process
+
+
+def _warn_plain_http(where: str) -> None:
+    """Warn, once per endpoint and process, that ``where`` (``endpoint``'s) is plain HTTP to another machine: the
+    probe says it before its request sends the key, a run whose probe was skipped says it as its judge starts."""
+    if where.startswith("http://") and not _loopback(where) and where not in _WARNED_HTTP:
+        _WARNED_HTTP.add(where)
+        print(
+            f"warning: the judge's endpoint {where} is plain HTTP to another machine: the key and the images travel "
+            "unencrypted; use https:// (or a loopback address)",
+            file=sys.stderr,
+        )
+
+
 def parse(answer: Any) -> dict[str, int]:
     """The seven scores of one answer; ``ValueError`` says what is wrong with it. The answer may wrap the
-    object in prose or a code fence, or follow a ``<think>`` block, or hold it inside another object; of several
+    object in prose or a code fence, or follow a ``<think>`` block (a block never closed, a reply cut off inside it,
+    is taken out to the end: its drafts are no answer), or hold it inside another object; of several
     objects the last one is the answer: one that corrects an earlier one is taken even when wrong (an invalid or
     cut-off last object is an error, asked again, not the earlier one's scores; so is one whose keys are single-quoted
-    or bare, as ``{'quality': 3, ...}``). ``answer`` may be a list of content parts, as some servers send it."""
-    text = re.sub(r"<think>.*?</think>", "", _text(answer), flags=re.DOTALL)[:MAX_ANSWER]
+    or bare, as ``{'quality': 3, ...}``); one longer than ``MAX_ANSWER`` is an error (cut short, an earlier draft
+    would be its last object). ``answer`` may be a list of content parts, as some servers send it."""
+    text = re.sub(r"<think>.*?(?:</think>|\Z)", "", _text(answer), flags=re.DOTALL)
+    if len(text) > MAX_ANSWER:
+        raise ValueError(f"the answer is longer than {MAX_ANSWER} characters: give the JSON object alone")
     decoder = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
     last, end, problem, broken, broken_end = None, -1, NO_OBJECT, None, -1
     for start in (m.start() for m in re.finditer(r"\{", text)):
@@ -310,14 +338,10 @@ class Judge:
         self.endpoint = endpoint(client)
         # what the cache keys on: the whole base URL (a gateway routes by path), hashed, so never written out
         self.server = hashlib.sha256(str(getattr(client, "base_url", "")).encode()).hexdigest()
-        if self.endpoint.startswith("http://") and not _loopback(self.endpoint):
-            print(
-                f"warning: the judge's endpoint {self.endpoint} is plain HTTP to another machine: the key and the "
-                "images travel unencrypted; use https:// (or a loopback address)",
-                file=sys.stderr,
-            )
+        _warn_plain_http(self.endpoint)
         self.cache = cache or models.cache_dir() / "diffusion" / "judge"
         self.errors_in_a_row, self.last_error = 0, ""
+        self.cache_warned = False  # a cache that cannot be written is said once
 
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
         path = self.cache / f"{cache_key(image_png, prompt, self.model, self.server)}.json"
@@ -354,12 +378,15 @@ class Judge:
                     content = f"(refused) {message.refusal}"
                 # the text as parse reads it (a list of parts joined), so that the cached answer parses again
                 raw = _text(content) or ("" if content is None else json.dumps(content, default=str)[:MAX_ANSWER])
+                finish = getattr(reply.choices[0], "finish_reason", None)
             except _api_errors() as exc:  # the client already retried what it retries
                 self.errors_in_a_row += 1
                 self.last_error = scrub(f"{type(exc).__name__}: {exc}")[:300]
                 return Verdict(None, raw, False, attempt, self.last_error)
             self.errors_in_a_row = 0
             try:
+                if finish == "length":  # cut off at the server's token limit: its last object may be a draft
+                    raise ValueError("the answer was cut off at the length limit: give the JSON object alone")
                 scores = parse(content)
             except ValueError as exc:
                 # asked again with what was wrong (the same request at temperature 0 gets the same answer); the
@@ -370,18 +397,28 @@ class Judge:
                     {"role": "user", "content": f"{RETRY_PROMPT} ({scrub(str(exc))[:200]})"},
                 ]
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_json(
-                path,
-                {
-                    "answer": raw,
-                    "prompt": prompt,
-                    "judge_model": self.model,
-                    "endpoint": self.endpoint,
-                    "rubric": RUBRIC_VERSION,
-                }
-                | ({"answered_by": answered_by} if answered_by else {}),
-            )
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_json(
+                    path,
+                    {
+                        "answer": raw,
+                        "prompt": prompt,
+                        "judge_model": self.model,
+                        "endpoint": self.endpoint,
+                        "rubric": RUBRIC_VERSION,
+                    }
+                    | ({"answered_by": answered_by} if answered_by else {}),
+                )
+            except OSError as exc:  # a read-only cache, a full disk: the score stands, only the next run asks again
+                if not self.cache_warned:
+                    self.cache_warned = True
+                    print(
+                        f"warning: the judge's answers cannot be cached in {self.cache} ({type(exc).__name__}: "
+                        f"{exc}): they are asked for again in the next run; set HARNESS_CACHE to a folder you can "
+                        "write",
+                        file=sys.stderr,
+                    )
             return Verdict(scores, raw, False, attempt, model=answered_by)
         return Verdict(None, raw, False, RETRIES, model=answered_by)
 
@@ -441,8 +478,9 @@ def _loopback(url: str) -> bool:
 
 
 def _api_errors() -> tuple[type[Exception], ...]:
-    """An API error (openai's: no connection, a 4xx or 5xx status) or a reply without ``choices[0].message``."""
-    malformed = (AttributeError, IndexError, TypeError)
+    """An API error (openai's: no connection, a 4xx or 5xx status), a reply without ``choices[0].message``, or one
+    that is not JSON (a 200 labelled JSON whose body is not: the client's ``JSONDecodeError``, a ``ValueError``)."""
+    malformed = (AttributeError, IndexError, TypeError, ValueError)
     try:
         import openai
     except ImportError:  # a client passed in without the package
