@@ -2538,7 +2538,21 @@ def test_a_judge_model_list_that_is_not_json_stops_the_probe_in_one_line_naming_
         monkeypatch.setenv("OPENAI_BASE_URL", url)
         with pytest.raises(ValueError, match=r"^the judge at http://127\.0\.0\.1:\d+ answers its model list") as err:
             djudge.check_available("judge-test")
-    assert "not JSON" in str(err.value) and "OPENAI_BASE_URL" in str(err.value) and "\n" not in str(err.value)
+    assert "not a JSON model list" in str(err.value) and "OPENAI_BASE_URL" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_a_key_no_header_can_carry_is_said_to_be_the_keys_fault_not_the_servers(monkeypatch):
+    """From a review of the fix above: a key holding a curly quote (pasted) raised a UnicodeEncodeError, a
+    ValueError, while the request was built, which the probe blamed on the server ("not JSON", fix
+    OPENAI_BASE_URL) though no request was sent."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY + "\u2019")
+    with _RawServer(lambda n: (200, "application/json", b'{"object": "list", "data": []}')) as url:
+        monkeypatch.setenv("OPENAI_BASE_URL", url)
+        with pytest.raises(ValueError, match="^OPENAI_API_KEY holds a character that is not ASCII"):
+            djudge.check_available("judge-test")
 
 
 def test_plain_http_to_another_machine_is_warned_about_before_the_probe_sends_the_key(monkeypatch, capsys):

@@ -139,6 +139,18 @@ def probe(judge_model: str, client: Any = None) -> None:
         return
     where = endpoint(client)
     _warn_plain_http(where)  # before the first request, which carries the key
+    if not os.environ.get("OPENAI_API_KEY", "").isascii():  # no request could carry it (a pasted curly quote)
+        raise ValueError(
+            "OPENAI_API_KEY holds a character that is not ASCII, which no HTTP header can carry: set it to the key "
+            "as issued, or leave --judge-model out"
+        )
+
+    def not_a_list(why: str) -> ValueError:
+        return ValueError(
+            f"the judge at {where} answers its model list (GET .../models) with a body that is not a JSON model list "
+            f"({scrub(why)[:200]}): fix OPENAI_BASE_URL (or the server), or leave --judge-model out"
+        )
+
     try:
         listed = [str(m.id) for m in client.models.list() if getattr(m, "id", None)]
     except openai.APIConnectionError as exc:  # no server there, or no answer in PROBE_TIMEOUT_S
@@ -158,14 +170,12 @@ def probe(judge_model: str, client: Any = None) -> None:
             file=sys.stderr,
         )
         listed = []
-    except (openai.APIError, AttributeError, TypeError):  # it answered (a status, a body that is no model list)
+    # it answered (a status, a body that is no model list: JSON of another shape, or a page not labelled JSON,
+    # which the client hands on as a string; the judging then tells what it got)
+    except (openai.APIError, AttributeError, TypeError):
         listed = []
-    except ValueError as exc:  # a 200 labelled JSON whose body is not (a proxy's login page, say): no API there
-        raise ValueError(
-            f"the judge at {where} answers its model list (GET .../models) with a body that is not JSON "
-            f"({scrub(f'{type(exc).__name__}: {exc}')[:200]}): fix OPENAI_BASE_URL (or the server), or leave "
-            "--judge-model out"
-        ) from None
+    except json.JSONDecodeError as exc:  # a 200 labelled JSON whose body is not (a proxy's login page): no API there
+        raise not_a_list(f"{type(exc).__name__}: {exc}") from None
     if listed and judge_model not in listed:
         shown = ", ".join(sorted(map(str, listed))[:10]) + (" ..." if len(listed) > 10 else "")
         print(
@@ -479,8 +489,9 @@ def _loopback(url: str) -> bool:
 
 def _api_errors() -> tuple[type[Exception], ...]:
     """An API error (openai's: no connection, a 4xx or 5xx status), a reply without ``choices[0].message``, or one
-    that is not JSON (a 200 labelled JSON whose body is not: the client's ``JSONDecodeError``, a ``ValueError``)."""
-    malformed = (AttributeError, IndexError, TypeError, ValueError)
+    that is not JSON (a 200 labelled JSON whose body is not: the client's ``JSONDecodeError``; not every
+    ``ValueError``: a key no header can carry is the caller's to fix, and the probe says so)."""
+    malformed = (AttributeError, IndexError, TypeError, json.JSONDecodeError)
     try:
         import openai
     except ImportError:  # a client passed in without the package
