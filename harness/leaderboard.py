@@ -72,7 +72,8 @@ ran over the row's first run (the Reducer's scoring rounds, ``train.hook_val_flo
 ``relative_flops_with_scoring``, the step and those forwards per step over ``lora``'s step: what training costs
 against ``lora`` (``relative_flops`` leaves the Reducer's scoring out); ``train_s`` and ``hook_val_s`` (the Reducer's scoring rounds, not in
 ``train_s``) averaged over the row's runs when they ran on one device (and CPU thread count) under one malloc setting (else empty;
-``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting);
+``train_s_by_device`` always, a device with ``(malloc keeps freed memory)`` where its records name that setting), a run
+resumed on another of them than it started on (``train.timed_on_before_resume``) left out of both, with a warning;
 ``peak_mem_gb`` the largest over the runs, of ``peak_mem_kind``: ``process_rss_hwm`` (the CPU process's
 high-water mark since the run started), ``process_rss (malloc ...)`` (its resident size sampled after each
 backward, older records: low under the default malloc), ``process_maxrss_lifetime`` (no /proc, as on macOS:
@@ -975,7 +976,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
     mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs) + unpaired_seeds(secs)
-    mixed += unpaired_examples(secs)
+    mixed += unpaired_examples(secs) + timed_in_two_places(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
@@ -1206,6 +1207,27 @@ def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
                 f"{s.task}=FOLDER if its data is not at the task's default, and --plugin / --trust-remote-code as the "
                 "runs used), then regenerate the leaderboard"
             )
+    return out
+
+
+def timed_in_two_places(secs: list[Section]) -> list[str]:
+    """A line per run resumed on another device, CPU thread count or malloc setting than it started on
+    (``leaderboard_render.timed_apart``): overhead.csv leaves its times out of its row's (they are two machines'
+    together, under the last one's name), which without a word would read as a run never timed."""
+    from harness.leaderboard_render import _timed_on, timed_apart
+
+    out = []
+    for s in secs:
+        for row in s.rows:
+            for r in row.runs:
+                if before := timed_apart(r):
+                    out.append(
+                        f"section {s.key} ({s.task}, {s.preset}): run {r['run']['id']} trained part of its steps on "
+                        f"{'; '.join(before)} and was resumed on {_timed_on(r)}: its train_s, hook_val_s and "
+                        "tokens_per_s are the sessions' together, so overhead.csv leaves them out of its row's times "
+                        "(train_s, hook_val_s, tokens_per_s, train_s_by_device) and its peak memory is the largest "
+                        "of the sessions'; run it again with --force on one machine to time it"
+                    )
     return out
 
 

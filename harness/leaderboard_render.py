@@ -131,9 +131,25 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
 
 
 def _one_device(runs: list[dict[str, Any]], key: str) -> float | None:
-    if len({_timed_on(r) for r in runs}) > 1 or any(key not in r["train"] for r in runs):
-        return None  # several devices or malloc settings, or records older than the key
+    runs = _timed_alone(runs)
+    if not runs or len({_timed_on(r) for r in runs}) > 1 or any(key not in r["train"] for r in runs):
+        return None  # several devices or malloc settings, records older than the key, or none timed on one
     return round(statistics.mean(r["train"][key] for r in runs), 1)
+
+
+def _timed_alone(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs whose times pool: all but those resumed on another device than they started on (``timed_apart``)."""
+    return [r for r in runs if not timed_apart(r)]
+
+
+def timed_apart(record: dict[str, Any]) -> list[str]:
+    """Where a resumed run trained steps before its last start, as ``_timed_on`` names them, other than where its
+    record says it ran (``train.timed_on_before_resume``; another CPU thread count or malloc setting is another
+    device here): its train_s, hook_val_s and tokens_per_s are those sessions' together, under this one's name, so
+    they pool with no device's. Empty for a run that ran in one place (a record from before the field too)."""
+    own = _timed_on(record)
+    before = (record.get("train") or {}).get("timed_on_before_resume") or []
+    return sorted({where for env in before if (where := _timed_on({"env": env})) != own})
 
 
 def _timed_on(record: dict[str, Any]) -> str:
@@ -183,14 +199,15 @@ def _overhead(s: Section, row: Row, table_row: dict[str, Any]) -> dict[str, Any]
         # the task's own trained tensors (a projector), not the method's; "" for an older record ("" keeps the ints)
         "task_trained_params": train.get("task_trained_params", ""),
         "params_updated_per_step": round(statistics.mean(r["train"]["params_updated_per_step"]["mean"] for r in runs)),
-        # times are the device's: a row whose seeds ran on several CPUs (or malloc settings) gets none averaged
+        # times are the device's: a row whose seeds ran on several CPUs (or malloc settings) gets none averaged, and a
+        # run resumed on another device than it started on is in none of them (``timed_apart``)
         "train_s": _one_device(runs, "train_s"),
         "hook_val_s": _one_device(runs, "hook_val_s"),  # the Reducer's scoring rounds, apart from train_s
         "tokens_per_s": _one_device(runs, "tokens_per_s"),
         "throughput_unit": _throughput_unit(s.task, train),  # what tokens_per_s counts: images for diffusion
         "train_s_by_device": "; ".join(
-            f"{d}: {statistics.mean(r['train']['train_s'] for r in runs if _timed_on(r) == d):.1f}"
-            for d in sorted({_timed_on(r) for r in runs})
+            f"{d}: {statistics.mean(r['train']['train_s'] for r in _timed_alone(runs) if _timed_on(r) == d):.1f}"
+            for d in sorted({_timed_on(r) for r in _timed_alone(runs)})
         ),
         "flops_per_step": row.flops_per_step,
         "adapter_flops_per_step": flops.get("adapter", flops.get("status", "")),

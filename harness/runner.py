@@ -845,6 +845,7 @@ def _execute(
                 code=_code(spec, ctx.trust_remote_code),
                 weights=weights,
                 revision=revision,  # a hub id's: a checkpoint of another commit is not resumed on this one
+                env=record["env"],  # where its steps are timed: a checkpoint keeps it, a resume elsewhere says so
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)
@@ -1067,6 +1068,10 @@ def _train_record(
             else {}
         ),
         "resumed_from_step": result.resumed_from,
+        # resumed on another device, CPU thread count or malloc setting than its earlier steps ran under (the facts
+        # of each, ``harness.train.TIMED_ON_KEYS``): its times are theirs together, named by ``env`` (this one's),
+        # so the leaderboard pools none of them; absent where every step ran here
+        **({"timed_on_before_resume": t} if (t := result.timed_on_before_resume) else {}),
         "adapter": adapter.summary(),
     }
 

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 import torch
 from tqdm.auto import tqdm
 
-from harness.accounting import MemoryMeter
+from harness.accounting import MemoryMeter, environment
 from harness.atomic import atomic_path
 from harness.records import FIRST_METHOD_VERSION
 from harness.task import Example, Recipe, to_device
@@ -37,6 +37,9 @@ LATER_CODE_KEYS = {"method_version": FIRST_METHOD_VERSION}
 # set: one from before lacks it whichever its run had (a model that loads only with --trust-remote-code ran with it),
 # so it is not compared there
 UNKNOWN_BEFORE_CODE_KEYS = ("trust_remote_code",)
+# the facts of ``environment()`` a step's time depends on, by which the leaderboard pools times
+# (``harness.leaderboard_render._timed_on``): a checkpoint keeps them, so that a run resumed elsewhere says so
+TIMED_ON_KEYS = ("device", "device_type", "torch_threads", "malloc")
 
 
 class Cancelled(BaseException):
@@ -143,6 +146,9 @@ class TrainResult:
     # per batch shape and set of wrappers whose adapter was off (``skipped``: gate 0), for counting their FLOPs;
     # None: not known (resumed from a checkpoint written before they were kept)
     hook_val_forwards: list[dict[str, Any]] | None = field(default_factory=list)
+    # a run resumed under other ``TIMED_ON_KEYS`` facts than this process's (another machine, CPU thread count or
+    # malloc setting): those its earlier steps ran under, in order, whose time and peaks it carries; None: all here
+    timed_on_before_resume: list[dict[str, Any]] | None = None
 
 
 def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.AdamW:
@@ -171,6 +177,7 @@ def train(
     code: dict[str, str] | None = None,
     weights: str | None = None,
     revision: str | None = None,
+    env: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
@@ -181,7 +188,10 @@ def train(
     ``weights``: the digest of the model's weights (``harness.identity``), where they are known: a checkpoint written
     on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these.
     ``revision``: the commit a hub id's model was loaded at (``harness.models.hub_revision``; it has no ``weights``):
-    a checkpoint written at another commit is refused the same way."""
+    a checkpoint written at another commit is refused the same way. ``env``: this process's ``environment()`` (the
+    record's; None: read here), whose ``TIMED_ON_KEYS`` a checkpoint keeps: a run resumed where they differ is not
+    refused (its device type and precision are checked), but says where its earlier steps ran
+    (``TrainResult.timed_on_before_resume``): its times and peaks are the sessions' together."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     task_params = list(task_params or [])
@@ -230,6 +240,8 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, total_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
+    env = environment() if env is None else env
+    timed_on = {k: env.get(k) for k in TIMED_ON_KEYS}  # where this process's steps are timed
 
     state = {
         "step": 0,
@@ -247,6 +259,9 @@ def train(
         "hub_revision": revision,  # a hub id's commit (None: no hub id, or not known), checked on resume
         # where it computes: a run stopped on a GPU (bf16 autocast) and resumed on a CPU (fp32) would mix the two
         "device": {"type": device.type, "mixed_precision": str(accelerator.mixed_precision)},
+        # every session's ``timed_on`` that trained into this state, in order: train_s, tokens and the memory peaks
+        # carry over a resume, so those of a run resumed on another machine (thread count, malloc) are both machines'
+        "timed_on": [timed_on],
     }
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
@@ -341,6 +356,10 @@ def train(
         if "samples" in mine:  # several processes: this one's counts (the main process's state holds its own)
             state["samples"], state["tokens"] = mine["samples"], mine["tokens"]
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
+        if "timed_on" not in state:  # a checkpoint from before they were kept: not known, taken as this process's
+            state["timed_on"] = [timed_on]
+        elif timed_on not in state["timed_on"]:  # its time so far was measured elsewhere: kept, to be said
+            state["timed_on"] = [*state["timed_on"], timed_on]
         resumed_from = state["step"]
         del saved, mine, rngs  # the payload (the adapter's tensors among it) is restored: not held through training
 
@@ -494,6 +513,7 @@ def train(
             {"shape": shape, "skipped": skipped, "count": count * accelerator.num_processes}
             for (shape, skipped), count in ((json.loads(k), c) for k, c in state["hook_val_forwards"].items())
         ],
+        [t for t in state["timed_on"] if t != timed_on] or None,
     )
 
 

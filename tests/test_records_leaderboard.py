@@ -1511,3 +1511,28 @@ def test_rescore_stamps_every_run_with_the_checkouts_state_before_the_first_reco
     assert len(done) == 2 and not problems, problems
     stamps = [read_record(p)["run"]["rescored"][-1] for p in sorted(runs.glob(f"*/{RECORD}"))]
     assert [(s["git_commit"], s["git_dirty"]) for s in stamps] == [("c0ffee", False)] * 2
+
+
+def test_a_run_resumed_on_another_machine_is_left_out_of_its_rows_times_and_warned_about(tmp_path, capsys):
+    """From a review: a resumed run's train_s carries its earlier steps' time, but its record's env is the resuming
+    machine's, so overhead.csv pooled a run started on another CPU with this one's runs. A record that names where
+    its earlier steps ran (``train.timed_on_before_resume``) is left out of the row's times, with a warning that says
+    why; one resumed where it started is pooled as before."""
+    runs = tmp_path / "runs"
+    for seed, resumed, before in ((0, None, None), (1, 1, None), (2, 1, "CPU B")):
+        record = fixture_record("lora", seed)
+        record["env"]["device"], record["train"]["resumed_from_step"] = "CPU A", resumed
+        if before:
+            record["train"]["timed_on_before_resume"] = [
+                {"device": before, "device_type": "cpu", "torch_threads": None, "malloc": None}
+            ]
+            moved = record["run"]["id"]
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = [r for r in read_csv(tmp_path / "out" / "overhead.csv") if r["method"] == "lora"]
+    assert (row["train_s"], row["hook_val_s"], row["train_s_by_device"]) == ("10.5", "2.5", "CPU A: 10.5")
+    line = (
+        f"run {moved} trained part of its steps on CPU B and was resumed on CPU A: its train_s, hook_val_s and "
+        "tokens_per_s are the sessions' together, so overhead.csv leaves them out of its row's times"
+    )
+    assert line in capsys.readouterr().err and line in (tmp_path / "out" / "leaderboard.md").read_text()

@@ -548,3 +548,83 @@ def test_training_freezes_its_peak_memory_before_the_final_validation(char_token
     monkeypatch.setattr(recipe, "loss_sum", lambda *a, **k: events.append("loss") or loss_sum(*a, **k))
     train(adapter.model, recipe, adapter, EXAMPLES, VAL, dataclasses.replace(CONFIG, steps=2), None, progress=False)
     assert events.count("freeze") == 1 and "loss" in events[events.index("freeze") + 1 :]  # validation after it
+
+
+def test_a_run_resumed_under_other_timing_facts_says_where_its_earlier_steps_ran(char_tokenizer, tmp_path, monkeypatch):
+    """From a review: a checkpoint kept only the device type and precision of where a run computed, while its
+    train_s, tokens and memory peaks carried over a resume: a run stopped on one machine (CPU thread count, malloc
+    setting) and resumed on another was timed under the second's name alone. The checkpoint keeps the facts the
+    leaderboard pools times by; a resume under others says which, one under the same (or from an older checkpoint,
+    whose facts are not known) does not."""
+    import harness.train as train_module
+
+    real = train_module.environment()
+    elsewhere = real | {"torch_threads": real["torch_threads"] + 7, "malloc": {"mmap_threshold": 1 << 30}}
+
+    def fresh():
+        torch.manual_seed(0)
+        return attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
+
+    def resume(folder, env):
+        monkeypatch.setattr(train_module, "environment", lambda: env)
+        adapter = fresh()
+        recipe = text_recipe(char_tokenizer, CONFIG)
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, folder, progress=False)
+
+    monkeypatch.setattr(train_module, "environment", lambda: elsewhere)  # the first session, on another machine
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "moved")
+    saved = torch.load(tmp_path / "moved" / CHECKPOINT, weights_only=True)
+    assert saved["state"]["timed_on"] == [{k: elsewhere.get(k) for k in train_module.TIMED_ON_KEYS}]
+    moved = resume(tmp_path / "moved", real)
+    assert moved.resumed_from == 2 and moved.timed_on_before_resume == saved["state"]["timed_on"]
+
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "stayed")  # started and resumed here
+    stayed = resume(tmp_path / "stayed", real)
+    assert stayed.resumed_from == 2 and stayed.timed_on_before_resume is None
+
+    monkeypatch.setattr(train_module, "environment", lambda: elsewhere)
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "old")
+    saved = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
+    del saved["state"]["timed_on"]  # a checkpoint from before the facts were kept: taken as this process's
+    torch.save(saved, tmp_path / "old" / CHECKPOINT)
+    old = resume(tmp_path / "old", real)
+    assert old.resumed_from == 2 and old.timed_on_before_resume is None
+
+
+def test_a_record_of_a_run_resumed_on_another_machine_says_so_and_its_time_pools_with_no_other(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a review: the record's env is the resuming process's alone, so a run started on one machine (here: one of
+    another name and CPU thread count) and resumed on this one had its train_s averaged with this machine's runs in overhead.csv. Its
+    record names where its earlier steps ran, and the leaderboard leaves its times out; a run resumed where it
+    started is pooled as before."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.leaderboard import tables
+
+    real = runner.environment()
+    elsewhere = real | {"device": f"{real['device']} (another)", "torch_threads": real["torch_threads"] + 7}
+
+    def stopped_then_resumed(seed: int, env: dict) -> dict:
+        [spec] = runner.build_specs(
+            "commonsense", ["lora"], [seed], "smoke", model=str(tiny_model), random_weights=True
+        )
+        with monkeypatch.context() as m:  # the first session: stopped (as by SIGTERM) after its first step
+            m.setattr(runner, "environment", lambda: env)
+            m.setattr(StopOnSigterm, "requested", lambda self: True)
+            with pytest.raises(Cancelled, match="stopped at step 1 of"):
+                runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
+        [record] = runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)  # resumed here
+        assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == 1
+        return record
+
+    stayed, moved = stopped_then_resumed(0, real), stopped_then_resumed(1, elsewhere)
+    assert "timed_on_before_resume" not in stayed["train"]
+    assert moved["env"]["torch_threads"] == real["torch_threads"]  # the record's env: the resuming process's
+    assert moved["train"]["timed_on_before_resume"] == [
+        {"device": elsewhere["device"], "device_type": real["device_type"], "torch_threads": elsewhere["torch_threads"]}
+        | {"malloc": real["malloc"]}
+    ]
+    [row] = tables([stayed, moved])["overhead"].to_dict("records")
+    assert row["train_s"] == round(stayed["train"]["train_s"], 1)  # moved's time left out
+    assert row["train_s_by_device"].count(":") == 1 and f"{stayed['train']['train_s']:.1f}" in row["train_s_by_device"]
