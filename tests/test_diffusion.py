@@ -2448,7 +2448,7 @@ def test_a_contact_sheet_without_the_data_of_its_unsaved_real_images_says_what_t
     assert sheet("d") > one_row and capsys.readouterr().err == ""
 
 
-class _RawServer:
+class _RawServer(_Server):  # its __enter__/__exit__ (a URL; shut down on leaving)
     """A loopback server that sends ``reply(n)`` as it is, ``(status, content type, body bytes)``, to the n-th
     request (GET or POST): a body labelled JSON that is not, or a reply ``_Server`` does not make."""
 
@@ -2478,15 +2478,6 @@ class _RawServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
 
 
 def _completion(content: str, finish_reason: str = "stop") -> tuple[int, str, bytes]:
