@@ -145,6 +145,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "run.created_at": str,
     "run.config.model_label": str,
     "run.config.extra": dict,
+    "train.timed_on_before_resume": list,
 }
 
 
@@ -190,6 +191,16 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
             continue
         if (value := _field(record, field)) is not _MISSING and not _of_kind(value, kind):
             raise ValueError(_other_kind(path, field, value))
+    before = _field(record, "train.timed_on_before_resume")  # the leaderboard names each entry's device
+    if (
+        trained
+        and before is not _MISSING
+        and not all(isinstance(e, dict) and isinstance(e.get("device"), str) for e in before)
+    ):
+        raise ValueError(
+            f"{path}: train.timed_on_before_resume holds an entry without its device's name (edited by hand?); "
+            "run it again with --force"
+        )
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")
     for benchmark, entry in record["eval"].items():

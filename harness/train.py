@@ -42,6 +42,19 @@ UNKNOWN_BEFORE_CODE_KEYS = ("trust_remote_code",)
 TIMED_ON_KEYS = ("device", "device_type", "torch_threads", "malloc")
 
 
+def timed_facts(env: dict[str, Any]) -> dict[str, Any]:
+    """``env``'s ``TIMED_ON_KEYS`` as the leaderboard files times apart (``_timed_on``): the CPU threads only where a
+    CPU computes, the malloc setting only as whether it keeps freed memory (a GPU job given other CPU threads
+    computes its steps alike, and was marked as resumed elsewhere while the leaderboard pooled it)."""
+    threshold = (env.get("malloc") or {}).get("mmap_threshold")
+    return {
+        "device": env.get("device"),
+        "device_type": env.get("device_type"),
+        "torch_threads": env.get("torch_threads") if env.get("device_type", "cpu") == "cpu" else None,
+        "malloc": {"mmap_threshold": threshold} if threshold else None,
+    }
+
+
 class Cancelled(BaseException):
     """Training stopped on request (SIGTERM) after a checkpoint was saved; the next start resumes. A
     ``BaseException``, as ``KeyboardInterrupt`` is: a SIGTERM outside the training loop (counting FLOPs,
@@ -241,7 +254,7 @@ def train(
     model, optimizer = accelerator.prepare(model, optimizer)
     device = accelerator.device
     env = environment() if env is None else env
-    timed_on = {k: env.get(k) for k in TIMED_ON_KEYS}  # where this process's steps are timed
+    timed_on = timed_facts(env)  # where this process's steps are timed
 
     state = {
         "step": 0,

@@ -1536,3 +1536,15 @@ def test_a_run_resumed_on_another_machine_is_left_out_of_its_rows_times_and_warn
         "tokens_per_s are the sessions' together, so overhead.csv leaves them out of its row's times"
     )
     assert line in capsys.readouterr().err and line in (tmp_path / "out" / "leaderboard.md").read_text()
+
+
+@pytest.mark.parametrize("before", ["CPU B", [None], [{"device": None}]], ids=["a string", "no entry", "no name"])
+def test_a_hand_edited_timed_on_before_resume_is_refused_naming_it_not_a_crash(tmp_path, before):
+    """From a re-review: the leaderboard reads ``train.timed_on_before_resume`` but the record check did not, so a
+    malformed one crashed ``write_leaderboards`` with an AttributeError or TypeError."""
+    from harness.records import check_success
+
+    record = fixture_record("lora", 0)
+    record["train"]["timed_on_before_resume"] = before
+    with pytest.raises(ValueError, match="timed_on_before_resume"):
+        check_success(tmp_path / "record.json", record)

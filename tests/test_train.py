@@ -574,7 +574,7 @@ def test_a_run_resumed_under_other_timing_facts_says_where_its_earlier_steps_ran
     monkeypatch.setattr(train_module, "environment", lambda: elsewhere)  # the first session, on another machine
     _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "moved")
     saved = torch.load(tmp_path / "moved" / CHECKPOINT, weights_only=True)
-    assert saved["state"]["timed_on"] == [{k: elsewhere.get(k) for k in train_module.TIMED_ON_KEYS}]
+    assert saved["state"]["timed_on"] == [train_module.timed_facts(elsewhere)]
     moved = resume(tmp_path / "moved", real)
     assert moved.resumed_from == 2 and moved.timed_on_before_resume == saved["state"]["timed_on"]
 
@@ -589,6 +589,13 @@ def test_a_run_resumed_under_other_timing_facts_says_where_its_earlier_steps_ran
     torch.save(saved, tmp_path / "old" / CHECKPOINT)
     old = resume(tmp_path / "old", real)
     assert old.resumed_from == 2 and old.timed_on_before_resume is None
+
+    # from a re-review: a GPU job resumed with other CPU threads computes its steps alike, and the leaderboard pools
+    # it (threads are a CPU's only): it was marked as resumed elsewhere all the same
+    gpu = real | {"device": "NVIDIA H100", "device_type": "cuda", "malloc": None}
+    monkeypatch.setattr(train_module, "environment", lambda: gpu | {"torch_threads": 8})
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "gpu")
+    assert resume(tmp_path / "gpu", gpu | {"torch_threads": 16}).timed_on_before_resume is None
 
 
 def test_a_record_of_a_run_resumed_on_another_machine_says_so_and_its_time_pools_with_no_other(
