@@ -2600,3 +2600,44 @@ def test_a_judge_answer_longer_than_max_answer_is_no_answer_not_cut_to_an_earlie
         djudge.parse(f"{draft} {'Now, looking again. ' * (djudge.MAX_ANSWER // 20)}{final}")
     thinking = "<think>" + "hmm " * djudge.MAX_ANSWER + "</think>"  # taken out before the length is counted
     assert djudge.parse(f"{thinking}{final}") == GOOD
+
+
+def test_a_judge_cut_off_at_the_servers_length_limit_is_recorded_so_and_told_to_raise_the_servers_max_tokens(
+    monkeypatch, capsys
+):
+    """From a review: answers the server cut off at its token limit (``finish_reason: length``, Ollama's num_predict
+    cutting a reasoning model) were recorded only as "no parsable judge answer", with a complete-looking
+    ``last_unparsable``, and the warning said to make the judge answer in the rubric's JSON (another --judge-model);
+    the cause went only into the request asked again."""
+    import openai  # noqa: F401  (a [test] requirement: missing, it fails rather than skips)
+
+    from tasks.diffusion import optional_scores
+
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    common = {"n": 2, "protocol": "native", "examples": "e", "sha256": "x"}
+
+    def score(reply, pngs: list[bytes]) -> dict:
+        with _RawServer(reply) as url:
+            monkeypatch.setenv("OPENAI_BASE_URL", url)
+            prompts = [f"p{i}" for i in range(len(pngs))]
+            return optional_scores({"judge_model": "judge-test"}, [None] * len(pngs), prompts, common, pngs)[
+                "judge_avg"
+            ]
+
+    avg = score(lambda n: _completion(json.dumps(GOOD), "length"), [b"1", b"2"])
+    assert avg["status"] == "failed" and avg["reason"] == "no parsable judge answer"  # the record's format as before
+    assert avg["last_problem"].startswith(djudge.CUT_OFF) and avg["last_unparsable"] == json.dumps(GOOD)
+    err = capsys.readouterr().err
+    assert "raise the judge server's limit on answer tokens" in err and "another --judge-model" not in err
+    avg = score(lambda n: _completion(None, "length"), [b"3"])  # a reasoning model cut in its thinking: no content
+    assert avg["last_problem"].startswith(djudge.CUT_OFF) and "last_unparsable" not in avg
+    assert "raise the judge server's limit on answer tokens" in capsys.readouterr().err
+    partly = score(lambda n: _completion(json.dumps(GOOD), "stop" if n == 1 else "length"), [b"4", b"5"])
+    assert (partly["n"], partly["failed"]) == (1, 1) and partly["last_problem"].startswith(djudge.CUT_OFF)
+    err = capsys.readouterr().err
+    assert f"gave no scores for 1 of the 2 images ({djudge.CUT_OFF})" in err and "limit on answer tokens" in err
+    avg = score(lambda n: _completion("no scores here"), [b"6", b"7"])  # an ordinary unparsable answer: as before
+    assert avg["last_problem"] == djudge.NO_OBJECT and avg["last_unparsable"] == "no scores here"
+    err = capsys.readouterr().err
+    assert "make the judge answer in the rubric's JSON (another --judge-model)" in err
+    assert "limit on answer tokens" not in err

@@ -522,11 +522,23 @@ def optional_scores(
 
 def _warn_judge(avg: dict[str, Any]) -> None:
     """Say on stderr that the judge failed (how, and the fix for its cause), or failed on some images."""
+    from tasks.diffusion.judge import CUT_OFF
+
     rescore = "harness rescore --task diffusion --runs-dir DIR --judge-model MODEL (no training)"
+    # the last answer not taken was cut by the server's token cap (Ollama's num_predict, say, through a reasoning
+    # model's thinking), not unreadable: another judge model is not the fix (no last_problem in a record made before)
+    problem = avg.get("last_problem")
+    cut = isinstance(problem, str) and problem.startswith(CUT_OFF)
+    raise_cap = (
+        "raise the judge server's limit on answer tokens (its max tokens, such as Ollama's num_predict: the last "
+        "answer was cut off at it), or use a --judge-model that answers shorter"
+    )
     if avg.get("status") == "failed":
         reason = avg["reason"]
-        fix = (  # by cause: the server, its answers, or this machine
-            "make the judge answer in the rubric's JSON (another --judge-model)"
+        fix = (  # by cause: the server's token cap, the server, its answers, or this machine
+            raise_cap
+            if reason == "no parsable judge answer" and cut
+            else "make the judge answer in the rubric's JSON (another --judge-model)"
             if reason == "no parsable judge answer"
             else "fix what it names on this machine"
             if "api_errors" not in avg and reason.startswith("the judge failed: ")
@@ -538,10 +550,11 @@ def _warn_judge(avg: dict[str, Any]) -> None:
             file=sys.stderr,
         )
     elif avg.get("failed"):  # some images judged: the columns average fewer prompts than the run's other scores
+        said = CUT_OFF if cut else avg.get("last_unparsable") or avg.get("last_api_error") or "no answer"
         print(
             f"warning: the judge gave no scores for {avg['failed']} of the {avg['n'] + avg['failed']} images "
-            f"({avg.get('last_unparsable') or avg.get('last_api_error') or 'no answer'}); its columns average the "
-            f"other {avg['n']}, and are not compared with rows that scored other images. To judge them again: {rescore}",
+            f"({said}); its columns average the other {avg['n']}, and are not compared with rows that scored other "
+            f"images. To judge them again{f', {raise_cap} and score them again' if cut else ''}: {rescore}",
             file=sys.stderr,
         )
 
@@ -559,6 +572,8 @@ def _judge(
     ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
     errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
     unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
+    # why each was not taken; getattr: a Verdict made without the field (a stand-in judge)
+    problems = [getattr(v, "problem", "") for v in verdicts if v.scores is None and not v.error]
     meta = {
         "judge_model": model,
         "judge_endpoint": j.endpoint,  # the server (no key; no path, where a proxy may carry a token)
@@ -569,6 +584,8 @@ def _judge(
     } | ({"api_errors": len(errors), "last_api_error": errors[-1]} if errors else {})
     if unparsable:  # what the judge said instead of scores (a refusal, prose), shortened, the key taken out
         meta["last_unparsable"] = judge.scrub(unparsable[-1])[:300]
+    if problems := [p for p in problems if p]:  # the cause, also of an empty answer (a reasoning model's cut thinking)
+        meta["last_problem"] = problems[-1]
     if not ok:
         reason = f"the judge failed: {errors[-1]}" if errors else "no parsable judge answer"
         return {c: {"status": "failed", "reason": reason, **meta} for c in (*JUDGE_COLUMNS, "judge_avg")}

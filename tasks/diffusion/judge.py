@@ -41,6 +41,9 @@ TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 10.0  # the model list before training, asked once, without retries
 GIVE_UP = 3  # API errors in a row after which the remaining images are not requested
 NO_OBJECT = "no JSON object in the answer"
+# what an answer cut off at the server's token limit (``finish_reason`` ``length``) is refused with: the record's
+# ``last_problem`` begins so, and the warning then says to raise the server's limit, not to change the judge
+CUT_OFF = "the answer was cut off at the server's length limit"
 # characters of an answer at most, its <think> blocks taken out: a judge that rambles past this has not answered (cut
 # short, an earlier draft would be taken for the last object)
 MAX_ANSWER = 20_000
@@ -73,6 +76,9 @@ class Verdict:
     # the model that answered as the server named it (an alias's dated snapshot, say); "" where unknown: an answer
     # cached before the cache kept it, or a reply without one
     model: str = ""
+    # why the last answer was not taken (``parse``'s ``ValueError``, or ``CUT_OFF``), shortened, the key taken out;
+    # "" where one was taken: a judge's answer may look complete when the server cut it (its token cap)
+    problem: str = ""
 
 
 def limits() -> tuple[float, int]:
@@ -377,7 +383,7 @@ class Judge:
             return Verdict(
                 None, "", False, 0, f"not requested after {self.give_up} API errors in a row: {self.last_error}"
             )
-        raw, answered_by = "", ""
+        raw, answered_by, problem = "", "", ""
         for attempt in range(1, RETRIES + 1):
             try:
                 reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
@@ -396,15 +402,16 @@ class Judge:
             self.errors_in_a_row = 0
             try:
                 if finish == "length":  # cut off at the server's token limit: its last object may be a draft
-                    raise ValueError("the answer was cut off at the length limit: give the JSON object alone")
+                    raise ValueError(f"{CUT_OFF}: give the JSON object alone")
                 scores = parse(content)
             except ValueError as exc:
                 # asked again with what was wrong (the same request at temperature 0 gets the same answer); the
                 # first request alone is what the cache keys on, as the answer it keeps parses without the rest
+                problem = scrub(str(exc))[:200]
                 messages = [
                     *messages[:2],
                     {"role": "assistant", "content": raw[:MAX_ANSWER]},
-                    {"role": "user", "content": f"{RETRY_PROMPT} ({scrub(str(exc))[:200]})"},
+                    {"role": "user", "content": f"{RETRY_PROMPT} ({problem})"},
                 ]
                 continue
             try:
@@ -430,7 +437,7 @@ class Judge:
                         file=sys.stderr,
                     )
             return Verdict(scores, raw, False, attempt, model=answered_by)
-        return Verdict(None, raw, False, RETRIES, model=answered_by)
+        return Verdict(None, raw, False, RETRIES, model=answered_by, problem=problem)
 
 
 def _model_name(name: Any) -> str:
