@@ -195,7 +195,10 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
     if (
         trained
         and before is not _MISSING
-        and not all(isinstance(e, dict) and isinstance(e.get("device"), str) for e in before)
+        and not all(
+            isinstance(e, dict) and isinstance(e.get("device"), str) and isinstance(e.get("malloc"), dict | None)
+            for e in before
+        )
     ):
         raise ValueError(
             f"{path}: train.timed_on_before_resume holds an entry without its device's name (edited by hand?); "

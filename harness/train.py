@@ -371,7 +371,8 @@ def train(
         memory.carry(state.get("memory"))  # the steps before the checkpoint count too
         if "timed_on" not in state:  # a checkpoint from before they were kept: not known, taken as this process's
             state["timed_on"] = [timed_on]
-        elif timed_on not in state["timed_on"]:  # its time so far was measured elsewhere: kept, to be said
+        state["timed_on"] = [timed_facts(t) for t in state["timed_on"]]  # as compared now (a 31cdf34 one kept more)
+        if timed_on not in state["timed_on"]:  # its time so far was measured elsewhere: kept, to be said
             state["timed_on"] = [*state["timed_on"], timed_on]
         resumed_from = state["step"]
         del saved, mine, rngs  # the payload (the adapter's tensors among it) is restored: not held through training

@@ -2641,3 +2641,29 @@ def test_a_judge_cut_off_at_the_servers_length_limit_is_recorded_so_and_told_to_
     err = capsys.readouterr().err
     assert "make the judge answer in the rubric's JSON (another --judge-model)" in err
     assert "limit on answer tokens" not in err
+
+
+def test_a_failed_judges_text_and_cause_come_from_one_image(monkeypatch):
+    """From a re-review: ``last_unparsable`` took the last answer with text and ``last_problem`` the last cause, so a
+    refusal (no JSON object) beside a later empty answer cut at the length limit was recorded as a refusal cut off,
+    and the warning advised raising the server's max tokens."""
+    import tasks.diffusion as dtask
+
+    said = iter([
+        djudge.Verdict(None, "I will not rate this image.", False, 3, problem=djudge.NO_OBJECT),
+        djudge.Verdict(None, "", False, 3, problem=djudge.CUT_OFF),
+    ])  # fmt: skip
+
+    class StandIn:
+        endpoint = "http://127.0.0.1:1"
+
+        def __init__(self, model):
+            pass
+
+        def __call__(self, png, prompt):
+            return next(said)
+
+    monkeypatch.setattr(djudge, "Judge", StandIn)
+    meta = dtask._judge("judge-test", [None, None], ["a", "b"], {}, [b"x", b"y"])["judge_avg"]
+    assert meta["status"] == "failed" and "last_unparsable" not in meta  # the last refused image said nothing
+    assert meta["last_problem"].startswith(djudge.CUT_OFF)

@@ -1538,7 +1538,11 @@ def test_a_run_resumed_on_another_machine_is_left_out_of_its_rows_times_and_warn
     assert line in capsys.readouterr().err and line in (tmp_path / "out" / "leaderboard.md").read_text()
 
 
-@pytest.mark.parametrize("before", ["CPU B", [None], [{"device": None}]], ids=["a string", "no entry", "no name"])
+@pytest.mark.parametrize(
+    "before",
+    ["CPU B", [None], [{"device": None}], [{"device": "CPU B", "malloc": "on"}]],
+    ids=["a string", "no entry", "no name", "malloc not a setting"],
+)
 def test_a_hand_edited_timed_on_before_resume_is_refused_naming_it_not_a_crash(tmp_path, before):
     """From a re-review: the leaderboard reads ``train.timed_on_before_resume`` but the record check did not, so a
     malformed one crashed ``write_leaderboards`` with an AttributeError or TypeError."""

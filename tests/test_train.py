@@ -596,6 +596,12 @@ def test_a_run_resumed_under_other_timing_facts_says_where_its_earlier_steps_ran
     monkeypatch.setattr(train_module, "environment", lambda: gpu | {"torch_threads": 8})
     _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "gpu")
     assert resume(tmp_path / "gpu", gpu | {"torch_threads": 16}).timed_on_before_resume is None
+    # a checkpoint of 31cdf34 kept the facts whole (a GPU's threads among them): compared as now, the same place
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "whole")
+    saved = torch.load(tmp_path / "whole" / CHECKPOINT, weights_only=True)
+    saved["state"]["timed_on"] = [{k: (gpu | {"torch_threads": 8}).get(k) for k in train_module.TIMED_ON_KEYS}]
+    torch.save(saved, tmp_path / "whole" / CHECKPOINT)
+    assert resume(tmp_path / "whole", gpu | {"torch_threads": 8}).timed_on_before_resume is None
 
 
 def test_a_record_of_a_run_resumed_on_another_machine_says_so_and_its_time_pools_with_no_other(

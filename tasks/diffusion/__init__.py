@@ -571,9 +571,11 @@ def _judge(
     verdicts = [j(png, prompt) for png, prompt in zip(pngs, prompts, strict=True)]
     ok = [(i, v) for i, v in enumerate(verdicts) if v.scores is not None]
     errors = [v.error for v in verdicts if v.error and v.requests]  # not those it gave up on unasked
-    unparsable = [v.raw for v in verdicts if v.scores is None and not v.error and v.raw]
-    # why each was not taken; getattr: a Verdict made without the field (a stand-in judge)
-    problems = [getattr(v, "problem", "") for v in verdicts if v.scores is None and not v.error]
+    # the last image whose answer was not taken, with its text (where it had any) and why: one image's both
+    # (a refusal's text beside another image's cut-off cause read as a refusal cut off)
+    refused = [v for v in verdicts if v.scores is None and not v.error and (v.raw or getattr(v, "problem", ""))]
+    unparsable = [refused[-1].raw] if refused and refused[-1].raw else []
+    problems = [getattr(refused[-1], "problem", "")] if refused else []
     meta = {
         "judge_model": model,
         "judge_endpoint": j.endpoint,  # the server (no key; no path, where a proxy may carry a token)
