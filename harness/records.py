@@ -201,8 +201,8 @@ def check_success(path: Path, record: dict[str, Any]) -> None:
         )
     ):
         raise ValueError(
-            f"{path}: train.timed_on_before_resume holds an entry without its device's name (edited by hand?); "
-            "run it again with --force"
+            f"{path}: train.timed_on_before_resume holds an entry that is not a device's facts (its name, and its "
+            "malloc setting or null; edited by hand?); run it again with --force"
         )
     if (bad := _not_finite(record["train"], "train")) is not None:  # NaN broke the plots after the tables were written
         raise ValueError(f"{path}: {bad} is not a finite number (edited by hand?); run it again with --force")
