@@ -138,3 +138,18 @@ def write_text(path: str | Path, text: str) -> None:
     """UTF-8 whatever the locale (tables hold "–" and "·"; the HTML page declares utf-8)."""
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def remove_stale_folders(folder: Path, pattern: str, age_s: float) -> None:
+    """Remove the folders in ``folder`` matching ``pattern`` untouched for ``age_s`` seconds: the temp folders of
+    writers killed hard (one under way, in another process, writes into its folder within seconds). Files and
+    links are left alone."""
+    import shutil
+
+    for stale in folder.glob(pattern):
+        try:
+            old = time.time() - stale.stat().st_mtime > age_s
+        except OSError:  # removed meanwhile (its writer finished)
+            continue
+        if old and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)

@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,15 +144,10 @@ def _partly_deleted(target: Path) -> ValueError:
 
 
 def _remove_stale_conversions(folder: Path) -> None:
-    """Remove the temp folders of conversions killed hard (~540 MB each): those untouched for an hour (one that
-    is under way, in another process, writes into its folder within seconds)."""
-    for stale in folder.glob(".convert-*"):
-        try:
-            old = time.time() - stale.stat().st_mtime > STALE_CONVERSION_S
-        except OSError:  # removed meanwhile (its conversion finished)
-            continue
-        if old and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
+    """Remove the temp folders of conversions killed hard (~540 MB each): those untouched for an hour."""
+    from harness.atomic import remove_stale_folders
+
+    remove_stale_folders(folder, ".convert-*", STALE_CONVERSION_S)
 
 
 def _umask_modes(folder: Path) -> None:

@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
+from harness.atomic import remove_stale_folders
 from harness.identity import file_sha256
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
@@ -494,15 +494,9 @@ def _locked(folder: Path) -> Iterator[None]:
 
 def _remove_stale_builds(out_dir: Path) -> None:
     """Remove the temp folders of builds killed hard (``.<name>.XXXX``, ~21 MB at the default size, and
-    ``.<name>.old.XXXX``) beside ``out_dir``: those untouched for an hour (one under way, in another process,
-    writes into its folder within seconds), as ``harness.models`` does with its conversions'."""
-    for stale in out_dir.parent.glob(f".{glob.escape(out_dir.name)}.*"):
-        try:
-            old = time.time() - stale.stat().st_mtime > STALE_BUILD_S
-        except OSError:  # removed meanwhile (its build finished)
-            continue
-        if old and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
+    ``.<name>.old.XXXX``) beside ``out_dir``: those untouched for an hour, as ``harness.models`` does with its
+    conversions'."""
+    remove_stale_folders(out_dir.parent, f".{glob.escape(out_dir.name)}.*", STALE_BUILD_S)
 
 
 def _readme(params: dict[str, Any], sources: dict[str, str], train: list[dict], test: list[dict]) -> str:
