@@ -618,7 +618,7 @@ def test_embedded_build_is_deterministic_and_idempotent(embedded, tmp_path):
     generate.build_embedded(again, twemoji_dir=TWEMOJI, **(SMALL | {"seed": 1}))  # other parameters: rebuilt
     assert json.loads((again / "build.json").read_text())["params"]["seed"] == 1
     assert (again / "train.json").read_bytes() != (embedded / "train.json").read_bytes()
-    assert [p.name for p in tmp_path.iterdir()] == ["again"]  # no temp folders left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".again-lock", "again"]  # the lock's, no temp folders
     assert build["sources"]
 
 
@@ -682,7 +682,10 @@ def test_a_build_finished_by_another_process_first_is_kept_and_ours_dropped(embe
     (ours / "build.json").write_text(json.dumps(build))
     generate._swap_in(ours, out, build["params"], build["sources"])
     assert out.stat().st_ino == inode and not ours.exists()  # theirs, in place; ours gone
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no lock file or folder moved aside left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".data-lock",
+        "data",
+    ]  # the lock's folder, nothing moved aside
 
 
 def test_temp_folders_of_builds_killed_hard_are_removed_after_an_hour(embedded, tmp_path):

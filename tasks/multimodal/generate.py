@@ -31,7 +31,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,14 +40,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
 from harness.atomic import remove_stale_folders
+from harness.guard import RunLock
 from harness.identity import file_sha256
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: a build is swapped in unlocked
-    fcntl = None  # type: ignore[assignment]
 
 # Bump when the generated data changes; a build with another version is rebuilt. 4: math's open questions are
 # trained in worked form, "7 + 4 = 11" (SmolLM2-135M-Instruct, asked in the chat template, completes
@@ -456,8 +452,11 @@ def _swap_in(tmp: Path, out_dir: Path, params: dict[str, Any], sources: dict[str
     """Put the finished build at ``out_dir`` with renames only; an older build there is removed after. Where
     another process (a torchrun rank, a parallel run on a fresh cache) put the same build there first, theirs
     is kept and ours dropped: moving theirs aside would leave their readers no folder for a moment. The check
-    and the renames hold a lock on the parent folder, so two late builders do not both move a build aside."""
-    with _locked(out_dir.parent):
+    and the renames hold the cache's lock (``RunLock``, as the diffusion suite's pretrained base does), so two late
+    builders do not both move a build aside."""
+    lock = RunLock(out_dir.with_name(f".{out_dir.name}-lock"))  # not ".<name>.*": stale builds' pattern
+    lock.acquire(blocking=True)
+    try:
         if _is_complete(out_dir, params, sources):
             shutil.rmtree(tmp, ignore_errors=True)
             return
@@ -475,21 +474,8 @@ def _swap_in(tmp: Path, out_dir: Path, params: dict[str, Any], sources: dict[str
         finally:
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``folder`` itself (no lock file to leave behind) for the block; unlocked where
-    there is none (not POSIX, a file system without locks), as every build swapped in before."""
-    fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
-    try:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                fcntl.flock(fd, fcntl.LOCK_EX)  # dropped when fd closes
-        yield
     finally:
-        if fd is not None:
-            os.close(fd)
+        lock.release()
 
 
 def _remove_stale_builds(out_dir: Path) -> None:
