@@ -32,7 +32,8 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from torch.amp import is_autocast_available
 
@@ -44,6 +45,7 @@ from harness.registry import METHODS
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+CONFIG_METADATA = "adapter_config"  # the weights file's metadata key holding adapter_config.json's content (JSON)
 SHARED = "lora_shared"
 
 
@@ -464,22 +466,27 @@ class Adapter:
                     else ""
                 )
             )
+        # every shape before any copy: a refusal part-way left the tensors before it overwritten in the live adapter
+        for name, tensor in state.items():
+            if own[name].shape != tensor.shape:
+                raise ValueError(
+                    f"adapter tensor {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}"
+                )
         with torch.no_grad():
             for name, tensor in state.items():
-                if own[name].shape != tensor.shape:
-                    raise ValueError(
-                        f"adapter tensor {name} has shape {tuple(tensor.shape)}, model expects {tuple(own[name].shape)}"
-                    )
                 own[name].copy_(tensor)
 
     def save(self, directory: str | Path) -> Path:
-        """Write the adapter weights (safetensors) and the method config (JSON), each atomically."""
+        """Write the adapter weights (safetensors) and the method config (JSON), each atomically. The weights file's
+        metadata holds the config too, written with the weights: a save interrupted between the two files leaves
+        new weights beside the old config, which ``load_adapter`` then refuses instead of loading with the old
+        settings."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.state_dict().items()}
-        with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-            save_file(tensors, str(tmp), metadata={"method": self.method})
         meta = {"method": self.method, "config": self.config.to_dict()}
+        with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
+            save_file(tensors, str(tmp), metadata={"method": self.method, CONFIG_METADATA: json.dumps(meta)})
         write_json(directory / ADAPTER_CONFIG, meta)
         return directory
 
@@ -669,20 +676,52 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
-    """Attach the method saved in ``directory`` to ``model`` and load its weights."""
+    """Attach the method saved in ``directory`` to ``model`` and load its weights; weights saved with another config
+    than ``adapter_config.json``'s (the files of two saves) are refused."""
     directory = Path(directory)
     meta_file = directory / ADAPTER_CONFIG
     if not meta_file.is_file():
         raise ValueError(f"{str(directory)!r} holds no {ADAPTER_CONFIG}; pass a directory written by Adapter.save()")
     meta = json.loads(meta_file.read_text())
+    with safe_open(str(directory / ADAPTER_WEIGHTS), "pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+        saved = (f.metadata() or {}).get(CONFIG_METADATA)  # None: saved before the weights held their config
+    differ = _config_differs(json.loads(saved), meta) if saved is not None else ""
+    torn = differ and (
+        f"{str(directory)!r}: {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} come from different saves (the weights were "
+        f"saved with {differ}; a save interrupted between its two files leaves them so): save the adapter again"
+    )
     cls = METHODS.get(meta["method"])
     adapter = attach(model, cls, config=config_from_dict(cls.config_cls, meta["config"]))
     try:
-        adapter.load_state_dict(load_file(str(directory / ADAPTER_WEIGHTS)))
+        try:
+            adapter.load_state_dict(tensors)
+        except ValueError as exc:
+            if torn:  # weights that do not fit the config file's settings: why, beside what does not fit
+                raise ValueError(f"{exc}; {torn}") from None
+            raise
+        if torn:  # weights that fit, saved with other settings (alpha): loaded, they would compute something else
+            raise ValueError(torn)
     except BaseException:
         adapter.unload()  # the model as it was given, so that the caller can try another directory
         raise
     return adapter
+
+
+def _config_differs(saved: dict[str, Any], meta: dict[str, Any]) -> str:
+    """How the config the weights were saved with differs from ``adapter_config.json``'s (``alpha=8, not 64``);
+    '' where they are the same (compared as JSON, so a float NaN equals itself)."""
+    if json.dumps(saved, sort_keys=True) == json.dumps(meta, sort_keys=True):
+        return ""
+    if saved.get("method") != meta.get("method"):
+        return f"method {saved.get('method')!r}, not {meta.get('method')!r}"
+    ours, theirs = saved.get("config") or {}, meta.get("config") or {}
+    keys = sorted(
+        k
+        for k in ours.keys() | theirs.keys()
+        if json.dumps(ours.get(k), sort_keys=True) != json.dumps(theirs.get(k), sort_keys=True)
+    )
+    return ", ".join(f"{k}={ours.get(k)!r}, not {theirs.get(k)!r}" for k in keys[:4]) + (", ..." if keys[4:] else "")
 
 
 def linear_names(model: nn.Module) -> list[str]:

@@ -201,7 +201,21 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
                 for k, v in shortcuts.items()
             },
         )
+    _check_one_k(reducer, shortcuts)
     return config_cls(**kwargs, reducer=reducer)
+
+
+def _check_one_k(reducer: ReducerConfig | None, shortcuts: dict[str, Any]) -> None:
+    """``ValueError`` where the merged Reducer has both a ``k`` and a ``drop_ratio`` given (a shortcut, or one
+    other than the default): ``k`` won silently and the record carried the ignored ``drop_ratio``, wherever each
+    came from (a shortcut, ``reducer={...}``, a ``ReducerConfig``); the shortcuts alone are checked above."""
+    if reducer is None or reducer.k is None:
+        return
+    if "drop_ratio" in shortcuts or reducer.drop_ratio != _field_default(ReducerConfig, "drop_ratio"):
+        k, drop = (name if name in shortcuts else f"the reducer's {name}" for name in ("k", "drop_ratio"))
+        raise ValueError(
+            f"{k}={reducer.k} and {drop}={reducer.drop_ratio} both set the Reducer's K (drop_ratio = 1 - K/L): give one"
+        )
 
 
 def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> AdapterConfig:
@@ -263,12 +277,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint) or (hint,)
     if value.lower() == "none" and type(None) in args:
         return None
+    kinds = []  # every type the hint allows is tried (``int | float`` takes 0.5), in this order
     for typ, kind in ((bool, "true or false"), (int, "an integer"), (float, "a number")):
         if typ in args:
             try:
                 return parse_bool(value) if typ is bool else typ(value)
             except ValueError:
-                raise ValueError(f"option {key}={value!r} must be {kind}") from None
+                kinds.append(kind)
+    if kinds and str not in args:
+        raise ValueError(f"option {key}={value!r} must be {' or '.join(kinds)}")
     return value
 
 

@@ -1130,3 +1130,52 @@ def test_a_reducer_selection_word_and_another_selection_are_refused_not_the_last
     assert options(reducer="on", selection="random")["selection"] == "random"  # on names no selection
     with pytest.raises(ValueError, match=r"reducer=\{'k': 2\} and k=3 both set the Reducer's k: give one"):
         options(reducer={"k": 2}, k="3")
+
+
+def test_k_and_drop_ratio_are_refused_together_wherever_each_is_given():
+    """From a review: ``k`` beside ``drop_ratio`` was refused only where both came as shortcuts; with one inside
+    ``reducer={...}`` (or a ``ReducerConfig``) and the other a shortcut, k won silently and the record kept the
+    ignored drop_ratio. Both set K: refused wherever each comes from; k alone, or k=none, still taken."""
+    from harness.config import ReducerConfig, make_config
+
+    cls = METHODS.get("effilora").config_cls
+
+    def reducer(**options) -> ReducerConfig:
+        return make_config(cls, options, "effilora").reducer
+
+    said = r"both set the Reducer's K \(drop_ratio = 1 - K/L\): give one"
+    with pytest.raises(ValueError, match=rf"^the reducer's k=2 and drop_ratio=0\.75 {said}$"):
+        reducer(reducer={"k": 2}, drop_ratio="0.75")
+    with pytest.raises(ValueError, match=rf"^k=2 and the reducer's drop_ratio=0\.75 {said}$"):
+        reducer(reducer={"drop_ratio": 0.75}, k="2")
+    with pytest.raises(ValueError, match=rf"^the reducer's k=2 and drop_ratio=0\.25 {said}$"):  # given, if default
+        reducer(reducer=ReducerConfig(k=2), drop_ratio=0.25)
+    with pytest.raises(ValueError, match=rf"^k=2 and the reducer's drop_ratio=0\.5 {said}$"):
+        reducer(reducer=ReducerConfig(drop_ratio=0.5), k=2)
+    with pytest.raises(ValueError, match=rf"^the reducer's k=2 and the reducer's drop_ratio=0\.75 {said}$"):
+        reducer(reducer={"k": 2, "drop_ratio": 0.75})
+    assert reducer(reducer={"k": 2}).k == 2 and reducer(k="2").k == 2
+    assert reducer(reducer={"k": 2, "drop_ratio": 0.25}).k == 2  # a record's resolved reducer: drop_ratio the default
+    assert reducer(reducer={"drop_ratio": 0.75}, k="none").drop_ratio == 0.75  # k=none is k unset
+
+
+def test_an_option_typed_as_a_union_takes_any_type_it_allows():
+    """From a review: a plugin option typed ``int | float`` refused ``--option scale=0.5`` ("must be an integer"):
+    only the first type of a union was tried. Every type it allows is tried; one that allows none of the values
+    names them all, and ``str`` in the union keeps the word."""
+    from dataclasses import dataclass
+
+    from harness import AdapterConfig
+    from harness.config import make_config
+
+    @dataclass(frozen=True)
+    class UnionConfig(AdapterConfig):
+        scale: int | float = 1
+        tag: int | str = 0
+
+    assert make_config(UnionConfig, {"scale": "0.5"}, "m").scale == 0.5
+    assert make_config(UnionConfig, {"scale": "2"}, "m").scale == 2
+    assert make_config(UnionConfig, {"tag": "abc"}, "m").tag == "abc"
+    assert make_config(UnionConfig, {"tag": "3"}, "m").tag == 3
+    with pytest.raises(ValueError, match=r"option scale='loud' must be an integer or a number$"):
+        make_config(UnionConfig, {"scale": "loud"}, "m")

@@ -134,6 +134,63 @@ def test_a_failed_load_leaves_the_model_unwrapped(method, tmp_path):
     assert load_adapter(model, tmp_path).method == method  # the right directory loads into the same model
 
 
+def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, monkeypatch):
+    """From a review: ``Adapter.save`` wrote the weights and adapter_config.json each atomically, not as a pair: a
+    save interrupted between the two left new weights (alpha=64) beside the old config (alpha=8), and
+    ``load_adapter`` loaded them with the old scaling, with no error. The weights file holds its config now, and a
+    config file from another save is refused; a weights file from before (no such metadata) loads as before."""
+    from safetensors.torch import load_file, save_file
+
+    import harness.adapter as adapter_module
+
+    old = attach(tiny_llama(layers=2), "lora", r=4, alpha=8, targets="q_proj")
+    perturb(old)
+    old.save(tmp_path)
+    new = attach(tiny_llama(layers=2), "lora", r=4, alpha=64, targets="q_proj")
+    perturb(new, seed=5)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(adapter_module, "write_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(tmp_path)  # the new weights written, the config file still the old one
+    monkeypatch.undo()
+    model = tiny_llama(layers=2)
+    torn = r"come from different saves \(the weights were saved with alpha=64, not 8;.*: save the adapter again$"
+    with pytest.raises(ValueError, match=torn):
+        load_adapter(model, tmp_path)
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())  # the model as it was given
+    # weights of another rank beside the old config: the shape refusal says why too
+    attach(tiny_llama(layers=2), "lora", r=2, alpha=8, targets="q_proj").save(tmp_path / "r2")
+    (tmp_path / "r2" / ADAPTER_CONFIG).write_bytes((tmp_path / ADAPTER_CONFIG).read_bytes())
+    with pytest.raises(
+        ValueError, match=r"has shape .*; .* come from different saves \(the weights were saved with r=2"
+    ):
+        load_adapter(tiny_llama(layers=2), tmp_path / "r2")
+    # the pair saved whole loads; a weights file saved before the fix (no config in its metadata) loads as before
+    new.save(tmp_path)
+    assert load_adapter(tiny_llama(layers=2), tmp_path).config.alpha == 64
+    save_file(load_file(tmp_path / ADAPTER_WEIGHTS), tmp_path / ADAPTER_WEIGHTS, metadata={"method": "lora"})
+    loaded = load_adapter(tiny_llama(layers=2), tmp_path)
+    assert torch.equal(loaded.model(**batch()).logits, new.model(**batch()).logits)
+
+
+def test_a_state_with_one_badly_shaped_tensor_changes_nothing():
+    """From a review: ``load_state_dict`` checked each tensor's shape as it copied it, so a state whose last tensor
+    had the wrong shape was refused after the tensors before it were copied into the live adapter (7 of 8)."""
+    adapter = attach(tiny_llama(layers=2), "lora", r=4, targets="q_proj,up_proj")
+    perturb(adapter)
+    before = {k: v.clone() for k, v in adapter.state_dict().items()}
+    state = {k: torch.ones_like(v) for k, v in before.items()}
+    last = list(state)[-1]
+    state[last] = torch.ones(state[last].shape[0] + 1, state[last].shape[1])
+    with pytest.raises(ValueError, match=rf"adapter tensor {last} has shape"):
+        adapter.load_state_dict(state)
+    after = adapter.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_a_wrapper_that_fails_part_way_leaves_the_model_as_it_was(method, monkeypatch):
     """From a review: a wrapper whose constructor raised part-way (out of memory making its tensors) left the model
     half-wrapped and every parameter frozen, and a retry was refused ("already has an adapter"). attach undoes the
