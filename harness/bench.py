@@ -263,7 +263,8 @@ def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, dev
         raise ValueError(
             f"--seq {config.seq_len} is longer than the model's {positions} positions; give --seq {positions} or less"
         )
-    ids = torch.randint(0, model.config.vocab_size, (config.batch_size, config.seq_len), generator=g).to(device)
+    vocab = model.config.get_text_config().vocab_size  # a multimodal config (Gemma3Config) keeps it in its text one
+    ids = torch.randint(0, vocab, (config.batch_size, config.seq_len), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)
 
 
@@ -455,6 +456,15 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
     targets = list(lora.targets) if isinstance(lora.targets, tuple) else lora.targets
     peft_cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
     wrapped = get_peft_model(_share(model), peft_cfg).train()
+    if fa and (idle := _without_gradient(wrapped, batch, n, autocast)):  # its optimizer would raise a TypeError
+        print(
+            f"note: peft lora_fa left out: {len(idle)} of its adapted layers get no gradient from the loss "
+            f"({idle[0]}{', ...' if len(idle) > 1 else ''}), and peft's LoRA-FA optimizer cannot step such a layer "
+            "(it multiplies a missing gradient); --targets with a regex naming only the layers the loss reaches "
+            "(e.g. '.*language_model.*_proj') times it",
+            file=sys.stderr,
+        )
+        return None
     if fa:
         opt = create_lorafa_optimizer(wrapped, r=lora.r, lora_alpha=lora.alpha, lr=1e-4, weight_decay=0.0)
     else:  # weight decay 0, as ours (``Adapter.param_groups``), not torch's default 0.01
@@ -464,6 +474,24 @@ def _peft(model, lora, fa: bool, batch, n, autocast) -> Contender | None:
     step = _stepper(wrapped, opt, batch, n, autocast)
     trainable = [p for p in wrapped.parameters() if p.requires_grad]  # LoRA-FA's optimizer froze A
     return Contender(f"peft {method}", "peft", method, step, wrapped, opt, peft_cfg, trainable=trainable)
+
+
+def _without_gradient(model: nn.Module, batch: dict, n: int, autocast: Callable[[], Any]) -> list[str]:
+    """The peft-adapted layers whose ``lora_B`` one backward of the step leaves without a gradient (targets that
+    also match layers the loss does not reach, as a multimodal model's vision tower), by module name; the
+    gradients are cleared again."""
+    from tasks.lm import loss_sum
+
+    with autocast():
+        loss = loss_sum(model, batch, batch["input_ids"].shape[1]) / n
+    loss.backward()
+    idle = [
+        name.split(".lora_B")[0].removeprefix("base_model.model.")
+        for name, p in model.named_parameters()
+        if p.requires_grad and ".lora_B." in name and p.grad is None
+    ]
+    model.zero_grad(set_to_none=True)
+    return idle
 
 
 def _stepper(

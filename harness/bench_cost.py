@@ -41,9 +41,21 @@ def flops(c: Contender, model: nn.Module, config: BenchConfig) -> tuple[float | 
         step = _count(replica, config, backward=True, extra=adapter.extra_loss if c.source == "ours" else None)
         if c.round_fn is None:
             return step, 0.0
-        return step, _count(replica.eval(), config, backward=False) * c.config.reducer.rollouts / c.interval
+        return step, _rollout(replica.eval(), adapter.reducer, config) * c.config.reducer.rollouts / c.interval
     except (RuntimeError, ValueError, NotImplementedError, TypeError):
         return None, None
+
+
+def _rollout(replica: nn.Module, reducer: Any, config: BenchConfig) -> float:
+    """One of the Reducer's scoring rollouts: a no-grad forward with ``n_suppressed`` layers suppressed, drawn as
+    a round draws them (from run records' fixed seed): at suppression 0 their adapters are skipped (the wrapper
+    returns its base's output), as run records count them; a layer suppressed to a scale above 0 costs as much."""
+    from harness.accounting import REDUCER_COUNT_SEED
+
+    g = torch.Generator().manual_seed(REDUCER_COUNT_SEED)
+    drawn = torch.multinomial(torch.sigmoid(reducer.scores), reducer.n_suppressed, replacement=False, generator=g)
+    with reducer.suppressed(drawn.tolist()):
+        return _count(replica, config, backward=False)
 
 
 def _count(replica: nn.Module, config: BenchConfig, backward: bool, extra: Any = None) -> float:

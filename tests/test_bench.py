@@ -808,3 +808,79 @@ def test_bench_png_title_clears_a_tall_plot_and_wraps_a_long_model_name():
         assert box.y0 >= fig.axes[0].get_window_extent(renderer).y1  # above the plot's frame, not across it
     finally:
         plt.close(fig)
+
+
+def _tiny_gemma3(folder: Path) -> Path:
+    """A tiny Gemma 3 config saved to ``folder``: its vocabulary is in its text config, and a vision tower whose
+    layers the default targets also match sits beside the language model (the loss on text never reaches it)."""
+    from transformers import Gemma3Config
+
+    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 256}  # fmt: skip
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+              "image_size": 32, "patch_size": 8}  # fmt: skip
+    Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4).save_pretrained(folder)
+    return folder
+
+
+def test_a_model_whose_vocabulary_is_in_its_text_config_is_benched(tmp_path):
+    """From a review: the random batch read ``model.config.vocab_size``, which a Gemma 3 config keeps in its text
+    config, so `harness bench --model <a Gemma 3 folder> --random-weights` ended in an AttributeError traceback."""
+    folder = _tiny_gemma3(tmp_path / "gemma3")
+    argv = ["bench", "--model", str(folder), "--random-weights", "--methods", "lora", "--no-peft", "--batch", "2"]
+    argv += ["--seq", "16", "--rounds", "1", "--warmup", "0", "--protocols", "none", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 0
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["floor", "lora"]
+
+
+def test_peft_lora_fa_is_left_out_with_a_note_where_its_targets_get_no_gradient(tmp_path, capsys):
+    """From a review: on a Gemma 3 model the default targets also adapt the vision tower, whose adapters get no
+    gradient from a text loss, and peft's LoRA-FA optimizer then failed in its step (TypeError: unsupported operand
+    ... 'NoneType' and 'Tensor'), ending the bench. It is left out with a note naming such a layer; ours and peft's
+    LoRA are timed, and targets that name only the language model's layers time peft's LoRA-FA too."""
+    folder = _tiny_gemma3(tmp_path / "gemma3")
+    argv = ["bench", "--model", str(folder), "--random-weights", "--methods", "lora,lora_fa", "--batch", "2"]
+    argv += ["--seq", "16", "--rounds", "1", "--warmup", "0", "--protocols", "none", "--threads", "1"]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 0
+    rows = json.loads((tmp_path / "o" / "bench.json").read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["floor", "lora", "lora_fa", "peft lora"]
+    err = capsys.readouterr().err
+    assert "note: peft lora_fa left out: 3 of its adapted layers get no gradient from the loss" in err
+    assert "model.vision_tower.encoder.layers.0" in err and "Traceback" not in err
+    language = ["--targets", ".*language_model.*_proj", "--out", str(tmp_path / "o2")]
+    assert main([*argv, *language]) == 0
+    rows = json.loads((tmp_path / "o2" / "bench.json").read_text())["rows"]
+    assert [r["contender"] for r in rows] == ["floor", "lora", "lora_fa", "peft lora", "peft lora_fa"]
+    assert "left out" not in capsys.readouterr().err
+
+
+def test_the_reducer_s_rollouts_at_suppression_0_skip_the_suppressed_layers_as_run_records_count_them(tmp_path):
+    """From a review: the Reducer's scoring FLOPs counted every layer's adapter in every rollout, while at
+    ``suppression=0`` a rollout skips its ``n_suppressed`` layers' adapters (a wrapper at gate 0 returns its base's
+    output) and run records count it so (``hook_forward_flops`` with those wrappers skipped): ``hook_gflops`` (and
+    the total, and the Reducer's GFLOPs saving) was the same at 0 as at 0.25."""
+    from harness.accounting import hook_forward_flops
+    from harness.adapter import attach
+    from harness.config import make_config
+    from tasks.lm import CausalLMRecipe
+    from tests.conftest import meta_of
+
+    config = BenchConfig(methods=("effilora",), batch_size=2, seq_len=16, rounds=1, warmup=0, peft=False,
+                         reducer=("importance:0.25",), also=("suppression=0",), protocols=(), threads=1,
+                         out=str(tmp_path))  # fmt: skip
+    rows = {r["contender"]: r for r in run_bench(config, model=tiny_llama(), tokenizer=CharTokenizer())["rows"]}
+    at_default, at_0 = rows["effilora (importance:0.25, default)"], rows["effilora (suppression=0)"]
+    assert at_0["hook_gflops"] < at_default["hook_gflops"]
+    cfg = make_config(METHODS.get("effilora").config_cls, {"suppression": "0"}, "effilora")
+    adapter = attach(tiny_llama(), "effilora", config=cfg)  # 4 layers alike: which n_suppressed of them, the same
+    with adapter.reducer.suppressed(range(adapter.reducer.n_suppressed)):
+        skipped = adapter.skipped_layers()  # what the training loop keys a rollout's count by
+    assert skipped
+    recipe = CausalLMRecipe(CharTokenizer(), cutoff_len=config.seq_len, train_on_inputs=True)
+    shape = [config.batch_size, config.seq_len, config.seq_len]
+    forward = hook_forward_flops(
+        meta_of(tiny_llama()), "effilora", cfg, [{"shape": shape, "skipped": skipped}], recipe, at_0["fast_path"]
+    )[0]
+    counted = forward * cfg.reducer.rollouts / cfg.reducer.interval
+    assert at_0["hook_gflops"] * 1e9 == pytest.approx(counted, rel=1e-12)
