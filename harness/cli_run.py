@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import shlex
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness.atomic import check_writable
@@ -51,6 +53,11 @@ def _bool(value: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    with _quiet_tqdm() if args.quiet else contextlib.nullcontext():  # before any model loads, undone after
+        _cmd_run(args)
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
     from harness.leaderboard import NoRecords, write_leaderboards
     from harness.memory import keep_freed_memory
     from harness.registry import METHODS, TASKS
@@ -79,6 +86,14 @@ def cmd_run(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
+    # the training flags given (the sources trained on too): refused as the adapter's are where nothing is trained
+    flags = [f"--{k.replace('_', '-')}" for k in train] + ["--train-domains"] * (args.train_domains is not None)
+    if methods == [BASELINE] and flags:
+        them = "them" if len(flags) > 1 else "it"
+        raise CliError(
+            f"{', '.join(flags)}: base (the zero-shot model) is not trained; leave {them} out, or run base beside a "
+            "trained method (e.g. --methods base,lora)"
+        )
     task = {
         k: v
         for k, v in {
@@ -108,6 +123,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     )
     keep_freed_memory()  # the allocator keeps freed blocks for the next step (harness.memory; recorded)
     _refuse_unused_out(args)
+    _expand_folders(args)
     runs_dir, out = Path(args.runs_dir), Path(args.out or args.runs_dir)
     if runs_dir.exists() and not runs_dir.is_dir():
         raise CliError(f"--runs-dir {str(runs_dir)!r} is a file; pass a folder for the run records")
@@ -167,6 +183,45 @@ def cmd_run(args: argparse.Namespace) -> None:
         )
 
 
+@contextlib.contextmanager
+def _quiet_tqdm() -> Iterator[None]:
+    """No bar from tqdm itself, as ``TQDM_DISABLE=1`` gives: transformers' GGUF conversion ("Converting and
+    de-quantizing GGUF tensors...") calls tqdm directly, past the switch ``hf_logging.disable_progress_bar`` sets (a
+    review: ``--quiet`` left it). tqdm reads ``TQDM_*`` once, on its import, which torch has done by now (the parser
+    of ``harness.cli`` imports it, for ``bench``): the variable is set for the processes this one starts, and here
+    ``disable=True`` is made the default of tqdm's ``__init__``, as the variable makes it on import; both are undone
+    on the way out (a caller of ``main`` in the same process keeps its bars). Our bars that pass
+    ``disable=not progress`` keep their own say: an argument given wins over the default."""
+    import functools
+    import os
+
+    import tqdm.std
+
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    init = tqdm.std.tqdm.__dict__["__init__"]  # a partialmethod where tqdm's envwrap made one: nested, it flattens
+    tqdm.std.tqdm.__init__ = functools.partialmethod(init, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = init
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _expand_folders(args: argparse.Namespace) -> None:
+    """``--runs-dir`` and ``--out`` with a leading ``~`` are the home's: the shell leaves ``--runs-dir=~/runs`` (and a
+    quoted ``"~/runs"``) as it is, and a folder ``./~/runs`` was made of it (from a review: pandas, which expands a
+    ``~``, wrote the tables to the home's folder and left empty CSVs in ``./~``)."""
+    import os
+
+    args.runs_dir = os.path.expanduser(args.runs_dir)
+    if args.out is not None:
+        args.out = os.path.expanduser(args.out)
+
+
 def _refuse_unused_out(args: argparse.Namespace) -> None:
     """``--out`` names where the leaderboard goes; with ``--no-leaderboard`` none is written (a review: it was
     ignored without a word, as the CLI refuses other flags that would do nothing)."""
@@ -222,6 +277,7 @@ def _is_main_process() -> bool:
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     from harness.leaderboard import write_leaderboards
 
+    _expand_folders(args)
     out, runs = Path(args.out or args.runs_dir), Path(args.runs_dir)
     if runs.exists() and not runs.is_dir():  # named as itself, not as the --out it stands for when --out is not given
         raise CliError(f"runs dir {str(runs)!r} is a file; pass --runs-dir the folder that holds the runs")
@@ -238,6 +294,7 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     task_cls = TASKS.get(args.task)
     scoring = dict(_scoring(args, task_cls, environment=False) or ())  # only the scorers named
     _refuse_unused_out(args)
+    _expand_folders(args)
     out = Path(args.out or args.runs_dir)
     if args.leaderboard:  # before any run is scored
         check_writable(out, "leaderboard folder", "--out")
@@ -288,7 +345,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--out results` rebuilds this repository's committed tables)",
     )
     p.add_argument("--no-leaderboard", dest="leaderboard", action="store_false", help="do not rebuild the leaderboard")
-    p.add_argument("--force", action="store_true", help="re-run finished runs")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="re-run finished runs and start interrupted ones over (drops their checkpoints)",
+    )
     p.add_argument("--steps", type=int, help="optimizer steps (overrides the preset's epochs)")
     p.add_argument("--epochs", type=float, help="passes over the training set (overrides the preset's steps)")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")

@@ -968,8 +968,10 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     written = []
     for name, df in frames.items():
         path = out_dir / f"{name}.csv"
-        with atomic_path(path) as tmp:
-            df.to_csv(tmp, index=False)
+        # a handle, not the temp's path: pandas expands a "~" in a path string (a folder "./~/x" made from --out=~/x
+        # unexpanded had its temp files left empty and renamed into place, the tables written to the home's x)
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as f:
+            df.to_csv(f, index=False)
         written.append(path)
     for task in dict.fromkeys(s.task for s in secs):
         written.append(plot([s for s in secs if s.task == task], task, out_dir / f"{task}.png"))

@@ -1552,3 +1552,21 @@ def test_a_hand_edited_timed_on_before_resume_is_refused_naming_it_not_a_crash(t
     record["train"]["timed_on_before_resume"] = before
     with pytest.raises(ValueError, match="timed_on_before_resume"):
         check_success(tmp_path / "record.json", record)
+
+
+def test_the_csv_files_are_written_to_the_folder_named_even_under_a_folder_called_tilde(tmp_path, monkeypatch):
+    """From a review: each CSV's atomic temp file was handed to pandas as a path, and pandas expands a leading
+    ``~``: into a folder ``./~/lb`` the temp files stayed empty and were renamed into place (four 0-byte CSVs, exit
+    0) while pandas wrote the tables to ``$HOME/lb/.<name>.csv.<hex>.tmp``. A path here is a path as given."""
+    runs, home, here = tmp_path / "runs", tmp_path / "home", tmp_path / "here"
+    for seed in (0, 1):
+        write_fixture(runs, fixture_record("lora", seed))
+    (home / "lb").mkdir(parents=True)
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    paths = write_leaderboards(runs, Path("~/lb"))
+    write_leaderboards(runs, tmp_path / "plain")
+    assert {p.name for p in paths} == OUTPUTS and not list((home / "lb").iterdir())  # nothing written there
+    for name in OUTPUTS - {"commonsense.png"}:
+        assert (here / "~" / "lb" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name

@@ -357,3 +357,156 @@ def test_the_command_lines_rank_replaces_a_presets_r_under_either_name(task, nam
     [spec] = build_specs(task, ["lora"], [0], preset, method_options={name: "4"})
     assert spec.method_options["r"] == 4 and "rank" not in spec.method_options
     assert spec.preset == preset and spec.run_id.startswith(f"{task}-lora-{preset}-s0-")  # the preset named as given
+
+
+def test_a_tilde_in_runs_dir_and_out_is_the_homes_in_run_rescore_and_leaderboard(
+    tmp_path, data_dir, monkeypatch, capfd
+):
+    """From a review: ``--runs-dir=~/runs`` and ``--out=~/lb`` (the shell leaves a ``~`` after ``=`` alone) were
+    folders ``./~/runs`` and ``./~/lb``; pandas, which expands a ``~``, wrote the CSVs to the home's folder and the
+    command exited 0 with four empty CSVs in ``./~/lb``. Each command now reads them as the home's."""
+    import harness.leaderboard
+    import harness.rescore
+    import harness.runner
+    from tests.test_records_leaderboard import fixture_record, write_fixture
+
+    home, here = tmp_path / "home", tmp_path / "here"
+    here.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(here)
+    for seed in (0, 1):
+        write_fixture(home / "runs", fixture_record("lora", seed))
+    done = harness_here(capfd, "leaderboard", "--runs-dir=~/runs", "--out=~/lb")
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("commonsense.csv", "commonsense_comparisons.csv", "commonsense_seeds.csv", "overhead.csv"):
+        assert (home / "lb" / name).stat().st_size > 0, name
+    assert not list(home.rglob("*.tmp")) and not (here / "~").exists()
+
+    seen = {}
+    monkeypatch.setattr(harness.runner, "run_all", lambda specs, runs_dir, *a, **k: seen.update(run=runs_dir) or [])
+    monkeypatch.setattr(harness.rescore, "rescore_runs", lambda runs_dir, *a, **k: seen.update(rescore=runs_dir) or (
+        [{}], []))  # fmt: skip
+    monkeypatch.setattr(harness.leaderboard, "write_leaderboards", lambda runs, out: seen.update(out=out) or [])
+    run = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--data-dir", str(data_dir)]
+    assert harness_here(capfd, *run, "--runs-dir=~/runs", "--out=~/lb", "--quiet").returncode == 0
+    assert seen == {"run": home / "runs", "out": home / "lb"}
+    seen.clear()
+    rescore = ["rescore", "--task", "diffusion", "--judge-model", "j", "--runs-dir=~/runs", "--out=~/lb"]
+    assert harness_here(capfd, *rescore).returncode == 0
+    assert seen == {"rescore": home / "runs", "out": home / "lb"}
+    assert not (here / "~").exists()
+
+
+def test_the_help_says_force_starts_interrupted_runs_over(capfd):
+    """From a review: ``--help`` said ``--force`` re-runs finished runs; it also drops every unfinished run's
+    checkpoint, which then starts over."""
+    done = harness_here(capfd, "run", "--help")
+    assert done.returncode == 0
+    assert "--force re-run finished runs and start interrupted ones over (drops their checkpoints)" in " ".join(
+        done.stdout.split()
+    )
+
+
+# ``python this.py <harness run arguments>``: where the runs would start (``harness run`` has imported torch, and so
+# tqdm, by then), a bar made as transformers' GGUF conversion makes its own (tqdm directly); then the variable
+QUIET_BAR = """
+import os
+
+import harness.cli_run
+
+def a_bar_then_stop(args):
+    from tqdm.auto import tqdm
+
+    for _ in tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."):
+        pass
+    for _ in tqdm(range(3), desc="a bar of our own", disable=False):  # as ours (disable=not progress): its own say
+        pass
+    print("TQDM_DISABLE=" + os.environ.get("TQDM_DISABLE", "unset"))
+    raise SystemExit(0)
+
+harness.cli_run._refuse_unused_out = a_bar_then_stop
+from harness.cli import main
+
+raise SystemExit(main())
+"""
+
+
+def test_quiet_silences_the_bars_of_tqdm_itself_as_the_gguf_conversions(tmp_path, data_dir):
+    """From a review: ``--quiet`` left transformers' "Converting and de-quantizing GGUF tensors..." bar: it uses tqdm
+    directly, which transformers' switch for its bars misses. In a new process: as ``harness`` runs."""
+    script = tmp_path / "quiet_bar.py"
+    script.write_text(QUIET_BAR)
+    args = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--data-dir", str(data_dir)]
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    done = subprocess.run(
+        [sys.executable, str(script), *args, "--runs-dir", str(tmp_path / "runs"), "--quiet"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "TQDM_DISABLE=1"  # reached: the bars were made
+    assert "Converting and de-quantizing GGUF tensors" not in done.stderr, done.stderr[-2000:]
+    assert "a bar of our own: 100%" in done.stderr  # a bar that says disable=False is still shown
+
+
+def test_quiet_gives_tqdm_its_default_back_after_the_command(monkeypatch, capsys):
+    """From a review of the fix above: ``--quiet`` silenced tqdm for the rest of the process (a caller of
+    ``harness.cli.main``, the tests among them, lost every later bar) and left ``TQDM_DISABLE`` set."""
+    from tqdm import tqdm
+
+    from harness.cli_run import _quiet_tqdm
+
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    with _quiet_tqdm():
+        assert tqdm(range(2)).disable and os.environ["TQDM_DISABLE"] == "1"
+    assert not tqdm(range(2), file=sys.stderr).disable
+    assert "TQDM_DISABLE" not in os.environ
+
+
+TRAINING_FLAGS = [  # (flag, a value other than the smoke preset's, the lora run's TrainConfig field it sets)
+    ("--steps", "5", ("steps", 5)),
+    ("--epochs", "2", ("epochs", 2.0)),
+    ("--lr", "2e-3", ("lr", 2e-3)),
+    ("--warmup-steps", "1", ("warmup_steps", 1)),
+    ("--micro-batch-size", "1", ("micro_batch_size", 1)),
+    ("--grad-accum", "3", ("grad_accum", 3)),
+    ("--train-on-inputs", "true", ("train_on_inputs", True)),
+    ("--train-domains", "math", None),  # not a source of commonsense: refused by the task beside lora, as before
+]
+
+
+@pytest.mark.parametrize(("flag", "value", "field"), TRAINING_FLAGS)
+def test_training_flags_with_base_alone_are_refused_and_kept_beside_a_trained_method(
+    tmp_path, data_dir, monkeypatch, capfd, flag, value, field
+):
+    """From a review: with ``--methods base`` alone the training flags were taken and did nothing (base trains
+    nothing), where ``--rank`` or ``--fast-path`` there is refused; beside a trained method they are its."""
+    import harness.runner
+
+    run = ["run", "--task", "commonsense", "--preset", "smoke", "--data-dir", str(data_dir), "--quiet"]
+    run += ["--runs-dir", str(tmp_path / "runs"), "--no-leaderboard"]
+    done = harness_here(capfd, *run, "--methods", "base", flag, value)
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"harness: error: {flag}: base (the zero-shot model) is not trained; leave it out, or run base beside a "
+        "trained method (e.g. --methods base,lora)"
+    )
+    if field is None:
+        return
+    specs = {}
+    monkeypatch.setattr(
+        harness.runner, "run_all", lambda given, *a, **k: specs.update({s.method: s for s in given}) or []
+    )
+    done = harness_here(capfd, *run, "--methods", "base,lora", flag, value)
+    assert done.returncode == 0, done.stderr[-2000:]
+    name, expected = field
+    assert specs.keys() == {"base", "lora"} and getattr(specs["lora"].train, name) == expected
+
+
+def test_several_training_flags_with_base_alone_are_named_together(tmp_path, data_dir, capfd):
+    """From a review: the training flags given with ``--methods base`` alone did nothing; refused, each named."""
+    done = harness_here(
+        capfd, "run", "--methods", "base", "--task", "commonsense", "--preset", "smoke", "--data-dir", str(data_dir),
+        "--runs-dir", str(tmp_path / "runs"), "--steps", "3", "--lr", "1e-3", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "error: --steps, --lr: base (the zero-shot model) is not trained; leave them out" in done.stderr
