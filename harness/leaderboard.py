@@ -298,8 +298,12 @@ def _make_row(
     judge's 1-10): their intervals get no percent end bound (``estimate(scores=False)``), nor does one where a
     score lies outside 0-100."""
 
-    def percent(b: str) -> bool:
-        return b not in (scaled or ()) and bool(np.all((scores[b] >= 0) & (scores[b] <= 100)))
+    def percent(b: str) -> bool:  # outcomes on a 0-100 scale: the exact end bounds apply (``estimate(scores=)``)
+        return (
+            method != CHANCE  # expected values, not outcomes: no end bound (it gave 4 questions' 25.0 [25.0, 60.2])
+            and b not in (scaled or ())
+            and bool(np.all((scores[b] >= 0) & (scores[b] <= 100)))
+        )
 
     cells = {}
     for b in benchmarks:

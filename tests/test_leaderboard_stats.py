@@ -725,3 +725,24 @@ def test_a_row_that_failed_benchmarks_a_baseline_scores_lists_them_not_none(tmp_
     md = (tmp_path / "out" / "leaderboard.md").read_text().splitlines()
     assert next(line for line in md if line.startswith("| lora |")).endswith("| boolq |")
     assert next(line for line in md if line.startswith("| moslora |")).endswith("| – |")
+
+
+def test_the_chance_row_of_a_few_questions_gets_no_end_bound(tmp_path):
+    """From a review: the "never narrower than at an end" bound was applied to ``chance``, whose per-example
+    scores are expected values, not outcomes: 4 questions of 4 options read 25.0 [25.0, 60.2]. A model's row of
+    the same 4 questions keeps the bound (1 of 4 right: its bootstrap reaches 75)."""
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": scored("0123", "0000", "4444")}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    chance = rows["chance"]
+    assert (chance["ARC-Easy"], chance["ARC-Easy_lo"], chance["ARC-Easy_hi"]) == ("25.0", "25.0", "25.0")
+    assert (chance["Avg"], chance["Avg_lo"], chance["Avg_hi"]) == ("25.0", "25.0", "25.0")
+    assert float(rows["lora"]["ARC-Easy_hi"]) >= 60.2  # a model's 1 of 4: the bootstrap's, or the end bound
+    none_right = {"ARC-Easy": scored("0123", "1032", "4444")}
+    write_fixture(runs, fixture_record("base", 0, evals=none_right))
+    write_leaderboards(runs, tmp_path / "out")
+    base = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}["base"]
+    assert (base["ARC-Easy"], base["ARC-Easy_lo"]) == ("0.0", "0.0") and float(base["ARC-Easy_hi"]) == pytest.approx(
+        60.2, abs=0.1
+    )  # 0 of 4 right: the exact bound 1 - 0.025^(1/4)
