@@ -683,6 +683,11 @@ def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
     if not meta_file.is_file():
         raise ValueError(f"{str(directory)!r} holds no {ADAPTER_CONFIG}; pass a directory written by Adapter.save()")
     meta = json.loads(meta_file.read_text())
+    if not isinstance(meta, dict) or not {"method", "config"} <= meta.keys():  # a peft folder names its files so too
+        raise ValueError(
+            f"{str(meta_file)!r} was not written by Adapter.save() (it has no method and config; a peft "
+            "adapter's folder, whose files have the same names, is not one: load it with peft's PeftModel)"
+        )
     with safe_open(str(directory / ADAPTER_WEIGHTS), "pt") as f:
         tensors = {name: f.get_tensor(name) for name in f.keys()}
         saved = (f.metadata() or {}).get(CONFIG_METADATA)  # None: saved before the weights held their config

@@ -201,21 +201,31 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
                 for k, v in shortcuts.items()
             },
         )
-    _check_one_k(reducer, shortcuts)
+    reducer = _one_k(reducer, shortcuts, options.get("reducer"))
     return config_cls(**kwargs, reducer=reducer)
 
 
-def _check_one_k(reducer: ReducerConfig | None, shortcuts: dict[str, Any]) -> None:
-    """``ValueError`` where the merged Reducer has both a ``k`` and a ``drop_ratio`` given (a shortcut, or one
-    other than the default): ``k`` won silently and the record carried the ignored ``drop_ratio``, wherever each
-    came from (a shortcut, ``reducer={...}``, a ``ReducerConfig``); the shortcuts alone are checked above."""
-    if reducer is None or reducer.k is None:
-        return
-    if "drop_ratio" in shortcuts or reducer.drop_ratio != _field_default(ReducerConfig, "drop_ratio"):
-        k, drop = (name if name in shortcuts else f"the reducer's {name}" for name in ("k", "drop_ratio"))
+def _one_k(reducer: ReducerConfig | None, shortcuts: dict[str, Any], given: Any) -> ReducerConfig | None:
+    """The merged Reducer, K set one way: ``ValueError`` where the user gave both a ``k`` and a ``drop_ratio``
+    (shortcuts, or a ``reducer={...}`` / ``ReducerConfig`` beside them: ``k`` won silently and the record carried
+    the ignored ``drop_ratio``); a ``drop_ratio`` given alone replaces a K the method's default Reducer sets, and a
+    ``k`` given alone wins over its default ``drop_ratio``. The method's defaults are not the user's: a plugin whose
+    default Reducer sets a ``drop_ratio`` (or a ``k``) takes the other one."""
+    if reducer is None:
+        return None
+    default = _field_default(ReducerConfig, "drop_ratio")
+    explicit = _make_reducer(given) if given is not None and not isinstance(given, str) else None
+    k = shortcuts.get("k") is not None or (explicit is not None and explicit.k is not None)
+    drop = "drop_ratio" in shortcuts or (explicit is not None and explicit.drop_ratio != default)
+    if k and drop:
+        k_said, drop_said = (name if name in shortcuts else f"the reducer's {name}" for name in ("k", "drop_ratio"))
         raise ValueError(
-            f"{k}={reducer.k} and {drop}={reducer.drop_ratio} both set the Reducer's K (drop_ratio = 1 - K/L): give one"
+            f"{k_said}={reducer.k} and {drop_said}={reducer.drop_ratio} both set the Reducer's K "
+            "(drop_ratio = 1 - K/L): give one"
         )
+    if drop and reducer.k is not None:  # the method's default K, replaced by the drop_ratio given
+        return dataclasses.replace(reducer, k=None)
+    return reducer
 
 
 def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> AdapterConfig:
@@ -277,9 +287,13 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     args = typing.get_args(hint) or (hint,)
     if value.lower() == "none" and type(None) in args:
         return None
-    kinds = []  # every type the hint allows is tried (``int | float`` takes 0.5), in this order
+    # a Literal's own values (``Literal["auto"] | int`` takes "auto"; ``Literal[1, 2]`` takes "1" as 1)
+    members = [v for t in (hint, *args) if typing.get_origin(t) is typing.Literal for v in typing.get_args(t)]
+    if (found := next((v for v in members if str(v) == value), None)) is not None:
+        return found
+    kinds = [f"one of {', '.join(map(str, members))}"] if members else []
     for typ, kind in ((bool, "true or false"), (int, "an integer"), (float, "a number")):
-        if typ in args:
+        if typ in args:  # every type the hint allows is tried (``int | float`` takes 0.5), in this order
             try:
                 return parse_bool(value) if typ is bool else typ(value)
             except ValueError:

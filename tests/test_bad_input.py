@@ -15,6 +15,7 @@ bad input found only once the model is loading shows up as a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import METHODS, TASKS
+from harness import METHODS, TASKS, AdapterConfig
 from harness.cli import main
+from harness.config import ReducerConfig
 from harness.records import new_record, write_record
 from tests.conftest import tiny_llama, trained_record_fields, undecodable_png
 
@@ -1179,3 +1181,48 @@ def test_an_option_typed_as_a_union_takes_any_type_it_allows():
     assert make_config(UnionConfig, {"tag": "3"}, "m").tag == 3
     with pytest.raises(ValueError, match=r"option scale='loud' must be an integer or a number$"):
         make_config(UnionConfig, {"scale": "loud"}, "m")
+
+
+@dataclasses.dataclass(frozen=True)
+class HalfConfig(
+    AdapterConfig
+):  # a plugin's config whose default Reducer sets drop_ratio (module level: its hints resolve)
+    reducer: ReducerConfig | None = dataclasses.field(default_factory=lambda: ReducerConfig(drop_ratio=0.5))
+
+
+@dataclasses.dataclass(frozen=True)
+class KConfig(AdapterConfig):  # one whose default Reducer sets k
+    reducer: ReducerConfig | None = dataclasses.field(default_factory=lambda: ReducerConfig(k=2))
+
+
+def test_a_method_s_own_default_reducer_is_not_counted_as_the_user_s_k_or_drop_ratio():
+    """From a review of the check above: it compared the Reducer's drop_ratio with ``ReducerConfig``'s default, not
+    the method's, so a plugin whose default Reducer sets ``drop_ratio=0.5`` refused ``--option k=2`` (the user
+    gave one), and one whose default sets ``k=2`` refused every ``drop_ratio`` (the bench's ``--reducer``
+    variants too). The one given wins over the method's default; both given is still refused."""
+    from harness.config import make_config
+
+    half = make_config(HalfConfig, {"k": "2"}, "half").reducer
+    assert (half.k, half.drop_ratio) == (2, 0.5)  # k decides K, as README says k wins over drop_ratio
+    by_ratio = make_config(KConfig, {"drop_ratio": "0.5"}, "kk").reducer
+    assert (by_ratio.k, by_ratio.drop_ratio) == (None, 0.5)  # the drop_ratio given replaces the default's K
+    assert make_config(KConfig, {"reducer": {"drop_ratio": 0.75}}, "kk").reducer.k is None
+    assert make_config(KConfig, {}, "kk").reducer.k == 2
+    with pytest.raises(ValueError, match=r"^k=3 and drop_ratio=0\.5 both set the Reducer's K"):
+        make_config(KConfig, {"k": "3", "drop_ratio": "0.5"}, "kk")
+
+
+def test_a_literal_option_takes_its_own_values():
+    """From a review: a union with a ``Literal`` member (``Literal["auto"] | int``) refused "auto" ("must be an
+    integer"), and ``Literal[1, 2]`` kept "1" as a string where the type says 1."""
+    from typing import Literal
+
+    from harness.config import _coerce
+
+    assert _coerce("a", "auto", Literal["auto"] | int) == "auto"
+    assert _coerce("a", "3", Literal["auto"] | int) == 3
+    assert _coerce("a", "1", Literal[1, 2]) == 1 and isinstance(_coerce("a", "1", Literal[1, 2]), int)
+    with pytest.raises(ValueError, match=r"option a='3' must be one of 1, 2$"):
+        _coerce("a", "3", Literal[1, 2])
+    with pytest.raises(ValueError, match=r"option a='x' must be one of auto or a number$"):
+        _coerce("a", "x", Literal["auto"] | float)

@@ -541,3 +541,15 @@ def test_attaching_twice_is_refused(method):
     attach(model, method, targets=TINY_TARGETS)
     with pytest.raises(ValueError, match="already has an adapter"):
         attach(model, method, targets=TINY_TARGETS)
+
+
+def test_a_peft_adapter_folder_is_refused_in_one_line(tmp_path):
+    """From a review: peft names its files as ours (adapter_model.safetensors, adapter_config.json), and
+    ``load_adapter`` on its folder raised a bare ``KeyError('method')``."""
+    from peft import LoraConfig, get_peft_model
+
+    get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path)
+    model = tiny_llama()
+    with pytest.raises(ValueError, match=r"was not written by Adapter\.save\(\).*load it with peft's PeftModel"):
+        load_adapter(model, tmp_path)
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())
