@@ -61,7 +61,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     from harness.leaderboard import NoRecords, write_leaderboards
     from harness.memory import keep_freed_memory
     from harness.registry import METHODS, TASKS
-    from harness.runner import BASELINE, build_specs, run_all
+    from harness.runner import BASELINE, RunRefused, build_specs, run_all
     from harness.train import Cancelled, CheckpointUnreadable
 
     words = (BASELINE, "all")  # the two words `run` takes besides the registered methods, named in its errors
@@ -169,6 +169,8 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise SystemExit(128 + (signal.SIGINT if by_ctrl_c else signal.SIGTERM)) from None
     except CheckpointUnreadable as exc:  # its run's record says failed; the checkpoint is kept for the next start
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args)}") from None
+    except RunRefused as exc:  # a finished run that is not the one asked for: refused before any run, or after some
+        raise CliError(f"{exc}{leaderboard_not_rebuilt(args) if exc.after_runs else ''}") from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
         raise CliError(
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "
@@ -230,7 +232,8 @@ def _refuse_unused_out(args: argparse.Namespace) -> None:
 
 
 def leaderboard_not_rebuilt(args: argparse.Namespace) -> str:
-    """For the message of a stopped ``harness run`` or ``rescore`` (Ctrl-C, SIGTERM, an unreadable checkpoint): the
+    """For the message of a stopped ``harness run`` or ``rescore`` (Ctrl-C, SIGTERM, an unreadable checkpoint, a
+    finished run refused after runs of the sweep finished: ``harness.runner.RunRefused``): the
     leaderboard is rebuilt after the last run only, so a stopped sweep's tables lack the runs it finished; the
     command that rebuilds them. Not rebuilt here: a stop asks to stop, and a scheduler's SIGTERM leaves seconds before its SIGKILL, which the runs'
     checkpoints and records are for, not tables that one command rebuilds from them at any time."""

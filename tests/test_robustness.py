@@ -1994,3 +1994,106 @@ def test_a_zero_shot_run_of_the_other_suites_with_a_models_own_code_is_refused_w
         task_cls.check_model(str(folder))
     (folder / "config.json").write_text(json.dumps({"_class_name": "UNet2DConditionModel", "sample_size": 8}))
     task_cls.check_model(str(folder))  # a diffusers config: read, not built (no model_type)
+
+
+def test_a_finished_run_on_other_data_is_refused_before_any_run_of_the_sweep_trains(
+    tiny_model, data_dir, tmp_path, capfd
+):
+    """From a review: a sweep that met a finished run of other data part-way stopped there after the runs before it
+    had trained (the leaderboard not rebuilt, and not said), advising --force, which would train those again. Every
+    such run is found before any run trains, and the flags named run only them again."""
+    data, runs = _boolq_only(data_dir, tmp_path / "data"), tmp_path / "runs"
+    args = run_args(tiny_model, data, runs, "lora", "--steps", "1", "--eval-limit", "2", "--no-leaderboard")
+    code, _, err = run_here(args, capfd)
+    assert code == 0, err[-2000:]
+    [lora] = runs.glob(f"*/{RECORD}")
+    test = data / "boolq" / "test.json"
+    test.write_text(test.read_text() + " ")  # the same examples, another file
+    code, out, err = run_here(
+        run_args(tiny_model, data, runs, "lora_fa,lora", "--steps", "1", "--eval-limit", "2"), capfd
+    )
+    message = err.strip().splitlines()[-1]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert re.search(r"run commonsense-lora-smoke-s0-\S+ in .* finished on other data \(boolq's test file differs\); "
+                     r"pass --force .*; to run only it again: the same command with --methods lora --seeds 0 --force; "
+                     r"none of the command's runs was started$", message), message  # fmt: skip
+    assert [p.parent for p in runs.glob(f"*/{RECORD}")] == [lora.parent] and "lora_fa" not in out  # nothing trained
+    assert not list(runs.glob("*lora_fa*")) and not (runs / "commonsense.csv").exists()
+
+
+def test_several_finished_runs_refused_are_named_together_with_the_flags_that_run_only_them(tmp_path):
+    """From a review: only the first refused run was named, and --force was the advice, which re-runs every run of
+    the sweep; the flags name each refused run's method and seeds, no other (base's without the adapter flags)."""
+    from harness import runner
+
+    sweep = runner.build_specs("commonsense", ["base", "lora", "lora_fa"], [0, 1], "smoke")
+    by = {(s.method, s.seed): s for s in sweep}
+    refused = [by["lora", 0], by["lora", 1], by["lora_fa", 0]]
+    assert runner._only_these(refused, sweep) == (
+        "--methods lora --seeds 0,1 --force, then with --methods lora_fa --seeds 0 --force"
+    )
+    assert runner._only_these(sweep, sweep) == ""  # the sweep's own command re-runs only them
+    assert runner._only_these([by["base", 1]], sweep).startswith("--methods base --seeds 1 --force (and none of the ")
+    said = [runner._refusal(s, "other data (boolq's test file differs)", tmp_path) for s in refused]
+    message = runner._refused_message(said, sweep, before=True)
+    assert message.startswith("3 finished runs are not the runs asked for (none of the command's runs was started): ")
+    assert all(f"run {s.run_id} in {str(tmp_path)!r} finished on other data" in message for s in refused)
+    assert message.endswith("; to run only them again: the same command with --methods lora --seeds 0,1 --force, "
+                            "then with --methods lora_fa --seeds 0 --force")  # fmt: skip
+
+
+def test_a_finished_run_refused_after_runs_of_the_sweep_trained_says_the_leaderboard_was_not_rebuilt(
+    tiny_model, data_dir, tmp_path, capfd, monkeypatch
+):
+    """From a review: a run refused as finished on other data after the sweep's earlier runs had trained (here: its
+    record appears while they train, as another process's would) stopped the command without rebuilding the
+    leaderboard or saying so, as the Ctrl-C, SIGTERM and unreadable-checkpoint stops do."""
+    from harness import runner
+
+    data, runs = _boolq_only(data_dir, tmp_path / "data"), tmp_path / "runs"
+    extra = ("--steps", "1", "--eval-limit", "2")
+    code, _, err = run_here(run_args(tiny_model, data, runs, "lora", *extra, "--no-leaderboard"), capfd)
+    assert code == 0, err[-2000:]
+    [lora] = [p.parent for p in runs.glob(f"*/{RECORD}")]
+    lora.rename(tmp_path / "aside")  # not there when the sweep starts
+    test = data / "boolq" / "test.json"
+    test.write_text(test.read_text() + " ")
+    run_locked = runner._run_locked
+
+    def and_then_the_finished_run_appears(spec, *args):
+        record = run_locked(spec, *args)
+        (tmp_path / "aside").rename(lora)
+        return record
+
+    monkeypatch.setattr(runner, "_run_locked", and_then_the_finished_run_appears)
+    code, _, err = run_here(run_args(tiny_model, data, runs, "lora_fa,lora", *extra), capfd)
+    message = err.strip().splitlines()[-1]
+    assert code == 2 and "finished on other data (boolq's test file differs)" in message, err[-2000:]
+    assert "; to run only it again: the same command with --methods lora --seeds 0 --force" in message, message
+    assert "none of the command's runs was started" not in message, message  # lora_fa's was
+    assert message.endswith(f"; the leaderboard was not rebuilt: harness leaderboard --runs-dir {runs} rebuilds it "
+                            "from the finished records"), message  # fmt: skip
+    assert read_record(next(runs.glob(f"*lora_fa*/{RECORD}")))["run"]["status"] == "success"
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_run_failed_under_several_processes_says_what_the_same_command_does(tmp_path, monkeypatch, force):
+    """From a review: under several processes a failed run always said the same command resumes it from its last
+    checkpoint, but with --force the same command drops the checkpoint and starts over, as a stopped run says."""
+    from harness import runner
+
+    [spec] = runner.build_specs("commonsense", ["lora"], [0], "smoke")
+    processes = SimpleNamespace(num_processes=2, process_index=0, is_main_process=True, device=torch.device("cpu"),
+                                wait_for_everyone=lambda: None)  # fmt: skip
+    ctx = runner.RunContext(tmp_path / "runs", force=force, progress=False, processes=processes)
+    (run_dir := tmp_path / "runs" / spec.run_id).mkdir(parents=True)
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError) as failed:
+        runner._run_locked(spec, SimpleNamespace(), ctx, run_dir)
+    message = str(failed.value)
+    assert "(RuntimeError: out of memory); with several processes one failure stops them all: fix it" in message
+    if force:
+        assert message.endswith("run the same command without --force to resume it (with --force it starts over)")
+    else:
+        assert message.endswith("run the same command, which resumes from the run's last checkpoint")
+    assert read_record(run_dir / RECORD)["run"]["status"] == "failed"
