@@ -53,7 +53,7 @@ def _bool(value: str) -> bool:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    with _quiet_tqdm() if args.quiet else contextlib.nullcontext():  # before any model loads, undone after
+    with _quiet_bars() if args.quiet else contextlib.nullcontext():  # before any model loads, undone after
         _cmd_run(args)
 
 
@@ -135,12 +135,6 @@ def _cmd_run(args: argparse.Namespace) -> None:
         check_writable(runs_dir)
     if args.leaderboard:  # before any training: a folder that cannot be made failed after every run
         check_writable(out, "leaderboard folder", "--out")
-    if args.quiet:  # transformers' and the hub's own bars too (loading weights, downloads)
-        import huggingface_hub.utils
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
-        huggingface_hub.utils.disable_progress_bars()
     try:
         records = run_all(
             specs,
@@ -186,20 +180,26 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _quiet_tqdm() -> Iterator[None]:
-    """No bar from tqdm itself, as ``TQDM_DISABLE=1`` gives: transformers' GGUF conversion ("Converting and
-    de-quantizing GGUF tensors...") calls tqdm directly, past the switch ``hf_logging.disable_progress_bar`` sets (a
-    review: ``--quiet`` left it). tqdm reads ``TQDM_*`` once, on its import, which torch has done by now (the parser
-    of ``harness.cli`` imports it, for ``bench``): the variable is set for the processes this one starts, and here
-    ``disable=True`` is made the default of tqdm's ``__init__``, as the variable makes it on import; both are undone
-    on the way out (a caller of ``main`` in the same process keeps its bars). Our bars that pass
-    ``disable=not progress`` keep their own say: an argument given wins over the default."""
+def _quiet_bars() -> Iterator[None]:
+    """No progress bar while the command runs: transformers' and the hub's (their switches), and tqdm's own, as
+    ``TQDM_DISABLE=1`` gives: transformers' GGUF conversion ("Converting and de-quantizing GGUF tensors...") calls
+    tqdm directly, past transformers' switch (a review: ``--quiet`` left it). tqdm reads ``TQDM_*`` once, on its
+    import, which torch has done by now (the parser of ``harness.cli`` imports it, for ``bench``): the variable is set
+    for the processes this one starts, and here ``disable=True`` is made the default of tqdm's ``__init__``, as the
+    variable makes it on import. All of it is undone on the way out (a caller of ``main`` in the same process keeps
+    its bars; from a review: transformers' and the hub's stayed off). Our bars that pass ``disable=not progress``
+    keep their own say: an argument given wins over the default."""
     import functools
     import os
 
+    import huggingface_hub.utils
     import tqdm.std
+    from transformers.utils import logging as hf_logging
 
     before = os.environ.get("TQDM_DISABLE")
+    hf_on, hub_off = hf_logging.is_progress_bar_enabled(), huggingface_hub.utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # transformers' and the hub's own bars (loading weights, downloads)
+    huggingface_hub.utils.disable_progress_bars()
     os.environ["TQDM_DISABLE"] = "1"
     init = tqdm.std.tqdm.__dict__["__init__"]  # a partialmethod where tqdm's envwrap made one: nested, it flattens
     tqdm.std.tqdm.__init__ = functools.partialmethod(init, disable=True)
@@ -211,6 +211,10 @@ def _quiet_tqdm() -> Iterator[None]:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
+        if hf_on:
+            hf_logging.enable_progress_bar()
+        if not hub_off:
+            huggingface_hub.utils.enable_progress_bars()
 
 
 def _expand_folders(args: argparse.Namespace) -> None:

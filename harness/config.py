@@ -170,7 +170,7 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
     if "targets" in kwargs:
         kwargs["targets"] = parse_targets(kwargs["targets"])
     default_reducer = _field_default(config_cls, "reducer")
-    reducer = _make_reducer(options["reducer"]) if "reducer" in options else default_reducer
+    reducer = _make_reducer(options["reducer"], default_reducer) if "reducer" in options else default_reducer
     if "k" in shortcuts:  # k=none is k unset (drop_ratio decides K): coerced before it is taken as set
         shortcuts["k"] = _coerce("k", shortcuts["k"], int | None)
     if shortcuts.get("k") is not None and "drop_ratio" in shortcuts:  # k would win silently (both enter the run id)
@@ -255,7 +255,10 @@ def _check_same_as_reducer(value: Any, shortcuts: dict[str, Any]) -> None:
             raise ValueError(f"reducer={said} and {key}={given} both set {what}: give one")
 
 
-def _make_reducer(value: Any) -> ReducerConfig | None:
+def _make_reducer(value: Any, default: ReducerConfig | None = None) -> ReducerConfig | None:
+    """The Reducer ``reducer=value`` asks for: ``on`` (or True) and a selection word start from the method's
+    ``default`` Reducer where it has one (a review: they dropped a plugin default's K, interval, ..., which
+    ``selection=random`` kept); a dict or a ``ReducerConfig`` is the Reducer given."""
     if isinstance(value, str) and value.strip().lower() == "none":
         return None
     if isinstance(value, str):
@@ -267,11 +270,11 @@ def _make_reducer(value: Any) -> ReducerConfig | None:
                     f"reducer={value!r} not understood; use on or off (true/false, yes/no, 1/0), "
                     f"{' or '.join(SELECTIONS)} (the selection), or none"
                 ) from None
-            return ReducerConfig(selection=value.strip().lower())
+            return dataclasses.replace(default or ReducerConfig(), selection=value.strip().lower())
     if value is None or value is False:
         return None
     if value is True:
-        return ReducerConfig()
+        return default or ReducerConfig()
     if isinstance(value, ReducerConfig):
         return value
     if isinstance(value, dict):
@@ -289,8 +292,15 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
         return None
     # a Literal's own values (``Literal["auto"] | int`` takes "auto"; ``Literal[1, 2]`` takes "1" as 1)
     members = [v for t in (hint, *args) if typing.get_origin(t) is typing.Literal for v in typing.get_args(t)]
-    if (found := next((v for v in members if str(v) == value), None)) is not None:
-        return found
+    for member in members:
+        if member is None or isinstance(member, bool):  # the words "none" and a boolean's (on/off, 1/0, ...)
+            try:
+                if (None if value.lower() == "none" else parse_bool(value)) is member:
+                    return member
+            except ValueError:
+                pass
+        elif str(member) == value:
+            return member
     kinds = [f"one of {', '.join(map(str, members))}"] if members else []
     for typ, kind in ((bool, "true or false"), (int, "an integer"), (float, "a number")):
         if typ in args:  # every type the hint allows is tried (``int | float`` takes 0.5), in this order

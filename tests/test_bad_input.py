@@ -1226,3 +1226,30 @@ def test_a_literal_option_takes_its_own_values():
         _coerce("a", "3", Literal[1, 2])
     with pytest.raises(ValueError, match=r"option a='x' must be one of auto or a number$"):
         _coerce("a", "x", Literal["auto"] | float)
+
+
+def test_a_literal_none_or_boolean_takes_the_words_its_option_takes():
+    """From a re-review: a ``Literal`` member ``None`` never matched ("must be one of a, None" for "None"), and
+    ``Literal[True, False]`` took only "True"/"False" where a boolean option takes on/off, yes/no, 1/0."""
+    from typing import Literal
+
+    from harness.config import _coerce
+
+    assert _coerce("o", "none", Literal["a", None]) is None and _coerce("o", "a", Literal["a", None]) == "a"
+    assert _coerce("o", "on", Literal[True, False]) is True and _coerce("o", "0", Literal[True, False]) is False
+    with pytest.raises(ValueError, match=r"option o='x' must be one of True, False$"):
+        _coerce("o", "x", Literal[True, False])
+
+
+def test_reducer_on_or_a_selection_word_starts_from_the_method_s_default_reducer():
+    """From a re-review: ``reducer=random`` (and ``reducer=on``, which the bench's ``--reducer importance`` gives)
+    built a bare ``ReducerConfig``, dropping a plugin default's K, while ``selection=random`` kept it."""
+    from harness.config import make_config
+
+    assert make_config(KConfig, {"reducer": "random"}, "kk").reducer == ReducerConfig(k=2, selection="random")
+    assert make_config(KConfig, {"reducer": "on"}, "kk").reducer == ReducerConfig(k=2)
+    assert make_config(KConfig, {"selection": "random"}, "kk").reducer == ReducerConfig(k=2, selection="random")
+    assert make_config(HalfConfig, {"reducer": "random"}, "half").reducer.drop_ratio == 0.5
+    assert make_config(KConfig, {"reducer": {"selection": "random"}}, "kk").reducer.k is None  # a dict: as given
+    effi = METHODS.get("effilora").config_cls
+    assert make_config(effi, {"reducer": "random"}, "effilora").reducer == ReducerConfig(selection="random")

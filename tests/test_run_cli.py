@@ -448,18 +448,30 @@ def test_quiet_silences_the_bars_of_tqdm_itself_as_the_gguf_conversions(tmp_path
     assert "a bar of our own: 100%" in done.stderr  # a bar that says disable=False is still shown
 
 
-def test_quiet_gives_tqdm_its_default_back_after_the_command(monkeypatch, capsys):
-    """From a review of the fix above: ``--quiet`` silenced tqdm for the rest of the process (a caller of
-    ``harness.cli.main``, the tests among them, lost every later bar) and left ``TQDM_DISABLE`` set."""
+def test_quiet_gives_the_bars_back_after_the_command(monkeypatch, capsys):
+    """From reviews of the fix above: ``--quiet`` silenced tqdm for the rest of the process (a caller of
+    ``harness.cli.main``, the tests among them, lost every later bar) and left ``TQDM_DISABLE`` set; and
+    transformers' and the hub's bars stayed off after it."""
+    import huggingface_hub.utils
     from tqdm import tqdm
+    from transformers.utils import logging as hf_logging
 
-    from harness.cli_run import _quiet_tqdm
+    from harness.cli_run import _quiet_bars
 
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    with _quiet_tqdm():
+    hf_logging.enable_progress_bar()
+    huggingface_hub.utils.enable_progress_bars()
+    with _quiet_bars():
         assert tqdm(range(2)).disable and os.environ["TQDM_DISABLE"] == "1"
+        assert not hf_logging.is_progress_bar_enabled() and huggingface_hub.utils.are_progress_bars_disabled()
     assert not tqdm(range(2), file=sys.stderr).disable
     assert "TQDM_DISABLE" not in os.environ
+    assert hf_logging.is_progress_bar_enabled() and not huggingface_hub.utils.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()  # as a caller had them: off stays off
+    with _quiet_bars():
+        pass
+    assert not hf_logging.is_progress_bar_enabled()
+    hf_logging.enable_progress_bar()
 
 
 TRAINING_FLAGS = [  # (flag, a value other than the smoke preset's, the lora run's TrainConfig field it sets)
