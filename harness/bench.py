@@ -31,6 +31,7 @@ environment, rows) and ``bench.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -390,6 +391,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "task",
         "data_dir",
     )
+    args.out = os.path.expanduser(args.out)  # the shell leaves --out=~/b as it is (a folder ./~/b was made)
     config = BenchConfig(
         **{k: getattr(args, k) for k in (*same, "eval_limit", "threads", "seed", "out")},
         methods=tuple(split_names(args.methods, METHODS.names(), "method")),

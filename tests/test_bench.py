@@ -884,3 +884,21 @@ def test_the_reducer_s_rollouts_at_suppression_0_skip_the_suppressed_layers_as_r
     )[0]
     counted = forward * cfg.reducer.rollouts / cfg.reducer.interval
     assert at_0["hook_gflops"] * 1e9 == pytest.approx(counted, rel=1e-12)
+
+
+def test_a_tilde_in_out_is_the_home_s(tmp_path, monkeypatch, capsys):
+    """From a re-review: ``harness bench --out=~/b`` (the shell leaves it as it is) wrote a folder ``./~/b`` and said
+    ``wrote ~/b/bench.csv``, as ``run`` and ``leaderboard`` did before theirs were expanded."""
+    import harness.bench
+
+    seen = {}
+
+    def fake_run_bench(config):
+        seen["out"] = config.out
+        raise SystemExit(0)
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(harness.bench, "run_bench", fake_run_bench)
+    with pytest.raises(SystemExit):
+        main(["bench", "--methods", "lora", "--random-weights", "--protocols", "none", "--out=~/b"])
+    assert seen["out"] == str(tmp_path / "b")
