@@ -510,14 +510,14 @@ def test_a_reduced_lora_run_is_compared_with_plain_lora_not_with_itself():
 def test_a_step_that_cannot_be_counted_keeps_its_shapes(monkeypatch):
     """From a review: a step the replica could not count kept only why, losing the first step's shapes, so that
     ``recount_flops`` could never count it."""
-    import harness.runner as runner
+    import harness.runner_flops as runner_flops
 
     def broken(*args, **kwargs):
         raise RuntimeError("the meta replica cannot run this plugin")
 
-    monkeypatch.setattr(runner, "step_flops", broken)
+    monkeypatch.setattr(runner_flops, "step_flops", broken)
     task = SimpleNamespace(meta_replica=lambda loaded: None)
-    flops = runner.flops_record(task, None, "lora", None, [[4, 20, 10], [4, 12, 6]], None, False)
+    flops = runner_flops.flops_record(task, None, "lora", None, [[4, 20, 10], [4, 12, 6]], None, False)
     assert flops["status"] == "not counted" and "cannot run this plugin" in flops["reason"]
     assert flops["micro_batches"] == [{"shape": [4, 20, 10]}, {"shape": [4, 12, 6]}]
 

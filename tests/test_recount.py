@@ -276,7 +276,7 @@ def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_witho
     replica can run; one that keeps none is left, and the script fails."""
     import runpy
 
-    import harness.runner as runner
+    import harness.runner_flops as runner_flops
 
     specs = build_specs(
         "commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True,
@@ -287,7 +287,7 @@ def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_witho
     def broken(*args, **kwargs):
         raise RuntimeError("the meta replica cannot run this plugin")
 
-    monkeypatch.setattr(runner, "step_flops", broken)
+    monkeypatch.setattr(runner_flops, "step_flops", broken)
     [record] = run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
     monkeypatch.undo()
     as_run, expected = record["train"]["flops_per_step"], counted["train"]["flops_per_step"]
@@ -320,17 +320,17 @@ def test_a_sweep_counts_each_step_once_and_what_it_took_again_is_what_a_fresh_co
     """A count made before in the process at the same settings is taken again (LoRA's reference step for every
     method and seed, a method's step for every seed): each (method, config, shapes) is counted once, a setting
     that changes the step (the rank) counts afresh, and every record holds what counting it afresh gives."""
-    import harness.runner as runner
+    import harness.runner_flops as runner_flops
 
     counted: list[tuple[str, str, str, bool]] = []
-    real = runner.step_flops
+    real = runner_flops.step_flops
 
     def step_flops(replica, method, config, shapes, recipe, fast_path=False, adapter_share=True):
         counted.append((method, repr(config), repr(shapes), adapter_share))
         return real(replica, method, config, shapes, recipe, fast_path, adapter_share)
 
-    monkeypatch.setattr(runner, "step_flops", step_flops)
-    monkeypatch.setattr(runner, "_FLOPS_COUNTED", {})
+    monkeypatch.setattr(runner_flops, "step_flops", step_flops)
+    monkeypatch.setattr(runner_flops, "_FLOPS_COUNTED", {})
     runs = tmp_path / "runs"
     common = {"model": str(tiny_model), "random_weights": True, "train_overrides": {"steps": 1}}
     specs = build_specs("commonsense", ["lora", "moslora"], [0, 1], "smoke", **common, task_overrides={"eval_limit": 2})

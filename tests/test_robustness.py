@@ -1008,7 +1008,7 @@ def test_an_auto_map_the_run_does_not_load_with_the_flag_is_no_remote_code_of_th
 def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_as_not_counted(monkeypatch):
     """Outside the training loop SIGTERM raises ``Cancelled`` where the program is; the FLOPs count catches a
     plugin's errors (``except Exception``) and must let it through, or the run would go on to score."""
-    import harness.runner as runner
+    import harness.runner_flops as runner_flops
     from harness.train import Cancelled
 
     def sigterm(*args, **kwargs):
@@ -1018,11 +1018,11 @@ def test_a_sigterm_while_counting_flops_stops_the_run_instead_of_being_recorded_
         raise RuntimeError("the meta replica cannot run this plugin")
 
     task = SimpleNamespace(meta_replica=lambda loaded: None)
-    monkeypatch.setattr(runner, "step_flops", broken)
-    assert runner._count_flops(task, None, "lora", None, [], None, False)["status"] == "not counted"
-    monkeypatch.setattr(runner, "step_flops", sigterm)
+    monkeypatch.setattr(runner_flops, "step_flops", broken)
+    assert runner_flops._count_flops(task, None, "lora", None, [], None, False)["status"] == "not counted"
+    monkeypatch.setattr(runner_flops, "step_flops", sigterm)
     with pytest.raises(Cancelled, match="SIGTERM"):
-        runner._count_flops(task, None, "lora", None, [], None, False)
+        runner_flops._count_flops(task, None, "lora", None, [], None, False)
 
 
 def test_a_training_set_too_small_for_its_validation_split_fails_before_any_run(
