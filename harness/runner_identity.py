@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from harness.guard import RunLock
 from harness.identity import (
     DIGEST_VERSION,
     blob_form,
@@ -203,13 +204,20 @@ def _refuse_other_finished_runs(specs: list[RunSpec], tasks: dict[tuple, Task], 
     if ctx.is_main:  # the main process reads, as it decides each run; every process raises alike
         for spec in {s.run_id: s for s in specs}.values():
             run_dir = ctx.runs_dir / spec.run_id
-            if (run_dir / RERUN / RECORD).is_file():
+            if (run_dir / RERUN / RECORD).is_file() or _held(run_dir):  # judged at its turn, under its lock
                 continue
             decision = _finished_decision(spec, tasks[(spec.task, spec.task_options)], ctx, run_dir)
             if (refusal := _refusal(spec, decision, ctx.runs_dir)) is not None:
                 refused.append(refusal)
     if message := ctx.agree(_refused_message(refused, specs, before=True) if refused else ""):
         raise RunRefused(message)
+
+
+def _held(run_dir: Path) -> bool:
+    """Whether another process holds the run's lock now (a forced re-run of it, or its first run): its finished record
+    may be replaced before this sweep's turn comes (a re-review: a sweep beside ``--force`` of one of its runs was
+    refused on the record that re-run replaces), so it is left to the check under the lock."""
+    return RunLock(run_dir).held()
 
 
 def _finished_decision(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> str:

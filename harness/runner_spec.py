@@ -166,7 +166,11 @@ def build_specs(
                     resolved,
                     # the zero-shot model trains nothing: training options leave its run (and id) alone
                     dataclasses.replace(train_cfg if method != BASELINE else p.train, seed=seed),
-                    dataclasses.replace(task_opts, seed=seed),
+                    # nor the sources it would train on (a review: base beside --train-domains math was a second
+                    # zero-shot run, its row 'base (trained_on=math)')
+                    dataclasses.replace(
+                        task_opts, seed=seed, **({"train_sources": None} if method == BASELINE else {})
+                    ),
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
                     # each only when set: the run ids from before stay

@@ -465,6 +465,23 @@ def test_describe_and_captions(folder):
     assert describe(folder)["absent"] == ["test.json or test-<domain>.json", "captions.json"]
 
 
+def test_describe_again_reads_a_folder_again_only_where_a_json_file_changed(folder, monkeypatch):
+    """From a re-review: the training-data check of finished runs, made before any run of a sweep and again at each
+    run's turn, parsed and hashed a large train.json twice a run. A folder whose JSON files are as they were is
+    read once; a changed, added or removed one is read again."""
+    calls = []
+    real = data.describe
+    monkeypatch.setattr(data, "describe", lambda d: calls.append(d) or real(d))
+    first = data.describe_again(folder)
+    assert data.describe_again(folder) == first and len(calls) == 1
+    _write(folder, "train.json", [_train("t1")])  # another content (and size)
+    assert data.describe_again(folder)["train"] == {"general": 1} and len(calls) == 2
+    _write(folder, "captions.json", [{k: v for k, v in _train("c1").items() if k != "domain"}])
+    assert data.describe_again(folder)["captions"] == 1 and len(calls) == 3
+    (folder / "captions.json").unlink()
+    assert data.describe_again(folder)["captions"] == 0 and len(calls) == 4
+
+
 def _hub_rows():
     import datasets
 

@@ -2097,3 +2097,38 @@ def test_a_run_failed_under_several_processes_says_what_the_same_command_does(tm
     else:
         assert message.endswith("run the same command, which resumes from the run's last checkpoint")
     assert read_record(run_dir / RECORD)["run"]["status"] == "failed"
+
+
+def test_a_finished_run_another_process_holds_is_left_to_its_turn(tiny_model, data_dir, tmp_path, capfd, monkeypatch):
+    """From a re-review of the check above: it read the finished record of a run another process held (a forced
+    re-run of it on the new data, started just before) and refused the sweep, where the runner defers a held run
+    and takes the record that re-run writes. A held run is judged at its turn, under its lock."""
+    import harness.runner
+    from harness.cli import main
+    from harness.guard import RunLock
+
+    data, runs = _boolq_only(data_dir, tmp_path / "data"), tmp_path / "runs"
+    code, _, err = run_here(run_args(tiny_model, data, runs, "lora", "--steps", "1", "--eval-limit", "2"), capfd)
+    assert code == 0, err[-2000:]
+    [lora] = runs.glob(f"*/{RECORD}")
+    test = data / "boolq" / "test.json"
+    test.write_text(test.read_text() + " ")
+
+    class Reached(Exception):
+        pass
+
+    def reached(spec, *args, **kwargs):
+        raise Reached(spec.method)
+
+    monkeypatch.setattr(harness.runner, "run_one", reached)
+    held = RunLock(lora.parent)
+    assert not held.held() and held.acquire(False) and RunLock(lora.parent).held()
+    try:  # past the check before the runs: the first run's turn comes
+        with pytest.raises(Reached, match="^lora_fa$"):
+            main(run_args(tiny_model, data, runs, "lora_fa,lora", "--steps", "1", "--eval-limit", "2")[3:])
+    finally:
+        held.release()
+    assert not RunLock(lora.parent).held() and not RunLock(tmp_path / "none").held()
+    capfd.readouterr()
+    assert main(run_args(tiny_model, data, runs, "lora_fa,lora", "--steps", "1", "--eval-limit", "2")[3:]) == 2
+    assert "finished on other data" in capfd.readouterr().err  # not held: refused before any run, as above

@@ -514,6 +514,18 @@ def test_training_flags_with_base_alone_are_refused_and_kept_beside_a_trained_me
     assert specs.keys() == {"base", "lora"} and getattr(specs["lora"].train, name) == expected
 
 
+def test_base_beside_train_domains_is_the_one_zero_shot_run():
+    """From a re-review: ``--methods base,lora --train-domains math`` (the advice of the refusal above) gave base the
+    sources too: a second zero-shot run with its own id, its row ``base (trained_on=math)``. Base trains on nothing:
+    its run is the same whatever sources the methods beside it train on."""
+    from harness.runner import build_specs
+
+    plain = build_specs("multimodal", ["base"], [0], "smoke")
+    beside = build_specs("multimodal", ["base", "lora"], [0], "smoke", task_overrides={"train_sources": ("math",)})
+    assert beside[0].run_id == plain[0].run_id and beside[0].task_options.train_sources is None
+    assert beside[1].task_options.train_sources == ("math",)
+
+
 def test_several_training_flags_with_base_alone_are_named_together(tmp_path, data_dir, capfd):
     """From a review: the training flags given with ``--methods base`` alone did nothing; refused, each named."""
     done = harness_here(

@@ -433,7 +433,7 @@ class MultimodalTask(Task):
         return results
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
-        files = (data.describe(self.data_dir) if described is None else described).get("files", [])
+        files = (data.describe_again(self.data_dir) if described is None else described).get("files", [])
         read = {"train.json", data.CAPTIONS, *(f"train-{d}.json" for d in self._domains)}  # not other domains'
         return {f["file"]: f["sha256"] for f in files if f["file"] in read}
 

@@ -133,6 +133,25 @@ def describe(data_dir: Path) -> dict[str, Any]:
     return {**out, "images": len(images), "absent": absent}
 
 
+_DESCRIBED: dict[tuple, dict[str, Any]] = {}  # describe_again's last answer per folder and state of its JSON files
+
+
+def describe_again(data_dir: Path) -> dict[str, Any]:
+    """``describe(data_dir)``, read again only where one of the folder's JSON files changed (size, mtime or inode),
+    or was added or removed: the training-data check of finished runs asks it for every run of a sweep, once
+    before any run trains and again at its turn (a re-review: a large train.json was parsed and hashed twice a
+    run). The files it hashes are those JSON files; its answer is not to be changed by the caller."""
+    data_dir = Path(data_dir)
+    state = tuple(
+        sorted((p.name, st.st_size, st.st_mtime_ns, st.st_ino) for p in data_dir.glob("*.json") for st in [p.stat()])
+    )
+    key = (str(data_dir.resolve()), state)
+    if key not in _DESCRIBED:
+        _DESCRIBED.clear()  # one folder's at a time: a sweep reads one
+        _DESCRIBED[key] = describe(data_dir)
+    return _DESCRIBED[key]
+
+
 UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what PIL raises for a bad file
 
 
