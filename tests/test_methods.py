@@ -141,7 +141,7 @@ def test_a_save_interrupted_between_its_two_files_is_refused_on_load(tmp_path, m
     config file from another save is refused; a weights file from before (no such metadata) loads as before."""
     from safetensors.torch import load_file, save_file
 
-    import harness.adapter as adapter_module
+    import harness.adapter_model as adapter_module
 
     old = attach(tiny_llama(layers=2), "lora", r=4, alpha=8, targets="q_proj")
     perturb(old)
