@@ -9,13 +9,12 @@ code on several GPUs.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import math
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,35 +23,20 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.accounting import MemoryMeter, environment
-from harness.atomic import atomic_path
-from harness.records import FIRST_METHOD_VERSION
 from harness.task import Example, Recipe, to_device
-
-CHECKPOINT = "checkpoint.pt"
-
-
-# in a checkpoint's code since 2026-12-05, with the value an older checkpoint's code was made with
-LATER_CODE_KEYS = {"method_version": FIRST_METHOD_VERSION}
-# in a checkpoint's code since 2026-12-06 (whose checkpoints also keep "hub_revision" in their state), kept only where
-# set: one from before lacks it whichever its run had (a model that loads only with --trust-remote-code ran with it),
-# so it is not compared there
-UNKNOWN_BEFORE_CODE_KEYS = ("trust_remote_code",)
-# the facts of ``environment()`` a step's time depends on, by which the leaderboard pools times
-# (``harness.leaderboard_render._timed_on``): a checkpoint keeps them, so that a run resumed elsewhere says so
-TIMED_ON_KEYS = ("device", "device_type", "torch_threads", "malloc")
-
-
-def timed_facts(env: dict[str, Any]) -> dict[str, Any]:
-    """``env``'s ``TIMED_ON_KEYS`` as the leaderboard files times apart (``_timed_on``): the CPU threads only where a
-    CPU computes, the malloc setting only as whether it keeps freed memory (a GPU job given other CPU threads
-    computes its steps alike, and was marked as resumed elsewhere while the leaderboard pooled it)."""
-    threshold = (env.get("malloc") or {}).get("mmap_threshold")
-    return {
-        "device": env.get("device"),
-        "device_type": env.get("device_type"),
-        "torch_threads": env.get("torch_threads") if env.get("device_type", "cpu") == "cpu" else None,
-        "malloc": {"mmap_threshold": threshold} if threshold else None,
-    }
+from harness.train_checkpoint import (
+    CHECKPOINT,
+    LATER_CODE_KEYS,
+    UNKNOWN_BEFORE_CODE_KEYS,
+    _read_checkpoint,
+    _rng_state,
+    save_checkpoint,
+    timed_facts,
+)
+from harness.train_checkpoint import TIMED_ON_KEYS as TIMED_ON_KEYS
+from harness.train_checkpoint import UNREADABLE as UNREADABLE
+from harness.train_checkpoint import CheckpointUnreadable as CheckpointUnreadable
+from harness.train_schedule import _first_shapes, _micro_batches, _warn_schedule, adamw, lr_lambda
 
 
 class Cancelled(BaseException):
@@ -60,12 +44,6 @@ class Cancelled(BaseException):
     ``BaseException``, as ``KeyboardInterrupt`` is: a SIGTERM outside the training loop (counting FLOPs,
     loading, scoring) raises it wherever the program is, and an ``except Exception`` there (which records
     what it could not do and goes on) must not swallow it."""
-
-
-class CheckpointUnreadable(RuntimeError):
-    """The machine could not read a run's checkpoint (an I/O error, no memory): the file may be good and is kept.
-    The run's record says failed and the command stops (``harness.runner``): the next runs would meet the same
-    machine, and the checkpoint is resumed once it reads."""
 
 
 @dataclass(frozen=True)
@@ -100,47 +78,6 @@ class TrainConfig:
             raise ValueError(f"schedule {self.schedule!r} is not valid; choose one of: linear, cosine, constant")
 
 
-def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
-    """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
-    learning rate then never reaches ``lr``; a step of more examples than there are; ``epochs`` that whole steps of
-    ``per_step`` examples miss by over 5%."""
-    if config.warmup_steps >= total_steps:
-        print(
-            f"warning: the warm-up ({config.warmup_steps} steps) is not shorter than the run ({total_steps} steps): "
-            f"the learning rate reaches {total_steps / (config.warmup_steps + 1):.2g} of --lr at most and never "
-            "decays; lower --warmup-steps or raise --steps",
-            file=sys.stderr,
-        )
-    if per_step > n:  # the stream of examples wraps within one step: some are in it twice, unevenly
-        print(
-            f"warning: a step takes {per_step} examples (micro-batch x grad-accum x processes) but the training set "
-            f"holds {n}: every step repeats some of them, some more often than others; lower --micro-batch-size or "
-            "--grad-accum",
-            file=sys.stderr,
-        )
-    passes = total_steps * per_step / n
-    if not config.steps and abs(passes - config.epochs) > 0.05 * config.epochs:  # more than 5% off what was asked
-        print(
-            f"warning: --epochs {config.epochs:g} trains {total_steps} steps of {per_step} examples: "
-            f"{passes:.4g} passes over the {n} training examples (whole steps only)",
-            file=sys.stderr,
-        )
-
-
-def lr_lambda(config: TrainConfig, total_steps: int) -> Callable[[int], float]:
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / (config.warmup_steps + 1)
-        progress = (step - config.warmup_steps) / max(1, total_steps - config.warmup_steps)
-        if config.schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return factor
-
-
 @dataclass
 class TrainResult:
     steps: int
@@ -162,16 +99,6 @@ class TrainResult:
     # a run resumed under other ``TIMED_ON_KEYS`` facts than this process's (another machine, CPU thread count or
     # malloc setting): those its earlier steps ran under, in order, whose time and peaks it carries; None: all here
     timed_on_before_resume: list[dict[str, Any]] | None = None
-
-
-def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.AdamW:
-    """AdamW as the training loop builds it. ``fused`` (the fast path's choice): torch's fused kernel, one
-    pass over every tensor instead of a Python loop of ~10 ops per tensor (the same update within fp32
-    rounding), where every tensor is floating point on a CPU or a CUDA device."""
-    if fused:
-        tensors = [p for group in groups for p in group["params"]]
-        fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in tensors)
-    return torch.optim.AdamW(groups, fused=fused or None)
 
 
 def train(
@@ -531,17 +458,6 @@ def train(
     )
 
 
-def _first_shapes(recipe: Recipe, encoded: list[Any], micro_batches: list[list[list[int]]]) -> list[list[int]]:
-    """The micro-batch shapes of the first step with anything supervised, on which the step's FLOPs are
-    counted: the same whichever step a run resumes at (a run resumed at its end runs no step)."""
-    for step in micro_batches:
-        batches = [recipe.collate([encoded[i] for i in idx]) for idx in step]
-        shapes = [recipe.shape(b) for b in batches if recipe.units(b)]
-        if shapes:
-            return shapes
-    return []
-
-
 def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:
     """Whether to stop; with several processes, whether any was asked, so that all stop at the same step
     (one that went on into the next step's all-reduce would wait for the others forever)."""
@@ -559,44 +475,6 @@ def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: in
     raise Cancelled(f"stopped at step {step} of {total_steps}; checkpoint saved, the next start resumes")
 
 
-def save_checkpoint(
-    path: Path,
-    adapter,
-    optimizer,
-    scheduler,
-    config: TrainConfig,
-    state: dict[str, Any],
-    task_params: list[torch.nn.Parameter] | None = None,
-    device: torch.device | None = None,
-    process_rngs: list[dict[str, Any]] | None = None,
-) -> None:
-    """``process_rngs``: under several processes, each one's random state (``_rng_state``) and its samples and
-    tokens so far, in process order; the top-level states are this process's."""
-    state["saved_step"] = state["step"]
-    payload = {
-        "adapter": adapter.state_dict(),
-        "task_params": [p.detach().cpu().clone() for p in task_params or []],
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "hooks": adapter.training_state(),
-        "config": asdict(config),
-        **_rng_state(device),
-        "state": state,
-    }
-    if process_rngs is not None:
-        payload["process_rngs"] = process_rngs
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _rng_state(device: torch.device | None) -> dict[str, Any]:
-    return {
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state(device) if device is not None and device.type == "cuda" else None,
-        "python_rng": random.getstate(),
-    }
-
-
 def _not_finite(what: str, step: int, state: dict[str, Any]) -> NoReturn:
     """Stop before a step's update that would make the adapter's weights NaN (and the next checkpoint with them)."""
     saved = state.get("saved_step")
@@ -604,84 +482,3 @@ def _not_finite(what: str, step: int, state: dict[str, Any]) -> NoReturn:
     raise FloatingPointError(
         f"{what} at step {step + 1}: stopped before its update; {kept}. Lower --lr or check the data"
     )
-
-
-UNREADABLE = ".unreadable"  # the suffix an unreadable checkpoint is kept under (never deleted)
-# errors of the machine, not of the file: raised, the checkpoint left in place (a truncated zip is EINVAL)
-_MACHINE_ERRORS = {errno.EIO, errno.ENOMEM, errno.EACCES, errno.EPERM, errno.EMFILE, errno.ENFILE, errno.ESTALE}
-
-
-def _read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """The checkpoint's payload (tensors and plain data only: ``weights_only``), or None if it is
-    unreadable: then the run starts afresh, with a message, instead of crashing; the file is kept beside it
-    (``checkpoint.pt.unreadable``: a method's hook state that ``weights_only`` refuses, say, is not lost). An
-    error of the machine (``MemoryError``, an I/O or permission ``OSError``) is raised as ``CheckpointUnreadable``
-    (the run's record says failed and the command stops): the file may be good."""
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(saved, dict) or not {"config", "adapter", "optimizer", "state"} <= set(saved):
-            raise ValueError("not a harness checkpoint")
-        return saved
-    except Exception as exc:  # truncated, corrupted or foreign file: any unpickling error
-        if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS):
-            raise CheckpointUnreadable(
-                f"could not read the checkpoint {path} ({type(exc).__name__}: {exc}); it is kept: free memory, or fix "
-                "the disk or the file's permissions, then run the same command again, which resumes from it"
-            ) from exc
-        kept = path.with_name(path.name + UNREADABLE)
-        with contextlib.suppress(FileNotFoundError):  # another process of the run set it aside first
-            path.replace(kept)
-        print(
-            f"warning: checkpoint {path} is unreadable ({type(exc).__name__}: {exc}); starting this run afresh "
-            f"(the file is kept as {kept.name})"
-        )
-        return None
-
-
-class _MicroBatches:
-    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed: the examples in
-    one order per epoch (``random.Random(seed)`` shuffling ``range(n)`` once an epoch, in turn), each step the next
-    ``per_step`` of them, this process taking every world_size-th. Made as the steps are asked for, keeping two
-    epochs: a list of every step made up front held ``steps x per_step`` indices (a mistyped --steps of 10**20
-    took all memory before the first step, where a stop is read)."""
-
-    def __init__(self, n: int, config: TrainConfig, accelerator, total_steps: int) -> None:
-        self.n, self.total, self.seed = n, total_steps, config.seed
-        self.micro = config.micro_batch_size
-        self.rank, self.world = accelerator.process_index, accelerator.num_processes
-        self.per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
-        self._rng, self._next, self._kept = random.Random(self.seed), 0, {}
-
-    def __iter__(self) -> Iterator[list[list[int]]]:  # no __len__: a step count may exceed what len() returns
-        step = 0
-        while step < self.total:
-            yield self[step]
-            step += 1
-
-    def _epoch(self, e: int) -> list[int]:
-        if e not in self._kept:
-            if e < self._next:  # an epoch already let go: the order is made again from the seed
-                self._rng, self._next, self._kept = random.Random(self.seed), 0, {}
-            while self._next <= e:
-                order = list(range(self.n))
-                self._rng.shuffle(order)
-                self._kept = {k: v for k, v in self._kept.items() if k >= self._next - 1}
-                self._kept[self._next] = order
-                self._next += 1
-        return self._kept[e]
-
-    def __getitem__(self, step):  # noqa: ANN001, ANN204
-        if isinstance(step, slice):
-            return [self[i] for i in range(*step.indices(self.total))]
-        if not -self.total <= step < self.total:
-            raise IndexError(f"step {step} of {self.total}")
-        step %= self.total
-        start = step * self.per_step
-        chunk = [self._epoch(p // self.n)[p % self.n] for p in range(start, start + self.per_step)]
-        chunk = chunk[self.rank :: self.world]
-        return [chunk[i : i + self.micro] for i in range(0, len(chunk), self.micro)]
-
-
-def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> _MicroBatches:
-    """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed (``_MicroBatches``)."""
-    return _MicroBatches(n, config, accelerator, total_steps)
