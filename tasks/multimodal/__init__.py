@@ -9,12 +9,10 @@ MME-style yes/no (acc, acc+), open answers (exact match; ANLS for documents), po
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 import random
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,11 @@ from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
 from harness.train import TrainConfig
 from tasks.multimodal import data, native
+from tasks.multimodal.checks import PROCESSOR_FILES, _llava_style, _processor_at_hand, _seen_test_images
 from tasks.multimodal.presets import EMBEDDED_DATA, PRESETS, STAGE1
-
-LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
+from tasks.multimodal.results import _entry, _sha256, _test_file
+from tasks.multimodal.results import baseline_scores as baseline_scores
+from tasks.multimodal.results import by_item as by_item
 
 
 @TASKS.register("multimodal")
@@ -439,244 +439,6 @@ class MultimodalTask(Task):
 
     def describe(self) -> dict[str, Any]:
         return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
-
-
-def _entry(
-    domain: str, scored: list[native.Scored], protocol: str, data_dir: Path, domain_records: list[data.Record]
-) -> dict[str, Any]:
-    from tasks.multimodal import scoring
-
-    by_kind = {k: [s for s in scored if s.record.kind == k] for k in data.KINDS}
-    metrics: dict[str, float] = {}
-    if by_kind["choice"]:
-        metrics["mmb_circular"] = scoring.percent([s.score == 100.0 for s in by_kind["choice"]])
-        metrics["mmb_first_rotation"] = scoring.percent([s.pred[0] == s.record.answer for s in by_kind["choice"]])
-    if by_kind["yesno"]:
-        metrics |= {f"mme_{k}": v for k, v in _mme(by_kind["yesno"]).items()}
-    if by_kind["open"]:
-        metrics["open_" + (by_kind["open"][0].record.metric or "exact")] = scoring.percent(
-            [s.score for s in by_kind["open"]]
-        )
-    records = [s.record for s in scored]
-    scores = [round(x, 2) for x in by_item(records, [s.score for s in scored])]
-    guessed = baseline_scores(records, domain_records).items()
-    baselines = {k: [round(x, 4) for x in by_item(records, v)] for k, v in guessed}
-    ids = "\n".join(s.record.id for s in scored)
-    test_file = _test_file(data_dir, domain)
-    return {
-        "metric": "score",
-        "value": sum(scores) / len(scores),
-        "metrics": metrics,
-        "n": len(scores),  # scored items: a question, or a yes/no pair (see by_item)
-        "n_by_kind": {k: len(v) for k, v in by_kind.items() if v},  # questions
-        "protocol": protocol,
-        "higher_is_better": True,
-        "file": test_file.name,
-        "sha256": _sha256(test_file),
-        "scores": scores,  # per item, 0-100: intervals and paired comparisons (harness/leaderboard.py)
-        "baselines": baselines,  # per item: the chance and majority rows of the leaderboard
-        "examples": hashlib.sha256(ids.encode()).hexdigest()[:16],
-    }
-
-
-def by_item(records: list[data.Record], scores: list[float]) -> list[float]:
-    """Per-question 0-100 scores (or chances) to the items a domain's score averages: a choice or open
-    question is one item; a yes/no pair is one item, right only if both of its questions are (MME's acc+;
-    the product of the chances). As CircularEval for choices, this keeps answer bias from scoring: a model
-    that always says "yes" gets every pair's yes right and its no wrong, 0, not the 50 that per-question
-    accuracy gives it (a floor every row shared, and noise in every paired comparison). Items keep the
-    order of their first question."""
-    if len(records) != len(scores):
-        raise ValueError(f"{len(records)} records but {len(scores)} scores; pass one score per record")
-    items: list[float] = []
-    slot: dict[str, int] = {}
-    for r, x in zip(records, scores, strict=True):
-        if r.kind != "yesno" or r.pair is None:
-            items.append(x)
-        elif r.pair in slot:
-            items[slot[r.pair]] *= x / 100.0
-        else:
-            slot[r.pair] = len(items)
-            items.append(x)
-    return items
-
-
-def baseline_scores(
-    records: list[data.Record], answers_from: list[data.Record] | None = None
-) -> dict[str, list[float]]:
-    """Per question of ``records`` (0-100), the expected score of two guessers that read neither the image nor the
-    question, from the test set alone (``answers_from``, the domain's every test question, default ``records``:
-    the answers they guess from, where ``records`` is an --eval-limit's few): ``chance`` guesses uniformly (a choice question: one of its n letters, so under
-    CircularEval every rotation right, (1/n)^n; yes/no: 1/2; an open question: one of the domain's distinct
-    open answers, the mean score of each given as the answer) and ``majority`` always gives the most common
-    answer (choice: one fixed letter, which CircularEval's rotations never all accept: 0; yes/no: the more
-    common of yes/no; open: the most common open answer). Open answers are scored with the question's own
-    metric. Neither is what a model that ignores only the image scores: one that reads the question can narrow
-    the answers (a generated math question names n, and its answer is one of n..n+9), so it can beat ``chance``
-    without the image. ``by_item`` turns these per-question values into the per-item ones a domain's score
-    averages."""
-    from tasks.multimodal import scoring
-
-    def open_score(r: data.Record, pred: str) -> float:
-        return scoring.anls(pred, r.answers) if r.metric == "anls" else 100.0 * scoring.exact_match(pred, r.answers)
-
-    source = records if answers_from is None else answers_from
-    # distinct answers as the metric reads them ("cat", "Cat" and "cat." are one exact-match answer): the first
-    # spelling of each stands for it
-    opened = [r for r in source if r.kind == "open" and r.answers]
-    spelled: dict[str, str] = {}
-    counts: dict[str, int] = {}
-    for r in opened:
-        key = _answer_key(r.answers[0], r.metric)
-        spelled.setdefault(key, r.answers[0])
-        counts[key] = counts.get(key, 0) + 1
-    pool = [spelled[k] for k in sorted(spelled)]
-    top_open = spelled[max(sorted(counts), key=counts.__getitem__)] if counts else ""
-    yesno = [str(r.answer) for r in source if r.kind == "yesno"]
-    top_yesno = max(sorted(set(yesno)), key=yesno.count) if yesno else ""
-    chance, majority = [], []
-    for r in records:
-        if r.kind == "choice":
-            n = len(r.options or [])
-            chance.append(100.0 * (1.0 / n) ** n)
-            majority.append(0.0)
-        elif r.kind == "yesno":
-            chance.append(50.0)
-            majority.append(100.0 * (str(r.answer) == top_yesno))
-        else:
-            chance.append(sum(open_score(r, p) for p in pool) / len(pool))
-            majority.append(open_score(r, top_open))
-    return {"chance": chance, "majority": majority}
-
-
-def _answer_key(answer: str, metric: str | None) -> str:
-    """An open answer as its metric compares it: VQA's normal form for exact match, DocVQA's (lower case,
-    whitespace collapsed) for ANLS."""
-    from tasks.multimodal import scoring
-
-    if metric == "anls":
-        return " ".join(answer.lower().split())
-    return scoring.answer_form(answer)  # the form exact match compares (an answer "A" is not "", as "The" is not)
-
-
-def _mme(scored: list[native.Scored]) -> dict[str, float]:
-    from tasks.multimodal import scoring
-
-    return scoring.mme_scores((s.record.pair, s.record.answer, s.pred) for s in scored)
-
-
-def _test_file(data_dir: Path, domain: str) -> Path:
-    """The file a domain's test questions come from: ``test.json``, else ``test-<domain>.json``."""
-    return data_dir / "test.json" if (data_dir / "test.json").is_file() else data_dir / f"test-{domain}.json"
-
-
-_WARNED: dict[tuple, int] = {}  # a folder's overlap, found (and warned about) once a process
-
-
-def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], test: list[data.Record]) -> int:
-    """How many of the user's ``test`` questions show an image that ``records`` (``what``) show too, pixel for pixel
-    (``data.seen_test_images``); warned about on stderr once (by the main process). The key holds each side's paths, sizes and times."""
-    import sys
-
-    stats: dict[Path, tuple[int, int]] = {}
-
-    def stat(p: Path) -> tuple[str, int, int]:
-        if p not in stats:
-            st = p.stat()
-            stats[p] = (st.st_size, st.st_mtime_ns)
-        return (str(p), *stats[p])
-
-    # both sides, apart: a test question dropped, or a training image edited, is another check
-    seen_side = tuple(sorted({stat(p) for r in records for p in r.images}))
-    test_side = tuple((r.id, *(stat(p) for p in r.images)) for r in test)
-    key = (data_dir.resolve(), what, seen_side, test_side)
-    if key not in _WARNED:
-        ids = data.seen_test_images(test, records)
-        if ids and os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
-            print(
-                f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its {what} "
-                f"records show too (pixel for pixel; e.g. {ids[0]!r}): their scores measure memory; hold out test "
-                "images that no training or caption record uses",
-                file=sys.stderr,
-            )
-        _WARNED[key] = len(ids)
-    return _WARNED[key]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-
-
-PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # what AutoProcessor needs besides a tokenizer
-
-
-def _processor_at_hand(model: str) -> bool:
-    """Whether a LLaVA model's processor may load without the network (``build_paper`` tries it offline under
-    ``--random-weights``): its image processor's config in the model's folder, or in the hub's cache (a config given
-    as a file: never, ``AutoProcessor`` takes a folder or a hub id)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        return path.is_dir() and any((path / name).is_file() for name in PROCESSOR_FILES)
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = models.HUB_MOVED.get(model, model)
-    try:
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in PROCESSOR_FILES)
-    except ValueError:  # not a repository id the hub takes
-        return False
-
-
-def _llava_style(model: str) -> Any:
-    """The ``LlavaStyleConfig`` of a ``config.json`` (or its folder) with ``model_type: llava_style``; ``~/cfg`` is
-    the home's (as the runner's checks and ``models.load_config_dict`` read it: unexpanded it was no config here)."""
-    path = Path(model).expanduser()
-    path = path / "config.json" if path.is_dir() else path
-    if not (path.suffix == ".json" and path.is_file()):
-        return None
-    raw = models.read_config(path)
-    if raw.get("model_type") != LLAVA_STYLE:
-        return None
-    from tasks.multimodal.model import LlavaStyleConfig
-
-    fields = {k: v for k, v in raw.items() if k != "model_type"}
-    try:
-        config = LlavaStyleConfig(**fields)
-    except TypeError as exc:
-        raise ValueError(f"{path}: not a {LLAVA_STYLE} config ({exc}); see tasks/multimodal/model.py") from None
-    # the dataclass checks no types: a string image_token_id failed the run later, as a bare TypeError
-    hints = typing.get_type_hints(LlavaStyleConfig)
-    for field in dataclasses.fields(config):
-        value, kind = getattr(config, field.name), typing.get_origin(hints[field.name]) or hints[field.name]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            wanted = _JSON_NAMES.get(kind, kind.__name__)
-            raise ValueError(
-                f"{path}: {field.name} is {value!r}, not a JSON {wanted}; fix it in the {LLAVA_STYLE} config "
-                "(see LlavaStyleConfig in tasks/multimodal/model.py)"
-            )
-    from transformers import CONFIG_MAPPING
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    kind = config.text_config.get("model_type")  # AutoConfig.for_model's: without it a bare TypeError at load
-    if not isinstance(kind, str) or kind not in CONFIG_MAPPING:
-        raise ValueError(
-            f"{path}: text_config.model_type is {kind!r}, not a language model transformers knows; set it in the "
-            f"{LLAVA_STYLE} config (SmolLM2's is llama)"
-        )
-    if kind not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:  # t5, clip_vision_model: AutoModelForCausalLM fails at load
-        raise ValueError(
-            f"{path}: text_config.model_type is {kind!r}, a model transformers knows but not a causal language "
-            f"model; set it to one (SmolLM2's is llama) in the {LLAVA_STYLE} config"
-        )
-    from tasks.multimodal.model import check_vision
-
-    try:
-        check_vision(config)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc} in the {LLAVA_STYLE} config") from None
-    return config
-
-
-_JSON_NAMES = {dict: "object", str: "string", int: "integer", bool: "boolean (true or false)"}
 
 
 def resolve_data(data_dir: str | None) -> tuple[Path, dict[str, Any]]:
