@@ -768,9 +768,11 @@ def test_rescore_writes_only_what_it_was_asked_and_never_a_failure_over_a_score(
     from harness.cli import main
     from harness.models import cache_dir
     from harness.rescore import rescore_runs
+    from tasks.diffusion import scorers as dscorers
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: _FakeHPS())
+    for where in (dtask, dscorers):  # what check_scoring (the task class) and _hps (scorers.py) call
+        monkeypatch.setattr(where, "_hps_scorer", lambda checkpoint: _FakeHPS())
     runs = tmp_path / "runs"
     ids = [_copy(finished, runs, m)["run"]["id"] for m in ("lora", "moslora")]
     read = lambda i: json.loads((runs / ids[i] / "record.json").read_text())  # noqa: E731
@@ -900,6 +902,7 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(fi
     from harness.leaderboard import write_leaderboards
     from harness.rescore import rescore_runs
     from tasks.diffusion import hps
+    from tasks.diffusion import scorers as dscorers
 
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
     runs = tmp_path / "runs"
@@ -943,7 +946,8 @@ def test_rescore_refuses_to_replace_scores_of_another_judge_or_hps_checkpoint(fi
 
     ckpt = tmp_path / "fake.pt"
     ckpt.write_bytes(b"weights")
-    monkeypatch.setattr(dtask, "_hps_scorer", FileHPS)
+    for where in (dtask, dscorers):  # what check_scoring (the task class) and _hps (scorers.py) call
+        monkeypatch.setattr(where, "_hps_scorer", FileHPS)
     assert len(rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])[0]) == 1
     assert len(rescore_runs(runs, "diffusion", {"hps_checkpoint": str(ckpt)}, run_ids=[run_id])[0]) == 1  # the same
     ckpt.write_bytes(b"other weights")  # the same name, other weights
@@ -961,6 +965,7 @@ def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(finished, tmp_path, m
     later run with a traceback, the problems found so far unsaid and the leaderboard not rebuilt."""
     import tasks.diffusion as dtask
     from harness.cli import main
+    from tasks.diffusion import scorers as dscorers
 
     runs = tmp_path / "runs"
     ids = sorted(_copy(finished, runs, m)["run"]["id"] for m in ("lora", "moslora"))
@@ -974,7 +979,8 @@ def test_rescore_names_a_run_a_scorer_fails_on_and_goes_on(finished, tmp_path, m
             return super().score(images, prompts)
 
     flaky = Flaky()
-    monkeypatch.setattr(dtask, "_hps_scorer", lambda checkpoint: flaky)
+    for where in (dtask, dscorers):  # what check_scoring (the task class) and _hps (scorers.py) call
+        monkeypatch.setattr(where, "_hps_scorer", lambda checkpoint: flaky)
     monkeypatch.setenv("HARNESS_HPS_CHECKPOINT", str(tmp_path / "nowhere.pt"))  # not read by rescore
     ckpt = tmp_path / "hps.pt"
     ckpt.write_bytes(b"weights")
