@@ -212,8 +212,10 @@ def _quiet_bars() -> Iterator[None]:
         else:
             os.environ["TQDM_DISABLE"] = before
         if hf_on:
-            hf_logging.enable_progress_bar()
-        if not hub_off:
+            hf_logging.enable_progress_bar()  # which turns the hub's on too: set just after
+        if hub_off:
+            huggingface_hub.utils.disable_progress_bars()
+        else:
             huggingface_hub.utils.enable_progress_bars()
 
 

@@ -293,6 +293,8 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     # a Literal's own values (``Literal["auto"] | int`` takes "auto"; ``Literal[1, 2]`` takes "1" as 1)
     members = [v for t in (hint, *args) if typing.get_origin(t) is typing.Literal for v in typing.get_args(t)]
     for member in members:
+        if isinstance(member, bool) and int in args and value.strip() in ("0", "1"):
+            continue  # a digit where the hint takes an int too is that int (``Literal[False] | int``: "1" is 1, "0" 0)
         if member is None or isinstance(member, bool):  # the words "none" and a boolean's (on/off, 1/0, ...)
             try:
                 if (None if value.lower() == "none" else parse_bool(value)) is member:

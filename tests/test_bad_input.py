@@ -1239,6 +1239,8 @@ def test_a_literal_none_or_boolean_takes_the_words_its_option_takes():
     assert _coerce("o", "on", Literal[True, False]) is True and _coerce("o", "0", Literal[True, False]) is False
     with pytest.raises(ValueError, match=r"option o='x' must be one of True, False$"):
         _coerce("o", "x", Literal[True, False])
+    assert _coerce("o", "1", Literal[False] | int) == 1 and _coerce("o", "0", Literal[False] | int) is not False
+    assert _coerce("o", "off", Literal[False] | int) is False
 
 
 def test_reducer_on_or_a_selection_word_starts_from_the_method_s_default_reducer():

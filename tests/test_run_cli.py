@@ -472,6 +472,11 @@ def test_quiet_gives_the_bars_back_after_the_command(monkeypatch, capsys):
         pass
     assert not hf_logging.is_progress_bar_enabled()
     hf_logging.enable_progress_bar()
+    huggingface_hub.utils.disable_progress_bars()  # transformers' on, the hub's off (enabling the one enables both)
+    with _quiet_bars():
+        pass
+    assert hf_logging.is_progress_bar_enabled() and huggingface_hub.utils.are_progress_bars_disabled()
+    huggingface_hub.utils.enable_progress_bars()
 
 
 TRAINING_FLAGS = [  # (flag, a value other than the smoke preset's, the lora run's TrainConfig field it sets)

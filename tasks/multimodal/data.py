@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,10 +143,11 @@ def describe_again(data_dir: Path) -> dict[str, Any]:
     before any run trains and again at its turn (a re-review: a large train.json was parsed and hashed twice a
     run). The files it hashes are those JSON files; its answer is not to be changed by the caller."""
     data_dir = Path(data_dir)
-    state = tuple(
-        sorted((p.name, st.st_size, st.st_mtime_ns, st.st_ino) for p in data_dir.glob("*.json") for st in [p.stat()])
-    )
+    stats = [(p.name, p.stat()) for p in data_dir.glob("*.json")]
+    state = tuple(sorted((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats))
     key = (str(data_dir.resolve()), state)
+    if any(time.time() - st.st_mtime < 2.0 for _, st in stats):  # written within a clock tick (1 s on some file
+        return describe(data_dir)  # systems): a same-size rewrite in that tick would keep the key; not cached
     if key not in _DESCRIBED:
         _DESCRIBED.clear()  # one folder's at a time: a sweep reads one
         _DESCRIBED[key] = describe(data_dir)
