@@ -52,9 +52,7 @@ def _rollout(replica: nn.Module, reducer: Any, config: BenchConfig) -> float:
     returns its base's output), as run records count them; a layer suppressed to a scale above 0 costs as much."""
     from harness.accounting import REDUCER_COUNT_SEED
 
-    g = torch.Generator().manual_seed(REDUCER_COUNT_SEED)
-    drawn = torch.multinomial(torch.sigmoid(reducer.scores), reducer.n_suppressed, replacement=False, generator=g)
-    with reducer.suppressed(drawn.tolist()):
+    with reducer.suppressed(reducer.draw_suppressed(torch.Generator().manual_seed(REDUCER_COUNT_SEED))):
         return _count(replica, config, backward=False)
 
 

@@ -83,13 +83,19 @@ class Reducer:
             self.update_counts[i] += i in chosen
         return self.selected
 
+    def draw_suppressed(self, generator: torch.Generator | None = None) -> list[int]:
+        """The layers one scoring trial suppresses: ``n_suppressed`` drawn without replacement with probability
+        ∝ sigmoid(score), unimportant layers more likely (``generator``: another stream than the Reducer's own)."""
+        weights = torch.sigmoid(self.scores)
+        return torch.multinomial(
+            weights, self.n_suppressed, replacement=False, generator=generator or self._generator
+        ).tolist()
+
     def score(self, val_loss_fn: Callable[[], float], step: int) -> None:
         """``rollouts`` suppression trials on held-out data; move the scores of the suppressed layers."""
         trials, losses = [], []
         for _ in range(self.config.rollouts):
-            idx = torch.multinomial(
-                torch.sigmoid(self.scores), self.n_suppressed, replacement=False, generator=self._generator
-            ).tolist()
+            idx = self.draw_suppressed()
             with self.suppressed(idx):
                 losses.append(float(val_loss_fn()))
             trials.append(idx)
