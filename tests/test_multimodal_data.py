@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.multimodal import data, generate
+from tasks.multimodal import build_folder, data, generate
 from tasks.multimodal.data import DOMAINS, describe, read_captions, read_split, rows_to_records
 
 TWEMOJI = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
@@ -707,7 +707,7 @@ def test_a_build_finished_by_another_process_first_is_kept_and_ours_dropped(embe
     ours = tmp_path / ".data.ours"
     (ours / "images").mkdir(parents=True)
     (ours / "build.json").write_text(json.dumps(build))
-    generate._swap_in(ours, out, build["params"], build["sources"])
+    build_folder.swap_in(ours, out, build["params"], build["sources"])
     assert out.stat().st_ino == inode and not ours.exists()  # theirs, in place; ours gone
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".data-lock",

