@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tasks.multimodal import build_folder, data, generate
-from tasks.multimodal.data import DOMAINS, describe, read_captions, read_split, rows_to_records
+from tasks.multimodal import build_folder, data, generate, hub
+from tasks.multimodal.data import DOMAINS, describe, read_captions, read_split
+from tasks.multimodal.hub import rows_to_records
 
 TWEMOJI = Path(__file__).resolve().parents[2] / "shared" / "data" / "diffusion" / "twemoji-64"
 SMALL = {"seed": 0, "n_train": 9, "n_test": 12, "size": 48}
@@ -533,15 +534,15 @@ def test_load_hub_uses_load_dataset_per_subset(tmp_path, monkeypatch):
         return _hub_rows()
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    out = data.load_hub(subsets={"general": ["a", "b"], "math": ["c"]}, out_dir=tmp_path / "hub", limit=2)
-    assert calls == [(data.HUB_NAME, s, "train", True) for s in ("a", "b", "c")]
+    out = hub.load_hub(subsets={"general": ["a", "b"], "math": ["c"]}, out_dir=tmp_path / "hub", limit=2)
+    assert calls == [(hub.HUB_NAME, s, "train", True) for s in ("a", "b", "c")]
     assert sorted(p.name for p in out.glob("*.json")) == ["train-general.json", "train-math.json"]
     ids = [r.id for r in read_split(out, "train", domains=["general"])]
     assert ids == ["general-a:r0", "general-a:r1", "general-b:r0", "general-b:r1"]
     with pytest.raises(ValueError, match="subsets key 'chess' is not a known domain"):
-        data.load_hub(subsets={"chess": ["x"]}, out_dir=tmp_path / "other")
+        hub.load_hub(subsets={"chess": ["x"]}, out_dir=tmp_path / "other")
     with pytest.raises(ValueError, match="load_hub needs out_dir"):
-        data.load_hub(subsets={"math": ["x"]})
+        hub.load_hub(subsets={"math": ["x"]})
 
 
 @pytest.fixture(scope="module")
