@@ -9,8 +9,9 @@ flag as it is and switched, alternating with the frozen-base floor in the same r
 step time, its ratio to the floor's in each round and the switched setting's ratio to the default's in each
 round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout; nothing is written.
 
-A switch acts only where its path runs: ``FUSE_BASE`` on a CPU without autocast, ``STACK_RAW`` without a
-dropout mask (``--option dropout=0``) and for a method whose router reads x. Where it cannot act, both
+A switch acts only where its path runs: ``FUSE_BASE`` on a CPU without autocast, for plain ``nn.Linear`` bases
+(not GPT-2's ``Conv1D``); ``STACK_RAW`` without a dropout mask (``--option dropout=0``), for a method whose router
+reads x, and where A and the router both train (or neither does) unless the bases are fused in. Where it cannot act, both
 settings run the same step, and the script says so under its table: the paired ratio is then an A/A
 comparison, a measure of the timing's noise and nothing else.
 """
@@ -37,15 +38,27 @@ FLAGS = ("FUSE_BASE", "STACK_RAW")
 
 def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
     """Why ``flag`` cannot change a step of ``model`` on ``device`` (``None`` if it may)."""
+    wrappers = [m for m in model.modules() if isinstance(m, AdapterLinear) and m.fuses_input]
+    fusable = device.type == "cpu" and any(type(m.base) is nn.Linear for m in wrappers)  # fastpath._fuses_base
     if flag == "FUSE_BASE" and device.type != "cpu":
         return f"FUSE_BASE fuses the base linears only on a CPU: on {device.type} both settings run the same step"
+    if flag == "FUSE_BASE" and not fusable:
+        return (
+            "FUSE_BASE fuses only plain nn.Linear bases of adapted layers, and none is here (GPT-2's are Conv1D): "
+            "both settings run the same step"
+        )
     if flag == "STACK_RAW":
-        if not any(
-            isinstance(m, AdapterLinear) and m.fuses_input and m.input_weights()[1] is not None for m in model.modules()
-        ):
+        routers = [m for m in wrappers if m.input_weights()[1] is not None]
+        if not routers:
             return "STACK_RAW acts only on a router that reads x, which this method has not: both settings run the same step"
         if any(isinstance(m, AdapterLinear) and getattr(m.lora_dropout, "p", 0) > 0 for m in model.modules()):
             return "STACK_RAW acts only without a dropout mask (--option dropout=0): both settings run the same step"
+        alike = [m for m in routers if m.input_weights()[0].requires_grad == m.input_weights()[1].requires_grad]
+        if not alike and not (fusable and fastpath.FUSE_BASE):  # outside the fused node: fastpath._train_alike
+            return (
+                "STACK_RAW stacks A and a router only where both train or neither does, or in the fused node with the "
+                "base linears (a CPU, nn.Linear bases): neither here, so both settings run the same step"
+            )
     return None
 
 

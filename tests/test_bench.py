@@ -400,8 +400,32 @@ def test_ab_flag_script_says_when_a_switch_cannot_act(tiny_model, capsys, monkey
     assert "A/A" not in capsys.readouterr().out
     plain = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.0))
     assert ns["inert"]("FUSE_BASE", torch.device("cuda"), plain).startswith("FUSE_BASE fuses the base linears only")
-    assert ns["inert"]("FUSE_BASE", torch.device("cpu"), plain) is None
     assert ns["inert"]("STACK_RAW", torch.device("cpu"), plain).startswith("STACK_RAW acts only on a router")
+
+
+def test_ab_flag_script_says_a_switch_cannot_act_on_conv1d_bases_or_a_frozen_a():
+    """From a review: ``inert`` missed two steps a switch cannot change, and the script printed their A/A ratio as a
+    saving: ``FUSE_BASE`` on GPT-2's ``Conv1D`` bases (only plain ``nn.Linear`` ones are fused), and ``STACK_RAW``
+    where A is frozen beside a training router outside the fused node (``fastpath._train_alike``)."""
+    import harness
+    from tests.test_methods import tiny_gpt2
+
+    inert = runpy.run_path(str(Path(__file__).resolve().parents[1] / "scripts" / "ab_flag.py"))["inert"]
+    cpu = torch.device("cpu")
+    gpt2 = tiny_gpt2()
+    harness.attach(gpt2, "lora", r=2, targets="c_attn,c_fc")
+    assert inert("FUSE_BASE", cpu, gpt2).startswith("FUSE_BASE fuses only plain nn.Linear bases")
+    options = {"r": 2, "heads": 2, "dropout": 0.0, "router_input": "hidden", "train_shared_a": False}
+    gpt2 = tiny_gpt2()
+    harness.attach(gpt2, "effilora", targets="c_attn,c_fc", **options)
+    assert inert("STACK_RAW", cpu, gpt2).startswith("STACK_RAW stacks A and a router only where both train")
+    linear = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 8))
+    harness.attach(linear, "effilora", targets="0,1", **options)
+    assert inert("FUSE_BASE", cpu, linear) is None  # plain nn.Linear bases on a CPU: fused
+    assert inert("STACK_RAW", cpu, linear) is None  # the fused node stacks them whatever trains
+    gpt2 = tiny_gpt2()
+    harness.attach(gpt2, "effilora", targets="c_attn,c_fc", **{**options, "train_shared_a": True})
+    assert inert("STACK_RAW", cpu, gpt2) is None  # both train: stacked in autograd
 
 
 def test_ab_flag_script_refuses_bad_input_before_loading(capsys):
