@@ -112,8 +112,9 @@ def test_a_training_question_is_held_out_only_where_its_passage_is_a_test_questi
     instruction = "Does the passage support the claim?\n\nAnswer format: true/false"
 
     def record(i):
-        return {"instruction": instruction, "input": f"passage {i}", "output": "the correct answer is true"} | {
-            "answer": "true" if i % 2 else "false"
+        answer = "true" if i % 2 else "false"
+        return {"instruction": instruction, "input": f"passage {i}", "output": f"the correct answer is {answer}"} | {
+            "answer": answer
         }
 
     (tmp_path / "rc").mkdir()
@@ -382,3 +383,95 @@ def test_a_hidden_broken_link_is_no_benchmark_and_a_folder_without_one_says_so(t
     (wrong / "stale").symlink_to(tmp_path / "gone")
     with pytest.raises(ValueError, match=r"holds no benchmark folder with a test.json.*\(broken links there: stale\)"):
         data.resolve_data_dir(str(wrong))
+
+
+def yes_no(numbers):
+    """Records of a benchmark of yours: is i even? (yes/no)."""
+    return [
+        {"instruction": f"Is {i} even?\n\nAnswer format: yes/no", "input": ""}
+        | {"output": f"the correct answer is {'no' if i % 2 else 'yes'}", "answer": "no" if i % 2 else "yes"}
+        for i in numbers
+    ]
+
+
+def write_benchmark(folder, test=None, train=None):
+    folder.mkdir()
+    for split, records in (("test", test), ("train", train)):
+        if records is not None:
+            (folder / f"{split}.json").write_text(json.dumps(records))
+
+
+def test_a_task_trains_on_and_describes_the_files_it_read_when_it_was_made(tmp_path):
+    """From a review: describe() and splits() listed the data folder again at each run, and a sweep makes its
+    tasks before its first run: a benchmark folder added meanwhile failed describe() with a KeyError after
+    training, and was trained on though the run's identity (training_files, hashed when the task was made) did
+    not name it; a training file changed meanwhile was trained on under the old file's hash."""
+    write_benchmark(tmp_path / "rc", test=yes_no(range(100, 104)), train=yes_no(range(10)))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=2))
+    identity = task.training_files()
+    write_benchmark(tmp_path / "later", test=yes_no(range(200, 204)), train=yes_no(range(300, 340)))
+    train, val = task.splits()
+    assert len(train) + len(val) == 10 and {e.source for e in train + val} == {"rc"}
+    described = task.describe()
+    assert described["benchmarks"] == ["rc"] and task.training_files(described) == identity
+    (tmp_path / "rc" / "train.json").write_text(json.dumps(yes_no(range(20, 30))))  # other data, same name
+    with pytest.raises(ValueError, match=r"rc/train.json changed after the command started \(sha256 \w+ then"):
+        task.splits()
+    (tmp_path / "rc" / "train.json").unlink()
+    with pytest.raises(ValueError, match=r"rc/train.json was read when the command started and is gone now"):
+        task.splits()
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+@pytest.mark.parametrize("ext", ["jsonl", "parquet"])
+def test_a_split_in_another_format_only_is_an_error_saying_to_convert_it(tmp_path, split, ext):
+    """From a review: only test.json / train.json were looked for, so a benchmark folder holding test.jsonl or
+    test.parquet was reported absent, and one holding train.jsonl was not trained on, without a word."""
+    write_benchmark(tmp_path / "rc", test=yes_no(range(100, 104)), train=yes_no(range(10)))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / f"{split}.{ext}").write_text("\n".join(json.dumps(r) for r in yes_no(range(4))))
+    expected = rf"mine/{split}\.{ext} is not read: the harness reads {split}\.json, a JSON list of examples"
+    with pytest.raises(ValueError, match=rf"{expected} .*; convert it to \S*mine/{split}\.json or remove it"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    if split == "test":  # a folder whose every benchmark is in another format says so too
+        shutil.rmtree(tmp_path / "rc")
+        with pytest.raises(ValueError, match=expected):
+            data.resolve_data_dir(str(tmp_path))
+        write_benchmark(tmp_path / "rc", test=yes_no(range(100, 104)), train=yes_no(range(10)))
+    (tmp_path / "mine" / f"{split}.json").write_text(json.dumps(yes_no(range(4, 8))))  # converted: read
+    CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+
+
+def test_a_benchmark_folder_named_mixed_is_named_as_itself_not_as_the_mixed_file(tmp_path, data_dir):
+    """From a review: the mixed file's records are tagged ``mixed``, and that tag was taken for commonsense_170k.json
+    wherever it came from, so a benchmark folder named mixed/ was named as a file that does not exist (a cloze
+    message) and its repeats of validation questions were not counted in its train_files entry."""
+    tests = json.loads((data_dir / "ARC-Easy" / "test.json").read_text())[:4]
+    records = json.loads((data_dir / "ARC-Challenge" / "train.json").read_text())[:10] * 2  # each one twice
+    write_benchmark(tmp_path / "rc", test=tests)
+    write_benchmark(tmp_path / "mixed", train=records)
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=4))
+    task.splits()
+    [entry] = task.describe()["train_files"]
+    assert entry["file"] == "mixed/train.json" and entry["validation_repeats_left_out"] > 0
+    records[5] = records[5] | {"instruction": records[5]["instruction"].replace("Answer2:", "AnswerX:")}
+    (tmp_path / "mixed" / "train.json").write_text(json.dumps(records))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=4))
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/mixed/train.json: the example .* does not fit the cloze"):
+        task.splits()
+
+
+@pytest.mark.parametrize("where", ["rc/train.json", data.MIXED_TRAIN])
+@pytest.mark.parametrize(("output", "answer"), [("the correct answer is no", "yes"), ("it is untrue", "true")])
+def test_a_training_output_that_does_not_end_with_its_answer_is_refused(tmp_path, where, output, answer):
+    """From a review: choice and generate train on a record's output without looking at its answer, so an output
+    that contradicts the answer trained silently. The data's outputs are "the correct answer is <answer>"."""
+    write_benchmark(tmp_path / "rc", test=yes_no(range(100, 104)))
+    records = yes_no(range(10))
+    records[7] = records[7] | {"output": output, "answer": answer}
+    (tmp_path / where).write_text(json.dumps(records))
+    with pytest.raises(ValueError, match=rf"{where}: example 7: its output '{output}' does not end with its answer"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    records[7]["output"] = f"The correct answer is {answer}\n"  # ends with it: trained on
+    (tmp_path / where).write_text(json.dumps(records))
+    CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=2)).splits()

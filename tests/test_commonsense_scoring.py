@@ -195,3 +195,28 @@ def test_more_answers_than_a_record_keeps_without_an_answer_format_line_says_to_
     (tmp_path / "mine" / "test.json").write_text(json.dumps(records))
     with pytest.raises(ValueError, match=r"example 0 has no 'Answer format:' line, so the file's 10 distinct answers"):
         commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+
+
+def test_a_benchmark_folder_added_after_the_task_is_made_is_not_scored(tmp_path, char_tokenizer):
+    """From a review: evaluate() listed the data folder again at scoring time and looked each folder up among the
+    test files read when the task was made (a sweep makes its tasks before its first run), so a benchmark folder
+    added meanwhile failed every later run, after its training, with a KeyError. It scores what it read."""
+    import json
+
+    import tasks.commonsense as commonsense
+    from harness.task import Loaded, TaskOptions
+
+    def records(numbers):
+        return [
+            {"instruction": f"Is {i} even?\n\nAnswer format: yes/no", "input": ""}
+            | {"output": f"the correct answer is {'no' if i % 2 else 'yes'}", "answer": "no" if i % 2 else "yes"}
+            for i in numbers
+        ]
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "test.json").write_text(json.dumps(records(range(4))))
+    task = commonsense.CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", eval_limit=2))
+    (tmp_path / "later").mkdir()  # while the sweep's first runs train
+    (tmp_path / "later" / "test.json").write_text(json.dumps(records(range(4, 8))))
+    results = task.evaluate(Loaded(tiny_llama(), None, "tiny", char_tokenizer), "choice", 2, None, progress=False)
+    assert list(results) == [*commonsense.data.BENCHMARKS, "mine"] and results["mine"]["n"] == 2

@@ -84,15 +84,17 @@ class CommonsenseTask(Task):
         self._provenance: list[dict[str, Any]] = []
         # read and check every test file now: bad data fails before any training, not after
         self._tests = {b: data.read_split(self.data_dir, b, "test") for b in data.benchmark_names(self.data_dir)}
-        # training files too (read again by splits()): the mixed file replaces the benchmarks' own train.json,
-        # which are then neither read nor checked (data.training_mix reads only it)
-        mixed = data.mixed_train(self.data_dir)
-        train = (
-            [data.read_json_file(mixed)]
-            if mixed is not None
-            else [data.read_split(self.data_dir, b, "train") for b in data.benchmark_names(self.data_dir, "train")]
-        )
-        self._train_files = {data.provenance_name(f.path): f.sha256 for f in train if f is not None}
+        # training files too: the mixed file replaces the benchmarks' own train.json, which are then neither read
+        # nor checked. Listed once (a sweep builds its tasks before its first run): every run trains on these files,
+        # as hashed now (the run's identity, ``training_files``), read again by splits() and refused if changed
+        train = data.training_files(self.data_dir)
+        # a record's tag names its file: the listing holds the mixed file alone, or folders, so a folder named
+        # ``mixed`` is not taken for the mixed file (from a review)
+        self._train_sources = [(name, f.path, f.sha256) for name, f in train]
+        self._train_files = {data.provenance_name(f.path): f.sha256 for _, f in train}
+        if not self.cloze:  # choice, generate, lm-eval train on the output: it must give the answer
+            for _, f in train:
+                _check_outputs(f.records, f.path)
         if self.cloze:
             for test in self._tests.values():
                 if test is not None:
@@ -135,7 +137,11 @@ class CommonsenseTask(Task):
 
     def splits(self) -> tuple[list[Example], list[Example]]:
         tests = frozenset(data.question_key(r) for t in self._tests.values() if t is not None for r in t.records)
-        records, self._provenance = data.training_mix(self.data_dir, self.options.train_cap, self.options.seed, tests)
+        files = [(name, data.read_again(path, sha256)) for name, path, sha256 in self._train_sources]
+        records, self._provenance = data.training_mix(
+            self.data_dir, self.options.train_cap, self.options.seed, tests, files=files
+        )
+        paths = {name: path for name, path, _ in self._train_sources}  # the file each record's tag names
         if len(records) <= self.options.val_size:
             raise ValueError(
                 f"only {len(records)} training examples, not enough to hold out val_size="
@@ -144,7 +150,7 @@ class CommonsenseTask(Task):
         if self.cloze:  # the mix is shuffled: an example is named by its file and question, not an index
             _parse_all(
                 records,
-                lambda i, r: f"{data.train_file(self.data_dir, r['benchmark'])}: the example {_named(r)}",
+                lambda i, r: f"{paths[r['benchmark']]}: the example {_named(r)}",
             )
         val, train = records[: self.options.val_size], records[self.options.val_size :]
         # the training files repeat questions (ARC-Challenge one, OBQA five) and the mix keeps them: a repeat of a
@@ -154,7 +160,7 @@ class CommonsenseTask(Task):
         kept = [r for r in train if data.question_key(r) not in held]
         left = [r for r in train if data.question_key(r) in held]
         for entry in self._provenance:  # counted by file (its ``used`` counts the mix, validation included)
-            n = sum(data.provenance_name(data.train_file(self.data_dir, r["benchmark"])) == entry["file"] for r in left)
+            n = sum(data.provenance_name(paths[r["benchmark"]]) == entry["file"] for r in left)
             if n:
                 entry["validation_repeats_left_out"] = n
         if not kept:
@@ -179,8 +185,7 @@ class CommonsenseTask(Task):
         self.check_options(protocol, self.options)
         results: dict[str, dict[str, Any]] = {}
         lines: list[str] = []
-        for benchmark in data.benchmark_names(self.data_dir):
-            test = self.test_records(benchmark)
+        for benchmark, test in self._tests.items():  # those read when the task was made, not a folder added since
             if test is None:
                 results[benchmark] = {"status": "absent"}
                 continue
@@ -288,7 +293,7 @@ class CommonsenseTask(Task):
         return provenance
 
     def describe(self) -> dict[str, Any]:
-        present = [b for b in data.benchmark_names(self.data_dir) if self.test_records(b) is not None]
+        present = [b for b, test in self._tests.items() if test is not None]  # as evaluate scores them
         return {
             "data_dir": self.data_dir.name,
             "train_files": self._take_provenance(),
@@ -371,6 +376,18 @@ def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str])
             raise ValueError(
                 f"{path}: example {i}: answer {record['answer']!r} is not one of its options "
                 f"({'/'.join(options)}); fix the answer, or name the options in an 'Answer format:' line"
+            )
+
+
+def _check_outputs(records: list[dict[str, Any]], path: Path) -> None:
+    """Fail on the first training record whose output (the target trained on) does not end with its answer, as
+    "the correct answer is <answer>" does: one that contradicts its answer would train it silently."""
+    for i, record in enumerate(records):
+        answer, output = record["answer"], record["output"].strip()
+        if not re.search(rf"(?<!\w){re.escape(answer)}$", output):
+            raise ValueError(
+                f"{path}: example {i}: its output {output[-60:]!r} does not end with its answer {answer!r}, and the "
+                f"output is what trains; fix the output to 'the correct answer is {answer}' (or the answer)"
             )
 
 

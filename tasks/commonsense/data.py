@@ -64,6 +64,7 @@ def resolve_data_dir(data_dir: str | None) -> Path:
         if not _benchmark_dirs(path, links=False) and _benchmark_dirs(path / "commonsense"):
             path = path / "commonsense"
         if not _benchmark_dirs(path, links=False):  # the wrong folder: said so, not a stray link in it blamed
+            check_formats(path, "test")  # or the right one, its test sets in another format
             broken = sorted(set(_benchmark_dirs(path)))
             raise ValueError(
                 f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
@@ -122,6 +123,23 @@ def _benchmark_dirs(path: Path, split: str = "test", links: bool = True) -> list
     )
 
 
+OTHER_FORMATS = (".jsonl", ".parquet")  # what a split is often shipped as, and is not read here
+
+
+def check_formats(path: Path, split: str) -> None:
+    """Fail on a folder in ``path`` holding ``split`` in another format (``OTHER_FORMATS``) and no ``split``.json:
+    it would be absent (a test set) or not trained on (a training set) without a word."""
+    if not path.is_dir():
+        return
+    for folder in sorted(p for p in path.iterdir() if p.is_dir()):
+        other = next((folder / f"{split}{ext}" for ext in OTHER_FORMATS if _there(folder / f"{split}{ext}")), None)
+        if other is not None and not _there(folder / f"{split}.json"):
+            raise ValueError(
+                f"{other} is not read: the harness reads {split}.json, a JSON list of examples with keys "
+                f"{', '.join(REQUIRED_KEYS)}; convert it to {folder / f'{split}.json'} or remove it"
+            )
+
+
 def _there(path: Path) -> bool:
     return path.exists() or path.is_symlink()
 
@@ -149,17 +167,14 @@ def mixed_train(data_dir: Path) -> Path | None:
 
 def benchmark_names(data_dir: Path, split: str = "test") -> list[str]:
     """The paper's eight (present or not) then any further folder with a ``split`` file, or broken link (which
-    read_split refuses, naming it), by name: a folder with only a train.json is trained on and not scored."""
+    read_split refuses, naming it), by name: a folder with only a train.json is trained on and not scored. A folder
+    with the split in another format only is an error (``check_formats``)."""
+    check_formats(data_dir, split)
     return list(BENCHMARKS) + [b for b in _benchmark_dirs(data_dir, split) if b not in BENCHMARKS]
 
 
 def labels_for(benchmark: str, records: list[dict[str, Any]]) -> list[str]:
     return BENCHMARKS.get(benchmark) or sorted({r["answer"] for r in records})
-
-
-def train_file(data_dir: Path, benchmark: str) -> Path:
-    """The file a ``training_mix`` record tagged ``benchmark`` came from (``mixed``: the mixed training set)."""
-    return data_dir / MIXED_TRAIN if benchmark == "mixed" else data_dir / benchmark / "train.json"
 
 
 def read_split(data_dir: Path, benchmark: str, split: str) -> DataFile | None:
@@ -229,19 +244,45 @@ def question_key(record: dict[str, Any]) -> tuple[str, str]:
     return record.get("instruction"), record.get("input") or ""
 
 
-def training_mix(
-    data_dir: Path, cap: int | None, seed: int, held_out: frozenset[tuple[str, str]] = frozenset()
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Training records (each tagged with its ``benchmark``) and a provenance list of the files used. A record
-    whose prompt (``question_key``: instruction and input) is in ``held_out`` (the test questions) is left out
-    after the shuffle and before the cap, so a mix that drew none of them is the one it was before they were left
-    out (``left_out``: how many of the file's examples are test questions, taken out of what the cap draws from)."""
+def training_files(data_dir: Path) -> list[tuple[str, DataFile]]:
+    """The training files, read, each with the name its records are tagged with (``training_mix``): the mixed file
+    alone (``mixed``) when present, else every ``<benchmark>/train.json``; ``[]`` where there are none."""
     mixed = mixed_train(data_dir)
-    files = (
-        [("mixed", read_json_file(mixed))]
-        if mixed is not None
-        else [(b, f) for b in benchmark_names(data_dir, "train") if (f := read_split(data_dir, b, "train")) is not None]
-    )
+    if mixed is not None:
+        return [("mixed", read_json_file(mixed))]
+    return [(b, f) for b in benchmark_names(data_dir, "train") if (f := read_split(data_dir, b, "train")) is not None]
+
+
+def read_again(path: Path, sha256: str) -> DataFile:
+    """A training file read as it was when its hash (``sha256``, in the run's identity) was taken: one that changed
+    or went since is an error, not another mix trained under the same identity."""
+    if data_file(path) is None:
+        raise ValueError(
+            f"{path} was read when the command started and is gone now; put it back, or run the command again to "
+            "train on the data there now"
+        )
+    again = read_json_file(path)
+    if again.sha256 != sha256:
+        raise ValueError(
+            f"{path} changed after the command started (sha256 {sha256[:12]} then, {again.sha256[:12]} now): the "
+            "runs are named after the data read then; put the file back, or run the command again to train on it"
+        )
+    return again
+
+
+def training_mix(
+    data_dir: Path,
+    cap: int | None,
+    seed: int,
+    held_out: frozenset[tuple[str, str]] = frozenset(),
+    files: list[tuple[str, DataFile]] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Training records (each tagged with its ``benchmark``) and a provenance list of the files used: ``files``
+    (``training_files``), else those in ``data_dir`` now. A record whose prompt (``question_key``: instruction and
+    input) is in ``held_out`` (the test questions) is left out after the shuffle and before the cap, so a mix that
+    drew none of them is the one it was before they were left out (``left_out``: how many of the file's examples
+    are test questions, taken out of what the cap draws from)."""
+    files = training_files(data_dir) if files is None else files
     if not files:
         raise ValueError(f"no training data in {data_dir}: need {MIXED_TRAIN} or at least one <benchmark>/train.json")
     rng = random.Random(seed)
