@@ -385,15 +385,15 @@ def read_config(path: Path) -> dict:
 def transformers_config(
     spec: str, data: dict | None = None, trust_remote_code: bool = False, overrides: dict | None = None
 ) -> Any:
-    """The transformers config object of ``spec`` (``data``: its raw config, read if not given; ``overrides``:
-    attributes set over it, e.g. a reduced ``num_hidden_layers``, through the model's own code too). A config
-    with an ``auto_map`` (the model's own code) is read through that code only with ``trust_remote_code``:
-    then ``from_config`` builds the model's own classes, as ``from_pretrained`` does in the run. Without
-    it, a ``model_type`` transformers ships builds transformers' class, and any other is a ``ValueError``
-    saying to pass the flag."""
+    """The transformers config object of ``spec`` (``data``: its raw config, read if not given; ``overrides``: set
+    over it, by its own code too, e.g. a reduced ``num_hidden_layers``). Its ``auto_map`` (the model's own code) is
+    read, and ``from_config`` builds its classes as ``from_pretrained`` does, only with ``trust_remote_code``; else a
+    ``model_type`` transformers ships builds its class; another (naming the flag) or none (diffusers): ValueError."""
     from transformers import CONFIG_MAPPING, AutoConfig, __version__
 
     data = load_config_dict(spec) if data is None else data
+    if "model_type" not in data:  # a diffusers config (its _class_name only), which load_config_dict takes
+        raise ValueError(f"model {spec!r}: its config is a diffusers one, no transformers model; {_WHAT_TO_GIVE}")
     remote = trust_remote_code and "auto_map" in data
     if data["model_type"] in CONFIG_MAPPING and not remote:
         return AutoConfig.for_model(**{k: v for k, v in data.items() if k != "auto_map"} | (overrides or {}))

@@ -131,6 +131,8 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
             if embedded
             else "with the hub's cache at the commit it ran on"
             if hub
+            else "where its --model names what it named then"
+            if weights.startswith("the model was ")  # a hub id then, a local folder now, or the reverse
             else "give a changed model another folder"
         )
         return {

@@ -42,6 +42,7 @@ from harness.runner_identity import (
     _method_version,
     _newer_record,
     _plugins,
+    _reads_hub,
     _refusal,
     _refuse_other_finished_runs,
     _refused_message,
@@ -275,8 +276,9 @@ def _execute(
         info |= {"trust_remote_code": True, "model_class": f"{model_class.__module__}.{model_class.__qualname__}"}
     if digest is not None:
         info |= _digest_info(digest)
-    # the commit a hub id loaded (read after loading: from_pretrained sets it), the main process's on every process
-    revision = ctx.agree((hub_revision(spec.model) if not spec.random_weights else None) or "") or None
+    # the commit a hub id loaded (read after loading: from_pretrained sets it), the main process's on every process;
+    # under --random-weights that of the config it was built from (a paper id's is shipped: none)
+    revision = ctx.agree((hub_revision(spec.model) if _reads_hub(spec) else None) or "") or None
     if revision is not None:
         info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
         reads = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)

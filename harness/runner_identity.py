@@ -21,7 +21,7 @@ from harness.identity import (
     model_digest,
     same_form,
 )
-from harness.models import EMBEDDED, needs_own_code, own_code
+from harness.models import EMBEDDED, PAPER_MODELS, is_hub_id, looks_like_path, needs_own_code, own_code
 from harness.records import FIRST_METHOD_VERSION, RECORD, RERUN, SCHEMA_VERSION, read_record
 from harness.registry import METHODS, TASKS, plugin_files
 from harness.runner_spec import BASELINE, RunContext, RunSpec
@@ -117,6 +117,8 @@ def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
     """Why the finished run is not the one asked for, from ``_decide``'s decision; ``None``: it is not refused."""
     if decision.startswith("other weights"):
         embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
+        detail = decision[len("other weights (") : -1]
+        switched = detail.startswith("the model was ")  # a local folder then, a hub id now, or the reverse
         weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
         what = (
             "its GGUF"
@@ -130,12 +132,16 @@ def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
             if embedded
             else "use another --runs-dir for the new revision's runs"
             if hub
+            else f"move the folder away, or give it as {'./' + spec.model!r} (another run)"
+            if detail.endswith("a local folder now")
+            else "put the folder back, or use another --runs-dir for the hub model's runs"
+            if switched
             else "give the changed model another folder"
         )
         return _Refusal(
             spec,
             f"{_EMBEDDED_SAID if embedded else f'the model {spec.model!r}'} changed since run {spec.run_id} in "
-            f"{str(runs_dir)!r} finished ({what}, {decision[len('other weights (') : -1]})",
+            f"{str(runs_dir)!r} finished ({detail if switched else f'{what}, {detail}'})",
             f": --force re-runs it (its record is replaced when the re-run succeeds), or {instead}",
             instead,
         )
@@ -279,16 +285,23 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     """``"a1b2c3d4 -> e5f6a7b8"``: the model folder's weights (or the embedded GGUF) now differ from those the
     finished run recorded (the run id names the folder, not what it holds), compared over the files the record's
     digest covered, with the files that differ where the record keeps its ``weights_manifest`` (``": changed
-    config.json"``); ``None``: the same, or not known (a record from before the digest was kept, a model that is no
-    local folder)."""
+    config.json"``); a hub id's files (``_other_hub_files``); or the ``--model`` string names a hub id now where it
+    named a local folder then, or the reverse (the run id names the string, not which it is). ``None``: the same, or
+    not known (a record from before the digest was kept, a model that is no local folder and no hub id)."""
     info = finished["run"]["config"].get("model_info")
-    if isinstance(info, dict) and isinstance(hub := info.get("hub_manifest"), dict) and not spec.random_weights:
+    info = info if isinstance(info, dict) else {}
+    if ("hub_revision" in info or "hub_manifest" in info) and not is_hub_id(spec.model):
+        return "the model was a hub id then, a local folder now"
+    if isinstance(hub := info.get("hub_manifest"), dict):  # a --random-weights run's too: its config's blobs
         return _other_hub_files(spec, info, hub)
-    ran = info.get("weights_sha256") if isinstance(info, dict) else None
+    ran = info.get("weights_sha256")
     if not isinstance(ran, str):
         return None
     version = info.get("weights_digest_version", 1)  # kept since version 2
-    if (now := _weights_digest(spec, version)) is None or now["weights_sha256"] == ran:
+    if (now := _weights_digest(spec, version)) is None:  # the folder is gone: a hub id of that name is another model
+        hub_now = spec.model != EMBEDDED and is_hub_id(spec.model) and not looks_like_path(spec.model)
+        return "the model was a local folder then, a hub id now" if hub_now else None
+    if now["weights_sha256"] == ran:
         return None
     then = info.get("weights_manifest")  # kept since 2026-12-06 (with its version): which files changed
     # over the same kind of files: a run that reads the weights now and did not then (a multimodal config turned
@@ -297,6 +310,12 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     known = isinstance(then, dict) and "weights_digest_version" in info and "manifest" in now and same
     files = changed_files(then, now["manifest"]) if known else ""
     return f"{ran[:8]} -> {now['weights_sha256'][:8]}" + (f": {files}" if files else "")
+
+
+def _reads_hub(spec: RunSpec) -> bool:
+    """Whether the run reads its model's files (a hub id's) from the hub: every run but a ``--random-weights`` one of
+    a paper id, which reads the config this package ships (another hub id's run reads its config from the hub)."""
+    return not (spec.random_weights and spec.model in PAPER_MODELS)
 
 
 def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) -> str | None:

@@ -128,7 +128,8 @@ def build_specs(
     task_cls.check_options(protocol, task_opts)
     settings = task_cls.run_settings(p.settings, task_opts)
     chosen = Path(model or p.model).expanduser()
-    if not random_weights and chosen.is_file():
+    # ``embedded`` is never a file of that name in the working directory (resolve() takes it first)
+    if not random_weights and (model or p.model) != EMBEDDED and chosen.is_file():
         raise model_file_error(chosen)
     check_scorer_names(task, [k for k, _ in task_opts.scoring or ()])
     if eval_batch_size is not None and eval_batch_size < 1:

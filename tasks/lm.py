@@ -122,6 +122,19 @@ def loss_sum(model, batch: dict[str, Any], keep: int, use_cache: bool = False) -
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE, reduction="sum")
 
 
+def pad_id(tokenizer: Any, model: str | None = None) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its eos (left-padded, the mask hides either);
+    a ``ValueError`` where it has neither (the batch, full of ``None``, failed in torch as each run loaded the model).
+    ``model``: the ``--model`` the tokenizer is of, for the message."""
+    found = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if found is None:
+        raise ValueError(
+            f"{f'model {model!r}: ' if model else ''}the tokenizer has neither a pad nor an eos token; set "
+            "tokenizer.pad_token (one of its tokens) and save it beside the model (tokenizer.save_pretrained(folder))"
+        )
+    return found
+
+
 class CausalLMRecipe(Recipe):
     """Prompt -> target with a tokenizer: the commonsense suite's training (and any text suite's).
     A batch also carries ``keep`` and ``n`` (from ``supervised_tail``) so they are computed once."""
@@ -129,7 +142,7 @@ class CausalLMRecipe(Recipe):
     def __init__(self, tokenizer, cutoff_len: int, train_on_inputs: bool) -> None:
         self.tokenizer, self.cutoff_len, self.train_on_inputs = tokenizer, cutoff_len, train_on_inputs
         self.truncated = 0  # examples cut at cutoff_len (train() warns)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad_id(tokenizer)
 
     def encode(self, example: Example) -> Encoded:
         encoded, cut = _encode(self.tokenizer, example, self.cutoff_len, self.train_on_inputs)
@@ -163,18 +176,24 @@ class CausalLMRecipe(Recipe):
 
 def random_weights_parts(model: str, trust_remote_code: bool = False) -> tuple[Any, Any]:
     """(config, tokenizer) of a ``--random-weights`` causal LM, as ``load_causal_lm`` builds it; a ``ValueError``
-    where the config's vocabulary is smaller than the tokenizer, or the model folder's tokenizer does not load
-    (``models.random_weights_tokenizer``)."""
+    where the config's vocabulary is smaller than the tokenizer, the model folder's tokenizer does not load
+    (``models.random_weights_tokenizer``), or has no token to pad with (``pad_id``)."""
     config = models.transformers_config(model, trust_remote_code=trust_remote_code)
     tokenizer, _ = models.random_weights_tokenizer(model, getattr(config.get_text_config(), "vocab_size", None))
+    pad_id(tokenizer, model)
     return config, tokenizer
 
 
 def check_random_weights(model: str, trust_remote_code: bool = False) -> None:
     """``random_weights_parts``' checks, as ``harness run`` makes them before any run (its preflight) instead of
-    run by run as each one loads the model: the embedded tokenizer is not converted for it (~25 s)."""
+    run by run as each one loads the model: the embedded tokenizer is not converted for it (~25 s; it has an eos to
+    pad with), a model folder's own is loaded."""
     config = models.transformers_config(model, trust_remote_code=trust_remote_code)
-    models.check_random_weights_vocab(model, getattr(config.get_text_config(), "vocab_size", None))
+    vocab_size = getattr(config.get_text_config(), "vocab_size", None)
+    if models.random_weights_tokenizer_folder(model) is None:
+        models.check_random_weights_vocab(model, vocab_size)
+    else:
+        pad_id(models.random_weights_tokenizer(model, vocab_size)[0], model)
 
 
 def load_causal_lm(
@@ -196,6 +215,7 @@ def load_causal_lm(
             check_tokenizer_files(Path(source))
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            pad_id(tokenizer, model)  # before the weights load
             net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         except OSError as exc:  # a hub id offline, gated or gone: transformers says so in several lines
             if not models.is_hub_id(model):

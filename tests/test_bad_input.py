@@ -1255,3 +1255,87 @@ def test_reducer_on_or_a_selection_word_starts_from_the_method_s_default_reducer
     assert make_config(KConfig, {"reducer": {"selection": "random"}}, "kk").reducer.k is None  # a dict: as given
     effi = METHODS.get("effilora").config_cls
     assert make_config(effi, {"reducer": "random"}, "effilora").reducer == ReducerConfig(selection="random")
+
+
+def _refused_in_one_line(sandbox, data_dir, capsys, argv: list[str], match: str, setup: Setup | None = None) -> None:
+    """A row of the table, for a test of its own: exit 2, one line matching ``match``, the runs dir untouched."""
+    values = _prepare(sandbox, data_dir, setup)
+    before = _snapshot(sandbox)
+    capsys.readouterr()
+    try:
+        code = main([a.format(**values) for a in argv])
+    except ReachedModelLoad:
+        pytest.fail("the bad input was not caught before the model loads")
+    err = capsys.readouterr().err
+    assert code == 2, f"exit status {code!r}; stderr: {err!r}"
+    _check_stderr(err, match, usage=False)
+    _check_untouched(sandbox, before)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        run("--methods", "base", "--model", "{tmp}/unet", "--random-weights"),
+        run("--methods", "base", "--model", "runwayml/stable-diffusion-v1-5", "--random-weights"),
+        bench("--model", "{tmp}/unet", "--random-weights"),
+    ],
+    ids=["run-folder", "run-paper-id", "bench-folder"],
+)
+def test_a_diffusers_config_for_a_text_model_is_refused_in_one_line(sandbox, data_dir, capsys, argv):
+    """From a review: ``transformers_config`` read the config's ``model_type``, which a diffusers config (its
+    ``_class_name`` only, which ``load_config_dict`` takes) lacks: a commonsense run or a bench of one built from its
+    config ended in a KeyError traceback."""
+    _refused_in_one_line(
+        sandbox,
+        data_dir,
+        capsys,
+        argv,
+        r"model '\S+': its config is a diffusers one, no transformers model; give a model folder, a config\.json",
+        write("unet/config.json", '{"_class_name": "UNet2DConditionModel"}'),
+    )
+
+
+def _no_pad_folder(tmp: Path) -> Path:
+    """A tiny Llama folder whose tokenizer (word level) has neither a pad nor an eos token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    folder = tmp / "nopad"
+    tiny_llama(layers=2).save_pretrained(folder)
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", "yes", "no"])}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(folder)
+    return folder
+
+
+def test_a_tokenizer_without_a_pad_or_eos_token_is_refused_before_the_model_loads(sandbox, data_dir, capsys):
+    """From a review: a tokenizer with neither a pad nor an eos token left the pad id ``None``, and every run loaded
+    the model and failed with a torch TypeError (a failed record each). Built from its config, the sweep is refused
+    before any run; with its weights, each run is refused before they load."""
+    import torch
+
+    from tasks.lm import CausalLMRecipe, load_causal_lm
+
+    said = r"model '.*nopad': the tokenizer has neither a pad nor an eos token; set tokenizer\.pad_token"
+    _refused_in_one_line(
+        sandbox, data_dir, capsys, run("--model", "{tmp}/nopad", "--random-weights"), said, _no_pad_folder
+    )
+    folder = str(sandbox / "nopad")
+    for random_weights in (True, False):
+        with pytest.raises(ValueError, match=said):
+            load_causal_lm(folder, torch.device("cpu"), random_weights=random_weights, seed=0, trust_remote_code=False)
+    from transformers import AutoTokenizer
+
+    with pytest.raises(ValueError, match="^the tokenizer has neither a pad nor an eos token"):
+        CausalLMRecipe(AutoTokenizer.from_pretrained(folder), cutoff_len=8, train_on_inputs=False)
+
+
+def test_a_file_named_embedded_in_the_working_directory_is_not_the_model(sandbox):
+    """From a review: ``build_specs`` refused a ``--model`` that is a file before ruling out the reserved word
+    ``embedded``, so a stray file of that name in the working directory broke every default run."""
+    from harness.runner import build_specs
+
+    (sandbox / "embedded").write_text("not a model\n")  # sandbox: the working directory
+    for model in (None, "embedded"):
+        [spec] = build_specs("commonsense", ["lora"], [0], "smoke", model=model)
+        assert spec.model == "embedded"

@@ -606,3 +606,106 @@ def test_a_component_that_is_a_symlink_is_digested_as_a_component(tmp_path, targ
     assert first["files"] == 2  # model_index.json and the tokenizer's vocab.json, under one of its two names
     (folder / target / "vocab.json").write_text('{"b": 0}')
     assert model_digest(str(folder), weights=False)["weights_sha256"] != first["weights_sha256"]
+
+
+def _hub_data(tmp_path, data_dir) -> Path:
+    """Two boolq test questions (a base run scores them in about a second)."""
+    data = tmp_path / "data" / "boolq"
+    data.mkdir(parents=True)
+    (data / "test.json").write_text(json.dumps(json.loads((data_dir / "boolq" / "test.json").read_text())[:2]))
+    return data.parent
+
+
+def test_a_random_weights_run_of_a_hub_id_is_refused_when_the_config_it_was_built_from_changed(
+    data_dir, tmp_path, monkeypatch
+):
+    """From a review: a --random-weights run of a hub id (not a paper id, whose config is shipped) reads its config
+    from the hub's cache but recorded nothing of it, so once the cache held another commit (another shape) the
+    finished run was reused. The record keeps the commit and the config's blob; another is refused; a record from
+    before they were kept is reused as it was."""
+    from huggingface_hub import constants
+
+    from harness import models, runner
+
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    config = tiny_llama(layers=2, vocab_size=49152).config  # the embedded tokenizer's 49,152 ids fit
+    for commit, layers in (("a" * 40, 2), ("b" * 40, 3)):
+        source = tmp_path / commit[0]
+        source.mkdir()
+        config.num_hidden_layers = layers
+        config.to_json_file(source / "config.json")
+    ids = _hub_snapshot(repo, "a" * 40, tmp_path / "a")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    tokenizer = _tiny_folder(tmp_path)  # stands in for the embedded SmolLM2 tokenizer (no ~25 s conversion)
+    monkeypatch.setattr(models, "embedded_folder", lambda: tokenizer)
+    monkeypatch.setattr(models, "embedded_converted", lambda: True)
+    data = _hub_data(tmp_path, data_dir)
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny", random_weights=True)
+    runs = tmp_path / "runs"
+    [record] = runner.run_all([spec], runs, str(data), progress=False)
+    assert record["run"]["status"] == "success", record["run"].get("error")
+    info = record["run"]["config"]["model_info"]
+    assert info["hub_revision"] == "a" * 40 and info["hub_manifest"] == ids == {"config.json": ids["config.json"]}
+    kept = (runs / spec.run_id / RECORD).read_bytes()
+    runner.run_all([spec], runs, str(data), progress=False)
+    assert (runs / spec.run_id / RECORD).read_bytes() == kept  # the same config: done already
+
+    _hub_snapshot(repo, "b" * 40, tmp_path / "b")  # another commit, another number of layers
+    with pytest.raises(runner.RunRefused) as refused:
+        runner.run_all([spec], runs, str(data), progress=False)
+    assert (
+        f"the model 'someorg/tiny' changed since run {spec.run_id} in {str(runs)!r} finished (its files at the main "
+        "revision the hub's local cache holds now, commit aaaaaaaa -> bbbbbbbb: changed config.json): --force re-runs "
+        "it" in str(refused.value)
+    ), refused.value
+
+    old = json.loads(kept)  # a record from before the config's commit and blobs were kept: reused, as before
+    for key in ("hub_revision", "hub_manifest"):
+        del old["run"]["config"]["model_info"][key]
+    (runs / spec.run_id / RECORD).write_text(json.dumps(old))
+    [reused] = runner.run_all([spec], runs, str(data), progress=False)
+    assert reused["run"]["status"] == "success" and "hub_revision" not in reused["run"]["config"]["model_info"]
+
+
+def test_a_model_string_that_turns_from_a_hub_id_into_a_local_folder_or_back_is_refused(
+    data_dir, tmp_path, monkeypatch
+):
+    """From a review: the run id names the --model string only, and a record of a hub id was checked against a
+    local folder of that name (or a local folder's record against the hub id, the folder gone) as "unchanged": the
+    finished run was reused for another model. Each way is refused, naming --force."""
+    from huggingface_hub import constants
+
+    from harness import runner
+
+    _hub_snapshot(tmp_path / "hub" / "models--someorg--tiny", "a" * 40, _tiny_folder(tmp_path / "hubfiles"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    data = _hub_data(tmp_path, data_dir)
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny")
+    runs = tmp_path / "runs"
+    [record] = runner.run_all([spec], runs, str(data), progress=False)
+    assert record["run"]["config"]["model_info"]["hub_revision"] == "a" * 40
+
+    (tmp_path / "someorg").mkdir()
+    _tiny_folder(tmp_path).rename(tmp_path / "someorg" / "tiny")  # --model someorg/tiny: this folder now
+    said = f"the model 'someorg/tiny' changed since run {spec.run_id} in {str(runs)!r} finished (the model was "
+    with pytest.raises(runner.RunRefused) as refused:
+        runner.run_all([spec], runs, str(data), progress=False)
+    assert (
+        f"{said}a hub id then, a local folder now): --force re-runs it (its record is replaced when the re-run "
+        "succeeds), or move the folder away, or give it as './someorg/tiny' (another run)" in str(refused.value)
+    ), refused.value
+
+    [record] = runner.run_all([spec], runs, str(data), force=True, progress=False)  # the folder's run
+    assert "weights_sha256" in record["run"]["config"]["model_info"]
+    shutil.rmtree(tmp_path / "someorg")  # --model someorg/tiny: the hub id again
+    with pytest.raises(runner.RunRefused) as refused:
+        runner.run_all([spec], runs, str(data), progress=False)
+    assert (
+        f"{said}a local folder then, a hub id now): --force re-runs it (its record is replaced when the re-run "
+        "succeeds), or put the folder back, or use another --runs-dir for the hub model's runs" in str(refused.value)
+    ), refused.value
