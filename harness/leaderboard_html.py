@@ -28,6 +28,7 @@ from harness.leaderboard_render import (
     section_info,
     section_title,
 )
+from harness.stats import EPS, LEVEL
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -142,10 +143,34 @@ def _score_td(row: Row, b: str, refs: dict[str, str]) -> str:
         if ref in row.unpaired:  # trained rows without a seed in common are not compared (a warning says so)
             notes.append(f"vs {refs.get(ref, ref)}: – (no seed in common)")
         if (e := row.vs.get(ref, {}).get(b)) is not None:
-            p = "" if e.p is None else f", p {e.p:.2g}"
+            p = "" if e.p is None else f", p {p_text(e.p)}"
             text = diff_text(e, row.apart.get(ref, {}).get(b))
-            notes.append(f"vs {refs.get(ref, ref)}: {text} [{fmt(e.lo, True)}, {fmt(e.hi, True)}{p}]")
+            notes.append(f"vs {refs.get(ref, ref)}: {text} [{bound_text(e.lo)}, {bound_text(e.hi)}]{p}")
     return _td(cell.value, body, title="; ".join(notes))
+
+
+def bound_text(x: float) -> str:
+    """A difference's interval bound, signed, at one decimal, or at as many more (up to 4, then 2 significant
+    digits) as it takes for a bound off 0 (beyond ``EPS``, as ``Estimate.significant`` reads it) not to read as
+    0: the committed page showed ``-0.5* [-1.0, 0.0]`` for an interval that excluded 0 at -0.03."""
+    if abs(x) <= EPS:
+        return "0.0"
+    for places in range(1, 5):
+        if float(s := f"{x:+.{places}f}"):
+            return s
+    return f"{x:+.2g}"
+
+
+def p_text(p: float) -> str:
+    """A p-value at 2 significant digits, or at as many more as it takes to stay on its side of the ``*`` rule's
+    threshold (``ALPHA``): ``.2g`` showed 0.0496 as "0.05" beside a ``*``."""
+    for digits in range(2, 17):
+        if (float(s := f"{p:.{digits}g}") < ALPHA) == (p < ALPHA):
+            return s
+    return repr(p)
+
+
+ALPHA = round(1 - LEVEL, 10)  # the test's level as the legend writes it, 0.05 (1 - 0.95 is 0.05000000000000004)
 
 
 def _table(s: Section) -> str:

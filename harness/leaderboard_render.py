@@ -123,10 +123,9 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
         columns = "section preset protocol method seed run benchmark value"
         out_tables[f"{task}_seeds"] = pd.DataFrame(per_seed.get(task, []), columns=columns.split())
     out_tables["overhead"] = pd.DataFrame(overhead)
-    if "hook_val_flops_per_step" in out_tables["overhead"]:  # whole FLOPs, empty where not counted (not 2.0e11)
-        out_tables["overhead"]["hook_val_flops_per_step"] = out_tables["overhead"]["hook_val_flops_per_step"].astype(
-            "Int64"
-        )
+    for column in ("flops_per_step", "hook_val_flops_per_step"):  # whole FLOPs, empty where not counted: a row
+        if column in out_tables["overhead"]:  # not counted made the column float (617535995904.0, 2.0e11)
+            out_tables["overhead"][column] = out_tables["overhead"][column].astype("Int64")
     return out_tables
 
 
@@ -266,8 +265,24 @@ def param_text(row: Row) -> str:
     return "–" if pct is None else f"{pct:.3f}"
 
 
+MARKDOWN_SPECIAL = frozenset("\\`*<>[]")  # what a row label or title escapes (``md_text``), with ``_`` at a word's edge
+
+
+def md_text(text: str) -> str:
+    """``text`` as Markdown shows it literally: a row label or section title, which can hold a ``--targets`` regex
+    (``.*\\.(q|v)_proj`` lost its backslash, ``(?P<attn>...)`` became a hidden HTML tag). ``_`` between two letters
+    or digits stays (``lora_fa``: intraword, no emphasis in CommonMark and on GitHub), so labels without such
+    characters read as before; not for score cells, whose ``*`` marks a significant difference."""
+    out = []
+    for i, ch in enumerate(text):
+        inner = 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+        out.append("\\" + ch if ch in MARKDOWN_SPECIAL or (ch == "_" and not inner) else ch)
+    return "".join(out)
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    """A GitHub Markdown table (no ``tabulate`` needed); ``|`` inside cells is escaped."""
+    """A GitHub Markdown table (no ``tabulate`` needed); ``|`` inside cells is escaped (other Markdown in a cell
+    is its caller's to escape: ``md_text``)."""
 
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
@@ -374,7 +389,7 @@ def _spread_table(s: Section) -> list[str]:
         for b in cols:
             vals = [v[b] for _, _, v in per_seed if b in v]
             cells.append("absent" if row.cells[b].absent else f"{fmt(min(vals))}–{fmt(max(vals))}" if vals else "–")
-        rows.append([row.method, " ".join(str(seed) for seed, _, _ in per_seed), *cells])
+        rows.append([md_text(row.method), " ".join(str(seed) for seed, _, _ in per_seed), *cells])
     if not rows:
         return []
     intro = "Spread over seeds (min–max of the per-seed scores; the intervals above resample examples, not seeds):"
@@ -388,11 +403,11 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
     for task in dict.fromkeys(s.task for s in secs):
         md += [f"## {task}", ""]
         for s in (s for s in secs if s.task == task):
-            md += [f"### {section_title(s)}", "", section_info(s), ""]
+            md += [f"### {md_text(section_title(s))}", "", section_info(s), ""]
             md += [line, ""] if (line := missing_references(s, secs)) else []
             header = ["method", *s.benchmarks, AVG, "Avg n", "Param %", "seeds"]
             rows = [
-                [r.method, *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{s.avg_of}"]
+                [md_text(r.method), *(cell_text(r.cells[b]) for b in [*s.benchmarks, AVG]), f"{r.avg_n}/{s.avg_of}"]
                 + [param_text(r), row_seeds(r)]
                 for r in s.rows
             ]
@@ -413,13 +428,14 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
                 if compared:
                     label = s.references.get(ref, ref)
                     md += [
-                        f"Paired difference to {label} (points; `*`: 95% interval excludes 0, p < 0.05; `†`: the seed "
-                        "ranges lie apart):",
+                        f"Paired difference to {md_text(label)} (points; `*`: 95% interval excludes 0, p < 0.05; "
+                        "`†`: the seed ranges lie apart):",
                         "",
                     ]
                     scored = [b for b in s.benchmarks if any(b in r.vs[ref] for r in compared)]
                     rows = [
-                        [r.method, *(diff_text(r.vs[ref].get(b), r.apart.get(ref, {}).get(b)) for b in [*scored, AVG])]
+                        [md_text(r.method)]
+                        + [diff_text(r.vs[ref].get(b), r.apart.get(ref, {}).get(b)) for b in [*scored, AVG]]
                         for r in compared
                     ]
                     md += [markdown_table(["method", *scored, AVG], rows), ""]
@@ -428,6 +444,8 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
         md += ["(no trained runs)", ""]
     else:
         cells = [["" if pd.isna(v) else str(v) for v in row] for row in overhead.itertuples(index=False)]
+        at = list(overhead.columns).index("method")  # the row labels
+        cells = [[*row[:at], md_text(row[at]), *row[at + 1 :]] for row in cells]
         md += [markdown_table([str(c) for c in overhead.columns], cells), ""]
     md.append(provenance(records))
     return "\n".join(md) + "\n"

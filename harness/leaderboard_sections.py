@@ -8,6 +8,8 @@ import functools
 import json
 import re
 import sys
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from harness.identity import blob_form, manifest_digest
@@ -56,15 +58,38 @@ def _row_key(record: dict[str, Any]) -> tuple[str, str]:
 def _labels(keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """Row labels: the method, plus the options that differ where a section has it at several settings, and
     always the sources a row trained on when it did not train on all of them (``trained_on``) and whether it
-    trained through the fast path."""
-    out = {}
-    for method, options in keys:
-        others = [json.loads(o) for m, o in keys if m == method and o != options]
-        opts = json.loads(options)
-        always = ("trained_on", "fast_path")
-        differ = sorted(k for k, v in opts.items() if k in always or any(o.get(k) != v for o in others))
-        out[(method, options)] = f"{method} ({', '.join(f'{k}={opts[k]}' for k in differ)})" if differ else method
+    trained through the fast path. An option one row sets (even to None) and another lacks (a record from before
+    it existed) differs, and so does 1 from True: labels that fell together made tables show one label twice and
+    the comparisons that look rows up by label take one row's for the other's. Labels that would still read alike
+    (1 beside "1") show their values as JSON; any still alike are numbered."""
+    plain = {key: _label(key, keys, str) for key in keys}
+    alike = Counter(plain.values())
+    out = {key: label if alike[label] == 1 else _label(key, keys, json.dumps) for key, label in plain.items()}
+    seen: dict[str, int] = {}
+    for key in keys:
+        seen[out[key]] = n = seen.get(out[key], 0) + 1
+        out[key] += f" #{n}" if n > 1 else ""
     return out
+
+
+def _label(key: tuple[str, str], keys: list[tuple[str, str]], show: Callable[[Any], str]) -> str:
+    """``key``'s label (``_labels``), its option values written by ``show``."""
+    method, options = key
+    opts = json.loads(options)
+    others = [json.loads(o) for m, o in keys if m == method and o != options]
+    always = ("trained_on", "fast_path")
+    # as JSON, so that a missing key (MISSING) is not None, and 1 is not True or 1.0
+    differ = sorted(
+        k for k, v in opts.items() if k in always or any(_json(o.get(k, MISSING)) != _json(v) for o in others)
+    )
+    return f"{method} ({', '.join(f'{k}={show(opts[k])}' for k in differ)})" if differ else method
+
+
+MISSING = object()  # an option a row's records lack (``_label``)
+
+
+def _json(v: Any) -> str | None:
+    return None if v is MISSING else json.dumps(v, sort_keys=True)
 
 
 def _task(task: str) -> type | None:

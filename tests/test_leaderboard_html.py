@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -152,3 +153,43 @@ def test_every_tick_label_is_its_ticks_value(lo, hi):
     assert len({len(label.partition(".")[2].partition("e")[0]) for _, label in ticks}) == 1  # one width of decimals
     if (lo, hi) == (0.97, 1.09):
         assert [label for _, label in ticks] == ["0.975", "1.000", "1.025", "1.050", "1.075"]
+
+
+@pytest.mark.parametrize(
+    ("bound", "text"),
+    [(-0.03, "-0.03"), (0.004, "+0.004"), (-0.00049, "-0.0005"), (3e-6, "+3e-06"), (-1.0, "-1.0"), (0.0, "0.0")],
+)
+def test_an_interval_bound_off_zero_never_reads_as_zero(bound, text):
+    """From a review: the tooltip showed bounds at one decimal, so an interval that excluded 0 at -0.03 read
+    ``[-1.0, 0.0]`` beside its ``*``; a bound off 0 now gets the decimals it needs, and only then."""
+    from harness.leaderboard_html import bound_text
+
+    assert bound_text(bound) == text
+    assert bound == 0.0 or float(bound_text(bound)) != 0.0
+
+
+@pytest.mark.parametrize(
+    ("p", "text"),
+    [(0.0496, "0.0496"), (0.049996, "0.049996"), (0.037, "0.037"), (0.05, "0.05"), (0.0504, "0.05"), (0.12, "0.12")],
+)
+def test_a_p_below_the_threshold_never_reads_as_the_threshold(p, text):
+    """From a review: p was shown ``.2g``, so 0.0496 read "0.05" beside a ``*`` whose rule is p < 0.05; a p now
+    keeps the digits that put it on its side of 0.05."""
+    from harness.leaderboard_html import p_text
+
+    assert p_text(p) == text
+    assert (float(p_text(p)) < 0.05) == (p < 0.05)
+
+
+def test_a_tooltip_closes_the_interval_before_p(tmp_path):
+    """From a review: the tooltip read ``[-1.0, 0.0, p 0.037]``, p inside the interval's brackets; it reads
+    ``[lo, hi], p 0.037``."""
+    runs = tmp_path / "runs"
+    answers = "0123" * 6
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, "0000" * 6)}))
+    write_leaderboards(runs, tmp_path / "out")
+    page = (tmp_path / "out" / "leaderboard.html").read_text()
+    notes = re.findall(r"vs lora: [^;\"]*", page)
+    assert notes and all(re.fullmatch(r"vs lora: \S+ \[[-+0-9.e]+, [-+0-9.e]+\], p [0-9.e-]+", n) for n in notes), notes
+    assert ", p " in page and not re.search(r", p [^\]\";]*\]", page)

@@ -726,6 +726,95 @@ def test_vs_lora_is_against_the_plain_lora_row_and_names_the_row_it_used(tmp_pat
     assert "vs lora (trained_on=ARC-Easy) " in (tmp_path / "one" / "out" / "leaderboard.html").read_text()
 
 
+def test_an_option_one_row_sets_to_none_and_another_lacks_sets_their_labels_and_holm_ps_apart(tmp_path):
+    """From a review: two lora rows whose options differed only by a key one record set to None and the other
+    lacked (a newer and an older harness) were both labelled ``lora``, so the table showed ``lora`` twice and a
+    mirrored comparison looked up by label (``majority`` against lora) took the other lora row's Holm p."""
+    from harness.records import config_hash
+
+    runs, answers = tmp_path / "runs", "0123012301230123"
+    old = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, "0123012301230000")})
+    new = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, "0123012300000000")})
+    new["run"]["config"]["method_options"]["newopt"] = None
+    new["run"]["id"] = new["run"]["id"][:-8] + config_hash(new["run"]["config"])
+    for record in (old, new, fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, "0123012301230100")})):
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    methods = [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")]
+    assert methods == ["effilora", "lora", "lora (newopt=None)", "majority", "chance"]
+    comparisons = read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    by = {(r["method"], r["reference"], r["benchmark"]): r["p_holm"] for r in comparisons}
+    assert len(by) == len(comparisons)  # one comparison per row, reference and column
+    assert by[("lora", "majority", "ARC-Easy")] != by[("lora (newopt=None)", "majority", "ARC-Easy")]
+    mirrored = [(m, ref, b) for m, ref, b in by if m in ("majority", "chance") and ref == "lora"]
+    assert len(mirrored) == 4
+    for method, ref, b in mirrored:  # its own: the plain lora row's against it
+        assert by[(method, ref, b)] == by[(ref, method, b)], (method, b)
+
+
+def test_labels_of_rows_whose_options_read_alike_stay_apart():
+    """From a review: labels are what the tables and the comparisons look rows up by; options that differ only by
+    a key one lacks, by 1 against True, or by values that print alike (1 against "1") made one label twice."""
+    from harness.leaderboard_sections import _labels
+
+    keys = [("lora", json.dumps(o, sort_keys=True)) for o in ({}, {"x": None}, {"y": 1}, {"y": True}, {"y": "1"})]
+    labels = _labels(keys)
+    assert len(set(labels.values())) == len(keys), labels
+    assert labels[keys[0]] == "lora" and labels[keys[1]] == "lora (x=None)"
+    assert labels[keys[4]] == 'lora (y="1")' and labels[keys[3]] == "lora (y=True)"
+
+
+def test_a_row_label_holding_a_targets_regex_reads_as_written_in_the_markdown(tmp_path):
+    """From a review: only ``|`` was escaped in ``leaderboard.md``, so ``.*\\.(q|v)_proj`` lost its backslash and
+    ``(?P<attn>...)`` became a hidden HTML tag; labels and titles escape what Markdown reads, and ``_`` inside a
+    word (``lora_fa``, as the committed tables have it) stays as it is."""
+    from harness.records import config_hash
+
+    runs, answers = tmp_path / "runs", "0123" * 6
+    targets = [r".*\.(q|v)_proj", r"(?P<attn>.*self_attn)\.(q|k)_proj", "[a-z]+`x`"]
+    for i, target in enumerate(targets):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, "3" * i + answers[i:])})
+        record["run"]["config"]["method_options"]["targets"] = target
+        record["run"]["id"] = record["run"]["id"][:-8] + config_hash(record["run"]["config"])
+        write_fixture(runs, record)
+    record = fixture_record("lora_fa", 0)
+    record["run"]["config"]["model_label"] = "<tiny>_model"
+    write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    shown = ["lora (targets=.\\*\\\\.(q\\|v)\\_proj)", "lora (targets=(?P\\<attn\\>.\\*self_attn)\\\\.(q\\|k)\\_proj)"]
+    shown.append("lora (targets=\\[a-z\\]+\\`x\\`)")
+    assert all(f"| {label} | " in md for label in shown), md
+    paired = shown[0].replace("\\|", "|")  # the best-ranked, all right, is the reference: named outside a table
+    assert f"Paired difference to {paired} (points" in md
+    assert re.search(r"\| majority \| -\d+\.\d\* \|", md)  # score cells keep their significance marks
+    assert "| lora_fa | 40.0 [–] |" in md and "### \\<tiny\\>\\_model · preset smoke" in md
+    from harness.leaderboard_render import md_text
+
+    assert md_text("lora_fa _x x_ a_b_c") == "lora_fa \\_x x\\_ a_b_c"
+    markdown_it = pytest.importorskip("markdown_it")
+    rows = [line for line in md.splitlines() if line.startswith("| lora (targets=")][:3]
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render("| m | x |\n| --- | --- |\n" + "\n".join(rows))
+    cells = re.findall(r"<td>(lora \(targets=[^<]*)</td>", html)
+    assert sorted(cells) == sorted(f"lora (targets={t.replace('<', '&lt;').replace('>', '&gt;')})" for t in targets)
+
+
+def test_flops_per_step_stay_whole_numbers_where_another_row_was_not_counted(tmp_path):
+    """From a review: a row whose FLOPs were not counted made the overhead column float, so counted rows read
+    617535995904.0 in overhead.csv and leaderboard.md."""
+    runs = tmp_path / "runs"
+    lora, effi = fixture_record("lora", 0), fixture_record("effilora", 0)
+    lora["train"]["flops_per_step"] = {"total": 617535995904, "adapter": 59759493120, "relative_to_lora": 1.0}
+    effi["train"]["flops_per_step"] = {"status": "not counted", "reason": "x", "micro_batches": []}
+    write_fixture(runs, lora)
+    write_fixture(runs, effi)
+    write_leaderboards(runs, tmp_path / "out")
+    overhead = {r["method"]: r for r in read_csv(tmp_path / "out" / "overhead.csv")}
+    assert overhead["lora"]["flops_per_step"] == "617535995904" and overhead["effilora"]["flops_per_step"] == ""
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "| 617535995904 | 59759493120 |" in md and "617535995904.0" not in md
+
+
 def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys):
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0, 0.0))
