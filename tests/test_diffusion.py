@@ -1565,6 +1565,22 @@ def test_two_runs_starting_at_once_pretrain_the_embedded_base_once(tmp_path, mon
     assert dmodel.load_folder(folder, torch.device("cpu"), torch.float32).resolution > 0
 
 
+def test_a_folder_saved_before_diffusers_0_9_trains_and_samples_at_one_resolution(tmp_path):
+    """From a review: diffusers' StableDiffusionPipeline sets an old folder's UNet ``sample_size`` (< 64, saved before
+    diffusers 0.9: the SD-1.x config bug) to 64 as it is built, so the first sampling changed ``resolution`` after
+    the recipe had fixed its training size from it: trained at 16 px, sampled and scored at 128. The folder is mended
+    as it loads, before anything reads its size."""
+    from tasks.diffusion import sampling
+
+    folder = tiny_pipeline(tmp_path / "old")
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    (folder / "unet" / "config.json").write_text(json.dumps({**config, "_diffusers_version": "0.6.0"}))
+    pipe = dmodel.load_folder(folder, torch.device("cpu"), torch.float32).eval()
+    size = pipe.resolution
+    [image] = sampling.generate(pipe, ["a red circle"], [1000], steps=2, guidance=3.0)
+    assert pipe.resolution == size and image.size == (size, size)
+
+
 def test_twemoji_split_holds_out_categories_the_base_never_sees():
     from tasks.multimodal import twemoji_dir
 

@@ -153,7 +153,12 @@ def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) ->
         if not models.is_hub_id(str(folder)):
             raise
         raise models.hub_load_error(str(folder), exc) from None
-    return Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
+    pipe = Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
+    # diffusers' StableDiffusionPipeline mends an old folder's UNet config as it is built (saved before diffusers 0.9
+    # with sample_size < 64: set to 64, the SD-1.x config bug); built once here, before ``resolution`` is read, so
+    # training, sampling and the real images share one size (the first sampling changed it under a run)
+    pipe.sd_pipeline()
+    return pipe
 
 
 def build(
