@@ -708,3 +708,26 @@ def test_a_trained_projector_is_held_in_fp32_in_a_bf16_model(kind, char_tokenize
     with torch.autocast("cpu", dtype=dtype):  # as training runs it (accelerate's bf16 autocast)
         loss = model(**batch).logits.float().logsumexp(-1).mean()
     assert _changed_by_one_small_step(params, loss) > 0.99  # in bf16 0-20% of them, by layer
+
+
+def test_a_fresh_stage1_leaves_no_gradient_for_stage2s_first_step(monkeypatch, tmp_path, char_tokenizer):
+    """From a review: a fresh stage 1 left its last step's gradient on the projector (only requires_grad was put
+    back), so stage 2's first step, where the projector trains (``paper``), added it to its own; a projector loaded
+    from the cache had none, so the first run after a fresh stage 1 trained otherwise than the runs after it."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    pics = images(3)
+    captions = [(pics[0], "red box"), (pics[1], "green box"), (pics[2], "blue box")]
+    run = dict(steps=2, batch_size=2, lr=1e-2, seed=0, cache_key={"k": 1})
+    fresh, cached = tiny_model(), tiny_model()
+    assert not stage1.align_projector(fresh, char_tokenizer, captions, **run)["loaded"]
+    assert stage1.align_projector(cached, char_tokenizer, captions, **run)["loaded"]
+    assert all(p.grad is None for p in fresh.parameters())
+    stepped = []
+    for model in (fresh, cached):  # stage 2's first step as harness/train.py takes it: zero_grad after the step
+        model.set_projector_trainable(True)
+        optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-3)
+        batch = mm.make_prepare(model, char_tokenizer)(["<image>\nWhat colour? red"], [pics[0]])
+        model(**batch).logits.float().logsumexp(-1).mean().backward()
+        optimizer.step()
+        stepped.append(model.projector[0].weight.detach().clone())
+    torch.testing.assert_close(stepped[0], stepped[1], rtol=0, atol=0)

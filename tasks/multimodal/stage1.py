@@ -189,6 +189,9 @@ def _train(
         model.train(was_training)
         for name, p in model.named_parameters():
             p.requires_grad_(trainable[name])
+        # the last step's gradient goes too: stage 2's first step (where the projector trains) added it to its own,
+        # which a projector loaded from the cache never had
+        model.projector.zero_grad(set_to_none=True)
     return losses
 
 
