@@ -272,7 +272,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths
     (:class:`NoRecords` where none succeeded)."""
     from harness.leaderboard_html import html_page
-    from harness.leaderboard_render import frame_tables, markdown, plot, provenance
+    from harness.leaderboard_render import frame_tables, markdown, md_text, plot, provenance
 
     records = load_records(runs_dir)
     if not records:
@@ -302,7 +302,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     mixed += unpaired_examples(secs) + timed_in_two_places(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
-    notes = "".join(f"\n**Warning:** {line}\n" for line in mixed)
+    notes = "".join(f"\n**Warning:** {md_text(line)}\n" for line in mixed)  # it names row labels
     write_text(out_dir / "leaderboard.md", markdown(secs, frames["overhead"], records) + notes)
     write_text(out_dir / "leaderboard.html", html_page(secs, provenance(records), mixed))
     for line in leftover_files(out_dir, {s.task for s in secs}, runs_dir):

@@ -444,8 +444,8 @@ def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str
         md += ["(no trained runs)", ""]
     else:
         cells = [["" if pd.isna(v) else str(v) for v in row] for row in overhead.itertuples(index=False)]
-        at = list(overhead.columns).index("method")  # the row labels
-        cells = [[*row[:at], md_text(row[at]), *row[at + 1 :]] for row in cells]
+        labels = [i for i, c in enumerate(overhead.columns) if c in ("method", "model")]  # as the rows and titles
+        cells = [[md_text(v) if i in labels else v for i, v in enumerate(row)] for row in cells]
         md += [markdown_table([str(c) for c in overhead.columns], cells), ""]
     md.append(provenance(records))
     return "\n".join(md) + "\n"

@@ -1579,6 +1579,15 @@ def test_a_folder_saved_before_diffusers_0_9_trains_and_samples_at_one_resolutio
     size = pipe.resolution
     [image] = sampling.generate(pipe, ["a red circle"], [1000], steps=2, guidance=3.0)
     assert pipe.resolution == size and image.size == (size, size)
+    # --random-weights builds the folder's UNet config (a re-review: not mended there; 32 px, then sampled at 256)
+    from harness.task import TaskOptions
+    from tasks.diffusion import DiffusionTask
+
+    task = DiffusionTask(TaskOptions(template="caption"))
+    pipe = task.load(str(folder), torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False).model
+    size = pipe.eval().resolution
+    [image] = sampling.generate(pipe, ["a red circle"], [1000], steps=2, guidance=3.0)
+    assert pipe.resolution == size and image.size == (size, size)
 
 
 def test_twemoji_split_holds_out_categories_the_base_never_sees():

@@ -799,6 +799,29 @@ def test_a_row_label_holding_a_targets_regex_reads_as_written_in_the_markdown(tm
     assert sorted(cells) == sorted(f"lora (targets={t.replace('<', '&lt;').replace('>', '&gt;')})" for t in targets)
 
 
+def test_a_warning_and_the_overhead_table_escape_labels_as_the_tables_do(tmp_path):
+    """From a re-review: the ``**Warning:**`` lines under ``leaderboard.md`` and the overhead table's ``model``
+    column printed labels unescaped, where the score tables and titles escape them (``md_text``): a ``<tiny>`` was
+    hidden as an HTML tag there."""
+    from harness.records import config_hash
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0))
+    record = fixture_record("lora", 1)  # no seed in common with the other row: a warning names both
+    record["run"]["config"]["method_options"]["targets"] = r"(?P<attn>.*self_attn)\.(q|k)_proj"
+    record["run"]["id"] = record["run"]["id"][:-8] + config_hash(record["run"]["config"])
+    write_fixture(runs, record)
+    record = fixture_record("lora_fa", 0)
+    record["run"]["config"]["model_label"] = "<tiny>_model"
+    write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    [warning] = [line for line in md.splitlines() if line.startswith("**Warning:**") and "not compared" in line]
+    assert "(?P\\<attn\\>.\\*self_attn)\\\\.(q|k)\\_proj" in warning and "<attn>" not in warning, warning
+    overhead = md[md.index("## overhead") :]
+    assert "| \\<tiny\\>\\_model |" in overhead and "| <tiny>_model |" not in overhead, overhead
+
+
 def test_flops_per_step_stay_whole_numbers_where_another_row_was_not_counted(tmp_path):
     """From a review: a row whose FLOPs were not counted made the overhead column float, so counted rows read
     617535995904.0 in overhead.csv and leaderboard.md."""
