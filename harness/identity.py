@@ -127,14 +127,16 @@ def _lines_digest(files: Iterable[tuple[str, str]]) -> str:
     return hashlib.sha256("".join(f"{rel} {d}\n" for rel, d in files).encode()).hexdigest()
 
 
-def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
+def hub_digest(model: str, weights: bool = True, tokenizer: bool = True) -> dict[str, Any] | None:
     """``{"revision": commit, "manifest": {relpath: id}}`` of a hub id as the hub's local cache holds its main
     revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
     snapshot's top and in its components: those its model_index.json names, else each first-level folder that holds
     a config, as a diffusers pipeline loaded part by part, without model_index.json, does; where a folder holds
     ``*.safetensors`` weights, its ``*.bin`` ones are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
     snapshot's link without reading the file. Only what was downloaded is there: a file one snapshot lacks is not
-    known, not changed. ``None`` for no hub id, or one the cache does not hold."""
+    known, not changed. Without ``tokenizer`` (a model built from its config that tokenizes with another tokenizer
+    than the hub id's) its configs and own code only: no tokenizer, processor or generation files, which it does not
+    read. ``None`` for no hub id, or one the cache does not hold."""
     from harness.models import hub_snapshot
 
     if (snapshot := hub_snapshot(model)) is None:
@@ -142,6 +144,7 @@ def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     revision, folder = snapshot
     anywhere, top = DIGEST_FILES[DIGEST_VERSION]
     anywhere = anywhere if weights else tuple(k for k in anywhere if k not in WEIGHT_KINDS)
+    top = top if tokenizer else ("*.py",)  # the code an auto_map names builds the config under --trust-remote-code
     # a snapshot holds only the repository's files; its first-level folders that hold a config are components
     # (``original/`` beside a Llama's weights, for another program, is not read)
     components = _components(folder) or [
@@ -167,6 +170,22 @@ def hub_digest(model: str, weights: bool = True) -> dict[str, Any] | None:
     if changed and cache is not None:
         _write_cache(cache)
     return {"revision": revision, "manifest": manifest}
+
+
+def needs_own_code(spec: str) -> bool | None:
+    """Whether the model loads only with ``--trust-remote-code``: its config's ``model_type`` is not one transformers
+    knows (its own code defines it; a run without the flag is refused before it starts,
+    ``harness.models.transformers_config``), so a finished run of it ran with the flag whatever its record says.
+    ``None`` where its config is not at hand (a hub id the cache does not hold)."""
+    from harness.models import EMBEDDED, PAPER_MODELS, _config_at_hand, _json_object
+
+    config = _config_at_hand(spec)
+    if config is None:
+        return False if spec == EMBEDDED or spec in PAPER_MODELS else None
+    from transformers import CONFIG_MAPPING
+
+    model_type = _json_object(config).get("model_type")  # none: a diffusers config, or one the run fails to read
+    return isinstance(model_type, str) and model_type not in CONFIG_MAPPING
 
 
 GIT_BLOB_MAX = 10 << 20  # bytes: the hub keeps larger files in LFS (named by their sha256), smaller ones in git

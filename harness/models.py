@@ -34,7 +34,8 @@ PAPER_MODELS = {
 # the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
 # the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
 HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
-_WHAT_TO_GIVE = f"give a model folder, a config.json, 'embedded', or one of {', '.join(PAPER_MODELS)}"
+_GIVE = "give a model folder, a config.json, 'embedded', or one of "  # the paper ids (a transformers model's, or any)
+_WHAT_TO_GIVE = _GIVE + ", ".join(PAPER_MODELS)
 
 
 @dataclass
@@ -393,7 +394,8 @@ def transformers_config(
 
     data = load_config_dict(spec) if data is None else data
     if "model_type" not in data:  # a diffusers config (its _class_name only), which load_config_dict takes
-        raise ValueError(f"model {spec!r}: its config is a diffusers one, no transformers model; {_WHAT_TO_GIVE}")
+        ids = ", ".join(k for k, name in PAPER_MODELS.items() if "model_type" in read_config(CONFIG_DIR / name))
+        raise ValueError(f"model {spec!r}: its config is a diffusers one, no transformers model; {_GIVE}{ids}")
     remote = trust_remote_code and "auto_map" in data
     if data["model_type"] in CONFIG_MAPPING and not remote:
         return AutoConfig.for_model(**{k: v for k, v in data.items() if k != "auto_map"} | (overrides or {}))
@@ -433,20 +435,6 @@ def own_code(spec: str, tokenizer: bool = True) -> bool | None:
     if any(name == "AutoConfig" or name.startswith("AutoModel") for name in auto_map):
         return True
     return tokenizer and "AutoTokenizer" in {**auto_map, **_auto_map(config.parent / "tokenizer_config.json")}
-
-
-def needs_own_code(spec: str) -> bool | None:
-    """Whether the model loads only with ``--trust-remote-code``: its config's ``model_type`` is not one transformers
-    knows (its own code defines it; a run without the flag is refused before it starts, ``transformers_config``), so
-    a finished run of it ran with the flag whatever its record says. ``None`` where its config is not at hand (a hub
-    id the cache does not hold)."""
-    config = _config_at_hand(spec)
-    if config is None:
-        return False if spec == EMBEDDED or spec in PAPER_MODELS else None
-    from transformers import CONFIG_MAPPING
-
-    model_type = _json_object(config).get("model_type")  # none: a diffusers config, or one the run fails to read
-    return isinstance(model_type, str) and model_type not in CONFIG_MAPPING
 
 
 def _config_at_hand(spec: str) -> Path | None:

@@ -24,7 +24,6 @@ from harness.accounting import environment
 from harness.adapter import attach
 from harness.atomic import check_writable, flush_folder, is_temp, remove_stale_temps, write_json
 from harness.guard import RunLock
-from harness.identity import hub_digest
 from harness.models import hub_revision
 from harness.records import PREDICTIONS, RECORD, RERUN, check_eval, new_record, write_record
 from harness.registry import TASKS
@@ -39,6 +38,7 @@ from harness.runner_identity import (
     _digest_info,
     _finished_decision,
     _finished_record,
+    _hub_digest,
     _method_version,
     _newer_record,
     _plugins,
@@ -281,8 +281,7 @@ def _execute(
     revision = ctx.agree((hub_revision(spec.model) if _reads_hub(spec) else None) or "") or None
     if revision is not None:
         info["hub_revision"] = revision  # the commit it loaded (a hub id's weights can change under its name)
-        reads = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
-        hub = hub_digest(spec.model, reads) if ctx.is_main else None  # the main process writes the record
+        hub = _hub_digest(spec) if ctx.is_main else None  # the main process writes the record; the files it read
         if hub is not None and hub["revision"] == revision:
             info["hub_manifest"] = hub["manifest"]  # and what its files were: compared when the run is asked again
     if info:

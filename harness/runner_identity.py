@@ -19,9 +19,10 @@ from harness.identity import (
     embedded_digest,
     hub_digest,
     model_digest,
+    needs_own_code,
     same_form,
 )
-from harness.models import EMBEDDED, PAPER_MODELS, is_hub_id, looks_like_path, needs_own_code, own_code
+from harness.models import EMBEDDED, PAPER_MODELS, is_hub_id, looks_like_path, own_code
 from harness.records import FIRST_METHOD_VERSION, RECORD, RERUN, SCHEMA_VERSION, read_record
 from harness.registry import METHODS, TASKS, plugin_files
 from harness.runner_spec import BASELINE, RunContext, RunSpec
@@ -318,12 +319,23 @@ def _reads_hub(spec: RunSpec) -> bool:
     return not (spec.random_weights and spec.model in PAPER_MODELS)
 
 
+def _hub_digest(spec: RunSpec) -> dict[str, Any] | None:
+    """``harness.identity.hub_digest`` of the hub id's files the run reads, as its record keeps them and a finished run
+    is compared: a ``--random-weights`` one reads its configs (and code), and its tokenizer's and processor's files
+    only where its task does not tokenize with the embedded model's (``Task.reads_embedded``: a causal LM built from a
+    hub id's config does; a multimodal LLaVA whose processor the hub's cache holds reads that processor), so that a
+    new commit of its tokenizer's files alone does not refuse the run."""
+    task_cls = TASKS.get(spec.task)
+    tokenizer = not spec.random_weights or not task_cls.reads_embedded(spec.model, True)
+    return hub_digest(spec.model, task_cls.reads_weights(spec.model, spec.random_weights), tokenizer)
+
+
 def _other_hub_files(spec: RunSpec, info: dict[str, Any], then: dict[str, Any]) -> str | None:
     """``"commit 0123abcd -> 4567ef01: changed tokenizer_config.json"``: a hub id's files that the hub's local cache
     now holds at its main revision (``harness.identity.hub_digest``) other than those the finished run loaded,
     compared over the files both know by ids of one form (a file not downloaded again is not known); ``None``: none
     differs, or the cache holds no revision of it (offline, the hub's own newest revision is not known)."""
-    now = hub_digest(spec.model, TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights))
+    now = _hub_digest(spec)
     if now is None:
         return None
     then = {rel: blob_form(blob) for rel, blob in then.items() if isinstance(blob, str)}
@@ -425,7 +437,7 @@ def _other_model_code(spec: RunSpec, finished: dict[str, Any], trust_remote_code
     comes with its own code (its config's ``auto_map``) runs that code, without it transformers' classes, and the run
     id leaves the flag out. A record without ``model_info.trust_remote_code`` (from before it was kept, or made
     without the flag) ran with it where the model loads only with it (a ``model_type`` transformers does not know:
-    ``harness.models.needs_own_code``), else without. ``None``: the same, or the flag changes nothing the run loads
+    ``harness.identity.needs_own_code``), else without. ``None``: the same, or the flag changes nothing the run loads
     (``harness.models.own_code``: no ``auto_map`` for its config, model or, unless it builds random weights, its
     tokenizer)."""
     info = finished["run"]["config"].get("model_info")

@@ -30,6 +30,7 @@ from harness.train_checkpoint import (
     UNKNOWN_BEFORE_CODE_KEYS,
     _read_checkpoint,
     _rng_state,
+    check_model,
     save_checkpoint,
     timed_facts,
 )
@@ -249,19 +250,7 @@ def train(
                 f"{checkpoint} was written by other code ({', '.join(changed)} changed since); delete it or use "
                 "--force to start over with this code"
             )
-        then_weights = saved["state"].get("weights")  # none kept: not known then, or a checkpoint from before
-        if weights and then_weights and then_weights != weights:
-            raise ValueError(
-                f"{checkpoint} was written on another model (the files the run reads of it, weights, configs, "
-                f"tokenizer or code, or another embedded GGUF: {then_weights[:8]} -> {weights[:8]} since); delete it "
-                "or use --force to start over on this one"
-            )
-        then_revision = saved["state"].get("hub_revision")  # none kept: not known then, or a checkpoint from before
-        if revision and then_revision and then_revision != revision:
-            raise ValueError(
-                f"{checkpoint} was written on another revision of the hub model (commit {then_revision[:8]} -> "
-                f"{revision[:8]} since); delete it or use --force to start over on this one"
-            )
+        check_model(checkpoint, saved["state"], weights, revision)
         then_device = saved["state"].get("device")  # none kept: a checkpoint from before, taken as it is
         if then_device and then_device != state["device"]:
             raise ValueError(

@@ -1,7 +1,7 @@
 """A run's checkpoint: what it holds (``save_checkpoint``: the adapter, optimizer, scheduler, hooks' and random
 state, the loop's counts), how it is read back (``_read_checkpoint``: an unreadable file set aside, an error of the
 machine raised as ``CheckpointUnreadable``), and what the resume checks of ``harness.train.train`` compare (the code
-keys, ``timed_facts``). Part of ``harness.train``, which re-exports what others import."""
+keys, ``timed_facts``, the model: ``check_model``). Part of ``harness.train``, which re-exports what others import."""
 
 from __future__ import annotations
 
@@ -46,6 +46,37 @@ def timed_facts(env: dict[str, Any]) -> dict[str, Any]:
         "torch_threads": env.get("torch_threads") if env.get("device_type", "cpu") == "cpu" else None,
         "malloc": {"mmap_threshold": threshold} if threshold else None,
     }
+
+
+def check_model(checkpoint: Path, then: dict[str, Any], weights: str | None, revision: str | None) -> None:
+    """A ``ValueError`` where the checkpoint (its ``state``: ``then``) was written on another model than the run's
+    now: other ``weights`` (a local folder's or the embedded GGUF's digest), another ``revision`` (a hub id's commit),
+    or the ``--model`` string named a hub id then and a local folder now, or the reverse (one side has only a commit,
+    the other only a digest, which the two comparisons pass). Where either is not known (a checkpoint from before
+    they were kept), it is resumed as it is."""
+    then_weights = then.get("weights")  # none kept: not known then, or a checkpoint from before
+    if weights and then_weights and then_weights != weights:
+        raise ValueError(
+            f"{checkpoint} was written on another model (the files the run reads of it, weights, configs, tokenizer "
+            f"or code, or another embedded GGUF: {then_weights[:8]} -> {weights[:8]} since); delete it or use --force "
+            "to start over on this one"
+        )
+    then_revision = then.get("hub_revision")  # none kept: not known then, or a checkpoint from before
+    if revision and then_revision and then_revision != revision:
+        raise ValueError(
+            f"{checkpoint} was written on another revision of the hub model (commit {then_revision[:8]} -> "
+            f"{revision[:8]} since); delete it or use --force to start over on this one"
+        )
+    if then_revision and not then_weights and weights and not revision:
+        raise ValueError(
+            f"{checkpoint} was written on the hub id at commit {then_revision[:8]} (a local folder of that name now: "
+            f"{weights[:8]}); delete it or use --force to start over on this one"
+        )
+    if then_weights and not then_revision and revision and not weights:
+        raise ValueError(
+            f"{checkpoint} was written on a local folder ({then_weights[:8]}; the hub id of that name now: commit "
+            f"{revision[:8]}); delete it or use --force to start over on this one"
+        )
 
 
 class CheckpointUnreadable(RuntimeError):

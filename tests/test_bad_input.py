@@ -1284,13 +1284,15 @@ def _refused_in_one_line(sandbox, data_dir, capsys, argv: list[str], match: str,
 def test_a_diffusers_config_for_a_text_model_is_refused_in_one_line(sandbox, data_dir, capsys, argv):
     """From a review: ``transformers_config`` read the config's ``model_type``, which a diffusers config (its
     ``_class_name`` only, which ``load_config_dict`` takes) lacks: a commonsense run or a bench of one built from its
-    config ended in a KeyError traceback."""
+    config ended in a KeyError traceback. Its message offered runwayml/stable-diffusion-v1-5 among the models to give,
+    the very id refused: it names the paper ids that are transformers models only."""
     _refused_in_one_line(
         sandbox,
         data_dir,
         capsys,
         argv,
-        r"model '\S+': its config is a diffusers one, no transformers model; give a model folder, a config\.json",
+        r"model '\S+': its config is a diffusers one, no transformers model; give a model folder, a config\.json, "
+        r"'embedded', or one of meta-llama/Meta-Llama-3-8B, llava-hf/llava-1\.5-7b-hf$",
         write("unet/config.json", '{"_class_name": "UNet2DConditionModel"}'),
     )
 

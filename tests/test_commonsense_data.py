@@ -442,6 +442,16 @@ def test_a_split_in_another_format_only_is_an_error_saying_to_convert_it(tmp_pat
     CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
 
 
+def test_a_test_set_in_another_format_under_the_parents_commonsense_folder_is_named(tmp_path):
+    """From a review: a --data-dir given as the parent of commonsense/ (a form the README accepts) whose benchmark
+    held test.jsonl only was said to hold no benchmark folder with a test.json: the other format was looked for in
+    the folder given only."""
+    (tmp_path / "commonsense" / "boolq").mkdir(parents=True)
+    (tmp_path / "commonsense" / "boolq" / "test.jsonl").write_text(json.dumps(yes_no(range(4))[0]))
+    with pytest.raises(ValueError, match=r"commonsense/boolq/test\.jsonl is not read: the harness reads test\.json"):
+        data.resolve_data_dir(str(tmp_path))
+
+
 def test_a_benchmark_folder_named_mixed_is_named_as_itself_not_as_the_mixed_file(tmp_path, data_dir):
     """From a review: the mixed file's records are tagged ``mixed``, and that tag was taken for commonsense_170k.json
     wherever it came from, so a benchmark folder named mixed/ was named as a file that does not exist (a cloze

@@ -669,6 +669,63 @@ def test_a_random_weights_run_of_a_hub_id_is_refused_when_the_config_it_was_buil
     assert reused["run"]["status"] == "success" and "hub_revision" not in reused["run"]["config"]["model_info"]
 
 
+def test_a_random_weights_run_of_a_hub_id_records_and_compares_only_the_files_it_reads(data_dir, tmp_path, monkeypatch):
+    """From a review: a --random-weights run of a hub id recorded every file of the hub's snapshot but the weights
+    (its tokenizer's files, its generation config), though it reads only the config (it tokenizes with the embedded
+    tokenizer): a commit that changed only the tokenizer's files refused the finished run. It keeps the config's
+    blob only, and a record that kept more is compared over the config only; a new config.json is refused. A
+    multimodal LLaVA whose processor the hub's cache holds reads that processor: its files are kept."""
+    import dataclasses
+
+    from huggingface_hub import constants
+
+    from harness import models, runner
+    from harness.runner_identity import _hub_digest
+
+    repo = tmp_path / "hub" / "models--someorg--tiny"
+    tokenizer = _tiny_folder(tmp_path)  # its tokenizer's files; stands in for the embedded tokenizer too
+    config = tiny_llama(layers=2, vocab_size=49152).config  # the embedded tokenizer's 49,152 ids fit
+    source = tmp_path / "a"
+    shutil.copytree(tokenizer, source, ignore=shutil.ignore_patterns("*.safetensors"))
+    config.to_json_file(source / "config.json")
+    ids = _hub_snapshot(repo, "a" * 40, source)
+    assert {"tokenizer_config.json", "generation_config.json"} <= set(ids)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(models, "embedded_folder", lambda: tokenizer)
+    monkeypatch.setattr(models, "embedded_converted", lambda: True)
+    data = _hub_data(tmp_path, data_dir)
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny", random_weights=True)
+    runs = tmp_path / "runs"
+    [record] = runner.run_all([spec], runs, str(data), progress=False)
+    assert record["run"]["status"] == "success", record["run"].get("error")
+    assert record["run"]["config"]["model_info"]["hub_manifest"] == {"config.json": ids["config.json"]}
+    kept = json.loads((runs / spec.run_id / RECORD).read_text())
+    kept["run"]["config"]["model_info"]["hub_manifest"] = ids  # as a record of 6a87e30 kept them: all but weights
+    (runs / spec.run_id / RECORD).write_text(json.dumps(kept))
+    kept = (runs / spec.run_id / RECORD).read_bytes()
+
+    tokenizer_config = json.loads((source / "tokenizer_config.json").read_text())
+    (source / "tokenizer_config.json").write_text(json.dumps(tokenizer_config | {"model_max_length": 7}))
+    (source / "generation_config.json").write_text("{}")
+    _hub_snapshot(repo, "b" * 40, source)  # a commit of the tokenizer's and generation files only: not read
+    runner.run_all([spec], runs, str(data), progress=False)
+    assert (runs / spec.run_id / RECORD).read_bytes() == kept  # done already
+
+    config.num_hidden_layers = 3
+    config.to_json_file(source / "config.json")
+    _hub_snapshot(repo, "c" * 40, source)  # another config: another model
+    with pytest.raises(runner.RunRefused, match=r"commit aaaaaaaa -> cccccccc: changed config.json\)"):
+        runner.run_all([spec], runs, str(data), progress=False)
+
+    (source / "preprocessor_config.json").write_text("{}")  # a LLaVA processor the hub's cache holds
+    _hub_snapshot(repo, "d" * 40, source)
+    assert set(_hub_digest(spec)["manifest"]) == {"config.json"}  # the causal LM reads the embedded tokenizer
+    llava = set(_hub_digest(dataclasses.replace(spec, task="multimodal"))["manifest"])
+    assert {"config.json", "tokenizer_config.json", "preprocessor_config.json"} <= llava
+
+
 def test_a_model_string_that_turns_from_a_hub_id_into_a_local_folder_or_back_is_refused(
     data_dir, tmp_path, monkeypatch
 ):

@@ -267,6 +267,42 @@ def test_checkpoint_written_on_other_model_weights_is_refused(char_tokenizer, tm
     assert torch.load(tmp_path / CHECKPOINT, weights_only=False)["state"]["weights"] == "a" * 64  # still kept
 
 
+@pytest.mark.parametrize(
+    ("then", "now", "message"),
+    [
+        (
+            {"revision": "c" * 40},
+            {"weights": "a" * 64},
+            r"on the hub id at commit cccccccc \(a local folder .*: aaaaaaaa\)",
+        ),
+        (
+            {"weights": "a" * 64},
+            {"revision": "c" * 40},
+            r"on a local folder \(aaaaaaaa; the hub id .*: commit cccccccc\)",
+        ),
+    ],
+)
+def test_checkpoint_of_a_hub_id_is_not_resumed_on_a_local_folder_of_its_name(
+    char_tokenizer, tmp_path, then, now, message
+):
+    """From a review: a --model string that named a hub id when the run stopped and a local folder when it was
+    started again (or the reverse) resumed its checkpoint on the other model: the checkpoint kept only a commit and
+    the run only a digest, and each check compared only a value both sides had."""
+    config = dataclasses.replace(CONFIG, steps=3)
+
+    def run(folder: str, **model: str):
+        adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+        recipe = text_recipe(char_tokenizer, config)
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path / folder, progress=False, **model)
+
+    run("switched", **then)
+    with pytest.raises(ValueError, match=message + "; delete it or use --force to start over"):
+        run("switched", **now)
+    assert run("switched", **then).resumed_from == 3  # the model it was written on: resumed
+    run("before")  # neither kept (a checkpoint from before, a model not known): resumed on either
+    assert run("before", **now).resumed_from == 3
+
+
 def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(

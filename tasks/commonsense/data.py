@@ -64,7 +64,8 @@ def resolve_data_dir(data_dir: str | None) -> Path:
         if not _benchmark_dirs(path, links=False) and _benchmark_dirs(path / "commonsense"):
             path = path / "commonsense"
         if not _benchmark_dirs(path, links=False):  # the wrong folder: said so, not a stray link in it blamed
-            check_formats(path, "test")  # or the right one, its test sets in another format
+            for folder in (path, path / "commonsense"):  # or the right one (or its parent), in another format
+                check_formats(folder, "test")
             broken = sorted(set(_benchmark_dirs(path)))
             raise ValueError(
                 f"data dir {str(path)!r} holds no benchmark folder with a test.json; expected e.g. "
