@@ -99,6 +99,7 @@ from harness.leaderboard_checks import (
     mixed_flops_counters,
     mixed_scorers,
     other_method_versions,
+    other_plugin_code,
     other_task_versions,
     timed_in_two_places,
     uncounted_hook_flops,
@@ -299,7 +300,7 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
         written += _task_files(task, [r for r in records if r["run"]["config"]["task"] == task], runs_dir, out_dir)
     mixed = mixed_flops_counters(secs, runs_dir) + uncounted_hook_flops(secs, runs_dir) + other_task_versions(secs)
     mixed += other_method_versions(secs) + mixed_scorers(secs) + mixed_base_params(secs) + unpaired_seeds(secs)
-    mixed += unpaired_examples(secs) + timed_in_two_places(secs)
+    mixed += unpaired_examples(secs) + timed_in_two_places(secs) + other_plugin_code(secs)
     for line in mixed:
         print(f"warning: {line}", file=sys.stderr)
     notes = "".join(f"\n**Warning:** {md_text(line)}\n" for line in mixed)  # it names row labels

@@ -14,7 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -245,9 +245,9 @@ def load_plugin(path: str | Path) -> None:
 
 
 def _plugin_digest(path: Path, folder: Path, imported: set[Path]) -> str:
-    """The code a run of a plugin depends on: the file and the modules it imported from its own folder (and below),
-    those first imported now (``imported``) and those it names that another plugin imported first (the hash must
-    not depend on order)."""
+    """The code a run of a plugin depends on: the file and the modules it imports from its own folder (and below),
+    those first imported now (``imported``) and those its import statements name, imported yet or not (the hash
+    must depend neither on the order plugins load in nor on when a function imports a helper)."""
     files = {path} | imported | _imported_beside(path, folder)
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: (f != path, str(f))):  # the plugin file first
@@ -294,35 +294,83 @@ def _installed(path: Path) -> bool:
 
 
 def _imported_beside(file: Path, folder: Path) -> set[Path]:
-    """The loaded modules of ``folder`` (and below) that ``file`` imports by name, and those they import, read from
-    the import statements (absolute ones; a module imported another way is seen only when it is first loaded)."""
+    """The modules of ``folder`` (and below) that ``file`` imports by name, and those they import: every import
+    statement's, in a function or class too, found where ``import`` would find it now without importing it (from
+    a review: a helper a plugin imports inside ``__init__`` was left out of its hash until imported, so editing it
+    after a run left the run done). A module imported other than by an import statement is seen once loaded."""
     import ast
 
     found: set[Path] = set()
-    todo = [file]
+    todo: list[tuple[Path, str | None]] = [(file, None)]  # a file and its module's name (a relative import's base)
     while todo:
+        path, module = todo.pop()
         try:
-            tree = ast.parse(todo.pop().read_bytes())
+            tree = ast.parse(path.read_bytes())
         except (OSError, SyntaxError, ValueError):
             continue
         for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
-            else:
-                continue
-            for name in names:
-                parts = name.split(".")
-                if parts[0] in BUILTIN_PACKAGES:
+            for name in _imported_names(node, module, path.name == "__init__.py"):
+                if name.partition(".")[0] in BUILTIN_PACKAGES:
                     continue
-                for i in range(1, len(parts) + 1):
-                    loaded = getattr(sys.modules.get(".".join(parts[:i])), "__file__", None)
-                    path = Path(loaded).resolve() if loaded else None
-                    if path and path.is_relative_to(folder) and path not in found and not _installed(path):
-                        found.add(path)
-                        todo.append(path)
+                for full, beside in _module_files(name):
+                    if beside.is_relative_to(folder) and beside not in found and not _installed(beside):
+                        found.add(beside)
+                        todo.append((beside, full))
     return found
+
+
+def _imported_names(node: Any, module: str | None, package: bool) -> list[str]:
+    """The module names an import statement may load: ``from a import b`` names ``a`` and ``a.b`` (a submodule, or
+    not); a relative one is resolved from ``module`` (None: the plugin file, which has no package)."""
+    import ast
+
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if not isinstance(node, ast.ImportFrom):
+        return []
+    if node.level == 0:
+        if not node.module:
+            return []
+        base = node.module
+    else:
+        if module is None:
+            return []
+        parts = (module if package else module.rpartition(".")[0]).split(".")
+        if not parts[0] or len(parts) < node.level:  # beyond the top-level package: the import fails
+            return []
+        base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
+    return [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+
+
+def _module_files(name: str) -> list[tuple[str, Path]]:
+    """The files of ``name`` and its parent packages, as ``import name`` would load them now: a loaded module's
+    own, else found on ``sys.path`` (and in the package's folders) without running anything."""
+    from importlib.machinery import FrozenImporter, PathFinder
+
+    files: list[tuple[str, Path]] = []
+    parts = name.split(".")
+    search: list[str] | None = None  # the parent package's folders; None: sys.path, or a parent of no submodules
+    for i in range(len(parts)):
+        full = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(full)
+        if loaded is not None:  # os.path too, under a module that is no package
+            file, path = getattr(loaded, "__file__", None), getattr(loaded, "__path__", None)
+        elif i > 0 and search is None:  # not a package: no submodule to find
+            break
+        else:
+            if i == 0 and (full in sys.builtin_module_names or FrozenImporter.find_spec(full) is not None):
+                break  # found before sys.path: no file beside the plugin
+            try:
+                spec = PathFinder.find_spec(full, search)
+            except (ImportError, ValueError, OSError):
+                spec = None
+            if spec is None:
+                break
+            file, path = spec.origin if spec.has_location else None, spec.submodule_search_locations
+        if isinstance(file, str):
+            files.append((full, Path(file).resolve()))
+        search = [str(p) for p in path] if isinstance(path, Iterable) else None
+    return files
 
 
 _PLUGINS_LOADED: dict[Path, str] = {}  # each plugin file loaded: the sha256 of it and the modules beside it

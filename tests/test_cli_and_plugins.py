@@ -394,6 +394,33 @@ def test_a_plugins_hash_leaves_out_packages_installed_under_its_folder(tmp_path,
     assert registry._PLUGINS_LOADED[plugin.resolve()] == expected
 
 
+def test_a_plugins_hash_covers_the_helpers_it_imports_inside_a_function(tmp_path, plugin_sandbox):
+    """From a review: a helper beside the plugin imported inside ``__init__`` (not yet imported when the plugin
+    loads) was left out of its sha256, so editing it after a run left the run done; with the import at the top
+    it was other code. The hash reads the import statements, in functions too, and the helpers' own (a package's
+    relative import as well), without importing them."""
+    import sys
+
+    registry = plugin_sandbox
+    (tmp_path / "lazy_nb.py").write_text("GAIN = 2.0\n")
+    (tmp_path / "lazy_pkg").mkdir()
+    (tmp_path / "lazy_pkg" / "__init__.py").write_text("def k():\n    from .deep import K\n    return K\n")
+    (tmp_path / "lazy_pkg" / "deep.py").write_text("K = 3\n")
+    plugin = tmp_path / "lazy_plug.py"
+    plugin.write_text(
+        PLUGIN.format(name="lazy_plug_lora")
+        + "\n    def gain(self):\n        from lazy_nb import GAIN\n        import lazy_pkg\n\n"
+        + "        return GAIN * lazy_pkg.k()\n"
+    )
+    registry.load_plugin(plugin)
+    assert not {"lazy_nb", "lazy_pkg", "lazy_pkg.deep"} & set(sys.modules)  # read, not imported
+    expected = hashlib.sha256()
+    for name in ("lazy_plug.py", "lazy_nb.py", "lazy_pkg/__init__.py", "lazy_pkg/deep.py"):
+        expected.update(f"{name}\0".encode() + (tmp_path / name).read_bytes())
+    assert registry._PLUGINS_LOADED[plugin.resolve()] == expected.hexdigest()
+    assert registry.plugin_files(METHODS.get("lazy_plug_lora"))[0]["sha256"] == expected.hexdigest()
+
+
 def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
     """From a review: both were imported as harness_plugin_twin, the second replacing the first: a's method was
     recorded with b's sha256."""

@@ -392,6 +392,41 @@ def test_runs_of_one_model_that_counted_its_parameters_two_ways_are_warned_about
     assert "two ways" not in capsys.readouterr().err
 
 
+def test_runs_made_with_other_plugin_code_are_warned_about(tmp_path, capsys):
+    """From a review: seeds run with different plugin code (records' ``env.plugins`` sha256s differ) were pooled
+    into one row without a word, where runs of two versions of a built-in are named. Now the method's plugin (one
+    row's runs) and the task's (every row's) are named alike; a record without ``env.plugins`` says nothing."""
+    runs = tmp_path / "runs"
+    made = [("lora", 0, "1", "a", "2026-12-01"), ("lora", 1, "2", "a", "2026-12-02"), ("base", 0, None, "b", "")]
+    for method, seed, mine, task, created in made:
+        record = fixture_record(method, seed)
+        record["run"]["created_at"] = f"{created}T00:00:00+00:00" if created else record["run"]["created_at"]
+        record["env"]["plugins"] = [{"file": "toy_task.py", "sha256": task * 64}]
+        record["env"]["plugins"] += [{"file": "my_lora.py", "sha256": mine * 64}] if mine else []
+        write_fixture(runs, record)
+    write_fixture(runs, fixture_record("lora", 2))  # no env.plugins: nothing known, nothing said
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert re.search(
+        r"holds lora runs made with 2 versions of the plugin file my_lora\.py \(sha256 11111111 in 1 run, "
+        r"22222222 in 1 run; the last is the newest\): their scores may not compare; run the older ones again "
+        "with --force",
+        err,
+    ), err
+    assert "holds runs made with 2 versions of the plugin file toy_task.py (sha256 " in err  # the task's: every row's
+    assert (
+        "holds lora runs made with 2 versions of the plugin file my_lora.py"
+        in (tmp_path / "out" / "leaderboard.md").read_text()
+    )
+    for record_file in runs.rglob("record.json"):  # one code per plugin: nothing said
+        record = json.loads(record_file.read_text())
+        for plugin in record["env"].get("plugins", []):
+            plugin["sha256"] = "c" * 64
+        write_record(record_file.parent, record)
+    write_leaderboards(runs, tmp_path / "out")
+    assert "versions of the plugin" not in capsys.readouterr().err
+
+
 def test_the_plot_shows_the_newest_section_of_a_preset(tmp_path):
     from harness.leaderboard import load_records, newest_sections, sections
 
