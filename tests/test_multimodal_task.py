@@ -784,6 +784,28 @@ def test_a_transformers_llava_built_with_random_weights_is_its_seeds_whatever_th
         assert torch.equal(tensor, weights[1][name]), name
 
 
+def test_a_transformers_llava_built_with_random_weights_is_its_seeds_on_a_cold_cache_too(tmp_path, monkeypatch):
+    """From a re-review: the seed was set before the embedded tokenizer loaded, and its first load (the GGUF's
+    conversion, on a cold cache) draws random numbers: the first run of a fresh machine got other weights than
+    the runs after it. The seed is set as the model is built; here the load draws as a conversion would."""
+    import torch
+
+    from harness import models
+
+    folder = str(_reduced_llava_folder(tmp_path))
+    warm = _load_random(folder, train_projector=True).model.state_dict()
+    loaded = models.embedded_folder
+
+    def converting():  # a cold cache: the conversion builds a model from its config, drawing its weights
+        torch.rand(1000)
+        return loaded()
+
+    monkeypatch.setattr(models, "embedded_folder", converting)
+    cold = _load_random(folder, train_projector=True).model.state_dict()
+    for name, tensor in warm.items():
+        assert torch.equal(tensor, cold[name]), name
+
+
 def test_a_transformers_llava_built_with_random_weights_records_no_stage1_and_the_tokenizer_it_read(tmp_path):
     """From a review: its record said "pretrained LLaVA projector" under --random-weights (the projector is random),
     and nothing said that the embedded SmolLM2 tokenizer stood in for its processor's (a llava_style config's

@@ -227,10 +227,14 @@ class MultimodalTask(Task):
             extra = list(net.projector.parameters()) if train_projector else []
             return Loaded(net, net.language_model, label, tokenizer, info, extra)
         config = models.load_config_dict(model) if random_weights else None
-        if random_weights:  # as the llava_style branch: the weights are the seed's, not the global RNG's state
-            torch.manual_seed(seed)
-        net, processor = mm.build_paper(
-            model, device, dtype, random_weights, config=config, train_projector=train_projector
+        net, processor = mm.build_paper(  # random weights: the seed's, not the global RNG's state (a re-review: the
+            model,  # seed set before a first GGUF conversion of the tokenizer, which draws, gave a cold cache others)
+            device,
+            dtype,
+            random_weights,
+            config=config,
+            train_projector=train_projector,
+            seed=seed if random_weights else None,
         )
         label = f"{models.label(model)}" + (" (random weights)" if random_weights else "")
         info = {

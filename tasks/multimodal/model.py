@@ -374,11 +374,13 @@ def build_paper(
     config: dict[str, Any] | None = None,
     tokenizer: Any = None,
     train_projector: bool = True,
+    seed: int | None = None,
 ) -> tuple[nn.Module, Any]:
     """``(LlavaForConditionalGeneration, processor)``; frozen but the projector (``train_projector``), eval
     mode. Pretrained from a hub id or a local folder with ``AutoProcessor``; or ``random_weights`` from ``config`` (default: the
     shipped llava-1.5-7b config), with the source's processor if it loads offline, else
-    ``offline_llava_processor`` over ``tokenizer`` (default: the embedded SmolLM2 tokenizer)."""
+    ``offline_llava_processor`` over ``tokenizer`` (default: the embedded SmolLM2 tokenizer); ``seed``: the random
+    weights', set as the model is built (after the tokenizer, whose first conversion draws random numbers)."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
     from harness.models import _brief, embedded_folder, hub_load_error, is_hub_id, load_config_dict
@@ -402,6 +404,8 @@ def build_paper(
 
                 tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
             processor, data = offline_llava_processor(data, tokenizer)
+        if seed is not None:
+            torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(AutoConfig.for_model(**data))
     else:
         try:
