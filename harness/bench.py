@@ -23,7 +23,8 @@ drifts and other load fall on all alike; reported: the median and range over ``-
 the floor's time in the same round (median, 95% bootstrap interval over rounds, range), process CPU time,
 peak memory of one step above what was allocated before it (the CUDA allocator; on a CPU, tensor storages
 tracked by a dispatch mode), the tensors that train and their optimizer state (not a frozen A), and FLOPs counted on the meta device as
-run records count them. Scoring: the task's ``evaluate`` with the base model per protocol, on
+run records count them. Scoring: the task's ``evaluate`` with the base model per protocol (a task that scores a
+causal LM, ``SCORED_TASKS``; another is refused before anything loads), on
 ``--eval-limit`` examples per benchmark. Writes ``bench.csv``, ``bench.md``, ``bench.json`` (config,
 environment, rows) and ``bench.png`` to ``--out``.
 """
@@ -61,6 +62,11 @@ EXAMPLES = """examples:
   harness bench --methods lora --also dropout=0 --protocols none --rounds 21         # what the dropout costs, paired
 """
 
+
+# The tasks whose scoring bench times: their ``evaluate`` scores a causal LM and its tokenizer, the model bench loads
+# (every protocol they have). Another task scores a model of its own (a LLaVA, a UNet pipeline, a plugin's network)
+# and is refused before anything loads: its evaluate failed on bench's model after all the timing (from a review).
+SCORED_TASKS = ("commonsense",)
 
 # (flag, BenchConfig field, least value): the shape and counts a bench is given
 BOUNDS = (
@@ -122,7 +128,9 @@ class BenchConfig:
 
     def check_methods(self) -> None:
         """Every method is registered and takes the options (and each ``--also`` option), before any loading."""
+        from harness.adapter import AdapterLinear
         from harness.config import make_config
+        from harness.reducer import no_heads
         from harness.registry import METHODS
 
         for name in self.methods or METHODS.names():
@@ -139,6 +147,12 @@ class BenchConfig:
                 changed = {"": make_config(cls.config_cls, _also_base(self.options, paired, item), name)}
                 rows[item] = _also_config(cls, self.options, paired, item, name)
                 _refuse_same("--also", item, changed | rows, name)
+            # a Reducer for a method with nothing to pause, as attach refuses it (after the model has loaded)
+            timed = (
+                list(rows.values()) if made else [base, *rows.values()]
+            )  # the --reducer variants replace the defaults
+            if cls.reducer_parameters is AdapterLinear.reducer_parameters and any(c.reducer is not None for c in timed):
+                raise ValueError(no_heads(name))
         if self.peft and "lora" in METHODS:
             peft_lora_config(self.options)
 
@@ -269,12 +283,19 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
 
 
 def _scoring_tasks(config: BenchConfig) -> dict[str, Any]:
-    """{protocol: the task built to score it}: an unknown task or protocol, or data that cannot be read, fails
-    here, before anything is loaded or timed."""
+    """{protocol: the task built to score it}: an unknown task or protocol, a task that does not score a causal LM
+    (``SCORED_TASKS``), a protocol the task cannot run here, or data that cannot be read, fails here, before
+    anything is loaded or timed."""
     from harness.registry import TASKS
     from harness.task import TaskOptions
 
     task_cls = TASKS.get(config.task)
+    if config.task not in SCORED_TASKS:  # before the protocols: that refusal's advice (--protocols native) crashed
+        scored = "; ".join(f"{t} ({', '.join(TASKS.get(t).protocols)})" for t in SCORED_TASKS)
+        raise ValueError(
+            f"--task {config.task}: bench times scoring on the causal LM it loads, and the {config.task} task scores "
+            f"a model of its own; bench can score {scored}: pass --task with one of those, or --protocols none"
+        )
     for protocol in config.protocols:
         if protocol not in task_cls.protocols:
             raise ValueError(
@@ -284,9 +305,9 @@ def _scoring_tasks(config: BenchConfig) -> dict[str, Any]:
     tasks = {}
     for protocol in config.protocols:
         template = task_cls.default_template(protocol, "clean")
-        tasks[protocol] = task_cls(
-            TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed)
-        )
+        options = TaskOptions(config.data_dir, eval_limit=config.eval_limit, template=template, seed=config.seed)
+        task_cls.check_options(protocol, options)  # evaluate checks them after the timing (lm-eval not installed)
+        tasks[protocol] = task_cls(options)
     return tasks
 
 
@@ -356,7 +377,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="also time every method with this option changed, in the same rounds (repeatable; e.g. dropout=0)",
     )
-    p.add_argument("--task", default="commonsense", help="the task whose scoring is timed (default commonsense)")
+    p.add_argument(
+        "--task",
+        default="commonsense",
+        help="the task whose scoring is timed (default commonsense, the one bench can score)",
+    )
     p.add_argument("--protocols", default="cloze,choice", help="protocols to time, comma-separated, or 'none'")
     p.add_argument("--data-dir", help="the task's data (default: $HARNESS_DATA_DIR, else download)")
     p.add_argument("--eval-limit", type=int, default=8, help="test examples per benchmark when scoring (default 8)")

@@ -237,7 +237,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         _refuse_empty(args)
         args.func(args)
+        sys.stdout.flush()  # here, not in Python's flush at exit: a reader that has gone (`| head`) is seen below
+    except SystemExit:  # argparse's --help: its text may still be in stdout's buffer, which Python flushes at exit
+        _flush_stdout()
+        raise
     except (CliError, ValueError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `harness list methods | head -3`: not an error
+            _stdout_to_devnull()
+            return 1
         if _debug():
             raise
         message = str(exc)
@@ -251,6 +258,40 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: interrupted; {_after_interrupt(command, args, argv)}", file=sys.stderr)
         return 130
     return 0
+
+
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has gone, so that a ``BrokenPipeError`` is stdout's and not another
+    pipe's (that one is an error to report): Linux's poll says ``POLLERR``; where this cannot be told (no poll, a
+    stdout without a file descriptor), yes, as Python's docs on SIGPIPE take every one to be."""
+    import select
+
+    try:
+        fd, poller = sys.stdout.fileno(), select.poll()
+    except (AttributeError, OSError, ValueError):
+        return True
+    poller.register(fd, select.POLLOUT)
+    return any(event & (select.POLLERR | select.POLLHUP) for _, event in poller.poll(0))
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's file descriptor at devnull (Python's docs on SIGPIPE): what is left in its buffer goes there,
+    and Python's flush at exit prints no ``BrokenPipeError`` (stdout without a descriptor is left as it is)."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _flush_stdout() -> None:
+    """Flush stdout; a reader that has gone is left quietly (``harness --help | head -1``)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _stdout_to_devnull()
 
 
 def _debug() -> bool:

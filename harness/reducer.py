@@ -21,10 +21,27 @@ if TYPE_CHECKING:
     from harness.adapter import AdapterLinear
 
 
+def no_heads(method: str, layer: str | None = None) -> str:
+    """The refusal of the Reducer for ``method``, whose wrappers (``layer``'s, or all: their class keeps
+    ``AdapterLinear``'s) name no tensor to pause: it would pause nothing, yet score layers and record per-layer update
+    counts as if it had."""
+    which = f"its wrappers in {layer}" if layer else "its wrappers"
+    return (
+        f"method {method!r} cannot use the Reducer: the Reducer pauses a layer by freezing the tensors its wrappers' "
+        f"reducer_parameters() return, and {which} return none; define reducer_parameters() on the method (e.g. "
+        "returning its B) to use the Reducer, or leave the Reducer off (reducer=off)"
+    )
+
+
 class Reducer:
     def __init__(self, config: ReducerConfig, groups: Sequence[Sequence[AdapterLinear]]) -> None:
         self.config = config
         self.groups = [list(g) for g in groups]
+        # the tensors it pauses: a layer without any would train every step, scored and counted as paused
+        self.heads = [[p for layer in g for p in layer.reducer_parameters()] for g in self.groups]
+        for group, heads in zip(self.groups, self.heads, strict=True):
+            if not heads:
+                raise ValueError(no_heads(type(group[0]).name, group[0].site.layer))
         self.num_layers = len(self.groups)
         self.k = config.resolve_k(self.num_layers)
         self.n_suppressed = config.n_suppressed if config.n_suppressed is not None else max(1, self.num_layers // 2)
@@ -42,7 +59,6 @@ class Reducer:
                 "trial, so the trials cannot tell the layers apart and the scores never move; use n_suppressed "
                 f"< {self.num_layers} (default: half the layers), or selection='random'"
             )
-        self.heads = [[p for layer in g for p in layer.reducer_parameters()] for g in self.groups]
         self.scores = torch.zeros(self.num_layers, dtype=torch.float64)
         self.update_counts = [0] * self.num_layers
         self.trajectory: list[dict[str, Any]] = []  # one entry per scoring round

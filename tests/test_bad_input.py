@@ -877,9 +877,11 @@ BENCH_CASES = [
         "bench-unknown-protocol", bench("--protocols", "cloze,vibes"), r"protocol 'vibes' is not one of commonsense's: "
     ),
     bad(
-        "bench-protocol-of-another-task",
+        "bench-task-it-cannot-score",  # it was refused as another task's protocol, advising one that then crashed
         bench("--task", "diffusion"),
-        r"protocol 'cloze' is not one of diffusion's: native; pass --protocols with those \(comma-separated\), or none",
+        r"--task diffusion: bench times scoring on the causal LM it loads, and the diffusion task scores a model of "
+        r"its own; bench can score commonsense \(choice, generate, lm-eval, cloze\): pass --task with one of those, "
+        r"or --protocols none",
     ),
     bad("bench-unknown-task", bench("--task", "nope"), r"unknown task 'nope'; available: commonsense, diffusion"),
     bad("bench-data-dir-missing", bench("--data-dir", "{tmp}/nowhere"), r"data dir '.*nowhere' does not exist"),

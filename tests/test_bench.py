@@ -926,3 +926,25 @@ def test_a_tilde_in_out_is_the_home_s(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--methods", "lora", "--random-weights", "--protocols", "none", "--out=~/b"])
     assert seen["out"] == str(tmp_path / "b")
+
+
+def test_a_task_that_scores_no_causal_lm_is_refused_before_anything_loads(tmp_path, capsys, monkeypatch):
+    """From a review: ``harness bench --task multimodal --protocols native`` (or a plugin task's protocol) timed every
+    training step, then scored bench's causal LM with the task's ``evaluate`` and ended in a traceback (an
+    AttributeError on ``vision_config``; a plugin's float inputs in an embedding), writing nothing; ``--task
+    diffusion`` was refused for its default protocols with the advice to pass ``--protocols native``, which ended so
+    too. A protocol its task refuses (lm-eval without lm-eval installed) was refused only after the timing too."""
+    import importlib.util
+
+    out = tmp_path / "bench"
+    argv = ["bench", "--model", "no/such-model", "--methods", "lora", "--no-peft", "--out", str(out)]  # none loads
+    for task, protocols in (("diffusion", []), ("multimodal", ["--protocols", "native"])):
+        assert main([*argv, "--task", task, *protocols]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--task {task}: bench times scoring on the causal LM it loads" in err
+        assert "bench can score commonsense (choice, generate, lm-eval, cloze): pass --task with one of those" in err
+    assert not out.exists()
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else real(name, *a))
+    assert main([*argv, "--protocols", "lm-eval"]) == 2
+    assert "the lm-eval protocol needs lm-eval: pip install" in capsys.readouterr().err

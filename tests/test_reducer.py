@@ -7,7 +7,7 @@ import torch
 
 from harness import METHODS, attach
 from harness.config import ReducerConfig
-from tests.conftest import TINY_TARGETS, batch, perturb, tiny_llama
+from tests.conftest import ALL_METHODS, TINY_TARGETS, batch, perturb, tiny_llama
 
 
 def train_step(adapter, opt: torch.optim.Optimizer, step: int, val_loss_fn=None) -> None:
@@ -382,3 +382,44 @@ def test_bench_times_the_reducer_off_beside_a_reducer_shortcut():
     BenchConfig(methods=("effilora",), options={"k": "2"}, reducer=("off", "default"), protocols=())
     assert _variant_options({"k": "2", "r": "8"}, "off") == {"r": "8", "reducer": None}
     assert _variant_options({"k": "2"}, "default") == {"k": "2"}
+
+
+def test_the_reducer_is_refused_for_a_method_with_no_reducer_parameters(monkeypatch):
+    """From a review: a method whose wrappers keep ``AdapterLinear``'s ``reducer_parameters()`` (none) took
+    ``--option reducer=true``; the Reducer then paused nothing, yet ran its scoring forwards and recorded per-layer
+    update counts as if layers had been paused (every layer trained every step)."""
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+
+    from harness import AdapterConfig, AdapterLinear
+    from harness.bench import BenchConfig
+
+    @dataclass(frozen=True)
+    class NoHeadsConfig(AdapterConfig):
+        pass
+
+    class NoHeadsLinear(AdapterLinear):  # a plugin's LoRA that defines no reducer_parameters()
+        config_cls = NoHeadsConfig
+
+        def __init__(self, base, config, site, shared):
+            super().__init__(base, config, site, shared)
+            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
+            self.lora_B = self.new_param(site.d_out, config.r)
+
+        def delta(self, x):
+            return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+    METHODS.register("no_heads_lora")(NoHeadsLinear)
+    said = r"method 'no_heads_lora' cannot use the Reducer: .* define reducer_parameters\(\) on the method"
+    model = tiny_llama(layers=4)
+    for reducer in (True, dict(k=2, selection="random")):
+        with pytest.raises(ValueError, match=said):
+            attach(model, "no_heads_lora", targets=TINY_TARGETS, reducer=reducer)
+    assert attach(model, "no_heads_lora", targets=TINY_TARGETS).reducer is None  # without it: as before
+    with pytest.raises(ValueError, match=said):  # bench, before its model loads
+        BenchConfig(methods=("no_heads_lora",), options={"reducer": "true"}, protocols=())
+    BenchConfig(methods=("no_heads_lora",), protocols=())
+    for method in ALL_METHODS:  # the built-ins name their B heads (and routers): each keeps the Reducer
+        assert attach(tiny_llama(layers=4), method, targets=TINY_TARGETS, reducer=dict(k=2)).reducer.k == 2

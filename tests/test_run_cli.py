@@ -539,3 +539,34 @@ def test_several_training_flags_with_base_alone_are_named_together(tmp_path, dat
     )  # fmt: skip
     assert done.returncode == 2
     assert "error: --steps, --lr: base (the zero-shot model) is not trained; leave them out" in done.stderr
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["unbuffered", "buffered"])
+def test_list_into_a_closed_pipe_ends_quietly(buffered):
+    """From a review: ``harness list methods | head -3`` printed "harness: error: [Errno 32] Broken pipe" (with stdout
+    buffered, Python's flush at exit printed a BrokenPipeError instead, exit status 120). A reader that has gone is
+    no error: nothing on stderr, exit status 1, as Python's docs on SIGPIPE advise."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before anything is printed
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "harness", "list", "methods"], stdout=write, stderr=subprocess.PIPE, text=True,
+            env=env if buffered else env | {"PYTHONUNBUFFERED": "1"}, timeout=120,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (1, "")
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_still_an_error(capfd, monkeypatch):
+    """From a review (``harness list methods | head -3``): a reader of stdout that has gone ends a command quietly;
+    a BrokenPipeError of another pipe, stdout being fine, is still reported in one line."""
+    import harness.cli
+
+    def other_pipe(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(harness.cli, "cmd_list", other_pipe)
+    done = harness_here(capfd, "list", "methods")
+    assert (done.returncode, done.stderr) == (2, "harness: error: [Errno 32] Broken pipe\n")
