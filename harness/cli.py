@@ -237,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         _refuse_empty(args)
         args.func(args)
-        sys.stdout.flush()  # here, not in Python's flush at exit: a reader that has gone (`| head`) is seen below
+        if sys.stdout is not None:  # here, not at exit: a reader that has gone (`| head`) is seen below; `>&-`: None
+            sys.stdout.flush()
     except SystemExit:  # argparse's --help: its text may still be in stdout's buffer, which Python flushes at exit
         _flush_stdout()
         raise
@@ -289,7 +290,8 @@ def _stdout_to_devnull() -> None:
 def _flush_stdout() -> None:
     """Flush stdout; a reader that has gone is left quietly (``harness --help | head -1``)."""
     try:
-        sys.stdout.flush()
+        if sys.stdout is not None:  # closed (`>&-`): nothing to flush
+            sys.stdout.flush()
     except BrokenPipeError:
         _stdout_to_devnull()
 

@@ -126,38 +126,36 @@ def _other_versions(s: Section, runs: str, of: str, ran: list[str], now: str | N
 
 
 def other_plugin_code(secs: list[Section]) -> list[str]:
-    """A line per section and plugin file (or plugin package) its runs recorded with different sha256s (versions)
-    in ``env.plugins``: the run id leaves plugin code out, so seeds run before and after an edit of a plugin method
-    or task share a row, as runs of two versions of a built-in would (from a review: they were pooled without a
-    word). A record without ``env.plugins`` (a built-in's, or from before they were kept) says nothing."""
-    from harness.runner_identity import _plugin_ident
+    """A line per section, row and plugin file (or plugin package) whose runs recorded different sha256s (versions)
+    of it in ``env.plugins``: the run id leaves plugin code out, so seeds run before and after an edit of a plugin
+    method or task share a row, as runs of two versions of a built-in would (from a review: they were pooled without
+    a word). Compared within a row, whose runs hold the same plugins: records name a plugin by its file name only,
+    so two rows' (or one record's two) plugin.py may be two files (a re-review: that read as an edit); a task's
+    plugin edited between two rows' runs is not seen. A record without ``env.plugins`` says nothing."""
+    from harness.runner_identity import _plugin_versions
 
     out = []
     for s in secs:
-        methods = {r["run"]["config"]["method"] for row in s.rows for r in row.runs}
-        seen: dict[str, dict[str, list[str]]] = {}  # plugin -> its sha256 (version) -> its runs' created_at
-        carried_by: dict[str, set[str]] = {}  # plugin -> the methods whose runs recorded it
         for row in s.rows:
+            seen: dict[str, dict[str, list[str]]] = {}  # plugin -> its sha256s (versions) -> its runs' created_at
             for r in row.runs:
-                for plugin in (r.get("env") or {}).get("plugins") or []:
-                    what, how = _plugin_ident(plugin)
+                for what, how in _plugin_versions((r.get("env") or {}).get("plugins") or []).items():
                     seen.setdefault(what, {}).setdefault(how, []).append(str(r["run"].get("created_at") or ""))
-                    carried_by.setdefault(what, set()).add(r["run"]["config"]["method"])
-        for what, by_code in sorted(seen.items()):
-            if len(by_code) < 2:
-                continue
-            # every row's (the task's, or code every method imports): "runs"; else the methods whose runs hold it
-            who = "" if carried_by[what] == methods and len(methods) > 1 else f"{', '.join(sorted(carried_by[what]))} "
-            ordered = sorted(by_code.items(), key=lambda item: max(item[1]))  # the newest run's last
-            file = what.startswith("plugin file")
-            shown = ", ".join(
-                f"{how[:8] if file else how} in {len(runs)} run{'s' if len(runs) > 1 else ''}" for how, runs in ordered
-            )
-            out.append(
-                f"section {s.key} ({s.task}, {s.preset}) holds {who}runs made with {len(by_code)} versions of the "
-                f"{what} ({'sha256' if file else 'version'} {shown}; the last is the newest): their scores may not "
-                "compare; run the older ones again with --force"
-            )
+            for what, by_code in sorted(seen.items()):
+                if len(by_code) < 2:
+                    continue
+                ordered = sorted(by_code.items(), key=lambda item: max(item[1]))  # the newest run's last
+                file = what.startswith("plugin file")
+                shown = ", ".join(
+                    f"{' + '.join(h[:8] for h in how.split(' + ')) if file else how} in {len(runs)} "
+                    f"run{'s' if len(runs) > 1 else ''}"
+                    for how, runs in ordered
+                )
+                out.append(
+                    f"section {s.key} ({s.task}, {s.preset}) holds {row.method} runs made with {len(by_code)} versions "
+                    f"of the {what} ({'sha256' if file else 'version'} {shown}; the last is the newest): their scores "
+                    "may not compare; run the older ones again with --force"
+                )
     return out
 
 

@@ -252,7 +252,8 @@ def _plugin_digest(path: Path, folder: Path, imported: set[Path]) -> str:
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: (f != path, str(f))):  # the plugin file first
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
-        _PLUGIN_OF.setdefault(file, path)  # a module two plugins import: the first's
+        # a module two plugins import: the first's; a plugin file its own, whichever plugin names it in a function
+        _PLUGIN_OF[file] = path if file == path else _PLUGIN_OF.get(file, path)
     return digest.hexdigest()
 
 
@@ -362,7 +363,7 @@ def _module_files(name: str) -> list[tuple[str, Path]]:
                 break  # found before sys.path: no file beside the plugin
             try:
                 spec = PathFinder.find_spec(full, search)
-            except (ImportError, ValueError, OSError):
+            except Exception:  # noqa: BLE001 -- a namespace package's child whose parent is not loaded: KeyError
                 spec = None
             if spec is None:
                 break

@@ -355,18 +355,31 @@ def _other_plugin(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     that name the finished run was made with (the run id leaves plugin code out, as it leaves out the harness's
     own), or which defines it now where another did then (a plugin file renamed, a method moved into a package);
     ``None``: none differs, or none is known (a record without plugins: a built-in's, or from before they were kept)."""
-    ran = dict(_plugin_ident(p) for p in finished.get("env", {}).get("plugins", []))
+    ran = _plugin_versions(finished.get("env", {}).get("plugins", []))
     plugins = _plugins(spec).get("plugins", [])
-    now_all = dict(_plugin_ident(p) for p in plugins)
+    now_all = _plugin_versions(plugins)
+    if not ran or ran == now_all:
+        return None
     for plugin in plugins:
-        what, now = _plugin_ident(plugin)
-        if what in ran and ran[what] != now:
+        what = _plugin_ident(plugin)[0]
+        if what in ran and ran[what] != now_all[what]:
             if "file" in plugin:
                 return f"the {what} differs from the one it ran with"
-            return f"the {what} is version {now}; the run was made with version {ran[what]}"
-    if ran and set(ran) != set(now_all):
-        return f"it was made with the {', '.join(sorted(ran))}, defined now by the {', '.join(sorted(now_all)) or 'harness'}"
-    return None
+            return f"the {what} is version {now_all[what]}; the run was made with version {ran[what]}"
+    return (
+        f"it was made with the {', '.join(sorted(ran))}, defined now by the {', '.join(sorted(now_all)) or 'harness'}"
+    )
+
+
+def _plugin_versions(plugins: list[dict[str, str]]) -> dict[str, str]:
+    """``_plugin_ident`` of each plugin, by what it is; two of one name (a task's plugin.py and a method's, in two
+    folders) joined in order, so that neither hides the other (a re-review: the second replaced the first, and the
+    run was compared with itself as other code, or an edit of the first was missed)."""
+    out: dict[str, list[str]] = {}
+    for plugin in plugins:
+        what, how = _plugin_ident(plugin)
+        out.setdefault(what, []).append(how)
+    return {what: " + ".join(sorted(hows)) for what, hows in out.items()}
 
 
 def _plugin_ident(plugin: dict[str, str]) -> tuple[str, str]:
@@ -385,7 +398,7 @@ def _code(spec: RunSpec, trust_remote_code: bool = False) -> dict[str, str]:
     return (
         {"task_version": str(TASKS.get(spec.task).version)}
         | method
-        | dict(_plugin_ident(p) for p in _plugins(spec).get("plugins", []))
+        | _plugin_versions(_plugins(spec).get("plugins", []))
         | remote
     )
 

@@ -664,6 +664,46 @@ def test_a_built_in_file_given_to_plugin_is_refused_and_a_sibling_owns_itself_in
     assert entry["file"] == "own_sib.py"
 
 
+def test_a_plugin_naming_a_sibling_plugin_in_a_function_leaves_it_its_own(tmp_path, plugin_sandbox):
+    """From a re-review: once import statements inside functions were read, a --plugin file that another plugin
+    only names in a function was recorded as that plugin's, following the flags' order (a then b: b's method under
+    a's file, so b's runs turned other code with the order, and with every edit of a)."""
+    registry = plugin_sandbox
+    (tmp_path / "lz_b.py").write_text(PLUGIN.format(name="lz_b_lora"))
+    (tmp_path / "lz_a.py").write_text(PLUGIN.format(name="lz_a_lora") + "\n    def extra(self):\n        import lz_b\n")
+    registry.load_plugin(tmp_path / "lz_a.py")
+    registry.load_plugin(tmp_path / "lz_b.py")
+    [entry] = registry.plugin_files(METHODS.get("lz_b_lora"))
+    assert entry == {"file": "lz_b.py", "sha256": registry._PLUGINS_LOADED[(tmp_path / "lz_b.py").resolve()]}
+
+
+def test_a_plugin_naming_a_module_of_a_namespace_folder_in_a_function_loads(tmp_path, plugin_sandbox):
+    """From a re-review: a module under a folder without ``__init__.py`` (a namespace package), named in a function
+    and not imported yet, made the lookup raise ``KeyError`` inside importlib: the plugin did not load."""
+    registry = plugin_sandbox
+    (tmp_path / "nshelp" / "data").mkdir(parents=True)
+    (tmp_path / "nshelp" / "data" / "consts.py").write_text("K = 1\n")
+    plugin = tmp_path / "ns_plug.py"
+    plugin.write_text(
+        PLUGIN.format(name="ns_plug_lora") + "\n    def extra(self):\n        from nshelp.data.consts import K\n"
+    )
+    registry.load_plugin(plugin)
+    assert registry.plugin_files(METHODS.get("ns_plug_lora"))[0]["file"] == "ns_plug.py"
+
+
+def test_a_runs_plugins_of_one_file_name_are_compared_each(tmp_path):
+    """From a re-review: a task's plugin.py and a method's plugin.py (two folders) folded into one entry, the second
+    replacing the first: the run compared with itself was other code, and an edit of the first was not seen."""
+    from harness import runner_identity
+
+    def plugins(first: str, second: str) -> list[dict[str, str]]:
+        return [{"file": "plugin.py", "sha256": first * 64}, {"file": "plugin.py", "sha256": second * 64}]
+
+    versions = runner_identity._plugin_versions
+    assert versions(plugins("a", "b")) == versions(plugins("b", "a"))  # the same two files: the same code
+    assert versions(plugins("a", "b")) != versions(plugins("c", "b"))  # the first edited: seen
+
+
 def _fake_entry_points(monkeypatch, registry, group: str, module: str) -> None:
     """``module`` installed as the one plugin of entry-point group ``group`` (none in the others)."""
     from importlib.metadata import EntryPoint

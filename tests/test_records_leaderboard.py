@@ -394,10 +394,11 @@ def test_runs_of_one_model_that_counted_its_parameters_two_ways_are_warned_about
 
 def test_runs_made_with_other_plugin_code_are_warned_about(tmp_path, capsys):
     """From a review: seeds run with different plugin code (records' ``env.plugins`` sha256s differ) were pooled
-    into one row without a word, where runs of two versions of a built-in are named. Now the method's plugin (one
-    row's runs) and the task's (every row's) are named alike; a record without ``env.plugins`` says nothing."""
+    into one row without a word, where runs of two versions of a built-in are named. A row's runs are compared:
+    its method's plugin and the task's; a record without ``env.plugins`` says nothing. From its re-review: plugins
+    are named by file name only, so two rows' plugin.py (or one record's two) are two files, not an edit."""
     runs = tmp_path / "runs"
-    made = [("lora", 0, "1", "a", "2026-12-01"), ("lora", 1, "2", "a", "2026-12-02"), ("base", 0, None, "b", "")]
+    made = [("lora", 0, "1", "a", "2026-12-01"), ("lora", 1, "2", "b", "2026-12-02"), ("base", 0, None, "b", "")]
     for method, seed, mine, task, created in made:
         record = fixture_record(method, seed)
         record["run"]["created_at"] = f"{created}T00:00:00+00:00" if created else record["run"]["created_at"]
@@ -413,7 +414,8 @@ def test_runs_made_with_other_plugin_code_are_warned_about(tmp_path, capsys):
         "with --force",
         err,
     ), err
-    assert "holds runs made with 2 versions of the plugin file toy_task.py (sha256 " in err  # the task's: every row's
+    assert "holds lora runs made with 2 versions of the plugin file toy_task.py (sha256 aaaaaaaa in 1 run, bbbb" in err
+    assert "holds base runs" not in err
     assert (
         "holds lora runs made with 2 versions of the plugin file my_lora.py"
         in (tmp_path / "out" / "leaderboard.md").read_text()
@@ -424,6 +426,18 @@ def test_runs_made_with_other_plugin_code_are_warned_about(tmp_path, capsys):
             plugin["sha256"] = "c" * 64
         write_record(record_file.parent, record)
     write_leaderboards(runs, tmp_path / "out")
+    assert "versions of the plugin" not in capsys.readouterr().err
+
+    same = tmp_path / "same"  # a/plugin.py defines lora's task and method, b/plugin.py effilora's method: unedited
+    for method, seed in (("lora", 0), ("lora", 1), ("effilora", 0), ("effilora", 1)):
+        record = fixture_record(method, seed)
+        mine = "d" if method == "lora" else "e"
+        record["env"]["plugins"] = [
+            {"file": "plugin.py", "sha256": "f" * 64},
+            {"file": "plugin.py", "sha256": mine * 64},
+        ]
+        write_fixture(same, record)
+    write_leaderboards(same, tmp_path / "out2")
     assert "versions of the plugin" not in capsys.readouterr().err
 
 

@@ -570,3 +570,15 @@ def test_a_broken_pipe_that_is_not_stdouts_is_still_an_error(capfd, monkeypatch)
     monkeypatch.setattr(harness.cli, "cmd_list", other_pipe)
     done = harness_here(capfd, "list", "methods")
     assert (done.returncode, done.stderr) == (2, "harness: error: [Errno 32] Broken pipe\n")
+
+
+def test_a_command_with_stdout_closed_succeeds(monkeypatch):
+    """From a re-review: the flush added for closed pipes failed where stdout is closed (``harness list methods
+    >&-``: ``sys.stdout`` is None), a command that had succeeded ending in a traceback and exit 1."""
+    from harness.cli import main
+
+    monkeypatch.setattr(sys, "stdout", None)
+    assert main(["list", "methods"]) == 0
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
