@@ -252,8 +252,13 @@ def _plugin_digest(path: Path, folder: Path, imported: set[Path]) -> str:
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: (f != path, str(f))):  # the plugin file first
         digest.update(f"{file.relative_to(folder)}\0".encode() + file.read_bytes())
-        # a module two plugins import: the first's; a plugin file its own, whichever plugin names it in a function
-        _PLUGIN_OF[file] = path if file == path else _PLUGIN_OF.get(file, path)
+    # whose a module is: the plugin's own file its; one it loaded (``imported``), the first loader's; one it only
+    # names (in a function, not loaded yet) no plugin's until one loads it (a re-review: a helper another plugin
+    # named first was recorded as that plugin's, not the one that loaded it and registered a class from it)
+    _PLUGIN_OF[path] = path
+    for file in files - {path}:
+        if file in imported or _module_of_file(file) is not None:  # loaded: by this plugin, or before it
+            _PLUGIN_OF.setdefault(file, path)
     return digest.hexdigest()
 
 

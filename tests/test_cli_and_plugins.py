@@ -677,6 +677,25 @@ def test_a_plugin_naming_a_sibling_plugin_in_a_function_leaves_it_its_own(tmp_pa
     assert entry == {"file": "lz_b.py", "sha256": registry._PLUGINS_LOADED[(tmp_path / "lz_b.py").resolve()]}
 
 
+def test_a_helper_one_plugin_names_in_a_function_is_the_plugins_that_loads_it(tmp_path, plugin_sandbox):
+    """From a re-review: a helper module that plugin a only names in a function (never loaded by it) was recorded as
+    a's when a loaded first, though plugin b loaded it and registered its class from it: b's runs named a's file,
+    missed b's edits and turned other code with a's."""
+    registry = plugin_sandbox
+    helper = PLUGIN.format(name="unused").replace('@METHODS.register("unused")\n', "")
+    (tmp_path / "rv_shared.py").write_text(helper)
+    (tmp_path / "rv_b.py").write_text(
+        "from harness import METHODS\nfrom rv_shared import HalfLoraLinear\nMETHODS.register('rv_b_lora')(HalfLoraLinear)\n"
+    )
+    (tmp_path / "rv_a.py").write_text(
+        PLUGIN.format(name="rv_a_lora") + "\n    def extra(self):\n        import rv_shared\n"
+    )
+    registry.load_plugin(tmp_path / "rv_a.py")
+    registry.load_plugin(tmp_path / "rv_b.py")
+    [entry] = registry.plugin_files(METHODS.get("rv_b_lora"))
+    assert entry == {"file": "rv_b.py", "sha256": registry._PLUGINS_LOADED[(tmp_path / "rv_b.py").resolve()]}
+
+
 def test_a_plugin_naming_a_module_of_a_namespace_folder_in_a_function_loads(tmp_path, plugin_sandbox):
     """From a re-review: a module under a folder without ``__init__.py`` (a namespace package), named in a function
     and not imported yet, made the lookup raise ``KeyError`` inside importlib: the plugin did not load."""
