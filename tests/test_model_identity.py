@@ -608,12 +608,41 @@ def test_a_component_that_is_a_symlink_is_digested_as_a_component(tmp_path, targ
     assert model_digest(str(folder), weights=False)["weights_sha256"] != first["weights_sha256"]
 
 
+def _offline_hub(monkeypatch, cache: Path) -> None:
+    """The hub offline, its cache at ``cache``."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
+def _embedded_tokenizer_is(monkeypatch, folder: Path) -> None:
+    """``folder``'s tokenizer stands in for the embedded SmolLM2 one (no ~25 s conversion)."""
+    from harness import models
+
+    monkeypatch.setattr(models, "embedded_folder", lambda: folder)
+    monkeypatch.setattr(models, "embedded_converted", lambda: True)
+
+
 def _hub_data(tmp_path, data_dir) -> Path:
     """Two boolq test questions (a base run scores them in about a second)."""
     data = tmp_path / "data" / "boolq"
     data.mkdir(parents=True)
     (data / "test.json").write_text(json.dumps(json.loads((data_dir / "boolq" / "test.json").read_text())[:2]))
     return data.parent
+
+
+def _random_weights_base_run(tmp_path, data_dir) -> tuple:
+    """``(spec, runs dir, data dir, record)`` of a finished --random-weights base run of the hub id someorg/tiny."""
+    from harness import runner
+
+    data = _hub_data(tmp_path, data_dir)
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny", random_weights=True)
+    runs = tmp_path / "runs"
+    [record] = runner.run_all([spec], runs, str(data), progress=False)
+    assert record["run"]["status"] == "success", record["run"].get("error")
+    return spec, runs, data, record
 
 
 def test_a_random_weights_run_of_a_hub_id_is_refused_when_the_config_it_was_built_from_changed(
@@ -623,9 +652,8 @@ def test_a_random_weights_run_of_a_hub_id_is_refused_when_the_config_it_was_buil
     from the hub's cache but recorded nothing of it, so once the cache held another commit (another shape) the
     finished run was reused. The record keeps the commit and the config's blob; another is refused; a record from
     before they were kept is reused as it was."""
-    from huggingface_hub import constants
 
-    from harness import models, runner
+    from harness import runner
 
     repo = tmp_path / "hub" / "models--someorg--tiny"
     config = tiny_llama(layers=2, vocab_size=49152).config  # the embedded tokenizer's 49,152 ids fit
@@ -635,17 +663,10 @@ def test_a_random_weights_run_of_a_hub_id_is_refused_when_the_config_it_was_buil
         config.num_hidden_layers = layers
         config.to_json_file(source / "config.json")
     ids = _hub_snapshot(repo, "a" * 40, tmp_path / "a")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _offline_hub(monkeypatch, tmp_path / "hub")
     tokenizer = _tiny_folder(tmp_path)  # stands in for the embedded SmolLM2 tokenizer (no ~25 s conversion)
-    monkeypatch.setattr(models, "embedded_folder", lambda: tokenizer)
-    monkeypatch.setattr(models, "embedded_converted", lambda: True)
-    data = _hub_data(tmp_path, data_dir)
-    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny", random_weights=True)
-    runs = tmp_path / "runs"
-    [record] = runner.run_all([spec], runs, str(data), progress=False)
-    assert record["run"]["status"] == "success", record["run"].get("error")
+    _embedded_tokenizer_is(monkeypatch, tokenizer)
+    spec, runs, data, record = _random_weights_base_run(tmp_path, data_dir)
     info = record["run"]["config"]["model_info"]
     assert info["hub_revision"] == "a" * 40 and info["hub_manifest"] == ids == {"config.json": ids["config.json"]}
     kept = (runs / spec.run_id / RECORD).read_bytes()
@@ -677,9 +698,7 @@ def test_a_random_weights_run_of_a_hub_id_records_and_compares_only_the_files_it
     multimodal LLaVA whose processor the hub's cache holds reads that processor: its files are kept."""
     import dataclasses
 
-    from huggingface_hub import constants
-
-    from harness import models, runner
+    from harness import runner
     from harness.runner_identity import _hub_digest
 
     repo = tmp_path / "hub" / "models--someorg--tiny"
@@ -690,16 +709,9 @@ def test_a_random_weights_run_of_a_hub_id_records_and_compares_only_the_files_it
     config.to_json_file(source / "config.json")
     ids = _hub_snapshot(repo, "a" * 40, source)
     assert {"tokenizer_config.json", "generation_config.json"} <= set(ids)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(models, "embedded_folder", lambda: tokenizer)
-    monkeypatch.setattr(models, "embedded_converted", lambda: True)
-    data = _hub_data(tmp_path, data_dir)
-    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny", random_weights=True)
-    runs = tmp_path / "runs"
-    [record] = runner.run_all([spec], runs, str(data), progress=False)
-    assert record["run"]["status"] == "success", record["run"].get("error")
+    _offline_hub(monkeypatch, tmp_path / "hub")
+    _embedded_tokenizer_is(monkeypatch, tokenizer)
+    spec, runs, data, record = _random_weights_base_run(tmp_path, data_dir)
     assert record["run"]["config"]["model_info"]["hub_manifest"] == {"config.json": ids["config.json"]}
     kept = json.loads((runs / spec.run_id / RECORD).read_text())
     kept["run"]["config"]["model_info"]["hub_manifest"] = ids  # as a record of 6a87e30 kept them: all but weights
@@ -732,14 +744,11 @@ def test_a_model_string_that_turns_from_a_hub_id_into_a_local_folder_or_back_is_
     """From a review: the run id names the --model string only, and a record of a hub id was checked against a
     local folder of that name (or a local folder's record against the hub id, the folder gone) as "unchanged": the
     finished run was reused for another model. Each way is refused, naming --force."""
-    from huggingface_hub import constants
 
     from harness import runner
 
     _hub_snapshot(tmp_path / "hub" / "models--someorg--tiny", "a" * 40, _tiny_folder(tmp_path / "hubfiles"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _offline_hub(monkeypatch, tmp_path / "hub")
     monkeypatch.chdir(tmp_path)
     data = _hub_data(tmp_path, data_dir)
     [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model="someorg/tiny")
@@ -749,20 +758,21 @@ def test_a_model_string_that_turns_from_a_hub_id_into_a_local_folder_or_back_is_
 
     (tmp_path / "someorg").mkdir()
     _tiny_folder(tmp_path).rename(tmp_path / "someorg" / "tiny")  # --model someorg/tiny: this folder now
-    said = f"the model 'someorg/tiny' changed since run {spec.run_id} in {str(runs)!r} finished (the model was "
-    with pytest.raises(runner.RunRefused) as refused:
-        runner.run_all([spec], runs, str(data), progress=False)
-    assert (
-        f"{said}a hub id then, a local folder now): --force re-runs it (its record is replaced when the re-run "
-        "succeeds), or move the folder away, or give it as './someorg/tiny' (another run)" in str(refused.value)
-    ), refused.value
 
+    def refused_as(how: str) -> None:
+        with pytest.raises(runner.RunRefused) as refused:
+            runner.run_all([spec], runs, str(data), progress=False)
+        said = f"the model 'someorg/tiny' changed since run {spec.run_id} in {str(runs)!r} finished (the model was "
+        assert f"{said}{how}" in str(refused.value), refused.value
+
+    refused_as(
+        "a hub id then, a local folder now): --force re-runs it (its record is replaced when the re-run succeeds), "
+        "or move the folder away, or give it as './someorg/tiny' (another run)"
+    )
     [record] = runner.run_all([spec], runs, str(data), force=True, progress=False)  # the folder's run
     assert "weights_sha256" in record["run"]["config"]["model_info"]
     shutil.rmtree(tmp_path / "someorg")  # --model someorg/tiny: the hub id again
-    with pytest.raises(runner.RunRefused) as refused:
-        runner.run_all([spec], runs, str(data), progress=False)
-    assert (
-        f"{said}a local folder then, a hub id now): --force re-runs it (its record is replaced when the re-run "
-        "succeeds), or put the folder back, or use another --runs-dir for the hub model's runs" in str(refused.value)
-    ), refused.value
+    refused_as(
+        "a local folder then, a hub id now): --force re-runs it (its record is replaced when the re-run succeeds), "
+        "or put the folder back, or use another --runs-dir for the hub model's runs"
+    )

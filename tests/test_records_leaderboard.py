@@ -813,22 +813,32 @@ def test_labels_of_rows_whose_options_read_alike_stay_apart():
     assert labels[keys[4]] == 'lora (y="1")' and labels[keys[3]] == "lora (y=True)"
 
 
+def _targeting(record: dict, targets: str) -> dict:
+    """``record`` with its method option ``targets`` set, its run id made again from its config."""
+    from harness.records import config_hash
+
+    record["run"]["config"]["method_options"]["targets"] = targets
+    record["run"]["id"] = record["run"]["id"][:-8] + config_hash(record["run"]["config"])
+    return record
+
+
+def _write_tiny_model_row(runs) -> None:
+    """A lora_fa run of a model labelled ``<tiny>_model``: its own section, titled with what Markdown reads."""
+    record = fixture_record("lora_fa", 0)
+    record["run"]["config"]["model_label"] = "<tiny>_model"
+    write_fixture(runs, record)
+
+
 def test_a_row_label_holding_a_targets_regex_reads_as_written_in_the_markdown(tmp_path):
     """From a review: only ``|`` was escaped in ``leaderboard.md``, so ``.*\\.(q|v)_proj`` lost its backslash and
     ``(?P<attn>...)`` became a hidden HTML tag; labels and titles escape what Markdown reads, and ``_`` inside a
     word (``lora_fa``, as the committed tables have it) stays as it is."""
-    from harness.records import config_hash
-
     runs, answers = tmp_path / "runs", "0123" * 6
     targets = [r".*\.(q|v)_proj", r"(?P<attn>.*self_attn)\.(q|k)_proj", "[a-z]+`x`"]
     for i, target in enumerate(targets):
         record = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, "3" * i + answers[i:])})
-        record["run"]["config"]["method_options"]["targets"] = target
-        record["run"]["id"] = record["run"]["id"][:-8] + config_hash(record["run"]["config"])
-        write_fixture(runs, record)
-    record = fixture_record("lora_fa", 0)
-    record["run"]["config"]["model_label"] = "<tiny>_model"
-    write_fixture(runs, record)
+        write_fixture(runs, _targeting(record, target))
+    _write_tiny_model_row(runs)
     write_leaderboards(runs, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     shown = ["lora (targets=.\\*\\\\.(q\\|v)\\_proj)", "lora (targets=(?P\\<attn\\>.\\*self_attn)\\\\.(q\\|k)\\_proj)"]
@@ -852,17 +862,11 @@ def test_a_warning_and_the_overhead_table_escape_labels_as_the_tables_do(tmp_pat
     """From a re-review: the ``**Warning:**`` lines under ``leaderboard.md`` and the overhead table's ``model``
     column printed labels unescaped, where the score tables and titles escape them (``md_text``): a ``<tiny>`` was
     hidden as an HTML tag there."""
-    from harness.records import config_hash
-
     runs = tmp_path / "runs"
     write_fixture(runs, fixture_record("lora", 0))
-    record = fixture_record("lora", 1)  # no seed in common with the other row: a warning names both
-    record["run"]["config"]["method_options"]["targets"] = r"(?P<attn>.*self_attn)\.(q|k)_proj"
-    record["run"]["id"] = record["run"]["id"][:-8] + config_hash(record["run"]["config"])
-    write_fixture(runs, record)
-    record = fixture_record("lora_fa", 0)
-    record["run"]["config"]["model_label"] = "<tiny>_model"
-    write_fixture(runs, record)
+    # no seed in common with the other row: a warning names both
+    write_fixture(runs, _targeting(fixture_record("lora", 1), r"(?P<attn>.*self_attn)\.(q|k)_proj"))
+    _write_tiny_model_row(runs)
     write_leaderboards(runs, tmp_path / "out")
     md = (tmp_path / "out" / "leaderboard.md").read_text()
     [warning] = [line for line in md.splitlines() if line.startswith("**Warning:**") and "not compared" in line]

@@ -388,27 +388,11 @@ def test_the_reducer_is_refused_for_a_method_with_no_reducer_parameters(monkeypa
     """From a review: a method whose wrappers keep ``AdapterLinear``'s ``reducer_parameters()`` (none) took
     ``--option reducer=true``; the Reducer then paused nothing, yet ran its scoring forwards and recorded per-layer
     update counts as if layers had been paused (every layer trained every step)."""
-    from dataclasses import dataclass
-
-    import torch.nn.functional as F
-
-    from harness import AdapterConfig, AdapterLinear
     from harness.bench import BenchConfig
+    from tests.conftest import DeltaOnlyLinear
 
-    @dataclass(frozen=True)
-    class NoHeadsConfig(AdapterConfig):
+    class NoHeadsLinear(DeltaOnlyLinear):  # a plugin's LoRA that defines no reducer_parameters()
         pass
-
-    class NoHeadsLinear(AdapterLinear):  # a plugin's LoRA that defines no reducer_parameters()
-        config_cls = NoHeadsConfig
-
-        def __init__(self, base, config, site, shared):
-            super().__init__(base, config, site, shared)
-            self.lora_A = self.new_param(config.r, site.d_in, init="kaiming")
-            self.lora_B = self.new_param(site.d_out, config.r)
-
-        def delta(self, x):
-            return F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
 
     monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
     METHODS.register("no_heads_lora")(NoHeadsLinear)
