@@ -132,7 +132,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
             else "with the hub's cache at the commit it ran on"
             if hub
             else "where its --model names what it named then"
-            if weights.startswith("the model was ")  # a hub id then, a local folder now, or the reverse
+            if weights.startswith(("the model was ", "the tokenizer was "))  # a hub id then, a folder now; ...
             else "give a changed model another folder"
         )
         return {

@@ -284,6 +284,8 @@ def _execute(
         hub = _hub_digest(spec) if ctx.is_main else None  # the main process writes the record; the files it read
         if hub is not None and hub["revision"] == revision:
             info["hub_manifest"] = hub["manifest"]  # and what its files were: compared when the run is asked again
+    if spec.random_weights:  # built from its config: which tokenizer it read (compared: _other_weights)
+        info["embedded_tokenizer"] = TASKS.get(spec.task).reads_embedded(spec.model, True)
     if info:
         record["run"]["config"]["model_info"] = info
     if spec.method != BASELINE:

@@ -119,7 +119,8 @@ def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
     if decision.startswith("other weights"):
         embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
         detail = decision[len("other weights (") : -1]
-        switched = detail.startswith("the model was ")  # a local folder then, a hub id now, or the reverse
+        # a local folder then, a hub id now, or the reverse; or the embedded tokenizer then, the model's own now
+        switched = detail.startswith(("the model was ", "the tokenizer was "))
         weights = TASKS.get(spec.task).reads_weights(spec.model, spec.random_weights)
         what = (
             "its GGUF"
@@ -133,6 +134,8 @@ def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
             if embedded
             else "use another --runs-dir for the new revision's runs"
             if hub
+            else "put the model's tokenizer files back as they were, or use another --runs-dir for these runs"
+            if detail.startswith("the tokenizer was ")
             else f"move the folder away, or give it as {'./' + spec.model!r} (another run)"
             if detail.endswith("a local folder now")
             else "put the folder back, or use another --runs-dir for the hub model's runs"
@@ -287,10 +290,18 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     finished run recorded (the run id names the folder, not what it holds), compared over the files the record's
     digest covered, with the files that differ where the record keeps its ``weights_manifest`` (``": changed
     config.json"``); a hub id's files (``_other_hub_files``); or the ``--model`` string names a hub id now where it
-    named a local folder then, or the reverse (the run id names the string, not which it is). ``None``: the same, or
-    not known (a record from before the digest was kept, a model that is no local folder and no hub id)."""
+    named a local folder then, or the reverse (the run id names the string, not which it is); or a model built from
+    its config (``--random-weights``) tokenizes with another tokenizer than it did (the embedded one, or the model's
+    own: a processor the hub's cache holds now). ``None``: the same, or not known (a record from before the digest
+    was kept, a model that is no local folder and no hub id)."""
     info = finished["run"]["config"].get("model_info")
     info = info if isinstance(info, dict) else {}
+    then = info.get("embedded_tokenizer")  # a model built from its config: kept since 2026-12-07
+    if spec.random_weights and isinstance(then, bool):
+        now = TASKS.get(spec.task).reads_embedded(spec.model, True)
+        if now != then:  # a processor (tokenizer) now in the hub's cache or its folder, or gone from it
+            said = {True: "the embedded one", False: "the model's own"}
+            return f"the tokenizer was {said[then]} then, {said[now]} now"
     if ("hub_revision" in info or "hub_manifest" in info) and not is_hub_id(spec.model):
         return "the model was a hub id then, a local folder now"
     if isinstance(hub := info.get("hub_manifest"), dict):  # a --random-weights run's too: its config's blobs

@@ -642,6 +642,7 @@ def _random_weights_base_run(tmp_path, data_dir) -> tuple:
     runs = tmp_path / "runs"
     [record] = runner.run_all([spec], runs, str(data), progress=False)
     assert record["run"]["status"] == "success", record["run"].get("error")
+    assert record["run"]["config"]["model_info"]["embedded_tokenizer"] is True  # which tokenizer it read
     return spec, runs, data, record
 
 
@@ -776,3 +777,25 @@ def test_a_model_string_that_turns_from_a_hub_id_into_a_local_folder_or_back_is_
         "a local folder then, a hub id now): --force re-runs it (its record is replaced when the re-run succeeds), "
         "or put the folder back, or use another --runs-dir for the hub model's runs"
     )
+
+
+def test_a_random_weights_run_is_refused_when_the_tokenizer_it_would_read_changed(tiny_model, monkeypatch):
+    """From a re-review: a model built from its config tokenizes with its own tokenizer (a transformers LLaVA's
+    processor, where the hub's cache holds one) or the embedded one; the record named which, but a finished run was
+    not compared on it: a processor downloaded after the run left the run done for a model that tokenizes otherwise.
+    The record keeps ``embedded_tokenizer``; another answer now is "other weights"; a record without it is taken."""
+    from harness import runner, runner_identity
+    from harness.registry import TASKS
+
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    task = TASKS.get("commonsense")
+    assert task.reads_embedded(spec.model, True)  # a config alone: the embedded tokenizer
+    finished = {"run": {"config": {"model_info": {"embedded_tokenizer": True}}}}
+    assert runner_identity._other_weights(spec, finished) is None
+    monkeypatch.setattr(task, "reads_embedded", classmethod(lambda cls, model, random_weights: False))
+    decision = runner_identity._other_weights(spec, finished)
+    assert decision == "the tokenizer was the embedded one then, the model's own now"
+    refusal = runner_identity._refusal(spec, f"other weights ({decision})", tiny_model.parent / "runs")
+    assert f"changed since run {spec.run_id} in " in refusal.what and refusal.what.endswith(f"finished ({decision})")
+    assert refusal.instead.startswith("put the model's tokenizer files back as they were")
+    assert runner_identity._other_weights(spec, {"run": {"config": {"model_info": {}}}}) is None  # from before
