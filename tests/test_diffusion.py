@@ -1954,6 +1954,43 @@ def test_kid_of_one_image_is_absent_not_nan_and_a_handful_gets_no_interval(tiny,
     assert four["eval"]["kid"]["value"] is not None and "ci" not in four["eval"]["kid"]
 
 
+def test_similaritys_interval_is_a_means_not_held_to_a_percent_end_bound(finished, tmp_path):
+    """From a review: the similarity entry declared no scale, so the leaderboard read 100 x cosines as right/wrong
+    percentages and widened its interval to the all-at-0-or-100 bound: 4 prompts' 46.0 read [39.8, 60.2]. It
+    declares a cosine's -100 to 100 now, as HPS v2's; its interval is the bootstrap's of the mean."""
+    import numpy as np
+
+    from harness.leaderboard import load_records, sections
+    from harness.stats import estimate
+
+    record = _copy(finished, tmp_path / "runs", "lora")
+    entry = record["eval"]["similarity"]
+    assert entry["scale"] == [-100, 100] and all(0 <= x <= 100 for x in entry["scores"])  # features never < 0
+    [section] = sections(load_records(tmp_path / "runs"))
+    [row] = [r for r in section.rows if r.method == "lora"]
+    cell = row.cells["similarity"]
+    expected = estimate([np.asarray(entry["scores"], dtype=float)], scores=False)
+    assert (cell.ci.lo, cell.ci.hi) == pytest.approx((expected.lo, expected.hi)), (cell, expected)
+
+
+def test_fidelity_says_why_a_classifier_cannot_be_fit_from_categories_given():
+    """From a review: held-out rows without a category, or training rows of one category, left fidelity absent as
+    "the data has no categories for the classifier", without a warning, where the data had categories."""
+    from tasks.diffusion import scoring
+
+    def items(*categories):
+        return [ddata.Item(image=Path(f"{i}.png"), text="t", category=c) for i, c in enumerate(categories)]
+
+    assert scoring.no_classifier(items("", ""), items("")) == "the data has no categories for the classifier"
+    assert scoring.no_classifier(items("red", "red"), items("red")).startswith(
+        "the training rows name 1 category ('red'): nothing to tell apart"
+    )
+    assert scoring.no_classifier(items("red", "blue"), items("red", "")).startswith(
+        "1 of the 2 held-out rows scored have no category"
+    )
+    assert scoring.no_classifier(items("red", "blue"), items("red", "blue")) is None
+
+
 def test_a_judge_over_plain_http_to_another_machine_is_warned_about(capsys):
     import openai  # a [test] requirement: missing, it fails rather than skips
 

@@ -311,6 +311,9 @@ class DiffusionTask(Task):
                 "metric": "similarity",
                 "value": sum(sim) / len(sim),
                 "scores": [round(x, 3) for x in sim],
+                # a mean of 100 x cosines, not right/wrong: no percent end bound on its interval (a re-review: 4
+                # prompts' 46.0 read [39.8, 60.2], the all-at-0-or-100 bound)
+                "scale": list(scoring.SIMILARITY_SCALE),
                 "higher_is_better": True,
                 **common,
             },
@@ -339,7 +342,10 @@ class DiffusionTask(Task):
             print(f"warning: fidelity is absent: {reason}; give each held-out category training rows", file=sys.stderr)
             out["fidelity"] = {"status": "absent", "reason": reason}
         elif clf is None:
-            out["fidelity"] = {"status": "absent", "reason": "the data has no categories for the classifier"}
+            reason = scoring.no_classifier(self.data.base + self.data.train, test) or "no classifier"
+            if any(i.category for i in self.data.base + self.data.train + test):  # categories given, not usable
+                print(f"warning: fidelity is absent: {reason}", file=sys.stderr)
+            out["fidelity"] = {"status": "absent", "reason": reason}
         else:
             hits = [100.0 * (p == i.category) for p, i in zip(predicted, chosen, strict=True)]
             categories = [i.category for i in chosen]

@@ -66,6 +66,9 @@ def similarity(gen: torch.Tensor, real: torch.Tensor) -> list[float]:
 
 
 KID_CI_FROM = 5  # images a set from which KID gets a bootstrap interval (2 give one value whatever is drawn)
+# 100 x a cosine (as HPS v2's, tasks/diffusion/scorers.py), not percent right: a scale the leaderboard reads as no
+# percent (0-100 would be read as right/wrong outcomes); these features are never negative, so its scores lie in 0-100
+SIMILARITY_SCALE = (-100, 100)
 
 
 def kid(gen: torch.Tensor, real: torch.Tensor, resamples: int = KID_RESAMPLES, seed: int = 0) -> dict[str, float]:
@@ -157,13 +160,26 @@ class CategoryClassifier:
 CLASSIFIER_FIT = "1"  # change with any change to CategoryClassifier.fit: a cached classifier is not reused
 
 
+def no_classifier(train: list[ddata.Item], test: list[ddata.Item]) -> str | None:
+    """Why no category classifier is fit (fidelity then ``absent``), ``None`` where one is: rows without a category
+    on one side, or one category alone among the training rows (nothing to tell apart)."""
+    named = sorted({i.category for i in train if i.category})
+    if not named and not any(i.category for i in test):
+        return "the data has no categories for the classifier"
+    if len(named) < 2:
+        return f"the training rows name {len(named)} category ({', '.join(map(repr, named))}): nothing to tell apart"
+    if unnamed := sum(not i.category for i in test):
+        return f"{unnamed} of the {len(test)} held-out rows scored have no category: the classifier cannot score them"
+    return None
+
+
 def category_classifier(train: list[ddata.Item], test: list[ddata.Item], size: int) -> CategoryClassifier | None:
     """Trained once on the real images (at ``size``) of every row with a category but the test rows, and
     cached; None when the data has no categories (then fidelity is ``absent``)."""
     from tasks.multimodal import vision
 
     rows = [i for i in train if i.category]
-    if len({i.category for i in rows}) < 2 or not all(i.category for i in test):
+    if no_classifier(train, test) is not None:
         return None
 
     def listing(items: list[ddata.Item]) -> str:  # the images' content, not only their names
