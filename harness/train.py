@@ -72,6 +72,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if not all(math.isfinite(v) and v > 0 for v in (self.epochs, self.lr)):  # NaN passes `<= 0` checks
             raise ValueError(f"epochs and lr must be finite numbers > 0 (got {self.epochs}, {self.lr})")
+        for name in ("weight_decay", "max_grad_norm"):  # NaN or < 0: clipping off unsaid, or weights made NaN
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (got {getattr(self, name)}; 0: none)")
         for name in ("warmup_steps", "checkpoint_every"):  # the setting that is wrong, named with its value
             if getattr(self, name) < 0:
                 raise ValueError(f"warmup_steps and checkpoint_every must be >= 0 (got {name}={getattr(self, name)})")
@@ -162,8 +165,8 @@ def train(
 
     # One deterministic order of micro-batches per epoch; this process takes every world_size-th.
     per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
-    steps_per_epoch = max(1, len(encoded) // per_step)
-    total_steps = config.steps or max(1, round(config.epochs * steps_per_epoch))
+    # E passes over the data in whole steps (up to one step short): round(E x steps a pass) lost a step a pass
+    total_steps = config.steps or max(1, math.floor(config.epochs * len(encoded) / per_step))
     if accelerator.is_main_process:
         _warn_schedule(config, total_steps, len(encoded), per_step)
     micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)
@@ -398,7 +401,7 @@ def train(
         ):
             save()
         if _asked(should_stop, accelerator):  # the last step too: its checkpoint spares a re-train
-            _stop(save, accelerator, bar, state["step"], total_steps)
+            _stop(save, accelerator, bar, state["step"], total_steps, bool(checkpoint))
     if checkpoint and config.checkpoint_every and state["step"] > state.get("saved_step", 0):
         save()  # the finished training: a stop during the final validation or the scoring does not train again
     bar.close()
@@ -410,7 +413,7 @@ def train(
         final_val /= sum(units)
     final_val_s = time.perf_counter() - began
     if _asked(should_stop, accelerator):  # asked during the final validation
-        _stop(save, accelerator, bar, state["step"], total_steps)
+        _stop(save, accelerator, bar, state["step"], total_steps, bool(checkpoint))
     # prepare() under mixed precision patched the model's forward with autocast (in place, so the caller's model
     # too): the scoring after training then ran under autocast where the zero-shot model's did not; take it off
     # (accelerate's own unwrap_model(keep_fp32_wrapper=False) also strips transformers' decorators off forward)
@@ -456,12 +459,14 @@ def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:
     return asked
 
 
-def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: int) -> NoReturn:
-    """Checkpoint (every process: the main one writes), then raise ``Cancelled``: the next start resumes from here."""
+def _stop(save: Callable[[], None], accelerator, bar, step: int, total_steps: int, saves: bool = True) -> NoReturn:
+    """Checkpoint (every process: the main one writes), then raise ``Cancelled``: the next start resumes from here;
+    ``saves``: whether there is a checkpoint path (the Python API's ``train`` without ``run_dir`` has none)."""
     save()
     accelerator.wait_for_everyone()
     bar.close()
-    raise Cancelled(f"stopped at step {step} of {total_steps}; checkpoint saved, the next start resumes")
+    kept = "checkpoint saved, the next start resumes" if saves else "no checkpoint (no run_dir): nothing was saved"
+    raise Cancelled(f"stopped at step {step} of {total_steps}; {kept}")
 
 
 def _not_finite(what: str, step: int, state: dict[str, Any]) -> NoReturn:

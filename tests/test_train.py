@@ -339,6 +339,11 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
         # from a review: these quoted epochs and lr (valid) and not the value that was wrong
         ("warmup_steps", -1, r"must be >= 0 \(got warmup_steps=-1\)$"),
         ("checkpoint_every", -2, r"must be >= 0 \(got checkpoint_every=-2\)$"),
+        # from a review: NaN or < 0 turned clipping off unsaid, or made the weights NaN at step 1's update
+        ("max_grad_norm", float("nan"), r"max_grad_norm must be a finite number >= 0 \(got nan; 0: none\)"),
+        ("max_grad_norm", -1.0, "max_grad_norm must be a finite number >= 0"),
+        ("weight_decay", -5.0, "weight_decay must be a finite number >= 0"),
+        ("weight_decay", float("nan"), "weight_decay must be a finite number >= 0"),
     ],
 )
 def test_bad_settings(field, value, message):
@@ -428,6 +433,29 @@ def test_one_epoch_counts_every_example_and_every_real_token_once(char_tokenizer
     lengths = [len(recipe.encode(e).input_ids) for e in EXAMPLES]
     assert len(set(lengths)) > 1  # examples of several lengths: batches pad, and padding must not count
     assert (result.samples, result.tokens) == (40, sum(lengths))
+
+
+def test_epochs_train_that_many_passes_in_whole_steps(char_tokenizer):
+    """From a review: ``--epochs E`` trained round(E x whole steps a pass), a step lost a pass: 3 epochs of 50
+    examples at 8 a step gave 18 steps (2.88 passes) where 150 examples make 18.75, so 18 is right there, but 31
+    examples gave 9 steps (2.32 passes) where 11 whole steps (2.84) fit. Now floor(E x examples / step)."""
+    examples = (EXAMPLES * 2)[:31]
+    config = dataclasses.replace(CONFIG, steps=None, epochs=3.0, checkpoint_every=0)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    result = train(adapter.model, text_recipe(char_tokenizer, config), adapter, examples, VAL, config, None,
+                   progress=False)  # fmt: skip
+    assert result.steps == 11 and result.samples == 88  # 3 x 31 = 93 examples: 11 whole steps of 8
+
+
+def test_a_stop_without_a_run_dir_says_nothing_was_saved(char_tokenizer):
+    """From a review: a stop asked of ``train`` without ``run_dir`` said "checkpoint saved, the next start
+    resumes", with nothing written."""
+    from harness.train import Cancelled
+
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    with pytest.raises(Cancelled, match=r"stopped at step 1 of 6; no checkpoint \(no run_dir\): nothing was saved"):
+        train(adapter.model, text_recipe(char_tokenizer, CONFIG), adapter, EXAMPLES, VAL, CONFIG, None, progress=False,
+              should_stop=lambda: True)  # fmt: skip
 
 
 def test_a_step_is_the_mean_over_its_supervised_tokens_however_it_is_split_into_micro_batches(char_tokenizer):
