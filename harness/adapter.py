@@ -17,6 +17,7 @@ Python; ``harness bench`` times it (and the reference path with ``--reference``)
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 import sys
@@ -214,7 +215,11 @@ class AdapterLinear(nn.Module):
 
     @property
     def fuses_input(self) -> bool:
-        return type(self).input_weights is not AdapterLinear.input_weights
+        """Whether the fast path takes the fused route (``input_weights`` + ``factors_from``, made with the
+        wrapper's siblings): only where ``factors_from`` is defined where ``delta`` is or below it (``input_weights``
+        only names the first matmul's weights: MoSLoRA inherits LoRA's; a review: a plugin that subclassed a built-in
+        with its own ``delta`` and ``delta_factors`` ran the built-in's Δ on the fast path)."""
+        return _fuses_input(type(self))
 
     @classmethod
     def offers_fast_path(cls) -> bool:
@@ -387,6 +392,12 @@ _MOVED = frozenset(
         "load_adapter",
     }
 )
+
+
+@functools.cache
+def _fuses_input(cls: type[AdapterLinear]) -> bool:
+    """``AdapterLinear.fuses_input`` of a class (once: its forward asks on every call)."""
+    return cls.input_weights is not AdapterLinear.input_weights and cls.follows_delta("factors_from")
 
 
 def __getattr__(name: str) -> Any:

@@ -155,7 +155,8 @@ class Adapter:
         for layer in self.layers.values():
             cls = type(layer)
             offered = cls.offers_fast_path()
-            if enabled and not offered and (layer.fuses_input or cls.delta_factors is not AdapterLinear.delta_factors):
+            inherited = cls.input_weights is not AdapterLinear.input_weights  # a built-in's fused route, below delta
+            if enabled and not offered and (inherited or cls.delta_factors is not AdapterLinear.delta_factors):
                 warnings.warn(
                     f"method {self.method!r} overrides delta below its fast path (inherited from "
                     f"{cls.__mro__[1].__name__}): the fast path is off for it and every step computes its own delta",

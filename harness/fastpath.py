@@ -185,8 +185,10 @@ class _FusedProjection(torch.autograd.Function):
 
 
 def _fuses_base(layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> bool:
-    """Whether ``_FusedProjection`` may compute this wrapper's base linear: a plain ``nn.Linear`` without
-    hooks, on a CPU, no autocast, one dtype throughout (anything else keeps ``base(x)`` as it is)."""
+    """Whether ``_FusedProjection`` may compute this wrapper's base linear: a plain ``nn.Linear`` without hooks
+    (forward or backward, its own or global, or a forward patched on it, as accelerate's offloading does: a review
+    found them skipped), its weight on x's device, a CPU, no autocast, one dtype throughout (anything else keeps
+    ``base(x)`` as it is)."""
     base = layer.base
     return (
         FUSE_BASE
@@ -194,10 +196,20 @@ def _fuses_base(layer: AdapterLinear, x: Tensor, dtype: torch.dtype) -> bool:
         and x.device.type == "cpu"
         and x.dtype == dtype == base.weight.dtype
         and not torch.is_autocast_enabled("cpu")
-        and not (base._forward_hooks or base._forward_pre_hooks)
-        and not (
-            getattr(_nn_module, "_global_forward_hooks", None) or getattr(_nn_module, "_global_forward_pre_hooks", None)
+        and not (base._forward_hooks or base._forward_pre_hooks or base._backward_hooks or base._backward_pre_hooks)
+        and not any(
+            getattr(_nn_module, name, None)
+            for name in (
+                "_global_forward_hooks",
+                "_global_forward_pre_hooks",
+                "_global_backward_hooks",
+                "_global_backward_pre_hooks",
+            )
         )
+        # a forward patched on the instance (accelerate's hooks: offloading, device maps) or weights elsewhere
+        and "forward" not in vars(base)
+        and not hasattr(base, "_hf_hook")
+        and base.weight.device == x.device
     )
 
 

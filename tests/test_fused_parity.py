@@ -555,6 +555,52 @@ def test_a_plugin_that_overrides_only_delta_of_a_built_in_gets_neither_its_fast_
         adapter.merge()
 
 
+class TripledLoraLinear(LoraLinear):
+    """A plugin that subclasses a built-in with its own ``delta`` and its own fast path, ``delta_factors``."""
+
+    name = "tripled_lora"
+
+    def delta(self, x):
+        return 3.0 * super().delta(x)
+
+    def delta_factors(self, x, x_drop):
+        return 3.0 * F.linear(x_drop, self.lora_A), self.lora_B
+
+
+def test_a_plugin_with_its_own_delta_factors_below_a_built_in_runs_it_on_the_fast_path():
+    """From a review: the fast path took the fused route of the built-in's ``input_weights``/``factors_from``
+    (inherited, above the plugin's ``delta``) and never called the plugin's ``delta_factors``: it trained plain
+    LoRA's Δ under the plugin's name, without a word. The fused route is taken only where it follows ``delta``."""
+    adapter = attach(tiny_llama(), TripledLoraLinear, targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    assert TripledLoraLinear.offers_fast_path() and not adapter.layers[next(iter(adapter.layers))].fuses_input
+    reference, ref_grads = outputs_and_grads(adapter, fast=False)
+    fast, fast_grads = outputs_and_grads(adapter, fast=True)
+    assert all(layer.fast_path for layer in adapter.layers.values())
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_base_with_hooks_or_a_patched_forward_is_not_fused_in():
+    """From a review: the fused CPU node computed a base linear that had a backward hook (never fired) or a
+    forward patched on it (accelerate's offloading: its hook's output dropped); such a base keeps ``base(x)``."""
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    reference, _ = outputs_and_grads(adapter, fast=False)
+    layers = list(adapter.layers.values())
+    fired = []
+    layers[0].base.register_full_backward_hook(lambda module, grad_in, grad_out: fired.append(1))
+    halved = layers[1].base
+    plain = halved.forward
+    halved.forward = lambda x: plain(x) * 0.5  # as accelerate's add_hook_to_module patches it
+    expected, _ = outputs_and_grads(adapter, fast=False)
+    assert not torch.allclose(expected, reference) and len(fired) == 1
+    fast, _ = outputs_and_grads(adapter, fast=True)
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-4)
+    assert len(fired) == 2  # the fast path's backward reached the hooked base too
+
+
 def test_the_fast_path_takes_an_empty_input(method):
     """No tokens (an empty micro-batch's slice): the sparse dropout draws nothing instead of failing."""
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.1)
