@@ -144,7 +144,7 @@ def _make_row(
     if partial:  # majority/chance where the task has none for some averaged columns: no Avg beside the models'
         cells[AVG] = Cell(None)
     elif scored and all(b in scores for b in scored):
-        ci = estimate([scores[b] for b in scored], scores=all(percent(b) for b in scored))
+        ci = estimate([scores[b] for b in scored], scores=[percent(b) for b in scored])  # each column its own
         cells[AVG] = Cell(ci.value, ci)
     else:
         cells[AVG] = Cell(statistics.mean(cells[b].value for b in scored) if scored else None)

@@ -296,12 +296,19 @@ def _other_weights(spec: RunSpec, finished: dict[str, Any]) -> str | None:
     was kept, a model that is no local folder and no hub id)."""
     info = finished["run"]["config"].get("model_info")
     info = info if isinstance(info, dict) else {}
+    if (files := _other_model_files(spec, info)) is not None:  # first: a hub id turned local folder says so
+        return files
     then = info.get("embedded_tokenizer")  # a model built from its config: kept since 2026-12-07
     if spec.random_weights and isinstance(then, bool):
         now = TASKS.get(spec.task).reads_embedded(spec.model, True)
         if now != then:  # a processor (tokenizer) now in the hub's cache or its folder, or gone from it
             said = {True: "the embedded one", False: "the model's own"}
             return f"the tokenizer was {said[then]} then, {said[now]} now"
+    return None
+
+
+def _other_model_files(spec: RunSpec, info: dict[str, Any]) -> str | None:
+    """``_other_weights`` but the tokenizer's source: the model's files, or which kind of model the string names."""
     if ("hub_revision" in info or "hub_manifest" in info) and not is_hub_id(spec.model):
         return "the model was a hub id then, a local folder now"
     if isinstance(hub := info.get("hub_manifest"), dict):  # a --random-weights run's too: its config's blobs

@@ -114,12 +114,14 @@ def estimate(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     level: float = LEVEL,
-    scores: bool = True,
+    scores: bool | Sequence[bool] = True,
 ) -> Estimate:
     """Mean over ``columns`` of each column's mean, with its percentile bootstrap interval.
 
     One column: the interval of that mean. Several (one per benchmark): each is resampled independently.
-    ``scores``: the columns are 0-100 scores, whose interval at 0 or 100 is the exact one (not for differences).
+    ``scores``: the columns are 0-100 scores, whose interval at 0 or 100 is the exact one (not for differences);
+    one flag per column where only some are (a mean of cosines beside a percent column: the latter keeps its end
+    bound in the Avg, which a single ``False`` took away).
     """
     if not columns:
         raise ValueError("no score columns to estimate; pass at least one benchmark's per-example scores")
@@ -129,7 +131,10 @@ def estimate(
     means = np.mean([resampled_means(c, rng, resamples) for c in columns], axis=0)
     value = float(np.mean([np.mean(c) for c in columns]))
     lo, hi = np.percentile(means, [50 * (1 - level), 50 * (1 + level)])
-    ends = _ends(columns) if scores else [None] * len(columns)
+    flags = [scores] * len(columns) if isinstance(scores, bool) else list(scores)
+    if len(flags) != len(columns):
+        raise ValueError(f"scores has {len(flags)} flags for {len(columns)} columns; give one a column, or one bool")
+    ends = [e if f else None for e, f in zip(_ends(columns), flags, strict=True)]
     if any(e is not None for e in ends):  # a column whose scores all sit at 0 (or 100) has no bootstrap width
         alpha, sizes = (1 - level) / 2, [np.asarray(c).size for c in columns]
         at = {edge: [n for n, e in zip(sizes, ends, strict=True) if e == edge] for edge in (0.0, 100.0)}
@@ -137,7 +142,7 @@ def estimate(
         # share, added to the bootstrap's interval of the rest (which is the mean itself when every column is at an end)
         hi = hi + (_exact_bound(at[0.0], alpha) * len(at[0.0]) / len(sizes) if at[0.0] else 0.0)
         lo = lo - (_exact_bound(at[100.0], alpha) * len(at[100.0]) / len(sizes) if at[100.0] else 0.0)
-    if scores:  # never narrower than at the end itself: 1 of 125 right read [0.0, 2.4] beside 0 of 125's [0.0, 2.9]
+    if all(flags):  # never narrower than at the end itself: 1 of 125 right read [0.0, 2.4] beside 0 of 125's [0.0, 2.9]
         sizes = [np.asarray(c).size for c in columns]
         edge = _exact_bound(sizes, (1 - level) / 2)
         hi, lo = max(hi, edge), min(lo, 100.0 - edge)

@@ -37,7 +37,7 @@ from harness.train_checkpoint import (
 from harness.train_checkpoint import TIMED_ON_KEYS as TIMED_ON_KEYS
 from harness.train_checkpoint import UNREADABLE as UNREADABLE
 from harness.train_checkpoint import CheckpointUnreadable as CheckpointUnreadable
-from harness.train_schedule import _first_shapes, _micro_batches, _warn_schedule, adamw, lr_lambda
+from harness.train_schedule import _first_shapes, _micro_batches, _warn_schedule, adamw, epoch_steps, lr_lambda
 
 
 class Cancelled(BaseException):
@@ -165,8 +165,7 @@ def train(
 
     # One deterministic order of micro-batches per epoch; this process takes every world_size-th.
     per_step = config.micro_batch_size * config.grad_accum * accelerator.num_processes
-    # E passes over the data in whole steps (up to one step short): round(E x steps a pass) lost a step a pass
-    total_steps = config.steps or max(1, math.floor(config.epochs * len(encoded) / per_step))
+    total_steps = config.steps or epoch_steps(config.epochs, len(encoded), per_step)
     if accelerator.is_main_process:
         _warn_schedule(config, total_steps, len(encoded), per_step)
     micro_batches = _micro_batches(len(encoded), config, accelerator, total_steps)

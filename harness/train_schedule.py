@@ -9,6 +9,7 @@ import math
 import random
 import sys
 from collections.abc import Callable, Iterator
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -128,3 +129,10 @@ class _MicroBatches:
 def _micro_batches(n: int, config: TrainConfig, accelerator, total_steps: int) -> _MicroBatches:
     """``[step][micro][example index]`` for this process, reshuffled each epoch from the seed (``_MicroBatches``)."""
     return _MicroBatches(n, config, accelerator, total_steps)
+
+
+def epoch_steps(epochs: float, examples: int, per_step: int) -> int:
+    """The optimizer steps of ``epochs`` passes over ``examples`` at ``per_step`` a step: whole steps, up to one short
+    of the passes (a review: round(E x whole steps a pass) lost up to a step a pass), at least one; exact, not in
+    floats (2.3 x 1600 / 16 is 229.99999999999997)."""
+    return max(1, math.floor(Fraction(str(epochs)) * examples / per_step))

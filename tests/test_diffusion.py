@@ -1986,7 +1986,7 @@ def test_fidelity_says_why_a_classifier_cannot_be_fit_from_categories_given():
         "the training rows name 1 category ('red'): nothing to tell apart"
     )
     assert scoring.no_classifier(items("red", "blue"), items("red", "")).startswith(
-        "1 of the 2 held-out rows scored have no category"
+        "1 of the 2 held-out rows have no category"
     )
     assert scoring.no_classifier(items("red", "blue"), items("red", "blue")) is None
 

@@ -746,3 +746,22 @@ def test_the_chance_row_of_a_few_questions_gets_no_end_bound(tmp_path):
     assert (base["ARC-Easy"], base["ARC-Easy_lo"]) == ("0.0", "0.0") and float(base["ARC-Easy_hi"]) == pytest.approx(
         60.2, abs=0.1
     )  # 0 of 4 right: the exact bound 1 - 0.025^(1/4)
+
+
+def test_an_avg_of_a_mean_and_a_percent_column_keeps_the_percent_columns_end_bound():
+    """From a re-review: once similarity declared its scale (a mean of cosines), one flag for the Avg turned the
+    exact end bound off for every column: fidelity all at 0 of 20 gave Avg 23.0 [22.1, 24.0] where its own
+    [0.0, 16.8] share lifts the upper end. Each column keeps its own (``scores`` one flag a column)."""
+    import numpy as np
+
+    from harness.stats import estimate
+
+    rng = np.random.default_rng(0)
+    similarity, fidelity = rng.normal(46, 2, 20), np.zeros(20)
+    mixed = estimate([similarity, fidelity], scores=[False, True])
+    none = estimate([similarity, fidelity], scores=False)
+    alone = estimate([fidelity])
+    assert mixed.value == none.value and mixed.lo == none.lo
+    assert mixed.hi == pytest.approx(none.hi + alone.hi / 2)  # fidelity's exact bound, weighted by its share
+    with pytest.raises(ValueError, match="one a column"):
+        estimate([similarity, fidelity], scores=[True])

@@ -799,3 +799,25 @@ def test_a_random_weights_run_is_refused_when_the_tokenizer_it_would_read_change
     assert f"changed since run {spec.run_id} in " in refusal.what and refusal.what.endswith(f"finished ({decision})")
     assert refusal.instead.startswith("put the model's tokenizer files back as they were")
     assert runner_identity._other_weights(spec, {"run": {"config": {"model_info": {}}}}) is None  # from before
+
+
+def test_a_hub_id_shadowed_by_a_local_folder_is_said_so_before_its_tokenizer(tiny_model, monkeypatch):
+    """From a re-review: the tokenizer's comparison came first, so a hub id's run, its string now a local folder
+    holding a tokenizer, was told to put tokenizer files back (there never were any), not the folder away."""
+    from harness import runner, runner_identity
+
+    [spec] = runner.build_specs("commonsense", ["base"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    shutil.copy(_tiny_folder(tiny_model.parent / "tok") / "tokenizer.json", tiny_model / "tokenizer.json")
+    finished = {"run": {"config": {"model_info": {"hub_revision": "a" * 40, "embedded_tokenizer": True}}}}
+    assert runner_identity._other_weights(spec, finished) == "the model was a hub id then, a local folder now"
+
+
+def test_a_llavas_processor_is_at_hand_only_with_its_tokenizers_vocabulary(tmp_path):
+    """From a re-review: an image processor's config alone was taken for a processor at hand (the run recorded "the
+    model's own" tokenizer) though build_paper could not load one and fell back to the embedded tokenizer."""
+    from tasks.multimodal.checks import _processor_at_hand
+
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    assert not _processor_at_hand(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert _processor_at_hand(str(tmp_path))

@@ -447,6 +447,15 @@ def test_epochs_train_that_many_passes_in_whole_steps(char_tokenizer):
     assert result.steps == 11 and result.samples == 88  # 3 x 31 = 93 examples: 11 whole steps of 8
 
 
+def test_epoch_steps_are_exact_not_float_rounded():
+    """From a re-review: floor(E x examples / step) in floats lost a whole step where the exact answer is whole:
+    2.3 x 1600 / 16 is 229.99999999999997 (229 steps, not 230); 0.7 x 170,000 / 8 gave 14,874."""
+    from harness.train_schedule import epoch_steps
+
+    assert epoch_steps(2.3, 1600, 16) == 230 and epoch_steps(0.7, 170_000, 8) == 14_875
+    assert epoch_steps(3.0, 31, 8) == 11 and epoch_steps(1.0, 3, 8) == 1  # at least one step
+
+
 def test_a_stop_without_a_run_dir_says_nothing_was_saved(char_tokenizer):
     """From a review: a stop asked of ``train`` without ``run_dir`` said "checkpoint saved, the next start
     resumes", with nothing written."""

@@ -169,7 +169,7 @@ def no_classifier(train: list[ddata.Item], test: list[ddata.Item]) -> str | None
     if len(named) < 2:
         return f"the training rows name {len(named)} category ({', '.join(map(repr, named))}): nothing to tell apart"
     if unnamed := sum(not i.category for i in test):
-        return f"{unnamed} of the {len(test)} held-out rows scored have no category: the classifier cannot score them"
+        return f"{unnamed} of the {len(test)} held-out rows have no category: the classifier cannot score them"
     return None
 
 

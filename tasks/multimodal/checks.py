@@ -53,18 +53,25 @@ PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json")  # what 
 
 def _processor_at_hand(model: str) -> bool:
     """Whether a LLaVA model's processor may load without the network (``build_paper`` tries it offline under
-    ``--random-weights``): its image processor's config in the model's folder, or in the hub's cache (a config given
-    as a file: never, ``AutoProcessor`` takes a folder or a hub id)."""
+    ``--random-weights``): its image processor's config and a tokenizer's vocabulary (``VOCAB``) in the model's folder,
+    or in the hub's cache (a config given as a file: never, ``AutoProcessor`` takes a folder or a hub id)."""
     path = Path(model).expanduser()
     if path.exists():
-        return path.is_dir() and any((path / name).is_file() for name in PROCESSOR_FILES)
+        return path.is_dir() and all(any((path / n).is_file() for n in names) for names in (PROCESSOR_FILES, VOCAB))
     from huggingface_hub import try_to_load_from_cache
 
     repo = models.HUB_MOVED.get(model, model)
     try:
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in PROCESSOR_FILES)
+        return all(
+            any(isinstance(try_to_load_from_cache(repo, n), str) for n in names) for names in (PROCESSOR_FILES, VOCAB)
+        )
     except ValueError:  # not a repository id the hub takes
         return False
+
+
+# a tokenizer's vocabulary, which a processor loads with its image processor's config (a re-review: a cache with the
+# latter alone was taken for a processor at hand, though build_paper then fell back to the embedded tokenizer)
+VOCAB = ("tokenizer.json", "tokenizer.model", "vocab.json")
 
 
 def _llava_style(model: str) -> Any:
