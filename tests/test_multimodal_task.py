@@ -898,3 +898,16 @@ def test_your_own_datas_stage1_key_is_as_before_and_its_captions_and_images_are_
             "images_sha256": images.hexdigest(),
         }
     )
+
+
+def test_a_llava_folder_without_a_tokenizer_is_told_so_not_that_its_processor_config_is_missing(tmp_path):
+    """From a re-review: once a processor counted as at hand only with a tokenizer vocabulary, a folder holding its
+    image processor's config but no tokenizer was told it held no image processor config."""
+    from tasks.multimodal import MultimodalTask
+
+    (tmp_path / "preprocessor_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds no tokenizer"):
+        MultimodalTask.check_weights_folder(tmp_path)
+    (tmp_path / "preprocessor_config.json").unlink()
+    with pytest.raises(ValueError, match="holds no image processor config"):
+        MultimodalTask.check_weights_folder(tmp_path)

@@ -91,7 +91,8 @@ class MultimodalTask(Task):
         its image processor's config and its tokenizer must be there; refused before any run, not run by run."""
         if cls.load is not MultimodalTask.load or _llava_style(str(folder)) is not None:
             return
-        if not _processor_at_hand(str(folder)):
+        # the image processor's config here; its vocabulary: check_tokenizer_files (below, named as such)
+        if not any((folder.expanduser() / n).is_file() for n in PROCESSOR_FILES):
             raise ValueError(
                 f"model folder {str(folder)!r} holds no image processor config ({' or '.join(PROCESSOR_FILES)}): the "
                 "LLaVA processor loads from it; save it there (processor.save_pretrained(folder))"
