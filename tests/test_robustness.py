@@ -1778,6 +1778,8 @@ def test_which_runs_read_the_embedded_conversion_is_the_tasks_to_say(fake_embedd
     (cached / "refs" / "main").write_text("abc123")
     (cached / "snapshots" / "abc123").mkdir(parents=True)
     (cached / "snapshots" / "abc123" / "preprocessor_config.json").write_text("{}")
+    assert multimodal.reads_embedded(paper, True)  # an image processor's config alone loads no processor (3784861)
+    (cached / "snapshots" / "abc123" / "tokenizer.json").write_text("{}")
     assert not multimodal.reads_embedded(paper, True)  # its processor is in the hub's cache
     llava = tmp_path / "llava"
     llava.mkdir()
@@ -1786,6 +1788,7 @@ def test_which_runs_read_the_embedded_conversion_is_the_tasks_to_say(fake_embedd
     assert multimodal.reads_embedded(str(llava), True)
     assert multimodal.reads_embedded(str(llava / "config.json"), True)  # a file: AutoProcessor takes a folder
     (llava / "preprocessor_config.json").write_text("{}")
+    (llava / "tokenizer.json").write_text("{}")  # and its vocabulary
     assert not multimodal.reads_embedded(str(llava), True)
     commonsense = TASKS.get("commonsense")
     assert commonsense.reads_embedded("embedded", False) and not commonsense.reads_embedded(str(folder), True)
