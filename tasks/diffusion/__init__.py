@@ -218,7 +218,6 @@ class DiffusionTask(Task):
         else:
             pipe = dmodel.load_folder(model, device, dtype)
             label = models.label(model)
-        pipe.sd_pipeline()  # an old folder's UNet config mended before its size is read (``dmodel.load_folder``)
         return Loaded(pipe, pipe.unet, label, pipe.tokenizer, info)
 
     def recipe(self, loaded: Loaded, config: TrainConfig) -> Recipe:

@@ -92,6 +92,10 @@ class Pipeline(nn.Module):
         self.tokenizer, self.scheduler = tokenizer, scheduler
         for part in (vae, text_encoder):
             part.requires_grad_(False)
+        # diffusers' StableDiffusionPipeline mends an old UNet config as it is built (saved before diffusers 0.9 with
+        # sample_size < 64: set to 64, the SD-1.x config bug); built once here, before ``resolution`` is read, so a
+        # run trains, samples and scores the real images at one size (its first sampling changed it under the run)
+        self.sd_pipeline()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """The UNet's forward (the trained path; the frozen parts run before training, see recipe.py)."""
@@ -153,12 +157,7 @@ def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) ->
         if not models.is_hub_id(str(folder)):
             raise
         raise models.hub_load_error(str(folder), exc) from None
-    pipe = Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
-    # diffusers' StableDiffusionPipeline mends an old folder's UNet config as it is built (saved before diffusers 0.9
-    # with sample_size < 64: set to 64, the SD-1.x config bug); built once here, before ``resolution`` is read, so
-    # training, sampling and the real images share one size (the first sampling changed it under a run)
-    pipe.sd_pipeline()
-    return pipe
+    return Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
 
 
 def build(
