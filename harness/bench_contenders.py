@@ -94,7 +94,7 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
     """The base model (bf16 on a GPU, fp32 on a CPU) and its tokenizer (only if scoring is timed)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from harness import models
+    from harness import hub, models
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if config.random_weights:
@@ -118,7 +118,7 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
     elif config.layers:
         raise ValueError("--layers builds a reduced shape and needs --random-weights")
     else:
-        if models.looks_like_path(config.model) and not Path(config.model).expanduser().exists():
+        if hub.looks_like_path(config.model) and not Path(config.model).expanduser().exists():
             raise ValueError(
                 f"--model {config.model!r}: no such folder; give a model folder, a hub id (org/name) or embedded"
             )
@@ -128,9 +128,9 @@ def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str
             model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **trust)
             tokenizer = AutoTokenizer.from_pretrained(source, **trust) if config.protocols else None
         except OSError as exc:  # a hub id offline, gated or gone: transformers says so in several lines
-            if not models.is_hub_id(config.model):
+            if not hub.is_hub_id(config.model):
                 raise
-            raise models.hub_load_error(config.model, exc) from None
+            raise hub.hub_load_error(config.model, exc) from None
     if tokenizer is not None and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, label

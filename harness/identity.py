@@ -129,7 +129,7 @@ def _lines_digest(files: Iterable[tuple[str, str]]) -> str:
 
 def hub_digest(model: str, weights: bool = True, tokenizer: bool = True) -> dict[str, Any] | None:
     """``{"revision": commit, "manifest": {relpath: id}}`` of a hub id as the hub's local cache holds its main
-    revision (``harness.models.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
+    revision (``harness.hub.hub_snapshot``): per file the digest version covers (``model_digest``'s, at the
     snapshot's top and in its components: those its model_index.json names, else each first-level folder that holds
     a config, as a diffusers pipeline loaded part by part, without model_index.json, does; where a folder holds
     ``*.safetensors`` weights, its ``*.bin`` ones are left out: ``from_pretrained`` reads the former) the content id of its blob (``_blob_id``), read from the
@@ -137,7 +137,7 @@ def hub_digest(model: str, weights: bool = True, tokenizer: bool = True) -> dict
     known, not changed. Without ``tokenizer`` (a model built from its config that tokenizes with another tokenizer
     than the hub id's) its configs and own code only: no tokenizer, processor or generation files, which it does not
     read. ``None`` for no hub id, or one the cache does not hold."""
-    from harness.models import hub_snapshot
+    from harness.hub import hub_snapshot
 
     if (snapshot := hub_snapshot(model)) is None:
         return None

@@ -33,7 +33,6 @@ PAPER_MODELS = {
 }
 # the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
 # the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
-HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 _GIVE = "give a model folder, a config.json, 'embedded', or one of "  # the paper ids (a transformers model's, or any)
 _WHAT_TO_GIVE = _GIVE + ", ".join(PAPER_MODELS)
 
@@ -224,98 +223,6 @@ def _check_vocab(spec: str, vocab_size: int | None, n_tokens: int, where: str) -
         )
 
 
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-# what from_pretrained reads of a hub repository's weights: a transformers model's, or a diffusers pipeline's UNet's
-HUB_WEIGHT_FILES = (
-    *(f"model.safetensors{index}" for index in ("", ".index.json")),
-    *(f"pytorch_model.bin{index}" for index in ("", ".index.json")),
-    *(f"unet/diffusion_pytorch_model{ext}{index}" for ext in (".safetensors", ".bin") for index in ("", ".index.json")),
-)
-HUB_ADVICE = (
-    "connect to the internet (with HF_HUB_OFFLINE unset), log in (hf auth login) where the repository is gated, "
-    "give a local folder holding the weights, or pass --random-weights to build its architecture from its config"
-)
-
-
-def offline_variables() -> list[str]:
-    """The environment variables that switch the Hugging Face hub off (set to 1, on, yes or true), read now."""
-    return [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}]
-
-
-def looks_like_path(spec: str) -> bool:
-    """Whether ``spec`` can only be a path (hub ids are "name" or "org/name"), there or not."""
-    return spec.startswith((".", "/", "~")) or spec.count("/") > 1
-
-
-def is_hub_id(spec: str) -> bool:
-    """Whether ``spec`` names a hub repository (not ``embedded``, nothing on the disk by that name)."""
-    return spec != EMBEDDED and not Path(spec).expanduser().exists()
-
-
-def hub_weights_cached(repo_id: str) -> bool:
-    """Whether the hub's local cache holds ``repo_id``'s weights (``HUB_WEIGHT_FILES``, its main revision; a moved
-    repository's new place, ``HUB_MOVED``), read from the disk only."""
-    from huggingface_hub import try_to_load_from_cache
-
-    repo = HUB_MOVED.get(repo_id, repo_id)
-    try:
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_WEIGHT_FILES)
-    except ValueError:  # not a repository id the hub takes: loading it fails anyway, saying so
-        return False
-
-
-def hub_revision(spec: str) -> str | None:
-    """The commit a hub id's main revision points to in the hub's local cache (``refs/main``, which ``from_pretrained``
-    sets as it downloads or checks the repository): read after a run loaded the model, the revision it loaded; a moved
-    repository's new place (``HUB_MOVED``). ``None`` for no hub id, or one the cache does not hold."""
-    if (repo := _hub_cache_folder(spec)) is None:
-        return None
-    try:
-        return (repo / "refs" / "main").read_text(encoding="utf-8").strip() or None
-    except (OSError, UnicodeDecodeError):
-        return None
-
-
-def hub_snapshot(spec: str) -> tuple[str, Path] | None:
-    """(commit, folder) of a hub id's main revision in the hub's local cache (``hub_revision``; the folder holds
-    links to the files ``from_pretrained`` downloaded of it); ``None`` where the cache holds none."""
-    if (revision := hub_revision(spec)) is None or (repo := _hub_cache_folder(spec)) is None:
-        return None
-    folder = repo / "snapshots" / revision
-    return (revision, folder) if folder.is_dir() else None
-
-
-def _hub_cache_folder(spec: str) -> Path | None:
-    if not is_hub_id(spec):
-        return None
-    from huggingface_hub import constants
-
-    repo = HUB_MOVED.get(spec, spec)
-    return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
-
-
-def check_hub_weights(spec: str) -> None:
-    """Before any run: a hub model's weights can be had, as far as is known without the network: with the hub
-    switched off (``HF_HUB_OFFLINE``), they must be in its cache (a paper id's config is shipped, so nothing else
-    asks the hub before the run does); a ``ValueError`` saying what to do otherwise."""
-    if not (switched := offline_variables()) or not is_hub_id(spec) or hub_weights_cached(spec):
-        return
-    from huggingface_hub import constants
-
-    raise ValueError(
-        f"model {spec!r}: {' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE}) holds no "
-        f"weights of it; {HUB_ADVICE}"
-    )
-
-
-def hub_load_error(spec: str, exc: BaseException) -> ValueError:
-    """A hub model's weights that did not load (offline, gated, not there: transformers' several lines), in one
-    line with what to do."""
-    return ValueError(
-        f"model {spec!r}: its weights do not load from the Hugging Face hub ({_brief(exc)}); {HUB_ADVICE}"
-    )
-
-
 def resolve(spec: str) -> str:
     """A path or hub id that ``from_pretrained`` takes."""
     if spec == EMBEDDED:
@@ -353,6 +260,8 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
         path = path / "unet" / "config.json"  # a diffusers pipeline folder: the UNet the adapters attach to
     if path.is_file():
         return read_config(path)
+    from harness.hub import looks_like_path  # hub imports this module
+
     if path.exists() or looks_like_path(spec):
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import PretrainedConfig  # a hub id: needs the internet (or the hub's local cache)
@@ -441,6 +350,8 @@ def _config_at_hand(spec: str) -> Path | None:
     """The config file a run of ``spec`` reads, where it is at hand without the network: a config file given, a
     folder's ``config.json`` (there or not: a diffusers pipeline folder has none), that of a hub id's main revision in
     the hub's local cache; ``None`` for ``embedded`` and a hub id (a paper id too) the cache does not hold."""
+    from harness.hub import hub_snapshot  # hub imports this module
+
     if spec == EMBEDDED:
         return None
     path = Path(spec).expanduser()

@@ -24,7 +24,7 @@ from harness.accounting import environment
 from harness.adapter import attach
 from harness.atomic import check_writable, flush_folder, is_temp, remove_stale_temps, write_json
 from harness.guard import RunLock
-from harness.models import hub_revision
+from harness.hub import hub_revision
 from harness.records import PREDICTIONS, RECORD, RERUN, check_eval, new_record, write_record
 from harness.registry import TASKS
 from harness.runner_flops import FLOPS_COUNTED_BY as FLOPS_COUNTED_BY

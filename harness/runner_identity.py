@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from harness.guard import RunLock
+from harness.hub import is_hub_id, looks_like_path
 from harness.identity import (
     DIGEST_VERSION,
     blob_form,
@@ -22,7 +23,7 @@ from harness.identity import (
     needs_own_code,
     same_form,
 )
-from harness.models import EMBEDDED, PAPER_MODELS, is_hub_id, looks_like_path, own_code
+from harness.models import EMBEDDED, PAPER_MODELS, own_code
 from harness.records import FIRST_METHOD_VERSION, RECORD, RERUN, SCHEMA_VERSION, read_record
 from harness.registry import METHODS, TASKS, plugin_files
 from harness.runner_spec import BASELINE, RunContext, RunSpec

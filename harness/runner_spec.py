@@ -303,7 +303,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     load (``Task.check_built_tokenizer``), and with the hub switched off
     (``HF_HUB_OFFLINE``) a hub model whose weights are not in its cache (each failed as its run loaded the model, a
     record each)."""
-    from harness import models
+    from harness import hub
 
     _check_cache(specs)
     seen = set()
@@ -333,7 +333,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
             )
             tokenizers_checked.add(tokenizer_key)
         if not spec.random_weights:
-            models.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
+            hub.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         # ``embedded`` is never a folder of that name in the working directory (resolve() takes it first)
         built = spec.model == EMBEDDED or not task_cls.reads_weights(spec.model, spec.random_weights)

@@ -131,7 +131,7 @@ def train(
     out of the code (``{"task_version": ..., "plugin ...": sha or version}``), checked on resume the same way.
     ``weights``: the digest of the model's weights (``harness.identity``), where they are known: a checkpoint written
     on other weights (a model folder's files replaced, another embedded GGUF) is refused instead of resumed on these.
-    ``revision``: the commit a hub id's model was loaded at (``harness.models.hub_revision``; it has no ``weights``):
+    ``revision``: the commit a hub id's model was loaded at (``harness.hub.hub_revision``; it has no ``weights``):
     a checkpoint written at another commit is refused the same way. ``env``: this process's ``environment()`` (the
     record's; None: read here), whose ``TIMED_ON_KEYS`` a checkpoint keeps: a run resumed where they differ is not
     refused (its device type and precision are checked), but says where its earlier steps ran

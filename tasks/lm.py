@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness import models
+from harness import hub, models
 from harness.task import Batch, Example, Loaded, Recipe
 
 IGNORE = -100
@@ -218,9 +218,9 @@ def load_causal_lm(
             pad_id(tokenizer, model)  # before the weights load
             net = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust_remote_code)
         except OSError as exc:  # a hub id offline, gated or gone: transformers says so in several lines
-            if not models.is_hub_id(model):
+            if not hub.is_hub_id(model):
                 raise
-            raise models.hub_load_error(model, exc) from None
+            raise hub.hub_load_error(model, exc) from None
         label = models.label(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -467,7 +467,7 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     (another chat template, say) is refused, naming them; a commit that changed no file the run read is the same."""
     from huggingface_hub import constants
 
-    from harness import models
+    from harness import hub
     from tests.conftest import harness_here
 
     commit, later, readme = "0123456789abcdef" * 2 + "01234567", "89abcdef" * 5, "fedcba98" * 5
@@ -477,8 +477,8 @@ def test_a_hub_models_run_records_the_revision_it_loaded(data_dir, tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    assert models.hub_revision("someorg/tiny") == commit and models.hub_revision("otherorg/x") is None
-    assert models.hub_revision(str(tmp_path)) is None  # a folder is no hub id
+    assert hub.hub_revision("someorg/tiny") == commit and hub.hub_revision("otherorg/x") is None
+    assert hub.hub_revision(str(tmp_path)) is None  # a folder is no hub id
 
     small = tmp_path / "data" / "boolq"
     small.mkdir(parents=True)

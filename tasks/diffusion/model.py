@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness import models
+from harness import hub
 from harness.atomic import write_text
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -142,11 +142,11 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Pipeline:
     """A diffusers Stable Diffusion folder, or a hub id (``runwayml/stable-diffusion-v1-5``, read where it lives now:
-    ``harness.models.HUB_MOVED``), part by part."""
+    ``harness.hub.HUB_MOVED``), part by part."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    src = models.HUB_MOVED.get(str(folder), str(folder))
+    src = hub.HUB_MOVED.get(str(folder), str(folder))
     try:
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)
@@ -154,9 +154,9 @@ def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) ->
         tokenizer = CLIPTokenizer.from_pretrained(src, subfolder="tokenizer")
         scheduler = DDPMScheduler.from_pretrained(src, subfolder="scheduler")
     except OSError as exc:  # a hub id offline, gated or gone: the libraries say so in several lines
-        if not models.is_hub_id(str(folder)):
+        if not hub.is_hub_id(str(folder)):
             raise
-        raise models.hub_load_error(str(folder), exc) from None
+        raise hub.hub_load_error(str(folder), exc) from None
     return Pipeline(unet.to(device), vae.to(device), text.to(device), tokenizer, scheduler)
 
 

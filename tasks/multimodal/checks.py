@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from harness import models
+from harness import hub, models
 from tasks.multimodal import data
 
 LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
@@ -60,7 +60,7 @@ def _processor_at_hand(model: str) -> bool:
         return path.is_dir() and all(any((path / n).is_file() for n in names) for names in (PROCESSOR_FILES, VOCAB))
     from huggingface_hub import try_to_load_from_cache
 
-    repo = models.HUB_MOVED.get(model, model)
+    repo = hub.HUB_MOVED.get(model, model)
     try:
         return all(
             any(isinstance(try_to_load_from_cache(repo, n), str) for n in names) for names in (PROCESSOR_FILES, VOCAB)

@@ -383,7 +383,8 @@ def build_paper(
     weights', set as the model is built (after the tokenizer, whose first conversion draws random numbers)."""
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
-    from harness.models import _brief, embedded_folder, hub_load_error, is_hub_id, load_config_dict
+    from harness.hub import hub_load_error, is_hub_id
+    from harness.models import _brief, embedded_folder, load_config_dict
 
     local = Path(source).expanduser()  # "~/llava": the home's folder, as the runner's checks and models.resolve read it
     where = str(local) if local.exists() else source  # what from_pretrained reads; messages name the source as given
