@@ -27,7 +27,9 @@ _DIGIT_COMMA = re.compile(r"(?<=\d),(?=\d)")  # "1,000" -> "1000", as VQA's eval
 
 
 def normalize_answer(s: str) -> str:
-    """Lower-case, drop punctuation and articles, number words to digits, collapse spaces (VQA evaluation)."""
+    """Lower-case, drop punctuation and articles, number words to digits, collapse spaces (VQA evaluation's form,
+    except that every punctuation mark goes, where VQA's script drops a fixed list and expands contractions: "50%"
+    is "50" here, "dont" is not "don't"; the README says so)."""
     return _normalize(s, keep_articles=False)
 
 
