@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     test = json.loads((args.data / "test.json").read_text())
     twemoji = args.twemoji_dir
     if twemoji is None and any(r["source"].startswith("twemoji:") for r in test):
-        from tasks.multimodal import twemoji_dir
+        from tasks.twemoji import twemoji_dir
 
         try:  # HARNESS_TWEMOJI_DIR, else beside the data: as the generator looked for it
             twemoji = twemoji_dir("this check")

@@ -1692,7 +1692,7 @@ def test_the_embedded_base_without_the_twemoji_folder_says_what_to_set_not_to_pa
     for var in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.chdir(tmp_path)  # no ../shared/data/diffusion/twemoji-64 beside it, nor beside the checkout
-    monkeypatch.setattr("tasks.multimodal.CHECKOUT", tmp_path / "checkout")
+    monkeypatch.setattr("tasks.twemoji.CHECKOUT", tmp_path / "checkout")
     task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
     with pytest.raises(ValueError) as err:
         task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)

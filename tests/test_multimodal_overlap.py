@@ -80,7 +80,7 @@ def test_the_overlap_check_without_a_twemoji_folder_names_its_own_flag(tmp_path,
     for name in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.chdir(tmp_path)  # nothing beside the working folder either (../shared/data/diffusion/twemoji-64)
-    monkeypatch.setattr("tasks.multimodal.CHECKOUT", tmp_path / "checkout")  # nor beside the checkout
+    monkeypatch.setattr("tasks.twemoji.CHECKOUT", tmp_path / "checkout")  # nor beside the checkout
     data = tmp_path / "data"
     data.mkdir()
     records = '[{"id": "general-1", "source": "twemoji:a.png"}]'
@@ -95,7 +95,7 @@ def test_the_overlap_check_without_a_twemoji_folder_names_its_own_flag(tmp_path,
 def test_the_twemoji_folder_is_found_beside_the_checkout_from_any_working_folder(tmp_path, monkeypatch):
     """From a review: "beside the checkout" was beside the working folder, so `harness leaderboard` run elsewhere
     drew the contact sheet's real images from another source, without a word."""
-    from tasks.multimodal import CHECKOUT, twemoji_dir
+    from tasks.twemoji import CHECKOUT, twemoji_dir
 
     for name in ("HARNESS_TWEMOJI_DIR", "HARNESS_DATA_DIR"):
         monkeypatch.delenv(name, raising=False)

@@ -145,9 +145,9 @@ TWEMOJI_METADATA_SHA256 = "280179d653e0ca70dbb845aad41388018686801d6ebcc7671d4c4
 def is_shipped_twemoji(folder: Path) -> bool:
     """Whether ``folder`` is the shipped Twemoji, whose categories split it and whose licence the runs on it carry:
     its metadata is the shipped one's (a copy of the data anywhere, as ``--data-dir`` gives it), or it is the folder
-    ``tasks.multimodal.twemoji_dir`` finds (``HARNESS_TWEMOJI_DIR``, else ../shared/data/diffusion/twemoji-64)."""
+    ``tasks.twemoji.twemoji_dir`` finds (``HARNESS_TWEMOJI_DIR``, else ../shared/data/diffusion/twemoji-64)."""
     from harness.identity import file_sha256
-    from tasks.multimodal import twemoji_dir
+    from tasks.twemoji import twemoji_dir
 
     try:
         if file_sha256(folder / METADATA) == TWEMOJI_METADATA_SHA256:

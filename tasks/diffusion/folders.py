@@ -60,6 +60,6 @@ def resolve_data(data_dir: str | None) -> Path:
 
 
 def twemoji_dir() -> Path:
-    from tasks.multimodal import twemoji_dir as find
+    from tasks.twemoji import twemoji_dir as find
 
     return find("the diffusion suite's embedded data", "an imagefolder (metadata.jsonl: file_name, text)")
