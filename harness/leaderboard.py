@@ -273,7 +273,8 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
     """Write every table, plot and page for the records under ``runs_dir`` into ``out_dir``; the paths
     (:class:`NoRecords` where none succeeded)."""
     from harness.leaderboard_html import html_page
-    from harness.leaderboard_render import frame_tables, markdown, md_text, plot, provenance
+    from harness.leaderboard_plot import plot
+    from harness.leaderboard_render import frame_tables, markdown, md_text, provenance
 
     records = load_records(runs_dir)
     if not records:

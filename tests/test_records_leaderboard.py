@@ -1472,7 +1472,7 @@ def test_a_plot_names_the_model_steps_seeds_and_hardware_of_its_points(tmp_path,
     import matplotlib.figure
 
     from harness.leaderboard import load_records, sections
-    from harness.leaderboard_render import plot, plot_label
+    from harness.leaderboard_plot import plot, plot_label
 
     runs = tmp_path / "runs"
     for seed in (0, 1):
@@ -1496,7 +1496,7 @@ def test_plot_labels_name_the_model_where_the_shown_sections_differ_by_it(tmp_pa
     import matplotlib.axes
 
     from harness.leaderboard import load_records, sections
-    from harness.leaderboard_render import plot
+    from harness.leaderboard_plot import plot
 
     runs = tmp_path / "runs"
     for model in ("tiny-a", "tiny-b"):
