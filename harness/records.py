@@ -93,10 +93,31 @@ def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def read_record(path: Path) -> dict[str, Any]:
-    """Parse and check one record; ``ValueError`` says what is wrong with it."""
+class RecordUnreadable(ValueError):
+    """The machine could not read a record (an I/O error, a stale NFS handle, no permission): the file may be a
+    finished run's, and is kept. A ``ValueError`` as a damaged record's error is, so that a reader of many records
+    (the leaderboard) skips it with a warning; ``harness run`` stops at it (``harness.runner_identity``), as it does at
+    a checkpoint it cannot read: a review found the run trained again over a finished run's record on one EIO."""
+
+
+def record_text(path: Path) -> str:
+    """The text of the record at ``path``; ``RecordUnreadable`` where the machine cannot read it: any ``OSError`` but
+    the file's absence (its bytes raise none: a damaged file is a ``ValueError`` of its decoding or parsing)."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))  # written as UTF-8 (harness.atomic.write_json)
+        return path.read_text(encoding="utf-8")  # written as UTF-8 (harness.atomic.write_json)
+    except (FileNotFoundError, NotADirectoryError):
+        raise
+    except OSError as exc:
+        raise RecordUnreadable(
+            f"{path}: the machine could not read it ({type(exc).__name__}: {exc}); check the disk and the file's "
+            "permissions"
+        ) from exc
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Parse and check one record; ``ValueError`` says what is wrong with it (``RecordUnreadable``: nothing may be)."""
+    try:
+        record = json.loads(record_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:  # a damaged file: named, not a bare codec error
         raise ValueError(f"{path}: unreadable ({exc})") from None
     if not isinstance(record, dict):

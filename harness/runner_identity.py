@@ -24,28 +24,51 @@ from harness.identity import (
     same_form,
 )
 from harness.models import EMBEDDED, PAPER_MODELS, own_code
-from harness.records import FIRST_METHOD_VERSION, RECORD, RERUN, SCHEMA_VERSION, read_record
+from harness.records import (
+    FIRST_METHOD_VERSION,
+    RECORD,
+    RERUN,
+    SCHEMA_VERSION,
+    RecordUnreadable,
+    read_record,
+    record_text,
+)
 from harness.registry import METHODS, TASKS, plugin_files
 from harness.runner_spec import BASELINE, RunContext, RunSpec
 from harness.task import EVERY_COLUMN, Task
 
 
 def _finished_record(record_path: Path) -> dict[str, Any] | None:
+    """The run's record where it finished; ``None``: none, a damaged one (run again), one of an unfinished run.
+    ``RunRefused`` where the machine cannot read it (``_unreadable``)."""
     if not record_path.is_file():
         return None
     try:
         finished = read_record(record_path)
+    except RecordUnreadable as exc:
+        raise _unreadable(record_path, exc) from exc
     except ValueError:
-        return None  # unreadable: run again
+        return None  # damaged: run again
     return finished if finished["run"]["status"] == "success" else None
+
+
+def _unreadable(record_path: Path, exc: RecordUnreadable) -> RunRefused:
+    """A record the machine cannot read may be a finished run's: the command stops, the file kept, as at a checkpoint
+    (``CheckpointUnreadable``); from a review: on one EIO the run trained again and its record was written over."""
+    return RunRefused(
+        f"{exc}, then run the same command again; the record is kept, and run {record_path.parent.name} was not "
+        f"trained over it (to train it afresh instead, move its folder {str(record_path.parent)!r} aside)"
+    )
 
 
 def _newer_record(record_path: Path) -> dict[str, Any] | None:
     """A record written by a newer harness (a later schema, which this one does not read), whatever its status: it
     is kept as a finished run's is, never overwritten in place (a newer harness's failed or cancelled run was
-    resumed from its checkpoint and its record written over)."""
+    resumed from its checkpoint and its record written over). ``RunRefused`` where the machine cannot read it."""
     try:
-        raw = json.loads(record_path.read_text())
+        raw = json.loads(record_text(record_path))
+    except RecordUnreadable as exc:
+        raise _unreadable(record_path, exc) from exc
     except (OSError, ValueError):
         return None
     if isinstance(raw, dict) and isinstance(raw.get("schema"), int) and raw["schema"] > SCHEMA_VERSION:
@@ -113,10 +136,13 @@ class _Refusal:
     what: str
     advice: str
     instead: str
+    unreadable: bool = False  # a record the machine cannot read: said alone (--force stops at it too)
 
 
 def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
     """Why the finished run is not the one asked for, from ``_decide``'s decision; ``None``: it is not refused."""
+    if decision.startswith("unreadable record"):
+        return _Refusal(spec, decision[len("unreadable record (") : -1], "", "", unreadable=True)
     if decision.startswith("other weights"):
         embedded, hub = spec.model == EMBEDDED, decision.startswith("other weights (commit ")
         detail = decision[len("other weights (") : -1]
@@ -164,7 +190,10 @@ def _refusal(spec: RunSpec, decision: str, runs_dir: Path) -> _Refusal | None:
 def _refused_message(refused: list[_Refusal], sweep: list[RunSpec], before: bool = False) -> str:
     """One line for the refused runs: each, what ``--force`` does, and where the sweep has other runs the flags
     that re-run only the refused ones (``--force`` with the command's own re-trains every run of it, those just
-    finished too); ``before``: said before any run of the sweep started."""
+    finished too); ``before``: said before any run of the sweep started. A record the machine cannot read is said
+    alone (its message says what to do; --force stops at it too)."""
+    if unreadable := [r for r in refused if r.unreadable]:
+        return unreadable[0].what
     alone = _only_these([r.spec for r in refused], sweep)
     if len(refused) == 1:
         [r] = refused
@@ -233,13 +262,20 @@ def _held(run_dir: Path) -> bool:
 
 def _finished_decision(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> str:
     """'done' (a finished run, the one asked for), 'run', or why a finished run is not the one asked for: 'other data
-    (...)' (code, device, weights, scorer); without ``ctx.force``, which runs every run."""
-    if not ctx.force and (newer := _newer_record(run_dir / RECORD)) is not None:
+    (...)' (code, device, weights, scorer), or 'unreadable record (...)' (the machine cannot read it); without
+    ``ctx.force``, which runs every run."""
+    if ctx.force:
+        return "run"
+    try:
+        newer, finished = _newer_record(run_dir / RECORD), _finished_record(run_dir / RECORD)
+    except RunRefused as exc:  # a decision, as the others are: every process of the run stops alike
+        return f"unreadable record ({exc})"
+    if newer is not None:
         return (
             f"other code (its record was written by a newer harness: schema {newer['schema']}, this one reads "
             f"{SCHEMA_VERSION}; upgrade the harness to use it)"
         )
-    if (finished := _finished_record(run_dir / RECORD)) is not None and not ctx.force:
+    if finished is not None:
         if (other := _other_data(finished, task)) is not None:
             return f"other data ({other})"
         code = (

@@ -582,3 +582,41 @@ def test_a_command_with_stdout_closed_succeeds(monkeypatch):
     with pytest.raises(SystemExit) as done:
         main(["--help"])
     assert done.value.code == 0
+
+
+def test_a_finished_record_the_machine_cannot_read_stops_the_run_and_is_kept(
+    tmp_path, data_dir, tiny_model, monkeypatch, capfd
+):
+    """From a review: an I/O error reading a finished run's record.json (EIO; ESTALE on NFS) was taken as no record:
+    the run trained again in its own folder, over its record, adapter and predictions, without a word, exit 0. It
+    stops the command now, naming the file and what to do, and the record is kept, as a checkpoint is."""
+    import errno
+    from pathlib import Path
+
+    import harness.runner
+    from tests.test_robustness import run_args, run_here
+
+    runs = tmp_path / "runs"
+    args = run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard")
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
+    run_here(args, capfd)
+    [path] = runs.glob("*/record.json")
+    record = json.loads(path.read_text())
+    record["run"].update(status="success", error=None)  # a finished run's record, as far as the machine can tell
+    path.write_text(json.dumps(record))
+    kept = path.read_bytes()
+    real = Path.read_text
+
+    def failing(self, *args, **kwargs):
+        if self == path:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", failing)
+    code, _, err = run_here(args, capfd)  # without --force
+    assert code == 2 and err.startswith(f"harness: error: {path}: the machine could not read it (OSError: "), err
+    assert (
+        "check the disk and the file's permissions, then run the same command again; the record is kept, and run "
+        f"{path.parent.name} was not trained over it"
+    ) in err, err
+    assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
