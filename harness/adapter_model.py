@@ -9,7 +9,9 @@ import json
 import operator
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,21 @@ from harness.registry import METHODS
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 CONFIG_METADATA = "adapter_config"  # the weights file's metadata key holding adapter_config.json's content (JSON)
+
+# True only within ``rank_unchecked``: attach then makes an r above a target's smaller side (see there)
+_RANK_UNCHECKED: ContextVar[bool] = ContextVar("rank_unchecked", default=False)
+
+
+@contextmanager
+def rank_unchecked() -> Iterator[None]:
+    """Within it, ``attach`` skips its rank check, for counting LoRA's FLOPs as the reference of a method whose
+    ``r`` is no rank (``rank_bounded = False``, ``harness.runner_flops.flops_record``): what LoRA would compute at
+    that r is still a number of products, though LoRA is refused training at it. Never for a model that trains."""
+    token = _RANK_UNCHECKED.set(True)
+    try:
+        yield
+    finally:
+        _RANK_UNCHECKED.reset(token)
 
 
 class Adapter:
@@ -289,7 +306,8 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
     # before anything changes (a wrapped step list reads differently), and before a huge r's tensors are made (an
     # int64 overflow): the narrowest target bounds r
     sites = {name: Site.of(name, model.get_submodule(name), model) for name in names}
-    if cls.rank_bounded and config.r > (side := min(min(t.d_in, t.d_out) for t in sites.values())):
+    bounded = cls.rank_bounded and not _RANK_UNCHECKED.get()
+    if bounded and config.r > (side := min(min(t.d_in, t.d_out) for t in sites.values())):
         site = next(t for t in sites.values() if min(t.d_in, t.d_out) == side)
         raise ValueError(
             f"rank r={config.r} is above {site.name}'s smaller side ({side}: {site.d_in} in, {site.d_out} out): its "

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from harness.accounting import REFERENCE_METHOD, hook_forward_flops, step_flops
+from harness.adapter_model import rank_unchecked
 from harness.atomic import atomic_path
 from harness.registry import METHODS
 from harness.runner_spec import RunSpec
@@ -79,7 +80,7 @@ def _count_flops(
     except Exception as exc:  # a plugin the meta replica cannot run: recorded as not counted
         reason = f"{type(exc).__name__}: {exc}"
         print(
-            f"warning: {method}'s FLOPs not counted ({reason[:200]}): the model or the method cannot run on the meta "
+            f"warning: {method}'s FLOPs not counted ({_clip(reason)}): the model or the method cannot run on the meta "
             "device (a task overrides Task.meta_replica; a method keeps to tensor ops, no .item() or numpy)",
             file=sys.stderr,
         )
@@ -107,7 +108,11 @@ def flops_record(
     # the run's own count is LoRA's only without a Reducer: the reference never has one (``_common``), and a
     # reduced LoRA's step (unselected layers frozen) is not the plain LoRA step it is compared with
     own = method == REFERENCE_METHOD and getattr(config, "reducer", None) is None
-    lora = flops if own else _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast, settings)
+    if own:
+        lora = flops
+    else:  # what LoRA would cost at these settings: at an r above a target's smaller side too (a method whose r is
+        with rank_unchecked():  # no rank trains at one), which attach refuses LoRA for training (from a review)
+            lora = _count_flops(task, loaded, REFERENCE_METHOD, reference, shapes, recipe, fast, settings)
     extra = {"path": "fast"} if fast else {}
     if "reducer_layers" in flops:  # the Reducer's layers the count trained
         extra["reducer_layers"] = flops["reducer_layers"]
@@ -222,6 +227,13 @@ def _train_record(
         **({"timed_on_before_resume": t} if (t := result.timed_on_before_resume) else {}),
         "adapter": adapter.summary(),
     }
+
+
+def _clip(reason: str, limit: int = 200) -> str:
+    """``reason`` cut at the last word's end within ``limit`` characters, " ..." marking the cut; whole where no
+    word ends within it. Never within a word or number (from a review: "use r <= 16" was printed "use r <= 1")."""
+    head = reason[: limit + 1].rsplit(" ", 1)[0]
+    return reason if len(reason) <= limit or head == reason[: limit + 1] else head.rstrip(" ,;:(") + " ..."
 
 
 def _finite(x: float | None) -> float | None:

@@ -601,3 +601,68 @@ def test_a_flop_count_is_taken_again_for_every_seed():
     assert flops_settings(s0, loaded) == flops_settings(s1, loaded)
     [other] = build_specs("commonsense", ["lora"], [0], "smoke", train_overrides={"lr": 0.123})
     assert flops_settings(other, loaded) != flops_settings(s0, loaded)  # another setting: another key
+
+
+@pytest.mark.parametrize("r", [4, 64])
+def test_lora_is_counted_as_the_reference_at_an_r_above_a_targets_side_a_plugin_trains_at(monkeypatch, r):
+    """From a review: a method whose r is no rank (``rank_bounded = False``, VeRA-style) trains at an r above a
+    target's smaller side, where attach refuses LoRA: its reference count failed with the meta-device warning and
+    the record kept ``lora_total`` and ``relative_to_lora`` null. LoRA's products at that r are counted as at any
+    (r=4: below every side, the bounded case the count was right for)."""
+    from harness import AdapterConfig, AdapterLinear
+    from harness.runner import flops_record
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+
+    @dataclasses.dataclass(frozen=True)
+    class BasisConfig(AdapterConfig):
+        pass
+
+    @METHODS.register("basis_like")
+    class Basis(AdapterLinear):  # a frozen r x d_in basis, r trained scales, a trained d_out x r
+        config_cls = BasisConfig
+        rank_bounded = False
+
+        def __init__(self, base, config, site, shared) -> None:  # noqa: ANN001
+            super().__init__(base, config, site, shared)
+            self.register_buffer("basis", torch.empty(config.r, site.d_in, device=base.weight.device))
+            self.lora_d = self.new_param(config.r, init="zeros")
+            self.lora_out = self.new_param(site.d_out, config.r)
+
+        def delta(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(F.linear(self.lora_dropout(x), self.basis) * self.lora_d, self.lora_out)
+
+    model, rows, tokens = tiny_llama(), 4, 20
+    if r > 16:  # v_proj's smaller side (32 in, 16 out): LoRA is refused training at it
+        with pytest.raises(ValueError, match="use r <= 16 "):
+            attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=r)
+    task = SimpleNamespace(meta_replica=lambda loaded: meta_of(model))
+    config = make_config(BasisConfig, {"targets": "q_proj,v_proj", "r": r}, "basis_like")
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    flops = flops_record(task, None, "basis_like", config, [[rows, tokens, 10]], recipe, False)
+    # LoRA's products at r (as test_lora_adapter_flops_are_exactly_its_products counts them) on the same base step
+    lora = 0
+    for name, linear in model.named_modules():
+        if name.split(".")[-1] in ("q_proj", "v_proj"):
+            d_in, d_out, n = linear.in_features, linear.out_features, 2 * rows * tokens * r
+            lora += n * (2 * d_in + 3 * d_out) + (0 if ".layers.0." in f".{name}" else n * d_in)
+    assert flops["lora_total"] == flops["total"] - flops["adapter"] + lora
+    assert flops["relative_to_lora"] == flops["total"] / flops["lora_total"]
+
+
+def test_a_reason_the_flops_warning_cuts_is_cut_at_a_words_end(monkeypatch, capsys):
+    """From a review: the warning cut the reason at 200 characters, mid-number ("use r <= 16" printed as
+    "use r <= 1")."""
+    import harness.runner_flops as runner_flops
+
+    reason = "w" * 177 + " use r <= 16 (--rank)"  # "ValueError: " then this: the 200th character is 16's 1
+
+    def refused(*args, **kwargs):
+        raise ValueError(reason)
+
+    monkeypatch.setattr(runner_flops, "step_flops", refused)
+    task = SimpleNamespace(meta_replica=lambda loaded: None)
+    flops = runner_flops._count_flops(task, None, "lora", None, [[4, 20, 10]], None, False)
+    assert flops["reason"] == f"ValueError: {reason}"  # the record keeps it whole
+    err = capsys.readouterr().err
+    assert "r <= 1)" not in err and f"(ValueError: {'w' * 177} use r <= ...): the model" in err
