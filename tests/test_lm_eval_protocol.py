@@ -117,3 +117,42 @@ def test_the_lm_eval_protocol_leaves_nothing_in_the_datasets_cache(tmp_path, mon
     )
     assert [p in c for p, c in zip(preds, candidates, strict=True)] == [True, True]
     assert list(cache.rglob("*")) == []
+
+
+def test_the_lm_eval_protocol_is_silent_without_progress(capfd, monkeypatch):
+    """From a review: with ``--quiet`` (``progress=False``) the lm-eval protocol still printed lm-eval's bars
+    ("Tokenizing inputs", "Running loglikelihood requests": lm-eval passes ``disable=False`` to tqdm itself, past
+    ``--quiet``'s default) and its two warnings about the model object; with progress on they stay."""
+    import logging
+
+    from lm_eval.tasks._index import TaskIndex
+    from transformers import AutoTokenizer
+
+    from harness.models import embedded_folder
+    from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
+
+    monkeypatch.setattr(TaskIndex, "build", staticmethod(lambda paths, *, resolve_includes=True: {}))  # inline task
+    logger = logging.getLogger("lm_eval")  # a former evaluation leaves it at ERROR: its warnings would not show
+    level = logger.level
+    logger.setLevel(logging.NOTSET)
+    warned: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warned.append(record.getMessage())
+    logger.addHandler(handler)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
+    model = tiny_llama(layers=2, vocab_size=len(tokenizer), context=256)
+    args = (model, tokenizer, "my-bench", [{"answer": "true"}], ["Is it true?\n\n"], [["true", "false"]], 1)
+    try:
+        capfd.readouterr()
+        lm_eval_predictions(*args, progress=False)
+        quiet, quiet_warned, quiet_level = capfd.readouterr(), list(warned), logger.level
+        lm_eval_predictions(*args, progress=True)
+        loud = capfd.readouterr()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    for text in ("Running loglikelihood requests", "Tokenizing inputs", "it/s"):
+        assert text not in quiet.out + quiet.err
+    assert quiet_warned == [] and quiet_level == logging.NOTSET  # lm-eval's level restored after
+    assert "Running loglikelihood requests" in loud.err and "Tokenizing inputs" in loud.err
+    assert any("pretrained" in w for w in warned)

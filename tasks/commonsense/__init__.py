@@ -268,7 +268,9 @@ class CommonsenseTask(Task):
         else:
             from tasks.commonsense.lm_eval_protocol import lm_eval_predictions
 
-            words, extra = lm_eval_predictions(model, tokenizer, benchmark, records, prompts, candidates, batch_size)
+            words, extra = lm_eval_predictions(
+                model, tokenizer, benchmark, records, prompts, candidates, batch_size, progress=bar is not None
+            )
         answers = [c.index(r["answer"]) for c, r in zip(candidates, records, strict=True)]
         preds = [c.index(w) if w in c else None for c, w in zip(candidates, words, strict=True)]
         return answers, [len(c) for c in candidates], {"acc": preds}, extra

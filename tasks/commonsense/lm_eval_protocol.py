@@ -7,9 +7,13 @@ label words after a space), so the log-likelihoods come from the implementation 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import json
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +28,10 @@ def lm_eval_predictions(
     prompts: list[str],
     candidates: list[list[str]],
     batch_size: int,
+    progress: bool = True,
 ) -> tuple[list[str], list[dict[str, Any]]]:
+    """Each question's pick among its candidates and their log-likelihoods; ``progress=False`` (``--quiet``, bench)
+    keeps lm-eval silent: no bars, no warnings."""
     import torch
 
     try:
@@ -59,8 +66,12 @@ def lm_eval_predictions(
         kwargs: dict[str, Any] = {"add_bos_token": False}
         if "softmax_dtype" in inspect.signature(HFLM.__init__).parameters:  # newer lm-eval only
             kwargs["softmax_dtype"] = torch.float32
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
-        out = simple_evaluate(model=lm, tasks=[config], log_samples=True, bootstrap_iters=0, verbosity="ERROR")
+        with contextlib.nullcontext() if progress else _silent():
+            lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, **kwargs)
+            if not progress and "disable_tqdm" in inspect.signature(lm.loglikelihood).parameters:
+                # lm-eval passes disable=False to its request bars itself, past tqdm's default: its own switch
+                lm.loglikelihood = functools.partial(lm.loglikelihood, disable_tqdm=True)
+            out = simple_evaluate(model=lm, tasks=[config], log_samples=True, bootstrap_iters=0, verbosity="ERROR")
     samples = sorted(out["samples"][name], key=lambda s: s["doc_id"])
     preds, extra = [], []
     for sample, cands in zip(samples, candidates, strict=True):
@@ -68,3 +79,22 @@ def lm_eval_predictions(
         preds.append(cands[max(range(len(logliks)), key=logliks.__getitem__)])
         extra.append({"scores": dict(zip(cands, logliks, strict=True))})
     return preds, extra
+
+
+@contextlib.contextmanager
+def _silent() -> Iterator[None]:
+    """lm-eval's logger at ERROR (HFLM warns twice about a model object passed in for a name) and tqdm's bars off
+    by default (lm-eval's bar building the requests and datasets' "Generating test split" have no switch), both
+    undone on the way out. From a review: ``--quiet`` left lm-eval's bars and warnings."""
+    import tqdm.std
+
+    logger = logging.getLogger("lm_eval")
+    level = logger.level
+    init = tqdm.std.tqdm.__dict__["__init__"]  # a partialmethod where tqdm's envwrap or ``--quiet`` made one
+    logger.setLevel(logging.ERROR)
+    tqdm.std.tqdm.__init__ = functools.partialmethod(init, disable=True)
+    try:
+        yield
+    finally:
+        tqdm.std.tqdm.__init__ = init
+        logger.setLevel(level)
