@@ -55,6 +55,9 @@ from harness.runner_identity import _other_model_code as _other_model_code
 from harness.runner_identity import _other_plugin as _other_plugin
 from harness.runner_identity import _other_training_data as _other_training_data
 from harness.runner_identity import _other_weights as _other_weights
+from harness.runner_refusal import _EMBEDDED_SAID as _EMBEDDED_SAID
+from harness.runner_refusal import RunRefused, _refusal, _refused_message
+from harness.runner_refusal import _only_these as _only_these
 from harness.runner_spec import BASELINE, RunContext, RunSpec, _on_data, preflight
 from harness.runner_spec import WEIGHT_FILES as WEIGHT_FILES
 from harness.runner_spec import build_specs as build_specs
