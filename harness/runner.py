@@ -31,9 +31,7 @@ from harness.runner_flops import FLOPS_COUNTED_BY as FLOPS_COUNTED_BY
 from harness.runner_flops import _count_flops, _train_record, flops_settings
 from harness.runner_flops import flops_record as flops_record
 from harness.runner_flops import hook_flops_record as hook_flops_record
-from harness.runner_identity import _EMBEDDED_SAID as _EMBEDDED_SAID
 from harness.runner_identity import (
-    RunRefused,
     _code,
     _digest_info,
     _finished_decision,
@@ -43,12 +41,9 @@ from harness.runner_identity import (
     _newer_record,
     _plugins,
     _reads_hub,
-    _refusal,
     _refuse_other_finished_runs,
-    _refused_message,
     _weights_digest,
 )
-from harness.runner_identity import _only_these as _only_these
 from harness.runner_identity import _other_data as _other_data
 from harness.runner_identity import _other_method_version as _other_method_version
 from harness.runner_identity import _other_model_code as _other_model_code
