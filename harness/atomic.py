@@ -31,6 +31,10 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         _flush(tmp)  # the data on the disk before the name points at it
         os.replace(tmp, final)
         _flush(final.parent)  # and the rename itself
+    except OSError as exc:
+        if exc.filename is None:  # a write's error names no file (a full disk): the one being written, not the temp
+            exc.filename = str(final)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -129,9 +133,44 @@ def _new_file(folder: Path, prefix: str) -> Path:
     raise FileExistsError(f"no free temporary name for {prefix!r} in {str(folder)!r}")
 
 
+def json_safe(value: Any, where: str, faults: list[tuple[str, str]], inside: frozenset[int] = frozenset()) -> Any:
+    """``value`` as ``json.dumps`` takes it, each value it refuses replaced by a note of its type (an entry under
+    a key it refuses left out), and each such place (``record['eval']['arc_e']['stderr']``) with its type appended to
+    ``faults``."""
+    if value is None or isinstance(value, str | int | float):  # subclasses too (bool, numpy.float64): JSON's
+        return value
+    if isinstance(value, dict | list | tuple) and id(value) not in inside:
+        inside = inside | {id(value)}  # json.dumps refuses a container inside itself
+        if isinstance(value, list | tuple):
+            return [json_safe(v, f"{where}[{i}]", faults, inside) for i, v in enumerate(value)]
+        safe = {}
+        for key, v in value.items():
+            if key is None or isinstance(key, str | int | float):
+                safe[key] = json_safe(v, f"{where}[{key!r}]", faults, inside)
+            else:
+                faults.append((where, f"a dict with a key of type {_type_name(key)}"))
+        return safe
+    what = f"a {_type_name(value)}" if id(value) not in inside else f"a {_type_name(value)} that holds itself"
+    faults.append((where, what))
+    return f"<{what}: not JSON>"
+
+
+def _type_name(value: Any) -> str:
+    kind = type(value)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
+    """Bytes made in memory (``torch.save`` into a buffer: ``harness.train_checkpoint``), so that a full disk raises
+    ``OSError`` (ENOSPC), which stops a sweep (``harness.runner``); torch's own file writer raised a ``RuntimeError``
+    ("unexpected pos"), taken for a failure of the run alone."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_text(path: str | Path, text: str) -> None:

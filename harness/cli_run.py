@@ -166,9 +166,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
     except RunRefused as exc:  # a finished run that is not the one asked for: refused before any run, or after some
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args) if exc.after_runs else ''}") from None
     except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
+        # (a run that met a full disk has its record say failed, and stopped the sweep: harness.runner)
         raise CliError(
             f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "
-            "permissions, then run the same command again: finished runs are kept"
+            f"permissions, then run the same command again: finished runs are kept{leaderboard_not_rebuilt(args)}"
         ) from None
     if failed:
         first = next(r for r in records if r["run"]["status"] != "success")

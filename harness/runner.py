@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import errno
 import os
 import shutil
 import sys
@@ -22,7 +23,7 @@ import torch
 
 from harness.accounting import environment
 from harness.adapter import attach
-from harness.atomic import check_writable, flush_folder, is_temp, remove_stale_temps, write_json
+from harness.atomic import check_writable, flush_folder, is_temp, json_safe, remove_stale_temps, write_json
 from harness.guard import RunLock
 from harness.hub import hub_revision
 from harness.records import PREDICTIONS, RECORD, RERUN, check_eval, new_record, write_record
@@ -132,9 +133,11 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     record = new_record(
         spec.run_id, spec.to_dict(), environment() | _plugins(spec), TASKS.get(spec.task).version, _method_version(spec)
     )
-    unreadable: CheckpointUnreadable | None = None
+    stop_after: Exception | None = None  # an error of the machine: the record is written, then the command stops
     try:
         _execute(spec, task, run_dir, out_dir, device, record, ctx)
+        if ctx.is_main:  # here, not when it is written: a record JSON cannot hold fails its run, as any fault does
+            _check_json(record)
         record["run"]["status"] = "success"
     except (KeyboardInterrupt, Cancelled) as exc:
         why = "interrupted by the user" if isinstance(exc, KeyboardInterrupt) else str(exc)
@@ -158,7 +161,9 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             raise cancelled from exc
         raise
     except Exception as exc:  # the record says what failed; the next run still gets its turn
-        unreadable = exc if isinstance(exc, CheckpointUnreadable) else None  # but for a machine that cannot read
+        # but for a machine that cannot read the checkpoint, or a disk that is full (or read-only): the next runs
+        # would meet it too, after training
+        stop_after = exc if isinstance(exc, CheckpointUnreadable) or _disk_error(exc) else None
         if spec.method != BASELINE:  # what its split recorded is let go: a zero-shot run next must not describe it
             with contextlib.suppress(Exception):
                 task.describe()
@@ -200,8 +205,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
             if record["run"]["status"] == "success":
                 (run_dir / CHECKPOINT).unlink(missing_ok=True)
     ctx.barrier()
-    if unreadable is not None:  # the record is written; the next runs would meet the same disk or memory
-        raise unreadable
+    if stop_after is not None:  # the record is written; the next runs would meet the same disk or memory
+        raise stop_after
     if record["run"]["status"] == "failed" and ctx.stop.requested():  # asked in training, which then failed: the
         # loop never looked again, and the sweep went on to the next runs while a scheduler waited to kill it
         stop = Cancelled(
@@ -214,7 +219,12 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
 
 
 def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, Any] | None) -> Path:
-    """Write the record (the path); an unsuccessful re-run never replaces a finished run's record."""
+    """Write the record (the path); an unsuccessful re-run never replaces a finished run's record. What JSON cannot
+    hold (the fault a run failed of, or a task's value in a run that failed otherwise) is written as its type."""
+    if record["run"]["status"] != "success":
+        safe = json_safe(record, "record", [])
+        record.clear()
+        record.update(safe)
     if record["run"]["status"] != "success" and finished is not None:
         stem, n = f"{record['run']['status']}-{int(time.time())}", 1
         path = run_dir / f"{stem}.json"
@@ -224,6 +234,37 @@ def _write_outcome(run_dir: Path, record: dict[str, Any], finished: dict[str, An
         return path
     write_record(run_dir, record)
     return run_dir / RECORD
+
+
+# who put a part of the record there: what the error of a value JSON cannot hold names
+_MADE_BY = {
+    "record['eval']": "the task's evaluate()",
+    "record['run']['config']['model_info']": "the task's load() (Loaded.info)",
+    "record['run']['config']['data']": "the task's describe()",
+}
+
+
+def _check_json(record: dict[str, Any]) -> None:
+    """A ``TypeError`` naming the first value of ``record`` JSON cannot hold (a numpy scalar, a path), where it is
+    and who made it: raised after training and scoring, the run fails with it (not the sweep, as writing failed)."""
+    faults: list[tuple[str, str]] = []
+    json_safe(record, "record", faults)
+    if faults:
+        where, what = faults[0]
+        made_by = next((f" (made by {who})" for part, who in _MADE_BY.items() if where.startswith(part)), "")
+        raise TypeError(
+            f"the run's record cannot be written as JSON: {where} is {what}{made_by}; return plain Python values "
+            "there (float(x), int(x), str(path), lists and dicts of them), not numpy or torch scalars, paths or other "
+            "objects"
+        )
+
+
+# errors of the disk (full, over quota, read-only, a file over its size limit), which every run after would meet too
+_DISK_ERRORS = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, name)}
+
+
+def _disk_error(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _DISK_ERRORS
 
 
 def finish_swap(run_dir: Path) -> bool:

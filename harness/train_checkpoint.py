@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.atomic import atomic_path
+from harness.atomic import write_bytes
 from harness.records import FIRST_METHOD_VERSION
 
 if TYPE_CHECKING:
@@ -111,8 +112,9 @@ def save_checkpoint(
     }
     if process_rngs is not None:
         payload["process_rngs"] = process_rngs
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    buffer = io.BytesIO()  # in memory first: written by ``write_bytes``, a full disk is an OSError (ENOSPC)
+    torch.save(payload, buffer)
+    write_bytes(path, buffer.getbuffer())
 
 
 def _rng_state(device: torch.device | None) -> dict[str, Any]:

@@ -2135,3 +2135,98 @@ def test_a_finished_run_another_process_holds_is_left_to_its_turn(tiny_model, da
     capfd.readouterr()
     assert main(run_args(tiny_model, data, runs, "lora_fa,lora", "--steps", "1", "--eval-limit", "2")[3:]) == 2
     assert "finished on other data" in capfd.readouterr().err  # not held: refused before any run, as above
+
+
+@pytest.mark.parametrize("where", ["eval", "model_info"])
+def test_a_record_json_cannot_hold_fails_its_run_and_the_sweep_goes_on(
+    tiny_model, data_dir, tmp_path, capfd, monkeypatch, where
+):
+    """From a review: a record was made JSON only when written, after the code that turns a run's fault into a
+    ``failed`` record. A task whose evaluate() put a numpy scalar in an entry's extra key (check_eval allows them), or
+    whose Loaded.info held a path, raised a TypeError after training and scoring: no record, a traceback, and the
+    runs after it never started. Now that run fails, its record written (without the value) naming where and what."""
+    import numpy as np
+
+    import tasks.commonsense as commonsense
+
+    task, calls = commonsense.CommonsenseTask, []
+    real_load, real_evaluate = task.load, task.evaluate
+
+    def load(self, *args, **kwargs):
+        loaded = real_load(self, *args, **kwargs)
+        calls.append("load")
+        if where == "model_info" and calls.count("load") == 1:  # the first run's only
+            loaded.info = {**loaded.info, "folder": tmp_path / "never-in-a-record"}
+        return loaded
+
+    def evaluate(self, *args, **kwargs):
+        evals = real_evaluate(self, *args, **kwargs)
+        calls.append("evaluate")
+        if where == "eval" and calls.count("evaluate") == 1:
+            next(e for e in evals.values() if "value" in e)["stderr"] = np.float32(1.5)
+        return evals
+
+    monkeypatch.setattr(task, "load", load)
+    monkeypatch.setattr(task, "evaluate", evaluate)
+    data, runs = _boolq_only(data_dir, tmp_path / "data"), tmp_path / "runs"
+    args = run_args(tiny_model, data, runs, "base,lora", "--steps", "1", "--eval-limit", "2", "--no-leaderboard")
+    code, _, err = run_here(args, capfd)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    assert re.search(r"1 of 2 runs failed: commonsense-base-\S+ \(see their records; commonsense-base-\S+: TypeError: "
+                     r"the run's record cannot be written as JSON", err.strip().splitlines()[-1]), err[-2000:]  # fmt: skip
+    records = {r["run"]["config"]["method"]: r for r in map(read_record, runs.glob(f"*/{RECORD}"))}
+    assert records["lora"]["run"]["status"] == "success"  # the run after it ran
+    failed = records["base"]["run"]
+    said = {
+        "eval": r"record\['eval'\]\['boolq'\]\['stderr'\] is a numpy\.float32 \(made by the task's evaluate\(\)\)",
+        "model_info": r"record\['run'\]\['config'\]\['model_info'\]\['folder'\] is a pathlib\.\w*Path \(made by the "
+        r"task's load\(\) \(Loaded\.info\)\)",
+    }[where]
+    assert failed["status"] == "failed" and re.search(said, failed["error"]), failed["error"]
+    assert "return plain Python values there (float(x), int(x), str(path)" in failed["error"]
+    written = json.dumps(records["base"])  # the value's type in its place, not the value
+    assert {"eval": "<a numpy.float32: not JSON>", "model_info": "<a pathlib."}[where] in written
+    assert "never-in-a-record" not in written
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_stops_the_sweep_saying_so(
+    tiny_model, data_dir, tmp_path, capfd, monkeypatch
+):
+    """From a review: torch.save, writing to the file itself, met a full disk as RuntimeError('[enforce fail at
+    inline_container.cc:672] . unexpected pos ...'): the run was recorded as an ordinary failure and the sweep went
+    on to the next run, which trained and failed the same way; the CLI's disk message never came. Now the
+    checkpoint is made in memory and written by harness.atomic, so the disk's OSError (ENOSPC) is raised: the run's
+    record says so, the command stops with the disk message, and the finished run's record is kept."""
+    real_open = open
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        return FullDisk(f) if "w" in mode else f
+
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)  # what harness.atomic writes bytes with
+    data, runs = _boolq_only(data_dir, tmp_path / "data"), tmp_path / "runs"
+    args = run_args(tiny_model, data, runs, "base,lora,lora_fa", "--steps", "1", "--eval-limit", "2")
+    code, _, err = run_here(args, capfd)
+    assert code == 2 and "Traceback" not in err, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert re.search(r"could not write \S+/commonsense-lora-\S+/checkpoint\.pt \(No space left on device\); free "
+                     r"space or fix permissions, then run the same command again: finished runs are kept; the "
+                     r"leaderboard was not rebuilt: harness leaderboard --runs-dir", last), last  # fmt: skip
+    records = {r["run"]["config"]["method"]: r for r in map(read_record, runs.glob(f"*/{RECORD}"))}
+    assert set(records) == {"base", "lora"}  # lora_fa was not started
+    assert records["base"]["run"]["status"] == "success"
+    assert records["lora"]["run"]["status"] == "failed" and "No space left on device" in records["lora"]["run"]["error"]
+    assert not list(runs.glob(f"*/{CHECKPOINT}")) and _no_tmp_files(runs)  # the temp file removed
