@@ -17,11 +17,11 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from harness.adapter import SHARED, AdapterLinear, SharedTensors, Site, is_linear
-from harness.atomic import atomic_path, write_json
+from harness.atomic import write_bytes, write_json
 from harness.config import AdapterConfig, config_from_dict, make_config
 from harness.fastpath import SharedInput
 from harness.reducer import Reducer
@@ -157,8 +157,10 @@ class Adapter:
         directory.mkdir(parents=True, exist_ok=True)
         tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.state_dict().items()}
         meta = {"method": self.method, "config": self.config.to_dict()}
-        with atomic_path(directory / ADAPTER_WEIGHTS) as tmp:
-            save_file(tensors, str(tmp), metadata={"method": self.method, CONFIG_METADATA: json.dumps(meta)})
+        # made in memory, then written (``write_bytes``): a full disk is an OSError, which stops a sweep
+        write_bytes(
+            directory / ADAPTER_WEIGHTS, save(tensors, {"method": self.method, CONFIG_METADATA: json.dumps(meta)})
+        )
         write_json(directory / ADAPTER_CONFIG, meta)
         return directory
 

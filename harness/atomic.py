@@ -173,6 +173,17 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
         f.write(data)
 
 
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` of ``obj`` to ``path``, atomically, through ``write_bytes``: a full disk is an ``OSError``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_bytes(path, buffer.getbuffer())
+
+
 def write_text(path: str | Path, text: str) -> None:
     """UTF-8 whatever the locale (tables hold "–" and "·"; the HTML page declares utf-8)."""
     with atomic_path(path) as tmp:

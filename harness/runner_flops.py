@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.accounting import REFERENCE_METHOD, hook_forward_flops, step_flops
 from harness.adapter_model import rank_unchecked
-from harness.atomic import atomic_path
+from harness.atomic import save_torch
 from harness.registry import METHODS
 from harness.runner_spec import RunSpec
 from harness.task import Loaded, Recipe, Task
@@ -175,8 +173,7 @@ def _train_record(
     """What training measured; saved adapter first, so nothing after it can lose the trained weights."""
     adapter_dir = adapter.save(run_dir / "adapter")
     if loaded.task_params:  # the task's own trained tensors (e.g. the projector), beside the adapter
-        with atomic_path(adapter_dir / "task_params.pt") as tmp:
-            torch.save([p.detach().cpu() for p in loaded.task_params], tmp)
+        save_torch(adapter_dir / "task_params.pt", [p.detach().cpu() for p in loaded.task_params])
     fast = bool(spec.extra.get("fast_path"))  # counted on the path the run took, lora's too
     if "status" in probe:  # the probe could not count it: the step's shapes kept uncounted, for recount_flops
         flops = probe | {"micro_batches": [{"shape": list(s)} for s in result.first_step_shapes]}

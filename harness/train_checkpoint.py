@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from harness.atomic import write_bytes
+from harness.atomic import save_torch
 from harness.records import FIRST_METHOD_VERSION
 
 if TYPE_CHECKING:
@@ -112,9 +111,7 @@ def save_checkpoint(
     }
     if process_rngs is not None:
         payload["process_rngs"] = process_rngs
-    buffer = io.BytesIO()  # in memory first: written by ``write_bytes``, a full disk is an OSError (ENOSPC)
-    torch.save(payload, buffer)
-    write_bytes(path, buffer.getbuffer())
+    save_torch(path, payload)  # in memory first, then written: a full disk is an OSError (ENOSPC)
 
 
 def _rng_state(device: torch.device | None) -> dict[str, Any]:

@@ -2230,3 +2230,30 @@ def test_a_full_disk_while_a_checkpoint_is_written_stops_the_sweep_saying_so(
     assert records["base"]["run"]["status"] == "success"
     assert records["lora"]["run"]["status"] == "failed" and "No space left on device" in records["lora"]["run"]["error"]
     assert not list(runs.glob(f"*/{CHECKPOINT}")) and _no_tmp_files(runs)  # the temp file removed
+
+
+@pytest.mark.parametrize("what", ["adapter", "torch"])
+def test_every_file_torch_or_safetensors_writes_meets_a_full_disk_as_an_oserror(what, tmp_path, monkeypatch):
+    """From a review: torch.save (and safetensors' save_file) writing to the file itself met a full disk as their
+    own RuntimeError, which a sweep takes for one run's failure (the checkpoint was mended first); the adapter, a
+    task's parameters, the multimodal projector and the diffusion classifier are made in memory and written by
+    harness.atomic too, so the disk's OSError (ENOSPC) is raised, naming the file, and no temp file is left."""
+    real_open = open
+
+    def full_disk_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if "w" in mode:
+            f.write = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+        return f
+
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
+    if what == "adapter":
+        target = tmp_path / "adapter" / "adapter_model.safetensors"
+        save = lambda: attach(tiny_llama(), "lora", r=2, targets=["q_proj"]).save(tmp_path / "adapter")  # noqa: E731
+    else:
+        target = tmp_path / "params.pt"
+        save = lambda: atomic.save_torch(target, [torch.ones(3)])  # noqa: E731
+    with pytest.raises(OSError) as full:
+        save()
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(target)
+    assert not target.exists() and [p.name for p in target.parent.iterdir()] == []

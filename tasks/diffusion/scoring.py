@@ -136,20 +136,19 @@ class CategoryClassifier:
         return [self.classes[i] for i in logits.argmax(1).tolist()]
 
     def save(self, path: Path) -> None:
-        from harness.atomic import atomic_path
+        from harness.atomic import save_torch
 
-        with atomic_path(path) as tmp:
-            torch.save(
-                {
-                    "classes": self.classes,
-                    "weight": self.weight,
-                    "bias": self.bias,
-                    "mean": self.mean,
-                    "std": self.std,
-                    "info": self.info,
-                },
-                tmp,
-            )
+        save_torch(
+            path,
+            {
+                "classes": self.classes,
+                "weight": self.weight,
+                "bias": self.bias,
+                "mean": self.mean,
+                "std": self.std,
+                "info": self.info,
+            },
+        )
 
     @classmethod
     def load(cls, path: Path) -> CategoryClassifier:

@@ -115,12 +115,11 @@ def align_projector(
         "train_s": round(time.perf_counter() - started, 3),
         "cache_key": cache_key,
     }
-    from harness.atomic import atomic_path
+    from harness.atomic import save_torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu", torch.float32) for k, v in model.projector.state_dict().items()}
-    with atomic_path(path) as tmp:  # a killed run leaves no half file for the next one to load
-        torch.save({"projector": state, "record": record}, tmp)
+    save_torch(path, {"projector": state, "record": record})  # a killed run leaves no half file for the next one
     return {**record, "path": str(path), "loaded": False}
 
 
