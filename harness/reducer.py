@@ -75,8 +75,9 @@ class Reducer:
         if self.active and self.config.selection == "importance":
             if val_loss_fn is None:
                 raise ValueError(
-                    "the importance Reducer needs a validation split to score layers; "
-                    "give the task a validation set or use selection='random'"
+                    "the importance Reducer needs a validation split to score layers, with answers that are not "
+                    "all cut at cutoff_len; give the task a validation set (or raise cutoff_len) or use "
+                    "selection='random'"
                 )
             # no scoring round at step 0: every B is still zero, so all rollouts would see the same loss
             if step > 0 and step % self.config.interval == 0:

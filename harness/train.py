@@ -37,7 +37,15 @@ from harness.train_checkpoint import (
 from harness.train_checkpoint import TIMED_ON_KEYS as TIMED_ON_KEYS
 from harness.train_checkpoint import UNREADABLE as UNREADABLE
 from harness.train_checkpoint import CheckpointUnreadable as CheckpointUnreadable
-from harness.train_schedule import _first_shapes, _micro_batches, _warn_schedule, adamw, epoch_steps, lr_lambda
+from harness.train_schedule import (
+    _first_shapes,
+    _micro_batches,
+    _warn_schedule,
+    adamw,
+    check_counts,
+    epoch_steps,
+    lr_lambda,
+)
 
 
 class Cancelled(BaseException):
@@ -159,7 +167,15 @@ def train(
             "preset's, or in the Python API)",
             file=sys.stderr,
         )
+    before = getattr(recipe, "truncated", 0)
     val_encoded = [recipe.encode(e) for e in val_set]
+    if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:  # its loss and the
+        print(  # Reducer's scores then leave out what was cut (from a review: not counted, unlike training's)
+            f"warning: {cut} of {len(val_encoded)} validation examples are longer than cutoff_len={config.cutoff_len} "
+            "tokens and were cut, their answers with them (the validation loss leaves those tokens out); to keep "
+            "them, raise cutoff_len",
+            file=sys.stderr,
+        )
     if not encoded:
         raise ValueError("no training examples")
 
@@ -173,6 +189,9 @@ def train(
         recipe.collate(val_encoded[i : i + config.val_batch_size])
         for i in range(0, len(val_encoded), config.val_batch_size)
     ]
+    # the hooks' (the Reducer's) batches: those with something supervised (from a review: a batch whose answers were
+    # all cut scored every layer at a loss of 0.0); none: as no validation split, which the importance Reducer refuses
+    hook_batches = [b for b in val_batches if recipe.units(b)]
 
     # a task may train some of its own parameters along with every method's adapter (LLaVA's projector in
     # stage 2): one more group, the same for every method; they are saved with the checkpoint
@@ -206,6 +225,8 @@ def train(
         # carry over a resume, so those of a run resumed on another machine (thread count, malloc) are both machines'
         "timed_on": [timed_on],
     }
+    if total_steps and (first := micro_batches[0]) and first[0]:
+        check_counts(recipe, recipe.collate([encoded[i] for i in first[0]]))
     if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
         from accelerate.utils import gather_object
 
@@ -341,7 +362,7 @@ def train(
         step = state["step"]
         sync()  # on a GPU the clock reads after the queued kernels: each step is charged its own work
         began, hooks_before = time.perf_counter(), state["hook_val_s"]
-        adapter.on_step_begin(step, val_loss_on(val_batches[step % len(val_batches)]) if val_batches else None)
+        adapter.on_step_begin(step, val_loss_on(hook_batches[step % len(hook_batches)]) if hook_batches else None)
         batches = [recipe.collate([encoded[i] for i in idx]) for idx in micro_batches[step]]
         units = [recipe.units(b) for b in batches]
         # token-weighted mean over the whole step, across processes too: DDP averages the processes'

@@ -71,6 +71,23 @@ def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.Adam
     return torch.optim.AdamW(groups, fused=fused or None)
 
 
+def check_counts(recipe: Recipe, batch: Any) -> None:
+    """Before any step: ``Recipe.units`` and ``Recipe.stats`` give plain ints (from a review: a 0-d tensor,
+    ``mask.sum()``, trained every step and failed the run at its end, in a message about the record)."""
+    units, stats = recipe.units(batch), recipe.stats(batch)
+    counts = [("units", units)]
+    if isinstance(stats, tuple | list) and len(stats) == 2:
+        counts += [("stats (samples)", stats[0]), ("stats (tokens)", stats[1])]
+    else:
+        counts.append(("stats", stats))
+    for name, value in counts:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(
+                f"{type(recipe).__name__}.{name.split()[0]} returned {type(value).__name__} for {name}; return a "
+                "plain Python int (int(mask.sum())), or for stats a (samples, tokens) tuple of them"
+            )
+
+
 def _first_shapes(recipe: Recipe, encoded: list[Any], micro_batches: list[list[list[int]]]) -> list[list[int]]:
     """The micro-batch shapes of the first step with anything supervised, on which the step's FLOPs are
     counted: the same whichever step a run resumes at (a run resumed at its end runs no step)."""

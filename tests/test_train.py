@@ -713,3 +713,50 @@ def test_a_record_of_a_run_resumed_on_another_machine_says_so_and_its_time_pools
     [row] = tables([stayed, moved])["overhead"].to_dict("records")
     assert row["train_s"] == round(stayed["train"]["train_s"], 1)  # moved's time left out
     assert row["train_s_by_device"].count(":") == 1 and f"{stayed['train']['train_s']:.1f}" in row["train_s_by_device"]
+
+
+def test_the_reducer_scores_layers_on_validation_batches_with_something_supervised(char_tokenizer, monkeypatch, capsys):
+    """From a review: the Reducer's scoring round took validation batches in turn, one whose answers cutoff_len had
+    all cut away too: every layer scored a loss of 0.0 there (so its choice was a tie), and validation examples cut
+    were not counted. It scores on batches with supervised tokens only, the cut ones are counted, and a split with
+    none is refused before training, as no split is."""
+    cut = Example("Q: " + "x" * 80 + "? A: ", "it is 8", "toy")  # past cutoff_len=64: nothing of it supervised
+    config = dataclasses.replace(CONFIG, steps=4, val_batch_size=1, checkpoint_every=0)
+    adapter = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
+    seen: list[float] = []
+    begin = adapter.on_step_begin
+
+    def spy(step, val_loss_fn):
+        def scored() -> float:
+            seen.append(val_loss_fn())
+            return seen[-1]
+
+        return begin(step, scored if val_loss_fn is not None else None)
+
+    monkeypatch.setattr(adapter, "on_step_begin", spy)
+    recipe = text_recipe(char_tokenizer, config)
+    train(adapter.model, recipe, adapter, EXAMPLES, [cut, VAL[0]], config, None, progress=False)
+    assert seen and all(loss > 0 for loss in seen), seen
+    assert "warning: 1 of 2 validation examples are longer than cutoff_len=64 tokens" in capsys.readouterr().err
+    fresh = attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, interval=1))
+    with pytest.raises(ValueError, match="validation split to score layers, with answers that are not all cut"):
+        train(fresh.model, recipe, fresh, EXAMPLES, [cut], config, None, progress=False)
+
+
+def test_a_recipe_counting_in_tensors_is_refused_before_the_first_step(char_tokenizer):
+    """From a review: a plugin recipe whose units() returned a 0-d tensor (mask.sum()) trained every step and then
+    failed the run at its end, in a message about the record's final_val_loss; it is refused before the first step,
+    naming the method to mend."""
+    config = dataclasses.replace(CONFIG, steps=2, checkpoint_every=0)
+
+    class TensorUnits(type(text_recipe(char_tokenizer, config))):
+        def units(self, batch):
+            return torch.tensor(super().units(batch))
+
+        def loss_sum(self, model, batch):
+            raise AssertionError("trained a step")
+
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    recipe = TensorUnits(char_tokenizer, config.cutoff_len, config.train_on_inputs)
+    with pytest.raises(TypeError, match=r"TensorUnits\.units returned Tensor for units; return a plain Python int"):
+        train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
