@@ -56,7 +56,8 @@ class Registry(Generic[T]):
 
     def _check(self, name: str, obj: object) -> None:
         """A registered class is a subclass of ``self.base`` (a method's ``config_cls`` a dataclass of
-        ``AdapterConfig``): a plugin that registers something else fails here, in one line, not later."""
+        ``AdapterConfig``; a task's presets, its ``default_preset`` among them, their protocols among its
+        ``protocols``): a plugin that registers something else fails here, in one line, not later."""
         module, _, cls_name = self.base.partition(":")
         base = getattr(importlib.import_module(module), cls_name)
         if not (isinstance(obj, type) and issubclass(obj, base)):
@@ -68,6 +69,8 @@ class Registry(Generic[T]):
             raise ValueError(
                 f"task {name!r}: {_qualname(obj)} defines no presets; give it presets = {{'name': Preset(...)}}"
             )
+        if self.kind == "task":
+            _check_presets(name, obj)
         if self.kind == "method":
             from harness.adapter import AdapterLinear
             from harness.config import AdapterConfig
@@ -143,6 +146,28 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _check_presets(name: str, task: Any) -> None:
+    """A task's ``default_preset`` is one of its presets, and each preset's protocol one of its ``protocols``: else a
+    run without ``--preset`` or ``--protocol`` failed on a flag it never gave ("unknown preset 'embedded'"; "unknown
+    protocol 'choice' ...; choose one of: " with none listed), from a review."""
+    from harness.task import Preset, Task
+
+    presets, protocols = task.presets, tuple(task.protocols)
+    if task.default_preset not in presets:
+        unset = all("default_preset" not in vars(c) for c in task.__mro__ if c is not Task)
+        inherited = " (Task's: the task sets none)" if unset else ""
+        raise ValueError(
+            f"task {name!r}: its default_preset {task.default_preset!r}{inherited} is not among its presets "
+            f"({', '.join(map(repr, presets))}); set default_preset to one of them"
+        )
+    for key, preset in presets.items():
+        if isinstance(preset, Preset) and preset.protocol not in protocols:
+            raise ValueError(
+                f"task {name!r}: its preset {key!r} has protocol {preset.protocol!r}, not in protocols={protocols!r}; "
+                "add it to protocols"
+            )
 
 
 RESERVED_METHODS = {"base": "--methods base is the zero-shot model", "all": "--methods all is every method"}

@@ -301,8 +301,8 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
     a run converts the embedded model into it (``_check_cache``, ``Task.reads_embedded``), a model built from its
     config (``--random-weights``) whose vocabulary is smaller than its tokenizer or whose folder's tokenizer does not
     load (``Task.check_built_tokenizer``), and with the hub switched off
-    (``HF_HUB_OFFLINE``) a hub model whose weights are not in its cache (each failed as its run loaded the model, a
-    record each)."""
+    (``HF_HUB_OFFLINE``) a hub model whose weights are not in its cache, where its task reads the hub
+    (``Task.reads_hub``; each failed as its run loaded the model, a record each)."""
     from harness import hub
 
     _check_cache(specs)
@@ -332,7 +332,7 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
                 spec.model, spec.random_weights, **trust_kwargs(task_cls.check_built_tokenizer, flag)
             )
             tokenizers_checked.add(tokenizer_key)
-        if not spec.random_weights:
+        if not spec.random_weights and task_cls.reads_hub(spec.model):  # not a plugin's own model's name
             hub.check_hub_weights(spec.model)  # offline: a paper id's shipped config asked nothing of the hub
         folder = Path(spec.model).expanduser()  # after its config is read: a config error is named first
         # ``embedded`` is never a folder of that name in the working directory (resolve() takes it first)

@@ -140,11 +140,11 @@ def trust_kwargs(fn: Any, trust_remote_code: bool) -> dict[str, bool]:
     return {"trust_remote_code": True} if trust_remote_code and takes else {}
 
 
-def _built_in(cls: type) -> bool:
-    """Whether ``cls`` is one of lora-harness's own tasks (a module under the ``tasks`` package beside ``harness``),
-    not a plugin's, whatever its package is called."""
+def _built_in(obj: Any) -> bool:
+    """Whether ``obj`` (a class, a function) is one of lora-harness's own tasks' (a module under the ``tasks`` package
+    beside ``harness``), not a plugin's, whatever its package is called."""
     try:
-        where = Path(inspect.getfile(cls)).resolve()
+        where = Path(inspect.getfile(obj)).resolve()
     except (TypeError, OSError):
         return False
     return (Path(__file__).resolve().parents[1] / "tasks") in where.parents
@@ -284,6 +284,17 @@ class Task(ABC):
         before any run that the cache can be written, and a run that loads the embedded model's weights records the
         GGUF's sha256 as their digest. By default ``False``; a task that loads it overrides this."""
         return False
+
+    @classmethod
+    def reads_hub(cls, model: str) -> bool:
+        """Whether a run of ``model`` (not ``--random-weights``) loads its weights from the Hugging Face hub where the
+        name is no folder: with the hub switched off (``HF_HUB_OFFLINE``), ``harness run`` then refuses before any run
+        a model whose weights the hub's cache does not hold. By default: where the task builds its models the
+        harness's way (``Task.build_meta``) or a built-in task's way; a task with a ``build_meta`` of its own builds
+        its own model (as ``check_model`` takes it), and its names are its own, not hub ids (from a review: a plugin's
+        model ``tiny`` was refused offline), unless it overrides this."""
+        build = getattr(cls.build_meta, "__func__", cls.build_meta)
+        return build is Task.build_meta.__func__ or _built_in(build)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:

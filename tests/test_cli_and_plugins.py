@@ -218,7 +218,7 @@ def test_registry_rejects_duplicates_bad_names_and_what_is_not_a_method_or_task(
 
     registry: Registry = Registry("task", "tasks", "harness.none", "harness.task:Task")
     hooks = {name: lambda *a, **k: None for name in ("load", "recipe", "splits", "evaluate")}
-    complete = {"presets": {"p": object()}, **hooks}
+    complete = {"presets": {"p": object()}, "default_preset": "p", **hooks}
     registry.register("x")(type("X", (Task,), complete))
     with pytest.raises(ValueError, match="already registered"):
         registry.register("x")(type("Y", (Task,), complete))
@@ -850,3 +850,53 @@ def test_a_failed_entry_point_package_leaves_nothing_its_own_modules_registered(
     monkeypatch.setattr(METHODS, "_loaded", False)
     assert "ep_half_done" not in METHODS.names() and "lora" in METHODS
     assert "ep_half.done" not in sys.modules  # imported afresh (registering) where the fixed package is loaded
+
+
+def test_offline_a_plugin_task_that_builds_its_own_model_is_not_asked_for_its_hub_weights(tmp_path, monkeypatch):
+    """From a review: with HF_HUB_OFFLINE set, a plugin task that builds its own model (its own ``build_meta`` and
+    ``load``: the vectors task's ``mlp``, a plugin's ``tiny``) was refused before any run, its name taken for a hub id
+    whose weights the hub's cache lacks ("connect to the internet"); it reads no hub. The built-in tasks still do."""
+    from huggingface_hub import constants
+
+    from harness.registry import TASKS
+    from harness.runner import build_specs, preflight
+    from tests.test_task_contract import VectorTask
+
+    TASKS.names()  # the built-ins first: the copy restored afterwards holds them
+    monkeypatch.setattr(TASKS, "_entries", dict(TASKS._entries))
+    TASKS.register("vectors")(VectorTask)
+    monkeypatch.chdir(tmp_path)  # no folder "mlp" here: the name is no path
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    preflight(build_specs("vectors", ["base", "lora"], [0], "smoke"))
+    assert all(TASKS.get(task).reads_hub("org/model") for task in ("commonsense", "multimodal", "diffusion"))
+    hub_read = type("HubRead", (VectorTask,), {"reads_hub": classmethod(lambda cls, model: True)})
+    TASKS.register("hub_read")(hub_read)  # a task that says its load reads the hub is checked as the built-ins are
+    with pytest.raises(ValueError, match=r"model 'mlp': HF_HUB_OFFLINE set, and the hub's cache .* holds no weights"):
+        preflight(build_specs("hub_read", ["lora"], [0], "smoke"))
+
+
+def test_a_task_whose_default_preset_or_preset_protocol_it_lacks_is_refused_at_registration():
+    """From a review: a task without ``default_preset`` (Task's "embedded") or whose preset's protocol is not in its
+    ``protocols`` registered, then runs failed on flags never given: "unknown preset 'embedded'; available: smoke"
+    without --preset, "unknown protocol 'choice' for task 'x'; choose one of: " with none listed."""
+    from harness.task import Task
+    from tests.test_task_contract import VectorTask
+
+    registry: Registry = Registry("task", "tasks", "harness.none", "harness.task:Task")
+    hooks = {name: vars(VectorTask)[name] for name in ("load", "recipe", "splits", "evaluate")}
+    smoke = {"smoke": VectorTask.presets["smoke"]}  # protocol "mse"
+    with pytest.raises(
+        ValueError,
+        match=r"^task 'x': its default_preset 'embedded' \(Task's: the task sets none\) is not among its presets "
+        r"\('smoke'\); set default_preset to one of them$",
+    ):
+        registry.register("x")(type("X", (Task,), {"presets": smoke, "protocols": ("mse",), **hooks}))
+    with pytest.raises(
+        ValueError,
+        match=r"^task 'x': its preset 'smoke' has protocol 'mse', not in protocols=\(\); add it to protocols$",
+    ):
+        registry.register("x")(type("X", (Task,), {"presets": smoke, "default_preset": "smoke", **hooks}))
+    registry.register("x")(type("X", (Task,), {"presets": smoke, "default_preset": "smoke", "protocols": ("mse",),
+                                               **hooks}))  # fmt: skip
+    assert "x" in registry._entries
