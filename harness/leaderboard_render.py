@@ -4,6 +4,7 @@ plot is :mod:`harness.leaderboard_plot`). Everything here is a pure function of 
 
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Any
 
@@ -22,7 +23,7 @@ from harness.leaderboard import (
     seed_values,
 )
 from harness.runner import BASELINE
-from harness.stats import Estimate, holm
+from harness.stats import EPS, Estimate, holm
 
 
 def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -234,9 +235,11 @@ def _throughput_unit(task: str, train: dict[str, Any]) -> str:
 
 
 def fmt(x: float, signed: bool = False) -> str:
-    """One decimal; never "-0.0"."""
-    s = f"{x:+.1f}" if signed else f"{x:.1f}"
-    return "0.0" if s in ("-0.0", "+0.0") else s
+    """One decimal; two significant digits where one decimal would print a number that is not 0 as 0.0 (a judge's
+    1-10 difference of -0.045 read "0.0*": significant, its sign and size hidden); never "-0.0"."""
+    decimals = 1 - math.floor(math.log10(abs(x))) if EPS < abs(x) < 0.05 else 1  # 0.045: 3, 0.0012: 4
+    s = f"{x:+.{decimals}f}" if signed else f"{x:.{decimals}f}"
+    return "0.0" if float(s) == 0 else s
 
 
 def cell_text(cell: Cell) -> str:

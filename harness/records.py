@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.atomic import write_json
+from harness.stats import correctness
 
 SCHEMA_VERSION = 1
 RECORD = "record.json"
@@ -246,7 +247,7 @@ def check_eval(evals: Any) -> None:
     1-9 an example), or ``scores`` (one finite number an example, within the entry's ``scale``); ``baselines``
     (``{"majority" | "chance": one finite number an example}``, within it too) where the task computes those itself.
     ``scale`` (``[low, high]``) is where a column's per-example scores lie when they are not percent (a judge's 1-10);
-    none: 0-100."""
+    none: 0-100. With per-example data, ``value`` is their mean: of ``scores``, else percent right."""
     if not isinstance(evals, dict) or not all(isinstance(b, str) for b in evals):
         raise ValueError(f"evaluate() returned {type(evals).__name__}; it returns {{benchmark name: entry}}")
     for b, e in evals.items():
@@ -295,6 +296,29 @@ def check_eval(evals: Any) -> None:
                     f"eval entry {b!r}: baselines[{name!r}] must be a list of finite numbers, one an example"
                 )
             _within(b, f"baselines[{name!r}]", values, low, high)
+        _value_is_their_mean(b, e, low, high)
+
+
+# how far an entry's value may lie from its per-example mean, as a share of its scale (percent: 0.01): float noise,
+# and scores rounded to 3 decimals beside a value from the unrounded ones (the diffusion suite's similarity)
+VALUE_TOLERANCE = 1e-4
+
+
+def _value_is_their_mean(b: str, e: dict[str, Any], low: float, high: float) -> None:
+    """``ValueError`` where an entry's ``value`` is not the mean of its per-example scores (``scores``, else 100 a
+    right answer and 0 a wrong one): the leaderboard's cells and intervals are that mean, its per-seed table, seed
+    spread and the marks beside its cells are ``value``, so a value of another kind (a fraction beside
+    ``preds``/``answers``: 0.72 where the cell says 72.0) mixed two numbers in one column."""
+    per_example = correctness(e)
+    if per_example is None:  # no per-example data: value is all there is
+        return
+    mean = float(per_example.mean())
+    if abs(e["value"] - mean) > VALUE_TOLERANCE * (high - low):
+        what = "'scores'" if e.get("scores") is not None else "answers right (100 an example, 0 wrong: percent)"
+        raise ValueError(
+            f"eval entry {b!r}: 'value' {e['value']!r} is not the mean of its per-example {what}, {mean:.6g}; give "
+            f"'value': {mean:.6g} (the leaderboard's cells are that mean, its seeds' table the value)"
+        )
 
 
 PERCENT = (0.0, 100.0)  # the scale of per-example scores whose entry names none

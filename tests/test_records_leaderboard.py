@@ -1735,3 +1735,60 @@ def test_the_csv_files_are_written_to_the_folder_named_even_under_a_folder_calle
     assert {p.name for p in paths} == OUTPUTS and not list((home / "lb").iterdir())  # nothing written there
     for name in OUTPUTS - {"commonsense.png"}:
         assert (here / "~" / "lb" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes(), name
+
+
+def test_an_eval_value_that_is_not_the_mean_of_its_per_example_scores_is_refused_saying_what_it_must_be(
+    tmp_path, capsys
+):
+    """From a review: a plugin's accuracy given as a fraction (``value`` = acc / 100) beside its ``preds`` and
+    ``answers`` put two numbers in one column: the cells the per-example mean (52.5), the seeds' table, the seed
+    spread and the ``†`` marks the value (0.72, 0.33): "chance | -2.5† | 0.0†"."""
+    from harness.records import check_eval
+
+    right = scored("0123", "0120")  # 75.0: 3 of 4 right
+    check_eval({"ARC-Easy": right})
+    check_eval({"ARC-Easy": {**right, "value": 75.0 + 1e-9}})  # float noise
+    with pytest.raises(
+        ValueError,
+        match=r"eval entry 'ARC-Easy': 'value' 0.75 is not the mean of its per-example answers right \(100 an "
+        r"example, 0 wrong: percent\), 75; give 'value': 75 ",
+    ):
+        check_eval({"ARC-Easy": {**right, "value": 0.75}})
+    judged = {"metric": "p", "value": 5.0, "n": 2, "scores": [4.0, 6.0], "scale": [0, 10], "examples": "e"}
+    check_eval({"p": {**judged, "value": 5.0004}})  # scores rounded to 3 decimals, the value from the unrounded
+    with pytest.raises(ValueError, match=r"'p': 'value' 0.5 is not the mean of its per-example 'scores', 5; give"):
+        check_eval({"p": {**judged, "value": 0.5}})
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": right}))
+    fraction = fixture_record("effilora", 0, evals={"ARC-Easy": {**right, "value": 0.75}})
+    write_fixture(runs, fraction)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert f"{fraction['run']['id']}/{RECORD}: eval entry 'ARC-Easy': 'value' 0.75 is not the mean" in err, err
+    assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora", "majority", "chance"]
+
+
+def test_a_small_significant_difference_on_a_scale_of_ten_shows_its_sign_and_size(tmp_path):
+    """From a review: on a plugin's ``scale: [0, 10]`` (or the diffusion judge's 1-10) a difference of -0.04 with
+    its interval below 0 printed "0.0*": significant, with neither its sign nor its size."""
+    from harness.leaderboard_render import fmt
+
+    assert (fmt(-0.04, signed=True), fmt(0.0012), fmt(0.05, signed=True), fmt(-1e-12, signed=True)) == (
+        "-0.040",
+        "0.0012",
+        "+0.1",
+        "0.0",
+    )
+    runs = tmp_path / "runs"
+    base = [4.0 + i % 5 for i in range(40)]
+
+    def judged(scores: list[float]) -> dict:
+        mean = sum(scores) / len(scores)
+        return {"metric": "judge", "value": mean, "n": 40, "scores": scores, "scale": [0, 10], "examples": "e"}
+
+    lower = [x - (0.02 if i % 2 else 0.06) for i, x in enumerate(base)]  # 0.04 lower on average, every one lower
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": judged(base)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": judged(lower)}))
+    write_leaderboards(runs, tmp_path / "out")
+    assert "| effilora | -0.040* | -0.040* |" in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert "vs lora -0.040*" in (tmp_path / "out" / "leaderboard.html").read_text()
