@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import shlex
 import signal
 import sys
@@ -165,11 +166,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args)}") from None
     except RunRefused as exc:  # a finished run that is not the one asked for: refused before any run, or after some
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args) if exc.after_runs else ''}") from None
-    except OSError as exc:  # disk full, permissions: every file is written atomically, nothing is half-written
-        # (a run that met a full disk has its record say failed, and stopped the sweep: harness.runner)
+    except OSError as exc:  # disk full, permissions, a data file missing: every file is written atomically, nothing
+        # is half-written (a run that met a full disk has its record say failed, and stopped the sweep: harness.runner)
         raise CliError(
-            f"could not write {exc.filename or 'a file'} ({exc.strerror or exc}); free space or fix "
-            f"permissions, then run the same command again: finished runs are kept{leaderboard_not_rebuilt(args)}"
+            f"{_file_error(exc)}, then run the same command again: finished runs are kept{leaderboard_not_rebuilt(args)}"
         ) from None
     if failed:
         first = next(r for r in records if r["run"]["status"] != "success")
@@ -236,6 +236,27 @@ def _refuse_unused_out(args: argparse.Namespace) -> None:
     ignored without a word, as the CLI refuses other flags that would do nothing)."""
     if args.out is not None and not args.leaderboard:
         raise CliError("--out says where the leaderboard goes, and --no-leaderboard writes none; leave one of them out")
+
+
+# errors of a file that is not there to read (a task's data file; a task's __init__ reads it before any run) and of
+# a disk that cannot take a write (full, over quota, read-only, a file over its size limit); either side's permission
+_MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
+_DISK_FULL = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, name)}
+_PERMISSION = {errno.EACCES, errno.EPERM}
+
+
+def _file_error(exc: OSError) -> str:
+    """What ``exc`` says of its file and what to do, decided by its errno: a read of a missing file was said as a
+    failed write, with "free space" for advice (from a review: a plugin task's missing data file, read in its
+    ``__init__`` before any run, was "could not write .../train.csv (No such file or directory); free space")."""
+    where, why = exc.filename or "a file", exc.strerror or exc
+    if exc.errno in _MISSING:
+        return f"cannot read {where} ({why}); check the path (a task's data: --data-dir)"
+    if exc.errno in _DISK_FULL:
+        return f"could not write {where} ({why}); free space or fix permissions"
+    if exc.errno in _PERMISSION:  # a read or a write: the error does not say which
+        return f"could not read or write {where} ({why}); fix permissions"
+    return f"could not read or write {where} ({why}); check the path, its permissions and the disk"
 
 
 def leaderboard_not_rebuilt(args: argparse.Namespace) -> str:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import math
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +80,29 @@ def _count_flops(
         reason = f"{type(exc).__name__}: {exc}"
         print(
             f"warning: {method}'s FLOPs not counted ({_clip(reason)}): the model or the method cannot run on the meta "
-            "device (a task overrides Task.meta_replica; a method keeps to tensor ops, no .item() or numpy)",
+            "device (a task overrides Task.meta_replica; a method keeps to tensor ops, no .item() or numpy)"
+            f"{_meta_mask_hint(exc)}",
             file=sys.stderr,
         )
         return {"status": "not counted", "reason": reason}
+
+
+def _meta_mask_hint(exc: BaseException) -> str:
+    """Where ``exc`` is a value read on ``meta`` by transformers' causal-mask code (``_ignore_causal_mask_sdpa`` asks
+    whether the attention_mask is all ones, and, without a KV cache, whether the position offset is 0), what the task
+    does about it; else "". From a review: a plugin task that passed its batch's mask was told only that a method
+    must not call .item(). Tried with transformers 5.25 on the tiny Llama: with a mask the call fails with a cache or
+    without; without one, it runs with a cache only."""
+    if "cannot be called on meta tensors" not in str(exc):
+        return ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not any("transformers" in f.filename and "mask" in f"{Path(f.filename).name} {f.name}" for f in frames):
+        return ""
+    return (
+        "; here transformers' causal-mask check read a value on the meta device (of an attention_mask the model was "
+        "given, or, without a KV cache, its position offset): call it there without the mask and with use_cache=True, "
+        "as tasks/lm.py does (a mask adds no FLOPs)"
+    )
 
 
 def flops_record(

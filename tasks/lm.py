@@ -158,8 +158,8 @@ class CausalLMRecipe(Recipe):
         return batch["n"]
 
     def loss_sum(self, model, batch: Batch) -> torch.Tensor:
-        # on the meta device transformers cannot inspect masks by value unless a KV cache exists;
-        # building one adds no FLOPs
+        # on the meta device (``meta_batch``: no attention_mask) transformers' causal-mask check reads the position
+        # offset by value unless a KV cache exists; building one adds no FLOPs (a mask given there fails either way)
         return loss_sum(model, batch, batch["keep"], use_cache=batch["input_ids"].is_meta)
 
     def stats(self, batch: Batch) -> tuple[int, int]:

@@ -666,3 +666,58 @@ def test_a_reason_the_flops_warning_cuts_is_cut_at_a_words_end(monkeypatch, caps
     assert flops["reason"] == f"ValueError: {reason}"  # the record keeps it whole
     err = capsys.readouterr().err
     assert "r <= 1)" not in err and f"(ValueError: {'w' * 177} use r <= ...): the model" in err
+
+
+class _ClassifyLast:
+    """A plugin task's recipe (a review's): the last real token's logits over two labels, its batch's mask passed to
+    the model; ``on_meta`` decides what it passes there: "mask", "no mask" (and use_cache=True), or "item" (its own
+    ``.item()``)."""
+
+    def __init__(self, on_meta: str) -> None:
+        self.on_meta = on_meta
+
+    def loss_sum(self, model, batch):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        if ids.is_meta and self.on_meta == "no mask":  # what the hint advises
+            logits = model(input_ids=ids, use_cache=True).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits
+        last = mask.sum(1) - 1
+        if self.on_meta == "item":
+            last = last - int(last.min().item()) * 0
+        cls = logits[torch.arange(ids.shape[0], device=ids.device), last][:, :2]
+        return F.cross_entropy(cls, batch["labels"], reduction="sum")
+
+    def meta_batch(self, shape):
+        rows, tokens = shape
+        return {
+            "input_ids": torch.zeros(shape, dtype=torch.long, device="meta"),
+            "attention_mask": torch.ones(shape, dtype=torch.long, device="meta"),
+            "labels": torch.zeros(rows, dtype=torch.long, device="meta"),
+        }
+
+
+def test_a_model_given_an_attention_mask_on_meta_is_named_in_the_flops_warning(capsys):
+    """From a review: a plugin task passing its batch's attention_mask to a transformers model had its FLOPs "not
+    counted (RuntimeError: Tensor.item() cannot be called on meta tensors)" with advice for methods only (no
+    .item()): transformers' causal-mask check reads the mask by value. The warning says what to do, which counts;
+    a recipe's own .item() on meta is not told about masks."""
+    import harness.runner_flops as runner_flops
+
+    base = tiny_llama()
+    task = SimpleNamespace(meta_replica=lambda loaded: meta_of(base))
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj,v_proj", "r": 2}, "lora")
+    hint = "call it there without the mask and with use_cache=True, as tasks/lm.py does"
+    flops = runner_flops._count_flops(task, None, "lora", config, [[4, 10]], _ClassifyLast("mask"), False)
+    assert flops == {"status": "not counted", "reason": "RuntimeError: Tensor.item() cannot be called on meta tensors"}
+    err = capsys.readouterr().err
+    assert "no .item() or numpy); here transformers' causal-mask check read a value on the meta device" in err, err
+    assert hint in err
+    counted = runner_flops._count_flops(task, None, "lora", config, [[4, 10]], _ClassifyLast("no mask"), False)
+    assert counted["total"] > counted["adapter"] > 0 and capsys.readouterr().err == ""  # the advice counts
+    base.set_attn_implementation("eager")  # the mask is not read by value: the same count with it as without
+    assert runner_flops._count_flops(task, None, "lora", config, [[4, 10]], _ClassifyLast("mask"), False) == counted
+    flops = runner_flops._count_flops(task, None, "lora", config, [[4, 10]], _ClassifyLast("item"), False)
+    assert flops["status"] == "not counted"
+    err = capsys.readouterr().err
+    assert "no .item() or numpy)" in err and "causal-mask" not in err, err

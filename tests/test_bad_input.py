@@ -1343,3 +1343,74 @@ def test_a_file_named_embedded_in_the_working_directory_is_not_the_model(sandbox
     for model in (None, "embedded"):
         [spec] = build_specs("commonsense", ["lora"], [0], "smoke", model=model)
         assert spec.model == "embedded"
+
+
+DATA_FILE_TASK = '''
+import errno
+import os
+from pathlib import Path
+
+import torch
+from transformers import LlamaForCausalLM
+
+from harness import TASKS
+from harness.models import MetaModel
+from harness.task import Preset, Task, TaskOptions
+from harness.train import TrainConfig
+from tests.conftest import tiny_llama
+
+
+@TASKS.register("csv_task")
+class CsvTask(Task):
+    """Reads its data in __init__, as the README advises (a plugin for tests); no run gets further."""
+
+    protocols, columns, default_preset = ("choice",), ("csv",), "smoke"
+    presets = {{"smoke": Preset("csv", "tiny", TrainConfig(steps=1), TaskOptions(), {{"r": 2}}, "choice", 4)}}
+
+    def __init__(self, options):
+        super().__init__(options)
+        path = Path(options.data_dir) / "train.csv"
+        if {denied}:  # as open() says it to a user who may not read the file (the tests run as root)
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        self.rows = path.read_text().splitlines()
+
+    @classmethod
+    def build_meta(cls, model, trust_remote_code=False):
+        with torch.device("meta"):
+            m = LlamaForCausalLM(tiny_llama().config)
+        return MetaModel(model, m, m)
+
+    def load(self, *args, **kwargs):
+        raise AssertionError("no run starts")
+
+    recipe = splits = evaluate = load
+'''
+
+
+@pytest.mark.parametrize(
+    ("case", "said"),
+    [
+        ("missing", r"cannot read \S+/csv/train\.csv \(No such file or directory\); check the path \(a task's data: "),
+        (
+            "a-folder",
+            r"cannot read \S+/csv/train\.csv \(Is a directory\); check the path \(a task's data: --data-dir\)",
+        ),
+        ("denied", r"could not read or write \S+/csv/train\.csv \(Permission denied\); fix permissions, then run"),
+    ],
+)
+def test_a_data_file_a_task_cannot_read_is_said_as_a_read_not_a_write(sandbox, data_dir, capsys, case, said):
+    """From a review: a plugin task's data file missing, which its ``__init__`` reads before any run (as the README
+    advises), was "could not write .../train.csv (No such file or directory); free space or fix permissions": nothing
+    was written, nothing ran. The errno decides: a file not there is a read; a permission, either."""
+
+    def setup(tmp: Path) -> None:
+        write("plugin.py", DATA_FILE_TASK.format(denied=case == "denied"))(tmp)
+        (tmp / "csv").mkdir()
+        if case == "a-folder":
+            (tmp / "csv" / "train.csv").mkdir()
+        elif case == "denied":
+            (tmp / "csv" / "train.csv").write_text("a,b\n")
+
+    argv = [*PLUGIN_ARG, "run", "--task", "csv_task", "--methods", "lora", "--data-dir", "{tmp}/csv"]
+    argv += ["--runs-dir", "{runs}", "--out", "{out}", "--quiet"]
+    _refused_in_one_line(sandbox, data_dir, capsys, argv, said + r".*finished runs are kept", setup)
