@@ -32,8 +32,8 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         os.replace(tmp, final)
         _flush(final.parent)  # and the rename itself
     except OSError as exc:
-        if exc.filename is None:  # a write's error names no file (a full disk): the one being written, not the temp
-            exc.filename = str(final)
+        if exc.filename is None and exc.errno is not None:  # a write's error names no file (a full disk): the one
+            exc.filename = str(final)  # being written, not the temp; one without an errno (PIL's) keeps its text
         raise
     finally:
         tmp.unlink(missing_ok=True)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from harness.models import EMBEDDED, _brief
 
+# the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
+# the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
 HUB_MOVED = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 # what from_pretrained reads of a hub repository's weights: a transformers model's, or a diffusers pipeline's UNet's

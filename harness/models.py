@@ -31,8 +31,6 @@ PAPER_MODELS = {
     "llava-hf/llava-1.5-7b-hf": "llava-1.5-7b.json",
     "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5-unet.json",
 }
-# the paper's id (kept as the model's name: counts and run ids stay) and where its weights are now: Runway removed
-# the repository in 2024, a copy lives on under the stable-diffusion-v1-5 organisation
 _GIVE = "give a model folder, a config.json, 'embedded', or one of "  # the paper ids (a transformers model's, or any)
 _WHAT_TO_GIVE = _GIVE + ", ".join(PAPER_MODELS)
 

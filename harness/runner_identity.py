@@ -33,7 +33,7 @@ from harness.records import (
     record_text,
 )
 from harness.registry import METHODS, TASKS, plugin_files
-from harness.runner_refusal import RunRefused, _refusal, _refused_message
+from harness.runner_refusal import RunRefused, _Refusal, _refusal, _refused_message
 from harness.runner_spec import BASELINE, RunContext, RunSpec
 from harness.task import EVERY_COLUMN, Task
 
@@ -122,12 +122,14 @@ def _refuse_other_finished_runs(specs: list[RunSpec], tasks: dict[tuple, Task], 
     runs before it had trained, and its advice, ``--force``, would train those again. The same checks as
     ``_decide``'s, read without the runs' locks (each run is checked again, under its lock, when its turn comes); a
     run whose forced re-run was stopped mid-swap is left to that check, which finishes the swap first."""
-    if ctx.force:  # every finished run is run again
-        return
     refused = []
     if ctx.is_main:  # the main process reads, as it decides each run; every process raises alike
         for spec in {s.run_id: s for s in specs}.values():
             run_dir = ctx.runs_dir / spec.run_id
+            if ctx.force:  # every finished run is run again, but where the machine cannot read its record (a
+                if (unreadable := _unreadable_record(run_dir / RECORD)) is not None:  # re-review: the runs before
+                    refused.append(_Refusal(spec, unreadable, "", "", unreadable=True))  # it trained first)
+                continue
             if (run_dir / RERUN / RECORD).is_file() or _held(run_dir):  # judged at its turn, under its lock
                 continue
             decision = _finished_decision(spec, tasks[(spec.task, spec.task_options)], ctx, run_dir)
@@ -135,6 +137,17 @@ def _refuse_other_finished_runs(specs: list[RunSpec], tasks: dict[tuple, Task], 
                 refused.append(refusal)
     if message := ctx.agree(_refused_message(refused, specs, before=True) if refused else ""):
         raise RunRefused(message)
+
+
+def _unreadable_record(record_path: Path) -> str | None:
+    """What ``_unreadable`` says of a record the machine cannot read; ``None`` for one it reads, or none there."""
+    try:
+        record_text(record_path)
+    except RecordUnreadable as exc:
+        return str(_unreadable(record_path, exc))
+    except OSError:  # not there (or gone meanwhile): nothing to keep
+        return None
+    return None
 
 
 def _held(run_dir: Path) -> bool:

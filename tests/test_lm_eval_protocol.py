@@ -142,10 +142,23 @@ def test_the_lm_eval_protocol_is_silent_without_progress(capfd, monkeypatch):
     tokenizer = AutoTokenizer.from_pretrained(embedded_folder())
     model = tiny_llama(layers=2, vocab_size=len(tokenizer), context=256)
     args = (model, tokenizer, "my-bench", [{"answer": "true"}], ["Is it true?\n\n"], [["true", "false"]], 1)
+    import tqdm.std
+
+    init = tqdm.std.tqdm.__dict__["__init__"]
     try:
         capfd.readouterr()
         lm_eval_predictions(*args, progress=False)
         quiet, quiet_warned, quiet_level = capfd.readouterr(), list(warned), logger.level
+        assert tqdm.std.tqdm.__dict__["__init__"] is init  # tqdm's bars back as they were (a re-review)
+        import lm_eval
+
+        def fails(**kwargs):
+            raise RuntimeError("lm-eval failed")
+
+        with monkeypatch.context() as m, pytest.raises(RuntimeError, match="lm-eval failed"):  # and after a failure
+            m.setattr(lm_eval, "simple_evaluate", fails)
+            lm_eval_predictions(*args, progress=False)
+        assert tqdm.std.tqdm.__dict__["__init__"] is init and logger.level == logging.NOTSET
         lm_eval_predictions(*args, progress=True)
         loud = capfd.readouterr()
     finally:

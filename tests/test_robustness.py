@@ -2257,3 +2257,15 @@ def test_every_file_torch_or_safetensors_writes_meets_a_full_disk_as_an_oserror(
         save()
     assert full.value.errno == errno.ENOSPC and full.value.filename == str(target)
     assert not target.exists() and [p.name for p in target.parent.iterdir()] == []
+
+
+def test_an_error_without_an_errno_inside_atomic_path_keeps_its_own_text(tmp_path):
+    """From a re-review: atomic_path named the file being written on every OSError without a filename (for a full
+    disk's), so one without an errno (PIL's "cannot write mode F as PNG", a socket's timeout) read "[Errno None]
+    None: '<path>'"; only an error of the system gets the name."""
+    with pytest.raises(OSError) as raised, atomic.atomic_path(tmp_path / "x.png"):
+        raise OSError("cannot write mode F as PNG")
+    assert str(raised.value) == "cannot write mode F as PNG"
+    with pytest.raises(OSError) as full, atomic.atomic_path(tmp_path / "y.bin"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert full.value.filename == str(tmp_path / "y.bin") and list(tmp_path.iterdir()) == []

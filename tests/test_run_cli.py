@@ -620,3 +620,36 @@ def test_a_finished_record_the_machine_cannot_read_stops_the_run_and_is_kept(
         f"{path.parent.name} was not trained over it"
     ) in err, err
     assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
+
+
+def test_with_force_a_record_the_machine_cannot_read_stops_the_sweep_before_any_run(
+    tmp_path, data_dir, tiny_model, monkeypatch, capfd
+):
+    """From a re-review: with --force the check before the sweep was skipped, so the runs before the one whose
+    record the machine could not read trained again first, and "run the same command again" trained them once
+    more; it stops before any run now, the record kept."""
+    import errno
+    from pathlib import Path
+
+    import harness.runner
+    from tests.test_robustness import run_args, run_here
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
+    run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard"), capfd)
+    [path] = runs.glob("*/record.json")
+    kept = path.read_bytes()
+    real = Path.read_text
+
+    def failing(self, *args, **kwargs):
+        if self == path:
+            raise OSError(errno.EIO, "Input/output error", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", failing)
+    code, out, err = run_here(
+        run_args(tiny_model, data_dir, runs, "lora_fa,lora", "--no-leaderboard", "--force"), capfd
+    )
+    assert code == 2 and f"{path}: the machine could not read it" in err, err
+    assert "[1/2]" not in out + err and [p.parent for p in runs.glob("*/record.json")] == [path.parent]
+    assert path.read_bytes() == kept
