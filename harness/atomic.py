@@ -173,6 +173,22 @@ def write_bytes(path: str | Path, data: bytes | memoryview) -> None:
         f.write(data)
 
 
+@contextmanager
+def library_writes(path: str | Path) -> Iterator[None]:
+    """Around a library's own writer (``save_pretrained``: safetensors' Rust writer): an error of the system it
+    reports as its own (``SafetensorError("... I/O error: No space left on device (os error 28)")``) raised as
+    the ``OSError`` it is, naming ``path``, so that a full disk stops a sweep (``harness.runner``) there too."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as exc:
+        if (found := re.search(r"\(os error (\d+)\)", str(exc))) is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from exc
+
+
 def save_torch(path: str | Path, obj: Any) -> None:
     """``torch.save`` of ``obj`` to ``path``, atomically, through ``write_bytes``: a full disk is an ``OSError``."""
     import io

@@ -123,6 +123,8 @@ def _convert(gguf: Path, out: Path) -> None:
     """The GGUF's model (dequantised to fp32) and tokenizer saved as a Hugging Face folder in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from harness.atomic import library_writes
+
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     config = model.config
@@ -130,8 +132,9 @@ def _convert(gguf: Path, out: Path) -> None:
         del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    with library_writes(out):  # a full disk: an OSError, which stops a sweep
+        plain.save_pretrained(out)
+        tokenizer.save_pretrained(out)
 
 
 def _partly_deleted(target: Path) -> ValueError:

@@ -154,6 +154,8 @@ def _check_presets(name: str, task: Any) -> None:
     protocol 'choice' ...; choose one of: " with none listed), from a review."""
     from harness.task import Preset, Task
 
+    if isinstance(task.protocols, str):  # ("mse") is a string: its letters would be the protocols
+        raise ValueError(f"task {name!r}: protocols is the string {task.protocols!r}; give a tuple, e.g. ('mse',)")
     presets, protocols = task.presets, tuple(task.protocols)
     if task.default_preset not in presets:
         unset = all("default_preset" not in vars(c) for c in task.__mro__ if c is not Task)

@@ -294,7 +294,8 @@ class Task(ABC):
         its own model (as ``check_model`` takes it), and its names are its own, not hub ids (from a review: a plugin's
         model ``tiny`` was refused offline), unless it overrides this."""
         build = getattr(cls.build_meta, "__func__", cls.build_meta)
-        return build is Task.build_meta.__func__ or _built_in(build)
+        # a built-in task's load, inherited, reads the hub whatever build_meta does (a re-review)
+        return build is Task.build_meta.__func__ or _built_in(build) or _built_in(cls.load)
 
     @classmethod
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:

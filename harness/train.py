@@ -387,8 +387,8 @@ def train(
             step_loss += loss.item() / accelerator.num_processes
             if n:
                 samples, tokens = recipe.stats(batch)
-                state["samples"] += samples
-                state["tokens"] += tokens
+                state["samples"] += int(samples)  # a numpy int too: the record is JSON
+                state["tokens"] += int(tokens)
             memory.sample()
         if accelerator.num_processes > 1:  # the step's loss over every process's micro-batches
             step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=device), "sum"))

@@ -6,6 +6,7 @@ import."""
 from __future__ import annotations
 
 import math
+import numbers
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -72,7 +73,7 @@ def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.Adam
 
 
 def check_counts(recipe: Recipe, batch: Any) -> None:
-    """Before any step: ``Recipe.units`` and ``Recipe.stats`` give plain ints (from a review: a 0-d tensor,
+    """Before any step: ``Recipe.units`` and ``Recipe.stats`` give integers (from a review: a 0-d tensor,
     ``mask.sum()``, trained every step and failed the run at its end, in a message about the record)."""
     units, stats = recipe.units(batch), recipe.stats(batch)
     counts = [("units", units)]
@@ -81,10 +82,10 @@ def check_counts(recipe: Recipe, batch: Any) -> None:
     else:
         counts.append(("stats", stats))
     for name, value in counts:
-        if not isinstance(value, int) or isinstance(value, bool):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):  # numpy's ints are, a tensor is not
             raise TypeError(
-                f"{type(recipe).__name__}.{name.split()[0]} returned {type(value).__name__} for {name}; return a "
-                "plain Python int (int(mask.sum())), or for stats a (samples, tokens) tuple of them"
+                f"{type(recipe).__name__}.{name.split()[0]} returned {type(value).__name__} for {name}; return an "
+                "int (int(mask.sum())), or for stats a (samples, tokens) tuple of them"
             )
 
 

@@ -900,3 +900,28 @@ def test_a_task_whose_default_preset_or_preset_protocol_it_lacks_is_refused_at_r
     registry.register("x")(type("X", (Task,), {"presets": smoke, "default_preset": "smoke", "protocols": ("mse",),
                                                **hooks}))  # fmt: skip
     assert "x" in registry._entries
+
+
+def test_a_plugin_inheriting_a_built_in_load_reads_the_hub_and_protocols_as_a_string_are_refused():
+    """From a re-review: a subclass of a built-in task that wraps build_meta but inherits its load (which reads the
+    hub) was taken as building its own model, so offline it was not refused before its runs; and protocols =
+    ("mse") (a string) was refused as not holding 'mse' among ('m', 's', 'e')."""
+    from harness import TASKS
+    from harness.registry import _check_presets
+
+    base = TASKS.get("commonsense")
+
+    class Wrapped(base):
+        @classmethod
+        def build_meta(cls, model, trust_remote_code=False):
+            return super().build_meta(model, trust_remote_code)
+
+    assert Wrapped.reads_hub("org/model")
+
+    class Letters:
+        presets = {"smoke": object()}
+        default_preset = "smoke"
+        protocols = "mse"
+
+    with pytest.raises(ValueError, match=r"protocols is the string 'mse'; give a tuple, e\.g\. \('mse',\)"):
+        _check_presets("letters", Letters)

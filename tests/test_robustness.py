@@ -2269,3 +2269,16 @@ def test_an_error_without_an_errno_inside_atomic_path_keeps_its_own_text(tmp_pat
     with pytest.raises(OSError) as full, atomic.atomic_path(tmp_path / "y.bin"):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     assert full.value.filename == str(tmp_path / "y.bin") and list(tmp_path.iterdir()) == []
+
+
+def test_a_librarys_own_error_of_a_full_disk_is_raised_as_the_oserror_it_is(tmp_path):
+    """From a re-review: save_pretrained (the embedded model's conversion, the diffusion base's pre-training) writes
+    with safetensors' Rust writer, which reports a full disk as SafetensorError("... (os error 28)"): not an
+    OSError, so the sweep went on, each run converting or pre-training again. library_writes raises the OSError."""
+    from safetensors import SafetensorError
+
+    with pytest.raises(OSError) as full, atomic.library_writes(tmp_path / "model"):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert full.value.errno == errno.ENOSPC and full.value.filename == str(tmp_path / "model")
+    with pytest.raises(ValueError, match="not a disk's"), atomic.library_writes(tmp_path / "model"):
+        raise ValueError("not a disk's")  # any other error as it is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -758,5 +759,16 @@ def test_a_recipe_counting_in_tensors_is_refused_before_the_first_step(char_toke
 
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     recipe = TensorUnits(char_tokenizer, config.cutoff_len, config.train_on_inputs)
-    with pytest.raises(TypeError, match=r"TensorUnits\.units returned Tensor for units; return a plain Python int"):
+    with pytest.raises(TypeError, match=r"TensorUnits\.units returned Tensor for units; return an int"):
         train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
+
+    class NumpyCounts(type(text_recipe(char_tokenizer, config))):  # numpy's ints are ints (a re-review: refused)
+        def units(self, batch):
+            return np.int64(super().units(batch))
+
+        def stats(self, batch):
+            return tuple(map(np.int64, super().stats(batch)))
+
+    recipe = NumpyCounts(char_tokenizer, config.cutoff_len, config.train_on_inputs)
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
+    assert type(result.tokens) is int and result.tokens > 0

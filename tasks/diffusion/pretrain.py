@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import models
-from harness.atomic import _flush, flush_folder
+from harness.atomic import _flush, flush_folder, library_writes
 from harness.guard import RunLock
 from tasks.diffusion import data as ddata
 from tasks.diffusion import model as dmodel
@@ -108,7 +108,8 @@ def _pretrain(folder: Path, key: dict[str, Any], base_rows, settings, device, pr
     }
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
-        pipe.save_pretrained(tmp)
+        with library_writes(folder):  # a full disk: an OSError, which stops a sweep
+            pipe.save_pretrained(tmp)
         (tmp / INFO).write_text(json.dumps(info, indent=1))
         tmp.chmod(0o755)  # mkdtemp makes it private
         _flush_tree(tmp)  # the files on the disk before the name points at them (a power cut: no empty weights)
