@@ -12,7 +12,14 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from harness import METHODS, AdapterConfig, AdapterLinear
 
 ALL_METHODS = sorted(METHODS.names())
+BUILT_IN_METHODS = [m for m in ALL_METHODS if METHODS.get(m).__module__.startswith("methods.")]  # not plugins
 TINY_TARGETS = "q_proj,k_proj,v_proj,up_proj,down_proj"
+
+
+def defines_reducer_parameters(method: str) -> bool:
+    """Whether ``method`` names the tensors the Reducer pauses: the README makes ``reducer_parameters()`` optional,
+    and attach refuses the Reducer for a method without it."""
+    return METHODS.get(method).reducer_parameters is not AdapterLinear.reducer_parameters
 
 
 def text_recipe(tokenizer, config):

@@ -10,7 +10,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import get_peft_model
 
 from harness import attach
-from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
+from tests.conftest import BUILT_IN_METHODS, TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
 
 def test_lora_matches_peft_outputs_and_gradients():
@@ -187,9 +187,12 @@ def test_effilora_hidden_router_and_single_b():
     )
 
 
+@pytest.mark.parametrize("method", BUILT_IN_METHODS)
 def test_a_routers_and_mixers_start_kaiming_uniform_and_b_at_zero(method):
     """Spec, "Initialisation": A Kaiming-uniform (a=sqrt(5)), i.e. uniform on +-1/sqrt(fan_in); B zeros; MoSLoRA's
-    mixer and every router Kaiming-uniform. Only "B = 0" was pinned: a ``randn`` A passed every test."""
+    mixer and every router Kaiming-uniform. Only "B = 0" was pinned: a ``randn`` A passed every test.
+    From a review: it ran over the plugins too, whose initialisation is their own (a VeRA-style method's 1-D
+    ``lora_`` scales failed it); the spec prescribes the built-ins' only."""
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
     kinds: dict[tuple[str, int], list[torch.Tensor]] = {}
     for name, t in adapter.model.named_parameters():

@@ -217,12 +217,23 @@ def test_a_wrapper_that_fails_part_way_leaves_the_model_as_it_was(method, monkey
 
 
 def test_state_dict_counts_shared_tensors_once(method):
+    """From a review: this took every saved tensor for a ``lora_`` one, so a VeRA-style method (a frozen basis kept
+    as buffers, which the README allows: saved with the adapter, counted as the base's) failed it. The ``lora_``
+    tensors are the adapter's parameters, each saved once (a shared A under one name); beside them the state holds
+    the wrappers' own buffers and frozen tensors, and nothing of their bases."""
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS)
     state = adapter.state_dict()
-    assert all("lora_" in k for k in state)
-    assert sum(t.numel() for t in state.values()) == adapter.num_adapter_params
-    storages = [t.untyped_storage().data_ptr() for t in state.values()]
+    lora = [t for k, t in state.items() if "lora_" in k]
+    assert sum(t.numel() for t in lora) == adapter.num_adapter_params
+    storages = [t.untyped_storage().data_ptr() for t in lora]
     assert len(storages) == len(set(storages))
+    kept = {
+        f"{name}.{n}"
+        for name, layer in adapter.layers.items()
+        for n in [n for n, _ in layer.named_buffers()] + [n for n, _ in layer.named_parameters()]
+        if "lora_" not in n and not n.startswith("base.")
+    }
+    assert {k for k in state if "lora_" not in k} == kept
 
 
 def test_merge_matches_unmerged_or_refuses(method):
@@ -359,7 +370,8 @@ def test_a_wrapper_reads_its_bases_weight_bias_and_widths_through(method):
     """From a review: a wrapper did not expose its base's weight, bias, in_features and out_features, so model code
     reading them (transformers' ergo reads ``self.o_proj.weight.dtype``, GPT-Neo's flash attention too) failed once
     wrapped. They read through to the base, a Conv1D's widths as the linear's (its weight is stored in x out), and
-    are no tensors of the wrapper's own: parameters, adapter state and counts are as before."""
+    are no tensors of the wrapper's own: parameters, adapter state and counts are as before (a later review: the
+    state also holds a method's own buffers, a VeRA-style basis, which this once refused)."""
 
     class ReadsWeight(torch.nn.Module):
         def __init__(self) -> None:
@@ -375,7 +387,8 @@ def test_a_wrapper_reads_its_bases_weight_bias_and_widths_through(method):
     assert layer.weight is layer.base.weight and layer.bias is layer.base.bias
     assert (layer.in_features, layer.out_features) == (8, 4)
     assert all(n.startswith("base.") or "lora_" in n for n, _ in layer.named_parameters())
-    assert all("lora_" in n for n in adapter.state_dict())
+    buffers = {f"o_proj.{n}" for n, _ in layer.named_buffers() if not n.startswith("base.")}  # a VeRA basis's
+    assert all("lora_" in n or n in buffers for n in adapter.state_dict())
     lora = sum(p.numel() for n, p in adapter.model.named_parameters() if "lora_" in n)
     assert adapter.num_adapter_params == lora and adapter.num_base_params == 8 * 4 + 4
     gpt2 = attach(tiny_gpt2(), method, targets=GPT2_TARGETS)

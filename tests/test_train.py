@@ -13,7 +13,7 @@ from harness import attach
 from harness.task import Example
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, lr_lambda, train
 from tasks.lm import collate, encode, loss_sum, supervised_tail
-from tests.conftest import perturb, text_recipe, tiny_llama
+from tests.conftest import defines_reducer_parameters, perturb, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A: ", f"it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A: ", "it is 8", "toy")] * 4
@@ -150,9 +150,13 @@ def _crash_at_step_3(crashed, char_tokenizer, out_dir) -> None:
 
 
 def test_resume_continues_exactly_where_it_stopped(method, char_tokenizer, tmp_path):
-    def fresh():  # with dropout and the Reducer: every random state and the scores must come back
+    """From a review: this turned the Reducer on for every method, so a plugin without ``reducer_parameters()``
+    (optional, README) was refused at attach and failed it; such a method resumes without the Reducer."""
+    reducer = dict(k=2, interval=2) if defines_reducer_parameters(method) else None
+
+    def fresh():  # with dropout and the Reducer (where it has one): every random state and the scores must come back
         torch.manual_seed(0)
-        return attach(tiny_llama(), method, targets="q_proj,v_proj", r=4, dropout=0.1, reducer=dict(k=2, interval=2))
+        return attach(tiny_llama(), method, targets="q_proj,v_proj", r=4, dropout=0.1, reducer=reducer)
 
     straight = fresh()
     whole = train(
@@ -184,7 +188,8 @@ def test_resume_continues_exactly_where_it_stopped(method, char_tokenizer, tmp_p
     assert result.first_step_shapes == whole.first_step_shapes  # FLOPs counted on step 0's shapes either way
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
-    assert straight.reducer.update_counts == resumed.reducer.update_counts
+    if reducer:
+        assert straight.reducer.update_counts == resumed.reducer.update_counts
 
 
 def test_a_fast_path_run_stopped_and_resumed_ends_bit_exactly_as_one_never_stopped(method, char_tokenizer, tmp_path):
