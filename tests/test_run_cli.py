@@ -584,12 +584,14 @@ def test_a_command_with_stdout_closed_succeeds(monkeypatch):
     assert done.value.code == 0
 
 
-def test_a_finished_record_the_machine_cannot_read_stops_the_run_and_is_kept(
-    tmp_path, data_dir, tiny_model, monkeypatch, capfd
+@pytest.mark.parametrize("force", [False, True])
+def test_a_finished_record_the_machine_cannot_read_stops_the_command_before_any_run_and_is_kept(
+    force, tmp_path, data_dir, tiny_model, monkeypatch, capfd
 ):
     """From a review: an I/O error reading a finished run's record.json (EIO; ESTALE on NFS) was taken as no record:
     the run trained again in its own folder, over its record, adapter and predictions, without a word, exit 0. It
-    stops the command now, naming the file and what to do, and the record is kept, as a checkpoint is."""
+    stops the command now, naming the file and what to do, and the record is kept, as a checkpoint is. From a
+    re-review: with --force the check before the sweep was skipped, so the runs before it trained again first."""
     import errno
     from pathlib import Path
 
@@ -597,9 +599,8 @@ def test_a_finished_record_the_machine_cannot_read_stops_the_run_and_is_kept(
     from tests.test_robustness import run_args, run_here
 
     runs = tmp_path / "runs"
-    args = run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard")
     monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
-    run_here(args, capfd)
+    run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard"), capfd)
     [path] = runs.glob("*/record.json")
     record = json.loads(path.read_text())
     record["run"].update(status="success", error=None)  # a finished run's record, as far as the machine can tell
@@ -613,43 +614,12 @@ def test_a_finished_record_the_machine_cannot_read_stops_the_run_and_is_kept(
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", failing)
-    code, _, err = run_here(args, capfd)  # without --force
+    flags = ["--force"] if force else []
+    code, out, err = run_here(run_args(tiny_model, data_dir, runs, "lora_fa,lora", "--no-leaderboard", *flags), capfd)
     assert code == 2 and err.startswith(f"harness: error: {path}: the machine could not read it (OSError: "), err
     assert (
         "check the disk and the file's permissions, then run the same command again; the record is kept, and run "
         f"{path.parent.name} was not trained over it"
     ) in err, err
-    assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
-
-
-def test_with_force_a_record_the_machine_cannot_read_stops_the_sweep_before_any_run(
-    tmp_path, data_dir, tiny_model, monkeypatch, capfd
-):
-    """From a re-review: with --force the check before the sweep was skipped, so the runs before the one whose
-    record the machine could not read trained again first, and "run the same command again" trained them once
-    more; it stops before any run now, the record kept."""
-    import errno
-    from pathlib import Path
-
-    import harness.runner
-    from tests.test_robustness import run_args, run_here
-
-    runs = tmp_path / "runs"
-    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
-    run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard"), capfd)
-    [path] = runs.glob("*/record.json")
-    kept = path.read_bytes()
-    real = Path.read_text
-
-    def failing(self, *args, **kwargs):
-        if self == path:
-            raise OSError(errno.EIO, "Input/output error", str(self))
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Path, "read_text", failing)
-    code, out, err = run_here(
-        run_args(tiny_model, data_dir, runs, "lora_fa,lora", "--no-leaderboard", "--force"), capfd
-    )
-    assert code == 2 and f"{path}: the machine could not read it" in err, err
     assert "[1/2]" not in out + err and [p.parent for p in runs.glob("*/record.json")] == [path.parent]
-    assert path.read_bytes() == kept
+    assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
