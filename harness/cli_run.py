@@ -87,8 +87,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
         }.items()
         if v is not None
     }
-    # the training flags given (the sources trained on too): refused as the adapter's are where nothing is trained
-    flags = [f"--{k.replace('_', '-')}" for k in train] + ["--train-domains"] * (args.train_domains is not None)
+    # the training flags given (the sources trained on too, and the split they are drawn into: only training reads
+    # --train-cap and --val-size): refused as the adapter's are where nothing is trained
+    split = [("--train-domains", args.train_domains), ("--train-cap", args.train_cap), ("--val-size", args.val_size)]
+    flags = [f"--{k.replace('_', '-')}" for k in train] + [f for f, v in split if v is not None]
     if methods == [BASELINE] and flags:
         them = "them" if len(flags) > 1 else "it"
         raise CliError(

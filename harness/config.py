@@ -183,8 +183,12 @@ def make_config(config_cls: type[AdapterConfig], options: dict[str, Any], method
         if seed is not None and not _is_seed(seed):
             raise ValueError(f"option reducer_seed={shortcuts['reducer_seed']!r} must be an integer in 0..{SEED_MAX}")
         shortcuts["reducer_seed"] = seed
-    if reducer is None and set(shortcuts) == {"reducer_seed"}:
-        shortcuts = {}  # the seed of a Reducer the method does not run seeds nothing: it turns none on
+    if reducer is None:  # no Reducer to set: a shortcut left unset (k=none, n_suppressed=none) sets nothing, and
+        # the seed of a Reducer the method does not run seeds nothing: neither turns one on (a review: k=none did)
+        hints = typing.get_type_hints(ReducerConfig)
+        shortcuts = {k: v for k, v in shortcuts.items() if _coerce(k, v, hints[_SHORTCUT_FIELD.get(k, k)]) is not None}
+        if set(shortcuts) == {"reducer_seed"}:
+            shortcuts = {}
     if shortcuts and "reducer" in options and reducer is None:
         given = ", ".join(f"{k}={v}" for k, v in shortcuts.items())
         raise ValueError(

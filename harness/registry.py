@@ -214,7 +214,7 @@ def _undo_registrations(registered: dict[Registry, tuple[dict[str, Any], bool]])
 
 def load_plugin(path: str | Path) -> None:
     """Import a Python file so that its ``@register`` decorators run; any failure is one ``ValueError`` line."""
-    path = Path(path)
+    path = Path(path).expanduser()  # as every other path flag: the shell leaves --plugin=~/x.py unexpanded
     what = "pass the path of a .py file that registers a method or task"
     if not path.exists():
         raise ValueError(f"plugin file {str(path)!r} not found; {what}")

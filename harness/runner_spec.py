@@ -122,6 +122,8 @@ def build_specs(
             task_overrides[name] = None
     if task_overrides.get("train_sources"):  # a set: one run id (and one leaderboard row) whatever the order given
         task_overrides["train_sources"] = tuple(sorted(task_overrides["train_sources"]))
+        if set(task_overrides["train_sources"]) == set(task_cls.sources):  # every one: the data of no flag, its id
+            task_overrides["train_sources"] = None
     if protocol != p.protocol and "template" not in task_overrides:
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")
@@ -168,10 +170,9 @@ def build_specs(
                     # the zero-shot model trains nothing: training options leave its run (and id) alone
                     dataclasses.replace(train_cfg if method != BASELINE else p.train, seed=seed),
                     # nor the sources it would train on (a review: base beside --train-domains math was a second
-                    # zero-shot run, its row 'base (trained_on=math)')
-                    dataclasses.replace(
-                        task_opts, seed=seed, **({"train_sources": None} if method == BASELINE else {})
-                    ),
+                    # zero-shot run, its row 'base (trained_on=math)'), nor their cap and validation split (only
+                    # splits() reads them, which base never calls: it was a second run, outside the preset's section)
+                    dataclasses.replace(task_opts, seed=seed, **(_untrained(p.task) if method == BASELINE else {})),
                     eval_batch_size or p.eval_batch_size,
                     random_weights,
                     # each only when set: the run ids from before stay
@@ -180,6 +181,11 @@ def build_specs(
                 )
             )
     return specs
+
+
+def _untrained(preset: TaskOptions) -> dict[str, Any]:
+    """The task options of the zero-shot ``base``: those only training reads are the preset's, whatever is given."""
+    return {"train_sources": None, "train_cap": preset.train_cap, "val_size": preset.val_size}
 
 
 def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:

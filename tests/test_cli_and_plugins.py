@@ -445,6 +445,15 @@ def test_an_abbreviated_plugin_flag_loads_the_plugin(tmp_path, capsys, plugin_sa
     assert "abbrev_lora" in capsys.readouterr().out
 
 
+def test_a_plugin_path_with_a_tilde_is_expanded(tmp_path, monkeypatch, capsys, plugin_sandbox):
+    """From a review: ``--plugin=~/my_lora.py`` (the shell expands no ``~`` after ``=``) was not found, where every
+    other path flag expands ``~``."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "tilde_lora.py").write_text(PLUGIN.format(name="tilde_lora"))
+    assert main(["--plugin=~/tilde_lora.py", "list", "methods"]) == 0
+    assert "tilde_lora" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("command", ["run", "params", "bench", "leaderboard", "list", "rescore"])
 def test_every_commands_help_names_plugin(command, capsys):
     with pytest.raises(SystemExit):
@@ -925,3 +934,21 @@ def test_a_plugin_inheriting_a_built_in_load_reads_the_hub_and_protocols_as_a_st
 
     with pytest.raises(ValueError, match=r"protocols is the string 'mse'; give a tuple, e\.g\. \('mse',\)"):
         _check_presets("letters", Letters)
+
+
+@pytest.mark.parametrize("option", ["k", "n_suppressed"])
+def test_a_reducer_option_given_as_none_turns_no_reducer_on(option):
+    """From a review: ``--option k=none`` (unset) switched a Reducer (drop_ratio 0.25) on for a method without one,
+    under a run id of its own; only ``reducer_seed`` turned none on. On a method with a Reducer it is still taken."""
+    from harness.runner import build_specs
+
+    plain, unset = (
+        build_specs("commonsense", ["lora"], [0], "embedded", method_options=o)[0] for o in ({}, {option: "none"})
+    )
+    assert unset.run_id == plain.run_id and unset.method_options["reducer"] is None
+    [effilora] = build_specs("commonsense", ["effilora"], [0], "embedded", method_options={option: "none"})
+    assert effilora.method_options["reducer"][option] is None
+    [given] = build_specs(
+        "commonsense", ["lora"], [0], "embedded", method_options={option: "none", "drop_ratio": "0.5"}
+    )
+    assert given.method_options["reducer"]["drop_ratio"] == 0.5  # beside a value that sets one: on, as before

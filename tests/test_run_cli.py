@@ -488,6 +488,8 @@ TRAINING_FLAGS = [  # (flag, a value other than the smoke preset's, the lora run
     ("--grad-accum", "3", ("grad_accum", 3)),
     ("--train-on-inputs", "true", ("train_on_inputs", True)),
     ("--train-domains", "math", None),  # not a source of commonsense: refused by the task beside lora, as before
+    ("--train-cap", "5", None),  # task options: base's beside lora is the preset's (the test below)
+    ("--val-size", "2", None),
 ]
 
 
@@ -529,6 +531,33 @@ def test_base_beside_train_domains_is_the_one_zero_shot_run():
     beside = build_specs("multimodal", ["base", "lora"], [0], "smoke", task_overrides={"train_sources": ("math",)})
     assert beside[0].run_id == plain[0].run_id and beside[0].task_options.train_sources is None
     assert beside[1].task_options.train_sources == ("math",)
+
+
+def test_base_beside_train_cap_or_val_size_is_the_one_zero_shot_run():
+    """From a review: ``--train-cap`` and ``--val-size`` (read by training's split only) went into base's run id: a
+    second zero-shot run, and beside ``--methods base,lora --train-cap 5`` a base row outside the preset's section.
+    Base's are the preset's whatever is given; the committed base run keeps its id."""
+    from harness.runner import build_specs
+
+    given = {"train_cap": 5, "val_size": 2}
+    plain = build_specs("multimodal", ["base"], [0], "embedded")
+    beside = build_specs("multimodal", ["base", "lora"], [0], "embedded", task_overrides=given)
+    assert beside[0].run_id == plain[0].run_id == "multimodal-base-embedded-s0-0f9ad478"  # results/runs' id
+    assert (beside[1].task_options.train_cap, beside[1].task_options.val_size) == (5, 2)
+
+
+def test_train_domains_naming_every_domain_is_the_run_without_the_flag():
+    """From a review: ``--train-domains math,document,general`` (every multimodal domain) trains on the data of no
+    flag, but had a run id and a leaderboard row of its own."""
+    from harness.runner import build_specs
+
+    plain = build_specs("multimodal", ["lora"], [0], "smoke")
+    every = build_specs(
+        "multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("math", "document", "general")}
+    )
+    assert every[0].run_id == plain[0].run_id and every[0].task_options.train_sources is None
+    some = build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("math", "document")})
+    assert some[0].task_options.train_sources == ("document", "math")  # a choice: its own run, as before
 
 
 def test_several_training_flags_with_base_alone_are_named_together(tmp_path, data_dir, capfd):
