@@ -10,14 +10,16 @@ object with exactly the seven keys and integer values 1-10 is asked for again up
 as failed for that image; the run goes on. An API error (no connection,
 a 4xx or 5xx status after the client's own retries, a reply that is not JSON) records the image as failed with the
 error, and after ``GIVE_UP`` such errors in a row the remaining images are recorded as failed without a request: a
-run's other scores are never lost to the judge. Before training, ``probe`` asks the server's model list once: no
-connection, a refused key or a body that is not JSON stops the run there. A request's timeout and the give-up count are
-``HARNESS_JUDGE_TIMEOUT`` (seconds, default ``TIMEOUT_S``) and ``HARNESS_JUDGE_GIVE_UP`` (default ``GIVE_UP``):
-how long a slow judge may take is the user's call, and neither changes what is scored (not in the run id). The
-timeout is httpx's, per operation: connecting, and each read or write, not the whole request, so a server that
-keeps sending a byte now and then is not cut off (no clean way to a deadline over the whole: httpx has no total
-timeout, its read timeout is fixed for a response's headers and body when each begins, and a request left running
-in a thread cannot be stopped).
+run's other scores are never lost to the judge. The judge asks at temperature 0; a model that takes only its default
+(OpenAI's reasoning models refuse 0 with a 400 naming ``temperature``) is asked again without one, as are that judge's
+later requests, and the answers say so (``Verdict.temperature``, ``DEFAULT_TEMPERATURE``). Before training, ``probe``
+asks the server's model list once: no connection, a refused key or a body that is not JSON stops the run there. A
+request's timeout and the give-up count are ``HARNESS_JUDGE_TIMEOUT`` (seconds, default ``TIMEOUT_S``) and
+``HARNESS_JUDGE_GIVE_UP`` (default ``GIVE_UP``): how long a slow judge may take is the user's call, and neither
+changes what is scored (not in the run id). The timeout is httpx's, per operation: connecting, and each read or
+write, not the whole request, so a server that keeps sending a byte now and then is not cut off (no clean way to a
+deadline over the whole: httpx has no total timeout, its read timeout is fixed for a response's headers and body
+when each begins, and a request left running in a thread cannot be stopped).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ GIVE_UP = 3  # API errors in a row after which the remaining images are not requ
 # what an answer cut off at the server's token limit (``finish_reason`` ``length``) is refused with: the record's
 # ``last_problem`` begins so, and the warning then says to raise the server's limit, not to change the judge
 CUT_OFF = "the answer was cut off at the server's length limit"
+# what an answer asked for without a temperature records as its temperature (in the cache and, through
+# ``temperature_field``, the entry): a model that refuses 0 answers at its own default (OpenAI's reasoning models: 1)
+DEFAULT_TEMPERATURE = "default"
+MIN_SCRUBBED_KEY = 8  # a shorter OPENAI_API_KEY is a dummy for a server that takes none, not a secret: not scrubbed
 RUBRIC = """You are an expert judge of AI-generated images. Rate the image for the text prompt it was generated \
 from on seven criteria, each an integer from 1 (worst) to 10 (best):
 - quality: overall visual quality (sharpness, no artifacts).
@@ -78,6 +84,9 @@ class Verdict:
     # why the last answer was not taken (``parse``'s ``ValueError``, or ``CUT_OFF``), shortened, the key taken out;
     # "" where one was taken: a judge's answer may look complete when the server cut it (its token cap)
     problem: str = ""
+    # what it was asked at: 0, or ``DEFAULT_TEMPERATURE`` where the model refused 0 (an answer cached before the cache
+    # kept it was asked at 0: a model that refused 0 left nothing to cache)
+    temperature: int | str = 0
 
 
 def limits() -> tuple[float, int]:
@@ -148,6 +157,12 @@ def probe(judge_model: str, client: Any = None) -> None:
         raise ValueError(
             "OPENAI_API_KEY holds a character that is not ASCII, which no HTTP header can carry: set it to the key "
             "as issued, or leave --judge-model out"
+        )
+    if _unsendable_key(os.environ.get("OPENAI_API_KEY", "")):  # h11 refuses it unsent: "cannot be reached" misled
+        raise ValueError(
+            "OPENAI_API_KEY has whitespace around it or a control character (a line end read from a file, say), "
+            "which no HTTP header can carry: strip it (export OPENAI_API_KEY=\"$(tr -d ' \\r\\n' < key.txt)\"), "
+            "or leave --judge-model out"
         )
 
     def not_a_list(why: str) -> ValueError:
@@ -233,6 +248,7 @@ class Judge:
         self.cache = cache or models.cache_dir() / "diffusion" / "judge"
         self.errors_in_a_row, self.last_error = 0, ""
         self.cache_warned = False  # a cache that cannot be written is said once
+        self.temperature: int | str = 0  # DEFAULT_TEMPERATURE once the model refused 0: not sent again
 
     def __call__(self, image_png: bytes, prompt: str) -> Verdict:
         path = self.cache / f"{cache_key(image_png, prompt, self.model, self.server)}.json"
@@ -240,7 +256,14 @@ class Judge:
             try:
                 saved = json.loads(path.read_text())
                 scores = parse(saved["answer"])
-                return Verdict(scores, saved["answer"], True, 0, model=_model_name(saved.get("answered_by")))
+                return Verdict(
+                    scores,
+                    saved["answer"],
+                    True,
+                    0,
+                    model=_model_name(saved.get("answered_by")),
+                    temperature=DEFAULT_TEMPERATURE if saved.get("temperature") == DEFAULT_TEMPERATURE else 0,
+                )
             except (OSError, ValueError, KeyError, TypeError):  # a damaged cache file: asked again, then rewritten
                 pass
         url = "data:image/png;base64," + base64.b64encode(image_png).decode()
@@ -258,10 +281,14 @@ class Judge:
             return Verdict(
                 None, "", False, 0, f"not requested after {self.give_up} API errors in a row: {self.last_error}"
             )
-        raw, answered_by, problem = "", "", ""
-        for attempt in range(1, RETRIES + 1):
+        raw, answered_by, problem, sent = "", "", "", 0
+        for _ in range(RETRIES):
             try:
-                reply = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
+                sent += 1
+                reply = self._complete(messages)
+                if reply is None:  # the model refused temperature 0: the same request without one
+                    sent += 1
+                    reply = self._complete(messages)
                 answered_by = _model_name(getattr(reply, "model", None))  # the cache is keyed by the name asked for
                 message = reply.choices[0].message
                 content = message.content
@@ -273,7 +300,7 @@ class Judge:
             except _api_errors() as exc:  # the client already retried what it retries
                 self.errors_in_a_row += 1
                 self.last_error = scrub(f"{type(exc).__name__}: {exc}")[:300]
-                return Verdict(None, raw, False, attempt, self.last_error)
+                return Verdict(None, raw, False, sent, self.last_error, temperature=self.temperature)
             self.errors_in_a_row = 0
             try:
                 if finish == "length":  # cut off at the server's token limit: its last object may be a draft
@@ -299,6 +326,7 @@ class Judge:
                         "judge_model": self.model,
                         "endpoint": self.endpoint,
                         "rubric": RUBRIC_VERSION,
+                        "temperature": self.temperature,
                     }
                     | ({"answered_by": answered_by} if answered_by else {}),
                 )
@@ -311,8 +339,51 @@ class Judge:
                         "write",
                         file=sys.stderr,
                     )
-            return Verdict(scores, raw, False, attempt, model=answered_by)
-        return Verdict(None, raw, False, RETRIES, model=answered_by, problem=problem)
+            return Verdict(scores, raw, False, sent, model=answered_by, temperature=self.temperature)
+        return Verdict(None, raw, False, sent, model=answered_by, problem=problem, temperature=self.temperature)
+
+    def _complete(self, messages: list[dict[str, Any]]) -> Any:
+        """One chat completion at the judge's temperature; None where the model refused temperature 0 (a 400
+        naming it: OpenAI's reasoning models take only their default), after which this judge sends none."""
+        if self.temperature == DEFAULT_TEMPERATURE:
+            return self.client.chat.completions.create(model=self.model, messages=messages)
+        try:
+            return self.client.chat.completions.create(model=self.model, messages=messages, temperature=0)
+        except _api_errors() as exc:
+            if not _refuses_temperature(exc):
+                raise
+            self.temperature = DEFAULT_TEMPERATURE
+            return None
+
+
+def temperature_field(verdicts: list[Verdict]) -> dict[str, str]:
+    """What an entry records beside its ``judge_model``: ``judge_temperature`` ``DEFAULT_TEMPERATURE`` where any of
+    ``verdicts`` was asked without one (the model refused 0), as its scores are not at temperature 0; nothing at 0,
+    as every entry before kept it, so that a run judged before and one judged after are not two scorers."""
+    return (
+        {"judge_temperature": DEFAULT_TEMPERATURE}
+        if any(v.temperature == DEFAULT_TEMPERATURE for v in verdicts)
+        else {}
+    )
+
+
+def _refuses_temperature(exc: Exception) -> bool:
+    """Whether ``exc`` is a 400 refusing the temperature sent: its error names the param ``temperature``, or is an
+    ``unsupported_value`` whose message names it (OpenAI: "Unsupported value: 'temperature' does not support 0 with
+    this model. Only the default (1) value is supported.")."""
+    if getattr(exc, "status_code", None) != 400:
+        return False
+    body = getattr(exc, "body", None)
+    message = str(body.get("message", "")) if isinstance(body, dict) else str(exc)
+    return getattr(exc, "param", None) == "temperature" or (
+        getattr(exc, "code", None) == "unsupported_value" and "temperature" in message
+    )
+
+
+def _unsendable_key(key: str) -> bool:
+    """Whether ``key`` has whitespace around it or a control character anywhere: h11 refuses such a header
+    before a request is sent (a CRLF file read with ``$(cat key.txt)``), which the client reports as no connection."""
+    return key != key.strip() or any(ord(c) < 32 or ord(c) == 127 for c in key)
 
 
 def _model_name(name: Any) -> str:
@@ -382,10 +453,11 @@ def _api_errors() -> tuple[type[Exception], ...]:
 
 
 def scrub(message: str) -> str:
-    """An error message as a record may keep it: the key (a server may echo it, masked or not) taken out."""
+    """An error message as a record may keep it: the key (a server may echo it, masked or not) taken out, where it
+    has ``MIN_SCRUBBED_KEY`` characters or more (a shorter one is a dummy: any value for a server that takes none)."""
     import os
 
     key = os.environ.get("OPENAI_API_KEY")
-    if key:
+    if key and len(key) >= MIN_SCRUBBED_KEY:  # a dummy 'x' would mangle every model name, error and answer
         message = message.replace(key, "***")
     return re.sub(r"sk-[A-Za-z0-9_\-*.]+", "sk-***", message)

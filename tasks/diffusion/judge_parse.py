@@ -55,26 +55,30 @@ def parse(answer: Any) -> dict[str, int]:
 
 
 # what begins an object where no JSON decodes: a quoted key; or, in Python's or JavaScript's notation (``{'quality':
-# 3, ...}``, ``{quality: 3, ...}``, a correction, no prose), two criteria given integer-like values
+# 3, ...}``, ``{quality: 3, ...}``, a correction, no prose), two criteria given integer-like values, or braces that
+# close around nothing but such pairs (``{'quality': 3}``, a correction of one criterion)
 _QUOTED_KEY = re.compile(r'\s*"')
-_CRITERION_VALUE = re.compile(  # a number alone as the value: ``{quality: 1-10, ...}``, a format echoed, is prose
-    r"""[{,\s]["']?(""" + "|".join(CRITERIA) + r""")["']?\s*:\s*["']?[-+]?\d+(?:\.\d+)?["']?\s*(?=[,}]|$)"""
-)
+_PAIR = r"""["']?(""" + "|".join(CRITERIA) + r""")["']?\s*:\s*["']?[-+]?\d+(?:\.\d+)?["']?\s*"""
+_CRITERION_VALUE = re.compile(r"[{,\s]" + _PAIR + "(?=[,}]|$)")  # a number alone: ``{quality: 1-10}`` is prose
+_ONLY_PAIRS = re.compile(r"\{\s*" + _PAIR + r"(?:,\s*" + _PAIR + r")*,?\s*")  # up to the closing brace
 _BRACE = re.compile(r"[{}]")
 
 
 def _begun(text: str, start: int) -> bool:
     """Whether the brace at ``start`` (where no JSON decodes) begins an object rather than sits in prose: a quoted
     key follows it, or two criteria with integer-like values do before its close, or before the end of the answer
-    where no brace follows (a cut-off correction). A brace in prose that opens before the answer and never closes,
-    or names criteria without scores (``{criterion: value}``, ``{tech: integer}``), is no object; a brace nested in
-    it is asked itself."""
+    where no brace follows (a cut-off correction), or its close follows criteria with such values and nothing else
+    (``{'quality': 3}``: one criterion corrected, as the same in JSON is an invalid last object). A brace in prose
+    that opens before the answer and never closes, or names criteria without scores (``{criterion: value}``,
+    ``{tech: integer}``), is no object; a brace nested in it is asked itself."""
     if _QUOTED_KEY.match(text, start + 1):
         return True
     brace = _BRACE.search(text, start + 1)
     if brace is not None and brace.group() == "{":  # not closed before another opens: not an object of scores
         return False
     span = text[start : brace.start() if brace else len(text)]
+    if brace is not None and _ONLY_PAIRS.fullmatch(span):  # closed around pairs alone: not prose, even one pair
+        return True
     return len(set(_CRITERION_VALUE.findall(span))) >= 2
 
 

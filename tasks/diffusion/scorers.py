@@ -105,6 +105,7 @@ def _judge(
         "judge_model": model,
         "judge_endpoint": j.endpoint,  # the server (no key; no path, where a proxy may carry a token)
         "rubric_version": judge.RUBRIC_VERSION,
+        **judge.temperature_field([v for _, v in ok] or verdicts),  # "default": the model refused temperature 0
         "failed": len(verdicts) - len(ok),
         "requests": sum(v.requests for v in verdicts),
         "cached": sum(v.cached for v in verdicts),
