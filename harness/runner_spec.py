@@ -122,8 +122,6 @@ def build_specs(
             task_overrides[name] = None
     if task_overrides.get("train_sources"):  # a set: one run id (and one leaderboard row) whatever the order given
         task_overrides["train_sources"] = tuple(sorted(task_overrides["train_sources"]))
-        if set(task_overrides["train_sources"]) == set(task_cls.sources):  # every one: the data of no flag, its id
-            task_overrides["train_sources"] = None
     if protocol != p.protocol and "template" not in task_overrides:
         task_overrides["template"] = task_cls.default_template(protocol, p.task.template)
     task_opts = _replace(p.task, task_overrides, "task setting")

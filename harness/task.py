@@ -159,9 +159,6 @@ class Task(ABC):
     averaged: ClassVar[tuple[str, ...] | None] = None  # the columns the leaderboard's Avg covers (None: all)
     default_preset: ClassVar[str] = "embedded"
     scorers: ClassVar[tuple[str, ...]] = ()  # the optional scorers (TaskOptions.scoring keys) the task reads
-    # the sources TaskOptions.train_sources chooses among (--train-domains): every one of them is no choice, the run
-    # of no flag (one run id); none: the task trains on every source and takes no choice (check_options refuses one)
-    sources: ClassVar[tuple[str, ...]] = ()
     # TrainConfig fields its recipe never reads (e.g. train_on_inputs where the loss is always on the answer):
     # setting one is refused, not ignored under a new run id
     unused_train_settings: ClassVar[tuple[str, ...]] = ()

@@ -546,20 +546,6 @@ def test_base_beside_train_cap_or_val_size_is_the_one_zero_shot_run():
     assert (beside[1].task_options.train_cap, beside[1].task_options.val_size) == (5, 2)
 
 
-def test_train_domains_naming_every_domain_is_the_run_without_the_flag():
-    """From a review: ``--train-domains math,document,general`` (every multimodal domain) trains on the data of no
-    flag, but had a run id and a leaderboard row of its own."""
-    from harness.runner import build_specs
-
-    plain = build_specs("multimodal", ["lora"], [0], "smoke")
-    every = build_specs(
-        "multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("math", "document", "general")}
-    )
-    assert every[0].run_id == plain[0].run_id and every[0].task_options.train_sources is None
-    some = build_specs("multimodal", ["lora"], [0], "smoke", task_overrides={"train_sources": ("math", "document")})
-    assert some[0].task_options.train_sources == ("document", "math")  # a choice: its own run, as before
-
-
 def test_several_training_flags_with_base_alone_are_named_together(tmp_path, data_dir, capfd):
     """From a review: the training flags given with ``--methods base`` alone did nothing; refused, each named."""
     done = harness_here(

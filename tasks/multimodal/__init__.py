@@ -43,7 +43,6 @@ class MultimodalTask(Task):
     config_only_models = True  # a llava_style config.json: the language model and vision tower are loaded into it
     loads_remote_code = False  # transformers' LLaVA classes and processor, whatever the folder's auto_map names
     columns = data.DOMAINS
-    sources = data.DOMAINS  # --train-domains names them
 
     @classmethod
     def check_options(cls, protocol: str, options: TaskOptions) -> None:
