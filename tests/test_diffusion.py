@@ -2522,6 +2522,7 @@ class _RawServer(_Server):  # its __enter__/__exit__ (a URL; shut down on leavin
 
     def __init__(self, reply):
         self.requests = 0
+        self.bodies: list[dict] = []  # each POST's JSON body, before its reply is made
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -2529,7 +2530,7 @@ class _RawServer(_Server):  # its __enter__/__exit__ (a URL; shut down on leavin
                 self.send()
 
             def do_POST(self):  # noqa: N802
-                self.rfile.read(int(self.headers["Content-Length"]))
+                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send()
 
             def send(self) -> None:
@@ -2754,32 +2755,12 @@ def test_a_judge_model_that_refuses_temperature_0_is_asked_at_its_default_and_th
     request is sent again without a temperature, and so are the judge's later ones; the answers say so."""
     import openai  # a [test] requirement: missing, it fails rather than skips
 
-    bodies: list[dict] = []
+    def reply(n: int) -> tuple[int, str, bytes]:  # a temperature other than 1 answered as OpenAI does
+        if server.bodies[-1].get("temperature", 1) != 1:
+            return 400, "application/json", json.dumps({"error": refusal}).encode()
+        return _completion(json.dumps(GOOD))
 
-    class Server(_RawServer):  # its __enter__/__exit__; a temperature other than 1 answered as OpenAI does
-        def __init__(self):
-            class Handler(BaseHTTPRequestHandler):
-                def do_POST(self):  # noqa: N802
-                    bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                    refused = bodies[-1].get("temperature", 1) != 1
-                    code, ctype, data = (
-                        (400, "application/json", json.dumps({"error": refusal}).encode())
-                        if refused
-                        else _completion(json.dumps(GOOD))
-                    )
-                    self.send_response(code)
-                    self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-
-                def log_message(self, *args):
-                    pass
-
-            self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-            self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    server = Server()
+    server = _RawServer(reply)
     with server as url:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
         judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=client)
@@ -2788,6 +2769,7 @@ def test_a_judge_model_that_refuses_temperature_0_is_asked_at_its_default_and_th
         cached = judge(b"png", "a red circle")
     assert first.scores == GOOD and first.requests == 2 and first.temperature == djudge.DEFAULT_TEMPERATURE
     assert second.scores == GOOD and second.requests == 1 and second.temperature == djudge.DEFAULT_TEMPERATURE
+    bodies = server.bodies
     assert [b.get("temperature") for b in bodies] == [0, None, None]  # refused once, then never sent again
     assert "temperature" not in bodies[1] and bodies[1]["messages"] == bodies[0]["messages"]
     assert cached.cached and cached.temperature == djudge.DEFAULT_TEMPERATURE  # the cache kept it
