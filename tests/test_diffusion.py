@@ -2748,7 +2748,20 @@ _TEMPERATURE_REFUSED = {
 }
 
 
-@pytest.mark.parametrize("refusal", [_TEMPERATURE_REFUSED, {**_TEMPERATURE_REFUSED, "param": None}])
+_GATEWAY_REFUSED = {  # LiteLLM's proxy: no param, a code of its own (a re-review)
+    "message": "litellm.UnsupportedParamsError: O-series models don't support temperature=0. Only temperature=1 is "
+    "supported.",
+    "type": "None",
+    "param": None,
+    "code": "400",
+}
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    [_TEMPERATURE_REFUSED, {**_TEMPERATURE_REFUSED, "param": None}, _GATEWAY_REFUSED],
+    ids=["openai", "no-param", "gateway"],
+)
 def test_a_judge_model_that_refuses_temperature_0_is_asked_at_its_default_and_the_answers_say_so(tmp_path, refusal):
     """From a review: the judge always sent temperature 0, which OpenAI's reasoning models refuse with a 400; the probe
     passed (the model is listed), so every image failed after training and rescore could never succeed. Now the
@@ -2777,11 +2790,19 @@ def test_a_judge_model_that_refuses_temperature_0_is_asked_at_its_default_and_th
     assert djudge.temperature_field([djudge.Verdict(GOOD, "", False, 1)]) == {}  # at 0: as every entry before
 
 
-def test_a_judge_400_naming_another_param_is_an_api_error_not_asked_again_without_temperature(tmp_path):
-    """From a review of the fix above: only a 400 refusing the temperature is asked again without one."""
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"message": "Invalid image.", "type": "invalid_request_error", "param": "messages", "code": None},
+        {**_TEMPERATURE_REFUSED, "message": "Invalid image (not the temperature).", "param": "reasoning_effort"},
+    ],
+    ids=["another-param", "another-param-naming-temperature"],
+)
+def test_a_judge_400_naming_another_param_is_an_api_error_not_asked_again_without_temperature(tmp_path, other):
+    """From a review of the fix above: only a 400 refusing the temperature is asked again without one (a re-review:
+    not another param's, whose message names the temperature too)."""
     import openai  # a [test] requirement: missing, it fails rather than skips
 
-    other = {"message": "Invalid image.", "type": "invalid_request_error", "param": "messages", "code": None}
     with _RawServer(lambda n: (400, "application/json", json.dumps({"error": other}).encode())) as url:
         client = openai.OpenAI(base_url=url, api_key=KEY, max_retries=0)
         judge = djudge.Judge("judge-test", cache=tmp_path / "cache", client=client)

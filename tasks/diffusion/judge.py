@@ -368,16 +368,20 @@ def temperature_field(verdicts: list[Verdict]) -> dict[str, str]:
 
 
 def _refuses_temperature(exc: Exception) -> bool:
-    """Whether ``exc`` is a 400 refusing the temperature sent: its error names the param ``temperature``, or is an
-    ``unsupported_value`` whose message names it (OpenAI: "Unsupported value: 'temperature' does not support 0 with
-    this model. Only the default (1) value is supported.")."""
+    """Whether ``exc`` is a 400 refusing the temperature sent: its error names the param ``temperature``, or names no
+    param and says in its message that the temperature is not supported (OpenAI: "Unsupported value: 'temperature'
+    does not support 0 with this model. Only the default (1) value is supported."; a gateway such as LiteLLM:
+    "... don't support temperature=0. Only temperature=1 is supported.", param None, from a re-review)."""
     if getattr(exc, "status_code", None) != 400:
         return False
     body = getattr(exc, "body", None)
     message = str(body.get("message", "")) if isinstance(body, dict) else str(exc)
-    return getattr(exc, "param", None) == "temperature" or (
-        getattr(exc, "code", None) == "unsupported_value" and "temperature" in message
-    )
+    param = getattr(exc, "param", None)
+    if param == "temperature":
+        return True
+    if param not in (None, "", "None"):  # another parameter's error, whatever its message says
+        return False
+    return "temperature" in message.lower() and re.search(r"support|only", message, re.IGNORECASE) is not None
 
 
 def _unsendable_key(key: str) -> bool:
