@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from harness.atomic import check_writable
+from harness.atomic import check_writable, disk_error
 from harness.cli import CliError, add_method_args, method_options, split_names
 from harness.config import parse_bool
 from harness.registry import unknown_choice
@@ -240,10 +240,9 @@ def _refuse_unused_out(args: argparse.Namespace) -> None:
         raise CliError("--out says where the leaderboard goes, and --no-leaderboard writes none; leave one of them out")
 
 
-# errors of a file that is not there to read (a task's data file; a task's __init__ reads it before any run) and of
-# a disk that cannot take a write (full, over quota, read-only, a file over its size limit); either side's permission
+# errors of a file that is not there to read (a task's data file; a task's __init__ reads it before any run); either
+# side's permission (a disk that cannot take a write: harness.atomic.disk_error)
 _MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
-_DISK_FULL = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, name)}
 _PERMISSION = {errno.EACCES, errno.EPERM}
 
 
@@ -254,7 +253,7 @@ def _file_error(exc: OSError) -> str:
     where, why = exc.filename or "a file", exc.strerror or exc
     if exc.errno in _MISSING:
         return f"cannot read {where} ({why}); check the path (a task's data: --data-dir)"
-    if exc.errno in _DISK_FULL:
+    if disk_error(exc):
         return f"could not write {where} ({why}); free space or fix permissions"
     if exc.errno in _PERMISSION:  # a read or a write: the error does not say which
         return f"could not read or write {where} ({why}); fix permissions"

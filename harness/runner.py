@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import errno
 import os
 import shutil
 import sys
@@ -23,7 +22,15 @@ import torch
 
 from harness.accounting import environment
 from harness.adapter import attach
-from harness.atomic import check_writable, flush_folder, is_temp, json_safe, remove_stale_temps, write_json
+from harness.atomic import (
+    check_writable,
+    disk_error,
+    flush_folder,
+    is_temp,
+    json_safe,
+    remove_stale_temps,
+    write_json,
+)
 from harness.guard import RunLock
 from harness.hub import hub_revision
 from harness.records import PREDICTIONS, RECORD, RERUN, check_eval, new_record, write_record
@@ -163,7 +170,7 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
     except Exception as exc:  # the record says what failed; the next run still gets its turn
         # but for a machine that cannot read the checkpoint, or a disk that is full (or read-only): the next runs
         # would meet it too, after training
-        stop_after = exc if isinstance(exc, CheckpointUnreadable) or _disk_error(exc) else None
+        stop_after = exc if isinstance(exc, CheckpointUnreadable) or disk_error(exc) else None
         if spec.method != BASELINE:  # what its split recorded is let go: a zero-shot run next must not describe it
             with contextlib.suppress(Exception):
                 task.describe()
@@ -257,14 +264,6 @@ def _check_json(record: dict[str, Any]) -> None:
             "there (float(x), int(x), str(path), lists and dicts of them), not numpy or torch scalars, paths or other "
             "objects"
         )
-
-
-# errors of the disk (full, over quota, read-only, a file over its size limit), which every run after would meet too
-_DISK_ERRORS = {getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EFBIG") if hasattr(errno, name)}
-
-
-def _disk_error(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _DISK_ERRORS
 
 
 def finish_swap(run_dir: Path) -> bool:

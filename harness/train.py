@@ -12,7 +12,6 @@ import contextlib
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from harness.train_schedule import (
     _warn_schedule,
     adamw,
     check_counts,
+    encode_all,
     epoch_steps,
     lr_lambda,
 )
@@ -158,24 +158,10 @@ def train(
     # on its own examples; one process (the main one, index 0) draws what a single-process run does
     torch.manual_seed(config.seed + accelerator.process_index)
     random.seed(config.seed + accelerator.process_index)
-    before = getattr(recipe, "truncated", 0)  # a recipe that counts them (the FLOPs probe may have encoded one)
-    encoded = [recipe.encode(e) for e in train_set]
-    if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:
-        print(
-            f"warning: {cut} of {len(encoded)} training examples are longer than cutoff_len={config.cutoff_len} tokens "
-            "and were cut, their answers with them; to keep them, raise cutoff_len (TrainConfig.cutoff_len: the "
-            "preset's, or in the Python API)",
-            file=sys.stderr,
-        )
-    before = getattr(recipe, "truncated", 0)
-    val_encoded = [recipe.encode(e) for e in val_set]
-    if (cut := getattr(recipe, "truncated", 0) - before) and accelerator.is_main_process:  # its loss and the
-        print(  # Reducer's scores then leave out what was cut (from a review: not counted, unlike training's)
-            f"warning: {cut} of {len(val_encoded)} validation examples are longer than cutoff_len={config.cutoff_len} "
-            "tokens and were cut, their answers with them (the validation loss leaves those tokens out); to keep "
-            "them, raise cutoff_len",
-            file=sys.stderr,
-        )
+    say = accelerator.is_main_process
+    encoded = encode_all(recipe, train_set, "training", config.cutoff_len, say)
+    # the validation loss and the Reducer's scores leave out what was cut (a review: not counted, unlike training's)
+    val_encoded = encode_all(recipe, val_set, "validation", config.cutoff_len, say)
     if not encoded:
         raise ValueError("no training examples")
 
@@ -191,7 +177,8 @@ def train(
     ]
     # the hooks' (the Reducer's) batches: those with something supervised (from a review: a batch whose answers were
     # all cut scored every layer at a loss of 0.0); none: as no validation split, which the importance Reducer refuses
-    hook_batches = [b for b in val_batches if recipe.units(b)]
+    val_units = [recipe.units(b) for b in val_batches]
+    hook_batches = [b for b, n in zip(val_batches, val_units, strict=True) if n]
 
     # a task may train some of its own parameters along with every method's adapter (LLaVA's projector in
     # stage 2): one more group, the same for every method; they are saved with the checkpoint
@@ -427,10 +414,9 @@ def train(
     bar.close()
     memory.freeze()  # training's peak: the final validation below is not in it (on a GPU it was)
     final_val, began = None, time.perf_counter()
-    units = [recipe.units(b) for b in val_batches]
-    if sum(units):  # per unit (token, image) over the whole split, as the training loss: not a mean of batch means
-        final_val = sum(val_loss_on(b, timer=None)() * n for b, n in zip(val_batches, units, strict=True) if n)
-        final_val /= sum(units)
+    if sum(val_units):  # per unit (token, image) over the whole split, as the training loss: not a mean of batch means
+        final_val = sum(val_loss_on(b, timer=None)() * n for b, n in zip(val_batches, val_units, strict=True) if n)
+        final_val /= sum(val_units)
     final_val_s = time.perf_counter() - began
     if _asked(should_stop, accelerator):  # asked during the final validation
         _stop(save, accelerator, bar, state["step"], total_steps, bool(checkpoint))

@@ -72,6 +72,21 @@ def adamw(groups: list[dict[str, Any]], fused: bool = False) -> torch.optim.Adam
     return torch.optim.AdamW(groups, fused=fused or None)
 
 
+def encode_all(recipe: Recipe, examples: list[Any], split: str, cutoff_len: int, say: bool) -> list[Any]:
+    """``examples`` encoded, with a warning (``say``: the main process) where a recipe that counts them
+    (``truncated``) cut some at ``cutoff_len``, their answers with them."""
+    before = getattr(recipe, "truncated", 0)  # counted since the recipe was made (the FLOPs probe may have encoded one)
+    encoded = [recipe.encode(e) for e in examples]
+    if (cut := getattr(recipe, "truncated", 0) - before) and say:
+        print(
+            f"warning: {cut} of {len(encoded)} {split} examples are longer than cutoff_len={cutoff_len} tokens and were "
+            "cut, their answers with them; to keep them, raise cutoff_len (TrainConfig.cutoff_len: the preset's, or "
+            "in the Python API)",
+            file=sys.stderr,
+        )
+    return encoded
+
+
 def check_counts(recipe: Recipe, batch: Any) -> None:
     """Before any step: ``Recipe.units`` and ``Recipe.stats`` give integers (from a review: a 0-d tensor,
     ``mask.sum()``, trained every step and failed the run at its end, in a message about the record)."""
