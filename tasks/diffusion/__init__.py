@@ -12,8 +12,6 @@ GPT judge with ``--judge-model``, HPS v2 with ``--hps-checkpoint``; a score that
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import math
 import os
 import sys
@@ -23,13 +21,12 @@ from typing import Any
 import torch
 
 from harness import models
-from harness.atomic import atomic_path
 from harness.models import MetaModel
-from harness.records import PREDICTIONS
 from harness.registry import TASKS
 from harness.task import EVERY_COLUMN, Example, Loaded, Recipe, Task, TaskOptions
 from harness.train import TrainConfig
 from tasks.diffusion import data as ddata
+from tasks.diffusion import samples
 from tasks.diffusion.folders import _is_pipeline_folder, _sha256, _twemoji_base, resolve_data, unnamed_categories
 from tasks.diffusion.folders import twemoji_dir as twemoji_dir
 from tasks.diffusion.presets import PRESETS
@@ -44,10 +41,8 @@ from tasks.diffusion.scorers import (
     optional_scores,
 )
 from tasks.diffusion.scorers import _judge as _judge
-from tasks.diffusion.sheet import spread
 
 ATTRIBUTION = "Twemoji graphics (c) Twitter, Inc. and other contributors, CC-BY 4.0"
-AGAIN = "; run it again with --force (a finished run is skipped without it)"  # what rescore cannot read
 EMBEDDED_PIPELINE = "small SD pipeline (UNet2DConditionModel + AutoencoderKL + CLIP text)"  # the embedded model
 PROMPT_SEED = 1000  # prompt i of the held-out list is generated with seed 1000 + i, for every method
 
@@ -397,89 +392,14 @@ class DiffusionTask(Task):
 
     @classmethod
     def rescore(cls, run_dir: Path, record: dict[str, Any], scoring: dict[str, str]) -> dict[str, dict[str, Any]]:
-        """The columns of the scorers in ``scoring`` (the judge's, HPS v2's) from the run's saved ``samples/`` and
-        their prompts (the files ``evaluate`` wrote: the same PNG bytes the judge was sent, so its cached answers
-        are found again); the other scorer's columns are not returned."""
-        from PIL import Image
-
-        run = record["run"]["id"]
-        made = (record["run"].get("config", {}).get("task_options") or {}).get("scoring") or {}
-        for key, value in scoring.items():  # what the run id names (a checkpoint by its file name) must be what scores
-            given, named = (Path(value).name, made.get(key)) if key.endswith("_checkpoint") else (value, made.get(key))
-            if named not in (None, given):
-                flag = "--" + key.replace("_", "-")
-                raise ValueError(
-                    f"run {run} was made with {flag} {named} (part of its run id): scores of {given} would stand "
-                    f"under that name; rescore it with {named}, or run it with {flag} {given} (a new run)"
-                )
-            before = _scored_by(record["eval"], key)  # a rescored run: its columns name the scorer, its id does not
-            if before and (other := _other_scorer(key, before, now := _scorer_now(key, value))) is not None:
-                raise ValueError(
-                    f"run {run}'s {SCORER_COLUMNS[key][-1]} was scored by {other}: scores by "
-                    f"{_describe_scorer(key, now)} would replace them and stand beside other runs' under one config; "
-                    "rescore it with that one, or score a copy of the runs folder (cp -r) with this one"
-                )
-        path = run_dir / PREDICTIONS
-        try:
-            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"run {run}: its saved samples cannot be read ({path.name}: {exc}){AGAIN}") from None
-        ref = record["eval"].get("similarity", {})
-        if not all(isinstance(line, dict) and isinstance(line.get("file"), str) and isinstance(line.get("prompt"), str)
-                   for line in lines):  # fmt: skip
-            raise ValueError(f"run {run}: a line of {path.name} lacks its sample's file or prompt{AGAIN}")
-        if [line.get("n") for line in lines] != list(range(ref.get("n", -1))) or not all(
-            k in ref for k in ("examples", "protocol", "sha256")
-        ):
-            raise ValueError(f"run {run}: {path.name} does not hold the {ref.get('n', '?')} samples its record scored")
-        pngs = []
-        for line in lines:
-            file = run_dir / line["file"]
-            if not file.is_file() or file.resolve().parent != (run_dir / "samples").resolve():
-                raise ValueError(f"run {run}: sample {line['file']} is missing (or outside samples/){AGAIN}")
-            pngs.append(file.read_bytes())
-        images = []
-        for line, png in zip(lines, pngs, strict=True):
-            try:
-                images.append(Image.open(io.BytesIO(png)).convert("RGB"))
-            except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-                raise ValueError(f"run {run}: sample {line['file']} cannot be read ({exc}){AGAIN}") from None
-        common = {k: ref[k] for k in ("n", "protocol", "examples", "sha256")}
-        prompts = [line["prompt"] for line in lines]
-        out = optional_scores(scoring, images, prompts, common, pngs, keep_models=True, warn=False)
-        asked_columns = {c for k in scoring for c in SCORER_COLUMNS[k]}
-        return {c: e for c, e in out.items() if c in asked_columns}
+        """The columns of the scorers in ``scoring`` from the run's saved samples (``samples.rescore``)."""
+        return samples.rescore(run_dir, record, scoring)
 
     def options_scoring(self) -> dict[str, str]:
         return dict(self.options.scoring or ())
 
     def _save_samples(self, predictions_path, images, real, chosen, seeds, sim, predicted) -> None:
-        folder = predictions_path.parent / "samples"
-        folder.mkdir(parents=True, exist_ok=True)
-        lines = []
-        on_sheet = set(spread([item.category or "" for item in chosen]))
-        for n, (im, item, seed) in enumerate(zip(images, chosen, seeds, strict=True)):
-            with atomic_path(folder / f"{n:03d}.png") as tmp:
-                im.save(tmp, format="PNG")
-            if n in on_sheet:  # the held-out real image beside it, for the contact sheet
-                with atomic_path(folder / f"real-{n:03d}.png") as tmp:
-                    real[n].save(tmp, format="PNG")
-            lines.append(
-                json.dumps(
-                    {
-                        "n": n,
-                        "file": f"samples/{n:03d}.png",
-                        "prompt": item.text,
-                        "seed": seed,
-                        "real": item.image.name,
-                        "category": item.category,
-                        "similarity": round(sim[n], 3),
-                        "predicted_category": predicted[n] if predicted else None,
-                    }
-                )
-            )
-        with atomic_path(predictions_path) as tmp:
-            tmp.write_text("\n".join(lines) + "\n")
+        samples.save(predictions_path, images, real, chosen, seeds, sim, predicted)
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
         files = (ddata.describe(self.data) if described is None else described).get("files", {})
