@@ -156,6 +156,9 @@ class AdapterLinear(nn.Module):
     # that is part of the run id; a finished run recorded with another version is then not taken as done, and a
     # checkpoint of one is refused (records and checkpoints from before it was kept count as version "1")
     version: ClassVar[str] = "1"
+    # methods ``delta`` calls that the fast path computes its own way (HydraLoRA's ``router_weights``): a subclass
+    # overriding one of them below the fast path's methods runs the plain path, as one overriding ``delta`` does
+    delta_helpers: ClassVar[tuple[str, ...]] = ()
     # whether ``r`` bounds the rank of the update (B A): then attach refuses an r above a target's smaller side. A
     # method whose r counts something else (a VeRA-style shared basis, a number of coefficients) sets it False
     rank_bounded: ClassVar[bool] = True
@@ -232,13 +235,14 @@ class AdapterLinear(nn.Module):
     @classmethod
     def follows_delta(cls, *names: str) -> bool:
         """Whether the methods ``names`` (a fast path's, ``delta_weight``) are defined where ``delta`` is or below
-        it: a plugin that subclasses a built-in method and overrides only ``delta`` inherits the built-in's fast
-        path and merge, which compute the built-in's Δ, not its own."""
+        it and its ``delta_helpers``: a plugin that subclasses a built-in method and overrides only ``delta`` (or a
+        helper of it) inherits the built-in's fast path and merge, which compute the built-in's Δ, not its own."""
 
         def owner(name: str) -> type:
             return next(k for k in cls.__mro__ if name in vars(k))
 
-        return all(issubclass(owner(name), owner("delta")) for name in names)
+        # a review: a plugin overriding only HydraLoRA's router_weights ran the built-in router on the fast path
+        return all(issubclass(owner(name), owner(d)) for name in names for d in ("delta", *cls.delta_helpers))
 
     def delta_weight(self) -> Tensor:
         """``Δ`` as a ``d_out x d_in`` matrix, for merging (mergeable methods only)."""

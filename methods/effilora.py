@@ -36,6 +36,7 @@ class EffiLoraConfig(AdapterConfig):
 @METHODS.register("effilora")
 class EffiLoraLinear(SharedA, AdapterLinear):
     autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
+    delta_helpers = ("router_weights",)  # factors_from computes the router itself
     config_cls = EffiLoraConfig
 
     def __init__(self, base: nn.Linear, config: EffiLoraConfig, site: Site, shared: SharedTensors) -> None:

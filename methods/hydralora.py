@@ -38,6 +38,7 @@ class HydraLoraConfig(AdapterConfig):
 @METHODS.register("hydralora")
 class HydraLoraLinear(AdapterLinear):
     autocast_input = True  # x only meets the dropout and matmuls: read in autocast's dtype under autocast
+    delta_helpers = ("router_weights",)  # factors_from computes the router itself
     config_cls = HydraLoraConfig
     mergeable = False
 

@@ -786,3 +786,29 @@ def test_under_cpu_bf16_autocast_with_dropout_the_fast_path_computes_what_the_re
     adapter.model.eval()  # and the mask is what made the difference: without it, the outputs move
     plain, _ = outputs_and_grads(adapter, fast=True, autocast=True)
     assert float((plain.float() - ref_logits.float()).norm() / ref_logits.float().norm()) > 20 * error
+
+
+class SharpHydraLinear(METHODS.get("hydralora")):
+    name = "sharp_hydra"
+
+    def router_weights(self, x):
+        return torch.softmax(F.linear(x, self.lora_router) / 0.25, dim=-1)
+
+
+class SharpEffiLinear(EffiLoraLinear):
+    name = "sharp_effi"
+
+    def router_weights(self, x, z):
+        return torch.softmax(F.linear(z, self.lora_router) / 0.25, dim=-1)
+
+
+@pytest.mark.parametrize("cls", [SharpHydraLinear, SharpEffiLinear], ids=["hydralora", "effilora"])
+def test_a_plugin_overriding_only_the_router_is_not_given_the_built_ins_fast_path(cls):
+    """From a review: a subclass of HydraLoRA or EffiLoRA that overrode only ``router_weights`` (which ``delta``
+    calls) kept the built-in's fast path, whose ``factors_from`` builds the router itself: ``--fast-path`` trained
+    the built-in's router under the plugin's name (logits 0.66 apart), and ``harness bench`` timed it."""
+    assert METHODS.get("hydralora").offers_fast_path() and EffiLoraLinear.offers_fast_path()
+    assert not cls.offers_fast_path()
+    adapter = attach(tiny_llama(), cls, targets=TINY_TARGETS, dropout=0.0, heads=2)
+    perturb(adapter)
+    assert not any(layer.fuses_input for layer in adapter.layers.values())
