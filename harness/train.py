@@ -150,8 +150,11 @@ def train(
     # DDP must be told where a step may leave a trained tensor without a gradient: the Reducer's paused heads, and
     # a task's own parameters that a micro-batch may not reach (LLaVA's projector on a text-only example)
     unused = adapter.pauses_parameters or bool(task_params)
+    # cpu=: without CUDA the run trains where the runner put the model and the record says it ran (the CPU);
+    # accelerate's default is the platform's accelerator (Apple's MPS, XPU), where prepare() moved it (a review)
     accelerator = accelerator or Accelerator(
         mixed_precision="bf16" if torch.cuda.is_available() else "no",
+        cpu=not torch.cuda.is_available(),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
     )
     # each process its own stream (dropout masks, diffusion noise): the same seed gave every process the same draws

@@ -777,3 +777,24 @@ def test_a_recipe_counting_in_tensors_is_refused_before_the_first_step(char_toke
     recipe = NumpyCounts(char_tokenizer, config.cutoff_len, config.train_on_inputs)
     result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
     assert type(result.tokens) is int and result.tokens > 0
+
+
+def test_training_without_cuda_stays_on_the_cpu_the_record_names(char_tokenizer, monkeypatch):
+    """From a review: train() built its Accelerator without ``cpu=``, whose default device is the platform's
+    accelerator (Apple's MPS, XPU): prepare() moved the model there while the runner, the memory meter and the
+    record said the CPU (and the zero-shot ``base`` run scored on the CPU)."""
+    import accelerate
+
+    asked = {}
+
+    class Recording(accelerate.Accelerator):
+        def __init__(self, *args, **kwargs):
+            asked.update(kwargs)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(accelerate, "Accelerator", Recording)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=0)
+    train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
+    assert asked.get("cpu") is (not torch.cuda.is_available())
+    assert next(adapter.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
