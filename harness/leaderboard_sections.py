@@ -37,6 +37,10 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
     train = {k: v for k, v in c["train"].items() if k != "seed"}
     if c.get("processes", 1) != 1:  # several processes: a larger batch, another section (absent: one process)
         train["processes"] = c["processes"]
+    # another kind of device computes in another dtype (every built-in task: bf16 on a GPU, fp32 on a CPU), as the
+    # runner's refusal of a finished run says: another section (absent: the CPU; a review: one row pooled both)
+    if (device_type := record.get("env", {}).get("device_type", "cpu")) != "cpu":
+        train["device_type"] = device_type
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
 
 
@@ -369,10 +373,15 @@ def _tells_apart(key: str, flat: dict[str, str], values: set[str], group: list[d
     return all(any(x.startswith(parent + ".") for x in other) for other in group)
 
 
+_WHEN_ABSENT = {"train.device_type": '"cpu"'}  # a setting a record leaves out at its default value (``_settings``)
+
+
 def _shown(flat: dict[str, str], key: str) -> str:
     """``key value``; for a setting the section's runs lack, its outermost missing parent: ``parent unset``."""
     if key in flat:
         return f"{key} {flat[key]}"
+    if key in _WHEN_ABSENT:
+        return f"{key} {_WHEN_ABSENT[key]}"
     parts = key.split(".")
     for n in range(1, len(parts) + 1):
         prefix = ".".join(parts[:n])

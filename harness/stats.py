@@ -146,7 +146,9 @@ def estimate(
         sizes = [np.asarray(c).size for c in columns]
         edge = _exact_bound(sizes, (1 - level) / 2)
         hi, lo = max(hi, edge), min(lo, 100.0 - edge)
-    return Estimate(value, float(lo), float(hi))
+    # a column of one repeated score (33.33...) resamples to a mean a rounding away from np.mean's: the interval
+    # still holds its value (a review: lo above the value made the plot's error bar negative, and it raised)
+    return Estimate(value, float(min(lo, value)), float(max(hi, value)))
 
 
 def _ends(columns: Sequence[np.ndarray]) -> list[float | None]:

@@ -765,3 +765,13 @@ def test_an_avg_of_a_mean_and_a_percent_column_keeps_the_percent_columns_end_bou
     assert mixed.hi == pytest.approx(none.hi + alone.hi / 2)  # fidelity's exact bound, weighted by its share
     with pytest.raises(ValueError, match="one a column"):
         estimate([similarity, fidelity], scores=[True])
+
+
+@pytest.mark.parametrize("n", [10, 30, 125])
+@pytest.mark.parametrize("score", [100 / 3, 200 / 3])
+def test_an_interval_holds_its_value_when_every_score_is_one_unrepresentable_number(n, score):
+    """From a review: examples that all pool to 33.33 (one seed of three right on each) resampled to a mean a float
+    rounding above np.mean's, so the interval's lower end sat above its value and the plot's error bar was negative:
+    writing the leaderboard raised after the CSVs, before leaderboard.md and .html."""
+    e = estimate([np.full(n, score)])
+    assert e.lo <= e.value <= e.hi

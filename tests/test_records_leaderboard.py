@@ -1792,3 +1792,17 @@ def test_a_small_significant_difference_on_a_scale_of_ten_shows_its_sign_and_siz
     write_leaderboards(runs, tmp_path / "out")
     assert "| effilora | -0.040* | -0.040* |" in (tmp_path / "out" / "leaderboard.md").read_text()
     assert "vs lora -0.040*" in (tmp_path / "out" / "leaderboard.html").read_text()
+
+
+def test_runs_on_another_kind_of_device_are_another_section(tmp_path):
+    """From a review: a seed run on a GPU (bf16) and one on a CPU (fp32) were pooled in one row and compared with
+    ``*``, where the runner refuses to take one for the other (every built-in task computes in another dtype)."""
+    runs = tmp_path / "runs"
+    for device_type in ("cpu", "cuda"):
+        record = fixture_record("lora", 0 if device_type == "cpu" else 1)
+        record["env"]["device_type"] = device_type
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    rows = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
+    assert sorted(r["settings"] for r in rows) == ['train.device_type "cpu"', 'train.device_type "cuda"']
+    assert sorted(r["seeds"] for r in rows) == ["0", "1"]
