@@ -6,10 +6,20 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import ExifTags, Image, ImageFile
 
 _DECODED: set[tuple[object, ...]] = set()  # the files found to decode, as identified by ``_identity``
 _PIXELS: dict[tuple[object, ...], str] = {}  # ``pixel_digest`` of a file, as identified by ``_identity``
+# what turns an image upright for its EXIF Orientation (2-8), as ``PIL.ImageOps.exif_transpose`` turns it
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 def _identity(path: Path) -> tuple[object, ...]:
@@ -55,13 +65,18 @@ def to_rgb(image: Image.Image) -> Image.Image:
     ``convert`` clips it, so a 16-bit PNG became black and white. Other 32-bit integer grey (a TIFF's, mode ``I``),
     whose range the file does not say, is converted as before (clipped to 0-255: 0-255 grey reads as it is): the
     multimodal suite meets images where it has no place to refuse them before training (lmms-eval's benchmarks, the
-    Python API), where the diffusion suite refuses them as its data is read. What the multimodal vision towers
-    read, and what ``pixel_digest`` hashes."""
+    Python API), where the diffusion suite refuses them as its data is read. Turned upright as its EXIF Orientation
+    says (a phone's photo), as ``datasets`` and transformers' ``load_image`` read it (``ImageOps.exif_transpose``):
+    the same photo read sideways from a folder, upright from the hub (until 2026-12-07). What the multimodal vision
+    towers read, and what ``pixel_digest`` hashes."""
+    upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))  # before eight_bit's copy drops it
     image = eight_bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
-        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
-    return image.convert("RGB")
+        rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    else:
+        rgb = image.convert("RGB")
+    return rgb if upright is None else rgb.transpose(upright)
 
 
 def sixteen_bit(mode: str, fmt: str | None) -> bool:

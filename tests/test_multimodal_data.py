@@ -473,7 +473,7 @@ def test_describe_again_reads_a_folder_again_only_where_a_json_file_changed(fold
     some file systems, in which a same-size rewrite keeps its mtime) is read every time."""
     calls = []
     real = data.describe
-    monkeypatch.setattr(data, "describe", lambda d: calls.append(d) or real(d))
+    monkeypatch.setattr(data, "describe", lambda d, *a: calls.append(d) or real(d, *a))
 
     def settled() -> None:  # every JSON file written long enough ago
         for p in folder.glob("*.json"):
@@ -1035,3 +1035,76 @@ def test_a_caption_record_without_exactly_one_image_is_refused_naming_it_before_
         read_captions(folder)
     _write(folder, "captions.json", [caption])
     assert len(read_captions(folder)) == 1 and "captions_left_out" not in describe(folder)
+
+
+def test_captions_json_is_compared_only_for_a_finished_run_whose_stage1_read_it(folder):
+    """From a review: an edited captions.json refused every finished run ("the training file captions.json
+    differs"), a paper or llava_style run's too, which never reads it; and their records listed it. A record that
+    lists it (the embedded model's, whose stage 1 aligns on it) is compared as before; one that does not, is not."""
+    from harness import runner
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    def task():
+        return TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+
+    caption = {k: v for k, v in _train("c1").items() if k != "domain"}
+    _write(folder, data.CAPTIONS, [caption])
+    sha = {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in ("train.json", data.CAPTIONS)}
+    finished = {"eval": {d: {"sha256": s} for d, s in task().data_fingerprint().items()}, "train": {"steps": 1}}
+    aligned = finished | {"run": {"config": {"data": task().describe()}}}  # described before any load: all of it
+    served = task()
+    served._aligns = False  # as load() leaves it for a model without stage 1
+    assert served.training_files() == {"train.json": sha["train.json"]}
+    unaligned = finished | {"run": {"config": {"data": served.describe()}}}
+    assert data.CAPTIONS not in [f["file"] for f in unaligned["run"]["config"]["data"]["files"]]
+    assert data.CAPTIONS in served.training_files()  # describe let that run go: the next run's is not known
+    assert task().training_files(aligned["run"]["config"]["data"]) == sha == task().training_files()  # as before
+    assert runner._other_data(aligned, task()) is None and runner._other_data(unaligned, task()) is None
+    _write(folder, data.CAPTIONS, [caption | {"id": "edited"}])
+    assert runner._other_data(aligned, task()) == "the training file captions.json differs"
+    assert runner._other_data(unaligned, task()) is None
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_is_read_upright_as_its_exif_orientation_says_as_the_hub_reads_it(tmp_path, orientation):
+    """From a review: ``to_rgb`` ignored a photo's EXIF Orientation, which ``datasets`` (the hub route) and
+    transformers' ``load_image`` apply: a phone's photo in a --data-dir was read sideways, upright from the hub."""
+    from PIL import ImageOps
+
+    from tasks.images import pixel_digest
+    from tasks.multimodal import vision
+
+    image = Image.new("RGB", (64, 32), "white")
+    image.paste((255, 0, 0), (0, 0, 8, 8))  # a red corner at the top left: every turn or flip moves it
+    exif = Image.Exif()
+    exif[0x0112] = orientation  # Orientation
+    image.save(tmp_path / "phone.jpg", exif=exif.tobytes(), quality=95)
+    with Image.open(tmp_path / "phone.jpg") as opened:
+        upright = ImageOps.exif_transpose(opened).convert("RGB")
+    assert upright.size == ((32, 64) if orientation >= 5 else (64, 32))
+    assert vision.load_image(tmp_path / "phone.jpg").tobytes() == upright.tobytes()
+    digest = f"{upright.size} {hashlib.sha256(upright.tobytes()).hexdigest()}"
+    assert pixel_digest(tmp_path / "phone.jpg") == digest
+
+
+def test_a_yesno_pair_asking_one_question_twice_is_refused(folder):
+    """From a review: a pair whose two records ask the same question, one answered yes and one no, was taken,
+    though one of its answers is wrong whatever the model says: acc+ could never count it."""
+    records = _test_records()
+    records[2] = records[2] | {"question": records[1]["question"]}
+    _write(folder, "test.json", records)
+    with pytest.raises(ValueError, match=r"test.json: record 2 \(id 'y2'\): pair 'p1' asks 'Is it 11\?' twice"):
+        read_split(folder, "test")
+
+
+def test_a_null_domain_in_a_per_domain_file_takes_the_files_domain(folder):
+    """From a review: ``"domain": null`` in train-math.json was refused as "'domain' is missing; add "domain": ...,
+    or use train-<domain>.json", the layout the record is in; null reads as absent there (the file's domain)."""
+    (folder / "train.json").unlink()
+    _write(folder, "train-math.json", [_train("m1", "math") | {"domain": None}])
+    assert [(r.id, r.domain) for r in read_split(folder, "train")] == [("m1", "math")]
+    _write(folder, "train.json", [_train("t1") | {"domain": None}])  # a combined file has no domain of its own
+    (folder / "train-math.json").unlink()
+    with pytest.raises(ValueError, match=r"train.json: record 0 \(id 't1'\): 'domain' is missing"):
+        read_split(folder, "train")

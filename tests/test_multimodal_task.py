@@ -911,3 +911,38 @@ def test_a_llava_folder_without_a_tokenizer_is_told_so_not_that_its_processor_co
     (tmp_path / "preprocessor_config.json").unlink()
     with pytest.raises(ValueError, match="holds no image processor config"):
         MultimodalTask.check_weights_folder(tmp_path)
+
+
+def test_a_run_without_stage1_neither_reads_nor_keeps_captions_json(tiny_llava_style, tmp_path):
+    """From a review: captions.json, which only the embedded model's stage 1 aligns on, was read (every caption image
+    decoded) and hashed for every run: a broken one (an image never downloaded) failed a llava_style run after its
+    model loaded, and an edited one refused the finished run ("the training file captions.json differs")."""
+    import hashlib
+
+    import torch
+    from PIL import Image
+
+    from harness.registry import TASKS
+    from harness.task import TaskOptions
+
+    folder = tmp_path / "data"
+    (folder / "images").mkdir(parents=True)
+    Image.new("RGB", (8, 8), "red").save(folder / "images" / "a.png")
+    turns = [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]
+    train = [{"id": f"t{i}", "image": "a.png", "domain": "general", "conversations": turns} for i in range(3)]
+    (folder / "train.json").write_text(json.dumps(train))
+    test = {**train[0], "id": "o", "kind": "open", "question": "What?", "answers": ["red"], "metric": "exact"}
+    (folder / "test.json").write_text(json.dumps([test]))
+    caption = {"id": "c", "image": "never/downloaded.jpg", "conversations": turns}
+    (folder / "captions.json").write_text(json.dumps([caption]))
+    overrides = {"train_overrides": {"steps": 1}, "task_overrides": {"data_dir": str(folder), "val_size": 1}}
+    [record] = _run(tiny_llava_style, ["lora"], tmp_path, **overrides)
+    assert record["run"]["status"] == "success", record["run"]["error"]
+    described = record["run"]["config"]["data"]
+    assert [f["file"] for f in described["files"]] == ["train.json", "test.json"] and "captions" not in described
+    (folder / "captions.json").write_text(json.dumps([{**caption, "id": "edited"}]))
+    [again] = _run(tiny_llava_style, ["lora"], tmp_path, **overrides)  # not read: the finished run is reused
+    assert again["run"]["created_at"] == record["run"]["created_at"]
+    task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
+    task.load(tiny_llava_style, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+    assert task.training_files() == {"train.json": hashlib.sha256((folder / "train.json").read_bytes()).hexdigest()}

@@ -168,6 +168,7 @@ class MultimodalTask(Task):
         self._domains = tuple(d for d in present if d in (options.train_sources or present))
         self._trained = [r for r in self._train if r.domain in self._domains]  # the records this task trains on
         self._placeholder_checked: set[tuple] = set()  # (tokenizer, image token id, captions) checked by load()
+        self._aligns: bool | None = None  # the loaded run's stage 1 reads captions.json; None: unknown (describe)
         if self.provenance["kind"] == "given":  # the generated data holds out its test images by construction
             self._seen("training", self._trained)
 
@@ -190,6 +191,7 @@ class MultimodalTask(Task):
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cfg = _llava_style(model)
+        self._aligns = model == models.EMBEDDED and cfg is None and not random_weights  # stage 1 below, on captions
         if model == models.EMBEDDED or cfg is not None:
             info: dict[str, Any] = {
                 "stage2_projector": f"{stage2} (the same for every method)",
@@ -448,12 +450,22 @@ class MultimodalTask(Task):
         return results
 
     def training_files(self, described: dict[str, Any] | None = None) -> dict[str, str]:
-        files = (data.describe_again(self.data_dir) if described is None else described).get("files", [])
+        """The trained domains' files, and captions.json where stage 1 aligns on it. Before a load (a finished run's
+        check) that is unknown: captions.json is as it is now, for a record without it too (a run without stage 1)."""
         read = {"train.json", data.CAPTIONS, *(f"train-{d}.json" for d in self._domains)}  # not other domains'
-        return {f["file"]: f["sha256"] for f in files if f["file"] in read}
+        listed = data.describe_again(self.data_dir, captions=False) if described is None else described
+        files = {f["file"]: f["sha256"] for f in listed.get("files", []) if f["file"] in read}
+        captions = self.data_dir / data.CAPTIONS
+        if (described is None or files) and self._aligns is not False and captions.is_file():  # none kept: no check
+            files.setdefault(data.CAPTIONS, file_sha256(captions))  # its bytes' sha256 (not parsed), once a process
+        return files
 
     def describe(self) -> dict[str, Any]:
-        return {**data.describe(self.data_dir), "source": self.provenance, "data_dir": self.data_dir.name}
+        """The data read, captions.json only where stage 1 aligns on it. Asked once a run, after training (or its
+        failure), it forgets the run's model: the next run's finished-record check comes before that run's load."""
+        aligns, self._aligns = self._aligns, None
+        described = data.describe(self.data_dir, captions=aligns is not False)
+        return {**described, "source": self.provenance, "data_dir": self.data_dir.name}
 
 
 def _paper_tokenizer(model: str, processor: Any) -> str:

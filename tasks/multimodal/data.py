@@ -88,8 +88,10 @@ def read_captions(data_dir: Path) -> list[Record]:
     return records
 
 
-def describe(data_dir: Path) -> dict[str, Any]:
-    """What a data folder holds: files used (with sha256), counts per domain and kind, and what is absent."""
+def describe(data_dir: Path, captions: bool = True) -> dict[str, Any]:
+    """What a data folder holds: files used (with sha256), counts per domain and kind, and what is absent.
+    ``captions``: whether captions.json is read (its records checked, its images decoded) and described; a run
+    without stage 1 reads none of it (a ``llava_style`` config, ``paper``, random weights)."""
     data_dir = _data_dir(Path(data_dir))
     out: dict[str, Any] = {"data_dir": str(data_dir), "files": [], "train": {}, "test": {}, "captions": 0}
     absent: list[str] = []
@@ -111,9 +113,11 @@ def describe(data_dir: Path) -> dict[str, Any]:
                 out["test"][d] = {k: n for k in KINDS if (n := sum(r.kind == k for r in mine))}
         out["files"] += [{"file": f.path.name, "sha256": f.sha256, "records": len(f.records)} for f in files]
         images.update(p for r in records for p in r.images)
-    captions = data_dir / CAPTIONS
-    if captions.is_file():
-        f = _read_file(captions, data_dir, split="captions", file_domain=None)
+    path = data_dir / CAPTIONS
+    if not captions:
+        del out["captions"]  # not read: no count, and not said to be absent
+    elif path.is_file():
+        f = _read_file(path, data_dir, split="captions", file_domain=None)
         out["files"].append({"file": f.path.name, "sha256": f.sha256, "records": len(f.records)})
         out["captions"] = sum(len(r.images) == 1 for r in f.records)  # what stage 1 can align on
         if left_out := len(f.records) - out["captions"]:  # refused where stage 1 reads them (read_captions)
@@ -127,20 +131,20 @@ def describe(data_dir: Path) -> dict[str, Any]:
 _DESCRIBED: dict[tuple, dict[str, Any]] = {}  # describe_again's last answer per folder and state of its JSON files
 
 
-def describe_again(data_dir: Path) -> dict[str, Any]:
-    """``describe(data_dir)``, read again only where one of the folder's JSON files changed (size, mtime or inode),
-    or was added or removed: the training-data check of finished runs asks it for every run of a sweep, once
+def describe_again(data_dir: Path, captions: bool = True) -> dict[str, Any]:
+    """``describe(data_dir, captions)``, read again only where one of the folder's JSON files changed (size, mtime or
+    inode), or was added or removed: the training-data check of finished runs asks it for every run of a sweep, once
     before any run trains and again at its turn (a re-review: a large train.json was parsed and hashed twice a
     run). The files it hashes are those JSON files; its answer is not to be changed by the caller."""
     data_dir = Path(data_dir)
     stats = [(p.name, p.stat()) for p in data_dir.glob("*.json")]
     state = tuple(sorted((name, st.st_size, st.st_mtime_ns, st.st_ino) for name, st in stats))
-    key = (str(data_dir.resolve()), state)
+    key = (str(data_dir.resolve()), state, captions)
     if any(time.time() - st.st_mtime < 2.0 for _, st in stats):  # written within a clock tick (1 s on some file
-        return describe(data_dir)  # systems): a same-size rewrite in that tick would keep the key; not cached
+        return describe(data_dir, captions)  # systems): a same-size rewrite in that tick would keep the key; not cached
     if key not in _DESCRIBED:
         _DESCRIBED.clear()  # one folder's at a time: a sweep reads one
-        _DESCRIBED[key] = describe(data_dir)
+        _DESCRIBED[key] = describe(data_dir, captions)
     return _DESCRIBED[key]
 
 
@@ -277,7 +281,9 @@ def _parse(
     rid = item.get("id")
     if isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
         raise fail("'id' is missing or not a string", "give the record a unique string id")
-    domain = item.get("domain", file_domain or ("general" if split == "captions" else None))
+    domain = item.get("domain")
+    if domain is None:  # absent or null: the file's (train-<domain>.json), a caption's "general"
+        domain = file_domain or ("general" if split == "captions" else None)
     if domain is None:
         raise fail("'domain' is missing", f'add "domain": one of {", ".join(DOMAINS)}, or use {split}-<domain>.json')
     if domain not in DOMAINS:
@@ -396,8 +402,9 @@ def _scoring_fields(item: dict[str, Any], split: str, fail: Callable[[str, str],
 
 
 def _check_pairs(records: list[Record], path: Path) -> None:
-    """MME's acc+ needs each pair to be two questions on the same image(s), one yes and one no. A pair is one
-    domain's (scoring goes domain by domain): one id may name a pair in each domain of a combined file."""
+    """MME's acc+ needs each pair to be two different questions on the same image(s), one yes and one no (one
+    question answered both ways is never right both times). A pair is one domain's (scoring goes domain by domain):
+    one id may name a pair in each domain of a combined file."""
     pairs: dict[tuple[str, str], list[tuple[int, Record]]] = {}
     for i, r in enumerate(records):
         if r.kind == "yesno":
@@ -414,6 +421,12 @@ def _check_pairs(records: list[Record], path: Path) -> None:
             raise ValueError(
                 f"{path}: record {i} (id {r.id!r}): pair {pair!r} asks about different images; "
                 "a pair's two questions are about the same image"
+            )
+        if members[0][1].question == r.question:  # one of the two answers is wrong whatever the model says
+            raise ValueError(
+                f"{path}: record {i} (id {r.id!r}): pair {pair!r} asks {r.question!r} twice, answered yes and no, "
+                "so one of its answers is wrong whatever the model says and acc+ never counts it; ask two different "
+                "questions, one true of the image (yes) and one false (no)"
             )
 
 
