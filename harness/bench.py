@@ -9,7 +9,8 @@ the lowest adapted layer (a little more: the embeddings' gradient also needs lay
 gradients, which an adapter on q, k, v alone would not) — and against peft where peft has the method (``lora``; ``lora_fa`` as peft's LoRA
 with ``peft.optimizers.create_lorafa_optimizer``). A method whose default has the Reducer is timed per
 ``--reducer`` variant (one whose K, from its drop ratio and the model's adapted layers, is 0 or all of them is left
-out with a note: the Reducer cannot run or would be off); an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
+out with a note: the Reducer cannot run or would be off; a Reducer option given, ``k=4``, gives way in a variant that
+sets it, and a note and the report's config name those rows); an importance scoring round (``rollouts`` no-grad forward passes on a held-out batch
 every ``interval`` steps) is timed on its own and added per step. ``--reference`` adds each method's
 reference path (``delta``, one ``nn.Dropout`` per wrapper), to measure the fast path. ``--also KEY=VALUE``
 adds each method with that option changed (``dropout=0``), timed in the same rounds and reported paired
@@ -46,7 +47,7 @@ from tqdm.auto import tqdm
 
 from harness.bench_contenders import Contender as Contender
 from harness.bench_contenders import _runnable as _runnable
-from harness.bench_contenders import _share, adapter_settings, load, peft_lora_config
+from harness.bench_contenders import _share, adapter_settings, load, peft_lora_config, replaced_options
 from harness.bench_contenders import build_contenders as build_contenders
 from harness.bench_contenders import load_contenders_or_exit as load_contenders_or_exit
 from harness.bench_cost import flops, peak_bytes, state_bytes
@@ -192,7 +193,8 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     rows += _scoring(model, tokenizer, config, device, tasks) if config.protocols else []
     env = environment() | {"torch_threads": torch.get_num_threads()} | code_state(config, methods)
     report = {
-        "config": portable(asdict(config)),
+        # the Reducer options a --reducer variant's rows did not time ({option: rows}): options records them as given
+        "config": portable(asdict(config)) | {"options_replaced": replaced_options(contenders)},
         "model": label or config.model,
         "model_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),  # bf16 on a GPU, else fp32
         "environment": env,
@@ -274,6 +276,8 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
         **_timing(times[c.name]),
         "hook_s": round_s / c.interval,  # the Reducer's scoring round, per step
         "hook_cpu_s": round_cpu_s / c.interval,  # the same in process CPU seconds (for x_floor_cpu)
+        # each round's own scoring round, per step, beside round_s: the paired ratios add round k's to round k's step
+        "hook_round_s": [w / c.interval for w, _ in timed] if c.round_fn is not None else [0.0] * len(times[c.name]),
         "peak_mb": peak_bytes(c.step, device) / 2**20,
         "state_mb": state_bytes(c) / 2**20,
         "gflops": step / 1e9 if step is not None else None,

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from harness.bench_report import FLOOR
-from harness.bench_variants import _also_config, _paired_with, _sets_reducer, _variant_options
+from harness.bench_variants import _also_config, _paired_with, _replaced, _sets_reducer, _variant_options
 
 if TYPE_CHECKING:
     from harness.bench import BenchConfig
@@ -38,6 +38,7 @@ class Contender:
     interval: int = 1
     fast_path: bool = False  # ours: timed through the adapters' fast path (its FLOPs counted on it too)
     trainable: list[torch.Tensor] = field(default_factory=list)  # what trains, fixed when built (``state_bytes``)
+    replaced: list[str] = field(default_factory=list)  # Reducer options given ("k=4") its --reducer variant replaced
 
 
 def build_contenders(
@@ -80,14 +81,33 @@ def load_contenders_or_exit(config: BenchConfig, parser: Any) -> tuple[str, torc
 
 
 def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, device: torch.device) -> dict:
-    # learned positions (GPT-2's n_positions) end where the table does: a longer --seq fails inside the model
-    if (positions := getattr(model.config, "n_positions", None)) and config.seq_len > positions:
+    # learned positions end where the table does: a longer --seq fails inside the model (an IndexError)
+    if (positions := learned_positions(model)) and config.seq_len > positions:
         raise ValueError(
             f"--seq {config.seq_len} is longer than the model's {positions} positions; give --seq {positions} or less"
         )
     vocab = model.config.get_text_config().vocab_size  # a multimodal config (Gemma3Config) keeps it in its text one
     ids = torch.randint(0, vocab, (config.batch_size, config.seq_len), generator=g).to(device)
     return {"input_ids": ids, "labels": ids}  # the loss covers every token (train_on_inputs, as the paper)
+
+
+POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # GPT-2, GPT-Neo; OPT, BioGPT; BERT-like
+
+
+def learned_positions(model: nn.Module) -> int | None:
+    """The positions ``model`` has a learned table for: an ``nn.Embedding`` of ``POSITION_TABLES`` beside its token
+    embeddings, less its ``offset`` (OPT's table starts 2 rows in), else the config's ``n_positions`` (GPT-2 style);
+    ``None`` where positions are computed for any length (rotary, ALiBi), as a Llama's are past its
+    ``max_position_embeddings``."""
+    tokens = model.get_input_embeddings()
+    for module in model.modules():
+        children = dict(module.named_children())
+        if any(child is tokens for child in children.values()):
+            for name in POSITION_TABLES:
+                if isinstance(table := children.get(name), nn.Embedding):
+                    offset = getattr(table, "offset", 0)
+                    return table.num_embeddings - (offset if isinstance(offset, int) else 0)
+    return getattr(model.config, "n_positions", None)
 
 
 def load(config: BenchConfig, device: torch.device) -> tuple[nn.Module, Any, str]:
@@ -164,6 +184,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             for reference in (False, True) if config.reference and cls.offers_fast_path() else (False,):
                 name = method + (f" ({label})" if label else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, label))
+                out[-1].replaced = _replaced(config.options, base, cfg)
                 default = default or (name if reducer == paired and not reference else "")
                 defaults_row = defaults_row or (name if cfg == base and not reference else "")
         for item in config.also:
@@ -176,7 +197,9 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             c = _ours(f"{method} ({label})", method, cfg, model, batch, held_out, n, autocast, False, keeps)
             # compared with the row it changes: the one it keeps the Reducer of, or the defaults' where timed
             c.variant, c.baseline = item, default if keeps == paired else defaults_row
+            c.replaced = _replaced(config.options, base, cfg) if keeps else []  # a Reducer item: its label says
             out.append(c)
+    _note_replaced(replaced_options(out))
     if config.peft and "lora" in METHODS:
         lora, left_out = peft_lora_config(config.options)
         peft = [c for fa in (False, True) if (c := _peft(model, lora, fa, batch, n, autocast)) is not None]
@@ -188,6 +211,32 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
             )
         out += peft
     return out
+
+
+def replaced_options(contenders: list[Contender]) -> dict[str, list[str]]:
+    """{a Reducer option as given (``drop_ratio=0.5``): the rows that did not time it}, their ``--reducer`` variant
+    having set the Reducer in its place (bench.json's ``config.options_replaced``, bench.md's header)."""
+    replaced: dict[str, list[str]] = {}
+    for c in contenders:
+        for option in c.replaced:
+            replaced.setdefault(option, []).append(c.name)
+    return replaced
+
+
+def _note_replaced(replaced: dict[str, list[str]]) -> None:
+    """One line (stderr) naming the Reducer options a ``--reducer`` variant replaced and the rows: a review found
+    ``--option drop_ratio=0.5`` timed by no row while the report's config carried it."""
+    if not replaced:
+        return
+    rows: dict[tuple[str, ...], list[str]] = {}  # the same rows for several options: said once
+    for option, names in replaced.items():
+        rows.setdefault(tuple(names), []).append(option)
+    said = "; ".join(f"{', '.join(options)} in {', '.join(names)}" for names, options in rows.items())
+    print(
+        f"note: the --reducer variants replace Reducer options given: {said}; each of those rows times the Reducer "
+        "its label names (--reducer default times the options as given)",
+        file=sys.stderr,
+    )
 
 
 PEFT_OPTIONS = ("rank", "r", "alpha", "dropout", "targets")  # what peft's LoraConfig is built from (``_peft``)

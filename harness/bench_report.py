@@ -21,10 +21,17 @@ FLOOR = "floor"
 
 
 def paired_ratios(row: dict, floor: dict) -> list[float]:
-    """Each round's time of ``row`` (plus its Reducer's scoring rounds) over ``floor``'s (plus its scoring
-    rounds: none for the floor itself) in the same round."""
-    hook = floor.get("hook_s", 0.0)
-    return [(w + row["hook_s"]) / (f + hook) for w, f in zip(row["round_s"], floor["round_s"], strict=True)]
+    """Each round's time of ``row`` (plus its Reducer's scoring round of that round, per step) over ``floor``'s (plus
+    its own: none for the floor itself) in the same round."""
+    pairs = zip(row["round_s"], hook_rounds(row), floor["round_s"], hook_rounds(floor), strict=True)
+    return [(w + hook) / (f + floor_hook) for w, hook, f, floor_hook in pairs]
+
+
+def hook_rounds(row: dict) -> list[float]:
+    """A row's scoring time per step in each round: as timed in that round (``hook_round_s``); in a report written
+    before those were kept, the median (``hook_s``) in every round, as its tables were made (a review: the median in
+    every round left the scoring's spread out of the paired interval)."""
+    return row.get("hook_round_s") or [row.get("hook_s", 0.0)] * len(row["round_s"])
 
 
 def default_row(row: dict, rows: list[dict]) -> dict | None:
@@ -146,6 +153,19 @@ def _paths(train: list[dict]) -> str:
     return out
 
 
+def _replaced(cfg: dict) -> str:
+    """What the header says of the Reducer options given that a ``--reducer`` variant's rows did not time (the
+    config's ``options`` records them as given; reports written before ``options_replaced`` say nothing)."""
+    replaced = cfg.get("options_replaced") or {}
+    if not replaced:
+        return ""
+    said = "; ".join(f"`{option}` in {', '.join(rows)}" for option, rows in replaced.items())
+    return (
+        f" Options not timed as given: {said} (each of those rows times the Reducer its `--reducer` variant names; "
+        "`--reducer default` times the options as given)."
+    )
+
+
 def markdown(report: dict) -> str:
     """The table for the README, headed by the machine and settings that produced it."""
     env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
@@ -167,7 +187,8 @@ def markdown(report: dict) -> str:
         "seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1; the Reducer's rounds in CPU seconds too, - where an older "
         "report timed them in wall seconds only); Reducer saves: against the method with it off."
-        + _paths(train_rows := [r for r in report["rows"] if r["kind"] == "train"]),
+        + _paths(train_rows := [r for r in report["rows"] if r["kind"] == "train"])
+        + _replaced(cfg),
         "",
         "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
         "| x peft "

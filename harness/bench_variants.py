@@ -1,8 +1,10 @@
 """What ``harness bench``'s ``--reducer`` variants and ``--also`` options make of the method options: each row's
-options and config, and the refusal of two rows that would time the same step."""
+options and config, the refusal of two rows that would time the same step, and the Reducer options a variant's row
+does not time."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 
@@ -39,6 +41,45 @@ def _variant_options(options: dict[str, Any], variant: str) -> dict[str, Any]:
     else:
         kept = options
     return kept | variant_options
+
+
+def _replaced(options: dict[str, Any], base: Any, config: Any) -> list[str]:
+    """The Reducer options of ``options`` (as ``KEY=VALUE``) that a ``--reducer`` variant's row, ``config``, does not
+    time: ``base`` (the method's config from ``options``) has them, and the variant set the fields they set in their
+    place (``_variant_options``: a ``SELECTION:DROP_RATIO`` variant its selection and K, ``off`` every one);
+    ``default`` replaces none. The row's label names what it timed; the note and the report name what it did not."""
+    if base.reducer is None or config.reducer == base.reducer:
+        return []
+    own = {f.name for f in dataclasses.fields(base)}  # a method's own option of that name is not the Reducer's
+    replaced = []
+    for key, value in options.items():
+        fields = _reducer_fields(key, value) if key not in own or key == "reducer" else None
+        if fields is None:
+            continue
+        if config.reducer is None or any(getattr(config.reducer, f) != getattr(base.reducer, f) for f in fields):
+            replaced.append(f"{key}={value}")
+    return replaced
+
+
+def _reducer_fields(key: str, value: Any) -> set[str] | None:
+    """The ``ReducerConfig`` fields an option sets (``k`` and ``drop_ratio`` both: each sets K), none for
+    ``reducer=on`` (only the Reducer off replaces it); ``None`` for an option that is not the Reducer's."""
+    from harness.config import _SHORTCUT_FIELD, REDUCER_SHORTCUTS, SELECTIONS, ReducerConfig
+
+    if key in REDUCER_SHORTCUTS:
+        fields = {_SHORTCUT_FIELD.get(key, key)}
+    elif key != "reducer":
+        return None
+    elif isinstance(value, ReducerConfig):
+        fields = {f.name for f in dataclasses.fields(ReducerConfig)}
+    elif isinstance(value, dict):
+        fields = set(value)
+    else:
+        fields = {"selection"} if isinstance(value, str) and value.strip().lower() in SELECTIONS else set()
+    return fields | K_FIELDS if fields & K_FIELDS else fields
+
+
+K_FIELDS = {"k", "drop_ratio"}  # the Reducer's fields that set K (a variant's drop_ratio replaces an option's k)
 
 
 def _without_reducer_fields(options: dict[str, Any], fields: set[str]) -> dict[str, Any]:

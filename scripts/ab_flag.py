@@ -4,10 +4,11 @@ python scripts/ab_flag.py --flag STACK_RAW --methods hydralora --option dropout=
 
 The switches are ``harness.fastpath``'s module flags (``FUSE_BASE``, ``STACK_RAW``); both settings compute the
 same outputs and gradients (tests/test_fused_parity.py). For every method, built as ``harness bench`` builds
-it (the embedded model or ``--model``, batch, options; the fast path), the training step is timed with the
-flag as it is and switched, alternating with the frozen-base floor in the same rounds; printed: the median
-step time, its ratio to the floor's in each round and the switched setting's ratio to the default's in each
-round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout; nothing is written.
+it (the embedded model or ``--model``, batch, options; the fast path; the Reducer off unless the options set it),
+the training step is timed with the flag as it is and switched, alternating with the frozen-base floor in the same
+rounds; printed: the median step time, its ratio to the floor's in each round and the switched setting's ratio
+to the default's in each round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout;
+nothing is written.
 
 A switch acts only where its path runs: ``FUSE_BASE`` on a CPU without autocast, for plain ``nn.Linear`` bases
 (not GPT-2's ``Conv1D``); ``STACK_RAW`` without a dropout mask (``--option dropout=0``), for a method whose router
@@ -30,6 +31,7 @@ from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders_or_exit
 from harness.bench_report import FLOOR
 from harness.cli import CliError, method_options, split_names
+from harness.config import REDUCER_SHORTCUTS
 from harness.registry import METHODS
 from harness.stats import median_interval
 
@@ -62,6 +64,13 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
     return None
 
 
+def reducer_variant(options: dict) -> tuple[str, ...]:
+    """The ``--reducer`` variant the step is built with: the Reducer off (its per-step layer draw is not what a
+    switch changes), but the options' own Reducer where they set one (``--option k=1``): ``off`` dropped them while
+    the header printed them as used (a review)."""
+    return ("default",) if any(key == "reducer" or key in REDUCER_SHORTCUTS for key in options) else ("off",)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flag", required=True, choices=FLAGS)
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             seq_len=args.seq,
             rounds=args.rounds,
             peft=False,
-            reducer=("off",),
+            reducer=reducer_variant(options),
             protocols=(),
         )
     except (CliError, ValueError) as exc:
