@@ -9,6 +9,7 @@ code on several GPUs.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import random
@@ -159,8 +160,9 @@ def train(
     )
     # each process its own stream (dropout masks, diffusion noise): the same seed gave every process the same draws
     # on its own examples; one process (the main one, index 0) draws what a single-process run does
-    torch.manual_seed(config.seed + accelerator.process_index)
-    random.seed(config.seed + accelerator.process_index)
+    seed = process_seed(config.seed, accelerator.process_index)
+    torch.manual_seed(seed)
+    random.seed(seed)
     say = accelerator.is_main_process
     encoded = encode_all(recipe, train_set, "training", config.cutoff_len, say)
     # the validation loss and the Reducer's scores leave out what was cut (a review: not counted, unlike training's)
@@ -217,18 +219,20 @@ def train(
     }
     if total_steps and (first := micro_batches[0]) and first[0]:
         check_counts(recipe, recipe.collate([encoded[i] for i in first[0]]))
-    if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches: step 0's, gathered
+    # the FLOPs are counted on the first step with something supervised: with several processes, the first where any
+    # process has (the earliest of each one's first), every process's micro-batches of it gathered. From a review:
+    # step 0's were gathered, none where its answers were all cut (FLOPs 0), where one process counts the next step's
+    first_step = next((k for k, idx in enumerate(micro_batches) if _first_shapes(recipe, encoded, [idx])), total_steps)
+    if accelerator.num_processes > 1:
+        first_step = int(accelerator.gather(torch.tensor([first_step], device=accelerator.device)).min())
+    step_shapes = _first_shapes(recipe, encoded, [micro_batches[first_step]]) if first_step < total_steps else []
+    if accelerator.num_processes > 1:  # the optimizer step is every process's micro-batches
         from accelerate.utils import gather_object
 
-        step_shapes = gather_object(_first_shapes(recipe, encoded, micro_batches[:1]))
-    else:
-        step_shapes = _first_shapes(recipe, encoded, micro_batches)
+        step_shapes = gather_object(step_shapes)
     # a run with nothing to learn from (every answer cut away by cutoff_len) would step an adapter on no gradient
     # and record a loss of 0 a step: refused before it starts
-    supervised = bool(step_shapes if accelerator.num_processes == 1 else _first_shapes(recipe, encoded, micro_batches))
-    if accelerator.num_processes > 1:
-        supervised = bool(accelerator.reduce(torch.tensor(int(supervised), device=accelerator.device), "sum"))
-    if not supervised:
+    if first_step == total_steps:
         raise ValueError(
             f"no training step has a supervised token: at cutoff_len={config.cutoff_len} every example's answer is cut "
             "away (or none has one); raise cutoff_len, or train on the prompt too (train_on_inputs)"
@@ -343,6 +347,8 @@ def train(
 
             # with each process's own counts: the record sums them, and the main process's state holds its own
             rngs = gather_object([{**_rng_state(device), "samples": state["samples"], "tokens": state["tokens"]}])
+        # every process's, not the writer's only: a loss that is not finite then names the kept checkpoint on each
+        state["saved_step"] = state["step"]
         if accelerator.is_main_process:
             state["memory"] = memory.state()
             save_checkpoint(checkpoint, adapter, optimizer, scheduler, config, state, task_params, device, rngs)
@@ -362,8 +368,12 @@ def train(
         active = max(1, sum(1 for n in units if n))  # a method's extra_loss: the mean over these micro-batches
         step_loss = 0.0
         for i, (batch, n) in enumerate(zip(batches, units, strict=True)):
-            if n == 0 and accelerator.num_processes == 1:  # nothing to learn from; under DDP every process
-                continue  # runs every micro-batch (a skipped backward would leave the others' all-reduce waiting)
+            # nothing to learn from; under DDP every process runs every micro-batch of a step where any has something
+            # (a skipped backward would leave the others' all-reduce waiting), and none of a step where none has: no
+            # gradient, so that optimizer.step() updates nothing, as with one process (from a review: each backward
+            # of `loss * 0.0` made zeros, and AdamW stepped on them: its step count, the weight decay)
+            if n == 0 and (accelerator.num_processes == 1 or not n_supervised):
+                continue
             batch = to_device(batch, device)
             # under DDP the gradients are all-reduced once a step, after its last micro-batch, not after each
             with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
@@ -457,6 +467,16 @@ def train(
         ],
         [t for t in state["timed_on"] if t != timed_on] or None,
     )
+
+
+def process_seed(seed: int, index: int) -> int:
+    """The seed of process ``index`` of a run seeded ``seed``: ``seed`` itself for the main process (index 0: a
+    single-process run's draws), a hash of the pair for the others. From a review: ``seed + index`` gave process 1 of
+    seed s the stream of process 0 of seed s + 1 (``--seeds 0,1``: the same noise for halves of two runs)."""
+    if index == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed} {index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1  # 63 bits: within what torch.manual_seed and random.seed take
 
 
 def _asked(should_stop: Callable[[], bool] | None, accelerator) -> bool:

@@ -320,3 +320,136 @@ def test_a_task_parameter_a_micro_batch_leaves_unused_trains_under_two_processes
     assert len(curves[0]) == 6
     for x, y in zip(*curves, strict=True):
         assert abs(x - y) <= 1e-3 * max(1.0, abs(x))
+
+
+STEP_0_CUT = """
+import dataclasses, json, os, random, sys
+import torch
+sys.path.insert(0, os.getcwd())
+from harness import attach
+from harness.task import Example
+from harness.train import train
+from tasks.lm import CausalLMRecipe
+from tests.conftest import CharTokenizer, tiny_llama
+from tests.test_train import CONFIG
+
+world = int(os.environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+order = list(range(20))
+random.Random(0).shuffle(order)  # the examples' order in the first epoch (seed 0): step 0's are the first two
+examples = [  # step 0's prompts longer than cutoff_len: their answers cut, nothing supervised in step 0
+    Example(("x" * 80 if i in order[:2] else "") + f"Q{i}: {i} plus one? A: ", f"{i + 1}", "toy", {}) for i in range(20)
+]
+config = dataclasses.replace(
+    CONFIG, checkpoint_every=0, grad_accum=2 // world, micro_batch_size=1, steps=4, val_batch_size=2,
+    train_on_inputs=False, weight_decay=0.1,
+)
+torch.manual_seed(0)
+model = tiny_llama()
+adapter = attach(model, "lora", targets="q_proj,v_proj", r=2, dropout=0.0)
+recipe = CausalLMRecipe(CharTokenizer(), config.cutoff_len, config.train_on_inputs)
+result = train(model, recipe, adapter, examples, examples[:4], config, progress=False)
+if int(os.environ.get("RANK", "0")) == 0:
+    keep = {k: getattr(result, k) for k in ("first_step_shapes", "loss_curve", "params_updated", "samples")}
+    print("RESULT", json.dumps(keep))
+"""
+
+
+@pytest.fixture(scope="module")
+def step_0_cut(tmp_path_factory) -> tuple[dict, dict]:
+    """``STEP_0_CUT``'s result with one process and with two (the same batch of 2): step 0 has nothing supervised."""
+    import json
+
+    script = tmp_path_factory.mktemp("step_0_cut") / "step_0_cut.py"
+    script.write_text(STEP_0_CUT)
+    cwd = Path(__file__).resolve().parents[1]
+    one = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(torchrun([], script), capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
+    assert two.returncode == 0, two.stderr[-3000:]
+    alone, both = (json.loads(p.stdout.split("RESULT ")[1]) for p in (one, two))
+    assert alone["loss_curve"][0] == [1, None]  # step 0 had nothing supervised, as meant
+    return alone, both
+
+
+@pytest.mark.slow
+def test_two_processes_count_flops_on_the_first_supervised_step_as_one_does(step_0_cut):
+    """From a review: with several processes the FLOPs were counted on step 0's micro-batches, gathered; where step 0
+    had nothing supervised (its answers cut) that was none, and the record said flops_per_step.total 0, while one
+    process counts the first step with something supervised. The processes now agree on that step."""
+    alone, both = step_0_cut
+    assert alone["first_step_shapes"] and both["first_step_shapes"] == alone["first_step_shapes"]
+
+
+@pytest.mark.slow
+def test_a_step_no_process_supervises_updates_nothing_as_with_one_process(step_0_cut):
+    """From a review: under two processes a step with nothing supervised on any backpropagated `loss * 0.0`, whose
+    zero gradients AdamW stepped on (its step count, the weight decay): the loss curve then left one process's, and
+    params_updated counted every tensor. No process runs such a step's micro-batches now: nothing gets a gradient."""
+    alone, both = step_0_cut
+    assert both["params_updated"] == alone["params_updated"] and alone["params_updated"][0] == 0
+    assert both["samples"] == alone["samples"]
+    for (step, x), (_, y) in zip(alone["loss_curve"], both["loss_curve"], strict=True):
+        assert (x is None) == (y is None) and (x is None or abs(x - y) <= 1e-4), (step, x, y)
+
+
+NOT_FINITE_AFTER_A_CHECKPOINT = """
+import dataclasses, os, sys
+import torch
+sys.path.insert(0, os.getcwd())
+from pathlib import Path
+from harness import attach
+from harness.task import Example
+from harness.train import train
+from tasks.lm import CausalLMRecipe
+from tests.conftest import CharTokenizer, tiny_llama
+from tests.test_train import CONFIG
+
+world = int(os.environ.get("WORLD_SIZE", "1"))
+if world > 1:
+    from accelerate import PartialState
+
+    PartialState(cpu=True)
+steps = []
+
+
+class NanAtStep3(CausalLMRecipe):  # the training loss of step 3 is NaN, on every process
+    def loss_sum(self, model, batch):
+        loss = super().loss_sum(model, batch)
+        return loss * float("nan") if model.training and steps[-1] == 2 else loss
+
+
+examples = [Example(f"Q{i}: {i} plus one? A: ", f"{i + 1}", "toy", {}) for i in range(20)]
+config = dataclasses.replace(
+    CONFIG, checkpoint_every=2, grad_accum=2 // world, micro_batch_size=1, steps=4, val_batch_size=2
+)
+torch.manual_seed(0)
+model = tiny_llama()
+adapter = attach(model, "lora", targets="q_proj,v_proj", r=2, dropout=0.0)
+begin = adapter.on_step_begin
+adapter.on_step_begin = lambda step, fn: (steps.append(step), begin(step, fn))[1]
+recipe = NanAtStep3(CharTokenizer(), config.cutoff_len, config.train_on_inputs)
+try:
+    train(model, recipe, adapter, examples, examples[:4], config, run_dir=Path(sys.argv[1]), progress=False)
+except FloatingPointError as exc:
+    print(f"PROCESS {os.environ.get('RANK', '0')}: {exc}")
+"""
+
+
+@pytest.mark.slow
+def test_every_process_names_the_checkpoint_kept_when_the_loss_is_not_finite(tmp_path):
+    """From a review: the step of the last checkpoint was kept by the process that wrote it only, so on a loss that
+    is not finite process 1 said "no checkpoint" where process 0 said the one of step 2 was kept."""
+    script = tmp_path / "not_finite.py"
+    script.write_text(NOT_FINITE_AFTER_A_CHECKPOINT)
+    cwd = Path(__file__).resolve().parents[1]
+    args = torchrun([], script) + [str(tmp_path / "run")]
+    two = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
+    assert two.returncode == 0, two.stderr[-3000:]
+    said = sorted(line for line in two.stdout.splitlines() if line.startswith("PROCESS "))
+    assert [line.split(":")[0] for line in said] == ["PROCESS 0", "PROCESS 1"], two.stdout[-2000:]
+    for line in said:
+        assert "at step 3: stopped before its update; the last good checkpoint (step 2) is kept" in line, line

@@ -798,3 +798,29 @@ def test_training_without_cuda_stays_on_the_cpu_the_record_names(char_tokenizer,
     train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
     assert asked.get("cpu") is (not torch.cuda.is_available())
     assert next(adapter.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_another_process_draws_no_stream_another_seeds_main_process_draws(char_tokenizer, monkeypatch):
+    """From a review: process i was seeded ``seed + i``, so process 1 of seed s drew process 0's stream of seed s + 1
+    (``--seeds 0,1,2`` under two processes: halves of two runs with the same diffusion noise and timesteps). The main
+    process keeps the seed itself (a single-process run's draws, the committed records'); the others do not collide."""
+    import random
+
+    import harness.train as train_module
+    from harness.train import process_seed
+
+    seeds = range(-3, 1000)
+    mains = {process_seed(s, 0) for s in seeds}
+    assert mains == set(seeds)  # index 0: the seed itself
+    others = [process_seed(s, i) for s in seeds for i in range(1, 8)]
+    assert len(set(others)) == len(others) and not mains & set(others)
+    assert process_seed(5, 1) == process_seed(5, 1) != process_seed(6, 0)  # fixed, not seed + index
+    for seed in others[:50]:  # taken as they are by both generators
+        torch.manual_seed(seed)
+        random.seed(seed)
+    asked = []  # train() seeds its process through it
+    monkeypatch.setattr(train_module, "process_seed", lambda s, i: asked.append((s, i)) or process_seed(s, i))
+    config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=0, seed=7)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
+    assert asked == [(7, 0)]
