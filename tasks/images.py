@@ -76,7 +76,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     else:
         rgb = image.convert("RGB")
-    return rgb if upright is None else rgb.transpose(upright)
+    if upright is None:
+        return rgb
+    rgb = rgb.transpose(upright)  # its EXIF (kept from the file) dropped: read again, it would be turned twice (a
+    for key in ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif"):  # review: lmms-eval's visuals are
+        rgb.info.pop(key, None)  # to_rgb's copies, which the vision tower's preprocessing passes to_rgb again)
+    return rgb
 
 
 def sixteen_bit(mode: str, fmt: str | None) -> bool:

@@ -1086,6 +1086,9 @@ def test_a_photo_is_read_upright_as_its_exif_orientation_says_as_the_hub_reads_i
     assert vision.load_image(tmp_path / "phone.jpg").tobytes() == upright.tobytes()
     digest = f"{upright.size} {hashlib.sha256(upright.tobytes()).hexdigest()}"
     assert pixel_digest(tmp_path / "phone.jpg") == digest
+    # from a re-review: the upright copy kept the file's EXIF, so reading it again (lmms-eval's visuals are to_rgb's
+    # copies, which the vision tower's preprocessing passes to to_rgb again) turned it a second time
+    assert vision.load_image(vision.load_image(tmp_path / "phone.jpg")).tobytes() == upright.tobytes()
 
 
 def test_a_yesno_pair_asking_one_question_twice_is_refused(folder):

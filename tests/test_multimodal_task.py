@@ -946,3 +946,30 @@ def test_a_run_without_stage1_neither_reads_nor_keeps_captions_json(tiny_llava_s
     task = TASKS.get("multimodal")(TaskOptions(data_dir=str(folder), template="chat"))
     task.load(tiny_llava_style, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
     assert task.training_files() == {"train.json": hashlib.sha256((folder / "train.json").read_bytes()).hexdigest()}
+
+
+def test_the_lmms_eval_protocol_leaves_accelerates_state_for_the_next_runs_training(monkeypatch):
+    """From a review: lmms-eval gave the harness's model ``lm.accelerator = Accelerator()``, which fixed accelerate's
+    process-wide state at mixed precision "no": on a GPU, `--methods base,lora --protocol lmms-eval` scored base and
+    then refused lora's bf16 Accelerator ("AcceleratorState has already been initialized")."""
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from tasks.multimodal import native
+    from tasks.multimodal.data import Record
+    from tasks.multimodal.lmms_eval_protocol import lmms_eval_scored
+
+    fmt = SimpleNamespace(target_ids=lambda text: list(text.encode()), feature_cache=None)
+    monkeypatch.setattr(native, "generate", lambda model, fmt, asks, max_new: ["12"] * len(asks))
+    record = Record("s", "document", [], [], kind="open", question="Total?", answers=["12"], metric="exact")
+    AcceleratorState._reset_state(True)  # as in a new process, where base's scoring comes first
+    try:
+        assert [s.score for s in lmms_eval_scored(object(), fmt, [record], 4)] == [100.0]
+        Accelerator(mixed_precision="bf16", cpu=True)  # a GPU run's training (bf16), here on the CPU
+    finally:
+        AcceleratorState._reset_state(True)  # the next Accelerator() is the harness's own again

@@ -54,6 +54,10 @@ class HarnessLMM(lmms):
     """An in-memory harness model for lmms-eval (``is_simple``: plain context + visuals)."""
 
     is_simple = True
+    # lmms-eval makes ``lm.accelerator = Accelerator()`` where the model has none, fixing accelerate's process-wide
+    # state at mixed precision "no": a later run's bf16 training (a GPU) was then refused (a review: `--methods
+    # base,lora --protocol lmms-eval`). One process only (refused otherwise), where lmms-eval reads it nowhere else
+    accelerator = None
 
     def __init__(self, model: Any = None, fmt: Formatter | None = None, batch_size: int = 8, **kwargs: Any) -> None:
         super().__init__()
