@@ -133,6 +133,8 @@ from harness.leaderboard_sections import (
     _task,
     _title,
     _trains,
+    device_kind,
+    trained_on_device,
 )
 from harness.leaderboard_sections import SHA256 as SHA256
 from harness.leaderboard_sections import TRAIN as TRAIN
@@ -196,13 +198,13 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     so are runs of one ``--model`` folder whose files differ (``_model_digests``: its weights replaced between
     runs); the zero-shot ``base`` joins those whose data and model its own does not contradict."""
     by_settings: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    zero_shot: dict[str, list[dict[str, Any]]] = {}
+    zero_shot: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for record in sorted(records, key=lambda r: r["run"]["id"]):
         common, train = _settings(record)
         if record["run"]["config"]["method"] != BASELINE:
             by_settings.setdefault((common, train), []).append(record)
-        else:  # training settings do not change a zero-shot run: one row over them all
-            zero_shot.setdefault(common, []).append(record)
+        else:  # training settings do not change a zero-shot run: one row over them all, on one kind of device (a
+            zero_shot.setdefault((common, device_kind(record)), []).append(record)  # GPU's bf16 is another run)
     # (common, train, n): the n-th data of those settings, oldest first; its digests
     trained: dict[tuple[str, str, int], dict[tuple[str, str], list[dict[str, Any]]]] = {}
     data: dict[tuple[str, str, int], dict[str, str]] = {}
@@ -215,7 +217,7 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     joined: set[tuple[str, str, int]] = set()  # those a zero-shot group joined: one each, the oldest that fits
     model_of: dict[tuple[str, str, int], dict[str, str]] = {}  # the model digests a joined zero-shot group names
     refused: set[tuple[str, str, int]] = set()  # zero-shot sections of settings run on other data (or model) too
-    for common, runs in zero_shot.items():
+    for (common, device), runs in zero_shot.items():
         for digests, same in _by_data(runs):
             groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
             for record in sorted(same, key=lambda r: r["run"]["id"]):
@@ -224,7 +226,11 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
             groups = {key: _newest_per_seed(g, duplicate=labels[key]) for key, g in groups.items()}
             # a later group (other data or model files) that fits a section the oldest joined already makes one
             # of its own: it would replace that base row
-            targets = [k for k in targets_of if k[0] == common and _fits(digests, data[k]) and k not in joined]
+            targets = [
+                k
+                for k in targets_of
+                if k[0] == common and trained_on_device(k[1]) == device and _fits(digests, data[k]) and k not in joined
+            ]
             joined.update(targets)
             if not targets:  # no trained run to join: a section of its own
                 train = _settings(same[0])[1]  # in its id only: a zero-shot run reads no training setting

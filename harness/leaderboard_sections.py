@@ -39,9 +39,19 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         train["processes"] = c["processes"]
     # another kind of device computes in another dtype (every built-in task: bf16 on a GPU, fp32 on a CPU), as the
     # runner's refusal of a finished run says: another section (absent: the CPU; a review: one row pooled both)
-    if (device_type := record.get("env", {}).get("device_type", "cpu")) != "cpu":
+    if (device_type := device_kind(record)) != "cpu":
         train["device_type"] = device_type
     return json.dumps(common, sort_keys=True), json.dumps(train, sort_keys=True)
+
+
+def device_kind(record: dict[str, Any]) -> str:
+    """The kind of device a run computed on (``env.device_type``; a record without it: the CPU)."""
+    return record.get("env", {}).get("device_type", "cpu")
+
+
+def trained_on_device(train: str) -> str:
+    """The kind of device of a section's training settings (``_settings``' second item)."""
+    return json.loads(train).get("device_type", "cpu")
 
 
 def run_hardware(runs: list[dict[str, Any]]) -> str:

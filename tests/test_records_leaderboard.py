@@ -1799,10 +1799,16 @@ def test_runs_on_another_kind_of_device_are_another_section(tmp_path):
     ``*``, where the runner refuses to take one for the other (every built-in task computes in another dtype)."""
     runs = tmp_path / "runs"
     for device_type in ("cpu", "cuda"):
-        record = fixture_record("lora", 0 if device_type == "cpu" else 1)
-        record["env"]["device_type"] = device_type
-        write_fixture(runs, record)
+        for method in ("lora", "base"):
+            record = fixture_record(method, 0 if device_type == "cpu" else 1)
+            record["env"]["device_type"], record["env"]["device"] = device_type, f"Test {device_type}"
+            write_fixture(runs, record)
     write_leaderboards(runs, tmp_path / "out")
-    rows = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
+    table = read_csv(tmp_path / "out" / "commonsense.csv")
+    rows = [r for r in table if r["method"] == "lora"]
     assert sorted(r["settings"] for r in rows) == ['train.device_type "cpu"', 'train.device_type "cuda"']
     assert sorted(r["seeds"] for r in rows) == ["0", "1"]
+    # a re-review: the zero-shot base pooled both devices' runs in one row, joined to both sections
+    base = {r["section"]: (r["seeds"], r["hardware"]) for r in table if r["method"] == "base"}
+    assert sorted(base.values()) == [("0", "Test cpu"), ("1", "Test cuda")]
+    assert {r["section"]: r["hardware"] for r in rows} == {s: hw for s, (_, hw) in base.items()}
