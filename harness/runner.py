@@ -171,7 +171,9 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
         # but for a machine that cannot read the checkpoint, or a disk that is full (or read-only): the next runs
         # would meet it too, after training
         stop_after = exc if isinstance(exc, CheckpointUnreadable) or disk_error(exc) else None
-        if spec.method != BASELINE:  # what its split recorded is let go: a zero-shot run next must not describe it
+        # what its split recorded is let go: a zero-shot run next must not describe it; once a run (a re-review: a run
+        # failing in its scoring described its data again, a multimodal task's caption images decoded anew)
+        if spec.method != BASELINE and "data" not in record["run"]["config"]:
             with contextlib.suppress(Exception):
                 task.describe()
         record["run"]["status"], record["run"]["error"] = "failed", f"{type(exc).__name__}: {exc}"

@@ -844,7 +844,8 @@ def test_a_llava_style_config_setting_train_projector_is_refused_naming_the_pres
 def test_your_own_datas_stage1_key_is_as_before_and_its_captions_and_images_are_read_once(tmp_path, monkeypatch):
     """From a review: on a --data-dir every load parsed captions.json three times and read and hashed every caption
     image in full (not once a process), even where the projector was cached. The key is the same as before: the
-    sha256 of the captions file's bytes, and of the caption images' sha256s in order (the cached projectors stay)."""
+    sha256 of the captions file's bytes, and of the caption images' sha256s in order (the cached projectors stay),
+    and since 2026-12-07 how the images are read (upright by their EXIF: a projector aligned before is not loaded)."""
     import hashlib
 
     import torch
@@ -896,6 +897,7 @@ def test_your_own_datas_stage1_key_is_as_before_and_its_captions_and_images_are_
             "language_model_sha256": "g",
             "vision_sha256": "w",
             "images_sha256": images.hexdigest(),
+            "images_read": "exif-upright",
         }
     )
 

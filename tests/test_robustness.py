@@ -1474,6 +1474,31 @@ def test_a_failed_trained_run_leaves_no_training_files_to_the_zero_shot_run_afte
     assert base["run"]["config"]["data"]["train_files"] == []
 
 
+def test_a_run_failing_in_its_scoring_describes_its_data_once(tiny_model, data_dir, tmp_path, monkeypatch):
+    """From a re-review: a trained run failing after its data was described (in scoring, or its record's checks)
+    described it again on the failure path, which lets the split go: a multimodal run without stage 1 then read
+    captions.json and decoded every caption image, what its own description had left out."""
+    from harness import runner
+    from tasks.commonsense import CommonsenseTask
+
+    described = []
+    real = CommonsenseTask.describe
+
+    def counted(self):
+        described.append(1)
+        return real(self)
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("the scorer broke")
+
+    monkeypatch.setattr(CommonsenseTask, "describe", counted)
+    monkeypatch.setattr(CommonsenseTask, "evaluate", broken)
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    (failed,) = runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert failed["run"]["status"] == "failed" and "the scorer broke" in failed["run"]["error"]
+    assert len(described) == 1
+
+
 def test_a_sigterm_while_a_finished_runs_record_is_written_waits_for_the_record(
     tiny_model, data_dir, tmp_path, monkeypatch
 ):

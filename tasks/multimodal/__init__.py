@@ -332,6 +332,9 @@ class MultimodalTask(Task):
             for image in dict.fromkeys(i for i, _ in pairs):
                 digest.update(file_sha256(Path(image)).encode())  # each image read once a process, not a run
             key["images_sha256"] = digest.hexdigest()
+            # the same bytes read otherwise since (2026-12-07: a photo turned upright by its EXIF Orientation): a
+            # projector aligned on them read sideways is not loaded (a re-review); generated data has no EXIF
+            key["images_read"] = "exif-upright"
         settings = dict(settings)
         prompt = stage1.prompt_for(tokenizer, settings.pop("template", "raw"))
         done = stage1.align_projector(net, tokenizer, pairs, cache_key=key, prompt=prompt, **settings)

@@ -156,7 +156,7 @@ def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
     records): a model trained on those answers its question from memory. Pixels as the vision tower reads them
     (``tasks.multimodal.vision``: converted to RGB): the same picture saved as PNG and as BMP, or with other
     metadata, is one image; a lossy re-encoding (JPEG) is not found. Only images of a test image's size are decoded
-    (the size is read from the file's header), once a process (``tasks.images.pixel_digest``): about as long again
+    (the size is read from the file's header, either way round: EXIF may turn it), once a process (``tasks.images.pixel_digest``): about as long again
     as the check that every image decodes, which each process makes too (~3 ms a 640 x 480 JPEG); a file PIL cannot
     open is compared by its bytes."""
     sizes: dict[Path, Any] = {}
@@ -165,8 +165,8 @@ def seen_test_images(test: list[Record], seen: list[Record]) -> list[str]:
     def size(path: Path) -> Any:
         if path not in sizes:
             try:
-                with Image.open(path) as im:
-                    sizes[path] = im.size
+                with Image.open(path) as im:  # either way round: a photo EXIF turns upright reads transposed
+                    sizes[path] = tuple(sorted(im.size))  # (a re-review: its upright copy was never compared)
             except UNREADABLE:
                 sizes[path] = ("bytes", path.stat().st_size)  # unreadable: equal only to the same bytes
         return sizes[path]
