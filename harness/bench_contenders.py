@@ -96,9 +96,9 @@ POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # GPT-2, GP
 
 def learned_positions(model: nn.Module) -> int | None:
     """The positions ``model`` has a learned table for: an ``nn.Embedding`` of ``POSITION_TABLES`` beside its token
-    embeddings, less its ``offset`` (OPT's table starts 2 rows in), else the config's ``n_positions`` (GPT-2 style);
-    ``None`` where positions are computed for any length (rotary, ALiBi), as a Llama's are past its
-    ``max_position_embeddings``."""
+    embeddings, less its ``offset`` (OPT's table starts 2 rows in; RoBERTa's past its ``padding_idx``), else the
+    config's ``n_positions`` (GPT-2 style); ``None`` where positions are computed for any length (rotary, ALiBi),
+    as a Llama's are past its ``max_position_embeddings``."""
     tokens = model.get_input_embeddings()
     for module in model.modules():
         children = dict(module.named_children())
@@ -106,7 +106,10 @@ def learned_positions(model: nn.Module) -> int | None:
             for name in POSITION_TABLES:
                 if isinstance(table := children.get(name), nn.Embedding):
                     offset = getattr(table, "offset", 0)
-                    return table.num_embeddings - (offset if isinstance(offset, int) else 0)
+                    # a table with a padding row (RoBERTa's family) counts positions from padding_idx + 1 (a re-review)
+                    padding = table.padding_idx
+                    offset = (offset if isinstance(offset, int) else 0) + (padding + 1 if padding is not None else 0)
+                    return table.num_embeddings - offset
     return getattr(model.config, "n_positions", None)
 
 

@@ -12,9 +12,10 @@ import contextlib
 import hashlib
 import json
 import math
+import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -153,11 +154,12 @@ def train(
     unused = adapter.pauses_parameters or bool(task_params)
     # cpu=: without CUDA the run trains where the runner put the model and the record says it ran (the CPU);
     # accelerate's default is the platform's accelerator (Apple's MPS, XPU), where prepare() moved it (a review)
-    accelerator = accelerator or Accelerator(
-        mixed_precision="bf16" if torch.cuda.is_available() else "no",
-        cpu=not torch.cuda.is_available(),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
-    )
+    with _one_process_env():
+        accelerator = accelerator or Accelerator(
+            mixed_precision="bf16" if torch.cuda.is_available() else "no",
+            cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=unused)],
+        )
     # each process its own stream (dropout masks, diffusion noise): the same seed gave every process the same draws
     # on its own examples; one process (the main one, index 0) draws what a single-process run does
     seed = process_seed(config.seed, accelerator.process_index)
@@ -467,6 +469,20 @@ def train(
         ],
         [t for t in state["timed_on"] if t != timed_on] or None,
     )
+
+
+@contextlib.contextmanager
+def _one_process_env() -> Iterator[None]:
+    """Without CUDA and with one process, ``LOCAL_RANK`` hidden while the Accelerator is made: with ``cpu=True``
+    accelerate takes it alone for several CPU processes (a re-review: ``torchrun --nproc_per_node 1`` trained through
+    a gloo group and DDP, and a LOCAL_RANK inherited without MASTER_ADDR failed), where the runner saw one process."""
+    hide = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) <= 1 and "LOCAL_RANK" in os.environ
+    rank = os.environ.pop("LOCAL_RANK") if hide else None
+    try:
+        yield
+    finally:
+        if rank is not None:
+            os.environ["LOCAL_RANK"] = rank
 
 
 def process_seed(seed: int, index: int) -> int:

@@ -65,10 +65,11 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
 
 
 def reducer_variant(options: dict) -> tuple[str, ...]:
-    """The ``--reducer`` variant the step is built with: the Reducer off (its per-step layer draw is not what a
-    switch changes), but the options' own Reducer where they set one (``--option k=1``): ``off`` dropped them while
-    the header printed them as used (a review)."""
-    return ("default",) if any(key == "reducer" or key in REDUCER_SHORTCUTS for key in options) else ("off",)
+    """The ``--reducer`` variants the step is built with: the Reducer off (its per-step layer draw is not what a
+    switch changes), but where the options set one (``--option k=1``) none: the method as the options make it, one
+    unnamed row timed as it is (``off`` dropped them while the header printed them as used, a review; ``default``
+    left the method out where K is every layer, a re-review)."""
+    return () if any(key == "reducer" or key in REDUCER_SHORTCUTS for key in options) else ("off",)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1015,9 +1015,13 @@ def test_ab_flag_script_times_the_reducer_the_options_set(tiny_model, capsys, mo
     args = ["--flag", "STACK_RAW", "--model", str(tiny_model), "--random-weights", "--batch", "1", "--seq", "4"]
     ns["main"]([*args, "--methods", "effilora", "--option", "k=1", "--option", "dropout=0", "--rounds", "1"])
     out = capsys.readouterr().out
-    assert "{'k': '1', 'dropout': '0'}" in out and "\neffilora (default) " in out and "(off)" not in out
+    assert "{'k': '1', 'dropout': '0'}" in out and "\neffilora " in out and "(off)" not in out
     assert ns["reducer_variant"]({"dropout": "0"}) == ("off",)  # no Reducer option: the Reducer off, as before
-    assert ns["reducer_variant"]({"reducer": "random"}) == ns["reducer_variant"]({"k": "1"}) == ("default",)
+    assert ns["reducer_variant"]({"reducer": "random"}) == ns["reducer_variant"]({"k": "1"}) == ()
+    # a re-review: a K of every layer (the Reducer off) left the method out, and nothing was compared
+    ns["main"]([*args, "--methods", "effilora", "--option", "k=2", "--option", "dropout=0", "--rounds", "1"])
+    out = capsys.readouterr().out
+    assert "\neffilora " in out and "effilora: STACK_RAW=False over STACK_RAW=True, paired: " in out
 
 
 def test_a_reducer_rows_paired_ratio_adds_each_rounds_own_scoring_time():
@@ -1038,3 +1042,19 @@ def test_a_reducer_rows_paired_ratio_adds_each_rounds_own_scoring_time():
     other = _timed("effilora (dropout=0)", "effilora", "importance:0.25", 1.0) | {"hook_s": 0.3}
     other |= {"hook_round_s": [0.5, 0.1, 0.3], "variant": "dropout=0", "baseline": row["contender"]}
     assert paired_ratios(other, row) == pytest.approx([1.5 / 1.1, 1.1 / 1.5, 1.0])
+
+
+def test_a_roberta_style_position_table_counts_from_past_its_padding_index():
+    """From a re-review: RoBERTa's family (XLM-R, CamemBERT) numbers positions from ``padding_idx + 1``, so the
+    last two --seq values its table seemed to hold passed the check and crashed inside the model."""
+    from transformers import RobertaConfig, RobertaForCausalLM
+
+    from harness.bench_contenders import learned_positions
+
+    size = {"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = RobertaConfig(**size, intermediate_size=32, max_position_embeddings=34, is_decoder=True, pad_token_id=1)
+    model = RobertaForCausalLM(config)
+    assert learned_positions(model) == 32
+    model(torch.full((1, 32), 5))  # the longest it holds runs
+    with pytest.raises((IndexError, RuntimeError)):
+        model(torch.full((1, 33), 5))

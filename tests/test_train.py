@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import numpy as np
 import pytest
@@ -824,3 +825,25 @@ def test_another_process_draws_no_stream_another_seeds_main_process_draws(char_t
     adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
     train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
     assert asked == [(7, 0)]
+
+
+def test_one_process_with_local_rank_set_trains_without_a_process_group(char_tokenizer, monkeypatch):
+    """From a re-review: with ``cpu=True`` accelerate took LOCAL_RANK alone for several CPU processes: ``torchrun
+    --nproc_per_node 1`` trained through a gloo group and DDP (its times with DDP's overhead), and a LOCAL_RANK
+    inherited without MASTER_ADDR failed the run, where the runner saw one process."""
+    from accelerate.state import AcceleratorState, DistributedType, PartialState
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU's case")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    config = dataclasses.replace(CONFIG, steps=1, checkpoint_every=0)
+    AcceleratorState._reset_state(True)  # as in a new process
+    try:
+        train(adapter.model, text_recipe(char_tokenizer, config), adapter, EXAMPLES, VAL, config, None, progress=False)
+        assert PartialState().distributed_type == DistributedType.NO
+    finally:
+        AcceleratorState._reset_state(True)
+    assert os.environ["LOCAL_RANK"] == "0"  # put back
