@@ -2880,3 +2880,16 @@ def test_a_judge_that_ran_at_the_models_default_temperature_says_so_in_its_entri
         said = {out[c].get("judge_temperature") for c in out}
         assert said == ({djudge.DEFAULT_TEMPERATURE} if temperature else {None})  # at 0: absent, as every entry before
         assert out["judge_avg"]["judge_model"] == "judge-test"
+
+
+def test_the_embedded_pipeline_without_open_clip_is_refused_before_any_run(tiny, tmp_path, capsys, monkeypatch):
+    """From a review: without open-clip-torch (the embedded pipeline's CLIP BPE file) each run of a sweep started
+    and failed in turn, a failed record each, where the other suites' missing packages stop the command first."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+    args = ["--methods", "lora,base", "--task", "diffusion", "--preset", "smoke", "--model", "embedded", "--quiet"]
+    assert main(["run", *args, "--data-dir", str(tiny[1]), "--runs-dir", str(tmp_path / "runs")]) == 2
+    assert "pip install --no-deps open-clip-torch" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("record.json"))

@@ -97,7 +97,9 @@ class DiffusionTask(Task):
     def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
         """A zero-shot run's check (a trained one builds the UNet on ``meta``): a config that is a transformers one
         reads as ``from_pretrained`` would read it (its own code only with ``trust_remote_code``); a diffusers
-        config (a UNet's) is read only."""
+        config (a UNet's) is read only. The embedded pipeline's tokenizer file is found (``_check_embedded``)."""
+        if model == models.EMBEDDED:
+            _check_embedded()
         if model == models.EMBEDDED or _is_pipeline_folder(model):
             return
         models.check_transformers_config(model, trust_remote_code=trust_remote_code)
@@ -111,6 +113,7 @@ class DiffusionTask(Task):
         from diffusers import UNet2DConditionModel
 
         if model == models.EMBEDDED:
+            _check_embedded()
             config = dmodel.unet_config()
         else:
             config = UNet2DConditionModel.load_config(str(model), subfolder="unet")
@@ -417,6 +420,15 @@ class DiffusionTask(Task):
         from tasks.diffusion.sheet import contact_sheets
 
         return contact_sheets(records, runs_dir, out_dir)
+
+
+def _check_embedded() -> None:
+    """Before any run (``preflight``: ``check_model``, ``build_meta``): the embedded pipeline's CLIP tokenizer reads
+    its BPE vocabulary from open-clip-torch; without it each run started and failed in turn, a record each (a
+    review), where the other suites' missing packages stop the command before anything runs."""
+    from tasks.diffusion import model as dmodel
+
+    dmodel.bpe_path()
 
 
 __all__ = ["DiffusionTask"]
