@@ -254,9 +254,16 @@ def sections(records: list[dict[str, Any]]) -> list[Section]:
     split = {_title(s) for s, k in zip(out, trained, strict=True) if k[2] > 0 or k in refused}
     shown = [(_title(s), model_of.get(k, {}) | data[k]) for s, k in zip(out, trained, strict=True)]
     apart = _data_apart(shown, split)
-    # a section of zero-shot runs only is not set apart by training settings it never read (``_set_apart``)
+    # a section of zero-shot runs only is not set apart by training settings it never read (``_set_apart``); the kind
+    # of device is every section's, a zero-shot one's too (a re-review: a GPU base kept from a CPU section by it
+    # was set apart by nothing said)
     settings = [
-        _flat(json.loads(k[0]) | ({"train": json.loads(k[1])} if _trains(s) else {}) | said)
+        _flat(
+            json.loads(k[0])
+            | ({"train": {t: v for t, v in json.loads(k[1]).items() if t != "device_type"}} if _trains(s) else {})
+            | {"device_type": trained_on_device(k[1])}
+            | said
+        )
         for s, k, said in zip(out, trained, apart, strict=True)
     ]
     _set_apart(out, settings)

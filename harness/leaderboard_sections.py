@@ -383,15 +383,10 @@ def _tells_apart(key: str, flat: dict[str, str], values: set[str], group: list[d
     return all(any(x.startswith(parent + ".") for x in other) for other in group)
 
 
-_WHEN_ABSENT = {"train.device_type": '"cpu"'}  # a setting a record leaves out at its default value (``_settings``)
-
-
 def _shown(flat: dict[str, str], key: str) -> str:
     """``key value``; for a setting the section's runs lack, its outermost missing parent: ``parent unset``."""
     if key in flat:
         return f"{key} {flat[key]}"
-    if key in _WHEN_ABSENT:
-        return f"{key} {_WHEN_ABSENT[key]}"
     parts = key.split(".")
     for n in range(1, len(parts) + 1):
         prefix = ".".join(parts[:n])

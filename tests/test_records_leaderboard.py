@@ -1806,9 +1806,24 @@ def test_runs_on_another_kind_of_device_are_another_section(tmp_path):
     write_leaderboards(runs, tmp_path / "out")
     table = read_csv(tmp_path / "out" / "commonsense.csv")
     rows = [r for r in table if r["method"] == "lora"]
-    assert sorted(r["settings"] for r in rows) == ['train.device_type "cpu"', 'train.device_type "cuda"']
+    assert sorted(r["settings"] for r in rows) == ['device_type "cpu"', 'device_type "cuda"']
     assert sorted(r["seeds"] for r in rows) == ["0", "1"]
     # a re-review: the zero-shot base pooled both devices' runs in one row, joined to both sections
     base = {r["section"]: (r["seeds"], r["hardware"]) for r in table if r["method"] == "base"}
     assert sorted(base.values()) == [("0", "Test cpu"), ("1", "Test cuda")]
     assert {r["section"]: r["hardware"] for r in rows} == {s: hw for s, (_, hw) in base.items()}
+
+
+def test_a_base_kept_from_a_section_by_its_device_says_so(tmp_path):
+    """From a re-review: a GPU base beside CPU runs only made a section of its own, with the same title as the CPU
+    section's and nothing said to set it apart (a zero-shot section's training settings are not compared)."""
+    runs = tmp_path / "runs"
+    for method, device_type in (("lora", "cpu"), ("base", "cuda")):
+        record = fixture_record(method, 0)
+        record["env"]["device_type"], record["env"]["device"] = device_type, f"Test {device_type}"
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    settings = {r["method"]: r["settings"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert settings["lora"] == 'device_type "cpu"' and settings["base"] == 'device_type "cuda"'
+    markdown = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert 'Set apart from the other sections of this title by: device_type "cuda".' in markdown
