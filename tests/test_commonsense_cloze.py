@@ -280,7 +280,8 @@ def test_a_training_example_that_does_not_fit_cloze_is_named_by_its_passage_too(
     (tmp_path / "rc" / "train.json").write_text(json.dumps(train))
     task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1))
     with pytest.raises(
-        ValueError, match=r"rc/train\.json: the example 'Please answer.*' \(input 'passage 3'\) does not"
+        ValueError,
+        match=r"rc/train\.json: the example 'Please answer.*' \(input 'passage 3'\): answer 'maybe' is not one",
     ):
         task.splits()
 
@@ -451,3 +452,15 @@ def test_a_cloze_runs_record_names_cloze_as_its_template(data_dir):
         == "cloze"
     )
     assert TASKS.get("commonsense")(TaskOptions(data_dir=str(data_dir))).describe()["template"] == "clean"
+
+
+@pytest.mark.parametrize("template", ["cloze", "clean"])
+def test_an_answer_not_among_its_format_words_is_a_data_error_in_every_protocol(tmp_path, template):
+    """From a review: under cloze an answer not among its format's words ("Answer1" against answer1/answer2) was
+    refused with "use --protocol choice", which refuses the same data ("not one of its options")."""
+    (tmp_path / "mine").mkdir()
+    bad = rec("Please choose the correct answer: Answer1: x Answer2: y\n\nAnswer format: answer1/answer2", "Answer1")
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([bad]))
+    with pytest.raises(ValueError, match=r"mine/test.json: example 0") as refused:
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))
+    assert "--protocol choice" not in str(refused.value)

@@ -2893,3 +2893,17 @@ def test_the_embedded_pipeline_without_open_clip_is_refused_before_any_run(tiny,
     assert main(["run", *args, "--data-dir", str(tiny[1]), "--runs-dir", str(tmp_path / "runs")]) == 2
     assert "pip install --no-deps open-clip-torch" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("record.json"))
+
+
+def test_metadata_with_a_bom_or_a_line_separator_inside_a_caption_reads_as_json_lines(tmp_path):
+    """From a review: a metadata.jsonl saved with a UTF-8 BOM (Windows Notepad) was refused, where the other suites
+    read it; and a caption holding U+2028 or U+0085 raw (JSON allows it; json.dumps(ensure_ascii=False) writes it)
+    was split into two lines by splitlines(): a valid file refused, later lines misnumbered."""
+    root = tiny_data(tmp_path / "d", 6)
+    meta = root / ddata.METADATA
+    rows = [json.loads(line) for line in meta.read_text().splitlines()]
+    rows[2]["text"] = "a red circle drawn\u2028quickly"
+    rows[4]["text"] = "a blue\u0085square"
+    meta.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode() + b"\r\n")
+    items = ddata.read_folder(root)
+    assert [i.text for i in items] == [r["text"] for r in rows]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1134,3 +1135,17 @@ def test_a_null_domain_in_a_per_domain_file_takes_the_files_domain(folder):
     (folder / "train-math.json").unlink()
     with pytest.raises(ValueError, match=r"train.json: record 0 \(id 't1'\): 'domain' is missing"):
         read_split(folder, "train")
+
+
+@pytest.mark.parametrize("name", ["train-math.jsonl", "test-general.jsonl", "train.jsonl"])
+def test_a_split_saved_as_json_lines_is_said_not_read(tmp_path, name):
+    """From a review: in the per-domain layout a train-math.jsonl (or test-document.jsonl) was skipped without a
+    word: its domain trained on nothing, or scored absent, and the run ended a success."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
+    _write(tmp_path, "train-general.json", [_train("t1")])
+    _write(tmp_path, "test-math.json", _test_records())
+    (tmp_path / name).write_text(json.dumps(_train("t9")) + "\n")
+    split = name.split("-")[0].split(".")[0]
+    with pytest.raises(ValueError, match=rf"{re.escape(name)} is not read: the harness reads .*convert it"):
+        read_split(tmp_path, split)

@@ -342,7 +342,7 @@ def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[
         except ValueError as exc:
             place = where(i, record) if callable(where) else f"{where}: example {i}"
             if isinstance(exc, cloze.FormatError):  # every protocol refuses it: no other to suggest
-                raise ValueError(f"{place}: {exc} (Answer format: a/b/...)") from None
+                raise ValueError(f"{place}: {exc}") from None
             raise ValueError(f"{place} does not fit the cloze protocol ({exc}); use --protocol choice") from None
 
 

@@ -63,7 +63,7 @@ def parse(record: dict[str, Any]) -> ClozeItem:
 
 
 class FormatError(ValueError):
-    """An ``Answer format:`` line no protocol can score on (``format_words``)."""
+    """An ``Answer format:`` line no protocol can score on (``format_words``), or an answer not among its words."""
 
 
 def format_words(found: str) -> list[str]:
@@ -71,7 +71,9 @@ def format_words(found: str) -> list[str]:
     "a/b/a"), which no question can be scored on."""
     words = found.split("/")
     if "" in words or len(set(words)) < len(words):
-        raise FormatError(f"its answer format {found!r} has an empty or repeated option; name each option once")
+        raise FormatError(
+            f"its answer format {found!r} has an empty or repeated option; name each option once (Answer format: a/b/...)"
+        )
     return words
 
 
@@ -84,7 +86,10 @@ def _parse(record: dict[str, Any]) -> ClozeItem:
     if len(set(words)) < 2:
         raise ValueError(f"its answer format names one option ({'/'.join(words)}), which would always be right")
     if record["answer"] not in words:
-        raise ValueError(f"answer {record['answer']!r} is not one of its answer format's words {words}")
+        # every protocol refuses it (choice: not one of its options): a FormatError, no other protocol suggested
+        raise FormatError(
+            f"answer {record['answer']!r} is not one of its answer format's words {words}; give one of them"
+        )
     body = instruction[: match.start()]
     head, sep, rest = body.partition(": ")
     if not sep or "\n" in head:

@@ -46,10 +46,13 @@ def read_folder(folder: Path) -> list[Item]:
         )
     items = []
     try:
-        text = meta.read_text(encoding="utf-8")
+        text = meta.read_text(encoding="utf-8-sig")  # a BOM (Windows Notepad's) read past, as the other suites do
     except UnicodeDecodeError as exc:
         raise ValueError(f"{meta} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
-    for n, line in enumerate(text.splitlines(), 1):
+    # lines end at "\n" only (JSON Lines, datasets' reader): splitlines() also broke a caption at U+2028 or U+0085,
+    # which JSON holds raw in a string (a review: a valid file refused, later lines misnumbered)
+    for n, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"{meta}: line {n}"

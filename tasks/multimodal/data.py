@@ -205,6 +205,15 @@ def _read_split_files(data_dir: Path, split: str, domains: list[str] | None) -> 
     data_dir = _data_dir(data_dir)
     combined = data_dir / f"{split}.json"
     per_domain = sorted(data_dir.glob(f"{split}-*.json"))
+    # a split saved in another format beside (or instead of) its .json is not read: said, where it was skipped and its
+    # domain trained on nothing or scored absent without a word (a review: train-math.jsonl)
+    for ext in (".jsonl", ".parquet"):
+        for other in sorted(data_dir.glob(f"{split}*{ext}")):
+            if other.stem in (split, *(f"{split}-{d}" for d in DOMAINS)) and not other.with_suffix(".json").is_file():
+                raise ValueError(
+                    f"{other} is not read: the harness reads {other.stem}.json, a JSON list of records; convert it "
+                    f"to {other.with_suffix('.json')} or remove it"
+                )
     if combined.is_file() and per_domain:
         raise ValueError(
             f"{data_dir} has both {combined.name} and {per_domain[0].name}; keep one layout: remove {combined.name} "
