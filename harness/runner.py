@@ -401,6 +401,10 @@ def run_all(
     for spec in specs:  # every task's data read, and split for training, before any run is made (one line, no record)
         if (spec.task, spec.task_options) not in tasks:
             tasks[(spec.task, spec.task_options)] = TASKS.get(spec.task)(spec.task_options)
+    for task_key, model, random_weights in dict.fromkeys(
+        ((s.task, s.task_options), s.model, s.random_weights) for s in specs
+    ):  # what the data must hold for each model (the multimodal embedded model's captions): said now, not run by run
+        tasks[task_key].check_data_for(model, random_weights)
     for key in dict.fromkeys((s.task, s.task_options) for s in specs if s.method != BASELINE):
         # too few examples for --val-size, no training files: said now, not run by run; on a copy, so that what a
         # split records (the training files it read) is not described by a zero-shot run of the sweep

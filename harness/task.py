@@ -351,6 +351,12 @@ class Task(ABC):
         """Score every benchmark: ``{benchmark: {"metric", "value", "n", "protocol", "sha256"} or
         {"status": "absent"}}``. Per-sample predictions go to ``predictions_path`` (JSONL)."""
 
+    def check_data_for(self, model: str, random_weights: bool) -> None:
+        """Before any run (``run_all``, once the data is read): what this task's data must hold for ``model``, e.g.
+        the multimodal task's captions.json, on which the embedded model's stage 1 aligns. Raise ``ValueError``
+        saying what to add (found in ``load`` instead, every run of a sweep failed in turn, a record each)."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """Provenance for the run record (data files, hashes, what is absent)."""
         return {}

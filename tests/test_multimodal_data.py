@@ -1149,3 +1149,15 @@ def test_a_split_saved_as_json_lines_is_said_not_read(tmp_path, name):
     split = name.split("-")[0].split(".")[0]
     with pytest.raises(ValueError, match=rf"{re.escape(name)} is not read: the harness reads .*convert it"):
         read_split(tmp_path, split)
+
+
+def test_your_own_folder_without_captions_is_refused_before_any_run_of_the_embedded_model(folder, tmp_path, capsys):
+    """From a review: a --data-dir without captions.json (which the embedded model's stage 1 aligns on) was found
+    at each run's load: every method and seed of the sweep made a run folder and a failed record in turn."""
+    from harness.cli import main
+
+    runs = tmp_path / "runs"
+    args = ["run", "--methods", "lora,effilora", "--seeds", "0,1", "--task", "multimodal", "--preset", "smoke"]
+    assert main([*args, "--data-dir", str(folder), "--runs-dir", str(runs), "--quiet"]) == 2
+    assert "has no captions.json for stage 1" in capsys.readouterr().err
+    assert not runs.exists() or not any(runs.iterdir())

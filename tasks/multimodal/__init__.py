@@ -286,6 +286,12 @@ class MultimodalTask(Task):
                     )
         self._placeholder_checked.add(key)
 
+    def check_data_for(self, model: str, random_weights: bool) -> None:
+        """The embedded model's stage 1 aligns on captions.json: a folder without one (or with a caption record
+        without exactly one image) is refused before any run (a review: each run failed in turn at its load)."""
+        if model == models.EMBEDDED and not random_weights:
+            self._captions()
+
     def _captions(self) -> list:
         captions = data.read_captions(self.data_dir)
         if not captions:
