@@ -5,7 +5,8 @@ saw a generated image.
 
 - ``similarity``: per prompt, 100 x the cosine between the features of the image generated for a held-out
   caption and of that caption's real image (higher is closer); paired over prompts between methods.
-- ``kid``: Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel, x1000) between the images
+- ``kid``: Kernel Inception Distance (the unbiased MMD^2 of independent sets, cubic polynomial kernel, x1000;
+  its cross term holds each prompt's own pair too, a little low: README) between the images
   generated for the scored prompts and those prompts' real held-out images (every test image unless
   ``eval_limit`` samples them); lower is closer; a bootstrap interval over images.
 - ``fidelity``: the share (%) of generated images a logistic-regression classifier, trained on the real
