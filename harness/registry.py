@@ -122,8 +122,12 @@ class Registry(Generic[T]):
                         if name.partition(".")[0] == own:
                             sys.modules.pop(name, None)
                 _undo_registrations(registered)
-                if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
+                # Ctrl-C as it is; a SystemExit (a module-level sys.exit or parse_args) is the plugin's failure,
+                # not the command's end (a review: `sys.exit(0)` in a plugin made every command a silent success)
+                if isinstance(exc, KeyboardInterrupt):
                     raise
+                if isinstance(exc, SystemExit):
+                    exc = f"SystemExit: {exc.code}"
                 print(
                     f"warning: could not load {self.kind} plugin {ep.name!r} ({ep.value}): {exc}; "
                     "nothing it registered is used",
@@ -253,9 +257,9 @@ def load_plugin(path: str | Path) -> None:
         # what it registered before it raised goes too: else loading the fixed file says its names are taken (by
         # its own failed copy)
         _undo_registrations(registered)
-        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: as they are
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C as it is; a SystemExit is the plugin's failure (a review)
             raise
-        detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+        detail = " ".join(f"{type(exc).__name__}: {exc.code if isinstance(exc, SystemExit) else exc}".split())
         raise ValueError(f"plugin {str(path)!r} failed to import ({detail}); fix it or leave out --plugin") from None
     # another plugin given after it that imports it by its file's name gets this module, not a second copy whose
     # registrations would be refused as taken (only where that name finds this file: an installed module wins)

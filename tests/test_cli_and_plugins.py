@@ -585,6 +585,18 @@ def test_a_plugin_that_raises_after_registering_leaves_no_registration(tmp_path,
     assert METHODS.get("raising_lora").__module__.startswith("harness_plugin_raising_lora")
 
 
+@pytest.mark.parametrize("code", [0, 3])
+def test_a_plugin_that_exits_on_import_is_a_plugin_that_failed(tmp_path, plugin_sandbox, code):
+    """From a fuzz review: a plugin whose module calls sys.exit (a stray parse_args) ended the command there:
+    `harness --plugin p.py list methods` exited 0 and printed nothing, a silent success."""
+    registry = plugin_sandbox
+    plugin = tmp_path / "exiting_lora.py"
+    plugin.write_text(PLUGIN.format(name="exiting_lora") + f"\nimport sys\nsys.exit({code})\n")
+    with pytest.raises(ValueError, match=rf"failed to import \(SystemExit: {code}\)"):
+        registry.load_plugin(plugin)
+    assert "exiting_lora" not in METHODS
+
+
 def test_a_plugin_that_raises_after_its_helper_registered_gets_the_helper_run_again_when_fixed(
     tmp_path, plugin_sandbox
 ):
@@ -756,6 +768,24 @@ def test_an_entry_point_plugin_that_raises_after_registering_leaves_no_registrat
     assert "could not load method plugin 'ep_raising' (ep_raising): no extra" in listed.stderr
     assert "ep_raising" not in METHODS and "lora" in METHODS
     assert [line.split()[0] for line in listed.stdout.splitlines()] == METHODS.names()
+
+
+def test_an_entry_point_plugin_that_exits_on_import_is_warned_about_and_the_command_goes_on(
+    tmp_path, monkeypatch, capfd, plugin_sandbox
+):
+    """From a fuzz review: an entry-point plugin calling sys.exit(0) on import ended every command as a silent
+    success; it is a plugin that could not load, as one that raises."""
+    registry = plugin_sandbox
+    (tmp_path / "ep_exiting.py").write_text(PLUGIN.format(name="ep_exiting") + "\nimport sys\nsys.exit(0)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _fake_entry_points(monkeypatch, registry, "harness.methods", "ep_exiting")
+    monkeypatch.setattr(METHODS, "_loaded", False)
+    listed = harness_here(capfd, "list", "methods")
+    assert (
+        listed.returncode == 0
+        and "could not load method plugin 'ep_exiting' (ep_exiting): SystemExit: 0" in listed.stderr
+    )
+    assert "ep_exiting" not in METHODS and "lora" in listed.stdout
 
 
 def test_an_entry_point_plugin_that_fails_keeps_the_built_ins_it_imported(tmp_path, monkeypatch, plugin_sandbox):
