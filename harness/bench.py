@@ -55,6 +55,7 @@ from harness.bench_report import markdown, portable, relate, write_outputs
 from harness.bench_variants import _also_base, _also_config, _also_option, _paired_with, _reducer_options, _refuse_same
 from harness.bench_variants import _variant_options as _variant_options
 from harness.bench_variants import _with_also as _with_also
+from harness.config import SEED_MAX
 
 EXAMPLES = """examples:
   harness bench --data-dir ../shared/data/commonsense        # the embedded SmolLM2, every method, batch 8 x 128
@@ -114,6 +115,8 @@ class BenchConfig:
             raise ValueError(f"--layers must be >= 1 (got {self.layers}); leave it out for the model's own depth")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be >= 1 (got {self.threads}); leave it out for torch's default")
+        if not 0 <= self.seed <= SEED_MAX:  # as run's --seeds (a fuzz review: -1 taken, a huge one torch's overflow)
+            raise ValueError(f"--seed {self.seed} is out of range; a seed is an integer in 0..{SEED_MAX}")
         for variant in self.reducer:
             _reducer_options(variant)
         for item in self.also:

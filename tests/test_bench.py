@@ -1058,3 +1058,13 @@ def test_a_roberta_style_position_table_counts_from_past_its_padding_index():
     model(torch.full((1, 32), 5))  # the longest it holds runs
     with pytest.raises((IndexError, RuntimeError)):
         model(torch.full((1, 33), 5))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 10**23])
+def test_a_bench_seed_out_of_range_is_refused_naming_the_flag(seed, capsys):
+    """From a fuzz review: bench's --seed was never checked: -1 was taken (run's --seeds refuses it) and a huge one
+    failed as torch's "Overflow when unpacking long long", naming no flag."""
+    with pytest.raises(ValueError, match=rf"--seed {seed} is out of range; a seed is an integer in 0\.\.4294967295"):
+        BenchConfig(seed=seed)
+    assert main(["bench", "--seed", str(seed), "--methods", "lora", "--protocols", "none"]) == 2
+    assert "--seed" in capsys.readouterr().err
