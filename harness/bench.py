@@ -170,8 +170,23 @@ def run_bench(config: BenchConfig, model: nn.Module | None = None, tokenizer: An
         if config.threads:
             torch.set_num_threads(config.threads)
         return _run(config, model, tokenizer, label)
+    except (MemoryError, torch.OutOfMemoryError) as exc:  # one line, not a traceback (a fuzz review)
+        raise ValueError(_memory_said(config, exc)) from None
+    except RuntimeError as exc:  # the CPU allocator's own: "[enforce fail at alloc_cpu.cpp] ... can't allocate"
+        if "can't allocate memory" not in str(exc):
+            raise
+        raise ValueError(_memory_said(config, exc)) from None
     finally:
         torch.set_num_threads(threads)
+
+
+def _memory_said(config: BenchConfig, exc: BaseException) -> str:
+    """What a bench out of memory says: the shape that did not fit, and what to give instead."""
+    said = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return (
+        f"a step at --batch {config.batch_size} --seq {config.seq_len} does not fit in memory ({said}); "
+        "give a smaller --batch or --seq"
+    )
 
 
 def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: str) -> dict:

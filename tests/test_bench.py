@@ -1068,3 +1068,24 @@ def test_a_bench_seed_out_of_range_is_refused_naming_the_flag(seed, capsys):
         BenchConfig(seed=seed)
     assert main(["bench", "--seed", str(seed), "--methods", "lora", "--protocols", "none"]) == 2
     assert "--seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:127] data. DefaultCPUAllocator: can't allocate memory: you tried"),
+    ],
+)
+def test_a_bench_out_of_memory_says_so_in_one_line(error, capsys, monkeypatch):
+    """From a fuzz review: `harness bench --batch 64 --seq 8192` ended in the CPU allocator's traceback (only
+    ValueError and OSError were said in one line)."""
+    import harness.bench as bench
+
+    def fail(*args):
+        raise error
+
+    monkeypatch.setattr(bench, "_run", fail)
+    assert main(["bench", "--batch", "64", "--seq", "8192", "--methods", "lora", "--protocols", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--batch 64 --seq 8192 does not fit in memory" in err[0], err
