@@ -975,3 +975,16 @@ def test_the_lmms_eval_protocol_leaves_accelerates_state_for_the_next_runs_train
         Accelerator(mixed_precision="bf16", cpu=True)  # a GPU run's training (bf16), here on the CPU
     finally:
         AcceleratorState._reset_state(True)  # the next Accelerator() is the harness's own again
+
+
+def test_a_text_model_given_to_the_multimodal_task_is_refused_before_any_run(tiny_model, tmp_path, capsys):
+    """From a fuzz review: a text model's config (no vision_config) passed the checks before the runs, and each run
+    of the sweep failed in turn at its load with "KeyError: 'vision_config'", a record each."""
+    from harness.cli import main
+
+    runs = tmp_path / "runs"
+    args = ["run", "--methods", "lora,base", "--task", "multimodal", "--preset", "smoke", "--random-weights"]
+    assert main([*args, "--model", str(tiny_model), "--runs-dir", str(runs), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "(llama) has no vision_config: the multimodal task needs a vision-language" in err[0]
+    assert not runs.exists() or not any(runs.iterdir())

@@ -27,7 +27,14 @@ from harness.task import Example, Loaded, Recipe, Task, TaskOptions, same_traina
 from harness.train import TrainConfig
 from tasks.multimodal import data, native
 from tasks.multimodal.build_folder import resolve_data as resolve_data
-from tasks.multimodal.checks import PROCESSOR_FILES, _llava_style, _processor_at_hand, _seen_test_images
+from tasks.multimodal.checks import (
+    PROCESSOR_FILES,
+    _check_vision_language,
+    _llava_style,
+    _paper_tokenizer,
+    _processor_at_hand,
+    _seen_test_images,
+)
 from tasks.multimodal.presets import PRESETS, STAGE1
 from tasks.multimodal.results import _entry, _sha256, _test_file
 from tasks.multimodal.results import baseline_scores as baseline_scores
@@ -86,6 +93,7 @@ class MultimodalTask(Task):
         ``from_pretrained`` will read it (one with its own code only with ``trust_remote_code``)."""
         if model != models.EMBEDDED and _llava_style(model) is None:
             models.check_transformers_config(model, trust_remote_code=trust_remote_code)
+            _check_vision_language(model)
 
     @classmethod
     def check_weights_folder(cls, folder: Path) -> None:
@@ -144,6 +152,7 @@ class MultimodalTask(Task):
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         cfg = _llava_style(model)
         if cfg is None and model != models.EMBEDDED:
+            _check_vision_language(model)
             return models.build_meta(model, trust_remote_code)  # transformers' LLaVA: adapters on model.language_model
         from tasks.multimodal.model import LlavaStyle, embedded_config
 
@@ -476,17 +485,6 @@ class MultimodalTask(Task):
         aligns, self._aligns = self._aligns, None
         described = data.describe(self.data_dir, captions=aligns is not False)
         return {**described, "source": self.provenance, "data_dir": self.data_dir.name}
-
-
-def _paper_tokenizer(model: str, processor: Any) -> str:
-    """What a transformers LLaVA built with random weights tokenizes with (``build_paper``): its own processor's
-    tokenizer where that loads offline (transformers names it by the folder or hub id it read), else the embedded
-    SmolLM2 tokenizer, given ``<image>``, which ``offline_llava_processor`` builds a processor over."""
-    local = Path(model).expanduser()
-    where = str(local) if local.exists() else model  # what build_paper read the processor from
-    if processor.tokenizer.name_or_path != where:
-        return f"{models.EMBEDDED_TOKENIZER}, with <image> added (the model's own processor does not load offline)"
-    return f"the tokenizer in {local.name}/" if local.exists() else f"{model}'s, from the hub's cache"
 
 
 __all__ = ["MultimodalTask"]

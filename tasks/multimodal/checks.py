@@ -131,3 +131,26 @@ def _llava_style(model: str) -> Any:
 
 
 _JSON_NAMES = {dict: "object", str: "string", int: "integer", bool: "boolean (true or false)"}
+
+
+def _check_vision_language(model: str) -> None:
+    """Before any run: a transformers config without a vision tower (a text model's) is refused; each run failed in
+    turn at its load (``KeyError: 'vision_config'``, a record each: a fuzz review)."""
+    config = models.load_config_dict(model)
+    if "vision_config" not in config:
+        raise ValueError(
+            f"model {model!r} ({config.get('model_type', 'no model_type')}) has no vision_config: the multimodal task "
+            "needs a vision-language model, a transformers LLaVA or a llava_style config (README, multimodal); "
+            "give one, or leave --model out for the embedded one"
+        )
+
+
+def _paper_tokenizer(model: str, processor: Any) -> str:
+    """What a transformers LLaVA built with random weights tokenizes with (``build_paper``): its own processor's
+    tokenizer where that loads offline (transformers names it by the folder or hub id it read), else the embedded
+    SmolLM2 tokenizer, given ``<image>``, which ``offline_llava_processor`` builds a processor over."""
+    local = Path(model).expanduser()
+    where = str(local) if local.exists() else model  # what build_paper read the processor from
+    if processor.tokenizer.name_or_path != where:
+        return f"{models.EMBEDDED_TOKENIZER}, with <image> added (the model's own processor does not load offline)"
+    return f"the tokenizer in {local.name}/" if local.exists() else f"{model}'s, from the hub's cache"
