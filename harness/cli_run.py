@@ -170,8 +170,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args) if exc.after_runs else ''}") from None
     except OSError as exc:  # disk full, permissions, a data file missing: every file is written atomically, nothing
         # is half-written (a run that met a full disk has its record say failed, and stopped the sweep: harness.runner)
+        rebuild = leaderboard_not_rebuilt(args) if _runs_began(exc) else ""  # none to rebuild before any run
         raise CliError(
-            f"{_file_error(exc)}, then run the same command again: finished runs are kept{leaderboard_not_rebuilt(args)}"
+            f"{_file_error(exc)}, then run the same command again: finished runs are kept{rebuild}"
         ) from None
     if failed:
         first = next(r for r in records if r["run"]["status"] != "success")
@@ -246,11 +247,41 @@ _MISSING = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR}
 _PERMISSION = {errno.EACCES, errno.EPERM}
 
 
+def _runs_began(exc: BaseException) -> bool:
+    """Whether ``exc`` came once the sweep's runs began: its traceback passes through ``harness.runner.run_one``,
+    where a run is taken and trained (a run that met a full disk stops the sweep from there). The checks before any
+    run (the models, every task's data, its split) are not in it: from a review, an unreadable ``config.json`` there
+    said the leaderboard was not rebuilt and gave a command to rebuild it from a runs dir that did not exist."""
+    import harness.runner
+
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is harness.runner.run_one.__code__:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _in_cache(exc: OSError) -> bool:
+    """Whether ``exc``'s file is in the harness's cache (``HARNESS_CACHE``; a task's generated data is built there)."""
+    import os
+
+    from harness.models import cache_dir
+
+    cache = os.path.abspath(cache_dir())
+    files = [os.path.abspath(f) for f in (exc.filename, exc.filename2) if isinstance(f, str | os.PathLike)]
+    return any(f == cache or f.startswith(cache.rstrip(os.sep) + os.sep) for f in files)
+
+
 def _file_error(exc: OSError) -> str:
     """What ``exc`` says of its file and what to do, decided by its errno: a read of a missing file was said as a
     failed write, with "free space" for advice (from a review: a plugin task's missing data file, read in its
-    ``__init__`` before any run, was "could not write .../train.csv (No such file or directory); free space")."""
+    ``__init__`` before any run, was "could not write .../train.csv (No such file or directory); free space"). A
+    file of the cache that cannot be written names ``HARNESS_CACHE``, as the embedded model's conversion does
+    (``harness.models.check_cache_writable``; a review: the multimodal data built there said "fix permissions")."""
     where, why = exc.filename or "a file", exc.strerror or exc
+    if exc.errno in _PERMISSION | {errno.EROFS} and _in_cache(exc):
+        return f"could not read or write {where} ({why}) in the harness's cache; set HARNESS_CACHE to a folder you can write"
     if exc.errno in _MISSING:
         return f"cannot read {where} ({why}); check the path (a task's data: --data-dir)"
     if disk_error(exc):

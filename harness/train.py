@@ -39,6 +39,7 @@ from harness.train_checkpoint import TIMED_ON_KEYS as TIMED_ON_KEYS
 from harness.train_checkpoint import UNREADABLE as UNREADABLE
 from harness.train_checkpoint import CheckpointUnreadable as CheckpointUnreadable
 from harness.train_schedule import (
+    MAX_STEP_EXAMPLES,
     _first_shapes,
     _micro_batches,
     _warn_schedule,
@@ -80,6 +81,12 @@ class TrainConfig:
         for name in ("micro_batch_size", "grad_accum", "cutoff_len", "val_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if (per_step := self.micro_batch_size * self.grad_accum) > MAX_STEP_EXAMPLES:  # before any list is built
+            raise ValueError(
+                f"micro_batch_size x grad_accum (--micro-batch-size x --grad-accum) is {self.micro_batch_size} x "
+                f"{self.grad_accum} = {per_step} examples a step, over the {MAX_STEP_EXAMPLES} a step takes at most; "
+                "give smaller values (a batch of 16 is the presets' largest), and --steps or --epochs to train longer"
+            )
         if not all(math.isfinite(v) and v > 0 for v in (self.epochs, self.lr)):  # NaN passes `<= 0` checks
             raise ValueError(f"epochs and lr must be finite numbers > 0 (got {self.epochs}, {self.lr})")
         for name in ("weight_decay", "max_grad_norm"):  # NaN or < 0: clipping off unsaid, or weights made NaN

@@ -20,6 +20,12 @@ from harness.task import Recipe
 if TYPE_CHECKING:
     from harness.train import TrainConfig
 
+# the most examples one process takes a step (micro-batch x grad-accum; ``TrainConfig`` refuses more): a step's index
+# list and the epochs shuffled for it stay small (65,536 indices, a few MB), where a mistyped --grad-accum of 10**10
+# built a list of 2 x 10**10 and took all memory before the first step. The presets take 16 at most, LLM-Adapters 16,
+# LLaVA 128: a step of 65,536 examples is hours of one GPU on a 7B model, past any batch a LoRA fine-tune asks for.
+MAX_STEP_EXAMPLES = 2**16
+
 
 def _warn_schedule(config: TrainConfig, total_steps: int, n: int, per_step: int) -> None:
     """Say (stderr) where the schedule is not what the settings read as: a warm-up as long as the run, whose
@@ -120,7 +126,8 @@ class _MicroBatches:
     one order per epoch (``random.Random(seed)`` shuffling ``range(n)`` once an epoch, in turn), each step the next
     ``per_step`` of them, this process taking every world_size-th. Made as the steps are asked for, keeping two
     epochs: a list of every step made up front held ``steps x per_step`` indices (a mistyped --steps of 10**20
-    took all memory before the first step, where a stop is read)."""
+    took all memory before the first step, where a stop is read); a step's own examples, micro x accum, are at most
+    ``MAX_STEP_EXAMPLES`` (``TrainConfig``)."""
 
     def __init__(self, n: int, config: TrainConfig, accelerator, total_steps: int) -> None:
         self.n, self.total, self.seed = n, total_steps, config.seed

@@ -1334,6 +1334,21 @@ def test_a_tokenizer_without_a_pad_or_eos_token_is_refused_before_the_model_load
         CausalLMRecipe(AutoTokenizer.from_pretrained(folder), cutoff_len=8, train_on_inputs=False)
 
 
+@pytest.mark.parametrize("flag", ["--grad-accum", "--micro-batch-size"])
+def test_a_huge_micro_batch_or_grad_accum_is_refused_before_the_model_loads(sandbox, data_dir, capsys, flag):
+    """From a review: ``--grad-accum 10000000000`` warned that a step takes 2e10 examples, then took all memory
+    before the first step (a MemoryError after ~100 s, a failed record): refused now before anything loads, in one
+    line naming the flags, the runs dir untouched."""
+    _refused_in_one_line(
+        sandbox,
+        data_dir,
+        capsys,
+        run(flag, "10000000000"),
+        r"micro_batch_size x grad_accum \(--micro-batch-size x --grad-accum\) is \d+ x \d+ = \d+ examples a step, "
+        r"over the 65536 a step takes at most; give smaller values .*--steps or --epochs to train longer$",
+    )
+
+
 def test_a_file_named_embedded_in_the_working_directory_is_not_the_model(sandbox):
     """From a review: ``build_specs`` refused a ``--model`` that is a file before ruling out the reserved word
     ``embedded``, so a stray file of that name in the working directory broke every default run."""

@@ -289,6 +289,71 @@ def test_a_stopped_sweep_names_the_command_that_rebuilds_its_leaderboard(tmp_pat
         assert code == 130 and "leaderboard" not in capsys.readouterr().err
 
 
+def test_a_file_error_before_any_run_gives_no_command_to_rebuild_the_leaderboard(
+    tmp_path, data_dir, tiny_model, monkeypatch, capsys
+):
+    """From a review: an OSError before any run (a --model whose config.json cannot be read, met by the checks
+    before the runs) ended "...; the leaderboard was not rebuilt: harness leaderboard --runs-dir R rebuilds it from
+    the finished records", with nothing run and R not there (the command given then fails). Said once a run has
+    begun: a full disk in a run stops the sweep, and the runs before it are in no table."""
+    import errno
+
+    import harness.runner
+    from harness.cli import main
+
+    runs, config = tmp_path / "runs", tiny_model / "config.json"
+
+    def unreadable(*args, **kwargs):  # as open() says it to a user who may not read it (the tests run as root)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(config))
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(runs / "somewhere"))
+
+    argv = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--quiet"]  # fmt: skip
+    real = harness.runner.preflight
+    monkeypatch.setattr(harness.runner, "preflight", unreadable)
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"harness: error: could not read or write {config} (Permission denied); fix permissions, then run the same "
+        "command again: finished runs are kept"
+    )
+    assert not runs.exists()
+    monkeypatch.setattr(harness.runner, "preflight", real)
+    monkeypatch.setattr(harness.runner, "load_model", full_disk)  # in the run: its record says failed
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"harness: error: could not write {runs / 'somewhere'} (No space left on device); free space or fix "
+        f"permissions, then run the same command again: finished runs are kept; the leaderboard was not rebuilt: "
+        f"harness leaderboard --runs-dir {runs} rebuilds it from the finished records"
+    )
+
+
+def test_a_cache_that_cannot_be_written_says_to_set_harness_cache(tmp_path, data_dir, monkeypatch, capsys):
+    """From a review: the README promises "set HARNESS_CACHE to a folder you can write" for a cache that cannot be
+    written; a task's data built there (the multimodal task's generated images, before any run) said "could not
+    read or write .../multimodal (Permission denied); fix permissions" instead, naming no variable."""
+    import errno
+
+    import harness.runner
+    from harness.cli import main
+
+    cache = tmp_path / "shared cache"
+    monkeypatch.setenv("HARNESS_CACHE", str(cache))
+
+    def denied(*args, **kwargs):  # as mkdir says it in a folder the user may not write (the tests run as root)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(cache / "multimodal"))
+
+    monkeypatch.setattr(harness.runner, "preflight", denied)
+    argv = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--data-dir", str(data_dir),
+            "--runs-dir", str(tmp_path / "runs"), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"harness: error: could not read or write {cache / 'multimodal'} (Permission denied) in the harness's cache; "
+        "set HARNESS_CACHE to a folder you can write, then run the same command again: finished runs are kept"
+    )
+
+
 def test_ctrl_c_under_force_says_to_resume_without_it(tmp_path, data_dir, monkeypatch, capsys):
     """From a review: under --force, "the same command goes on from each unfinished run's last checkpoint" was
     false: --force drops each run's checkpoint when the run starts, so the same command starts them over. And

@@ -358,6 +358,21 @@ def test_bad_settings(field, value, message):
         TrainConfig(**{field: value})
 
 
+def test_a_step_of_more_examples_than_a_step_may_take_is_refused_in_the_settings():
+    """From a review: ``--grad-accum 10000000000`` (or a --micro-batch-size as large) warned that a step takes 2e10
+    examples, then built that step's index list and took all memory before the first step (a MemoryError after
+    ~100 s, a failed record). The settings refuse it, naming both flags; the bound itself is taken."""
+    from harness.train_schedule import MAX_STEP_EXAMPLES
+
+    for micro, accum in [(2, 10**10), (10**12, 4), (2**8, 2**8 + 1)]:
+        with pytest.raises(ValueError, match=(
+            rf"^micro_batch_size x grad_accum \(--micro-batch-size x --grad-accum\) is {micro} x {accum} = "
+            rf"{micro * accum} examples a step, over the 65536 a step takes at most; give smaller values"
+        )):  # fmt: skip
+            TrainConfig(micro_batch_size=micro, grad_accum=accum)
+    assert TrainConfig(micro_batch_size=2**8, grad_accum=2**8).grad_accum * 2**8 == MAX_STEP_EXAMPLES == 65536
+
+
 def test_the_fused_adamw_makes_the_for_loop_update():
     """The fast path's optimizer (torch's fused AdamW) against the default one: the same parameters after
     three steps, within fp32 rounding."""
