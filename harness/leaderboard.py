@@ -149,7 +149,8 @@ from harness.runner import BASELINE
 
 
 def load_records(runs_dir: Path) -> list[dict[str, Any]]:
-    """The successful records under ``runs_dir``; unreadable ones are skipped with a warning."""
+    """The successful records under ``runs_dir``; unreadable ones, and run folders the machine cannot enter
+    (``find_records``), are skipped with a warning naming each; ``ValueError`` where ``runs_dir`` cannot be read."""
     if runs_dir.exists() and not runs_dir.is_dir():
         raise ValueError(f"runs dir {str(runs_dir)!r} is a file; pass --runs-dir the folder that holds the runs")
     if not runs_dir.is_dir():

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import math
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -109,10 +111,27 @@ def record_text(path: Path) -> str:
     except (FileNotFoundError, NotADirectoryError):
         raise
     except OSError as exc:
+        if isinstance(exc, PermissionError) and _lookup_refused(path):
+            raise RecordUnreadable(
+                f"{path.parent}: the machine could not enter this folder to read its {path.name} ({type(exc).__name__}: "
+                f"{exc}); check the disk and the folder's permissions (this user must read and enter it: r and x)"
+            ) from exc
         raise RecordUnreadable(
             f"{path}: the machine could not read it ({type(exc).__name__}: {exc}); check the disk and the file's "
             "permissions"
         ) from exc
+
+
+def _lookup_refused(path: Path) -> bool:
+    """Whether even looking ``path`` up is refused: its folder cannot be entered (a folder chmod 000; a file chmod
+    000 in an open folder is looked up, only not read)."""
+    try:
+        os.stat(path)
+    except PermissionError:
+        return True
+    except OSError:  # not there, or another error: of the file, not of a permission on its folder
+        return False
+    return False
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -369,8 +388,39 @@ def _digits(text: Any, allowed: str) -> bool:
     return isinstance(text, str) and all(c in allowed for c in text)
 
 
+# a name in the runs dir that holds no record (a file, a folder without one, a symlink loop): not a run folder
+NO_RECORD = {errno.ENOENT, errno.ENOTDIR, errno.ELOOP}
+
+
 def find_records(runs_dir: Path) -> list[Path]:
-    return sorted(runs_dir.glob(f"*/{RECORD}"))
+    """The ``record.json`` of each run folder under ``runs_dir``, sorted; a folder the machine cannot enter (no
+    permission, an I/O error) is listed as if it held one, whose reading raises ``RecordUnreadable`` naming the
+    folder: a reader of many records (the leaderboard) warns of it and goes on (from a review: a glob left it out
+    without a word, and a leaderboard of seeds 0 and 1, one folder chmod 000, listed seed 0 alone). ``[]`` where
+    ``runs_dir`` is not there; ``ValueError`` where it cannot be listed."""
+    try:
+        with os.scandir(runs_dir) as entries:
+            names = [entry.name for entry in entries]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise ValueError(
+            f"runs dir {str(runs_dir)!r} cannot be read ({type(exc).__name__}: {exc.strerror or exc}); check its "
+            "permissions (this user must read and enter it: r and x) and the disk, or pass --runs-dir a folder of "
+            "runs it can read"
+        ) from exc
+    found = []
+    for name in names:
+        if name.startswith("."):  # as the glob it replaces: a hidden folder (a temp one of a swap) is no run
+            continue
+        path = runs_dir / name / RECORD
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno in NO_RECORD:
+                continue
+        found.append(path)
+    return sorted(found)
 
 
 def pending_swaps(runs_dir: Path) -> list[str]:

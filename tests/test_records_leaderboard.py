@@ -904,6 +904,79 @@ def test_unreadable_and_failed_records_are_reported_and_skipped(tmp_path, capsys
     assert [r["method"] for r in read_csv(tmp_path / "out" / "commonsense.csv")] == ["lora"]
 
 
+def cannot_enter(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` what a folder chmod 000 is to a user other than root (the tests run as root, whom chmod does
+    not stop): listing it, and looking up or opening a name in it, raise ``PermissionError``."""
+    import errno
+    import io
+    import os
+
+    real_stat, real_scandir, real_open = os.stat, os.scandir, io.open
+
+    def refused(path, itself: bool) -> bool:
+        if not isinstance(path, str | os.PathLike):  # a file descriptor
+            return False
+        return folder in Path(path).parents or (itself and Path(path) == folder)
+
+    def denied(path) -> PermissionError:
+        return PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    def stat(path, *args, **kwargs):
+        if refused(path, itself=False):
+            raise denied(path)
+        return real_stat(path, *args, **kwargs)
+
+    def scandir(path="."):
+        if refused(path, itself=True):
+            raise denied(path)
+        return real_scandir(path)
+
+    def open_(file, *args, **kwargs):
+        if refused(file, itself=True):
+            raise denied(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(io, "open", open_)
+
+
+def test_a_run_folder_the_machine_cannot_enter_is_skipped_with_a_warning_naming_it(tmp_path, monkeypatch, capsys):
+    """From a review: the runs were found by ``glob("*/record.json")``, which leaves out a folder it cannot enter
+    without a word: of seeds 0 and 1, s1's folder chmod 000, the leaderboard listed seed 0 alone, exit 0 and no
+    warning, where a record.json it cannot read is skipped with one."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        write_fixture(runs, fixture_record("lora", seed, 0.0))
+    closed = runs / fixture_record("lora", 1)["run"]["id"]
+    cannot_enter(monkeypatch, closed)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert (
+        f"warning: skipped {closed}: the machine could not enter this folder to read its {RECORD} (PermissionError: "
+    ) in err, err
+    assert "check the disk and the folder's permissions (this user must read and enter it: r and x)" in err, err
+    assert {r["seed"] for r in read_csv(tmp_path / "out" / "commonsense_seeds.csv")} == {"0"}
+
+
+def test_a_runs_dir_the_machine_cannot_read_is_said_so_not_said_to_hold_no_runs(tmp_path, monkeypatch, capfd):
+    """From a review: ``--runs-dir`` at a folder chmod 000 said "no successful run records under ...; run `harness
+    run ...` first", as if it held none, where it holds runs this user cannot read."""
+    from tests.conftest import harness_here
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))
+    cannot_enter(monkeypatch, runs)
+    done = harness_here(capfd, "leaderboard", "--runs-dir", str(runs), "--out", str(tmp_path / "out"))
+    assert done.returncode == 2, done
+    assert done.stderr.startswith(
+        f"harness: error: runs dir {str(runs)!r} cannot be read (PermissionError: Permission denied); check its "
+        "permissions (this user must read and enter it: r and x) and the disk, or pass --runs-dir a folder of runs it "
+        "can read"
+    ), done.stderr
+    assert "no successful run records" not in done.stderr and not (tmp_path / "out").exists()
+
+
 def _holder(record: dict, field: str) -> tuple[dict, str]:
     """The dict of ``record`` holding a dotted ``field``, and the field's last key."""
     *parents, last = field.split(".")

@@ -2315,3 +2315,51 @@ def test_a_librarys_own_error_of_a_full_disk_is_raised_as_the_oserror_it_is(tmp_
     assert full.value.errno == errno.ENOSPC and full.value.filename == str(tmp_path / "model")
     with pytest.raises(ValueError, match="not a disk's"), atomic.library_writes(tmp_path / "model"):
         raise ValueError("not a disk's")  # any other error as it is
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_a_finished_run_whose_folder_the_machine_cannot_enter_stops_the_command_naming_the_folder(
+    force, tmp_path, data_dir, tiny_model, monkeypatch, capfd
+):
+    """From a review: a run folder the machine cannot enter (chmod 000) must not be taken for a run not made yet and
+    trained over; the command stops, and with --force the message named the record file and "the file's
+    permissions", where the folder's are what keeps it out."""
+    import harness.runner
+    from tests.test_records_leaderboard import cannot_enter
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
+    run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard"), capfd)
+    [path] = runs.glob(f"*/{RECORD}")
+    record = json.loads(path.read_text())
+    record["run"].update(status="success", error=None)  # a finished run's record
+    path.write_text(json.dumps(record))
+    kept = path.read_bytes()
+    flags = ["--force"] if force else []
+    with monkeypatch.context() as closed:
+        cannot_enter(closed, path.parent)
+        code, out, err = run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard", *flags), capfd)
+    assert code == 2 and "Permission denied" in err and "[1/1]" not in out + err, err
+    if force:
+        assert err.startswith(
+            f"harness: error: {path.parent}: the machine could not enter this folder to read its {RECORD} "
+            "(PermissionError: "
+        ), err
+        assert "check the disk and the folder's permissions (this user must read and enter it: r and x), then" in err
+    assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
+
+
+def test_recounting_flops_names_a_run_folder_the_machine_cannot_enter(tmp_path, monkeypatch):
+    """From a review: the runs were found by ``glob("*/record.json")``, which leaves out a folder it cannot enter
+    without a word; recount_flops left such a run uncounted and said nothing of it."""
+    from harness.recount import recount_flops
+    from tests.test_records_leaderboard import cannot_enter
+
+    closed = tmp_path / "runs" / "s1"
+    closed.mkdir(parents=True)
+    (closed / RECORD).write_text("{}")
+    cannot_enter(monkeypatch, closed)
+    said = []
+    [change] = recount_flops(tmp_path / "runs", say=said.append)
+    assert change["id"] == "s1" and change["left"].startswith("PermissionError: "), change
+    assert said == [f"s1: left as it is ({change['left']})"]
