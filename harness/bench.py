@@ -200,7 +200,16 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     tasks = _scoring_tasks(config) if config.protocols else {}
     _check_out(Path(config.out))
     if model is None:
-        model, tokenizer, label = load(config, device)
+        try:
+            model, tokenizer, label = load(config, device)
+        except (MemoryError, torch.OutOfMemoryError, RuntimeError) as exc:  # the model itself, not a step (a re-review)
+            if isinstance(exc, RuntimeError) and "can't allocate memory" not in str(exc):
+                raise
+            said = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise ValueError(
+                f"model {config.model!r} does not fit in memory here ({said}); give a smaller model, or fewer "
+                "--layers with --random-weights"
+            ) from None
     if config.protocols and tokenizer is None:
         raise ValueError("timing scoring needs the model's tokenizer; pass one, or no protocols (--protocols none)")
     model, contenders = build_contenders(config, model, methods, device)

@@ -1089,3 +1089,16 @@ def test_a_bench_out_of_memory_says_so_in_one_line(error, capsys, monkeypatch):
     assert main(["bench", "--batch", "64", "--seq", "8192", "--methods", "lora", "--protocols", "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--batch 64 --seq 8192 does not fit in memory" in err[0], err
+
+
+def test_a_model_that_does_not_fit_is_said_to_be_the_model_not_the_step(capsys, monkeypatch):
+    """From a re-review: the out-of-memory line blamed --batch and --seq for a model whose weights did not fit."""
+    import harness.bench as bench
+
+    def load(config, device):
+        raise MemoryError()
+
+    monkeypatch.setattr(bench, "load", load)
+    assert main(["bench", "--methods", "lora", "--protocols", "none", "--random-weights"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'embedded' does not fit in memory here" in err and "--batch" not in err

@@ -464,3 +464,19 @@ def test_an_answer_not_among_its_format_words_is_a_data_error_in_every_protocol(
     with pytest.raises(ValueError, match=r"mine/test.json: example 0") as refused:
         CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template=template))
     assert "--protocol choice" not in str(refused.value)
+
+
+def test_a_one_option_format_is_a_data_error_in_every_protocol_said_once(tmp_path):
+    """From a re-review: a one-option 'Answer format: true' was still told to use --protocol choice (which refuses
+    it too); and a format error read under choice said "(Answer format: a/b/...)" twice."""
+    (tmp_path / "mine").mkdir()
+    one = rec("Please answer the question: is it?\n\nAnswer format: true", "true")
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([one]))
+    with pytest.raises(ValueError, match="names one option") as refused:
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze"))
+    assert "--protocol choice" not in str(refused.value)
+    repeated = rec("Please answer the question: is it?\n\nAnswer format: true/false/true", "true")
+    (tmp_path / "mine" / "test.json").write_text(json.dumps([repeated]))
+    with pytest.raises(ValueError, match="empty or repeated option") as refused:
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean"))
+    assert str(refused.value).count("(Answer format: a/b/...)") == 1

@@ -1143,7 +1143,8 @@ def test_a_split_saved_as_json_lines_is_said_not_read(tmp_path, name):
     word: its domain trained on nothing, or scored absent, and the run ended a success."""
     (tmp_path / "images").mkdir()
     Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
-    _write(tmp_path, "train-general.json", [_train("t1")])
+    if name != "train.jsonl":  # (the combined layout's: refused where no train-<domain>.json holds the split)
+        _write(tmp_path, "train-general.json", [_train("t1")])
     _write(tmp_path, "test-math.json", _test_records())
     (tmp_path / name).write_text(json.dumps(_train("t9")) + "\n")
     split = name.split("-")[0].split(".")[0]
@@ -1161,3 +1162,11 @@ def test_your_own_folder_without_captions_is_refused_before_any_run_of_the_embed
     assert main([*args, "--data-dir", str(folder), "--runs-dir", str(runs), "--quiet"]) == 2
     assert "has no captions.json for stage 1" in capsys.readouterr().err
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_leftover_json_lines_file_the_layout_in_use_does_not_lack_is_let_be(folder):
+    """From a re-review: a train-math.jsonl beside a train.json that holds the math records was refused, told to
+    become train-math.json, which the two-layouts refusal then refused too."""
+    n = len(read_split(folder, "train"))
+    (folder / "train-math.jsonl").write_text(json.dumps(_train("t9", "math")) + "\n")
+    assert len(read_split(folder, "train")) == n

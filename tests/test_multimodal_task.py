@@ -988,3 +988,48 @@ def test_a_text_model_given_to_the_multimodal_task_is_refused_before_any_run(tin
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "(llama) has no vision_config: the multimodal task needs a vision-language" in err[0]
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_a_llava_config_leaving_its_vision_config_to_the_defaults_is_a_vision_language_model(tmp_path):
+    """From a re-review: the vision-language check read the raw config.json, so a LLaVA config that leaves
+    vision_config to transformers' defaults (CLIP's) was refused, where it built before."""
+    from harness.models import CONFIG_DIR
+    from tasks.multimodal import MultimodalTask
+
+    config = json.loads((CONFIG_DIR / "llava-1.5-7b.json").read_text())
+    del config["vision_config"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    MultimodalTask.check_model(str(tmp_path))
+    MultimodalTask.build_meta(str(tmp_path))  # on meta, as before the check
+
+
+def test_a_subclass_that_loads_otherwise_is_not_held_to_the_embedded_models_captions(folder_without_captions):
+    """From a re-review: check_data_for (captions.json for the embedded model's stage 1) and the vision-language
+    check were inherited by a plugin subclass with its own load, which may need neither (the class's other checks
+    skip such a subclass)."""
+    from harness import models
+    from harness.task import TaskOptions
+    from tasks.multimodal import MultimodalTask
+
+    class OwnLoad(MultimodalTask):
+        def load(self, *args, **kwargs):
+            raise NotImplementedError
+
+    options = TaskOptions(data_dir=str(folder_without_captions), template="chat")
+    OwnLoad(options).check_data_for(models.EMBEDDED, False)
+    with pytest.raises(ValueError, match="has no captions.json for stage 1"):
+        MultimodalTask(options).check_data_for(models.EMBEDDED, False)
+
+
+@pytest.fixture
+def folder_without_captions(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "images" / "a.png")
+    turns = [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]
+    record = {"id": "t1", "domain": "general", "image": "images/a.png", "conversations": turns}
+    (tmp_path / "train.json").write_text(json.dumps([record]))
+    test = {**record, "id": "o1", "kind": "open", "question": "What colour?", "answers": ["red"], "metric": "exact"}
+    (tmp_path / "test.json").write_text(json.dumps([test]))
+    return tmp_path

@@ -362,7 +362,7 @@ def _check_answers(records: list[dict[str, Any]], path: Path, labels: list[str])
         try:
             options = candidates_for(record, labels)
         except ValueError as exc:
-            raise ValueError(f"{path}: example {i}: {exc} (Answer format: a/b/...)") from None
+            raise ValueError(f"{path}: example {i}: {exc}") from None  # its message shows the format itself
         if len(set(options)) < 2:
             if _FORMAT.search(record["instruction"]):
                 raise ValueError(

@@ -84,7 +84,9 @@ def _parse(record: dict[str, Any]) -> ClozeItem:
         raise ValueError("no 'Answer format: a/b/...' line at the end of the instruction")
     words = format_words(match.group(1))
     if len(set(words)) < 2:
-        raise ValueError(f"its answer format names one option ({'/'.join(words)}), which would always be right")
+        raise FormatError(  # every protocol refuses it (choice: "names one option"), none to suggest (a re-review)
+            f"its answer format names one option ({'/'.join(words)}), which would always be right; name every option"
+        )
     if record["answer"] not in words:
         # every protocol refuses it (choice: not one of its options): a FormatError, no other protocol suggested
         raise FormatError(

@@ -93,7 +93,8 @@ class MultimodalTask(Task):
         ``from_pretrained`` will read it (one with its own code only with ``trust_remote_code``)."""
         if model != models.EMBEDDED and _llava_style(model) is None:
             models.check_transformers_config(model, trust_remote_code=trust_remote_code)
-            _check_vision_language(model)
+            if cls.load is MultimodalTask.load:  # a subclass that loads otherwise says what it needs
+                _check_vision_language(model, trust_remote_code)
 
     @classmethod
     def check_weights_folder(cls, folder: Path) -> None:
@@ -152,7 +153,8 @@ class MultimodalTask(Task):
     def build_meta(cls, model: str, trust_remote_code: bool = False) -> MetaModel:
         cfg = _llava_style(model)
         if cfg is None and model != models.EMBEDDED:
-            _check_vision_language(model)
+            if cls.load is MultimodalTask.load:
+                _check_vision_language(model, trust_remote_code)
             return models.build_meta(model, trust_remote_code)  # transformers' LLaVA: adapters on model.language_model
         from tasks.multimodal.model import LlavaStyle, embedded_config
 
@@ -299,7 +301,7 @@ class MultimodalTask(Task):
     def check_data_for(self, model: str, random_weights: bool) -> None:
         """The embedded model's stage 1 aligns on captions.json: a folder without one (or with a caption record
         without exactly one image) is refused before any run (a review: each run failed in turn at its load)."""
-        if model == models.EMBEDDED and not random_weights:
+        if type(self).load is MultimodalTask.load and model == models.EMBEDDED and not random_weights:
             self._captions()
 
     def _captions(self) -> list:

@@ -133,13 +133,14 @@ def _llava_style(model: str) -> Any:
 _JSON_NAMES = {dict: "object", str: "string", int: "integer", bool: "boolean (true or false)"}
 
 
-def _check_vision_language(model: str) -> None:
+def _check_vision_language(model: str, trust_remote_code: bool = False) -> None:
     """Before any run: a transformers config without a vision tower (a text model's) is refused; each run failed in
-    turn at its load (``KeyError: 'vision_config'``, a record each: a fuzz review)."""
-    config = models.load_config_dict(model)
-    if "vision_config" not in config:
+    turn at its load (``KeyError: 'vision_config'``, a record each: a fuzz review). Read as transformers resolves it:
+    a LLaVA config.json may leave its ``vision_config`` to the defaults (a re-review)."""
+    config = models.transformers_config(model, None, trust_remote_code)
+    if getattr(config, "vision_config", None) is None:
         raise ValueError(
-            f"model {model!r} ({config.get('model_type', 'no model_type')}) has no vision_config: the multimodal task "
+            f"model {model!r} ({getattr(config, 'model_type', '?')}) has no vision_config: the multimodal task "
             "needs a vision-language model, a transformers LLaVA or a llava_style config (README, multimodal); "
             "give one, or leave --model out for the embedded one"
         )

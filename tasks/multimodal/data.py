@@ -207,9 +207,13 @@ def _read_split_files(data_dir: Path, split: str, domains: list[str] | None) -> 
     per_domain = sorted(data_dir.glob(f"{split}-*.json"))
     # a split saved in another format beside (or instead of) its .json is not read: said, where it was skipped and its
     # domain trained on nothing or scored absent without a word (a review: train-math.jsonl)
+    # (only where the layout in use lacks it: a leftover train-math.jsonl beside a train.json holding math is no
+    # loss, and converting it would meet the two-layouts refusal below; a re-review)
     for ext in (".jsonl", ".parquet"):
         for other in sorted(data_dir.glob(f"{split}*{ext}")):
-            if other.stem in (split, *(f"{split}-{d}" for d in DOMAINS)) and not other.with_suffix(".json").is_file():
+            lacking = not per_domain if other.stem == split else not combined.is_file()
+            named = other.stem in (split, *(f"{split}-{d}" for d in DOMAINS))
+            if named and lacking and not other.with_suffix(".json").is_file():
                 raise ValueError(
                     f"{other} is not read: the harness reads {other.stem}.json, a JSON list of records; convert it "
                     f"to {other.with_suffix('.json')} or remove it"
