@@ -2907,3 +2907,15 @@ def test_metadata_with_a_bom_or_a_line_separator_inside_a_caption_reads_as_json_
     meta.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows).encode() + b"\r\n")
     items = ddata.read_folder(root)
     assert [i.text for i in items] == [r["text"] for r in rows]
+
+
+def test_the_embedded_base_without_the_shipped_twemoji_is_refused_before_any_run(tiny, tmp_path, capsys, monkeypatch):
+    """The embedded base pre-trains on the shipped Twemoji where --data-dir brings no base rows: not found, each run
+    of a sweep failed in turn with a record (no check before the runs saw both the model and the data, until
+    Task.check_data_for)."""
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(tmp_path / "nowhere"))
+    args = ["--methods", "lora,base", "--task", "diffusion", "--preset", "smoke", "--model", "embedded", "--quiet"]
+    assert main(["run", *args, "--data-dir", str(tiny[1]), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the embedded diffusion base pre-trains on the shipped Twemoji" in err[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -27,7 +27,14 @@ from harness.task import EVERY_COLUMN, Example, Loaded, Recipe, Task, TaskOption
 from harness.train import TrainConfig
 from tasks.diffusion import data as ddata
 from tasks.diffusion import samples
-from tasks.diffusion.folders import _is_pipeline_folder, _sha256, _twemoji_base, resolve_data, unnamed_categories
+from tasks.diffusion.folders import (
+    _is_pipeline_folder,
+    _sha256,
+    _twemoji_base,
+    resolve_data,
+    twemoji_base_dir,
+    unnamed_categories,
+)
 from tasks.diffusion.folders import twemoji_dir as twemoji_dir
 from tasks.diffusion.presets import PRESETS
 from tasks.diffusion.scorers import (
@@ -130,6 +137,13 @@ class DiffusionTask(Task):
         # whether the loaded model is the embedded base, pre-trained on the shipped Twemoji whatever the data: its
         # images derive from Twemoji's, whose CC-BY licence asks for the notice (``describe``, the contact sheet)
         self.on_twemoji_base = False
+
+    def check_data_for(self, model: str, random_weights: bool) -> None:
+        """The embedded base pre-trains on the shipped Twemoji where the data brings no base rows of its own (a
+        ``--data-dir``): not found, refused before any run (each run failed in turn at its load, a record each)."""
+        if type(self).load is DiffusionTask.load and model == models.EMBEDDED and not random_weights:
+            if not self.data.base:
+                twemoji_base_dir()
 
     def _on_shipped_twemoji(self) -> bool:
         """Whether the data is the shipped Twemoji (no --data-dir, or one that leads to it)."""

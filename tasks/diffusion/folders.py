@@ -28,8 +28,14 @@ def _is_pipeline_folder(model: str) -> bool:
 def _twemoji_base() -> list[ddata.Item]:
     """The shipped Twemoji's base rows, when the fine-tuning data is the user's own (``--data-dir``): the embedded
     base pre-trains on them."""
+    return ddata.load(twemoji_base_dir()).base
+
+
+def twemoji_base_dir() -> Path:
+    """The shipped Twemoji's folder, which the embedded base pre-trains on; a ``ValueError`` saying what to set where
+    it is not found (``DiffusionTask.check_data_for`` asks before any run)."""
     try:
-        folder = twemoji_dir()
+        return twemoji_dir()
     except ValueError:  # its message asks for a --data-dir, which this run has: say what the base needs instead
         given = os.environ.get("HARNESS_TWEMOJI_DIR")
         where = f"HARNESS_TWEMOJI_DIR {given!r} has no metadata.jsonl" if given else "it is not found here"
@@ -39,7 +45,6 @@ def _twemoji_base() -> list[ddata.Item]:
             "(metadata.jsonl, images/; ../shared/data/diffusion/twemoji-64), or pass --model with a diffusers "
             "Stable Diffusion folder"
         ) from None
-    return ddata.load(folder).base
 
 
 def resolve_data(data_dir: str | None) -> Path:
