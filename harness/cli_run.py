@@ -332,9 +332,12 @@ def _named_scorers(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | No
 
 
 def _is_main_process() -> bool:
+    """Rank 0 of several processes, or the one process: a RANK left in a one-process run's environment (WORLD_SIZE
+    unset or 1, as the runner sees one process) is not read (a fuzz review: RANK=1 ran, recorded, and wrote no
+    leaderboard, without a word)."""
     import os
 
-    return os.environ.get("RANK", "0") == "0"
+    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:

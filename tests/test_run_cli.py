@@ -703,3 +703,20 @@ def test_a_finished_record_the_machine_cannot_read_stops_the_command_before_any_
     ) in err, err
     assert "[1/2]" not in out + err and [p.parent for p in runs.glob("*/record.json")] == [path.parent]
     assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
+
+
+def test_a_rank_left_in_a_one_process_runs_environment_still_writes_the_leaderboard(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a fuzz review: RANK=1 left in the environment of one process (no WORLD_SIZE) made the command take
+    itself for another process than the main one: it trained, recorded, and wrote no leaderboard, without a word."""
+    from harness.cli import main
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--steps", "1",
+            "--out", str(tmp_path / "lb"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tmp_path / "lb" / "leaderboard.md").is_file()
