@@ -138,6 +138,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         check_writable(runs_dir)
     if args.leaderboard:  # before any training: a folder that cannot be made failed after every run
         check_writable(out, "leaderboard folder", "--out")
+    ran = False  # whether the runs were made: a file error after them leaves the leaderboard to rebuild
     try:
         records = run_all(
             specs,
@@ -147,6 +148,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             trust_remote_code=args.trust_remote_code,
         )
+        ran = True
         failed = [r["run"]["id"] for r in records if r["run"]["status"] != "success"]
         not_written = ""  # where runs failed: why the leaderboard was not written, said with the failures
         if args.leaderboard and _is_main_process():
@@ -170,7 +172,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise CliError(f"{exc}{leaderboard_not_rebuilt(args) if exc.after_runs else ''}") from None
     except OSError as exc:  # disk full, permissions, a data file missing: every file is written atomically, nothing
         # is half-written (a run that met a full disk has its record say failed, and stopped the sweep: harness.runner)
-        rebuild = leaderboard_not_rebuilt(args) if _runs_began(exc) else ""  # none to rebuild before any run
+        rebuild = leaderboard_not_rebuilt(args) if ran or _runs_began(exc) else ""  # none to rebuild before any run
         raise CliError(
             f"{_file_error(exc)}, then run the same command again: finished runs are kept{rebuild}"
         ) from None
@@ -332,12 +334,9 @@ def _named_scorers(args: argparse.Namespace) -> tuple[tuple[str, str], ...] | No
 
 
 def _is_main_process() -> bool:
-    """Rank 0 of several processes, or the one process: a RANK left in a one-process run's environment (WORLD_SIZE
-    unset or 1, as the runner sees one process) is not read (a fuzz review: RANK=1 ran, recorded, and wrote no
-    leaderboard, without a word)."""
-    import os
+    from harness.guard import is_main_process
 
-    return int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("RANK", "0") == "0"
+    return is_main_process()
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:

@@ -409,17 +409,22 @@ def find_records(runs_dir: Path) -> list[Path]:
             "permissions (this user must read and enter it: r and x) and the disk, or pass --runs-dir a folder of "
             "runs it can read"
         ) from exc
-    found = []
+    found, refused = [], 0
     for name in names:
-        if name.startswith("."):  # as the glob it replaces: a hidden folder (a temp one of a swap) is no run
-            continue
         path = runs_dir / name / RECORD
         try:
             os.stat(path)
         except OSError as exc:
             if exc.errno in NO_RECORD:
                 continue
+            refused += isinstance(exc, PermissionError)
         found.append(path)
+    if found and refused == len(found):  # listed, but no folder in it can be entered: the runs dir's own x bit
+        raise ValueError(  # (a re-review: `chmod -R 644 runs` said "no successful run records")
+            f"runs dir {str(runs_dir)!r} cannot be read (no run folder in it can be entered: PermissionError); check "
+            "its permissions (this user must read and enter it and its folders: r and x) and the disk, or pass "
+            "--runs-dir a folder of runs it can read"
+        )
     return sorted(found)
 
 

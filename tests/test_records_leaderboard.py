@@ -1900,3 +1900,28 @@ def test_a_base_kept_from_a_section_by_its_device_says_so(tmp_path):
     assert settings["lora"] == 'device_type "cpu"' and settings["base"] == 'device_type "cuda"'
     markdown = (tmp_path / "out" / "leaderboard.md").read_text()
     assert 'Set apart from the other sections of this title by: device_type "cuda".' in markdown
+
+
+def test_hidden_run_folders_are_listed_as_the_glob_listed_them_and_a_runs_dir_without_x_is_said(tmp_path, monkeypatch):
+    """From a re-review: find_records left out run folders whose names start with "." (the glob it replaced listed
+    them, and the leaderboard counted them); and a runs dir that lists but whose folders cannot be entered (r without
+    x) still said "no successful run records"."""
+    import errno
+    import os
+
+    from harness import records
+
+    for name in (".hidden", "a"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text("{}")
+    assert records.find_records(tmp_path) == sorted(tmp_path.glob("*/record.json"))
+    real = os.stat
+
+    def no_x(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path) + os.sep):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "stat", no_x)
+    with pytest.raises(ValueError, match=r"cannot be read \(no run folder in it can be entered"):
+        records.find_records(tmp_path)

@@ -720,3 +720,47 @@ def test_a_rank_left_in_a_one_process_runs_environment_still_writes_the_leaderbo
             "--out", str(tmp_path / "lb"), "--quiet"]  # fmt: skip
     assert main(argv) == 0
     assert (tmp_path / "lb" / "leaderboard.md").is_file()
+
+
+def test_a_file_error_writing_the_leaderboard_after_the_runs_says_it_was_not_rebuilt(
+    tiny_model, data_dir, tmp_path, monkeypatch, capsys
+):
+    """From a re-review: once the suffix was kept for errors whose traceback passed through run_one, a full disk
+    while the leaderboard was written after the runs no longer said it was not rebuilt, nor how to rebuild it."""
+    import errno
+
+    import harness.leaderboard
+    import harness.runner
+    from harness.cli import main
+
+    def finished(specs, runs_dir, *args, **kwargs):
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        return [{"run": {"status": "success", "id": s.run_id, "error": None}} for s in specs]
+
+    def full(runs_dir, out):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(out / ".leaderboard.md.tmp"))
+
+    monkeypatch.setattr(harness.runner, "run_all", finished)
+    monkeypatch.setattr(harness.leaderboard, "write_leaderboards", full)
+    runs = tmp_path / "runs"
+    argv = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(runs), "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    assert f"the leaderboard was not rebuilt: harness leaderboard --runs-dir {runs}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("world", "rank", "main_process"),
+    [(None, None, True), (None, "1", True), ("1", "1", True), ("2", "0", True), ("2", "1", False)],
+)
+def test_the_main_process_is_rank_0_of_several_or_the_one(monkeypatch, world, rank, main_process):
+    """From a fuzz review: a RANK left in one process's environment was read alone (no leaderboard written, the
+    multimodal seen-image warning not given); WORLD_SIZE says whether there are several."""
+    from harness.guard import is_main_process
+
+    for name, value in (("WORLD_SIZE", world), ("RANK", rank)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert is_main_process() is main_process

@@ -4,12 +4,12 @@ and test images that training or caption records show too."""
 from __future__ import annotations
 
 import dataclasses
-import os
 import typing
 from pathlib import Path
 from typing import Any
 
 from harness import hub, models
+from harness.guard import is_main_process
 from tasks.multimodal import data
 
 LLAVA_STYLE = "llava_style"  # model_type of a config.json describing the embedded architecture at another size
@@ -37,7 +37,7 @@ def _seen_test_images(data_dir: Path, what: str, records: list[data.Record], tes
     key = (data_dir.resolve(), what, seen_side, test_side)
     if key not in _WARNED:
         ids = data.seen_test_images(test, records)
-        if ids and os.environ.get("RANK", "0") == "0":  # under torchrun, one process says it
+        if ids and is_main_process():  # under torchrun, one process says it
             print(
                 f"warning: {len(ids)} of the {len(test)} test questions of {data_dir} show an image that its {what} "
                 f"records show too (pixel for pixel; e.g. {ids[0]!r}): their scores measure memory; hold out test "
