@@ -409,7 +409,12 @@ def find_records(runs_dir: Path) -> list[Path]:
             "permissions (this user must read and enter it: r and x) and the disk, or pass --runs-dir a folder of "
             "runs it can read"
         ) from exc
-    found, refused = [], 0
+    if names and not os.access(runs_dir, os.X_OK):  # listed, not entered (r without x: `chmod -R 644 runs`, which
+        raise ValueError(  # said "no successful run records": a re-review)
+            f"runs dir {str(runs_dir)!r} cannot be read (it lists, but cannot be entered: no x permission); check its "
+            "permissions (this user must read and enter it: r and x), or pass --runs-dir a folder of runs it can read"
+        )
+    found = []
     for name in names:
         path = runs_dir / name / RECORD
         try:
@@ -417,14 +422,7 @@ def find_records(runs_dir: Path) -> list[Path]:
         except OSError as exc:
             if exc.errno in NO_RECORD:
                 continue
-            refused += isinstance(exc, PermissionError)
         found.append(path)
-    if found and refused == len(found):  # listed, but no folder in it can be entered: the runs dir's own x bit
-        raise ValueError(  # (a re-review: `chmod -R 644 runs` said "no successful run records")
-            f"runs dir {str(runs_dir)!r} cannot be read (no run folder in it can be entered: PermissionError); check "
-            "its permissions (this user must read and enter it and its folders: r and x) and the disk, or pass "
-            "--runs-dir a folder of runs it can read"
-        )
     return sorted(found)
 
 
