@@ -303,6 +303,17 @@ if int(os.environ.get("RANK", "0")) == 0:
 """
 
 
+def alone_and_under_torchrun(script: Path) -> tuple[str, str]:
+    """``script``'s stdout run as one process, then as two under torchrun (from the checkout, each must succeed)."""
+    cwd = Path(__file__).resolve().parents[1]
+    outs = []
+    for argv in ([sys.executable, str(script)], torchrun([], script)):
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outs.append(done.stdout)
+    return outs[0], outs[1]
+
+
 def test_a_task_parameter_a_micro_batch_leaves_unused_trains_under_two_processes(tmp_path):
     """From a review: a task's own trained tensor that some micro-batches do not reach (LLaVA's projector on a
     text-only example) failed DDP's next step ("Expected to have finished reduction in the prior iteration"):
@@ -311,12 +322,7 @@ def test_a_task_parameter_a_micro_batch_leaves_unused_trains_under_two_processes
 
     script = tmp_path / "sometimes_unused.py"
     script.write_text(SOMETIMES_UNUSED)
-    cwd = Path(__file__).resolve().parents[1]
-    one = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(torchrun([], script), capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
-    assert two.returncode == 0, two.stderr[-3000:]
-    curves = [json.loads(p.stdout.split("CURVE ")[1]) for p in (one, two)]
+    curves = [json.loads(out.split("CURVE ")[1]) for out in alone_and_under_torchrun(script)]
     assert len(curves[0]) == 6
     for x, y in zip(*curves, strict=True):
         assert abs(x - y) <= 1e-3 * max(1.0, abs(x))
@@ -365,12 +371,7 @@ def step_0_cut(tmp_path_factory) -> tuple[dict, dict]:
 
     script = tmp_path_factory.mktemp("step_0_cut") / "step_0_cut.py"
     script.write_text(STEP_0_CUT)
-    cwd = Path(__file__).resolve().parents[1]
-    one = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
-    assert one.returncode == 0, one.stderr[-2000:]
-    two = subprocess.run(torchrun([], script), capture_output=True, text=True, timeout=300, env=env(), cwd=cwd)
-    assert two.returncode == 0, two.stderr[-3000:]
-    alone, both = (json.loads(p.stdout.split("RESULT ")[1]) for p in (one, two))
+    alone, both = (json.loads(out.split("RESULT ")[1]) for out in alone_and_under_torchrun(script))
     assert alone["loss_curve"][0] == [1, None]  # step 0 had nothing supervised, as meant
     return alone, both
 
