@@ -203,7 +203,7 @@ class MultimodalTask(Task):
 
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         cfg = _llava_style(model)
-        self._aligns = model == models.EMBEDDED and cfg is None and not random_weights  # stage 1 below, on captions
+        self._aligns = _runs_stage1(model, random_weights)  # stage 1 below, on captions
         if model == models.EMBEDDED or cfg is not None:
             info: dict[str, Any] = {
                 "stage2_projector": f"{stage2} (the same for every method)",
@@ -301,7 +301,7 @@ class MultimodalTask(Task):
     def check_data_for(self, model: str, random_weights: bool) -> None:
         """The embedded model's stage 1 aligns on captions.json: a folder without one (or with a caption record
         without exactly one image) is refused before any run (a review: each run failed in turn at its load)."""
-        if type(self).load is MultimodalTask.load and model == models.EMBEDDED and not random_weights:
+        if type(self).load is MultimodalTask.load and _runs_stage1(model, random_weights):
             self._captions()
 
     def _captions(self) -> list:
@@ -487,6 +487,12 @@ class MultimodalTask(Task):
         aligns, self._aligns = self._aligns, None
         described = data.describe(self.data_dir, captions=aligns is not False)
         return {**described, "source": self.provenance, "data_dir": self.data_dir.name}
+
+
+def _runs_stage1(model: str, random_weights: bool) -> bool:
+    """Whether ``load`` aligns the projector on captions.json (LLaVA's stage 1): the embedded model with its weights
+    (a ``llava_style`` config, ``paper`` and random weights run none)."""
+    return model == models.EMBEDDED and not random_weights
 
 
 __all__ = ["MultimodalTask"]
