@@ -197,7 +197,7 @@ def _run(config: BenchConfig, model: nn.Module | None, tokenizer: Any, label: st
     methods = list(config.methods) or METHODS.names()
     config.check_methods()  # again: a plugin may have registered since the config was made
     # before the model loads (minutes) and the timing (more): the scoring's task, protocols and data, the output
-    tasks = _scoring_tasks(config) if config.protocols else {}
+    tasks = _scoring_tasks(config)
     _check_out(Path(config.out))
     if model is None:
         try:
@@ -316,11 +316,21 @@ def _train_row(c: Contender, times: dict, model: nn.Module, config: BenchConfig,
 def _scoring_tasks(config: BenchConfig) -> dict[str, Any]:
     """{protocol: the task built to score it}: an unknown task or protocol, a task that does not score a causal LM
     (``SCORED_TASKS``), a protocol the task cannot run here, or data that cannot be read, fails here, before
-    anything is loaded or timed."""
+    anything is loaded or timed. With no protocols (``--protocols none``) nothing is scored, yet an unknown
+    ``--task`` and a ``--data-dir`` that is no folder are refused still, as bench checks its other values where
+    unused (``--reducer``, ``--eval-limit``): they passed silently (from a review)."""
     from harness.registry import TASKS
     from harness.task import TaskOptions
 
-    task_cls = TASKS.get(config.task)
+    task_cls = TASKS.get(config.task)  # an unknown name: the registry's message, naming the tasks
+    if not config.protocols:
+        if config.data_dir is not None and not (path := Path(config.data_dir).expanduser()).is_dir():
+            state = "is a file, not a folder" if path.exists() else "does not exist"
+            raise ValueError(
+                f"--data-dir {config.data_dir!r} {state}; pass the task's data folder, or leave --data-dir out "
+                "(with --protocols none nothing is scored)"
+            )
+        return {}
     if config.task not in SCORED_TASKS:  # before the protocols: that refusal's advice (--protocols native) crashed
         scored = "; ".join(f"{t} ({', '.join(TASKS.get(t).protocols)})" for t in SCORED_TASKS)
         raise ValueError(

@@ -92,13 +92,15 @@ def _random_batch(model: nn.Module, config: BenchConfig, g: torch.Generator, dev
 
 
 POSITION_TABLES = ("wpe", "embed_positions", "position_embeddings")  # GPT-2, GPT-Neo; OPT, BioGPT; BERT-like
+# tables whose model also reads the row after each position's: ProphetNet's predicting stream embeds position + 1
+READS_NEXT_ROW = ("ProphetNetPositionalEmbeddings",)
 
 
 def learned_positions(model: nn.Module) -> int | None:
     """The positions ``model`` has a learned table for: an ``nn.Embedding`` of ``POSITION_TABLES`` beside its token
-    embeddings, less its ``offset`` (OPT's table starts 2 rows in; RoBERTa's past its ``padding_idx``), else the
-    config's ``n_positions`` (GPT-2 style); ``None`` where positions are computed for any length (rotary, ALiBi),
-    as a Llama's are past its ``max_position_embeddings``."""
+    embeddings, less its ``offset`` (OPT's table starts 2 rows in; RoBERTa's past its ``padding_idx``) and the row a
+    ``READS_NEXT_ROW`` model reads past the last position, else the config's ``n_positions`` (GPT-2 style); ``None``
+    where positions are computed for any length (rotary, ALiBi), as a Llama's are past its ``max_position_embeddings``."""
     tokens = model.get_input_embeddings()
     for module in model.modules():
         children = dict(module.named_children())
@@ -109,6 +111,8 @@ def learned_positions(model: nn.Module) -> int | None:
                     # a table with a padding row (RoBERTa's family) counts positions from padding_idx + 1 (a re-review)
                     padding = table.padding_idx
                     offset = (offset if isinstance(offset, int) else 0) + (padding + 1 if padding is not None else 0)
+                    # ProphetNet's last position reads the row after it: one position fewer (from a review)
+                    offset += 1 if type(table).__name__ in READS_NEXT_ROW else 0
                     return table.num_embeddings - offset
     return getattr(model.config, "n_positions", None)
 

@@ -1060,6 +1060,55 @@ def test_a_roberta_style_position_table_counts_from_past_its_padding_index():
         model(torch.full((1, 33), 5))
 
 
+def test_a_prophetnet_position_table_holds_one_position_fewer_its_predicting_stream_reads_the_next_row(tmp_path):
+    """From a review: ProphetNet's decoder embeds each position and, for its predicting stream, the row after it,
+    so --seq one past the longest that runs passed the check and ended in an IndexError inside the model."""
+    from transformers import AutoModelForCausalLM, ProphetNetConfig
+
+    from harness.bench import build_contenders
+    from harness.bench_contenders import learned_positions
+
+    torch.manual_seed(0)
+    size = {"vocab_size": 50, "hidden_size": 16, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "ngram": 2}
+    heads = {"num_encoder_layers": 1, "num_decoder_layers": 1, "num_encoder_attention_heads": 2}
+    config = ProphetNetConfig(**size, **heads, num_decoder_attention_heads=2, max_position_embeddings=12,
+                              pad_token_id=1, num_buckets=4, relative_max_distance=8)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)  # bench's loader: ProphetNetForCausalLM, the decoder alone
+    assert learned_positions(model) == 9  # 12 rows, less positions 0..1 (padding_idx 1) and the row read after 10
+    model(input_ids=torch.full((1, 9), 5), labels=torch.full((1, 9), 5))  # the longest it holds runs
+    with pytest.raises(IndexError):
+        model(input_ids=torch.full((1, 10), 5), labels=torch.full((1, 10), 5))
+    bench = BenchConfig(methods=("lora",), rounds=1, warmup=0, batch_size=1, seq_len=10, protocols=(), peft=False,
+                        options={"targets": "query_proj,value_proj"}, out=str(tmp_path))  # fmt: skip
+    with pytest.raises(ValueError, match=r"--seq 10 is longer than the model's 9 positions; give --seq 9 or less"):
+        run_bench(bench, model=model)
+    _, contenders = build_contenders(replace(bench, seq_len=9), model, ["lora"], torch.device("cpu"))
+    for c in contenders:  # the floor and lora step 9 tokens
+        c.step()
+
+
+def test_bench_with_protocols_none_refuses_an_unknown_task_or_a_missing_data_dir_before_the_model_loads(
+    tmp_path, capsys
+):
+    """From a review: ``harness bench --protocols none`` took any ``--task`` and ``--data-dir``: a mistyped task
+    name or data folder passed silently, where with protocols the registry names the valid tasks."""
+    nowhere = str(tmp_path / "nowhere")  # the model: loading it would fail, so each refusal comes before it loads
+    argv = ["bench", "--model", nowhere, "--methods", "lora", "--no-peft", "--protocols", "none"]
+    argv += ["--out", str(tmp_path)]
+    assert main([*argv, "--task", "commonsens"]) == 2
+    err = capsys.readouterr().err
+    said = "unknown task 'commonsens' (did you mean 'commonsense'?); available: commonsense"
+    assert err.count("\n") == 1 and said in err
+    (tmp_path / "a-file").write_text("")
+    for data, state in (("no-data", "does not exist"), ("a-file", "is a file, not a folder")):
+        assert main([*argv, "--data-dir", str(tmp_path / data)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"--data-dir {str(tmp_path / data)!r} {state}; pass the task's data" in err
+    # a task bench cannot score is still taken with --protocols none (README), and a data folder that is there
+    assert main([*argv, "--task", "diffusion", "--data-dir", str(tmp_path)]) == 2
+    assert f"--model {nowhere!r}: no such folder" in capsys.readouterr().err  # it got as far as loading
+
+
 @pytest.mark.parametrize("seed", [-1, 2**32, 10**23])
 def test_a_bench_seed_out_of_range_is_refused_naming_the_flag(seed, capsys):
     """From a fuzz review: bench's --seed was never checked: -1 was taken (run's --seeds refuses it) and a huge one
