@@ -17,7 +17,6 @@ Python; ``harness bench`` times it (and the reference path with ``--reference``)
 
 from __future__ import annotations
 
-import functools
 import importlib
 import math
 import sys
@@ -157,7 +156,8 @@ class AdapterLinear(nn.Module):
     # checkpoint of one is refused (records and checkpoints from before it was kept count as version "1")
     version: ClassVar[str] = "1"
     # methods ``delta`` calls that the fast path computes its own way (HydraLoRA's ``router_weights``): a subclass
-    # overriding one of them below the fast path's methods runs the plain path, as one overriding ``delta`` does
+    # overriding one of them below the fast path's methods runs the plain path, as one overriding ``delta`` does.
+    # Those a config's ``delta`` never calls are left out by ``delta_helpers_for`` (EffiLoRA's router at heads=1)
     delta_helpers: ClassVar[tuple[str, ...]] = ()
     # whether ``r`` bounds the rank of the update (B A): then attach refuses an r above a target's smaller side. A
     # method whose r counts something else (a VeRA-style shared basis, a number of coefficients) sets it False
@@ -177,7 +177,9 @@ class AdapterLinear(nn.Module):
         self.merged = False
         self.fast_path = False  # opt-in (Adapter.use_fast_path): it changes dropout draws; see the module doc
         # a subclass that overrides delta without setting autocast_input itself does not inherit it
-        self._autocast_input = type(self).autocast_input and type(self).follows_delta("autocast_input")
+        cls = type(self)
+        self._autocast_input = cls.autocast_input and cls.follows_delta("autocast_input", config=config)
+        self._fuses_input = _fuses_input(cls, config)  # once, for fuses_input: forward asks on every call
         object.__setattr__(self, "_shared", shared)  # not a child: registered once at the root
         object.__setattr__(self, "_input", SharedInput())  # attach() gives a layer's wrappers one
 
@@ -221,28 +223,38 @@ class AdapterLinear(nn.Module):
         """Whether the fast path takes the fused route (``input_weights`` + ``factors_from``, made with the
         wrapper's siblings): only where ``factors_from`` is defined where ``delta`` is or below it (``input_weights``
         only names the first matmul's weights: MoSLoRA inherits LoRA's; a review: a plugin that subclassed a built-in
-        with its own ``delta`` and ``delta_factors`` ran the built-in's Δ on the fast path)."""
-        return _fuses_input(type(self))
+        with its own ``delta`` and ``delta_factors`` ran the built-in's Δ on the fast path); read with the
+        wrapper's config (``delta_helpers_for``)."""
+        return self._fuses_input
 
     @classmethod
-    def offers_fast_path(cls) -> bool:
+    def offers_fast_path(cls, config: AdapterConfig | None = None) -> bool:
         """Whether the method defines a fast path of its own: ``delta_factors``, or ``input_weights`` and
-        ``factors_from``, where its ``delta`` is defined or below it (an inherited one computes another Δ)."""
-        own = cls.delta_factors is not AdapterLinear.delta_factors and cls.follows_delta("delta_factors")
-        fused = cls.input_weights is not AdapterLinear.input_weights and cls.follows_delta("factors_from")
-        return own or fused
+        ``factors_from``, where its ``delta`` is defined or below it (an inherited one computes another Δ).
+        Without ``config``, every one of ``delta_helpers`` counts (as at a config whose ``delta`` calls them all)."""
+        own = cls.delta_factors is not AdapterLinear.delta_factors and cls.follows_delta("delta_factors", config=config)
+        return own or _fuses_input(cls, config)
 
     @classmethod
-    def follows_delta(cls, *names: str) -> bool:
+    def delta_helpers_for(cls, config: AdapterConfig) -> tuple[str, ...]:
+        """The ``delta_helpers`` that ``delta`` calls under ``config``: all of them here; a method whose ``delta``
+        skips one at some settings leaves it out there (EffiLoRA: no router at heads=1), so that a plugin
+        overriding only that helper keeps the fast path and merge where the helper never runs."""
+        return cls.delta_helpers
+
+    @classmethod
+    def follows_delta(cls, *names: str, config: AdapterConfig | None = None) -> bool:
         """Whether the methods ``names`` (a fast path's, ``delta_weight``) are defined where ``delta`` is or below
-        it and its ``delta_helpers``: a plugin that subclasses a built-in method and overrides only ``delta`` (or a
-        helper of it) inherits the built-in's fast path and merge, which compute the built-in's Δ, not its own."""
+        it and its helpers (``delta_helpers_for(config)``; every one of ``delta_helpers`` without a config): a
+        plugin that subclasses a built-in method and overrides only ``delta`` (or a helper of it) inherits the
+        built-in's fast path and merge, which compute the built-in's Δ, not its own."""
+        helpers = cls.delta_helpers if config is None else cls.delta_helpers_for(config)
 
         def owner(name: str) -> type:
             return next(k for k in cls.__mro__ if name in vars(k))
 
         # a review: a plugin overriding only HydraLoRA's router_weights ran the built-in router on the fast path
-        return all(issubclass(owner(name), owner(d)) for name in names for d in ("delta", *cls.delta_helpers))
+        return all(issubclass(owner(name), owner(d)) for name in names for d in ("delta", *helpers))
 
     def delta_weight(self) -> Tensor:
         """``Δ`` as a ``d_out x d_in`` matrix, for merging (mergeable methods only)."""
@@ -255,7 +267,9 @@ class AdapterLinear(nn.Module):
     @classmethod
     def is_mergeable(cls, config: AdapterConfig) -> bool:
         return (
-            cls.mergeable and cls.delta_weight is not AdapterLinear.delta_weight and cls.follows_delta("delta_weight")
+            cls.mergeable
+            and cls.delta_weight is not AdapterLinear.delta_weight
+            and cls.follows_delta("delta_weight", config=config)
         )
 
     # -- helpers for subclasses -----------------------------------------------------------------
@@ -398,10 +412,9 @@ _MOVED = frozenset(
 )
 
 
-@functools.cache
-def _fuses_input(cls: type[AdapterLinear]) -> bool:
-    """``AdapterLinear.fuses_input`` of a class (once: its forward asks on every call)."""
-    return cls.input_weights is not AdapterLinear.input_weights and cls.follows_delta("factors_from")
+def _fuses_input(cls: type[AdapterLinear], config: AdapterConfig | None) -> bool:
+    """``AdapterLinear.fuses_input`` of a class under ``config`` (every helper counted without one)."""
+    return cls.input_weights is not AdapterLinear.input_weights and cls.follows_delta("factors_from", config=config)
 
 
 def __getattr__(name: str) -> Any:

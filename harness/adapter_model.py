@@ -173,7 +173,7 @@ class Adapter:
         the parity tests and ``harness bench`` compare against."""
         for layer in self.layers.values():
             cls = type(layer)
-            offered = cls.offers_fast_path()
+            offered = cls.offers_fast_path(self.config)  # per config: EffiLoRA's router only where heads > 1
             inherited = cls.input_weights is not AdapterLinear.input_weights  # a built-in's fused route, below delta
             if enabled and not offered and (inherited or cls.delta_factors is not AdapterLinear.delta_factors):
                 warnings.warn(

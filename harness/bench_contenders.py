@@ -188,7 +188,7 @@ def _contenders(model, methods, config, batch, held_out, autocast) -> list[Conte
         for reducer, cfg in variants:
             label = reducer + (", default" if reducer and reducer != "default" and cfg == base else "")
             # a method without a fast path runs its reference path either way: one contender, not two alike
-            for reference in (False, True) if config.reference and cls.offers_fast_path() else (False,):
+            for reference in (False, True) if config.reference and cls.offers_fast_path(cfg) else (False,):
                 name = method + (f" ({label})" if label else "") + (" reference" if reference else "")
                 out.append(_ours(name, method, cfg, model, batch, held_out, n, autocast, reference, label))
                 out[-1].replaced = _replaced(config.options, base, cfg)
@@ -268,7 +268,9 @@ def _ours(name, method, cfg, model, batch, held_out, n, autocast, reference, red
 
     trained = _share(model)
     adapter = attach(trained, method, config=cfg)
-    adapter.use_fast_path(not reference and adapter.method_cls.offers_fast_path())  # a method without one: its own
+    adapter.use_fast_path(
+        not reference and adapter.method_cls.offers_fast_path(adapter.config)
+    )  # a method without one: its own
     fast = any(layer.fast_path for layer in adapter.layers.values())  # a method without one: the reference path
     trained.train()
     opt = adamw(adapter.param_groups(lr=1e-4), fused=fast)  # as the training loop builds it

@@ -322,9 +322,10 @@ def preflight(specs: list[RunSpec], trust_remote_code: bool = False) -> None:
         if spec.method == BASELINE:
             task_cls.check_model(spec.model, **trust_kwargs(task_cls.check_model, flag))
         elif key not in seen:
-            reducer = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options).reducer
+            adapter = attach(task_cls.build_meta(spec.model, **trust).root, spec.method, **spec.method_options)
+            reducer = adapter.reducer
             scores[key] = reducer is not None and reducer.active and reducer.config.selection == "importance"
-            if spec.extra.get("fast_path") and not METHODS.get(spec.method).offers_fast_path():
+            if spec.extra.get("fast_path") and not METHODS.get(spec.method).offers_fast_path(adapter.config):
                 raise ValueError(
                     f"method {spec.method!r} has no fast path (no delta_factors, or input_weights and "
                     "factors_from, of its own): --fast-path would record a path the run does not take; leave it out"

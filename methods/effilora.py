@@ -53,6 +53,12 @@ class EffiLoraLinear(SharedA, AdapterLinear):
     def is_mergeable(cls, config: AdapterConfig) -> bool:
         return config.heads == 1 and super().is_mergeable(config)  # a plugin's own delta: not this delta_weight
 
+    @classmethod
+    def delta_helpers_for(cls, config: AdapterConfig) -> tuple[str, ...]:
+        # one head runs no router: a plugin overriding only router_weights keeps merge and the fast path there
+        helpers = super().delta_helpers_for(config)
+        return tuple(h for h in helpers if h != "router_weights") if config.heads == 1 else helpers
+
     def router_weights(self, x: Tensor, z: Tensor) -> Tensor:
         return torch.softmax(F.linear(z if self.router_input == "subspace" else x, self.lora_router), dim=-1)
 

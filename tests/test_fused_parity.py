@@ -4,6 +4,7 @@ kernel) computes what the reference path (``delta``, one ``nn.Dropout`` per wrap
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -812,3 +813,35 @@ def test_a_plugin_overriding_only_the_router_is_not_given_the_built_ins_fast_pat
     adapter = attach(tiny_llama(), cls, targets=TINY_TARGETS, dropout=0.0, heads=2)
     perturb(adapter)
     assert not any(layer.fuses_input for layer in adapter.layers.values())
+
+
+def test_a_plugin_overriding_only_effiloras_router_keeps_merge_and_the_fast_path_at_one_head(monkeypatch):
+    """From a review: ``delta_helpers`` was read per class, so a subclass of EffiLoRA that overrode only
+    ``router_weights`` lost merge and the fast path at ``heads=1`` too, where no router runs and the built-in's
+    ``delta_weight`` and ``factors_from`` compute the plugin's Δ. At two heads it still gets neither."""
+    single = attach(tiny_llama(), SharpEffiLinear, targets=TINY_TARGETS, dropout=0.0, heads=1)
+    perturb(single)
+    assert SharpEffiLinear.is_mergeable(single.config) and all(layer.fuses_input for layer in single.layers.values())
+    assert SharpEffiLinear.offers_fast_path(single.config) and not SharpEffiLinear.offers_fast_path()
+    reference, _ = outputs_and_grads(single, fast=False)
+    fused = []
+    for layer in single.layers.values():
+        plain = layer.factors_from
+        monkeypatch.setattr(layer, "factors_from", lambda z, g, plain=plain: fused.append(1) or plain(z, g))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # use_fast_path asks with the adapter's config: no "fast path is off" warning
+        single.use_fast_path(True)
+    with torch.no_grad():
+        fast = single.model(**batch(size=3, length=10)).logits
+    assert len(fused) == len(single.layers)
+    torch.testing.assert_close(fast, reference, atol=1e-5, rtol=1e-4)
+    single.merge()
+    with torch.no_grad():
+        torch.testing.assert_close(single.model(**batch(size=3, length=10)).logits, reference, atol=1e-5, rtol=1e-4)
+
+    routed = attach(tiny_llama(), SharpEffiLinear, targets=TINY_TARGETS, dropout=0.0, heads=2)
+    assert not SharpEffiLinear.offers_fast_path(routed.config) and not SharpEffiLinear.is_mergeable(routed.config)
+    assert EffiLoraLinear.offers_fast_path(routed.config)
+    assert not any(layer.fuses_input for layer in routed.layers.values())
+    with pytest.raises(ValueError, match="cannot be merged"):
+        routed.merge()
