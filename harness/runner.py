@@ -122,7 +122,8 @@ def _decide(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path, lock: Run
 
 
 def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> dict[str, Any]:
-    finished = _finished_record(run_dir / RECORD) or _newer_record(run_dir / RECORD)
+    # a damaged record is set aside (the main process, which writes): the run is run again
+    finished = _finished_record(run_dir / RECORD, set_aside=ctx.is_main) or _newer_record(run_dir / RECORD)
     # a re-run of a finished run writes its outputs (adapter, predictions, samples) apart until it succeeds:
     # one that fails leaves the finished record beside the files that record describes
     out_dir = run_dir if finished is None else run_dir / RERUN

@@ -5,6 +5,7 @@ record and checkpoints keep. Part of ``harness.runner``, which re-exports what o
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,19 +38,40 @@ from harness.runner_refusal import RunRefused, _Refusal, _refusal, _refused_mess
 from harness.runner_spec import BASELINE, RunContext, RunSpec
 from harness.task import EVERY_COLUMN, Task
 
+DAMAGED = ".damaged"  # the suffix a damaged record is kept under while its run is run again
 
-def _finished_record(record_path: Path) -> dict[str, Any] | None:
+
+def _finished_record(record_path: Path, set_aside: bool = False) -> dict[str, Any] | None:
     """The run's record where it finished; ``None``: none, a damaged one (run again), one of an unfinished run.
-    ``RunRefused`` where the machine cannot read it (``_unreadable``)."""
+    ``RunRefused`` where the machine cannot read it (``_unreadable``). ``set_aside``: a damaged one is kept as
+    ``record.json.damaged``, with a warning (``_set_aside``); the main process, under the run's lock, as it runs."""
     if not record_path.is_file():
         return None
     try:
         finished = read_record(record_path)
     except RecordUnreadable as exc:
         raise _unreadable(record_path, exc) from exc
-    except ValueError:
-        return None  # damaged: run again
+    except ValueError as exc:  # damaged: run again
+        if set_aside and _newer_record(record_path) is None:  # a newer harness's record is kept where it is
+            _set_aside(record_path, exc)
+        return None
     return finished if finished["run"]["status"] == "success" else None
+
+
+def _set_aside(record_path: Path, damage: ValueError) -> None:
+    """Keep a damaged record (not JSON, not a record) beside the one its run writes again, saying so: from a review,
+    the run was run again in its folder and its record written over without a word. As a checkpoint that cannot be
+    read is kept (``checkpoint.pt.unreadable``), an earlier one of the name replaced."""
+    kept = record_path.with_name(record_path.name + DAMAGED)
+    try:
+        record_path.replace(kept)
+    except FileNotFoundError:  # gone meanwhile: nothing to keep, nothing to say
+        return
+    print(
+        f"warning: {damage}: a damaged record (kept as {kept.name}); run {record_path.parent.name} runs again in its "
+        f"folder and writes a new {record_path.name}",
+        file=sys.stderr,
+    )
 
 
 def _unreadable(record_path: Path, exc: RecordUnreadable) -> RunRefused:

@@ -705,6 +705,41 @@ def test_a_finished_record_the_machine_cannot_read_stops_the_command_before_any_
     assert path.read_bytes() == kept and not (path.parent / "rerun").exists()
 
 
+@pytest.mark.parametrize(
+    ("damage", "said"),
+    [(b'{"schema": 1, "run": ', "unreadable (Expecting value"), (b'{"schema": 1, "run": {}}', "missing or malformed")],
+)
+@pytest.mark.parametrize("force", [False, True])
+def test_a_damaged_record_is_kept_aside_with_a_warning_as_its_run_runs_again(
+    force, damage, said, tmp_path, data_dir, tiny_model, monkeypatch, capfd
+):
+    """From a review: a damaged record.json (not JSON, not a record) was run again in its folder without a warning,
+    and the record that run wrote replaced it. It is kept now, as record.json.damaged, and a warning names the file,
+    what is wrong with it and that the run runs again; a newer harness's record is no damaged one (kept in place)."""
+    import harness.runner
+    from tests.test_robustness import run_args, run_here
+
+    runs = tmp_path / "runs"
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads: a run fails at once, with its record
+    run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard"), capfd)
+    [path] = runs.glob("*/record.json")
+    path.write_bytes(damage)
+    flags = ["--force"] if force else []
+    code, out, err = run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard", *flags), capfd)
+    kept = path.with_name("record.json.damaged")
+    assert err.count("warning: ") == 1 and f"warning: {path}: {said}" in err, err
+    assert (
+        f": a damaged record (kept as record.json.damaged); run {path.parent.name} runs again in its folder and "
+        "writes a new record.json"
+    ) in err, err
+    assert kept.read_bytes() == damage and read_record(path)["run"]["status"] == "failed"  # it ran again
+    newer = json.dumps({"schema": 99, "run": {"status": "failed"}}).encode()
+    path.write_bytes(newer)
+    kept.unlink()
+    code, out, err = run_here(run_args(tiny_model, data_dir, runs, "lora", "--no-leaderboard", *flags), capfd)
+    assert "warning: " not in err and not kept.exists() and path.read_bytes() == newer, err
+
+
 def test_a_rank_left_in_a_one_process_runs_environment_still_writes_the_leaderboard(
     tiny_model, data_dir, tmp_path, monkeypatch
 ):
