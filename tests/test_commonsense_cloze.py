@@ -466,6 +466,40 @@ def test_an_answer_not_among_its_format_words_is_a_data_error_in_every_protocol(
     assert "--protocol choice" not in str(refused.value)
 
 
+def test_a_training_answer_not_among_its_format_words_is_refused_under_cloze_advising_choice_which_trains_it(
+    tmp_path,
+):
+    """From a review: a training example whose answer is not among its format's words was refused under cloze without
+    the advice that --protocol choice, which trains on its output and checks only that it ends with the answer, would
+    train it; a test example's (every protocol refuses it) and one whose output does not end with it keep no advice."""
+
+    def question(name: str, answer: str) -> dict[str, str]:
+        return rec(f"Please answer the question: is it {name}?\n\nAnswer format: true/false", answer)
+
+    (tmp_path / "rc").mkdir()
+    (tmp_path / "rc" / "test.json").write_text(json.dumps([question("tested", "true")]))
+    train = [question(str(i), "true") for i in range(5)]
+    train[2] = question("2", "maybe")  # its output ends with its answer: choice trains it
+    (tmp_path / "rc" / "train.json").write_text(json.dumps(train))
+    task = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1))
+    with pytest.raises(ValueError, match=r"rc/train\.json: the example .*answer 'maybe' is not one") as refused:
+        task.splits()
+    assert str(refused.value).endswith(
+        "give one of them, or use --protocol choice, which trains on its output (that ends with its answer) without "
+        "reading its answer format"
+    ), refused.value
+    choice = CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=1))
+    trained, held = choice.splits()  # the advice is true: choice trains it
+    assert [e.target for e in trained + held].count("the correct answer is maybe") == 1
+    train[2]["output"] = "the correct answer is true"  # choice refuses it too (its output is not its answer)
+    (tmp_path / "rc" / "train.json").write_text(json.dumps(train))
+    with pytest.raises(ValueError, match="answer 'maybe' is not one") as refused:
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="cloze", val_size=1)).splits()
+    assert "--protocol choice" not in str(refused.value)
+    with pytest.raises(ValueError, match="does not end with its answer 'maybe'"):
+        CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=1))
+
+
 def test_a_one_option_format_is_a_data_error_in_every_protocol_said_once(tmp_path):
     """From a re-review: a one-option 'Answer format: true' was still told to use --protocol choice (which refuses
     it too); and a format error read under choice said "(Answer format: a/b/...)" twice."""

@@ -151,6 +151,7 @@ class CommonsenseTask(Task):
             _parse_all(
                 records,
                 lambda i, r: f"{paths[r['benchmark']]}: the example {_named(r)}",
+                training=True,
             )
         val, train = records[: self.options.val_size], records[self.options.val_size :]
         # the training files repeat questions (ARC-Challenge one, OBQA five) and the mix keeps them: a repeat of a
@@ -333,15 +334,19 @@ def _check_option_count(records: list[dict[str, Any]], path: Path, labels: list[
             )
 
 
-def _parse_all(records: list[dict[str, Any]], where: Path | Callable[[int, dict[str, Any]], str]) -> None:
+def _parse_all(
+    records: list[dict[str, Any]], where: Path | Callable[[int, dict[str, Any]], str], training: bool = False
+) -> None:
     """Fail on the first record the cloze protocol cannot split, named ``{where}: example {i}`` (a file's
-    records in order) or by ``where(i, record)``."""
+    records in order) or by ``where(i, record)``; ``training``: training examples (``cloze.parse``)."""
     for i, record in enumerate(records):
         try:
-            cloze.parse(record)
+            cloze.parse(record, training=training)
         except ValueError as exc:
             place = where(i, record) if callable(where) else f"{where}: example {i}"
-            if isinstance(exc, cloze.FormatError):  # every protocol refuses it: no other to suggest
+            # a format no protocol scores: its message says what to do (a training example's answer outside its
+            # format's words, that choice trains, suggests choice itself: cloze._answer_not_a_word)
+            if isinstance(exc, cloze.FormatError):
                 raise ValueError(f"{place}: {exc}") from None
             raise ValueError(f"{place} does not fit the cloze protocol ({exc}); use --protocol choice") from None
 
@@ -386,7 +391,7 @@ def _check_outputs(records: list[dict[str, Any]], path: Path) -> None:
     "the correct answer is <answer>" does: one that contradicts its answer would train it silently."""
     for i, record in enumerate(records):
         answer, output = record["answer"], record["output"].strip()
-        if not re.search(rf"(?<!\w){re.escape(answer)}$", output):
+        if not data.ends_with_answer(record):
             raise ValueError(
                 f"{path}: example {i}: its output {output[-60:]!r} does not end with its answer {answer!r}, and the "
                 f"output is what trains; fix the output to 'the correct answer is {answer}' (or the answer)"

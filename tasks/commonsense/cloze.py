@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tasks.commonsense import data
 from tasks.lm import cache_kwargs, tokenize
 
 _FORMAT = re.compile(r"Answer format:\s*([\w/]+)\s*$")
@@ -52,10 +53,11 @@ class ClozeItem:
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
 
-def parse(record: dict[str, Any]) -> ClozeItem:
+def parse(record: dict[str, Any], training: bool = False) -> ClozeItem:
     """Question and options from an LLM-Adapters record, its passage (``input``) before each context;
-    ``ValueError`` says what does not fit."""
-    item = _parse(record)
+    ``ValueError`` says what does not fit. ``training``: a training example, whose answer outside its format's
+    words is refused with the advice that ``--protocol choice`` trains it (where it does: ``_answer_not_a_word``)."""
+    item = _parse(record, training)
     passage = (record.get("input") or "").strip()
     if not passage:
         return item
@@ -77,7 +79,21 @@ def format_words(found: str) -> list[str]:
     return words
 
 
-def _parse(record: dict[str, Any]) -> ClozeItem:
+def _answer_not_a_word(record: dict[str, Any], words: list[str], training: bool) -> FormatError:
+    """An answer not among its format's words: no option text to train or score. A test example's is refused by every
+    protocol (choice: not one of its options), no other suggested; a training example's whose output ends with its
+    answer trains under ``--protocol choice``, which trains on the output and checks nothing else of it
+    (``data.ends_with_answer``): from a review, that advice was missing."""
+    refused = f"answer {record['answer']!r} is not one of its answer format's words {words}; give one of them"
+    if training and data.ends_with_answer(record):
+        refused += (
+            ", or use --protocol choice, which trains on its output (that ends with its answer) without reading "
+            "its answer format"
+        )
+    return FormatError(refused)
+
+
+def _parse(record: dict[str, Any], training: bool = False) -> ClozeItem:
     instruction = record["instruction"].strip()
     match = _FORMAT.search(instruction)
     if not match:
@@ -88,10 +104,7 @@ def _parse(record: dict[str, Any]) -> ClozeItem:
             f"its answer format names one option ({'/'.join(words)}), which would always be right; name every option"
         )
     if record["answer"] not in words:
-        # every protocol refuses it (choice: not one of its options): a FormatError, no other protocol suggested
-        raise FormatError(
-            f"answer {record['answer']!r} is not one of its answer format's words {words}; give one of them"
-        )
+        raise _answer_not_a_word(record, words, training)
     body = instruction[: match.start()]
     head, sep, rest = body.partition(": ")
     if not sep or "\n" in head:

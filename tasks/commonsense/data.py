@@ -12,6 +12,7 @@ import http.client
 import json
 import os
 import random
+import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -243,6 +244,12 @@ def question_key(record: dict[str, Any]) -> tuple[str, str]:
     """What makes two records one question: the instruction and the input (a passage) the prompt is built from;
     records that share an instruction and differ in their passage are different questions."""
     return record.get("instruction"), record.get("input") or ""
+
+
+def ends_with_answer(record: dict[str, Any]) -> bool:
+    """Whether the record's output ends with its answer, as "the correct answer is <answer>" does: what choice,
+    generate and lm-eval train on (the output) must give the answer, and is all they check of a training example."""
+    return re.search(rf"(?<!\w){re.escape(record['answer'])}$", record["output"].strip()) is not None
 
 
 def training_files(data_dir: Path) -> list[tuple[str, DataFile]]:
