@@ -7,10 +7,11 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from harness.config import DEFAULT_TARGETS
-from harness.registry import METHODS, TASKS, load_plugin
+from harness.registry import METHODS, TASKS, load_plugin, unknown_choice
 
 EXAMPLES = """examples:
   harness list methods
@@ -20,6 +21,19 @@ EXAMPLES = """examples:
   harness leaderboard --runs-dir runs/ --out runs/leaderboard/
   harness rescore --task diffusion --runs-dir runs/ --judge-model gpt-4o   # judge finished runs' samples
   harness bench --methods lora,hydralora --rounds 3          # step time vs the frozen-base floor and peft
+  harness recount-flops runs/          # finished runs' FLOPs counted again from their records, after a counting fix
+"""
+
+RECOUNT_HELP = """Count finished runs' FLOPs again from their records (no training: a meta-device replica).
+
+Each record whose count changes is rewritten in place (atomically), keeping what the run wrote under
+train.flops_per_step.recounted.as_run (and train.hook_val_flops.recounted.as_run for the Reducer's scoring
+forwards); regenerate the leaderboard afterwards (harness leaderboard). A task without --data-dir uses its default
+data (HARNESS_DATA_DIR, the hub, or generated data). Exit status 1 where a record with FLOPs to count was left.
+
+example:
+  harness recount-flops results/runs --data-dir commonsense=../shared/data/commonsense \\
+      --data-dir diffusion=../shared/data/diffusion/twemoji-64
 """
 
 
@@ -70,6 +84,31 @@ def method_options(args: argparse.Namespace) -> dict:
             raise CliError(f"--option {item!r} must look like key=value (e.g. --option drop_ratio=0.5)")
         put(key.strip(), value.strip(), f"--option {item.strip()}")
     return options
+
+
+def cmd_recount_flops(args: argparse.Namespace) -> int:
+    from harness.records import find_records
+    from harness.recount import recount_flops, summary
+
+    data_dirs: dict[str, str] = {}
+    for item in args.data_dir:
+        task, sep, path = item.partition("=")
+        if not sep or not task or not path:
+            raise CliError(f"--data-dir takes TASK=PATH (e.g. commonsense=../shared/data/commonsense), got {item!r}")
+        if task in data_dirs and data_dirs[task] != path:  # the last one won, silently (a review)
+            raise CliError(f"--data-dir gives {task} twice ({data_dirs[task]}, {path}); give it once")
+        if not Path(path).expanduser().is_dir():
+            raise CliError(f"--data-dir {item!r}: {path!r} is not a folder; give the folder that holds {task}'s data")
+        data_dirs[task] = path
+    runs_dir = Path(args.runs_dir)
+    # listed as the leaderboard lists them: a run folder it cannot enter is counted (and said) as one left, where a
+    # glob left it out without a word (a review); a runs dir it cannot list is a ValueError saying so
+    if not runs_dir.is_dir() or not find_records(runs_dir):
+        raise CliError(f"{runs_dir} is not a folder of runs, each with its record.json (e.g. results/runs)")
+    if unknown := [t for t in data_dirs if t not in TASKS]:
+        raise CliError(unknown_choice("task", unknown[0], TASKS.names(), " in --data-dir"))
+    changes = recount_flops(runs_dir, data_dirs, trust_remote_code=args.trust_remote_code)
+    return summary(changes)
 
 
 def _same(a: str, b: str) -> bool:
@@ -190,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_params)
 
+    p = sub.add_parser(
+        "recount-flops",
+        help="count finished runs' FLOPs again from their records (no training), rewriting the counts that changed",
+        description=RECOUNT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs_dir", metavar="RUNS_DIR", help="the folder of run folders, e.g. results/runs")
+    p.add_argument(
+        "--data-dir",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="a task's data, where it is not at the task's default (repeatable, one per task)",
+    )
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="build a model that comes with its own Python code (its config's auto_map): only for models you trust",
+    )
+    p.set_defaults(func=cmd_recount_flops)
+
     from harness.bench import register as register_bench
     from harness.cli_run import register
 
@@ -236,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv = _early_plugins(argv)
         args = build_parser().parse_args(argv)  # argparse's own errors: usage + one error line, exit 2
         _refuse_empty(args)
-        args.func(args)
+        status = args.func(args)  # None, or a command's own exit status (recount-flops: 1 where a record was left)
         if sys.stdout is not None:  # here, not at exit: a reader that has gone (`| head`) is seen below; `>&-`: None
             sys.stdout.flush()
     except SystemExit:  # argparse's --help: its text may still be in stdout's buffer, which Python flushes at exit
@@ -254,11 +314,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"harness: error: {' '.join(message.split())}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
-        commands = ("run", "rescore", "bench", "params", "leaderboard", "list")
+        commands = ("run", "rescore", "bench", "params", "leaderboard", "list", "recount-flops")
         command = args.command if args is not None else next((a for a in argv if a in commands), "")
         print(f"harness: interrupted; {_after_interrupt(command, args, argv)}", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 def _stdout_gone() -> bool:

@@ -28,7 +28,7 @@ def mixed_flops_counters(secs: list[Section], runs_dir: Path) -> list[str]:
         if len(counters) > 1:
             out.append(
                 f"section {s.key} ({s.task}, {s.preset}) holds FLOPs counted by {len(counters)} different counters "
-                f"(records written before a counting fix): count them again with python scripts/recount_flops.py "
+                f"(records written before a counting fix): count them again with harness recount-flops "
                 f"{runs_dir} (adding --data-dir {s.task}=FOLDER if its data is not at the task's default, and "
                 "--plugin / --trust-remote-code as the runs used), then regenerate the leaderboard"
             )
@@ -238,7 +238,7 @@ def uncounted_hook_flops(secs: list[Section], runs_dir: Path) -> list[str]:
             out.append(
                 f"section {s.key} ({s.task}, {s.preset}): {len(runs)} run(s) ({', '.join(runs[:3])}"
                 f"{', ...' if len(runs) > 3 else ''}) spent time on the Reducer's scoring forwards but do not count "
-                f"their FLOPs: count them with python scripts/recount_flops.py {runs_dir} (adding --data-dir "
+                f"their FLOPs: count them with harness recount-flops {runs_dir} (adding --data-dir "
                 f"{s.task}=FOLDER if its data is not at the task's default, and --plugin / --trust-remote-code as the "
                 "runs used), then regenerate the leaderboard"
             )

@@ -16,7 +16,8 @@ it lacks included). The FLOPs of the validation forwards a method's hooks ran (`
 Reducer's scoring rounds) are counted again the same way, from the forwards the record keeps, or, in a record
 written before it kept them, from its Reducer's score trajectory and the run's validation split
 (``reducer_forwards``; left where the data's training files differ from those the record names); ``as_run``
-keeps the old count, None where there was none.
+keeps the old count, None where there was none. ``harness recount-flops RUNS_DIR`` runs it (``summary``: its exit
+status).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ KEPT = ("total", "adapter", "lora_total", "relative_to_lora", "counted_by")
 # what else of a count a recount compares (a record lacking one the counter writes now is rewritten): the
 # Reducer's layers the count trained, and the path it ran on
 COMPARED = (*KEPT, "micro_batches", "reducer_layers", "path")
+NOTHING_TO_COUNT = "no FLOPs counted in it"  # a zero-shot or failed run's record: left, and rightly so
 
 
 def recount_flops(
@@ -88,6 +90,23 @@ def recount_flops(
     return out
 
 
+def summary(changes: list[dict[str, Any]], say: Callable[[str], None] = print) -> int:
+    """Say how many records were rewritten, unchanged and left; the exit status: 1 where one was left that had
+    FLOPs to count (a model that does not build here, a model folder that holds another model now than the run
+    recorded, data that cannot be read or is not what the run trained on, a running process, a step the run could
+    not count and that keeps no shapes to count it from, a run folder the machine cannot enter), else 0."""
+    left = [c for c in changes if "left" in c]
+    stuck = [c for c in left if not c["left"].startswith(NOTHING_TO_COUNT)]
+    hooks_left = [c for c in changes if "left" not in c and "left" in (c.get("hooks") or {})]
+    rewritten = sum(bool(c.get("rewritten")) for c in changes if "left" not in c)
+    say(
+        f"{rewritten} rewritten, {len(changes) - len(left) - rewritten} unchanged, {len(left)} left "
+        f"({len(stuck)} of them with FLOPs that could not be counted here)"
+        + (f"; {len(hooks_left)} whose Reducer scoring forwards could not be counted" if hooks_left else "")
+    )
+    return 1 if stuck or hooks_left else 0
+
+
 def _said(change: dict[str, Any]) -> str:
     """One line for a record counted again: what changed in its step count and in its hooks' forwards."""
     parts = []
@@ -114,7 +133,7 @@ def _recount_one(path: Path, models: _Models, code: dict[str, Any]) -> dict[str,
     run_id = record["run"]["id"]
     old = (record.get("train") or {}).get("flops_per_step")
     if record["run"]["status"] != "success" or not old or ("total" not in old and "status" not in old):
-        return {"id": run_id, "left": "no FLOPs counted in it (no training, or not finished)"}
+        return {"id": run_id, "left": f"{NOTHING_TO_COUNT} (no training, or not finished)"}
     if "micro_batches" not in old and "status" in old:  # written before an uncounted step kept its shapes
         return {
             "id": run_id,

@@ -16,7 +16,7 @@ from typing import Any
 
 from harness import __version__
 from harness.guard import RunLock
-from harness.records import RECORD, check_eval, git_state, read_record, write_record
+from harness.records import RECORD, RecordUnreadable, check_eval, find_records, git_state, read_record, write_record
 from harness.registry import TASKS
 
 
@@ -30,9 +30,10 @@ def rescore_runs(
     """Score the successful runs of ``task`` in ``runs_dir`` (only ``run_ids`` where given) again with
     ``scoring``: (the updated records, the problems). Every name and the scorers themselves
     (``Task.check_scoring``) are checked before any run is touched. A run that cannot be scored (another
-    process holds it, what it saved is missing) is a problem and the others go on. Only scored columns are
-    written, none that scores fewer examples than the record's column does; a column that comes back without a
-    score (the judge failed), or scored fewer, or with some examples failed, is a problem too."""
+    process holds it, what it saved is missing, its folder the machine cannot enter) is a problem and the others
+    go on. Only scored columns are written, none that scores fewer examples than the record's column does; a
+    column that comes back without a score (the judge failed), or scored fewer, or with some examples failed, is
+    a problem too."""
     from harness.runner import check_scorer_names
 
     task_cls = TASKS.get(task)
@@ -44,27 +45,35 @@ def rescore_runs(
     check_scorer_names(task, list(scoring))
     if not runs_dir.is_dir():
         raise ValueError(f"--runs-dir {str(runs_dir)!r} is not a folder of runs; pass the one `harness run` wrote to")
-    found = {}
-    for path in sorted(runs_dir.glob(f"*/{RECORD}")):
+    found, unreadable = {}, {}
+    for path in find_records(runs_dir):  # as the leaderboard lists them: a glob left out a folder it cannot enter
         try:
             record = read_record(path)
+        except RecordUnreadable as exc:  # a folder it cannot enter, a record it cannot read: it may be a run to score
+            unreadable[path.parent.name] = f"{exc}; left unscored (whether it is a {task} run is not known)"
+            continue
         except ValueError:
             continue  # not a run of ours to score (the leaderboard says what is wrong with it)
         config = record["run"].get("config")
         if record["run"]["status"] == "success" and isinstance(config, dict) and config.get("task") == task:
             found[path.parent.name] = path.parent
     chosen = list(dict.fromkeys(run_ids)) if run_ids else sorted(found)  # a run named twice is scored once
+    # said as problems (the others go on), as the leaderboard warns of them, where a glob left them out unsaid
+    problems = [text for run_id, text in sorted(unreadable.items()) if not run_ids or run_id in chosen]
+    chosen = [r for r in chosen if r not in unreadable]
     if missing := [r for r in chosen if r not in found]:
         raise ValueError(
             f"no successful {task} run {missing[0]!r} in {str(runs_dir)!r}"
             + (f"; it has: {', '.join(sorted(found)[:5])}{' ...' if len(found) > 5 else ''}" if found else "")
         )
-    if not chosen:
+    if not chosen and not problems:
         raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
+    if not chosen:  # only folders it cannot read: said, and no scorer loaded for none
+        return [], problems
     task_cls.check_scoring(dict(scoring))  # the scorers reachable and loadable, before any run is touched
     # before any record is written: a runs folder inside the checkout (results/runs) would make it dirty
     code = git_state()
-    done, problems = [], []
+    done = []
     for i, run_id in enumerate(chosen, 1):
         try:
             record = _rescore_one(found[run_id], task_cls, scoring, problems, code)

@@ -313,7 +313,7 @@ def test_a_section_with_flops_from_two_counters_is_flagged_with_the_fix(tmp_path
     write_fixture(runs, record)
     write_leaderboards(runs, tmp_path / "out")
     err = capsys.readouterr().err
-    assert "holds FLOPs counted by 2 different counters" in err and "scripts/recount_flops.py" in err
+    assert "holds FLOPs counted by 2 different counters" in err and "harness recount-flops" in err
     assert "**Warning:** section" in (tmp_path / "out" / "leaderboard.md").read_text()
     page = (tmp_path / "out" / "leaderboard.html").read_text(encoding="utf-8")
     assert "<p class=warn><b>Warning:</b> section" in page and "2 different counters" in page  # the page too

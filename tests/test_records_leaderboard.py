@@ -959,6 +959,43 @@ def test_a_run_folder_the_machine_cannot_enter_is_skipped_with_a_warning_naming_
     assert {r["seed"] for r in read_csv(tmp_path / "out" / "commonsense_seeds.csv")} == {"0"}
 
 
+def test_rescore_names_a_run_folder_the_machine_cannot_enter(tmp_path, monkeypatch, capfd):
+    """From a review: ``harness rescore`` found the runs by ``glob("*/record.json")``, which leaves out a folder it
+    cannot enter without a word: its one diffusion run's folder chmod 000, it said there was no diffusion run."""
+    from tests.conftest import harness_here
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, 0.0))  # a commonsense run: not one to score
+    closed = runs / "diffusion-lora-embedded-s0-00000000"
+    closed.mkdir()
+    (closed / RECORD).write_text("{}")
+    cannot_enter(monkeypatch, closed)
+    args = ["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "j", "--no-leaderboard"]
+    done = harness_here(capfd, *args)
+    assert done.returncode == 2 and "no successful diffusion run" not in done.stderr, done.stderr
+    assert (
+        f"warning: {closed}: the machine could not enter this folder to read its {RECORD} (PermissionError: "
+    ) in done.stderr, done.stderr
+    assert "left unscored (whether it is a diffusion run is not known)" in done.stderr
+    assert "harness: error: 1 problem(s) rescoring (above; the first: " in done.stderr
+
+
+def test_the_leaderboards_advice_to_count_flops_again_names_the_subcommand(tmp_path, capsys):
+    """From a review: the advice ran ``python scripts/recount_flops.py``, a script an installed package (a wheel)
+    does not hold; ``harness recount-flops`` is there wherever the harness is."""
+    runs = tmp_path / "runs"
+    new, old = fixture_record("effilora", 0), fixture_record("effilora", 1)
+    new["train"]["flops_per_step"]["counted_by"] = "a later counter"  # two counters in one section
+    del old["train"]["hook_val_flops"]  # a record written before the scoring forwards were counted
+    for record in (new, old):
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "holds FLOPs counted by 2 different counters" in err and "do not count their FLOPs" in err, err
+    assert err.count(f"with harness recount-flops {runs} (adding --data-dir commonsense=FOLDER") == 2, err
+    assert "scripts/recount_flops.py" not in err
+
+
 def test_a_runs_dir_the_machine_cannot_read_is_said_so_not_said_to_hold_no_runs(tmp_path, monkeypatch, capfd):
     """From a review: ``--runs-dir`` at a folder chmod 000 said "no successful run records under ...; run `harness
     run ...` first", as if it held none, where it holds runs this user cannot read."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness import recount
 from harness.records import RECORD, RERUN, read_record, write_record
-from harness.recount import recount_flops
+from harness.recount import recount_flops, summary
 from harness.runner import build_specs, run_all
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,6 +112,40 @@ def test_records_that_cannot_be_counted_are_left_and_the_others_go_on(tiny_model
     out = recount_flops(runs, {"commonsense": str(data_dir)}, say=lambda line: None)
     assert "its model does not build here" in out[0]["left"] and out[1]["left"]
     assert paths[0].read_text() == before[0]
+
+
+def test_harness_recount_flops_counts_the_runs_as_the_script_did(tiny_model, data_dir, tmp_path, capfd):
+    """From a review: after a pip install (a wheel), the leaderboard's advice ran ``scripts/recount_flops.py``, which
+    the wheel does not hold. The recount is the ``harness recount-flops`` subcommand now, the script a wrapper."""
+    from tests.conftest import harness_here
+
+    runs = _runs(tiny_model, data_dir, tmp_path)
+    done = harness_here(capfd, "recount-flops", str(runs), "--data-dir", f"commonsense={data_dir}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count(": unchanged\n") == 2 and "0 rewritten, 2 unchanged, 0 left" in done.stdout, done.stdout
+    done = harness_here(capfd, "recount-flops", "--help")
+    assert done.returncode == 0 and "usage: harness recount-flops [-h]" in done.stdout
+    assert "--data-dir TASK=PATH" in done.stdout and "--trust-remote-code" in done.stdout and "--plugin" in done.stdout
+    done = harness_here(capfd, "recount-flops", str(runs), "--data-dir", f"comonsense={data_dir}")
+    assert done.returncode == 2 and "unknown task 'comonsense' in --data-dir (did you mean 'commonsense'?)" in (
+        done.stderr
+    )
+
+
+def test_recount_flops_names_a_runs_only_run_folder_the_machine_cannot_enter(tmp_path, monkeypatch, capfd):
+    """From a review: the first check listed runs by ``glob("*/record.json")``, which leaves out a folder it cannot
+    enter without a word: a runs dir whose one run folder was chmod 000 was refused as "not a folder of runs"."""
+    from tests.conftest import harness_here
+    from tests.test_records_leaderboard import cannot_enter
+
+    closed = tmp_path / "runs" / "s1"
+    closed.mkdir(parents=True)
+    (closed / RECORD).write_text("{}")
+    cannot_enter(monkeypatch, closed)
+    done = harness_here(capfd, "recount-flops", str(tmp_path / "runs"))
+    assert done.returncode == 1, done.stderr  # a record left that may have FLOPs to count
+    assert "s1: left as it is (PermissionError: " in done.stdout and "1 left (1 of them" in done.stdout, done.stdout
+    assert "not a folder of runs" not in done.stderr
 
 
 def test_the_script_refuses_a_malformed_data_dir(tmp_path):
@@ -246,9 +280,6 @@ def test_a_fast_path_record_without_its_path_is_counted_on_the_fast_path(tiny_mo
 
 def test_the_recount_script_exits_1_when_a_countable_record_was_left(capsys):
     """From a review: it exited 0 whatever was left (a model that does not build here left every record as it was)."""
-    import runpy
-
-    summary = runpy.run_path(str(ROOT / "scripts" / "recount_flops.py"))["summary"]
     fine = [
         {"id": "a", "rewritten": True},
         {"id": "b", "rewritten": False},
@@ -274,8 +305,6 @@ def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_witho
     """From a review: a step the replica could not count kept only why (no shapes): recount_flops said it had
     "no FLOPs counted in it" and the script exited 0. It keeps the first step's shapes now, counted here once the
     replica can run; one that keeps none is left, and the script fails."""
-    import runpy
-
     import harness.runner_flops as runner_flops
 
     specs = build_specs(
@@ -310,7 +339,6 @@ def test_a_step_not_counted_when_it_ran_is_counted_from_its_shapes_and_one_witho
         left["left"]
         == "its FLOPs were not counted when it ran (RuntimeError: no meta) and it keeps no micro-batch shapes"
     )
-    summary = runpy.run_path(str(ROOT / "scripts" / "recount_flops.py"))["summary"]
     assert summary([left]) == 1 and "1 of them with FLOPs that could not be counted here" in capsys.readouterr().out
 
 
