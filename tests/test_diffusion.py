@@ -343,6 +343,19 @@ def test_the_cached_category_classifier_is_keyed_by_the_images_not_their_names(t
     assert len(list((tmp_path / "cache" / "diffusion").glob("classifier-*.pt"))) == 3
 
 
+def test_a_classifier_the_cache_cannot_hold_is_used_with_a_warning(tmp_path, monkeypatch, capsys):
+    """From a review: a fidelity classifier that could not be cached (a read-only cache, a full disk) failed the run
+    after its training, a failed record; it scores, and the warning names the folder and HARNESS_CACHE."""
+    tiny_data(tmp_path / "data", 12)
+    items = [ddata.Item(i.image, i.text, i.text.split()[1], i.row) for i in ddata.read_folder(tmp_path / "data")]
+    (tmp_path / "plain").write_text("a file, not a folder")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "plain" / "cache"))  # refuses writes even as root
+    clf = scoring.category_classifier(items[:8], items[8:], 16)
+    assert clf is not None and clf.predict(scoring.features(scoring.real_images(items[8:], 16)))
+    err = capsys.readouterr().err
+    assert "fidelity classifier cannot be cached" in err and "HARNESS_CACHE" in err
+
+
 # -- the judge, through a real HTTP server -----------------------------------------------------------------
 GOOD = {"quality": 7, "detail": 6, "theme": 8, "creativity": 5, "style": 6, "emotion": 4, "tech": 7}
 
@@ -2919,3 +2932,99 @@ def test_the_embedded_base_without_the_shipped_twemoji_is_refused_before_any_run
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "the embedded diffusion base pre-trains on the shipped Twemoji" in err[0], err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def _tiny_base(monkeypatch, data: Path) -> list[ddata.Item]:
+    """The embedded base pre-trains on 4 of ``data``'s rows for a step each, not on the shipped Twemoji's 1,606
+    rows for minutes: the rows it would pre-train on."""
+    import tasks.diffusion as dtask
+    from tasks.diffusion import pretrain
+
+    rows = ddata.read_folder(data)[:4]
+    monkeypatch.setattr(dtask, "twemoji_base_dir", lambda: data)
+    monkeypatch.setattr(dtask, "_twemoji_base", lambda: rows)
+    settings = {
+        "vae": {"steps": 1, "batch_size": 2, "lr": 1e-3, "kl_weight": 1e-6},
+        "unet": {"steps": 1, "batch_size": 2, "lr": 5e-4, "caption_dropout": 0.1},
+        "seed": 0,
+    }
+    monkeypatch.setattr(pretrain, "SETTINGS", settings)
+    return rows
+
+
+def test_a_cache_the_embedded_base_cannot_be_pretrained_into_is_refused_before_any_run(
+    tiny, tmp_path, capsys, monkeypatch
+):
+    """From a review: a diffusion run whose cache cannot be written started, failed as it pre-trained the embedded
+    base into it, and left a failed record, each run of a sweep in turn; a read-only cache that holds the base
+    already is read, and refused by nothing."""
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+    from tasks.diffusion import pretrain
+
+    rows = _tiny_base(monkeypatch, tiny[1])
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "a-file" / "cache"))  # under a file: not writable, root or not
+    args = ["--methods", "lora,base", "--task", "diffusion", "--preset", "smoke", "--model", "embedded", "--quiet"]
+    assert main(["run", *args, "--data-dir", str(tiny[1]), "--runs-dir", str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"HARNESS_CACHE's diffusion folder '{tmp_path}/a-file/cache/diffusion' is not " in err[0]
+    assert "the embedded diffusion base is pre-trained into it" in err[0] and "set HARNESS_CACHE to a" in err[0], err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("record.json"))
+    with pytest.raises(ValueError, match=r"diffusion folder '.*' is not writable \(Not a directory\); the embedded"):
+        pretrain.ensure_base(rows, progress=False)  # in a run too (a task's own checks left out): said, not an OSError
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    folder, _ = pretrain.ensure_base(rows, progress=False)
+
+    def refuse(folder, what, flag):  # as a read-only file system (root writes anywhere: none can be made here)
+        raise ValueError(f"{what} {str(folder)!r} is not writable (Read-only file system); pass {flag} ...")
+
+    monkeypatch.setattr(pretrain, "check_writable", refuse)
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
+    task.check_data_for(EMBEDDED, False)  # the base is there: nothing is written
+    task.check_data_for(str(tiny[0]), False)  # a pipeline folder's runs pre-train nothing
+    (folder / pretrain.INFO).unlink()
+    with pytest.raises(ValueError, match=r"diffusion folder '.*' is not writable \(Read-only file system\); the "):
+        task.check_data_for(EMBEDDED, False)
+
+
+def test_a_cached_embedded_base_loads_without_open_clip_and_only_a_pipeline_built_here_needs_it(
+    tiny, tmp_path, monkeypatch
+):
+    """From a review: the embedded pipeline without open-clip-torch was refused before any run even where its
+    pre-trained base was cached, whose folder holds the tokenizer it loads (open-clip-torch's BPE file builds the
+    tokenizer only where a pipeline is made here: the base pre-trained, or --random-weights); a random-weights run
+    of a pipeline folder, which builds it too, started and failed in turn instead."""
+    import importlib.util
+
+    import tasks.diffusion as dtask
+    from harness.models import EMBEDDED
+    from harness.task import TaskOptions
+    from tasks.diffusion import pretrain
+
+    rows = _tiny_base(monkeypatch, tiny[1])
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
+    real = importlib.util.find_spec
+
+    def no_open_clip(mp: pytest.MonkeyPatch) -> None:
+        mp.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+
+    with pytest.MonkeyPatch.context() as mp:
+        no_open_clip(mp)
+        for model, random_weights in ((EMBEDDED, False), (EMBEDDED, True), (str(tiny[0]), True)):
+            with pytest.raises(ValueError, match=r"pip install --no-deps open-clip-torch"):
+                task.check_data_for(model, random_weights)
+        dtask.DiffusionTask.check_model(EMBEDDED)  # a zero-shot run's preflight: the data decides, not the name
+        dtask.DiffusionTask.build_meta(EMBEDDED)  # the UNet on meta: no tokenizer
+    folder, _ = pretrain.ensure_base(rows, progress=False)
+    assert (folder / "tokenizer").is_dir()
+    with pytest.MonkeyPatch.context() as mp:
+        no_open_clip(mp)
+        task.check_data_for(EMBEDDED, False)
+        loaded = task.load(EMBEDDED, torch.device("cpu"), random_weights=False, seed=0, trust_remote_code=False)
+        assert loaded.info["base"]["folder"] == folder.name
+        assert dmodel.tokenize(loaded.model.tokenizer, ["a red circle"])[0][:4].tolist() == [49406, 320, 736, 7117]
+        with pytest.raises(ValueError, match=r"pip install --no-deps open-clip-torch"):
+            task.check_data_for(EMBEDDED, True)  # built from its configs: the BPE file still

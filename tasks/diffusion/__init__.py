@@ -104,9 +104,8 @@ class DiffusionTask(Task):
     def check_model(cls, model: str, trust_remote_code: bool = False) -> None:
         """A zero-shot run's check (a trained one builds the UNet on ``meta``): a config that is a transformers one
         reads as ``from_pretrained`` would read it (its own code only with ``trust_remote_code``); a diffusers
-        config (a UNet's) is read only. The embedded pipeline's tokenizer file is found (``_check_embedded``)."""
-        if model == models.EMBEDDED:
-            _check_embedded()
+        config (a UNet's) is read only. What the embedded pipeline needs (open-clip-torch's BPE file, a cache to write
+        its base into) depends on the data: ``check_data_for``."""
         if model == models.EMBEDDED or _is_pipeline_folder(model):
             return
         models.check_transformers_config(model, trust_remote_code=trust_remote_code)
@@ -120,7 +119,6 @@ class DiffusionTask(Task):
         from diffusers import UNet2DConditionModel
 
         if model == models.EMBEDDED:
-            _check_embedded()
             config = dmodel.unet_config()
         else:
             config = UNet2DConditionModel.load_config(str(model), subfolder="unet")
@@ -139,11 +137,23 @@ class DiffusionTask(Task):
         self.on_twemoji_base = False
 
     def check_data_for(self, model: str, random_weights: bool) -> None:
-        """The embedded base pre-trains on the shipped Twemoji where the data brings no base rows of its own (a
-        ``--data-dir``): not found, refused before any run (each run failed in turn at its load, a record each)."""
-        if type(self).load is DiffusionTask.load and model == models.EMBEDDED and not random_weights:
+        """Before any run, what ``load`` needs (found there, each run failed in turn, a record each): a pipeline built
+        from configs (``--random-weights``) or an embedded base still to pre-train makes its CLIP tokenizer from
+        open-clip-torch's BPE file (a cached base loads the tokenizer saved with it); that base pre-trains on the
+        shipped Twemoji where the data brings no base rows of its own (a ``--data-dir``), into a cache it can write."""
+        from tasks.diffusion import model as dmodel
+        from tasks.diffusion import pretrain
+
+        if type(self).load is not DiffusionTask.load:  # a plugin's own load: what it reads is its own
+            return
+        if random_weights:
+            dmodel.bpe_path()
+        elif model == models.EMBEDDED:
             if not self.data.base:
                 twemoji_base_dir()
+            if not pretrain.is_pretrained(self.data.base or _twemoji_base()):  # else read, nothing written
+                pretrain.check_cache_writable()
+                dmodel.bpe_path()
 
     def _on_shipped_twemoji(self) -> bool:
         """Whether the data is the shipped Twemoji (no --data-dir, or one that leads to it)."""
@@ -434,15 +444,6 @@ class DiffusionTask(Task):
         from tasks.diffusion.sheet import contact_sheets
 
         return contact_sheets(records, runs_dir, out_dir)
-
-
-def _check_embedded() -> None:
-    """Before any run (``preflight``: ``check_model``, ``build_meta``): the embedded pipeline's CLIP tokenizer reads
-    its BPE vocabulary from open-clip-torch; without it each run started and failed in turn, a record each (a
-    review), where the other suites' missing packages stop the command before anything runs."""
-    from tasks.diffusion import model as dmodel
-
-    dmodel.bpe_path()
 
 
 __all__ = ["DiffusionTask"]

@@ -194,8 +194,9 @@ def bpe_path() -> Path:
     )
     if path is None or not path.is_file():
         raise ValueError(
-            "the embedded diffusion pipeline's CLIP tokenizer reads its BPE vocabulary from open-clip-torch: "
-            "pip install --no-deps open-clip-torch (no torchvision needed; the package is not imported)"
+            "a diffusion pipeline built here (the embedded base still to pre-train, or --random-weights) makes its "
+            "CLIP tokenizer from open-clip-torch's BPE vocabulary: pip install --no-deps open-clip-torch (no "
+            "torchvision needed; the package is not imported)"
         )
     return path
 

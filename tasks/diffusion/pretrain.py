@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import models
-from harness.atomic import _flush, flush_folder, library_writes
+from harness.atomic import _flush, check_writable, flush_folder, library_writes
 from harness.guard import RunLock
 from tasks.diffusion import data as ddata
 from tasks.diffusion import model as dmodel
@@ -53,6 +53,31 @@ def base_folder(base_rows: list[ddata.Item], settings: dict[str, Any] | None = N
     return models.cache_dir() / "diffusion" / f"base-{digest}", key
 
 
+def is_pretrained(base_rows: list[ddata.Item], settings: dict[str, Any] | None = None) -> bool:
+    """Whether the base of these rows and settings is in the cache already: ``ensure_base`` then reads it, tokenizer
+    files included (the pipeline saves its own), and writes nothing."""
+    folder, _ = base_folder(base_rows, settings)
+    return (folder / INFO).is_file()
+
+
+def check_cache_writable() -> None:
+    """A ``ValueError`` in one line, naming the folder and ``HARNESS_CACHE``, where the folder the base is pre-trained
+    into cannot be written: said before any run (``DiffusionTask.check_data_for``), where each run started, failed
+    and left a failed record."""
+    folder = models.cache_dir() / "diffusion"
+    what = "HARNESS_CACHE's diffusion folder"
+    if not os.environ.get("HARNESS_CACHE"):
+        what = "the cache's diffusion folder (HARNESS_CACHE unset)"
+    try:
+        check_writable(folder, what, "HARNESS_CACHE")
+    except ValueError as exc:  # its advice is for a flag: say it for an environment variable
+        said = str(exc).rpartition("; ")[0]
+        raise ValueError(
+            f"{said}; the embedded diffusion base is pre-trained into it (minutes, once): set HARNESS_CACHE to a "
+            "folder you can write (a cache that holds the pre-trained base already may be read-only)"
+        ) from None
+
+
 def ensure_base(
     base_rows: list[ddata.Item], settings: dict[str, Any] | None = None, progress: bool = True
 ) -> tuple[Path, dict[str, Any]]:
@@ -65,6 +90,7 @@ def ensure_base(
     folder, key = base_folder(base_rows, settings)
     if (folder / INFO).is_file():
         return folder, json.loads((folder / INFO).read_text())
+    check_cache_writable()  # said before the lock file is made in it, not as a PermissionError
     lock = RunLock(folder.with_name(f".{folder.name}.lock"))  # two runs starting at once: one pre-trains
     lock.acquire(blocking=True)
     try:

@@ -20,6 +20,7 @@ import functools
 import hashlib
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +201,14 @@ def category_classifier(train: list[ddata.Item], test: list[ddata.Item], size: i
         np.mean([p == i.category for p, i in zip(test_pred, test, strict=True)])
     )
     clf.info["classes"] = clf.classes
-    path.parent.mkdir(parents=True, exist_ok=True)
-    clf.save(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clf.save(path)
+    except OSError as exc:  # a read-only cache, a full disk: fidelity stands, the next run fits it again (a review:
+        # the run failed after training, a failed record, as the judge's answers' cache does not)
+        print(
+            f"warning: the fidelity classifier cannot be cached in {path.parent} ({type(exc).__name__}: {exc}): it is "
+            "fitted again in the next run; set HARNESS_CACHE to a folder you can write",
+            file=sys.stderr,
+        )
     return clf
