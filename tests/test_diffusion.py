@@ -98,6 +98,19 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setattr(djudge, "_PROBED", set())  # each test's server is probed afresh
 
 
+def test_a_local_pipeline_folder_is_read_from_the_disk_even_spelled_as_a_hub_id_or_with_a_tilde(tmp_path, monkeypatch):
+    """From a review: ``load_folder`` looked a folder named ``runwayml/stable-diffusion-v1-5`` up on the hub (its
+    moved id's repository) and did not expand ``~``, where every check before the runs read the disk: each run
+    failed (offline) or trained another model than its record named (online)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    tiny_pipeline(tmp_path / "runwayml" / "stable-diffusion-v1-5")
+    tiny_pipeline(tmp_path / "home" / "sd15")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for spelled in ("runwayml/stable-diffusion-v1-5", "~/sd15"):
+        assert dmodel.load_folder(spelled, torch.device("cpu"), torch.float32).resolution == 16
+
+
 def _run(tiny, runs: Path, method: str, **task) -> dict:
     folder, data = tiny
     specs = build_specs("diffusion", [method], [0], "smoke", model=str(folder), task_overrides=task or None)
