@@ -47,7 +47,12 @@ def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _num(x: float | None) -> float | None:
-    return None if x is None else round(x, 2) + 0.0
+    """Two decimals; two significant digits where two decimals would write a number that is not 0 as 0.0 (as
+    ``fmt``: from a review, a 1-10 judge's difference of 0.004 read 0.0 in the CSVs, its sign and size lost)."""
+    if x is None:
+        return None
+    decimals = 1 - math.floor(math.log10(abs(x))) if EPS < abs(x) < 0.005 else 2  # 0.004: 3, 0.00012: 5
+    return round(x, decimals) + 0.0
 
 
 def _score_columns(prefix: str, cell: Cell) -> dict[str, Any]:

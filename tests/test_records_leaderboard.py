@@ -1904,6 +1904,25 @@ def test_a_small_significant_difference_on_a_scale_of_ten_shows_its_sign_and_siz
     assert "vs lora -0.040*" in (tmp_path / "out" / "leaderboard.html").read_text()
 
 
+def test_the_csvs_keep_a_difference_that_two_decimals_would_write_as_zero(tmp_path):
+    """From a review: the CSVs kept two decimals, so a 1-10 judge's difference of 0.004 read 0.0 there (its sign
+    and size lost) where the Markdown and HTML tables show it; two significant digits below 0.005, as they do."""
+    runs = tmp_path / "runs"
+    base = [4.0 + i % 5 for i in range(40)]
+
+    def judged(scores: list[float]) -> dict:
+        mean = sum(scores) / len(scores)
+        return {"metric": "judge", "value": mean, "n": 40, "scores": scores, "scale": [0, 10], "examples": "e"}
+
+    lower = [x - (0.002 if i % 2 else 0.006) for i, x in enumerate(base)]  # 0.004 lower on average
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": judged(base)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": judged(lower)}))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "commonsense_comparisons.csv")
+    row = next(r for r in rows if (r["method"], r["reference"], r["benchmark"]) == ("effilora", "lora", "ARC-Easy"))
+    assert float(row["diff"]) == -0.004 and float(row["ci_high"]) < 0
+
+
 def test_runs_on_another_kind_of_device_are_another_section(tmp_path):
     """From a review: a seed run on a GPU (bf16) and one on a CPU (fp32) were pooled in one row and compared with
     ``*``, where the runner refuses to take one for the other (every built-in task computes in another dtype)."""
