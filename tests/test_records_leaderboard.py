@@ -1974,3 +1974,61 @@ def test_hidden_run_folders_are_listed_as_the_glob_listed_them_and_a_runs_dir_wi
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: False if path == tmp_path else real(path, mode, **kw))
     with pytest.raises(ValueError, match=r"cannot be read \(it lists, but cannot be entered: no x permission"):
         records.find_records(tmp_path)
+
+
+def _plot_laid_out(secs: list, monkeypatch, tmp_path: Path) -> tuple[dict, list[str]]:
+    """``plot`` run on ``secs``; returns where its texts and axes lay (pixels) as it saved, and its warnings."""
+    import warnings
+
+    import matplotlib.figure
+
+    from harness.leaderboard_plot import plot
+
+    seen = {}
+    real = matplotlib.figure.Figure.savefig
+
+    def measure(fig, *args, **kwargs):
+        renderer = fig.canvas.get_renderer()
+        [ax] = fig.axes
+        [footer] = [t for t in fig.texts if t.get_text()]
+        seen.update(fig=fig.bbox, frame=ax.get_window_extent(renderer), axes=ax.get_tightbbox(renderer))
+        seen.update(title=ax.title.get_window_extent(renderer), footer=footer.get_window_extent(renderer))
+        seen.update(height_in=fig.get_size_inches()[1], title_text=ax.title.get_text())
+        return real(fig, *args, **kwargs)
+
+    with monkeypatch.context() as patch, warnings.catch_warnings(record=True) as caught:
+        patch.setattr(matplotlib.figure.Figure, "savefig", measure)
+        warnings.simplefilter("always")
+        plot(secs, "commonsense", tmp_path / "p.png")
+    return seen, [str(w.message) for w in caught]
+
+
+def test_a_plot_of_many_sections_keeps_its_title_and_labels_in_the_figure_and_off_the_axes(tmp_path, monkeypatch):
+    """From a review: the title lists every shown section's key, and from 3 sections on it ran past the 6.5-inch
+    figure (the task's name cut off); with 30 sections tight_layout was not applied (a warning) and the labels under
+    the plot, one line per section, lay across the axes. The title wraps, a label too wide for the figure (wide
+    letters at 150 characters) wraps narrower, and the figure grows by their lines, the axes keeping their size."""
+    from harness.leaderboard import load_records, newest_sections, sections
+
+    runs = tmp_path / "runs"
+    for i in range(30):
+        record = fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0120" * 5)})
+        record["run"]["config"]["model"] = f"/models/ckpt-{i}"
+        record["run"]["config"]["model_label"] = f"ckpt-{i}"
+        record["env"]["device"] = "CPU" if i else "W" * 120  # a label line of wide letters
+        record["run"]["id"] += f"-m{i}"
+        write_fixture(runs, record)
+    secs = sections(load_records(runs))
+    one, _ = _plot_laid_out(secs[:1], monkeypatch, tmp_path)
+    many, warned = _plot_laid_out(secs, monkeypatch, tmp_path)
+    assert not [w for w in warned if "Tight layout not applied" in w], warned
+    fig = many["fig"]
+    for name in ("title", "footer", "axes"):
+        box = many[name]
+        assert fig.x0 <= box.x0 and box.x1 <= fig.x1 and fig.y0 <= box.y0 and box.y1 <= fig.y1, (name, box, fig)
+    assert many["title"].y0 >= many["frame"].y1  # above the plot's frame, not across it
+    assert many["footer"].y1 <= many["axes"].y0  # below the axes and their x label
+    said = " ".join(many["title_text"].split())
+    assert said.startswith("commonsense: Avg score") and all(s.key in said for s in newest_sections(secs))
+    assert many["height_in"] > 7 and many["frame"].height >= 0.95 * one["frame"].height  # the figure grew instead
+    assert one["height_in"] == 4.2 and one["title_text"].count("\n") == 0  # one section: the plot as it was
