@@ -3041,3 +3041,35 @@ def test_a_cached_embedded_base_loads_without_open_clip_and_only_a_pipeline_buil
         assert dmodel.tokenize(loaded.model.tokenizer, ["a red circle"])[0][:4].tolist() == [49406, 320, 736, 7117]
         with pytest.raises(ValueError, match=r"pip install --no-deps open-clip-torch"):
             task.check_data_for(EMBEDDED, True)  # built from its configs: the BPE file still
+
+
+def test_a_contact_sheet_left_from_an_earlier_leaderboard_is_named_where_none_is_made(tmp_path, monkeypatch, capsys):
+    """From a review: where a preset's contact sheet could no longer be made (its newest runs saved no real images
+    and their data was not found, or none has samples), the warning said "no contact sheet ..." while the sheet of
+    older runs stayed in the folder beside the tables of newer ones, unmentioned. It is named as left from an earlier
+    leaderboard and kept, as the leaderboard's other files it no longer writes are (``leftover_files``)."""
+    from tasks.diffusion.sheet import contact_sheets
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    out.mkdir()
+    old = out / "diffusion_samples_embedded.png"
+    old.write_bytes(b"the sheet of older runs")
+    monkeypatch.delenv("HARNESS_DATA_DIR", raising=False)
+    monkeypatch.setenv("HARNESS_TWEMOJI_DIR", str(tmp_path))  # the shipped Twemoji not found either
+    record = _sheet_record("new", "lora", {}, "2026-02-01")
+    (_sheet_run(runs / "new") / "samples" / "real-000.png").unlink()  # no real image saved, its data not found
+    assert contact_sheets([record], runs, out) == []
+    err = capsys.readouterr().err
+    assert "no contact sheet diffusion_samples_embedded.png: new saved no real held-out images" in err
+    said = f"warning: {out} still holds diffusion_samples_embedded.png from an earlier leaderboard: no contact sheet "
+    assert said in err and "(see the warning above)" in err and "delete it" in err, err
+    (runs / "new" / "predictions.jsonl").unlink()  # no run with samples at all: said so, where before nothing was
+    assert contact_sheets([record], runs, out) == []
+    assert capsys.readouterr().err.splitlines() == [
+        f"{said}was made from the records under {runs} this time (no seed-0 run at its newest settings has samples "
+        "to show), so it shows other runs than leaderboard.md and leaderboard.html; delete it, or rebuild once the "
+        "runs' samples can be shown"
+    ]
+    assert old.read_bytes() == b"the sheet of older runs"  # kept: the folder may hold it on purpose
+    old.unlink()  # no earlier sheet: nothing more to say than why none was made
+    assert contact_sheets([record], runs, out) == [] and capsys.readouterr().err == ""

@@ -66,15 +66,32 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                 key = _row_key(r)
                 if key not in runs and _readable_predictions(folder, r["run"]["id"]):
                     runs[key] = folder
+        path = out_dir / f"diffusion_samples_{preset}.png"
         if not runs:
+            _left_from_before(path, runs_dir, "no seed-0 run at its newest settings has samples to show")
             continue
         shown = {labels[k]: runs[k] for k in _leaderboard_order(section, labels) if k in runs}
         # the data is looked for only where the runs saved no real image of a row the sheet shows (runs made
         # before they saved them): a data folder that no longer reads stopped the leaderboard where none was needed
         data = data_images(mine) if _lacks_real_images(next(iter(shown.values()))) else None
-        if sheet := _sheet(shown, out_dir / f"diffusion_samples_{preset}.png", _attribution(mine), data):
+        if sheet := _sheet(shown, path, _attribution(mine), data):
             written.append(sheet)
+        else:
+            _left_from_before(path, runs_dir, "see the warning above")
     return written
+
+
+def _left_from_before(path: Path, runs_dir: Path, why: str) -> None:
+    """A warning where a preset's sheet was not made this time but one from an earlier leaderboard is at ``path``:
+    it shows older runs beside tables of newer ones. Not deleted, as ``harness.leaderboard``'s ``leftover_files``
+    leaves other files it no longer writes (the folder may hold them on purpose)."""
+    if path.is_file():
+        print(
+            f"warning: {path.parent} still holds {path.name} from an earlier leaderboard: no contact sheet was made "
+            f"from the records under {runs_dir} this time ({why}), so it shows other runs than leaderboard.md and "
+            "leaderboard.html; delete it, or rebuild once the runs' samples can be shown",
+            file=sys.stderr,
+        )
 
 
 def _leaderboard_order(records: list[dict[str, Any]], labels: dict[tuple[str, str], str]) -> list[tuple[str, str]]:
