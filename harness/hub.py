@@ -40,12 +40,12 @@ def is_hub_id(spec: str) -> bool:
     return spec != EMBEDDED and not Path(spec).expanduser().exists()
 
 
-def hub_weights_cached(repo_id: str) -> bool:
+def hub_weights_cached(repo_id: str, moved: bool = True) -> bool:
     """Whether the hub's local cache holds ``repo_id``'s weights (``HUB_WEIGHT_FILES``, its main revision; a moved
-    repository's new place, ``HUB_MOVED``), read from the disk only."""
+    repository's new place, ``HUB_MOVED``, unless ``moved`` is false), read from the disk only."""
     from huggingface_hub import try_to_load_from_cache
 
-    repo = HUB_MOVED.get(repo_id, repo_id)
+    repo = HUB_MOVED.get(repo_id, repo_id) if moved else repo_id
     try:
         return any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_WEIGHT_FILES)
     except ValueError:  # not a repository id the hub takes: loading it fails anyway, saying so
@@ -90,9 +90,18 @@ def check_hub_weights(spec: str) -> None:
         return
     from huggingface_hub import constants
 
+    offline = f"{' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE})"
+    if (repo := HUB_MOVED.get(spec)) is None:
+        raise ValueError(f"model {spec!r}: {offline} holds no weights of it; {HUB_ADVICE}")
+    # a paper id is looked up where its repository lives now, the id its weights load from: a copy the cache holds
+    # under the old id was not named, the refusal saying the cache held nothing of the id it does hold
+    kept = ""
+    if hub_weights_cached(spec, moved=False):
+        kept = f"; its copy under the old id (models--{spec.replace('/', '--')}) is not read, the weights load from "
+        kept += f"{repo!r} only"
     raise ValueError(
-        f"model {spec!r}: {' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE}) holds no "
-        f"weights of it; {HUB_ADVICE}"
+        f"model {spec!r} (looked up as {repo!r}, where the repository moved): {offline} holds no weights of "
+        f"{repo!r}{kept}; {HUB_ADVICE}"
     )
 
 

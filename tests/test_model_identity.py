@@ -821,3 +821,37 @@ def test_a_llavas_processor_is_at_hand_only_with_its_tokenizers_vocabulary(tmp_p
     assert not _processor_at_hand(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{}")
     assert _processor_at_hand(str(tmp_path))
+
+
+def test_offline_a_paper_id_is_refused_naming_the_id_looked_up_and_its_copy_under_the_old_id(tmp_path, monkeypatch):
+    """From a review: offline, with the hub's cache holding ``runwayml/stable-diffusion-v1-5`` under that (old) id,
+    the refusal said the cache held no weights of it, naming the paper id where the id looked up (and loaded) is the
+    one the repository moved to (``HUB_MOVED``). It names the id looked up and says the old id's copy is not read
+    (``tasks.diffusion.model.load_folder`` reads the moved id only)."""
+    from huggingface_hub import constants
+
+    from harness import hub
+
+    paper = "runwayml/stable-diffusion-v1-5"
+    moved, old = hub.HUB_MOVED[paper], tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "hub").mkdir()
+    looked_up = (
+        rf"model '{paper}' \(looked up as '{moved}', where the repository moved\): HF_HUB_OFFLINE set, and the hub's "
+        rf"cache \({re.escape(str(tmp_path / 'hub'))}\) holds no weights of '{moved}'"
+    )
+    with pytest.raises(ValueError, match=rf"^{looked_up}; connect to the internet") as nothing:
+        hub.check_hub_weights(paper)
+    assert "old id" not in str(nothing.value)
+    unet = old / "snapshots" / ("a" * 40) / "unet"  # the old id's weights, as from_pretrained left them
+    unet.mkdir(parents=True)
+    (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"w")
+    (old / "refs").mkdir()
+    (old / "refs" / "main").write_text("a" * 40)
+    assert hub.hub_weights_cached(paper, moved=False) and not hub.hub_weights_cached(paper)
+    old_copy = r"; its copy under the old id \(models--runwayml--stable-diffusion-v1-5\) is not read, the weights "
+    with pytest.raises(ValueError, match=rf"^{looked_up}{old_copy}load from '{moved}' only; connect to the internet"):
+        hub.check_hub_weights(paper)
+    with pytest.raises(ValueError, match=r"^model 'org/other': HF_HUB_OFFLINE set, and the hub's cache .* holds no "):
+        hub.check_hub_weights("org/other")  # an id that did not move: said as before
