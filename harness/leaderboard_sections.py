@@ -91,6 +91,10 @@ def _label(key: tuple[str, str], keys: list[tuple[str, str]], show: Callable[[An
     method, options = key
     opts = json.loads(options)
     others = [json.loads(o) for m, o in keys if m == method and o != options]
+    # an option that is a dict in every row (the Reducer's) is compared key by key, ``reducer.drop_ratio=0.5``: from
+    # a review, rows apart by one Reducer setting were labelled with the whole dict each
+    nested = [k for k, v in opts.items() if isinstance(v, dict) and all(isinstance(o.get(k), dict) for o in others)]
+    opts, others = _spread(opts, nested), [_spread(o, nested) for o in others]
     always = ("trained_on", "fast_path")
     # as JSON, so that a missing key (MISSING) is not None, and 1 is not True or 1.0
     differ = sorted(
@@ -100,6 +104,14 @@ def _label(key: tuple[str, str], keys: list[tuple[str, str]], show: Callable[[An
 
 
 MISSING = object()  # an option a row's records lack (``_label``)
+
+
+def _spread(opts: dict[str, Any], nested: list[str]) -> dict[str, Any]:
+    """``opts`` with each of ``nested`` (a dict) spread into ``name.key`` entries."""
+    out = {k: v for k, v in opts.items() if k not in nested}
+    for k in nested:
+        out |= {f"{k}.{sub}": v for sub, v in opts[k].items()}
+    return out
 
 
 def _json(v: Any) -> str | None:

@@ -813,6 +813,19 @@ def test_labels_of_rows_whose_options_read_alike_stay_apart():
     assert labels[keys[4]] == 'lora (y="1")' and labels[keys[3]] == "lora (y=True)"
 
 
+def test_rows_apart_by_one_reducer_setting_are_labelled_by_that_setting():
+    """From a review: two effilora rows whose Reducer differed by drop_ratio were each labelled with the whole
+    Reducer dict (nine settings); an option that is a dict in every row is compared key by key."""
+    from harness.leaderboard_sections import _labels
+
+    reducer = {"drop_ratio": 0.25, "interval": 10, "k": None, "seed": None}
+    keys = [("effilora", json.dumps({"reducer": r}, sort_keys=True)) for r in (reducer, reducer | {"drop_ratio": 0.5})]
+    assert list(_labels(keys).values()) == ["effilora (reducer.drop_ratio=0.25)", "effilora (reducer.drop_ratio=0.5)"]
+    # a row whose records lack the dict (from before it) is labelled with it whole, as any option one row lacks
+    keys.append(("effilora", json.dumps({}, sort_keys=True)))
+    assert _labels(keys)[keys[0]].startswith("effilora (reducer={")
+
+
 def _targeting(record: dict, targets: str) -> dict:
     """``record`` with its method option ``targets`` set, its run id made again from its config."""
     from harness.records import config_hash
