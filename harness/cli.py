@@ -100,7 +100,7 @@ def cmd_recount_flops(args: argparse.Namespace) -> int:
         if not Path(path).expanduser().is_dir():
             raise CliError(f"--data-dir {item!r}: {path!r} is not a folder; give the folder that holds {task}'s data")
         data_dirs[task] = path
-    runs_dir = Path(args.runs_dir)
+    runs_dir = Path(args.runs_folder)
     # listed as the leaderboard lists them: a run folder it cannot enter is counted (and said) as one left, where a
     # glob left it out without a word (a review); a runs dir it cannot list is a ValueError saying so
     if not runs_dir.is_dir() or not find_records(runs_dir):
@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=RECOUNT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("runs_dir", metavar="RUNS_DIR", help="the folder of run folders, e.g. results/runs")
+    # its own dest: an empty one is named as the positional it is (_refuse_empty), not as --runs-dir
+    p.add_argument("runs_folder", metavar="RUNS_DIR", help="the folder of run folders, e.g. results/runs")
     p.add_argument(
         "--data-dir",
         action="append",
@@ -392,10 +393,16 @@ def _after_interrupt(command: str, args: argparse.Namespace | None, argv: list[s
     return said
 
 
+POSITIONALS = {"runs_folder": "RUNS_DIR"}  # the dests of positional arguments, by the metavar they are shown as
+
+
 def _refuse_empty(args: argparse.Namespace) -> None:
     """A flag given an empty value (``--preset "$UNSET"``) is refused: it would silently mean its default."""
     for dest, value in vars(args).items():
         values = value if isinstance(value, list) else [value]
+        if dest in POSITIONALS and any(isinstance(v, str) and not v.strip() for v in values):
+            # a review: recount-flops "" was told about a --runs-dir flag it has not
+            raise CliError(f"{POSITIONALS[dest]} is empty; give the folder of runs (e.g. results/runs)")
         if any(isinstance(v, str) and not v.strip() for v in values):
             raise CliError(
                 f"--{dest.replace('_', '-')} is empty; give it a value ('none' where the flag takes it), or leave it "

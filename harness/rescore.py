@@ -10,6 +10,7 @@ scored again, when, and by which harness (``run.rescored``). A record is written
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,8 @@ def rescore_runs(
     """Score the successful runs of ``task`` in ``runs_dir`` (only ``run_ids`` where given) again with
     ``scoring``: (the updated records, the problems). Every name and the scorers themselves
     (``Task.check_scoring``) are checked before any run is touched. A run that cannot be scored (another
-    process holds it, what it saved is missing, its folder the machine cannot enter) is a problem and the others
-    go on. Only scored columns are written, none that scores fewer examples than the record's column does; a
+    process holds it, what it saved is missing, its folder the machine cannot enter where named) is a problem and
+    the others go on; a folder it cannot enter that is not named is a warning (it may hold no run: lost+found). Only scored columns are written, none that scores fewer examples than the record's column does; a
     column that comes back without a score (the judge failed), or scored fewer, or with some examples failed, is
     a problem too."""
     from harness.runner import check_scorer_names
@@ -58,18 +59,26 @@ def rescore_runs(
         if record["run"]["status"] == "success" and isinstance(config, dict) and config.get("task") == task:
             found[path.parent.name] = path.parent
     chosen = list(dict.fromkeys(run_ids)) if run_ids else sorted(found)  # a run named twice is scored once
-    # said as problems (the others go on), as the leaderboard warns of them, where a glob left them out unsaid
-    problems = [text for run_id, text in sorted(unreadable.items()) if not run_ids or run_id in chosen]
+    # where a glob left them out unsaid: a run named with --runs is a problem (the others go on), any other such
+    # folder a warning, as the leaderboard's (a re-review: lost+found at a disk's top failed every rescore)
+    problems = [text for run_id, text in sorted(unreadable.items()) if run_ids and run_id in chosen]
+    for text in [] if run_ids else [text for _, text in sorted(unreadable.items())]:
+        print(f"warning: {text}", file=sys.stderr)
     chosen = [r for r in chosen if r not in unreadable]
     if missing := [r for r in chosen if r not in found]:
         raise ValueError(
             f"no successful {task} run {missing[0]!r} in {str(runs_dir)!r}"
             + (f"; it has: {', '.join(sorted(found)[:5])}{' ...' if len(found) > 5 else ''}" if found else "")
         )
-    if not chosen and not problems:
-        raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
-    if not chosen:  # only folders it cannot read: said, and no scorer loaded for none
+    if not chosen and problems:  # only runs named that it cannot read: said, and no scorer loaded for none
         return [], problems
+    if not chosen and unreadable:
+        raise ValueError(
+            f"no successful {task} run this machine can read in {str(runs_dir)!r}: {len(unreadable)} folder(s) it "
+            "could not enter or read (the warnings above); give this user access to them (r and x), then rescore again"
+        )
+    if not chosen:
+        raise ValueError(f"no successful {task} run in {str(runs_dir)!r}; run `harness run --task {task}` first")
     task_cls.check_scoring(dict(scoring))  # the scorers reachable and loadable, before any run is touched
     # before any record is written: a runs folder inside the checkout (results/runs) would make it dirty
     code = git_state()

@@ -985,12 +985,38 @@ def test_rescore_names_a_run_folder_the_machine_cannot_enter(tmp_path, monkeypat
     cannot_enter(monkeypatch, closed)
     args = ["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "j", "--no-leaderboard"]
     done = harness_here(capfd, *args)
-    assert done.returncode == 2 and "no successful diffusion run" not in done.stderr, done.stderr
+    assert done.returncode == 2 and "run `harness run --task diffusion` first" not in done.stderr, done.stderr
     assert (
         f"warning: {closed}: the machine could not enter this folder to read its {RECORD} (PermissionError: "
     ) in done.stderr, done.stderr
     assert "left unscored (whether it is a diffusion run is not known)" in done.stderr
-    assert "harness: error: 1 problem(s) rescoring (above; the first: " in done.stderr
+    assert "harness: error: no successful diffusion run this machine can read in " in done.stderr
+    assert "1 folder(s) it could not enter or read (the warnings above)" in done.stderr
+    done = harness_here(capfd, *args, "--runs", closed.name)  # named: a problem of its own
+    assert done.returncode == 2 and "harness: error: 1 problem(s) rescoring (above; the first: " in done.stderr
+
+
+def test_rescore_warns_of_a_folder_it_cannot_enter_beside_runs_it_scores(tmp_path, monkeypatch, capsys):
+    """From a re-review: every folder rescore could not enter was a problem, so ``lost+found`` at the top of a
+    mounted disk (root's, 700) failed every rescore with exit 2 after scoring every run; it is a warning, as the
+    leaderboard's, and the runs are scored."""
+    import harness.rescore as rescore
+    import harness.runner
+    from harness.registry import TASKS
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0))
+    (runs / "lost+found").mkdir()
+    cannot_enter(monkeypatch, runs / "lost+found")
+    monkeypatch.setattr(harness.runner, "check_scorer_names", lambda *a: None)  # scoring itself stubbed: the listing
+    monkeypatch.setattr(TASKS.get("commonsense"), "scorers", ("judge",))
+    monkeypatch.setattr(TASKS.get("commonsense"), "check_scoring", classmethod(lambda cls, s: None))
+    scored = {"run": {"rescored": [{"columns": ["judge_avg"]}]}, "eval": {"judge_avg": {"value": 5.0}}}
+    monkeypatch.setattr(rescore, "_rescore_one", lambda *a: scored)
+    monkeypatch.setattr(rescore, "git_state", lambda: {})
+    done, problems = rescore.rescore_runs(runs, "commonsense", {"judge": "j"}, None, say=lambda line: None)
+    assert len(done) == 1 and problems == []
+    assert "lost+found: the machine could not enter this folder" in capsys.readouterr().err
 
 
 def test_the_leaderboards_advice_to_count_flops_again_names_the_subcommand(tmp_path, capsys):

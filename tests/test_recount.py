@@ -130,6 +130,8 @@ def test_harness_recount_flops_counts_the_runs_as_the_script_did(tiny_model, dat
     assert done.returncode == 2 and "unknown task 'comonsense' in --data-dir (did you mean 'commonsense'?)" in (
         done.stderr
     )
+    done = harness_here(capfd, "recount-flops", "")  # a re-review: it was told about a --runs-dir flag
+    assert done.returncode == 2 and "harness: error: RUNS_DIR is empty; give the folder of runs" in done.stderr
 
 
 def test_recount_flops_names_a_runs_only_run_folder_the_machine_cannot_enter(tmp_path, monkeypatch, capfd):
