@@ -1494,6 +1494,29 @@ def test_random_weights_from_a_local_pipeline_folder_trains(tiny, tmp_path):
     assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
 
 
+def test_a_pipeline_folder_given_with_a_tilde_runs(tiny, tmp_path, monkeypatch):
+    """From a re-review: ``--model=~/sd15`` (which the shell leaves as it is) was refused before any run as no model
+    folder, where ``load_folder`` reads it: the pipeline check and ``build_meta`` did not expand ``~``."""
+    import shutil
+
+    pipe, data = tiny
+    shutil.copytree(pipe, tmp_path / "home" / "sd15")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    specs = build_specs(
+        "diffusion",
+        ["lora"],
+        [0],
+        "smoke",
+        model="~/sd15",
+        train_overrides={"steps": 1},
+        task_overrides={"eval_limit": 1},
+    )
+    preflight(specs)
+    record = run_all(specs, tmp_path / "runs", str(data), progress=False)[0]
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
+
+
 def test_params_counts_a_local_pipeline_folder_as_its_unet(tiny, capsys):
     """From a review: `harness params --model <pipeline folder>` said "no config.json there", though `harness run`
     takes the folder (and params its unet/)."""

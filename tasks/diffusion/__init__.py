@@ -121,7 +121,7 @@ class DiffusionTask(Task):
         if model == models.EMBEDDED:
             config = dmodel.unet_config()
         else:
-            config = UNet2DConditionModel.load_config(str(model), subfolder="unet")
+            config = UNet2DConditionModel.load_config(str(Path(model).expanduser()), subfolder="unet")
         with torch.device("meta"):
             unet = UNet2DConditionModel.from_config(config)
         return MetaModel(models.label(model), unet, unet)

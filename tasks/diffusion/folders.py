@@ -22,7 +22,9 @@ def _sha256(path: Path) -> str:
 
 
 def _is_pipeline_folder(model: str) -> bool:
-    return (Path(model) / "model_index.json").is_file()
+    """Whether ``model`` is a diffusers pipeline folder, ``~`` expanded as ``load_folder`` reads it (a re-review:
+    ``--model=~/sd15``, which the shell leaves as it is, was refused before any run as no model folder)."""
+    return (Path(model).expanduser() / "model_index.json").is_file()
 
 
 def _twemoji_base() -> list[ddata.Item]:
