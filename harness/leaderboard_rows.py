@@ -329,7 +329,10 @@ def _compare(
             scale = (scales or {}).get
             diffs = {b: paired([mine[b]], [theirs[b]], test=test, scales=[scale(b, PERCENT)]) for b in same}
             both = [b for b in averaged if row.cells[b].value is not None and ref.cells[b].value is not None]
-            if both and all(b in same for b in both):
+            # only between two rows that have an Avg: from a review, diffusion's majority and chance (fidelity
+            # alone, no Avg cell) were compared on "Avg" with lora by their fidelity difference
+            has_avg = row.cells[AVG].value is not None and ref.cells[AVG].value is not None
+            if both and has_avg and all(b in same for b in both):
                 on = [scale(b, PERCENT) for b in both]
                 diffs[AVG] = paired([mine[b] for b in both], [theirs[b] for b in both], test=test, scales=on)
             drawn[(id(row), ref_name)] = diffs

@@ -1988,6 +1988,12 @@ def test_fidelity_has_majority_and_chance_rows_and_similarity_is_not_held_to_bas
     table = {r["method"]: r for r in read_csv(tmp_path / "out" / "diffusion.csv")}
     assert float(table["chance"]["fidelity"]) == 50.0 and table["majority"]["similarity"] == ""
     assert table["majority"]["Avg"] == table["chance"]["Avg"] == ""  # fidelity alone is not the models' Avg
+    # nor compared as one (a review: majority's and chance's "Avg" difference with lora was their fidelity's)
+    assert table["majority"]["Avg_vs_lora"] == table["chance"]["Avg_vs_lora"] == ""
+    compared = read_csv(tmp_path / "out" / "diffusion_comparisons.csv")
+    assert not [
+        r for r in compared if r["benchmark"] == "Avg" and {r["method"], r["reference"]} & {"majority", "chance"}
+    ]
     assert table["lora"]["train_on_inputs"] == "not read"  # it showed True: a setting the task never reads
     assert float(table["majority"]["fidelity"]) == sum(fidelity["baselines"]["majority"]) / len(test)
     assert "similarity" not in table["lora"]["not_above_baselines"].split()
