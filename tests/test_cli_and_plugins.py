@@ -68,6 +68,18 @@ def test_params_prints_the_spec_reference_counts_at_llama3_8b(capsys):
         assert rows[method]["total"] >= LLAMA3_BASE + trainable
 
 
+def test_params_table_names_the_settings_its_counts_depend_on(capsys):
+    """From a review: the table printed counts without r, alpha, heads or targets (only --json carried them), so
+    a pasted table did not say what it counted; the line under the model names them."""
+    assert main(["params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "lora", "--rank", "8"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (
+        "settings: r=8, alpha=32.0, heads=4, targets=q_proj,k_proj,v_proj,up_proj,down_proj (heads: the multi-head "
+        "methods')"
+    )
+    assert out[3].split()[:2] == ["lora", "14,155,776"]  # r=8: half r=16's 28,311,552
+
+
 @pytest.mark.parametrize(
     ("model", "base"), [("llava-hf/llava-1.5-7b-hf", 7_063_427_072), ("runwayml/stable-diffusion-v1-5", 859_520_964)]
 )
