@@ -160,6 +160,10 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
                 then = (
                     f"this was a forced re-run: the finished record is kept{kept}, and the same command starts it over"
                 )
+            elif not (run_dir / CHECKPOINT).is_file():  # stopped before training saved one (loading the model, a
+                # task's own preparation: the multimodal stage 1), or in a training that saves none: from a review,
+                # "resumes it" was said there, and the next start began at step 0 (stage 1 too)
+                then = "the run's record says so; no checkpoint was saved yet, so the same command starts it over"
             elif ctx.force:  # --force drops the checkpoint at the next start too
                 then = "the run's record says so; run the same command without --force to resume it (with --force it starts over)"
             else:

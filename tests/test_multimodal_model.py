@@ -487,6 +487,26 @@ def test_stage1_encodes_only_the_images_its_steps_draw_and_trains_the_same_proje
         torch.testing.assert_close(projector[name], before[name], **exact)
 
 
+def test_stage1_shows_a_bar_while_it_encodes_its_images_hidden_under_quiet_as_its_steps_bar(
+    monkeypatch, tmp_path, char_tokenizer, capsys
+):
+    """From a review: stage 1 encoded its drawn caption images (~1,200 at the embedded preset, ~2 minutes) with no
+    bar: nothing was said between "Loading weights" and the steps' bar. The encoding has one now, before the steps'
+    one, and --quiet hides it as it hides that one."""
+    from harness.cli_run import _quiet_bars
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    captions = [(pic, f"box {k}") for k, pic in enumerate(images(3))]
+    run = dict(steps=2, batch_size=3, lr=1e-2, seed=0)
+    stage1.align_projector(tiny_model(), char_tokenizer, captions, cache_key={"k": "shown"}, **run)
+    err = capsys.readouterr().err
+    assert "stage 1 (encoding images)" in err and "0/3" in err, err
+    assert err.index("stage 1 (encoding images)") < err.index("stage 1 (projector)")
+    with _quiet_bars():
+        stage1.align_projector(tiny_model(), char_tokenizer, captions, cache_key={"k": "quiet"}, **run)
+    assert "stage 1" not in capsys.readouterr().err
+
+
 def test_stage1_in_a_bf16_model_trains_its_fp32_projector_under_its_own_key(monkeypatch, tmp_path, char_tokenizer):
     """A GPU's bf16 model aligns its projector in fp32 (``hold_in_fp32``): an alignment cached when it trained in bf16
     (before 2026-12-06, the same key then) is not read for it."""

@@ -1627,6 +1627,36 @@ def test_a_forced_run_stopped_says_to_resume_without_force_and_that_resumes(
     assert again["run"]["status"] == "success" and again["train"]["resumed_from_step"] == 1
 
 
+def test_a_run_stopped_before_any_checkpoint_says_it_starts_over_not_that_it_resumes(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """From a review: a SIGTERM during the multimodal stage 1 (in the task's load, before training) said "the same
+    command resumes it", but no checkpoint was there: the next start began again, stage 1 from step 0. A stop after a
+    checkpoint still says it resumes."""
+    from harness import runner
+    from harness.guard import StopOnSigterm
+    from harness.train import Cancelled
+
+    specs = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    real_load = runner.load_model
+
+    def stopped_while_loading(*args, **kwargs):
+        raise Cancelled("stopped by SIGTERM")  # what the handler raises outside training (guard.StopOnSigterm)
+
+    for force in (False, True):
+        monkeypatch.setattr(runner, "load_model", stopped_while_loading)
+        with pytest.raises(Cancelled) as stopped:
+            runner.run_all(specs, tmp_path / "runs", str(data_dir), force=force, progress=False)
+        said = str(stopped.value)
+        assert "resume" not in said and said.endswith("no checkpoint was saved yet, so the same command starts it over")
+        assert not list((tmp_path / "runs").glob(f"*/{CHECKPOINT}"))
+    monkeypatch.setattr(runner, "load_model", real_load)
+    monkeypatch.setattr(StopOnSigterm, "requested", lambda self: True)  # after the first step: its checkpoint
+    with pytest.raises(Cancelled, match=r"stopped at step 1 of .*the same command resumes it$"):
+        runner.run_all(specs, tmp_path / "runs", str(data_dir), progress=False)
+    assert list((tmp_path / "runs").glob(f"*/{CHECKPOINT}"))
+
+
 def test_a_harness_cache_that_is_a_file_is_refused_before_any_run(tiny_model, data_dir, tmp_path, monkeypatch, capsys):
     """From a review: HARNESS_CACHE set to a file failed each run with NotADirectoryError, after ~30 s converting
     the embedded model, without naming HARNESS_CACHE; and ``~/x`` was read as ``./~/x``."""

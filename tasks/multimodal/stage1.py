@@ -206,11 +206,18 @@ def _encode_once(model: LlavaStyle, images: Sequence[Image.Image | str | Path]) 
             rows[key] = len(distinct)
             distinct.append(image)
         image_of.append(rows[key])
+    from tqdm.auto import tqdm
+
     device = model.projector[0].weight.device
     chunks = []
-    for start in range(0, len(distinct), ENCODE_BATCH):
-        pixels = preprocess([load_image(i) for i in distinct[start : start + ENCODE_BATCH]], model.config.image_size)
-        chunks.append(model.encode_images(pixels.to(device)).cpu())
+    # a bar as stage 1's steps have (hidden alike under --quiet): from a review, the ~1,200 images of the embedded
+    # preset took ~2 minutes before the steps' bar, with nothing said
+    with tqdm(total=len(distinct), desc="stage 1 (encoding images)", unit="image", leave=False) as bar:
+        for start in range(0, len(distinct), ENCODE_BATCH):
+            chunk = distinct[start : start + ENCODE_BATCH]
+            pixels = preprocess([load_image(i) for i in chunk], model.config.image_size)
+            chunks.append(model.encode_images(pixels.to(device)).cpu())
+            bar.update(len(chunk))
     return torch.cat(chunks), image_of
 
 
