@@ -365,6 +365,7 @@ def _execute(
                 weights=weights,
                 revision=revision,  # a hub id's: a checkpoint of another commit is not resumed on this one
                 env=record["env"],  # where its steps are timed: a checkpoint keeps it, a resume elsewhere says so
+                unit=task.throughput_unit,
             )
         if ctx.is_main:
             record["train"] = _train_record(spec, adapter, result, out_dir, probe, task, loaded, recipe, settings)

@@ -139,6 +139,7 @@ def train(
     weights: str | None = None,
     revision: str | None = None,
     env: dict[str, Any] | None = None,
+    unit: str = "tokens",
 ) -> TrainResult:
     """Train ``adapter`` on ``train_set``. ``should_stop`` is polled after every optimizer step and after the
     final validation: when it says so, a checkpoint is written and ``Cancelled`` raised. A loss that is not
@@ -152,7 +153,8 @@ def train(
     a checkpoint written at another commit is refused the same way. ``env``: this process's ``environment()`` (the
     record's; None: read here), whose ``TIMED_ON_KEYS`` a checkpoint keeps: a run resumed where they differ is not
     refused (its device type and precision are checked), but says where its earlier steps ran
-    (``TrainResult.timed_on_before_resume``): its times and peaks are the sessions' together."""
+    (``TrainResult.timed_on_before_resume``): its times and peaks are the sessions' together. ``unit``: what the
+    recipe's ``stats`` count as tokens (the task's ``throughput_unit``), named in the bar's rate."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     task_params = list(task_params or [])
@@ -421,7 +423,10 @@ def train(
         # a step with nothing supervised (every answer of its examples cut away) measured no loss: null, not 0
         state["loss_curve"].append([state["step"], round(step_loss, 5) if n_supervised else None])
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}", tok_s=f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}")
+        # per second of what the recipe counts (``unit``: the task's throughput_unit; a review: a diffusion run's
+        # images were shown as tok_s)
+        rate = f"{state['tokens'] / max(state['train_s'], 1e-9):.0f}"
+        bar.set_postfix({"loss": f"{step_loss:.3f}", "tok_s" if unit == "tokens" else f"{unit}_s": rate})
         if (
             checkpoint
             and config.checkpoint_every

@@ -1517,6 +1517,25 @@ def test_a_pipeline_folder_given_with_a_tilde_runs(tiny, tmp_path, monkeypatch):
     assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
 
 
+def test_the_training_bar_names_images_per_second_for_diffusion(tiny, tmp_path, capfd):
+    """From a review: the bar showed ``tok_s`` for a diffusion run, whose recipe counts images (the record's
+    ``throughput_unit``)."""
+    pipe, data = tiny
+    specs = build_specs(
+        "diffusion",
+        ["lora"],
+        [0],
+        "smoke",
+        model=str(pipe),
+        train_overrides={"steps": 2},
+        task_overrides={"eval_limit": 1},
+    )
+    record = run_all(specs, tmp_path / "runs", str(data), progress=True)[0]
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    err = capfd.readouterr().err
+    assert "images_s=" in err and "tok_s=" not in err
+
+
 def test_params_counts_a_local_pipeline_folder_as_its_unet(tiny, capsys):
     """From a review: `harness params --model <pipeline folder>` said "no config.json there", though `harness run`
     takes the folder (and params its unet/)."""
