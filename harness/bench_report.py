@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.atomic import atomic_path, write_json, write_text
-from harness.stats import median_interval
+from harness.stats import MEDIAN_INTERVAL_FROM, median_interval
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -169,6 +169,19 @@ def _replaced(cfg: dict) -> str:
 def markdown(report: dict) -> str:
     """The table for the README, headed by the machine and settings that produced it."""
     env, cfg, adapter = report["environment"], report["config"], report.get("adapter")
+    train = [r for r in report["rows"] if r["kind"] == "train"]
+    floor = next(r for r in train if r["source"] == FLOOR)
+    rounds = len(floor["round_s"])  # the rounds the paired ratios are taken over
+    # below MEDIAN_INTERVAL_FROM rounds the bootstrap's interval is their min-max, printed beside it: no interval is
+    # given then (a review: 3 rounds printed their min-max as a "95% bootstrap interval", which holds the median 75%)
+    interval = rounds >= MEDIAN_INTERVAL_FROM
+    paired_said, paired_note = "the median (95% bootstrap interval, rounds resampled)", ""
+    if not interval:
+        paired_said = "the median"
+        paired_note = (
+            f" (no 95% interval from {rounds} round{'s' * (rounds != 1)}: a bootstrap's is their min-max, which holds "
+            f"the median {1 - 2 ** (1 - rounds):.0%} of the time; {MEDIAN_INTERVAL_FROM} or more rounds give one)"
+        )
     settings = ""
     if adapter:  # reports written before the adapter settings were recorded have none
         targets = adapter["targets"] if isinstance(adapter["targets"], str) else ",".join(adapter["targets"])
@@ -181,22 +194,20 @@ def markdown(report: dict) -> str:
         f"({env['torch_threads']} threads, torch {env['torch']}"
         f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
-        "x floor, x peft: total time over theirs (paired: the median (95% bootstrap interval, rounds resampled) "
-        "[min-max] over rounds of each round's time over the floor's in the same round; step only: without the "
-        "scoring rounds; CPU time: process CPU "
-        "seconds, steadier on a loaded machine, "
+        f"x floor, x peft: total time over theirs (paired: {paired_said} [min-max] over rounds of each round's time "
+        f"over the floor's in the same round{paired_note}; step only: without the scoring rounds; CPU time: process "
+        "CPU seconds, steadier on a loaded machine, "
         "inflated by spinning threads when threads > 1; the Reducer's rounds in CPU seconds too, - where an older "
         "report timed them in wall seconds only); Reducer saves: against the method with it off."
-        + _paths(train_rows := [r for r in report["rows"] if r["kind"] == "train"])
+        + _paths(train)
         + _replaced(cfg),
         "",
-        "| contender | step s [min-max] | total s | x floor | x floor, paired (95%) [min-max] | x floor, step only "
+        f"| contender | step s [min-max] | total s | x floor | x floor, paired{' (95%)' * interval} [min-max] "
+        "| x floor, step only "
         "| x peft "
         "| x floor, CPU time | peak MB | state MB | GFLOPs | FLOPs x floor | Reducer saves s / GFLOPs |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    train = train_rows
-    floor = next(r for r in train if r["source"] == FLOOR)
     for r in train:
         lo, hi = median_interval(paired_ratios(r, floor))  # from the round times: older reports get it too
         saves = "" if r["reducer_saves_s"] is None else f"{r['reducer_saves_s']:+.3f} / "
@@ -204,7 +215,7 @@ def markdown(report: dict) -> str:
         lines.append(
             f"| {r['contender']} | {r['step_s']:.3f} [{r['step_min_s']:.3f}-{r['step_max_s']:.3f}] "
             f"| {r['total_s']:.3f} | {r['x_floor']:.3f} "
-            f"| {r['x_floor_paired']:.3f} ({lo:.3f}-{hi:.3f}) "
+            f"| {r['x_floor_paired']:.3f} {f'({lo:.3f}-{hi:.3f}) ' * interval}"
             f"[{r['x_floor_paired_min']:.3f}-{r['x_floor_paired_max']:.3f}] "
             f"| {r['x_floor_step']:.3f} | {_num(r['x_peft'], '.3f')} "
             f"| {_num(cpu_ratio(r, floor), '.3f')} "
@@ -216,14 +227,15 @@ def markdown(report: dict) -> str:
         lines += [
             "",
             "Option variants (`--also`), each round's time over the same method's at its defaults in the same "
-            "round: median (95% bootstrap interval) [min-max]:",
+            f"round: median{' (95% bootstrap interval)' * interval} [min-max]:",
             "",
         ]
     for r, d in variants:
         paired = paired_ratios(r, d)
         lo, hi = median_interval(paired)
         lines.append(
-            f"- {r['contender']}: {statistics.median(paired):.3f} x {d['contender']} ({lo:.3f}-{hi:.3f}) "
+            f"- {r['contender']}: {statistics.median(paired):.3f} x {d['contender']} "
+            f"{f'({lo:.3f}-{hi:.3f}) ' * interval}"
             f"[{min(paired):.3f}-{max(paired):.3f}]"
         )
     scores = [r for r in report["rows"] if r["kind"] == "score"]
@@ -265,8 +277,8 @@ def plot_title(report: dict) -> str:
 
 
 def figure(report: dict) -> Figure:
-    """Step time over the floor per contender (min-max as error bars); scoring seconds per protocol. The caller
-    closes it (``plt.close``)."""
+    """Step time over the floor per contender (the min-max of its rounds as error bars); scoring seconds per protocol
+    (the min-max bench.md's scoring table gives as error bars). The caller closes it (``plt.close``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -282,8 +294,11 @@ def figure(report: dict) -> Figure:
     ax = axes[0] if scores else axes
     floor = next(r["step_s"] for r in train if r["source"] == FLOOR)
     y, ratios = list(range(len(train)))[::-1], [r["x_floor"] for r in train]
-    below = [(r["step_s"] - r["step_min_s"]) / floor for r in train]
-    above = [(r["step_max_s"] - r["step_s"]) / floor for r in train]
+    # the bar's own quantity in each round: the step plus that round's scoring per step, over the floor's median (a
+    # review: a Reducer row's whiskers were its step's spread about the total, matching no measured round)
+    totals = [[w + hook for w, hook in zip(r["round_s"], hook_rounds(r), strict=True)] for r in train]
+    below = [max(0.0, x - min(t) / floor) for x, t in zip(ratios, totals, strict=True)]
+    above = [max(0.0, max(t) / floor - x) for x, t in zip(ratios, totals, strict=True)]
     colors = [{"floor": "grey", "ours": "tab:blue", "peft": "tab:orange"}[r["source"]] for r in train]
     ax.barh(y, ratios, color=colors, alpha=0.8)
     ax.errorbar(ratios, y, xerr=[below, above], fmt="none", ecolor="black", capsize=2, linewidth=0.8)
@@ -293,13 +308,17 @@ def figure(report: dict) -> Figure:
     ax.set_xlim(left=min(0.9, *(x - d for x, d in zip(ratios, below, strict=True))) - 0.02)
     # two short lines at 8 points: one line ran past a 7-inch figure, and past the left panel into the scoring one
     ax.set_xlabel(
-        "step time over the frozen-base floor's, the Reducer's\nscoring rounds included (median; step min-max)"
+        "step time over the frozen-base floor's, the Reducer's\nscoring rounds included (median; min-max over rounds)"
     )
     ax.xaxis.label.set_fontsize(8)
     fig.suptitle(plot_title(report), fontsize=8)
     if scores:
-        axes[1].bar([r["contender"] for r in scores], [r["step_s"] for r in scores], color="tab:green", alpha=0.8)
-        axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples)")
+        seconds = [r["step_s"] for r in scores]
+        spread = [[r["step_s"] - r["step_min_s"] for r in scores], [r["step_max_s"] - r["step_s"] for r in scores]]
+        axes[1].bar([r["contender"] for r in scores], seconds, color="tab:green", alpha=0.8)
+        # the spread bench.md's scoring table prints beside each median (the panel had none)
+        axes[1].errorbar(range(len(scores)), seconds, yerr=spread, fmt="none", ecolor="black", capsize=2, linewidth=0.8)
+        axes[1].set_ylabel(f"scoring seconds ({scores[0]['examples']} examples; median, min-max)")
     return fig
 
 

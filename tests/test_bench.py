@@ -313,7 +313,9 @@ def test_also_times_each_method_with_an_option_changed_paired_against_its_defaul
         paired = [(a + hook) / (b + default_hook) for a, hook, b, default_hook in rounds]
         assert r["x_default_paired"] == pytest.approx(statistics.median(paired))
         assert r["x_default_paired_lo"] <= r["x_default_paired"] <= r["x_default_paired_hi"]
-        assert f"- {variant}: {statistics.median(paired):.3f} x {default} (" in (tmp_path / "bench.md").read_text()
+        # 2 rounds: their min-max, no "95%" interval (the min-max is what a bootstrap of 2 gives)
+        said = f"- {variant}: {statistics.median(paired):.3f} x {default} [{min(paired):.3f}-{max(paired):.3f}]"
+        assert said in (tmp_path / "bench.md").read_text()
     assert rows["lora"]["x_default_paired"] is None and rows["floor"]["x_default_paired"] is None
     with open(tmp_path / "bench.csv") as f:
         saved = {r["contender"]: r for r in csv.DictReader(f)}
@@ -777,7 +779,10 @@ def _plotted(scores: bool) -> dict:
     ]
     train.insert(0, {**_timed("floor", "", "", 1.7, source="floor"), "step_min_s": 1.6, "step_max_s": 1.8})
     train[0]["x_floor"] = 1.0
-    protocols = [{"kind": "score", "contender": p, "step_s": 3.0, "examples": 8} for p in ("cloze", "choice")]
+    protocols = [
+        {"kind": "score", "contender": p, "step_s": 3.0, "step_min_s": 2.5, "step_max_s": 4.0, "examples": 8}
+        for p in ("cloze", "choice")
+    ]
     return {
         "model": "meta-llama/Meta-Llama-3-8B", "model_dtype": "bfloat16",
         "config": {"batch_size": 16, "seq_len": 256, "rounds": 9},
@@ -834,6 +839,70 @@ def test_bench_png_title_clears_a_tall_plot_and_wraps_a_long_model_name():
         assert box.y0 >= fig.axes[0].get_window_extent(renderer).y1  # above the plot's frame, not across it
     finally:
         plt.close(fig)
+
+
+def test_bench_png_whiskers_span_the_rounds_totals_and_the_scoring_panel_has_the_tables_min_max():
+    """From a review: a Reducer row's bar is its total (step + that round's scoring) over the floor, but its whiskers
+    were the step's own min-max offsets about that total, matching no measured round (effilora (importance:0.25,
+    default): 1.645 drawn [1.466, 10.110]); and the scoring panel drew no spread where bench.md prints one."""
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    report = _plotted(scores=True)
+    floor = {**_timed("floor", "", "", 1.0, source="floor"), "step_min_s": 1.0, "step_max_s": 1.0, "x_floor": 1.0}
+    reducer = _timed("effilora (importance:0.25, default)", "effilora", "importance:0.25", 1.1)
+    reducer |= {"round_s": [1.0, 1.2, 1.1], "step_min_s": 1.0, "step_max_s": 1.2, "hook_s": 0.3}
+    reducer |= {"hook_round_s": [0.1, 0.5, 0.3], "x_floor": 1.4}  # rounds' totals 1.1, 1.7, 1.4
+    report["rows"] = [floor, reducer, *report["rows"][3:]]
+    fig = figure(report)
+    try:
+        [train_bars] = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+        spans = [sorted(x for x, _ in segment) for segment in train_bars.lines[2][0].get_segments()]
+        assert spans == [pytest.approx([1.0, 1.0]), pytest.approx([1.1, 1.7])]  # was [1.3, 1.5]: step spread + 0.3
+        assert "min-max over rounds" in fig.axes[0].get_xlabel()
+        [score_bars] = [c for c in fig.axes[1].containers if isinstance(c, ErrorbarContainer)]
+        spans = [sorted(y for _, y in segment) for segment in score_bars.lines[2][0].get_segments()]
+        assert spans == [pytest.approx([2.5, 4.0])] * 2  # bench.md's "3.000 [2.500-4.000]"
+        assert "min-max" in fig.axes[1].get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def _rounds_report(rounds: int) -> dict:
+    """A made-up report for ``markdown`` whose contenders were timed over ``rounds`` rounds, an ``--also`` row too."""
+
+    def timed(contender: str, method: str, step_s: list[float], **more) -> dict:
+        row = _timed(contender, method, "", statistics.median(step_s), source="floor" if method == "" else "ours")
+        return row | {"round_s": step_s, "step_min_s": min(step_s), "step_max_s": max(step_s), "peak_mb": 10.0,
+                      "state_mb": 1.0, **more}  # fmt: skip
+
+    floor = [1.0 + i / 100 for i in range(rounds)]
+    rows = relate([
+        timed("floor", "", floor),
+        timed("lora", "lora", [1.1 * f + (i % 2) / 50 for i, f in enumerate(floor)]),
+        timed("lora (dropout=0)", "lora", [1.05 * f for f in floor], variant="dropout=0", baseline="lora"),
+    ])  # fmt: skip
+    return {
+        "model": "tiny", "config": {"batch_size": 1, "seq_len": 8, "rounds": rounds},
+        "environment": {"device": "cpu", "torch_threads": 1, "torch": "2"}, "rows": rows,
+    }  # fmt: skip
+
+
+def test_below_five_rounds_bench_md_gives_the_paired_min_max_not_a_95_percent_interval():
+    """From a review: with fewer than 5 rounds the "95% bootstrap interval" bench.md printed is the rounds' min-max
+    (``median_interval([1, 2, 3])`` is ``(1.0, 3.0)``), which holds the median only 75% of the time at 3 rounds."""
+    assert median_interval([1.0, 2.0, 3.0]) == (1.0, 3.0)
+    md = markdown(_rounds_report(3))
+    assert "95% bootstrap" not in md and "(95%)" not in md
+    assert "no 95% interval from 3 rounds" in md and "holds the median 75% of the time" in md
+    assert "| x floor, paired [min-max] |" in md and "round: median [min-max]:" in md
+    [lora] = [line for line in md.splitlines() if line.startswith("| lora |")]
+    assert re.search(r"\| \d\.\d{3} \[\d\.\d{3}-\d\.\d{3}\] \|", lora) and "(" not in lora  # no interval
+    assert re.search(r"^- lora \(dropout=0\): \d\.\d{3} x lora \[", md, re.M)
+    md = markdown(_rounds_report(5))  # from 5 rounds as before (the committed reports, 9 to 41 rounds, unchanged)
+    assert "no 95% interval" not in md and "| x floor, paired (95%) [min-max] |" in md
+    assert "(paired: the median (95% bootstrap interval, rounds resampled) [min-max] over rounds" in md
+    assert re.search(r"^- lora \(dropout=0\): \d\.\d{3} x lora \(\d\.\d{3}-\d\.\d{3}\) \[", md, re.M)
 
 
 def _tiny_gemma3(folder: Path) -> Path:
