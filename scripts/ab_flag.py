@@ -33,7 +33,7 @@ from harness.bench_report import FLOOR
 from harness.cli import CliError, method_options, split_names
 from harness.config import REDUCER_SHORTCUTS
 from harness.registry import METHODS
-from harness.stats import median_interval
+from harness.stats import MEDIAN_INTERVAL_FROM, median_interval
 
 FLAGS = ("FUSE_BASE", "STACK_RAW")
 
@@ -126,7 +126,9 @@ def main(argv: list[str] | None = None) -> None:
         name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, 1, device, desc=args.flag).items()
     }
     print(f"{label}, batch {args.batch} x {args.seq}, options {options or 'defaults'}, {args.rounds} rounds")
-    print(f"{'contender':40s} {'step s':>8s}  x floor, paired (95%)")
+    # below MEDIAN_INTERVAL_FROM rounds the bootstrap's interval is their min-max: not called 95% (as bench.md)
+    span = "95%" if args.rounds >= MEDIAN_INTERVAL_FROM else "min-max"
+    print(f"{'contender':40s} {'step s':>8s}  x floor, paired ({span})")
     for name, walls in times.items():
         ratio = [a / b for a, b in zip(walls, times[FLOOR], strict=True)]
         lo, hi = median_interval(ratio)
@@ -135,7 +137,8 @@ def main(argv: list[str] | None = None) -> None:
         ratio = [a / b for a, b in zip(times[f"{c.name}, {switched}"], times[c.name], strict=True)]
         lo, hi = median_interval(ratio)
         print(
-            f"{c.name}: {switched} over {args.flag}={default}, paired: {statistics.median(ratio):.4f} ({lo:.4f}-{hi:.4f})"
+            f"{c.name}: {switched} over {args.flag}={default}, paired: {statistics.median(ratio):.4f} ({lo:.4f}-{hi:.4f}"
+            f" {span})"
         )
         if (why := inert(args.flag, device, c.model)) is not None:
             print(f"  {c.name}: an A/A comparison (timing noise only): {why}")

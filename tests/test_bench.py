@@ -383,6 +383,8 @@ def test_ab_flag_script_times_each_method_with_the_flag_on_and_off(tiny_model, c
     for name in ("floor", "lora", "lora, STACK_RAW=False", "hydralora", "hydralora, STACK_RAW=False"):
         assert f"\n{name} " in out
     assert "hydralora: STACK_RAW=False over STACK_RAW=True, paired: " in out
+    # a review: 2 rounds' min-max was headed "(95%)", as bench.md's was below 5 rounds
+    assert "x floor, paired (min-max)" in out and "(95%)" not in out and " min-max)\n" in out
     from harness import fastpath
 
     assert fastpath.STACK_RAW is True  # put back
