@@ -327,7 +327,9 @@ def write_leaderboards(runs_dir: Path, out_dir: Path) -> list[Path]:
 
 
 STALE_TEMP_S = 60.0  # a temp file in the leaderboard's folder untouched this long: a killed writer's, not live
-TASK_FILES = ("{task}.csv", "{task}_comparisons.csv", "{task}_seeds.csv", "{task}.png")  # a task's leaderboard files
+# a task's leaderboard files; "{task}_samples_*.png": one per preset, a task's own (the diffusion contact sheets,
+# whose sheets of presets without records the task names itself where it has records)
+TASK_FILES = ("{task}.csv", "{task}_comparisons.csv", "{task}_seeds.csv", "{task}.png", "{task}_samples_*.png")
 
 
 def leftover_files(out_dir: Path, tasks: set[str], runs_dir: Path) -> list[str]:
@@ -337,11 +339,12 @@ def leftover_files(out_dir: Path, tasks: set[str], runs_dir: Path) -> list[str]:
     from harness.registry import TASKS
 
     old = [
-        name
+        path.name
         for task in TASKS.names()
         if task not in tasks
         for pattern in TASK_FILES
-        if (out_dir / (name := pattern.format(task=task))).is_file()
+        for path in sorted(out_dir.glob(pattern.format(task=task)))  # a task name is an identifier: no glob in it
+        if path.is_file()
     ]
     if not old:
         return []

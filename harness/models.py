@@ -169,7 +169,8 @@ def random_weights_tokenizer_folder(spec: str) -> Path | None:
     model folder's own when it has its files, else ``None``: the embedded model's."""
     folder = Path(spec).expanduser()
     folder = folder.parent if folder.is_file() else folder  # a config.json file: its folder
-    local = folder.is_dir() and spec not in (EMBEDDED, *PAPER_MODELS)  # a folder, as resolve() takes it
+    # a folder, as resolve() takes it: one spelled as a paper id (hf download --local-dir) is the folder too
+    local = folder.is_dir() and spec != EMBEDDED
     return folder if local and any((folder / name).is_file() for name in TOKENIZER_FILES) else None
 
 
@@ -244,12 +245,14 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
     """The raw config of a model spec, offline for ``embedded``, paper ids and local files; a config that
     cannot be one (not JSON, not an object, no ``model_type``) is a ``ValueError`` saying so. ``pipeline``: a
     local diffusers pipeline folder gives its ``unet/`` config (where a UNet is wanted: the diffusion task, a
-    parameter count); elsewhere it is refused as a folder without a config.json."""
+    parameter count); elsewhere it is refused as a folder without a config.json. A path on the disk comes before
+    a paper id's shipped config, as ``resolve`` and the weights read it (a folder ``runwayml/stable-diffusion-v1-5``
+    made by ``hf download --local-dir`` built the shipped SD-1.5 UNet under ``--random-weights``)."""
     if spec == EMBEDDED:  # shipped, so checks before a run need no GGUF conversion
         return read_config(CONFIG_DIR / "smollm2-135m-instruct.json")
-    if spec in PAPER_MODELS:
-        return read_config(CONFIG_DIR / PAPER_MODELS[spec])
     path = Path(spec).expanduser()
+    if spec in PAPER_MODELS and not path.exists():
+        return read_config(CONFIG_DIR / PAPER_MODELS[spec])
     if path.is_dir() and (path / "config.json").is_file():
         path = path / "config.json"
     elif (

@@ -3121,3 +3121,51 @@ def test_a_contact_sheet_left_from_an_earlier_leaderboard_is_named_where_none_is
     assert old.read_bytes() == b"the sheet of older runs"  # kept: the folder may hold it on purpose
     old.unlink()  # no earlier sheet: nothing more to say than why none was made
     assert contact_sheets([record], runs, out) == [] and capsys.readouterr().err == ""
+
+
+def test_a_local_pipeline_folder_spelled_as_the_paper_id_gives_its_own_config_not_the_shipped_one(
+    tiny, tmp_path, monkeypatch
+):
+    """From a review: ``load_config_dict`` took the shipped SD-1.5 config for ``runwayml/stable-diffusion-v1-5``
+    before a local folder of that name (``hf download ... --local-dir``), so ``--random-weights`` built the paper's
+    UNet while the run's checks, weights digest and ``load_folder`` read the folder. A path on the disk comes first;
+    the paper id, with no such folder, still gives the shipped config."""
+    import shutil
+
+    import tasks.diffusion as dtask
+    from harness import models
+    from harness.task import TaskOptions
+
+    paper = "runwayml/stable-diffusion-v1-5"
+    monkeypatch.chdir(tmp_path)
+    assert models.load_config_dict(paper, pipeline=True)["block_out_channels"] == [320, 640, 1280, 1280]
+    shutil.copytree(tiny[0], tmp_path / paper)
+    assert models.load_config_dict(paper, pipeline=True)["block_out_channels"] == [32, 32]
+    task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
+    loaded = task.load(paper, torch.device("cpu"), random_weights=True, seed=0, trust_remote_code=False)
+    assert list(loaded.model.unet.config.block_out_channels) == [32, 32]
+
+
+def test_the_contact_sheet_of_a_preset_without_records_this_time_is_named_once_and_kept(tmp_path, capsys):
+    """From a review: a ``diffusion_samples_<preset>.png`` whose preset has no record this time (the earlier
+    leaderboard had embedded runs, this one smoke runs only) stayed without a warning, showing older runs beside newer
+    tables; only the sheet of a preset with records that could not be made was named. It is named (once), kept."""
+    from tasks.diffusion.sheet import contact_sheets
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    out.mkdir()
+    old = out / "diffusion_samples_embedded.png"
+    old.write_bytes(b"the sheet of older runs")
+    record = _sheet_record("new", "lora", {}, "2026-02-01")
+    record["run"]["config"]["preset"] = "smoke"
+    _sheet_run(runs / "new")
+    assert contact_sheets([record], runs, out) == [out / "diffusion_samples_smoke.png"]
+    assert capsys.readouterr().err.splitlines() == [
+        f"warning: {out} still holds diffusion_samples_embedded.png from an earlier leaderboard: no contact sheet was "
+        f"made from the records under {runs} this time (none of them is of preset 'embedded'), so it shows other runs "
+        "than leaderboard.md and leaderboard.html; delete it, or rebuild from a runs folder that holds its runs too"
+    ]
+    assert old.read_bytes() == b"the sheet of older runs"  # kept: the folder may hold it on purpose
+    old.unlink()
+    assert contact_sheets([record], runs, out) == [out / "diffusion_samples_smoke.png"]
+    assert capsys.readouterr().err == ""  # the sheet it made itself is not left from before

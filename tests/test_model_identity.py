@@ -855,3 +855,19 @@ def test_offline_a_paper_id_is_refused_naming_the_id_looked_up_and_its_copy_unde
         hub.check_hub_weights(paper)
     with pytest.raises(ValueError, match=r"^model 'org/other': HF_HUB_OFFLINE set, and the hub's cache .* holds no "):
         hub.check_hub_weights("org/other")  # an id that did not move: said as before
+
+
+def test_a_local_folder_spelled_as_a_paper_id_gives_its_own_config_and_tokenizer(tmp_path, monkeypatch):
+    """From a review: a folder ``meta-llama/Meta-Llama-3-8B`` (``hf download ... --local-dir``) under
+    ``--random-weights`` built the shipped Llama-3-8B config and tokenized with the embedded tokenizer, while the
+    run's weights digest and ``resolve`` read the folder. A path on the disk comes first, the paper id without one
+    still gives the shipped config and the embedded tokenizer."""
+    from harness.models import load_config_dict, random_weights_tokenizer_folder
+
+    paper = "meta-llama/Meta-Llama-3-8B"
+    monkeypatch.chdir(tmp_path)
+    assert load_config_dict(paper)["hidden_size"] == 4096 and random_weights_tokenizer_folder(paper) is None
+    tiny_llama().config.save_pretrained(tmp_path / paper)
+    (tmp_path / paper / "tokenizer.json").write_text("{}")
+    assert load_config_dict(paper)["hidden_size"] == 32
+    assert random_weights_tokenizer_folder(paper) == Path(paper)

@@ -1684,6 +1684,26 @@ def test_leftover_files_of_tasks_not_rebuilt_are_named_not_deleted(tmp_path, cap
     assert "still holds" not in capsys.readouterr().err
 
 
+def test_a_contact_sheet_of_a_task_without_records_is_named_with_its_tables_and_only_there(tmp_path, capsys):
+    """From a review: rebuilt from runs without a diffusion record, ``leftover_files`` named diffusion.csv but not
+    ``diffusion_samples_<preset>.png``, which stayed beside pages that show none of its runs. A task's per-preset
+    ``{task}_samples_*.png`` are named with its tables, not deleted; where the task has records (its sheets rebuilt,
+    and those of presets without records named by the task's ``leaderboard_files``), not a second time."""
+    from harness.leaderboard import leftover_files
+
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_fixture(runs, fixture_record("lora", 0))
+    out.mkdir()
+    for name in ("diffusion.csv", "diffusion_samples_embedded.png", "diffusion_samples_smoke.png", "diffusionx.png"):
+        (out / name).write_text("old")
+    write_leaderboards(runs, out)
+    err = capsys.readouterr().err
+    names = "diffusion.csv, diffusion_samples_embedded.png, diffusion_samples_smoke.png"
+    assert f"warning: {out} still holds {names} from an earlier leaderboard: " in err, err
+    assert "diffusionx.png" not in err and (out / "diffusion_samples_embedded.png").read_text() == "old"
+    assert leftover_files(out, {"commonsense", "diffusion"}, runs) == []  # the task rebuilt: its sheets say it
+
+
 def test_a_leaderboard_killed_mid_write_leaves_temp_files_the_next_one_removes(tmp_path):
     """From a review: SIGTERM during ``harness leaderboard`` left ``.commonsense.png.<hex>.tmp`` in --out, still there
     after the next leaderboard (only run folders were cleaned). Now the next one removes its folder's own (not the

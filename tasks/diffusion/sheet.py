@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.records import RECORD, RERUN
 
+SHEET = "diffusion_samples_{preset}.png"  # a preset's sheet: "{task}_samples_*.png" in harness.leaderboard's TASK_FILES
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
 DPI = 110  # the sheet's, also while it is laid out: text measured at another dpi is hinted to another width
 SHEET_PROMPTS = 8  # rows of the contact sheet
@@ -44,11 +45,13 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
     """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each leaderboard row (in its order), at
     the settings and on the data of the preset's newest seed-0 trained run (as the leaderboard's plot): runs at other
     settings (steps, data, model) would set samples of different training side by side. A row is a method with its
-    options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)")."""
+    options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)"). A sheet in
+    ``out_dir`` that is not made this time (also one of a preset no record is of now) is warned about, not deleted."""
     from harness.leaderboard import _labels, _row_key
 
     written = []
-    for preset in sorted({r["run"]["config"]["preset"] for r in records}):
+    presets = sorted({r["run"]["config"]["preset"] for r in records})
+    for preset in presets:
         at_preset = [r for r in records if r["run"]["config"]["preset"] == preset]
         # every seed's runs at those settings: the rows (and so the titles) of the leaderboard's section
         section = _newest_settings(at_preset, [r for r in at_preset if r["run"]["config"]["seed"] == 0])
@@ -66,7 +69,7 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
                 key = _row_key(r)
                 if key not in runs and _readable_predictions(folder, r["run"]["id"]):
                     runs[key] = folder
-        path = out_dir / f"diffusion_samples_{preset}.png"
+        path = out_dir / SHEET.format(preset=preset)
         if not runs:
             _left_from_before(path, runs_dir, "no seed-0 run at its newest settings has samples to show")
             continue
@@ -78,10 +81,21 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
             written.append(sheet)
         else:
             _left_from_before(path, runs_dir, "see the warning above")
+    # the sheets of presets no record is of now (an earlier leaderboard's embedded runs, this one's smoke runs only):
+    # kept without a word, they showed older runs beside newer tables (where no diffusion record is left at all,
+    # ``harness.leaderboard``'s ``leftover_files`` names them, with the task's tables)
+    prefix, suffix = SHEET.split("{preset}")
+    made = {SHEET.format(preset=preset) for preset in presets}
+    for path in sorted(out_dir.glob(f"{prefix}*{suffix}")):
+        if path.name not in made:
+            why = f"none of them is of preset {path.name[len(prefix) : -len(suffix)]!r}"
+            _left_from_before(path, runs_dir, why, "rebuild from a runs folder that holds its runs too")
     return written
 
 
-def _left_from_before(path: Path, runs_dir: Path, why: str) -> None:
+def _left_from_before(
+    path: Path, runs_dir: Path, why: str, fix: str = "rebuild once the runs' samples can be shown"
+) -> None:
     """A warning where a preset's sheet was not made this time but one from an earlier leaderboard is at ``path``:
     it shows older runs beside tables of newer ones. Not deleted, as ``harness.leaderboard``'s ``leftover_files``
     leaves other files it no longer writes (the folder may hold them on purpose)."""
@@ -89,7 +103,7 @@ def _left_from_before(path: Path, runs_dir: Path, why: str) -> None:
         print(
             f"warning: {path.parent} still holds {path.name} from an earlier leaderboard: no contact sheet was made "
             f"from the records under {runs_dir} this time ({why}), so it shows other runs than leaderboard.md and "
-            "leaderboard.html; delete it, or rebuild once the runs' samples can be shown",
+            f"leaderboard.html; delete it, or {fix}",
             file=sys.stderr,
         )
 
