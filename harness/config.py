@@ -37,6 +37,15 @@ class ReducerConfig:
 
     def __post_init__(self) -> None:
         _check_choice("selection", self.selection, SELECTIONS)
+        for name in ("k", "n_suppressed", "interval", "rollouts"):  # counts: the CLI's strings are parsed as integers,
+            # the Python API's values were not (a review: k=2.0 attached and failed at the first step with torch's
+            # TypeError; interval=2.5 scored only at steps 5, 10, ...)
+            value = getattr(self, name)
+            if not (value is None and name in ("k", "n_suppressed")) and not _is_int(value):
+                raise ValueError(
+                    f"reducer {name} must be an integer (got {value!r}, a {type(value).__name__}); give an int, "
+                    f"e.g. {name}=2"
+                )
         if self.k is not None and self.k < 1:
             raise ValueError(f"reducer k must be >= 1 (got {self.k})")
         if not 0.0 <= self.drop_ratio < 1.0:
@@ -90,8 +99,13 @@ _WARNED_K: set[tuple[float, int]] = set()  # (drop_ratio, L) already warned abou
 SEED_MAX = 2**32 - 1  # a seed, as --seeds takes it (a larger one overflowed torch's generator, naming no option)
 
 
+def _is_int(value: object) -> bool:
+    """An integer, not a bool (True is 1 to Python, and to torch a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_seed(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX
+    return _is_int(value) and 0 <= value <= SEED_MAX
 
 
 # method options that set the Reducer's fields where the method's own config has no field of that name

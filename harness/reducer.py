@@ -86,7 +86,8 @@ class Reducer:
 
     def select(self, generator: torch.Generator | None = None) -> list[int]:
         """Draw this step's K layers and freeze the heads of all others (``generator``: another stream than the
-        Reducer's own, which it leaves as it was: the FLOP count's fixed draw)."""
+        Reducer's own, which it leaves as it was: the FLOP count's fixed draw). Counts nothing: a drawn layer is
+        counted once its heads moved (``count_update``)."""
         if self.active:
             weights = (
                 torch.sigmoid(-self.scores) if self.config.selection == "importance" else torch.ones(self.num_layers)
@@ -97,8 +98,14 @@ class Reducer:
         for i, params in enumerate(self.heads):
             for p in params:
                 p.requires_grad_(i in chosen)
-            self.update_counts[i] += i in chosen
         return self.selected
+
+    def count_update(self) -> None:
+        """Count this step's K layers as updated: the loop calls it after an optimizer step that moved their heads,
+        not after one without a supervised token, which computes no gradient and moves nothing (a review:
+        ``select`` counted every step drawn, so a run with null losses recorded more updates than it made)."""
+        for i in self.selected:
+            self.update_counts[i] += 1
 
     def draw_suppressed(self, generator: torch.Generator | None = None) -> list[int]:
         """The layers one scoring trial suppresses: ``n_suppressed`` drawn without replacement with probability

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -256,6 +258,7 @@ def test_random_selection_is_uniform():
     for _ in range(draws):
         for i in adapter.reducer.select():
             counts[i] += 1
+        adapter.reducer.count_update()  # as the loop does after a step that moved the heads
     assert sum(counts) == 3 * draws
     assert all(abs(c / draws - 3 / 8) < 0.03 for c in counts), counts
     assert adapter.reducer.update_counts == counts
@@ -299,6 +302,27 @@ def test_importance_needs_validation_and_knobs_are_checked():
         attach(tiny_llama(), "lora", targets="q_proj", k=9)
     with pytest.raises(ValueError, match="choose one of: importance, random"):
         attach(tiny_llama(), "lora", targets="q_proj", selection="best")
+
+
+@pytest.mark.parametrize(
+    "option", [dict(k=2.0), dict(k=2.5), dict(k=True), dict(n_suppressed=2.5), dict(interval=2.5), dict(rollouts=2.0)]
+)
+def test_a_reducer_count_that_is_not_an_integer_is_refused_at_attach(option):
+    """From a review: through the Python API k, n_suppressed, interval and rollouts were checked only for < 1, not
+    for being integers: k=2.0 (or 2.5, True) attached and failed at the first step with torch's TypeError, and
+    interval=2.5 scored only at steps 5, 10, ... They are refused when the Reducer is made, naming the option."""
+    [(name, value)] = option.items()
+    said = re.escape(f"reducer {name} must be an integer (got {value!r}, a {type(value).__name__})")
+    with pytest.raises(ValueError, match=said):
+        attach(tiny_llama(), "effilora", targets=TINY_TARGETS, **option)
+    with pytest.raises(ValueError, match=said):
+        ReducerConfig(**option)
+    with pytest.raises(ValueError, match=r"reducer interval must be an integer \(got None"):
+        ReducerConfig(interval=None)
+    with pytest.raises(ValueError, match=r"option k='2.0' must be an integer"):  # the command line's, as it was
+        attach(tiny_llama(), "effilora", targets=TINY_TARGETS, k="2.0")
+    reducer = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, k=2, n_suppressed=None, interval=3).reducer
+    assert (reducer.k, reducer.n_suppressed, reducer.config.interval) == (2, 2, 3)
 
 
 def test_a_drop_ratio_that_keeps_no_layer_is_named_in_the_refusal():

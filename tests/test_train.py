@@ -765,6 +765,52 @@ def test_the_reducer_scores_layers_on_validation_batches_with_something_supervis
         train(fresh.model, recipe, fresh, EXAMPLES, [cut], config, None, progress=False)
 
 
+def test_the_reducer_counts_a_layer_only_on_the_steps_that_moved_it(char_tokenizer, tmp_path, monkeypatch):
+    """From a review: the Reducer counted its K layers as updated when it drew them, as each step began, so a step
+    with no supervised token (every answer cut away: its loss null, no tensor moved) counted them too: the record's
+    update_counts (plot_reducer's "steps updated") were inflated. A layer is counted on the steps whose optimizer
+    step moved its heads, and a run stopped and resumed counts as one never stopped."""
+    cut = "x" * 60  # with it the prompt is past cutoff_len=40: the answer is cut away
+    examples = [Example(f"Q{i}: what is {i} plus one? A: " + cut * (i % 2), f"it is {i + 1}", "toy") for i in range(8)]
+    config = dataclasses.replace(CONFIG, steps=8, micro_batch_size=1, grad_accum=1, cutoff_len=40, checkpoint_every=0)
+    recipe = text_recipe(char_tokenizer, config)
+
+    def fresh():
+        torch.manual_seed(0)
+        return attach(tiny_llama(), "effilora", targets="q_proj,v_proj", r=2, reducer=dict(k=2, selection="random"))
+
+    straight = fresh()
+    heads, moved, before = straight.reducer.heads, [0] * 4, []
+    begin = straight.on_step_begin
+
+    def count_moved() -> None:
+        for i, (was, now) in enumerate(zip(before, heads, strict=True)):
+            moved[i] += any(not torch.equal(b, p) for b, p in zip(was, now, strict=True))
+
+    def spy(step, val_loss_fn):
+        if before:
+            count_moved()
+        begin(step, val_loss_fn)
+        before[:] = [[p.detach().clone() for p in hs] for hs in heads]
+
+    monkeypatch.setattr(straight, "on_step_begin", spy)
+    result = train(straight.model, recipe, straight, examples, VAL, config, None, progress=False)
+    count_moved()
+    trained = sum(loss is not None for _, loss in result.loss_curve)
+    assert 0 < trained < 8  # steps with nothing supervised among the others
+    assert straight.reducer.update_counts == moved and sum(moved) == 2 * trained
+
+    config = dataclasses.replace(config, checkpoint_every=3)
+    polls: list[int] = []
+    with pytest.raises(Cancelled):
+        stopped = fresh()
+        train(stopped.model, recipe, stopped, examples, VAL, config, tmp_path, progress=False,
+              should_stop=lambda: polls.append(1) or len(polls) == 5)  # fmt: skip
+    resumed = fresh()
+    assert train(resumed.model, recipe, resumed, examples, VAL, config, tmp_path, progress=False).resumed_from == 5
+    assert resumed.reducer.update_counts == moved
+
+
 def test_a_recipe_counting_in_tensors_is_refused_before_the_first_step(char_tokenizer):
     """From a review: a plugin recipe whose units() returned a 0-d tensor (mask.sum()) trained every step and then
     failed the run at its end, in a message about the record's final_val_loss; it is refused before the first step,
