@@ -2339,7 +2339,10 @@ def _sheet_record(run_id: str, method: str, options: dict, created: str, files: 
     config = {"task": "diffusion", "preset": "embedded", "model": "embedded", "protocol": "native", "seed": 0,
               "task_options": {"template": "caption"}, "train": {"steps": 10, "seed": 0}, "method": method,
               "method_options": options, "data": {"files": files or {}}}  # fmt: skip
-    return {"run": {"id": run_id, "created_at": created, "config": config}, "eval": {}}
+    # what the leaderboard's section of it reads (the sheet's heading): a trained run's steps, the device every record
+    # names (a zero-shot run's record trains nothing: an empty ``train``)
+    train, env = {} if method == "base" else {"steps": 10}, {"device": "cpu"}
+    return {"run": {"id": run_id, "created_at": created, "config": config}, "eval": {}, "train": train, "env": env}
 
 
 def test_the_twemoji_notice_fits_a_two_column_contact_sheet(tmp_path, monkeypatch):
@@ -3169,3 +3172,43 @@ def test_the_contact_sheet_of_a_preset_without_records_this_time_is_named_once_a
     old.unlink()
     assert contact_sheets([record], runs, out) == [out / "diffusion_samples_smoke.png"]
     assert capsys.readouterr().err == ""  # the sheet it made itself is not left from before
+
+
+def test_the_contact_sheet_names_the_section_model_steps_and_hardware_its_samples_are_of(tmp_path, monkeypatch):
+    """From a review: the sheet named no model, section, steps, seeds or hardware (its column titles and the Twemoji
+    notice only), so of a preset's two sections (the pre-trained base and ``--random-weights``, or two step counts)
+    it showed the newest's samples without saying which; the task's plot labels its points with them
+    (``plot_label``). Its heading names the section's key and what ``plot_label`` says, above the column titles."""
+    import matplotlib.text
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from harness.leaderboard import sections
+    from harness.leaderboard_plot import plot_label
+    from tasks.diffusion.sheet import contact_sheets
+
+    def record(run_id: str, steps: int, model: str, created: str) -> dict:
+        r = _sheet_record(run_id, "lora", {}, created)
+        r["run"]["config"]["train"]["steps"] = r["train"]["steps"] = steps
+        r["run"]["config"]["model_label"] = model
+        _sheet_run(tmp_path / "runs" / run_id)
+        return r
+
+    records = [  # a model label with "$" in it: drawn as written (mathtext could not parse it)
+        record("pretrained", 10, "tiny SD, pre-trained here", "2026-01-01"),
+        record("random", 1000, r"tiny SD, random weights $\unknown$", "2026-01-02"),
+    ]
+    by_steps = {s.info["steps"]: s for s in sections(records)}
+    old, new = by_steps["10"], by_steps["1000"]
+    drawn = []
+    real = matplotlib.text.Text.draw
+    monkeypatch.setattr(matplotlib.text.Text, "draw", lambda self, r: drawn.append(self) or real(self, r))
+    assert contact_sheets(records, tmp_path / "runs", tmp_path) == [tmp_path / "diffusion_samples_embedded.png"]
+    [heading] = {t for t in drawn if "section" in t.get_text()}  # one text, drawn once per layout and on saving
+    said = " ".join(heading.get_text().split())  # wrapped to the sheet's width
+    assert said == f"section {new.key} · {plot_label(new)} · samples of seed 0", said
+    assert r"random weights $\unknown$" in said and "steps 1000" in said and old.key not in said
+    fig = heading.figure
+    renderer = FigureCanvasAgg(fig).get_renderer()  # closed, the figure lost its own canvas
+    box = heading.get_window_extent(renderer)
+    assert 0 <= box.x0 < box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # within the figure
+    assert box.y0 >= max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes)  # above the column titles

@@ -15,9 +15,12 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.records import RECORD, RERUN
+
+if TYPE_CHECKING:
+    from harness.leaderboard import Section
 
 SHEET = "diffusion_samples_{preset}.png"  # a preset's sheet: "{task}_samples_*.png" in harness.leaderboard's TASK_FILES
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
@@ -45,11 +48,13 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
     """One PNG per preset: ``diffusion_samples_<preset>.png``. Seed 0's run of each leaderboard row (in its order), at
     the settings and on the data of the preset's newest seed-0 trained run (as the leaderboard's plot): runs at other
     settings (steps, data, model) would set samples of different training side by side. A row is a method with its
-    options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)"). A sheet in
-    ``out_dir`` that is not made this time (also one of a preset no record is of now) is warned about, not deleted."""
+    options (``harness.leaderboard``'s ``_row_key``), titled as the leaderboard titles it ("lora (r=4)"). Headed by
+    the key of the leaderboard section its runs are of and what made them (``_heading_of``). A sheet in ``out_dir``
+    that is not made this time (also one of a preset no record is of now) is warned about, not deleted."""
     from harness.leaderboard import _labels, _row_key
 
     written = []
+    secs: list[Section] | None = None  # the leaderboard's sections, built once a sheet is drawn
     presets = sorted({r["run"]["config"]["preset"] for r in records})
     for preset in presets:
         at_preset = [r for r in records if r["run"]["config"]["preset"] == preset]
@@ -77,7 +82,9 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
         # the data is looked for only where the runs saved no real image of a row the sheet shows (runs made
         # before they saved them): a data folder that no longer reads stopped the leaderboard where none was needed
         data = data_images(mine) if _lacks_real_images(next(iter(shown.values()))) else None
-        if sheet := _sheet(shown, path, _attribution(mine), data):
+        secs = _sections(records) if secs is None else secs
+        heading = _heading_of(secs, {folder.name for folder in shown.values()})  # named by its run id (_run_folder)
+        if sheet := _sheet(shown, path, _attribution(mine), data, heading):
             written.append(sheet)
         else:
             _left_from_before(path, runs_dir, "see the warning above")
@@ -91,6 +98,32 @@ def contact_sheets(records: list[dict[str, Any]], runs_dir: Path, out_dir: Path)
             why = f"none of them is of preset {path.name[len(prefix) : -len(suffix)]!r}"
             _left_from_before(path, runs_dir, why, "rebuild from a runs folder that holds its runs too")
     return written
+
+
+def _sections(records: list[dict[str, Any]]) -> list[Section]:
+    """The leaderboard's sections of ``records`` (``harness.leaderboard.sections``), without the warnings the
+    leaderboard printed already as it built them."""
+    import contextlib
+    import io
+
+    from harness.leaderboard import sections
+
+    with contextlib.redirect_stderr(io.StringIO()):
+        return sections(records)
+
+
+def _heading_of(secs: list[Section], shown: set[str]) -> str:
+    """What made the samples of the runs ``shown`` (their ids): the key of the leaderboard section that holds the
+    most of them and what the task's plot says of it (``plot_label``: model, preset and protocol, steps, seeds,
+    hardware). From a review: the sheet named none of them, so of a preset's two sections (``--random-weights`` and
+    the pre-trained base, or two step counts) no reader could tell which it showed. Several sections where they hold
+    as many (a zero-shot run joins each section of its settings); empty where none holds one."""
+    from harness.leaderboard_plot import plot_label
+
+    held = [(len(shown & {r["run"]["id"] for row in s.rows for r in row.runs}), s) for s in secs]
+    most = max((n for n, _ in held), default=0)
+    made = [f"section {s.key} · {plot_label(s)}" for n, s in held if n and n == most]
+    return "; ".join(made) + " · samples of seed 0" if made else ""
 
 
 def _left_from_before(
@@ -304,8 +337,11 @@ def _key(row: dict[str, Any]) -> tuple[str, str]:
     return row["prompt"], str(row.get("real", ""))
 
 
-def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, Path] | None = None) -> Path | None:
-    """The sheet at ``path``; None, with a warning, where no prompt of the first run has a real image to show."""
+def _sheet(
+    runs: dict[str, Path], path: Path, attribution: str, data: dict[str, Path] | None = None, heading: str = ""
+) -> Path | None:
+    """The sheet at ``path``, headed by ``heading`` (``_heading_of``) where given; None, with a warning, where no
+    prompt of the first run has a real image to show."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -356,8 +392,9 @@ def _sheet(runs: dict[str, Path], path: Path, attribution: str, data: dict[str, 
         # the figure taller by the titles' lines beyond one, the images as large as before (a one-row sheet was too
         # short for a wrapped title, which ran off its top)
         fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + _titles(fig, axes[0], columns))
+        top = 1 - _heading(fig, heading) if heading else 1
         bottom = _notice(fig, attribution) if attribution else 0.02
-        fig.tight_layout(rect=(0, bottom, 1, 1))
+        fig.tight_layout(rect=(0, bottom, 1, top))
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=DPI, format="png")
     finally:
@@ -395,6 +432,21 @@ def _titles(fig, axes: Sequence[Any], names: list[str]) -> float:
         _fit(title, name, 0.92 * min(pitch, 2 * centre, 2 * (width - centre)), renderer)
         heights.append(title.get_window_extent(renderer).height)
     return (max(heights) - min(heights)) / fig.dpi
+
+
+def _heading(fig, text: str) -> float:
+    """Write the sheet's heading above it, wrapped to the figure's width (as ``_notice``), the figure taller by its
+    lines and the margin above them (the images as large as before: ``tight_layout`` pads the column titles from it);
+    the share of the figure's height it takes."""
+    renderer = fig.canvas.get_renderer()
+    # drawn as written (parse_math=False): a model label or device name from the records may hold "$"
+    head = fig.text(0.5, 1, text, ha="center", va="top", fontsize=7, parse_math=False)
+    _fit(head, text, 0.96 * fig.bbox.width, renderer)
+    margin = 0.005 * fig.bbox.height  # pixels, as the notice's under the sheet
+    room = margin + head.get_window_extent(renderer).height
+    fig.set_size_inches(fig.get_figwidth(), fig.get_figheight() + room / fig.dpi)
+    head.set_y(1 - margin / fig.bbox.height)
+    return room / fig.bbox.height
 
 
 def _notice(fig, text: str) -> float:
