@@ -152,11 +152,17 @@ def cmd_params(args: argparse.Namespace) -> None:
         print(json.dumps(rows, indent=2))
         return
     print(f"model: {rows[0]['model']}   base params: {rows[0]['base']:,}")
-    # what the counts depend on, as bench.md's header says it (a review: only --json carried the settings)
-    first = rows[0]["config"]
-    settings = {k: first[k] for k in ("r", "alpha", "heads", "targets") if k in first}
-    shown = {k: ",".join(map(str, v)) if isinstance(v, list) else v for k, v in settings.items()}
-    print("settings: " + ", ".join(f"{k}={v}" for k, v in shown.items()) + " (heads: the multi-head methods')")
+    # what the counts depend on, as bench.md's header says it (a review: only --json carried the settings); one line
+    # where every method has them, else a line per settings naming its methods (a plugin's own defaults)
+    said: dict[str, list[str]] = {}
+    for row in rows:
+        config = row["config"]
+        shown = {k: config[k] for k in ("r", "alpha", "heads", "targets") if k in config}
+        text = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items())
+        said.setdefault(text, []).append(row["method"])
+    for text, methods in said.items():
+        whose = f" ({', '.join(methods)})" if len(said) > 1 else ""
+        print(f"settings{whose}: {text} (heads: the multi-head methods')")
     print(f"{'method':12s} {'trainable':>14s} {'% of base':>10s} {'total':>16s}")
     for row in rows:
         print(f"{row['method']:12s} {row['trainable']:>14,} {row['percent']:>10.3f} {row['total']:>16,}")

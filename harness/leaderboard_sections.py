@@ -91,27 +91,28 @@ def _label(key: tuple[str, str], keys: list[tuple[str, str]], show: Callable[[An
     method, options = key
     opts = json.loads(options)
     others = [json.loads(o) for m, o in keys if m == method and o != options]
-    # an option that is a dict in every row (the Reducer's) is compared key by key, ``reducer.drop_ratio=0.5``: from
-    # a review, rows apart by one Reducer setting were labelled with the whole dict each
-    nested = [k for k, v in opts.items() if isinstance(v, dict) and all(isinstance(o.get(k), dict) for o in others)]
-    opts, others = _spread(opts, nested), [_spread(o, nested) for o in others]
     always = ("trained_on", "fast_path")
+    shown: dict[str, Any] = {}
     # as JSON, so that a missing key (MISSING) is not None, and 1 is not True or 1.0
-    differ = sorted(
-        k for k, v in opts.items() if k in always or any(_json(o.get(k, MISSING)) != _json(v) for o in others)
-    )
-    return f"{method} ({', '.join(f'{k}={show(opts[k])}' for k in differ)})" if differ else method
+    for k, v in opts.items():
+        unlike = any(_json(o.get(k, MISSING)) != _json(v) for o in others)
+        if isinstance(v, dict):
+            # a dict (the Reducer's) is compared key by key with the rows that have one too, reducer.drop_ratio=0.5
+            # (from a review: rows apart by one Reducer setting were labelled with the whole dict each); a row with
+            # none there (reducer=None) is named by its own label, and this one whole only where no key tells it
+            # apart from the others
+            dicts = [o[k] for o in others if isinstance(o.get(k), dict)]
+            subs = {
+                f"{k}.{sub}": w for sub, w in v.items() if any(_json(d.get(sub, MISSING)) != _json(w) for d in dicts)
+            }
+            shown |= subs or ({k: v} if unlike else {})
+        elif k in always or unlike:
+            shown[k] = v
+    differ = sorted(shown)
+    return f"{method} ({', '.join(f'{k}={show(shown[k])}' for k in differ)})" if differ else method
 
 
 MISSING = object()  # an option a row's records lack (``_label``)
-
-
-def _spread(opts: dict[str, Any], nested: list[str]) -> dict[str, Any]:
-    """``opts`` with each of ``nested`` (a dict) spread into ``name.key`` entries."""
-    out = {k: v for k, v in opts.items() if k not in nested}
-    for k in nested:
-        out |= {f"{k}.{sub}": v for sub, v in opts[k].items()}
-    return out
 
 
 def _json(v: Any) -> str | None:

@@ -80,6 +80,21 @@ def test_params_table_names_the_settings_its_counts_depend_on(capsys):
     assert out[3].split()[:2] == ["lora", "14,155,776"]  # r=8: half r=16's 28,311,552
 
 
+def test_params_names_each_methods_settings_where_a_plugins_defaults_differ(tmp_path, capfd, plugin_sandbox):
+    """From a re-review: the settings line was the first method's, so a plugin of r=4 by default headed a table whose
+    hydralora row counted r=16; methods of other settings get a line each, naming them."""
+    plugin = tmp_path / "r4.py"
+    text = PLUGIN.format(name="r4_lora").replace("    pass", "    r: int = 4\n    alpha: float = 8.0")
+    plugin.write_text(text)
+    done = harness_here(
+        capfd, "--plugin", str(plugin), "params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "r4_lora,lora"
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].startswith("settings (r4_lora): r=4, alpha=8.0, heads=4, targets=")
+    assert lines[2].startswith("settings (lora): r=16, alpha=32.0, heads=4, targets=")
+
+
 @pytest.mark.parametrize(
     ("model", "base"), [("llava-hf/llava-1.5-7b-hf", 7_063_427_072), ("runwayml/stable-diffusion-v1-5", 859_520_964)]
 )

@@ -821,9 +821,21 @@ def test_rows_apart_by_one_reducer_setting_are_labelled_by_that_setting():
     reducer = {"drop_ratio": 0.25, "interval": 10, "k": None, "seed": None}
     keys = [("effilora", json.dumps({"reducer": r}, sort_keys=True)) for r in (reducer, reducer | {"drop_ratio": 0.5})]
     assert list(_labels(keys).values()) == ["effilora (reducer.drop_ratio=0.25)", "effilora (reducer.drop_ratio=0.5)"]
-    # a row whose records lack the dict (from before it) is labelled with it whole, as any option one row lacks
-    keys.append(("effilora", json.dumps({}, sort_keys=True)))
-    assert _labels(keys)[keys[0]].startswith("effilora (reducer={")
+    # a re-review: beside a run with the Reducer off (reducer=None) they still read the whole dict; that row is
+    # named by its own value, and a row whose records lack the option (from before it) by nothing
+    keys += [("effilora", json.dumps({"reducer": None})), ("effilora", json.dumps({}))]
+    assert list(_labels(keys).values()) == [
+        "effilora (reducer.drop_ratio=0.25)",
+        "effilora (reducer.drop_ratio=0.5)",
+        "effilora (reducer=None)",
+        "effilora",
+    ]
+    # one Reducer row beside one without: no key tells it apart from another dict, so the dict whole
+    alone = [keys[0], keys[2]]
+    assert (
+        _labels(alone)[keys[0]].startswith("effilora (reducer={")
+        and _labels(alone)[keys[2]] == "effilora (reducer=None)"
+    )
 
 
 def _targeting(record: dict, targets: str) -> dict:
