@@ -78,21 +78,28 @@ def embedded_converted() -> bool:
     return (embedded_target() / "config.json").is_file()
 
 
-def check_cache_writable(folder: Path | None = None) -> None:
+def check_cache_writable(
+    folder: Path | None = None,
+    part: str = "",
+    use: str = "the embedded model is converted into it (~25 s, once)",
+    read_only: str = "a copy of a converted cache may be read-only",
+) -> None:
     """A ``ValueError`` (naming ``HARNESS_CACHE``, an environment variable) where ``folder`` (by default the cache)
-    cannot be written: checked before the embedded model is converted into it, not after the ~25 s it takes."""
+    cannot be written: checked before the embedded model is converted into it, not after the ~25 s it takes.
+    ``part``: the cache's folder named (``"diffusion"``), ``use``: what is written there, ``read_only``: when the
+    cache may be read-only instead."""
     from harness.atomic import check_writable
 
     folder = cache_dir() if folder is None else folder
-    what = "HARNESS_CACHE" if os.environ.get("HARNESS_CACHE") else "cache folder (HARNESS_CACHE unset)"
+    where = f"{part} folder" if part else "folder"
+    what = f"HARNESS_CACHE's {where}" if part else "HARNESS_CACHE"
+    if not os.environ.get("HARNESS_CACHE"):
+        what = f"the cache's {where} (HARNESS_CACHE unset)" if part else "cache folder (HARNESS_CACHE unset)"
     try:
         check_writable(folder, what, "HARNESS_CACHE")
     except ValueError as exc:  # its advice is for a flag: say it for an environment variable
         said = str(exc).rpartition("; ")[0]
-        raise ValueError(
-            f"{said}; the embedded model is converted into it (~25 s, once): set HARNESS_CACHE to a folder you can "
-            "write (a copy of a converted cache may be read-only)"
-        ) from None
+        raise ValueError(f"{said}; {use}: set HARNESS_CACHE to a folder you can write ({read_only})") from None
 
 
 def embedded_folder() -> Path:

@@ -3045,7 +3045,7 @@ def test_a_cache_the_embedded_base_cannot_be_pretrained_into_is_refused_before_a
     def refuse(folder, what, flag):  # as a read-only file system (root writes anywhere: none can be made here)
         raise ValueError(f"{what} {str(folder)!r} is not writable (Read-only file system); pass {flag} ...")
 
-    monkeypatch.setattr(pretrain, "check_writable", refuse)
+    monkeypatch.setattr("harness.atomic.check_writable", refuse)
     task = dtask.DiffusionTask(TaskOptions(data_dir=str(tiny[1]), template="caption"))
     task.check_data_for(EMBEDDED, False)  # the base is there: nothing is written
     task.check_data_for(str(tiny[0]), False)  # a pipeline folder's runs pre-train nothing

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness import models
-from harness.atomic import _flush, check_writable, flush_folder, library_writes
+from harness.atomic import _flush, flush_folder, library_writes
 from harness.guard import RunLock
 from tasks.diffusion import data as ddata
 from tasks.diffusion import model as dmodel
@@ -64,18 +64,12 @@ def check_cache_writable() -> None:
     """A ``ValueError`` in one line, naming the folder and ``HARNESS_CACHE``, where the folder the base is pre-trained
     into cannot be written: said before any run (``DiffusionTask.check_data_for``), where each run started, failed
     and left a failed record."""
-    folder = models.cache_dir() / "diffusion"
-    what = "HARNESS_CACHE's diffusion folder"
-    if not os.environ.get("HARNESS_CACHE"):
-        what = "the cache's diffusion folder (HARNESS_CACHE unset)"
-    try:
-        check_writable(folder, what, "HARNESS_CACHE")
-    except ValueError as exc:  # its advice is for a flag: say it for an environment variable
-        said = str(exc).rpartition("; ")[0]
-        raise ValueError(
-            f"{said}; the embedded diffusion base is pre-trained into it (minutes, once): set HARNESS_CACHE to a "
-            "folder you can write (a cache that holds the pre-trained base already may be read-only)"
-        ) from None
+    models.check_cache_writable(
+        models.cache_dir() / "diffusion",
+        "diffusion",
+        "the embedded diffusion base is pre-trained into it (minutes, once)",
+        "a cache that holds the pre-trained base already may be read-only",
+    )
 
 
 def ensure_base(
