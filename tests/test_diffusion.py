@@ -1477,21 +1477,28 @@ def test_random_weights_from_a_local_pipeline_folder_trains(tiny, tmp_path):
     """From a review: --model <a local diffusers pipeline folder> --random-weights passed the checks before the
     run (which read its unet/ config), then each run failed saying the folder had no config.json."""
     pipe, data = tiny
+    record = _one_step_lora(str(pipe), data, tmp_path, random_weights=True)
+    assert record["run"]["config"]["model_label"] == f"{pipe} (random weights)"
+
+
+def _one_step_lora(model: str, data: Path, tmp_path: Path, random_weights: bool = False) -> dict:
+    """A lora run of ``model`` for one step, one prompt scored, checked before it runs as the command checks it: its
+    record, successful."""
     specs = build_specs(
         "diffusion",
         ["lora"],
         [0],
         "smoke",
-        model=str(pipe),
-        random_weights=True,
+        model=model,
+        random_weights=random_weights,
         train_overrides={"steps": 1},
         task_overrides={"eval_limit": 1},
     )
     preflight(specs)
     record = run_all(specs, tmp_path / "runs", str(data), progress=False)[0]
     assert record["run"]["status"] == "success", record["run"].get("traceback")
-    assert record["run"]["config"]["model_label"] == f"{pipe} (random weights)"
     assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
+    return record
 
 
 def test_a_pipeline_folder_given_with_a_tilde_runs(tiny, tmp_path, monkeypatch):
@@ -1502,19 +1509,7 @@ def test_a_pipeline_folder_given_with_a_tilde_runs(tiny, tmp_path, monkeypatch):
     pipe, data = tiny
     shutil.copytree(pipe, tmp_path / "home" / "sd15")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    specs = build_specs(
-        "diffusion",
-        ["lora"],
-        [0],
-        "smoke",
-        model="~/sd15",
-        train_overrides={"steps": 1},
-        task_overrides={"eval_limit": 1},
-    )
-    preflight(specs)
-    record = run_all(specs, tmp_path / "runs", str(data), progress=False)[0]
-    assert record["run"]["status"] == "success", record["run"].get("traceback")
-    assert record["train"]["steps"] == 1 and record["eval"]["similarity"]["n"] == 1
+    _one_step_lora("~/sd15", data, tmp_path)
 
 
 def test_the_training_bar_names_images_per_second_for_diffusion(tiny, tmp_path, capfd):
