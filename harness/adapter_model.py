@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from harness.adapter import SHARED, AdapterLinear, SharedTensors, Site, is_linear
+from harness.adapter import SHARED, AdapterLinear, SharedTensors, Site, is_linear, refuse_shared_alias
 from harness.atomic import write_bytes, write_json
 from harness.config import AdapterConfig, config_from_dict, make_config
 from harness.fastpath import SharedInput
@@ -333,6 +333,7 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
                     "it (a tensor that never trains may keep its name with requires_grad=False, or be a buffer: it is "
                     "saved too)"
                 )
+            refuse_shared_alias(layer, name, shared)
             object.__setattr__(layer, "_input", inputs.setdefault(layer.site.layer, SharedInput()))
             layers[name] = layer
             model.set_submodule(name, layer)

@@ -178,11 +178,20 @@ def _cmd_run(args: argparse.Namespace) -> None:
         ) from None
     if failed:
         first = next(r for r in records if r["run"]["status"] != "success")
-        error = (str(first["run"].get("error") or "").splitlines() or [""])[0][:300]
+        error = _first_line(str(first["run"].get("error") or ""))[:300]
         why = f"; {first['run']['id']}: {error}" if error else ""
         raise CliError(
             f"{len(failed)} of {len(records)} runs failed: {', '.join(failed)} (see their records{why}){not_written}"
         )
+
+
+def _first_line(error: str) -> str:
+    """The first line that says something: a record's error is "Type: message", and a message that begins with a
+    newline (safetensors' "Some tensors share memory") left "RuntimeError: " alone on the first line."""
+    lines = [line.strip() for line in error.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # the type, then the message's first line
+        return f"{lines[0]} {lines[1]}"
+    return lines[0] if lines else ""
 
 
 @contextlib.contextmanager

@@ -278,7 +278,10 @@ def load_plugin(path: str | Path) -> None:
 def _plugin_digest(path: Path, folder: Path, imported: set[Path]) -> str:
     """The code a run of a plugin depends on: the file and the modules it imports from its own folder (and below),
     those first imported now (``imported``) and those its import statements name, imported yet or not (the hash
-    must depend neither on the order plugins load in nor on when a function imports a helper)."""
+    must depend neither on the order plugins load in nor on when a function imports a helper). One sha256 over them
+    all, not a file's own: ``relative path\\0content`` of each, the plugin file first, then the others by path (so
+    ``sha256sum`` of the file does not give it; the README says how to recompute it). Run identity and checkpoints
+    compare it: a change of its form would refuse every finished run and checkpoint of a plugin."""
     files = {path} | imported | _imported_beside(path, folder)
     digest = hashlib.sha256()
     for file in sorted(files, key=lambda f: (f != path, str(f))):  # the plugin file first
@@ -416,8 +419,9 @@ _PLUGIN_OF: dict[Path, Path] = {}  # each of those files: the plugin that import
 
 def plugin_files(*classes: type) -> list[dict[str, str]]:
     """The plugin code that defined ``classes`` (a run's method and task), as a record keeps it: a plugin file
-    (``--plugin``; the class in the file or a module beside it) as ``{"file": name, "sha256": of the file and
-    the modules it imported from its folder}``, an installed package's class (an entry point) as ``{"package":
+    (``--plugin``; the class in the file or a module beside it) as ``{"file": name, "sha256": one digest of the
+    file and the modules it imports from its folder, with their relative paths (``_plugin_digest``), not the
+    file's own sha256}``, an installed package's class (an entry point) as ``{"package":
     distribution, "version": its version}``; built-ins are not listed."""
     out = []
     for cls in classes:

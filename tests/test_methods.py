@@ -7,6 +7,7 @@ import torch
 
 from harness import METHODS, AdapterLinear, attach, load_adapter
 from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SHARED
+from methods.lora import LoraLinear
 from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
 
@@ -99,6 +100,73 @@ def test_a_methods_frozen_tensors_and_buffers_are_saved_and_loaded(tmp_path, mon
     lora_only = {k: v for k, v in adapter.state_dict().items() if "lora_" in k}
     with pytest.raises(ValueError, match=r"saved before the harness saved them .* delete it or use --force"):
         loaded.load_state_dict(lora_only)
+
+
+class _Basis(AdapterLinear):
+    """VeRA-like, as the reviewer's plugin: a frozen random basis A shared by a module type (``lora_shared``), a
+    trainable d and B per layer. ``_SharedBasis`` reads A through a property, ``_AliasedBasis`` keeps it as an
+    attribute (``self.vera_A = shared.get_or_create(...)``), ``_AliasedA`` is a naive ShareLoRA's lora_A."""
+
+    rank_bounded = False
+
+    def __init__(self, base, config, site, shared):
+        super().__init__(base, config, site, shared)
+        make = lambda: self.new_param(config.r, site.d_in, init="kaiming", trainable=False)  # noqa: E731
+        self.keep(shared.get_or_create("lora_vera_A", site.group, make))
+        self.lora_d = self.new_param(config.r)
+        self.lora_B = self.new_param(site.d_out, config.r)
+
+    def keep(self, basis: torch.nn.Parameter) -> None:
+        pass
+
+    def delta(self, x):
+        z = torch.nn.functional.linear(self.lora_dropout(x), self.basis) * self.lora_d
+        return torch.nn.functional.linear(z, self.lora_B)
+
+
+class _SharedBasis(_Basis):
+    @property
+    def basis(self) -> torch.Tensor:
+        return self._shared.lora_vera_A[self.site.group]
+
+
+class _AliasedBasis(_Basis):
+    def keep(self, basis):
+        self.basis = basis
+
+
+class _AliasedA(LoraLinear):
+    def init_a(self, config):
+        self.lora_A = self.shared_param("lora_A", config.r, self.site.d_in, init="kaiming")
+
+
+@pytest.mark.parametrize(
+    "cls, attr, kept", [(_AliasedBasis, "basis", "lora_vera_A.q_proj_32"), (_AliasedA, "lora_A", "lora_A.q_proj_32")]
+)
+def test_a_wrapper_that_registers_a_shared_tensor_as_its_own_is_refused_at_attach(
+    cls, attr, kept, tmp_path, monkeypatch
+):
+    """From a review: a plugin wrapper that kept a shared tensor as an attribute (``self.vera_A =
+    shared.get_or_create(...)``) registered it twice, on the wrapper and in ``lora_shared``: attach, counts,
+    forward and merge worked, the run trained to its end, and then every save (and every resume) failed with
+    safetensors' "Some tensors share memory". Refused at attach, naming the wrapper, the attribute, the shared
+    tensor and what to do; the model is left as it was. Read through a property, the same basis attaches and saves."""
+    monkeypatch.setattr(cls, "name", cls.__name__, raising=False)
+    model = tiny_llama()
+    with pytest.raises(
+        ValueError,
+        match=rf"{cls.__name__}\.{attr} \(in model\.layers\.0\.self_attn\.q_proj\) is the shared tensor "
+        rf"{SHARED}\.{kept}, registered on the wrapper too.*read it through a property.*SharedA",
+    ):
+        attach(model, cls, targets="q_proj,v_proj", r=2)
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # registered for this test only
+    METHODS.register("shared_basis")(_SharedBasis)
+    adapter = attach(model, "shared_basis", targets="q_proj,v_proj", r=2, dropout=0.0)
+    perturb(adapter)
+    adapter.save(tmp_path)
+    loaded = load_adapter(tiny_llama(), tmp_path)
+    assert torch.equal(adapter.model(**batch()).logits, loaded.model(**batch()).logits)
 
 
 def test_unload_gives_the_model_back_as_it_was(method):

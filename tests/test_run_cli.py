@@ -799,3 +799,23 @@ def test_the_main_process_is_rank_0_of_several_or_the_one(monkeypatch, world, ra
         else:
             monkeypatch.setenv(name, value)
     assert is_main_process() is main_process
+
+
+def test_a_failed_runs_error_that_begins_with_a_newline_is_summed_up_by_its_first_line_with_text(
+    tiny_model, data_dir, tmp_path, monkeypatch, capfd
+):
+    """From a review: the one-line summary of failed runs took the first line of the first one's error, so an
+    exception whose message begins with a newline (safetensors' "Some tensors share memory" RuntimeError) ended
+    "...: RuntimeError: )" with nothing after it. The type, then the message's first line that says something."""
+    import harness.runner
+
+    def boom(*a, **k):
+        raise RuntimeError("\n            the reason\n            more")
+
+    monkeypatch.setattr(harness.runner, "_execute", boom)
+    done = harness_here(capfd, "run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model",
+                        str(tiny_model), "--random-weights", "--data-dir", str(data_dir), "--runs-dir",
+                        str(tmp_path / "runs"), "--quiet")  # fmt: skip
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode != 0 and "1 of 1 runs failed" in last, done.stderr[-2000:]
+    assert last.endswith(": RuntimeError: the reason)"), last
