@@ -396,7 +396,11 @@ def _after_interrupt(command: str, args: argparse.Namespace | None, argv: list[s
             "(runs that had finished are then skipped)"
         )
     else:
-        said = "the same command goes on from each unfinished run's last checkpoint (finished runs are kept)"
+        # a run stopped before its first checkpoint (loading its model, the multimodal stage 1) has none to go on from
+        said = (
+            "the same command goes on from each unfinished run's last checkpoint, or starts one over that saved none "
+            "yet (finished runs are kept)"
+        )
     if args is not None:
         from harness.cli_run import leaderboard_not_rebuilt
 

@@ -194,6 +194,8 @@ def _run_locked(spec: RunSpec, task: Task, ctx: RunContext, run_dir: Path) -> di
                 then = (
                     "fix it: this was a forced re-run, the finished record is kept, and the same command starts it over"
                 )
+            elif not (run_dir / CHECKPOINT).is_file():  # as a stopped run's: none saved yet (a review: "resumes")
+                then = "fix it and run the same command, which starts it over (no checkpoint was saved yet)"
             elif ctx.force:
                 then = "fix it and run the same command without --force to resume it (with --force it starts over)"
             else:

@@ -2157,7 +2157,12 @@ def test_a_run_failed_under_several_processes_says_what_the_same_command_does(tm
                                 wait_for_everyone=lambda: None)  # fmt: skip
     ctx = runner.RunContext(tmp_path / "runs", force=force, progress=False, processes=processes)
     (run_dir := tmp_path / "runs" / spec.run_id).mkdir(parents=True)
-    monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+
+    def fails(*args, **kwargs):  # after training saved a checkpoint
+        (run_dir / runner.CHECKPOINT).write_bytes(b"a checkpoint")
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(runner, "_execute", fails)
     with pytest.raises(RuntimeError) as failed:
         runner._run_locked(spec, SimpleNamespace(), ctx, run_dir)
     message = str(failed.value)
@@ -2167,6 +2172,12 @@ def test_a_run_failed_under_several_processes_says_what_the_same_command_does(tm
     else:
         assert message.endswith("run the same command, which resumes from the run's last checkpoint")
     assert read_record(run_dir / RECORD)["run"]["status"] == "failed"
+    # a re-review: before any checkpoint (loading the model, the multimodal stage 1) it said the command resumes it
+    (run_dir / runner.CHECKPOINT).unlink()
+    monkeypatch.setattr(runner, "_execute", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError) as failed:
+        runner._run_locked(spec, SimpleNamespace(), ctx, run_dir)
+    assert str(failed.value).endswith("run the same command, which starts it over (no checkpoint was saved yet)")
 
 
 def test_a_finished_run_another_process_holds_is_left_to_its_turn(tiny_model, data_dir, tmp_path, capfd, monkeypatch):

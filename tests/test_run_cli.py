@@ -368,8 +368,8 @@ def test_ctrl_c_under_force_says_to_resume_without_it(tmp_path, data_dir, monkey
     )
     code = _stopped_run(tmp_path, data_dir, monkeypatch, KeyboardInterrupt(), "--no-leaderboard")
     assert code == 130 and capsys.readouterr().err.strip() == (
-        "harness: interrupted; the same command goes on from each unfinished run's last checkpoint (finished runs "
-        "are kept)"
+        "harness: interrupted; the same command goes on from each unfinished run's last checkpoint, or starts one "
+        "over that saved none yet (finished runs are kept)"  # a re-review: a Ctrl-C in stage 1 has none to go on from
     )
 
 
