@@ -382,6 +382,19 @@ def _execute(
         record["eval_s"] = round(time.perf_counter() - began, 3)
 
 
+def _looks_finished(spec: RunSpec, ctx: RunContext) -> bool:
+    """Whether ``spec``'s run has a finished record (without ``--force``, no forced re-run pending): read without
+    its lock, a hint only, that spares it the checks of what a run will read (``Task.check_data_for``); a finished
+    run of other data or code is refused before any run trains (``_refuse_other_finished_runs``), never run."""
+    run_dir = ctx.runs_dir / spec.run_id
+    if ctx.force or (run_dir / RERUN / RECORD).is_file():
+        return False
+    try:
+        return _finished_record(run_dir / RECORD) is not None
+    except RunRefused:  # a record it cannot read: said by the check of finished runs
+        return False
+
+
 def run_all(
     specs: list[RunSpec],
     runs_dir: Path,
@@ -410,8 +423,9 @@ def run_all(
         if (spec.task, spec.task_options) not in tasks:
             tasks[(spec.task, spec.task_options)] = TASKS.get(spec.task)(spec.task_options)
     for task_key, model, random_weights in dict.fromkeys(
-        ((s.task, s.task_options), s.model, s.random_weights) for s in specs
-    ):  # what the data must hold for each model (the multimodal embedded model's captions): said now, not run by run
+        ((s.task, s.task_options), s.model, s.random_weights) for s in specs if not _looks_finished(s, ctx)
+    ):  # what the data must hold for each model (the multimodal embedded model's captions): said now, not run by run;
+        # not for runs that finished (a re-review: a sweep of finished runs was refused for a cache it would not use)
         tasks[task_key].check_data_for(model, random_weights)
     for key in dict.fromkeys((s.task, s.task_options) for s in specs if s.method != BASELINE):
         # too few examples for --val-size, no training files: said now, not run by run; on a copy, so that what a

@@ -819,3 +819,25 @@ def test_a_failed_runs_error_that_begins_with_a_newline_is_summed_up_by_its_firs
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode != 0 and "1 of 1 runs failed" in last, done.stderr[-2000:]
     assert last.endswith(": RuntimeError: the reason)"), last
+
+
+def test_what_a_run_will_read_is_not_checked_for_runs_that_finished(tiny_model, data_dir, tmp_path, monkeypatch):
+    """From a re-review: ``Task.check_data_for`` (a diffusion cache to pre-train into, open-clip-torch, a multimodal
+    captions.json) ran for every run of a sweep, so a sweep of finished runs, which reads nothing, could be refused for
+    what it would not use; with ``--force`` (every run trains again) it is checked."""
+    from harness.runner import build_specs, run_all
+    from tasks.commonsense import CommonsenseTask
+
+    specs = build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    runs = tmp_path / "runs"
+    [record] = run_all(specs, runs, str(data_dir), progress=False)
+    assert record["run"]["status"] == "success"
+
+    def refuse(self, model, random_weights):
+        raise ValueError("checked")
+
+    monkeypatch.setattr(CommonsenseTask, "check_data_for", refuse)
+    [again] = run_all(specs, runs, str(data_dir), progress=False)  # done: skipped, nothing checked
+    assert again["run"]["id"] == record["run"]["id"] and again["run"]["status"] == "success"
+    with pytest.raises(ValueError, match="checked"):
+        run_all(specs, runs, str(data_dir), force=True, progress=False)
