@@ -40,12 +40,27 @@ def is_hub_id(spec: str) -> bool:
     return spec != EMBEDDED and not Path(spec).expanduser().exists()
 
 
-def hub_weights_cached(repo_id: str, moved: bool = True) -> bool:
+def hub_source(spec: str) -> str:
+    """The hub id a spec's weights load from, and whose cached copy its revision and digest are read of: a paper id
+    that moved (``HUB_MOVED``) is read where it lives now, except with the hub switched off where the cache holds
+    the old id's weights and not the moved id's (from a review: a copy downloaded before the move was on the disk,
+    yet refused offline). Online the old id is never read: its repository is gone, a load from it fails."""
+    if (moved := HUB_MOVED.get(spec)) is None:
+        return spec
+    if offline_variables() and not _weights_in_cache(moved) and _weights_in_cache(spec):
+        return spec
+    return moved
+
+
+def hub_weights_cached(repo_id: str) -> bool:
     """Whether the hub's local cache holds ``repo_id``'s weights (``HUB_WEIGHT_FILES``, its main revision; a moved
-    repository's new place, ``HUB_MOVED``, unless ``moved`` is false), read from the disk only."""
+    repository's at ``hub_source``'s id), read from the disk only."""
+    return _weights_in_cache(hub_source(repo_id))
+
+
+def _weights_in_cache(repo: str) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
-    repo = HUB_MOVED.get(repo_id, repo_id) if moved else repo_id
     try:
         return any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_WEIGHT_FILES)
     except ValueError:  # not a repository id the hub takes: loading it fails anyway, saying so
@@ -55,7 +70,7 @@ def hub_weights_cached(repo_id: str, moved: bool = True) -> bool:
 def hub_revision(spec: str) -> str | None:
     """The commit a hub id's main revision points to in the hub's local cache (``refs/main``, which ``from_pretrained``
     sets as it downloads or checks the repository): read after a run loaded the model, the revision it loaded; a moved
-    repository's new place (``HUB_MOVED``). ``None`` for no hub id, or one the cache does not hold."""
+    repository's, of the copy it loads from (``hub_source``). ``None`` for no hub id, or one the cache does not hold."""
     if (repo := _hub_cache_folder(spec)) is None:
         return None
     try:
@@ -78,7 +93,7 @@ def _hub_cache_folder(spec: str) -> Path | None:
         return None
     from huggingface_hub import constants
 
-    repo = HUB_MOVED.get(spec, spec)
+    repo = hub_source(spec)  # the copy the weights load from, so the record names the one loaded
     return Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
 
 
@@ -93,15 +108,10 @@ def check_hub_weights(spec: str) -> None:
     offline = f"{' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE})"
     if (repo := HUB_MOVED.get(spec)) is None:
         raise ValueError(f"model {spec!r}: {offline} holds no weights of it; {HUB_ADVICE}")
-    # a paper id is looked up where its repository lives now, the id its weights load from: a copy the cache holds
-    # under the old id was not named, the refusal saying the cache held nothing of the id it does hold
-    kept = ""
-    if hub_weights_cached(spec, moved=False):
-        kept = f"; its copy under the old id (models--{spec.replace('/', '--')}) is not read, the weights load from "
-        kept += f"{repo!r} only"
+    # a paper id is looked up where its repository lives now (a copy under the old id would have passed, hub_source)
     raise ValueError(
         f"model {spec!r} (looked up as {repo!r}, where the repository moved): {offline} holds no weights of "
-        f"{repo!r}{kept}; {HUB_ADVICE}"
+        f"{repo!r}, nor of the old id; {HUB_ADVICE}"
     )
 
 

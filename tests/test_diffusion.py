@@ -3207,3 +3207,21 @@ def test_the_contact_sheet_names_the_section_model_steps_and_hardware_its_sample
     box = heading.get_window_extent(renderer)
     assert 0 <= box.x0 < box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height  # within the figure
     assert box.y0 >= max(ax.title.get_window_extent(renderer).y1 for ax in fig.axes)  # above the column titles
+
+
+def test_offline_the_paper_id_loads_from_a_copy_cached_under_its_old_id(tmp_path, monkeypatch):
+    """From a review: offline, a hub cache holding ``runwayml/stable-diffusion-v1-5`` under that (old) id only
+    (downloaded before the repository moved) was refused, ``load_folder`` reading the moved id only: it loads the old
+    id's copy (``harness.hub.hub_source``)."""
+    from huggingface_hub import constants
+
+    snapshot = tmp_path / "hub" / "models--runwayml--stable-diffusion-v1-5" / "snapshots" / ("a" * 40)
+    tiny_pipeline(snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)  # no folder spelled as the id
+    pipe = dmodel.load_folder("runwayml/stable-diffusion-v1-5", torch.device("cpu"), torch.float32)
+    assert pipe.resolution == 16

@@ -823,11 +823,14 @@ def test_a_llavas_processor_is_at_hand_only_with_its_tokenizers_vocabulary(tmp_p
     assert _processor_at_hand(str(tmp_path))
 
 
-def test_offline_a_paper_id_is_refused_naming_the_id_looked_up_and_its_copy_under_the_old_id(tmp_path, monkeypatch):
-    """From a review: offline, with the hub's cache holding ``runwayml/stable-diffusion-v1-5`` under that (old) id,
-    the refusal said the cache held no weights of it, naming the paper id where the id looked up (and loaded) is the
-    one the repository moved to (``HUB_MOVED``). It names the id looked up and says the old id's copy is not read
-    (``tasks.diffusion.model.load_folder`` reads the moved id only)."""
+def test_offline_a_paper_ids_copy_under_its_old_id_is_read_and_none_is_refused_naming_the_id_looked_up(
+    tmp_path, monkeypatch
+):
+    """From a review: offline, with the hub's cache holding ``runwayml/stable-diffusion-v1-5`` under that (old) id
+    only (downloaded before the repository moved, ``HUB_MOVED``), the run was refused though the weights were on the
+    disk: everything read the moved id. ``hub_source`` now names the old id there, the check passes and the revision
+    is the old copy's; with no copy the refusal names the id looked up; online, or with the moved id's copy, the
+    moved id is read."""
     from huggingface_hub import constants
 
     from harness import hub
@@ -839,20 +842,29 @@ def test_offline_a_paper_id_is_refused_naming_the_id_looked_up_and_its_copy_unde
     (tmp_path / "hub").mkdir()
     looked_up = (
         rf"model '{paper}' \(looked up as '{moved}', where the repository moved\): HF_HUB_OFFLINE set, and the hub's "
-        rf"cache \({re.escape(str(tmp_path / 'hub'))}\) holds no weights of '{moved}'"
+        rf"cache \({re.escape(str(tmp_path / 'hub'))}\) holds no weights of '{moved}', nor of the old id"
     )
-    with pytest.raises(ValueError, match=rf"^{looked_up}; connect to the internet") as nothing:
+    with pytest.raises(ValueError, match=rf"^{looked_up}; connect to the internet"):
         hub.check_hub_weights(paper)
-    assert "old id" not in str(nothing.value)
+    assert hub.hub_source(paper) == moved and hub.hub_revision(paper) is None
     unet = old / "snapshots" / ("a" * 40) / "unet"  # the old id's weights, as from_pretrained left them
     unet.mkdir(parents=True)
     (unet / "diffusion_pytorch_model.safetensors").write_bytes(b"w")
     (old / "refs").mkdir()
     (old / "refs" / "main").write_text("a" * 40)
-    assert hub.hub_weights_cached(paper, moved=False) and not hub.hub_weights_cached(paper)
-    old_copy = r"; its copy under the old id \(models--runwayml--stable-diffusion-v1-5\) is not read, the weights "
-    with pytest.raises(ValueError, match=rf"^{looked_up}{old_copy}load from '{moved}' only; connect to the internet"):
-        hub.check_hub_weights(paper)
+    hub.check_hub_weights(paper)  # the weights on the disk: no refusal
+    assert hub.hub_source(paper) == paper and hub.hub_weights_cached(paper)
+    assert hub.hub_snapshot(paper) == ("a" * 40, old / "snapshots" / ("a" * 40))  # the record names the copy loaded
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert hub.hub_source(paper) == moved and hub.hub_revision(paper) is None  # online: the old repository is gone
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    new = tmp_path / "hub" / f"models--{moved.replace('/', '--')}"
+    (new / "snapshots" / ("b" * 40) / "unet").mkdir(parents=True)
+    (new / "snapshots" / ("b" * 40) / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"w")
+    (new / "refs").mkdir()
+    (new / "refs" / "main").write_text("b" * 40)
+    assert hub.hub_source(paper) == moved and hub.hub_revision(paper) == "b" * 40  # the moved id's copy first
+    assert hub.hub_source("org/other") == "org/other"
     with pytest.raises(ValueError, match=r"^model 'org/other': HF_HUB_OFFLINE set, and the hub's cache .* holds no "):
         hub.check_hub_weights("org/other")  # an id that did not move: said as before
 

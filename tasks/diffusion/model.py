@@ -142,15 +142,15 @@ def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
 
 def load_folder(folder: str | Path, device: torch.device, dtype: torch.dtype) -> Pipeline:
     """A diffusers Stable Diffusion folder (``~`` expanded), or a hub id (``runwayml/stable-diffusion-v1-5``, read
-    where it lives now: ``harness.hub.HUB_MOVED``), part by part. A folder on the disk comes first, as
-    ``models.resolve`` reads one: from a review, ``~/sd15`` and a folder spelled as the paper's id (``hf download
-    ... --local-dir runwayml/stable-diffusion-v1-5``) passed every check that reads the disk, then were looked for
-    on the hub (the moved id's repository, offline a failed run each)."""
+    where it lives now, or offline from a copy cached under the old id: ``harness.hub.hub_source``), part by part.
+    A folder on the disk comes first, as ``models.resolve`` reads one: from a review, ``~/sd15`` and a folder spelled
+    as the paper's id (``hf download ... --local-dir runwayml/stable-diffusion-v1-5``) passed every check that reads
+    the disk, then were looked for on the hub (the moved id's repository, offline a failed run each)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     local = Path(folder).expanduser()
-    src = str(local) if local.exists() else hub.HUB_MOVED.get(str(folder), str(folder))
+    src = str(local) if local.exists() else hub.hub_source(str(folder))
     try:
         unet = UNet2DConditionModel.from_pretrained(src, subfolder="unet", torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(src, subfolder="vae", torch_dtype=dtype)

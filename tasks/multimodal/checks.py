@@ -60,7 +60,7 @@ def _processor_at_hand(model: str) -> bool:
         return path.is_dir() and all(any((path / n).is_file() for n in names) for names in (PROCESSOR_FILES, VOCAB))
     from huggingface_hub import try_to_load_from_cache
 
-    repo = hub.HUB_MOVED.get(model, model)
+    repo = hub.hub_source(model)
     try:
         return all(
             any(isinstance(try_to_load_from_cache(repo, n), str) for n in names) for names in (PROCESSOR_FILES, VOCAB)
