@@ -395,28 +395,6 @@ class AdapterLinear(nn.Module):
         return f"method={type(self).name}, scaling={self.scaling:g}"
 
 
-def refuse_shared_alias(layer: AdapterLinear, name: str, shared: SharedTensors) -> None:
-    """Refuse a wrapper that registers a shared tensor (``self.vera_A = shared.get_or_create(...)``) as its own
-    parameter or buffer too (``attach``): forward and merge work with it, but the adapter state then holds the tensor
-    under two names and ``save`` failed (safetensors refuses tensors that share memory) only after training."""
-    owned = {**dict(shared.named_parameters()), **dict(shared.named_buffers())}
-    by_id = {id(t): n for n, t in owned.items()}
-    by_storage = {t.untyped_storage().data_ptr(): n for n, t in owned.items() if t.device.type != "meta" and t.numel()}
-    own = [*layer.named_parameters(remove_duplicate=False), *layer.named_buffers(remove_duplicate=False)]
-    for attr, t in own:
-        if attr.startswith("base."):
-            continue
-        ptr = t.untyped_storage().data_ptr() if t.device.type != "meta" and t.numel() else None
-        if (kept := by_id.get(id(t), by_storage.get(ptr))) is not None:
-            raise ValueError(
-                f"method {layer.name!r}: {type(layer).__name__}.{attr} (in {name}) is the shared tensor "
-                f"{SHARED}.{kept}, registered on the wrapper too: saving the adapter would fail after training "
-                "(safetensors refuses two names for one tensor); read it through a property instead (as "
-                "methods/sharelora.py's SharedA reads lora_A: return self._shared.<kind>[<key>]), or keep it "
-                f"unregistered with object.__setattr__(self, {attr!r}, ...)"
-            )
-
-
 # The model-level names moved to harness.adapter_model, which imports this module (AdapterLinear, Site,
 # SharedTensors): served from here on first use (PEP 562), so that ``from harness.adapter import attach`` works as
 # before the split without an import cycle.

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from harness.adapter import SHARED, AdapterLinear, SharedTensors, Site, is_linear, refuse_shared_alias
+from harness.adapter import SHARED, AdapterLinear, SharedTensors, Site, is_linear
 from harness.atomic import write_bytes, write_json
 from harness.config import AdapterConfig, config_from_dict, make_config
 from harness.fastpath import SharedInput
@@ -155,7 +155,10 @@ class Adapter:
         settings."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {n: t.detach().to("cpu").contiguous() for n, t in self.state_dict().items()}
+        # each copied: a plugin wrapper that keeps a shared tensor as an attribute too (``self.vera_A =
+        # shared.get_or_create(...)``) holds it under two names, which safetensors refuses to save where they share
+        # memory (a review: on a CPU the run trained to its end, then failed at every save); a load fills both alike
+        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in self.state_dict().items()}
         meta = {"method": self.method, "config": self.config.to_dict()}
         # made in memory, then written (``write_bytes``): a full disk is an OSError, which stops a sweep
         write_bytes(
@@ -333,7 +336,6 @@ def attach(model: nn.Module, method: str | type[AdapterLinear], **options: Any) 
                     "it (a tensor that never trains may keep its name with requires_grad=False, or be a buffer: it is "
                     "saved too)"
                 )
-            refuse_shared_alias(layer, name, shared)
             object.__setattr__(layer, "_input", inputs.setdefault(layer.site.layer, SharedInput()))
             layers[name] = layer
             model.set_submodule(name, layer)
