@@ -254,6 +254,11 @@ class Adapter:
         if self.reducer is not None:
             self.reducer.on_step_begin(step, val_loss_fn)
 
+    def on_step_end(self, moved: bool) -> None:
+        """After the optimizer step; ``moved``: it had supervised tokens (else no gradient, nothing moved)."""
+        if self.reducer is not None and moved:
+            self.reducer.count_update()
+
     def extra_loss(self) -> Tensor | float | None:
         """The sum of the wrappers' ``extra_loss`` terms for the micro-batch just run, or None if none has one."""
         terms = [t for layer in self.layers.values() if not layer.merged and (t := layer.extra_loss()) is not None]

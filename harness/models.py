@@ -91,10 +91,10 @@ def check_cache_writable(
     from harness.atomic import check_writable
 
     folder = cache_dir() if folder is None else folder
-    where = f"{part} folder" if part else "folder"
-    what = f"HARNESS_CACHE's {where}" if part else "HARNESS_CACHE"
-    if not os.environ.get("HARNESS_CACHE"):
-        what = f"the cache's {where} (HARNESS_CACHE unset)" if part else "cache folder (HARNESS_CACHE unset)"
+    if os.environ.get("HARNESS_CACHE"):
+        what = f"HARNESS_CACHE's {part} folder" if part else "HARNESS_CACHE"
+    else:
+        what = f"the cache's {part} folder (HARNESS_CACHE unset)" if part else "cache folder (HARNESS_CACHE unset)"
     try:
         check_writable(folder, what, "HARNESS_CACHE")
     except ValueError as exc:  # its advice is for a flag: say it for an environment variable

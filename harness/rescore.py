@@ -62,8 +62,9 @@ def rescore_runs(
     # where a glob left them out unsaid: a run named with --runs is a problem (the others go on), any other such
     # folder a warning, as the leaderboard's (a re-review: lost+found at a disk's top failed every rescore)
     problems = [text for run_id, text in sorted(unreadable.items()) if run_ids and run_id in chosen]
-    for text in [] if run_ids else [text for _, text in sorted(unreadable.items())]:
-        print(f"warning: {text}", file=sys.stderr)
+    if not run_ids:
+        for _, text in sorted(unreadable.items()):
+            print(f"warning: {text}", file=sys.stderr)
     chosen = [r for r in chosen if r not in unreadable]
     if missing := [r for r in chosen if r not in found]:
         raise ValueError(

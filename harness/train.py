@@ -1,8 +1,7 @@
 """The training loop, top to bottom: encode, batch, step, validate, checkpoint, resume.
 
 Suite behaviour enters only through the task's ``Recipe`` (encode, collate, summed loss), method
-behaviour only through the adapter's hooks (``param_groups``, ``on_step_begin``, ``extra_loss``; and the
-Reducer's ``count_update`` after a step that moved its layers).
+behaviour only through the adapter's hooks (``param_groups``, ``on_step_begin``, ``extra_loss``, ``on_step_end``).
 Device placement and mixed precision go through accelerate, so ``accelerate launch`` runs this same
 code on several GPUs.
 """
@@ -416,9 +415,9 @@ def train(
         if norm is not None and not math.isfinite(float(norm)):  # a finite loss can have an inf gradient
             _not_finite(f"the gradient's norm is {float(norm)} (the loss {step_loss:.4g})", step, state)
         optimizer.step()
-        if n_supervised and adapter.reducer is not None:  # the Reducer's layers moved (none without a supervised
-            # token: no gradient); n_supervised is every process's, so each process counts the same
-            adapter.reducer.count_update()
+        # the Reducer counts the layers the step moved (none without a supervised token: no gradient); n_supervised
+        # is every process's, so each process counts the same
+        adapter.on_step_end(bool(n_supervised))
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)  # frozen heads keep grad=None: AdamW skips them
         sync()
