@@ -546,6 +546,21 @@ def test_the_lmms_eval_protocol_without_lmms_eval_is_refused_before_anything_run
         build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
 
 
+@pytest.mark.parametrize("missing", ["evaluate", "sacrebleu"])
+def test_the_lmms_eval_protocol_without_what_its_scoring_imports_is_refused_before_anything_runs(monkeypatch, missing):
+    """From a review: the check imported lmms-eval's model API only, which loads without the datasets, evaluate and
+    sacrebleu that its evaluator imports: a run without them trained (stage 1 and all) and failed at scoring with a
+    bare ModuleNotFoundError."""
+    import sys
+
+    for name in [m for m in sys.modules if m == "lmms_eval" or m.startswith("lmms_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import evaluate` raises ImportError
+    monkeypatch.delitem(sys.modules, "tasks.multimodal.lmms_eval_protocol", raising=False)
+    with pytest.raises(ValueError, match=rf"the lmms-eval protocol needs lmms-eval: .*\[.*{missing}"):
+        build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
+
+
 def test_the_lmms_eval_protocol_under_several_processes_is_refused_before_anything_trains(
     tmp_path, monkeypatch, capsys
 ):

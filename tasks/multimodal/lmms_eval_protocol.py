@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-try:
+try:  # the evaluator too: it imports what scoring needs (datasets, evaluate, sacrebleu), found missing before training
+    from lmms_eval import evaluator
     from lmms_eval.api.instance import GenerationResult
     from lmms_eval.api.model import lmms
+    from lmms_eval.tasks import TaskManager
 except ImportError as exc:  # an optional extra: say how to get it without breaking the CPU torch
     raise ValueError(
         "the lmms-eval protocol needs lmms-eval: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "
@@ -170,9 +172,6 @@ def lmms_eval_scored(
 ) -> list[native.Scored]:
     """Score ``records`` through lmms-eval's ``simple_evaluate`` and the harness's scoring rules; open answers
     are decoded for ``max_new`` tokens at most (default: ``native.new_tokens`` of ``records``), as natively."""
-    from lmms_eval import evaluator
-    from lmms_eval.tasks import TaskManager
-
     max_new = native.new_tokens(fmt, records) if max_new is None else max_new
     docs = _docs(records)
     work = Path(tempfile.mkdtemp(prefix="harness-lmms-"))
