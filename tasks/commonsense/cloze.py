@@ -1,7 +1,7 @@
 """The ``cloze`` protocol: each option's own text scored as the continuation of the question.
 
 This follows lm-evaluation-harness's convention for ARC, PIQA, OBQA, HellaSwag and WinoGrande (but for the
-two details below), rebuilt from the LLM-Adapters records (whose ``instruction`` holds the question, the
+four details below), rebuilt from the LLM-Adapters records (whose ``instruction`` holds the question, the
 numbered options and an ``Answer format:`` line):
 
 - questions (ARC, OBQA, SIQA, PIQA): context ``"Question: {q}\\nAnswer:"``, continuation ``" {option}"``;
@@ -18,10 +18,12 @@ as lm-eval's ``boolq`` puts its passage: ``"{passage}\nQuestion: {q}?\nAnswer:"`
 continuation's length in characters first. Training uses the same pair: the correct option's context as
 prompt and its continuation as target.
 
-Two details differ from lm-eval, and every committed commonsense result was scored with them (README,
+Four details differ from lm-eval, and every committed commonsense result was scored with them (README,
 "Scoring protocols", gives their measured effect): ``acc_norm``'s length counts the continuation's leading
-space (lm-eval divides by the option's own text), and OBQA gets the ``Question: …\\nAnswer:`` frame (lm-eval's
-``openbookqa`` scores the option after the bare question stem, which it completes).
+space (lm-eval divides by the option's own text); OBQA gets the ``Question: …\\nAnswer:`` frame (lm-eval's
+``openbookqa`` scores the option after the bare question stem, which it completes); an option's text is
+stripped (lm-eval scores PIQA's trailing spaces); and no context starts with a BOS token (lm-eval's HFLM
+adds the tokenizer's own where it has one).
 """
 
 from __future__ import annotations
