@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.adapter import attach
-from harness.config import AdapterConfig, make_config, parse_targets
+from harness.config import AdapterConfig, ReducerConfig, make_config, parse_targets
 from harness.guard import StopOnSigterm
 from harness.identity import walk_model_folder
 from harness.models import EMBEDDED
@@ -188,17 +188,26 @@ def _untrained(preset: TaskOptions) -> dict[str, Any]:
 
 def _resolved_options(method: str, preset: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """``method``'s config from ``options`` (over the preset's), every option resolved. A number given equal to the
-    preset's (``--alpha 16``, a float, where the preset says 16) keeps the preset's form, and an option the method
-    never reads (``--heads`` for LoRA) the preset's value: the run id is the preset's, not a second id for the same
-    run."""
+    preset's (``--alpha 16``, a float, where the preset says 16) keeps the preset's form, inside the Reducer's
+    options too (``score_lr=10`` from Python, where the default is 10.0), and an option the method never reads
+    (``--heads`` for LoRA) the preset's value: the run id is the preset's, not a second id for the same run."""
     cls = METHODS.get(method)
     resolved = make_config(cls.config_cls, options, method).to_dict()
     default = make_config(cls.config_cls, preset, method).to_dict()
     ignored = cls.__dict__.get("ignored_options", ())  # the class's own declaration (AdapterLinear.ignored_options)
-    for key, value in resolved.items():
-        if key in ignored or (_plain_number(value) and _plain_number(default.get(key)) and value == default[key]):
-            resolved[key] = default[key]
+    for key in resolved.keys() & set(ignored):
+        resolved[key] = default[key]
+    _same_form(resolved, default)
+    if isinstance(resolved.get("reducer"), dict):  # a Reducer the method runs by default, or one turned on
+        _same_form(resolved["reducer"], default.get("reducer") or dataclasses.asdict(ReducerConfig()))
     return resolved
+
+
+def _same_form(given: dict[str, Any], default: dict[str, Any]) -> None:
+    """Each number of ``given`` equal to ``default``'s in ``default``'s form (16 and 16.0 hash differently)."""
+    for key, value in given.items():
+        if _plain_number(value) and _plain_number(default.get(key)) and value == default[key]:
+            given[key] = default[key]
 
 
 def _takes(method: str) -> set[str]:

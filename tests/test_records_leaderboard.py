@@ -1311,6 +1311,28 @@ def test_an_option_given_as_the_presets_number_keeps_its_run_id(method):
     assert given.run_id == embedded.run_id and type(given.method_options["alpha"]) is float
 
 
+def test_a_reducer_option_given_as_its_default_number_keeps_its_run_id():
+    """From a review: score_lr=10 (an int) from Python, as a shortcut or in the ``reducer`` dict, made a second run
+    id beside the default 10.0 (the command line's score_lr=10 is parsed as a float): top-level options kept the
+    preset's form of a number, the Reducer's did not."""
+    [preset] = build_specs("commonsense", ["effilora"], [0], "smoke")
+    assert type(preset.method_options["reducer"]["score_lr"]) is float
+    for options in (
+        {"score_lr": 10},
+        {"reducer": {"score_lr": 10}},
+        {"reducer": {"score_lr": 10, "suppression": 0.25}},
+    ):
+        [given] = build_specs("commonsense", ["effilora"], [0], "smoke", method_options=options)
+        assert given.run_id == preset.run_id, options
+        assert type(given.method_options["reducer"]["score_lr"]) is float
+    [other] = build_specs("commonsense", ["effilora"], [0], "smoke", method_options={"score_lr": 5})
+    assert other.run_id != preset.run_id
+    # a method with no Reducer of its own, given one: the form is ReducerConfig's
+    [on] = build_specs("commonsense", ["lora"], [0], "smoke", method_options={"reducer": {"score_lr": 10.0}})
+    [given] = build_specs("commonsense", ["lora"], [0], "smoke", method_options={"reducer": {"score_lr": 10}})
+    assert given.run_id == on.run_id
+
+
 @pytest.mark.parametrize("method", ALL_METHODS)
 def test_heads_given_to_a_method_that_never_reads_them_keeps_its_run_id(method):
     """From a review: --methods lora,hydralora --heads 8 gave lora a second run id for the same training. A method
