@@ -24,8 +24,13 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     is written through, as ``open(f, "w")`` does: the file it points at is replaced (the temp file made beside it,
     so the rename stays in one folder) and the link kept (renamed over, the link would become a regular file and the
     linked file keep its old content)."""
-    final = Path(os.path.realpath(final)) if Path(final).is_symlink() else Path(final)
-    tmp = _new_file(final.parent, f".{final.name}.")
+    given = Path(final)
+    final = Path(os.path.realpath(given)) if given.is_symlink() else given
+    try:
+        tmp = _new_file(final.parent, f".{final.name}.")
+    except FileNotFoundError:  # its error named the temp file, a path the caller never gave: name the one given
+        what = "its folder" if final == given else f"it links to {str(final)!r}, whose folder"
+        raise FileNotFoundError(errno.ENOENT, f"cannot be written: {what} does not exist", str(given)) from None
     try:
         yield tmp
         _flush(tmp)  # the data on the disk before the name points at it

@@ -519,6 +519,25 @@ def test_an_atomic_write_to_a_symlink_writes_the_file_it_points_at(tmp_path):
     assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["board.md", "rec.json"]
 
 
+def test_an_atomic_write_into_a_missing_folder_names_the_path_given(tmp_path):
+    """From a review: a write through a link into a folder that does not exist raised FileNotFoundError naming
+    the temp file (``.../nowhere/.x.json.bb5d5b9a.tmp``), a path the caller never gave; it names the link and
+    where it points, still a FileNotFoundError (an OSError, as callers catch)."""
+    (tmp_path / "real").mkdir()
+    link = tmp_path / "real" / "dangling.json"
+    link.symlink_to(os.path.join("nowhere", "x.json"))
+    with pytest.raises(FileNotFoundError) as caught:
+        atomic.write_json(link, {"a": 1})
+    assert caught.value.filename == str(link) and ".tmp" not in str(caught.value)
+    target = os.path.join(os.path.realpath(tmp_path / "real"), "nowhere", "x.json")
+    assert caught.value.strerror == f"cannot be written: it links to {target!r}, whose folder does not exist"
+    with pytest.raises(FileNotFoundError) as caught:  # no link: the folder given is missing
+        atomic.write_text(tmp_path / "gone" / "board.md", "x\n")
+    assert caught.value.filename == str(tmp_path / "gone" / "board.md")
+    assert caught.value.strerror == "cannot be written: its folder does not exist"
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == ["dangling.json"]
+
+
 @pytest.mark.skipif(not os.path.exists("/proc/self"), reason="tells file from folder descriptors through /proc")
 def test_an_atomic_write_survives_a_system_that_flushes_only_writable_files_and_no_folders(monkeypatch, tmp_path):
     """Windows' fsync refuses a read-only handle (EBADF); CIFS and some FUSE mounts refuse a folder (EINVAL)."""
