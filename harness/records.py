@@ -55,6 +55,14 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
+def harness_code() -> dict[str, Any]:
+    """The harness's own code, as a record's ``run`` names it: its ``git_state`` and version. A checkpoint keeps it
+    (``harness.train``), so that a run resumed by other harness code says what its earlier steps ran."""
+    from harness import __version__
+
+    return {**git_state(), "harness_version": __version__}
+
+
 # the method version a record or checkpoint written before method versions were kept (2026-12-05) was made by
 FIRST_METHOD_VERSION = "1"
 
@@ -187,6 +195,7 @@ OPTIONAL_FIELDS: dict[str, type | tuple[type, ...]] = {
     "run.config.model_label": str,
     "run.config.extra": dict,
     "train.timed_on_before_resume": list,
+    "train.code_before_resume": list,
 }
 
 

@@ -242,6 +242,9 @@ def _train_record(
         # of each, ``harness.train.TIMED_ON_KEYS``): its times are theirs together, named by ``env`` (this one's),
         # so the leaderboard pools none of them; absent where every step ran here
         **({"timed_on_before_resume": t} if (t := result.timed_on_before_resume) else {}),
+        # resumed by other harness code (commit, dirty flag, version) than the record's run names: what its earlier
+        # steps ran, each as ``harness.records.harness_code`` gives it; absent where every step ran this code
+        **({"code_before_resume": c} if (c := result.code_before_resume) else {}),
         "adapter": adapter.summary(),
     }
 

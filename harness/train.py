@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from harness.accounting import MemoryMeter, environment
+from harness.records import harness_code
 from harness.task import Example, Recipe, to_device
 from harness.train_checkpoint import (
     CHECKPOINT,
@@ -31,7 +32,10 @@ from harness.train_checkpoint import (
     UNKNOWN_BEFORE_CODE_KEYS,
     _read_checkpoint,
     _rng_state,
+    adapter_settings,
+    check_adapter,
     check_model,
+    describe_code,
     save_checkpoint,
     timed_facts,
 )
@@ -120,6 +124,9 @@ class TrainResult:
     # a run resumed under other ``TIMED_ON_KEYS`` facts than this process's (another machine, CPU thread count or
     # malloc setting): those its earlier steps ran under, in order, whose time and peaks it carries; None: all here
     timed_on_before_resume: list[dict[str, Any]] | None = None
+    # a run resumed by other harness code than this process's (another commit, dirty flag or version: the record's
+    # ``run`` names this one's): the ``harness_code`` of its earlier sessions that differ, in order; None: all this
+    code_before_resume: list[dict[str, Any]] | None = None
 
 
 def train(
@@ -153,8 +160,11 @@ def train(
     a checkpoint written at another commit is refused the same way. ``env``: this process's ``environment()`` (the
     record's; None: read here), whose ``TIMED_ON_KEYS`` a checkpoint keeps: a run resumed where they differ is not
     refused (its device type and precision are checked), but says where its earlier steps ran
-    (``TrainResult.timed_on_before_resume``): its times and peaks are the sessions' together. ``unit``: what the
-    recipe's ``stats`` count as tokens (the task's ``throughput_unit``), named in the bar's rate."""
+    (``TrainResult.timed_on_before_resume``): its times and peaks are the sessions' together. A checkpoint written by
+    another method, or with other options of it (the adapter's config), is refused; one written by other harness code
+    (``harness.records.harness_code``: its commit, dirty flag, version) is resumed with a warning, and says what its
+    earlier steps ran (``TrainResult.code_before_resume``). ``unit``: what the recipe's ``stats`` count as
+    tokens (the task's ``throughput_unit``), named in the bar's rate."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     task_params = list(task_params or [])
@@ -207,6 +217,7 @@ def train(
     device = accelerator.device
     env = environment() if env is None else env
     timed_on = timed_facts(env)  # where this process's steps are timed
+    code_now = harness_code()  # what this process's steps run: the record's run names it
 
     state = {
         "step": 0,
@@ -227,6 +238,9 @@ def train(
         # every session's ``timed_on`` that trained into this state, in order: train_s, tokens and the memory peaks
         # carry over a resume, so those of a run resumed on another machine (thread count, malloc) are both machines'
         "timed_on": [timed_on],
+        # every session's harness code (commit, dirty flag, version) that trained into this state, in order: the
+        # record's run names the last one's, so a run resumed by other code says what its earlier steps ran
+        "harness_code": [code_now],
     }
     if total_steps and (first := micro_batches[0]) and first[0]:
         check_counts(recipe, recipe.collate([encoded[i] for i in first[0]]))
@@ -257,6 +271,7 @@ def train(
     if saved is not None:
         if saved["config"] != asdict(config):
             raise ValueError(f"{checkpoint} was written with other training settings; delete it or use --force")
+        check_adapter(checkpoint, saved.get("adapter_settings"), adapter_settings(adapter))  # none: from before
         then = saved["state"].get("data") or {}
         if data and then and then != data:
             changed = sorted(k for k in set(then) | set(data) if then.get(k) != data.get(k))
@@ -318,6 +333,17 @@ def train(
         state["timed_on"] = [timed_facts(t) for t in state["timed_on"]]  # as compared now (a 31cdf34 one kept more)
         if timed_on not in state["timed_on"]:  # its time so far was measured elsewhere: kept, to be said
             state["timed_on"] = [*state["timed_on"], timed_on]
+        if "harness_code" not in state:  # a checkpoint from before it was kept: not known, taken as this process's
+            state["harness_code"] = [code_now]
+        if code_now not in state["harness_code"]:  # its steps so far ran other harness code: kept, to be said
+            state["harness_code"] = [*state["harness_code"], code_now]
+        if say and (earlier := [c for c in state["harness_code"] if c != code_now]):
+            print(
+                f"warning: {checkpoint} was written by other harness code "
+                f"({'; '.join(describe_code(c) for c in earlier)}) than this ({describe_code(code_now)}): its steps so "
+                "far ran that, which the record names (train.code_before_resume); use --force to train it again with "
+                "this code alone"
+            )
         resumed_from = state["step"]
         del saved, mine, rngs  # the payload (the adapter's tensors among it) is restored: not held through training
 
@@ -483,6 +509,7 @@ def train(
             for (shape, skipped), count in ((json.loads(k), c) for k, c in state["hook_val_forwards"].items())
         ],
         [t for t in state["timed_on"] if t != timed_on] or None,
+        [c for c in state["harness_code"] if c != code_now] or None,
     )
 
 

@@ -1,12 +1,14 @@
-"""A run's checkpoint: what it holds (``save_checkpoint``: the adapter, optimizer, scheduler, hooks' and random
-state, the loop's counts), how it is read back (``_read_checkpoint``: an unreadable file set aside, an error of the
-machine raised as ``CheckpointUnreadable``), and what the resume checks of ``harness.train.train`` compare (the code
-keys, ``timed_facts``, the model: ``check_model``). Part of ``harness.train``, which re-exports what others import."""
+"""A run's checkpoint: what it holds (``save_checkpoint``: the adapter, its method and options, optimizer, scheduler,
+hooks' and random state, the loop's counts), how it is read back (``_read_checkpoint``: an unreadable file set aside,
+an error of the machine raised as ``CheckpointUnreadable``), and what the resume checks of ``harness.train.train``
+compare (the code keys, ``timed_facts``, the model: ``check_model``, the adapter: ``check_adapter``). Part of
+``harness.train``, which re-exports what others import."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -79,6 +81,42 @@ def check_model(checkpoint: Path, then: dict[str, Any], weights: str | None, rev
         )
 
 
+def adapter_settings(adapter) -> dict[str, Any]:
+    """What a checkpoint keeps of ``adapter``: its method's name and its options (``AdapterConfig.to_dict``), as plain
+    data (JSON's, as ``Adapter.save`` writes them: ``weights_only`` reads them back)."""
+    return {"method": adapter.method, "config": json.loads(json.dumps(adapter.config.to_dict()))}
+
+
+def check_adapter(checkpoint: Path, then: dict[str, Any] | None, now: dict[str, Any]) -> None:
+    """A ``ValueError`` where the checkpoint (its ``adapter_settings``: ``then``) was written by another method, or
+    the same with other options: ``harness run`` puts both in the run id, a direct caller of ``train`` does not (from a
+    review: an adapter trained at alpha 8 was resumed, loss curve and all, under alpha 64). None (a checkpoint from
+    before they were kept, 2026-12-07): resumed as it is. An option one side lacks (one a method has added since,
+    with its default) is not compared: its method's version is (the code keys)."""
+    if not then:
+        return
+    if then["method"] != now["method"]:
+        raise ValueError(
+            f"{checkpoint} was written by another method ({then['method']} -> {now['method']} since); delete it or "
+            "use --force to start over with this one"
+        )
+    was, options = then.get("config") or {}, now["config"]
+    changed = sorted(k for k in was.keys() & options.keys() if was[k] != options[k])
+    if changed:
+        raise ValueError(
+            f"{checkpoint} was written with other {now['method']} options "
+            f"({', '.join(f'{k} {was[k]} -> {options[k]}' for k in changed)} since); delete it or use --force to start "
+            "over with these"
+        )
+
+
+def describe_code(code: dict[str, Any]) -> str:
+    """A ``harness.records.harness_code`` in words: its commit (dirty or not) and version."""
+    commit = code.get("git_commit")
+    where = f"commit {commit[:8]}{' (dirty)' if code.get('git_dirty') else ''}" if commit else "no git commit"
+    return f"{where}, version {code.get('harness_version')}"
+
+
 class CheckpointUnreadable(RuntimeError):
     """The machine could not read a run's checkpoint (an I/O error, no memory): the file may be good and is kept.
     The run's record says failed and the command stops (``harness.runner``): the next runs would meet the same
@@ -106,6 +144,7 @@ def save_checkpoint(
         "scheduler": scheduler.state_dict(),
         "hooks": adapter.training_state(),
         "config": asdict(config),
+        "adapter_settings": adapter_settings(adapter),  # since 2026-12-07: compared on resume (check_adapter)
         **_rng_state(device),
         "state": state,
     }

@@ -336,6 +336,31 @@ def test_checkpoint_from_other_settings_is_refused(char_tokenizer, tmp_path):
         )
 
 
+def test_a_checkpoint_of_another_adapter_or_its_options_is_refused(char_tokenizer, tmp_path):
+    """From a review: the checkpoint kept the training settings but not the method's options, so a direct caller of
+    ``train`` who trained lora at alpha 8 and started again at alpha 64 resumed the first adapter's weights and loss
+    curve under the second's settings (``harness run`` puts them in the run id). A checkpoint from before they were
+    kept is resumed as it is."""
+    config = dataclasses.replace(CONFIG, steps=3)
+
+    def run(folder: str, method: str = "lora", **options):
+        adapter = attach(tiny_llama(), method, targets="q_proj", r=4, **options)
+        recipe = text_recipe(char_tokenizer, config)
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path / folder, progress=False)
+
+    run("a", alpha=8)
+    assert run("a", alpha=8).resumed_from == 3  # the same adapter: resumed
+    with pytest.raises(ValueError, match=r"other lora options \(alpha 8 -> 64 since\); delete it or use --force"):
+        run("a", alpha=64)
+    with pytest.raises(ValueError, match=r"another method \(lora -> lora_fa since\); delete it or use --force"):
+        run("a", "lora_fa", alpha=8)
+    saved = torch.load(tmp_path / "a" / CHECKPOINT, weights_only=True)
+    assert saved["adapter_settings"]["config"]["alpha"] == 8  # kept as it was: nothing refused wrote over it
+    del saved["adapter_settings"]  # a checkpoint from before they were kept: not known, resumed
+    torch.save(saved, tmp_path / "a" / CHECKPOINT)
+    assert run("a", alpha=64).resumed_from == 3
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
@@ -735,6 +760,78 @@ def test_a_record_of_a_run_resumed_on_another_machine_says_so_and_its_time_pools
     [row] = tables([stayed, moved])["overhead"].to_dict("records")
     assert row["train_s"] == round(stayed["train"]["train_s"], 1)  # moved's time left out
     assert row["train_s_by_device"].count(":") == 1 and f"{stayed['train']['train_s']:.1f}" in row["train_s_by_device"]
+
+
+def test_a_run_resumed_by_other_harness_code_says_what_its_earlier_steps_ran(
+    char_tokenizer, tmp_path, monkeypatch, capsys
+):
+    """From a review: a checkpoint kept the task's and methods' versions but not the harness's own commit, so a run
+    stopped at one commit and resumed at another was recorded as the second's alone. The checkpoint keeps the
+    harness's commit, dirty flag and version; a resume under others says so, and which; one under the same (or from
+    an older checkpoint, whose are not known) does not."""
+    from harness import records
+
+    real = records.git_state()
+    older = {"git_commit": "0" * 40, "git_dirty": True}
+
+    def fresh():
+        torch.manual_seed(0)
+        return attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
+
+    def resume(folder):
+        adapter = fresh()
+        recipe = text_recipe(char_tokenizer, CONFIG)
+        return train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, folder, progress=False)
+
+    with monkeypatch.context() as m:  # the first session, at another commit
+        m.setattr(records, "git_state", lambda root=None: older)
+        _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "moved")
+    saved = torch.load(tmp_path / "moved" / CHECKPOINT, weights_only=True)
+    assert saved["state"]["harness_code"] == [records.harness_code() | older]
+    capsys.readouterr()
+    moved = resume(tmp_path / "moved")
+    assert moved.resumed_from == 2 and moved.code_before_resume == saved["state"]["harness_code"]
+    warning = capsys.readouterr().out
+    assert "other harness code (commit 00000000 (dirty), version " in warning
+    assert "train.code_before_resume" in warning and warning.count("warning:") == 1
+
+    _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "stayed")  # started and resumed at this commit
+    capsys.readouterr()
+    stayed = resume(tmp_path / "stayed")
+    assert stayed.resumed_from == 2 and stayed.code_before_resume is None
+    assert "harness code" not in capsys.readouterr().out
+    assert records.git_state() == real
+
+    with monkeypatch.context() as m:
+        m.setattr(records, "git_state", lambda root=None: older)
+        _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "old")
+    saved = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
+    del saved["state"]["harness_code"]  # a checkpoint from before it was kept: taken as this process's
+    torch.save(saved, tmp_path / "old" / CHECKPOINT)
+    old = resume(tmp_path / "old")
+    assert old.resumed_from == 2 and old.code_before_resume is None
+
+
+def test_a_record_of_a_run_resumed_by_other_harness_code_names_what_its_earlier_steps_ran(
+    tiny_model, data_dir, tmp_path, monkeypatch
+):
+    """The record's ``run`` names the resuming session's commit and version (its run id unchanged); its
+    ``train.code_before_resume`` the stopped session's, where they differ."""
+    from harness import records, runner
+    from harness.guard import StopOnSigterm
+
+    older = {"git_commit": "0" * 40, "git_dirty": False}
+    [spec] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
+    with monkeypatch.context() as m:  # the first session, at another commit: stopped (as by SIGTERM) after a step
+        m.setattr(records, "git_state", lambda root=None: older)
+        m.setattr(StopOnSigterm, "requested", lambda self: True)
+        with pytest.raises(Cancelled, match="stopped at step 1 of"):
+            runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
+    [record] = runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)  # resumed at this commit
+    assert record["run"]["status"] == "success" and record["train"]["resumed_from_step"] == 1
+    assert record["run"]["id"] == spec.run_id and record["run"]["git_commit"] == records.git_state()["git_commit"]
+    assert record["train"]["code_before_resume"] == [older | {"harness_version": record["run"]["harness_version"]}]
+    records.check_success(tmp_path / "runs" / spec.run_id / records.RECORD, record)
 
 
 def test_the_reducer_scores_layers_on_validation_batches_with_something_supervised(char_tokenizer, monkeypatch, capsys):
