@@ -251,6 +251,55 @@ def test_only_the_selected_layers_heads_change(method):
         assert all(not torch.equal(b, p) for b, p in zip(before_others, others, strict=True))
 
 
+# spec, "The Reducer" step 3: the tensors it pauses in unselected layers are the B heads and the router; a layer's
+# own A (LoRA, HydraLoRA) and MoSLoRA's mixer train every step, and a shared A lives on the model, not the layer
+PAUSED = ("lora_B", "lora_router")
+TRAINED_EVERY_STEP = ("lora_A", "lora_M")
+
+
+def own_tensors(layer) -> list[tuple[str, torch.nn.Parameter]]:
+    """A wrapper's own trainable tensors by name, read off the module (not from ``reducer_parameters()``)."""
+    return [(n, p) for n, p in layer.named_parameters() if p.requires_grad and not n.startswith("base.")]
+
+
+@pytest.mark.parametrize("method", [m for m in BUILT_IN_METHODS if defines_reducer_parameters(m)])
+def test_the_reducer_pauses_each_layers_b_heads_and_router_read_off_the_layer(method):
+    """From a mutation review: the test above takes its heads from ``reducer_parameters()``, the function under test,
+    so EffiLoRA's or HydraLoRA's router left out of it (trained in every layer, every step) landed among the tensors
+    expected to move, and passed. Here each wrapper's tensors are read off the module by name (heads=4: a router)."""
+    from harness.adapter import SHARED
+
+    adapter = attach(
+        tiny_llama(layers=6),
+        method,
+        targets=TINY_TARGETS,
+        dropout=0.0,
+        heads=4,
+        reducer=dict(k=2, selection="random", seed=3),
+    )
+    perturb(adapter)  # nonzero B everywhere, so every unfrozen tensor gets a gradient
+    shared = list(getattr(adapter.model, SHARED).parameters()) if hasattr(adapter.model, SHARED) else []
+    for name, layer in adapter.layers.items():
+        tensors = own_tensors(layer)
+        assert {n for n, _ in tensors} <= {*PAUSED, *TRAINED_EVERY_STEP}, (name, [n for n, _ in tensors])
+        assert not any(p is a for _, p in tensors for a in shared)  # the shared A is the model's, not the layer's
+        by_id = {id(p): n for n, p in tensors}
+        returned = sorted(by_id.get(id(p), "a tensor not the layer's own") for p in layer.reducer_parameters())
+        assert returned == sorted(n for n, _ in tensors if n in PAUSED), (method, name)
+    own = [[t for layer in group for t in own_tensors(layer)] for group in adapter.layer_groups.values()]
+    routers = any(n == "lora_router" for tensors in own for n, _ in tensors)
+    assert routers == (method in ("effilora", "hydralora"))  # the routers this test is about are there
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2, weight_decay=0.1))
+    before = [[p.detach().clone() for _, p in tensors] for tensors in own]
+    train_step(adapter, opt, 0)
+    selected = adapter.reducer.selected
+    assert len(selected) == 2
+    for i, tensors in enumerate(own):
+        for (n, p), b in zip(tensors, before[i], strict=True):
+            moved, paused = not torch.equal(b, p), n in PAUSED and i not in selected
+            assert moved != paused, f"{method}: layer {i}'s {n} {'moved' if moved else 'stayed'}, selected {selected}"
+
+
 def test_random_selection_is_uniform():
     adapter = attach(tiny_llama(layers=8), "effilora", targets="q_proj", reducer=dict(k=3, selection="random"))
     draws = 4000
