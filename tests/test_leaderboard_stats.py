@@ -10,7 +10,17 @@ import pytest
 
 from harness.leaderboard import write_leaderboards
 from harness.leaderboard_render import markdown_table
-from harness.stats import CHANCE, MAJORITY, baseline_scores, correctness, estimate, is_constant, paired
+from harness.stats import (
+    CHANCE,
+    MAJORITY,
+    RESAMPLES,
+    SEED,
+    baseline_scores,
+    correctness,
+    estimate,
+    is_constant,
+    paired,
+)
 from tests.test_records_leaderboard import fixture_record, read_csv, scored, write_fixture
 
 
@@ -32,6 +42,29 @@ def test_the_interval_contains_the_estimate_and_shrinks_with_n():
 def test_an_average_resamples_each_benchmark():
     e = estimate([right_share(100, 0.5), np.full(40, 100.0)])
     assert e.value == pytest.approx(75.0) and e.lo < 75.0 < e.hi and e.hi - e.lo < 20  # the second never varies
+
+
+def test_one_columns_interval_is_the_2_5th_and_97_5th_percentiles_of_its_bootstrap_means():
+    """From a mutation review: the lower percentile moved from 2.5 to 5 was caught only by the committed
+    leaderboard's golden test. The bootstrap is redrawn here from the seed as ``resampled_means`` draws it (a
+    multinomial over the distinct scores: 20 zeros, 30 hundreds); 30 of 50 right reads [46, 74] (5th: [48, 74])."""
+    column = right_share(50)
+    draws = np.random.default_rng(SEED).multinomial(50, [20 / 50, 30 / 50], size=RESAMPLES)
+    means = draws @ np.array([0.0, 100.0]) / 50
+    e = estimate([column])
+    assert (e.lo, e.hi) == tuple(np.percentile(means, [2.5, 97.5]))
+    assert (e.value, e.lo, e.hi) == pytest.approx((60.0, 46.0, 74.0))
+
+
+def test_an_avg_over_four_identical_columns_is_about_half_as_wide_as_one():
+    """Each benchmark is resampled independently (its own draws from one stream): the Avg of four columns with the
+    same scores has about 1/sqrt(4) of one column's width (0.48 now). From a mutation review: each column drawn from
+    a fresh rng of the same seed resampled the four identically, so the Avg was as wide as one column, and only the
+    committed leaderboard's golden test failed."""
+    column = right_share(50)
+    one, avg = estimate([column]), estimate([column] * 4)
+    assert avg.value == pytest.approx(60.0)
+    assert 0.35 < (avg.hi - avg.lo) / (one.hi - one.lo) < 0.7
 
 
 @pytest.mark.parametrize("scores", [right_share(60), np.full(10, 100.0), np.zeros(7), np.full(5, 50.0)])
