@@ -604,7 +604,10 @@ def test_a_component_that_is_a_symlink_is_digested_as_a_component(tmp_path, targ
     (folder / "tokenizer").symlink_to(target)
     first = model_digest(str(folder), weights=False)
     assert first["files"] == 2  # model_index.json and the tokenizer's vocab.json, under one of its two names
+    was = (folder / target / "vocab.json").stat()
     (folder / target / "vocab.json").write_text('{"b": 0}')
+    # a second on: rewritten within a timer tick, a same-size file can keep its mtime and ctime (before Linux 6.13)
+    os.utime(folder / target / "vocab.json", ns=(was.st_atime_ns, was.st_mtime_ns + 10**9))
     assert model_digest(str(folder), weights=False)["weights_sha256"] != first["weights_sha256"]
 
 
