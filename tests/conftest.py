@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
+# datasets sends a HEAD request to count a load (3 s timeout, errors ignored) where lm-eval and lmms-eval load the
+# harness's local files: read once, at its import, so set before any test imports it (from a flakiness review)
+os.environ["HF_UPDATE_DOWNLOAD_COUNTS"] = "0"
 from dataclasses import dataclass
 
 import pytest
@@ -67,6 +72,16 @@ def perturb(adapter, seed: int = 1, scale: float = 0.1) -> None:
     with torch.no_grad():
         for p in adapter.adapter_parameters():
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
+
+
+@pytest.fixture(autouse=True)
+def _hub_online(monkeypatch):
+    """Every test starts with the hub's offline switches unset, whatever the shell exports (Hugging Face's offline
+    advice exports both): a test of offline behaviour sets them itself (from a flakiness review)."""
+    from harness.hub import OFFLINE_VARIABLES
+
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(params=ALL_METHODS)
