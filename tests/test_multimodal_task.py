@@ -577,6 +577,26 @@ def test_the_lmms_eval_protocol_without_what_its_scoring_imports_is_refused_befo
         build_specs("multimodal", ["lora"], [0], "smoke", protocol="lmms-eval")
 
 
+def test_the_lmms_eval_protocol_imported_first_registers_its_model_in_lmms_eval(monkeypatch):
+    """From a re-review: importing lmms-eval's evaluator at the module's top loads lmms-eval's model entry points, this
+    module's ``manifests`` among them, while the module was half loaded: lmms-eval warned of a circular import and
+    knew no ``--model harness``."""
+    pytest.importorskip(
+        "lmms_eval", reason='optional: pip install --no-deps lmms-eval==0.7.3 loguru tenacity "filelock<4"'
+    )
+    import importlib
+    import sys
+
+    for name in [m for m in sys.modules if m == "lmms_eval" or m.startswith("lmms_eval.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.delitem(sys.modules, "tasks.multimodal.lmms_eval_protocol", raising=False)
+    protocol = importlib.import_module("tasks.multimodal.lmms_eval_protocol")
+    from lmms_eval.models import MODEL_REGISTRY_V2
+
+    assert "harness" in MODEL_REGISTRY_V2.list_model_names()
+    assert MODEL_REGISTRY_V2.get_model_class("harness") is protocol.HarnessLMM
+
+
 def test_the_lmms_eval_protocol_under_several_processes_is_refused_before_anything_trains(
     tmp_path, monkeypatch, capsys
 ):

@@ -25,6 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tasks.multimodal import native
+from tasks.multimodal.data import IMAGE_TOKEN, Record
+from tasks.multimodal.recipe import Formatter
+
+
+def manifests() -> Any:
+    """lmms-eval's ``lmms_eval.models`` entry point: ``--model harness``. Defined before the imports below: the
+    evaluator's import loads the entry points, this one among them, while this module is half loaded."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    return ModelManifest(model_id="harness", simple_class_path=f"{__name__}.HarnessLMM")
+
+
 try:  # the evaluator too: it imports what scoring needs (datasets, evaluate, sacrebleu), found missing before training
     from lmms_eval import evaluator
     from lmms_eval.api.instance import GenerationResult
@@ -37,19 +50,8 @@ except ImportError as exc:  # an optional extra: say how to get it without break
         f"(--no-deps keeps the CPU torch; see the README) [{exc}]"
     ) from None
 
-from tasks.multimodal import native
-from tasks.multimodal.data import IMAGE_TOKEN, Record
-from tasks.multimodal.recipe import Formatter
-
 TASKS_DIR = Path(__file__).parent / "lmms_tasks"
 KIND_TASK = {"choice": "harness_mm_choice", "yesno": "harness_mm_yesno", "open": "harness_mm_open"}
-
-
-def manifests() -> Any:
-    """lmms-eval's ``lmms_eval.models`` entry point: ``--model harness``."""
-    from lmms_eval.models.registry_v2 import ModelManifest
-
-    return ModelManifest(model_id="harness", simple_class_path=f"{__name__}.HarnessLMM")
 
 
 class HarnessLMM(lmms):
