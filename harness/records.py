@@ -27,12 +27,12 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def git_state(root: Path | None = None) -> dict[str, Any]:
+def git_state(root: Path | None = None, paths: tuple[str, ...] = (".",)) -> dict[str, Any]:
     """Commit and dirty flag of the harness checkout (None when not installed from git). ``root``: the folder
     above the package. An installed copy (a site-packages or dist-packages folder, say in a venv inside the user's
     own repository) has none: the repository around it is not the harness's code. A checkout inside a larger
     repository (the harness vendored in a monorepo) has that repository's commit, which pins it; its dirty flag is
-    of the files under ``root``."""
+    of the files under ``root`` (``paths``: of those paths under it)."""
     root = (root or Path(__file__).resolve().parent.parent).resolve()
     if {"site-packages", "dist-packages"} & set(root.parts):
         return {"git_commit": None, "git_dirty": None}
@@ -42,7 +42,7 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
                 cwd=root,
                 capture_output=True,
                 text=True,
@@ -55,12 +55,17 @@ def git_state(root: Path | None = None) -> dict[str, Any]:
         return {"git_commit": None, "git_dirty": None}
 
 
+# what a checkout's dirty flag covers where its code is meant: not results/, which leaderboard, rescore and bench rewrite
+CODE_PATHS = ("harness", "tasks", "methods", "pyproject.toml")
+
+
 def harness_code() -> dict[str, Any]:
-    """The harness's own code, as a record's ``run`` names it: its ``git_state`` and version. A checkpoint keeps it
-    (``harness.train``), so that a run resumed by other harness code says what its earlier steps ran."""
+    """The harness's own code: its commit, dirty flag (over ``CODE_PATHS`` only: a leaderboard rebuilt into the
+    checkout's results/ is no other code) and version. A checkpoint keeps it (``harness.train``), so that a run resumed
+    by other harness code says what its earlier steps ran."""
     from harness import __version__
 
-    return {**git_state(), "harness_version": __version__}
+    return {**git_state(paths=CODE_PATHS), "harness_version": __version__}
 
 
 # the method version a record or checkpoint written before method versions were kept (2026-12-05) was made by

@@ -101,13 +101,20 @@ def check_adapter(checkpoint: Path, then: dict[str, Any] | None, now: dict[str, 
             "use --force to start over with this one"
         )
     was, options = then.get("config") or {}, now["config"]
-    changed = sorted(k for k in was.keys() & options.keys() if was[k] != options[k])
+    changed = sorted(k for k in was.keys() & options.keys() if _compared(was[k]) != _compared(options[k]))
     if changed:
         raise ValueError(
             f"{checkpoint} was written with other {now['method']} options "
             f"({', '.join(f'{k} {was[k]} -> {options[k]}' for k in changed)} since); delete it or use --force to start "
             "over with these"
         )
+
+
+def _compared(value: Any) -> Any:
+    """An option as ``check_adapter`` compares it: a list of names (``targets``) in any order is one set of layers."""
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return sorted(value)
+    return value
 
 
 def describe_code(code: dict[str, Any]) -> str:

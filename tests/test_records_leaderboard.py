@@ -2125,3 +2125,29 @@ def test_a_plot_of_many_sections_keeps_its_title_and_labels_in_the_figure_and_of
     assert said.startswith("commonsense: Avg score") and all(s.key in said for s in newest_sections(secs))
     assert many["height_in"] > 7 and many["frame"].height >= 0.95 * one["frame"].height  # the figure grew instead
     assert one["height_in"] == 4.2 and one["title_text"].count("\n") == 0  # one section: the plot as it was
+
+
+def test_the_code_a_checkpoint_keeps_is_dirty_by_its_code_only_not_by_results(tmp_path):
+    """From a re-review: the dirty flag of a resumed run's code covered the whole checkout, so a leaderboard rebuilt
+    into results/ between two sessions made a resume warn of "other harness code" and record it."""
+    import subprocess
+
+    from harness.records import CODE_PATHS, git_state
+
+    def git(*args: str) -> None:
+        subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True, capture_output=True
+        )
+
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / "harness" / "train.py").write_text("a = 1\n")
+    (tmp_path / "results" / "commonsense.csv").write_text("x\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    (tmp_path / "results" / "commonsense.csv").write_text("y\n")
+    assert git_state(tmp_path)["git_dirty"] is True  # the record's: the whole checkout
+    assert git_state(tmp_path, CODE_PATHS)["git_dirty"] is False
+    (tmp_path / "harness" / "train.py").write_text("a = 2\n")
+    assert git_state(tmp_path, CODE_PATHS)["git_dirty"] is True

@@ -343,13 +343,15 @@ def test_a_checkpoint_of_another_adapter_or_its_options_is_refused(char_tokenize
     kept is resumed as it is."""
     config = dataclasses.replace(CONFIG, steps=3)
 
-    def run(folder: str, method: str = "lora", **options):
-        adapter = attach(tiny_llama(), method, targets="q_proj", r=4, **options)
+    def run(folder: str, method: str = "lora", targets: str = "q_proj", **options):
+        adapter = attach(tiny_llama(), method, targets=targets, r=4, **options)
         recipe = text_recipe(char_tokenizer, config)
         return train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, tmp_path / folder, progress=False)
 
     run("a", alpha=8)
     assert run("a", alpha=8).resumed_from == 3  # the same adapter: resumed
+    run("b", targets="q_proj,v_proj", alpha=8)  # from a re-review: the same layers named in another order were refused
+    assert run("b", targets="v_proj,q_proj", alpha=8).resumed_from == 3
     with pytest.raises(ValueError, match=r"other lora options \(alpha 8 -> 64 since\); delete it or use --force"):
         run("a", alpha=64)
     with pytest.raises(ValueError, match=r"another method \(lora -> lora_fa since\); delete it or use --force"):
@@ -784,7 +786,7 @@ def test_a_run_resumed_by_other_harness_code_says_what_its_earlier_steps_ran(
         return train(adapter.model, recipe, adapter, EXAMPLES, VAL, CONFIG, folder, progress=False)
 
     with monkeypatch.context() as m:  # the first session, at another commit
-        m.setattr(records, "git_state", lambda root=None: older)
+        m.setattr(records, "git_state", lambda root=None, paths=(".",): older)
         _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "moved")
     saved = torch.load(tmp_path / "moved" / CHECKPOINT, weights_only=True)
     assert saved["state"]["harness_code"] == [records.harness_code() | older]
@@ -803,7 +805,7 @@ def test_a_run_resumed_by_other_harness_code_says_what_its_earlier_steps_ran(
     assert records.git_state() == real
 
     with monkeypatch.context() as m:
-        m.setattr(records, "git_state", lambda root=None: older)
+        m.setattr(records, "git_state", lambda root=None, paths=(".",): older)
         _crash_at_step_3(fresh(), char_tokenizer, tmp_path / "old")
     saved = torch.load(tmp_path / "old" / CHECKPOINT, weights_only=True)
     del saved["state"]["harness_code"]  # a checkpoint from before it was kept: taken as this process's
@@ -823,7 +825,7 @@ def test_a_record_of_a_run_resumed_by_other_harness_code_names_what_its_earlier_
     older = {"git_commit": "0" * 40, "git_dirty": False}
     [spec] = runner.build_specs("commonsense", ["lora"], [0], "smoke", model=str(tiny_model), random_weights=True)
     with monkeypatch.context() as m:  # the first session, at another commit: stopped (as by SIGTERM) after a step
-        m.setattr(records, "git_state", lambda root=None: older)
+        m.setattr(records, "git_state", lambda root=None, paths=(".",): older)
         m.setattr(StopOnSigterm, "requested", lambda self: True)
         with pytest.raises(Cancelled, match="stopped at step 1 of"):
             runner.run_all([spec], tmp_path / "runs", str(data_dir), progress=False)
