@@ -20,8 +20,9 @@ HUB_WEIGHT_FILES = (
     *(f"unet/diffusion_pytorch_model{ext}{index}" for ext in (".safetensors", ".bin") for index in ("", ".index.json")),
 )
 HUB_ADVICE = (
-    "connect to the internet (with HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset), log in (hf auth login) where the repository is gated, "
-    "give a local folder holding the weights, or pass --random-weights to build its architecture from its config"
+    "connect to the internet (with HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset), log in (hf auth login) where the "
+    "repository is gated, give a local folder holding the weights, or pass --random-weights to build its architecture "
+    "from its config"
 )
 
 

@@ -101,7 +101,7 @@ def check_adapter(checkpoint: Path, then: dict[str, Any] | None, now: dict[str, 
             "use --force to start over with this one"
         )
     was, options = then.get("config") or {}, now["config"]
-    changed = sorted(k for k in was.keys() & options.keys() if _compared(was[k]) != _compared(options[k]))
+    changed = sorted(k for k in was.keys() & options.keys() if _compared(k, was[k]) != _compared(k, options[k]))
     if changed:
         raise ValueError(
             f"{checkpoint} was written with other {now['method']} options "
@@ -110,10 +110,11 @@ def check_adapter(checkpoint: Path, then: dict[str, Any] | None, now: dict[str, 
         )
 
 
-def _compared(value: Any) -> Any:
-    """An option as ``check_adapter`` compares it: a list of names (``targets``) in any order is one set of layers."""
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return sorted(value)
+def _compared(key: str, value: Any) -> Any:
+    """An option as ``check_adapter`` compares it: ``targets`` named in any order are one set of layers (another
+    option's list keeps its order: a plugin's may mean something by it)."""
+    if key == "targets" and isinstance(value, list):
+        return sorted(map(str, value))
     return value
 
 
