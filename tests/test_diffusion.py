@@ -1191,6 +1191,56 @@ def test_an_hps_v2_that_fails_while_scoring_keeps_the_runs_other_scores_and_its_
     assert "harness rescore --task diffusion" in capsys.readouterr().err
 
 
+def test_an_open_clip_that_cannot_build_hps_v2_leaves_the_column_absent_and_the_runs_other_scores(
+    tiny, tmp_path, monkeypatch
+):
+    """From a review: ``create_model_and_transforms`` (and ``get_tokenizer``) ran outside any handling, so an
+    open_clip too old for ``output_dict`` or one out of memory while building ViT-H failed the whole run after
+    training, its similarity, KID and fidelity lost. The column is ``absent`` (as for a checkpoint that does not
+    fit), saying what to do."""
+    import types
+
+    from tasks.diffusion import hps
+
+    def open_clip(build: Exception | None = None, tokenizer: Exception | None = None):
+        """A stand-in open_clip whose model builder or tokenizer raises."""
+
+        def create_model_and_transforms(*args, **kwargs):
+            if build is not None:
+                raise build
+            return torch.nn.Linear(1, 1), None, None
+
+        def get_tokenizer(arch):
+            raise tokenizer
+
+        return types.SimpleNamespace(
+            __version__="2.0.2", create_model_and_transforms=create_model_and_transforms, get_tokenizer=get_tokenizer
+        )
+
+    old = open_clip(TypeError("create_model_and_transforms() got an unexpected keyword argument 'output_dict'"))
+    monkeypatch.setattr(hps, "open_clip_module", lambda: old)
+    ckpt = tmp_path / "HPS_v2_compressed.pt"
+    torch.save({"state_dict": {}}, ckpt)
+    record = _run(tiny, tmp_path / "runs", "lora", scoring=(("hps_checkpoint", str(ckpt)),))
+    assert record["run"]["status"] == "success", record["run"].get("traceback")
+    entry = record["eval"]["hps_v2"]
+    assert entry["status"] == "absent" and "value" not in entry
+    assert entry["reason"] == (
+        "open_clip 2.0.2 cannot build HPS v2's ViT-H-14 (TypeError: create_model_and_transforms() got an unexpected "
+        "keyword argument 'output_dict'); upgrade open-clip-torch (pip install -U open-clip-torch)"
+    )
+    assert record["eval"]["similarity"]["n"] == 4 and record["eval"]["kid"]["value"] is not None
+    assert "fidelity" in record["eval"]
+    for module, said in (  # out of memory while building: as torch.load's (free memory), not "upgrade"
+        (open_clip(RuntimeError("DefaultCPUAllocator: not enough memory")), "free memory, or score on a larger"),
+        (open_clip(MemoryError()), r"MemoryError: \); free memory"),
+        (open_clip(tokenizer=RuntimeError("Unknown model")), r"RuntimeError: Unknown model\); upgrade open-clip"),
+    ):
+        monkeypatch.setattr(hps, "open_clip_module", lambda module=module: module)
+        with pytest.raises(hps.Unavailable, match=r"^open_clip 2\.0\.2 cannot build HPS v2's ViT-H-14 \(.*" + said):
+            hps.HPSv2(ckpt)
+
+
 def test_the_judges_and_hps_v2s_entries_name_their_scale_and_pass_the_records_check(monkeypatch):
     """From a review: the judge's 1-10 scores (and HPS v2's 100 x a cosine) were read as percent, whose interval
     near 0 gets Clopper-Pearson's bound (a judge's mean 3.18 of 60 read up to 5.96). Each entry now says its

@@ -2,9 +2,12 @@
 for its prompt is 100 x the cosine of their embeddings, as EffiLoRA Table 5 reports it.
 
 The user supplies the checkpoint (``--hps-checkpoint``: ``HPS_v2_compressed.pt``, a dict with a
-``state_dict``), loaded with ``weights_only=True``: a file that holds more than weights is refused, and one that does not fit the model leaves the column absent. The model and its tokenizer come from open-clip-torch; the ``hpsv2`` wheel lacks the
-tokenizer's BPE vocabulary file, which open-clip-torch ships, so it is not needed. open_clip imports
-torchvision: where that import fails (a CPU machine without a working torchvision) HPS v2 is ``absent``.
+``state_dict``), loaded with ``weights_only=True``: a file that holds more than weights is refused, and one that
+does not fit the model leaves the column absent, as does an open_clip that cannot build the model (one too old for
+``output_dict``, or out of memory), saying what to do. The model and its tokenizer come from open-clip-torch; the
+``hpsv2`` wheel lacks the tokenizer's BPE vocabulary file, which open-clip-torch ships, so it is not needed.
+open_clip imports torchvision: where that import fails (a CPU machine without a working torchvision) HPS v2 is
+``absent``.
 """
 
 from __future__ import annotations
@@ -43,16 +46,35 @@ def open_clip_module():
     return open_clip
 
 
+def _out_of_memory(exc: BaseException, first: str) -> bool:
+    """Whether ``exc`` (its message's first line ``first``) says memory ran out: ``MemoryError``, or torch's
+    ``RuntimeError`` ("DefaultCPUAllocator: not enough memory", "CUDA out of memory")."""
+    return isinstance(exc, MemoryError) or "memory" in first.lower()
+
+
 class HPSv2:
     def __init__(self, checkpoint: Path, arch: str = ARCH, device: str = "cpu") -> None:
         open_clip = open_clip_module()
         if not checkpoint.is_file():
             raise Unavailable(f"HPS v2 checkpoint {checkpoint.name!r} is not a file")
-        # output_dict: the forward returns the normalised features by name, as HPS v2's own scoring code
-        # builds the model (without it open_clip returns a tuple)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=None, device=device, output_dict=True
-        )
+        try:  # an open_clip too old for output_dict, or no memory for ViT-H: the column is absent, the run goes on
+            # output_dict: the forward returns the normalised features by name, as HPS v2's own scoring code
+            # builds the model (without it open_clip returns a tuple)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=None, device=device, output_dict=True
+            )
+            tokenizer = open_clip.get_tokenizer(arch)
+        except Exception as exc:
+            first = (str(exc).splitlines() or [""])[0]
+            fix = (
+                "free memory, or score on a larger machine (harness rescore)"
+                if _out_of_memory(exc, first)
+                else "upgrade open-clip-torch (pip install -U open-clip-torch)"
+            )
+            version = getattr(open_clip, "__version__", "of unknown version")
+            raise Unavailable(
+                f"open_clip {version} cannot build HPS v2's {arch} ({type(exc).__name__}: {first}); {fix}"
+            ) from None
         try:  # tensors and plain containers only: a checkpoint file cannot run code here
             state = torch.load(checkpoint, map_location=device, weights_only=True)
         except pickle.UnpicklingError as exc:  # pickled objects beyond tensors, or not a torch file at all
@@ -62,10 +84,11 @@ class HPSv2:
             ) from None
         except (RuntimeError, OSError, EOFError, MemoryError) as exc:  # truncated, damaged, unreadable, too large
             first = (str(exc).splitlines() or [""])[0]
-            memory = (
-                isinstance(exc, MemoryError) or "memory" in first.lower()
-            )  # torch: "DefaultCPUAllocator: not enough memory"
-            fix = "free memory, or score on a larger machine (harness rescore)" if memory else "download it again"
+            fix = (
+                "free memory, or score on a larger machine (harness rescore)"
+                if _out_of_memory(exc, first)
+                else "download it again"
+            )
             raise Unavailable(
                 f"HPS v2 checkpoint {checkpoint.name!r} cannot be read ({type(exc).__name__}: {first}); {fix}"
             ) from None
@@ -76,8 +99,7 @@ class HPSv2:
                 f"HPS v2 checkpoint {checkpoint.name!r} does not fit open_clip's {arch} "
                 f"({type(exc).__name__}: {str(exc).splitlines()[0]}); pass HPS v2's own checkpoint"
             ) from None
-        self.model, self.preprocess = model.eval(), preprocess
-        self.tokenizer = open_clip.get_tokenizer(arch)
+        self.model, self.preprocess, self.tokenizer = model.eval(), preprocess, tokenizer
         self.device = device
         digest = checkpoint_sha256(checkpoint)
         self.provenance: dict[str, Any] = {"file": checkpoint.name, "sha256": digest, "arch": arch}
