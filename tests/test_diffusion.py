@@ -1386,6 +1386,20 @@ def test_a_prompt_with_two_dollar_signs_is_drawn_as_written_on_the_contact_sheet
     assert {prompt[:28], "lora $\\beta_$", r"CC-BY $\unknown$ 4.0"} <= set(drawn)
 
 
+def test_a_long_prompt_on_the_contact_sheet_is_wrapped_and_its_cut_marked():
+    """From a review: the sheet cut prompts at 28 characters unmarked, so "smiling face with open mouth and
+    tightly-closed eyes" read as another emoji's caption, "smiling face with open mouth"."""
+    from tasks.diffusion.sheet import prompt_label
+
+    assert prompt_label("grinning face") == "grinning face"  # a short one as it is
+    assert prompt_label("smiling face with open mouth and tightly-closed eyes") == (
+        "smiling face with open mouth\nand tightly-closed eyes"  # two lines: the whole caption
+    )
+    cut = prompt_label("smiling face with open mouth and tightly-closed eyes and a hat on top of it")
+    assert cut == "smiling face with open mouth\nand tightly-closed eyes and…"
+    assert all(len(line) <= 28 for line in cut.splitlines())
+
+
 def test_the_contact_sheet_spreads_its_rows_over_categories():
     from tasks.diffusion.sheet import spread
 

@@ -26,6 +26,19 @@ SHEET = "diffusion_samples_{preset}.png"  # a preset's sheet: "{task}_samples_*.
 CELL = 96  # pixels per image on the sheet (samples are upscaled with nearest-neighbour: no invented detail)
 DPI = 110  # the sheet's, also while it is laid out: text measured at another dpi is hinted to another width
 SHEET_PROMPTS = 8  # rows of the contact sheet
+PROMPT_WIDTH, PROMPT_LINES = 28, 2  # a row's prompt beside it: up to 2 lines of 28 characters
+
+
+def prompt_label(prompt: str) -> str:
+    """``prompt`` as its row's label: wrapped between words to lines of at most ``PROMPT_WIDTH`` characters, at
+    most ``PROMPT_LINES`` of them, a cut marked with "…" (cut at 28 characters, unmarked, "smiling face with open
+    mouth and tightly-closed eyes" read as another emoji's caption, "smiling face with open mouth")."""
+    import textwrap
+
+    lines = textwrap.wrap(prompt, PROMPT_WIDTH, break_on_hyphens=False) or [""]
+    if len(lines) <= PROMPT_LINES:
+        return "\n".join(lines)
+    return "\n".join([*lines[: PROMPT_LINES - 1], lines[PROMPT_LINES - 1][: PROMPT_WIDTH - 1].rstrip() + "…"])
 
 
 def spread(categories: Sequence[str], k: int = SHEET_PROMPTS) -> list[int]:
@@ -381,7 +394,7 @@ def _sheet(
                 # names and prompts drawn as written (parse_math=False): two "$" in a prompt ("a $5 and a $10
                 # bill") were parsed as mathtext, which failed the leaderboard or typeset the text between them
                 if j == 0:
-                    prompt = row["prompt"][:28]
+                    prompt = prompt_label(row["prompt"])
                     ax.set_ylabel(prompt, fontsize=6, rotation=0, ha="right", va="center", parse_math=False)
         # wider by the prompts beside the first column, so that each column keeps its 1.3 inches for its image and
         # title (on a two-column sheet the prompts took half the width, and a title as short as "held-out real" was
