@@ -2235,6 +2235,31 @@ def test_a_train_split_without_a_test_split_names_what_to_do(tmp_path):
         ddata.load(tmp_path / "e")
 
 
+def test_a_root_metadata_naming_train_and_test_folders_is_refused_not_split_every_5th_row(tmp_path):
+    """From a review: one metadata.jsonl at the root naming train/ and test/ images (none in those folders) was split
+    every 5th row, so the user's own test images were trained on."""
+    folder = tmp_path / "d"
+    rows = {"train": [], "test": []}
+    for split, stem, n in (("train", "t", 8), ("test", "s", 2)):
+        (folder / split).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (30 * i, 0, 0)).save(folder / split / f"{stem}{i}.png")
+            rows[split].append({"file_name": f"{stem}{i}.png", "text": f"{split} {i}"})
+    root = [{**r, "file_name": f"{split}/{r['file_name']}"} for split in rows for r in rows[split]]
+    (folder / ddata.METADATA).write_text("".join(json.dumps(r) + "\n" for r in root))
+    with pytest.raises(ValueError, match=r"metadata.jsonl names 2 images under test/ \(e.g. 'test/s0.png'\), but .* "
+                       r"give each split its own metadata.jsonl in train/ and test/"):  # fmt: skip
+        ddata.load(folder)
+    for split in rows:  # what the message says to do: each split read from its own folder
+        (folder / split / ddata.METADATA).write_text("".join(json.dumps(r) + "\n" for r in rows[split]))
+    d = ddata.load(folder)
+    assert [i.text for i in d.test] == ["test 0", "test 1"] and len(d.train) == 8
+    flat = tiny_data(tmp_path / "flat", 10)  # images in another folder (or a file named "test"): split as before
+    (flat / "images" / "000.png").rename(flat / "test")
+    (flat / ddata.METADATA).write_text((flat / ddata.METADATA).read_text().replace("images/000.png", "test"))
+    assert len(ddata.load(flat).test) == 2
+
+
 def test_16_bit_grey_is_scaled_and_32_bit_grey_refused(tmp_path):
     """From a review: Pillow's convert clips 16-bit grey at 255 (a gradient became near-white) and floats
     (a [0, 1] image became black)."""

@@ -105,7 +105,8 @@ class Data:
 
 def load(folder: Path) -> Data:
     """``folder/train`` + ``folder/test`` when present; the shipped Twemoji (``is_shipped_twemoji``): base = other
-    categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test."""
+    categories, fine-tune = ``FINETUNE_CATEGORIES``; otherwise every ``TEST_EVERY``-th row is test. A
+    ``metadata.jsonl`` of the folder's own that names images under ``test/`` is refused (they would be trained on)."""
     if (folder / "train" / METADATA).is_file() and (folder / "test" / METADATA).is_file():
         data = Data(folder, read_folder(folder / "train"), read_folder(folder / "test"), [], "train/ and test/ folders")
         _warn_overlap(data)
@@ -118,6 +119,14 @@ def load(folder: Path) -> Data:
                     f"folder, or pass --data-dir {folder / have} to hold out every {TEST_EVERY}th of its rows"
                 )
     items = read_folder(folder)
+    under_test = [i.row["file_name"] for i in items if Path(i.row["file_name"]).parent.parts[:1] == ("test",)]
+    if under_test:  # the user's split, which every 5th row held out would ignore: their test images trained on
+        raise ValueError(
+            f"{folder / METADATA} names {len(under_test)} images under test/ (e.g. {under_test[0]!r}), but {folder} "
+            f"lacks train/{METADATA} or test/{METADATA}, so every {TEST_EVERY}th row would be held out and the rest "
+            f"of test/ trained on; give each split its own {METADATA} in train/ and test/ (file_name relative to "
+            "that folder)"
+        )
     cats = {i.category for i in items}
     # the folder, not its category names: Unicode's emoji groups name a user's Noto or OpenMoji rows alike, which
     # were split as Twemoji's (the other groups never trained nor held out) and credited to Twemoji
