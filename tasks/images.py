@@ -69,19 +69,32 @@ def to_rgb(image: Image.Image) -> Image.Image:
     says (a phone's photo), as ``datasets`` and transformers' ``load_image`` read it (``ImageOps.exif_transpose``):
     the same photo read sideways from a folder, upright from the hub (until 2026-12-07). What the multimodal vision
     towers read, and what ``pixel_digest`` hashes."""
-    upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))  # before eight_bit's copy drops it
+    upright = upright_transpose(image)  # before eight_bit's copy drops the EXIF
     image = eight_bit(image)
     if "A" in image.getbands() or image.info.get("transparency") is not None:
         rgba = image.convert("RGBA")
         rgb = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
     else:
         rgb = image.convert("RGB")
-    if upright is None:
-        return rgb
-    rgb = rgb.transpose(upright)  # its EXIF (kept from the file) dropped: read again, it would be turned twice (a
-    for key in ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif"):  # review: lmms-eval's visuals are
-        rgb.info.pop(key, None)  # to_rgb's copies, which the vision tower's preprocessing passes to_rgb again)
-    return rgb
+    return turned(rgb, upright)
+
+
+def upright_transpose(image: Image.Image) -> Image.Transpose | None:
+    """What turns ``image`` upright for its EXIF Orientation (``None``: it is), read before a copy drops the EXIF."""
+    return _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+
+
+def turned(image: Image.Image, transpose: Image.Transpose | None) -> Image.Image:
+    """``image`` turned by ``transpose`` (``upright_transpose`` of the file it came from), its EXIF (kept from the
+    file) dropped: read again, it would be turned twice (a review: lmms-eval's visuals are ``to_rgb``'s copies,
+    which the vision tower's preprocessing passes to ``to_rgb`` again; the diffusion suite's ``load_hub`` saves
+    copies that are read again)."""
+    if transpose is None:
+        return image
+    image = image.transpose(transpose)
+    for key in ("exif", "xmp", "XML:com.adobe.xmp", "Raw profile type exif"):
+        image.info.pop(key, None)
+    return image
 
 
 def sixteen_bit(mode: str, fmt: str | None) -> bool:

@@ -2318,6 +2318,33 @@ def test_a_16_bit_grey_pngs_transparent_pixels_are_white_as_in_the_multimodal_su
     assert bool((ddata.load_image(tmp_path / "clear16.png", 8) == 1.0).all())  # what training reads: white
 
 
+def test_an_images_exif_orientation_turns_it_upright_as_in_the_multimodal_suite_and_datasets(tmp_path):
+    """From a review: the diffusion suite ignored EXIF Orientation (a phone's photo), reading sideways what
+    ``datasets``' imagefolder and the multimodal suite (``tasks.images.to_rgb``) read upright: trained, scored,
+    saved as the real image and shown on the contact sheet sideways."""
+    from tasks.diffusion.sheet import _open_rgb
+    from tasks.images import to_rgb as multimodal_rgb
+
+    im = Image.new("RGB", (40, 20), (230, 20, 20))  # as stored: red left half, blue right half
+    im.paste((20, 20, 230), (20, 0, 40, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: turn 90 degrees clockwise to show (the left half on top)
+    path = tmp_path / "photo.jpg"
+    im.save(path, exif=exif.tobytes(), quality=95)
+    with Image.open(path) as opened:
+        assert opened.size == (40, 20) and opened.getexif()[0x0112] == 6
+        rgb = ddata.to_rgb(opened, str(path))
+        assert rgb.size == (20, 40) == ddata.to_rgba(opened).size
+        np.testing.assert_array_equal(np.asarray(rgb), np.asarray(multimodal_rgb(opened)))
+    assert _open_rgb(path).size == (20, 40)  # the contact sheet's reading
+    x = ddata.load_image(path, 8)  # what training and scoring read: the red half on top, the blue below
+    assert bool((x[0, :3] > 0.5).all() and (x[2, :3] < -0.5).all() and (x[2, -3:] > 0.5).all())
+    with Image.open(path) as opened:  # load_hub's copy is saved upright, and not turned again when read
+        ddata.save_imagefolder([{"image": opened, "text": "a photo"}], tmp_path / "hub")
+    saved = tmp_path / "hub" / "images" / "00000.png"
+    assert Image.open(saved).size == (20, 40) and torch.equal(ddata.load_image(saved, 8), x)
+
+
 def test_the_contact_sheet_scales_a_16_bit_real_image_as_the_scoring_does(tmp_path):
     """From a review: the sheet opened images with ``convert("RGB")``, which clips 16-bit grey (a ramp became
     near-white); it reads them as the scoring does (``ddata.to_rgb``)."""

@@ -257,11 +257,14 @@ def _check_mode(mode: str, what: str, fmt: str | None = None) -> None:
 def to_rgba(im: Image.Image, what: str = "an image") -> Image.Image:
     """``im`` as RGBA, 16-bit grey scaled to 8 bits first (0-65535 to 0-255, as the multimodal suite reads it:
     ``tasks.images.eight_bit``), its transparency entry kept as alpha (dropped, its pixels showed their grey, not
-    white); ``ValueError`` for 32-bit grey."""
-    from tasks.images import eight_bit
+    white), turned upright as its EXIF Orientation says (a phone's photo), as ``datasets``' imagefolder and the
+    multimodal suite's ``tasks.images.to_rgb`` read it (until 2026-12-07 read sideways: trained, scored and shown
+    on the contact sheet so); ``ValueError`` for 32-bit grey."""
+    from tasks.images import eight_bit, turned, upright_transpose
 
     _check_mode(im.mode, what, im.format)
-    return eight_bit(im).convert("RGBA")
+    upright = upright_transpose(im)  # before eight_bit's copy drops the EXIF
+    return turned(eight_bit(im).convert("RGBA"), upright)
 
 
 def to_rgb(im: Image.Image, what: str = "an image") -> Image.Image:
