@@ -1,6 +1,9 @@
 """Plot a Reducer run's layer importance: score trajectory and per-layer update counts.
 
 python scripts/plot_reducer.py results/runs/<run-id>/record.json [-o reducer.png]   (default: ./reducer.png)
+
+A successful run's record only (a failed or cancelled one is refused, naming its status); titled with its run id,
+seed, method, preset and model. The plot is a PNG: an -o of another suffix is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ def main() -> None:
         parser.error(f"{args.out.parent} is not a folder; pass -o in an existing one")
     if args.out.is_dir():
         parser.error(f"-o {args.out} is a folder; pass the PNG's path (e.g. {args.out / 'reducer.png'})")
+    if args.out.suffix.lower() != ".png":  # savefig writes PNG bytes whatever the name: x.pdf was a PNG
+        parser.error(
+            f"-o {args.out}: the plot is a PNG; pass -o with a .png name (e.g. {args.out.with_suffix('.png')})"
+        )
     try:  # before the figure is built: found by the write, it was a traceback naming a temp file
         check_writable(args.out.parent, "-o's folder", "-o")
     except ValueError:  # check_writable's advice asks for a folder: -o is a file's path
@@ -38,6 +45,10 @@ def main() -> None:
         record = read_record(path)
     except ValueError as exc:
         parser.error(f"{exc}; pass a run's record.json")
+    run = record["run"]
+    if run["status"] != "success":  # before the Reducer: a failed run's empty train said "this run has no Reducer"
+        why = textwrap.shorten(" ".join(str(run.get("error") or "").split()), 200)  # its error on the one line
+        parser.error(f"{path}: run {run.get('id')} {run['status']}{': ' * bool(why)}{why}; plot a successful run")
     reducer = (record.get("train") or {}).get("adapter", {}).get("reducer")
     if not reducer:
         method = record["run"].get("config", {}).get("method")
@@ -72,9 +83,12 @@ def main() -> None:
     bottom.set_ylabel("steps updated")
     bottom.set_xlabel("layer")
     c = config
-    fig.suptitle(  # the model on a line of its own: a long label cut the title off at both ends
-        f"{c['method']}, {c.get('preset', '?')} preset: K={reducer['k']} of {reducer['num_layers']} layers, "
-        f"{reducer['selection']}\n{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 130)}",
+    seed = f", seed {c['seed']}" if "seed" in c else ""
+    fig.suptitle(  # the run id (one seed's plot from another's) and the model on lines of their own: a long label
+        # cut the title off at both ends
+        f"{run.get('id', '?')}\n{c['method']}, {c.get('preset', '?')} preset{seed}: K={reducer['k']} of "
+        f"{reducer['num_layers']} layers, {reducer['selection']}\n"
+        f"{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 130)}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -14,7 +14,7 @@ from harness.records import new_record
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "plot_reducer.py"
 
 
-def _record(tmp_path: Path) -> Path:
+def _record(tmp_path: Path, folder: str = "run") -> Path:
     reducer = {
         "k": 2,
         "num_layers": 3,
@@ -23,7 +23,7 @@ def _record(tmp_path: Path) -> Path:
         "score_trajectory": [{"step": 2, "scores": [0.1, -0.2, 0.0]}, {"step": 4, "scores": [0.3, -0.4, 0.1]}],
     }
     config = {"method": "effilora", "model": "tiny", "preset": "smoke"}
-    run = tmp_path / "run"
+    run = tmp_path / folder
     run.mkdir()
     record = new_record("effilora-run", config, {"device": "Test CPU"}) | {"train": {"adapter": {"reducer": reducer}}}
     record["run"]["status"] = "success"
@@ -88,8 +88,9 @@ def test_a_run_of_many_scoring_rounds_names_eight_in_its_legend_and_keeps_its_ti
     fig, (top, _) = figures[0]
     labels = [t.get_text() for t in top.get_legend().get_texts()]
     assert labels[0] == "step 10" and labels[-1] == "step 990" and len(labels) == 8
-    title = fig._suptitle.get_text()
-    assert title.startswith("effilora, smoke preset: K=2 of 3 layers") and "\n" in title and len(title) < 200
+    lines = fig._suptitle.get_text().splitlines()
+    assert lines[0] == "effilora-run" and lines[1].startswith("effilora, smoke preset: K=2 of 3 layers")
+    assert len(lines) == 3 and all(len(line) < 140 for line in lines)
 
 
 def test_an_out_folder_that_cannot_be_written_is_refused_before_the_figure(tmp_path, monkeypatch, capsys):
@@ -120,3 +121,85 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_the_figure(tmp_p
     assert exit_.value.code == 2 and "Traceback" not in err and ".tmp" not in err
     line = err.strip().splitlines()[-1]
     assert line.endswith(f"error: -o {out}: {out.parent} is not a folder you can write; pass -o as a PNG's path in one")
+
+
+def _plot(argv: list[str], monkeypatch) -> int:
+    """The script run on ``argv``: its exit status (0 where it returned)."""
+    monkeypatch.setattr(sys, "argv", ["plot_reducer.py", *argv])
+    try:
+        runpy.run_path(str(SCRIPT), run_name="__main__")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
+    return 0
+
+
+def test_the_title_names_the_run_and_its_seed(tmp_path, monkeypatch):
+    """From a review: the title named no run id, task or seed, so two seeds' plots were byte-identical."""
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    for seed in (0, 1):
+        run = _record(tmp_path, f"s{seed}")
+        record = json.loads((run / "record.json").read_text())
+        record["run"]["id"] = f"commonsense-effilora-smoke-s{seed}-0123abcd"
+        record["run"]["config"] |= {"seed": seed, "task": "commonsense"}
+        (run / "record.json").write_text(json.dumps(record))
+        figures = []
+        monkeypatch.setattr(
+            plt, "subplots", lambda *a, real=plt.subplots, **k: figures.append(real(*a, **k)) or figures[-1]
+        )
+        assert _plot([str(run), "-o", str(tmp_path / f"s{seed}.png")], monkeypatch) == 0
+        title = figures[0][0]._suptitle.get_text()
+        assert title.startswith(f"commonsense-effilora-smoke-s{seed}-0123abcd\n") and f"seed {seed}: K=2" in title
+        pngs.append((tmp_path / f"s{seed}.png").read_bytes())
+    assert pngs[0] != pngs[1]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "said"),
+    [
+        (
+            "failed",
+            "RuntimeError: out of\nmemory",
+            "run effilora-run failed: RuntimeError: out of memory; plot a successful run",
+        ),
+        ("cancelled", None, "run effilora-run cancelled; plot a successful run"),
+    ],
+)
+def test_a_run_that_did_not_succeed_is_refused_naming_its_status(status, error, said, tmp_path, monkeypatch, capsys):
+    """From a review: a failed run was plotted with no mention of it, and a failed effilora run with an empty train
+    said "this run has no Reducer"."""
+    run = _record(tmp_path)
+    record = json.loads((run / "record.json").read_text())
+    record["run"] |= {"status": status, "error": error}
+    (run / "record.json").write_text(json.dumps(record))
+    out = tmp_path / "p.png"
+    assert _plot([str(run), "-o", str(out)], monkeypatch) == 2  # its Reducer summary kept: still refused
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line == f"plot_reducer.py: error: {run / 'record.json'}: {said}" and not out.exists()
+    record["train"] = {}  # as a run that failed in training leaves it
+    (run / "record.json").write_text(json.dumps(record))
+    assert _plot([str(run), "-o", str(out)], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert said in err and "no Reducer" not in err
+
+
+@pytest.mark.parametrize("name", ["reducer.pdf", "reducer.svg", "reducer"])
+def test_an_out_that_is_not_a_png_is_refused_before_the_figure(name, tmp_path, monkeypatch, capsys):
+    """From a review: ``-o x.pdf`` wrote PNG bytes under a .pdf name."""
+    import matplotlib.pyplot as plt
+
+    def no_figure(*args, **kwargs):
+        raise AssertionError("the figure was built before -o's suffix was checked")
+
+    monkeypatch.setattr(plt, "subplots", no_figure)
+    out = tmp_path / name
+    assert _plot([str(_record(tmp_path)), "-o", str(out)], monkeypatch) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.endswith(
+        f"error: -o {out}: the plot is a PNG; pass -o with a .png name (e.g. {tmp_path / 'reducer.png'})"
+    )
+    assert not out.exists()
+    monkeypatch.undo()  # a .png of capitals is a PNG's name
+    assert _plot([str(_record(tmp_path, "upper")), "-o", str(tmp_path / "R.PNG")], monkeypatch) == 0
+    assert (tmp_path / "R.PNG").read_bytes()[:4] == b"\x89PNG"
