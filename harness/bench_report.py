@@ -190,9 +190,8 @@ def markdown(report: dict) -> str:
             f"({adapter['heads']} heads for the multi-head methods), "
         )
     lines = [
-        f"{report['model']}, {settings}batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {env['device']} "
-        f"({env['torch_threads']} threads, torch {env['torch']}"
-        f"{'; malloc keeps freed memory' if env.get('malloc') else ''}); median of {cfg['rounds']} alternating rounds "
+        f"{report['model']}, {settings}batch {cfg['batch_size']} x {cfg['seq_len']} tokens, on {machine(env)}; "
+        f"median of {cfg['rounds']} alternating rounds "
         "[min-max]. total and GFLOPs: the step plus the Reducer's scoring rounds per step (rollouts / interval); "
         f"x floor, x peft: total time over theirs (paired: {paired_said} [min-max] over rounds of each round's time "
         f"over the floor's in the same round{paired_note}; step only: without the scoring rounds; CPU time: process "
@@ -259,6 +258,13 @@ def _plot(report: dict, path: Path) -> Path:
         fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return path
+
+
+def machine(env: dict) -> str:
+    """The machine of ``harness.accounting.environment()`` (with ``torch_threads``) as bench.md's header and the
+    timing scripts name it: ``AMD EPYC (2 threads, torch 2.13.0+cpu; malloc keeps freed memory)``."""
+    malloc = "; malloc keeps freed memory" if env.get("malloc") else ""
+    return f"{env['device']} ({env['torch_threads']} threads, torch {env['torch']}{malloc})"
 
 
 def plot_title(report: dict) -> str:

@@ -1,14 +1,17 @@
 """One of the fast path's switches on and off, timed in the same rounds: what it saves, paired.
 
 python scripts/ab_flag.py --flag STACK_RAW --methods hydralora --option dropout=0 --rounds 21
+python scripts/ab_flag.py --flag STACK_RAW --plugin my_method.py --methods my_method --option dropout=0
 
 The switches are ``harness.fastpath``'s module flags (``FUSE_BASE``, ``STACK_RAW``); both settings compute the
 same outputs and gradients (tests/test_fused_parity.py). For every method, built as ``harness bench`` builds
 it (the embedded model or ``--model``, batch, options; the fast path; the Reducer off unless the options set it),
 the training step is timed with the flag as it is and switched, alternating with the frozen-base floor in the same
 rounds; printed: the median step time, its ratio to the floor's in each round and the switched setting's ratio
-to the default's in each round (medians with 95% bootstrap intervals, rounds resampled). Prints to stdout;
-nothing is written.
+to the default's in each round (medians with 95% bootstrap intervals, rounds resampled), headed by the model,
+shape and machine (its CPU or GPU, threads, torch, malloc setting; the weights' dtype, and bf16 autocast on a GPU)
+as ``harness bench``'s table is. Prints to stdout; nothing is written. ``--plugin FILE.py`` (repeatable) times a
+plugin's method, as ``harness --plugin`` runs one.
 
 A switch acts only where its path runs: ``FUSE_BASE`` on a CPU without autocast, for plain ``nn.Linear`` bases
 (not GPT-2's ``Conv1D``); ``STACK_RAW`` without a dropout mask (``--option dropout=0``), for a method whose router
@@ -26,13 +29,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness import fastpath
+from harness import bench_report, fastpath
+from harness.accounting import environment
 from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders_or_exit
 from harness.bench_report import FLOOR
 from harness.cli import CliError, method_options, split_names
 from harness.config import REDUCER_SHORTCUTS
-from harness.registry import METHODS
+from harness.registry import METHODS, load_plugin
 from harness.stats import MEDIAN_INTERVAL_FROM, median_interval
 
 FLAGS = ("FUSE_BASE", "STACK_RAW")
@@ -64,6 +68,15 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
     return None
 
 
+def machine(model: nn.Module, device: torch.device) -> str:
+    """What the numbers were measured on, as ``harness bench``'s table heads them (``bench_report.markdown``): the
+    weights' dtype (bf16 autocast on a GPU, as the step runs), the device, torch's threads and version, and glibc's
+    malloc setting where one was made."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    autocast = " under bf16 autocast" if device.type == "cuda" else ""
+    return f"{dtype}{autocast}, on {bench_report.machine(environment())}"
+
+
 def reducer_variant(options: dict) -> tuple[str, ...]:
     """The ``--reducer`` variants the step is built with: the Reducer off (its per-step layer draw is not what a
     switch changes), but where the options set one (``--option k=1``) none: the method as the options make it, one
@@ -83,8 +96,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a file that registers extra methods (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:  # before the model loads
+        for path in args.plugin:  # before the names are checked: a plugin's method is timed as a built-in's
+            load_plugin(path)
         methods = tuple(split_names(args.methods, METHODS.names(), "method"))
         for name in methods:
             METHODS.get(name)
@@ -102,8 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             reducer=reducer_variant(options),
             protocols=(),
         )
-    except (CliError, ValueError) as exc:
-        parser.error(str(exc))
+    except (CliError, ValueError) as exc:  # the registry's advice names harness's --plugin: this script's own
+        parser.error(str(exc).replace("harness --plugin FILE ...", "--plugin FILE"))
     label, device, contenders = load_contenders_or_exit(config, parser)  # under harness bench's malloc setting
     default = getattr(fastpath, args.flag)
     switched = f"{args.flag}={not default}"
@@ -125,7 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     times = {
         name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, 1, device, desc=args.flag).items()
     }
-    print(f"{label}, batch {args.batch} x {args.seq}, options {options or 'defaults'}, {args.rounds} rounds")
+    print(
+        f"{label}, batch {args.batch} x {args.seq}, {machine(contenders[0].model, device)}; options "
+        f"{options or 'defaults'}, {args.rounds} rounds"
+    )
     # below MEDIAN_INTERVAL_FROM rounds the bootstrap's interval is their min-max: not called 95% (as bench.md)
     span = "95%" if args.rounds >= MEDIAN_INTERVAL_FROM else "min-max"
     print(f"{'contender':40s} {'step s':>8s}  x floor, paired ({span})")

@@ -2,11 +2,14 @@
 
 python scripts/profile_step.py --model meta-llama/Meta-Llama-3-8B --random-weights --batch 16 --seq 256 \
     --methods lora,hydralora --reference          # on a GPU: bf16 base, fp32 adapters, autocast
+python scripts/profile_step.py --plugin my_method.py --methods lora,my_method   # a plugin's method too
 
 For the floor and every contender (built as ``harness bench`` builds them): the wall time of a step, and on
 a GPU the time its kernels ran (the sum over kernels: how busy the GPU was, so whether the step is bound by
 the GPU's work or by launching it) and how many kernels it launched; then the operators and kernels that
-took most of it (``--top``). Prints to stdout; nothing is written.
+took most of it (``--top``). Headed by the model, shape and machine (its CPU or GPU, threads, torch, malloc setting;
+the weights' dtype, and bf16 autocast on a GPU) as ``harness bench``'s table is. Prints to stdout; nothing is
+written.
 """
 
 from __future__ import annotations
@@ -15,12 +18,24 @@ import argparse
 import time
 
 import torch
+from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from harness import bench_report
+from harness.accounting import environment
 from harness.bench import BenchConfig, load_contenders_or_exit
 from harness.cli import CliError, split_names
-from harness.registry import METHODS
+from harness.registry import METHODS, load_plugin
+
+
+def machine(model: nn.Module, device: torch.device) -> str:
+    """What the numbers were measured on, as ``harness bench``'s table heads them (``bench_report.markdown``): the
+    weights' dtype (bf16 autocast on a GPU, as the step runs), the device, torch's threads and version, and glibc's
+    malloc setting where one was made."""
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    autocast = " under bf16 autocast" if device.type == "cuda" else ""
+    return f"{dtype}{autocast}, on {bench_report.machine(environment())}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,8 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peft", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="steps profiled (after 3 untimed, 5 timed)")
     parser.add_argument("--top", type=int, default=15, help="rows of each table")
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="import a file that registers extra methods (repeatable)",
+    )
     args = parser.parse_args(argv)
     try:  # before the model loads (minutes at a paper shape): an unknown name, a bad shape
+        for path in args.plugin:  # before the names are checked: a plugin's method is profiled as a built-in's
+            load_plugin(path)
         methods = tuple(split_names(args.methods, METHODS.names(), "method"))
         for name in methods:
             METHODS.get(name)
@@ -54,13 +78,13 @@ def main(argv: list[str] | None = None) -> None:
             reducer=("off",),
             protocols=(),
         )
-    except (CliError, ValueError) as exc:
-        parser.error(str(exc))
+    except (CliError, ValueError) as exc:  # the registry's advice names harness's --plugin: this script's own
+        parser.error(str(exc).replace("harness --plugin FILE ...", "--plugin FILE"))
     label, device, contenders = load_contenders_or_exit(config, parser)  # under harness bench's malloc setting
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    print(f"{label}, batch {args.batch} x {args.seq}, on {torch.cuda.get_device_name(0) if cuda else 'CPU'}")
+    print(f"{label}, batch {args.batch} x {args.seq}, {machine(contenders[0].model, device)}")
     for c in contenders:
         for _ in range(3):
             c.step()

@@ -5,7 +5,8 @@ acc 54.1, ARC-Challenge acc_norm 27.7, PIQA acc_norm 66.9, HellaSwag acc_norm 43
 (``shared/spec/suites.md``). This scores the embedded model (the Q4_1 GGUF, dequantised to fp32)
 through our ``cloze`` on every example of those benchmarks' test files in ``--data-dir`` (each row's n says how
 many: the full test sets in ../shared/data) and writes the comparison, with 95% bootstrap intervals, to
-``results/published_check.json`` (a data folder holding none of the four is refused before the model loads):
+``results/published_check.json`` with the batch size and the harness's commit (a data folder holding none of the
+four is refused before the model loads):
 
     python scripts/published_check.py --data-dir ../shared/data/commonsense [--out results/published_check.json]
 """
@@ -56,8 +57,10 @@ def partial_problem(files: dict[str, str | None], out: str, default: str) -> str
 
 
 def main() -> None:
+    from harness import __version__
     from harness.accounting import environment
     from harness.atomic import check_writable, write_json
+    from harness.records import CODE_PATHS, git_state
     from harness.runner import build_specs, load_model
     from harness.stats import estimate
     from harness.task import TaskOptions
@@ -129,6 +132,11 @@ def main() -> None:
         "protocol": "cloze (every example of the data's test files, zero-shot)",  # a part is no full test set
         "published_source": "third-party lm-evaluation-harness run, bf16 (shared/spec/suites.md)",
         "data": data.resolve_data_dir(args.data_dir).name,
+        "batch_size": args.batch_size,
+        # the code that scored, as a record keeps it: version, commit and dirty flag, the flag of harness/, tasks/,
+        # methods/, pyproject.toml (records.CODE_PATHS) and this script's scripts/, not of results/, which this writes
+        "harness_version": __version__,
+        **git_state(paths=(*CODE_PATHS, "scripts")),
         "results": rows,
         "env": environment(),
     }
