@@ -54,12 +54,18 @@ COMPARED = (*KEPT, "micro_batches", "reducer_layers", "path")
 NOTHING_TO_COUNT = "no FLOPs counted in it"  # a zero-shot or failed run's record: left, and rightly so
 
 
+def say_now(line: str) -> None:
+    """``line`` printed and flushed: a record's line shows as it is counted (minutes for a results folder), also
+    through a pipe (``| tee``), where print's block buffering held every line to the end (a review)."""
+    print(line, flush=True)
+
+
 def recount_flops(
     runs_dir: Path,
     data_dirs: dict[str, str] | None = None,
     *,
     trust_remote_code: bool = False,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = say_now,
 ) -> list[dict[str, Any]]:
     """Every successful training record under ``runs_dir`` counted again and rewritten (atomically) where the
     count changed; ``data_dirs`` maps a task to its data (else the task's default). One line per record
@@ -90,7 +96,7 @@ def recount_flops(
     return out
 
 
-def summary(changes: list[dict[str, Any]], say: Callable[[str], None] = print) -> int:
+def summary(changes: list[dict[str, Any]], say: Callable[[str], None] = say_now) -> int:
     """Say how many records were rewritten, unchanged and left; the exit status: 1 where one was left that had
     FLOPs to count (a model that does not build here, a model folder that holds another model now than the run
     recorded, data that cannot be read or is not what the run trained on, a running process, a step the run could

@@ -150,6 +150,38 @@ def test_recount_flops_names_a_runs_only_run_folder_the_machine_cannot_enter(tmp
     assert "not a folder of runs" not in done.stderr
 
 
+def test_each_records_line_is_flushed_as_it_is_counted(tmp_path, monkeypatch):
+    """From a review: the lines went through print, block-buffered in a pipe (``| tee``): a results folder's
+    minutes of counting showed nothing until the end. Each line is flushed before the next record is read."""
+    events: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> int:
+            events.append(f"write {text!r}")
+            return len(text)
+
+        def flush(self) -> None:
+            events.append("flush")
+
+    for name in ("a", "b"):
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / RECORD).write_text("{}")
+    read = recount.read_record
+
+    def reading(path: Path) -> dict:
+        events.append(f"read {path.parent.name}")
+        return read(path)
+
+    monkeypatch.setattr(recount, "read_record", reading)
+    monkeypatch.setattr(sys, "stdout", Stream())
+    changes = recount_flops(tmp_path / "runs")
+    assert [c["id"] for c in changes] == ["a", "b"] and all("left" in c for c in changes)
+    second = events.index("read b")
+    assert "flush" in events[:second] and events[:second].index("flush") > events.index("read a"), events
+    summary(changes)
+    assert events[-1] == "flush", events
+
+
 def test_the_script_refuses_a_malformed_data_dir(tmp_path):
     (tmp_path / "runs").mkdir()
     done = subprocess.run(
