@@ -886,3 +886,26 @@ def test_a_local_folder_spelled_as_a_paper_id_gives_its_own_config_and_tokenizer
     (tmp_path / paper / "tokenizer.json").write_text("{}")
     assert load_config_dict(paper)["hidden_size"] == 32
     assert random_weights_tokenizer_folder(paper) == Path(paper)
+
+
+def test_a_bare_hex_blob_name_of_another_length_is_an_etag_not_a_git_id():
+    """From a mutation test: a 32-hex etag (an md5) read as a git id would be compared with git ids and refused
+    as other weights."""
+    from harness.identity import blob_form, same_form
+
+    md5 = "d41d8cd98f00b204e9800998ecf8427e"
+    assert blob_form(md5) == f"etag:{md5}"
+    assert not same_form(md5, "git:" + "a" * 40)
+
+
+def test_a_config_file_models_digest_covers_the_tokenizer_config_beside_it(tmp_path, monkeypatch):
+    """From a mutation test: a model given as its config file digested without the tokenizer config beside it
+    passed every test (another tokenizer, the same run id)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "tokenizer_config.json").write_text('{"a": 1}')
+    (folder / "generation_config.json").write_text("{}")  # not read for a config given as a file
+    digest = model_digest(str(folder / "config.json"), weights=False)
+    assert sorted(digest["manifest"]) == ["config.json", "tokenizer_config.json"]

@@ -2151,3 +2151,97 @@ def test_the_code_a_checkpoint_keeps_is_dirty_by_its_code_only_not_by_results(tm
     assert git_state(tmp_path, CODE_PATHS)["git_dirty"] is False
     (tmp_path / "harness" / "train.py").write_text("a = 2\n")
     assert git_state(tmp_path, CODE_PATHS)["git_dirty"] is True
+
+
+def test_a_successful_record_with_a_bool_for_a_number_is_refused(tmp_path):
+    """From a mutation test: a bool where a number belongs (``true`` hand-edited into ``train.steps``) was
+    accepted by the record check with its bool test removed."""
+    from harness.records import check_success
+
+    record = fixture_record("effilora", 0, 0.0)
+    record["train"]["steps"] = True
+    with pytest.raises(ValueError, match="'train.steps' is bool"):
+        check_success(tmp_path / "record.json", record)
+
+
+def test_a_value_half_a_point_from_its_per_example_mean_is_refused():
+    """From a mutation test: the value-vs-mean tolerance was pinned from below only (1e-2 passed)."""
+    from harness.records import check_eval
+
+    entry = {"metric": "acc", "value": 75.5, "n": 4, "answers": "0123", "preds": {"acc": "0120"}}
+    with pytest.raises(ValueError, match="is not the mean of its per-example answers right"):
+        check_eval({"ARC-Easy": entry})
+
+
+def test_a_score_just_over_100_is_outside_percent():
+    """From a mutation test: the scale's upper bound was tested at 104 only (an off-by-one passed)."""
+    from harness.records import check_eval
+
+    entry = {"metric": "judge", "value": 53.25, "n": 2, "scores": [100.5, 6.0], "examples": "e"}
+    with pytest.raises(ValueError, match="scores holds 100.5, outside its scale 0 to 100"):
+        check_eval({"judge": entry})
+
+
+@pytest.mark.parametrize("before", [None, 3])
+def test_a_timed_on_before_resume_of_null_or_a_number_is_refused_not_a_crash(tmp_path, before):
+    """From a mutation test: without its type check a hand-edited value crashed the reader with a TypeError."""
+    from harness.records import check_success
+
+    record = fixture_record("lora", 0)
+    record["train"]["timed_on_before_resume"] = before
+    with pytest.raises(ValueError, match="timed_on_before_resume"):
+        check_success(tmp_path / "record.json", record)
+
+
+def test_a_nan_inside_a_list_of_the_train_section_is_refused(tmp_path):
+    """From a mutation test: the not-finite check was tested on plain numbers only, not inside lists."""
+    from harness.records import check_success
+
+    record = fixture_record("lora", 0)
+    record["train"]["loss_curve"] = [[1, 2.0], [2, float("nan")]]
+    with pytest.raises(ValueError, match=r"train\.loss_curve\.1\.1 is not a finite number"):
+        check_success(tmp_path / "record.json", record)
+
+
+def test_harness_code_dirty_flag_covers_only_the_code_paths(monkeypatch):
+    """From a mutation test: ``harness_code`` asking ``git_state`` for the whole checkout passed (a rebuilt
+    leaderboard under results/ would read as other harness code)."""
+    from harness import records
+
+    seen = {}
+
+    def state(root=None, paths=(".",)):
+        seen["paths"] = paths
+        return {}
+
+    monkeypatch.setattr(records, "git_state", state)
+    records.harness_code()
+    assert seen["paths"] == records.CODE_PATHS
+
+
+def test_a_stray_file_in_the_runs_dir_is_no_run(tmp_path):
+    """From a mutation test: a file beside the run folders (ENOTDIR when its record is looked for) was untested."""
+    from harness.records import find_records
+
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "run-a").mkdir()
+    (tmp_path / "run-a" / RECORD).write_text("{}")
+    assert find_records(tmp_path) == [tmp_path / "run-a" / RECORD]
+
+
+def test_n_options_as_long_as_answers():
+    """From a mutation test: ``n_options`` of another length than ``answers`` was refused by no test."""
+    from harness.records import check_eval
+
+    entry = {"metric": "acc", "value": 75.0, "n": 4, "answers": "0123", "preds": {"acc": "0120"}, "n_options": "44"}
+    with pytest.raises(ValueError, match="'n_options' must be a string of one digit 1-9 an example"):
+        check_eval({"ARC-Easy": entry})
+
+
+def test_a_scale_of_one_point_is_refused():
+    """From a mutation test: a scale whose low equals its high (a division by zero for a percent) was accepted."""
+    from harness.records import check_eval
+
+    entry = {"metric": "p", "value": 5.0, "n": 2, "scores": [5.0, 5.0], "scale": [5, 5], "examples": "e"}
+    with pytest.raises(ValueError, match=r"'scale' \[5, 5\] must be \[low, high\]"):
+        check_eval({"p": entry})

@@ -1007,3 +1007,92 @@ def test_one_process_with_local_rank_set_trains_without_a_process_group(char_tok
     finally:
         AcceleratorState._reset_state(True)
     assert os.environ["LOCAL_RANK"] == "0"  # put back
+
+
+def test_a_warm_up_exactly_as_long_as_the_run_is_warned_about(capsys):
+    """From a mutation test: a warm-up of the run's whole length (the learning rate never reaching its peak) was
+    unpinned at the boundary: ``>=`` turned ``>`` passed every test."""
+    from harness.train_schedule import _warn_schedule
+
+    config = dataclasses.replace(CONFIG, steps=4, warmup_steps=4)
+    _warn_schedule(config, 4, 40, 8)
+    assert "the warm-up (4 steps) is not shorter than the run (4 steps)" in capsys.readouterr().err
+    _warn_schedule(dataclasses.replace(config, warmup_steps=3), 4, 40, 8)
+    assert "warm-up" not in capsys.readouterr().err
+
+
+def test_a_recipe_counting_in_bools_is_refused():
+    """From a mutation test: a task's ``units`` returning a bool (an int to Python) was refused by no test."""
+    from types import SimpleNamespace
+
+    from harness.train_schedule import check_counts
+
+    recipe = SimpleNamespace(units=lambda batch: True, stats=lambda batch: (1, 5))
+    with pytest.raises(TypeError, match="returned bool for units"):
+        check_counts(recipe, None)
+
+
+def test_zero_steps_is_refused_not_read_as_epochs():
+    """From a mutation test: ``steps=0`` accepted would train by epochs (``steps or epoch_steps(...)``)."""
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        TrainConfig(steps=0)
+
+
+def test_the_loss_curve_numbers_steps_from_one(char_tokenizer):
+    """From a mutation test: the loss curve's step numbers were pinned by a slow two-process test only."""
+    config = dataclasses.replace(CONFIG, steps=3, checkpoint_every=0)
+    adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+    recipe = text_recipe(char_tokenizer, config)
+    result = train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, None, progress=False)
+    assert [step for step, _ in result.loss_curve] == [1, 2, 3]
+
+
+def test_a_resumed_run_draws_the_python_random_stream_an_uninterrupted_one_does(char_tokenizer, tmp_path):
+    """From a mutation test: no test drew from Python's ``random`` across a resume (no built-in method does; a
+    plugin's method or task may), so a checkpoint without its state passed."""
+    import random
+
+    config = dataclasses.replace(CONFIG, steps=4, checkpoint_every=2)
+
+    def run(out, stop_at=None):
+        adapter = attach(tiny_llama(), "lora", targets="q_proj", r=2)
+        draws, real = [], adapter.on_step_begin
+
+        def hook(step, fn):  # a method or task drawing from Python's random each step
+            draws.append((step, random.random()))
+            real(step, fn)
+
+        adapter.on_step_begin = hook
+        polls = []
+        stop = (lambda: polls.append(1) or len(polls) == stop_at) if stop_at else None
+        try:
+            recipe = text_recipe(char_tokenizer, config)
+            train(adapter.model, recipe, adapter, EXAMPLES, VAL, config, out, progress=False, should_stop=stop)
+        except Cancelled:
+            pass
+        return draws
+
+    straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop_at=2)
+    resumed = run(tmp_path / "b")
+    assert resumed == straight[2:]
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EPERM", "ENFILE", "ESTALE"])
+def test_a_checkpoint_refused_by_a_permission_or_the_machine_is_kept_not_set_aside(tmp_path, monkeypatch, code):
+    """From a mutation test: only EIO and MemoryError were tested; a checkpoint the machine refused (permissions,
+    too many open files, a stale network handle) must be kept for a rerun, not set aside as damaged."""
+    import errno
+
+    from harness import train as train_module
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"a good checkpoint")
+
+    def fail(*args, **kwargs):
+        raise OSError(getattr(errno, code), "refused")
+
+    monkeypatch.setattr(torch, "load", fail)
+    with pytest.raises(train_module.CheckpointUnreadable):
+        train_module._read_checkpoint(path)
+    assert path.read_bytes() == b"a good checkpoint"
