@@ -3341,3 +3341,102 @@ def test_offline_the_paper_id_loads_from_a_copy_cached_under_its_old_id(tmp_path
     monkeypatch.chdir(tmp_path)  # no folder spelled as the id
     pipe = dmodel.load_folder("runwayml/stable-diffusion-v1-5", torch.device("cpu"), torch.float32)
     assert pipe.resolution == 16
+
+
+def test_similarity_pairs_each_generated_image_with_its_own_real_one():
+    """From a mutation test: no test paired a generated image with its real one by hand (a shifted pairing passed)."""
+    gen = torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 4.0]])
+    real = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.0, 5.0]])
+    assert scoring.similarity(gen, real) == pytest.approx([100.0, 100 / 2**0.5, 80.0])
+
+
+def test_features_are_the_encoders_tokens_averaged(monkeypatch):
+    """From a mutation test: max-pooling the encoder's tokens instead of averaging them passed every test."""
+    from tasks.multimodal.vision import preprocess
+
+    enc = lambda x: x.flatten(2).transpose(1, 2) * torch.arange(1, 4.0)  # [B, HW, 3], tokens differ  # noqa: E731
+    monkeypatch.setattr(scoring, "_encoder", lambda: enc)
+    imgs = [Image.new("RGB", (8, 8), c) for c in ((200, 10, 10), (10, 200, 30), (0, 0, 0))]
+    imgs[0].putpixel((0, 0), (0, 255, 0))
+    want = torch.cat([enc(preprocess([im], scoring.FEATURE_SIZE)).mean(dim=1) for im in imgs])
+    assert torch.allclose(scoring.features(imgs, batch_size=2), want, atol=1e-6)
+
+
+def test_predict_standardises_the_features_as_fit_did():
+    """From a mutation test: ``predict`` skipping the standardisation ``fit`` learnt passed every test."""
+    g = torch.Generator().manual_seed(0)
+    labels = ["a", "b"] * 20
+    signal = torch.tensor([0.01 if c == "a" else -0.01 for c in labels])[:, None]  # a small-scale feature separates
+    noise = 100 * torch.randn(40, 1, generator=g)  # a large-scale one does not
+    feats = torch.cat([signal + 0.001 * torch.randn(40, 1, generator=g), noise], 1)
+    clf = scoring.CategoryClassifier.fit(feats, labels)
+    assert clf.info["train_accuracy"] == 100.0
+    assert clf.predict(feats) == labels  # what fit scored, predict says
+
+
+def test_to_pil_keeps_every_level_of_an_image_read_in():
+    """From a mutation test: truncating instead of rounding (levels off by one) passed every test."""
+    levels = torch.arange(256, dtype=torch.float32) / 127.5 - 1.0  # as data.load_image reads uint8
+    img = scoring.to_pil(levels.view(1, 1, 256).expand(3, 1, 256))
+    assert np.asarray(img)[0, :, 0].tolist() == list(range(256))
+
+
+def test_kid_interval_is_the_95_percent_percentile_bootstrap_of_both_sets():
+    """From a mutation test: the KID interval's percentiles (5/95 passed) and the real set's resampling (left out passed)
+    were unpinned: a reference bootstrap in the same draw order gives the same bounds."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(12, 6)).astype(np.float32)
+    y = rng.normal(0.3, 1.0, size=(9, 6)).astype(np.float32)
+    got = scoring.kid(torch.from_numpy(x), torch.from_numpy(y), resamples=300, seed=5)
+    xd, yd = x.astype(np.float64), y.astype(np.float64)
+    k = lambda a, b: (a @ b.T / a.shape[1] + 1) ** 3  # noqa: E731
+
+    def mmd(a, b):
+        if len(set(a)) < 2 or len(set(b)) < 2:
+            return np.nan
+        kxx, kyy = k(xd[a], xd[a]), k(yd[b], yd[b])
+        off = lambda m, i: m[i[:, None] != i[None, :]].mean()  # noqa: E731
+        return off(kxx, a) + off(kyy, b) - 2 * k(xd[a], yd[b]).mean()
+
+    r = np.random.default_rng(5)
+    boot = [mmd(r.integers(0, 12, 12), r.integers(0, 9, 9)) for _ in range(300)]
+    lo, hi = np.percentile([v for v in boot if np.isfinite(v)], [2.5, 97.5])
+    assert (got["lo"], got["hi"]) == pytest.approx((1000 * lo, 1000 * hi), rel=1e-9)
+
+
+def test_judge_columns_average_each_images_scores_and_name_the_images_judged(monkeypatch):
+    """From a mutation test: every fake judge gave each image the same scores, so a criterion's value read off the
+    last image, an ``examples`` hash blind to which images were judged, and the first refusal kept as the last all
+    passed."""
+    from harness.records import check_eval
+    from tasks.diffusion import optional_scores
+
+    plan = {}
+
+    class Judge:
+        endpoint = "http://127.0.0.1:1"
+
+        def __init__(self, model):
+            pass
+
+        def __call__(self, png, prompt):
+            q = plan[prompt]
+            if q is None:
+                return djudge.Verdict(None, f"I will not rate {prompt}", False, 1)
+            return djudge.Verdict({c: q for c in djudge.CRITERIA}, "{}", False, 1)
+
+    monkeypatch.setattr(djudge, "Judge", Judge)
+    common = {"n": 3, "protocol": "native", "examples": "e", "sha256": "x"}
+
+    def judged(scores):
+        plan.clear()
+        plan.update(zip("abc", scores, strict=True))
+        return optional_scores({"judge_model": "j"}, [None] * 3, list("abc"), common, [b"1", b"2", b"3"], warn=False)
+
+    out = judged([2, 6, 10])
+    assert out["judge_quality"]["value"] == pytest.approx(6.0) and out["judge_avg"]["value"] == pytest.approx(6.0)
+    check_eval({k: v for k, v in out.items() if k.startswith("judge_")})
+    first, second = judged([None, 4, None]), judged([4, None, None])
+    assert first["judge_avg"]["last_unparsable"] == "I will not rate c"  # the last image refused
+    assert first["judge_avg"]["n"] == second["judge_avg"]["n"] == 1
+    assert first["judge_avg"]["examples"] != second["judge_avg"]["examples"]  # other images: not paired

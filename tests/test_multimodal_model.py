@@ -751,3 +751,31 @@ def test_a_fresh_stage1_leaves_no_gradient_for_stage2s_first_step(monkeypatch, t
         optimizer.step()
         stepped.append(model.projector[0].weight.detach().clone())
     torch.testing.assert_close(stepped[0], stepped[1], rtol=0, atol=0)
+
+
+def test_every_option_letter_is_a_candidate_and_an_oracle_scores_full_marks(monkeypatch):
+    """From a mutation test: candidates ``LETTERS[:n - 1]`` (the last option never picked) passed: the lmms-eval
+    parity test builds its prompts with the same function."""
+    from types import SimpleNamespace
+
+    from tasks.multimodal import native
+    from tasks.multimodal.data import Record
+
+    r = Record("c", "math", [], [], kind="choice", question="q", options=["a", "b", "c", "d"], answer=3)
+    assert [c for _, c in native.prompts_for(r)] == [list("ABCD")] * 4
+
+    def oracle(model, fmt, asks, cands):  # the letter printed beside the right option, "d"
+        rights = [next(line[0] for line in h.splitlines() if line[1:] == ". d") for h, _ in asks]
+        return [[0.0 if c == right else -1.0 for c in cs] for right, cs in zip(rights, cands, strict=True)]
+
+    monkeypatch.setattr(native, "candidate_logprobs", oracle)
+    [s] = native.score_records(None, SimpleNamespace(feature_cache=None), [r], 8, max_new=1)
+    assert s.score == 100.0
+
+
+def test_pick_takes_the_first_of_equal_candidates(monkeypatch):
+    """From a mutation test: a tie going to the last candidate (the docstring says the first) passed."""
+    from tasks.multimodal import native
+
+    monkeypatch.setattr(native, "candidate_logprobs", lambda m, f, a, c: [[-1.0, -0.5, -0.5], [-2.0, -2.0]])
+    assert native._pick(None, None, [], []) == [1, 0]
