@@ -85,10 +85,10 @@ def main() -> None:
     c = config
     seed = f", seed {c['seed']}" if "seed" in c else ""
     fig.suptitle(  # the run id (one seed's plot from another's) and the model on lines of their own: a long label
-        # cut the title off at both ends
+        # cut the title off at both ends (at 130 characters its model line still ran past both edges of 8 inches)
         f"{run.get('id', '?')}\n{c['method']}, {c.get('preset', '?')} preset{seed}: K={reducer['k']} of "
         f"{reducer['num_layers']} layers, {reducer['selection']}\n"
-        f"{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 130)}",
+        f"{textwrap.shorten(str(c.get('model_label', c.get('model', '?'))), 115)}",
         fontsize=9,
     )
     fig.tight_layout()

@@ -91,6 +91,9 @@ def test_a_run_of_many_scoring_rounds_names_eight_in_its_legend_and_keeps_its_ti
     lines = fig._suptitle.get_text().splitlines()
     assert lines[0] == "effilora-run" and lines[1].startswith("effilora, smoke preset: K=2 of 3 layers")
     assert len(lines) == 3 and all(len(line) < 140 for line in lines)
+    fig.canvas.draw()  # and within the figure (from a review: cut at 130 characters, it ran past both edges)
+    box = fig._suptitle.get_window_extent()
+    assert 0 <= box.x0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
 
 
 def test_an_out_folder_that_cannot_be_written_is_refused_before_the_figure(tmp_path, monkeypatch, capsys):
