@@ -15,6 +15,7 @@ from harness.atomic import atomic_path, write_json, write_text
 from harness.stats import MEDIAN_INTERVAL_FROM, median_interval
 
 if TYPE_CHECKING:
+    import torch
     from matplotlib.figure import Figure
 
 FLOOR = "floor"
@@ -265,6 +266,16 @@ def machine(env: dict) -> str:
     timing scripts name it: ``AMD EPYC (2 threads, torch 2.13.0+cpu; malloc keeps freed memory)``."""
     malloc = "; malloc keeps freed memory" if env.get("malloc") else ""
     return f"{env['device']} ({env['torch_threads']} threads, torch {env['torch']}{malloc})"
+
+
+def step_machine(model: torch.nn.Module, device: torch.device) -> str:
+    """What the timing scripts' numbers were measured on, as bench.md's header names it: the weights' dtype (bf16
+    autocast on a GPU, as the step runs) and ``machine``: ``float32, on AMD EPYC (2 threads, torch ...)``."""
+    from harness.accounting import environment
+
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    autocast = " under bf16 autocast" if device.type == "cuda" else ""
+    return f"{dtype}{autocast}, on {machine(environment())}"
 
 
 def plot_title(report: dict) -> str:

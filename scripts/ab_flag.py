@@ -29,11 +29,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from harness import bench_report, fastpath
-from harness.accounting import environment
+from harness import fastpath
 from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders_or_exit
-from harness.bench_report import FLOOR
+from harness.bench_report import FLOOR, step_machine
 from harness.cli import CliError, method_options, split_names
 from harness.config import REDUCER_SHORTCUTS
 from harness.registry import METHODS, load_plugin
@@ -66,15 +65,6 @@ def inert(flag: str, device: torch.device, model: nn.Module) -> str | None:
                 "base linears (a CPU, nn.Linear bases): neither here, so both settings run the same step"
             )
     return None
-
-
-def machine(model: nn.Module, device: torch.device) -> str:
-    """What the numbers were measured on, as ``harness bench``'s table heads them (``bench_report.markdown``): the
-    weights' dtype (bf16 autocast on a GPU, as the step runs), the device, torch's threads and version, and glibc's
-    malloc setting where one was made."""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    autocast = " under bf16 autocast" if device.type == "cuda" else ""
-    return f"{dtype}{autocast}, on {bench_report.machine(environment())}"
 
 
 def reducer_variant(options: dict) -> tuple[str, ...]:
@@ -148,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         name: [wall for wall, _ in t] for name, t in alternate(fns, args.rounds, 1, device, desc=args.flag).items()
     }
     print(
-        f"{label}, batch {args.batch} x {args.seq}, {machine(contenders[0].model, device)}; options "
+        f"{label}, batch {args.batch} x {args.seq}, {step_machine(contenders[0].model, device)}; options "
         f"{options or 'defaults'}, {args.rounds} rounds"
     )
     # below MEDIAN_INTERVAL_FROM rounds the bootstrap's interval is their min-max: not called 95% (as bench.md)

@@ -18,24 +18,13 @@ import argparse
 import time
 
 import torch
-from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from harness import bench_report
-from harness.accounting import environment
 from harness.bench import BenchConfig, load_contenders_or_exit
+from harness.bench_report import step_machine
 from harness.cli import CliError, split_names
 from harness.registry import METHODS, load_plugin
-
-
-def machine(model: nn.Module, device: torch.device) -> str:
-    """What the numbers were measured on, as ``harness bench``'s table heads them (``bench_report.markdown``): the
-    weights' dtype (bf16 autocast on a GPU, as the step runs), the device, torch's threads and version, and glibc's
-    malloc setting where one was made."""
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-    autocast = " under bf16 autocast" if device.type == "cuda" else ""
-    return f"{dtype}{autocast}, on {bench_report.machine(environment())}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    print(f"{label}, batch {args.batch} x {args.seq}, {machine(contenders[0].model, device)}")
+    print(f"{label}, batch {args.batch} x {args.seq}, {step_machine(contenders[0].model, device)}")
     for c in contenders:
         for _ in range(3):
             c.step()
