@@ -485,3 +485,28 @@ def test_a_training_output_that_does_not_end_with_its_answer_is_refused(tmp_path
     records[7]["output"] = f"The correct answer is {answer}\n"  # ends with it: trained on
     (tmp_path / where).write_text(json.dumps(records))
     CommonsenseTask(TaskOptions(data_dir=str(tmp_path), template="clean", val_size=2)).splits()
+
+
+def test_an_empty_test_file_is_refused(tmp_path):
+    """From a mutation test: ``[]`` (a benchmark of no questions) was covered by no parametrised case."""
+    (tmp_path / "test.json").write_text("[]")
+    with pytest.raises(ValueError, match="must be a non-empty JSON list"):
+        data.read_json_file(tmp_path / "test.json")
+
+
+def test_each_benchmarks_label_words_are_those_its_data_answers_with(data_dir):
+    """From a mutation test: the label table (``BENCHMARKS``) was barely read, since candidates come from each
+    question's Answer format line: ARC-Easy without answer5, WinoGrande's option0/option1 and SIQA's answer1..2
+    passed. Checked against the words and answers the data uses."""
+    from tasks.commonsense import _FORMAT
+    from tasks.commonsense.cloze import format_words
+
+    seen = 0
+    for name, labels in data.BENCHMARKS.items():
+        test = data.read_split(data_dir, name, "test")
+        if test is None:
+            continue
+        seen += 1
+        words = {w for r in test.records for w in format_words(_FORMAT.search(r["instruction"]).group(1))}
+        assert words == set(labels) and {r["answer"] for r in test.records} <= set(labels), name
+    assert seen >= 7  # the shared data's seven (HellaSwag's is not shipped)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tasks.commonsense import candidates_for
 from tasks.commonsense.prompts import extract_label, get_template
 
@@ -86,3 +88,21 @@ def test_candidates_come_from_the_answer_format_line():
         "answer2",
         "answer3",
     ]
+
+
+@pytest.mark.parametrize("name", ["clean", "llm-adapters"])
+def test_a_records_input_reaches_the_training_and_evaluation_prompts(name):
+    """From a mutation test: only the llm-adapters template was tested with an input; the clean one dropping its
+    Input section passed."""
+    template = get_template(name)
+    for prompt in (
+        template.train_prompt("Pick one.", "PASSAGE TEXT"),
+        template.eval_prompt("Pick one.", "PASSAGE TEXT"),
+    ):
+        assert "PASSAGE TEXT" in prompt and "### Input:" in prompt
+
+
+def test_a_whole_word_label_is_not_read_from_the_end_of_another_word():
+    """From a mutation test: the whole-word match without its look-behind read the "c" that ends "basic"."""
+    assert extract_label("it is basic, so b", ["a", "b", "c", "d"], whole_words=True) == "b"
+    assert extract_label("the answer is noyes no", ["yes", "no"], whole_words=True) == "no"

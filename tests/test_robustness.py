@@ -2427,3 +2427,18 @@ def test_recounting_flops_names_a_run_folder_the_machine_cannot_enter(tmp_path, 
     [change] = recount_flops(tmp_path / "runs", say=said.append)
     assert change["id"] == "s1" and change["left"].startswith("PermissionError: "), change
     assert said == [f"s1: left as it is ({change['left']})"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts open descriptors in /proc/self/fd")
+def test_a_refused_non_blocking_lock_leaves_no_open_descriptor(tmp_path):
+    """From a mutation test: a refused non-blocking acquire that kept its file open passed; a sweep polling held
+    runs would run out of descriptors."""
+    from harness.guard import RunLock
+
+    held = RunLock(tmp_path / "run")
+    assert held.acquire(blocking=False)
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        assert not RunLock(tmp_path / "run").acquire(blocking=False)
+    assert len(os.listdir("/proc/self/fd")) == before
+    held.release()

@@ -14,7 +14,7 @@ from harness import attach
 from harness.task import Example
 from harness.train import CHECKPOINT, Cancelled, TrainConfig, adamw, lr_lambda, train
 from tasks.lm import collate, encode, loss_sum, supervised_tail
-from tests.conftest import defines_reducer_parameters, perturb, text_recipe, tiny_llama
+from tests.conftest import CharTokenizer, defines_reducer_parameters, perturb, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A: ", f"it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A: ", "it is 8", "toy")] * 4
@@ -1096,3 +1096,76 @@ def test_a_checkpoint_refused_by_a_permission_or_the_machine_is_kept_not_set_asi
     with pytest.raises(train_module.CheckpointUnreadable):
         train_module._read_checkpoint(path)
     assert path.read_bytes() == b"a good checkpoint"
+
+
+class _TildeIsEos(CharTokenizer):
+    """'~' tokenises to the eos id, as a target ending in '</s>' does with a real tokenizer."""
+
+    def __call__(self, text, add_special_tokens=True):
+        ids = super().__call__(text)["input_ids"]
+        return {"input_ids": [self.eos_token_id if c == "~" else i for c, i in zip(text, ids, strict=True)]}
+
+
+def test_a_target_already_ending_in_eos_gets_no_second_eos():
+    """From a mutation test: no test gave a target that already ends in the EOS token (a second one passed)."""
+    enc = encode(_TildeIsEos(), Example("Q: ", "yes~", "toy"), 64, train_on_inputs=False)
+    assert enc.input_ids == [ord(c) - 30 for c in "Q: yes"] + [1]
+
+
+def test_an_example_exactly_cutoff_len_long_is_not_counted_as_cut():
+    """From a mutation test: an example of exactly ``cutoff_len`` tokens counted as cut (``>=``) passed; train()
+    would then warn that its answer was lost."""
+    from tasks.lm import CausalLMRecipe
+
+    example = Example("Q: ", "yes", "toy")
+    fits = CausalLMRecipe(CharTokenizer(), cutoff_len=6, train_on_inputs=False)
+    fits.encode(example)
+    assert fits.truncated == 0
+    cut = CausalLMRecipe(CharTokenizer(), cutoff_len=5, train_on_inputs=False)
+    cut.encode(example)
+    assert cut.truncated == 1
+
+
+def test_batches_are_left_padded_and_the_tail_is_the_longest_supervised_tail():
+    """From a mutation test: right padding (the same loss, logits over whole rows) passed every test."""
+    tok = CharTokenizer()
+    items = [
+        encode(tok, Example("Q: a long question? ", "ab", "t"), 64, False),
+        encode(tok, Example("Q ", "abcd", "t"), 64, False),
+    ]
+    batch = collate(items, tok.pad_token_id)
+    assert bool(batch["attention_mask"][:, -1].all())  # every row ends at the last column
+    assert supervised_tail(batch["labels"]) == (6, 3 + 5)  # logits for the last 6 positions: "abcd"+eos of row 2
+
+
+def test_the_loss_of_a_padded_batch_is_the_sum_of_its_rows_on_an_absolute_position_model():
+    """From a mutation test: on the tests' RoPE Llama a constant position shift changes nothing, so dropping
+    ``position_ids`` (or positions that ignore the padding) passed; on GPT-2 (absolute positions) a left-padded
+    row would be read from its first pad."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=128, n_positions=64, n_embd=32, n_layer=2, n_head=4)).eval()
+    tok = CharTokenizer()
+    items = [
+        encode(tok, Example("Q: a long question here? ", "ab", "t"), 64, False),
+        encode(tok, Example("Q ", "abcd", "t"), 64, False),
+    ]
+
+    def loss(rows):
+        batch = collate(rows, tok.pad_token_id)
+        return loss_sum(model, batch, supervised_tail(batch["labels"])[0])
+
+    with torch.no_grad():
+        torch.testing.assert_close(loss(items), loss(items[:1]) + loss(items[1:]), atol=1e-4, rtol=1e-4)
+
+
+def test_output_cache_reads_either_name():
+    """From a mutation test: transformers 5.25 still names ``past_key_values``, so the newer name's path was
+    never taken by a test."""
+    from types import SimpleNamespace
+
+    from tasks.lm import output_cache
+
+    assert output_cache(SimpleNamespace(cache="new")) == "new"
+    assert output_cache(SimpleNamespace(cache=None, past_key_values="old")) == "old"
