@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import subprocess
@@ -29,7 +30,7 @@ import pytest
 
 from harness import METHODS, TASKS, AdapterConfig
 from harness.cli import main
-from harness.config import ReducerConfig
+from harness.config import ReducerConfig, make_config
 from harness.records import new_record, write_record
 from tests.conftest import tiny_llama, trained_record_fields, undecodable_png
 
@@ -1429,3 +1430,18 @@ def test_a_data_file_a_task_cannot_read_is_said_as_a_read_not_a_write(sandbox, d
     argv = [*PLUGIN_ARG, "run", "--task", "csv_task", "--methods", "lora", "--data-dir", "{tmp}/csv"]
     argv += ["--runs-dir", "{runs}", "--out", "{out}", "--quiet"]
     _refused_in_one_line(sandbox, data_dir, capsys, argv, said + r".*finished runs are kept", setup)
+
+
+@pytest.mark.parametrize("alpha", [math.inf, -math.inf])
+def test_an_infinite_alpha_is_refused(alpha):
+    """From a mutation test (config.py:133, isfinite dropped): alpha=inf makes scaling inf and every output NaN."""
+    with pytest.raises(ValueError, match=r"alpha must be a finite number > 0"):
+        AdapterConfig(alpha=alpha)
+
+
+def test_rank_and_r_at_two_values_are_refused_by_make_config():
+    """From a mutation test (config.py:173, check dropped): the Python API's rank=8 beside r=4 took one silently."""
+    cls = METHODS.get("lora").config_cls
+    with pytest.raises(ValueError, match=r"rank=8 and r=4 both set the adapter's rank"):
+        make_config(cls, {"rank": 8, "r": 4}, "lora")
+    assert make_config(cls, {"rank": "8", "r": 8}, "lora").r == 8  # the same value twice is fine

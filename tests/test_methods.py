@@ -620,3 +620,20 @@ def test_a_peft_adapter_folder_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"was not written by Adapter\.save\(\).*load it with peft's PeftModel"):
         load_adapter(model, tmp_path)
     assert not any(isinstance(m, AdapterLinear) for m in model.modules())
+
+
+def test_a_target_name_matches_a_whole_module_name_not_the_end_of_a_longer_one():
+    """From a mutation test (adapter_model.py:436, suffix match without the dot): target v_proj also wrapped a kv_proj."""
+    from torch import nn
+
+    from harness.adapter_model import find_targets
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.v_proj, self.kv_proj = nn.Linear(8, 8), nn.Linear(8, 8)
+
+    model = nn.Sequential(Block(), Block())
+    assert find_targets(model, ("v_proj",)) == ["0.v_proj", "1.v_proj"]
+    with pytest.raises(ValueError, match=r"target 'proj' matches no linear layer"):
+        find_targets(model, ("proj",))

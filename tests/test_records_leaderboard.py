@@ -2245,3 +2245,42 @@ def test_a_scale_of_one_point_is_refused():
     entry = {"metric": "p", "value": 5.0, "n": 2, "scores": [5.0, 5.0], "scale": [5, 5], "examples": "e"}
     with pytest.raises(ValueError, match=r"'scale' \[5, 5\] must be \[low, high\]"):
         check_eval({"p": entry})
+
+
+def test_rows_that_scored_as_many_but_other_examples_than_lora_are_named(tmp_path, capsys):
+    """From a mutation test (leaderboard_checks.py:71, the examples compared by their number): two rows that scored 20 examples each,
+    but other ones, are not compared (``_compare`` pairs the same examples only); the warning must say so, not only
+    where the counts differ (the suite's case: 16 and 20)."""
+    from harness.leaderboard import write_leaderboards
+    from tests.test_records_leaderboard import fixture_record, read_csv, scored, write_fixture
+
+    runs = tmp_path / "runs"
+    write_fixture(runs, fixture_record("lora", 0, evals={"ARC-Easy": scored("0123" * 5, "0123" * 5)}))
+    write_fixture(runs, fixture_record("effilora", 0, evals={"ARC-Easy": scored("3210" * 5, "3210" * 5)}))
+    write_leaderboards(runs, tmp_path / "out")
+    [effi] = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "effilora"]
+    assert effi["ARC-Easy_vs_lora"] == ""  # not paired
+    err = capsys.readouterr().err
+    assert "effilora is not compared with lora on ARC-Easy: the two scored other examples (ARC-Easy: 20 and 20)" in err
+
+
+def test_runs_pooled_with_a_run_that_names_fewer_files_still_split_on_a_training_file_read_two_ways(tmp_path):
+    """From a mutation test (leaderboard_sections.py:341, a group's digests not grown by the runs it takes in): the oldest lora run
+    names its test file only (a record from before training files were recorded); seed 1 trained on training file c
+    joins it, and seed 2, trained on file d, must then not (the group now knows c). With the mutant all three seeds
+    were pooled into one row, though two of them read other training data."""
+    from harness.leaderboard import write_leaderboards
+    from tests.test_records_leaderboard import _on_data, fixture_record, read_csv, scored, write_fixture
+
+    answers = "0123" * 5
+    records = [
+        _on_data(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "a"),
+        _on_data(fixture_record("lora", 1, evals={"ARC-Easy": scored(answers, answers)}), "a", "c"),
+        _on_data(fixture_record("lora", 2, evals={"ARC-Easy": scored(answers, "0000" * 5)}), "a", "d"),
+    ]
+    for i, record in enumerate(records):
+        record["run"]["created_at"] = f"2026-01-0{i + 1}T00:00:00+00:00"
+        write_fixture(tmp_path / "runs", record)
+    write_leaderboards(tmp_path / "runs", tmp_path / "out")
+    lora = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
+    assert sorted((r["seeds"], r["ARC-Easy"]) for r in lora) == [("0 1", "100.0"), ("2", "25.0")]  # two sections

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness import recount
 from harness.records import RECORD, RERUN, read_record, write_record
 from harness.recount import recount_flops, summary
@@ -517,3 +519,47 @@ def test_a_task_whose_data_cannot_be_read_is_said_so_not_a_model_that_does_not_b
     [change] = recount_flops(tmp_path / "runs", {"commonsense": str(empty)}, say=lambda line: None)
     assert change["left"].startswith("RuntimeError: its task's data cannot be read here (ValueError: "), change
     assert change["left"].endswith("; give the data it ran on with --data-dir commonsense=PATH")
+
+
+def test_a_second_recount_keeps_the_runs_own_count_under_as_run(tmp_path, monkeypatch):
+    """From a mutation test (recount.py:187, as_run taken from the count it replaces): the module doc says the record keeps the
+    run's own total/adapter/... under ``recounted.as_run``; counted again a second time, the mutant put the first
+    recount's numbers there and the run's own were lost."""
+    from types import SimpleNamespace
+
+    import harness.recount as recount
+
+    as_run = {"total": 100, "adapter": 10, "lora_total": 100, "relative_to_lora": 1.0, "counted_by": "v1"}
+    shapes = [{"shape": [2, 8]}]
+    old = {"total": 200, "adapter": 20, "lora_total": 200, "relative_to_lora": 1.0, "counted_by": "v2",
+           "micro_batches": shapes, "recounted": {"at": "then", "model": "random weights", "as_run": as_run}}  # fmt: skip
+    new = {"total": 300, "adapter": 30, "lora_total": 300, "relative_to_lora": 1.0, "counted_by": "v3",
+           "micro_batches": shapes}  # fmt: skip
+    record = {"run": {"id": "r", "status": "success"}, "train": {"flops_per_step": old, "steps": 2}}
+    written = []
+    monkeypatch.setattr(recount, "read_record", lambda path: record)
+    monkeypatch.setattr(recount, "write_record", lambda folder, rec: written.append(rec))
+    spec = SimpleNamespace(method="lora", method_options={}, model="m", task="t", train=None, extra={})
+    monkeypatch.setattr(recount, "spec_from_record", lambda rec: spec)
+    monkeypatch.setattr(recount, "_other_weights", lambda spec, rec: None)
+    monkeypatch.setattr(recount, "flops_record", lambda *a: dict(new))
+    monkeypatch.setattr(recount, "_recount_hooks", lambda *a: None)
+    task = SimpleNamespace(recipe=lambda loaded, train: None)
+    models = SimpleNamespace(get=lambda spec: (task, object(), "random weights"), data_dirs={})
+    change = recount._recount_one(tmp_path / "r" / "record.json", models, {"commit": "c"})
+    assert change["rewritten"] and written
+    assert written[0]["train"]["flops_per_step"]["total"] == 300
+    assert written[0]["train"]["flops_per_step"]["recounted"]["as_run"] == as_run  # the run's own, not v2's
+
+
+def test_a_failed_runs_record_is_left_even_where_it_kept_a_count(tmp_path, monkeypatch):
+    """From a mutation test (recount.py:141, the status check dropped): a failed (or cancelled) run's record that counted its first
+    step was counted again and rewritten; the module counts successful training records only."""
+    import harness.recount as recount
+
+    old = {"total": 200, "adapter": 20, "counted_by": "v2", "micro_batches": [{"shape": [2, 8]}]}
+    record = {"run": {"id": "r", "status": "failed"}, "train": {"flops_per_step": old}}
+    monkeypatch.setattr(recount, "read_record", lambda path: record)
+    monkeypatch.setattr(recount, "spec_from_record", lambda rec: pytest.fail("a failed run was counted"))
+    change = recount._recount_one(tmp_path / "r" / "record.json", None, {})
+    assert change == {"id": "r", "left": f"{recount.NOTHING_TO_COUNT} (no training, or not finished)"}

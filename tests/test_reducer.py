@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness import METHODS, attach
-from harness.config import ReducerConfig
+from harness.config import ReducerConfig, make_config
 from tests.conftest import BUILT_IN_METHODS, TINY_TARGETS, batch, defines_reducer_parameters, perturb, tiny_llama
 
 
@@ -485,3 +485,27 @@ def test_the_reducer_is_refused_for_a_method_with_no_reducer_parameters(monkeypa
     BenchConfig(methods=("no_heads_lora",), protocols=())
     for method in BUILT_IN_METHODS:  # the built-ins name their B heads (and routers): each keeps the Reducer
         assert attach(tiny_llama(layers=4), method, targets=TINY_TARGETS, reducer=dict(k=2)).reducer.k == 2
+
+
+def test_drop_ratio_rounds_k_to_nearest_even_as_documented():
+    """From a mutation test (config.py:75, round -> int): the docstring's own examples, L = 30 at 0.25 keeps 22 and L = 2 keeps 2;
+    L = 10 at 0.25 keeps 8 (7.5 rounds to 8)."""
+    cfg = ReducerConfig(drop_ratio=0.25)
+    assert cfg.resolve_k(30) == 22
+    assert cfg.resolve_k(10) == 8
+    assert ReducerConfig(drop_ratio=0.25).resolve_k(2) == 2  # warns: keeps every layer
+
+
+def test_a_drop_ratio_that_keeps_every_layer_warns_that_the_reducer_is_off(capsys):
+    """From a mutation test (config.py:84, drop_ratio > 0 -> > 1): the warning the docstring promises."""
+    assert ReducerConfig(drop_ratio=0.0123).resolve_k(3) == 3  # a ratio no other test uses: warned once a process
+    err = capsys.readouterr().err
+    assert "the Reducer is off" in err and "drop_ratio=0.0123" in err
+
+
+def test_k_none_on_a_method_without_a_reducer_turns_none_on():
+    """From a mutation test (config.py:203, filter dropped): k=none (k unset) on LoRA turned a Reducer on (a review's bug)."""
+    cls = METHODS.get("lora").config_cls
+    assert make_config(cls, {}, "lora").reducer is None  # LoRA runs no Reducer by default
+    assert make_config(cls, {"k": "none"}, "lora").reducer is None
+    assert make_config(cls, {"n_suppressed": "none"}, "lora").reducer is None

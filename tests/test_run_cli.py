@@ -841,3 +841,81 @@ def test_what_a_run_will_read_is_not_checked_for_runs_that_finished(tiny_model, 
     assert again["run"]["id"] == record["run"]["id"] and again["run"]["status"] == "success"
     with pytest.raises(ValueError, match="checked"):
         run_all(specs, runs, str(data_dir), force=True, progress=False)
+
+
+def test_an_hps_checkpoint_enters_the_run_id_by_its_file_name_not_its_folder(tmp_path, monkeypatch):
+    """From a mutation test (runner_spec.py:65, Path(v).name dropped): the same checkpoint file in two folders (another machine's
+    cache) made two run ids; the records keep it by name only, so spec_from_record could not rebuild the id."""
+    from harness.runner import build_specs
+    from tasks.diffusion import hps
+
+    monkeypatch.setattr(hps, "open_clip_module", lambda: None)  # HPS v2 "available": no import of open_clip
+    ids = []
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "hps.pt").write_bytes(b"weights")
+        scoring = (("hps_checkpoint", str(tmp_path / where / "hps.pt")),)
+        [spec] = build_specs("diffusion", ["lora"], [0], "smoke", task_overrides={"scoring": scoring})
+        assert spec.to_dict()["task_options"]["scoring"] == {"hps_checkpoint": "hps.pt"}
+        ids.append(spec.run_id)
+    assert ids[0] == ids[1]
+
+
+def test_base_beside_a_trained_method_keeps_its_run_id_whatever_its_training_flags():
+    """From a mutation test (runner_spec.py:169, base given train_cfg; runner_spec.py:178, fast_path for base too): base
+    trains nothing and takes no fast path; a training flag or --fast-path given for the method beside it made a
+    second zero-shot run id (and a second base row)."""
+    from harness.runner import build_specs
+
+    [plain] = build_specs("commonsense", ["base"], [0], "smoke")
+    base, lora = build_specs("commonsense", ["base", "lora"], [0], "smoke", train_overrides={"lr": 0.123})
+    assert lora.train.lr == 0.123
+    assert base.run_id == plain.run_id and base.train == plain.train
+    base, lora = build_specs("commonsense", ["base", "lora"], [0], "smoke", fast_path=True)
+    assert lora.extra.get("fast_path") is True
+    assert base.run_id == plain.run_id and "fast_path" not in base.extra
+
+
+def test_spec_from_record_refuses_a_config_that_does_not_give_the_records_run_id():
+    """From a mutation test (runner_spec.py:288, the id check dropped): a record whose config no longer hashes to its id (written by
+    another version of RunSpec, or edited) was rebuilt into another run than the one it records (recount-flops then
+    counted that one)."""
+    from harness.runner import build_specs, spec_from_record
+
+    [spec] = build_specs("commonsense", ["lora"], [0], "smoke")
+    record = {"run": {"id": spec.run_id, "config": spec.to_dict()}}
+    assert spec_from_record(record).run_id == spec.run_id
+    record["run"]["config"]["eval_batch_size"] += 1  # another run's config under this id
+    with pytest.raises(ValueError, match=r"its config gives run id .*written by another version of RunSpec"):
+        spec_from_record(record)
+
+
+def test_the_flags_that_rerun_only_the_refused_runs_say_base_takes_no_training_flags_only_for_base_alone():
+    """From a mutation test (runner_refusal.py:127, methods == [base] -> base in methods): base refused beside lora at the same seeds
+    is one set of flags for both, which then take lora's training flags: saying "none of the adapter's or training
+    flags" there would drop lora's own settings from the re-run (another run id)."""
+    from harness.runner import _only_these, build_specs
+
+    sweep = build_specs("commonsense", ["base", "lora"], [0, 1], "smoke")
+    by = {(s.method, s.seed): s for s in sweep}
+    both = _only_these([by["base", 0], by["lora", 0]], sweep)
+    assert both == "--methods base,lora --seeds 0 --force"
+    alone = _only_these([by["base", 0]], sweep)
+    assert (
+        alone
+        == "--methods base --seeds 0 --force (and none of the adapter's or training flags, which base does not take)"
+    )
+
+
+def test_an_unreadable_record_is_said_alone_without_force_advice_in_a_sweep_of_several_runs(tmp_path):
+    """From a mutation test (runner_refusal.py:93, the unreadable case not said alone): in a sweep of several runs an unreadable
+    record's line got "to run only it again: the same command with --methods lora --seeds 0 --force", which stops
+    at the same record (the module's own docstring: --force stops at it too)."""
+    from harness.runner import build_specs
+    from harness.runner_refusal import _refusal, _refused_message
+
+    sweep = build_specs("commonsense", ["lora"], [0, 1], "smoke")
+    refusal = _refusal(sweep[0], "unreadable record (run.json cannot be read: Permission denied)", tmp_path)
+    assert refusal is not None and refusal.unreadable
+    assert _refused_message([refusal], sweep) == "run.json cannot be read: Permission denied"
+    assert _refused_message([refusal], sweep, before=True) == "run.json cannot be read: Permission denied"
