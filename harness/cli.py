@@ -207,17 +207,23 @@ class _Parser(argparse.ArgumentParser):
         return namespace, rest
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="harness", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def add_plugin_argument(parser: argparse.ArgumentParser, what: str = "methods or tasks") -> None:
+    """``--plugin FILE.py``, repeatable: ``harness``'s and the timing scripts' (which load each before the names
+    they are given are checked)."""
     parser.add_argument(
         "--plugin",
         action="append",
         default=[],
         metavar="FILE.py",
-        help="import a file that registers extra methods or tasks (repeatable)",
+        help=f"import a file that registers extra {what} (repeatable)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="harness", description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_plugin_argument(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered methods or tasks")

@@ -33,7 +33,7 @@ from harness import fastpath
 from harness.adapter import AdapterLinear
 from harness.bench import BenchConfig, alternate, load_contenders_or_exit
 from harness.bench_report import FLOOR, step_machine
-from harness.cli import CliError, method_options, split_names
+from harness.cli import CliError, add_plugin_argument, method_options, split_names
 from harness.config import REDUCER_SHORTCUTS
 from harness.registry import METHODS, load_plugin
 from harness.stats import MEDIAN_INTERVAL_FROM, median_interval
@@ -86,13 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="import a file that registers extra methods (repeatable)",
-    )
+    add_plugin_argument(parser, "methods")
     args = parser.parse_args(argv)
     try:  # before the model loads
         for path in args.plugin:  # before the names are checked: a plugin's method is timed as a built-in's

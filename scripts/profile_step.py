@@ -23,7 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from harness.bench import BenchConfig, load_contenders_or_exit
 from harness.bench_report import step_machine
-from harness.cli import CliError, split_names
+from harness.cli import CliError, add_plugin_argument, split_names
 from harness.registry import METHODS, load_plugin
 
 
@@ -39,13 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-peft", action="store_true")
     parser.add_argument("--steps", type=int, default=3, help="steps profiled (after 3 untimed, 5 timed)")
     parser.add_argument("--top", type=int, default=15, help="rows of each table")
-    parser.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="FILE.py",
-        help="import a file that registers extra methods (repeatable)",
-    )
+    add_plugin_argument(parser, "methods")
     args = parser.parse_args(argv)
     try:  # before the model loads (minutes at a paper shape): an unknown name, a bad shape
         for path in args.plugin:  # before the names are checked: a plugin's method is profiled as a built-in's
