@@ -337,7 +337,8 @@ def _imported_beside(file: Path, folder: Path) -> set[Path]:
     """The modules of ``folder`` (and below) that ``file`` imports by name, and those they import: every import
     statement's, in a function or class too, found where ``import`` would find it now without importing it (from
     a review: a helper a plugin imports inside ``__init__`` was left out of its hash until imported, so editing it
-    after a run left the run done). A module imported other than by an import statement is seen once loaded."""
+    after a run left the run done), and by a call ``importlib.import_module("name")`` or ``__import__("name")``
+    with a literal name; a module imported otherwise is seen once loaded."""
     import ast
 
     found: set[Path] = set()
@@ -366,6 +367,8 @@ def _imported_names(node: Any, module: str | None, package: bool) -> list[str]:
 
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
+    if isinstance(node, ast.Call):
+        return _imported_by_call(node)
     if not isinstance(node, ast.ImportFrom):
         return []
     if node.level == 0:
@@ -380,6 +383,22 @@ def _imported_names(node: Any, module: str | None, package: bool) -> list[str]:
             return []
         base = ".".join(parts[: len(parts) - node.level + 1] + ([node.module] if node.module else []))
     return [base, *(f"{base}.{alias.name}" for alias in node.names if alias.name != "*")]
+
+
+def _imported_by_call(node: Any) -> list[str]:
+    """The module a call ``importlib.import_module("name")`` or ``__import__("name")`` loads, where the name is a
+    literal and absolute (from a review: a helper so imported inside a function was left out of the hash until
+    loaded); a name computed at run time, or relative, is seen once loaded."""
+    import ast
+
+    func = node.func
+    called = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    if called not in ("import_module", "__import__") or not node.args:
+        return []
+    name = node.args[0]
+    if not isinstance(name, ast.Constant) or not isinstance(name.value, str) or not name.value:
+        return []
+    return [] if name.value.startswith(".") else [name.value]
 
 
 def _module_files(name: str) -> list[tuple[str, Path]]:

@@ -448,6 +448,34 @@ def test_a_plugins_hash_covers_the_helpers_it_imports_inside_a_function(tmp_path
     assert registry.plugin_files(METHODS.get("lazy_plug_lora"))[0]["sha256"] == expected.hexdigest()
 
 
+def test_a_plugins_hash_covers_a_helper_it_imports_with_importlib(tmp_path, plugin_sandbox):
+    """From a review: a helper beside the plugin loaded by ``importlib.import_module("name")`` or ``__import__``
+    inside a function was left out of the sha256 until loaded. A literal name is read as an import statement is; a
+    name computed at run time is not (nothing to read)."""
+    import sys
+
+    registry = plugin_sandbox
+    (tmp_path / "imp_a.py").write_text("A = 1\n")
+    (tmp_path / "imp_b.py").write_text("B = 2\n")
+    (tmp_path / "imp_c.py").write_text("C = 3\n")
+    plugin = tmp_path / "imp_plug.py"
+    plugin.write_text(
+        "import importlib\n"
+        + PLUGIN.format(name="imp_plug_lora")
+        + "\n    def gain(self):\n"
+        + "        a = importlib.import_module('imp_a')\n"
+        + "        b = __import__('imp_b')\n"
+        + "        c = importlib.import_module('imp_' + 'c')\n"
+        + "        return a.A + b.B + c.C\n"
+    )
+    registry.load_plugin(plugin)
+    assert not {"imp_a", "imp_b", "imp_c"} & set(sys.modules)  # read, not imported
+    expected = hashlib.sha256()
+    for name in ("imp_plug.py", "imp_a.py", "imp_b.py"):
+        expected.update(f"{name}\0".encode() + (tmp_path / name).read_bytes())
+    assert registry._PLUGINS_LOADED[plugin.resolve()] == expected.hexdigest()
+
+
 def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
     """From a review: both were imported as harness_plugin_twin, the second replacing the first: a's method was
     recorded with b's sha256."""
