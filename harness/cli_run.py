@@ -381,8 +381,15 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     for line in problems:
         print(f"warning: {line}", file=sys.stderr)
     if args.leaderboard and done:
-        for path in write_leaderboards(Path(args.runs_dir), out):
-            print(f"wrote {path}")
+        try:
+            for path in write_leaderboards(Path(args.runs_dir), out):
+                print(f"wrote {path}")
+        except OSError as exc:  # the records are written: say so, and how to rebuild (a review: a temp file's error)
+            said = f"; {len(problems)} problem(s) rescoring (above)" if problems else ""
+            raise CliError(
+                f"{_file_error(exc)}; {len(done)} run(s) rescored, their records written{said}"
+                f"{leaderboard_not_rebuilt(args)}"
+            ) from None
     if problems:  # after the leaderboard: the runs that were scored are in it
         raise CliError(
             f"{len(problems)} problem(s) rescoring (above; the first: {problems[0]}); {len(done)} run(s) rescored"

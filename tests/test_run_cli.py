@@ -408,6 +408,30 @@ def test_rescore_with_runs_that_name_none_is_refused_not_every_run(tmp_path, cap
     assert code == 2 and "--runs names no run" in capsys.readouterr().err
 
 
+def test_rescore_whose_leaderboard_cannot_be_written_says_the_records_are_and_how_to_rebuild(
+    tmp_path, monkeypatch, capsys
+):
+    """From a review: a leaderboard file that could not be written after `harness rescore` had written its records
+    ended in the temp file's error alone ("'out/.leaderboard.md.4bcb6c64.tmp': Is a directory"), not saying that the
+    runs were rescored or how to rebuild the tables, as `harness run` says."""
+    import harness.leaderboard
+    import harness.rescore
+    from harness.cli import main
+
+    def write_leaderboards(runs, out):
+        raise IsADirectoryError(21, "Is a directory", str(out / ".leaderboard.md.4bcb6c64.tmp"))
+
+    monkeypatch.setattr(harness.rescore, "rescore_runs", lambda *a, **k: ([{}, {}], []))
+    monkeypatch.setattr(harness.leaderboard, "write_leaderboards", write_leaderboards)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    code = main(["rescore", "--task", "diffusion", "--runs-dir", str(runs), "--judge-model", "j"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "2 run(s) rescored, their records written" in err, err
+    assert f"harness leaderboard --runs-dir {runs} rebuilds it" in err, err
+
+
 @pytest.mark.parametrize("task", ["commonsense", "multimodal", "diffusion"])
 @pytest.mark.parametrize("name", ["rank", "r"])
 def test_the_command_lines_rank_replaces_a_presets_r_under_either_name(task, name):
