@@ -39,6 +39,8 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} name {name!r} must be a lower-case Python identifier (e.g. 'my_lora')")
         if self.kind == "method" and name in RESERVED_METHODS:
             raise ValueError(f"method name {name!r} is reserved ({RESERVED_METHODS[name]}); name it otherwise")
+        if self.kind == "task" and (why := _reserved_task(name)):
+            raise ValueError(f"task name {name!r} is reserved ({why}); name it otherwise")
 
         def decorator(obj: T) -> T:
             self._check(name, obj)
@@ -174,6 +176,18 @@ def _check_presets(name: str, task: Any) -> None:
                 f"task {name!r}: its preset {key!r} has protocol {preset.protocol!r}, not in protocols={protocols!r}; "
                 "add it to protocols"
             )
+
+
+def _reserved_task(name: str) -> str | None:
+    """Why ``name`` cannot name a task, or None: a task's leaderboard files (``<task>.csv``, ``<task>_seeds.csv``,
+    ``<task>_comparisons.csv``, ``<task>.png``) would be another table's (from a review: a task named ``overhead``
+    had its accuracy CSV replaced by the cost table, silently)."""
+    if name in ("overhead", "bench"):
+        return f"{name}.csv is the {'cost table' if name == 'overhead' else 'output of harness bench'}"
+    for suffix in ("_seeds", "_comparisons"):
+        if name.endswith(suffix):
+            return f"{name}.csv is the {suffix[1:]} table of task {name.removesuffix(suffix)!r}"
+    return None
 
 
 RESERVED_METHODS = {"base": "--methods base is the zero-shot model", "all": "--methods all is every method"}

@@ -476,6 +476,25 @@ def test_a_plugins_hash_covers_a_helper_it_imports_with_importlib(tmp_path, plug
     assert registry._PLUGINS_LOADED[plugin.resolve()] == expected.hexdigest()
 
 
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("overhead", "overhead.csv is the cost table"),
+        ("bench", "bench.csv is the output of harness bench"),
+        ("commonsense_seeds", "commonsense_seeds.csv is the seeds table of task 'commonsense'"),
+        ("mine_comparisons", "mine_comparisons.csv is the comparisons table of task 'mine'"),
+    ],
+)
+def test_a_task_named_as_another_leaderboard_table_is_refused(name, why):
+    """From a review: a plugin task named ``overhead`` registered, and its accuracy CSV was silently replaced by the
+    cost table of the same name (as ``x_seeds`` would be task x's seeds table)."""
+    from harness.registry import TASKS
+
+    with pytest.raises(ValueError, match=rf"task name {name!r} is reserved \({re.escape(why)}\); name it otherwise"):
+        TASKS.register(name)
+    TASKS.register("seeds_of_mine")  # a name that only contains one is fine (nothing registered: no class given)
+
+
 def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
     """From a review: both were imported as harness_plugin_twin, the second replacing the first: a's method was
     recorded with b's sha256."""
