@@ -23,12 +23,13 @@ from harness.leaderboard_render import (
     fmt,
     missing_references,
     not_above_text,
+    p_text,
     param_text,
     row_seeds,
     section_info,
     section_title,
 )
-from harness.stats import EPS, LEVEL
+from harness.stats import EPS
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:24px auto;max-width:1400px;
@@ -159,18 +160,6 @@ def bound_text(x: float) -> str:
         if float(s := f"{x:+.{places}f}"):
             return s
     return f"{x:+.2g}"
-
-
-def p_text(p: float) -> str:
-    """A p-value at 2 significant digits, or at as many more as it takes to stay on its side of the ``*`` rule's
-    threshold (``ALPHA``): ``.2g`` showed 0.0496 as "0.05" beside a ``*``."""
-    for digits in range(2, 17):
-        if (float(s := f"{p:.{digits}g}") < ALPHA) == (p < ALPHA):
-            return s
-    return repr(p)
-
-
-ALPHA = round(1 - LEVEL, 10)  # the test's level as the legend writes it, 0.05 (1 - 0.95 is 0.05000000000000004)
 
 
 def _table(s: Section) -> str:

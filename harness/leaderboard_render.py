@@ -22,8 +22,10 @@ from harness.leaderboard import (
     run_hardware,
     seed_values,
 )
+from harness.leaderboard_sections import _column_scale
+from harness.records import PERCENT
 from harness.runner import BASELINE
-from harness.stats import EPS, Estimate, holm
+from harness.stats import EPS, LEVEL, Estimate, holm
 
 
 def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -38,12 +40,31 @@ def _with_holm(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             families.setdefault((row["section"], row["reference"]), []).append(row)
     for family in families.values():
         for row, adjusted in zip(family, holm([r["_p"] for r in family]), strict=True):
-            row["p_holm"] = float(f"{adjusted:.4g}")
+            row["p_holm"] = p_value(adjusted)
     drawn = {(r["section"], r["method"], r["reference"], r["benchmark"]): r["p_holm"] for r in rows if not r["_mirror"]}
     for row in rows:
         if row["_mirror"]:
             row["p_holm"] = drawn[(row["section"], row["reference"], row["method"], row["benchmark"])]
     return rows
+
+
+def p_value(p: float) -> float:
+    """A p-value as the CSVs write it: 4 significant digits, or as many more as keep it on its side of the ``*``
+    rule's threshold (``ALPHA``; ``p_text``): from a review, a Monte Carlo p of 1000/20001 = 0.0499975 read 0.05
+    beside ``significant`` True."""
+    return float(p_text(p, 4))
+
+
+def p_text(p: float, digits: int = 2) -> str:
+    """A p-value at ``digits`` significant digits, or at as many more as it takes to stay on its side of the ``*``
+    rule's threshold (``ALPHA``): ``.2g`` showed 0.0496 as "0.05" beside a ``*``."""
+    for n in range(digits, 17):
+        if (float(s := f"{p:.{n}g}") < ALPHA) == (p < ALPHA):
+            return s
+    return repr(p)
+
+
+ALPHA = round(1 - LEVEL, 10)  # the test's level as the legend writes it, 0.05 (1 - 0.95 is 0.05000000000000004)
 
 
 def _num(x: float | None) -> float | None:
@@ -102,7 +123,7 @@ def frame_tables(secs: list[Section]) -> dict[str, pd.DataFrame]:
                         comparisons.setdefault(s.task, []).append(
                             {"task": s.task, "preset": s.preset, "protocol": s.protocol, "method": row.method}
                             | {"reference": label, "benchmark": b, "diff": _num(d.value), "ci_low": _num(d.lo)}
-                            | {"ci_high": _num(d.hi), "p": "" if d.p is None else float(f"{d.p:.4g}")}
+                            | {"ci_high": _num(d.hi), "p": "" if d.p is None else p_value(d.p)}
                             | {"significant": d.significant, "model": s.model, "section": s.key, "_p": d.p}
                             | {"seed_ranges_apart": row.apart.get(ref, {}).get(b, "")}
                             | {"_mirror": ref in row.mirrored}
@@ -313,7 +334,25 @@ def section_info(s: Section) -> str:
         + (f" Set apart from the other sections of this title by: {i['apart']}." if i.get("apart") else "")
         + (f" Avg covers {', '.join(s.averaged)} only." if s.averaged and s.averaged != s.benchmarks else "")
         + (f" Lower is better: {', '.join(low)} (not a percentage)." if (low := lower_is_better(s)) else "")
+        + (f" Not percentages: {scales}." if (scales := scales_text(s)) else "")
     )
+
+
+def scales_text(s: Section) -> str:
+    """The section's columns whose per-example scores are on another scale than percent (their entries' ``scale``:
+    the judge's 1–10, HPS v2's), grouped by it: ``judge_quality, judge_avg on 1 to 10; hps_v2 on -100 to 100``;
+    '' where every column is a percentage (the legend reads cells as accuracy % unless the section line says)."""
+    by_scale: dict[tuple[float, float], list[str]] = {}
+    for b, scale in other_scales(s).items():
+        by_scale.setdefault(scale, []).append(b)
+    return "; ".join(f"{', '.join(cols)} on {lo:g} to {hi:g}" for (lo, hi), cols in by_scale.items())
+
+
+def other_scales(s: Section) -> dict[str, tuple[float, float]]:
+    """Per column not on percent, its scale: the first of its runs' entries (by run id) to name one, as the
+    section's rows and comparisons read a column as scaled when any entry is (``_column_scale``)."""
+    runs = sorted((r for row in s.rows for r in row.runs), key=lambda r: r["run"]["id"])
+    return {b: scale for b in s.benchmarks if (scale := _column_scale(runs, b)) != PERCENT}
 
 
 def lower_is_better(s: Section) -> list[str]:
@@ -389,15 +428,27 @@ def _spread_table(s: Section) -> list[str]:
     rows = []
     for row in (r for r in s.rows if len({run["run"]["config"]["seed"] for run in r.runs}) > 1):
         per_seed = seed_values(row, s.benchmarks, s.averaged or s.benchmarks)
-        cells = []
-        for b in cols:
-            vals = [v[b] for _, _, v in per_seed if b in v]
-            cells.append("absent" if row.cells[b].absent else f"{fmt(min(vals))}–{fmt(max(vals))}" if vals else "–")
+        cells = ["absent" if row.cells[b].absent else spread_text(per_seed, b) for b in cols]
         rows.append([md_text(row.method), " ".join(str(seed) for seed, _, _ in per_seed), *cells])
     if not rows:
         return []
     intro = "Spread over seeds (min–max of the per-seed scores; the intervals above resample examples, not seeds):"
     return [intro, "", markdown_table(["method", "seeds", *cols], rows), ""]
+
+
+def spread_text(per_seed: list[tuple[int, str, dict[str, float]]], b: str) -> str:
+    """``b``'s min–max over a row's per-seed scores (``seed_values``); where some of its seeds have no score there
+    (a benchmark or judge that failed on a seed), the seeds that do: ``81.2 (seed 0 only)``, ``80.1–81.2 (seeds
+    0 2)`` (from a review: a failed seed's ``81.2–81.2`` read as no spread over two seeds); ``–`` where none has."""
+    vals = [(seed, v[b]) for seed, _, v in per_seed if b in v]
+    if not vals:
+        return "–"
+    lo, hi = min(v for _, v in vals), max(v for _, v in vals)
+    text = fmt(lo) if len(vals) == 1 else f"{fmt(lo)}–{fmt(hi)}"
+    if len(vals) == len(per_seed):
+        return text
+    seeds = " ".join(str(seed) for seed, _ in vals)
+    return f"{text} (seed {seeds} only)" if len(vals) == 1 else f"{text} (seeds {seeds})"
 
 
 def markdown(secs: list[Section], overhead: pd.DataFrame, records: list[dict[str, Any]]) -> str:

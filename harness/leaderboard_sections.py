@@ -26,8 +26,11 @@ def _settings(record: dict[str, Any]) -> tuple[str, str]:
         "preset": c["preset"],
         "model": c.get("model_label", c["model"]),
         "protocol": c["protocol"],
-        # which sources a run trained on makes a row (e.g. single-domain rows), not a section
-        "task_options": {k: v for k, v in c["task_options"].items() if k not in ("seed", "train_sources")},
+        # which sources a run trained on makes a row (e.g. single-domain rows), not a section; the scorer a run was
+        # given (``harness run --judge-model``) changes neither its training nor its samples, and ``harness rescore``
+        # judges runs made without one: it is in the run id, not the section (a review: a judged run's section of its
+        # own had no base row and no comparisons; two scorers in one section are warned about, ``mixed_scorers``)
+        "task_options": {k: v for k, v in c["task_options"].items() if k not in ("seed", "train_sources", "scoring")},
     }
     for name in ("eval_limit", "train_cap"):  # 0 is no limit, as None (a record from before 2026-12-06 kept a 0)
         if common["task_options"].get(name) == 0:
@@ -158,10 +161,12 @@ def _unused_settings(task: str) -> tuple[str, ...]:
     return cls.unused_train_settings if (cls := _task(task)) else ()
 
 
-def _rank(row: Row) -> tuple[int, float, str]:
-    """Trained rows by Avg, best first (unknown last), then the zero-shot row."""
+def _rank(row: Row) -> tuple[bool, bool, float, str]:
+    """Trained rows by Avg, best first (unknown last: a review found one ranked as 0.0, above a plugin task's
+    negative scores), then the zero-shot row. ``_reference`` takes the first of a name in this order."""
     avg = row.cells[AVG].value
-    return (row.kind != "trained", -avg if avg is not None and row.kind == "trained" else 0.0, row.method)
+    trained = row.kind == "trained"
+    return (not trained, trained and avg is None, -avg if avg is not None and trained else 0.0, row.method)
 
 
 def _section(common: str, train: str, groups: dict[tuple[str, str], list[dict[str, Any]]], key: str) -> Section:

@@ -193,3 +193,25 @@ def test_a_tooltip_closes_the_interval_before_p(tmp_path):
     notes = re.findall(r"vs lora: [^;\"]*", page)
     assert notes and all(re.fullmatch(r"vs lora: \S+ \[[-+0-9.e]+, [-+0-9.e]+\], p [0-9.e-]+", n) for n in notes), notes
     assert ", p " in page and not re.search(r", p [^\]\";]*\]", page)
+
+
+def test_a_section_line_names_each_column_on_another_scale_than_percent(tmp_path):
+    """From a review: the legend reads cells as accuracy % "or the task's score where its section line says so",
+    but no line said a judge's column is 1-10 or HPS v2's -100 to 100; both pages' section lines now do, grouped by
+    scale, and say nothing where every column is a percentage."""
+    runs = tmp_path / "runs"
+
+    def entry(score: float, scale: list[int] | None) -> dict:
+        return {"metric": "m", "value": score, "n": 2, "scores": [score] * 2, "examples": "e"} | (
+            {"scale": scale} if scale else {}
+        )
+
+    evals = {"ARC-Easy": entry(40.0, None), "boolq": entry(6.0, [1, 10]), "piqa": entry(7.0, [1, 10])}
+    write_fixture(runs, fixture_record("lora", 0, evals=evals | {"hps": entry(20.5, [-100, 100])}))
+    write_leaderboards(runs, tmp_path / "out")
+    line = "Not percentages: piqa, boolq on 1 to 10; hps on -100 to 100."  # in the task's column order
+    assert line in (tmp_path / "out" / "leaderboard.md").read_text()
+    assert line in (tmp_path / "out" / "leaderboard.html").read_text(encoding="utf-8")
+    write_fixture(tmp_path / "plain", fixture_record("lora", 0, evals={"ARC-Easy": entry(40.0, None)}))
+    write_leaderboards(tmp_path / "plain", tmp_path / "plain_out")
+    assert "Not percentages" not in (tmp_path / "plain_out" / "leaderboard.md").read_text()

@@ -808,3 +808,25 @@ def test_an_interval_holds_its_value_when_every_score_is_one_unrepresentable_num
     writing the leaderboard raised after the CSVs, before leaderboard.md and .html."""
     e = estimate([np.full(n, score)])
     assert e.lo <= e.value <= e.hi
+
+
+def test_a_p_below_005_never_reads_005_in_the_comparisons_csv(tmp_path, monkeypatch):
+    """From a review: the comparisons CSV wrote p at 4 significant digits, so a Monte Carlo p of 1000/20001 =
+    0.0499975 read 0.05 beside ``significant`` True, against the p < 0.05 rule; such a p (and its Holm's) keeps the
+    digits that put it below 0.05, and any other keeps its 4 (0.123456: 0.1235)."""
+    import harness.leaderboard_render
+    import harness.leaderboard_rows
+    from harness.stats import Estimate
+
+    ps = iter([1000 / 20001, 0.123456] * 10)  # effilora's ARC-Easy, then its Avg, against lora
+    monkeypatch.setattr(harness.leaderboard_rows, "paired", lambda *a, **k: Estimate(5.0, 1.0, 9.0, next(ps)))
+    monkeypatch.setattr(harness.leaderboard_render, "holm", lambda p: list(p))  # the p_holm column reads p itself
+    runs = tmp_path / "runs"
+    entry = {"metric": "m", "value": 50.0, "n": 4, "scores": [50.0] * 4, "examples": "e"}  # no answers: no baselines
+    for method in ("lora", "effilora"):
+        write_fixture(runs, fixture_record(method, 0, evals={"ARC-Easy": entry}))
+    write_leaderboards(runs, tmp_path / "out")
+    vs = {r["benchmark"]: r for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")}
+    columns = ("p", "p_holm", "significant")
+    assert [vs["ARC-Easy"][c] for c in columns] == ["0.049998", "0.049998", "True"]  # the fewest digits below 0.05
+    assert [vs["Avg"][c] for c in columns] == ["0.1235", "0.1235", "False"]

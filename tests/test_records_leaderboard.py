@@ -2284,3 +2284,125 @@ def test_runs_pooled_with_a_run_that_names_fewer_files_still_split_on_a_training
     write_leaderboards(tmp_path / "runs", tmp_path / "out")
     lora = [r for r in read_csv(tmp_path / "out" / "commonsense.csv") if r["method"] == "lora"]
     assert sorted((r["seeds"], r["ARC-Easy"]) for r in lora) == [("0 1", "100.0"), ("2", "25.0")]  # two sections
+
+
+def _judge_entry(judge: str, score: float) -> dict:
+    """A judge's column on 1-10 over four examples, naming the judge that scored it."""
+    return {"metric": "judge", "value": score, "n": 4, "scores": [score] * 4, "scale": [1, 10], "examples": "e"} | {
+        "judge_model": judge
+    }
+
+
+def _judged_by_run(record: dict, judge: str, score: float = 6.0) -> dict:
+    """``record`` as made with ``harness run --judge-model judge``: the scorer in its config (and run id)."""
+    record["run"]["config"]["task_options"]["scoring"] = {"judge_model": judge}
+    record["run"]["id"] += f"-judged-{judge}"
+    record["eval"]["judge"] = _judge_entry(judge, score)
+    return record
+
+
+def _section_ids(out: Path) -> dict[str, str]:
+    return {r["method"]: r["section"] for r in read_csv(out / "commonsense.csv")}
+
+
+def test_a_run_given_a_scorer_joins_the_section_of_its_settings(tmp_path, capsys):
+    """From a review: ``harness run --judge-model`` puts the scorer in ``task_options.scoring``, which made the run a
+    section of its own (no base row, no comparisons, and another section of the same title set apart by nothing
+    said), though the scorer changes neither training nor samples and ``harness rescore`` judges runs made without
+    one. It joins its settings' section, whose id stays that of the runs without a scorer."""
+    runs, answers = tmp_path / "runs", "0123" * 5
+    for method in ("base", "lora"):
+        write_fixture(runs, fixture_record(method, 0, evals={"ARC-Easy": scored(answers, answers[:10] + "0" * 10)}))
+    write_leaderboards(runs, tmp_path / "plain")
+    [plain] = set(_section_ids(tmp_path / "plain").values())
+    judged = _judged_by_run(fixture_record("effilora", 0, evals={"ARC-Easy": scored(answers, answers)}), "A")
+    write_fixture(runs, judged)
+    write_leaderboards(runs, tmp_path / "out")
+    assert set(_section_ids(tmp_path / "out").values()) == {plain}  # one section, its id unchanged
+    rows = {r["method"]: r for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows["effilora"]["ARC-Easy_vs_lora"] == "40.0" and rows["effilora"]["judge"] == "6.0"
+    compared = {(r["method"], r["reference"]) for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv")}
+    assert {("effilora", "lora"), ("effilora", "base")} <= compared
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    assert md.count("### tiny · preset smoke") == 1 and "Set apart" not in md
+    # a run judged by its own run (judge A) beside one rescored by judge B (its config has no scorer): one section,
+    # and the warning that its rows do not compare on the judge's column
+    rescored = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers[:10] + "0" * 10)})
+    rescored["eval"]["judge"] = _judge_entry("B", 5.0)
+    write_record(runs / rescored["run"]["id"], rescored)
+    capsys.readouterr()
+    write_leaderboards(runs, tmp_path / "out")
+    assert set(_section_ids(tmp_path / "out").values()) == {plain}
+    assert "judge scored by 2 different scorers across its runs" in capsys.readouterr().err
+
+
+def test_a_seed_run_with_and_without_a_scorer_counts_once_the_newest_with_a_warning(tmp_path, capsys):
+    """One method and seed run plain and again with ``--judge-model`` (a new run id, the same training): one row,
+    counting the newest run, with the warning naming the other (as for any rerun under settings outside the row's
+    key); before, they were two sections of one title."""
+    runs, answers = tmp_path / "runs", "0123" * 5
+    plain = fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)})
+    plain["run"]["created_at"] = "2026-01-01T00:00:00+00:00"
+    write_fixture(runs, plain)
+    judged = _judged_by_run(fixture_record("lora", 0, evals={"ARC-Easy": scored(answers, answers)}), "A")
+    judged["run"]["created_at"] = "2026-01-02T00:00:00+00:00"
+    write_fixture(runs, judged)
+    write_leaderboards(runs, tmp_path / "out")
+    [row] = read_csv(tmp_path / "out" / "commonsense.csv")[:1]
+    assert (row["method"], row["n_runs"], row["judge"]) == ("lora", "1", "6.0")
+    assert len(set(_section_ids(tmp_path / "out").values())) == 1
+    err = capsys.readouterr().err
+    assert (
+        f"lora has 2 runs of seed 0; counted once, the newest ({judged['run']['id']}), not {plain['run']['id']}" in err
+    )
+
+
+def test_the_spread_over_seeds_names_the_seeds_that_scored_a_column_where_some_did_not(tmp_path):
+    """From a review: a row of seeds 0 1 whose seed 1 failed a benchmark read ``60.0–60.0`` there, as if two seeds
+    scored alike; it reads ``60.0 (seed 0 only)``, and one of three seeds failing names the two that scored."""
+    runs = tmp_path / "runs"
+    for seed in (0, 1, 2):
+        record = fixture_record("lora", seed, shift=seed)
+        if seed == 1:  # boolq failed on seed 1 of lora
+            record["eval"]["boolq"] = {"status": "failed", "reason": "out of memory"}
+        write_fixture(runs, record)
+        if seed < 2:
+            effi = fixture_record("effilora", seed, shift=seed)
+            if seed == 1:
+                effi["eval"]["boolq"] = {"status": "failed", "reason": "out of memory"}
+            write_fixture(runs, effi)
+    write_leaderboards(runs, tmp_path / "out")
+    md = (tmp_path / "out" / "leaderboard.md").read_text()
+    spread = md.split("Spread over seeds")[1].split("\n\n")[1]
+    cells = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in spread.splitlines()[2:]}
+    assert cells["lora"][1:3] == ["0 1 2", "40.0–42.0"] and cells["lora"][3] == "60.0–62.0 (seeds 0 2)"
+    assert cells["effilora"][1:4] == ["0 1", "40.0–41.0", "60.0 (seed 0 only)"]
+    assert "60.0–60.0" not in md
+
+
+def test_a_trained_row_without_an_avg_is_listed_last_and_is_not_the_reference(tmp_path):
+    """From a review: an unknown Avg ranked as 0.0, so with a plugin task's negative scores a row with no Avg was
+    listed above rows at -5 and -20, and where ``lora`` ran only at labelled settings (``trained_on``), the one with
+    no Avg was taken as the reference and nothing was compared with it."""
+    runs = tmp_path / "runs"
+
+    def negative(score: float) -> dict:
+        return {"metric": "m", "value": score, "n": 4, "scores": [score, score, score, score], "scale": [-100, 100]} | {
+            "examples": "e"
+        }
+
+    for method, sources, entry in (
+        ("lora", ["a"], negative(-5.0)),
+        ("lora", ["b"], {"status": "failed", "reason": "out of memory"}),
+        ("effilora", None, negative(-20.0)),
+    ):
+        record = fixture_record(method, 0, evals={"ARC-Easy": entry})
+        if sources:
+            record["run"]["config"]["task_options"]["train_sources"] = sources
+            record["run"]["id"] += "-" + "".join(sources)
+        write_fixture(runs, record)
+    write_leaderboards(runs, tmp_path / "out")
+    order = [(r["method"], r["Avg"]) for r in read_csv(tmp_path / "out" / "commonsense.csv")]
+    assert order == [("lora (trained_on=a)", "-5.0"), ("effilora", "-20.0"), ("lora (trained_on=b)", "")]
+    [vs] = [r for r in read_csv(tmp_path / "out" / "commonsense_comparisons.csv") if r["benchmark"] == "ARC-Easy"]
+    assert (vs["method"], vs["reference"], vs["diff"]) == ("effilora", "lora (trained_on=a)", "-15.0")
