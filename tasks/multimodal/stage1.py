@@ -11,14 +11,18 @@ Rows are left-padded, so every caption ends at the last column and only the last
 The projector's weights go to ``cache_dir()/multimodal/stage1-<hash>.pt`` (temp file, then rename);
 the hash covers the caller's ``cache_key`` (data file sha256s, model ids, …), the hyper-parameters, the
 projector's initial weights and ``CODE_VERSION``, so a later call with the same inputs loads them instead
-of training.
+of training. One process aligns under a lock beside the file (``.stage1-<hash>.lock``); another with the same
+key waits and loads its file. A file that does not read as this projector (truncated, empty, another shape)
+is kept as ``stage1-<hash>.pt.unreadable``, said, and the projector aligned again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,11 +100,79 @@ def align_projector(
         # before, under the same key): the key tells the two apart; a CPU run's (fp32) key is as it was
         key["precision"] = {"model": str(lm_dtype), "projector": str(model.projector[0].weight.dtype)}
     path, digest = cache_path(key)
-    if path.is_file():
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        model.projector.load_state_dict(saved["projector"])
-        return {**saved["record"], "path": str(path), "loaded": True}
+    if path.is_file():  # cached: loaded without the lock (a read-only cache too); the file is renamed in whole
+        with contextlib.suppress(Exception):  # an unreadable one is read again, and set aside, under the lock
+            return _load(path, model)
+    from harness.guard import RunLock
 
+    # two processes starting at once (torchrun ranks, two runs on a fresh cache): one aligns (~23 min on a CPU), the
+    # other waits and loads what it wrote, as the diffusion suite's pretrained base and the data's build do
+    lock = RunLock(path.with_name(f".{path.stem}.lock"))
+    lock.acquire(blocking=True, on_wait=_say_waiting)
+    try:
+        if path.is_file():
+            try:
+                return _load(path, model)
+            except Exception as exc:  # truncated, empty, another shape: set aside, aligned again
+                _set_aside(path, exc)
+        return _align(model, tokenizer, captions, steps, batch_size, lr, seed, prompt, path, digest, cache_key)
+    finally:
+        lock.release()
+
+
+def _say_waiting(holder: str) -> None:
+    print(f"stage 1: {holder or 'another process'} aligns this projector; waiting to load it", file=sys.stderr)
+
+
+def _load(path: Path, model: LlavaStyle) -> dict[str, Any]:
+    """The cached projector's provenance, its weights loaded into ``model``: checked whole first, so that a file
+    holding another projector leaves ``model``'s as it was (``load_state_dict`` copies the tensors that fit before
+    it raises for those that do not)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state, record = (saved.get("projector"), saved.get("record")) if isinstance(saved, dict) else (None, None)
+    if not isinstance(state, dict) or not isinstance(record, dict):
+        raise ValueError("not a stage-1 projector file")
+    ours = model.projector.state_dict()
+    shapes = {k: tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__ for k, v in state.items()}
+    if shapes != {k: tuple(v.shape) for k, v in ours.items()}:
+        raise ValueError(f"it holds a projector of other tensors or shapes ({shapes})")
+    model.projector.load_state_dict(state)
+    return {**record, "path": str(path), "loaded": True}
+
+
+def _set_aside(path: Path, exc: Exception) -> None:
+    """Keep an unreadable cache file as ``<name>.unreadable`` and say so, as ``harness.train_checkpoint`` does with a
+    checkpoint; an error of the machine (no memory, an I/O or permission error) is raised, the file left in place."""
+    from harness.train_checkpoint import _MACHINE_ERRORS, UNREADABLE, CheckpointUnreadable
+
+    if isinstance(exc, MemoryError) or (isinstance(exc, OSError) and exc.errno in _MACHINE_ERRORS):
+        raise CheckpointUnreadable(  # the command stops (harness.runner): the next runs would meet the same machine
+            f"could not read the stage-1 projector {path} ({type(exc).__name__}: {exc}); it is kept: free memory, or "
+            "fix the disk or the file's permissions, then run the same command again, which loads it"
+        ) from exc
+    kept = path.with_name(path.name + UNREADABLE)
+    with contextlib.suppress(FileNotFoundError):  # set aside by a process of an older harness (no lock)
+        path.replace(kept)
+    print(
+        f"warning: the stage-1 projector {path} is unreadable ({type(exc).__name__}: {exc}); aligning it again "
+        f"(the file is kept as {kept.name})",
+        file=sys.stderr,
+    )
+
+
+def _align(
+    model: LlavaStyle,
+    tokenizer: Any,
+    captions: Sequence[tuple[Image.Image | str | Path, str]],
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    prompt: str,
+    path: Path,
+    digest: str,
+    cache_key: dict[str, Any],
+) -> dict[str, Any]:
     started = time.perf_counter()
     losses = _train(model, tokenizer, captions, steps, batch_size, lr, seed, prompt)
     record = {
