@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -493,6 +494,34 @@ def test_a_task_named_as_another_leaderboard_table_is_refused(name, why):
     with pytest.raises(ValueError, match=rf"task name {name!r} is reserved \({re.escape(why)}\); name it otherwise"):
         TASKS.register(name)
     TASKS.register("seeds_of_mine")  # a name that only contains one is fine (nothing registered: no class given)
+
+
+def test_a_plugin_method_named_in_harness_test_plugins_gets_the_tests_over_every_method(tmp_path):
+    """The README's way to test a method from outside the repo: the suite's tests over the registered methods run on
+    a plugin file named in HARNESS_TEST_PLUGINS; one whose B starts nonzero fails the step-zero test; a file that is
+    not there stops pytest in one line."""
+    repo = Path(__file__).resolve().parents[1]
+    good = tmp_path / "env_lora.py"
+    good.write_text(PLUGIN.format(name="env_lora"))
+    bad = tmp_path / "env_bad_lora.py"
+    bad.write_text(
+        "import torch\nfrom harness import METHODS\nfrom methods.lora import LoraLinear\n\n"
+        '@METHODS.register("env_bad_lora")\nclass BadLinear(LoraLinear):\n'
+        "    def __init__(self, base, config, site, shared):\n        super().__init__(base, config, site, shared)\n"
+        "        with torch.no_grad():\n            self.lora_B.fill_(0.5)  # not zero: step 0 is not the base\n"
+    )
+
+    def pytest_on(*files: Path | str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "HARNESS_TEST_PLUGINS": os.pathsep.join(map(str, files))}
+        test = "tests/test_methods.py::test_step_zero_equals_base"
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "env_"]
+        return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+
+    done = pytest_on(good, bad)
+    assert "1 failed, 1 passed" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED tests/test_methods.py::test_step_zero_equals_base[env_bad_lora]" in done.stdout
+    missing = pytest_on(tmp_path / "no_such.py")
+    assert missing.returncode != 0 and "HARNESS_TEST_PLUGINS: plugin file" in missing.stderr, missing.stderr[-2000:]
 
 
 def test_two_plugin_files_of_one_name_are_two_plugins(tmp_path, plugin_sandbox):
