@@ -4,6 +4,7 @@ linears a target names. ``harness.adapter`` still exports these names."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import operator
@@ -13,10 +14,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
@@ -33,6 +34,27 @@ CONFIG_METADATA = "adapter_config"  # the weights file's metadata key holding ad
 
 # True only within ``rank_unchecked``: attach then makes an r above a target's smaller side (see there)
 _RANK_UNCHECKED: ContextVar[bool] = ContextVar("rank_unchecked", default=False)
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _attached(method: _F) -> _F:
+    """A method of ``Adapter`` that reads its wrappers or the model's adapter tensors: ``ValueError`` once ``unload``
+    has taken them off (a review: a save then wrote an empty adapter over a good one, a handle of an earlier attach
+    saved the next attach's weights under its own config, and ``merge`` did nothing)."""
+
+    @functools.wraps(method)
+    def checked(self: Adapter, *args: Any, **kwargs: Any) -> Any:
+        if self.unloaded:
+            raise ValueError(
+                f"this adapter was unloaded (unload() took its wrappers off the model), so Adapter.{method.__name__} "
+                "has nothing to act on; attach again (harness.attach or harness.load_adapter) and use the handle "
+                "that returns"
+            )
+        return method(self, *args, **kwargs)
+
+    return checked  # type: ignore[return-value]
 
 
 @contextmanager
@@ -58,6 +80,7 @@ class Adapter:
         self.method_cls = method
         self.config = config
         self.layers = layers
+        self.unloaded = False  # unload() sets it: the handle is spent (``_attached``)
         self._trainable = _unique(p for p in self.adapter_parameters() if p.requires_grad)
         groups: dict[str, list[AdapterLinear]] = {}
         for layer in layers.values():
@@ -67,16 +90,18 @@ class Adapter:
         self._requires_grad_before: dict[str, bool] = {}  # attach() fills it: what unload() restores
 
     # -- accounting ------------------------------------------------------------------------------
+    @_attached
     def adapter_parameters(self) -> list[nn.Parameter]:
         return _unique(p for n, p in self.model.named_parameters(remove_duplicate=False) if _is_adapter(n))
 
+    @_attached
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The tensors that train (fixed at attach; the Reducer only pauses some per step)."""
         return list(self._trainable)
 
     @property
     def num_trainable_params(self) -> int:
-        return sum(p.numel() for p in self._trainable)
+        return sum(p.numel() for p in self.trainable_parameters())
 
     @property
     def num_adapter_params(self) -> int:
@@ -97,6 +122,7 @@ class Adapter:
         return 100.0 * self.num_trainable_params / self.num_base_params
 
     # -- state -------------------------------------------------------------------------------------
+    @_attached
     def state_dict(self) -> dict[str, Tensor]:
         """Every tensor the adapter adds: its ``lora_*`` tensors and whatever else its wrappers keep beside their
         base layer (a frozen random basis, a buffer): ``load_adapter`` rebuilt those from the random state, and
@@ -109,10 +135,13 @@ class Adapter:
             if _is_adapter(n) or (n.startswith(own) and not n.startswith(bases))
         }
 
+    @_attached
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        own = self.state_dict()
+        if on_meta := [n for n, t in own.items() if t.is_meta]:  # copy_ into a meta tensor copies nothing
+            raise ValueError(_on_meta("load weights into", on_meta[0]))
         if any(layer.merged for layer in self.layers.values()):  # unmerge would subtract the new Δ, not the old
             raise ValueError("the adapter is merged into the base weights; call unmerge() before loading weights")
-        own = self.state_dict()
         missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
         if missing and not unexpected and not any(_is_adapter(n) for n in missing):
             raise ValueError(  # only what a method keeps beside lora_*: saved before those were (2026-12-06)
@@ -148,17 +177,21 @@ class Adapter:
             for name, tensor in state.items():
                 own[name].copy_(tensor)
 
+    @_attached
     def save(self, directory: str | Path) -> Path:
         """Write the adapter weights (safetensors) and the method config (JSON), each atomically. The weights file's
         metadata holds the config too, written with the weights: a save interrupted between the two files leaves
         new weights beside the old config, which ``load_adapter`` then refuses instead of loading with the old
-        settings."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        settings. The tensors are gathered before the folder is made: a save that fails there leaves no folder."""
+        state = self.state_dict()
+        if on_meta := [n for n, t in state.items() if t.is_meta]:
+            raise ValueError(_on_meta("save", on_meta[0]))
         # each copied: a plugin wrapper that keeps a shared tensor as an attribute too (``self.vera_A =
         # shared.get_or_create(...)``) holds it under two names, which safetensors refuses to save where they share
         # memory (a review: on a CPU the run trained to its end, then failed at every save); a load fills both alike
-        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in self.state_dict().items()}
+        tensors = {n: t.detach().to("cpu", copy=True).contiguous() for n, t in state.items()}
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
         meta = {"method": self.method, "config": self.config.to_dict()}
         # made in memory, then written (``write_bytes``): a full disk is an OSError, which stops a sweep
         write_bytes(
@@ -170,6 +203,7 @@ class Adapter:
     def file_size_bytes(self, directory: str | Path) -> int:
         return (Path(directory) / ADAPTER_WEIGHTS).stat().st_size
 
+    @_attached
     def use_fast_path(self, enabled: bool = True) -> None:
         """``True``: wrappers whose method has ``delta_factors`` take the fast path (module doc). ``False``
         (the default): every wrapper computes ``delta(x)`` with its own ``nn.Dropout`` draw, the reference
@@ -195,12 +229,10 @@ class Adapter:
             layer.fast_path = enabled and offered
 
     # -- merge -------------------------------------------------------------------------------------
+    @_attached
     def merge(self) -> None:
         if not self.method_cls.is_mergeable(self.config):
-            raise ValueError(
-                f"method {self.method!r} with this config cannot be merged into W: its Δ is input-dependent, or it "
-                "has no delta_weight of its own delta"
-            )
+            raise ValueError(_not_mergeable(self.method_cls, self.config))
         self._check_mergeable_weights()
         with torch.no_grad():
             for layer in self.layers.values():
@@ -227,15 +259,18 @@ class Adapter:
                     "which Δ cannot be added to; keep the adapter unmerged"
                 )
 
+    @_attached
     def unmerge(self) -> None:
         with torch.no_grad():
             for layer in self.layers.values():
                 layer.unmerge()
 
+    @_attached
     def unload(self) -> nn.Module:
         """Take the adapter off (unmerged first): the base linears back in their places, the model's parameters
-        as trainable as before ``attach``. Returns the model; this handle is spent. A merged base gets its weights
-        back within the rounding of their dtype (unmerge subtracts Δ again, as peft's does: bf16 rounds twice)."""
+        as trainable as before ``attach``. Returns the model; this handle is spent: what reads its wrappers (save,
+        merge, state_dict, the hooks, ...) raises ``ValueError`` after it. A merged base gets its weights back within
+        the rounding of their dtype (unmerge subtracts Δ again, as peft's does: bf16 rounds twice)."""
         self.unmerge()
         for name, layer in self.layers.items():
             self.model.set_submodule(name, layer.base)
@@ -244,26 +279,32 @@ class Adapter:
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._requires_grad_before.get(name, p.requires_grad))
         self.layers, self.layer_groups, self._trainable = {}, {}, []
+        self.unloaded = True
         return self.model
 
     # -- hooks the training loop calls ---------------------------------------------------------------
+    @_attached
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
         return [{"params": self.trainable_parameters(), "lr": lr, "weight_decay": weight_decay}]
 
+    @_attached
     def on_step_begin(self, step: int, val_loss_fn: Callable[[], float] | None) -> None:
         if self.reducer is not None:
             self.reducer.on_step_begin(step, val_loss_fn)
 
+    @_attached
     def on_step_end(self, moved: bool) -> None:
         """After the optimizer step; ``moved``: it had supervised tokens (else no gradient, nothing moved)."""
         if self.reducer is not None and moved:
             self.reducer.count_update()
 
+    @_attached
     def extra_loss(self) -> Tensor | float | None:
         """The sum of the wrappers' ``extra_loss`` terms for the micro-batch just run, or None if none has one."""
         terms = [t for layer in self.layers.values() if not layer.merged and (t := layer.extra_loss()) is not None]
         return functools.reduce(operator.add, terms) if terms else None  # a float, a CPU scalar beside CUDA: added
 
+    @_attached
     def skipped_layers(self) -> list[str]:
         """The wrappers that add nothing now (merged, or gate 0: a layer the Reducer suppresses fully), by name."""
         return [name for name, layer in self.layers.items() if layer.merged or layer.gate == 0.0]
@@ -273,6 +314,7 @@ class Adapter:
         """True when some trainable tensors get no gradient in some steps (DDP must then allow it)."""
         return self.reducer is not None and self.reducer.active
 
+    @_attached
     def training_state(self) -> dict[str, Any]:
         """Hook state a checkpoint must carry to resume exactly: the Reducer's scores and RNG, and the fast path's
         learnt groups of wrappers that read one input (by name; without them the first step after a resume made
@@ -287,6 +329,7 @@ class Adapter:
             state["fast_path_groups"] = groups
         return state
 
+    @_attached
     def load_training_state(self, state: dict[str, Any]) -> None:
         if self.reducer is not None and "reducer" in state:
             self.reducer.load_state_dict(state["reducer"])
@@ -298,6 +341,7 @@ class Adapter:
                 learnt = readers[0]._input._groups if which == "groups" else readers[0]._input._learning
                 learnt[id(readers[0])] = readers  # keyed by the first reader, as SharedInput keeps them
 
+    @_attached
     def summary(self) -> dict[str, Any]:
         """What a run record keeps of the adapter beyond its config."""
         out: dict[str, Any] = {"layers": len(self.layer_groups), "wrapped_linears": len(self.layers)}
@@ -366,22 +410,38 @@ def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
     meta_file = directory / ADAPTER_CONFIG
     if not meta_file.is_file():
         raise ValueError(f"{str(directory)!r} holds no {ADAPTER_CONFIG}; pass a directory written by Adapter.save()")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a save cut short, a file copied in part
+        raise ValueError(
+            f"{str(meta_file)!r} is not readable JSON ({exc}): it is damaged; save the adapter again"
+        ) from None
     if not isinstance(meta, dict) or not {"method", "config"} <= meta.keys():  # a peft folder names its files so too
         raise ValueError(
             f"{str(meta_file)!r} was not written by Adapter.save() (it has no method and config; a peft "
             "adapter's folder, whose files have the same names, is not one: load it with peft's PeftModel)"
         )
-    with safe_open(str(directory / ADAPTER_WEIGHTS), "pt") as f:
-        tensors = {name: f.get_tensor(name) for name in f.keys()}
-        saved = (f.metadata() or {}).get(CONFIG_METADATA)  # None: saved before the weights held their config
-    differ = _config_differs(json.loads(saved), meta) if saved is not None else ""
+    weights_file = directory / ADAPTER_WEIGHTS
+    try:
+        with safe_open(str(weights_file), "pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            saved = (f.metadata() or {}).get(CONFIG_METADATA)  # None: saved before the weights held their config
+        saved_meta = json.loads(saved) if saved is not None else None
+    except (SafetensorError, json.JSONDecodeError) as exc:  # a file cut short: safetensors' "invalid header length"
+        raise ValueError(
+            f"{str(weights_file)!r} is not a readable safetensors file ({exc}): it is damaged; save the adapter again"
+        ) from None
+    differ = _config_differs(saved_meta, meta) if saved_meta is not None else ""
     torn = differ and (
         f"{str(directory)!r}: {ADAPTER_WEIGHTS} and {ADAPTER_CONFIG} come from different saves (the weights were "
         f"saved with {differ}; a save interrupted between its two files leaves them so): save the adapter again"
     )
     cls = METHODS.get(meta["method"])
-    adapter = attach(model, cls, config=config_from_dict(cls.config_cls, meta["config"]))
+    try:
+        config = config_from_dict(cls.config_cls, meta["config"], cls.name)
+    except ValueError as exc:  # an option this harness has not (saved by a newer one), or a value it refuses
+        raise ValueError(f"{str(meta_file)!r}: {exc}") from None
+    adapter = attach(model, cls, config=config)
     try:
         try:
             adapter.load_state_dict(tensors)
@@ -395,6 +455,66 @@ def load_adapter(model: nn.Module, directory: str | Path) -> Adapter:
         adapter.unload()  # the model as it was given, so that the caller can try another directory
         raise
     return adapter
+
+
+def _on_meta(what: str, name: str) -> str:
+    """The refusal to ``what`` (``save``, ``load weights into``) an adapter whose tensor ``name`` is on the meta device
+    (a model built without its weights): a load copied nothing into it, silently, and a save failed in torch after
+    making its folder (a review)."""
+    return (
+        f"cannot {what} this adapter: its tensors ({name}, ...) are on the meta device, which holds no values (the "
+        "model was built without its weights, as for counting FLOPs); materialise the model's weights first "
+        "(build it on a real device, or model.to_empty(device=...) and load its weights), then attach the adapter "
+        "to it (a meta model is for counting only)"
+    )
+
+
+def _not_mergeable(cls: type[AdapterLinear], config: AdapterConfig) -> str:
+    """Why ``cls`` at ``config`` cannot be merged, and how it could be: the options whose other value makes
+    ``cls.is_mergeable`` true (EffiLoRA's ``heads=1``: no router), read off the method, not named here."""
+    said = f"method {cls.name!r} with this config cannot be merged into W"
+    if not cls.mergeable:
+        return f"{said}: its Δ is input-dependent (the method sets mergeable = False); keep the adapter unmerged"
+    if merges := _mergeable_with(cls, config):
+        now = ", ".join(f"{name}={getattr(config, name)!r}" for name, _ in merges)
+        return (
+            f"{said}: its Δ is input-dependent at {now}; it merges with "
+            f"{' or '.join(f'{n}={v!r}' for n, v in merges)}: attach it so to merge, or keep the adapter unmerged"
+        )
+    if cls.delta_weight is AdapterLinear.delta_weight or not cls.follows_delta("delta_weight", config=config):
+        return (
+            f"{said}: it has no delta_weight of its own delta (delta_weight(): Δ as one matrix, which merging adds "
+            "into W; an inherited one computes another Δ); define delta_weight() beside its delta to merge it, or keep "
+            "the adapter unmerged"
+        )
+    return f"{said}: the method's is_mergeable() says it cannot at this config; keep the adapter unmerged"
+
+
+def _mergeable_with(cls: type[AdapterLinear], config: AdapterConfig) -> list[tuple[str, Any]]:
+    """The options of ``config`` that, given another value alone, make ``cls.is_mergeable`` true: each tried at its
+    choices, its default, the other bool, or 1 for an integer (one head). The rank, scale, dropout, targets and
+    Reducer are left out: a Δ that merges merges at any of them."""
+    found = []
+    for f in dataclasses.fields(config):
+        if f.name in ("r", "alpha", "dropout", "targets", "reducer"):
+            continue
+        value = getattr(config, f.name)
+        tries = [*config.choices.get(f.name, ()), f.default]
+        if isinstance(value, bool):
+            tries.append(not value)
+        elif isinstance(value, int):
+            tries.append(1)
+        for other in tries:
+            if other is dataclasses.MISSING or type(other) is not type(value) or other == value:
+                continue
+            try:
+                merges = cls.is_mergeable(dataclasses.replace(config, **{f.name: other}))
+            except (ValueError, TypeError):  # a value the config refuses
+                continue
+            if merges:
+                found.append((f.name, other))
+                break
+    return found
 
 
 def _config_differs(saved: dict[str, Any], meta: dict[str, Any]) -> str:

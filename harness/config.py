@@ -128,6 +128,22 @@ class AdapterConfig:
     choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __post_init__(self) -> None:
+        # the CLI's strings are parsed by the field's type; the Python API's values were not (a review: rank=8.0 and
+        # heads=2.0 failed inside torch.empty, train_shared_a=0 in torch's requires_grad, targets=None as "'NoneType'
+        # object is not iterable"): each refused here, naming the option
+        for name, said, example in (("r", "rank r", 8), ("heads", "heads", 4)):
+            if not _is_int(value := getattr(self, name)):
+                raise ValueError(
+                    f"{said} must be an integer (got {value!r}, a {type(value).__name__}); give an int, e.g. "
+                    f"{name}={example}"
+                )
+        for f in dataclasses.fields(self):  # a method's own switches too (EffiLoRA's train_shared_a)
+            if f.type in (bool, "bool") and not isinstance(value := getattr(self, f.name), bool):
+                raise ValueError(
+                    f"option {f.name} must be True or False (got {value!r}, a {type(value).__name__}); give a bool, e.g. "
+                    f"{f.name}=False"
+                )
+        object.__setattr__(self, "targets", _checked_targets(self.targets))
         if self.r < 1:
             raise ValueError(f"rank r must be >= 1 (got {self.r})")
         if not self.alpha > 0 or not math.isfinite(self.alpha):  # NaN fails every comparison: not > 0
@@ -146,8 +162,22 @@ class AdapterConfig:
         return d
 
 
+def _checked_targets(value: Any) -> tuple[str, ...] | str:
+    """``targets`` as the config keeps it: a string (one regex, as given), or the names as a tuple (a list given is
+    one); ``ValueError`` for anything else, saying what to give."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(
+        f"option targets must be a string or a list of strings (got {value!r}, a {type(value).__name__}); give module "
+        "names such as 'q_proj,v_proj' or ['q_proj', 'v_proj'], or a regex matched against full module names"
+    )
+
+
 def parse_targets(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...] | str:
     """``"q_proj,v_proj"`` -> names; a string with regex characters stays one regex."""
+    value = _checked_targets(value)
     if isinstance(value, str):
         if _REGEX_CHARS.search(value):
             try:
@@ -246,9 +276,24 @@ def _one_k(reducer: ReducerConfig | None, shortcuts: dict[str, Any], given: Any)
     return reducer
 
 
-def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any]) -> AdapterConfig:
+def config_from_dict(config_cls: type[AdapterConfig], data: dict[str, Any], method: str = "") -> AdapterConfig:
+    """The config a saved adapter's ``adapter_config.json`` holds (``to_dict``'s). ``ValueError`` naming an option
+    ``config_cls`` has not (a review: "LoraConfig.__init__() got an unexpected keyword argument"): saved by a newer
+    harness, or edited."""
     data = dict(data)
     reducer = data.pop("reducer", None)
+    for cls, given, where in ((config_cls, data, ""), (ReducerConfig, reducer or {}, "reducer ")):
+        if unknown := sorted(set(given) - _field_names(cls) - {"reducer"}):
+            raise ValueError(
+                unknown_choice(
+                    f"{where}option",
+                    unknown[0],
+                    sorted(_field_names(cls) - {"reducer"}),
+                    where=f" for method {method!r}" if method else "",
+                )
+                + " (saved by a newer version of the harness, or edited by hand: this one cannot load it; save the "
+                "adapter again with this version, or upgrade the harness)"
+            )
     if isinstance(data.get("targets"), list):
         data["targets"] = tuple(data["targets"])
     return config_cls(**data, reducer=ReducerConfig(**reducer) if reducer else None)

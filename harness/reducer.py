@@ -3,8 +3,9 @@
 Score convention: a HIGH score means the layer matters LESS (suppressing it did not hurt). Layers are
 picked for suppression with probability proportional to ``sigmoid(s)`` and for training with
 probability proportional to ``sigmoid(-s)``. Freezing is done with ``requires_grad``: autograd then
-computes no weight gradient for the frozen heads, ``.grad`` stays ``None`` (the loop zeroes grads with
-``set_to_none``), and AdamW skips the tensor entirely, so no moment or weight decay moves it.
+computes no weight gradient for the frozen heads, and ``select`` sets their ``.grad`` to ``None`` (a loop that zeroes
+grads with ``set_to_none=False`` kept a zero one), so AdamW skips the tensor entirely: no moment or weight decay
+moves it.
 """
 
 from __future__ import annotations
@@ -85,8 +86,9 @@ class Reducer:
         self.select()
 
     def select(self, generator: torch.Generator | None = None) -> list[int]:
-        """Draw this step's K layers and freeze the heads of all others (``generator``: another stream than the
-        Reducer's own, which it leaves as it was: the FLOP count's fixed draw). Counts nothing: a drawn layer is
+        """Draw this step's K layers and freeze the heads of all others, their gradients dropped (``.grad = None``,
+        so that an optimizer skips them; call it before the step's first backward) (``generator``: another stream than
+        the Reducer's own, which it leaves as it was: the FLOP count's fixed draw). Counts nothing: a drawn layer is
         counted once its heads moved (``count_update``)."""
         if self.active:
             weights = (
@@ -98,6 +100,8 @@ class Reducer:
         for i, params in enumerate(self.heads):
             for p in params:
                 p.requires_grad_(i in chosen)
+                if i not in chosen:  # a review: a loop zeroing with set_to_none=False kept a zero grad, which AdamW
+                    p.grad = None  # stepped on (its moments, the weight decay): a paused head moved
         return self.selected
 
     def count_update(self) -> None:

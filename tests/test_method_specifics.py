@@ -255,3 +255,24 @@ def test_effilora_with_one_b_merges_into_the_base_weight():
     adapter.unmerge()
     torch.testing.assert_close(layer.base.weight.detach(), before, atol=1e-6, rtol=0)
     torch.testing.assert_close(adapter.model(**batch()).logits, unmerged, atol=1e-5, rtol=1e-5)
+
+
+def test_a_switch_that_is_not_a_bool_is_refused_naming_it():
+    """From a review: ``train_shared_a=0`` failed in torch ("requires_grad ... must be bool"); a method's own bool
+    option is refused naming it, and the command line's words (``--option train_shared_a=false``) still parse."""
+    for value in (0, 1, None):
+        with pytest.raises(ValueError, match=rf"option train_shared_a must be True or False \(got {value!r}"):
+            attach(tiny_llama(), "effilora", targets="q_proj", train_shared_a=value)
+    assert attach(tiny_llama(), "effilora", targets="q_proj", train_shared_a="false").config.train_shared_a is False
+
+
+def test_effilora_with_heads_says_it_merges_with_one_b_and_hydralora_that_it_never_merges():
+    """From a review: merge() of EffiLoRA with heads > 1 said "its Δ is input-dependent, or it has no delta_weight of
+    its own delta", not how to make it mergeable: heads=1 (read off ``is_mergeable``, not named for EffiLoRA)."""
+    routed = attach(tiny_llama(), "effilora", targets="q_proj", heads=2)
+    with pytest.raises(
+        ValueError, match=r"cannot be merged into W: .*input-dependent at heads=2; it merges with heads=1"
+    ):
+        routed.merge()
+    with pytest.raises(ValueError, match=r"mergeable = False\); keep the adapter unmerged"):
+        attach(tiny_llama(), "hydralora", targets="q_proj").merge()

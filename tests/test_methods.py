@@ -7,6 +7,7 @@ import torch
 
 from harness import METHODS, AdapterLinear, attach, load_adapter
 from harness.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS, SHARED
+from harness.config import config_from_dict, make_config
 from methods.lora import LoraLinear
 from tests.conftest import TINY_TARGETS, assert_lora_matches_peft, batch, perturb, tiny_llama
 
@@ -637,3 +638,110 @@ def test_a_target_name_matches_a_whole_module_name_not_the_end_of_a_longer_one()
     assert find_targets(model, ("v_proj",)) == ["0.v_proj", "1.v_proj"]
     with pytest.raises(ValueError, match=r"target 'proj' matches no linear layer"):
         find_targets(model, ("proj",))
+
+
+def test_a_meta_device_adapter_is_refused_by_save_and_load(method, tmp_path):
+    """From a review: ``load_adapter`` into a model whose tensors are on the meta device succeeded and copied nothing
+    (``copy_`` into meta is a no-op: the weights silently dropped), and ``save`` of a meta adapter raised torch's
+    "Cannot copy out of meta tensor" and left an empty folder. Both are refused, saying to materialise the weights;
+    attach on meta stays allowed (FLOP counting)."""
+    attach(tiny_llama(), method, targets=TINY_TARGETS).save(tmp_path / "real")
+    with torch.device("meta"):
+        model = tiny_llama()
+    adapter = attach(model, method, targets=TINY_TARGETS)
+    assert adapter.num_trainable_params > 0
+    with pytest.raises(ValueError, match=r"cannot save this adapter: .* on the meta device.*to_empty"):
+        adapter.save(tmp_path / "meta")
+    assert not (tmp_path / "meta").exists()
+    with pytest.raises(ValueError, match=r"cannot load weights into this adapter: .* on the meta device.*to_empty"):
+        adapter.load_state_dict(attach(tiny_llama(), method, targets=TINY_TARGETS).state_dict())
+    with torch.device("meta"):
+        model = tiny_llama()
+    with pytest.raises(ValueError, match=r"on the meta device"):
+        load_adapter(model, tmp_path / "real")
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())  # taken off again
+
+
+def test_an_unloaded_handle_refuses_what_reads_its_layers(method, tmp_path):
+    """From a review: after ``unload()`` the handle was spent by its docstring only: ``save`` wrote an empty adapter
+    over a good save (224 bytes, which then failed to load), a handle of an earlier attach saved the next attach's
+    weights under its own config, and ``merge`` did nothing. Each is refused."""
+    model = tiny_llama()
+    adapter = attach(model, method, targets=TINY_TARGETS)
+    perturb(adapter)
+    adapter.save(tmp_path)
+    saved = (tmp_path / ADAPTER_WEIGHTS).read_bytes()
+    assert adapter.unload() is model
+    again = attach(model, method, targets=TINY_TARGETS, alpha=64)  # the next attach: the old handle must not see it
+    calls = {
+        "save": lambda: adapter.save(tmp_path),
+        "merge": adapter.merge,
+        "unmerge": adapter.unmerge,
+        "state_dict": adapter.state_dict,
+        "load_state_dict": lambda: adapter.load_state_dict(again.state_dict()),
+        "unload": adapter.unload,
+        "trainable_parameters": adapter.trainable_parameters,
+        "adapter_parameters": adapter.adapter_parameters,
+        "on_step_begin": lambda: adapter.on_step_begin(0, None),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=rf"this adapter was unloaded .*Adapter\.{name} .*attach again"):
+            call()
+    assert (tmp_path / ADAPTER_WEIGHTS).read_bytes() == saved
+    assert load_adapter(tiny_llama(), tmp_path).method == method and adapter.unloaded
+    assert all(model.get_submodule(name) is layer for name, layer in again.layers.items())  # left on by the refusals
+    again.save(tmp_path / "again")
+    assert load_adapter(tiny_llama(), tmp_path / "again").config.alpha == 64
+
+
+@pytest.mark.parametrize(
+    ("option", "said"),
+    [
+        (dict(rank=8.0), r"rank r must be an integer \(got 8.0, a float\); give an int"),
+        (dict(r=True), r"rank r must be an integer \(got True, a bool\)"),
+        (dict(heads=2.0), r"heads must be an integer \(got 2.0, a float\)"),
+        (dict(targets=None), r"option targets must be a string or a list of strings \(got None, a NoneType\)"),
+        (dict(targets=5), r"option targets must be a string or a list of strings \(got 5, a int\)"),
+        (dict(targets=["q_proj", 5]), r"option targets must be a string or a list of strings"),
+    ],
+)
+def test_an_option_of_the_wrong_type_is_refused_naming_it(method, option, said):
+    """From a review: through the Python API ``rank=8.0``, ``r=True`` and ``heads=2.0`` failed inside
+    ``torch.empty`` with a TypeError, and ``targets=None`` (or 5) with "'NoneType' object is not iterable"; the
+    command line's strings (``--option r=8``) are parsed to the field's type, as before."""
+    with pytest.raises(ValueError, match=said):
+        attach(tiny_llama(), method, **option)
+    cls = METHODS.get(method)
+    config = make_config(cls.config_cls, {"r": "8", "heads": "2", "targets": "q_proj,v_proj"}, method)
+    assert (config.r, config.heads, config.targets) == (8, 2, ("q_proj", "v_proj"))
+    listed = attach(tiny_llama(), method, targets=["q_proj", "v_proj"])
+    assert listed.config.targets == ("q_proj", "v_proj")
+    assert config_from_dict(cls.config_cls, listed.config.to_dict()) == listed.config  # as a saved config loads
+
+
+def test_a_damaged_or_unknown_saved_adapter_is_refused_naming_the_file(method, tmp_path):
+    """From a review: a truncated adapter_config.json raised a bare JSONDecodeError, a truncated weights file
+    safetensors' "invalid header length", and a config with an option this harness has not (``rnak``) a TypeError
+    "LoraConfig.__init__() got an unexpected keyword argument"; each is a ValueError naming the file and what to do."""
+    import json
+
+    attach(tiny_llama(), method, targets=TINY_TARGETS).save(tmp_path)
+    weights, config = (tmp_path / ADAPTER_WEIGHTS).read_bytes(), (tmp_path / ADAPTER_CONFIG).read_text()
+    model = tiny_llama()
+    (tmp_path / ADAPTER_CONFIG).write_text(config[: len(config) // 2])
+    with pytest.raises(ValueError, match=rf"{ADAPTER_CONFIG}' is not readable JSON .*damaged; save the adapter again"):
+        load_adapter(model, tmp_path)
+    (tmp_path / ADAPTER_CONFIG).write_text(config)
+    for cut in (4, len(weights) // 2):  # in the header's length, in the tensors
+        (tmp_path / ADAPTER_WEIGHTS).write_bytes(weights[:cut])
+        with pytest.raises(ValueError, match=rf"{ADAPTER_WEIGHTS}' is not a readable safetensors file .*save the"):
+            load_adapter(model, tmp_path)
+    (tmp_path / ADAPTER_WEIGHTS).write_bytes(weights)
+    meta = json.loads(config)
+    for where, key in ((meta["config"], "rnak"), (meta["config"].get("reducer") or meta["config"], "intervall")):
+        where[key] = 8
+        (tmp_path / ADAPTER_CONFIG).write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=rf"{ADAPTER_CONFIG}': unknown (reducer )?option '{key}' .*newer version"):
+            load_adapter(model, tmp_path)
+        del where[key]
+    assert not any(isinstance(m, AdapterLinear) for m in model.modules())

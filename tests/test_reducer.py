@@ -251,6 +251,33 @@ def test_only_the_selected_layers_heads_change(method):
         assert all(not torch.equal(b, p) for b, p in zip(before_others, others, strict=True))
 
 
+def test_paused_heads_stay_put_in_a_loop_that_zeroes_gradients_to_zero(method):
+    """From a review: ``select`` only turned ``requires_grad`` off, so in a user's loop that zeroes gradients with
+    ``zero_grad(set_to_none=False)`` a paused head kept a zero gradient, and AdamW moved it (its moments, the weight
+    decay): "paused layer-steps that moved: 8". ``select`` drops the paused heads' gradients."""
+    if not defines_reducer_parameters(method):
+        pytest.skip("the method defines no reducer_parameters(): attach refuses the Reducer for it")
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0, reducer=dict(k=2, selection="random"))
+    perturb(adapter)
+    heads = adapter.reducer.heads
+    opt = torch.optim.AdamW(adapter.param_groups(lr=1e-2, weight_decay=0.1))
+    moved = []
+    for step in range(4):
+        adapter.on_step_begin(step, None)
+        selected = adapter.reducer.selected
+        assert all(p.grad is None for i, hs in enumerate(heads) if i not in selected for p in hs)
+        before = [[p.detach().clone() for p in hs] for hs in heads]
+        adapter.model(**batch(step)).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+        adapter.on_step_end(True)
+        for i, hs in enumerate(heads):
+            if i not in selected and any(not torch.equal(b, p) for b, p in zip(before[i], hs, strict=True)):
+                moved.append((step, i))
+    assert not moved, f"paused heads moved at (step, layer) {moved}"
+    assert sum(adapter.reducer.update_counts) == 4 * 2
+
+
 # spec, "The Reducer" step 3: the tensors it pauses in unselected layers are the B heads and the router; a layer's
 # own A (LoRA, HydraLoRA) and MoSLoRA's mixer train every step, and a shared A lives on the model, not the layer
 PAUSED = ("lora_B", "lora_router")
