@@ -97,6 +97,31 @@ def test_fast_path_keeps_the_reducers_frozen_heads_frozen(method):
 
 
 def test_fast_path_on_a_bf16_base_keeps_fp32_adapters_and_bf16_outputs(method):
+    check_bf16_base(method)
+
+
+class GatedLoraLinear(LoraLinear):
+    """A plugin whose own ``delta_factors`` reads the undropped input too (a gate, as a router does)."""
+
+    name = "gated_lora"
+
+    def gate_of(self, x):
+        return torch.sigmoid(F.linear(x, self.lora_A).mean(-1, keepdim=True))
+
+    def delta(self, x):
+        return super().delta(x) * self.gate_of(x)
+
+    def delta_factors(self, x, x_drop):
+        return F.linear(x_drop, self.lora_A) * self.gate_of(x), self.lora_B
+
+
+def test_a_plugins_own_delta_factors_on_a_bf16_base_reads_the_converted_input():
+    """A plugin's ``delta_factors`` (not the fused route) gets both inputs converted to its fp32 weights' dtype (a
+    mutation test: given the bf16 input itself as x, nothing failed)."""
+    check_bf16_base(GatedLoraLinear)
+
+
+def check_bf16_base(method) -> None:
     adapter = attach(tiny_llama(dtype=torch.bfloat16), method, targets=TINY_TARGETS, dropout=0.0, reducer=None)
     adapter.use_fast_path(True)  # what this file tests (off by default)
     perturb(adapter)
@@ -252,6 +277,44 @@ def test_fused_projection_gradients_are_exact(raw, stack, monkeypatch):
         torch.autograd.gradcheck(
             lambda x, wd, wr, w1: fn(x, None, 0.0, wd, wr, w1, b1, w2, None), (x, w_drop, w_raw, w1)
         )
+
+
+@pytest.mark.parametrize("base", [False, True], ids=["no base", "base"])
+@pytest.mark.parametrize("dropped", [True, False], ids=["mask", "no mask"])
+def test_fused_projection_gradients_of_all_its_outputs_at_once_are_exact(dropped, base, monkeypatch):
+    """From a mutation test: gradcheck differentiates one output at a time (the others' gradients are None), so the
+    backward that takes A's and a router's gradients together (one matmul over the stacked weights, which must
+    not be taken with a mask) was never run; here the loss is made of every output of one call."""
+    monkeypatch.setattr(fastpath, "STACK_RAW", True)
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    w_raw = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    bases = (torch.randn(6, 7, dtype=torch.float64), None) if base else ()
+    weights = [torch.randn(15, k, dtype=torch.float64) for k in ((6,) if base else ()) + (4, 2)]
+    pos = drop_positions(x.numel(), 0.3) if dropped else None
+
+    def loss(x, wd, wr):
+        outs = fastpath._FusedProjection.apply(x, pos, 0.3, wd, wr, *bases)
+        return sum((out * weight).sum() for out, weight in zip(outs, weights, strict=True))
+
+    torch.autograd.gradcheck(loss, (x, w_drop, w_raw))
+
+
+def test_fused_projection_gives_a_trainable_bias_of_a_frozen_base_its_gradient():
+    """A base whose weight is frozen and whose bias trains (BitFit beside an adapter): the bias gets its gradient
+    (a mutation reading the weight's flag for the bias survived every other test)."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w_drop = torch.randn(4, 7, dtype=torch.float64, requires_grad=True)
+    w1, b1 = torch.randn(6, 7, dtype=torch.float64), torch.randn(6, dtype=torch.float64, requires_grad=True)
+    pos = drop_positions(x.numel(), 0.3)
+    torch.autograd.gradcheck(
+        lambda x, b1: fastpath._FusedProjection.apply(x, pos, 0.3, w_drop, None, w1, b1)[0], (x, b1)
+    )
+    fastpath._FusedProjection.apply(x, pos, 0.3, w_drop, None, w1, b1)[0].sum().backward()
+    torch.testing.assert_close(b1.grad, torch.full_like(b1, 15.0))
+    assert w1.grad is None
 
 
 def test_the_fast_path_fuses_plain_cpu_bases_only(monkeypatch):
@@ -456,6 +519,17 @@ def test_cpu_dropout_kernel_has_the_bernoulli_distribution(p):
     assert sparse_dropout(torch.nn.Identity(), x) is x
 
 
+def test_cpu_dropout_kernel_drops_every_position_at_p():
+    """Each position, the first and the last included, is dropped with probability p (a mutation test: positions
+    shifted by one, or the last cut off, kept the count and the neighbours' statistics above)."""
+    torch.manual_seed(0)
+    n, p, trials = 8, 0.3, 4000
+    counts = torch.zeros(n)
+    for _ in range(trials):
+        counts[drop_positions(n, p)] += 1
+    assert ((counts / trials - p).abs() < 5 * math.sqrt(p * (1 - p) / trials)).all(), counts / trials
+
+
 def test_cpu_dropout_kernel_is_reproducible_and_handles_any_shape(monkeypatch):
     monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", 1)  # the sparse kernel even for tiny tensors
     drop = torch.nn.Dropout(0.5).train()
@@ -602,6 +676,58 @@ def test_a_base_with_hooks_or_a_patched_forward_is_not_fused_in():
     assert len(fired) == 2  # the fast path's backward reached the hooked base too
 
 
+class _Doubled(torch.nn.Linear):
+    """A ``nn.Linear`` subclass with a forward of its own (as a quantised linear, bitsandbytes', has)."""
+
+    def forward(self, x):
+        return super().forward(x) * 2.0
+
+
+def _halve_output(module, args, output):
+    return output * 0.5
+
+
+@pytest.mark.parametrize("case", ["subclass", "hook on k", "global hook"])
+def test_a_base_that_is_not_a_plain_linear_is_computed_by_itself_in_any_group(case):
+    """From a mutation test: nothing pinned that a group fuses in only plain ``nn.Linear`` bases: a subclass with
+    its own forward (``isinstance`` would take it), a hook on a base that is not its group's first reader (k of
+    q, k, v: only the first reader was checked) or a global module hook (``register_module_forward_hook``)
+    would be skipped by the fused node, its output silently the plain linear's."""
+    model = tiny_llama()
+    if case == "subclass":
+        for block in model.model.layers:
+            plain = block.self_attn.k_proj
+            block.self_attn.k_proj = _Doubled(plain.in_features, plain.out_features, bias=False)
+            block.self_attn.k_proj.weight.data.copy_(plain.weight.data)
+    adapter = attach(model, "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    reference, _ = outputs_and_grads(adapter, fast=False)
+    handles = []
+    if case == "hook on k":
+        handles = [
+            adapter.layers[f"model.layers.{i}.self_attn.k_proj"].base.register_forward_hook(_halve_output)
+            for i in range(4)
+        ]
+    elif case == "global hook":
+        bases = {id(layer.base) for layer in adapter.layers.values()}
+        hook = torch.nn.modules.module.register_module_forward_hook(
+            lambda module, args, output: output * 0.5 if id(module) in bases else None
+        )
+        handles = [hook]
+    try:
+        expected, expected_grads = outputs_and_grads(adapter, fast=False)
+        if case != "subclass":
+            assert not torch.allclose(expected, reference)  # the hook changes the output
+        outputs_and_grads(adapter, fast=True)  # the groups (q, k, v; up) are learnt from this forward
+        fast, fast_grads = outputs_and_grads(adapter, fast=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    torch.testing.assert_close(fast, expected, atol=1e-5, rtol=1e-4)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(fast_grads[name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_the_fast_path_takes_an_empty_input(method):
     """No tokens (an empty micro-batch's slice): the sparse dropout draws nothing instead of failing."""
     adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.1)
@@ -626,7 +752,12 @@ def test_weights_are_not_loaded_into_a_merged_adapter(method):
         adapter.load_state_dict(state)
 
 
-def test_the_fast_path_trains_under_cpu_bf16_autocast():
+@pytest.mark.parametrize("sparse_min", [None, 1], ids=["default", "sparse kernel's size"])
+def test_the_fast_path_trains_under_cpu_bf16_autocast(sparse_min, monkeypatch):
+    """Under autocast ``nn.Dropout`` drops, never the sparse kernel (its nodes keep one dtype): at the default
+    size limit this batch is under it anyway, so the limit is also lowered to one element (a mutation test)."""
+    if sparse_min is not None:
+        monkeypatch.setattr(fastpath, "SPARSE_DROPOUT_MIN", sparse_min)
     adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.1)
     adapter.use_fast_path(True)
     adapter.model.train()
@@ -636,16 +767,64 @@ def test_the_fast_path_trains_under_cpu_bf16_autocast():
     assert all(p.grad is not None for p in adapter.trainable_parameters())
 
 
-def test_the_shared_input_dies_with_its_tensor(method):
-    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.5, reducer=None)
+@pytest.mark.parametrize(("dropout", "train"), [(0.5, True), (0.0, True), (0.5, False)], ids=["drop", "p=0", "eval"])
+def test_the_shared_input_dies_with_its_tensor(method, dropout, train):
+    """Without a draw (p = 0, eval) the dropout returns x itself, which the entry must not hold either."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=dropout, reducer=None)
     adapter.use_fast_path(True)  # what this file tests (off by default)
-    adapter.model.train()
+    adapter.model.train(train)
     q = adapter.layers["model.layers.0.self_attn.q_proj"]
     x = torch.randn(2, 6, 32)
     q(x)
     assert q._input._entry is not None and q._input._entry.xa is None  # x itself is never held
     del x
     assert q._input._entry is None  # its dropout output is released with it
+
+
+def test_a_model_saved_or_copied_after_a_fast_forward_carries_no_cache(method):
+    """``torch.save(model)`` and ``copy.deepcopy`` while a forward's graph is alive: the shared input is a cache
+    (weak references, the groups learnt), not state; copies start empty (a mutation test: pickling it failed)."""
+    import copy
+    import io
+
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.1, reducer=None)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    out = adapter.model(**batch())
+    out = adapter.model(**batch())  # the groups learnt
+    name = "model.layers.0.self_attn.q_proj"
+    x = torch.randn(2, 6, 32)
+    adapter.layers[name](x)  # an entry alive
+    assert adapter.layers[name]._input._entry is not None and adapter.layers[name]._input._groups
+    buffer = io.BytesIO()
+    torch.save(adapter.model, buffer)
+    buffer.seek(0)
+    for model in (torch.load(buffer, weights_only=False), copy.deepcopy(adapter.model)):
+        cache = dict(model.named_modules())[name]._input
+        assert cache is not adapter.layers[name]._input
+        assert cache._entry is None and not cache._groups and not cache._learning
+    out.loss.backward()
+
+
+def test_a_sibling_reading_the_tensor_in_another_grad_mode_or_training_mode_draws_its_own(method):
+    """The shared input is keyed by grad mode and training mode too (a mutation test: without grad mode in the
+    key, k took the first matmul q had made under ``no_grad``, and its A got no gradient)."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.3, reducer=None)
+    perturb(adapter)
+    adapter.use_fast_path(True)
+    adapter.model.train()
+    for _ in range(2):
+        adapter.model(**batch())  # the groups (q, k, v) learnt
+    q, k = (adapter.layers[f"model.layers.0.self_attn.{name}_proj"] for name in "qk")
+    x = torch.randn(2, 6, 32)
+    with torch.no_grad():
+        q(x)  # the first reader, without gradients
+    k(x).sum().backward()
+    assert all(t.grad is not None for t in k.parameters() if t.requires_grad)
+    k.eval()  # one x read by q in training, then by k in eval: k's input is not dropped
+    expected = k(x.clone())
+    q(x)
+    torch.testing.assert_close(k(x), expected)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])

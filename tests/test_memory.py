@@ -68,6 +68,32 @@ def test_opting_out_and_bad_values(monkeypatch):
         memory.keep_freed_memory()
 
 
+@pytest.mark.parametrize(
+    ("value", "keep"),
+    [("keep", True), (" Keep ", True), ("1", True), ("ON", True), ("true", True)]
+    + [("default", False), ("0", False), ("Off", False), ("false", False)],
+)
+def test_every_documented_value_of_the_setting_is_understood(value, keep, monkeypatch):
+    """Case and surrounding spaces aside, each of the four spellings of either value (a mutation test: dropping
+    one, or reading the value as typed, survived every other test)."""
+    monkeypatch.setenv(memory.ENV, value)
+    assert memory.wanted() is keep
+
+
+def test_nothing_is_set_where_the_c_library_is_not_glibc(monkeypatch):
+    """musl, macOS, Windows: no mallopt or malloc_trim is called (they are glibc's), and nothing is recorded."""
+    monkeypatch.setattr(memory, "_applied", None)
+    monkeypatch.delenv(memory.ENV, raising=False)
+    monkeypatch.setattr(memory, "is_glibc", lambda: False)
+
+    def no_libc(*args, **kwargs):
+        raise AssertionError("the C library was called")
+
+    monkeypatch.setattr(memory.ctypes, "CDLL", no_libc)
+    assert memory.keep_freed_memory() is None and memory.malloc_setting() is None
+    assert memory.release_freed_memory() is False
+
+
 @pytest.mark.skipif(sys.platform != "linux", reason="the high-water mark is read from Linux's /proc")
 def test_the_cpu_peak_sees_memory_a_step_freed_before_the_sample():
     """From a review: the CPU's peak was the resident size sampled after each backward, when a step's freed
