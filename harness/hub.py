@@ -19,6 +19,7 @@ HUB_WEIGHT_FILES = (
     *(f"pytorch_model.bin{index}" for index in ("", ".index.json")),
     *(f"unet/diffusion_pytorch_model{ext}{index}" for ext in (".safetensors", ".bin") for index in ("", ".index.json")),
 )
+PROBE_TIMEOUT_S = 10.0  # seconds for probe_hub's one request
 HUB_ADVICE = (
     "connect to the internet (with HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset), log in (hf auth login) where the "
     "repository is gated, give a local folder holding the weights, or pass --random-weights to build its architecture "
@@ -99,10 +100,14 @@ def _hub_cache_folder(spec: str) -> Path | None:
 
 
 def check_hub_weights(spec: str) -> None:
-    """Before any run: a hub model's weights can be had, as far as is known without the network: with the hub
-    switched off (``HF_HUB_OFFLINE``), they must be in its cache (a paper id's config is shipped, so nothing else
-    asks the hub before the run does); a ``ValueError`` saying what to do otherwise."""
-    if not (switched := offline_variables()) or not is_hub_id(spec) or hub_weights_cached(spec):
+    """Before any run: a hub model's weights can be had: with the hub switched off (``HF_HUB_OFFLINE``), they must
+    be in its cache (a paper id's config is shipped, so nothing else asks the hub before the run does); with it on
+    and the weights not in the cache, the hub must answer one request (``probe_hub``). A ``ValueError`` saying what
+    to do otherwise."""
+    if not is_hub_id(spec) or hub_weights_cached(spec):
+        return
+    if not (switched := offline_variables()):
+        probe_hub(spec)
         return
     from huggingface_hub import constants
 
@@ -114,6 +119,26 @@ def check_hub_weights(spec: str) -> None:
         f"model {spec!r} (looked up as {repo!r}, where the repository moved): {offline} holds no weights of "
         f"{repo!r}, nor of the old id; {HUB_ADVICE}"
     )
+
+
+def probe_hub(spec: str) -> None:
+    """One request for a hub id's metadata, bounded by ``PROBE_TIMEOUT_S`` and not retried: a hub that cannot be
+    reached (no network, DNS, a proxy, a timeout) is a ``ValueError`` before any run. From a review: without
+    ``HF_HUB_OFFLINE`` every run of a sweep spent ~50 s in huggingface_hub's retries before failing with a
+    record, one after another. Any answer of the hub (the repository gated, private or not there) passes: the run
+    loads the weights and says what failed (``hub_load_error``)."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().model_info(hub_source(spec), timeout=PROBE_TIMEOUT_S)
+    except (HfHubHTTPError, ValueError):  # the hub answered, or the id is not one it takes (the load says so)
+        return
+    except Exception as exc:  # noqa: BLE001 -- httpx's transport errors, OSError: the hub was not reached
+        raise ValueError(
+            f"model {spec!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({_brief(exc)}) and its "
+            f"cache ({constants.HF_HUB_CACHE}) holds no weights of it; {HUB_ADVICE}"
+        ) from None
 
 
 def hub_load_error(spec: str, exc: BaseException) -> ValueError:

@@ -83,14 +83,23 @@ def perturb(adapter, seed: int = 1, scale: float = 0.1) -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32).to(p.dtype) * scale)
 
 
+UNREACHABLE_HUB = "http://127.0.0.1:9"  # the discard port: nothing listens, a connection is refused at once
+
+
 @pytest.fixture(autouse=True)
 def _hub_online(monkeypatch):
     """Every test starts with the hub's offline switches unset, whatever the shell exports (Hugging Face's offline
-    advice exports both): a test of offline behaviour sets them itself (from a flakiness review)."""
+    advice exports both): a test of offline behaviour sets them itself (from a flakiness review). The hub's address
+    is a loopback port nobody listens on, in this process and in the ones it starts: no test reaches the network,
+    and a hub id whose weights are not cached is refused before any run on every machine alike (``probe_hub``)."""
+    from huggingface_hub import constants
+
     from harness.hub import OFFLINE_VARIABLES
 
     for name in OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", UNREACHABLE_HUB)
+    monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE_HUB)
 
 
 @pytest.fixture(params=ALL_METHODS)

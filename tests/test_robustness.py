@@ -3,6 +3,7 @@ into one runs dir, plugins that allocate their own tensors, secrets in the envir
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -29,7 +30,7 @@ from harness.leaderboard import write_leaderboards
 from harness.records import RECORD, read_record
 from harness.task import Example
 from harness.train import CHECKPOINT, TrainConfig, train
-from tests.conftest import harness_here, text_recipe, tiny_llama
+from tests.conftest import UNREACHABLE_HUB, harness_here, text_recipe, tiny_llama
 
 EXAMPLES = [Example(f"Q{i}: what is {i} plus one? A:", f" it is {i + 1}", "toy") for i in range(40)]
 VAL = [Example("Q: what is 7 plus one? A:", " it is 8", "toy")] * 4
@@ -2001,7 +2002,10 @@ def test_offline_a_hub_models_weights_not_in_the_hubs_cache_are_refused_before_a
     specs = build_specs("commonsense", ["base"], [0], "smoke", model="meta-llama/Meta-Llama-3-8B")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    preflight(specs)  # online: the run asks the hub
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with _loopback_hub() as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        preflight(specs)  # online, a hub that answers (here: no such repository): the run asks it and says what failed
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match=r"'meta-llama/Meta-Llama-3-8B': HF_HUB_OFFLINE set, and the hub's cache "
                                          r"\(.*hub\) holds no weights of it; .*hf auth login.*--random-weights"):  # fmt: skip
@@ -2014,6 +2018,71 @@ def test_offline_a_hub_models_weights_not_in_the_hubs_cache_are_refused_before_a
     (repo / "snapshots" / "abc123").mkdir(parents=True)
     (repo / "snapshots" / "abc123" / "model.safetensors.index.json").write_text("{}")
     preflight(specs)  # in the cache: read offline
+
+
+@contextlib.contextmanager
+def _loopback_hub():
+    """A hub on 127.0.0.1 that answers every request 404 (the repository not there), as the hub answers."""
+    import http.server
+    import threading
+
+    class NotThere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            body = b'{"error": "Repository not found"}'
+            self.send_response(404)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotThere)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_online_a_hub_that_cannot_be_reached_is_said_before_any_run(tmp_path, monkeypatch):
+    """From a review: without HF_HUB_OFFLINE and without a network, every run of a sweep spent ~50 s in
+    huggingface_hub's retries (20 "Retrying in Ns" lines), then failed with a record, one run after another. The
+    weights not in the cache, one bounded request to the hub before any run: not reached, one line; answered (the
+    repository there or not), the run goes on; in the cache, no request at all."""
+    from huggingface_hub import constants
+
+    from harness import hub
+    from harness.runner import build_specs, preflight
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE_HUB)  # as for every test (conftest): refused at once
+    specs = build_specs("commonsense", ["lora"], [0, 1], "smoke", model="meta-llama/Meta-Llama-3-8B")
+    start = time.monotonic()
+    with pytest.raises(ValueError, match=r"^model 'meta-llama/Meta-Llama-3-8B': the Hugging Face hub "
+                                         r"\(http://127\.0\.0\.1:9\) cannot be reached \(\w+: .*\) and its cache "
+                                         r"\(.*hub\) holds no weights of it; connect to the internet"):  # fmt: skip
+        preflight(specs)
+    assert time.monotonic() - start < 10
+    with _loopback_hub() as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        hub.check_hub_weights("org/model")  # answered: the load says what failed
+    repo = tmp_path / "hub" / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "model.safetensors").write_text("w")
+    monkeypatch.setattr(constants, "ENDPOINT", UNREACHABLE_HUB)
+    hub.check_hub_weights("org/model")  # in the cache: no request (it would fail)
+    preflight(build_specs("commonsense", ["lora"], [0], "smoke", model="meta-llama/Meta-Llama-3-8B",
+                          random_weights=True))  # fmt: skip  # built from its config: no weights, no request
 
 
 def test_a_hub_model_that_does_not_load_is_one_line_saying_what_to_do(monkeypatch):
