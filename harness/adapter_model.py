@@ -546,10 +546,7 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
         pattern = re.compile(targets)
         found = [n for n in names if pattern.fullmatch(n)]
         if not found:
-            raise ValueError(
-                f"target regex {targets!r} matches no linear layer; the model's linear layers: {', '.join(short) or 'none'}"
-                + _not_linear(model, pattern.fullmatch)
-            )
+            raise ValueError(_regex_matches_none(targets, names, short) + _not_linear(model, pattern.fullmatch))
         return found
     found = []
     for target in targets:
@@ -561,6 +558,23 @@ def find_targets(model: nn.Module, targets: tuple[str, ...] | str) -> list[str]:
             )
         found += hits
     return sorted(set(found), key=names.index)
+
+
+def _regex_matches_none(regex: str, names: list[str], short: list[str]) -> str:
+    """The no-match message of a targets regex: it is matched against whole module names (a review: ``q_proj|v_proj``
+    matched nothing, and the message listed q_proj and v_proj), so one whole name, and the regex that matches the
+    plain names it gives in every block (``.*\\.(q_proj|v_proj)``) where that matches something."""
+    if not names:
+        return f"target regex {regex!r} matches no linear layer; the model has none"
+    given = regex.split("|") if re.fullmatch(r"\w+(\.\w+)*(\|\w+(\.\w+)*)*", regex) else []
+    example = next((n for n in names if any(n == g or n.endswith("." + g) for g in given)), names[0])
+    text = f"target regex {regex!r} matches no linear layer: it must match a whole module name, such as {example!r}"
+    if given:
+        escaped = [re.escape(g) for g in given]
+        suggested = rf".*\.{escaped[0]}" if len(escaped) == 1 else rf".*\.({'|'.join(escaped)})"
+        if any(re.fullmatch(suggested, n) for n in names):
+            text += f" (for these names in every block: '{suggested}', or the names alone: {','.join(given)})"
+    return text + f"; the model's linear layers end in: {', '.join(short)}"
 
 
 def _target_name(name: str) -> str:

@@ -126,11 +126,12 @@ def cmd_params(args: argparse.Namespace) -> None:
     from harness.models import build_meta
 
     rows = []
+    given = method_options(args)
     for method in split_names(args.methods, METHODS.names(), "method"):
         METHODS.get(method)
         meta = build_meta(args.model, trust_remote_code=args.trust_remote_code, pipeline=True)
         base = sum(p.numel() for p in meta.model.parameters())
-        options = method_options(args)
+        options = dict(given)
         if "targets" not in options and type(meta.root).__name__ == "UNet2DConditionModel":
             from tasks.diffusion.presets import TARGETS  # a UNet has no q_proj: its attention's, as the suite adapts
 
@@ -153,11 +154,13 @@ def cmd_params(args: argparse.Namespace) -> None:
         return
     print(f"model: {rows[0]['model']}   base params: {rows[0]['base']:,}")
     # what the counts depend on, as bench.md's header says it (a review: only --json carried the settings); one line
-    # where every method has them, else a line per settings naming its methods (a plugin's own defaults)
+    # where every method has them, else a line per settings naming its methods (a plugin's own defaults); every
+    # option given with --option too, as the method took it (a review: train_shared_a=false changed the counts, not
+    # the line)
     said: dict[str, list[str]] = {}
     for row in rows:
         config = row["config"]
-        shown = {k: config[k] for k in ("r", "alpha", "heads", "targets") if k in config}
+        shown = {k: config[k] for k in ("r", "alpha", "heads", "targets", *given) if k in config}
         text = ", ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in shown.items())
         said.setdefault(text, []).append(row["method"])
     for text, methods in said.items():

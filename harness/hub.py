@@ -121,12 +121,12 @@ def check_hub_weights(spec: str) -> None:
     )
 
 
-def probe_hub(spec: str) -> None:
+def probe_hub(spec: str, held: str = "weights") -> None:
     """One request for a hub id's metadata, bounded by ``PROBE_TIMEOUT_S`` and not retried: a hub that cannot be
     reached (no network, DNS, a proxy, a timeout) is a ``ValueError`` before any run. From a review: without
     ``HF_HUB_OFFLINE`` every run of a sweep spent ~50 s in huggingface_hub's retries before failing with a
     record, one after another. Any answer of the hub (the repository gated, private or not there) passes: the run
-    loads the weights and says what failed (``hub_load_error``)."""
+    loads the weights and says what failed (``hub_load_error``). ``held``: what the cache lacks (weights, config)."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -137,7 +137,7 @@ def probe_hub(spec: str) -> None:
     except Exception as exc:  # noqa: BLE001 -- httpx's transport errors, OSError: the hub was not reached
         raise ValueError(
             f"model {spec!r}: the Hugging Face hub ({constants.ENDPOINT}) cannot be reached ({_brief(exc)}) and its "
-            f"cache ({constants.HF_HUB_CACHE}) holds no weights of it; {HUB_ADVICE}"
+            f"cache ({constants.HF_HUB_CACHE}) holds no {held} of it; {HUB_ADVICE}"
         ) from None
 
 

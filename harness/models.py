@@ -277,9 +277,22 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import PretrainedConfig  # a hub id: needs the internet (or the hub's local cache)
 
+    from harness.hub import offline_variables, probe_hub
+
+    if not offline_variables() and not _config_cached(spec):  # not reached: one line, not ~25 s of retries first
+        probe_hub(spec, held="config")
     try:  # the file as it is: no config class built, none of the repo's own code run (see transformers_config)
         data, _ = PretrainedConfig.get_config_dict(spec)
     except (OSError, ValueError) as exc:  # not on the hub, gated, or offline: transformers says which
+        from harness.hub import HUB_ADVICE, offline_variables  # hub imports this module
+
+        if (switched := offline_variables()) and not _config_cached(spec):  # transformers said "connect" (a review)
+            from huggingface_hub import constants
+
+            raise ValueError(
+                f"model {spec!r}: {' and '.join(switched)} set, and the hub's cache ({constants.HF_HUB_CACHE}) holds "
+                f"no config of it; {HUB_ADVICE}"
+            ) from None
         raise ValueError(
             f"model {spec!r} is not on the Hugging Face hub or it cannot be reached ({_brief(exc)}); {_WHAT_TO_GIVE}"
         ) from None
@@ -288,8 +301,35 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
     return data
 
 
+def _config_cached(repo_id: str) -> bool:
+    """Whether the hub's local cache holds ``repo_id``'s ``config.json`` (its main revision), read from the disk."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def gguf_file_error(path: Path) -> ValueError:
+    """What to do with a ``--model`` that is a GGUF file (every command says the same)."""
+    return ValueError(
+        f"model {str(path)!r} is a GGUF file, which the harness reads for the embedded model only (converting "
+        "it); give a model folder of safetensors or .bin weights, as save_pretrained writes it (or a hub id)"
+    )
+
+
+def _starts_with(path: Path, magic: bytes) -> bool:
+    """Whether the file ``path`` begins with ``magic``, its first bytes read only."""
+    with path.open("rb") as file:
+        return file.read(len(magic)) == magic
+
+
 def read_config(path: Path) -> dict:
-    """A ``config.json``: a JSON object with a ``model_type`` (transformers) or ``_class_name`` (diffusers)."""
+    """A ``config.json``: a JSON object with a ``model_type`` (transformers) or ``_class_name`` (diffusers); a GGUF
+    file (its suffix or its magic bytes) is refused as ``harness run`` refuses it, not read as broken JSON."""
+    if path.suffix.lower() == ".gguf" or _starts_with(path, b"GGUF"):  # not read whole: a GGUF is gigabytes
+        raise gguf_file_error(path)
     try:
         data = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -406,11 +446,24 @@ def build_meta(spec: str, trust_remote_code: bool = False, pipeline: bool = Fals
             config = transformers_config(spec, data, trust_remote_code)
             if hasattr(config, "vision_config"):
                 model = AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
-                return MetaModel(label(spec), model, model.get_submodule("model.language_model"))
+                return MetaModel(label(spec), model, _llava_language_model(spec, model))
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
             return MetaModel(label(spec), model, model)
     except Exception as exc:  # e.g. transformers' config validation (several lines): one line, and what to do
         raise _does_not_build(spec, exc) from None
+
+
+def _llava_language_model(spec: str, model: nn.Module) -> nn.Module:
+    """The language model the adapters attach to in a vision-language ``model``: LLaVA's ``model.language_model``;
+    another layout (SmolVLM, BLIP-2, Idefics3) is refused, naming its class, rather than adapted as a whole."""
+    try:
+        return model.get_submodule("model.language_model")
+    except AttributeError:
+        raise ValueError(
+            f"model {spec!r}: of vision-language models only LLaVA's layout (a model.language_model) is adapted, and "
+            f"its {type(model).__name__} has none; give a LLaVA-layout model (e.g. llava-hf/llava-1.5-7b-hf) or its "
+            "language model alone"
+        ) from None
 
 
 def check_transformers_config(spec: str, data: dict | None = None, trust_remote_code: bool = False) -> None:

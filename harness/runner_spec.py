@@ -16,7 +16,7 @@ from harness.adapter import attach
 from harness.config import AdapterConfig, ReducerConfig, make_config, parse_targets
 from harness.guard import StopOnSigterm
 from harness.identity import walk_model_folder
-from harness.models import EMBEDDED
+from harness.models import EMBEDDED, gguf_file_error
 from harness.records import config_hash
 from harness.registry import METHODS, TASKS, unknown_choice
 from harness.task import Preset, Task, TaskOptions, trust_kwargs
@@ -393,10 +393,7 @@ def _check_cache(specs: list[RunSpec]) -> None:
 def model_file_error(path: Path) -> ValueError:
     """What to do with a ``--model`` that is a file (without ``--random-weights``): weights load from a folder."""
     if path.suffix.lower() == ".gguf":
-        return ValueError(
-            f"model {str(path)!r} is a GGUF file, which the harness reads for the embedded model only (converting "
-            "it); give a model folder of safetensors or .bin weights, as save_pretrained writes it (or a hub id)"
-        )
+        return gguf_file_error(path)  # as harness params says it
     also = ", or --random-weights to build the architecture from this config" if path.suffix == ".json" else ""
     return ValueError(
         f"model {str(path)!r} is a file: weights load from a model folder (or a hub id); pass its folder{also}"

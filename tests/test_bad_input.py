@@ -68,6 +68,17 @@ def bench(*extra: str) -> list[str]:
     return over(["bench", "--methods", "lora", "--data-dir", "{data}", "--out", "{tmp}/bench", "--rounds", "1"], extra)
 
 
+def smolvlm_config(relative: str) -> Setup:
+    """A stock SmolVLM config (a vision-language model without LLaVA's layout) in the folder ``relative``."""
+
+    def setup(tmp: Path) -> None:
+        from transformers import SmolVLMConfig
+
+        SmolVLMConfig().save_pretrained(tmp / relative)
+
+    return setup
+
+
 def params(*extra: str) -> list[str]:
     """``harness params`` on a tiny Llama config (q,k,v,o,gate,up,down projections; 4 layers)."""
     return over(PARAMS, extra)
@@ -354,6 +365,13 @@ CASES = [
         "params-targets-match-no-layer",
         params("--targets", "nope_proj"),
         r"target 'nope_proj' matches no linear layer; the model's linear layers: down_proj, gate_proj",
+    ),
+    bad(  # from a review: the regex is matched against whole names, yet the message listed q_proj and v_proj
+        "params-targets-regex-matches-no-whole-name",
+        params("--targets", "q_proj|v_proj"),
+        r"target regex 'q_proj\|v_proj' matches no linear layer: it must match a whole module name, such as "
+        r"'model\.layers\.0\.self_attn\.q_proj' \(for these names in every block: '\.\*\\\.\(q_proj\|v_proj\)', "
+        r"or the names alone: q_proj,v_proj\); the model's linear layers end in: down_proj, ",
     ),
     bad(
         "run-targets-match-no-layer",
@@ -757,11 +775,32 @@ CASES = [
         params("--rank", "100000000"),
         r"rank r=100000000 is above model\.layers\.0\.self_attn\.k_proj's smaller side \(16: 32 in, 16 out\)",
     ),
-    bad(
+    bad(  # the sandbox switches the hub off: said, not transformers' "check your internet connection" (a review)
         "params-unknown-hub-model",
         ["params", "--model", "no-such-org/no-such-model", "--methods", "lora"],
-        rf"model 'no-such-org/no-such-model' is not on the Hugging Face hub or it cannot be reached \(.*\); "
-        rf"{TINY_MODEL_HINT}",
+        r"model 'no-such-org/no-such-model': HF_HUB_OFFLINE set, and the hub's cache \(.*\) holds no config of it; "
+        r"connect to the internet \(with HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset\)",
+    ),
+    bad(  # from a review: read as broken JSON ("UnicodeDecodeError"), where harness run says what a GGUF is to it
+        "params-model-a-gguf-file",
+        ["params", "--model", "{tmp}/model.gguf", "--methods", "lora"],
+        r"model '.*/model\.gguf' is a GGUF file, which the harness reads for the embedded model only \(converting it\); "
+        r"give a model folder of safetensors or \.bin weights",
+        write("model.gguf", b"GGUF\x03\x00\x00\x00\xff\xfe"),
+    ),
+    bad(
+        "params-model-a-gguf-file-by-another-name",
+        ["params", "--model", "{tmp}/model.bin", "--methods", "lora"],
+        r"model '.*/model\.bin' is a GGUF file, which the harness reads for the embedded model only",
+        write("model.bin", b"GGUF\x03\x00\x00\x00\xff\xfe"),
+    ),
+    bad(  # from a review: "its config does not build (AttributeError ...)", where the config is valid
+        "params-vision-language-model-not-llava-layout",
+        ["params", "--model", "{tmp}/vlm", "--methods", "lora"],
+        r"model '.*/vlm': of vision-language models only LLaVA's layout \(a model\.language_model\) is adapted, and "
+        r"its SmolVLMForConditionalGeneration has none; give a LLaVA-layout model \(e\.g\. llava-hf/llava-1\.5-7b-hf\) "
+        r"or its language model alone$",
+        smolvlm_config("vlm"),
     ),
     bad(
         "params-model-path-missing",
@@ -1445,3 +1484,47 @@ def test_rank_and_r_at_two_values_are_refused_by_make_config():
     with pytest.raises(ValueError, match=r"rank=8 and r=4 both set the adapter's rank"):
         make_config(cls, {"rank": 8, "r": 4}, "lora")
     assert make_config(cls, {"rank": "8", "r": 8}, "lora").r == 8  # the same value twice is fine
+
+
+def test_a_hub_id_with_the_hub_switched_off_says_so_and_where_the_cache_is(tmp_path, monkeypatch, capsys):
+    """From a review: ``HF_HUB_OFFLINE=1 harness params --model org/name`` (no copy in the cache) passed on
+    transformers' "couldn't connect ... check your internet connection", never naming the variable that switched the
+    hub off nor the cache it looked in; a config the cache holds is still read offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert main(["params", "--model", "org/name", "--methods", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"harness: error: model 'org/name': HF_HUB_OFFLINE set, and the hub's cache ({tmp_path / 'hub'}) holds no "
+        "config of it; connect to the internet (with HF_HUB_OFFLINE and TRANSFORMERS_OFFLINE unset), log in (hf auth "
+        "login) where the repository is gated, give a local folder holding the weights, or pass --random-weights to "
+        "build its architecture from its config\n"
+    )
+    snapshot = tmp_path / "hub" / "models--org--name" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    tiny_llama().config.to_json_file(snapshot / "config.json")
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    assert main(["params", "--model", "org/name", "--methods", "lora", "--json"]) == 0  # cached: read offline
+    capsys.readouterr()
+    (snapshot / "config.json").write_text("{")  # cached, yet broken: not said to be missing
+    assert main(["params", "--model", "org/name", "--methods", "lora"]) == 2
+    err = capsys.readouterr().err
+    assert "is not on the Hugging Face hub or it cannot be reached" in err and "holds no config" not in err
+
+
+def test_a_gguf_model_is_refused_by_params_as_run_refuses_it(tmp_path):
+    """From a review: ``harness params`` read a GGUF as broken JSON where ``harness run`` said what a GGUF is to the
+    harness; both say the same."""
+    from harness.models import load_config_dict
+    from harness.runner_spec import model_file_error
+
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00\xff\xfe")
+    with pytest.raises(ValueError) as refused:
+        load_config_dict(str(gguf))
+    assert str(refused.value) == str(model_file_error(gguf))

@@ -81,6 +81,24 @@ def test_params_table_names_the_settings_its_counts_depend_on(capsys):
     assert out[3].split()[:2] == ["lora", "14,155,776"]  # r=8: half r=16's 28,311,552
 
 
+def test_params_settings_line_names_every_option_given(capsys):
+    """From a review: ``--option train_shared_a=false`` and ``--option router_input=hidden`` changed effilora's
+    counts, yet the settings line (r, alpha, heads, targets) read the same; every --option is on it, as the method
+    took it (a plugin's own options too)."""
+    model = ["params", "--model", "meta-llama/Meta-Llama-3-8B", "--methods", "effilora"]
+    lines = {}
+    for given in ([], ["--option", "train_shared_a=false"], ["--option", "router_input=hidden", "--rank", "16"]):
+        assert main([*model, *given]) == 0
+        out = capsys.readouterr().out.splitlines()
+        lines[out[1]] = int(out[3].split()[1].replace(",", ""))
+    settings = "settings: r=16, alpha=32.0, heads=4, targets=q_proj,k_proj,v_proj,up_proj,down_proj"
+    assert lines == {
+        f"{settings} (heads: the multi-head methods')": 50_833_408,
+        f"{settings}, train_shared_a=False (heads: the multi-head methods')": 50_341_888,
+        f"{settings}, router_input=hidden (heads: the multi-head methods')": 54_755_328,
+    }
+
+
 def test_params_names_each_methods_settings_where_a_plugins_defaults_differ(tmp_path, capfd, plugin_sandbox):
     """From a re-review: the settings line was the first method's, so a plugin of r=4 by default headed a table whose
     hydralora row counted r=16; methods of other settings get a line each, naming them."""

@@ -1499,7 +1499,9 @@ def test_paper_preset_resolves_offline(monkeypatch):
     assert specs[0].model == "runwayml/stable-diffusion-v1-5"
     assert specs[0].method_options["r"] == 4 and specs[0].method_options["alpha"] == 8
     assert specs[0].train.steps == 20000 and specs[0].train.lr == 1e-4 and specs[0].train.micro_batch_size == 1
-    monkeypatch.setattr(hub, "probe_hub", lambda spec: None)  # as if the hub answered (test_robustness asks one)
+    monkeypatch.setattr(
+        hub, "probe_hub", lambda spec, held="weights": None
+    )  # as if the hub answered (test_robustness asks one)
     preflight(specs)  # the shipped UNet config, on the meta device: targets match, no download
 
 

@@ -2071,6 +2071,11 @@ def test_online_a_hub_that_cannot_be_reached_is_said_before_any_run(tmp_path, mo
                                          r"\(.*hub\) holds no weights of it; connect to the internet"):  # fmt: skip
         preflight(specs)
     assert time.monotonic() - start < 10
+    from harness.models import load_config_dict
+
+    with pytest.raises(ValueError, match=r"^model 'org/model': the Hugging Face hub .* cannot be reached .* holds no "
+                                         r"config of it; connect to the internet"):  # fmt: skip
+        load_config_dict("org/model")  # harness params, or a run's checks of a model whose config is not shipped
     with _loopback_hub() as endpoint:
         monkeypatch.setattr(constants, "ENDPOINT", endpoint)
         hub.check_hub_weights("org/model")  # answered: the load says what failed
