@@ -1103,3 +1103,84 @@ def test_a_reducer_option_given_as_none_turns_no_reducer_on(option):
         "commonsense", ["lora"], [0], "embedded", method_options={option: "none", "drop_ratio": "0.5"}
     )
     assert given.method_options["reducer"]["drop_ratio"] == 0.5  # beside a value that sets one: on, as before
+
+
+def test_a_name_with_a_capital_letter_is_refused_though_it_is_an_identifier():
+    """Names are lower-case identifiers (``--methods`` and run ids are typed lower-case). The tests refused only
+    'My-Lora', which is no identifier at all, so a mutation test found the lower-case half unpinned: dropping
+    ``name != name.lower()`` passed every test and registered 'MyLora'."""
+    methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
+    for name in ("MyLora", "myLora", "LORA2"):
+        with pytest.raises(ValueError, match=r"must be a lower-case Python identifier \(e\.g\. 'my_lora'\)"):
+            methods.register(name)
+    methods.register("my_lora2")  # a lower-case identifier with a digit is fine
+
+
+def test_registering_the_same_class_again_under_its_name_is_a_no_op():
+    """``register`` refuses a name taken by *another* class, not the one already there: registering it again (a
+    notebook cell run twice, a decorator applied to an already registered class) is a no-op. A mutation test found
+    only the refusal pinned: refusing every taken name (``existing is not None``) passed every test."""
+    from tests.conftest import DeltaOnlyLinear
+
+    methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
+
+    class Mine(DeltaOnlyLinear):
+        pass
+
+    assert methods.register("mine")(Mine) is Mine
+    assert methods.register("mine")(Mine) is Mine and Mine.name == "mine"
+    with pytest.raises(ValueError, match="already registered"):
+        methods.register("mine")(type("Other", (DeltaOnlyLinear,), {}))
+
+
+def test_a_class_that_is_not_a_subclass_of_the_base_is_refused_as_such():
+    """A registered class subclasses ``AdapterLinear`` (a method) or ``Task`` (a task). The tests refused only a lambda
+    (no class at all), so a mutation test found the subclass half unpinned: ``isinstance(obj, type)`` alone passed
+    every test and let a plain class that looks like a task register (it fails at the first run instead)."""
+    tasks: Registry = Registry("task", "tasks", "harness.none", "harness.task:Task")
+    hooks = {name: lambda *a, **k: None for name in ("load", "recipe", "splits", "evaluate")}
+    look_alike = type(
+        "LookAlike", (), {"presets": {"p": object()}, "default_preset": "p", "protocols": ("mse",), **hooks}
+    )
+    with pytest.raises(ValueError, match=r"task 'look': .*LookAlike is not a subclass of Task; register one"):
+        tasks.register("look")(look_alike)
+    assert "look" not in tasks._entries
+    methods: Registry = Registry("method", "methods", "harness.none", "harness.adapter:AdapterLinear")
+    with pytest.raises(ValueError, match=r"method 'plain': .*Plain is not a subclass of AdapterLinear"):
+        methods.register("plain")(type("Plain", (), {"delta": lambda self, x: x}))
+
+
+def test_a_module_whose_top_level_package_several_distributions_share_names_no_package(monkeypatch):
+    """``plugin_files`` names the installed distribution of a plugin class's module only where its top-level package
+    belongs to exactly one (a namespace package such as ``google`` is shared: naming one would record the wrong
+    package and version). A mutation test found it unpinned: taking the first of several (``if not names``) passed
+    every test."""
+    from harness import registry
+
+    monkeypatch.setattr(
+        registry, "_top_level_distributions", lambda: {"sharedns": ["torch", "numpy"], "ownns": ["numpy"]}
+    )
+    assert registry._distribution("sharedns.plugin") is None
+    assert registry._distribution("ownns.plugin")["package"] == "numpy"
+
+
+def test_load_plugin_in_a_fresh_process_refuses_a_built_in_name_not_the_built_in(tmp_path):
+    """``load_plugin`` loads the built-ins first, so a plugin reusing one of their names is the one refused, even in a
+    fresh Python process where nothing has asked the registries yet (the CLI lists them before it loads a plugin,
+    which hides the order). A mutation test found it unpinned: skipping that load passed every test, and the plugin
+    took 'lora' while the built-in LoRA then failed to register. Runs a subprocess (~3 s: it imports torch)."""
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "mine.py"
+    plugin.write_text(
+        "from harness import METHODS, AdapterLinear\n\n\n@METHODS.register('lora')\n"
+        "class Mine(AdapterLinear):\n    def delta(self, x):\n        return x\n"
+    )
+    code = (
+        "import harness, sys\ntry:\n    harness.load_plugin(sys.argv[1])\nexcept ValueError as e:\n    print(e)\n"
+        "print(harness.METHODS.get('lora').__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(plugin)], capture_output=True, text=True, timeout=60)
+    assert "'lora' is already registered (by methods.lora.LoraLinear)" in out.stdout, out.stdout + out.stderr
+    assert out.stdout.strip().endswith("methods.lora"), out.stdout + out.stderr

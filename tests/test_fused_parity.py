@@ -1024,3 +1024,75 @@ def test_a_plugin_overriding_only_effiloras_router_keeps_merge_and_the_fast_path
     assert not any(layer.fuses_input for layer in routed.layers.values())
     with pytest.raises(ValueError, match="cannot be merged"):
         routed.merge()
+
+
+def _logits(adapter) -> torch.Tensor:
+    with torch.no_grad():
+        return adapter.model(**batch()).logits
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+@pytest.mark.parametrize("method", [*BUILT_IN, TripledLoraLinear], ids=lambda m: getattr(m, "name", m))
+def test_a_gate_scales_the_adapter_output_as_the_scaling_does(method, fast):
+    """The Reducer suppresses a layer by lowering its ``gate`` (``suppression``, 0.25 by default), which multiplies
+    the adapter output as ``scaling`` does, on the reference path, the fused fast path (the built-ins) and the
+    unfused fast path (a plugin's own ``delta_factors``). A mutation test found nothing pinned it: a forward that
+    ignored the gate (``scale = self.scaling``) on any of the three routes passed every test, and the Reducer's
+    trials would then have suppressed nothing."""
+    adapter = attach(tiny_llama(), method, targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    adapter.use_fast_path(fast)
+    full = _logits(adapter)
+    for layer in adapter.layers.values():
+        layer.gate = 0.25
+    gated = _logits(adapter)
+    for layer in adapter.layers.values():
+        layer.gate, layer.scaling = 1.0, layer.scaling * 0.25
+    scaled = _logits(adapter)
+    assert not torch.allclose(gated, full, atol=1e-4)
+    torch.testing.assert_close(gated, scaled, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_a_layer_at_gate_zero_computes_no_adapter_flops(fast):
+    """Gate 0 (a layer the Reducer suppresses fully; the FLOPs recount zeroes the gates of the forward's skipped
+    layers) runs the base alone: the forward counts the base model's FLOPs, not the adapter's matmuls times zero.
+    A mutation test found it unpinned: dropping the ``gate == 0.0`` shortcut in ``AdapterLinear.forward`` kept the
+    outputs and passed every test, while every suppressed layer's adapter FLOPs were counted (and spent)."""
+    base_flops = FlopCounterMode(display=False)
+    with base_flops, torch.no_grad():
+        tiny_llama()(**batch())
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    adapter.use_fast_path(fast)
+    for layer in adapter.layers.values():
+        layer.gate = 0.0
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        out = adapter.model(**batch()).logits
+    torch.testing.assert_close(out, tiny_llama()(**batch()).logits.detach())
+    assert counter.get_total_flops() == base_flops.get_total_flops()
+
+
+class DoubledTripledLoraLinear(TripledLoraLinear):
+    """A plugin on a plugin: its own ``delta`` below ``TripledLoraLinear``'s own ``delta_factors`` (3 B A x)."""
+
+    name = "doubled_tripled_lora"
+
+    def delta(self, x):
+        return 2.0 * LoraLinear.delta(self, x)
+
+
+def test_a_plugin_overriding_only_delta_below_an_own_delta_factors_does_not_get_that_fast_path():
+    """``offers_fast_path`` counts a ``delta_factors`` only where it is defined where ``delta`` is or below it. The
+    existing tests subclass built-ins, none of which defines ``delta_factors`` (they fuse through ``input_weights``),
+    so a mutation test found that check unpinned: ``offers_fast_path`` without ``follows_delta("delta_factors")``
+    passed every test while this plugin trained ``TripledLoraLinear``'s 3 B A x on the fast path, not its own 2 B A x."""
+    assert TripledLoraLinear.offers_fast_path() and not DoubledTripledLoraLinear.offers_fast_path()
+    adapter = attach(tiny_llama(), DoubledTripledLoraLinear, targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    reference = _logits(adapter)
+    with pytest.warns(UserWarning, match="overrides delta below its fast path"):
+        adapter.use_fast_path(True)
+    assert not any(layer.fast_path for layer in adapter.layers.values())
+    torch.testing.assert_close(_logits(adapter), reference)

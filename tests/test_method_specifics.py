@@ -276,3 +276,81 @@ def test_effilora_with_heads_says_it_merges_with_one_b_and_hydralora_that_it_nev
         routed.merge()
     with pytest.raises(ValueError, match=r"mergeable = False\); keep the adapter unmerged"):
         attach(tiny_llama(), "hydralora", targets="q_proj").merge()
+
+
+def test_a_shared_tensor_is_made_once_per_kind_and_group():
+    """``SharedTensors.get_or_create`` makes a tensor the first time only: every later wrapper of the group gets that
+    one, and the seeded draws of its init happen once (ShareLoRA's A is the same tensor, at the same values, as with
+    one wrapper). A mutation test found it unpinned: making it anew for every wrapper (the table keeping the last)
+    passed every test, while each extra kaiming draw moved the RNG, changing every seeded init that follows."""
+    from torch import nn
+
+    from harness.adapter import SharedTensors
+
+    shared, made = SharedTensors(), []
+
+    def make() -> nn.Parameter:
+        made.append(1)
+        return nn.Parameter(torch.randn(2, 3))
+
+    first = shared.get_or_create("lora_A", "q_proj_3", make)
+    assert shared.get_or_create("lora_A", "q_proj_3", make) is first and len(made) == 1
+    assert shared.get_or_create("lora_A", "k_proj_3", make) is not first and len(made) == 2
+    small, big = tiny_llama(layers=1), tiny_llama(layers=4)
+    torch.manual_seed(0)
+    one = attach(small, "sharelora", targets="q_proj", r=2).model.lora_shared.lora_A["q_proj_32"]
+    torch.manual_seed(0)
+    four = attach(big, "sharelora", targets="q_proj", r=2).model.lora_shared.lora_A["q_proj_32"]
+    torch.testing.assert_close(four, one)
+
+
+def test_the_layer_of_a_target_in_nested_lists_of_one_class_is_the_deepest():
+    """``Site.of``'s rule (``_layer_of``): the layer is the deepest numbered module above the linear in a list of one
+    class: the blocks of a model's stages (``stages.0.blocks.1``), not the stage. A mutation test found only one level
+    of lists in the tests: taking the outermost (``same[0]``) passed them all, and put a stage's blocks into one
+    layer for the Reducer."""
+    from torch import nn
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+    class Stage(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(), Block()])
+
+    model = nn.Module()
+    model.stages = nn.ModuleList([Stage(), Stage()])
+    adapter = attach(model, "lora", targets="fc", r=2, reducer=None)
+    assert list(adapter.layer_groups) == [
+        "stages.0.blocks.0",
+        "stages.0.blocks.1",
+        "stages.1.blocks.0",
+        "stages.1.blocks.1",
+    ]
+
+
+def test_a_numbered_list_of_steps_outside_any_list_of_layers_is_no_layer():
+    """``_layer_of``: an index into a list of steps of several classes, not all holding modules (diffusers'
+    ``ff.net``: GEGLU, Dropout, Linear), is no layer: a model that is one such feed-forward is one layer ('').
+    A mutation test found it unpinned: ``any`` for ``all`` (a list counted as blocks where one step holds modules)
+    passed every test and made ``ff.net.0`` a layer of its own beside ``''``."""
+    from torch import nn
+
+    class GEGLU(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(8, 16)
+
+        def forward(self, x):
+            a, b = self.proj(x).chunk(2, dim=-1)
+            return a * torch.nn.functional.gelu(b)
+
+    model = nn.Module()
+    model.ff = nn.Module()
+    model.ff.net = nn.ModuleList([GEGLU(), nn.Dropout(0.0), nn.Linear(8, 8)])
+    adapter = attach(model, "lora", targets="net.0.proj,net.2", r=2, reducer=None)
+    assert list(adapter.layer_groups) == [""]
+    assert [w.site.layer for w in adapter.layers.values()] == ["", ""]

@@ -745,3 +745,41 @@ def test_a_damaged_or_unknown_saved_adapter_is_refused_naming_the_file(method, t
             load_adapter(model, tmp_path)
         del where[key]
     assert not any(isinstance(m, AdapterLinear) for m in model.modules())
+
+
+def _no_grad_logits(adapter) -> torch.Tensor:
+    with torch.no_grad():
+        return adapter.model(**batch()).logits
+
+
+def test_merging_twice_adds_delta_once_and_one_unmerge_restores_the_base():
+    """``Adapter.merge()`` called a second time (a notebook re-running a cell) leaves the weights as one merge does,
+    and one ``unmerge()`` gives the base weights back. A mutation test found it unpinned: a wrapper's ``merge``
+    without its ``if not self.merged`` guard added Δ twice and passed every test."""
+    adapter = attach(tiny_llama(), "lora", targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    base_weights = {name: layer.base.weight.detach().clone() for name, layer in adapter.layers.items()}
+    unmerged = _no_grad_logits(adapter)
+    adapter.merge()
+    adapter.merge()
+    torch.testing.assert_close(_no_grad_logits(adapter), unmerged, atol=1e-5, rtol=1e-5)
+    adapter.unmerge()
+    for name, layer in adapter.layers.items():
+        torch.testing.assert_close(layer.base.weight, base_weights[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_a_method_that_sets_mergeable_false_is_not_merged_though_it_inherits_a_delta_weight():
+    """``mergeable = False`` (README: a method whose Δ is input-dependent) refuses merge even where the class inherits
+    a ``delta_weight`` (here LoRA's). The one built-in that sets it (HydraLoRA) defines no ``delta_weight``, so a
+    mutation test found the flag unread by any test: ``is_mergeable`` without ``cls.mergeable`` passed them all."""
+
+    class RoutedLora(LoraLinear):
+        name = "routed_lora"
+        mergeable = False
+
+    adapter = attach(tiny_llama(), RoutedLora, targets=TINY_TARGETS, dropout=0.0)
+    perturb(adapter)
+    assert not RoutedLora.is_mergeable(adapter.config)
+    with pytest.raises(ValueError, match="cannot be merged"):
+        adapter.merge()
+    assert not any(layer.merged for layer in adapter.layers.values())
