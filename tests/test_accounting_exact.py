@@ -721,3 +721,233 @@ def test_a_model_given_an_attention_mask_on_meta_is_named_in_the_flops_warning(c
     assert flops["status"] == "not counted"
     err = capsys.readouterr().err
     assert "no .item() or numpy)" in err and "causal-mask" not in err, err
+
+
+def test_a_hook_forward_puts_each_gate_back_before_the_next_forward():
+    """Pins that ``hook_forward_flops`` restores the gates of the layers one forward turned off, so that a later forward
+    (a rollout turning off none) counts every adapter. A mutation test found it: without the ``finally`` restoring
+    ``layer.gate`` every test passed, and a Reducer run's later rollouts were counted short."""
+    from harness.accounting import hook_forward_flops
+
+    config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    recipe, shape = text_recipe(CharTokenizer(), CONFIG), [4, 20, 10]
+    off = [n for n in attach(tiny_llama(), "lora", config=config).layers if n.endswith("layers.1.self_attn.q_proj")]
+    [alone] = hook_forward_flops(meta_of(tiny_llama()), "lora", config, [{"shape": shape, "skipped": []}], recipe)
+    less, full = hook_forward_flops(
+        meta_of(tiny_llama()),
+        "lora",
+        config,
+        [{"shape": shape, "skipped": off}, {"shape": shape, "skipped": []}],
+        recipe,
+    )
+    assert full == alone > less
+
+
+def test_a_reducers_step_is_counted_at_the_draw_of_seed_zero():
+    """Pins which draw the count takes (``REDUCER_COUNT_SEED`` = 0: every committed record counts at it). A mutation
+    test found that any other fixed seed passed every test, where it changes LoRA-FA's counts and makes
+    ``recount_flops`` rewrite committed records."""
+    from harness.accounting import step_flops
+
+    options = {"targets": "q_proj,v_proj,up_proj,down_proj", "r": 4, "reducer": {"k": 2, "selection": "random"}}
+    config = make_config(METHODS.get("lora_fa").config_cls, options, "lora_fa")
+    flops = step_flops(meta_of(tiny_llama()), "lora_fa", config, [[4, 20, 10]], text_recipe(CharTokenizer(), CONFIG))
+    reducer = attach(tiny_llama(), "lora_fa", config=config).reducer
+    assert flops["reducer_layers"] == reducer.select(torch.Generator().manual_seed(0))
+
+
+def test_a_wrapper_whose_output_needs_no_gradient_adds_no_backward_to_the_bypassed_step(monkeypatch):
+    """Pins ``_record``'s ``out.requires_grad``: layer 0's q/k/v with their adapters frozen (as the Reducer freezes an
+    unselected layer) add their forward products only, and the step with the adapters bypassed must not backpropagate
+    through the attention where the adapted step did not. A mutation test found that recording every output as
+    needing a gradient passed every test (the bypassed pass then counted layer 0's attention backward as the base's,
+    taking it off the adapters' share)."""
+    import harness.adapter as adapter_module
+    from harness.accounting import step_flops
+
+    real_attach = adapter_module.attach
+
+    def frozen_layer0(*args, **kwargs):
+        attached = real_attach(*args, **kwargs)
+        for name, layer in attached.layers.items():
+            if ".layers.0." in f".{name}" and name.split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
+                for p in layer.parameters():
+                    p.requires_grad_(False)
+        return attached
+
+    config = make_config(METHODS.get("lora").config_cls, FULL, "lora")
+    recipe, rows, tokens = text_recipe(CharTokenizer(), CONFIG), 4, 20
+    plain = step_flops(meta_of(tiny_llama()), "lora", config, [[rows, tokens, 10]], recipe)
+    monkeypatch.setattr(adapter_module, "attach", frozen_layer0)
+    frozen = step_flops(meta_of(tiny_llama()), "lora", config, [[rows, tokens, 10]], recipe)
+    lost = 0
+    for name, layer in real_attach(tiny_llama(), "lora", config=config).layers.items():
+        if ".layers.0." in f".{name}" and name.split(".")[-1] in ("q_proj", "k_proj", "v_proj"):
+            d_in, d_out, n = layer.base.in_features, layer.base.out_features, 2 * rows * tokens * config.r
+            lost += n * (d_in + 2 * d_out)  # B's and A's gradients and h's: only the forward's x·Aᵀ, h·Bᵀ remain
+        elif ".layers.0." in f".{name}" and name.split(".")[-1] in ("gate_proj", "up_proj"):
+            n = 2 * rows * tokens * config.r  # their input (the residual after layer 0's attention) needs no gradient
+            lost += n * layer.base.in_features  # now: their x's gradient through A is not computed
+    assert frozen["adapter"] == plain["adapter"] - lost
+    # the base does less too (no backward through layer 0's attention), where the bypassed pass must follow the step
+    assert frozen["total"] - frozen["adapter"] < plain["total"] - plain["adapter"]
+
+
+def _cuda_meter(monkeypatch, allocated, reserved, peaks):
+    """A MemoryMeter on a faked CUDA device: ``allocated``/``reserved`` are lists the test changes, ``peaks`` the
+    allocator's maxima."""
+    from harness.accounting import MemoryMeter
+
+    for name in ("synchronize", "reset_peak_memory_stats", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda *a: allocated[0])
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: reserved[0])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda *a: peaks[0])
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: peaks[1])
+    return MemoryMeter(torch.device("cuda"))
+
+
+def test_the_cuda_summary_is_above_the_baseline_and_keeps_reserved_apart_from_allocated(monkeypatch):
+    """Pins the CUDA summary's numbers (no GPU needed: the allocator's counters are faked): peaks and means above the
+    baseline, the reserved mean of the reserved samples. A mutation test found that the reserved peak without the
+    baseline taken off, or the reserved mean taken of the allocated samples, passed every test."""
+    gb = 1024**3
+    allocated, reserved, peaks = [1 * gb], [2 * gb], [0, 0]
+    meter = _cuda_meter(monkeypatch, allocated, reserved, peaks)
+    allocated[0], reserved[0] = 2 * gb, 5 * gb
+    meter.sample()
+    allocated[0], reserved[0] = 4 * gb, 6 * gb
+    meter.sample()
+    peaks[:] = [5 * gb, 8 * gb]
+    assert meter.summary() == {
+        "kind": "cuda_minus_baseline",
+        "peak_allocated_gb": 4.0,
+        "peak_reserved_gb": 6.0,
+        "mean_allocated_gb": 2.0,
+        "mean_reserved_gb": 3.5,
+    }
+
+
+def test_a_resumed_meter_keeps_the_earlier_sessions_peak_and_samples():
+    """Pins ``carry``/``state``/``_peaks`` over a resume: the peak is the larger of the earlier sessions' and this
+    one's, and a second checkpoint keeps every earlier sample (a run resumed twice). A mutation test found that
+    dropping the carried peak, or the carried samples from ``state()``, passed every test."""
+    from harness.accounting import MemoryMeter
+
+    big = 1e15  # above any resident size this process can have
+    meter = MemoryMeter(torch.device("cpu"))
+    meter.carry({"samples": [[big, 1.0], [big, 3.0]], "peaks": [big, big]})
+    meter.sample()
+    state = meter.state()
+    assert (
+        state["peaks"] == [big, big] and len(state["samples"]) == 3 and state["samples"][:2] == [(big, 1.0), (big, 3.0)]
+    )
+    summary = meter.summary()
+    assert summary["peak_rss_gb"] == big / 1024**3
+    assert summary["mean_rss_gb"] == (4.0 + meter.samples[0][1]) / 3 / 1024**3
+
+
+class _ReplicaTask:
+    """A task whose replica is the tiny Llama (a class: the cache key names ``type(task).meta_replica``)."""
+
+    def meta_replica(self, loaded):  # noqa: ANN001, ANN201
+        return meta_of(tiny_llama())
+
+
+def test_a_cached_count_is_not_changed_by_what_a_caller_does_to_it(monkeypatch):
+    """Pins the copy ``_count_flops`` hands out of its per-process cache: a caller editing its record (a recount, a
+    runner adding keys) must not change what the next run at the same settings records. A mutation test found that
+    returning the cached dict itself passed every test."""
+    import harness.runner_flops as runner_flops
+
+    monkeypatch.setattr(runner_flops, "_FLOPS_COUNTED", {})
+    task = _ReplicaTask()
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj", "r": 2}, "lora")
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    counted = [runner_flops._count_flops(task, None, "lora", config, [[2, 8, 4]], recipe, False, ("sweep",))]
+    expected = {**counted[0], "micro_batches": [dict(m) for m in counted[0]["micro_batches"]]}
+    for _ in range(2):  # the first count, then one taken from the cache: each edited by its caller
+        counted[-1]["total"] = -1
+        counted[-1]["micro_batches"][0]["total"] = -1
+        counted.append(runner_flops._count_flops(task, None, "lora", config, [[2, 8, 4]], recipe, False, ("sweep",)))
+        assert counted[-1] == expected
+
+
+def test_the_probes_count_is_not_taken_for_the_step_with_its_share(monkeypatch):
+    """Pins ``adapter_share`` in the cache key: the runner's probe counts the step without the adapters' share
+    (``adapter_share=False``) at the same settings and shape as the record's count that follows. A mutation test found
+    that leaving it out of the key passed the fast tests; the record then took the probe's ``adapter: None``."""
+    import harness.runner_flops as runner_flops
+
+    task = _ReplicaTask()
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj", "r": 2}, "lora")
+    recipe, shape, key = text_recipe(CharTokenizer(), CONFIG), [[2, 8, 4]], ("probe then step",)
+    monkeypatch.setattr(runner_flops, "_FLOPS_COUNTED", {})
+    probe = runner_flops._count_flops(task, None, "lora", config, shape, recipe, False, key, adapter_share=False)
+    assert probe["adapter"] is None
+    flops = runner_flops.flops_record(task, None, "lora", config, shape, recipe, False, key)
+    assert flops["total"] == probe["total"] and flops["adapter"] > 0
+
+
+def test_a_fast_path_count_says_its_path():
+    """Pins ``flops_per_step.path`` = "fast" for a run on the fast path (what recount_flops counts it on). A mutation
+    test found that dropping it passed the fast tests."""
+    from harness.runner import flops_record
+
+    task = SimpleNamespace(meta_replica=lambda loaded: meta_of(tiny_llama()))
+    config = make_config(METHODS.get("lora").config_cls, {"targets": "q_proj", "r": 2}, "lora")
+    recipe = text_recipe(CharTokenizer(), CONFIG)
+    assert flops_record(task, None, "lora", config, [[2, 8, 4]], recipe, True)["path"] == "fast"
+    assert "path" not in flops_record(task, None, "lora", config, [[2, 8, 4]], recipe, False)
+
+
+def test_a_reason_of_exactly_the_limit_is_printed_whole():
+    """Pins ``_clip``'s bound: a reason of exactly ``limit`` characters is not cut. A mutation test found ``<=`` made
+    ``<`` passed every test (a 200-character reason lost its last word to " ...")."""
+    from harness.runner_flops import _clip
+
+    reason = "x" * 190 + " use r<=16"
+    assert len(reason) == 200 and _clip(reason) == reason
+    assert _clip(reason + "!") == "x" * 190 + " use ..."
+
+
+def test_the_records_parameter_counts_leave_the_adapters_out_of_the_base(tmp_path):
+    """Pins ``_train_record``'s parameter counts: ``base_params`` the model's parameters less the adapter's (attached in
+    place, they are the model's too), ``percent_trainable`` over that base (as ``Adapter.percent_trainable``), and the
+    min/mean/max of the parameters updated per step. A mutation test found that counting the adapter into the base,
+    dividing by base + trainable, or the min taken as the max, passed every test."""
+    from harness.runner_flops import _train_record
+
+    adapter = attach(tiny_llama(), "lora", targets="q_proj,v_proj", r=4)
+    result = SimpleNamespace(
+        first_step_shapes=[[4, 20, 10]],
+        hook_val_forwards=[],
+        steps=3,
+        params_updated=[10, 30, 20],
+        samples=12,
+        tokens=240,
+        train_s=1.0,
+        hook_val_s=0.0,
+        final_val_s=0.0,
+        memory={},
+        loss_curve=[],
+        final_val_loss=1.0,
+        resumed_from=None,
+        timed_on_before_resume=None,
+        code_before_resume=None,
+    )
+    record = _train_record(
+        SimpleNamespace(extra={}, method="lora"),
+        adapter,
+        result,
+        tmp_path,
+        {"status": "not counted", "reason": "not asked"},
+        SimpleNamespace(throughput_unit="tokens"),
+        SimpleNamespace(model=adapter.model, task_params=[]),
+        None,
+    )
+    base = sum(p.numel() for p in tiny_llama().parameters())
+    assert record["base_params"] == base == adapter.num_base_params
+    assert record["trainable_params"] == adapter.num_trainable_params > 0
+    assert record["percent_trainable"] == pytest.approx(100 * adapter.num_trainable_params / base)
+    assert record["params_updated_per_step"] == {"mean": 20, "min": 10, "max": 30}
