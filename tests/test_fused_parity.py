@@ -1096,3 +1096,18 @@ def test_a_plugin_overriding_only_delta_below_an_own_delta_factors_does_not_get_
         adapter.use_fast_path(True)
     assert not any(layer.fast_path for layer in adapter.layers.values())
     torch.testing.assert_close(_logits(adapter), reference)
+
+
+def test_effilora_with_one_b_and_a_hidden_router_option_runs_the_fast_path_as_the_plain_one():
+    """EffiLoRA with ``heads=1`` has no router, whatever ``router_input`` says: the fast path must not look for one.
+    The parity tests ran one head at the default (subspace) router input only: a mutation test found an
+    ``input_weights`` that returned the hidden router whenever ``router_input == "hidden"`` (no ``heads > 1``)
+    passed every test, though it fails on the first fast forward of that configuration."""
+    adapter = attach(tiny_llama(), "effilora", targets=TINY_TARGETS, heads=1, router_input="hidden", dropout=0.0)
+    perturb(adapter)
+    with torch.no_grad():
+        adapter.use_fast_path(False)
+        plain = adapter.model(**batch()).logits
+        adapter.use_fast_path(True)
+        fast = adapter.model(**batch()).logits
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)

@@ -536,3 +536,41 @@ def test_k_none_on_a_method_without_a_reducer_turns_none_on():
     assert make_config(cls, {}, "lora").reducer is None  # LoRA runs no Reducer by default
     assert make_config(cls, {"k": "none"}, "lora").reducer is None
     assert make_config(cls, {"n_suppressed": "none"}, "lora").reducer is None
+
+
+def test_n_suppressed_defaults_to_half_the_layers_rounded_down():
+    """Spec, "The Reducer": a trial suppresses ``n_suppressed`` layers, default L/2 (``L // 2``, at least 1). Every
+    test ran an even L or named n_suppressed: a mutation test found ``(L + 1) // 2`` passed them all."""
+    for layers, expected in ((5, 2), (3, 1), (2, 1), (4, 2)):
+        adapter = attach(tiny_llama(layers=layers), "effilora", targets="q_proj", r=2, reducer=dict(k=1))
+        assert adapter.reducer.n_suppressed == expected, layers
+
+
+def test_a_scoring_round_records_the_scores_it_left():
+    """The run record's score trajectory (what plot_reducer draws) holds, per round, its step, its rollouts' losses
+    and the scores AFTER the round. Only its length was pinned: a mutation test found a trajectory of the
+    sigmoids of the scores before the round passed every test."""
+    adapter = attach(
+        tiny_llama(layers=4), "effilora", targets="q_proj", r=2, reducer=dict(k=2, rollouts=3, n_suppressed=2, seed=3)
+    )
+    reducer, groups = adapter.reducer, list(adapter.layer_groups.values())
+
+    def val_loss() -> float:  # suppressing layer 0 hurts
+        return 1.0 + (1.0 - groups[0][0].gate)
+
+    for step in (10, 20):
+        reducer.score(val_loss, step)
+        assert reducer.trajectory[-1]["scores"] == reducer.scores.tolist()
+    assert [t["step"] for t in reducer.trajectory] == [10, 20]
+    assert any(s != 0 for s in reducer.trajectory[0]["scores"])  # the round moved them
+
+
+def test_a_reducer_state_dict_is_a_snapshot():
+    """``state_dict`` copies the scores: a scoring round after it (which moves the scores in place) leaves the saved
+    state alone. A mutation test found ``"scores": self.scores`` (no clone) passed every test."""
+    adapter = attach(tiny_llama(layers=4), "effilora", targets="q_proj", r=2, reducer=dict(k=2, n_suppressed=2, seed=1))
+    reducer, groups = adapter.reducer, list(adapter.layer_groups.values())
+    state = reducer.state_dict()
+    reducer.score(lambda: 1.0 + (1.0 - groups[0][0].gate), step=10)
+    assert reducer.scores.any()
+    assert not state["scores"].any()
