@@ -830,3 +830,20 @@ def test_a_p_below_005_never_reads_005_in_the_comparisons_csv(tmp_path, monkeypa
     columns = ("p", "p_holm", "significant")
     assert [vs["ARC-Easy"][c] for c in columns] == ["0.049998", "0.049998", "True"]  # the fewest digits below 0.05
     assert [vs["Avg"][c] for c in columns] == ["0.1235", "0.1235", "False"]
+
+
+def test_a_row_significantly_below_the_baselines_is_listed_as_not_above_them(tmp_path):
+    """A benchmark where a row is significantly *below* majority and chance is listed in ``not_above_baselines``:
+    significance alone is no win (a mutation test found only the committed leaderboard's golden file pinned the
+    ``value > 0``: dropping it counted this row as beating both)."""
+    runs, answers = tmp_path / "runs", "0" * 30 + "1" * 10
+    evals = {
+        "lora": {"ARC-Easy": scored(answers, "1" * 30 + "0" * 10)},  # every answer wrong: 0 % against 75 % and 25 %
+        "hydralora": {"ARC-Easy": scored(answers, answers)},  # every answer right
+        "base": {"ARC-Easy": scored(answers, "0" * 40)},
+    }
+    for method, e in evals.items():
+        write_fixture(runs, fixture_record(method, 0, evals=e))
+    write_leaderboards(runs, tmp_path / "out")
+    rows = {r["method"]: r["not_above_baselines"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
+    assert rows["lora"] == "ARC-Easy Avg" and rows["hydralora"] == "none"
