@@ -847,3 +847,24 @@ def test_a_row_significantly_below_the_baselines_is_listed_as_not_above_them(tmp
     write_leaderboards(runs, tmp_path / "out")
     rows = {r["method"]: r["not_above_baselines"] for r in read_csv(tmp_path / "out" / "commonsense.csv")}
     assert rows["lora"] == "ARC-Easy Avg" and rows["hydralora"] == "none"
+
+
+def test_the_summary_of_failed_runs_counts_every_run_names_each_in_order_and_quotes_the_first(
+    tmp_path, monkeypatch, capsys
+):
+    """``harness run``'s last line when runs failed: how many of ALL the sweep's runs failed (a success among them
+    counted in the total), the failed ids in the sweep's order, and the error of the first failure. A mutation test
+    found nothing pinned the total or which failure's error is quoted (every test had one run, or one failure)."""
+    import harness.runner
+    from harness.cli import main
+
+    ok = {"run": {"id": "x-ok", "status": "success", "error": None}}
+    first = {"run": {"id": "x-first", "status": "failed", "error": "RuntimeError: boom one"}}
+    second = {"run": {"id": "x-second", "status": "failed", "error": "ValueError: boom two"}}
+    monkeypatch.setattr(harness.runner, "run_all", lambda *a, **k: [first, ok, second])
+    monkeypatch.setattr(harness.runner, "load_model", None)  # nothing loads
+    argv = ["run", "--task", "commonsense", "--methods", "lora", "--preset", "smoke", "--quiet", "--no-leaderboard"]
+    argv += ["--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "2 of 3 runs failed: x-first, x-second (see their records; x-first: RuntimeError: boom one)" in line, line

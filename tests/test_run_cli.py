@@ -943,3 +943,43 @@ def test_an_unreadable_record_is_said_alone_without_force_advice_in_a_sweep_of_s
     assert refusal is not None and refusal.unreadable
     assert _refused_message([refusal], sweep) == "run.json cannot be read: Permission denied"
     assert _refused_message([refusal], sweep, before=True) == "run.json cannot be read: Permission denied"
+
+
+def test_a_seed_listed_twice_is_one_run(tmp_path, monkeypatch):
+    """``--seeds 1,0,1`` makes two runs, seeds 1 then 0 (as a method listed twice is one): a mutation test found
+    that dropping the de-duplication in ``cli_run._seeds`` went unnoticed (build_specs keeps duplicates, so the
+    sweep listed the same run id twice)."""
+    import harness.runner
+    from harness.cli import main
+
+    seen = []
+    monkeypatch.setattr(harness.runner, "run_all", lambda specs, *a, **k: seen.extend(specs) or [])
+    argv = ["run", "--task", "commonsense", "--methods", "lora", "--preset", "smoke", "--quiet", "--no-leaderboard"]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--seeds", "1,0,1"]) == 0
+    assert [s.seed for s in seen] == [1, 0] and len({s.run_id for s in seen}) == 2
+
+
+def test_the_sweep_says_a_skipped_run_is_done_and_its_failed_columns_only_for_a_skipped_run(
+    tiny_model, data_dir, tmp_path, monkeypatch, capfd
+):
+    """Each run's line of ``harness run``: a run this command ran says its status; a finished run it skipped says
+    "done already (skipped; --force re-runs it)" and, only then, that its failed columns can be rescored (a run that
+    just ran has its own line for that). A mutation test found both lines unpinned outside slow or plugin tests."""
+    import harness.runner
+    from harness.cli import main
+
+    def run_one(spec, task, ctx, blocking=True):
+        record = {"run": {"id": spec.run_id, "status": "success", "error": None}}
+        record["eval"] = {"boolq": {"status": "failed", "reason": "the judge was down"}}
+        return record, spec.seed == 0  # seed 0 ran now, seed 1 was finished already
+
+    monkeypatch.setattr(harness.runner, "run_one", run_one)
+    args = ["run", "--methods", "lora", "--task", "commonsense", "--preset", "smoke", "--model", str(tiny_model),
+            "--random-weights", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path / "runs"), "--seeds", "0,1",
+            "--no-leaderboard", "--quiet"]  # fmt: skip
+    assert main(args) == 0, capfd.readouterr().err[-2000:]
+    out = capfd.readouterr().out
+    ran, skipped = out.split("[2/2]")
+    assert "    success\n" in ran and "done already" not in ran and "but its" not in ran, out
+    assert "    done already (skipped; --force re-runs it)\n" in skipped, out
+    assert "but its column boolq (the judge was down) failed when it ran" in skipped, out
