@@ -61,10 +61,19 @@ def hub_weights_cached(repo_id: str) -> bool:
 
 
 def _weights_in_cache(repo: str) -> bool:
+    return _in_cache(repo, HUB_WEIGHT_FILES)
+
+
+def config_cached(repo: str) -> bool:
+    """Whether the hub's local cache holds ``repo``'s ``config.json`` (its main revision), read from the disk only."""
+    return _in_cache(repo, ("config.json",))
+
+
+def _in_cache(repo: str, names: tuple[str, ...]) -> bool:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in HUB_WEIGHT_FILES)
+        return any(isinstance(try_to_load_from_cache(repo, name), str) for name in names)
     except ValueError:  # not a repository id the hub takes: loading it fails anyway, saying so
         return False
 

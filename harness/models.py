@@ -277,16 +277,15 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
         raise ValueError(f"model {spec!r}: no config.json there; {_WHAT_TO_GIVE}")
     from transformers import PretrainedConfig  # a hub id: needs the internet (or the hub's local cache)
 
-    from harness.hub import offline_variables, probe_hub
+    from harness.hub import HUB_ADVICE, config_cached, offline_variables, probe_hub  # hub imports this module
 
-    if not offline_variables() and not _config_cached(spec):  # not reached: one line, not ~25 s of retries first
+    switched, cached = offline_variables(), config_cached(spec)
+    if not switched and not cached:  # not reached: one line, not ~25 s of retries first
         probe_hub(spec, held="config")
     try:  # the file as it is: no config class built, none of the repo's own code run (see transformers_config)
         data, _ = PretrainedConfig.get_config_dict(spec)
     except (OSError, ValueError) as exc:  # not on the hub, gated, or offline: transformers says which
-        from harness.hub import HUB_ADVICE, offline_variables  # hub imports this module
-
-        if (switched := offline_variables()) and not _config_cached(spec):  # transformers said "connect" (a review)
+        if switched and not cached:  # transformers said "connect" (a review)
             from huggingface_hub import constants
 
             raise ValueError(
@@ -299,16 +298,6 @@ def load_config_dict(spec: str, pipeline: bool = False) -> dict:
     if "model_type" not in data and "_class_name" not in data:  # as read_config checks a local file
         raise ValueError(f"model {spec!r}: its config.json has no 'model_type' (e.g. \"llama\"); {_WHAT_TO_GIVE}")
     return data
-
-
-def _config_cached(repo_id: str) -> bool:
-    """Whether the hub's local cache holds ``repo_id``'s ``config.json`` (its main revision), read from the disk."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
-    except ValueError:  # not a valid repository id
-        return False
 
 
 def gguf_file_error(path: Path) -> ValueError:
